@@ -1,0 +1,426 @@
+"""The four rate-limiting algorithms as pure functions of (state, now, cost).
+
+All arithmetic is on integers: time in microseconds since the epoch, so every backend
+(Python here, Lua in Redis) computes exactly the same answers. ``docs/algorithms.md``
+states the semantics; the Lua scripts in ``storage/lua`` mirror this file.
+
+Each :class:`Algorithm` is bound to one rate (and burst). It offers:
+
+* ``hit(state, now, cost) -> (new_state, Decision)`` — decide and charge in one step;
+  ``new_state is state`` when nothing changed.
+* ``peek(state, now, cost) -> Decision`` — the Decision ``hit`` would give, charging nothing.
+* ``charge(state, now, cost) -> new_state`` — apply an allowed request.
+* ``expired(state, now) -> bool`` — the state says nothing any more (a fresh key is the same).
+* ``ttl_us(state, now)`` — how long the state must be kept.
+
+State is ``None`` for an unknown key. For the counters and the bucket the state is one
+Python ``int`` (fields packed into bit ranges, so a live key costs one small object);
+the sliding log keeps a :class:`Log`.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from typing import Any, ClassVar
+
+from ._decision import Decision
+from ._errors import ConfigError
+from ._rates import Rate
+
+__all__ = [
+    "ALGORITHMS",
+    "Algorithm",
+    "FixedWindow",
+    "Log",
+    "SlidingLog",
+    "SlidingWindow",
+    "TokenBucket",
+    "make_algorithm",
+]
+
+INF = float("inf")
+_new = tuple.__new__
+_M32 = (1 << 32) - 1
+_M96 = (1 << 96) - 1
+MAX_LIMIT = _M32
+
+
+class Algorithm:
+    """One algorithm bound to one rate; subclasses implement the arithmetic."""
+
+    __slots__ = ("burst", "capacity", "id", "limit", "name", "period", "period_us", "rate")
+    name_: ClassVar[str] = ""
+    code: ClassVar[str] = ""
+
+    def __init__(self, rate: Rate, burst: int | None = None) -> None:
+        self.rate = rate
+        self.limit = rate.limit
+        self.period = rate.period
+        self.period_us = rate.period_us
+        if burst is not None:
+            raise ConfigError(f"burst={burst!r} is only meaningful for the token_bucket strategy")
+        self.burst = rate.limit
+        self.capacity = rate.limit
+        self.name = self.name_
+        #: identifies this state in storage, next to the key: the same key under another
+        #: strategy, rate or burst never shares state. Rules replace it (see ``_limiter``).
+        self.id = f"{self.code}{rate.limit}/{self.period_us}"
+
+    def __repr__(self) -> str:
+        return f"<{type(self).__name__} {self.rate}>"
+
+    def decide(self, allowed: bool, remaining: int, reset_us: int, retry: float) -> Decision:
+        """Build the Decision (used by backends that compute outside Python, e.g. Lua)."""
+        return _new(
+            Decision,
+            (allowed, self.capacity, remaining, reset_us / 1e6, retry, self.rate, False),
+        )
+
+    # The methods below are implemented by each algorithm.
+    def hit(self, state: Any, now: int, cost: int) -> tuple[Any, Decision]:
+        raise NotImplementedError
+
+    def peek(self, state: Any, now: int, cost: int) -> Decision:
+        raise NotImplementedError
+
+    def charge(self, state: Any, now: int, cost: int) -> Any:
+        raise NotImplementedError
+
+    def expired(self, state: Any, now: int) -> bool:
+        raise NotImplementedError
+
+    def ttl_us(self, state: Any, now: int) -> int:
+        raise NotImplementedError
+
+
+class FixedWindow(Algorithm):
+    """A counter per window; windows aligned to multiples of the period since the epoch.
+
+    State: ``window_index << 32 | count``.
+    """
+
+    __slots__ = ()
+    name_ = "fixed_window"
+    code = "fw"
+
+    def hit(self, state: Any, now: int, cost: int) -> tuple[Any, Decision]:
+        p = self.period_us
+        win = now // p
+        count = 0
+        if state is not None and state >> 32 == win:
+            count = state & _M32
+        limit = self.limit
+        if count + cost <= limit:
+            count += cost
+            new = (win << 32) | count
+            reset = ((win + 1) * p - now) / 1e6 if count else 0.0
+            return new, _new(Decision, (True, limit, limit - count, reset, 0.0, self.rate, False))
+        if cost > limit:
+            retry = INF
+        else:
+            retry = ((win + 1) * p - now) / 1e6
+        reset = ((win + 1) * p - now) / 1e6 if count else 0.0
+        rem = limit - count if count < limit else 0
+        return state, _new(Decision, (False, limit, rem, reset, retry, self.rate, False))
+
+    def peek(self, state: Any, now: int, cost: int) -> Decision:
+        return self.hit(state, now, cost)[1]
+
+    def charge(self, state: Any, now: int, cost: int) -> Any:
+        win = now // self.period_us
+        count = state & _M32 if state is not None and state >> 32 == win else 0
+        return (win << 32) | (count + cost)
+
+    def expired(self, state: Any, now: int) -> bool:
+        return bool(state >> 32 < now // self.period_us)
+
+    def ttl_us(self, state: Any, now: int) -> int:
+        p = self.period_us
+        return int((now // p + 1) * p - now)
+
+
+class SlidingWindow(Algorithm):
+    """The two-window weighted counter.
+
+    The previous window's count is weighted by the share of it still inside the sliding
+    period: ``prev * (period - elapsed) / period + cur``. Compared in integers, scaled by
+    the period. State: ``(window_index << 32 | cur) << 32 | prev``.
+    """
+
+    __slots__ = ()
+    name_ = "sliding_window"
+    code = "sw"
+
+    def _load(self, state: Any, win: int) -> tuple[int, int]:
+        if state is None:
+            return 0, 0
+        swin = state >> 64
+        if swin == win:
+            return (state >> 32) & _M32, state & _M32
+        if swin == win - 1:
+            return 0, (state >> 32) & _M32
+        return 0, 0
+
+    def hit(self, state: Any, now: int, cost: int) -> tuple[Any, Decision]:
+        p = self.period_us
+        win = now // p
+        cur, prev = self._load(state, win)
+        limit = self.limit
+        left = p - (now - win * p)  # weight of the previous window, scaled by p
+        used = prev * left + cur * p
+        cap = limit * p
+        if used + cost * p <= cap:
+            if cost:
+                cur += cost
+                used += cost * p
+                state = (((win << 32) | cur) << 32) | prev
+            rem = (cap - used) // p
+            if cur:
+                reset = ((win + 2) * p - now) / 1e6
+            elif prev:
+                reset = left / 1e6
+            else:
+                reset = 0.0
+            return state, _new(Decision, (True, limit, rem, reset, 0.0, self.rate, False))
+        return state, self._deny(win, now, cur, prev, left, used, cost)
+
+    def _deny(self, win: int, now: int, cur: int, prev: int, left: int, used: int,
+              cost: int) -> Decision:
+        p = self.period_us
+        limit = self.limit
+        if cost > limit:
+            retry = INF
+        elif cur + cost <= limit:
+            # Within this window, once enough of the previous one has slid out.
+            retry = ((win + 1) * p - ((limit - cur - cost) * p) // prev - now) / 1e6
+        else:
+            # In the next window, where this window becomes the weighted previous one.
+            retry = ((win + 2) * p - ((limit - cost) * p) // cur - now) / 1e6
+        rem = (limit * p - used) // p
+        if rem < 0:
+            rem = 0
+        if cur:
+            reset = ((win + 2) * p - now) / 1e6
+        elif prev:
+            reset = left / 1e6
+        else:
+            reset = 0.0
+        return _new(Decision, (False, limit, rem, reset, retry, self.rate, False))
+
+    def peek(self, state: Any, now: int, cost: int) -> Decision:
+        return self.hit(state, now, cost)[1]
+
+    def charge(self, state: Any, now: int, cost: int) -> Any:
+        win = now // self.period_us
+        cur, prev = self._load(state, win)
+        return (((win << 32) | (cur + cost)) << 32) | prev
+
+    def expired(self, state: Any, now: int) -> bool:
+        return bool((state >> 64) + 1 < now // self.period_us)
+
+    def ttl_us(self, state: Any, now: int) -> int:
+        p = self.period_us
+        return int((now // p + 2) * p - now)
+
+
+class TokenBucket(Algorithm):
+    """A token bucket of capacity ``burst`` refilled at ``limit/period``, starting full.
+
+    Kept as GCRA's debt, in integers: ``debt`` is the tokens in use scaled by the period
+    (one token = ``period_us`` units, refilled at ``limit`` units per microsecond), so no
+    division is needed to decide. State: ``last_update_us << 96 | debt``.
+    """
+
+    __slots__ = ()
+    name_ = "token_bucket"
+    code = "tb"
+
+    def __init__(self, rate: Rate, burst: int | None = None) -> None:
+        super().__init__(rate)
+        if burst is not None:
+            if isinstance(burst, bool) or not isinstance(burst, int) or burst < 1:
+                raise ConfigError(f"burst must be a positive integer, got {burst!r}")
+            if burst > MAX_LIMIT:
+                raise ConfigError(f"burst={burst!r} is too large (at most {MAX_LIMIT})")
+            self.burst = burst
+            self.capacity = burst
+            self.id = f"{self.id}/{burst}"
+
+    def _debt(self, state: Any, now: int) -> int:
+        if state is None:
+            return 0
+        debt = (state & _M96) - (now - (state >> 96)) * self.limit
+        return debt if debt > 0 else 0
+
+    def hit(self, state: Any, now: int, cost: int) -> tuple[Any, Decision]:
+        debt = 0
+        if state is not None:
+            debt = (state & _M96) - (now - (state >> 96)) * self.limit
+            if debt < 0:
+                debt = 0
+        p = self.period_us
+        new = debt + cost * p
+        cap = self.capacity * p
+        if new <= cap:
+            lim = self.limit
+            return (now << 96) | new, _new(
+                Decision,
+                (True, self.capacity, (cap - new) // p, -(-new // lim) / 1e6, 0.0, self.rate,
+                 False),
+            )
+        return state, self._deny(debt, new, cost)
+
+    def _deny(self, debt: int, new: int, cost: int) -> Decision:
+        p = self.period_us
+        lim = self.limit
+        cap = self.capacity * p
+        retry = INF if cost > self.capacity else -(-(new - cap) // lim) / 1e6
+        return _new(
+            Decision,
+            (False, self.capacity, (cap - debt) // p, -(-debt // lim) / 1e6, retry, self.rate,
+             False),
+        )
+
+    def peek(self, state: Any, now: int, cost: int) -> Decision:
+        return self.hit(state, now, cost)[1]
+
+    def charge(self, state: Any, now: int, cost: int) -> Any:
+        return (now << 96) | (self._debt(state, now) + cost * self.period_us)
+
+    def expired(self, state: Any, now: int) -> bool:
+        return self._debt(state, now) == 0
+
+    def ttl_us(self, state: Any, now: int) -> int:
+        return int(-(-self._debt(state, now) // self.limit))
+
+
+class Log:
+    """A sliding log: admitted ``(time_us, cost)`` entries, oldest first, and their sum."""
+
+    __slots__ = ("entries", "total")
+
+    def __init__(self) -> None:
+        self.entries: deque[list[int]] = deque()
+        self.total = 0
+
+    def __repr__(self) -> str:
+        return f"Log(total={self.total}, entries={list(self.entries)!r})"
+
+
+class SlidingLog(Algorithm):
+    """Exact: the cost admitted in ``(now - period, now]`` plus this cost must fit the limit.
+
+    Entries at the same microsecond are merged and zero-cost requests are not logged, so a
+    log never holds more than ``limit`` entries, and a hit is amortised O(1).
+    """
+
+    __slots__ = ()
+    name_ = "sliding_log"
+    code = "sl"
+
+    def _trim(self, log: Log, now: int) -> None:
+        entries = log.entries
+        horizon = now - self.period_us
+        while entries and entries[0][0] <= horizon:
+            log.total -= entries.popleft()[1]
+
+    def hit(self, state: Any, now: int, cost: int) -> tuple[Any, Decision]:
+        log: Log | None = state
+        total = 0
+        if log is not None:
+            self._trim(log, now)
+            total = log.total
+        limit = self.limit
+        if total + cost <= limit:
+            if cost:
+                if log is None:
+                    log = Log()
+                entries = log.entries
+                if entries and entries[-1][0] == now:
+                    entries[-1][1] += cost
+                else:
+                    entries.append([now, cost])
+                log.total = total = total + cost
+            reset = (log.entries[-1][0] + self.period_us - now) / 1e6 if total else 0.0  # type: ignore[union-attr]
+            return log, _new(Decision, (True, limit, limit - total, reset, 0.0, self.rate, False))
+        assert log is not None
+        return log, self._deny(log, now, cost)
+
+    def _deny(self, log: Log, now: int, cost: int) -> Decision:
+        limit = self.limit
+        p = self.period_us
+        total = log.total
+        if cost > limit:
+            retry = INF
+        else:
+            need = total + cost - limit
+            freed = 0
+            at = now
+            for t, c in log.entries:
+                freed += c
+                if freed >= need:
+                    at = t + p
+                    break
+            retry = (at - now) / 1e6
+        reset = (log.entries[-1][0] + p - now) / 1e6 if total else 0.0
+        rem = limit - total if total < limit else 0
+        return _new(Decision, (False, limit, rem, reset, retry, self.rate, False))
+
+    def peek(self, state: Any, now: int, cost: int) -> Decision:
+        log: Log | None = state
+        total = 0
+        if log is not None:
+            self._trim(log, now)
+            total = log.total
+        limit = self.limit
+        if total + cost <= limit:
+            total += cost
+            if cost:
+                last = now
+            elif total:
+                assert log is not None
+                last = log.entries[-1][0]
+            reset = (last + self.period_us - now) / 1e6 if total else 0.0
+            return _new(Decision, (True, limit, limit - total, reset, 0.0, self.rate, False))
+        assert log is not None
+        return self._deny(log, now, cost)
+
+    def charge(self, state: Any, now: int, cost: int) -> Any:
+        return self.hit(state, now, cost)[0]
+
+    def expired(self, state: Any, now: int) -> bool:
+        log: Log = state
+        return not log.entries or log.entries[-1][0] <= now - self.period_us
+
+    def ttl_us(self, state: Any, now: int) -> int:
+        log: Log = state
+        if not log.entries:
+            return 0
+        return int(log.entries[-1][0] + self.period_us - now)
+
+
+ALGORITHMS: dict[str, type[Algorithm]] = {
+    cls.name_: cls for cls in (FixedWindow, SlidingWindow, SlidingLog, TokenBucket)
+}
+
+
+def make_algorithm(
+    strategy: str, rate: Rate, burst: int | None = None, id: str | None = None
+) -> Algorithm:
+    """Bind ``strategy`` to ``rate``; unknown names raise ConfigError.
+
+    ``id`` replaces the default storage identity (strategy, limit, period, burst); it must
+    not contain ``|``.
+    """
+    try:
+        cls = ALGORITHMS[strategy]
+    except (KeyError, TypeError):
+        raise ConfigError(
+            f"unknown strategy {strategy!r}; expected one of {', '.join(sorted(ALGORITHMS))}"
+        ) from None
+    if rate.limit > MAX_LIMIT:
+        raise ConfigError(f"rate {rate} is too large: a limit is at most {MAX_LIMIT}")
+    alg = cls(rate, burst)
+    if id is not None:
+        alg.id = id
+    return alg

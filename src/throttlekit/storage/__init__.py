@@ -1,0 +1,50 @@
+"""Storage backends and ``storage_from_url``.
+
+``memory://`` is the embedded default. Later backends register their URL schemes in
+``_SCHEMES``; their client libraries are imported only when such a URL is used.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
+from urllib.parse import urlsplit
+
+from .._errors import ConfigError
+from .base import BatchResult, Block, Check, Storage
+from .memory import MemoryStorage
+
+__all__ = [
+    "BatchResult",
+    "Block",
+    "Check",
+    "MemoryStorage",
+    "Storage",
+    "storage_from_url",
+]
+
+# scheme -> "module:factory"; the factory takes (url, **options) and returns a Storage.
+_SCHEMES: dict[str, str] = {
+    "memory": "throttlekit.storage.memory:from_url",
+}
+
+
+def storage_from_url(url: str, **options: Any) -> Storage:
+    """Build a storage backend from a URL such as ``memory://`` or ``redis://host:6379/0``.
+
+    Raises:
+        ConfigError: unknown scheme, bad option, or the backend's client library is missing.
+    """
+    if not isinstance(url, str):
+        raise ConfigError(f"storage URL must be a string, got {url!r}")
+    scheme = urlsplit(url).scheme.lower()
+    target = _SCHEMES.get(scheme)
+    if target is None:
+        raise ConfigError(
+            f"unknown storage URL {url!r}; supported schemes: "
+            + ", ".join(f"{s}://" for s in sorted(_SCHEMES))
+        )
+    module_name, _, attr = target.partition(":")
+    module = importlib.import_module(module_name)
+    storage: Storage = getattr(module, attr)(url, **options)
+    return storage

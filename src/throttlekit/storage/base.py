@@ -1,0 +1,137 @@
+"""The storage protocol every backend implements.
+
+A backend answers one question atomically: given a batch of checks (an algorithm bound
+to a rate, a storage key and a cost), which are allowed? Checks in a batch are
+all-or-nothing: a batch with any denied check charges none of them, except checks marked
+``independent`` (dry-run rules, ban counters), which are decided and charged on their own.
+The same call can look up keys in the dynamic blocklist, so one request is one round trip.
+"""
+
+from __future__ import annotations
+
+import abc
+from collections.abc import Sequence
+from typing import NamedTuple
+
+from .._algorithms import Algorithm
+from .._decision import Decision
+
+__all__ = ["BatchResult", "Block", "Check", "Storage"]
+
+
+class Check(NamedTuple):
+    """One limit of one request: ``algorithm`` applied to ``key`` with ``cost``.
+
+    ``key`` is the full storage key (the limiter builds it; see ``Limiter.storage_key``).
+    """
+
+    algorithm: Algorithm
+    key: str
+    cost: int = 1
+    independent: bool = False
+
+
+class Block(NamedTuple):
+    """An entry of the dynamic blocklist."""
+
+    key: str
+    expires_at: float  # seconds since the epoch; ``inf`` for no expiry
+    reason: str
+
+
+class BatchResult(NamedTuple):
+    """The decisions of a batch, in order, and the blocks found among ``block_keys``."""
+
+    decisions: list[Decision]
+    blocked: list[Block | None]
+
+
+class Storage(abc.ABC):
+    """Base class of the storage backends.
+
+    ``now`` arguments are integer microseconds since the epoch, or ``None`` for the
+    backend's own clock (the Redis server's ``TIME``, the memory backend's ``time.time``).
+    """
+
+    #: strategy names this backend can run
+    algorithms: frozenset[str] = frozenset(
+        {"fixed_window", "sliding_window", "sliding_log", "token_bucket"}
+    )
+    #: True for backends that talk to a server (the limiter then applies its failure policy)
+    remote: bool = False
+    #: True for backends shared by several processes
+    shared: bool = False
+
+    def unsupported(self, strategy: str) -> str | None:
+        """Why this backend cannot run ``strategy``, or ``None`` when it can."""
+        if strategy in self.algorithms:
+            return None
+        return f"the {type(self).__name__} backend does not implement {strategy}"
+
+    @abc.abstractmethod
+    def apply(
+        self,
+        checks: Sequence[Check],
+        *,
+        consume: bool = True,
+        now: int | None = None,
+        block_keys: Sequence[str] = (),
+    ) -> BatchResult:
+        """Decide ``checks`` (charging them when ``consume`` and every dependent check
+        allows) and look up ``block_keys`` in the dynamic blocklist."""
+
+    def hit(self, algorithm: Algorithm, key: str, cost: int, now: int | None) -> Decision:
+        """Decide and charge one check (the common case; backends may specialise it)."""
+        return self.apply((Check(algorithm, key, cost),), now=now).decisions[0]
+
+    @abc.abstractmethod
+    def reset(self, keys: Sequence[str]) -> None:
+        """Forget the state of these storage key families (see ``Limiter.reset``)."""
+
+    @abc.abstractmethod
+    def block(self, key: str, ttl: float | None, reason: str = "", now: int | None = None) -> None:
+        """Add ``key`` to the dynamic blocklist for ``ttl`` seconds (``None``: no expiry)."""
+
+    @abc.abstractmethod
+    def unblock(self, key: str) -> bool:
+        """Remove ``key`` from the dynamic blocklist; True when it was there."""
+
+    @abc.abstractmethod
+    def blocked(self, now: int | None = None) -> list[Block]:
+        """Every live entry of the dynamic blocklist."""
+
+    def ping(self) -> bool:
+        """True when the store answers (a health check)."""
+        return True
+
+    def close(self) -> None:  # noqa: B027 - optional hook
+        """Release connections."""
+
+    # Async twins. Backends with real I/O override them; the defaults run the sync
+    # method inline, which is right for the in-memory backend (microseconds, no I/O).
+    async def aapply(
+        self,
+        checks: Sequence[Check],
+        *,
+        consume: bool = True,
+        now: int | None = None,
+        block_keys: Sequence[str] = (),
+    ) -> BatchResult:
+        return self.apply(checks, consume=consume, now=now, block_keys=block_keys)
+
+    async def ahit(self, algorithm: Algorithm, key: str, cost: int, now: int | None) -> Decision:
+        return self.hit(algorithm, key, cost, now)
+
+    async def areset(self, keys: Sequence[str]) -> None:
+        self.reset(keys)
+
+    async def ablock(
+        self, key: str, ttl: float | None, reason: str = "", now: int | None = None
+    ) -> None:
+        self.block(key, ttl, reason, now)
+
+    async def aunblock(self, key: str) -> bool:
+        return self.unblock(key)
+
+    async def ablocked(self, now: int | None = None) -> list[Block]:
+        return self.blocked(now)
