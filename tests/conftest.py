@@ -1,0 +1,71 @@
+from __future__ import annotations
+
+import contextlib
+import importlib
+import os
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import pytest
+from hypothesis import HealthCheck, settings
+
+from backends import NAMES
+from throttlekit import Limiter
+from throttlekit.testing import FakeClock
+
+settings.register_profile(
+    "ci", max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow]
+)
+settings.register_profile("dev", max_examples=200, deadline=None)
+settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
+
+BACKEND_MODULES = {name: importlib.import_module(f"backends.{name}") for name in NAMES}
+
+
+@pytest.fixture(scope="session")
+def _backend_contexts() -> Iterator[dict[str, Any]]:
+    """Backends' session contexts, started lazily and closed at the end of the session."""
+    with contextlib.ExitStack() as stack:
+        contexts: dict[str, Any] = {}
+
+        def get(name: str) -> Any:
+            if name not in contexts:
+                contexts[name] = stack.enter_context(BACKEND_MODULES[name].session())
+            return contexts[name]
+
+        yield {"get": get}
+
+
+@pytest.fixture(
+    params=[pytest.param(n, marks=BACKEND_MODULES[n].MARKS, id=n) for n in NAMES]
+)
+def backend(request: pytest.FixtureRequest, _backend_contexts: dict[str, Any]) -> Any:
+    """The backend module under test (parametrised over every backend)."""
+    module = BACKEND_MODULES[request.param]
+    module.ctx = _backend_contexts["get"](request.param)
+    return module
+
+
+@pytest.fixture
+def clock() -> FakeClock:
+    return FakeClock()
+
+
+@pytest.fixture
+def make_limiter(backend: Any, clock: FakeClock) -> Callable[..., Limiter]:
+    """Build a Limiter on a fresh storage of the backend under test, on the fake clock."""
+    made: list[Any] = []
+
+    def factory(strategy: str | None = None, **kwargs: Any) -> Limiter:
+        if strategy is not None and strategy not in backend.STRATEGIES:
+            pytest.skip(f"{backend.__name__} does not support {strategy}")
+        storage = backend.make_storage(backend.ctx)
+        made.append(storage)
+        kwargs.setdefault("clock", clock)
+        if strategy is not None:
+            kwargs["strategy"] = strategy
+        return Limiter(storage, **kwargs)
+
+    yield factory
+    for storage in made:
+        storage.close()
