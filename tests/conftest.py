@@ -13,10 +13,11 @@ from backends import NAMES
 from throttlekit import Limiter
 from throttlekit.testing import FakeClock
 
-settings.register_profile(
-    "ci", max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow]
-)
-settings.register_profile("dev", max_examples=200, deadline=None)
+# make_limiter builds a fresh storage on every call, so reusing the fixture across
+# hypothesis examples is safe.
+_suppress = [HealthCheck.too_slow, HealthCheck.function_scoped_fixture]
+settings.register_profile("ci", max_examples=60, deadline=None, suppress_health_check=_suppress)
+settings.register_profile("dev", max_examples=300, deadline=None, suppress_health_check=_suppress)
 settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
 
 BACKEND_MODULES = {name: importlib.import_module(f"backends.{name}") for name in NAMES}

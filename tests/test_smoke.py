@@ -5,7 +5,9 @@ from __future__ import annotations
 import pytest
 
 
-@pytest.mark.parametrize("strategy", ["fixed_window", "sliding_window", "sliding_log", "token_bucket"])
+@pytest.mark.parametrize(
+    "strategy", ["fixed_window", "sliding_window", "sliding_log", "token_bucket"]
+)
 def test_limit_is_enforced(make_limiter, strategy):
     """Exactly `limit` hits pass within one period, the next is refused with a retry time."""
     limiter = make_limiter(strategy)

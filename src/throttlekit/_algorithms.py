@@ -115,10 +115,7 @@ class FixedWindow(Algorithm):
             new = (win << 32) | count
             reset = ((win + 1) * p - now) / 1e6 if count else 0.0
             return new, _new(Decision, (True, limit, limit - count, reset, 0.0, self.rate, False))
-        if cost > limit:
-            retry = INF
-        else:
-            retry = ((win + 1) * p - now) / 1e6
+        retry = INF if cost > limit else ((win + 1) * p - now) / 1e6
         reset = ((win + 1) * p - now) / 1e6 if count else 0.0
         rem = limit - count if count < limit else 0
         return state, _new(Decision, (False, limit, rem, reset, retry, self.rate, False))
@@ -343,12 +340,13 @@ class SlidingLog(Algorithm):
                 log.total = total = total + cost
             reset = (log.entries[-1][0] + self.period_us - now) / 1e6 if total else 0.0  # type: ignore[union-attr]
             return log, _new(Decision, (True, limit, limit - total, reset, 0.0, self.rate, False))
-        assert log is not None
         return log, self._deny(log, now, cost)
 
-    def _deny(self, log: Log, now: int, cost: int) -> Decision:
+    def _deny(self, log: Log | None, now: int, cost: int) -> Decision:
         limit = self.limit
         p = self.period_us
+        if log is None:
+            log = Log()
         total = log.total
         if cost > limit:
             retry = INF
@@ -382,7 +380,6 @@ class SlidingLog(Algorithm):
                 last = log.entries[-1][0]
             reset = (last + self.period_us - now) / 1e6 if total else 0.0
             return _new(Decision, (True, limit, limit - total, reset, 0.0, self.rate, False))
-        assert log is not None
         return self._deny(log, now, cost)
 
     def charge(self, state: Any, now: int, cost: int) -> Any:

@@ -7,6 +7,8 @@ import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
+from cachetools import TLRUCache
+
 from ._algorithms import ALGORITHMS, Algorithm, make_algorithm
 from ._decision import Decision
 from ._errors import ConfigError, StorageError
@@ -65,6 +67,9 @@ class Limiter:
             ``error_log_interval`` seconds.
         retry_interval: seconds a failed store is left alone (circuit breaker open) before a
             request tries it again.
+        denial_cache_size: with a remote store, a key refused until T is refused in-process
+            until T without a round trip (safe: other workers can only push T later). The
+            number of refused keys remembered; 0 turns the cache off.
 
     Thread-safe. ``hit``/``test``/``reset`` have async twins ``ahit``/``atest``/``areset``
     that never block the event loop.
@@ -80,6 +85,7 @@ class Limiter:
         on_storage_error: str = "local",
         retry_interval: float = 1.0,
         error_log_interval: float = 60.0,
+        denial_cache_size: int = 10_000,
     ) -> None:
         if isinstance(storage, str):
             storage = storage_from_url(storage)
@@ -107,6 +113,19 @@ class Limiter:
             make_algorithm("token_bucket", Rate(1, 1.0), burst)  # validates
         self.burst = burst
         self._plans: dict[Any, _Plan] = {}
+        if isinstance(denial_cache_size, bool) or not isinstance(denial_cache_size, int) or (
+            denial_cache_size < 0
+        ):
+            raise ConfigError(
+                f"denial_cache_size must be an integer >= 0, got {denial_cache_size!r}"
+            )
+        self._denials: TLRUCache[tuple[_Plan, str], tuple[float, int, Decision]] | None = None
+        if storage.remote and denial_cache_size:
+            self._denials = TLRUCache(
+                maxsize=denial_cache_size,
+                ttu=lambda _k, v, _now: v[0],
+                timer=clock or time.time,
+            )
         self._fallback: MemoryStorage | None = None
         self._broken_until = 0.0
         self._last_error_log = -float("inf")
@@ -197,8 +216,15 @@ class Limiter:
     def reset(self, key: str) -> None:
         """Forget all state of ``key``, under every rate and strategy."""
         self.storage.reset((key,))
+        self._forget_local(key)
+
+    def _forget_local(self, key: str) -> None:
         if self._fallback is not None:
             self._fallback.reset((key,))
+        denials = self._denials
+        if denials is not None:
+            for cached in [k for k in list(denials.keys()) if k[1] == key]:
+                denials.pop(cached, None)
 
     async def ahit(
         self,
@@ -237,12 +263,15 @@ class Limiter:
     async def areset(self, key: str) -> None:
         """Async twin of :meth:`reset`."""
         await self.storage.areset((key,))
-        if self._fallback is not None:
-            self._fallback.reset((key,))
+        self._forget_local(key)
 
     # -- remote stores: failure policy ----------------------------------------------------
 
     def _remote(self, plan: _Plan, key: str, cost: int, consume: bool, now: int | None) -> Decision:
+        if self._denials is not None:
+            cached = self._cached_denial(plan, key, cost, now)
+            if cached is not None:
+                return cached
         if self._broken_until and time.monotonic() < self._broken_until:
             return self._degraded(plan, key, cost, consume, now)
         try:
@@ -251,13 +280,45 @@ class Limiter:
             self._storage_failed(exc)
             return self._degraded(plan, key, cost, consume, now)
         self._broken_until = 0.0
+        if not decision.allowed and self._denials is not None:
+            self._remember_denial(plan, key, cost, now, decision)
         return decision
+
+    def _cached_denial(
+        self, plan: _Plan, key: str, cost: int, now: int | None
+    ) -> Decision | None:
+        assert self._denials is not None
+        entry = self._denials.get((plan, key))
+        if entry is None or cost < entry[1]:
+            return None
+        until, _cost, decision = entry
+        t = now / 1_000_000 if now is not None else time.time()
+        wait = until - t
+        if wait <= 0:
+            return None
+        elapsed = decision.retry_after - wait
+        return decision._replace(
+            retry_after=wait, reset_after=max(decision.reset_after - elapsed, wait)
+        )
+
+    def _remember_denial(
+        self, plan: _Plan, key: str, cost: int, now: int | None, decision: Decision
+    ) -> None:
+        assert self._denials is not None
+        wait = decision.retry_after
+        if 0 < wait < float("inf"):
+            t = now / 1_000_000 if now is not None else time.time()
+            self._denials[plan, key] = (t + wait, cost, decision)
 
     async def _aremote(
         self, plan: _Plan, key: str, cost: int, consume: bool, now: int | None
     ) -> Decision:
         if self._broken_until and time.monotonic() < self._broken_until:
             return self._degraded(plan, key, cost, consume, now)
+        if self._denials is not None:
+            cached = self._cached_denial(plan, key, cost, now)
+            if cached is not None:
+                return cached
         try:
             result = await self.storage.aapply(
                 [Check(a, key, cost) for a in plan.algorithms], consume=consume, now=now
@@ -266,7 +327,10 @@ class Limiter:
             self._storage_failed(exc)
             return self._degraded(plan, key, cost, consume, now)
         self._broken_until = 0.0
-        return combine(result.decisions)
+        decision = combine(result.decisions)
+        if not decision.allowed and self._denials is not None:
+            self._remember_denial(plan, key, cost, now, decision)
+        return decision
 
     def _storage_failed(self, exc: BaseException) -> None:
         mono = time.monotonic()

@@ -19,13 +19,13 @@ __all__ = ["FakeClock"]
 class FakeClock:
     """A clock that moves only when told to: pass it as ``Limiter(clock=...)``.
 
-    Starts at ``start`` seconds since the epoch (a round number far from zero, so windows
-    line up predictably).
+    Starts at ``start`` seconds since the epoch (default: a midnight UTC, so windows of
+    a second, a minute, an hour or a day all start there).
     """
 
     __slots__ = ("now",)
 
-    def __init__(self, start: float = 1_700_000_000.0) -> None:
+    def __init__(self, start: float = 1_699_920_000.0) -> None:
         self.now = float(start)
 
     def __call__(self) -> float:

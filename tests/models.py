@@ -1,0 +1,166 @@
+"""Small, obviously correct reference models of the four algorithms.
+
+They keep the whole history, use exact fractions, and answer "when" questions by binary
+search over whole microseconds on the definition itself (every algorithm's usage only falls
+as time passes with no new requests), so they share no arithmetic with the implementation.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import defaultdict
+from dataclasses import dataclass, field
+from fractions import Fraction
+
+INF = float("inf")
+
+
+@dataclass
+class Outcome:
+    allowed: bool
+    remaining: int
+    retry_after: float
+    reset_after: float
+
+
+def _first(lo: int, hi: int, ok) -> int:
+    """Smallest t in [lo, hi] with ok(t), given ok is monotone and ok(hi)."""
+    while lo < hi:
+        mid = (lo + hi) // 2
+        if ok(mid):
+            hi = mid
+        else:
+            lo = mid + 1
+    return lo
+
+
+@dataclass
+class Model:
+    limit: int
+    period_us: int
+    burst: int | None = None
+
+    def usage(self, t: int) -> Fraction:  # pragma: no cover - per model
+        raise NotImplementedError
+
+    def capacity(self) -> int:
+        return self.limit
+
+    def record(self, t: int, cost: int) -> None:  # pragma: no cover - per model
+        raise NotImplementedError
+
+    def step(self, t: int, cost: int, consume: bool = True) -> Outcome:
+        cap = self.capacity()
+        used = self.usage(t)
+        allowed = used + cost <= cap
+        if allowed:
+            if consume and cost:
+                self.record(t, cost)
+            after = used + cost
+            retry = 0.0
+        else:
+            after = used
+            if cost > cap:
+                retry = INF
+            else:
+                horizon = t + 4 * self.period_us * max(1, cap)
+                at = _first(t, horizon, lambda x: self.usage(x) + cost <= cap)
+                retry = (at - t) / 1e6
+        remaining = max(0, math.floor(cap - after))
+        if allowed and consume:
+            probe = self.usage
+        else:
+            base = self.usage
+
+            def probe(x: int) -> Fraction:
+                return base(x) + (cost if allowed else 0)
+
+            if allowed and cost:
+                # test(): the state as if charged, without charging it
+                self.record(t, cost)
+                probe = self.usage
+        horizon = t + 4 * self.period_us * max(1, cap)
+        reset_at = _first(t, horizon, lambda x: probe(x) == 0)
+        if allowed and not consume and cost:
+            self.unrecord()
+        return Outcome(allowed, remaining, retry, (reset_at - t) / 1e6)
+
+    def unrecord(self) -> None:  # pragma: no cover - per model
+        raise NotImplementedError
+
+
+@dataclass
+class FixedWindowModel(Model):
+    counts: dict[int, int] = field(default_factory=lambda: defaultdict(int))
+    last: list[tuple[int, int]] = field(default_factory=list)
+
+    def usage(self, t: int) -> Fraction:
+        return Fraction(self.counts[t // self.period_us])
+
+    def record(self, t: int, cost: int) -> None:
+        self.counts[t // self.period_us] += cost
+        self.last.append((t // self.period_us, cost))
+
+    def unrecord(self) -> None:
+        w, c = self.last.pop()
+        self.counts[w] -= c
+
+
+@dataclass
+class SlidingWindowModel(FixedWindowModel):
+    def usage(self, t: int) -> Fraction:
+        p = self.period_us
+        w = t // p
+        elapsed = t - w * p
+        return self.counts[w - 1] * Fraction(p - elapsed, p) + self.counts[w]
+
+
+@dataclass
+class SlidingLogModel(Model):
+    log: list[tuple[int, int]] = field(default_factory=list)
+
+    def usage(self, t: int) -> Fraction:
+        return Fraction(sum(c for at, c in self.log if t - self.period_us < at <= t))
+
+    def record(self, t: int, cost: int) -> None:
+        self.log.append((t, cost))
+
+    def unrecord(self) -> None:
+        self.log.pop()
+
+
+@dataclass
+class TokenBucketModel(Model):
+    """Tokens and a timestamp, refilled continuously at limit/period up to the burst."""
+
+    tokens: Fraction | None = None
+    updated: int = 0
+    saved: list[tuple[Fraction | None, int]] = field(default_factory=list)
+
+    def capacity(self) -> int:
+        return self.burst or self.limit
+
+    def _tokens(self, t: int) -> Fraction:
+        if self.tokens is None:
+            return Fraction(self.capacity())
+        refill = Fraction((t - self.updated) * self.limit, self.period_us)
+        return min(Fraction(self.capacity()), self.tokens + refill)
+
+    def usage(self, t: int) -> Fraction:
+        return self.capacity() - self._tokens(t)
+
+    def record(self, t: int, cost: int) -> None:
+        self.saved.append((self.tokens, self.updated))
+        self.tokens = self._tokens(t) - cost
+        self.updated = t
+
+    def unrecord(self) -> None:
+        self.tokens, self.updated = self.saved.pop()
+
+
+MODELS = {
+    "fixed_window": FixedWindowModel,
+    "sliding_window": SlidingWindowModel,
+    "sliding_log": SlidingLogModel,
+    "token_bucket": TokenBucketModel,
+}

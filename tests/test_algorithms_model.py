@@ -1,0 +1,57 @@
+"""Every algorithm, on every backend, agrees with its reference model (tests/models.py)."""
+
+from __future__ import annotations
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from models import MODELS
+from throttlekit import Rate
+from throttlekit.testing import FakeClock
+
+START_US = 1_699_920_000_000_000
+
+PERIODS_US = [1_000_000, 2_000_000, 60_000_000, 1_500_000, 333_333]
+
+steps = st.lists(
+    st.tuples(
+        st.one_of(st.integers(0, 10), st.integers(0, 400_000), st.integers(0, 3_000_000)),
+        st.integers(0, 6),
+        st.booleans(),
+    ),
+    min_size=1,
+    max_size=40,
+)
+
+
+@pytest.mark.parametrize("strategy", sorted(MODELS))
+@given(
+    limit=st.integers(1, 8),
+    period_us=st.sampled_from(PERIODS_US),
+    burst=st.one_of(st.none(), st.integers(1, 12)),
+    offset=st.integers(0, 5_000_000),
+    seq=steps,
+)
+def test_matches_reference_model(make_limiter, strategy, limit, period_us, burst, offset, seq):
+    """Random (time step, cost, hit-or-test) sequences give the model's exact Decisions."""
+    if strategy != "token_bucket":
+        burst = None
+    clock = FakeClock()
+    limiter = make_limiter(strategy, clock=clock)
+    rate = Rate(limit, period_us / 1e6)
+    assert rate.period_us == period_us
+    model = MODELS[strategy](limit, period_us, burst)
+    now = START_US + offset
+    key = "model"
+    for dt, cost, consume in seq:
+        now += dt
+        clock.set(now / 1e6)
+        t = int(clock() * 1_000_000)  # the limiter resolves time to whole microseconds
+        call = limiter.hit if consume else limiter.test
+        got = call(key, rate, cost=cost, burst=burst)
+        want = model.step(t, cost, consume)
+        assert (got.allowed, got.remaining) == (want.allowed, want.remaining), (dt, cost, consume)
+        assert got.retry_after == pytest.approx(want.retry_after, abs=1e-9), (dt, cost)
+        assert got.reset_after == pytest.approx(want.reset_after, abs=1e-9), (dt, cost)
+        assert got.limit == (burst or limit)
