@@ -29,13 +29,19 @@ _new = tuple.__new__
 
 
 class _Plan:
-    """Rates bound to a strategy, parsed and validated once and cached by the limiter."""
+    """Rates bound to a strategy, parsed and validated once and cached by the limiter.
 
-    __slots__ = ("algorithms", "single")
+    ``fast`` is the storage's specialised single-check hit, when it offers one.
+    """
 
-    def __init__(self, algorithms: tuple[Algorithm, ...]) -> None:
+    __slots__ = ("algorithms", "fast")
+
+    def __init__(self, algorithms: tuple[Algorithm, ...], storage: Storage) -> None:
         self.algorithms = algorithms
-        self.single = algorithms[0] if len(algorithms) == 1 else None
+        self.fast: Callable[[str, int, int | None], Decision] | None = None
+        make_hit = getattr(storage, "make_hit", None)
+        if len(algorithms) == 1 and make_hit is not None and not storage.remote:
+            self.fast = make_hit(algorithms[0])
 
 
 def combine(decisions: Sequence[Decision]) -> Decision:
@@ -113,6 +119,7 @@ class Limiter:
             make_algorithm("token_bucket", Rate(1, 1.0), burst)  # validates
         self.burst = burst
         self._plans: dict[Any, _Plan] = {}
+        self._default_plans: dict[Any, _Plan] = {}  # by rates alone: the common call
         if isinstance(denial_cache_size, bool) or not isinstance(denial_cache_size, int) or (
             denial_cache_size < 0
         ):
@@ -158,10 +165,13 @@ class Limiter:
         if burst is None and strategy == "token_bucket":
             burst = self.burst
         rate_list = coerce_rates(rates)
-        plan = _Plan(tuple(make_algorithm(strategy, r, burst) for r in rate_list))
+        plan = _Plan(tuple(make_algorithm(strategy, r, burst) for r in rate_list), self.storage)
         if len(self._plans) > 4096:  # rates built per request must not grow this forever
             self._plans.clear()
+            self._default_plans.clear()
         self._plans[cache_key] = plan
+        if cache_key[1] is None and cache_key[2] is None:
+            self._default_plans[cache_key[0]] = plan
         return plan
 
     # -- the API --------------------------------------------------------------------------
@@ -181,19 +191,21 @@ class Limiter:
         request is allowed only when every rate allows it; a denied request charges none.
         """
         try:
-            plan = self._plans[rates, strategy, burst]
+            if strategy is None and burst is None:
+                plan = self._default_plans[rates]
+            else:
+                plan = self._plans[rates, strategy, burst]
         except (KeyError, TypeError):
             plan = self.plan(rates, strategy, burst)
         if cost.__class__ is not int or cost < 0:
             _check_cost(cost)
         clock = self.clock
         now = int(clock() * 1_000_000) if clock is not None else None
-        alg = plan.single
-        storage = self.storage
-        if not storage.remote:
-            if alg is not None:
-                return storage.hit(alg, key, cost, now)
-            return _apply(storage, plan, key, cost, True, now)
+        fast = plan.fast
+        if fast is not None:
+            return fast(key, cost, now)
+        if not self.storage.remote:
+            return _apply(self.storage, plan, key, cost, True, now)
         return self._remote(plan, key, cost, True, now)
 
     def test(

@@ -15,7 +15,7 @@ from __future__ import annotations
 import threading
 import time
 from collections import OrderedDict
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 from urllib.parse import parse_qsl, urlsplit
 
@@ -61,7 +61,40 @@ class MemoryStorage(Storage):
         return len(self._data)
 
     def _now(self) -> int:
+        if self._clock is time.time:
+            return time.time_ns() // 1000
         return int(self._clock() * 1_000_000)
+
+    def make_hit(self, algorithm: Algorithm) -> Callable[[str, int, int | None], Decision]:
+        """A specialised ``hit`` for one algorithm: the hot path, with every lookup bound."""
+        data = self._data
+        get = data.get
+        touch = data.move_to_end
+        lock = self._lock
+        decide = algorithm.hit
+        insert = self._insert
+        prefix = algorithm.id + "|"
+        clock = self._clock
+        time_ns = time.time_ns
+
+        def hit(key: str, cost: int, now: int | None) -> Decision:
+            if now is None:
+                now = time_ns() // 1000 if clock is time.time else int(clock() * 1_000_000)
+            k = prefix + key
+            with lock:
+                state = get(k)
+                new, decision = decide(state, now, cost)
+                if new is not state:
+                    if state is None:
+                        insert(k, new, algorithm, now)
+                    else:
+                        data[k] = new
+                        touch(k)
+                elif state is not None:
+                    touch(k)
+            return decision
+
+        return hit
 
     # -- limits -------------------------------------------------------------------------
 
