@@ -32,22 +32,45 @@ XFF_CASES = [
     ("one-hop-unknown-falls-to-peer", 1, "10.0.0.1", "unknown", "10.0.0.1"),
     ("one-hop-missing-peer", 1, None, "203.0.113.9", "203.0.113.9"),
     ("cidr-trusted-peer", ["10.0.0.0/8"], "10.0.0.1", "203.0.113.9", "203.0.113.9"),
-    ("cidr-untrusted-peer-ignores-xff", ["10.0.0.0/8"], "198.51.100.7", "127.0.0.1",
-     "198.51.100.7"),
-    ("cidr-skips-trusted-chain", ["10.0.0.0/8"], "10.0.0.3",
-     "6.6.6.6, 203.0.113.9, 10.0.0.2, 10.0.0.1", "203.0.113.9"),
-    ("cidr-all-trusted-leftmost", ["10.0.0.0/8"], "10.0.0.3", "10.0.0.9, 10.0.0.2",
-     "10.0.0.9"),
-    ("cidr-garbage-after-trusted-is-proxy", ["10.0.0.0/8"], "10.0.0.3", "6.6.6.6, junk",
-     "10.0.0.3"),
-    ("cidr-v6-proxies", ["2001:db8:ffff::/48"], "2001:db8:ffff::1", "2001:db8:1::7",
-     "2001:db8:1::7"),
-    ("cidr-mapped-peer-is-trusted-v4", ["10.0.0.0/8"], "::ffff:10.0.0.1", "203.0.113.9",
-     "203.0.113.9"),
+    (
+        "cidr-untrusted-peer-ignores-xff",
+        ["10.0.0.0/8"],
+        "198.51.100.7",
+        "127.0.0.1",
+        "198.51.100.7",
+    ),
+    (
+        "cidr-skips-trusted-chain",
+        ["10.0.0.0/8"],
+        "10.0.0.3",
+        "6.6.6.6, 203.0.113.9, 10.0.0.2, 10.0.0.1",
+        "203.0.113.9",
+    ),
+    ("cidr-all-trusted-leftmost", ["10.0.0.0/8"], "10.0.0.3", "10.0.0.9, 10.0.0.2", "10.0.0.9"),
+    (
+        "cidr-garbage-after-trusted-is-proxy",
+        ["10.0.0.0/8"],
+        "10.0.0.3",
+        "6.6.6.6, junk",
+        "10.0.0.3",
+    ),
+    (
+        "cidr-v6-proxies",
+        ["2001:db8:ffff::/48"],
+        "2001:db8:ffff::1",
+        "2001:db8:1::7",
+        "2001:db8:1::7",
+    ),
+    (
+        "cidr-mapped-peer-is-trusted-v4",
+        ["10.0.0.0/8"],
+        "::ffff:10.0.0.1",
+        "203.0.113.9",
+        "203.0.113.9",
+    ),
     ("cidr-no-peer-is-none", ["10.0.0.0/8"], None, "203.0.113.9", None),
     ("cidr-unix-peer-trusted", ["unix"], "", "203.0.113.9", "203.0.113.9"),
-    ("cidr-unix-but-ip-peer-untrusted", ["unix"], "198.51.100.7", "203.0.113.9",
-     "198.51.100.7"),
+    ("cidr-unix-but-ip-peer-untrusted", ["unix"], "198.51.100.7", "203.0.113.9", "198.51.100.7"),
     ("no-proxy-missing-peer", 0, None, None, None),
     ("no-proxy-empty-peer", 0, "", None, None),
     ("no-proxy-unix-path-peer", 0, "/run/app.sock", None, None),
@@ -65,19 +88,39 @@ def test_x_forwarded_for(trusted, peer, xff, expected):
 
 FORWARDED_CASES = [
     ("one-hop", 1, "10.0.0.1", "for=203.0.113.9", "203.0.113.9"),
-    ("one-hop-spoof-prefix", 1, "10.0.0.1", "for=127.0.0.1, for=203.0.113.9;proto=https",
-     "203.0.113.9"),
+    (
+        "one-hop-spoof-prefix",
+        1,
+        "10.0.0.1",
+        "for=127.0.0.1, for=203.0.113.9;proto=https",
+        "203.0.113.9",
+    ),
     ("quoted-v6-with-port", 1, "10.0.0.1", 'for="[2001:db8:cafe::17]:4711"', "2001:db8:cafe::17"),
     ("case-insensitive-param", 1, "10.0.0.1", "For=203.0.113.9", "203.0.113.9"),
-    ("for-not-first-param", 1, "10.0.0.1", "proto=https;for=203.0.113.9;by=10.0.0.1",
-     "203.0.113.9"),
+    (
+        "for-not-first-param",
+        1,
+        "10.0.0.1",
+        "proto=https;for=203.0.113.9;by=10.0.0.1",
+        "203.0.113.9",
+    ),
     ("hidden-falls-to-peer", 1, "10.0.0.1", "for=_hidden", "10.0.0.1"),
     ("unknown-falls-to-peer", 1, "10.0.0.1", "for=unknown", "10.0.0.1"),
     ("element-without-for", 1, "10.0.0.1", "proto=https", "10.0.0.1"),
-    ("unbalanced-quote-cannot-swallow-proxy-entry", 2, "10.0.0.2",
-     'for=1.1.1.1, for=", for=203.0.113.9, for=10.0.0.1', "203.0.113.9"),
-    ("cidr-walk", ["10.0.0.0/8"], "10.0.0.2", "for=6.6.6.6, for=203.0.113.9, for=10.0.0.1",
-     "203.0.113.9"),
+    (
+        "unbalanced-quote-cannot-swallow-proxy-entry",
+        2,
+        "10.0.0.2",
+        'for=1.1.1.1, for=", for=203.0.113.9, for=10.0.0.1',
+        "203.0.113.9",
+    ),
+    (
+        "cidr-walk",
+        ["10.0.0.0/8"],
+        "10.0.0.2",
+        "for=6.6.6.6, for=203.0.113.9, for=10.0.0.1",
+        "203.0.113.9",
+    ),
     ("no-proxy-ignored", 0, "198.51.100.7", "for=127.0.0.1", "198.51.100.7"),
 ]
 
@@ -146,9 +189,7 @@ def test_normalize_ip(text, expected):
 def test_embedded_ipv4_peers_are_separate_clients():
     """Distinct IPv4 clients seen as IPv4-mapped peers get distinct keys (the masking CVE)."""
     resolver = ClientIPResolver()
-    keys = {
-        resolver.client_key(resolver.resolve(f"::ffff:198.51.100.{i}")) for i in range(1, 21)
-    }
+    keys = {resolver.client_key(resolver.resolve(f"::ffff:198.51.100.{i}")) for i in range(1, 21)}
     assert keys == {f"198.51.100.{i}" for i in range(1, 21)}
 
 

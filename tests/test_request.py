@@ -46,11 +46,16 @@ def scope(path="/", *, method="GET", headers=(), client=("198.51.100.7", 5000), 
 
 def test_wsgi_basic_attributes():
     """Method, path, query, scheme and raw come from the environ."""
-    env = environ("/login", method="POST", query_string="next=%2Fhome&a=1",
-                  base_url="https://example.com/")
+    env = environ(
+        "/login", method="POST", query_string="next=%2Fhome&a=1", base_url="https://example.com/"
+    )
     view = RequestView.from_environ(env, PLAIN)
     assert (view.method, view.path, view.query, view.scheme) == (
-        "POST", "/login", "next=%2Fhome&a=1", "https")
+        "POST",
+        "/login",
+        "next=%2Fhome&a=1",
+        "https",
+    )
     assert view.raw is env
 
 
@@ -84,8 +89,13 @@ def test_wsgi_missing_keys_have_defaults():
 
 def test_wsgi_headers_case_insensitive():
     """Headers are looked up in any case, including Content-Type and Content-Length."""
-    env = environ("/", method="POST", data=b"abc", content_type="text/plain",
-                  headers={"User-Agent": "sqlmap/1.0", "X-Api-Key": "k1"})
+    env = environ(
+        "/",
+        method="POST",
+        data=b"abc",
+        content_type="text/plain",
+        headers={"User-Agent": "sqlmap/1.0", "X-Api-Key": "k1"},
+    )
     headers = RequestView.from_environ(env, PLAIN).headers
     assert headers["user-agent"] == "sqlmap/1.0"
     assert headers.get("USER-AGENT") == "sqlmap/1.0"
@@ -100,8 +110,11 @@ def test_wsgi_headers_case_insensitive():
 
 def test_wsgi_client_ip_peer_and_spoofing():
     """The peer is the client; X-Forwarded-For counts only with a trusted proxy."""
-    env = environ("/", headers={"X-Forwarded-For": "127.0.0.1, 203.0.113.9"},
-                  environ_base={"REMOTE_ADDR": "10.0.0.1"})
+    env = environ(
+        "/",
+        headers={"X-Forwarded-For": "127.0.0.1, 203.0.113.9"},
+        environ_base={"REMOTE_ADDR": "10.0.0.1"},
+    )
     assert RequestView.from_environ(env, PLAIN).client_ip == "10.0.0.1"
     assert RequestView.from_environ(env, ONE_PROXY).client_ip == "203.0.113.9"
 
@@ -124,8 +137,9 @@ def test_wsgi_urlencoded_form_is_replayed_to_the_app():
 
 def test_wsgi_form_first_value_wins():
     """A repeated field gives its first value."""
-    env = environ("/", method="POST", data="a=1&a=2&b=",
-                  content_type="application/x-www-form-urlencoded")
+    env = environ(
+        "/", method="POST", data="a=1&a=2&b=", content_type="application/x-www-form-urlencoded"
+    )
     assert RequestView.from_environ(env, PLAIN).form == {"a": "1", "b": ""}
 
 
@@ -162,8 +176,13 @@ def test_wsgi_chunked_oversized_body_is_replayed_whole():
     """Without Content-Length, an over-cap body read in part is replayed in full."""
     payload = b"username=" + b"a" * 1000
     env = environ("/", method="POST")
-    env.update({"CONTENT_TYPE": "application/x-www-form-urlencoded", "wsgi.input":
-                io.BytesIO(payload), "wsgi.input_terminated": True})
+    env.update(
+        {
+            "CONTENT_TYPE": "application/x-www-form-urlencoded",
+            "wsgi.input": io.BytesIO(payload),
+            "wsgi.input_terminated": True,
+        }
+    )
     env.pop("CONTENT_LENGTH", None)
     view = RequestView.from_environ(env, PLAIN, max_form_bytes=100)
     assert view.form == {}
@@ -173,8 +192,13 @@ def test_wsgi_chunked_oversized_body_is_replayed_whole():
 def test_wsgi_chunked_small_body_parsed():
     """Without Content-Length but with a terminated stream, a small body is parsed."""
     env = environ("/", method="POST")
-    env.update({"CONTENT_TYPE": "application/x-www-form-urlencoded",
-                "wsgi.input": io.BytesIO(b"u=1"), "wsgi.input_terminated": True})
+    env.update(
+        {
+            "CONTENT_TYPE": "application/x-www-form-urlencoded",
+            "wsgi.input": io.BytesIO(b"u=1"),
+            "wsgi.input_terminated": True,
+        }
+    )
     env.pop("CONTENT_LENGTH", None)
     view = RequestView.from_environ(env, PLAIN)
     assert view.form == {"u": "1"}
@@ -197,8 +221,9 @@ def test_wsgi_unterminated_stream_without_length_is_not_read():
         pytest.param("application/json", b"{not json", None, id="bad-json"),
         pytest.param("application/json", b"[1, 2]", None, id="json-list"),
         pytest.param("multipart/form-data", b"garbage", None, id="multipart-no-boundary"),
-        pytest.param("multipart/form-data; boundary=x", b"--x\r\ngarbage", None,
-                     id="multipart-truncated"),
+        pytest.param(
+            "multipart/form-data; boundary=x", b"--x\r\ngarbage", None, id="multipart-truncated"
+        ),
         pytest.param("application/x-www-form-urlencoded", b"a=1", "abc", id="bad-length"),
         pytest.param("application/x-www-form-urlencoded", b"a=1", "-5", id="negative-length"),
         pytest.param("text/plain", b"a=1", None, id="not-a-form-type"),
@@ -252,14 +277,24 @@ def test_asgi_basic_attributes():
     s = scope("/café", method="POST", query_string=b"q=%C3%A9&x=1")
     view = RequestView.from_scope(s, PLAIN)
     assert (view.method, view.path, view.query, view.scheme) == (
-        "POST", "/café", "q=%C3%A9&x=1", "https")
+        "POST",
+        "/café",
+        "q=%C3%A9&x=1",
+        "https",
+    )
     assert view.raw is s
 
 
 def test_asgi_headers_latin1_and_joined():
     """Header bytes are latin-1 decoded; repeated headers are joined with commas."""
-    s = scope(headers=[("User-Agent", "curl/8"), ("X-Forwarded-For", "1.1.1.1"),
-                       ("x-forwarded-for", "203.0.113.9"), ("X-Name", "caf\xe9")])
+    s = scope(
+        headers=[
+            ("User-Agent", "curl/8"),
+            ("X-Forwarded-For", "1.1.1.1"),
+            ("x-forwarded-for", "203.0.113.9"),
+            ("X-Name", "caf\xe9"),
+        ]
+    )
     headers = RequestView.from_scope(s, PLAIN).headers
     assert headers["User-Agent"] == "curl/8"
     assert headers["x-forwarded-for"] == "1.1.1.1, 203.0.113.9"
@@ -269,8 +304,10 @@ def test_asgi_headers_latin1_and_joined():
 
 def test_asgi_client_ip_from_scope_and_proxy():
     """The scope's client is the peer; the repeated XFF header is one chain."""
-    s = scope(headers=[("X-Forwarded-For", "127.0.0.1"), ("X-Forwarded-For", "203.0.113.9")],
-              client=("10.0.0.1", 1234))
+    s = scope(
+        headers=[("X-Forwarded-For", "127.0.0.1"), ("X-Forwarded-For", "203.0.113.9")],
+        client=("10.0.0.1", 1234),
+    )
     assert RequestView.from_scope(s, PLAIN).client_ip == "10.0.0.1"
     assert RequestView.from_scope(s, ONE_PROXY).client_ip == "203.0.113.9"
 
@@ -336,8 +373,14 @@ def test_asgi_view_never_raises(path, headers, client, body):
     path=st.binary(max_size=40),
     xff=st.text(max_size=60).filter(lambda t: t.isascii() and "\n" not in t),
     body=st.binary(max_size=200),
-    ctype=st.sampled_from(["application/x-www-form-urlencoded", "multipart/form-data; boundary=b",
-                           "application/json", "text/plain"]),
+    ctype=st.sampled_from(
+        [
+            "application/x-www-form-urlencoded",
+            "multipart/form-data; boundary=b",
+            "application/json",
+            "text/plain",
+        ]
+    ),
 )
 def test_wsgi_view_never_raises(path, xff, body, ctype):
     """Every attribute of a view over arbitrary environ contents is readable, body replayed."""

@@ -177,9 +177,7 @@ class ClientIPResolver:
         ):
             raise ConfigError(f"ipv6_prefix must be an integer in 1..128, got {ipv6_prefix!r}")
         if header not in ("x-forwarded-for", "forwarded"):
-            raise ConfigError(
-                f"header must be 'x-forwarded-for' or 'forwarded', got {header!r}"
-            )
+            raise ConfigError(f"header must be 'x-forwarded-for' or 'forwarded', got {header!r}")
         self.header = header
         self.ipv6_prefix = ipv6_prefix
         self._mask = ((1 << 128) - 1) ^ ((1 << (128 - ipv6_prefix)) - 1)
@@ -269,4 +267,3 @@ class ClientIPResolver:
             keys.clear()
         keys[ip] = key
         return key
-

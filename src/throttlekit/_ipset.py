@@ -1,10 +1,10 @@
 """A static set of IP addresses and networks with size-independent lookups.
 
-Networks are grouped by prefix length: for each length present, one ``frozenset`` holds the
-network numbers (the address shifted right by the host bits). A lookup shifts the address
-once per length present and does one set lookup each, so its cost depends on how many
-distinct prefix lengths the set holds (at most 33 for IPv4, 129 for IPv6), never on how
-many networks: 10,000 CIDRs cost what 10 do.
+The networks are merged into disjoint, sorted address intervals (one list of starts and
+one of ends per IP version). A lookup is one ``bisect`` (in C) over the starts and one
+comparison: O(log n) with a tiny constant, so 10,000 CIDRs cost about what 10 do, whatever
+their prefix lengths (a table per prefix length costs one set lookup per length present,
+up to 33 for IPv4 and 129 for IPv6, and measured slower on real, mixed-length lists).
 
 >>> blocked = IPSet(["203.0.113.0/24", "2001:db8::/32", "192.0.2.7"])
 >>> "203.0.113.9" in blocked, "2001:db8:1::1" in blocked, "192.0.2.8" in blocked
@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import ipaddress
 import socket
+from bisect import bisect_right
 from collections.abc import Iterable, Iterator
 from typing import TypeAlias
 
@@ -84,16 +85,19 @@ def ip_to_int(ip: object) -> tuple[int, int] | None:
     return None
 
 
-def _tables(
-    networks: Iterable[tuple[int, int]], bits: int
-) -> tuple[tuple[int, frozenset[int]], ...]:
-    by_prefix: dict[int, set[int]] = {}
-    for value, prefix in networks:
-        by_prefix.setdefault(prefix, set()).add(value >> (bits - prefix))
-    # Longest prefixes first: single addresses are the common blocklist entry.
-    return tuple(
-        (bits - prefix, frozenset(by_prefix[prefix])) for prefix in sorted(by_prefix, reverse=True)
-    )
+def _intervals(networks: Iterable[tuple[int, int]], bits: int) -> tuple[list[int], list[int]]:
+    """Sorted, disjoint, non-adjacent ``[start, end]`` intervals covering the networks."""
+    starts: list[int] = []
+    ends: list[int] = []
+    for value, prefix in sorted(networks):
+        last = value | ((1 << (bits - prefix)) - 1)
+        if ends and value <= ends[-1] + 1:
+            if last > ends[-1]:
+                ends[-1] = last
+        else:
+            starts.append(value)
+            ends.append(last)
+    return starts, ends
 
 
 class IPSet:
@@ -113,7 +117,7 @@ class IPSet:
     whose embedded IPv4 address (mapped, NAT64, 6to4, Teredo, ...) is in the set.
     """
 
-    __slots__ = ("_networks", "_v4", "_v6")
+    __slots__ = ("_networks", "_v4_ends", "_v4_starts", "_v6_ends", "_v6_starts")
 
     def __init__(self, entries: Iterable[str | IPAddress | IPNetwork]) -> None:
         if isinstance(entries, (str, bytes)):
@@ -130,14 +134,21 @@ class IPSet:
                     v6.add((addr, net.prefixlen))
             else:
                 v4.add((int(net.network_address), net.prefixlen))
-        self._v4 = _tables(v4, 32)
-        self._v6 = _tables(v6, 128)
+        self._v4_starts, self._v4_ends = _intervals(v4, 32)
+        self._v6_starts, self._v6_ends = _intervals(v6, 128)
         self._networks: tuple[IPNetwork, ...] = tuple(
             [ipaddress.IPv4Network((a, p)) for a, p in sorted(v4)]
             + [ipaddress.IPv6Network((a, p)) for a, p in sorted(v6)]
         )
 
     def __contains__(self, ip: object) -> bool:
+        if type(ip) is str and ":" not in ip:  # the common case, inlined
+            try:
+                value = _from_bytes(_inet_pton(_AF_INET, ip), "big")
+            except (OSError, ValueError):
+                return False
+            i = bisect_right(self._v4_starts, value) - 1
+            return i >= 0 and value <= self._v4_ends[i]
         parsed = ip_to_int(ip)
         if parsed is None:
             return False
@@ -148,19 +159,16 @@ class IPSet:
         """Membership of an address given as ``(version, integer)``; IPv6 embedded IPv4
         forms are checked as IPv4 too."""
         if version == 4:
-            for shift, nets in self._v4:  # noqa: SIM110 - a plain loop is faster than any()
-                if value >> shift in nets:
-                    return True
-            return False
-        for shift, nets in self._v6:
-            if value >> shift in nets:
-                return True
-        if self._v4:
+            i = bisect_right(self._v4_starts, value) - 1
+            return i >= 0 and value <= self._v4_ends[i]
+        i = bisect_right(self._v6_starts, value) - 1
+        if i >= 0 and value <= self._v6_ends[i]:
+            return True
+        if self._v4_starts:
             v4 = embedded_ipv4(value)
             if v4 is not None:
-                for shift, nets in self._v4:
-                    if v4 >> shift in nets:
-                        return True
+                i = bisect_right(self._v4_starts, v4) - 1
+                return i >= 0 and v4 <= self._v4_ends[i]
         return False
 
     def __len__(self) -> int:

@@ -65,9 +65,7 @@ class _EnvironHeaders(Mapping[str, str]):
         return value if isinstance(value, str) else default
 
     def __contains__(self, name: object) -> bool:
-        return isinstance(name, str) and isinstance(
-            self._environ.get(self._env_key(name)), str
-        )
+        return isinstance(name, str) and isinstance(self._environ.get(self._env_key(name)), str)
 
     def __iter__(self) -> Iterator[str]:
         for key, value in self._environ.items():
@@ -406,9 +404,7 @@ def _parse_form(body: bytes, ctype: str, mimetype: str) -> Mapping[str, str]:
 
         _, options = parse_options_header(ctype)
         parser = FormDataParser(max_form_memory_size=len(body) + 1, silent=True)
-        _, fields, files = parser.parse(
-            io.BytesIO(body), "multipart/form-data", len(body), options
-        )
+        _, fields, files = parser.parse(io.BytesIO(body), "multipart/form-data", len(body), options)
         for upload in files.values():
             upload.close()
         for name, value in fields.items():
