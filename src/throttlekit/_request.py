@@ -101,27 +101,43 @@ class _Headers(dict[str, str]):
         return f"Headers({dict.__repr__(self)})"
 
 
-def _scope_headers(raw: object) -> _Headers:
-    headers = _Headers()
+def _scope_headers(raw: Any) -> _Headers:
+    headers: dict[str, str] = {}
+    try:
+        for name, value in raw:
+            key = name.decode("latin-1").lower()
+            if key in headers:
+                sep = "; " if key == "cookie" else ", "
+                headers[key] = headers[key] + sep + value.decode("latin-1")
+            else:
+                headers[key] = value.decode("latin-1")
+    except Exception:
+        return _scope_headers_careful(raw)
+    return _Headers(headers)
+
+
+def _scope_headers_careful(raw: object) -> _Headers:
+    """The slow path for malformed header lists: skip what is not a pair of bytes."""
+    headers: dict[str, str] = {}
     if not isinstance(raw, (list, tuple)):
-        return headers
+        return _Headers()
     for pair in raw:
         try:
             raw_name, raw_value = pair
         except (TypeError, ValueError):
-            continue  # a malformed pair is skipped, not fatal
+            continue
         if not isinstance(raw_name, (bytes, bytearray)) or not isinstance(
             raw_value, (bytes, bytearray)
         ):
             continue
-        name = raw_name.decode("latin-1").lower()
+        key = raw_name.decode("latin-1").lower()
         value = raw_value.decode("latin-1")
-        if name in headers:
-            sep = "; " if name == "cookie" else ", "
-            dict.__setitem__(headers, name, headers[name] + sep + value)
+        if key in headers:
+            sep = "; " if key == "cookie" else ", "
+            headers[key] = headers[key] + sep + value
         else:
-            dict.__setitem__(headers, name, value)
-    return headers
+            headers[key] = value
+    return _Headers(headers)
 
 
 class RequestView:
@@ -303,7 +319,10 @@ class RequestView:
     def client_key(self) -> str | None:
         key = self._client_key
         if key is _UNSET:
-            key = self._client_key = self.resolver.client_key(self.client_ip)
+            ip = self.client_ip
+            # an IPv4 client_ip is already normalised: it is its own key
+            key = ip if ip is None or ":" not in ip else self.resolver.client_key(ip)
+            self._client_key = key
         return key  # type: ignore[no-any-return]
 
     @property
