@@ -287,3 +287,45 @@ def test_v6_key_contains_the_address(ip):
         assert ipaddress.ip_address(ip_text) in ipaddress.ip_network(key)
     else:
         assert key == ip_text
+
+
+@given(peer=st.ip_addresses(), xff=_text, fwd=_text)
+def test_no_trusted_proxies_ignores_headers(peer, xff, fwd):
+    """Without trusted proxies, nothing in the headers changes the answer."""
+    resolver = ClientIPResolver()
+    assert resolver.resolve(str(peer), xff, fwd) == resolver.resolve(str(peer))
+
+
+_TEN = ipaddress.ip_network("10.0.0.0/8")
+
+
+def _outside_ten(ip):
+    norm = ipaddress.ip_address(normalize_ip(str(ip)))
+    return norm.version == 6 or norm not in _TEN
+
+
+_outside = st.ip_addresses().filter(_outside_ten)
+_proxies = st.lists(
+    st.integers(0, 2**24 - 1).map(lambda n: str(ipaddress.IPv4Address((10 << 24) | n))),
+    max_size=3,
+)
+
+
+@given(prefix=st.text(max_size=60), client=_outside, proxies=_proxies)
+def test_client_written_prefix_never_matters_xff(prefix, client, proxies):
+    """Whatever a client puts before the proxies' entries, the answer is its real address."""
+    chain = ", ".join([prefix, str(client), *proxies])
+    expected = normalize_ip(str(client))
+    assert ClientIPResolver(len(proxies) + 1).resolve("10.0.0.254", chain) == expected
+    assert ClientIPResolver(["10.0.0.0/8"]).resolve("10.0.0.254", chain) == expected
+
+
+@given(prefix=st.text(max_size=60), client=_outside, proxies=_proxies)
+def test_client_written_prefix_never_matters_forwarded(prefix, client, proxies):
+    """Unbalanced quotes or junk before the proxies' Forwarded elements change nothing."""
+    quoted = f'"[{client}]:443"' if client.version == 6 else str(client)
+    chain = ", ".join([prefix, f"for={quoted};proto=https", *(f"for={p}" for p in proxies)])
+    expected = normalize_ip(str(client))
+    for trusted in (len(proxies) + 1, ["10.0.0.0/8"]):
+        resolver = ClientIPResolver(trusted, header="forwarded")
+        assert resolver.resolve("10.0.0.254", None, chain) == expected
