@@ -140,6 +140,10 @@ class Limiter:
             burst = self.burst
         rate_list = coerce_rates(rates)
         plan = _Plan(tuple(make_algorithm(strategy, r, burst) for r in rate_list))
+        for alg in plan.algorithms:
+            why = self.storage.unsupported_algorithm(alg)
+            if why:
+                raise ConfigError(f"strategy {strategy!r} at {alg.rate} is not available: {why}")
         if len(self._plans) > 4096:  # rates built per request must not grow this forever
             self._plans.clear()
         self._plans[cache_key] = plan

@@ -26,6 +26,7 @@ __all__ = [
 # scheme -> "module:factory"; the factory takes (url, **options) and returns a Storage.
 _SCHEMES: dict[str, str] = {
     "memory": "throttlekit.storage.memory:from_url",
+    "memcached": "throttlekit.storage.memcached:from_url",
 }
 
 
