@@ -410,3 +410,65 @@ def test_async_methods_with_only_a_sync_client_do_not_block_the_loop(ctx: Any) -
     res, ticks = asyncio.run(run())
     assert res == [True, True, True, False] and ticks > 0
     client.close()
+
+
+# -- Cluster and Sentinel ------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def cluster() -> Iterator[Any]:
+    from backends import redis_cluster
+
+    with redis_cluster.session() as c:
+        yield c
+
+
+@pytest.mark.cluster
+def test_cluster_batch_spanning_slots_is_one_script_per_slot(cluster: Any) -> None:
+    """On a Cluster, checks on keys in different slots each run in their slot's script."""
+    import redis.crc
+
+    s = storage_from_url(cluster.url, prefix="c:")
+    keys = [f"user:{i}" for i in range(6)]
+    assert len({redis.crc.key_slot(s.family(k).encode()) for k in keys}) > 1
+    alg = make_algorithm("sliding_window", Rate(2, 60))
+    s.block("user:3", 60, "x")
+    for expected in (True, True, False):
+        r = s.apply([Check(alg, k) for k in keys], block_keys=keys)
+        assert [d.allowed for d in r.decisions] == [expected] * 6
+        assert [b is not None for b in r.blocked] == [k == "user:3" for k in keys]
+    s.reset(keys)
+    assert all(d.allowed for d in s.apply([Check(alg, k) for k in keys]).decisions)
+    assert [b.key for b in s.blocked()] == ["user:3"]
+    s.close()
+
+
+@pytest.mark.cluster
+def test_cluster_async(cluster: Any) -> None:
+    """The async twins work on redis.asyncio's RedisCluster."""
+    s = storage_from_url(cluster.url, prefix="ca:")
+    alg = make_algorithm("token_bucket", Rate(1, 60))
+
+    async def run() -> list[bool]:
+        r = [(await s.ahit(alg, k, 1, None)).allowed for k in ("a", "b", "a")]
+        await s.areset(["a", "b"])
+        r.append((await s.ahit(alg, "a", 1, None)).allowed)
+        await s.aclose()
+        return r
+
+    assert asyncio.run(run()) == [True, True, False, True]
+
+
+@pytest.mark.sentinel
+def test_sentinel_writes_go_to_the_master() -> None:
+    """redis+sentinel:// state lives on the master the Sentinel names (and replicates)."""
+    from backends import redis_sentinel
+
+    with redis_sentinel.session() as sent:
+        s = storage_from_url(sent.url, prefix="s:")
+        alg = make_algorithm("fixed_window", Rate(1, 60))
+        assert s.hit(alg, "k", 1, None).allowed
+        assert not s.hit(alg, "k", 1, None).allowed
+        assert sent.master.command("EXISTS", s.family("k")) == 1
+        assert sent.replica.command("ROLE")[0] == "slave"
+        s.close()
