@@ -343,8 +343,8 @@ class SlidingLog(Algorithm):
                 log.total = total = total + cost
             reset = (log.entries[-1][0] + self.period_us - now) / 1e6 if total else 0.0  # type: ignore[union-attr]
             return log, _new(Decision, (True, limit, limit - total, reset, 0.0, self.rate, False))
-        assert log is not None
-        return log, self._deny(log, now, cost)
+        # An unknown key refused: only a cost above the limit gets here.
+        return log, self._deny(log if log is not None else Log(), now, cost)
 
     def _deny(self, log: Log, now: int, cost: int) -> Decision:
         limit = self.limit
@@ -382,8 +382,7 @@ class SlidingLog(Algorithm):
                 last = log.entries[-1][0]
             reset = (last + self.period_us - now) / 1e6 if total else 0.0
             return _new(Decision, (True, limit, limit - total, reset, 0.0, self.rate, False))
-        assert log is not None
-        return self._deny(log, now, cost)
+        return self._deny(log if log is not None else Log(), now, cost)
 
     def charge(self, state: Any, now: int, cost: int) -> Any:
         return self.hit(state, now, cost)[0]

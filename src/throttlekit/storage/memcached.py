@@ -527,18 +527,19 @@ class MemcachedStorage(Storage):
         expires_at = _INF if forever else t + ttl  # type: ignore[operator]
         exptime = 0 if forever else _expire(math.ceil(ttl * 1_000_000))  # type: ignore[operator]
         value = f"{expires_at!r}|{reason}".encode("utf-8", "surrogatepass")
+        # The index tracks when memcached drops the entry (real time, unlike ``expires_at``,
+        # which follows the caller's clock).
+        gone_at = None if forever else time.time() + ttl + 1  # type: ignore[operator]
         try:
             self._client.set(self._block_key(key), value, expire=exptime, noreply=False)
-            self._edit_index(lambda index: index.__setitem__(key, None if forever else expires_at),
-                             t)
+            self._edit_index(lambda index: index.__setitem__(key, gone_at))
         except self._errors as exc:
             raise StorageError(f"memcached: {type(exc).__name__}: {exc}") from exc
 
     def unblock(self, key: str) -> bool:
-        t = time.time()
         try:
             existed = bool(self._client.delete(self._block_key(key), noreply=False))
-            self._edit_index(lambda index: index.pop(key, None), t)
+            self._edit_index(lambda index: index.pop(key, None))
         except self._errors as exc:
             raise StorageError(f"memcached: {type(exc).__name__}: {exc}") from exc
         return existed
@@ -553,6 +554,9 @@ class MemcachedStorage(Storage):
                 return []
             bkeys = {self._block_key(k): k for k in index}
             found = client.get_many(list(bkeys))
+            gone = [k for bk, k in bkeys.items() if bk not in found]
+            if gone:  # expired or evicted: tidy the index
+                self._edit_index(lambda index: [index.pop(k, None) for k in gone])
         except self._errors as exc:
             raise StorageError(f"memcached: {type(exc).__name__}: {exc}") from exc
         out = []
@@ -564,11 +568,16 @@ class MemcachedStorage(Storage):
         out.sort(key=lambda b: b.expires_at)
         return out
 
-    def _edit_index(self, edit: Callable[[dict[str, float | None]], object], t: float) -> None:
-        """Apply ``edit`` to the blocklist index with a CAS loop, dropping expired entries."""
+    def _edit_index(self, edit: Callable[[dict[str, float | None]], object]) -> None:
+        """Apply ``edit`` to the blocklist index with a CAS loop, dropping expired entries.
+
+        The index maps each blocked key to the unix time memcached drops its entry (``None``:
+        never).
+        """
         ikey = self._index_key
         client = self._client
         for _ in range(self.cas_retries):
+            t = time.time()
             value, token = self._gets(ikey)
             index: dict[str, float | None] = json.loads(value) if value else {}
             edit(index)
@@ -660,7 +669,7 @@ def _address(item: Any) -> tuple[str, int]:
         try:
             host, port = parts.hostname, parts.port
         except ValueError:
-            raise ConfigError(f"invalid memcached server address {item!r}") from None
+            raise ConfigError(f"invalid memcached server address {item!r}: bad port") from None
     if not host or not isinstance(host, str):
         raise ConfigError(f"invalid memcached server address {item!r}")
     if port is None:
