@@ -234,6 +234,9 @@ def test_async_twins_share_state_with_sync(make_limiter, strategy):
         out.append((await limiter.ahit("k", "2/minute")).allowed)
         await limiter.areset("k")
         out.append((await limiter.ahit("k", "2/minute")).allowed)
+        aclose = getattr(limiter.storage, "aclose", None)
+        if aclose is not None:  # async clients belong to this event loop
+            await aclose()
         return out
 
     assert asyncio.run(scenario()) == [True, True, False, False, True]

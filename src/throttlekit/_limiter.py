@@ -147,11 +147,11 @@ class Limiter:
             raise ConfigError(
                 f"denial_cache_size must be an integer >= 0, got {denial_cache_size!r}"
             )
-        self._denials: TLRUCache[tuple[_Plan, str], tuple[float, int, Decision]] | None = None
+        self._denials: TLRUCache[tuple[_Plan, str], tuple[int, int, int, Decision]] | None = None
         if storage.remote and denial_cache_size:
             self._denials = TLRUCache(
                 maxsize=denial_cache_size,
-                ttu=lambda _k, v, _now: v[0],
+                ttu=lambda _k, v, _now: v[0] / 1e6,
                 timer=clock or time.time,
             )
         self._fallback: MemoryStorage | None = None
@@ -187,7 +187,12 @@ class Limiter:
         if burst is None and strategy == "token_bucket":
             burst = self.burst
         rate_list = coerce_rates(rates)
-        plan = _Plan(tuple(make_algorithm(strategy, r, burst) for r in rate_list), self.storage)
+        algorithms = tuple(make_algorithm(strategy, r, burst) for r in rate_list)
+        for alg in algorithms:
+            why = self.storage.unsupported_algorithm(alg)
+            if why:
+                raise ConfigError(f"strategy {strategy!r} at {alg.rate} is not available: {why}")
+        plan = _Plan(algorithms, self.storage)
         if len(self._plans) > 4096:  # rates built per request must not grow this forever
             self._plans.clear()
             self._default_plans.clear()
@@ -314,8 +319,12 @@ class Limiter:
             self._storage_failed(exc)
             return self._degraded(plan, key, cost, consume, now)
         self._broken_until = 0.0
-        if not decision.allowed and self._denials is not None:
-            self._remember_denial(plan, key, cost, now, decision)
+        if self._denials is not None:
+            if decision.allowed:
+                if consume and cost:  # our own charge: a cached denial's numbers are stale
+                    self._denials.pop((plan, key), None)
+            else:
+                self._remember_denial(plan, key, cost, now, decision)
         return decision
 
     def _cached_denial(
@@ -323,16 +332,16 @@ class Limiter:
     ) -> Decision | None:
         assert self._denials is not None
         entry = self._denials.get((plan, key))
-        if entry is None or cost < entry[1]:
+        if entry is None or cost != entry[1]:  # another cost has another retry time
             return None
-        until, _cost, decision = entry
-        t = now / 1_000_000 if now is not None else time.time()
-        wait = until - t
-        if wait <= 0:
+        until, _cost, made, decision = entry
+        if now is None:
+            now = time.time_ns() // 1000
+        if now >= until:
             return None
-        elapsed = decision.retry_after - wait
+        retry = (until - now) / 1e6
         return decision._replace(
-            retry_after=wait, reset_after=max(decision.reset_after - elapsed, wait)
+            retry_after=retry, reset_after=max(decision.reset_after - (now - made) / 1e6, retry)
         )
 
     def _remember_denial(
@@ -340,9 +349,13 @@ class Limiter:
     ) -> None:
         assert self._denials is not None
         wait = decision.retry_after
-        if 0 < wait < float("inf"):
-            t = now / 1_000_000 if now is not None else time.time()
-            self._denials[plan, key] = (t + wait, cost, decision)
+        # Only when nothing about the answer changes until the retry time: with
+        # remaining == cost - 1 the count cannot move before then (without our own charges,
+        # which drop the entry), so a cached answer is exactly the store's.
+        if 0 < wait < float("inf") and decision.remaining == cost - 1:
+            if now is None:
+                now = time.time_ns() // 1000
+            self._denials[plan, key] = (now + round(wait * 1e6), cost, now, decision)
 
     async def _aremote(
         self, plan: _Plan, key: str, cost: int, consume: bool, now: int | None
@@ -362,8 +375,12 @@ class Limiter:
             return self._degraded(plan, key, cost, consume, now)
         self._broken_until = 0.0
         decision = combine(result.decisions)
-        if not decision.allowed and self._denials is not None:
-            self._remember_denial(plan, key, cost, now, decision)
+        if self._denials is not None:
+            if decision.allowed:
+                if consume and cost:  # our own charge: a cached denial's numbers are stale
+                    self._denials.pop((plan, key), None)
+            else:
+                self._remember_denial(plan, key, cost, now, decision)
         return decision
 
     def _storage_failed(self, exc: BaseException) -> None:

@@ -11,4 +11,4 @@ A backend module defines:
 Adding a backend to every contract test is adding a module here and its name to ``NAMES``.
 """
 
-NAMES = ["memory"]
+NAMES = ["memory", "redis", "redis_cluster", "redis_sentinel", "memcached"]

@@ -7,18 +7,22 @@
 from __future__ import annotations
 
 import importlib
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
 from .._errors import ConfigError
 from .base import BatchResult, Block, Check, Storage
 from .memory import MemoryStorage
 
+if TYPE_CHECKING:
+    from .redis import RedisStorage
+
 __all__ = [
     "BatchResult",
     "Block",
     "Check",
     "MemoryStorage",
+    "RedisStorage",
     "Storage",
     "storage_from_url",
 ]
@@ -26,6 +30,11 @@ __all__ = [
 # scheme -> "module:factory"; the factory takes (url, **options) and returns a Storage.
 _SCHEMES: dict[str, str] = {
     "memory": "throttlekit.storage.memory:from_url",
+    "memcached": "throttlekit.storage.memcached:from_url",
+    "redis": "throttlekit.storage.redis:from_url",
+    "rediss": "throttlekit.storage.redis:from_url",
+    "redis+cluster": "throttlekit.storage.redis:from_url",
+    "redis+sentinel": "throttlekit.storage.redis:from_url",
 }
 
 
@@ -48,3 +57,12 @@ def storage_from_url(url: str, **options: Any) -> Storage:
     module = importlib.import_module(module_name)
     storage: Storage = getattr(module, attr)(url, **options)
     return storage
+
+
+def __getattr__(name: str) -> Any:
+    # Backends with a client library load on first use, never at import time.
+    if name == "RedisStorage":
+        from .redis import RedisStorage
+
+        return RedisStorage
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -68,6 +68,10 @@ class Storage(abc.ABC):
             return None
         return f"the {type(self).__name__} backend does not implement {strategy}"
 
+    def unsupported_algorithm(self, algorithm: Algorithm) -> str | None:
+        """Why this backend cannot run ``algorithm`` (a strategy bound to a rate), or ``None``."""
+        return None
+
     @abc.abstractmethod
     def apply(
         self,

@@ -1,0 +1,474 @@
+"""The Redis backend against a real server: exact agreement with the in-memory arithmetic,
+key layout and TTLs, reset without KEYS, the blocklist, script reloading, URLs and errors."""
+
+from __future__ import annotations
+
+import asyncio
+import subprocess
+import sys
+import uuid
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from backends import redis as redis_backend
+from servers import RedisServer, start_or_skip
+from throttlekit import ConfigError, Limiter, MemoryStorage, StorageError, storage_from_url
+from throttlekit._algorithms import make_algorithm
+from throttlekit._rates import Rate
+from throttlekit.storage import RedisStorage
+from throttlekit.storage.base import Check
+from throttlekit.testing import FakeClock
+
+pytestmark = pytest.mark.redis
+T0 = 1_700_000_000_000_000
+STRATEGIES = ["fixed_window", "sliding_window", "sliding_log", "token_bucket"]
+
+
+@pytest.fixture(scope="module")
+def ctx() -> Iterator[redis_backend.Context]:
+    with redis_backend.session() as c:
+        yield c
+
+
+@pytest.fixture
+def storage(ctx: redis_backend.Context) -> Iterator[RedisStorage]:
+    s = ctx.storage()
+    yield s
+    s.close()
+
+
+@pytest.fixture
+def raw(ctx: redis_backend.Context) -> Iterator[Any]:
+    import redis
+
+    client = redis.Redis.from_url(ctx.url, decode_responses=True)
+    yield client
+    client.close()
+
+
+@pytest.fixture(scope="module")
+def own_server() -> Iterator[RedisServer]:
+    with start_or_skip(RedisServer()) as server:
+        yield server
+
+
+# -- exactness ------------------------------------------------------------------------------
+
+RATES = [Rate(3, 1.0), Rate(5, 2.5), Rate(10, 60.0), Rate(1_000_000, 86400.0 * 30)]
+steps = st.sampled_from([0, 1, 999, 250_000, 333_333, 1_000_000, 2_500_000, 61_000_000])
+batch = st.lists(
+    st.tuples(
+        st.integers(0, len(RATES) - 1),  # rate
+        st.sampled_from(["a", "b", "{a}"]),  # key
+        st.sampled_from([0, 1, 1, 1, 2, 4, 11]),  # cost
+        st.booleans(),  # independent
+    ),
+    min_size=1,
+    max_size=4,
+    unique_by=lambda t: (t[0], t[1]),  # the memory backend's charge of a repeated check differs
+)
+
+
+@given(
+    strategy=st.sampled_from(STRATEGIES),
+    ops=st.lists(st.tuples(steps, batch, st.booleans()), min_size=1, max_size=30),
+)
+def test_decisions_equal_the_memory_backend(ctx: Any, strategy: str, ops: Any) -> None:
+    """Any sequence of batches gives exactly the memory backend's Decisions, to the microsecond."""
+    redis_storage, memory = ctx.storage(), MemoryStorage()
+    algs = [make_algorithm(strategy, r) for r in RATES]
+    now = T0 + 123_457
+    try:
+        for step, items, consume in ops:
+            now += step
+            checks = [
+                Check(algs[i], key, cost if strategy != "sliding_log" else min(cost, 3), ind)
+                for i, key, cost, ind in items
+            ]
+            want = memory.apply(checks, consume=consume, now=now).decisions
+            assert redis_storage.apply(checks, consume=consume, now=now).decisions == want
+    finally:
+        redis_storage.reset(["a", "b", "{a}"])
+        redis_storage.close()
+
+
+def test_batch_is_all_or_nothing_in_one_call(storage: RedisStorage) -> None:
+    """A denied rate charges none of the others; an independent check is charged on its own."""
+    small, big = make_algorithm("fixed_window", Rate(1, 10)), make_algorithm(
+        "fixed_window", Rate(100, 10)
+    )
+    audit = make_algorithm("sliding_window", Rate(100, 10))
+    assert storage.apply([Check(small, "k"), Check(big, "k")], now=T0).decisions[0].allowed
+    d = storage.apply(
+        [Check(small, "k"), Check(big, "k"), Check(audit, "k", 1, True)], now=T0 + 1
+    ).decisions
+    assert [x.allowed for x in d] == [False, True, True]
+    # big was not charged by the refused batch; audit was.
+    after = storage.apply([Check(big, "k", 0), Check(audit, "k", 0)], now=T0 + 2).decisions
+    assert [after[0].remaining, after[1].remaining] == [99, 99]
+
+
+@pytest.mark.parametrize("strategy", ["sliding_window", "token_bucket"])
+def test_large_rates_stay_exact(storage: RedisStorage, strategy: str) -> None:
+    """A billion a month: products beyond 2^53 (Lua's exact range) are still exact."""
+    alg = make_algorithm(strategy, Rate(1_000_000_000, 86400 * 30))
+    memory = MemoryStorage()
+    now = T0
+    for cost in (600_000_000, 300_000_000, 200_000_000, 99_999_999, 1, 3, 7 * 10**8):
+        now += 86400 * 10 * 1_000_000 + 7
+        c = [Check(alg, "big", cost)]
+        assert storage.apply(c, now=now).decisions == memory.apply(c, now=now).decisions
+
+
+# -- time ------------------------------------------------------------------------------------
+
+
+def test_server_clock_is_the_default(storage: RedisStorage, raw: Any) -> None:
+    """Without a client time, the window is the server's: state is stamped with Redis TIME."""
+    alg = make_algorithm("token_bucket", Rate(10, 1))
+    storage.hit(alg, "t", 1, None)
+    sec, usec = raw.time()
+    last = int(raw.hget(storage.family("t"), alg.id).split()[0])
+    assert 0 <= sec * 1_000_000 + usec - last < 2_000_000
+
+
+def test_limiter_clock_is_passed_to_the_script(ctx: Any) -> None:
+    """Limiter(clock=FakeClock()) drives Redis: advancing the fake clock refills the limit."""
+    clock = FakeClock()
+    limiter = Limiter(ctx.storage(), clock=clock, strategy="fixed_window")
+    assert [limiter.hit("c", "2/minute").allowed for _ in range(3)] == [True, True, False]
+    clock.advance(60)
+    assert limiter.hit("c", "2/minute").allowed
+    limiter.storage.close()
+
+
+# -- keys and TTLs -----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("strategy", STRATEGIES)
+def test_every_key_has_a_ttl_no_longer_than_needed(
+    storage: RedisStorage, raw: Any, strategy: str
+) -> None:
+    """Each written key expires, within the period (+ the client-clock slack when one is used)."""
+    alg = make_algorithm(strategy, Rate(5, 2))
+    storage.hit(alg, "ttl", 1, None)  # server time: no slack
+    keys = list(raw.scan_iter(match=f"{storage.prefix}*"))
+    assert keys
+    limit_ms = {"sliding_window": 4000}.get(strategy, 2000)
+    for key in keys:
+        assert 0 < raw.pttl(key) <= limit_ms, key
+    storage.hit(alg, "ttl2", 1, T0)  # client time: the slack on top
+    for key in raw.scan_iter(match=f"{storage.family('ttl2')}*"):
+        assert 0 < raw.pttl(key) <= limit_ms + 5000
+
+
+def test_keys_are_hash_tagged_and_escaped(storage: RedisStorage) -> None:
+    """Braces and percent signs in user keys are escaped, so distinct keys never share a tag."""
+    import redis.crc
+
+    assert storage.family("a{b}") != storage.family("a%7Bb%7D")
+    assert storage.family("") != storage.family("%")
+    for key in ["user:1", "a{b}", "}", "{", "%", "", "é ü"]:
+        fam = storage.family(key)
+        tag = fam[fam.index("{") + 1 : fam.index("}")]
+        assert tag, key
+        assert redis.crc.key_slot(f"{fam}:l:x".encode()) == redis.crc.key_slot(fam.encode())
+
+
+def test_colliding_looking_keys_do_not_share_state(storage: RedisStorage) -> None:
+    """Keys that differ only by escaping have separate limits."""
+    alg = make_algorithm("fixed_window", Rate(1, 60))
+    assert storage.hit(alg, "a{b}", 1, T0).allowed
+    assert storage.hit(alg, "a%7Bb%7D", 1, T0).allowed
+    assert storage.hit(alg, "", 1, T0).allowed
+    assert storage.hit(alg, "%", 1, T0).allowed
+    assert not storage.hit(alg, "a{b}", 1, T0).allowed
+
+
+def test_reset_forgets_every_strategy_and_rate_without_keys(
+    storage: RedisStorage, own_server: RedisServer
+) -> None:
+    """reset(key) clears all algorithms of the key (sliding logs too) and never runs KEYS/SCAN."""
+    s = storage_from_url(own_server.url, prefix="r:")
+    algs = [make_algorithm(n, Rate(1, 60)) for n in STRATEGIES]
+    for a in algs:
+        assert s.hit(a, "k", 1, T0).allowed
+        assert s.hit(a, "other", 1, T0).allowed
+    own_server.command("CONFIG", "RESETSTAT")
+    s.reset(["k"])
+    stats = own_server.command("INFO", "commandstats")
+    assert "cmdstat_keys" not in stats and "cmdstat_scan" not in stats
+    assert all(s.hit(a, "k", 1, T0).allowed for a in algs)
+    assert not any(s.hit(a, "other", 1, T0).allowed for a in algs)
+    s.close()
+
+
+# -- blocklist -------------------------------------------------------------------------------------
+
+
+def test_blocklist_lists_expires_and_is_checked_in_the_batch(storage: RedisStorage) -> None:
+    """block/unblock/blocked with reasons and expiry; apply reports live blocks in the same call."""
+    storage.block("ip:1", 60, "abuse", now=T0)
+    storage.block("ip:2", None, "forever", now=T0)
+    storage.block("ip:3", 1, "short", now=T0)
+    listed = storage.blocked(now=T0 + 2_000_000)
+    assert [(b.key, b.expires_at, b.reason) for b in listed] == [
+        ("ip:1", T0 / 1e6 + 60, "abuse"),
+        ("ip:2", float("inf"), "forever"),
+    ]
+    alg = make_algorithm("fixed_window", Rate(5, 1))
+    r = storage.apply([Check(alg, "ip:1")], now=T0 + 2_000_000, block_keys=["ip:1", "ip:3", "x"])
+    assert r.blocked[0] is not None and r.blocked[0].reason == "abuse"
+    assert r.blocked[1:] == [None, None]
+    assert storage.unblock("ip:1") and not storage.unblock("ip:1")
+    assert [b.key for b in storage.blocked(now=T0 + 2_000_000)] == ["ip:2"]
+
+
+def test_block_rejects_bad_ttl(storage: RedisStorage) -> None:
+    """A non-positive ttl is a ConfigError."""
+    with pytest.raises(ConfigError, match="ttl"):
+        storage.block("k", 0)
+
+
+# -- scripts and round trips -----------------------------------------------------------------------
+
+
+def _calls(server: RedisServer) -> dict[str, int]:
+    stats = server.command("INFO", "commandstats")
+    out = {}
+    for line in stats.splitlines():
+        if line.startswith("cmdstat_"):
+            name, _, rest = line.partition(":")
+            out[name[8:]] = int(rest.split(",")[0].split("=")[1])
+    return out
+
+
+def test_one_evalsha_per_check_including_multi_rate(own_server: RedisServer) -> None:
+    """Every hit is one EVALSHA and nothing else, whatever the strategy or number of rates."""
+    s = storage_from_url(own_server.url, prefix="rt:")
+    limiter = Limiter(s)
+    limiter.hit("warm", "1/second")  # loads the script (NOSCRIPT -> EVAL once)
+    own_server.command("CONFIG", "RESETSTAT")
+    n = 0
+    for strategy in STRATEGIES:
+        for rates in ("10/second", "10/second; 100/minute; 1000/hour"):
+            for _ in range(5):
+                limiter.hit("k", rates, strategy=strategy)
+                n += 1
+    calls = _calls(own_server)
+    assert calls.pop("evalsha") == n
+    assert "eval" not in calls and "script|load" not in calls
+    # commandstats also counts the commands a script runs inside the server
+    inside = {"time", "hget", "hset", "lindex", "lpop", "rpush", "lset", "lrange", "pexpire",
+              "pttl"}
+    assert set(calls) - {"config|resetstat", "info"} <= inside
+    s.close()
+
+
+def test_script_is_reloaded_after_script_flush(own_server: RedisServer) -> None:
+    """After SCRIPT FLUSH (as after a restart) the next call still answers, and reloads it."""
+    s = storage_from_url(own_server.url, prefix="sf:")
+    alg = make_algorithm("fixed_window", Rate(2, 60))
+    assert s.hit(alg, "k", 1, T0).remaining == 1
+    own_server.command("SCRIPT", "FLUSH")
+    assert s.hit(alg, "k", 1, T0).remaining == 0
+    sha = s._batch.sha
+    assert own_server.command("SCRIPT", "EXISTS", sha) == [1]
+    s.close()
+
+
+# -- URLs and clients ------------------------------------------------------------------
+
+
+def test_from_url_options_and_bad_urls() -> None:
+    """URL options reach the storage; bad URLs and options are ConfigErrors naming the value."""
+    s = storage_from_url("redis://127.0.0.1:6379/3?prefix=p:&clock=client&socket_timeout=0.5")
+    assert (s.prefix, s.clock) == ("p:", "client")
+    client = s._sync()
+    kw = client.connection_pool.connection_kwargs
+    assert (kw["db"], kw["socket_timeout"], kw["socket_connect_timeout"]) == (3, 0.5, 0.25)
+    s.close()
+    for bad, what in [
+        ("redis://h/x", "'x'"),
+        ("redis://h:port", "'port'"),
+        ("redis+sentinel://h:26379", "service"),
+        ("redis://h?clock=atomic", "atomic"),
+        ("redis://h?prefix={p}", "prefix"),
+    ]:
+        with pytest.raises(ConfigError, match=what):
+            storage_from_url(bad)
+
+
+def test_missing_redis_package_is_a_config_error() -> None:
+    """Without the redis package, a redis:// URL says which extra to install."""
+    code = (
+        "import sys; sys.modules['redis'] = None\n"
+        "from throttlekit import storage_from_url, ConfigError\n"
+        "try:\n    storage_from_url('redis://localhost')\n"
+        "except ConfigError as e:\n    print(e)\n"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd="src"
+    )
+    assert "pip install 'throttlekit[redis]'" in out.stdout
+
+
+def test_importing_throttlekit_does_not_import_redis() -> None:
+    """`import throttlekit` (and throttlekit.storage) loads no redis module."""
+    code = "import sys, throttlekit, throttlekit.storage; print('redis' in sys.modules)"
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd="src"
+    )
+    assert out.stdout.strip() == "False"
+
+
+def test_storage_from_an_existing_client_and_decoded_responses(ctx: Any) -> None:
+    """RedisStorage(redis.Redis(...)) works, also with decode_responses=True."""
+    import redis
+
+    client = redis.Redis.from_url(ctx.url, decode_responses=True)
+    s = RedisStorage(client, prefix=f"tk-test:{uuid.uuid4().hex}:")
+    ctx.prefixes.append(s.prefix)
+    alg = make_algorithm("sliding_log", Rate(1, 60))
+    s.block("b", 60, "why")
+    r = s.apply([Check(alg, "k")], block_keys=["b"])
+    assert r.decisions[0].allowed and r.blocked[0] is not None and r.blocked[0].reason == "why"
+    assert [b.key for b in s.blocked()] == ["b"]
+    client.close()
+
+
+def test_dead_server_raises_storage_error_fast() -> None:
+    """A refused connection is a StorageError chained to the client's error, within the timeout."""
+    import time
+
+    import redis
+
+    from servers import free_port
+
+    s = storage_from_url(f"redis://127.0.0.1:{free_port()}/0")
+    alg = make_algorithm("fixed_window", Rate(1, 1))
+    t = time.perf_counter()
+    with pytest.raises(StorageError) as info:
+        s.hit(alg, "k", 1, None)
+    assert time.perf_counter() - t < 0.5
+    assert isinstance(info.value.__cause__, redis.ConnectionError)
+
+
+# -- async -------------------------------------------------------------------------------
+
+
+def test_async_methods_use_an_async_client(ctx: Any) -> None:
+    """aapply/ahit/ablock/areset work on redis.asyncio and agree with the sync methods."""
+    s = ctx.storage()
+    alg = make_algorithm("token_bucket", Rate(2, 60))
+
+    async def run() -> list[bool]:
+        out = [(await s.ahit(alg, "k", 1, T0)).allowed for _ in range(3)]
+        await s.ablock("k", 30, "x", now=T0)
+        r = await s.aapply([Check(alg, "k", 0)], now=T0, block_keys=["k"])
+        out.append(r.blocked[0] is not None)
+        out.append([b.key for b in await s.ablocked(now=T0)] == ["k"])
+        out.append(await s.aunblock("k"))
+        await s.areset(["k"])
+        out.append((await s.ahit(alg, "k", 1, T0)).allowed)
+        assert s._loop_client is not None  # a real redis.asyncio client was used
+        await s.aclose()
+        return out
+
+    assert asyncio.run(run()) == [True, True, False, True, True, True, True]
+    assert s.hit(alg, "k", 1, T0).remaining == 0  # the same state from the sync client
+    s.close()
+
+
+def test_async_methods_with_only_a_sync_client_do_not_block_the_loop(ctx: Any) -> None:
+    """With only a sync client, async methods run it in a thread: other tasks keep running."""
+    import redis
+
+    client = redis.Redis.from_url(ctx.url)
+    s = RedisStorage(client, prefix=f"tk-test:{uuid.uuid4().hex}:")
+    ctx.prefixes.append(s.prefix)
+    alg = make_algorithm("fixed_window", Rate(3, 60))
+
+    async def run() -> tuple[list[bool], int]:
+        ticks = 0
+
+        async def ticker() -> None:
+            nonlocal ticks
+            while True:
+                ticks += 1
+                await asyncio.sleep(0)
+
+        task = asyncio.create_task(ticker())
+        res = [(await s.ahit(alg, "k", 1, T0)).allowed for _ in range(4)]
+        task.cancel()
+        return res, ticks
+
+    res, ticks = asyncio.run(run())
+    assert res == [True, True, True, False] and ticks > 0
+    client.close()
+
+
+# -- Cluster and Sentinel ------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def cluster() -> Iterator[Any]:
+    from backends import redis_cluster
+
+    with redis_cluster.session() as c:
+        yield c
+
+
+@pytest.mark.cluster
+def test_cluster_batch_spanning_slots_is_one_script_per_slot(cluster: Any) -> None:
+    """On a Cluster, checks on keys in different slots each run in their slot's script."""
+    import redis.crc
+
+    s = storage_from_url(cluster.url, prefix="c:")
+    keys = [f"user:{i}" for i in range(6)]
+    assert len({redis.crc.key_slot(s.family(k).encode()) for k in keys}) > 1
+    alg = make_algorithm("sliding_window", Rate(2, 60))
+    s.block("user:3", 60, "x")
+    for expected in (True, True, False):
+        r = s.apply([Check(alg, k) for k in keys], block_keys=keys)
+        assert [d.allowed for d in r.decisions] == [expected] * 6
+        assert [b is not None for b in r.blocked] == [k == "user:3" for k in keys]
+    s.reset(keys)
+    assert all(d.allowed for d in s.apply([Check(alg, k) for k in keys]).decisions)
+    assert [b.key for b in s.blocked()] == ["user:3"]
+    s.close()
+
+
+@pytest.mark.cluster
+def test_cluster_async(cluster: Any) -> None:
+    """The async twins work on redis.asyncio's RedisCluster."""
+    s = storage_from_url(cluster.url, prefix="ca:")
+    alg = make_algorithm("token_bucket", Rate(1, 60))
+
+    async def run() -> list[bool]:
+        r = [(await s.ahit(alg, k, 1, None)).allowed for k in ("a", "b", "a")]
+        await s.areset(["a", "b"])
+        r.append((await s.ahit(alg, "a", 1, None)).allowed)
+        await s.aclose()
+        return r
+
+    assert asyncio.run(run()) == [True, True, False, True]
+
+
+@pytest.mark.sentinel
+def test_sentinel_writes_go_to_the_master() -> None:
+    """redis+sentinel:// state lives on the master the Sentinel names (and replicates)."""
+    from backends import redis_sentinel
+
+    with redis_sentinel.session() as sent:
+        s = storage_from_url(sent.url, prefix="s:")
+        alg = make_algorithm("fixed_window", Rate(1, 60))
+        assert s.hit(alg, "k", 1, None).allowed
+        assert not s.hit(alg, "k", 1, None).allowed
+        assert sent.master.command("EXISTS", s.family("k")) == 1
+        assert sent.replica.command("ROLE")[0] == "slave"
+        s.close()
