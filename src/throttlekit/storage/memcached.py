@@ -705,6 +705,7 @@ def _make_client(
     )
 
 
+_ALIASES = {"socket_timeout": "timeout", "socket_connect_timeout": "connect_timeout"}
 _INT_OPTIONS = ("cas_retries", "max_log_limit", "max_pool_size")
 _FLOAT_OPTIONS = ("connect_timeout", "timeout")
 
@@ -713,11 +714,15 @@ def from_url(url: str, **options: Any) -> MemcachedStorage:
     """``memcached://host[:port][,host2[:port]...][?prefix=...&timeout=...]``.
 
     Options (query string or keyword arguments): ``prefix``, ``connect_timeout``,
-    ``timeout``, ``cas_retries``, ``max_log_limit``, ``max_pool_size``.
+    ``timeout``, ``cas_retries``, ``max_log_limit``, ``max_pool_size``
+    (``socket_timeout``/``socket_connect_timeout`` are accepted too, as for Redis).
     """
     parts = urlsplit(url)
     query: dict[str, Any] = dict(parse_qsl(parts.query))
     query.update(options)
+    for alias, name in _ALIASES.items():  # the Redis backend's names, for portable options
+        if alias in query:
+            query.setdefault(name, query.pop(alias))
     unknown = set(query) - {"prefix", *_INT_OPTIONS, *_FLOAT_OPTIONS}
     if unknown:
         raise ConfigError(f"unknown option(s) {', '.join(sorted(unknown))} for storage {url!r}")
