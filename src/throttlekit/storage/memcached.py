@@ -78,7 +78,7 @@ __all__ = [
 DEFAULT_PORT = 11211
 DEFAULT_PREFIX = "throttlekit:"
 #: seconds, for connecting and for each reply: memcached answers in well under a millisecond
-DEFAULT_TIMEOUT = 0.5
+DEFAULT_TIMEOUT = 0.25
 DEFAULT_CAS_RETRIES = 32
 #: sliding_log keeps one entry per admitted microsecond: at most ``limit`` entries, all read
 #: and rewritten on every hit, so the limit is capped (a 1,000-entry log is about 10 kB).
@@ -345,6 +345,7 @@ class MemcachedStorage(Storage):
                 state = slot.state
             else:
                 cur = min(int(hit[0]), _M32) if hit is not None else 0
+                slot.state = hit  # for counters: whether the key existed when read
                 if slot.kind == _FW:
                     state = (slot.win << 32) | cur if cur else None
                 else:
@@ -397,7 +398,7 @@ class MemcachedStorage(Storage):
         cost = check.cost
         client = self._client
         if slot.kind != _CAS:
-            n = self._incr(slot.key, cost, alg.ttl_us(0, now))
+            n = self._incr(slot.key, cost, alg.ttl_us(0, now), slot.state is not None)
             before = min(n - cost, _M32)
             if slot.kind == _FW:
                 state = (slot.win << 32) | before
@@ -488,13 +489,17 @@ class MemcachedStorage(Storage):
         value, token = got
         return value, token
 
-    def _incr(self, key: str, cost: int, ttl_us: int) -> int:
+    def _incr(self, key: str, cost: int, ttl_us: int, exists: bool) -> int:
         client = self._client
+        data = str(cost).encode("ascii")
+        # A key missing when read is most likely still missing: try ``add`` first.
+        if not exists and client.add(key, data, expire=_expire(ttl_us), noreply=False):
+            return cost
         for _ in range(3):
             n = client.incr(key, cost, noreply=False)
             if n is not None:
                 return int(n)
-            if client.add(key, str(cost).encode("ascii"), expire=_expire(ttl_us), noreply=False):
+            if client.add(key, data, expire=_expire(ttl_us), noreply=False):
                 return cost
         raise StorageError(f"memcached: counter {key!r} keeps disappearing")
 
@@ -705,6 +710,7 @@ def _make_client(
     )
 
 
+_ALIASES = {"socket_timeout": "timeout", "socket_connect_timeout": "connect_timeout"}
 _INT_OPTIONS = ("cas_retries", "max_log_limit", "max_pool_size")
 _FLOAT_OPTIONS = ("connect_timeout", "timeout")
 
@@ -713,11 +719,15 @@ def from_url(url: str, **options: Any) -> MemcachedStorage:
     """``memcached://host[:port][,host2[:port]...][?prefix=...&timeout=...]``.
 
     Options (query string or keyword arguments): ``prefix``, ``connect_timeout``,
-    ``timeout``, ``cas_retries``, ``max_log_limit``, ``max_pool_size``.
+    ``timeout``, ``cas_retries``, ``max_log_limit``, ``max_pool_size``
+    (``socket_timeout``/``socket_connect_timeout`` are accepted too, as for Redis).
     """
     parts = urlsplit(url)
     query: dict[str, Any] = dict(parse_qsl(parts.query))
     query.update(options)
+    for alias, name in _ALIASES.items():  # the Redis backend's names, for portable options
+        if alias in query:
+            query.setdefault(name, query.pop(alias))
     unknown = set(query) - {"prefix", *_INT_OPTIONS, *_FLOAT_OPTIONS}
     if unknown:
         raise ConfigError(f"unknown option(s) {', '.join(sorted(unknown))} for storage {url!r}")

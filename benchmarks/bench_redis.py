@@ -1,0 +1,116 @@
+"""Redis: per-check latency beside `limits`' RedisStorage on the same strategies, async
+pipelined throughput, and the token bucket against a bare EVALSHA of a trivial script.
+
+Run (against the local Redis on 6379; keys use a random prefix, nothing is flushed)::
+
+    python -m pytest benchmarks/bench_redis.py --benchmark-enable --benchmark-only \
+        --benchmark-group-by=group
+
+Ratios, not absolute times, are what matter: every group has its baseline in the same run.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import uuid
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+
+from throttlekit import Limiter, storage_from_url
+
+URL = "redis://127.0.0.1:6379/0"
+RATE = "1000000/second"
+# throttlekit strategy -> the `limits` strategy doing the same work
+PEERS = {
+    "fixed_window": "FixedWindowRateLimiter",
+    "sliding_log": "MovingWindowRateLimiter",
+    "sliding_window": "SlidingWindowCounterRateLimiter",
+}
+pytestmark = pytest.mark.redis
+
+
+@pytest.fixture(scope="module")
+def prefix() -> Iterator[str]:
+    import redis
+
+    client = redis.Redis.from_url(URL)
+    try:
+        client.ping()
+    except redis.RedisError as exc:
+        pytest.skip(f"no Redis at {URL}: {exc}")
+    p = f"tk-bench:{uuid.uuid4().hex[:8]}:"
+    yield p
+    for pattern in (f"{p}*", f"LIMITS:{p}*"):
+        keys = list(client.scan_iter(match=pattern, count=1000))
+        if keys:
+            client.delete(*keys)
+    client.close()
+
+
+def _keys(prefix: str) -> itertools.cycle[str]:
+    return itertools.cycle([f"{prefix}client:{i}" for i in range(1000)])
+
+
+@pytest.mark.parametrize("strategy", [*PEERS, "token_bucket"])
+def test_throttlekit_redis_hit(benchmark: Any, prefix: str, strategy: str) -> None:
+    """throttlekit Limiter.hit on Redis: one EVALSHA."""
+    limiter = Limiter(storage_from_url(URL, prefix=prefix), strategy=strategy)
+    keys = _keys("")
+    hit = limiter.hit
+    hit("warm", RATE)
+    benchmark.group = f"redis hit: {strategy}"
+    benchmark(lambda: hit(next(keys), RATE))
+    assert hit("probe", RATE).allowed and not hit("probe", RATE).degraded
+    limiter.storage.close()
+
+
+@pytest.mark.parametrize("strategy", list(PEERS))
+def test_limits_redis_hit(benchmark: Any, prefix: str, strategy: str) -> None:
+    """The same work through `limits` on its RedisStorage."""
+    from limits import parse, strategies
+    from limits.storage import RedisStorage
+
+    storage = RedisStorage(URL)
+    limiter = getattr(strategies, PEERS[strategy])(storage)
+    item = parse(RATE)
+    keys = _keys(f"{prefix}{strategy}:")  # limits' keys omit the strategy: keep them apart
+    benchmark.group = f"redis hit: {strategy}"
+    benchmark(lambda: limiter.hit(item, next(keys)))
+    assert limiter.hit(item, f"{prefix}{strategy}:probe")
+
+
+def test_bare_evalsha_trivial_script(benchmark: Any) -> None:
+    """Baseline: EVALSHA of `return 1` with one key, through the same client."""
+    import redis
+
+    client = redis.Redis.from_url(URL)
+    sha = client.script_load("return 1")
+    benchmark.group = "redis hit: token_bucket"
+    benchmark(lambda: client.execute_command("EVALSHA", sha, 1, "tk-bench:none"))
+    client.close()
+
+
+@pytest.mark.parametrize("concurrency", [1, 64])
+def test_throttlekit_async_throughput(benchmark: Any, prefix: str, concurrency: int) -> None:
+    """redis.asyncio: `concurrency` ahit calls in flight at once (the client pipelines them
+    over its pool); the figure is per batch of 64 hits."""
+    storage = storage_from_url(URL, prefix=prefix, max_connections=64)
+    limiter = Limiter(storage, strategy="sliding_window")
+    keys = _keys("")
+    loop = asyncio.new_event_loop()
+
+    async def batch() -> None:
+        if concurrency == 1:
+            for _ in range(64):
+                await limiter.ahit(next(keys), RATE)
+        else:
+            await asyncio.gather(*(limiter.ahit(next(keys), RATE) for _ in range(64)))
+
+    loop.run_until_complete(batch())
+    benchmark.group = "redis async: 64 hits"
+    benchmark(lambda: loop.run_until_complete(batch()))
+    loop.run_until_complete(storage.aclose())  # type: ignore[attr-defined]
+    loop.close()
