@@ -45,8 +45,9 @@ class Anomaly(NamedTuple):
     Attributes:
         kind: ``"anomaly_started"`` or ``"anomaly_ended"``.
         scope: ``"*"`` for all traffic, or the rule name.
-        at: when it was detected (seconds since the epoch, the monitor's clock).
-        started_at: when the anomaly started (for ``anomaly_ended``: its start).
+        at: when it was detected (or found over), seconds since the epoch on the
+            monitor's clock.
+        started_at: when the rise began (the start of its first bucket above threshold).
         rate: requests per second of the last full bucket (when started: of the bucket
             that triggered, so far).
         baseline: the baseline rate, requests per second.
@@ -246,13 +247,15 @@ class Monitor:
 
     def _transition(self, kind: str, now: float, detector: RateDetector) -> None:
         scope = self._overall if detector.name == ALL else self._rules.get(detector.name)
-        since = detector.rising_since if kind == "anomaly_started" else detector.started_at
+        since = detector.started_at
         top: list[tuple[Hashable, int]] = []
         if scope is not None:
             top = scope.hitters.top(self.top_n, now, since)
         rate = detector.peak_rate if kind == "anomaly_started" else detector.last_rate
         anomaly = Anomaly(
-            kind, detector.name, now, detector.started_at or now, rate, detector.baseline, top
+            kind, detector.name, now,
+            now if detector.started_at is None else detector.started_at,
+            rate, detector.baseline, top,
         )
         self.recent.append(anomaly)
         del self.recent[:-20]

@@ -167,7 +167,7 @@ class RateDetector:
         if not self.active and now - self.rising_since >= self.sustain:
             self.active = True
             self.anomalies += 1
-            self.started_at = now
+            self.started_at = self.rising_since
             self._calm_since = None
             self.peak_rate = self._count / self.bucket
             if self._on is not None:

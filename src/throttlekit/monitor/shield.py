@@ -103,6 +103,8 @@ class Shield:
         #: keys this shield banned, with the time of the ban
         self.banned: dict[Hashable, float] = {}
         self.engagements = 0
+        #: bans made since the shield was built (a counter, for metrics)
+        self.bans_total = 0
         self._since: float | None = None
         self._next = 0.0
         self._bans_this_time = 0
@@ -186,6 +188,8 @@ class Shield:
                        "dry_run": self.dry_run},
             )
         self._bans_this_time += len(new)
+        if not self.dry_run:
+            self.bans_total += len(new)
         return new
 
     def _tighten(self, rule: str, rates: Any, now: float) -> None:
