@@ -1,6 +1,6 @@
 """hit() per algorithm on the memory backend, beside `limits` on the same work.
 
-Run: ``python -m pytest benchmarks/bench_core.py --benchmark-only --benchmark-group-by=param:keys``
+Run: ``python -m pytest benchmarks/bench_core.py --benchmark-enable --benchmark-only --benchmark-group-by=param:keys``
 Results and ratios are recorded in docs/benchmarks.md.
 """
 

@@ -10,21 +10,31 @@ from __future__ import annotations
 
 from ._decision import Decision
 from ._errors import ConfigError, RateLimitExceeded, StorageError, ThrottlekitError
+from ._events import Event
 from ._limiter import Limiter
 from ._rates import Rate, parse_rates
+from ._request import RequestView
+from ._rules import Verdict
 from ._version import __version__
+from .asgi import ASGIMiddleware
 from .storage import MemoryStorage, Storage, storage_from_url
+from .wsgi import WSGIMiddleware
 
 __all__ = [
+    "ASGIMiddleware",
     "ConfigError",
     "Decision",
+    "Event",
     "Limiter",
     "MemoryStorage",
     "Rate",
     "RateLimitExceeded",
+    "RequestView",
     "Storage",
     "StorageError",
     "ThrottlekitError",
+    "Verdict",
+    "WSGIMiddleware",
     "__version__",
     "parse_rates",
     "storage_from_url",

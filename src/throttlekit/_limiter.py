@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from cachetools import TLRUCache
 
@@ -14,7 +14,16 @@ from ._decision import Decision
 from ._errors import ConfigError, StorageError
 from ._rates import Rate, coerce_rates
 from .storage import MemoryStorage, Storage, storage_from_url
-from .storage.base import Check
+from .storage.base import Block, Check
+
+if TYPE_CHECKING:
+    from collections.abc import Iterable
+
+    from ._events import EventCallback
+    from ._request import RequestView
+    from ._rules import ResponseInfo, Verdict
+#: prefix of rule state keys in the storage (see _rules.NS)
+_rules_ns = "rule:"
 
 __all__ = ["DEFAULT_STRATEGY", "ON_STORAGE_ERROR", "Limiter"]
 
@@ -76,6 +85,14 @@ class Limiter:
         denial_cache_size: with a remote store, a key refused until T is refused in-process
             until T without a round trip (safe: other workers can only push T later). The
             number of refused keys remembered; 0 turns the cache off.
+        trusted_proxies: how far ``X-Forwarded-For`` is believed when finding the client IP
+            for rules: ``0`` (default, the socket peer only), a number of proxies in front
+            of the app, or a list of trusted proxy CIDRs. See ``docs/middleware.md``.
+        ipv6_prefix: IPv6 clients are keyed by this network prefix (default 64).
+        header_style: rate-limit headers the middleware writes: ``"draft10"`` (default,
+            ``RateLimit-Policy``/``RateLimit``), ``"legacy"`` (``X-RateLimit-*``),
+            ``"both"`` or ``"none"``.
+        headers_on_allowed: write them on allowed responses too, not only on 429s.
 
     Thread-safe. ``hit``/``test``/``reset`` have async twins ``ahit``/``atest``/``areset``
     that never block the event loop.
@@ -92,6 +109,10 @@ class Limiter:
         retry_interval: float = 1.0,
         error_log_interval: float = 60.0,
         denial_cache_size: int = 10_000,
+        trusted_proxies: int | Sequence[str] = 0,
+        ipv6_prefix: int = 64,
+        header_style: str = "draft10",
+        headers_on_allowed: bool = True,
     ) -> None:
         if isinstance(storage, str):
             storage = storage_from_url(storage)
@@ -136,6 +157,7 @@ class Limiter:
         self._fallback: MemoryStorage | None = None
         self._broken_until = 0.0
         self._last_error_log = -float("inf")
+        self._init_rules(trusted_proxies, ipv6_prefix, header_style, headers_on_allowed)
 
     def __repr__(self) -> str:
         return f"Limiter(storage={self.storage!r}, strategy={self.strategy!r})"
@@ -372,6 +394,189 @@ class Limiter:
             Decision,
             (False, alg.capacity, 0, self.retry_interval, self.retry_interval, alg.rate, True),
         )
+
+    # -- rules: safelists, blocklists, bans, throttles, tracks (the middleware's engine) --
+    # Everything below is the rule API; the engine itself lives in _rules.py.
+
+    def _init_rules(
+        self,
+        trusted_proxies: int | Sequence[str],
+        ipv6_prefix: int,
+        header_style: str,
+        headers_on_allowed: bool,
+    ) -> None:
+        from ._clientip import ClientIPResolver
+        from ._responses import check_header_style
+        from ._rules import Rules
+
+        check_header_style(header_style)
+        if not isinstance(headers_on_allowed, bool):
+            raise ConfigError(
+                f"headers_on_allowed must be True or False, got {headers_on_allowed!r}"
+            )
+        self.resolver = ClientIPResolver(trusted_proxies, ipv6_prefix)
+        self.resolver_args = (trusted_proxies, ipv6_prefix)
+        self.header_style = header_style
+        self.headers_on_allowed = headers_on_allowed
+        self._rules = Rules(self)
+
+    def safelist(
+        self, name: str, predicate: Callable[[RequestView], Any] | None = None, *,
+        ips: Iterable[str] | None = None,
+    ) -> None:
+        """Let requests through untouched when ``predicate(view)`` is true and/or the client
+        IP is in ``ips`` (addresses or CIDRs); with both, both must hold."""
+        self._rules.add_list("safelist", name, predicate, ips)
+
+    def blocklist(
+        self, name: str, predicate: Callable[[RequestView], Any] | None = None, *,
+        ips: Iterable[str] | None = None,
+    ) -> None:
+        """Refuse (403) requests for which ``predicate(view)`` is true and/or whose client
+        IP is in ``ips`` (addresses or CIDRs); with both, both must hold."""
+        self._rules.add_list("blocklist", name, predicate, ips)
+
+    def fail2ban(
+        self, name: str, *, match: Callable[[RequestView], Any], maxretry: int,
+        findtime: float, bantime: float, key: Any = None,
+    ) -> None:
+        """Refuse requests that ``match``; a key (default: the client) that matches
+        ``maxretry`` times within ``findtime`` seconds is banned from everything for
+        ``bantime`` seconds, in every worker sharing the storage."""
+        self._rules.add_ban("fail2ban", name, match, maxretry, findtime, bantime, key)
+
+    def allow2ban(
+        self, name: str, *, match: Callable[[RequestView], Any], maxretry: int,
+        findtime: float, bantime: float, key: Any = None,
+    ) -> None:
+        """Like :meth:`fail2ban`, but matching requests go through until the key has
+        matched ``maxretry`` times within ``findtime``; then it is banned for ``bantime``."""
+        self._rules.add_ban("allow2ban", name, match, maxretry, findtime, bantime, key)
+
+    def throttle(
+        self,
+        name: str,
+        rates: Any,
+        *,
+        match: Callable[[RequestView], Any] | None = None,
+        key: Any = None,
+        strategy: str | None = None,
+        cost: int | Callable[[RequestView], int] | None = None,
+        burst: int | None = None,
+        dry_run: bool = False,
+        count_when: Callable[[ResponseInfo], Any] | None = None,
+    ) -> None:
+        """Limit requests that ``match`` (default: all) to ``rates`` per ``key``.
+
+        ``key``: a function of the request view (returning None skips the rule), or
+        ``"ip"``, ``"client"`` (default: the IPv4 address or IPv6 /64) or
+        ``"header:<name>"``. ``cost``: an int or a function of the view. ``dry_run``:
+        count and emit events, never refuse. ``count_when``: a function of the response
+        (``.status_code``); the rule is tested before the app and charged after it
+        answers, only when the function returns true.
+        """
+        self._rules.add_throttle(name, rates, match, key, strategy, cost, burst, dry_run,
+                                 count_when)
+
+    def track(
+        self, name: str, match: Callable[[RequestView], Any] | None = None, *, key: Any = None
+    ) -> None:
+        """Emit a ``"tracked"`` event for requests that ``match`` and reach the app."""
+        self._rules.add_track(name, match, key)
+
+    def on(self, kind: Any, callback: EventCallback | None = None) -> Any:
+        """Subscribe ``callback(event)`` to events of ``kind`` (or to every kind when the
+        first argument is the callback). Returns the callback; ``@limiter.on("banned")``
+        works as a decorator."""
+        if callback is None and callable(kind):
+            self._rules.on(None, kind)
+            return kind
+        if not isinstance(kind, str):
+            raise ConfigError(f"on() takes an event kind or a callback, got {kind!r}")
+        if callback is None:
+            def decorator(fn: EventCallback) -> EventCallback:
+                self._rules.on(kind, fn)
+                return fn
+            return decorator
+        self._rules.on(kind, callback)
+        return callback
+
+    def evaluate(self, view: RequestView) -> Verdict:
+        """Run every rule on one request (one storage call); never raises."""
+        return self._rules.evaluate(view)
+
+    async def aevaluate(self, view: RequestView) -> Verdict:
+        """Async twin of :meth:`evaluate` (only async storage calls)."""
+        return await self._rules.aevaluate(view)
+
+    def settle(
+        self, verdict: Verdict, status: int, headers: Sequence[tuple[str, str]] = ()
+    ) -> None:
+        """After the response: charge the ``count_when`` throttles whose predicate matches
+        ``status`` (an exception from the app counts as 500). Idempotent."""
+        if verdict.pending:
+            self._rules.settle(verdict, status, headers)
+
+    async def asettle(
+        self, verdict: Verdict, status: int, headers: Sequence[tuple[str, str]] = ()
+    ) -> None:
+        """Async twin of :meth:`settle`."""
+        if verdict.pending:
+            await self._rules.asettle(verdict, status, headers)
+
+    def _block_now(self) -> int | None:
+        return int(self.clock() * 1_000_000) if self.clock is not None else None
+
+    def block(self, key: str, ttl: float | None = None, reason: str = "") -> None:
+        """Refuse every request from ``key`` (a client IP, or an IPv6 network as
+        ``client_key`` writes it) for ``ttl`` seconds (None: until unblocked), in every
+        worker sharing the storage."""
+        if not isinstance(key, str) or not key:
+            raise ConfigError(f"block key must be a non-empty string, got {key!r}")
+        self.storage.block(key, ttl, reason, self._block_now())
+
+    def unblock(self, key: str) -> bool:
+        """Lift a block or ban (as :meth:`blocked` lists it); True when there was one."""
+        found = self.storage.unblock(key)
+        ban = self._rules.ban_rule_of(key)
+        if ban is not None:  # a fresh start for the ban counter too
+            self.storage.reset((_rules_ns + ban[1],))
+        return found
+
+    def blocked(self) -> list[Block]:
+        """Every live block and ban, soonest to expire first."""
+        return self.storage.blocked(self._block_now())
+
+    async def ablock(self, key: str, ttl: float | None = None, reason: str = "") -> None:
+        """Async twin of :meth:`block`."""
+        if not isinstance(key, str) or not key:
+            raise ConfigError(f"block key must be a non-empty string, got {key!r}")
+        await self.storage.ablock(key, ttl, reason, self._block_now())
+
+    async def aunblock(self, key: str) -> bool:
+        """Async twin of :meth:`unblock`."""
+        found = await self.storage.aunblock(key)
+        ban = self._rules.ban_rule_of(key)
+        if ban is not None:
+            await self.storage.areset((_rules_ns + ban[1],))
+        return found
+
+    async def ablocked(self) -> list[Block]:
+        """Async twin of :meth:`blocked`."""
+        return await self.storage.ablocked(self._block_now())
+
+    def reset_rules(self, key: str) -> None:
+        """Forget the state every rule keeps for the discriminator ``key`` (for example a
+        user name after a successful login)."""
+        self.storage.reset((_rules_ns + key,))
+        if self._fallback is not None:
+            self._fallback.reset((_rules_ns + key,))
+
+    async def areset_rules(self, key: str) -> None:
+        """Async twin of :meth:`reset_rules`."""
+        await self.storage.areset((_rules_ns + key,))
+        if self._fallback is not None:
+            self._fallback.reset((_rules_ns + key,))
 
 
 def _apply(

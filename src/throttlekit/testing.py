@@ -3,7 +3,7 @@
 >>> from throttlekit import Limiter
 >>> from throttlekit.testing import FakeClock
 >>> clock = FakeClock()
->>> limiter = Limiter(clock=clock)
+>>> limiter = Limiter(clock=clock, strategy="fixed_window")
 >>> limiter.hit("k", "1/second").allowed, limiter.hit("k", "1/second").allowed
 (True, False)
 >>> clock.advance(1)

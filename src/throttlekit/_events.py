@@ -1,0 +1,100 @@
+"""Events: what the rules did to a request, for logging, metrics and alerting.
+
+Subscribe with ``limiter.on(callback)`` (every kind) or ``limiter.on("throttled", callback)``;
+both return the callback, so they also work as decorators::
+
+    @limiter.on("banned")
+    def alert(event: Event) -> None:
+        log.warning("banned %s by %s", event.key, event.rule)
+
+Events are built only when someone subscribed to their kind, so an unobserved limiter
+pays nothing. Callbacks run synchronously in the request's thread (or event loop), right
+after the rules decided; keep them short, and hand slow work to a queue. A callback that
+raises is logged and never breaks the request.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from typing import TYPE_CHECKING, NamedTuple
+
+from ._errors import ConfigError
+
+if TYPE_CHECKING:
+    from ._decision import Decision
+    from ._request import RequestView
+
+__all__ = ["EVENT_KINDS", "Event", "EventCallback", "Listeners"]
+
+logger = logging.getLogger("throttlekit")
+
+#: Every kind of event, in evaluation order.
+EVENT_KINDS = ("safelisted", "blocked", "banned", "throttled", "allowed", "tracked")
+
+
+class Event(NamedTuple):
+    """One rule acting on one request.
+
+    Attributes:
+        kind: ``"safelisted"``, ``"blocked"``, ``"banned"``, ``"throttled"``, ``"allowed"``
+            (a throttle applied and allowed) or ``"tracked"``.
+        rule: the rule's name.
+        key: the discriminator the rule used (client key, user name, ...), or None.
+        request: the request view.
+        decision: the throttle's (or ban counter's) Decision, None for list rules.
+        dry_run: the rule is in dry-run mode: it would have refused, but did not.
+        at: seconds since the epoch, on the limiter's clock.
+    """
+
+    kind: str
+    rule: str
+    key: str | None
+    request: RequestView
+    decision: Decision | None
+    dry_run: bool
+    at: float
+
+
+EventCallback = Callable[[Event], object]
+
+
+class Listeners:
+    """The subscriptions of one limiter: per kind, the callbacks to call, precomputed."""
+
+    __slots__ = ("_by_kind", "_last_log", "active", "log_interval")
+
+    def __init__(self, log_interval: float = 60.0) -> None:
+        self._by_kind: dict[str, tuple[EventCallback, ...]] = {}
+        self._last_log: dict[int, float] = {}
+        self.log_interval = log_interval
+        #: kinds somebody listens to (the hot path tests membership before building events)
+        self.active: frozenset[str] = frozenset()
+
+    def add(self, kind: str | None, callback: EventCallback) -> None:
+        if not callable(callback):
+            raise ConfigError(f"an event callback must be callable, got {callback!r}")
+        kinds = EVENT_KINDS if kind is None else (kind,)
+        for k in kinds:
+            if k not in EVENT_KINDS:
+                raise ConfigError(
+                    f"unknown event kind {k!r}; expected one of {', '.join(EVENT_KINDS)}"
+                )
+            self._by_kind[k] = (*self._by_kind.get(k, ()), callback)
+        self.active = frozenset(self._by_kind)
+
+    def emit(self, event: Event) -> None:
+        for callback in self._by_kind.get(event.kind, ()):
+            try:
+                callback(event)
+            except Exception:
+                # at most one log line per callback and interval: a broken hook under
+                # attack traffic must not flood the logs
+                mono = time.monotonic()
+                if mono - self._last_log.get(id(callback), -1e18) >= self.log_interval:
+                    self._last_log[id(callback)] = mono
+                    logger.exception(
+                        "throttlekit: event callback %r failed on a %r event of rule %r",
+                        callback, event.kind, event.rule,
+                    )

@@ -1,0 +1,432 @@
+"""A framework-neutral, lazy view of one request, for rule predicates and key functions.
+
+Built for every request, so building it costs almost nothing: each attribute is computed
+on first access and cached. Headers, the client address and the form are only parsed when
+a rule asks for them.
+
+>>> from werkzeug.test import EnvironBuilder
+>>> environ = EnvironBuilder("/caf%C3%A9", method="POST", data={"username": "ann"},
+...                          headers={"X-Forwarded-For": "203.0.113.9"}).get_environ()
+>>> view = RequestView.from_environ(environ, ClientIPResolver(trusted_proxies=1))
+>>> view.method, view.path, view.headers["x-forwarded-for"], view.client_ip
+('POST', '/café', '203.0.113.9', '203.0.113.9')
+>>> view.form["username"]
+'ann'
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+from collections.abc import Iterator, Mapping
+from typing import IO, Any
+from urllib.parse import parse_qsl
+
+from ._clientip import ClientIPResolver
+
+__all__ = ["DEFAULT_MAX_FORM_BYTES", "RequestView"]
+
+#: Bodies larger than this are not parsed for ``form`` (it is empty instead).
+DEFAULT_MAX_FORM_BYTES = 64 * 1024
+
+_UNSET: Any = object()
+_EMPTY: Mapping[str, str] = {}
+_FORM_TYPES = ("application/x-www-form-urlencoded", "multipart/form-data", "application/json")
+
+
+class _EnvironHeaders(Mapping[str, str]):
+    """Case-insensitive headers read straight from a WSGI environ (no copy)."""
+
+    __slots__ = ("_environ",)
+
+    def __init__(self, environ: Mapping[str, Any]) -> None:
+        self._environ = environ
+
+    @staticmethod
+    def _env_key(name: str) -> str:
+        key = name.upper().replace("-", "_")
+        if key in ("CONTENT_TYPE", "CONTENT_LENGTH"):
+            return key
+        return "HTTP_" + key
+
+    def __getitem__(self, name: str) -> str:
+        if not isinstance(name, str):
+            raise KeyError(name)
+        value = self._environ.get(self._env_key(name))
+        if not isinstance(value, str):
+            raise KeyError(name)
+        return value
+
+    def get(self, name: str, default: Any = None) -> Any:  # fast path, no exception
+        if not isinstance(name, str):
+            return default
+        value = self._environ.get(self._env_key(name))
+        return value if isinstance(value, str) else default
+
+    def __contains__(self, name: object) -> bool:
+        return isinstance(name, str) and isinstance(self._environ.get(self._env_key(name)), str)
+
+    def __iter__(self) -> Iterator[str]:
+        for key, value in self._environ.items():
+            if not isinstance(value, str):
+                continue
+            if key.startswith("HTTP_"):
+                yield key[5:].replace("_", "-").lower()
+            elif key in ("CONTENT_TYPE", "CONTENT_LENGTH") and value:
+                yield key.replace("_", "-").lower()
+
+    def __len__(self) -> int:
+        return sum(1 for _ in self)
+
+    def __repr__(self) -> str:
+        return f"Headers({dict(self.items())!r})"
+
+
+class _Headers(dict[str, str]):
+    """A dict with lower-case names whose lookups lower-case the name."""
+
+    __slots__ = ()
+
+    def __getitem__(self, name: str) -> str:
+        return dict.__getitem__(self, name.lower() if isinstance(name, str) else name)
+
+    def get(self, name: str, default: Any = None) -> Any:
+        return dict.get(self, name.lower() if isinstance(name, str) else name, default)
+
+    def __contains__(self, name: object) -> bool:
+        return dict.__contains__(self, name.lower() if isinstance(name, str) else name)
+
+    def __repr__(self) -> str:
+        return f"Headers({dict.__repr__(self)})"
+
+
+def _scope_headers(raw: Any) -> _Headers:
+    headers: dict[str, str] = {}
+    try:
+        for name, value in raw:
+            key = name.decode("latin-1").lower()
+            if key in headers:
+                sep = "; " if key == "cookie" else ", "
+                headers[key] = headers[key] + sep + value.decode("latin-1")
+            else:
+                headers[key] = value.decode("latin-1")
+    except Exception:
+        return _scope_headers_careful(raw)
+    return _Headers(headers)
+
+
+def _scope_headers_careful(raw: object) -> _Headers:
+    """The slow path for malformed header lists: skip what is not a pair of bytes."""
+    headers: dict[str, str] = {}
+    if not isinstance(raw, (list, tuple)):
+        return _Headers()
+    for pair in raw:
+        try:
+            raw_name, raw_value = pair
+        except (TypeError, ValueError):
+            continue
+        if not isinstance(raw_name, (bytes, bytearray)) or not isinstance(
+            raw_value, (bytes, bytearray)
+        ):
+            continue
+        key = raw_name.decode("latin-1").lower()
+        value = raw_value.decode("latin-1")
+        if key in headers:
+            sep = "; " if key == "cookie" else ", "
+            headers[key] = headers[key] + sep + value
+        else:
+            headers[key] = value
+    return _Headers(headers)
+
+
+class RequestView:
+    """What rules see of a request: ``method``, ``path``, ``query``, ``headers``,
+    ``client_ip``, ``client_key``, ``form``, ``scheme`` and ``raw``.
+
+    - ``path`` is decoded text (never raises: undecodable bytes become U+FFFD); for WSGI it
+      is ``PATH_INFO`` (the path under the app's mount point), for ASGI ``scope["path"]``.
+    - ``query`` is the raw query string, undecoded.
+    - ``headers`` maps lower-case names to values, looked up case-insensitively.
+    - ``client_ip`` is the resolved client address (what IP lists and bans match);
+      ``client_key`` the default throttle key (the IPv4 address or the IPv6 /64).
+    - ``form`` holds the first value of each field of an urlencoded, multipart or JSON-object
+      body, read on first access; empty for other bodies, bodies over ``max_form_bytes``
+      or anything unparsable. Reading it leaves the body for the app to read (WSGI:
+      ``wsgi.input`` is replaced by a replay of the bytes read; ASGI: the middleware
+      passes the body it pre-read and replays it).
+    - ``raw`` is the WSGI environ or the ASGI scope.
+
+    Not thread-safe (one view per request).
+    """
+
+    __slots__ = (
+        "_client_ip",
+        "_client_key",
+        "_form",
+        "_headers",
+        "_path",
+        "_peer",
+        "body",
+        "is_wsgi",
+        "max_form_bytes",
+        "method",
+        "raw",
+        "resolver",
+    )
+
+    method: str
+    raw: dict[str, Any]
+    resolver: ClientIPResolver
+    body: bytes | None
+    is_wsgi: bool
+    max_form_bytes: int
+    _path: Any
+    _headers: Any
+    _client_ip: Any
+    _client_key: Any
+    _form: Any
+    _peer: Any
+
+    def __init__(self) -> None:  # use from_environ / from_scope
+        raise TypeError("build a RequestView with RequestView.from_environ or from_scope")
+
+    @classmethod
+    def from_environ(
+        cls,
+        environ: dict[str, Any],
+        resolver: ClientIPResolver,
+        *,
+        max_form_bytes: int = DEFAULT_MAX_FORM_BYTES,
+    ) -> RequestView:
+        """The view of a WSGI request (PEP 3333 environ)."""
+        self = object.__new__(cls)
+        self.raw = environ
+        self.resolver = resolver
+        self.is_wsgi = True
+        self.body = None
+        self.max_form_bytes = max_form_bytes
+        method = environ.get("REQUEST_METHOD")
+        self.method = method if isinstance(method, str) else "GET"
+        self._path = self._headers = self._client_ip = self._client_key = self._form = _UNSET
+        self._peer = environ.get("REMOTE_ADDR")
+        return self
+
+    @classmethod
+    def from_scope(
+        cls,
+        scope: dict[str, Any],
+        resolver: ClientIPResolver,
+        body: bytes | None = None,
+        *,
+        max_form_bytes: int = DEFAULT_MAX_FORM_BYTES,
+    ) -> RequestView:
+        """The view of an ASGI ``http`` or ``websocket`` request; ``body`` is the request
+        body when the caller pre-read it (needed for ``form``)."""
+        self = object.__new__(cls)
+        self.raw = scope
+        self.resolver = resolver
+        self.is_wsgi = False
+        self.body = body
+        self.max_form_bytes = max_form_bytes
+        method = scope.get("method")
+        if not isinstance(method, str):
+            method = "GET"  # websocket handshakes are GET requests
+        self.method = method
+        self._path = self._headers = self._client_ip = self._client_key = self._form = _UNSET
+        client = scope.get("client")
+        try:
+            self._peer = client[0] if client else None
+        except (TypeError, IndexError, KeyError):
+            self._peer = None
+        return self
+
+    def __repr__(self) -> str:
+        return f"<RequestView {self.method} {self.path!r} from {self.client_ip}>"
+
+    @property
+    def path(self) -> str:
+        path = self._path
+        if path is _UNSET:
+            if self.is_wsgi:
+                raw = self.raw.get("PATH_INFO")
+                if isinstance(raw, str):
+                    # PEP 3333: the bytes were decoded as latin-1; UTF-8 is what browsers
+                    # send. A non-latin-1 str means the server already decoded it properly.
+                    with contextlib.suppress(UnicodeEncodeError):
+                        raw = raw.encode("latin-1").decode("utf-8", "replace")
+            else:
+                raw = self.raw.get("path")
+                if isinstance(raw, bytes):
+                    raw = raw.decode("utf-8", "replace")
+            path = raw if isinstance(raw, str) and raw else "/"
+            self._path = path
+        return path  # type: ignore[no-any-return]
+
+    @property
+    def query(self) -> str:
+        if self.is_wsgi:
+            q = self.raw.get("QUERY_STRING")
+            return q if isinstance(q, str) else ""
+        q = self.raw.get("query_string")
+        if isinstance(q, (bytes, bytearray)):
+            return q.decode("latin-1")
+        return q if isinstance(q, str) else ""
+
+    @property
+    def scheme(self) -> str:
+        if self.is_wsgi:
+            s = self.raw.get("wsgi.url_scheme")
+        else:
+            s = self.raw.get("scheme")
+            if not isinstance(s, str):
+                s = "ws" if self.raw.get("type") == "websocket" else "http"
+        return s if isinstance(s, str) else "http"
+
+    @property
+    def headers(self) -> Mapping[str, str]:
+        headers = self._headers
+        if headers is _UNSET:
+            if self.is_wsgi:
+                headers = _EnvironHeaders(self.raw)
+            else:
+                headers = _scope_headers(self.raw.get("headers"))
+            self._headers = headers
+        return headers  # type: ignore[no-any-return]
+
+    @property
+    def peer(self) -> str | None:
+        """The socket peer address as the server gave it (unresolved)."""
+        peer = self._peer
+        return peer if isinstance(peer, str) else None
+
+    @property
+    def client_ip(self) -> str | None:
+        ip = self._client_ip
+        if ip is _UNSET:
+            resolver = self.resolver
+            if resolver.trusts_headers:
+                headers = self.headers
+                ip = resolver.resolve(
+                    self.peer, headers.get("x-forwarded-for"), headers.get("forwarded")
+                )
+            else:
+                ip = resolver.resolve(self.peer)
+            self._client_ip = ip
+        return ip  # type: ignore[no-any-return]
+
+    @property
+    def client_key(self) -> str | None:
+        key = self._client_key
+        if key is _UNSET:
+            ip = self.client_ip
+            # an IPv4 client_ip is already normalised: it is its own key
+            key = ip if ip is None or ":" not in ip else self.resolver.client_key(ip)
+            self._client_key = key
+        return key  # type: ignore[no-any-return]
+
+    @property
+    def form(self) -> Mapping[str, str]:
+        form = self._form
+        if form is _UNSET:
+            try:
+                form = self._read_form()
+            except Exception:
+                form = _EMPTY  # a broken body never breaks the request
+            self._form = form
+        return form  # type: ignore[no-any-return]
+
+    def _read_form(self) -> Mapping[str, str]:
+        ctype = self.headers.get("content-type")
+        if not ctype:
+            return _EMPTY
+        mimetype = ctype.partition(";")[0].strip().lower()
+        if mimetype not in _FORM_TYPES:
+            return _EMPTY
+        body = self._read_wsgi_body() if self.is_wsgi else self.body
+        if body is None or len(body) > self.max_form_bytes:
+            return _EMPTY
+        return _parse_form(body, ctype, mimetype)
+
+    def _read_wsgi_body(self) -> bytes | None:
+        """Read at most ``max_form_bytes`` (+1 to detect more) and put a replay in place."""
+        environ = self.raw
+        stream = environ.get("wsgi.input")
+        if stream is None:
+            return None
+        cap = self.max_form_bytes
+        length_text = environ.get("CONTENT_LENGTH")
+        length: int | None = None
+        if isinstance(length_text, str) and length_text.strip():
+            try:
+                length = int(length_text)
+            except ValueError:
+                return None
+            if length < 0 or length > cap:
+                return None  # too big: leave the stream alone for the app
+        elif not environ.get("wsgi.input_terminated"):
+            return None  # no length and no terminated stream: reading could block
+        want = cap + 1 if length is None else length
+        chunks: list[bytes] = []
+        got = 0
+        try:
+            while got < want:
+                chunk = stream.read(want - got)
+                if not chunk:
+                    break
+                chunks.append(chunk)
+                got += len(chunk)
+        finally:
+            data = b"".join(chunks)
+            if length is None and len(data) > cap:
+                environ["wsgi.input"] = _Replay(data, stream)
+            else:
+                environ["wsgi.input"] = io.BytesIO(data)
+        return data
+
+
+class _Replay(io.RawIOBase):
+    """The bytes already read, then the rest of the original stream."""
+
+    def __init__(self, head: bytes, rest: IO[bytes]) -> None:
+        self._head = io.BytesIO(head)
+        self._rest = rest
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer: Any) -> int:
+        n = self._head.readinto(buffer)
+        if n:
+            return n
+        data = self._rest.read(len(buffer))
+        buffer[: len(data)] = data
+        return len(data)
+
+
+def _parse_form(body: bytes, ctype: str, mimetype: str) -> Mapping[str, str]:
+    form: dict[str, str] = {}
+    if mimetype == "application/x-www-form-urlencoded":
+        for name, value in parse_qsl(body.decode("utf-8", "replace"), keep_blank_values=True):
+            form.setdefault(name, value)
+    elif mimetype == "application/json":
+        data = json.loads(body)
+        if isinstance(data, dict):
+            for name, value in data.items():
+                if isinstance(value, str):
+                    form[name] = value
+                elif isinstance(value, (int, float)) and not isinstance(value, bool):
+                    form[name] = str(value)
+    else:
+        from werkzeug.formparser import FormDataParser
+        from werkzeug.http import parse_options_header
+
+        _, options = parse_options_header(ctype)
+        parser = FormDataParser(max_form_memory_size=len(body) + 1, silent=True)
+        _, fields, files = parser.parse(io.BytesIO(body), "multipart/form-data", len(body), options)
+        for upload in files.values():
+            upload.close()
+        for name, value in fields.items():
+            if isinstance(value, str):
+                form[name] = value
+    return form

@@ -1,0 +1,311 @@
+"""Standard HTTP answers: rate-limit header fields, ``Retry-After`` and denial responses.
+
+Header styles (:data:`HEADER_STYLES`):
+
+- ``"draft10"``: ``RateLimit-Policy`` and ``RateLimit`` as draft-ietf-httpapi-ratelimit-headers-10
+  writes them, Structured-Field lists with one item per policy (rule)::
+
+      RateLimit-Policy: "per-ip";q=100;w=60, "login";q=5;w=60
+      RateLimit: "per-ip";r=42;t=18, "login";r=4;t=60
+
+- ``"legacy"``: ``X-RateLimit-Limit``, ``X-RateLimit-Remaining`` and ``X-RateLimit-Reset``
+  (delta seconds, or an epoch timestamp when ``now`` is given) of the most restrictive policy.
+- ``"both"``, or ``"none"``.
+
+Denials (:func:`default_responder`): ``429`` for a throttle, ``403`` for a block or ban,
+``503`` for load shedding; ``Cache-Control: no-store`` (RFC 6585: a 429 must not be cached),
+``Retry-After`` in whole seconds rounded up (RFC 9110) when finite; a plain-text body, or RFC
+9457 ``application/problem+json`` when the client's ``Accept`` prefers JSON.
+
+>>> from throttlekit import Decision, Rate
+>>> d = Decision(False, 100, 0, 17.2, 2.1, Rate(100, 60.0))
+>>> rate_limit_headers([("per-ip", d)], "draft10")
+[('RateLimit-Policy', '"per-ip";q=100;w=60'), ('RateLimit', '"per-ip";r=0;t=18')]
+>>> retry_after_header(2.1)
+'3'
+>>> denial = default_responder("throttled", "per-ip", d, "application/json", [])
+>>> denial.status, dict(denial.headers)["Content-Type"]
+(429, 'application/problem+json')
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import math
+from collections.abc import Sequence
+from typing import NamedTuple
+
+from ._decision import Decision
+from ._errors import ConfigError
+
+__all__ = [
+    "HEADER_STYLES",
+    "PROBLEM_TYPES",
+    "Denial",
+    "check_header_style",
+    "default_responder",
+    "encode_headers",
+    "prefers_json",
+    "rate_limit_headers",
+    "retry_after_header",
+    "sf_string",
+]
+
+HEADER_STYLES = ("draft10", "legacy", "both", "none")
+
+#: RFC 9457 problem types: kind -> (type URI, title). The 429 and 503 types are those
+#: proposed by draft-ietf-httpapi-ratelimit-headers.
+PROBLEM_TYPES: dict[str, tuple[str, str]] = {
+    "throttled": (
+        "https://iana.org/assignments/http-problem-types#quota-exceeded",
+        "Request cannot be satisfied as assigned quota has been exceeded",
+    ),
+    "shed": (
+        "https://iana.org/assignments/http-problem-types#temporary-reduced-capacity",
+        "Temporary reduced capacity",
+    ),
+    "blocked": ("about:blank", "Forbidden"),
+    "banned": ("about:blank", "Forbidden"),
+}
+
+_STATUS = {"throttled": 429, "blocked": 403, "banned": 403, "shed": 503}
+_TEXT = {
+    429: b"Too Many Requests: rate limit exceeded.\n",
+    403: b"Forbidden.\n",
+    503: b"Service Unavailable: the server is shedding load, retry later.\n",
+}
+_TEXT_LEN = {status: str(len(body)) for status, body in _TEXT.items()}
+_NO_STORE = ("Cache-Control", "no-store")
+_TEXT_TYPE = ("Content-Type", "text/plain; charset=utf-8")
+_PROBLEM_TYPE = ("Content-Type", "application/problem+json")
+
+
+class Denial(NamedTuple):
+    """A refusal to send instead of the app's response (header values are str)."""
+
+    status: int
+    headers: list[tuple[str, str]]
+    body: bytes
+
+
+def check_header_style(style: object) -> str:
+    """``style`` if it is one of :data:`HEADER_STYLES`, else ConfigError."""
+    if style not in HEADER_STYLES:
+        raise ConfigError(f"header style must be one of {HEADER_STYLES}, got {style!r}")
+    return style
+
+
+def retry_after_header(seconds: float) -> str | None:
+    """The ``Retry-After`` value for a wait: whole seconds rounded up, never negative;
+    None for an infinite (or NaN) wait, which no retry can cure."""
+    if not seconds > 0:
+        return None if seconds != seconds else "0"  # NaN -> None, <= 0 -> "0"
+    if seconds == math.inf:
+        return None
+    return str(math.ceil(seconds))
+
+
+def sf_string(text: str) -> str:
+    """``text`` as a Structured-Field String (RFC 8941): quoted, ``\\`` and ``"`` escaped;
+    characters outside printable ASCII (not allowed there) become ``?``."""
+    return _sf_string(text) if isinstance(text, str) else _sf_string(str(text))
+
+
+@functools.lru_cache(maxsize=1024)
+def _sf_string(text: str) -> str:
+    chars = []
+    for ch in text:
+        if ch in '\\"':
+            chars.append("\\" + ch)
+        elif " " <= ch <= "~":
+            chars.append(ch)
+        else:
+            chars.append("?")
+    return '"' + "".join(chars) + '"'
+
+
+@functools.lru_cache(maxsize=1024)
+def _policy_item(name: str, limit: int, period: float) -> str:
+    return f"{_sf_string(name)};q={limit};w={max(1, math.ceil(period))}"
+
+
+def _whole(seconds: float) -> int:
+    if not seconds > 0:
+        return 0
+    if seconds == math.inf:
+        return 2**31  # never resets; a large finite integer keeps the field parseable
+    return math.ceil(seconds)
+
+
+def rate_limit_headers(
+    policies: Sequence[tuple[str, Decision]], style: str, *, now: float | None = None
+) -> list[tuple[str, str]]:
+    """The rate-limit header fields for the Decisions of the policies (rules) that applied.
+
+    Args:
+        policies: ``(name, decision)`` per policy, in the order to list them.
+        style: one of :data:`HEADER_STYLES`.
+        now: seconds since the epoch; when given, ``X-RateLimit-Reset`` is an epoch
+            timestamp (as GitHub and Flask-Limiter send it) instead of delta seconds.
+
+    Raises:
+        ConfigError: unknown ``style``.
+    """
+    if style == "none" or not policies:
+        if style not in HEADER_STYLES:
+            check_header_style(style)
+        return []
+    out: list[tuple[str, str]] = []
+    if style == "draft10" or style == "both":
+        policy_items = []
+        state_items = []
+        for name, d in policies:
+            rate = d.rate
+            policy_items.append(_policy_item(name, rate.limit, rate.period))
+            state_items.append(
+                f"{_sf_string(name)};r={max(0, d.remaining)};t={_whole(d.reset_after)}"
+            )
+        out.append(("RateLimit-Policy", ", ".join(policy_items)))
+        out.append(("RateLimit", ", ".join(state_items)))
+    elif style != "legacy":
+        check_header_style(style)
+    if style == "legacy" or style == "both":
+        d = _most_restrictive([d for _, d in policies])
+        reset = _whole(d.reset_after)
+        if now is not None and reset != 2**31:
+            reset = math.ceil(now + d.reset_after)
+        out.append(("X-RateLimit-Limit", str(d.limit)))
+        out.append(("X-RateLimit-Remaining", str(max(0, d.remaining))))
+        out.append(("X-RateLimit-Reset", str(reset)))
+    return out
+
+
+def _most_restrictive(decisions: list[Decision]) -> Decision:
+    if len(decisions) == 1:
+        return decisions[0]
+    denied = [d for d in decisions if not d.allowed]
+    if denied:
+        return max(denied, key=lambda d: d.retry_after)
+    return min(decisions, key=lambda d: (d.remaining, -d.reset_after))
+
+
+@functools.lru_cache(maxsize=256)
+def prefers_json(accept: str | None) -> bool:
+    """Whether an ``Accept`` value prefers JSON (``application/problem+json`` or
+    ``application/json``) to ``text/plain``; ties, no header and garbage go to text."""
+    if not accept or not isinstance(accept, str):
+        return False
+    ranges = _parse_accept(accept[:2048])
+    q_json = max(
+        _quality(ranges, "application", "problem+json"), _quality(ranges, "application", "json")
+    )
+    return q_json > _quality(ranges, "text", "plain")
+
+
+def _parse_accept(accept: str) -> list[tuple[str, str, float]]:
+    ranges = []
+    for part in accept.split(",")[:64]:
+        media, *params = part.split(";")
+        kind, sep, sub = media.strip().lower().partition("/")
+        if not sep or not kind or not sub:
+            continue
+        q = 1.0
+        for param in params:
+            name, _, value = param.strip().partition("=")
+            if name.strip().lower() == "q":
+                try:
+                    q = float(value.strip())
+                except ValueError:
+                    q = -1.0
+                if not 0.0 <= q <= 1.0:  # also NaN
+                    q = -1.0
+        if q >= 0.0:
+            ranges.append((kind.strip(), sub.strip(), q))
+    return ranges
+
+
+def _quality(ranges: list[tuple[str, str, float]], kind: str, sub: str) -> float:
+    """The q of the most specific range matching ``kind/sub`` (RFC 9110 12.5.1), or 0."""
+    best_rank, best_q = -1, 0.0
+    for rkind, rsub, q in ranges:
+        if rkind == kind and rsub == sub:
+            rank = 2
+        elif rkind == kind and rsub == "*":
+            rank = 1
+        elif rkind == "*" and rsub == "*":
+            rank = 0
+        else:
+            continue
+        if rank > best_rank or (rank == best_rank and q > best_q):
+            best_rank, best_q = rank, q
+    return best_q
+
+
+def default_responder(
+    kind: str,
+    rule: str,
+    decision: Decision | None,
+    accept: str | None,
+    headers: list[tuple[str, str]],
+) -> Denial:
+    """The response refusing a request.
+
+    Args:
+        kind: ``"throttled"`` (429), ``"blocked"`` or ``"banned"`` (403), ``"shed"`` (503);
+            anything else is answered 403.
+        rule: the name of the rule that refused (listed in ``violated-policies`` of a 429
+            problem body; never shown for blocks and bans).
+        decision: the refusing Decision, if any (gives ``Retry-After`` for 429 and 503).
+        accept: the request's ``Accept`` header.
+        headers: header fields to send as well (e.g. from :func:`rate_limit_headers`).
+
+    A custom responder has the same signature and returns a :class:`Denial` (or any
+    ``(status, headers, body)`` triple).
+    """
+    status = _STATUS.get(kind, 403)
+    out = list(headers)
+    if status != 403 and decision is not None:
+        retry = retry_after_header(decision.retry_after)
+        if retry is not None:
+            out.append(("Retry-After", retry))
+    out.append(_NO_STORE)
+    if prefers_json(accept):
+        body = _problem_body(kind if kind in PROBLEM_TYPES else "blocked", status, rule, decision)
+        out.append(_PROBLEM_TYPE)
+        out.append(("Content-Length", str(len(body))))
+        return Denial(status, out, body)
+    out.append(_TEXT_TYPE)
+    out.append(("Content-Length", _TEXT_LEN[status]))
+    return Denial(status, out, _TEXT[status])
+
+
+def _problem_body(kind: str, status: int, rule: str, decision: Decision | None) -> bytes:
+    type_uri, title = PROBLEM_TYPES[kind]
+    problem: dict[str, object] = {"type": type_uri, "title": title, "status": status}
+    retry = retry_after_header(decision.retry_after) if decision is not None else None
+    if status == 429:
+        if decision is not None and decision.retry_after == math.inf:
+            problem["detail"] = "This request costs more than the quota allows; it cannot succeed."
+        elif retry is not None:
+            problem["detail"] = f"Rate limit exceeded; retry in {retry} seconds."
+        else:
+            problem["detail"] = "Rate limit exceeded."
+        problem["violated-policies"] = [rule]
+    elif status == 503:
+        problem["detail"] = (
+            f"The server is shedding load; retry in {retry} seconds."
+            if retry is not None
+            else "The server is shedding load; retry later."
+        )
+    else:
+        problem["detail"] = "This client is not allowed to make this request."
+    return json.dumps(problem, ensure_ascii=True, separators=(",", ":")).encode("ascii")
+
+
+def encode_headers(headers: Sequence[tuple[str, str]]) -> list[tuple[bytes, bytes]]:
+    """Header fields as ASGI wants them: lower-case latin-1 names and latin-1 values."""
+    return [
+        (name.lower().encode("latin-1"), value.encode("latin-1", "replace"))
+        for name, value in headers
+    ]

@@ -1,0 +1,825 @@
+"""The rule engine: safelists, blocklists, bans, throttles and tracks, per request.
+
+Rules are registered on a :class:`~throttlekit.Limiter` (``limiter.throttle(...)`` and
+friends) and evaluated for each request by ``limiter.evaluate(view)``, in this order:
+
+1. **safelists**: a match lets the request through, no other rule is looked at;
+2. **blocklists** (static IPs/CIDRs and predicates): a match refuses with 403;
+3. **the dynamic blocklist and bans** (``limiter.block``, ``fail2ban``, ``allow2ban``),
+   looked up in the storage, so a ban made by one worker holds on all of them;
+4. **throttles**: every throttle that applies is checked; if any refuses, none is charged
+   (429); ``dry_run`` throttles are charged on their own and never refuse;
+5. **tracks**: emit events for requests that go through, never refuse.
+
+Steps 3 and 4 are one storage call (one round trip on Redis). A throttle's state is keyed
+by (rule name, strategy, period, discriminator) and not by the amount, so tightening a rule
+takes effect at once rather than handing everyone a fresh quota.
+"""
+
+from __future__ import annotations
+
+import logging
+import operator
+import time
+from collections.abc import Callable, Iterable, Sequence
+from typing import TYPE_CHECKING, Any, NamedTuple
+
+from ._algorithms import Algorithm, make_algorithm
+from ._decision import Decision
+from ._errors import ConfigError
+from ._events import Event, EventCallback, Listeners
+from ._ipset import IPSet
+from ._rates import Rate, coerce_rates
+from .storage import MemoryStorage
+from .storage.base import BatchResult, Check, Storage
+
+if TYPE_CHECKING:
+    from ._limiter import Limiter
+    from ._request import RequestView
+
+__all__ = [
+    "DYNAMIC_RULE",
+    "STORAGE_RULE",
+    "ResponseInfo",
+    "Rules",
+    "Verdict",
+    "escape_name",
+]
+
+logger = logging.getLogger("throttlekit")
+
+Predicate = Callable[["RequestView"], Any]
+KeyFunc = Callable[["RequestView"], Any]
+
+#: The rule name reported for refusals by ``limiter.block(...)`` entries.
+DYNAMIC_RULE = "blocklist"
+#: The rule name reported when ``on_storage_error="deny"`` refuses during an outage.
+STORAGE_RULE = "storage-unavailable"
+#: Prefix of the storage keys of rule state: a rule's state can never be confused with a
+#: direct ``limiter.hit(key, ...)`` on the same key.
+NS = "rule:"
+_new = tuple.__new__
+_INF = float("inf")
+
+
+def escape_name(name: str) -> str:
+    """A rule name made safe for an algorithm id (no ``|``, no ``:``)."""
+    return name.replace("%", "%25").replace("|", "%7C").replace(":", "%3A")
+
+
+class ResponseInfo(NamedTuple):
+    """What a ``count_when`` predicate sees of the response."""
+
+    status_code: int
+    headers: Sequence[tuple[str, str]] = ()
+
+
+class Verdict:
+    """What the rules decided for one request.
+
+    Attributes:
+        allowed: the request may go to the app.
+        kind: ``"allowed"``, ``"safelisted"``, ``"blocked"``, ``"banned"`` or ``"throttled"``.
+        rule: the name of the deciding rule (None when nothing decided).
+        key: the discriminator of the deciding rule.
+        decision: the deciding Decision (the refusing throttle's, or for an allowed
+            request the most restrictive throttle's), None for list rules.
+        policies: ``(policy name, Decision)`` of every throttle (not dry-run) that
+            applied: what the rate-limit headers report.
+        degraded: the storage failed and ``on_storage_error`` answered.
+        request: the request view.
+    """
+
+    __slots__ = (
+        "allowed", "decision", "degraded", "key", "kind", "pending", "policies", "request",
+        "rule",
+    )
+
+    def __init__(
+        self,
+        allowed: bool,
+        kind: str,
+        rule: str | None,
+        key: str | None,
+        decision: Decision | None,
+        policies: list[tuple[str, Decision]],
+        degraded: bool,
+        request: RequestView,
+        pending: list[tuple[_Throttle, str, int]] | None = None,
+    ) -> None:
+        self.allowed = allowed
+        self.kind = kind
+        self.rule = rule
+        self.key = key
+        self.decision = decision
+        self.policies = policies
+        self.degraded = degraded
+        self.request = request
+        #: count_when charges to settle after the response
+        self.pending = pending
+
+    def __repr__(self) -> str:
+        return (
+            f"Verdict(allowed={self.allowed}, kind={self.kind!r}, rule={self.rule!r}, "
+            f"key={self.key!r}, decision={self.decision!r}, degraded={self.degraded})"
+        )
+
+
+# -- rules ---------------------------------------------------------------------------------
+
+
+def _key_func(key: str | KeyFunc | None, what: str) -> KeyFunc:
+    """The key function of a rule: a callable, or a shortcut string."""
+    if key is None or key == "client":
+        return operator.attrgetter("client_key")
+    if key == "ip":
+        return operator.attrgetter("client_ip")
+    if isinstance(key, str) and key.lower().startswith("header:") and len(key) > 7:
+        name = key[7:].strip().lower()
+
+        def header_key(view: RequestView) -> str | None:
+            return view.headers.get(name) or None
+
+        return header_key
+    if callable(key):
+        return key
+    raise ConfigError(
+        f"{what}: key must be a callable, 'ip', 'client' or 'header:<name>', got {key!r}"
+    )
+
+
+def _callable_or_none(value: Any, what: str) -> Any:
+    if value is not None and not callable(value):
+        raise ConfigError(f"{what} must be a callable, got {value!r}")
+    return value
+
+
+def _uses_form(*functions: Any) -> bool:
+    """Whether a predicate or key function reads ``view.form`` (by its code's names).
+
+    An ASGI middleware must read the body before the rules run for ``form`` to have
+    anything in it; this spares every other request that cost.
+    """
+    for fn in functions:
+        code = getattr(fn, "__code__", None)
+        if code is not None and "form" in code.co_names:
+            return True
+    return False
+
+
+class _ListRule:
+    __slots__ = ("ips", "name", "predicate")
+
+    def __init__(self, name: str, predicate: Predicate | None, ips: IPSet | None) -> None:
+        self.name = name
+        self.predicate = predicate
+        self.ips = ips
+
+
+class _BanRule:
+    __slots__ = (
+        "algorithm", "bantime", "findtime", "key", "kind", "match", "maxretry", "name",
+        "prefix", "refuses",
+    )
+
+    def __init__(
+        self, kind: str, name: str, match: Predicate, key: KeyFunc, maxretry: int,
+        findtime: float, bantime: float, algorithm: Algorithm,
+    ) -> None:
+        self.kind = kind
+        self.name = name
+        self.match = match
+        self.key = key
+        self.maxretry = maxretry
+        self.findtime = findtime
+        self.bantime = bantime
+        self.algorithm = algorithm
+        #: the dynamic-blocklist key of a ban is ``prefix + discriminator``
+        self.prefix = f"{kind}:{name}:"
+        #: fail2ban refuses every matching request; allow2ban lets them through
+        self.refuses = kind == "fail2ban"
+
+
+class _Throttle:
+    __slots__ = (
+        "algorithms", "burst", "cost", "count_when", "dry_run", "key", "match", "name",
+        "policy_names", "rates", "strategy",
+    )
+
+    def __init__(
+        self, name: str, algorithms: tuple[Algorithm, ...], match: Predicate | None,
+        key: KeyFunc, cost: int | Callable[[RequestView], int], dry_run: bool,
+        count_when: Callable[[ResponseInfo], Any] | None, strategy: str, burst: int | None,
+    ) -> None:
+        self.name = name
+        self.algorithms = algorithms
+        self.rates = tuple(a.rate for a in algorithms)
+        self.match = match
+        self.key = key
+        self.cost = cost
+        self.dry_run = dry_run
+        self.count_when = count_when
+        self.strategy = strategy
+        self.burst = burst
+        if len(algorithms) == 1:
+            self.policy_names: tuple[str, ...] = (name,)
+        else:
+            self.policy_names = tuple(f"{name}/{_seconds(a.rate)}" for a in algorithms)
+
+
+def _seconds(rate: Rate) -> str:
+    p = rate.period
+    return str(int(p)) if p == int(p) else str(p)
+
+
+class _Track:
+    __slots__ = ("key", "match", "name")
+
+    def __init__(self, name: str, match: Predicate | None, key: KeyFunc) -> None:
+        self.name = name
+        self.match = match
+        self.key = key
+
+
+class _Plan:
+    """One request between the rules' local work and the storage's answer."""
+
+    __slots__ = ("bans", "block_keys", "checks", "n_user", "refuse_ban", "throttles", "view")
+
+    def __init__(self, view: RequestView) -> None:
+        self.view = view
+        self.checks: list[Check] = []
+        self.block_keys: list[str] = []
+        self.n_user = 0
+        #: (rule, discriminator, index of its counter check or -1)
+        self.bans: list[tuple[_BanRule, str, int]] = []
+        #: a fail2ban rule whose filter matched: the request is refused whatever happens
+        self.refuse_ban: tuple[_BanRule, str, int] | None = None
+        #: (rule, discriminator, cost, index of its first check)
+        self.throttles: list[tuple[_Throttle, str, int, int]] = []
+
+
+class _RuleFailed(Exception):
+    """A predicate, key or cost function raised under ``on_storage_error="deny"``."""
+
+    def __init__(self, kind: str, rule: str) -> None:
+        self.kind = kind
+        self.rule = rule
+
+
+# -- the engine ----------------------------------------------------------------------------
+
+
+class Rules:
+    """The rules of one limiter and their evaluation. Registration is copy-on-write
+    (tuples replaced whole), so evaluation needs no lock."""
+
+    def __init__(self, limiter: Limiter) -> None:
+        self.limiter = limiter
+        self.safelists: tuple[_ListRule, ...] = ()
+        self.blocklists: tuple[_ListRule, ...] = ()
+        self.bans: tuple[_BanRule, ...] = ()
+        self.throttles: tuple[_Throttle, ...] = ()
+        self.tracks: tuple[_Track, ...] = ()
+        self.names: dict[str, str] = {}
+        self.listeners = Listeners(limiter.error_log_interval)
+        #: some rule reads ``view.form`` (the ASGI middleware then reads form bodies first)
+        self.needs_form = False
+        self._last_log: dict[str, float] = {}
+
+    # -- registration ------------------------------------------------------------------
+
+    def _name(self, name: object, kind: str) -> str:
+        if not isinstance(name, str) or not name:
+            raise ConfigError(f"a rule name must be a non-empty string, got {name!r}")
+        if name in self.names:
+            raise ConfigError(f"duplicate rule name {name!r} (already a {self.names[name]})")
+        return name
+
+    def add_list(
+        self, kind: str, name: str, predicate: Predicate | None,
+        ips: Iterable[str] | None,
+    ) -> None:
+        name = self._name(name, kind)
+        _callable_or_none(predicate, f"{kind} {name!r}: predicate")
+        if isinstance(ips, str):
+            raise ConfigError(f"{kind} {name!r}: ips must be a list of addresses/CIDRs, "
+                              f"not the string {ips!r}")
+        ipset = IPSet(ips) if ips is not None else None
+        if predicate is None and ipset is None:
+            raise ConfigError(f"{kind} {name!r} needs a predicate or ips=")
+        rule = _ListRule(name, predicate, ipset)
+        self.needs_form = self.needs_form or _uses_form(predicate)
+        if kind == "safelist":
+            self.safelists = (*self.safelists, rule)
+        else:
+            self.blocklists = (*self.blocklists, rule)
+        self.names[name] = kind
+
+    def add_ban(
+        self, kind: str, name: str, match: Predicate, maxretry: int, findtime: float,
+        bantime: float, key: str | KeyFunc | None,
+    ) -> None:
+        name = self._name(name, kind)
+        if not callable(match):
+            raise ConfigError(f"{kind} {name!r}: match must be a callable, got {match!r}")
+        if isinstance(maxretry, bool) or not isinstance(maxretry, int) or maxretry < 1:
+            raise ConfigError(f"{kind} {name!r}: maxretry must be a positive integer, "
+                              f"got {maxretry!r}")
+        for what, value in (("findtime", findtime), ("bantime", bantime)):
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
+                raise ConfigError(f"{kind} {name!r}: {what} must be a positive number of "
+                                  f"seconds, got {value!r}")
+        keyf = _key_func(key, f"{kind} {name!r}")
+        # The counter is a sliding window: "maxretry matches within findtime", without
+        # the double allowance of a fixed window at its boundary.
+        rate = Rate(maxretry, float(findtime))
+        strategy = "sliding_window"
+        self.limiter._check_strategy(strategy)
+        alg = make_algorithm(
+            strategy, rate, None, id=f"b:{escape_name(name)}:{kind}:{rate.period_us}"
+        )
+        rule = _BanRule(kind, name, match, keyf, maxretry, float(findtime), float(bantime), alg)
+        self.needs_form = self.needs_form or _uses_form(match, keyf)
+        self.bans = (*self.bans, rule)
+        self.names[name] = kind
+
+    def add_throttle(
+        self, name: str, rates: Any, match: Predicate | None, key: str | KeyFunc | None,
+        strategy: str | None, cost: int | Callable[[RequestView], int] | None,
+        burst: int | None, dry_run: bool, count_when: Callable[[ResponseInfo], Any] | None,
+    ) -> None:
+        name = self._name(name, "throttle")
+        what = f"throttle {name!r}"
+        _callable_or_none(match, f"{what}: match")
+        _callable_or_none(count_when, f"{what}: count_when")
+        keyf = _key_func(key, what)
+        lim = self.limiter
+        strategy = strategy or lim.strategy
+        lim._check_strategy(strategy)
+        if burst is None and strategy == "token_bucket":
+            burst = lim.burst
+        if cost is None:
+            cost = 1
+        elif not callable(cost) and (
+            isinstance(cost, bool) or not isinstance(cost, int) or cost < 0
+        ):
+            raise ConfigError(f"{what}: cost must be an integer >= 0 or a callable, "
+                              f"got {cost!r}")
+        if not isinstance(dry_run, bool):
+            raise ConfigError(f"{what}: dry_run must be True or False, got {dry_run!r}")
+        rate_list = coerce_rates(rates)
+        base = f"r:{escape_name(name)}"
+        algorithms = []
+        for rate in rate_list:
+            alg = make_algorithm(strategy, rate, burst)
+            alg.id = f"{base}:{alg.code}{rate.period_us}"
+            algorithms.append(alg)
+        if len({a.id for a in algorithms}) != len(algorithms):
+            raise ConfigError(f"{what}: two rates with the same period in {rates!r}")
+        rule = _Throttle(name, tuple(algorithms), match, keyf, cost, dry_run, count_when,
+                         strategy, burst)
+        self.needs_form = self.needs_form or _uses_form(match, keyf, cost)
+        self.throttles = (*self.throttles, rule)
+        self.names[name] = "throttle"
+
+    def add_track(self, name: str, match: Predicate | None, key: str | KeyFunc | None) -> None:
+        name = self._name(name, "track")
+        _callable_or_none(match, f"track {name!r}: match")
+        keyf = _key_func(key, f"track {name!r}")
+        self.needs_form = self.needs_form or _uses_form(match, keyf)
+        self.tracks = (*self.tracks, _Track(name, match, keyf))
+        self.names[name] = "track"
+
+    def ban_rule_of(self, key: str) -> tuple[_BanRule, str] | None:
+        """The ban rule and discriminator a dynamic-blocklist key was made by, if any."""
+        for rule in self.bans:
+            if key.startswith(rule.prefix):
+                return rule, key[len(rule.prefix):]
+        return None
+
+    # -- failures ----------------------------------------------------------------------
+
+    def _rule_error(self, kind: str, rule: str, exc: BaseException, what: str) -> None:
+        """A user function raised: log (rate-limited per rule), then skip the rule, or
+        refuse the request under ``on_storage_error="deny"``."""
+        lim = self.limiter
+        mono = time.monotonic()
+        if mono - self._last_log.get(rule, -1e18) >= lim.error_log_interval:
+            self._last_log[rule] = mono
+            logger.error(
+                "throttlekit: the %s of %s rule %r raised %s: %s; on_storage_error=%r",
+                what, kind, rule, type(exc).__name__, exc, lim.on_storage_error,
+            )
+        if lim.on_storage_error == "deny" and kind != "safelist" and kind != "track":
+            raise _RuleFailed(kind, rule) from None
+
+    # -- evaluation --------------------------------------------------------------------
+
+    def _plan(self, view: RequestView) -> _Plan | Verdict:
+        """Everything that needs no storage: list rules, keys, costs, the checks."""
+        active = self.listeners.active
+        for lrule in self.safelists:
+            if self._list_match(lrule, view, "safelist"):
+                if "safelisted" in active:
+                    self._emit("safelisted", lrule.name, None, view, None, False)
+                return Verdict(True, "safelisted", lrule.name, None, None, [], False, view)
+        for lrule in self.blocklists:
+            if self._list_match(lrule, view, "blocklist"):
+                if "blocked" in active:
+                    self._emit("blocked", lrule.name, None, view, None, False)
+                return Verdict(False, "blocked", lrule.name, None, None, [], False, view)
+
+        p = _Plan(view)
+        checks = p.checks
+        block_keys = p.block_keys
+        ip = view.client_ip
+        if ip is not None:
+            block_keys.append(ip)
+        ck = view.client_key
+        if ck is not None and ck != ip:
+            block_keys.append(ck)
+        p.n_user = len(block_keys)
+
+        for brule in self.bans:
+            try:
+                disc = brule.key(view)
+                if disc is None:
+                    continue
+                disc = disc if disc.__class__ is str else str(disc)
+                matched = brule.match(view)
+            except Exception as exc:
+                self._rule_error(brule.kind, brule.name, exc, "key or match function")
+                continue
+            block_keys.append(brule.prefix + disc)
+            idx = -1
+            if matched:
+                idx = len(checks)
+                checks.append(Check(brule.algorithm, NS + disc, 1, True))
+                if brule.refuses and p.refuse_ban is None:
+                    p.refuse_ban = (brule, disc, idx)
+            p.bans.append((brule, disc, idx))
+
+        if p.refuse_ban is not None:
+            # refused whatever the storage says: charge no throttle for it
+            return p
+        throttles = p.throttles
+        for rule in self.throttles:
+            try:
+                match = rule.match
+                if match is not None and not match(view):
+                    continue
+                disc = rule.key(view)
+                if disc is None:
+                    continue
+                if disc.__class__ is not str:
+                    disc = str(disc)
+                cost = rule.cost
+                if cost.__class__ is not int:
+                    cost = cost(view)  # type: ignore[operator]
+                    if cost.__class__ is not int or cost < 0:
+                        raise TypeError(f"cost must be an integer >= 0, got {cost!r}")
+            except Exception as exc:
+                self._rule_error("throttle", rule.name, exc, "match, key or cost function")
+                continue
+            skey = NS + disc
+            throttles.append((rule, disc, cost, len(checks)))
+            # A count_when rule is only tested here: a zero-cost check reads the state
+            # without changing it, and `remaining >= cost` is whether `cost` more fits.
+            # It is charged after the response (see settle).
+            c = 0 if rule.count_when is not None else cost
+            indep = rule.dry_run
+            for alg in rule.algorithms:
+                checks.append(_new(Check, (alg, skey, c, indep)))
+        return p
+
+    def _list_match(self, rule: _ListRule, view: RequestView, kind: str) -> bool:
+        ips = rule.ips
+        if ips is not None:
+            ip = view.client_ip
+            if ip is None or ip not in ips:
+                return False
+        predicate = rule.predicate
+        if predicate is None:
+            return True
+        try:
+            return bool(predicate(view))
+        except Exception as exc:
+            self._rule_error(kind, rule.name, exc, "predicate")
+            return False
+
+    def _finish(self, p: _Plan, result: BatchResult, degraded: bool) -> tuple[
+        Verdict, list[tuple[str, float, str]]
+    ]:
+        """Read the storage's answer: the verdict, and the bans to make."""
+        view = p.view
+        active = self.listeners.active
+        decisions = result.decisions
+        blocked = result.blocked
+        new_bans: list[tuple[str, float, str]] = []
+
+        if degraded and self.limiter.on_storage_error == "deny":
+            d = self._deny_decision(p)
+            if "throttled" in active:
+                self._emit("throttled", STORAGE_RULE, None, view, d, False)
+            return Verdict(False, "throttled", STORAGE_RULE, None, d, [], True, view), new_bans
+
+        for i in range(p.n_user):
+            b = blocked[i] if i < len(blocked) else None
+            if b is not None:
+                if "blocked" in active:
+                    self._emit("blocked", DYNAMIC_RULE, b.key, view, None, False)
+                return Verdict(False, "blocked", DYNAMIC_RULE, b.key, None, [], degraded,
+                               view), new_bans
+
+        banned: tuple[_BanRule, str, Decision | None] | None = None
+        for j, (brule, disc, idx) in enumerate(p.bans):
+            k = p.n_user + j
+            b = blocked[k] if k < len(blocked) else None
+            if b is not None:
+                if banned is None:
+                    banned = (brule, disc, None)
+                continue
+            if idx >= 0:
+                d = decisions[idx]
+                if not d.allowed or d.remaining <= 0:
+                    # allow2ban: the request that reaches maxretry still goes through;
+                    # fail2ban refused it already (refuse_ban)
+                    new_bans.append((brule.prefix + disc, brule.bantime,
+                                     f"{brule.kind} {brule.name}"))
+        if banned is None and p.refuse_ban is not None:
+            brule, disc, idx = p.refuse_ban
+            banned = (brule, disc, decisions[idx])
+        if banned is not None:
+            brule, disc, bd = banned
+            if "banned" in active:
+                self._emit("banned", brule.name, disc, view, bd, False)
+            return Verdict(False, "banned", brule.name, disc, bd, [], degraded, view), new_bans
+
+        policies: list[tuple[str, Decision]] = []
+        refusal: tuple[_Throttle, str, Decision] | None = None
+        refusals: list[tuple[_Throttle, str, Decision]] = []
+        allowed_rules: list[tuple[_Throttle, str, Decision]] = []
+        pending: list[tuple[_Throttle, str, int]] | None = None
+        costs: list[int] = []
+        tightest: Decision | None = None
+        for rule, disc, cost, start in p.throttles:
+            n = len(rule.algorithms)
+            ds = [decisions[start]] if n == 1 else decisions[start:start + n]
+            if rule.count_when is not None:
+                ds = [_tested(d, cost) for d in ds]
+            d = ds[0] if len(ds) == 1 else _combine(ds)
+            if rule.dry_run:
+                if not d.allowed and "throttled" in active:
+                    self._emit("throttled", rule.name, disc, view, d, True)
+                elif d.allowed and "allowed" in active:
+                    self._emit("allowed", rule.name, disc, view, d, True)
+                if rule.count_when is not None and d.allowed:
+                    pending = pending or []
+                    pending.append((rule, disc, cost))
+                continue
+            names = rule.policy_names
+            charged = 0 if rule.count_when is not None else cost
+            for n in range(len(ds)):
+                policies.append((names[n], ds[n]))
+                costs.append(charged)
+            if d.allowed:
+                allowed_rules.append((rule, disc, d))
+                if tightest is None or d.remaining < tightest.remaining:
+                    tightest = d
+                if rule.count_when is not None:
+                    pending = pending or []
+                    pending.append((rule, disc, cost))
+            else:
+                refusals.append((rule, disc, d))
+                if refusal is None or d.retry_after > refusal[2].retry_after:
+                    refusal = (rule, disc, d)
+
+        if refusal is not None:
+            if "throttled" in active:
+                for rule, disc, d in refusals:
+                    self._emit("throttled", rule.name, disc, view, d, False)
+            rule, disc, d = refusal
+            # Nothing was charged: report what the allowing policies really have left.
+            policies = [
+                (name, pd if not pd.allowed or not c
+                 else pd._replace(remaining=min(pd.limit, pd.remaining + c)))
+                for (name, pd), c in zip(policies, costs, strict=True)
+            ]
+            return Verdict(False, "throttled", rule.name, disc, d, policies, degraded,
+                           view), new_bans
+
+        if active:
+            if "allowed" in active:
+                for rule, disc, d in allowed_rules:
+                    self._emit("allowed", rule.name, disc, view, d, False)
+            if "tracked" in active:
+                self._track(view)
+        return Verdict(True, "allowed", None, None, tightest, policies, degraded, view,
+                       pending), new_bans
+
+    def _track(self, view: RequestView) -> None:
+        for t in self.tracks:
+            try:
+                if t.match is not None and not t.match(view):
+                    continue
+                disc = t.key(view)
+            except Exception as exc:
+                self._rule_error("track", t.name, exc, "match or key function")
+                continue
+            if disc is not None:
+                self._emit("tracked", t.name, str(disc), view, None, False)
+
+    def _emit(
+        self, kind: str, rule: str, key: str | None, view: RequestView,
+        decision: Decision | None, dry_run: bool,
+    ) -> None:
+        clock = self.limiter.clock
+        at = clock() if clock is not None else time.time()
+        self.listeners.emit(_new(Event, (kind, rule, key, view, decision, dry_run, at)))
+
+    def _deny_decision(self, p: _Plan) -> Decision:
+        retry = self.limiter.retry_interval
+        if p.checks:
+            alg = p.checks[-1].algorithm
+            return _new(Decision, (False, alg.capacity, 0, retry, retry, alg.rate, True))
+        return _new(Decision, (False, 0, 0, retry, retry, Rate(1, 1.0), True))
+
+    def _now(self) -> int | None:
+        clock = self.limiter.clock
+        return int(clock() * 1_000_000) if clock is not None else None
+
+    def _degraded(self, checks: list[Check], block_keys: Sequence[str],
+                  now: int | None) -> BatchResult:
+        lim = self.limiter
+        policy = lim.on_storage_error
+        if policy == "local":
+            fallback = lim._fallback
+            if fallback is None:
+                fallback = lim._fallback = MemoryStorage()
+            r = fallback.apply(checks, consume=True, now=now, block_keys=block_keys)
+            return BatchResult([d._replace(degraded=True) for d in r.decisions], r.blocked)
+        decisions = []
+        for c in checks:
+            a = c.algorithm
+            decisions.append(_new(Decision, (
+                policy == "allow", a.capacity, a.capacity if policy == "allow" else 0,
+                0.0, 0.0, a.rate, True,
+            )))
+        return BatchResult(decisions, [None] * len(block_keys))
+
+    def _storage(self, degraded: bool) -> Storage:
+        lim = self.limiter
+        if degraded and lim.on_storage_error == "local" and lim._fallback is not None:
+            return lim._fallback
+        return lim.storage
+
+    def _call(self, checks: list[Check], block_keys: list[str],
+              now: int | None) -> tuple[BatchResult, bool]:
+        lim = self.limiter
+        storage = lim.storage
+        remote = storage.remote
+        if remote and lim._broken_until and time.monotonic() < lim._broken_until:
+            return self._degraded(checks, block_keys, now), True
+        try:
+            result = storage.apply(checks, consume=True, now=now, block_keys=block_keys)
+        except Exception as exc:  # a failing store must never fail the request
+            lim._storage_failed(exc)
+            return self._degraded(checks, block_keys, now), True
+        if remote:
+            lim._broken_until = 0.0
+        return result, False
+
+    async def _acall(self, checks: list[Check], block_keys: list[str],
+                     now: int | None) -> tuple[BatchResult, bool]:
+        lim = self.limiter
+        storage = lim.storage
+        if not storage.remote:
+            return self._call(checks, block_keys, now)
+        if lim._broken_until and time.monotonic() < lim._broken_until:
+            return self._degraded(checks, block_keys, now), True
+        try:
+            result = await storage.aapply(checks, consume=True, now=now, block_keys=block_keys)
+        except Exception as exc:
+            lim._storage_failed(exc)
+            return self._degraded(checks, block_keys, now), True
+        lim._broken_until = 0.0
+        return result, False
+
+    def _refused_by_error(self, view: RequestView, err: _RuleFailed) -> Verdict:
+        kind = {"blocklist": "blocked", "fail2ban": "banned", "allow2ban": "banned"}.get(
+            err.kind, "throttled"
+        )
+        retry = self.limiter.retry_interval
+        d = None
+        if kind == "throttled":
+            d = _new(Decision, (False, 0, 0, retry, retry, Rate(1, 1.0), True))
+        if kind in self.listeners.active:
+            self._emit(kind, err.rule, None, view, d, False)
+        return Verdict(False, kind, err.rule, None, d, [], True, view)
+
+    def evaluate(self, view: RequestView) -> Verdict:
+        try:
+            p = self._plan(view)
+        except _RuleFailed as err:
+            return self._refused_by_error(view, err)
+        if p.__class__ is Verdict:
+            return p
+        assert isinstance(p, _Plan)
+        now = self._now()
+        result, degraded = self._call(p.checks, p.block_keys, now)
+        verdict, new_bans = self._finish(p, result, degraded)
+        if new_bans:
+            storage = self._storage(degraded)
+            for key, ttl, reason in new_bans:
+                try:
+                    storage.block(key, ttl, reason, now)
+                except Exception as exc:
+                    self.limiter._storage_failed(exc)
+        return verdict
+
+    async def aevaluate(self, view: RequestView) -> Verdict:
+        try:
+            p = self._plan(view)
+        except _RuleFailed as err:
+            return self._refused_by_error(view, err)
+        if p.__class__ is Verdict:
+            return p
+        assert isinstance(p, _Plan)
+        now = self._now()
+        if self.limiter.storage.remote:
+            result, degraded = await self._acall(p.checks, p.block_keys, now)
+        else:
+            result, degraded = self._call(p.checks, p.block_keys, now)
+        verdict, new_bans = self._finish(p, result, degraded)
+        if new_bans:
+            storage = self._storage(degraded)
+            for key, ttl, reason in new_bans:
+                try:
+                    await storage.ablock(key, ttl, reason, now)
+                except Exception as exc:
+                    self.limiter._storage_failed(exc)
+        return verdict
+
+    # -- count_when: after the response --------------------------------------------------
+
+    def _settle_checks(self, verdict: Verdict, status: int,
+                       headers: Sequence[tuple[str, str]]) -> list[Check]:
+        pending = verdict.pending
+        if not pending:
+            return []
+        info = ResponseInfo(status, headers)
+        checks: list[Check] = []
+        for rule, disc, cost in pending:
+            try:
+                hit = rule.count_when(info)  # type: ignore[misc]
+            except Exception as exc:
+                self._log_settle_error(rule.name, exc)
+                continue
+            if hit and cost:
+                skey = NS + disc
+                for alg in rule.algorithms:
+                    checks.append(_new(Check, (alg, skey, cost, True)))
+        verdict.pending = None  # settle once
+        return checks
+
+    def _log_settle_error(self, rule: str, exc: BaseException) -> None:
+        mono = time.monotonic()
+        if mono - self._last_log.get(rule, -1e18) >= self.limiter.error_log_interval:
+            self._last_log[rule] = mono
+            logger.error("throttlekit: count_when of throttle %r raised %s: %s",
+                         rule, type(exc).__name__, exc)
+
+    def settle(self, verdict: Verdict, status: int,
+               headers: Sequence[tuple[str, str]] = ()) -> None:
+        checks = self._settle_checks(verdict, status, headers)
+        if checks:
+            self._call(checks, [], self._now())
+
+    async def asettle(self, verdict: Verdict, status: int,
+                      headers: Sequence[tuple[str, str]] = ()) -> None:
+        checks = self._settle_checks(verdict, status, headers)
+        if checks:
+            await self._acall(checks, [], self._now())
+
+    # -- events ----------------------------------------------------------------------------
+
+    def on(self, kind: str | None, callback: EventCallback) -> None:
+        self.listeners.add(kind, callback)
+
+
+def _tested(d: Decision, cost: int) -> Decision:
+    """The Decision of a count_when rule from its zero-cost read: would ``cost`` fit?"""
+    if d.remaining >= cost:
+        return d
+    # Not the exact wait (that needs the state): the time until the key is fully
+    # replenished, which is never too short.
+    retry = _INF if cost > d.limit else max(d.reset_after, 0.0)
+    return d._replace(allowed=False, retry_after=retry)
+
+
+def _combine(decisions: Sequence[Decision]) -> Decision:
+    denied = [d for d in decisions if not d.allowed]
+    if denied:
+        return max(denied, key=lambda d: d.retry_after)
+    return min(decisions, key=lambda d: (d.remaining, -d.reset_after))

@@ -1,0 +1,259 @@
+"""Pure ASGI middleware: the limiter's rules in front of any ASGI app.
+
+>>> from throttlekit import ASGIMiddleware, Limiter
+>>> async def app(scope, receive, send):
+...     ...
+>>> limiter = Limiter()
+>>> limiter.throttle("per-ip", "100/minute")
+>>> app = ASGIMiddleware(app, limiter)
+
+A plain ASGI callable (no ``BaseHTTPMiddleware``): response bodies stream through
+untouched, and the request body is read ahead only when a rule reads ``view.form`` and the
+request carries a small form (it is then replayed to the app). ``http`` and ``websocket``
+scopes are evaluated; ``lifespan`` and anything else pass through. A refused websocket
+handshake is answered with a 403 where the server supports the ``websocket.http.response``
+extension, else closed with code 1008 (policy violation). Only async storage calls are made.
+
+The :class:`~throttlekit.Verdict` is in ``scope["throttlekit.verdict"]`` and in
+``scope["state"]["throttlekit.verdict"]`` (Starlette: ``request.state``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable, Iterable, Mapping, MutableMapping
+from typing import TYPE_CHECKING, Any
+
+from ._errors import ConfigError
+from ._request import DEFAULT_MAX_FORM_BYTES, RequestView
+from ._responses import encode_headers as _encode
+from ._responses import rate_limit_headers
+from .wsgi import VERDICT_KEY, Responder, refusal, resolve_options
+
+if TYPE_CHECKING:
+    from ._limiter import Limiter
+    from ._rules import Verdict
+
+__all__ = ["ASGIApp", "ASGIMiddleware", "Message", "Receive", "Scope", "Send"]
+
+Scope = MutableMapping[str, Any]
+Message = MutableMapping[str, Any]
+Receive = Callable[[], Awaitable[Message]]
+Send = Callable[[Message], Awaitable[None]]
+ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
+
+_FORM_TYPES = (
+    b"application/x-www-form-urlencoded", b"multipart/form-data", b"application/json",
+)
+_BODY_METHODS = frozenset({"POST", "PUT", "PATCH", "DELETE"})
+
+
+class ASGIMiddleware:
+    """Apply ``limiter``'s rules to every ``http`` and ``websocket`` request of ``app``.
+
+    Takes the same options as :class:`~throttlekit.WSGIMiddleware`, plus
+    ``max_form_bytes``: the largest request body read ahead for rules that use
+    ``view.form`` (bigger bodies stream to the app untouched, and ``form`` is empty).
+    """
+
+    __slots__ = (
+        "app", "limiter", "max_form_bytes", "on_allowed", "resolver", "responders", "style",
+    )
+
+    def __init__(
+        self,
+        app: ASGIApp,
+        limiter: Limiter,
+        *,
+        trusted_proxies: int | Iterable[str] | None = None,
+        ipv6_prefix: int | None = None,
+        header_style: str | None = None,
+        headers_on_allowed: bool | None = None,
+        responders: Mapping[str, Responder] | None = None,
+        max_form_bytes: int = DEFAULT_MAX_FORM_BYTES,
+    ) -> None:
+        if not callable(app):
+            raise ConfigError(f"app must be an ASGI callable, got {app!r}")
+        if isinstance(max_form_bytes, bool) or not isinstance(max_form_bytes, int) or (
+            max_form_bytes < 0
+        ):
+            raise ConfigError(f"max_form_bytes must be an integer >= 0, got {max_form_bytes!r}")
+        self.app = app
+        self.limiter = limiter
+        self.max_form_bytes = max_form_bytes
+        self.resolver, self.style, self.on_allowed, self.responders = resolve_options(
+            limiter, trusted_proxies, ipv6_prefix, header_style, headers_on_allowed,
+            responders,
+        )
+
+    def __repr__(self) -> str:
+        return f"ASGIMiddleware({self.app!r}, {self.limiter!r})"
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        kind = scope["type"]
+        if kind == "http":
+            await self._http(scope, receive, send)
+        elif kind == "websocket":
+            await self._websocket(scope, receive, send)
+        else:
+            await self.app(scope, receive, send)
+
+    def _store(self, scope: Scope, verdict: Verdict) -> None:
+        scope[VERDICT_KEY] = verdict
+        state = scope.get("state")
+        if state is None:
+            scope["state"] = {VERDICT_KEY: verdict}
+        elif isinstance(state, MutableMapping):
+            state[VERDICT_KEY] = verdict
+
+    async def _http(self, scope: Scope, receive: Receive, send: Send) -> None:
+        body = None
+        limiter = self.limiter
+        if limiter._rules.needs_form and self._has_small_form(scope):
+            body, receive = await self._read_ahead(receive)
+        view = RequestView.from_scope(scope, self.resolver, body,  # type: ignore[arg-type]
+                                      max_form_bytes=self.max_form_bytes)
+        verdict = await limiter.aevaluate(view)
+        self._store(scope, verdict)
+        if not verdict.allowed:
+            denial = refusal(self.responders, self.style, verdict, view.headers.get("accept"))
+            await send({"type": "http.response.start", "status": denial.status,
+                        "headers": _encode(denial.headers)})
+            await send({"type": "http.response.body", "body": denial.body})
+            return
+        extra = None
+        if self.on_allowed and verdict.policies:
+            extra = _encode(rate_limit_headers(verdict.policies, self.style))
+        pending = verdict.pending
+        if not extra and not pending:
+            await self.app(scope, receive, send)
+            return
+        seen: list[Any] = [500, []]
+
+        async def wrapped(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                seen[0] = message.get("status", 500)
+                headers = message.get("headers") or []
+                seen[1] = headers
+                if extra:
+                    message = {**message, "headers": [*headers, *extra]}
+            await send(message)
+
+        if not pending:
+            await self.app(scope, receive, wrapped)
+            return
+        try:
+            await self.app(scope, receive, wrapped)
+        except Exception:
+            await limiter.asettle(verdict, 500)
+            raise
+        await limiter.asettle(verdict, seen[0], _decode(seen[1]))
+
+    def _has_small_form(self, scope: Scope) -> bool:
+        """A form body a rule may want, small enough to read ahead."""
+        if scope.get("method") not in _BODY_METHODS:
+            return False
+        ctype = b""
+        length = None
+        for pair in scope.get("headers") or ():
+            try:
+                name, value = pair
+            except (TypeError, ValueError):
+                continue
+            if name == b"content-type":
+                ctype = value
+            elif name == b"content-length":
+                try:
+                    length = int(value)
+                except (TypeError, ValueError):
+                    return False
+        if not isinstance(ctype, bytes):
+            return False
+        if ctype.split(b";", 1)[0].strip().lower() not in _FORM_TYPES:
+            return False
+        return length is None or 0 <= length <= self.max_form_bytes
+
+    async def _read_ahead(self, receive: Receive) -> tuple[bytes | None, Receive]:
+        """Read the body (up to ``max_form_bytes``) and a ``receive`` that replays it."""
+        messages: list[Message] = []
+        size = 0
+        complete = False
+        while True:
+            message = await receive()
+            messages.append(message)
+            if message.get("type") != "http.request":
+                break  # disconnect: replay it too
+            size += len(message.get("body") or b"")
+            if not message.get("more_body", False):
+                complete = True
+                break
+            if size > self.max_form_bytes:
+                break
+        body = None
+        if complete and size <= self.max_form_bytes:
+            body = b"".join(m.get("body") or b"" for m in messages)
+
+        async def replay() -> Message:
+            if messages:
+                return messages.pop(0)
+            return await receive()
+
+        return body, replay
+
+    async def _websocket(self, scope: Scope, receive: Receive, send: Send) -> None:
+        limiter = self.limiter
+        view = RequestView.from_scope(scope, self.resolver)  # type: ignore[arg-type]
+        verdict = await limiter.aevaluate(view)
+        self._store(scope, verdict)
+        if not verdict.allowed:
+            # The handshake has to be received before it can be answered.
+            message = await receive()
+            if message.get("type") != "websocket.connect":
+                return
+            extensions = scope.get("extensions") or {}
+            if "websocket.http.response" in extensions:
+                denial = refusal(self.responders, self.style, verdict,
+                                 view.headers.get("accept"))
+                await send({"type": "websocket.http.response.start", "status": 403,
+                            "headers": _encode(denial.headers)})
+                await send({"type": "websocket.http.response.body", "body": denial.body})
+            else:
+                await send({"type": "websocket.close", "code": 1008})
+            return
+        extra = None
+        if self.on_allowed and verdict.policies:
+            extra = _encode(rate_limit_headers(verdict.policies, self.style))
+        pending = verdict.pending
+        if not extra and not pending:
+            await self.app(scope, receive, send)
+            return
+        seen = [403]
+
+        async def wrapped(message: Message) -> None:
+            kind = message["type"]
+            if kind == "websocket.accept":
+                seen[0] = 101
+                if extra:
+                    message = {**message, "headers": [*(message.get("headers") or []), *extra]}
+            elif kind == "websocket.http.response.start":
+                seen[0] = message.get("status", 403)
+            await send(message)
+
+        try:
+            await self.app(scope, receive, wrapped)
+        except Exception:
+            if pending:
+                await limiter.asettle(verdict, 500)
+            raise
+        if pending:
+            await limiter.asettle(verdict, seen[0])
+
+
+def _decode(headers: Iterable[Any]) -> list[tuple[str, str]]:
+    out = []
+    for pair in headers:
+        try:
+            name, value = pair
+            out.append((bytes(name).decode("latin-1"), bytes(value).decode("latin-1")))
+        except (TypeError, ValueError):
+            continue
+    return out
