@@ -168,3 +168,63 @@ def test_bad_shield_settings_are_config_errors(kwargs):
     limiter = Limiter()
     with pytest.raises(ConfigError):
         Shield(limiter, Monitor(limiter), **kwargs)
+
+
+def test_shield_tightens_rules_and_restores_them(caplog):
+    """tighten={"per-ip": ...}: during the anomaly the rule refuses above the stricter
+    rate; when the anomaly ends the original rate is back (and it was logged)."""
+    site = Site(ban=False, tighten={"per-ip": "10/second"})
+    caplog.set_level(logging.WARNING, logger="throttlekit.shield")
+    for _ in range(40):
+        site.second()
+    for _ in range(5):
+        last = site.second(flood=40)
+    assert site.shield.active
+    assert 429 in last["flood"] and set(last["visitors"]) == {200}
+    assert site.limiter.blocked() == []  # ban=False: no bans
+    for _ in range(20):
+        site.second()
+    assert not site.shield.active
+    statuses = [site.get("10.0.0.1") for _ in range(30)]  # 30 in a blink: fine at 100/s
+    assert set(statuses) == {200}
+    events = [getattr(r, "throttlekit_event", None) for r in caplog.records]
+    assert "shield_tighten" in events and "shield_restore" in events
+
+
+def test_release_restores_rules_by_hand():
+    """Shield.release() puts the original rates back at once."""
+    site = Site(ban=False, tighten={"per-ip": "1/second"})
+    site.shield.engage(site.clock.now)
+    assert [site.get("10.0.0.1") for _ in range(2)] == [200, 429]
+    site.shield.release()
+    assert site.get("10.0.0.2") == 200 and site.get("10.0.0.2") == 200
+
+
+@pytest.mark.parametrize(
+    ("tighten", "message"),
+    [({"nope": "1/second"}, "'nope', which is not a throttle"),
+     ({"per-ip": "fast"}, "invalid rate")],
+)
+def test_tighten_is_checked_at_setup(tighten, message):
+    """tighten naming a missing rule or with a bad rate is a ConfigError at setup."""
+    limiter = Limiter()
+    limiter.throttle("per-ip", "100/second")
+    with pytest.raises(ConfigError, match=message):
+        Shield(limiter, Monitor(limiter), tighten=tighten)
+
+
+def test_set_rule_rates_keeps_state():
+    """limiter.set_rule_rates swaps a throttle's rates, keeping what was already counted."""
+    clock = FakeClock()
+    limiter = Limiter(clock=clock)
+    limiter.throttle("per-ip", "5/minute")
+    c = Client(WSGIMiddleware(app, limiter))
+    for _ in range(3):
+        assert c.get("/", environ_overrides={"REMOTE_ADDR": "10.0.0.1"}).status_code == 200
+    previous = limiter.set_rule_rates("per-ip", "3/minute")
+    assert [str(r) for r in previous] == ["5 per 60 seconds"]
+    assert c.get("/", environ_overrides={"REMOTE_ADDR": "10.0.0.1"}).status_code == 429
+    limiter.set_rule_rates("per-ip", previous)
+    assert c.get("/", environ_overrides={"REMOTE_ADDR": "10.0.0.1"}).status_code == 200
+    with pytest.raises(ConfigError, match="no throttle rule named 'x'"):
+        limiter.set_rule_rates("x", "1/second")

@@ -19,10 +19,11 @@ themselves after ``ban_ttl`` seconds. Opt-in: nothing happens unless a Shield is
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Hashable, Iterable, Mapping
+from collections.abc import Hashable, Iterable, Mapping
 from typing import Any
 
 from .._errors import ConfigError
+from .._rates import coerce_rates
 from ._monitor import ALL, Anomaly, Monitor
 
 __all__ = ["Shield"]
@@ -85,10 +86,11 @@ class Shield:
                 raise ConfigError(
                     f"tightening rules needs limiter.set_rule_rates(), which {limiter!r} lacks"
                 )
-            rule_names = _rule_names(limiter)
-            for name in self.tighten:
-                if rule_names is not None and name not in rule_names:
-                    raise ConfigError(f"tighten names an unknown rule {name!r}")
+            kinds = _rule_kinds(limiter)
+            for name, rates in self.tighten.items():
+                if kinds is not None and kinds.get(name) != "throttle":
+                    raise ConfigError(f"tighten names {name!r}, which is not a throttle rule")
+                coerce_rates(rates)  # a bad rate fails now, not during an attack
         self.limiter = limiter
         self.monitor = monitor
         self.ban = ban
@@ -249,8 +251,7 @@ class Shield:
         return lifted
 
 
-def _rule_names(limiter: Any) -> set[str] | None:
-    names: Callable[[], Iterable[str]] | None = getattr(limiter, "rule_names", None)
-    if callable(names):
-        return set(names())
-    return None
+def _rule_kinds(limiter: Any) -> dict[str, str] | None:
+    """Rule name -> kind of a throttlekit Limiter (None for other limiter-likes)."""
+    kinds = getattr(getattr(limiter, "_rules", None), "names", None)
+    return kinds if isinstance(kinds, dict) else None
