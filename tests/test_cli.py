@@ -102,3 +102,9 @@ def test_subcommands_are_pluggable(monkeypatch, capsys):
     monkeypatch.setattr(cli, "COMMANDS", [*cli.COMMANDS, "tk_test_plugin"])
     assert main(["hello", "world"]) == 0
     assert capsys.readouterr().out == "hello world\n"
+
+
+def test_unknown_storage_exits_2(capsys):
+    """`simulate --storage` with an unsupported URL is a configuration error (exit 2)."""
+    assert main(["simulate", "--storage", "nosuch://x", "--duration", "5"]) == 2
+    assert "unknown storage URL 'nosuch://x'" in capsys.readouterr().err

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import random
+import threading
 
 import pytest
 from werkzeug.test import Client
@@ -228,3 +229,56 @@ def test_set_rule_rates_keeps_state():
     assert c.get("/", environ_overrides={"REMOTE_ADDR": "10.0.0.1"}).status_code == 200
     with pytest.raises(ConfigError, match="no throttle rule named 'x'"):
         limiter.set_rule_rates("x", "1/second")
+
+
+def test_monitor_survives_concurrent_requests_and_queries():
+    """Four request threads and a thread reading snapshots: no errors, every request counted
+    (within the few lost increments that unsynchronised counters allow)."""
+    clock = FakeClock()
+    limiter = Limiter(clock=clock)
+    limiter.throttle("per-ip", "1000000/second")
+    monitor = Monitor(limiter, capacity=16)
+    mw = WSGIMiddleware(app, limiter)
+    errors: list[BaseException] = []
+    failures: list[object] = []
+    done = threading.Event()
+
+    def requests(worker: int) -> None:
+        try:
+            for i in range(3000):
+                environ = {"REQUEST_METHOD": "GET", "PATH_INFO": "/",
+                           "REMOTE_ADDR": f"10.{worker}.{i % 200}.{i % 7}"}
+                clock.now += 0.0005
+                b"".join(mw(environ, lambda s, h, e=None: None))
+        except BaseException as exc:  # pragma: no cover - the failure being tested for
+            errors.append(exc)
+
+    def reader() -> None:
+        while not done.is_set():
+            try:
+                monitor.snapshot()
+                monitor.top(10)
+            except BaseException as exc:  # pragma: no cover
+                errors.append(exc)
+                return
+
+    class Catch(logging.Handler):
+        def emit(self, record):
+            failures.append(record)
+
+    handler = Catch(level=logging.ERROR)
+    logging.getLogger("throttlekit").addHandler(handler)
+    try:
+        threads = [threading.Thread(target=requests, args=(w,)) for w in range(4)]
+        r = threading.Thread(target=reader)
+        r.start()
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        done.set()
+        r.join()
+    finally:
+        logging.getLogger("throttlekit").removeHandler(handler)
+    assert errors == [] and failures == []
+    assert 11_900 <= monitor.requests <= 12_000

@@ -141,3 +141,27 @@ def test_asgi_endpoint():
     assert denied.status_code == 401
     assert ok.status_code == 200 and ok.json()["requests"] == 0
     assert other.text == "app"
+
+
+def test_monitor_sees_asgi_traffic():
+    """The same Monitor works behind ASGIMiddleware: requests and outcomes are counted."""
+    from throttlekit import ASGIMiddleware
+
+    limiter = Limiter(clock=FakeClock())
+    limiter.throttle("per-ip", "2/minute")
+    monitor = Monitor(limiter)
+
+    async def app(scope, receive, send):
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        await send({"type": "http.response.body", "body": b"app"})
+
+    async def go():
+        transport = httpx.ASGITransport(app=ASGIMiddleware(app, limiter),
+                                        client=("198.51.100.7", 1234))
+        async with httpx.AsyncClient(transport=transport, base_url="http://t") as c:
+            return [(await c.get("/")).status_code for _ in range(3)]
+
+    assert asyncio.run(go()) == [200, 200, 429]
+    assert monitor.counts() == {("per-ip", "allowed", False): 2,
+                                ("per-ip", "throttled", False): 1}
+    assert monitor.top(1) == [("198.51.100.7", 3)]

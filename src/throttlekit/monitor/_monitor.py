@@ -300,7 +300,7 @@ class Monitor:
 
     def rule_detectors(self) -> dict[str, RateDetector]:
         """The per-rule detectors, by rule name."""
-        return {name: s.detector for name, s in self._rules.items()}
+        return {name: s.detector for name, s in list(self._rules.items())}
 
     @property
     def anomaly(self) -> bool:

@@ -70,7 +70,7 @@ class SpaceSaving:
 
     def top(self, n: int = 10) -> list[tuple[Hashable, int]]:
         """The ``n`` largest (key, estimated count) pairs, largest first."""
-        return sorted(self.counts.items(), key=_by_count, reverse=True)[:n]
+        return sorted(list(self.counts.items()), key=_by_count, reverse=True)[:n]
 
     def clear(self) -> None:
         """Forget everything."""
@@ -144,7 +144,9 @@ class WindowedTopK:
         merged: dict[Hashable, int] = {}
         get = merged.get
         for s in buckets:
-            for k, c in s.counts.items():
+            # list(): a C-level copy, so a request thread adding keys meanwhile cannot
+            # break the iteration
+            for k, c in list(s.counts.items()):
                 merged[k] = get(k, 0) + c
         return merged
 
