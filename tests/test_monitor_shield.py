@@ -69,9 +69,10 @@ def test_monitor_counts_rule_outcomes_and_requests():
     assert site.monitor.top(2) == [("10.0.0.1", 3), ("10.0.0.2", 1)]
 
 
-def test_flood_raises_anomaly_with_top_offenders_then_ends():
-    """A 10x flood from 10 addresses: anomaly_started within seconds naming the flooders,
-    anomaly_ended after it stops."""
+def test_flood_raises_anomaly_with_top_offenders_then_ends(caplog):
+    """A 10x flood from 10 addresses: anomaly_started within seconds naming the flooders
+    (also as a structured log record), anomaly_ended after it stops."""
+    caplog.set_level(logging.INFO, logger="throttlekit.monitor")
     site = Site(shield=False)
     for _ in range(40):
         site.second()
@@ -88,6 +89,11 @@ def test_flood_raises_anomaly_with_top_offenders_then_ends():
         "anomaly_started", "anomaly_ended"
     ]
     assert not site.monitor.anomaly
+    records = [r for r in caplog.records if getattr(r, "scope", None) == "*"]
+    assert [r.throttlekit_event for r in records] == ["anomaly_started", "anomaly_ended"]
+    assert records[0].levelname == "WARNING"
+    assert {k for k, _ in records[0].top_offenders} == set(FLOODERS)
+    assert records[0].rate > 3 * records[0].baseline
 
 
 def test_shield_bans_only_flooders_and_logs_it(caplog):

@@ -107,3 +107,38 @@ def test_bad_configuration_is_a_config_error(kwargs):
     """Non-positive sizes or a bucket longer than the window raise ConfigError."""
     with pytest.raises(ConfigError):
         WindowedTopK(**kwargs)
+
+
+def test_monitor_package_docstring_example_runs():
+    """The example in throttlekit.monitor's docstring is correct."""
+    import doctest
+
+    import throttlekit.monitor
+
+    result = doctest.testmod(throttlekit.monitor)
+    assert result.failed == 0 and result.attempted > 0
+
+
+def test_monitor_and_cli_import_no_optional_library():
+    """Importing the monitor, the CLI and the simulator pulls in neither prometheus_client
+    nor matplotlib, and starts no thread."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    import throttlekit
+
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join(
+        [str(Path(throttlekit.__file__).resolve().parent.parent), env.get("PYTHONPATH", "")]
+    )
+    code = (
+        "import sys, threading; import throttlekit.monitor, throttlekit.cli.simulate, "
+        "throttlekit.monitor.status, throttlekit.monitor.prometheus; "
+        "bad = [m for m in ('prometheus_client', 'matplotlib') if m in sys.modules]; "
+        "assert not bad, bad; assert threading.active_count() == 1; print('ok')"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         check=True, env=env)
+    assert out.stdout.strip() == "ok"
