@@ -140,9 +140,11 @@ class WindowedTopK:
             lo = since
         # a bucket belongs to the window when it ends after ``lo``
         width = self.bucket
-        out = [s for start, s in self._closed if start + width > lo and start <= now]
-        if self._start + width > lo and self._start <= now:
-            out.append(self._cur)
+        cur_start, cur = self._start, self._cur
+        # list(): copied in C, so a request thread rolling a bucket meanwhile is harmless
+        out = [s for start, s in list(self._closed) if start + width > lo and start <= now]
+        if cur_start + width > lo and cur_start <= now and all(s is not cur for s in out):
+            out.append(cur)
         return out
 
     def merged(self, now: float | None = None, since: float | None = None) -> dict[Hashable, int]:
@@ -172,7 +174,7 @@ class WindowedTopK:
 
     def size(self) -> int:
         """Keys held in memory right now (bounded by ``nbuckets * 2 * capacity``)."""
-        return len(self._cur) + sum(len(s) for _, s in self._closed)
+        return len(self._cur) + sum(len(s) for _, s in list(self._closed))
 
     def clear(self) -> None:
         """Forget everything."""
