@@ -495,6 +495,12 @@ class Limiter:
         self._rules.add_throttle(name, rates, match, key, strategy, cost, burst, dry_run,
                                  count_when)
 
+    def set_rule_rates(self, name: str, rates: Any) -> tuple[Rate, ...]:
+        """Replace the rates of the throttle rule ``name`` (shield mode uses this to
+        tighten a rule during an attack); returns the previous rates, which restore it.
+        State is keyed by rule, strategy and period, so a tightened rule bites at once."""
+        return self._rules.set_throttle_rates(name, rates)
+
     def track(
         self, name: str, match: Callable[[RequestView], Any] | None = None, *, key: Any = None
     ) -> None:

@@ -227,6 +227,20 @@ class _Throttle:
             self.policy_names = tuple(f"{name}/{_seconds(a.rate)}" for a in algorithms)
 
 
+def _throttle_algorithms(
+    name: str, rates: Any, strategy: str, burst: int | None, what: str
+) -> tuple[Algorithm, ...]:
+    base = f"r:{escape_name(name)}"
+    algorithms = []
+    for rate in coerce_rates(rates):
+        alg = make_algorithm(strategy, rate, burst)
+        alg.id = f"{base}:{alg.code}{rate.period_us}"
+        algorithms.append(alg)
+    if len({a.id for a in algorithms}) != len(algorithms):
+        raise ConfigError(f"{what}: two rates with the same period in {rates!r}")
+    return tuple(algorithms)
+
+
 def _seconds(rate: Rate) -> str:
     p = rate.period
     return str(int(p)) if p == int(p) else str(p)
@@ -368,20 +382,26 @@ class Rules:
                               f"got {cost!r}")
         if not isinstance(dry_run, bool):
             raise ConfigError(f"{what}: dry_run must be True or False, got {dry_run!r}")
-        rate_list = coerce_rates(rates)
-        base = f"r:{escape_name(name)}"
-        algorithms = []
-        for rate in rate_list:
-            alg = make_algorithm(strategy, rate, burst)
-            alg.id = f"{base}:{alg.code}{rate.period_us}"
-            algorithms.append(alg)
-        if len({a.id for a in algorithms}) != len(algorithms):
-            raise ConfigError(f"{what}: two rates with the same period in {rates!r}")
-        rule = _Throttle(name, tuple(algorithms), match, keyf, cost, dry_run, count_when,
+        algorithms = _throttle_algorithms(name, rates, strategy, burst, what)
+        rule = _Throttle(name, algorithms, match, keyf, cost, dry_run, count_when,
                          strategy, burst)
         self.needs_form = self.needs_form or _uses_form(match, keyf, cost)
         self.throttles = (*self.throttles, rule)
         self.names[name] = "throttle"
+
+    def set_throttle_rates(self, name: str, rates: Any) -> tuple[Rate, ...]:
+        """Replace the rates of throttle ``name`` (its state carries over for the periods
+        kept); returns the previous rates."""
+        old = next((t for t in self.throttles if t.name == name), None)
+        if old is None:
+            raise ConfigError(f"no throttle rule named {name!r}")
+        algorithms = _throttle_algorithms(
+            name, rates, old.strategy, old.burst, f"throttle {name!r}"
+        )
+        new = _Throttle(name, algorithms, old.match, old.key, old.cost, old.dry_run,
+                        old.count_when, old.strategy, old.burst)
+        self.throttles = tuple(new if t is old else t for t in self.throttles)
+        return old.rates
 
     def add_track(self, name: str, match: Predicate | None, key: str | KeyFunc | None) -> None:
         name = self._name(name, "track")

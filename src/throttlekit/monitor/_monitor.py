@@ -1,0 +1,386 @@
+"""The Monitor: counters, heavy hitters and anomaly detection fed by a Limiter's events.
+
+::
+
+    monitor = Monitor(limiter)          # subscribes to every event kind
+    monitor.on_anomaly(print)           # Anomaly(kind="anomaly_started", ...)
+    monitor.counts()                    # {(rule, outcome, dry_run): n}
+    monitor.top(10)                     # heaviest clients (client_key) over the window
+
+One event costs a few dict operations and comparisons; everything slow (bucket
+roll-over, baselines, merging sketches) runs at most once per ``bucket`` second, lazily,
+on the next event or on :meth:`Monitor.tick`. The monitor never starts a thread.
+
+Overall traffic is counted once per request (a request that several rules act on is one
+request); requests no rule applies to are not seen, so install a catch-all rule (a per-IP
+throttle, or a ``track``) to see all traffic. Not thread-safe beyond the GIL: counts can be
+off by a few under free threading, never corrupted.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from collections.abc import Callable, Hashable
+from typing import Any, NamedTuple
+
+from .._errors import ConfigError
+from .detector import RateDetector
+from .sketch import WindowedTopK
+
+__all__ = ["REFUSED", "Anomaly", "AnomalyCallback", "Monitor"]
+
+logger = logging.getLogger("throttlekit.monitor")
+
+#: outcomes that refused a request
+REFUSED = frozenset({"blocked", "banned", "throttled"})
+#: the scope name of all traffic (rule detectors are named after their rule)
+ALL = "*"
+
+
+class Anomaly(NamedTuple):
+    """An ``anomaly_started`` or ``anomaly_ended`` event.
+
+    Attributes:
+        kind: ``"anomaly_started"`` or ``"anomaly_ended"``.
+        scope: ``"*"`` for all traffic, or the rule name.
+        at: when it was detected (or found over), seconds since the epoch on the
+            monitor's clock.
+        started_at: when the rise began (the start of its first bucket above threshold).
+        rate: requests per second of the last full bucket (when started: of the bucket
+            that triggered, so far).
+        baseline: the baseline rate, requests per second.
+        top: the top offenders over the window, as (key, estimated requests) pairs.
+    """
+
+    kind: str
+    scope: str
+    at: float
+    started_at: float
+    rate: float
+    baseline: float
+    top: list[tuple[Hashable, int]]
+
+
+AnomalyCallback = Callable[[Anomaly], object]
+TickCallback = Callable[[float], object]
+
+
+class _Scope:
+    """Detector + heavy hitters of one scope (all traffic, or one rule)."""
+
+    __slots__ = ("detector", "hitters")
+
+    def __init__(self, detector: RateDetector, hitters: WindowedTopK) -> None:
+        self.detector = detector
+        self.hitters = hitters
+
+
+class Monitor:
+    """Live traffic monitoring on top of a Limiter's events.
+
+    Args:
+        limiter: subscribe to this limiter's events right away (``limiter.on(monitor)``);
+            or call the monitor with events yourself.
+        clock: seconds since the epoch, for :meth:`tick` and status when no event came;
+            defaults to the limiter's clock, then ``time.time``.
+        window: seconds covered by top-offender queries (default 10).
+        bucket: time resolution in seconds (default 1).
+        capacity: heavy-hitter keys kept per bucket (default 1024; memory is bounded by
+            ``window / bucket * 2 * capacity`` keys whatever the number of clients).
+        per_rule: also detect anomalies per rule (default True).
+        top_n: offenders reported with an anomaly (default 10).
+        client_quantile: the per-client baseline is this quantile of the clients' rates
+            in normal traffic (default 0.99); see :meth:`offenders`.
+        max_rules: rules tracked individually (default 64); further rules are counted only.
+        detector options (``factor``, ``sustain``, ``end_factor``, ``cooldown``,
+            ``halflife``, ``warmup``, ``min_rate``): see :class:`RateDetector`.
+    """
+
+    def __init__(
+        self,
+        limiter: Any = None,
+        *,
+        clock: Callable[[], float] | None = None,
+        window: float = 10.0,
+        bucket: float = 1.0,
+        capacity: int = 1024,
+        per_rule: bool = True,
+        top_n: int = 10,
+        client_quantile: float = 0.99,
+        max_rules: int = 64,
+        factor: float = 3.0,
+        sustain: float = 2.0,
+        end_factor: float = 1.5,
+        cooldown: float = 10.0,
+        halflife: float = 300.0,
+        warmup: float = 30.0,
+        min_rate: float = 5.0,
+    ) -> None:
+        if clock is None and limiter is not None:
+            clock = getattr(limiter, "clock", None)
+        if clock is not None and not callable(clock):
+            raise ConfigError(f"clock must be a zero-argument callable, got {clock!r}")
+        if not 0 < client_quantile <= 1:
+            raise ConfigError(f"client_quantile must be in (0, 1], got {client_quantile!r}")
+        if isinstance(top_n, bool) or not isinstance(top_n, int) or top_n < 1:
+            raise ConfigError(f"top_n must be a positive integer, got {top_n!r}")
+        self.clock: Callable[[], float] = clock or time.time
+        self.window = window
+        self.bucket = bucket
+        self.capacity = capacity
+        self.per_rule = per_rule
+        self.top_n = top_n
+        self.client_quantile = client_quantile
+        self.max_rules = max_rules
+        self._detector_options: dict[str, Any] = dict(
+            factor=factor, sustain=sustain, end_factor=end_factor, cooldown=cooldown,
+            halflife=halflife, warmup=warmup, min_rate=min_rate, bucket=bucket,
+        )
+        self._keep = math.exp(math.log(0.5) * window / halflife)
+        self._overall = self._new_scope(ALL, capacity)
+        self._overall_det = self._overall.detector
+        self._overall_hit = self._overall.detector.hit
+        self._talkers_add = self._overall.hitters.add
+        self._rules: dict[str, _Scope] = {}
+        self._counts: dict[tuple[str, str, bool], int] = {}
+        self._last_request: object = None
+        self._tick_end = -math.inf
+        self._client_due = -math.inf
+        self._anomaly_callbacks: list[AnomalyCallback] = []
+        self._tick_callbacks: list[TickCallback] = []
+        self.requests = 0
+        #: baseline requests per second of a typical heavy legitimate client (see offenders)
+        self.client_baseline: float | None = None
+        self.recent: list[Anomaly] = []
+        self.limiter = limiter
+        if limiter is not None:
+            limiter.on(self)
+
+    def _new_scope(self, name: str, capacity: int) -> _Scope:
+        detector = RateDetector(name, on_transition=self._transition, **self._detector_options)
+        return _Scope(detector, WindowedTopK(self.window, self.bucket, capacity))
+
+    def __repr__(self) -> str:
+        return f"<Monitor requests={self.requests} {self._overall_det!r}>"
+
+    # -- the hot path -------------------------------------------------------------------
+
+    def __call__(self, event: Any) -> None:
+        """Count one :class:`throttlekit.Event` (the limiter calls this)."""
+        at = event.at
+        rule = event.rule
+        ck = (rule, event.kind, event.dry_run)
+        counts = self._counts
+        try:
+            counts[ck] += 1
+        except KeyError:
+            counts[ck] = 1
+        request = event.request
+        if request is not self._last_request:
+            self._last_request = request
+            self.requests += 1
+            if at >= self._tick_end:
+                self._tick(at)
+            self._overall_hit(at)
+            client = request.client_key
+            if client is not None:
+                self._talkers_add(client, at)
+        if self.per_rule:
+            scope = self._rules.get(rule)
+            if scope is None:
+                scope = self._add_rule(rule)
+                if scope is None:
+                    return
+            scope.detector.hit(at)
+            key = event.key
+            if key is not None:
+                scope.hitters.add(key, at)
+
+    def _add_rule(self, rule: str) -> _Scope | None:
+        if len(self._rules) >= self.max_rules:
+            return None
+        # rule scopes keep fewer keys: they are for reports, the shield uses all traffic
+        scope = self._rules[rule] = self._new_scope(rule, max(64, self.capacity // 8))
+        return scope
+
+    # -- time ---------------------------------------------------------------------------
+
+    def tick(self, now: float | None = None) -> None:
+        """Let time pass without traffic: close buckets, end anomalies, run periodic hooks
+        (the status endpoint and exporters call this)."""
+        if now is None:
+            now = self.clock()
+        if now >= self._tick_end:
+            self._tick(now)
+        self._overall_det.tick(now)
+        for scope in self._rules.values():
+            scope.detector.tick(now)
+
+    def _tick(self, now: float) -> None:
+        """Once per bucket of all traffic: the per-client baseline, then the hooks."""
+        width = self.bucket
+        self._tick_end = (now // width) * width + width
+        det = self._overall_det
+        if now >= self._client_due:
+            self._client_due = now + self.window
+            if not det.active and det.rising_since is None:
+                self._learn_clients(now)
+        for callback in self._tick_callbacks:
+            try:
+                callback(now)
+            except Exception:
+                logger.exception("throttlekit: monitor tick hook %r failed", callback)
+
+    def _learn_clients(self, now: float) -> None:
+        """Fold the current window's per-client rates into the per-client baseline."""
+        counts = sorted(self._overall.hitters.merged(now).values())
+        if len(counts) < 10:
+            return
+        q = counts[min(len(counts) - 1, int(self.client_quantile * len(counts)))]
+        rate = q / self.window
+        cb = self.client_baseline
+        self.client_baseline = rate if cb is None else self._keep * cb + (1 - self._keep) * rate
+
+    # -- anomalies ----------------------------------------------------------------------
+
+    def _transition(self, kind: str, now: float, detector: RateDetector) -> None:
+        scope = self._overall if detector.name == ALL else self._rules.get(detector.name)
+        since = detector.started_at
+        top: list[tuple[Hashable, int]] = []
+        if scope is not None:
+            top = scope.hitters.top(self.top_n, now, since)
+        rate = detector.peak_rate if kind == "anomaly_started" else detector.last_rate
+        anomaly = Anomaly(
+            kind, detector.name, now,
+            now if detector.started_at is None else detector.started_at,
+            rate, detector.baseline, top,
+        )
+        self.recent.append(anomaly)
+        del self.recent[:-20]
+        log = logger.warning if kind == "anomaly_started" else logger.info
+        log(
+            "throttlekit: %s on %s: %.1f req/s against a baseline of %.1f req/s; top: %s",
+            kind, detector.name, rate, detector.baseline,
+            ", ".join(f"{k} ({c})" for k, c in top[:5]) or "-",
+            extra={
+                "throttlekit_event": kind, "scope": detector.name, "rate": rate,
+                "baseline": detector.baseline, "started_at": anomaly.started_at,
+                "top_offenders": [[str(k), c] for k, c in top],
+            },
+        )
+        for callback in self._anomaly_callbacks:
+            try:
+                callback(anomaly)
+            except Exception:
+                logger.exception("throttlekit: anomaly callback %r failed", callback)
+
+    def on_anomaly(self, callback: AnomalyCallback) -> AnomalyCallback:
+        """Call ``callback(anomaly)`` on every ``anomaly_started``/``anomaly_ended``;
+        returns it, so it works as a decorator."""
+        if not callable(callback):
+            raise ConfigError(f"an anomaly callback must be callable, got {callback!r}")
+        self._anomaly_callbacks.append(callback)
+        return callback
+
+    def on_tick(self, callback: TickCallback) -> TickCallback:
+        """Call ``callback(now)`` about once per bucket while traffic flows."""
+        if not callable(callback):
+            raise ConfigError(f"a tick callback must be callable, got {callback!r}")
+        self._tick_callbacks.append(callback)
+        return callback
+
+    # -- queries ------------------------------------------------------------------------
+
+    @property
+    def detector(self) -> RateDetector:
+        """The detector of all traffic."""
+        return self._overall_det
+
+    def rule_detectors(self) -> dict[str, RateDetector]:
+        """The per-rule detectors, by rule name."""
+        return {name: s.detector for name, s in list(self._rules.items())}
+
+    @property
+    def anomaly(self) -> bool:
+        """True while all traffic is in an anomaly."""
+        return self._overall_det.active
+
+    def counts(self) -> dict[tuple[str, str, bool], int]:
+        """Events counted so far, by (rule, outcome, dry_run)."""
+        return dict(self._counts)
+
+    def top(
+        self, n: int = 10, rule: str | None = None, now: float | None = None
+    ) -> list[tuple[Hashable, int]]:
+        """The heaviest clients (or, with ``rule``, that rule's keys) over the window."""
+        scope = self._overall if rule is None else self._rules.get(rule)
+        if scope is None:
+            return []
+        return scope.hitters.top(n, self.clock() if now is None else now)
+
+    def offenders(
+        self,
+        now: float,
+        *,
+        factor: float = 2.0,
+        min_requests: int = 5,
+        since: float | None = None,
+        limit: int = 1000,
+    ) -> list[tuple[Hashable, int]]:
+        """Clients sending more than ``factor`` times the per-client baseline rate.
+
+        The per-client baseline is the ``client_quantile`` of the clients' rates learnt in
+        normal traffic (so the heaviest legitimate clients set the bar), and the rate of a
+        client is its count since ``since`` (at most the window) over that time; clients
+        with fewer than ``min_requests`` are never offenders. Empty while no baseline has
+        been learnt.
+        """
+        cb = self.client_baseline
+        if cb is None:
+            return []
+        hitters = self._overall.hitters
+        lo = now - self.window
+        if since is not None and since > lo:
+            # whole buckets: the bucket holding ``since`` counts from its start
+            lo = (since // self.bucket) * self.bucket
+        span = max(now - lo, self.bucket)
+        bar = max(float(min_requests), factor * cb * span)
+        merged = hitters.merged(now, lo)
+        out = [(k, c) for k, c in merged.items() if c >= bar]
+        out.sort(key=lambda kc: kc[1], reverse=True)
+        return out[:limit]
+
+    def snapshot(self, now: float | None = None) -> dict[str, Any]:
+        """A JSON-ready summary: counters, detectors, anomalies and top offenders."""
+        if now is None:
+            now = self.clock()
+        self.tick(now)
+
+        def det(d: RateDetector) -> dict[str, Any]:
+            return {
+                "anomaly": d.active, "rate": round(d.last_rate, 3),
+                "baseline": round(d.baseline, 3), "threshold": round(d.threshold, 3),
+                "started_at": d.started_at, "anomalies": d.anomalies,
+            }
+
+        counters: dict[str, dict[str, int]] = {}
+        for (rule, kind, dry), n in sorted(self._counts.items()):
+            counters.setdefault(rule, {})[f"{kind}{' (dry run)' if dry else ''}"] = n
+        return {
+            "time": now,
+            "requests": self.requests,
+            "anomaly": self._overall_det.active,
+            "overall": det(self._overall_det),
+            "rules": {name: det(s.detector) for name, s in sorted(self._rules.items())},
+            "counters": counters,
+            "client_baseline": self.client_baseline,
+            "top": [[str(k), c] for k, c in self._overall.hitters.top(self.top_n, now)],
+            "recent_anomalies": [
+                {"kind": a.kind, "scope": a.scope, "at": a.at, "started_at": a.started_at,
+                 "rate": round(a.rate, 3), "baseline": round(a.baseline, 3),
+                 "top": [[str(k), c] for k, c in a.top]}
+                for a in self.recent
+            ],
+        }

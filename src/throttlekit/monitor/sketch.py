@@ -1,0 +1,188 @@
+"""Heavy hitters in bounded memory: who sends the most, over a sliding time window.
+
+:class:`SpaceSaving` is a batched variant of the Space-Saving summary (Metwally et al.):
+a dict of at most ``2 * capacity`` keys. A known key is one dict update; a new key is
+inserted with the summary's error floor plus its count; when the dict is full it is cut
+back to the ``capacity`` largest counts and the largest count dropped becomes the new
+floor. Each cut costs O(capacity) and happens at most once per ``capacity`` new keys, so
+an update is O(1) amortised. Counts over-estimate by at most ``floor``, and ``floor`` never
+exceeds ``total / capacity``, so any key with more than that share is always tracked.
+
+:class:`WindowedTopK` keeps one summary per time bucket (time is injected, never read
+here) and merges the buckets of the window on query, so queries cost
+O(buckets * capacity) and updates stay O(1). Memory: at most ``buckets * 2 * capacity``
+keys, whatever the number of distinct keys.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from collections.abc import Hashable, Iterable
+from operator import itemgetter
+
+from .._errors import ConfigError
+
+__all__ = ["SpaceSaving", "WindowedTopK"]
+
+_by_count = itemgetter(1)
+
+
+class SpaceSaving:
+    """Approximate counts of the most frequent keys of a stream, in bounded memory.
+
+    Args:
+        capacity: how many keys are guaranteed to be kept after a cut (the summary holds
+            up to twice as many between cuts).
+    """
+
+    __slots__ = ("_limit", "capacity", "counts", "floor", "total")
+
+    def __init__(self, capacity: int = 256) -> None:
+        if isinstance(capacity, bool) or not isinstance(capacity, int) or capacity < 1:
+            raise ConfigError(f"capacity must be a positive integer, got {capacity!r}")
+        self.capacity = capacity
+        self._limit = 2 * capacity
+        self.counts: dict[Hashable, int] = {}
+        self.floor = 0
+        self.total = 0
+
+    def __len__(self) -> int:
+        return len(self.counts)
+
+    def add(self, key: Hashable, n: int = 1) -> None:
+        """Count ``n`` more occurrences of ``key``."""
+        counts = self.counts
+        c = counts.get(key)
+        if c is None:
+            if len(counts) >= self._limit:
+                self._cut()
+            counts[key] = self.floor + n
+        else:
+            counts[key] = c + n
+        self.total += n
+
+    def _cut(self) -> None:
+        counts = self.counts
+        ranked = sorted(counts.items(), key=_by_count, reverse=True)
+        self.floor = ranked[self.capacity][1]
+        counts.clear()
+        counts.update(ranked[: self.capacity])
+
+    def top(self, n: int = 10) -> list[tuple[Hashable, int]]:
+        """The ``n`` largest (key, estimated count) pairs, largest first."""
+        return sorted(list(self.counts.items()), key=_by_count, reverse=True)[:n]
+
+    def clear(self) -> None:
+        """Forget everything."""
+        self.counts.clear()
+        self.floor = 0
+        self.total = 0
+
+
+class WindowedTopK:
+    """Heavy hitters over the last ``window`` seconds, in time buckets of ``bucket`` seconds.
+
+    Time comes from the caller (``add(key, now)``), so it runs on simulated time as well as
+    on the wall clock; nothing happens between calls.
+
+    Args:
+        window: seconds covered by queries.
+        bucket: width of one time bucket in seconds (the window's resolution).
+        capacity: keys guaranteed per bucket (see :class:`SpaceSaving`).
+    """
+
+    __slots__ = ("_closed", "_cur", "_end", "_start", "bucket", "capacity", "nbuckets", "window")
+
+    def __init__(self, window: float = 10.0, bucket: float = 1.0, capacity: int = 1024) -> None:
+        for name, value in (("window", window), ("bucket", bucket)):
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
+                raise ConfigError(f"{name} must be a positive number of seconds, got {value!r}")
+        if bucket > window:
+            raise ConfigError(f"bucket ({bucket!r}s) must not be longer than window ({window!r}s)")
+        self.window = float(window)
+        self.bucket = float(bucket)
+        self.capacity = capacity
+        self.nbuckets = max(1, round(window / bucket))
+        self._cur = SpaceSaving(capacity)
+        self._start = -float("inf")
+        self._end = -float("inf")
+        self._closed: deque[tuple[float, SpaceSaving]] = deque(maxlen=self.nbuckets)
+
+    def add(self, key: Hashable, now: float, n: int = 1) -> None:
+        """Count ``n`` occurrences of ``key`` at time ``now`` (seconds)."""
+        if now >= self._end:
+            self._roll(now)
+        # SpaceSaving.add, inlined: this runs for every request
+        cur = self._cur
+        counts = cur.counts
+        c = counts.get(key)
+        if c is None:
+            if len(counts) >= cur._limit:
+                cur._cut()
+            counts[key] = cur.floor + n
+        else:
+            counts[key] = c + n
+        cur.total += n
+
+    def _roll(self, now: float) -> None:
+        if self._cur.total:
+            self._closed.append((self._start, self._cur))
+            self._cur = SpaceSaving(self.capacity)
+        width = self.bucket
+        self._start = (now // width) * width
+        self._end = self._start + width
+
+    def _buckets(self, now: float | None, since: float | None) -> list[SpaceSaving]:
+        if now is None:
+            now = self._end if self._end != -float("inf") else 0.0
+        lo = now - self.window
+        if since is not None and since > lo:
+            lo = since
+        # a bucket belongs to the window when it ends after ``lo``
+        width = self.bucket
+        cur_start, cur = self._start, self._cur
+        # list(): copied in C, so a request thread rolling a bucket meanwhile is harmless
+        out = [s for start, s in list(self._closed) if start + width > lo and start <= now]
+        if cur_start + width > lo and cur_start <= now and all(s is not cur for s in out):
+            out.append(cur)
+        return out
+
+    def merged(self, now: float | None = None, since: float | None = None) -> dict[Hashable, int]:
+        """Estimated count per tracked key over the window ending at ``now`` (or from
+        ``since`` when that is later)."""
+        buckets = self._buckets(now, since)
+        if len(buckets) == 1:
+            return dict(buckets[0].counts)
+        merged: dict[Hashable, int] = {}
+        get = merged.get
+        for s in buckets:
+            # list(): a C-level copy, so a request thread adding keys meanwhile cannot
+            # break the iteration
+            for k, c in list(s.counts.items()):
+                merged[k] = get(k, 0) + c
+        return merged
+
+    def top(
+        self, n: int = 10, now: float | None = None, since: float | None = None
+    ) -> list[tuple[Hashable, int]]:
+        """The ``n`` heaviest (key, estimated count) pairs over the window, largest first."""
+        return sorted(self.merged(now, since).items(), key=_by_count, reverse=True)[:n]
+
+    def total(self, now: float | None = None, since: float | None = None) -> int:
+        """Exact number of occurrences counted over the window."""
+        return sum(s.total for s in self._buckets(now, since))
+
+    def size(self) -> int:
+        """Keys held in memory right now (bounded by ``nbuckets * 2 * capacity``)."""
+        return len(self._cur) + sum(len(s) for _, s in list(self._closed))
+
+    def clear(self) -> None:
+        """Forget everything."""
+        self._closed.clear()
+        self._cur = SpaceSaving(self.capacity)
+        self._start = self._end = -float("inf")
+
+    def extend(self, keys: Iterable[Hashable], now: float) -> None:
+        """Count each of ``keys`` once at time ``now``."""
+        for k in keys:
+            self.add(k, now)

@@ -1,0 +1,215 @@
+"""An opt-in JSON status endpoint: what the monitor sees, for operators and scripts.
+
+Off unless mounted. Only clients whose socket address is in ``allow`` (default: loopback),
+or that send ``Authorization: Bearer <token>`` when a ``token`` is set, get the status;
+others get 401 (token set, none or a wrong one sent) or 403. ``allow`` matches the socket
+peer, never ``X-Forwarded-For``: behind a reverse proxy every request comes from the proxy,
+so use a token there (and keep the proxy's address out of ``allow``).
+
+WSGI::
+
+    endpoint = StatusEndpoint(monitor, token=os.environ["THROTTLEKIT_STATUS_TOKEN"])
+    app = WSGIMiddleware(StatusMiddleware(app, endpoint), limiter)  # rate limited too
+
+ASGI: ``ASGIStatusMiddleware(app, endpoint)`` the same way. ``GET <path>`` answers::
+
+    {"time": ..., "requests": ..., "anomaly": false, "overall": {"rate": ..., "baseline": ...},
+     "rules": {...}, "counters": {"per-ip": {"allowed": 1200, "throttled": 3}},
+     "top": [["203.0.113.9", 420], ...], "recent_anomalies": [...],
+     "shield": {"active": false, "bans": 0}, "blocked": [{"key": ..., "expires_at": ...}]}
+"""
+
+from __future__ import annotations
+
+import hmac
+import ipaddress
+import json
+import logging
+from collections.abc import Awaitable, Callable, Iterable, MutableMapping
+from typing import TYPE_CHECKING, Any
+
+from .._errors import ConfigError
+
+if TYPE_CHECKING:
+    from ._monitor import Monitor
+    from .shield import Shield
+
+__all__ = ["ASGIStatusMiddleware", "StatusEndpoint", "StatusMiddleware"]
+
+logger = logging.getLogger("throttlekit.monitor")
+
+Scope = MutableMapping[str, Any]
+Message = MutableMapping[str, Any]
+Receive = Callable[[], Awaitable[Message]]
+Send = Callable[[Message], Awaitable[None]]
+ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
+
+_JSON = [("Content-Type", "application/json"), ("Cache-Control", "no-store")]
+
+
+class StatusEndpoint:
+    """The status logic, framework-neutral: authorise a request, build the JSON.
+
+    Args:
+        monitor: the Monitor to report.
+        shield: the Shield, if any (its state is included).
+        limiter: include the live dynamic blocklist (``limiter.blocked()``, at most
+            ``max_blocked`` entries).
+        path: where the middleware wrappers mount it (default ``/throttlekit/status``).
+        token: a bearer token that grants access from any address.
+        allow: addresses or networks allowed without a token (default: loopback).
+    """
+
+    def __init__(
+        self,
+        monitor: Monitor,
+        *,
+        shield: Shield | None = None,
+        limiter: Any = None,
+        path: str = "/throttlekit/status",
+        token: str | None = None,
+        allow: Iterable[str] = ("127.0.0.1", "::1"),
+        max_blocked: int = 100,
+    ) -> None:
+        if not isinstance(path, str) or not path.startswith("/"):
+            raise ConfigError(f"path must start with '/', got {path!r}")
+        if token is not None and (not isinstance(token, str) or len(token) < 16):
+            raise ConfigError("token must be a string of at least 16 characters")
+        if isinstance(allow, str):
+            raise ConfigError(f"allow must be a list of addresses or networks, got {allow!r}")
+        nets = []
+        for entry in allow:
+            try:
+                nets.append(ipaddress.ip_network(entry, strict=False))
+            except (ValueError, TypeError):
+                raise ConfigError(f"allow: bad address or network {entry!r}") from None
+        self.monitor = monitor
+        self.shield = shield
+        self.limiter = limiter
+        self.path = path
+        self.max_blocked = max_blocked
+        self._token = ("Bearer " + token).encode() if token else None
+        self._nets = tuple(nets)
+
+    def authorize(self, peer: str | None, authorization: str | None) -> int:
+        """200 when the request may see the status, else 401 or 403."""
+        if self._token is not None and authorization is not None and hmac.compare_digest(
+            authorization.strip().encode("latin-1", "replace"), self._token
+        ):
+            return 200
+        if peer:
+            try:
+                ip = ipaddress.ip_address(peer.split("%", 1)[0])
+            except ValueError:
+                ip = None
+            if ip is not None:
+                mapped = getattr(ip, "ipv4_mapped", None)
+                if mapped is not None:
+                    ip = mapped
+                if any(ip in net for net in self._nets):
+                    return 200
+        return 401 if self._token is not None else 403
+
+    def payload(self) -> dict[str, Any]:
+        """The status document (JSON-ready)."""
+        data = self.monitor.snapshot()
+        if self.shield is not None:
+            data["shield"] = {
+                "active": self.shield.active, "bans": self.shield.bans_total,
+                "engagements": self.shield.engagements, "dry_run": self.shield.dry_run,
+            }
+        if self.limiter is not None:
+            try:
+                blocks = self.limiter.blocked()
+            except Exception as exc:  # a status page must not fail with the store
+                data["blocked_error"] = f"{type(exc).__name__}: {exc}"
+            else:
+                data["blocked_total"] = len(blocks)
+                data["blocked"] = [
+                    {"key": b.key, "expires_at": None if b.expires_at == float("inf")
+                     else b.expires_at, "reason": b.reason}
+                    for b in blocks[: self.max_blocked]
+                ]
+        return data
+
+    def respond(self, method: str, peer: str | None, authorization: str | None) -> tuple[
+        int, list[tuple[str, str]], bytes
+    ]:
+        """(status, headers, body) for one request to the endpoint."""
+        code = self.authorize(peer, authorization)
+        if code == 401:
+            return 401, [*_JSON, ("WWW-Authenticate", 'Bearer realm="throttlekit"')], \
+                b'{"error": "unauthorized"}'
+        if code == 403:
+            return 403, list(_JSON), b'{"error": "forbidden"}'
+        if method not in ("GET", "HEAD"):
+            return 405, [*_JSON, ("Allow", "GET, HEAD")], b'{"error": "method not allowed"}'
+        try:
+            body = json.dumps(self.payload(), default=str).encode()
+        except Exception:
+            logger.exception("throttlekit: the status endpoint failed")
+            return 500, list(_JSON), b'{"error": "status unavailable"}'
+        return 200, list(_JSON), b"" if method == "HEAD" else body
+
+    # -- mounting ---------------------------------------------------------------------
+
+    def wsgi(self, environ: dict[str, Any], start_response: Callable[..., Any]) -> list[bytes]:
+        """Answer a WSGI request for the endpoint."""
+        code, headers, body = self.respond(
+            environ.get("REQUEST_METHOD", "GET"), environ.get("REMOTE_ADDR"),
+            environ.get("HTTP_AUTHORIZATION"),
+        )
+        headers.append(("Content-Length", str(len(body))))
+        start_response(f"{code} {_REASONS[code]}", headers)
+        return [body]
+
+    async def asgi(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """Answer an ASGI ``http`` request for the endpoint."""
+        client = scope.get("client")
+        peer = client[0] if client else None
+        auth = None
+        for name, value in scope.get("headers") or ():
+            if name.lower() == b"authorization":
+                auth = value.decode("latin-1")
+        code, headers, body = self.respond(scope.get("method", "GET"), peer, auth)
+        headers.append(("Content-Length", str(len(body))))
+        await send({
+            "type": "http.response.start", "status": code,
+            "headers": [(k.lower().encode(), v.encode()) for k, v in headers],
+        })
+        await send({"type": "http.response.body", "body": body})
+
+
+_REASONS = {200: "OK", 401: "Unauthorized", 403: "Forbidden", 405: "Method Not Allowed",
+            500: "Internal Server Error"}
+
+
+class StatusMiddleware:
+    """WSGI: serve ``endpoint`` at ``endpoint.path``, pass everything else to ``app``."""
+
+    def __init__(self, app: Callable[..., Iterable[bytes]], endpoint: StatusEndpoint) -> None:
+        self.app = app
+        self.endpoint = endpoint
+        self.path = endpoint.path
+
+    def __call__(
+        self, environ: dict[str, Any], start_response: Callable[..., Any]
+    ) -> Iterable[bytes]:
+        if environ.get("PATH_INFO") == self.path:
+            return self.endpoint.wsgi(environ, start_response)
+        return self.app(environ, start_response)
+
+
+class ASGIStatusMiddleware:
+    """ASGI: serve ``endpoint`` at ``endpoint.path`` (``http`` only), pass the rest on."""
+
+    def __init__(self, app: ASGIApp, endpoint: StatusEndpoint) -> None:
+        self.app = app
+        self.endpoint = endpoint
+        self.path = endpoint.path
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http" and scope.get("path") == self.path:
+            await self.endpoint.asgi(scope, receive, send)
+            return
+        await self.app(scope, receive, send)
