@@ -299,6 +299,8 @@ class Rules:
         self.listeners = Listeners(limiter.error_log_interval)
         #: some rule reads ``view.form`` (the ASGI middleware then reads form bodies first)
         self.needs_form = False
+        #: no bans and only plain single-rate throttles: ``_fast`` may answer
+        self.fast = True
         self._last_log: dict[str, float] = {}
 
     # -- registration ------------------------------------------------------------------
@@ -356,6 +358,7 @@ class Rules:
         rule = _BanRule(kind, name, match, keyf, maxretry, float(findtime), float(bantime), alg)
         self.needs_form = self.needs_form or _uses_form(match, keyf)
         self.bans = (*self.bans, rule)
+        self.fast = False
         self.names[name] = kind
 
     def add_throttle(
@@ -387,6 +390,8 @@ class Rules:
                          strategy, burst)
         self.needs_form = self.needs_form or _uses_form(match, keyf, cost)
         self.throttles = (*self.throttles, rule)
+        if len(algorithms) > 1 or dry_run or count_when is not None:
+            self.fast = False
         self.names[name] = "throttle"
 
     def set_throttle_rates(self, name: str, rates: Any) -> tuple[Rate, ...]:
@@ -702,6 +707,12 @@ class Rules:
         if remote and lim._broken_until and time.monotonic() < lim._broken_until:
             return self._degraded(checks, block_keys, now), True
         try:
+            if (
+                len(checks) == 1 and storage.__class__ is MemoryStorage
+                and not storage._blocks  # nothing to look up: the single-check fast path
+            ):
+                c = checks[0]
+                return BatchResult([storage.hit(c.algorithm, c.key, c.cost, now)], []), False
             result = storage.apply(checks, consume=True, now=now, block_keys=block_keys)
         except Exception as exc:  # a failing store must never fail the request
             lim._storage_failed(exc)
@@ -738,7 +749,59 @@ class Rules:
             self._emit(kind, err.rule, None, view, d, False)
         return Verdict(False, kind, err.rule, None, d, [], True, view)
 
+    def _fast(self, view: RequestView, storage: MemoryStorage) -> Verdict | None:
+        """The common case in one pass: lists and one single-rate throttle applying, on
+        an in-process store with an empty dynamic blocklist, nobody listening. None when
+        the request needs the general path."""
+        for lrule in self.safelists:
+            if self._list_match(lrule, view, "safelist"):
+                return Verdict(True, "safelisted", lrule.name, None, None, [], False, view)
+        for lrule in self.blocklists:
+            if self._list_match(lrule, view, "blocklist"):
+                return Verdict(False, "blocked", lrule.name, None, None, [], False, view)
+        found = None
+        for rule in self.throttles:
+            try:
+                match = rule.match
+                if match is not None and not match(view):
+                    continue
+                disc = rule.key(view)
+                if disc is None:
+                    continue
+            except Exception:
+                return None  # the general path logs it and applies the policy
+            if found is not None:
+                return None
+            found = rule, disc
+        if found is None:
+            return Verdict(True, "allowed", None, None, None, [], False, view)
+        rule, disc = found
+        cost = rule.cost
+        if cost.__class__ is not int:
+            return None
+        if disc.__class__ is not str:
+            disc = str(disc)
+        clock = self.limiter.clock
+        d = storage.hit(rule.algorithms[0], NS + disc, cost,
+                        int(clock() * 1_000_000) if clock is not None else None)
+        policies = [(rule.name, d)]
+        if d.allowed:
+            return Verdict(True, "allowed", None, None, d, policies, False, view)
+        return Verdict(False, "throttled", rule.name, disc, d, policies, False, view)
+
     def evaluate(self, view: RequestView) -> Verdict:
+        if self.fast:
+            storage = self.limiter.storage
+            if (
+                isinstance(storage, MemoryStorage) and storage.__class__ is MemoryStorage
+                and not storage._blocks and not self.listeners.active
+            ):
+                try:
+                    verdict = self._fast(view, storage)
+                except _RuleFailed as err:
+                    return self._refused_by_error(view, err)
+                if verdict is not None:
+                    return verdict
         try:
             p = self._plan(view)
         except _RuleFailed as err:

@@ -1,0 +1,219 @@
+"""Per-request overhead of the middleware over the bare app, beside Flask-Limiter and SlowAPI.
+
+Run: ``python -m pytest benchmarks/bench_middleware.py --benchmark-enable --benchmark-only
+--benchmark-group-by=group --benchmark-columns=min,median,mean``
+
+Apps are called in-process (an environ or scope built and the app called directly, no HTTP),
+so the numbers are the middleware's own cost. Each benchmark round runs ``BATCH`` allowed
+requests (one hot client, limits far above the traffic); divide by ``BATCH`` for a request.
+
+- WSGI: one Flask app, bare / throttlekit (one throttle) / throttlekit (safelist + 10,000-CIDR
+  blocklist + 3 throttles) / Flask-Limiter (one default limit), all on memory storage.
+- ASGI: one Starlette app, bare / throttlekit / throttlekit full / SlowAPI's pure-ASGI
+  ``SlowAPIASGIMiddleware`` (one default limit).
+
+The issue's targets, read off one run: throttlekit's added latency at most 1/10 of
+Flask-Limiter's (WSGI) and 1/5 of SlowAPI's (ASGI), and at most half a bare Starlette request;
+the 10,000-CIDR set costing no more than a 10-CIDR one (see ``bench_ipset.py``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import random
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+
+from throttlekit import ASGIMiddleware, Limiter, WSGIMiddleware
+
+BATCH = 100
+RATE = "1000000/second"
+PEER = "198.51.100.7"
+
+
+def _cidrs(n: int) -> list[str]:
+    """``n`` distinct IPv4 networks of mixed lengths, none containing ``PEER``."""
+    rng = random.Random(7)
+    out: set[str] = set()
+    while len(out) < n:
+        prefix = rng.randint(12, 32)
+        value = rng.getrandbits(32) >> (32 - prefix) << (32 - prefix)
+        a, b, c, d = value.to_bytes(4, "big")
+        if a in (198, 127, 10):
+            continue
+        out.add(f"{a}.{b}.{c}.{d}/{prefix}")
+    return sorted(out)
+
+
+def _rules(limiter: Limiter, full: bool) -> Limiter:
+    if not full:
+        limiter.throttle("per-ip", RATE)
+        return limiter
+    limiter.safelist("health", lambda r: r.path == "/healthz")
+    limiter.blocklist("bad-nets", ips=_cidrs(10_000))
+    limiter.throttle("per-ip", RATE)
+    limiter.throttle("per-ip-burst", "1000000/minute", strategy="token_bucket")
+    limiter.throttle("writes", RATE, match=lambda r: r.method != "GET")
+    return limiter
+
+
+# -- WSGI ------------------------------------------------------------------------------------
+
+
+def _flask_app() -> Any:
+    flask = pytest.importorskip("flask")
+    app = flask.Flask("bench")
+
+    @app.route("/")
+    def index() -> str:
+        return "ok"
+
+    return app
+
+
+def _environ() -> dict[str, Any]:
+    return {
+        "REQUEST_METHOD": "GET", "SCRIPT_NAME": "", "PATH_INFO": "/", "QUERY_STRING": "",
+        "SERVER_NAME": "bench", "SERVER_PORT": "80", "SERVER_PROTOCOL": "HTTP/1.1",
+        "REMOTE_ADDR": PEER, "HTTP_HOST": "bench", "HTTP_USER_AGENT": "bench/1.0",
+        "HTTP_ACCEPT": "*/*", "wsgi.version": (1, 0), "wsgi.url_scheme": "http",
+        "wsgi.input": io.BytesIO(b""), "wsgi.errors": io.StringIO(),
+        "wsgi.multithread": False, "wsgi.multiprocess": False, "wsgi.run_once": False,
+    }
+
+
+def _wsgi_batch(app: Callable[..., Any]) -> Callable[[], int]:
+    template = _environ()
+    statuses: list[str] = []
+
+    def start_response(status: str, headers: Any, exc_info: Any = None) -> Any:
+        statuses.append(status)
+        return None
+
+    def batch() -> int:
+        statuses.clear()
+        for _ in range(BATCH):
+            environ = template.copy()
+            environ["wsgi.input"] = io.BytesIO(b"")
+            result = app(environ, start_response)
+            for _chunk in result:
+                pass
+            close = getattr(result, "close", None)
+            if close is not None:
+                close()
+        return sum(s.startswith("200") for s in statuses)
+
+    return batch
+
+
+def _wsgi_variant(name: str) -> Callable[..., Any]:
+    app = _flask_app()
+    if name == "bare":
+        return app  # type: ignore[no-any-return]
+    if name == "flask-limiter":
+        fl = pytest.importorskip("flask_limiter")
+        from flask_limiter.util import get_remote_address
+
+        fl.Limiter(get_remote_address, app=app, default_limits=["1000000 per second"],
+                   storage_uri="memory://")
+        return app  # type: ignore[no-any-return]
+    limiter = _rules(Limiter(), full=name == "throttlekit-full")
+    return _wrap_flask(app, limiter)
+
+
+def _wrap_flask(app: Any, limiter: Limiter) -> Any:
+    app.wsgi_app = WSGIMiddleware(app.wsgi_app, limiter)
+    return app
+
+
+WSGI = ["bare", "throttlekit", "throttlekit-full", "flask-limiter"]
+
+
+@pytest.mark.parametrize("variant", WSGI)
+def test_wsgi_flask(benchmark: Any, variant: str) -> None:
+    """BATCH allowed requests through a Flask app, bare or behind a limiter."""
+    batch = _wsgi_batch(_wsgi_variant(variant))
+    benchmark.group = f"WSGI Flask, {BATCH} requests"
+    assert benchmark(batch) == BATCH
+
+
+# -- ASGI ------------------------------------------------------------------------------------
+
+
+def _starlette_app(slowapi: bool = False) -> Any:
+    pytest.importorskip("starlette")
+    from starlette.applications import Starlette
+    from starlette.requests import Request
+    from starlette.responses import PlainTextResponse
+    from starlette.routing import Route
+
+    async def index(request: Request) -> PlainTextResponse:
+        return PlainTextResponse("ok")
+
+    return Starlette(routes=[Route("/", index)])
+
+
+def _asgi_variant(name: str) -> Any:
+    app = _starlette_app()
+    if name == "bare":
+        return app
+    if name == "slowapi":
+        pytest.importorskip("slowapi")
+        from slowapi import Limiter as SlowLimiter
+        from slowapi.middleware import SlowAPIASGIMiddleware
+        from slowapi.util import get_remote_address
+
+        app.state.limiter = SlowLimiter(key_func=get_remote_address,
+                                        default_limits=["1000000 per second"])
+        app.add_middleware(SlowAPIASGIMiddleware)
+        return app
+    return ASGIMiddleware(app, _rules(Limiter(), full=name == "throttlekit-full"))
+
+
+def _asgi_batch(app: Any) -> Callable[[], int]:
+    scope_template = {
+        "type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1", "method": "GET",
+        "scheme": "http", "path": "/", "raw_path": b"/", "query_string": b"", "root_path": "",
+        "headers": [(b"host", b"bench"), (b"user-agent", b"bench/1.0"), (b"accept", b"*/*")],
+        "client": (PEER, 40000), "server": ("bench", 80),
+    }
+    statuses: list[int] = []
+    request = {"type": "http.request", "body": b"", "more_body": False}
+
+    async def receive() -> dict[str, Any]:
+        return request
+
+    async def send(message: dict[str, Any]) -> None:
+        if message["type"] == "http.response.start":
+            statuses.append(message["status"])
+
+    async def many() -> None:
+        for _ in range(BATCH):
+            await app(dict(scope_template), receive, send)
+
+    loop = asyncio.new_event_loop()
+
+    def batch() -> int:
+        statuses.clear()
+        loop.run_until_complete(many())
+        return statuses.count(200)
+
+    batch.loop = loop  # type: ignore[attr-defined]
+    return batch
+
+
+ASGI = ["bare", "throttlekit", "throttlekit-full", "slowapi"]
+
+
+@pytest.mark.parametrize("variant", ASGI)
+def test_asgi_starlette(benchmark: Any, variant: str) -> None:
+    """BATCH allowed requests through a Starlette app, bare or behind a limiter."""
+    batch = _asgi_batch(_asgi_variant(variant))
+    benchmark.group = f"ASGI Starlette, {BATCH} requests"
+    try:
+        assert benchmark(batch) == BATCH
+    finally:
+        batch.loop.close()  # type: ignore[attr-defined]
