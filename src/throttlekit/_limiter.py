@@ -339,9 +339,9 @@ class Limiter:
             now = time.time_ns() // 1000
         if now >= until:
             return None
-        retry = (until - now) / 1e6
+        reset = round(decision.reset_after * 1e6) - (now - made)
         return decision._replace(
-            retry_after=retry, reset_after=max(decision.reset_after - (now - made) / 1e6, retry)
+            retry_after=(until - now) / 1e6, reset_after=max(reset, until - now) / 1e6
         )
 
     def _remember_denial(
