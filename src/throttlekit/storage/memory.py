@@ -142,12 +142,13 @@ class MemoryStorage(Storage):
             decisions = [
                 c.algorithm.peek(s, now, c.cost) for c, s in zip(checks, states, strict=True)
             ]
-            if consume:
+            # A blocked request charges nothing; probes are decided, never charged.
+            if consume and not any(blocked):
                 together = all(
                     d.allowed for c, d in zip(checks, decisions, strict=True) if not c.independent
                 )
                 for c, k, s, d in zip(checks, keys, states, decisions, strict=True):
-                    if d.allowed and (together or c.independent) and c.cost:
+                    if d.allowed and (together or c.independent) and c.cost and not c.probe:
                         new = c.algorithm.charge(s, now, c.cost)
                         if s is None:
                             self._insert(k, new, c.algorithm, now)
