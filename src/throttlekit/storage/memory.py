@@ -70,7 +70,8 @@ class MemoryStorage(Storage):
         data = self._data
         get = data.get
         touch = data.move_to_end
-        lock = self._lock
+        acquire = self._lock.acquire
+        release = self._lock.release
         decide = algorithm.hit
         insert = self._insert
         prefix = algorithm.id + "|"
@@ -81,7 +82,8 @@ class MemoryStorage(Storage):
             if now is None:
                 now = time_ns() // 1000 if clock is time.time else int(clock() * 1_000_000)
             k = prefix + key
-            with lock:
+            acquire()  # bound acquire/release: half the cost of `with lock` here
+            try:
                 state = get(k)
                 new, decision = decide(state, now, cost)
                 if new is not state:
@@ -92,6 +94,8 @@ class MemoryStorage(Storage):
                         touch(k)
                 elif state is not None:
                     touch(k)
+            finally:
+                release()
             return decision
 
         return hit
