@@ -37,6 +37,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 from asgiref.sync import iscoroutinefunction, markcoroutinefunction
 from django.conf import settings  # type: ignore[import-untyped]
+from django.core.signals import setting_changed  # type: ignore[import-untyped]
 from django.http import HttpResponse  # type: ignore[import-untyped]
 from django.utils.module_loading import import_string  # type: ignore[import-untyped]
 
@@ -75,6 +76,14 @@ __all__ = ["ThrottleMiddleware", "exempt", "get_limiter", "limit", "shared_limit
 
 F = TypeVar("F", bound=Callable[..., Any])
 _state: dict[str, Any] = {}
+
+
+def _settings_changed(*, setting: str, **_: Any) -> None:
+    if setting == "THROTTLEKIT":  # override_settings in tests: build the limiter again
+        _state.pop("limiter", None)
+
+
+setting_changed.connect(_settings_changed)
 
 
 def _options() -> dict[str, Any]:
