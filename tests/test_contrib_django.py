@@ -48,7 +48,11 @@ def urls() -> Iterator[types.ModuleType]:
 
 
 def configure(**options: Any) -> Any:
-    return override_settings(THROTTLEKIT=options)
+    # everything the tests rely on, whoever configured Django first in this process
+    return override_settings(
+        THROTTLEKIT=options, ROOT_URLCONF="tk_test_urls", ALLOWED_HOSTS=["*"],
+        MIDDLEWARE=["throttlekit.contrib.django.ThrottleMiddleware"],
+    )
 
 
 def test_function_view_decorator_and_request_throttle(urls: Any) -> None:

@@ -153,6 +153,7 @@ class ThrottleMiddleware:
                              parse_limits(limiter, application_limits, "application_limits"))
         self.rules = bool(rules)
         self._cache: dict[int, tuple[Any, Group | None, tuple[Any, ...]]] = {}
+        self._paths: dict[Any, tuple[Group | None, tuple[Any, ...]]] = {}
         self._fork = ForkCheck()
         warn_memory_multiworker(limiter)
 
@@ -164,6 +165,21 @@ class ThrottleMiddleware:
 
     def _entries(self, scope: Scope) -> tuple[Group | None, tuple[Any, ...]]:
         routes = self._routes(scope)
+        # Matching costs a regex per route: remember the answer per (method, path), as
+        # long as the route table is unchanged (bounded: many distinct paths just miss).
+        ckey = (scope.get("method"), scope.get("path"), scope.get("root_path"),
+                id(routes), len(routes) if routes else 0)
+        hit = self._paths.get(ckey)
+        if hit is not None:
+            return hit
+        found = self._lookup(routes, scope)
+        if len(self._paths) >= 4096:
+            self._paths.clear()
+        self._paths[ckey] = found
+        return found
+
+    def _lookup(self, routes: Sequence[Any] | None, scope: Scope
+                ) -> tuple[Group | None, tuple[Any, ...]]:
         endpoint, route = find_endpoint(routes, scope) if routes else (None, None)
         if route is None:
             return None, self.limits.entries(None, None, False)
