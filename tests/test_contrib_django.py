@@ -17,6 +17,8 @@ if not settings.configured:
         DEBUG=False, SECRET_KEY="test", ALLOWED_HOSTS=["*"], ROOT_URLCONF="tk_test_urls",
         MIDDLEWARE=["throttlekit.contrib.django.ThrottleMiddleware"], USE_TZ=True,
         LOGGING_CONFIG=None,
+        INSTALLED_APPS=["django.contrib.contenttypes", "django.contrib.auth"],
+        REST_FRAMEWORK={"UNAUTHENTICATED_USER": None, "DEFAULT_AUTHENTICATION_CLASSES": []},
     )
     django.setup()
 
@@ -170,3 +172,29 @@ def test_user_key_via_view_request(urls: Any) -> None:
         c = Client()
         got = [c.get("/", {"user": u}).status_code for u in ("ann", "bob", "ann")]
     assert got == [200, 200, 429]
+
+
+def test_drf_throttle_class_refuses_with_wait(urls: Any) -> None:
+    """The DRF throttle class admits `rate` requests, then DRF answers 429 with Retry-After."""
+    pytest.importorskip("rest_framework")
+    from rest_framework.response import Response
+    from rest_framework.views import APIView
+
+    class Burst(tk.ThrottlekitThrottle):  # type: ignore[name-defined,misc]
+        rate = "2/minute"
+
+    class Items(APIView):
+        throttle_classes = [Burst]
+        authentication_classes: list[Any] = []
+        permission_classes: list[Any] = []
+
+        def get(self, request: Any) -> Response:
+            return Response({"ok": True})
+
+    urls.urlpatterns = [path("api/items", Items.as_view())]
+    with configure(STRATEGY="fixed_window"):
+        c = Client()
+        codes = [c.get("/api/items").status_code for _ in range(3)]
+        refused = c.get("/api/items")
+    assert codes == [200, 200, 429]
+    assert refused.status_code == 429 and int(refused["Retry-After"]) > 0

@@ -246,3 +246,23 @@ def test_bad_header_style_is_config_error(limiter: Limiter) -> None:
     """An unknown header style is refused at setup."""
     with pytest.raises(ConfigError, match="fancy"):
         WSGIMiddleware(app, limiter, header_style="fancy")
+
+
+def test_disabled_limiter_lets_everything_through() -> None:
+    """Limiter(enabled=False) switches the middleware's rules off (for tests)."""
+    from werkzeug.test import Client as _Client
+
+    from throttlekit import Limiter as _Limiter
+    from throttlekit import WSGIMiddleware as _WSGIMiddleware
+
+    def app(environ, start_response):
+        start_response("200 OK", [("Content-Type", "text/plain")])
+        return [b"ok"]
+
+    limiter = _Limiter(enabled=False)
+    limiter.throttle("per-ip", "1/minute")
+    limiter.blocklist("all", lambda r: True)
+    client = _Client(_WSGIMiddleware(app, limiter))
+    assert [client.get("/").status_code for _ in range(3)] == [200, 200, 200]
+    limiter.enabled = True
+    assert client.get("/").status_code == 403

@@ -258,7 +258,7 @@ class _Pending:
         self.meta.append((names, disc, cost, len(checks), len(algs), name))
         skey = NS + disc
         for alg in algs:
-            checks.append(_new(Check, (alg, skey, cost, False)))
+            checks.append(_new(Check, (alg, skey, cost, False, False)))
 
 
 _last_log: dict[str, float] = {}

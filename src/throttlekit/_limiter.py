@@ -94,7 +94,8 @@ class Limiter:
             ``RateLimit-Policy``/``RateLimit``), ``"legacy"`` (``X-RateLimit-*``),
             ``"both"`` or ``"none"``.
         headers_on_allowed: write them on allowed responses too, not only on 429s.
-        enabled: ``False`` switches the decorators and framework integrations off (tests).
+        enabled: ``False`` switches the rules, middleware, decorators and framework
+            integrations off (for tests); direct ``hit``/``test`` calls still count.
 
     Thread-safe. ``hit``/``test``/``reset`` have async twins ``ahit``/``atest``/``areset``
     that never block the event loop.
@@ -533,10 +534,19 @@ class Limiter:
 
     def evaluate(self, view: RequestView) -> Verdict:
         """Run every rule on one request (one storage call); never raises."""
+        if not self.enabled:
+            return self._disabled_verdict(view)
         return self._rules.evaluate(view)
+
+    def _disabled_verdict(self, view: RequestView) -> Verdict:
+        from ._rules import Verdict
+
+        return Verdict(True, "allowed", None, None, None, [], False, view)
 
     async def aevaluate(self, view: RequestView) -> Verdict:
         """Async twin of :meth:`evaluate` (only async storage calls)."""
+        if not self.enabled:
+            return self._disabled_verdict(view)
         return await self._rules.aevaluate(view)
 
     def settle(

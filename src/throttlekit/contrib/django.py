@@ -345,7 +345,7 @@ class ThrottleMiddleware:
 
 def _drf_throttle() -> Any:
     try:
-        from rest_framework.throttling import BaseThrottle  # type: ignore[import-not-found]
+        from rest_framework.throttling import BaseThrottle  # type: ignore[import-untyped,import-not-found,unused-ignore]
     except ImportError:  # pragma: no cover - DRF is optional
         return None
 
