@@ -576,12 +576,22 @@ class Limiter:
         self.storage.block(key, ttl, reason, self._block_now())
 
     def unblock(self, key: str) -> bool:
-        """Lift a block or ban (as :meth:`blocked` lists it); True when there was one."""
-        found = self.storage.unblock(key)
-        ban = self._rules.ban_rule_of(key)
-        if ban is not None:  # a fresh start for the ban counter too
-            self.storage.reset((_rules_ns + ban[1],))
+        """Lift a block or ban: ``key`` as :meth:`blocked` lists it
+        (``"fail2ban:scanners:192.0.2.7"``), or a client key (``"192.0.2.7"``), which lifts
+        its manual block and every ban of it. True when there was one."""
+        found = False
+        for entry, disc in self._unblock_targets(key):
+            found = self.storage.unblock(entry) or found
+            if disc is not None:  # a fresh start for the ban counter too
+                self.storage.reset((_rules_ns + disc,))
+        self._forget_local(key)
         return found
+
+    def _unblock_targets(self, key: str) -> list[tuple[str, str | None]]:
+        ban = self._rules.ban_rule_of(key)
+        if ban is not None:
+            return [(key, ban[1])]
+        return [(key, None)] + [(rule.prefix + key, key) for rule in self._rules.bans]
 
     def blocked(self) -> list[Block]:
         """Every live block and ban, soonest to expire first."""
@@ -595,10 +605,12 @@ class Limiter:
 
     async def aunblock(self, key: str) -> bool:
         """Async twin of :meth:`unblock`."""
-        found = await self.storage.aunblock(key)
-        ban = self._rules.ban_rule_of(key)
-        if ban is not None:
-            await self.storage.areset((_rules_ns + ban[1],))
+        found = False
+        for entry, disc in self._unblock_targets(key):
+            found = await self.storage.aunblock(entry) or found
+            if disc is not None:
+                await self.storage.areset((_rules_ns + disc,))
+        self._forget_local(key)
         return found
 
     async def ablocked(self) -> list[Block]:

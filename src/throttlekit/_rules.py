@@ -347,14 +347,20 @@ class Rules:
                 raise ConfigError(f"{kind} {name!r}: {what} must be a positive number of "
                                   f"seconds, got {value!r}")
         keyf = _key_func(key, f"{kind} {name!r}")
-        # The counter is a sliding window: "maxretry matches within findtime", without
-        # the double allowance of a fixed window at its boundary.
+        # The counter is an exact sliding log: "maxretry matches within findtime", no
+        # more and no fewer (a fixed window would allow twice that across its boundary, a
+        # weighted counter could ban early). Its memory is bounded by maxretry.
         rate = Rate(maxretry, float(findtime))
-        strategy = "sliding_window"
-        self.limiter._check_strategy(strategy)
+        storage = self.limiter.storage
+        strategy = "sliding_log"
         alg = make_algorithm(
             strategy, rate, None, id=f"b:{escape_name(name)}:{kind}:{rate.period_us}"
         )
+        if storage.unsupported(strategy) or storage.unsupported_algorithm(alg):
+            strategy = "fixed_window"  # what the store can count exactly
+            alg = make_algorithm(
+                strategy, rate, None, id=f"b:{escape_name(name)}:{kind}:{rate.period_us}"
+            )
         rule = _BanRule(kind, name, match, keyf, maxretry, float(findtime), float(bantime), alg)
         self.needs_form = self.needs_form or _uses_form(match, keyf)
         self.bans = (*self.bans, rule)
