@@ -17,11 +17,15 @@ from .storage import MemoryStorage, Storage, storage_from_url
 from .storage.base import Block, Check
 
 if TYPE_CHECKING:
+    import os
     from collections.abc import Iterable
 
+    from ._concurrency import ConcurrencyRules
     from ._events import EventCallback
+    from ._reload import RulesWatcher
     from ._request import RequestView
     from ._rules import ResponseInfo, Verdict
+    from ._rulesfile import RuleSet
 #: prefix of rule state keys in the storage (see _rules.NS)
 _rules_ns = "rule:"
 
@@ -436,6 +440,8 @@ class Limiter:
         self.header_style = header_style
         self.headers_on_allowed = headers_on_allowed
         self._rules = Rules(self)
+        self._watcher: RulesWatcher | None = None
+        self._concurrency: ConcurrencyRules | None = None
 
     def safelist(
         self, name: str, predicate: Callable[[RequestView], Any] | None = None, *,
@@ -526,10 +532,14 @@ class Limiter:
 
     def evaluate(self, view: RequestView) -> Verdict:
         """Run every rule on one request (one storage call); never raises."""
+        if self._watcher is not None:
+            self._watcher.poll()
         return self._rules.evaluate(view)
 
     async def aevaluate(self, view: RequestView) -> Verdict:
         """Async twin of :meth:`evaluate` (only async storage calls)."""
+        if self._watcher is not None:
+            self._watcher.poll()
         return await self._rules.aevaluate(view)
 
     def settle(
@@ -600,6 +610,106 @@ class Limiter:
         await self.storage.areset((_rules_ns + key,))
         if self._fallback is not None:
             self._fallback.reset((_rules_ns + key,))
+
+    # -- rules files, reload, concurrency (issue 7; see _rulesfile, _reload, _concurrency) --
+
+    @classmethod
+    def from_file(
+        cls, path: str | os.PathLike[str], *, reload_interval: float | None = None,
+        reload_thread: bool = False, **limiter_kwargs: Any,
+    ) -> Limiter:
+        """A Limiter with the rules of a TOML rules file (see ``docs/rules-file.md``).
+
+        The file's ``[limiter]`` table gives settings (``storage``, ``trusted_proxies``, ...);
+        ``limiter_kwargs`` override them. ``reload_interval``: check the file for changes
+        at most every that many seconds, on requests (no thread unless ``reload_thread``).
+
+        Raises:
+            RulesFileError: the file has errors (every one listed with its line).
+        """
+        from ._rulesfile import load_rules
+
+        ruleset = load_rules(path)
+        limiter = cls(**{**ruleset.limiter, **limiter_kwargs})
+        limiter.load_rules(path, reload_interval=reload_interval, reload_thread=reload_thread)
+        return limiter
+
+    def load_rules(
+        self, source: str | os.PathLike[str] | RuleSet, *, reload_interval: float | None = None,
+        reload_thread: bool = False,
+    ) -> None:
+        """Add the rules of a rules file (a path, or a parsed ``RuleSet``) to this limiter.
+        With a path, :meth:`reload` re-reads it later; ``reload_interval`` watches it."""
+        from ._reload import RulesWatcher, install
+        from ._rulesfile import RuleSet
+
+        if isinstance(source, RuleSet):
+            install(self, source)
+            return
+        if self._watcher is not None:
+            raise ConfigError(f"this limiter already has a rules file: {self._watcher.path!r}")
+        watcher = RulesWatcher(self, source, reload_interval)
+        watcher.load()
+        self._watcher = watcher
+        if reload_thread:
+            watcher.start_thread()
+
+    def reload(self) -> bool:
+        """Re-read the rules file now; a bad file is rejected (the rules in force stay) and
+        its errors logged. Returns whether the file's rules are now in force."""
+        if self._watcher is None:
+            raise ConfigError("this limiter has no rules file (use Limiter.from_file)")
+        return self._watcher.reload()
+
+    def reload_on_signal(self, signum: int | None = None) -> None:
+        """Reload the rules file when the process receives ``signum`` (default SIGHUP);
+        the next request does the reload. Call from the main thread."""
+        import signal
+
+        if self._watcher is None:
+            raise ConfigError("this limiter has no rules file (use Limiter.from_file)")
+        self._watcher.on_signal(signal.SIGHUP if signum is None else signum)
+
+    def _conc(self) -> ConcurrencyRules:
+        from ._concurrency import ConcurrencyRules
+
+        conc = self._concurrency
+        if conc is None:
+            conc = ConcurrencyRules(self)
+        return conc
+
+    def concurrency(
+        self, name: str, limit: int, *, key: Any = "global",
+        match: Callable[[RequestView], Any] | None = None, timeout: float | None = None,
+        retry_after: float | None = None,
+    ) -> None:
+        """At most ``limit`` requests in flight per ``key`` (``"global"``: all requests
+        together; or ``"client"``, ``"ip"``, ``"header:<name>"``, a function of the view)
+        among those that ``match``; more are refused (429). Leases expire after
+        ``timeout`` seconds (default 60), so a crashed worker cannot leak its slots."""
+        if name in self._rules.names:
+            raise ConfigError(f"duplicate rule name {name!r} (already a {self._rules.names[name]})")
+        conc = self._conc()
+        conc.add(name, limit, key=key, match=match, timeout=timeout, retry_after=retry_after)
+        self._concurrency = conc
+
+    def shed(
+        self, capacity: int, *, priority: Callable[[RequestView], Any] | None = None,
+        thresholds: Sequence[float] = (0.8, 1.0), timeout: float | None = None,
+        retry_after: float | None = None,
+    ) -> None:
+        """Priority load shedding: with ``capacity`` requests in flight as full load (all
+        workers sharing the storage), a request of priority ``p`` (``priority(view)``, an
+        int, higher is more important; default 0) is refused with 503 once
+        ``thresholds[p] * capacity`` requests are in flight."""
+        conc = self._conc()
+        conc.set_shedding(capacity, priority, thresholds, timeout, retry_after)
+        self._concurrency = conc
+
+    def inflight(self, name: str, key: str = "*") -> int:
+        """Requests in flight under concurrency rule ``name`` for discriminator ``key``
+        (``"*"`` for a global rule; ``name="shedding"``: everything load shedding counts)."""
+        return self._conc().inflight(name, key)
 
 
 def _apply(
