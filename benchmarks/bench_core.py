@@ -1,6 +1,8 @@
 """hit() per algorithm on the memory backend, beside `limits` on the same work.
 
-Run: ``python -m pytest benchmarks/bench_core.py --benchmark-enable --benchmark-only --benchmark-group-by=param:keys``
+Run::
+
+    python -m pytest benchmarks/bench_core.py --benchmark-enable --benchmark-only
 Results and ratios are recorded in docs/benchmarks.md.
 """
 

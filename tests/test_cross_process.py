@@ -6,6 +6,7 @@ adding itself to ``URL_OF`` (name -> the storage URL of its session context).
 
 from __future__ import annotations
 
+import importlib
 import multiprocessing
 import time
 import uuid
@@ -14,13 +15,15 @@ from typing import Any
 
 import pytest
 
-from conftest import BACKEND_MODULES
+from backends import NAMES
 from throttlekit import Limiter, Rate, storage_from_url
 
 PROCESSES, HITS, LIMIT = 4, 2_000, 1_000
 # A 30-day period: nothing refills or slides during the test, and a window boundary is
 # checked for below, so the admitted count must be exactly LIMIT.
 RATE = Rate(LIMIT, 86400.0 * 30)
+
+BACKEND_MODULES = {name: importlib.import_module(f"backends.{name}") for name in NAMES}
 
 #: backend name -> storage URL of its session context
 URL_OF: dict[str, Callable[[Any], str]] = {

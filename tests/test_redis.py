@@ -269,6 +269,21 @@ def test_one_evalsha_per_check_including_multi_rate(own_server: RedisServer) -> 
     s.close()
 
 
+def test_refused_flood_costs_one_round_trip_per_retry_period(own_server: RedisServer) -> None:
+    """With the local denial cache, refused requests cost no round trip until the retry time."""
+    for cache, expected in ((10_000, 0), (0, 1000)):
+        s = storage_from_url(own_server.url, prefix=f"dc{cache}:")
+        limiter = Limiter(s, denial_cache_size=cache)
+        while limiter.hit("flooder", "5/hour").allowed:
+            pass
+        own_server.command("CONFIG", "RESETSTAT")
+        refused = [limiter.hit("flooder", "5/hour") for _ in range(1000)]
+        assert not any(d.allowed for d in refused)
+        assert all(d.retry_after > 0 and d.remaining == 0 for d in refused)
+        assert _calls(own_server).get("evalsha", 0) == expected
+        s.close()
+
+
 def test_script_is_reloaded_after_script_flush(own_server: RedisServer) -> None:
     """After SCRIPT FLUSH (as after a restart) the next call still answers, and reloads it."""
     s = storage_from_url(own_server.url, prefix="sf:")
@@ -432,11 +447,13 @@ def test_cluster_batch_spanning_slots_is_one_script_per_slot(cluster: Any) -> No
     keys = [f"user:{i}" for i in range(6)]
     assert len({redis.crc.key_slot(s.family(k).encode()) for k in keys}) > 1
     alg = make_algorithm("sliding_window", Rate(2, 60))
-    s.block("user:3", 60, "x")
     for expected in (True, True, False):
         r = s.apply([Check(alg, k) for k in keys], block_keys=keys)
         assert [d.allowed for d in r.decisions] == [expected] * 6
-        assert [b is not None for b in r.blocked] == [k == "user:3" for k in keys]
+        assert r.blocked == [None] * 6
+    s.block("user:3", 60, "x")
+    r = s.apply([Check(alg, k) for k in keys], block_keys=keys)
+    assert [b is not None for b in r.blocked] == [k == "user:3" for k in keys]
     s.reset(keys)
     assert all(d.allowed for d in s.apply([Check(alg, k) for k in keys]).decisions)
     assert [b.key for b in s.blocked()] == ["user:3"]

@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable, Sequence
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from cachetools import TLRUCache
 
@@ -39,6 +39,7 @@ logger = logging.getLogger("throttlekit")
 DEFAULT_STRATEGY = "sliding_window"
 ON_STORAGE_ERROR = ("allow", "deny", "local")
 _new = tuple.__new__
+_F = TypeVar("_F", bound=Callable[..., Any])
 
 
 class _Plan:
@@ -97,6 +98,7 @@ class Limiter:
             ``RateLimit-Policy``/``RateLimit``), ``"legacy"`` (``X-RateLimit-*``),
             ``"both"`` or ``"none"``.
         headers_on_allowed: write them on allowed responses too, not only on 429s.
+        enabled: ``False`` switches the decorators and framework integrations off (tests).
 
     Thread-safe. ``hit``/``test``/``reset`` have async twins ``ahit``/``atest``/``areset``
     that never block the event loop.
@@ -117,6 +119,7 @@ class Limiter:
         ipv6_prefix: int = 64,
         header_style: str = "draft10",
         headers_on_allowed: bool = True,
+        enabled: bool = True,
     ) -> None:
         if isinstance(storage, str):
             storage = storage_from_url(storage)
@@ -162,6 +165,10 @@ class Limiter:
         self._broken_until = 0.0
         self._last_error_log = -float("inf")
         self._init_rules(trusted_proxies, ipv6_prefix, header_style, headers_on_allowed)
+        if not isinstance(enabled, bool):
+            raise ConfigError(f"enabled must be True or False, got {enabled!r}")
+        #: False turns the decorators and framework integrations off (for tests)
+        self.enabled = enabled
 
     def __repr__(self) -> str:
         return f"Limiter(storage={self.storage!r}, strategy={self.strategy!r})"
@@ -343,9 +350,9 @@ class Limiter:
             now = time.time_ns() // 1000
         if now >= until:
             return None
-        retry = (until - now) / 1e6
+        reset = round(decision.reset_after * 1e6) - (now - made)
         return decision._replace(
-            retry_after=retry, reset_after=max(decision.reset_after - (now - made) / 1e6, retry)
+            retry_after=(until - now) / 1e6, reset_after=max(reset, until - now) / 1e6
         )
 
     def _remember_denial(
@@ -710,6 +717,54 @@ class Limiter:
         """Requests in flight under concurrency rule ``name`` for discriminator ``key``
         (``"*"`` for a global rule; ``name="shedding"``: everything load shedding counts)."""
         return self._conc().inflight(name, key)
+
+    # -- decorators and framework integrations (see _decorators.py, throttlekit.contrib) --
+
+    def limit(
+        self,
+        rates: Any,
+        *,
+        key: Any = None,
+        strategy: str | None = None,
+        cost: Any = 1,
+        methods: Iterable[str] | None = None,
+        per_method: bool = False,
+        burst: int | None = None,
+        override_defaults: bool = False,
+        scope: str | None = None,
+    ) -> Callable[[_F], _F]:
+        """Decorate a view, endpoint, function or coroutine with ``rates``.
+
+        In a request (Flask, Django, Starlette/FastAPI), counted per client (or ``key``: a
+        function of the request view, ``"ip"``, ``"client"``, ``"header:<name>"``) under
+        the endpoint's qualified name; a breach answers the framework's native 429. Plain
+        calls: ``key(*args, **kwargs)`` picks the counter, a breach raises
+        :class:`~throttlekit.RateLimitExceeded`. See ``docs/frameworks.md``.
+        """
+        from ._decorators import decorate, make_spec
+
+        return decorate(self, make_spec(
+            self, rates, key=key, strategy=strategy, cost=cost, methods=methods,
+            per_method=per_method, burst=burst, override_defaults=override_defaults,
+            scope=scope,
+        ))
+
+    def shared_limit(self, rates: Any, scope: str, **options: Any) -> Callable[[_F], _F]:
+        """Like :meth:`limit`, but every function decorated with this ``scope`` shares one
+        counter per key."""
+        return self.limit(rates, scope=scope, **options)
+
+    def exempt(self, fn: _F) -> _F:
+        """Exempt a view (or Flask blueprint) from default and application limits."""
+        from ._decorators import exempt
+
+        return exempt(self, fn)
+
+    def depends(self, rates: Any, **options: Any) -> Callable[..., Any]:
+        """A FastAPI dependency: ``Depends(limiter.depends("10/minute"))``."""
+        from ._decorators import make_dependency, make_spec
+
+        return make_dependency(self, make_spec(self, rates, what="depends", **options))
 
 
 def _apply(

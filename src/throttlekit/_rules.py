@@ -509,13 +509,12 @@ class Rules:
                 continue
             skey = NS + disc
             throttles.append((rule, disc, cost, len(checks)))
-            # A count_when rule is only tested here: a zero-cost check reads the state
-            # without changing it, and `remaining >= cost` is whether `cost` more fits.
-            # It is charged after the response (see settle).
-            c = 0 if rule.count_when is not None else cost
+            # A count_when rule is only tested here (a probe: decided with its cost, never
+            # charged); it is charged after the response (see settle).
             indep = rule.dry_run
+            probe = rule.count_when is not None
             for alg in rule.algorithms:
-                checks.append(_new(Check, (alg, skey, c, indep)))
+                checks.append(_new(Check, (alg, skey, cost, indep, probe)))
         return p
 
     def _list_match(self, rule: _ListRule, view: RequestView, kind: str) -> bool:
@@ -591,8 +590,6 @@ class Rules:
         for rule, disc, cost, start in p.throttles:
             n = len(rule.algorithms)
             ds = [decisions[start]] if n == 1 else decisions[start:start + n]
-            if rule.count_when is not None:
-                ds = [_tested(d, cost) for d in ds]
             d = ds[0] if len(ds) == 1 else _combine(ds)
             if rule.dry_run:
                 if not d.allowed and "throttled" in active:
@@ -604,7 +601,7 @@ class Rules:
                     pending.append((rule, disc, cost))
                 continue
             names = rule.policy_names
-            charged = 0 if rule.count_when is not None else cost
+            charged = cost
             for n in range(len(ds)):
                 policies.append((names[n], ds[n]))
                 costs.append(charged)
@@ -710,6 +707,7 @@ class Rules:
             if (
                 len(checks) == 1 and storage.__class__ is MemoryStorage
                 and not storage._blocks  # nothing to look up: the single-check fast path
+                and not checks[0].probe
             ):
                 c = checks[0]
                 return BatchResult([storage.hit(c.algorithm, c.key, c.cost, now)], []), False
@@ -862,7 +860,7 @@ class Rules:
             if hit and cost:
                 skey = NS + disc
                 for alg in rule.algorithms:
-                    checks.append(_new(Check, (alg, skey, cost, True)))
+                    checks.append(_new(Check, (alg, skey, cost, True, False)))
         verdict.pending = None  # settle once
         return checks
 
@@ -889,16 +887,6 @@ class Rules:
 
     def on(self, kind: str | None, callback: EventCallback) -> None:
         self.listeners.add(kind, callback)
-
-
-def _tested(d: Decision, cost: int) -> Decision:
-    """The Decision of a count_when rule from its zero-cost read: would ``cost`` fit?"""
-    if d.remaining >= cost:
-        return d
-    # Not the exact wait (that needs the state): the time until the key is fully
-    # replenished, which is never too short.
-    retry = _INF if cost > d.limit else max(d.reset_after, 0.0)
-    return d._replace(allowed=False, retry_after=retry)
 
 
 def _combine(decisions: Sequence[Decision]) -> Decision:

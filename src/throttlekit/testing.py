@@ -13,7 +13,12 @@ True
 
 from __future__ import annotations
 
-__all__ = ["FakeClock"]
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from ._limiter import Limiter
+
+__all__ = ["FakeClock", "known_limiters", "reset_limiter"]
 
 
 class FakeClock:
@@ -40,3 +45,31 @@ class FakeClock:
     def set(self, now: float) -> None:
         """Jump to ``now`` seconds since the epoch."""
         self.now = float(now)
+
+
+def reset_limiter(limiter: Limiter) -> None:
+    """Forget every count, block and ban of ``limiter`` (a memory store: all of it, at
+    once). For tests; a shared store (Redis, memcached) is refused, since clearing it would
+    clear other users' state: give tests a ``memory://`` limiter."""
+    from .storage import MemoryStorage
+
+    storage = limiter.storage
+    if not isinstance(storage, MemoryStorage):
+        from ._errors import ConfigError
+
+        raise ConfigError(
+            f"reset_limiter clears only in-memory stores, not {storage!r}; "
+            "use Limiter('memory://') in tests"
+        )
+    storage.clear()
+    if limiter._fallback is not None:
+        limiter._fallback.clear()
+    if limiter._denials is not None:
+        limiter._denials.clear()
+
+
+def known_limiters() -> list[Limiter]:
+    """The limiters that decorators and framework integrations have been given."""
+    from ._decorators import known_limiters as known
+
+    return list(known)

@@ -3,8 +3,10 @@
 A backend answers one question atomically: given a batch of checks (an algorithm bound
 to a rate, a storage key and a cost), which are allowed? Checks in a batch are
 all-or-nothing: a batch with any denied check charges none of them, except checks marked
-``independent`` (dry-run rules, ban counters), which are decided and charged on their own.
-The same call can look up keys in the dynamic blocklist, so one request is one round trip.
+``independent`` (dry-run rules, ban counters), which are decided and charged on their own;
+``probe`` checks are decided but never charged. The same call looks up keys in the dynamic
+blocklist, so one request is one round trip, and a batch in which any of them is found
+charges nothing at all (a blocked request never reaches the throttles).
 """
 
 from __future__ import annotations
@@ -22,13 +24,17 @@ __all__ = ["BatchResult", "Block", "Check", "Storage"]
 class Check(NamedTuple):
     """One limit of one request: ``algorithm`` applied to ``key`` with ``cost``.
 
-    ``key`` is the full storage key (the limiter builds it; see ``Limiter.storage_key``).
+    ``key`` is the key family (the user's key, or a rule's namespaced discriminator).
+    ``independent`` checks are decided and charged on their own (dry-run rules, ban
+    counters). A ``probe`` is decided with its cost and takes part in the all-or-nothing
+    decision but is never charged (``count_when`` rules are charged after the response).
     """
 
     algorithm: Algorithm
     key: str
     cost: int = 1
     independent: bool = False
+    probe: bool = False
 
 
 class Block(NamedTuple):

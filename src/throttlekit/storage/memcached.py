@@ -366,12 +366,13 @@ class MemcachedStorage(Storage):
                     entry = Block(key, expires_at, reason.decode("utf-8", "replace"))
             blocked.append(entry)
 
-        if consume:
+        # A blocked request charges nothing; probes are decided, never charged.
+        if consume and not any(blocked):
             dependent = [s for s in slots if not s.check.independent]
             if all(s.decision.allowed for s in dependent):  # type: ignore[union-attr]
                 done: list[_Slot] = []
                 for slot in dependent:
-                    if not slot.check.cost:
+                    if not slot.check.cost or slot.check.probe:
                         continue
                     if self._charge(slot, now):
                         done.append(slot)
@@ -380,7 +381,8 @@ class MemcachedStorage(Storage):
                             self._uncharge(earlier, now)
                         break
             for slot in slots:
-                if slot.check.independent and slot.check.cost and slot.decision.allowed:  # type: ignore[union-attr]
+                c = slot.check
+                if c.independent and c.cost and not c.probe and slot.decision.allowed:  # type: ignore[union-attr]
                     self._charge(slot, now)
         return BatchResult([s.decision for s in slots], blocked)  # type: ignore[misc]
 

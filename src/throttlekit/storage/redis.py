@@ -189,7 +189,7 @@ class RedisStorage(Storage):
             else:
                 keys += (h, h)
             args += (kind, alg.id, alg.limit, alg.period_us, alg.capacity,
-                     min(c.cost, _SAFE), "1" if c.independent else "0")
+                     min(c.cost, _SAFE), (1 if c.independent else 0) | (2 if c.probe else 0))
         keys += [f"{family(k)}:b" for k in block_keys]
         return keys, args
 
@@ -273,11 +273,16 @@ class RedisStorage(Storage):
         # One script per slot: all-or-nothing holds within each slot.
         decisions: list[Decision | None] = [None] * len(checks)
         blocked: list[Block | None] = [None] * len(block_keys)
-        for ci, bi in groups:
+        # Slots holding block keys go first: once a block is found, the rest of the
+        # batch is only decided, never charged (a blocked request charges nothing).
+        charge = consume
+        for ci, bi in sorted(groups, key=lambda g: not g[1]):
             sub = [checks[i] for i in ci]
             sub_bk = [block_keys[j] for j in bi]
-            keys, args = self._args(sub, consume, now, sub_bk)
+            keys, args = self._args(sub, charge, now, sub_bk)
             r = self._result(sub, len(sub_bk), self._eval(self._batch, keys, args))
+            if any(r.blocked):
+                charge = False
             for i, d in zip(ci, r.decisions, strict=True):
                 decisions[i] = d
             for j, b in zip(bi, r.blocked, strict=True):
@@ -399,11 +404,16 @@ class RedisStorage(Storage):
             return _named(self._result(checks, len(block_keys), raw), block_keys)
         decisions: list[Decision | None] = [None] * len(checks)
         blocked: list[Block | None] = [None] * len(block_keys)
-        for ci, bi in groups:
+        # Slots holding block keys go first: once a block is found, the rest of the
+        # batch is only decided, never charged (a blocked request charges nothing).
+        charge = consume
+        for ci, bi in sorted(groups, key=lambda g: not g[1]):
             sub = [checks[i] for i in ci]
             sub_bk = [block_keys[j] for j in bi]
-            keys, args = self._args(sub, consume, now, sub_bk)
+            keys, args = self._args(sub, charge, now, sub_bk)
             r = self._result(sub, len(sub_bk), await self._aeval(self._batch, keys, args))
+            if any(r.blocked):
+                charge = False
             for i, d in zip(ci, r.decisions, strict=True):
                 decisions[i] = d
             for j, b in zip(bi, r.blocked, strict=True):

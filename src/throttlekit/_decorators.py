@@ -1,0 +1,860 @@
+"""Per-endpoint and per-function limits: ``limiter.limit``, ``shared_limit``, ``exempt``,
+``depends``.
+
+>>> from throttlekit import Limiter, RateLimitExceeded
+>>> limiter = Limiter()
+>>> @limiter.limit("2/minute", key=lambda user: user)
+... def send_mail(user):
+...     return "sent"
+>>> send_mail("ann"), send_mail("ann"), send_mail("bob")
+('sent', 'sent', 'sent')
+>>> try:
+...     send_mail("ann")
+... except RateLimitExceeded as exc:
+...     print(exc.decision.allowed, exc.decision.retry_after > 0)
+False True
+
+One decorator works everywhere. When the decorated function runs, the wrapper looks for
+the current request: a Django ``HttpRequest`` or a Starlette ``Request`` among its
+arguments, the request the ASGI integration is serving (a context variable), or Flask's
+request context. With a request, the limit is an endpoint limit: keyed by the client (or
+``key``), counted under the endpoint's qualified name (module + qualname), and a breach
+answers with that framework's native 429. Without one it is a plain function limit: the key
+function gets the call's arguments, and a breach raises :class:`RateLimitExceeded`.
+
+The framework integrations (``throttlekit.contrib``) evaluate an endpoint's decorated limits
+together with the default and application limits before the view runs, in one storage
+call; the wrapper then sees the request was handled and only calls through.
+"""
+
+from __future__ import annotations
+
+import contextvars
+import functools
+import inspect
+import logging
+import os
+import sys
+import time
+import warnings
+import weakref
+from collections.abc import Callable, Iterable, Mapping, MutableMapping, Sequence
+from typing import TYPE_CHECKING, Any, TypeVar
+
+from ._decision import Decision
+from ._errors import ConfigError, RateLimitExceeded
+from ._request import RequestView
+from ._rules import NS, STORAGE_RULE, Verdict, _key_func, _throttle_algorithms
+from .storage import MemoryStorage
+from .storage.base import BatchResult, Check
+
+if TYPE_CHECKING:
+    from ._algorithms import Algorithm
+    from ._limiter import Limiter
+
+__all__ = [
+    "HANDLED_KEY",
+    "POLICIES_KEY",
+    "VIEW_KEY",
+    "FrameworkView",
+    "LimitSpec",
+    "aevaluate",
+    "current_request",
+    "decorate",
+    "evaluate",
+    "exempt",
+    "group_of",
+    "make_dependency",
+    "qualified_name",
+    "warn_memory_multiworker",
+]
+
+logger = logging.getLogger("throttlekit")
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+#: environ/scope key: the endpoint group an integration already evaluated for this request
+HANDLED_KEY = "throttlekit.handled"
+#: environ/scope key: the ``(policy, Decision)`` pairs of endpoint limits (for the headers)
+POLICIES_KEY = "throttlekit.policies"
+#: environ/scope key: the :class:`FrameworkView` of this request
+VIEW_KEY = "throttlekit.view"
+#: environ/scope key: set when a throttlekit 429 answered this request
+DENIED_KEY = "throttlekit.denied"
+
+#: The ASGI request being served: ``(scope, native request or None)``; set by the
+#: Starlette/FastAPI integration so decorated endpoints without a ``Request`` parameter
+#: still find their request.
+current_request: contextvars.ContextVar[tuple[MutableMapping[str, Any], Any] | None] = (
+    contextvars.ContextVar("throttlekit.request", default=None)
+)
+
+#: every limiter a decorator or an integration was given (what the pytest fixtures reset)
+known_limiters: weakref.WeakSet[Limiter] = weakref.WeakSet()
+_new = tuple.__new__
+_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS", "TRACE",
+                      "CONNECT"})
+
+
+class FrameworkView(RequestView):
+    """A :class:`~throttlekit.RequestView` that also carries the framework's own request
+    object as ``request`` (a Flask/werkzeug request, a Django ``HttpRequest``, a Starlette
+    ``Request``), for key functions that need, say, ``request.user``."""
+
+    __slots__ = ("request",)
+
+    request: Any
+
+
+def qualified_name(fn: Any) -> str:
+    """``module.qualname`` of a function: what an endpoint's counters are named after."""
+    fn = inspect.unwrap(fn) if callable(fn) else fn
+    module = getattr(fn, "__module__", None) or "?"
+    name = getattr(fn, "__qualname__", None) or getattr(fn, "__name__", None) or repr(fn)
+    return f"{module}.{name}"
+
+
+def endpoint_name(fn: Any, route: str | None) -> str:
+    """The counter name of an endpoint: its qualified name, or for a lambda (which has
+    no name of its own) the route (Flask endpoint, route template)."""
+    name = qualified_name(fn)
+    if route is not None and "<lambda>" in name:
+        return f"{name.partition('<lambda>')[0]}{route}"
+    return name
+
+
+# -- one limit -------------------------------------------------------------------------------
+
+
+class LimitSpec:
+    """One ``limit(...)``: rates, strategy, key, cost and which requests it counts.
+
+    Validated when built (bad values are a ConfigError at decoration time). The algorithms
+    are built per counter name on first use and cached.
+    """
+
+    __slots__ = (
+        "_algs", "burst", "call_cost", "call_key", "cost", "key", "methods", "override_defaults",
+        "per_method", "rates", "scope", "strategy",
+    )
+
+    def __init__(
+        self,
+        limiter: Limiter | None,
+        rates: Any,
+        *,
+        key: Any = None,
+        strategy: str | None = None,
+        cost: Any = 1,
+        methods: Iterable[str] | None = None,
+        per_method: bool = False,
+        scope: str | None = None,
+        burst: int | None = None,
+        override_defaults: bool = False,
+        what: str = "limit",
+    ) -> None:
+        if limiter is not None:
+            strategy = strategy or limiter.strategy
+            limiter._check_strategy(strategy)
+            if burst is None and strategy == "token_bucket":
+                burst = limiter.burst
+        #: None: the limiter's (an integration may build its limiter after decoration)
+        self.strategy: str | None = strategy
+        self.burst = burst
+        self.rates = rates
+        from ._limiter import DEFAULT_STRATEGY
+
+        # validates rates, strategy and burst now
+        _throttle_algorithms("@", rates, strategy or DEFAULT_STRATEGY, burst, what)
+        self.key = _key_func(key, what)
+        #: plain functions: key(*args, **kwargs); a web-only shortcut gives one counter
+        self.call_key: Callable[..., Any] | None = key if callable(key) else None
+        if callable(cost):
+            self.cost: Any = cost
+            self.call_cost: Any = cost
+        elif isinstance(cost, bool) or not isinstance(cost, int) or cost < 0:
+            raise ConfigError(f"{what}: cost must be an integer >= 0 or a callable, got {cost!r}")
+        else:
+            self.cost = self.call_cost = cost
+        if methods is None:
+            self.methods: frozenset[str] | None = None
+        else:
+            if isinstance(methods, str):
+                methods = [methods]
+            try:
+                ms = frozenset(str(m).upper() for m in methods)
+            except TypeError:
+                raise ConfigError(f"{what}: methods must be a list of HTTP methods, "
+                                  f"got {methods!r}") from None
+            if not ms or not ms <= _METHODS:
+                raise ConfigError(f"{what}: methods must be HTTP methods, got {methods!r}")
+            self.methods = ms
+        for name, flag in (("per_method", per_method), ("override_defaults", override_defaults)):
+            if not isinstance(flag, bool):
+                raise ConfigError(f"{what}: {name} must be True or False, got {flag!r}")
+        self.per_method = per_method
+        self.override_defaults = override_defaults
+        if scope is not None and (not isinstance(scope, str) or not scope):
+            raise ConfigError(f"{what}: scope must be a non-empty string, got {scope!r}")
+        self.scope = scope
+        self._algs: dict[str, tuple[tuple[Algorithm, ...], tuple[str, ...]]] = {}
+
+    def __repr__(self) -> str:
+        extra = f", scope={self.scope!r}" if self.scope else ""
+        return f"LimitSpec({self.rates!r}, strategy={self.strategy!r}{extra})"
+
+    def algorithms(self, name: str, lim: Limiter) -> tuple[tuple[Algorithm, ...], tuple[str, ...]]:
+        """The algorithms counting under ``name``, and their policy names (headers)."""
+        try:
+            return self._algs[name]
+        except KeyError:
+            pass
+        strategy = self.strategy
+        burst = self.burst
+        if strategy is None:
+            strategy = lim.strategy
+            lim._check_strategy(strategy)
+            if burst is None and strategy == "token_bucket":
+                burst = lim.burst
+        algs = _throttle_algorithms("@" + name, self.rates, strategy, burst, name)
+        if len(algs) == 1:
+            names: tuple[str, ...] = (name,)
+        else:
+            names = tuple(f"{name}/{_seconds(a.rate.period)}" for a in algs)
+        if len(self._algs) > 1024:  # per-method names are few; anything else is a bug
+            self._algs.clear()
+        self._algs[name] = (algs, names)
+        return algs, names
+
+
+def _seconds(period: float) -> str:
+    return str(int(period)) if period == int(period) else str(period)
+
+
+#: (counter name, spec): one limit as it applies to one endpoint
+Entry = tuple[str, LimitSpec]
+
+
+# -- evaluation ------------------------------------------------------------------------------
+
+
+class _Pending:
+    __slots__ = ("checks", "meta")
+
+    def __init__(self) -> None:
+        self.checks: list[Check] = []
+        #: (policy names, disc, cost, first check index, number of checks, counter name)
+        self.meta: list[tuple[tuple[str, ...], str, int, int, int, str]] = []
+
+    def add(self, lim: Limiter, name: str, spec: LimitSpec, disc: Any, cost: Any) -> None:
+        if disc.__class__ is not str:
+            disc = str(disc)
+        if (cost.__class__ is not int or cost < 0) and (
+            isinstance(cost, bool) or not isinstance(cost, int) or cost < 0
+        ):
+            raise TypeError(f"cost must be an integer >= 0, got {cost!r}")
+        algs, names = spec.algorithms(name, lim)
+        checks = self.checks
+        self.meta.append((names, disc, cost, len(checks), len(algs), name))
+        skey = NS + disc
+        for alg in algs:
+            checks.append(_new(Check, (alg, skey, cost, False)))
+
+
+_last_log: dict[str, float] = {}
+
+
+def _log_error(lim: Limiter, name: str, exc: BaseException) -> None:
+    mono = time.monotonic()
+    if mono - _last_log.get(name, -1e18) >= lim.error_log_interval:
+        _last_log[name] = mono
+        logger.error("throttlekit: the key or cost function of limit %r raised %s: %s; "
+                     "on_storage_error=%r", name, type(exc).__name__, exc, lim.on_storage_error)
+
+
+def _plan_web(lim: Limiter, view: RequestView, entries: Sequence[Entry]) -> _Pending | Verdict:
+    p = _Pending()
+    method = view.method
+    for name, spec in entries:
+        methods = spec.methods
+        if methods is not None and method not in methods:
+            continue
+        try:
+            disc = spec.key(view)
+            if disc is None:
+                continue
+            cost = spec.cost
+            if cost.__class__ is not int:
+                cost = cost(view)
+            if spec.per_method:
+                name = f"{name}#{method}"
+            p.add(lim, name, spec, disc, cost)
+        except Exception as exc:
+            _log_error(lim, name, exc)
+            if lim.on_storage_error == "deny":
+                return _refused(lim, view, name)
+    return p
+
+
+def _plan_call(lim: Limiter, entries: Sequence[Entry], args: tuple[Any, ...],
+               kwargs: dict[str, Any]) -> _Pending | Verdict:
+    p = _Pending()
+    for name, spec in entries:
+        try:
+            keyf = spec.call_key
+            disc = "" if keyf is None else keyf(*args, **kwargs)
+            if disc is None:
+                continue
+            cost = spec.call_cost
+            if cost.__class__ is not int:
+                cost = cost(*args, **kwargs)
+            p.add(lim, name, spec, disc, cost)
+        except Exception as exc:
+            _log_error(lim, name, exc)
+            if lim.on_storage_error == "deny":
+                return _refused(lim, None, name)
+    return p
+
+
+def _refused(lim: Limiter, view: Any, rule: str) -> Verdict:
+    from ._rates import Rate
+    retry = lim.retry_interval
+    d = _new(Decision, (False, 0, 0, retry, retry, Rate(1, 1.0), True))
+    return Verdict(False, "throttled", rule, None, d, [], True, view)
+
+
+def _now(lim: Limiter) -> int | None:
+    clock = lim.clock
+    return int(clock() * 1_000_000) if clock is not None else None
+
+
+def _conclude(lim: Limiter, p: _Pending, result: BatchResult, degraded: bool,
+              view: Any) -> Verdict:
+    decisions = result.decisions
+    if degraded and lim.on_storage_error == "deny":
+        alg = p.checks[-1].algorithm
+        retry = lim.retry_interval
+        d = _new(Decision, (False, alg.capacity, 0, retry, retry, alg.rate, True))
+        return Verdict(False, "throttled", STORAGE_RULE, None, d, [], True, view)
+    policies: list[tuple[str, Decision]] = []
+    costs: list[int] = []
+    refusal: tuple[str, str, Decision] | None = None
+    tightest: Decision | None = None
+    for names, disc, cost, start, n, name in p.meta:
+        if n == 1:
+            d = decisions[start]
+            policies.append((names[0], d))
+            costs.append(cost)
+        else:
+            ds = decisions[start:start + n]
+            for i in range(n):
+                policies.append((names[i], ds[i]))
+                costs.append(cost)
+            denied = [x for x in ds if not x.allowed]
+            d = (max(denied, key=lambda x: x.retry_after) if denied
+                 else min(ds, key=lambda x: (x.remaining, -x.reset_after)))
+        if d.allowed:
+            if tightest is None or d.remaining < tightest.remaining:
+                tightest = d
+        elif refusal is None or d.retry_after > refusal[2].retry_after:
+            refusal = (name, disc, d)
+    if refusal is not None:
+        # nothing was charged: report what the allowing limits really have left
+        policies = [
+            (pn, pd if not pd.allowed or not c
+             else pd._replace(remaining=min(pd.limit, pd.remaining + c)))
+            for (pn, pd), c in zip(policies, costs, strict=True)
+        ]
+        return Verdict(False, "throttled", refusal[0], refusal[1], refusal[2], policies,
+                       degraded, view)
+    return Verdict(True, "allowed", None, None, tightest, policies, degraded, view)
+
+
+def evaluate(lim: Limiter, view: RequestView, entries: Sequence[Entry]) -> Verdict | None:
+    """Check and charge the ``entries`` that apply to the request (all or nothing, one
+    storage call). None when none applies. Never raises."""
+    p = _plan_web(lim, view, entries)
+    if p.__class__ is Verdict:
+        return p
+    assert isinstance(p, _Pending)
+    if not p.checks:
+        return None
+    result, degraded = lim._rules._call(p.checks, [], _now(lim))
+    return _conclude(lim, p, result, degraded, view)
+
+
+async def aevaluate(lim: Limiter, view: RequestView, entries: Sequence[Entry]) -> Verdict | None:
+    """Async twin of :func:`evaluate` (async storage calls only)."""
+    p = _plan_web(lim, view, entries)
+    if p.__class__ is Verdict:
+        return p
+    assert isinstance(p, _Pending)
+    if not p.checks:
+        return None
+    result, degraded = await lim._rules._acall(p.checks, [], _now(lim))
+    return _conclude(lim, p, result, degraded, view)
+
+
+# -- endpoints: the decorated function's group -----------------------------------------------
+
+
+class Group:
+    """The throttlekit state of one decorated function: its limits (stacked decorators
+    add to one group) and whether default limits apply to it."""
+
+    __slots__ = ("endpoint", "entries", "exempt", "lim", "owner", "specs", "wrapper")
+
+    def __init__(self, owner: Any, endpoint: str) -> None:
+        from ._limiter import Limiter
+
+        self.owner = owner
+        #: the limiter, when known at decoration time (else ``owner.limiter`` per call)
+        self.lim: Limiter | None = owner if isinstance(owner, Limiter) else None
+        self.endpoint = endpoint
+        self.specs: tuple[LimitSpec, ...] = ()
+        self.entries: tuple[Entry, ...] = ()
+        self.exempt = False
+        self.wrapper: Any = None
+
+    def add(self, spec: LimitSpec) -> None:
+        # the outermost decorator is applied last; list limits top to bottom
+        self.specs = (spec, *self.specs)
+        entries = []
+        for i, s in enumerate(self.specs):
+            if s.scope is not None:
+                entries.append((s.scope, s))
+            else:
+                entries.append((self.endpoint if i == 0 else f"{self.endpoint}#{i}", s))
+        self.entries = tuple(entries)
+
+    @property
+    def override_defaults(self) -> bool:
+        return self.exempt or any(s.override_defaults for s in self.specs)
+
+    def limiter(self) -> Limiter:
+        return self.lim or self.owner.limiter
+
+
+def group_of(fn: Any) -> Group | None:
+    """The :class:`Group` of a decorated (or exempted) function, if any."""
+    g = getattr(fn, "__throttlekit__", None)
+    return g if isinstance(g, Group) else None
+
+
+def _owner_limiter(owner: Any) -> Limiter | None:
+    from ._limiter import Limiter
+    if isinstance(owner, Limiter):
+        known_limiters.add(owner)
+        return owner
+    lim = getattr(owner, "_limiter_obj", None)
+    if lim is not None:
+        known_limiters.add(lim)
+    return lim
+
+
+def make_spec(owner: Any, rates: Any, what: str = "limit", **options: Any) -> LimitSpec:
+    return LimitSpec(_owner_limiter(owner), rates, what=what, **options)
+
+
+def decorate(owner: Any, spec: LimitSpec) -> Callable[[F], F]:
+    """The decorator of ``owner.limit(...)``: ``owner`` is a Limiter or an integration
+    whose ``limiter`` is built later (Flask's ``Throttle``)."""
+
+    def decorator(fn: F) -> F:
+        if isinstance(fn, type):
+            raise ConfigError(
+                f"limit() decorates functions, not the class {fn.__name__}; for a class-based "
+                "view use django.utils.decorators.method_decorator or decorate as_view()"
+            )
+        if not callable(fn):
+            # a Flask Blueprint (or any container an integration reads): its own limits
+            limits = fn.__dict__.setdefault("__throttlekit_limits__", [])
+            limits.append(spec)
+            return fn
+        group = group_of(fn)
+        if group is not None and group.wrapper is fn:
+            group.add(spec)  # stacked: one wrapper, one storage call
+            return fn
+        group = Group(owner, qualified_name(fn))
+        group.add(spec)
+        if group_of(fn) is not None and group_of(fn).wrapper is None:  # type: ignore[union-attr]
+            group.exempt = group_of(fn).exempt  # type: ignore[union-attr]
+        wrapper = _wrap(fn, group)
+        group.wrapper = wrapper
+        wrapper.__throttlekit__ = group  # type: ignore[attr-defined]
+        return wrapper  # type: ignore[return-value]
+
+    return decorator
+
+
+def exempt(owner: Any, fn: F) -> F:
+    """Mark ``fn`` (a view, or a Flask blueprint) as exempt from default and application
+    limits; its own decorated limits still apply."""
+    if not callable(fn) or isinstance(fn, type):
+        fn.__throttlekit_exempt__ = True  # type: ignore[attr-defined]
+        return fn
+    group = group_of(fn)
+    if group is None or group.wrapper is not fn:
+        group = Group(owner, qualified_name(fn))
+        try:
+            fn.__throttlekit__ = group  # type: ignore[attr-defined]
+        except AttributeError:
+            raise ConfigError(f"cannot mark {fn!r} as exempt") from None
+    group.exempt = True
+    return fn
+
+
+def _signature(fn: Callable[..., Any]) -> inspect.Signature | None:
+    try:
+        return inspect.signature(fn)
+    except (TypeError, ValueError):
+        return None
+
+
+def _wrap(fn: Callable[..., Any], group: Group) -> Callable[..., Any]:
+    if inspect.iscoroutinefunction(fn):
+        @functools.wraps(fn)
+        async def awrapper(*args: Any, **kwargs: Any) -> Any:
+            lim = group.lim or group.owner.limiter
+            if lim.enabled:
+                found = _find_request(args, kwargs)
+                if found is None:
+                    await _acall_limits(lim, group, args, kwargs)
+                else:
+                    answer = await _aweb_limits(lim, group, found)
+                    if answer is not None:
+                        return answer
+            return await fn(*args, **kwargs)
+
+        wrapper: Callable[..., Any] = awrapper
+    else:
+        @functools.wraps(fn)
+        def swrapper(*args: Any, **kwargs: Any) -> Any:
+            lim = group.lim or group.owner.limiter
+            if lim.enabled:
+                found = _find_request(args, kwargs)
+                if found is None:
+                    _call_limits(lim, group, args, kwargs)
+                else:
+                    answer = _web_limits(lim, group, found)
+                    if answer is not None:
+                        return answer
+            return fn(*args, **kwargs)
+
+        wrapper = swrapper
+    sig = _signature(fn)
+    if sig is not None:
+        wrapper.__signature__ = sig  # type: ignore[attr-defined]
+    return wrapper
+
+
+# -- finding the request ---------------------------------------------------------------------
+
+#: ("flask" | "django" | "asgi", raw environ/META/scope, native request)
+Found = tuple[str, MutableMapping[str, Any], Any]
+
+
+def _find_request(args: tuple[Any, ...], kwargs: dict[str, Any]) -> Found | None:
+    modules = sys.modules
+    dj = modules.get("django.http.request")
+    st = modules.get("starlette.requests")
+    if dj is not None or st is not None:
+        for arg in args[:2]:
+            found = _as_request(arg, dj, st)
+            if found is not None:
+                return found
+        if st is not None and kwargs:
+            for arg in kwargs.values():
+                if isinstance(arg, st.HTTPConnection):
+                    return ("asgi", arg.scope, arg)
+    current = current_request.get()
+    if current is not None:
+        return ("asgi", current[0], current[1])
+    fl = modules.get("flask")
+    if fl is not None and fl.has_request_context():
+        req = fl.request
+        return ("flask", req.environ, req)
+    return None
+
+
+def _as_request(arg: Any, dj: Any, st: Any) -> Found | None:
+    if dj is not None:
+        if isinstance(arg, dj.HttpRequest):
+            return ("django", arg.META, arg)
+        inner = getattr(arg, "_request", None)  # Django REST framework's Request
+        if inner is not None and isinstance(inner, dj.HttpRequest):
+            return ("django", inner.META, inner)
+    if st is not None and isinstance(arg, st.HTTPConnection):
+        return ("asgi", arg.scope, arg)
+    return None
+
+
+def view_of(lim: Limiter, kind: str, raw: MutableMapping[str, Any], native: Any) -> FrameworkView:
+    """The request view for ``raw`` (built once per request and kept in it)."""
+    view = raw.get(VIEW_KEY)
+    if view is not None:
+        if view.request is None and native is not None:
+            view.request = native
+        return view  # type: ignore[no-any-return]
+    if kind == "asgi":
+        made = FrameworkView.from_scope(raw, lim.resolver)  # type: ignore[arg-type]
+    else:
+        made = FrameworkView.from_environ(raw, lim.resolver)  # type: ignore[arg-type]
+    assert isinstance(made, FrameworkView)
+    made.request = native
+    raw[VIEW_KEY] = made
+    return made
+
+
+# -- applying limits from the wrapper --------------------------------------------------------
+
+
+def _call_limits(lim: Limiter, group: Group, args: tuple[Any, ...],
+                 kwargs: dict[str, Any]) -> None:
+    p = _plan_call(lim, group.entries, args, kwargs)
+    if p.__class__ is Verdict:
+        raise RateLimitExceeded(p.decision)  # type: ignore[arg-type]
+    assert isinstance(p, _Pending)
+    if not p.checks:
+        return
+    result, degraded = lim._rules._call(p.checks, [], _now(lim))
+    verdict = _conclude(lim, p, result, degraded, None)
+    if not verdict.allowed:
+        raise _exceeded(verdict)
+
+
+async def _acall_limits(lim: Limiter, group: Group, args: tuple[Any, ...],
+                        kwargs: dict[str, Any]) -> None:
+    p = _plan_call(lim, group.entries, args, kwargs)
+    if p.__class__ is Verdict:
+        raise RateLimitExceeded(p.decision)  # type: ignore[arg-type]
+    assert isinstance(p, _Pending)
+    if not p.checks:
+        return
+    result, degraded = await lim._rules._acall(p.checks, [], _now(lim))
+    verdict = _conclude(lim, p, result, degraded, None)
+    if not verdict.allowed:
+        raise _exceeded(verdict)
+
+
+def _exceeded(verdict: Verdict) -> RateLimitExceeded:
+    assert verdict.decision is not None
+    exc = RateLimitExceeded(
+        verdict.decision, f"rate limit {verdict.rule!r} exceeded: {verdict.decision.rate}"
+    )
+    exc.verdict = verdict  # type: ignore[attr-defined]
+    return exc
+
+
+def _web_limits(lim: Limiter, group: Group, found: Found) -> Any:
+    kind, raw, native = found
+    if raw.get(HANDLED_KEY) is group or not group.entries:
+        return None
+    view = view_of(lim, kind, raw, native)
+    verdict = evaluate(lim, view, group.entries)
+    return _answer(lim, kind, raw, native, verdict)
+
+
+async def _aweb_limits(lim: Limiter, group: Group, found: Found) -> Any:
+    kind, raw, native = found
+    if raw.get(HANDLED_KEY) is group or not group.entries:
+        return None
+    view = view_of(lim, kind, raw, native)
+    verdict = await aevaluate(lim, view, group.entries)
+    return _answer(lim, kind, raw, native, verdict)
+
+
+def record(kind: str, raw: MutableMapping[str, Any], native: Any, verdict: Verdict) -> None:
+    """Keep the verdict's policies for the response headers, and its Decision where the
+    view can read it (Flask ``g.throttle``, Django ``request.throttle``, Starlette
+    ``request.state.throttle``)."""
+    policies = raw.get(POLICIES_KEY)
+    if policies is None:
+        raw[POLICIES_KEY] = list(verdict.policies)
+    else:
+        policies.extend(verdict.policies)
+    decision = verdict.decision
+    if kind == "flask":
+        g = sys.modules["flask"].g
+        g.throttle = decision
+    elif kind == "django":
+        if native is not None:
+            native.throttle = decision
+    else:
+        state = raw.get("state")
+        if state is None:
+            raw["state"] = state = {}
+        if isinstance(state, MutableMapping):
+            state["throttle"] = decision
+
+
+def _answer(lim: Limiter, kind: str, raw: MutableMapping[str, Any], native: Any,
+            verdict: Verdict | None) -> Any:
+    if verdict is None:
+        return None
+    record(kind, raw, native, verdict)
+    if verdict.allowed:
+        if kind == "flask":
+            from .contrib import flask as cf
+            cf.headers_after_this_request(lim)
+        return None
+    raw[DENIED_KEY] = True
+    if kind == "flask":
+        from .contrib import flask as cf
+        raise cf.rate_limited(lim, verdict)
+    if kind == "django":
+        from .contrib import django as cd
+        return cd.rate_limited(lim, verdict)
+    from .contrib import starlette as cs
+    raise cs.rate_limited(lim, verdict)
+
+
+def denial(lim: Limiter, verdict: Verdict, accept: str | None) -> Any:
+    """The middleware's answer to a refused verdict (status, headers, body)."""
+    from .wsgi import refusal
+    return refusal({}, lim.header_style, verdict, accept)
+
+
+# -- FastAPI dependencies --------------------------------------------------------------------
+
+
+def route_name(scope: Mapping[str, Any]) -> str:
+    """The counter name of the endpoint serving ``scope``: its qualified name, else the
+    route template, else the path."""
+    route = scope.get("route")
+    path = getattr(route, "path", None)
+    endpoint = scope.get("endpoint")
+    if endpoint is not None:
+        return endpoint_name(endpoint, path if isinstance(path, str) else None)
+    if isinstance(path, str):
+        return path
+    return str(scope.get("path", "/"))
+
+
+def make_dependency(owner: Any, spec: LimitSpec) -> Callable[..., Any]:
+    """``Depends(limiter.depends("10/minute"))``: a FastAPI dependency applying ``spec``
+    to the route it is used on (its counter: the route's endpoint, or ``scope``)."""
+    from starlette.requests import Request
+    from starlette.responses import Response
+
+    async def throttlekit_limit(request: Any, response: Any) -> Decision | None:
+        lim: Limiter = _owner_limiter(owner) or owner.limiter
+        if not lim.enabled:
+            return None
+        scope = request.scope
+        name = spec.scope or route_name(scope)
+        view = view_of(lim, "asgi", scope, request)
+        verdict = await aevaluate(lim, view, ((name, spec),))
+        if verdict is None:
+            return None
+        return _answer_dependency(lim, scope, request, response, verdict)
+
+    # FastAPI reads the parameters' types from the signature (the annotations of this
+    # module are strings it could not resolve)
+    kind = inspect.Parameter.POSITIONAL_OR_KEYWORD
+    throttlekit_limit.__signature__ = inspect.Signature(  # type: ignore[attr-defined]
+        [inspect.Parameter("request", kind, annotation=Request),
+         inspect.Parameter("response", kind, annotation=Response)],
+        return_annotation=Any,
+    )
+    throttlekit_limit.__throttlekit_dependency__ = spec  # type: ignore[attr-defined]
+    return throttlekit_limit
+
+
+def _answer_dependency(lim: Limiter, scope: MutableMapping[str, Any], request: Any,
+                       response: Any, verdict: Verdict) -> Decision | None:
+    from .contrib import starlette as cs
+
+    record("asgi", scope, request, verdict)
+    if not verdict.allowed:
+        scope[DENIED_KEY] = True
+        raise cs.rate_limited(lim, verdict, request.headers.get("accept"))
+    if (
+        lim.headers_on_allowed and verdict.policies and lim.header_style != "none"
+        and not scope.get(cs.MIDDLEWARE_KEY)
+    ):
+        # without the middleware, FastAPI merges these into the endpoint's response
+        from ._responses import rate_limit_headers
+        for hname, value in rate_limit_headers(verdict.policies, lim.header_style):
+            response.headers[hname] = value
+    return verdict.decision
+
+
+# -- several workers on the memory store ------------------------------------------------------
+
+_warned = False
+
+
+def _argv_workers(argv: Sequence[str]) -> int:
+    for i, arg in enumerate(argv):
+        value = None
+        if arg in ("-w", "--workers") and i + 1 < len(argv):
+            value = argv[i + 1]
+        elif arg.startswith("--workers="):
+            value = arg.partition("=")[2]
+        elif arg.startswith("-w") and arg[2:].isdigit():
+            value = arg[2:]
+        if value is not None:
+            try:
+                return int(value)
+            except ValueError:
+                return 0
+    return 0
+
+
+def worker_count(environ: Mapping[str, str] | None = None,
+                 argv: Sequence[str] | None = None) -> int:
+    """How many worker processes the server was asked for (gunicorn or uvicorn), from the
+    command line, ``GUNICORN_CMD_ARGS``, ``WEB_CONCURRENCY`` or ``UVICORN_WORKERS``; 1
+    when nothing says."""
+    env = os.environ if environ is None else environ
+    argv = sys.argv if argv is None else argv
+    n = 0
+    program = " ".join(argv[:3]).lower()
+    if "gunicorn" in program or "uvicorn" in program:
+        n = _argv_workers(argv)
+    if not n:
+        n = _argv_workers(env.get("GUNICORN_CMD_ARGS", "").split())
+    for name in ("WEB_CONCURRENCY", "UVICORN_WORKERS"):
+        if not n and env.get(name, "").strip().isdigit():
+            n = int(env[name])
+    return max(n, 1)
+
+
+def warn_memory_multiworker(lim: Limiter, *, forked: bool = False) -> bool:
+    """Warn (once per process) when ``lim`` keeps its counters in process memory while the
+    server runs several workers: each worker then admits the full limit."""
+    global _warned
+    known_limiters.add(lim)
+    if _warned or not isinstance(lim.storage, MemoryStorage):
+        return False
+    n = worker_count()
+    if n <= 1 and not forked:
+        return False
+    _warned = True
+    many = f"{n} worker processes" if n > 1 else "a forked worker process"
+    warnings.warn(
+        f"throttlekit: the in-memory store (memory://) is used under {many}; each process "
+        "keeps its own counters, so every limit is multiplied by the number of workers. "
+        "Use a shared store such as redis://.",
+        RuntimeWarning,
+        stacklevel=3,
+    )
+    return True
+
+
+class ForkCheck:
+    """Remembers the pid at setup; the first request in another process (a worker forked
+    after the app was built, e.g. gunicorn ``--preload``) warns about the memory store."""
+
+    __slots__ = ("pid",)
+
+    def __init__(self) -> None:
+        self.pid: int | None = os.getpid()
+
+    def __call__(self, lim: Limiter) -> None:
+        pid = self.pid
+        if pid is not None:
+            self.pid = None
+            if pid != os.getpid():
+                warn_memory_multiworker(lim, forked=True)

@@ -1,0 +1,404 @@
+"""Django integration: a middleware (sync and async) for rules, default, application and
+per-view limits, decorators for views, and a Django REST framework throttle class.
+
+``settings.py``::
+
+    MIDDLEWARE = [..., "throttlekit.contrib.django.ThrottleMiddleware"]
+    THROTTLEKIT = {
+        "STORAGE_URL": "redis://127.0.0.1:6379/0",
+        "DEFAULT_LIMITS": "100/minute",              # every view, each its own counter
+        "APPLICATION_LIMITS": "1000/minute",         # the whole site, per client
+        "RULES": "myproject.throttling.configure",   # configure(limiter): throttles, bans...
+    }
+
+``views.py``::
+
+    from throttlekit.contrib.django import limit
+
+    @limit("5/minute", methods=["POST"])
+    def login(request): ...
+
+    class Search(View):
+        @method_decorator(limit("10/minute"))
+        def get(self, request): ...
+
+Or point ``"LIMITER"`` at your own :class:`~throttlekit.Limiter` (``"myproject.throttling
+.limiter"``) and use ``@limiter.limit`` — the same thing. A refusal is an ``HttpResponse``
+with status 429 (403 for blocks and bans) and the middleware's headers; the Decision is in
+``request.throttle``. Other settings: ``ENABLED``, ``STRATEGY``, ``HEADER_STYLE``,
+``HEADERS_ON_ALLOWED``, ``TRUSTED_PROXIES``, ``IPV6_PREFIX``, ``ON_STORAGE_ERROR``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Callable, Iterable
+from typing import TYPE_CHECKING, Any, TypeVar
+
+from asgiref.sync import iscoroutinefunction, markcoroutinefunction
+from django.conf import settings  # type: ignore[import-untyped]
+from django.core.signals import setting_changed  # type: ignore[import-untyped]
+from django.http import HttpResponse  # type: ignore[import-untyped]
+from django.utils.module_loading import import_string  # type: ignore[import-untyped]
+
+from .._decorators import (
+    DENIED_KEY,
+    HANDLED_KEY,
+    POLICIES_KEY,
+    ForkCheck,
+    Group,
+    aevaluate,
+    decorate,
+    denial,
+    evaluate,
+    group_of,
+    make_spec,
+    qualified_name,
+    record,
+    view_of,
+    warn_memory_multiworker,
+)
+from .._decorators import (
+    exempt as _exempt,
+)
+from .._errors import ConfigError
+from .._responses import rate_limit_headers
+from ..wsgi import VERDICT_KEY
+from ._common import Limits, limiter_from, parse_limits
+
+if TYPE_CHECKING:
+    from django.http import HttpRequest
+
+    from .._limiter import Limiter
+    from .._rules import Verdict
+
+__all__ = ["ThrottleMiddleware", "exempt", "get_limiter", "limit", "shared_limit"]
+
+F = TypeVar("F", bound=Callable[..., Any])
+_state: dict[str, Any] = {}
+
+
+def _settings_changed(*, setting: str, **_: Any) -> None:
+    if setting == "THROTTLEKIT":  # override_settings in tests: build the limiter again
+        _state.pop("limiter", None)
+
+
+setting_changed.connect(_settings_changed)
+
+
+def _options() -> dict[str, Any]:
+    options = getattr(settings, "THROTTLEKIT", None) or {}
+    if not isinstance(options, dict):
+        raise ConfigError(f"settings.THROTTLEKIT must be a dict, got {options!r}")
+    return options
+
+
+def get_limiter() -> Limiter:
+    """The limiter of ``settings.THROTTLEKIT``: its ``"LIMITER"`` (a Limiter or a dotted
+    path to one), else one built from the settings, with ``"RULES"`` applied. Built once."""
+    lim = _state.get("limiter")
+    if lim is not None:
+        return lim  # type: ignore[no-any-return]
+    from .._limiter import Limiter
+
+    options = _options()
+    given = options.get("LIMITER")
+    if isinstance(given, str):
+        given = import_string(given)
+    if given is not None and not isinstance(given, Limiter):
+        raise ConfigError(f"THROTTLEKIT['LIMITER'] must be a Limiter, got {given!r}")
+    lim = limiter_from(options, given)
+    rules = options.get("RULES")
+    if isinstance(rules, str):
+        rules = import_string(rules)
+    if rules is not None:
+        if callable(rules):
+            rules(lim)
+        elif isinstance(rules, (list, tuple)):
+            for rule in rules:
+                _add_rule(lim, rule)
+        else:
+            raise ConfigError(f"THROTTLEKIT['RULES'] must be a callable or a list, got {rules!r}")
+    _state["limiter"] = lim
+    return lim
+
+
+def _add_rule(lim: Limiter, rule: Any) -> None:
+    """One rule as a dict: ``{"kind": "throttle", "name": "login", "rates": "5/minute",
+    ...}``; the other keys are the keyword arguments of ``limiter.<kind>``."""
+    if not isinstance(rule, dict) or rule.get("kind") not in (
+        "safelist", "blocklist", "fail2ban", "allow2ban", "throttle", "track"
+    ):
+        raise ConfigError(f"a THROTTLEKIT rule must be a dict with a 'kind', got {rule!r}")
+    options = dict(rule)
+    kind = options.pop("kind")
+    name = options.pop("name", None)
+    method = getattr(lim, kind)
+    if kind == "throttle":
+        method(name, options.pop("rates", None), **options)
+    else:
+        method(name, **options)
+
+
+class _SettingsOwner:
+    """Decorators bound to the settings' limiter, built on first use."""
+
+    _limiter_obj = None
+
+    @property
+    def limiter(self) -> Limiter:
+        return get_limiter()
+
+
+_owner = _SettingsOwner()
+
+
+def limit(
+    rates: Any,
+    *,
+    key: Any = None,
+    strategy: str | None = None,
+    cost: Any = 1,
+    methods: Iterable[str] | None = None,
+    per_method: bool = False,
+    burst: int | None = None,
+    override_defaults: bool = False,
+    scope: str | None = None,
+) -> Callable[[F], F]:
+    """:meth:`throttlekit.Limiter.limit` with the settings' limiter. ``key`` functions get
+    the request view; ``view.request`` is the Django request (e.g. ``view.request.user``)."""
+    return decorate(_owner, make_spec(
+        None, rates, key=key, strategy=strategy, cost=cost, methods=methods,
+        per_method=per_method, burst=burst, override_defaults=override_defaults, scope=scope,
+    ))
+
+
+def shared_limit(rates: Any, scope: str, **options: Any) -> Callable[[F], F]:
+    """One counter for every view decorated with this ``scope``."""
+    return limit(rates, scope=scope, **options)
+
+
+def exempt(fn: F) -> F:
+    """Exempt a view from default and application limits."""
+    return _exempt(_owner, fn)
+
+
+def rate_limited(lim: Limiter, verdict: Verdict) -> HttpResponse:
+    """The 429 (or 403) response of a refused verdict."""
+    accept = None
+    req = getattr(verdict.request, "request", None)
+    if req is not None:
+        accept = req.headers.get("Accept")
+    d = denial(lim, verdict, accept)
+    response = HttpResponse(d.body, status=d.status)
+    for name, value in d.headers:
+        response[name] = value
+    return response
+
+
+def _view_name(view_func: Any) -> str:
+    cls = getattr(view_func, "view_class", None) or getattr(view_func, "cls", None)
+    return qualified_name(cls if cls is not None else view_func)
+
+
+class ThrottleMiddleware:
+    """Rules, default, application and per-view limits for a Django project (WSGI or
+    ASGI: the async request path makes only async storage calls)."""
+
+    sync_capable = True
+    async_capable = True
+
+    def __init__(self, get_response: Callable[[HttpRequest], Any]) -> None:
+        self.get_response = get_response
+        self.limiter = lim = get_limiter()
+        options = _options()
+        self.limits = Limits(
+            parse_limits(lim, options.get("DEFAULT_LIMITS"), "DEFAULT_LIMITS"),
+            parse_limits(lim, options.get("APPLICATION_LIMITS"), "APPLICATION_LIMITS"),
+        )
+        self._cache: dict[Any, tuple[Group | None, tuple[Any, ...]]] = {}
+        self._fork = ForkCheck()
+        self.is_async = iscoroutinefunction(get_response)
+        if self.is_async:
+            markcoroutinefunction(self)
+            self.process_view = self._aprocess_view  # type: ignore[method-assign]
+        warn_memory_multiworker(lim)
+
+    # -- the rules, around the whole request ---------------------------------------------
+
+    def __call__(self, request: HttpRequest) -> Any:
+        if self.is_async:
+            return self.__acall__(request)
+        lim = self.limiter
+        if not lim.enabled:
+            return self.get_response(request)
+        if self._fork.pid is not None:
+            self._fork(lim)
+        meta = request.META
+        view = view_of(lim, "django", meta, request)
+        verdict = lim.evaluate(view)
+        meta[VERDICT_KEY] = verdict
+        if not verdict.allowed:
+            meta[DENIED_KEY] = True
+            return rate_limited(lim, verdict)
+        if verdict.policies:
+            record("django", meta, request, verdict)
+        try:
+            response = self.get_response(request)
+        except Exception:
+            lim.settle(verdict, 500)
+            raise
+        if verdict.pending:
+            lim.settle(verdict, response.status_code)
+        return self._headers(lim, meta, response)
+
+    async def __acall__(self, request: HttpRequest) -> Any:
+        lim = self.limiter
+        if not lim.enabled:
+            return await self.get_response(request)
+        if self._fork.pid is not None:
+            self._fork(lim)
+        meta = request.META
+        view = view_of(lim, "django", meta, request)
+        verdict = await lim.aevaluate(view)
+        meta[VERDICT_KEY] = verdict
+        if not verdict.allowed:
+            meta[DENIED_KEY] = True
+            return rate_limited(lim, verdict)
+        if verdict.policies:
+            record("django", meta, request, verdict)
+        try:
+            response = await self.get_response(request)
+        except Exception:
+            await lim.asettle(verdict, 500)
+            raise
+        if verdict.pending:
+            await lim.asettle(verdict, response.status_code)
+        return self._headers(lim, meta, response)
+
+    @staticmethod
+    def _headers(lim: Limiter, meta: dict[str, Any], response: Any) -> Any:
+        policies = meta.get(POLICIES_KEY)
+        if (
+            policies and lim.headers_on_allowed and lim.header_style != "none"
+            and not meta.get(DENIED_KEY)
+        ):
+            for name, value in rate_limit_headers(policies, lim.header_style):
+                response[name] = value
+        return response
+
+    # -- per-view limits, once the view is known -------------------------------------------
+
+    def _entries(self, view_func: Any) -> tuple[Group | None, tuple[Any, ...]]:
+        try:
+            return self._cache[view_func]
+        except (KeyError, TypeError):
+            pass
+        group = group_of(view_func)
+        own = group is not None and group.wrapper is view_func
+        entries = self.limits.entries(_view_name(view_func), group, own)
+        found = (group if own else None, entries)
+        with contextlib.suppress(TypeError):  # an unhashable view: not cached
+            self._cache[view_func] = found
+        return found
+
+    def _before_view(self, request: HttpRequest, view_func: Any) -> tuple[Any, Any] | None:
+        lim = self.limiter
+        if not lim.enabled:
+            return None
+        group, entries = self._entries(view_func)
+        meta = request.META
+        if group is not None:
+            meta[HANDLED_KEY] = group
+        if not entries:
+            return None
+        return lim, view_of(lim, "django", meta, request), entries  # type: ignore[return-value]
+
+    def process_view(self, request: HttpRequest, view_func: Any, view_args: Any,
+                     view_kwargs: Any) -> HttpResponse | None:
+        found = self._before_view(request, view_func)
+        if found is None:
+            return None
+        lim, view, entries = found  # type: ignore[misc]
+        return self._conclude(lim, request, evaluate(lim, view, entries))
+
+    async def _aprocess_view(self, request: HttpRequest, view_func: Any, view_args: Any,
+                             view_kwargs: Any) -> HttpResponse | None:
+        found = self._before_view(request, view_func)
+        if found is None:
+            return None
+        lim, view, entries = found  # type: ignore[misc]
+        return self._conclude(lim, request, await aevaluate(lim, view, entries))
+
+    @staticmethod
+    def _conclude(lim: Limiter, request: HttpRequest, verdict: Verdict | None
+                  ) -> HttpResponse | None:
+        if verdict is None:
+            return None
+        meta = request.META
+        record("django", meta, request, verdict)
+        if verdict.allowed:
+            return None
+        meta[DENIED_KEY] = True
+        return rate_limited(lim, verdict)
+
+
+def _drf_throttle() -> Any:
+    try:
+        from rest_framework.throttling import BaseThrottle  # type: ignore[import-not-found]
+    except ImportError:  # pragma: no cover - DRF is optional
+        return None
+
+    class ThrottlekitThrottle(BaseThrottle):  # type: ignore[misc]
+        """A Django REST framework throttle backed by throttlekit (atomic, any strategy,
+        trusted-proxy aware). Subclass and set ``rate`` (and optionally ``scope``,
+        ``strategy`` and ``key``), or set ``throttle_rate`` on the view."""
+
+        rate: Any = None
+        scope: str | None = None
+        strategy: str | None = None
+        key: Any = None
+
+        def allow_request(self, request: Any, view: Any) -> bool:
+            lim = get_limiter()
+            rate = getattr(view, "throttle_rate", None) or self.rate
+            if not lim.enabled or rate is None:
+                return True
+            spec = _drf_specs.get((type(self), rate))
+            if spec is None:
+                spec = make_spec(lim, rate, key=self.key, strategy=self.strategy,
+                                 scope=self.scope, what=type(self).__name__)
+                _drf_specs[type(self), rate] = spec
+            django_request = getattr(request, "_request", request)
+            v = view_of(lim, "django", django_request.META, django_request)
+            name = spec.scope or f"drf:{qualified_name(type(view))}"
+            verdict = evaluate(lim, v, ((name, spec),))
+            self.verdict = verdict
+            if verdict is None:
+                return True
+            record("django", django_request.META, django_request, verdict)
+            return verdict.allowed
+
+        def wait(self) -> float | None:
+            verdict = getattr(self, "verdict", None)
+            if verdict is None or verdict.decision is None:
+                return None
+            retry = verdict.decision.retry_after
+            return None if retry == float("inf") else retry
+
+    return ThrottlekitThrottle
+
+
+_drf_specs: dict[Any, Any] = {}
+
+
+def __getattr__(name: str) -> Any:
+    if name == "ThrottlekitThrottle":
+        cls = _state.get("drf")
+        if cls is None:
+            cls = _state["drf"] = _drf_throttle()
+        if cls is None:
+            raise AttributeError("ThrottlekitThrottle needs Django REST framework "
+                                 "(pip install djangorestframework)")
+        return cls
+    raise AttributeError(name)

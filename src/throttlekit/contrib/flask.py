@@ -1,0 +1,255 @@
+"""Flask integration: default, application, blueprint and per-view limits.
+
+::
+
+    from flask import Flask
+    from throttlekit.contrib.flask import Throttle
+
+    app = Flask(__name__)
+    app.config["THROTTLEKIT_STORAGE_URL"] = "redis://127.0.0.1:6379/0"
+    app.config["THROTTLEKIT_DEFAULT_LIMITS"] = "100/minute"
+    throttle = Throttle(app)
+
+    @app.get("/search")
+    @throttle.limit("10/minute")
+    def search(): ...
+
+``Throttle(app, limiter)`` uses your :class:`~throttlekit.Limiter` instead of building one
+from ``app.config`` (then ``@limiter.limit`` works the same). The limits of a request are
+checked in a ``before_request`` hook, all in one storage call; a breach raises
+:class:`RateLimited`, a werkzeug ``TooManyRequests`` (so ``@app.errorhandler(429)`` sees
+it) whose response carries the middleware's headers. The Decision is in ``g.throttle``.
+
+Settings (``app.config``): ``THROTTLEKIT_STORAGE_URL``, ``THROTTLEKIT_DEFAULT_LIMITS``,
+``THROTTLEKIT_APPLICATION_LIMITS``, ``THROTTLEKIT_ENABLED``, ``THROTTLEKIT_STRATEGY``,
+``THROTTLEKIT_HEADER_STYLE``, ``THROTTLEKIT_HEADERS_ON_ALLOWED``,
+``THROTTLEKIT_TRUSTED_PROXIES``, ``THROTTLEKIT_IPV6_PREFIX``,
+``THROTTLEKIT_ON_STORAGE_ERROR``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+from typing import TYPE_CHECKING, Any, TypeVar
+
+from flask import Flask, after_this_request, current_app, g, request
+from werkzeug.exceptions import TooManyRequests
+from werkzeug.wrappers import Response
+
+from .._decorators import (
+    DENIED_KEY,
+    HANDLED_KEY,
+    POLICIES_KEY,
+    ForkCheck,
+    Group,
+    decorate,
+    denial,
+    endpoint_name,
+    evaluate,
+    exempt,
+    group_of,
+    make_spec,
+    record,
+    view_of,
+    warn_memory_multiworker,
+)
+from .._responses import rate_limit_headers
+from ._common import Limits, limiter_from, parse_limits
+
+if TYPE_CHECKING:
+    from .._decision import Decision
+    from .._limiter import Limiter
+    from .._rules import Verdict
+
+__all__ = ["RateLimited", "Throttle"]
+
+F = TypeVar("F", bound=Callable[..., Any])
+_EXT = "throttlekit"
+_HOOKED = "throttlekit.headers_hook"
+
+
+class RateLimited(TooManyRequests):
+    """The 429 of a throttlekit limit. ``decision`` and ``verdict`` say which limit and
+    for how long; ``response`` is the answer sent unless an error handler replaces it."""
+
+    def __init__(self, verdict: Verdict, response: Response) -> None:
+        super().__init__(response=response)
+        self.verdict = verdict
+        self.decision: Decision | None = verdict.decision
+
+
+def rate_limited(lim: Limiter, verdict: Verdict) -> RateLimited:
+    """The exception a refused verdict raises in a Flask request."""
+    d = denial(lim, verdict, request.headers.get("Accept"))
+    return RateLimited(verdict, Response(d.body, status=d.status, headers=d.headers))
+
+
+def _add_headers(lim: Limiter, response: Response) -> Response:
+    environ = request.environ
+    policies = environ.get(POLICIES_KEY)
+    if policies and not environ.get(DENIED_KEY):
+        for name, value in rate_limit_headers(policies, lim.header_style):
+            response.headers[name] = value
+    return response
+
+
+def headers_after_this_request(lim: Limiter) -> None:
+    """A decorated view served without a Throttle: add the rate-limit headers itself."""
+    if _EXT in current_app.extensions or not lim.headers_on_allowed:
+        return
+    environ = request.environ
+    if lim.header_style == "none" or environ.get(_HOOKED):
+        return
+    environ[_HOOKED] = True
+
+    @after_this_request
+    def add(response: Response) -> Response:
+        return _add_headers(lim, response)
+
+
+class Throttle:
+    """Rate limits for a Flask app (or several, through :meth:`init_app`).
+
+    Args:
+        app: the app (or call :meth:`init_app` later).
+        limiter: the :class:`~throttlekit.Limiter` to use; default: one built from
+            ``app.config`` at :meth:`init_app`.
+        default_limits: limits for every route, each route its own counter (a rate string,
+            or a list: one limit each); default: ``THROTTLEKIT_DEFAULT_LIMITS``.
+        application_limits: limits counted once for the whole app (all routes share a
+            counter per client); default: ``THROTTLEKIT_APPLICATION_LIMITS``.
+    """
+
+    def __init__(
+        self,
+        app: Flask | None = None,
+        limiter: Limiter | None = None,
+        *,
+        default_limits: Any = None,
+        application_limits: Any = None,
+    ) -> None:
+        self._limiter_obj = limiter
+        self._default_arg = default_limits
+        self._application_arg = application_limits
+        self._limits = Limits((), ())
+        self._cache: dict[str | None, tuple[Group | None, tuple[Any, ...]]] = {}
+        self._fork = ForkCheck()
+        if app is not None:
+            self.init_app(app)
+
+    @property
+    def limiter(self) -> Limiter:
+        """The limiter (built from ``app.config`` by :meth:`init_app` if not given)."""
+        lim = self._limiter_obj
+        if lim is None:
+            raise RuntimeError("Throttle has no limiter yet: call throttle.init_app(app)")
+        return lim
+
+    def init_app(self, app: Flask) -> None:
+        """Read ``app.config`` and install the hooks."""
+        options = {k[12:]: v for k, v in app.config.items() if k.startswith("THROTTLEKIT_")}
+        self._limiter_obj = lim = limiter_from(options, self._limiter_obj)
+        defaults = self._default_arg
+        if defaults is None:
+            defaults = options.get("DEFAULT_LIMITS")
+        application = self._application_arg
+        if application is None:
+            application = options.get("APPLICATION_LIMITS")
+        self._limits = Limits(parse_limits(self, defaults, "default_limits"),
+                              parse_limits(self, application, "application_limits"))
+        self._cache.clear()
+        app.extensions[_EXT] = self
+        app.before_request(self._before)
+        app.after_request(self._after)
+        warn_memory_multiworker(lim)
+
+    # -- decorators (the same as the limiter's; usable before init_app) -------------------
+
+    def limit(
+        self,
+        rates: Any,
+        *,
+        key: Any = None,
+        strategy: str | None = None,
+        cost: Any = 1,
+        methods: Iterable[str] | None = None,
+        per_method: bool = False,
+        burst: int | None = None,
+        override_defaults: bool = False,
+        scope: str | None = None,
+    ) -> Callable[[F], F]:
+        """:meth:`throttlekit.Limiter.limit`, bound to this Throttle's limiter. On a
+        Blueprint: a limit for each of its routes."""
+        return decorate(self, make_spec(
+            self, rates, key=key, strategy=strategy, cost=cost, methods=methods,
+            per_method=per_method, burst=burst, override_defaults=override_defaults,
+            scope=scope,
+        ))
+
+    def shared_limit(self, rates: Any, scope: str, **options: Any) -> Callable[[F], F]:
+        """One counter for every view decorated with this ``scope``."""
+        return self.limit(rates, scope=scope, **options)
+
+    def exempt(self, fn: F) -> F:
+        """Exempt a view or a blueprint from default and application limits."""
+        return exempt(self, fn)
+
+    # -- hooks ---------------------------------------------------------------------------
+
+    def _entries(self, endpoint: str | None) -> tuple[Group | None, tuple[Any, ...]]:
+        try:
+            return self._cache[endpoint]
+        except KeyError:
+            pass
+        app = current_app
+        view_func = app.view_functions.get(endpoint) if endpoint else None
+        group = group_of(view_func)
+        own = group is not None and group.wrapper is view_func
+        exempted = False
+        extra: list[tuple[str, Any]] = []
+        for bp_name in request.blueprints:
+            bp = app.blueprints.get(bp_name)
+            if bp is None:
+                continue
+            if bp.__dict__.get("__throttlekit_exempt__"):
+                exempted = True
+            for spec in bp.__dict__.get("__throttlekit_limits__", ()):
+                extra.append((f"blueprint:{bp_name}", spec))
+        name = endpoint_name(view_func, endpoint) if view_func is not None else endpoint
+        entries = self._limits.entries(name, group, own, extra, exempted)
+        found = (group if own else None, entries)
+        self._cache[endpoint] = found
+        return found
+
+    def _before(self) -> None:
+        lim = self.limiter
+        if not lim.enabled:
+            return
+        if self._fork.pid is not None:
+            self._fork(lim)
+        group, entries = self._entries(request.endpoint)
+        environ = request.environ
+        if group is not None:
+            environ[HANDLED_KEY] = group
+        if not entries:
+            return
+        view = view_of(lim, "flask", environ, request._get_current_object())  # type: ignore[attr-defined]
+        verdict = evaluate(lim, view, entries)
+        if verdict is None:
+            return
+        record("flask", environ, request, verdict)
+        if not verdict.allowed:
+            environ[DENIED_KEY] = True
+            raise rate_limited(lim, verdict)
+
+    def _after(self, response: Response) -> Response:
+        lim = self._limiter_obj
+        if lim is not None and lim.headers_on_allowed and lim.header_style != "none":
+            return _add_headers(lim, response)
+        return response
+
+
+def decision() -> Decision | None:
+    """The Decision of the current request's limits (also ``flask.g.throttle``)."""
+    found: Decision | None = g.get("throttle")
+    return found

@@ -1,0 +1,261 @@
+"""Starlette (and FastAPI) integration: a pure ASGI middleware for default, application
+and per-endpoint limits.
+
+::
+
+    from starlette.applications import Starlette
+    from throttlekit import Limiter
+    from throttlekit.contrib.starlette import ThrottleMiddleware
+
+    limiter = Limiter("redis://127.0.0.1:6379/0")
+
+    @limiter.limit("10/minute")
+    async def search(request): ...
+
+    app = Starlette(routes=[Route("/search", search)])
+    app.add_middleware(ThrottleMiddleware, limiter=limiter, default_limits="100/minute")
+
+For each ``http`` request the middleware finds the route the app will use (the same
+matching as Starlette's router, so routes of included routers and mounts count), then
+checks the limiter's rules (as :class:`~throttlekit.ASGIMiddleware` does), the default and
+application limits and the endpoint's decorated limits: a refusal is answered with the
+same 429 (or 403) as the ASGI middleware, before the app does any work. Allowed responses
+get the rate-limit headers of every limit that applied, including those a decorated
+function or a ``limiter.depends`` dependency checked later. The Decision is in
+``request.state.throttle``; decorated endpoints find the request through a context variable,
+so they need no ``Request`` parameter.
+
+Limits checked inside the app (a decorated helper, a dependency) raise
+:class:`RateLimited`, a Starlette ``HTTPException``: FastAPI and Starlette answer it with
+their usual 429 (``{"detail": ...}`` in FastAPI) carrying the same rate-limit headers.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
+
+from starlette.exceptions import HTTPException
+from starlette.routing import Match, Mount
+
+from .._decorators import (
+    DENIED_KEY,
+    HANDLED_KEY,
+    POLICIES_KEY,
+    ForkCheck,
+    Group,
+    aevaluate,
+    current_request,
+    denial,
+    endpoint_name,
+    group_of,
+    record,
+    view_of,
+    warn_memory_multiworker,
+)
+from .._errors import ConfigError
+from .._responses import encode_headers, rate_limit_headers
+from ..wsgi import VERDICT_KEY
+from ._common import Limits, parse_limits
+
+if TYPE_CHECKING:
+    from .._decision import Decision
+    from .._limiter import Limiter
+    from .._rules import Verdict
+    from ..asgi import ASGIApp, Message, Receive, Scope, Send
+
+__all__ = ["RateLimited", "ThrottleMiddleware", "rate_limited"]
+
+#: scope key: the integration is serving this request (dependencies leave headers to it)
+MIDDLEWARE_KEY = "throttlekit.middleware"
+_SKIP_HEADERS = frozenset({"content-type", "content-length"})
+
+
+class RateLimited(HTTPException):
+    """A throttlekit 429 raised inside a Starlette/FastAPI app; ``verdict`` and
+    ``decision`` say which limit refused and for how long."""
+
+    def __init__(self, verdict: Verdict, headers: dict[str, str]) -> None:
+        super().__init__(429, "Too Many Requests: rate limit exceeded.", headers)
+        self.verdict = verdict
+        self.decision: Decision | None = verdict.decision
+
+
+def rate_limited(lim: Limiter, verdict: Verdict, accept: str | None = None) -> RateLimited:
+    """The exception a refused verdict raises inside the app."""
+    d = denial(lim, verdict, accept)
+    headers = {k: v for k, v in d.headers if k.lower() not in _SKIP_HEADERS}
+    return RateLimited(verdict, headers)
+
+
+def find_endpoint(routes: Sequence[Any], scope: Scope) -> tuple[Any, Any]:
+    """``(endpoint, route)`` of the route Starlette's router will pick for ``scope``
+    (descending into mounts), or ``(None, None)``."""
+    for route in routes:
+        try:
+            match, child = route.matches(scope)
+        except Exception:
+            continue
+        if match is not Match.FULL:
+            continue
+        candidates = getattr(route, "effective_candidates", None)
+        if candidates is not None:  # FastAPI >= 0.120: an included router, routes built lazily
+            try:
+                found = find_endpoint(candidates(), scope)
+            except Exception:
+                found = (None, None)
+            if found[1] is not None:
+                return found
+            continue
+        if isinstance(route, Mount):
+            inner = getattr(route.app, "routes", None) or getattr(
+                getattr(route.app, "router", None), "routes", None
+            )
+            if inner:
+                sub = dict(scope)
+                sub.update(child)
+                found = find_endpoint(inner, sub)
+                if found[0] is not None:
+                    return found
+        return child.get("endpoint"), route
+    return None, None
+
+
+class ThrottleMiddleware:
+    """Rules, default, application and per-endpoint limits for a Starlette or FastAPI app.
+
+    Args:
+        app: the ASGI app (``app.add_middleware(ThrottleMiddleware, limiter=...)``).
+        limiter: the :class:`~throttlekit.Limiter` (its rules run first, as in
+            :class:`~throttlekit.ASGIMiddleware`).
+        default_limits: limits for every route, each route its own counter.
+        application_limits: limits for the whole app, one counter per client.
+        rules: also run the limiter's rules (default True; False when an
+            ``ASGIMiddleware`` already does).
+    """
+
+    def __init__(
+        self,
+        app: ASGIApp,
+        limiter: Limiter,
+        *,
+        default_limits: Any = None,
+        application_limits: Any = None,
+        rules: bool = True,
+    ) -> None:
+        from .._limiter import Limiter
+
+        if not isinstance(limiter, Limiter):
+            raise ConfigError(f"limiter must be a throttlekit.Limiter, got {limiter!r}")
+        self.app = app
+        self.limiter = limiter
+        self.limits = Limits(parse_limits(limiter, default_limits, "default_limits"),
+                             parse_limits(limiter, application_limits, "application_limits"))
+        self.rules = bool(rules)
+        self._cache: dict[int, tuple[Any, Group | None, tuple[Any, ...]]] = {}
+        self._paths: dict[Any, tuple[Group | None, tuple[Any, ...]]] = {}
+        self._fork = ForkCheck()
+        warn_memory_multiworker(limiter)
+
+    def _routes(self, scope: Scope) -> Sequence[Any] | None:
+        app = scope.get("app") or self.app
+        router = getattr(app, "router", app)
+        routes = getattr(router, "routes", None)
+        return routes if isinstance(routes, list) else None
+
+    def _entries(self, scope: Scope) -> tuple[Group | None, tuple[Any, ...]]:
+        routes = self._routes(scope)
+        # Matching costs a regex per route: remember the answer per (method, path), as
+        # long as the route table is unchanged (bounded: many distinct paths just miss).
+        ckey = (scope.get("method"), scope.get("path"), scope.get("root_path"),
+                id(routes), len(routes) if routes else 0)
+        hit = self._paths.get(ckey)
+        if hit is not None:
+            return hit
+        found = self._lookup(routes, scope)
+        if len(self._paths) >= 4096:
+            self._paths.clear()
+        self._paths[ckey] = found
+        return found
+
+    def _lookup(self, routes: Sequence[Any] | None, scope: Scope
+                ) -> tuple[Group | None, tuple[Any, ...]]:
+        endpoint, route = find_endpoint(routes, scope) if routes else (None, None)
+        if route is None:
+            return None, self.limits.entries(None, None, False)
+        cached = self._cache.get(id(route))
+        if cached is not None and cached[0] is route:
+            return cached[1], cached[2]
+        group = group_of(endpoint)
+        own = group is not None and group.wrapper is endpoint
+        path = getattr(route, "path", None)
+        if endpoint is not None:
+            name = endpoint_name(endpoint, path if isinstance(path, str) else None)
+        else:
+            name = path if isinstance(path, str) else repr(route)
+        entries = self.limits.entries(name, group, own)
+        found = (group if own else None, entries)
+        self._cache[id(route)] = (route, *found)
+        return found
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        lim = self.limiter
+        if scope["type"] != "http" or not lim.enabled:
+            await self.app(scope, receive, send)
+            return
+        if self._fork.pid is not None:
+            self._fork(lim)
+        scope[MIDDLEWARE_KEY] = True
+        view = view_of(lim, "asgi", scope, None)
+        if self.rules:
+            verdict = await lim.aevaluate(view)
+            scope[VERDICT_KEY] = verdict
+            if not verdict.allowed:
+                await self._refuse(lim, verdict, scope, send)
+                return
+            if verdict.policies:
+                record("asgi", scope, None, verdict)
+            pending = verdict if verdict.pending else None
+        else:
+            pending = None
+        group, entries = self._entries(scope)
+        if group is not None:
+            scope[HANDLED_KEY] = group
+        if entries:
+            limited = await aevaluate(lim, view, entries)
+            if limited is not None:
+                record("asgi", scope, None, limited)
+                if not limited.allowed:
+                    await self._refuse(lim, limited, scope, send)
+                    return
+        on_allowed = lim.headers_on_allowed and lim.header_style != "none"
+        status = [500]
+
+        async def wrapped(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                status[0] = message.get("status", 500)
+                policies = scope.get(POLICIES_KEY)
+                if on_allowed and policies and not scope.get(DENIED_KEY):
+                    extra = encode_headers(rate_limit_headers(policies, lim.header_style))
+                    message = {**message, "headers": [*(message.get("headers") or []), *extra]}
+            await send(message)
+
+        token = current_request.set((scope, None))
+        try:
+            await self.app(scope, receive, wrapped)
+        except Exception:
+            if pending is not None:
+                await lim.asettle(pending, 500)
+            raise
+        finally:
+            current_request.reset(token)
+        if pending is not None:
+            await lim.asettle(pending, status[0])
+
+    async def _refuse(self, lim: Limiter, verdict: Verdict, scope: Scope, send: Send) -> None:
+        accept = view_of(lim, "asgi", scope, None).headers.get("accept")
+        d = denial(lim, verdict, accept)
+        scope[DENIED_KEY] = True
+        await send({"type": "http.response.start", "status": d.status,
+                    "headers": encode_headers(d.headers)})
+        await send({"type": "http.response.body", "body": d.body})

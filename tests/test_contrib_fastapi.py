@@ -1,0 +1,225 @@
+"""throttlekit.contrib.fastapi / .starlette: middleware, decorated endpoints, Depends, OpenAPI."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import httpx
+import pytest
+from fastapi import APIRouter, Depends, FastAPI, Request
+from pydantic import BaseModel
+from starlette.applications import Starlette
+from starlette.responses import PlainTextResponse
+from starlette.routing import Mount, Route
+
+from throttlekit import Decision, Limiter
+from throttlekit.contrib.fastapi import Throttle
+from throttlekit.contrib.starlette import ThrottleMiddleware
+from throttlekit.testing import FakeClock
+
+
+def get(app: Any, *paths: str, **kw: Any) -> list[httpx.Response]:
+    async def main() -> list[httpx.Response]:
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://t") as c:
+            return [await c.get(p, **kw) for p in paths]
+    return asyncio.run(main())
+
+
+def codes(app: Any, *paths: str) -> list[int]:
+    return [r.status_code for r in get(app, *paths)]
+
+
+@pytest.fixture
+def limiter(clock: FakeClock) -> Limiter:
+    return Limiter(clock=clock, strategy="fixed_window")
+
+
+class Item(BaseModel):
+    id: int
+    name: str
+
+
+def test_decorated_endpoints_keep_params_models_and_openapi(limiter: Limiter) -> None:
+    """Path/query params and response models work; the 429 is in the OpenAPI schema."""
+    app = FastAPI()
+
+    @app.get("/items/{item_id}")
+    @limiter.limit("2/minute")
+    async def read_item(item_id: int, q: str | None = None) -> Item:
+        """Read one item."""
+        return Item(id=item_id, name=q or "-")
+
+    Throttle(app, limiter)
+    r1, r2, r3 = get(app, "/items/1?q=a", "/items/2", "/items/3")
+    assert r1.json() == {"id": 1, "name": "a"} and r2.status_code == 200
+    assert r3.status_code == 429 and r3.headers["retry-after"] == "60"
+    op = get(app, "/openapi.json")[0].json()["paths"]["/items/{item_id}"]["get"]
+    assert "429" in op["responses"] and "Retry-After" in op["responses"]["429"]["headers"]
+    assert [p["name"] for p in op["parameters"]] == ["item_id", "q"]
+    assert op["description"] == "Read one item."
+
+
+def test_sync_endpoint_and_decision_in_request_state(limiter: Limiter) -> None:
+    """Sync endpoints are limited too; request.state.throttle is the Decision."""
+    app = FastAPI()
+
+    @app.get("/s")
+    @limiter.limit("2/minute")
+    def sync(request: Request) -> dict[str, int]:
+        return {"left": request.state.throttle.remaining}
+
+    Throttle(app, limiter)
+    rs = get(app, "/s", "/s", "/s")
+    assert [r.status_code for r in rs] == [200, 200, 429]
+    assert [rs[0].json(), rs[1].json()] == [{"left": 1}, {"left": 0}]
+
+
+def test_without_middleware_decorator_raises_native_429(limiter: Limiter) -> None:
+    """A Request parameter is enough: the breach is FastAPI's JSON 429 with our headers."""
+    app = FastAPI()
+
+    @app.get("/")
+    @limiter.limit("1/minute")
+    async def index(request: Request) -> dict[str, str]:
+        return {"ok": "yes"}
+
+    r1, r2 = get(app, "/", "/")
+    assert r1.status_code == 200
+    assert r2.status_code == 429
+    assert r2.json() == {"detail": "Too Many Requests: rate limit exceeded."}
+    assert r2.headers["retry-after"] == "60" and "ratelimit-policy" in r2.headers
+
+
+def test_depends_on_route_and_router(limiter: Limiter) -> None:
+    """Depends(limiter.depends(...)) limits a route; on a router, each route apart."""
+    app = FastAPI()
+    router = APIRouter(dependencies=[Depends(limiter.depends("1/minute"))])
+
+    @router.get("/a")
+    async def a() -> int:
+        return 1
+
+    @router.get("/b")
+    async def b() -> int:
+        return 2
+
+    @app.get("/dep")
+    async def dep(d: Decision = Depends(limiter.depends("2/minute"))) -> int:  # noqa: B008
+        return d.remaining
+
+    app.include_router(router, prefix="/r")
+    rs = get(app, "/r/a", "/r/a", "/r/b", "/dep", "/dep", "/dep")
+    assert [r.status_code for r in rs] == [200, 429, 200, 200, 200, 429]
+    assert [rs[3].json(), rs[4].json()] == [1, 0]
+    assert "ratelimit" in rs[0].headers  # without the middleware, the dependency adds them
+    paths = get(app, "/openapi.json")[0].json()["paths"]
+    assert "429" not in paths["/r/a"]["get"]["responses"]  # no Throttle: schema untouched
+    Throttle(FastAPI(), limiter)
+
+
+def test_default_limits_reach_included_routers(limiter: Limiter) -> None:
+    """Default limits apply to every route, routers included, each its own counter."""
+    app = FastAPI()
+    router = APIRouter()
+
+    @router.get("/in-router/{n}")
+    async def routed(n: int) -> int:
+        return n
+
+    @app.get("/top")
+    async def top() -> int:
+        return 0
+
+    app.include_router(router)
+    Throttle(app, limiter, default_limits="2/minute")
+    assert codes(app, "/in-router/1", "/in-router/2", "/in-router/3") == [200, 200, 429]
+    assert codes(app, "/top", "/top", "/top") == [200, 200, 429]
+    schema = get(app, "/openapi.json")[0].json()  # /openapi.json was limited too: fresh app
+    assert "429" in schema["paths"]["/top"]["get"]["responses"]
+
+
+def test_application_limit_counts_all_routes(limiter: Limiter) -> None:
+    """application_limits is one counter per client across every route."""
+    app = FastAPI()
+    for name in ("x", "y"):
+        app.get(f"/{name}")(lambda n=name: n)
+    Throttle(app, limiter, application_limits="3/minute")
+    assert codes(app, "/x", "/y", "/x", "/y") == [200, 200, 200, 429]
+
+
+def test_exempt_endpoint(limiter: Limiter) -> None:
+    """An exempt endpoint skips default limits."""
+    app = FastAPI()
+
+    @app.get("/health")
+    @limiter.exempt
+    async def health() -> str:
+        return "ok"
+
+    Throttle(app, limiter, default_limits="1/minute")
+    assert set(codes(app, *["/health"] * 4)) == {200}
+
+
+def test_starlette_middleware_with_mounts_and_rules(limiter: Limiter) -> None:
+    """Plain Starlette: endpoints inside a Mount are found; the limiter's rules run first."""
+    limiter.blocklist("bad", lambda r: r.path == "/api/blocked")
+
+    @limiter.limit("1/minute")
+    async def hello(request: Any) -> PlainTextResponse:
+        return PlainTextResponse("hi")
+
+    async def blocked(request: Any) -> PlainTextResponse:
+        return PlainTextResponse("never")
+
+    app = Starlette(routes=[Mount("/api", routes=[Route("/hello", hello),
+                                                  Route("/blocked", blocked)])])
+    app.add_middleware(ThrottleMiddleware, limiter=limiter)
+    assert codes(app, "/api/hello", "/api/hello", "/api/blocked") == [200, 429, 403]
+
+
+def test_async_endpoint_uses_async_storage_calls(limiter: Limiter) -> None:
+    """On a remote store, an async endpoint's limit goes through aapply, never apply."""
+    from throttlekit.storage import MemoryStorage
+
+    calls: list[str] = []
+
+    class Remote(MemoryStorage):
+        remote = True
+
+        def apply(self, *a: Any, **k: Any) -> Any:
+            calls.append("sync")
+            return super().apply(*a, **k)
+
+        async def aapply(self, *a: Any, **k: Any) -> Any:
+            calls.append("async")
+            return super().apply(*a, **k)
+
+    lim = Limiter(Remote(), clock=FakeClock())
+    app = FastAPI()
+
+    @app.get("/")
+    @lim.limit("5/minute")
+    async def index() -> int:
+        return 1
+
+    Throttle(app, lim, default_limits="5/minute")
+    assert codes(app, "/", "/") == [200, 200]
+    assert calls and set(calls) == {"async"}
+
+
+def test_disabled_limiter(clock: FakeClock) -> None:
+    """enabled=False lets everything through the middleware and the decorators."""
+    lim = Limiter(clock=clock, enabled=False)
+    app = FastAPI()
+
+    @app.get("/")
+    @lim.limit("1/minute")
+    async def index() -> int:
+        return 1
+
+    Throttle(app, lim, default_limits="1/minute")
+    assert set(codes(app, "/", "/", "/")) == {200}
+
+

@@ -1,0 +1,409 @@
+"""limiter.limit / shared_limit / exempt on plain functions and coroutines."""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import inspect
+import warnings
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from throttlekit import ConfigError, Limiter, RateLimitExceeded
+from throttlekit._decorators import group_of, warn_memory_multiworker, worker_count
+from throttlekit.testing import FakeClock, reset_limiter
+
+pytest_plugins = ["throttlekit.pytest_plugin"]
+
+
+@pytest.fixture
+def limiter(clock: FakeClock) -> Limiter:
+    return Limiter(clock=clock, strategy="fixed_window")
+
+
+def test_plain_function_raises_with_the_decision(limiter: Limiter) -> None:
+    """The call over the limit raises RateLimitExceeded carrying the refusing Decision."""
+
+    @limiter.limit("2/minute")
+    def work() -> str:
+        return "done"
+
+    assert [work(), work()] == ["done", "done"]
+    with pytest.raises(RateLimitExceeded) as info:
+        work()
+    d = info.value.decision
+    assert not d.allowed and d.limit == 2 and d.remaining == 0 and d.retry_after == 60.0
+
+
+def test_refused_call_does_not_run_the_function(limiter: Limiter) -> None:
+    """A refused call never reaches the function body."""
+    calls = []
+
+    @limiter.limit("1/minute")
+    def work() -> None:
+        calls.append(1)
+
+    work()
+    with pytest.raises(RateLimitExceeded):
+        work()
+    assert calls == [1]
+
+
+def test_key_from_the_call_arguments(limiter: Limiter) -> None:
+    """key(*args, **kwargs) picks the counter: each user has their own."""
+
+    @limiter.limit("1/minute", key=lambda user, **_: user)
+    def send(user: str, text: str = "") -> str:
+        return user
+
+    assert send("ann") == "ann"
+    assert send("bob", text="hi") == "bob"
+    with pytest.raises(RateLimitExceeded):
+        send("ann", text="again")
+
+
+def test_key_returning_none_skips_the_limit(limiter: Limiter) -> None:
+    """A key function returning None exempts that call."""
+
+    @limiter.limit("1/minute", key=lambda admin: None if admin else "user")
+    def act(admin: bool) -> bool:
+        return admin
+
+    for _ in range(5):
+        assert act(True)
+    act(False)
+    with pytest.raises(RateLimitExceeded):
+        act(False)
+
+
+def test_cost_callable(limiter: Limiter) -> None:
+    """cost may be a function of the call's arguments."""
+
+    @limiter.limit("10/minute", cost=lambda n: n)
+    def fetch(n: int) -> int:
+        return n
+
+    assert fetch(6) == 6
+    with pytest.raises(RateLimitExceeded) as info:
+        fetch(5)
+    assert info.value.decision.remaining == 4
+    assert fetch(4) == 4
+
+
+def test_window_passes_with_the_clock(limiter: Limiter, clock: FakeClock) -> None:
+    """After the window, calls are admitted again."""
+
+    @limiter.limit("1/second")
+    def ping() -> int:
+        return 1
+
+    ping()
+    with pytest.raises(RateLimitExceeded):
+        ping()
+    clock.advance(1)
+    assert ping() == 1
+
+
+def test_stacked_limits_all_apply_and_none_is_charged_on_refusal(limiter: Limiter,
+                                                                  clock: FakeClock) -> None:
+    """Several decorators are several limits; a refused call charges none of them."""
+
+    @limiter.limit("3/minute")
+    @limiter.limit("2/second")
+    def work() -> int:
+        return 1
+
+    work()
+    work()
+    with pytest.raises(RateLimitExceeded) as info:
+        work()  # the per-second limit refuses ...
+    assert info.value.decision.rate.period == 1.0
+    clock.advance(1)
+    work()  # ... and the minute limit was not charged for the refusal: 3rd of 3
+    with pytest.raises(RateLimitExceeded) as info:
+        work()
+    assert info.value.decision.rate.period == 60.0
+    assert len(group_of(work).specs) == 2  # type: ignore[union-attr]
+
+
+def test_same_name_in_different_scopes_do_not_share(limiter: Limiter) -> None:
+    """Counters are named by module + qualname, not the bare function name."""
+
+    def make() -> object:
+        @limiter.limit("1/minute")
+        def index() -> int:
+            return 1
+        return index
+
+    class A:
+        @staticmethod
+        @limiter.limit("1/minute")
+        def index() -> int:
+            return 1
+
+    class B:
+        @staticmethod
+        @limiter.limit("1/minute")
+        def index() -> int:
+            return 2
+
+    assert A.index() == 1 and B.index() == 2
+    with pytest.raises(RateLimitExceeded):
+        A.index()
+
+
+def test_shared_limit_is_one_counter_across_functions(limiter: Limiter) -> None:
+    """shared_limit with one scope counts every decorated function together."""
+    search = limiter.shared_limit("3/minute", scope="search")
+
+    @search
+    def by_name() -> str:
+        return "n"
+
+    @search
+    def by_tag() -> str:
+        return "t"
+
+    by_name()
+    by_tag()
+    by_name()
+    with pytest.raises(RateLimitExceeded):
+        by_tag()
+
+
+def test_signature_name_and_docstring_are_kept(limiter: Limiter) -> None:
+    """The wrapper looks like the function to introspection."""
+
+    def original(a: int, b: str = "x", *, c: float = 1.0) -> str:
+        """Doc."""
+        return f"{a}{b}{c}"
+
+    wrapped = limiter.limit("5/minute")(original)
+    assert wrapped.__name__ == "original" and wrapped.__doc__ == "Doc."
+    assert inspect.signature(wrapped) == inspect.signature(original)
+    assert wrapped.__wrapped__ is original  # type: ignore[attr-defined]
+    assert wrapped(1, c=2.0) == "1x2.0"
+
+
+def test_coroutine_is_limited_and_stays_a_coroutine_function(limiter: Limiter) -> None:
+    """An async function stays async and is limited per call."""
+
+    @limiter.limit("1/minute")
+    async def fetch() -> str:
+        await asyncio.sleep(0)
+        return "ok"
+
+    assert inspect.iscoroutinefunction(fetch)
+
+    async def main() -> None:
+        assert await fetch() == "ok"
+        with pytest.raises(RateLimitExceeded):
+            await fetch()
+
+    asyncio.run(main())
+
+
+def test_disabled_limiter_lets_everything_through(clock: FakeClock) -> None:
+    """Limiter(enabled=False) switches the decorators off; enabling turns them back on."""
+    limiter = Limiter(clock=clock, enabled=False)
+
+    @limiter.limit("1/minute")
+    def work() -> int:
+        return 1
+
+    assert sum(work() for _ in range(10)) == 10
+    limiter.enabled = True
+    work()
+    with pytest.raises(RateLimitExceeded):
+        work()
+
+
+def test_bad_arguments_are_config_errors(limiter: Limiter) -> None:
+    """Bad rates, strategies, costs, methods and keys fail at decoration time."""
+    for kwargs in ({"strategy": "nope"}, {"cost": -1}, {"cost": "2"}, {"methods": ["FETCH"]},
+                   {"key": "cookie"}, {"per_method": "yes"}, {"scope": ""}):
+        with pytest.raises(ConfigError):
+            limiter.limit("1/minute", **kwargs)  # type: ignore[arg-type]
+    with pytest.raises(ConfigError):
+        limiter.limit("often")
+    with pytest.raises(ConfigError, match="class"):
+        limiter.limit("1/minute")(type("View", (), {}))
+
+
+def test_key_function_error_is_logged_and_the_limit_skipped(limiter: Limiter,
+                                                            caplog: pytest.LogCaptureFixture
+                                                            ) -> None:
+    """A raising key function never breaks the call (policy "local": skip the limit)."""
+
+    @limiter.limit("1/minute", key=lambda: 1 / 0)
+    def work() -> int:
+        return 1
+
+    assert work() + work() == 2
+    assert "raised ZeroDivisionError" in caplog.text
+
+
+def test_key_function_error_refuses_under_deny(clock: FakeClock) -> None:
+    """With on_storage_error="deny", a raising key function refuses the call."""
+    limiter = Limiter(clock=clock, on_storage_error="deny")
+
+    @limiter.limit("5/minute", key=lambda: 1 / 0)
+    def work() -> int:
+        return 1
+
+    with pytest.raises(RateLimitExceeded):
+        work()
+
+
+def test_exempt_plain_function_keeps_its_own_limits(limiter: Limiter) -> None:
+    """exempt only removes default limits; a decorated limit still applies."""
+
+    @limiter.exempt
+    @limiter.limit("1/minute")
+    def work() -> int:
+        return 1
+
+    work()
+    with pytest.raises(RateLimitExceeded):
+        work()
+    assert group_of(work).exempt  # type: ignore[union-attr]
+
+
+def test_reset_limiter_forgets_counts(limiter: Limiter) -> None:
+    """testing.reset_limiter gives every key a fresh quota."""
+
+    @limiter.limit("1/minute")
+    def work() -> int:
+        return 1
+
+    work()
+    reset_limiter(limiter)
+    assert work() == 1
+
+
+def test_reset_limiter_refuses_shared_stores() -> None:
+    """reset_limiter never wipes a shared store."""
+    from throttlekit.storage import Storage
+
+    class Remote(Storage):  # a stand-in type: only its class matters here
+        remote = True
+
+        def apply(self, *a, **k):  # type: ignore[no-untyped-def]
+            raise NotImplementedError
+
+        def reset(self, keys):  # type: ignore[no-untyped-def]
+            pass
+
+        def block(self, *a, **k):  # type: ignore[no-untyped-def]
+            pass
+
+        def unblock(self, key):  # type: ignore[no-untyped-def]
+            return False
+
+        def blocked(self, now=None):  # type: ignore[no-untyped-def]
+            return []
+
+    with pytest.raises(ConfigError, match="memory"):
+        reset_limiter(Limiter(Remote()))
+
+
+@pytest.fixture
+def decorated() -> tuple[Limiter, object]:
+    limiter = Limiter()
+
+    @limiter.limit("1/minute")
+    def work() -> int:
+        return 1
+
+    return limiter, work
+
+
+def test_pytest_fixture_disables(decorated: tuple[Limiter, object],
+                                 throttlekit_disabled: list[Limiter]) -> None:
+    """throttlekit_disabled switches off every limiter the decorators know."""
+    limiter, work = decorated
+    assert limiter in throttlekit_disabled and not limiter.enabled
+    assert sum(work() for _ in range(5)) == 5  # type: ignore[operator]
+
+
+def test_pytest_fixture_resets(decorated: tuple[Limiter, object]) -> None:
+    """throttlekit_reset clears the counts of the limiters it manages."""
+    limiter, work = decorated
+    work()  # type: ignore[operator]
+    with pytest.raises(RateLimitExceeded):
+        work()  # type: ignore[operator]
+    from throttlekit import pytest_plugin
+
+    gen = pytest_plugin.throttlekit_reset.__wrapped__([limiter])  # type: ignore[attr-defined]
+    next(gen)
+    assert work() == 1  # type: ignore[operator]
+
+
+@given(st.lists(st.integers(min_value=0, max_value=4), max_size=30))
+def test_admits_exactly_the_limit_per_key(keys: list[int]) -> None:
+    """Property: per key, exactly min(calls, limit) calls pass within one window."""
+    limiter = Limiter(clock=FakeClock(), strategy="fixed_window")
+
+    @limiter.limit("3/minute", key=lambda k: k)
+    def work(k: int) -> int:
+        return k
+
+    passed: dict[int, int] = {}
+    for k in keys:
+        try:
+            work(k)
+            passed[k] = passed.get(k, 0) + 1
+        except RateLimitExceeded:
+            pass
+    for k in set(keys):
+        assert passed.get(k, 0) == min(keys.count(k), 3)
+
+
+def test_worker_count_reads_servers_command_lines() -> None:
+    """gunicorn/uvicorn worker counts come from argv or the environment."""
+    assert worker_count({}, ["gunicorn", "-w", "4", "app:app"]) == 4
+    assert worker_count({}, ["gunicorn", "--workers=3", "app:app"]) == 3
+    assert worker_count({}, ["/x/uvicorn", "app:app", "--workers", "2"]) == 2
+    assert worker_count({"WEB_CONCURRENCY": "5"}, ["python"]) == 5
+    assert worker_count({"GUNICORN_CMD_ARGS": "--bind :80 -w 6"}, ["gunicorn"]) == 6
+    assert worker_count({}, ["pytest", "-w", "9"]) == 1  # not a server's argv
+
+
+def test_memory_store_under_several_workers_warns_once(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The memory store under several workers warns once per process; Redis-like stores
+    and single workers never."""
+    import throttlekit._decorators as dec
+
+    monkeypatch.setattr(dec, "_warned", False)
+    monkeypatch.setenv("WEB_CONCURRENCY", "4")
+    with pytest.warns(RuntimeWarning, match="multiplied by the number of workers"):
+        assert warn_memory_multiworker(Limiter())
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert not warn_memory_multiworker(Limiter())  # once
+    monkeypatch.setattr(dec, "_warned", False)
+    monkeypatch.setenv("WEB_CONCURRENCY", "1")
+    assert not warn_memory_multiworker(Limiter())
+
+
+def test_decorating_is_independent_of_functools_wraps_chain(limiter: Limiter) -> None:
+    """A limit under another decorator is still enforced by its own wrapper."""
+
+    def logged(fn):  # type: ignore[no-untyped-def]
+        @functools.wraps(fn)
+        def inner(*a, **k):  # type: ignore[no-untyped-def]
+            return fn(*a, **k)
+        return inner
+
+    @limiter.limit("2/minute")
+    @logged
+    @limiter.limit("1/minute", scope="inner")
+    def work() -> int:
+        return 1
+
+    work()
+    with pytest.raises(RateLimitExceeded) as info:
+        work()
+    assert info.value.decision.limit == 1

@@ -1,0 +1,113 @@
+"""The examples, served by real servers on loopback: gunicorn (Flask), uvicorn (FastAPI)
+and uvicorn with Django's ASGI app; the 429s checked over HTTP."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+
+pytestmark = pytest.mark.e2e
+
+ROOT = Path(__file__).resolve().parent.parent
+EXAMPLES = ROOT / "examples"
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@contextlib.contextmanager
+def serve(argv: list[str], cwd: Path) -> Iterator[str]:
+    port = _free_port()
+    argv = [a.replace("{port}", str(port)) for a in argv]
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join([str(ROOT / "src"), str(cwd)])
+    env.pop("WEB_CONCURRENCY", None)
+    env["THROTTLEKIT_STORAGE_URL"] = "memory://"
+    proc = subprocess.Popen(argv, cwd=cwd, env=env, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.PIPE)
+    base = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            if proc.poll() is not None:
+                err = proc.stderr.read().decode()[-2000:]  # type: ignore[union-attr]
+                raise RuntimeError(f"{argv[2]} exited: {err}")
+            try:
+                httpx.get(base + "/health", timeout=1)
+                break
+            except httpx.TransportError:
+                if time.monotonic() > deadline:
+                    raise RuntimeError(f"{argv} did not answer on {base}") from None
+                time.sleep(0.1)
+        yield base
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(15)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(5)
+        if proc.stderr is not None:
+            proc.stderr.close()
+
+
+def _check_search(base: str, path: str = "/search") -> None:
+    with httpx.Client(base_url=base, timeout=10) as c:
+        got = [c.get(path) for _ in range(4)]
+    assert [r.status_code for r in got] == [200, 200, 200, 429]
+    refused = got[-1]
+    assert 0 < int(refused.headers["retry-after"]) <= 60
+    assert refused.headers["cache-control"] == "no-store"
+    assert "q=3;w=60" in refused.headers["ratelimit-policy"]
+    assert "ratelimit" in got[0].headers
+
+
+def test_flask_example_under_gunicorn() -> None:
+    """examples/flask_app.py under gunicorn: /search admits 3 a minute, /health is exempt."""
+    argv = [sys.executable, "-m", "gunicorn", "-w", "1", "-b", "127.0.0.1:{port}",
+            "flask_app:app"]
+    with serve(argv, EXAMPLES) as base:
+        _check_search(base)
+        assert {httpx.get(base + "/health").status_code for _ in range(35)} == {200}
+        with httpx.Client(base_url=base) as c:
+            statuses = [c.get("/").status_code for _ in range(31)]
+        assert statuses == [200] * 30 + [429]  # the default limit, per route
+
+
+def test_fastapi_example_under_uvicorn() -> None:
+    """examples/fastapi_app.py under uvicorn: decorator, dependency and OpenAPI 429."""
+    argv = [sys.executable, "-m", "uvicorn", "fastapi_app:app", "--port", "{port}",
+            "--host", "127.0.0.1", "--no-access-log"]
+    with serve(argv, EXAMPLES) as base:
+        _check_search(base)
+        with httpx.Client(base_url=base) as c:
+            items = [c.get(f"/items/{i}") for i in range(6)]
+            schema = c.get("/openapi.json").json()
+        assert [r.status_code for r in items] == [200] * 5 + [429]
+        assert [r.json()["remaining"] for r in items[:5]] == [4, 3, 2, 1, 0]
+        assert items[-1].json() == {"detail": "Too Many Requests: rate limit exceeded."}
+        assert "429" in schema["paths"]["/items/{item_id}"]["get"]["responses"]
+
+
+def test_django_example_under_uvicorn_asgi() -> None:
+    """examples/django_project under uvicorn (Django ASGI): async view and CBV limited."""
+    argv = [sys.executable, "-m", "uvicorn", "shop.asgi:application", "--port", "{port}",
+            "--host", "127.0.0.1", "--no-access-log"]
+    with serve(argv, EXAMPLES / "django_project") as base:
+        _check_search(base)
+        with httpx.Client(base_url=base) as c:
+            posts = [c.post("/cart").status_code for _ in range(3)]
+            gets = [c.get("/cart").status_code for _ in range(3)]
+        assert posts == [200, 200, 429] and gets == [200, 200, 200]

@@ -1,0 +1,71 @@
+"""The Storage protocol, on every backend: batches, probes, independent checks, blocks."""
+
+from __future__ import annotations
+
+import pytest
+
+from throttlekit import Rate
+from throttlekit._algorithms import make_algorithm
+from throttlekit.storage import Check
+
+STRATEGIES = ["fixed_window", "sliding_window", "sliding_log", "token_bucket"]
+
+
+def _now(clock) -> int:
+    return int(clock() * 1_000_000)
+
+
+@pytest.mark.parametrize("strategy", STRATEGIES)
+def test_batch_is_all_or_nothing_but_independent_checks_stand_alone(make_limiter, clock, strategy):
+    """A denied dependent check stops every dependent charge; independent ones are charged."""
+    storage = make_limiter(strategy).storage
+    roomy = make_algorithm(strategy, Rate(10, 60))
+    full = make_algorithm(strategy, Rate(1, 60))
+    now = _now(clock)
+    assert storage.apply([Check(full, "k")], now=now).decisions[0].allowed
+    r = storage.apply(
+        [Check(roomy, "k"), Check(full, "k"), Check(roomy, "dry", 1, True)], now=now
+    )
+    assert [d.allowed for d in r.decisions] == [True, False, True]
+    after = storage.apply(
+        [Check(roomy, "k", 0), Check(roomy, "dry", 0)], consume=False, now=now
+    ).decisions
+    assert after[0].remaining == 10  # the dependent roomy check was not charged
+    assert after[1].remaining == 9  # the independent one was
+
+
+@pytest.mark.parametrize("strategy", STRATEGIES)
+def test_probe_is_decided_with_its_cost_and_never_charged(make_limiter, clock, strategy):
+    """A probe answers for its cost, joins the all-or-nothing decision, and charges nothing."""
+    storage = make_limiter(strategy).storage
+    alg = make_algorithm(strategy, Rate(3, 60))
+    other = make_algorithm(strategy, Rate(5, 60))
+    now = _now(clock)
+    for _ in range(3):
+        d = storage.apply([Check(alg, "k", 2, False, True)], now=now).decisions[0]
+        assert d.allowed and d.remaining == 1
+    storage.apply([Check(alg, "k", 3)], now=now)  # fills it
+    r = storage.apply([Check(alg, "k", 1, False, True), Check(other, "k")], now=now)
+    assert [d.allowed for d in r.decisions] == [False, True]
+    assert storage.apply([Check(other, "k", 0)], consume=False, now=now).decisions[0].remaining == 5
+
+
+@pytest.mark.parametrize("strategy", STRATEGIES)
+def test_blocked_batch_charges_nothing(make_limiter, clock, strategy):
+    """When a looked-up block key is found, no check of the batch is charged."""
+    storage = make_limiter(strategy).storage
+    alg = make_algorithm(strategy, Rate(2, 60))
+    now = _now(clock)
+    storage.block("bad", 60, "test", now=now)
+    for _ in range(3):
+        r = storage.apply(
+            [Check(alg, "bad"), Check(alg, "bad-dry", 1, True)], now=now, block_keys=["bad"]
+        )
+        assert r.blocked[0] is not None and r.blocked[0].reason == "test"
+    left = storage.apply(
+        [Check(alg, "bad", 0), Check(alg, "bad-dry", 0)], consume=False, now=now
+    ).decisions
+    assert [d.remaining for d in left] == [2, 2]
+    assert storage.unblock("bad")
+    r = storage.apply([Check(alg, "bad")], now=now, block_keys=["bad"])
+    assert r.blocked == [None] and r.decisions[0].remaining == 1
