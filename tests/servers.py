@@ -412,8 +412,23 @@ class _Process(_Managed):
         self._reap()
 
     def pause(self) -> None:
-        """SIGSTOP: the port stays open but nothing answers (for timeout tests)."""
+        """SIGSTOP: the port stays open but nothing answers (for timeout tests).
+
+        Returns once the kernel reports the process stopped, so a request sent next is
+        certain not to be answered.
+        """
         self._signal(signal.SIGSTOP)
+        stat = f"/proc/{self.pid}/stat"
+        deadline = time.monotonic() + 5.0
+        while time.monotonic() < deadline:
+            try:
+                with open(stat) as f:
+                    state = f.read().rsplit(")", 1)[1].split()[0]
+            except OSError:
+                return
+            if state in ("T", "t"):
+                return
+            time.sleep(0.005)
 
     def resume(self) -> None:
         """SIGCONT after :meth:`pause`."""

@@ -266,3 +266,22 @@ def test_disabled_limiter_lets_everything_through() -> None:
     assert [client.get("/").status_code for _ in range(3)] == [200, 200, 200]
     limiter.enabled = True
     assert client.get("/").status_code == 403
+
+
+def test_count_when_is_charged_even_if_the_response_is_never_closed() -> None:
+    """count_when charges once the status is known: clients that never close() still count."""
+    from werkzeug.test import Client as _Client
+
+    from throttlekit import Limiter as _Limiter
+    from throttlekit import WSGIMiddleware as _WSGIMiddleware
+
+    def app(environ, start_response):
+        start_response("401 Unauthorized", [("Content-Type", "text/plain")])
+        return [b"no"]
+
+    limiter = _Limiter()
+    limiter.throttle("login", "3/minute", count_when=lambda r: r.status_code in (401, 403))
+    client = _Client(_WSGIMiddleware(app, limiter))  # unbuffered: never calls close()
+    codes = [client.post("/login", environ_base={"REMOTE_ADDR": "192.0.2.1"}).status_code
+             for _ in range(5)]
+    assert codes == [401, 401, 401, 429, 429]

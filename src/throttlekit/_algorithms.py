@@ -29,6 +29,7 @@ from ._rates import Rate
 
 __all__ = [
     "ALGORITHMS",
+    "DEFAULT_STRATEGY",
     "Algorithm",
     "FixedWindow",
     "Log",
@@ -395,6 +396,14 @@ class SlidingLog(Algorithm):
             return 0
         return int(log.entries[-1][0] + self.period_us - now)
 
+
+#: Epoch-aligned fixed windows: what users of Flask-Limiter and rack-attack know ("100 per
+#: minute" = 100 in each clock minute, and a full quota again once the period has passed),
+#: the cheapest check on every backend (one counter, one atomic increment, also on
+#: Memcached), and a Retry-After never longer than the period. A fixed window can admit up
+#: to twice the limit across a boundary: for that, choose ``sliding_window``,
+#: ``sliding_log`` or ``token_bucket`` (docs/algorithms.md).
+DEFAULT_STRATEGY = "fixed_window"
 
 ALGORITHMS: dict[str, type[Algorithm]] = {
     cls.name_: cls for cls in (FixedWindow, SlidingWindow, SlidingLog, TokenBucket)

@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 from cachetools import TLRUCache
 
-from ._algorithms import ALGORITHMS, Algorithm, make_algorithm
+from ._algorithms import ALGORITHMS, DEFAULT_STRATEGY, Algorithm, make_algorithm
 from ._decision import Decision
 from ._errors import ConfigError, StorageError
 from ._rates import Rate, coerce_rates
@@ -17,11 +17,15 @@ from .storage import MemoryStorage, Storage, storage_from_url
 from .storage.base import Block, Check
 
 if TYPE_CHECKING:
+    import os
     from collections.abc import Iterable
 
+    from ._concurrency import ConcurrencyRules
     from ._events import EventCallback
+    from ._reload import RulesWatcher
     from ._request import RequestView
     from ._rules import ResponseInfo, Verdict
+    from ._rulesfile import RuleSet
 #: prefix of rule state keys in the storage (see _rules.NS)
 _rules_ns = "rule:"
 
@@ -29,10 +33,6 @@ __all__ = ["DEFAULT_STRATEGY", "ON_STORAGE_ERROR", "Limiter"]
 
 logger = logging.getLogger("throttlekit")
 
-#: The two-window weighted counter: smooth (no double burst at a window boundary, unlike
-#: a fixed window), O(1) state per key, one atomic operation on every backend including
-#: Memcached, and within a few percent of an exact sliding log in practice.
-DEFAULT_STRATEGY = "sliding_window"
 ON_STORAGE_ERROR = ("allow", "deny", "local")
 _new = tuple.__new__
 _F = TypeVar("_F", bound=Callable[..., Any])
@@ -70,7 +70,7 @@ class Limiter:
 
     Args:
         storage: a storage URL (``"memory://"``, ``"redis://..."``, ...) or a Storage object.
-        strategy: the default algorithm: ``"sliding_window"`` (default), ``"fixed_window"``,
+        strategy: the default algorithm: ``"fixed_window"`` (default), ``"sliding_window"``,
             ``"sliding_log"`` or ``"token_bucket"``.
         clock: zero-argument callable returning seconds since the epoch (float). When given,
             every decision uses it (backends that have their own clock, like Redis' server
@@ -90,6 +90,9 @@ class Limiter:
             for rules: ``0`` (default, the socket peer only), a number of proxies in front
             of the app, or a list of trusted proxy CIDRs. See ``docs/middleware.md``.
         ipv6_prefix: IPv6 clients are keyed by this network prefix (default 64).
+        forwarded_header: the header the trusted proxies write: ``"x-forwarded-for"``
+            (default) or ``"forwarded"`` (RFC 7239). Only that one is read; the other is
+            client-controlled.
         header_style: rate-limit headers the middleware writes: ``"draft10"`` (default,
             ``RateLimit-Policy``/``RateLimit``), ``"legacy"`` (``X-RateLimit-*``),
             ``"both"`` or ``"none"``.
@@ -114,6 +117,7 @@ class Limiter:
         denial_cache_size: int = 10_000,
         trusted_proxies: int | Sequence[str] = 0,
         ipv6_prefix: int = 64,
+        forwarded_header: str = "x-forwarded-for",
         header_style: str = "draft10",
         headers_on_allowed: bool = True,
         enabled: bool = True,
@@ -161,7 +165,9 @@ class Limiter:
         self._fallback: MemoryStorage | None = None
         self._broken_until = 0.0
         self._last_error_log = -float("inf")
-        self._init_rules(trusted_proxies, ipv6_prefix, header_style, headers_on_allowed)
+        self._init_rules(
+            trusted_proxies, ipv6_prefix, header_style, headers_on_allowed, forwarded_header
+        )
         if not isinstance(enabled, bool):
             raise ConfigError(f"enabled must be True or False, got {enabled!r}")
         #: False turns the decorators and framework integrations off (for tests)
@@ -238,7 +244,12 @@ class Limiter:
         now = int(clock() * 1_000_000) if clock is not None else None
         fast = plan.fast
         if fast is not None:
-            return fast(key, cost, now)
+            try:
+                return fast(key, cost, now)
+            except TypeError:
+                _check_key(key)
+                raise
+        _check_key(key)
         if not self.storage.remote:
             return _apply(self.storage, plan, key, cost, True, now)
         return self._remote(plan, key, cost, True, now)
@@ -255,6 +266,7 @@ class Limiter:
         """The Decision ``hit`` would return now, charging nothing."""
         plan = self.plan(rates, strategy, burst)
         _check_cost(cost)
+        _check_key(key)
         now = int(self.clock() * 1_000_000) if self.clock is not None else None
         if not self.storage.remote:
             return _apply(self.storage, plan, key, cost, False, now)
@@ -287,6 +299,7 @@ class Limiter:
             return self.hit(key, rates, strategy=strategy, cost=cost, burst=burst)
         plan = self.plan(rates, strategy, burst)
         _check_cost(cost)
+        _check_key(key)
         now = int(self.clock() * 1_000_000) if self.clock is not None else None
         return await self._aremote(plan, key, cost, True, now)
 
@@ -304,6 +317,7 @@ class Limiter:
             return self.test(key, rates, strategy=strategy, cost=cost, burst=burst)
         plan = self.plan(rates, strategy, burst)
         _check_cost(cost)
+        _check_key(key)
         now = int(self.clock() * 1_000_000) if self.clock is not None else None
         return await self._aremote(plan, key, cost, False, now)
 
@@ -429,6 +443,7 @@ class Limiter:
         ipv6_prefix: int,
         header_style: str,
         headers_on_allowed: bool,
+        forwarded_header: str = "x-forwarded-for",
     ) -> None:
         from ._clientip import ClientIPResolver
         from ._responses import check_header_style
@@ -439,11 +454,13 @@ class Limiter:
             raise ConfigError(
                 f"headers_on_allowed must be True or False, got {headers_on_allowed!r}"
             )
-        self.resolver = ClientIPResolver(trusted_proxies, ipv6_prefix)
-        self.resolver_args = (trusted_proxies, ipv6_prefix)
+        self.resolver = ClientIPResolver(trusted_proxies, ipv6_prefix, header=forwarded_header)
+        self.resolver_args = (trusted_proxies, ipv6_prefix, forwarded_header)
         self.header_style = header_style
         self.headers_on_allowed = headers_on_allowed
         self._rules = Rules(self)
+        self._watcher: RulesWatcher | None = None
+        self._concurrency: ConcurrencyRules | None = None
 
     def safelist(
         self, name: str, predicate: Callable[[RequestView], Any] | None = None, *,
@@ -536,6 +553,8 @@ class Limiter:
         """Run every rule on one request (one storage call); never raises."""
         if not self.enabled:
             return self._disabled_verdict(view)
+        if self._watcher is not None:
+            self._watcher.poll()
         return self._rules.evaluate(view)
 
     def _disabled_verdict(self, view: RequestView) -> Verdict:
@@ -547,6 +566,8 @@ class Limiter:
         """Async twin of :meth:`evaluate` (only async storage calls)."""
         if not self.enabled:
             return self._disabled_verdict(view)
+        if self._watcher is not None:
+            self._watcher.poll()
         return await self._rules.aevaluate(view)
 
     def settle(
@@ -630,6 +651,106 @@ class Limiter:
         if self._fallback is not None:
             self._fallback.reset((_rules_ns + key,))
 
+    # -- rules files, reload, concurrency (issue 7; see _rulesfile, _reload, _concurrency) --
+
+    @classmethod
+    def from_file(
+        cls, path: str | os.PathLike[str], *, reload_interval: float | None = None,
+        reload_thread: bool = False, **limiter_kwargs: Any,
+    ) -> Limiter:
+        """A Limiter with the rules of a TOML rules file (see ``docs/rules-file.md``).
+
+        The file's ``[limiter]`` table gives settings (``storage``, ``trusted_proxies``, ...);
+        ``limiter_kwargs`` override them. ``reload_interval``: check the file for changes
+        at most every that many seconds, on requests (no thread unless ``reload_thread``).
+
+        Raises:
+            RulesFileError: the file has errors (every one listed with its line).
+        """
+        from ._rulesfile import load_rules
+
+        ruleset = load_rules(path)
+        limiter = cls(**{**ruleset.limiter, **limiter_kwargs})
+        limiter.load_rules(path, reload_interval=reload_interval, reload_thread=reload_thread)
+        return limiter
+
+    def load_rules(
+        self, source: str | os.PathLike[str] | RuleSet, *, reload_interval: float | None = None,
+        reload_thread: bool = False,
+    ) -> None:
+        """Add the rules of a rules file (a path, or a parsed ``RuleSet``) to this limiter.
+        With a path, :meth:`reload` re-reads it later; ``reload_interval`` watches it."""
+        from ._reload import RulesWatcher, install
+        from ._rulesfile import RuleSet
+
+        if isinstance(source, RuleSet):
+            install(self, source)
+            return
+        if self._watcher is not None:
+            raise ConfigError(f"this limiter already has a rules file: {self._watcher.path!r}")
+        watcher = RulesWatcher(self, source, reload_interval)
+        watcher.load()
+        self._watcher = watcher
+        if reload_thread:
+            watcher.start_thread()
+
+    def reload(self) -> bool:
+        """Re-read the rules file now; a bad file is rejected (the rules in force stay) and
+        its errors logged. Returns whether the file's rules are now in force."""
+        if self._watcher is None:
+            raise ConfigError("this limiter has no rules file (use Limiter.from_file)")
+        return self._watcher.reload()
+
+    def reload_on_signal(self, signum: int | None = None) -> None:
+        """Reload the rules file when the process receives ``signum`` (default SIGHUP);
+        the next request does the reload. Call from the main thread."""
+        import signal
+
+        if self._watcher is None:
+            raise ConfigError("this limiter has no rules file (use Limiter.from_file)")
+        self._watcher.on_signal(signal.SIGHUP if signum is None else signum)
+
+    def _conc(self) -> ConcurrencyRules:
+        from ._concurrency import ConcurrencyRules
+
+        conc = self._concurrency
+        if conc is None:
+            conc = ConcurrencyRules(self)
+        return conc
+
+    def concurrency(
+        self, name: str, limit: int, *, key: Any = "global",
+        match: Callable[[RequestView], Any] | None = None, timeout: float | None = None,
+        retry_after: float | None = None,
+    ) -> None:
+        """At most ``limit`` requests in flight per ``key`` (``"global"``: all requests
+        together; or ``"client"``, ``"ip"``, ``"header:<name>"``, a function of the view)
+        among those that ``match``; more are refused (429). Leases expire after
+        ``timeout`` seconds (default 60), so a crashed worker cannot leak its slots."""
+        if name in self._rules.names:
+            raise ConfigError(f"duplicate rule name {name!r} (already a {self._rules.names[name]})")
+        conc = self._conc()
+        conc.add(name, limit, key=key, match=match, timeout=timeout, retry_after=retry_after)
+        self._concurrency = conc
+
+    def shed(
+        self, capacity: int, *, priority: Callable[[RequestView], Any] | None = None,
+        thresholds: Sequence[float] = (0.8, 1.0), timeout: float | None = None,
+        retry_after: float | None = None,
+    ) -> None:
+        """Priority load shedding: with ``capacity`` requests in flight as full load (all
+        workers sharing the storage), a request of priority ``p`` (``priority(view)``, an
+        int, higher is more important; default 0) is refused with 503 once
+        ``thresholds[p] * capacity`` requests are in flight."""
+        conc = self._conc()
+        conc.set_shedding(capacity, priority, thresholds, timeout, retry_after)
+        self._concurrency = conc
+
+    def inflight(self, name: str, key: str = "*") -> int:
+        """Requests in flight under concurrency rule ``name`` for discriminator ``key``
+        (``"*"`` for a global rule; ``name="shedding"``: everything load shedding counts)."""
+        return self._conc().inflight(name, key)
+
     # -- decorators and framework integrations (see _decorators.py, throttlekit.contrib) --
 
     def limit(
@@ -684,6 +805,11 @@ def _apply(
 ) -> Decision:
     result = storage.apply([Check(a, key, cost) for a in plan.algorithms], consume=consume, now=now)
     return combine(result.decisions)
+
+
+def _check_key(key: object) -> None:
+    if key.__class__ is not str and not isinstance(key, str):
+        raise ConfigError(f"key must be a string, got {key!r}")
 
 
 def _check_cost(cost: object) -> None:

@@ -19,7 +19,6 @@ takes effect at once rather than handing everyone a fresh quota.
 from __future__ import annotations
 
 import logging
-import operator
 import time
 from collections.abc import Callable, Iterable, Sequence
 from typing import TYPE_CHECKING, Any, NamedTuple
@@ -128,12 +127,25 @@ class Verdict:
 # -- rules ---------------------------------------------------------------------------------
 
 
+#: The shared key of requests whose client address cannot be determined (no peer, garbage):
+#: limited together rather than not at all.
+UNKNOWN_CLIENT = "unknown"
+
+
+def _client_key(view: RequestView) -> str:
+    return view.client_key or UNKNOWN_CLIENT
+
+
+def _client_ip(view: RequestView) -> str:
+    return view.client_ip or UNKNOWN_CLIENT
+
+
 def _key_func(key: str | KeyFunc | None, what: str) -> KeyFunc:
     """The key function of a rule: a callable, or a shortcut string."""
     if key is None or key == "client":
-        return operator.attrgetter("client_key")
+        return _client_key
     if key == "ip":
-        return operator.attrgetter("client_ip")
+        return _client_ip
     if isinstance(key, str) and key.lower().startswith("header:") and len(key) > 7:
         name = key[7:].strip().lower()
 
@@ -221,10 +233,11 @@ class _Throttle:
         self.count_when = count_when
         self.strategy = strategy
         self.burst = burst
-        if len(algorithms) == 1:
-            self.policy_names: tuple[str, ...] = (name,)
-        else:
-            self.policy_names = tuple(f"{name}/{_seconds(a.rate)}" for a in algorithms)
+        # The first rate's policy is the rule's name ("per-ip"); further rates of the same
+        # rule need their own policy names ("per-ip/1" for its per-second rate).
+        self.policy_names: tuple[str, ...] = (
+            name, *(f"{name}/{_seconds(a.rate)}" for a in algorithms[1:])
+        )
 
 
 def _throttle_algorithms(
@@ -392,6 +405,7 @@ class Rules:
         if not isinstance(dry_run, bool):
             raise ConfigError(f"{what}: dry_run must be True or False, got {dry_run!r}")
         algorithms = _throttle_algorithms(name, rates, strategy, burst, what)
+        self._check_supported(algorithms, strategy, what)
         rule = _Throttle(name, algorithms, match, keyf, cost, dry_run, count_when,
                          strategy, burst)
         self.needs_form = self.needs_form or _uses_form(match, keyf, cost)
@@ -399,6 +413,15 @@ class Rules:
         if len(algorithms) > 1 or dry_run or count_when is not None:
             self.fast = False
         self.names[name] = "throttle"
+
+    def _check_supported(self, algorithms: Sequence[Algorithm], strategy: str, what: str) -> None:
+        """What the store cannot run is refused now, never at request time."""
+        storage = self.limiter.storage
+        for alg in algorithms:
+            why = storage.unsupported_algorithm(alg)
+            if why:
+                raise ConfigError(f"{what}: strategy {strategy!r} at {alg.rate} is not "
+                                  f"available: {why}")
 
     def set_throttle_rates(self, name: str, rates: Any) -> tuple[Rate, ...]:
         """Replace the rates of throttle ``name`` (its state carries over for the periods
@@ -409,6 +432,7 @@ class Rules:
         algorithms = _throttle_algorithms(
             name, rates, old.strategy, old.burst, f"throttle {name!r}"
         )
+        self._check_supported(algorithms, old.strategy, f"throttle {name!r}")
         new = _Throttle(name, algorithms, old.match, old.key, old.cost, old.dry_run,
                         old.count_when, old.strategy, old.burst)
         self.throttles = tuple(new if t is old else t for t in self.throttles)

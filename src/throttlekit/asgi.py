@@ -20,6 +20,7 @@ The :class:`~throttlekit.Verdict` is in ``scope["throttlekit.verdict"]`` and in
 
 from __future__ import annotations
 
+import os
 from collections.abc import Awaitable, Callable, Iterable, Mapping, MutableMapping
 from typing import TYPE_CHECKING, Any
 
@@ -53,6 +54,8 @@ class ASGIMiddleware:
     Takes the same options as :class:`~throttlekit.WSGIMiddleware`, plus
     ``max_form_bytes``: the largest request body read ahead for rules that use
     ``view.form`` (bigger bodies stream to the app untouched, and ``form`` is empty).
+    Concurrency leases (``limiter.concurrency``, ``limiter.shed``) are taken for ``http``
+    requests and released when the app returns.
     """
 
     __slots__ = (
@@ -70,9 +73,13 @@ class ASGIMiddleware:
         headers_on_allowed: bool | None = None,
         responders: Mapping[str, Responder] | None = None,
         max_form_bytes: int = DEFAULT_MAX_FORM_BYTES,
+        rules_file: str | os.PathLike[str] | None = None,
+        reload_interval: float | None = None,
     ) -> None:
         if not callable(app):
             raise ConfigError(f"app must be an ASGI callable, got {app!r}")
+        if rules_file is not None:
+            limiter.load_rules(rules_file, reload_interval=reload_interval)
         if isinstance(max_form_bytes, bool) or not isinstance(max_form_bytes, int) or (
             max_form_bytes < 0
         ):
@@ -113,6 +120,19 @@ class ASGIMiddleware:
         view = RequestView.from_scope(scope, self.resolver, body,  # type: ignore[arg-type]
                                       max_form_bytes=self.max_form_bytes)
         verdict = await limiter.aevaluate(view)
+        if verdict.allowed and limiter._concurrency is not None:
+            verdict, lease = await limiter._concurrency.aacquire(verdict)
+            if lease is not None:
+                try:
+                    await self._serve(scope, receive, send, view, verdict)
+                finally:
+                    await lease.arelease()
+                return
+        await self._serve(scope, receive, send, view, verdict)
+
+    async def _serve(self, scope: Scope, receive: Receive, send: Send, view: RequestView,
+                     verdict: Verdict) -> None:
+        limiter = self.limiter
         self._store(scope, verdict)
         if not verdict.allowed:
             denial = refusal(self.responders, self.style, verdict, view.headers.get("accept"))

@@ -17,6 +17,7 @@ bans); allowed ones go to the app, with the rate-limit headers added to its resp
 from __future__ import annotations
 
 import logging
+import os
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from http import HTTPStatus
 from typing import TYPE_CHECKING, Any
@@ -29,6 +30,7 @@ if TYPE_CHECKING:
     from _typeshed.wsgi import StartResponse, WSGIApplication, WSGIEnvironment
 
     from ._clientip import ClientIPResolver
+    from ._concurrency import Lease
     from ._decision import Decision
     from ._limiter import Limiter
     from ._rules import Verdict
@@ -72,6 +74,7 @@ def resolve_options(
         resolver = ClientIPResolver(
             limiter.resolver_args[0] if trusted_proxies is None else trusted_proxies,
             limiter.resolver_args[1] if ipv6_prefix is None else ipv6_prefix,
+            header=limiter.resolver_args[2],
         )
     style = limiter.header_style if header_style is None else header_style
     if style not in HEADER_STYLES:
@@ -124,6 +127,9 @@ class WSGIMiddleware:
         responders: ``{"throttled" | "blocked" | "banned": responder}`` replacing the
             default answer of that kind; ``responder(kind, rule, decision, accept,
             headers) -> Denial``.
+        rules_file: load this TOML rules file into ``limiter`` (see docs/rules-file.md).
+        reload_interval: with ``rules_file``, check it for changes at most every that many
+            seconds, on requests (None: only ``limiter.reload()``).
     """
 
     __slots__ = ("app", "limiter", "on_allowed", "resolver", "responders", "style")
@@ -138,9 +144,13 @@ class WSGIMiddleware:
         header_style: str | None = None,
         headers_on_allowed: bool | None = None,
         responders: Mapping[str, Responder] | None = None,
+        rules_file: str | os.PathLike[str] | None = None,
+        reload_interval: float | None = None,
     ) -> None:
         if not callable(app):
             raise ConfigError(f"app must be a WSGI callable, got {app!r}")
+        if rules_file is not None:
+            limiter.load_rules(rules_file, reload_interval=reload_interval)
         self.app = app
         self.limiter = limiter
         self.resolver, self.style, self.on_allowed, self.responders = resolve_options(
@@ -156,6 +166,9 @@ class WSGIMiddleware:
     ) -> Iterable[bytes]:
         view = RequestView.from_environ(environ, self.resolver)
         verdict = self.limiter.evaluate(view)
+        lease = None
+        if verdict.allowed and self.limiter._concurrency is not None:
+            verdict, lease = self.limiter._concurrency.acquire(verdict)
         environ[VERDICT_KEY] = verdict
         if not verdict.allowed:
             accept = environ.get("HTTP_ACCEPT")
@@ -165,8 +178,8 @@ class WSGIMiddleware:
         extra = None
         if self.on_allowed and verdict.policies:
             extra = rate_limit_headers(verdict.policies, self.style)
-        if verdict.pending:
-            return self._settling(environ, start_response, verdict, extra)
+        if verdict.pending or lease is not None:
+            return self._settling(environ, start_response, verdict, extra, lease)
         if not extra:
             return self.app(environ, start_response)
 
@@ -178,9 +191,10 @@ class WSGIMiddleware:
 
     def _settling(
         self, environ: WSGIEnvironment, start_response: StartResponse, verdict: Verdict,
-        extra: list[tuple[str, str]] | None,
+        extra: list[tuple[str, str]] | None, lease: Lease | None = None,
     ) -> Iterable[bytes]:
-        """Run the app, then charge the count_when rules by the response's status."""
+        """Run the app, then charge the count_when rules by the response's status and
+        release the concurrency lease (when the server closes the response)."""
         seen: list[Any] = [500, ()]
 
         def recording(status: str, headers: list[tuple[str, str]], exc_info: Any = None
@@ -192,24 +206,33 @@ class WSGIMiddleware:
             seen[1] = headers
             if extra:
                 headers = [*headers, *extra]
-            return start_response(status, headers, exc_info)
+            write = start_response(status, headers, exc_info)
+            # Charge count_when rules as soon as the status is known: some servers and
+            # test clients never close the response iterable. (settle is idempotent.)
+            limiter.settle(verdict, seen[0], seen[1])
+            return write
 
         limiter = self.limiter
         try:
             result = self.app(environ, recording)
         except BaseException:
-            limiter.settle(verdict, 500)
+            try:
+                limiter.settle(verdict, 500)
+            finally:
+                if lease is not None:
+                    lease.release()
             raise
-        return _Settled(result, limiter, verdict, seen)
+        return _Settled(result, limiter, verdict, seen, lease)
 
 
 class _Settled:
     """The app's response iterable; settles the verdict when the server closes it."""
 
-    __slots__ = ("limiter", "result", "seen", "verdict")
+    __slots__ = ("lease", "limiter", "result", "seen", "verdict")
 
     def __init__(self, result: Iterable[bytes], limiter: Limiter, verdict: Verdict,
-                 seen: list[Any]) -> None:
+                 seen: list[Any], lease: Lease | None = None) -> None:
+        self.lease = lease
         self.result = result
         self.limiter = limiter
         self.verdict = verdict
@@ -221,6 +244,10 @@ class _Settled:
         except BaseException:
             self.seen[0] = 500
             raise
+        # Fully sent: release the slot now rather than waiting for a close() that some
+        # servers and test clients never call (release is idempotent).
+        if self.lease is not None:
+            self.lease.release()
 
     def close(self) -> None:
         try:
@@ -228,4 +255,8 @@ class _Settled:
             if close is not None:
                 close()
         finally:
-            self.limiter.settle(self.verdict, self.seen[0], self.seen[1])
+            try:
+                self.limiter.settle(self.verdict, self.seen[0], self.seen[1])
+            finally:
+                if self.lease is not None:
+                    self.lease.release()

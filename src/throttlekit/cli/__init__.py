@@ -18,7 +18,11 @@ from .._version import __version__
 __all__ = ["COMMANDS", "build_parser", "main"]
 
 #: modules providing ``register(subparsers)``, in the order ``--help`` lists them
-COMMANDS: list[str] = ["throttlekit.cli.simulate"]
+COMMANDS: list[str] = [
+    "throttlekit.cli.simulate",
+    "throttlekit.cli.rulesfile",
+    "throttlekit.cli.admin",
+]
 
 
 def build_parser() -> argparse.ArgumentParser:

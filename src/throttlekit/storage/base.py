@@ -145,3 +145,39 @@ class Storage(abc.ABC):
 
     async def ablocked(self, now: int | None = None) -> list[Block]:
         return self.blocked(now)
+
+    # -- concurrency leases (issue 7) ----------------------------------------------------
+    # A lease is a slot in a per-key set of lease ids, each with an expiry, so a worker that
+    # dies mid-request cannot hold its slot longer than the lease timeout.
+
+    #: True for backends implementing acquire/release/inflight
+    supports_leases: bool = False
+
+    def acquire(
+        self, keys: Sequence[str], limits: Sequence[int], lease_id: str, timeout: float,
+        now: int | None = None,
+    ) -> int:
+        """Take a slot for ``lease_id`` in every lease set of ``keys`` (key ``i`` holds at
+        most ``limits[i]`` unexpired leases), all or none; the leases expire ``timeout``
+        seconds from now. Returns -1 when taken, else the index of the first full set."""
+        raise NotImplementedError(f"{type(self).__name__} has no concurrency leases")
+
+    def release(self, keys: Sequence[str], lease_id: str) -> None:
+        """Give back the slots of ``lease_id`` in ``keys`` (a no-op for expired ones)."""
+        raise NotImplementedError(f"{type(self).__name__} has no concurrency leases")
+
+    def inflight(self, key: str, now: int | None = None) -> int:
+        """The number of unexpired leases in the set ``key``."""
+        raise NotImplementedError(f"{type(self).__name__} has no concurrency leases")
+
+    async def aacquire(
+        self, keys: Sequence[str], limits: Sequence[int], lease_id: str, timeout: float,
+        now: int | None = None,
+    ) -> int:
+        return self.acquire(keys, limits, lease_id, timeout, now)
+
+    async def arelease(self, keys: Sequence[str], lease_id: str) -> None:
+        self.release(keys, lease_id)
+
+    async def ainflight(self, key: str, now: int | None = None) -> int:
+        return self.inflight(key, now)

@@ -53,6 +53,8 @@ class MemoryStorage(Storage):
         self._algorithms: dict[str, Algorithm] = {}
         self._blocks: dict[str, Block] = {}
         self._lock = threading.Lock()
+        #: concurrency leases: key -> {lease id: expiry (microseconds)}
+        self._leases: dict[str, dict[str, int]] = {}
 
     def __repr__(self) -> str:
         return f"MemoryStorage(max_keys={self.max_keys})"
@@ -213,6 +215,49 @@ class MemoryStorage(Storage):
             for k in [k for k, b in self._blocks.items() if b.expires_at <= t]:
                 del self._blocks[k]
             return sorted(self._blocks.values(), key=lambda b: b.expires_at)
+
+    # -- concurrency leases (issue 7) ---------------------------------------------------
+
+    supports_leases = True
+
+    def acquire(
+        self, keys: Sequence[str], limits: Sequence[int], lease_id: str, timeout: float,
+        now: int | None = None,
+    ) -> int:
+        t = self._now() if now is None else now
+        expiry = t + round(timeout * 1_000_000)
+        with self._lock:
+            leases = self._leases
+            sets = []
+            for i, key in enumerate(keys):
+                held = leases.get(key)
+                if held:
+                    for lid in [lid for lid, e in held.items() if e <= t]:
+                        del held[lid]
+                    if len(held) >= limits[i]:
+                        return i
+                sets.append(held)
+            for key, held in zip(keys, sets, strict=True):
+                if held is None:
+                    held = leases[key] = {}
+                held[lease_id] = expiry
+        return -1
+
+    def release(self, keys: Sequence[str], lease_id: str) -> None:
+        with self._lock:
+            leases = self._leases
+            for key in keys:
+                held = leases.get(key)
+                if held is not None:
+                    held.pop(lease_id, None)
+                    if not held:
+                        del leases[key]
+
+    def inflight(self, key: str, now: int | None = None) -> int:
+        t = self._now() if now is None else now
+        with self._lock:
+            held = self._leases.get(key)
+            return 0 if not held else sum(1 for e in held.values() if e > t)
 
 
 def from_url(url: str, **options: Any) -> MemoryStorage:

@@ -479,6 +479,91 @@ class RedisStorage(Storage):
             for sentinel in _sentinels(cached[1]):
                 await sentinel.aclose()
 
+    # -- concurrency leases (issue 7) ---------------------------------------------------
+    # ``P{k}:q``: a zset of lease ids scored by expiry (microseconds); see lua/lease.lua.
+    # On a Cluster, keys in different slots are taken one slot at a time, and released
+    # again when a later one is full.
+
+    supports_leases = True
+
+    def _lease_groups(self, keys: Sequence[str]) -> list[list[int]]:
+        if not self._cluster or len(keys) < 2:
+            return [list(range(len(keys)))]
+        slots: dict[int, list[int]] = {}
+        for i, k in enumerate(keys):
+            slots.setdefault(self._key_slot(f"{self.family(k)}:q".encode()), []).append(i)
+        return list(slots.values())
+
+    def _lease_args(self, keys: Sequence[str], limits: Sequence[int], lease_id: str,
+                    timeout: float, now: int | None) -> tuple[list[str], list[Any]]:
+        if now is None and self.clock == "client":
+            now = int(time.time() * 1_000_000)
+        slack = self._slack_ms if now is not None else "1000"
+        args: list[Any] = ["acquire", "" if now is None else str(now), lease_id,
+                           str(round(timeout * 1_000_000)), slack, *limits]
+        return [f"{self.family(k)}:q" for k in keys], args
+
+    def acquire(
+        self, keys: Sequence[str], limits: Sequence[int], lease_id: str, timeout: float,
+        now: int | None = None,
+    ) -> int:
+        script = _script("lease")
+        taken: list[str] = []
+        for group in self._lease_groups(keys):
+            rkeys, args = self._lease_args([keys[i] for i in group], [limits[i] for i in group],
+                                           lease_id, timeout, now)
+            failed = int(self._eval(script, rkeys, args))
+            if failed:
+                if taken:
+                    self.release(taken, lease_id)
+                return group[failed - 1]
+            taken += [keys[i] for i in group]
+        return -1
+
+    def release(self, keys: Sequence[str], lease_id: str) -> None:
+        script = _script("lease")
+        for group in self._lease_groups(keys):
+            self._eval(script, [f"{self.family(keys[i])}:q" for i in group],
+                       ["release", "", lease_id])
+
+    def inflight(self, key: str, now: int | None = None) -> int:
+        return int(self._eval(_script("lease"), [f"{self.family(key)}:q"],
+                              ["count", self._now(now)]))
+
+    async def aacquire(
+        self, keys: Sequence[str], limits: Sequence[int], lease_id: str, timeout: float,
+        now: int | None = None,
+    ) -> int:
+        if self._async() is None:
+            return await asyncio.to_thread(self.acquire, keys, limits, lease_id, timeout, now)
+        script = _script("lease")
+        taken: list[str] = []
+        for group in self._lease_groups(keys):
+            rkeys, args = self._lease_args([keys[i] for i in group], [limits[i] for i in group],
+                                           lease_id, timeout, now)
+            failed = int(await self._aeval(script, rkeys, args))
+            if failed:
+                if taken:
+                    await self.arelease(taken, lease_id)
+                return group[failed - 1]
+            taken += [keys[i] for i in group]
+        return -1
+
+    async def arelease(self, keys: Sequence[str], lease_id: str) -> None:
+        if self._async() is None:
+            await asyncio.to_thread(self.release, keys, lease_id)
+            return
+        script = _script("lease")
+        for group in self._lease_groups(keys):
+            await self._aeval(script, [f"{self.family(keys[i])}:q" for i in group],
+                              ["release", "", lease_id])
+
+    async def ainflight(self, key: str, now: int | None = None) -> int:
+        if self._async() is None:
+            return await asyncio.to_thread(self.inflight, key, now)
+        return int(await self._aeval(_script("lease"), [f"{self.family(key)}:q"],
+                                     ["count", self._now(now)]))
+
 
 def _named(result: BatchResult, block_keys: Sequence[str]) -> BatchResult:
     blocked = result.blocked

@@ -1,0 +1,371 @@
+"""Concurrency rules and priority load shedding: limits on requests *in flight*.
+
+A rate limit counts requests over time; a concurrency rule counts those being served right
+now. Each admitted request takes a **lease** in the storage (a slot with an expiry) for
+every concurrency rule that applies, and gives it back when its response is finished. A
+worker that dies mid-request never gives its lease back, so leases expire on their own after
+``timeout`` seconds: a crashed worker cannot leak a slot for longer than that.
+
+::
+
+    limiter.concurrency("per-client", 4, timeout=30)            # 4 in flight per client
+    limiter.concurrency("uploads", 10, key="global",             # 10 uploads in all
+                        match=lambda r: r.path.startswith("/upload"))
+    limiter.shed(capacity=200, priority=lambda r: 1 if r.path.startswith("/api/pay") else 0,
+                 thresholds=(0.8, 1.0))
+
+A request refused by a concurrency rule gets ``429`` (with ``Retry-After``); one refused by
+load shedding gets ``503`` (with ``Retry-After``). Load shedding is Stripe's "fleet usage
+load shedder": ``capacity`` is the number of requests all workers together serve at full
+load; a request of priority ``p`` (``priority(view)``, an int, higher is more important) is
+admitted only while fewer than ``thresholds[p] * capacity`` requests are in flight, so
+low-priority traffic is refused first and the last slots are kept for critical work.
+
+All leases of one request are taken in one storage call, all-or-nothing, after the rate
+rules allowed it (the rate rules have then charged the request); safelisted requests take
+no lease. They are released after the response (WSGI: when the server closes the response
+iterable; ASGI: when the app returns), one more storage call.
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+import math
+import os
+import time
+from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING, Any
+
+from ._decision import Decision
+from ._errors import ConfigError
+from ._rates import Rate
+from ._rules import Verdict, _key_func, escape_name
+
+if TYPE_CHECKING:
+    from ._limiter import Limiter
+    from ._request import RequestView
+    from .storage.base import Storage
+
+__all__ = ["DEFAULT_TIMEOUT", "SHED_RULE", "ConcurrencyRules", "Lease"]
+
+logger = logging.getLogger("throttlekit")
+
+#: default lease timeout, seconds: longer than any normal request
+DEFAULT_TIMEOUT = 60.0
+#: the rule name reported for load-shedding refusals
+SHED_RULE = "shedding"
+_NS = "conc:"
+_new = tuple.__new__
+_ids = itertools.count()
+_PROCESS = f"{os.getpid():x}.{os.urandom(4).hex()}."
+
+
+def _lease_id() -> str:
+    return _PROCESS + str(next(_ids))
+
+
+def _global(view: RequestView) -> str:
+    return "*"
+
+
+def lease_key(rule: str, disc: str) -> str:
+    """The storage key of the leases of ``rule`` for discriminator ``disc``."""
+    return f"{_NS}{escape_name(rule)}:{disc}"
+
+
+class _ConcRule:
+    __slots__ = ("key", "key_name", "limit", "match", "name", "prefix", "retry_after",
+                 "timeout")
+
+    def __init__(self, name: str, limit: int, key: Callable[[RequestView], Any],
+                 key_name: str, match: Callable[[RequestView], Any] | None, timeout: float,
+                 retry_after: float) -> None:
+        self.name = name
+        self.limit = limit
+        self.key = key
+        self.key_name = key_name
+        self.match = match
+        self.timeout = timeout
+        self.retry_after = retry_after
+        self.prefix = f"{_NS}{escape_name(name)}:"
+
+
+class _Shedding:
+    __slots__ = ("capacity", "limits", "priority", "retry_after", "thresholds", "timeout")
+
+    def __init__(self, capacity: int, priority: Callable[[RequestView], Any] | None,
+                 thresholds: tuple[float, ...], timeout: float, retry_after: float) -> None:
+        self.capacity = capacity
+        self.priority = priority
+        self.thresholds = thresholds
+        #: in-flight limit per priority level
+        self.limits = tuple(max(1, math.floor(t * capacity)) for t in thresholds)
+        self.timeout = timeout
+        self.retry_after = retry_after
+
+
+class Lease:
+    """The slots one request holds; :meth:`release` (or :meth:`arelease`) gives them back.
+    Releasing twice is harmless; a failing store is logged, never raised (the leases then
+    expire on their own)."""
+
+    __slots__ = ("id", "keys", "owner", "storage")
+
+    def __init__(self, owner: ConcurrencyRules, storage: Storage, keys: list[str],
+                 lease_id: str) -> None:
+        self.owner = owner
+        self.storage = storage
+        self.keys = keys
+        self.id = lease_id
+
+    def release(self) -> None:
+        keys, self.keys = self.keys, []
+        if keys:
+            try:
+                self.storage.release(keys, self.id)
+            except Exception as exc:
+                self.owner._log("release", exc)
+
+    async def arelease(self) -> None:
+        keys, self.keys = self.keys, []
+        if keys:
+            try:
+                await self.storage.arelease(keys, self.id)
+            except Exception as exc:
+                self.owner._log("release", exc)
+
+
+def _duration(value: Any, what: str, default: float) -> float:
+    if value is None:
+        return default
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not (
+        0 < value < 10 * 86400
+    ):
+        raise ConfigError(f"{what} must be a positive number of seconds, got {value!r}")
+    return float(value)
+
+
+class ConcurrencyRules:
+    """The concurrency rules and load shedding of one limiter. Replaced whole on reload."""
+
+    def __init__(self, limiter: Limiter) -> None:
+        self.limiter = limiter
+        self.rules: tuple[_ConcRule, ...] = ()
+        self.shedding: _Shedding | None = None
+        self.names: dict[str, str] = {}
+        self._last_log = -math.inf
+
+    def __bool__(self) -> bool:
+        return bool(self.rules) or self.shedding is not None
+
+    # -- registration --------------------------------------------------------------------
+
+    def _check_storage(self) -> None:
+        storage = self.limiter.storage
+        if not getattr(storage, "supports_leases", False):
+            raise ConfigError(
+                f"concurrency rules need a storage with leases (memory, Redis); "
+                f"{type(storage).__name__} has none"
+            )
+
+    def add(self, name: str, limit: int, *, key: Any = None,
+            match: Callable[[RequestView], Any] | None = None, timeout: float | None = None,
+            retry_after: float | None = None) -> None:
+        if not isinstance(name, str) or not name:
+            raise ConfigError(f"a rule name must be a non-empty string, got {name!r}")
+        if name in self.names or name == SHED_RULE:
+            raise ConfigError(f"duplicate rule name {name!r} (already a concurrency rule)")
+        what = f"concurrency {name!r}"
+        if isinstance(limit, bool) or not isinstance(limit, int) or limit < 1:
+            raise ConfigError(f"{what}: limit must be a positive integer, got {limit!r}")
+        if match is not None and not callable(match):
+            raise ConfigError(f"{what}: match must be a callable, got {match!r}")
+        self._check_storage()
+        keyf: Callable[[RequestView], Any]
+        if key is None or key == "global":
+            keyf, key_name = _global, "global"
+        else:
+            keyf = _key_func(key, what)
+            key_name = key if isinstance(key, str) else getattr(key, "__name__", "function")
+        rule = _ConcRule(name, limit, keyf, key_name, match,
+                         _duration(timeout, f"{what}: timeout", DEFAULT_TIMEOUT),
+                         _duration(retry_after, f"{what}: retry_after", 1.0))
+        self.rules = (*self.rules, rule)
+        self.names[name] = "concurrency"
+
+    def set_shedding(self, capacity: int, priority: Callable[[RequestView], Any] | None = None,
+                     thresholds: Sequence[float] = (0.8, 1.0), timeout: float | None = None,
+                     retry_after: float | None = None) -> None:
+        if isinstance(capacity, bool) or not isinstance(capacity, int) or capacity < 1:
+            raise ConfigError(f"shed: capacity must be a positive integer, got {capacity!r}")
+        if priority is not None and not callable(priority):
+            raise ConfigError(f"shed: priority must be a callable, got {priority!r}")
+        th = tuple(thresholds) if isinstance(thresholds, (list, tuple)) else None
+        if not th or not all(
+            isinstance(t, (int, float)) and not isinstance(t, bool) and 0 < t <= 1 for t in th
+        ) or any(a > b for a, b in itertools.pairwise(th)):
+            raise ConfigError(f"shed: thresholds must be increasing fractions in (0, 1], "
+                              f"got {thresholds!r}")
+        self._check_storage()
+        self.shedding = _Shedding(
+            capacity, priority, tuple(float(t) for t in th),
+            _duration(timeout, "shed: timeout", DEFAULT_TIMEOUT),
+            _duration(retry_after, "shed: retry_after", 1.0),
+        )
+
+    # -- per request ---------------------------------------------------------------------
+
+    def _log(self, what: str, exc: BaseException) -> None:
+        mono = time.monotonic()
+        if mono - self._last_log >= self.limiter.error_log_interval:
+            self._last_log = mono
+            logger.error("throttlekit: concurrency %s failed (%s: %s)", what,
+                         type(exc).__name__, exc)
+
+    def _plan(self, view: RequestView) -> tuple[list[str], list[int], list[tuple[Any, str]],
+                                                  float]:
+        """The lease keys and limits of this request (and the rule of each)."""
+        keys: list[str] = []
+        limits: list[int] = []
+        owners: list[tuple[Any, str]] = []
+        timeout = 0.0
+        for rule in self.rules:
+            try:
+                if rule.match is not None and not rule.match(view):
+                    continue
+                disc = rule.key(view)
+            except Exception as exc:
+                self._log(f"rule {rule.name!r} (match or key function)", exc)
+                continue
+            if disc is None:
+                continue
+            disc = disc if disc.__class__ is str else str(disc)
+            keys.append(rule.prefix + disc)
+            limits.append(rule.limit)
+            owners.append((rule, disc))
+            timeout = max(timeout, rule.timeout)
+        shed = self.shedding
+        if shed is not None:
+            level = 0
+            if shed.priority is not None:
+                try:
+                    level = int(shed.priority(view))
+                except Exception as exc:  # a broken priority function: lowest priority
+                    self._log("priority function", exc)
+            level = min(max(level, 0), len(shed.limits) - 1)
+            keys.append(_NS + SHED_RULE)
+            limits.append(shed.limits[level])
+            owners.append((shed, str(level)))
+            timeout = max(timeout, shed.timeout)
+        return keys, limits, owners, timeout
+
+    def _refusal(self, verdict: Verdict, owner: tuple[Any, str], degraded: bool) -> Verdict:
+        rule, disc = owner
+        if isinstance(rule, _Shedding):
+            retry = rule.retry_after
+            d = _new(Decision, (False, rule.capacity, 0, retry, retry,
+                                Rate(rule.capacity, rule.timeout), degraded))
+            kind, name, key = "shed", SHED_RULE, None
+        else:
+            retry = rule.retry_after
+            d = _new(Decision, (False, rule.limit, 0, retry, retry,
+                                Rate(rule.limit, rule.timeout), degraded))
+            kind, name, key = "throttled", rule.name, disc
+        rules = self.limiter._rules
+        if "throttled" in rules.listeners.active and kind == "throttled":
+            rules._emit("throttled", name, key, verdict.request, d, False)
+        return Verdict(False, kind, name, key, d, verdict.policies, degraded, verdict.request)
+
+    def _degraded_storage(self) -> Storage | None:
+        """Where leases go while the store is failing (None: no lease, per the policy)."""
+        lim = self.limiter
+        if lim.on_storage_error == "local":
+            if lim._fallback is None:
+                from .storage import MemoryStorage
+
+                lim._fallback = MemoryStorage()
+            return lim._fallback
+        return None
+
+    def acquire(self, verdict: Verdict) -> tuple[Verdict, Lease | None]:
+        """Take the leases of an allowed request: ``(verdict, lease)``, or a refusal."""
+        if verdict.kind == "safelisted":
+            return verdict, None
+        keys, limits, owners, timeout = self._plan(verdict.request)
+        if not keys:
+            return verdict, None
+        lim = self.limiter
+        storage = lim.storage
+        lease_id = _lease_id()
+        now = lim._block_now()
+        degraded = False
+        if storage.remote and lim._broken_until and time.monotonic() < lim._broken_until:
+            degraded = True
+        else:
+            try:
+                failed = storage.acquire(keys, limits, lease_id, timeout, now)
+            except Exception as exc:
+                lim._storage_failed(exc)
+                degraded = True
+            else:
+                if storage.remote:
+                    lim._broken_until = 0.0
+        if degraded:
+            return self._degraded(verdict, keys, limits, owners, lease_id, timeout, now)
+        if failed >= 0:
+            return self._refusal(verdict, owners[failed], False), None
+        return verdict, Lease(self, storage, keys, lease_id)
+
+    async def aacquire(self, verdict: Verdict) -> tuple[Verdict, Lease | None]:
+        """Async twin of :meth:`acquire`."""
+        lim = self.limiter
+        storage = lim.storage
+        if not storage.remote:
+            return self.acquire(verdict)
+        if verdict.kind == "safelisted":
+            return verdict, None
+        keys, limits, owners, timeout = self._plan(verdict.request)
+        if not keys:
+            return verdict, None
+        lease_id = _lease_id()
+        now = lim._block_now()
+        degraded = False
+        if lim._broken_until and time.monotonic() < lim._broken_until:
+            degraded = True
+        else:
+            try:
+                failed = await storage.aacquire(keys, limits, lease_id, timeout, now)
+            except Exception as exc:
+                lim._storage_failed(exc)
+                degraded = True
+            else:
+                lim._broken_until = 0.0
+        if degraded:
+            return self._degraded(verdict, keys, limits, owners, lease_id, timeout, now)
+        if failed >= 0:
+            return self._refusal(verdict, owners[failed], False), None
+        return verdict, Lease(self, storage, keys, lease_id)
+
+    def _degraded(self, verdict: Verdict, keys: list[str], limits: list[int],
+                  owners: list[tuple[Any, str]], lease_id: str, timeout: float,
+                  now: int | None) -> tuple[Verdict, Lease | None]:
+        lim = self.limiter
+        if lim.on_storage_error == "allow":
+            return verdict, None
+        if lim.on_storage_error == "deny":
+            return self._refusal(verdict, owners[0], True), None
+        local = self._degraded_storage()
+        assert local is not None
+        failed = local.acquire(keys, limits, lease_id, timeout, now)
+        if failed >= 0:
+            return self._refusal(verdict, owners[failed], True), None
+        return verdict, Lease(self, local, keys, lease_id)
+
+    # -- inspection ------------------------------------------------------------------------
+
+    def inflight(self, name: str, disc: str = "*") -> int:
+        """Requests in flight for concurrency rule ``name`` and discriminator ``disc``
+        (``"shedding"``: all requests counted by load shedding)."""
+        key = _NS + SHED_RULE if name == SHED_RULE else lease_key(name, disc)
+        return self.limiter.storage.inflight(key, self.limiter._block_now())

@@ -1,0 +1,237 @@
+"""Loading a rules file into a limiter, and reloading it while the app runs.
+
+The rules of a file are compiled into a fresh rule engine, which then replaces the
+limiter's engine in one attribute assignment: a request sees either the old rules or the
+new ones, never a mix, and nothing is locked on the request path. A file with any error is
+rejected whole: the rules in force stay, and the errors are logged (with their lines).
+
+Rules registered in code (``limiter.throttle(...)``) are kept across reloads; event
+subscribers (``limiter.on``, monitors) stay subscribed. State is keyed by rule name,
+strategy and period, so a reloaded rule keeps its counters, and a changed limit applies to
+them at once.
+
+Three ways to reload, all opt-in:
+
+- ``reload_interval=N``: the next request at least N seconds after the last check looks at
+  the file's modification time (one ``os.stat``), and reloads it when it changed. No thread;
+- ``limiter.reload_on_signal(signal.SIGHUP)``: the signal marks the file for reloading by
+  the next request (the handler itself does no I/O);
+- ``limiter.reload()``: now, from an admin endpoint or a shell; returns whether it worked.
+
+``reload_thread=True`` adds a daemon thread checking every ``reload_interval`` seconds, for
+apps that want a reload to land while idle.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+import signal
+import threading
+import time
+from typing import TYPE_CHECKING, Any
+
+from ._errors import ConfigError
+from ._rulesfile import RuleSet, load_rules
+
+if TYPE_CHECKING:
+    from ._limiter import Limiter
+
+__all__ = ["RulesWatcher", "install"]
+
+logger = logging.getLogger("throttlekit")
+
+
+def _signature(path: str) -> tuple[int, int, int] | None:
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    return (st.st_mtime_ns, st.st_size, st.st_ino)
+
+
+def install(limiter: Limiter, ruleset: RuleSet, replaces: frozenset[str] = frozenset()
+            ) -> frozenset[str]:
+    """Swap ``ruleset`` in as the limiter's file rules, atomically.
+
+    ``replaces``: the names of the rules a previous file installed (they go); every other
+    rule already registered stays. Returns the names of the rules now from the file.
+
+    Raises:
+        RulesFileError: some rule cannot be registered; nothing changed.
+    """
+    from ._concurrency import ConcurrencyRules
+    from ._rules import Rules, _uses_form
+
+    old = limiter._rules
+    new = Rules(limiter)
+    new.listeners = old.listeners  # subscribers stay subscribed
+    new.safelists = tuple(r for r in old.safelists if r.name not in replaces)
+    new.blocklists = tuple(r for r in old.blocklists if r.name not in replaces)
+    new.bans = tuple(r for r in old.bans if r.name not in replaces)
+    new.throttles = tuple(r for r in old.throttles if r.name not in replaces)
+    new.tracks = tuple(r for r in old.tracks if r.name not in replaces)
+    new.names = {n: k for n, k in old.names.items() if n not in replaces}
+    new.needs_form = (
+        any(_uses_form(r.predicate) for r in (*new.safelists, *new.blocklists))
+        or any(_uses_form(r.match, r.key) for r in new.bans)
+        or any(_uses_form(r.match, r.key, r.cost) for r in new.throttles)
+        or any(_uses_form(r.match, r.key) for r in new.tracks)
+    )
+    new.fast = not new.bans and all(
+        len(t.algorithms) == 1 and not t.dry_run and t.count_when is None
+        for t in new.throttles
+    )
+    old_conc = limiter._concurrency
+    conc = ConcurrencyRules(limiter)
+    if old_conc is not None:
+        conc.rules = tuple(r for r in old_conc.rules if r.name not in replaces)
+        conc.names = {n: k for n, k in old_conc.names.items() if n not in replaces}
+        if "shedding" not in replaces:
+            conc.shedding = old_conc.shedding
+    for name in conc.names:
+        new.names.setdefault(name, "concurrency")
+    ruleset.register(new, conc)
+    names = ruleset.names()
+    if ruleset.shedding is not None:
+        names.add("shedding")
+    # the swap: two assignments, each atomic; a request between them sees new rate rules
+    # with old concurrency rules, both complete
+    limiter._rules = new
+    limiter._concurrency = conc if conc else None
+    if limiter._denials is not None:
+        limiter._denials.clear()
+    return frozenset(names)
+
+
+class RulesWatcher:
+    """The rules file of one limiter: loads it, and reloads it when asked or changed."""
+
+    __slots__ = ("_lock", "_thread", "interval", "last_error", "limiter", "loaded", "names",
+                 "next_check", "path", "pending", "reloads", "signature")
+
+    def __init__(self, limiter: Limiter, path: str | os.PathLike[str],
+                 interval: float | None = None) -> None:
+        if interval is not None and (
+            isinstance(interval, bool) or not isinstance(interval, (int, float))
+            or not interval > 0
+        ):
+            raise ConfigError(f"reload_interval must be a positive number of seconds or None, "
+                              f"got {interval!r}")
+        self.limiter = limiter
+        self.path = os.fspath(path)
+        self.interval = interval
+        self.next_check = math.inf if interval is None else time.monotonic() + interval
+        #: a reload was asked for (signal): the next request does it
+        self.pending = False
+        self.signature: tuple[int, int, int] | None = None
+        self.names: frozenset[str] = frozenset()
+        self.last_error: ConfigError | None = None
+        #: successful loads (the first one included)
+        self.reloads = 0
+        #: wall-clock time of the last successful load
+        self.loaded = 0.0
+        self._lock = threading.Lock()
+        self._thread: threading.Thread | None = None
+
+    def __repr__(self) -> str:
+        return f"RulesWatcher({self.path!r}, interval={self.interval!r})"
+
+    def _strategies(self) -> list[str]:
+        from ._algorithms import ALGORITHMS
+
+        storage = self.limiter.storage
+        return [s for s in ALGORITHMS if storage.unsupported(s) is None]
+
+    def load(self) -> None:
+        """Load the file now; raises on errors (the first load, where failing loudly is
+        right)."""
+        with self._lock:
+            sig = _signature(self.path)
+            ruleset = load_rules(self.path, strategies=self._strategies())
+            self.names = install(self.limiter, ruleset, self.names)
+            self.signature = sig
+            self.reloads += 1
+            self.loaded = time.time()
+            self.last_error = None
+
+    def reload(self) -> bool:
+        """Reload now. A bad file is rejected (the rules in force stay) and logged; returns
+        whether the new rules are in force."""
+        with self._lock:
+            return self._reload(_signature(self.path))
+
+    def _reload(self, sig: tuple[int, int, int] | None) -> bool:
+        self.signature = sig  # a bad file is reported once per change, not every check
+        try:
+            ruleset = load_rules(self.path, strategies=self._strategies())
+            self.names = install(self.limiter, ruleset, self.names)
+        except ConfigError as exc:
+            self.last_error = exc
+            logger.error("throttlekit: rules file %s rejected; the rules in force stay:\n%s",
+                         self.path, exc)
+            return False
+        self.last_error = None
+        self.reloads += 1
+        self.loaded = time.time()
+        if ruleset.limiter:
+            logger.info("throttlekit: [limiter] settings of %s apply at start only",
+                        self.path)
+        logger.info("throttlekit: reloaded %d rules from %s", len(self.names), self.path)
+        return True
+
+    def poll(self) -> None:
+        """On the request path: reload when asked, or when the file changed (checked at
+        most every ``interval`` seconds). Cheap when there is nothing to do."""
+        if self.pending or time.monotonic() >= self.next_check:
+            self._check()
+
+    def _check(self) -> None:
+        if not self._lock.acquire(blocking=False):
+            return  # another thread is on it; this request goes on with the rules in force
+        try:
+            if self.interval is not None:
+                self.next_check = time.monotonic() + self.interval
+            forced, self.pending = self.pending, False
+            sig = _signature(self.path)
+            if sig is None:
+                if sig != self.signature:
+                    self.signature = sig
+                    logger.error("throttlekit: rules file %s is gone; the rules in force stay",
+                                 self.path)
+                return
+            if forced or sig != self.signature:
+                self._reload(sig)
+        except Exception:  # never fail a request over a reload
+            logger.exception("throttlekit: reloading %s failed", self.path)
+        finally:
+            self._lock.release()
+
+    def on_signal(self, signum: int = signal.SIGHUP) -> None:
+        """Reload on ``signum`` (by the next request: the handler only sets a flag)."""
+        def handler(_signum: int, _frame: Any) -> None:
+            self.pending = True
+
+        try:
+            signal.signal(signum, handler)
+        except ValueError as exc:  # not the main thread
+            raise ConfigError(f"cannot install a handler for signal {signum}: {exc}") from None
+
+    def start_thread(self) -> None:
+        """A daemon thread checking the file every ``interval`` seconds (opt-in)."""
+        if self.interval is None:
+            raise ConfigError("reload_thread=True needs a reload_interval")
+        if self._thread is not None:
+            return
+        interval = self.interval
+
+        def run() -> None:
+            while True:
+                time.sleep(interval)
+                self.next_check = 0.0
+                self.poll()
+
+        self._thread = threading.Thread(target=run, name="throttlekit-rules-reload",
+                                        daemon=True)
+        self._thread.start()

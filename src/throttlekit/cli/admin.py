@@ -1,0 +1,283 @@
+"""Admin commands against a live store: ``inspect``, ``block``, ``unblock``, ``bans``,
+``reset`` and ``top``.
+
+The store is ``--storage URL`` (e.g. ``redis://10.0.0.5:6379/0?prefix=throttlekit:``), or the
+``storage`` of the rules file's ``[limiter]`` table (``--rules rules.toml``), or that of an
+app's limiter (``--limiter myapp.wsgi:limiter``). The rules (from ``--rules`` or
+``--limiter``) tell ``inspect`` which limits a key has; ``block``/``unblock``/``bans``/
+``reset`` need only the store. ``top`` reads monitor status endpoints (``--url``, one per
+process to cover; see docs/admin.md). Tables by default, JSON with ``--json``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import time
+import urllib.request
+from typing import Any
+
+from .._errors import ConfigError
+from ._output import print_json, print_table, seconds
+
+__all__ = ["register"]
+
+
+def _limiter(args: argparse.Namespace) -> Any:
+    """The Limiter the command works on: the app's, or one on --storage with --rules."""
+    from .._limiter import Limiter
+    from .._rulesfile import import_path, load_rules
+
+    if getattr(args, "limiter", None):
+        limiter = import_path(args.limiter)
+        if not isinstance(limiter, Limiter):
+            raise ConfigError(f"{args.limiter!r} is not a throttlekit.Limiter")
+        if args.storage:
+            raise ConfigError("give --limiter or --storage, not both")
+        return limiter
+    rules = load_rules(args.rules) if getattr(args, "rules", None) else None
+    settings: dict[str, Any] = dict(rules.limiter) if rules is not None else {}
+    if args.storage:
+        settings["storage"] = args.storage
+    if "storage" not in settings:
+        raise ConfigError("no store: give --storage URL (or --rules FILE whose [limiter] "
+                          "table names one, or --limiter module:limiter)")
+    limiter = Limiter(**settings)
+    if rules is not None:
+        limiter.load_rules(rules)
+    return limiter
+
+
+def _blocked(limiter: Any) -> list[Any]:
+    return list(limiter.blocked())
+
+
+def _expires(expires_at: float, now: float) -> float:
+    return math.inf if math.isinf(expires_at) else max(expires_at - now, 0.0)
+
+
+# -- inspect -----------------------------------------------------------------------------
+
+
+def run_inspect(args: argparse.Namespace) -> int:
+    from .._concurrency import SHED_RULE, lease_key
+    from .._rules import NS
+    from ..storage.base import Check
+
+    limiter = _limiter(args)
+    key: str = args.key
+    storage = limiter.storage
+    now = time.time()
+    rows: list[dict[str, Any]] = []
+    rules = limiter._rules
+    for t in rules.throttles:
+        # cost 0 reads what is left; cost 1 says whether one more request would pass
+        checks = [Check(a, NS + key, c, True) for c in (0, 1) for a in t.algorithms]
+        decisions = storage.apply(checks, consume=False).decisions
+        n = len(t.algorithms)
+        for name, alg, now_d, d in zip(t.policy_names, t.algorithms, decisions[:n],
+                                       decisions[n:], strict=True):
+            rows.append({
+                "rule": name, "kind": "throttle",
+                "limit": f"{alg.rate.limit}/{alg.rate.period:g}s",
+                "strategy": t.strategy, "remaining": now_d.remaining, "reset": now_d.reset_after,
+                "next": "allowed" if d.allowed else f"refused for {seconds(d.retry_after)}",
+                "dry_run": t.dry_run,
+            })
+    for b in rules.bans:
+        d = storage.apply([Check(b.algorithm, NS + key, 0, True)], consume=False).decisions[0]
+        rows.append({
+            "rule": b.name, "kind": b.kind, "limit": f"{b.maxretry} in {b.findtime:g}s",
+            "strategy": "sliding_window", "remaining": d.remaining, "reset": d.reset_after,
+            "next": f"{b.maxretry - d.remaining} match(es) counted", "dry_run": False,
+        })
+    conc = limiter._concurrency
+    if conc is not None:
+        for c in conc.rules:
+            disc = "*" if c.key_name == "global" else key
+            n = storage.inflight(lease_key(c.name, disc))
+            rows.append({
+                "rule": c.name, "kind": "concurrency", "limit": f"{c.limit} in flight",
+                "strategy": "lease", "remaining": max(c.limit - n, 0), "reset": None,
+                "next": "allowed" if n < c.limit else "refused", "dry_run": False,
+            })
+        if conc.shedding is not None:
+            n = conc.inflight(SHED_RULE)
+            rows.append({
+                "rule": SHED_RULE, "kind": "shedding",
+                "limit": f"{conc.shedding.capacity} in flight", "strategy": "lease",
+                "remaining": max(conc.shedding.capacity - n, 0), "reset": None,
+                "next": f"{n} in flight", "dry_run": False,
+            })
+    blocks = [b for b in _blocked(limiter)
+              if b.key == key or b.key.endswith(":" + key)]
+    result = {
+        "key": key,
+        "blocked": [{"key": b.key, "expires_in": _expires(b.expires_at, now), "reason": b.reason}
+                    for b in blocks],
+        "rules": rows,
+    }
+    if args.json:
+        print_json(result)
+        return 0
+    for b in blocks:
+        print(f"BLOCKED by {b.key!r} for {seconds(_expires(b.expires_at, now))}"
+              + (f" ({b.reason})" if b.reason else ""))
+    if not rows:
+        print("no rules known: give --rules FILE or --limiter module:limiter"
+              if not blocks else "")
+        return 0
+    print_table(("RULE", "KIND", "LIMIT", "STRATEGY", "REMAINING", "RESET", "NEXT REQUEST"),
+                [(r["rule"] + (" (dry run)" if r["dry_run"] else ""), r["kind"], r["limit"],
+                  r["strategy"], r["remaining"], seconds(r["reset"]), r["next"]) for r in rows])
+    return 0
+
+
+# -- the dynamic blocklist ---------------------------------------------------------------
+
+
+def run_block(args: argparse.Namespace) -> int:
+    limiter = _limiter(args)
+    limiter.block(args.key, args.ttl, args.reason or "")
+    if args.json:
+        print_json({"key": args.key, "ttl": args.ttl, "reason": args.reason or ""})
+    else:
+        print(f"blocked {args.key} " + (f"for {seconds(args.ttl)}" if args.ttl else "until "
+                                         "unblocked"))
+    return 0
+
+
+def run_unblock(args: argparse.Namespace) -> int:
+    limiter = _limiter(args)
+    found = bool(limiter.unblock(args.key))
+    if args.json:
+        print_json({"key": args.key, "unblocked": found})
+    else:
+        print(f"unblocked {args.key}" if found else f"{args.key} was not blocked")
+    return 0 if found else 1
+
+
+def run_bans(args: argparse.Namespace) -> int:
+    limiter = _limiter(args)
+    now = time.time()
+    blocks = _blocked(limiter)
+    rows = [{"key": b.key, "expires_in": _expires(b.expires_at, now),
+             "expires_at": None if math.isinf(b.expires_at) else b.expires_at,
+             "reason": b.reason} for b in blocks]
+    if args.json:
+        print_json([{**r, "expires_in": None if math.isinf(r["expires_in"]) else r["expires_in"]}
+                    for r in rows])
+        return 0
+    if not rows:
+        print("no blocks or bans")
+        return 0
+    print_table(("KEY", "EXPIRES IN", "REASON"),
+                [(r["key"], seconds(r["expires_in"]), r["reason"] or "-") for r in rows])
+    return 0
+
+
+def run_reset(args: argparse.Namespace) -> int:
+    limiter = _limiter(args)
+    limiter.reset_rules(args.key)  # every rule's state for this discriminator
+    limiter.reset(args.key)  # direct limiter.hit(key, ...) state
+    if args.json:
+        print_json({"key": args.key, "reset": True})
+    else:
+        print(f"reset every limit of {args.key}")
+    return 0
+
+
+# -- top ---------------------------------------------------------------------------------
+
+
+def _fetch(url: str, token: str | None, timeout: float) -> dict[str, Any]:
+    request = urllib.request.Request(url, headers={"Accept": "application/json"})
+    if token:
+        request.add_header("Authorization", f"Bearer {token}")
+    try:
+        with urllib.request.urlopen(request, timeout=timeout) as response:
+            data: dict[str, Any] = json.loads(response.read().decode("utf-8"))
+            return data
+    except Exception as exc:
+        raise ConfigError(f"cannot read the status endpoint {url}: {exc}") from None
+
+
+def run_top(args: argparse.Namespace) -> int:
+    if not args.url:
+        raise ConfigError("top reads monitor status endpoints: give --url http://host/status "
+                          "(once per process to cover; see docs/admin.md)")
+    totals: dict[str, int] = {}
+    sources: dict[str, int] = {}
+    for url in args.url:
+        snapshot = _fetch(url, args.token, args.timeout)
+        for key, count in snapshot.get("top") or []:
+            totals[str(key)] = totals.get(str(key), 0) + int(count)
+            sources[str(key)] = sources.get(str(key), 0) + 1
+    ranked = sorted(totals.items(), key=lambda kv: (-kv[1], kv[0]))[: args.n]
+    banned: set[str] = set()
+    if args.storage or args.rules or args.limiter:
+        banned = {b.key.rsplit(":", 1)[-1] for b in _blocked(_limiter(args))}
+    rows = [{"key": k, "requests": c, "sources": sources[k], "blocked": k in banned}
+            for k, c in ranked]
+    if args.json:
+        print_json(rows)
+        return 0
+    if not rows:
+        print("no traffic recorded by the monitor(s)")
+        return 0
+    print_table(("#", "KEY", "REQUESTS", "SOURCES", "BLOCKED"),
+                [(i, r["key"], r["requests"], r["sources"], "yes" if r["blocked"] else "")
+                 for i, r in enumerate(rows, 1)])
+    return 0
+
+
+# -- registration ------------------------------------------------------------------------
+
+
+def _common(p: argparse.ArgumentParser, rules: bool = True) -> None:
+    p.add_argument("--storage", help="storage URL, e.g. redis://host:6379/0?prefix=throttlekit:")
+    if rules:
+        p.add_argument("--rules", metavar="FILE",
+                       help="rules file (its rules, and its [limiter] storage)")
+        p.add_argument("--limiter", metavar="MODULE:NAME",
+                       help="an app's Limiter by import path (its rules and storage)")
+    p.add_argument("--json", action="store_true", help="print JSON instead of a table")
+
+
+def register(subparsers: Any) -> None:
+    """Add the admin commands to the command line."""
+    p = subparsers.add_parser("inspect", help="the state of every rule for one key")
+    p.add_argument("key", help="the key (discriminator): a client IP, a user name, ...")
+    _common(p)
+    p.set_defaults(func=run_inspect)
+
+    p = subparsers.add_parser("block", help="add a key to the dynamic blocklist")
+    p.add_argument("key", help="a client IP or IPv6 /64 (as client_key writes it)")
+    p.add_argument("--ttl", type=float, default=None, help="seconds (default: until unblocked)")
+    p.add_argument("--reason", default="", help="shown by `bans`")
+    _common(p)
+    p.set_defaults(func=run_block)
+
+    p = subparsers.add_parser("unblock", help="lift a block or ban (exit 1 if there was none)")
+    p.add_argument("key", help="the key as `bans` lists it")
+    _common(p)
+    p.set_defaults(func=run_unblock)
+
+    p = subparsers.add_parser("bans", help="the dynamic blocklist: blocks and bans, with expiry")
+    _common(p)
+    p.set_defaults(func=run_bans)
+
+    p = subparsers.add_parser("reset", help="forget every limit's state for one key")
+    p.add_argument("key")
+    _common(p)
+    p.set_defaults(func=run_reset)
+
+    p = subparsers.add_parser("top", help="top offenders, from monitor status endpoints")
+    p.add_argument("--url", action="append", default=[],
+                   help="a monitor status endpoint (repeat for each process or host)")
+    p.add_argument("--token", help="bearer token of the status endpoints")
+    p.add_argument("-n", type=int, default=10, help="how many (default 10)")
+    p.add_argument("--timeout", type=float, default=5.0, help="seconds per endpoint")
+    _common(p)
+    p.set_defaults(func=run_top)
