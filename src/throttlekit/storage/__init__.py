@@ -15,12 +15,14 @@ from .base import BatchResult, Block, Check, Storage
 from .memory import MemoryStorage
 
 if TYPE_CHECKING:
+    from .memcached import MemcachedStorage
     from .redis import RedisStorage
 
 __all__ = [
     "BatchResult",
     "Block",
     "Check",
+    "MemcachedStorage",
     "MemoryStorage",
     "RedisStorage",
     "Storage",
@@ -65,4 +67,8 @@ def __getattr__(name: str) -> Any:
         from .redis import RedisStorage
 
         return RedisStorage
+    if name == "MemcachedStorage":
+        from .memcached import MemcachedStorage
+
+        return MemcachedStorage
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
