@@ -38,6 +38,7 @@ from typing import NamedTuple
 
 from ._decision import Decision
 from ._errors import ConfigError
+from ._rates import Rate
 
 __all__ = [
     "HEADER_STYLES",
@@ -130,12 +131,31 @@ def _policy_item(name: str, limit: int, period: float) -> str:
     return f"{_sf_string(name)};q={limit};w={max(1, math.ceil(period))}"
 
 
+#: per policy name: (rate, its ``RateLimit-Policy`` item, the start of its ``RateLimit``
+#: item); only the numbers of the latter change from one response to the next
+_pieces: dict[str, tuple[Rate, str, str]] = {}
+_PIECES_SIZE = 1024
+_NEVER = 2**31  # a reset that never comes; a large finite integer keeps the field parseable
+_ceil = math.ceil
+_INF = math.inf
+
+
+def _piece(name: str, rate: Rate) -> tuple[Rate, str, str]:
+    if not isinstance(name, str):
+        name = str(name)
+    piece = (rate, _policy_item(name, rate.limit, rate.period), _sf_string(name) + ";r=")
+    if len(_pieces) >= _PIECES_SIZE:
+        _pieces.clear()
+    _pieces[name] = piece
+    return piece
+
+
 def _whole(seconds: float) -> int:
     if not seconds > 0:
         return 0
-    if seconds == math.inf:
-        return 2**31  # never resets; a large finite integer keeps the field parseable
-    return math.ceil(seconds)
+    if seconds == _INF:
+        return _NEVER
+    return _ceil(seconds)
 
 
 def rate_limit_headers(
@@ -156,28 +176,52 @@ def rate_limit_headers(
         if style not in HEADER_STYLES:
             check_header_style(style)
         return []
-    out: list[tuple[str, str]] = []
-    if style == "draft10" or style == "both":
-        policy_items = []
-        state_items = []
-        for name, d in policies:
+    draft = style == "draft10"
+    if draft or style == "both":
+        # The policy items are constant per (name, rate): cached; only r= and t= are
+        # formatted per response.
+        if len(policies) == 1:
+            name, d = policies[0]
             rate = d.rate
-            policy_items.append(_policy_item(name, rate.limit, rate.period))
-            state_items.append(
-                f"{_sf_string(name)};r={max(0, d.remaining)};t={_whole(d.reset_after)}"
+            piece = _pieces.get(name)
+            if piece is None or (piece[0] is not rate and piece[0] != rate):
+                piece = _piece(name, rate)
+            rem = d.remaining
+            reset = d.reset_after
+            state = (
+                f"{piece[2]}{rem if rem > 0 else 0};t="
+                f"{(_ceil(reset) if reset != _INF else _NEVER) if reset > 0 else 0}"
             )
-        out.append(("RateLimit-Policy", ", ".join(policy_items)))
-        out.append(("RateLimit", ", ".join(state_items)))
-    elif style != "legacy":
+            out = [("RateLimit-Policy", piece[1]), ("RateLimit", state)]
+            if draft:
+                return out
+        else:
+            policy_items = []
+            state_items = []
+            for name, d in policies:
+                rate = d.rate
+                piece = _pieces.get(name)
+                if piece is None or (piece[0] is not rate and piece[0] != rate):
+                    piece = _piece(name, rate)
+                policy_items.append(piece[1])
+                state_items.append(
+                    f"{piece[2]}{max(0, d.remaining)};t={_whole(d.reset_after)}"
+                )
+            out = [("RateLimit-Policy", ", ".join(policy_items)),
+                   ("RateLimit", ", ".join(state_items))]
+            if draft:
+                return out
+    elif style == "legacy":
+        out = []
+    else:
         check_header_style(style)
-    if style == "legacy" or style == "both":
-        d = _most_restrictive([d for _, d in policies])
-        reset = _whole(d.reset_after)
-        if now is not None and reset != 2**31:
-            reset = math.ceil(now + d.reset_after)
-        out.append(("X-RateLimit-Limit", str(d.limit)))
-        out.append(("X-RateLimit-Remaining", str(max(0, d.remaining))))
-        out.append(("X-RateLimit-Reset", str(reset)))
+    d = _most_restrictive([d for _, d in policies])
+    reset = _whole(d.reset_after)
+    if now is not None and reset != _NEVER:
+        reset = _ceil(now + d.reset_after)
+    out.append(("X-RateLimit-Limit", str(d.limit)))
+    out.append(("X-RateLimit-Remaining", str(max(0, d.remaining))))
+    out.append(("X-RateLimit-Reset", str(reset)))
     return out
 
 
@@ -303,9 +347,23 @@ def _problem_body(kind: str, status: int, rule: str, decision: Decision | None) 
     return json.dumps(problem, ensure_ascii=True, separators=(",", ":")).encode("ascii")
 
 
+#: header names this module writes, as ASGI wants them
+_ENCODED_NAMES = {
+    name: name.lower().encode("latin-1")
+    for name in (
+        "RateLimit-Policy", "RateLimit", "X-RateLimit-Limit", "X-RateLimit-Remaining",
+        "X-RateLimit-Reset", "Retry-After", "Cache-Control", "Content-Type", "Content-Length",
+    )
+}
+
+
 def encode_headers(headers: Sequence[tuple[str, str]]) -> list[tuple[bytes, bytes]]:
     """Header fields as ASGI wants them: lower-case latin-1 names and latin-1 values."""
-    return [
-        (name.lower().encode("latin-1"), value.encode("latin-1", "replace"))
-        for name, value in headers
-    ]
+    names = _ENCODED_NAMES
+    out = []
+    for name, value in headers:
+        raw = names.get(name)
+        if raw is None:
+            raw = name.lower().encode("latin-1")
+        out.append((raw, value.encode("latin-1", "replace")))
+    return out

@@ -785,11 +785,11 @@ class Rules:
                 self._rule_error("throttle", rule.name, exc, "match, key or cost function")
                 continue
             if rule1 is None:
-                rule1, disc1, cost1 = rule, disc, cost  # type: ignore[assignment]
+                rule1, disc1, cost1 = rule, disc, cost
             elif more is None:
-                more = [(rule, disc, cost)]  # type: ignore[list-item]
+                more = [(rule, disc, cost)]
             else:
-                more.append((rule, disc, cost))  # type: ignore[arg-type]
+                more.append((rule, disc, cost))
         if rule1 is None:
             return Verdict(True, "allowed", None, None, None, [], False, view)
         clock = self.limiter.clock
@@ -896,11 +896,11 @@ class Rules:
         if self.fast:
             storage = self.limiter.storage
             if (
-                storage.__class__ is MemoryStorage and not storage._blocks  # type: ignore[attr-defined]
+                storage.__class__ is MemoryStorage and not storage._blocks
                 and not self.listeners.active
             ):
                 try:
-                    return self._fast(view, storage)  # type: ignore[arg-type]
+                    return self._fast(view, storage)
                 except _RuleFailed as err:
                     return self._refused_by_error(view, err)
         try:
@@ -926,11 +926,11 @@ class Rules:
         if self.fast:
             storage = self.limiter.storage
             if (
-                storage.__class__ is MemoryStorage and not storage._blocks  # type: ignore[attr-defined]
+                storage.__class__ is MemoryStorage and not storage._blocks
                 and not self.listeners.active
             ):
                 try:
-                    return self._fast(view, storage)  # type: ignore[arg-type]
+                    return self._fast(view, storage)
                 except _RuleFailed as err:
                     return self._refused_by_error(view, err)
         try:
