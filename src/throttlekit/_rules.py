@@ -61,6 +61,8 @@ NS = "rule:"
 _new = tuple.__new__
 _INF = float("inf")
 _CHARGE_LATER: Any = object()
+_time = time.time
+_time_ns = time.time_ns
 
 
 def escape_name(name: str) -> str:
@@ -203,8 +205,19 @@ class _BanRule:
 
 class _Throttle:
     __slots__ = (
-        "algorithms", "burst", "cost", "count_when", "dry_run", "key", "match", "name",
-        "policy_names", "prefixes", "rates", "strategy",
+        "algorithms",
+        "burst",
+        "checks",
+        "cost",
+        "count_when",
+        "dry_run",
+        "key",
+        "match",
+        "name",
+        "policy_names",
+        "prefixes",
+        "rates",
+        "strategy",
     )
 
     def __init__(
@@ -229,6 +242,8 @@ class _Throttle:
         #: the in-memory store's key of each algorithm's state is ``prefix + discriminator``
         #: (``MemoryStorage`` writes ``f"{alg.id}|{key}"``, and rule keys are ``NS + disc``)
         self.prefixes = tuple(f"{a.id}|{NS}" for a in algorithms)
+        #: (algorithm, store key prefix, policy name) per rate
+        self.checks = tuple(zip(algorithms, self.prefixes, self.policy_names, strict=True))
 
 
 def _throttle_algorithms(
@@ -793,7 +808,11 @@ class Rules:
         if rule1 is None:
             return Verdict(True, "allowed", None, None, None, [], False, view)
         clock = self.limiter.clock
-        now = int(clock() * 1_000_000) if clock is not None else storage._now()
+        if clock is None:  # the store's clock (MemoryStorage._now, inlined)
+            clock = storage._clock
+            now = _time_ns() // 1000 if clock is _time else int(clock() * 1_000_000)
+        else:
+            now = int(clock() * 1_000_000)
         if more is None and len(rule1.algorithms) == 1:
             # One check: decide and charge in one step (MemoryStorage.hit, inlined).
             alg = rule1.algorithms[0]
@@ -827,12 +846,13 @@ class Rules:
         its generality): decide every one, then charge them all only if all allow."""
         data = storage._data
         get = data.get
-        decisions: list[Decision] = []
+        policies: list[tuple[str, Decision]] = []
+        staged = []
+        tightest: Decision | None = None
         ok = True
         with storage._lock:
-            staged = []
             for rule, disc, cost in found:
-                for alg, prefix in zip(rule.algorithms, rule.prefixes, strict=True):
+                for alg, prefix, name in rule.checks:
                     k = prefix + disc
                     s = get(k)
                     if alg.__class__ is SlidingLog:
@@ -841,12 +861,18 @@ class Rules:
                         new = _CHARGE_LATER
                     else:
                         new, d = alg.hit(s, now, cost)
-                    decisions.append(d)
+                    policies.append((name, d))
                     if d.allowed:
                         if cost:
                             staged.append((k, s, new, alg, cost))
                     else:
                         ok = False
+                if ok:
+                    n = len(rule.checks)
+                    if n != 1:  # the rule's own choice among its rates, as _finish makes it
+                        d = _combine([pd for _, pd in policies[-n:]])
+                    if tightest is None or d.remaining < tightest.remaining:
+                        tightest = d
             if ok:
                 for k, s, new, alg, cost in staged:
                     if new is _CHARGE_LATER:
@@ -856,38 +882,25 @@ class Rules:
                     else:
                         data[k] = new
                         data.move_to_end(k)
-
-        policies: list[tuple[str, Decision]] = []
-        i = 0
         if ok:
-            tightest: Decision | None = None
-            for rule, _disc, _cost in found:
-                n = len(rule.algorithms)
-                if n == 1:
-                    d = decisions[i]
-                    policies.append((rule.name, d))
-                else:
-                    ds = decisions[i:i + n]
-                    d = _combine(ds)
-                    policies.extend(zip(rule.policy_names, ds, strict=True))
-                i += n
-                if tightest is None or d.remaining < tightest.remaining:
-                    tightest = d
             return Verdict(True, "allowed", None, None, tightest, policies, False, view)
 
         refusal: tuple[_Throttle, str, Decision] | None = None
+        i = 0
         for rule, disc, cost in found:
-            n = len(rule.algorithms)
-            ds = decisions[i:i + n]
-            i += n
+            n = len(rule.checks)
+            ds = [pd for _, pd in policies[i:i + n]]
             d = ds[0] if n == 1 else _combine(ds)
-            for name, pd in zip(rule.policy_names, ds, strict=True):
-                if pd.allowed and cost:
-                    # Nothing was charged: report what the allowing policies really have left.
-                    pd = pd._replace(remaining=min(pd.limit, pd.remaining + cost))
-                policies.append((name, pd))
             if not d.allowed and (refusal is None or d.retry_after > refusal[2].retry_after):
                 refusal = (rule, disc, d)
+            if cost:
+                # Nothing was charged: report what the allowing policies really have left.
+                for j in range(i, i + n):
+                    name, pd = policies[j]
+                    if pd.allowed:
+                        policies[j] = (name, pd._replace(remaining=min(pd.limit,
+                                                                       pd.remaining + cost)))
+            i += n
         assert refusal is not None
         rule, disc, d = refusal
         return Verdict(False, "throttled", rule.name, disc, d, policies, False, view)
