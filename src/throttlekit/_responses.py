@@ -132,18 +132,20 @@ def _policy_item(name: str, limit: int, period: float) -> str:
 
 
 #: per policy name: (rate, its ``RateLimit-Policy`` item, the start of its ``RateLimit``
-#: item); only the numbers of the latter change from one response to the next
-_pieces: dict[str, tuple[Rate, str, str]] = {}
+#: item, the whole ``RateLimit-Policy`` field of a response with this policy alone); only
+#: the numbers of the ``RateLimit`` item change from one response to the next
+_pieces: dict[str, tuple[Rate, str, str, tuple[str, str]]] = {}
 _PIECES_SIZE = 1024
 _NEVER = 2**31  # a reset that never comes; a large finite integer keeps the field parseable
 _ceil = math.ceil
 _INF = math.inf
 
 
-def _piece(name: str, rate: Rate) -> tuple[Rate, str, str]:
+def _piece(name: str, rate: Rate) -> tuple[Rate, str, str, tuple[str, str]]:
     if not isinstance(name, str):
         name = str(name)
-    piece = (rate, _policy_item(name, rate.limit, rate.period), _sf_string(name) + ";r=")
+    item = _policy_item(name, rate.limit, rate.period)
+    piece = (rate, item, _sf_string(name) + ";r=", ("RateLimit-Policy", item))
     if len(_pieces) >= _PIECES_SIZE:
         _pieces.clear()
     _pieces[name] = piece
@@ -192,7 +194,7 @@ def rate_limit_headers(
                 f"{piece[2]}{rem if rem > 0 else 0};t="
                 f"{(_ceil(reset) if reset != _INF else _NEVER) if reset > 0 else 0}"
             )
-            out = [("RateLimit-Policy", piece[1]), ("RateLimit", state)]
+            out = [piece[3], ("RateLimit", state)]
             if draft:
                 return out
         else:
@@ -204,8 +206,11 @@ def rate_limit_headers(
                 if piece is None or (piece[0] is not rate and piece[0] != rate):
                     piece = _piece(name, rate)
                 policy_items.append(piece[1])
+                rem = d.remaining
+                reset = d.reset_after
                 state_items.append(
-                    f"{piece[2]}{max(0, d.remaining)};t={_whole(d.reset_after)}"
+                    f"{piece[2]}{rem if rem > 0 else 0};t="
+                    f"{(_ceil(reset) if reset != _INF else _NEVER) if reset > 0 else 0}"
                 )
             out = [("RateLimit-Policy", ", ".join(policy_items)),
                    ("RateLimit", ", ".join(state_items))]
