@@ -8,7 +8,8 @@ from typing import Any
 from hypothesis import given
 from hypothesis import strategies as st
 
-from throttlekit import Limiter, MemoryStorage, RequestView, Verdict
+from throttlekit import Decision, Limiter, MemoryStorage, Rate, RequestView, Verdict
+from throttlekit._responses import encode_headers, rate_limit_headers, rate_limit_headers_raw
 from throttlekit.testing import FakeClock
 
 T0 = 1_700_000_040.0
@@ -138,3 +139,30 @@ def test_peer_cache_gives_resolved_ip_and_key() -> None:
         assert v.client_ip == "2001:db8:1:2:aaaa::1"
         w = _view(limiter, "::ffff:198.51.100.4", "GET", "/")
         assert w.client_ip == w.client_key == "198.51.100.4"
+
+
+@given(
+    st.lists(
+        st.tuples(
+            st.sampled_from(["per-ip", 'odd"name', "login/60"]),
+            st.integers(1, 10**6), st.sampled_from([1.0, 0.5, 60.0, 2.5]),
+            st.integers(-3, 10**6),
+            st.one_of(st.floats(-1, 1e6, allow_nan=False), st.just(float("inf")),
+                      st.just(float("nan"))),
+        ),
+        min_size=0, max_size=3,
+    ),
+    st.sampled_from(["draft10", "legacy", "both", "none"]),
+)
+def test_raw_rate_limit_headers_are_the_encoded_ones(
+    items: list[tuple[str, int, float, int, float]], style: str,
+) -> None:
+    """rate_limit_headers_raw gives exactly the ASGI encoding of rate_limit_headers."""
+    policies = [(name, Decision(True, limit, rem, reset, 0.0, Rate(limit, period)))
+                for name, limit, period, rem, reset in items]
+    assert rate_limit_headers_raw(policies, style) == encode_headers(
+        rate_limit_headers(policies, style)
+    )
+    assert rate_limit_headers_raw(policies, style) == encode_headers(  # cached pieces
+        rate_limit_headers(policies, style)
+    )
