@@ -7,14 +7,16 @@ Apps are called in-process (an environ or scope built and the app called directl
 so the numbers are the middleware's own cost. Each benchmark round runs ``BATCH`` allowed
 requests (one hot client, limits far above the traffic); divide by ``BATCH`` for a request.
 
-- WSGI: one Flask app, bare / throttlekit (one throttle) / throttlekit (safelist + 10,000-CIDR
-  blocklist + 3 throttles) / Flask-Limiter (one default limit), all on memory storage.
-- ASGI: one Starlette app, bare / throttlekit / throttlekit full / SlowAPI's pure-ASGI
-  ``SlowAPIASGIMiddleware`` (one default limit).
+- WSGI: one Flask app, bare / throttlekit (one throttle) / throttlekit-full (safelist +
+  10,000-CIDR blocklist + 3 throttles) / throttlekit-full-10 (the same with a 10-CIDR
+  blocklist) / Flask-Limiter (one default limit), all on memory storage.
+- ASGI: one Starlette app, bare / throttlekit / throttlekit-full / throttlekit-full-10 /
+  SlowAPI's pure-ASGI ``SlowAPIASGIMiddleware`` (one default limit).
 
 The issue's targets, read off one run: throttlekit's added latency at most 1/10 of
 Flask-Limiter's (WSGI) and 1/5 of SlowAPI's (ASGI), and at most half a bare Starlette request;
-the 10,000-CIDR set costing no more than a 10-CIDR one (see ``bench_ipset.py``).
+the 10,000-CIDR set costing no more than a 10-CIDR one (full against full-10; the lookup
+alone is in ``bench_ipset.py``).
 """
 
 from __future__ import annotations
@@ -48,12 +50,12 @@ def _cidrs(n: int) -> list[str]:
     return sorted(out)
 
 
-def _rules(limiter: Limiter, full: bool) -> Limiter:
+def _rules(limiter: Limiter, full: bool, cidrs: int = 10_000) -> Limiter:
     if not full:
         limiter.throttle("per-ip", RATE)
         return limiter
     limiter.safelist("health", lambda r: r.path == "/healthz")
-    limiter.blocklist("bad-nets", ips=_cidrs(10_000))
+    limiter.blocklist("bad-nets", ips=_cidrs(cidrs))
     limiter.throttle("per-ip", RATE)
     limiter.throttle("per-ip-burst", "1000000/minute", strategy="token_bucket")
     limiter.throttle("writes", RATE, match=lambda r: r.method != "GET")
@@ -120,8 +122,14 @@ def _wsgi_variant(name: str) -> Callable[..., Any]:
         fl.Limiter(get_remote_address, app=app, default_limits=["1000000 per second"],
                    storage_uri="memory://")
         return app  # type: ignore[no-any-return]
-    limiter = _rules(Limiter(), full=name == "throttlekit-full")
-    return _wrap_flask(app, limiter)
+    return _wrap_flask(app, _variant_limiter(name))
+
+
+def _variant_limiter(name: str) -> Limiter:
+    """The limiter of a throttlekit variant: ``throttlekit``, ``-full`` or ``-full-10``."""
+    if name == "throttlekit":
+        return _rules(Limiter(), full=False)
+    return _rules(Limiter(), full=True, cidrs=10 if name == "throttlekit-full-10" else 10_000)
 
 
 def _wrap_flask(app: Any, limiter: Limiter) -> Any:
@@ -129,7 +137,7 @@ def _wrap_flask(app: Any, limiter: Limiter) -> Any:
     return app
 
 
-WSGI = ["bare", "throttlekit", "throttlekit-full", "flask-limiter"]
+WSGI = ["bare", "throttlekit", "throttlekit-full", "throttlekit-full-10", "flask-limiter"]
 
 
 @pytest.mark.parametrize("variant", WSGI)
@@ -170,7 +178,7 @@ def _asgi_variant(name: str) -> Any:
                                         default_limits=["1000000 per second"])
         app.add_middleware(SlowAPIASGIMiddleware)
         return app
-    return ASGIMiddleware(app, _rules(Limiter(), full=name == "throttlekit-full"))
+    return ASGIMiddleware(app, _variant_limiter(name))
 
 
 def _asgi_batch(app: Any) -> Callable[[], int]:
@@ -205,7 +213,7 @@ def _asgi_batch(app: Any) -> Callable[[], int]:
     return batch
 
 
-ASGI = ["bare", "throttlekit", "throttlekit-full", "slowapi"]
+ASGI = ["bare", "throttlekit", "throttlekit-full", "throttlekit-full-10", "slowapi"]
 
 
 @pytest.mark.parametrize("variant", ASGI)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import time
 
 import pytest
 from hypothesis import given
@@ -85,17 +86,22 @@ def test_policy_names_are_sf_strings(name, item):
 
 def test_legacy_reports_most_restrictive():
     """Legacy X-RateLimit-* report the denying policy (or the one with least remaining)."""
-    assert rate_limit_headers([("hourly", HOURLY), ("login", DENIED)], "legacy") == [
+    now = 1_700_000_000.0
+    assert rate_limit_headers([("hourly", HOURLY), ("login", DENIED)], "legacy", now=now) == [
         ("X-RateLimit-Limit", "5"),
         ("X-RateLimit-Remaining", "0"),
-        ("X-RateLimit-Reset", "60"),
+        ("X-RateLimit-Reset", str(int(now) + 60)),
     ]
     allowed = dict(rate_limit_headers([("per-ip", ALLOWED), ("hourly", HOURLY)], "legacy"))
     assert allowed["X-RateLimit-Limit"] == "1000" and allowed["X-RateLimit-Remaining"] == "3"
 
 
-def test_legacy_reset_as_epoch_when_now_given():
-    """With now, X-RateLimit-Reset is the epoch second the quota is back."""
+def test_legacy_reset_is_an_epoch_timestamp():
+    """X-RateLimit-Reset is the epoch second the quota is back (as Flask-Limiter sends it),
+    on the wall clock unless told the time."""
+    before = time.time()
+    reset = int(dict(rate_limit_headers([("per-ip", ALLOWED)], "legacy"))["X-RateLimit-Reset"])
+    assert math.ceil(before + 17.3) <= reset <= math.ceil(time.time() + 17.3)
     headers = dict(rate_limit_headers([("per-ip", ALLOWED)], "legacy", now=1_700_000_000.5))
     assert headers["X-RateLimit-Reset"] == str(math.ceil(1_700_000_000.5 + 17.3))
 
@@ -136,6 +142,7 @@ def test_known_styles_pass_the_check():
         pytest.param(None, False, id="no-header"),
         pytest.param("", False, id="empty"),
         pytest.param("*/*", False, id="anything-tie-goes-to-text"),
+        pytest.param("application/json, text/plain, */*", True, id="named-json-wins-a-tie"),
         pytest.param("application/json", True, id="json"),
         pytest.param("application/problem+json", True, id="problem-json"),
         pytest.param("Application/JSON", True, id="case-insensitive"),

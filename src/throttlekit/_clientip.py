@@ -138,7 +138,10 @@ class ClientIPResolver:
     Thread-safe; ``resolve`` and ``client_key`` never raise.
     """
 
-    __slots__ = ("_hops", "_keys", "_mask", "_trust_unix", "_trusted", "header", "ipv6_prefix")
+    __slots__ = (
+        "_hops", "_keys", "_mask", "_peers", "_plain", "_trust_unix", "_trusted", "header",
+        "ipv6_prefix",
+    )
 
     def __init__(
         self,
@@ -182,6 +185,10 @@ class ClientIPResolver:
         self.ipv6_prefix = ipv6_prefix
         self._mask = ((1 << 128) - 1) ^ ((1 << (128 - ipv6_prefix)) - 1)
         self._keys: dict[str, str | None] = {}
+        #: forwarding headers are never read: the client is a function of the peer alone
+        self._plain = not self.trusts_headers
+        #: peer text -> (client_ip, client_key), for ``_plain`` resolvers
+        self._peers: dict[str, tuple[str | None, str | None]] = {}
 
     @property
     def trusts_headers(self) -> bool:
@@ -244,6 +251,17 @@ class ClientIPResolver:
                 return ip
             last = ip
         return last
+
+    def peer_client(self, peer: str) -> tuple[str | None, str | None]:
+        """``(client_ip, client_key)`` of a request from ``peer`` when no forwarding
+        header is believed (``trusted_proxies=0``); cached, as servers see few peers."""
+        ip = self.resolve(peer)
+        pair = (ip, ip if ip is None or ":" not in ip else self.client_key(ip))
+        peers = self._peers
+        if len(peers) >= _CACHE_SIZE:
+            peers.clear()
+        peers[peer] = pair
+        return pair
 
     def client_key(self, ip: str | None) -> str | None:
         """The default throttle key of a client address: the IPv4 address itself, or the

@@ -305,7 +305,11 @@ class RequestView:
         ip = self._client_ip
         if ip is _UNSET:
             resolver = self.resolver
-            if resolver.trusts_headers:
+            peer = self._peer
+            if resolver._plain and peer.__class__ is str:
+                pair = resolver._peers.get(peer) or resolver.peer_client(peer)
+                ip, self._client_key = pair
+            elif resolver.trusts_headers:
                 headers = self.headers
                 ip = resolver.resolve(
                     self.peer, headers.get("x-forwarded-for"), headers.get("forwarded")
@@ -319,9 +323,15 @@ class RequestView:
     def client_key(self) -> str | None:
         key = self._client_key
         if key is _UNSET:
-            ip = self.client_ip
-            # an IPv4 client_ip is already normalised: it is its own key
-            key = ip if ip is None or ":" not in ip else self.resolver.client_key(ip)
+            resolver = self.resolver
+            peer = self._peer
+            if resolver._plain and peer.__class__ is str:
+                pair = resolver._peers.get(peer) or resolver.peer_client(peer)
+                self._client_ip, key = pair
+            else:
+                ip = self.client_ip
+                # an IPv4 client_ip is already normalised: it is its own key
+                key = ip if ip is None or ":" not in ip else resolver.client_key(ip)
             self._client_key = key
         return key  # type: ignore[no-any-return]
 

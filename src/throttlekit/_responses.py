@@ -34,10 +34,12 @@ import functools
 import json
 import math
 from collections.abc import Sequence
+from time import time as _time
 from typing import NamedTuple
 
 from ._decision import Decision
 from ._errors import ConfigError
+from ._rates import Rate
 
 __all__ = [
     "HEADER_STYLES",
@@ -48,6 +50,7 @@ __all__ = [
     "encode_headers",
     "prefers_json",
     "rate_limit_headers",
+    "rate_limit_headers_raw",
     "retry_after_header",
     "sf_string",
 ]
@@ -130,12 +133,33 @@ def _policy_item(name: str, limit: int, period: float) -> str:
     return f"{_sf_string(name)};q={limit};w={max(1, math.ceil(period))}"
 
 
+#: per policy name: (rate, its ``RateLimit-Policy`` item, the start of its ``RateLimit``
+#: item, the whole ``RateLimit-Policy`` field of a response with this policy alone); only
+#: the numbers of the ``RateLimit`` item change from one response to the next
+_pieces: dict[str, tuple[Rate, str, str, tuple[str, str]]] = {}
+_PIECES_SIZE = 1024
+_NEVER = 2**31  # a reset that never comes; a large finite integer keeps the field parseable
+_ceil = math.ceil
+_INF = math.inf
+
+
+def _piece(name: str, rate: Rate) -> tuple[Rate, str, str, tuple[str, str]]:
+    if not isinstance(name, str):
+        name = str(name)
+    item = _policy_item(name, rate.limit, rate.period)
+    piece = (rate, item, _sf_string(name) + ";r=", ("RateLimit-Policy", item))
+    if len(_pieces) >= _PIECES_SIZE:
+        _pieces.clear()
+    _pieces[name] = piece
+    return piece
+
+
 def _whole(seconds: float) -> int:
     if not seconds > 0:
         return 0
-    if seconds == math.inf:
-        return 2**31  # never resets; a large finite integer keeps the field parseable
-    return math.ceil(seconds)
+    if seconds == _INF:
+        return _NEVER
+    return _ceil(seconds)
 
 
 def rate_limit_headers(
@@ -146,8 +170,8 @@ def rate_limit_headers(
     Args:
         policies: ``(name, decision)`` per policy, in the order to list them.
         style: one of :data:`HEADER_STYLES`.
-        now: seconds since the epoch; when given, ``X-RateLimit-Reset`` is an epoch
-            timestamp (as GitHub and Flask-Limiter send it) instead of delta seconds.
+        now: seconds since the epoch (default: ``time.time()``): ``X-RateLimit-Reset`` is
+            the epoch second the quota is whole again, as GitHub and Flask-Limiter send it.
 
     Raises:
         ConfigError: unknown ``style``.
@@ -156,29 +180,88 @@ def rate_limit_headers(
         if style not in HEADER_STYLES:
             check_header_style(style)
         return []
-    out: list[tuple[str, str]] = []
-    if style == "draft10" or style == "both":
-        policy_items = []
-        state_items = []
-        for name, d in policies:
+    draft = style == "draft10"
+    if draft or style == "both":
+        # The policy items are constant per (name, rate): cached; only r= and t= are
+        # formatted per response.
+        if len(policies) == 1:
+            name, d = policies[0]
             rate = d.rate
-            policy_items.append(_policy_item(name, rate.limit, rate.period))
-            state_items.append(
-                f"{_sf_string(name)};r={max(0, d.remaining)};t={_whole(d.reset_after)}"
+            piece = _pieces.get(name)
+            if piece is None or (piece[0] is not rate and piece[0] != rate):
+                piece = _piece(name, rate)
+            rem = d.remaining
+            reset = d.reset_after
+            state = (
+                f"{piece[2]}{rem if rem > 0 else 0};t="
+                f"{(_ceil(reset) if reset != _INF else _NEVER) if reset > 0 else 0}"
             )
-        out.append(("RateLimit-Policy", ", ".join(policy_items)))
-        out.append(("RateLimit", ", ".join(state_items)))
-    elif style != "legacy":
+            out = [piece[3], ("RateLimit", state)]
+            if draft:
+                return out
+        else:
+            policy_items = []
+            state_items = []
+            for name, d in policies:
+                rate = d.rate
+                piece = _pieces.get(name)
+                if piece is None or (piece[0] is not rate and piece[0] != rate):
+                    piece = _piece(name, rate)
+                policy_items.append(piece[1])
+                rem = d.remaining
+                reset = d.reset_after
+                state_items.append(
+                    f"{piece[2]}{rem if rem > 0 else 0};t="
+                    f"{(_ceil(reset) if reset != _INF else _NEVER) if reset > 0 else 0}"
+                )
+            out = [("RateLimit-Policy", ", ".join(policy_items)),
+                   ("RateLimit", ", ".join(state_items))]
+            if draft:
+                return out
+    elif style == "legacy":
+        out = []
+    else:
         check_header_style(style)
-    if style == "legacy" or style == "both":
-        d = _most_restrictive([d for _, d in policies])
-        reset = _whole(d.reset_after)
-        if now is not None and reset != 2**31:
-            reset = math.ceil(now + d.reset_after)
-        out.append(("X-RateLimit-Limit", str(d.limit)))
-        out.append(("X-RateLimit-Remaining", str(max(0, d.remaining))))
-        out.append(("X-RateLimit-Reset", str(reset)))
+    d = _most_restrictive([d for _, d in policies])
+    reset = _whole(d.reset_after)
+    if reset != _NEVER and d.reset_after == d.reset_after:  # (not NaN)
+        reset = _ceil((_time() if now is None else now) + d.reset_after)
+    out.append(("X-RateLimit-Limit", str(d.limit)))
+    out.append(("X-RateLimit-Remaining", str(max(0, d.remaining))))
+    out.append(("X-RateLimit-Reset", str(reset)))
     return out
+
+
+def rate_limit_headers_raw(
+    policies: Sequence[tuple[str, Decision]], style: str
+) -> list[tuple[bytes, bytes]]:
+    """:func:`rate_limit_headers` as ASGI wants them (lower-case latin-1 bytes), built
+    without the detour through ``str`` in the common case of one ``draft10`` policy."""
+    if style == "draft10" and len(policies) == 1:
+        name, d = policies[0]
+        rate = d.rate
+        piece = _raw_pieces.get(name)
+        if piece is None or (piece[0] is not rate and piece[0] != rate):
+            piece = _raw_piece(name, rate)
+        rem = d.remaining
+        reset = d.reset_after
+        return [piece[1], (b"ratelimit", b"%s%d;t=%d" % (
+            piece[2], rem if rem > 0 else 0,
+            (_ceil(reset) if reset != _INF else _NEVER) if reset > 0 else 0,
+        ))]
+    return encode_headers(rate_limit_headers(policies, style))
+
+
+_raw_pieces: dict[str, tuple[Rate, tuple[bytes, bytes], bytes]] = {}
+
+
+def _raw_piece(name: str, rate: Rate) -> tuple[Rate, tuple[bytes, bytes], bytes]:
+    _, item, prefix, _ = _piece(name, rate)
+    piece = (rate, (b"ratelimit-policy", item.encode("latin-1")), prefix.encode("latin-1"))
+    if len(_raw_pieces) >= _PIECES_SIZE:
+        _raw_pieces.clear()
+    _raw_pieces[name] = piece
+    return piece
 
 
 def _most_restrictive(decisions: list[Decision]) -> Decision:
@@ -193,14 +276,23 @@ def _most_restrictive(decisions: list[Decision]) -> Decision:
 @functools.lru_cache(maxsize=256)
 def prefers_json(accept: str | None) -> bool:
     """Whether an ``Accept`` value prefers JSON (``application/problem+json`` or
-    ``application/json``) to ``text/plain``; ties, no header and garbage go to text."""
+    ``application/json``) to ``text/plain``. A tie goes to JSON when the client named it
+    (axios' ``application/json, text/plain, */*``), else to text (``*/*``); no header and
+    garbage go to text."""
     if not accept or not isinstance(accept, str):
         return False
     ranges = _parse_accept(accept[:2048])
     q_json = max(
         _quality(ranges, "application", "problem+json"), _quality(ranges, "application", "json")
     )
-    return q_json > _quality(ranges, "text", "plain")
+    q_text = _quality(ranges, "text", "plain")
+    if q_json != q_text:
+        return q_json > q_text
+    # a tie goes to JSON only when the client named it
+    return q_json > 0.0 and any(
+        kind == "application" and sub in ("json", "problem+json") and q > 0.0
+        for kind, sub, q in ranges
+    )
 
 
 def _parse_accept(accept: str) -> list[tuple[str, str, float]]:
@@ -303,9 +395,23 @@ def _problem_body(kind: str, status: int, rule: str, decision: Decision | None) 
     return json.dumps(problem, ensure_ascii=True, separators=(",", ":")).encode("ascii")
 
 
+#: header names this module writes, as ASGI wants them
+_ENCODED_NAMES = {
+    name: name.lower().encode("latin-1")
+    for name in (
+        "RateLimit-Policy", "RateLimit", "X-RateLimit-Limit", "X-RateLimit-Remaining",
+        "X-RateLimit-Reset", "Retry-After", "Cache-Control", "Content-Type", "Content-Length",
+    )
+}
+
+
 def encode_headers(headers: Sequence[tuple[str, str]]) -> list[tuple[bytes, bytes]]:
     """Header fields as ASGI wants them: lower-case latin-1 names and latin-1 values."""
-    return [
-        (name.lower().encode("latin-1"), value.encode("latin-1", "replace"))
-        for name, value in headers
-    ]
+    names = _ENCODED_NAMES
+    out = []
+    for name, value in headers:
+        raw = names.get(name)
+        if raw is None:
+            raw = name.lower().encode("latin-1")
+        out.append((raw, value.encode("latin-1", "replace")))
+    return out

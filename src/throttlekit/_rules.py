@@ -23,7 +23,7 @@ import time
 from collections.abc import Callable, Iterable, Sequence
 from typing import TYPE_CHECKING, Any, NamedTuple
 
-from ._algorithms import Algorithm, make_algorithm
+from ._algorithms import Algorithm, SlidingLog, make_algorithm
 from ._decision import Decision
 from ._errors import ConfigError
 from ._events import Event, EventCallback, Listeners
@@ -59,6 +59,9 @@ STORAGE_RULE = "storage-unavailable"
 NS = "rule:"
 _new = tuple.__new__
 _INF = float("inf")
+_CHARGE_LATER: Any = object()
+_time = time.time
+_time_ns = time.time_ns
 
 
 def escape_name(name: str) -> str:
@@ -214,8 +217,19 @@ class _BanRule:
 
 class _Throttle:
     __slots__ = (
-        "algorithms", "burst", "cost", "count_when", "dry_run", "key", "match", "name",
-        "policy_names", "rates", "strategy",
+        "algorithms",
+        "burst",
+        "checks",
+        "cost",
+        "count_when",
+        "dry_run",
+        "key",
+        "match",
+        "name",
+        "policy_names",
+        "prefixes",
+        "rates",
+        "strategy",
     )
 
     def __init__(
@@ -238,6 +252,11 @@ class _Throttle:
         self.policy_names: tuple[str, ...] = (
             name, *(f"{name}/{_seconds(a.rate)}" for a in algorithms[1:])
         )
+        #: the in-memory store's key of each algorithm's state is ``prefix + discriminator``
+        #: (``MemoryStorage`` writes ``f"{alg.id}|{key}"``, and rule keys are ``NS + disc``)
+        self.prefixes = tuple(f"{a.id}|{NS}" for a in algorithms)
+        #: (algorithm, store key prefix, policy name) per rate
+        self.checks = tuple(zip(algorithms, self.prefixes, self.policy_names, strict=True))
 
 
 def _throttle_algorithms(
@@ -312,7 +331,7 @@ class Rules:
         self.listeners = Listeners(limiter.error_log_interval)
         #: some rule reads ``view.form`` (the ASGI middleware then reads form bodies first)
         self.needs_form = False
-        #: no bans and only plain single-rate throttles: ``_fast`` may answer
+        #: no bans, dry-run or count_when throttles: ``_fast`` may answer
         self.fast = True
         self._last_log: dict[str, float] = {}
 
@@ -410,7 +429,7 @@ class Rules:
                          strategy, burst)
         self.needs_form = self.needs_form or _uses_form(match, keyf, cost)
         self.throttles = (*self.throttles, rule)
-        if len(algorithms) > 1 or dry_run or count_when is not None:
+        if dry_run or count_when is not None:
             self.fast = False
         self.names[name] = "throttle"
 
@@ -777,17 +796,21 @@ class Rules:
             self._emit(kind, err.rule, None, view, d, False)
         return Verdict(False, kind, err.rule, None, d, [], True, view)
 
-    def _fast(self, view: RequestView, storage: MemoryStorage) -> Verdict | None:
-        """The common case in one pass: lists and one single-rate throttle applying, on
-        an in-process store with an empty dynamic blocklist, nobody listening. None when
-        the request needs the general path."""
+    def _fast(self, view: RequestView, storage: MemoryStorage) -> Verdict:
+        """The common case in one pass: lists and plain throttles (no bans, dry runs or
+        ``count_when``) on the in-process store with an empty dynamic blocklist, nobody
+        listening. The same answers as ``_plan`` + ``apply`` + ``_finish``, without
+        building checks, block-key lookups or the batch machinery."""
         for lrule in self.safelists:
             if self._list_match(lrule, view, "safelist"):
                 return Verdict(True, "safelisted", lrule.name, None, None, [], False, view)
         for lrule in self.blocklists:
             if self._list_match(lrule, view, "blocklist"):
                 return Verdict(False, "blocked", lrule.name, None, None, [], False, view)
-        found = None
+        rule1: _Throttle | None = None
+        disc1 = ""
+        cost1 = 0
+        more: list[tuple[_Throttle, str, int]] | None = None
         for rule in self.throttles:
             try:
                 match = rule.match
@@ -796,40 +819,133 @@ class Rules:
                 disc = rule.key(view)
                 if disc is None:
                     continue
-            except Exception:
-                return None  # the general path logs it and applies the policy
-            if found is not None:
-                return None
-            found = rule, disc
-        if found is None:
+                if disc.__class__ is not str:
+                    disc = str(disc)
+                cost = rule.cost
+                if cost.__class__ is not int:
+                    cost = cost(view)  # type: ignore[operator]
+                    if cost.__class__ is not int or cost < 0:
+                        raise TypeError(f"cost must be an integer >= 0, got {cost!r}")
+            except Exception as exc:
+                self._rule_error("throttle", rule.name, exc, "match, key or cost function")
+                continue
+            if rule1 is None:
+                rule1, disc1, cost1 = rule, disc, cost
+            elif more is None:
+                more = [(rule, disc, cost)]
+            else:
+                more.append((rule, disc, cost))
+        if rule1 is None:
             return Verdict(True, "allowed", None, None, None, [], False, view)
-        rule, disc = found
-        cost = rule.cost
-        if cost.__class__ is not int:
-            return None
-        if disc.__class__ is not str:
-            disc = str(disc)
         clock = self.limiter.clock
-        d = storage.hit(rule.algorithms[0], NS + disc, cost,
-                        int(clock() * 1_000_000) if clock is not None else None)
-        policies = [(rule.name, d)]
-        if d.allowed:
-            return Verdict(True, "allowed", None, None, d, policies, False, view)
+        if clock is None:  # the store's clock (MemoryStorage._now, inlined)
+            clock = storage._clock
+            now = _time_ns() // 1000 if clock is _time else int(clock() * 1_000_000)
+        else:
+            now = int(clock() * 1_000_000)
+        if more is None and len(rule1.algorithms) == 1:
+            # One check: decide and charge in one step (MemoryStorage.hit, inlined).
+            alg = rule1.algorithms[0]
+            k = rule1.prefixes[0] + disc1
+            data = storage._data
+            with storage._lock:
+                state = data.get(k)
+                new, d = alg.hit(state, now, cost1)
+                if new is not state:
+                    if state is None:
+                        storage._insert(k, new, alg, now)
+                    else:
+                        data[k] = new
+                        data.move_to_end(k)
+                elif state is not None:
+                    data.move_to_end(k)
+            if d.allowed:
+                return Verdict(True, "allowed", None, None, d, [(rule1.name, d)], False, view)
+            return Verdict(False, "throttled", rule1.name, disc1, d, [(rule1.name, d)], False,
+                           view)
+        found = [(rule1, disc1, cost1)]
+        if more is not None:
+            found += more
+        return self._fast_many(view, storage, found, now)
+
+    def _fast_many(
+        self, view: RequestView, storage: MemoryStorage,
+        found: list[tuple[_Throttle, str, int]], now: int,
+    ) -> Verdict:
+        """Several checks, all or nothing (what ``MemoryStorage.apply`` does, without
+        its generality): decide every one, then charge them all only if all allow."""
+        data = storage._data
+        get = data.get
+        policies: list[tuple[str, Decision]] = []
+        staged = []
+        tightest: Decision | None = None
+        ok = True
+        with storage._lock:
+            for rule, disc, cost in found:
+                for alg, prefix, name in rule.checks:
+                    k = prefix + disc
+                    s = get(k)
+                    if alg.__class__ is SlidingLog:
+                        # its hit appends to the log in place: decide now, charge later
+                        d = alg.peek(s, now, cost)
+                        new = _CHARGE_LATER
+                    else:
+                        new, d = alg.hit(s, now, cost)
+                    policies.append((name, d))
+                    if d.allowed:
+                        if cost:
+                            staged.append((k, s, new, alg, cost))
+                    else:
+                        ok = False
+                if ok:
+                    n = len(rule.checks)
+                    if n != 1:  # the rule's own choice among its rates, as _finish makes it
+                        d = _combine([pd for _, pd in policies[-n:]])
+                    if tightest is None or d.remaining < tightest.remaining:
+                        tightest = d
+            if ok:
+                for k, s, new, alg, cost in staged:
+                    if new is _CHARGE_LATER:
+                        new = alg.charge(s, now, cost)
+                    if s is None:
+                        storage._insert(k, new, alg, now)
+                    else:
+                        data[k] = new
+                        data.move_to_end(k)
+        if ok:
+            return Verdict(True, "allowed", None, None, tightest, policies, False, view)
+
+        refusal: tuple[_Throttle, str, Decision] | None = None
+        i = 0
+        for rule, disc, cost in found:
+            n = len(rule.checks)
+            ds = [pd for _, pd in policies[i:i + n]]
+            d = ds[0] if n == 1 else _combine(ds)
+            if not d.allowed and (refusal is None or d.retry_after > refusal[2].retry_after):
+                refusal = (rule, disc, d)
+            if cost:
+                # Nothing was charged: report what the allowing policies really have left.
+                for j in range(i, i + n):
+                    name, pd = policies[j]
+                    if pd.allowed:
+                        policies[j] = (name, pd._replace(remaining=min(pd.limit,
+                                                                       pd.remaining + cost)))
+            i += n
+        assert refusal is not None
+        rule, disc, d = refusal
         return Verdict(False, "throttled", rule.name, disc, d, policies, False, view)
 
     def evaluate(self, view: RequestView) -> Verdict:
         if self.fast:
             storage = self.limiter.storage
             if (
-                isinstance(storage, MemoryStorage) and storage.__class__ is MemoryStorage
-                and not storage._blocks and not self.listeners.active
+                storage.__class__ is MemoryStorage and not storage._blocks
+                and not self.listeners.active
             ):
                 try:
-                    verdict = self._fast(view, storage)
+                    return self._fast(view, storage)
                 except _RuleFailed as err:
                     return self._refused_by_error(view, err)
-                if verdict is not None:
-                    return verdict
         try:
             p = self._plan(view)
         except _RuleFailed as err:
@@ -850,6 +966,16 @@ class Rules:
         return verdict
 
     async def aevaluate(self, view: RequestView) -> Verdict:
+        if self.fast:
+            storage = self.limiter.storage
+            if (
+                storage.__class__ is MemoryStorage and not storage._blocks
+                and not self.listeners.active
+            ):
+                try:
+                    return self._fast(view, storage)
+                except _RuleFailed as err:
+                    return self._refused_by_error(view, err)
         try:
             p = self._plan(view)
         except _RuleFailed as err:

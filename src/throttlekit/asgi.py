@@ -27,7 +27,7 @@ from typing import TYPE_CHECKING, Any
 from ._errors import ConfigError
 from ._request import DEFAULT_MAX_FORM_BYTES, RequestView
 from ._responses import encode_headers as _encode
-from ._responses import rate_limit_headers
+from ._responses import rate_limit_headers_raw
 from .wsgi import VERDICT_KEY, Responder, refusal, resolve_options
 
 if TYPE_CHECKING:
@@ -142,7 +142,7 @@ class ASGIMiddleware:
             return
         extra = None
         if self.on_allowed and verdict.policies:
-            extra = _encode(rate_limit_headers(verdict.policies, self.style))
+            extra = rate_limit_headers_raw(verdict.policies, self.style)
         pending = verdict.pending
         if not extra and not pending:
             await self.app(scope, receive, send)
@@ -241,7 +241,7 @@ class ASGIMiddleware:
             return
         extra = None
         if self.on_allowed and verdict.policies:
-            extra = _encode(rate_limit_headers(verdict.policies, self.style))
+            extra = rate_limit_headers_raw(verdict.policies, self.style)
         pending = verdict.pending
         if not extra and not pending:
             await self.app(scope, receive, send)
