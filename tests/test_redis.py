@@ -284,6 +284,34 @@ def test_refused_flood_costs_one_round_trip_per_retry_period(own_server: RedisSe
         s.close()
 
 
+def test_refused_middleware_flood_costs_no_round_trip(own_server: RedisServer) -> None:
+    """Through the middleware too, a refused client costs no EVALSHA until its retry time,
+    and an admin reset takes effect at once in this process."""
+    from werkzeug.test import Client
+
+    from throttlekit import WSGIMiddleware
+
+    def app(environ: Any, start_response: Any) -> list[bytes]:
+        start_response("200 OK", [])
+        return [b"ok"]
+
+    s = storage_from_url(own_server.url, prefix="mw:")
+    limiter = Limiter(s)
+    limiter.throttle("per-ip", "5/hour", strategy="fixed_window")
+    client = Client(WSGIMiddleware(app, limiter))
+    env = {"REMOTE_ADDR": "192.0.2.9"}
+    codes = [client.get("/", environ_base=env).status_code for _ in range(6)]
+    assert codes == [200] * 5 + [429]
+    own_server.command("CONFIG", "RESETSTAT")
+    refused = [client.get("/", environ_base=env) for _ in range(200)]
+    assert {r.status_code for r in refused} == {429}
+    assert all(int(r.headers["Retry-After"]) > 0 for r in refused)
+    assert _calls(own_server).get("evalsha", 0) == 0
+    limiter.reset_rules("192.0.2.9")
+    assert client.get("/", environ_base=env).status_code == 200
+    s.close()
+
+
 def test_script_is_reloaded_after_script_flush(own_server: RedisServer) -> None:
     """After SCRIPT FLUSH (as after a restart) the next call still answers, and reloads it."""
     s = storage_from_url(own_server.url, prefix="sf:")

@@ -155,7 +155,7 @@ class Limiter:
             raise ConfigError(
                 f"denial_cache_size must be an integer >= 0, got {denial_cache_size!r}"
             )
-        self._denials: TLRUCache[tuple[_Plan, str], tuple[int, int, int, Decision]] | None = None
+        self._denials: TLRUCache[tuple[object, str], tuple[int, int, int, Decision]] | None = None
         if storage.remote and denial_cache_size:
             self._denials = TLRUCache(
                 maxsize=denial_cache_size,
@@ -350,8 +350,9 @@ class Limiter:
         return decision
 
     def _cached_denial(
-        self, plan: _Plan, key: str, cost: int, now: int | None
+        self, plan: object, key: str, cost: int, now: int | None
     ) -> Decision | None:
+        """The cached refusal of (``plan`` or rule, ``key``) for this cost, if still due."""
         assert self._denials is not None
         entry = self._denials.get((plan, key))
         if entry is None or cost != entry[1]:  # another cost has another retry time
@@ -367,7 +368,7 @@ class Limiter:
         )
 
     def _remember_denial(
-        self, plan: _Plan, key: str, cost: int, now: int | None, decision: Decision
+        self, plan: object, key: str, cost: int, now: int | None, decision: Decision
     ) -> None:
         assert self._denials is not None
         wait = decision.retry_after
@@ -642,6 +643,7 @@ class Limiter:
         """Forget the state every rule keeps for the discriminator ``key`` (for example a
         user name after a successful login)."""
         self.storage.reset((_rules_ns + key,))
+        self._forget_local(key)
         if self._fallback is not None:
             self._fallback.reset((_rules_ns + key,))
 

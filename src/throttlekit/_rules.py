@@ -954,8 +954,15 @@ class Rules:
             return p
         assert isinstance(p, _Plan)
         now = self._now()
+        denials = self.limiter._denials
+        if denials is not None and p.throttles:
+            cached = self._cached_refusal(p, now)
+            if cached is not None:
+                return cached
         result, degraded = self._call(p.checks, p.block_keys, now)
         verdict, new_bans = self._finish(p, result, degraded)
+        if denials is not None and p.throttles:
+            self._note_denials(p, verdict, degraded, now)
         if new_bans:
             storage = self._storage(degraded)
             for key, ttl, reason in new_bans:
@@ -964,6 +971,54 @@ class Rules:
                 except Exception as exc:
                     self.limiter._storage_failed(exc)
         return verdict
+
+    # -- the local cache of denials (remote stores) ---------------------------------------
+
+    def _cached_refusal(self, p: _Plan, now: int | None) -> Verdict | None:
+        """A throttle of this request refused this client until a time not yet reached:
+        refuse again without a round trip (Limiter's denial cache). Not for requests that
+        must still be counted somewhere: ban counters and dry-run rules."""
+        if p.refuse_ban is not None:
+            return None
+        for _brule, _disc, idx in p.bans:
+            if idx >= 0:
+                return None
+        lim = self.limiter
+        found = None
+        for rule, disc, cost, _start in p.throttles:
+            if rule.dry_run:
+                return None
+            if found is None:
+                d = lim._cached_denial(rule, disc, cost, now)
+                if d is not None:
+                    found = rule, disc, d
+        if found is None:
+            return None
+        rule, disc, d = found
+        name = rule.policy_names[0]
+        for alg, policy in zip(rule.algorithms, rule.policy_names, strict=True):
+            if alg.rate == d.rate:
+                name = policy
+                break
+        if "throttled" in self.listeners.active:
+            self._emit("throttled", rule.name, disc, p.view, d, False)
+        return Verdict(False, "throttled", rule.name, disc, d, [(name, d)], False, p.view)
+
+    def _note_denials(
+        self, p: _Plan, verdict: Verdict, degraded: bool, now: int | None
+    ) -> None:
+        lim = self.limiter
+        if verdict.kind == "throttled" and not degraded and verdict.decision is not None:
+            for rule, disc, cost, _start in p.throttles:
+                if rule.name == verdict.rule and disc == verdict.key:
+                    lim._remember_denial(rule, disc, cost, now, verdict.decision)
+                    break
+        elif verdict.allowed:
+            denials = lim._denials
+            if denials:  # our own charges make a cached denial's numbers stale
+                for rule, disc, cost, _start in p.throttles:
+                    if cost:
+                        denials.pop((rule, disc), None)
 
     async def aevaluate(self, view: RequestView) -> Verdict:
         if self.fast:
@@ -984,11 +1039,18 @@ class Rules:
             return p
         assert isinstance(p, _Plan)
         now = self._now()
+        denials = self.limiter._denials
+        if denials is not None and p.throttles:
+            cached = self._cached_refusal(p, now)
+            if cached is not None:
+                return cached
         if self.limiter.storage.remote:
             result, degraded = await self._acall(p.checks, p.block_keys, now)
         else:
             result, degraded = self._call(p.checks, p.block_keys, now)
         verdict, new_bans = self._finish(p, result, degraded)
+        if denials is not None and p.throttles:
+            self._note_denials(p, verdict, degraded, now)
         if new_bans:
             storage = self._storage(degraded)
             for key, ttl, reason in new_bans:
