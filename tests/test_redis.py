@@ -21,6 +21,7 @@ from throttlekit._algorithms import make_algorithm
 from throttlekit._rates import Rate
 from throttlekit.storage import RedisStorage
 from throttlekit.storage.base import Check
+from throttlekit.storage.redis import _script
 from throttlekit.testing import FakeClock
 
 pytestmark = pytest.mark.redis
@@ -251,7 +252,9 @@ def test_one_evalsha_per_check_including_multi_rate(own_server: RedisServer) -> 
     """Every hit is one EVALSHA and nothing else, whatever the strategy or number of rates."""
     s = storage_from_url(own_server.url, prefix="rt:")
     limiter = Limiter(s)
-    limiter.hit("warm", "1/second")  # loads the script (NOSCRIPT -> EVAL once)
+    for strategy in STRATEGIES:  # loads the scripts (NOSCRIPT -> EVAL once each)
+        limiter.hit("warm", "1/second", strategy=strategy)
+        limiter.hit("warm", "1/second; 2/minute", strategy=strategy)
     own_server.command("CONFIG", "RESETSTAT")
     n = 0
     for strategy in STRATEGIES:
@@ -288,11 +291,16 @@ def test_script_is_reloaded_after_script_flush(own_server: RedisServer) -> None:
     """After SCRIPT FLUSH (as after a restart) the next call still answers, and reloads it."""
     s = storage_from_url(own_server.url, prefix="sf:")
     alg = make_algorithm("fixed_window", Rate(2, 60))
+    other = make_algorithm("fixed_window", Rate(5, 60))
+    pair = [Check(alg, "j"), Check(other, "j")]
     assert s.hit(alg, "k", 1, T0).remaining == 1
+    assert [d.remaining for d in s.apply(pair, now=T0).decisions] == [1, 4]
     own_server.command("SCRIPT", "FLUSH")
-    assert s.hit(alg, "k", 1, T0).remaining == 0
-    sha = s._batch.sha
-    assert own_server.command("SCRIPT", "EXISTS", sha) == [1]
+    assert s.hit(alg, "k", 1, T0).remaining == 0  # the single-check script
+    assert [d.remaining for d in s.apply(pair, now=T0).decisions] == [0, 3]  # the batch one
+    for name in ("fixed_window", "batch"):
+        sha = _script(name).sha
+        assert own_server.command("SCRIPT", "EXISTS", sha) == [1]
     s.close()
 
 

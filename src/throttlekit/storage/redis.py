@@ -45,6 +45,8 @@ DEFAULT_TIMEOUT = 0.25
 _INF = float("inf")
 _SAFE = 1 << 53  # cost is capped below it: Lua numbers are doubles
 _KIND = {"fixed_window": "fw", "sliding_window": "sw", "token_bucket": "tb", "sliding_log": "sl"}
+_SMALL = tuple(str(i).encode() for i in range(64))  # pre-encoded costs
+_MAX_ONES = 4096  # bound of the per-algorithm argument cache
 
 
 def _redis() -> Any:
@@ -145,6 +147,9 @@ class RedisStorage(Storage):
         self._noscript: type[BaseException] = redis.exceptions.NoScriptError
         self._key_slot: Callable[[bytes], int] = redis.crc.key_slot
         self._batch = _script("batch")
+        # algorithm -> (script, its sha, the log key's suffix or None, pre-encoded tail
+        # of the single-check script's arguments): see _one
+        self._ones: dict[Algorithm, tuple[_Script, bytes, str | None, tuple[bytes, ...]]] = {}
         self._block = _script("block")
         self._blocks = _script("blocks")
         self._reset = _script("reset")
@@ -192,6 +197,47 @@ class RedisStorage(Storage):
                      min(c.cost, _SAFE), (1 if c.independent else 0) | (2 if c.probe else 0))
         keys += [f"{family(k)}:b" for k in block_keys]
         return keys, args
+
+    def _one(
+        self, check: Check, consume: bool, now: int | None
+    ) -> tuple[_Script, bytes, list[Any]]:
+        """The specialised script and EVALSHA arguments (after the sha) of one check
+        without block keys: smaller than the batch script, and pre-encoded arguments."""
+        alg = check.algorithm
+        one = self._ones.get(alg)
+        if one is None:
+            one = self._prepare(alg)
+        script, sha, log, tail = one
+        h = self.family(check.key)
+        if now is None:
+            now_arg: Any = b"" if self.clock == "server" else int(time.time() * 1_000_000)
+        else:
+            now_arg = now
+        cost = check.cost
+        cost_arg: Any = _SMALL[cost] if cost < 64 else min(cost, _SAFE)
+        charge = b"1" if consume and not check.probe else b"0"
+        if log is None:
+            return script, sha, [1, h, now_arg, charge, cost_arg, *tail]
+        return script, sha, [2, h, h + log, now_arg, charge, cost_arg, *tail]
+
+    def _prepare(
+        self, alg: Algorithm
+    ) -> tuple[_Script, bytes, str | None, tuple[bytes, ...]]:
+        script = _script(alg.name)
+        tail = [self._slack_ms, alg.id, alg.limit, alg.period_us]
+        if alg.name == "token_bucket":
+            tail.append(alg.capacity)
+        log = f":l:{alg.id}" if alg.name == "sliding_log" else None
+        one = (script, script.sha.encode(), log, tuple(str(a).encode() for a in tail))
+        if len(self._ones) >= _MAX_ONES:
+            self._ones.clear()
+        self._ones[alg] = one
+        return one
+
+    @staticmethod
+    def _decision(alg: Algorithm, raw: Sequence[Any]) -> Decision:
+        allowed, rem, reset, retry = raw
+        return alg.decide(allowed == 1, rem, reset, _INF if retry < 0 else retry / 1e6)
 
     @staticmethod
     def _result(checks: Sequence[Check], nb: int, raw: Sequence[Any]) -> BatchResult:
@@ -255,6 +301,18 @@ class RedisStorage(Storage):
         except self._errors as exc:
             raise StorageError(f"Redis: {type(exc).__name__}: {exc}") from exc
 
+    def _eval_one(self, script: _Script, sha: bytes, args: list[Any]) -> Any:
+        client = self._client
+        if client is None:
+            client = self._sync()
+        try:
+            try:
+                return client.execute_command("EVALSHA", sha, *args)
+            except self._noscript:
+                return client.execute_command("EVAL", script.source, *args)
+        except self._errors as exc:
+            raise StorageError(f"Redis: {type(exc).__name__}: {exc}") from exc
+
     def apply(
         self,
         checks: Sequence[Check],
@@ -263,6 +321,10 @@ class RedisStorage(Storage):
         now: int | None = None,
         block_keys: Sequence[str] = (),
     ) -> BatchResult:
+        if len(checks) == 1 and not block_keys:  # the common case: one specialised script
+            c = checks[0]
+            script, sha, args = self._one(c, consume, now)
+            return BatchResult([self._decision(c.algorithm, self._eval_one(script, sha, args))], [])
         if self._client is None:
             self._sync()
         groups = self._groups(checks, block_keys) if self._cluster else None
@@ -393,10 +455,22 @@ class RedisStorage(Storage):
         now: int | None = None,
         block_keys: Sequence[str] = (),
     ) -> BatchResult:
-        if self._async() is None:
+        client = self._async()
+        if client is None:
             return await asyncio.to_thread(
                 self.apply, checks, consume=consume, now=now, block_keys=block_keys
             )
+        if len(checks) == 1 and not block_keys:  # the common case: one specialised script
+            c = checks[0]
+            script, sha, args = self._one(c, consume, now)
+            try:
+                try:
+                    raw = await client.execute_command("EVALSHA", sha, *args)
+                except self._noscript:
+                    raw = await client.execute_command("EVAL", script.source, *args)
+            except self._errors as exc:
+                raise StorageError(f"Redis: {type(exc).__name__}: {exc}") from exc
+            return BatchResult([self._decision(c.algorithm, raw)], [])
         groups = self._groups(checks, block_keys) if self._cluster else None
         if groups is None:
             keys, args = self._args(checks, consume, now, block_keys)
