@@ -214,11 +214,14 @@ class RedisStorage(Storage):
         else:
             now_arg = now
         cost = check.cost
-        cost_arg: Any = _SMALL[cost] if cost < 64 else min(cost, _SAFE)
-        charge = b"1" if consume and not check.probe else b"0"
+        cost_arg: Any
+        if consume and not check.probe:
+            cost_arg = _SMALL[cost] if cost < 64 else min(cost, _SAFE)
+        else:  # decided, not charged: the scripts read -1 - cost
+            cost_arg = -1 - min(cost, _SAFE)
         if log is None:
-            return script, sha, [1, h, now_arg, charge, cost_arg, *tail]
-        return script, sha, [2, h, h + log, now_arg, charge, cost_arg, *tail]
+            return script, sha, [1, h, now_arg, cost_arg, *tail]
+        return script, sha, [2, h, h + log, now_arg, cost_arg, *tail]
 
     def _prepare(
         self, alg: Algorithm

@@ -2,21 +2,27 @@
 -- exactly, in integer microseconds) without its generic loop.
 -- KEYS: the key family hash H, the log's list L ("time cost" entries, oldest first; H's
 --       field holds their total).
--- ARGV: now ('' = server TIME), charge (1/0), cost, ttl slack (ms, used only with a
---       client-given now), field, limit, period_us.
+-- ARGV: now ('' = server TIME), cost (-1 - cost for a check decided but not charged),
+--       ttl slack (ms, used only with a client-given now), field, limit, period_us.
 -- Returns allowed, remaining, reset_us, retry_us (-1 = never).
 local call, floor, find, sub = redis.call, math.floor, string.find, string.sub
+-- PEXPIRE .. GT (Redis 7+) extends a TTL, never shortens it, in one call: used when a key is
+-- known to exist, hence to have a TTL (every write sets one); else PTTL, PEXPIRE.
+local GT = (redis.REDIS_VERSION_NUM or 0) >= 0x070000
 local now, slack = ARGV[1], 0
 if now == '' then
   local t = call('TIME')
   now = tonumber(t[1]) * 1000000 + tonumber(t[2])
 else
-  now, slack = tonumber(now), tonumber(ARGV[4])
+  now, slack = tonumber(now), tonumber(ARGV[3])
 end
-local H, L, field = KEYS[1], KEYS[2], ARGV[5]
-local cost, limit, p = tonumber(ARGV[3]), tonumber(ARGV[6]), tonumber(ARGV[7])
+local H, L, field = KEYS[1], KEYS[2], ARGV[4]
+local cost, limit, p = tonumber(ARGV[2]), tonumber(ARGV[5]), tonumber(ARGV[6])
+local charge = cost >= 0
+if not charge then cost = -1 - cost end
 
-local total = tonumber(call('HGET', H, field) or '0')
+local known = call('HGET', H, field)  -- H exists
+local total = tonumber(known or '0')
 local horizon = now - p
 local trimmed = false
 while total > 0 do
@@ -34,7 +40,7 @@ if total + cost <= limit then
   local reset = 0
   if cost > 0 then
     reset = p
-    if ARGV[2] == '1' then
+    if charge then
       local e = call('LINDEX', L, -1)
       local sp = e and find(e, ' ', 1, true)
       if e and tonumber(sub(e, 1, sp - 1)) == now then
@@ -44,8 +50,18 @@ if total + cost <= limit then
       end
       call('HSET', H, field, string.format('%.0f', total + cost))
       local ms = floor((p + 999) / 1000) + slack  -- extend the TTLs, never shorten them
-      if call('PTTL', L) < ms then call('PEXPIRE', L, ms) end
-      if call('PTTL', H) < ms then call('PEXPIRE', H, ms) end
+      if not e then  -- RPUSH made L: it has no TTL yet
+        call('PEXPIRE', L, ms)
+      elseif GT then
+        call('PEXPIRE', L, ms, 'GT')
+      elseif call('PTTL', L) < ms then
+        call('PEXPIRE', L, ms)
+      end
+      if known and GT then
+        call('PEXPIRE', H, ms, 'GT')
+      elseif call('PTTL', H) < ms then
+        call('PEXPIRE', H, ms)
+      end
     end
   elseif total > 0 then
     local e = call('LINDEX', L, -1)
