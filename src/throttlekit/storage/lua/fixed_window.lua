@@ -3,7 +3,9 @@
 -- KEYS: the key family hash H.
 -- ARGV: now ('' = server TIME), cost (-1 - cost for a check decided but not charged),
 --       ttl slack (ms, used only with a client-given now), field, limit, period_us.
--- Returns allowed, remaining, reset_us, retry_us (-1 = never).
+-- Returns "allowed remaining reset_us retry_us" (retry -1 = never): a string is cheaper to
+-- send back than an array.
+local OUT = '%.0f %.0f %.0f %.0f'
 local call, floor = redis.call, math.floor
 -- PEXPIRE .. GT (Redis 7+) extends a TTL, never shortens it, in one call: used when H is
 -- known to exist, hence to have a TTL (every write of H sets one); else PTTL, PEXPIRE.
@@ -42,11 +44,11 @@ if count + cost <= limit then
       call('PEXPIRE', H, ms)
     end
   end
-  if count + cost > 0 then return {1, limit - count - cost, left, 0} end
-  return {1, limit, 0, 0}
+  if count + cost > 0 then return string.format(OUT, 1, limit - count - cost, left, 0) end
+  return string.format(OUT, 1, limit, 0, 0)
 end
 local rem, reset, retry = 0, 0, left
 if cost > limit then retry = -1 end
 if count > 0 then reset = left end
 if count < limit then rem = limit - count end
-return {0, rem, reset, retry}
+return string.format(OUT, 0, rem, reset, retry)

@@ -4,7 +4,9 @@
 --       field holds their total).
 -- ARGV: now ('' = server TIME), cost (-1 - cost for a check decided but not charged),
 --       ttl slack (ms, used only with a client-given now), field, limit, period_us.
--- Returns allowed, remaining, reset_us, retry_us (-1 = never).
+-- Returns "allowed remaining reset_us retry_us" (retry -1 = never): a string is cheaper to
+-- send back than an array.
+local OUT = '%.0f %.0f %.0f %.0f'
 local call, floor, find, sub = redis.call, math.floor, string.find, string.sub
 -- PEXPIRE .. GT (Redis 7+) extends a TTL, never shortens it, in one call: used when a key is
 -- known to exist, hence to have a TTL (every write sets one); else PTTL, PEXPIRE.
@@ -67,7 +69,7 @@ if total + cost <= limit then
     local e = call('LINDEX', L, -1)
     reset = tonumber(sub(e, 1, find(e, ' ', 1, true) - 1)) + p - now
   end
-  return {1, limit - total - cost, reset, 0}
+  return string.format(OUT, 1, limit - total - cost, reset, 0)
 end
 
 local retry, reset, rem = -1, 0, 0
@@ -93,4 +95,4 @@ if total > 0 then
   reset = tonumber(sub(e, 1, find(e, ' ', 1, true) - 1)) + p - now
 end
 if total < limit then rem = limit - total end
-return {0, rem, reset, retry}
+return string.format(OUT, 0, rem, reset, retry)

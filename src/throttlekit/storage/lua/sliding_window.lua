@@ -3,7 +3,9 @@
 -- KEYS: the key family hash H.
 -- ARGV: now ('' = server TIME), cost (-1 - cost for a check decided but not charged),
 --       ttl slack (ms, used only with a client-given now), field, limit, period_us.
--- Returns allowed, remaining, reset_us, retry_us (-1 = never).
+-- Returns "allowed remaining reset_us retry_us" (retry -1 = never): a string is cheaper to
+-- send back than an array.
+local OUT = '%.0f %.0f %.0f %.0f'
 local call, floor = redis.call, math.floor
 -- PEXPIRE .. GT (Redis 7+) extends a TTL, never shortens it, in one call: used when H is
 -- known to exist, hence to have a TTL (every write of H sets one); else PTTL, PEXPIRE.
@@ -81,7 +83,7 @@ if k >= 0 and wq <= k then
       call('PEXPIRE', H, ms)
     end
   end
-  return {1, k - wq, reset, 0}
+  return string.format(OUT, 1, k - wq, reset, 0)
 end
 local retry
 if cost > limit then
@@ -94,4 +96,4 @@ end
 local rem = limit - cur - wq
 if rem < 0 then rem = 0 end
 if cur > 0 then reset = (win + 2) * p - now elseif prev > 0 then reset = left end
-return {0, rem, reset, retry}
+return string.format(OUT, 0, rem, reset, retry)

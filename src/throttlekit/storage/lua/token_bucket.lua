@@ -3,7 +3,9 @@
 -- KEYS: the key family hash H.
 -- ARGV: now ('' = server TIME), cost (-1 - cost for a check decided but not charged),
 --       ttl slack (ms, used only with a client-given now), field, limit, period_us, capacity.
--- Returns allowed, remaining, reset_us, retry_us (-1 = never).
+-- Returns "allowed remaining reset_us retry_us" (retry -1 = never): a string is cheaper to
+-- send back than an array.
+local OUT = '%.0f %.0f %.0f %.0f'
 local call, floor = redis.call, math.floor
 -- PEXPIRE .. GT (Redis 7+) extends a TTL, never shortens it, in one call: used when H is
 -- known to exist, hence to have a TTL (every write of H sets one); else PTTL, PEXPIRE.
@@ -84,7 +86,7 @@ if v then  -- "last W R"
 end
 local part = 0
 if R > 0 then part = 1 end
-if cost > cap then return {0, cap - W - part, drain(W, R), -1} end
+if cost > cap then return string.format(OUT, 0, cap - W - part, drain(W, R), -1) end
 local NW = W + cost
 if NW < cap or (NW == cap and R == 0) then
   local reset = drain(NW, R)
@@ -97,6 +99,6 @@ if NW < cap or (NW == cap and R == 0) then
       call('PEXPIRE', H, ms)
     end
   end
-  return {1, cap - NW - part, reset, 0}
+  return string.format(OUT, 1, cap - NW - part, reset, 0)
 end
-return {0, cap - W - part, drain(W, R), drain(NW - cap, R)}
+return string.format(OUT, 0, cap - W - part, drain(W, R), drain(NW - cap, R))
