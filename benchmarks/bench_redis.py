@@ -7,12 +7,17 @@ Run (against the local Redis on 6379; keys use a random prefix, nothing is flush
         --benchmark-group-by=group
 
 Ratios, not absolute times, are what matter: every group has its baseline in the same run.
+On a busy machine, ``test_interleaved_ratios`` is the steadier figure: it alternates short
+blocks of every contender, so load that comes and goes hits them all alike, and prints the
+ratios of their medians (also in ``extra_info``).
 """
 
 from __future__ import annotations
 
 import asyncio
 import itertools
+import statistics
+import time
 import uuid
 from collections.abc import Iterator
 from typing import Any
@@ -141,3 +146,62 @@ def test_refused_request(benchmark: Any, prefix: str, cache: int) -> None:
     benchmark(limiter.hit, "flooder", "5/hour")
     client.close()
     storage.close()
+
+
+def test_interleaved_ratios(benchmark: Any, prefix: str, capsys: Any) -> None:
+    """Medians of alternating 100-call blocks: throttlekit and `limits` per strategy, and a
+    bare EVALSHA; the targets are tk/limits <= 1 and token_bucket/bare <= 1.5."""
+    import redis
+    from limits import parse, strategies
+    from limits.storage import RedisStorage
+
+    client = redis.Redis.from_url(URL)
+    sha = client.script_load("return 1")
+    item = parse(RATE)
+    contenders: dict[str, Any] = {
+        "bare": lambda: client.execute_command("EVALSHA", sha, 1, "tk-bench:none")
+    }
+    made = []
+    for strategy in [*PEERS, "token_bucket"]:
+        limiter = Limiter(storage_from_url(URL, prefix=f"{prefix}il:"), strategy=strategy)
+        made.append(limiter.storage)
+        keys = _keys("")
+        contenders[f"throttlekit {strategy}"] = (
+            lambda hit=limiter.hit, keys=keys: hit(next(keys), RATE)
+        )
+        if strategy in PEERS:
+            peer = getattr(strategies, PEERS[strategy])(RedisStorage(URL))
+            lkeys = _keys(f"{prefix}il:{strategy}:")
+            contenders[f"limits {strategy}"] = (
+                lambda hit=peer.hit, lkeys=lkeys: hit(item, next(lkeys))
+            )
+    times: dict[str, list[float]] = {name: [] for name in contenders}
+
+    def rounds() -> None:
+        for fn in contenders.values():
+            for _ in range(200):
+                fn()
+        for _ in range(3 if benchmark.disabled else 60):  # a smoke pass stays short
+            for name, fn in contenders.items():
+                t = time.perf_counter()
+                for _ in range(100):
+                    fn()
+                times[name].append((time.perf_counter() - t) * 1e4)  # us per call
+
+    benchmark.group = "redis interleaved (see extra_info)"
+    benchmark.pedantic(rounds, rounds=1, iterations=1)
+    med = {name: statistics.median(v) for name, v in times.items()}
+    ratios = {f"{s}: throttlekit/limits": med[f"throttlekit {s}"] / med[f"limits {s}"]
+              for s in PEERS}
+    ratios["token_bucket: throttlekit/bare"] = med["throttlekit token_bucket"] / med["bare"]
+    benchmark.extra_info.update({f"median_us {k}": round(v, 1) for k, v in med.items()})
+    benchmark.extra_info.update({k: round(v, 3) for k, v in ratios.items()})
+    with capsys.disabled():
+        print()
+        for k, v in med.items():
+            print(f"  median {k:32s} {v:7.1f} us")
+        for k, v in ratios.items():
+            print(f"  ratio  {k:32s} {v:7.3f}")
+    client.close()
+    for storage in made:
+        storage.close()

@@ -21,6 +21,7 @@ from throttlekit._algorithms import make_algorithm
 from throttlekit._rates import Rate
 from throttlekit.storage import RedisStorage
 from throttlekit.storage.base import Check
+from throttlekit.storage.redis import _script
 from throttlekit.testing import FakeClock
 
 pytestmark = pytest.mark.redis
@@ -96,6 +97,57 @@ def test_decisions_equal_the_memory_backend(ctx: Any, strategy: str, ops: Any) -
         redis_storage.close()
 
 
+single = st.lists(
+    st.tuples(
+        steps,
+        st.integers(0, len(RATES) - 1),  # rate
+        st.sampled_from([0, 1, 1, 1, 2, 4, 11]),  # cost
+        st.sampled_from([True, True, True, False]),  # consume
+        st.sampled_from([False, False, False, True]),  # probe
+    ),
+    min_size=1,
+    max_size=30,
+)
+
+
+def _state(raw: Any, storage: RedisStorage, key: str, algs: list[Any]) -> tuple[Any, ...]:
+    h = storage.family(key)
+    logs = [raw.lrange(f"{h}:l:{a.id}", 0, -1) for a in algs]
+    ttls = [raw.pttl(h), *(raw.pttl(f"{h}:l:{a.id}") for a in algs)]
+    return raw.hgetall(h), logs, ttls
+
+
+@pytest.mark.parametrize("strategy", STRATEGIES)
+@given(ops=single)
+def test_single_check_scripts_match_the_batch_script(
+    ctx: Any, raw: Any, strategy: str, ops: Any
+) -> None:
+    """A lone check runs its strategy's own small script: same Decisions, state and TTLs as
+    the batch script gives the same check (forced here by a block-key lookup)."""
+    storage = ctx.storage(clock="client")
+    algs = [make_algorithm(strategy, r) for r in RATES]
+    now = T0 + 123_457
+    try:
+        for step, i, cost, consume, probe in ops:
+            now += step
+            cost = cost if strategy != "sliding_log" else min(cost, 3)
+            check = Check(algs[i], "one", cost, False, probe)
+            one = storage.apply([check], consume=consume, now=now)
+            both = storage.apply(
+                [check._replace(key="bat")],
+                consume=consume, now=now, block_keys=["nobody"],
+            )
+            assert one.decisions == both.decisions and one.blocked == []
+            fields, logs, ttls = _state(raw, storage, "one", algs)
+            b_fields, b_logs, b_ttls = _state(raw, storage, "bat", algs)
+            assert (fields, logs) == (b_fields, b_logs)
+            for t, b in zip(ttls, b_ttls, strict=True):  # ms apart: the calls' own delay
+                assert (t < 0) == (b < 0) and abs(t - b) < 250, (ttls, b_ttls)
+    finally:
+        storage.reset(["one", "bat"])
+        storage.close()
+
+
 def test_batch_is_all_or_nothing_in_one_call(storage: RedisStorage) -> None:
     """A denied rate charges none of the others; an independent check is charged on its own."""
     small, big = make_algorithm("fixed_window", Rate(1, 10)), make_algorithm(
@@ -127,13 +179,28 @@ def test_large_rates_stay_exact(storage: RedisStorage, strategy: str) -> None:
 # -- time ------------------------------------------------------------------------------------
 
 
-def test_server_clock_is_the_default(storage: RedisStorage, raw: Any) -> None:
+@pytest.mark.parametrize("strategy", STRATEGIES)
+@pytest.mark.parametrize("batch", [False, True], ids=["single", "batch"])
+def test_server_clock_is_the_default(
+    storage: RedisStorage, raw: Any, strategy: str, batch: bool
+) -> None:
     """Without a client time, the window is the server's: state is stamped with Redis TIME."""
-    alg = make_algorithm("token_bucket", Rate(10, 1))
-    storage.hit(alg, "t", 1, None)
+    alg = make_algorithm(strategy, Rate(10, 1))
+    block_keys = ["nobody"] if batch else []
+    for left in (9, 8):
+        d = storage.apply([Check(alg, "t")], block_keys=block_keys).decisions[0]
+        assert d.allowed and d.remaining == left
     sec, usec = raw.time()
-    last = int(raw.hget(storage.family("t"), alg.id).split()[0])
-    assert 0 <= sec * 1_000_000 + usec - last < 2_000_000
+    server = sec * 1_000_000 + usec
+    h = storage.family("t")
+    if strategy == "sliding_log":
+        stamp = int(raw.lindex(f"{h}:l:{alg.id}", -1).split()[0])
+    elif strategy == "token_bucket":
+        stamp = int(raw.hget(h, alg.id).split()[0])
+    else:  # the window's index: its start
+        stamp = int(raw.hget(h, alg.id).split()[0]) * 1_000_000
+    assert 0 <= server - stamp < 2_000_000
+    assert 0 < raw.pttl(h) <= 2000
 
 
 def test_limiter_clock_is_passed_to_the_script(ctx: Any) -> None:
@@ -164,6 +231,30 @@ def test_every_key_has_a_ttl_no_longer_than_needed(
     storage.hit(alg, "ttl2", 1, T0)  # client time: the slack on top
     for key in raw.scan_iter(match=f"{storage.family('ttl2')}*"):
         assert 0 < raw.pttl(key) <= limit_ms + 5000
+
+
+@pytest.mark.parametrize("strategy", STRATEGIES)
+def test_a_hash_of_several_rates_keeps_its_longest_ttl(
+    storage: RedisStorage, raw: Any, strategy: str
+) -> None:
+    """Hits on a short rate never shorten the TTL a longer rate of the same key needs."""
+    long, short = make_algorithm(strategy, Rate(5, 3600)), make_algorithm(strategy, Rate(100, 1))
+    h = storage.family("k")
+    storage.hit(long, "k", 1, T0)
+    first = raw.pttl(h)
+    assert first > 700_000  # at least a token's refill time, 720 s
+    for i in range(3):
+        storage.hit(short, "k", 1, T0 + i * 2_000_000)
+        assert raw.pttl(h) > first - 1000
+
+
+def test_a_longer_need_extends_the_ttl(storage: RedisStorage, raw: Any) -> None:
+    """A bucket emptied further needs longer to refill: its key's TTL grows with it."""
+    alg = make_algorithm("token_bucket", Rate(5, 3600))
+    storage.hit(alg, "k", 1, T0)
+    first = raw.pttl(storage.family("k"))
+    storage.hit(alg, "k", 1, T0)
+    assert raw.pttl(storage.family("k")) > first + 700_000  # 720 s per token
 
 
 def test_keys_are_hash_tagged_and_escaped(storage: RedisStorage) -> None:
@@ -251,7 +342,9 @@ def test_one_evalsha_per_check_including_multi_rate(own_server: RedisServer) -> 
     """Every hit is one EVALSHA and nothing else, whatever the strategy or number of rates."""
     s = storage_from_url(own_server.url, prefix="rt:")
     limiter = Limiter(s)
-    limiter.hit("warm", "1/second")  # loads the script (NOSCRIPT -> EVAL once)
+    for strategy in STRATEGIES:  # loads the scripts (NOSCRIPT -> EVAL once each)
+        limiter.hit("warm", "1/second", strategy=strategy)
+        limiter.hit("warm", "1/second; 2/minute", strategy=strategy)
     own_server.command("CONFIG", "RESETSTAT")
     n = 0
     for strategy in STRATEGIES:
@@ -316,11 +409,16 @@ def test_script_is_reloaded_after_script_flush(own_server: RedisServer) -> None:
     """After SCRIPT FLUSH (as after a restart) the next call still answers, and reloads it."""
     s = storage_from_url(own_server.url, prefix="sf:")
     alg = make_algorithm("fixed_window", Rate(2, 60))
+    other = make_algorithm("fixed_window", Rate(5, 60))
+    pair = [Check(alg, "j"), Check(other, "j")]
     assert s.hit(alg, "k", 1, T0).remaining == 1
+    assert [d.remaining for d in s.apply(pair, now=T0).decisions] == [1, 4]
     own_server.command("SCRIPT", "FLUSH")
-    assert s.hit(alg, "k", 1, T0).remaining == 0
-    sha = s._batch.sha
-    assert own_server.command("SCRIPT", "EXISTS", sha) == [1]
+    assert s.hit(alg, "k", 1, T0).remaining == 0  # the single-check script
+    assert [d.remaining for d in s.apply(pair, now=T0).decisions] == [0, 3]  # the batch one
+    for name in ("fixed_window", "batch"):
+        sha = _script(name).sha
+        assert own_server.command("SCRIPT", "EXISTS", sha) == [1]
     s.close()
 
 

@@ -343,7 +343,9 @@ class Limiter:
         self._broken_until = 0.0
         if self._denials is not None:
             if decision.allowed:
-                if consume and cost:  # our own charge: a cached denial's numbers are stale
+                # our own charge: a cached denial's numbers are stale (`in` first: it is
+                # cheap, while the cache's pop and get run its timer and expiry)
+                if consume and cost and (plan, key) in self._denials:
                     self._denials.pop((plan, key), None)
             else:
                 self._remember_denial(plan, key, cost, now, decision)
@@ -354,7 +356,7 @@ class Limiter:
     ) -> Decision | None:
         """The cached refusal of (``plan`` or rule, ``key``) for this cost, if still due."""
         assert self._denials is not None
-        entry = self._denials.get((plan, key))
+        entry = self._denials.get((plan, key)) if (plan, key) in self._denials else None
         if entry is None or cost != entry[1]:  # another cost has another retry time
             return None
         until, _cost, made, decision = entry
@@ -400,7 +402,9 @@ class Limiter:
         decision = combine(result.decisions)
         if self._denials is not None:
             if decision.allowed:
-                if consume and cost:  # our own charge: a cached denial's numbers are stale
+                # our own charge: a cached denial's numbers are stale (`in` first: it is
+                # cheap, while the cache's pop and get run its timer and expiry)
+                if consume and cost and (plan, key) in self._denials:
                     self._denials.pop((plan, key), None)
             else:
                 self._remember_denial(plan, key, cost, now, decision)

@@ -1017,7 +1017,7 @@ class Rules:
             denials = lim._denials
             if denials:  # our own charges make a cached denial's numbers stale
                 for rule, disc, cost, _start in p.throttles:
-                    if cost:
+                    if cost and (rule, disc) in denials:  # (membership is the cheap test)
                         denials.pop((rule, disc), None)
 
     async def aevaluate(self, view: RequestView) -> Verdict:

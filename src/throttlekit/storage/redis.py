@@ -27,6 +27,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import importlib
+import re
 import time
 from collections.abc import Callable, Sequence
 from importlib import resources
@@ -45,6 +46,8 @@ DEFAULT_TIMEOUT = 0.25
 _INF = float("inf")
 _SAFE = 1 << 53  # cost is capped below it: Lua numbers are doubles
 _KIND = {"fixed_window": "fw", "sliding_window": "sw", "token_bucket": "tb", "sliding_log": "sl"}
+_SMALL = tuple(str(i).encode() for i in range(64))  # pre-encoded costs
+_MAX_ONES = 4096  # bound of the per-algorithm argument cache
 
 
 def _redis() -> Any:
@@ -77,6 +80,40 @@ def _script(name: str) -> _Script:
 
 def _text(value: Any) -> str:
     return value.decode() if isinstance(value, bytes) else str(value)
+
+
+class _One:
+    """A strategy's single-check script bound to one algorithm: the arguments that never
+    change (after the key, now and cost), encoded once; with ``encoding`` (the direct path
+    on our own client), also the packed command's head and tail."""
+
+    __slots__ = ("encoding", "head", "log", "log_b", "packed", "script", "sha", "tail")
+
+    def __init__(
+        self, script: _Script, alg: Algorithm, tail: list[Any], encoding: tuple[str, str] | None
+    ) -> None:
+        self.script = script
+        self.sha = script.sha.encode()
+        self.log = f":l:{alg.id}" if alg.name == "sliding_log" else None
+        self.tail = tuple(tail)
+        self.encoding = encoding
+        self.head: bytes | None = None
+        self.packed: bytes | None = None
+        self.log_b = b""
+        if encoding is not None:
+            enc = [t if isinstance(t, bytes) else t.encode(*encoding) for t in tail]
+            self.packed = b"".join(b"$%d\r\n%b\r\n" % (len(t), t) for t in enc)
+            nkeys = 1 if self.log is None else 2
+            self.head = b"*%d\r\n$7\r\nEVALSHA\r\n$%d\r\n%b\r\n$1\r\n%d\r\n" % (
+                5 + nkeys + len(enc), len(self.sha), self.sha, nkeys
+            )
+            if self.log is not None:
+                self.log_b = self.log.encode(*encoding)
+
+
+def _send_read(conn: Any, cmd: bytes) -> Any:
+    conn.send_packed_command((cmd,))
+    return conn.read_response()
 
 
 class RedisStorage(Storage):
@@ -145,6 +182,11 @@ class RedisStorage(Storage):
         self._noscript: type[BaseException] = redis.exceptions.NoScriptError
         self._key_slot: Callable[[bytes], int] = redis.crc.key_slot
         self._batch = _script("batch")
+        self._ones: dict[Algorithm, _One] = {}  # see _one
+        # the direct path (see _direct_one): our own plain client's pool and encoding
+        self._pool: Any = None
+        self._encoding: tuple[str, str] | None = None
+        self._reconnect_check = False
         self._block = _script("block")
         self._blocks = _script("blocks")
         self._reset = _script("reset")
@@ -192,6 +234,94 @@ class RedisStorage(Storage):
                      min(c.cost, _SAFE), (1 if c.independent else 0) | (2 if c.probe else 0))
         keys += [f"{family(k)}:b" for k in block_keys]
         return keys, args
+
+    def _one(self, check: Check, consume: bool, now: int | None) -> tuple[_One, list[Any]]:
+        """The specialised script and the EVALSHA arguments after the sha of one check
+        without block keys (see :class:`_One`)."""
+        alg = check.algorithm
+        one = self._ones.get(alg)
+        if one is None:
+            one = self._prepare(alg)
+        h = self.family(check.key)
+        if now is None:
+            now_arg: Any = b"" if self.clock == "server" else int(time.time() * 1_000_000)
+        else:
+            now_arg = now
+        cost = check.cost
+        cost_arg: Any
+        if consume and not check.probe:
+            cost_arg = _SMALL[cost] if cost < 64 else min(cost, _SAFE)
+        else:  # decided, not charged: the scripts read -1 - cost
+            cost_arg = -1 - min(cost, _SAFE)
+        if one.log is None:
+            return one, [1, h, now_arg, cost_arg, *one.tail]
+        return one, [2, h, h + one.log, now_arg, cost_arg, *one.tail]
+
+    def _prepare(self, alg: Algorithm) -> _One:
+        tail: list[Any] = [self._slack_ms.encode(), alg.id, str(alg.limit).encode(),
+                           str(alg.period_us).encode()]
+        if alg.name == "token_bucket":
+            tail.append(str(alg.capacity).encode())
+        one = _One(_script(alg.name), alg, tail, self._encoding)
+        if len(self._ones) >= _MAX_ONES:
+            self._ones.clear()
+        self._ones[alg] = one
+        return one
+
+    def _direct_one(self, check: Check, consume: bool, now: int | None) -> Any:
+        """One check on our own plain client: the command packed here (most of it once per
+        algorithm) and sent on a pooled connection, without redis-py's per-command layers."""
+        alg = check.algorithm
+        one = self._ones.get(alg)
+        if one is None or one.packed is None:
+            one = self._prepare(alg)
+        head, packed, encoding = one.head, one.packed, one.encoding
+        assert head is not None and packed is not None and encoding is not None
+        key = self.family(check.key)
+        if now is None:
+            now_b = b"" if self.clock == "server" else b"%d" % int(time.time() * 1_000_000)
+        else:
+            now_b = b"%d" % now
+        cost = check.cost
+        if consume and not check.probe:
+            cost_b = _SMALL[cost] if cost < 64 else b"%d" % min(cost, _SAFE)
+        else:  # decided, not charged: the scripts read -1 - cost
+            cost_b = b"%d" % (-1 - min(cost, _SAFE))
+        k = key.encode(*encoding)
+        keys = b"$%d\r\n%b\r\n" % (len(k), k)
+        if one.log is not None:
+            k += one.log_b
+            keys += b"$%d\r\n%b\r\n" % (len(k), k)
+        cmd = b"%b%b$%d\r\n%b\r\n$%d\r\n%b\r\n%b" % (
+            head, keys, len(now_b), now_b, len(cost_b), cost_b, packed
+        )
+        pool = self._pool
+        try:
+            conn = pool.get_connection()
+        except self._errors as exc:
+            raise StorageError(f"Redis: {type(exc).__name__}: {exc}") from exc
+        try:
+            try:
+                return conn.retry.call_with_retry(
+                    lambda: _send_read(conn, cmd), lambda _error: conn.disconnect()
+                )
+            except self._noscript:
+                pass
+        except self._errors as exc:
+            raise StorageError(f"Redis: {type(exc).__name__}: {exc}") from exc
+        finally:
+            if self._reconnect_check and conn.should_reconnect():
+                conn.disconnect()
+            pool.release(conn)
+        _, args = self._one(check, consume, now)  # NOSCRIPT: send the source (and cache it)
+        return self._eval_one(one.script, one.sha, args)
+
+    @staticmethod
+    def _decision(alg: Algorithm, raw: Any) -> Decision:
+        allowed, rem, reset, retry = raw.split()
+        r = int(retry)
+        return alg.decide(allowed == b"1" or allowed == "1", int(rem), int(reset),
+                          _INF if r < 0 else r / 1e6)
 
     @staticmethod
     def _result(checks: Sequence[Check], nb: int, raw: Sequence[Any]) -> BatchResult:
@@ -243,7 +373,24 @@ class RedisStorage(Storage):
                 )
             client = self._client = self._make_client()
             self._cluster = _is_cluster(client)
+            self._direct_path(client)
         return client
+
+    def _direct_path(self, client: Any) -> None:
+        """Single checks skip redis-py's per-command layers on a client we built: a plain
+        pooled ``redis.Redis`` (standalone or Sentinel master) without retries to honour."""
+        redis = _redis()
+        if (
+            type(client) is not redis.Redis
+            or client.connection is not None  # single_connection_client
+            or _version(redis.__version__) < (5, 3)  # get_connection() takes no args
+        ):
+            return
+        pool = client.connection_pool
+        encoder = client.get_encoder()
+        self._encoding = (encoder.encoding, encoder.encoding_errors)
+        self._reconnect_check = hasattr(pool.connection_class, "should_reconnect")
+        self._pool = pool
 
     def _eval(self, script: _Script, keys: Sequence[str], args: Sequence[Any]) -> Any:
         client = self._sync()
@@ -252,6 +399,18 @@ class RedisStorage(Storage):
                 return client.execute_command("EVALSHA", script.sha, len(keys), *keys, *args)
             except self._noscript:
                 return client.execute_command("EVAL", script.source, len(keys), *keys, *args)
+        except self._errors as exc:
+            raise StorageError(f"Redis: {type(exc).__name__}: {exc}") from exc
+
+    def _eval_one(self, script: _Script, sha: bytes, args: list[Any]) -> Any:
+        client = self._client
+        if client is None:
+            client = self._sync()
+        try:
+            try:
+                return client.execute_command("EVALSHA", sha, *args)
+            except self._noscript:
+                return client.execute_command("EVAL", script.source, *args)
         except self._errors as exc:
             raise StorageError(f"Redis: {type(exc).__name__}: {exc}") from exc
 
@@ -265,6 +424,14 @@ class RedisStorage(Storage):
     ) -> BatchResult:
         if self._client is None:
             self._sync()
+        if len(checks) == 1 and not block_keys:  # the common case: one specialised script
+            c = checks[0]
+            if self._pool is not None:
+                raw = self._direct_one(c, consume, now)
+            else:
+                one, args = self._one(c, consume, now)
+                raw = self._eval_one(one.script, one.sha, args)
+            return BatchResult([self._decision(c.algorithm, raw)], [])
         groups = self._groups(checks, block_keys) if self._cluster else None
         if groups is None:
             keys, args = self._args(checks, consume, now, block_keys)
@@ -348,6 +515,7 @@ class RedisStorage(Storage):
 
     def close(self) -> None:
         client, self._client = self._client, None
+        self._pool = None
         if client is not None and self._make_client is not None:
             client.close()
             for sentinel in _sentinels(client):
@@ -393,10 +561,22 @@ class RedisStorage(Storage):
         now: int | None = None,
         block_keys: Sequence[str] = (),
     ) -> BatchResult:
-        if self._async() is None:
+        client = self._async()
+        if client is None:
             return await asyncio.to_thread(
                 self.apply, checks, consume=consume, now=now, block_keys=block_keys
             )
+        if len(checks) == 1 and not block_keys:  # the common case: one specialised script
+            c = checks[0]
+            one, args = self._one(c, consume, now)
+            try:
+                try:
+                    raw = await client.execute_command("EVALSHA", one.sha, *args)
+                except self._noscript:
+                    raw = await client.execute_command("EVAL", one.script.source, *args)
+            except self._errors as exc:
+                raise StorageError(f"Redis: {type(exc).__name__}: {exc}") from exc
+            return BatchResult([self._decision(c.algorithm, raw)], [])
         groups = self._groups(checks, block_keys) if self._cluster else None
         if groups is None:
             keys, args = self._args(checks, consume, now, block_keys)
@@ -585,6 +765,10 @@ def _sentinels(client: Any) -> list[Any]:
     """The sentinel clients behind a ``master_for`` client we made (closed with it)."""
     manager = getattr(getattr(client, "connection_pool", None), "sentinel_manager", None)
     return list(getattr(manager, "sentinels", ()))
+
+
+def _version(text: str) -> tuple[int, ...]:
+    return tuple(int(x) for x in re.findall(r"\d+", text)[:2])
 
 
 def _is_async(client: Any) -> bool:
