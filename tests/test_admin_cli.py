@@ -91,8 +91,11 @@ def rules_file(tmp_path: Path) -> Path:
 
 @pytest.fixture
 def served(store: str, rules_file: Path) -> Client:
-    """The app behind the middleware, on the same store and rules the commands use."""
-    limiter = Limiter(store)
+    """The app behind the middleware, on the same store and rules the commands use.
+
+    Without the local denial cache: a worker that cached a refusal keeps it until its retry
+    time by design (docs/backends.md), and these tests look at the store's state."""
+    limiter = Limiter(store, denial_cache_size=0)
     limiter.load_rules(rules_file)
     return Client(WSGIMiddleware(app, limiter))
 

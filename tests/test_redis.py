@@ -615,3 +615,14 @@ def test_sentinel_writes_go_to_the_master() -> None:
         assert sent.master.command("EXISTS", s.family("k")) == 1
         assert sent.replica.command("ROLE")[0] == "slave"
         s.close()
+
+
+def test_unknown_url_option_is_a_config_error_at_setup() -> None:
+    """A misspelt client option fails at configuration, not as a dead store later."""
+    from throttlekit import ConfigError
+
+    with pytest.raises(ConfigError, match="socket_timout"):
+        storage_from_url("redis://127.0.0.1:6379/0?socket_timout=1")
+    with pytest.raises(ConfigError, match="bogus"):
+        Limiter(storage_from_url("redis://127.0.0.1:6379/0", bogus=1))
+    storage_from_url("redis://127.0.0.1:6379/0?socket_timeout=1&health_check_interval=5").close()

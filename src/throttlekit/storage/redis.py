@@ -814,6 +814,7 @@ def from_url(url: str, **options: Any) -> RedisStorage:
     for k, v in query.items():
         kw[k] = _coerce(v)
     kw.update(options)
+    _check_client_options(redis, scheme, kw, url)
     hosts, user, password = _netloc(parts.netloc, url)
     if user and "username" not in kw:
         kw["username"] = user
@@ -886,6 +887,23 @@ def from_url(url: str, **options: Any) -> RedisStorage:
     storage._cluster = scheme == "redis+cluster"
     storage._url = f"{scheme}://{parts.netloc.rpartition('@')[2]}{parts.path}"
     return storage
+
+
+def _check_client_options(redis: Any, scheme: str, kw: dict[str, Any], url: str) -> None:
+    """Unknown client options are a ConfigError now, not a failing store at request time
+    (clients are only built on first use)."""
+    import inspect
+
+    known = set(inspect.signature(redis.Redis.__init__).parameters)
+    if scheme == "redis+cluster":
+        cluster: Any = importlib.import_module("redis.cluster")
+        known |= set(inspect.signature(cluster.RedisCluster.__init__).parameters)
+    unknown = sorted(set(kw) - known - {"self", "kwargs"})
+    if unknown:
+        raise ConfigError(
+            f"unknown Redis option(s) {', '.join(unknown)} for {url!r} "
+            f"(throttlekit's own: {', '.join(sorted(_OWN_OPTIONS))}; see redis.Redis)"
+        )
 
 
 #: stands for the client while from_url's real clients wait to be built on first use
