@@ -106,3 +106,26 @@ def test_default_strategy_gives_a_full_quota_after_one_period():
     assert 0 < refused.retry_after <= 60
     clock.advance(60)
     assert [limiter.hit("k", "5/minute").allowed for _ in range(5)] == [True] * 5
+
+
+def test_key_shortcuts_match_the_rules_file_vocabulary():
+    """key="global", "path" and "form:<field>" work in Python as in a rules file."""
+    limiter = Limiter()
+    limiter.throttle("everyone", "2/minute", key="global")
+    c = client_for(limiter)
+    assert [get(c, ip=f"192.0.2.{i}").status_code for i in range(3)] == [200, 200, 429]
+
+    per_path = Limiter()
+    per_path.throttle("paths", "1/minute", key="path")
+    c = client_for(per_path)
+    assert [get(c, p).status_code for p in ("/a", "/b", "/a")] == [200, 200, 429]
+
+    logins = Limiter()
+    logins.throttle("login", "1/minute", key="form:username",
+                    match=lambda r: r.method == "POST")
+    c = client_for(logins)
+    codes = [c.post("/", data={"username": u}, environ_base={"REMOTE_ADDR": "192.0.2.1"})
+             .status_code for u in ("ann", "ann", "bob")]
+    assert codes == [200, 429, 200]
+    with pytest.raises(ConfigError, match="bogus"):
+        Limiter().throttle("x", "1/minute", key="bogus")

@@ -149,18 +149,38 @@ def _key_func(key: str | KeyFunc | None, what: str) -> KeyFunc:
         return _client_key
     if key == "ip":
         return _client_ip
-    if isinstance(key, str) and key.lower().startswith("header:") and len(key) > 7:
+    if key == "global":
+        return _global_key
+    if key == "path":
+        return _path_key
+    if isinstance(key, str) and key.lower().startswith("header:") and key[7:].strip():
         name = key[7:].strip().lower()
 
         def header_key(view: RequestView) -> str | None:
             return view.headers.get(name) or None
 
         return header_key
+    if isinstance(key, str) and key.lower().startswith("form:") and key[5:].strip():
+        field = key[5:].strip()
+
+        def form_key(view: RequestView) -> str | None:
+            return view.form.get(field) or None
+
+        return form_key
     if callable(key):
         return key
     raise ConfigError(
-        f"{what}: key must be a callable, 'ip', 'client' or 'header:<name>', got {key!r}"
+        f"{what}: key must be a callable, 'client', 'ip', 'global', 'path', "
+        f"'header:<name>' or 'form:<field>', got {key!r}"
     )
+
+
+def _global_key(view: RequestView) -> str:
+    return "*"
+
+
+def _path_key(view: RequestView) -> str:
+    return view.path
 
 
 def _callable_or_none(value: Any, what: str) -> Any:
