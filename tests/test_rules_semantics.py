@@ -129,3 +129,19 @@ def test_key_shortcuts_match_the_rules_file_vocabulary():
     assert codes == [200, 429, 200]
     with pytest.raises(ConfigError, match="bogus"):
         Limiter().throttle("x", "1/minute", key="bogus")
+
+
+def test_unblock_lifts_bans_made_by_rules_this_limiter_does_not_know():
+    """An admin limiter without the rules (another process) still lifts a client's bans."""
+    from throttlekit import MemoryStorage
+
+    storage = MemoryStorage()
+    serving = Limiter(storage)
+    serving.fail2ban("scanners", match=lambda r: r.path == "/wp-admin", maxretry=1,
+                     findtime=60, bantime=3600)
+    c = client_for(serving)
+    get(c, "/wp-admin")
+    assert get(c).status_code == 403
+    admin = Limiter(storage)  # knows no rules
+    assert admin.unblock("192.0.2.7")
+    assert serving.blocked() == [] and get(c).status_code == 200

@@ -617,7 +617,23 @@ class Limiter:
         ban = self._rules.ban_rule_of(key)
         if ban is not None:
             return [(key, ban[1])]
-        return [(key, None)] + [(rule.prefix + key, key) for rule in self._rules.bans]
+        targets: list[tuple[str, str | None]] = [(key, None)]
+        targets += [(rule.prefix + key, key) for rule in self._rules.bans]
+        # Bans made by rules this limiter doesn't know (another process, the admin CLI):
+        # "<fail2ban|allow2ban>:<rule>:<key>" entries of the shared blocklist.
+        suffix = ":" + key
+        known = {t[0] for t in targets}
+        try:
+            listed = self.storage.blocked(self._block_now())
+        except Exception:
+            listed = []
+        for b in listed:
+            name = b.key
+            if (name.endswith(suffix) and name not in known
+                    and name.startswith(("fail2ban:", "allow2ban:"))
+                    and name.count(":") >= 2 + key.count(":")):
+                targets.append((name, key))
+        return targets
 
     def blocked(self) -> list[Block]:
         """Every live block and ban, soonest to expire first."""
