@@ -64,8 +64,20 @@ class _Script:
     __slots__ = ("sha", "source")
 
     def __init__(self, name: str) -> None:
-        self.source = resources.files(__package__).joinpath(f"lua/{name}.lua").read_text("utf-8")
+        self.source = _lua(name)
         self.sha = hashlib.sha1(self.source.encode()).hexdigest()
+
+
+def _lua(name: str) -> str:
+    """A script's source, with each ``--#include NAME`` line replaced by ``lua/_NAME.lua``
+    (the parts the scripts share, kept in one place)."""
+    text = resources.files(__package__).joinpath(f"lua/{name}.lua").read_text("utf-8")
+    lines = []
+    for line in text.splitlines(keepends=True):
+        if line.startswith("--#include "):
+            line = _lua("_" + line.split()[1])
+        lines.append(line)
+    return "".join(lines)
 
 
 _scripts: dict[str, _Script] = {}

@@ -24,36 +24,7 @@ local consume = ARGV[2] == '1'
 local n = tonumber(ARGV[3])
 local nb = tonumber(ARGV[4])
 
-local function idiv(a, b)  -- floor(a / b), exact for integers below 2^53
-  local q = floor(a / b)
-  local r = a - q * b
-  if r < 0 then q = q - 1 elseif r >= b then q = q + 1 end
-  return q
-end
-
-local function muldiv(a, b, c)  -- floor(a * b / c) and the remainder, exact beyond 2^53 too
-  local x = a * b
-  if x < 9007199254740992 then
-    local q = idiv(x, c)
-    return q, x - q * c
-  end
-  local bq = idiv(b, c)
-  local br = b - bq * c
-  local q, r, hi, rest = 0, 0, 1, a
-  while hi * 2 <= rest do hi = hi * 2 end
-  while hi >= 1 do  -- binary long multiplication of a * br, reduced modulo c
-    q = q * 2
-    r = r * 2
-    if r >= c then r = r - c; q = q + 1 end
-    if rest >= hi then
-      rest = rest - hi
-      r = r + br
-      if r >= c then r = r - c; q = q + 1 end
-    end
-    hi = hi / 2
-  end
-  return a * bq + q, r
-end
+--#include arith
 
 local function drain(W, R, p, limit)  -- ceil((W * p + R) / limit)
   local q, r = muldiv(W, p, limit)

@@ -5,22 +5,8 @@
 --       ttl slack (ms, used only with a client-given now), field, limit, period_us.
 -- Returns "allowed remaining reset_us retry_us" (retry -1 = never): a string is cheaper to
 -- send back than an array.
-local OUT = '%.0f %.0f %.0f %.0f'
-local call, floor = redis.call, math.floor
--- PEXPIRE .. GT (Redis 7+) extends a TTL, never shortens it, in one call: used when H is
--- known to exist, hence to have a TTL (every write of H sets one); else PTTL, PEXPIRE.
-local GT = (redis.REDIS_VERSION_NUM or 0) >= 0x070000
-local now, slack = ARGV[1], 0
-if now == '' then
-  local t = call('TIME')
-  now = tonumber(t[1]) * 1000000 + tonumber(t[2])
-else
-  now, slack = tonumber(now), tonumber(ARGV[3])
-end
+--#include single
 local H, field = KEYS[1], ARGV[4]
-local cost, limit, p = tonumber(ARGV[2]), tonumber(ARGV[5]), tonumber(ARGV[6])
-local charge = cost >= 0
-if not charge then cost = -1 - cost end
 
 local win = floor(now / p)  -- exact floor(now / p) below 2^53
 local r = now - win * p

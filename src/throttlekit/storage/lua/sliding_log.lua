@@ -6,22 +6,9 @@
 --       ttl slack (ms, used only with a client-given now), field, limit, period_us.
 -- Returns "allowed remaining reset_us retry_us" (retry -1 = never): a string is cheaper to
 -- send back than an array.
-local OUT = '%.0f %.0f %.0f %.0f'
-local call, floor, find, sub = redis.call, math.floor, string.find, string.sub
--- PEXPIRE .. GT (Redis 7+) extends a TTL, never shortens it, in one call: used when a key is
--- known to exist, hence to have a TTL (every write sets one); else PTTL, PEXPIRE.
-local GT = (redis.REDIS_VERSION_NUM or 0) >= 0x070000
-local now, slack = ARGV[1], 0
-if now == '' then
-  local t = call('TIME')
-  now = tonumber(t[1]) * 1000000 + tonumber(t[2])
-else
-  now, slack = tonumber(now), tonumber(ARGV[3])
-end
+--#include single
+local find, sub = string.find, string.sub
 local H, L, field = KEYS[1], KEYS[2], ARGV[4]
-local cost, limit, p = tonumber(ARGV[2]), tonumber(ARGV[5]), tonumber(ARGV[6])
-local charge = cost >= 0
-if not charge then cost = -1 - cost end
 
 local known = call('HGET', H, field)  -- H exists
 local total = tonumber(known or '0')

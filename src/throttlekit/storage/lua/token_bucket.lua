@@ -5,54 +5,11 @@
 --       ttl slack (ms, used only with a client-given now), field, limit, period_us, capacity.
 -- Returns "allowed remaining reset_us retry_us" (retry -1 = never): a string is cheaper to
 -- send back than an array.
-local OUT = '%.0f %.0f %.0f %.0f'
-local call, floor = redis.call, math.floor
--- PEXPIRE .. GT (Redis 7+) extends a TTL, never shortens it, in one call: used when H is
--- known to exist, hence to have a TTL (every write of H sets one); else PTTL, PEXPIRE.
-local GT = (redis.REDIS_VERSION_NUM or 0) >= 0x070000
-local now, slack = ARGV[1], 0
-if now == '' then
-  local t = call('TIME')
-  now = tonumber(t[1]) * 1000000 + tonumber(t[2])
-else
-  now, slack = tonumber(now), tonumber(ARGV[3])
-end
+--#include single
 local H, field = KEYS[1], ARGV[4]
-local cost, limit = tonumber(ARGV[2]), tonumber(ARGV[5])
-local charge = cost >= 0
-if not charge then cost = -1 - cost end
-local p, cap = tonumber(ARGV[6]), tonumber(ARGV[7])
+local cap = tonumber(ARGV[7])
 
-local function idiv(a, b)  -- floor(a / b), exact for integers below 2^53
-  local q = floor(a / b)
-  local r = a - q * b
-  if r < 0 then q = q - 1 elseif r >= b then q = q + 1 end
-  return q
-end
-
-local function muldiv(a, b, c)  -- floor(a * b / c) and the remainder, exact beyond 2^53 too
-  local x = a * b
-  if x < 9007199254740992 then
-    local q = idiv(x, c)
-    return q, x - q * c
-  end
-  local bq = idiv(b, c)
-  local br = b - bq * c
-  local q, r, hi, rest = 0, 0, 1, a
-  while hi * 2 <= rest do hi = hi * 2 end
-  while hi >= 1 do  -- binary long multiplication of a * br, reduced modulo c
-    q = q * 2
-    r = r * 2
-    if r >= c then r = r - c; q = q + 1 end
-    if rest >= hi then
-      rest = rest - hi
-      r = r + br
-      if r >= c then r = r - c; q = q + 1 end
-    end
-    hi = hi / 2
-  end
-  return a * bq + q, r
-end
+--#include arith
 
 local function drain(W, R)  -- ceil((W * p + R) / limit)
   local q, r = muldiv(W, p, limit)
