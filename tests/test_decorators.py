@@ -407,3 +407,40 @@ def test_decorating_is_independent_of_functools_wraps_chain(limiter: Limiter) ->
     with pytest.raises(RateLimitExceeded) as info:
         work()
     assert info.value.decision.limit == 1
+
+
+def test_key_gets_the_call_arguments_by_name(limiter: Limiter) -> None:
+    """key=lambda user_id, **kw: ... limits send_sms(42, "hi") per user (bound by name)."""
+
+    @limiter.limit("2/hour", key=lambda user_id, **kw: user_id)
+    def send_sms(user_id: int, text: str) -> str:
+        return text
+
+    assert send_sms(42, "a") == "a" and send_sms(user_id=42, text="b") == "b"
+    with pytest.raises(RateLimitExceeded):
+        send_sms(42, "c")
+    assert send_sms(7, "d") == "d"
+
+
+def test_key_naming_some_parameters_gets_only_those(limiter: Limiter) -> None:
+    """A key naming one parameter gets it, defaults applied, whatever way the call passed it."""
+
+    @limiter.limit("1/minute", key=lambda region: region, cost=lambda size: size)
+    def upload(user: str, size: int = 1, region: str = "eu") -> str:
+        return user
+
+    assert upload("ann") == "ann"
+    with pytest.raises(RateLimitExceeded):
+        upload("bob", region="eu")
+    assert upload("ann", 1, "us") == "ann"
+
+
+def test_key_that_cannot_take_the_arguments_is_a_config_error(limiter: Limiter) -> None:
+    """A key whose parameters do not fit the call raises ConfigError, not a skipped limit."""
+
+    @limiter.limit("100/hour", key=lambda a, b, c: a)
+    def two(x: int, y: int) -> int:
+        return x
+
+    with pytest.raises(ConfigError, match="lambda"):
+        two(1, 2)

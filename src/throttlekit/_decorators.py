@@ -296,24 +296,122 @@ def _plan_web(lim: Limiter, view: RequestView, entries: Sequence[Entry]) -> _Pen
     return p
 
 
-def _plan_call(lim: Limiter, entries: Sequence[Entry], args: tuple[Any, ...],
-               kwargs: dict[str, Any]) -> _Pending | Verdict:
+def _plan_call(lim: Limiter, group: Group, args: tuple[Any, ...],
+               kwargs: dict[str, Any]) -> _Pending | Verdict | None:
     p = _Pending()
-    for name, spec in entries:
+    named: dict[str, Any] | None = None
+    if group.binds:
+        named = _named_arguments(group.sig, args, kwargs)  # type: ignore[arg-type]
+        if named is None:
+            return None  # the call itself does not fit the function: let it raise
+    for (name, spec), (keya, costa) in zip(group.entries, group.adapters, strict=True):
         try:
-            keyf = spec.call_key
-            disc = "" if keyf is None else keyf(*args, **kwargs)
+            disc = "" if keya is None else keya(args, kwargs, named)
             if disc is None:
                 continue
             cost = spec.call_cost
             if cost.__class__ is not int:
-                cost = cost(*args, **kwargs)
+                cost = costa(args, kwargs, named)  # type: ignore[misc]
             p.add(lim, name, spec, disc, cost)
+        except ConfigError:
+            raise
         except Exception as exc:
             _log_error(lim, name, exc)
             if lim.on_storage_error == "deny":
                 return _refused(lim, None, name)
     return p
+
+
+def _named_arguments(sig: inspect.Signature, args: tuple[Any, ...],
+                     kwargs: dict[str, Any]) -> dict[str, Any] | None:
+    """The call's arguments by parameter name (defaults applied; a ``**kwargs``
+    parameter's items merged in)."""
+    try:
+        bound = sig.bind(*args, **kwargs)
+    except TypeError:
+        return None
+    bound.apply_defaults()
+    out: dict[str, Any] = {}
+    params = sig.parameters
+    for pname, value in bound.arguments.items():
+        if params[pname].kind is inspect.Parameter.VAR_KEYWORD:
+            out.update(value)
+        else:
+            out[pname] = value
+    return out
+
+
+#: calls a key or cost function with ``(args, kwargs, arguments by name)``
+Adapter = Callable[[tuple[Any, ...], dict[str, Any], "dict[str, Any] | None"], Any]
+
+_P = inspect.Parameter
+_NAMED_KINDS = (_P.POSITIONAL_OR_KEYWORD, _P.KEYWORD_ONLY)
+
+
+def _adapter(f: Callable[..., Any], fsig: inspect.Signature | None) -> tuple[Adapter, bool]:
+    """How ``f`` (a key or cost function) gets a call's arguments, and whether that needs
+    the call bound to the decorated function's signature.
+
+    By name when it can: every argument when ``f`` takes ``**kwargs``, else the ones it
+    names; as the call was made (``f(*args, **kwargs)``) when its parameters are
+    positional-only or do not name the function's parameters."""
+    ksig = _signature(f)
+    if ksig is None or fsig is None:
+        return _raw_adapter(f, ksig), False
+    kparams = list(ksig.parameters.values())
+    fparams = fsig.parameters
+    fnames = {n for n, p in fparams.items() if p.kind in _NAMED_KINDS
+              or p.kind is _P.POSITIONAL_ONLY}
+    f_varkw = any(p.kind is _P.VAR_KEYWORD for p in fparams.values())
+    if any(p.kind in (_P.POSITIONAL_ONLY, _P.VAR_POSITIONAL) for p in kparams):
+        return _raw_adapter(f, ksig), False
+    names = tuple(p.name for p in kparams if p.kind in _NAMED_KINDS)
+    required = {p.name for p in kparams if p.kind in _NAMED_KINDS and p.default is _P.empty}
+    if any(p.kind is _P.VAR_KEYWORD for p in kparams):
+        def all_named(args: tuple[Any, ...], kwargs: dict[str, Any],
+                      named: dict[str, Any] | None) -> Any:
+            try:
+                return f(**named)  # type: ignore[arg-type]
+            except TypeError:
+                _check_fits(f, ksig, (), named or {})
+                raise
+        return all_named, True
+    if not names or (set(names) & fnames and (required <= fnames or f_varkw)):
+        def by_name(args: tuple[Any, ...], kwargs: dict[str, Any],
+                    named: dict[str, Any] | None) -> Any:
+            kw = {n: named[n] for n in names if n in named}  # type: ignore[index, operator]
+            try:
+                return f(**kw)
+            except TypeError:
+                _check_fits(f, ksig, (), kw)
+                raise
+        return by_name, bool(names)
+    return _raw_adapter(f, ksig), False
+
+
+def _raw_adapter(f: Callable[..., Any], ksig: inspect.Signature | None) -> Adapter:
+    def raw(args: tuple[Any, ...], kwargs: dict[str, Any], named: dict[str, Any] | None) -> Any:
+        try:
+            return f(*args, **kwargs)
+        except TypeError:
+            if ksig is not None:
+                _check_fits(f, ksig, args, kwargs)
+            raise
+    return raw
+
+
+def _check_fits(f: Callable[..., Any], ksig: inspect.Signature, args: tuple[Any, ...],
+                kwargs: Mapping[str, Any]) -> None:
+    """A TypeError from a key/cost function whose parameters do not fit the call is a
+    programming error, not a failing key: raise it instead of skipping the limit."""
+    try:
+        ksig.bind(*args, **kwargs)
+    except TypeError as exc:
+        raise ConfigError(
+            f"the key or cost function {qualified_name(f)}{ksig} cannot take the call's "
+            f"arguments ({exc}); name the decorated function's parameters it needs, or "
+            "accept **kwargs"
+        ) from None
 
 
 def _refused(lim: Limiter, view: Any, rule: str) -> Verdict:
@@ -402,9 +500,11 @@ class Group:
     """The throttlekit state of one decorated function: its limits (stacked decorators
     add to one group) and whether default limits apply to it."""
 
-    __slots__ = ("endpoint", "entries", "exempt", "lim", "owner", "specs", "wrapper")
+    __slots__ = ("adapters", "binds", "endpoint", "entries", "exempt", "lim", "owner", "sig",
+                 "specs", "wrapper")
 
-    def __init__(self, owner: Any, endpoint: str) -> None:
+    def __init__(self, owner: Any, endpoint: str,
+                 sig: inspect.Signature | None = None) -> None:
         from ._limiter import Limiter
 
         self.owner = owner
@@ -415,6 +515,11 @@ class Group:
         self.entries: tuple[Entry, ...] = ()
         self.exempt = False
         self.wrapper: Any = None
+        #: the decorated function's signature (computed once): key/cost get arguments by name
+        self.sig = sig
+        #: per entry: how its key and cost functions are called (plain function calls)
+        self.adapters: tuple[tuple[Adapter | None, Adapter | None], ...] = ()
+        self.binds = False
 
     def add(self, spec: LimitSpec) -> None:
         # the outermost decorator is applied last; list limits top to bottom
@@ -426,6 +531,20 @@ class Group:
             else:
                 entries.append((self.endpoint if i == 0 else f"{self.endpoint}#{i}", s))
         self.entries = tuple(entries)
+        adapters = []
+        binds = False
+        for s in self.specs:
+            pair: list[Adapter | None] = []
+            for f in (s.call_key, s.call_cost if callable(s.call_cost) else None):
+                if f is None:
+                    pair.append(None)
+                else:
+                    a, b = _adapter(f, self.sig)
+                    pair.append(a)
+                    binds = binds or b
+            adapters.append((pair[0], pair[1]))
+        self.adapters = tuple(adapters)
+        self.binds = binds
 
     @property
     def override_defaults(self) -> bool:
@@ -475,7 +594,7 @@ def decorate(owner: Any, spec: LimitSpec) -> Callable[[F], F]:
         if group is not None and group.wrapper is fn:
             group.add(spec)  # stacked: one wrapper, one storage call
             return fn
-        group = Group(owner, qualified_name(fn))
+        group = Group(owner, qualified_name(fn), _signature(fn))
         group.add(spec)
         if group_of(fn) is not None and group_of(fn).wrapper is None:  # type: ignore[union-attr]
             group.exempt = group_of(fn).exempt  # type: ignore[union-attr]
@@ -611,7 +730,9 @@ def view_of(lim: Limiter, kind: str, raw: MutableMapping[str, Any], native: Any)
 
 def _call_limits(lim: Limiter, group: Group, args: tuple[Any, ...],
                  kwargs: dict[str, Any]) -> None:
-    p = _plan_call(lim, group.entries, args, kwargs)
+    p = _plan_call(lim, group, args, kwargs)
+    if p is None:
+        return
     if p.__class__ is Verdict:
         raise RateLimitExceeded(p.decision)  # type: ignore[arg-type]
     assert isinstance(p, _Pending)
@@ -625,7 +746,9 @@ def _call_limits(lim: Limiter, group: Group, args: tuple[Any, ...],
 
 async def _acall_limits(lim: Limiter, group: Group, args: tuple[Any, ...],
                         kwargs: dict[str, Any]) -> None:
-    p = _plan_call(lim, group.entries, args, kwargs)
+    p = _plan_call(lim, group, args, kwargs)
+    if p is None:
+        return
     if p.__class__ is Verdict:
         raise RateLimitExceeded(p.decision)  # type: ignore[arg-type]
     assert isinstance(p, _Pending)
