@@ -223,3 +223,32 @@ def test_disabled_limiter(clock: FakeClock) -> None:
     assert set(codes(app, "/", "/", "/")) == {200}
 
 
+
+
+def test_endpoint_without_request_and_without_middleware_answers_429_per_client(
+        limiter: Limiter) -> None:
+    """No Request parameter and no middleware: a native 429 with headers, counted per client."""
+    app = FastAPI()
+
+    @app.get("/items/{i}")
+    @limiter.limit("2/minute")
+    async def item(i: int) -> dict[str, int]:
+        return {"i": i}
+
+    @app.get("/sync")
+    @limiter.limit("1/minute")
+    def sync() -> dict[str, int]:
+        return {"s": 1}
+
+    rs = get(app, "/items/1", "/items/2", "/items/3", "/sync", "/sync")
+    assert [r.status_code for r in rs] == [200, 200, 429, 200, 429]
+    assert rs[2].headers["retry-after"] == "60" and rs[0].json() == {"i": 1}
+
+    async def other_client() -> int:
+        transport = httpx.ASGITransport(app=app, client=("10.9.8.7", 1234))
+        async with httpx.AsyncClient(transport=transport, base_url="http://t") as c:
+            return (await c.get("/items/4")).status_code
+    assert asyncio.run(other_client()) == 200
+    op = app.openapi()["paths"]["/items/{i}"]["get"]
+    assert [p["name"] for p in op["parameters"]] == ["i"]
+    assert asyncio.run(item(5)) == {"i": 5}  # still callable directly

@@ -36,6 +36,7 @@ import logging
 import os
 import sys
 import time
+import types
 import warnings
 import weakref
 from collections.abc import Callable, Iterable, Mapping, MutableMapping, Sequence
@@ -630,13 +631,21 @@ def _signature(fn: Callable[..., Any]) -> inspect.Signature | None:
         return None
 
 
+#: the keyword-only ``Request`` parameter added to a FastAPI endpoint's signature when it
+#: has none: FastAPI then passes the request (and keeps it out of the OpenAPI schema)
+HIDDEN_REQUEST = "throttlekit_request"
+
+
 def _wrap(fn: Callable[..., Any], group: Group) -> Callable[..., Any]:
+    sig = group.sig
+    hidden = _hidden_request_signature(sig) if _uses_fastapi(fn) else None
     if inspect.iscoroutinefunction(fn):
         @functools.wraps(fn)
         async def awrapper(*args: Any, **kwargs: Any) -> Any:
+            req = kwargs.pop(HIDDEN_REQUEST, None) if hidden is not None else None
             lim = group.lim or group.owner.limiter
             if lim.enabled:
-                found = _find_request(args, kwargs)
+                found = _find_request(args, kwargs) if req is None else ("asgi", req.scope, req)
                 if found is None:
                     await _acall_limits(lim, group, args, kwargs)
                 else:
@@ -649,9 +658,10 @@ def _wrap(fn: Callable[..., Any], group: Group) -> Callable[..., Any]:
     else:
         @functools.wraps(fn)
         def swrapper(*args: Any, **kwargs: Any) -> Any:
+            req = kwargs.pop(HIDDEN_REQUEST, None) if hidden is not None else None
             lim = group.lim or group.owner.limiter
             if lim.enabled:
-                found = _find_request(args, kwargs)
+                found = _find_request(args, kwargs) if req is None else ("asgi", req.scope, req)
                 if found is None:
                     _call_limits(lim, group, args, kwargs)
                 else:
@@ -661,10 +671,58 @@ def _wrap(fn: Callable[..., Any], group: Group) -> Callable[..., Any]:
             return fn(*args, **kwargs)
 
         wrapper = swrapper
-    sig = _signature(fn)
-    if sig is not None:
+    if hidden is not None:
+        wrapper.__signature__ = hidden  # type: ignore[attr-defined]
+    elif sig is not None:
         wrapper.__signature__ = sig  # type: ignore[attr-defined]
     return wrapper
+
+
+def _uses_fastapi(fn: Callable[..., Any]) -> bool:
+    """Whether ``fn`` is likely a FastAPI endpoint: FastAPI is loaded and the module that
+    defines ``fn`` uses it (an app, a router, anything from ``fastapi``)."""
+    if "fastapi" not in sys.modules:
+        return False
+    namespace = getattr(inspect.unwrap(fn), "__globals__", None)
+    if not isinstance(namespace, dict):
+        return False
+    for value in list(namespace.values()):
+        if isinstance(value, types.ModuleType):
+            mod = value.__name__
+        elif isinstance(value, type) or inspect.isfunction(value):
+            mod = getattr(value, "__module__", None) or ""
+        else:
+            mod = type(value).__module__
+        if mod == "fastapi" or mod.startswith("fastapi."):
+            return True
+    return False
+
+
+def _hidden_request_signature(sig: inspect.Signature | None) -> inspect.Signature | None:
+    """With FastAPI loaded, the signature of an endpoint without a request parameter plus
+    an optional keyword-only ``Request`` one, so the wrapper finds the request and answers
+    a native 429 even without the middleware; None when nothing is to add."""
+    if sig is None or "fastapi" not in sys.modules:
+        return None
+    from starlette.requests import HTTPConnection, Request
+
+    params = list(sig.parameters.values())
+    for p in params:
+        if p.name == HIDDEN_REQUEST:
+            return None
+        ann = p.annotation
+        if isinstance(ann, str):
+            if ann.rpartition(".")[2] in ("Request", "WebSocket", "HTTPConnection"):
+                return None
+        elif isinstance(ann, type) and issubclass(ann, HTTPConnection):
+            return None
+    extra = inspect.Parameter(HIDDEN_REQUEST, inspect.Parameter.KEYWORD_ONLY, default=None,
+                              annotation=Request)
+    if params and params[-1].kind is inspect.Parameter.VAR_KEYWORD:
+        params.insert(len(params) - 1, extra)
+    else:
+        params.append(extra)
+    return sig.replace(parameters=params)
 
 
 # -- finding the request ---------------------------------------------------------------------
