@@ -252,3 +252,25 @@ def test_endpoint_without_request_and_without_middleware_answers_429_per_client(
     op = app.openapi()["paths"]["/items/{i}"]["get"]
     assert [p["name"] for p in op["parameters"]] == ["i"]
     assert asyncio.run(item(5)) == {"i": 5}  # still callable directly
+
+
+def test_openapi_documents_429_without_throttle(limiter: Limiter) -> None:
+    """Routes limited by depends() or the decorator document the 429 without Throttle."""
+    app = FastAPI()
+
+    @app.get("/dep", dependencies=[Depends(limiter.depends("2/minute"))])
+    async def dep() -> dict[str, int]:
+        return {}
+
+    @app.get("/dec")
+    @limiter.limit("2/minute")
+    async def dec() -> dict[str, int]:
+        return {}
+
+    @app.get("/free")
+    async def free() -> dict[str, int]:
+        return {}
+
+    paths = get(app, "/openapi.json")[0].json()["paths"]
+    assert {p: "429" in o["get"]["responses"] for p, o in paths.items()} == {
+        "/dep": True, "/dec": True, "/free": False}

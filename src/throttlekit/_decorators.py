@@ -638,7 +638,11 @@ HIDDEN_REQUEST = "throttlekit_request"
 
 def _wrap(fn: Callable[..., Any], group: Group) -> Callable[..., Any]:
     sig = group.sig
-    hidden = _hidden_request_signature(sig) if _uses_fastapi(fn) else None
+    hidden = None
+    if _uses_fastapi(fn):
+        from .contrib.fastapi import hook_openapi
+        hook_openapi()
+        hidden = _hidden_request_signature(sig)
     if inspect.iscoroutinefunction(fn):
         @functools.wraps(fn)
         async def awrapper(*args: Any, **kwargs: Any) -> Any:
@@ -917,6 +921,10 @@ def make_dependency(owner: Any, spec: LimitSpec) -> Callable[..., Any]:
     to the route it is used on (its counter: the route's endpoint, or ``scope``)."""
     from starlette.requests import Request
     from starlette.responses import Response
+
+    if "fastapi" in sys.modules:
+        from .contrib.fastapi import hook_openapi
+        hook_openapi()
 
     async def throttlekit_limit(request: Any, response: Any) -> Decision | None:
         lim: Limiter = _owner_limiter(owner) or owner.limiter

@@ -39,7 +39,7 @@ if TYPE_CHECKING:
 
     from .._limiter import Limiter
 
-__all__ = ["RATE_LIMITED_RESPONSE", "RateLimited", "Throttle", "rate_limited"]
+__all__ = ["RATE_LIMITED_RESPONSE", "RateLimited", "Throttle", "hook_openapi", "rate_limited"]
 
 #: The OpenAPI description of a throttlekit 429, for ``responses=`` of a route.
 RATE_LIMITED_RESPONSE: dict[int | str, dict[str, Any]] = {
@@ -88,6 +88,26 @@ def document_429(app: FastAPI, *, every_route: bool = False) -> None:
             responses = route.responses
             if 429 not in responses and "429" not in responses:
                 responses[429] = RATE_LIMITED_RESPONSE[429]
+
+
+def hook_openapi() -> None:
+    """Make ``FastAPI.openapi`` document the 429 of limited routes, also on apps without
+    :class:`Throttle` (done once, when a limit is first put on a FastAPI endpoint or a
+    ``limiter.depends`` dependency is made)."""
+    from fastapi import FastAPI
+
+    original = FastAPI.openapi
+    if getattr(original, "__throttlekit__", False):
+        return
+
+    def openapi(self: FastAPI) -> dict[str, Any]:
+        if self.openapi_schema is None:
+            document_429(self)
+        return original(self)
+
+    openapi.__throttlekit__ = True  # type: ignore[attr-defined]
+    openapi.__doc__ = original.__doc__
+    FastAPI.openapi = openapi  # type: ignore[method-assign]
 
 
 def _api_routes(routes: Any) -> Any:
