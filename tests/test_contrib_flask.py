@@ -319,3 +319,28 @@ def test_with_the_wsgi_middleware_rules_too(limiter: Limiter) -> None:
     assert c.get("/", headers={"User-Agent": "sqlmap"}).status_code == 403
     assert c.get("/").data == b"allowed"
     assert [c.get("/").status_code for _ in range(2)] == [200, 429]
+
+
+@pytest.mark.parametrize("with_throttle", [True, False])
+def test_errorhandler_429_response_gets_the_rate_limit_headers(limiter: Limiter,
+                                                               with_throttle: bool) -> None:
+    """A response made by errorhandler(429) still carries Retry-After and RateLimit headers."""
+    app = Flask(__name__)
+    if with_throttle:
+        Throttle(app, limiter)
+
+    @app.errorhandler(429)
+    def too_many(exc: RateLimited) -> tuple[dict[str, Any], int]:
+        return {"slow": True}, 429
+
+    @app.get("/")
+    @limiter.limit("1/minute")
+    def index() -> str:
+        return "hi"
+
+    c = app.test_client()
+    c.get("/")
+    r = c.get("/")
+    assert r.status_code == 429 and r.json == {"slow": True}
+    assert r.headers["Retry-After"] == "60" and "RateLimit-Policy" in r.headers
+    assert r.headers["Content-Type"] == "application/json"
