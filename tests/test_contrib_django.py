@@ -223,3 +223,17 @@ def test_override_settings_reaches_a_loaded_middleware(urls: Any) -> None:
 
     with configure(STRATEGY="fixed_window"):
         assert asyncio.run(run()) == [200, 429, 200, 200]
+
+
+def test_rules_file_setting(urls: Any, tmp_path: Any) -> None:
+    """THROTTLEKIT["RULES_FILE"] loads a rules file into the settings' limiter."""
+    rules = tmp_path / "rules.toml"
+    rules.write_text('[[throttle]]\nname = "all"\nrates = "1/minute"\n')
+
+    def index(request: Any) -> HttpResponse:
+        return HttpResponse("ok")
+
+    urls.urlpatterns = [path("", index)]
+    with configure(RULES_FILE=str(rules)):
+        c = Client()
+        assert [c.get("/").status_code for _ in range(2)] == [200, 429]

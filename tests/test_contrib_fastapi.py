@@ -273,3 +273,25 @@ def test_openapi_documents_429_without_throttle(limiter: Limiter) -> None:
     paths = get(app, "/openapi.json")[0].json()["paths"]
     assert {p: "429" in o["get"]["responses"] for p, o in paths.items()} == {
         "/dep": True, "/dec": True, "/free": False}
+
+
+def test_rules_file_for_starlette_middleware_and_fastapi_throttle(tmp_path: Any) -> None:
+    """ThrottleMiddleware(rules_file=...) and Throttle(rules_file=...) load the rules file."""
+    rules = tmp_path / "rules.toml"
+    rules.write_text('[[throttle]]\nname = "all"\nrates = "1/minute"\n')
+
+    async def home(request: Any) -> PlainTextResponse:
+        return PlainTextResponse("ok")
+
+    app = Starlette(routes=[Route("/", home)])
+    app.add_middleware(ThrottleMiddleware, limiter=Limiter(), rules_file=str(rules))
+    assert codes(app, "/", "/") == [200, 429]
+
+    fa = FastAPI()
+
+    @fa.get("/")
+    async def root() -> dict[str, int]:
+        return {}
+
+    Throttle(fa, Limiter(), rules_file=rules)
+    assert codes(fa, "/", "/") == [200, 429]

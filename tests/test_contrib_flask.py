@@ -344,3 +344,20 @@ def test_errorhandler_429_response_gets_the_rate_limit_headers(limiter: Limiter,
     assert r.status_code == 429 and r.json == {"slow": True}
     assert r.headers["Retry-After"] == "60" and "RateLimit-Policy" in r.headers
     assert r.headers["Content-Type"] == "application/json"
+
+
+def test_rules_file_setting(tmp_path: Any) -> None:
+    """THROTTLEKIT_RULES_FILE loads a rules file into the limiter built from the config."""
+    rules = tmp_path / "rules.toml"
+    rules.write_text('[[throttle]]\nname = "all"\nrates = "1/minute"\n')
+    app, throttle = make_app(RULES_FILE=str(rules))
+
+    @app.get("/")
+    def index() -> str:
+        return "hi"
+
+    app.wsgi_app = WSGIMiddleware(app.wsgi_app, throttle.limiter)  # type: ignore[method-assign]
+    c = app.test_client()
+    assert [c.get("/").status_code for _ in range(2)] == [200, 429]
+    with pytest.raises(ConfigError):
+        make_app(RULES_FILE=str(tmp_path / "missing.toml"))

@@ -32,6 +32,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from .._decorators import group_of
+from ._common import load_rules_file
 from .starlette import RateLimited, ThrottleMiddleware, rate_limited
 
 if TYPE_CHECKING:
@@ -140,6 +141,7 @@ class Throttle:
         default_limits: limits for every route (routers included), each its own counter.
         application_limits: limits for the whole app, one counter per client.
         rules: also run the limiter's rules in the middleware (default True).
+        rules_file: a rules file to load into the limiter (``limiter.load_rules``).
     """
 
     def __init__(
@@ -150,8 +152,10 @@ class Throttle:
         default_limits: Any = None,
         application_limits: Any = None,
         rules: bool = True,
+        rules_file: Any = None,
     ) -> None:
         self.limiter = limiter
+        load_rules_file(limiter, rules_file)  # now: a bad file fails at setup
         app.add_middleware(
             ThrottleMiddleware,
             limiter=limiter,
