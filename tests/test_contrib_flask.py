@@ -361,3 +361,14 @@ def test_rules_file_setting(tmp_path: Any) -> None:
     assert [c.get("/").status_code for _ in range(2)] == [200, 429]
     with pytest.raises(ConfigError):
         make_app(RULES_FILE=str(tmp_path / "missing.toml"))
+
+
+def test_multiworker_warning_points_at_the_setup_line(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The memory-store warning names the user's Throttle(app) line, not throttlekit's code."""
+    import throttlekit._decorators as dec
+
+    monkeypatch.setattr(dec, "_warned", False)
+    monkeypatch.setenv("WEB_CONCURRENCY", "4")
+    with pytest.warns(RuntimeWarning, match="workers") as caught:
+        Throttle(Flask(__name__), Limiter())
+    assert [w.filename for w in caught] == [__file__]

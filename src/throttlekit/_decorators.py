@@ -1027,9 +1027,24 @@ def warn_memory_multiworker(lim: Limiter, *, forked: bool = False) -> bool:
         "keeps its own counters, so every limit is multiplied by the number of workers. "
         "Use a shared store such as redis://.",
         RuntimeWarning,
-        stacklevel=3,
+        stacklevel=_outside_stacklevel(),
     )
     return True
+
+
+_PACKAGE_DIR = os.path.dirname(os.path.abspath(__file__)) + os.sep
+
+
+def _outside_stacklevel() -> int:
+    """The ``stacklevel`` (for a warning raised by the caller) of the first frame outside
+    throttlekit: the user's setup line, not the integration's code."""
+    frame = sys._getframe(1)
+    level = 1
+    while frame.f_back is not None and os.path.abspath(
+            frame.f_code.co_filename).startswith(_PACKAGE_DIR):
+        frame = frame.f_back
+        level += 1
+    return level
 
 
 class ForkCheck:
