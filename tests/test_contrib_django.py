@@ -198,3 +198,42 @@ def test_drf_throttle_class_refuses_with_wait(urls: Any) -> None:
         refused = c.get("/api/items")
     assert codes == [200, 200, 429]
     assert refused.status_code == 429 and int(refused["Retry-After"]) > 0
+
+
+def test_override_settings_reaches_a_loaded_middleware(urls: Any) -> None:
+    """override_settings(THROTTLEKIT=...) applies to a middleware already serving requests."""
+
+    @tk.limit("1/minute")
+    def index(request: Any) -> HttpResponse:
+        return HttpResponse("ok")
+
+    urls.urlpatterns = [path("", index)]
+    with configure(STRATEGY="fixed_window"):
+        c = Client()
+        assert [c.get("/").status_code for _ in range(2)] == [200, 429]
+        with override_settings(THROTTLEKIT={"ENABLED": False}):
+            assert [c.get("/").status_code for _ in range(3)] == [200, 200, 200]
+
+    async def run() -> list[int]:
+        ac = AsyncClient()
+        codes = [(await ac.get("/")).status_code for _ in range(2)]
+        with override_settings(THROTTLEKIT={"ENABLED": False}):
+            codes += [(await ac.get("/")).status_code for _ in range(2)]
+        return codes
+
+    with configure(STRATEGY="fixed_window"):
+        assert asyncio.run(run()) == [200, 429, 200, 200]
+
+
+def test_rules_file_setting(urls: Any, tmp_path: Any) -> None:
+    """THROTTLEKIT["RULES_FILE"] loads a rules file into the settings' limiter."""
+    rules = tmp_path / "rules.toml"
+    rules.write_text('[[throttle]]\nname = "all"\nrates = "1/minute"\n')
+
+    def index(request: Any) -> HttpResponse:
+        return HttpResponse("ok")
+
+    urls.urlpatterns = [path("", index)]
+    with configure(RULES_FILE=str(rules)):
+        c = Client()
+        assert [c.get("/").status_code for _ in range(2)] == [200, 429]

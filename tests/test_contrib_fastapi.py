@@ -115,8 +115,7 @@ def test_depends_on_route_and_router(limiter: Limiter) -> None:
     assert [rs[3].json(), rs[4].json()] == [1, 0]
     assert "ratelimit" in rs[0].headers  # without the middleware, the dependency adds them
     paths = get(app, "/openapi.json")[0].json()["paths"]
-    assert "429" not in paths["/r/a"]["get"]["responses"]  # no Throttle: schema untouched
-    Throttle(FastAPI(), limiter)
+    assert "429" in paths["/r/a"]["get"]["responses"]  # documented even without Throttle
 
 
 def test_default_limits_reach_included_routers(limiter: Limiter) -> None:
@@ -223,3 +222,76 @@ def test_disabled_limiter(clock: FakeClock) -> None:
     assert set(codes(app, "/", "/", "/")) == {200}
 
 
+
+
+def test_endpoint_without_request_and_without_middleware_answers_429_per_client(
+        limiter: Limiter) -> None:
+    """No Request parameter and no middleware: a native 429 with headers, counted per client."""
+    app = FastAPI()
+
+    @app.get("/items/{i}")
+    @limiter.limit("2/minute")
+    async def item(i: int) -> dict[str, int]:
+        return {"i": i}
+
+    @app.get("/sync")
+    @limiter.limit("1/minute")
+    def sync() -> dict[str, int]:
+        return {"s": 1}
+
+    rs = get(app, "/items/1", "/items/2", "/items/3", "/sync", "/sync")
+    assert [r.status_code for r in rs] == [200, 200, 429, 200, 429]
+    assert rs[2].headers["retry-after"] == "60" and rs[0].json() == {"i": 1}
+
+    async def other_client() -> int:
+        transport = httpx.ASGITransport(app=app, client=("10.9.8.7", 1234))
+        async with httpx.AsyncClient(transport=transport, base_url="http://t") as c:
+            return (await c.get("/items/4")).status_code
+    assert asyncio.run(other_client()) == 200
+    op = app.openapi()["paths"]["/items/{i}"]["get"]
+    assert [p["name"] for p in op["parameters"]] == ["i"]
+    assert asyncio.run(item(5)) == {"i": 5}  # still callable directly
+
+
+def test_openapi_documents_429_without_throttle(limiter: Limiter) -> None:
+    """Routes limited by depends() or the decorator document the 429 without Throttle."""
+    app = FastAPI()
+
+    @app.get("/dep", dependencies=[Depends(limiter.depends("2/minute"))])
+    async def dep() -> dict[str, int]:
+        return {}
+
+    @app.get("/dec")
+    @limiter.limit("2/minute")
+    async def dec() -> dict[str, int]:
+        return {}
+
+    @app.get("/free")
+    async def free() -> dict[str, int]:
+        return {}
+
+    paths = get(app, "/openapi.json")[0].json()["paths"]
+    assert {p: "429" in o["get"]["responses"] for p, o in paths.items()} == {
+        "/dep": True, "/dec": True, "/free": False}
+
+
+def test_rules_file_for_starlette_middleware_and_fastapi_throttle(tmp_path: Any) -> None:
+    """ThrottleMiddleware(rules_file=...) and Throttle(rules_file=...) load the rules file."""
+    rules = tmp_path / "rules.toml"
+    rules.write_text('[[throttle]]\nname = "all"\nrates = "1/minute"\n')
+
+    async def home(request: Any) -> PlainTextResponse:
+        return PlainTextResponse("ok")
+
+    app = Starlette(routes=[Route("/", home)])
+    app.add_middleware(ThrottleMiddleware, limiter=Limiter(), rules_file=str(rules))
+    assert codes(app, "/", "/") == [200, 429]
+
+    fa = FastAPI()
+
+    @fa.get("/")
+    async def root() -> dict[str, int]:
+        return {}
+
+    Throttle(fa, Limiter(), rules_file=rules)
+    assert codes(fa, "/", "/") == [200, 429]

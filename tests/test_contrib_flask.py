@@ -319,3 +319,56 @@ def test_with_the_wsgi_middleware_rules_too(limiter: Limiter) -> None:
     assert c.get("/", headers={"User-Agent": "sqlmap"}).status_code == 403
     assert c.get("/").data == b"allowed"
     assert [c.get("/").status_code for _ in range(2)] == [200, 429]
+
+
+@pytest.mark.parametrize("with_throttle", [True, False])
+def test_errorhandler_429_response_gets_the_rate_limit_headers(limiter: Limiter,
+                                                               with_throttle: bool) -> None:
+    """A response made by errorhandler(429) still carries Retry-After and RateLimit headers."""
+    app = Flask(__name__)
+    if with_throttle:
+        Throttle(app, limiter)
+
+    @app.errorhandler(429)
+    def too_many(exc: RateLimited) -> tuple[dict[str, Any], int]:
+        return {"slow": True}, 429
+
+    @app.get("/")
+    @limiter.limit("1/minute")
+    def index() -> str:
+        return "hi"
+
+    c = app.test_client()
+    c.get("/")
+    r = c.get("/")
+    assert r.status_code == 429 and r.json == {"slow": True}
+    assert r.headers["Retry-After"] == "60" and "RateLimit-Policy" in r.headers
+    assert r.headers["Content-Type"] == "application/json"
+
+
+def test_rules_file_setting(tmp_path: Any) -> None:
+    """THROTTLEKIT_RULES_FILE loads a rules file into the limiter built from the config."""
+    rules = tmp_path / "rules.toml"
+    rules.write_text('[[throttle]]\nname = "all"\nrates = "1/minute"\n')
+    app, throttle = make_app(RULES_FILE=str(rules))
+
+    @app.get("/")
+    def index() -> str:
+        return "hi"
+
+    app.wsgi_app = WSGIMiddleware(app.wsgi_app, throttle.limiter)  # type: ignore[method-assign]
+    c = app.test_client()
+    assert [c.get("/").status_code for _ in range(2)] == [200, 429]
+    with pytest.raises(ConfigError):
+        make_app(RULES_FILE=str(tmp_path / "missing.toml"))
+
+
+def test_multiworker_warning_points_at_the_setup_line(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The memory-store warning names the user's Throttle(app) line, not throttlekit's code."""
+    import throttlekit._decorators as dec
+
+    monkeypatch.setattr(dec, "_warned", False)
+    monkeypatch.setenv("WEB_CONCURRENCY", "4")
+    with pytest.warns(RuntimeWarning, match="workers") as caught:
+        Throttle(Flask(__name__), Limiter())
+    assert [w.filename for w in caught] == [__file__]

@@ -15,7 +15,7 @@ from throttlekit import ConfigError, Limiter, RateLimitExceeded
 from throttlekit._decorators import group_of, warn_memory_multiworker, worker_count
 from throttlekit.testing import FakeClock, reset_limiter
 
-pytest_plugins = ["throttlekit.pytest_plugin"]
+pytest_plugins = ["throttlekit.pytest_plugin", "pytester"]
 
 
 @pytest.fixture
@@ -328,17 +328,30 @@ def test_pytest_fixture_disables(decorated: tuple[Limiter, object],
     assert sum(work() for _ in range(5)) == 5  # type: ignore[operator]
 
 
-def test_pytest_fixture_resets(decorated: tuple[Limiter, object]) -> None:
-    """throttlekit_reset clears the counts of the limiters it manages."""
-    limiter, work = decorated
-    work()  # type: ignore[operator]
-    with pytest.raises(RateLimitExceeded):
-        work()  # type: ignore[operator]
-    from throttlekit import pytest_plugin
+def test_pytest_fixture_resets(decorated: tuple[Limiter, object],
+                               pytester: pytest.Pytester) -> None:
+    """Fixtures imported alone into a test module reset and disable the known limiters."""
+    pytester.makepyfile(test_alone="""
+        from throttlekit import Limiter
+        from throttlekit.pytest_plugin import throttlekit_disabled, throttlekit_reset
 
-    gen = pytest_plugin.throttlekit_reset.__wrapped__([limiter])  # type: ignore[attr-defined]
-    next(gen)
-    assert work() == 1  # type: ignore[operator]
+        limiter = Limiter()
+
+        @limiter.limit("1/minute")
+        def work():
+            return 1
+
+        def test_a(throttlekit_reset):
+            work()
+
+        def test_b(throttlekit_reset):
+            work()
+
+        def test_c(throttlekit_disabled):
+            assert sum(work() for _ in range(3)) == 3
+    """)
+    result = pytester.runpytest_inprocess("-p", "no:cacheprovider", "-p", "no:randomly")
+    result.assert_outcomes(passed=3)
 
 
 @given(st.lists(st.integers(min_value=0, max_value=4), max_size=30))
@@ -407,3 +420,74 @@ def test_decorating_is_independent_of_functools_wraps_chain(limiter: Limiter) ->
     with pytest.raises(RateLimitExceeded) as info:
         work()
     assert info.value.decision.limit == 1
+
+
+def test_key_gets_the_call_arguments_by_name(limiter: Limiter) -> None:
+    """key=lambda user_id, **kw: ... limits send_sms(42, "hi") per user (bound by name)."""
+
+    @limiter.limit("2/hour", key=lambda user_id, **kw: user_id)
+    def send_sms(user_id: int, text: str) -> str:
+        return text
+
+    assert send_sms(42, "a") == "a" and send_sms(user_id=42, text="b") == "b"
+    with pytest.raises(RateLimitExceeded):
+        send_sms(42, "c")
+    assert send_sms(7, "d") == "d"
+
+
+def test_key_naming_some_parameters_gets_only_those(limiter: Limiter) -> None:
+    """A key naming one parameter gets it, defaults applied, whatever way the call passed it."""
+
+    @limiter.limit("1/minute", key=lambda region: region, cost=lambda size: size)
+    def upload(user: str, size: int = 1, region: str = "eu") -> str:
+        return user
+
+    assert upload("ann") == "ann"
+    with pytest.raises(RateLimitExceeded):
+        upload("bob", region="eu")
+    assert upload("ann", 1, "us") == "ann"
+
+
+def test_key_that_cannot_take_the_arguments_is_a_config_error(limiter: Limiter) -> None:
+    """A key whose parameters do not fit the call raises ConfigError, not a skipped limit."""
+
+    @limiter.limit("100/hour", key=lambda a, b, c: a)
+    def two(x: int, y: int) -> int:
+        return x
+
+    with pytest.raises(ConfigError, match="lambda"):
+        two(1, 2)
+
+
+def test_clear_limiter_resets_a_redis_limiter_under_its_prefix_only() -> None:
+    """The reset fixture's clear_limiter forgets a Redis limiter's keys, and no one else's."""
+    redis = pytest.importorskip("redis")
+    import uuid
+
+    from throttlekit.testing import clear_limiter
+
+    client = redis.Redis(host="127.0.0.1", port=6379)
+    try:
+        client.ping()
+    except redis.RedisError:
+        pytest.skip("no Redis on 127.0.0.1:6379")
+    prefix = f"tk-test-{uuid.uuid4().hex}:"
+    other = prefix[:-1] + "x:keep"
+    client.set(other, "1", ex=60)
+    limiter = Limiter(f"redis://127.0.0.1:6379/0?prefix={prefix}")
+    try:
+
+        @limiter.limit("1/minute")
+        def work() -> int:
+            return 1
+
+        work()
+        with pytest.raises(RateLimitExceeded):
+            work()
+        clear_limiter(limiter)
+        assert work() == 1
+        assert client.get(other) == b"1"
+    finally:
+        client.delete(other, *client.scan_iter(match=prefix + "*"))
+        client.close()
+        limiter.storage.close()  # type: ignore[attr-defined]

@@ -36,6 +36,7 @@ import logging
 import os
 import sys
 import time
+import types
 import warnings
 import weakref
 from collections.abc import Callable, Iterable, Mapping, MutableMapping, Sequence
@@ -296,24 +297,122 @@ def _plan_web(lim: Limiter, view: RequestView, entries: Sequence[Entry]) -> _Pen
     return p
 
 
-def _plan_call(lim: Limiter, entries: Sequence[Entry], args: tuple[Any, ...],
-               kwargs: dict[str, Any]) -> _Pending | Verdict:
+def _plan_call(lim: Limiter, group: Group, args: tuple[Any, ...],
+               kwargs: dict[str, Any]) -> _Pending | Verdict | None:
     p = _Pending()
-    for name, spec in entries:
+    named: dict[str, Any] | None = None
+    if group.binds:
+        named = _named_arguments(group.sig, args, kwargs)  # type: ignore[arg-type]
+        if named is None:
+            return None  # the call itself does not fit the function: let it raise
+    for (name, spec), (keya, costa) in zip(group.entries, group.adapters, strict=True):
         try:
-            keyf = spec.call_key
-            disc = "" if keyf is None else keyf(*args, **kwargs)
+            disc = "" if keya is None else keya(args, kwargs, named)
             if disc is None:
                 continue
             cost = spec.call_cost
             if cost.__class__ is not int:
-                cost = cost(*args, **kwargs)
+                cost = costa(args, kwargs, named)  # type: ignore[misc]
             p.add(lim, name, spec, disc, cost)
+        except ConfigError:
+            raise
         except Exception as exc:
             _log_error(lim, name, exc)
             if lim.on_storage_error == "deny":
                 return _refused(lim, None, name)
     return p
+
+
+def _named_arguments(sig: inspect.Signature, args: tuple[Any, ...],
+                     kwargs: dict[str, Any]) -> dict[str, Any] | None:
+    """The call's arguments by parameter name (defaults applied; a ``**kwargs``
+    parameter's items merged in)."""
+    try:
+        bound = sig.bind(*args, **kwargs)
+    except TypeError:
+        return None
+    bound.apply_defaults()
+    out: dict[str, Any] = {}
+    params = sig.parameters
+    for pname, value in bound.arguments.items():
+        if params[pname].kind is inspect.Parameter.VAR_KEYWORD:
+            out.update(value)
+        else:
+            out[pname] = value
+    return out
+
+
+#: calls a key or cost function with ``(args, kwargs, arguments by name)``
+Adapter = Callable[[tuple[Any, ...], dict[str, Any], "dict[str, Any] | None"], Any]
+
+_P = inspect.Parameter
+_NAMED_KINDS = (_P.POSITIONAL_OR_KEYWORD, _P.KEYWORD_ONLY)
+
+
+def _adapter(f: Callable[..., Any], fsig: inspect.Signature | None) -> tuple[Adapter, bool]:
+    """How ``f`` (a key or cost function) gets a call's arguments, and whether that needs
+    the call bound to the decorated function's signature.
+
+    By name when it can: every argument when ``f`` takes ``**kwargs``, else the ones it
+    names; as the call was made (``f(*args, **kwargs)``) when its parameters are
+    positional-only or do not name the function's parameters."""
+    ksig = _signature(f)
+    if ksig is None or fsig is None:
+        return _raw_adapter(f, ksig), False
+    kparams = list(ksig.parameters.values())
+    fparams = fsig.parameters
+    fnames = {n for n, p in fparams.items() if p.kind in _NAMED_KINDS
+              or p.kind is _P.POSITIONAL_ONLY}
+    f_varkw = any(p.kind is _P.VAR_KEYWORD for p in fparams.values())
+    if any(p.kind in (_P.POSITIONAL_ONLY, _P.VAR_POSITIONAL) for p in kparams):
+        return _raw_adapter(f, ksig), False
+    names = tuple(p.name for p in kparams if p.kind in _NAMED_KINDS)
+    required = {p.name for p in kparams if p.kind in _NAMED_KINDS and p.default is _P.empty}
+    if any(p.kind is _P.VAR_KEYWORD for p in kparams):
+        def all_named(args: tuple[Any, ...], kwargs: dict[str, Any],
+                      named: dict[str, Any] | None) -> Any:
+            try:
+                return f(**named)  # type: ignore[arg-type]
+            except TypeError:
+                _check_fits(f, ksig, (), named or {})
+                raise
+        return all_named, True
+    if not names or (set(names) & fnames and (required <= fnames or f_varkw)):
+        def by_name(args: tuple[Any, ...], kwargs: dict[str, Any],
+                    named: dict[str, Any] | None) -> Any:
+            kw = {n: named[n] for n in names if n in named}  # type: ignore[index, operator]
+            try:
+                return f(**kw)
+            except TypeError:
+                _check_fits(f, ksig, (), kw)
+                raise
+        return by_name, bool(names)
+    return _raw_adapter(f, ksig), False
+
+
+def _raw_adapter(f: Callable[..., Any], ksig: inspect.Signature | None) -> Adapter:
+    def raw(args: tuple[Any, ...], kwargs: dict[str, Any], named: dict[str, Any] | None) -> Any:
+        try:
+            return f(*args, **kwargs)
+        except TypeError:
+            if ksig is not None:
+                _check_fits(f, ksig, args, kwargs)
+            raise
+    return raw
+
+
+def _check_fits(f: Callable[..., Any], ksig: inspect.Signature, args: tuple[Any, ...],
+                kwargs: Mapping[str, Any]) -> None:
+    """A TypeError from a key/cost function whose parameters do not fit the call is a
+    programming error, not a failing key: raise it instead of skipping the limit."""
+    try:
+        ksig.bind(*args, **kwargs)
+    except TypeError as exc:
+        raise ConfigError(
+            f"the key or cost function {qualified_name(f)}{ksig} cannot take the call's "
+            f"arguments ({exc}); name the decorated function's parameters it needs, or "
+            "accept **kwargs"
+        ) from None
 
 
 def _refused(lim: Limiter, view: Any, rule: str) -> Verdict:
@@ -402,9 +501,11 @@ class Group:
     """The throttlekit state of one decorated function: its limits (stacked decorators
     add to one group) and whether default limits apply to it."""
 
-    __slots__ = ("endpoint", "entries", "exempt", "lim", "owner", "specs", "wrapper")
+    __slots__ = ("adapters", "binds", "endpoint", "entries", "exempt", "lim", "owner", "sig",
+                 "specs", "wrapper")
 
-    def __init__(self, owner: Any, endpoint: str) -> None:
+    def __init__(self, owner: Any, endpoint: str,
+                 sig: inspect.Signature | None = None) -> None:
         from ._limiter import Limiter
 
         self.owner = owner
@@ -415,6 +516,11 @@ class Group:
         self.entries: tuple[Entry, ...] = ()
         self.exempt = False
         self.wrapper: Any = None
+        #: the decorated function's signature (computed once): key/cost get arguments by name
+        self.sig = sig
+        #: per entry: how its key and cost functions are called (plain function calls)
+        self.adapters: tuple[tuple[Adapter | None, Adapter | None], ...] = ()
+        self.binds = False
 
     def add(self, spec: LimitSpec) -> None:
         # the outermost decorator is applied last; list limits top to bottom
@@ -426,6 +532,20 @@ class Group:
             else:
                 entries.append((self.endpoint if i == 0 else f"{self.endpoint}#{i}", s))
         self.entries = tuple(entries)
+        adapters = []
+        binds = False
+        for s in self.specs:
+            pair: list[Adapter | None] = []
+            for f in (s.call_key, s.call_cost if callable(s.call_cost) else None):
+                if f is None:
+                    pair.append(None)
+                else:
+                    a, b = _adapter(f, self.sig)
+                    pair.append(a)
+                    binds = binds or b
+            adapters.append((pair[0], pair[1]))
+        self.adapters = tuple(adapters)
+        self.binds = binds
 
     @property
     def override_defaults(self) -> bool:
@@ -475,7 +595,7 @@ def decorate(owner: Any, spec: LimitSpec) -> Callable[[F], F]:
         if group is not None and group.wrapper is fn:
             group.add(spec)  # stacked: one wrapper, one storage call
             return fn
-        group = Group(owner, qualified_name(fn))
+        group = Group(owner, qualified_name(fn), _signature(fn))
         group.add(spec)
         if group_of(fn) is not None and group_of(fn).wrapper is None:  # type: ignore[union-attr]
             group.exempt = group_of(fn).exempt  # type: ignore[union-attr]
@@ -511,13 +631,25 @@ def _signature(fn: Callable[..., Any]) -> inspect.Signature | None:
         return None
 
 
+#: the keyword-only ``Request`` parameter added to a FastAPI endpoint's signature when it
+#: has none: FastAPI then passes the request (and keeps it out of the OpenAPI schema)
+HIDDEN_REQUEST = "throttlekit_request"
+
+
 def _wrap(fn: Callable[..., Any], group: Group) -> Callable[..., Any]:
+    sig = group.sig
+    hidden = None
+    if _uses_fastapi(fn):
+        from .contrib.fastapi import hook_openapi
+        hook_openapi()
+        hidden = _hidden_request_signature(sig)
     if inspect.iscoroutinefunction(fn):
         @functools.wraps(fn)
         async def awrapper(*args: Any, **kwargs: Any) -> Any:
+            req = kwargs.pop(HIDDEN_REQUEST, None) if hidden is not None else None
             lim = group.lim or group.owner.limiter
             if lim.enabled:
-                found = _find_request(args, kwargs)
+                found = _find_request(args, kwargs) if req is None else ("asgi", req.scope, req)
                 if found is None:
                     await _acall_limits(lim, group, args, kwargs)
                 else:
@@ -530,9 +662,10 @@ def _wrap(fn: Callable[..., Any], group: Group) -> Callable[..., Any]:
     else:
         @functools.wraps(fn)
         def swrapper(*args: Any, **kwargs: Any) -> Any:
+            req = kwargs.pop(HIDDEN_REQUEST, None) if hidden is not None else None
             lim = group.lim or group.owner.limiter
             if lim.enabled:
-                found = _find_request(args, kwargs)
+                found = _find_request(args, kwargs) if req is None else ("asgi", req.scope, req)
                 if found is None:
                     _call_limits(lim, group, args, kwargs)
                 else:
@@ -542,10 +675,58 @@ def _wrap(fn: Callable[..., Any], group: Group) -> Callable[..., Any]:
             return fn(*args, **kwargs)
 
         wrapper = swrapper
-    sig = _signature(fn)
-    if sig is not None:
+    if hidden is not None:
+        wrapper.__signature__ = hidden  # type: ignore[attr-defined]
+    elif sig is not None:
         wrapper.__signature__ = sig  # type: ignore[attr-defined]
     return wrapper
+
+
+def _uses_fastapi(fn: Callable[..., Any]) -> bool:
+    """Whether ``fn`` is likely a FastAPI endpoint: FastAPI is loaded and the module that
+    defines ``fn`` uses it (an app, a router, anything from ``fastapi``)."""
+    if "fastapi" not in sys.modules:
+        return False
+    namespace = getattr(inspect.unwrap(fn), "__globals__", None)
+    if not isinstance(namespace, dict):
+        return False
+    for value in list(namespace.values()):
+        if isinstance(value, types.ModuleType):
+            mod = value.__name__
+        elif isinstance(value, type) or inspect.isfunction(value):
+            mod = getattr(value, "__module__", None) or ""
+        else:
+            mod = type(value).__module__
+        if mod == "fastapi" or mod.startswith("fastapi."):
+            return True
+    return False
+
+
+def _hidden_request_signature(sig: inspect.Signature | None) -> inspect.Signature | None:
+    """With FastAPI loaded, the signature of an endpoint without a request parameter plus
+    an optional keyword-only ``Request`` one, so the wrapper finds the request and answers
+    a native 429 even without the middleware; None when nothing is to add."""
+    if sig is None or "fastapi" not in sys.modules:
+        return None
+    from starlette.requests import HTTPConnection, Request
+
+    params = list(sig.parameters.values())
+    for p in params:
+        if p.name == HIDDEN_REQUEST:
+            return None
+        ann = p.annotation
+        if isinstance(ann, str):
+            if ann.rpartition(".")[2] in ("Request", "WebSocket", "HTTPConnection"):
+                return None
+        elif isinstance(ann, type) and issubclass(ann, HTTPConnection):
+            return None
+    extra = inspect.Parameter(HIDDEN_REQUEST, inspect.Parameter.KEYWORD_ONLY, default=None,
+                              annotation=Request)
+    if params and params[-1].kind is inspect.Parameter.VAR_KEYWORD:
+        params.insert(len(params) - 1, extra)
+    else:
+        params.append(extra)
+    return sig.replace(parameters=params)
 
 
 # -- finding the request ---------------------------------------------------------------------
@@ -611,7 +792,9 @@ def view_of(lim: Limiter, kind: str, raw: MutableMapping[str, Any], native: Any)
 
 def _call_limits(lim: Limiter, group: Group, args: tuple[Any, ...],
                  kwargs: dict[str, Any]) -> None:
-    p = _plan_call(lim, group.entries, args, kwargs)
+    p = _plan_call(lim, group, args, kwargs)
+    if p is None:
+        return
     if p.__class__ is Verdict:
         raise RateLimitExceeded(p.decision)  # type: ignore[arg-type]
     assert isinstance(p, _Pending)
@@ -625,7 +808,9 @@ def _call_limits(lim: Limiter, group: Group, args: tuple[Any, ...],
 
 async def _acall_limits(lim: Limiter, group: Group, args: tuple[Any, ...],
                         kwargs: dict[str, Any]) -> None:
-    p = _plan_call(lim, group.entries, args, kwargs)
+    p = _plan_call(lim, group, args, kwargs)
+    if p is None:
+        return
     if p.__class__ is Verdict:
         raise RateLimitExceeded(p.decision)  # type: ignore[arg-type]
     assert isinstance(p, _Pending)
@@ -737,6 +922,10 @@ def make_dependency(owner: Any, spec: LimitSpec) -> Callable[..., Any]:
     from starlette.requests import Request
     from starlette.responses import Response
 
+    if "fastapi" in sys.modules:
+        from .contrib.fastapi import hook_openapi
+        hook_openapi()
+
     async def throttlekit_limit(request: Any, response: Any) -> Decision | None:
         lim: Limiter = _owner_limiter(owner) or owner.limiter
         if not lim.enabled:
@@ -838,9 +1027,24 @@ def warn_memory_multiworker(lim: Limiter, *, forked: bool = False) -> bool:
         "keeps its own counters, so every limit is multiplied by the number of workers. "
         "Use a shared store such as redis://.",
         RuntimeWarning,
-        stacklevel=3,
+        stacklevel=_outside_stacklevel(),
     )
     return True
+
+
+_PACKAGE_DIR = os.path.dirname(os.path.abspath(__file__)) + os.sep
+
+
+def _outside_stacklevel() -> int:
+    """The ``stacklevel`` (for a warning raised by the caller) of the first frame outside
+    throttlekit: the user's setup line, not the integration's code."""
+    frame = sys._getframe(1)
+    level = 1
+    while frame.f_back is not None and os.path.abspath(
+            frame.f_code.co_filename).startswith(_PACKAGE_DIR):
+        frame = frame.f_back
+        level += 1
+    return level
 
 
 class ForkCheck:

@@ -73,3 +73,44 @@ def known_limiters() -> list[Limiter]:
     from ._decorators import known_limiters as known
 
     return list(known)
+
+
+__all__ += ["clear_limiter"]
+
+
+def clear_limiter(limiter: Limiter) -> None:
+    """Forget what ``limiter`` counted, on any store: a memory store as
+    :func:`reset_limiter`; Redis: every key under the storage's ``prefix`` (found with
+    ``SCAN`` of that prefix only, so give test limiters a prefix of their own); other shared
+    stores (memcached, which cannot list its keys): the blocklist entries. The limiter's
+    local fallback and denial caches are cleared too. For tests."""
+    from .storage import MemoryStorage
+
+    storage = limiter.storage
+    if isinstance(storage, MemoryStorage):
+        reset_limiter(limiter)
+        return
+    prefix = getattr(storage, "prefix", None)
+    if type(storage).__name__ == "RedisStorage" and isinstance(prefix, str):
+        if not prefix:
+            from ._errors import ConfigError
+
+            raise ConfigError("clear_limiter needs a Redis storage with a non-empty prefix")
+        client = storage._sync()  # type: ignore[attr-defined]
+        pattern = "".join("\\" + c if c in "*?[]\\" else c for c in prefix) + "*"
+        batch: list[object] = []
+        for key in client.scan_iter(match=pattern, count=500):
+            batch.append(key)
+            if len(batch) >= 500:
+                for k in batch:  # one key per DEL: Cluster keys live in different slots
+                    client.delete(k)
+                batch.clear()
+        for k in batch:
+            client.delete(k)
+    else:
+        for entry in storage.blocked():
+            storage.unblock(entry.key)
+    if limiter._fallback is not None:
+        limiter._fallback.clear()
+    if limiter._denials is not None:
+        limiter._denials.clear()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
@@ -11,7 +12,7 @@ from .._errors import ConfigError
 if TYPE_CHECKING:
     from .._limiter import Limiter
 
-__all__ = ["Limits", "parse_limits"]
+__all__ = ["Limits", "load_rules_file", "parse_limits"]
 
 
 def parse_limits(owner: Any, limits: Any, what: str) -> tuple[LimitSpec, ...]:
@@ -82,9 +83,28 @@ class Limits:
         return tuple(out)
 
 
+def load_rules_file(lim: Limiter, path: Any, what: str = "rules_file") -> None:
+    """``lim.load_rules(path)`` for an integration's rules-file setting (``None``: none);
+    the file the limiter already watches is not loaded twice."""
+    if path is None:
+        return
+    if not isinstance(path, (str, os.PathLike)) or not os.fspath(path):
+        raise ConfigError(f"{what} must be the path of a rules file, got {path!r}")
+    watcher = lim._watcher
+    if watcher is not None and os.path.abspath(watcher.path) == os.path.abspath(path):
+        return
+    lim.load_rules(path)
+
+
 def limiter_from(options: dict[str, Any], limiter: Limiter | None) -> Limiter:
     """A Limiter from integration settings (``STORAGE_URL``, ``STRATEGY``, ...), or
-    ``limiter`` with ``ENABLED`` applied."""
+    ``limiter`` with ``ENABLED`` applied; ``RULES_FILE`` is loaded into it."""
+    lim = _limiter_from(options, limiter)
+    load_rules_file(lim, options.get("RULES_FILE"), "RULES_FILE")
+    return lim
+
+
+def _limiter_from(options: dict[str, Any], limiter: Limiter | None) -> Limiter:
     from .._limiter import DEFAULT_STRATEGY, Limiter
 
     enabled = options.get("ENABLED", True)
@@ -96,7 +116,7 @@ def limiter_from(options: dict[str, Any], limiter: Limiter | None) -> Limiter:
         return limiter
     known = {"STORAGE_URL", "STRATEGY", "HEADER_STYLE", "HEADERS_ON_ALLOWED",
              "TRUSTED_PROXIES", "ON_STORAGE_ERROR", "ENABLED", "DEFAULT_LIMITS",
-             "APPLICATION_LIMITS", "RULES", "LIMITER", "IPV6_PREFIX"}
+             "APPLICATION_LIMITS", "RULES", "RULES_FILE", "LIMITER", "IPV6_PREFIX"}
     unknown = sorted(set(options) - known)
     if unknown:
         raise ConfigError(f"unknown throttlekit setting(s): {', '.join(unknown)}")

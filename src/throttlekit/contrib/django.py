@@ -76,11 +76,14 @@ __all__ = ["ThrottleMiddleware", "exempt", "get_limiter", "limit", "shared_limit
 
 F = TypeVar("F", bound=Callable[..., Any])
 _state: dict[str, Any] = {}
+#: bumped when settings.THROTTLEKIT changes: middleware instances then read it again
+_generation = [0]
 
 
 def _settings_changed(*, setting: str, **_: Any) -> None:
     if setting == "THROTTLEKIT":  # override_settings in tests: build the limiter again
         _state.pop("limiter", None)
+        _generation[0] += 1
 
 
 setting_changed.connect(_settings_changed)
@@ -210,13 +213,7 @@ class ThrottleMiddleware:
 
     def __init__(self, get_response: Callable[[HttpRequest], Any]) -> None:
         self.get_response = get_response
-        self.limiter = lim = get_limiter()
-        options = _options()
-        self.limits = Limits(
-            parse_limits(lim, options.get("DEFAULT_LIMITS"), "DEFAULT_LIMITS"),
-            parse_limits(lim, options.get("APPLICATION_LIMITS"), "APPLICATION_LIMITS"),
-        )
-        self._cache: dict[Any, tuple[Group | None, tuple[Any, ...]]] = {}
+        lim = self._setup()
         self._fork = ForkCheck()
         self.is_async = iscoroutinefunction(get_response)
         if self.is_async:
@@ -224,11 +221,25 @@ class ThrottleMiddleware:
             self.process_view = self._aprocess_view  # type: ignore[method-assign]
         warn_memory_multiworker(lim)
 
+    def _setup(self) -> Limiter:
+        """(Re)read ``settings.THROTTLEKIT``: the limiter and the default limits."""
+        self._generation = _generation[0]
+        self.limiter = lim = get_limiter()
+        options = _options()
+        self.limits = Limits(
+            parse_limits(lim, options.get("DEFAULT_LIMITS"), "DEFAULT_LIMITS"),
+            parse_limits(lim, options.get("APPLICATION_LIMITS"), "APPLICATION_LIMITS"),
+        )
+        self._cache: dict[Any, tuple[Group | None, tuple[Any, ...]]] = {}
+        return lim
+
     # -- the rules, around the whole request ---------------------------------------------
 
     def __call__(self, request: HttpRequest) -> Any:
         if self.is_async:
             return self.__acall__(request)
+        if self._generation != _generation[0]:
+            self._setup()  # the settings changed (override_settings)
         lim = self.limiter
         if not lim.enabled:
             return self.get_response(request)
@@ -253,6 +264,8 @@ class ThrottleMiddleware:
         return self._headers(lim, meta, response)
 
     async def __acall__(self, request: HttpRequest) -> Any:
+        if self._generation != _generation[0]:
+            self._setup()
         lim = self.limiter
         if not lim.enabled:
             return await self.get_response(request)

@@ -32,6 +32,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from .._decorators import group_of
+from ._common import load_rules_file
 from .starlette import RateLimited, ThrottleMiddleware, rate_limited
 
 if TYPE_CHECKING:
@@ -39,7 +40,7 @@ if TYPE_CHECKING:
 
     from .._limiter import Limiter
 
-__all__ = ["RATE_LIMITED_RESPONSE", "RateLimited", "Throttle", "rate_limited"]
+__all__ = ["RATE_LIMITED_RESPONSE", "RateLimited", "Throttle", "hook_openapi", "rate_limited"]
 
 #: The OpenAPI description of a throttlekit 429, for ``responses=`` of a route.
 RATE_LIMITED_RESPONSE: dict[int | str, dict[str, Any]] = {
@@ -90,6 +91,26 @@ def document_429(app: FastAPI, *, every_route: bool = False) -> None:
                 responses[429] = RATE_LIMITED_RESPONSE[429]
 
 
+def hook_openapi() -> None:
+    """Make ``FastAPI.openapi`` document the 429 of limited routes, also on apps without
+    :class:`Throttle` (done once, when a limit is first put on a FastAPI endpoint or a
+    ``limiter.depends`` dependency is made)."""
+    from fastapi import FastAPI
+
+    original = FastAPI.openapi
+    if getattr(original, "__throttlekit__", False):
+        return
+
+    def openapi(self: FastAPI) -> dict[str, Any]:
+        if self.openapi_schema is None:
+            document_429(self)
+        return original(self)
+
+    openapi.__throttlekit__ = True  # type: ignore[attr-defined]
+    openapi.__doc__ = original.__doc__
+    FastAPI.openapi = openapi  # type: ignore[method-assign]
+
+
 def _api_routes(routes: Any) -> Any:
     """Every API route, including those of included routers (and, on FastAPI versions
     that build them lazily, their effective copies)."""
@@ -120,6 +141,7 @@ class Throttle:
         default_limits: limits for every route (routers included), each its own counter.
         application_limits: limits for the whole app, one counter per client.
         rules: also run the limiter's rules in the middleware (default True).
+        rules_file: a rules file to load into the limiter (``limiter.load_rules``).
     """
 
     def __init__(
@@ -130,8 +152,10 @@ class Throttle:
         default_limits: Any = None,
         application_limits: Any = None,
         rules: bool = True,
+        rules_file: Any = None,
     ) -> None:
         self.limiter = limiter
+        load_rules_file(limiter, rules_file)  # now: a bad file fails at setup
         app.add_middleware(
             ThrottleMiddleware,
             limiter=limiter,

@@ -66,6 +66,10 @@ __all__ = ["RateLimited", "Throttle"]
 F = TypeVar("F", bound=Callable[..., Any])
 _EXT = "throttlekit"
 _HOOKED = "throttlekit.headers_hook"
+#: environ key: the rate-limit headers of this request's 429 (put back on a response an
+#: ``errorhandler(429)`` made)
+_DENIAL_HEADERS = "throttlekit.denial_headers"
+_BODY_HEADERS = frozenset({"content-type", "content-length"})
 
 
 class RateLimited(TooManyRequests):
@@ -81,13 +85,29 @@ class RateLimited(TooManyRequests):
 def rate_limited(lim: Limiter, verdict: Verdict) -> RateLimited:
     """The exception a refused verdict raises in a Flask request."""
     d = denial(lim, verdict, request.headers.get("Accept"))
+    environ = request.environ
+    environ[_DENIAL_HEADERS] = [(k, v) for k, v in d.headers if k.lower() not in _BODY_HEADERS]
+    if _EXT not in current_app.extensions and not environ.get(_HOOKED):
+        environ[_HOOKED] = True  # a decorated view without a Throttle: put them back here
+
+        @after_this_request
+        def add(response: Response) -> Response:
+            return _add_headers(lim, response)
+
     return RateLimited(verdict, Response(d.body, status=d.status, headers=d.headers))
 
 
 def _add_headers(lim: Limiter, response: Response) -> Response:
     environ = request.environ
+    if environ.get(DENIED_KEY):
+        # the 429 may come from an errorhandler(429) that knows nothing of the headers
+        headers = response.headers
+        for name, value in environ.get(_DENIAL_HEADERS, ()):
+            if name not in headers:
+                headers[name] = value
+        return response
     policies = environ.get(POLICIES_KEY)
-    if policies and not environ.get(DENIED_KEY):
+    if policies and lim.headers_on_allowed and lim.header_style != "none":
         for name, value in rate_limit_headers(policies, lim.header_style):
             response.headers[name] = value
     return response
@@ -244,7 +264,7 @@ class Throttle:
 
     def _after(self, response: Response) -> Response:
         lim = self._limiter_obj
-        if lim is not None and lim.headers_on_allowed and lim.header_style != "none":
+        if lim is not None:
             return _add_headers(lim, response)
         return response
 

@@ -56,7 +56,7 @@ from .._decorators import (
 from .._errors import ConfigError
 from .._responses import encode_headers, rate_limit_headers
 from ..wsgi import VERDICT_KEY
-from ._common import Limits, parse_limits
+from ._common import Limits, load_rules_file, parse_limits
 
 if TYPE_CHECKING:
     from .._decision import Decision
@@ -132,6 +132,7 @@ class ThrottleMiddleware:
         application_limits: limits for the whole app, one counter per client.
         rules: also run the limiter's rules (default True; False when an
             ``ASGIMiddleware`` already does).
+        rules_file: a rules file to load into the limiter (``limiter.load_rules``).
     """
 
     def __init__(
@@ -142,11 +143,13 @@ class ThrottleMiddleware:
         default_limits: Any = None,
         application_limits: Any = None,
         rules: bool = True,
+        rules_file: Any = None,
     ) -> None:
         from .._limiter import Limiter
 
         if not isinstance(limiter, Limiter):
             raise ConfigError(f"limiter must be a throttlekit.Limiter, got {limiter!r}")
+        load_rules_file(limiter, rules_file)
         self.app = app
         self.limiter = limiter
         self.limits = Limits(parse_limits(limiter, default_limits, "default_limits"),
