@@ -198,3 +198,14 @@ def test_reload_under_load_never_drops_or_errors_a_request(
     assert limiter._watcher is not None and limiter._watcher.reloads > 10
     # only the broken versions are logged, as rejected files
     assert all("rejected" in r.getMessage() for r in caplog.records)
+
+
+def test_reload_interval_zero_checks_on_every_request(rules_file: Path) -> None:
+    """reload_interval=0 is accepted and the very next request sees a changed file."""
+    limiter = Limiter.from_file(rules_file, reload_interval=0)
+    c = Client(WSGIMiddleware(app, limiter))
+    assert statuses(c, 3) == [200, 200, 429]
+    write(rules_file, rules(2, '[[blocklist]]\nname = "bad"\nips = ["198.51.100.7"]\n'))
+    assert statuses(c, 1) == [403]
+    with pytest.raises(ConfigError, match="reload_interval"):
+        Limiter.from_file(rules_file, reload_interval=-1)

@@ -13,7 +13,8 @@ them at once.
 Three ways to reload, all opt-in:
 
 - ``reload_interval=N``: the next request at least N seconds after the last check looks at
-  the file's modification time (one ``os.stat``), and reloads it when it changed. No thread;
+  the file's modification time (one ``os.stat``), and reloads it when it changed
+  (``reload_interval=0``: every request looks). No thread;
 - ``limiter.reload_on_signal(signal.SIGHUP)``: the signal marks the file for reloading by
   the next request (the handler itself does no I/O);
 - ``limiter.reload()``: now, from an admin endpoint or a shell; returns whether it worked.
@@ -115,10 +116,10 @@ class RulesWatcher:
                  interval: float | None = None) -> None:
         if interval is not None and (
             isinstance(interval, bool) or not isinstance(interval, (int, float))
-            or not interval > 0
+            or not interval >= 0 or not math.isfinite(interval)
         ):
-            raise ConfigError(f"reload_interval must be a positive number of seconds or None, "
-                              f"got {interval!r}")
+            raise ConfigError(f"reload_interval must be a number of seconds >= 0 (0: check "
+                              f"on every request) or None, got {interval!r}")
         self.limiter = limiter
         self.path = os.fspath(path)
         self.interval = interval
@@ -220,8 +221,9 @@ class RulesWatcher:
 
     def start_thread(self) -> None:
         """A daemon thread checking the file every ``interval`` seconds (opt-in)."""
-        if self.interval is None:
-            raise ConfigError("reload_thread=True needs a reload_interval")
+        if not self.interval:
+            raise ConfigError("reload_thread=True needs a reload_interval > 0, got "
+                              f"{self.interval!r}")
         if self._thread is not None:
             return
         interval = self.interval
