@@ -228,3 +228,15 @@ def test_top_merges_monitor_status_endpoints(store: str) -> None:
         for server in servers:
             server.shutdown()
             server.server_close()
+
+
+def test_block_ttl_takes_a_duration_with_a_unit(store: str) -> None:
+    """`block KEY --ttl 10m` blocks for ten minutes; a bad duration is a usage error."""
+    p = tk("block", "192.0.2.44", "--ttl", "10m", "--storage", store)
+    assert p.returncode == 0, p.stderr
+    bans = json.loads(tk("bans", "--storage", store, "--json").stdout)
+    assert [b["key"] for b in bans] == ["192.0.2.44"]
+    assert 590 < bans[0]["expires_in"] <= 600
+    bad = tk("block", "192.0.2.45", "--ttl", "10 fortnights", "--storage", store)
+    assert bad.returncode == 2 and "bad duration" in bad.stderr
+

@@ -860,6 +860,25 @@ def import_path(spec: str) -> Any:
 # -- small pieces --------------------------------------------------------------------------
 
 
+def parse_duration(v: str | float) -> float:
+    """Seconds from a duration as rules files write it: ``600``, ``"30s"``, ``"10m"``,
+    ``"1h"``, ``"1d"``, ``"500ms"``.
+
+    Raises:
+        ConfigError: not a positive, finite duration.
+    """
+    seconds: float | None = None
+    if isinstance(v, (int, float)) and not isinstance(v, bool):
+        seconds = float(v)
+    elif isinstance(v, str):
+        m = _DURATION.match(v)
+        seconds = float(m.group(1)) * _UNITS[m.group(2)] if m else None
+    if seconds is None or not seconds > 0 or not math.isfinite(seconds):
+        raise ConfigError(f"bad duration {v!r}: give seconds (600) or a number with a unit: "
+                          f'"500ms", "30s", "10m", "1h", "1d"')
+    return seconds
+
+
 def _type(v: Any) -> str:
     return {bool: "a boolean", int: "an integer", float: "a number", str: "a string",
             list: "a list", dict: "a table"}.get(type(v), type(v).__name__)

@@ -137,6 +137,16 @@ def run_inspect(args: argparse.Namespace) -> int:
 # -- the dynamic blocklist ---------------------------------------------------------------
 
 
+def _ttl(text: str) -> float:
+    """``--ttl``: a duration as the rules file writes it (``600``, ``"10m"``, ``"1h"``)."""
+    from .._rulesfile import parse_duration
+
+    try:
+        return parse_duration(text)
+    except ConfigError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
 def run_block(args: argparse.Namespace) -> int:
     limiter = _limiter(args)
     limiter.block(args.key, args.ttl, args.reason or "")
@@ -254,7 +264,8 @@ def register(subparsers: Any) -> None:
 
     p = subparsers.add_parser("block", help="add a key to the dynamic blocklist")
     p.add_argument("key", help="a client IP or IPv6 /64 (as client_key writes it)")
-    p.add_argument("--ttl", type=float, default=None, help="seconds (default: until unblocked)")
+    p.add_argument("--ttl", type=_ttl, default=None,
+                   help='600, "30s", "10m", "1h", "1d" (default: until unblocked)')
     p.add_argument("--reason", default="", help="shown by `bans`")
     _common(p)
     p.set_defaults(func=run_block)
