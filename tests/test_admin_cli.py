@@ -240,3 +240,17 @@ def test_block_ttl_takes_a_duration_with_a_unit(store: str) -> None:
     bad = tk("block", "192.0.2.45", "--ttl", "10 fortnights", "--storage", store)
     assert bad.returncode == 2 and "bad duration" in bad.stderr
 
+
+def test_unblock_a_client_key_lifts_its_bans_without_the_rules(store: str, served: Client
+                                                               ) -> None:
+    """`unblock IP --storage S` (no --rules) lifts the IP's fail2ban bans too."""
+    ip = "198.51.100.11"
+    for _ in range(3):
+        get(served, ip, "/wp-admin/")
+    assert get(served, ip) == 403
+    p = tk("unblock", ip, "--storage", store)
+    assert p.returncode == 0, p.stdout + p.stderr
+    assert tk("bans", "--storage", store).stdout.strip() == "no blocks or bans"
+    assert get(served, ip) == 200
+    assert get(served, ip, "/wp-admin/") == 403  # the ban counter restarted: 1 of 3
+    assert get(served, ip) == 200
