@@ -254,3 +254,39 @@ def test_unblock_a_client_key_lifts_its_bans_without_the_rules(store: str, serve
     assert get(served, ip) == 200
     assert get(served, ip, "/wp-admin/") == 403  # the ban counter restarted: 1 of 3
     assert get(served, ip) == 200
+
+
+def test_top_from_the_store_sums_every_process(store: str) -> None:
+    """`top --storage` sums the offenders the monitors of several processes wrote there."""
+    from throttlekit.monitor import Monitor
+
+    monitors = []
+    for heavy in (5, 7):
+        limiter = Limiter(store)
+        limiter.track("all")
+        monitors.append(Monitor(limiter))
+        c = Client(WSGIMiddleware(app, limiter))
+        for _ in range(heavy):
+            get(c, "203.0.113.50")
+        get(c, "198.51.100.1")
+    for m in monitors:
+        m.tick(m.clock() + 1.5)  # the bucket closes: its top offenders go to the store
+    tk("block", "203.0.113.50", "--ttl", "60", "--storage", store)
+    p = tk("top", "--storage", store, "--json")
+    assert p.returncode == 0, p.stderr
+    rows = json.loads(p.stdout)
+    assert rows[0] == {"key": "203.0.113.50", "requests": 12, "sources": None,
+                       "blocked": True}
+    assert rows[1]["key"] == "198.51.100.1" and rows[1]["requests"] == 2
+    table = tk("top", "--storage", store, "-n", "1")
+    assert table.returncode == 0, table.stderr
+    assert table.stdout.splitlines()[2].split()[:3] == ["1", "203.0.113.50", "12"]
+
+
+def test_top_from_an_empty_store_is_an_empty_list(store: str) -> None:
+    """`top --storage` with no monitor data prints [] (or an empty table), exit 0."""
+    p = tk("top", "--storage", store, "--json")
+    assert p.returncode == 0, p.stderr
+    assert json.loads(p.stdout) == []
+    table = tk("top", "--storage", store)
+    assert table.returncode == 0 and table.stdout.split()[:2] == ["#", "KEY"]

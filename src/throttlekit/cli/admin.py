@@ -5,8 +5,9 @@ The store is ``--storage URL`` (e.g. ``redis://10.0.0.5:6379/0?prefix=throttleki
 ``storage`` of the rules file's ``[limiter]`` table (``--rules rules.toml``), or that of an
 app's limiter (``--limiter myapp.wsgi:limiter``). The rules (from ``--rules`` or
 ``--limiter``) tell ``inspect`` which limits a key has; ``block``/``unblock``/``bans``/
-``reset`` need only the store. ``top`` reads monitor status endpoints (``--url``, one per
-process to cover; see docs/admin.md). Tables by default, JSON with ``--json``.
+``reset`` need only the store. ``top`` sums the top offenders every monitor wrote to the
+store (Redis) over the last ``--window``, or reads monitor status endpoints (``--url``, one
+per process to cover; see docs/admin.md). Tables by default, JSON with ``--json``.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import sys
 import time
 import urllib.request
 from typing import Any
@@ -230,32 +232,49 @@ def _fetch(url: str, token: str | None, timeout: float) -> dict[str, Any]:
         raise ConfigError(f"cannot read the status endpoint {url}: {exc}") from None
 
 
+def _top_from_store(limiter: Any, window: float) -> tuple[dict[str, int], dict[str, Any]]:
+    from ..monitor._store import top_of
+
+    totals = top_of(limiter.storage, window, time.time())
+    if totals is None:
+        print(f"note: monitors write no offender data to a {type(limiter.storage).__name__}; "
+              "read their status endpoints with --url (see docs/admin.md)", file=sys.stderr)
+        return {}, {}
+    return totals, {}
+
+
 def run_top(args: argparse.Namespace) -> int:
-    if not args.url:
-        raise ConfigError("top reads monitor status endpoints: give --url http://host/status "
-                          "(once per process to cover; see docs/admin.md)")
     totals: dict[str, int] = {}
-    sources: dict[str, int] = {}
-    for url in args.url:
-        snapshot = _fetch(url, args.token, args.timeout)
-        for key, count in snapshot.get("top") or []:
-            totals[str(key)] = totals.get(str(key), 0) + int(count)
-            sources[str(key)] = sources.get(str(key), 0) + 1
+    sources: dict[str, Any] = {}
+    limiter = None
+    if args.url:
+        for url in args.url:
+            snapshot = _fetch(url, args.token, args.timeout)
+            for key, count in snapshot.get("top") or []:
+                totals[str(key)] = totals.get(str(key), 0) + int(count)
+                sources[str(key)] = sources.get(str(key), 0) + 1
+    else:
+        if not (args.storage or args.rules or args.limiter):
+            raise ConfigError("top reads what the monitors wrote to the store (--storage URL) "
+                              "or their status endpoints (--url http://host/status); see "
+                              "docs/admin.md")
+        limiter = _limiter(args)
+        totals, sources = _top_from_store(limiter, args.window)
     ranked = sorted(totals.items(), key=lambda kv: (-kv[1], kv[0]))[: args.n]
     banned: set[str] = set()
     if args.storage or args.rules or args.limiter:
-        banned = {b.key.rsplit(":", 1)[-1] for b in _blocked(_limiter(args))}
-    rows = [{"key": k, "requests": c, "sources": sources[k], "blocked": k in banned}
+        banned = {b.key.rsplit(":", 1)[-1] for b in _blocked(limiter or _limiter(args))}
+    rows = [{"key": k, "requests": c, "sources": sources.get(k), "blocked": k in banned}
             for k, c in ranked]
     if args.json:
         print_json(rows)
         return 0
+    print_table(("#", "KEY", "REQUESTS", "SOURCES", "BLOCKED"),
+                [(i, r["key"], r["requests"], "-" if r["sources"] is None else r["sources"],
+                  "yes" if r["blocked"] else "")
+                 for i, r in enumerate(rows, 1)])
     if not rows:
         print("no traffic recorded by the monitor(s)")
-        return 0
-    print_table(("#", "KEY", "REQUESTS", "SOURCES", "BLOCKED"),
-                [(i, r["key"], r["requests"], r["sources"], "yes" if r["blocked"] else "")
-                 for i, r in enumerate(rows, 1)])
     return 0
 
 
@@ -301,11 +320,14 @@ def register(subparsers: Any) -> None:
     _common(p)
     p.set_defaults(func=run_reset)
 
-    p = subparsers.add_parser("top", help="top offenders, from monitor status endpoints")
+    p = subparsers.add_parser("top", help="top offenders, as the monitors wrote them to the "
+                              "store (or from their status endpoints with --url)")
     p.add_argument("--url", action="append", default=[],
                    help="a monitor status endpoint (repeat for each process or host)")
     p.add_argument("--token", help="bearer token of the status endpoints")
     p.add_argument("-n", type=int, default=10, help="how many (default 10)")
     p.add_argument("--timeout", type=float, default=5.0, help="seconds per endpoint")
+    p.add_argument("--window", type=_ttl, default=10.0,
+                   help="from the store: seconds to sum over (default 10)")
     _common(p)
     p.set_defaults(func=run_top)
