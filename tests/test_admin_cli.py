@@ -228,3 +228,65 @@ def test_top_merges_monitor_status_endpoints(store: str) -> None:
         for server in servers:
             server.shutdown()
             server.server_close()
+
+
+def test_block_ttl_takes_a_duration_with_a_unit(store: str) -> None:
+    """`block KEY --ttl 10m` blocks for ten minutes; a bad duration is a usage error."""
+    p = tk("block", "192.0.2.44", "--ttl", "10m", "--storage", store)
+    assert p.returncode == 0, p.stderr
+    bans = json.loads(tk("bans", "--storage", store, "--json").stdout)
+    assert [b["key"] for b in bans] == ["192.0.2.44"]
+    assert 590 < bans[0]["expires_in"] <= 600
+    bad = tk("block", "192.0.2.45", "--ttl", "10 fortnights", "--storage", store)
+    assert bad.returncode == 2 and "bad duration" in bad.stderr
+
+
+def test_unblock_a_client_key_lifts_its_bans_without_the_rules(store: str, served: Client
+                                                               ) -> None:
+    """`unblock IP --storage S` (no --rules) lifts the IP's fail2ban bans too."""
+    ip = "198.51.100.11"
+    for _ in range(3):
+        get(served, ip, "/wp-admin/")
+    assert get(served, ip) == 403
+    p = tk("unblock", ip, "--storage", store)
+    assert p.returncode == 0, p.stdout + p.stderr
+    assert tk("bans", "--storage", store).stdout.strip() == "no blocks or bans"
+    assert get(served, ip) == 200
+    assert get(served, ip, "/wp-admin/") == 403  # the ban counter restarted: 1 of 3
+    assert get(served, ip) == 200
+
+
+def test_top_from_the_store_sums_every_process(store: str) -> None:
+    """`top --storage` sums the offenders the monitors of several processes wrote there."""
+    from throttlekit.monitor import Monitor
+
+    monitors = []
+    for heavy in (5, 7):
+        limiter = Limiter(store)
+        limiter.track("all")
+        monitors.append(Monitor(limiter))
+        c = Client(WSGIMiddleware(app, limiter))
+        for _ in range(heavy):
+            get(c, "203.0.113.50")
+        get(c, "198.51.100.1")
+    for m in monitors:
+        m.tick(m.clock() + 1.5)  # the bucket closes: its top offenders go to the store
+    tk("block", "203.0.113.50", "--ttl", "60", "--storage", store)
+    p = tk("top", "--storage", store, "--json")
+    assert p.returncode == 0, p.stderr
+    rows = json.loads(p.stdout)
+    assert rows[0] == {"key": "203.0.113.50", "requests": 12, "sources": None,
+                       "blocked": True}
+    assert rows[1]["key"] == "198.51.100.1" and rows[1]["requests"] == 2
+    table = tk("top", "--storage", store, "-n", "1")
+    assert table.returncode == 0, table.stderr
+    assert table.stdout.splitlines()[2].split()[:3] == ["1", "203.0.113.50", "12"]
+
+
+def test_top_from_an_empty_store_is_an_empty_list(store: str) -> None:
+    """`top --storage` with no monitor data prints [] (or an empty table), exit 0."""
+    p = tk("top", "--storage", store, "--json")
+    assert p.returncode == 0, p.stderr
+    assert json.loads(p.stdout) == []
+    table = tk("top", "--storage", store)
+    assert table.returncode == 0 and table.stdout.split()[:2] == ["#", "KEY"]

@@ -198,3 +198,57 @@ def test_reload_under_load_never_drops_or_errors_a_request(
     assert limiter._watcher is not None and limiter._watcher.reloads > 10
     # only the broken versions are logged, as rejected files
     assert all("rejected" in r.getMessage() for r in caplog.records)
+
+
+def test_reload_interval_zero_checks_on_every_request(rules_file: Path) -> None:
+    """reload_interval=0 is accepted and the very next request sees a changed file."""
+    limiter = Limiter.from_file(rules_file, reload_interval=0)
+    c = Client(WSGIMiddleware(app, limiter))
+    assert statuses(c, 3) == [200, 200, 429]
+    write(rules_file, rules(2, '[[blocklist]]\nname = "bad"\nips = ["198.51.100.7"]\n'))
+    assert statuses(c, 1) == [403]
+    with pytest.raises(ConfigError, match="reload_interval"):
+        Limiter.from_file(rules_file, reload_interval=-1)
+
+
+BLOCK = '[[blocklist]]\nname = "bad"\nips = ["198.51.100.7"]\n'
+
+
+def test_an_emptied_file_keeps_the_rules_in_force(rules_file: Path) -> None:
+    """A 0-byte rules file (a rewrite in place, truncated) never replaces the rules."""
+    rules_file.write_text(rules(100, BLOCK))
+    limiter = Limiter.from_file(rules_file, reload_interval=0)
+    c = Client(WSGIMiddleware(app, limiter))
+    rules_file.write_text("")
+    assert statuses(c, 3) == [403, 403, 403]
+    assert limiter.reload() is False
+    assert statuses(c, 1) == [403]
+
+
+def test_rewriting_in_place_under_load_never_lifts_a_block(rules_file: Path) -> None:
+    """Threads hammer the app while the file is rewritten in place: the blocked IP stays 403."""
+    rules_file.write_text(rules(1000, BLOCK))
+    limiter = Limiter.from_file(rules_file, reload_interval=0)
+    mw = WSGIMiddleware(app, limiter)
+    stop = threading.Event()
+    seen: list[int] = []
+
+    def hammer() -> None:
+        c = Client(mw)
+        while not stop.is_set():
+            seen.append(c.get("/", environ_base={"REMOTE_ADDR": "198.51.100.7"}).status_code)
+
+    threads = [threading.Thread(target=hammer) for _ in range(4)]
+    for t in threads:
+        t.start()
+    try:
+        for k in range(80):
+            with open(rules_file, "w") as f:  # truncates, then writes: not atomic
+                f.write(rules(1000 + k, BLOCK))
+            time.sleep(0.002)  # the writer's pace, not limit logic
+    finally:
+        stop.set()
+        for t in threads:
+            t.join()
+    assert len(seen) > 100 and set(seen) == {403}
+    assert limiter._watcher is not None and limiter._watcher.reloads > 1

@@ -362,3 +362,45 @@ def test_rules_cli_prints_evaluation_order(tmp_path: Path) -> None:
     lines = table.stdout.splitlines()
     assert lines[0].split()[:3] == ["#", "KIND", "NAME"]
     assert [ln.split()[2] for ln in lines[2:]] == ["s", "b", "f", "t", "k"]
+
+
+def _error_lines(text: str) -> list[tuple[int, str]]:
+    with pytest.raises(RulesFileError) as info:
+        parse_rules(textwrap.dedent(text))
+    return [(e.line, e.message) for e in info.value.errors]
+
+
+def test_errors_in_multiline_arrays_point_at_the_element() -> None:
+    """A bad CIDR or rate inside a multi-line list is reported at its own line."""
+    errors = _error_lines('''\
+        # comment
+
+        [[blocklist]]
+        name = "nets"
+        ips = [
+          "10.0.0.0/8",  # a comment, "with quotes"
+          "1.2.3.4/33",
+          "fe80::/200",
+        ]
+
+        [[throttle]]
+        name = "x"
+        rates = [
+          "5/minute",
+          "7/eon",
+        ]
+        ''')
+    assert [(line, msg.split(":")[0]) for line, msg in errors] == [
+        (7, "[[blocklist]] 'nets'"), (8, "[[blocklist]] 'nets'"), (15, "[[throttle]] 'x'")]
+    assert "'7/eon'" in errors[2][1] and "5/minute" not in errors[2][1]
+
+
+def test_errors_in_inline_tables_point_at_their_table() -> None:
+    """`throttle = [{...}, {...}]`: an error in the second table is on its line."""
+    errors = _error_lines('''\
+        throttle = [
+          { name = "a", rates = "5/minute" },
+          { name = "b", rates = "5/minute", strategy = "x" },
+        ]
+        ''')
+    assert errors == [(3, "[[throttle]] 'b': unknown strategy 'x'")]

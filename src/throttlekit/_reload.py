@@ -13,7 +13,8 @@ them at once.
 Three ways to reload, all opt-in:
 
 - ``reload_interval=N``: the next request at least N seconds after the last check looks at
-  the file's modification time (one ``os.stat``), and reloads it when it changed. No thread;
+  the file's modification time (one ``os.stat``), and reloads it when it changed
+  (``reload_interval=0``: every request looks). No thread;
 - ``limiter.reload_on_signal(signal.SIGHUP)``: the signal marks the file for reloading by
   the next request (the handler itself does no I/O);
 - ``limiter.reload()``: now, from an admin endpoint or a shell; returns whether it worked.
@@ -41,6 +42,9 @@ if TYPE_CHECKING:
 __all__ = ["RulesWatcher", "install"]
 
 logger = logging.getLogger("throttlekit")
+
+#: seconds a changed rules file must hold still before a watch installs it
+SETTLE = 0.05
 
 
 def _signature(path: str) -> tuple[int, int, int] | None:
@@ -108,17 +112,17 @@ def install(limiter: Limiter, ruleset: RuleSet, replaces: frozenset[str] = froze
 class RulesWatcher:
     """The rules file of one limiter: loads it, and reloads it when asked or changed."""
 
-    __slots__ = ("_lock", "_thread", "interval", "last_error", "limiter", "loaded", "names",
-                 "next_check", "path", "pending", "reloads", "signature")
+    __slots__ = ("_lock", "_thread", "candidate", "interval", "last_error", "limiter", "loaded",
+                 "names", "next_check", "path", "pending", "reloads", "signature")
 
     def __init__(self, limiter: Limiter, path: str | os.PathLike[str],
                  interval: float | None = None) -> None:
         if interval is not None and (
             isinstance(interval, bool) or not isinstance(interval, (int, float))
-            or not interval > 0
+            or not interval >= 0 or not math.isfinite(interval)
         ):
-            raise ConfigError(f"reload_interval must be a positive number of seconds or None, "
-                              f"got {interval!r}")
+            raise ConfigError(f"reload_interval must be a number of seconds >= 0 (0: check "
+                              f"on every request) or None, got {interval!r}")
         self.limiter = limiter
         self.path = os.fspath(path)
         self.interval = interval
@@ -126,6 +130,8 @@ class RulesWatcher:
         #: a reload was asked for (signal): the next request does it
         self.pending = False
         self.signature: tuple[int, int, int] | None = None
+        #: a changed signature seen once, waiting to be seen again (see _settled)
+        self.candidate: tuple[int, int, int] | None = None
         self.names: frozenset[str] = frozenset()
         self.last_error: ConfigError | None = None
         #: successful loads (the first one included)
@@ -158,16 +164,45 @@ class RulesWatcher:
 
     def reload(self) -> bool:
         """Reload now. A bad file is rejected (the rules in force stay) and logged; returns
-        whether the new rules are in force."""
+        whether the new rules are in force. A file being written (empty, or changing while
+        read) is waited for a little, then left alone."""
         with self._lock:
-            return self._reload(_signature(self.path))
+            for _ in range(5):
+                done = self._reload(_signature(self.path))
+                if done is not None:
+                    return done
+                time.sleep(SETTLE)
+            logger.error("throttlekit: rules file %s is still being written; the rules in "
+                         "force stay", self.path)
+            return False
 
-    def _reload(self, sig: tuple[int, int, int] | None) -> bool:
-        self.signature = sig  # a bad file is reported once per change, not every check
+    def _read(self, sig: tuple[int, int, int] | None) -> RuleSet | None:
+        """The file's rules, or None while it is being written: empty (a rewrite in place
+        truncates it first, and an empty file is valid TOML with no rules), or changed
+        while read."""
+        if sig is not None and sig[1] == 0:
+            return None
         try:
             ruleset = load_rules(self.path, strategies=self._strategies())
+        except ConfigError:
+            if sig is not None and _signature(self.path) != sig:
+                return None  # half-written: the error is the writer's next bytes missing
+            raise
+        if _signature(self.path) != sig:
+            return None
+        return ruleset
+
+    def _reload(self, sig: tuple[int, int, int] | None) -> bool | None:
+        """Install the file's rules: True when done, False when the file is bad, None when
+        it is being written (try again later)."""
+        try:
+            ruleset = self._read(sig)
+            if ruleset is None:
+                return None
+            self.signature = sig  # a bad file is reported once per change, not every check
             self.names = install(self.limiter, ruleset, self.names)
         except ConfigError as exc:
+            self.signature = sig
             self.last_error = exc
             logger.error("throttlekit: rules file %s rejected; the rules in force stay:\n%s",
                          self.path, exc)
@@ -187,6 +222,16 @@ class RulesWatcher:
         if self.pending or time.monotonic() >= self.next_check:
             self._check()
 
+    def _settled(self, sig: tuple[int, int, int]) -> bool:
+        """Whether a changed file looks finished: a new file (an atomic replace, complete
+        by construction), the same at two checks, or last modified more than
+        :data:`SETTLE` seconds ago."""
+        old = self.signature
+        return (
+            old is None or sig[2] != old[2] or sig == self.candidate
+            or time.time_ns() - sig[0] >= SETTLE * 1e9
+        )
+
     def _check(self) -> None:
         if not self._lock.acquire(blocking=False):
             return  # another thread is on it; this request goes on with the rules in force
@@ -202,7 +247,15 @@ class RulesWatcher:
                                  self.path)
                 return
             if forced or sig != self.signature:
-                self._reload(sig)
+                # a signal says the writer is done; a change seen on its own may be a
+                # rewrite in progress, so it must hold still first
+                done = self._reload(sig) if forced or self._settled(sig) else None
+                if done is None:  # being written: look again soon
+                    self.candidate = sig
+                    self.pending = forced
+                    self.next_check = min(self.next_check, time.monotonic() + SETTLE)
+                else:
+                    self.candidate = None
         except Exception:  # never fail a request over a reload
             logger.exception("throttlekit: reloading %s failed", self.path)
         finally:
@@ -220,8 +273,9 @@ class RulesWatcher:
 
     def start_thread(self) -> None:
         """A daemon thread checking the file every ``interval`` seconds (opt-in)."""
-        if self.interval is None:
-            raise ConfigError("reload_thread=True needs a reload_interval")
+        if not self.interval:
+            raise ConfigError("reload_thread=True needs a reload_interval > 0, got "
+                              f"{self.interval!r}")
         if self._thread is not None:
             return
         interval = self.interval

@@ -99,6 +99,8 @@ _HEADER_OPS = ("equals", "contains", "prefix", "regex", "present")
 _METHODS = ("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS", "TRACE", "CONNECT")
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)?\s*$")
 _UNITS = {None: 1.0, "ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
+_RATE_HINT = ('write "<count>/<period>" like "100/minute", "5/10 seconds", "1000 per day"; '
+              'join several with ";"')
 _STATUS_CLASS = re.compile(r"^[1-5]xx$")
 
 
@@ -139,18 +141,25 @@ def _did_you_mean(word: str, choices: Sequence[str]) -> str:
 _ARRAY_HEADER = re.compile(r"^\s*\[\[\s*([A-Za-z0-9_\-]+)\s*\]\]")
 _TABLE_HEADER = re.compile(r"^\s*\[\s*([A-Za-z0-9_\-.\"]+)\s*\]")
 _KEY_LINE = re.compile(r"^\s*(?:\"([^\"]*)\"|([A-Za-z0-9_\-]+))\s*[.=]")
+_KEY_START = re.compile(r"(?:\"([^\"]*)\"|([A-Za-z0-9_\-]+))\s*[.=]")
 
 
 class _Lines:
-    """Where each table and each of its keys starts in the source (tomllib does not say)."""
+    """Where each table, each of its keys and each element of an array value starts in the
+    source (tomllib does not say)."""
 
     def __init__(self, text: str) -> None:
         self.tables: dict[tuple[str, int], int] = {}
         self.keys: dict[tuple[str, int, str], int] = {}
+        self.elements: dict[tuple[str, int, str], list[int]] = {}
         counts: dict[str, int] = {}
         current: tuple[str, int] = ("", 0)
         in_multiline = False
-        for n, line in enumerate(text.splitlines(), 1):
+        lines = text.splitlines()
+        skip_to = 0
+        for n, line in enumerate(lines, 1):
+            if n <= skip_to:
+                continue
             if in_multiline:
                 if line.count('"""') % 2 == 1 or line.count("'''") % 2 == 1:
                     in_multiline = False
@@ -172,14 +181,97 @@ class _Lines:
             if m:
                 name = m.group(1) if m.group(1) is not None else m.group(2)
                 self.keys.setdefault((current[0], current[1], name), n)
+                eq = line.find("=", m.end() - 1)
+                rest = line[eq + 1:] if eq >= 0 else ""
+                if rest.lstrip().startswith("["):
+                    col = eq + 1 + len(rest) - len(rest.lstrip())
+                    # a root-level `throttle = [{...}, {...}]`: each inline table is a rule
+                    root = name if current == ("", 0) else None
+                    skip_to, elems = self._array(lines, n, col, root)
+                    self.elements.setdefault((current[0], current[1], name), elems)
+                    continue
                 if line.count('"""') % 2 == 1 or line.count("'''") % 2 == 1:
                     in_multiline = True
+
+    def _array(self, lines: list[str], start: int, col: int, root: str | None
+               ) -> tuple[int, list[int]]:
+        """Scan the array opening at ``lines[start - 1][col]``: the line of each element,
+        and the line where it closes (inline tables of ``root``: their keys too)."""
+        elems: list[int] = []
+        stack: list[str] = []
+        quote: str | None = None
+        expect = expect_key = False
+        ln, c = start, col
+        while ln <= len(lines):
+            s = lines[ln - 1]
+            while c < len(s):
+                ch = s[c]
+                if quote is not None:
+                    if len(quote) == 3:
+                        if s.startswith(quote, c):
+                            quote = None
+                            c += 3
+                            continue
+                    elif ch == "\\" and quote == '"':
+                        c += 2
+                        continue
+                    elif ch == quote:
+                        quote = None
+                    c += 1
+                    continue
+                if ch == "#":
+                    break
+                if ch in " \t":
+                    c += 1
+                    continue
+                if expect and len(stack) == 1 and ch not in "],":
+                    elems.append(ln)
+                    expect = False
+                    if root is not None:
+                        self.tables.setdefault((root, len(elems) - 1), ln)
+                if expect_key and len(stack) == 2 and ch not in "},":
+                    expect_key = False
+                    m = _KEY_START.match(s, c)
+                    if m and root is not None and elems:
+                        key = m.group(1) if m.group(1) is not None else m.group(2)
+                        self.keys.setdefault((root, len(elems) - 1, key), ln)
+                if s.startswith('"""', c) or s.startswith("'''", c):
+                    quote = s[c:c + 3]
+                    c += 3
+                    continue
+                if ch in "\"'":
+                    quote = ch
+                elif ch in "[{":
+                    stack.append(ch)
+                    if len(stack) == 1:
+                        expect = True
+                    elif len(stack) == 2 and ch == "{":
+                        expect_key = True
+                elif ch in "]}":
+                    if stack:
+                        stack.pop()
+                    if not stack:
+                        return ln, elems
+                elif ch == ",":
+                    if len(stack) == 1:
+                        expect = True
+                    elif len(stack) == 2 and stack[-1] == "{":
+                        expect_key = True
+                c += 1
+            ln += 1
+            c = 0
+        return ln, elems
 
     def table(self, kind: str, i: int = 0) -> int:
         return self.tables.get((kind, i), 1)
 
     def key(self, kind: str, i: int, name: str) -> int:
         return self.keys.get((kind, i, name), self.table(kind, i))
+
+    def element(self, kind: str, i: int, name: str, j: int) -> int:
+        """The line of element ``j`` of the array ``name`` (else of the key)."""
+        elems = self.elements.get((kind, i, name), [])
+        return elems[j] if j < len(elems) else self.key(kind, i, name)
 
 
 # -- the parsed rule set -------------------------------------------------------------------
@@ -443,7 +535,10 @@ class _Parser:
 
         spec = RuleSpec(kind, name, tline, {})
         kw = spec.kwargs
-        predicate, described, ips = self._conditions(table, label, line, kind)
+        def elem(k: str, j: int) -> int:
+            return self.lines.element(kind, i, k, j)
+
+        predicate, described, ips = self._conditions(table, label, line, kind, elem)
         spec.match = described or "*"
         if kind in ("safelist", "blocklist"):
             if not any(k in table for k in _CONDITIONS):
@@ -479,7 +574,7 @@ class _Parser:
             if "rates" in table:
                 kw["rates"] = self._rates(table["rates"], line("rates"), label,
                                           strategy if isinstance(strategy, str) else None,
-                                          kw.get("burst"))
+                                          kw.get("burst"), lambda j: elem("rates", j))
             if "cost" in table:
                 v = table["cost"]
                 if isinstance(v, str):
@@ -578,7 +673,8 @@ class _Parser:
     # -- conditions ----------------------------------------------------------------------
 
     def _conditions(
-        self, table: Mapping[str, Any], label: str, line: Callable[[str], int], kind: str
+        self, table: Mapping[str, Any], label: str, line: Callable[[str], int], kind: str,
+        elem: Callable[[str, int], int] | None = None,
     ) -> tuple[Callable[[RequestView], Any] | None, str, IPSet | None]:
         preds: list[Callable[[RequestView], Any]] = []
         shown: list[str] = []
@@ -620,12 +716,14 @@ class _Parser:
             entries = self._strings(table["ips"], line("ips"), f"{label}: ips")
             if entries is not None:
                 good = True
-                for e in entries:
+                listed = isinstance(table["ips"], list) and elem is not None
+                for j, e in enumerate(entries):
                     try:
                         IPSet([e])
                     except ConfigError as exc:
                         good = False
-                        self.err(line("ips"), f"{label}: bad address or CIDR {e!r}: "
+                        at = elem("ips", j) if listed and elem is not None else line("ips")
+                        self.err(at, f"{label}: bad address or CIDR {e!r}: "
                                  f"{str(exc).split(': ', 1)[-1]}",
                                  "write addresses like 192.0.2.7 or networks like "
                                  "203.0.113.0/24 (no host bits set) or 2001:db8::/32")
@@ -744,8 +842,18 @@ class _Parser:
         return seconds
 
     def _rates(self, v: Any, line: int, label: str, strategy: str | None,
-               burst: int | None) -> Any:
+               burst: int | None, elem: Callable[[int], int] | None = None) -> Any:
         if isinstance(v, list) and all(isinstance(x, str) for x in v):
+            bad = False
+            for j, x in enumerate(v):  # each at its own line
+                try:
+                    coerce_rates(x)
+                except ConfigError as exc:
+                    bad = True
+                    self.err(elem(j) if elem is not None else line,
+                             f"{label}: bad rate {x!r}: {exc}", _RATE_HINT)
+            if bad:
+                return None
             v = "; ".join(v)
         if not isinstance(v, str):
             self.err(line, f"{label}: rates must be a string, got {_type(v)} {v!r}",
@@ -754,9 +862,7 @@ class _Parser:
         try:
             parsed = coerce_rates(v)
         except ConfigError as exc:
-            self.err(line, f"{label}: bad rate {v!r}: {exc}",
-                     'write "<count>/<period>" like "100/minute", "5/10 seconds", '
-                     '"1000 per day"; join several with ";"')
+            self.err(line, f"{label}: bad rate {v!r}: {exc}", _RATE_HINT)
             return None
         periods = [r.period for r in parsed]
         if len(set(periods)) != len(periods):
@@ -858,6 +964,25 @@ def import_path(spec: str) -> Any:
 
 
 # -- small pieces --------------------------------------------------------------------------
+
+
+def parse_duration(v: str | float) -> float:
+    """Seconds from a duration as rules files write it: ``600``, ``"30s"``, ``"10m"``,
+    ``"1h"``, ``"1d"``, ``"500ms"``.
+
+    Raises:
+        ConfigError: not a positive, finite duration.
+    """
+    seconds: float | None = None
+    if isinstance(v, (int, float)) and not isinstance(v, bool):
+        seconds = float(v)
+    elif isinstance(v, str):
+        m = _DURATION.match(v)
+        seconds = float(m.group(1)) * _UNITS[m.group(2)] if m else None
+    if seconds is None or not seconds > 0 or not math.isfinite(seconds):
+        raise ConfigError(f"bad duration {v!r}: give seconds (600) or a number with a unit: "
+                          f'"500ms", "30s", "10m", "1h", "1d"')
+    return seconds
 
 
 def _type(v: Any) -> str:

@@ -5,8 +5,9 @@ The store is ``--storage URL`` (e.g. ``redis://10.0.0.5:6379/0?prefix=throttleki
 ``storage`` of the rules file's ``[limiter]`` table (``--rules rules.toml``), or that of an
 app's limiter (``--limiter myapp.wsgi:limiter``). The rules (from ``--rules`` or
 ``--limiter``) tell ``inspect`` which limits a key has; ``block``/``unblock``/``bans``/
-``reset`` need only the store. ``top`` reads monitor status endpoints (``--url``, one per
-process to cover; see docs/admin.md). Tables by default, JSON with ``--json``.
+``reset`` need only the store. ``top`` sums the top offenders every monitor wrote to the
+store (Redis) over the last ``--window``, or reads monitor status endpoints (``--url``, one
+per process to cover; see docs/admin.md). Tables by default, JSON with ``--json``.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import sys
 import time
 import urllib.request
 from typing import Any
@@ -137,6 +139,16 @@ def run_inspect(args: argparse.Namespace) -> int:
 # -- the dynamic blocklist ---------------------------------------------------------------
 
 
+def _ttl(text: str) -> float:
+    """``--ttl``: a duration as the rules file writes it (``600``, ``"10m"``, ``"1h"``)."""
+    from .._rulesfile import parse_duration
+
+    try:
+        return parse_duration(text)
+    except ConfigError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
 def run_block(args: argparse.Namespace) -> int:
     limiter = _limiter(args)
     limiter.block(args.key, args.ttl, args.reason or "")
@@ -148,9 +160,26 @@ def run_block(args: argparse.Namespace) -> int:
     return 0
 
 
+def _bans_of(entry: str, key: str) -> bool:
+    """Whether blocklist entry ``entry`` is ``<kind>:<rule>:<key>`` (a ban of ``key``)."""
+    if not entry.endswith(":" + key):
+        return False
+    kind, _, rule = entry[: -len(key) - 1].partition(":")
+    return bool(kind and rule) and ":" not in rule
+
+
 def run_unblock(args: argparse.Namespace) -> int:
     limiter = _limiter(args)
-    found = bool(limiter.unblock(args.key))
+    key: str = args.key
+    found = bool(limiter.unblock(key))
+    if not limiter._rules.bans:
+        # the ban rules are unknown here (no --rules/--limiter): lift every
+        # "<kind>:<rule>:<key>" entry of the blocklist, and the key's ban counters with it
+        bans = [b.key for b in _blocked(limiter) if _bans_of(b.key, key)]
+        for entry in bans:
+            found = bool(limiter.unblock(entry)) or found
+        if bans:
+            limiter.reset_rules(key)
     if args.json:
         print_json({"key": args.key, "unblocked": found})
     else:
@@ -203,32 +232,49 @@ def _fetch(url: str, token: str | None, timeout: float) -> dict[str, Any]:
         raise ConfigError(f"cannot read the status endpoint {url}: {exc}") from None
 
 
+def _top_from_store(limiter: Any, window: float) -> tuple[dict[str, int], dict[str, Any]]:
+    from ..monitor._store import top_of
+
+    totals = top_of(limiter.storage, window, time.time())
+    if totals is None:
+        print(f"note: monitors write no offender data to a {type(limiter.storage).__name__}; "
+              "read their status endpoints with --url (see docs/admin.md)", file=sys.stderr)
+        return {}, {}
+    return totals, {}
+
+
 def run_top(args: argparse.Namespace) -> int:
-    if not args.url:
-        raise ConfigError("top reads monitor status endpoints: give --url http://host/status "
-                          "(once per process to cover; see docs/admin.md)")
     totals: dict[str, int] = {}
-    sources: dict[str, int] = {}
-    for url in args.url:
-        snapshot = _fetch(url, args.token, args.timeout)
-        for key, count in snapshot.get("top") or []:
-            totals[str(key)] = totals.get(str(key), 0) + int(count)
-            sources[str(key)] = sources.get(str(key), 0) + 1
+    sources: dict[str, Any] = {}
+    limiter = None
+    if args.url:
+        for url in args.url:
+            snapshot = _fetch(url, args.token, args.timeout)
+            for key, count in snapshot.get("top") or []:
+                totals[str(key)] = totals.get(str(key), 0) + int(count)
+                sources[str(key)] = sources.get(str(key), 0) + 1
+    else:
+        if not (args.storage or args.rules or args.limiter):
+            raise ConfigError("top reads what the monitors wrote to the store (--storage URL) "
+                              "or their status endpoints (--url http://host/status); see "
+                              "docs/admin.md")
+        limiter = _limiter(args)
+        totals, sources = _top_from_store(limiter, args.window)
     ranked = sorted(totals.items(), key=lambda kv: (-kv[1], kv[0]))[: args.n]
     banned: set[str] = set()
     if args.storage or args.rules or args.limiter:
-        banned = {b.key.rsplit(":", 1)[-1] for b in _blocked(_limiter(args))}
-    rows = [{"key": k, "requests": c, "sources": sources[k], "blocked": k in banned}
+        banned = {b.key.rsplit(":", 1)[-1] for b in _blocked(limiter or _limiter(args))}
+    rows = [{"key": k, "requests": c, "sources": sources.get(k), "blocked": k in banned}
             for k, c in ranked]
     if args.json:
         print_json(rows)
         return 0
+    print_table(("#", "KEY", "REQUESTS", "SOURCES", "BLOCKED"),
+                [(i, r["key"], r["requests"], "-" if r["sources"] is None else r["sources"],
+                  "yes" if r["blocked"] else "")
+                 for i, r in enumerate(rows, 1)])
     if not rows:
         print("no traffic recorded by the monitor(s)")
-        return 0
-    print_table(("#", "KEY", "REQUESTS", "SOURCES", "BLOCKED"),
-                [(i, r["key"], r["requests"], r["sources"], "yes" if r["blocked"] else "")
-                 for i, r in enumerate(rows, 1)])
     return 0
 
 
@@ -254,7 +300,8 @@ def register(subparsers: Any) -> None:
 
     p = subparsers.add_parser("block", help="add a key to the dynamic blocklist")
     p.add_argument("key", help="a client IP or IPv6 /64 (as client_key writes it)")
-    p.add_argument("--ttl", type=float, default=None, help="seconds (default: until unblocked)")
+    p.add_argument("--ttl", type=_ttl, default=None,
+                   help='600, "30s", "10m", "1h", "1d" (default: until unblocked)')
     p.add_argument("--reason", default="", help="shown by `bans`")
     _common(p)
     p.set_defaults(func=run_block)
@@ -273,11 +320,14 @@ def register(subparsers: Any) -> None:
     _common(p)
     p.set_defaults(func=run_reset)
 
-    p = subparsers.add_parser("top", help="top offenders, from monitor status endpoints")
+    p = subparsers.add_parser("top", help="top offenders, as the monitors wrote them to the "
+                              "store (or from their status endpoints with --url)")
     p.add_argument("--url", action="append", default=[],
                    help="a monitor status endpoint (repeat for each process or host)")
     p.add_argument("--token", help="bearer token of the status endpoints")
     p.add_argument("-n", type=int, default=10, help="how many (default 10)")
     p.add_argument("--timeout", type=float, default=5.0, help="seconds per endpoint")
+    p.add_argument("--window", type=_ttl, default=10.0,
+                   help="from the store: seconds to sum over (default 10)")
     _common(p)
     p.set_defaults(func=run_top)

@@ -26,6 +26,7 @@ from collections.abc import Callable, Hashable
 from typing import Any, NamedTuple
 
 from .._errors import ConfigError
+from . import _store
 from .detector import RateDetector
 from .sketch import WindowedTopK
 
@@ -94,6 +95,9 @@ class Monitor:
         client_quantile: the per-client baseline is this quantile of the clients' rates
             in normal traffic (default 0.99); see :meth:`offenders`.
         max_rules: rules tracked individually (default 64); further rules are counted only.
+        publish: write each bucket's top offenders into the limiter's Redis store, lazily
+            on the tick (default True), so ``throttlekit top --storage`` sums every
+            process's; see :mod:`throttlekit.monitor._store`.
         detector options (``factor``, ``sustain``, ``end_factor``, ``cooldown``,
             ``halflife``, ``warmup``, ``min_rate``): see :class:`RateDetector`.
     """
@@ -117,6 +121,7 @@ class Monitor:
         halflife: float = 300.0,
         warmup: float = 30.0,
         min_rate: float = 5.0,
+        publish: bool = True,
     ) -> None:
         if clock is None and limiter is not None:
             clock = getattr(limiter, "clock", None)
@@ -155,8 +160,13 @@ class Monitor:
         self.client_baseline: float | None = None
         self.recent: list[Anomaly] = []
         self.limiter = limiter
+        #: buckets starting before this are published (or were before the monitor began)
+        self._published = -math.inf
+        self._publish_retry = -math.inf
+        self._publishing = publish and limiter is not None
         if limiter is not None:
             limiter.on(self)
+            _store.register(self)
 
     def _new_scope(self, name: str, capacity: int) -> _Scope:
         detector = RateDetector(name, on_transition=self._transition, **self._detector_options)
@@ -227,11 +237,27 @@ class Monitor:
             self._client_due = now + self.window
             if not det.active and det.rising_since is None:
                 self._learn_clients(now)
+        if self._publishing and now >= self._publish_retry:
+            self._publish(now)
         for callback in self._tick_callbacks:
             try:
                 callback(now)
             except Exception:
                 logger.exception("throttlekit: monitor tick hook %r failed", callback)
+
+    def _publish(self, now: float) -> None:
+        """The closed buckets' top offenders into the store (Redis), once each."""
+        current = (now // self.bucket) * self.bucket
+        buckets = self._overall.hitters.closed(self._published, current)
+        self._published = current
+        if not buckets:
+            return
+        try:
+            top = [(start, counts.top(_store.PUBLISH_TOP)) for start, counts in buckets]
+            self._publishing = _store.publish(self.limiter.storage, top, self.window)
+        except Exception as exc:  # the store is down: try again a window later
+            self._publish_retry = now + self.window
+            logger.warning("throttlekit: publishing top offenders failed: %s", exc)
 
     def _learn_clients(self, now: float) -> None:
         """Fold the current window's per-client rates into the per-client baseline."""

@@ -147,6 +147,14 @@ class WindowedTopK:
             out.append(cur)
         return out
 
+    def closed(self, since: float, before: float) -> list[tuple[float, SpaceSaving]]:
+        """The (start, counts) of the buckets starting in ``[since, before)``."""
+        out = [(start, s) for start, s in list(self._closed) if since <= start < before]
+        cur, start = self._cur, self._start
+        if since <= start < before and cur.total and all(s is not cur for _, s in out):
+            out.append((start, cur))
+        return out
+
     def merged(self, now: float | None = None, since: float | None = None) -> dict[Hashable, int]:
         """Estimated count per tracked key over the window ending at ``now`` (or from
         ``since`` when that is later)."""
