@@ -141,7 +141,7 @@ class ASGIMiddleware:
         state = scope.get("state")
         if state is None:
             scope["state"] = {VERDICT_KEY: verdict}
-        elif isinstance(state, MutableMapping):
+        elif state.__class__ is dict or isinstance(state, MutableMapping):
             state[VERDICT_KEY] = verdict
         if not verdict.allowed:
             await self._refuse(send, view, verdict)
@@ -171,7 +171,7 @@ class ASGIMiddleware:
         state = scope.get("state")
         if state is None:
             scope["state"] = {VERDICT_KEY: verdict}
-        elif isinstance(state, MutableMapping):
+        elif state.__class__ is dict or isinstance(state, MutableMapping):
             state[VERDICT_KEY] = verdict
 
     async def _http(self, scope: Scope, receive: Receive, send: Send) -> None:
