@@ -172,3 +172,54 @@ def test_raw_rate_limit_headers_are_the_encoded_ones(
         assert rate_limit_headers_raw(policies, style) == encode_headers(  # cached pieces
             rate_limit_headers(policies, style)
         )
+
+
+def _public(view: RequestView) -> tuple[Any, ...]:
+    return (view.raw, view.resolver, view.is_wsgi, view.body, view.max_form_bytes, view.method,
+            view.path, view.query, view.scheme, dict(view.headers), view.peer, view.client_ip,
+            view.client_key, dict(view.form))
+
+
+def test_middleware_builds_the_views_from_scope_and_from_environ_build() -> None:
+    """The views the middleware builds inline answer as RequestView.from_scope/_environ."""
+    from throttlekit import ASGIMiddleware, WSGIMiddleware
+
+    limiter = Limiter()
+    limiter.throttle("per-ip", "100/minute")
+    scopes = [
+        {"type": "http", "method": "POST", "path": "/a", "query_string": b"x=1",
+         "headers": [(b"x-y", b"z"), (b"content-type", b"text/plain")],
+         "client": ("2001:db8::1", 1)},
+        {"type": "http", "method": None, "path": "/", "headers": [], "client": None},
+        {"type": "http", "path": "/b", "headers": [], "client": 42},
+    ]
+    seen: list[Any] = []
+
+    async def app(scope: Any, receive: Any, send: Any) -> None:
+        seen.append(scope)
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        await send({"type": "http.response.body", "body": b""})
+
+    async def receive() -> dict[str, Any]:
+        return {"type": "http.request", "body": b"", "more_body": False}
+
+    async def send(message: Any) -> None:
+        pass
+
+    asgi = ASGIMiddleware(app, limiter)
+    for scope in scopes:
+        asyncio.run(asgi(scope, receive, send))
+        view = seen[-1]["throttlekit.verdict"].request
+        assert _public(view) == _public(RequestView.from_scope(scope, limiter.resolver))
+
+    def wsgi_app(environ: Any, start_response: Any) -> list[bytes]:
+        seen.append(environ)
+        start_response("200 OK", [])
+        return [b""]
+
+    wsgi = WSGIMiddleware(wsgi_app, limiter)
+    for environ in ({"REQUEST_METHOD": "PUT", "PATH_INFO": "/caf\xc3\xa9", "REMOTE_ADDR": "::1",
+                     "HTTP_X_Y": "z", "QUERY_STRING": "q"}, {"REQUEST_METHOD": 7}):
+        wsgi(environ, lambda status, headers, exc_info=None: None)
+        view = seen[-1]["throttlekit.verdict"].request
+        assert _public(view) == _public(RequestView.from_environ(environ, limiter.resolver))

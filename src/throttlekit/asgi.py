@@ -25,9 +25,11 @@ from collections.abc import Awaitable, Callable, Iterable, Mapping, MutableMappi
 from typing import TYPE_CHECKING, Any
 
 from ._errors import ConfigError
-from ._request import DEFAULT_MAX_FORM_BYTES, RequestView
+from ._request import _UNSET, DEFAULT_MAX_FORM_BYTES, RequestView
 from ._responses import encode_headers as _encode
 from ._responses import rate_limit_headers_raw
+from ._rules import _RuleFailed
+from .storage.memory import MemoryStorage
 from .wsgi import VERDICT_KEY, Responder, refusal, resolve_options
 
 if TYPE_CHECKING:
@@ -46,6 +48,7 @@ _FORM_TYPES = (
     b"application/x-www-form-urlencoded", b"multipart/form-data", b"application/json",
 )
 _BODY_METHODS = frozenset({"POST", "PUT", "PATCH", "DELETE"})
+_new_view = object.__new__
 
 
 class ASGIMiddleware:
@@ -96,20 +99,79 @@ class ASGIMiddleware:
         return f"ASGIMiddleware({self.app!r}, {self.limiter!r})"
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        kind = scope["type"]
-        if kind == "http":
+        if scope["type"] != "http":
+            if scope["type"] == "websocket":
+                await self._websocket(scope, receive, send)
+            else:
+                await self.app(scope, receive, send)
+            return
+        limiter = self.limiter
+        rules = limiter._rules
+        storage = limiter.storage
+        if (
+            not rules.fast or rules.needs_form or limiter._concurrency is not None
+            or not limiter.enabled or limiter._watcher is not None
+            or storage.__class__ is not MemoryStorage or storage._blocks
+            or rules.listeners.active
+        ):
             await self._http(scope, receive, send)
-        elif kind == "websocket":
-            await self._websocket(scope, receive, send)
-        else:
+            return
+        # The common case in one frame: what _http, limiter.aevaluate and _serve do when
+        # the rules take their in-memory fast path (no form, lease, reload check or
+        # count_when). RequestView.from_scope, inlined:
+        view = _new_view(RequestView)
+        view.raw = scope  # type: ignore[assignment]
+        view.resolver = self.resolver
+        view.is_wsgi = False
+        view.body = None
+        view.max_form_bytes = self.max_form_bytes
+        method = scope.get("method")
+        view.method = method if isinstance(method, str) else "GET"
+        view._path = view._headers = view._client_ip = view._client_key = view._form = _UNSET
+        client = scope.get("client")
+        try:
+            view._peer = client[0] if client else None
+        except (TypeError, IndexError, KeyError):
+            view._peer = None
+        try:
+            verdict = rules._fast(view, storage)
+        except _RuleFailed as err:
+            verdict = rules._refused_by_error(view, err)
+        scope[VERDICT_KEY] = verdict
+        state = scope.get("state")
+        if state is None:
+            scope["state"] = {VERDICT_KEY: verdict}
+        elif state.__class__ is dict or isinstance(state, MutableMapping):
+            state[VERDICT_KEY] = verdict
+        if not verdict.allowed:
+            await self._refuse(send, view, verdict)
+            return
+        policies = verdict.policies
+        if not policies or not self.on_allowed:
             await self.app(scope, receive, send)
+            return
+        extra = rate_limit_headers_raw(policies, self.style)
+
+        # A plain function returning send's awaitable: one coroutine less per message.
+        def add_headers(message: Message) -> Awaitable[None]:
+            if message["type"] == "http.response.start":
+                message = {**message, "headers": [*(message.get("headers") or ()), *extra]}
+            return send(message)
+
+        await self.app(scope, receive, add_headers)
+
+    async def _refuse(self, send: Send, view: RequestView, verdict: Verdict) -> None:
+        denial = refusal(self.responders, self.style, verdict, view.headers.get("accept"))
+        await send({"type": "http.response.start", "status": denial.status,
+                    "headers": _encode(denial.headers)})
+        await send({"type": "http.response.body", "body": denial.body})
 
     def _store(self, scope: Scope, verdict: Verdict) -> None:
         scope[VERDICT_KEY] = verdict
         state = scope.get("state")
         if state is None:
             scope["state"] = {VERDICT_KEY: verdict}
-        elif isinstance(state, MutableMapping):
+        elif state.__class__ is dict or isinstance(state, MutableMapping):
             state[VERDICT_KEY] = verdict
 
     async def _http(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -135,10 +197,7 @@ class ASGIMiddleware:
         limiter = self.limiter
         self._store(scope, verdict)
         if not verdict.allowed:
-            denial = refusal(self.responders, self.style, verdict, view.headers.get("accept"))
-            await send({"type": "http.response.start", "status": denial.status,
-                        "headers": _encode(denial.headers)})
-            await send({"type": "http.response.body", "body": denial.body})
+            await self._refuse(send, view, verdict)
             return
         extra = None
         if self.on_allowed and verdict.policies:

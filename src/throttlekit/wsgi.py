@@ -23,8 +23,10 @@ from http import HTTPStatus
 from typing import TYPE_CHECKING, Any
 
 from ._errors import ConfigError
-from ._request import RequestView
+from ._request import _UNSET, DEFAULT_MAX_FORM_BYTES, RequestView
 from ._responses import HEADER_STYLES, Denial, default_responder, rate_limit_headers
+from ._rules import _RuleFailed
+from .storage.memory import MemoryStorage
 
 if TYPE_CHECKING:
     from _typeshed.wsgi import StartResponse, WSGIApplication, WSGIEnvironment
@@ -45,6 +47,7 @@ RESPONDER_KINDS = ("throttled", "blocked", "banned")
 #: verdict kind; ``headers`` are the rate-limit headers to include.
 Responder = Callable[[str, str, "Decision | None", "str | None", "list[tuple[str, str]]"], Denial]
 VERDICT_KEY = "throttlekit.verdict"
+_new_view = object.__new__
 
 
 def _status_line(status: int) -> str:
@@ -164,11 +167,35 @@ class WSGIMiddleware:
     def __call__(
         self, environ: WSGIEnvironment, start_response: StartResponse
     ) -> Iterable[bytes]:
-        view = RequestView.from_environ(environ, self.resolver)
-        verdict = self.limiter.evaluate(view)
+        limiter = self.limiter
+        rules = limiter._rules
+        storage = limiter.storage
+        # RequestView.from_environ, inlined (every request pays it)
+        view = _new_view(RequestView)
+        view.raw = environ
+        view.resolver = self.resolver
+        view.is_wsgi = True
+        view.body = None
+        view.max_form_bytes = DEFAULT_MAX_FORM_BYTES
+        method = environ.get("REQUEST_METHOD")
+        view.method = method if isinstance(method, str) else "GET"
+        view._path = view._headers = view._client_ip = view._client_key = view._form = _UNSET
+        view._peer = environ.get("REMOTE_ADDR")
+        if (
+            rules.fast and limiter.enabled and limiter._watcher is None
+            and storage.__class__ is MemoryStorage and not storage._blocks
+            and not rules.listeners.active
+        ):
+            # limiter.evaluate's in-memory fast path, called directly
+            try:
+                verdict = rules._fast(view, storage)
+            except _RuleFailed as err:
+                verdict = rules._refused_by_error(view, err)
+        else:
+            verdict = limiter.evaluate(view)
         lease = None
-        if verdict.allowed and self.limiter._concurrency is not None:
-            verdict, lease = self.limiter._concurrency.acquire(verdict)
+        if verdict.allowed and limiter._concurrency is not None:
+            verdict, lease = limiter._concurrency.acquire(verdict)
         environ[VERDICT_KEY] = verdict
         if not verdict.allowed:
             accept = environ.get("HTTP_ACCEPT")
