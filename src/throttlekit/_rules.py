@@ -996,7 +996,10 @@ class Rules:
         rule, disc, d = refusal
         return Verdict(False, "throttled", rule.name, disc, d, policies, False, view)
 
-    def evaluate(self, view: RequestView) -> Verdict:
+    def _prepare(self, view: RequestView) -> tuple[Verdict | None, _Plan | None, int | None]:
+        """Everything before the storage call, shared by evaluate and aevaluate: a verdict
+        when the request is answered without the store (fast path, lists, cached denial),
+        else the plan and the time."""
         if self.fast:
             storage = self.limiter.storage
             if (
@@ -1004,26 +1007,38 @@ class Rules:
                 and not self.listeners.active
             ):
                 try:
-                    return self._fast(view, storage)
+                    return self._fast(view, storage), None, None
                 except _RuleFailed as err:
-                    return self._refused_by_error(view, err)
+                    return self._refused_by_error(view, err), None, None
         try:
             p = self._plan(view)
         except _RuleFailed as err:
-            return self._refused_by_error(view, err)
+            return self._refused_by_error(view, err), None, None
         if p.__class__ is Verdict:
-            return p
+            return p, None, None
         assert isinstance(p, _Plan)
         now = self._now()
-        denials = self.limiter._denials
-        if denials is not None and p.throttles:
+        if self.limiter._denials is not None and p.throttles:
             cached = self._cached_refusal(p, now)
             if cached is not None:
-                return cached
-        result, degraded = self._call(p.checks, p.block_keys, now)
+                return cached, None, None
+        return None, p, now
+
+    def _conclude(
+        self, p: _Plan, result: BatchResult, degraded: bool, now: int | None
+    ) -> tuple[Verdict, list[tuple[str, float, str]]]:
         verdict, new_bans = self._finish(p, result, degraded)
-        if denials is not None and p.throttles:
+        if self.limiter._denials is not None and p.throttles:
             self._note_denials(p, verdict, degraded, now)
+        return verdict, new_bans
+
+    def evaluate(self, view: RequestView) -> Verdict:
+        answered, p, now = self._prepare(view)
+        if answered is not None:
+            return answered
+        assert p is not None
+        result, degraded = self._call(p.checks, p.block_keys, now)
+        verdict, new_bans = self._conclude(p, result, degraded, now)
         if new_bans:
             storage = self._storage(degraded)
             for key, ttl, reason in new_bans:
@@ -1082,36 +1097,15 @@ class Rules:
                         denials.pop((rule, disc), None)
 
     async def aevaluate(self, view: RequestView) -> Verdict:
-        if self.fast:
-            storage = self.limiter.storage
-            if (
-                storage.__class__ is MemoryStorage and not storage._blocks
-                and not self.listeners.active
-            ):
-                try:
-                    return self._fast(view, storage)
-                except _RuleFailed as err:
-                    return self._refused_by_error(view, err)
-        try:
-            p = self._plan(view)
-        except _RuleFailed as err:
-            return self._refused_by_error(view, err)
-        if p.__class__ is Verdict:
-            return p
-        assert isinstance(p, _Plan)
-        now = self._now()
-        denials = self.limiter._denials
-        if denials is not None and p.throttles:
-            cached = self._cached_refusal(p, now)
-            if cached is not None:
-                return cached
+        answered, p, now = self._prepare(view)
+        if answered is not None:
+            return answered
+        assert p is not None
         if self.limiter.storage.remote:
             result, degraded = await self._acall(p.checks, p.block_keys, now)
         else:
             result, degraded = self._call(p.checks, p.block_keys, now)
-        verdict, new_bans = self._finish(p, result, degraded)
-        if denials is not None and p.throttles:
-            self._note_denials(p, verdict, degraded, now)
+        verdict, new_bans = self._conclude(p, result, degraded, now)
         if new_bans:
             storage = self._storage(degraded)
             for key, ttl, reason in new_bans:
