@@ -15,7 +15,8 @@ from throttlekit import ConfigError, Limiter, RateLimitExceeded
 from throttlekit._decorators import group_of, warn_memory_multiworker, worker_count
 from throttlekit.testing import FakeClock, reset_limiter
 
-pytest_plugins = ["throttlekit.pytest_plugin", "pytester"]
+# throttlekit.pytest_plugin is loaded through its pytest11 entry point (pyproject.toml)
+pytest_plugins = ["pytester"]
 
 
 @pytest.fixture
