@@ -405,6 +405,32 @@ def test_refused_middleware_flood_costs_no_round_trip(own_server: RedisServer) -
     s.close()
 
 
+def test_cached_refusals_carry_the_same_header_fields(own_server: RedisServer) -> None:
+    """A 429 answered from the denial cache lists the same rate-limit policies as the first."""
+    from werkzeug.test import Client
+
+    from throttlekit import WSGIMiddleware
+
+    def app(environ: Any, start_response: Any) -> list[bytes]:
+        start_response("200 OK", [])
+        return [b"ok"]
+
+    s = storage_from_url(own_server.url, prefix="hdr:")
+    limiter = Limiter(s)
+    limiter.throttle("per-ip", "100/minute; 3/second", strategy="token_bucket")
+    client = Client(WSGIMiddleware(app, limiter))
+    env = {"REMOTE_ADDR": "192.0.2.10"}
+    responses = [client.get("/", environ_base=env) for _ in range(6)]
+    assert [r.status_code for r in responses] == [200, 200, 200, 429, 429, 429]
+    first, *repeats = responses[3:]
+    for r in repeats:
+        assert r.headers["RateLimit-Policy"] == first.headers["RateLimit-Policy"]
+        assert [p.split(";")[0] for p in r.headers["RateLimit"].split(", ")] == [
+            p.split(";")[0] for p in first.headers["RateLimit"].split(", ")
+        ]
+    s.close()
+
+
 def test_script_is_reloaded_after_script_flush(own_server: RedisServer) -> None:
     """After SCRIPT FLUSH (as after a restart) the next call still answers, and reloads it."""
     s = storage_from_url(own_server.url, prefix="sf:")

@@ -369,6 +369,11 @@ class Rules:
         self.throttles: tuple[_Throttle, ...] = ()
         self.tracks: tuple[_Track, ...] = ()
         self.names: dict[str, str] = {}
+        #: with the local denial cache: the rate-limit policies of a cached refusal, so a
+        #: repeated 429 carries the same header fields as the first
+        self._refusal_policies: dict[
+            tuple[_Throttle, str], tuple[int, list[tuple[str, Decision]]]
+        ] = {}
         self.listeners = Listeners(limiter.error_log_interval)
         #: some rule reads ``view.form`` (the ASGI middleware then reads form bodies first)
         self.needs_form = False
@@ -1076,9 +1081,21 @@ class Rules:
             if alg.rate == d.rate:
                 name = policy
                 break
+        policies: list[tuple[str, Decision]] = [(name, d)]
+        remembered = self._refusal_policies.get((rule, disc))
+        if remembered is not None:
+            # The policies the store reported with this refusal, their clocks moved on (the
+            # counts of the others can only have risen: a refusal charged nothing).
+            made, earlier = remembered
+            elapsed = ((now if now is not None else time.time_ns() // 1000) - made) / 1e6
+            policies = [
+                (n, d if n == name else pd._replace(
+                    reset_after=max(pd.reset_after - elapsed, 0.0)))
+                for n, pd in earlier
+            ]
         if "throttled" in self.listeners.active:
             self._emit("throttled", rule.name, disc, p.view, d, False)
-        return Verdict(False, "throttled", rule.name, disc, d, [(name, d)], False, p.view)
+        return Verdict(False, "throttled", rule.name, disc, d, policies, False, p.view)
 
     def _note_denials(
         self, p: _Plan, verdict: Verdict, degraded: bool, now: int | None
@@ -1088,6 +1105,12 @@ class Rules:
             for rule, disc, cost, _start in p.throttles:
                 if rule.name == verdict.rule and disc == verdict.key:
                     lim._remember_denial(rule, disc, cost, now, verdict.decision)
+                    cache = self._refusal_policies
+                    if len(cache) >= 10_000:  # bounded: old entries only lose header detail
+                        cache.clear()
+                    cache[rule, disc] = (
+                        now if now is not None else time.time_ns() // 1000, verdict.policies
+                    )
                     break
         elif verdict.allowed:
             denials = lim._denials
