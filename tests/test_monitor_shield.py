@@ -288,3 +288,41 @@ def test_monitor_survives_concurrent_requests_and_queries():
         logging.getLogger("throttlekit").removeHandler(handler)
     assert errors == [] and failures == []
     assert 11_900 <= monitor.requests <= 12_000
+
+
+def test_shield_bans_off_the_event_loop_with_a_remote_store():
+    """Inside an event loop, a remote store's bans are made in a worker thread, so a sweep
+    never blocks the loop for a round trip per ban; the bans still land."""
+    import asyncio
+
+    from throttlekit import MemoryStorage
+
+    class RemoteStore(MemoryStorage):
+        remote = True  # a stand-in with the real memory semantics; records who bans
+
+        def __init__(self) -> None:
+            super().__init__()
+            self.ban_threads: set[int] = set()
+
+        def block(self, key, ttl, reason="", now=None):
+            self.ban_threads.add(threading.get_ident())
+            super().block(key, ttl, reason, now)
+
+    site = Site()
+    store = RemoteStore()
+    site.limiter = Limiter(store, clock=site.clock, denial_cache_size=0)
+    site.limiter.throttle("per-ip", "100/second")
+    site.monitor = Monitor(site.limiter)
+    site.shield = Shield(site.limiter, site.monitor)
+    site.client = Client(WSGIMiddleware(app, site.limiter))
+
+    async def under_loop() -> None:
+        for _ in range(40):
+            site.second()
+        for _ in range(6):
+            site.second(flood=40)
+
+    asyncio.run(under_loop())  # waits for the default executor on exit
+    assert set(site.shield.banned) == set(FLOODERS)
+    assert {b.key for b in site.limiter.blocked()} == set(FLOODERS)
+    assert store.ban_threads and threading.get_ident() not in store.ban_threads

@@ -18,6 +18,7 @@ themselves after ``ban_ttl`` seconds. Opt-in: nothing happens unless a Shield is
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import Hashable, Iterable, Mapping
 from typing import Any
@@ -163,6 +164,7 @@ class Shield:
             limit=room + len(self.banned),
         )
         new: list[Hashable] = []
+        to_block: list[tuple[str, str]] = []
         baseline = self.monitor.client_baseline or 0.0
         lookback = now - max(self._since or now - self.monitor.window, now - self.monitor.window)
         for key, count in found:
@@ -175,11 +177,7 @@ class Shield:
                 f"per-client baseline of {baseline:.2f}/s"
             )
             if not self.dry_run:
-                try:
-                    self.limiter.block(str(key), ttl=self.ban_ttl, reason=reason)
-                except Exception:
-                    logger.exception("throttlekit shield: banning %s failed", key)
-                    continue
+                to_block.append((str(key), reason))
             self.banned[key] = now
             new.append(key)
             logger.warning(
@@ -192,7 +190,31 @@ class Shield:
         self._bans_this_time += len(new)
         if not self.dry_run:
             self.bans_total += len(new)
+        if to_block:
+            self._block_all(to_block)
         return new
+
+    def _block_all(self, to_block: list[tuple[str, str]]) -> None:
+        """Make the bans. Inside an event loop with a remote store, in a worker thread, so
+        a sweep never blocks the loop for a round trip per ban."""
+
+        def block_all() -> None:
+            for key, reason in to_block:
+                try:
+                    self.limiter.block(key, ttl=self.ban_ttl, reason=reason)
+                except Exception:
+                    logger.exception("throttlekit shield: banning %s failed", key)
+
+        storage = getattr(self.limiter, "storage", None)
+        if getattr(storage, "remote", False):
+            try:
+                loop = asyncio.get_running_loop()
+            except RuntimeError:
+                loop = None
+            if loop is not None:
+                loop.run_in_executor(None, block_all)
+                return
+        block_all()
 
     def _tighten(self, rule: str, rates: Any, now: float) -> None:
         if self.dry_run:
