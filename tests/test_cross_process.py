@@ -28,6 +28,8 @@ BACKEND_MODULES = {name: importlib.import_module(f"backends.{name}") for name in
 #: backend name -> storage URL of its session context
 URL_OF: dict[str, Callable[[Any], str]] = {
     "redis": lambda ctx: ctx.url,
+    "redis_cluster": lambda ctx: ctx.url,
+    "redis_sentinel": lambda ctx: ctx.url,
     "memcached": lambda ctx: ctx.url,
 }
 
