@@ -273,7 +273,12 @@ class Limiter:
         return self._remote(plan, key, cost, False, now)
 
     def reset(self, key: str) -> None:
-        """Forget all state of ``key``, under every rate and strategy."""
+        """Forget all state of ``key``, under every rate and strategy.
+
+        An admin operation: a failing remote store raises ``StorageError`` here (the
+        ``on_storage_error`` policy is for answering requests, not for pretending a reset
+        happened).
+        """
         self.storage.reset((key,))
         self._forget_local(key)
 
