@@ -585,31 +585,10 @@ class Rules:
             return p
         throttles = p.throttles
         for rule in self.throttles:
-            try:
-                match = rule.match
-                if match is not None and not match(view):
-                    continue
-                key = rule.key
-                if key is _client_key:  # the default key, inlined (view.client_key cached)
-                    disc = view._client_key
-                    if disc is _UNSET:
-                        disc = view.client_key
-                    if not disc:
-                        disc = UNKNOWN_CLIENT
-                else:
-                    disc = key(view)
-                    if disc is None:
-                        continue
-                    if disc.__class__ is not str:
-                        disc = str(disc)
-                cost = rule.cost
-                if cost.__class__ is not int:
-                    cost = cost(view)  # type: ignore[operator]
-                    if cost.__class__ is not int or cost < 0:
-                        raise TypeError(f"cost must be an integer >= 0, got {cost!r}")
-            except Exception as exc:
-                self._rule_error("throttle", rule.name, exc, "match, key or cost function")
+            applies = self._applies(rule, view)
+            if applies is None:
                 continue
+            disc, cost = applies
             skey = NS + disc
             throttles.append((rule, disc, cost, len(checks)))
             # A count_when rule is only tested here (a probe: decided with its cost, never
@@ -619,6 +598,37 @@ class Rules:
             for alg in rule.algorithms:
                 checks.append(_new(Check, (alg, skey, cost, indep, probe)))
         return p
+
+    def _applies(self, rule: _Throttle, view: RequestView) -> tuple[str, int] | None:
+        """The discriminator and cost of ``rule`` for this request, or None when it does not
+        apply (no match, a key of None, or a function that raised: logged, see
+        ``_rule_error``)."""
+        try:
+            match = rule.match
+            if match is not None and not match(view):
+                return None
+            key = rule.key
+            if key is _client_key:  # the default key, inlined (view.client_key cached)
+                disc = view._client_key
+                if disc is _UNSET:
+                    disc = view.client_key
+                if not disc:
+                    disc = UNKNOWN_CLIENT
+            else:
+                disc = key(view)
+                if disc is None:
+                    return None
+                if disc.__class__ is not str:
+                    disc = str(disc)
+            cost = rule.cost
+            if cost.__class__ is not int:
+                cost = cost(view)  # type: ignore[operator]
+                if cost.__class__ is not int or cost < 0:
+                    raise TypeError(f"cost must be an integer >= 0, got {cost!r}")
+        except Exception as exc:
+            self._rule_error("throttle", rule.name, exc, "match, key or cost function")
+            return None
+        return disc, cost
 
     def _list_match(self, rule: _ListRule, view: RequestView, kind: str) -> bool:
         ips = rule.ips
@@ -866,31 +876,10 @@ class Rules:
         cost1 = 0
         more: list[tuple[_Throttle, str, int]] | None = None
         for rule in self.throttles:
-            try:
-                match = rule.match
-                if match is not None and not match(view):
-                    continue
-                key = rule.key
-                if key is _client_key:  # the default key, inlined (view.client_key cached)
-                    disc = view._client_key
-                    if disc is _UNSET:
-                        disc = view.client_key
-                    if not disc:
-                        disc = UNKNOWN_CLIENT
-                else:
-                    disc = key(view)
-                    if disc is None:
-                        continue
-                    if disc.__class__ is not str:
-                        disc = str(disc)
-                cost = rule.cost
-                if cost.__class__ is not int:
-                    cost = cost(view)  # type: ignore[operator]
-                    if cost.__class__ is not int or cost < 0:
-                        raise TypeError(f"cost must be an integer >= 0, got {cost!r}")
-            except Exception as exc:
-                self._rule_error("throttle", rule.name, exc, "match, key or cost function")
+            applies = self._applies(rule, view)
+            if applies is None:
                 continue
+            disc, cost = applies
             if rule1 is None:
                 rule1, disc1, cost1 = rule, disc, cost
             elif more is None:
