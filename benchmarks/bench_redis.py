@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import os
 import statistics
 import time
 import uuid
@@ -45,6 +46,8 @@ def prefix() -> Iterator[str]:
     try:
         client.ping()
     except redis.RedisError as exc:
+        if os.environ.get("CI", "").strip().lower() == "true":
+            pytest.fail(f"no Redis at {URL}: {exc} (CI=true: a missing server is an error)")
         pytest.skip(f"no Redis at {URL}: {exc}")
     p = f"tk-bench:{uuid.uuid4().hex[:8]}:"
     yield p

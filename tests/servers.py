@@ -106,6 +106,26 @@ def unavailable(reason: str) -> NoReturn:
     pytest.skip(reason)
 
 
+def shared_redis_up(port: int = 6379) -> bool:
+    """Whether the machine's shared Redis answers on 127.0.0.1 (only ever read from tests)."""
+    try:
+        with socket.create_connection((HOST, port), timeout=0.5):
+            return True
+    except OSError:
+        return False
+
+
+def needs_shared_redis() -> Any:
+    """A mark for tests on the shared Redis: skipped when it is down, except under CI=true,
+    where the test runs (and fails) so a missing server is never a silent skip."""
+    import pytest
+
+    in_ci = os.environ.get("CI", "").strip().lower() == "true"
+    return pytest.mark.skipif(
+        not in_ci and not shared_redis_up(), reason="no Redis on 127.0.0.1:6379"
+    )
+
+
 def require_or_skip(exc: BaseException) -> NoReturn:
     """``except ServerUnavailable as exc: require_or_skip(exc)``."""
     unavailable(str(exc))

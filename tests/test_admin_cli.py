@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import subprocess
 import sys
 import threading
@@ -18,21 +17,15 @@ import pytest
 from werkzeug.test import Client
 
 import throttlekit
+from servers import needs_shared_redis
 from throttlekit import Limiter, WSGIMiddleware
 
 REDIS = "redis://127.0.0.1:6379/0"
 
 
-def _redis_up() -> bool:
-    try:
-        with socket.create_connection(("127.0.0.1", 6379), timeout=0.5):
-            return True
-    except OSError:
-        return False
 
 
-pytestmark = [pytest.mark.redis,
-              pytest.mark.skipif(not _redis_up(), reason="no Redis on 127.0.0.1:6379")]
+pytestmark = [pytest.mark.redis, needs_shared_redis()]
 
 RULES = """\
 [[throttle]]

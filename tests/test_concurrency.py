@@ -22,6 +22,7 @@ import httpx
 import pytest
 from werkzeug.test import Client
 
+from servers import needs_shared_redis
 from throttlekit import ASGIMiddleware, ConfigError, Limiter, WSGIMiddleware
 from throttlekit.storage import MemoryStorage, storage_from_url
 from throttlekit.testing import FakeClock
@@ -30,15 +31,9 @@ SRC = Path(__file__).resolve().parent.parent / "src"
 REDIS = "redis://127.0.0.1:6379/0"
 
 
-def _redis_up() -> bool:
-    try:
-        with socket.create_connection(("127.0.0.1", 6379), timeout=0.5):
-            return True
-    except OSError:
-        return False
 
 
-needs_redis = pytest.mark.skipif(not _redis_up(), reason="no Redis on 127.0.0.1:6379")
+needs_redis = needs_shared_redis()
 
 
 @pytest.fixture(params=["memory", pytest.param("redis", marks=[pytest.mark.redis, needs_redis])])
