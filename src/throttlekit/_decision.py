@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import NamedTuple
 
 from ._rates import Rate
 
-__all__ = ["Decision"]
+__all__ = ["Decision", "most_restrictive"]
 
 
 class Decision(NamedTuple):
@@ -34,3 +35,14 @@ class Decision(NamedTuple):
     retry_after: float
     rate: Rate
     degraded: bool = False
+
+
+def most_restrictive(decisions: Sequence[Decision]) -> Decision:
+    """The Decision that speaks for several rates: when any denies, the denying one with the
+    longest wait; when all allow, the one with the least remaining."""
+    if len(decisions) == 1:
+        return decisions[0]
+    denied = [d for d in decisions if not d.allowed]
+    if denied:
+        return max(denied, key=lambda d: d.retry_after)
+    return min(decisions, key=lambda d: (d.remaining, -d.reset_after))

@@ -42,7 +42,7 @@ import weakref
 from collections.abc import Callable, Iterable, Mapping, MutableMapping, Sequence
 from typing import TYPE_CHECKING, Any, TypeVar
 
-from ._decision import Decision
+from ._decision import Decision, most_restrictive
 from ._errors import ConfigError, RateLimitExceeded
 from ._request import RequestView
 from ._rules import NS, STORAGE_RULE, Verdict, _key_func, _throttle_algorithms
@@ -449,9 +449,7 @@ def _conclude(lim: Limiter, p: _Pending, result: BatchResult, degraded: bool,
             for i in range(n):
                 policies.append((names[i], ds[i]))
                 costs.append(cost)
-            denied = [x for x in ds if not x.allowed]
-            d = (max(denied, key=lambda x: x.retry_after) if denied
-                 else min(ds, key=lambda x: (x.remaining, -x.reset_after)))
+            d = most_restrictive(ds)
         if d.allowed:
             if tightest is None or d.remaining < tightest.remaining:
                 tightest = d

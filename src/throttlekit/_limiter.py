@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 from cachetools import TLRUCache
 
 from ._algorithms import ALGORITHMS, DEFAULT_STRATEGY, Algorithm, make_algorithm
-from ._decision import Decision
+from ._decision import Decision, most_restrictive
 from ._errors import ConfigError, StorageError
 from ._rates import Rate, coerce_rates
 from .storage import MemoryStorage, Storage, storage_from_url
@@ -52,17 +52,6 @@ class _Plan:
         make_hit = getattr(storage, "make_hit", None)
         if len(algorithms) == 1 and make_hit is not None and not storage.remote:
             self.fast = make_hit(algorithms[0])
-
-
-def combine(decisions: Sequence[Decision]) -> Decision:
-    """The Decision of several rates: denied when any denies, reporting the denying rate
-    with the longest wait; when allowed, the rate with the least remaining."""
-    if len(decisions) == 1:
-        return decisions[0]
-    denied = [d for d in decisions if not d.allowed]
-    if denied:
-        return max(denied, key=lambda d: d.retry_after)
-    return min(decisions, key=lambda d: (d.remaining, -d.reset_after))
 
 
 class Limiter:
@@ -404,7 +393,7 @@ class Limiter:
             self._storage_failed(exc)
             return self._degraded(plan, key, cost, consume, now)
         self._broken_until = 0.0
-        decision = combine(result.decisions)
+        decision = most_restrictive(result.decisions)
         if self._denials is not None:
             if decision.allowed:
                 # our own charge: a cached denial's numbers are stale (`in` first: it is
@@ -831,7 +820,7 @@ def _apply(
     storage: Storage, plan: _Plan, key: str, cost: int, consume: bool, now: int | None
 ) -> Decision:
     result = storage.apply([Check(a, key, cost) for a in plan.algorithms], consume=consume, now=now)
-    return combine(result.decisions)
+    return most_restrictive(result.decisions)
 
 
 def _check_key(key: object) -> None:

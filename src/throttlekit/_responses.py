@@ -37,7 +37,7 @@ from collections.abc import Sequence
 from time import time as _time
 from typing import NamedTuple
 
-from ._decision import Decision
+from ._decision import Decision, most_restrictive
 from ._errors import ConfigError
 from ._rates import Rate
 
@@ -222,7 +222,7 @@ def rate_limit_headers(
         out = []
     else:
         check_header_style(style)
-    d = _most_restrictive([d for _, d in policies])
+    d = most_restrictive([d for _, d in policies])
     reset = _whole(d.reset_after)
     if reset != _NEVER and d.reset_after == d.reset_after:  # (not NaN)
         reset = _ceil((_time() if now is None else now) + d.reset_after)
@@ -262,15 +262,6 @@ def _raw_piece(name: str, rate: Rate) -> tuple[Rate, tuple[bytes, bytes], bytes]
         _raw_pieces.clear()
     _raw_pieces[name] = piece
     return piece
-
-
-def _most_restrictive(decisions: list[Decision]) -> Decision:
-    if len(decisions) == 1:
-        return decisions[0]
-    denied = [d for d in decisions if not d.allowed]
-    if denied:
-        return max(denied, key=lambda d: d.retry_after)
-    return min(decisions, key=lambda d: (d.remaining, -d.reset_after))
 
 
 @functools.lru_cache(maxsize=256)

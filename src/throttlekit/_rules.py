@@ -24,7 +24,7 @@ from collections.abc import Callable, Iterable, Sequence
 from typing import TYPE_CHECKING, Any, NamedTuple
 
 from ._algorithms import Algorithm, SlidingLog, make_algorithm
-from ._decision import Decision
+from ._decision import Decision, most_restrictive
 from ._errors import ConfigError
 from ._events import Event, EventCallback, Listeners
 from ._ipset import IPSet
@@ -703,7 +703,7 @@ class Rules:
         for rule, disc, cost, start in p.throttles:
             n = len(rule.algorithms)
             ds = [decisions[start]] if n == 1 else decisions[start:start + n]
-            d = ds[0] if len(ds) == 1 else _combine(ds)
+            d = ds[0] if len(ds) == 1 else most_restrictive(ds)
             if rule.dry_run:
                 if not d.allowed and "throttled" in active:
                     self._emit("throttled", rule.name, disc, view, d, True)
@@ -955,7 +955,7 @@ class Rules:
                 if ok:
                     n = len(rule.checks)
                     if n != 1:  # the rule's own choice among its rates, as _finish makes it
-                        d = _combine([pd for _, pd in policies[-n:]])
+                        d = most_restrictive([pd for _, pd in policies[-n:]])
                     if tightest is None or d.remaining < tightest.remaining:
                         tightest = d
             if ok:
@@ -975,7 +975,7 @@ class Rules:
         for rule, disc, cost in found:
             n = len(rule.checks)
             ds = [pd for _, pd in policies[i:i + n]]
-            d = ds[0] if n == 1 else _combine(ds)
+            d = ds[0] if n == 1 else most_restrictive(ds)
             if not d.allowed and (refusal is None or d.retry_after > refusal[2].retry_after):
                 refusal = (rule, disc, d)
             if cost:
@@ -1172,10 +1172,3 @@ class Rules:
 
     def on(self, kind: str | None, callback: EventCallback) -> None:
         self.listeners.add(kind, callback)
-
-
-def _combine(decisions: Sequence[Decision]) -> Decision:
-    denied = [d for d in decisions if not d.allowed]
-    if denied:
-        return max(denied, key=lambda d: d.retry_after)
-    return min(decisions, key=lambda d: (d.remaining, -d.reset_after))
