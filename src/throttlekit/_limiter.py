@@ -11,7 +11,7 @@ from cachetools import TLRUCache
 
 from ._algorithms import ALGORITHMS, DEFAULT_STRATEGY, Algorithm, make_algorithm
 from ._decision import Decision, most_restrictive
-from ._errors import ConfigError, StorageError
+from ._errors import ConfigError
 from ._rates import Rate, coerce_rates
 from .storage import MemoryStorage, Storage, storage_from_url
 from .storage.base import Block, Check
@@ -831,10 +831,3 @@ def _check_key(key: object) -> None:
 def _check_cost(cost: object) -> None:
     if isinstance(cost, bool) or not isinstance(cost, int) or cost < 0:
         raise ConfigError(f"cost must be an integer >= 0, got {cost!r}")
-
-
-def wrap_storage_errors(exc: BaseException) -> StorageError:
-    """Used by backends: a StorageError chained to the client's exception."""
-    err = StorageError(f"{type(exc).__name__}: {exc}")
-    err.__cause__ = exc
-    return err

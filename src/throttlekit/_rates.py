@@ -8,11 +8,11 @@ itself. Parsed results are cached, so a rate string costs one dict lookup per re
 from __future__ import annotations
 
 import functools
-from typing import NamedTuple, Union
+from typing import NamedTuple
 
 from ._errors import ConfigError
 
-__all__ = ["Rate", "RateSpec", "parse_rates"]
+__all__ = ["Rate", "parse_rates"]
 
 
 class Rate(NamedTuple):
@@ -29,9 +29,6 @@ class Rate(NamedTuple):
     def period_us(self) -> int:
         """The period in whole microseconds, the unit storage backends compute in."""
         return round(self.period * 1_000_000)
-
-
-RateSpec = Union[str, Rate, "list[Rate]", "tuple[Rate, ...]", "list[str | Rate]"]
 
 
 def parse_rates(text: str) -> list[Rate]:
