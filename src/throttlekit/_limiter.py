@@ -623,10 +623,11 @@ class Limiter:
             listed = []
         for b in listed:
             name = b.key
-            if (name.endswith(suffix) and name not in known
-                    and name.startswith(("fail2ban:", "allow2ban:"))
-                    and name.count(":") >= 2 + key.count(":")):
-                targets.append((name, key))
+            if name.endswith(suffix) and name not in known:
+                # exactly "<kind>:<rule>:<key>" (rule names are escaped: no ":" in them)
+                kind, _, rule = name[: -len(suffix)].partition(":")
+                if kind in ("fail2ban", "allow2ban") and rule and ":" not in rule:
+                    targets.append((name, key))
         return targets
 
     def blocked(self) -> list[Block]:

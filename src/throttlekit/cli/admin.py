@@ -160,26 +160,11 @@ def run_block(args: argparse.Namespace) -> int:
     return 0
 
 
-def _bans_of(entry: str, key: str) -> bool:
-    """Whether blocklist entry ``entry`` is ``<kind>:<rule>:<key>`` (a ban of ``key``)."""
-    if not entry.endswith(":" + key):
-        return False
-    kind, _, rule = entry[: -len(key) - 1].partition(":")
-    return bool(kind and rule) and ":" not in rule
-
-
 def run_unblock(args: argparse.Namespace) -> int:
     limiter = _limiter(args)
     key: str = args.key
+    # also lifts the key's bans found in the blocklist when the rules are not given
     found = bool(limiter.unblock(key))
-    if not limiter._rules.bans:
-        # the ban rules are unknown here (no --rules/--limiter): lift every
-        # "<kind>:<rule>:<key>" entry of the blocklist, and the key's ban counters with it
-        bans = [b.key for b in _blocked(limiter) if _bans_of(b.key, key)]
-        for entry in bans:
-            found = bool(limiter.unblock(entry)) or found
-        if bans:
-            limiter.reset_rules(key)
     if args.json:
         print_json({"key": args.key, "unblocked": found})
     else:
