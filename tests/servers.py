@@ -35,7 +35,7 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from types import TracebackType
 from typing import Any, NoReturn, TypeVar
@@ -124,6 +124,45 @@ def needs_shared_redis() -> Any:
     return pytest.mark.skipif(
         not in_ci and not shared_redis_up(), reason="no Redis on 127.0.0.1:6379"
     )
+
+
+@contextlib.contextmanager
+def http_app(
+    argv: list[str], port: int, ready_path: str, *, env: dict[str, str] | None = None,
+    cwd: str | os.PathLike[str] | None = None, settle: float = 0.0,
+) -> Iterator[str]:
+    """Run an HTTP server command (gunicorn, uvicorn, ...) listening on loopback ``port``;
+    yield its base URL once ``ready_path`` answers, and stop it afterwards."""
+    import httpx
+
+    proc = subprocess.Popen(argv, cwd=cwd, env=env, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.PIPE)
+    base = f"http://{HOST}:{port}"
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            if proc.poll() is not None:
+                assert proc.stderr is not None
+                err = proc.stderr.read().decode(errors="replace")[-2000:]
+                raise RuntimeError(f"{argv} exited: {err}")
+            try:
+                httpx.get(base + ready_path, timeout=1)
+                break
+            except httpx.TransportError:
+                if time.monotonic() > deadline:
+                    raise RuntimeError(f"{argv} did not answer on {base}") from None
+                time.sleep(0.1)
+        time.sleep(settle)  # e.g. let every worker finish booting
+        yield base
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(15)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(5)
+        if proc.stderr is not None:
+            proc.stderr.close()
 
 
 def require_or_skip(exc: BaseException) -> NoReturn:

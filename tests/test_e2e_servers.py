@@ -10,10 +10,8 @@ from __future__ import annotations
 import contextlib
 import os
 import socket
-import subprocess
 import sys
 import textwrap
-import time
 import uuid
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -89,31 +87,10 @@ def storage_url() -> Iterator[str]:
 
 @contextlib.contextmanager
 def _serve(argv: list[str], port: int, env: dict[str, str]) -> Iterator[str]:
-    proc = subprocess.Popen(argv, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    base = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 30
-        while True:
-            if proc.poll() is not None:
-                raise RuntimeError(f"{argv[2]} exited: {proc.stderr.read().decode()[-2000:]}")  # type: ignore[union-attr]
-            try:
-                httpx.get(base + "/up", timeout=1)
-                break
-            except httpx.TransportError:
-                if time.monotonic() > deadline:
-                    raise RuntimeError(f"{argv[2]} did not answer on {base}") from None
-                time.sleep(0.1)
-        time.sleep(0.5)  # let every worker finish booting
+    from servers import http_app
+
+    with http_app(argv, port, "/up", env=env, settle=0.5) as base:
         yield base
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(15)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(5)
-        if proc.stderr is not None:
-            proc.stderr.close()
 
 
 @pytest.fixture(scope="module", params=["gunicorn", "uvicorn"])

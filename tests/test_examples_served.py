@@ -6,14 +6,14 @@ from __future__ import annotations
 import contextlib
 import os
 import socket
-import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
 import pytest
+
+from servers import http_app
 
 pytestmark = pytest.mark.e2e
 
@@ -35,32 +35,8 @@ def serve(argv: list[str], cwd: Path) -> Iterator[str]:
     env["PYTHONPATH"] = os.pathsep.join([str(ROOT / "src"), str(cwd)])
     env.pop("WEB_CONCURRENCY", None)
     env["THROTTLEKIT_STORAGE_URL"] = "memory://"
-    proc = subprocess.Popen(argv, cwd=cwd, env=env, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.PIPE)
-    base = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 30
-        while True:
-            if proc.poll() is not None:
-                err = proc.stderr.read().decode()[-2000:]  # type: ignore[union-attr]
-                raise RuntimeError(f"{argv[2]} exited: {err}")
-            try:
-                httpx.get(base + "/health", timeout=1)
-                break
-            except httpx.TransportError:
-                if time.monotonic() > deadline:
-                    raise RuntimeError(f"{argv} did not answer on {base}") from None
-                time.sleep(0.1)
+    with http_app(argv, port, "/health", env=env, cwd=cwd) as base:
         yield base
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(15)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(5)
-        if proc.stderr is not None:
-            proc.stderr.close()
 
 
 def _check_search(base: str, path: str = "/search") -> None:
