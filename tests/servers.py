@@ -130,20 +130,25 @@ def needs_shared_redis() -> Any:
 def http_app(
     argv: list[str], port: int, ready_path: str, *, env: dict[str, str] | None = None,
     cwd: str | os.PathLike[str] | None = None, settle: float = 0.0,
+    log: str | os.PathLike[str] | None = None,
 ) -> Iterator[str]:
     """Run an HTTP server command (gunicorn, uvicorn, ...) listening on loopback ``port``;
-    yield its base URL once ``ready_path`` answers, and stop it afterwards."""
+    yield its base URL once ``ready_path`` answers, and stop it afterwards. With ``log``,
+    the server's stderr goes to that file (for tests that read what it logged)."""
     import httpx
 
+    log_file = open(log, "ab") if log is not None else None  # noqa: SIM115
     proc = subprocess.Popen(argv, cwd=cwd, env=env, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.PIPE)
+                            stderr=subprocess.PIPE if log_file is None else log_file)
     base = f"http://{HOST}:{port}"
     try:
         deadline = time.monotonic() + 30
         while True:
             if proc.poll() is not None:
-                assert proc.stderr is not None
-                err = proc.stderr.read().decode(errors="replace")[-2000:]
+                if proc.stderr is not None:
+                    err = proc.stderr.read().decode(errors="replace")[-2000:]
+                else:
+                    err = Path(log or "").read_text(errors="replace")[-2000:]
                 raise RuntimeError(f"{argv} exited: {err}")
             try:
                 httpx.get(base + ready_path, timeout=1)
@@ -163,6 +168,8 @@ def http_app(
             proc.wait(5)
         if proc.stderr is not None:
             proc.stderr.close()
+        if log_file is not None:
+            log_file.close()
 
 
 def require_or_skip(exc: BaseException) -> NoReturn:

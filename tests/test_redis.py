@@ -508,21 +508,145 @@ def test_storage_from_an_existing_client_and_decoded_responses(ctx: Any) -> None
     client.close()
 
 
-def test_dead_server_raises_storage_error_fast() -> None:
-    """A refused connection is a StorageError chained to the client's error, within the timeout."""
-    import time
-
+def test_dead_server_raises_storage_error() -> None:
+    """A refused connection is a StorageError chained to the client's error (how fast a dead
+    store is answered is the breaker's job: see test_redis_failure.py)."""
     import redis
 
     from servers import free_port
 
     s = storage_from_url(f"redis://127.0.0.1:{free_port()}/0")
     alg = make_algorithm("fixed_window", Rate(1, 1))
-    t = time.perf_counter()
     with pytest.raises(StorageError) as info:
         s.hit(alg, "k", 1, None)
-    assert time.perf_counter() - t < 0.5
     assert isinstance(info.value.__cause__, redis.ConnectionError)
+    s.close()
+
+
+# -- clients and pools under concurrency ----------------------------------------------------
+
+
+def _first_calls_at_once(limiter: Limiter, threads: int, calls: int) -> list[Any]:
+    """``threads`` threads released together by a barrier, each making ``calls`` hits."""
+    import threading
+
+    barrier = threading.Barrier(threads)
+    decisions: list[Any] = []
+
+    def run() -> None:
+        barrier.wait()
+        for _ in range(calls):
+            decisions.append(limiter.hit("shared", "100/hour"))
+
+    workers = [threading.Thread(target=run) for _ in range(threads)]
+    for t in workers:
+        t.start()
+    for t in workers:
+        t.join()
+    return decisions
+
+
+def test_threads_making_their_first_call_together_share_one_client(
+    ctx: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    """32 threads' first calls at once (a threaded worker starting): one client is built, no
+    connection is closed under another thread, so no call fails and counts are exact."""
+    import logging
+
+    for _ in range(6):  # fresh storages: the race is on the first call only
+        storage = ctx.storage()
+        limiter = Limiter(storage, on_storage_error="deny")
+        with caplog.at_level(logging.ERROR, logger="throttlekit"):
+            decisions = _first_calls_at_once(limiter, 32, 4)
+        assert [r.getMessage() for r in caplog.records] == []
+        assert len(decisions) == 128
+        assert not any(d.degraded for d in decisions)
+        assert sum(d.allowed for d in decisions) == 100
+        storage.close()
+
+
+@pytest.mark.parametrize("bad", ["0", "-3", "lots", "1.5", "true"])
+def test_pool_size_must_be_a_positive_integer(bad: str) -> None:
+    with pytest.raises(ConfigError, match="max_connections"):
+        storage_from_url(f"redis://127.0.0.1:6379/0?max_connections={bad}")
+    with pytest.raises(ConfigError, match="max_connections"):
+        storage_from_url("redis+sentinel://127.0.0.1:26379/m", max_connections=bad)
+
+
+def test_async_calls_wait_for_a_pooled_connection(ctx: Any) -> None:
+    """More concurrent calls than connections: they wait their turn (the store answers all
+    along), none fails, counts are exact."""
+    storage = ctx.storage(max_connections=2)
+    alg = make_algorithm("fixed_window", Rate(250, 3600))
+
+    async def run() -> list[Any]:
+        try:
+            return await asyncio.gather(
+                *(storage.ahit(alg, "k", 1, None) for _ in range(400)), return_exceptions=True
+            )
+        finally:
+            await storage.aclose()
+
+    results = asyncio.run(run())
+    assert [r for r in results if isinstance(r, BaseException)] == []
+    assert sum(r.allowed for r in results) == 250
+    storage.close()
+
+
+def test_a_thousand_concurrent_asgi_requests_admit_exactly_the_limit(
+    ctx: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    """1,000 concurrent requests on one global 50/minute limit through ASGIMiddleware, on a
+    healthy Redis: exactly 50 admitted and no store error (the async pool waits for a
+    connection instead of failing, so no request falls back to a per-process limit)."""
+    import logging
+
+    from throttlekit import ASGIMiddleware
+
+    # Timeouts on an event loop run while the loop is busy: starting 1,000 requests in one
+    # go holds it for more than the default 0.25 s on a loaded CI machine, and then calls
+    # time out on a healthy store. 2 s absorbs that; the pool's behaviour is the same.
+    storage = ctx.storage(socket_timeout=2, socket_connect_timeout=2)
+    limiter = Limiter(storage, on_storage_error="local")
+    limiter.throttle("global", "50/minute", key=lambda r: "everyone")
+
+    async def app(scope: Any, receive: Any, send: Any) -> None:
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        await send({"type": "http.response.body", "body": b"ok"})
+
+    middleware = ASGIMiddleware(app, limiter)
+
+    async def request(i: int) -> int:
+        scope = {
+            "type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1",
+            "method": "GET", "scheme": "http", "path": "/", "raw_path": b"/",
+            "query_string": b"", "root_path": "", "headers": [(b"host", b"app")],
+            "client": (f"10.0.{i // 250}.{i % 250}", 40000), "server": ("app", 80),
+        }  # fmt: skip
+        statuses: list[int] = []
+
+        async def receive() -> dict[str, Any]:
+            return {"type": "http.request", "body": b"", "more_body": False}
+
+        async def send(message: dict[str, Any]) -> None:
+            if message["type"] == "http.response.start":
+                statuses.append(message["status"])
+
+        await middleware(scope, receive, send)
+        return statuses[0]
+
+    async def run() -> list[int]:
+        try:
+            return await asyncio.gather(*(request(i) for i in range(1000)))
+        finally:
+            await storage.aclose()
+
+    with caplog.at_level(logging.WARNING, logger="throttlekit"):
+        statuses = asyncio.run(run())
+    assert [r.getMessage() for r in caplog.records] == []
+    assert statuses.count(200) == 50
+    assert statuses.count(429) == 950
+    storage.close()
 
 
 # -- async -------------------------------------------------------------------------------

@@ -28,6 +28,7 @@ import asyncio
 import hashlib
 import importlib
 import re
+import threading
 import time
 from collections.abc import Callable, Sequence
 from importlib import resources
@@ -39,10 +40,13 @@ from .._decision import Decision
 from .._errors import ConfigError, StorageError
 from .base import BatchResult, Block, Check, Storage
 
-__all__ = ["DEFAULT_TIMEOUT", "RedisStorage", "from_url"]
+__all__ = ["DEFAULT_MAX_CONNECTIONS", "DEFAULT_TIMEOUT", "RedisStorage", "from_url"]
 
 #: Default socket connect and operation timeout (seconds) of clients built from a URL.
 DEFAULT_TIMEOUT = 0.25
+#: Default size of the connection pool of clients built from a URL (one per event loop for
+#: async clients). A request waits for a free connection up to the socket timeout.
+DEFAULT_MAX_CONNECTIONS = 50
 _INF = float("inf")
 _SAFE = 1 << 53  # cost is capped below it: Lua numbers are doubles
 _KIND = {"fixed_window": "fw", "sliding_window": "sw", "token_bucket": "tb", "sliding_log": "sl"}
@@ -184,6 +188,7 @@ class RedisStorage(Storage):
         self._async_client = async_client
         self._make_client: Callable[[], Any] | None = None
         self._make_async: Callable[[], Any] | None = None
+        self._client_lock = threading.Lock()  # one client per storage, however many threads
         self._loop_client: tuple[Any, Any] | None = None
         self._cluster: bool | None = None if client is None else _is_cluster(client)
         self._errors: tuple[type[BaseException], ...] = (
@@ -383,9 +388,16 @@ class RedisStorage(Storage):
                     "this RedisStorage has only a redis.asyncio client: use the async methods "
                     "(ahit, aapply, ...) or give it a sync client too"
                 )
-            client = self._client = self._make_client()
-            self._cluster = _is_cluster(client)
-            self._direct_path(client)
+            # Built once, under a lock: threads making their first call together must share
+            # one client. A second one would replace the first, whose collection closes the
+            # pooled connections other threads are still using ("Bad file descriptor").
+            with self._client_lock:
+                client = self._client
+                if client is None:
+                    client = self._make_client()
+                    self._cluster = _is_cluster(client)
+                    self._direct_path(client)
+                    self._client = client  # published last, with the direct path ready
         return client
 
     def _direct_path(self, client: Any) -> None:
@@ -526,14 +538,15 @@ class RedisStorage(Storage):
             return False
 
     def close(self) -> None:
-        client, self._client = self._client, None
-        self._pool = None
-        if client is not None and self._make_client is not None:
+        if self._make_client is None:
+            return  # not ours: the caller closes it
+        with self._client_lock:
+            client, self._client = self._client, None
+            self._pool = None
+        if client is not None:
             client.close()
             for sentinel in _sentinels(client):
                 sentinel.close()
-        if self._make_client is None and client is not None:
-            self._client = client  # not ours: the caller closes it
 
     # -- async ----------------------------------------------------------------------------
 
@@ -807,6 +820,11 @@ def from_url(url: str, **options: Any) -> RedisStorage:
     (see :class:`RedisStorage`); anything else goes to the redis client (e.g.
     ``socket_timeout``, ``password``). Socket timeouts default to ``DEFAULT_TIMEOUT``
     (0.25 s) and failed commands are not retried, so a dead store fails fast.
+
+    Standalone and Sentinel clients get a blocking pool of ``max_connections`` connections
+    (default ``DEFAULT_MAX_CONNECTIONS``, 50; for async clients, one pool per event loop):
+    when every connection is busy, a call waits for one, at most ``socket_timeout``, instead
+    of failing at once. A Cluster client keeps redis-py's per-node pools.
     """
     redis = _redis()
     parts = urlsplit(url)
@@ -827,6 +845,12 @@ def from_url(url: str, **options: Any) -> RedisStorage:
         kw[k] = _coerce(v)
     kw.update(options)
     _check_client_options(redis, scheme, kw, url)
+    if scheme == "redis+cluster":
+        if "max_connections" in kw:
+            _pool_size(kw["max_connections"])
+    else:
+        size = _pool_size(kw.pop("max_connections", DEFAULT_MAX_CONNECTIONS))
+        wait = kw["socket_timeout"]  # the wait for a free connection: the store timeout
     hosts, user, password = _netloc(parts.netloc, url)
     if user and "username" not in kw:
         kw["username"] = user
@@ -845,13 +869,15 @@ def from_url(url: str, **options: Any) -> RedisStorage:
             kw.setdefault("ssl", True)
 
         def make() -> Any:
-            return redis.Redis(host=host, port=port, retry=_no_retry(redis.retry), **kw)
+            template = redis.Redis(host=host, port=port, retry=_no_retry(redis.retry), **kw)
+            return _blocking(template, redis.BlockingConnectionPool, size, wait)
 
         def amake() -> Any:
             import redis.asyncio as aredis
             from redis.asyncio.retry import Retry
 
-            return aredis.Redis(host=host, port=port, retry=_no_retry_async(Retry), **kw)
+            template = aredis.Redis(host=host, port=port, retry=_no_retry_async(Retry), **kw)
+            return _blocking(template, _async_pool(), size, wait)
 
     elif scheme == "redis+cluster":
         if parts.path.strip("/"):
@@ -883,11 +909,19 @@ def from_url(url: str, **options: Any) -> RedisStorage:
 
         def make() -> Any:
             mod: Any = importlib.import_module("redis.sentinel")
-            return mod.Sentinel(hosts, sentinel_kwargs=sentinel_kw, **kw).master_for(service)
+            pool = _blocking_sentinel_pool(
+                mod.SentinelConnectionPool, redis.BlockingConnectionPool, size, wait
+            )
+            return mod.Sentinel(hosts, sentinel_kwargs=sentinel_kw, **kw).master_for(
+                service, connection_pool_class=pool
+            )
 
         def amake() -> Any:
             mod: Any = importlib.import_module("redis.asyncio.sentinel")
-            return mod.Sentinel(hosts, sentinel_kwargs=sentinel_kw, **kw).master_for(service)
+            pool = _blocking_sentinel_pool(mod.SentinelConnectionPool, _async_pool(), size, wait)
+            return mod.Sentinel(hosts, sentinel_kwargs=sentinel_kw, **kw).master_for(
+                service, connection_pool_class=pool
+            )
 
     else:
         raise ConfigError(f"not a Redis URL: {url!r}")
@@ -920,6 +954,77 @@ def _check_client_options(redis: Any, scheme: str, kw: dict[str, Any], url: str)
 
 #: stands for the client while from_url's real clients wait to be built on first use
 _LAZY = object()
+
+
+def _pool_size(value: Any) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ConfigError(f"max_connections must be a positive integer, got {value!r}")
+    return value
+
+
+def _blocking(template: Any, pool_class: Any, size: int, wait: float | None) -> Any:
+    """A client like ``template`` (sync or async) on a pool of ``size`` connections that
+    waits up to ``wait`` seconds for a free one (redis-py's own pools raise at once)."""
+    pool = template.connection_pool
+    blocking = pool_class(max_connections=size, timeout=wait,
+                          connection_class=pool.connection_class, **pool.connection_kwargs)
+    client = type(template)(connection_pool=blocking)
+    client.auto_close_connection_pool = True  # closing the client closes its pool
+    return client
+
+
+_ASYNC_POOL: Any = None
+
+
+def _async_pool() -> Any:
+    """redis.asyncio's BlockingConnectionPool, waiting while the store makes progress.
+
+    On an event loop, a wait's clock also runs while the loop is busy with other requests
+    (a burst of a thousand takes longer than a store timeout to start), so a plain bounded
+    wait gives up on a healthy store. This one gives up only when no connection came back
+    healthy during a whole timeout: the store itself is stuck (or dead)."""
+    global _ASYNC_POOL
+    if _ASYNC_POOL is not None:
+        return _ASYNC_POOL
+    import redis.asyncio as aredis
+
+    class WaitingConnectionPool(aredis.BlockingConnectionPool):
+        _answered = 0  # connections released still connected: the store answered
+
+        async def get_connection(self, *args: Any, **kwargs: Any) -> Any:
+            while True:
+                seen = self._answered
+                try:
+                    return await super().get_connection(  # type: ignore[no-untyped-call]
+                        *args, **kwargs
+                    )
+                except aredis.ConnectionError as exc:
+                    # only the pool's own wait is retried, never a failed connect
+                    if self._answered == seen or not isinstance(
+                        exc.__cause__, asyncio.TimeoutError
+                    ):
+                        raise
+
+        async def release(self, connection: Any) -> None:
+            if connection.is_connected:
+                self._answered += 1
+            await super().release(connection)
+
+    _ASYNC_POOL = WaitingConnectionPool
+    return _ASYNC_POOL
+
+
+def _blocking_sentinel_pool(sentinel_pool: Any, blocking_pool: Any, size: int,
+                            wait: float | None) -> Any:
+    """A Sentinel master pool class that waits for a free connection like ``blocking_pool``."""
+
+    class BlockingSentinelConnectionPool(sentinel_pool, blocking_pool):  # type: ignore[misc]
+        def __init__(self, service_name: str, sentinel_manager: Any, **kwargs: Any) -> None:
+            kwargs["max_connections"] = size
+            kwargs["timeout"] = wait
+            super().__init__(service_name, sentinel_manager, **kwargs)
+
+    return BlockingSentinelConnectionPool
 
 
 def _no_retry(retry_module: Any) -> Any:
