@@ -117,6 +117,25 @@ class FrameworkView(RequestView):
 
     request: Any
 
+    def _read_form(self) -> Mapping[str, str]:
+        # The framework parsed the form already (a CSRF check in an earlier hook, Django's
+        # multipart parser): its fields are the form, the stream is spent.
+        req = self.request
+        if req is not None and self.is_wsgi:
+            parsed = None
+            modules = sys.modules
+            dj = modules.get("django.http.request")
+            wz = modules.get("werkzeug.wrappers.request")
+            if dj is not None and isinstance(req, dj.HttpRequest):
+                if "_post" in req.__dict__ and "_body" not in req.__dict__:
+                    parsed = req.POST
+            elif wz is not None and isinstance(req, wz.Request) and "form" in req.__dict__:
+                parsed = req.form
+            if parsed is not None:
+                # (each framework's own choice among repeated fields: what its views see)
+                return {k: v for k in parsed if isinstance(v := parsed.get(k), str)}
+        return super()._read_form()
+
     def _read_body(self) -> bytes | None:
         # The framework may hold the body stream already (Django always does, werkzeug
         # once something touched ``request.stream``): read through it, so that its own
