@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import hashlib
 
-__all__ = ["HASH_PREFIX", "MAX_KEY_LENGTH", "bound_key", "hash_key", "rule_key"]
+__all__ = ["HASH_PREFIX", "MAX_KEY_LENGTH", "admin_rule_key", "bound_key", "hash_key", "rule_key"]
 
 #: Keys longer than this (in characters) are stored as their hash.
 MAX_KEY_LENGTH = 200
@@ -46,3 +46,11 @@ def rule_key(disc: str) -> str:
     if len(disc) <= MAX_KEY_LENGTH and disc[:1] != "#":
         return disc
     return hash_key(disc)
+
+
+def admin_rule_key(key: str) -> str:
+    """A rule discriminator as an operator names it (``reset_rules``, ``unblock``,
+    ``throttlekit inspect``): as the rules stored it (``rule_key``), except throttlekit's
+    own ``#...`` discriminators (``#client:<ip>``, ``#sha256:<hex>``, as logs, verdicts
+    and ``inspect`` show them), which are taken as they are."""
+    return bound_key(key) if key[:1] == "#" else rule_key(key)

@@ -12,7 +12,8 @@ from cachetools import TLRUCache
 from ._algorithms import ALGORITHMS, DEFAULT_STRATEGY, Algorithm, make_algorithm
 from ._decision import Decision, most_restrictive
 from ._errors import ConfigError
-from ._keys import MAX_KEY_LENGTH, bound_key, hash_key, rule_key
+from ._keys import MAX_KEY_LENGTH, bound_key, hash_key
+from ._keys import admin_rule_key as _admin_rule_key
 from ._rates import Rate, coerce_rates
 from .storage import MemoryStorage, Storage, storage_from_url
 from .storage.base import Block, Check
@@ -853,13 +854,6 @@ def _apply(
 ) -> Decision:
     result = storage.apply([Check(a, key, cost) for a in plan.algorithms], consume=consume, now=now)
     return most_restrictive(result.decisions)
-
-
-def _admin_rule_key(key: str) -> str:
-    """A rule discriminator an operator names: as the rules store it (``rule_key``), but
-    throttlekit's own ``#...`` discriminators (``#client:<ip>``, ``#sha256:<hex>``, as
-    logs, verdicts and ``inspect`` show them) taken as they are."""
-    return bound_key(key) if key[:1] == "#" else rule_key(key)
 
 
 def _check_key(key: object) -> None:
