@@ -27,7 +27,7 @@ from ._clientip import ClientIPResolver
 
 __all__ = ["DEFAULT_MAX_FORM_BYTES", "RequestView"]
 
-#: Bodies larger than this are not parsed for ``form`` (it is empty instead).
+#: Bodies larger than this are not parsed for ``form`` (it is empty and unreadable instead).
 DEFAULT_MAX_FORM_BYTES = 64 * 1024
 
 _UNSET: Any = object()
@@ -151,10 +151,12 @@ class RequestView:
     - ``client_ip`` is the resolved client address (what IP lists and bans match);
       ``client_key`` the default throttle key (the IPv4 address or the IPv6 /64).
     - ``form`` holds the first value of each field of an urlencoded, multipart or JSON-object
-      body, read on first access; empty for other bodies, bodies over ``max_form_bytes``
-      or anything unparsable. Reading it leaves the body for the app to read (WSGI:
-      ``wsgi.input`` is replaced by a replay of the bytes read; ASGI: the middleware
-      passes the body it pre-read and replays it).
+      body (``application/json``, ``application/*+json``), read on first access; empty
+      for other bodies, bodies over ``max_form_bytes`` or anything unparsable, which
+      ``form_unreadable`` then reports. Reading it leaves the body for the app to read
+      (WSGI: ``wsgi.input`` is replaced by a replay of the bytes read; ASGI: the
+      middleware passes the body it pre-read and replays it; Django and Flask: read
+      through the framework's own cached body).
     - ``raw`` is the WSGI environ or the ASGI scope.
 
     Not thread-safe (one view per request).
