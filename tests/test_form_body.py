@@ -554,3 +554,22 @@ def test_plus_json_and_charset_bodies_are_read(clock: FakeClock) -> None:
         limiter.reset_rules("bob")
         assert wsgi_codes(limiter, BODIES[kind], USERS) == CODES
         assert asgi_codes(limiter, BODIES[kind], USERS) == [429] * 2 + [200, 429]
+
+
+@pytest.mark.parametrize("post", [wsgi_codes, asgi_codes], ids=["wsgi", "asgi"])
+@pytest.mark.parametrize("kind", ["urlencoded", "multipart"])
+def test_repeated_user_name_field_is_not_a_bypass(kind: str, post: Any,
+                                                  clock: FakeClock) -> None:
+    """``username=x1&username=alice``: Django and Starlette views see the last value, Flask
+    the first. A rotating first value must not buy fresh quota for alice: the ambiguous
+    field is unreadable and the requests are counted per client."""
+    def make(user: str) -> tuple[str, bytes]:
+        if kind == "urlencoded":
+            return "application/x-www-form-urlencoded", f"username={user}&username=alice".encode()
+        b = BOUNDARY.encode()
+        part = b"--" + b + b'\r\nContent-Disposition: form-data; name="username"\r\n\r\n'
+        return (f"multipart/form-data; boundary={BOUNDARY}",
+                part + user.encode() + b"\r\n" + part + b"alice\r\n--" + b + b"--\r\n")
+
+    limiter = login_limiter("form:username", clock)
+    assert post(limiter, make, ["x1", "x2", "x3"]) == [200, 200, 429]

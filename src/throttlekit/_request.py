@@ -472,8 +472,11 @@ class _Replay(io.RawIOBase):
 def _parse_form(body: bytes, ctype: str, mimetype: str) -> Mapping[str, str]:
     form: dict[str, str] = {}
     if mimetype == "application/x-www-form-urlencoded":
-        for name, value in parse_qsl(body.decode("utf-8", "replace"), keep_blank_values=True):
+        pairs = parse_qsl(body.decode("utf-8", "replace"), keep_blank_values=True)
+        for name, value in pairs:
             form.setdefault(name, value)
+        if len(form) < len(pairs):
+            return _unambiguous(form, pairs)
     elif mimetype != "multipart/form-data":  # JSON
         data = json.loads(body)
         if isinstance(data, dict):
@@ -493,7 +496,19 @@ def _parse_form(body: bytes, ctype: str, mimetype: str) -> Mapping[str, str]:
         _, fields, files = parser.parse(io.BytesIO(body), "multipart/form-data", len(body), options)
         for upload in files.values():
             upload.close()
-        for name, value in fields.items():
-            if isinstance(value, str):
-                form[name] = value
+        items = [(n, v) for n, v in fields.items(multi=True) if isinstance(v, str)]
+        for name, value in items:
+            form.setdefault(name, value)
+        if len(form) < len(items):
+            return _unambiguous(form, items)
     return form
+
+
+def _unambiguous(form: dict[str, str], pairs: list[tuple[str, str]]) -> Mapping[str, str]:
+    """A field repeated with different values is ambiguous: Flask's views see the first,
+    Django's and Starlette's the last, so a key read from either could differ from what the
+    view uses. Such fields are left out and the form is unreadable (``on_unreadable``)."""
+    ambiguous = {n for n, v in pairs if form[n] != v}
+    if not ambiguous:
+        return form
+    return _UnreadableForm((n, v) for n, v in form.items() if n not in ambiguous)
