@@ -39,6 +39,7 @@ from typing import TYPE_CHECKING, Any
 
 from ._decision import Decision
 from ._errors import ConfigError
+from ._keys import admin_rule_key, rule_key
 from ._rates import Rate
 from ._rules import Verdict, _key_func, escape_name
 
@@ -240,7 +241,7 @@ class ConcurrencyRules:
                 continue
             if disc is None:
                 continue
-            disc = disc if disc.__class__ is str else str(disc)
+            disc = rule_key(disc if disc.__class__ is str else str(disc))
             keys.append(rule.prefix + disc)
             limits.append(rule.limit)
             owners.append((rule, disc))
@@ -367,5 +368,6 @@ class ConcurrencyRules:
     def inflight(self, name: str, disc: str = "*") -> int:
         """Requests in flight for concurrency rule ``name`` and discriminator ``disc``
         (``"shedding"``: all requests counted by load shedding)."""
-        key = _NS + SHED_RULE if name == SHED_RULE else lease_key(name, disc)
+        # (a long disc is stored as its hash)
+        key = _NS + SHED_RULE if name == SHED_RULE else lease_key(name, admin_rule_key(disc))
         return self.limiter.storage.inflight(key, self.limiter._block_now())

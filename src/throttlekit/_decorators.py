@@ -44,8 +44,19 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 from ._decision import Decision, most_restrictive
 from ._errors import ConfigError, RateLimitExceeded
-from ._request import RequestView
-from ._rules import NS, STORAGE_RULE, Verdict, _key_func, _throttle_algorithms
+from ._keys import rule_key
+from ._request import _UNSET, RequestView, _UnreadableForm
+from ._rules import (
+    NS,
+    STORAGE_RULE,
+    UNKNOWN_CLIENT,
+    UNREADABLE_PREFIX,
+    Verdict,
+    _key_func,
+    _throttle_algorithms,
+    _uses_form,
+    check_on_unreadable,
+)
 from .storage import MemoryStorage
 from .storage.base import BatchResult, Check
 
@@ -106,6 +117,58 @@ class FrameworkView(RequestView):
 
     request: Any
 
+    def _read_form(self) -> Mapping[str, str]:
+        # The framework parsed the form already (a CSRF check in an earlier hook, Django's
+        # multipart parser): its fields are the form, the stream is spent.
+        req = self.request
+        if req is not None and self.is_wsgi:
+            parsed = None
+            modules = sys.modules
+            dj = modules.get("django.http.request")
+            wz = modules.get("werkzeug.wrappers.request")
+            if dj is not None and isinstance(req, dj.HttpRequest):
+                if "_post" in req.__dict__ and "_body" not in req.__dict__:
+                    parsed = req.POST
+            elif wz is not None and isinstance(req, wz.Request) and "form" in req.__dict__:
+                parsed = req.form
+            if parsed is not None:
+                # (each framework's own choice among repeated fields: what its views see)
+                return {k: v for k in parsed if isinstance(v := parsed.get(k), str)}
+        return super()._read_form()
+
+    def _read_body(self) -> bytes | None:
+        # The framework may hold the body stream already (Django always does, werkzeug
+        # once something touched ``request.stream``): read through it, so that its own
+        # parsing (``request.POST``, ``request.form``) still sees the whole body.
+        req = self.request
+        if req is not None and self.is_wsgi:
+            modules = sys.modules
+            dj = modules.get("django.http.request")
+            if dj is not None and isinstance(req, dj.HttpRequest):
+                return _framework_body(self, lambda: req.body)
+            wz = modules.get("werkzeug.wrappers.request")
+            if wz is not None and isinstance(req, wz.Request) and "stream" in req.__dict__:
+                return _framework_body(self, lambda: req.get_data(cache=True))
+        return super()._read_body()
+
+
+def _framework_body(view: RequestView, read: Callable[[], bytes]) -> bytes | None:
+    """The body through the framework's own cached read, when its Content-Length is at
+    most ``view.max_form_bytes`` (None otherwise, or when the framework cannot give it:
+    Django after its multipart parser consumed the stream)."""
+    text = view.headers.get("content-length")
+    try:
+        length = int(text) if text and text.strip() else 0
+    except ValueError:
+        return None
+    if length < 0 or length > view.max_form_bytes:
+        return None
+    try:
+        data = bytes(read())
+    except Exception:
+        return None
+    return data if len(data) == length else None
+
 
 def qualified_name(fn: Any) -> str:
     """``module.qualname`` of a function: what an endpoint's counters are named after."""
@@ -135,8 +198,8 @@ class LimitSpec:
     """
 
     __slots__ = (
-        "_algs", "burst", "call_cost", "call_key", "cost", "key", "methods", "override_defaults",
-        "per_method", "rates", "scope", "strategy",
+        "_algs", "burst", "call_cost", "call_key", "cost", "key", "methods", "on_unreadable",
+        "override_defaults", "per_method", "rates", "scope", "strategy", "uses_form",
     )
 
     def __init__(
@@ -152,6 +215,7 @@ class LimitSpec:
         scope: str | None = None,
         burst: int | None = None,
         override_defaults: bool = False,
+        on_unreadable: str = "client",
         what: str = "limit",
     ) -> None:
         if limiter is not None:
@@ -168,6 +232,11 @@ class LimitSpec:
         # validates rates, strategy and burst now
         _throttle_algorithms("@", rates, strategy or DEFAULT_STRATEGY, burst, what)
         self.key = _key_func(key, what)
+        check_on_unreadable(on_unreadable, what)
+        #: a key that cannot be read from a request: "client" or "refuse" (Limiter.throttle)
+        self.on_unreadable = on_unreadable
+        #: the key or cost reads ``view.form`` (the ASGI integrations then read the body)
+        self.uses_form = _uses_form(self.key, cost)
         #: plain functions: key(*args, **kwargs); a web-only shortcut gives one counter
         self.call_key: Callable[..., Any] | None = key if callable(key) else None
         if callable(cost):
@@ -281,9 +350,24 @@ def _plan_web(lim: Limiter, view: RequestView, entries: Sequence[Entry]) -> _Pen
         if methods is not None and method not in methods:
             continue
         try:
-            disc = spec.key(view)
-            if disc is None:
+            try:
+                disc = spec.key(view)
+            except Exception as exc:
+                _log_error(lim, name, exc)
+                if lim.on_storage_error == "deny":
+                    return _refused(lim, view, name)
+                disc = None
+                unreadable = True
+            else:
+                unreadable = disc is None and view._form.__class__ is _UnreadableForm
+            if unreadable:  # the key cannot be read: on_unreadable says what to do
+                if spec.on_unreadable == "refuse":
+                    return _refused(lim, view, name, degraded=False)
+                disc = UNREADABLE_PREFIX + (view.client_key or UNKNOWN_CLIENT)
+            elif disc is None:
                 continue
+            else:
+                disc = rule_key(disc if disc.__class__ is str else str(disc))
             cost = spec.cost
             if cost.__class__ is not int:
                 cost = cost(view)
@@ -310,6 +394,7 @@ def _plan_call(lim: Limiter, group: Group, args: tuple[Any, ...],
             disc = "" if keya is None else keya(args, kwargs, named)
             if disc is None:
                 continue
+            disc = rule_key(disc if disc.__class__ is str else str(disc))
             cost = spec.call_cost
             if cost.__class__ is not int:
                 cost = costa(args, kwargs, named)  # type: ignore[misc]
@@ -415,11 +500,11 @@ def _check_fits(f: Callable[..., Any], ksig: inspect.Signature, args: tuple[Any,
         ) from None
 
 
-def _refused(lim: Limiter, view: Any, rule: str) -> Verdict:
+def _refused(lim: Limiter, view: Any, rule: str, degraded: bool = True) -> Verdict:
     from ._rates import Rate
     retry = lim.retry_interval
-    d = _new(Decision, (False, 0, 0, retry, retry, Rate(1, 1.0), True))
-    return Verdict(False, "throttled", rule, None, d, [], True, view)
+    d = _new(Decision, (False, 0, 0, retry, retry, Rate(1, 1.0), degraded))
+    return Verdict(False, "throttled", rule, None, d, [], degraded, view)
 
 
 def _now(lim: Limiter) -> int | None:
@@ -843,8 +928,34 @@ async def _aweb_limits(lim: Limiter, group: Group, found: Found) -> Any:
     if raw.get(HANDLED_KEY) is group or not group.entries:
         return None
     view = view_of(lim, kind, raw, native)
+    if kind == "asgi" and any(spec.uses_form for _, spec in group.entries):
+        await _asgi_body(view)
     verdict = await aevaluate(lim, view, group.entries)
     return _answer(lim, kind, raw, native, verdict)
+
+
+async def _asgi_body(view: FrameworkView) -> None:
+    """Give ``view`` the body of its Starlette request when no middleware read it ahead,
+    through the request's own cache (``request.body()``, or ``request.form()`` once the
+    framework parsed the form), so the app still reads it."""
+    req = view.request
+    if view.body is not None or view._form is not _UNSET or req is None:
+        return
+    text = view.headers.get("content-length")
+    try:
+        length = int(text) if text and text.strip() else 0
+    except ValueError:
+        return
+    if not 0 < length <= view.max_form_bytes:
+        return
+    try:
+        view.body = bytes(await req.body())
+    except Exception:  # the stream was consumed: the framework parsed the form already
+        try:
+            form = await req.form()
+            view._form = {k: v for k, v in form.items() if isinstance(v, str)}
+        except Exception:
+            return
 
 
 def record(kind: str, raw: MutableMapping[str, Any], native: Any, verdict: Verdict) -> None:
@@ -931,6 +1042,8 @@ def make_dependency(owner: Any, spec: LimitSpec) -> Callable[..., Any]:
         scope = request.scope
         name = spec.scope or route_name(scope)
         view = view_of(lim, "asgi", scope, request)
+        if spec.uses_form:
+            await _asgi_body(view)
         verdict = await aevaluate(lim, view, ((name, spec),))
         if verdict is None:
             return None

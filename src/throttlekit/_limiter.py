@@ -12,6 +12,8 @@ from cachetools import TLRUCache
 from ._algorithms import ALGORITHMS, DEFAULT_STRATEGY, Algorithm, make_algorithm
 from ._decision import Decision, most_restrictive
 from ._errors import ConfigError
+from ._keys import MAX_KEY_LENGTH, bound_key, hash_key
+from ._keys import admin_rule_key as _admin_rule_key
 from ._rates import Rate, coerce_rates
 from .storage import MemoryStorage, Storage, storage_from_url
 from .storage.base import Block, Check
@@ -219,6 +221,8 @@ class Limiter:
 
         ``rates``: a rate string ("10/second; 1000/hour"), a Rate, or a list of them. A
         request is allowed only when every rate allows it; a denied request charges none.
+        A ``key`` over 200 characters is stored as ``"#sha256:<hex>"`` (bounded memory
+        per key, whatever the key); ``test`` and ``reset`` find it the same way.
         """
         try:
             if strategy is None and burst is None:
@@ -234,11 +238,14 @@ class Limiter:
         fast = plan.fast
         if fast is not None:
             try:
+                if len(key) > MAX_KEY_LENGTH:
+                    key = hash_key(key)
                 return fast(key, cost, now)
-            except TypeError:
+            except (TypeError, AttributeError):
                 _check_key(key)
                 raise
         _check_key(key)
+        key = bound_key(key)
         if not self.storage.remote:
             return _apply(self.storage, plan, key, cost, True, now)
         return self._remote(plan, key, cost, True, now)
@@ -256,6 +263,7 @@ class Limiter:
         plan = self.plan(rates, strategy, burst)
         _check_cost(cost)
         _check_key(key)
+        key = bound_key(key)
         now = int(self.clock() * 1_000_000) if self.clock is not None else None
         if not self.storage.remote:
             return _apply(self.storage, plan, key, cost, False, now)
@@ -266,8 +274,11 @@ class Limiter:
 
         An admin operation: a failing remote store raises ``StorageError`` here (the
         ``on_storage_error`` policy is for answering requests, not for pretending a reset
-        happened).
+        happened). Keys are stored bounded (see ``hit``): a long key is found by its
+        hash as ``hit`` stored it.
         """
+        _check_key(key)
+        key = bound_key(key)
         self.storage.reset((key,))
         self._forget_local(key)
 
@@ -294,6 +305,7 @@ class Limiter:
         plan = self.plan(rates, strategy, burst)
         _check_cost(cost)
         _check_key(key)
+        key = bound_key(key)
         now = int(self.clock() * 1_000_000) if self.clock is not None else None
         return await self._aremote(plan, key, cost, True, now)
 
@@ -312,11 +324,14 @@ class Limiter:
         plan = self.plan(rates, strategy, burst)
         _check_cost(cost)
         _check_key(key)
+        key = bound_key(key)
         now = int(self.clock() * 1_000_000) if self.clock is not None else None
         return await self._aremote(plan, key, cost, False, now)
 
     async def areset(self, key: str) -> None:
         """Async twin of :meth:`reset`."""
+        _check_key(key)
+        key = bound_key(key)
         await self.storage.areset((key,))
         self._forget_local(key)
 
@@ -506,6 +521,7 @@ class Limiter:
         burst: int | None = None,
         dry_run: bool = False,
         count_when: Callable[[ResponseInfo], Any] | None = None,
+        on_unreadable: str = "client",
     ) -> None:
         """Limit requests that ``match`` (default: all) to ``rates`` per ``key``.
 
@@ -515,9 +531,18 @@ class Limiter:
         count and emit events, never refuse. ``count_when``: a function of the response
         (``.status_code``); the rule is tested before the app and charged after it
         answers, only when the function returns true.
+
+        ``on_unreadable``: what happens when the key cannot be read from a request: the
+        key function raised, or returned None after reading a ``view.form`` that could
+        not be read (a body over ``max_form_bytes``, unparsable, or of a content type the
+        form reader does not handle). ``"client"`` (default) counts the request under
+        its client key, in a namespace of its own (``"#client:<key>"``); ``"refuse"``
+        refuses it (429). A key of None from a readable request still means the rule
+        does not apply. Keys over 200 characters, or starting with ``#``, are stored as
+        their SHA-256 (``"#sha256:<hex>"``). See ``docs/rules.md``.
         """
         self._rules.add_throttle(name, rates, match, key, strategy, cost, burst, dry_run,
-                                 count_when)
+                                 count_when, on_unreadable)
 
     def set_rule_rates(self, name: str, rates: Any) -> tuple[Rate, ...]:
         """Replace the rates of the throttle rule ``name`` (shield mode uses this to
@@ -612,6 +637,7 @@ class Limiter:
         if ban is not None:
             return [(key, ban[1])]
         targets: list[tuple[str, str | None]] = [(key, None)]
+        key = _admin_rule_key(key)  # a ban's discriminator as the rules stored it
         targets += [(rule.prefix + key, key) for rule in self._rules.bans]
         # Bans made by rules this limiter doesn't know (another process, the admin CLI):
         # "<fail2ban|allow2ban>:<rule>:<key>" entries of the shared blocklist.
@@ -656,7 +682,10 @@ class Limiter:
 
     def reset_rules(self, key: str) -> None:
         """Forget the state every rule keeps for the discriminator ``key`` (for example a
-        user name after a successful login)."""
+        user name after a successful login). A long ``key`` is found by its hash, as the
+        rules stored it."""
+        _check_key(key)
+        key = _admin_rule_key(key)
         self.storage.reset((_rules_ns + key,))
         self._forget_local(key)
         if self._fallback is not None:
@@ -664,6 +693,8 @@ class Limiter:
 
     async def areset_rules(self, key: str) -> None:
         """Async twin of :meth:`reset_rules`."""
+        _check_key(key)
+        key = _admin_rule_key(key)
         await self.storage.areset((_rules_ns + key,))
         if self._fallback is not None:
             self._fallback.reset((_rules_ns + key,))
@@ -782,6 +813,7 @@ class Limiter:
         burst: int | None = None,
         override_defaults: bool = False,
         scope: str | None = None,
+        on_unreadable: str = "client",
     ) -> Callable[[_F], _F]:
         """Decorate a view, endpoint, function or coroutine with ``rates``.
 
@@ -796,7 +828,7 @@ class Limiter:
         return decorate(self, make_spec(
             self, rates, key=key, strategy=strategy, cost=cost, methods=methods,
             per_method=per_method, burst=burst, override_defaults=override_defaults,
-            scope=scope,
+            scope=scope, on_unreadable=on_unreadable,
         ))
 
     def shared_limit(self, rates: Any, scope: str, **options: Any) -> Callable[[_F], _F]:

@@ -27,7 +27,7 @@ from ._clientip import ClientIPResolver
 
 __all__ = ["DEFAULT_MAX_FORM_BYTES", "RequestView"]
 
-#: Bodies larger than this are not parsed for ``form`` (it is empty instead).
+#: Bodies larger than this are not parsed for ``form`` (it is empty and unreadable instead).
 DEFAULT_MAX_FORM_BYTES = 64 * 1024
 
 _UNSET: Any = object()
@@ -151,10 +151,12 @@ class RequestView:
     - ``client_ip`` is the resolved client address (what IP lists and bans match);
       ``client_key`` the default throttle key (the IPv4 address or the IPv6 /64).
     - ``form`` holds the first value of each field of an urlencoded, multipart or JSON-object
-      body, read on first access; empty for other bodies, bodies over ``max_form_bytes``
-      or anything unparsable. Reading it leaves the body for the app to read (WSGI:
-      ``wsgi.input`` is replaced by a replay of the bytes read; ASGI: the middleware
-      passes the body it pre-read and replays it).
+      body (``application/json``, ``application/*+json``), read on first access; empty
+      for other bodies, bodies over ``max_form_bytes`` or anything unparsable, which
+      ``form_unreadable`` then reports. Reading it leaves the body for the app to read
+      (WSGI: ``wsgi.input`` is replaced by a replay of the bytes read; ASGI: the
+      middleware passes the body it pre-read and replays it; Django and Flask: read
+      through the framework's own cached body).
     - ``raw`` is the WSGI environ or the ASGI scope.
 
     Not thread-safe (one view per request).
@@ -342,21 +344,55 @@ class RequestView:
             try:
                 form = self._read_form()
             except Exception:
-                form = _EMPTY  # a broken body never breaks the request
+                form = _UNREADABLE  # a broken body never breaks the request
             self._form = form
         return form  # type: ignore[no-any-return]
 
+    @property
+    def form_unreadable(self) -> bool:
+        """The request has a body whose form could not be read: over ``max_form_bytes``,
+        unparsable, cut short, or of a content type the reader does not handle. (``form``
+        is then empty, or holds only what could be read.) False for a request without a
+        body. Reads the form when nothing has yet."""
+        return self.form.__class__ is _UnreadableForm
+
     def _read_form(self) -> Mapping[str, str]:
-        ctype = self.headers.get("content-type")
-        if not ctype:
-            return _EMPTY
+        ctype = self.headers.get("content-type") or ""
         mimetype = ctype.partition(";")[0].strip().lower()
-        if mimetype not in _FORM_TYPES:
-            return _EMPTY
-        body = self._read_wsgi_body() if self.is_wsgi else self.body
-        if body is None or len(body) > self.max_form_bytes:
-            return _EMPTY
-        return _parse_form(body, ctype, mimetype)
+        if not _is_form_type(mimetype):
+            # not a body we parse: empty when there is none, unreadable when there is one
+            return _UNREADABLE if self._has_body() else _EMPTY
+        body = self._read_body()
+        if body is None:
+            return _UNREADABLE if self._has_body() else _EMPTY
+        if len(body) > self.max_form_bytes:
+            return _UNREADABLE
+        try:
+            return _parse_form(body, ctype, mimetype)
+        except Exception:
+            return _UNREADABLE
+
+    def _has_body(self) -> bool:
+        """Whether the request says it carries a body (a positive or unreadable
+        Content-Length, a Transfer-Encoding, or a pre-read body)."""
+        if self.body:
+            return True
+        headers = self.headers
+        if headers.get("transfer-encoding"):
+            return True
+        length = headers.get("content-length")
+        if length is None or not length.strip():
+            return False
+        try:
+            return int(length) != 0
+        except ValueError:
+            return True
+
+    def _read_body(self) -> bytes | None:
+        """The request body for ``form`` (at most ``max_form_bytes`` + 1 bytes), left for
+        the app to read too; None when it cannot be read without taking it from the app
+        (too big, not pre-read)."""
+        return self._read_wsgi_body() if self.is_wsgi else self.body
 
     def _read_wsgi_body(self) -> bytes | None:
         """Read at most ``max_form_bytes`` (+1 to detect more) and put a replay in place."""
@@ -392,7 +428,26 @@ class RequestView:
                 environ["wsgi.input"] = _Replay(data, stream)
             else:
                 environ["wsgi.input"] = io.BytesIO(data)
+        if length is not None and len(data) < length:
+            return None  # cut short (a client that went away): not the whole form
         return data
+
+
+class _UnreadableForm(dict[str, str]):
+    """The ``form`` of a request whose body could not be read (see ``form_unreadable``)."""
+
+    __slots__ = ()
+
+
+_UNREADABLE: Mapping[str, str] = _UnreadableForm()
+
+
+def _is_form_type(mimetype: str) -> bool:
+    """urlencoded, multipart, JSON and the ``application/*+json`` types (what Flask and
+    most frameworks read as JSON)."""
+    return mimetype in _FORM_TYPES or (
+        mimetype.startswith("application/") and mimetype.endswith("+json")
+    )
 
 
 class _Replay(io.RawIOBase):
@@ -417,9 +472,12 @@ class _Replay(io.RawIOBase):
 def _parse_form(body: bytes, ctype: str, mimetype: str) -> Mapping[str, str]:
     form: dict[str, str] = {}
     if mimetype == "application/x-www-form-urlencoded":
-        for name, value in parse_qsl(body.decode("utf-8", "replace"), keep_blank_values=True):
+        pairs = parse_qsl(body.decode("utf-8", "replace"), keep_blank_values=True)
+        for name, value in pairs:
             form.setdefault(name, value)
-    elif mimetype == "application/json":
+        if len(form) < len(pairs):
+            return _unambiguous(form, pairs)
+    elif mimetype != "multipart/form-data":  # JSON
         data = json.loads(body)
         if isinstance(data, dict):
             for name, value in data.items():
@@ -432,11 +490,25 @@ def _parse_form(body: bytes, ctype: str, mimetype: str) -> Mapping[str, str]:
         from werkzeug.http import parse_options_header
 
         _, options = parse_options_header(ctype)
-        parser = FormDataParser(max_form_memory_size=len(body) + 1, silent=True)
+        if not options.get("boundary"):
+            raise ValueError("multipart body without a boundary")
+        parser = FormDataParser(max_form_memory_size=len(body) + 1, silent=False)
         _, fields, files = parser.parse(io.BytesIO(body), "multipart/form-data", len(body), options)
         for upload in files.values():
             upload.close()
-        for name, value in fields.items():
-            if isinstance(value, str):
-                form[name] = value
+        items = [(n, v) for n, v in fields.items(multi=True) if isinstance(v, str)]
+        for name, value in items:
+            form.setdefault(name, value)
+        if len(form) < len(items):
+            return _unambiguous(form, items)
     return form
+
+
+def _unambiguous(form: dict[str, str], pairs: list[tuple[str, str]]) -> Mapping[str, str]:
+    """A field repeated with different values is ambiguous: Flask's views see the first,
+    Django's and Starlette's the last, so a key read from either could differ from what the
+    view uses. Such fields are left out and the form is unreadable (``on_unreadable``)."""
+    ambiguous = {n for n, v in pairs if form[n] != v}
+    if not ambiguous:
+        return form
+    return _UnreadableForm((n, v) for n, v in form.items() if n not in ambiguous)

@@ -28,8 +28,9 @@ from ._decision import Decision, most_restrictive
 from ._errors import ConfigError
 from ._events import Event, EventCallback, Listeners
 from ._ipset import IPSet
+from ._keys import MAX_KEY_LENGTH, rule_key
 from ._rates import Rate, coerce_rates
-from ._request import _UNSET
+from ._request import _UNSET, _UnreadableForm
 from .storage import MemoryStorage
 from .storage.base import BatchResult, Check, Storage
 
@@ -55,6 +56,13 @@ KeyFunc = Callable[["RequestView"], Any]
 DYNAMIC_RULE = "blocklist"
 #: The rule name reported when ``on_storage_error="deny"`` refuses during an outage.
 STORAGE_RULE = "storage-unavailable"
+#: What a throttle does when its key cannot be read from the request (a body too big or
+#: unparsable, a key function that raised): count the request under its client
+#: (``"client"``, in a namespace of its own) or refuse it (``"refuse"``).
+ON_UNREADABLE = ("client", "refuse")
+#: The discriminator prefix of requests counted under their client by ``on_unreadable``
+#: (no client-chosen key can start with ``#``: those are hashed, see ``_keys.rule_key``).
+UNREADABLE_PREFIX = "#client:"
 #: Prefix of the storage keys of rule state: a rule's state can never be confused with a
 #: direct ``limiter.hit(key, ...)`` on the same key.
 NS = "rule:"
@@ -196,6 +204,12 @@ def _key_func(key: str | KeyFunc | None, what: str) -> KeyFunc:
     )
 
 
+def check_on_unreadable(value: object, what: str) -> None:
+    if value not in ON_UNREADABLE:
+        raise ConfigError(f"{what}: on_unreadable must be one of "
+                          f"{', '.join(map(repr, ON_UNREADABLE))}, got {value!r}")
+
+
 def _global_key(view: RequestView) -> str:
     return "*"
 
@@ -267,6 +281,7 @@ class _Throttle:
         "key",
         "match",
         "name",
+        "on_unreadable",
         "policy_names",
         "prefixes",
         "rates",
@@ -277,8 +292,10 @@ class _Throttle:
         self, name: str, algorithms: tuple[Algorithm, ...], match: Predicate | None,
         key: KeyFunc, cost: int | Callable[[RequestView], int], dry_run: bool,
         count_when: Callable[[ResponseInfo], Any] | None, strategy: str, burst: int | None,
+        on_unreadable: str = "client",
     ) -> None:
         self.name = name
+        self.on_unreadable = on_unreadable
         self.algorithms = algorithms
         self.rates = tuple(a.rate for a in algorithms)
         self.match = match
@@ -347,11 +364,13 @@ class _Plan:
 
 
 class _RuleFailed(Exception):
-    """A predicate, key or cost function raised under ``on_storage_error="deny"``."""
+    """A predicate, key or cost function raised under ``on_storage_error="deny"``, or a
+    throttle with ``on_unreadable="refuse"`` could not read its key (not degraded)."""
 
-    def __init__(self, kind: str, rule: str) -> None:
+    def __init__(self, kind: str, rule: str, degraded: bool = True) -> None:
         self.kind = kind
         self.rule = rule
+        self.degraded = degraded
 
 
 # -- the engine ----------------------------------------------------------------------------
@@ -380,6 +399,7 @@ class Rules:
         #: no bans, dry-run or count_when throttles: ``_fast`` may answer
         self.fast = True
         self._last_log: dict[str, float] = {}
+        self._warned_unreadable: set[str] = set()
 
     # -- registration ------------------------------------------------------------------
 
@@ -449,9 +469,11 @@ class Rules:
         self, name: str, rates: Any, match: Predicate | None, key: str | KeyFunc | None,
         strategy: str | None, cost: int | Callable[[RequestView], int] | None,
         burst: int | None, dry_run: bool, count_when: Callable[[ResponseInfo], Any] | None,
+        on_unreadable: str = "client",
     ) -> None:
         name = self._name(name, "throttle")
         what = f"throttle {name!r}"
+        check_on_unreadable(on_unreadable, what)
         _callable_or_none(match, f"{what}: match")
         _callable_or_none(count_when, f"{what}: count_when")
         keyf = _key_func(key, what)
@@ -472,7 +494,7 @@ class Rules:
         algorithms = _throttle_algorithms(name, rates, strategy, burst, what)
         self._check_supported(algorithms, strategy, what)
         rule = _Throttle(name, algorithms, match, keyf, cost, dry_run, count_when,
-                         strategy, burst)
+                         strategy, burst, on_unreadable)
         self.needs_form = self.needs_form or _uses_form(match, keyf, cost)
         self.throttles = (*self.throttles, rule)
         if dry_run or count_when is not None:
@@ -499,7 +521,7 @@ class Rules:
         )
         self._check_supported(algorithms, old.strategy, f"throttle {name!r}")
         new = _Throttle(name, algorithms, old.match, old.key, old.cost, old.dry_run,
-                        old.count_when, old.strategy, old.burst)
+                        old.count_when, old.strategy, old.burst, old.on_unreadable)
         self.throttles = tuple(new if t is old else t for t in self.throttles)
         return old.rates
 
@@ -566,7 +588,7 @@ class Rules:
                 disc = brule.key(view)
                 if disc is None:
                     continue
-                disc = disc if disc.__class__ is str else str(disc)
+                disc = rule_key(disc if disc.__class__ is str else str(disc))
                 matched = brule.match(view)
             except Exception as exc:
                 self._rule_error(brule.kind, brule.name, exc, "key or match function")
@@ -601,34 +623,70 @@ class Rules:
 
     def _applies(self, rule: _Throttle, view: RequestView) -> tuple[str, int] | None:
         """The discriminator and cost of ``rule`` for this request, or None when it does not
-        apply (no match, a key of None, or a function that raised: logged, see
-        ``_rule_error``)."""
-        try:
-            match = rule.match
-            if match is not None and not match(view):
-                return None
-            key = rule.key
-            if key is _client_key:  # the default key, inlined (view.client_key cached)
-                disc = view._client_key
-                if disc is _UNSET:
-                    disc = view.client_key
-                if not disc:
-                    disc = UNKNOWN_CLIENT
-            else:
-                disc = key(view)
-                if disc is None:
+        apply (no match, a key of None from a readable request, or a match or cost function
+        that raised: logged, see ``_rule_error``). A key that cannot be read (the key
+        function raised, or returned None from a request whose form is unreadable) follows
+        the rule's ``on_unreadable``."""
+        match = rule.match
+        if match is not None:
+            try:
+                if not match(view):
                     return None
-                if disc.__class__ is not str:
-                    disc = str(disc)
-            cost = rule.cost
-            if cost.__class__ is not int:
+            except Exception as exc:
+                self._rule_error("throttle", rule.name, exc, "match function")
+                return None
+        key = rule.key
+        if key is _client_key:  # the default key, inlined (view.client_key cached)
+            disc = view._client_key
+            if disc is _UNSET:
+                disc = view.client_key
+            if not disc:
+                disc = UNKNOWN_CLIENT
+        else:
+            try:
+                disc = key(view)
+            except Exception as exc:
+                self._rule_error("throttle", rule.name, exc, "key function")
+                disc = self._unreadable_key(rule, view)
+            else:
+                if disc is None:
+                    if view._form.__class__ is not _UnreadableForm:
+                        return None  # the rule does not apply to this request
+                    disc = self._unreadable_key(rule, view)
+                else:
+                    if disc.__class__ is not str:
+                        disc = str(disc)
+                    if len(disc) > MAX_KEY_LENGTH or disc[:1] == "#":  # rule_key's test, inlined
+                        disc = rule_key(disc)
+        cost = rule.cost
+        if cost.__class__ is not int:
+            try:
                 cost = cost(view)  # type: ignore[operator]
                 if cost.__class__ is not int or cost < 0:
                     raise TypeError(f"cost must be an integer >= 0, got {cost!r}")
-        except Exception as exc:
-            self._rule_error("throttle", rule.name, exc, "match, key or cost function")
-            return None
+            except Exception as exc:
+                self._rule_error("throttle", rule.name, exc, "cost function")
+                return None
         return disc, cost
+
+    def _unreadable_key(self, rule: _Throttle, view: RequestView) -> str:
+        """The discriminator of a request whose key cannot be read: its client's, in a
+        namespace of its own; or refuse it (``on_unreadable="refuse"``). Warns once per
+        rule."""
+        refuse = rule.on_unreadable == "refuse"
+        if rule.name not in self._warned_unreadable:
+            self._warned_unreadable.add(rule.name)
+            logger.warning(
+                "throttlekit: throttle %r could not read its key from a request (a body "
+                "over max_form_bytes, unparsable or of a type not read, or a key function "
+                "that raised); %s (on_unreadable=%r; logged once per rule)",
+                rule.name,
+                "refusing such requests" if refuse
+                else "counting such requests per client instead", rule.on_unreadable,
+            )
+        if refuse:
+            raise _RuleFailed("throttle", rule.name, degraded=False)
+        return UNREADABLE_PREFIX + (view.client_key or UNKNOWN_CLIENT)
 
     def _list_match(self, rule: _ListRule, view: RequestView, kind: str) -> bool:
         ips = rule.ips
@@ -855,10 +913,10 @@ class Rules:
         retry = self.limiter.retry_interval
         d = None
         if kind == "throttled":
-            d = _new(Decision, (False, 0, 0, retry, retry, Rate(1, 1.0), True))
+            d = _new(Decision, (False, 0, 0, retry, retry, Rate(1, 1.0), err.degraded))
         if kind in self.listeners.active:
             self._emit(kind, err.rule, None, view, d, False)
-        return Verdict(False, kind, err.rule, None, d, [], True, view)
+        return Verdict(False, kind, err.rule, None, d, [], err.degraded, view)
 
     def _fast(self, view: RequestView, storage: MemoryStorage) -> Verdict:
         """The common case in one pass: lists and plain throttles (no bans, dry runs or

@@ -59,6 +59,7 @@ from ._algorithms import ALGORITHMS, DEFAULT_STRATEGY, make_algorithm
 from ._errors import ConfigError
 from ._ipset import IPSet
 from ._rates import coerce_rates
+from ._rules import ON_UNREADABLE
 
 if TYPE_CHECKING:
     from ._limiter import Limiter
@@ -75,7 +76,7 @@ _FIELDS: dict[str, tuple[str, ...]] = {
     "fail2ban": ("name", *_CONDITIONS, "key", "maxretry", "findtime", "bantime"),
     "allow2ban": ("name", *_CONDITIONS, "key", "maxretry", "findtime", "bantime"),
     "throttle": ("name", *_CONDITIONS, "rates", "key", "strategy", "cost", "burst", "dry_run",
-                 "count_when"),
+                 "count_when", "on_unreadable"),
     "track": ("name", *_CONDITIONS, "key"),
     "concurrency": ("name", *_CONDITIONS, "limit", "key", "timeout", "retry_after"),
 }
@@ -357,7 +358,8 @@ def _register(spec: RuleSpec, rules: Any, concurrency: Any) -> None:
     elif kind == "throttle":
         rules.add_throttle(spec.name, kw["rates"], kw.get("match"), kw.get("key"),
                            kw.get("strategy"), kw.get("cost"), kw.get("burst"),
-                           kw.get("dry_run", False), kw.get("count_when"))
+                           kw.get("dry_run", False), kw.get("count_when"),
+                           kw.get("on_unreadable", "client"))
     elif kind == "track":
         rules.add_track(spec.name, kw.get("match"), kw.get("key"))
     else:
@@ -586,6 +588,16 @@ class _Parser:
             if "count_when" in table:
                 kw["count_when"] = self._count_when(table["count_when"], line("count_when"),
                                                     label)
+            if "on_unreadable" in table:
+                v = table["on_unreadable"]
+                if v in ON_UNREADABLE:
+                    kw["on_unreadable"] = v
+                else:
+                    self.err(line("on_unreadable"),
+                             f"{label}: on_unreadable must be one of "
+                             f"{', '.join(map(repr, ON_UNREADABLE))}, got {v!r}",
+                             'on_unreadable = "client" (count per client when the key '
+                             'cannot be read) or "refuse"')
             spec.limit = str(table.get("rates", "-"))
             opts = [str(table.get("strategy") or self.default_strategy)]
             if "burst" in table:
@@ -596,6 +608,8 @@ class _Parser:
                 opts.append("dry_run")
             if "count_when" in table:
                 opts.append(f"count_when={table['count_when']}")
+            if "on_unreadable" in table:
+                opts.append(f"on_unreadable={table['on_unreadable']}")
             spec.options = " ".join(opts)
         if kind == "concurrency":
             if "limit" in table:

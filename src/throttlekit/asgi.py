@@ -177,8 +177,8 @@ class ASGIMiddleware:
     async def _http(self, scope: Scope, receive: Receive, send: Send) -> None:
         body = None
         limiter = self.limiter
-        if limiter._rules.needs_form and self._has_small_form(scope):
-            body, receive = await self._read_ahead(receive)
+        if limiter._rules.needs_form and has_small_form(scope, self.max_form_bytes):
+            body, receive = await read_ahead(receive, self.max_form_bytes)
         view = RequestView.from_scope(scope, self.resolver, body,  # type: ignore[arg-type]
                                       max_form_bytes=self.max_form_bytes)
         verdict = await limiter.aevaluate(view)
@@ -227,57 +227,6 @@ class ASGIMiddleware:
             raise
         await limiter.asettle(verdict, seen[0], _decode(seen[1]))
 
-    def _has_small_form(self, scope: Scope) -> bool:
-        """A form body a rule may want, small enough to read ahead."""
-        if scope.get("method") not in _BODY_METHODS:
-            return False
-        ctype = b""
-        length = None
-        for pair in scope.get("headers") or ():
-            try:
-                name, value = pair
-            except (TypeError, ValueError):
-                continue
-            if name == b"content-type":
-                ctype = value
-            elif name == b"content-length":
-                try:
-                    length = int(value)
-                except (TypeError, ValueError):
-                    return False
-        if not isinstance(ctype, bytes):
-            return False
-        if ctype.split(b";", 1)[0].strip().lower() not in _FORM_TYPES:
-            return False
-        return length is None or 0 <= length <= self.max_form_bytes
-
-    async def _read_ahead(self, receive: Receive) -> tuple[bytes | None, Receive]:
-        """Read the body (up to ``max_form_bytes``) and a ``receive`` that replays it."""
-        messages: list[Message] = []
-        size = 0
-        complete = False
-        while True:
-            message = await receive()
-            messages.append(message)
-            if message.get("type") != "http.request":
-                break  # disconnect: replay it too
-            size += len(message.get("body") or b"")
-            if not message.get("more_body", False):
-                complete = True
-                break
-            if size > self.max_form_bytes:
-                break
-        body = None
-        if complete and size <= self.max_form_bytes:
-            body = b"".join(m.get("body") or b"" for m in messages)
-
-        async def replay() -> Message:
-            if messages:
-                return messages.pop(0)
-            return await receive()
-
-        return body, replay
-
     async def _websocket(self, scope: Scope, receive: Receive, send: Send) -> None:
         limiter = self.limiter
         view = RequestView.from_scope(scope, self.resolver)  # type: ignore[arg-type]
@@ -325,6 +274,68 @@ class ASGIMiddleware:
             raise
         if pending:
             await limiter.asettle(verdict, seen[0])
+
+
+def has_small_form(scope: Scope, max_form_bytes: int) -> bool:
+    """A body ``RequestView.form`` reads (urlencoded, multipart, JSON), small enough to
+    read ahead."""
+    if scope.get("method") not in _BODY_METHODS:
+        return False
+    ctype = b""
+    length = None
+    for pair in scope.get("headers") or ():
+        try:
+            name, value = pair
+        except (TypeError, ValueError):
+            continue
+        if name == b"content-type":
+            ctype = value
+        elif name == b"content-length":
+            try:
+                length = int(value)
+            except (TypeError, ValueError):
+                return False
+    if not isinstance(ctype, bytes):
+        return False
+    mimetype = ctype.split(b";", 1)[0].strip().lower()
+    if mimetype not in _FORM_TYPES and not (
+        mimetype.startswith(b"application/") and mimetype.endswith(b"+json")
+    ):
+        return False
+    return length is None or 0 <= length <= max_form_bytes
+
+
+async def read_ahead(receive: Receive, max_form_bytes: int) -> tuple[bytes | None, Receive]:
+    """Read the body (up to ``max_form_bytes``; None when it is bigger or the client went
+    away) and a ``receive`` that replays every message read, then reads on."""
+    messages: list[Message] = []
+    size = 0
+    complete = False
+    while True:
+        message = await receive()
+        messages.append(message)
+        if message.get("type") != "http.request":
+            break  # disconnect: replay it too
+        chunk = message.get("body") or b""
+        size += len(chunk) if isinstance(chunk, (bytes, bytearray)) else 0
+        if not message.get("more_body", False):
+            complete = True
+            break
+        if size > max_form_bytes:
+            break
+    body = None
+    if complete and size <= max_form_bytes:
+        try:
+            body = b"".join(m.get("body") or b"" for m in messages)
+        except TypeError:
+            body = None  # a malformed message: no form, the app gets it as it came
+
+    async def replay() -> Message:
+        if messages:
+            return messages.pop(0)
+        return await receive()
+
+    return body, replay
 
 
 def _decode(headers: Iterable[Any]) -> list[tuple[str, str]]:

@@ -64,11 +64,12 @@ def _expires(expires_at: float, now: float) -> float:
 
 def run_inspect(args: argparse.Namespace) -> int:
     from .._concurrency import SHED_RULE, lease_key
+    from .._keys import admin_rule_key
     from .._rules import NS
     from ..storage.base import Check
 
     limiter = _limiter(args)
-    key: str = args.key
+    key: str = admin_rule_key(args.key)  # a long key is stored as its hash
     storage = limiter.storage
     now = time.time()
     rows: list[dict[str, Any]] = []

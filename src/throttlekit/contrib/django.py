@@ -167,12 +167,14 @@ def limit(
     burst: int | None = None,
     override_defaults: bool = False,
     scope: str | None = None,
+    on_unreadable: str = "client",
 ) -> Callable[[F], F]:
     """:meth:`throttlekit.Limiter.limit` with the settings' limiter. ``key`` functions get
     the request view; ``view.request`` is the Django request (e.g. ``view.request.user``)."""
     return decorate(_owner, make_spec(
         None, rates, key=key, strategy=strategy, cost=cost, methods=methods,
         per_method=per_method, burst=burst, override_defaults=override_defaults, scope=scope,
+        on_unreadable=on_unreadable,
     ))
 
 

@@ -197,13 +197,14 @@ class Throttle:
         burst: int | None = None,
         override_defaults: bool = False,
         scope: str | None = None,
+        on_unreadable: str = "client",
     ) -> Callable[[F], F]:
         """:meth:`throttlekit.Limiter.limit`, bound to this Throttle's limiter. On a
         Blueprint: a limit for each of its routes."""
         return decorate(self, make_spec(
             self, rates, key=key, strategy=strategy, cost=cost, methods=methods,
             per_method=per_method, burst=burst, override_defaults=override_defaults,
-            scope=scope,
+            scope=scope, on_unreadable=on_unreadable,
         ))
 
     def shared_limit(self, rates: Any, scope: str, **options: Any) -> Callable[[F], F]:

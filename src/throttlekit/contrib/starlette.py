@@ -55,6 +55,7 @@ from .._decorators import (
 )
 from .._errors import ConfigError
 from .._responses import encode_headers, rate_limit_headers
+from ..asgi import has_small_form, read_ahead
 from ..wsgi import VERDICT_KEY
 from ._common import Limits, load_rules_file, parse_limits
 
@@ -210,6 +211,13 @@ class ThrottleMiddleware:
             self._fork(lim)
         scope[MIDDLEWARE_KEY] = True
         view = view_of(lim, "asgi", scope, None)
+        group, entries = self._entries(scope)
+        if (
+            view.body is None
+            and ((self.rules and lim._rules.needs_form) or any(s.uses_form for _, s in entries))
+            and has_small_form(scope, view.max_form_bytes)
+        ):  # a rule reads the form: read the body first, and replay it to the app
+            view.body, receive = await read_ahead(receive, view.max_form_bytes)
         if self.rules:
             verdict = await lim.aevaluate(view)
             scope[VERDICT_KEY] = verdict
@@ -221,7 +229,6 @@ class ThrottleMiddleware:
             pending = verdict if verdict.pending else None
         else:
             pending = None
-        group, entries = self._entries(scope)
         if group is not None:
             scope[HANDLED_KEY] = group
         if entries:
