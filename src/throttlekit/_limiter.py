@@ -7,10 +7,9 @@ import time
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any, TypeVar
 
-from cachetools import TLRUCache
-
 from ._algorithms import ALGORITHMS, DEFAULT_STRATEGY, Algorithm, make_algorithm
 from ._decision import Decision, most_restrictive
+from ._denials import DenialCache
 from ._errors import ConfigError
 from ._rates import Rate, coerce_rates
 from .storage import MemoryStorage, Storage, storage_from_url
@@ -74,7 +73,9 @@ class Limiter:
             request tries it again.
         denial_cache_size: with a remote store, a key refused until T is refused in-process
             until T without a round trip (safe: other workers can only push T later). The
-            number of refused keys remembered; 0 turns the cache off.
+            number of refused keys remembered; 0 turns the cache off. An admin ``reset``,
+            ``unblock`` or rule reload anywhere empties it in every worker within about a
+            second (see ``docs/backends.md``).
         trusted_proxies: how far ``X-Forwarded-For`` is believed when finding the client IP
             for rules: ``0`` (default, the socket peer only), a number of proxies in front
             of the app, or a list of trusted proxy CIDRs. See ``docs/middleware.md``.
@@ -144,13 +145,10 @@ class Limiter:
             raise ConfigError(
                 f"denial_cache_size must be an integer >= 0, got {denial_cache_size!r}"
             )
-        self._denials: TLRUCache[tuple[object, str], tuple[int, int, int, Decision]] | None = None
+        #: the local cache of refusals (remote stores); see throttlekit._denials
+        self._denials: DenialCache | None = None
         if storage.remote and denial_cache_size:
-            self._denials = TLRUCache(
-                maxsize=denial_cache_size,
-                ttu=lambda _k, v, _now: v[0] / 1e6,
-                timer=clock or time.time,
-            )
+            self._denials = DenialCache(denial_cache_size, clock)
         self._fallback: MemoryStorage | None = None
         self._broken_until = 0.0
         self._last_error_log = -float("inf")
@@ -270,14 +268,51 @@ class Limiter:
         """
         self.storage.reset((key,))
         self._forget_local(key)
+        self._changed(self.storage.next_generation())
 
-    def _forget_local(self, key: str) -> None:
-        if self._fallback is not None:
-            self._fallback.reset((key,))
+    def _forget_local(self, key: str | None = None) -> None:
+        """Drop what this process remembers of ``key`` (``None``: of every key): its
+        state in the fallback store and its cached refusals. The one owner of both."""
+        fallback = self._fallback
+        if fallback is not None:
+            if key is None:
+                fallback.clear()
+            else:
+                fallback.reset((key,))
+        if self._denials is not None:
+            self._denials.forget(key)
+
+    def _changed(self, generation: int) -> None:
+        """An admin change of ours moved the store's generation (every worker's cached
+        refusals go within about a second; ours went already)."""
+        if self._denials is not None:
+            self._denials.bumped(generation)
+
+    def _check_generation(self) -> None:
+        """Read the store's generation (before the first store call, then about once a
+        second while cached refusals are served; see throttlekit._denials) and drop every
+        cached refusal when an admin change moved it."""
         denials = self._denials
-        if denials is not None:
-            for cached in [k for k in list(denials.keys()) if k[1] == key]:
-                denials.pop(cached, None)
+        assert denials is not None
+        generation = None
+        if not (self._broken_until and time.monotonic() < self._broken_until):
+            try:
+                generation = self.storage.generation()
+            except Exception as exc:  # cached refusals stay; the store's trouble is logged
+                self._storage_failed(exc)
+        denials.saw(generation)
+
+    async def _acheck_generation(self) -> None:
+        """Async twin of :meth:`_check_generation`."""
+        denials = self._denials
+        assert denials is not None
+        generation = None
+        if not (self._broken_until and time.monotonic() < self._broken_until):
+            try:
+                generation = await self.storage.ageneration()
+            except Exception as exc:
+                self._storage_failed(exc)
+        denials.saw(generation)
 
     async def ahit(
         self,
@@ -319,14 +354,25 @@ class Limiter:
         """Async twin of :meth:`reset`."""
         await self.storage.areset((key,))
         self._forget_local(key)
+        self._changed(await self.storage.anext_generation())
 
     # -- remote stores: failure policy ----------------------------------------------------
 
     def _remote(self, plan: _Plan, key: str, cost: int, consume: bool, now: int | None) -> Decision:
-        if self._denials is not None:
-            cached = self._cached_denial(plan, key, cost, now)
+        denials = self._denials
+        epoch = 0
+        if denials is not None:
+            if denials.generation is None and denials.stale():
+                self._check_generation()
+            cached = denials.get(plan, key, cost, now)
             if cached is not None:
-                return cached
+                if not denials.due():
+                    return cached
+                self._check_generation()  # about once a second: did an admin change it?
+                cached = denials.get(plan, key, cost, now)
+                if cached is not None:
+                    return cached
+            epoch = denials.epoch
         if self._broken_until and time.monotonic() < self._broken_until:
             return self._degraded(plan, key, cost, consume, now)
         try:
@@ -335,56 +381,33 @@ class Limiter:
             self._storage_failed(exc)
             return self._degraded(plan, key, cost, consume, now)
         self._broken_until = 0.0
-        if self._denials is not None:
+        if denials is not None:
             if decision.allowed:
-                # our own charge: a cached denial's numbers are stale (`in` first: it is
-                # cheap, while the cache's pop and get run its timer and expiry)
-                if consume and cost and (plan, key) in self._denials:
-                    self._denials.pop((plan, key), None)
+                if consume and cost:  # our own charge: a cached denial's numbers are stale
+                    denials.charged(plan, key)
             else:
-                self._remember_denial(plan, key, cost, now, decision)
+                denials.remember(plan, key, cost, now, decision, epoch)
         return decision
-
-    def _cached_denial(
-        self, plan: object, key: str, cost: int, now: int | None
-    ) -> Decision | None:
-        """The cached refusal of (``plan`` or rule, ``key``) for this cost, if still due."""
-        assert self._denials is not None
-        entry = self._denials.get((plan, key)) if (plan, key) in self._denials else None
-        if entry is None or cost != entry[1]:  # another cost has another retry time
-            return None
-        until, _cost, made, decision = entry
-        if now is None:
-            now = time.time_ns() // 1000
-        if now >= until:
-            return None
-        reset = round(decision.reset_after * 1e6) - (now - made)
-        return decision._replace(
-            retry_after=(until - now) / 1e6, reset_after=max(reset, until - now) / 1e6
-        )
-
-    def _remember_denial(
-        self, plan: object, key: str, cost: int, now: int | None, decision: Decision
-    ) -> None:
-        assert self._denials is not None
-        wait = decision.retry_after
-        # Only when nothing about the answer changes until the retry time: with
-        # remaining == cost - 1 the count cannot move before then (without our own charges,
-        # which drop the entry), so a cached answer is exactly the store's.
-        if 0 < wait < float("inf") and decision.remaining == cost - 1:
-            if now is None:
-                now = time.time_ns() // 1000
-            self._denials[plan, key] = (now + round(wait * 1e6), cost, now, decision)
 
     async def _aremote(
         self, plan: _Plan, key: str, cost: int, consume: bool, now: int | None
     ) -> Decision:
         if self._broken_until and time.monotonic() < self._broken_until:
             return self._degraded(plan, key, cost, consume, now)
-        if self._denials is not None:
-            cached = self._cached_denial(plan, key, cost, now)
+        denials = self._denials
+        epoch = 0
+        if denials is not None:
+            if denials.generation is None and denials.stale():
+                await self._acheck_generation()
+            cached = denials.get(plan, key, cost, now)
             if cached is not None:
-                return cached
+                if not denials.due():
+                    return cached
+                await self._acheck_generation()
+                cached = denials.get(plan, key, cost, now)
+                if cached is not None:
+                    return cached
+            epoch = denials.epoch
         try:
             result = await self.storage.aapply(
                 [Check(a, key, cost) for a in plan.algorithms], consume=consume, now=now
@@ -394,14 +417,12 @@ class Limiter:
             return self._degraded(plan, key, cost, consume, now)
         self._broken_until = 0.0
         decision = most_restrictive(result.decisions)
-        if self._denials is not None:
+        if denials is not None:
             if decision.allowed:
-                # our own charge: a cached denial's numbers are stale (`in` first: it is
-                # cheap, while the cache's pop and get run its timer and expiry)
-                if consume and cost and (plan, key) in self._denials:
-                    self._denials.pop((plan, key), None)
+                if consume and cost:  # our own charge: a cached denial's numbers are stale
+                    denials.charged(plan, key)
             else:
-                self._remember_denial(plan, key, cost, now, decision)
+                denials.remember(plan, key, cost, now, decision, epoch)
         return decision
 
     def _storage_failed(self, exc: BaseException) -> None:
@@ -554,6 +575,9 @@ class Limiter:
             return self._disabled_verdict(view)
         if self._watcher is not None:
             self._watcher.poll()
+        denials = self._denials
+        if denials is not None and denials.generation is None and denials.stale():
+            self._check_generation()
         return self._rules.evaluate(view)
 
     def _disabled_verdict(self, view: RequestView) -> Verdict:
@@ -567,6 +591,9 @@ class Limiter:
             return self._disabled_verdict(view)
         if self._watcher is not None:
             self._watcher.poll()
+        denials = self._denials
+        if denials is not None and denials.generation is None and denials.stale():
+            await self._acheck_generation()
         return await self._rules.aevaluate(view)
 
     def settle(
@@ -605,6 +632,7 @@ class Limiter:
             if disc is not None:  # a fresh start for the ban counter too
                 self.storage.reset((_rules_ns + disc,))
         self._forget_local(key)
+        self._changed(self.storage.next_generation())
         return found
 
     def _unblock_targets(self, key: str) -> list[tuple[str, str | None]]:
@@ -648,6 +676,7 @@ class Limiter:
             if disc is not None:
                 await self.storage.areset((_rules_ns + disc,))
         self._forget_local(key)
+        self._changed(await self.storage.anext_generation())
         return found
 
     async def ablocked(self) -> list[Block]:
@@ -659,14 +688,15 @@ class Limiter:
         user name after a successful login)."""
         self.storage.reset((_rules_ns + key,))
         self._forget_local(key)
-        if self._fallback is not None:
-            self._fallback.reset((_rules_ns + key,))
+        self._forget_local(_rules_ns + key)
+        self._changed(self.storage.next_generation())
 
     async def areset_rules(self, key: str) -> None:
         """Async twin of :meth:`reset_rules`."""
         await self.storage.areset((_rules_ns + key,))
-        if self._fallback is not None:
-            self._fallback.reset((_rules_ns + key,))
+        self._forget_local(key)
+        self._forget_local(_rules_ns + key)
+        self._changed(await self.storage.anext_generation())
 
     # -- rules files, reload, concurrency (issue 7; see _rulesfile, _reload, _concurrency) --
 

@@ -331,10 +331,15 @@ class _Track:
 class _Plan:
     """One request between the rules' local work and the storage's answer."""
 
-    __slots__ = ("bans", "block_keys", "checks", "n_user", "refuse_ban", "throttles", "view")
+    __slots__ = ("bans", "block_keys", "checks", "epoch", "n_user", "recheck", "refuse_ban",
+                 "throttles", "view")
 
     def __init__(self, view: RequestView) -> None:
         self.view = view
+        #: the denial cache's epoch before the store call (see DenialCache.remember)
+        self.epoch = 0
+        #: a cached refusal was found, but the store's generation must be read first
+        self.recheck = False
         self.checks: list[Check] = []
         self.block_keys: list[str] = []
         self.n_user = 0
@@ -1012,10 +1017,12 @@ class Rules:
             return p, None, None
         assert isinstance(p, _Plan)
         now = self._now()
-        if self.limiter._denials is not None and p.throttles:
+        denials = self.limiter._denials
+        if denials is not None and p.throttles:
             cached = self._cached_refusal(p, now)
             if cached is not None:
                 return cached, None, None
+            p.epoch = denials.epoch
         return None, p, now
 
     def _conclude(
@@ -1026,11 +1033,25 @@ class Rules:
             self._note_denials(p, verdict, degraded, now)
         return verdict, new_bans
 
+    def _recheck(self, p: _Plan, now: int | None) -> Verdict | None:
+        """The cached refusal of ``p`` after the store's generation was read."""
+        cached = self._cached_refusal(p, now)
+        p.recheck = False
+        denials = self.limiter._denials
+        assert denials is not None
+        p.epoch = denials.epoch
+        return cached
+
     def evaluate(self, view: RequestView) -> Verdict:
         answered, p, now = self._prepare(view)
         if answered is not None:
             return answered
         assert p is not None
+        if p.recheck:
+            self.limiter._check_generation()
+            answered = self._recheck(p, now)
+            if answered is not None:
+                return answered
         result, degraded = self._call(p.checks, p.block_keys, now)
         verdict, new_bans = self._conclude(p, result, degraded, now)
         if new_bans:
@@ -1053,16 +1074,20 @@ class Rules:
         for _brule, _disc, idx in p.bans:
             if idx >= 0:
                 return None
-        lim = self.limiter
+        denials = self.limiter._denials
+        assert denials is not None
         found = None
         for rule, disc, cost, _start in p.throttles:
             if rule.dry_run:
                 return None
             if found is None:
-                d = lim._cached_denial(rule, disc, cost, now)
+                d = denials.get(rule, disc, cost, now)
                 if d is not None:
                     found = rule, disc, d
         if found is None:
+            return None
+        if not p.recheck and denials.due():
+            p.recheck = True  # evaluate/aevaluate read the generation, then look again
             return None
         rule, disc, d = found
         name = rule.policy_names[0]
@@ -1089,11 +1114,12 @@ class Rules:
     def _note_denials(
         self, p: _Plan, verdict: Verdict, degraded: bool, now: int | None
     ) -> None:
-        lim = self.limiter
+        denials = self.limiter._denials
+        assert denials is not None
         if verdict.kind == "throttled" and not degraded and verdict.decision is not None:
             for rule, disc, cost, _start in p.throttles:
                 if rule.name == verdict.rule and disc == verdict.key:
-                    lim._remember_denial(rule, disc, cost, now, verdict.decision)
+                    denials.remember(rule, disc, cost, now, verdict.decision, p.epoch)
                     cache = self._refusal_policies
                     if len(cache) >= 10_000:  # bounded: old entries only lose header detail
                         cache.clear()
@@ -1101,18 +1127,22 @@ class Rules:
                         now if now is not None else time.time_ns() // 1000, verdict.policies
                     )
                     break
-        elif verdict.allowed:
-            denials = lim._denials
-            if denials:  # our own charges make a cached denial's numbers stale
-                for rule, disc, cost, _start in p.throttles:
-                    if cost and (rule, disc) in denials:  # (membership is the cheap test)
-                        denials.pop((rule, disc), None)
+        elif verdict.allowed and len(denials):
+            # our own charges make a cached denial's numbers stale
+            for rule, disc, cost, _start in p.throttles:
+                if cost:
+                    denials.charged(rule, disc)
 
     async def aevaluate(self, view: RequestView) -> Verdict:
         answered, p, now = self._prepare(view)
         if answered is not None:
             return answered
         assert p is not None
+        if p.recheck:
+            await self.limiter._acheck_generation()
+            answered = self._recheck(p, now)
+            if answered is not None:
+                return answered
         if self.limiter.storage.remote:
             result, degraded = await self._acall(p.checks, p.block_keys, now)
         else:
