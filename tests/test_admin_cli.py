@@ -332,3 +332,32 @@ def test_cli_reaches_a_running_worker_within_a_second(any_store: str, tmp_path: 
     assert p.returncode == 0, p.stdout + p.stderr
     clock.advance(1.1)
     assert get(c, ip) == 200
+
+
+@pytest.mark.parametrize(("spelling", "sender"), [
+    ("::ffff:203.0.113.60", "203.0.113.60"),
+    ("2001:DB8:0:0:0:0:0:60", "2001:db8::60"),
+    ("2001:db8:60:1::0/64", "2001:db8:60:1::abcd"),
+    ("203.0.113.61 ", "203.0.113.61"),
+])
+def test_cli_block_normalises_like_requests(store: str, served: Client, spelling: str,
+                                           sender: str) -> None:
+    """`throttlekit block` in any spelling of an address blocks the client sending from it;
+    `unblock` in that spelling lifts it."""
+    p = tk("block", spelling, "--ttl", "600", "--storage", store)
+    assert p.returncode == 0, p.stderr
+    assert get(served, sender) == 403
+    assert tk("unblock", spelling, "--storage", store).returncode == 0
+    assert get(served, sender) == 200
+
+
+@pytest.mark.parametrize(("bad", "needle"), [("010.0.0.1", "ambiguous"),
+                                             ("203.0.113.0/24", "blocklist"),
+                                             ("somebody", "not an IP address")])
+def test_cli_block_refuses_a_key_that_would_block_nobody(store: str, bad: str,
+                                                         needle: str) -> None:
+    """A key that matches no request: a message naming it, exit 2, nothing stored."""
+    p = tk("block", bad, "--storage", store)
+    assert p.returncode == 2
+    assert needle in p.stderr and repr(bad) in p.stderr
+    assert json.loads(tk("bans", "--storage", store, "--json").stdout) == []

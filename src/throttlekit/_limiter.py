@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import re
 import time
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any, TypeVar
@@ -33,6 +34,9 @@ __all__ = ["DEFAULT_STRATEGY", "ON_STORAGE_ERROR", "Limiter"]
 logger = logging.getLogger("throttlekit")
 
 ON_STORAGE_ERROR = ("allow", "deny", "local")
+#: what a block key that failed to parse as an address was probably meant to be
+_IP_LIKE = re.compile(r"[0-9.]+|[0-9A-Fa-f:.%\[\]]*:[0-9A-Fa-f:.%\[\]]*")
+_LEADING_ZERO = re.compile(r"(?:^|[.:])0[0-9]")
 _new = tuple.__new__
 _F = TypeVar("_F", bound=Callable[..., Any])
 
@@ -614,26 +618,99 @@ class Limiter:
     def _block_now(self) -> int | None:
         return int(self.clock() * 1_000_000) if self.clock is not None else None
 
-    def block(self, key: str, ttl: float | None = None, reason: str = "") -> None:
-        """Refuse every request from ``key`` (a client IP, or an IPv6 network as
-        ``client_key`` writes it) for ``ttl`` seconds (None: until unblocked), in every
-        worker sharing the storage."""
-        if not isinstance(key, str) or not key:
-            raise ConfigError(f"block key must be a non-empty string, got {key!r}")
-        self.storage.block(key, ttl, reason, self._block_now())
+    def block(self, key: str, ttl: float | None = None, reason: str = "") -> str:
+        """Refuse every request from ``key`` for ``ttl`` seconds (None: until unblocked), in
+        every worker sharing the storage; returns the key as stored.
+
+        ``key``: a client address, normalised as requests' addresses are (IPv4-mapped IPv6
+        to IPv4, IPv6 compressed lower-case, whitespace stripped, ``/32`` and ``/128``
+        taken as the address), an IPv6 network of ``ipv6_prefix`` bits (a client key:
+        ``"2001:db8:1:2::/64"``), or a ban as :meth:`blocked` lists it
+        (``"fail2ban:<rule>:<key>"``).
+
+        Raises:
+            ConfigError: anything else, which would block nobody: another network (list it
+                with :meth:`blocklist` ``ips=``), an ambiguous ``010.0.0.1``, a name.
+        """
+        stored = self._block_key(key, "block")
+        self.storage.block(stored, ttl, reason, self._block_now())
+        return stored
+
+    def _block_key(self, key: object, what: str) -> str:
+        """``key`` of :meth:`block` / :meth:`unblock` in the form requests are matched in
+        (see ``_clientip``); a plain name only for ``unblock``, as the discriminator of
+        bans (``form:username`` rules)."""
+        if not isinstance(key, str) or not key.strip():
+            raise ConfigError(f"{what} key must be a non-empty string, got {key!r}")
+        text = key.strip()
+        kind, sep, rest = text.partition(":")
+        if sep and kind in ("fail2ban", "allow2ban"):
+            rule, sep, disc = rest.partition(":")
+            if not rule or not sep or not disc.strip():
+                raise ConfigError(f"{what} key {key!r}: a ban is '{kind}:<rule>:<key>'")
+            disc = self._client_block_key(disc.strip(), key, what, name_ok=True)
+            return f"{kind}:{rule}:{disc}"
+        return self._client_block_key(text, key, what, name_ok=what == "unblock")
+
+    def _client_block_key(self, text: str, key: str, what: str, *, name_ok: bool) -> str:
+        from ._clientip import normalize_ip
+        from ._ipset import _parse_network
+
+        resolver = self.resolver
+        prefix = resolver.ipv6_prefix
+        if "/" in text:
+            net = _parse_network(text)  # ConfigError naming a bad network
+            addr = net.network_address
+            length = net.prefixlen
+            if net.version == 6 and length == prefix:
+                found = resolver.client_key(str(addr))
+                if found is not None:
+                    return found
+            if length == net.max_prefixlen:
+                found = normalize_ip(str(addr))
+                if found is not None:
+                    return found
+            raise ConfigError(
+                f"cannot {what} the network {key!r}: the dynamic blocklist matches a client's "
+                f"address or its client key (an IPv4 address, an IPv6 /{prefix}); list "
+                f"networks with limiter.blocklist(name, ips=[...]) or a rules file's "
+                f"[[blocklist]] ips"
+            )
+        ip = normalize_ip(text)
+        if ip is not None:
+            return ip
+        if _IP_LIKE.fullmatch(text) or not name_ok:
+            hint = ""
+            if _LEADING_ZERO.search(text):
+                hint = " (a leading zero is ambiguous: octal or decimal?)"
+            raise ConfigError(
+                f"{what} key {key!r} is not an IP address{hint}, an IPv6 /{prefix} client key "
+                f"('2001:db8:1:2::/{prefix}') or a ban ('fail2ban:<rule>:<key>'): a block "
+                f"of it would match no request"
+            )
+        return text  # a ban's discriminator (a user name, ...)
 
     def unblock(self, key: str) -> bool:
         """Lift a block or ban: ``key`` as :meth:`blocked` lists it
-        (``"fail2ban:scanners:192.0.2.7"``), or a client key (``"192.0.2.7"``), which lifts
-        its manual block and every ban of it. True when there was one."""
+        (``"fail2ban:scanners:192.0.2.7"``), or a client key (``"192.0.2.7"``, any spelling
+        :meth:`block` takes) or other discriminator of bans (a user name), which lifts its
+        manual block and every ban of it. True when there was one."""
         found = False
-        for entry, disc in self._unblock_targets(key):
-            found = self.storage.unblock(entry) or found
-            if disc is not None:  # a fresh start for the ban counter too
-                self.storage.reset((_rules_ns + disc,))
-        self._forget_local(key)
+        for k in self._unblock_keys(key):
+            for entry, disc in self._unblock_targets(k):
+                found = self.storage.unblock(entry) or found
+                if disc is not None:  # a fresh start for the ban counter too
+                    self.storage.reset((_rules_ns + disc,))
+            self._forget_local(k)
         self._changed(self.storage.next_generation())
         return found
+
+    def _unblock_keys(self, key: str) -> list[str]:
+        """The normalised key, and the key as written when it differs (an entry an older
+        version stored unnormalised)."""
+        norm = self._block_key(key, "unblock")
+        raw = key.strip()
+        return [norm] if raw == norm else [norm, raw]
 
     def _unblock_targets(self, key: str) -> list[tuple[str, str | None]]:
         ban = self._rules.ban_rule_of(key)
@@ -662,20 +739,21 @@ class Limiter:
         """Every live block and ban, soonest to expire first."""
         return self.storage.blocked(self._block_now())
 
-    async def ablock(self, key: str, ttl: float | None = None, reason: str = "") -> None:
+    async def ablock(self, key: str, ttl: float | None = None, reason: str = "") -> str:
         """Async twin of :meth:`block`."""
-        if not isinstance(key, str) or not key:
-            raise ConfigError(f"block key must be a non-empty string, got {key!r}")
-        await self.storage.ablock(key, ttl, reason, self._block_now())
+        stored = self._block_key(key, "block")
+        await self.storage.ablock(stored, ttl, reason, self._block_now())
+        return stored
 
     async def aunblock(self, key: str) -> bool:
         """Async twin of :meth:`unblock`."""
         found = False
-        for entry, disc in self._unblock_targets(key):
-            found = await self.storage.aunblock(entry) or found
-            if disc is not None:
-                await self.storage.areset((_rules_ns + disc,))
-        self._forget_local(key)
+        for k in self._unblock_keys(key):
+            for entry, disc in self._unblock_targets(k):
+                found = await self.storage.aunblock(entry) or found
+                if disc is not None:
+                    await self.storage.areset((_rules_ns + disc,))
+            self._forget_local(k)
         self._changed(await self.storage.anext_generation())
         return found
 
