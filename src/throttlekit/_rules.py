@@ -152,7 +152,8 @@ def _allowed(decision: Decision | None, policies: list[tuple[str, Decision]],
 
 
 #: The shared key of requests whose client address cannot be determined (no peer, garbage):
-#: limited together rather than not at all.
+#: limited together rather than not at all, and never banned (a ban of it would be a ban of
+#: everyone behind the socket; see docs/client-ip.md).
 UNKNOWN_CLIENT = "unknown"
 
 
@@ -331,8 +332,8 @@ class _Track:
 class _Plan:
     """One request between the rules' local work and the storage's answer."""
 
-    __slots__ = ("bans", "block_keys", "checks", "epoch", "n_user", "recheck", "refuse_ban",
-                 "throttles", "view")
+    __slots__ = ("bans", "block_keys", "checks", "epoch", "n_user", "no_ban", "recheck",
+                 "refuse_ban", "throttles", "view")
 
     def __init__(self, view: RequestView) -> None:
         self.view = view
@@ -347,6 +348,9 @@ class _Plan:
         self.bans: list[tuple[_BanRule, str, int]] = []
         #: a fail2ban rule whose filter matched: the request is refused whatever happens
         self.refuse_ban: tuple[_BanRule, str, int] | None = None
+        #: indexes in ``bans`` of rules keyed by a client IP this request lacks: they refuse
+        #: the request that trips them and ban no key
+        self.no_ban: list[int] | None = None
         #: (rule, discriminator, cost, index of its first check)
         self.throttles: list[tuple[_Throttle, str, int, int]] = []
 
@@ -385,6 +389,8 @@ class Rules:
         #: no bans, dry-run or count_when throttles: ``_fast`` may answer
         self.fast = True
         self._last_log: dict[str, float] = {}
+        #: the warning about requests without a client IP was logged
+        self._warned_no_ip = False
 
     # -- registration ------------------------------------------------------------------
 
@@ -576,6 +582,11 @@ class Rules:
             except Exception as exc:
                 self._rule_error(brule.kind, brule.name, exc, "key or match function")
                 continue
+            if disc is UNKNOWN_CLIENT and (brule.key is _client_key or brule.key is _client_ip):
+                self._no_client_ip()
+                if p.no_ban is None:
+                    p.no_ban = []
+                p.no_ban.append(len(p.bans))
             block_keys.append(brule.prefix + disc)
             idx = -1
             if matched:
@@ -619,12 +630,15 @@ class Rules:
                     disc = view.client_key
                 if not disc:
                     disc = UNKNOWN_CLIENT
+                    self._no_client_ip()
             else:
                 disc = key(view)
                 if disc is None:
                     return None
                 if disc.__class__ is not str:
                     disc = str(disc)
+                elif disc is UNKNOWN_CLIENT and key is _client_ip:
+                    self._no_client_ip()
             cost = rule.cost
             if cost.__class__ is not int:
                 cost = cost(view)  # type: ignore[operator]
@@ -634,6 +648,20 @@ class Rules:
             self._rule_error("throttle", rule.name, exc, "match, key or cost function")
             return None
         return disc, cost
+
+    def _no_client_ip(self) -> None:
+        """A rule keyed by the client met a request without a client IP: say once how to
+        give such clients keys of their own."""
+        if not self._warned_no_ip:
+            self._warned_no_ip = True
+            logger.warning(
+                "throttlekit: a request without a client IP (a Unix socket and no trusted "
+                "proxy?): throttles keyed by client count it under the key %r, which all such "
+                "requests share, and fail2ban/allow2ban refuse it when it trips them but ban "
+                "no key. Set trusted_proxies (the number of proxies in front of the app, or "
+                "their networks plus \"unix\") so each client gets its own key; see "
+                "docs/client-ip.md", UNKNOWN_CLIENT,
+            )
 
     def _list_match(self, rule: _ListRule, view: RequestView, kind: str) -> bool:
         ips = rule.ips
@@ -675,9 +703,17 @@ class Rules:
                                view), new_bans
 
         banned: tuple[_BanRule, str, Decision | None] | None = None
+        no_ban = p.no_ban
         for j, (brule, disc, idx) in enumerate(p.bans):
             k = p.n_user + j
             b = blocked[k] if k < len(blocked) else None
+            if no_ban is not None and j in no_ban:
+                # no client IP: never banned; the request that trips the rule is refused
+                if idx >= 0 and banned is None:
+                    d = decisions[idx]
+                    if not d.allowed or d.remaining <= 0:
+                        banned = (brule, disc, d)
+                continue
             if b is not None:
                 if banned is None:
                     banned = (brule, disc, None)
