@@ -7,6 +7,7 @@ import os
 import subprocess
 import sys
 import threading
+import time
 import uuid
 from collections.abc import Iterable, Iterator
 from pathlib import Path
@@ -86,8 +87,8 @@ def rules_file(tmp_path: Path) -> Path:
 def served(store: str, rules_file: Path) -> Client:
     """The app behind the middleware, on the same store and rules the commands use.
 
-    Without the local denial cache: a worker that cached a refusal keeps it until its retry
-    time by design (docs/backends.md), and these tests look at the store's state."""
+    Without the local denial cache: these tests look at the store's state (the cache's own
+    tests are test_cli_reaches_a_running_worker_within_a_second and test_admin_reach.py)."""
     limiter = Limiter(store, denial_cache_size=0)
     limiter.load_rules(rules_file)
     return Client(WSGIMiddleware(app, limiter))
@@ -283,3 +284,80 @@ def test_top_from_an_empty_store_is_an_empty_list(store: str) -> None:
     assert json.loads(p.stdout) == []
     table = tk("top", "--storage", store)
     assert table.returncode == 0 and table.stdout.split()[:2] == ["#", "KEY"]
+
+
+HOURLY = """\
+[[throttle]]
+name = "per-ip"
+rates = "2/hour"
+strategy = "fixed_window"
+
+[[fail2ban]]
+name = "scanners"
+path_prefix = "/wp-admin"
+maxretry = 1
+findtime = "10m"
+bantime = "1h"
+"""
+
+
+@pytest.fixture(params=["redis", pytest.param("memcached", marks=pytest.mark.memcached)])
+def any_store(request: pytest.FixtureRequest, store: str, _backend_contexts: Any) -> str:
+    """The shared Redis, or memcached, under a prefix of this test's own."""
+    if request.param == "redis":
+        return store
+    url = _backend_contexts["get"]("memcached").url
+    return f"{url}?prefix=tk-test-admin:{uuid.uuid4().hex[:12]}:"
+
+
+@pytest.mark.parametrize("command", ["reset", "unblock"])
+def test_cli_reaches_a_running_worker_within_a_second(any_store: str, tmp_path: Path,
+                                                      command: str) -> None:
+    """A worker refusing a client from its local denial cache (an hourly rate) admits it
+    within a second of `throttlekit reset` / `unblock` run from a shell."""
+    from throttlekit.testing import FakeClock
+
+    now = time.time()
+    clock = FakeClock(now - now % 3600 + 1800)  # half past: the hour's window stays open
+    rules = tmp_path / "hourly.toml"
+    rules.write_text(HOURLY)
+    limiter = Limiter(any_store, clock=clock)
+    limiter.load_rules(rules)
+    c = Client(WSGIMiddleware(app, limiter))
+    ip = "198.51.100.30"
+    assert [get(c, ip) for _ in range(4)] == [200, 200, 429, 429]
+    if command == "unblock":
+        assert get(c, ip, "/wp-admin/") == 403  # banned now, and still throttled
+    p = tk(command, ip, "--storage", any_store)
+    assert p.returncode == 0, p.stdout + p.stderr
+    clock.advance(1.1)
+    assert get(c, ip) == 200
+
+
+@pytest.mark.parametrize(("spelling", "sender"), [
+    ("::ffff:203.0.113.60", "203.0.113.60"),
+    ("2001:DB8:0:0:0:0:0:60", "2001:db8::60"),
+    ("2001:db8:60:1::0/64", "2001:db8:60:1::abcd"),
+    ("203.0.113.61 ", "203.0.113.61"),
+])
+def test_cli_block_normalises_like_requests(store: str, served: Client, spelling: str,
+                                           sender: str) -> None:
+    """`throttlekit block` in any spelling of an address blocks the client sending from it;
+    `unblock` in that spelling lifts it."""
+    p = tk("block", spelling, "--ttl", "600", "--storage", store)
+    assert p.returncode == 0, p.stderr
+    assert get(served, sender) == 403
+    assert tk("unblock", spelling, "--storage", store).returncode == 0
+    assert get(served, sender) == 200
+
+
+@pytest.mark.parametrize(("bad", "needle"), [("010.0.0.1", "ambiguous"),
+                                             ("203.0.113.0/24", "blocklist"),
+                                             ("somebody", "not an IP address")])
+def test_cli_block_refuses_a_key_that_would_block_nobody(store: str, bad: str,
+                                                         needle: str) -> None:
+    """A key that matches no request: a message naming it, exit 2, nothing stored."""
+    p = tk("block", bad, "--storage", store)
+    assert p.returncode == 2
+    assert needle in p.stderr and repr(bad) in p.stderr
+    assert json.loads(tk("bans", "--storage", store, "--json").stdout) == []

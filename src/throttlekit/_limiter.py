@@ -3,14 +3,14 @@
 from __future__ import annotations
 
 import logging
+import re
 import time
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any, TypeVar
 
-from cachetools import TLRUCache
-
 from ._algorithms import ALGORITHMS, DEFAULT_STRATEGY, Algorithm, make_algorithm
 from ._decision import Decision, most_restrictive
+from ._denials import DenialCache
 from ._errors import ConfigError
 from ._keys import MAX_KEY_LENGTH, bound_key, hash_key
 from ._keys import admin_rule_key as _admin_rule_key
@@ -36,6 +36,9 @@ __all__ = ["DEFAULT_STRATEGY", "ON_STORAGE_ERROR", "Limiter"]
 logger = logging.getLogger("throttlekit")
 
 ON_STORAGE_ERROR = ("allow", "deny", "local")
+#: what a block key that failed to parse as an address was probably meant to be
+_IP_LIKE = re.compile(r"[0-9.]+|[0-9A-Fa-f:.%\[\]]*:[0-9A-Fa-f:.%\[\]]*")
+_LEADING_ZERO = re.compile(r"(?:^|[.:])0[0-9]")
 _new = tuple.__new__
 _F = TypeVar("_F", bound=Callable[..., Any])
 
@@ -76,7 +79,9 @@ class Limiter:
             request tries it again.
         denial_cache_size: with a remote store, a key refused until T is refused in-process
             until T without a round trip (safe: other workers can only push T later). The
-            number of refused keys remembered; 0 turns the cache off.
+            number of refused keys remembered; 0 turns the cache off. An admin ``reset``,
+            ``unblock`` or rule reload anywhere empties it in every worker within about a
+            second (see ``docs/backends.md``).
         trusted_proxies: how far ``X-Forwarded-For`` is believed when finding the client IP
             for rules: ``0`` (default, the socket peer only), a number of proxies in front
             of the app, or a list of trusted proxy CIDRs. See ``docs/middleware.md``.
@@ -146,13 +151,10 @@ class Limiter:
             raise ConfigError(
                 f"denial_cache_size must be an integer >= 0, got {denial_cache_size!r}"
             )
-        self._denials: TLRUCache[tuple[object, str], tuple[int, int, int, Decision]] | None = None
+        #: the local cache of refusals (remote stores); see throttlekit._denials
+        self._denials: DenialCache | None = None
         if storage.remote and denial_cache_size:
-            self._denials = TLRUCache(
-                maxsize=denial_cache_size,
-                ttu=lambda _k, v, _now: v[0] / 1e6,
-                timer=clock or time.time,
-            )
+            self._denials = DenialCache(denial_cache_size, clock)
         self._fallback: MemoryStorage | None = None
         self._broken_until = 0.0
         self._last_error_log = -float("inf")
@@ -281,14 +283,51 @@ class Limiter:
         key = bound_key(key)
         self.storage.reset((key,))
         self._forget_local(key)
+        self._changed(self.storage.next_generation())
 
-    def _forget_local(self, key: str) -> None:
-        if self._fallback is not None:
-            self._fallback.reset((key,))
+    def _forget_local(self, key: str | None = None) -> None:
+        """Drop what this process remembers of ``key`` (``None``: of every key): its
+        state in the fallback store and its cached refusals. The one owner of both."""
+        fallback = self._fallback
+        if fallback is not None:
+            if key is None:
+                fallback.clear()
+            else:
+                fallback.reset((key,))
+        if self._denials is not None:
+            self._denials.forget(key)
+
+    def _changed(self, generation: int) -> None:
+        """An admin change of ours moved the store's generation (every worker's cached
+        refusals go within about a second; ours went already)."""
+        if self._denials is not None:
+            self._denials.bumped(generation)
+
+    def _check_generation(self) -> None:
+        """Read the store's generation (before the first store call, then about once a
+        second while cached refusals are served; see throttlekit._denials) and drop every
+        cached refusal when an admin change moved it."""
         denials = self._denials
-        if denials is not None:
-            for cached in [k for k in list(denials.keys()) if k[1] == key]:
-                denials.pop(cached, None)
+        assert denials is not None
+        generation = None
+        if not (self._broken_until and time.monotonic() < self._broken_until):
+            try:
+                generation = self.storage.generation()
+            except Exception as exc:  # cached refusals stay; the store's trouble is logged
+                self._storage_failed(exc)
+        denials.saw(generation)
+
+    async def _acheck_generation(self) -> None:
+        """Async twin of :meth:`_check_generation`."""
+        denials = self._denials
+        assert denials is not None
+        generation = None
+        if not (self._broken_until and time.monotonic() < self._broken_until):
+            try:
+                generation = await self.storage.ageneration()
+            except Exception as exc:
+                self._storage_failed(exc)
+        denials.saw(generation)
 
     async def ahit(
         self,
@@ -334,14 +373,25 @@ class Limiter:
         key = bound_key(key)
         await self.storage.areset((key,))
         self._forget_local(key)
+        self._changed(await self.storage.anext_generation())
 
     # -- remote stores: failure policy ----------------------------------------------------
 
     def _remote(self, plan: _Plan, key: str, cost: int, consume: bool, now: int | None) -> Decision:
-        if self._denials is not None:
-            cached = self._cached_denial(plan, key, cost, now)
+        denials = self._denials
+        epoch = 0
+        if denials is not None:
+            if denials.generation is None and denials.stale():
+                self._check_generation()
+            cached = denials.get(plan, key, cost, now)
             if cached is not None:
-                return cached
+                if not denials.due():
+                    return cached
+                self._check_generation()  # about once a second: did an admin change it?
+                cached = denials.get(plan, key, cost, now)
+                if cached is not None:
+                    return cached
+            epoch = denials.epoch
         if self._broken_until and time.monotonic() < self._broken_until:
             return self._degraded(plan, key, cost, consume, now)
         try:
@@ -350,56 +400,33 @@ class Limiter:
             self._storage_failed(exc)
             return self._degraded(plan, key, cost, consume, now)
         self._broken_until = 0.0
-        if self._denials is not None:
+        if denials is not None:
             if decision.allowed:
-                # our own charge: a cached denial's numbers are stale (`in` first: it is
-                # cheap, while the cache's pop and get run its timer and expiry)
-                if consume and cost and (plan, key) in self._denials:
-                    self._denials.pop((plan, key), None)
+                if consume and cost:  # our own charge: a cached denial's numbers are stale
+                    denials.charged(plan, key)
             else:
-                self._remember_denial(plan, key, cost, now, decision)
+                denials.remember(plan, key, cost, now, decision, epoch)
         return decision
-
-    def _cached_denial(
-        self, plan: object, key: str, cost: int, now: int | None
-    ) -> Decision | None:
-        """The cached refusal of (``plan`` or rule, ``key``) for this cost, if still due."""
-        assert self._denials is not None
-        entry = self._denials.get((plan, key)) if (plan, key) in self._denials else None
-        if entry is None or cost != entry[1]:  # another cost has another retry time
-            return None
-        until, _cost, made, decision = entry
-        if now is None:
-            now = time.time_ns() // 1000
-        if now >= until:
-            return None
-        reset = round(decision.reset_after * 1e6) - (now - made)
-        return decision._replace(
-            retry_after=(until - now) / 1e6, reset_after=max(reset, until - now) / 1e6
-        )
-
-    def _remember_denial(
-        self, plan: object, key: str, cost: int, now: int | None, decision: Decision
-    ) -> None:
-        assert self._denials is not None
-        wait = decision.retry_after
-        # Only when nothing about the answer changes until the retry time: with
-        # remaining == cost - 1 the count cannot move before then (without our own charges,
-        # which drop the entry), so a cached answer is exactly the store's.
-        if 0 < wait < float("inf") and decision.remaining == cost - 1:
-            if now is None:
-                now = time.time_ns() // 1000
-            self._denials[plan, key] = (now + round(wait * 1e6), cost, now, decision)
 
     async def _aremote(
         self, plan: _Plan, key: str, cost: int, consume: bool, now: int | None
     ) -> Decision:
         if self._broken_until and time.monotonic() < self._broken_until:
             return self._degraded(plan, key, cost, consume, now)
-        if self._denials is not None:
-            cached = self._cached_denial(plan, key, cost, now)
+        denials = self._denials
+        epoch = 0
+        if denials is not None:
+            if denials.generation is None and denials.stale():
+                await self._acheck_generation()
+            cached = denials.get(plan, key, cost, now)
             if cached is not None:
-                return cached
+                if not denials.due():
+                    return cached
+                await self._acheck_generation()
+                cached = denials.get(plan, key, cost, now)
+                if cached is not None:
+                    return cached
+            epoch = denials.epoch
         try:
             result = await self.storage.aapply(
                 [Check(a, key, cost) for a in plan.algorithms], consume=consume, now=now
@@ -409,14 +436,12 @@ class Limiter:
             return self._degraded(plan, key, cost, consume, now)
         self._broken_until = 0.0
         decision = most_restrictive(result.decisions)
-        if self._denials is not None:
+        if denials is not None:
             if decision.allowed:
-                # our own charge: a cached denial's numbers are stale (`in` first: it is
-                # cheap, while the cache's pop and get run its timer and expiry)
-                if consume and cost and (plan, key) in self._denials:
-                    self._denials.pop((plan, key), None)
+                if consume and cost:  # our own charge: a cached denial's numbers are stale
+                    denials.charged(plan, key)
             else:
-                self._remember_denial(plan, key, cost, now, decision)
+                denials.remember(plan, key, cost, now, decision, epoch)
         return decision
 
     def _storage_failed(self, exc: BaseException) -> None:
@@ -579,6 +604,9 @@ class Limiter:
             return self._disabled_verdict(view)
         if self._watcher is not None:
             self._watcher.poll()
+        denials = self._denials
+        if denials is not None and denials.generation is None and denials.stale():
+            self._check_generation()
         return self._rules.evaluate(view)
 
     def _disabled_verdict(self, view: RequestView) -> Verdict:
@@ -592,6 +620,9 @@ class Limiter:
             return self._disabled_verdict(view)
         if self._watcher is not None:
             self._watcher.poll()
+        denials = self._denials
+        if denials is not None and denials.generation is None and denials.stale():
+            await self._acheck_generation()
         return await self._rules.aevaluate(view)
 
     def settle(
@@ -612,25 +643,99 @@ class Limiter:
     def _block_now(self) -> int | None:
         return int(self.clock() * 1_000_000) if self.clock is not None else None
 
-    def block(self, key: str, ttl: float | None = None, reason: str = "") -> None:
-        """Refuse every request from ``key`` (a client IP, or an IPv6 network as
-        ``client_key`` writes it) for ``ttl`` seconds (None: until unblocked), in every
-        worker sharing the storage."""
-        if not isinstance(key, str) or not key:
-            raise ConfigError(f"block key must be a non-empty string, got {key!r}")
-        self.storage.block(key, ttl, reason, self._block_now())
+    def block(self, key: str, ttl: float | None = None, reason: str = "") -> str:
+        """Refuse every request from ``key`` for ``ttl`` seconds (None: until unblocked), in
+        every worker sharing the storage; returns the key as stored.
+
+        ``key``: a client address, normalised as requests' addresses are (IPv4-mapped IPv6
+        to IPv4, IPv6 compressed lower-case, whitespace stripped, ``/32`` and ``/128``
+        taken as the address), an IPv6 network of ``ipv6_prefix`` bits (a client key:
+        ``"2001:db8:1:2::/64"``), or a ban as :meth:`blocked` lists it
+        (``"fail2ban:<rule>:<key>"``).
+
+        Raises:
+            ConfigError: anything else, which would block nobody: another network (list it
+                with :meth:`blocklist` ``ips=``), an ambiguous ``010.0.0.1``, a name.
+        """
+        stored = self._block_key(key, "block")
+        self.storage.block(stored, ttl, reason, self._block_now())
+        return stored
+
+    def _block_key(self, key: object, what: str) -> str:
+        """``key`` of :meth:`block` / :meth:`unblock` in the form requests are matched in
+        (see ``_clientip``); a plain name only for ``unblock``, as the discriminator of
+        bans (``form:username`` rules)."""
+        if not isinstance(key, str) or not key.strip():
+            raise ConfigError(f"{what} key must be a non-empty string, got {key!r}")
+        text = key.strip()
+        kind, sep, rest = text.partition(":")
+        if sep and kind in ("fail2ban", "allow2ban"):
+            rule, sep, disc = rest.partition(":")
+            if not rule or not sep or not disc.strip():
+                raise ConfigError(f"{what} key {key!r}: a ban is '{kind}:<rule>:<key>'")
+            disc = self._client_block_key(disc.strip(), key, what, name_ok=True)
+            return f"{kind}:{rule}:{disc}"
+        return self._client_block_key(text, key, what, name_ok=what == "unblock")
+
+    def _client_block_key(self, text: str, key: str, what: str, *, name_ok: bool) -> str:
+        from ._clientip import normalize_ip
+        from ._ipset import _parse_network
+
+        resolver = self.resolver
+        prefix = resolver.ipv6_prefix
+        if "/" in text:
+            net = _parse_network(text)  # ConfigError naming a bad network
+            addr = net.network_address
+            length = net.prefixlen
+            if net.version == 6 and length == prefix:
+                found = resolver.client_key(str(addr))
+                if found is not None:
+                    return found
+            if length == net.max_prefixlen:
+                found = normalize_ip(str(addr))
+                if found is not None:
+                    return found
+            raise ConfigError(
+                f"cannot {what} the network {key!r}: the dynamic blocklist matches a client's "
+                f"address or its client key (an IPv4 address, an IPv6 /{prefix}); list "
+                f"networks with limiter.blocklist(name, ips=[...]) or a rules file's "
+                f"[[blocklist]] ips"
+            )
+        ip = normalize_ip(text)
+        if ip is not None:
+            return ip
+        if _IP_LIKE.fullmatch(text) or not name_ok:
+            hint = ""
+            if _LEADING_ZERO.search(text):
+                hint = " (a leading zero is ambiguous: octal or decimal?)"
+            raise ConfigError(
+                f"{what} key {key!r} is not an IP address{hint}, an IPv6 /{prefix} client key "
+                f"('2001:db8:1:2::/{prefix}') or a ban ('fail2ban:<rule>:<key>'): a block "
+                f"of it would match no request"
+            )
+        return text  # a ban's discriminator (a user name, ...)
 
     def unblock(self, key: str) -> bool:
         """Lift a block or ban: ``key`` as :meth:`blocked` lists it
-        (``"fail2ban:scanners:192.0.2.7"``), or a client key (``"192.0.2.7"``), which lifts
-        its manual block and every ban of it. True when there was one."""
+        (``"fail2ban:scanners:192.0.2.7"``), or a client key (``"192.0.2.7"``, any spelling
+        :meth:`block` takes) or other discriminator of bans (a user name), which lifts its
+        manual block and every ban of it. True when there was one."""
         found = False
-        for entry, disc in self._unblock_targets(key):
-            found = self.storage.unblock(entry) or found
-            if disc is not None:  # a fresh start for the ban counter too
-                self.storage.reset((_rules_ns + disc,))
-        self._forget_local(key)
+        for k in self._unblock_keys(key):
+            for entry, disc in self._unblock_targets(k):
+                found = self.storage.unblock(entry) or found
+                if disc is not None:  # a fresh start for the ban counter too
+                    self.storage.reset((_rules_ns + disc,))
+            self._forget_local(k)
+        self._changed(self.storage.next_generation())
         return found
+
+    def _unblock_keys(self, key: str) -> list[str]:
+        """The normalised key, and the key as written when it differs (an entry an older
+        version stored unnormalised)."""
+        norm = self._block_key(key, "unblock")
+        raw = key.strip()
+        return [norm] if raw == norm else [norm, raw]
 
     def _unblock_targets(self, key: str) -> list[tuple[str, str | None]]:
         ban = self._rules.ban_rule_of(key)
@@ -660,20 +765,22 @@ class Limiter:
         """Every live block and ban, soonest to expire first."""
         return self.storage.blocked(self._block_now())
 
-    async def ablock(self, key: str, ttl: float | None = None, reason: str = "") -> None:
+    async def ablock(self, key: str, ttl: float | None = None, reason: str = "") -> str:
         """Async twin of :meth:`block`."""
-        if not isinstance(key, str) or not key:
-            raise ConfigError(f"block key must be a non-empty string, got {key!r}")
-        await self.storage.ablock(key, ttl, reason, self._block_now())
+        stored = self._block_key(key, "block")
+        await self.storage.ablock(stored, ttl, reason, self._block_now())
+        return stored
 
     async def aunblock(self, key: str) -> bool:
         """Async twin of :meth:`unblock`."""
         found = False
-        for entry, disc in self._unblock_targets(key):
-            found = await self.storage.aunblock(entry) or found
-            if disc is not None:
-                await self.storage.areset((_rules_ns + disc,))
-        self._forget_local(key)
+        for k in self._unblock_keys(key):
+            for entry, disc in self._unblock_targets(k):
+                found = await self.storage.aunblock(entry) or found
+                if disc is not None:
+                    await self.storage.areset((_rules_ns + disc,))
+            self._forget_local(k)
+        self._changed(await self.storage.anext_generation())
         return found
 
     async def ablocked(self) -> list[Block]:
@@ -688,16 +795,17 @@ class Limiter:
         key = _admin_rule_key(key)
         self.storage.reset((_rules_ns + key,))
         self._forget_local(key)
-        if self._fallback is not None:
-            self._fallback.reset((_rules_ns + key,))
+        self._forget_local(_rules_ns + key)
+        self._changed(self.storage.next_generation())
 
     async def areset_rules(self, key: str) -> None:
         """Async twin of :meth:`reset_rules`."""
         _check_key(key)
         key = _admin_rule_key(key)
         await self.storage.areset((_rules_ns + key,))
-        if self._fallback is not None:
-            self._fallback.reset((_rules_ns + key,))
+        self._forget_local(key)
+        self._forget_local(_rules_ns + key)
+        self._changed(await self.storage.anext_generation())
 
     # -- rules files, reload, concurrency (issue 7; see _rulesfile, _reload, _concurrency) --
 

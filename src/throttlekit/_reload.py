@@ -104,8 +104,7 @@ def install(limiter: Limiter, ruleset: RuleSet, replaces: frozenset[str] = froze
     # with old concurrency rules, both complete
     limiter._rules = new
     limiter._concurrency = conc if conc else None
-    if limiter._denials is not None:
-        limiter._denials.clear()
+    limiter._forget_local()
     return frozenset(names)
 
 
@@ -210,6 +209,11 @@ class RulesWatcher:
         self.last_error = None
         self.reloads += 1
         self.loaded = time.time()
+        try:  # every other worker drops its cached refusals too (see _denials)
+            self.limiter._changed(self.limiter.storage.next_generation())
+        except Exception as exc:
+            logger.error("throttlekit: rules of %s reloaded, but the store could not tell the "
+                         "other workers (%s: %s)", self.path, type(exc).__name__, exc)
         if ruleset.limiter:
             logger.info("throttlekit: [limiter] settings of %s apply at start only",
                         self.path)

@@ -160,7 +160,8 @@ def _allowed(decision: Decision | None, policies: list[tuple[str, Decision]],
 
 
 #: The shared key of requests whose client address cannot be determined (no peer, garbage):
-#: limited together rather than not at all.
+#: limited together rather than not at all, and never banned (a ban of it would be a ban of
+#: everyone behind the socket; see docs/client-ip.md).
 UNKNOWN_CLIENT = "unknown"
 
 
@@ -348,10 +349,15 @@ class _Track:
 class _Plan:
     """One request between the rules' local work and the storage's answer."""
 
-    __slots__ = ("bans", "block_keys", "checks", "n_user", "refuse_ban", "throttles", "view")
+    __slots__ = ("bans", "block_keys", "checks", "epoch", "n_user", "no_ban", "recheck",
+                 "refuse_ban", "throttles", "view")
 
     def __init__(self, view: RequestView) -> None:
         self.view = view
+        #: the denial cache's epoch before the store call (see DenialCache.remember)
+        self.epoch = 0
+        #: a cached refusal was found, but the store's generation must be read first
+        self.recheck = False
         self.checks: list[Check] = []
         self.block_keys: list[str] = []
         self.n_user = 0
@@ -359,6 +365,9 @@ class _Plan:
         self.bans: list[tuple[_BanRule, str, int]] = []
         #: a fail2ban rule whose filter matched: the request is refused whatever happens
         self.refuse_ban: tuple[_BanRule, str, int] | None = None
+        #: indexes in ``bans`` of rules keyed by a client IP this request lacks: they refuse
+        #: the request that trips them and ban no key
+        self.no_ban: list[int] | None = None
         #: (rule, discriminator, cost, index of its first check)
         self.throttles: list[tuple[_Throttle, str, int, int]] = []
 
@@ -400,6 +409,8 @@ class Rules:
         self.fast = True
         self._last_log: dict[str, float] = {}
         self._warned_unreadable: set[str] = set()
+        #: the warning about requests without a client IP was logged
+        self._warned_no_ip = False
 
     # -- registration ------------------------------------------------------------------
 
@@ -593,6 +604,11 @@ class Rules:
             except Exception as exc:
                 self._rule_error(brule.kind, brule.name, exc, "key or match function")
                 continue
+            if disc is UNKNOWN_CLIENT and (brule.key is _client_key or brule.key is _client_ip):
+                self._no_client_ip()
+                if p.no_ban is None:
+                    p.no_ban = []
+                p.no_ban.append(len(p.bans))
             block_keys.append(brule.prefix + disc)
             idx = -1
             if matched:
@@ -642,6 +658,7 @@ class Rules:
                 disc = view.client_key
             if not disc:
                 disc = UNKNOWN_CLIENT
+                self._no_client_ip()
         else:
             try:
                 disc = key(view)
@@ -656,6 +673,8 @@ class Rules:
                 else:
                     if disc.__class__ is not str:
                         disc = str(disc)
+                    elif disc is UNKNOWN_CLIENT and key is _client_ip:
+                        self._no_client_ip()
                     if len(disc) > MAX_KEY_LENGTH or disc[:1] == "#":  # rule_key's test, inlined
                         disc = rule_key(disc)
         cost = rule.cost
@@ -687,6 +706,20 @@ class Rules:
         if refuse:
             raise _RuleFailed("throttle", rule.name, degraded=False)
         return UNREADABLE_PREFIX + (view.client_key or UNKNOWN_CLIENT)
+
+    def _no_client_ip(self) -> None:
+        """A rule keyed by the client met a request without a client IP: say once how to
+        give such clients keys of their own."""
+        if not self._warned_no_ip:
+            self._warned_no_ip = True
+            logger.warning(
+                "throttlekit: a request without a client IP (a Unix socket and no trusted "
+                "proxy?): throttles keyed by client count it under the key %r, which all such "
+                "requests share, and fail2ban/allow2ban refuse it when it trips them but ban "
+                "no key. Set trusted_proxies (the number of proxies in front of the app, or "
+                "their networks plus \"unix\") so each client gets its own key; see "
+                "docs/client-ip.md", UNKNOWN_CLIENT,
+            )
 
     def _list_match(self, rule: _ListRule, view: RequestView, kind: str) -> bool:
         ips = rule.ips
@@ -728,9 +761,17 @@ class Rules:
                                view), new_bans
 
         banned: tuple[_BanRule, str, Decision | None] | None = None
+        no_ban = p.no_ban
         for j, (brule, disc, idx) in enumerate(p.bans):
             k = p.n_user + j
             b = blocked[k] if k < len(blocked) else None
+            if no_ban is not None and j in no_ban:
+                # no client IP: never banned; the request that trips the rule is refused
+                if idx >= 0 and banned is None:
+                    d = decisions[idx]
+                    if not d.allowed or d.remaining <= 0:
+                        banned = (brule, disc, d)
+                continue
             if b is not None:
                 if banned is None:
                     banned = (brule, disc, None)
@@ -1070,10 +1111,12 @@ class Rules:
             return p, None, None
         assert isinstance(p, _Plan)
         now = self._now()
-        if self.limiter._denials is not None and p.throttles:
+        denials = self.limiter._denials
+        if denials is not None and p.throttles:
             cached = self._cached_refusal(p, now)
             if cached is not None:
                 return cached, None, None
+            p.epoch = denials.epoch
         return None, p, now
 
     def _conclude(
@@ -1084,11 +1127,25 @@ class Rules:
             self._note_denials(p, verdict, degraded, now)
         return verdict, new_bans
 
+    def _recheck(self, p: _Plan, now: int | None) -> Verdict | None:
+        """The cached refusal of ``p`` after the store's generation was read."""
+        cached = self._cached_refusal(p, now)
+        p.recheck = False
+        denials = self.limiter._denials
+        assert denials is not None
+        p.epoch = denials.epoch
+        return cached
+
     def evaluate(self, view: RequestView) -> Verdict:
         answered, p, now = self._prepare(view)
         if answered is not None:
             return answered
         assert p is not None
+        if p.recheck:
+            self.limiter._check_generation()
+            answered = self._recheck(p, now)
+            if answered is not None:
+                return answered
         result, degraded = self._call(p.checks, p.block_keys, now)
         verdict, new_bans = self._conclude(p, result, degraded, now)
         if new_bans:
@@ -1111,16 +1168,20 @@ class Rules:
         for _brule, _disc, idx in p.bans:
             if idx >= 0:
                 return None
-        lim = self.limiter
+        denials = self.limiter._denials
+        assert denials is not None
         found = None
         for rule, disc, cost, _start in p.throttles:
             if rule.dry_run:
                 return None
             if found is None:
-                d = lim._cached_denial(rule, disc, cost, now)
+                d = denials.get(rule, disc, cost, now)
                 if d is not None:
                     found = rule, disc, d
         if found is None:
+            return None
+        if not p.recheck and denials.due():
+            p.recheck = True  # evaluate/aevaluate read the generation, then look again
             return None
         rule, disc, d = found
         name = rule.policy_names[0]
@@ -1147,11 +1208,12 @@ class Rules:
     def _note_denials(
         self, p: _Plan, verdict: Verdict, degraded: bool, now: int | None
     ) -> None:
-        lim = self.limiter
+        denials = self.limiter._denials
+        assert denials is not None
         if verdict.kind == "throttled" and not degraded and verdict.decision is not None:
             for rule, disc, cost, _start in p.throttles:
                 if rule.name == verdict.rule and disc == verdict.key:
-                    lim._remember_denial(rule, disc, cost, now, verdict.decision)
+                    denials.remember(rule, disc, cost, now, verdict.decision, p.epoch)
                     cache = self._refusal_policies
                     if len(cache) >= 10_000:  # bounded: old entries only lose header detail
                         cache.clear()
@@ -1159,18 +1221,22 @@ class Rules:
                         now if now is not None else time.time_ns() // 1000, verdict.policies
                     )
                     break
-        elif verdict.allowed:
-            denials = lim._denials
-            if denials:  # our own charges make a cached denial's numbers stale
-                for rule, disc, cost, _start in p.throttles:
-                    if cost and (rule, disc) in denials:  # (membership is the cheap test)
-                        denials.pop((rule, disc), None)
+        elif verdict.allowed and len(denials):
+            # our own charges make a cached denial's numbers stale
+            for rule, disc, cost, _start in p.throttles:
+                if cost:
+                    denials.charged(rule, disc)
 
     async def aevaluate(self, view: RequestView) -> Verdict:
         answered, p, now = self._prepare(view)
         if answered is not None:
             return answered
         assert p is not None
+        if p.recheck:
+            await self.limiter._acheck_generation()
+            answered = self._recheck(p, now)
+            if answered is not None:
+                return answered
         if self.limiter.storage.remote:
             result, degraded = await self._acall(p.checks, p.block_keys, now)
         else:

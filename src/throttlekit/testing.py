@@ -62,10 +62,7 @@ def reset_limiter(limiter: Limiter) -> None:
             "use Limiter('memory://') in tests"
         )
     storage.clear()
-    if limiter._fallback is not None:
-        limiter._fallback.clear()
-    if limiter._denials is not None:
-        limiter._denials.clear()
+    limiter._forget_local()
 
 
 def known_limiters() -> list[Limiter]:
@@ -110,7 +107,4 @@ def clear_limiter(limiter: Limiter) -> None:
     else:
         for entry in storage.blocked():
             storage.unblock(entry.key)
-    if limiter._fallback is not None:
-        limiter._fallback.clear()
-    if limiter._denials is not None:
-        limiter._denials.clear()
+    limiter._forget_local()

@@ -152,12 +152,13 @@ def _ttl(text: str) -> float:
 
 def run_block(args: argparse.Namespace) -> int:
     limiter = _limiter(args)
-    limiter.block(args.key, args.ttl, args.reason or "")
+    # normalised as requests' addresses are; a key that would block nobody is a ConfigError
+    key = limiter.block(args.key, args.ttl, args.reason or "")
     if args.json:
-        print_json({"key": args.key, "ttl": args.ttl, "reason": args.reason or ""})
+        print_json({"key": key, "ttl": args.ttl, "reason": args.reason or ""})
     else:
-        print(f"blocked {args.key} " + (f"for {seconds(args.ttl)}" if args.ttl else "until "
-                                         "unblocked"))
+        print(f"blocked {key} " + (f"for {seconds(args.ttl)}" if args.ttl else "until "
+                                   "unblocked"))
     return 0
 
 
@@ -285,7 +286,8 @@ def register(subparsers: Any) -> None:
     p.set_defaults(func=run_inspect)
 
     p = subparsers.add_parser("block", help="add a key to the dynamic blocklist")
-    p.add_argument("key", help="a client IP or IPv6 /64 (as client_key writes it)")
+    p.add_argument("key", help="a client IP (any spelling: normalised as requests are) or "
+                   "IPv6 /64 client key, or a ban 'fail2ban:<rule>:<key>'")
     p.add_argument("--ttl", type=_ttl, default=None,
                    help='600, "30s", "10m", "1h", "1d" (default: until unblocked)')
     p.add_argument("--reason", default="", help="shown by `bans`")

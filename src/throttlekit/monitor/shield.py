@@ -14,6 +14,10 @@ Every action is logged on the ``throttlekit.shield`` logger with structured ``ex
 fields (``throttlekit_event``, ``key``, ``ttl``, ``requests``, ``rule``, ...). A ban is
 undone by ``limiter.unblock(key)`` (or ``throttlekit unblock KEY``); bans expire by
 themselves after ``ban_ttl`` seconds. Opt-in: nothing happens unless a Shield is built.
+
+Requests without a client IP (a Unix socket and no trusted proxy) are never banned: the
+monitor counts no client for them, and the shield skips the shared key ``"unknown"``. They
+stay under the throttles' shared ``"unknown"`` budget, which ``tighten`` tightens too.
 """
 
 from __future__ import annotations
@@ -30,6 +34,10 @@ from ._monitor import ALL, Anomaly, Monitor
 __all__ = ["Shield"]
 
 logger = logging.getLogger("throttlekit.shield")
+
+#: the shared key of requests without a client IP (throttlekit._rules.UNKNOWN_CLIENT): never
+#: banned, since a ban of it would be a ban of everyone behind the socket
+_NO_CLIENT = "unknown"
 
 
 class Shield:
@@ -168,7 +176,7 @@ class Shield:
         baseline = self.monitor.client_baseline or 0.0
         lookback = now - max(self._since or now - self.monitor.window, now - self.monitor.window)
         for key, count in found:
-            if key in self.banned:
+            if key in self.banned or key == _NO_CLIENT:
                 continue
             if len(new) >= room:
                 break

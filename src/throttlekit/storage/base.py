@@ -114,6 +114,26 @@ class Storage(abc.ABC):
         """True when the store answers (a health check)."""
         return True
 
+    # -- the generation of admin changes -------------------------------------------------
+    # A number shared by every process using the store, moved on by an admin ``reset``,
+    # ``unblock`` or rule reload; workers drop their local caches of refusals when it moves
+    # (see throttlekit._denials). A backend without one reports 0 forever: then only the
+    # process making a change sees it before its caches expire.
+
+    def generation(self) -> int:
+        """The store's generation of admin changes (one cheap read)."""
+        return 0
+
+    def next_generation(self) -> int:
+        """Move the generation on (after an admin change); returns the new value."""
+        return 0
+
+    async def ageneration(self) -> int:
+        return self.generation()
+
+    async def anext_generation(self) -> int:
+        return self.next_generation()
+
     def close(self) -> None:  # noqa: B027 - optional hook
         """Release connections."""
 

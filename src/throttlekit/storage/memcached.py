@@ -646,6 +646,38 @@ class MemcachedStorage(Storage):
     async def ablocked(self, now: int | None = None) -> list[Block]:
         return await asyncio.to_thread(self.blocked, now)
 
+    # -- the generation of admin changes (see Storage.generation) ------------------------
+    # ``<prefix>G``: a counter that never expires, created at the current time in
+    # microseconds, so one evicted and made again never returns to a remembered value.
+
+    def generation(self) -> int:
+        try:
+            value = self._client.get(self.prefix + "G")
+        except self._errors as exc:
+            raise StorageError(f"memcached: {type(exc).__name__}: {exc}") from exc
+        return 0 if value is None else int(value)
+
+    def next_generation(self) -> int:
+        key = self.prefix + "G"
+        client = self._client
+        try:
+            for _ in range(3):
+                n = client.incr(key, 1, noreply=False)
+                if n is not None:
+                    return int(n)
+                seed = time.time_ns() // 1000
+                if client.add(key, str(seed).encode("ascii"), expire=0, noreply=False):
+                    return seed
+        except self._errors as exc:
+            raise StorageError(f"memcached: {type(exc).__name__}: {exc}") from exc
+        raise StorageError(f"memcached: the counter {key!r} keeps disappearing")
+
+    async def ageneration(self) -> int:
+        return await asyncio.to_thread(self.generation)
+
+    async def anext_generation(self) -> int:
+        return await asyncio.to_thread(self.next_generation)
+
 
 def _servers(spec: Any) -> list[tuple[str, int]] | None:
     """Server addresses from ``spec``, or None when ``spec`` is a client object."""

@@ -259,6 +259,18 @@ class MemoryStorage(Storage):
             held = self._leases.get(key)
             return 0 if not held else sum(1 for e in held.values() if e > t)
 
+    # -- the generation of admin changes (see Storage.generation) ------------------------
+
+    _generation = 0
+
+    def generation(self) -> int:
+        return self._generation
+
+    def next_generation(self) -> int:
+        with self._lock:
+            self._generation += 1
+            return self._generation
+
 
 def from_url(url: str, **options: Any) -> MemoryStorage:
     """``memory://`` or ``memory://?max_keys=N``."""

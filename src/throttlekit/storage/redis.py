@@ -769,6 +769,43 @@ class RedisStorage(Storage):
         return int(await self._aeval(_script("lease"), [f"{self.family(key)}:q"],
                                      ["count", self._now(now)]))
 
+    # -- the generation of admin changes (see Storage.generation) ------------------------
+    # ``P{%g}``: a plain counter (``%`` never starts an escaped family: no clash). It is
+    # created at the current time in microseconds rather than 0, so a counter lost (evicted,
+    # flushed) and made again never comes back to a value a worker still remembers.
+
+    def _gen_seed(self) -> tuple[str, str]:
+        return f"{self.prefix}{{%g}}", str(time.time_ns() // 1000)
+
+    def generation(self) -> int:
+        value = self._sync_call("GET", self._gen_seed()[0])
+        return 0 if value is None else int(value)
+
+    def next_generation(self) -> int:
+        key, seed = self._gen_seed()
+        self._sync_call("SET", key, seed, "NX")
+        return int(self._sync_call("INCR", key))
+
+    async def _acall(self, *args: Any) -> Any:
+        client = self._async()
+        try:
+            return await client.execute_command(*args)
+        except self._errors as exc:
+            raise StorageError(f"Redis: {type(exc).__name__}: {exc}") from exc
+
+    async def ageneration(self) -> int:
+        if self._async() is None:
+            return await asyncio.to_thread(self.generation)
+        value = await self._acall("GET", self._gen_seed()[0])
+        return 0 if value is None else int(value)
+
+    async def anext_generation(self) -> int:
+        if self._async() is None:
+            return await asyncio.to_thread(self.next_generation)
+        key, seed = self._gen_seed()
+        await self._acall("SET", key, seed, "NX")
+        return int(await self._acall("INCR", key))
+
 
 def _named(result: BatchResult, block_keys: Sequence[str]) -> BatchResult:
     blocked = result.blocked

@@ -1,0 +1,130 @@
+"""The local denial cache of a limiter on a remote store, and how admin changes reach it.
+
+A key refused until T is refused in-process until T without a round trip (safe: other
+workers can only push T later). An admin ``reset``, ``unblock`` or rule reload changes
+that: it bumps the store's *generation* (``Storage.next_generation``), and a worker that
+serves a refusal from this cache reads the generation (``Storage.generation``, one cheap
+read) first if its last read is ``CHECK_INTERVAL`` seconds old; when it moved, the whole
+cache goes. So an operator undoing a mistake reaches every running worker within about a
+second, while requests that go to the store anyway pay nothing for it. A worker reads the
+generation once before its first store call (:meth:`DenialCache.stale`), so that it knows
+whether the refusals it caches later predate a change.
+
+Every read and write of the cache goes through :class:`DenialCache`; the limiter owns one
+(``None`` when the store is local or the cache is turned off).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+
+from cachetools import TLRUCache
+
+from ._decision import Decision
+
+__all__ = ["CHECK_INTERVAL", "DenialCache"]
+
+#: seconds between two reads of the store's generation while refusals are served from cache
+CHECK_INTERVAL = 1.0
+_Entry = tuple[int, int, int, Decision]  # (refused until, cost, made at, decision), in µs
+
+
+class DenialCache:
+    """Refusals of (plan or rule, key) remembered until their retry time.
+
+    ``clock``: the limiter's clock (seconds since the epoch), or None for the wall clock;
+    it times both the entries and the generation checks.
+
+    Not locked: a lost race only costs a round trip (a refusal not remembered, or an entry
+    dropped twice). ``epoch`` moves on at each clear, so a refusal the store gave *before*
+    a clear is never remembered after it (see :meth:`remember`).
+    """
+
+    __slots__ = ("_cache", "_clock", "epoch", "generation", "next_check")
+
+    def __init__(self, maxsize: int, clock: Callable[[], float] | None) -> None:
+        self._cache: TLRUCache[tuple[object, str], _Entry] = TLRUCache(
+            maxsize=maxsize, ttu=lambda _k, v, _now: v[0] / 1e6, timer=clock or time.time,
+        )
+        self._clock = clock or time.monotonic
+        self.epoch = 0
+        #: the store's generation when last read (None: never read)
+        self.generation: int | None = None
+        self.next_check = -float("inf")
+
+    def __len__(self) -> int:
+        return len(self._cache)
+
+    def get(self, owner: object, key: str, cost: int, now: int | None) -> Decision | None:
+        """The cached refusal of (``owner``, ``key``) for this cost, if still due."""
+        cache = self._cache
+        entry = cache.get((owner, key)) if (owner, key) in cache else None
+        if entry is None or cost != entry[1]:  # another cost has another retry time
+            return None
+        until, _cost, made, decision = entry
+        if now is None:
+            now = time.time_ns() // 1000
+        if now >= until:
+            return None
+        reset = round(decision.reset_after * 1e6) - (now - made)
+        return decision._replace(
+            retry_after=(until - now) / 1e6, reset_after=max(reset, until - now) / 1e6
+        )
+
+    def remember(
+        self, owner: object, key: str, cost: int, now: int | None, decision: Decision,
+        epoch: int,
+    ) -> None:
+        """Cache a refusal the store gave; ``epoch`` is :attr:`epoch` as read before the
+        store call (a clear since then means the refusal may predate an admin change)."""
+        wait = decision.retry_after
+        # Only when nothing about the answer changes until the retry time: with
+        # remaining == cost - 1 the count cannot move before then (without our own charges,
+        # which drop the entry), so a cached answer is exactly the store's.
+        if 0 < wait < float("inf") and decision.remaining == cost - 1 and epoch == self.epoch:
+            if now is None:
+                now = time.time_ns() // 1000
+            self._cache[owner, key] = (now + round(wait * 1e6), cost, now, decision)
+
+    def charged(self, owner: object, key: str) -> None:
+        """Our own charge on (``owner``, ``key``): a cached refusal's numbers are stale."""
+        cache = self._cache
+        # `in` first: it is cheap, while the cache's pop runs its timer and expiry
+        if (owner, key) in cache:
+            cache.pop((owner, key), None)
+
+    def forget(self, key: str | None = None) -> None:
+        """Drop the refusals of ``key`` (every owner), or all of them (``None``)."""
+        self.epoch += 1
+        cache = self._cache
+        if key is None:
+            cache.clear()
+            return
+        for cached in [k for k in list(cache.keys()) if k[1] == key]:
+            cache.pop(cached, None)
+
+    def stale(self) -> bool:
+        """Whether the generation was never read (and a read is not failing right now):
+        then read it before the store call."""
+        return self.generation is None and self._clock() >= self.next_check
+
+    def due(self) -> bool:
+        """On serving a cached refusal: whether the generation's last read is
+        ``CHECK_INTERVAL`` old (then read it first)."""
+        return self._clock() >= self.next_check
+
+    def saw(self, generation: int | None) -> None:
+        """The store's generation was just read (None: the read failed, try later): when
+        it moved, or was never seen, every cached refusal goes (and those the store is
+        giving right now are not remembered: they may predate the change)."""
+        self.next_check = self._clock() + CHECK_INTERVAL
+        if generation is not None and generation != self.generation:
+            self.forget()
+            self.generation = generation
+
+    def bumped(self, generation: int) -> None:
+        """This process moved the generation to ``generation`` (after dropping what it
+        changed): if nobody else moved it meanwhile, no need to drop the rest."""
+        if self.generation is not None and self.generation == generation - 1:
+            self.generation = generation
