@@ -501,3 +501,83 @@ def test_large_values_in_range_still_load(tmp_path: Path) -> None:
                  '[[throttle]]\nname = "t"\nrates = "1000/year; 4294967295/day"\n')
     limiter = Limiter.from_file(f)
     assert limiter.test("k", "1000/year")
+
+
+# -- rules files are code: catastrophic regexes, imported callables ------------------------
+
+CATASTROPHIC = [r"(a+)+$", r"(a|a)*$", r"(.*)*$", r"(.|\s)*$", r"(\w+\s?)+$", r"(a*b*)*$",
+                r"(a+|b)+$", r"(a|aa)+$", r"^(\d+\.?)+$", r"(a{1,2})+$", r"\d+\d+x",
+                r".*.*=.*;", r"\w+\s?\w+$", r"(\w+)\s?(\w+)$", r"(?i)(?:(?:A+))+$"]
+HARMLESS = [r"sqlmap", r"^curl/\d+\.\d+", r"(\d+\.)+\d+$", r"(\w|\d)+$", r"a.*b.*c",
+            r"(ab|a)*c", r"^Mozilla/5\.0 \(.*\) Gecko", r"(?:https?://)+", r"([a-z]+ )+x",
+            r"(a{2})+$", r"(foo|bar|baz)+", r".*sqlmap.*", r"\s*,\s*", r"\bbot\b",
+            r"python-requests/[\d.]+", r"\w+(\s\w+)*$"]
+
+
+def _ua_rule(pattern: str) -> str:
+    return ('[[blocklist]]\nname = "ua"\n\n'
+            f"header = {{ name = \"User-Agent\", regex = '{pattern}' }}\n")
+
+
+@pytest.mark.parametrize("pattern", CATASTROPHIC)
+def test_catastrophic_header_regex_is_refused_at_load(tmp_path: Path, pattern: str) -> None:
+    """Nested or overlapping quantifiers are a ConfigError naming the line, so no request
+    can be held for seconds by a 28-byte User-Agent."""
+    f = tmp_path / "rules.toml"
+    f.write_text(_ua_rule(pattern))
+    with pytest.raises(ConfigError) as info:
+        Limiter.from_file(f)
+    assert f"{f}:4: [[blocklist]] 'ua': header regex" in str(info.value)
+    assert "exponential time" in str(info.value)
+
+
+@pytest.mark.parametrize("pattern", HARMLESS)
+def test_ordinary_header_regexes_still_load(tmp_path: Path, pattern: str) -> None:
+    """Common patterns (and the rewrites the hint suggests) are not flagged."""
+    f = tmp_path / "rules.toml"
+    f.write_text(_ua_rule(pattern))
+    Limiter.from_file(f)
+
+
+def test_check_flags_the_issue_regex(tmp_path: Path) -> None:
+    """`throttlekit check` on `(a+)+$` (the issue: 29 s on `aaaaaaaaaaaaaaaaaaaaaaaaaaa!`)
+    exits 1 with the line and a hint."""
+    f = tmp_path / "rules.toml"
+    f.write_text(_ua_rule("(a+)+$"))
+    p = _run("check", str(f))
+    assert p.returncode == 1
+    assert f"{f}:4: [[blocklist]] 'ua': header regex '(a+)+$'" in p.stdout
+    assert "hint: rewrite it" in p.stdout and "Traceback" not in p.stderr
+
+
+def test_header_regex_searches_a_bounded_prefix(tmp_path: Path) -> None:
+    """A header regex sees the first 1024 characters of the value (docs/rules-file.md):
+    inside them it matches, past them it does not."""
+    f = tmp_path / "rules.toml"
+    f.write_text(_ua_rule("sqlmap"))
+    c = Client(WSGIMiddleware(app, Limiter.from_file(f)))
+    assert c.get("/", headers={"User-Agent": "sqlmap/1.0"}).status_code == 403
+    assert c.get("/", headers={"User-Agent": "x" * 1018 + "sqlmap"}).status_code == 403
+    assert c.get("/", headers={"User-Agent": "x" * 1019 + "sqlmap"}).status_code == 200
+    assert c.get("/", headers={"User-Agent": "curl/8"}).status_code == 200
+
+
+def test_check_lists_the_callables_a_file_imports(tmp_path: Path) -> None:
+    """A rules file can import any callable (`os:system`): `check` lists each with its
+    line, in text and in JSON, so a reviewer sees what code the file runs."""
+    f = tmp_path / "rules.toml"
+    f.write_text('[[throttle]]\nname = "t"\nrates = "5/second"\nmatch = "os:system"\n'
+                 'count_when = "os.path:isfile"\n[[track]]\nname = "k"\nkey = "os:getcwd"\n')
+    p = _run("check", str(f))
+    assert p.returncode == 0
+    assert "imports and runs 3 callables" in p.stdout
+    assert f"{f}:4: [[throttle]] 't': match = 'os:system'" in p.stdout
+    assert f"{f}:5: [[throttle]] 't': count_when = 'os.path:isfile'" in p.stdout
+    assert f"{f}:8: [[track]] 'k': key = 'os:getcwd'" in p.stdout
+    j = json.loads(_run("check", "--json", str(f)).stdout)
+    assert [(i["line"], i["callable"]) for i in j["imports"]] == [
+        (4, "os:system"), (5, "os.path:isfile"), (8, "os:getcwd")]
+    plain = tmp_path / "plain.toml"
+    plain.write_text('[[throttle]]\nname = "t"\nrates = "5/second"\n')
+    q = _run("check", str(plain))
+    assert q.returncode == 0 and "imports and runs" not in q.stdout

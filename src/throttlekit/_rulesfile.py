@@ -59,6 +59,7 @@ from ._algorithms import ALGORITHMS, DEFAULT_STRATEGY, MAX_LIMIT, make_algorithm
 from ._errors import ConfigError
 from ._ipset import IPSet
 from ._rates import coerce_rates
+from ._redos import MAX_REGEX_INPUT, hazard
 
 if TYPE_CHECKING:
     from ._limiter import Limiter
@@ -378,6 +379,9 @@ class RuleSet:
     rules: list[RuleSpec] = field(default_factory=list)
     limiter: dict[str, Any] = field(default_factory=dict)
     shedding: RuleSpec | None = None
+    #: every callable the file imports by dotted path: (line, field, path). A rules file
+    #: runs code: ``throttlekit check`` lists these for review.
+    imports: list[tuple[int, str, str]] = field(default_factory=list)
 
     def ordered(self) -> list[RuleSpec]:
         """The rules in the order the limiter evaluates them."""
@@ -510,6 +514,7 @@ class _Parser:
         self.strategies = tuple(strategies) if strategies is not None else tuple(ALGORITHMS)
         self.default_strategy = DEFAULT_STRATEGY
         self.names: dict[str, int] = {}
+        self.imports: list[tuple[int, str, str]] = []
 
     def err(self, line: int, message: str, hint: str = "") -> None:
         self.errors.append(RuleError(line, message, hint))
@@ -543,6 +548,7 @@ class _Parser:
             out.shedding = self._shedding(data["shedding"])
         if self.errors:
             raise RulesFileError(self.path, self.errors)
+        out.imports = sorted(self.imports)
         return out
 
     # -- sections --------------------------------------------------------------------------
@@ -896,7 +902,17 @@ class _Parser:
             self.err(line, f"{label}: bad header regex {arg!r}: {exc}",
                      "a Python regular expression, searched anywhere in the value")
             return None
-        return (lambda v: rx.search(v.headers.get(hname) or "") is not None), f"{name}=~{arg!r}"
+        why = hazard(arg)
+        if why is not None:
+            self.err(line, f"{label}: header regex {arg!r} can take exponential time on a short "
+                     f"value ({why})",
+                     "rewrite it so each character can be matched one way only: (a+)+ -> a+, "
+                     "(.*)* -> .*, (\\w+\\s?)+ -> \\w+(\\s\\w+)*, \\d+\\d+ -> \\d{2,}; "
+                     "or use contains / prefix")
+            return None
+        # only the first MAX_REGEX_INPUT characters are searched (endpos: no copy)
+        return ((lambda v: rx.search(v.headers.get(hname) or "", 0, MAX_REGEX_INPUT) is not None),
+                f"{name}=~{arg!r}")
 
     # -- values ----------------------------------------------------------------------------
 
@@ -1027,6 +1043,7 @@ class _Parser:
             self.err(line, f"{what}: {spec!r} is not callable",
                      "point to a function taking the request view")
             return None
+        self.imports.append((line, what, spec))
         return fn
 
 
