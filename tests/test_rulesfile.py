@@ -507,8 +507,9 @@ def test_large_values_in_range_still_load(tmp_path: Path) -> None:
 
 CATASTROPHIC = [r"(a+)+$", r"(a|a)*$", r"(.*)*$", r"(.|\s)*$", r"(\w+\s?)+$", r"(a*b*)*$",
                 r"(a+|b)+$", r"(a|aa)+$", r"^(\d+\.?)+$", r"(a{1,2})+$", r"\d+\d+x",
-                r".*.*=.*;", r"\w+\s?\w+$", r"(\w+)\s?(\w+)$", r"(?i)(?:(?:A+))+$"]
-HARMLESS = [r"sqlmap", r"^curl/\d+\.\d+", r"(\d+\.)+\d+$", r"(\w|\d)+$", r"a.*b.*c",
+                r".*.*=.*;", r"\w+\s?\w+$", r"(\w+)\s?(\w+)$", r"(?i)(?:(?:A+))+$",
+                r"a.*b.*c.*d", r"(\w+[a-z])+!", r"\d*\w{2}\w+?a$"]
+HARMLESS = [r"sqlmap", r"^curl/\d+\.\d+", r"(\d+\.)+\d+$", r"(\w|\d)+$", r"Mozilla.*Windows.*bot",
             r"(ab|a)*c", r"^Mozilla/5\.0 \(.*\) Gecko", r"(?:https?://)+", r"([a-z]+ )+x",
             r"(a{2})+$", r"(foo|bar|baz)+", r".*sqlmap.*", r"\s*,\s*", r"\bbot\b",
             r"python-requests/[\d.]+", r"\w+(\s\w+)*$"]

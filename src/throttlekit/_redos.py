@@ -13,8 +13,9 @@ flags, for any quantifier that repeats (max >= 2) and is not possessive:
   beside it (``(a+)+``, ``(.*)*``, ``(\\w+\\s?)+``, ``(a*b*)*``, ``(a+|b)+``);
 - alternatives of one character each that can match the same character (``(a|a)*``,
   ``(\\w|\\d)+``, ``(.|\\s)*``), or identical alternatives;
-- two such quantifiers in a row over the same characters with only optional items between
-  (``\\d+\\d+``, ``.*.*=``, ``\\w+\\s?\\w+$``): cubic time on a search.
+- two such quantifiers in a row over the same characters with only optional items, or at
+  most two short items either could match, between them (``\\d+\\d+``, ``.*.*=``,
+  ``\\w+\\s?\\w+$``, ``a.*b.*c``): cubic time or worse on a search.
 
 It is a heuristic: it can miss a rarer ambiguous form (``(a|aa)*``), so matching is also
 bounded to :data:`MAX_REGEX_INPUT` characters (see ``_rulesfile``).
@@ -135,11 +136,19 @@ def _ambiguous_body(body: list[Item]) -> bool:
     for k, item in enumerate(seq):
         if _name(item[0]) in ("ATOMIC_GROUP", "POSSESSIVE_REPEAT"):
             continue  # matches one way only: never gives characters back
-        if _fixed_len([item]) is None and _nullable(seq[k + 1:]) and _overlap_atoms(
-            _all_atoms([item]), starts
-        ):
-            return True
+        if _fixed_len([item]) is None:
+            chars = _all_atoms([item])
+            if _overlap_atoms(chars, starts) and all(
+                _nullable_item(o) or _absorbed(o, chars) for o in seq[k + 1:]
+            ):
+                return True
     return False
+
+
+def _absorbed(item: Item, chars: list[Item]) -> bool:
+    """Whether ``item`` matches fixed-length text the quantifier over ``chars`` could
+    match instead (so the split between them can shift)."""
+    return _fixed_len([item]) is not None and _overlap_atoms(_all_atoms([item]), chars)
 
 
 def _fixed_len(seq: Iterable[Item]) -> int | None:
@@ -207,11 +216,16 @@ def _adjacent(seq: list[Item], i: int) -> str | None:
     first = _repeat(seq[i])
     assert first is not None
     chars = _last_atoms(first[2])  # what it can give back to the next one
+    absorbed = 0
     for j in range(i + 1, len(seq)):
         rep = _repeat(seq[j])
         if rep is not None and _variable(rep) and _overlap_atoms(chars, _first_atoms(rep[2])):
             return "two quantifiers in a row over the same characters, e.g. \\d+\\d+ or .*.*"
-        if not _nullable_item(seq[j]):
+        if _nullable_item(seq[j]):
+            continue
+        # a short fixed item between them that either could match: a.*b.*c is cubic
+        absorbed += 1
+        if absorbed > 2 or not _absorbed(seq[j], chars):
             return None
     return None
 
