@@ -108,3 +108,31 @@ def test_unknown_storage_exits_2(capsys):
     """`simulate --storage` with an unsupported URL is a configuration error (exit 2)."""
     assert main(["simulate", "--storage", "nosuch://x", "--duration", "5"]) == 2
     assert "unknown storage URL 'nosuch://x'" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("command", [["inspect", "192.0.2.1", "--storage", "memory://"],
+                                     ["rules"], ["check"]])
+def test_reader_closing_the_pipe_early_exits_quietly(tmp_path, command):
+    """`throttlekit inspect KEY | head -1`: once the reader has gone, the command stops
+    without a BrokenPipeError traceback and exits 141 (as a tool killed by SIGPIPE)."""
+    rules = tmp_path / "rules.toml"
+    # 1500 rules: inspect and rules print far more than a pipe buffer holds, so the command
+    # is still writing when the reader goes; check prints a few lines, flushed at exit
+    rules.write_text("".join(f'[[throttle]]\nname = "r{i}"\nrates = "{i + 1}/minute"\n'
+                             f'match = "os.path:isabs"\n' for i in range(1500)))
+    args = [*command, "--rules", str(rules)] if command[0] == "inspect" else [*command,
+                                                                              str(rules)]
+    env = dict(os.environ)
+    pkg_parent = str(Path(throttlekit.__file__).resolve().parent.parent)
+    env["PYTHONPATH"] = os.pathsep.join([pkg_parent, env.get("PYTHONPATH", "")])
+    proc = subprocess.Popen([sys.executable, "-m", "throttlekit", *args], env=env,
+                            stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE)
+    assert proc.stdout is not None and proc.stderr is not None
+    if command[0] != "check":
+        proc.stdout.read(1)  # the first bytes arrive, then the reader goes
+    proc.stdout.close()  # the reader goes away, as `head` does
+    err = proc.stderr.read().decode()
+    proc.stderr.close()
+    assert proc.wait(timeout=120) == 141, err
+    assert "Traceback" not in err and "BrokenPipe" not in err and "Exception ignored" not in err

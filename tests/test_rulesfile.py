@@ -70,10 +70,12 @@ ERROR_CASES = [
     pytest.param('[[throttle]]\nname = "a"\n', 1, "missing required field 'rates'",
                  "needs rates", id="missing-field"),
     pytest.param('[[fail2ban]]\nname = "f"\npath = "/x"\nmaxretry = "3"\nfindtime = 60\n'
-                 'bantime = 60\n', 4, "maxretry must be an integer, got a string",
+                 'bantime = 60\n', 4,
+                 "maxretry must be a whole number from 1 to 4294967295, got a string",
                  "without quotes", id="int-as-string"),
     pytest.param('[[fail2ban]]\nname = "f"\npath = "/x"\nmaxretry = 3\nfindtime = "10 min"\n'
-                 'bantime = 60\n', 5, "findtime must be a positive duration", '"10m"',
+                 'bantime = 60\n', 5,
+                 "findtime must be a duration from 1ms to 3650 days, got a string", '"10m"',
                  id="bad-duration"),
     pytest.param('[[throttle]]\nname = "a"\nrates = "1/second"\ndry_run = "yes"\n',
                  4, "dry_run must be true or false", "lowercase", id="bool-as-string"),
@@ -404,3 +406,179 @@ def test_errors_in_inline_tables_point_at_their_table() -> None:
         ]
         ''')
     assert errors == [(3, "[[throttle]] 'b': unknown strategy 'x'")]
+
+
+# -- numbers out of range (issue: `findtime = 1e308` crashed the loader) -------------------
+
+F2B = '[[fail2ban]]\nname = "f"\npath = "/x"\nmaxretry = 3\nfindtime = 60\nbantime = 60\n'
+THR = '[[throttle]]\nname = "t"\nrates = "5/second"\nstrategy = "token_bucket"\nburst = 5\n' \
+      'cost = 1\n'
+CON = '[[concurrency]]\nname = "c"\nlimit = 3\ntimeout = 30\nretry_after = 1\n'
+SHED = '[shedding]\ncapacity = 10\ntimeout = 30\nretry_after = 1\n'
+LIM = ('[limiter]\nburst = 5\nretry_interval = 1\nerror_log_interval = 60\n'
+       'denial_cache_size = 100\ntrusted_proxies = 1\nipv6_prefix = 64\n')
+#: (file, field): every numeric field of the format, each written on its own line
+NUMBER_FIELDS = [
+    (F2B, "maxretry"), (F2B, "findtime"), (F2B, "bantime"), (THR, "burst"), (THR, "cost"),
+    (CON, "limit"), (CON, "timeout"), (CON, "retry_after"), (SHED, "capacity"),
+    (SHED, "timeout"), (SHED, "retry_after"), (LIM, "burst"), (LIM, "retry_interval"),
+    (LIM, "error_log_interval"), (LIM, "denial_cache_size"), (LIM, "trusted_proxies"),
+    (LIM, "ipv6_prefix"),
+]
+BAD_NUMBERS = ["1e308", "-1e308", "inf", "-inf", "nan", "-1", "true",
+               "9223372036854775807", "-9223372036854775808", '"99999999999999999999d"']
+
+
+def _with(text: str, field: str, value: str) -> tuple[str, int]:
+    lines = text.splitlines()
+    i = next(i for i, ln in enumerate(lines) if ln.startswith(field + " ="))
+    lines[i] = f"{field} = {value}"
+    return "\n".join(lines) + "\n", i + 1
+
+
+@pytest.mark.parametrize(("text", "field"), NUMBER_FIELDS,
+                         ids=[f"{t.split(chr(10))[0]}-{f}" for t, f in NUMBER_FIELDS])
+def test_numbers_out_of_range_are_config_errors_naming_the_line(
+    tmp_path: Path, text: str, field: str
+) -> None:
+    """Huge, infinite, nan, negative and boolean values in every numeric field are a
+    ConfigError naming the field's line, from Limiter.from_file; never OverflowError."""
+    f = tmp_path / "rules.toml"
+    f.write_text(text)
+    Limiter.from_file(f)  # the unmodified file loads
+    for value in BAD_NUMBERS:
+        bad, line = _with(text, field, value)
+        f.write_text(bad)
+        with pytest.raises(ConfigError) as info:
+            Limiter.from_file(f)
+        assert f"{f}:{line}: " in str(info.value) and field in str(info.value), (value, info)
+
+
+@pytest.mark.parametrize(("text", "field", "value"), [
+    (F2B, "maxretry", "0"), (F2B, "findtime", "0"), (F2B, "bantime", "0"),
+    (F2B, "findtime", '"0s"'), (F2B, "maxretry", "2.5"), (THR, "burst", "0"),
+    (CON, "limit", "0"), (CON, "timeout", "864000"), (SHED, "capacity", "0"),
+    (LIM, "ipv6_prefix", "0"), (LIM, "ipv6_prefix", "129"), (LIM, "trusted_proxies", "65"),
+    (LIM, "trusted_proxies", '["10.0.0.0/33"]'), (LIM, "trusted_proxies", "[1]"),
+])
+def test_zero_where_meaningless_and_other_ranges(tmp_path: Path, text: str, field: str,
+                                                 value: str) -> None:
+    """Zero counts, zero durations, fractional counts and out-of-range settings too."""
+    f = tmp_path / "rules.toml"
+    bad, line = _with(text, field, value)
+    f.write_text(bad)
+    with pytest.raises(ConfigError) as info:
+        Limiter.from_file(f)
+    assert f"{f}:{line}: " in str(info.value) and field in str(info.value)
+
+
+@pytest.mark.parametrize("rates", ["99999999999999999999999/second", "5/99999999999 seconds",
+                                   "5/1000000 days", "4294967296/hour"])
+def test_rates_out_of_range_name_their_line(tmp_path: Path, rates: str) -> None:
+    """A rate whose limit or period no store can count is refused on its line."""
+    f = tmp_path / "rules.toml"
+    f.write_text(f'[[throttle]]\nname = "t"\n\nrates = "{rates}"\n')
+    with pytest.raises(ConfigError) as info:
+        Limiter.from_file(f)
+    assert f"{f}:4: " in str(info.value) and "out of range" in str(info.value)
+
+
+def test_huge_findtime_check_cli(tmp_path: Path) -> None:
+    """`throttlekit check` on the file of the issue: exit 1, the line, no traceback."""
+    f = tmp_path / "rules.toml"
+    f.write_text(F2B.replace("findtime = 60", "findtime = 1e308"))
+    p = _run("check", str(f))
+    assert p.returncode == 1
+    assert f"{f}:5: [[fail2ban]] 'f': findtime must be" in p.stdout
+    assert "Traceback" not in p.stdout + p.stderr
+
+
+def test_large_values_in_range_still_load(tmp_path: Path) -> None:
+    """The bounds leave room for real settings: a ten-year ban, a yearly rate, 2**32-1."""
+    f = tmp_path / "rules.toml"
+    f.write_text('[[fail2ban]]\nname = "f"\npath = "/x"\nmaxretry = 4294967295\n'
+                 'findtime = "3650d"\nbantime = 315360000\n'
+                 '[[throttle]]\nname = "t"\nrates = "1000/year; 4294967295/day"\n')
+    limiter = Limiter.from_file(f)
+    assert limiter.test("k", "1000/year")
+
+
+# -- rules files are code: catastrophic regexes, imported callables ------------------------
+
+CATASTROPHIC = [r"(a+)+$", r"(a|a)*$", r"(.*)*$", r"(.|\s)*$", r"(\w+\s?)+$", r"(a*b*)*$",
+                r"(a+|b)+$", r"(a|aa)+$", r"^(\d+\.?)+$", r"(a{1,2})+$", r"\d+\d+x",
+                r".*.*=.*;", r"\w+\s?\w+$", r"(\w+)\s?(\w+)$", r"(?i)(?:(?:A+))+$",
+                r"a.*b.*c.*d", r"(\w+[a-z])+!", r"\d*\w{2}\w+?a$"]
+HARMLESS = [r"sqlmap", r"^curl/\d+\.\d+", r"(\d+\.)+\d+$", r"(\w|\d)+$", r"Mozilla.*Windows.*bot",
+            r"(ab|a)*c", r"^Mozilla/5\.0 \(.*\) Gecko", r"(?:https?://)+", r"([a-z]+ )+x",
+            r"(a{2})+$", r"(foo|bar|baz)+", r".*sqlmap.*", r"\s*,\s*", r"\bbot\b",
+            r"python-requests/[\d.]+", r"\w+(\s\w+)*$"]
+
+
+def _ua_rule(pattern: str) -> str:
+    return ('[[blocklist]]\nname = "ua"\n\n'
+            f"header = {{ name = \"User-Agent\", regex = '{pattern}' }}\n")
+
+
+@pytest.mark.parametrize("pattern", CATASTROPHIC)
+def test_catastrophic_header_regex_is_refused_at_load(tmp_path: Path, pattern: str) -> None:
+    """Nested or overlapping quantifiers are a ConfigError naming the line, so no request
+    can be held for seconds by a 28-byte User-Agent."""
+    f = tmp_path / "rules.toml"
+    f.write_text(_ua_rule(pattern))
+    with pytest.raises(ConfigError) as info:
+        Limiter.from_file(f)
+    assert f"{f}:4: [[blocklist]] 'ua': header regex" in str(info.value)
+    assert "exponential time" in str(info.value)
+
+
+@pytest.mark.parametrize("pattern", HARMLESS)
+def test_ordinary_header_regexes_still_load(tmp_path: Path, pattern: str) -> None:
+    """Common patterns (and the rewrites the hint suggests) are not flagged."""
+    f = tmp_path / "rules.toml"
+    f.write_text(_ua_rule(pattern))
+    Limiter.from_file(f)
+
+
+def test_check_flags_the_issue_regex(tmp_path: Path) -> None:
+    """`throttlekit check` on `(a+)+$` (the issue: 29 s on `aaaaaaaaaaaaaaaaaaaaaaaaaaa!`)
+    exits 1 with the line and a hint."""
+    f = tmp_path / "rules.toml"
+    f.write_text(_ua_rule("(a+)+$"))
+    p = _run("check", str(f))
+    assert p.returncode == 1
+    assert f"{f}:4: [[blocklist]] 'ua': header regex '(a+)+$'" in p.stdout
+    assert "hint: rewrite it" in p.stdout and "Traceback" not in p.stderr
+
+
+def test_header_regex_searches_a_bounded_prefix(tmp_path: Path) -> None:
+    """A header regex sees the first 1024 characters of the value (docs/rules-file.md):
+    inside them it matches, past them it does not."""
+    f = tmp_path / "rules.toml"
+    f.write_text(_ua_rule("sqlmap"))
+    c = Client(WSGIMiddleware(app, Limiter.from_file(f)))
+    assert c.get("/", headers={"User-Agent": "sqlmap/1.0"}).status_code == 403
+    assert c.get("/", headers={"User-Agent": "x" * 1018 + "sqlmap"}).status_code == 403
+    assert c.get("/", headers={"User-Agent": "x" * 1019 + "sqlmap"}).status_code == 200
+    assert c.get("/", headers={"User-Agent": "curl/8"}).status_code == 200
+
+
+def test_check_lists_the_callables_a_file_imports(tmp_path: Path) -> None:
+    """A rules file can import any callable (`os:system`): `check` lists each with its
+    line, in text and in JSON, so a reviewer sees what code the file runs."""
+    f = tmp_path / "rules.toml"
+    f.write_text('[[throttle]]\nname = "t"\nrates = "5/second"\nmatch = "os:system"\n'
+                 'count_when = "os.path:isfile"\n[[track]]\nname = "k"\nkey = "os:getcwd"\n')
+    p = _run("check", str(f))
+    assert p.returncode == 0
+    assert "imports and runs 3 callables" in p.stdout
+    assert f"{f}:4: [[throttle]] 't': match = 'os:system'" in p.stdout
+    assert f"{f}:5: [[throttle]] 't': count_when = 'os.path:isfile'" in p.stdout
+    assert f"{f}:8: [[track]] 'k': key = 'os:getcwd'" in p.stdout
+    j = json.loads(_run("check", "--json", str(f)).stdout)
+    assert [(i["line"], i["callable"]) for i in j["imports"]] == [
+        (4, "os:system"), (5, "os.path:isfile"), (8, "os:getcwd")]
+    plain = tmp_path / "plain.toml"
+    plain.write_text('[[throttle]]\nname = "t"\nrates = "5/second"\n')
+    q = _run("check", str(plain))
+    assert q.returncode == 0 and "imports and runs" not in q.stdout

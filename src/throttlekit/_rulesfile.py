@@ -55,10 +55,11 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from ._algorithms import ALGORITHMS, DEFAULT_STRATEGY, make_algorithm
+from ._algorithms import ALGORITHMS, DEFAULT_STRATEGY, MAX_LIMIT, make_algorithm
 from ._errors import ConfigError
 from ._ipset import IPSet
 from ._rates import coerce_rates
+from ._redos import MAX_REGEX_INPUT, hazard
 from ._rules import ON_UNREADABLE
 
 if TYPE_CHECKING:
@@ -103,6 +104,84 @@ _UNITS = {None: 1.0, "ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0
 _RATE_HINT = ('write "<count>/<period>" like "100/minute", "5/10 seconds", "1000 per day"; '
               'join several with ";"')
 _STATUS_CLASS = re.compile(r"^[1-5]xx$")
+
+
+# -- numbers -------------------------------------------------------------------------------
+
+#: The longest duration a rules file may give (findtime, bantime, rate periods): ten years.
+#: Stores count in integer microseconds; this bound keeps every sum exact (below 2**53).
+MAX_SECONDS = 3650 * 86400.0
+_MIN_SECONDS = 0.001
+_MIN_RATE_PERIOD = 1.0  # rate strings count in seconds at least ("10/second")
+_LEASE_SECONDS = 10 * 86400.0  # concurrency and shedding leases: under ten days
+_MAX_HOPS = 64  # X-Forwarded-For entries the client-IP resolution walks at most
+
+
+@dataclass(frozen=True)
+class _Number:
+    """What one numeric field accepts. Every number of a rules file goes through
+    :meth:`coerce`, so none reaches the limiter as a bool, inf, nan or out of range."""
+
+    minimum: float
+    maximum: float
+    integer: bool = False  # a TOML integer, not a float
+    duration: bool = False  # seconds, or a string with a unit ("10m")
+    below: bool = False  # the maximum itself is out of range
+
+    def coerce(self, v: Any) -> Any:
+        """``v`` as an int (integer fields) or a float (others).
+
+        Raises:
+            ConfigError: what is wrong, without the field's name.
+        """
+        value: float | None = None
+        if isinstance(v, bool):
+            pass
+        elif isinstance(v, int) or (isinstance(v, float) and not self.integer):
+            value = v
+        elif isinstance(v, str) and self.duration:
+            m = _DURATION.match(v)
+            if m:
+                value = float(m.group(1)) * _UNITS[m.group(2)]
+        if value is None:
+            raise ConfigError(f"must be {self.describe()}, got {_type(v)} {v!r}")
+        if not math.isfinite(value) or value < self.minimum or value > self.maximum or (
+            self.below and value >= self.maximum
+        ):
+            raise ConfigError(f"must be {self.describe()}, got {v!r}")
+        return int(value) if self.integer else float(value)
+
+    def describe(self) -> str:
+        if self.integer:
+            return f"a whole number from {self.minimum:g} to {int(self.maximum)}"
+        if not self.duration:
+            return f"a number from {self.minimum:g} to {self.maximum:g}"
+        low = "0" if self.minimum == 0 else f"{self.minimum * 1000:g}ms"
+        high = f"{self.maximum / 86400:g} days"
+        return f"a duration from {low} to {'under ' if self.below else ''}{high}"
+
+    def hint(self) -> str:
+        if self.integer:
+            return f"write a whole number from {self.minimum:g} to {int(self.maximum)} " \
+                   "without quotes"
+        if self.duration:
+            return ('seconds as a number (600), or a string with a unit: "500ms", "30s", '
+                    '"10m", "1h", "1d"')
+        return f"a number from {self.minimum:g} to {self.maximum:g}"
+
+
+_COUNT = _Number(1, MAX_LIMIT, integer=True)  # maxretry, burst, limit, capacity
+_COST = _Number(0, MAX_LIMIT, integer=True)
+_SIZE = _Number(0, MAX_LIMIT, integer=True)  # denial_cache_size
+_DURATION_N = _Number(_MIN_SECONDS, MAX_SECONDS, duration=True)  # findtime, bantime, --ttl
+_LEASE = _Number(_MIN_SECONDS, _LEASE_SECONDS, duration=True, below=True)
+_INTERVAL = _Number(0, MAX_SECONDS, duration=True)  # retry_interval, error_log_interval
+_HOPS = _Number(0, _MAX_HOPS, integer=True)
+_PREFIX = _Number(1, 128, integer=True)
+#: numeric [limiter] settings
+_LIMITER_NUMBERS = {"burst": _COUNT, "retry_interval": _INTERVAL,
+                    "error_log_interval": _INTERVAL, "denial_cache_size": _SIZE,
+                    "ipv6_prefix": _PREFIX}
 
 
 # -- errors --------------------------------------------------------------------------------
@@ -301,6 +380,9 @@ class RuleSet:
     rules: list[RuleSpec] = field(default_factory=list)
     limiter: dict[str, Any] = field(default_factory=dict)
     shedding: RuleSpec | None = None
+    #: every callable the file imports by dotted path: (line, field, path). A rules file
+    #: runs code: ``throttlekit check`` lists these for review.
+    imports: list[tuple[int, str, str]] = field(default_factory=list)
 
     def ordered(self) -> list[RuleSpec]:
         """The rules in the order the limiter evaluates them."""
@@ -434,6 +516,7 @@ class _Parser:
         self.strategies = tuple(strategies) if strategies is not None else tuple(ALGORITHMS)
         self.default_strategy = DEFAULT_STRATEGY
         self.names: dict[str, int] = {}
+        self.imports: list[tuple[int, str, str]] = []
 
     def err(self, line: int, message: str, hint: str = "") -> None:
         self.errors.append(RuleError(line, message, hint))
@@ -446,7 +529,7 @@ class _Parser:
                 self.err(line, f"unknown section {top!r}",
                          _did_you_mean(top, _TOP) or f"sections are: {', '.join(_TOP)}")
         version = data.get("version", 1)
-        if version != 1:
+        if isinstance(version, bool) or version != 1:
             self.err(self.lines.key("", 0, "version"), f"unsupported version {version!r}",
                      "this throttlekit reads version = 1")
         if "limiter" in data:
@@ -467,6 +550,7 @@ class _Parser:
             out.shedding = self._shedding(data["shedding"])
         if self.errors:
             raise RulesFileError(self.path, self.errors)
+        out.imports = sorted(self.imports)
         return out
 
     # -- sections --------------------------------------------------------------------------
@@ -486,8 +570,32 @@ class _Parser:
                 continue
             if k == "strategy" and self._strategy(v, kl, "[limiter]"):
                 self.default_strategy = v
+            if k in _LIMITER_NUMBERS:
+                v = self._number(v, kl, f"[limiter]: {k}", _LIMITER_NUMBERS[k])
+            elif k == "trusted_proxies":
+                v = self._trusted_proxies(v, kl)
             out[k] = v
         return out
+
+    def _trusted_proxies(self, v: Any, line: int) -> Any:
+        what = "[limiter]: trusted_proxies"
+        if not isinstance(v, list):
+            return self._number(v, line, what, _HOPS)
+        for j, e in enumerate(v):
+            at = self.lines.element("limiter", 0, "trusted_proxies", j)
+            if e == "unix":
+                continue
+            try:
+                if not isinstance(e, str):
+                    raise ConfigError(f"not a string: {_type(e)}")
+                IPSet([e])
+            except ConfigError as exc:
+                self.err(at, f"{what}: bad address or CIDR {e!r}: "
+                         f"{str(exc).split(': ', 1)[-1]}",
+                         'a hop count (trusted_proxies = 1), or the proxies\' addresses and '
+                         'networks: ["10.0.0.0/8", "unix"]')
+                return None
+        return v
 
     def _strategy(self, v: Any, line: int, where: str) -> bool:
         if isinstance(v, str) and v in ALGORITHMS and v not in self.strategies:
@@ -559,10 +667,10 @@ class _Parser:
                          "path_prefix, method, ips, header or match")
             for k in ("maxretry",):
                 if k in table:
-                    kw[k] = self._int(table[k], line(k), f"{label}: {k}", minimum=1)
+                    kw[k] = self._number(table[k], line(k), f"{label}: {k}", _COUNT)
             for k in ("findtime", "bantime"):
                 if k in table:
-                    kw[k] = self._duration(table[k], line(k), f"{label}: {k}")
+                    kw[k] = self._number(table[k], line(k), f"{label}: {k}", _DURATION_N)
             spec.limit = (f"{kw.get('maxretry')} in {_fmt_s(kw.get('findtime'))}, "
                           f"ban {_fmt_s(kw.get('bantime'))}")
         if kind == "throttle":
@@ -571,8 +679,8 @@ class _Parser:
                 self._strategy(strategy, line("strategy"), label)
                 kw["strategy"] = strategy
             if "burst" in table:
-                kw["burst"] = self._int(table["burst"], line("burst"), f"{label}: burst",
-                                        minimum=1)
+                kw["burst"] = self._number(table["burst"], line("burst"), f"{label}: burst",
+                                           _COUNT)
             if "rates" in table:
                 kw["rates"] = self._rates(table["rates"], line("rates"), label,
                                           strategy if isinstance(strategy, str) else None,
@@ -582,7 +690,7 @@ class _Parser:
                 if isinstance(v, str):
                     kw["cost"] = self._import(v, line("cost"), f"{label}: cost")
                 else:
-                    kw["cost"] = self._int(v, line("cost"), f"{label}: cost", minimum=0)
+                    kw["cost"] = self._number(v, line("cost"), f"{label}: cost", _COST)
             if "dry_run" in table:
                 kw["dry_run"] = self._bool(table["dry_run"], line("dry_run"), f"{label}: dry_run")
             if "count_when" in table:
@@ -613,11 +721,11 @@ class _Parser:
             spec.options = " ".join(opts)
         if kind == "concurrency":
             if "limit" in table:
-                kw["limit"] = self._int(table["limit"], line("limit"), f"{label}: limit",
-                                        minimum=1)
+                kw["limit"] = self._number(table["limit"], line("limit"), f"{label}: limit",
+                                           _COUNT)
             for k in ("timeout", "retry_after"):
                 if k in table:
-                    kw[k] = self._duration(table[k], line(k), f"{label}: {k}")
+                    kw[k] = self._number(table[k], line(k), f"{label}: {k}", _LEASE)
             spec.limit = f"{table.get('limit')} in flight"
             spec.options = f"lease timeout {_fmt_s(kw.get('timeout', 60.0))}"
         if kind in ("fail2ban", "allow2ban", "throttle", "track", "concurrency"):
@@ -652,8 +760,8 @@ class _Parser:
             self.err(tline, f"{label}: missing required field 'capacity'",
                      "capacity = the number of requests in flight (all workers) at 100% load")
         else:
-            kw["capacity"] = self._int(table["capacity"], line("capacity"),
-                                       f"{label}: capacity", minimum=1)
+            kw["capacity"] = self._number(table["capacity"], line("capacity"),
+                                          f"{label}: capacity", _COUNT)
         if "priority" in table:
             v = table["priority"]
             if isinstance(v, str):
@@ -676,7 +784,7 @@ class _Parser:
                 kw["thresholds"] = tuple(float(x) for x in v)
         for k in ("timeout", "retry_after"):
             if k in table:
-                kw[k] = self._duration(table[k], line(k), f"{label}: {k}")
+                kw[k] = self._number(table[k], line(k), f"{label}: {k}", _LEASE)
         if len(self.errors) != n_errors:
             return None
         th = kw.get("thresholds", (0.8, 1.0))
@@ -808,7 +916,17 @@ class _Parser:
             self.err(line, f"{label}: bad header regex {arg!r}: {exc}",
                      "a Python regular expression, searched anywhere in the value")
             return None
-        return (lambda v: rx.search(v.headers.get(hname) or "") is not None), f"{name}=~{arg!r}"
+        why = hazard(arg)
+        if why is not None:
+            self.err(line, f"{label}: header regex {arg!r} can take exponential time on a short "
+                     f"value ({why})",
+                     "rewrite it so each character can be matched one way only: (a+)+ -> a+, "
+                     "(.*)* -> .*, (\\w+\\s?)+ -> \\w+(\\s\\w+)*, \\d+\\d+ -> \\d{2,}; "
+                     "or use contains / prefix")
+            return None
+        # only the first MAX_REGEX_INPUT characters are searched (endpos: no copy)
+        return ((lambda v: rx.search(v.headers.get(hname) or "", 0, MAX_REGEX_INPUT) is not None),
+                f"{name}=~{arg!r}")
 
     # -- values ----------------------------------------------------------------------------
 
@@ -821,15 +939,13 @@ class _Parser:
                  f"got {_type(v)}", 'e.g. "/login" or ["/a", "/b"]')
         return None
 
-    def _int(self, v: Any, line: int, what: str, minimum: int) -> int | None:
-        if isinstance(v, bool) or not isinstance(v, int):
-            self.err(line, f"{what} must be an integer, got {_type(v)} {v!r}",
-                     f"write a whole number >= {minimum} without quotes")
+    def _number(self, v: Any, line: int, what: str, spec: _Number) -> Any:
+        """``v`` checked by ``spec``; an error naming ``line`` (and None) when it fails."""
+        try:
+            return spec.coerce(v)
+        except ConfigError as exc:
+            self.err(line, f"{what} {exc}", spec.hint())
             return None
-        if v < minimum:
-            self.err(line, f"{what} must be >= {minimum}, got {v}")
-            return None
-        return v
 
     def _bool(self, v: Any, line: int, what: str) -> bool | None:
         if not isinstance(v, bool):
@@ -837,23 +953,6 @@ class _Parser:
                      "TOML booleans are lowercase and unquoted: true / false")
             return None
         return v
-
-    def _duration(self, v: Any, line: int, what: str) -> float | None:
-        if isinstance(v, bool):
-            seconds = None
-        elif isinstance(v, (int, float)):
-            seconds = float(v)
-        elif isinstance(v, str):
-            m = _DURATION.match(v)
-            seconds = float(m.group(1)) * _UNITS[m.group(2)] if m else None
-        else:
-            seconds = None
-        if seconds is None or not seconds > 0 or not math.isfinite(seconds):
-            self.err(line, f"{what} must be a positive duration, got {_type(v)} {v!r}",
-                     'seconds as a number (600), or a string with a unit: "500ms", "30s", '
-                     '"10m", "1h", "1d"')
-            return None
-        return seconds
 
     def _rates(self, v: Any, line: int, label: str, strategy: str | None,
                burst: int | None, elem: Callable[[int], int] | None = None) -> Any:
@@ -878,6 +977,12 @@ class _Parser:
         except ConfigError as exc:
             self.err(line, f"{label}: bad rate {v!r}: {exc}", _RATE_HINT)
             return None
+        for r in parsed:
+            if r.limit > MAX_LIMIT or not _MIN_RATE_PERIOD <= r.period <= MAX_SECONDS:
+                self.err(line, f"{label}: rate {v!r} out of range: a limit is at most "
+                         f"{MAX_LIMIT}, a period from 1 second to {MAX_SECONDS / 86400:g} days",
+                         _RATE_HINT)
+                return None
         periods = [r.period for r in parsed]
         if len(set(periods)) != len(periods):
             self.err(line, f"{label}: two rates with the same period in {v!r}",
@@ -952,6 +1057,7 @@ class _Parser:
             self.err(line, f"{what}: {spec!r} is not callable",
                      "point to a function taking the request view")
             return None
+        self.imports.append((line, what, spec))
         return fn
 
 
@@ -985,17 +1091,13 @@ def parse_duration(v: str | float) -> float:
     ``"1h"``, ``"1d"``, ``"500ms"``.
 
     Raises:
-        ConfigError: not a positive, finite duration.
+        ConfigError: not a finite duration from 1 ms to ten years.
     """
-    seconds: float | None = None
-    if isinstance(v, (int, float)) and not isinstance(v, bool):
-        seconds = float(v)
-    elif isinstance(v, str):
-        m = _DURATION.match(v)
-        seconds = float(m.group(1)) * _UNITS[m.group(2)] if m else None
-    if seconds is None or not seconds > 0 or not math.isfinite(seconds):
-        raise ConfigError(f"bad duration {v!r}: give seconds (600) or a number with a unit: "
-                          f'"500ms", "30s", "10m", "1h", "1d"')
+    try:
+        seconds: float = _DURATION_N.coerce(v)
+    except ConfigError as exc:
+        raise ConfigError(f"bad duration {v!r}: {exc}; give seconds (600) or a number "
+                          'with a unit: "500ms", "30s", "10m", "1h", "1d"') from None
     return seconds
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import sys
 from collections.abc import Sequence
 
@@ -40,7 +41,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the command line with ``argv`` (default: ``sys.argv[1:]``); returns the exit
-    status (0 success, 1 the command failed, 2 bad usage or configuration)."""
+    status (0 success, 1 the command failed, 2 bad usage or configuration, 141 the reader of
+    the output went away, as for a tool killed by SIGPIPE)."""
     parser = build_parser()
     args = parser.parse_args(argv)
     func = getattr(args, "func", None)
@@ -49,6 +51,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     try:
         status: int = func(args)
+        sys.stdout.flush()  # a closed pipe shows here, not at interpreter exit
+    except BrokenPipeError:
+        return _pipe_closed()
     except ConfigError as exc:
         print(f"throttlekit {args.command}: error: {exc}", file=sys.stderr)
         return 2
@@ -56,3 +61,17 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"throttlekit {args.command}: interrupted", file=sys.stderr)
         return 130
     return status
+
+
+def _pipe_closed() -> int:
+    """The reader went away (``throttlekit inspect KEY | head``): stop quietly, as Unix
+    tools do, with the status a shell reports for SIGPIPE (128 + 13)."""
+    try:
+        # Python flushes stdout again at exit: point it at /dev/null so that flush neither
+        # fails nor prints "Exception ignored ... BrokenPipeError"
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
+    except (OSError, ValueError):  # stdout replaced by an object without a descriptor
+        pass
+    return 141

@@ -1,6 +1,7 @@
 """``throttlekit check FILE`` and ``throttlekit rules FILE``: validate and show a rules file.
 
-``check`` lists every error with its line and a hint, and exits 1 when there is any;
+``check`` lists every error with its line and a hint, and exits 1 when there is any; on a
+valid file it lists the callables the file imports by dotted path (a rules file runs code);
 ``rules`` prints the effective rule table in the order the limiter evaluates it.
 """
 
@@ -47,10 +48,19 @@ def run_check(args: argparse.Namespace) -> int:
             print(exc)
         return 1
     n = len(ruleset.rules) + (ruleset.shedding is not None)
+    imports = [{"line": line, "field": what, "callable": spec}
+               for line, what, spec in ruleset.imports]
     if args.json:
-        print_json({"file": args.file, "ok": True, "rules": n, "errors": []})
-    else:
-        print(f"{args.file}: OK ({n} rule{'s' if n != 1 else ''})")
+        print_json({"file": args.file, "ok": True, "rules": n, "errors": [],
+                    "imports": imports})
+        return 0
+    print(f"{args.file}: OK ({n} rule{'s' if n != 1 else ''})")
+    if imports:
+        print(f"{args.file}: imports and runs {len(imports)} callable"
+              f"{'s' if len(imports) != 1 else ''} (a rules file is code: review these, and "
+              "let only trusted users write the file):")
+        for i in imports:
+            print(f"{args.file}:{i['line']}: {i['field']} = {i['callable']!r}")
     return 0
 
 

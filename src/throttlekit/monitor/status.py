@@ -1,10 +1,11 @@
 """An opt-in JSON status endpoint: what the monitor sees, for operators and scripts.
 
-Off unless mounted. Only clients whose socket address is in ``allow`` (default: loopback),
-or that send ``Authorization: Bearer <token>`` when a ``token`` is set, get the status;
-others get 401 (token set, none or a wrong one sent) or 403. ``allow`` matches the socket
-peer, never ``X-Forwarded-For``: behind a reverse proxy every request comes from the proxy,
-so use a token there (and keep the proxy's address out of ``allow``).
+Off unless mounted. With a ``token``, every request must send ``Authorization: Bearer
+<token>``, from whatever address (loopback included), except from the addresses the operator
+lists in ``allow``; without a token, only ``allow`` (default: loopback) gets the status.
+Others get 401 (token set) or 403. ``allow`` matches the socket peer, never
+``X-Forwarded-For``: behind a reverse proxy every request comes from the proxy (on the same
+host: from loopback), so set a token there and keep the proxy's address out of ``allow``.
 
 WSGI::
 
@@ -21,6 +22,7 @@ ASGI: ``ASGIStatusMiddleware(app, endpoint)`` the same way. ``GET <path>`` answe
 
 from __future__ import annotations
 
+import hashlib
 import hmac
 import ipaddress
 import json
@@ -45,6 +47,11 @@ Send = Callable[[Message], Awaitable[None]]
 ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 
 _JSON = [("Content-Type", "application/json"), ("Cache-Control", "no-store")]
+_LOOPBACK = ("127.0.0.1", "::1")
+
+
+def _digest(raw: bytes) -> bytes:
+    return hashlib.sha256(raw).digest()
 
 
 class StatusEndpoint:
@@ -56,8 +63,11 @@ class StatusEndpoint:
         limiter: include the live dynamic blocklist (``limiter.blocked()``, at most
             ``max_blocked`` entries).
         path: where the middleware wrappers mount it (default ``/throttlekit/status``).
-        token: a bearer token that grants access from any address.
-        allow: addresses or networks allowed without a token (default: loopback).
+        token: a bearer token (at least 16 characters); when set, it is required from
+            every address not listed in ``allow``.
+        allow: addresses or networks allowed without a token. Default: loopback when no
+            token is set; no address when a token is set (list addresses explicitly to let
+            them in without it).
     """
 
     def __init__(
@@ -68,19 +78,23 @@ class StatusEndpoint:
         limiter: Any = None,
         path: str = "/throttlekit/status",
         token: str | None = None,
-        allow: Iterable[str] = ("127.0.0.1", "::1"),
+        allow: Iterable[str] | None = None,
         max_blocked: int = 100,
     ) -> None:
         if not isinstance(path, str) or not path.startswith("/"):
             raise ConfigError(f"path must start with '/', got {path!r}")
         if token is not None and (not isinstance(token, str) or len(token) < 16):
             raise ConfigError("token must be a string of at least 16 characters")
-        if isinstance(allow, str):
+        if allow is None:
+            allow = () if token is not None else _LOOPBACK
+        if isinstance(allow, (str, bytes)) or not isinstance(allow, Iterable):
             raise ConfigError(f"allow must be a list of addresses or networks, got {allow!r}")
         nets = []
         for entry in allow:
             try:
-                nets.append(ipaddress.ip_network(entry, strict=False))
+                if not isinstance(entry, str):
+                    raise TypeError(entry)
+                nets.append(ipaddress.ip_network(entry.strip(), strict=False))
             except (ValueError, TypeError):
                 raise ConfigError(f"allow: bad address or network {entry!r}") from None
         self.monitor = monitor
@@ -88,16 +102,20 @@ class StatusEndpoint:
         self.limiter = limiter
         self.path = path
         self.max_blocked = max_blocked
-        self._token = ("Bearer " + token).encode() if token else None
+        # compared as digests: constant time, and the token's length does not leak either
+        self._token = _digest(token.encode()) if token else None
         self._nets = tuple(nets)
 
     def authorize(self, peer: str | None, authorization: str | None) -> int:
         """200 when the request may see the status, else 401 or 403."""
-        if self._token is not None and authorization is not None and hmac.compare_digest(
-            authorization.strip().encode("latin-1", "replace"), self._token
-        ):
-            return 200
-        if peer:
+        if self._token is not None and authorization is not None:
+            scheme, _, credentials = authorization.strip().partition(" ")
+            if scheme.lower() == "bearer" and hmac.compare_digest(
+                # headers arrive latin-1 decoded (WSGI, ASGI): back to the bytes sent
+                _digest(credentials.strip().encode("latin-1", "replace")), self._token
+            ):
+                return 200
+        if peer and self._nets:
             try:
                 ip = ipaddress.ip_address(peer.split("%", 1)[0])
             except ValueError:
