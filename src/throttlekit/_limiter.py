@@ -131,8 +131,10 @@ class Limiter:
             )
         for name, value in (("retry_interval", retry_interval),
                             ("error_log_interval", error_log_interval)):
-            if not isinstance(value, (int, float)) or value < 0:
-                raise ConfigError(f"{name} must be a non-negative number, got {value!r}")
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not (
+                0 <= value < float("inf")  # also refuses nan
+            ):
+                raise ConfigError(f"{name} must be a finite non-negative number, got {value!r}")
         self.storage: Storage = storage
         self.clock = clock
         self.on_storage_error = on_storage_error

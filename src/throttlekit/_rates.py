@@ -12,7 +12,13 @@ from typing import NamedTuple
 
 from ._errors import ConfigError
 
-__all__ = ["Rate", "parse_rates"]
+__all__ = ["MAX_LIMIT", "MAX_PERIOD", "Rate", "parse_rates"]
+
+#: The longest period a rate may have: ten years. Stores count in integer microseconds, and
+#: this bound keeps every sum of them exact (below 2**53, where Lua's doubles stop counting).
+MAX_PERIOD = 3650 * 86400.0
+#: The largest amount a rate may have (exact as a Lua double).
+MAX_LIMIT = 2**53 - 1
 
 
 class Rate(NamedTuple):
@@ -61,7 +67,7 @@ def _parse_cached(text: str) -> tuple[Rate, ...]:
             raise ConfigError(f"invalid rate {text!r}: the amount must be positive")
         if multiples is not None and int(multiples) <= 0:
             raise ConfigError(f"invalid rate {text!r}: the period must be positive")
-        rates.append(Rate(int(item.amount), float(item.get_expiry())))
+        rates.append(_bounded(Rate(int(item.amount), float(item.get_expiry())), text))
     if not rates:
         raise ConfigError(f"invalid rate {text!r}: no rate found")
     return tuple(rates)
@@ -86,8 +92,22 @@ def coerce_rates(rates: object) -> tuple[Rate, ...]:
 def _check_rate(rate: Rate) -> Rate:
     if isinstance(rate.limit, bool) or not isinstance(rate.limit, int) or rate.limit <= 0:
         raise ConfigError(f"invalid rate {rate!r}: limit must be a positive integer")
-    if not isinstance(rate.period, (int, float)) or not rate.period > 0:
-        raise ConfigError(f"invalid rate {rate!r}: period must be a positive number of seconds")
+    if isinstance(rate.period, bool) or not isinstance(rate.period, (int, float)) or not (
+        0 < rate.period <= MAX_PERIOD  # also nan and inf
+    ):
+        raise ConfigError(
+            f"invalid rate {rate!r}: period must be a positive number of seconds, at most "
+            f"ten years"
+        )
     if round(rate.period * 1_000_000) < 1:
         raise ConfigError(f"invalid rate {rate!r}: period must be at least one microsecond")
-    return Rate(rate.limit, float(rate.period))
+    return _bounded(Rate(rate.limit, float(rate.period)), rate)
+
+
+def _bounded(rate: Rate, shown: object) -> Rate:
+    """``rate`` when its amount and period are within what every store counts exactly."""
+    if rate.limit > MAX_LIMIT:
+        raise ConfigError(f"invalid rate {shown!r}: amount out of range (at most {MAX_LIMIT})")
+    if not rate.period <= MAX_PERIOD:  # also inf and nan
+        raise ConfigError(f"invalid rate {shown!r}: period out of range (at most ten years)")
+    return rate

@@ -29,7 +29,7 @@ from ._errors import ConfigError
 from ._events import Event, EventCallback, Listeners
 from ._ipset import IPSet
 from ._keys import MAX_KEY_LENGTH, rule_key
-from ._rates import Rate, coerce_rates
+from ._rates import MAX_PERIOD, Rate, coerce_rates
 from ._request import _UNSET, _UnreadableForm
 from .storage import MemoryStorage
 from .storage.base import BatchResult, Check, Storage
@@ -452,9 +452,11 @@ class Rules:
             raise ConfigError(f"{kind} {name!r}: maxretry must be a positive integer, "
                               f"got {maxretry!r}")
         for what, value in (("findtime", findtime), ("bantime", bantime)):
-            if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not (
+                0 < value <= MAX_PERIOD  # also refuses nan and inf
+            ):
                 raise ConfigError(f"{kind} {name!r}: {what} must be a positive number of "
-                                  f"seconds, got {value!r}")
+                                  f"seconds, at most ten years, got {value!r}")
         keyf = _key_func(key, f"{kind} {name!r}")
         # The counter is an exact sliding log: "maxretry matches within findtime", no
         # more and no fewer (a fixed window would allow twice that across its boundary, a

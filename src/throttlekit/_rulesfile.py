@@ -58,7 +58,7 @@ from typing import TYPE_CHECKING, Any
 from ._algorithms import ALGORITHMS, DEFAULT_STRATEGY, MAX_LIMIT, make_algorithm
 from ._errors import ConfigError
 from ._ipset import IPSet
-from ._rates import coerce_rates
+from ._rates import MAX_PERIOD, coerce_rates
 from ._redos import MAX_REGEX_INPUT, hazard
 from ._rules import ON_UNREADABLE
 
@@ -108,9 +108,9 @@ _STATUS_CLASS = re.compile(r"^[1-5]xx$")
 
 # -- numbers -------------------------------------------------------------------------------
 
-#: The longest duration a rules file may give (findtime, bantime, rate periods): ten years.
-#: Stores count in integer microseconds; this bound keeps every sum exact (below 2**53).
-MAX_SECONDS = 3650 * 86400.0
+#: The longest duration a rules file may give (findtime, bantime, rate periods): ten years,
+#: the bound the API enforces too (see ``_rates.MAX_PERIOD``).
+MAX_SECONDS = MAX_PERIOD
 _MIN_SECONDS = 0.001
 _MIN_RATE_PERIOD = 1.0  # rate strings count in seconds at least ("10/second")
 _LEASE_SECONDS = 10 * 86400.0  # concurrency and shedding leases: under ten days
