@@ -56,6 +56,7 @@ import math
 import random
 import re
 import sys
+import threading
 import time
 from base64 import urlsafe_b64encode
 from collections.abc import Callable, Sequence
@@ -96,6 +97,8 @@ _BACKOFF_MAX = 0.002
 #: attempts made even when the time is up, so that a pause of this process (a GC, a busy
 #: host) between two attempts is not mistaken for contention
 _MIN_ATTEMPTS = 4
+#: locks by which the threads of one process take turns on a CAS key (a power of two)
+_CAS_STRIPES = 64
 
 _MAX_RELATIVE = 30 * 24 * 3600  # memcached reads larger expiries as unix timestamps
 _RAW_MAX = 128  # prefix (<= 64) + markers and numbers (<= 45) + 1 + 128 < 250 bytes
@@ -254,6 +257,7 @@ class MemcachedStorage(Storage):
         self._index_key = prefix + "B"
         #: families whose reset generation is not 0, as last seen (a guess, checked per read)
         self._gens: dict[str, int] = {}
+        self._cas_locks = [threading.Lock() for _ in range(_CAS_STRIPES)]
 
     def __repr__(self) -> str:
         where = ",".join(f"{h}:{p}" for h, p in self.servers) or repr(self._client)
@@ -434,8 +438,30 @@ class MemcachedStorage(Storage):
         token = slot.token
         decision = slot.decision
         assert decision is not None
-        lost = 0
+        # Threads of this process take turns on a key (a lock per stripe of keys): racing
+        # each other would only burn attempts, so only other processes contend for the CAS.
+        lock = self._cas_locks[hash(slot.key) & (_CAS_STRIPES - 1)]
         deadline = 0.0
+        if not lock.acquire(blocking=False):
+            deadline = time.monotonic() + self.timeout
+            if not lock.acquire(timeout=self.timeout):
+                slot.decision = self._contended(decision, cost)
+                return False
+            value, token = self._gets(slot.key)  # what the thread before us wrote
+            state = self._decode(alg, value)
+        try:
+            return self._cas_loop(slot, alg, cost, now, state, token, deadline)
+        finally:
+            lock.release()
+
+    def _cas_loop(self, slot: _Slot, alg: Algorithm, cost: int, now: int, state: Any,
+                  token: Any, deadline: float) -> bool:
+        """The CAS update of ``_charge``, from ``state`` read with ``token``; ``deadline``
+        (``time.monotonic``) is set on the first lost race when 0."""
+        client = self._client
+        decision = slot.decision
+        assert decision is not None
+        lost = 0
         while True:
             new, decision = alg.hit(state, now, cost)
             if not decision.allowed:
@@ -451,20 +477,25 @@ class MemcachedStorage(Storage):
                 slot.decision = decision
                 return True
             lost += 1
-            if lost == 1:
+            if not deadline:
                 deadline = time.monotonic() + self.timeout
             if not self._backoff(lost, deadline):
                 break
             value, token = self._gets(slot.key)
             state = self._decode(alg, value)
-        # Every attempt lost a race: a denial (contention), with what was left uncharged.
+        slot.decision = self._contended(decision, cost)
+        return False
+
+    @staticmethod
+    def _contended(decision: Decision, cost: int) -> Decision:
+        """The denial of a request whose every attempt lost a race (contention), with
+        what ``decision`` (an allowing one) left uncharged."""
         remaining = min(decision.limit, decision.remaining + cost)
-        slot.decision = _new(
+        return _new(
             Decision,
             (False, decision.limit, remaining, decision.reset_after, CONTENTION_RETRY_AFTER,
              decision.rate, False),
         )
-        return False
 
     def _uncharge(self, slot: _Slot, now: int) -> None:
         """Take back the charge of ``slot`` (a later check of its batch denied)."""
