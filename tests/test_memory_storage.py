@@ -252,3 +252,19 @@ def test_reset_and_clear_reach_protected_keys() -> None:
     reset_limiter(limiter)
     assert storage.stats() == {"keys": 0, "protected": 0, "blocks": 0, "leases": 0}
     assert limiter.hit("a", "1/minute").allowed
+
+
+def test_a_rule_tightened_at_runtime_protects_whom_it_refuses() -> None:
+    """After set_rule_rates (the shield tightens a rule), a client refused by the new rate is
+    kept from eviction too, not judged by the rate the rule had before."""
+    clock = FakeClock(START)
+    storage = MemoryStorage(max_keys=30)
+    limiter = Limiter(storage, clock=clock)
+    limiter.throttle("per-ip", "10/minute")
+    call = _server(limiter)
+    assert [call("203.0.113.9") for _ in range(3)] == [200] * 3
+    limiter.set_rule_rates("per-ip", "3/minute")
+    assert call("203.0.113.9") == 429
+    for i in range(100):
+        call(_ip(i))
+    assert call("203.0.113.9") == 429

@@ -210,8 +210,8 @@ class MemoryStorage(Storage):
     def _insert(self, k: str, state: Any, algorithm: Algorithm, now: int) -> None:
         data = self._data
         algorithms = self._algorithms
-        if algorithm.id not in algorithms:
-            algorithms[algorithm.id] = algorithm
+        # The latest algorithm of an id: a rule's id outlives a change of its rates.
+        algorithms[algorithm.id] = algorithm
         data[k] = state
         # Reclaim: drop up to two expired entries from the cold end, so expired state
         # goes away as fast as new keys come in, with no scan and no timer.
