@@ -1004,6 +1004,8 @@ class Rules:
             lock.acquire()  # (cheaper than ``with`` on CPython 3.11)
             try:
                 state = data.get(k)
+                if state is None and storage._protected:  # kept from eviction: see memory.py
+                    state = storage._revive(k)
                 new, d = alg.hit(state, now, cost1)
                 if new is not state:
                     if state is None:
@@ -1041,6 +1043,8 @@ class Rules:
                 for alg, prefix, name in rule.checks:
                     k = prefix + disc
                     s = get(k)
+                    if s is None and storage._protected:
+                        s = storage._revive(k)
                     if alg.__class__ is SlidingLog:
                         # its hit appends to the log in place: decide now, charge later
                         d = alg.peek(s, now, cost)

@@ -9,9 +9,11 @@ primitive that fits it:
   charge is taken back with ``decr``, so a denied request charges nothing and no more than
   the limit is ever admitted, whatever the concurrency.
 * ``token_bucket`` and ``sliding_log``: the state (an integer; a compact log of at most
-  ``limit`` entries) is read with ``gets`` and written back with ``cas``, retried up to
-  ``cas_retries`` times. A request whose every attempt lost the race is *denied* with a
-  short ``retry_after``: that is contention, not a store failure.
+  ``limit`` entries) is read with ``gets`` and written back with ``cas``. A lost race is
+  re-read and retried at once, then after a tiny jittered backoff (50 us doubling to 2 ms),
+  for as long as the store ``timeout`` allows (and at most ``cas_retries`` attempts when
+  set). Only a request whose every attempt lost the race within that time is *denied*,
+  with a short ``retry_after``: that is contention, not a store failure.
 
 A batch of checks is read in one ``gets_many`` (state, previous windows, blocklist entries
 and the key families' reset markers together). Several rates for one request are
@@ -51,8 +53,10 @@ from __future__ import annotations
 import asyncio
 import json
 import math
+import random
 import re
 import sys
+import threading
 import time
 from base64 import urlsafe_b64encode
 from collections.abc import Callable, Sequence
@@ -79,12 +83,22 @@ DEFAULT_PORT = 11211
 DEFAULT_PREFIX = "throttlekit:"
 #: seconds, for connecting and for each reply: memcached answers in well under a millisecond
 DEFAULT_TIMEOUT = 0.25
-DEFAULT_CAS_RETRIES = 32
+#: no bound on the attempts of a CAS update: the store ``timeout`` bounds them
+DEFAULT_CAS_RETRIES: int | None = None
 #: sliding_log keeps one entry per admitted microsecond: at most ``limit`` entries, all read
 #: and rewritten on every hit, so the limit is capped (a 1,000-entry log is about 10 kB).
 DEFAULT_MAX_LOG_LIMIT = 1000
 #: ``retry_after`` (seconds) of a request denied because every CAS attempt lost a race
 CONTENTION_RETRY_AFTER = 0.01
+#: the backoff after the second lost race of a CAS update, doubling up to ``_BACKOFF_MAX``;
+#: each wait is drawn uniformly below it, so contending workers spread out
+_BACKOFF_BASE = 0.00005
+_BACKOFF_MAX = 0.002
+#: attempts made even when the time is up, so that a pause of this process (a GC, a busy
+#: host) between two attempts is not mistaken for contention
+_MIN_ATTEMPTS = 4
+#: locks by which the threads of one process take turns on a CAS key (a power of two)
+_CAS_STRIPES = 64
 
 _MAX_RELATIVE = 30 * 24 * 3600  # memcached reads larger expiries as unix timestamps
 _RAW_MAX = 128  # prefix (<= 64) + markers and numbers (<= 45) + 1 + 128 < 250 bytes
@@ -168,9 +182,11 @@ class MemcachedStorage(Storage):
             ``HashClient``). Clients built here use short timeouts and are closed by
             :meth:`close`.
         prefix: put in front of every key (printable ASCII, no spaces, at most 64 chars).
-        connect_timeout, timeout: seconds, for clients built here.
-        cas_retries: attempts of a CAS update (token_bucket, sliding_log) before the request
-            is denied as contended.
+        connect_timeout, timeout: seconds, for clients built here; ``timeout`` also bounds
+            how long a contended CAS update keeps retrying (for any client).
+        cas_retries: the most attempts of a CAS update (token_bucket, sliding_log) before
+            the request is denied as contended; default ``None``: as many as ``timeout``
+            allows (lost races are retried with a tiny jittered backoff).
         max_log_limit: the largest ``limit`` accepted for ``sliding_log`` (its log is read and
             rewritten whole on every hit); larger ones are refused when the limiter is set up.
         max_pool_size: connections per server, for clients built here (default: unbounded).
@@ -189,7 +205,7 @@ class MemcachedStorage(Storage):
         prefix: str = DEFAULT_PREFIX,
         connect_timeout: float = DEFAULT_TIMEOUT,
         timeout: float = DEFAULT_TIMEOUT,
-        cas_retries: int = DEFAULT_CAS_RETRIES,
+        cas_retries: int | None = DEFAULT_CAS_RETRIES,
         max_log_limit: int = DEFAULT_MAX_LOG_LIMIT,
         max_pool_size: int | None = None,
     ) -> None:
@@ -199,6 +215,8 @@ class MemcachedStorage(Storage):
                 f"got {prefix!r}"
             )
         for name, value in (("cas_retries", cas_retries), ("max_log_limit", max_log_limit)):
+            if name == "cas_retries" and value is None:
+                continue
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ConfigError(f"{name} must be a positive integer, got {value!r}")
         for name, t in (("connect_timeout", connect_timeout), ("timeout", timeout)):
@@ -234,10 +252,12 @@ class MemcachedStorage(Storage):
         self._errors: tuple[type[BaseException], ...] = (*errors, ValueError)
         self.prefix = prefix
         self.cas_retries = cas_retries
+        self.timeout = float(timeout)
         self.max_log_limit = max_log_limit
         self._index_key = prefix + "B"
         #: families whose reset generation is not 0, as last seen (a guess, checked per read)
         self._gens: dict[str, int] = {}
+        self._cas_locks = [threading.Lock() for _ in range(_CAS_STRIPES)]
 
     def __repr__(self) -> str:
         where = ",".join(f"{h}:{p}" for h, p in self.servers) or repr(self._client)
@@ -418,7 +438,31 @@ class MemcachedStorage(Storage):
         token = slot.token
         decision = slot.decision
         assert decision is not None
-        for _ in range(self.cas_retries):
+        # Threads of this process take turns on a key (a lock per stripe of keys): racing
+        # each other would only burn attempts, so only other processes contend for the CAS.
+        lock = self._cas_locks[hash(slot.key) & (_CAS_STRIPES - 1)]
+        deadline = 0.0
+        if not lock.acquire(blocking=False):
+            deadline = time.monotonic() + self.timeout
+            if not lock.acquire(timeout=self.timeout):
+                slot.decision = self._contended(decision, cost)
+                return False
+            value, token = self._gets(slot.key)  # what the thread before us wrote
+            state = self._decode(alg, value)
+        try:
+            return self._cas_loop(slot, alg, cost, now, state, token, deadline)
+        finally:
+            lock.release()
+
+    def _cas_loop(self, slot: _Slot, alg: Algorithm, cost: int, now: int, state: Any,
+                  token: Any, deadline: float) -> bool:
+        """The CAS update of ``_charge``, from ``state`` read with ``token``; ``deadline``
+        (``time.monotonic``) is set on the first lost race when 0."""
+        client = self._client
+        decision = slot.decision
+        assert decision is not None
+        lost = 0
+        while True:
             new, decision = alg.hit(state, now, cost)
             if not decision.allowed:
                 slot.decision = decision
@@ -432,16 +476,26 @@ class MemcachedStorage(Storage):
             if ok:
                 slot.decision = decision
                 return True
+            lost += 1
+            if not deadline:
+                deadline = time.monotonic() + self.timeout
+            if not self._backoff(lost, deadline):
+                break
             value, token = self._gets(slot.key)
             state = self._decode(alg, value)
-        # Every attempt lost a race: a denial (contention), with what was left uncharged.
+        slot.decision = self._contended(decision, cost)
+        return False
+
+    @staticmethod
+    def _contended(decision: Decision, cost: int) -> Decision:
+        """The denial of a request whose every attempt lost a race (contention), with
+        what ``decision`` (an allowing one) left uncharged."""
         remaining = min(decision.limit, decision.remaining + cost)
-        slot.decision = _new(
+        return _new(
             Decision,
             (False, decision.limit, remaining, decision.reset_after, CONTENTION_RETRY_AFTER,
              decision.rate, False),
         )
-        return False
 
     def _uncharge(self, slot: _Slot, now: int) -> None:
         """Take back the charge of ``slot`` (a later check of its batch denied)."""
@@ -451,7 +505,9 @@ class MemcachedStorage(Storage):
             client.decr(slot.key, check.cost, noreply=False)
             return
         alg = check.algorithm
-        for _ in range(self.cas_retries):
+        lost = 0
+        deadline = time.monotonic() + self.timeout
+        while lost == 0 or self._backoff(lost, deadline):
             value, token = self._gets(slot.key)
             if value is None:
                 return
@@ -477,7 +533,24 @@ class MemcachedStorage(Storage):
             if client.cas(slot.key, data, token, expire=_expire(alg.ttl_us(new, now)),
                           noreply=False):
                 return
+            lost += 1
         # Out of attempts: the charge stays (conservative: this key is limited a bit more).
+
+    def _backoff(self, lost: int, deadline: float) -> bool:
+        """After ``lost`` lost races of one CAS update: True to try again (after a tiny
+        jittered wait from the third attempt on), False when the attempts (``cas_retries``)
+        or, after a few attempts, the time (``deadline``, on ``time.monotonic``) are used up."""
+        retries = self.cas_retries
+        if retries is not None and lost >= retries:
+            return False
+        delay = 0.0
+        if lost > 1:
+            delay = random.random() * min(_BACKOFF_MAX, _BACKOFF_BASE * (1 << (min(lost, 12) - 2)))
+        if lost >= _MIN_ATTEMPTS and time.monotonic() + delay >= deadline:
+            return False
+        if delay:
+            time.sleep(delay)
+        return True
 
     def _encode(self, state: Any) -> bytes:
         if isinstance(state, int):
@@ -583,7 +656,10 @@ class MemcachedStorage(Storage):
         """
         ikey = self._index_key
         client = self._client
-        for _ in range(self.cas_retries):
+        lost = 0
+        deadline = time.monotonic() + self.timeout
+        while lost == 0 or self._backoff(lost, deadline):
+            lost += 1
             t = time.time()
             value, token = self._gets(ikey)
             index: dict[str, float | None] = json.loads(value) if value else {}
