@@ -576,7 +576,10 @@ def test_pool_size_must_be_a_positive_integer(bad: str) -> None:
 def test_async_calls_wait_for_a_pooled_connection(ctx: Any) -> None:
     """More concurrent calls than connections: they wait their turn (the store answers all
     along), none fails, counts are exact."""
-    storage = ctx.storage(max_connections=2)
+    # 2 s timeouts, as in the 1,000-request test below: a loop busy starting 400 calls counts
+    # against a 0.25 s connect timeout on a loaded machine. Without the waiting pool the
+    # calls fail at once (MaxConnectionsError), whatever the timeout.
+    storage = ctx.storage(max_connections=2, socket_timeout=2, socket_connect_timeout=2)
     alg = make_algorithm("fixed_window", Rate(250, 3600))
 
     async def run() -> list[Any]:
