@@ -481,7 +481,7 @@ def test_missing_redis_package_is_a_config_error() -> None:
     out = subprocess.run(
         [sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd="src"
     )
-    assert "pip install 'throttlekit[redis]'" in out.stdout
+    assert "pip install 'throttlekit-web[redis]'" in out.stdout
 
 
 def test_importing_throttlekit_does_not_import_redis() -> None:

@@ -193,7 +193,7 @@ def test_plot_is_written_or_explains_the_missing_extra(tmp_path, capsys):
         import matplotlib  # noqa: F401
     except ImportError:
         assert main(["simulate", str(f), "--plot", str(out), "--no-progress"]) == 2
-        assert "pip install 'throttlekit[plot]'" in capsys.readouterr().err
+        assert "pip install 'throttlekit-web[plot]'" in capsys.readouterr().err
         assert not out.exists()
     else:
         assert main(["simulate", str(f), "--plot", str(out), "--no-progress"]) == 0

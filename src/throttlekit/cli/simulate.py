@@ -348,7 +348,7 @@ def plot(r: SimResult, path: str) -> None:
         import matplotlib.pyplot as plt  # type: ignore[import-not-found,unused-ignore]
     except ImportError:
         raise ConfigError(
-            "--plot needs matplotlib: pip install 'throttlekit[plot]'"
+            "--plot needs matplotlib: pip install 'throttlekit-web[plot]'"
         ) from None
     seconds = list(range(len(r.timeline)))
     series = list(zip(*r.timeline, strict=True)) if r.timeline else [(), (), (), ()]
@@ -440,7 +440,7 @@ def run_command(args: argparse.Namespace) -> int:
             import matplotlib  # type: ignore[import-not-found,unused-ignore]  # noqa: F401
         except ImportError:
             raise ConfigError(
-                "--plot needs matplotlib: pip install 'throttlekit[plot]'"
+                "--plot needs matplotlib: pip install 'throttlekit-web[plot]'"
             ) from None
     show = args.progress if args.progress is not None else sys.stderr.isatty()
     with _logging(args.verbose):

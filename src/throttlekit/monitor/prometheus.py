@@ -51,7 +51,7 @@ def _client() -> Any:
         import prometheus_client
     except ImportError:
         raise ConfigError(
-            "Prometheus metrics need prometheus_client: pip install 'throttlekit[prometheus]'"
+            "Prometheus metrics need prometheus_client: pip install 'throttlekit-web[prometheus]'"
         ) from None
     return prometheus_client
 

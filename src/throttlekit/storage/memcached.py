@@ -239,7 +239,7 @@ class MemcachedStorage(Storage):
         if servers is not None:
             if not have_pymemcache:
                 raise ConfigError(
-                    "the memcached backend needs pymemcache: pip install 'throttlekit[memcached]'"
+                    "the memcached backend needs pymemcache: pip install 'throttlekit-web[memcached]'"
                 )
             self._client = _make_client(servers, connect_timeout, timeout, max_pool_size)
             self._owned = True

@@ -59,7 +59,7 @@ def _redis() -> Any:
         import redis
     except ImportError:  # pragma: no cover - depends on the environment
         raise ConfigError(
-            "the Redis backend needs the redis package: pip install 'throttlekit[redis]'"
+            "the Redis backend needs the redis package: pip install 'throttlekit-web[redis]'"
         ) from None
     return redis
 
