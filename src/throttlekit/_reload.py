@@ -206,6 +206,12 @@ class RulesWatcher:
             logger.error("throttlekit: rules file %s rejected; the rules in force stay:\n%s",
                          self.path, exc)
             return False
+        except Exception as exc:  # a bug of ours: reported once per change of the file too
+            self.signature = sig
+            self.last_error = ConfigError(f"{type(exc).__name__}: {exc}")
+            logger.exception("throttlekit: reloading %s failed; the rules in force stay",
+                             self.path)
+            return False
         self.last_error = None
         self.reloads += 1
         self.loaded = time.time()

@@ -497,6 +497,11 @@ def parse_rules(text: str, path: str = "<rules>", *, strategies: Sequence[str] |
     toml = _toml()
     try:
         data = toml.loads(text)
+        return _Parser(text, path, strategies).parse(data)
+    except RecursionError:  # tomllib and the parser recurse into nested arrays and tables
+        raise RulesFileError(path, [RuleError(
+            1, "arrays or tables nested too deeply", "a rules file needs a few levels at most",
+        )]) from None
     except toml.TOMLDecodeError as exc:
         msg = str(exc)
         m = re.search(r"line (\d+)", msg)
@@ -505,7 +510,6 @@ def parse_rules(text: str, path: str = "<rules>", *, strategies: Sequence[str] |
             line, f"invalid TOML: {re.sub(r' [(]at line.*[)]$', '', msg)}",
             "check quotes, brackets and that each key = value is on its own line",
         )]) from None
-    return _Parser(text, path, strategies).parse(data)
 
 
 class _Parser:
