@@ -239,7 +239,8 @@ class MemcachedStorage(Storage):
         if servers is not None:
             if not have_pymemcache:
                 raise ConfigError(
-                    "the memcached backend needs pymemcache: pip install 'throttlekit-web[memcached]'"
+                    "the memcached backend needs pymemcache: "
+                    "pip install 'throttlekit-web[memcached]'"
                 )
             self._client = _make_client(servers, connect_timeout, timeout, max_pool_size)
             self._owned = True
