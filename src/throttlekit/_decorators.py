@@ -186,7 +186,7 @@ def form_fields(parsed: Any) -> dict[str, str]:
     ``FormData``) as the rule's form: each text field's value as the framework's ``get``
     gives it to views (the first of repeated fields in werkzeug, the last in Django and
     Starlette); files left out."""
-    return {k: v for k in parsed.keys() if isinstance(v := parsed.get(k), str)}
+    return {k: v for k in parsed if isinstance(v := parsed.get(k), str)}
 
 
 def _framework_body(view: RequestView, read: Callable[[], bytes]) -> bytes | None:

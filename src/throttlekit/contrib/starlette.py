@@ -35,8 +35,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
-from starlette.exceptions import HTTPException
 from starlette import requests as _requests
+from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.routing import Match, Mount
 
