@@ -45,9 +45,9 @@ if not settings.configured:  # the same settings as test_contrib_django (whichev
     )
     django.setup()
 
-from django.http import JsonResponse
 from django.core.handlers.asgi import ASGIHandler
 from django.core.handlers.wsgi import WSGIHandler
+from django.http import JsonResponse
 from django.test import override_settings
 from django.urls import clear_url_caches, path
 from fastapi import FastAPI, Form
@@ -65,8 +65,6 @@ from throttlekit.contrib.fastapi import Throttle as FastAPIThrottle
 from throttlekit.contrib.flask import Throttle as FlaskThrottle
 from throttlekit.contrib.starlette import ThrottleMiddleware
 from throttlekit.testing import FakeClock
-
-pytest.importorskip("python_multipart")  # Starlette's form parser (the dev extra has it)
 
 # -- the bodies ----------------------------------------------------------------------------
 

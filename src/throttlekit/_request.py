@@ -157,7 +157,11 @@ class RequestView:
       ``form_unreadable`` then reports. Reading it leaves the body for the app to read
       (WSGI: ``wsgi.input`` is replaced by a replay of the bytes read; ASGI: the
       middleware passes the body it pre-read and replays it; Django and Flask: read
-      through the framework's own cached body).
+      through the framework's own cached body). Multipart bodies are read strictly: what
+      browsers never send (a charset on the Content-Type, ``filename*``, two
+      Content-Disposition headers, a Content-Transfer-Encoding, loose framing...) makes
+      the form unreadable, since the app's parser may read it otherwise. (The framework
+      integrations read forms with the framework's own parser instead.)
     - ``raw`` is the WSGI environ or the ASGI scope.
 
     Not thread-safe (one view per request).
@@ -569,6 +573,8 @@ def _strict_multipart(body: bytes, ctype: str) -> tuple[str, int]:
     if boundary is None or options or not _BOUNDARY.fullmatch(boundary):
         raise ValueError(f"multipart Content-Type {ctype!r}: exactly one valid boundary")
     delim = b"--" + boundary.encode("ascii")
+    if body[:2] == b"\r\n":
+        body = body[2:]  # the CRLF that begins the first delimiter (werkzeug sends it)
     if not body.startswith(delim + b"\r\n"):
         raise ValueError("multipart body does not start with its boundary")
     chunks = body[len(delim):].split(b"\r\n" + delim)
