@@ -29,6 +29,7 @@ call; the wrapper then sees the request was handled and only calls through.
 
 from __future__ import annotations
 
+import contextlib
 import contextvars
 import functools
 import inspect
@@ -45,7 +46,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 from ._decision import Decision, most_restrictive
 from ._errors import ConfigError, RateLimitExceeded
 from ._keys import rule_key
-from ._request import _UNSET, RequestView, _UnreadableForm
+from ._request import _UNREADABLE, _UNSET, RequestView, _UnreadableForm
 from ._rules import (
     NS,
     STORAGE_RULE,
@@ -118,23 +119,46 @@ class FrameworkView(RequestView):
     request: Any
 
     def _read_form(self) -> Mapping[str, str]:
-        # The framework parsed the form already (a CSRF check in an earlier hook, Django's
-        # multipart parser): its fields are the form, the stream is spent.
+        # A form (urlencoded, multipart) is read with the framework's own parser, so that
+        # the rule sees exactly the fields the view will see (parsers disagree on unusual
+        # bodies: UTF-7 names, filename*, base64 parts...): Django's ``request.POST``,
+        # werkzeug's ``request.form`` (Flask), both over the body they cached (the view
+        # still reads it). Starlette's ``request.form()`` is async: see ``use_form``.
         req = self.request
         if req is not None and self.is_wsgi:
-            parsed = None
             modules = sys.modules
             dj = modules.get("django.http.request")
-            wz = modules.get("werkzeug.wrappers.request")
             if dj is not None and isinstance(req, dj.HttpRequest):
-                if "_post" in req.__dict__ and "_body" not in req.__dict__:
-                    parsed = req.POST
-            elif wz is not None and isinstance(req, wz.Request) and "form" in req.__dict__:
-                parsed = req.form
-            if parsed is not None:
-                # (each framework's own choice among repeated fields: what its views see)
-                return {k: v for k in parsed if isinstance(v := parsed.get(k), str)}
+                return self._framework_form(req, req.content_type, "_post", "POST",
+                                            lambda: req.body)
+            wz = modules.get("werkzeug.wrappers.request")
+            if wz is not None and isinstance(req, wz.Request):
+                return self._framework_form(req, req.mimetype, "form", "form",
+                                            lambda: req.get_data(cache=True))
         return super()._read_form()
+
+    def _framework_form(self, req: Any, mimetype: Any, cached: str, attr: str,
+                        read: Callable[[], bytes]) -> Mapping[str, str]:
+        """The form as the framework parses it (``req.<attr>``, cached in
+        ``req.__dict__[cached]`` once parsed), for the form types it parses, over the
+        body its ``read`` caches."""
+        if mimetype not in _FRAMEWORK_FORMS:
+            ctype = self.headers.get("content-type") or ""
+            if ctype.partition(";")[0].strip().lower() in _FRAMEWORK_FORMS:
+                return _UNREADABLE  # we and the framework disagree on the type: no key
+            return super()._read_form()  # JSON: read as the view does (json.loads)
+        if cached not in req.__dict__ and _framework_body(self, read) is None:
+            # too big (or gone): not parsed, the view parses it (the stream is intact)
+            return _UNREADABLE if self._has_body() else _EMPTY_FORM
+        try:
+            return form_fields(getattr(req, attr))
+        except Exception:
+            return _UNREADABLE  # the view's own parsing fails the same way
+
+    def use_form(self, parsed: Any) -> None:
+        """Take ``parsed`` (a framework's multidict: Starlette's ``FormData``) as the form,
+        or None when the framework could not parse the body (the form is unreadable)."""
+        self._form = _UNREADABLE if parsed is None else form_fields(parsed)
 
     def _read_body(self) -> bytes | None:
         # The framework may hold the body stream already (Django always does, werkzeug
@@ -150,6 +174,19 @@ class FrameworkView(RequestView):
             if wz is not None and isinstance(req, wz.Request) and "stream" in req.__dict__:
                 return _framework_body(self, lambda: req.get_data(cache=True))
         return super()._read_body()
+
+
+#: the form types frameworks parse themselves (JSON the views parse with json.loads)
+_FRAMEWORK_FORMS = frozenset({"application/x-www-form-urlencoded", "multipart/form-data"})
+_EMPTY_FORM: Mapping[str, str] = {}
+
+
+def form_fields(parsed: Any) -> dict[str, str]:
+    """A framework's parsed form (Django ``QueryDict``, werkzeug ``MultiDict``, Starlette
+    ``FormData``) as the rule's form: each text field's value as the framework's ``get``
+    gives it to views (the first of repeated fields in werkzeug, the last in Django and
+    Starlette); files left out."""
+    return {k: v for k in parsed if isinstance(v := parsed.get(k), str)}
 
 
 def _framework_body(view: RequestView, read: Callable[[], bytes]) -> bytes | None:
@@ -936,8 +973,8 @@ async def _aweb_limits(lim: Limiter, group: Group, found: Found) -> Any:
 
 async def _asgi_body(view: FrameworkView) -> None:
     """Give ``view`` the body of its Starlette request when no middleware read it ahead,
-    through the request's own cache (``request.body()``, or ``request.form()`` once the
-    framework parsed the form), so the app still reads it."""
+    through the request's own cache (``request.body()``), so the app still reads it; and
+    a form (urlencoded, multipart) as the request's own ``request.form()`` parses it."""
     req = view.request
     if view.body is not None or view._form is not _UNSET or req is None:
         return
@@ -948,14 +985,19 @@ async def _asgi_body(view: FrameworkView) -> None:
         return
     if not 0 < length <= view.max_form_bytes:
         return
-    try:
+    with contextlib.suppress(Exception):  # consumed: the framework parsed the form already
         view.body = bytes(await req.body())
-    except Exception:  # the stream was consumed: the framework parsed the form already
+    ctype = view.headers.get("content-type") or ""
+    if ctype.partition(";")[0].strip().lower() in _FRAMEWORK_FORMS and (
+        view.body is None
+        or getattr(sys.modules.get("starlette.requests"), "parse_options_header", None)
+    ):  # Starlette's own parser (python-multipart), cached on the request: what the
+        # endpoint will see
         try:
             form = await req.form()
-            view._form = {k: v for k, v in form.items() if isinstance(v, str)}
         except Exception:
-            return
+            form = None
+        view.use_form(form)
 
 
 def record(kind: str, raw: MutableMapping[str, Any], native: Any, verdict: Verdict) -> None:

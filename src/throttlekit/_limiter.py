@@ -12,7 +12,7 @@ from ._algorithms import ALGORITHMS, DEFAULT_STRATEGY, Algorithm, make_algorithm
 from ._decision import Decision, most_restrictive
 from ._denials import DenialCache
 from ._errors import ConfigError
-from ._keys import MAX_KEY_LENGTH, bound_key, hash_key
+from ._keys import MAX_KEY_LENGTH, bound_key, encodable
 from ._keys import admin_rule_key as _admin_rule_key
 from ._rates import Rate, coerce_rates
 from .storage import MemoryStorage, Storage, storage_from_url
@@ -242,8 +242,8 @@ class Limiter:
         fast = plan.fast
         if fast is not None:
             try:
-                if len(key) > MAX_KEY_LENGTH:
-                    key = hash_key(key)
+                if len(key) > MAX_KEY_LENGTH or not key.isascii():
+                    key = bound_key(key)
                 return fast(key, cost, now)
             except (TypeError, AttributeError):
                 _check_key(key)
@@ -448,6 +448,15 @@ class Limiter:
 
     def _storage_failed(self, exc: BaseException) -> None:
         mono = time.monotonic()
+        if isinstance(exc, UnicodeEncodeError):
+            # A string the store cannot encode is this call's fault, not the store's: the
+            # breaker stays closed (keys are made encodable in _keys; this is a backstop).
+            if mono - self._last_error_log >= self.error_log_interval:
+                self._last_error_log = mono
+                logger.error("throttlekit: a value could not be encoded for the store (%s); "
+                             "this call answered with on_storage_error=%r", exc,
+                             self.on_storage_error)
+            return
         self._broken_until = mono + self.retry_interval
         if mono - self._last_error_log >= self.error_log_interval:
             self._last_error_log = mono
@@ -715,7 +724,9 @@ class Limiter:
                 f"('2001:db8:1:2::/{prefix}') or a ban ('fail2ban:<rule>:<key>'): a block "
                 f"of it would match no request"
             )
-        return text  # a ban's discriminator (a user name, ...)
+        # a ban's discriminator (a user name, ...), as the rules store it (hashed when
+        # long or not valid UTF-8 text)
+        return _admin_rule_key(text)
 
     def unblock(self, key: str) -> bool:
         """Lift a block or ban: ``key`` as :meth:`blocked` lists it
@@ -737,7 +748,7 @@ class Limiter:
         version stored unnormalised)."""
         norm = self._block_key(key, "unblock")
         raw = key.strip()
-        return [norm] if raw == norm else [norm, raw]
+        return [norm] if raw == norm or not encodable(raw) else [norm, raw]
 
     def _unblock_targets(self, key: str) -> list[tuple[str, str | None]]:
         ban = self._rules.ban_rule_of(key)

@@ -19,6 +19,7 @@ from __future__ import annotations
 import contextlib
 import io
 import json
+import re
 from collections.abc import Iterator, Mapping
 from typing import IO, Any
 from urllib.parse import parse_qsl
@@ -156,7 +157,11 @@ class RequestView:
       ``form_unreadable`` then reports. Reading it leaves the body for the app to read
       (WSGI: ``wsgi.input`` is replaced by a replay of the bytes read; ASGI: the
       middleware passes the body it pre-read and replays it; Django and Flask: read
-      through the framework's own cached body).
+      through the framework's own cached body). Multipart bodies are read strictly: what
+      browsers never send (a charset on the Content-Type, ``filename*``, two
+      Content-Disposition headers, a Content-Transfer-Encoding, loose framing...) makes
+      the form unreadable, since the app's parser may read it otherwise. (The framework
+      integrations read forms with the framework's own parser instead.)
     - ``raw`` is the WSGI environ or the ASGI scope.
 
     Not thread-safe (one view per request).
@@ -472,6 +477,9 @@ class _Replay(io.RawIOBase):
 def _parse_form(body: bytes, ctype: str, mimetype: str) -> Mapping[str, str]:
     form: dict[str, str] = {}
     if mimetype == "application/x-www-form-urlencoded":
+        if ";" in ctype and _strict_options(ctype)[1].get("charset", "utf-8").lower() not in _UTF8:
+            # Django decodes the body in that charset (UTF-7: "+AHU-sername" is "username")
+            raise ValueError(f"urlencoded body in another charset: {ctype!r}")
         pairs = parse_qsl(body.decode("utf-8", "replace"), keep_blank_values=True)
         for name, value in pairs:
             form.setdefault(name, value)
@@ -487,16 +495,17 @@ def _parse_form(body: bytes, ctype: str, mimetype: str) -> Mapping[str, str]:
                     form[name] = str(value)
     else:
         from werkzeug.formparser import FormDataParser
-        from werkzeug.http import parse_options_header
 
-        _, options = parse_options_header(ctype)
-        if not options.get("boundary"):
-            raise ValueError("multipart body without a boundary")
+        boundary, n_parts = _strict_multipart(body, ctype)
         parser = FormDataParser(max_form_memory_size=len(body) + 1, silent=False)
-        _, fields, files = parser.parse(io.BytesIO(body), "multipart/form-data", len(body), options)
+        _, fields, files = parser.parse(
+            io.BytesIO(body), "multipart/form-data", len(body), {"boundary": boundary}
+        )
         for upload in files.values():
             upload.close()
         items = [(n, v) for n, v in fields.items(multi=True) if isinstance(v, str)]
+        if len(items) + len(list(files.items(multi=True))) != n_parts:
+            raise ValueError("werkzeug read other parts than the strict reading")
         for name, value in items:
             form.setdefault(name, value)
         if len(form) < len(items):
@@ -512,3 +521,94 @@ def _unambiguous(form: dict[str, str], pairs: list[tuple[str, str]]) -> Mapping[
     if not ambiguous:
         return form
     return _UnreadableForm((n, v) for n, v in form.items() if n not in ambiguous)
+
+
+# -- strict multipart ---------------------------------------------------------------------
+#
+# The neutral middleware reads multipart bodies with werkzeug, the app behind it may use
+# another parser (Django's, python-multipart in Starlette/FastAPI), and parsers disagree on
+# what browsers never send: a charset on the Content-Type (UTF-7 field names), ``filename*``,
+# an empty ``filename``, two Content-Disposition headers, Content-Transfer-Encoding, loose
+# framing. A form a rule keys on must read the same for throttlekit and for the view, so
+# anything beyond what browsers send makes the form unreadable (``on_unreadable`` applies).
+
+_TOKEN = r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+"
+#: a parameter: ``; name=token`` or ``; name="quoted"`` (no backslash escapes, which
+#: parsers undo differently, and no line breaks)
+_PARAM = re.compile(rf'[ \t]*;[ \t]*({_TOKEN})=({_TOKEN}|"[^"\\\r\n]*")[ \t]*')
+_VALUE = re.compile(rf"[ \t]*({_TOKEN}/{_TOKEN}|{_TOKEN})[ \t]*")
+_HEADER = re.compile(rf"({_TOKEN}):[ \t]*(.*?)[ \t]*")
+#: RFC 2046 boundary characters, 1 to 70 of them, not ending in a space
+_BOUNDARY = re.compile(r"[0-9A-Za-z'()+_,\-./:=? ]{0,69}[0-9A-Za-z'()+_,\-./:=?]")
+_UTF8 = frozenset({"utf-8", "utf8", "us-ascii"})
+
+
+def _strict_options(text: str) -> tuple[str, dict[str, str]]:
+    """``value; name=param; ...`` read strictly: the lower-case value and the parameters
+    (lower-case names, unquoted values); ValueError for anything else or a repeated
+    parameter."""
+    m = _VALUE.match(text)
+    if m is None:
+        raise ValueError(f"malformed header value {text!r}")
+    options: dict[str, str] = {}
+    pos = m.end()
+    while pos < len(text):
+        p = _PARAM.match(text, pos)
+        if p is None:
+            raise ValueError(f"malformed parameters in {text!r}")
+        name = p.group(1).lower()
+        if name in options:
+            raise ValueError(f"parameter {name!r} repeated in {text!r}")
+        value = p.group(2)
+        options[name] = value[1:-1] if value[:1] == '"' else value
+        pos = p.end()
+    return m.group(1).lower(), options
+
+
+def _strict_multipart(body: bytes, ctype: str) -> tuple[str, int]:
+    """The boundary and the number of parts of a multipart/form-data body framed and
+    labelled as browsers do it; ValueError on anything else (see above)."""
+    _, options = _strict_options(ctype)
+    boundary = options.pop("boundary", None)
+    if boundary is None or options or not _BOUNDARY.fullmatch(boundary):
+        raise ValueError(f"multipart Content-Type {ctype!r}: exactly one valid boundary")
+    delim = b"--" + boundary.encode("ascii")
+    if body[:2] == b"\r\n":
+        body = body[2:]  # the CRLF that begins the first delimiter (werkzeug sends it)
+    if not body.startswith(delim + b"\r\n"):
+        raise ValueError("multipart body does not start with its boundary")
+    chunks = body[len(delim):].split(b"\r\n" + delim)
+    last = chunks.pop()
+    if last not in (b"--", b"--\r\n") or not chunks or body.count(delim) != len(chunks) + 1:
+        raise ValueError("multipart body framing")
+    for chunk in chunks:
+        end = chunk.find(b"\r\n\r\n")
+        if chunk[:2] != b"\r\n" or end < 0:
+            raise ValueError("multipart part framing")
+        _strict_part_headers(chunk[2:end].decode("utf-8"))
+    return boundary, len(chunks)
+
+
+def _strict_part_headers(block: str) -> None:
+    seen: dict[str, str] = {}
+    for line in block.split("\r\n") if block else ():
+        m = _HEADER.fullmatch(line)
+        if m is None or "\r" in line or "\n" in line:
+            raise ValueError(f"malformed part header {line!r}")
+        name = m.group(1).lower()
+        if name in seen or name == "content-transfer-encoding":
+            raise ValueError(f"part header {name!r} repeated or not allowed")
+        seen[name] = m.group(2)
+    disposition = seen.get("content-disposition")
+    if disposition is None:
+        raise ValueError("part without a Content-Disposition")
+    kind, params = _strict_options(disposition)
+    if kind != "form-data" or not params.get("name") or set(params) - {"name", "filename"}:
+        raise ValueError(f"part Content-Disposition {disposition!r}")
+    if params.get("filename") == "":
+        raise ValueError("part with an empty filename")
+    part_type = seen.get("content-type")
+    if part_type is not None:
+        _, type_params = _strict_options(part_type)
+        if type_params.get("charset", "utf-8").lower() not in _UTF8:
+            raise ValueError(f"part Content-Type {part_type!r}")

@@ -677,7 +677,8 @@ class Rules:
                         disc = str(disc)
                     elif disc is UNKNOWN_CLIENT and key is _client_ip:
                         self._no_client_ip()
-                    if len(disc) > MAX_KEY_LENGTH or disc[:1] == "#":  # rule_key's test, inlined
+                    # rule_key's test, inlined (not ASCII: rule_key checks it encodes)
+                    if len(disc) > MAX_KEY_LENGTH or disc[:1] == "#" or not disc.isascii():
                         disc = rule_key(disc)
         cost = rule.cost
         if cost.__class__ is not int:

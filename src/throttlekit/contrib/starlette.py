@@ -35,7 +35,9 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
+from starlette import requests as _requests
 from starlette.exceptions import HTTPException
+from starlette.requests import Request
 from starlette.routing import Match, Mount
 
 from .._decorators import (
@@ -43,6 +45,7 @@ from .._decorators import (
     HANDLED_KEY,
     POLICIES_KEY,
     ForkCheck,
+    FrameworkView,
     Group,
     aevaluate,
     current_request,
@@ -70,6 +73,7 @@ __all__ = ["RateLimited", "ThrottleMiddleware", "rate_limited"]
 #: scope key: the integration is serving this request (dependencies leave headers to it)
 MIDDLEWARE_KEY = "throttlekit.middleware"
 _SKIP_HEADERS = frozenset({"content-type", "content-length"})
+_FORMS = frozenset({"application/x-www-form-urlencoded", "multipart/form-data"})
 
 
 class RateLimited(HTTPException):
@@ -87,6 +91,37 @@ def rate_limited(lim: Limiter, verdict: Verdict, accept: str | None = None) -> R
     d = denial(lim, verdict, accept)
     headers = {k: v for k, v in d.headers if k.lower() not in _SKIP_HEADERS}
     return RateLimited(verdict, headers)
+
+
+async def read_form(view: FrameworkView, scope: Scope) -> None:
+    """Give ``view`` the form of its pre-read body as Starlette's own parser
+    (python-multipart) reads it: exactly the fields the endpoint's ``await request.form()``
+    (FastAPI's ``Form()`` parameters) will see. JSON bodies are left to the view's reader
+    (``json.loads``, as ``request.json()``); without python-multipart, so are forms."""
+    body = view.body
+    if body is None or getattr(_requests, "parse_options_header", None) is None:
+        return  # (None: python-multipart, which Starlette's form parsing needs, is missing)
+    ctype = view.headers.get("content-type") or ""
+    if ctype.partition(";")[0].strip().lower() not in _FORMS:
+        return
+    sent = False
+
+    async def receive() -> Message:
+        nonlocal sent
+        if sent:
+            return {"type": "http.disconnect"}
+        sent = True
+        return {"type": "http.request", "body": body, "more_body": False}
+
+    try:
+        form = await Request(scope, receive).form()
+    except Exception:  # the endpoint's own parsing fails the same way
+        view.use_form(None)
+        return
+    try:
+        view.use_form(form)
+    finally:
+        await form.close()
 
 
 def find_endpoint(routes: Sequence[Any], scope: Scope) -> tuple[Any, Any]:
@@ -218,6 +253,7 @@ class ThrottleMiddleware:
             and has_small_form(scope, view.max_form_bytes)
         ):  # a rule reads the form: read the body first, and replay it to the app
             view.body, receive = await read_ahead(receive, view.max_form_bytes)
+            await read_form(view, scope)
         if self.rules:
             verdict = await lim.aevaluate(view)
             scope[VERDICT_KEY] = verdict
