@@ -272,7 +272,7 @@ def test_missing_pymemcache_is_a_clear_config_error(monkeypatch: pytest.MonkeyPa
     for name in [m for m in sys.modules if m.startswith("pymemcache")]:
         monkeypatch.delitem(sys.modules, name)
     monkeypatch.setitem(sys.modules, "pymemcache", None)
-    with pytest.raises(ConfigError, match=r"pip install 'throttlekit\[memcached\]'"):
+    with pytest.raises(ConfigError, match=r"pip install 'throttlekit-web\[memcached\]'"):
         storage_from_url("memcached://127.0.0.1:11211")
 
 
