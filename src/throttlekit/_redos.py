@@ -440,7 +440,7 @@ def _opaque_bodies(seq: list[Item], flags: int) -> Iterable[tuple[list[Item], in
         if name == "ATOMIC_GROUP":
             yield list(av), flags
         elif name == "POSSESSIVE_REPEAT":
-            yield [(op, av)], flags  # as a greedy repeat: backtracking inside it
+            yield [("MAX_REPEAT", av)], flags  # as greedy: its passes backtrack inside
         fl = (flags | av[1]) & ~av[2] if name == "SUBPATTERN" else flags
         for child in _children((op, av)):
             yield from _opaque_bodies(child, fl)
@@ -481,10 +481,10 @@ def _build_seq(auto: _Auto, seq: Iterable[Item], flags: int) -> _Frag:
     last: dict[int, int] = {}
     null = 1
     for item in seq:
-        f, l, n = _build(auto, item, flags)
+        f, fin, n = _build(auto, item, flags)
         auto.link(last, f)
         first = _sum(first, f, null)
-        last = _sum(l, last, n)
+        last = _sum(fin, last, n)
         null *= n
     return first, last, null
 
@@ -505,8 +505,8 @@ def _build(auto: _Auto, item: Item, flags: int) -> _Frag:
         last: dict[int, int] = {}
         null = 0
         for alt in alts:
-            f, l, n = _build_seq(auto, alt or [], flags)
-            first, last, null = _sum(first, f), _sum(last, l), null + n
+            f, fin, n = _build_seq(auto, alt or [], flags)
+            first, last, null = _sum(first, f), _sum(last, fin), null + n
         return first, last, null
     if name in _REPEATS:
         lo, hi, body = av
@@ -519,10 +519,10 @@ def _build(auto: _Auto, item: Item, flags: int) -> _Frag:
             for _ in range(hi - lo):
                 rest = [("MAX_REPEAT", (0, 1, [("SUBPATTERN", (None, 0, 0, body)), *rest]))]
             return _build_seq(auto, copies + rest, flags)
-        f, l, n = _build_seq(auto, body, flags)
+        f, fin, n = _build_seq(auto, body, flags)
         if hi >= 2:
-            auto.link(l, f)
-        return f, l, n + (1 if lo == 0 else 0)
+            auto.link(fin, f)
+        return f, fin, n + (1 if lo == 0 else 0)
     # one way from where it starts: an atomic group, a possessive repeat, a backreference
     if name in ("ATOMIC_GROUP", "POSSESSIVE_REPEAT"):
         body = list(av) if name == "ATOMIC_GROUP" else [(op, av)]
@@ -562,7 +562,7 @@ def _class_rx(atom: Item) -> str:
     if name == "NOT_LITERAL":
         return f"[^\\U{av:08x}]"
     if name == "IN":
-        parts = []
+        parts: list[str] = []
         for sop, sav in av:
             sname = _name(sop)
             if sname == "NEGATE":
