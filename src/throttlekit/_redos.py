@@ -17,8 +17,11 @@ flags, for any quantifier that repeats (max >= 2) and is not possessive:
   most two short items either could match, between them (``\\d+\\d+``, ``.*.*=``,
   ``\\w+\\s?\\w+$``, ``a.*b.*c``): cubic time or worse on a search.
 
-It is a heuristic: it can miss a rarer ambiguous form (``(a|aa)*``), so matching is also
-bounded to :data:`MAX_REGEX_INPUT` characters (see ``_rulesfile``).
+Those are heuristics. The exponential class is then decided soundly (see the section
+"the exponential class" below): a loop in which the same text can be matched along two
+paths (``(?:bot|.ot)+``, ``(?:(a)|a)+``, ``(?:a(?=a)|a)+``), and a large or unbounded repeat
+of a body that can match nothing. Polynomial forms beyond the ones above can still pass,
+so matching is also bounded to :data:`MAX_REGEX_INPUT` characters (see ``_rulesfile``).
 """
 
 from __future__ import annotations
