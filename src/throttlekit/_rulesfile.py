@@ -926,7 +926,8 @@ class _Parser:
                      f"value ({why})",
                      "rewrite it so each character can be matched one way only: (a+)+ -> a+, "
                      "(.*)* -> .*, (\\w+\\s?)+ -> \\w+(\\s\\w+)*, \\d+\\d+ -> \\d{2,}; "
-                     "or use contains / prefix")
+                     "(?:bot|.ot)+ -> (?:.ot)+; or use contains / prefix, or a match "
+                     "callable")
             return None
         # only the first MAX_REGEX_INPUT characters are searched (endpos: no copy)
         return ((lambda v: rx.search(v.headers.get(hname) or "", 0, MAX_REGEX_INPUT) is not None),
