@@ -334,20 +334,20 @@ def test_cli_reaches_a_running_worker_within_a_second(any_store: str, tmp_path: 
     assert get(c, ip) == 200
 
 
-@pytest.mark.parametrize(("spelling", "sender"), [
-    ("::ffff:203.0.113.60", "203.0.113.60"),
-    ("2001:DB8:0:0:0:0:0:60", "2001:db8::60"),
-    ("2001:db8:60:1::0/64", "2001:db8:60:1::abcd"),
-    ("203.0.113.61 ", "203.0.113.61"),
+@pytest.mark.parametrize(("spelling", "sender", "extra"), [
+    ("::ffff:203.0.113.60", "203.0.113.60", ()),
+    ("2001:DB8:0:0:0:0:0:60", "2001:db8::60", ()),
+    ("2001:db8:60:1::0/64", "2001:db8:60:1::abcd", ("--ipv6-prefix", "64")),
+    ("203.0.113.61 ", "203.0.113.61", ()),
 ])
 def test_cli_block_normalises_like_requests(store: str, served: Client, spelling: str,
-                                           sender: str) -> None:
+                                           sender: str, extra: tuple[str, ...]) -> None:
     """`throttlekit block` in any spelling of an address blocks the client sending from it;
     `unblock` in that spelling lifts it."""
-    p = tk("block", spelling, "--ttl", "600", "--storage", store)
+    p = tk("block", spelling, "--ttl", "600", "--storage", store, *extra)
     assert p.returncode == 0, p.stderr
     assert get(served, sender) == 403
-    assert tk("unblock", spelling, "--storage", store).returncode == 0
+    assert tk("unblock", spelling, "--storage", store, *extra).returncode == 0
     assert get(served, sender) == 200
 
 
@@ -361,3 +361,241 @@ def test_cli_block_refuses_a_key_that_would_block_nobody(store: str, bad: str,
     assert p.returncode == 2
     assert needle in p.stderr and repr(bad) in p.stderr
     assert json.loads(tk("bans", "--storage", store, "--json").stdout) == []
+
+
+# -- an operator's spellings of a key, and what the commands refuse (F1, F2, F5, F6) ----
+
+
+def _refused(c: Client, ip: str) -> None:
+    """Spend the client's 3/minute of `per-ip` (RULES)."""
+    assert [get(c, ip) for _ in range(4)] == [200, 200, 200, 429]
+
+
+@pytest.mark.parametrize(("spelling", "sender", "extra"), [
+    (" 198.51.100.40 ", "198.51.100.40", ()),
+    ("::ffff:198.51.100.41", "198.51.100.41", ()),
+    ("198.51.100.42/32", "198.51.100.42", ()),
+    ("2001:DB8:1:4::/64", "2001:db8:1:4::5", ("--ipv6-prefix", "64")),
+    ("2001:db8:1:5::/64", "2001:db8:1:5::5", ("--rules", "RULES")),
+    ("2001:db8:1:3::5", "2001:db8:1:3::5", ()),  # as the access log shows the client
+    ("2001:db8:1:3::5", "2001:db8:1:3::77", ()),  # its client key: the whole /64
+])
+def test_cli_reset_takes_the_spellings_block_takes(store: str, served: Client,
+                                                  rules_file: Path, spelling: str,
+                                                  sender: str, extra: tuple[str, ...]) -> None:
+    """`reset` of any spelling of a client's address (or of its client key) gives the client
+    its quota back; an IPv6 address reaches its client key, which the throttle counts by."""
+    _refused(served, sender)
+    args = tuple(str(rules_file) if a == "RULES" else a for a in extra)
+    p = tk("reset", spelling, "--storage", store, *args)
+    assert p.returncode == 0, p.stdout + p.stderr
+    assert get(served, sender) == 200
+    assert "Traceback" not in p.stderr
+
+
+def test_cli_reset_of_an_ipv6_address_says_when_it_assumed_the_prefix(store: str) -> None:
+    """Without the app's prefix, `reset` of an IPv6 address says on stderr that its client
+    key assumed the default /64; JSON lists every key it reset."""
+    p = tk("reset", "2001:db8:1:3::5", "--storage", store, "--json")
+    assert p.returncode == 0, p.stderr
+    assert "/64" in p.stderr and "--ipv6-prefix" in p.stderr
+    assert json.loads(p.stdout)["keys"][:2] == ["2001:db8:1:3::5", "2001:db8:1:3::/64"]
+    quiet = tk("reset", "2001:db8:1:3::5", "--storage", store, "--ipv6-prefix", "64")
+    assert quiet.returncode == 0 and quiet.stderr == ""
+
+
+@pytest.mark.parametrize("key", ["", "   "])
+def test_cli_reset_of_an_empty_key_is_a_usage_error(store: str, key: str) -> None:
+    """An empty key resets nothing: a message and exit 2, not a success."""
+    p = tk("reset", key, "--storage", store)
+    assert p.returncode == 2
+    assert "non-empty" in p.stderr
+
+
+def test_cli_inspect_of_an_ipv6_address_shows_its_client_keys_state(
+        store: str, served: Client, rules_file: Path) -> None:
+    """`inspect` of an IPv6 address as the access log shows it reports the rows of its
+    client key (what the throttle counts) and the ban of its network."""
+    ip = "2001:db8:1:6::5"
+    _refused(served, ip)
+    for _ in range(3):
+        get(served, ip, "/wp-admin/")
+    p = tk("inspect", ip, "--storage", store, "--rules", str(rules_file), "--json")
+    assert p.returncode == 0, p.stderr
+    data = json.loads(p.stdout)
+    assert data["keys"] == [ip, "2001:db8:1:6::/64"]
+    rows = {(r["key"], r["rule"]): r for r in data["rules"]}
+    assert rows["2001:db8:1:6::/64", "per-ip"]["remaining"] == 0
+    assert rows[ip, "per-ip"]["remaining"] == 3
+    assert [b["key"] for b in data["blocked"]] == ["fail2ban:scanners:2001:db8:1:6::/64"]
+    table = tk("inspect", ip, "--storage", store, "--rules", str(rules_file))
+    assert table.returncode == 0, table.stderr
+    assert "BLOCKED by 'fail2ban:scanners:2001:db8:1:6::/64'" in table.stdout
+    assert table.stdout.splitlines()[1].split()[:2] == ["KEY", "RULE"]
+
+
+@pytest.mark.parametrize("extra", [(), ("--ipv6-prefix", "64")])
+def test_cli_unblock_of_an_ipv6_address_lifts_its_networks_ban(store: str, served: Client,
+                                                              extra: tuple[str, ...]) -> None:
+    """A ban is stored under the client key (/64); `unblock` of the address the access log
+    shows lifts it, with or without the prefix given."""
+    ip = "2001:db8:1:6::5"
+    for _ in range(3):
+        get(served, ip, "/wp-admin/")
+    assert get(served, ip) == 403
+    p = tk("unblock", ip, "--storage", store, *extra)
+    assert p.returncode == 0, p.stdout + p.stderr
+    assert p.stdout.startswith("unblocked")
+    assert get(served, ip) == 200
+    assert json.loads(tk("bans", "--storage", store, "--json").stdout) == []
+
+
+def test_cli_unblock_of_an_ipv6_address_lifts_a_ban_of_another_prefix(store: str) -> None:
+    """An app keying IPv6 clients by /56: `unblock ADDRESS` (no prefix given) finds the /56
+    ban holding the address."""
+    limiter = Limiter(store, ipv6_prefix=56, denial_cache_size=0)
+    limiter.fail2ban("scanners", match=lambda r: r.path.startswith("/wp-admin"), maxretry=1,
+                     findtime=600, bantime=3600)
+    c = Client(WSGIMiddleware(app, limiter))
+    ip = "2001:db8:1:2ff::5"
+    assert get(c, ip, "/wp-admin/") == 403
+    assert get(c, ip) == 403
+    p = tk("unblock", ip, "--storage", store)
+    assert p.returncode == 0, p.stdout + p.stderr
+    assert get(c, ip) == 200
+
+
+def test_cli_ipv6_network_needs_the_apps_prefix(store: str, tmp_path: Path) -> None:
+    """Without the app's IPv6 prefix, a network block is refused (it may be no client key
+    of the app: blocking nobody); with --ipv6-prefix or the rules file's it blocks the
+    clients of that network; a plain address needs no prefix."""
+    limiter = Limiter(store, ipv6_prefix=56, denial_cache_size=0)
+    c = Client(WSGIMiddleware(app, limiter))
+    for net in ("2001:db8:1:2::/64", "2001:db8:1:200::/56"):
+        p = tk("block", net, "--storage", store)
+        assert p.returncode == 2, p.stdout
+        assert "--ipv6-prefix" in p.stderr and "--rules" in p.stderr
+    assert json.loads(tk("bans", "--storage", store, "--json").stdout) == []
+    wrong = tk("block", "2001:db8:1:2::/64", "--storage", store, "--ipv6-prefix", "56")
+    assert wrong.returncode == 2 and "an IPv6 /56" in wrong.stderr  # not a client key
+    p = tk("block", "2001:db8:1:200::/56", "--storage", store, "--ipv6-prefix", "56")
+    assert p.returncode == 0, p.stderr
+    assert get(c, "2001:db8:1:2ff::5") == 403
+    assert get(c, "2001:db8:1:300::5") == 200
+    rules = tmp_path / "r56.toml"
+    rules.write_text(f'[limiter]\nstorage = "{store}"\nipv6_prefix = 56\n')
+    assert tk("unblock", "2001:db8:1:200::/56", "--rules", str(rules)).returncode == 0
+    assert get(c, "2001:db8:1:2ff::5") == 200
+    clash = tk("block", "2001:db8:1:200::/56", "--rules", str(rules), "--ipv6-prefix", "64")
+    assert clash.returncode == 2 and "contradicts" in clash.stderr
+    assert tk("block", "2001:db8:1:2ff::5", "--storage", store).returncode == 0
+    assert get(c, "2001:db8:1:2ff::5") == 403
+    assert get(c, "2001:db8:1:2ff::6") == 200
+
+
+@pytest.mark.parametrize("key", ["fail2ban:scanners:2001:db8:1:4::5",
+                                 "fail2ban:scanners:198.51.100.7",
+                                 "allow2ban:logins:alice"])
+def test_cli_block_of_a_ban_is_refused(store: str, key: str) -> None:
+    """Bans are made by rules (under the client key): `block` of a ban-form key is a usage
+    error that says to block the address, and stores nothing."""
+    p = tk("block", key, "--storage", store)
+    assert p.returncode == 2
+    assert "bans are made by rules" in p.stderr
+    assert json.loads(tk("bans", "--storage", store, "--json").stdout) == []
+
+
+def test_cli_unblock_of_a_ban_of_an_unknown_rule_is_an_error(store: str, served: Client,
+                                                           rules_file: Path) -> None:
+    """With the rules loaded, `unblock fail2ban:<typo>:KEY` names the rules there are,
+    exit 2; the right name lifts the ban."""
+    ip = "198.51.100.7"
+    for _ in range(3):
+        get(served, ip, "/wp-admin/")
+    assert get(served, ip) == 403
+    p = tk("unblock", f"fail2ban:scanner:{ip}", "--storage", store, "--rules", str(rules_file))
+    assert p.returncode == 2
+    assert "'scanner'" in p.stderr and "scanners" in p.stderr
+    assert get(served, ip) == 403
+    ok = tk("unblock", f"fail2ban:scanners:{ip}", "--storage", store, "--rules",
+            str(rules_file))
+    assert ok.returncode == 0, ok.stderr
+    assert get(served, ip) == 200
+
+
+def test_cli_top_needs_a_positive_count(store: str) -> None:
+    """`top -n` below 1 is a usage error, not a slice from the end."""
+    for n in ("-1", "0"):
+        p = tk("top", "-n", n, "--storage", store)
+        assert p.returncode == 2 and "-n" in p.stderr
+
+
+# -- environmental failures: one line, no traceback (F7) --------------------------------
+
+ADMIN_COMMANDS = [("bans",), ("block", "192.0.2.1"), ("unblock", "192.0.2.1"),
+                  ("inspect", "192.0.2.1"), ("reset", "192.0.2.1"), ("top",)]
+
+
+@pytest.fixture(scope="module")
+def stopped_redis() -> Iterator[str]:
+    """A Redis of this module's own, stopped: a store that is down."""
+    from servers import RedisServer, start_or_skip
+
+    with start_or_skip(RedisServer()) as server:
+        server.stop()
+        yield server.url
+
+
+@pytest.mark.parametrize("command", ADMIN_COMMANDS, ids=lambda c: c[0])
+def test_cli_on_a_down_redis_prints_one_line(stopped_redis: str, command: tuple[str, ...]
+                                             ) -> None:
+    """Every admin command against a Redis that is down: one line naming the store, exit 1,
+    no traceback."""
+    p = tk(*command, "--storage", stopped_redis)
+    assert p.returncode == 1, p.stdout + p.stderr
+    assert "Traceback" not in p.stderr
+    lines = p.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith(f"throttlekit: the store at {stopped_redis} "
+                                                   "failed: ")
+
+
+@pytest.mark.memcached
+def test_cli_on_a_down_memcached_prints_one_line() -> None:
+    """The same against a memcached that is down (nothing listens on its port)."""
+    from servers import free_port
+
+    url = f"memcached://127.0.0.1:{free_port()}"
+    for command in ADMIN_COMMANDS[:5]:
+        p = tk(*command, "--storage", url)
+        assert p.returncode == 1, (command, p.stdout, p.stderr)
+        lines = p.stderr.strip().splitlines()
+        assert len(lines) == 1 and lines[0].startswith(f"throttlekit: the store at {url} "), \
+            (command, p.stderr)
+
+
+def test_cli_store_password_is_not_printed() -> None:
+    """The one line names the store without its password."""
+    from servers import free_port
+
+    p = tk("bans", "--storage", f"redis://:hunter2@127.0.0.1:{free_port()}/0")
+    assert p.returncode == 1
+    assert "hunter2" not in p.stderr and ":***@127.0.0.1" in p.stderr
+
+
+def test_cli_output_that_cannot_be_written_is_one_line(store: str) -> None:
+    """`bans > /dev/full` and `bans >&-` (stdout closed): one line on stderr, exit 1."""
+    tk("block", "192.0.2.1", "--storage", store)
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join([str(Path(throttlekit.__file__).resolve().parent.parent),
+                                         env.get("PYTHONPATH", "")])
+    with open("/dev/full", "w") as full:
+        p = subprocess.run([sys.executable, "-m", "throttlekit", "bans", "--storage", store],
+                           stdout=full, stderr=subprocess.PIPE, text=True, timeout=60, env=env,
+                           stdin=subprocess.DEVNULL)
+    assert p.returncode == 1
+    assert p.stderr.strip().splitlines() == ["throttlekit bans: No space left on device"]
+    closed = subprocess.run(["sh", "-c", '"$0" -m throttlekit bans --storage "$1" >&-',
+                             sys.executable, store], stderr=subprocess.PIPE, text=True,
+                            timeout=60, env=env, stdin=subprocess.DEVNULL)
+    assert closed.returncode == 1
+    assert closed.stderr.strip().splitlines() == ["throttlekit bans: standard output is closed"]

@@ -66,6 +66,28 @@ def test_admin_change_reaches_another_workers_middleware(make_limiter, clock, ho
     assert client.get("/", environ_base=ENV).status_code == 200
 
 
+@pytest.mark.parametrize("how", ["reset_rules", "unblock"])
+def test_admin_change_of_an_ipv6_address_reaches_its_client_key(make_limiter, clock, how):
+    """An IPv6 client is counted and banned under its /64; worker B's ``reset_rules`` or
+    ``unblock`` of the address the access log shows admits it (any address of the /64) in
+    worker A within a second."""
+    a, b = _workers(make_limiter, clock)
+    client = Client(WSGIMiddleware(app, _rules(a)))
+    _rules(b)
+    env = {"REMOTE_ADDR": "2001:db8:1:3::5"}
+    if how == "unblock":  # banned (the ban is the /64's)
+        for _ in range(5):
+            client.get("/wp-admin/", environ_base=env)
+        assert [b.key for b in a.blocked()] == ["fail2ban:scanners:2001:db8:1:3::/64"]
+        assert client.get("/", environ_base=env).status_code == 403
+    else:  # throttled, the refusal cached by worker A (remote stores)
+        codes = [client.get("/", environ_base=env).status_code for _ in range(4)]
+        assert codes == [200, 200, 429, 429]
+    getattr(b, how)("2001:db8:1:3::5")
+    clock.advance(1.1)
+    assert client.get("/", environ_base={"REMOTE_ADDR": "2001:db8:1:3::77"}).status_code == 200
+
+
 def test_async_admin_change_reaches_another_workers_asgi_middleware(make_limiter, clock):
     """The same through the ASGI middleware, the change made with ``areset_rules``."""
     a, b = _workers(make_limiter, clock)

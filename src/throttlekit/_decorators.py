@@ -45,13 +45,12 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 from ._decision import Decision, most_restrictive
 from ._errors import ConfigError, RateLimitExceeded
-from ._keys import rule_key
+from ._keys import UNREADABLE_PREFIX, rule_key
 from ._request import _UNREADABLE, _UNSET, RequestView, _UnreadableForm
 from ._rules import (
     NS,
     STORAGE_RULE,
     UNKNOWN_CLIENT,
-    UNREADABLE_PREFIX,
     Verdict,
     _key_func,
     _throttle_algorithms,

@@ -26,14 +26,17 @@ from __future__ import annotations
 import hashlib
 
 __all__ = [
-    "HASH_PREFIX", "MAX_KEY_LENGTH", "admin_rule_key", "bound_key", "encodable", "hash_key",
-    "rule_key",
+    "HASH_PREFIX", "MAX_KEY_LENGTH", "UNREADABLE_PREFIX", "admin_rule_key", "bound_key",
+    "encodable", "hash_key", "rule_key",
 ]
 
 #: Keys longer than this (in characters) are stored as their hash.
 MAX_KEY_LENGTH = 200
 #: The prefix of a hashed key.
 HASH_PREFIX = "#sha256:"
+#: The bucket of a request whose rule key cannot be read (``on_unreadable="client"``): its
+#: client's, in a namespace no client-chosen key reaches (those starting with ``#`` are hashed).
+UNREADABLE_PREFIX = "#client:"
 
 
 def hash_key(key: str) -> str:
@@ -76,7 +79,10 @@ def rule_key(disc: str) -> str:
 
 def admin_rule_key(key: str) -> str:
     """A rule discriminator as an operator names it (``reset_rules``, ``unblock``,
-    ``throttlekit inspect``): as the rules stored it (``rule_key``), except throttlekit's
-    own ``#...`` discriminators (``#client:<ip>``, ``#sha256:<hex>``, as logs, verdicts
-    and ``inspect`` show them), which are taken as they are."""
-    return bound_key(key) if key[:1] == "#" else rule_key(key)
+    ``throttlekit inspect``): as the rules stored it (``rule_key``: long, ``#``-prefixed or
+    non-UTF-8 values hashed), except throttlekit's own ``#sha256:...`` and ``#client:...``
+    discriminators (as logs, verdicts and ``inspect`` show them), which are taken as they
+    are (docs/rules.md)."""
+    if key.startswith((HASH_PREFIX, UNREADABLE_PREFIX)):
+        return bound_key(key)
+    return rule_key(key)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ipaddress
 import logging
 import re
 import time
@@ -12,8 +13,14 @@ from ._algorithms import ALGORITHMS, DEFAULT_STRATEGY, Algorithm, make_algorithm
 from ._decision import Decision, most_restrictive
 from ._denials import DenialCache
 from ._errors import ConfigError
-from ._keys import MAX_KEY_LENGTH, bound_key, encodable
-from ._keys import admin_rule_key as _admin_rule_key
+from ._keys import (
+    HASH_PREFIX,
+    MAX_KEY_LENGTH,
+    UNREADABLE_PREFIX,
+    admin_rule_key,
+    bound_key,
+    encodable,
+)
 from ._rates import Rate, coerce_rates
 from .storage import MemoryStorage, Storage, storage_from_url
 from .storage.base import Block, Check
@@ -30,6 +37,9 @@ if TYPE_CHECKING:
     from ._rulesfile import RuleSet
 #: prefix of rule state keys in the storage (see _rules.NS)
 _rules_ns = "rule:"
+#: the on_unreadable bucket of a client (see _rules.UNREADABLE_PREFIX)
+#: the kinds of ban entries in the dynamic blocklist: "<kind>:<rule>:<key>"
+_BAN_KINDS = ("fail2ban", "allow2ban")
 
 __all__ = ["DEFAULT_STRATEGY", "ON_STORAGE_ERROR", "Limiter"]
 
@@ -279,9 +289,10 @@ class Limiter:
         An admin operation: a failing remote store raises ``StorageError`` here (the
         ``on_storage_error`` policy is for answering requests, not for pretending a reset
         happened). Keys are stored bounded (see ``hit``): a long key is found by its
-        hash as ``hit`` stored it.
+        hash as ``hit`` stored it. An empty key is a ConfigError.
         """
         _check_key(key)
+        _admin_text(key, "reset")
         key = bound_key(key)
         self.storage.reset((key,))
         self._forget_local(key)
@@ -372,6 +383,7 @@ class Limiter:
     async def areset(self, key: str) -> None:
         """Async twin of :meth:`reset`."""
         _check_key(key)
+        _admin_text(key, "reset")
         key = bound_key(key)
         await self.storage.areset((key,))
         self._forget_local(key)
@@ -660,13 +672,14 @@ class Limiter:
 
         ``key``: a client address, normalised as requests' addresses are (IPv4-mapped IPv6
         to IPv4, IPv6 compressed lower-case, whitespace stripped, ``/32`` and ``/128``
-        taken as the address), an IPv6 network of ``ipv6_prefix`` bits (a client key:
-        ``"2001:db8:1:2::/64"``), or a ban as :meth:`blocked` lists it
-        (``"fail2ban:<rule>:<key>"``).
+        taken as the address), or an IPv6 network of ``ipv6_prefix`` bits (a client key:
+        ``"2001:db8:1:2::/64"``).
 
         Raises:
             ConfigError: anything else, which would block nobody: another network (list it
-                with :meth:`blocklist` ``ips=``), an ambiguous ``010.0.0.1``, a name.
+                with :meth:`blocklist` ``ips=``), an ambiguous ``010.0.0.1``, a name, a ban
+                (``"fail2ban:<rule>:<key>"``: bans are made by rules; block the client's
+                address or network instead).
         """
         stored = self._block_key(key, "block")
         self.storage.block(stored, ttl, reason, self._block_now())
@@ -675,12 +688,17 @@ class Limiter:
     def _block_key(self, key: object, what: str) -> str:
         """``key`` of :meth:`block` / :meth:`unblock` in the form requests are matched in
         (see ``_clientip``); a plain name only for ``unblock``, as the discriminator of
-        bans (``form:username`` rules)."""
-        if not isinstance(key, str) or not key.strip():
-            raise ConfigError(f"{what} key must be a non-empty string, got {key!r}")
-        text = key.strip()
+        bans (``form:username`` rules); a ban (``fail2ban:<rule>:<key>``) only for
+        ``unblock``."""
+        text = _admin_text(key, what)
+        assert isinstance(key, str)
         kind, sep, rest = text.partition(":")
-        if sep and kind in ("fail2ban", "allow2ban"):
+        if sep and kind in _BAN_KINDS:
+            if what == "block":
+                raise ConfigError(
+                    f"cannot block {key!r}: bans are made by rules; block the client's "
+                    f"address or network instead"
+                )
             rule, sep, disc = rest.partition(":")
             if not rule or not sep or not disc.strip():
                 raise ConfigError(f"{what} key {key!r}: a ban is '{kind}:<rule>:<key>'")
@@ -719,59 +737,177 @@ class Limiter:
             hint = ""
             if _LEADING_ZERO.search(text):
                 hint = " (a leading zero is ambiguous: octal or decimal?)"
+            ban = "" if what == "block" else " or a ban ('fail2ban:<rule>:<key>')"
             raise ConfigError(
-                f"{what} key {key!r} is not an IP address{hint}, an IPv6 /{prefix} client key "
-                f"('2001:db8:1:2::/{prefix}') or a ban ('fail2ban:<rule>:<key>'): a block "
-                f"of it would match no request"
+                f"{what} key {key!r} is not an IP address{hint} or an IPv6 /{prefix} client "
+                f"key ('2001:db8:1:2::/{prefix}'){ban}: a block of it would match no request"
             )
         # a ban's discriminator (a user name, ...), as the rules store it (hashed when
         # long or not valid UTF-8 text)
-        return _admin_rule_key(text)
+        return admin_rule_key(text)
+
+    def _rule_keys(self, key: object, what: str) -> list[str]:
+        """The rule discriminators an operator's ``key`` names (:meth:`reset_rules`,
+        ``throttlekit inspect``/``reset``), as the rules store them: a client address in
+        any spelling is the address and its client key (an IPv6 address: its
+        ``ipv6_prefix`` network); a client-key network is that client key; ``#sha256:...``
+        and ``#client:...`` (as logs and verdicts show them) are taken as they are, the
+        address of ``#client:`` normalised; any other value is what a client sent
+        (``"alice"``): hashed when long or starting with ``#``, as the rules hashed it."""
+        text = _admin_text(key, what)
+        assert isinstance(key, str)
+        if text.startswith(UNREADABLE_PREFIX):
+            ck = self._client_of(text[len(UNREADABLE_PREFIX):].strip(), key, what)
+            return [bound_key(UNREADABLE_PREFIX + ck[-1]) if ck else bound_key(text)]
+        if text.startswith(HASH_PREFIX):
+            return [text]
+        found = self._client_of(text, key, what)
+        if found:
+            return found
+        keys = [admin_rule_key(key)]
+        if text != key:  # " alice " as sent, and "alice"
+            keys.append(admin_rule_key(text))
+        return keys
+
+    def _client_of(self, text: str, key: str, what: str) -> list[str]:
+        """An address (its normalised text, then its client key when different) or a
+        client-key network (the client key) named by ``text``; [] for anything else."""
+        from ._clientip import normalize_ip
+
+        if "/" in text:
+            if normalize_ip(text.partition("/")[0]) is None:
+                return []  # a name with a slash ("a/b")
+            # an address with a length: the client key or the address, or a ConfigError
+            return [self._client_block_key(text, key, what, name_ok=False)]
+        ip = normalize_ip(text)
+        if ip is None:
+            return []
+        ck = self.resolver.client_key(ip)
+        return [ip] if ck is None or ck == ip else [ip, ck]
 
     def unblock(self, key: str) -> bool:
         """Lift a block or ban: ``key`` as :meth:`blocked` lists it
         (``"fail2ban:scanners:192.0.2.7"``), or a client key (``"192.0.2.7"``, any spelling
         :meth:`block` takes) or other discriminator of bans (a user name), which lifts its
-        manual block and every ban of it. True when there was one."""
+        manual block and every ban of it. An IPv6 address also lifts what the blocklist
+        holds for its network (its client key: ``"2001:db8:1:2::/64"``). Lifting a ban
+        also resets the rule counters of its key. True when there was one.
+
+        Raises:
+            ConfigError: a key :meth:`block` would refuse (``010.0.0.1``, another
+                network), or a ban of a rule this limiter does not have when it has rules
+                and there is no such ban.
+        """
+        keys = self._unblock_keys(key)
+        targets = self._unblock_targets(keys, self._listed_blocks())
         found = False
-        for k in self._unblock_keys(key):
-            for entry, disc in self._unblock_targets(k):
-                found = self.storage.unblock(entry) or found
-                if disc is not None:  # a fresh start for the ban counter too
-                    self.storage.reset((_rules_ns + disc,))
-            self._forget_local(k)
+        resets: list[str] = []
+        for entry, disc in targets:
+            found = self.storage.unblock(entry) or found
+            if disc is not None and disc not in resets:  # a fresh start for its counters
+                resets.append(disc)
+        if resets:
+            self.storage.reset(tuple(_rules_ns + d for d in resets))
+        self._unblocked(keys, resets)
         self._changed(self.storage.next_generation())
+        if not found:
+            self._check_ban_rule(keys[0])
         return found
 
-    def _unblock_keys(self, key: str) -> list[str]:
-        """The normalised key, and the key as written when it differs (an entry an older
-        version stored unnormalised)."""
-        norm = self._block_key(key, "unblock")
-        raw = key.strip()
-        return [norm] if raw == norm or not encodable(raw) else [norm, raw]
-
-    def _unblock_targets(self, key: str) -> list[tuple[str, str | None]]:
-        ban = self._rules.ban_rule_of(key)
-        if ban is not None:
-            return [(key, ban[1])]
-        targets: list[tuple[str, str | None]] = [(key, None)]
-        key = _admin_rule_key(key)  # a ban's discriminator as the rules stored it
-        targets += [(rule.prefix + key, key) for rule in self._rules.bans]
-        # Bans made by rules this limiter doesn't know (another process, the admin CLI):
-        # "<fail2ban|allow2ban>:<rule>:<key>" entries of the shared blocklist.
-        suffix = ":" + key
-        known = {t[0] for t in targets}
+    def _listed_blocks(self) -> list[Block]:
         try:
-            listed = self.storage.blocked(self._block_now())
-        except Exception:
-            listed = []
-        for b in listed:
-            name = b.key
-            if name.endswith(suffix) and name not in known:
-                # exactly "<kind>:<rule>:<key>" (rule names are escaped: no ":" in them)
-                kind, _, rule = name[: -len(suffix)].partition(":")
-                if kind in ("fail2ban", "allow2ban") and rule and ":" not in rule:
-                    targets.append((name, key))
+            return self.storage.blocked(self._block_now())
+        except Exception:  # the unblock itself says whether the store answers
+            return []
+
+    def _unblocked(self, keys: list[str], resets: list[str]) -> None:
+        for k in keys:
+            self._forget_local(k)
+        for d in resets:
+            self._forget_local(d)
+            self._forget_local(_rules_ns + d)
+
+    def _check_ban_rule(self, key: str) -> None:
+        """A ban of a rule this limiter does not have (a typo: ``fail2ban:scanner:...``)
+        that lifted nothing is an error when the limiter has rules."""
+        kind, sep, rest = key.partition(":")
+        if not sep or kind not in _BAN_KINDS or not self._rules.names:
+            return
+        rule = rest.partition(":")[0]
+        known = sorted(r.name for r in self._rules.bans if r.kind == kind)
+        if rule not in known:
+            raise ConfigError(
+                f"unblock {key!r}: no {kind} rule {rule!r} in this limiter's rules "
+                f"({', '.join(known) or f'it has no {kind} rules'}) and no such ban"
+            )
+
+    def _unblock_keys(self, key: str) -> list[str]:
+        """The normalised key; for an IPv6 address (alone or in a ban) the same with its
+        client key; and the key as written when it differs (an entry an older version
+        stored unnormalised)."""
+        norm = self._block_key(key, "unblock")
+        keys = [norm]
+        kind, sep, rest = norm.partition(":")
+        head = ""
+        disc = norm
+        if sep and kind in _BAN_KINDS:
+            rule, _, disc = rest.partition(":")
+            head = f"{kind}:{rule}:"
+        if ":" in disc and "/" not in disc:  # an IPv6 address: its client key too
+            ck = self.resolver.client_key(disc)
+            if ck is not None and ck != disc:
+                keys.append(head + ck)
+        raw = key.strip()
+        if raw not in keys and encodable(raw):
+            keys.append(raw)
+        return keys
+
+    def _unblock_targets(
+        self, keys: list[str], listed: list[Block]
+    ) -> list[tuple[str, str | None]]:
+        """(blocklist entry, ban discriminator or None) for every key of
+        :meth:`_unblock_keys`, with the listed entries that hold the IPv6 address."""
+        targets: list[tuple[str, str | None]] = []
+        seen: set[str] = set()
+
+        def add(entry: str, disc: str | None) -> None:
+            if entry not in seen:
+                seen.add(entry)
+                targets.append((entry, disc))
+
+        for key in keys:
+            kind, sep, rest = key.partition(":")
+            if sep and kind in _BAN_KINDS:  # a ban as `blocked` lists it
+                rule_name, _, disc = rest.partition(":")
+                disc = admin_rule_key(disc)
+                entry = f"{kind}:{rule_name}:{disc}"
+                known = self._rules.ban_rule_of(entry) is not None or any(
+                    b.key in (key, entry) for b in listed
+                )
+                add(entry, disc if known else None)
+                if entry != key:
+                    add(key, None)
+                continue
+            add(key, None)
+            disc = admin_rule_key(key)  # a ban's discriminator as the rules stored it
+            for rule in self._rules.bans:
+                add(rule.prefix + disc, disc)
+            # Bans made by rules this limiter doesn't know (another process, the admin
+            # CLI): "<fail2ban|allow2ban>:<rule>:<key>" entries of the shared blocklist.
+            suffix = ":" + disc
+            for b in listed:
+                name = b.key
+                if name.endswith(suffix):
+                    # exactly "<kind>:<rule>:<key>" (rule names are escaped: no ":")
+                    k, _, rule_name = name[: -len(suffix)].partition(":")
+                    if k in _BAN_KINDS and rule_name and ":" not in rule_name:
+                        add(name, disc)
+        v6 = _ipv6_address(keys[0])
+        if v6 is not None:  # networks holding the address, whatever prefix made them
+            for b in listed:
+                net, ban = _holding(b.key, v6)
+                if net is not None:
+                    add(b.key, net if ban else None)
         return targets
 
     def blocked(self) -> list[Block]:
@@ -786,14 +922,24 @@ class Limiter:
 
     async def aunblock(self, key: str) -> bool:
         """Async twin of :meth:`unblock`."""
+        keys = self._unblock_keys(key)
+        try:
+            listed = await self.storage.ablocked(self._block_now())
+        except Exception:
+            listed = []
+        targets = self._unblock_targets(keys, listed)
         found = False
-        for k in self._unblock_keys(key):
-            for entry, disc in self._unblock_targets(k):
-                found = await self.storage.aunblock(entry) or found
-                if disc is not None:
-                    await self.storage.areset((_rules_ns + disc,))
-            self._forget_local(k)
+        resets: list[str] = []
+        for entry, disc in targets:
+            found = await self.storage.aunblock(entry) or found
+            if disc is not None and disc not in resets:
+                resets.append(disc)
+        if resets:
+            await self.storage.areset(tuple(_rules_ns + d for d in resets))
+        self._unblocked(keys, resets)
         self._changed(await self.storage.anext_generation())
+        if not found:
+            self._check_ban_rule(keys[0])
         return found
 
     async def ablocked(self) -> list[Block]:
@@ -802,22 +948,38 @@ class Limiter:
 
     def reset_rules(self, key: str) -> None:
         """Forget the state every rule keeps for the discriminator ``key`` (for example a
-        user name after a successful login). A long ``key`` is found by its hash, as the
-        rules stored it."""
-        _check_key(key)
-        key = _admin_rule_key(key)
-        self.storage.reset((_rules_ns + key,))
-        self._forget_local(key)
-        self._forget_local(_rules_ns + key)
+        user name after a successful login).
+
+        ``key`` as the rules store it or as an operator has it at hand: a client address
+        in any spelling :meth:`block` takes resets the address, its client key (an IPv6
+        address: its ``ipv6_prefix`` network) and its ``on_unreadable`` bucket
+        (``"#client:<client key>"``); a long value, or one starting with ``#``, is found
+        by its hash, as the rules stored it (``#sha256:...`` and ``#client:...`` are taken
+        as they are).
+
+        Raises:
+            ConfigError: an empty key, or a network that is not a client key.
+        """
+        discs = self._reset_discs(key)
+        self.storage.reset(tuple(_rules_ns + d for d in discs))
+        for d in discs:
+            self._forget_local(d)
+            self._forget_local(_rules_ns + d)
         self._changed(self.storage.next_generation())
+
+    def _reset_discs(self, key: object) -> list[str]:
+        discs = self._rule_keys(key, "reset")
+        if self._client_of(_admin_text(key, "reset"), str(key), "reset"):
+            discs.append(UNREADABLE_PREFIX + discs[-1])  # the on_unreadable bucket
+        return discs
 
     async def areset_rules(self, key: str) -> None:
         """Async twin of :meth:`reset_rules`."""
-        _check_key(key)
-        key = _admin_rule_key(key)
-        await self.storage.areset((_rules_ns + key,))
-        self._forget_local(key)
-        self._forget_local(_rules_ns + key)
+        discs = self._reset_discs(key)
+        await self.storage.areset(tuple(_rules_ns + d for d in discs))
+        for d in discs:
+            self._forget_local(d)
+            self._forget_local(_rules_ns + d)
         self._changed(await self.storage.anext_generation())
 
     # -- rules files, reload, concurrency (issue 7; see _rulesfile, _reload, _concurrency) --
@@ -980,6 +1142,40 @@ def _apply(
 def _check_key(key: object) -> None:
     if key.__class__ is not str and not isinstance(key, str):
         raise ConfigError(f"key must be a string, got {key!r}")
+
+
+def _admin_text(key: object, what: str) -> str:
+    """An admin command's key, stripped; an empty one is a ConfigError."""
+    if not isinstance(key, str) or not key.strip():
+        raise ConfigError(f"{what} key must be a non-empty string, got {key!r}")
+    return key.strip()
+
+
+def _ipv6_address(key: str) -> ipaddress.IPv6Address | None:
+    """The IPv6 address a normalised admin key is, if it is one."""
+    if ":" not in key or "/" in key:
+        return None
+    try:
+        return ipaddress.IPv6Address(key)
+    except ValueError:
+        return None
+
+
+def _holding(entry: str, addr: ipaddress.IPv6Address) -> tuple[str | None, bool]:
+    """The network of a blocklist ``entry`` (``"<net>"`` or ``"<kind>:<rule>:<net>"``)
+    when it holds ``addr`` (else None), and whether the entry is a ban."""
+    net = entry
+    kind, sep, rest = entry.partition(":")
+    ban = bool(sep) and kind in _BAN_KINDS
+    if ban:
+        net = rest.partition(":")[2]
+    if "/" not in net:
+        return None, ban
+    try:
+        found = ipaddress.IPv6Network(net)
+    except ValueError:
+        return None, ban
+    return (net if addr in found else None), ban
 
 
 def _check_cost(cost: object) -> None:

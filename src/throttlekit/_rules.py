@@ -28,7 +28,7 @@ from ._decision import Decision, most_restrictive
 from ._errors import ConfigError
 from ._events import Event, EventCallback, Listeners
 from ._ipset import IPSet
-from ._keys import MAX_KEY_LENGTH, rule_key
+from ._keys import MAX_KEY_LENGTH, UNREADABLE_PREFIX, rule_key
 from ._rates import MAX_PERIOD, Rate, coerce_rates
 from ._request import _UNSET, _UnreadableForm
 from .storage import MemoryStorage
@@ -60,9 +60,6 @@ STORAGE_RULE = "storage-unavailable"
 #: unparsable, a key function that raised): count the request under its client
 #: (``"client"``, in a namespace of its own) or refuse it (``"refuse"``).
 ON_UNREADABLE = ("client", "refuse")
-#: The discriminator prefix of requests counted under their client by ``on_unreadable``
-#: (no client-chosen key can start with ``#``: those are hashed, see ``_keys.rule_key``).
-UNREADABLE_PREFIX = "#client:"
 #: Prefix of the storage keys of rule state: a rule's state can never be confused with a
 #: direct ``limiter.hit(key, ...)`` on the same key.
 NS = "rule:"

@@ -5,14 +5,17 @@ The store is ``--storage URL`` (e.g. ``redis://10.0.0.5:6379/0?prefix=throttleki
 ``storage`` of the rules file's ``[limiter]`` table (``--rules rules.toml``), or that of an
 app's limiter (``--limiter myapp.wsgi:limiter``). The rules (from ``--rules`` or
 ``--limiter``) tell ``inspect`` which limits a key has; ``block``/``unblock``/``bans``/
-``reset`` need only the store. ``top`` sums the top offenders every monitor wrote to the
-store (Redis) over the last ``--window``, or reads monitor status endpoints (``--url``, one
-per process to cover; see docs/admin.md). Tables by default, JSON with ``--json``.
+``reset`` need only the store, except that an IPv6 network needs the app's IPv6 prefix
+(``--rules``, ``--limiter`` or ``--ipv6-prefix N``). ``top`` sums the top offenders every
+monitor wrote to the store (Redis) over the last ``--window``, or reads monitor status
+endpoints (``--url``, one per process to cover; see docs/admin.md). Tables by default,
+JSON with ``--json``.
 """
 
 from __future__ import annotations
 
 import argparse
+import ipaddress
 import json
 import math
 import sys
@@ -20,7 +23,7 @@ import time
 import urllib.request
 from typing import Any
 
-from .._errors import ConfigError
+from .._errors import ConfigError, StorageError
 from ._output import print_json, print_table, seconds
 
 __all__ = ["register"]
@@ -37,6 +40,7 @@ def _limiter(args: argparse.Namespace) -> Any:
             raise ConfigError(f"{args.limiter!r} is not a throttlekit.Limiter")
         if args.storage:
             raise ConfigError("give --limiter or --storage, not both")
+        args.store_url = repr(limiter.storage)
         return limiter
     rules = load_rules(args.rules) if getattr(args, "rules", None) else None
     settings: dict[str, Any] = dict(rules.limiter) if rules is not None else {}
@@ -45,10 +49,64 @@ def _limiter(args: argparse.Namespace) -> Any:
     if "storage" not in settings:
         raise ConfigError("no store: give --storage URL (or --rules FILE whose [limiter] "
                           "table names one, or --limiter module:limiter)")
+    prefix = getattr(args, "ipv6_prefix", None)
+    if prefix is not None:
+        if "ipv6_prefix" in settings and settings["ipv6_prefix"] != prefix:
+            raise ConfigError(f"--ipv6-prefix {prefix} contradicts the rules file's "
+                              f"ipv6_prefix = {settings['ipv6_prefix']!r}")
+        settings["ipv6_prefix"] = prefix
+    if isinstance(settings["storage"], str):
+        args.store_url = settings["storage"]
     limiter = Limiter(**settings)
     if rules is not None:
         limiter.load_rules(rules)
     return limiter
+
+
+def _admin_limiter(args: argparse.Namespace) -> Any:
+    """:func:`_limiter` for a command taking a key (``block``, ``unblock``, ``reset``,
+    ``inspect``); ``args.prefix_known``: whether the app's IPv6 prefix is known (from
+    ``--rules``, ``--limiter`` or ``--ipv6-prefix``), without which an IPv6 network is
+    refused: the CLI cannot tell whether it is a client key of the app."""
+    limiter = _limiter(args)
+    if args.limiter and args.ipv6_prefix is not None and (
+        args.ipv6_prefix != limiter.resolver.ipv6_prefix
+    ):
+        raise ConfigError(f"--ipv6-prefix {args.ipv6_prefix} contradicts the limiter's "
+                          f"ipv6_prefix = {limiter.resolver.ipv6_prefix}")
+    args.prefix_known = bool(args.rules or args.limiter or args.ipv6_prefix is not None)
+    if not args.prefix_known:
+        net = _ipv6_network(args.key)
+        if net is not None:
+            raise ConfigError(
+                f"{args.key!r} is an IPv6 network, and the app's IPv6 prefix (its client "
+                f"keys) is not known here: pass --ipv6-prefix N (the Limiter's ipv6_prefix, "
+                f"64 unless set), or --rules FILE / --limiter module:name"
+            )
+    return limiter
+
+
+def _ipv6_network(key: str) -> ipaddress.IPv6Network | None:
+    """The IPv6 network (shorter than /128) ``key`` or the key of a ban names, if any."""
+    text = key.strip()
+    kind, sep, rest = text.partition(":")
+    if sep and kind in ("fail2ban", "allow2ban"):
+        text = rest.partition(":")[2].strip()
+    if "/" not in text or ":" not in text:
+        return None
+    try:
+        net = ipaddress.IPv6Network(text, strict=False)
+    except ValueError:
+        return None
+    return net if net.prefixlen < 128 else None
+
+
+def _assumed_prefix(args: argparse.Namespace, keys: list[str]) -> None:
+    """Say on stderr when an IPv6 client key was derived with the default prefix."""
+    if not args.prefix_known and any("/" in k and ":" in k for k in keys):
+        print("note: the client key of an IPv6 address assumes the default /64 prefix; pass "
+              "--ipv6-prefix N (or --rules FILE) if the app keys IPv6 clients otherwise",
+              file=sys.stderr)
 
 
 def _blocked(limiter: Any) -> list[Any]:
@@ -64,59 +122,68 @@ def _expires(expires_at: float, now: float) -> float:
 
 def run_inspect(args: argparse.Namespace) -> int:
     from .._concurrency import SHED_RULE, lease_key
-    from .._keys import admin_rule_key
     from .._rules import NS
     from ..storage.base import Check
 
-    limiter = _limiter(args)
-    key: str = admin_rule_key(args.key)  # a long key is stored as its hash
+    limiter = _admin_limiter(args)
+    # the discriminators the key names: an address in any spelling and its client key, a
+    # long or "#..." value by its hash (as the rules stored them)
+    keys: list[str] = limiter._rule_keys(args.key, "inspect")
+    _assumed_prefix(args, keys)
     storage = limiter.storage
     now = time.time()
     rows: list[dict[str, Any]] = []
     rules = limiter._rules
-    for t in rules.throttles:
-        # cost 0 reads what is left; cost 1 says whether one more request would pass
-        checks = [Check(a, NS + key, c, True) for c in (0, 1) for a in t.algorithms]
-        decisions = storage.apply(checks, consume=False).decisions
-        n = len(t.algorithms)
-        for name, alg, now_d, d in zip(t.policy_names, t.algorithms, decisions[:n],
-                                       decisions[n:], strict=True):
+    for key in keys:
+        for t in rules.throttles:
+            # cost 0 reads what is left; cost 1 says whether one more request would pass
+            checks = [Check(a, NS + key, c, True) for c in (0, 1) for a in t.algorithms]
+            decisions = storage.apply(checks, consume=False).decisions
+            n = len(t.algorithms)
+            for name, alg, now_d, d in zip(t.policy_names, t.algorithms, decisions[:n],
+                                           decisions[n:], strict=True):
+                rows.append({
+                    "key": key, "rule": name, "kind": "throttle",
+                    "limit": f"{alg.rate.limit}/{alg.rate.period:g}s",
+                    "strategy": t.strategy, "remaining": now_d.remaining,
+                    "reset": now_d.reset_after,
+                    "next": "allowed" if d.allowed else f"refused for {seconds(d.retry_after)}",
+                    "dry_run": t.dry_run,
+                })
+        for b in rules.bans:
+            d = storage.apply([Check(b.algorithm, NS + key, 0, True)],
+                              consume=False).decisions[0]
             rows.append({
-                "rule": name, "kind": "throttle",
-                "limit": f"{alg.rate.limit}/{alg.rate.period:g}s",
-                "strategy": t.strategy, "remaining": now_d.remaining, "reset": now_d.reset_after,
-                "next": "allowed" if d.allowed else f"refused for {seconds(d.retry_after)}",
-                "dry_run": t.dry_run,
+                "key": key, "rule": b.name, "kind": b.kind,
+                "limit": f"{b.maxretry} in {b.findtime:g}s", "strategy": "sliding_window",
+                "remaining": d.remaining, "reset": d.reset_after,
+                "next": f"{b.maxretry - d.remaining} match(es) counted", "dry_run": False,
             })
-    for b in rules.bans:
-        d = storage.apply([Check(b.algorithm, NS + key, 0, True)], consume=False).decisions[0]
-        rows.append({
-            "rule": b.name, "kind": b.kind, "limit": f"{b.maxretry} in {b.findtime:g}s",
-            "strategy": "sliding_window", "remaining": d.remaining, "reset": d.reset_after,
-            "next": f"{b.maxretry - d.remaining} match(es) counted", "dry_run": False,
-        })
-    conc = limiter._concurrency
-    if conc is not None:
-        for c in conc.rules:
-            disc = "*" if c.key_name == "global" else key
-            n = storage.inflight(lease_key(c.name, disc))
-            rows.append({
-                "rule": c.name, "kind": "concurrency", "limit": f"{c.limit} in flight",
-                "strategy": "lease", "remaining": max(c.limit - n, 0), "reset": None,
-                "next": "allowed" if n < c.limit else "refused", "dry_run": False,
-            })
-        if conc.shedding is not None:
-            n = conc.inflight(SHED_RULE)
-            rows.append({
-                "rule": SHED_RULE, "kind": "shedding",
-                "limit": f"{conc.shedding.capacity} in flight", "strategy": "lease",
-                "remaining": max(conc.shedding.capacity - n, 0), "reset": None,
-                "next": f"{n} in flight", "dry_run": False,
-            })
-    blocks = [b for b in _blocked(limiter)
-              if b.key == key or b.key.endswith(":" + key)]
+        conc = limiter._concurrency
+        if conc is not None:
+            for c in conc.rules:
+                if c.key_name == "global" and key != keys[0]:
+                    continue  # one row for the global slots
+                disc = "*" if c.key_name == "global" else key
+                n = storage.inflight(lease_key(c.name, disc))
+                rows.append({
+                    "key": key, "rule": c.name, "kind": "concurrency",
+                    "limit": f"{c.limit} in flight", "strategy": "lease",
+                    "remaining": max(c.limit - n, 0), "reset": None,
+                    "next": "allowed" if n < c.limit else "refused", "dry_run": False,
+                })
+            if conc.shedding is not None and key == keys[0]:
+                n = conc.inflight(SHED_RULE)
+                rows.append({
+                    "key": key, "rule": SHED_RULE, "kind": "shedding",
+                    "limit": f"{conc.shedding.capacity} in flight", "strategy": "lease",
+                    "remaining": max(conc.shedding.capacity - n, 0), "reset": None,
+                    "next": f"{n} in flight", "dry_run": False,
+                })
+    blocks = [b for b in _blocked(limiter) if _blocks(b.key, keys)]
     result = {
-        "key": key,
+        "key": keys[0],
+        "keys": keys,
         "blocked": [{"key": b.key, "expires_in": _expires(b.expires_at, now), "reason": b.reason}
                     for b in blocks],
         "rules": rows,
@@ -131,10 +198,32 @@ def run_inspect(args: argparse.Namespace) -> int:
         print("no rules known: give --rules FILE or --limiter module:limiter"
               if not blocks else "")
         return 0
-    print_table(("RULE", "KIND", "LIMIT", "STRATEGY", "REMAINING", "RESET", "NEXT REQUEST"),
-                [(r["rule"] + (" (dry run)" if r["dry_run"] else ""), r["kind"], r["limit"],
-                  r["strategy"], r["remaining"], seconds(r["reset"]), r["next"]) for r in rows])
+    head: tuple[str, ...] = ("RULE", "KIND", "LIMIT", "STRATEGY", "REMAINING", "RESET",
+                             "NEXT REQUEST")
+    table: list[tuple[Any, ...]] = [
+        (r["rule"] + (" (dry run)" if r["dry_run"] else ""), r["kind"], r["limit"],
+         r["strategy"], r["remaining"], seconds(r["reset"]), r["next"]) for r in rows
+    ]
+    if len(keys) > 1:  # an IPv6 address: its own rows and its client key's
+        head = ("KEY", *head)
+        table = [(r["key"], *row) for r, row in zip(rows, table, strict=True)]
+    print_table(head, table)
     return 0
+
+
+def _blocks(entry: str, keys: list[str]) -> bool:
+    """Whether the blocklist ``entry`` (a block, or a ban ``<kind>:<rule>:<key>``) refuses
+    the key ``keys`` name: one of them, or, for an IPv6 address, a network holding it."""
+    kind, sep, rest = entry.partition(":")
+    held = rest.partition(":")[2] if sep and kind in ("fail2ban", "allow2ban") else entry
+    if held in keys:
+        return True
+    if "/" in held and ":" in keys[0] and "/" not in keys[0]:
+        try:
+            return ipaddress.IPv6Address(keys[0]) in ipaddress.IPv6Network(held)
+        except ValueError:
+            return False
+    return False
 
 
 # -- the dynamic blocklist ---------------------------------------------------------------
@@ -151,7 +240,7 @@ def _ttl(text: str) -> float:
 
 
 def run_block(args: argparse.Namespace) -> int:
-    limiter = _limiter(args)
+    limiter = _admin_limiter(args)
     # normalised as requests' addresses are; a key that would block nobody is a ConfigError
     key = limiter.block(args.key, args.ttl, args.reason or "")
     if args.json:
@@ -163,7 +252,7 @@ def run_block(args: argparse.Namespace) -> int:
 
 
 def run_unblock(args: argparse.Namespace) -> int:
-    limiter = _limiter(args)
+    limiter = _admin_limiter(args)
     key: str = args.key
     # also lifts the key's bans found in the blocklist when the rules are not given
     found = bool(limiter.unblock(key))
@@ -194,13 +283,18 @@ def run_bans(args: argparse.Namespace) -> int:
 
 
 def run_reset(args: argparse.Namespace) -> int:
-    limiter = _limiter(args)
-    limiter.reset_rules(args.key)  # every rule's state for this discriminator
+    limiter = _admin_limiter(args)
+    # the rule discriminators the key names (an address: also its client key); a key that
+    # names nothing (empty, a network that is no client key) is a ConfigError
+    keys: list[str] = limiter._reset_discs(args.key)
+    _assumed_prefix(args, keys)
+    limiter.reset_rules(args.key)  # every rule's state for these discriminators
     limiter.reset(args.key)  # direct limiter.hit(key, ...) state
     if args.json:
-        print_json({"key": args.key, "reset": True})
+        print_json({"key": args.key, "reset": True, "keys": keys})
     else:
-        print(f"reset every limit of {args.key}")
+        print(f"reset every limit of {args.key.strip()}"
+              + (f" (rule keys: {', '.join(keys)})" if keys != [args.key] else ""))
     return 0
 
 
@@ -222,7 +316,12 @@ def _fetch(url: str, token: str | None, timeout: float) -> dict[str, Any]:
 def _top_from_store(limiter: Any, window: float) -> tuple[dict[str, int], dict[str, Any]]:
     from ..monitor._store import top_of
 
-    totals = top_of(limiter.storage, window, time.time())
+    try:
+        totals = top_of(limiter.storage, window, time.time())
+    except StorageError:
+        raise
+    except Exception as exc:  # the client library's own error: the store failed
+        raise StorageError(f"{type(exc).__name__}: {exc}") from exc
     if totals is None:
         print(f"note: monitors write no offender data to a {type(limiter.storage).__name__}; "
               "read their status endpoints with --url (see docs/admin.md)", file=sys.stderr)
@@ -268,44 +367,64 @@ def run_top(args: argparse.Namespace) -> int:
 # -- registration ------------------------------------------------------------------------
 
 
-def _common(p: argparse.ArgumentParser, rules: bool = True) -> None:
+def _common(p: argparse.ArgumentParser, rules: bool = True, prefix: bool = False) -> None:
     p.add_argument("--storage", help="storage URL, e.g. redis://host:6379/0?prefix=throttlekit:")
     if rules:
         p.add_argument("--rules", metavar="FILE",
                        help="rules file (its rules, and its [limiter] storage)")
         p.add_argument("--limiter", metavar="MODULE:NAME",
                        help="an app's Limiter by import path (its rules and storage)")
+    if prefix:
+        p.add_argument("--ipv6-prefix", type=_positive, metavar="N", default=None,
+                       help="the app's Limiter ipv6_prefix (the network IPv6 clients are "
+                       "keyed by); needed for an IPv6 network without --rules/--limiter")
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")
+
+
+def _positive(text: str) -> int:
+    """An integer >= 1 (``top -n``, ``--ipv6-prefix``)."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
 
 
 def register(subparsers: Any) -> None:
     """Add the admin commands to the command line."""
     p = subparsers.add_parser("inspect", help="the state of every rule for one key")
-    p.add_argument("key", help="the key (discriminator): a client IP, a user name, ...")
-    _common(p)
+    p.add_argument("key", help="the key (discriminator): a client IP (any spelling; an IPv6 "
+                   "address also shows its client key), a user name, ...")
+    _common(p, prefix=True)
     p.set_defaults(func=run_inspect)
 
     p = subparsers.add_parser("block", help="add a key to the dynamic blocklist")
     p.add_argument("key", help="a client IP (any spelling: normalised as requests are) or "
-                   "IPv6 /64 client key, or a ban 'fail2ban:<rule>:<key>'")
+                   "an IPv6 client key ('2001:db8:1:2::/64', the app's prefix)")
     p.add_argument("--ttl", type=_ttl, default=None,
                    help='600, "30s", "10m", "1h", "1d" (default: until unblocked)')
     p.add_argument("--reason", default="", help="shown by `bans`")
-    _common(p)
+    _common(p, prefix=True)
     p.set_defaults(func=run_block)
 
     p = subparsers.add_parser("unblock", help="lift a block or ban (exit 1 if there was none)")
-    p.add_argument("key", help="the key as `bans` lists it")
-    _common(p)
+    p.add_argument("key", help="the key as `bans` lists it, or a client IP (any spelling; "
+                   "an IPv6 address also lifts its network's entries) or user name: its "
+                   "block and every ban of it")
+    _common(p, prefix=True)
     p.set_defaults(func=run_unblock)
 
     p = subparsers.add_parser("bans", help="the dynamic blocklist: blocks and bans, with expiry")
     _common(p)
     p.set_defaults(func=run_bans)
 
-    p = subparsers.add_parser("reset", help="forget every limit's state for one key")
-    p.add_argument("key")
-    _common(p)
+    p = subparsers.add_parser("reset", help="forget every limit's state (throttle counts, "
+                              "ban counters) for one key")
+    p.add_argument("key", help="a client IP (any spelling; an IPv6 address also resets its "
+                   "client key), a user name, ...")
+    _common(p, prefix=True)
     p.set_defaults(func=run_reset)
 
     p = subparsers.add_parser("top", help="top offenders, as the monitors wrote them to the "
@@ -313,7 +432,7 @@ def register(subparsers: Any) -> None:
     p.add_argument("--url", action="append", default=[],
                    help="a monitor status endpoint (repeat for each process or host)")
     p.add_argument("--token", help="bearer token of the status endpoints")
-    p.add_argument("-n", type=int, default=10, help="how many (default 10)")
+    p.add_argument("-n", type=_positive, default=10, help="how many (default 10)")
     p.add_argument("--timeout", type=float, default=5.0, help="seconds per endpoint")
     p.add_argument("--window", type=_ttl, default=10.0,
                    help="from the store: seconds to sum over (default 10)")
