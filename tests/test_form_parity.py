@@ -516,9 +516,18 @@ def test_api_keys_that_are_not_utf8(redis_ctx: redis_backend.Context,
     assert limiter.test(key, "2/minute").allowed
     other = limiter.hit("\ud800", "1/minute")  # a different key
     assert other.allowed and not other.degraded
-    stored = limiter.block(f"fail2ban:login:{key}", ttl=60)
-    assert stored.startswith("fail2ban:login:#sha256:")
-    assert [b.key for b in limiter.blocked()] == [stored]
+    limiter.fail2ban("login", match=lambda r: True, key=lambda r: key, maxretry=1,
+                     findtime=60, bantime=60)
+
+    def ok(environ: Any, start_response: Any) -> list[bytes]:
+        start_response("200 OK", [])
+        return [b"ok"]
+
+    client = WerkzeugClient(WSGIMiddleware(ok, limiter))
+    client.get("/", environ_base={"REMOTE_ADDR": "198.51.100.7"})  # trips the ban
+    stored = [b.key for b in limiter.blocked()]
+    assert len(stored) == 1 and stored[0].startswith("fail2ban:login:#sha256:")
+    assert client.get("/", environ_base={"REMOTE_ADDR": "198.51.100.8"}).status_code == 403
     assert limiter.unblock(key) is True
     assert limiter.blocked() == []
     limiter.reset_rules(key)
