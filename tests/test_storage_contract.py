@@ -69,3 +69,44 @@ def test_blocked_batch_charges_nothing(make_limiter, clock, strategy):
     assert storage.unblock("bad")
     r = storage.apply([Check(alg, "bad")], now=now, block_keys=["bad"])
     assert r.blocked == [None] and r.decisions[0].remaining == 1
+
+
+@pytest.mark.parametrize("strategy", STRATEGIES)
+def test_bound_hit_answers_and_counts_as_hit_does(make_limiter, clock, strategy):
+    """``bind(algorithm)`` is ``hit`` for one algorithm: the same decisions, and the state
+    it leaves is the state ``apply`` reads (checked on two keys driven side by side)."""
+    storage = make_limiter(strategy).storage
+    alg = make_algorithm(strategy, Rate(3, 10))
+    bound = storage.bind(alg)
+    assert storage.bind(alg)("fresh", 0, _now(clock)).remaining == 3
+    for step, cost in enumerate([1, 2, 1, 0, 1, 3, 1, 1, 4, 1]):
+        now = _now(clock)
+        by_bound = bound("bound", cost, now)
+        by_hit = storage.hit(alg, "hit", cost, now)
+        assert by_bound == by_hit, step
+        left = storage.apply(
+            [Check(alg, "bound", 0), Check(alg, "hit", 0)], consume=False, now=now
+        ).decisions
+        assert left[0] == left[1], step
+        clock.advance(1.5)
+    assert not storage.apply([Check(alg, "bound", 4)], consume=False,
+                             now=_now(clock)).decisions[0].allowed  # over capacity
+
+
+def test_local_blocks_when_kept_list_the_live_blocks(make_limiter, clock):
+    """``local_blocks`` is None for a store keeping its blocklist on a server; a store
+    keeping it in-process shows the live entries there, the same ones ``blocked()`` lists."""
+    storage = make_limiter().storage
+    blocks = storage.local_blocks
+    if blocks is None:
+        assert storage.remote
+        return
+    assert not blocks
+    now = _now(clock)
+    storage.block("a", 60, "one", now=now)
+    storage.block("b", None, "two", now=now)
+    assert dict(blocks) == {b.key: b for b in storage.blocked(now=now)}
+    assert storage.unblock("a")
+    assert set(blocks) == {"b"}
+    with pytest.raises(TypeError):
+        blocks["c"] = blocks["b"]  # type: ignore[index]

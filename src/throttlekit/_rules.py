@@ -23,7 +23,7 @@ import time
 from collections.abc import Callable, Iterable, Sequence
 from typing import TYPE_CHECKING, Any, NamedTuple
 
-from ._algorithms import Algorithm, SlidingLog, make_algorithm
+from ._algorithms import Algorithm, make_algorithm
 from ._decision import Decision, most_restrictive
 from ._errors import ConfigError
 from ._events import Event, EventCallback, Listeners
@@ -32,7 +32,7 @@ from ._keys import MAX_KEY_LENGTH, UNREADABLE_PREFIX, rule_key
 from ._rates import MAX_PERIOD, Rate, coerce_rates
 from ._request import _UNSET, _UnreadableForm
 from .storage import MemoryStorage
-from .storage.base import BatchResult, Check, Storage
+from .storage.base import BatchResult, BoundHit, Check, Storage
 
 if TYPE_CHECKING:
     from ._limiter import Limiter
@@ -65,9 +65,6 @@ ON_UNREADABLE = ("client", "refuse")
 NS = "rule:"
 _new = tuple.__new__
 _INF = float("inf")
-_CHARGE_LATER: Any = object()
-_time = time.time
-_time_ns = time.time_ns
 
 
 def escape_name(name: str) -> str:
@@ -272,16 +269,15 @@ class _Throttle:
     __slots__ = (
         "algorithms",
         "burst",
-        "checks",
         "cost",
         "count_when",
         "dry_run",
+        "hit",
         "key",
         "match",
         "name",
         "on_unreadable",
         "policy_names",
-        "prefixes",
         "rates",
         "strategy",
     )
@@ -290,11 +286,16 @@ class _Throttle:
         self, name: str, algorithms: tuple[Algorithm, ...], match: Predicate | None,
         key: KeyFunc, cost: int | Callable[[RequestView], int], dry_run: bool,
         count_when: Callable[[ResponseInfo], Any] | None, strategy: str, burst: int | None,
-        on_unreadable: str = "client",
+        on_unreadable: str = "client", storage: Storage | None = None,
     ) -> None:
         self.name = name
         self.on_unreadable = on_unreadable
         self.algorithms = algorithms
+        #: the store's bound hit of a one-rate rule on a local store (``Storage.bind``),
+        #: bound once: ``_fast`` calls it with ``NS + discriminator``
+        self.hit: BoundHit | None = None
+        if storage is not None and not storage.remote and len(algorithms) == 1:
+            self.hit = storage.bind(algorithms[0])
         self.rates = tuple(a.rate for a in algorithms)
         self.match = match
         self.key = key
@@ -308,11 +309,6 @@ class _Throttle:
         self.policy_names: tuple[str, ...] = (
             name, *(f"{name}/{_seconds(a.rate)}" for a in algorithms[1:])
         )
-        #: the in-memory store's key of each algorithm's state is ``prefix + discriminator``
-        #: (``MemoryStorage`` writes ``f"{alg.id}|{key}"``, and rule keys are ``NS + disc``)
-        self.prefixes = tuple(f"{a.id}|{NS}" for a in algorithms)
-        #: (algorithm, store key prefix, policy name) per rate
-        self.checks = tuple(zip(algorithms, self.prefixes, self.policy_names, strict=True))
 
 
 def _throttle_algorithms(
@@ -504,7 +500,7 @@ class Rules:
         algorithms = _throttle_algorithms(name, rates, strategy, burst, what)
         self._check_supported(algorithms, strategy, what)
         rule = _Throttle(name, algorithms, match, keyf, cost, dry_run, count_when,
-                         strategy, burst, on_unreadable)
+                         strategy, burst, on_unreadable, lim.storage)
         self.needs_form = self.needs_form or _uses_form(match, keyf, cost)
         self.throttles = (*self.throttles, rule)
         if dry_run or count_when is not None:
@@ -531,7 +527,8 @@ class Rules:
         )
         self._check_supported(algorithms, old.strategy, f"throttle {name!r}")
         new = _Throttle(name, algorithms, old.match, old.key, old.cost, old.dry_run,
-                        old.count_when, old.strategy, old.burst, old.on_unreadable)
+                        old.count_when, old.strategy, old.burst, old.on_unreadable,
+                        self.limiter.storage)
         self.throttles = tuple(new if t is old else t for t in self.throttles)
         return old.rates
 
@@ -916,13 +913,6 @@ class Rules:
         if remote and lim._broken_until and time.monotonic() < lim._broken_until:
             return self._degraded(checks, block_keys, now), True
         try:
-            if (
-                len(checks) == 1 and storage.__class__ is MemoryStorage
-                and not storage._blocks  # nothing to look up: the single-check fast path
-                and not checks[0].probe
-            ):
-                c = checks[0]
-                return BatchResult([storage.hit(c.algorithm, c.key, c.cost, now)], []), False
             result = storage.apply(checks, consume=True, now=now, block_keys=block_keys)
         except Exception as exc:  # a failing store must never fail the request
             lim._storage_failed(exc)
@@ -959,11 +949,12 @@ class Rules:
             self._emit(kind, err.rule, None, view, d, False)
         return Verdict(False, kind, err.rule, None, d, [], err.degraded, view)
 
-    def _fast(self, view: RequestView, storage: MemoryStorage) -> Verdict:
+    def _fast(self, view: RequestView, storage: Storage) -> Verdict:
         """The common case in one pass: lists and plain throttles (no bans, dry runs or
-        ``count_when``) on the in-process store with an empty dynamic blocklist, nobody
+        ``count_when``) on a local store with an empty dynamic blocklist, nobody
         listening. The same answers as ``_plan`` + ``apply`` + ``_finish``, without
-        building checks, block-key lookups or the batch machinery."""
+        building a plan or block-key lookups: one throttle of one rate is decided by the
+        store's bound hit (``Storage.bind``), several in one ``storage.apply``."""
         for lrule in self.safelists:
             if self._list_match(lrule, view, "safelist"):
                 return Verdict(True, "safelisted", lrule.name, None, None, [], False, view)
@@ -988,33 +979,10 @@ class Rules:
         if rule1 is None:
             return _allowed(None, [], view)
         clock = self.limiter.clock
-        if clock is None:  # the store's clock (MemoryStorage._now, inlined)
-            clock = storage._clock
-            now = _time_ns() // 1000 if clock is _time else int(clock() * 1_000_000)
-        else:
-            now = int(clock() * 1_000_000)
-        if more is None and len(rule1.algorithms) == 1:
-            # One check: decide and charge in one step (MemoryStorage.hit, inlined).
-            alg = rule1.algorithms[0]
-            k = rule1.prefixes[0] + disc1
-            data = storage._data
-            lock = storage._lock
-            lock.acquire()  # (cheaper than ``with`` on CPython 3.11)
-            try:
-                state = data.get(k)
-                if state is None and storage._protected:  # kept from eviction: see memory.py
-                    state = storage._revive(k)
-                new, d = alg.hit(state, now, cost1)
-                if new is not state:
-                    if state is None:
-                        storage._insert(k, new, alg, now)
-                    else:
-                        data[k] = new
-                        data.move_to_end(k)
-                elif state is not None:
-                    data.move_to_end(k)
-            finally:
-                lock.release()
+        now = int(clock() * 1_000_000) if clock is not None else None
+        hit = rule1.hit
+        if more is None and hit is not None:
+            d = hit(NS + disc1, cost1, now)
             if d.allowed:
                 return _allowed(d, [(rule1.name, d)], view)
             return Verdict(False, "throttled", rule1.name, disc1, d, [(rule1.name, d)], False,
@@ -1025,71 +993,50 @@ class Rules:
         return self._fast_many(view, storage, found, now)
 
     def _fast_many(
-        self, view: RequestView, storage: MemoryStorage,
-        found: list[tuple[_Throttle, str, int]], now: int,
+        self, view: RequestView, storage: Storage,
+        found: list[tuple[_Throttle, str, int]], now: int | None,
     ) -> Verdict:
-        """Several checks, all or nothing (what ``MemoryStorage.apply`` does, without
-        its generality): decide every one, then charge them all only if all allow."""
-        data = storage._data
-        get = data.get
-        policies: list[tuple[str, Decision]] = []
-        staged = []
-        tightest: Decision | None = None
-        ok = True
-        with storage._lock:
-            for rule, disc, cost in found:
-                for alg, prefix, name in rule.checks:
-                    k = prefix + disc
-                    s = get(k)
-                    if s is None and storage._protected:
-                        s = storage._revive(k)
-                    if alg.__class__ is SlidingLog:
-                        # its hit appends to the log in place: decide now, charge later
-                        d = alg.peek(s, now, cost)
-                        new = _CHARGE_LATER
-                    else:
-                        new, d = alg.hit(s, now, cost)
-                    policies.append((name, d))
-                    if d.allowed:
-                        if cost:
-                            staged.append((k, s, new, alg, cost))
-                    else:
-                        ok = False
-                if ok:
-                    n = len(rule.checks)
-                    if n != 1:  # the rule's own choice among its rates, as _finish makes it
-                        d = most_restrictive([pd for _, pd in policies[-n:]])
-                    if tightest is None or d.remaining < tightest.remaining:
-                        tightest = d
-            if ok:
-                for k, s, new, alg, cost in staged:
-                    if new is _CHARGE_LATER:
-                        new = alg.charge(s, now, cost)
-                    if s is None:
-                        storage._insert(k, new, alg, now)
-                    else:
-                        data[k] = new
-                        data.move_to_end(k)
-        if ok:
-            return Verdict(True, "allowed", None, None, tightest, policies, False, view)
-
-        refusal: tuple[_Throttle, str, Decision] | None = None
-        i = 0
+        """Several checks, all or nothing, in one ``storage.apply``; the verdict as
+        ``_finish`` reads it for plain throttles."""
+        checks = []
         for rule, disc, cost in found:
-            n = len(rule.checks)
-            ds = [pd for _, pd in policies[i:i + n]]
-            d = ds[0] if n == 1 else most_restrictive(ds)
-            if not d.allowed and (refusal is None or d.retry_after > refusal[2].retry_after):
+            skey = NS + disc
+            for alg in rule.algorithms:
+                checks.append(_new(Check, (alg, skey, cost, False, False)))
+        decisions = storage.apply(checks, now=now).decisions
+        policies: list[tuple[str, Decision]] = []
+        refusal: tuple[_Throttle, str, Decision] | None = None
+        tightest: Decision | None = None
+        i = 0
+        for rule, disc, _cost in found:
+            names = rule.policy_names
+            n = len(names)
+            if n == 1:
+                d = decisions[i]
+                policies.append((names[0], d))
+            else:
+                ds = decisions[i:i + n]
+                policies += zip(names, ds, strict=True)
+                d = most_restrictive(ds)  # the rule's own choice among its rates
+            if d.allowed:
+                if tightest is None or d.remaining < tightest.remaining:
+                    tightest = d
+            elif refusal is None or d.retry_after > refusal[2].retry_after:
                 refusal = (rule, disc, d)
+            i += n
+        if refusal is None:
+            return Verdict(True, "allowed", None, None, tightest, policies, False, view)
+        # Nothing was charged: report what the allowing policies really have left.
+        i = 0
+        for _rule, _disc, cost in found:
+            n = len(_rule.policy_names)
             if cost:
-                # Nothing was charged: report what the allowing policies really have left.
                 for j in range(i, i + n):
                     name, pd = policies[j]
                     if pd.allowed:
                         policies[j] = (name, pd._replace(remaining=min(pd.limit,
                                                                        pd.remaining + cost)))
             i += n
-        assert refusal is not None
         rule, disc, d = refusal
         return Verdict(False, "throttled", rule.name, disc, d, policies, False, view)
 
@@ -1099,8 +1046,9 @@ class Rules:
         else the plan and the time."""
         if self.fast:
             storage = self.limiter.storage
+            blocks = storage.local_blocks  # nothing to look up: see Storage.local_blocks
             if (
-                storage.__class__ is MemoryStorage and not storage._blocks
+                blocks is not None and not blocks and not storage.remote
                 and not self.listeners.active
             ):
                 try:

@@ -26,7 +26,6 @@ from ._errors import ConfigError
 from ._request import _UNSET, DEFAULT_MAX_FORM_BYTES, RequestView
 from ._responses import HEADER_STYLES, Denial, default_responder, rate_limit_headers
 from ._rules import _RuleFailed
-from .storage.memory import MemoryStorage
 
 if TYPE_CHECKING:
     from _typeshed.wsgi import StartResponse, WSGIApplication, WSGIEnvironment
@@ -170,6 +169,7 @@ class WSGIMiddleware:
         limiter = self.limiter
         rules = limiter._rules
         storage = limiter.storage
+        blocks = storage.local_blocks  # nothing to look up: see Storage.local_blocks
         # RequestView.from_environ, inlined (every request pays it)
         view = _new_view(RequestView)
         view.raw = environ
@@ -183,7 +183,7 @@ class WSGIMiddleware:
         view._peer = environ.get("REMOTE_ADDR")
         if (
             rules.fast and limiter.enabled and limiter._watcher is None
-            and storage.__class__ is MemoryStorage and not storage._blocks
+            and blocks is not None and not blocks and not storage.remote
             and not rules.listeners.active
         ):
             # limiter.evaluate's in-memory fast path, called directly

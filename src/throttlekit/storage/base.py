@@ -12,13 +12,17 @@ charges nothing at all (a blocked request never reaches the throttles).
 from __future__ import annotations
 
 import abc
-from collections.abc import Sequence
+from collections.abc import Callable, Mapping, Sequence
+from functools import partial
 from typing import NamedTuple
 
 from .._algorithms import Algorithm
 from .._decision import Decision
 
-__all__ = ["BatchResult", "Block", "Check", "Storage"]
+__all__ = ["BatchResult", "Block", "BoundHit", "Check", "Storage"]
+
+#: ``hit(key, cost, now) -> Decision`` for one algorithm: see ``Storage.bind``
+BoundHit = Callable[[str, int, int | None], Decision]
 
 
 class Check(NamedTuple):
@@ -67,6 +71,11 @@ class Storage(abc.ABC):
     remote: bool = False
     #: True for backends shared by several processes
     shared: bool = False
+    #: The dynamic blocklist as a live read-only mapping (key -> Block, expired entries
+    #: included until reclaimed) when the store keeps it in this process, so a caller sees
+    #: without a call that a request has nothing to look up; None when it lives on a server
+    #: (ask ``apply(block_keys=...)`` or ``blocked()``).
+    local_blocks: Mapping[str, Block] | None = None
 
     def unsupported(self, strategy: str) -> str | None:
         """Why this backend cannot run ``strategy``, or ``None`` when it can."""
@@ -93,6 +102,13 @@ class Storage(abc.ABC):
     def hit(self, algorithm: Algorithm, key: str, cost: int, now: int | None) -> Decision:
         """Decide and charge one check (the common case; backends may specialise it)."""
         return self.apply((Check(algorithm, key, cost),), now=now).decisions[0]
+
+    def bind(self, algorithm: Algorithm) -> BoundHit:
+        """``hit`` for one algorithm, as ``fn(key, cost, now) -> Decision``: the single check
+        of a hot path, bound once and called per request. Backends may return a function
+        specialised for the algorithm (the memory store does); the default is
+        ``partial(self.hit, algorithm)``, the same answers without the specialisation."""
+        return partial(self.hit, algorithm)
 
     @abc.abstractmethod
     def reset(self, keys: Sequence[str]) -> None:

@@ -24,15 +24,16 @@ from __future__ import annotations
 import threading
 import time
 from collections import OrderedDict
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from heapq import heapify, heappop, heappush
+from types import MappingProxyType
 from typing import Any
 from urllib.parse import parse_qsl, urlsplit
 
-from .._algorithms import Algorithm
+from .._algorithms import Algorithm, SlidingLog
 from .._decision import Decision
 from .._errors import ConfigError
-from .base import BatchResult, Block, Check, Storage
+from .base import BatchResult, Block, BoundHit, Check, Storage
 
 __all__ = ["DEFAULT_MAX_KEYS", "MemoryStorage"]
 
@@ -41,6 +42,10 @@ DEFAULT_MAX_KEYS = 1_000_000
 _INF = float("inf")
 #: expired blocklist entries reclaimed per request (amortised O(1): each is popped once)
 _RECLAIM_BLOCKS = 8
+#: bound hits kept (see ``bind``); past it the cache starts afresh
+_BOUND_CACHE = 1024
+_CHARGE_LATER: Any = object()
+_new = tuple.__new__
 
 
 class MemoryStorage(Storage):
@@ -68,11 +73,14 @@ class MemoryStorage(Storage):
         self._protected: OrderedDict[str, Any] = OrderedDict()
         self._algorithms: dict[str, Algorithm] = {}
         self._blocks: dict[str, Block] = {}
+        self.local_blocks = MappingProxyType(self._blocks)
         #: (expires_at, key) of blocks with an expiry; stale entries are skipped
         self._expiries: list[tuple[float, str]] = []
         self._lock = threading.Lock()
         #: concurrency leases: key -> {lease id: expiry (microseconds)}
         self._leases: dict[str, dict[str, int]] = {}
+        #: algorithm -> its bound hit (see ``bind``)
+        self._bound: dict[Algorithm, BoundHit] = {}
 
     def __repr__(self) -> str:
         return f"MemoryStorage(max_keys={self.max_keys})"
@@ -99,8 +107,13 @@ class MemoryStorage(Storage):
             return time.time_ns() // 1000
         return int(self._clock() * 1_000_000)
 
-    def make_hit(self, algorithm: Algorithm) -> Callable[[str, int, int | None], Decision]:
-        """A specialised ``hit`` for one algorithm: the hot path, with every lookup bound."""
+    def bind(self, algorithm: Algorithm) -> BoundHit:
+        """``hit`` specialised for one algorithm, every lookup bound: one lock, one dict
+        lookup, the arithmetic, one store. The one single-check hit of this store (``hit``
+        and ``apply`` call it); cached per algorithm."""
+        bound = self._bound.get(algorithm)
+        if bound is not None:
+            return bound
         data = self._data
         get = data.get
         touch = data.move_to_end
@@ -136,29 +149,18 @@ class MemoryStorage(Storage):
                 release()
             return decision
 
+        if len(self._bound) >= _BOUND_CACHE:  # callers that make an algorithm per call
+            self._bound.clear()
+        self._bound[algorithm] = hit
         return hit
 
     # -- limits -------------------------------------------------------------------------
 
     def hit(self, algorithm: Algorithm, key: str, cost: int, now: int | None) -> Decision:
-        if now is None:
-            now = int(self._clock() * 1_000_000)
-        k = f"{algorithm.id}|{key}"
-        with self._lock:
-            data = self._data
-            state = data.get(k)
-            if state is None and self._protected:
-                state = self._revive(k)
-            new, decision = algorithm.hit(state, now, cost)
-            if new is not state:
-                if state is None:
-                    self._insert(k, new, algorithm, now)
-                else:
-                    data[k] = new
-                    data.move_to_end(k)
-            elif state is not None:
-                data.move_to_end(k)
-        return decision
+        bound = self._bound.get(algorithm)
+        if bound is None:
+            bound = self.bind(algorithm)
+        return bound(key, cost, now)
 
     def apply(
         self,
@@ -170,42 +172,68 @@ class MemoryStorage(Storage):
     ) -> BatchResult:
         if now is None:
             now = self._now()
-        blocked: list[Block | None] = []
+        blocks = self._blocks
+        if not blocks and consume and len(checks) == 1:
+            # The common batch: one check and no blocklist to look up (a lone independent
+            # check is charged as a dependent one would be).
+            c = checks[0]
+            if not c.probe:
+                bound = self._bound.get(c.algorithm)
+                if bound is None:
+                    bound = self.bind(c.algorithm)
+                d = bound(c.key, c.cost, now)
+                return _new(BatchResult, ([d], [None] * len(block_keys)))
+        blocked: list[Block | None] = [None] * len(block_keys)
+        decisions: list[Decision] = []
         with self._lock:
-            expiries = self._expiries
-            if expiries and expiries[0][0] * 1_000_000 <= now:
-                self._reclaim_blocks(now)
-            if block_keys:
-                blocks = self._blocks
-                for bk in block_keys:
+            if blocks:  # nothing to reclaim or look up in an empty blocklist
+                expiries = self._expiries
+                if expiries and expiries[0][0] * 1_000_000 <= now:
+                    self._reclaim_blocks(now)
+                for i, bk in enumerate(block_keys):
                     b = blocks.get(bk)
-                    if b is not None and b.expires_at * 1_000_000 <= now:
-                        del blocks[bk]
-                        b = None
-                    blocked.append(b)
-            data = self._data
-            keys = [f"{c.algorithm.id}|{c.key}" for c in checks]
-            states = [data.get(k) for k in keys]
-            if self._protected:
-                revive = self._revive
-                states = [revive(k) if s is None else s for k, s in zip(keys, states, strict=True)]
-            decisions = [
-                c.algorithm.peek(s, now, c.cost) for c, s in zip(checks, states, strict=True)
-            ]
-            # A blocked request charges nothing; probes are decided, never charged.
-            if consume and not any(blocked):
-                together = all(
-                    d.allowed for c, d in zip(checks, decisions, strict=True) if not c.independent
-                )
-                for c, k, s, d in zip(checks, keys, states, decisions, strict=True):
-                    if d.allowed and (together or c.independent) and c.cost and not c.probe:
-                        new = c.algorithm.charge(s, now, c.cost)
-                        if s is None:
-                            self._insert(k, new, c.algorithm, now)
+                    if b is not None:
+                        if b.expires_at * 1_000_000 <= now:
+                            del blocks[bk]
                         else:
-                            data[k] = new
-                            data.move_to_end(k)
-        return BatchResult(decisions, blocked)
+                            blocked[i] = b
+                            consume = False  # a blocked request charges nothing
+            # Decide every check (with hit: the charged state comes with the decision),
+            # then charge them all only if every dependent one allows. Probes are decided,
+            # never charged; independent checks are charged on their own.
+            data = self._data
+            get = data.get
+            protected = self._protected
+            together = True
+            staged = []
+            for c in checks:
+                alg = c.algorithm
+                k = alg.id + "|" + c.key
+                s = get(k)
+                if s is None and protected:
+                    s = self._revive(k)
+                if consume and not c.probe and alg.__class__ is not SlidingLog:
+                    new, d = alg.hit(s, now, c.cost)
+                else:  # a sliding log's hit appends in place: decide now, charge later
+                    d = alg.peek(s, now, c.cost)
+                    new = _CHARGE_LATER
+                decisions.append(d)
+                if d.allowed:
+                    if consume and c.cost and not c.probe:
+                        staged.append((k, s, new, c))
+                elif not c.independent:
+                    together = False
+            for k, s, new, c in staged:
+                if together or c.independent:
+                    alg = c.algorithm
+                    if new is _CHARGE_LATER:
+                        new = alg.charge(s, now, c.cost)
+                    if s is None:
+                        self._insert(k, new, alg, now)
+                    else:
+                        data[k] = new
+                        data.move_to_end(k)
+        return _new(BatchResult, (decisions, blocked))
 
     def _insert(self, k: str, state: Any, algorithm: Algorithm, now: int) -> None:
         data = self._data
