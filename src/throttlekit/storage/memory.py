@@ -170,8 +170,9 @@ class MemoryStorage(Storage):
         now: int | None = None,
         block_keys: Sequence[str] = (),
     ) -> BatchResult:
-        if now is None:
-            now = self._now()
+        if now is None:  # (self._now(), inlined: the request path pays it)
+            clock = self._clock
+            now = time.time_ns() // 1000 if clock is time.time else int(clock() * 1_000_000)
         blocks = self._blocks
         if not blocks and consume and len(checks) == 1:
             # The common batch: one check and no blocklist to look up (a lone independent
@@ -185,7 +186,14 @@ class MemoryStorage(Storage):
                 return _new(BatchResult, ([d], [None] * len(block_keys)))
         blocked: list[Block | None] = [None] * len(block_keys)
         decisions: list[Decision] = []
-        with self._lock:
+        staged: list[tuple[str, Any, Any, Algorithm, int, bool]] | None = None
+        together = True
+        data = self._data
+        get = data.get
+        protected = self._protected
+        lock = self._lock
+        lock.acquire()
+        try:
             if blocks:  # nothing to reclaim or look up in an empty blocklist
                 expiries = self._expiries
                 if expiries and expiries[0][0] * 1_000_000 <= now:
@@ -201,38 +209,36 @@ class MemoryStorage(Storage):
             # Decide every check (with hit: the charged state comes with the decision),
             # then charge them all only if every dependent one allows. Probes are decided,
             # never charged; independent checks are charged on their own.
-            data = self._data
-            get = data.get
-            protected = self._protected
-            together = True
-            staged = []
-            for c in checks:
-                alg = c.algorithm
-                k = alg.id + "|" + c.key
+            for alg, key, cost, independent, probe in checks:
+                k = f"{alg.id}|{key}"
                 s = get(k)
                 if s is None and protected:
                     s = self._revive(k)
-                if consume and not c.probe and alg.__class__ is not SlidingLog:
-                    new, d = alg.hit(s, now, c.cost)
+                if consume and not probe and alg.__class__ is not SlidingLog:
+                    new, d = alg.hit(s, now, cost)
                 else:  # a sliding log's hit appends in place: decide now, charge later
-                    d = alg.peek(s, now, c.cost)
+                    d = alg.peek(s, now, cost)
                     new = _CHARGE_LATER
                 decisions.append(d)
                 if d.allowed:
-                    if consume and c.cost and not c.probe:
-                        staged.append((k, s, new, c))
-                elif not c.independent:
+                    if consume and cost and not probe:
+                        if staged is None:
+                            staged = []
+                        staged.append((k, s, new, alg, cost, independent))
+                elif not independent:
                     together = False
-            for k, s, new, c in staged:
-                if together or c.independent:
-                    alg = c.algorithm
-                    if new is _CHARGE_LATER:
-                        new = alg.charge(s, now, c.cost)
-                    if s is None:
-                        self._insert(k, new, alg, now)
-                    else:
-                        data[k] = new
-                        data.move_to_end(k)
+            if staged is not None:
+                for k, s, new, alg, cost, independent in staged:
+                    if together or independent:
+                        if new is _CHARGE_LATER:
+                            new = alg.charge(s, now, cost)
+                        if s is None:
+                            self._insert(k, new, alg, now)
+                        else:
+                            data[k] = new
+                            data.move_to_end(k)
+        finally:
+            lock.release()
         return _new(BatchResult, (decisions, blocked))
 
     def _insert(self, k: str, state: Any, algorithm: Algorithm, now: int) -> None:
