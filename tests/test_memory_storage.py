@@ -400,3 +400,14 @@ def test_a_block_stops_requests_on_the_short_path_and_charges_nothing(
     assert call("198.51.100.1") == 200
     assert limiter.unblock(ip)
     assert [call(ip) for _ in range(2)] == [200, 429]
+
+
+def test_make_hit_still_works_and_says_to_use_bind() -> None:
+    """The old name of the bound hit warns once per call and hands back ``bind``'s hit."""
+    storage = MemoryStorage()
+    alg = make_algorithm("fixed_window", Rate(2, 60))
+    with pytest.warns(DeprecationWarning, match="use bind"):
+        hit = storage.make_hit(alg)
+    assert hit is storage.bind(alg)
+    now = int(START * 1_000_000)
+    assert [hit("k", 1, now).allowed for _ in range(3)] == [True, True, False]

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import threading
 import time
+import warnings
 from collections import OrderedDict
 from collections.abc import Sequence
 from heapq import heapify, heappop, heappush
@@ -153,6 +154,12 @@ class MemoryStorage(Storage):
             self._bound.clear()
         self._bound[algorithm] = hit
         return hit
+
+    def make_hit(self, algorithm: Algorithm) -> BoundHit:
+        """Deprecated: use ``bind`` (the same function)."""
+        warnings.warn("MemoryStorage.make_hit is deprecated: use bind (the same bound hit)",
+                      DeprecationWarning, stacklevel=2)
+        return self.bind(algorithm)
 
     # -- limits -------------------------------------------------------------------------
 
