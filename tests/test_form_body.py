@@ -20,21 +20,8 @@ import types
 from collections.abc import Callable, Iterator
 from typing import Any
 
-import django
 import httpx
 import pytest
-from django.conf import settings
-
-if not settings.configured:  # the same settings as test_contrib_django (whichever runs first)
-    settings.configure(
-        DEBUG=False, SECRET_KEY="test", ALLOWED_HOSTS=["*"], ROOT_URLCONF="tk_test_urls",
-        MIDDLEWARE=["throttlekit.contrib.django.ThrottleMiddleware"], USE_TZ=True,
-        LOGGING_CONFIG=None,
-        INSTALLED_APPS=["django.contrib.contenttypes", "django.contrib.auth"],
-        REST_FRAMEWORK={"UNAUTHENTICATED_USER": None, "DEFAULT_AUTHENTICATION_CLASSES": []},
-    )
-    django.setup()
-
 from django.http import JsonResponse
 from django.test import AsyncClient, Client, override_settings
 from django.urls import clear_url_caches, path
@@ -45,6 +32,7 @@ from starlette.responses import JSONResponse
 from starlette.routing import Route
 from werkzeug.test import Client as WerkzeugClient
 
+import django_config  # noqa: F401 - configures Django first
 from throttlekit import ASGIMiddleware, ConfigError, Limiter, RequestView, WSGIMiddleware
 from throttlekit.contrib import django as tk_django
 from throttlekit.contrib.flask import Throttle as FlaskThrottle
