@@ -38,20 +38,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
-import django
 import pytest
-from django.conf import settings
-
-if not settings.configured:  # the same settings as test_contrib_django, whichever runs first
-    settings.configure(
-        DEBUG=False, SECRET_KEY="test", ALLOWED_HOSTS=["*"], ROOT_URLCONF="tk_test_urls",
-        MIDDLEWARE=["throttlekit.contrib.django.ThrottleMiddleware"], USE_TZ=True,
-        LOGGING_CONFIG=None,
-        INSTALLED_APPS=["django.contrib.contenttypes", "django.contrib.auth"],
-        REST_FRAMEWORK={"UNAUTHENTICATED_USER": None, "DEFAULT_AUTHENTICATION_CLASSES": []},
-    )
-    django.setup()
-
 from django.core.handlers.asgi import ASGIHandler
 from django.core.handlers.wsgi import WSGIHandler
 from django.http import HttpResponse
@@ -63,6 +50,7 @@ from starlette.requests import Request
 from starlette.responses import PlainTextResponse
 from starlette.routing import Route
 
+import django_config  # noqa: F401 - configures Django first
 from throttlekit import ASGIMiddleware, Limiter, WSGIMiddleware
 from throttlekit._responses import default_responder  # public: docs/responses.md
 from throttlekit.testing import FakeClock
