@@ -597,13 +597,23 @@ class Rules:
             try:
                 disc = brule.key(view)
                 if disc is None:
-                    continue
-                disc = rule_key(disc if disc.__class__ is str else str(disc))
+                    if view._form.__class__ is not _UnreadableForm:
+                        continue  # the rule does not apply to this request
+                    # a key that cannot be read never lets a request past a ban rule:
+                    # count it under its client (as a throttle's on_unreadable="client")
+                    ck = view.client_key
+                    disc = UNREADABLE_PREFIX + (ck or UNKNOWN_CLIENT)
+                    no_ip = ck is None
+                else:
+                    disc = rule_key(disc if disc.__class__ is str else str(disc))
+                    no_ip = disc is UNKNOWN_CLIENT and (
+                        brule.key is _client_key or brule.key is _client_ip
+                    )
                 matched = brule.match(view)
             except Exception as exc:
                 self._rule_error(brule.kind, brule.name, exc, "key or match function")
                 continue
-            if disc is UNKNOWN_CLIENT and (brule.key is _client_key or brule.key is _client_ip):
+            if no_ip:  # a client without an IP: refused when it trips the rule, never banned
                 self._no_client_ip()
                 if p.no_ban is None:
                     p.no_ban = []
