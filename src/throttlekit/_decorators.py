@@ -47,6 +47,7 @@ from ._decision import Decision, most_restrictive
 from ._errors import ConfigError, RateLimitExceeded
 from ._keys import UNREADABLE_PREFIX, rule_key
 from ._request import _UNREADABLE, _UNSET, RequestView, _UnreadableForm
+from ._resilience import deny_decision
 from ._rules import (
     NS,
     STORAGE_RULE,
@@ -537,9 +538,7 @@ def _check_fits(f: Callable[..., Any], ksig: inspect.Signature, args: tuple[Any,
 
 
 def _refused(lim: Limiter, view: Any, rule: str, degraded: bool = True) -> Verdict:
-    from ._rates import Rate
-    retry = lim.retry_interval
-    d = _new(Decision, (False, 0, 0, retry, retry, Rate(1, 1.0), degraded))
+    d = deny_decision((), lim.retry_interval, degraded)
     return Verdict(False, "throttled", rule, None, d, [], degraded, view)
 
 
@@ -548,13 +547,11 @@ def _now(lim: Limiter) -> int | None:
     return int(clock() * 1_000_000) if clock is not None else None
 
 
-def _conclude(lim: Limiter, p: _Pending, result: BatchResult, degraded: bool,
-              view: Any) -> Verdict:
+def _conclude(lim: Limiter, p: _Pending, result: BatchResult, view: Any) -> Verdict:
     decisions = result.decisions
-    if degraded and lim.on_storage_error == "deny":
-        alg = p.checks[-1].algorithm
-        retry = lim.retry_interval
-        d = _new(Decision, (False, alg.capacity, 0, retry, retry, alg.rate, True))
+    degraded = result.policy is not None
+    if result.policy == "deny":
+        d = deny_decision(p.checks, lim.retry_interval)
         return Verdict(False, "throttled", STORAGE_RULE, None, d, [], True, view)
     policies: list[tuple[str, Decision]] = []
     costs: list[int] = []
@@ -597,8 +594,8 @@ def evaluate(lim: Limiter, view: RequestView, entries: Sequence[Entry]) -> Verdi
     assert isinstance(p, _Pending)
     if not p.checks:
         return None
-    result, degraded = lim._rules._call(p.checks, [], _now(lim))
-    return _conclude(lim, p, result, degraded, view)
+    result = lim._rules._call(p.checks, [], _now(lim))
+    return _conclude(lim, p, result, view)
 
 
 async def aevaluate(lim: Limiter, view: RequestView, entries: Sequence[Entry]) -> Verdict | None:
@@ -609,8 +606,8 @@ async def aevaluate(lim: Limiter, view: RequestView, entries: Sequence[Entry]) -
     assert isinstance(p, _Pending)
     if not p.checks:
         return None
-    result, degraded = await lim._rules._acall(p.checks, [], _now(lim))
-    return _conclude(lim, p, result, degraded, view)
+    result = await lim._rules._acall(p.checks, [], _now(lim))
+    return _conclude(lim, p, result, view)
 
 
 # -- endpoints: the decorated function's group -----------------------------------------------
@@ -919,8 +916,8 @@ def _call_limits(lim: Limiter, group: Group, args: tuple[Any, ...],
     assert isinstance(p, _Pending)
     if not p.checks:
         return
-    result, degraded = lim._rules._call(p.checks, [], _now(lim))
-    verdict = _conclude(lim, p, result, degraded, None)
+    result = lim._rules._call(p.checks, [], _now(lim))
+    verdict = _conclude(lim, p, result, None)
     if not verdict.allowed:
         raise _exceeded(verdict)
 
@@ -935,8 +932,8 @@ async def _acall_limits(lim: Limiter, group: Group, args: tuple[Any, ...],
     assert isinstance(p, _Pending)
     if not p.checks:
         return
-    result, degraded = await lim._rules._acall(p.checks, [], _now(lim))
-    verdict = _conclude(lim, p, result, degraded, None)
+    result = await lim._rules._acall(p.checks, [], _now(lim))
+    verdict = _conclude(lim, p, result, None)
     if not verdict.allowed:
         raise _exceeded(verdict)
 

@@ -13,10 +13,13 @@ from __future__ import annotations
 
 import abc
 from collections.abc import Sequence
-from typing import NamedTuple
+from typing import TYPE_CHECKING, NamedTuple
 
 from .._algorithms import Algorithm
 from .._decision import Decision
+
+if TYPE_CHECKING:
+    from .._denials import DenialCache
 
 __all__ = ["BatchResult", "Block", "Check", "Storage"]
 
@@ -46,10 +49,15 @@ class Block(NamedTuple):
 
 
 class BatchResult(NamedTuple):
-    """The decisions of a batch, in order, and the blocks found among ``block_keys``."""
+    """The decisions of a batch, in order, and the blocks found among ``block_keys``.
+
+    ``policy``: None when the store answered; ``"allow"``, ``"deny"`` or ``"local"`` when
+    the fail policy of a failing store did (see ``throttlekit._resilience``).
+    """
 
     decisions: list[Decision]
     blocked: list[Block | None]
+    policy: str | None = None
 
 
 class Storage(abc.ABC):
@@ -67,6 +75,8 @@ class Storage(abc.ABC):
     remote: bool = False
     #: True for backends shared by several processes
     shared: bool = False
+    #: the local cache of refusals; set only on a ResilientStore (see _resilience)
+    denials: DenialCache | None = None
 
     def unsupported(self, strategy: str) -> str | None:
         """Why this backend cannot run ``strategy``, or ``None`` when it can."""
