@@ -183,3 +183,16 @@ def test_depends_without_the_fastapi_adapter_is_a_config_error(clean_registry: N
     registry.use_entry_points([])
     with pytest.raises(ConfigError, match=r"throttlekit-web\[fastapi\]"):
         Limiter().depends("1/minute")
+
+
+def test_missing_entry_points_are_reported(
+        clean_registry: None, monkeypatch: pytest.MonkeyPatch,
+        caplog: pytest.LogCaptureFixture) -> None:
+    """Installed metadata without throttlekit's own entry points (an editable install made
+    before they existed) is named in the log with the fix, instead of failing silently."""
+    import importlib.metadata
+
+    monkeypatch.setattr(importlib.metadata, "entry_points", lambda **kw: [])
+    registry.use_entry_points(None)
+    assert not discover()
+    assert "pip install -e . again" in caplog.text

@@ -148,10 +148,16 @@ def _installed_entry_points() -> list[_EntryPoint]:
     from importlib.metadata import entry_points
 
     try:
-        return list(entry_points(group=GROUP))
+        found: list[_EntryPoint] = list(entry_points(group=GROUP))
     except Exception:  # broken metadata must not break a request
         logger.exception("throttlekit: cannot read the %s entry points", GROUP)
         return []
+    if not found:  # throttlekit declares its own: the installed metadata is older
+        logger.warning(
+            "throttlekit: no %s entry points are installed (an editable install older "
+            "than this version? run pip install -e . again); decorated functions find a "
+            "framework's request only once its throttlekit.contrib module is imported", GROUP)
+    return found
 
 
 def use_entry_points(eps: Iterable[_EntryPoint] | None) -> None:
