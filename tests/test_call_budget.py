@@ -17,6 +17,7 @@ step 0.1, branch e-guards).
 
 from __future__ import annotations
 
+import gc
 import io
 import sys
 from collections.abc import Callable, Coroutine, Iterable
@@ -72,11 +73,18 @@ def count_calls(fn: Callable[[], Any]) -> int:
         if event == "call":
             calls += 1
 
+    # A garbage collection inside ``fn`` would count the finalizers of whatever earlier
+    # tests left behind (werkzeug's EnvironBuilder.__del__...): collect first, not during.
+    gc.collect()
+    enabled = gc.isenabled()
+    gc.disable()
     sys.setprofile(profile)
     try:
         fn()
     finally:
         sys.setprofile(None)
+        if enabled:
+            gc.enable()
     return calls - 1
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import sys
 from typing import Any
 
 import httpx
@@ -295,3 +296,43 @@ def test_rules_file_for_starlette_middleware_and_fastapi_throttle(tmp_path: Any)
 
     Throttle(fa, Limiter(), rules_file=rules)
     assert codes(fa, "/", "/") == [200, 429]
+
+
+ENDPOINTS_IMPORTING_FASTAPI_LATE = '''
+from throttlekit import Limiter
+from throttlekit.testing import FakeClock
+
+limiter = Limiter(clock=FakeClock(), strategy="fixed_window")
+
+
+@limiter.limit("1/minute")
+async def hello() -> dict[str, str]:
+    return {"hello": "world"}
+
+
+def build_app():
+    from fastapi import FastAPI  # only here: the module's globals never name FastAPI
+
+    app = FastAPI()
+    app.get("/")(hello)
+    return app
+'''
+
+
+def test_endpoint_in_module_importing_fastapi_inside_a_function_answers_429(
+        tmp_path: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Regression: a decorated endpoint in a module that imports FastAPI only inside a
+    function got RateLimitExceeded raised (a 500) instead of FastAPI's 429 (the decorator
+    guessed the framework from the module's globals)."""
+    import importlib
+
+    (tmp_path / "late_fastapi_endpoints.py").write_text(ENDPOINTS_IMPORTING_FASTAPI_LATE)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    module = importlib.import_module("late_fastapi_endpoints")
+    try:
+        r1, r2 = get(module.build_app(), "/", "/")
+    finally:
+        sys.modules.pop("late_fastapi_endpoints", None)
+    assert r1.status_code == 200 and r1.json() == {"hello": "world"}
+    assert r2.status_code == 429
+    assert r2.headers["retry-after"] == "60" and "ratelimit-policy" in r2.headers

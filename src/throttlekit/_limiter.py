@@ -984,7 +984,7 @@ class Limiter:
             self, rates, key=key, strategy=strategy, cost=cost, methods=methods,
             per_method=per_method, burst=burst, override_defaults=override_defaults,
             scope=scope, on_unreadable=on_unreadable,
-        ))
+        ), self)
 
     def shared_limit(self, rates: Any, scope: str, **options: Any) -> Callable[[_F], _F]:
         """Like :meth:`limit`, but every function decorated with this ``scope`` shares one
@@ -998,10 +998,20 @@ class Limiter:
         return exempt(self, fn)
 
     def depends(self, rates: Any, **options: Any) -> Callable[..., Any]:
-        """A FastAPI dependency: ``Depends(limiter.depends("10/minute"))``."""
-        from ._decorators import make_dependency, make_spec
+        """A FastAPI dependency: ``Depends(limiter.depends("10/minute"))``.
 
-        return make_dependency(self, make_spec(self, rates, what="depends", **options))
+        Raises:
+            ConfigError: FastAPI (and its throttlekit adapter) is not installed.
+        """
+        from ._adapters import adapter_named
+        from ._decorators import make_spec
+
+        spec = make_spec(self, rates, what="depends", **options)
+        adapter = adapter_named("fastapi")
+        if adapter is None:
+            raise ConfigError("limiter.depends() makes FastAPI dependencies: "
+                              "pip install 'throttlekit-web[fastapi]'")
+        return adapter.dependency(self, spec)
 
 
 def _apply(

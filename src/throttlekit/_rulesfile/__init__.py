@@ -52,7 +52,7 @@ import os
 import re
 import sys
 from collections.abc import Sequence
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from .._errors import ConfigError
 from .compile import Compiler
@@ -67,9 +67,6 @@ from .model import RuleSet
 from .model import RuleSpec as RuleSpec
 from .schema import KINDS as _KINDS
 from .schema import LIMITER as _LIMITER
-
-if TYPE_CHECKING:
-    from .._limiter import Limiter
 
 __all__ = ["RuleError", "RuleSet", "RulesFileError", "load_rules", "parse_rules"]
 
@@ -135,14 +132,3 @@ def parse_rules(text: str, path: str = "<rules>", *, strategies: Sequence[str] |
             line, f"invalid TOML: {re.sub(r' [(]at line.*[)]$', '', msg)}",
             "check quotes, brackets and that each key = value is on its own line",
         )]) from None
-
-
-def build_limiter(ruleset: RuleSet, **limiter_kwargs: Any) -> Limiter:
-    """A new Limiter from the file's [limiter] settings (``limiter_kwargs`` win), with the
-    file's rules registered."""
-    from .._limiter import Limiter
-
-    settings = {**ruleset.limiter, **limiter_kwargs}
-    limiter = Limiter(**settings)
-    limiter.load_rules(ruleset)
-    return limiter

@@ -8,14 +8,22 @@ from typing import TYPE_CHECKING, Any
 
 from .._decorators import Entry, Group, LimitSpec, make_spec
 from .._errors import ConfigError
+from ..wsgi import refusal
 
 if TYPE_CHECKING:
     from .._limiter import Limiter
+    from .._responses import Denial
+    from .._rules import Verdict
 
-__all__ = ["Limits", "load_rules_file", "parse_limits"]
+__all__ = ["Limits", "denial", "load_rules_file", "parse_limits"]
 
 
-def parse_limits(owner: Any, limits: Any, what: str) -> tuple[LimitSpec, ...]:
+def denial(lim: Limiter, verdict: Verdict, accept: str | None) -> Denial:
+    """The middleware's answer to a refused verdict (status, headers, body)."""
+    return refusal({}, lim.header_style, verdict, accept)
+
+
+def parse_limits(lim: Limiter | None, limits: Any, what: str) -> tuple[LimitSpec, ...]:
     """Default or application limits as users write them: a rate string (one limit,
     possibly of several rates), a list of them (one limit each), or LimitSpecs."""
     if limits is None:
@@ -29,7 +37,7 @@ def parse_limits(owner: Any, limits: Any, what: str) -> tuple[LimitSpec, ...]:
         if isinstance(item, LimitSpec):
             out.append(item)
         else:
-            out.append(make_spec(owner, item, what=what))
+            out.append(make_spec(lim, item, what=what))
     return tuple(out)
 
 

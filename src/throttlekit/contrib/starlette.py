@@ -32,24 +32,26 @@ their usual 429 (``{"detail": ...}`` in FastAPI) carrying the same rate-limit he
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import contextlib
+import contextvars
+from collections.abc import MutableMapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 from starlette import requests as _requests
 from starlette.exceptions import HTTPException
-from starlette.requests import Request
+from starlette.requests import HTTPConnection, Request
 from starlette.routing import Match, Mount
 
+from .._adapters import Adapter, Found, register_adapter
 from .._decorators import (
     DENIED_KEY,
+    FRAMEWORK_FORMS,
     HANDLED_KEY,
     POLICIES_KEY,
     ForkCheck,
     FrameworkView,
     Group,
     aevaluate,
-    current_request,
-    denial,
     endpoint_name,
     group_of,
     record,
@@ -57,23 +59,32 @@ from .._decorators import (
     warn_memory_multiworker,
 )
 from .._errors import ConfigError
+from .._request import _UNSET
 from .._responses import encode_headers, rate_limit_headers
 from ..asgi import has_small_form, read_ahead
 from ..wsgi import VERDICT_KEY
-from ._common import Limits, load_rules_file, parse_limits
+from ._common import Limits, denial, load_rules_file, parse_limits
 
 if TYPE_CHECKING:
     from .._decision import Decision
     from .._limiter import Limiter
+    from .._request import RequestView
     from .._rules import Verdict
     from ..asgi import ASGIApp, Message, Receive, Scope, Send
 
-__all__ = ["RateLimited", "ThrottleMiddleware", "rate_limited"]
+__all__ = ["ADAPTER", "RateLimited", "StarletteAdapter", "ThrottleMiddleware",
+           "current_request", "rate_limited"]
+
+#: The ASGI request being served: ``(scope, native request or None)``; set by the
+#: Starlette/FastAPI integration so decorated endpoints without a ``Request`` parameter
+#: still find their request.
+current_request: contextvars.ContextVar[tuple[MutableMapping[str, Any], Any] | None] = (
+    contextvars.ContextVar("throttlekit.request", default=None)
+)
 
 #: scope key: the integration is serving this request (dependencies leave headers to it)
 MIDDLEWARE_KEY = "throttlekit.middleware"
 _SKIP_HEADERS = frozenset({"content-type", "content-length"})
-_FORMS = frozenset({"application/x-www-form-urlencoded", "multipart/form-data"})
 
 
 class RateLimited(HTTPException):
@@ -93,6 +104,74 @@ def rate_limited(lim: Limiter, verdict: Verdict, accept: str | None = None) -> R
     return RateLimited(verdict, headers)
 
 
+class StarletteAdapter(Adapter):
+    """The decorators in Starlette (and FastAPI): a ``Request``/``WebSocket`` among the
+    first two arguments or the keyword arguments, else the request the middleware is
+    serving; a refusal raises :class:`RateLimited`."""
+
+    name = "starlette"
+    priority = 20
+
+    def find(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Found | None:
+        for arg in args[:2]:
+            if isinstance(arg, HTTPConnection):
+                return (self, arg.scope, arg)
+        if kwargs:
+            for arg in kwargs.values():
+                if isinstance(arg, HTTPConnection):
+                    return (self, arg.scope, arg)
+        current = current_request.get()
+        if current is not None:
+            return (self, current[0], current[1])
+        return None
+
+    def view(self, lim: Limiter, raw: MutableMapping[str, Any], native: Any) -> FrameworkView:
+        return view_of(lim, raw, native, asgi=True)
+
+    async def read_body(self, view: RequestView) -> None:
+        """Give ``view`` the body of its Starlette request when no middleware read it
+        ahead, through the request's own cache (``request.body()``), so the app still
+        reads it; and a form (urlencoded, multipart) as the request's own
+        ``request.form()`` parses it."""
+        assert isinstance(view, FrameworkView)
+        req = view.request
+        if view.body is not None or view._form is not _UNSET or req is None:
+            return
+        text = view.headers.get("content-length")
+        try:
+            length = int(text) if text and text.strip() else 0
+        except ValueError:
+            return
+        if not 0 < length <= view.max_form_bytes:
+            return
+        with contextlib.suppress(Exception):  # consumed: the framework parsed the form
+            view.body = bytes(await req.body())
+        ctype = view.headers.get("content-type") or ""
+        if ctype.partition(";")[0].strip().lower() in FRAMEWORK_FORMS and (
+            view.body is None or getattr(_requests, "parse_options_header", None)
+        ):  # Starlette's own parser (python-multipart), cached on the request: what the
+            # endpoint will see
+            try:
+                form = await req.form()
+            except Exception:
+                form = None
+            view.use_form(form)
+
+    def keep(self, raw: MutableMapping[str, Any], native: Any, decision: Decision | None) -> None:
+        state = raw.get("state")
+        if state is None:
+            raw["state"] = state = {}
+        if isinstance(state, MutableMapping):
+            state["throttle"] = decision
+
+    def refuse(self, lim: Limiter, found: Found, verdict: Verdict) -> Any:
+        raise rate_limited(lim, verdict)
+
+
+ADAPTER = StarletteAdapter()
+register_adapter(ADAPTER)
+
+
 async def read_form(view: FrameworkView, scope: Scope) -> None:
     """Give ``view`` the form of its pre-read body as Starlette's own parser
     (python-multipart) reads it: exactly the fields the endpoint's ``await request.form()``
@@ -102,7 +181,7 @@ async def read_form(view: FrameworkView, scope: Scope) -> None:
     if body is None or getattr(_requests, "parse_options_header", None) is None:
         return  # (None: python-multipart, which Starlette's form parsing needs, is missing)
     ctype = view.headers.get("content-type") or ""
-    if ctype.partition(";")[0].strip().lower() not in _FORMS:
+    if ctype.partition(";")[0].strip().lower() not in FRAMEWORK_FORMS:
         return
     sent = False
 
@@ -245,7 +324,7 @@ class ThrottleMiddleware:
         if self._fork.pid is not None:
             self._fork(lim)
         scope[MIDDLEWARE_KEY] = True
-        view = view_of(lim, "asgi", scope, None)
+        view = view_of(lim, scope, None, asgi=True)
         group, entries = self._entries(scope)
         if (
             view.body is None
@@ -261,7 +340,7 @@ class ThrottleMiddleware:
                 await self._refuse(lim, verdict, scope, send)
                 return
             if verdict.policies:
-                record("asgi", scope, None, verdict)
+                record(ADAPTER, scope, None, verdict)
             pending = verdict if verdict.pending else None
         else:
             pending = None
@@ -270,7 +349,7 @@ class ThrottleMiddleware:
         if entries:
             limited = await aevaluate(lim, view, entries)
             if limited is not None:
-                record("asgi", scope, None, limited)
+                record(ADAPTER, scope, None, limited)
                 if not limited.allowed:
                     await self._refuse(lim, limited, scope, send)
                     return
@@ -299,7 +378,7 @@ class ThrottleMiddleware:
             await lim.asettle(pending, status[0])
 
     async def _refuse(self, lim: Limiter, verdict: Verdict, scope: Scope, send: Send) -> None:
-        accept = view_of(lim, "asgi", scope, None).headers.get("accept")
+        accept = view_of(lim, scope, None, asgi=True).headers.get("accept")
         d = denial(lim, verdict, accept)
         scope[DENIED_KEY] = True
         await send({"type": "http.response.start", "status": d.status,
