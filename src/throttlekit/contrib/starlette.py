@@ -21,7 +21,10 @@ checks the limiter's rules (as :class:`~throttlekit.ASGIMiddleware` does), the d
 application limits and the endpoint's decorated limits: a refusal is answered with the
 same 429 (or 403) as the ASGI middleware, before the app does any work. Allowed responses
 get the rate-limit headers of every limit that applied, including those a decorated
-function or a ``limiter.depends`` dependency checked later. The Decision is in
+function or a ``limiter.depends`` dependency checked later (unless an outer throttlekit
+middleware writes the one header set), and hold the rules' concurrency leases until the app
+ends, however it ends. WebSocket handshakes get the rules as
+:class:`~throttlekit.ASGIMiddleware` applies them. The Decision is in
 ``request.state.throttle``; decorated endpoints find the request through a context variable,
 so they need no ``Request`` parameter.
 
