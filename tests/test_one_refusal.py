@@ -450,22 +450,18 @@ def xfail(n: int, what: str) -> pytest.MarkDecorator:
     return pytest.mark.xfail(strict=True, reason=f"engine #{n}: {what}")
 
 
-NO_LEASE = "the integration runs the rules but takes no concurrency lease"
 CASES = [
     pytest.param(wsgi_middleware, id="wsgi-middleware"),
     pytest.param(asgi_middleware, id="asgi-middleware"),
     pytest.param(flask_throttle, id="flask-throttle", marks=xfail(
         1, "Flask's refusal is werkzeug's '429 TOO MANY REQUESTS', not the HTTPStatus phrase")),
-    pytest.param(flask_throttle_under_wsgi, id="flask-throttle+wsgi-middleware", marks=xfail(
-        7, "the middleware and Throttle each write RateLimit and RateLimit-Policy")),
-    pytest.param(django_sync, id="django-sync", marks=xfail(9, NO_LEASE)),
-    pytest.param(django_async, id="django-async", marks=xfail(9, NO_LEASE)),
-    pytest.param(starlette_middleware, id="starlette-middleware",
-                 marks=xfail(9, NO_LEASE)),
-    pytest.param(fastapi_throttle, id="fastapi-throttle", marks=xfail(9, NO_LEASE)),
+    pytest.param(flask_throttle_under_wsgi, id="flask-throttle+wsgi-middleware"),
+    pytest.param(django_sync, id="django-sync"),
+    pytest.param(django_async, id="django-async"),
+    pytest.param(starlette_middleware, id="starlette-middleware"),
+    pytest.param(fastapi_throttle, id="fastapi-throttle"),
     pytest.param(fastapi_dependency, id="fastapi-dependency", marks=xfail(
-        2, "the dependency's refusal is FastAPI's {'detail': ...} JSON whatever the Accept; "
-           "and #9: Throttle takes no lease")),
+        2, "the dependency's refusal is FastAPI's {'detail': ...} JSON whatever the Accept")),
     pytest.param(flask_decorator, id="decorator-flask", marks=xfail(
         1, "Flask's refusal is werkzeug's '429 TOO MANY REQUESTS', not the HTTPStatus phrase")),
     pytest.param(django_decorator, id="decorator-django"),

@@ -47,6 +47,7 @@ from ._adapters import Adapter, Found, adapters, discover, find_request
 from ._algorithms import DEFAULT_STRATEGY
 from ._decision import Decision, most_restrictive
 from ._errors import ConfigError, RateLimitExceeded
+from ._exchange import DENIED_KEY, POLICIES_KEY
 from ._keys import UNREADABLE_PREFIX, rule_key
 from ._request import _UNREADABLE, RequestView, _UnreadableForm
 from ._resilience import deny_decision
@@ -68,6 +69,7 @@ if TYPE_CHECKING:
     from ._limiter import Limiter
 
 __all__ = [
+    "DENIED_KEY",
     "HANDLED_KEY",
     "HIDDEN_REQUEST",
     "POLICIES_KEY",
@@ -92,12 +94,8 @@ F = TypeVar("F", bound=Callable[..., Any])
 
 #: environ/scope key: the endpoint group an integration already evaluated for this request
 HANDLED_KEY = "throttlekit.handled"
-#: environ/scope key: the ``(policy, Decision)`` pairs of endpoint limits (for the headers)
-POLICIES_KEY = "throttlekit.policies"
 #: environ/scope key: the :class:`FrameworkView` of this request
 VIEW_KEY = "throttlekit.view"
-#: environ/scope key: set when a throttlekit 429 answered this request
-DENIED_KEY = "throttlekit.denied"
 
 #: every limiter a decorator or an integration was given (what the pytest fixtures reset)
 known_limiters: weakref.WeakSet[Limiter] = weakref.WeakSet()

@@ -18,11 +18,12 @@ from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from http import HTTPStatus
 from typing import TYPE_CHECKING, Any
 
 from ._errors import ConfigError
+from ._exchange import DENIED_KEY, OWNER_KEY, POLICIES_KEY, Exchange, begin, header_policies
 from ._request import _UNSET, DEFAULT_MAX_FORM_BYTES, RequestView
 from ._responses import HEADER_STYLES, Denial, default_responder, rate_limit_headers
 from ._rules import _RuleFailed
@@ -32,7 +33,6 @@ if TYPE_CHECKING:
     from _typeshed.wsgi import StartResponse, WSGIApplication, WSGIEnvironment
 
     from ._clientip import ClientIPResolver
-    from ._concurrency import Lease
     from ._decision import Decision
     from ._limiter import Limiter
     from ._rules import Verdict
@@ -193,88 +193,96 @@ class WSGIMiddleware:
                 verdict = rules._refused_by_error(view, err)
         else:
             verdict = limiter.evaluate(view)
-        lease = None
-        if verdict.allowed and limiter._concurrency is not None:
-            verdict, lease = limiter._concurrency.acquire(verdict)
+        # the lease step (begin), and the header set: written here when this is the
+        # outermost entry, else recorded for the one that is
+        outer = environ.get(OWNER_KEY)
+        if outer is None:
+            environ[OWNER_KEY] = limiter
+        ex = None
+        if verdict.pending or limiter._concurrency is not None:
+            verdict, ex = begin(limiter, verdict, outer is not limiter)
         environ[VERDICT_KEY] = verdict
         if not verdict.allowed:
             accept = environ.get("HTTP_ACCEPT")
             denial = refusal(self.responders, self.style, verdict, accept)
             start_response(_status_line(denial.status), list(denial.headers))
             return [denial.body]
-        extra = None
-        if self.on_allowed and verdict.policies:
-            extra = rate_limit_headers(verdict.policies, self.style)
-        if verdict.pending or lease is not None:
-            return self._settling(environ, start_response, verdict, extra, lease)
-        if not extra:
+        policies: Sequence[tuple[str, Decision]] | None = verdict.policies
+        if outer is not None:
+            if verdict.policies:
+                environ.setdefault(POLICIES_KEY, []).extend(verdict.policies)
+            policies = None
+        elif not self.on_allowed:
+            policies = None
+        if ex is not None:
+            return self._settling(environ, start_response, ex, policies)
+        if policies is None:
             return self.app(environ, start_response)
+        style = self.style
 
         def add_headers(status: str, headers: list[tuple[str, str]], exc_info: Any = None
                         ) -> Callable[[bytes], object]:
-            return start_response(status, [*headers, *extra], exc_info)
+            # header_policies, inlined (every allowed request pays it)
+            if not environ.get(DENIED_KEY):
+                inner = environ.get(POLICIES_KEY)
+                found = [*policies, *inner] if inner else policies
+                if found:
+                    headers = [*headers, *rate_limit_headers(found, style)]
+            return start_response(status, headers, exc_info)
 
         return self.app(environ, add_headers)
 
     def _settling(
-        self, environ: WSGIEnvironment, start_response: StartResponse, verdict: Verdict,
-        extra: list[tuple[str, str]] | None, lease: Lease | None = None,
+        self, environ: WSGIEnvironment, start_response: StartResponse, ex: Exchange,
+        policies: Sequence[tuple[str, Decision]] | None,
     ) -> Iterable[bytes]:
         """Run the app, then charge the count_when rules by the response's status and
         release the concurrency lease (when the server closes the response)."""
-        seen: list[Any] = [500, ()]
+        style = self.style
 
         def recording(status: str, headers: list[tuple[str, str]], exc_info: Any = None
                       ) -> Callable[[bytes], object]:
             try:
-                seen[0] = int(status.split(None, 1)[0])
+                code = int(status.split(None, 1)[0])
             except (ValueError, IndexError, AttributeError):
-                seen[0] = 500
-            seen[1] = headers
-            if extra:
-                headers = [*headers, *extra]
+                code = 500
+            ex.respond(code, headers)
+            if policies is not None:
+                found = header_policies(environ, policies)
+                if found:
+                    headers = [*headers, *rate_limit_headers(found, style)]
             write = start_response(status, headers, exc_info)
             # Charge count_when rules as soon as the status is known: some servers and
             # test clients never close the response iterable. (settle is idempotent.)
-            limiter.settle(verdict, seen[0], seen[1])
+            ex.settle()
             return write
 
-        limiter = self.limiter
         try:
             result = self.app(environ, recording)
         except BaseException:
-            try:
-                limiter.settle(verdict, 500)
-            finally:
-                if lease is not None:
-                    lease.release()
+            ex.end(failed=True)
             raise
-        return _Settled(result, limiter, verdict, seen, lease)
+        return _Settled(result, ex)
 
 
 class _Settled:
-    """The app's response iterable; settles the verdict when the server closes it."""
+    """The app's response iterable; ends the exchange when the server closes it."""
 
-    __slots__ = ("lease", "limiter", "result", "seen", "verdict")
+    __slots__ = ("ex", "result")
 
-    def __init__(self, result: Iterable[bytes], limiter: Limiter, verdict: Verdict,
-                 seen: list[Any], lease: Lease | None = None) -> None:
-        self.lease = lease
+    def __init__(self, result: Iterable[bytes], ex: Exchange) -> None:
         self.result = result
-        self.limiter = limiter
-        self.verdict = verdict
-        self.seen = seen
+        self.ex = ex
 
     def __iter__(self) -> Iterator[bytes]:
         try:
             yield from self.result
         except BaseException:
-            self.seen[0] = 500
+            self.ex.status = 500
             raise
         # Fully sent: release the slot now rather than waiting for a close() that some
         # servers and test clients never call (release is idempotent).
-        if self.lease is not None:
-            self.lease.release()
+        self.ex.release()
 
     def close(self) -> None:
         try:
@@ -282,8 +290,4 @@ class _Settled:
             if close is not None:
                 close()
         finally:
-            try:
-                self.limiter.settle(self.verdict, self.seen[0], self.seen[1])
-            finally:
-                if self.lease is not None:
-                    self.lease.release()
+            self.ex.end()

@@ -45,7 +45,6 @@ from .._adapters import Adapter, Found, register_adapter
 from .._decorators import (
     DENIED_KEY,
     HANDLED_KEY,
-    POLICIES_KEY,
     ForkCheck,
     FrameworkView,
     Group,
@@ -64,6 +63,7 @@ from .._decorators import (
     exempt as _exempt,
 )
 from .._errors import ConfigError
+from .._exchange import OWNER_KEY, abegin, begin, header_policies
 from .._responses import rate_limit_headers
 from ..wsgi import VERDICT_KEY
 from ._common import Limits, denial, limiter_from, parse_limits
@@ -309,22 +309,18 @@ class ThrottleMiddleware:
         if self._fork.pid is not None:
             self._fork(lim)
         meta = request.META
-        view = view_of(lim, meta, request, DjangoView)
-        verdict = lim.evaluate(view)
-        meta[VERDICT_KEY] = verdict
-        if not verdict.allowed:
-            meta[DENIED_KEY] = True
-            return rate_limited(lim, verdict)
-        if verdict.policies:
-            record(ADAPTER, meta, request, verdict)
-        try:
+        outer = self._owner(lim, meta)
+        verdict, ex = begin(lim, lim.evaluate(view_of(lim, meta, request, DjangoView)),
+                            outer is not lim)
+        refusal = self._admit(lim, request, verdict)
+        if refusal is not None:
+            return refusal
+        if ex is None:
+            return self._headers(lim, meta, self.get_response(request), outer)
+        with ex:  # the lease and count_when, whatever ends the request
             response = self.get_response(request)
-        except Exception:
-            lim.settle(verdict, 500)
-            raise
-        if verdict.pending:
-            lim.settle(verdict, response.status_code)
-        return self._headers(lim, meta, response)
+            ex.respond(response.status_code, list(response.items()))
+        return self._headers(lim, meta, response, outer)
 
     async def __acall__(self, request: HttpRequest) -> Any:
         if self._generation != _generation[0]:
@@ -335,32 +331,47 @@ class ThrottleMiddleware:
         if self._fork.pid is not None:
             self._fork(lim)
         meta = request.META
-        view = view_of(lim, meta, request, DjangoView)
-        verdict = await lim.aevaluate(view)
+        outer = self._owner(lim, meta)
+        verdict, ex = await abegin(
+            lim, await lim.aevaluate(view_of(lim, meta, request, DjangoView)), outer is not lim)
+        refusal = self._admit(lim, request, verdict)
+        if refusal is not None:
+            return refusal
+        if ex is None:
+            return self._headers(lim, meta, await self.get_response(request), outer)
+        async with ex:  # the lease and count_when, whatever ends the request
+            response = await self.get_response(request)
+            ex.respond(response.status_code, list(response.items()))
+        return self._headers(lim, meta, response, outer)
+
+    @staticmethod
+    def _owner(lim: Limiter, meta: dict[str, Any]) -> Any:
+        """The limiter of an outer throttlekit entry (a ``WSGIMiddleware`` around Django),
+        which then writes the header set; else None, and this middleware writes it."""
+        outer = meta.get(OWNER_KEY)
+        if outer is None:
+            meta[OWNER_KEY] = lim
+        return outer
+
+    @staticmethod
+    def _admit(lim: Limiter, request: HttpRequest, verdict: Verdict) -> HttpResponse | None:
+        """Keep the rules' verdict; the refusal to answer, or None."""
+        meta = request.META
         meta[VERDICT_KEY] = verdict
         if not verdict.allowed:
             meta[DENIED_KEY] = True
             return rate_limited(lim, verdict)
         if verdict.policies:
             record(ADAPTER, meta, request, verdict)
-        try:
-            response = await self.get_response(request)
-        except Exception:
-            await lim.asettle(verdict, 500)
-            raise
-        if verdict.pending:
-            await lim.asettle(verdict, response.status_code)
-        return self._headers(lim, meta, response)
+        return None
 
     @staticmethod
-    def _headers(lim: Limiter, meta: dict[str, Any], response: Any) -> Any:
-        policies = meta.get(POLICIES_KEY)
-        if (
-            policies and lim.headers_on_allowed and lim.header_style != "none"
-            and not meta.get(DENIED_KEY)
-        ):
-            for name, value in rate_limit_headers(policies, lim.header_style):
-                response[name] = value
+    def _headers(lim: Limiter, meta: dict[str, Any], response: Any, outer: Any) -> Any:
+        if outer is None and lim.headers_on_allowed and lim.header_style != "none":
+            policies = header_policies(meta, ())
+            if policies:
+                for name, value in rate_limit_headers(policies, lim.header_style):
+                    response[name] = value
         return response
 
     # -- per-view limits, once the view is known -------------------------------------------

@@ -47,6 +47,7 @@ from .._decorators import (
     record,
     view_of,
 )
+from .._exchange import OWNER_KEY
 from .._responses import rate_limit_headers
 from ._common import load_rules_file
 from .starlette import (
@@ -298,9 +299,9 @@ def _answer_dependency(lim: Limiter, scope: MutableMapping[str, Any], request: A
         raise rate_limited(lim, verdict, request.headers.get("accept"))
     if (
         lim.headers_on_allowed and verdict.policies and lim.header_style != "none"
-        and not scope.get(MIDDLEWARE_KEY)
+        and not scope.get(MIDDLEWARE_KEY) and scope.get(OWNER_KEY) is None
     ):
-        # without the middleware, FastAPI merges these into the endpoint's response
+        # without a middleware, FastAPI merges these into the endpoint's response
         for hname, value in rate_limit_headers(verdict.policies, lim.header_style):
             response.headers[hname] = value
     return verdict.decision

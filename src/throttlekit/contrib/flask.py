@@ -56,6 +56,7 @@ from .._decorators import (
     view_of,
     warn_memory_multiworker,
 )
+from .._exchange import OWNER_KEY
 from .._responses import rate_limit_headers
 from ._common import Limits, denial, limiter_from, parse_limits
 
@@ -162,6 +163,8 @@ def _add_headers(lim: Limiter, response: Response) -> Response:
             if name not in headers:
                 headers[name] = value
         return response
+    if environ.get(OWNER_KEY) is not None:
+        return response  # a WSGIMiddleware around the app writes the one header set
     policies = environ.get(POLICIES_KEY)
     if policies and lim.headers_on_allowed and lim.header_style != "none":
         for name, value in rate_limit_headers(policies, lim.header_style):

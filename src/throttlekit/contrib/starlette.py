@@ -21,7 +21,10 @@ checks the limiter's rules (as :class:`~throttlekit.ASGIMiddleware` does), the d
 application limits and the endpoint's decorated limits: a refusal is answered with the
 same 429 (or 403) as the ASGI middleware, before the app does any work. Allowed responses
 get the rate-limit headers of every limit that applied, including those a decorated
-function or a ``limiter.depends`` dependency checked later. The Decision is in
+function or a ``limiter.depends`` dependency checked later (unless an outer throttlekit
+middleware writes the one header set), and hold the rules' concurrency leases until the app
+ends, however it ends. WebSocket handshakes get the rules as
+:class:`~throttlekit.ASGIMiddleware` applies them. The Decision is in
 ``request.state.throttle``; decorated endpoints find the request through a context variable,
 so they need no ``Request`` parameter.
 
@@ -47,7 +50,6 @@ from .._decorators import (
     DENIED_KEY,
     FRAMEWORK_FORMS,
     HANDLED_KEY,
-    POLICIES_KEY,
     ForkCheck,
     FrameworkView,
     Group,
@@ -59,9 +61,10 @@ from .._decorators import (
     warn_memory_multiworker,
 )
 from .._errors import ConfigError
+from .._exchange import OWNER_KEY, Exchange, abegin, serve_asgi
 from .._request import _UNSET
-from .._responses import encode_headers, rate_limit_headers
-from ..asgi import has_small_form, read_ahead
+from .._responses import encode_headers
+from ..asgi import ASGIMiddleware, has_small_form, read_ahead
 from ..wsgi import VERDICT_KEY
 from ._common import Limits, denial, load_rules_file, parse_limits
 
@@ -273,6 +276,8 @@ class ThrottleMiddleware:
         self._cache: dict[int, tuple[Any, Group | None, tuple[Any, ...]]] = {}
         self._paths: dict[Any, tuple[Group | None, tuple[Any, ...]]] = {}
         self._fork = ForkCheck()
+        #: WebSocket scopes: the limiter's rules, as ASGIMiddleware runs them
+        self._sockets = ASGIMiddleware(app, limiter)
         warn_memory_multiworker(limiter)
 
     def _routes(self, scope: Scope) -> Sequence[Any] | None:
@@ -318,12 +323,19 @@ class ThrottleMiddleware:
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         lim = self.limiter
-        if scope["type"] != "http" or not lim.enabled:
-            await self.app(scope, receive, send)
+        kind = scope["type"]
+        if kind != "http" or not lim.enabled:
+            if kind == "websocket" and self.rules and lim.enabled:
+                await self._sockets(scope, receive, send)  # the rules, as ASGIMiddleware's
+            else:
+                await self.app(scope, receive, send)
             return
         if self._fork.pid is not None:
             self._fork(lim)
         scope[MIDDLEWARE_KEY] = True
+        outer = scope.get(OWNER_KEY)
+        if outer is None:
+            scope[OWNER_KEY] = lim
         view = view_of(lim, scope, None, asgi=True)
         group, entries = self._entries(scope)
         if (
@@ -333,54 +345,51 @@ class ThrottleMiddleware:
         ):  # a rule reads the form: read the body first, and replay it to the app
             view.body, receive = await read_ahead(receive, view.max_form_bytes)
             await read_form(view, scope)
+        ex = None
         if self.rules:
-            verdict = await lim.aevaluate(view)
+            verdict, ex = await abegin(lim, await lim.aevaluate(view), outer is not lim)
             scope[VERDICT_KEY] = verdict
             if not verdict.allowed:
                 await self._refuse(lim, verdict, scope, send)
                 return
             if verdict.policies:
                 record(ADAPTER, scope, None, verdict)
-            pending = verdict if verdict.pending else None
-        else:
-            pending = None
         if group is not None:
             scope[HANDLED_KEY] = group
+        if ex is None:
+            await self._serve(lim, scope, receive, send, view, entries, outer, None)
+            return
+        async with ex:  # the lease and count_when, whatever ends the request
+            await self._serve(lim, scope, receive, send, view, entries, outer, ex)
+
+    async def _serve(self, lim: Limiter, scope: Scope, receive: Receive, send: Send,
+                     view: RequestView, entries: tuple[Any, ...], outer: Any,
+                     ex: Exchange | None) -> None:
+        """The endpoint's limits, then the app (with the header set when this is the
+        outermost entry)."""
         if entries:
             limited = await aevaluate(lim, view, entries)
             if limited is not None:
                 record(ADAPTER, scope, None, limited)
                 if not limited.allowed:
-                    await self._refuse(lim, limited, scope, send)
+                    await self._refuse(lim, limited, scope, send, ex)
                     return
-        on_allowed = lim.headers_on_allowed and lim.header_style != "none"
-        status = [500]
-
-        async def wrapped(message: Message) -> None:
-            if message["type"] == "http.response.start":
-                status[0] = message.get("status", 500)
-                policies = scope.get(POLICIES_KEY)
-                if on_allowed and policies and not scope.get(DENIED_KEY):
-                    extra = encode_headers(rate_limit_headers(policies, lim.header_style))
-                    message = {**message, "headers": [*(message.get("headers") or []), *extra]}
-            await send(message)
-
+        own = None
+        if outer is None and lim.headers_on_allowed and lim.header_style != "none":
+            own = ()  # the policies are all under POLICIES_KEY (record)
         token = current_request.set((scope, None))
         try:
-            await self.app(scope, receive, wrapped)
-        except Exception:
-            if pending is not None:
-                await lim.asettle(pending, 500)
-            raise
+            await serve_asgi(self.app, scope, receive, send, ex, own, lim.header_style)
         finally:
             current_request.reset(token)
-        if pending is not None:
-            await lim.asettle(pending, status[0])
 
-    async def _refuse(self, lim: Limiter, verdict: Verdict, scope: Scope, send: Send) -> None:
+    async def _refuse(self, lim: Limiter, verdict: Verdict, scope: Scope, send: Send,
+                      ex: Exchange | None = None) -> None:
         accept = view_of(lim, scope, None, asgi=True).headers.get("accept")
         d = denial(lim, verdict, accept)
         scope[DENIED_KEY] = True
+        if ex is not None:
+            ex.respond(d.status, d.headers)
         await send({"type": "http.response.start", "status": d.status,
                     "headers": encode_headers(d.headers)})
         await send({"type": "http.response.body", "body": d.body})
