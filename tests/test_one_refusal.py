@@ -454,8 +454,7 @@ NO_LEASE = "the integration runs the rules but takes no concurrency lease"
 CASES = [
     pytest.param(wsgi_middleware, id="wsgi-middleware"),
     pytest.param(asgi_middleware, id="asgi-middleware"),
-    pytest.param(flask_throttle, id="flask-throttle", marks=xfail(
-        1, "Flask's refusal is werkzeug's '429 TOO MANY REQUESTS', not the HTTPStatus phrase")),
+    pytest.param(flask_throttle, id="flask-throttle"),
     pytest.param(flask_throttle_under_wsgi, id="flask-throttle+wsgi-middleware", marks=xfail(
         7, "the middleware and Throttle each write RateLimit and RateLimit-Policy")),
     pytest.param(django_sync, id="django-sync", marks=xfail(9, NO_LEASE)),
@@ -463,15 +462,10 @@ CASES = [
     pytest.param(starlette_middleware, id="starlette-middleware",
                  marks=xfail(9, NO_LEASE)),
     pytest.param(fastapi_throttle, id="fastapi-throttle", marks=xfail(9, NO_LEASE)),
-    pytest.param(fastapi_dependency, id="fastapi-dependency", marks=xfail(
-        2, "the dependency's refusal is FastAPI's {'detail': ...} JSON whatever the Accept; "
-           "and #9: Throttle takes no lease")),
-    pytest.param(flask_decorator, id="decorator-flask", marks=xfail(
-        1, "Flask's refusal is werkzeug's '429 TOO MANY REQUESTS', not the HTTPStatus phrase")),
+    pytest.param(fastapi_dependency, id="fastapi-dependency", marks=xfail(9, NO_LEASE)),
+    pytest.param(flask_decorator, id="decorator-flask"),
     pytest.param(django_decorator, id="decorator-django"),
-    pytest.param(starlette_decorator, id="decorator-starlette", marks=xfail(
-        2, "Starlette's handler answers the decorator's refusal: text without the newline, "
-           "never problem+json")),
+    pytest.param(starlette_decorator, id="decorator-starlette"),
 ]
 
 
