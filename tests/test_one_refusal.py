@@ -453,21 +453,16 @@ def xfail(n: int, what: str) -> pytest.MarkDecorator:
 CASES = [
     pytest.param(wsgi_middleware, id="wsgi-middleware"),
     pytest.param(asgi_middleware, id="asgi-middleware"),
-    pytest.param(flask_throttle, id="flask-throttle", marks=xfail(
-        1, "Flask's refusal is werkzeug's '429 TOO MANY REQUESTS', not the HTTPStatus phrase")),
+    pytest.param(flask_throttle, id="flask-throttle"),
     pytest.param(flask_throttle_under_wsgi, id="flask-throttle+wsgi-middleware"),
     pytest.param(django_sync, id="django-sync"),
     pytest.param(django_async, id="django-async"),
     pytest.param(starlette_middleware, id="starlette-middleware"),
     pytest.param(fastapi_throttle, id="fastapi-throttle"),
-    pytest.param(fastapi_dependency, id="fastapi-dependency", marks=xfail(
-        2, "the dependency's refusal is FastAPI's {'detail': ...} JSON whatever the Accept")),
-    pytest.param(flask_decorator, id="decorator-flask", marks=xfail(
-        1, "Flask's refusal is werkzeug's '429 TOO MANY REQUESTS', not the HTTPStatus phrase")),
+    pytest.param(fastapi_dependency, id="fastapi-dependency"),
+    pytest.param(flask_decorator, id="decorator-flask"),
     pytest.param(django_decorator, id="decorator-django"),
-    pytest.param(starlette_decorator, id="decorator-starlette", marks=xfail(
-        2, "Starlette's handler answers the decorator's refusal: text without the newline, "
-           "never problem+json")),
+    pytest.param(starlette_decorator, id="decorator-starlette"),
 ]
 
 

@@ -11,8 +11,9 @@ A plain ASGI callable (no ``BaseHTTPMiddleware``): response bodies stream throug
 untouched, and the request body is read ahead only when a rule reads ``view.form`` and the
 request carries a small form (it is then replayed to the app). ``http`` and ``websocket``
 scopes are evaluated; ``lifespan`` and anything else pass through. A refused websocket
-handshake is answered with a 403 where the server supports the ``websocket.http.response``
-extension, else closed with code 1008 (policy violation). Only async storage calls are made.
+handshake is answered with the refusal (429 for a throttle, 403 for a block or ban) where the
+server supports the ``websocket.http.response`` extension, else closed with code 1008 (policy
+violation). Only async storage calls are made.
 
 The :class:`~throttlekit.Verdict` is in ``scope["throttlekit.verdict"]`` and in
 ``scope["state"]["throttlekit.verdict"]`` (Starlette: ``request.state``).
@@ -35,11 +36,12 @@ from ._exchange import (
     serve_asgi,
 )
 from ._request import _UNSET, DEFAULT_MAX_FORM_BYTES, RequestView
+from ._responder import VERDICT_KEY, configure
+from ._responder import ResponderFn as Responder
 from ._responses import encode_headers as _encode
 from ._responses import rate_limit_headers_raw
 from ._rules import _RuleFailed
 from .storage.memory import MemoryStorage
-from .wsgi import VERDICT_KEY, Responder, refusal, resolve_options
 
 if TYPE_CHECKING:
     from ._limiter import Limiter
@@ -71,7 +73,7 @@ class ASGIMiddleware:
     """
 
     __slots__ = (
-        "app", "limiter", "max_form_bytes", "on_allowed", "resolver", "responders", "style",
+        "app", "limiter", "max_form_bytes", "on_allowed", "resolver", "responder", "style",
     )
 
     def __init__(
@@ -99,10 +101,12 @@ class ASGIMiddleware:
         self.app = app
         self.limiter = limiter
         self.max_form_bytes = max_form_bytes
-        self.resolver, self.style, self.on_allowed, self.responders = resolve_options(
+        self.resolver, self.responder = configure(
             limiter, trusted_proxies, ipv6_prefix, header_style, headers_on_allowed,
             responders,
         )
+        self.style = self.responder.style
+        self.on_allowed = self.responder.on_allowed
 
     def __repr__(self) -> str:
         return f"ASGIMiddleware({self.app!r}, {self.limiter!r})"
@@ -181,7 +185,7 @@ class ASGIMiddleware:
         await self.app(scope, receive, add_headers)
 
     async def _refuse(self, send: Send, view: RequestView, verdict: Verdict) -> None:
-        denial = refusal(self.responders, self.style, verdict, view.headers.get("accept"))
+        denial = self.responder.refuse(verdict, verdict.policies, view.headers.get("accept"))
         await send({"type": "http.response.start", "status": denial.status,
                     "headers": _encode(denial.headers)})
         await send({"type": "http.response.body", "body": denial.body})
@@ -232,9 +236,9 @@ class ASGIMiddleware:
                 return
             extensions = scope.get("extensions") or {}
             if "websocket.http.response" in extensions:
-                denial = refusal(self.responders, self.style, verdict,
-                                 view.headers.get("accept"))
-                await send({"type": "websocket.http.response.start", "status": 403,
+                denial = self.responder.refuse(verdict, verdict.policies,
+                                               view.headers.get("accept"))
+                await send({"type": "websocket.http.response.start", "status": denial.status,
                             "headers": _encode(denial.headers)})
                 await send({"type": "websocket.http.response.body", "body": denial.body})
             else:

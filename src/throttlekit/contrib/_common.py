@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING, Any
 
 from .._decorators import Entry, Group, LimitSpec, make_spec
 from .._errors import ConfigError
-from ..wsgi import refusal
+from .._responder import Responder
 
 if TYPE_CHECKING:
     from .._limiter import Limiter
@@ -19,8 +19,9 @@ __all__ = ["Limits", "denial", "load_rules_file", "parse_limits"]
 
 
 def denial(lim: Limiter, verdict: Verdict, accept: str | None) -> Denial:
-    """The middleware's answer to a refused verdict (status, headers, body)."""
-    return refusal({}, lim.header_style, verdict, accept)
+    """The answer to a refused verdict (status, headers, body): the one responder's, with
+    the limiter's header style, as the middleware gives it."""
+    return Responder.of(lim).refuse(verdict, verdict.policies, accept)
 
 
 def parse_limits(lim: Limiter | None, limits: Any, what: str) -> tuple[LimitSpec, ...]:

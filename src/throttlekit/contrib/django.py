@@ -64,6 +64,7 @@ from .._decorators import (
 )
 from .._errors import ConfigError
 from .._exchange import OWNER_KEY, abegin, begin, header_policies
+from .._responder import reason
 from .._responses import rate_limit_headers
 from ..wsgi import VERDICT_KEY
 from ._common import Limits, denial, limiter_from, parse_limits
@@ -197,7 +198,7 @@ def rate_limited(lim: Limiter, verdict: Verdict) -> HttpResponse:
     if req is not None:
         accept = req.headers.get("Accept")
     d = denial(lim, verdict, accept)
-    response = HttpResponse(d.body, status=d.status)
+    response = HttpResponse(d.body, status=d.status, reason=reason(d.status))
     for name, value in d.headers:
         response[name] = value
     return response

@@ -51,6 +51,7 @@ from .._exchange import OWNER_KEY
 from .._responses import rate_limit_headers
 from ._common import load_rules_file
 from .starlette import (
+    EXCEPTION_HANDLERS,
     MIDDLEWARE_KEY,
     RateLimited,
     StarletteAdapter,
@@ -189,6 +190,11 @@ class Throttle:
             application_limits=application_limits,
             rules=rules,
         )
+        for exc_class, handler in EXCEPTION_HANDLERS.items():
+            # a refusal raised inside the app (a dependency, a decorated endpoint) is
+            # answered as the middleware answers one; an app's own handler is kept
+            if exc_class not in app.exception_handlers:
+                app.add_exception_handler(exc_class, handler)
         every = bool(default_limits or application_limits)
         original = app.openapi
 
@@ -296,7 +302,7 @@ def _answer_dependency(lim: Limiter, scope: MutableMapping[str, Any], request: A
     record(ADAPTER, scope, request, verdict)
     if not verdict.allowed:
         scope[DENIED_KEY] = True
-        raise rate_limited(lim, verdict, request.headers.get("accept"))
+        raise rate_limited(lim, verdict, request.headers.get("accept"), scope)
     if (
         lim.headers_on_allowed and verdict.policies and lim.header_style != "none"
         and not scope.get(MIDDLEWARE_KEY) and scope.get(OWNER_KEY) is None

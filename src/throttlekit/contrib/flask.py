@@ -57,6 +57,7 @@ from .._decorators import (
     warn_memory_multiworker,
 )
 from .._exchange import OWNER_KEY
+from .._responder import status_line
 from .._responses import rate_limit_headers
 from ._common import Limits, denial, limiter_from, parse_limits
 
@@ -98,7 +99,9 @@ def rate_limited(lim: Limiter, verdict: Verdict) -> RateLimited:
         def add(response: Response) -> Response:
             return _add_headers(lim, response)
 
-    return RateLimited(verdict, Response(d.body, status=d.status, headers=d.headers))
+    # the status line as a string: werkzeug would write "429 TOO MANY REQUESTS"
+    return RateLimited(verdict, Response(d.body, status=status_line(d.status),
+                                         headers=d.headers))
 
 
 class FlaskView(FrameworkView):

@@ -28,9 +28,12 @@ ends, however it ends. WebSocket handshakes get the rules as
 ``request.state.throttle``; decorated endpoints find the request through a context variable,
 so they need no ``Request`` parameter.
 
-Limits checked inside the app (a decorated helper, a dependency) raise
-:class:`RateLimited`, a Starlette ``HTTPException``: FastAPI and Starlette answer it with
-their usual 429 (``{"detail": ...}`` in FastAPI) carrying the same rate-limit headers.
+Limits checked inside the app (a decorated endpoint or helper, a dependency) raise
+:class:`RateLimited`, a Starlette ``HTTPException`` carrying the middleware's refusal
+(``exc.denial``): Starlette's own handler answers it with that refusal, as does the handler
+of :data:`EXCEPTION_HANDLERS` (which ``contrib.fastapi.Throttle`` installs). An app's own
+handler for 429 (or for ``RateLimited``) still wins; FastAPI's default handler, where no
+``Throttle`` installed ours, answers ``{"detail": ...}`` with the same rate-limit headers.
 """
 
 from __future__ import annotations
@@ -42,7 +45,9 @@ from typing import TYPE_CHECKING, Any
 
 from starlette import requests as _requests
 from starlette.exceptions import HTTPException
+from starlette.middleware.exceptions import ExceptionMiddleware
 from starlette.requests import HTTPConnection, Request
+from starlette.responses import Response
 from starlette.routing import Match, Mount
 
 from .._adapters import Adapter, Found, register_adapter
@@ -63,7 +68,7 @@ from .._decorators import (
 from .._errors import ConfigError
 from .._exchange import OWNER_KEY, Exchange, abegin, serve_asgi
 from .._request import _UNSET
-from .._responses import encode_headers
+from .._responses import Denial, encode_headers
 from ..asgi import ASGIMiddleware, has_small_form, read_ahead
 from ..wsgi import VERDICT_KEY
 from ._common import Limits, denial, load_rules_file, parse_limits
@@ -75,8 +80,8 @@ if TYPE_CHECKING:
     from .._rules import Verdict
     from ..asgi import ASGIApp, Message, Receive, Scope, Send
 
-__all__ = ["ADAPTER", "RateLimited", "StarletteAdapter", "ThrottleMiddleware",
-           "current_request", "rate_limited"]
+__all__ = ["ADAPTER", "EXCEPTION_HANDLERS", "RateLimited", "StarletteAdapter",
+           "ThrottleMiddleware", "current_request", "rate_limited", "send_denial"]
 
 #: The ASGI request being served: ``(scope, native request or None)``; set by the
 #: Starlette/FastAPI integration so decorated endpoints without a ``Request`` parameter
@@ -90,21 +95,95 @@ MIDDLEWARE_KEY = "throttlekit.middleware"
 _SKIP_HEADERS = frozenset({"content-type", "content-length"})
 
 
-class RateLimited(HTTPException):
-    """A throttlekit 429 raised inside a Starlette/FastAPI app; ``verdict`` and
-    ``decision`` say which limit refused and for how long."""
+_DETAIL = "Too Many Requests: rate limit exceeded."
 
-    def __init__(self, verdict: Verdict, headers: dict[str, str]) -> None:
-        super().__init__(429, "Too Many Requests: rate limit exceeded.", headers)
+
+class RateLimited(HTTPException):
+    """A throttlekit refusal raised inside a Starlette/FastAPI app; ``verdict`` and
+    ``decision`` say which limit refused and for how long, ``denial`` is the refusal to
+    send (:meth:`response`).
+
+    ``detail`` and ``headers`` are what a generic ``HTTPException`` handler reads: the
+    refusal's rate-limit header fields (without ``Content-Type``/``Content-Length``, which
+    belong to the body such a handler writes); with ``plain`` (Starlette's own handler
+    answers, a ``PlainTextResponse`` of them) the refusal's body and ``Content-Type`` too,
+    so that handler sends the refusal as it is.
+    """
+
+    def __init__(self, verdict: Verdict, headers: dict[str, str] | None = None, *,
+                 denial: Denial | None = None, plain: bool = False) -> None:
+        detail = _DETAIL
+        status = 429
+        if denial is not None:
+            status = denial.status
+            skip = _LENGTH if plain else _SKIP_HEADERS
+            if headers is None:
+                headers = {k: v for k, v in denial.headers if k.lower() not in skip}
+            if plain:
+                detail = denial.body.decode("utf-8", "replace")
+        super().__init__(status, detail, headers)
         self.verdict = verdict
         self.decision: Decision | None = verdict.decision
+        self.denial = denial
+
+    def response(self) -> Response:
+        """The refusal as a Starlette response (the ``headers`` when there is no
+        ``denial``)."""
+        d = self.denial
+        if d is None:
+            return Response(self.detail, self.status_code, headers=self.headers)
+        response = Response(d.body, d.status)
+        response.raw_headers = encode_headers(d.headers)
+        return response
 
 
-def rate_limited(lim: Limiter, verdict: Verdict, accept: str | None = None) -> RateLimited:
-    """The exception a refused verdict raises inside the app."""
+async def send_denial(request: Request, exc: Exception) -> Response:
+    """The exception handler answering :class:`RateLimited` with its refusal, the same
+    as the middleware's."""
+    if isinstance(exc, RateLimited):
+        return exc.response()
+    raise exc  # pragma: no cover - registered for RateLimited only
+
+
+#: ``Starlette(exception_handlers=EXCEPTION_HANDLERS)``: a refusal raised inside the app is
+#: answered as the middleware answers it (needed when the app has its own handler for
+#: ``HTTPException``; ``contrib.fastapi.Throttle`` installs it)
+EXCEPTION_HANDLERS: dict[Any, Any] = {RateLimited: send_denial}
+_LENGTH = frozenset({"content-length"})
+
+
+def _starlette_answers(scope: MutableMapping[str, Any] | None, status: int) -> bool:
+    """Whether Starlette's own ``HTTPException`` handler (a ``PlainTextResponse`` of
+    ``detail`` and ``headers``) will answer a :class:`RateLimited` of ``status`` raised in
+    ``scope``'s app, rather than one of the app's or FastAPI's."""
+    handlers = scope.get("starlette.exception_handlers") if scope is not None else None
+    try:
+        by_class, by_status = handlers  # type: ignore[misc]
+        if status in by_status:
+            return False
+        handler = next((by_class[c] for c in RateLimited.__mro__ if c in by_class), None)
+    except (TypeError, ValueError):
+        return False
+    return getattr(handler, "__func__", None) is ExceptionMiddleware.http_exception
+
+
+def _accept(scope: MutableMapping[str, Any]) -> str | None:
+    for pair in scope.get("headers") or ():
+        try:
+            name, value = pair
+            if name == b"accept":
+                return bytes(value).decode("latin-1")
+        except (TypeError, ValueError):
+            continue
+    return None
+
+
+def rate_limited(lim: Limiter, verdict: Verdict, accept: str | None = None,
+                 scope: MutableMapping[str, Any] | None = None) -> RateLimited:
+    """The exception a refused verdict raises inside the app (``scope``: the request's,
+    to know which handler answers it)."""
     d = denial(lim, verdict, accept)
-    headers = {k: v for k, v in d.headers if k.lower() not in _SKIP_HEADERS}
-    return RateLimited(verdict, headers)
+    return RateLimited(verdict, denial=d, plain=_starlette_answers(scope, d.status))
 
 
 class StarletteAdapter(Adapter):
@@ -168,7 +247,8 @@ class StarletteAdapter(Adapter):
             state["throttle"] = decision
 
     def refuse(self, lim: Limiter, found: Found, verdict: Verdict) -> Any:
-        raise rate_limited(lim, verdict)
+        scope = found[1]
+        raise rate_limited(lim, verdict, _accept(scope), scope)
 
 
 ADAPTER = StarletteAdapter()
