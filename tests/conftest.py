@@ -23,6 +23,31 @@ settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
 BACKEND_MODULES = {name: importlib.import_module(f"backends.{name}") for name in NAMES}
 
 
+def _source_adapter_entry_points() -> None:
+    """The decorators find their framework adapters through the ``throttlekit.adapters``
+    entry points. When the installed metadata predates them (an editable install made
+    before they were declared: ``pip install -e .`` again fixes it), use this checkout's
+    pyproject.toml, so the tests run what a fresh install does."""
+    from importlib.metadata import EntryPoint, entry_points
+    from pathlib import Path
+
+    from throttlekit import _adapters
+
+    if list(entry_points(group=_adapters.GROUP)):
+        return
+    try:
+        import tomllib
+    except ImportError:  # pragma: no cover - 3.10
+        import tomli as tomllib
+    pyproject = Path(__file__).resolve().parent.parent / "pyproject.toml"
+    declared = tomllib.loads(pyproject.read_text())["project"]["entry-points"][_adapters.GROUP]
+    _adapters.use_entry_points(
+        EntryPoint(name, value, _adapters.GROUP) for name, value in declared.items())
+
+
+_source_adapter_entry_points()
+
+
 @pytest.fixture(scope="session")
 def _backend_contexts() -> Iterator[dict[str, Any]]:
     """Backends' session contexts, started lazily and closed at the end of the session."""

@@ -208,6 +208,22 @@ def test_denied_websocket_with_extension_gets_403(limiter: Limiter) -> None:
     assert sent[0]["status"] == 403
 
 
+def test_throttled_websocket_handshake_gets_the_429(limiter: Limiter) -> None:
+    """A throttled handshake is refused with the refusal's own status (429, Retry-After and
+    the rate-limit fields), not a 403 carrying the 429's headers and body."""
+    limiter.throttle("ws", "1/minute")
+    app = ASGIMiddleware(raw_app, limiter)
+    drive_ws(app, ws_scope({"websocket.http.response": {}}))  # the one allowed
+    sent = drive_ws(app, ws_scope({"websocket.http.response": {}}))
+    start, body = sent
+    assert start["type"] == "websocket.http.response.start"
+    assert start["status"] == 429
+    headers = dict(start["headers"])
+    assert headers[b"retry-after"] == b"60"
+    assert headers[b"ratelimit-policy"] == b'"ws";q=1;w=60'
+    assert body["body"] == b"Too Many Requests: rate limit exceeded.\n"
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -236,7 +252,7 @@ def serve(app: Any) -> Iterator[int]:
 
 
 def test_real_websocket_handshakes_under_uvicorn() -> None:
-    """Under uvicorn, allowed websockets talk; once throttled the handshake gets HTTP 403."""
+    """Under uvicorn, allowed websockets talk; once throttled the handshake gets HTTP 429."""
     limiter = Limiter()
     limiter.throttle("ws", "2/minute")
 
@@ -259,7 +275,7 @@ def test_real_websocket_handshakes_under_uvicorn() -> None:
         return out
 
     with serve(app) as port:
-        assert run(session(port)) == ["hi there", "hi there", 403]
+        assert run(session(port)) == ["hi there", "hi there", 429]
 
 
 @pytest.mark.parametrize(

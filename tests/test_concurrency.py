@@ -24,6 +24,7 @@ from werkzeug.test import Client
 
 from servers import needs_shared_redis
 from throttlekit import ASGIMiddleware, ConfigError, Limiter, WSGIMiddleware
+from throttlekit._responses import Denial  # public: docs/responses.md
 from throttlekit.storage import MemoryStorage, storage_from_url
 from throttlekit.testing import FakeClock
 
@@ -281,6 +282,29 @@ def test_load_shedding_refuses_low_priority_first(storage_url: str) -> None:
     finally:
         finish(app, threads)
     assert Client(mw).get("/", buffered=True).status_code == 200
+
+
+def test_a_shed_refusal_takes_a_custom_responder() -> None:
+    """"shed" is a responder kind: the 503 of load shedding can be answered the app's way
+    (Retry-After and the Decision given to the responder), the 429 kind keeps its own."""
+    limiter = Limiter("memory://")
+    limiter.shed(1, retry_after=7)
+    seen: list[tuple[str, str, float | None]] = []
+
+    def busy(kind: str, rule: str, decision: Any, accept: Any, headers: Any) -> Denial:
+        seen.append((kind, rule, decision.retry_after if decision else None))
+        return Denial(503, [("Retry-After", "7"), ("Content-Type", "text/html")], b"<p>busy</p>")
+
+    app = Holding()
+    mw = WSGIMiddleware(app, limiter, responders={"shed": busy})
+    threads = hold(mw, app, 1)
+    try:
+        r = Client(mw).get("/", buffered=True)
+    finally:
+        finish(app, threads)
+    assert (r.status, r.headers["Content-Type"], r.get_data()) == (
+        "503 Service Unavailable", "text/html", b"<p>busy</p>")
+    assert seen == [("shed", "shedding", 7.0)]
 
 
 def test_synthetic_overload_sheds_low_priority_traffic(storage_url: str) -> None:

@@ -8,26 +8,14 @@ import types
 from collections.abc import Iterator
 from typing import Any
 
-import django
 import pytest
-from django.conf import settings
-
-if not settings.configured:
-    settings.configure(
-        DEBUG=False, SECRET_KEY="test", ALLOWED_HOSTS=["*"], ROOT_URLCONF="tk_test_urls",
-        MIDDLEWARE=["throttlekit.contrib.django.ThrottleMiddleware"], USE_TZ=True,
-        LOGGING_CONFIG=None,
-        INSTALLED_APPS=["django.contrib.contenttypes", "django.contrib.auth"],
-        REST_FRAMEWORK={"UNAUTHENTICATED_USER": None, "DEFAULT_AUTHENTICATION_CLASSES": []},
-    )
-    django.setup()
-
 from django.http import HttpResponse, JsonResponse
 from django.test import AsyncClient, Client, override_settings
 from django.urls import clear_url_caches, path
 from django.utils.decorators import method_decorator
 from django.views import View
 
+import django_config  # noqa: F401 - configures Django first
 from throttlekit import ConfigError, Limiter
 from throttlekit.contrib import django as tk
 

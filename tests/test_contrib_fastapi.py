@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import sys
 from typing import Any
 
 import httpx
@@ -295,3 +296,118 @@ def test_rules_file_for_starlette_middleware_and_fastapi_throttle(tmp_path: Any)
 
     Throttle(fa, Limiter(), rules_file=rules)
     assert codes(fa, "/", "/") == [200, 429]
+
+
+ENDPOINTS_IMPORTING_FASTAPI_LATE = '''
+from throttlekit import Limiter
+from throttlekit.testing import FakeClock
+
+limiter = Limiter(clock=FakeClock(), strategy="fixed_window")
+
+
+@limiter.limit("1/minute")
+async def hello() -> dict[str, str]:
+    return {"hello": "world"}
+
+
+def build_app():
+    from fastapi import FastAPI  # only here: the module's globals never name FastAPI
+
+    app = FastAPI()
+    app.get("/")(hello)
+    return app
+'''
+
+
+def test_endpoint_in_module_importing_fastapi_inside_a_function_answers_429(
+        tmp_path: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Regression: a decorated endpoint in a module that imports FastAPI only inside a
+    function got RateLimitExceeded raised (a 500) instead of FastAPI's 429 (the decorator
+    guessed the framework from the module's globals)."""
+    import importlib
+
+    (tmp_path / "late_fastapi_endpoints.py").write_text(ENDPOINTS_IMPORTING_FASTAPI_LATE)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    module = importlib.import_module("late_fastapi_endpoints")
+    try:
+        r1, r2 = get(module.build_app(), "/", "/")
+    finally:
+        sys.modules.pop("late_fastapi_endpoints", None)
+    assert r1.status_code == 200 and r1.json() == {"hello": "world"}
+    assert r2.status_code == 429
+    assert r2.headers["retry-after"] == "60" and "ratelimit-policy" in r2.headers
+
+
+# -- one responder: a refusal raised inside the app looks like the middleware's ----------
+
+
+def test_refusal_inside_a_starlette_app_is_the_middlewares(limiter: Limiter) -> None:
+    """A decorated helper called by an endpoint of a plain Starlette app (no middleware, no
+    handler of ours): Starlette's own handler sends the default responder's refusal, text
+    or problem+json by Accept, with one set of rate-limit fields."""
+    @limiter.limit("1/minute", scope="search")
+    def search(request: Request) -> str:
+        return "found"
+
+    async def endpoint(request: Request) -> PlainTextResponse:
+        return PlainTextResponse(search(request))
+
+    app = Starlette(routes=[Route("/", endpoint)])
+    ok, text = get(app, "/", "/")
+    problem = get(app, "/", headers={"Accept": "application/json"})[0]
+    assert ok.text == "found"
+    assert (text.status_code, text.text) == (429, "Too Many Requests: rate limit exceeded.\n")
+    assert text.headers["content-type"] == "text/plain; charset=utf-8"
+    assert text.headers["content-length"] == str(len(text.content))
+    assert problem.headers["content-type"] == "application/problem+json"
+    assert problem.json()["violated-policies"] == ["search"]
+    for r in (text, problem):
+        assert r.headers["retry-after"] == "60"
+        assert r.headers.get_list("ratelimit-policy") == ['"search";q=1;w=60']
+
+
+def test_an_apps_own_429_handler_still_answers(limiter: Limiter) -> None:
+    """Starlette's exception_handlers={429: ...} and FastAPI's handler for RateLimited
+    registered before Throttle keep answering throttlekit's refusals."""
+    from throttlekit.contrib.starlette import RateLimited
+
+    async def teapot(request: Request, exc: Exception) -> PlainTextResponse:
+        assert isinstance(exc, RateLimited) and exc.denial is not None
+        return PlainTextResponse("mine", status_code=429, headers=exc.headers)
+
+    @limiter.limit("1/minute", scope="s")
+    async def index(request: Request) -> PlainTextResponse:
+        return PlainTextResponse("ok")
+
+    app = Starlette(routes=[Route("/", index)], exception_handlers={429: teapot})
+    assert [r.text for r in get(app, "/", "/")] == ["ok", "mine"]
+
+    api = FastAPI()
+    api.add_exception_handler(RateLimited, teapot)
+
+    @api.get("/", dependencies=[Depends(limiter.depends("1/minute", scope="f"))])
+    async def root() -> str:
+        return "ok"
+
+    Throttle(api, limiter)
+    second = get(api, "/", "/")[1]
+    assert (second.status_code, second.text) == (429, "mine")
+    assert second.headers["retry-after"] == "60"
+
+
+def test_dependency_refusal_under_throttle_is_the_middlewares(limiter: Limiter) -> None:
+    """With Throttle, a limiter.depends refusal is the default responder's, not FastAPI's
+    {"detail": ...}: text, or problem+json for a JSON Accept."""
+    app = FastAPI()
+
+    @app.get("/", dependencies=[Depends(limiter.depends("1/minute", scope="dep"))])
+    async def root() -> str:
+        return "ok"
+
+    Throttle(app, limiter)
+    get(app, "/")
+    text = get(app, "/")[0]
+    problem = get(app, "/", headers={"Accept": "application/json"})[0]
+    assert (text.status_code, text.text) == (429, "Too Many Requests: rate limit exceeded.\n")
+    assert problem.json()["violated-policies"] == ["dep"]
+    assert problem.headers["content-length"] == str(len(problem.content))

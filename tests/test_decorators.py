@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import inspect
+import sys
 import warnings
 
 import pytest
@@ -183,7 +184,15 @@ def test_signature_name_and_docstring_are_kept(limiter: Limiter) -> None:
 
     wrapped = limiter.limit("5/minute")(original)
     assert wrapped.__name__ == "original" and wrapped.__doc__ == "Doc."
-    assert inspect.signature(wrapped) == inspect.signature(original)
+    sig = inspect.signature(wrapped)
+    params = dict(sig.parameters)
+    # In a process where FastAPI is loaded, a function without a request parameter gains
+    # an optional keyword-only one, so that as an endpoint FastAPI passes the request.
+    hidden = params.pop("throttlekit_request", None)
+    assert hidden is None or (hidden.kind is inspect.Parameter.KEYWORD_ONLY
+                              and hidden.default is None)
+    assert hidden is not None or "fastapi" not in sys.modules
+    assert sig.replace(parameters=list(params.values())) == inspect.signature(original)
     assert wrapped.__wrapped__ is original  # type: ignore[attr-defined]
     assert wrapped(1, c=2.0) == "1x2.0"
 

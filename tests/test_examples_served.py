@@ -70,10 +70,16 @@ def test_fastapi_example_under_uvicorn() -> None:
         _check_search(base)
         with httpx.Client(base_url=base) as c:
             items = [c.get(f"/items/{i}") for i in range(6)]
+            as_json = c.get("/items/9", headers={"Accept": "application/json"})
             schema = c.get("/openapi.json").json()
         assert [r.status_code for r in items] == [200] * 5 + [429]
         assert [r.json()["remaining"] for r in items[:5]] == [4, 3, 2, 1, 0]
-        assert items[-1].json() == {"detail": "Too Many Requests: rate limit exceeded."}
+        # the dependency's refusal is the middleware's (Throttle installs the handler)
+        assert items[-1].text == "Too Many Requests: rate limit exceeded.\n"
+        assert items[-1].headers["content-type"] == "text/plain; charset=utf-8"
+        assert as_json.status_code == 429
+        assert as_json.headers["content-type"] == "application/problem+json"
+        assert as_json.json()["violated-policies"] == ["fastapi_app.read_item"]
         assert "429" in schema["paths"]["/items/{item_id}"]["get"]["responses"]
 
 

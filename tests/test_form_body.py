@@ -20,21 +20,8 @@ import types
 from collections.abc import Callable, Iterator
 from typing import Any
 
-import django
 import httpx
 import pytest
-from django.conf import settings
-
-if not settings.configured:  # the same settings as test_contrib_django (whichever runs first)
-    settings.configure(
-        DEBUG=False, SECRET_KEY="test", ALLOWED_HOSTS=["*"], ROOT_URLCONF="tk_test_urls",
-        MIDDLEWARE=["throttlekit.contrib.django.ThrottleMiddleware"], USE_TZ=True,
-        LOGGING_CONFIG=None,
-        INSTALLED_APPS=["django.contrib.contenttypes", "django.contrib.auth"],
-        REST_FRAMEWORK={"UNAUTHENTICATED_USER": None, "DEFAULT_AUTHENTICATION_CLASSES": []},
-    )
-    django.setup()
-
 from django.http import JsonResponse
 from django.test import AsyncClient, Client, override_settings
 from django.urls import clear_url_caches, path
@@ -45,6 +32,7 @@ from starlette.responses import JSONResponse
 from starlette.routing import Route
 from werkzeug.test import Client as WerkzeugClient
 
+import django_config  # noqa: F401 - configures Django first
 from throttlekit import ASGIMiddleware, ConfigError, Limiter, RequestView, WSGIMiddleware
 from throttlekit.contrib import django as tk_django
 from throttlekit.contrib.flask import Throttle as FlaskThrottle
@@ -573,3 +561,28 @@ def test_repeated_user_name_field_is_not_a_bypass(kind: str, post: Any,
 
     limiter = login_limiter("form:username", clock)
     assert post(limiter, make, ["x1", "x2", "x3"]) == [200, 200, 429]
+
+
+@pytest.mark.parametrize("kind", ["allow2ban", "fail2ban"])
+def test_ban_rule_with_an_unreadable_form_key_counts_per_client(kind: str) -> None:
+    """A ban rule keyed on the form does not let a body it cannot read past it: such
+    requests count under their client (``#client:<ip>``), and the client is banned."""
+    limiter = Limiter(clock=FakeClock())
+    getattr(limiter, kind)("logins", match=lambda r: r.path == "/login", maxretry=2,
+                           findtime=60, bantime=600, key="form:username")
+
+    def app(environ: dict[str, Any], start_response: Any) -> list[bytes]:
+        environ["wsgi.input"].read()
+        start_response("200 OK", [("Content-Type", "text/plain")])
+        return [b"ok"]
+
+    c = WerkzeugClient(WSGIMiddleware(app, limiter))
+    padded = b"username=victim&pad=" + b"x" * (70 * 1024)  # over max_form_bytes
+    got = [c.post("/login", data=padded, content_type="application/x-www-form-urlencoded",
+                  environ_base={"REMOTE_ADDR": "198.51.100.7"}).status_code for _ in range(4)]
+    assert got[-1] == 403  # banned, not skipped
+    assert any(b.key == f"{kind}:logins:#client:198.51.100.7" for b in limiter.blocked())
+    other = c.post("/login", data=padded, content_type="application/x-www-form-urlencoded",
+                   environ_base={"REMOTE_ADDR": "198.51.100.8"})
+    assert other.status_code == (200 if kind == "allow2ban" else 403)  # counted, not banned
+    assert not any(b.key.endswith("198.51.100.8") for b in limiter.blocked())

@@ -30,21 +30,8 @@ import types
 from collections.abc import Callable, Iterator
 from typing import Annotated, Any
 
-import django
 import httpx
 import pytest
-from django.conf import settings
-
-if not settings.configured:  # the same settings as test_contrib_django (whichever runs first)
-    settings.configure(
-        DEBUG=False, SECRET_KEY="test", ALLOWED_HOSTS=["*"], ROOT_URLCONF="tk_test_urls",
-        MIDDLEWARE=["throttlekit.contrib.django.ThrottleMiddleware"], USE_TZ=True,
-        LOGGING_CONFIG=None,
-        INSTALLED_APPS=["django.contrib.contenttypes", "django.contrib.auth"],
-        REST_FRAMEWORK={"UNAUTHENTICATED_USER": None, "DEFAULT_AUTHENTICATION_CLASSES": []},
-    )
-    django.setup()
-
 from django.core.handlers.asgi import ASGIHandler
 from django.core.handlers.wsgi import WSGIHandler
 from django.http import JsonResponse
@@ -58,6 +45,7 @@ from starlette.responses import JSONResponse
 from starlette.routing import Route
 from werkzeug.test import Client as WerkzeugClient
 
+import django_config  # noqa: F401 - configures Django first
 from backends import redis as redis_backend
 from throttlekit import ASGIMiddleware, Limiter, WSGIMiddleware
 from throttlekit.contrib import django as tk_django

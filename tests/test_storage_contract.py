@@ -110,3 +110,20 @@ def test_local_blocks_when_kept_list_the_live_blocks(make_limiter, clock):
     assert set(blocks) == {"b"}
     with pytest.raises(TypeError):
         blocks["c"] = blocks["b"]  # type: ignore[index]
+
+
+def test_a_stores_own_answer_carries_no_fail_policy(make_limiter, clock):
+    """``BatchResult.policy`` is None when the store itself answered, for every batch shape
+    (one check, several, with block keys): the engine reads a set policy as a failure."""
+    storage = make_limiter().storage
+    alg = make_algorithm("fixed_window", Rate(3, 60))
+    now = _now(clock)
+    for checks, block_keys in [
+        ([Check(alg, "p1")], ()),
+        ([Check(alg, "p2"), Check(alg, "p3")], ()),
+        ([Check(alg, "p4")], ["nobody"]),
+        ([Check(alg, "p5", 1, False, True)], ()),
+    ]:
+        r = storage.apply(checks, now=now, block_keys=block_keys)
+        assert r.policy is None
+        assert len(r.decisions) == len(checks) and len(r.blocked) == len(block_keys)

@@ -285,3 +285,22 @@ def test_count_when_is_charged_even_if_the_response_is_never_closed() -> None:
     codes = [client.post("/login", environ_base={"REMOTE_ADDR": "192.0.2.1"}).status_code
              for _ in range(5)]
     assert codes == [401, 401, 401, 429, 429]
+
+
+def test_responder_names_stay_importable_from_wsgi(limiter: Limiter) -> None:
+    """throttlekit.wsgi keeps RESPONDER_KINDS, Responder and resolve_options (now the one
+    responder's), and "shed" is a kind a responder can be given for."""
+    from throttlekit.wsgi import RESPONDER_KINDS, Responder, resolve_options
+
+    assert set(RESPONDER_KINDS) == {"throttled", "blocked", "banned", "shed"}
+
+    def teapot(kind: str, rule: str, decision: Any, accept: Any, headers: Any) -> Denial:
+        return Denial(418, headers, b"")
+
+    chosen: dict[str, Responder] = {"shed": teapot}
+    resolver, style, on_allowed, responders = resolve_options(
+        limiter, None, None, "legacy", None, chosen)
+    assert (resolver, style, on_allowed) == (limiter.resolver, "legacy", True)
+    assert responders["shed"] is teapot and set(responders) == set(RESPONDER_KINDS)
+    with pytest.raises(ConfigError, match="'nope'"):
+        resolve_options(limiter, None, None, "nope", None, None)

@@ -41,6 +41,7 @@ from ._decision import Decision
 from ._errors import ConfigError
 from ._keys import admin_rule_key, rule_key
 from ._rates import Rate
+from ._resilience import Leased, ResilientStore
 from ._rules import Verdict, _key_func, escape_name
 
 if TYPE_CHECKING:
@@ -278,17 +279,6 @@ class ConcurrencyRules:
             rules._emit("throttled", name, key, verdict.request, d, False)
         return Verdict(False, kind, name, key, d, verdict.policies, degraded, verdict.request)
 
-    def _degraded_storage(self) -> Storage | None:
-        """Where leases go while the store is failing (None: no lease, per the policy)."""
-        lim = self.limiter
-        if lim.on_storage_error == "local":
-            if lim._fallback is None:
-                from .storage import MemoryStorage
-
-                lim._fallback = MemoryStorage()
-            return lim._fallback
-        return None
-
     def acquire(self, verdict: Verdict) -> tuple[Verdict, Lease | None]:
         """Take the leases of an allowed request: ``(verdict, lease)``, or a refusal."""
         if verdict.kind == "safelisted":
@@ -297,32 +287,20 @@ class ConcurrencyRules:
         if not keys:
             return verdict, None
         lim = self.limiter
-        storage = lim.storage
+        store = lim.store
         lease_id = _lease_id()
         now = lim._block_now()
-        degraded = False
-        if storage.remote and lim._broken_until and time.monotonic() < lim._broken_until:
-            degraded = True
+        if isinstance(store, ResilientStore):  # a failing store: its fail policy answers
+            leased = store.lease(keys, limits, lease_id, timeout, now)
         else:
-            try:
-                failed = storage.acquire(keys, limits, lease_id, timeout, now)
-            except Exception as exc:
-                lim._storage_failed(exc)
-                degraded = True
-            else:
-                if storage.remote:
-                    lim._broken_until = 0.0
-        if degraded:
-            return self._degraded(verdict, keys, limits, owners, lease_id, timeout, now)
-        if failed >= 0:
-            return self._refusal(verdict, owners[failed], False), None
-        return verdict, Lease(self, storage, keys, lease_id)
+            leased = Leased(store.acquire(keys, limits, lease_id, timeout, now), store, None)
+        return self._leased(verdict, owners, keys, lease_id, leased)
 
     async def aacquire(self, verdict: Verdict) -> tuple[Verdict, Lease | None]:
         """Async twin of :meth:`acquire`."""
         lim = self.limiter
-        storage = lim.storage
-        if not storage.remote:
+        store = lim.store
+        if not isinstance(store, ResilientStore):
             return self.acquire(verdict)
         if verdict.kind == "safelisted":
             return verdict, None
@@ -330,38 +308,17 @@ class ConcurrencyRules:
         if not keys:
             return verdict, None
         lease_id = _lease_id()
-        now = lim._block_now()
-        degraded = False
-        if lim._broken_until and time.monotonic() < lim._broken_until:
-            degraded = True
-        else:
-            try:
-                failed = await storage.aacquire(keys, limits, lease_id, timeout, now)
-            except Exception as exc:
-                lim._storage_failed(exc)
-                degraded = True
-            else:
-                lim._broken_until = 0.0
-        if degraded:
-            return self._degraded(verdict, keys, limits, owners, lease_id, timeout, now)
-        if failed >= 0:
-            return self._refusal(verdict, owners[failed], False), None
-        return verdict, Lease(self, storage, keys, lease_id)
+        leased = await store.alease(keys, limits, lease_id, timeout, lim._block_now())
+        return self._leased(verdict, owners, keys, lease_id, leased)
 
-    def _degraded(self, verdict: Verdict, keys: list[str], limits: list[int],
-                  owners: list[tuple[Any, str]], lease_id: str, timeout: float,
-                  now: int | None) -> tuple[Verdict, Lease | None]:
-        lim = self.limiter
-        if lim.on_storage_error == "allow":
-            return verdict, None
-        if lim.on_storage_error == "deny":
-            return self._refusal(verdict, owners[0], True), None
-        local = self._degraded_storage()
-        assert local is not None
-        failed = local.acquire(keys, limits, lease_id, timeout, now)
+    def _leased(self, verdict: Verdict, owners: list[tuple[Any, str]], keys: list[str],
+                lease_id: str, leased: Leased) -> tuple[Verdict, Lease | None]:
+        failed, holder, policy = leased
         if failed >= 0:
-            return self._refusal(verdict, owners[failed], True), None
-        return verdict, Lease(self, local, keys, lease_id)
+            return self._refusal(verdict, owners[failed], policy is not None), None
+        if holder is None:  # the "allow" policy: nothing taken, nothing to give back
+            return verdict, None
+        return verdict, Lease(self, holder, keys, lease_id)
 
     # -- inspection ------------------------------------------------------------------------
 

@@ -14,13 +14,16 @@
 ...     print(exc.decision.allowed, exc.decision.retry_after > 0)
 False True
 
-One decorator works everywhere. When the decorated function runs, the wrapper looks for
+One decorator works everywhere, and names no framework. When the decorated function runs,
+the wrapper asks the registered adapters (``_adapters``: one per framework, registered by
+``throttlekit.contrib.*`` or loaded through the ``throttlekit.adapters`` entry points) for
 the current request: a Django ``HttpRequest`` or a Starlette ``Request`` among its
 arguments, the request the ASGI integration is serving (a context variable), or Flask's
 request context. With a request, the limit is an endpoint limit: keyed by the client (or
 ``key``), counted under the endpoint's qualified name (module + qualname), and a breach
-answers with that framework's native 429. Without one it is a plain function limit: the key
-function gets the call's arguments, and a breach raises :class:`RateLimitExceeded`.
+answers with that framework's native 429 (the adapter's ``refuse``). Without one it is a
+plain function limit: the key function gets the call's arguments, and a breach raises
+:class:`RateLimitExceeded`.
 
 The framework integrations (``throttlekit.contrib``) evaluate an endpoint's decorated limits
 together with the default and application limits before the view runs, in one storage
@@ -29,24 +32,25 @@ call; the wrapper then sees the request was handled and only calls through.
 
 from __future__ import annotations
 
-import contextlib
-import contextvars
 import functools
 import inspect
 import logging
 import os
 import sys
 import time
-import types
 import warnings
 import weakref
 from collections.abc import Callable, Iterable, Mapping, MutableMapping, Sequence
 from typing import TYPE_CHECKING, Any, TypeVar
 
+from ._adapters import Adapter, Found, adapters, discover, find_request
+from ._algorithms import DEFAULT_STRATEGY
 from ._decision import Decision, most_restrictive
 from ._errors import ConfigError, RateLimitExceeded
+from ._exchange import DENIED_KEY, POLICIES_KEY
 from ._keys import UNREADABLE_PREFIX, rule_key
-from ._request import _UNREADABLE, _UNSET, RequestView, _UnreadableForm
+from ._request import _UNREADABLE, RequestView, _UnreadableForm
+from ._resilience import deny_decision
 from ._rules import (
     NS,
     STORAGE_RULE,
@@ -65,19 +69,22 @@ if TYPE_CHECKING:
     from ._limiter import Limiter
 
 __all__ = [
+    "DENIED_KEY",
     "HANDLED_KEY",
+    "HIDDEN_REQUEST",
     "POLICIES_KEY",
     "VIEW_KEY",
     "FrameworkView",
     "LimitSpec",
     "aevaluate",
-    "current_request",
+    "answer",
     "decorate",
     "evaluate",
     "exempt",
     "group_of",
-    "make_dependency",
     "qualified_name",
+    "record",
+    "view_of",
     "warn_memory_multiworker",
 ]
 
@@ -87,19 +94,8 @@ F = TypeVar("F", bound=Callable[..., Any])
 
 #: environ/scope key: the endpoint group an integration already evaluated for this request
 HANDLED_KEY = "throttlekit.handled"
-#: environ/scope key: the ``(policy, Decision)`` pairs of endpoint limits (for the headers)
-POLICIES_KEY = "throttlekit.policies"
 #: environ/scope key: the :class:`FrameworkView` of this request
 VIEW_KEY = "throttlekit.view"
-#: environ/scope key: set when a throttlekit 429 answered this request
-DENIED_KEY = "throttlekit.denied"
-
-#: The ASGI request being served: ``(scope, native request or None)``; set by the
-#: Starlette/FastAPI integration so decorated endpoints without a ``Request`` parameter
-#: still find their request.
-current_request: contextvars.ContextVar[tuple[MutableMapping[str, Any], Any] | None] = (
-    contextvars.ContextVar("throttlekit.request", default=None)
-)
 
 #: every limiter a decorator or an integration was given (what the pytest fixtures reset)
 known_limiters: weakref.WeakSet[Limiter] = weakref.WeakSet()
@@ -117,36 +113,24 @@ class FrameworkView(RequestView):
 
     request: Any
 
-    def _read_form(self) -> Mapping[str, str]:
-        # A form (urlencoded, multipart) is read with the framework's own parser, so that
-        # the rule sees exactly the fields the view will see (parsers disagree on unusual
-        # bodies: UTF-7 names, filename*, base64 parts...): Django's ``request.POST``,
-        # werkzeug's ``request.form`` (Flask), both over the body they cached (the view
-        # still reads it). Starlette's ``request.form()`` is async: see ``use_form``.
-        req = self.request
-        if req is not None and self.is_wsgi:
-            modules = sys.modules
-            dj = modules.get("django.http.request")
-            if dj is not None and isinstance(req, dj.HttpRequest):
-                return self._framework_form(req, req.content_type, "_post", "POST",
-                                            lambda: req.body)
-            wz = modules.get("werkzeug.wrappers.request")
-            if wz is not None and isinstance(req, wz.Request):
-                return self._framework_form(req, req.mimetype, "form", "form",
-                                            lambda: req.get_data(cache=True))
-        return super()._read_form()
+    # A framework's view (``contrib``) reads a form (urlencoded, multipart) with the
+    # framework's own parser, so that the rule sees exactly the fields the view will see
+    # (parsers disagree on unusual bodies: UTF-7 names, filename*, base64 parts...):
+    # Django's ``request.POST``, werkzeug's ``request.form`` (Flask), both over the body
+    # they cached (the view still reads it), through ``_framework_form`` and
+    # ``framework_body``. Starlette's ``request.form()`` is async: see ``use_form``.
 
     def _framework_form(self, req: Any, mimetype: Any, cached: str, attr: str,
                         read: Callable[[], bytes]) -> Mapping[str, str]:
         """The form as the framework parses it (``req.<attr>``, cached in
         ``req.__dict__[cached]`` once parsed), for the form types it parses, over the
         body its ``read`` caches."""
-        if mimetype not in _FRAMEWORK_FORMS:
+        if mimetype not in FRAMEWORK_FORMS:
             ctype = self.headers.get("content-type") or ""
-            if ctype.partition(";")[0].strip().lower() in _FRAMEWORK_FORMS:
+            if ctype.partition(";")[0].strip().lower() in FRAMEWORK_FORMS:
                 return _UNREADABLE  # we and the framework disagree on the type: no key
             return super()._read_form()  # JSON: read as the view does (json.loads)
-        if cached not in req.__dict__ and _framework_body(self, read) is None:
+        if cached not in req.__dict__ and framework_body(self, read) is None:
             # too big (or gone): not parsed, the view parses it (the stream is intact)
             return _UNREADABLE if self._has_body() else _EMPTY_FORM
         try:
@@ -159,24 +143,8 @@ class FrameworkView(RequestView):
         or None when the framework could not parse the body (the form is unreadable)."""
         self._form = _UNREADABLE if parsed is None else form_fields(parsed)
 
-    def _read_body(self) -> bytes | None:
-        # The framework may hold the body stream already (Django always does, werkzeug
-        # once something touched ``request.stream``): read through it, so that its own
-        # parsing (``request.POST``, ``request.form``) still sees the whole body.
-        req = self.request
-        if req is not None and self.is_wsgi:
-            modules = sys.modules
-            dj = modules.get("django.http.request")
-            if dj is not None and isinstance(req, dj.HttpRequest):
-                return _framework_body(self, lambda: req.body)
-            wz = modules.get("werkzeug.wrappers.request")
-            if wz is not None and isinstance(req, wz.Request) and "stream" in req.__dict__:
-                return _framework_body(self, lambda: req.get_data(cache=True))
-        return super()._read_body()
-
-
 #: the form types frameworks parse themselves (JSON the views parse with json.loads)
-_FRAMEWORK_FORMS = frozenset({"application/x-www-form-urlencoded", "multipart/form-data"})
+FRAMEWORK_FORMS = frozenset({"application/x-www-form-urlencoded", "multipart/form-data"})
 _EMPTY_FORM: Mapping[str, str] = {}
 
 
@@ -188,7 +156,7 @@ def form_fields(parsed: Any) -> dict[str, str]:
     return {k: v for k in parsed if isinstance(v := parsed.get(k), str)}
 
 
-def _framework_body(view: RequestView, read: Callable[[], bytes]) -> bytes | None:
+def framework_body(view: RequestView, read: Callable[[], bytes]) -> bytes | None:
     """The body through the framework's own cached read, when its Content-Length is at
     most ``view.max_form_bytes`` (None otherwise, or when the framework cannot give it:
     Django after its multipart parser consumed the stream)."""
@@ -263,8 +231,6 @@ class LimitSpec:
         self.strategy: str | None = strategy
         self.burst = burst
         self.rates = rates
-        from ._limiter import DEFAULT_STRATEGY
-
         # validates rates, strategy and burst now
         _throttle_algorithms("@", rates, strategy or DEFAULT_STRATEGY, burst, what)
         self.key = _key_func(key, what)
@@ -464,13 +430,13 @@ def _named_arguments(sig: inspect.Signature, args: tuple[Any, ...],
 
 
 #: calls a key or cost function with ``(args, kwargs, arguments by name)``
-Adapter = Callable[[tuple[Any, ...], dict[str, Any], "dict[str, Any] | None"], Any]
+ArgAdapter = Callable[[tuple[Any, ...], dict[str, Any], "dict[str, Any] | None"], Any]
 
 _P = inspect.Parameter
 _NAMED_KINDS = (_P.POSITIONAL_OR_KEYWORD, _P.KEYWORD_ONLY)
 
 
-def _adapter(f: Callable[..., Any], fsig: inspect.Signature | None) -> tuple[Adapter, bool]:
+def _adapter(f: Callable[..., Any], fsig: inspect.Signature | None) -> tuple[ArgAdapter, bool]:
     """How ``f`` (a key or cost function) gets a call's arguments, and whether that needs
     the call bound to the decorated function's signature.
 
@@ -511,7 +477,7 @@ def _adapter(f: Callable[..., Any], fsig: inspect.Signature | None) -> tuple[Ada
     return _raw_adapter(f, ksig), False
 
 
-def _raw_adapter(f: Callable[..., Any], ksig: inspect.Signature | None) -> Adapter:
+def _raw_adapter(f: Callable[..., Any], ksig: inspect.Signature | None) -> ArgAdapter:
     def raw(args: tuple[Any, ...], kwargs: dict[str, Any], named: dict[str, Any] | None) -> Any:
         try:
             return f(*args, **kwargs)
@@ -537,9 +503,7 @@ def _check_fits(f: Callable[..., Any], ksig: inspect.Signature, args: tuple[Any,
 
 
 def _refused(lim: Limiter, view: Any, rule: str, degraded: bool = True) -> Verdict:
-    from ._rates import Rate
-    retry = lim.retry_interval
-    d = _new(Decision, (False, 0, 0, retry, retry, Rate(1, 1.0), degraded))
+    d = deny_decision((), lim.retry_interval, degraded)
     return Verdict(False, "throttled", rule, None, d, [], degraded, view)
 
 
@@ -548,13 +512,11 @@ def _now(lim: Limiter) -> int | None:
     return int(clock() * 1_000_000) if clock is not None else None
 
 
-def _conclude(lim: Limiter, p: _Pending, result: BatchResult, degraded: bool,
-              view: Any) -> Verdict:
+def _conclude(lim: Limiter, p: _Pending, result: BatchResult, view: Any) -> Verdict:
     decisions = result.decisions
-    if degraded and lim.on_storage_error == "deny":
-        alg = p.checks[-1].algorithm
-        retry = lim.retry_interval
-        d = _new(Decision, (False, alg.capacity, 0, retry, retry, alg.rate, True))
+    degraded = result.policy is not None
+    if result.policy == "deny":
+        d = deny_decision(p.checks, lim.retry_interval)
         return Verdict(False, "throttled", STORAGE_RULE, None, d, [], True, view)
     policies: list[tuple[str, Decision]] = []
     costs: list[int] = []
@@ -597,8 +559,8 @@ def evaluate(lim: Limiter, view: RequestView, entries: Sequence[Entry]) -> Verdi
     assert isinstance(p, _Pending)
     if not p.checks:
         return None
-    result, degraded = lim._rules._call(p.checks, [], _now(lim))
-    return _conclude(lim, p, result, degraded, view)
+    result = lim._rules._call(p.checks, [], _now(lim))
+    return _conclude(lim, p, result, view)
 
 
 async def aevaluate(lim: Limiter, view: RequestView, entries: Sequence[Entry]) -> Verdict | None:
@@ -609,8 +571,8 @@ async def aevaluate(lim: Limiter, view: RequestView, entries: Sequence[Entry]) -
     assert isinstance(p, _Pending)
     if not p.checks:
         return None
-    result, degraded = await lim._rules._acall(p.checks, [], _now(lim))
-    return _conclude(lim, p, result, degraded, view)
+    result = await lim._rules._acall(p.checks, [], _now(lim))
+    return _conclude(lim, p, result, view)
 
 
 # -- endpoints: the decorated function's group -----------------------------------------------
@@ -623,13 +585,12 @@ class Group:
     __slots__ = ("adapters", "binds", "endpoint", "entries", "exempt", "lim", "owner", "sig",
                  "specs", "wrapper")
 
-    def __init__(self, owner: Any, endpoint: str,
-                 sig: inspect.Signature | None = None) -> None:
-        from ._limiter import Limiter
-
+    def __init__(self, owner: Any, endpoint: str, sig: inspect.Signature | None = None,
+                 lim: Limiter | None = None) -> None:
+        #: a Limiter, or an integration whose ``limiter`` is built later (Flask's Throttle)
         self.owner = owner
         #: the limiter, when known at decoration time (else ``owner.limiter`` per call)
-        self.lim: Limiter | None = owner if isinstance(owner, Limiter) else None
+        self.lim = lim
         self.endpoint = endpoint
         self.specs: tuple[LimitSpec, ...] = ()
         self.entries: tuple[Entry, ...] = ()
@@ -638,7 +599,7 @@ class Group:
         #: the decorated function's signature (computed once): key/cost get arguments by name
         self.sig = sig
         #: per entry: how its key and cost functions are called (plain function calls)
-        self.adapters: tuple[tuple[Adapter | None, Adapter | None], ...] = ()
+        self.adapters: tuple[tuple[ArgAdapter | None, ArgAdapter | None], ...] = ()
         self.binds = False
 
     def add(self, spec: LimitSpec) -> None:
@@ -654,7 +615,7 @@ class Group:
         adapters = []
         binds = False
         for s in self.specs:
-            pair: list[Adapter | None] = []
+            pair: list[ArgAdapter | None] = []
             for f in (s.call_key, s.call_cost if callable(s.call_cost) else None):
                 if f is None:
                     pair.append(None)
@@ -680,24 +641,18 @@ def group_of(fn: Any) -> Group | None:
     return g if isinstance(g, Group) else None
 
 
-def _owner_limiter(owner: Any) -> Limiter | None:
-    from ._limiter import Limiter
-    if isinstance(owner, Limiter):
-        known_limiters.add(owner)
-        return owner
-    lim = getattr(owner, "_limiter_obj", None)
+def make_spec(lim: Limiter | None, rates: Any, what: str = "limit", **options: Any
+              ) -> LimitSpec:
+    """A :class:`LimitSpec` validated against ``lim`` (None: a limiter not built yet)."""
     if lim is not None:
         known_limiters.add(lim)
-    return lim
+    return LimitSpec(lim, rates, what=what, **options)
 
 
-def make_spec(owner: Any, rates: Any, what: str = "limit", **options: Any) -> LimitSpec:
-    return LimitSpec(_owner_limiter(owner), rates, what=what, **options)
-
-
-def decorate(owner: Any, spec: LimitSpec) -> Callable[[F], F]:
-    """The decorator of ``owner.limit(...)``: ``owner`` is a Limiter or an integration
-    whose ``limiter`` is built later (Flask's ``Throttle``)."""
+def decorate(owner: Any, spec: LimitSpec, lim: Limiter | None = None) -> Callable[[F], F]:
+    """The decorator of ``owner.limit(...)``: ``owner`` is ``lim`` itself, or an integration
+    whose ``limiter`` is built later (Flask's ``Throttle``: ``lim`` None)."""
+    discover()  # the adapters of the frameworks loaded so far (entry points)
 
     def decorator(fn: F) -> F:
         if isinstance(fn, type):
@@ -714,7 +669,7 @@ def decorate(owner: Any, spec: LimitSpec) -> Callable[[F], F]:
         if group is not None and group.wrapper is fn:
             group.add(spec)  # stacked: one wrapper, one storage call
             return fn
-        group = Group(owner, qualified_name(fn), _signature(fn))
+        group = Group(owner, qualified_name(fn), _signature(fn), lim)
         group.add(spec)
         if group_of(fn) is not None and group_of(fn).wrapper is None:  # type: ignore[union-attr]
             group.exempt = group_of(fn).exempt  # type: ignore[union-attr]
@@ -757,18 +712,20 @@ HIDDEN_REQUEST = "throttlekit_request"
 
 def _wrap(fn: Callable[..., Any], group: Group) -> Callable[..., Any]:
     sig = group.sig
-    hidden = None
-    if _uses_fastapi(fn):
-        from .contrib.fastapi import hook_openapi
-        hook_openapi()
-        hidden = _hidden_request_signature(sig)
+    hidden: Adapter | None = None
+    new_sig = None
+    for a in adapters():
+        new_sig = a.signature(fn, sig)
+        if new_sig is not None:
+            hidden = a  # it added HIDDEN_REQUEST: it finds the request there
+            break
     if inspect.iscoroutinefunction(fn):
         @functools.wraps(fn)
         async def awrapper(*args: Any, **kwargs: Any) -> Any:
             req = kwargs.pop(HIDDEN_REQUEST, None) if hidden is not None else None
             lim = group.lim or group.owner.limiter
             if lim.enabled:
-                found = _find_request(args, kwargs) if req is None else ("asgi", req.scope, req)
+                found = _found(hidden, req, args, kwargs)
                 if found is None:
                     await _acall_limits(lim, group, args, kwargs)
                 else:
@@ -784,7 +741,7 @@ def _wrap(fn: Callable[..., Any], group: Group) -> Callable[..., Any]:
             req = kwargs.pop(HIDDEN_REQUEST, None) if hidden is not None else None
             lim = group.lim or group.owner.limiter
             if lim.enabled:
-                found = _find_request(args, kwargs) if req is None else ("asgi", req.scope, req)
+                found = _found(hidden, req, args, kwargs)
                 if found is None:
                     _call_limits(lim, group, args, kwargs)
                 else:
@@ -794,112 +751,34 @@ def _wrap(fn: Callable[..., Any], group: Group) -> Callable[..., Any]:
             return fn(*args, **kwargs)
 
         wrapper = swrapper
-    if hidden is not None:
-        wrapper.__signature__ = hidden  # type: ignore[attr-defined]
+    if new_sig is not None:
+        wrapper.__signature__ = new_sig  # type: ignore[attr-defined]
     elif sig is not None:
         wrapper.__signature__ = sig  # type: ignore[attr-defined]
     return wrapper
 
 
-def _uses_fastapi(fn: Callable[..., Any]) -> bool:
-    """Whether ``fn`` is likely a FastAPI endpoint: FastAPI is loaded and the module that
-    defines ``fn`` uses it (an app, a router, anything from ``fastapi``)."""
-    if "fastapi" not in sys.modules:
-        return False
-    namespace = getattr(inspect.unwrap(fn), "__globals__", None)
-    if not isinstance(namespace, dict):
-        return False
-    for value in list(namespace.values()):
-        if isinstance(value, types.ModuleType):
-            mod = value.__name__
-        elif isinstance(value, type) or inspect.isfunction(value):
-            mod = getattr(value, "__module__", None) or ""
-        else:
-            mod = type(value).__module__
-        if mod == "fastapi" or mod.startswith("fastapi."):
-            return True
-    return False
+def _found(hidden: Adapter | None, req: Any, args: tuple[Any, ...], kwargs: dict[str, Any]
+           ) -> Found | None:
+    """The request of a call: ``req`` (given in the parameter ``hidden`` added), else
+    wherever an adapter finds one."""
+    if req is not None and hidden is not None:
+        return hidden.find((req,), {})
+    return find_request(args, kwargs)
 
 
-def _hidden_request_signature(sig: inspect.Signature | None) -> inspect.Signature | None:
-    """With FastAPI loaded, the signature of an endpoint without a request parameter plus
-    an optional keyword-only ``Request`` one, so the wrapper finds the request and answers
-    a native 429 even without the middleware; None when nothing is to add."""
-    if sig is None or "fastapi" not in sys.modules:
-        return None
-    from starlette.requests import HTTPConnection, Request
-
-    params = list(sig.parameters.values())
-    for p in params:
-        if p.name == HIDDEN_REQUEST:
-            return None
-        ann = p.annotation
-        if isinstance(ann, str):
-            if ann.rpartition(".")[2] in ("Request", "WebSocket", "HTTPConnection"):
-                return None
-        elif isinstance(ann, type) and issubclass(ann, HTTPConnection):
-            return None
-    extra = inspect.Parameter(HIDDEN_REQUEST, inspect.Parameter.KEYWORD_ONLY, default=None,
-                              annotation=Request)
-    if params and params[-1].kind is inspect.Parameter.VAR_KEYWORD:
-        params.insert(len(params) - 1, extra)
-    else:
-        params.append(extra)
-    return sig.replace(parameters=params)
-
-
-# -- finding the request ---------------------------------------------------------------------
-
-#: ("flask" | "django" | "asgi", raw environ/META/scope, native request)
-Found = tuple[str, MutableMapping[str, Any], Any]
-
-
-def _find_request(args: tuple[Any, ...], kwargs: dict[str, Any]) -> Found | None:
-    modules = sys.modules
-    dj = modules.get("django.http.request")
-    st = modules.get("starlette.requests")
-    if dj is not None or st is not None:
-        for arg in args[:2]:
-            found = _as_request(arg, dj, st)
-            if found is not None:
-                return found
-        if st is not None and kwargs:
-            for arg in kwargs.values():
-                if isinstance(arg, st.HTTPConnection):
-                    return ("asgi", arg.scope, arg)
-    current = current_request.get()
-    if current is not None:
-        return ("asgi", current[0], current[1])
-    fl = modules.get("flask")
-    if fl is not None and fl.has_request_context():
-        req = fl.request
-        return ("flask", req.environ, req)
-    return None
-
-
-def _as_request(arg: Any, dj: Any, st: Any) -> Found | None:
-    if dj is not None:
-        if isinstance(arg, dj.HttpRequest):
-            return ("django", arg.META, arg)
-        inner = getattr(arg, "_request", None)  # Django REST framework's Request
-        if inner is not None and isinstance(inner, dj.HttpRequest):
-            return ("django", inner.META, inner)
-    if st is not None and isinstance(arg, st.HTTPConnection):
-        return ("asgi", arg.scope, arg)
-    return None
-
-
-def view_of(lim: Limiter, kind: str, raw: MutableMapping[str, Any], native: Any) -> FrameworkView:
-    """The request view for ``raw`` (built once per request and kept in it)."""
+def view_of(lim: Limiter, raw: MutableMapping[str, Any], native: Any,
+            cls: type[FrameworkView] = FrameworkView, *, asgi: bool = False) -> FrameworkView:
+    """The request view for ``raw`` (an environ, Django's META, an ASGI scope), built once
+    per request (as a ``cls``) and kept in it."""
     view = raw.get(VIEW_KEY)
     if view is not None:
         if view.request is None and native is not None:
             view.request = native
         return view  # type: ignore[no-any-return]
-    if kind == "asgi":
-        made = FrameworkView.from_scope(raw, lim.resolver)  # type: ignore[arg-type]
-    else:
-        made = FrameworkView.from_environ(raw, lim.resolver)  # type: ignore[arg-type]
+    resolver = lim.resolver
+    made = (cls.from_scope(raw, resolver) if asgi  # type: ignore[arg-type]
+            else cls.from_environ(raw, resolver))  # type: ignore[arg-type]
     assert isinstance(made, FrameworkView)
     made.request = native
     raw[VIEW_KEY] = made
@@ -919,8 +798,8 @@ def _call_limits(lim: Limiter, group: Group, args: tuple[Any, ...],
     assert isinstance(p, _Pending)
     if not p.checks:
         return
-    result, degraded = lim._rules._call(p.checks, [], _now(lim))
-    verdict = _conclude(lim, p, result, degraded, None)
+    result = lim._rules._call(p.checks, [], _now(lim))
+    verdict = _conclude(lim, p, result, None)
     if not verdict.allowed:
         raise _exceeded(verdict)
 
@@ -935,8 +814,8 @@ async def _acall_limits(lim: Limiter, group: Group, args: tuple[Any, ...],
     assert isinstance(p, _Pending)
     if not p.checks:
         return
-    result, degraded = await lim._rules._acall(p.checks, [], _now(lim))
-    verdict = _conclude(lim, p, result, degraded, None)
+    result = await lim._rules._acall(p.checks, [], _now(lim))
+    verdict = _conclude(lim, p, result, None)
     if not verdict.allowed:
         raise _exceeded(verdict)
 
@@ -951,174 +830,48 @@ def _exceeded(verdict: Verdict) -> RateLimitExceeded:
 
 
 def _web_limits(lim: Limiter, group: Group, found: Found) -> Any:
-    kind, raw, native = found
+    adapter, raw, native = found
     if raw.get(HANDLED_KEY) is group or not group.entries:
         return None
-    view = view_of(lim, kind, raw, native)
-    verdict = evaluate(lim, view, group.entries)
-    return _answer(lim, kind, raw, native, verdict)
+    view = adapter.view(lim, raw, native)
+    return answer(lim, found, evaluate(lim, view, group.entries))
 
 
 async def _aweb_limits(lim: Limiter, group: Group, found: Found) -> Any:
-    kind, raw, native = found
+    adapter, raw, native = found
     if raw.get(HANDLED_KEY) is group or not group.entries:
         return None
-    view = view_of(lim, kind, raw, native)
-    if kind == "asgi" and any(spec.uses_form for _, spec in group.entries):
-        await _asgi_body(view)
-    verdict = await aevaluate(lim, view, group.entries)
-    return _answer(lim, kind, raw, native, verdict)
+    view = adapter.view(lim, raw, native)
+    if any(spec.uses_form for _, spec in group.entries):
+        await adapter.read_body(view)
+    return answer(lim, found, await aevaluate(lim, view, group.entries))
 
 
-async def _asgi_body(view: FrameworkView) -> None:
-    """Give ``view`` the body of its Starlette request when no middleware read it ahead,
-    through the request's own cache (``request.body()``), so the app still reads it; and
-    a form (urlencoded, multipart) as the request's own ``request.form()`` parses it."""
-    req = view.request
-    if view.body is not None or view._form is not _UNSET or req is None:
-        return
-    text = view.headers.get("content-length")
-    try:
-        length = int(text) if text and text.strip() else 0
-    except ValueError:
-        return
-    if not 0 < length <= view.max_form_bytes:
-        return
-    with contextlib.suppress(Exception):  # consumed: the framework parsed the form already
-        view.body = bytes(await req.body())
-    ctype = view.headers.get("content-type") or ""
-    if ctype.partition(";")[0].strip().lower() in _FRAMEWORK_FORMS and (
-        view.body is None
-        or getattr(sys.modules.get("starlette.requests"), "parse_options_header", None)
-    ):  # Starlette's own parser (python-multipart), cached on the request: what the
-        # endpoint will see
-        try:
-            form = await req.form()
-        except Exception:
-            form = None
-        view.use_form(form)
-
-
-def record(kind: str, raw: MutableMapping[str, Any], native: Any, verdict: Verdict) -> None:
+def record(adapter: Adapter, raw: MutableMapping[str, Any], native: Any,
+           verdict: Verdict) -> None:
     """Keep the verdict's policies for the response headers, and its Decision where the
-    view can read it (Flask ``g.throttle``, Django ``request.throttle``, Starlette
-    ``request.state.throttle``)."""
+    view can read it (the adapter's place: Flask ``g.throttle``, Django
+    ``request.throttle``, Starlette ``request.state.throttle``)."""
     policies = raw.get(POLICIES_KEY)
     if policies is None:
         raw[POLICIES_KEY] = list(verdict.policies)
     else:
         policies.extend(verdict.policies)
-    decision = verdict.decision
-    if kind == "flask":
-        g = sys.modules["flask"].g
-        g.throttle = decision
-    elif kind == "django":
-        if native is not None:
-            native.throttle = decision
-    else:
-        state = raw.get("state")
-        if state is None:
-            raw["state"] = state = {}
-        if isinstance(state, MutableMapping):
-            state["throttle"] = decision
+    adapter.keep(raw, native, verdict.decision)
 
 
-def _answer(lim: Limiter, kind: str, raw: MutableMapping[str, Any], native: Any,
-            verdict: Verdict | None) -> Any:
+def answer(lim: Limiter, found: Found, verdict: Verdict | None) -> Any:
+    """What an endpoint's wrapper does with its limits' verdict: nothing (None) when
+    allowed, else the adapter's refusal (returned, or raised by the adapter)."""
     if verdict is None:
         return None
-    record(kind, raw, native, verdict)
+    adapter, raw, native = found
+    record(adapter, raw, native, verdict)
     if verdict.allowed:
-        if kind == "flask":
-            from .contrib import flask as cf
-            cf.headers_after_this_request(lim)
+        adapter.allowed(lim, found, verdict)
         return None
     raw[DENIED_KEY] = True
-    if kind == "flask":
-        from .contrib import flask as cf
-        raise cf.rate_limited(lim, verdict)
-    if kind == "django":
-        from .contrib import django as cd
-        return cd.rate_limited(lim, verdict)
-    from .contrib import starlette as cs
-    raise cs.rate_limited(lim, verdict)
-
-
-def denial(lim: Limiter, verdict: Verdict, accept: str | None) -> Any:
-    """The middleware's answer to a refused verdict (status, headers, body)."""
-    from .wsgi import refusal
-    return refusal({}, lim.header_style, verdict, accept)
-
-
-# -- FastAPI dependencies --------------------------------------------------------------------
-
-
-def route_name(scope: Mapping[str, Any]) -> str:
-    """The counter name of the endpoint serving ``scope``: its qualified name, else the
-    route template, else the path."""
-    route = scope.get("route")
-    path = getattr(route, "path", None)
-    endpoint = scope.get("endpoint")
-    if endpoint is not None:
-        return endpoint_name(endpoint, path if isinstance(path, str) else None)
-    if isinstance(path, str):
-        return path
-    return str(scope.get("path", "/"))
-
-
-def make_dependency(owner: Any, spec: LimitSpec) -> Callable[..., Any]:
-    """``Depends(limiter.depends("10/minute"))``: a FastAPI dependency applying ``spec``
-    to the route it is used on (its counter: the route's endpoint, or ``scope``)."""
-    from starlette.requests import Request
-    from starlette.responses import Response
-
-    if "fastapi" in sys.modules:
-        from .contrib.fastapi import hook_openapi
-        hook_openapi()
-
-    async def throttlekit_limit(request: Any, response: Any) -> Decision | None:
-        lim: Limiter = _owner_limiter(owner) or owner.limiter
-        if not lim.enabled:
-            return None
-        scope = request.scope
-        name = spec.scope or route_name(scope)
-        view = view_of(lim, "asgi", scope, request)
-        if spec.uses_form:
-            await _asgi_body(view)
-        verdict = await aevaluate(lim, view, ((name, spec),))
-        if verdict is None:
-            return None
-        return _answer_dependency(lim, scope, request, response, verdict)
-
-    # FastAPI reads the parameters' types from the signature (the annotations of this
-    # module are strings it could not resolve)
-    kind = inspect.Parameter.POSITIONAL_OR_KEYWORD
-    throttlekit_limit.__signature__ = inspect.Signature(  # type: ignore[attr-defined]
-        [inspect.Parameter("request", kind, annotation=Request),
-         inspect.Parameter("response", kind, annotation=Response)],
-        return_annotation=Any,
-    )
-    throttlekit_limit.__throttlekit_dependency__ = spec  # type: ignore[attr-defined]
-    return throttlekit_limit
-
-
-def _answer_dependency(lim: Limiter, scope: MutableMapping[str, Any], request: Any,
-                       response: Any, verdict: Verdict) -> Decision | None:
-    from .contrib import starlette as cs
-
-    record("asgi", scope, request, verdict)
-    if not verdict.allowed:
-        scope[DENIED_KEY] = True
-        raise cs.rate_limited(lim, verdict, request.headers.get("accept"))
-    if (
-        lim.headers_on_allowed and verdict.policies and lim.header_style != "none"
-        and not scope.get(cs.MIDDLEWARE_KEY)
-    ):
-        # without the middleware, FastAPI merges these into the endpoint's response
-        from ._responses import rate_limit_headers
-        for hname, value in rate_limit_headers(verdict.policies, lim.header_style):
-            response.headers[hname] = value
-    return verdict.decision
+    return adapter.refuse(lim, found, verdict)
 
 
 # -- several workers on the memory store ------------------------------------------------------

@@ -10,8 +10,9 @@ second, while requests that go to the store anyway pay nothing for it. A worker 
 generation once before its first store call (:meth:`DenialCache.stale`), so that it knows
 whether the refusals it caches later predate a change.
 
-Every read and write of the cache goes through :class:`DenialCache`; the limiter owns one
-(``None`` when the store is local or the cache is turned off).
+Every read and write of the cache goes through :class:`DenialCache`; the
+:class:`~throttlekit._resilience.ResilientStore` around a remote store owns one
+(``store.denials``: ``None`` when the store is local or the cache is turned off).
 """
 
 from __future__ import annotations

@@ -5,13 +5,11 @@ from __future__ import annotations
 import ipaddress
 import logging
 import re
-import time
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from ._algorithms import ALGORITHMS, DEFAULT_STRATEGY, Algorithm, make_algorithm
 from ._decision import Decision, most_restrictive
-from ._denials import DenialCache
 from ._errors import ConfigError
 from ._keys import (
     HASH_PREFIX,
@@ -22,7 +20,8 @@ from ._keys import (
     encodable,
 )
 from ._rates import Rate, coerce_rates
-from .storage import MemoryStorage, Storage, storage_from_url
+from ._resilience import ON_STORAGE_ERROR, ResilientStore, resilient
+from .storage import Storage, storage_from_url
 from .storage.base import Block, Check
 
 if TYPE_CHECKING:
@@ -45,7 +44,6 @@ __all__ = ["DEFAULT_STRATEGY", "ON_STORAGE_ERROR", "Limiter"]
 
 logger = logging.getLogger("throttlekit")
 
-ON_STORAGE_ERROR = ("allow", "deny", "local")
 #: what a block key that failed to parse as an address was probably meant to be
 _IP_LIKE = re.compile(r"[0-9.]+|[0-9A-Fa-f:.%\[\]]*:[0-9A-Fa-f:.%\[\]]*")
 _LEADING_ZERO = re.compile(r"(?:^|[.:])0[0-9]")
@@ -163,13 +161,14 @@ class Limiter:
             raise ConfigError(
                 f"denial_cache_size must be an integer >= 0, got {denial_cache_size!r}"
             )
-        #: the local cache of refusals (remote stores); see throttlekit._denials
-        self._denials: DenialCache | None = None
-        if storage.remote and denial_cache_size:
-            self._denials = DenialCache(denial_cache_size, clock)
-        self._fallback: MemoryStorage | None = None
-        self._broken_until = 0.0
-        self._last_error_log = -float("inf")
+        #: what requests go through: a remote ``storage`` wrapped with its breaker, fail
+        #: policy, fallback store and denial cache (see throttlekit._resilience); a local
+        #: one as it is
+        self.store: Storage = resilient(
+            storage, policy=on_storage_error, retry_interval=self.retry_interval,
+            error_log_interval=self.error_log_interval, denial_cache_size=denial_cache_size,
+            clock=clock,
+        )
         self._init_rules(
             trusted_proxies, ipv6_prefix, header_style, headers_on_allowed, forwarded_header
         )
@@ -295,52 +294,16 @@ class Limiter:
         _admin_text(key, "reset")
         key = bound_key(key)
         self.storage.reset((key,))
-        self._forget_local(key)
-        self._changed(self.storage.next_generation())
+        self.forget_local(key)
+        self.store.next_generation()
 
-    def _forget_local(self, key: str | None = None) -> None:
-        """Drop what this process remembers of ``key`` (``None``: of every key): its
-        state in the fallback store and its cached refusals. The one owner of both."""
-        fallback = self._fallback
-        if fallback is not None:
-            if key is None:
-                fallback.clear()
-            else:
-                fallback.reset((key,))
-        if self._denials is not None:
-            self._denials.forget(key)
-
-    def _changed(self, generation: int) -> None:
-        """An admin change of ours moved the store's generation (every worker's cached
-        refusals go within about a second; ours went already)."""
-        if self._denials is not None:
-            self._denials.bumped(generation)
-
-    def _check_generation(self) -> None:
-        """Read the store's generation (before the first store call, then about once a
-        second while cached refusals are served; see throttlekit._denials) and drop every
-        cached refusal when an admin change moved it."""
-        denials = self._denials
-        assert denials is not None
-        generation = None
-        if not (self._broken_until and time.monotonic() < self._broken_until):
-            try:
-                generation = self.storage.generation()
-            except Exception as exc:  # cached refusals stay; the store's trouble is logged
-                self._storage_failed(exc)
-        denials.saw(generation)
-
-    async def _acheck_generation(self) -> None:
-        """Async twin of :meth:`_check_generation`."""
-        denials = self._denials
-        assert denials is not None
-        generation = None
-        if not (self._broken_until and time.monotonic() < self._broken_until):
-            try:
-                generation = await self.storage.ageneration()
-            except Exception as exc:
-                self._storage_failed(exc)
-        denials.saw(generation)
+    def forget_local(self, key: str | None = None) -> None:
+        """Drop what this process remembers of ``key`` (``None``: of every key) with a
+        remote store: its state in the ``"local"`` fallback store and its cached refusals
+        (admin changes do this themselves; for tests and rule reloads)."""
+        store = self.store
+        if isinstance(store, ResilientStore):
+            store.forget(key)
 
     async def ahit(
         self,
@@ -386,115 +349,24 @@ class Limiter:
         _admin_text(key, "reset")
         key = bound_key(key)
         await self.storage.areset((key,))
-        self._forget_local(key)
-        self._changed(await self.storage.anext_generation())
+        self.forget_local(key)
+        await self.store.anext_generation()
 
-    # -- remote stores: failure policy ----------------------------------------------------
+    # -- remote stores: through the ResilientStore ---------------------------------------
 
     def _remote(self, plan: _Plan, key: str, cost: int, consume: bool, now: int | None) -> Decision:
-        denials = self._denials
-        epoch = 0
-        if denials is not None:
-            if denials.generation is None and denials.stale():
-                self._check_generation()
-            cached = denials.get(plan, key, cost, now)
-            if cached is not None:
-                if not denials.due():
-                    return cached
-                self._check_generation()  # about once a second: did an admin change it?
-                cached = denials.get(plan, key, cost, now)
-                if cached is not None:
-                    return cached
-            epoch = denials.epoch
-        if self._broken_until and time.monotonic() < self._broken_until:
-            return self._degraded(plan, key, cost, consume, now)
-        try:
-            decision = _apply(self.storage, plan, key, cost, consume, now)
-        except Exception as exc:  # a failing store must never fail the request
-            self._storage_failed(exc)
-            return self._degraded(plan, key, cost, consume, now)
-        self._broken_until = 0.0
-        if denials is not None:
-            if decision.allowed:
-                if consume and cost:  # our own charge: a cached denial's numbers are stale
-                    denials.charged(plan, key)
-            else:
-                denials.remember(plan, key, cost, now, decision, epoch)
-        return decision
+        store = self.store
+        assert isinstance(store, ResilientStore)
+        return store.decide(plan, key, [Check(a, key, cost) for a in plan.algorithms],
+                            consume, now)
 
     async def _aremote(
         self, plan: _Plan, key: str, cost: int, consume: bool, now: int | None
     ) -> Decision:
-        if self._broken_until and time.monotonic() < self._broken_until:
-            return self._degraded(plan, key, cost, consume, now)
-        denials = self._denials
-        epoch = 0
-        if denials is not None:
-            if denials.generation is None and denials.stale():
-                await self._acheck_generation()
-            cached = denials.get(plan, key, cost, now)
-            if cached is not None:
-                if not denials.due():
-                    return cached
-                await self._acheck_generation()
-                cached = denials.get(plan, key, cost, now)
-                if cached is not None:
-                    return cached
-            epoch = denials.epoch
-        try:
-            result = await self.storage.aapply(
-                [Check(a, key, cost) for a in plan.algorithms], consume=consume, now=now
-            )
-        except Exception as exc:
-            self._storage_failed(exc)
-            return self._degraded(plan, key, cost, consume, now)
-        self._broken_until = 0.0
-        decision = most_restrictive(result.decisions)
-        if denials is not None:
-            if decision.allowed:
-                if consume and cost:  # our own charge: a cached denial's numbers are stale
-                    denials.charged(plan, key)
-            else:
-                denials.remember(plan, key, cost, now, decision, epoch)
-        return decision
-
-    def _storage_failed(self, exc: BaseException) -> None:
-        mono = time.monotonic()
-        if isinstance(exc, UnicodeEncodeError):
-            # A string the store cannot encode is this call's fault, not the store's: the
-            # breaker stays closed (keys are made encodable in _keys; this is a backstop).
-            if mono - self._last_error_log >= self.error_log_interval:
-                self._last_error_log = mono
-                logger.error("throttlekit: a value could not be encoded for the store (%s); "
-                             "this call answered with on_storage_error=%r", exc,
-                             self.on_storage_error)
-            return
-        self._broken_until = mono + self.retry_interval
-        if mono - self._last_error_log >= self.error_log_interval:
-            self._last_error_log = mono
-            logger.error(
-                "throttlekit: storage %r failed (%s: %s); answering with on_storage_error=%r "
-                "and retrying the store in %.1fs",
-                self.storage, type(exc).__name__, exc, self.on_storage_error,
-                self.retry_interval,
-            )
-
-    def _degraded(
-        self, plan: _Plan, key: str, cost: int, consume: bool, now: int | None
-    ) -> Decision:
-        policy = self.on_storage_error
-        if policy == "local":
-            if self._fallback is None:
-                self._fallback = MemoryStorage()
-            d = _apply(self._fallback, plan, key, cost, consume, now)
-            return d._replace(degraded=True)
-        alg = plan.algorithms[0]
-        if policy == "allow":
-            return _new(Decision, (True, alg.capacity, alg.capacity, 0.0, 0.0, alg.rate, True))
-        return _new(
-            Decision,
-            (False, alg.capacity, 0, self.retry_interval, self.retry_interval, alg.rate, True),
-        )
+        store = self.store
+        assert isinstance(store, ResilientStore)
+        return await store.adecide(plan, key, [Check(a, key, cost) for a in plan.algorithms],
+                                   consume, now)
 
     # -- rules: safelists, blocklists, bans, throttles, tracks (the middleware's engine) --
     # Everything below is the rule API; the engine itself lives in _rules.py.
@@ -627,9 +499,9 @@ class Limiter:
             return self._disabled_verdict(view)
         if self._watcher is not None:
             self._watcher.poll()
-        denials = self._denials
-        if denials is not None and denials.generation is None and denials.stale():
-            self._check_generation()
+        store = self.store
+        if store.denials is not None and isinstance(store, ResilientStore):
+            store.first_generation()
         return self._rules.evaluate(view)
 
     def _disabled_verdict(self, view: RequestView) -> Verdict:
@@ -643,9 +515,9 @@ class Limiter:
             return self._disabled_verdict(view)
         if self._watcher is not None:
             self._watcher.poll()
-        denials = self._denials
-        if denials is not None and denials.generation is None and denials.stale():
-            await self._acheck_generation()
+        store = self.store
+        if store.denials is not None and isinstance(store, ResilientStore):
+            await store.afirst_generation()
         return await self._rules.aevaluate(view)
 
     def settle(
@@ -809,7 +681,7 @@ class Limiter:
         if resets:
             self.storage.reset(tuple(_rules_ns + d for d in resets))
         self._unblocked(keys, resets)
-        self._changed(self.storage.next_generation())
+        self.store.next_generation()
         if not found:
             self._check_ban_rule(keys[0])
         return found
@@ -822,10 +694,10 @@ class Limiter:
 
     def _unblocked(self, keys: list[str], resets: list[str]) -> None:
         for k in keys:
-            self._forget_local(k)
+            self.forget_local(k)
         for d in resets:
-            self._forget_local(d)
-            self._forget_local(_rules_ns + d)
+            self.forget_local(d)
+            self.forget_local(_rules_ns + d)
 
     def _check_ban_rule(self, key: str) -> None:
         """A ban of a rule this limiter does not have (a typo: ``fail2ban:scanner:...``)
@@ -937,7 +809,7 @@ class Limiter:
         if resets:
             await self.storage.areset(tuple(_rules_ns + d for d in resets))
         self._unblocked(keys, resets)
-        self._changed(await self.storage.anext_generation())
+        await self.store.anext_generation()
         if not found:
             self._check_ban_rule(keys[0])
         return found
@@ -963,9 +835,9 @@ class Limiter:
         discs = self._reset_discs(key)
         self.storage.reset(tuple(_rules_ns + d for d in discs))
         for d in discs:
-            self._forget_local(d)
-            self._forget_local(_rules_ns + d)
-        self._changed(self.storage.next_generation())
+            self.forget_local(d)
+            self.forget_local(_rules_ns + d)
+        self.store.next_generation()
 
     def _reset_discs(self, key: object) -> list[str]:
         discs = self._rule_keys(key, "reset")
@@ -978,9 +850,9 @@ class Limiter:
         discs = self._reset_discs(key)
         await self.storage.areset(tuple(_rules_ns + d for d in discs))
         for d in discs:
-            self._forget_local(d)
-            self._forget_local(_rules_ns + d)
-        self._changed(await self.storage.anext_generation())
+            self.forget_local(d)
+            self.forget_local(_rules_ns + d)
+        await self.store.anext_generation()
 
     # -- rules files, reload, concurrency (issue 7; see _rulesfile, _reload, _concurrency) --
 
@@ -1112,7 +984,7 @@ class Limiter:
             self, rates, key=key, strategy=strategy, cost=cost, methods=methods,
             per_method=per_method, burst=burst, override_defaults=override_defaults,
             scope=scope, on_unreadable=on_unreadable,
-        ))
+        ), self)
 
     def shared_limit(self, rates: Any, scope: str, **options: Any) -> Callable[[_F], _F]:
         """Like :meth:`limit`, but every function decorated with this ``scope`` shares one
@@ -1126,10 +998,20 @@ class Limiter:
         return exempt(self, fn)
 
     def depends(self, rates: Any, **options: Any) -> Callable[..., Any]:
-        """A FastAPI dependency: ``Depends(limiter.depends("10/minute"))``."""
-        from ._decorators import make_dependency, make_spec
+        """A FastAPI dependency: ``Depends(limiter.depends("10/minute"))``.
 
-        return make_dependency(self, make_spec(self, rates, what="depends", **options))
+        Raises:
+            ConfigError: FastAPI (and its throttlekit adapter) is not installed.
+        """
+        from ._adapters import adapter_named
+        from ._decorators import make_spec
+
+        spec = make_spec(self, rates, what="depends", **options)
+        adapter = adapter_named("fastapi")
+        if adapter is None:
+            raise ConfigError("limiter.depends() makes FastAPI dependencies: "
+                              "pip install 'throttlekit-web[fastapi]'")
+        return adapter.dependency(self, spec)
 
 
 def _apply(

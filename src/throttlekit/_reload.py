@@ -104,7 +104,7 @@ def install(limiter: Limiter, ruleset: RuleSet, replaces: frozenset[str] = froze
     # with old concurrency rules, both complete
     limiter._rules = new
     limiter._concurrency = conc if conc else None
-    limiter._forget_local()
+    limiter.forget_local()
     return frozenset(names)
 
 
@@ -216,7 +216,7 @@ class RulesWatcher:
         self.reloads += 1
         self.loaded = time.time()
         try:  # every other worker drops its cached refusals too (see _denials)
-            self.limiter._changed(self.limiter.storage.next_generation())
+            self.limiter.store.next_generation()
         except Exception as exc:
             logger.error("throttlekit: rules of %s reloaded, but the store could not tell the "
                          "other workers (%s: %s)", self.path, type(exc).__name__, exc)

@@ -31,10 +31,11 @@ from ._ipset import IPSet
 from ._keys import MAX_KEY_LENGTH, UNREADABLE_PREFIX, rule_key
 from ._rates import MAX_PERIOD, Rate, coerce_rates
 from ._request import _UNSET, _UnreadableForm
-from .storage import MemoryStorage
-from .storage.base import BatchResult, BoundHit, Check, Storage
+from ._resilience import ResilientStore, deny_decision
+from .storage.base import BatchResult, Block, BoundHit, Check, Storage
 
 if TYPE_CHECKING:
+    from ._denials import DenialCache
     from ._limiter import Limiter
     from ._request import RequestView
 
@@ -594,13 +595,23 @@ class Rules:
             try:
                 disc = brule.key(view)
                 if disc is None:
-                    continue
-                disc = rule_key(disc if disc.__class__ is str else str(disc))
+                    if view._form.__class__ is not _UnreadableForm:
+                        continue  # the rule does not apply to this request
+                    # a key that cannot be read never lets a request past a ban rule:
+                    # count it under its client (as a throttle's on_unreadable="client")
+                    ck = view.client_key
+                    disc = UNREADABLE_PREFIX + (ck or UNKNOWN_CLIENT)
+                    no_ip = ck is None
+                else:
+                    disc = rule_key(disc if disc.__class__ is str else str(disc))
+                    no_ip = disc is UNKNOWN_CLIENT and (
+                        brule.key is _client_key or brule.key is _client_ip
+                    )
                 matched = brule.match(view)
             except Exception as exc:
                 self._rule_error(brule.kind, brule.name, exc, "key or match function")
                 continue
-            if disc is UNKNOWN_CLIENT and (brule.key is _client_key or brule.key is _client_ip):
+            if no_ip:  # a client without an IP: refused when it trips the rule, never banned
                 self._no_client_ip()
                 if p.no_ban is None:
                     p.no_ban = []
@@ -733,30 +744,12 @@ class Rules:
             self._rule_error(kind, rule.name, exc, "predicate")
             return False
 
-    def _finish(self, p: _Plan, result: BatchResult, degraded: bool) -> tuple[
-        Verdict, list[tuple[str, float, str]]
-    ]:
-        """Read the storage's answer: the verdict, and the bans to make."""
-        view = p.view
-        active = self.listeners.active
-        decisions = result.decisions
-        blocked = result.blocked
-        new_bans: list[tuple[str, float, str]] = []
-
-        if degraded and self.limiter.on_storage_error == "deny":
-            d = self._deny_decision(p)
-            if "throttled" in active:
-                self._emit("throttled", STORAGE_RULE, None, view, d, False)
-            return Verdict(False, "throttled", STORAGE_RULE, None, d, [], True, view), new_bans
-
-        for i in range(p.n_user):
-            b = blocked[i] if i < len(blocked) else None
-            if b is not None:
-                if "blocked" in active:
-                    self._emit("blocked", DYNAMIC_RULE, b.key, view, None, False)
-                return Verdict(False, "blocked", DYNAMIC_RULE, b.key, None, [], degraded,
-                               view), new_bans
-
+    @staticmethod
+    def _banned(
+        p: _Plan, decisions: list[Decision], blocked: list[Block | None],
+        new_bans: list[tuple[str, float, str]],
+    ) -> tuple[_BanRule, str, Decision | None] | None:
+        """The ban that refuses this request, if any; the bans to make go to ``new_bans``."""
         banned: tuple[_BanRule, str, Decision | None] | None = None
         no_ban = p.no_ban
         for j, (brule, disc, idx) in enumerate(p.bans):
@@ -783,6 +776,35 @@ class Rules:
         if banned is None and p.refuse_ban is not None:
             brule, disc, idx = p.refuse_ban
             banned = (brule, disc, decisions[idx])
+        return banned
+
+    def _finish(self, p: _Plan, result: BatchResult) -> tuple[
+        Verdict, list[tuple[str, float, str]]
+    ]:
+        """Read the storage's answer: the verdict, and the bans to make."""
+        view = p.view
+        active = self.listeners.active
+        decisions = result.decisions
+        blocked = result.blocked
+        new_bans: list[tuple[str, float, str]] = []
+        policy = result.policy
+        degraded = policy is not None
+
+        if policy == "deny":
+            d = deny_decision(p.checks, self.limiter.retry_interval)
+            if "throttled" in active:
+                self._emit("throttled", STORAGE_RULE, None, view, d, False)
+            return Verdict(False, "throttled", STORAGE_RULE, None, d, [], True, view), new_bans
+
+        for i in range(p.n_user):
+            b = blocked[i] if i < len(blocked) else None
+            if b is not None:
+                if "blocked" in active:
+                    self._emit("blocked", DYNAMIC_RULE, b.key, view, None, False)
+                return Verdict(False, "blocked", DYNAMIC_RULE, b.key, None, [], degraded,
+                               view), new_bans
+
+        banned = self._banned(p, decisions, blocked, new_bans)
         if banned is not None:
             brule, disc, bd = banned
             if "banned" in active:
@@ -869,82 +891,49 @@ class Rules:
         at = clock() if clock is not None else time.time()
         self.listeners.emit(_new(Event, (kind, rule, key, view, decision, dry_run, at)))
 
-    def _deny_decision(self, p: _Plan) -> Decision:
-        retry = self.limiter.retry_interval
-        if p.checks:
-            alg = p.checks[-1].algorithm
-            return _new(Decision, (False, alg.capacity, 0, retry, retry, alg.rate, True))
-        return _new(Decision, (False, 0, 0, retry, retry, Rate(1, 1.0), True))
-
     def _now(self) -> int | None:
         clock = self.limiter.clock
         return int(clock() * 1_000_000) if clock is not None else None
 
-    def _degraded(self, checks: list[Check], block_keys: Sequence[str],
-                  now: int | None) -> BatchResult:
-        lim = self.limiter
-        policy = lim.on_storage_error
-        if policy == "local":
-            fallback = lim._fallback
-            if fallback is None:
-                fallback = lim._fallback = MemoryStorage()
-            r = fallback.apply(checks, consume=True, now=now, block_keys=block_keys)
-            return BatchResult([d._replace(degraded=True) for d in r.decisions], r.blocked)
-        decisions = []
-        for c in checks:
-            a = c.algorithm
-            decisions.append(_new(Decision, (
-                policy == "allow", a.capacity, a.capacity if policy == "allow" else 0,
-                0.0, 0.0, a.rate, True,
-            )))
-        return BatchResult(decisions, [None] * len(block_keys))
-
-    def _storage(self, degraded: bool) -> Storage:
-        lim = self.limiter
-        if degraded and lim.on_storage_error == "local" and lim._fallback is not None:
-            return lim._fallback
-        return lim.storage
-
     def _call(self, checks: list[Check], block_keys: list[str],
-              now: int | None) -> tuple[BatchResult, bool]:
-        lim = self.limiter
-        storage = lim.storage
-        remote = storage.remote
-        if remote and lim._broken_until and time.monotonic() < lim._broken_until:
-            return self._degraded(checks, block_keys, now), True
-        try:
-            result = storage.apply(checks, consume=True, now=now, block_keys=block_keys)
-        except Exception as exc:  # a failing store must never fail the request
-            lim._storage_failed(exc)
-            return self._degraded(checks, block_keys, now), True
-        if remote:
-            lim._broken_until = 0.0
-        return result, False
+              now: int | None) -> BatchResult:
+        """One store call (never raises on a remote store: its ResilientStore answers
+        with the fail policy, ``BatchResult.policy`` set; a memory store answers one
+        check through its bound hit and skips an empty blocklist itself)."""
+        return self.limiter.store.apply(checks, consume=True, now=now, block_keys=block_keys)
 
     async def _acall(self, checks: list[Check], block_keys: list[str],
-                     now: int | None) -> tuple[BatchResult, bool]:
-        lim = self.limiter
-        storage = lim.storage
+                     now: int | None) -> BatchResult:
+        storage = self.limiter.store
         if not storage.remote:
             return self._call(checks, block_keys, now)
-        if lim._broken_until and time.monotonic() < lim._broken_until:
-            return self._degraded(checks, block_keys, now), True
-        try:
-            result = await storage.aapply(checks, consume=True, now=now, block_keys=block_keys)
-        except Exception as exc:
-            lim._storage_failed(exc)
-            return self._degraded(checks, block_keys, now), True
-        lim._broken_until = 0.0
-        return result, False
+        return await storage.aapply(checks, consume=True, now=now, block_keys=block_keys)
+
+    def _ban(self, new_bans: list[tuple[str, float, str]], policy: str | None,
+             now: int | None) -> None:
+        store = self.limiter.store
+        for key, ttl, reason in new_bans:
+            if isinstance(store, ResilientStore):
+                store.ban(key, ttl, reason, now, policy)
+            else:
+                store.block(key, ttl, reason, now)
+
+    async def _aban(self, new_bans: list[tuple[str, float, str]], policy: str | None,
+                    now: int | None) -> None:
+        store = self.limiter.store
+        for key, ttl, reason in new_bans:
+            if isinstance(store, ResilientStore):
+                await store.aban(key, ttl, reason, now, policy)
+            else:
+                await store.ablock(key, ttl, reason, now)
 
     def _refused_by_error(self, view: RequestView, err: _RuleFailed) -> Verdict:
         kind = {"blocklist": "blocked", "fail2ban": "banned", "allow2ban": "banned"}.get(
             err.kind, "throttled"
         )
-        retry = self.limiter.retry_interval
         d = None
         if kind == "throttled":
-            d = _new(Decision, (False, 0, 0, retry, retry, Rate(1, 1.0), err.degraded))
+            d = deny_decision((), self.limiter.retry_interval, err.degraded)
         if kind in self.listeners.active:
             self._emit(kind, err.rule, None, view, d, False)
         return Verdict(False, kind, err.rule, None, d, [], err.degraded, view)
@@ -1063,7 +1052,7 @@ class Rules:
             return p, None, None
         assert isinstance(p, _Plan)
         now = self._now()
-        denials = self.limiter._denials
+        denials = self.limiter.store.denials
         if denials is not None and p.throttles:
             cached = self._cached_refusal(p, now)
             if cached is not None:
@@ -1072,18 +1061,19 @@ class Rules:
         return None, p, now
 
     def _conclude(
-        self, p: _Plan, result: BatchResult, degraded: bool, now: int | None
+        self, p: _Plan, result: BatchResult, now: int | None
     ) -> tuple[Verdict, list[tuple[str, float, str]]]:
-        verdict, new_bans = self._finish(p, result, degraded)
-        if self.limiter._denials is not None and p.throttles:
-            self._note_denials(p, verdict, degraded, now)
+        verdict, new_bans = self._finish(p, result)
+        denials = self.limiter.store.denials
+        if denials is not None and p.throttles:
+            self._note_denials(denials, p, verdict, result.policy is not None, now)
         return verdict, new_bans
 
     def _recheck(self, p: _Plan, now: int | None) -> Verdict | None:
         """The cached refusal of ``p`` after the store's generation was read."""
         cached = self._cached_refusal(p, now)
         p.recheck = False
-        denials = self.limiter._denials
+        denials = self.limiter.store.denials
         assert denials is not None
         p.epoch = denials.epoch
         return cached
@@ -1094,19 +1084,16 @@ class Rules:
             return answered
         assert p is not None
         if p.recheck:
-            self.limiter._check_generation()
+            store = self.limiter.store
+            assert isinstance(store, ResilientStore)
+            store.check_generation()
             answered = self._recheck(p, now)
             if answered is not None:
                 return answered
-        result, degraded = self._call(p.checks, p.block_keys, now)
-        verdict, new_bans = self._conclude(p, result, degraded, now)
+        result = self._call(p.checks, p.block_keys, now)
+        verdict, new_bans = self._conclude(p, result, now)
         if new_bans:
-            storage = self._storage(degraded)
-            for key, ttl, reason in new_bans:
-                try:
-                    storage.block(key, ttl, reason, now)
-                except Exception as exc:
-                    self.limiter._storage_failed(exc)
+            self._ban(new_bans, result.policy, now)
         return verdict
 
     # -- the local cache of denials (remote stores) ---------------------------------------
@@ -1120,7 +1107,7 @@ class Rules:
         for _brule, _disc, idx in p.bans:
             if idx >= 0:
                 return None
-        denials = self.limiter._denials
+        denials = self.limiter.store.denials
         assert denials is not None
         found = None
         for rule, disc, cost, _start in p.throttles:
@@ -1158,10 +1145,9 @@ class Rules:
         return Verdict(False, "throttled", rule.name, disc, d, policies, False, p.view)
 
     def _note_denials(
-        self, p: _Plan, verdict: Verdict, degraded: bool, now: int | None
+        self, denials: DenialCache, p: _Plan, verdict: Verdict, degraded: bool,
+        now: int | None,
     ) -> None:
-        denials = self.limiter._denials
-        assert denials is not None
         if verdict.kind == "throttled" and not degraded and verdict.decision is not None:
             for rule, disc, cost, _start in p.throttles:
                 if rule.name == verdict.rule and disc == verdict.key:
@@ -1184,23 +1170,20 @@ class Rules:
         if answered is not None:
             return answered
         assert p is not None
+        store = self.limiter.store
         if p.recheck:
-            await self.limiter._acheck_generation()
+            assert isinstance(store, ResilientStore)
+            await store.acheck_generation()
             answered = self._recheck(p, now)
             if answered is not None:
                 return answered
-        if self.limiter.storage.remote:
-            result, degraded = await self._acall(p.checks, p.block_keys, now)
+        if store.remote:
+            result = await self._acall(p.checks, p.block_keys, now)
         else:
-            result, degraded = self._call(p.checks, p.block_keys, now)
-        verdict, new_bans = self._conclude(p, result, degraded, now)
+            result = self._call(p.checks, p.block_keys, now)
+        verdict, new_bans = self._conclude(p, result, now)
         if new_bans:
-            storage = self._storage(degraded)
-            for key, ttl, reason in new_bans:
-                try:
-                    await storage.ablock(key, ttl, reason, now)
-                except Exception as exc:
-                    self.limiter._storage_failed(exc)
+            await self._aban(new_bans, result.policy, now)
         return verdict
 
     # -- count_when: after the response --------------------------------------------------

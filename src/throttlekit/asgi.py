@@ -11,8 +11,9 @@ A plain ASGI callable (no ``BaseHTTPMiddleware``): response bodies stream throug
 untouched, and the request body is read ahead only when a rule reads ``view.form`` and the
 request carries a small form (it is then replayed to the app). ``http`` and ``websocket``
 scopes are evaluated; ``lifespan`` and anything else pass through. A refused websocket
-handshake is answered with a 403 where the server supports the ``websocket.http.response``
-extension, else closed with code 1008 (policy violation). Only async storage calls are made.
+handshake is answered with the refusal (429 for a throttle, 403 for a block or ban) where the
+server supports the ``websocket.http.response`` extension, else closed with code 1008 (policy
+violation). Only async storage calls are made.
 
 The :class:`~throttlekit.Verdict` is in ``scope["throttlekit.verdict"]`` and in
 ``scope["state"]["throttlekit.verdict"]`` (Starlette: ``request.state``).
@@ -25,11 +26,21 @@ from collections.abc import Awaitable, Callable, Iterable, Mapping, MutableMappi
 from typing import TYPE_CHECKING, Any
 
 from ._errors import ConfigError
+from ._exchange import (
+    DENIED_KEY,
+    OWNER_KEY,
+    POLICIES_KEY,
+    Exchange,
+    abegin,
+    decode_headers,
+    serve_asgi,
+)
 from ._request import _UNSET, DEFAULT_MAX_FORM_BYTES, RequestView
+from ._responder import VERDICT_KEY, configure
+from ._responder import ResponderFn as Responder
 from ._responses import encode_headers as _encode
 from ._responses import rate_limit_headers_raw
 from ._rules import _RuleFailed
-from .wsgi import VERDICT_KEY, Responder, refusal, resolve_options
 
 if TYPE_CHECKING:
     from ._limiter import Limiter
@@ -61,7 +72,7 @@ class ASGIMiddleware:
     """
 
     __slots__ = (
-        "app", "limiter", "max_form_bytes", "on_allowed", "resolver", "responders", "style",
+        "app", "limiter", "max_form_bytes", "on_allowed", "resolver", "responder", "style",
     )
 
     def __init__(
@@ -89,10 +100,12 @@ class ASGIMiddleware:
         self.app = app
         self.limiter = limiter
         self.max_form_bytes = max_form_bytes
-        self.resolver, self.style, self.on_allowed, self.responders = resolve_options(
+        self.resolver, self.responder = configure(
             limiter, trusted_proxies, ipv6_prefix, header_style, headers_on_allowed,
             responders,
         )
+        self.style = self.responder.style
+        self.on_allowed = self.responder.on_allowed
 
     def __repr__(self) -> str:
         return f"ASGIMiddleware({self.app!r}, {self.limiter!r})"
@@ -146,22 +159,33 @@ class ASGIMiddleware:
         if not verdict.allowed:
             await self._refuse(send, view, verdict)
             return
-        policies = verdict.policies
-        if not policies or not self.on_allowed:
+        if OWNER_KEY in scope:  # inside another throttlekit entry: it writes the headers
+            if verdict.policies:
+                scope.setdefault(POLICIES_KEY, []).extend(verdict.policies)
             await self.app(scope, receive, send)
             return
-        extra = rate_limit_headers_raw(policies, self.style)
+        scope[OWNER_KEY] = limiter
+        policies = verdict.policies
+        if not self.on_allowed:
+            await self.app(scope, receive, send)
+            return
+        style = self.style
 
         # A plain function returning send's awaitable: one coroutine less per message.
         def add_headers(message: Message) -> Awaitable[None]:
-            if message["type"] == "http.response.start":
-                message = {**message, "headers": [*(message.get("headers") or ()), *extra]}
+            # header_policies, inlined (every allowed request pays it)
+            if message["type"] == "http.response.start" and not scope.get(DENIED_KEY):
+                inner = scope.get(POLICIES_KEY)
+                found = [*policies, *inner] if inner else policies
+                if found:
+                    message = {**message, "headers": [
+                        *(message.get("headers") or ()), *rate_limit_headers_raw(found, style)]}
             return send(message)
 
         await self.app(scope, receive, add_headers)
 
     async def _refuse(self, send: Send, view: RequestView, verdict: Verdict) -> None:
-        denial = refusal(self.responders, self.style, verdict, view.headers.get("accept"))
+        denial = self.responder.refuse(verdict, verdict.policies, view.headers.get("accept"))
         await send({"type": "http.response.start", "status": denial.status,
                     "headers": _encode(denial.headers)})
         await send({"type": "http.response.body", "body": denial.body})
@@ -182,50 +206,23 @@ class ASGIMiddleware:
         view = RequestView.from_scope(scope, self.resolver, body,  # type: ignore[arg-type]
                                       max_form_bytes=self.max_form_bytes)
         verdict = await limiter.aevaluate(view)
-        if verdict.allowed and limiter._concurrency is not None:
-            verdict, lease = await limiter._concurrency.aacquire(verdict)
-            if lease is not None:
-                try:
-                    await self._serve(scope, receive, send, view, verdict)
-                finally:
-                    await lease.arelease()
-                return
-        await self._serve(scope, receive, send, view, verdict)
-
-    async def _serve(self, scope: Scope, receive: Receive, send: Send, view: RequestView,
-                     verdict: Verdict) -> None:
-        limiter = self.limiter
+        outer = scope.get(OWNER_KEY)
+        if outer is None:
+            scope[OWNER_KEY] = limiter
+        ex = None
+        if verdict.pending or limiter._concurrency is not None:
+            verdict, ex = await abegin(limiter, verdict, outer is not limiter)
         self._store(scope, verdict)
         if not verdict.allowed:
             await self._refuse(send, view, verdict)
             return
-        extra = None
-        if self.on_allowed and verdict.policies:
-            extra = rate_limit_headers_raw(verdict.policies, self.style)
-        pending = verdict.pending
-        if not extra and not pending:
-            await self.app(scope, receive, send)
-            return
-        seen: list[Any] = [500, []]
-
-        async def wrapped(message: Message) -> None:
-            if message["type"] == "http.response.start":
-                seen[0] = message.get("status", 500)
-                headers = message.get("headers") or []
-                seen[1] = headers
-                if extra:
-                    message = {**message, "headers": [*headers, *extra]}
-            await send(message)
-
-        if not pending:
-            await self.app(scope, receive, wrapped)
-            return
-        try:
-            await self.app(scope, receive, wrapped)
-        except Exception:
-            await limiter.asettle(verdict, 500)
-            raise
-        await limiter.asettle(verdict, seen[0], _decode(seen[1]))
+        own = None
+        if outer is not None:  # an outer entry writes the header set: record ours for it
+            if verdict.policies:
+                scope.setdefault(POLICIES_KEY, []).extend(verdict.policies)
+        elif self.on_allowed:
+            own = verdict.policies
+        await serve_asgi(self.app, scope, receive, send, ex, own, self.style)
 
     async def _websocket(self, scope: Scope, receive: Receive, send: Send) -> None:
         limiter = self.limiter
@@ -239,9 +236,9 @@ class ASGIMiddleware:
                 return
             extensions = scope.get("extensions") or {}
             if "websocket.http.response" in extensions:
-                denial = refusal(self.responders, self.style, verdict,
-                                 view.headers.get("accept"))
-                await send({"type": "websocket.http.response.start", "status": 403,
+                denial = self.responder.refuse(verdict, verdict.policies,
+                                               view.headers.get("accept"))
+                await send({"type": "websocket.http.response.start", "status": denial.status,
                             "headers": _encode(denial.headers)})
                 await send({"type": "websocket.http.response.body", "body": denial.body})
             else:
@@ -250,30 +247,30 @@ class ASGIMiddleware:
         extra = None
         if self.on_allowed and verdict.policies:
             extra = rate_limit_headers_raw(verdict.policies, self.style)
-        pending = verdict.pending
-        if not extra and not pending:
+        # WebSockets take no lease (documented); count_when is settled like http's
+        ex = Exchange(limiter, verdict, None) if verdict.pending else None
+        if not extra and ex is None:
             await self.app(scope, receive, send)
             return
-        seen = [403]
 
         async def wrapped(message: Message) -> None:
             kind = message["type"]
             if kind == "websocket.accept":
-                seen[0] = 101
+                if ex is not None:
+                    ex.respond(101, decode_headers(message.get("headers") or ()))
                 if extra:
                     message = {**message, "headers": [*(message.get("headers") or []), *extra]}
-            elif kind == "websocket.http.response.start":
-                seen[0] = message.get("status", 403)
+            elif kind == "websocket.http.response.start" and ex is not None:
+                ex.respond(message.get("status", 403),
+                           decode_headers(message.get("headers") or ()))
             await send(message)
 
-        try:
+        if ex is None:
             await self.app(scope, receive, wrapped)
-        except Exception:
-            if pending:
-                await limiter.asettle(verdict, 500)
-            raise
-        if pending:
-            await limiter.asettle(verdict, seen[0])
+            return
+        ex.status = 403  # closed before accepting: the handshake was refused
+        async with ex:
+            await self.app(scope, receive, wrapped)
 
 
 def has_small_form(scope: Scope, max_form_bytes: int) -> bool:
@@ -337,13 +334,3 @@ async def read_ahead(receive: Receive, max_form_bytes: int) -> tuple[bytes | Non
 
     return body, replay
 
-
-def _decode(headers: Iterable[Any]) -> list[tuple[str, str]]:
-    out = []
-    for pair in headers:
-        try:
-            name, value = pair
-            out.append((bytes(name).decode("latin-1"), bytes(value).decode("latin-1")))
-        except (TypeError, ValueError):
-            continue
-    return out

@@ -62,7 +62,7 @@ def reset_limiter(limiter: Limiter) -> None:
             "use Limiter('memory://') in tests"
         )
     storage.clear()
-    limiter._forget_local()
+    limiter.forget_local()
 
 
 def known_limiters() -> list[Limiter]:
@@ -107,4 +107,4 @@ def clear_limiter(limiter: Limiter) -> None:
     else:
         for entry in storage.blocked():
             storage.unblock(entry.key)
-    limiter._forget_local()
+    limiter.forget_local()

@@ -8,14 +8,23 @@ from typing import TYPE_CHECKING, Any
 
 from .._decorators import Entry, Group, LimitSpec, make_spec
 from .._errors import ConfigError
+from .._responder import Responder
 
 if TYPE_CHECKING:
     from .._limiter import Limiter
+    from .._responses import Denial
+    from .._rules import Verdict
 
-__all__ = ["Limits", "load_rules_file", "parse_limits"]
+__all__ = ["Limits", "denial", "load_rules_file", "parse_limits"]
 
 
-def parse_limits(owner: Any, limits: Any, what: str) -> tuple[LimitSpec, ...]:
+def denial(lim: Limiter, verdict: Verdict, accept: str | None) -> Denial:
+    """The answer to a refused verdict (status, headers, body): the one responder's, with
+    the limiter's header style, as the middleware gives it."""
+    return Responder.of(lim).refuse(verdict, verdict.policies, accept)
+
+
+def parse_limits(lim: Limiter | None, limits: Any, what: str) -> tuple[LimitSpec, ...]:
     """Default or application limits as users write them: a rate string (one limit,
     possibly of several rates), a list of them (one limit each), or LimitSpecs."""
     if limits is None:
@@ -29,7 +38,7 @@ def parse_limits(owner: Any, limits: Any, what: str) -> tuple[LimitSpec, ...]:
         if isinstance(item, LimitSpec):
             out.append(item)
         else:
-            out.append(make_spec(owner, item, what=what))
+            out.append(make_spec(lim, item, what=what))
     return tuple(out)
 
 

@@ -32,25 +32,26 @@ with status 429 (403 for blocks and bans) and the middleware's headers; the Deci
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping, MutableMapping
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from asgiref.sync import iscoroutinefunction, markcoroutinefunction
 from django.conf import settings  # type: ignore[import-untyped]
 from django.core.signals import setting_changed  # type: ignore[import-untyped]
-from django.http import HttpResponse  # type: ignore[import-untyped]
+from django.http import HttpRequest, HttpResponse  # type: ignore[import-untyped]
 from django.utils.module_loading import import_string  # type: ignore[import-untyped]
 
+from .._adapters import Adapter, Found, register_adapter
 from .._decorators import (
     DENIED_KEY,
     HANDLED_KEY,
-    POLICIES_KEY,
     ForkCheck,
+    FrameworkView,
     Group,
     aevaluate,
     decorate,
-    denial,
     evaluate,
+    framework_body,
     group_of,
     make_spec,
     qualified_name,
@@ -62,17 +63,19 @@ from .._decorators import (
     exempt as _exempt,
 )
 from .._errors import ConfigError
+from .._exchange import OWNER_KEY, abegin, begin, header_policies
+from .._responder import reason
 from .._responses import rate_limit_headers
 from ..wsgi import VERDICT_KEY
-from ._common import Limits, limiter_from, parse_limits
+from ._common import Limits, denial, limiter_from, parse_limits
 
 if TYPE_CHECKING:
-    from django.http import HttpRequest
-
+    from .._decision import Decision
     from .._limiter import Limiter
     from .._rules import Verdict
 
-__all__ = ["ThrottleMiddleware", "exempt", "get_limiter", "limit", "shared_limit"]
+__all__ = ["ADAPTER", "DjangoAdapter", "ThrottleMiddleware", "exempt", "get_limiter", "limit",
+           "shared_limit"]
 
 F = TypeVar("F", bound=Callable[..., Any])
 _state: dict[str, Any] = {}
@@ -195,10 +198,69 @@ def rate_limited(lim: Limiter, verdict: Verdict) -> HttpResponse:
     if req is not None:
         accept = req.headers.get("Accept")
     d = denial(lim, verdict, accept)
-    response = HttpResponse(d.body, status=d.status)
+    response = HttpResponse(d.body, status=d.status, reason=reason(d.status))
     for name, value in d.headers:
         response[name] = value
     return response
+
+
+class DjangoView(FrameworkView):
+    """The request view of a Django request: its form as ``request.POST`` parses it, over
+    the body Django caches (``request.body``: the view still reads it)."""
+
+    __slots__ = ()
+
+    def _read_form(self) -> Mapping[str, str]:
+        req = self.request
+        if req is not None and self.is_wsgi and isinstance(req, HttpRequest):
+            return self._framework_form(req, req.content_type, "_post", "POST",
+                                        lambda: req.body)
+        return super()._read_form()
+
+    def _read_body(self) -> bytes | None:
+        # Django holds the body stream: read through it, so that ``request.POST`` still
+        # sees the whole body
+        req = self.request
+        if req is not None and self.is_wsgi and isinstance(req, HttpRequest):
+            return framework_body(self, lambda: req.body)
+        return super()._read_body()
+
+
+def _django_request(arg: Any) -> HttpRequest | None:
+    if isinstance(arg, HttpRequest):
+        return arg
+    inner = getattr(arg, "_request", None)  # Django REST framework's Request
+    return inner if isinstance(inner, HttpRequest) else None
+
+
+class DjangoAdapter(Adapter):
+    """The decorators in Django: an ``HttpRequest`` (or a DRF ``Request``) among the first
+    two arguments (a function view, a method of a class-based view); a refusal is the
+    429 ``HttpResponse``."""
+
+    name = "django"
+    priority = 10
+
+    def find(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Found | None:
+        for arg in args[:2]:
+            req = _django_request(arg)
+            if req is not None:
+                return (self, req.META, req)
+        return None
+
+    def view(self, lim: Limiter, raw: MutableMapping[str, Any], native: Any) -> FrameworkView:
+        return view_of(lim, raw, native, DjangoView)
+
+    def keep(self, raw: MutableMapping[str, Any], native: Any, decision: Decision | None) -> None:
+        if native is not None:
+            native.throttle = decision
+
+    def refuse(self, lim: Limiter, found: Found, verdict: Verdict) -> Any:
+        return rate_limited(lim, verdict)
+
+
+ADAPTER = DjangoAdapter()
+register_adapter(ADAPTER)
 
 
 def _view_name(view_func: Any) -> str:
@@ -248,22 +310,18 @@ class ThrottleMiddleware:
         if self._fork.pid is not None:
             self._fork(lim)
         meta = request.META
-        view = view_of(lim, "django", meta, request)
-        verdict = lim.evaluate(view)
-        meta[VERDICT_KEY] = verdict
-        if not verdict.allowed:
-            meta[DENIED_KEY] = True
-            return rate_limited(lim, verdict)
-        if verdict.policies:
-            record("django", meta, request, verdict)
-        try:
+        outer = self._owner(lim, meta)
+        verdict, ex = begin(lim, lim.evaluate(view_of(lim, meta, request, DjangoView)),
+                            outer is not lim)
+        refusal = self._admit(lim, request, verdict)
+        if refusal is not None:
+            return refusal
+        if ex is None:
+            return self._headers(lim, meta, self.get_response(request), outer)
+        with ex:  # the lease and count_when, whatever ends the request
             response = self.get_response(request)
-        except Exception:
-            lim.settle(verdict, 500)
-            raise
-        if verdict.pending:
-            lim.settle(verdict, response.status_code)
-        return self._headers(lim, meta, response)
+            ex.respond(response.status_code, list(response.items()))
+        return self._headers(lim, meta, response, outer)
 
     async def __acall__(self, request: HttpRequest) -> Any:
         if self._generation != _generation[0]:
@@ -274,32 +332,47 @@ class ThrottleMiddleware:
         if self._fork.pid is not None:
             self._fork(lim)
         meta = request.META
-        view = view_of(lim, "django", meta, request)
-        verdict = await lim.aevaluate(view)
+        outer = self._owner(lim, meta)
+        verdict, ex = await abegin(
+            lim, await lim.aevaluate(view_of(lim, meta, request, DjangoView)), outer is not lim)
+        refusal = self._admit(lim, request, verdict)
+        if refusal is not None:
+            return refusal
+        if ex is None:
+            return self._headers(lim, meta, await self.get_response(request), outer)
+        async with ex:  # the lease and count_when, whatever ends the request
+            response = await self.get_response(request)
+            ex.respond(response.status_code, list(response.items()))
+        return self._headers(lim, meta, response, outer)
+
+    @staticmethod
+    def _owner(lim: Limiter, meta: dict[str, Any]) -> Any:
+        """The limiter of an outer throttlekit entry (a ``WSGIMiddleware`` around Django),
+        which then writes the header set; else None, and this middleware writes it."""
+        outer = meta.get(OWNER_KEY)
+        if outer is None:
+            meta[OWNER_KEY] = lim
+        return outer
+
+    @staticmethod
+    def _admit(lim: Limiter, request: HttpRequest, verdict: Verdict) -> HttpResponse | None:
+        """Keep the rules' verdict; the refusal to answer, or None."""
+        meta = request.META
         meta[VERDICT_KEY] = verdict
         if not verdict.allowed:
             meta[DENIED_KEY] = True
             return rate_limited(lim, verdict)
         if verdict.policies:
-            record("django", meta, request, verdict)
-        try:
-            response = await self.get_response(request)
-        except Exception:
-            await lim.asettle(verdict, 500)
-            raise
-        if verdict.pending:
-            await lim.asettle(verdict, response.status_code)
-        return self._headers(lim, meta, response)
+            record(ADAPTER, meta, request, verdict)
+        return None
 
     @staticmethod
-    def _headers(lim: Limiter, meta: dict[str, Any], response: Any) -> Any:
-        policies = meta.get(POLICIES_KEY)
-        if (
-            policies and lim.headers_on_allowed and lim.header_style != "none"
-            and not meta.get(DENIED_KEY)
-        ):
-            for name, value in rate_limit_headers(policies, lim.header_style):
-                response[name] = value
+    def _headers(lim: Limiter, meta: dict[str, Any], response: Any, outer: Any) -> Any:
+        if outer is None and lim.headers_on_allowed and lim.header_style != "none":
+            policies = header_policies(meta, ())
+            if policies:
+                for name, value in rate_limit_headers(policies, lim.header_style):
+                    response[name] = value
         return response
 
     # -- per-view limits, once the view is known -------------------------------------------
@@ -327,7 +400,7 @@ class ThrottleMiddleware:
             meta[HANDLED_KEY] = group
         if not entries:
             return None
-        return lim, view_of(lim, "django", meta, request), entries  # type: ignore[return-value]
+        return lim, view_of(lim, meta, request, DjangoView), entries  # type: ignore[return-value]
 
     def process_view(self, request: HttpRequest, view_func: Any, view_args: Any,
                      view_kwargs: Any) -> HttpResponse | None:
@@ -351,7 +424,7 @@ class ThrottleMiddleware:
         if verdict is None:
             return None
         meta = request.META
-        record("django", meta, request, verdict)
+        record(ADAPTER, meta, request, verdict)
         if verdict.allowed:
             return None
         meta[DENIED_KEY] = True
@@ -385,13 +458,13 @@ def _drf_throttle() -> Any:
                                  scope=self.scope, what=type(self).__name__)
                 _drf_specs[type(self), rate] = spec
             django_request = getattr(request, "_request", request)
-            v = view_of(lim, "django", django_request.META, django_request)
+            v = view_of(lim, django_request.META, django_request, DjangoView)
             name = spec.scope or f"drf:{qualified_name(type(view))}"
             verdict = evaluate(lim, v, ((name, spec),))
             self.verdict = verdict
             if verdict is None:
                 return True
-            record("django", django_request.META, django_request, verdict)
+            record(ADAPTER, django_request.META, django_request, verdict)
             return verdict.allowed
 
         def wait(self) -> float | None:

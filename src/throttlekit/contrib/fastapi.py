@@ -29,18 +29,45 @@ of the router with its own counter.
 
 from __future__ import annotations
 
+import inspect
+from collections.abc import Callable, Mapping, MutableMapping
 from typing import TYPE_CHECKING, Any
 
-from .._decorators import group_of
+from starlette.requests import HTTPConnection, Request
+from starlette.responses import Response
+
+from .._adapters import register_adapter
+from .._decorators import (
+    DENIED_KEY,
+    HIDDEN_REQUEST,
+    LimitSpec,
+    aevaluate,
+    endpoint_name,
+    group_of,
+    record,
+    view_of,
+)
+from .._exchange import OWNER_KEY
+from .._responses import rate_limit_headers
 from ._common import load_rules_file
-from .starlette import RateLimited, ThrottleMiddleware, rate_limited
+from .starlette import (
+    EXCEPTION_HANDLERS,
+    MIDDLEWARE_KEY,
+    RateLimited,
+    StarletteAdapter,
+    ThrottleMiddleware,
+    rate_limited,
+)
 
 if TYPE_CHECKING:
     from fastapi import FastAPI
 
+    from .._decision import Decision
     from .._limiter import Limiter
+    from .._rules import Verdict
 
-__all__ = ["RATE_LIMITED_RESPONSE", "RateLimited", "Throttle", "hook_openapi", "rate_limited"]
+__all__ = ["ADAPTER", "RATE_LIMITED_RESPONSE", "FastAPIAdapter", "RateLimited", "Throttle",
+           "hook_openapi", "rate_limited"]
 
 #: The OpenAPI description of a throttlekit 429, for ``responses=`` of a route.
 RATE_LIMITED_RESPONSE: dict[int | str, dict[str, Any]] = {
@@ -163,6 +190,11 @@ class Throttle:
             application_limits=application_limits,
             rules=rules,
         )
+        for exc_class, handler in EXCEPTION_HANDLERS.items():
+            # a refusal raised inside the app (a dependency, a decorated endpoint) is
+            # answered as the middleware answers one; an app's own handler is kept
+            if exc_class not in app.exception_handlers:
+                app.add_exception_handler(exc_class, handler)
         every = bool(default_limits or application_limits)
         original = app.openapi
 
@@ -172,3 +204,114 @@ class Throttle:
             return original()
 
         app.openapi = openapi  # type: ignore[method-assign]
+
+
+# -- the decorators and dependencies in FastAPI -------------------------------------------------
+
+
+class FastAPIAdapter(StarletteAdapter):
+    """The decorators in FastAPI: Starlette's requests (the Starlette adapter finds them),
+    plus the hidden ``Request`` parameter that lets an endpoint without one find its
+    request without the middleware, the 429 in OpenAPI, and ``limiter.depends``."""
+
+    name = "fastapi"
+    priority = 25
+    claims = False
+
+    def signature(self, fn: Callable[..., Any], sig: inspect.Signature | None
+                  ) -> inspect.Signature | None:
+        hook_openapi()
+        return hidden_request_signature(sig)
+
+    def dependency(self, lim: Limiter, spec: LimitSpec) -> Callable[..., Any]:
+        return make_dependency(lim, spec)
+
+
+def hidden_request_signature(sig: inspect.Signature | None) -> inspect.Signature | None:
+    """The signature of a function without a request parameter plus an optional
+    keyword-only ``Request`` one (``HIDDEN_REQUEST``), so that as a FastAPI endpoint the
+    wrapper finds the request and answers a native 429 even without the middleware; None
+    when nothing is to add. Harmless to plain calls: its default is None, and the wrapper
+    pops it."""
+    if sig is None:
+        return None
+    params = list(sig.parameters.values())
+    for p in params:
+        if p.name == HIDDEN_REQUEST:
+            return None
+        ann = p.annotation
+        if isinstance(ann, str):
+            if ann.rpartition(".")[2] in ("Request", "WebSocket", "HTTPConnection"):
+                return None
+        elif isinstance(ann, type) and issubclass(ann, HTTPConnection):
+            return None
+    extra = inspect.Parameter(HIDDEN_REQUEST, inspect.Parameter.KEYWORD_ONLY, default=None,
+                              annotation=Request)
+    if params and params[-1].kind is inspect.Parameter.VAR_KEYWORD:
+        params.insert(len(params) - 1, extra)
+    else:
+        params.append(extra)
+    return sig.replace(parameters=params)
+
+
+def route_name(scope: Mapping[str, Any]) -> str:
+    """The counter name of the endpoint serving ``scope``: its qualified name, else the
+    route template, else the path."""
+    route = scope.get("route")
+    path = getattr(route, "path", None)
+    endpoint = scope.get("endpoint")
+    if endpoint is not None:
+        return endpoint_name(endpoint, path if isinstance(path, str) else None)
+    if isinstance(path, str):
+        return path
+    return str(scope.get("path", "/"))
+
+
+def make_dependency(lim: Limiter, spec: LimitSpec) -> Callable[..., Any]:
+    """``Depends(limiter.depends("10/minute"))``: a FastAPI dependency applying ``spec``
+    to the route it is used on (its counter: the route's endpoint, or ``scope``)."""
+    hook_openapi()
+
+    async def throttlekit_limit(request: Any, response: Any) -> Decision | None:
+        if not lim.enabled:
+            return None
+        scope = request.scope
+        name = spec.scope or route_name(scope)
+        view = view_of(lim, scope, request, asgi=True)
+        if spec.uses_form:
+            await ADAPTER.read_body(view)
+        verdict = await aevaluate(lim, view, ((name, spec),))
+        if verdict is None:
+            return None
+        return _answer_dependency(lim, scope, request, response, verdict)
+
+    # FastAPI reads the parameters' types from the signature (the annotations of this
+    # module are strings it could not resolve)
+    kind = inspect.Parameter.POSITIONAL_OR_KEYWORD
+    throttlekit_limit.__signature__ = inspect.Signature(  # type: ignore[attr-defined]
+        [inspect.Parameter("request", kind, annotation=Request),
+         inspect.Parameter("response", kind, annotation=Response)],
+        return_annotation=Any,
+    )
+    throttlekit_limit.__throttlekit_dependency__ = spec  # type: ignore[attr-defined]
+    return throttlekit_limit
+
+
+def _answer_dependency(lim: Limiter, scope: MutableMapping[str, Any], request: Any,
+                       response: Any, verdict: Verdict) -> Decision | None:
+    record(ADAPTER, scope, request, verdict)
+    if not verdict.allowed:
+        scope[DENIED_KEY] = True
+        raise rate_limited(lim, verdict, request.headers.get("accept"), scope)
+    if (
+        lim.headers_on_allowed and verdict.policies and lim.header_style != "none"
+        and not scope.get(MIDDLEWARE_KEY) and scope.get(OWNER_KEY) is None
+    ):
+        # without a middleware, FastAPI merges these into the endpoint's response
+        for hname, value in rate_limit_headers(verdict.policies, lim.header_style):
+            response.headers[hname] = value
+    return verdict.decision
+
+
+ADAPTER = FastAPIAdapter()
+register_adapter(ADAPTER)

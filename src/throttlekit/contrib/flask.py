@@ -29,39 +29,44 @@ Settings (``app.config``): ``THROTTLEKIT_STORAGE_URL``, ``THROTTLEKIT_DEFAULT_LI
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping, MutableMapping
 from typing import TYPE_CHECKING, Any, TypeVar
 
-from flask import Flask, after_this_request, current_app, g, request
+from flask import Flask, after_this_request, current_app, g, has_request_context, request
 from werkzeug.exceptions import TooManyRequests
+from werkzeug.wrappers import Request as WerkzeugRequest
 from werkzeug.wrappers import Response
 
+from .._adapters import Adapter, Found, register_adapter
 from .._decorators import (
     DENIED_KEY,
     HANDLED_KEY,
     POLICIES_KEY,
     ForkCheck,
+    FrameworkView,
     Group,
     decorate,
-    denial,
     endpoint_name,
     evaluate,
     exempt,
+    framework_body,
     group_of,
     make_spec,
     record,
     view_of,
     warn_memory_multiworker,
 )
+from .._exchange import OWNER_KEY
+from .._responder import status_line
 from .._responses import rate_limit_headers
-from ._common import Limits, limiter_from, parse_limits
+from ._common import Limits, denial, limiter_from, parse_limits
 
 if TYPE_CHECKING:
     from .._decision import Decision
     from .._limiter import Limiter
     from .._rules import Verdict
 
-__all__ = ["RateLimited", "Throttle"]
+__all__ = ["ADAPTER", "FlaskAdapter", "RateLimited", "Throttle"]
 
 F = TypeVar("F", bound=Callable[..., Any])
 _EXT = "throttlekit"
@@ -94,7 +99,62 @@ def rate_limited(lim: Limiter, verdict: Verdict) -> RateLimited:
         def add(response: Response) -> Response:
             return _add_headers(lim, response)
 
-    return RateLimited(verdict, Response(d.body, status=d.status, headers=d.headers))
+    # the status line as a string: werkzeug would write "429 TOO MANY REQUESTS"
+    return RateLimited(verdict, Response(d.body, status=status_line(d.status),
+                                         headers=d.headers))
+
+
+class FlaskView(FrameworkView):
+    """The request view of a Flask request: its form as werkzeug's ``request.form``
+    parses it, over the body werkzeug caches (the view still reads it)."""
+
+    __slots__ = ()
+
+    def _read_form(self) -> Mapping[str, str]:
+        req = self.request
+        if req is not None and self.is_wsgi and isinstance(req, WerkzeugRequest):
+            return self._framework_form(req, req.mimetype, "form", "form",
+                                        lambda: req.get_data(cache=True))
+        return super()._read_form()
+
+    def _read_body(self) -> bytes | None:
+        # werkzeug holds the stream once something touched ``request.stream``: read
+        # through it, so that ``request.form`` still sees the whole body
+        req = self.request
+        if (req is not None and self.is_wsgi and isinstance(req, WerkzeugRequest)
+                and "stream" in req.__dict__):
+            return framework_body(self, lambda: req.get_data(cache=True))
+        return super()._read_body()
+
+
+class FlaskAdapter(Adapter):
+    """The decorators in Flask: the request of the current request context; a refusal
+    raises :class:`RateLimited`; a view served without a :class:`Throttle` gets its
+    rate-limit headers from an ``after_this_request`` hook."""
+
+    name = "flask"
+    priority = 30
+
+    def find(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Found | None:
+        if has_request_context():
+            return (self, request.environ, request)
+        return None
+
+    def view(self, lim: Limiter, raw: MutableMapping[str, Any], native: Any) -> FrameworkView:
+        return view_of(lim, raw, native, FlaskView)
+
+    def keep(self, raw: MutableMapping[str, Any], native: Any, decision: Decision | None) -> None:
+        g.throttle = decision
+
+    def allowed(self, lim: Limiter, found: Found, verdict: Verdict) -> None:
+        headers_after_this_request(lim)
+
+    def refuse(self, lim: Limiter, found: Found, verdict: Verdict) -> Any:
+        raise rate_limited(lim, verdict)
+
+
+ADAPTER = FlaskAdapter()
+register_adapter(ADAPTER)
 
 
 def _add_headers(lim: Limiter, response: Response) -> Response:
@@ -106,6 +166,8 @@ def _add_headers(lim: Limiter, response: Response) -> Response:
             if name not in headers:
                 headers[name] = value
         return response
+    if environ.get(OWNER_KEY) is not None:
+        return response  # a WSGIMiddleware around the app writes the one header set
     policies = environ.get(POLICIES_KEY)
     if policies and lim.headers_on_allowed and lim.header_style != "none":
         for name, value in rate_limit_headers(policies, lim.header_style):
@@ -175,8 +237,8 @@ class Throttle:
         application = self._application_arg
         if application is None:
             application = options.get("APPLICATION_LIMITS")
-        self._limits = Limits(parse_limits(self, defaults, "default_limits"),
-                              parse_limits(self, application, "application_limits"))
+        self._limits = Limits(parse_limits(lim, defaults, "default_limits"),
+                              parse_limits(lim, application, "application_limits"))
         self._cache.clear()
         app.extensions[_EXT] = self
         app.before_request(self._before)
@@ -202,7 +264,7 @@ class Throttle:
         """:meth:`throttlekit.Limiter.limit`, bound to this Throttle's limiter. On a
         Blueprint: a limit for each of its routes."""
         return decorate(self, make_spec(
-            self, rates, key=key, strategy=strategy, cost=cost, methods=methods,
+            self._limiter_obj, rates, key=key, strategy=strategy, cost=cost, methods=methods,
             per_method=per_method, burst=burst, override_defaults=override_defaults,
             scope=scope, on_unreadable=on_unreadable,
         ))
@@ -254,11 +316,11 @@ class Throttle:
             environ[HANDLED_KEY] = group
         if not entries:
             return
-        view = view_of(lim, "flask", environ, request._get_current_object())  # type: ignore[attr-defined]
+        view = view_of(lim, environ, request._get_current_object(), FlaskView)  # type: ignore[attr-defined]
         verdict = evaluate(lim, view, entries)
         if verdict is None:
             return
-        record("flask", environ, request, verdict)
+        record(ADAPTER, environ, request, verdict)
         if not verdict.allowed:
             environ[DENIED_KEY] = True
             raise rate_limited(lim, verdict)

@@ -21,35 +21,44 @@ checks the limiter's rules (as :class:`~throttlekit.ASGIMiddleware` does), the d
 application limits and the endpoint's decorated limits: a refusal is answered with the
 same 429 (or 403) as the ASGI middleware, before the app does any work. Allowed responses
 get the rate-limit headers of every limit that applied, including those a decorated
-function or a ``limiter.depends`` dependency checked later. The Decision is in
+function or a ``limiter.depends`` dependency checked later (unless an outer throttlekit
+middleware writes the one header set), and hold the rules' concurrency leases until the app
+ends, however it ends. WebSocket handshakes get the rules as
+:class:`~throttlekit.ASGIMiddleware` applies them. The Decision is in
 ``request.state.throttle``; decorated endpoints find the request through a context variable,
 so they need no ``Request`` parameter.
 
-Limits checked inside the app (a decorated helper, a dependency) raise
-:class:`RateLimited`, a Starlette ``HTTPException``: FastAPI and Starlette answer it with
-their usual 429 (``{"detail": ...}`` in FastAPI) carrying the same rate-limit headers.
+Limits checked inside the app (a decorated endpoint or helper, a dependency) raise
+:class:`RateLimited`, a Starlette ``HTTPException`` carrying the middleware's refusal
+(``exc.denial``): Starlette's own handler answers it with that refusal, as does the handler
+of :data:`EXCEPTION_HANDLERS` (which ``contrib.fastapi.Throttle`` installs). An app's own
+handler for 429 (or for ``RateLimited``) still wins; FastAPI's default handler, where no
+``Throttle`` installed ours, answers ``{"detail": ...}`` with the same rate-limit headers.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import contextlib
+import contextvars
+from collections.abc import MutableMapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 from starlette import requests as _requests
 from starlette.exceptions import HTTPException
-from starlette.requests import Request
+from starlette.middleware.exceptions import ExceptionMiddleware
+from starlette.requests import HTTPConnection, Request
+from starlette.responses import Response
 from starlette.routing import Match, Mount
 
+from .._adapters import Adapter, Found, register_adapter
 from .._decorators import (
     DENIED_KEY,
+    FRAMEWORK_FORMS,
     HANDLED_KEY,
-    POLICIES_KEY,
     ForkCheck,
     FrameworkView,
     Group,
     aevaluate,
-    current_request,
-    denial,
     endpoint_name,
     group_of,
     record,
@@ -57,40 +66,193 @@ from .._decorators import (
     warn_memory_multiworker,
 )
 from .._errors import ConfigError
-from .._responses import encode_headers, rate_limit_headers
-from ..asgi import has_small_form, read_ahead
+from .._exchange import OWNER_KEY, Exchange, abegin, serve_asgi
+from .._request import _UNSET
+from .._responses import Denial, encode_headers
+from ..asgi import ASGIMiddleware, has_small_form, read_ahead
 from ..wsgi import VERDICT_KEY
-from ._common import Limits, load_rules_file, parse_limits
+from ._common import Limits, denial, load_rules_file, parse_limits
 
 if TYPE_CHECKING:
     from .._decision import Decision
     from .._limiter import Limiter
+    from .._request import RequestView
     from .._rules import Verdict
     from ..asgi import ASGIApp, Message, Receive, Scope, Send
 
-__all__ = ["RateLimited", "ThrottleMiddleware", "rate_limited"]
+__all__ = ["ADAPTER", "EXCEPTION_HANDLERS", "RateLimited", "StarletteAdapter",
+           "ThrottleMiddleware", "current_request", "rate_limited", "send_denial"]
+
+#: The ASGI request being served: ``(scope, native request or None)``; set by the
+#: Starlette/FastAPI integration so decorated endpoints without a ``Request`` parameter
+#: still find their request.
+current_request: contextvars.ContextVar[tuple[MutableMapping[str, Any], Any] | None] = (
+    contextvars.ContextVar("throttlekit.request", default=None)
+)
 
 #: scope key: the integration is serving this request (dependencies leave headers to it)
 MIDDLEWARE_KEY = "throttlekit.middleware"
 _SKIP_HEADERS = frozenset({"content-type", "content-length"})
-_FORMS = frozenset({"application/x-www-form-urlencoded", "multipart/form-data"})
+
+
+_DETAIL = "Too Many Requests: rate limit exceeded."
 
 
 class RateLimited(HTTPException):
-    """A throttlekit 429 raised inside a Starlette/FastAPI app; ``verdict`` and
-    ``decision`` say which limit refused and for how long."""
+    """A throttlekit refusal raised inside a Starlette/FastAPI app; ``verdict`` and
+    ``decision`` say which limit refused and for how long, ``denial`` is the refusal to
+    send (:meth:`response`).
 
-    def __init__(self, verdict: Verdict, headers: dict[str, str]) -> None:
-        super().__init__(429, "Too Many Requests: rate limit exceeded.", headers)
+    ``detail`` and ``headers`` are what a generic ``HTTPException`` handler reads: the
+    refusal's rate-limit header fields (without ``Content-Type``/``Content-Length``, which
+    belong to the body such a handler writes); with ``plain`` (Starlette's own handler
+    answers, a ``PlainTextResponse`` of them) the refusal's body and ``Content-Type`` too,
+    so that handler sends the refusal as it is.
+    """
+
+    def __init__(self, verdict: Verdict, headers: dict[str, str] | None = None, *,
+                 denial: Denial | None = None, plain: bool = False) -> None:
+        detail = _DETAIL
+        status = 429
+        if denial is not None:
+            status = denial.status
+            skip = _LENGTH if plain else _SKIP_HEADERS
+            if headers is None:
+                headers = {k: v for k, v in denial.headers if k.lower() not in skip}
+            if plain:
+                detail = denial.body.decode("utf-8", "replace")
+        super().__init__(status, detail, headers)
         self.verdict = verdict
         self.decision: Decision | None = verdict.decision
+        self.denial = denial
+
+    def response(self) -> Response:
+        """The refusal as a Starlette response (the ``headers`` when there is no
+        ``denial``)."""
+        d = self.denial
+        if d is None:
+            return Response(self.detail, self.status_code, headers=self.headers)
+        response = Response(d.body, d.status)
+        response.raw_headers = encode_headers(d.headers)
+        return response
 
 
-def rate_limited(lim: Limiter, verdict: Verdict, accept: str | None = None) -> RateLimited:
-    """The exception a refused verdict raises inside the app."""
+async def send_denial(request: Request, exc: Exception) -> Response:
+    """The exception handler answering :class:`RateLimited` with its refusal, the same
+    as the middleware's."""
+    if isinstance(exc, RateLimited):
+        return exc.response()
+    raise exc  # pragma: no cover - registered for RateLimited only
+
+
+#: ``Starlette(exception_handlers=EXCEPTION_HANDLERS)``: a refusal raised inside the app is
+#: answered as the middleware answers it (needed when the app has its own handler for
+#: ``HTTPException``; ``contrib.fastapi.Throttle`` installs it)
+EXCEPTION_HANDLERS: dict[Any, Any] = {RateLimited: send_denial}
+_LENGTH = frozenset({"content-length"})
+
+
+def _starlette_answers(scope: MutableMapping[str, Any] | None, status: int) -> bool:
+    """Whether Starlette's own ``HTTPException`` handler (a ``PlainTextResponse`` of
+    ``detail`` and ``headers``) will answer a :class:`RateLimited` of ``status`` raised in
+    ``scope``'s app, rather than one of the app's or FastAPI's."""
+    handlers = scope.get("starlette.exception_handlers") if scope is not None else None
+    try:
+        by_class, by_status = handlers  # type: ignore[misc]
+        if status in by_status:
+            return False
+        handler = next((by_class[c] for c in RateLimited.__mro__ if c in by_class), None)
+    except (TypeError, ValueError):
+        return False
+    return getattr(handler, "__func__", None) is ExceptionMiddleware.http_exception
+
+
+def _accept(scope: MutableMapping[str, Any]) -> str | None:
+    for pair in scope.get("headers") or ():
+        try:
+            name, value = pair
+            if name == b"accept":
+                return bytes(value).decode("latin-1")
+        except (TypeError, ValueError):
+            continue
+    return None
+
+
+def rate_limited(lim: Limiter, verdict: Verdict, accept: str | None = None,
+                 scope: MutableMapping[str, Any] | None = None) -> RateLimited:
+    """The exception a refused verdict raises inside the app (``scope``: the request's,
+    to know which handler answers it)."""
     d = denial(lim, verdict, accept)
-    headers = {k: v for k, v in d.headers if k.lower() not in _SKIP_HEADERS}
-    return RateLimited(verdict, headers)
+    return RateLimited(verdict, denial=d, plain=_starlette_answers(scope, d.status))
+
+
+class StarletteAdapter(Adapter):
+    """The decorators in Starlette (and FastAPI): a ``Request``/``WebSocket`` among the
+    first two arguments or the keyword arguments, else the request the middleware is
+    serving; a refusal raises :class:`RateLimited`."""
+
+    name = "starlette"
+    priority = 20
+
+    def find(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Found | None:
+        for arg in args[:2]:
+            if isinstance(arg, HTTPConnection):
+                return (self, arg.scope, arg)
+        if kwargs:
+            for arg in kwargs.values():
+                if isinstance(arg, HTTPConnection):
+                    return (self, arg.scope, arg)
+        current = current_request.get()
+        if current is not None:
+            return (self, current[0], current[1])
+        return None
+
+    def view(self, lim: Limiter, raw: MutableMapping[str, Any], native: Any) -> FrameworkView:
+        return view_of(lim, raw, native, asgi=True)
+
+    async def read_body(self, view: RequestView) -> None:
+        """Give ``view`` the body of its Starlette request when no middleware read it
+        ahead, through the request's own cache (``request.body()``), so the app still
+        reads it; and a form (urlencoded, multipart) as the request's own
+        ``request.form()`` parses it."""
+        assert isinstance(view, FrameworkView)
+        req = view.request
+        if view.body is not None or view._form is not _UNSET or req is None:
+            return
+        text = view.headers.get("content-length")
+        try:
+            length = int(text) if text and text.strip() else 0
+        except ValueError:
+            return
+        if not 0 < length <= view.max_form_bytes:
+            return
+        with contextlib.suppress(Exception):  # consumed: the framework parsed the form
+            view.body = bytes(await req.body())
+        ctype = view.headers.get("content-type") or ""
+        if ctype.partition(";")[0].strip().lower() in FRAMEWORK_FORMS and (
+            view.body is None or getattr(_requests, "parse_options_header", None)
+        ):  # Starlette's own parser (python-multipart), cached on the request: what the
+            # endpoint will see
+            try:
+                form = await req.form()
+            except Exception:
+                form = None
+            view.use_form(form)
+
+    def keep(self, raw: MutableMapping[str, Any], native: Any, decision: Decision | None) -> None:
+        state = raw.get("state")
+        if state is None:
+            raw["state"] = state = {}
+        if isinstance(state, MutableMapping):
+            state["throttle"] = decision
+
+    def refuse(self, lim: Limiter, found: Found, verdict: Verdict) -> Any:
+        scope = found[1]
+        raise rate_limited(lim, verdict, _accept(scope), scope)
+
+
+ADAPTER = StarletteAdapter()
+register_adapter(ADAPTER)
 
 
 async def read_form(view: FrameworkView, scope: Scope) -> None:
@@ -102,7 +264,7 @@ async def read_form(view: FrameworkView, scope: Scope) -> None:
     if body is None or getattr(_requests, "parse_options_header", None) is None:
         return  # (None: python-multipart, which Starlette's form parsing needs, is missing)
     ctype = view.headers.get("content-type") or ""
-    if ctype.partition(";")[0].strip().lower() not in _FORMS:
+    if ctype.partition(";")[0].strip().lower() not in FRAMEWORK_FORMS:
         return
     sent = False
 
@@ -194,6 +356,8 @@ class ThrottleMiddleware:
         self._cache: dict[int, tuple[Any, Group | None, tuple[Any, ...]]] = {}
         self._paths: dict[Any, tuple[Group | None, tuple[Any, ...]]] = {}
         self._fork = ForkCheck()
+        #: WebSocket scopes: the limiter's rules, as ASGIMiddleware runs them
+        self._sockets = ASGIMiddleware(app, limiter)
         warn_memory_multiworker(limiter)
 
     def _routes(self, scope: Scope) -> Sequence[Any] | None:
@@ -239,13 +403,20 @@ class ThrottleMiddleware:
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         lim = self.limiter
-        if scope["type"] != "http" or not lim.enabled:
-            await self.app(scope, receive, send)
+        kind = scope["type"]
+        if kind != "http" or not lim.enabled:
+            if kind == "websocket" and self.rules and lim.enabled:
+                await self._sockets(scope, receive, send)  # the rules, as ASGIMiddleware's
+            else:
+                await self.app(scope, receive, send)
             return
         if self._fork.pid is not None:
             self._fork(lim)
         scope[MIDDLEWARE_KEY] = True
-        view = view_of(lim, "asgi", scope, None)
+        outer = scope.get(OWNER_KEY)
+        if outer is None:
+            scope[OWNER_KEY] = lim
+        view = view_of(lim, scope, None, asgi=True)
         group, entries = self._entries(scope)
         if (
             view.body is None
@@ -254,54 +425,51 @@ class ThrottleMiddleware:
         ):  # a rule reads the form: read the body first, and replay it to the app
             view.body, receive = await read_ahead(receive, view.max_form_bytes)
             await read_form(view, scope)
+        ex = None
         if self.rules:
-            verdict = await lim.aevaluate(view)
+            verdict, ex = await abegin(lim, await lim.aevaluate(view), outer is not lim)
             scope[VERDICT_KEY] = verdict
             if not verdict.allowed:
                 await self._refuse(lim, verdict, scope, send)
                 return
             if verdict.policies:
-                record("asgi", scope, None, verdict)
-            pending = verdict if verdict.pending else None
-        else:
-            pending = None
+                record(ADAPTER, scope, None, verdict)
         if group is not None:
             scope[HANDLED_KEY] = group
+        if ex is None:
+            await self._serve(lim, scope, receive, send, view, entries, outer, None)
+            return
+        async with ex:  # the lease and count_when, whatever ends the request
+            await self._serve(lim, scope, receive, send, view, entries, outer, ex)
+
+    async def _serve(self, lim: Limiter, scope: Scope, receive: Receive, send: Send,
+                     view: RequestView, entries: tuple[Any, ...], outer: Any,
+                     ex: Exchange | None) -> None:
+        """The endpoint's limits, then the app (with the header set when this is the
+        outermost entry)."""
         if entries:
             limited = await aevaluate(lim, view, entries)
             if limited is not None:
-                record("asgi", scope, None, limited)
+                record(ADAPTER, scope, None, limited)
                 if not limited.allowed:
-                    await self._refuse(lim, limited, scope, send)
+                    await self._refuse(lim, limited, scope, send, ex)
                     return
-        on_allowed = lim.headers_on_allowed and lim.header_style != "none"
-        status = [500]
-
-        async def wrapped(message: Message) -> None:
-            if message["type"] == "http.response.start":
-                status[0] = message.get("status", 500)
-                policies = scope.get(POLICIES_KEY)
-                if on_allowed and policies and not scope.get(DENIED_KEY):
-                    extra = encode_headers(rate_limit_headers(policies, lim.header_style))
-                    message = {**message, "headers": [*(message.get("headers") or []), *extra]}
-            await send(message)
-
+        own = None
+        if outer is None and lim.headers_on_allowed and lim.header_style != "none":
+            own = ()  # the policies are all under POLICIES_KEY (record)
         token = current_request.set((scope, None))
         try:
-            await self.app(scope, receive, wrapped)
-        except Exception:
-            if pending is not None:
-                await lim.asettle(pending, 500)
-            raise
+            await serve_asgi(self.app, scope, receive, send, ex, own, lim.header_style)
         finally:
             current_request.reset(token)
-        if pending is not None:
-            await lim.asettle(pending, status[0])
 
-    async def _refuse(self, lim: Limiter, verdict: Verdict, scope: Scope, send: Send) -> None:
-        accept = view_of(lim, "asgi", scope, None).headers.get("accept")
+    async def _refuse(self, lim: Limiter, verdict: Verdict, scope: Scope, send: Send,
+                      ex: Exchange | None = None) -> None:
+        accept = view_of(lim, scope, None, asgi=True).headers.get("accept")
         d = denial(lim, verdict, accept)
         scope[DENIED_KEY] = True
+        if ex is not None:
+            ex.respond(d.status, d.headers)
         await send({"type": "http.response.start", "status": d.status,
                     "headers": encode_headers(d.headers)})
         await send({"type": "http.response.body", "body": d.body})

@@ -14,10 +14,13 @@ from __future__ import annotations
 import abc
 from collections.abc import Callable, Mapping, Sequence
 from functools import partial
-from typing import NamedTuple
+from typing import TYPE_CHECKING, NamedTuple
 
 from .._algorithms import Algorithm
 from .._decision import Decision
+
+if TYPE_CHECKING:
+    from .._denials import DenialCache
 
 __all__ = ["BatchResult", "Block", "BoundHit", "Check", "Storage"]
 
@@ -50,10 +53,15 @@ class Block(NamedTuple):
 
 
 class BatchResult(NamedTuple):
-    """The decisions of a batch, in order, and the blocks found among ``block_keys``."""
+    """The decisions of a batch, in order, and the blocks found among ``block_keys``.
+
+    ``policy``: None when the store answered; ``"allow"``, ``"deny"`` or ``"local"`` when
+    the fail policy of a failing store did (see ``throttlekit._resilience``).
+    """
 
     decisions: list[Decision]
     blocked: list[Block | None]
+    policy: str | None = None
 
 
 class Storage(abc.ABC):
@@ -76,6 +84,8 @@ class Storage(abc.ABC):
     #: without a call that a request has nothing to look up; None when it lives on a server
     #: (ask ``apply(block_keys=...)`` or ``blocked()``).
     local_blocks: Mapping[str, Block] | None = None
+    #: the local cache of refusals; set only on a ResilientStore (see _resilience)
+    denials: DenialCache | None = None
 
     def unsupported(self, strategy: str) -> str | None:
         """Why this backend cannot run ``strategy``, or ``None`` when it can."""

@@ -190,7 +190,7 @@ class MemoryStorage(Storage):
                 if bound is None:
                     bound = self.bind(c.algorithm)
                 d = bound(c.key, c.cost, now)
-                return _new(BatchResult, ([d], [None] * len(block_keys)))
+                return _new(BatchResult, ([d], [None] * len(block_keys), None))
         blocked: list[Block | None] = [None] * len(block_keys)
         decisions: list[Decision] = []
         staged: list[tuple[str, Any, Any, Algorithm, int, bool]] | None = None
@@ -246,7 +246,7 @@ class MemoryStorage(Storage):
                             data.move_to_end(k)
         finally:
             lock.release()
-        return _new(BatchResult, (decisions, blocked))
+        return _new(BatchResult, (decisions, blocked, None))
 
     def _insert(self, k: str, state: Any, algorithm: Algorithm, now: int) -> None:
         data = self._data

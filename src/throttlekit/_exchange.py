@@ -1,0 +1,213 @@
+"""One request's exchange after the verdict: the lease, the header set, the settling.
+
+Every entry that runs the limiter's rules (``WSGIMiddleware``, ``ASGIMiddleware``, the Django
+and Starlette/FastAPI middleware) does the same three things around the app, here once:
+
+- **lease** (:func:`begin` / :func:`abegin`): an allowed verdict takes its concurrency
+  leases, or becomes the refusal of the full rule;
+- **settle** (:class:`Exchange`): when the response ends, whatever ends it (a normal return,
+  an exception, a cancellation: then status 500), the ``count_when`` throttles are charged
+  by the response's status and headers, and the lease is given back; both once;
+- **one header set** (:func:`header_policies`): the rate-limit header fields of a request are
+  written once, by the outermost entry (the one that finds no :data:`OWNER_KEY` in the
+  environ/scope), from its rules' policies followed by those inner entries recorded under
+  :data:`POLICIES_KEY` (endpoint limits, dependencies); an inner entry only records.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable, Iterable, MutableMapping, Sequence
+from typing import TYPE_CHECKING, Any
+
+from ._responses import rate_limit_headers_raw
+
+if TYPE_CHECKING:
+    from types import TracebackType
+
+    from ._concurrency import Lease
+    from ._decision import Decision
+    from ._limiter import Limiter
+    from ._rules import Verdict
+
+__all__ = ["DENIED_KEY", "OWNER_KEY", "POLICIES_KEY", "Exchange", "abegin", "begin",
+           "header_policies", "serve_asgi"]
+
+#: environ/scope key: the ``(policy, Decision)`` pairs inner entries recorded (endpoint
+#: limits, dependencies), for the header set the outermost entry writes
+POLICIES_KEY = "throttlekit.policies"
+#: environ/scope key: set when a throttlekit refusal answered this request (its refusal
+#: carries the header fields: nobody adds them again)
+DENIED_KEY = "throttlekit.denied"
+#: environ/scope key: set by the outermost entry, which writes the request's header set
+OWNER_KEY = "throttlekit.owner"
+
+Policies = Sequence[tuple[str, "Decision"]]
+Message = MutableMapping[str, Any]
+Send = Callable[[Message], Awaitable[None]]
+
+
+class Exchange:
+    """An admitted request until its response ends: the lease it holds and the
+    ``count_when`` throttles still to charge.
+
+    ``with ex:`` (``async with ex:``) around serving records nothing itself: the entry calls
+    :meth:`respond` when it sees the response start; on leaving, :meth:`end` charges and
+    releases (an exception or a cancellation counts as status 500). WSGI, whose response
+    ends when the server closes the iterable, calls :meth:`settle` and :meth:`release`
+    itself. Both are idempotent.
+    """
+
+    __slots__ = ("headers", "lease", "limiter", "status", "verdict")
+
+    def __init__(self, limiter: Limiter, verdict: Verdict, lease: Lease | None) -> None:
+        self.limiter = limiter
+        self.verdict = verdict
+        self.lease = lease
+        self.status = 500  # the response never started: the app failed
+        self.headers: Sequence[tuple[str, str]] = ()
+
+    def respond(self, status: int, headers: Sequence[tuple[str, str]]) -> None:
+        """The response started with ``status`` and ``headers`` (what ``count_when`` sees)."""
+        self.status = status
+        self.headers = headers
+
+    def settle(self) -> None:
+        """Charge the ``count_when`` throttles by the recorded response (once)."""
+        if self.verdict.pending:
+            self.limiter.settle(self.verdict, self.status, self.headers)
+
+    async def asettle(self) -> None:
+        """Async twin of :meth:`settle`."""
+        if self.verdict.pending:
+            await self.limiter.asettle(self.verdict, self.status, self.headers)
+
+    def release(self) -> None:
+        """Give the lease back (once)."""
+        lease, self.lease = self.lease, None
+        if lease is not None:
+            lease.release()
+
+    async def arelease(self) -> None:
+        """Async twin of :meth:`release`."""
+        lease, self.lease = self.lease, None
+        if lease is not None:
+            await lease.arelease()
+
+    def _failed(self) -> None:
+        self.status = 500
+        self.headers = ()
+
+    def end(self, failed: bool = False) -> None:
+        """The response ended (``failed``: by an exception or a cancellation, status 500):
+        settle, then release whatever settling does."""
+        if failed:
+            self._failed()
+        try:
+            self.settle()
+        finally:
+            self.release()
+
+    async def aend(self, failed: bool = False) -> None:
+        """Async twin of :meth:`end`."""
+        if failed:
+            self._failed()
+        try:
+            await self.asettle()
+        finally:
+            await self.arelease()
+
+    def __enter__(self) -> Exchange:
+        return self
+
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                 tb: TracebackType | None) -> None:
+        self.end(exc_type is not None)
+
+    async def __aenter__(self) -> Exchange:
+        return self
+
+    async def __aexit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                        tb: TracebackType | None) -> None:
+        await self.aend(exc_type is not None)
+
+
+def begin(limiter: Limiter, verdict: Verdict, lease: bool = True
+          ) -> tuple[Verdict, Exchange | None]:
+    """The lease step after the rules: an allowed verdict takes its concurrency leases (or
+    becomes the refusal of a full rule); ``lease=False`` when an outer entry of the same
+    limiter holds them already. Returns the verdict and its :class:`Exchange`, None when
+    there is nothing to settle (no lease taken, no ``count_when`` pending)."""
+    conc = limiter._concurrency if lease else None
+    held = None
+    if conc is not None and verdict.allowed:
+        verdict, held = conc.acquire(verdict)
+    if held is None and not verdict.pending:
+        return verdict, None
+    return verdict, Exchange(limiter, verdict, held)
+
+
+async def abegin(limiter: Limiter, verdict: Verdict, lease: bool = True
+                 ) -> tuple[Verdict, Exchange | None]:
+    """Async twin of :func:`begin` (async storage calls only)."""
+    conc = limiter._concurrency if lease else None
+    held = None
+    if conc is not None and verdict.allowed:
+        verdict, held = await conc.aacquire(verdict)
+    if held is None and not verdict.pending:
+        return verdict, None
+    return verdict, Exchange(limiter, verdict, held)
+
+
+def header_policies(raw: MutableMapping[str, Any], own: Policies) -> Policies | None:
+    """The policies of the request's one header set, for its outermost entry: ``own`` (its
+    rules') then those inner entries recorded; None when a throttlekit refusal answered the
+    request (it carries its own) or there are none."""
+    if raw.get(DENIED_KEY):
+        return None
+    inner = raw.get(POLICIES_KEY)
+    if inner:
+        return [*own, *inner] if own else inner
+    return own or None
+
+
+def decode_headers(headers: Iterable[Any]) -> list[tuple[str, str]]:
+    """ASGI header pairs as ``str`` (what ``count_when`` sees); malformed pairs skipped."""
+    out = []
+    for pair in headers:
+        try:
+            name, value = pair
+            out.append((bytes(name).decode("latin-1"), bytes(value).decode("latin-1")))
+        except (TypeError, ValueError):
+            continue
+    return out
+
+
+async def serve_asgi(
+    app: Callable[[Any, Any, Send], Awaitable[None]], scope: MutableMapping[str, Any],
+    receive: Any, send: Send, ex: Exchange | None, own: Policies | None, style: str,
+) -> None:
+    """Serve an admitted ``http`` request. ``own``: the policies of the outermost entry
+    (None: not the outermost, or no header fields on allowed responses), whose header set
+    (:func:`header_policies`, taken when the response starts, so that policies recorded
+    inside the app count) is added to the response. With an exchange, the response is
+    recorded and the exchange ended however the app ends (an exception or a cancellation:
+    status 500)."""
+    if ex is None and own is None:
+        await app(scope, receive, send)
+        return
+
+    async def wrapped(message: Message) -> None:
+        if message["type"] == "http.response.start":
+            raw = message.get("headers") or []
+            if ex is not None:
+                ex.respond(message.get("status", 500), decode_headers(raw))
+            found = header_policies(scope, own) if own is not None else None
+            if found:
+                message = {**message, "headers": [*raw, *rate_limit_headers_raw(found, style)]}
+        await send(message)
+
+    if ex is None:
+        await app(scope, receive, wrapped)
+        return
+    async with ex:
+        await app(scope, receive, wrapped)
