@@ -32,7 +32,7 @@ from ._keys import MAX_KEY_LENGTH, UNREADABLE_PREFIX, rule_key
 from ._rates import MAX_PERIOD, Rate, coerce_rates
 from ._request import _UNSET, _UnreadableForm
 from ._resilience import ResilientStore, deny_decision
-from .storage.base import BatchResult, Block, BoundHit, Check, Storage
+from .storage.base import BatchResult, Block, BoundBatch, BoundHit, Check, Storage
 
 if TYPE_CHECKING:
     from ._denials import DenialCache
@@ -269,6 +269,7 @@ class _BanRule:
 class _Throttle:
     __slots__ = (
         "algorithms",
+        "batch",
         "burst",
         "cost",
         "count_when",
@@ -295,8 +296,14 @@ class _Throttle:
         #: the store's bound hit of a one-rate rule on a local store (``Storage.bind``),
         #: bound once: ``_fast`` calls it with ``NS + discriminator``
         self.hit: BoundHit | None = None
-        if storage is not None and not storage.remote and len(algorithms) == 1:
-            self.hit = storage.bind(algorithms[0])
+        #: the store's bound batch of a rule of several rates on a local store
+        #: (``Storage.bind_batch``): ``_fast`` calls it with ``(NS + discriminator,)``
+        self.batch: BoundBatch | None = None
+        if storage is not None and not storage.remote:
+            if len(algorithms) == 1:
+                self.hit = storage.bind(algorithms[0])
+            else:
+                self.batch = storage.bind_batch((algorithms,))
         self.rates = tuple(a.rate for a in algorithms)
         self.match = match
         self.key = key
@@ -401,6 +408,9 @@ class Rules:
         self.needs_form = False
         #: no bans, dry-run or count_when throttles: ``_fast`` may answer
         self.fast = True
+        #: the throttles applying to a request (when several) -> the store's bound batch
+        #: of their algorithms (``Storage.bind_batch``), bound on first use
+        self._batches: dict[tuple[_Throttle, ...], tuple[BoundBatch, tuple[str, ...]]] = {}
         self._last_log: dict[str, float] = {}
         self._warned_unreadable: set[str] = set()
         #: the warning about requests without a client IP was logged
@@ -943,7 +953,8 @@ class Rules:
         ``count_when``) on a local store with an empty dynamic blocklist, nobody
         listening. The same answers as ``_plan`` + ``apply`` + ``_finish``, without
         building a plan or block-key lookups: one throttle of one rate is decided by the
-        store's bound hit (``Storage.bind``), several in one ``storage.apply``."""
+        store's bound hit (``Storage.bind``), several by its bound batch
+        (``Storage.bind_batch``, all or nothing)."""
         for lrule in self.safelists:
             if self._list_match(lrule, view, "safelist"):
                 return Verdict(True, "safelisted", lrule.name, None, None, [], False, view)
@@ -953,79 +964,118 @@ class Rules:
         rule1: _Throttle | None = None
         disc1 = ""
         cost1 = 0
-        more: list[tuple[_Throttle, str, int]] | None = None
+        several: list[_Throttle] | None = None  # with keys and costs, when several apply
+        keys: list[str]
+        costs: list[int]
         for rule in self.throttles:
             applies = self._applies(rule, view)
             if applies is None:
                 continue
-            disc, cost = applies
             if rule1 is None:
-                rule1, disc1, cost1 = rule, disc, cost
-            elif more is None:
-                more = [(rule, disc, cost)]
+                rule1 = rule
+                disc1, cost1 = applies
+            elif several is None:
+                several = [rule1, rule]
+                keys = [NS + disc1, NS + applies[0]]
+                costs = [cost1, applies[1]]
             else:
-                more.append((rule, disc, cost))
+                several.append(rule)
+                keys.append(NS + applies[0])
+                costs.append(applies[1])
         if rule1 is None:
             return _allowed(None, [], view)
         clock = self.limiter.clock
         now = int(clock() * 1_000_000) if clock is not None else None
-        hit = rule1.hit
-        if more is None and hit is not None:
-            d = hit(NS + disc1, cost1, now)
-            if d.allowed:
-                return _allowed(d, [(rule1.name, d)], view)
-            return Verdict(False, "throttled", rule1.name, disc1, d, [(rule1.name, d)], False,
-                           view)
-        found = [(rule1, disc1, cost1)]
-        if more is not None:
-            found += more
-        return self._fast_many(view, storage, found, now)
+        if several is None:
+            hit = rule1.hit
+            if hit is not None:
+                d = hit(NS + disc1, cost1, now)
+                if d.allowed:
+                    return _allowed(d, [(rule1.name, d)], view)
+                return Verdict(False, "throttled", rule1.name, disc1, d, [(rule1.name, d)],
+                               False, view)
+            batch = rule1.batch
+            assert batch is not None
+            several = [rule1]
+            keys = [NS + disc1]
+            costs = [cost1]
+            names = rule1.policy_names
+        else:
+            applying = tuple(several)
+            bound = self._batches.get(applying)
+            if bound is None:
+                bound = self._bind_batch(applying, storage)
+            batch, names = bound
+        decisions = batch(keys, costs, now)
+        if len(names) == len(several):  # one rate each (the common case, inlined)
+            tightest = decisions[0]
+            for d in decisions:
+                if not d.allowed:
+                    break
+                if d.remaining < tightest.remaining:
+                    tightest = d
+            else:
+                # (zip without strict=: a keyword argument sends zip down its slow path)
+                return Verdict(True, "allowed", None, None, tightest,
+                               [*zip(names, decisions)], False, view)  # noqa: B905
+        return self._fast_many(view, several, keys, costs, names, decisions)
 
     def _fast_many(
-        self, view: RequestView, storage: Storage,
-        found: list[tuple[_Throttle, str, int]], now: int | None,
+        self, view: RequestView, several: list[_Throttle], keys: list[str], costs: list[int],
+        names: tuple[str, ...], decisions: list[Decision],
     ) -> Verdict:
-        """Several checks, all or nothing, in one ``storage.apply``; the verdict as
+        """The verdict of several checks decided all or nothing by the store's bound batch
+        (group ``i``: the rates of ``several[i]``, on ``keys[i]`` at ``costs[i]``), as
         ``_finish`` reads it for plain throttles."""
-        checks = []
-        for rule, disc, cost in found:
-            skey = NS + disc
-            for alg in rule.algorithms:
-                checks.append(_new(Check, (alg, skey, cost, False, False)))
-        decisions = storage.apply(checks, now=now).decisions
-        policies: list[tuple[str, Decision]] = []
-        refusal: tuple[_Throttle, str, Decision] | None = None
+        policies = [*zip(names, decisions)]  # noqa: B905 - as many names as decisions
+        if len(names) == len(several):  # one rate each: refused (_fast answers allowed)
+            return self._fast_refused(view, several, keys, costs, decisions, policies)
         tightest: Decision | None = None
         i = 0
-        for rule, disc, _cost in found:
-            names = rule.policy_names
-            n = len(names)
-            if n == 1:
-                d = decisions[i]
-                policies.append((names[0], d))
-            else:
-                ds = decisions[i:i + n]
-                policies += zip(names, ds, strict=True)
-                d = most_restrictive(ds)  # the rule's own choice among its rates
-            if d.allowed:
-                if tightest is None or d.remaining < tightest.remaining:
-                    tightest = d
-            elif refusal is None or d.retry_after > refusal[2].retry_after:
-                refusal = (rule, disc, d)
+        for rule in several:
+            n = len(rule.policy_names)
+            d = most_restrictive(decisions[i:i + n])  # the rule's own choice among its rates
+            if not d.allowed:
+                return self._fast_refused(view, several, keys, costs, decisions, policies)
+            if tightest is None or d.remaining < tightest.remaining:
+                tightest = d
             i += n
-        if refusal is None:
-            return Verdict(True, "allowed", None, None, tightest, policies, False, view)
-        # Nothing was charged: report what the allowing policies really have left.
+        return Verdict(True, "allowed", None, None, tightest, policies, False, view)
+
+    def _bind_batch(
+        self, applying: tuple[_Throttle, ...], storage: Storage
+    ) -> tuple[BoundBatch, tuple[str, ...]]:
+        """The store's bound batch of these throttles' algorithms and their policy names,
+        bound on the first request they all apply to."""
+        batch = storage.bind_batch([r.algorithms for r in applying])
+        names = tuple(n for r in applying for n in r.policy_names)
+        if len(self._batches) >= 256:  # match functions picking ever other subsets
+            self._batches.clear()
+        self._batches[applying] = batch, names
+        return batch, names
+
+    def _fast_refused(
+        self, view: RequestView, several: list[_Throttle], keys: list[str], costs: list[int],
+        decisions: list[Decision], policies: list[tuple[str, Decision]],
+    ) -> Verdict:
+        """The refusal of several checks decided all or nothing (nothing was charged), as
+        ``_finish`` reads it for plain throttles."""
+        refusal: tuple[_Throttle, str, Decision] | None = None
         i = 0
-        for _rule, _disc, cost in found:
-            n = len(_rule.policy_names)
+        for rule, key, cost in zip(several, keys, costs, strict=True):
+            n = len(rule.policy_names)
+            d = decisions[i] if n == 1 else most_restrictive(decisions[i:i + n])
+            if not d.allowed and (refusal is None or d.retry_after > refusal[2].retry_after):
+                refusal = (rule, key[len(NS):], d)
             if cost:
+                # Nothing was charged: report what the allowing policies really have left.
                 for j in range(i, i + n):
                     name, pd = policies[j]
                     if pd.allowed:
                         policies[j] = (name, pd._replace(remaining=min(pd.limit,
                                                                        pd.remaining + cost)))
             i += n
+        assert refusal is not None
         rule, disc, d = refusal
         return Verdict(False, "throttled", rule.name, disc, d, policies, False, view)
 

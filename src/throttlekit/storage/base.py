@@ -22,10 +22,13 @@ from .._decision import Decision
 if TYPE_CHECKING:
     from .._denials import DenialCache
 
-__all__ = ["BatchResult", "Block", "BoundHit", "Check", "Storage"]
+__all__ = ["BatchResult", "Block", "BoundBatch", "BoundHit", "Check", "Storage"]
 
 #: ``hit(key, cost, now) -> Decision`` for one algorithm: see ``Storage.bind``
 BoundHit = Callable[[str, int, int | None], Decision]
+#: ``batch(keys, costs, now) -> decisions`` for fixed groups of algorithms: see
+#: ``Storage.bind_batch``
+BoundBatch = Callable[[Sequence[str], Sequence[int], int | None], list[Decision]]
 
 
 class Check(NamedTuple):
@@ -119,6 +122,26 @@ class Storage(abc.ABC):
         specialised for the algorithm (the memory store does); the default is
         ``partial(self.hit, algorithm)``, the same answers without the specialisation."""
         return partial(self.hit, algorithm)
+
+    def bind_batch(self, groups: Sequence[Sequence[Algorithm]]) -> BoundBatch:
+        """``apply`` for fixed algorithms, as ``fn(keys, costs, now) -> decisions``: the
+        several dependent checks of a hot path (several limits, or a limit of several
+        rates), bound once and called per request. Group ``i``'s algorithms are checked on
+        ``keys[i]`` at ``costs[i]``; the decisions come flat, in order; all are charged
+        only if every one allows (``apply``'s all-or-nothing); no blocklist lookup.
+        Backends may return a function specialised for the algorithms (the memory store
+        does); the default builds the ``Check``s and calls ``apply``."""
+        frozen = tuple(tuple(g) for g in groups)
+
+        def batch(keys: Sequence[str], costs: Sequence[int], now: int | None) -> list[Decision]:
+            checks = [
+                Check(alg, key, cost)
+                for algs, key, cost in zip(frozen, keys, costs, strict=True)
+                for alg in algs
+            ]
+            return self.apply(checks, now=now).decisions
+
+        return batch
 
     @abc.abstractmethod
     def reset(self, keys: Sequence[str]) -> None:

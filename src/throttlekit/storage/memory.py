@@ -34,7 +34,7 @@ from urllib.parse import parse_qsl, urlsplit
 from .._algorithms import Algorithm, SlidingLog
 from .._decision import Decision
 from .._errors import ConfigError
-from .base import BatchResult, Block, BoundHit, Check, Storage
+from .base import BatchResult, Block, BoundBatch, BoundHit, Check, Storage
 
 __all__ = ["DEFAULT_MAX_KEYS", "MemoryStorage"]
 
@@ -82,6 +82,8 @@ class MemoryStorage(Storage):
         self._leases: dict[str, dict[str, int]] = {}
         #: algorithm -> its bound hit (see ``bind``)
         self._bound: dict[Algorithm, BoundHit] = {}
+        #: groups of algorithms -> their bound batch (see ``bind_batch``)
+        self._batches: dict[tuple[tuple[Algorithm, ...], ...], BoundBatch] = {}
 
     def __repr__(self) -> str:
         return f"MemoryStorage(max_keys={self.max_keys})"
@@ -154,6 +156,75 @@ class MemoryStorage(Storage):
             self._bound.clear()
         self._bound[algorithm] = hit
         return hit
+
+    def bind_batch(self, groups: Sequence[Sequence[Algorithm]]) -> BoundBatch:
+        """``apply``'s all-or-nothing loop specialised for fixed algorithms (see
+        ``Storage.bind_batch``): one lock, each check's storage prefix and kind worked out
+        once; cached per groups of algorithms."""
+        frozen = tuple(tuple(g) for g in groups)
+        bound = self._batches.get(frozen)
+        if bound is not None:
+            return bound
+        plan = tuple(
+            tuple((alg, alg.id + "|", alg.__class__ is SlidingLog) for alg in algs)
+            for algs in frozen
+        )
+        data = self._data
+        get = data.get
+        touch = data.move_to_end
+        protected = self._protected
+        revive = self._revive
+        acquire = self._lock.acquire
+        release = self._lock.release
+        insert = self._insert
+        clock = self._clock
+        time_ns = time.time_ns
+
+        def batch(keys: Sequence[str], costs: Sequence[int], now: int | None) -> list[Decision]:
+            if now is None:
+                now = time_ns() // 1000 if clock is time.time else int(clock() * 1_000_000)
+            decisions: list[Decision] = []
+            staged = []
+            together = True
+            acquire()
+            try:
+                # Decide every check (a sliding log's hit appends in place: it is decided
+                # now and charged later), then charge them all only if every one allows.
+                # (zip without strict=, whose keyword sends zip down its slow path: a
+                # caller passes one key and one cost per group)
+                for checks, key, cost in zip(plan, keys, costs):  # noqa: B905
+                    for alg, prefix, log in checks:
+                        k = prefix + key
+                        s = get(k)
+                        if s is None and protected:
+                            s = revive(k)
+                        if log:
+                            d = alg.peek(s, now, cost)
+                            new = _CHARGE_LATER
+                        else:
+                            new, d = alg.hit(s, now, cost)
+                        decisions.append(d)
+                        if not d.allowed:
+                            together = False
+                        elif cost:
+                            staged.append((k, s, new, alg, cost))
+                if together:
+                    for k, s, new, alg, cost in staged:
+                        if new is _CHARGE_LATER:
+                            new = alg.charge(s, now, cost)
+                        if s is None:
+                            insert(k, new, alg, now)
+                        else:
+                            data[k] = new
+                            touch(k)
+            finally:
+                release()
+            return decisions
+
+        if len(self._batches) >= _BOUND_CACHE:
+            self._batches.clear()
+        self._batches[frozen] = batch
+        return batch
 
     def make_hit(self, algorithm: Algorithm) -> BoundHit:
         """Deprecated: use ``bind`` (the same function)."""
