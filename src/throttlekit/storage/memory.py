@@ -165,9 +165,10 @@ class MemoryStorage(Storage):
         bound = self._batches.get(frozen)
         if bound is not None:
             return bound
+        # one flat entry per check: (algorithm, storage prefix, is a sliding log, group)
         plan = tuple(
-            tuple((alg, alg.id + "|", alg.__class__ is SlidingLog) for alg in algs)
-            for algs in frozen
+            (alg, alg.id + "|", alg.__class__ is SlidingLog, i)
+            for i, algs in enumerate(frozen) for alg in algs
         )
         data = self._data
         get = data.get
@@ -190,24 +191,22 @@ class MemoryStorage(Storage):
             try:
                 # Decide every check (a sliding log's hit appends in place: it is decided
                 # now and charged later), then charge them all only if every one allows.
-                # (zip without strict=, whose keyword sends zip down its slow path: a
-                # caller passes one key and one cost per group)
-                for checks, key, cost in zip(plan, keys, costs):  # noqa: B905
-                    for alg, prefix, log in checks:
-                        k = prefix + key
-                        s = get(k)
-                        if s is None and protected:
-                            s = revive(k)
-                        if log:
-                            d = alg.peek(s, now, cost)
-                            new = _CHARGE_LATER
-                        else:
-                            new, d = alg.hit(s, now, cost)
-                        decisions.append(d)
-                        if not d.allowed:
-                            together = False
-                        elif cost:
-                            staged.append((k, s, new, alg, cost))
+                for alg, prefix, log, i in plan:
+                    k = prefix + keys[i]
+                    cost = costs[i]
+                    s = get(k)
+                    if s is None and protected:
+                        s = revive(k)
+                    if log:
+                        d = alg.peek(s, now, cost)
+                        new = _CHARGE_LATER
+                    else:
+                        new, d = alg.hit(s, now, cost)
+                    decisions.append(d)
+                    if not d.allowed:
+                        together = False
+                    elif cost:
+                        staged.append((k, s, new, alg, cost))
                 if together:
                     for k, s, new, alg, cost in staged:
                         if new is _CHARGE_LATER:
