@@ -965,8 +965,6 @@ class Rules:
         disc1 = ""
         cost1 = 0
         several: list[_Throttle] | None = None  # with keys and costs, when several apply
-        keys: list[str]
-        costs: list[int]
         for rule in self.throttles:
             applies = self._applies(rule, view)
             if applies is None:
@@ -994,18 +992,20 @@ class Rules:
                     return _allowed(d, [(rule1.name, d)], view)
                 return Verdict(False, "throttled", rule1.name, disc1, d, [(rule1.name, d)],
                                False, view)
-            batch = rule1.batch
+            batch = rule1.batch  # one rule of several rates
             assert batch is not None
-            several = [rule1]
-            keys = [NS + disc1]
-            costs = [cost1]
-            names = rule1.policy_names
-        else:
-            applying = tuple(several)
-            bound = self._batches.get(applying)
-            if bound is None:
-                bound = self._bind_batch(applying, storage)
-            batch, names = bound
+            key1 = NS + disc1
+            decisions = batch((key1,), (cost1,), now)
+            policies = [*zip(rule1.policy_names, decisions)]  # noqa: B905 - one per rate
+            d = most_restrictive(decisions)  # the rule's own choice among its rates
+            if d.allowed:
+                return Verdict(True, "allowed", None, None, d, policies, False, view)
+            return self._fast_refused(view, [rule1], [key1], [cost1], decisions, policies)
+        applying = tuple(several)
+        bound = self._batches.get(applying)
+        if bound is None:
+            bound = self._bind_batch(applying, storage)
+        batch, names = bound
         decisions = batch(keys, costs, now)
         if len(names) == len(several):  # one rate each (the common case, inlined)
             tightest = decisions[0]
@@ -1014,8 +1014,7 @@ class Rules:
                     break
                 if d.remaining < tightest.remaining:
                     tightest = d
-            else:
-                # (zip without strict=: a keyword argument sends zip down its slow path)
+            else:  # (zip without strict=, whose keyword sends zip down its slow path)
                 return Verdict(True, "allowed", None, None, tightest,
                                [*zip(names, decisions)], False, view)  # noqa: B905
         return self._fast_many(view, several, keys, costs, names, decisions)

@@ -128,11 +128,12 @@ class MemoryStorage(Storage):
         insert = self._insert
         prefix = algorithm.id + "|"
         clock = self._clock
+        wall = clock is time.time  # (the store's clock is fixed)
         time_ns = time.time_ns
 
         def hit(key: str, cost: int, now: int | None) -> Decision:
             if now is None:
-                now = time_ns() // 1000 if clock is time.time else int(clock() * 1_000_000)
+                now = time_ns() // 1000 if wall else int(clock() * 1_000_000)
             k = prefix + key
             acquire()  # bound acquire/release: half the cost of `with lock` here
             try:
@@ -179,11 +180,12 @@ class MemoryStorage(Storage):
         release = self._lock.release
         insert = self._insert
         clock = self._clock
+        wall = clock is time.time  # (the store's clock is fixed)
         time_ns = time.time_ns
 
         def batch(keys: Sequence[str], costs: Sequence[int], now: int | None) -> list[Decision]:
             if now is None:
-                now = time_ns() // 1000 if clock is time.time else int(clock() * 1_000_000)
+                now = time_ns() // 1000 if wall else int(clock() * 1_000_000)
             decisions: list[Decision] = []
             staged = []
             together = True
