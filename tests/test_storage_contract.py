@@ -131,14 +131,14 @@ def test_a_stores_own_answer_carries_no_fail_policy(make_limiter, clock):
 
 @pytest.mark.parametrize("strategy", STRATEGIES)
 def test_bound_batch_answers_and_charges_as_apply_does(make_limiter, clock, strategy):
-    """``bind_batch(groups)`` is ``apply`` for fixed algorithms: group i's rates checked on
-    keys[i] at costs[i], decisions flat and in order, all charged only if every one allows
-    (checked against ``apply`` on twin keys driven side by side)."""
+    """``bind_batch(groups, prefix)`` is ``apply`` for fixed algorithms: group i's rates
+    checked on prefix + keys[i] at costs[i], decisions flat and in order, all charged only
+    if every one allows (checked against ``apply`` on twin keys driven side by side)."""
     storage = make_limiter(strategy).storage
     a = make_algorithm(strategy, Rate(4, 10))
     b = make_algorithm(strategy, Rate(3, 60))
     c = make_algorithm(strategy, Rate(5, 10))
-    batch = storage.bind_batch([(a, b), (c,)])
+    batch = storage.bind_batch([(a, b), (c,)], "p:")
     assert storage.bind_batch([(a, b), (c,)])(["f", "g"], [0, 0], _now(clock))[2].remaining == 5
     refused = 0
     for step, (cost1, cost2) in enumerate([(1, 1), (2, 1), (1, 3), (1, 1), (0, 2), (1, 1),
@@ -151,7 +151,7 @@ def test_bound_batch_answers_and_charges_as_apply_does(make_limiter, clock, stra
         assert got == want, step
         refused += not all(d.allowed for d in got)
         left = storage.apply(
-            [Check(a, "b1", 0), Check(b, "b1", 0), Check(c, "b2", 0),
+            [Check(a, "p:b1", 0), Check(b, "p:b1", 0), Check(c, "p:b2", 0),
              Check(a, "a1", 0), Check(b, "a1", 0), Check(c, "a2", 0)],
             consume=False, now=now,
         ).decisions

@@ -297,13 +297,13 @@ class _Throttle:
         #: bound once: ``_fast`` calls it with ``NS + discriminator``
         self.hit: BoundHit | None = None
         #: the store's bound batch of a rule of several rates on a local store
-        #: (``Storage.bind_batch``): ``_fast`` calls it with ``(NS + discriminator,)``
+        #: (``Storage.bind_batch`` under ``NS``): ``_fast`` calls it with ``(discriminator,)``
         self.batch: BoundBatch | None = None
         if storage is not None and not storage.remote:
             if len(algorithms) == 1:
                 self.hit = storage.bind(algorithms[0])
             else:
-                self.batch = storage.bind_batch((algorithms,))
+                self.batch = storage.bind_batch((algorithms,), NS)
         self.rates = tuple(a.rate for a in algorithms)
         self.match = match
         self.key = key
@@ -964,7 +964,7 @@ class Rules:
         rule1: _Throttle | None = None
         disc1 = ""
         cost1 = 0
-        several: list[_Throttle] | None = None  # with keys and costs, when several apply
+        several: list[_Throttle] | None = None  # with discs and costs, when several apply
         for rule in self.throttles:
             applies = self._applies(rule, view)
             if applies is None:
@@ -974,11 +974,11 @@ class Rules:
                 disc1, cost1 = applies
             elif several is None:
                 several = [rule1, rule]
-                keys = [NS + disc1, NS + applies[0]]
+                discs = [disc1, applies[0]]
                 costs = [cost1, applies[1]]
             else:
                 several.append(rule)
-                keys.append(NS + applies[0])
+                discs.append(applies[0])
                 costs.append(applies[1])
         if rule1 is None:
             return _allowed(None, [], view)
@@ -994,19 +994,18 @@ class Rules:
                                False, view)
             batch = rule1.batch  # one rule of several rates
             assert batch is not None
-            key1 = NS + disc1
-            decisions = batch((key1,), (cost1,), now)
+            decisions = batch((disc1,), (cost1,), now)
             policies = [*zip(rule1.policy_names, decisions)]  # noqa: B905 - one per rate
             d = most_restrictive(decisions)  # the rule's own choice among its rates
             if d.allowed:
                 return Verdict(True, "allowed", None, None, d, policies, False, view)
-            return self._fast_refused(view, [rule1], [key1], [cost1], decisions, policies)
+            return self._fast_refused(view, [rule1], [disc1], [cost1], decisions, policies)
         applying = tuple(several)
         bound = self._batches.get(applying)
         if bound is None:
             bound = self._bind_batch(applying, storage)
         batch, names = bound
-        decisions = batch(keys, costs, now)
+        decisions = batch(discs, costs, now)
         if len(names) == len(several):  # one rate each (the common case, inlined)
             tightest = decisions[0]
             for d in decisions:
@@ -1017,25 +1016,25 @@ class Rules:
             else:  # (zip without strict=, whose keyword sends zip down its slow path)
                 return Verdict(True, "allowed", None, None, tightest,
                                [*zip(names, decisions)], False, view)  # noqa: B905
-        return self._fast_many(view, several, keys, costs, names, decisions)
+        return self._fast_many(view, several, discs, costs, names, decisions)
 
     def _fast_many(
-        self, view: RequestView, several: list[_Throttle], keys: list[str], costs: list[int],
+        self, view: RequestView, several: list[_Throttle], discs: list[str], costs: list[int],
         names: tuple[str, ...], decisions: list[Decision],
     ) -> Verdict:
         """The verdict of several checks decided all or nothing by the store's bound batch
-        (group ``i``: the rates of ``several[i]``, on ``keys[i]`` at ``costs[i]``), as
+        (group ``i``: the rates of ``several[i]``, on ``NS + discs[i]`` at ``costs[i]``), as
         ``_finish`` reads it for plain throttles."""
         policies = [*zip(names, decisions)]  # noqa: B905 - as many names as decisions
         if len(names) == len(several):  # one rate each: refused (_fast answers allowed)
-            return self._fast_refused(view, several, keys, costs, decisions, policies)
+            return self._fast_refused(view, several, discs, costs, decisions, policies)
         tightest: Decision | None = None
         i = 0
         for rule in several:
             n = len(rule.policy_names)
             d = most_restrictive(decisions[i:i + n])  # the rule's own choice among its rates
             if not d.allowed:
-                return self._fast_refused(view, several, keys, costs, decisions, policies)
+                return self._fast_refused(view, several, discs, costs, decisions, policies)
             if tightest is None or d.remaining < tightest.remaining:
                 tightest = d
             i += n
@@ -1046,7 +1045,7 @@ class Rules:
     ) -> tuple[BoundBatch, tuple[str, ...]]:
         """The store's bound batch of these throttles' algorithms and their policy names,
         bound on the first request they all apply to."""
-        batch = storage.bind_batch([r.algorithms for r in applying])
+        batch = storage.bind_batch([r.algorithms for r in applying], NS)
         names = tuple(n for r in applying for n in r.policy_names)
         if len(self._batches) >= 256:  # match functions picking ever other subsets
             self._batches.clear()
@@ -1054,18 +1053,18 @@ class Rules:
         return batch, names
 
     def _fast_refused(
-        self, view: RequestView, several: list[_Throttle], keys: list[str], costs: list[int],
+        self, view: RequestView, several: list[_Throttle], discs: list[str], costs: list[int],
         decisions: list[Decision], policies: list[tuple[str, Decision]],
     ) -> Verdict:
         """The refusal of several checks decided all or nothing (nothing was charged), as
         ``_finish`` reads it for plain throttles."""
         refusal: tuple[_Throttle, str, Decision] | None = None
         i = 0
-        for rule, key, cost in zip(several, keys, costs, strict=True):
+        for rule, disc, cost in zip(several, discs, costs, strict=True):
             n = len(rule.policy_names)
             d = decisions[i] if n == 1 else most_restrictive(decisions[i:i + n])
             if not d.allowed and (refusal is None or d.retry_after > refusal[2].retry_after):
-                refusal = (rule, key[len(NS):], d)
+                refusal = (rule, disc, d)
             if cost:
                 # Nothing was charged: report what the allowing policies really have left.
                 for j in range(i, i + n):

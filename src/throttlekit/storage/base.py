@@ -123,19 +123,20 @@ class Storage(abc.ABC):
         ``partial(self.hit, algorithm)``, the same answers without the specialisation."""
         return partial(self.hit, algorithm)
 
-    def bind_batch(self, groups: Sequence[Sequence[Algorithm]]) -> BoundBatch:
+    def bind_batch(self, groups: Sequence[Sequence[Algorithm]], prefix: str = "") -> BoundBatch:
         """``apply`` for fixed algorithms, as ``fn(keys, costs, now) -> decisions``: the
         several dependent checks of a hot path (several limits, or a limit of several
         rates), bound once and called per request. Group ``i``'s algorithms are checked on
-        ``keys[i]`` at ``costs[i]``; the decisions come flat, in order; all are charged
-        only if every one allows (``apply``'s all-or-nothing); no blocklist lookup.
+        ``prefix + keys[i]`` at ``costs[i]`` (the prefix joined once, at bind time where a
+        backend can); the decisions come flat, in order; all are charged only if every one
+        allows (``apply``'s all-or-nothing); no blocklist lookup.
         Backends may return a function specialised for the algorithms (the memory store
         does); the default builds the ``Check``s and calls ``apply``."""
         frozen = tuple(tuple(g) for g in groups)
 
         def batch(keys: Sequence[str], costs: Sequence[int], now: int | None) -> list[Decision]:
             checks = [
-                Check(alg, key, cost)
+                Check(alg, prefix + key, cost)
                 for algs, key, cost in zip(frozen, keys, costs, strict=True)
                 for alg in algs
             ]

@@ -83,7 +83,7 @@ class MemoryStorage(Storage):
         #: algorithm -> its bound hit (see ``bind``)
         self._bound: dict[Algorithm, BoundHit] = {}
         #: groups of algorithms -> their bound batch (see ``bind_batch``)
-        self._batches: dict[tuple[tuple[Algorithm, ...], ...], BoundBatch] = {}
+        self._batches: dict[tuple[tuple[tuple[Algorithm, ...], ...], str], BoundBatch] = {}
 
     def __repr__(self) -> str:
         return f"MemoryStorage(max_keys={self.max_keys})"
@@ -158,17 +158,17 @@ class MemoryStorage(Storage):
         self._bound[algorithm] = hit
         return hit
 
-    def bind_batch(self, groups: Sequence[Sequence[Algorithm]]) -> BoundBatch:
+    def bind_batch(self, groups: Sequence[Sequence[Algorithm]], prefix: str = "") -> BoundBatch:
         """``apply``'s all-or-nothing loop specialised for fixed algorithms (see
         ``Storage.bind_batch``): one lock, each check's storage prefix and kind worked out
         once; cached per groups of algorithms."""
         frozen = tuple(tuple(g) for g in groups)
-        bound = self._batches.get(frozen)
+        bound = self._batches.get((frozen, prefix))
         if bound is not None:
             return bound
         # one flat entry per check: (algorithm, storage prefix, is a sliding log, group)
         plan = tuple(
-            (alg, alg.id + "|", alg.__class__ is SlidingLog, i)
+            (alg, f"{alg.id}|{prefix}", alg.__class__ is SlidingLog, i)
             for i, algs in enumerate(frozen) for alg in algs
         )
         data = self._data
@@ -224,7 +224,7 @@ class MemoryStorage(Storage):
 
         if len(self._batches) >= _BOUND_CACHE:
             self._batches.clear()
-        self._batches[frozen] = batch
+        self._batches[frozen, prefix] = batch
         return batch
 
     def make_hit(self, algorithm: Algorithm) -> BoundHit:
