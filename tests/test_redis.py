@@ -740,6 +740,55 @@ def test_cluster_batch_spanning_slots_is_one_script_per_slot(cluster: Any) -> No
 
 
 @pytest.mark.cluster
+def test_redis_storage_of_a_cluster_client_is_the_cluster_storage(cluster: Any) -> None:
+    """RedisStorage(RedisCluster(...)) keeps working: it makes a RedisClusterStorage, whose
+    batches, block lookups and leases spanning slots run one script per slot."""
+    from redis.asyncio.cluster import RedisCluster as AsyncRedisCluster
+    from redis.cluster import RedisCluster
+
+    from throttlekit.storage.redis import RedisClusterStorage
+
+    assert isinstance(storage_from_url(cluster.url), RedisClusterStorage)
+    client = RedisCluster(host="127.0.0.1", port=cluster.port)
+    s = RedisStorage(client, prefix=f"tk-test:{uuid.uuid4().hex}:")
+    assert isinstance(s, RedisClusterStorage)
+    keys = [f"user:{i}" for i in range(6)]
+    alg = make_algorithm("fixed_window", Rate(1, 60))
+    s.block("user:3", 60, "x")
+    r = s.apply([Check(alg, k) for k in keys], block_keys=["user:3"])
+    assert [b.key for b in r.blocked if b] == ["user:3"]
+    # the blocked request charged nothing, in any slot (the block key's slot goes first)
+    assert all(d.allowed for d in s.apply([Check(alg, k) for k in keys]).decisions)
+    assert not any(d.allowed for d in s.apply([Check(alg, k) for k in keys]).decisions)
+    # leases: a full key makes the whole acquire fail and leaves no slot taken
+    assert s.acquire(keys[:1], [1], "a", 60) == -1
+    assert s.acquire(keys, [1] * 6, "b", 60) == 0
+    assert [s.inflight(k) for k in keys] == [1, 0, 0, 0, 0, 0]
+    s.release(keys[:1], "a")
+    assert s.acquire(keys, [1] * 6, "b", 60) == -1
+    assert [s.inflight(k) for k in keys] == [1] * 6
+    s.release(keys, "b")
+    s.reset(keys)
+    assert all(d.allowed for d in s.apply([Check(alg, k) for k in keys]).decisions)
+    s.reset(keys)
+    client.close()
+
+    async def run() -> list[bool]:
+        aclient = AsyncRedisCluster(host="127.0.0.1", port=cluster.port)
+        a = RedisStorage(aclient, prefix=f"tk-test:{uuid.uuid4().hex}:")
+        assert isinstance(a, RedisClusterStorage)
+        first = await a.aapply([Check(alg, k) for k in keys])
+        second = await a.aapply([Check(alg, k) for k in keys])
+        assert await a.aacquire(keys, [1] * 6, "c", 60) == -1
+        await a.arelease(keys, "c")
+        await a.areset(keys)
+        await aclient.aclose()
+        return [d.allowed for d in first.decisions + second.decisions]
+
+    assert asyncio.run(run()) == [True] * 6 + [False] * 6
+
+
+@pytest.mark.cluster
 def test_cluster_async(cluster: Any) -> None:
     """The async twins work on redis.asyncio's RedisCluster."""
     s = storage_from_url(cluster.url, prefix="ca:")

@@ -1,4 +1,5 @@
-"""The Lua scripts (``lua/*.lua``, loaded once) and the arguments of a single-check script.
+"""The Lua scripts (``lua/*.lua``, loaded once), the arguments of a single-check script, and
+the scripts' answers read as Decisions and Blocks.
 
 A script's ``--#include NAME`` lines are replaced by ``lua/_NAME.lua``: the parts several
 scripts share (the clock, the exact arithmetic, each strategy's decision) live in one file.
@@ -7,12 +8,18 @@ scripts share (the clock, the exact arithmetic, each strategy's decision) live i
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Sequence
 from importlib import resources
 from typing import Any
 
 from ..._algorithms import Algorithm
+from ..._decision import Decision
+from ..base import BatchResult, Block, Check
 
-__all__ = ["INF", "KIND", "SAFE", "SMALL", "One", "Script", "lua", "script", "text"]
+__all__ = [
+    "INF", "KIND", "SAFE", "SMALL", "One", "Script", "batch_result", "block_list", "decision",
+    "lua", "named", "script", "text",
+]
 
 INF = float("inf")
 SAFE = 1 << 53  # cost is capped below it: Lua numbers are doubles
@@ -87,3 +94,54 @@ class One:
             )
             if self.log is not None:
                 self.log_b = self.log.encode(*encoding)
+
+
+# -- the scripts' answers ---------------------------------------------------------------------
+
+
+def decision(alg: Algorithm, raw: Any) -> Decision:
+    """The answer of a single-check script: ``"allowed remaining reset_us retry_us"``."""
+    allowed, rem, reset, retry = raw.split()
+    r = int(retry)
+    return alg.decide(allowed == b"1" or allowed == "1", int(rem), int(reset),
+                      INF if r < 0 else r / 1e6)
+
+
+def batch_result(checks: Sequence[Check], nb: int, raw: Sequence[Any]) -> BatchResult:
+    """The answer of the batch script for ``checks`` and ``nb`` block keys."""
+    decisions: list[Decision] = []
+    for i, c in enumerate(checks):
+        allowed, rem, reset, retry = raw[4 * i : 4 * i + 4]
+        decisions.append(
+            c.algorithm.decide(allowed == 1, rem, reset, INF if retry < 0 else retry / 1e6)
+        )
+    blocked: list[Block | None] = []
+    o = 4 * len(checks)
+    for j in range(nb):
+        exp = raw[o + 2 * j] if o + 2 * j < len(raw) else None
+        if exp is None:
+            blocked.append(None)
+        else:
+            e = text(exp)
+            blocked.append(
+                Block("", INF if e == "inf" else int(e) / 1e6, text(raw[o + 2 * j + 1]))
+            )
+    return BatchResult(decisions, blocked)
+
+
+def named(result: BatchResult, block_keys: Sequence[str]) -> BatchResult:
+    """``result`` with each found block named by its block key."""
+    blocked = result.blocked
+    for j, b in enumerate(blocked):
+        if b is not None:
+            blocked[j] = b._replace(key=block_keys[j])
+    return result
+
+
+def block_list(raw: Sequence[Any]) -> list[Block]:
+    """The answer of ``blocks.lua``'s ``list``: key, expiry, reason, for each live entry."""
+    out = []
+    for i in range(0, len(raw), 3):
+        e = text(raw[i + 1])
+        out.append(Block(text(raw[i]), INF if e == "inf" else int(e) / 1e6, text(raw[i + 2])))
+    return out

@@ -32,18 +32,32 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Generator, Sequence
-from typing import Any, ClassVar, TypeVar
+from typing import Any, TypeVar
 
 from ..._algorithms import Algorithm
 from ..._decision import Decision
 from ..._errors import ConfigError, StorageError
 from ..base import BatchResult, Block, Check, Storage
 from ._client import Clients, is_cluster, redis_module
-from ._scripts import INF, KIND, SAFE, SMALL, One, Script, script, text
+from ._scripts import (
+    INF,
+    KIND,
+    SAFE,
+    SMALL,
+    One,
+    Script,
+    batch_result,
+    block_list,
+    decision,
+    named,
+    script,
+    text,
+)
 
 __all__ = ["RedisStorage"]
 
 _MAX_ONES = 4096  # bound of the per-algorithm argument cache
+_CLUSTER_CLASS: list[type[RedisStorage]] = []  # the storage of Cluster clients (see cluster.py)
 _R = TypeVar("_R")
 #: the script calls of one operation: yields (keys, args), is sent each answer
 Calls = Generator[tuple[Sequence[str], Sequence[Any]], Any, _R]
@@ -83,18 +97,18 @@ class RedisStorage(Clients, Storage):
     remote = True
     shared = True
     supports_leases = True
-    #: the class made for Cluster clients (set by ``class ...(RedisStorage, cluster=True)``)
-    _cluster_class: ClassVar[type[RedisStorage] | None] = None
 
     def __init_subclass__(cls, *, cluster: bool = False, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
-        if cluster:
-            RedisStorage._cluster_class = cls
+        if cluster:  # class RedisClusterStorage(RedisStorage, cluster=True)
+            _CLUSTER_CLASS[:] = [cls]
 
     def __new__(cls, client: Any = None, *, async_client: Any = None, **_: Any) -> RedisStorage:
         # RedisStorage(cluster_client) keeps working: it is the Cluster storage.
-        if cls is RedisStorage and (is_cluster(client) or is_cluster(async_client)):
-            cls = RedisStorage._cluster_class or cls
+        if cls is RedisStorage and _CLUSTER_CLASS and (
+            is_cluster(client) or is_cluster(async_client)
+        ):
+            cls = _CLUSTER_CLASS[0]
         return super().__new__(cls)
 
     def __init__(
@@ -256,45 +270,17 @@ class RedisStorage(Clients, Storage):
         _, args = self._one(check, consume, now)  # NOSCRIPT: send the source (and cache it)
         return self._eval_one(one.script, one.sha, args)
 
-    # -- answers ------------------------------------------------------------------------------
-
-    @staticmethod
-    def _decision(alg: Algorithm, raw: Any) -> Decision:
-        allowed, rem, reset, retry = raw.split()
-        r = int(retry)
-        return alg.decide(allowed == b"1" or allowed == "1", int(rem), int(reset),
-                          INF if r < 0 else r / 1e6)
-
-    @staticmethod
-    def _result(checks: Sequence[Check], nb: int, raw: Sequence[Any]) -> BatchResult:
-        decisions: list[Decision] = []
-        for i, c in enumerate(checks):
-            allowed, rem, reset, retry = raw[4 * i : 4 * i + 4]
-            decisions.append(
-                c.algorithm.decide(allowed == 1, rem, reset, INF if retry < 0 else retry / 1e6)
-            )
-        blocked: list[Block | None] = []
-        o = 4 * len(checks)
-        for j in range(nb):
-            exp = raw[o + 2 * j] if o + 2 * j < len(raw) else None
-            if exp is None:
-                blocked.append(None)
-            else:
-                e = text(exp)
-                blocked.append(
-                    Block("", INF if e == "inf" else int(e) / 1e6, text(raw[o + 2 * j + 1]))
-                )
-        return BatchResult(decisions, blocked)
-
     # -- the script calls of an operation, without I/O (a Cluster splits them by slot) ---------
 
-    def _batches(
+    def _batch_call(
         self, checks: Sequence[Check], consume: bool, now: int | None, block_keys: Sequence[str]
     ) -> Calls[BatchResult]:
-        """The batch-script calls of one ``apply`` with several checks or block keys."""
+        """The batch-script call of ``apply`` with several checks or block keys."""
         keys, args = self._args(checks, consume, now, block_keys)
         raw = yield keys, args
-        return named(self._result(checks, len(block_keys), raw), block_keys)
+        return named(batch_result(checks, len(block_keys), raw), block_keys)
+
+    _batches = _batch_call  # the calls of such an ``apply`` (a Cluster: one per slot)
 
     def _key_groups(self, keys: Sequence[str]) -> list[list[str]]:
         """The families of ``keys``, in groups that one script may touch together."""
@@ -404,7 +390,7 @@ class RedisStorage(Clients, Storage):
             else:
                 one, args = self._one(c, consume, now)
                 raw = self._eval_one(one.script, one.sha, args)
-            return BatchResult([self._decision(c.algorithm, raw)], [])
+            return BatchResult([decision(c.algorithm, raw)], [])
         return self._run(self._batch, self._batches(checks, consume, now, block_keys))
 
     def hit(self, algorithm: Algorithm, key: str, cost: int, now: int | None) -> Decision:
@@ -428,7 +414,7 @@ class RedisStorage(Clients, Storage):
 
     def blocked(self, now: int | None = None) -> list[Block]:
         raw = self._eval(self._blocks, self._index, ["list", self._now(now), self._slack_ms])
-        return blocks(raw)
+        return block_list(raw)
 
     def ping(self) -> bool:
         try:
@@ -507,7 +493,7 @@ class RedisStorage(Clients, Storage):
                     raw = await client.execute_command("EVAL", one.script.source, *args)
             except self._errors as exc:
                 raise _failed(exc) from exc
-            return BatchResult([self._decision(c.algorithm, raw)], [])
+            return BatchResult([decision(c.algorithm, raw)], [])
         return await self._arun(self._batch, self._batches(checks, consume, now, block_keys))
 
     async def ahit(self, algorithm: Algorithm, key: str, cost: int, now: int | None) -> Decision:
@@ -545,7 +531,7 @@ class RedisStorage(Clients, Storage):
         raw = await self._aeval(
             self._blocks, self._index, ["list", self._now(now), self._slack_ms]
         )
-        return blocks(raw)
+        return block_list(raw)
 
     async def aping(self) -> bool:
         """Async twin of :meth:`ping`."""
@@ -590,19 +576,3 @@ class RedisStorage(Clients, Storage):
         await self._acall("SET", key, seed, "NX")
         return int(await self._acall("INCR", key))
 
-
-def named(result: BatchResult, block_keys: Sequence[str]) -> BatchResult:
-    """``result`` with each found block named by its block key."""
-    blocked = result.blocked
-    for j, b in enumerate(blocked):
-        if b is not None:
-            blocked[j] = b._replace(key=block_keys[j])
-    return result
-
-
-def blocks(raw: Sequence[Any]) -> list[Block]:
-    out = []
-    for i in range(0, len(raw), 3):
-        e = text(raw[i + 1])
-        out.append(Block(text(raw[i]), INF if e == "inf" else int(e) / 1e6, text(raw[i + 2])))
-    return out

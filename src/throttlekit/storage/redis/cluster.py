@@ -15,7 +15,8 @@ from typing import Any
 from ..._decision import Decision
 from ..base import BatchResult, Block, Check
 from ._client import redis_module
-from ._store import Calls, RedisStorage, named
+from ._scripts import batch_result, named
+from ._store import Calls, RedisStorage
 
 __all__ = ["RedisClusterStorage", "cluster_clients"]
 
@@ -53,7 +54,7 @@ class RedisClusterStorage(RedisStorage, cluster=True):
     ) -> Calls[BatchResult]:
         groups = self._groups(checks, block_keys)
         if groups is None:
-            return (yield from super()._batches(checks, consume, now, block_keys))
+            return (yield from self._batch_call(checks, consume, now, block_keys))
         decisions: list[Decision | None] = [None] * len(checks)
         blocked: list[Block | None] = [None] * len(block_keys)
         charge = consume
@@ -61,7 +62,7 @@ class RedisClusterStorage(RedisStorage, cluster=True):
             sub = [checks[i] for i in ci]
             sub_bk = [block_keys[j] for j in bi]
             keys, args = self._args(sub, charge, now, sub_bk)
-            r = self._result(sub, len(sub_bk), (yield keys, args))
+            r = batch_result(sub, len(sub_bk), (yield keys, args))
             if any(r.blocked):
                 charge = False  # a blocked request charges nothing
             for i, d in zip(ci, r.decisions, strict=True):
