@@ -15,6 +15,12 @@ end
 
 local function fmt(x) return string.format('%.0f', x) end
 
+-- A strategy's charge (see _fixed_window.lua): write the state it computed, extend the TTL.
+local function set_state(H, aux, field, cost, state, ttl_us, existed)
+  call('HSET', H, field, state)
+  expire(H, ttl_us, existed)
+end
+
 local function parse(e)  -- "a b" -> a, b
   local sp = string.find(e, ' ', 1, true)
   return tonumber(string.sub(e, 1, sp - 1)), tonumber(string.sub(e, sp + 1))

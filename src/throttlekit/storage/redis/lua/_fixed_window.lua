@@ -1,7 +1,9 @@
 -- Each strategy is one function of (H, aux, field, limit, p, cap, cost): H the key family
 -- hash, aux the sliding log's list (else H), p the period in microseconds, cap the token
 -- bucket's capacity. It returns allowed (1/0), remaining, reset_us, retry_us (-1 = never)
--- and, when the check allows a positive cost, the function that charges it.
+-- and, when the check allows a positive cost, how to charge it: a function and the three
+-- arguments it takes after (H, aux, field, cost). No closure is made per check: scripts
+-- run on every request, and closures over a check's locals cost more than the check.
 local function fixed_window(H, aux, field, limit, p, cap, cost)
   local win = idiv(now, p)
   local count = 0
@@ -14,11 +16,9 @@ local function fixed_window(H, aux, field, limit, p, cap, cost)
   if count + cost <= limit then
     local reset = 0
     if count + cost > 0 then reset = left end
-    local write = cost > 0 and function()
-      call('HSET', H, field, fmt(win) .. ' ' .. fmt(count + cost))
-      expire(H, left, v)
-    end
-    return 1, limit - count - cost, reset, 0, write
+    if cost == 0 then return 1, limit - count, reset, 0 end
+    return 1, limit - count - cost, reset, 0,
+      set_state, string.format('%.0f %.0f', win, count + cost), left, v
   end
   local rem, reset, retry = 0, 0, left
   if cost > limit then retry = -1 end

@@ -14,9 +14,9 @@ local function one(decide)
   local cost = tonumber(ARGV[2])
   local charge = cost >= 0
   if not charge then cost = -1 - cost end
-  local allowed, rem, reset, retry, write = decide(
-    KEYS[1], KEYS[2] or KEYS[1], ARGV[4], tonumber(ARGV[5]), tonumber(ARGV[6]),
-    tonumber(ARGV[7]), cost)
-  if write and charge then write() end
+  local H, aux, field = KEYS[1], KEYS[2] or KEYS[1], ARGV[4]
+  local allowed, rem, reset, retry, write, a, b, c = decide(
+    H, aux, field, tonumber(ARGV[5]), tonumber(ARGV[6]), tonumber(ARGV[7]), cost)
+  if write and charge then write(H, aux, field, cost, a, b, c) end
   return string.format('%.0f %.0f %.0f %.0f', allowed, rem, reset, retry)
 end

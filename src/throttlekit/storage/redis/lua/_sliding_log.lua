@@ -1,5 +1,24 @@
 -- See _fixed_window.lua for the shape of a strategy's function. The list aux holds
 -- "time cost" entries, oldest first; H's field holds their total.
+local function log_charge(H, aux, field, cost, _, ttl_us, known)
+  local e = call('LINDEX', aux, -1)
+  local t, c
+  if e then t, c = parse(e) end
+  if t == now then
+    call('LSET', aux, -1, fmt(now) .. ' ' .. fmt(c + cost))
+  else
+    call('RPUSH', aux, fmt(now) .. ' ' .. fmt(cost))
+  end
+  -- the total now (another check of the same batch may have charged it)
+  call('HINCRBY', H, field, fmt(cost))
+  expire(aux, ttl_us, e)
+  expire(H, ttl_us, known)
+end
+
+local function last_time(aux)  -- of the newest entry
+  return (parse(call('LINDEX', aux, -1)))
+end
+
 local function sliding_log(H, aux, field, limit, p, cap, cost)
   local known = call('HGET', H, field)  -- H exists
   local total = tonumber(known or '0')
@@ -15,29 +34,13 @@ local function sliding_log(H, aux, field, limit, p, cap, cost)
     trimmed = true
   end
   if trimmed then call('HSET', H, field, fmt(total)) end
-  local function last_time()
-    return (parse(call('LINDEX', aux, -1)))
-  end
   if total + cost <= limit then
     if cost == 0 then
       local reset = 0
-      if total > 0 then reset = last_time() + p - now end
+      if total > 0 then reset = last_time(aux) + p - now end
       return 1, limit - total, reset, 0
     end
-    return 1, limit - total - cost, p, 0, function()
-      local e = call('LINDEX', aux, -1)
-      local t, c
-      if e then t, c = parse(e) end
-      if t == now then
-        call('LSET', aux, -1, fmt(now) .. ' ' .. fmt(c + cost))
-      else
-        call('RPUSH', aux, fmt(now) .. ' ' .. fmt(cost))
-      end
-      -- the total now (another check of the same batch may have charged it)
-      call('HINCRBY', H, field, fmt(cost))
-      expire(aux, p, e)
-      expire(H, p, known)
-    end
+    return 1, limit - total - cost, p, 0, log_charge, false, p, known
   end
   local retry, reset, rem = -1, 0, 0
   if cost <= limit then
@@ -56,7 +59,7 @@ local function sliding_log(H, aux, field, limit, p, cap, cost)
     end
     retry = at - now
   end
-  if total > 0 then reset = last_time() + p - now end
+  if total > 0 then reset = last_time(aux) + p - now end
   if total < limit then rem = limit - total end
   return 0, rem, reset, retry
 end

@@ -17,11 +17,9 @@ local function sliding_window(H, aux, field, limit, p, cap, cost)
   local reset = 0
   if k >= 0 and wq <= k then
     if cur + cost > 0 then reset = (win + 2) * p - now elseif prev > 0 then reset = left end
-    local write = cost > 0 and function()
-      call('HSET', H, field, fmt(win) .. ' ' .. fmt(cur + cost) .. ' ' .. fmt(prev))
-      expire(H, (win + 2) * p - now, v)
-    end
-    return 1, k - wq, reset, 0, write
+    if cost == 0 then return 1, k - wq, reset, 0 end
+    return 1, k - wq, reset, 0,
+      set_state, string.format('%.0f %.0f %.0f', win, cur + cost, prev), (win + 2) * p - now, v
   end
   local retry
   if cost > limit then

@@ -35,11 +35,9 @@ local function token_bucket(H, aux, field, limit, p, cap, cost)
   local NW = W + cost
   if NW < cap or (NW == cap and R == 0) then
     local reset = drain(NW, R, p, limit)
-    local write = cost > 0 and function()
-      call('HSET', H, field, fmt(now) .. ' ' .. fmt(NW) .. ' ' .. fmt(R))
-      expire(H, reset, v)
-    end
-    return 1, cap - NW - part, reset, 0, write
+    if cost == 0 then return 1, cap - NW - part, reset, 0 end
+    return 1, cap - NW - part, reset, 0,
+      set_state, string.format('%.0f %.0f %.0f', now, NW, R), reset, v
   end
   return 0, cap - W - part, drain(W, R, p, limit), drain(NW - cap, R, p, limit)
 end

@@ -22,20 +22,20 @@ local n = tonumber(ARGV[3])
 local nb = tonumber(ARGV[4])
 
 local out = {}
-local fns, indeps = {}, {}  -- charges to apply once every check is decided
+local charges = {}  -- {write, H, aux, field, cost, a, b, c, independent}: applied once
+                    -- every check is decided
 local all_ok = true
 
 for i = 1, n do
   local b = 5 + (i - 1) * 7
   local cost, flags = tonumber(ARGV[b + 6]), tonumber(ARGV[b + 7])
   local indep, probe = flags % 2 == 1, flags >= 2
-  local allowed, rem, reset, retry, write = DECIDE[ARGV[b + 1]](
-    KEYS[2 * i - 1], KEYS[2 * i], ARGV[b + 2], tonumber(ARGV[b + 3]), tonumber(ARGV[b + 4]),
-    tonumber(ARGV[b + 5]), cost)
+  local H, aux, field = KEYS[2 * i - 1], KEYS[2 * i], ARGV[b + 2]
+  local allowed, rem, reset, retry, write, x, y, z = DECIDE[ARGV[b + 1]](
+    H, aux, field, tonumber(ARGV[b + 3]), tonumber(ARGV[b + 4]), tonumber(ARGV[b + 5]), cost)
   if allowed == 0 and not indep then all_ok = false end
   if write and consume and not probe then
-    fns[#fns + 1] = write
-    indeps[#indeps + 1] = indep
+    charges[#charges + 1] = {write, H, aux, field, cost, x, y, z, indep}
   end
   out[4 * i - 3], out[4 * i - 2], out[4 * i - 1], out[4 * i] = allowed, rem, reset, retry
 end
@@ -59,8 +59,9 @@ end
 -- all-or-nothing: charge only when every dependent check allows (independent ones alone),
 -- and nothing at all for a blocked request
 if not blocked then
-  for j = 1, #fns do
-    if all_ok or indeps[j] then fns[j]() end
+  for j = 1, #charges do
+    local w = charges[j]
+    if all_ok or w[9] then w[1](w[2], w[3], w[4], w[5], w[6], w[7], w[8]) end
   end
 end
 return out
