@@ -1,9 +1,11 @@
--- The time of a script: ARGV[t] ('' = the server's TIME), and the TTL slack in ms, ARGV[s],
--- used only with a client-given time (the server cannot check the client's clock).
-local function clock(t, s)
-  if ARGV[t] == '' then
-    local now = redis.call('TIME')
-    return tonumber(now[1]) * 1000000 + tonumber(now[2]), 0
-  end
-  return tonumber(ARGV[t]), tonumber(ARGV[s])
+--#params now_at slack_at
+-- The time of a script: now from ARGV[now_at] ('' = the server's TIME), and slack, the
+-- TTL slack in ms from ARGV[slack_at], used only with a client-given time (the server
+-- cannot check the client's clock).
+local now, slack = ARGV[now_at], 0
+if now == '' then
+  local tm = redis.call('TIME')
+  now = tonumber(tm[1]) * 1000000 + tonumber(tm[2])
+else
+  now, slack = tonumber(now), tonumber(ARGV[slack_at])
 end

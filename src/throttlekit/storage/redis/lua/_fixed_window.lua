@@ -1,28 +1,26 @@
--- Each strategy is one function of (H, aux, field, limit, p, cap, cost): H the key family
--- hash, aux the sliding log's list (else H), p the period in microseconds, cap the token
--- bucket's capacity. It returns allowed (1/0), remaining, reset_us, retry_us (-1 = never)
--- and, when the check allows a positive cost, how to charge it: a function and the three
--- arguments it takes after (H, aux, field, cost). No closure is made per check: scripts
--- run on every request, and closures over a check's locals cost more than the check.
-local function fixed_window(H, aux, field, limit, p, cap, cost)
-  local win = idiv(now, p)
-  local count = 0
-  local v = call('HGET', H, field)
-  if v then
-    local w, c = parse(v)
-    if w == win then count = c end
-  end
-  local left = (win + 1) * p - now
-  if count + cost <= limit then
-    local reset = 0
-    if count + cost > 0 then reset = left end
-    if cost == 0 then return 1, limit - count, reset, 0 end
-    return 1, limit - count - cost, reset, 0,
-      set_state, string.format('%.0f %.0f', win, count + cost), left, v
-  end
-  local rem, reset, retry = 0, 0, left
+-- Each strategy is a block of statements that batch.lua and the strategy's own script paste
+-- in place (no function is defined or called per check: scripts run on every request).
+-- In scope: now, slack, H (the key family hash), aux (the sliding log's list, else H),
+-- field, limit, p (the period in microseconds), cap (the token bucket's capacity), cost,
+-- and locals allowed, rem, reset, retry, state, ttl, known set to 0, 0, 0, 0, false, 0,
+-- false. The block sets allowed (1/0), remaining, reset_us, retry_us (-1 = never) and, when
+-- it allows a positive cost, state (what the charge writes, true for the sliding log), ttl
+-- (the state's lifetime, microseconds) and known (the field's old value: H exists).
+--#include floordiv q=win a=now b=p
+local count = 0
+local v = call('HGET', H, field)
+if v then
+  local sp = find(v, ' ', 1, true)
+  if tonumber(sub(v, 1, sp - 1)) == win then count = tonumber(sub(v, sp + 1)) end
+end
+local left = (win + 1) * p - now
+if count + cost <= limit then
+  allowed, rem = 1, limit - count - cost
+  if count + cost > 0 then reset = left end
+  if cost > 0 then state, ttl, known = format('%.0f %.0f', win, count + cost), left, v end
+else
+  retry = left
   if cost > limit then retry = -1 end
   if count > 0 then reset = left end
   if count < limit then rem = limit - count end
-  return 0, rem, reset, retry
 end

@@ -9,33 +9,42 @@
 --       A batch in which any looked-up block key is found charges nothing.
 -- Returns: per check allowed, remaining, reset_us, retry_us (-1 = never); then per block
 --          key its expiry ('inf' or microseconds) and reason, or false, false.
---#include clock
-local now, slack = clock(1, 5)
 --#include common
---#include fixed_window
---#include sliding_window
---#include token_bucket
---#include sliding_log
-local DECIDE = {fw = fixed_window, sw = sliding_window, tb = token_bucket, sl = sliding_log}
+--#include clock now_at=1 slack_at=5
+--#include arith
+--#include drain
 local consume = ARGV[2] == '1'
 local n = tonumber(ARGV[3])
 local nb = tonumber(ARGV[4])
 
 local out = {}
-local charges = {}  -- {write, H, aux, field, cost, a, b, c, independent}: applied once
-                    -- every check is decided
+local charges = {}  -- 9 slots per charge, applied once every check is decided: kind, H,
+                    -- aux, field, cost, state, ttl, known, independent
 local all_ok = true
 
 for i = 1, n do
   local b = 5 + (i - 1) * 7
+  local kind, field = ARGV[b + 1], ARGV[b + 2]
+  local limit, p, cap = tonumber(ARGV[b + 3]), tonumber(ARGV[b + 4]), tonumber(ARGV[b + 5])
   local cost, flags = tonumber(ARGV[b + 6]), tonumber(ARGV[b + 7])
   local indep, probe = flags % 2 == 1, flags >= 2
-  local H, aux, field = KEYS[2 * i - 1], KEYS[2 * i], ARGV[b + 2]
-  local allowed, rem, reset, retry, write, x, y, z = DECIDE[ARGV[b + 1]](
-    H, aux, field, tonumber(ARGV[b + 3]), tonumber(ARGV[b + 4]), tonumber(ARGV[b + 5]), cost)
+  local H, aux = KEYS[2 * i - 1], KEYS[2 * i]
+  local allowed, rem, reset, retry, state, ttl, known = 0, 0, 0, 0, false, 0, false
+  if kind == 'fw' then
+--#include fixed_window
+  elseif kind == 'sw' then
+--#include sliding_window
+  elseif kind == 'tb' then
+--#include token_bucket
+  else
+--#include sliding_log
+  end
   if allowed == 0 and not indep then all_ok = false end
-  if write and consume and not probe then
-    charges[#charges + 1] = {write, H, aux, field, cost, x, y, z, indep}
+  if state and consume and not probe then
+    local c = #charges
+    charges[c + 1], charges[c + 2], charges[c + 3], charges[c + 4] = kind, H, aux, field
+    charges[c + 5], charges[c + 6], charges[c + 7] = cost, state, ttl
+    charges[c + 8], charges[c + 9] = known, indep
   end
   out[4 * i - 3], out[4 * i - 2], out[4 * i - 1], out[4 * i] = allowed, rem, reset, retry
 end
@@ -46,10 +55,10 @@ for j = 1, nb do
   local v = call('GET', KEYS[2 * n + j])
   local exp, why = false, false
   if v then
-    local sp = string.find(v, ' ', 1, true)
-    local e = string.sub(v, 1, sp - 1)
+    local sp = find(v, ' ', 1, true)
+    local e = sub(v, 1, sp - 1)
     if e == 'inf' or tonumber(e) > now then
-      exp, why = e, string.sub(v, sp + 1)
+      exp, why = e, sub(v, sp + 1)
       blocked = true
     end
   end
@@ -59,9 +68,16 @@ end
 -- all-or-nothing: charge only when every dependent check allows (independent ones alone),
 -- and nothing at all for a blocked request
 if not blocked then
-  for j = 1, #charges do
-    local w = charges[j]
-    if all_ok or w[9] then w[1](w[2], w[3], w[4], w[5], w[6], w[7], w[8]) end
+  for j = 1, #charges, 9 do
+    if all_ok or charges[j + 8] then
+      local H, aux, field, cost = charges[j + 1], charges[j + 2], charges[j + 3], charges[j + 4]
+      local state, ttl, known = charges[j + 5], charges[j + 6], charges[j + 7]
+      if charges[j] == 'sl' then
+--#include sliding_log_charge
+      else
+--#include set_state
+      end
+    end
   end
 end
 return out

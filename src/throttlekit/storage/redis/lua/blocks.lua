@@ -6,8 +6,7 @@
 -- Expired entries are dropped lazily, a bounded number per call ('list': all of them).
 local Z, R = KEYS[1], KEYS[2]
 local op = ARGV[1]
---#include clock
-local now, slack = clock(2, 3)
+--#include clock now_at=2 slack_at=3
 local result = 0
 if op == 'add' then
   local score = ARGV[5] == 'inf' and '+inf' or ARGV[5]

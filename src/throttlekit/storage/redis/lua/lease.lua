@@ -9,8 +9,7 @@ if op == 'release' then
   for i = 1, #KEYS do redis.call('ZREM', KEYS[i], ARGV[3]) end
   return 0
 end
---#include clock
-local now = clock(2, 5)
+--#include clock now_at=2 slack_at=5
 if op == 'count' then
   return redis.call('ZCOUNT', KEYS[1], '(' .. string.format('%d', now), '+inf')
 end

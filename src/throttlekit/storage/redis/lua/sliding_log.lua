@@ -1,4 +1,7 @@
 -- throttlekit: one sliding_log check (see _single.lua; the strategy: _sliding_log.lua).
 --#include single
 --#include sliding_log
-return one(sliding_log)
+if state and charge then
+--#include sliding_log_charge
+end
+return format('%.0f %.0f %.0f %.0f', allowed, rem, reset, retry)
