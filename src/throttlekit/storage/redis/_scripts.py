@@ -54,7 +54,8 @@ def lua(name: str, args: dict[str, str] | None = None) -> str:
     if args:
         if not args.keys() <= params:
             raise ValueError(f"lua/{name}.lua has no parameter {sorted(args.keys() - params)}")
-        source = re.sub(r"\b(%s)\b" % "|".join(args), lambda m: args[m[1]], source)
+        names = "|".join(args)
+        source = re.sub(rf"\b({names})\b", lambda m: args[m[1]], source)
     lines = []
     for line in source.splitlines(keepends=True):
         m = _INCLUDE.match(line)
