@@ -1,5 +1,6 @@
 -- throttlekit: one token_bucket check (see _single.lua; the strategy: _token_bucket.lua).
 --#include single
+local cap = tonumber(ARGV[7])
 --#include arith
 --#include drain
 --#include token_bucket
