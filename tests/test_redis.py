@@ -4,6 +4,7 @@ key layout and TTLs, reset without KEYS, the blocklist, script reloading, URLs a
 from __future__ import annotations
 
 import asyncio
+import re
 import subprocess
 import sys
 import uuid
@@ -115,6 +116,16 @@ def _state(raw: Any, storage: RedisStorage, key: str, algs: list[Any]) -> tuple[
     logs = [raw.lrange(f"{h}:l:{a.id}", 0, -1) for a in algs]
     ttls = [raw.pttl(h), *(raw.pttl(f"{h}:l:{a.id}") for a in algs)]
     return raw.hgetall(h), logs, ttls
+
+
+@pytest.mark.parametrize("name", ["batch", *STRATEGIES])
+def test_scripts_define_no_strategy_function_per_run(name: str) -> None:
+    """Each strategy's Lua is written once but pasted in place: a script run defines no
+    function but the exact-arithmetic helpers the scripts always had (Redis CPU per check)."""
+    source = _script(name).source
+    assert not [line for line in source.splitlines() if line.startswith("--#")]
+    defined = set(re.findall(r"\bfunction\s*(\w*)\s*\(", source))  # "" for function(...)
+    assert defined <= {"idiv", "muldiv", "drain"}
 
 
 @pytest.mark.parametrize("strategy", STRATEGIES)
