@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import sys
 import types
 from collections.abc import Iterator
 from typing import Any
@@ -11,11 +10,11 @@ from typing import Any
 import pytest
 from django.http import HttpResponse, JsonResponse
 from django.test import AsyncClient, Client, override_settings
-from django.urls import clear_url_caches, path
+from django.urls import path
 from django.utils.decorators import method_decorator
 from django.views import View
 
-import django_config  # noqa: F401 - configures Django first
+from django_config import fresh_urlconf, throttlekit_settings  # configures Django first
 from throttlekit import ConfigError, Limiter
 from throttlekit.contrib import django as tk
 
@@ -25,24 +24,13 @@ LIMITER = Limiter(strategy="fixed_window")
 @pytest.fixture
 def urls() -> Iterator[types.ModuleType]:
     """A fresh URLconf module for each test (views are defined by the test)."""
-    module = types.ModuleType("tk_test_urls")
-    module.urlpatterns = []  # type: ignore[attr-defined]
-    sys.modules["tk_test_urls"] = module
-    clear_url_caches()
-    tk._state.clear()
-    LIMITER.storage.clear()  # type: ignore[attr-defined]
-    LIMITER.enabled = True
-    yield module
-    tk._state.clear()
-    clear_url_caches()
+    with fresh_urlconf() as module:
+        LIMITER.storage.clear()  # type: ignore[attr-defined]
+        LIMITER.enabled = True
+        yield module
 
 
-def configure(**options: Any) -> Any:
-    # everything the tests rely on, whoever configured Django first in this process
-    return override_settings(
-        THROTTLEKIT=options, ROOT_URLCONF="tk_test_urls", ALLOWED_HOSTS=["*"],
-        MIDDLEWARE=["throttlekit.contrib.django.ThrottleMiddleware"],
-    )
+configure = throttlekit_settings
 
 
 def test_function_view_decorator_and_request_throttle(urls: Any) -> None:

@@ -15,7 +15,6 @@ import asyncio
 import hashlib
 import json
 import logging
-import sys
 import types
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -23,8 +22,8 @@ from typing import Any
 import httpx
 import pytest
 from django.http import JsonResponse
-from django.test import AsyncClient, Client, override_settings
-from django.urls import clear_url_caches, path
+from django.test import AsyncClient, Client
+from django.urls import path
 from flask import Flask, request
 from starlette.applications import Starlette
 from starlette.requests import Request
@@ -32,9 +31,8 @@ from starlette.responses import JSONResponse
 from starlette.routing import Route
 from werkzeug.test import Client as WerkzeugClient
 
-import django_config  # noqa: F401 - configures Django first
+from django_config import fresh_urlconf, throttlekit_settings  # configures Django first
 from throttlekit import ASGIMiddleware, ConfigError, Limiter, RequestView, WSGIMiddleware
-from throttlekit.contrib import django as tk_django
 from throttlekit.contrib.flask import Throttle as FlaskThrottle
 from throttlekit.contrib.starlette import ThrottleMiddleware
 from throttlekit.testing import FakeClock
@@ -269,21 +267,12 @@ def test_starlette_decorated_endpoint_reads_the_form(kind: str, clock: FakeClock
 
 @pytest.fixture
 def urls() -> Iterator[types.ModuleType]:
-    module = types.ModuleType("tk_test_urls")
-    module.urlpatterns = []  # type: ignore[attr-defined]
-    sys.modules["tk_test_urls"] = module
-    clear_url_caches()
-    tk_django._state.clear()
-    yield module
-    tk_django._state.clear()
-    clear_url_caches()
+    with fresh_urlconf() as module:
+        yield module
 
 
 def django_settings(limiter: Limiter) -> Any:
-    return override_settings(
-        THROTTLEKIT={"LIMITER": limiter}, ROOT_URLCONF="tk_test_urls", ALLOWED_HOSTS=["*"],
-        MIDDLEWARE=["throttlekit.contrib.django.ThrottleMiddleware"],
-    )
+    return throttlekit_settings(LIMITER=limiter)
 
 
 @pytest.mark.parametrize("key", KEYS)

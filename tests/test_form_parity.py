@@ -25,7 +25,6 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import logging
-import sys
 import types
 from collections.abc import Callable, Iterator
 from typing import Annotated, Any
@@ -35,8 +34,7 @@ import pytest
 from django.core.handlers.asgi import ASGIHandler
 from django.core.handlers.wsgi import WSGIHandler
 from django.http import JsonResponse
-from django.test import override_settings
-from django.urls import clear_url_caches, path
+from django.urls import path
 from fastapi import FastAPI, Form
 from flask import Flask, request
 from starlette.applications import Starlette
@@ -45,10 +43,9 @@ from starlette.responses import JSONResponse
 from starlette.routing import Route
 from werkzeug.test import Client as WerkzeugClient
 
-import django_config  # noqa: F401 - configures Django first
 from backends import redis as redis_backend
+from django_config import fresh_urlconf, throttlekit_settings  # configures Django first
 from throttlekit import ASGIMiddleware, Limiter, WSGIMiddleware
-from throttlekit.contrib import django as tk_django
 from throttlekit.contrib.fastapi import Throttle as FastAPIThrottle
 from throttlekit.contrib.flask import Throttle as FlaskThrottle
 from throttlekit.contrib.starlette import ThrottleMiddleware
@@ -190,14 +187,8 @@ def wsgi_poster(app: Any) -> Poster:
 
 @pytest.fixture
 def urls() -> Iterator[types.ModuleType]:
-    module = types.ModuleType("tk_test_urls")
-    module.urlpatterns = []  # type: ignore[attr-defined]
-    sys.modules["tk_test_urls"] = module
-    clear_url_caches()
-    tk_django._state.clear()
-    yield module
-    tk_django._state.clear()
-    clear_url_caches()
+    with fresh_urlconf() as module:
+        yield module
 
 
 def django_poster(limiter: Limiter, urls: Any, *, is_async: bool) -> Poster:
@@ -206,10 +197,7 @@ def django_poster(limiter: Limiter, urls: Any, *, is_async: bool) -> Poster:
     urls.urlpatterns = [path("login", django_alogin if is_async else django_login)]
 
     def post(bodies: list[tuple[str, bytes]]) -> list[Result]:
-        with override_settings(
-            THROTTLEKIT={"LIMITER": limiter}, ROOT_URLCONF="tk_test_urls", ALLOWED_HOSTS=["*"],
-            MIDDLEWARE=["throttlekit.contrib.django.ThrottleMiddleware"],
-        ):
+        with throttlekit_settings(LIMITER=limiter):
             if is_async:
                 return asgi_poster(ASGIHandler())(bodies)
             return wsgi_poster(WSGIHandler())(bodies)

@@ -26,13 +26,9 @@ from throttlekit import ConfigError, Limiter, MemoryStorage, StorageError, stora
 from throttlekit._algorithms import make_algorithm
 from throttlekit._rates import parse_rates
 from throttlekit.storage.base import Check
-from throttlekit.storage.memcached import (
-    CONTENTION_RETRY_AFTER,
-    MemcachedStorage,
-    _encode_key,
-    _expire,
-    from_url,
-)
+from throttlekit.storage.memcached import CONTENTION_RETRY_AFTER, MemcachedStorage, from_url
+from throttlekit.storage.memcached._codec import encode_key as _encode_key
+from throttlekit.storage.memcached._codec import expire as _expire
 from throttlekit.testing import FakeClock
 
 pytestmark = pytest.mark.memcached

@@ -4,6 +4,7 @@ key layout and TTLs, reset without KEYS, the blocklist, script reloading, URLs a
 from __future__ import annotations
 
 import asyncio
+import re
 import subprocess
 import sys
 import uuid
@@ -21,7 +22,7 @@ from throttlekit._algorithms import make_algorithm
 from throttlekit._rates import Rate
 from throttlekit.storage import RedisStorage
 from throttlekit.storage.base import Check
-from throttlekit.storage.redis import _script
+from throttlekit.storage.redis._scripts import script as _script
 from throttlekit.testing import FakeClock
 
 pytestmark = pytest.mark.redis
@@ -115,6 +116,16 @@ def _state(raw: Any, storage: RedisStorage, key: str, algs: list[Any]) -> tuple[
     logs = [raw.lrange(f"{h}:l:{a.id}", 0, -1) for a in algs]
     ttls = [raw.pttl(h), *(raw.pttl(f"{h}:l:{a.id}") for a in algs)]
     return raw.hgetall(h), logs, ttls
+
+
+@pytest.mark.parametrize("name", ["batch", *STRATEGIES])
+def test_scripts_define_no_strategy_function_per_run(name: str) -> None:
+    """Each strategy's Lua is written once but pasted in place: a script run defines no
+    function but the exact-arithmetic helpers the scripts always had (Redis CPU per check)."""
+    source = _script(name).source
+    assert not [line for line in source.splitlines() if line.startswith("--#")]
+    defined = set(re.findall(r"\bfunction\s*(\w*)\s*\(", source))  # "" for function(...)
+    assert defined <= {"idiv", "muldiv", "drain"}
 
 
 @pytest.mark.parametrize("strategy", STRATEGIES)
@@ -356,8 +367,8 @@ def test_one_evalsha_per_check_including_multi_rate(own_server: RedisServer) -> 
     assert calls.pop("evalsha") == n
     assert "eval" not in calls and "script|load" not in calls
     # commandstats also counts the commands a script runs inside the server
-    inside = {"time", "hget", "hset", "lindex", "lpop", "rpush", "lset", "lrange", "pexpire",
-              "pttl"}
+    inside = {"time", "hget", "hset", "hincrby", "lindex", "lpop", "rpush", "lset", "lrange",
+              "pexpire", "pttl"}
     assert set(calls) - {"config|resetstat", "info"} <= inside
     s.close()
 
@@ -737,6 +748,55 @@ def test_cluster_batch_spanning_slots_is_one_script_per_slot(cluster: Any) -> No
     assert all(d.allowed for d in s.apply([Check(alg, k) for k in keys]).decisions)
     assert [b.key for b in s.blocked()] == ["user:3"]
     s.close()
+
+
+@pytest.mark.cluster
+def test_redis_storage_of_a_cluster_client_is_the_cluster_storage(cluster: Any) -> None:
+    """RedisStorage(RedisCluster(...)) keeps working: it makes a RedisClusterStorage, whose
+    batches, block lookups and leases spanning slots run one script per slot."""
+    from redis.asyncio.cluster import RedisCluster as AsyncRedisCluster
+    from redis.cluster import RedisCluster
+
+    from throttlekit.storage.redis import RedisClusterStorage
+
+    assert isinstance(storage_from_url(cluster.url), RedisClusterStorage)
+    client = RedisCluster(host="127.0.0.1", port=cluster.port)
+    s = RedisStorage(client, prefix=f"tk-test:{uuid.uuid4().hex}:")
+    assert isinstance(s, RedisClusterStorage)
+    keys = [f"user:{i}" for i in range(6)]
+    alg = make_algorithm("fixed_window", Rate(1, 60))
+    s.block("user:3", 60, "x")
+    r = s.apply([Check(alg, k) for k in keys], block_keys=["user:3"])
+    assert [b.key for b in r.blocked if b] == ["user:3"]
+    # the blocked request charged nothing, in any slot (the block key's slot goes first)
+    assert all(d.allowed for d in s.apply([Check(alg, k) for k in keys]).decisions)
+    assert not any(d.allowed for d in s.apply([Check(alg, k) for k in keys]).decisions)
+    # leases: a full key makes the whole acquire fail and leaves no slot taken
+    assert s.acquire(keys[:1], [1], "a", 60) == -1
+    assert s.acquire(keys, [1] * 6, "b", 60) == 0
+    assert [s.inflight(k) for k in keys] == [1, 0, 0, 0, 0, 0]
+    s.release(keys[:1], "a")
+    assert s.acquire(keys, [1] * 6, "b", 60) == -1
+    assert [s.inflight(k) for k in keys] == [1] * 6
+    s.release(keys, "b")
+    s.reset(keys)
+    assert all(d.allowed for d in s.apply([Check(alg, k) for k in keys]).decisions)
+    s.reset(keys)
+    client.close()
+
+    async def run() -> list[bool]:
+        aclient = AsyncRedisCluster(host="127.0.0.1", port=cluster.port)
+        a = RedisStorage(aclient, prefix=f"tk-test:{uuid.uuid4().hex}:")
+        assert isinstance(a, RedisClusterStorage)
+        first = await a.aapply([Check(alg, k) for k in keys])
+        second = await a.aapply([Check(alg, k) for k in keys])
+        assert await a.aacquire(keys, [1] * 6, "c", 60) == -1
+        await a.arelease(keys, "c")
+        await a.areset(keys)
+        await aclient.aclose()
+        return [d.allowed for d in first.decisions + second.decisions]
+
+    assert asyncio.run(run()) == [True] * 6 + [False] * 6
 
 
 @pytest.mark.cluster

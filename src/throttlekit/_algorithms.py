@@ -2,7 +2,7 @@
 
 All arithmetic is on integers: time in microseconds since the epoch, so every backend
 (Python here, Lua in Redis) computes exactly the same answers. ``docs/algorithms.md``
-states the semantics; the Lua scripts in ``storage/lua`` mirror this file.
+states the semantics; the Lua scripts in ``storage/redis/lua`` mirror this file.
 
 Each :class:`Algorithm` is bound to one rate (and burst). It offers:
 

@@ -101,14 +101,8 @@ class Storage(abc.ABC):
         return None
 
     @abc.abstractmethod
-    def apply(
-        self,
-        checks: Sequence[Check],
-        *,
-        consume: bool = True,
-        now: int | None = None,
-        block_keys: Sequence[str] = (),
-    ) -> BatchResult:
+    def apply(self, checks: Sequence[Check], *, consume: bool = True, now: int | None = None,
+              block_keys: Sequence[str] = ()) -> BatchResult:
         """Decide ``checks`` (charging them when ``consume`` and every dependent check
         allows) and look up ``block_keys`` in the dynamic blocklist."""
 
@@ -189,14 +183,8 @@ class Storage(abc.ABC):
 
     # Async twins. Backends with real I/O override them; the defaults run the sync
     # method inline, which is right for the in-memory backend (microseconds, no I/O).
-    async def aapply(
-        self,
-        checks: Sequence[Check],
-        *,
-        consume: bool = True,
-        now: int | None = None,
-        block_keys: Sequence[str] = (),
-    ) -> BatchResult:
+    async def aapply(self, checks: Sequence[Check], *, consume: bool = True,
+                     now: int | None = None, block_keys: Sequence[str] = ()) -> BatchResult:
         return self.apply(checks, consume=consume, now=now, block_keys=block_keys)
 
     async def ahit(self, algorithm: Algorithm, key: str, cost: int, now: int | None) -> Decision:

@@ -53,21 +53,19 @@ from __future__ import annotations
 import asyncio
 import json
 import math
-import random
 import re
-import sys
 import threading
 import time
-from base64 import urlsafe_b64encode
 from collections.abc import Callable, Sequence
-from hashlib import blake2b
 from typing import Any
-from urllib.parse import parse_qsl, urlsplit
 
-from .._algorithms import Algorithm, FixedWindow, Log, SlidingLog, SlidingWindow, TokenBucket
-from .._decision import Decision
-from .._errors import ConfigError, StorageError
-from .base import BatchResult, Block, Check, Storage
+from ..._algorithms import Algorithm, FixedWindow, SlidingLog, SlidingWindow
+from ..._decision import Decision
+from ..._errors import ConfigError, StorageError
+from ..base import BatchResult, Block, Check, Storage
+from ._codec import decode_state, encode_key, expire
+from ._url import make_client, parse_url, servers
+from ._writes import CAS, CONTENTION_RETRY_AFTER, FW, M32, STRIPES, SW, CasWrites, Slot
 
 __all__ = [
     "CONTENTION_RETRY_AFTER",
@@ -79,7 +77,6 @@ __all__ = [
     "from_url",
 ]
 
-DEFAULT_PORT = 11211
 DEFAULT_PREFIX = "throttlekit:"
 #: seconds, for connecting and for each reply: memcached answers in well under a millisecond
 DEFAULT_TIMEOUT = 0.25
@@ -88,90 +85,12 @@ DEFAULT_CAS_RETRIES: int | None = None
 #: sliding_log keeps one entry per admitted microsecond: at most ``limit`` entries, all read
 #: and rewritten on every hit, so the limit is capped (a 1,000-entry log is about 10 kB).
 DEFAULT_MAX_LOG_LIMIT = 1000
-#: ``retry_after`` (seconds) of a request denied because every CAS attempt lost a race
-CONTENTION_RETRY_AFTER = 0.01
-#: the backoff after the second lost race of a CAS update, doubling up to ``_BACKOFF_MAX``;
-#: each wait is drawn uniformly below it, so contending workers spread out
-_BACKOFF_BASE = 0.00005
-_BACKOFF_MAX = 0.002
-#: attempts made even when the time is up, so that a pause of this process (a GC, a busy
-#: host) between two attempts is not mistaken for contention
-_MIN_ATTEMPTS = 4
-#: locks by which the threads of one process take turns on a CAS key (a power of two)
-_CAS_STRIPES = 64
-
-_MAX_RELATIVE = 30 * 24 * 3600  # memcached reads larger expiries as unix timestamps
-_RAW_MAX = 128  # prefix (<= 64) + markers and numbers (<= 45) + 1 + 128 < 250 bytes
-_SAFE = re.compile(rf"[!-~]{{1,{_RAW_MAX}}}")  # printable ASCII, no space
 _PREFIX_OK = re.compile(r"[!-~]{0,64}")
-_M32 = (1 << 32) - 1
-_M96 = (1 << 96) - 1
 _INF = float("inf")
-_new = tuple.__new__
-_FW, _SW, _CAS = 0, 1, 2
 _GEN_CACHE_MAX = 10_000
 
 
-def _encode_key(text: str) -> str:
-    """A memcached-safe, injective name for ``text``: as is when safe and short, else a digest."""
-    if _SAFE.fullmatch(text):
-        return "=" + text
-    digest = blake2b(text.encode("utf-8", "surrogatepass"), digest_size=18).digest()
-    return "#" + urlsafe_b64encode(digest).decode("ascii")
-
-
-def _expire(ttl_us: int) -> int:
-    """A memcached exptime for state needed ``ttl_us`` more microseconds."""
-    # +1: memcached's clock ticks once a second, so an item may expire up to 1 s early.
-    seconds = -(-ttl_us // 1_000_000) + 1
-    if seconds > _MAX_RELATIVE:
-        return int(time.time()) + seconds
-    return seconds
-
-
-def _encode_log(log: Log) -> bytes:
-    # Deltas between entries, ",".joined; ":cost" only when the cost is not 1.
-    parts = []
-    last = 0
-    for t, c in log.entries:
-        parts.append(str(t - last) if c == 1 else f"{t - last}:{c}")
-        last = t
-    return ",".join(parts).encode("ascii")
-
-
-def _decode_log(value: bytes) -> Log:
-    log = Log()
-    entries = log.entries
-    t = total = 0
-    for part in value.split(b","):
-        if part:
-            delta, _, cost = part.partition(b":")
-            t += int(delta)
-            c = int(cost) if cost else 1
-            entries.append([t, c])
-            total += c
-    log.total = total
-    return log
-
-
-class _Slot:
-    """One check of a batch: its keys, what was read, and the decision so far."""
-
-    __slots__ = ("check", "decision", "key", "kind", "prev", "prev_key", "state", "token", "win")
-
-    def __init__(self, check: Check) -> None:
-        self.check = check
-        self.kind = _FW
-        self.key = ""
-        self.prev_key = ""
-        self.win = 0
-        self.prev = 0
-        self.state: Any = None
-        self.token: Any = None
-        self.decision: Decision | None = None
-
-
-class MemcachedStorage(Storage):
+class MemcachedStorage(CasWrites, Storage):
     """Rate-limit state in memcached, shared by every process and host that uses it.
 
     Args:
@@ -235,16 +154,16 @@ class MemcachedStorage(Storage):
         else:
             have_pymemcache = True
             errors = (MemcacheError, OSError)
-        servers = _servers(client_or_clients)
-        if servers is not None:
+        addresses = servers(client_or_clients)
+        if addresses is not None:
             if not have_pymemcache:
                 raise ConfigError(
                     "the memcached backend needs pymemcache: "
                     "pip install 'throttlekit-web[memcached]'"
                 )
-            self._client = _make_client(servers, connect_timeout, timeout, max_pool_size)
+            self._client = make_client(addresses, connect_timeout, timeout, max_pool_size)
             self._owned = True
-            self.servers: list[tuple[str, int]] = servers
+            self.servers: list[tuple[str, int]] = addresses
         else:
             self._client = client_or_clients
             self._owned = False
@@ -258,7 +177,7 @@ class MemcachedStorage(Storage):
         self._index_key = prefix + "B"
         #: families whose reset generation is not 0, as last seen (a guess, checked per read)
         self._gens: dict[str, int] = {}
-        self._cas_locks = [threading.Lock() for _ in range(_CAS_STRIPES)]
+        self._cas_locks = [threading.Lock() for _ in range(STRIPES)]
 
     def __repr__(self) -> str:
         where = ",".join(f"{h}:{p}" for h, p in self.servers) or repr(self._client)
@@ -276,66 +195,69 @@ class MemcachedStorage(Storage):
     # -- keys -------------------------------------------------------------------------------
 
     def _gen_key(self, family: str) -> str:
-        return f"{self.prefix}g{_encode_key(family)}"
+        return f"{self.prefix}g{encode_key(family)}"
 
     def _block_key(self, key: str) -> str:
-        return f"{self.prefix}b{_encode_key(key)}"
+        return f"{self.prefix}b{encode_key(key)}"
 
-    def _place(self, slot: _Slot, gen: int, now: int) -> None:
+    def _place(self, slot: Slot, gen: int, now: int) -> None:
         check = slot.check
         alg = check.algorithm
-        name = _encode_key(f"{alg.id}|{check.key}")
+        name = encode_key(f"{alg.id}|{check.key}")
         if isinstance(alg, (FixedWindow, SlidingWindow)):
             win = now // alg.period_us
             slot.win = win
             slot.key = f"{self.prefix}c{gen}:{win}:{name}"
             if isinstance(alg, SlidingWindow):
-                slot.kind = _SW
+                slot.kind = SW
                 slot.prev_key = f"{self.prefix}c{gen}:{win - 1}:{name}"
             else:
-                slot.kind = _FW
+                slot.kind = FW
         else:
-            slot.kind = _CAS
+            slot.kind = CAS
             slot.key = f"{self.prefix}s{gen}:{name}"
 
     # -- limits -----------------------------------------------------------------------------
 
-    def apply(
-        self,
-        checks: Sequence[Check],
-        *,
-        consume: bool = True,
-        now: int | None = None,
-        block_keys: Sequence[str] = (),
-    ) -> BatchResult:
+    def apply(self, checks: Sequence[Check], *, consume: bool = True, now: int | None = None,
+              block_keys: Sequence[str] = ()) -> BatchResult:
         if now is None:
             now = int(time.time() * 1_000_000)
         try:
-            return self._apply(checks, consume, now, block_keys)
+            bkeys = [self._block_key(k) for k in block_keys]
+            slots, found = self._read(checks, now, bkeys)
+            for slot in slots:
+                slot.decision = self._peek(slot, found, now)
+            blocked = self._blocked(block_keys, bkeys, found, now)
+            # A blocked request charges nothing; probes are decided, never charged.
+            if consume and not any(blocked):
+                self._write(slots, now)
         except self._errors as exc:
             raise StorageError(f"memcached: {type(exc).__name__}: {exc}") from exc
+        return BatchResult([s.decision for s in slots], blocked)  # type: ignore[misc]
 
-    def _apply(
-        self, checks: Sequence[Check], consume: bool, now: int, block_keys: Sequence[str]
-    ) -> BatchResult:
+    def _read(
+        self, checks: Sequence[Check], now: int, bkeys: list[str]
+    ) -> tuple[list[Slot], dict[str, Any]]:
+        """The slots of ``checks`` and what one ``gets_many`` found: their state, the
+        block entries and the families' reset generations (re-read where a reset moved it)."""
         client = self._client
         gens = self._gens
         families = {c.key for c in checks}
         gen_keys = {f: self._gen_key(f) for f in families}
         guess = {f: gens.get(f, 0) for f in families}
-        slots = [_Slot(c) for c in checks]
+        slots = [Slot(c) for c in checks]
         for slot in slots:
             self._place(slot, guess[slot.check.key], now)
-        bkeys = [self._block_key(k) for k in block_keys]
         keys = [*gen_keys.values(), *bkeys]
         for slot in slots:
             keys.append(slot.key)
-            if slot.kind == _SW:
+            if slot.kind == SW:
                 keys.append(slot.prev_key)
         found: dict[str, Any] = client.gets_many(keys)
 
         # A reset elsewhere (or a first sight of a reset family): re-read at the right generation.
-        moved: list[_Slot] = []
+        moved: list[Slot] = []
         for family, gkey in gen_keys.items():
             hit = found.get(gkey)
             gen = int(hit[0]) if hit is not None else 0
@@ -351,31 +273,36 @@ class MemcachedStorage(Storage):
                         self._place(slot, gen, now)
                         moved.append(slot)
         if moved:
-            again = [s.key for s in moved] + [s.prev_key for s in moved if s.kind == _SW]
+            again = [s.key for s in moved] + [s.prev_key for s in moved if s.kind == SW]
             found.update(client.gets_many(again))
+        return slots, found
 
-        # Decide from what was read.
-        for slot in slots:
-            check = slot.check
-            alg = check.algorithm
-            hit = found.get(slot.key)
-            if slot.kind == _CAS:
-                if hit is not None:
-                    slot.state = self._decode(alg, hit[0])
-                    slot.token = hit[1]
-                state = slot.state
+    @staticmethod
+    def _peek(slot: Slot, found: dict[str, Any], now: int) -> Decision:
+        """The decision of ``slot`` from what was read (``slot`` keeps what a charge needs)."""
+        check = slot.check
+        alg = check.algorithm
+        hit = found.get(slot.key)
+        if slot.kind == CAS:
+            if hit is not None:
+                slot.state = decode_state(alg, hit[0])
+                slot.token = hit[1]
+            state = slot.state
+        else:
+            cur = min(int(hit[0]), M32) if hit is not None else 0
+            slot.state = hit  # for counters: whether the key existed when read
+            if slot.kind == FW:
+                state = (slot.win << 32) | cur if cur else None
             else:
-                cur = min(int(hit[0]), _M32) if hit is not None else 0
-                slot.state = hit  # for counters: whether the key existed when read
-                if slot.kind == _FW:
-                    state = (slot.win << 32) | cur if cur else None
-                else:
-                    prev = found.get(slot.prev_key)
-                    slot.prev = min(int(prev[0]), _M32) if prev is not None else 0
-                    state = ((((slot.win << 32) | cur) << 32) | slot.prev
-                             if cur or slot.prev else None)
-            slot.decision = alg.peek(state, now, check.cost)
+                prev = found.get(slot.prev_key)
+                slot.prev = min(int(prev[0]), M32) if prev is not None else 0
+                state = ((((slot.win << 32) | cur) << 32) | slot.prev
+                         if cur or slot.prev else None)
+        return alg.peek(state, now, check.cost)
 
+    def _blocked(
+        self, block_keys: Sequence[str], bkeys: list[str], found: dict[str, Any], now: int
+    ) -> list[Block | None]:
         blocked: list[Block | None] = []
         for key, bkey in zip(block_keys, bkeys, strict=True):
             hit = found.get(bkey)
@@ -386,44 +313,38 @@ class MemcachedStorage(Storage):
                 if expires_at * 1_000_000 > now:
                     entry = Block(key, expires_at, reason.decode("utf-8", "replace"))
             blocked.append(entry)
+        return blocked
 
-        # A blocked request charges nothing; probes are decided, never charged.
-        if consume and not any(blocked):
-            dependent = [s for s in slots if not s.check.independent]
-            if all(s.decision.allowed for s in dependent):  # type: ignore[union-attr]
-                done: list[_Slot] = []
-                for slot in dependent:
-                    if not slot.check.cost or slot.check.probe:
-                        continue
-                    if self._charge(slot, now):
-                        done.append(slot)
-                    else:
-                        for earlier in reversed(done):
-                            self._uncharge(earlier, now)
-                        break
-            for slot in slots:
-                c = slot.check
-                if c.independent and c.cost and not c.probe and slot.decision.allowed:  # type: ignore[union-attr]
-                    self._charge(slot, now)
-        return BatchResult([s.decision for s in slots], blocked)  # type: ignore[misc]
+    def _write(self, slots: list[Slot], now: int) -> None:
+        """Charge the checks: the dependent ones all or nothing (charge, then roll back),
+        the independent ones each on its own."""
+        dependent = [s for s in slots if not s.check.independent]
+        if all(s.decision.allowed for s in dependent):  # type: ignore[union-attr]
+            done: list[Slot] = []
+            for slot in dependent:
+                if not slot.check.cost or slot.check.probe:
+                    continue
+                if self._charge(slot, now):
+                    done.append(slot)
+                else:
+                    for earlier in reversed(done):
+                        self._uncharge(earlier, now)
+                    break
+        for slot in slots:
+            c = slot.check
+            if c.independent and c.cost and not c.probe and slot.decision.allowed:  # type: ignore[union-attr]
+                self._charge(slot, now)
 
-    def _decode(self, alg: Algorithm, value: bytes | None) -> Any:
-        if value is None:
-            return None
-        if isinstance(alg, TokenBucket):
-            return int(value)
-        return _decode_log(value)
-
-    def _charge(self, slot: _Slot, now: int) -> bool:
+    def _charge(self, slot: Slot, now: int) -> bool:
         """Charge one check whose peek allowed it; sets ``slot.decision``; True if charged."""
         check = slot.check
         alg = check.algorithm
         cost = check.cost
         client = self._client
-        if slot.kind != _CAS:
+        if slot.kind != CAS:
             n = self._incr(slot.key, cost, alg.ttl_us(0, now), slot.state is not None)
-            before = min(n - cost, _M32)
-            if slot.kind == _FW:
+            before = min(n - cost, M32)
+            if slot.kind == FW:
                 state = (slot.win << 32) | before
             else:
                 state = (((slot.win << 32) | before) << 32) | slot.prev
@@ -441,7 +362,7 @@ class MemcachedStorage(Storage):
         assert decision is not None
         # Threads of this process take turns on a key (a lock per stripe of keys): racing
         # each other would only burn attempts, so only other processes contend for the CAS.
-        lock = self._cas_locks[hash(slot.key) & (_CAS_STRIPES - 1)]
+        lock = self._cas_locks[hash(slot.key) & (STRIPES - 1)]
         deadline = 0.0
         if not lock.acquire(blocking=False):
             deadline = time.monotonic() + self.timeout
@@ -449,135 +370,11 @@ class MemcachedStorage(Storage):
                 slot.decision = self._contended(decision, cost)
                 return False
             value, token = self._gets(slot.key)  # what the thread before us wrote
-            state = self._decode(alg, value)
+            state = decode_state(alg, value)
         try:
             return self._cas_loop(slot, alg, cost, now, state, token, deadline)
         finally:
             lock.release()
-
-    def _cas_loop(self, slot: _Slot, alg: Algorithm, cost: int, now: int, state: Any,
-                  token: Any, deadline: float) -> bool:
-        """The CAS update of ``_charge``, from ``state`` read with ``token``; ``deadline``
-        (``time.monotonic``) is set on the first lost race when 0."""
-        client = self._client
-        decision = slot.decision
-        assert decision is not None
-        lost = 0
-        while True:
-            new, decision = alg.hit(state, now, cost)
-            if not decision.allowed:
-                slot.decision = decision
-                return False
-            data = self._encode(new)
-            exptime = _expire(alg.ttl_us(new, now))
-            if token is None:
-                ok = client.add(slot.key, data, expire=exptime, noreply=False)
-            else:
-                ok = client.cas(slot.key, data, token, expire=exptime, noreply=False)
-            if ok:
-                slot.decision = decision
-                return True
-            lost += 1
-            if not deadline:
-                deadline = time.monotonic() + self.timeout
-            if not self._backoff(lost, deadline):
-                break
-            value, token = self._gets(slot.key)
-            state = self._decode(alg, value)
-        slot.decision = self._contended(decision, cost)
-        return False
-
-    @staticmethod
-    def _contended(decision: Decision, cost: int) -> Decision:
-        """The denial of a request whose every attempt lost a race (contention), with
-        what ``decision`` (an allowing one) left uncharged."""
-        remaining = min(decision.limit, decision.remaining + cost)
-        return _new(
-            Decision,
-            (False, decision.limit, remaining, decision.reset_after, CONTENTION_RETRY_AFTER,
-             decision.rate, False),
-        )
-
-    def _uncharge(self, slot: _Slot, now: int) -> None:
-        """Take back the charge of ``slot`` (a later check of its batch denied)."""
-        check = slot.check
-        client = self._client
-        if slot.kind != _CAS:
-            client.decr(slot.key, check.cost, noreply=False)
-            return
-        alg = check.algorithm
-        lost = 0
-        deadline = time.monotonic() + self.timeout
-        while lost == 0 or self._backoff(lost, deadline):
-            value, token = self._gets(slot.key)
-            if value is None:
-                return
-            state = self._decode(alg, value)
-            if isinstance(alg, TokenBucket):
-                # GCRA debt is additive: remove this request's share from whatever is there now.
-                debt = (state & _M96) - check.cost * alg.period_us
-                new = (state >> 96 << 96) | (debt if debt > 0 else 0)
-            else:
-                log: Log = state
-                for entry in reversed(log.entries):
-                    if entry[0] == now:  # this request's entry (maybe merged with others')
-                        take = min(entry[1], check.cost)
-                        entry[1] -= take
-                        log.total -= take
-                        if not entry[1]:
-                            log.entries.remove(entry)
-                        break
-                else:
-                    return
-                new = log
-            data = self._encode(new)
-            if client.cas(slot.key, data, token, expire=_expire(alg.ttl_us(new, now)),
-                          noreply=False):
-                return
-            lost += 1
-        # Out of attempts: the charge stays (conservative: this key is limited a bit more).
-
-    def _backoff(self, lost: int, deadline: float) -> bool:
-        """After ``lost`` lost races of one CAS update: True to try again (after a tiny
-        jittered wait from the third attempt on), False when the attempts (``cas_retries``)
-        or, after a few attempts, the time (``deadline``, on ``time.monotonic``) are used up."""
-        retries = self.cas_retries
-        if retries is not None and lost >= retries:
-            return False
-        delay = 0.0
-        if lost > 1:
-            delay = random.random() * min(_BACKOFF_MAX, _BACKOFF_BASE * (1 << (min(lost, 12) - 2)))
-        if lost >= _MIN_ATTEMPTS and time.monotonic() + delay >= deadline:
-            return False
-        if delay:
-            time.sleep(delay)
-        return True
-
-    def _encode(self, state: Any) -> bytes:
-        if isinstance(state, int):
-            return str(state).encode("ascii")
-        return _encode_log(state)
-
-    def _gets(self, key: str) -> tuple[Any, Any]:
-        got = self._client.gets(key)
-        if not got:
-            return None, None
-        value, token = got
-        return value, token
-
-    def _incr(self, key: str, cost: int, ttl_us: int, exists: bool) -> int:
-        client = self._client
-        data = str(cost).encode("ascii")
-        # A key missing when read is most likely still missing: try ``add`` first.
-        if not exists and client.add(key, data, expire=_expire(ttl_us), noreply=False):
-            return cost
-        for _ in range(3):
-            n = client.incr(key, cost, noreply=False)
-            if n is not None:
-                return int(n)
-            if client.add(key, data, expire=_expire(ttl_us), noreply=False):
-                return cost
-        raise StorageError(f"memcached: counter {key!r} keeps disappearing")
 
     def reset(self, keys: Sequence[str]) -> None:
         """Forget every state of these key families: their generation moves on."""
@@ -606,7 +403,7 @@ class MemcachedStorage(Storage):
         t = (time.time() * 1_000_000 if now is None else now) / 1_000_000
         forever = ttl is None or ttl == _INF
         expires_at = _INF if forever else t + ttl  # type: ignore[operator]
-        exptime = 0 if forever else _expire(math.ceil(ttl * 1_000_000))  # type: ignore[operator]
+        exptime = 0 if forever else expire(math.ceil(ttl * 1_000_000))  # type: ignore[operator]
         value = f"{expires_at!r}|{reason}".encode("utf-8", "surrogatepass")
         # The index tracks when memcached drops the entry (real time, unlike ``expires_at``,
         # which follows the caller's clock).
@@ -671,7 +468,7 @@ class MemcachedStorage(Storage):
                 exptime = 0 if index else 1
             else:
                 latest = max(e for e in index.values() if e is not None)
-                exptime = _expire(math.ceil((latest - t) * 1_000_000))
+                exptime = expire(math.ceil((latest - t) * 1_000_000))
             if token is None:
                 ok = client.add(ikey, data, expire=exptime, noreply=False)
             else:
@@ -693,14 +490,8 @@ class MemcachedStorage(Storage):
         if self._owned:
             self._client.close()
 
-    async def aapply(
-        self,
-        checks: Sequence[Check],
-        *,
-        consume: bool = True,
-        now: int | None = None,
-        block_keys: Sequence[str] = (),
-    ) -> BatchResult:
+    async def aapply(self, checks: Sequence[Check], *, consume: bool = True,
+                     now: int | None = None, block_keys: Sequence[str] = ()) -> BatchResult:
         # pymemcache is synchronous: run it off the event loop.
         return await asyncio.to_thread(
             self.apply, checks, consume=consume, now=now, block_keys=block_keys
@@ -756,76 +547,6 @@ class MemcachedStorage(Storage):
         return await asyncio.to_thread(self.next_generation)
 
 
-def _servers(spec: Any) -> list[tuple[str, int]] | None:
-    """Server addresses from ``spec``, or None when ``spec`` is a client object."""
-    if isinstance(spec, str):
-        items: list[Any] = [s for s in spec.split(",") if s.strip()]
-    elif isinstance(spec, (list, tuple)) and spec and all(
-        isinstance(s, (str, tuple, list)) for s in spec
-    ):
-        items = list(spec)
-    elif all(hasattr(spec, m) for m in ("gets_many", "incr", "decr", "add", "cas", "gets")):
-        return None
-    else:
-        raise ConfigError(
-            f"expected a pymemcache client or memcached server addresses, got {spec!r}"
-        )
-    if not items:
-        raise ConfigError(f"no memcached server in {spec!r}")
-    return [_address(item) for item in items]
-
-
-def _address(item: Any) -> tuple[str, int]:
-    if isinstance(item, (tuple, list)):
-        if len(item) != 2:
-            raise ConfigError(f"a memcached server is (host, port), got {item!r}")
-        host, port = item
-    else:
-        parts = urlsplit("//" + item.strip())
-        try:
-            host, port = parts.hostname, parts.port
-        except ValueError:
-            raise ConfigError(f"invalid memcached server address {item!r}: bad port") from None
-    if not host or not isinstance(host, str):
-        raise ConfigError(f"invalid memcached server address {item!r}")
-    if port is None:
-        port = DEFAULT_PORT
-    if isinstance(port, bool) or not isinstance(port, int) or not 0 < port < 65536:
-        raise ConfigError(f"invalid memcached port in {item!r}")
-    return host, port
-
-
-def _make_client(
-    servers: list[tuple[str, int]],
-    connect_timeout: float,
-    timeout: float,
-    max_pool_size: int | None,
-) -> Any:
-    from pymemcache.client.base import PooledClient  # type: ignore[import-untyped]
-    from pymemcache.client.hash import HashClient  # type: ignore[import-untyped]
-
-    common: dict[str, Any] = {
-        "connect_timeout": connect_timeout,
-        "timeout": timeout,
-        "no_delay": True,
-        "default_noreply": False,
-        "max_pool_size": max_pool_size,
-    }
-    if len(servers) == 1:
-        return PooledClient(servers[0], **common)
-    # Retry a failed server on every call and raise its errors (never a silent default
-    # value, never a remap of its keys to another server).
-    return HashClient(
-        servers, use_pooling=True, retry_attempts=sys.maxsize, retry_timeout=-1,
-        ignore_exc=False, **common,
-    )
-
-
-_ALIASES = {"socket_timeout": "timeout", "socket_connect_timeout": "connect_timeout"}
-_INT_OPTIONS = ("cas_retries", "max_log_limit", "max_pool_size")
-_FLOAT_OPTIONS = ("connect_timeout", "timeout")
-
-
 def from_url(url: str, **options: Any) -> MemcachedStorage:
     """``memcached://host[:port][,host2[:port]...][?prefix=...&timeout=...]``.
 
@@ -833,24 +554,5 @@ def from_url(url: str, **options: Any) -> MemcachedStorage:
     ``timeout``, ``cas_retries``, ``max_log_limit``, ``max_pool_size``
     (``socket_timeout``/``socket_connect_timeout`` are accepted too, as for Redis).
     """
-    parts = urlsplit(url)
-    query: dict[str, Any] = dict(parse_qsl(parts.query))
-    query.update(options)
-    for alias, name in _ALIASES.items():  # the Redis backend's names, for portable options
-        if alias in query:
-            query.setdefault(name, query.pop(alias))
-    unknown = set(query) - {"prefix", *_INT_OPTIONS, *_FLOAT_OPTIONS}
-    if unknown:
-        raise ConfigError(f"unknown option(s) {', '.join(sorted(unknown))} for storage {url!r}")
-    for name in _INT_OPTIONS + _FLOAT_OPTIONS:
-        if isinstance(query.get(name), str):
-            try:
-                query[name] = (int if name in _INT_OPTIONS else float)(query[name])
-            except ValueError:
-                raise ConfigError(
-                    f"{name} must be a number, got {query[name]!r} in {url!r}"
-                ) from None
-    netloc = parts.netloc.rpartition("@")[2]
-    if not netloc.strip(", "):
-        raise ConfigError(f"no memcached server in {url!r}")
-    return MemcachedStorage(netloc, **query)
+    netloc, kwargs = parse_url(url, options)
+    return MemcachedStorage(netloc, **kwargs)

@@ -1,4 +1,4 @@
--- Exact integer arithmetic for Lua's doubles (included where needed; needs a local floor).
+-- Exact integer arithmetic for Lua's doubles (after --#include common).
 local function idiv(a, b)  -- floor(a / b), exact for integers below 2^53
   local q = floor(a / b)
   local r = a - q * b

@@ -6,15 +6,7 @@
 -- Expired entries are dropped lazily, a bounded number per call ('list': all of them).
 local Z, R = KEYS[1], KEYS[2]
 local op = ARGV[1]
-local now, slack
-if ARGV[2] == '' then
-  local t = redis.call('TIME')
-  now = tonumber(t[1]) * 1000000 + tonumber(t[2])
-  slack = 0
-else
-  now = tonumber(ARGV[2])
-  slack = tonumber(ARGV[3])
-end
+--#include clock now_at=2 slack_at=3
 local result = 0
 if op == 'add' then
   local score = ARGV[5] == 'inf' and '+inf' or ARGV[5]

@@ -9,13 +9,7 @@ if op == 'release' then
   for i = 1, #KEYS do redis.call('ZREM', KEYS[i], ARGV[3]) end
   return 0
 end
-local now = ARGV[2]
-if now == '' then
-  local t = redis.call('TIME')
-  now = tonumber(t[1]) * 1000000 + tonumber(t[2])
-else
-  now = tonumber(now)
-end
+--#include clock now_at=2 slack_at=5
 if op == 'count' then
   return redis.call('ZCOUNT', KEYS[1], '(' .. string.format('%d', now), '+inf')
 end

@@ -1,0 +1,161 @@
+"""The Lua scripts (``lua/*.lua``, loaded once), the arguments of a single-check script, and
+the scripts' answers read as Decisions and Blocks.
+
+A script's ``--#include NAME`` lines are replaced by the statements of ``lua/_NAME.lua``: the
+parts several scripts share (the clock, the exact arithmetic, each strategy's decision and
+charge) live in one file each, and cost nothing at run time.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from collections.abc import Sequence
+from importlib import resources
+from typing import Any
+
+from ..._algorithms import Algorithm
+from ..._decision import Decision
+from ..base import BatchResult, Block, Check
+
+__all__ = [
+    "INF", "KIND", "SAFE", "SMALL", "One", "Script", "batch_result", "block_list", "decision",
+    "lua", "named", "script", "text",
+]
+
+INF = float("inf")
+SAFE = 1 << 53  # cost is capped below it: Lua numbers are doubles
+KIND = {"fixed_window": "fw", "sliding_window": "sw", "token_bucket": "tb", "sliding_log": "sl"}
+SMALL = tuple(str(i).encode() for i in range(64))  # pre-encoded costs
+
+
+class Script:
+    __slots__ = ("sha", "source")
+
+    def __init__(self, name: str) -> None:
+        self.source = lua(name)
+        self.sha = hashlib.sha1(self.source.encode()).hexdigest()
+
+
+_INCLUDE = re.compile(r"--#include (\w+)((?: \w+=\w+)*)\s*$")
+
+
+def lua(name: str, args: dict[str, str] | None = None) -> str:
+    """A script's source, with each ``--#include NAME a=x b=y`` line replaced by the text of
+    ``lua/_NAME.lua`` in which each of its parameters (its ``--#params a b`` line) is renamed
+    to the name given for it. Parts are statements pasted in place, not functions: a script
+    runs on every request, and defining or calling a function per run costs Redis CPU."""
+    source = resources.files(__package__).joinpath(f"lua/{name}.lua").read_text("utf-8")
+    if source.startswith("--#params"):
+        head, _, source = source.partition("\n")
+        params = set(head.split()[1:])
+    else:
+        params = set()
+    if args:
+        if not args.keys() <= params:
+            raise ValueError(f"lua/{name}.lua has no parameter {sorted(args.keys() - params)}")
+        names = "|".join(args)
+        source = re.sub(rf"\b({names})\b", lambda m: args[m[1]], source)
+    lines = []
+    for line in source.splitlines(keepends=True):
+        m = _INCLUDE.match(line)
+        if m:
+            line = lua("_" + m[1], dict(a.split("=") for a in m[2].split()))
+        elif line.startswith("--#"):
+            raise ValueError(f"lua/{name}.lua: unknown directive {line.strip()!r}")
+        lines.append(line)
+    return "".join(lines)
+
+
+_scripts: dict[str, Script] = {}
+
+
+def script(name: str) -> Script:
+    s = _scripts.get(name)
+    if s is None:
+        s = _scripts[name] = Script(name)
+    return s
+
+
+def text(value: Any) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)
+
+
+class One:
+    """A strategy's single-check script bound to one algorithm: the arguments that never
+    change (after the key, now and cost), encoded once; with ``encoding`` (the direct path
+    on our own client), also the packed command's head and tail."""
+
+    __slots__ = ("encoding", "head", "log", "log_b", "packed", "script", "sha", "tail")
+
+    def __init__(
+        self, script: Script, alg: Algorithm, tail: list[Any], encoding: tuple[str, str] | None
+    ) -> None:
+        self.script = script
+        self.sha = script.sha.encode()
+        self.log = f":l:{alg.id}" if alg.name == "sliding_log" else None
+        self.tail = tuple(tail)
+        self.encoding = encoding
+        self.head: bytes | None = None
+        self.packed: bytes | None = None
+        self.log_b = b""
+        if encoding is not None:
+            enc = [t if isinstance(t, bytes) else t.encode(*encoding) for t in tail]
+            self.packed = b"".join(b"$%d\r\n%b\r\n" % (len(t), t) for t in enc)
+            nkeys = 1 if self.log is None else 2
+            self.head = b"*%d\r\n$7\r\nEVALSHA\r\n$%d\r\n%b\r\n$1\r\n%d\r\n" % (
+                5 + nkeys + len(enc), len(self.sha), self.sha, nkeys
+            )
+            if self.log is not None:
+                self.log_b = self.log.encode(*encoding)
+
+
+# -- the scripts' answers ---------------------------------------------------------------------
+
+
+def decision(alg: Algorithm, raw: Any) -> Decision:
+    """The answer of a single-check script: ``"allowed remaining reset_us retry_us"``."""
+    allowed, rem, reset, retry = raw.split()
+    r = int(retry)
+    return alg.decide(allowed == b"1" or allowed == "1", int(rem), int(reset),
+                      INF if r < 0 else r / 1e6)
+
+
+def batch_result(checks: Sequence[Check], nb: int, raw: Sequence[Any]) -> BatchResult:
+    """The answer of the batch script for ``checks`` and ``nb`` block keys."""
+    decisions: list[Decision] = []
+    for i, c in enumerate(checks):
+        allowed, rem, reset, retry = raw[4 * i : 4 * i + 4]
+        decisions.append(
+            c.algorithm.decide(allowed == 1, rem, reset, INF if retry < 0 else retry / 1e6)
+        )
+    blocked: list[Block | None] = []
+    o = 4 * len(checks)
+    for j in range(nb):
+        exp = raw[o + 2 * j] if o + 2 * j < len(raw) else None
+        if exp is None:
+            blocked.append(None)
+        else:
+            e = text(exp)
+            blocked.append(
+                Block("", INF if e == "inf" else int(e) / 1e6, text(raw[o + 2 * j + 1]))
+            )
+    return BatchResult(decisions, blocked)
+
+
+def named(result: BatchResult, block_keys: Sequence[str]) -> BatchResult:
+    """``result`` with each found block named by its block key."""
+    blocked = result.blocked
+    for j, b in enumerate(blocked):
+        if b is not None:
+            blocked[j] = b._replace(key=block_keys[j])
+    return result
+
+
+def block_list(raw: Sequence[Any]) -> list[Block]:
+    """The answer of ``blocks.lua``'s ``list``: key, expiry, reason, for each live entry."""
+    out = []
+    for i in range(0, len(raw), 3):
+        e = text(raw[i + 1])
+        out.append(Block(text(raw[i]), INF if e == "inf" else int(e) / 1e6, text(raw[i + 2])))
+    return out

@@ -1,0 +1,578 @@
+"""``RedisStorage``: every check, or batch of checks of one request, is one round trip.
+
+A Lua script run by ``EVALSHA`` (sent again with ``EVAL`` when the server answers
+``NOSCRIPT``, e.g. after a restart) decides every check, charges them all-or-nothing and
+looks up the blocklist keys. The script mirrors :mod:`throttlekit._algorithms` in integer
+microseconds, so Redis and the memory backend give the same Decisions.
+
+Key layout, for a prefix ``P`` and a storage key ``k`` (``{``, ``}`` and ``%`` in ``k`` are
+percent-escaped, so the hash tag is ``k`` itself and distinct keys never collide):
+
+* ``P{k}`` — a hash, one field per algorithm (``alg.id``) holding its state;
+* ``P{k}:l:<alg.id>`` — a sliding log's list of ``"time cost"`` entries;
+* ``P{k}:b`` — the dynamic blocklist entry of ``k``;
+* ``P{k}:q`` — the concurrency leases of ``k`` (see ``lua/lease.lua``);
+* ``P{%b}:e`` / ``P{%b}:r`` — the blocklist index (zset by expiry, hash of reasons);
+* ``P{%g}`` — the generation of admin changes.
+
+All state of one key lives in one Cluster slot, ``reset`` deletes a family without
+``KEYS``/``SCAN``, and every key has a TTL no longer than its state needs.
+
+Time comes from the server's ``TIME`` unless the limiter passes ``now`` (``Limiter(clock=)``)
+or the storage is built with ``clock="client"``; then TTLs get ``ttl_slack`` seconds more,
+since the server cannot know how far the client's clock is from its own.
+
+The batch and lease methods are written once, without I/O (generators that yield each
+script call's keys and arguments and get its answer back); ``_run`` and ``_arun`` are the
+sync and async shells that send them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Generator, Sequence
+from typing import Any, TypeVar
+
+from ..._algorithms import Algorithm
+from ..._decision import Decision
+from ..._errors import ConfigError, StorageError
+from ..base import BatchResult, Block, Check, Storage
+from ._client import Clients, is_cluster, redis_module
+from ._scripts import (
+    INF,
+    KIND,
+    SAFE,
+    SMALL,
+    One,
+    Script,
+    batch_result,
+    block_list,
+    decision,
+    named,
+    script,
+    text,
+)
+
+__all__ = ["RedisStorage"]
+
+_MAX_ONES = 4096  # bound of the per-algorithm argument cache
+_CLUSTER_CLASS: list[type[RedisStorage]] = []  # the storage of Cluster clients (see cluster.py)
+_R = TypeVar("_R")
+#: the script calls of one operation: yields (keys, args), is sent each answer
+Calls = Generator[tuple[Sequence[str], Sequence[Any]], Any, _R]
+
+
+def _send_read(conn: Any, cmd: bytes) -> Any:
+    conn.send_packed_command((cmd,))
+    return conn.read_response()
+
+
+def _failed(exc: BaseException) -> StorageError:
+    return StorageError(f"Redis: {type(exc).__name__}: {exc}")
+
+
+class RedisStorage(Clients, Storage):
+    """Storage on Redis: standalone, Cluster (``RedisCluster``) or a Sentinel master.
+
+    Args:
+        client: a ``redis.Redis``, ``redis.cluster.RedisCluster`` or sentinel
+            ``master_for(...)`` client; or their ``redis.asyncio`` twins (then only the
+            async methods work, unless a sync client is given as well). Given a Cluster
+            client, ``RedisStorage(...)`` makes a :class:`RedisClusterStorage`.
+        async_client: a ``redis.asyncio`` client for ``aapply``/``ahit``/... Without one,
+            the async methods run the sync client in a worker thread (never blocking the
+            event loop).
+        prefix: prepended to every key (must not contain ``{`` or ``}``).
+        clock: ``"server"`` (default: the Redis server's ``TIME``, so clock skew between
+            application hosts cannot loosen a limit) or ``"client"`` (``time.time`` of
+            this process). A ``now`` passed by the limiter always wins.
+        ttl_slack: seconds added to TTLs when the time comes from the client, whose clock
+            the server cannot check (default 5).
+
+    Client errors are raised as :class:`~throttlekit.StorageError` chained to the original;
+    the limiter's ``on_storage_error`` policy then answers.
+    """
+
+    remote = True
+    shared = True
+    supports_leases = True
+
+    def __init_subclass__(cls, *, cluster: bool = False, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        if cluster:  # class RedisClusterStorage(RedisStorage, cluster=True)
+            _CLUSTER_CLASS[:] = [cls]
+
+    def __new__(cls, client: Any = None, *, async_client: Any = None, **_: Any) -> RedisStorage:
+        # RedisStorage(cluster_client) keeps working: it is the Cluster storage.
+        if cls is RedisStorage and _CLUSTER_CLASS and (
+            is_cluster(client) or is_cluster(async_client)
+        ):
+            cls = _CLUSTER_CLASS[0]
+        return super().__new__(cls)
+
+    def __init__(
+        self,
+        client: Any = None,
+        *,
+        async_client: Any = None,
+        prefix: str = "throttlekit:",
+        clock: str = "server",
+        ttl_slack: float = 5.0,
+    ) -> None:
+        redis = redis_module()
+        if not isinstance(prefix, str) or "{" in prefix or "}" in prefix:
+            raise ConfigError(f"prefix must be a string without '{{' or '}}', got {prefix!r}")
+        if clock not in ("server", "client"):
+            raise ConfigError(f"clock must be 'server' or 'client', got {clock!r}")
+        if isinstance(ttl_slack, bool) or not isinstance(ttl_slack, (int, float)) or not (
+            0 <= ttl_slack < 86400
+        ):
+            raise ConfigError(f"ttl_slack must be a number of seconds >= 0, got {ttl_slack!r}")
+        self._init_clients(client, async_client)
+        self.prefix = prefix
+        self.clock = clock
+        self.ttl_slack = float(ttl_slack)
+        self._slack_ms = str(round(ttl_slack * 1000))
+        self._errors: tuple[type[BaseException], ...] = (
+            redis.exceptions.RedisError,
+            redis.exceptions.RedisClusterException,
+            OSError,
+        )
+        self._noscript: type[BaseException] = redis.exceptions.NoScriptError
+        self._batch = script("batch")
+        self._ones: dict[Algorithm, One] = {}  # see _one
+        self._block = script("block")
+        self._blocks = script("blocks")
+        self._reset = script("reset")
+        self._lease = script("lease")
+        self._index = (f"{prefix}{{%b}}:e", f"{prefix}{{%b}}:r")
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({self._where()}, prefix={self.prefix!r})"
+
+    # -- keys and arguments -----------------------------------------------------------------
+
+    def family(self, key: str) -> str:
+        """The Redis key of the hash holding every state of storage key ``key``."""
+        if "{" in key or "}" in key or "%" in key:
+            key = key.replace("%", "%25").replace("{", "%7B").replace("}", "%7D")
+        elif not key:
+            key = "%"
+        return f"{self.prefix}{{{key}}}"
+
+    def _now(self, now: int | None) -> str:
+        if now is not None:
+            return str(now)
+        if self.clock == "client":
+            return str(int(time.time() * 1_000_000))
+        return ""
+
+    def _args(
+        self, checks: Sequence[Check], consume: bool, now: int | None, block_keys: Sequence[str]
+    ) -> tuple[list[str], list[Any]]:
+        keys: list[str] = []
+        args: list[Any] = [
+            self._now(now), "1" if consume else "0", len(checks), len(block_keys), self._slack_ms
+        ]
+        family = self.family
+        for c in checks:
+            alg = c.algorithm
+            kind = KIND[alg.name]
+            h = family(c.key)
+            if kind == "sl":
+                keys += (h, f"{h}:l:{alg.id}")
+            else:
+                keys += (h, h)
+            args += (kind, alg.id, alg.limit, alg.period_us, alg.capacity,
+                     min(c.cost, SAFE), (1 if c.independent else 0) | (2 if c.probe else 0))
+        keys += [f"{family(k)}:b" for k in block_keys]
+        return keys, args
+
+    def _one(self, check: Check, consume: bool, now: int | None) -> tuple[One, list[Any]]:
+        """The specialised script and the EVALSHA arguments after the sha of one check
+        without block keys (see :class:`One`)."""
+        alg = check.algorithm
+        one = self._ones.get(alg)
+        if one is None:
+            one = self._prepare(alg)
+        h = self.family(check.key)
+        if now is None:
+            now_arg: Any = b"" if self.clock == "server" else int(time.time() * 1_000_000)
+        else:
+            now_arg = now
+        cost = check.cost
+        cost_arg: Any
+        if consume and not check.probe:
+            cost_arg = SMALL[cost] if cost < 64 else min(cost, SAFE)
+        else:  # decided, not charged: the scripts read -1 - cost
+            cost_arg = -1 - min(cost, SAFE)
+        if one.log is None:
+            return one, [1, h, now_arg, cost_arg, *one.tail]
+        return one, [2, h, h + one.log, now_arg, cost_arg, *one.tail]
+
+    def _prepare(self, alg: Algorithm) -> One:
+        tail: list[Any] = [self._slack_ms.encode(), alg.id, str(alg.limit).encode(),
+                           str(alg.period_us).encode()]
+        if alg.name == "token_bucket":
+            tail.append(str(alg.capacity).encode())
+        one = One(script(alg.name), alg, tail, self._encoding)
+        if len(self._ones) >= _MAX_ONES:
+            self._ones.clear()
+        self._ones[alg] = one
+        return one
+
+    def _direct_one(self, check: Check, consume: bool, now: int | None) -> Any:
+        """One check on our own plain client: the command packed here (most of it once per
+        algorithm) and sent on a pooled connection, without redis-py's per-command layers."""
+        alg = check.algorithm
+        one = self._ones.get(alg)
+        if one is None or one.packed is None:
+            one = self._prepare(alg)
+        head, packed, encoding = one.head, one.packed, one.encoding
+        assert head is not None and packed is not None and encoding is not None
+        key = self.family(check.key)
+        if now is None:
+            now_b = b"" if self.clock == "server" else b"%d" % int(time.time() * 1_000_000)
+        else:
+            now_b = b"%d" % now
+        cost = check.cost
+        if consume and not check.probe:
+            cost_b = SMALL[cost] if cost < 64 else b"%d" % min(cost, SAFE)
+        else:  # decided, not charged: the scripts read -1 - cost
+            cost_b = b"%d" % (-1 - min(cost, SAFE))
+        k = key.encode(*encoding)
+        keys = b"$%d\r\n%b\r\n" % (len(k), k)
+        if one.log is not None:
+            k += one.log_b
+            keys += b"$%d\r\n%b\r\n" % (len(k), k)
+        cmd = b"%b%b$%d\r\n%b\r\n$%d\r\n%b\r\n%b" % (
+            head, keys, len(now_b), now_b, len(cost_b), cost_b, packed
+        )
+        pool = self._pool
+        try:
+            conn = pool.get_connection()
+        except self._errors as exc:
+            raise _failed(exc) from exc
+        try:
+            try:
+                return conn.retry.call_with_retry(
+                    lambda: _send_read(conn, cmd), lambda _error: conn.disconnect()
+                )
+            except self._noscript:
+                pass
+        except self._errors as exc:
+            raise _failed(exc) from exc
+        finally:
+            if self._reconnect_check and conn.should_reconnect():
+                conn.disconnect()
+            pool.release(conn)
+        _, args = self._one(check, consume, now)  # NOSCRIPT: send the source (and cache it)
+        return self._eval_one(one.script, one.sha, args)
+
+    # -- the script calls of an operation, without I/O (a Cluster splits them by slot) ---------
+
+    def _batch_call(
+        self, checks: Sequence[Check], consume: bool, now: int | None, block_keys: Sequence[str]
+    ) -> Calls[BatchResult]:
+        """The batch-script call of ``apply`` with several checks or block keys."""
+        keys, args = self._args(checks, consume, now, block_keys)
+        raw = yield keys, args
+        return named(batch_result(checks, len(block_keys), raw), block_keys)
+
+    _batches = _batch_call  # the calls of such an ``apply`` (a Cluster: one per slot)
+
+    def _key_groups(self, keys: Sequence[str]) -> list[list[str]]:
+        """The families of ``keys``, in groups that one script may touch together."""
+        families = [self.family(k) for k in keys]
+        return [families] if families else []
+
+    def _lease_groups(self, keys: Sequence[str]) -> list[list[int]]:
+        """The indexes of lease ``keys``, in groups that one script may take together."""
+        return [list(range(len(keys)))]
+
+    def _leases(self, keys: Sequence[str], limits: Sequence[int], lease_id: str,
+                timeout: float, now: int | None) -> Calls[int]:
+        """The lease-script calls of ``acquire``: groups are taken in turn, and the ones
+        taken released again when a later one is full."""
+        taken: list[str] = []
+        for group in self._lease_groups(keys):
+            rkeys, args = self._lease_args([keys[i] for i in group], [limits[i] for i in group],
+                                           lease_id, timeout, now)
+            failed = int((yield rkeys, args))
+            if failed:
+                if taken:
+                    yield from self._releases(taken, lease_id)
+                return group[failed - 1]
+            taken += [keys[i] for i in group]
+        return -1
+
+    def _releases(self, keys: Sequence[str], lease_id: str) -> Calls[None]:
+        for group in self._lease_groups(keys):
+            yield [f"{self.family(keys[i])}:q" for i in group], ["release", "", lease_id]
+
+    def _lease_args(self, keys: Sequence[str], limits: Sequence[int], lease_id: str,
+                    timeout: float, now: int | None) -> tuple[list[str], list[Any]]:
+        if now is None and self.clock == "client":
+            now = int(time.time() * 1_000_000)
+        slack = self._slack_ms if now is not None else "1000"
+        args: list[Any] = ["acquire", "" if now is None else str(now), lease_id,
+                           str(round(timeout * 1_000_000)), slack, *limits]
+        return [f"{self.family(k)}:q" for k in keys], args
+
+    def _block_args(
+        self, key: str, ttl: float | None, reason: str, now: int | None
+    ) -> list[Any]:
+        if ttl is not None and (
+            isinstance(ttl, bool) or not isinstance(ttl, (int, float)) or not ttl > 0
+        ):
+            raise ConfigError(f"ttl must be a positive number of seconds or None, got {ttl!r}")
+        if not isinstance(reason, str):
+            raise ConfigError(f"reason must be a string, got {reason!r}")
+        ttl_us = "" if ttl is None or ttl == INF else str(round(ttl * 1_000_000))
+        return [self._now(now), ttl_us, reason, self._slack_ms]
+
+    def _gen_seed(self) -> tuple[str, str]:
+        # ``P{%g}``: a plain counter (``%`` never starts an escaped family: no clash), created
+        # at the current time in microseconds rather than 0, so a counter lost (evicted,
+        # flushed) and made again never comes back to a value a worker still remembers.
+        return f"{self.prefix}{{%g}}", str(time.time_ns() // 1000)
+
+    # -- sync I/O -----------------------------------------------------------------------------
+
+    def _eval(self, script: Script, keys: Sequence[str], args: Sequence[Any]) -> Any:
+        client = self._sync()
+        try:
+            try:
+                return client.execute_command("EVALSHA", script.sha, len(keys), *keys, *args)
+            except self._noscript:
+                return client.execute_command("EVAL", script.source, len(keys), *keys, *args)
+        except self._errors as exc:
+            raise _failed(exc) from exc
+
+    def _eval_one(self, script: Script, sha: bytes, args: list[Any]) -> Any:
+        client = self._client
+        if client is None:
+            client = self._sync()
+        try:
+            try:
+                return client.execute_command("EVALSHA", sha, *args)
+            except self._noscript:
+                return client.execute_command("EVAL", script.source, *args)
+        except self._errors as exc:
+            raise _failed(exc) from exc
+
+    def _run(self, script: Script, calls: Calls[_R]) -> _R:
+        """Send the script calls of ``calls`` one by one; their result."""
+        try:
+            keys, args = next(calls)
+            while True:
+                keys, args = calls.send(self._eval(script, keys, args))
+        except StopIteration as done:
+            result: _R = done.value
+            return result
+
+    def _sync_call(self, *args: Any) -> Any:
+        client = self._sync()
+        try:
+            return client.execute_command(*args)
+        except self._errors as exc:
+            raise _failed(exc) from exc
+
+    def apply(self, checks: Sequence[Check], *, consume: bool = True, now: int | None = None,
+              block_keys: Sequence[str] = ()) -> BatchResult:
+        if self._client is None:
+            self._sync()
+        if len(checks) == 1 and not block_keys:  # the common case: one specialised script
+            c = checks[0]
+            if self._pool is not None:
+                raw = self._direct_one(c, consume, now)
+            else:
+                one, args = self._one(c, consume, now)
+                raw = self._eval_one(one.script, one.sha, args)
+            return BatchResult([decision(c.algorithm, raw)], [])
+        return self._run(self._batch, self._batches(checks, consume, now, block_keys))
+
+    def hit(self, algorithm: Algorithm, key: str, cost: int, now: int | None) -> Decision:
+        return self.apply((Check(algorithm, key, cost),), now=now).decisions[0]
+
+    def reset(self, keys: Sequence[str]) -> None:
+        if self._client is None:
+            self._sync()
+        for group in self._key_groups(keys):
+            self._eval(self._reset, group, ())
+
+    def block(self, key: str, ttl: float | None, reason: str = "", now: int | None = None) -> None:
+        args = self._block_args(key, ttl, reason, now)
+        exp = text(self._eval(self._block, [f"{self.family(key)}:b"], args))
+        self._eval(self._blocks, self._index, ["add", args[0], self._slack_ms, key, exp, reason])
+
+    def unblock(self, key: str) -> bool:
+        n = self._sync_call("DEL", f"{self.family(key)}:b")
+        removed = self._eval(self._blocks, self._index, ["del", "", "0", key, "", ""])
+        return bool(n or removed)
+
+    def blocked(self, now: int | None = None) -> list[Block]:
+        raw = self._eval(self._blocks, self._index, ["list", self._now(now), self._slack_ms])
+        return block_list(raw)
+
+    def ping(self) -> bool:
+        try:
+            return bool(self._sync_call("PING"))
+        except StorageError:
+            return False
+
+    def acquire(
+        self, keys: Sequence[str], limits: Sequence[int], lease_id: str, timeout: float,
+        now: int | None = None,
+    ) -> int:
+        return self._run(self._lease, self._leases(keys, limits, lease_id, timeout, now))
+
+    def release(self, keys: Sequence[str], lease_id: str) -> None:
+        self._run(self._lease, self._releases(keys, lease_id))
+
+    def inflight(self, key: str, now: int | None = None) -> int:
+        return int(self._eval(self._lease, [f"{self.family(key)}:q"], ["count", self._now(now)]))
+
+    def generation(self) -> int:
+        value = self._sync_call("GET", self._gen_seed()[0])
+        return 0 if value is None else int(value)
+
+    def next_generation(self) -> int:
+        key, seed = self._gen_seed()
+        self._sync_call("SET", key, seed, "NX")
+        return int(self._sync_call("INCR", key))
+
+    # -- async I/O: the same, awaited; the sync methods in a thread without an async client -----
+
+    async def _aeval(self, script: Script, keys: Sequence[str], args: Sequence[Any]) -> Any:
+        client = self._async()
+        try:
+            try:
+                return await client.execute_command(
+                    "EVALSHA", script.sha, len(keys), *keys, *args
+                )
+            except self._noscript:
+                return await client.execute_command(
+                    "EVAL", script.source, len(keys), *keys, *args
+                )
+        except self._errors as exc:
+            raise _failed(exc) from exc
+
+    async def _arun(self, script: Script, calls: Calls[_R]) -> _R:
+        """Async twin of :meth:`_run`."""
+        try:
+            keys, args = next(calls)
+            while True:
+                keys, args = calls.send(await self._aeval(script, keys, args))
+        except StopIteration as done:
+            result: _R = done.value
+            return result
+
+    async def _acall(self, *args: Any) -> Any:
+        client = self._async()
+        try:
+            return await client.execute_command(*args)
+        except self._errors as exc:
+            raise _failed(exc) from exc
+
+    async def aapply(self, checks: Sequence[Check], *, consume: bool = True,
+                     now: int | None = None, block_keys: Sequence[str] = ()) -> BatchResult:
+        client = self._async()
+        if client is None:
+            return await asyncio.to_thread(
+                self.apply, checks, consume=consume, now=now, block_keys=block_keys
+            )
+        if len(checks) == 1 and not block_keys:  # the common case: one specialised script
+            c = checks[0]
+            one, args = self._one(c, consume, now)
+            try:
+                try:
+                    raw = await client.execute_command("EVALSHA", one.sha, *args)
+                except self._noscript:
+                    raw = await client.execute_command("EVAL", one.script.source, *args)
+            except self._errors as exc:
+                raise _failed(exc) from exc
+            return BatchResult([decision(c.algorithm, raw)], [])
+        return await self._arun(self._batch, self._batches(checks, consume, now, block_keys))
+
+    async def ahit(self, algorithm: Algorithm, key: str, cost: int, now: int | None) -> Decision:
+        return (await self.aapply((Check(algorithm, key, cost),), now=now)).decisions[0]
+
+    async def areset(self, keys: Sequence[str]) -> None:
+        if self._async() is None:
+            await asyncio.to_thread(self.reset, keys)
+            return
+        for group in self._key_groups(keys):
+            await self._aeval(self._reset, group, ())
+
+    async def ablock(
+        self, key: str, ttl: float | None, reason: str = "", now: int | None = None
+    ) -> None:
+        if self._async() is None:
+            await asyncio.to_thread(self.block, key, ttl, reason, now)
+            return
+        args = self._block_args(key, ttl, reason, now)
+        exp = text(await self._aeval(self._block, [f"{self.family(key)}:b"], args))
+        await self._aeval(
+            self._blocks, self._index, ["add", args[0], self._slack_ms, key, exp, reason]
+        )
+
+    async def aunblock(self, key: str) -> bool:
+        if self._async() is None:
+            return await asyncio.to_thread(self.unblock, key)
+        n = await self._acall("DEL", f"{self.family(key)}:b")
+        removed = await self._aeval(self._blocks, self._index, ["del", "", "0", key, "", ""])
+        return bool(n or removed)
+
+    async def ablocked(self, now: int | None = None) -> list[Block]:
+        if self._async() is None:
+            return await asyncio.to_thread(self.blocked, now)
+        raw = await self._aeval(
+            self._blocks, self._index, ["list", self._now(now), self._slack_ms]
+        )
+        return block_list(raw)
+
+    async def aping(self) -> bool:
+        """Async twin of :meth:`ping`."""
+        client = self._async()
+        if client is None:
+            return await asyncio.to_thread(self.ping)
+        try:
+            return bool(await client.execute_command("PING"))
+        except self._errors:
+            return False
+
+    async def aacquire(
+        self, keys: Sequence[str], limits: Sequence[int], lease_id: str, timeout: float,
+        now: int | None = None,
+    ) -> int:
+        if self._async() is None:
+            return await asyncio.to_thread(self.acquire, keys, limits, lease_id, timeout, now)
+        return await self._arun(self._lease, self._leases(keys, limits, lease_id, timeout, now))
+
+    async def arelease(self, keys: Sequence[str], lease_id: str) -> None:
+        if self._async() is None:
+            await asyncio.to_thread(self.release, keys, lease_id)
+            return
+        await self._arun(self._lease, self._releases(keys, lease_id))
+
+    async def ainflight(self, key: str, now: int | None = None) -> int:
+        if self._async() is None:
+            return await asyncio.to_thread(self.inflight, key, now)
+        return int(await self._aeval(self._lease, [f"{self.family(key)}:q"],
+                                     ["count", self._now(now)]))
+
+    async def ageneration(self) -> int:
+        if self._async() is None:
+            return await asyncio.to_thread(self.generation)
+        value = await self._acall("GET", self._gen_seed()[0])
+        return 0 if value is None else int(value)
+
+    async def anext_generation(self) -> int:
+        if self._async() is None:
+            return await asyncio.to_thread(self.next_generation)
+        key, seed = self._gen_seed()
+        await self._acall("SET", key, seed, "NX")
+        return int(await self._acall("INCR", key))
+

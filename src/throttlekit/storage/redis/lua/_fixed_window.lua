@@ -1,0 +1,26 @@
+-- Each strategy is a block of statements that batch.lua and the strategy's own script paste
+-- in place (no function is defined or called per check: scripts run on every request).
+-- In scope: now, slack, H (the key family hash), aux (the sliding log's list, else H),
+-- field, limit, p (the period in microseconds), cap (the token bucket's capacity), cost,
+-- and locals allowed, rem, reset, retry, state, ttl, known set to 0, 0, 0, 0, false, 0,
+-- false. The block sets allowed (1/0), remaining, reset_us, retry_us (-1 = never) and, when
+-- it allows a positive cost, state (what the charge writes, true for the sliding log), ttl
+-- (the state's lifetime, microseconds) and known (the field's old value: H exists).
+--#include floordiv q=win a=now b=p
+local count = 0
+local v = call('HGET', H, field)
+if v then
+  local sp = find(v, ' ', 1, true)
+  if tonumber(sub(v, 1, sp - 1)) == win then count = tonumber(sub(v, sp + 1)) end
+end
+local left = (win + 1) * p - now
+if count + cost <= limit then
+  allowed, rem = 1, limit - count - cost
+  if count + cost > 0 then reset = left end
+  if cost > 0 then state, ttl, known = format('%.0f %.0f', win, count + cost), left, v end
+else
+  retry = left
+  if cost > limit then retry = -1 end
+  if count > 0 then reset = left end
+  if count < limit then rem = limit - count end
+end

@@ -1,0 +1,37 @@
+-- See _fixed_window.lua for the shape of a strategy's block (needs --#include arith).
+--#include floordiv q=win a=now b=p
+local cur, prev = 0, 0
+local v = call('HGET', H, field)
+if v then  -- "window current previous"
+  local s1 = find(v, ' ', 1, true)
+  local s2 = find(v, ' ', s1 + 1, true)
+  local w = tonumber(sub(v, 1, s1 - 1))
+  if w == win then
+    cur, prev = tonumber(sub(v, s1 + 1, s2 - 1)), tonumber(sub(v, s2 + 1))
+  elseif w == win - 1 then
+    prev = tonumber(sub(v, s1 + 1, s2 - 1))
+  end
+end
+local left = p - (now - win * p)
+-- prev * left + cur * p <= limit * p, divided by p: w = ceil(prev * left / p)
+local wq, wr = muldiv(prev, left, p)
+if wr > 0 then wq = wq + 1 end
+local k = limit - cur - cost
+if k >= 0 and wq <= k then
+  allowed, rem = 1, k - wq
+  if cur + cost > 0 then reset = (win + 2) * p - now elseif prev > 0 then reset = left end
+  if cost > 0 then
+    state, ttl, known = format('%.0f %.0f %.0f', win, cur + cost, prev), (win + 2) * p - now, v
+  end
+else
+  if cost > limit then
+    retry = -1
+  elseif k >= 0 then
+    retry = (win + 1) * p - muldiv(k, p, prev) - now
+  else
+    retry = (win + 2) * p - muldiv(limit - cost, p, cur) - now
+  end
+  rem = limit - cur - wq
+  if rem < 0 then rem = 0 end
+  if cur > 0 then reset = (win + 2) * p - now elseif prev > 0 then reset = left end
+end
