@@ -7,15 +7,20 @@ Driven through the public API (``Limiter``, ``WSGIMiddleware``, ``MemoryStorage`
 
 from __future__ import annotations
 
+import asyncio
 import threading
 import tracemalloc
 from collections.abc import Callable, Iterable
 from typing import Any
 
 import pytest
+from hypothesis import example, given
+from hypothesis import strategies as st
 from werkzeug.test import EnvironBuilder
 
-from throttlekit import Limiter, MemoryStorage, WSGIMiddleware
+from throttlekit import ASGIMiddleware, Limiter, MemoryStorage, Rate, WSGIMiddleware
+from throttlekit._algorithms import make_algorithm
+from throttlekit.storage import Check
 from throttlekit.testing import FakeClock
 
 STRATEGIES = ["fixed_window", "sliding_window", "sliding_log", "token_bucket"]
@@ -268,3 +273,141 @@ def test_a_rule_tightened_at_runtime_protects_whom_it_refuses() -> None:
     for i in range(100):
         call(_ip(i))
     assert call("203.0.113.9") == 429
+
+
+# -- one hit: batches, the bound hit and the short path agree --------------------------------
+
+ALGORITHMS = [make_algorithm(s, Rate(3, 10)) for s in STRATEGIES]  # small: refusals come soon
+flag = st.sampled_from([False, False, False, True])
+batch = st.lists(  # distinct (algorithm, key) pairs: cost, independent, probe
+    st.tuples(st.integers(0, len(ALGORITHMS) - 1), st.sampled_from("ab"),
+              st.integers(0, 3), flag, flag),
+    min_size=1, max_size=5, unique_by=lambda c: (c[0], c[1]),
+)
+steps = st.lists(
+    st.tuples(batch, st.sampled_from([True, True, True, False]),
+              st.sampled_from([None, None, None, "a", "b"]),
+              st.booleans(), st.sampled_from([0.0, 0.0, 0.5, 2.0, 7.0])),
+    min_size=1, max_size=20,
+)
+
+
+@given(steps)
+@example([  # a sliding log (its hit appends in place) allowed beside a refused check
+    ([(0, "a", 3, False, False), (2, "a", 1, False, False)], True, None, False, 0.0),
+    ([(2, "a", 1, False, False), (0, "a", 1, False, False)], True, None, False, 0.0),
+])
+def test_a_batch_decides_and_charges_as_its_checks_one_at_a_time(plan: list[Any]) -> None:
+    """``MemoryStorage.apply`` on a batch answers what the checks alone would, and charges
+    what the batch rules say: everything or nothing of the dependent checks, an allowed
+    independent check on its own, never a probe, nothing when a looked-up key is blocked.
+    The reference is a twin store driven one check at a time."""
+    clock = FakeClock(START)
+    store, twin = MemoryStorage(), MemoryStorage()
+    for checks, consume, block, lookup, wait in plan:
+        clock.advance(wait)
+        now = int(clock() * 1_000_000)
+        if block is not None:
+            for s in (store, twin):
+                s.block(block, 3, now=now)
+        batch = [Check(ALGORITHMS[i], k, cost, indep, probe)
+                 for i, k, cost, indep, probe in checks]
+        block_keys = ["a", "b"] if lookup else []
+        got = store.apply(batch, consume=consume, now=now, block_keys=block_keys)
+
+        live = {b.key: b for b in twin.blocked(now=now)}
+        blocked = [live.get(k) for k in block_keys]
+        alone = [twin.apply([Check(c.algorithm, c.key, c.cost)], consume=False,
+                            now=now).decisions[0] for c in batch]
+        assert got.decisions == alone
+        assert got.blocked == blocked
+        together = all(d.allowed for c, d in zip(batch, alone, strict=True)
+                       if not c.independent)
+        if consume and not any(blocked):
+            for c, d in zip(batch, alone, strict=True):
+                if d.allowed and (together or c.independent) and c.cost and not c.probe:
+                    assert twin.apply([Check(c.algorithm, c.key, c.cost)],
+                                      now=now).decisions[0].allowed
+        left = [Check(a, k, 0) for a in ALGORITHMS for k in "ab"]
+        assert (store.apply(left, consume=False, now=now).decisions
+                == twin.apply(left, consume=False, now=now).decisions)
+
+
+def test_local_blocks_shows_the_blocklist_as_it_changes() -> None:
+    """``local_blocks`` is a live, read-only view: a block shows at once, an unblock or an
+    expiry reclaimed by a request removes it, and no caller can write through it."""
+    clock = FakeClock(START)
+    storage = MemoryStorage()
+    limiter = Limiter(storage, clock=clock)
+    limiter.throttle("per-ip", "5/minute")
+    call = _server(limiter)
+    blocks = storage.local_blocks
+    assert blocks is not None and not blocks
+    limiter.block("203.0.113.9", ttl=30)
+    assert set(blocks) == {"203.0.113.9"}
+    assert blocks["203.0.113.9"].expires_at == START + 30
+    clock.advance(31)
+    assert call("198.51.100.1") == 200  # looks the blocklist up: the expired entry goes
+    assert not blocks
+    limiter.block("203.0.113.9")
+    assert limiter.unblock("203.0.113.9") and not blocks
+    with pytest.raises(TypeError):
+        blocks["x"] = None  # type: ignore[index]
+
+
+async def _asgi_app(scope: dict[str, Any], receive: Any, send: Any) -> None:
+    await send({"type": "http.response.start", "status": 200, "headers": []})
+    await send({"type": "http.response.body", "body": b"ok"})
+
+
+def _asgi_server(limiter: Limiter) -> Callable[[str, str], int]:
+    mw = ASGIMiddleware(_asgi_app, limiter)
+
+    def call(ip: str, path: str = "/") -> int:
+        statuses: list[int] = []
+
+        async def receive() -> dict[str, Any]:
+            return {"type": "http.request", "body": b"", "more_body": False}
+
+        async def send(message: dict[str, Any]) -> None:
+            if message["type"] == "http.response.start":
+                statuses.append(message["status"])
+
+        scope = {"type": "http", "method": "GET", "path": path, "raw_path": path.encode(),
+                 "query_string": b"", "headers": [], "client": (ip, 40000)}
+        asyncio.run(mw(scope, receive, send))
+        return statuses[0]
+
+    return call
+
+
+@pytest.mark.parametrize("server", [_server, _asgi_server], ids=["wsgi", "asgi"])
+@pytest.mark.parametrize("rates", ["3/minute", "3/minute; 10/hour"], ids=["one", "two"])
+def test_a_block_stops_requests_on_the_short_path_and_charges_nothing(
+    server: Callable[[Limiter], Callable[[str, str], int]], rates: str
+) -> None:
+    """Plain throttles on the memory store take the short path; a block made between two
+    requests refuses the next one at once, the blocked requests charge the throttle nothing,
+    and after the unblock the client has exactly what it had left."""
+    clock = FakeClock(START)
+    limiter = Limiter(MemoryStorage(), clock=clock)
+    limiter.throttle("per-ip", rates)
+    call = server(limiter)
+    ip = "203.0.113.9"
+    assert [call(ip) for _ in range(2)] == [200, 200]
+    limiter.block(ip, ttl=600)
+    assert [call(ip) for _ in range(5)] == [403] * 5
+    assert call("198.51.100.1") == 200
+    assert limiter.unblock(ip)
+    assert [call(ip) for _ in range(2)] == [200, 429]
+
+
+def test_make_hit_still_works_and_says_to_use_bind() -> None:
+    """The old name of the bound hit warns once per call and hands back ``bind``'s hit."""
+    storage = MemoryStorage()
+    alg = make_algorithm("fixed_window", Rate(2, 60))
+    with pytest.warns(DeprecationWarning, match="use bind"):
+        hit = storage.make_hit(alg)
+    assert hit is storage.bind(alg)
+    now = int(START * 1_000_000)
+    assert [hit("k", 1, now).allowed for _ in range(3)] == [True, True, False]

@@ -54,7 +54,8 @@ _F = TypeVar("_F", bound=Callable[..., Any])
 class _Plan:
     """Rates bound to a strategy, parsed and validated once and cached by the limiter.
 
-    ``fast`` is the storage's specialised single-check hit, when it offers one.
+    ``fast`` is the storage's single-check hit (``Storage.bind``) for one rate on a local
+    store (a remote one answers through the limiter's failure policy).
     """
 
     __slots__ = ("algorithms", "fast")
@@ -62,9 +63,8 @@ class _Plan:
     def __init__(self, algorithms: tuple[Algorithm, ...], storage: Storage) -> None:
         self.algorithms = algorithms
         self.fast: Callable[[str, int, int | None], Decision] | None = None
-        make_hit = getattr(storage, "make_hit", None)
-        if len(algorithms) == 1 and make_hit is not None and not storage.remote:
-            self.fast = make_hit(algorithms[0])
+        if len(algorithms) == 1 and not storage.remote:
+            self.fast = storage.bind(algorithms[0])
 
 
 class Limiter:

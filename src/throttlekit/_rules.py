@@ -23,7 +23,7 @@ import time
 from collections.abc import Callable, Iterable, Sequence
 from typing import TYPE_CHECKING, Any, NamedTuple
 
-from ._algorithms import Algorithm, SlidingLog, make_algorithm
+from ._algorithms import Algorithm, make_algorithm
 from ._decision import Decision, most_restrictive
 from ._errors import ConfigError
 from ._events import Event, EventCallback, Listeners
@@ -32,8 +32,7 @@ from ._keys import MAX_KEY_LENGTH, UNREADABLE_PREFIX, rule_key
 from ._rates import MAX_PERIOD, Rate, coerce_rates
 from ._request import _UNSET, _UnreadableForm
 from ._resilience import ResilientStore, deny_decision
-from .storage import MemoryStorage
-from .storage.base import BatchResult, Block, Check
+from .storage.base import BatchResult, Block, BoundBatch, BoundHit, Check, Storage
 
 if TYPE_CHECKING:
     from ._denials import DenialCache
@@ -67,9 +66,6 @@ ON_UNREADABLE = ("client", "refuse")
 NS = "rule:"
 _new = tuple.__new__
 _INF = float("inf")
-_CHARGE_LATER: Any = object()
-_time = time.time
-_time_ns = time.time_ns
 
 
 def escape_name(name: str) -> str:
@@ -273,17 +269,17 @@ class _BanRule:
 class _Throttle:
     __slots__ = (
         "algorithms",
+        "batch",
         "burst",
-        "checks",
         "cost",
         "count_when",
         "dry_run",
+        "hit",
         "key",
         "match",
         "name",
         "on_unreadable",
         "policy_names",
-        "prefixes",
         "rates",
         "strategy",
     )
@@ -292,11 +288,22 @@ class _Throttle:
         self, name: str, algorithms: tuple[Algorithm, ...], match: Predicate | None,
         key: KeyFunc, cost: int | Callable[[RequestView], int], dry_run: bool,
         count_when: Callable[[ResponseInfo], Any] | None, strategy: str, burst: int | None,
-        on_unreadable: str = "client",
+        on_unreadable: str = "client", storage: Storage | None = None,
     ) -> None:
         self.name = name
         self.on_unreadable = on_unreadable
         self.algorithms = algorithms
+        #: the store's bound hit of a one-rate rule on a local store (``Storage.bind``),
+        #: bound once: ``_fast`` calls it with ``NS + discriminator``
+        self.hit: BoundHit | None = None
+        #: the store's bound batch of a rule of several rates on a local store
+        #: (``Storage.bind_batch`` under ``NS``): ``_fast`` calls it with ``(discriminator,)``
+        self.batch: BoundBatch | None = None
+        if storage is not None and not storage.remote:
+            if len(algorithms) == 1:
+                self.hit = storage.bind(algorithms[0])
+            else:
+                self.batch = storage.bind_batch((algorithms,), NS)
         self.rates = tuple(a.rate for a in algorithms)
         self.match = match
         self.key = key
@@ -310,11 +317,6 @@ class _Throttle:
         self.policy_names: tuple[str, ...] = (
             name, *(f"{name}/{_seconds(a.rate)}" for a in algorithms[1:])
         )
-        #: the in-memory store's key of each algorithm's state is ``prefix + discriminator``
-        #: (``MemoryStorage`` writes ``f"{alg.id}|{key}"``, and rule keys are ``NS + disc``)
-        self.prefixes = tuple(f"{a.id}|{NS}" for a in algorithms)
-        #: (algorithm, store key prefix, policy name) per rate
-        self.checks = tuple(zip(algorithms, self.prefixes, self.policy_names, strict=True))
 
 
 def _throttle_algorithms(
@@ -406,6 +408,9 @@ class Rules:
         self.needs_form = False
         #: no bans, dry-run or count_when throttles: ``_fast`` may answer
         self.fast = True
+        #: the throttles applying to a request (when several) -> the store's bound batch
+        #: of their algorithms (``Storage.bind_batch``), bound on first use
+        self._batches: dict[tuple[_Throttle, ...], tuple[BoundBatch, tuple[str, ...]]] = {}
         self._last_log: dict[str, float] = {}
         self._warned_unreadable: set[str] = set()
         #: the warning about requests without a client IP was logged
@@ -506,7 +511,7 @@ class Rules:
         algorithms = _throttle_algorithms(name, rates, strategy, burst, what)
         self._check_supported(algorithms, strategy, what)
         rule = _Throttle(name, algorithms, match, keyf, cost, dry_run, count_when,
-                         strategy, burst, on_unreadable)
+                         strategy, burst, on_unreadable, lim.storage)
         self.needs_form = self.needs_form or _uses_form(match, keyf, cost)
         self.throttles = (*self.throttles, rule)
         if dry_run or count_when is not None:
@@ -533,7 +538,8 @@ class Rules:
         )
         self._check_supported(algorithms, old.strategy, f"throttle {name!r}")
         new = _Throttle(name, algorithms, old.match, old.key, old.cost, old.dry_run,
-                        old.count_when, old.strategy, old.burst, old.on_unreadable)
+                        old.count_when, old.strategy, old.burst, old.on_unreadable,
+                        self.limiter.storage)
         self.throttles = tuple(new if t is old else t for t in self.throttles)
         return old.rates
 
@@ -902,16 +908,9 @@ class Rules:
     def _call(self, checks: list[Check], block_keys: list[str],
               now: int | None) -> BatchResult:
         """One store call (never raises on a remote store: its ResilientStore answers
-        with the fail policy, ``BatchResult.policy`` set)."""
-        storage = self.limiter.store
-        if (
-            len(checks) == 1 and storage.__class__ is MemoryStorage
-            and not storage._blocks  # nothing to look up: the single-check fast path
-            and not checks[0].probe
-        ):
-            c = checks[0]
-            return BatchResult([storage.hit(c.algorithm, c.key, c.cost, now)], [])
-        return storage.apply(checks, consume=True, now=now, block_keys=block_keys)
+        with the fail policy, ``BatchResult.policy`` set; a memory store answers one
+        check through its bound hit and skips an empty blocklist itself)."""
+        return self.limiter.store.apply(checks, consume=True, now=now, block_keys=block_keys)
 
     async def _acall(self, checks: list[Check], block_keys: list[str],
                      now: int | None) -> BatchResult:
@@ -949,11 +948,13 @@ class Rules:
             self._emit(kind, err.rule, None, view, d, False)
         return Verdict(False, kind, err.rule, None, d, [], err.degraded, view)
 
-    def _fast(self, view: RequestView, storage: MemoryStorage) -> Verdict:
+    def _fast(self, view: RequestView, storage: Storage) -> Verdict:
         """The common case in one pass: lists and plain throttles (no bans, dry runs or
-        ``count_when``) on the in-process store with an empty dynamic blocklist, nobody
+        ``count_when``) on a local store with an empty dynamic blocklist, nobody
         listening. The same answers as ``_plan`` + ``apply`` + ``_finish``, without
-        building checks, block-key lookups or the batch machinery."""
+        building a plan or block-key lookups: one throttle of one rate is decided by the
+        store's bound hit (``Storage.bind``), several by its bound batch
+        (``Storage.bind_batch``, all or nothing)."""
         for lrule in self.safelists:
             if self._list_match(lrule, view, "safelist"):
                 return Verdict(True, "safelisted", lrule.name, None, None, [], False, view)
@@ -963,112 +964,105 @@ class Rules:
         rule1: _Throttle | None = None
         disc1 = ""
         cost1 = 0
-        more: list[tuple[_Throttle, str, int]] | None = None
+        several: list[_Throttle] | None = None  # with discs and costs, when several apply
         for rule in self.throttles:
             applies = self._applies(rule, view)
             if applies is None:
                 continue
-            disc, cost = applies
             if rule1 is None:
-                rule1, disc1, cost1 = rule, disc, cost
-            elif more is None:
-                more = [(rule, disc, cost)]
+                rule1 = rule
+                disc1, cost1 = applies
+            elif several is None:
+                several = [rule1, rule]
+                discs = [disc1, applies[0]]
+                costs = [cost1, applies[1]]
             else:
-                more.append((rule, disc, cost))
+                several.append(rule)
+                discs.append(applies[0])
+                costs.append(applies[1])
         if rule1 is None:
             return _allowed(None, [], view)
         clock = self.limiter.clock
-        if clock is None:  # the store's clock (MemoryStorage._now, inlined)
-            clock = storage._clock
-            now = _time_ns() // 1000 if clock is _time else int(clock() * 1_000_000)
-        else:
-            now = int(clock() * 1_000_000)
-        if more is None and len(rule1.algorithms) == 1:
-            # One check: decide and charge in one step (MemoryStorage.hit, inlined).
-            alg = rule1.algorithms[0]
-            k = rule1.prefixes[0] + disc1
-            data = storage._data
-            lock = storage._lock
-            lock.acquire()  # (cheaper than ``with`` on CPython 3.11)
-            try:
-                state = data.get(k)
-                if state is None and storage._protected:  # kept from eviction: see memory.py
-                    state = storage._revive(k)
-                new, d = alg.hit(state, now, cost1)
-                if new is not state:
-                    if state is None:
-                        storage._insert(k, new, alg, now)
-                    else:
-                        data[k] = new
-                        data.move_to_end(k)
-                elif state is not None:
-                    data.move_to_end(k)
-            finally:
-                lock.release()
+        now = int(clock() * 1_000_000) if clock is not None else None
+        if several is None:
+            hit = rule1.hit
+            if hit is not None:
+                d = hit(NS + disc1, cost1, now)
+                if d.allowed:
+                    return _allowed(d, [(rule1.name, d)], view)
+                return Verdict(False, "throttled", rule1.name, disc1, d, [(rule1.name, d)],
+                               False, view)
+            batch = rule1.batch  # one rule of several rates
+            assert batch is not None
+            decisions = batch((disc1,), (cost1,), now)
+            policies = [*zip(rule1.policy_names, decisions)]  # noqa: B905 - one per rate
+            d = most_restrictive(decisions)  # the rule's own choice among its rates
             if d.allowed:
-                return _allowed(d, [(rule1.name, d)], view)
-            return Verdict(False, "throttled", rule1.name, disc1, d, [(rule1.name, d)], False,
-                           view)
-        found = [(rule1, disc1, cost1)]
-        if more is not None:
-            found += more
-        return self._fast_many(view, storage, found, now)
+                return Verdict(True, "allowed", None, None, d, policies, False, view)
+            return self._fast_refused(view, [rule1], [disc1], [cost1], decisions, policies)
+        applying = tuple(several)
+        bound = self._batches.get(applying)
+        if bound is None:
+            bound = self._bind_batch(applying, storage)
+        batch, names = bound
+        decisions = batch(discs, costs, now)
+        if len(names) == len(several):  # one rate each (the common case, inlined)
+            tightest = decisions[0]
+            for d in decisions:
+                if not d.allowed:
+                    break
+                if d.remaining < tightest.remaining:
+                    tightest = d
+            else:  # (zip without strict=, whose keyword sends zip down its slow path)
+                return Verdict(True, "allowed", None, None, tightest,
+                               [*zip(names, decisions)], False, view)  # noqa: B905
+        return self._fast_many(view, several, discs, costs, names, decisions)
 
     def _fast_many(
-        self, view: RequestView, storage: MemoryStorage,
-        found: list[tuple[_Throttle, str, int]], now: int,
+        self, view: RequestView, several: list[_Throttle], discs: list[str], costs: list[int],
+        names: tuple[str, ...], decisions: list[Decision],
     ) -> Verdict:
-        """Several checks, all or nothing (what ``MemoryStorage.apply`` does, without
-        its generality): decide every one, then charge them all only if all allow."""
-        data = storage._data
-        get = data.get
-        policies: list[tuple[str, Decision]] = []
-        staged = []
+        """The verdict of several checks decided all or nothing by the store's bound batch
+        (group ``i``: the rates of ``several[i]``, on ``NS + discs[i]`` at ``costs[i]``), as
+        ``_finish`` reads it for plain throttles."""
+        policies = [*zip(names, decisions)]  # noqa: B905 - as many names as decisions
+        if len(names) == len(several):  # one rate each: refused (_fast answers allowed)
+            return self._fast_refused(view, several, discs, costs, decisions, policies)
         tightest: Decision | None = None
-        ok = True
-        with storage._lock:
-            for rule, disc, cost in found:
-                for alg, prefix, name in rule.checks:
-                    k = prefix + disc
-                    s = get(k)
-                    if s is None and storage._protected:
-                        s = storage._revive(k)
-                    if alg.__class__ is SlidingLog:
-                        # its hit appends to the log in place: decide now, charge later
-                        d = alg.peek(s, now, cost)
-                        new = _CHARGE_LATER
-                    else:
-                        new, d = alg.hit(s, now, cost)
-                    policies.append((name, d))
-                    if d.allowed:
-                        if cost:
-                            staged.append((k, s, new, alg, cost))
-                    else:
-                        ok = False
-                if ok:
-                    n = len(rule.checks)
-                    if n != 1:  # the rule's own choice among its rates, as _finish makes it
-                        d = most_restrictive([pd for _, pd in policies[-n:]])
-                    if tightest is None or d.remaining < tightest.remaining:
-                        tightest = d
-            if ok:
-                for k, s, new, alg, cost in staged:
-                    if new is _CHARGE_LATER:
-                        new = alg.charge(s, now, cost)
-                    if s is None:
-                        storage._insert(k, new, alg, now)
-                    else:
-                        data[k] = new
-                        data.move_to_end(k)
-        if ok:
-            return Verdict(True, "allowed", None, None, tightest, policies, False, view)
+        i = 0
+        for rule in several:
+            n = len(rule.policy_names)
+            d = most_restrictive(decisions[i:i + n])  # the rule's own choice among its rates
+            if not d.allowed:
+                return self._fast_refused(view, several, discs, costs, decisions, policies)
+            if tightest is None or d.remaining < tightest.remaining:
+                tightest = d
+            i += n
+        return Verdict(True, "allowed", None, None, tightest, policies, False, view)
 
+    def _bind_batch(
+        self, applying: tuple[_Throttle, ...], storage: Storage
+    ) -> tuple[BoundBatch, tuple[str, ...]]:
+        """The store's bound batch of these throttles' algorithms and their policy names,
+        bound on the first request they all apply to."""
+        batch = storage.bind_batch([r.algorithms for r in applying], NS)
+        names = tuple(n for r in applying for n in r.policy_names)
+        if len(self._batches) >= 256:  # match functions picking ever other subsets
+            self._batches.clear()
+        self._batches[applying] = batch, names
+        return batch, names
+
+    def _fast_refused(
+        self, view: RequestView, several: list[_Throttle], discs: list[str], costs: list[int],
+        decisions: list[Decision], policies: list[tuple[str, Decision]],
+    ) -> Verdict:
+        """The refusal of several checks decided all or nothing (nothing was charged), as
+        ``_finish`` reads it for plain throttles."""
         refusal: tuple[_Throttle, str, Decision] | None = None
         i = 0
-        for rule, disc, cost in found:
-            n = len(rule.checks)
-            ds = [pd for _, pd in policies[i:i + n]]
-            d = ds[0] if n == 1 else most_restrictive(ds)
+        for rule, disc, cost in zip(several, discs, costs, strict=True):
+            n = len(rule.policy_names)
+            d = decisions[i] if n == 1 else most_restrictive(decisions[i:i + n])
             if not d.allowed and (refusal is None or d.retry_after > refusal[2].retry_after):
                 refusal = (rule, disc, d)
             if cost:
@@ -1089,8 +1083,9 @@ class Rules:
         else the plan and the time."""
         if self.fast:
             storage = self.limiter.storage
+            blocks = storage.local_blocks  # nothing to look up: see Storage.local_blocks
             if (
-                storage.__class__ is MemoryStorage and not storage._blocks
+                blocks is not None and not blocks and not storage.remote
                 and not self.listeners.active
             ):
                 try:

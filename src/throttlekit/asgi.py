@@ -41,7 +41,6 @@ from ._responder import ResponderFn as Responder
 from ._responses import encode_headers as _encode
 from ._responses import rate_limit_headers_raw
 from ._rules import _RuleFailed
-from .storage.memory import MemoryStorage
 
 if TYPE_CHECKING:
     from ._limiter import Limiter
@@ -121,10 +120,11 @@ class ASGIMiddleware:
         limiter = self.limiter
         rules = limiter._rules
         storage = limiter.storage
+        blocks = storage.local_blocks  # nothing to look up: see Storage.local_blocks
         if (
             not rules.fast or rules.needs_form or limiter._concurrency is not None
             or not limiter.enabled or limiter._watcher is not None
-            or storage.__class__ is not MemoryStorage or storage._blocks
+            or blocks is None or blocks or storage.remote
             or rules.listeners.active
         ):
             await self._http(scope, receive, send)

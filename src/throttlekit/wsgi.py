@@ -27,7 +27,6 @@ from ._responder import RESPONDER_KINDS, VERDICT_KEY, configure, resolve_options
 from ._responder import ResponderFn as Responder
 from ._responses import rate_limit_headers
 from ._rules import _RuleFailed
-from .storage.memory import MemoryStorage
 
 if TYPE_CHECKING:
     from _typeshed.wsgi import StartResponse, WSGIApplication, WSGIEnvironment
@@ -98,6 +97,7 @@ class WSGIMiddleware:
         limiter = self.limiter
         rules = limiter._rules
         storage = limiter.storage
+        blocks = storage.local_blocks  # nothing to look up: see Storage.local_blocks
         # RequestView.from_environ, inlined (every request pays it)
         view = _new_view(RequestView)
         view.raw = environ
@@ -111,7 +111,7 @@ class WSGIMiddleware:
         view._peer = environ.get("REMOTE_ADDR")
         if (
             rules.fast and limiter.enabled and limiter._watcher is None
-            and storage.__class__ is MemoryStorage and not storage._blocks
+            and blocks is not None and not blocks and not storage.remote
             and not rules.listeners.active
         ):
             # limiter.evaluate's in-memory fast path, called directly

@@ -12,7 +12,8 @@ charges nothing at all (a blocked request never reaches the throttles).
 from __future__ import annotations
 
 import abc
-from collections.abc import Sequence
+from collections.abc import Callable, Mapping, Sequence
+from functools import partial
 from typing import TYPE_CHECKING, NamedTuple
 
 from .._algorithms import Algorithm
@@ -21,7 +22,13 @@ from .._decision import Decision
 if TYPE_CHECKING:
     from .._denials import DenialCache
 
-__all__ = ["BatchResult", "Block", "Check", "Storage"]
+__all__ = ["BatchResult", "Block", "BoundBatch", "BoundHit", "Check", "Storage"]
+
+#: ``hit(key, cost, now) -> Decision`` for one algorithm: see ``Storage.bind``
+BoundHit = Callable[[str, int, int | None], Decision]
+#: ``batch(keys, costs, now) -> decisions`` for fixed groups of algorithms: see
+#: ``Storage.bind_batch``
+BoundBatch = Callable[[Sequence[str], Sequence[int], int | None], list[Decision]]
 
 
 class Check(NamedTuple):
@@ -75,6 +82,11 @@ class Storage(abc.ABC):
     remote: bool = False
     #: True for backends shared by several processes
     shared: bool = False
+    #: The dynamic blocklist as a live read-only mapping (key -> Block, expired entries
+    #: included until reclaimed) when the store keeps it in this process, so a caller sees
+    #: without a call that a request has nothing to look up; None when it lives on a server
+    #: (ask ``apply(block_keys=...)`` or ``blocked()``).
+    local_blocks: Mapping[str, Block] | None = None
     #: the local cache of refusals; set only on a ResilientStore (see _resilience)
     denials: DenialCache | None = None
 
@@ -97,6 +109,34 @@ class Storage(abc.ABC):
     def hit(self, algorithm: Algorithm, key: str, cost: int, now: int | None) -> Decision:
         """Decide and charge one check (the common case; backends may specialise it)."""
         return self.apply((Check(algorithm, key, cost),), now=now).decisions[0]
+
+    def bind(self, algorithm: Algorithm) -> BoundHit:
+        """``hit`` for one algorithm, as ``fn(key, cost, now) -> Decision``: the single check
+        of a hot path, bound once and called per request. Backends may return a function
+        specialised for the algorithm (the memory store does); the default is
+        ``partial(self.hit, algorithm)``, the same answers without the specialisation."""
+        return partial(self.hit, algorithm)
+
+    def bind_batch(self, groups: Sequence[Sequence[Algorithm]], prefix: str = "") -> BoundBatch:
+        """``apply`` for fixed algorithms, as ``fn(keys, costs, now) -> decisions``: the
+        several dependent checks of a hot path (several limits, or a limit of several
+        rates), bound once and called per request. Group ``i``'s algorithms are checked on
+        ``prefix + keys[i]`` at ``costs[i]`` (the prefix joined once, at bind time where a
+        backend can); the decisions come flat, in order; all are charged only if every one
+        allows (``apply``'s all-or-nothing); no blocklist lookup.
+        Backends may return a function specialised for the algorithms (the memory store
+        does); the default builds the ``Check``s and calls ``apply``."""
+        frozen = tuple(tuple(g) for g in groups)
+
+        def batch(keys: Sequence[str], costs: Sequence[int], now: int | None) -> list[Decision]:
+            checks = [
+                Check(alg, prefix + key, cost)
+                for algs, key, cost in zip(frozen, keys, costs, strict=True)
+                for alg in algs
+            ]
+            return self.apply(checks, now=now).decisions
+
+        return batch
 
     @abc.abstractmethod
     def reset(self, keys: Sequence[str]) -> None:

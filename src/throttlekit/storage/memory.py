@@ -23,16 +23,18 @@ from __future__ import annotations
 
 import threading
 import time
+import warnings
 from collections import OrderedDict
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from heapq import heapify, heappop, heappush
+from types import MappingProxyType
 from typing import Any
 from urllib.parse import parse_qsl, urlsplit
 
-from .._algorithms import Algorithm
+from .._algorithms import Algorithm, SlidingLog
 from .._decision import Decision
 from .._errors import ConfigError
-from .base import BatchResult, Block, Check, Storage
+from .base import BatchResult, Block, BoundBatch, BoundHit, Check, Storage
 
 __all__ = ["DEFAULT_MAX_KEYS", "MemoryStorage"]
 
@@ -41,6 +43,10 @@ DEFAULT_MAX_KEYS = 1_000_000
 _INF = float("inf")
 #: expired blocklist entries reclaimed per request (amortised O(1): each is popped once)
 _RECLAIM_BLOCKS = 8
+#: bound hits kept (see ``bind``); past it the cache starts afresh
+_BOUND_CACHE = 1024
+_CHARGE_LATER: Any = object()
+_new = tuple.__new__
 
 
 class MemoryStorage(Storage):
@@ -68,11 +74,16 @@ class MemoryStorage(Storage):
         self._protected: OrderedDict[str, Any] = OrderedDict()
         self._algorithms: dict[str, Algorithm] = {}
         self._blocks: dict[str, Block] = {}
+        self.local_blocks = MappingProxyType(self._blocks)
         #: (expires_at, key) of blocks with an expiry; stale entries are skipped
         self._expiries: list[tuple[float, str]] = []
         self._lock = threading.Lock()
         #: concurrency leases: key -> {lease id: expiry (microseconds)}
         self._leases: dict[str, dict[str, int]] = {}
+        #: algorithm -> its bound hit (see ``bind``)
+        self._bound: dict[Algorithm, BoundHit] = {}
+        #: groups of algorithms -> their bound batch (see ``bind_batch``)
+        self._batches: dict[tuple[tuple[tuple[Algorithm, ...], ...], str], BoundBatch] = {}
 
     def __repr__(self) -> str:
         return f"MemoryStorage(max_keys={self.max_keys})"
@@ -99,8 +110,13 @@ class MemoryStorage(Storage):
             return time.time_ns() // 1000
         return int(self._clock() * 1_000_000)
 
-    def make_hit(self, algorithm: Algorithm) -> Callable[[str, int, int | None], Decision]:
-        """A specialised ``hit`` for one algorithm: the hot path, with every lookup bound."""
+    def bind(self, algorithm: Algorithm) -> BoundHit:
+        """``hit`` specialised for one algorithm, every lookup bound: one lock, one dict
+        lookup, the arithmetic, one store. The one single-check hit of this store (``hit``
+        and ``apply`` call it); cached per algorithm."""
+        bound = self._bound.get(algorithm)
+        if bound is not None:
+            return bound
         data = self._data
         get = data.get
         touch = data.move_to_end
@@ -112,11 +128,12 @@ class MemoryStorage(Storage):
         insert = self._insert
         prefix = algorithm.id + "|"
         clock = self._clock
+        wall = clock is time.time  # (the store's clock is fixed)
         time_ns = time.time_ns
 
         def hit(key: str, cost: int, now: int | None) -> Decision:
             if now is None:
-                now = time_ns() // 1000 if clock is time.time else int(clock() * 1_000_000)
+                now = time_ns() // 1000 if wall else int(clock() * 1_000_000)
             k = prefix + key
             acquire()  # bound acquire/release: half the cost of `with lock` here
             try:
@@ -136,29 +153,93 @@ class MemoryStorage(Storage):
                 release()
             return decision
 
+        if len(self._bound) >= _BOUND_CACHE:  # callers that make an algorithm per call
+            self._bound.clear()
+        self._bound[algorithm] = hit
         return hit
+
+    def bind_batch(self, groups: Sequence[Sequence[Algorithm]], prefix: str = "") -> BoundBatch:
+        """``apply``'s all-or-nothing loop specialised for fixed algorithms (see
+        ``Storage.bind_batch``): one lock, each check's storage prefix and kind worked out
+        once; cached per groups of algorithms."""
+        frozen = tuple(tuple(g) for g in groups)
+        bound = self._batches.get((frozen, prefix))
+        if bound is not None:
+            return bound
+        # one flat entry per check: (algorithm, storage prefix, is a sliding log, group)
+        plan = tuple(
+            (alg, f"{alg.id}|{prefix}", alg.__class__ is SlidingLog, i)
+            for i, algs in enumerate(frozen) for alg in algs
+        )
+        data = self._data
+        get = data.get
+        touch = data.move_to_end
+        protected = self._protected
+        revive = self._revive
+        acquire = self._lock.acquire
+        release = self._lock.release
+        insert = self._insert
+        clock = self._clock
+        wall = clock is time.time  # (the store's clock is fixed)
+        time_ns = time.time_ns
+
+        def batch(keys: Sequence[str], costs: Sequence[int], now: int | None) -> list[Decision]:
+            if now is None:
+                now = time_ns() // 1000 if wall else int(clock() * 1_000_000)
+            decisions: list[Decision] = []
+            staged = []
+            together = True
+            acquire()
+            try:
+                # Decide every check (a sliding log's hit appends in place: it is decided
+                # now and charged later), then charge them all only if every one allows.
+                for alg, prefix, log, i in plan:
+                    k = prefix + keys[i]
+                    cost = costs[i]
+                    s = get(k)
+                    if s is None and protected:
+                        s = revive(k)
+                    if log:
+                        d = alg.peek(s, now, cost)
+                        new = _CHARGE_LATER
+                    else:
+                        new, d = alg.hit(s, now, cost)
+                    decisions.append(d)
+                    if not d.allowed:
+                        together = False
+                    elif cost:
+                        staged.append((k, s, new, alg, cost))
+                if together:
+                    for k, s, new, alg, cost in staged:
+                        if new is _CHARGE_LATER:
+                            new = alg.charge(s, now, cost)
+                        if s is None:
+                            insert(k, new, alg, now)
+                        else:
+                            data[k] = new
+                            touch(k)
+            finally:
+                release()
+            return decisions
+
+        if len(self._batches) >= _BOUND_CACHE:
+            self._batches.clear()
+        self._batches[frozen, prefix] = batch
+        return batch
+
+    def make_hit(self, algorithm: Algorithm) -> BoundHit:
+        """Deprecated: use ``bind`` (the same function)."""
+        warnings.warn("MemoryStorage.make_hit is deprecated: use bind (the same bound hit)",
+                      DeprecationWarning, stacklevel=2)
+        return self.bind(algorithm)
 
     # -- limits -------------------------------------------------------------------------
 
     def hit(self, algorithm: Algorithm, key: str, cost: int, now: int | None) -> Decision:
-        if now is None:
-            now = int(self._clock() * 1_000_000)
-        k = f"{algorithm.id}|{key}"
-        with self._lock:
-            data = self._data
-            state = data.get(k)
-            if state is None and self._protected:
-                state = self._revive(k)
-            new, decision = algorithm.hit(state, now, cost)
-            if new is not state:
-                if state is None:
-                    self._insert(k, new, algorithm, now)
-                else:
-                    data[k] = new
-                    data.move_to_end(k)
-            elif state is not None:
-                data.move_to_end(k)
-        return decision
+        bound = self._bound.get(algorithm)
+        if bound is None:
+            bound = self.bind(algorithm)
+        return bound(key, cost, now)
 
     def apply(
         self,
@@ -168,44 +249,76 @@ class MemoryStorage(Storage):
         now: int | None = None,
         block_keys: Sequence[str] = (),
     ) -> BatchResult:
-        if now is None:
-            now = self._now()
-        blocked: list[Block | None] = []
-        with self._lock:
-            expiries = self._expiries
-            if expiries and expiries[0][0] * 1_000_000 <= now:
-                self._reclaim_blocks(now)
-            if block_keys:
-                blocks = self._blocks
-                for bk in block_keys:
+        if now is None:  # (self._now(), inlined: the request path pays it)
+            clock = self._clock
+            now = time.time_ns() // 1000 if clock is time.time else int(clock() * 1_000_000)
+        blocks = self._blocks
+        if not blocks and consume and len(checks) == 1:
+            # The common batch: one check and no blocklist to look up (a lone independent
+            # check is charged as a dependent one would be).
+            c = checks[0]
+            if not c.probe:
+                bound = self._bound.get(c.algorithm)
+                if bound is None:
+                    bound = self.bind(c.algorithm)
+                d = bound(c.key, c.cost, now)
+                return _new(BatchResult, ([d], [None] * len(block_keys), None))
+        blocked: list[Block | None] = [None] * len(block_keys)
+        decisions: list[Decision] = []
+        staged: list[tuple[str, Any, Any, Algorithm, int, bool]] | None = None
+        together = True
+        data = self._data
+        get = data.get
+        protected = self._protected
+        lock = self._lock
+        lock.acquire()
+        try:
+            if blocks:  # nothing to reclaim or look up in an empty blocklist
+                expiries = self._expiries
+                if expiries and expiries[0][0] * 1_000_000 <= now:
+                    self._reclaim_blocks(now)
+                for i, bk in enumerate(block_keys):
                     b = blocks.get(bk)
-                    if b is not None and b.expires_at * 1_000_000 <= now:
-                        del blocks[bk]
-                        b = None
-                    blocked.append(b)
-            data = self._data
-            keys = [f"{c.algorithm.id}|{c.key}" for c in checks]
-            states = [data.get(k) for k in keys]
-            if self._protected:
-                revive = self._revive
-                states = [revive(k) if s is None else s for k, s in zip(keys, states, strict=True)]
-            decisions = [
-                c.algorithm.peek(s, now, c.cost) for c, s in zip(checks, states, strict=True)
-            ]
-            # A blocked request charges nothing; probes are decided, never charged.
-            if consume and not any(blocked):
-                together = all(
-                    d.allowed for c, d in zip(checks, decisions, strict=True) if not c.independent
-                )
-                for c, k, s, d in zip(checks, keys, states, decisions, strict=True):
-                    if d.allowed and (together or c.independent) and c.cost and not c.probe:
-                        new = c.algorithm.charge(s, now, c.cost)
+                    if b is not None:
+                        if b.expires_at * 1_000_000 <= now:
+                            del blocks[bk]
+                        else:
+                            blocked[i] = b
+                            consume = False  # a blocked request charges nothing
+            # Decide every check (with hit: the charged state comes with the decision),
+            # then charge them all only if every dependent one allows. Probes are decided,
+            # never charged; independent checks are charged on their own.
+            for alg, key, cost, independent, probe in checks:
+                k = f"{alg.id}|{key}"
+                s = get(k)
+                if s is None and protected:
+                    s = self._revive(k)
+                if consume and not probe and alg.__class__ is not SlidingLog:
+                    new, d = alg.hit(s, now, cost)
+                else:  # a sliding log's hit appends in place: decide now, charge later
+                    d = alg.peek(s, now, cost)
+                    new = _CHARGE_LATER
+                decisions.append(d)
+                if d.allowed:
+                    if consume and cost and not probe:
+                        if staged is None:
+                            staged = []
+                        staged.append((k, s, new, alg, cost, independent))
+                elif not independent:
+                    together = False
+            if staged is not None:
+                for k, s, new, alg, cost, independent in staged:
+                    if together or independent:
+                        if new is _CHARGE_LATER:
+                            new = alg.charge(s, now, cost)
                         if s is None:
-                            self._insert(k, new, c.algorithm, now)
+                            self._insert(k, new, alg, now)
                         else:
                             data[k] = new
                             data.move_to_end(k)
-        return BatchResult(decisions, blocked)
+        finally:
+            lock.release()
+        return _new(BatchResult, (decisions, blocked, None))
 
     def _insert(self, k: str, state: Any, algorithm: Algorithm, now: int) -> None:
         data = self._data
