@@ -11,42 +11,16 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Sequence
 from typing import Any
 
 import pytest
 from werkzeug.test import Client, EnvironBuilder
 
-from throttlekit import Limiter, MemoryStorage, RateLimitExceeded, RequestView, WSGIMiddleware
-from throttlekit.storage.base import BatchResult, Check
+from downable import DownableStore
+from throttlekit import Limiter, RateLimitExceeded, RequestView, WSGIMiddleware
 from throttlekit.testing import FakeClock
 
 T0 = 1_699_920_000.0 + 600  # 10 minutes into an hour: hourly windows never end in a test
-
-
-class DownableRemote(MemoryStorage):
-    """A real memory store that presents itself as remote and can be taken down."""
-
-    remote = True
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.down = False
-        self.calls = 0
-
-    def apply(self, checks: Sequence[Check], *, consume: bool = True, now: int | None = None,
-              block_keys: Sequence[str] = ()) -> BatchResult:
-        self.calls += 1
-        if self.down:
-            raise ConnectionError("store down")
-        return super().apply(checks, consume=consume, now=now, block_keys=block_keys)
-
-    def acquire(self, keys: Sequence[str], limits: Sequence[int], lease_id: str,
-                timeout: float, now: int | None = None) -> int:
-        self.calls += 1
-        if self.down:
-            raise ConnectionError("store down")
-        return super().acquire(keys, limits, lease_id, timeout, now)
 
 
 def _view(limiter: Limiter, path: str = "/") -> RequestView:
@@ -66,7 +40,7 @@ def test_a_cached_refusal_stays_a_refusal_while_the_breaker_is_open(clock, shell
     """A key the store refused for the hour is still refused while the store is down, in
     both shells, even under ``on_storage_error="allow"``: the denial cache is asked before
     the breaker (the async shell used to answer "allow" from the open breaker)."""
-    store = DownableRemote()
+    store = DownableStore()
     limiter = Limiter(store, clock=clock, on_storage_error="allow", retry_interval=600)
 
     async def ahit(key: str) -> Any:
@@ -89,7 +63,7 @@ def test_a_cached_refusal_stays_a_refusal_while_the_breaker_is_open(clock, shell
 def test_one_deny_decision_for_rules_decorators_and_direct_calls(clock):
     """Under ``on_storage_error="deny"`` every entry refuses an outage with the same
     Decision: the first limit's rate (not the last), waiting ``retry_interval``."""
-    store = DownableRemote()
+    store = DownableStore()
     limiter = Limiter(store, clock=clock, on_storage_error="deny", retry_interval=7)
     limiter.fail2ban("scanners", match=lambda r: True, maxretry=5, findtime=60, bantime=60)
     limiter.throttle("per-ip", "5/minute; 100/hour")
@@ -134,7 +108,7 @@ def test_local_policy_has_one_fallback_store(clock):
     """Under ``on_storage_error="local"`` the rules, the leases and the direct API of one
     limiter keep counting in one in-process store while the remote one is down, the dead
     store left alone; ``forget_local()`` empties it."""
-    store = DownableRemote()
+    store = DownableStore()
     limiter = Limiter(store, clock=clock, on_storage_error="local", retry_interval=600)
     limiter.throttle("per-ip", "3/hour")
     limiter.concurrency("one", 1)
@@ -157,7 +131,7 @@ def test_local_policy_has_one_fallback_store(clock):
 
 def test_failures_are_logged_once_per_interval_across_entries(clock, caplog):
     """Rules, leases and direct calls share one breaker and one error log."""
-    store = DownableRemote()
+    store = DownableStore()
     limiter = Limiter(store, clock=clock, on_storage_error="allow", retry_interval=0,
                       error_log_interval=3600)
     limiter.throttle("per-ip", "2/hour")

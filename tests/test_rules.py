@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
 from typing import Any
 
 import pytest
@@ -11,8 +10,8 @@ from hypothesis import given
 from hypothesis import strategies as st
 from werkzeug.test import EnvironBuilder
 
-from throttlekit import ConfigError, Event, Limiter, MemoryStorage, RequestView, Verdict
-from throttlekit.storage.base import BatchResult, Check
+from downable import DownableStore
+from throttlekit import ConfigError, Event, Limiter, RequestView, Verdict
 from throttlekit.testing import FakeClock
 
 T0 = 1_700_000_040.0  # a minute boundary
@@ -32,24 +31,6 @@ def view(limiter: Limiter, path: str = "/", ip: str | None = "198.51.100.7",
 
 def ev(limiter: Limiter, path: str = "/", ip: str | None = "198.51.100.7", **kw: Any) -> Verdict:
     return limiter.evaluate(view(limiter, path, ip, **kw))
-
-
-class FlakyStorage(MemoryStorage):
-    """A real memory store that can be told to fail like an unreachable server."""
-
-    remote = True
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.down = False
-        self.calls = 0
-
-    def apply(self, checks: Sequence[Check], *, consume: bool = True, now: int | None = None,
-              block_keys: Sequence[str] = ()) -> BatchResult:
-        self.calls += 1
-        if self.down:
-            raise ConnectionError("store down")
-        return super().apply(checks, consume=consume, now=now, block_keys=block_keys)
 
 
 # -- the issue's example ---------------------------------------------------------------------
@@ -405,7 +386,7 @@ def test_raising_key_function_follows_on_storage_error(policy: str, allowed: boo
 
 def test_storage_outage_local_fallback(clock: FakeClock) -> None:
     """With the store down, on_storage_error='local' keeps limiting in process, degraded."""
-    storage = FlakyStorage()
+    storage = DownableStore()
     limiter = Limiter(storage, clock=clock, on_storage_error="local", retry_interval=5)
     limiter.throttle("per-ip", "2/minute")
     storage.down = True
@@ -418,7 +399,7 @@ def test_storage_outage_local_fallback(clock: FakeClock) -> None:
 def test_storage_outage_allow_and_deny(clock: FakeClock) -> None:
     """'allow' fails open and 'deny' fails closed, both marked degraded, neither raising."""
     for policy, allowed in (("allow", True), ("deny", False)):
-        storage = FlakyStorage()
+        storage = DownableStore()
         storage.down = True
         limiter = Limiter(storage, clock=clock, on_storage_error=policy)
         limiter.throttle("per-ip", "1/minute")
@@ -431,7 +412,7 @@ def test_storage_outage_allow_and_deny(clock: FakeClock) -> None:
 
 def test_storage_recovers_after_retry_interval(clock: FakeClock) -> None:
     """Once the store answers again, decisions come from it and are no longer degraded."""
-    storage = FlakyStorage()
+    storage = DownableStore()
     limiter = Limiter(storage, clock=clock, retry_interval=0)
     limiter.throttle("per-ip", "5/minute")
     storage.down = True
@@ -442,7 +423,7 @@ def test_storage_recovers_after_retry_interval(clock: FakeClock) -> None:
 
 def test_one_storage_call_per_request(clock: FakeClock) -> None:
     """Bans, ban counters and every throttle of a request go to the store in one call."""
-    storage = FlakyStorage()
+    storage = DownableStore()
     limiter = Limiter(storage, clock=clock)
     limiter.fail2ban("scan", match=lambda r: True, maxretry=10, findtime=60, bantime=60)
     limiter.allow2ban("a2b", match=lambda r: True, maxretry=10, findtime=60, bantime=60)

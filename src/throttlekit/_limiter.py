@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import ipaddress
-import logging
 import re
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any, TypeVar
@@ -42,7 +41,6 @@ _BAN_KINDS = ("fail2ban", "allow2ban")
 
 __all__ = ["DEFAULT_STRATEGY", "ON_STORAGE_ERROR", "Limiter"]
 
-logger = logging.getLogger("throttlekit")
 
 #: what a block key that failed to parse as an address was probably meant to be
 _IP_LIKE = re.compile(r"[0-9.]+|[0-9A-Fa-f:.%\[\]]*:[0-9A-Fa-f:.%\[\]]*")
