@@ -63,14 +63,17 @@ class SpaceSaving:
 
     def _cut(self) -> None:
         counts = self.counts
-        ranked = sorted(counts.items(), key=_by_count, reverse=True)
+        # A copy first: dict.copy makes no allocation per item, so another thread's add (a
+        # request counted meanwhile) cannot change the dict under it, as it can under
+        # iteration (an allocation may run the garbage collector, which may switch threads).
+        ranked = sorted(counts.copy().items(), key=_by_count, reverse=True)
         self.floor = ranked[self.capacity][1]
         counts.clear()
         counts.update(ranked[: self.capacity])
 
     def top(self, n: int = 10) -> list[tuple[Hashable, int]]:
         """The ``n`` largest (key, estimated count) pairs, largest first."""
-        return sorted(list(self.counts.items()), key=_by_count, reverse=True)[:n]
+        return sorted(self.counts.copy().items(), key=_by_count, reverse=True)[:n]
 
     def clear(self) -> None:
         """Forget everything."""
@@ -166,7 +169,7 @@ class WindowedTopK:
         for s in buckets:
             # list(): a C-level copy, so a request thread adding keys meanwhile cannot
             # break the iteration
-            for k, c in list(s.counts.items()):
+            for k, c in s.counts.copy().items():
                 merged[k] = get(k, 0) + c
         return merged
 
