@@ -303,8 +303,8 @@ class RequestView:
         if ip is _UNSET:
             resolver = self.resolver
             peer = self._peer
-            if resolver._plain and peer.__class__ is str:
-                pair = resolver._peers.get(peer) or resolver.peer_client(peer)
+            if resolver.plain and peer.__class__ is str:
+                pair = resolver.peers.get(peer) or resolver.peer_client(peer)
                 ip, self._client_key = pair
             elif resolver.trusts_headers:
                 headers = self.headers
@@ -322,8 +322,8 @@ class RequestView:
         if key is _UNSET:
             resolver = self.resolver
             peer = self._peer
-            if resolver._plain and peer.__class__ is str:
-                pair = resolver._peers.get(peer) or resolver.peer_client(peer)
+            if resolver.plain and peer.__class__ is str:
+                pair = resolver.peers.get(peer) or resolver.peer_client(peer)
                 self._client_ip, key = pair
             else:
                 ip = self.client_ip

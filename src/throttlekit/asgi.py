@@ -36,7 +36,7 @@ from ._exchange import (
     serve_asgi,
 )
 from ._request import DEFAULT_MAX_FORM_BYTES, RequestView
-from ._responder import VERDICT_KEY, configure
+from ._responder import VERDICT_KEY, Entry
 from ._responder import ResponderFn as Responder
 from ._responses import encode_headers as _encode
 from ._responses import rate_limit_headers_raw
@@ -59,7 +59,7 @@ _FORM_TYPES = (
 _BODY_METHODS = frozenset({"POST", "PUT", "PATCH", "DELETE"})
 
 
-class ASGIMiddleware:
+class ASGIMiddleware(Entry):
     """Apply ``limiter``'s rules to every ``http`` and ``websocket`` request of ``app``.
 
     Takes the same options as :class:`~throttlekit.WSGIMiddleware`, plus
@@ -69,9 +69,8 @@ class ASGIMiddleware:
     requests and released when the app returns.
     """
 
-    __slots__ = (
-        "app", "limiter", "max_form_bytes", "on_allowed", "resolver", "responder", "style",
-    )
+    __slots__ = ("max_form_bytes",)
+    app: ASGIApp
 
     def __init__(
         self,
@@ -87,26 +86,13 @@ class ASGIMiddleware:
         rules_file: str | os.PathLike[str] | None = None,
         reload_interval: float | None = None,
     ) -> None:
-        if not callable(app):
-            raise ConfigError(f"app must be an ASGI callable, got {app!r}")
-        if rules_file is not None:
-            limiter.load_rules(rules_file, reload_interval=reload_interval)
         if isinstance(max_form_bytes, bool) or not isinstance(max_form_bytes, int) or (
             max_form_bytes < 0
         ):
             raise ConfigError(f"max_form_bytes must be an integer >= 0, got {max_form_bytes!r}")
-        self.app = app
-        self.limiter = limiter
+        super().__init__(app, limiter, "an ASGI", trusted_proxies, ipv6_prefix, header_style,
+                         headers_on_allowed, responders, rules_file, reload_interval)
         self.max_form_bytes = max_form_bytes
-        self.resolver, self.responder = configure(
-            limiter, trusted_proxies, ipv6_prefix, header_style, headers_on_allowed,
-            responders,
-        )
-        self.style = self.responder.style
-        self.on_allowed = self.responder.on_allowed
-
-    def __repr__(self) -> str:
-        return f"ASGIMiddleware({self.app!r}, {self.limiter!r})"
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":

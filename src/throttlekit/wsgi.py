@@ -20,10 +20,9 @@ import os
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
-from ._errors import ConfigError
 from ._exchange import DENIED_KEY, OWNER_KEY, POLICIES_KEY, Exchange, begin, header_policies
 from ._request import RequestView
-from ._responder import RESPONDER_KINDS, VERDICT_KEY, configure, resolve_options, status_line
+from ._responder import RESPONDER_KINDS, VERDICT_KEY, Entry, resolve_options, status_line
 from ._responder import ResponderFn as Responder
 from ._responses import rate_limit_headers
 
@@ -35,7 +34,7 @@ if TYPE_CHECKING:
 
 __all__ = ["RESPONDER_KINDS", "VERDICT_KEY", "Responder", "WSGIMiddleware", "resolve_options"]
 
-class WSGIMiddleware:
+class WSGIMiddleware(Entry):
     """Apply ``limiter``'s rules to every request of a WSGI ``app``.
 
     Args:
@@ -56,7 +55,8 @@ class WSGIMiddleware:
             seconds, on requests (None: only ``limiter.reload()``).
     """
 
-    __slots__ = ("app", "limiter", "on_allowed", "resolver", "responder", "style")
+    __slots__ = ()
+    app: WSGIApplication
 
     def __init__(
         self,
@@ -71,21 +71,8 @@ class WSGIMiddleware:
         rules_file: str | os.PathLike[str] | None = None,
         reload_interval: float | None = None,
     ) -> None:
-        if not callable(app):
-            raise ConfigError(f"app must be a WSGI callable, got {app!r}")
-        if rules_file is not None:
-            limiter.load_rules(rules_file, reload_interval=reload_interval)
-        self.app = app
-        self.limiter = limiter
-        self.resolver, self.responder = configure(
-            limiter, trusted_proxies, ipv6_prefix, header_style, headers_on_allowed,
-            responders,
-        )
-        self.style = self.responder.style
-        self.on_allowed = self.responder.on_allowed
-
-    def __repr__(self) -> str:
-        return f"WSGIMiddleware({self.app!r}, {self.limiter!r})"
+        super().__init__(app, limiter, "a WSGI", trusted_proxies, ipv6_prefix, header_style,
+                         headers_on_allowed, responders, rules_file, reload_interval)
 
     def __call__(
         self, environ: WSGIEnvironment, start_response: StartResponse
