@@ -13,7 +13,8 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from throttlekit import ConfigError, Limiter, RateLimitExceeded
-from throttlekit._decorators import group_of, warn_memory_multiworker, worker_count
+from throttlekit._limitspec import group_of
+from throttlekit._workers import warn_memory_multiworker, worker_count
 from throttlekit.testing import FakeClock, reset_limiter
 
 # throttlekit.pytest_plugin is loaded through its pytest11 entry point (pyproject.toml)
@@ -397,16 +398,16 @@ def test_worker_count_reads_servers_command_lines() -> None:
 def test_memory_store_under_several_workers_warns_once(monkeypatch: pytest.MonkeyPatch) -> None:
     """The memory store under several workers warns once per process; Redis-like stores
     and single workers never."""
-    import throttlekit._decorators as dec
+    import throttlekit._workers as workers
 
-    monkeypatch.setattr(dec, "_warned", False)
+    monkeypatch.setattr(workers, "_warned", False)
     monkeypatch.setenv("WEB_CONCURRENCY", "4")
     with pytest.warns(RuntimeWarning, match="multiplied by the number of workers"):
         assert warn_memory_multiworker(Limiter())
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         assert not warn_memory_multiworker(Limiter())  # once
-    monkeypatch.setattr(dec, "_warned", False)
+    monkeypatch.setattr(workers, "_warned", False)
     monkeypatch.setenv("WEB_CONCURRENCY", "1")
     assert not warn_memory_multiworker(Limiter())
 

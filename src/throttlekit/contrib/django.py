@@ -42,30 +42,15 @@ from django.http import HttpRequest, HttpResponse  # type: ignore[import-untyped
 from django.utils.module_loading import import_string  # type: ignore[import-untyped]
 
 from .._adapters import Adapter, Found, register_adapter
-from .._decorators import (
-    DENIED_KEY,
-    HANDLED_KEY,
-    ForkCheck,
-    FrameworkView,
-    Group,
-    aevaluate,
-    decorate,
-    evaluate,
-    framework_body,
-    group_of,
-    make_spec,
-    qualified_name,
-    record,
-    view_of,
-    warn_memory_multiworker,
-)
-from .._decorators import (
-    exempt as _exempt,
-)
+from .._decorators import DENIED_KEY, HANDLED_KEY, aevaluate, decorate, evaluate, record
+from .._decorators import exempt as _exempt
 from .._errors import ConfigError
 from .._exchange import OWNER_KEY, abegin, begin, header_policies
+from .._frameworkview import FrameworkView, framework_body, view_of
+from .._limitspec import Group, group_of, make_spec, qualified_name
 from .._responder import reason
 from .._responses import rate_limit_headers
+from .._workers import ForkCheck, warn_memory_multiworker
 from ..wsgi import VERDICT_KEY
 from ._common import Limits, denial, limiter_from, parse_limits
 

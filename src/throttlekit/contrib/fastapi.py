@@ -37,17 +37,10 @@ from starlette.requests import HTTPConnection, Request
 from starlette.responses import Response
 
 from .._adapters import register_adapter
-from .._decorators import (
-    DENIED_KEY,
-    HIDDEN_REQUEST,
-    LimitSpec,
-    aevaluate,
-    endpoint_name,
-    group_of,
-    record,
-    view_of,
-)
+from .._decorators import DENIED_KEY, HIDDEN_REQUEST, aevaluate, record
 from .._exchange import OWNER_KEY
+from .._frameworkview import view_of
+from .._limitspec import LimitSpec, endpoint_name, group_of
 from .._responses import rate_limit_headers
 from ._common import load_rules_file
 from .starlette import (

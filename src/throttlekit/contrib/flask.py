@@ -38,27 +38,13 @@ from werkzeug.wrappers import Request as WerkzeugRequest
 from werkzeug.wrappers import Response
 
 from .._adapters import Adapter, Found, register_adapter
-from .._decorators import (
-    DENIED_KEY,
-    HANDLED_KEY,
-    POLICIES_KEY,
-    ForkCheck,
-    FrameworkView,
-    Group,
-    decorate,
-    endpoint_name,
-    evaluate,
-    exempt,
-    framework_body,
-    group_of,
-    make_spec,
-    record,
-    view_of,
-    warn_memory_multiworker,
-)
+from .._decorators import DENIED_KEY, HANDLED_KEY, POLICIES_KEY, decorate, evaluate, exempt, record
 from .._exchange import OWNER_KEY
+from .._frameworkview import FrameworkView, framework_body, view_of
+from .._limitspec import Group, endpoint_name, group_of, make_spec
 from .._responder import status_line
 from .._responses import rate_limit_headers
+from .._workers import ForkCheck, warn_memory_multiworker
 from ._common import Limits, denial, limiter_from, parse_limits
 
 if TYPE_CHECKING:

@@ -51,24 +51,14 @@ from starlette.responses import Response
 from starlette.routing import Match, Mount
 
 from .._adapters import Adapter, Found, register_adapter
-from .._decorators import (
-    DENIED_KEY,
-    FRAMEWORK_FORMS,
-    HANDLED_KEY,
-    ForkCheck,
-    FrameworkView,
-    Group,
-    aevaluate,
-    endpoint_name,
-    group_of,
-    record,
-    view_of,
-    warn_memory_multiworker,
-)
+from .._decorators import DENIED_KEY, HANDLED_KEY, aevaluate, record
 from .._errors import ConfigError
 from .._exchange import OWNER_KEY, Exchange, abegin, serve_asgi
+from .._frameworkview import FRAMEWORK_FORMS, FrameworkView, view_of
+from .._limitspec import Group, endpoint_name, group_of
 from .._request import _UNSET
 from .._responses import Denial, encode_headers
+from .._workers import ForkCheck, warn_memory_multiworker
 from ..asgi import ASGIMiddleware, has_small_form, read_ahead
 from ..wsgi import VERDICT_KEY
 from ._common import Limits, denial, load_rules_file, parse_limits
