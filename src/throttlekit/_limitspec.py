@@ -1,5 +1,5 @@
-"""What a ``limit(...)`` is: its options (validated once by :class:`LimitSpec`), the
-names its counters go by, and the :class:`Group` of the limits
+"""What a ``limit(...)`` is: its options (:class:`LimitOptions`, validated once by
+:class:`LimitSpec`), the names its counters go by, and the :class:`Group` of the limits
 stacked on one decorated function, with how their key and cost functions get a plain
 call's arguments."""
 
@@ -8,7 +8,7 @@ from __future__ import annotations
 import inspect
 import weakref
 from collections.abc import Callable, Iterable, Mapping
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypedDict
 
 from ._algorithms import DEFAULT_STRATEGY, check_strategy
 from ._errors import ConfigError
@@ -22,6 +22,7 @@ __all__ = [
     "ArgAdapter",
     "Entry",
     "Group",
+    "LimitOptions",
     "LimitSpec",
     "endpoint_name",
     "group_of",
@@ -36,6 +37,22 @@ __all__ = [
 known_limiters: weakref.WeakSet[Limiter] = weakref.WeakSet()
 _METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS", "TRACE",
                       "CONNECT"})
+
+
+class LimitOptions(TypedDict, total=False):
+    """The keyword options of every ``limit(...)`` (``Limiter.limit``, ``depends``, Flask's
+    ``Throttle.limit``, Django's ``limit``); :class:`LimitSpec` has their defaults and
+    validates them. See ``docs/frameworks.md``."""
+
+    key: Any
+    strategy: str | None
+    cost: Any
+    methods: Iterable[str] | None
+    per_method: bool
+    burst: int | None
+    override_defaults: bool
+    scope: str | None
+    on_unreadable: str
 
 
 def qualified_name(fn: Any) -> str:
