@@ -41,7 +41,7 @@ from __future__ import annotations
 import contextlib
 import contextvars
 from collections.abc import MutableMapping, Sequence
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypedDict
 
 from starlette import requests as _requests
 from starlette.exceptions import HTTPException
@@ -70,8 +70,9 @@ if TYPE_CHECKING:
     from .._rules import Verdict
     from ..asgi import ASGIApp, Message, Receive, Scope, Send
 
-__all__ = ["ADAPTER", "EXCEPTION_HANDLERS", "RateLimited", "StarletteAdapter",
-           "ThrottleMiddleware", "current_request", "rate_limited", "send_denial"]
+__all__ = ["ADAPTER", "EXCEPTION_HANDLERS", "MiddlewareOptions", "RateLimited",
+           "StarletteAdapter", "ThrottleMiddleware", "current_request", "rate_limited",
+           "send_denial"]
 
 #: The ASGI request being served: ``(scope, native request or None)``; set by the
 #: Starlette/FastAPI integration so decorated endpoints without a ``Request`` parameter
@@ -274,6 +275,15 @@ async def read_form(view: FrameworkView, scope: Scope) -> None:
         view.use_form(form)
     finally:
         await form.close()
+
+
+class MiddlewareOptions(TypedDict, total=False):
+    """The keyword options of :class:`ThrottleMiddleware` (and of FastAPI's ``Throttle``)."""
+
+    default_limits: Any
+    application_limits: Any
+    rules: bool
+    rules_file: Any
 
 
 def find_endpoint(routes: Sequence[Any], scope: Scope) -> tuple[Any, Any]:
