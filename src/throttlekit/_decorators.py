@@ -55,13 +55,13 @@ from ._limitspec import (
     qualified_name,
     signature_of,
 )
-from ._request import RequestView, _UnreadableForm
 from ._resilience import deny_decision
 from ._rules import NS, STORAGE_RULE, UNKNOWN_CLIENT, Verdict
 from .storage.base import BatchResult, Check
 
 if TYPE_CHECKING:
     from ._limiter import Limiter
+    from ._request import RequestView
 
 __all__ = [
     "DENIED_KEY",
@@ -146,7 +146,7 @@ def _plan_web(lim: Limiter, view: RequestView, entries: Sequence[Entry]) -> _Pen
                 disc = None
                 unreadable = True
             else:
-                unreadable = disc is None and view._form.__class__ is _UnreadableForm
+                unreadable = disc is None and view.form_failed
             if unreadable:  # the key cannot be read: on_unreadable says what to do
                 if spec.on_unreadable == "refuse":
                     return _refused(lim, view, name, degraded=False)

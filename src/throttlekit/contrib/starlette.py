@@ -56,7 +56,6 @@ from .._errors import ConfigError
 from .._exchange import OWNER_KEY, Exchange, abegin, serve_asgi
 from .._frameworkview import FRAMEWORK_FORMS, FrameworkView, view_of
 from .._limitspec import Group, endpoint_name, group_of
-from .._request import _UNSET
 from .._responses import Denial, encode_headers
 from .._workers import ForkCheck, warn_memory_multiworker
 from ..asgi import ASGIMiddleware, has_small_form, read_ahead
@@ -208,8 +207,8 @@ class StarletteAdapter(Adapter):
         ``request.form()`` parses it."""
         assert isinstance(view, FrameworkView)
         req = view.request
-        if view.body is not None or view._form is not _UNSET or req is None:
-            return
+        if view.body is not None or view.form_failed or req is None:
+            return  # (a readable form read before came from the same caches: read them again)
         text = view.headers.get("content-length")
         try:
             length = int(text) if text and text.strip() else 0
