@@ -12,6 +12,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from downable import DownableStore
 from throttlekit import ConfigError, Limiter, RateLimitExceeded
 from throttlekit._limitspec import group_of
 from throttlekit._workers import warn_memory_multiworker, worker_count
@@ -254,6 +255,60 @@ def test_key_function_error_is_logged_and_the_limit_skipped(limiter: Limiter,
 
     assert work() + work() == 2
     assert "raised ZeroDivisionError" in caplog.text
+
+
+def test_limits_read_the_same_and_emit_no_events_while_someone_listens(
+        clock: FakeClock) -> None:
+    """The limits conclude as the rules' throttles (the refusal waiting longest, the other
+    limits reported uncharged), whether or not someone listens to the limiter's events;
+    events tell what the rules did, so the limits emit none."""
+
+    def refusal(limiter: Limiter) -> tuple[object, ...]:
+        @limiter.limit("3/minute")
+        @limiter.limit("2/second; 5/hour")
+        def work() -> int:
+            return 1
+
+        work()
+        work()
+        with pytest.raises(RateLimitExceeded) as info:
+            work()
+        v = info.value.verdict  # type: ignore[attr-defined]
+        return v.rule, v.key, v.decision, v.policies, v.degraded
+
+    events: list[object] = []
+    heard = Limiter(clock=clock)
+    heard.on(events.append)
+    rule, _key, decision, policies, degraded = refusal(Limiter(clock=clock))
+    assert refusal(heard) == (rule, _key, decision, policies, degraded)
+    assert events == []
+    assert rule.endswith("work#1") and decision.rate.period == 1.0  # type: ignore[attr-defined]
+    # the minute and the hour were not charged for the refusal: they have 1 and 3 left
+    assert [d.remaining for _, d in policies] == [1, 0, 3]  # type: ignore[attr-defined]
+    assert not degraded
+
+
+def test_an_outage_under_deny_refuses_the_same_while_someone_listens(
+        clock: FakeClock) -> None:
+    """The ``"deny"`` policy's refusal of a limit is the engine's, listeners or not."""
+    refusals = []
+    for listening in (False, True):
+        store = DownableStore()
+        limiter = Limiter(store, clock=clock, on_storage_error="deny", retry_interval=7)
+        if listening:
+            limiter.on(lambda event: None)
+
+        @limiter.limit("5/minute; 100/hour")
+        def work() -> int:
+            return 1
+
+        store.down = True
+        with pytest.raises(RateLimitExceeded) as info:
+            work()
+        v = info.value.verdict  # type: ignore[attr-defined]
+        refusals.append((v.rule, v.decision, v.degraded))
+    assert refusals[0] == refusals[1]
+    assert refusals[0][0] == "storage-unavailable" and refusals[0][1].retry_after == 7.0
 
 
 def test_key_function_error_refuses_under_deny(clock: FakeClock) -> None:

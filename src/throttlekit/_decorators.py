@@ -37,11 +37,11 @@ import inspect
 import logging
 import time
 from collections.abc import Callable, MutableMapping, Sequence
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar, cast
 
 from ._adapters import Adapter, Found, adapters, discover, find_request
-from ._decision import Decision, most_restrictive
 from ._errors import ConfigError, RateLimitExceeded
+from ._events import Listeners
 from ._exchange import DENIED_KEY, POLICIES_KEY
 from ._frameworkview import VIEW_KEY, FrameworkView, view_of
 from ._keys import UNREADABLE_PREFIX, rule_key
@@ -55,11 +55,13 @@ from ._limitspec import (
     qualified_name,
     signature_of,
 )
+from ._planning import Plan, conclude
 from ._resilience import deny_decision
-from ._rules import NS, STORAGE_RULE, UNKNOWN_CLIENT, Verdict
+from ._rules import NS, UNKNOWN_CLIENT, Verdict
 from .storage.base import BatchResult, Check
 
 if TYPE_CHECKING:
+    from ._engine import Engine
     from ._limiter import Limiter
     from ._request import RequestView
 
@@ -95,27 +97,18 @@ _new = tuple.__new__
 # -- evaluation ------------------------------------------------------------------------------
 
 
-class _Pending:
-    __slots__ = ("checks", "meta")
-
-    def __init__(self) -> None:
-        self.checks: list[Check] = []
-        #: (policy names, disc, cost, first check index, number of checks, counter name)
-        self.meta: list[tuple[tuple[str, ...], str, int, int, int, str]] = []
-
-    def add(self, lim: Limiter, name: str, spec: LimitSpec, disc: Any, cost: Any) -> None:
-        if disc.__class__ is not str:
-            disc = str(disc)
-        if (cost.__class__ is not int or cost < 0) and (
-            isinstance(cost, bool) or not isinstance(cost, int) or cost < 0
-        ):
-            raise TypeError(f"cost must be an integer >= 0, got {cost!r}")
-        algs, names = spec.algorithms(name, lim)
-        checks = self.checks
-        self.meta.append((names, disc, cost, len(checks), len(algs), name))
-        skey = NS + disc
-        for alg in algs:
-            checks.append(_new(Check, (alg, skey, cost, False, False)))
+def _add(p: Plan, lim: Limiter, name: str, spec: LimitSpec, disc: str, cost: Any) -> None:
+    """Plan the checks of ``spec`` counting under ``name``, for ``disc`` at ``cost``."""
+    if (cost.__class__ is not int or cost < 0) and (
+        isinstance(cost, bool) or not isinstance(cost, int) or cost < 0
+    ):
+        raise TypeError(f"cost must be an integer >= 0, got {cost!r}")
+    rule = spec.throttle(name, lim)
+    checks = p.checks
+    p.throttles.append((rule, disc, cost, len(checks)))
+    skey = NS + disc
+    for alg in rule.algorithms:
+        checks.append(_new(Check, (alg, skey, cost, False, False)))
 
 
 _last_log: dict[str, float] = {}
@@ -129,8 +122,11 @@ def _log_error(lim: Limiter, name: str, exc: BaseException) -> None:
                      "on_storage_error=%r", name, type(exc).__name__, exc, lim.on_storage_error)
 
 
-def _plan_web(lim: Limiter, view: RequestView, entries: Sequence[Entry]) -> _Pending | Verdict:
-    p = _Pending()
+def _plan_web(lim: Limiter, view: RequestView, entries: Sequence[Entry]
+              ) -> Plan | Verdict | None:
+    """The checks of the ``entries`` applying to a request (None: none applies), or the
+    refusal of a key or cost function that failed."""
+    p = Plan(view)
     method = view.method
     for name, spec in entries:
         methods = spec.methods
@@ -160,22 +156,24 @@ def _plan_web(lim: Limiter, view: RequestView, entries: Sequence[Entry]) -> _Pen
                 cost = cost(view)
             if spec.per_method:
                 name = f"{name}#{method}"
-            p.add(lim, name, spec, disc, cost)
+            _add(p, lim, name, spec, disc, cost)
         except Exception as exc:
             _log_error(lim, name, exc)
             if lim.on_storage_error == "deny":
                 return _refused(lim, view, name)
-    return p
+    return p if p.checks else None
 
 
 def _plan_call(lim: Limiter, group: Group, args: tuple[Any, ...],
-               kwargs: dict[str, Any]) -> _Pending | Verdict | None:
-    p = _Pending()
+               kwargs: dict[str, Any]) -> Plan | Verdict | None:
+    """The checks of a plain call's limits (None: none applies), or the refusal of a key
+    or cost function that failed."""
     named: dict[str, Any] | None = None
     if group.binds:
         named = named_arguments(group.sig, args, kwargs)  # type: ignore[arg-type]
         if named is None:
             return None  # the call itself does not fit the function: let it raise
+    p = Plan(None)  # type: ignore[arg-type]  # a plain call has no request
     for (name, spec), (keya, costa) in zip(group.entries, group.adapters, strict=True):
         try:
             disc = "" if keya is None else keya(args, kwargs, named)
@@ -185,14 +183,14 @@ def _plan_call(lim: Limiter, group: Group, args: tuple[Any, ...],
             cost = spec.call_cost
             if cost.__class__ is not int:
                 cost = costa(args, kwargs, named)  # type: ignore[misc]
-            p.add(lim, name, spec, disc, cost)
+            _add(p, lim, name, spec, disc, cost)
         except ConfigError:
             raise
         except Exception as exc:
             _log_error(lim, name, exc)
             if lim.on_storage_error == "deny":
                 return _refused(lim, None, name)
-    return p
+    return p if p.checks else None
 
 
 def _refused(lim: Limiter, view: Any, rule: str, degraded: bool = True) -> Verdict:
@@ -200,68 +198,43 @@ def _refused(lim: Limiter, view: Any, rule: str, degraded: bool = True) -> Verdi
     return Verdict(False, "throttled", rule, None, d, [], degraded, view)
 
 
+class _Unheard:
+    """The engine as concluding reads it, with nobody listening: events tell what the
+    rules did (``limiter.on``); the limits of endpoints and functions emit none."""
 
-def _conclude(lim: Limiter, p: _Pending, result: BatchResult, view: Any) -> Verdict:
-    decisions = result.decisions
-    degraded = result.policy is not None
-    if result.policy == "deny":
-        d = deny_decision(p.checks, lim.retry_interval)
-        return Verdict(False, "throttled", STORAGE_RULE, None, d, [], True, view)
-    policies: list[tuple[str, Decision]] = []
-    costs: list[int] = []
-    refusal: tuple[str, str, Decision] | None = None
-    tightest: Decision | None = None
-    for names, disc, cost, start, n, name in p.meta:
-        if n == 1:
-            d = decisions[start]
-            policies.append((names[0], d))
-            costs.append(cost)
-        else:
-            ds = decisions[start:start + n]
-            for i in range(n):
-                policies.append((names[i], ds[i]))
-                costs.append(cost)
-            d = most_restrictive(ds)
-        if d.allowed:
-            if tightest is None or d.remaining < tightest.remaining:
-                tightest = d
-        elif refusal is None or d.retry_after > refusal[2].retry_after:
-            refusal = (name, disc, d)
-    if refusal is not None:
-        # nothing was charged: report what the allowing limits really have left
-        policies = [
-            (pn, pd if not pd.allowed or not c
-             else pd._replace(remaining=min(pd.limit, pd.remaining + c)))
-            for (pn, pd), c in zip(policies, costs, strict=True)
-        ]
-        return Verdict(False, "throttled", refusal[0], refusal[1], refusal[2], policies,
-                       degraded, view)
-    return Verdict(True, "allowed", None, None, tightest, policies, degraded, view)
+    __slots__ = ("retry_interval",)
+
+    listeners = Listeners()
+
+    def __init__(self, lim: Limiter) -> None:
+        self.retry_interval = lim.retry_interval
+
+
+def _conclude(lim: Limiter, p: Plan, result: BatchResult) -> Verdict:
+    """The verdict of the limits, read as the engine reads its throttles': the fail
+    policy, the refusal waiting longest (nothing charged: the allowing limits report what
+    they have left), else the tightest allowing limit."""
+    engine = lim.engine
+    if engine.listeners.active:
+        engine = cast("Engine", _Unheard(lim))
+    return conclude(engine, p, result)[0]
 
 
 def evaluate(lim: Limiter, view: RequestView, entries: Sequence[Entry]) -> Verdict | None:
     """Check and charge the ``entries`` that apply to the request (all or nothing, one
     storage call). None when none applies. Never raises."""
     p = _plan_web(lim, view, entries)
-    if p.__class__ is Verdict:
-        return p
-    assert isinstance(p, _Pending)
-    if not p.checks:
-        return None
-    result = lim.engine.apply(p.checks)
-    return _conclude(lim, p, result, view)
+    if isinstance(p, Plan):
+        return _conclude(lim, p, lim.engine.apply(p.checks))
+    return p
 
 
 async def aevaluate(lim: Limiter, view: RequestView, entries: Sequence[Entry]) -> Verdict | None:
     """Async twin of :func:`evaluate` (async storage calls only)."""
     p = _plan_web(lim, view, entries)
-    if p.__class__ is Verdict:
-        return p
-    assert isinstance(p, _Pending)
-    if not p.checks:
-        return None
-    result = await lim.engine.aapply(p.checks)
-    return _conclude(lim, p, result, view)
+    if isinstance(p, Plan):
+        return _conclude(lim, p, await lim.engine.aapply(p.checks))
+    return p
 
 
 # -- decorating ----------------------------------------------------------------------------
@@ -383,43 +356,32 @@ def _found(hidden: Adapter | None, req: Any, args: tuple[Any, ...], kwargs: dict
 
 def _call_limits(lim: Limiter, group: Group, args: tuple[Any, ...],
                  kwargs: dict[str, Any]) -> None:
+    """Check and charge a plain call's limits; raise :class:`RateLimitExceeded` if they
+    refuse it."""
     p = _plan_call(lim, group, args, kwargs)
-    if p is None:
-        return
-    if p.__class__ is Verdict:
-        raise RateLimitExceeded(p.decision)  # type: ignore[arg-type]
-    assert isinstance(p, _Pending)
-    if not p.checks:
-        return
-    result = lim.engine.apply(p.checks)
-    verdict = _conclude(lim, p, result, None)
-    if not verdict.allowed:
-        raise _exceeded(verdict)
+    if isinstance(p, Plan):
+        p = _conclude(lim, p, lim.engine.apply(p.checks))
+    _raise_refused(p)
 
 
 async def _acall_limits(lim: Limiter, group: Group, args: tuple[Any, ...],
                         kwargs: dict[str, Any]) -> None:
+    """Async twin of :func:`_call_limits`."""
     p = _plan_call(lim, group, args, kwargs)
-    if p is None:
-        return
-    if p.__class__ is Verdict:
-        raise RateLimitExceeded(p.decision)  # type: ignore[arg-type]
-    assert isinstance(p, _Pending)
-    if not p.checks:
-        return
-    result = await lim.engine.aapply(p.checks)
-    verdict = _conclude(lim, p, result, None)
-    if not verdict.allowed:
-        raise _exceeded(verdict)
+    if isinstance(p, Plan):
+        p = _conclude(lim, p, await lim.engine.aapply(p.checks))
+    _raise_refused(p)
 
 
-def _exceeded(verdict: Verdict) -> RateLimitExceeded:
-    assert verdict.decision is not None
-    exc = RateLimitExceeded(
-        verdict.decision, f"rate limit {verdict.rule!r} exceeded: {verdict.decision.rate}"
-    )
-    exc.verdict = verdict  # type: ignore[attr-defined]
-    return exc
+def _raise_refused(verdict: Verdict | None) -> None:
+    """A plain call's limits refused it: raise :class:`RateLimitExceeded`."""
+    if verdict is not None and not verdict.allowed:
+        assert verdict.decision is not None
+        exc = RateLimitExceeded(
+            verdict.decision, f"rate limit {verdict.rule!r} exceeded: {verdict.decision.rate}"
+        )
+        exc.verdict = verdict  # type: ignore[attr-defined]
+        raise exc
 
 
 def _web_limits(lim: Limiter, group: Group, found: Found) -> Any:

@@ -12,10 +12,9 @@ from typing import TYPE_CHECKING, Any, TypedDict
 
 from ._algorithms import DEFAULT_STRATEGY, check_strategy
 from ._errors import ConfigError
-from ._rules import _throttle_algorithms, check_on_unreadable, key_function, uses_form
+from ._rules import _Throttle, _throttle_algorithms, check_on_unreadable, key_function, uses_form
 
 if TYPE_CHECKING:
-    from ._algorithms import Algorithm
     from ._limiter import Limiter
 
 __all__ = [
@@ -78,13 +77,14 @@ def endpoint_name(fn: Any, route: str | None) -> str:
 class LimitSpec:
     """One ``limit(...)``: rates, strategy, key, cost and which requests it counts.
 
-    Validated when built (bad values are a ConfigError at decoration time). The algorithms
-    are built per counter name on first use and cached.
+    Validated when built (bad values are a ConfigError at decoration time). The throttle
+    counting under each counter name is built on first use and cached.
     """
 
     __slots__ = (
-        "_algs", "burst", "call_cost", "call_key", "cost", "key", "methods", "on_unreadable",
-        "override_defaults", "per_method", "rates", "scope", "strategy", "uses_form",
+        "_throttles", "burst", "call_cost", "call_key", "cost", "key", "methods",
+        "on_unreadable", "override_defaults", "per_method", "rates", "scope", "strategy",
+        "uses_form",
     )
 
     def __init__(
@@ -138,16 +138,17 @@ class LimitSpec:
         if scope is not None and (not isinstance(scope, str) or not scope):
             raise ConfigError(f"{what}: scope must be a non-empty string, got {scope!r}")
         self.scope = scope
-        self._algs: dict[str, tuple[tuple[Algorithm, ...], tuple[str, ...]]] = {}
+        self._throttles: dict[str, _Throttle] = {}
 
     def __repr__(self) -> str:
         extra = f", scope={self.scope!r}" if self.scope else ""
         return f"LimitSpec({self.rates!r}, strategy={self.strategy!r}{extra})"
 
-    def algorithms(self, name: str, lim: Limiter) -> tuple[tuple[Algorithm, ...], tuple[str, ...]]:
-        """The algorithms counting under ``name``, and their policy names (headers)."""
+    def throttle(self, name: str, lim: Limiter) -> _Throttle:
+        """The throttle counting under ``name``: its algorithms, and its policy names (the
+        headers'), each rate of several named by its period (``"search/60"``)."""
         try:
-            return self._algs[name]
+            return self._throttles[name]
         except KeyError:
             pass
         strategy = self.strategy
@@ -158,14 +159,14 @@ class LimitSpec:
             if burst is None and strategy == "token_bucket":
                 burst = lim.burst
         algs = _throttle_algorithms("@" + name, self.rates, strategy, burst, name)
-        if len(algs) == 1:
-            names: tuple[str, ...] = (name,)
-        else:
-            names = tuple(f"{name}/{_seconds(a.rate.period)}" for a in algs)
-        if len(self._algs) > 1024:  # per-method names are few; anything else is a bug
-            self._algs.clear()
-        self._algs[name] = (algs, names)
-        return algs, names
+        rule = _Throttle(name, algs, None, self.key, self.cost, False, None, strategy, burst,
+                         self.on_unreadable)
+        if len(algs) > 1:
+            rule.policy_names = tuple(f"{name}/{_seconds(a.rate.period)}" for a in algs)
+        if len(self._throttles) > 1024:  # per-method names are few; anything else is a bug
+            self._throttles.clear()
+        self._throttles[name] = rule
+        return rule
 
 
 def _methods(methods: Iterable[str] | None, what: str) -> frozenset[str] | None:
