@@ -14,7 +14,7 @@ from starlette.applications import Starlette
 from starlette.responses import PlainTextResponse
 from starlette.routing import Mount, Route
 
-from throttlekit import Decision, Limiter
+from throttlekit import ConfigError, Decision, Limiter
 from throttlekit.contrib.fastapi import Throttle
 from throttlekit.contrib.starlette import ThrottleMiddleware
 from throttlekit.testing import FakeClock
@@ -296,6 +296,15 @@ def test_rules_file_for_starlette_middleware_and_fastapi_throttle(tmp_path: Any)
 
     Throttle(fa, Limiter(), rules_file=rules)
     assert codes(fa, "/", "/") == [200, 429]
+
+
+def test_throttle_options_are_checked_at_setup(tmp_path: Any) -> None:
+    """Throttle takes the middleware's options; a wrong one fails at ``Throttle(...)``,
+    not when the app first builds its middleware."""
+    with pytest.raises(TypeError, match="default_limit"):
+        Throttle(FastAPI(), Limiter(), default_limit="1/minute")  # type: ignore[call-arg]
+    with pytest.raises(ConfigError):
+        Throttle(FastAPI(), Limiter(), rules_file=tmp_path / "missing.toml")
 
 
 ENDPOINTS_IMPORTING_FASTAPI_LATE = '''

@@ -365,9 +365,9 @@ def test_rules_file_setting(tmp_path: Any) -> None:
 
 def test_multiworker_warning_points_at_the_setup_line(monkeypatch: pytest.MonkeyPatch) -> None:
     """The memory-store warning names the user's Throttle(app) line, not throttlekit's code."""
-    import throttlekit._decorators as dec
+    import throttlekit._workers as workers
 
-    monkeypatch.setattr(dec, "_warned", False)
+    monkeypatch.setattr(workers, "_warned", False)
     monkeypatch.setenv("WEB_CONCURRENCY", "4")
     with pytest.warns(RuntimeWarning, match="workers") as caught:
         Throttle(Flask(__name__), Limiter())

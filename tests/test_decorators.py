@@ -12,8 +12,10 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from downable import DownableStore
 from throttlekit import ConfigError, Limiter, RateLimitExceeded
-from throttlekit._decorators import group_of, warn_memory_multiworker, worker_count
+from throttlekit._limitspec import group_of
+from throttlekit._workers import warn_memory_multiworker, worker_count
 from throttlekit.testing import FakeClock, reset_limiter
 
 # throttlekit.pytest_plugin is loaded through its pytest11 entry point (pyproject.toml)
@@ -255,6 +257,60 @@ def test_key_function_error_is_logged_and_the_limit_skipped(limiter: Limiter,
     assert "raised ZeroDivisionError" in caplog.text
 
 
+def test_limits_read_the_same_and_emit_no_events_while_someone_listens(
+        clock: FakeClock) -> None:
+    """The limits conclude as the rules' throttles (the refusal waiting longest, the other
+    limits reported uncharged), whether or not someone listens to the limiter's events;
+    events tell what the rules did, so the limits emit none."""
+
+    def refusal(limiter: Limiter) -> tuple[object, ...]:
+        @limiter.limit("3/minute")
+        @limiter.limit("2/second; 5/hour")
+        def work() -> int:
+            return 1
+
+        work()
+        work()
+        with pytest.raises(RateLimitExceeded) as info:
+            work()
+        v = info.value.verdict  # type: ignore[attr-defined]
+        return v.rule, v.key, v.decision, v.policies, v.degraded
+
+    events: list[object] = []
+    heard = Limiter(clock=clock)
+    heard.on(events.append)
+    rule, _key, decision, policies, degraded = refusal(Limiter(clock=clock))
+    assert refusal(heard) == (rule, _key, decision, policies, degraded)
+    assert events == []
+    assert rule.endswith("work#1") and decision.rate.period == 1.0  # type: ignore[attr-defined]
+    # the minute and the hour were not charged for the refusal: they have 1 and 3 left
+    assert [d.remaining for _, d in policies] == [1, 0, 3]  # type: ignore[attr-defined]
+    assert not degraded
+
+
+def test_an_outage_under_deny_refuses_the_same_while_someone_listens(
+        clock: FakeClock) -> None:
+    """The ``"deny"`` policy's refusal of a limit is the engine's, listeners or not."""
+    refusals = []
+    for listening in (False, True):
+        store = DownableStore()
+        limiter = Limiter(store, clock=clock, on_storage_error="deny", retry_interval=7)
+        if listening:
+            limiter.on(lambda event: None)
+
+        @limiter.limit("5/minute; 100/hour")
+        def work() -> int:
+            return 1
+
+        store.down = True
+        with pytest.raises(RateLimitExceeded) as info:
+            work()
+        v = info.value.verdict  # type: ignore[attr-defined]
+        refusals.append((v.rule, v.decision, v.degraded))
+    assert refusals[0] == refusals[1]
+    assert refusals[0][0] == "storage-unavailable" and refusals[0][1].retry_after == 7.0
+
+
 def test_key_function_error_refuses_under_deny(clock: FakeClock) -> None:
     """With on_storage_error="deny", a raising key function refuses the call."""
     limiter = Limiter(clock=clock, on_storage_error="deny")
@@ -397,16 +453,16 @@ def test_worker_count_reads_servers_command_lines() -> None:
 def test_memory_store_under_several_workers_warns_once(monkeypatch: pytest.MonkeyPatch) -> None:
     """The memory store under several workers warns once per process; Redis-like stores
     and single workers never."""
-    import throttlekit._decorators as dec
+    import throttlekit._workers as workers
 
-    monkeypatch.setattr(dec, "_warned", False)
+    monkeypatch.setattr(workers, "_warned", False)
     monkeypatch.setenv("WEB_CONCURRENCY", "4")
     with pytest.warns(RuntimeWarning, match="multiplied by the number of workers"):
         assert warn_memory_multiworker(Limiter())
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         assert not warn_memory_multiworker(Limiter())  # once
-    monkeypatch.setattr(dec, "_warned", False)
+    monkeypatch.setattr(workers, "_warned", False)
     monkeypatch.setenv("WEB_CONCURRENCY", "1")
     assert not warn_memory_multiworker(Limiter())
 

@@ -168,7 +168,8 @@ def test_example_file_loads() -> None:
     limiter = Limiter.from_file(EXAMPLE)
     kinds = set(limiter.engine.rules.names.values())
     assert {"safelist", "blocklist", "fail2ban", "throttle", "track"} <= kinds
-    assert limiter.engine.concurrency is not None and limiter.engine.concurrency.shedding is not None
+    conc = limiter.engine.concurrency
+    assert conc is not None and conc.shedding is not None
 
 
 def test_limiter_settings_come_from_the_file_and_kwargs_win(tmp_path: Path) -> None:

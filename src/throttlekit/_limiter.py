@@ -27,8 +27,11 @@ if TYPE_CHECKING:
     import os
     from collections.abc import Iterable
 
+    from typing_extensions import Unpack
+
     from ._concurrency import ConcurrencyRules
     from ._events import EventCallback
+    from ._limitspec import LimitOptions
     from ._request import RequestView
     from ._rules import ResponseInfo, Verdict
     from ._rulesfile import RuleSet
@@ -941,35 +944,22 @@ class Limiter:
 
     # -- decorators and framework integrations (see _decorators.py, throttlekit.contrib) --
 
-    def limit(
-        self,
-        rates: Any,
-        *,
-        key: Any = None,
-        strategy: str | None = None,
-        cost: Any = 1,
-        methods: Iterable[str] | None = None,
-        per_method: bool = False,
-        burst: int | None = None,
-        override_defaults: bool = False,
-        scope: str | None = None,
-        on_unreadable: str = "client",
-    ) -> Callable[[_F], _F]:
+    def limit(self, rates: Any, **options: Unpack[LimitOptions]) -> Callable[[_F], _F]:
         """Decorate a view, endpoint, function or coroutine with ``rates``.
 
         In a request (Flask, Django, Starlette/FastAPI), counted per client (or ``key``: a
         function of the request view, ``"ip"``, ``"client"``, ``"header:<name>"``) under
         the endpoint's qualified name; a breach answers the framework's native 429. Plain
         calls: ``key(*args, **kwargs)`` picks the counter, a breach raises
-        :class:`~throttlekit.RateLimitExceeded`. See ``docs/frameworks.md``.
+        :class:`~throttlekit.RateLimitExceeded`. The options (keyword only): ``key=None,
+        strategy=None, cost=1, methods=None, per_method=False, burst=None,
+        override_defaults=False, scope=None, on_unreadable="client"``; see
+        ``docs/frameworks.md``.
         """
-        from ._decorators import decorate, make_spec
+        from ._decorators import decorate
+        from ._limitspec import make_spec
 
-        return decorate(self, make_spec(
-            self, rates, key=key, strategy=strategy, cost=cost, methods=methods,
-            per_method=per_method, burst=burst, override_defaults=override_defaults,
-            scope=scope, on_unreadable=on_unreadable,
-        ), self)
+        return decorate(self, make_spec(self, rates, **options), self)
 
     def shared_limit(self, rates: Any, scope: str, **options: Any) -> Callable[[_F], _F]:
         """Like :meth:`limit`, but every function decorated with this ``scope`` shares one
@@ -982,14 +972,14 @@ class Limiter:
 
         return exempt(self, fn)
 
-    def depends(self, rates: Any, **options: Any) -> Callable[..., Any]:
+    def depends(self, rates: Any, **options: Unpack[LimitOptions]) -> Callable[..., Any]:
         """A FastAPI dependency: ``Depends(limiter.depends("10/minute"))``.
 
         Raises:
             ConfigError: FastAPI (and its throttlekit adapter) is not installed.
         """
         from ._adapters import adapter_named
-        from ._decorators import make_spec
+        from ._limitspec import make_spec
 
         spec = make_spec(self, rates, what="depends", **options)
         adapter = adapter_named("fastapi")

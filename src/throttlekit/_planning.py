@@ -36,6 +36,7 @@ if TYPE_CHECKING:
 __all__ = ["Plan", "applies", "conclude", "conclude_throttles", "list_match", "plan"]
 
 _new = tuple.__new__
+_NOBODY: frozenset[str] = frozenset()
 
 #: (rule, discriminator, cost, index of its first check)
 Planned = tuple[_Throttle, str, int, int]
@@ -260,10 +261,12 @@ def banned(
     return found
 
 
-def conclude(engine: Engine, p: Plan, result: BatchResult) -> tuple[Verdict, NewBans]:
-    """Read the storage's answer: the verdict, and the bans to make."""
+def conclude(engine: Engine, p: Plan, result: BatchResult, silent: bool = False
+             ) -> tuple[Verdict, NewBans]:
+    """Read the storage's answer: the verdict, and the bans to make. ``silent``: emit no
+    events (endpoint limits: events tell what the rules did)."""
     view = p.view
-    active = engine.listeners.active
+    active = _NOBODY if silent else engine.listeners.active
     blocked = result.blocked
     new_bans: NewBans = []
     policy = result.policy
@@ -286,7 +289,8 @@ def conclude(engine: Engine, p: Plan, result: BatchResult) -> tuple[Verdict, New
         if "banned" in active:
             engine.emit("banned", brule.name, disc, view, bd, False)
         return Verdict(False, "banned", brule.name, disc, bd, [], degraded, view), new_bans
-    verdict = conclude_throttles(engine, view, p.throttles, result.decisions, degraded)
+    verdict = conclude_throttles(engine, view, p.throttles, result.decisions, degraded,
+                                 silent)
     if verdict.allowed and "tracked" in active:
         engine.track(view)
     return verdict, new_bans
@@ -294,11 +298,11 @@ def conclude(engine: Engine, p: Plan, result: BatchResult) -> tuple[Verdict, New
 
 def conclude_throttles(
     engine: Engine, view: RequestView, throttles: list[Planned], decisions: list[Decision],
-    degraded: bool,
+    degraded: bool, silent: bool = False,
 ) -> Verdict:
     """The verdict of the throttles that applied, from the store's decisions (all or
     nothing: if one refused, none was charged)."""
-    active = engine.listeners.active
+    active = _NOBODY if silent else engine.listeners.active
     policies: list[tuple[str, Decision]] = []
     costs: list[int] = []
     refusal: tuple[_Throttle, str, Decision] | None = None

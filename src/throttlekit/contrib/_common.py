@@ -6,8 +6,8 @@ import os
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
-from .._decorators import Entry, Group, LimitSpec, make_spec
 from .._errors import ConfigError
+from .._limitspec import Entry, Group, LimitSpec, make_spec
 from .._responder import Responder
 
 if TYPE_CHECKING:

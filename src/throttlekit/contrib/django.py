@@ -32,7 +32,7 @@ with status 429 (403 for blocks and bans) and the middleware's headers; the Deci
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Callable, Iterable, Mapping, MutableMapping
+from collections.abc import Callable, Mapping, MutableMapping
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from asgiref.sync import iscoroutinefunction, markcoroutinefunction
@@ -42,36 +42,24 @@ from django.http import HttpRequest, HttpResponse  # type: ignore[import-untyped
 from django.utils.module_loading import import_string  # type: ignore[import-untyped]
 
 from .._adapters import Adapter, Found, register_adapter
-from .._decorators import (
-    DENIED_KEY,
-    HANDLED_KEY,
-    ForkCheck,
-    FrameworkView,
-    Group,
-    aevaluate,
-    decorate,
-    evaluate,
-    framework_body,
-    group_of,
-    make_spec,
-    qualified_name,
-    record,
-    view_of,
-    warn_memory_multiworker,
-)
-from .._decorators import (
-    exempt as _exempt,
-)
+from .._decorators import DENIED_KEY, HANDLED_KEY, aevaluate, decorate, evaluate, record
+from .._decorators import exempt as _exempt
 from .._errors import ConfigError
 from .._exchange import OWNER_KEY, abegin, begin, header_policies
+from .._frameworkview import FrameworkView, framework_body, view_of
+from .._limitspec import Group, group_of, make_spec, qualified_name
 from .._responder import reason
 from .._responses import rate_limit_headers
+from .._workers import ForkCheck, warn_memory_multiworker
 from ..wsgi import VERDICT_KEY
 from ._common import Limits, denial, limiter_from, parse_limits
 
 if TYPE_CHECKING:
+    from typing_extensions import Unpack
+
     from .._decision import Decision
     from .._limiter import Limiter
+    from .._limitspec import LimitOptions
     from .._rules import Verdict
 
 __all__ = ["ADAPTER", "DjangoAdapter", "ThrottleMiddleware", "exempt", "get_limiter", "limit",
@@ -159,26 +147,11 @@ class _SettingsOwner:
 _owner = _SettingsOwner()
 
 
-def limit(
-    rates: Any,
-    *,
-    key: Any = None,
-    strategy: str | None = None,
-    cost: Any = 1,
-    methods: Iterable[str] | None = None,
-    per_method: bool = False,
-    burst: int | None = None,
-    override_defaults: bool = False,
-    scope: str | None = None,
-    on_unreadable: str = "client",
-) -> Callable[[F], F]:
-    """:meth:`throttlekit.Limiter.limit` with the settings' limiter. ``key`` functions get
-    the request view; ``view.request`` is the Django request (e.g. ``view.request.user``)."""
-    return decorate(_owner, make_spec(
-        None, rates, key=key, strategy=strategy, cost=cost, methods=methods,
-        per_method=per_method, burst=burst, override_defaults=override_defaults, scope=scope,
-        on_unreadable=on_unreadable,
-    ))
+def limit(rates: Any, **options: Unpack[LimitOptions]) -> Callable[[F], F]:
+    """:meth:`throttlekit.Limiter.limit` (the same options) with the settings' limiter.
+    ``key`` functions get the request view; ``view.request`` is the Django request (e.g.
+    ``view.request.user``)."""
+    return decorate(_owner, make_spec(None, rates, **options))
 
 
 def shared_limit(rates: Any, scope: str, **options: Any) -> Callable[[F], F]:

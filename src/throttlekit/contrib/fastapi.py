@@ -37,22 +37,16 @@ from starlette.requests import HTTPConnection, Request
 from starlette.responses import Response
 
 from .._adapters import register_adapter
-from .._decorators import (
-    DENIED_KEY,
-    HIDDEN_REQUEST,
-    LimitSpec,
-    aevaluate,
-    endpoint_name,
-    group_of,
-    record,
-    view_of,
-)
+from .._decorators import DENIED_KEY, HIDDEN_REQUEST, aevaluate, record
 from .._exchange import OWNER_KEY
+from .._frameworkview import view_of
+from .._limitspec import LimitSpec, endpoint_name, group_of
 from .._responses import rate_limit_headers
 from ._common import load_rules_file
 from .starlette import (
     EXCEPTION_HANDLERS,
     MIDDLEWARE_KEY,
+    MiddlewareOptions,
     RateLimited,
     StarletteAdapter,
     ThrottleMiddleware,
@@ -61,6 +55,7 @@ from .starlette import (
 
 if TYPE_CHECKING:
     from fastapi import FastAPI
+    from typing_extensions import Unpack
 
     from .._decision import Decision
     from .._limiter import Limiter
@@ -165,37 +160,23 @@ class Throttle:
     Args:
         app: the FastAPI app.
         limiter: the :class:`~throttlekit.Limiter`.
-        default_limits: limits for every route (routers included), each its own counter.
-        application_limits: limits for the whole app, one counter per client.
-        rules: also run the limiter's rules in the middleware (default True).
-        rules_file: a rules file to load into the limiter (``limiter.load_rules``).
+        options: those of :class:`~throttlekit.contrib.starlette.ThrottleMiddleware`
+            (``default_limits`` apply to the routes of included routers too).
     """
 
-    def __init__(
-        self,
-        app: FastAPI,
-        limiter: Limiter,
-        *,
-        default_limits: Any = None,
-        application_limits: Any = None,
-        rules: bool = True,
-        rules_file: Any = None,
-    ) -> None:
+    def __init__(self, app: FastAPI, limiter: Limiter,
+                 **options: Unpack[MiddlewareOptions]) -> None:
         self.limiter = limiter
-        load_rules_file(limiter, rules_file)  # now: a bad file fails at setup
-        app.add_middleware(
-            ThrottleMiddleware,
-            limiter=limiter,
-            default_limits=default_limits,
-            application_limits=application_limits,
-            rules=rules,
-        )
+        # now, not when the app builds its middleware: an unknown option, a bad rules file
+        inspect.signature(ThrottleMiddleware).bind(app, limiter, **options)
+        load_rules_file(limiter, options.pop("rules_file", None))
+        app.add_middleware(ThrottleMiddleware, limiter=limiter, **options)
         for exc_class, handler in EXCEPTION_HANDLERS.items():
             # a refusal raised inside the app (a dependency, a decorated endpoint) is
             # answered as the middleware answers one; an app's own handler is kept
             if exc_class not in app.exception_handlers:
                 app.add_exception_handler(exc_class, handler)
-        every = bool(default_limits or application_limits)
+        every = bool(options.get("default_limits") or options.get("application_limits"))
         original = app.openapi
 
         def openapi() -> dict[str, Any]:

@@ -29,7 +29,7 @@ Settings (``app.config``): ``THROTTLEKIT_STORAGE_URL``, ``THROTTLEKIT_DEFAULT_LI
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Mapping, MutableMapping
+from collections.abc import Callable, Mapping, MutableMapping
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from flask import Flask, after_this_request, current_app, g, has_request_context, request
@@ -38,32 +38,21 @@ from werkzeug.wrappers import Request as WerkzeugRequest
 from werkzeug.wrappers import Response
 
 from .._adapters import Adapter, Found, register_adapter
-from .._decorators import (
-    DENIED_KEY,
-    HANDLED_KEY,
-    POLICIES_KEY,
-    ForkCheck,
-    FrameworkView,
-    Group,
-    decorate,
-    endpoint_name,
-    evaluate,
-    exempt,
-    framework_body,
-    group_of,
-    make_spec,
-    record,
-    view_of,
-    warn_memory_multiworker,
-)
+from .._decorators import DENIED_KEY, HANDLED_KEY, POLICIES_KEY, decorate, evaluate, exempt, record
 from .._exchange import OWNER_KEY
+from .._frameworkview import FrameworkView, framework_body, view_of
+from .._limitspec import Group, endpoint_name, group_of, make_spec
 from .._responder import status_line
 from .._responses import rate_limit_headers
+from .._workers import ForkCheck, warn_memory_multiworker
 from ._common import Limits, denial, limiter_from, parse_limits
 
 if TYPE_CHECKING:
+    from typing_extensions import Unpack
+
     from .._decision import Decision
     from .._limiter import Limiter
+    from .._limitspec import LimitOptions
     from .._rules import Verdict
 
 __all__ = ["ADAPTER", "FlaskAdapter", "RateLimited", "Throttle"]
@@ -247,27 +236,10 @@ class Throttle:
 
     # -- decorators (the same as the limiter's; usable before init_app) -------------------
 
-    def limit(
-        self,
-        rates: Any,
-        *,
-        key: Any = None,
-        strategy: str | None = None,
-        cost: Any = 1,
-        methods: Iterable[str] | None = None,
-        per_method: bool = False,
-        burst: int | None = None,
-        override_defaults: bool = False,
-        scope: str | None = None,
-        on_unreadable: str = "client",
-    ) -> Callable[[F], F]:
-        """:meth:`throttlekit.Limiter.limit`, bound to this Throttle's limiter. On a
-        Blueprint: a limit for each of its routes."""
-        return decorate(self, make_spec(
-            self._limiter_obj, rates, key=key, strategy=strategy, cost=cost, methods=methods,
-            per_method=per_method, burst=burst, override_defaults=override_defaults,
-            scope=scope, on_unreadable=on_unreadable,
-        ))
+    def limit(self, rates: Any, **options: Unpack[LimitOptions]) -> Callable[[F], F]:
+        """:meth:`throttlekit.Limiter.limit` (the same options), bound to this Throttle's
+        limiter. On a Blueprint: a limit for each of its routes."""
+        return decorate(self, make_spec(self._limiter_obj, rates, **options))
 
     def shared_limit(self, rates: Any, scope: str, **options: Any) -> Callable[[F], F]:
         """One counter for every view decorated with this ``scope``."""

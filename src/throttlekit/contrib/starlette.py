@@ -41,7 +41,7 @@ from __future__ import annotations
 import contextlib
 import contextvars
 from collections.abc import MutableMapping, Sequence
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypedDict
 
 from starlette import requests as _requests
 from starlette.exceptions import HTTPException
@@ -51,24 +51,13 @@ from starlette.responses import Response
 from starlette.routing import Match, Mount
 
 from .._adapters import Adapter, Found, register_adapter
-from .._decorators import (
-    DENIED_KEY,
-    FRAMEWORK_FORMS,
-    HANDLED_KEY,
-    ForkCheck,
-    FrameworkView,
-    Group,
-    aevaluate,
-    endpoint_name,
-    group_of,
-    record,
-    view_of,
-    warn_memory_multiworker,
-)
+from .._decorators import DENIED_KEY, HANDLED_KEY, aevaluate, record
 from .._errors import ConfigError
 from .._exchange import OWNER_KEY, Exchange, abegin, serve_asgi
-from .._request import _UNSET
+from .._frameworkview import FRAMEWORK_FORMS, FrameworkView, view_of
+from .._limitspec import Group, endpoint_name, group_of
 from .._responses import Denial, encode_headers
+from .._workers import ForkCheck, warn_memory_multiworker
 from ..asgi import ASGIMiddleware, has_small_form, read_ahead
 from ..wsgi import VERDICT_KEY
 from ._common import Limits, denial, load_rules_file, parse_limits
@@ -80,8 +69,9 @@ if TYPE_CHECKING:
     from .._rules import Verdict
     from ..asgi import ASGIApp, Message, Receive, Scope, Send
 
-__all__ = ["ADAPTER", "EXCEPTION_HANDLERS", "RateLimited", "StarletteAdapter",
-           "ThrottleMiddleware", "current_request", "rate_limited", "send_denial"]
+__all__ = ["ADAPTER", "EXCEPTION_HANDLERS", "MiddlewareOptions", "RateLimited",
+           "StarletteAdapter", "ThrottleMiddleware", "current_request", "rate_limited",
+           "send_denial"]
 
 #: The ASGI request being served: ``(scope, native request or None)``; set by the
 #: Starlette/FastAPI integration so decorated endpoints without a ``Request`` parameter
@@ -217,8 +207,8 @@ class StarletteAdapter(Adapter):
         ``request.form()`` parses it."""
         assert isinstance(view, FrameworkView)
         req = view.request
-        if view.body is not None or view._form is not _UNSET or req is None:
-            return
+        if view.body is not None or view.form_failed or req is None:
+            return  # (a readable form read before came from the same caches: read them again)
         text = view.headers.get("content-length")
         try:
             length = int(text) if text and text.strip() else 0
@@ -284,6 +274,15 @@ async def read_form(view: FrameworkView, scope: Scope) -> None:
         view.use_form(form)
     finally:
         await form.close()
+
+
+class MiddlewareOptions(TypedDict, total=False):
+    """The keyword options of :class:`ThrottleMiddleware` (and of FastAPI's ``Throttle``)."""
+
+    default_limits: Any
+    application_limits: Any
+    rules: bool
+    rules_file: Any
 
 
 def find_endpoint(routes: Sequence[Any], scope: Scope) -> tuple[Any, Any]:

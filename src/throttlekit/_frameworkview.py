@@ -1,0 +1,109 @@
+"""The request view of a framework's request: a :class:`~throttlekit.RequestView` that
+carries the framework's own request object and reads forms with the framework's parser;
+built once per request and kept in its environ, META or scope (:func:`view_of`)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, MutableMapping
+from typing import TYPE_CHECKING, Any
+
+from ._request import _UNREADABLE, RequestView
+
+if TYPE_CHECKING:
+    from ._limiter import Limiter
+
+__all__ = ["FRAMEWORK_FORMS", "VIEW_KEY", "FrameworkView", "form_fields", "framework_body",
+           "view_of"]
+
+#: environ/scope key: the :class:`FrameworkView` of this request
+VIEW_KEY = "throttlekit.view"
+
+
+class FrameworkView(RequestView):
+    """A :class:`~throttlekit.RequestView` that also carries the framework's own request
+    object as ``request`` (a Flask/werkzeug request, a Django ``HttpRequest``, a Starlette
+    ``Request``), for key functions that need, say, ``request.user``."""
+
+    __slots__ = ("request",)
+
+    request: Any
+
+    # A framework's view (``contrib``) reads a form (urlencoded, multipart) with the
+    # framework's own parser, so that the rule sees exactly the fields the view will see
+    # (parsers disagree on unusual bodies: UTF-7 names, filename*, base64 parts...):
+    # Django's ``request.POST``, werkzeug's ``request.form`` (Flask), both over the body
+    # they cached (the view still reads it), through ``_framework_form`` and
+    # ``framework_body``. Starlette's ``request.form()`` is async: see ``use_form``.
+
+    def _framework_form(self, req: Any, mimetype: Any, cached: str, attr: str,
+                        read: Callable[[], bytes]) -> Mapping[str, str]:
+        """The form as the framework parses it (``req.<attr>``, cached in
+        ``req.__dict__[cached]`` once parsed), for the form types it parses, over the
+        body its ``read`` caches."""
+        if mimetype not in FRAMEWORK_FORMS:
+            ctype = self.headers.get("content-type") or ""
+            if ctype.partition(";")[0].strip().lower() in FRAMEWORK_FORMS:
+                return _UNREADABLE  # we and the framework disagree on the type: no key
+            return super()._read_form()  # JSON: read as the view does (json.loads)
+        if cached not in req.__dict__ and framework_body(self, read) is None:
+            # too big (or gone): not parsed, the view parses it (the stream is intact)
+            return _UNREADABLE if self._has_body() else _EMPTY_FORM
+        try:
+            return form_fields(getattr(req, attr))
+        except Exception:
+            return _UNREADABLE  # the view's own parsing fails the same way
+
+    def use_form(self, parsed: Any) -> None:
+        """Take ``parsed`` (a framework's multidict: Starlette's ``FormData``) as the form,
+        or None when the framework could not parse the body (the form is unreadable)."""
+        self._form = _UNREADABLE if parsed is None else form_fields(parsed)
+
+
+#: the form types frameworks parse themselves (JSON the views parse with json.loads)
+FRAMEWORK_FORMS = frozenset({"application/x-www-form-urlencoded", "multipart/form-data"})
+_EMPTY_FORM: Mapping[str, str] = {}
+
+
+def form_fields(parsed: Any) -> dict[str, str]:
+    """A framework's parsed form (Django ``QueryDict``, werkzeug ``MultiDict``, Starlette
+    ``FormData``) as the rule's form: each text field's value as the framework's ``get``
+    gives it to views (the first of repeated fields in werkzeug, the last in Django and
+    Starlette); files left out."""
+    return {k: v for k in parsed if isinstance(v := parsed.get(k), str)}
+
+
+def framework_body(view: RequestView, read: Callable[[], bytes]) -> bytes | None:
+    """The body through the framework's own cached read, when its Content-Length is at
+    most ``view.max_form_bytes`` (None otherwise, or when the framework cannot give it:
+    Django after its multipart parser consumed the stream)."""
+    text = view.headers.get("content-length")
+    try:
+        length = int(text) if text and text.strip() else 0
+    except ValueError:
+        return None
+    if length < 0 or length > view.max_form_bytes:
+        return None
+    try:
+        data = bytes(read())
+    except Exception:
+        return None
+    return data if len(data) == length else None
+
+
+def view_of(lim: Limiter, raw: MutableMapping[str, Any], native: Any,
+            cls: type[FrameworkView] = FrameworkView, *, asgi: bool = False) -> FrameworkView:
+    """The request view for ``raw`` (an environ, Django's META, an ASGI scope), built once
+    per request (as a ``cls``) and kept in it."""
+    view = raw.get(VIEW_KEY)
+    if view is not None:
+        if view.request is None and native is not None:
+            view.request = native
+        return view  # type: ignore[no-any-return]
+    resolver = lim.resolver
+    made = (cls.from_scope(raw, resolver) if asgi  # type: ignore[arg-type]
+            else cls.from_environ(raw, resolver))  # type: ignore[arg-type]
+    assert isinstance(made, FrameworkView)
+    made.request = native
+    raw[VIEW_KEY] = made
+    return made
+
