@@ -36,11 +36,15 @@ import asyncio
 import http
 import io
 import json
+import os
+import subprocess
 import sys
+import textwrap
 import threading
 import types
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, NoReturn
 
 import pytest
@@ -56,6 +60,7 @@ from starlette.responses import PlainTextResponse
 from starlette.routing import Route
 
 import django_config  # noqa: F401 - configures Django first
+import throttlekit
 from throttlekit import ASGIMiddleware, Limiter, WSGIMiddleware
 from throttlekit._responses import default_responder  # public: docs/responses.md
 from throttlekit.testing import FakeClock
@@ -688,3 +693,137 @@ def test_leases(entry: Entry, kit: Kit) -> None:
     assert json.loads(second.body)["violated-policies"] == ["one"], second.body
     assert served.limiter.inflight("one") == 0
 
+
+# -- a FastAPI app imported late -------------------------------------------------------
+# An app factory that imports FastAPI only when called: the endpoint's limit must still
+# answer 429 through FastAPI, never raise RateLimitExceeded into the server. Run in a fresh
+# interpreter, where nothing imported FastAPI (or Starlette) before the factory.
+
+LATE_APPS = {
+    "endpoint-in-factory": """
+        def create_app():
+            from fastapi import FastAPI
+
+            app = FastAPI()
+
+            @app.get("/")
+            @limiter.limit("1/minute", scope="per-ip")
+            async def index() -> str:
+                return "ok"
+
+            return app
+        """,
+    "endpoint-in-module": """
+        @limiter.limit("1/minute", scope="per-ip")
+        async def index() -> str:
+            return "ok"
+
+        def create_app():
+            from fastapi import FastAPI
+
+            app = FastAPI()
+            app.add_api_route("/", index)
+            return app
+        """,
+    "endpoint-in-module+throttle": """
+        @limiter.limit("1/minute", scope="per-ip")
+        async def index() -> str:
+            return "ok"
+
+        def create_app():
+            from fastapi import FastAPI
+
+            from throttlekit.contrib.fastapi import Throttle
+
+            app = FastAPI()
+            app.add_api_route("/", index)
+            Throttle(app, limiter)
+            return app
+        """,
+}
+
+LATE_HEAD = """
+    from throttlekit import Limiter
+    from throttlekit.testing import FakeClock
+
+    limiter = Limiter("memory://", clock=FakeClock(), strategy="fixed_window")
+    """
+
+LATE_DRIVER = """
+    import asyncio, json, sys
+
+    import late_app
+
+    imported = sorted(name for name in ("fastapi", "starlette") if name in sys.modules)
+    app = late_app.create_app()
+
+
+    async def get():
+        scope = {
+            "type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1",
+            "method": "GET", "scheme": "http", "path": "/", "raw_path": b"/",
+            "query_string": b"", "root_path": "", "client": ("198.51.100.7", 40000),
+            "server": ("testserver", 80), "headers": [(b"host", b"testserver")],
+        }
+        sent, done, requested = [], asyncio.Event(), False
+
+        async def receive():
+            nonlocal requested
+            if not requested:
+                requested = True
+                return {"type": "http.request", "body": b"", "more_body": False}
+            await done.wait()
+            return {"type": "http.disconnect"}
+
+        async def send(message):
+            sent.append(message)
+            if message["type"] == "http.response.body" and not message.get("more_body"):
+                done.set()
+
+        raised = None
+        try:
+            await app(scope, receive, send)
+        except Exception as exc:
+            raised = type(exc).__name__
+        finally:
+            done.set()
+        start = next((m for m in sent if m["type"] == "http.response.start"), {})
+        headers = [[k.decode("latin-1"), v.decode("latin-1")] for k, v in start.get("headers", ())]
+        return {"status": start.get("status"), "headers": headers, "raised": raised}
+
+
+    print(json.dumps({"imported": imported, "replies": [asyncio.run(get()) for _ in range(2)]}))
+    """
+
+ENDPOINT_IN_MODULE = (
+    "the endpoint is decorated before FastAPI is imported: the FastAPI adapter is not "
+    "loaded, so the wrapper's signature gets no hidden Request parameter; called by FastAPI "
+    "without Throttle it finds no request and applies a plain function limit, raising "
+    "RateLimitExceeded (the server answers 500)"
+)
+
+
+@pytest.mark.parametrize("variant", [
+    pytest.param("endpoint-in-factory", id="endpoint-in-factory"),
+    pytest.param("endpoint-in-module", id="endpoint-in-module", marks=pytest.mark.xfail(
+        strict=True, reason=f"issue 12: {ENDPOINT_IN_MODULE}")),
+    pytest.param("endpoint-in-module+throttle", id="endpoint-in-module+throttle"),
+])
+def test_fastapi_imported_late(variant: str, tmp_path: Path) -> None:
+    (tmp_path / "late_app.py").write_text(
+        textwrap.dedent(LATE_HEAD) + textwrap.dedent(LATE_APPS[variant]))
+    (tmp_path / "drive.py").write_text(textwrap.dedent(LATE_DRIVER))
+    src = str(Path(throttlekit.__file__).resolve().parent.parent)
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([src, str(tmp_path)])}
+    run = subprocess.run([sys.executable, str(tmp_path / "drive.py")], cwd=tmp_path, env=env,
+                         capture_output=True, text=True, timeout=60, check=False)
+    assert run.returncode == 0, run.stderr
+    out = json.loads(run.stdout)
+    assert out["imported"] == [], "the module imported FastAPI before its factory ran"
+
+    first, refused = out["replies"]
+    assert (first["status"], first["raised"]) == (200, None), first
+    assert (refused["status"], refused["raised"]) == (429, None), refused
+    reply = Reply(refused["status"], None, [tuple(h) for h in refused["headers"]], b"")
+    assert (reply.count("RateLimit"), reply.count("RateLimit-Policy")) == (1, 1), reply.headers
+    assert reply.get("Retry-After") == "60", reply.headers
