@@ -404,6 +404,36 @@ def test_an_apps_own_429_handler_still_answers(limiter: Limiter) -> None:
     assert second.headers["retry-after"] == "60"
 
 
+def test_an_apps_own_httpexception_handler_still_answers_without_throttle(
+    limiter: Limiter,
+) -> None:
+    """Without Throttle, a refusal takes the place of FastAPI's default {"detail": ...}
+    answer only: an app's own HTTPException handler keeps answering the decorators' and the
+    dependencies' refusals."""
+    from starlette.exceptions import HTTPException as StarletteHTTPException
+
+    async def mine(request: Request, exc: Exception) -> PlainTextResponse:
+        assert isinstance(exc, StarletteHTTPException)
+        return PlainTextResponse("mine", status_code=exc.status_code, headers=exc.headers)
+
+    api = FastAPI()
+    api.add_exception_handler(StarletteHTTPException, mine)
+
+    @api.get("/d", dependencies=[Depends(limiter.depends("1/minute", scope="d"))])
+    async def dep() -> str:
+        return "ok"
+
+    @api.get("/e")
+    @limiter.limit("1/minute", scope="e")
+    async def endpoint() -> str:
+        return "ok"
+
+    for path in ("/d", "/e"):
+        second = get(api, path, path)[1]
+        assert (second.status_code, second.text) == (429, "mine")
+        assert second.headers["retry-after"] == "60"
+
+
 def test_dependency_refusal_under_throttle_is_the_middlewares(limiter: Limiter) -> None:
     """With Throttle, a limiter.depends refusal is the default responder's, not FastAPI's
     {"detail": ...}: text, or problem+json for a JSON Accept."""

@@ -33,10 +33,11 @@ import inspect
 from collections.abc import Callable, Mapping, MutableMapping
 from typing import TYPE_CHECKING, Any
 
+from fastapi.exception_handlers import http_exception_handler
 from starlette.requests import HTTPConnection, Request
 from starlette.responses import Response
 
-from .._adapters import register_adapter
+from .._adapters import Found, register_adapter
 from .._decorators import DENIED_KEY, HIDDEN_REQUEST, aevaluate, record
 from .._exchange import OWNER_KEY
 from .._frameworkview import view_of
@@ -51,6 +52,7 @@ from .starlette import (
     StarletteAdapter,
     ThrottleMiddleware,
     rate_limited,
+    send_denial,
 )
 
 if TYPE_CHECKING:
@@ -207,6 +209,28 @@ class FastAPIAdapter(StarletteAdapter):
     def dependency(self, lim: Limiter, spec: LimitSpec) -> Callable[..., Any]:
         return make_dependency(lim, spec)
 
+    def refuse(self, lim: Limiter, found: Found, verdict: Verdict) -> Any:
+        answer_with_refusal(found[1])
+        return super().refuse(lim, found, verdict)
+
+
+def answer_with_refusal(scope: MutableMapping[str, Any]) -> None:
+    """Where FastAPI's default ``HTTPException`` handler would answer a :class:`RateLimited`
+    raised in this request's app (its JSON ``{"detail": ...}``), let the refusal answer
+    instead, as under ``Throttle``: ``send_denial`` joins the handlers of the app's
+    exception middleware (in the scope) for ``RateLimited``. An app's own handler for 429,
+    ``RateLimited`` or ``HTTPException`` still answers."""
+    handlers = scope.get("starlette.exception_handlers")
+    try:
+        by_class, by_status = handlers  # type: ignore[misc]
+        if 429 in by_status:
+            return
+        handler = next((by_class[c] for c in RateLimited.__mro__ if c in by_class), None)
+        if handler is http_exception_handler:
+            by_class[RateLimited] = send_denial
+    except (TypeError, ValueError, AttributeError):
+        return
+
 
 def hidden_request_signature(sig: inspect.Signature | None) -> inspect.Signature | None:
     """The signature of a function without a request parameter plus an optional
@@ -283,6 +307,7 @@ def _answer_dependency(lim: Limiter, scope: MutableMapping[str, Any], request: A
     record(ADAPTER, scope, request, verdict)
     if not verdict.allowed:
         scope[DENIED_KEY] = True
+        answer_with_refusal(scope)
         raise rate_limited(lim, verdict, request.headers.get("accept"), scope)
     if (
         lim.headers_on_allowed and verdict.policies and lim.header_style != "none"
