@@ -663,18 +663,10 @@ LATE_DRIVER = """
     print(json.dumps({"imported": imported, "replies": [asyncio.run(get()) for _ in range(2)]}))
     """
 
-DECORATED_AT_IMPORT = (
-    "the endpoint is decorated when its module is imported, before FastAPI: the FastAPI "
-    "adapter is not loaded yet, so the wrapper's signature gets no hidden Request "
-    "parameter; called by FastAPI without Throttle, it finds no request and applies a "
-    "plain function limit, raising RateLimitExceeded (the server answers 500)"
-)
-
 
 @pytest.mark.parametrize(("in_factory", "throttle"), [
     pytest.param(True, False, id="decorated-in-factory"),
-    pytest.param(False, False, id="decorated-at-import", marks=pytest.mark.xfail(
-        strict=True, reason=f"issue 12: {DECORATED_AT_IMPORT}")),
+    pytest.param(False, False, id="decorated-at-import"),
     pytest.param(False, True, id="decorated-at-import+throttle"),
 ])
 def test_fastapi_imported_late(in_factory: bool, throttle: bool, tmp_path: Path) -> None:

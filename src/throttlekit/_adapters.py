@@ -29,7 +29,7 @@ if TYPE_CHECKING:
     from ._rules import Verdict
 
 __all__ = ["Adapter", "Found", "adapter_named", "adapters", "discover", "find_request",
-           "register_adapter"]
+           "on_register", "register_adapter", "watch_imports"]
 
 logger = logging.getLogger("throttlekit")
 
@@ -114,6 +114,11 @@ _loaded: set[str] = set()
 _seen_modules = -1
 
 
+#: called with each adapter registered from now on (the decorators re-sign the functions
+#: decorated before its framework was imported)
+_listeners: list[Callable[[Adapter], None]] = []
+
+
 def register_adapter(adapter: Adapter) -> None:
     """Make ``adapter`` known to the decorators (replacing one of the same name)."""
     global _adapters, _finders
@@ -123,6 +128,83 @@ def register_adapter(adapter: Adapter) -> None:
         others = [a for a in _adapters if a.name != adapter.name]
         _adapters = tuple(sorted([*others, adapter], key=lambda a: a.priority))
         _finders = tuple(a for a in _adapters if a.claims)
+    for listener in _listeners:
+        listener(adapter)
+
+
+def on_register(listener: Callable[[Adapter], None]) -> None:
+    """Call ``listener(adapter)`` for each adapter registered from now on."""
+    _listeners.append(listener)
+
+
+class _AfterImport:
+    """A ``sys.meta_path`` finder that loads a framework's adapter as soon as the framework
+    is imported: a function decorated before (a FastAPI endpoint decorated when its module
+    is imported, the app built later) then gets the adapter's signature before the
+    framework reads it. Installed by :func:`watch_imports`; it removes itself once every
+    framework with an entry point is loaded."""
+
+    def __init__(self) -> None:
+        self.busy: set[str] = set()
+
+    def find_spec(self, fullname: str, path: Any = None, target: Any = None) -> Any:
+        if fullname in self.busy or fullname in _loaded or "." in fullname or not any(
+            ep.name == fullname for ep in _entry_points or ()
+        ):
+            return None
+        import importlib.util
+
+        self.busy.add(fullname)
+        try:  # what the other finders find (this one answers None while busy)
+            spec = importlib.util.find_spec(fullname)
+        finally:
+            self.busy.discard(fullname)
+        loader = getattr(spec, "loader", None)
+        if spec is None or loader is None or not hasattr(loader, "exec_module"):
+            return None
+        spec.loader = _ThenAdapter(loader, fullname)  # type: ignore[assignment]
+        return spec
+
+
+class _ThenAdapter:
+    """A module's loader, then its framework's adapter once the module has run."""
+
+    def __init__(self, loader: Any, name: str) -> None:
+        self.loader = loader
+        self.name = name
+
+    def create_module(self, spec: Any) -> Any:
+        return self.loader.create_module(spec)
+
+    def exec_module(self, module: Any) -> None:
+        self.loader.exec_module(module)
+        try:
+            discover(names=(self.name,))
+        except Exception:  # never break the app's own import
+            logger.exception("throttlekit: loading the %s adapter failed", self.name)
+        if all(ep.name in _loaded for ep in _entry_points or ()):
+            with _lock:
+                if _watcher in sys.meta_path:
+                    sys.meta_path.remove(_watcher)
+
+    def __getattr__(self, name: str) -> Any:  # resource readers and the like
+        return getattr(self.loader, name)
+
+
+_watcher = _AfterImport()
+
+
+def watch_imports() -> None:
+    """Load each framework's adapter when the framework is imported from now on (see
+    ``_AfterImport``); nothing when every framework with an entry point is loaded."""
+    global _entry_points
+    if _entry_points is None:
+        _entry_points = _installed_entry_points()
+    if all(ep.name in _loaded or ep.name in sys.modules for ep in _entry_points):
+        return
+    with _lock:
+        if _watcher not in sys.meta_path:
+            sys.meta_path.insert(0, _watcher)
 
 
 def adapters() -> tuple[Adapter, ...]:

@@ -36,10 +36,19 @@ import functools
 import inspect
 import logging
 import time
+import weakref
 from collections.abc import Callable, MutableMapping, Sequence
 from typing import TYPE_CHECKING, Any, TypeVar
 
-from ._adapters import Adapter, Found, adapters, discover, find_request
+from ._adapters import (
+    Adapter,
+    Found,
+    adapters,
+    discover,
+    find_request,
+    on_register,
+    watch_imports,
+)
 from ._errors import ConfigError, RateLimitExceeded
 from ._exchange import DENIED_KEY, POLICIES_KEY
 from ._frameworkview import VIEW_KEY, FrameworkView, view_of
@@ -278,22 +287,55 @@ def exempt(owner: Any, fn: F) -> F:
 HIDDEN_REQUEST = "throttlekit_request"
 
 
+#: wrappers no adapter gave a signature yet -> (function, its signature, the cell of the
+#: adapter whose parameter holds the request): an adapter registered later (its framework
+#: imported after the decoration) may still give one (see ``_resign``)
+_unsigned: weakref.WeakKeyDictionary[Callable[..., Any], tuple[
+    Callable[..., Any], inspect.Signature, list[Adapter | None]]] = weakref.WeakKeyDictionary()
+
+
+_listening = False
+
+
+def _await_signature(wrapper: Callable[..., Any], fn: Callable[..., Any],
+                     sig: inspect.Signature, hidden: list[Adapter | None]) -> None:
+    """A framework imported later may want another signature for ``wrapper`` (FastAPI's
+    request parameter): its adapter is loaded when it is imported, and re-signs it."""
+    global _listening
+    if not _listening:
+        on_register(_resign)
+        _listening = True
+    _unsigned[wrapper] = (fn, sig, hidden)
+    watch_imports()
+
+
+def _resign(adapter: Adapter) -> None:
+    for wrapper, (fn, sig, hidden) in list(_unsigned.items()):
+        new_sig = adapter.signature(fn, sig)
+        if new_sig is not None:
+            wrapper.__signature__ = new_sig  # type: ignore[attr-defined]
+            hidden[0] = adapter
+            _unsigned.pop(wrapper, None)
+
+
 def _wrap(fn: Callable[..., Any], group: Group) -> Callable[..., Any]:
     sig = group.sig
-    hidden: Adapter | None = None
+    #: the adapter whose added parameter holds the request (FastAPI's), if any
+    hidden: list[Adapter | None] = [None]
     new_sig = None
     for a in adapters():
         new_sig = a.signature(fn, sig)
         if new_sig is not None:
-            hidden = a  # it added HIDDEN_REQUEST: it finds the request there
+            hidden[0] = a
             break
     if inspect.iscoroutinefunction(fn):
         @functools.wraps(fn)
         async def awrapper(*args: Any, **kwargs: Any) -> Any:
-            req = kwargs.pop(HIDDEN_REQUEST, None) if hidden is not None else None
+            adapter = hidden[0]
+            req = kwargs.pop(HIDDEN_REQUEST, None) if adapter is not None else None
             lim = group.lim or group.owner.limiter
             if lim.enabled:
-                found = _found(hidden, req, args, kwargs)
+                found = _found(adapter, req, args, kwargs)
                 if found is None:
                     await _acall_limits(lim, group, args, kwargs)
                 else:
@@ -306,10 +348,11 @@ def _wrap(fn: Callable[..., Any], group: Group) -> Callable[..., Any]:
     else:
         @functools.wraps(fn)
         def swrapper(*args: Any, **kwargs: Any) -> Any:
-            req = kwargs.pop(HIDDEN_REQUEST, None) if hidden is not None else None
+            adapter = hidden[0]
+            req = kwargs.pop(HIDDEN_REQUEST, None) if adapter is not None else None
             lim = group.lim or group.owner.limiter
             if lim.enabled:
-                found = _found(hidden, req, args, kwargs)
+                found = _found(adapter, req, args, kwargs)
                 if found is None:
                     _call_limits(lim, group, args, kwargs)
                 else:
@@ -323,6 +366,7 @@ def _wrap(fn: Callable[..., Any], group: Group) -> Callable[..., Any]:
         wrapper.__signature__ = new_sig  # type: ignore[attr-defined]
     elif sig is not None:
         wrapper.__signature__ = sig  # type: ignore[attr-defined]
+        _await_signature(wrapper, fn, sig, hidden)
     return wrapper
 
 
