@@ -11,8 +11,13 @@ import base64
 import doctest
 import hashlib
 import ipaddress
+import json
 import logging
 import re
+import shutil
+import subprocess
+from html.parser import HTMLParser
+from urllib.parse import urlencode
 
 import pytest
 from hypothesis import example, given
@@ -20,10 +25,17 @@ from hypothesis import strategies as st
 
 from throttlekit import ConfigError
 from throttlekit._challenge import (
+    COOKIE_NAME,
+    Answer,
     PassSigner,
     WorkChallenge,
     meets,
+    pass_cookie,
+    pass_redirect,
+    read_answer,
+    safe_path,
     solve,
+    work_page,
 )
 from throttlekit._challenge import passes as passes_module
 from throttlekit._challenge import work as work_module
@@ -35,6 +47,7 @@ OTHER_KEY = b"o" * 32
 IP = "203.0.113.9"
 IP6 = "2001:db8:1:2::5"
 B64URL = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_"
+HOSTILE = "/x\"'><script>alert(1)</script><img src=x onerror=alert(2)>&amp;"
 
 
 @pytest.fixture
@@ -462,3 +475,246 @@ def test_bad_work_settings_are_config_errors(
 ):
     with pytest.raises(ConfigError, match=re.escape(message)):
         WorkChallenge(signer, **kwargs)  # type: ignore[arg-type]
+
+
+# -- pages --------------------------------------------------------------------------------
+
+VOID = frozenset({"area", "base", "br", "col", "embed", "hr", "img", "input", "link", "meta",
+                  "source", "track", "wbr"})
+
+
+class Page(HTMLParser):
+    """A strict reading of a page: every element closed in order, nothing left open."""
+
+    def __init__(self, text: str) -> None:
+        super().__init__(convert_charrefs=True)
+        self.open: list[str] = []
+        self.elements: list[tuple[str, dict[str, str | None]]] = []
+        self.scripts: list[str] = []
+        self.styles: list[str] = []
+        self.text: list[str] = []
+        self.doctype = ""
+        self.feed(text)
+        self.close()
+        assert not self.open, f"left open: {self.open}"
+
+    def handle_decl(self, decl: str) -> None:
+        self.doctype = decl
+
+    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+        names = [name for name, _ in attrs]
+        assert len(names) == len(set(names)), f"repeated attribute in <{tag}>"
+        self.elements.append((tag, dict(attrs)))
+        if tag not in VOID:
+            self.open.append(tag)
+
+    def handle_startendtag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+        raise AssertionError(f"self-closing <{tag}/>")
+
+    def handle_endtag(self, tag: str) -> None:
+        assert tag not in VOID, f"</{tag}>"
+        assert self.open and self.open[-1] == tag, f"</{tag}> closes {self.open}"
+        self.open.pop()
+
+    def handle_data(self, data: str) -> None:
+        if self.open and self.open[-1] == "script":
+            self.scripts.append(data)
+        elif self.open and self.open[-1] == "style":
+            self.styles.append(data)
+        else:
+            self.text.append(data)
+
+    def tags(self, name: str) -> list[dict[str, str | None]]:
+        return [attrs for tag, attrs in self.elements if tag == name]
+
+    def field(self, name: str) -> str | None:
+        (found,) = [a for a in self.tags("input") if a.get("name") == name]
+        return found.get("value")
+
+
+def headers_of(denial: object) -> dict[str, str]:
+    return dict(denial.headers)  # type: ignore[attr-defined]
+
+
+def csp_hash(text: str) -> str:
+    return "'sha256-" + base64.b64encode(hashlib.sha256(text.encode()).digest()).decode() + "'"
+
+
+def test_the_work_page_is_well_formed_and_self_contained(work: WorkChallenge):
+    challenge = work.issue(IP)
+    denial = work_page(challenge, 6, action="/.challenge", return_to="/shop?item=3&q=a%20b")
+    assert denial.status == 200
+    headers = headers_of(denial)
+    assert headers["Content-Type"] == "text/html; charset=utf-8"
+    assert headers["Cache-Control"] == "no-store"
+    assert int(headers["Content-Length"]) == len(denial.body)
+    page = Page(denial.body.decode("utf-8"))
+    assert page.doctype.lower() == "doctype html"
+    assert [tag for tag, _ in page.elements][:2] == ["html", "head"]
+    (form,) = page.tags("form")
+    assert (form["method"], form["action"], form["data-difficulty"]) == ("post", "/.challenge", "6")
+    assert page.field("challenge") == challenge
+    assert page.field("solution") == ""
+    assert page.field("return_to") == "/shop?item=3&q=a%20b"
+    # nothing from elsewhere: no src, href or url() anywhere, one inline script and style
+    assert not [attrs for _, attrs in page.elements if {"src", "href"} & attrs.keys()]
+    assert "url(" not in "".join(page.styles)
+    assert len(page.scripts) == 1 and len(page.styles) == 1
+    assert "crypto.subtle.digest" in page.scripts[0]
+    assert len(page.tags("noscript")) == 1
+    # the policy allows exactly the page's own script and style
+    csp = headers["Content-Security-Policy"]
+    assert f"script-src {csp_hash(page.scripts[0])};" in csp
+    assert f"style-src {csp_hash(page.styles[0])};" in csp
+    assert "default-src 'none'" in csp and "form-action 'self'" in csp
+
+
+def test_the_work_page_escapes_a_hostile_url():
+    denial = work_page("c", 6, action=HOSTILE, return_to=HOSTILE)
+    body = denial.body.decode()
+    page = Page(body)
+    assert len(page.tags("script")) == 1 and not page.tags("img")
+    assert "<script>alert" not in body and "onerror" not in "".join(
+        name for _, attrs in page.elements for name in attrs)
+    assert page.field("return_to") == safe_path(HOSTILE)
+    assert page.tags("form")[0]["action"] == safe_path(HOSTILE)
+    assert not set("\"'<> ") & set(safe_path(HOSTILE))
+
+
+@given(challenge=st.text(), return_to=st.text(), action=st.text())
+def test_the_work_page_holds_any_text(challenge: str, return_to: str, action: str):
+    page = Page(work_page(challenge, 6, action=action, return_to=return_to).body.decode())
+    assert len(page.tags("script")) == 1 and len(page.tags("input")) == 3
+    expected = challenge.replace("\r\n", "\n").replace("\r", "\n").replace("\x00", "\ufffd")
+    assert page.field("challenge") in (challenge, expected)
+    assert page.field("return_to") == safe_path(return_to)
+
+
+@pytest.mark.skipif(shutil.which("node") is None, reason="needs node")
+def test_the_page_script_finds_a_solution_python_accepts(work: WorkChallenge):
+    """The page's own script, run by node (Web Crypto as in a browser) with a stand-in
+    for the form, submits a counter the server accepts."""
+    challenge = work.issue(IP)
+    page = Page(work_page(challenge, 6, action="/c", return_to="/").body.decode())
+    stub = """
+    const fields = {challenge: {value: CHALLENGE}, solution: {value: ""}};
+    const form = {elements: fields, getAttribute: () => "6",
+                  submit() { console.log(JSON.stringify(fields.solution.value)); }};
+    globalThis.window = globalThis;
+    globalThis.document = {getElementById: (id) => id === "tk-work" ? form : {}};
+    """.replace("CHALLENGE", json.dumps(challenge))
+    out = subprocess.run(["node", "-e", stub + page.scripts[0]], capture_output=True,
+                         text=True, timeout=60, check=True).stdout
+    counter = json.loads(out)
+    assert counter == str(solve(challenge, 6))  # the first solution, as in Python
+    assert work.verify(challenge, counter, IP) is not None
+
+
+@pytest.mark.parametrize(
+    ("target", "expected"),
+    [
+        ("/", "/"),
+        ("/shop?item=3&q=a%20b", "/shop?item=3&q=a%20b"),
+        ("/a/b;c=d?e=f:g@h!$()*+,~-._", "/a/b;c=d?e=f:g@h!$()*+,~-._"),
+        ("/it's", "/it%27s"),
+        ("/caf\u00e9", "/caf%C3%A9"),
+        ("/a#frag", "/a%23frag"),
+        ("/a b", "/a%20b"),
+        ("//evil.example/x", "/"),
+        ("/\\evil.example", "/%5Cevil.example"),
+        ("/\t/evil.example", "/%09/evil.example"),
+        ("/\r\nSet-Cookie: x=1", "/%0D%0ASet-Cookie:%20x=1"),
+        ("https://evil.example/", "/"),
+        ("javascript:alert(1)", "/"),
+        ("evil.example", "/"),
+        ("", "/"),
+        (None, "/"),
+        (b"/bytes", "/"),
+        ("/" + "a" * 2048, "/"),
+    ],
+)
+def test_safe_path(target: object, expected: str):
+    assert safe_path(target) == expected
+
+
+@given(st.text())
+def test_safe_path_stays_on_this_site(target: str):
+    path = safe_path(target)
+    assert path.startswith("/") and not path.startswith("//")
+    assert re.fullmatch(r"[A-Za-z0-9/?&=%:@!$()*+,;~._-]+", path)
+
+
+def test_pass_cookie():
+    assert pass_cookie("abc", max_age=3600.0, secure=True) == (
+        f"{COOKIE_NAME}=abc; Path=/; Max-Age=3600; HttpOnly; SameSite=Lax; Secure"
+    )
+    assert pass_cookie("abc", max_age=59.5, secure=False, name="__tk", path="/app") == (
+        "__tk=abc; Path=/app; Max-Age=60; HttpOnly; SameSite=Lax"
+    )
+    for bad in ({"name": "a b"}, {"name": ""}, {"name": "a=b"}, {"path": "/;x"}):
+        with pytest.raises(ValueError):
+            pass_cookie("abc", max_age=1, secure=True, **bad)  # type: ignore[arg-type]
+    for value in ("a;b", "a b", 'a"', "a\r\nX: y", "é"):
+        with pytest.raises(ValueError):
+            pass_cookie(value, max_age=1, secure=True)
+
+
+def test_the_cookie_round_trip_is_a_303_back_with_the_pass(signer: PassSigner):
+    value = signer.issue(IP)
+    cookie = pass_cookie(value, max_age=signer.ttl, secure=True)
+    denial = pass_redirect("/shop?item=3", cookie)
+    assert denial.status == 303
+    headers = headers_of(denial)
+    assert headers["Location"] == "/shop?item=3"
+    assert headers["Set-Cookie"] == cookie
+    assert headers["Cache-Control"] == "no-store"
+    assert int(headers["Content-Length"]) == len(denial.body)
+    page = Page(denial.body.decode())
+    assert not page.tags("script")  # nothing to run: the link is the fallback
+    assert [a["href"] for a in page.tags("a")] == ["/shop?item=3"]
+    # what the client sends back is a pass
+    assert signer.verify(cookie.split(";")[0].partition("=")[2], IP) is not None
+
+
+def test_the_redirect_escapes_a_hostile_url():
+    denial = pass_redirect(HOSTILE, "throttlekit_pass=x")
+    page = Page(denial.body.decode())
+    assert not page.tags("script") and not page.tags("img")
+    assert headers_of(denial)["Location"] == page.tags("a")[0]["href"] == safe_path(HOSTILE)
+    assert pass_redirect("//evil.example", "c=x").headers[0] == ("Location", "/")
+
+
+def test_read_answer():
+    body = urlencode({"challenge": "abc", "solution": "42", "return_to": "/a?b=c"}).encode()
+    assert read_answer(body) == Answer("abc", "42", "/a?b=c")
+    assert read_answer(b"challenge=abc&solution=42") == Answer("abc", "42", "/")
+    assert read_answer(b"challenge=abc&solution=&return_to=//evil") == Answer("abc", "", "/")
+    for bad in (b"", b"challenge=abc", b"solution=1", b"challenge=\xff&solution=1",
+                b"challenge=a&solution=1&" + b"x=1&" * 8, b"challenge=" + b"a" * 5000,
+                "challenge=a&solution=1"):
+        assert read_answer(bad) is None, bad  # type: ignore[arg-type]
+
+
+@given(st.binary(max_size=600) | st.text().map(str.encode))
+def test_read_answer_never_raises(body: bytes):
+    answer = read_answer(body)
+    assert answer is None or answer.return_to == safe_path(answer.return_to)
+
+
+def test_the_whole_work_round_trip(work: WorkChallenge, signer: PassSigner):
+    """Page, browser (in Python), post, pass, cookie, next request."""
+    denial = work_page(work.issue(IP), work.difficulty, action="/.challenge",
+                       return_to="/shop?item=3")
+    page = Page(denial.body.decode())
+    challenge = page.field("challenge")
+    assert challenge is not None
+    posted = urlencode({"challenge": challenge, "solution": solve(challenge, work.difficulty),
+                        "return_to": page.field("return_to")}).encode()
+    answer = read_answer(posted)
+    assert answer is not None
+    value = work.redeem(answer.challenge, answer.solution, "203.0.113.99")
+    assert value is not None
+    back = pass_redirect(answer.return_to, pass_cookie(value, max_age=signer.ttl, secure=True))
+    assert (back.status, headers_of(back)["Location"]) == (303, "/shop?item=3")
+    assert signer.verify(value, IP) is not None
+
