@@ -47,7 +47,7 @@ def _redis(storage: Any) -> Any:
     if type(storage).__name__ != "RedisStorage" or not hasattr(storage, "family"):
         return None
     try:
-        return storage._sync()
+        return storage.sync_client()
     except Exception:  # an async-only RedisStorage: nothing to publish with
         return None
 
