@@ -261,7 +261,7 @@ class Monitor:
 
     def _learn_clients(self, now: float) -> None:
         """Fold the current window's per-client rates into the per-client baseline."""
-        counts = sorted(self._overall.hitters.merged(now).values())
+        counts = sorted(self.client_counts(now).values())
         if len(counts) < 10:
             return
         q = counts[min(len(counts) - 1, int(self.client_quantile * len(counts)))]
@@ -346,6 +346,11 @@ class Monitor:
             return []
         return scope.hitters.top(n, self.clock() if now is None else now)
 
+    def client_counts(self, now: float, since: float | None = None) -> dict[Hashable, int]:
+        """Estimated requests per client over the window ending at ``now`` (from ``since``
+        when that is later)."""
+        return self._overall.hitters.merged(now, since)
+
     def offenders(
         self,
         now: float,
@@ -366,15 +371,13 @@ class Monitor:
         cb = self.client_baseline
         if cb is None:
             return []
-        hitters = self._overall.hitters
         lo = now - self.window
         if since is not None and since > lo:
             # whole buckets: the bucket holding ``since`` counts from its start
             lo = (since // self.bucket) * self.bucket
         span = max(now - lo, self.bucket)
         bar = max(float(min_requests), factor * cb * span)
-        merged = hitters.merged(now, lo)
-        out = [(k, c) for k, c in merged.items() if c >= bar]
+        out = [(k, c) for k, c in self.client_counts(now, lo).items() if c >= bar]
         out.sort(key=lambda kc: kc[1], reverse=True)
         return out[:limit]
 

@@ -100,7 +100,7 @@ def top_of(storage: Any, window: float, now: float) -> dict[str, int] | None:
         totals = {}
         for monitor in list(_monitors):
             if getattr(monitor.limiter, "storage", None) is storage:
-                for k, c in monitor._overall.hitters.merged(now, now - window).items():
+                for k, c in monitor.client_counts(now, now - window).items():
                     totals[str(k)] = totals.get(str(k), 0) + c
         return totals
     return None
