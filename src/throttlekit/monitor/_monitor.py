@@ -68,6 +68,16 @@ AnomalyCallback = Callable[[Anomaly], object]
 TickCallback = Callable[[float], object]
 
 
+def _call_each(callbacks: list[Callable[[Any], object]], arg: object, failed: str) -> None:
+    """Call each callback with ``arg``; one that raises is logged (``failed``, with the
+    callback) and the others still run."""
+    for callback in callbacks:
+        try:
+            callback(arg)
+        except Exception:
+            logger.exception(failed, callback)
+
+
 class _Scope:
     """Detector + heavy hitters of one scope (all traffic, or one rule)."""
 
@@ -239,11 +249,7 @@ class Monitor:
                 self._learn_clients(now)
         if self._publishing and now >= self._publish_retry:
             self._publish(now)
-        for callback in self._tick_callbacks:
-            try:
-                callback(now)
-            except Exception:
-                logger.exception("throttlekit: monitor tick hook %r failed", callback)
+        _call_each(self._tick_callbacks, now, "throttlekit: monitor tick hook %r failed")
 
     def _publish(self, now: float) -> None:
         """The closed buckets' top offenders into the store (Redis), once each."""
@@ -296,11 +302,7 @@ class Monitor:
                 "top_offenders": [[str(k), c] for k, c in top],
             },
         )
-        for callback in self._anomaly_callbacks:
-            try:
-                callback(anomaly)
-            except Exception:
-                logger.exception("throttlekit: anomaly callback %r failed", callback)
+        _call_each(self._anomaly_callbacks, anomaly, "throttlekit: anomaly callback %r failed")
 
     def on_anomaly(self, callback: AnomalyCallback) -> AnomalyCallback:
         """Call ``callback(anomaly)`` on every ``anomaly_started``/``anomaly_ended``;
