@@ -23,12 +23,15 @@ import logging
 import math
 import time
 from collections.abc import Callable, Hashable
-from typing import Any, NamedTuple
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 from .._errors import ConfigError
 from . import _store
-from .detector import RateDetector
+from .detector import DetectorOptions, RateDetector
 from .sketch import WindowedTopK
+
+if TYPE_CHECKING:
+    from typing_extensions import Unpack  # typing.Unpack from Python 3.11
 
 __all__ = ["REFUSED", "Anomaly", "AnomalyCallback", "Monitor"]
 
@@ -108,8 +111,9 @@ class Monitor:
         publish: write each bucket's top offenders into the limiter's Redis store, lazily
             on the tick (default True), so ``throttlekit top --storage`` sums every
             process's; see :mod:`throttlekit.monitor._store`.
-        detector options (``factor``, ``sustain``, ``end_factor``, ``cooldown``,
-            ``halflife``, ``warmup``, ``min_rate``): see :class:`RateDetector`.
+        detector: the anomaly detectors' tuning (``factor``, ``sustain``, ``end_factor``,
+            ``cooldown``, ``halflife``, ``warmup``, ``min_rate``): see
+            :class:`RateDetector`, which holds their defaults.
     """
 
     def __init__(
@@ -124,14 +128,8 @@ class Monitor:
         top_n: int = 10,
         client_quantile: float = 0.99,
         max_rules: int = 64,
-        factor: float = 3.0,
-        sustain: float = 2.0,
-        end_factor: float = 1.5,
-        cooldown: float = 10.0,
-        halflife: float = 300.0,
-        warmup: float = 30.0,
-        min_rate: float = 5.0,
         publish: bool = True,
+        **detector: Unpack[DetectorOptions],
     ) -> None:
         if clock is None and limiter is not None:
             clock = getattr(limiter, "clock", None)
@@ -149,13 +147,10 @@ class Monitor:
         self.top_n = top_n
         self.client_quantile = client_quantile
         self.max_rules = max_rules
-        self._detector_options: dict[str, Any] = dict(
-            factor=factor, sustain=sustain, end_factor=end_factor, cooldown=cooldown,
-            halflife=halflife, warmup=warmup, min_rate=min_rate, bucket=bucket,
-        )
-        self._keep = math.exp(math.log(0.5) * window / halflife)
+        self._detector_options: dict[str, Any] = {**detector, "bucket": bucket}
         self._overall = self._new_scope(ALL, capacity)
         self._overall_det = self._overall.detector
+        self._keep = math.exp(math.log(0.5) * window / self._overall_det.halflife)
         self._overall_hit = self._overall.detector.hit
         self._talkers_add = self._overall.hitters.add
         self._rules: dict[str, _Scope] = {}
