@@ -316,18 +316,17 @@ class SlidingLog(Algorithm):
     name_ = "sliding_log"
     code = "sl"
 
-    def _trim(self, log: Log, now: int) -> None:
+    def _trimmed(self, log: Log, now: int) -> int:
+        """The cost logged in ``(now - period, now]``, the older entries dropped."""
         entries = log.entries
         horizon = now - self.period_us
         while entries and entries[0][0] <= horizon:
             log.total -= entries.popleft()[1]
+        return log.total
 
     def hit(self, state: Any, now: int, cost: int) -> tuple[Any, Decision]:
         log: Log | None = state
-        total = 0
-        if log is not None:
-            self._trim(log, now)
-            total = log.total
+        total = 0 if log is None else self._trimmed(log, now)
         limit = self.limit
         if total + cost <= limit:
             if cost:
@@ -367,10 +366,7 @@ class SlidingLog(Algorithm):
 
     def peek(self, state: Any, now: int, cost: int) -> Decision:
         log: Log | None = state
-        total = 0
-        if log is not None:
-            self._trim(log, now)
-            total = log.total
+        total = 0 if log is None else self._trimmed(log, now)
         limit = self.limit
         if total + cost <= limit:
             total += cost
