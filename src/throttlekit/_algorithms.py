@@ -173,12 +173,7 @@ class SlidingWindow(Algorithm):
                 used += cost * p
                 state = (((win << 32) | cur) << 32) | prev
             rem = (cap - used) // p
-            if cur:
-                reset = ((win + 2) * p - now) / 1e6
-            elif prev:
-                reset = left / 1e6
-            else:
-                reset = 0.0
+            reset = ((win + 2) * p - now) / 1e6 if cur else left / 1e6 if prev else 0.0
             return state, _new(Decision, (True, limit, rem, reset, 0.0, self.rate, False))
         return state, self._deny(win, now, cur, prev, left, used, cost)
 
@@ -197,12 +192,7 @@ class SlidingWindow(Algorithm):
         rem = (limit * p - used) // p
         if rem < 0:
             rem = 0
-        if cur:
-            reset = ((win + 2) * p - now) / 1e6
-        elif prev:
-            reset = left / 1e6
-        else:
-            reset = 0.0
+        reset = ((win + 2) * p - now) / 1e6 if cur else left / 1e6 if prev else 0.0
         return _new(Decision, (False, limit, rem, reset, retry, self.rate, False))
 
     def peek(self, state: Any, now: int, cost: int) -> Decision:
