@@ -61,9 +61,9 @@ def _limiter(specs: list[tuple[str, str, str, str]], fast: bool, lists: bool,
         cost: Any = (lambda r: 2 if r.path == "/a" else 1) if key == "cost-by-path" else None
         limiter.throttle(f"t{i}", rates, strategy=strategy, match=MATCHES[match],
                          key=KEYS[key], cost=cost)
-    assert limiter._rules.fast
+    assert limiter.engine.rules.fast
     if not fast:
-        limiter._rules.fast = False  # the general path: _plan, storage.apply, _finish
+        limiter.engine.rules.fast = False  # the general path: plan, one store call, conclude
     return limiter
 
 

@@ -72,7 +72,7 @@ def test_bad_file_is_rejected_and_old_rules_stay(limiter: Limiter, rules_file: P
         assert limiter.reload() is False
     assert "rejected" in caplog.text and ":7: [[throttle]] 'x': bad rate" in caplog.text
     assert statuses(c, 3) == [200, 200, 429]  # still 2/minute
-    assert limiter._watcher is not None and limiter._watcher.last_error is not None
+    assert limiter.engine.watcher is not None and limiter.engine.watcher.last_error is not None
 
 
 def test_lazy_watch_reloads_on_a_request_after_the_interval(rules_file: Path,
@@ -84,7 +84,7 @@ def test_lazy_watch_reloads_on_a_request_after_the_interval(rules_file: Path,
     write(rules_file, rules(10))
     time.sleep(0.02)  # the watch interval (file polling), not limit logic
     assert statuses(c, 1) == [200]
-    assert limiter._watcher is not None and limiter._watcher.reloads == 2
+    assert limiter.engine.watcher is not None and limiter.engine.watcher.reloads == 2
 
 
 def test_no_reload_without_interval_until_asked(limiter: Limiter, rules_file: Path) -> None:
@@ -122,10 +122,10 @@ def test_code_rules_and_subscribers_survive_reload(limiter: Limiter, rules_file:
     c = Client(WSGIMiddleware(app, limiter))
     assert c.get("/admin").status_code == 403
     assert seen == ["no-admin"]
-    assert set(limiter._rules.names) == {"no-admin", "per-ip", "t"}
+    assert set(limiter.engine.rules.names) == {"no-admin", "per-ip", "t"}
     write(rules_file, rules(5))  # a rule removed from the file goes away
     assert limiter.reload()
-    assert set(limiter._rules.names) == {"no-admin", "per-ip"}
+    assert set(limiter.engine.rules.names) == {"no-admin", "per-ip"}
 
 
 def test_a_file_rule_clashing_with_a_code_rule_is_rejected(limiter: Limiter, rules_file: Path
@@ -134,8 +134,8 @@ def test_a_file_rule_clashing_with_a_code_rule_is_rejected(limiter: Limiter, rul
     limiter.throttle("api", "1/second")
     write(rules_file, rules(5) + '[[throttle]]\nname = "api"\nrates = "2/second"\n')
     assert limiter.reload() is False
-    assert limiter._watcher is not None and limiter._watcher.last_error is not None
-    assert ":5:" in str(limiter._watcher.last_error)
+    assert limiter.engine.watcher is not None and limiter.engine.watcher.last_error is not None
+    assert ":5:" in str(limiter.engine.watcher.last_error)
 
 
 def test_middleware_rules_file_option(rules_file: Path, clock: FakeClock) -> None:
@@ -195,7 +195,7 @@ def test_reload_under_load_never_drops_or_errors_a_request(
     assert not failures
     assert len(results) > 200
     assert set(results) == {200}
-    assert limiter._watcher is not None and limiter._watcher.reloads > 10
+    assert limiter.engine.watcher is not None and limiter.engine.watcher.reloads > 10
     # only the broken versions are logged, as rejected files
     assert all("rejected" in r.getMessage() for r in caplog.records)
 
@@ -251,4 +251,4 @@ def test_rewriting_in_place_under_load_never_lifts_a_block(rules_file: Path) -> 
         for t in threads:
             t.join()
     assert len(seen) > 100 and set(seen) == {403}
-    assert limiter._watcher is not None and limiter._watcher.reloads > 1
+    assert limiter.engine.watcher is not None and limiter.engine.watcher.reloads > 1

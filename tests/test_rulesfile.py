@@ -146,7 +146,7 @@ def test_from_file_with_errors_raises_config_error_and_registers_nothing(tmp_pat
     limiter = Limiter()
     with pytest.raises(ConfigError):
         limiter.load_rules(f)
-    assert limiter._rules.throttles == ()
+    assert limiter.engine.rules.throttles == ()
 
 
 def test_storage_capabilities_are_checked_with_line(tmp_path: Path) -> None:
@@ -166,9 +166,9 @@ def test_storage_capabilities_are_checked_with_line(tmp_path: Path) -> None:
 def test_example_file_loads() -> None:
     """The shipped example is valid and loads into a Limiter with every kind of rule."""
     limiter = Limiter.from_file(EXAMPLE)
-    kinds = set(limiter._rules.names.values())
+    kinds = set(limiter.engine.rules.names.values())
     assert {"safelist", "blocklist", "fail2ban", "throttle", "track"} <= kinds
-    assert limiter._concurrency is not None and limiter._concurrency.shedding is not None
+    assert limiter.engine.concurrency is not None and limiter.engine.concurrency.shedding is not None
 
 
 def test_limiter_settings_come_from_the_file_and_kwargs_win(tmp_path: Path) -> None:
@@ -179,7 +179,7 @@ def test_limiter_settings_come_from_the_file_and_kwargs_win(tmp_path: Path) -> N
     limiter = Limiter.from_file(f, trusted_proxies=2)
     assert limiter.strategy == "fixed_window"
     assert limiter.resolver_args[0] == 2
-    assert limiter._rules.throttles[0].strategy == "fixed_window"
+    assert limiter.engine.rules.throttles[0].strategy == "fixed_window"
 
 
 def test_user_functions_by_dotted_path(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,

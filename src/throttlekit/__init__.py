@@ -14,7 +14,7 @@ from ._events import Event
 from ._limiter import Limiter
 from ._rates import Rate, parse_rates
 from ._request import RequestView
-from ._rules import Verdict
+from ._rules import Verdict, reads_form
 from ._version import __version__
 from .asgi import ASGIMiddleware
 from .storage import MemoryStorage, Storage, storage_from_url
@@ -37,6 +37,7 @@ __all__ = [
     "WSGIMiddleware",
     "__version__",
     "parse_rates",
+    "reads_form",
     "storage_from_url",
 ]
 

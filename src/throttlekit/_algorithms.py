@@ -396,6 +396,17 @@ ALGORITHMS: dict[str, type[Algorithm]] = {
 }
 
 
+def check_strategy(strategy: str, storage: Any) -> None:
+    """Refuse (``ConfigError``) a strategy that is unknown or that ``storage`` cannot run."""
+    if strategy not in ALGORITHMS:
+        raise ConfigError(
+            f"unknown strategy {strategy!r}; expected one of {', '.join(sorted(ALGORITHMS))}"
+        )
+    why = storage.unsupported(strategy)
+    if why:
+        raise ConfigError(f"strategy {strategy!r} is not available: {why}")
+
+
 def make_algorithm(
     strategy: str, rate: Rate, burst: int | None = None, id: str | None = None
 ) -> Algorithm:

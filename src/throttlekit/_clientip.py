@@ -139,8 +139,15 @@ class ClientIPResolver:
     """
 
     __slots__ = (
-        "_hops", "_keys", "_mask", "_peers", "_plain", "_trust_unix", "_trusted", "header",
+        "_hops",
+        "_keys",
+        "_mask",
+        "_trust_unix",
+        "_trusted",
+        "header",
         "ipv6_prefix",
+        "peers",
+        "plain",
     )
 
     def __init__(
@@ -186,9 +193,9 @@ class ClientIPResolver:
         self._mask = ((1 << 128) - 1) ^ ((1 << (128 - ipv6_prefix)) - 1)
         self._keys: dict[str, str | None] = {}
         #: forwarding headers are never read: the client is a function of the peer alone
-        self._plain = not self.trusts_headers
-        #: peer text -> (client_ip, client_key), for ``_plain`` resolvers
-        self._peers: dict[str, tuple[str | None, str | None]] = {}
+        self.plain = not self.trusts_headers
+        #: peer text -> (client_ip, client_key), for ``plain`` resolvers
+        self.peers: dict[str, tuple[str | None, str | None]] = {}
 
     @property
     def trusts_headers(self) -> bool:
@@ -257,7 +264,7 @@ class ClientIPResolver:
         header is believed (``trusted_proxies=0``); cached, as servers see few peers."""
         ip = self.resolve(peer)
         pair = (ip, ip if ip is None or ":" not in ip else self.client_key(ip))
-        peers = self._peers
+        peers = self.peers
         if len(peers) >= _CACHE_SIZE:
             peers.clear()
         peers[peer] = pair

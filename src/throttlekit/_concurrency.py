@@ -42,7 +42,7 @@ from ._errors import ConfigError
 from ._keys import admin_rule_key, rule_key
 from ._rates import Rate
 from ._resilience import Leased, ResilientStore
-from ._rules import Verdict, _key_func, escape_name
+from ._rules import Verdict, escape_name, key_function, uses_form
 
 if TYPE_CHECKING:
     from ._limiter import Limiter
@@ -156,6 +156,8 @@ class ConcurrencyRules:
         self.rules: tuple[_ConcRule, ...] = ()
         self.shedding: _Shedding | None = None
         self.names: dict[str, str] = {}
+        #: some rule's key, match or priority function reads ``view.form``
+        self.needs_form = False
         self._last_log = -math.inf
 
     def __bool__(self) -> bool:
@@ -188,11 +190,12 @@ class ConcurrencyRules:
         if key is None or key == "global":
             keyf, key_name = _global, "global"
         else:
-            keyf = _key_func(key, what)
+            keyf = key_function(key, what)
             key_name = key if isinstance(key, str) else getattr(key, "__name__", "function")
         rule = _ConcRule(name, limit, keyf, key_name, match,
                          _duration(timeout, f"{what}: timeout", DEFAULT_TIMEOUT),
                          _duration(retry_after, f"{what}: retry_after", 1.0))
+        self.needs_form = self.needs_form or uses_form(keyf, match)
         self.rules = (*self.rules, rule)
         self.names[name] = "concurrency"
 
@@ -210,6 +213,7 @@ class ConcurrencyRules:
             raise ConfigError(f"shed: thresholds must be increasing fractions in (0, 1], "
                               f"got {thresholds!r}")
         self._check_storage()
+        self.needs_form = self.needs_form or uses_form(priority)
         self.shedding = _Shedding(
             capacity, priority, tuple(float(t) for t in th),
             _duration(timeout, "shed: timeout", DEFAULT_TIMEOUT),
@@ -274,9 +278,9 @@ class ConcurrencyRules:
             d = _new(Decision, (False, rule.limit, 0, retry, retry,
                                 Rate(rule.limit, rule.timeout), degraded))
             kind, name, key = "throttled", rule.name, disc
-        rules = self.limiter._rules
-        if "throttled" in rules.listeners.active and kind == "throttled":
-            rules._emit("throttled", name, key, verdict.request, d, False)
+        engine = self.limiter.engine
+        if "throttled" in engine.listeners.active and kind == "throttled":
+            engine.emit("throttled", name, key, verdict.request, d, False)
         return Verdict(False, kind, name, key, d, verdict.policies, degraded, verdict.request)
 
     def acquire(self, verdict: Verdict) -> tuple[Verdict, Lease | None]:
@@ -289,7 +293,7 @@ class ConcurrencyRules:
         lim = self.limiter
         store = lim.store
         lease_id = _lease_id()
-        now = lim._block_now()
+        now = lim.engine.now()
         if isinstance(store, ResilientStore):  # a failing store: its fail policy answers
             leased = store.lease(keys, limits, lease_id, timeout, now)
         else:
@@ -308,7 +312,7 @@ class ConcurrencyRules:
         if not keys:
             return verdict, None
         lease_id = _lease_id()
-        leased = await store.alease(keys, limits, lease_id, timeout, lim._block_now())
+        leased = await store.alease(keys, limits, lease_id, timeout, lim.engine.now())
         return self._leased(verdict, owners, keys, lease_id, leased)
 
     def _leased(self, verdict: Verdict, owners: list[tuple[Any, str]], keys: list[str],
@@ -327,4 +331,4 @@ class ConcurrencyRules:
         (``"shedding"``: all requests counted by load shedding)."""
         # (a long disc is stored as its hash)
         key = _NS + SHED_RULE if name == SHED_RULE else lease_key(name, admin_rule_key(disc))
-        return self.limiter.storage.inflight(key, self.limiter._block_now())
+        return self.limiter.storage.inflight(key, self.limiter.engine.now())

@@ -44,7 +44,7 @@ from collections.abc import Callable, Iterable, Mapping, MutableMapping, Sequenc
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from ._adapters import Adapter, Found, adapters, discover, find_request
-from ._algorithms import DEFAULT_STRATEGY
+from ._algorithms import DEFAULT_STRATEGY, check_strategy
 from ._decision import Decision, most_restrictive
 from ._errors import ConfigError, RateLimitExceeded
 from ._exchange import DENIED_KEY, POLICIES_KEY
@@ -56,10 +56,10 @@ from ._rules import (
     STORAGE_RULE,
     UNKNOWN_CLIENT,
     Verdict,
-    _key_func,
     _throttle_algorithms,
-    _uses_form,
     check_on_unreadable,
+    key_function,
+    uses_form,
 )
 from .storage import MemoryStorage
 from .storage.base import BatchResult, Check
@@ -224,7 +224,7 @@ class LimitSpec:
     ) -> None:
         if limiter is not None:
             strategy = strategy or limiter.strategy
-            limiter._check_strategy(strategy)
+            check_strategy(strategy, limiter.storage)
             if burst is None and strategy == "token_bucket":
                 burst = limiter.burst
         #: None: the limiter's (an integration may build its limiter after decoration)
@@ -233,12 +233,12 @@ class LimitSpec:
         self.rates = rates
         # validates rates, strategy and burst now
         _throttle_algorithms("@", rates, strategy or DEFAULT_STRATEGY, burst, what)
-        self.key = _key_func(key, what)
+        self.key = key_function(key, what)
         check_on_unreadable(on_unreadable, what)
         #: a key that cannot be read from a request: "client" or "refuse" (Limiter.throttle)
         self.on_unreadable = on_unreadable
         #: the key or cost reads ``view.form`` (the ASGI integrations then read the body)
-        self.uses_form = _uses_form(self.key, cost)
+        self.uses_form = uses_form(self.key, cost)
         #: plain functions: key(*args, **kwargs); a web-only shortcut gives one counter
         self.call_key: Callable[..., Any] | None = key if callable(key) else None
         if callable(cost):
@@ -285,7 +285,7 @@ class LimitSpec:
         burst = self.burst
         if strategy is None:
             strategy = lim.strategy
-            lim._check_strategy(strategy)
+            check_strategy(strategy, lim.storage)
             if burst is None and strategy == "token_bucket":
                 burst = lim.burst
         algs = _throttle_algorithms("@" + name, self.rates, strategy, burst, name)
@@ -559,7 +559,7 @@ def evaluate(lim: Limiter, view: RequestView, entries: Sequence[Entry]) -> Verdi
     assert isinstance(p, _Pending)
     if not p.checks:
         return None
-    result = lim._rules._call(p.checks, [], _now(lim))
+    result = lim.engine.apply(p.checks)
     return _conclude(lim, p, result, view)
 
 
@@ -571,7 +571,7 @@ async def aevaluate(lim: Limiter, view: RequestView, entries: Sequence[Entry]) -
     assert isinstance(p, _Pending)
     if not p.checks:
         return None
-    result = await lim._rules._acall(p.checks, [], _now(lim))
+    result = await lim.engine.aapply(p.checks)
     return _conclude(lim, p, result, view)
 
 
@@ -798,7 +798,7 @@ def _call_limits(lim: Limiter, group: Group, args: tuple[Any, ...],
     assert isinstance(p, _Pending)
     if not p.checks:
         return
-    result = lim._rules._call(p.checks, [], _now(lim))
+    result = lim.engine.apply(p.checks)
     verdict = _conclude(lim, p, result, None)
     if not verdict.allowed:
         raise _exceeded(verdict)
@@ -814,7 +814,7 @@ async def _acall_limits(lim: Limiter, group: Group, args: tuple[Any, ...],
     assert isinstance(p, _Pending)
     if not p.checks:
         return
-    result = await lim._rules._acall(p.checks, [], _now(lim))
+    result = await lim.engine.aapply(p.checks)
     verdict = _conclude(lim, p, result, None)
     if not verdict.allowed:
         raise _exceeded(verdict)

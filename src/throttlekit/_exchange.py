@@ -137,7 +137,7 @@ def begin(limiter: Limiter, verdict: Verdict, lease: bool = True
     becomes the refusal of a full rule); ``lease=False`` when an outer entry of the same
     limiter holds them already. Returns the verdict and its :class:`Exchange`, None when
     there is nothing to settle (no lease taken, no ``count_when`` pending)."""
-    conc = limiter._concurrency if lease else None
+    conc = limiter.engine.concurrency if lease else None
     held = None
     if conc is not None and verdict.allowed:
         verdict, held = conc.acquire(verdict)
@@ -149,7 +149,7 @@ def begin(limiter: Limiter, verdict: Verdict, lease: bool = True
 async def abegin(limiter: Limiter, verdict: Verdict, lease: bool = True
                  ) -> tuple[Verdict, Exchange | None]:
     """Async twin of :func:`begin` (async storage calls only)."""
-    conc = limiter._concurrency if lease else None
+    conc = limiter.engine.concurrency if lease else None
     held = None
     if conc is not None and verdict.allowed:
         verdict, held = await conc.aacquire(verdict)

@@ -7,7 +7,7 @@ import re
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any, TypeVar
 
-from ._algorithms import ALGORITHMS, DEFAULT_STRATEGY, Algorithm, make_algorithm
+from ._algorithms import DEFAULT_STRATEGY, Algorithm, check_strategy, make_algorithm
 from ._decision import Decision, most_restrictive
 from ._errors import ConfigError
 from ._keys import (
@@ -29,7 +29,6 @@ if TYPE_CHECKING:
 
     from ._concurrency import ConcurrencyRules
     from ._events import EventCallback
-    from ._reload import RulesWatcher
     from ._request import RequestView
     from ._rules import ResponseInfo, Verdict
     from ._rulesfile import RuleSet
@@ -146,7 +145,7 @@ class Limiter:
         self.on_storage_error = on_storage_error
         self.retry_interval = float(retry_interval)
         self.error_log_interval = float(error_log_interval)
-        self._check_strategy(strategy)
+        check_strategy(strategy, self.storage)
         self.strategy = strategy
         if burst is not None:
             make_algorithm("token_bucket", Rate(1, 1.0), burst)  # validates
@@ -172,22 +171,22 @@ class Limiter:
         )
         if not isinstance(enabled, bool):
             raise ConfigError(f"enabled must be True or False, got {enabled!r}")
-        #: False turns the decorators and framework integrations off (for tests)
-        self.enabled = enabled
+        self.engine.enabled = enabled
+
+    @property
+    def enabled(self) -> bool:
+        """False turns the rules, middleware, decorators and framework integrations off
+        (for tests)."""
+        return self.engine.enabled
+
+    @enabled.setter
+    def enabled(self, value: bool) -> None:
+        self.engine.enabled = value
 
     def __repr__(self) -> str:
         return f"Limiter(storage={self.storage!r}, strategy={self.strategy!r})"
 
     # -- configuration --------------------------------------------------------------------
-
-    def _check_strategy(self, strategy: str) -> None:
-        if strategy not in ALGORITHMS:
-            raise ConfigError(
-                f"unknown strategy {strategy!r}; expected one of {', '.join(sorted(ALGORITHMS))}"
-            )
-        why = self.storage.unsupported(strategy)
-        if why:
-            raise ConfigError(f"strategy {strategy!r} is not available: {why}")
 
     def plan(self, rates: Any, strategy: str | None = None, burst: int | None = None) -> _Plan:
         """Parse and validate ``rates`` under ``strategy`` once; cached."""
@@ -199,7 +198,7 @@ class Limiter:
         except TypeError:
             raise ConfigError(f"invalid rates {rates!r}") from None
         strategy = strategy or self.strategy
-        self._check_strategy(strategy)
+        check_strategy(strategy, self.storage)
         if burst is None and strategy == "token_bucket":
             burst = self.burst
         rate_list = coerce_rates(rates)
@@ -378,8 +377,8 @@ class Limiter:
         forwarded_header: str = "x-forwarded-for",
     ) -> None:
         from ._clientip import ClientIPResolver
+        from ._engine import Engine
         from ._responses import check_header_style
-        from ._rules import Rules
 
         check_header_style(header_style)
         if not isinstance(headers_on_allowed, bool):
@@ -390,9 +389,9 @@ class Limiter:
         self.resolver_args = (trusted_proxies, ipv6_prefix, forwarded_header)
         self.header_style = header_style
         self.headers_on_allowed = headers_on_allowed
-        self._rules = Rules(self)
-        self._watcher: RulesWatcher | None = None
-        self._concurrency: ConcurrencyRules | None = None
+        #: what decides requests: the rules in force, concurrency rules, rules-file
+        #: watcher and event listeners (see throttlekit._engine)
+        self.engine = Engine(self)
 
     def safelist(
         self, name: str, predicate: Callable[[RequestView], Any] | None = None, *,
@@ -400,7 +399,7 @@ class Limiter:
     ) -> None:
         """Let requests through untouched when ``predicate(view)`` is true and/or the client
         IP is in ``ips`` (addresses or CIDRs); with both, both must hold."""
-        self._rules.add_list("safelist", name, predicate, ips)
+        self.engine.rules.add_list("safelist", name, predicate, ips)
 
     def blocklist(
         self, name: str, predicate: Callable[[RequestView], Any] | None = None, *,
@@ -408,7 +407,7 @@ class Limiter:
     ) -> None:
         """Refuse (403) requests for which ``predicate(view)`` is true and/or whose client
         IP is in ``ips`` (addresses or CIDRs); with both, both must hold."""
-        self._rules.add_list("blocklist", name, predicate, ips)
+        self.engine.rules.add_list("blocklist", name, predicate, ips)
 
     def fail2ban(
         self, name: str, *, match: Callable[[RequestView], Any], maxretry: int,
@@ -417,7 +416,7 @@ class Limiter:
         """Refuse requests that ``match``; a key (default: the client) that matches
         ``maxretry`` times within ``findtime`` seconds is banned from everything for
         ``bantime`` seconds, in every worker sharing the storage."""
-        self._rules.add_ban("fail2ban", name, match, maxretry, findtime, bantime, key)
+        self.engine.rules.add_ban("fail2ban", name, match, maxretry, findtime, bantime, key)
 
     def allow2ban(
         self, name: str, *, match: Callable[[RequestView], Any], maxretry: int,
@@ -425,7 +424,7 @@ class Limiter:
     ) -> None:
         """Like :meth:`fail2ban`, but matching requests go through until the key has
         matched ``maxretry`` times within ``findtime``; then it is banned for ``bantime``."""
-        self._rules.add_ban("allow2ban", name, match, maxretry, findtime, bantime, key)
+        self.engine.rules.add_ban("allow2ban", name, match, maxretry, findtime, bantime, key)
 
     def throttle(
         self,
@@ -459,79 +458,58 @@ class Limiter:
         does not apply. Keys over 200 characters, or starting with ``#``, are stored as
         their SHA-256 (``"#sha256:<hex>"``). See ``docs/rules.md``.
         """
-        self._rules.add_throttle(name, rates, match, key, strategy, cost, burst, dry_run,
+        self.engine.rules.add_throttle(name, rates, match, key, strategy, cost, burst, dry_run,
                                  count_when, on_unreadable)
 
     def set_rule_rates(self, name: str, rates: Any) -> tuple[Rate, ...]:
         """Replace the rates of the throttle rule ``name`` (shield mode uses this to
         tighten a rule during an attack); returns the previous rates, which restore it.
         State is keyed by rule, strategy and period, so a tightened rule bites at once."""
-        return self._rules.set_throttle_rates(name, rates)
+        return self.engine.rules.set_throttle_rates(name, rates)
 
     def track(
         self, name: str, match: Callable[[RequestView], Any] | None = None, *, key: Any = None
     ) -> None:
         """Emit a ``"tracked"`` event for requests that ``match`` and reach the app."""
-        self._rules.add_track(name, match, key)
+        self.engine.rules.add_track(name, match, key)
 
     def on(self, kind: Any, callback: EventCallback | None = None) -> Any:
         """Subscribe ``callback(event)`` to events of ``kind`` (or to every kind when the
         first argument is the callback). Returns the callback; ``@limiter.on("banned")``
         works as a decorator."""
         if callback is None and callable(kind):
-            self._rules.on(None, kind)
+            self.engine.on(None, kind)
             return kind
         if not isinstance(kind, str):
             raise ConfigError(f"on() takes an event kind or a callback, got {kind!r}")
         if callback is None:
             def decorator(fn: EventCallback) -> EventCallback:
-                self._rules.on(kind, fn)
+                self.engine.on(kind, fn)
                 return fn
             return decorator
-        self._rules.on(kind, callback)
+        self.engine.on(kind, callback)
         return callback
 
     def evaluate(self, view: RequestView) -> Verdict:
         """Run every rule on one request (one storage call); never raises."""
-        if not self.enabled:
-            return self._disabled_verdict(view)
-        if self._watcher is not None:
-            self._watcher.poll()
-        store = self.store
-        if store.denials is not None and isinstance(store, ResilientStore):
-            store.first_generation()
-        return self._rules.evaluate(view)
-
-    def _disabled_verdict(self, view: RequestView) -> Verdict:
-        from ._rules import Verdict
-
-        return Verdict(True, "allowed", None, None, None, [], False, view)
+        return self.engine.evaluate(view)
 
     async def aevaluate(self, view: RequestView) -> Verdict:
         """Async twin of :meth:`evaluate` (only async storage calls)."""
-        if not self.enabled:
-            return self._disabled_verdict(view)
-        if self._watcher is not None:
-            self._watcher.poll()
-        store = self.store
-        if store.denials is not None and isinstance(store, ResilientStore):
-            await store.afirst_generation()
-        return await self._rules.aevaluate(view)
+        return await self.engine.aevaluate(view)
 
     def settle(
         self, verdict: Verdict, status: int, headers: Sequence[tuple[str, str]] = ()
     ) -> None:
         """After the response: charge the ``count_when`` throttles whose predicate matches
         ``status`` (an exception from the app counts as 500). Idempotent."""
-        if verdict.pending:
-            self._rules.settle(verdict, status, headers)
+        self.engine.settle(verdict, status, headers)
 
     async def asettle(
         self, verdict: Verdict, status: int, headers: Sequence[tuple[str, str]] = ()
     ) -> None:
         """Async twin of :meth:`settle`."""
-        if verdict.pending:
-            await self._rules.asettle(verdict, status, headers)
+        await self.engine.asettle(verdict, status, headers)
 
     def _block_now(self) -> int | None:
         return int(self.clock() * 1_000_000) if self.clock is not None else None
@@ -701,10 +679,10 @@ class Limiter:
         """A ban of a rule this limiter does not have (a typo: ``fail2ban:scanner:...``)
         that lifted nothing is an error when the limiter has rules."""
         kind, sep, rest = key.partition(":")
-        if not sep or kind not in _BAN_KINDS or not self._rules.names:
+        if not sep or kind not in _BAN_KINDS or not self.engine.rules.names:
             return
         rule = rest.partition(":")[0]
-        known = sorted(r.name for r in self._rules.bans if r.kind == kind)
+        known = sorted(r.name for r in self.engine.rules.bans if r.kind == kind)
         if rule not in known:
             raise ConfigError(
                 f"unblock {key!r}: no {kind} rule {rule!r} in this limiter's rules "
@@ -751,7 +729,7 @@ class Limiter:
                 rule_name, _, disc = rest.partition(":")
                 disc = admin_rule_key(disc)
                 entry = f"{kind}:{rule_name}:{disc}"
-                known = self._rules.ban_rule_of(entry) is not None or any(
+                known = self.engine.rules.ban_rule_of(entry) is not None or any(
                     b.key in (key, entry) for b in listed
                 )
                 add(entry, disc if known else None)
@@ -760,7 +738,7 @@ class Limiter:
                 continue
             add(key, None)
             disc = admin_rule_key(key)  # a ban's discriminator as the rules stored it
-            for rule in self._rules.bans:
+            for rule in self.engine.rules.bans:
                 add(rule.prefix + disc, disc)
             # Bans made by rules this limiter doesn't know (another process, the admin
             # CLI): "<fail2ban|allow2ban>:<rule>:<key>" entries of the shared blocklist.
@@ -887,34 +865,42 @@ class Limiter:
         if isinstance(source, RuleSet):
             install(self, source)
             return
-        if self._watcher is not None:
-            raise ConfigError(f"this limiter already has a rules file: {self._watcher.path!r}")
+        if self.engine.watcher is not None:
+            raise ConfigError(
+                f"this limiter already has a rules file: {self.engine.watcher.path!r}"
+            )
         watcher = RulesWatcher(self, source, reload_interval)
         watcher.load()
-        self._watcher = watcher
+        self.engine.watcher = watcher
         if reload_thread:
             watcher.start_thread()
 
     def reload(self) -> bool:
         """Re-read the rules file now; a bad file is rejected (the rules in force stay) and
         its errors logged. Returns whether the file's rules are now in force."""
-        if self._watcher is None:
+        if self.engine.watcher is None:
             raise ConfigError("this limiter has no rules file (use Limiter.from_file)")
-        return self._watcher.reload()
+        return self.engine.watcher.reload()
 
     def reload_on_signal(self, signum: int | None = None) -> None:
         """Reload the rules file when the process receives ``signum`` (default SIGHUP);
         the next request does the reload. Call from the main thread."""
         import signal
 
-        if self._watcher is None:
+        if self.engine.watcher is None:
             raise ConfigError("this limiter has no rules file (use Limiter.from_file)")
-        self._watcher.on_signal(signal.SIGHUP if signum is None else signum)
+        self.engine.watcher.on_signal(signal.SIGHUP if signum is None else signum)
+
+    def _use_concurrency(self, conc: ConcurrencyRules) -> None:
+        engine = self.engine
+        if conc.needs_form:
+            engine.rules.needs_form = True
+        engine.concurrency = conc
 
     def _conc(self) -> ConcurrencyRules:
         from ._concurrency import ConcurrencyRules
 
-        conc = self._concurrency
+        conc = self.engine.concurrency
         if conc is None:
             conc = ConcurrencyRules(self)
         return conc
@@ -928,11 +914,12 @@ class Limiter:
         together; or ``"client"``, ``"ip"``, ``"header:<name>"``, a function of the view)
         among those that ``match``; more are refused (429). Leases expire after
         ``timeout`` seconds (default 60), so a crashed worker cannot leak its slots."""
-        if name in self._rules.names:
-            raise ConfigError(f"duplicate rule name {name!r} (already a {self._rules.names[name]})")
+        if name in self.engine.rules.names:
+            kind = self.engine.rules.names[name]
+            raise ConfigError(f"duplicate rule name {name!r} (already a {kind})")
         conc = self._conc()
         conc.add(name, limit, key=key, match=match, timeout=timeout, retry_after=retry_after)
-        self._concurrency = conc
+        self._use_concurrency(conc)
 
     def shed(
         self, capacity: int, *, priority: Callable[[RequestView], Any] | None = None,
@@ -945,7 +932,7 @@ class Limiter:
         ``thresholds[p] * capacity`` requests are in flight."""
         conc = self._conc()
         conc.set_shedding(capacity, priority, thresholds, timeout, retry_after)
-        self._concurrency = conc
+        self._use_concurrency(conc)
 
     def inflight(self, name: str, key: str = "*") -> int:
         """Requests in flight under concurrency rule ``name`` for discriminator ``key``

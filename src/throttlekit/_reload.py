@@ -66,44 +66,31 @@ def install(limiter: Limiter, ruleset: RuleSet, replaces: frozenset[str] = froze
         RulesFileError: some rule cannot be registered; nothing changed.
     """
     from ._concurrency import ConcurrencyRules
-    from ._rules import Rules, _uses_form
+    from ._rules import uses_form
 
-    old = limiter._rules
-    new = Rules(limiter)
-    new.listeners = old.listeners  # subscribers stay subscribed
-    new.safelists = tuple(r for r in old.safelists if r.name not in replaces)
-    new.blocklists = tuple(r for r in old.blocklists if r.name not in replaces)
-    new.bans = tuple(r for r in old.bans if r.name not in replaces)
-    new.throttles = tuple(r for r in old.throttles if r.name not in replaces)
-    new.tracks = tuple(r for r in old.tracks if r.name not in replaces)
-    new.names = {n: k for n, k in old.names.items() if n not in replaces}
-    new.needs_form = (
-        any(_uses_form(r.predicate) for r in (*new.safelists, *new.blocklists))
-        or any(_uses_form(r.match, r.key) for r in new.bans)
-        or any(_uses_form(r.match, r.key, r.cost) for r in new.throttles)
-        or any(_uses_form(r.match, r.key) for r in new.tracks)
-    )
-    new.fast = not new.bans and all(
-        len(t.algorithms) == 1 and not t.dry_run and t.count_when is None
-        for t in new.throttles
-    )
-    old_conc = limiter._concurrency
+    engine = limiter.engine
+    new = engine.rules.without(replaces)
+    old_conc = engine.concurrency
     conc = ConcurrencyRules(limiter)
     if old_conc is not None:
         conc.rules = tuple(r for r in old_conc.rules if r.name not in replaces)
         conc.names = {n: k for n, k in old_conc.names.items() if n not in replaces}
         if "shedding" not in replaces:
             conc.shedding = old_conc.shedding
+        conc.needs_form = any(uses_form(r.key, r.match) for r in conc.rules) or (
+            conc.shedding is not None and uses_form(conc.shedding.priority)
+        )
     for name in conc.names:
         new.names.setdefault(name, "concurrency")
+    new.needs_form = new.needs_form or conc.needs_form
     ruleset.register(new, conc)
     names = ruleset.names()
     if ruleset.shedding is not None:
         names.add("shedding")
     # the swap: two assignments, each atomic; a request between them sees new rate rules
     # with old concurrency rules, both complete
-    limiter._rules = new
-    limiter._concurrency = conc if conc else None
+    engine.rules = new
+    engine.concurrency = conc if conc else None
     limiter.forget_local()
     return frozenset(names)
 

@@ -199,13 +199,8 @@ class RequestView:
         raise TypeError("build a RequestView with RequestView.from_environ or from_scope")
 
     @classmethod
-    def from_environ(
-        cls,
-        environ: dict[str, Any],
-        resolver: ClientIPResolver,
-        *,
-        max_form_bytes: int = DEFAULT_MAX_FORM_BYTES,
-    ) -> RequestView:
+    def from_environ(cls, environ: dict[str, Any], resolver: ClientIPResolver, *,
+                     max_form_bytes: int = DEFAULT_MAX_FORM_BYTES) -> RequestView:
         """The view of a WSGI request (PEP 3333 environ)."""
         self = object.__new__(cls)
         self.raw = environ
@@ -220,14 +215,9 @@ class RequestView:
         return self
 
     @classmethod
-    def from_scope(
-        cls,
-        scope: dict[str, Any],
-        resolver: ClientIPResolver,
-        body: bytes | None = None,
-        *,
-        max_form_bytes: int = DEFAULT_MAX_FORM_BYTES,
-    ) -> RequestView:
+    def from_scope(cls, scope: dict[str, Any], resolver: ClientIPResolver,
+                   body: bytes | None = None, *,
+                   max_form_bytes: int = DEFAULT_MAX_FORM_BYTES) -> RequestView:
         """The view of an ASGI ``http`` or ``websocket`` request; ``body`` is the request
         body when the caller pre-read it (needed for ``form``)."""
         self = object.__new__(cls)
@@ -313,8 +303,8 @@ class RequestView:
         if ip is _UNSET:
             resolver = self.resolver
             peer = self._peer
-            if resolver._plain and peer.__class__ is str:
-                pair = resolver._peers.get(peer) or resolver.peer_client(peer)
+            if resolver.plain and peer.__class__ is str:
+                pair = resolver.peers.get(peer) or resolver.peer_client(peer)
                 ip, self._client_key = pair
             elif resolver.trusts_headers:
                 headers = self.headers
@@ -332,8 +322,8 @@ class RequestView:
         if key is _UNSET:
             resolver = self.resolver
             peer = self._peer
-            if resolver._plain and peer.__class__ is str:
-                pair = resolver._peers.get(peer) or resolver.peer_client(peer)
+            if resolver.plain and peer.__class__ is str:
+                pair = resolver.peers.get(peer) or resolver.peer_client(peer)
                 self._client_ip, key = pair
             else:
                 ip = self.client_ip
@@ -360,6 +350,11 @@ class RequestView:
         is then empty, or holds only what could be read.) False for a request without a
         body. Reads the form when nothing has yet."""
         return self.form.__class__ is _UnreadableForm
+
+    @property
+    def form_failed(self) -> bool:
+        """A form was read and could not be (``form_unreadable`` without reading one)."""
+        return self._form.__class__ is _UnreadableForm
 
     def _read_form(self) -> Mapping[str, str]:
         ctype = self.headers.get("content-type") or ""

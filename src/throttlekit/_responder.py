@@ -181,6 +181,35 @@ def configure(
     return resolver, Responder(style, on_allowed, responders)
 
 
+class Entry:
+    """What every middleware holds: the app, the limiter, and its settings (``configure``):
+    the client-IP resolver and the responder. ``rules_file`` is loaded into the limiter."""
+
+    __slots__ = ("app", "limiter", "on_allowed", "resolver", "responder", "style")
+
+    def __init__(
+        self, app: Any, limiter: Limiter, what: str, trusted_proxies: Any,
+        ipv6_prefix: int | None, header_style: str | None, headers_on_allowed: bool | None,
+        responders: Mapping[str, ResponderFn] | None, rules_file: Any,
+        reload_interval: float | None,
+    ) -> None:
+        if not callable(app):
+            raise ConfigError(f"app must be {what} callable, got {app!r}")
+        if rules_file is not None:
+            limiter.load_rules(rules_file, reload_interval=reload_interval)
+        self.app = app
+        self.limiter = limiter
+        self.resolver, self.responder = configure(
+            limiter, trusted_proxies, ipv6_prefix, header_style, headers_on_allowed,
+            responders,
+        )
+        self.style = self.responder.style
+        self.on_allowed = self.responder.on_allowed
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({self.app!r}, {self.limiter!r})"
+
+
 def resolve_options(
     limiter: Limiter,
     trusted_proxies: Any,

@@ -35,12 +35,11 @@ from ._exchange import (
     decode_headers,
     serve_asgi,
 )
-from ._request import _UNSET, DEFAULT_MAX_FORM_BYTES, RequestView
-from ._responder import VERDICT_KEY, configure
+from ._request import DEFAULT_MAX_FORM_BYTES, RequestView
+from ._responder import VERDICT_KEY, Entry
 from ._responder import ResponderFn as Responder
 from ._responses import encode_headers as _encode
 from ._responses import rate_limit_headers_raw
-from ._rules import _RuleFailed
 
 if TYPE_CHECKING:
     from ._limiter import Limiter
@@ -58,10 +57,9 @@ _FORM_TYPES = (
     b"application/x-www-form-urlencoded", b"multipart/form-data", b"application/json",
 )
 _BODY_METHODS = frozenset({"POST", "PUT", "PATCH", "DELETE"})
-_new_view = object.__new__
 
 
-class ASGIMiddleware:
+class ASGIMiddleware(Entry):
     """Apply ``limiter``'s rules to every ``http`` and ``websocket`` request of ``app``.
 
     Takes the same options as :class:`~throttlekit.WSGIMiddleware`, plus
@@ -71,9 +69,8 @@ class ASGIMiddleware:
     requests and released when the app returns.
     """
 
-    __slots__ = (
-        "app", "limiter", "max_form_bytes", "on_allowed", "resolver", "responder", "style",
-    )
+    __slots__ = ("max_form_bytes",)
+    app: ASGIApp
 
     def __init__(
         self,
@@ -89,26 +86,13 @@ class ASGIMiddleware:
         rules_file: str | os.PathLike[str] | None = None,
         reload_interval: float | None = None,
     ) -> None:
-        if not callable(app):
-            raise ConfigError(f"app must be an ASGI callable, got {app!r}")
-        if rules_file is not None:
-            limiter.load_rules(rules_file, reload_interval=reload_interval)
         if isinstance(max_form_bytes, bool) or not isinstance(max_form_bytes, int) or (
             max_form_bytes < 0
         ):
             raise ConfigError(f"max_form_bytes must be an integer >= 0, got {max_form_bytes!r}")
-        self.app = app
-        self.limiter = limiter
+        super().__init__(app, limiter, "an ASGI", trusted_proxies, ipv6_prefix, header_style,
+                         headers_on_allowed, responders, rules_file, reload_interval)
         self.max_form_bytes = max_form_bytes
-        self.resolver, self.responder = configure(
-            limiter, trusted_proxies, ipv6_prefix, header_style, headers_on_allowed,
-            responders,
-        )
-        self.style = self.responder.style
-        self.on_allowed = self.responder.on_allowed
-
-    def __repr__(self) -> str:
-        return f"ASGIMiddleware({self.app!r}, {self.limiter!r})"
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -118,39 +102,21 @@ class ASGIMiddleware:
                 await self.app(scope, receive, send)
             return
         limiter = self.limiter
-        rules = limiter._rules
-        storage = limiter.storage
-        blocks = storage.local_blocks  # nothing to look up: see Storage.local_blocks
-        if (
-            not rules.fast or rules.needs_form or limiter._concurrency is not None
-            or not limiter.enabled or limiter._watcher is not None
-            or blocks is None or blocks or storage.remote
-            or rules.listeners.active
-        ):
-            await self._http(scope, receive, send)
-            return
-        # The common case in one frame: what _http, limiter.aevaluate and _serve do when
-        # the rules take their in-memory fast path (no form, lease, reload check or
-        # count_when). RequestView.from_scope, inlined:
-        view = _new_view(RequestView)
-        view.raw = scope  # type: ignore[assignment]
-        view.resolver = self.resolver
-        view.is_wsgi = False
-        view.body = None
-        view.max_form_bytes = self.max_form_bytes
-        method = scope.get("method")
-        view.method = method if isinstance(method, str) else "GET"
-        view._path = view._headers = view._client_ip = view._client_key = view._form = _UNSET
-        client = scope.get("client")
-        try:
-            view._peer = client[0] if client else None
-        except (TypeError, IndexError, KeyError):
-            view._peer = None
-        try:
-            verdict = rules._fast(view, storage)
-        except _RuleFailed as err:
-            verdict = rules._refused_by_error(view, err)
-        scope[VERDICT_KEY] = verdict
+        engine = limiter.engine
+        body = None
+        if engine.rules.needs_form and has_small_form(scope, self.max_form_bytes):
+            body, receive = await read_ahead(receive, self.max_form_bytes)
+        view = RequestView.from_scope(scope, self.resolver, body,  # type: ignore[arg-type]
+                                      max_form_bytes=self.max_form_bytes)
+        # a local store never blocks: its decision needs no await (see Engine.remote)
+        verdict = await engine.aevaluate(view) if engine.remote else engine.evaluate(view)
+        outer = scope.get(OWNER_KEY)
+        if outer is None:
+            scope[OWNER_KEY] = limiter
+        ex = None
+        if verdict.pending or engine.concurrency is not None:
+            verdict, ex = await abegin(limiter, verdict, outer is not limiter)
+        scope[VERDICT_KEY] = verdict  # _keep, inlined (every request pays it)
         state = scope.get("state")
         if state is None:
             scope["state"] = {VERDICT_KEY: verdict}
@@ -159,16 +125,16 @@ class ASGIMiddleware:
         if not verdict.allowed:
             await self._refuse(send, view, verdict)
             return
-        if OWNER_KEY in scope:  # inside another throttlekit entry: it writes the headers
+        if outer is not None:  # an outer entry writes the header set: record ours for it
             if verdict.policies:
                 scope.setdefault(POLICIES_KEY, []).extend(verdict.policies)
-            await self.app(scope, receive, send)
+            own = None
+        else:
+            own = verdict.policies if self.on_allowed else None
+        if ex is not None or own is None:
+            await serve_asgi(self.app, scope, receive, send, ex, own, self.style)
             return
-        scope[OWNER_KEY] = limiter
-        policies = verdict.policies
-        if not self.on_allowed:
-            await self.app(scope, receive, send)
-            return
+        policies = own
         style = self.style
 
         # A plain function returning send's awaitable: one coroutine less per message.
@@ -190,45 +156,12 @@ class ASGIMiddleware:
                     "headers": _encode(denial.headers)})
         await send({"type": "http.response.body", "body": denial.body})
 
-    def _store(self, scope: Scope, verdict: Verdict) -> None:
-        scope[VERDICT_KEY] = verdict
-        state = scope.get("state")
-        if state is None:
-            scope["state"] = {VERDICT_KEY: verdict}
-        elif state.__class__ is dict or isinstance(state, MutableMapping):
-            state[VERDICT_KEY] = verdict
-
-    async def _http(self, scope: Scope, receive: Receive, send: Send) -> None:
-        body = None
-        limiter = self.limiter
-        if limiter._rules.needs_form and has_small_form(scope, self.max_form_bytes):
-            body, receive = await read_ahead(receive, self.max_form_bytes)
-        view = RequestView.from_scope(scope, self.resolver, body,  # type: ignore[arg-type]
-                                      max_form_bytes=self.max_form_bytes)
-        verdict = await limiter.aevaluate(view)
-        outer = scope.get(OWNER_KEY)
-        if outer is None:
-            scope[OWNER_KEY] = limiter
-        ex = None
-        if verdict.pending or limiter._concurrency is not None:
-            verdict, ex = await abegin(limiter, verdict, outer is not limiter)
-        self._store(scope, verdict)
-        if not verdict.allowed:
-            await self._refuse(send, view, verdict)
-            return
-        own = None
-        if outer is not None:  # an outer entry writes the header set: record ours for it
-            if verdict.policies:
-                scope.setdefault(POLICIES_KEY, []).extend(verdict.policies)
-        elif self.on_allowed:
-            own = verdict.policies
-        await serve_asgi(self.app, scope, receive, send, ex, own, self.style)
-
     async def _websocket(self, scope: Scope, receive: Receive, send: Send) -> None:
         limiter = self.limiter
         view = RequestView.from_scope(scope, self.resolver)  # type: ignore[arg-type]
-        verdict = await limiter.aevaluate(view)
-        self._store(scope, verdict)
+        engine = limiter.engine
+        verdict = await engine.aevaluate(view) if engine.remote else engine.evaluate(view)
+        _keep(scope, verdict)
         if not verdict.allowed:
             # The handshake has to be received before it can be answered.
             message = await receive()
@@ -271,6 +204,16 @@ class ASGIMiddleware:
         ex.status = 403  # closed before accepting: the handshake was refused
         async with ex:
             await self.app(scope, receive, wrapped)
+
+
+def _keep(scope: Scope, verdict: Verdict) -> None:
+    """The verdict where the app finds it: the scope, and its ``state`` (Starlette)."""
+    scope[VERDICT_KEY] = verdict
+    state = scope.get("state")
+    if state is None:
+        scope["state"] = {VERDICT_KEY: verdict}
+    elif state.__class__ is dict or isinstance(state, MutableMapping):
+        state[VERDICT_KEY] = verdict
 
 
 def has_small_form(scope: Scope, max_form_bytes: int) -> bool:

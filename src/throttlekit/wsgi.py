@@ -20,13 +20,11 @@ import os
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
-from ._errors import ConfigError
 from ._exchange import DENIED_KEY, OWNER_KEY, POLICIES_KEY, Exchange, begin, header_policies
-from ._request import _UNSET, DEFAULT_MAX_FORM_BYTES, RequestView
-from ._responder import RESPONDER_KINDS, VERDICT_KEY, configure, resolve_options, status_line
+from ._request import RequestView
+from ._responder import RESPONDER_KINDS, VERDICT_KEY, Entry, resolve_options, status_line
 from ._responder import ResponderFn as Responder
 from ._responses import rate_limit_headers
-from ._rules import _RuleFailed
 
 if TYPE_CHECKING:
     from _typeshed.wsgi import StartResponse, WSGIApplication, WSGIEnvironment
@@ -36,10 +34,7 @@ if TYPE_CHECKING:
 
 __all__ = ["RESPONDER_KINDS", "VERDICT_KEY", "Responder", "WSGIMiddleware", "resolve_options"]
 
-_new_view = object.__new__
-
-
-class WSGIMiddleware:
+class WSGIMiddleware(Entry):
     """Apply ``limiter``'s rules to every request of a WSGI ``app``.
 
     Args:
@@ -60,7 +55,8 @@ class WSGIMiddleware:
             seconds, on requests (None: only ``limiter.reload()``).
     """
 
-    __slots__ = ("app", "limiter", "on_allowed", "resolver", "responder", "style")
+    __slots__ = ()
+    app: WSGIApplication
 
     def __init__(
         self,
@@ -75,59 +71,23 @@ class WSGIMiddleware:
         rules_file: str | os.PathLike[str] | None = None,
         reload_interval: float | None = None,
     ) -> None:
-        if not callable(app):
-            raise ConfigError(f"app must be a WSGI callable, got {app!r}")
-        if rules_file is not None:
-            limiter.load_rules(rules_file, reload_interval=reload_interval)
-        self.app = app
-        self.limiter = limiter
-        self.resolver, self.responder = configure(
-            limiter, trusted_proxies, ipv6_prefix, header_style, headers_on_allowed,
-            responders,
-        )
-        self.style = self.responder.style
-        self.on_allowed = self.responder.on_allowed
-
-    def __repr__(self) -> str:
-        return f"WSGIMiddleware({self.app!r}, {self.limiter!r})"
+        super().__init__(app, limiter, "a WSGI", trusted_proxies, ipv6_prefix, header_style,
+                         headers_on_allowed, responders, rules_file, reload_interval)
 
     def __call__(
         self, environ: WSGIEnvironment, start_response: StartResponse
     ) -> Iterable[bytes]:
         limiter = self.limiter
-        rules = limiter._rules
-        storage = limiter.storage
-        blocks = storage.local_blocks  # nothing to look up: see Storage.local_blocks
-        # RequestView.from_environ, inlined (every request pays it)
-        view = _new_view(RequestView)
-        view.raw = environ
-        view.resolver = self.resolver
-        view.is_wsgi = True
-        view.body = None
-        view.max_form_bytes = DEFAULT_MAX_FORM_BYTES
-        method = environ.get("REQUEST_METHOD")
-        view.method = method if isinstance(method, str) else "GET"
-        view._path = view._headers = view._client_ip = view._client_key = view._form = _UNSET
-        view._peer = environ.get("REMOTE_ADDR")
-        if (
-            rules.fast and limiter.enabled and limiter._watcher is None
-            and blocks is not None and not blocks and not storage.remote
-            and not rules.listeners.active
-        ):
-            # limiter.evaluate's in-memory fast path, called directly
-            try:
-                verdict = rules._fast(view, storage)
-            except _RuleFailed as err:
-                verdict = rules._refused_by_error(view, err)
-        else:
-            verdict = limiter.evaluate(view)
+        engine = limiter.engine
+        view = RequestView.from_environ(environ, self.resolver)
+        verdict = engine.evaluate(view)
         # the lease step (begin), and the header set: written here when this is the
         # outermost entry, else recorded for the one that is
         outer = environ.get(OWNER_KEY)
         if outer is None:
             environ[OWNER_KEY] = limiter
         ex = None
-        if verdict.pending or limiter._concurrency is not None:
+        if verdict.pending or engine.concurrency is not None:
             verdict, ex = begin(limiter, verdict, outer is not limiter)
         environ[VERDICT_KEY] = verdict
         if not verdict.allowed:

@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Any, NamedTuple
 from .._errors import ConfigError
 from .._ipset import IPSet
 from .._redos import MAX_REGEX_INPUT, hazard
+from .._rules import reads_form, uses_form
 from .errors import did_you_mean
 from .fields import At, Field, type_name
 
@@ -209,14 +210,9 @@ def combine(preds: list[Predicate]) -> Predicate | None:
     if len(preds) == 1:
         return preds[0]
     funcs = tuple(preds)
-    # ``form`` in co_names tells the ASGI middleware to read form bodies first: keep the
-    # information visible on the combined predicate when a user function reads the form.
-    reads_form = any("form" in getattr(getattr(f, "__code__", None), "co_names", ())
-                     for f in funcs)
-    if reads_form:
-        def all_of_form(v: RequestView) -> bool:
-            v.form  # noqa: B018 - see above
-            return all(f(v) for f in funcs)
 
-        return all_of_form
-    return lambda v: all(f(v) for f in funcs)
+    def all_of(v: RequestView) -> bool:
+        return all(f(v) for f in funcs)
+
+    # the combined predicate reads the form when one of its parts does
+    return reads_form(all_of, uses_form(*funcs))

@@ -133,7 +133,7 @@ def run_inspect(args: argparse.Namespace) -> int:
     storage = limiter.storage
     now = time.time()
     rows: list[dict[str, Any]] = []
-    rules = limiter._rules
+    rules = limiter.engine.rules
     for key in keys:
         for t in rules.throttles:
             # cost 0 reads what is left; cost 1 says whether one more request would pass
@@ -159,7 +159,7 @@ def run_inspect(args: argparse.Namespace) -> int:
                 "remaining": d.remaining, "reset": d.reset_after,
                 "next": f"{b.maxretry - d.remaining} match(es) counted", "dry_run": False,
             })
-        conc = limiter._concurrency
+        conc = limiter.engine.concurrency
         if conc is not None:
             for c in conc.rules:
                 if c.key_name == "global" and key != keys[0]:

@@ -99,7 +99,7 @@ def load_rules_file(lim: Limiter, path: Any, what: str = "rules_file") -> None:
         return
     if not isinstance(path, (str, os.PathLike)) or not os.fspath(path):
         raise ConfigError(f"{what} must be the path of a rules file, got {path!r}")
-    watcher = lim._watcher
+    watcher = lim.engine.watcher
     if watcher is not None and os.path.abspath(watcher.path) == os.path.abspath(path):
         return
     lim.load_rules(path)

@@ -420,7 +420,8 @@ class ThrottleMiddleware:
         group, entries = self._entries(scope)
         if (
             view.body is None
-            and ((self.rules and lim._rules.needs_form) or any(s.uses_form for _, s in entries))
+            and ((self.rules and lim.engine.rules.needs_form)
+                 or any(s.uses_form for _, s in entries))
             and has_small_form(scope, view.max_form_bytes)
         ):  # a rule reads the form: read the body first, and replay it to the app
             view.body, receive = await read_ahead(receive, view.max_form_bytes)

@@ -283,5 +283,5 @@ class Shield:
 
 def _rule_kinds(limiter: Any) -> dict[str, str] | None:
     """Rule name -> kind of a throttlekit Limiter (None for other limiter-likes)."""
-    kinds = getattr(getattr(limiter, "_rules", None), "names", None)
+    kinds = getattr(getattr(getattr(limiter, "engine", None), "rules", None), "names", None)
     return kinds if isinstance(kinds, dict) else None

@@ -1,0 +1,101 @@
+"""Interleave two checkouts of throttlekit on the same in-process middleware workload.
+
+    python benchmarks/compare_versions.py OLD/src NEW/src [wsgi|asgi] [one|two|full] [runs]
+
+Each run is a fresh process serving 100,000 allowed requests through ``WSGIMiddleware`` or
+``ASGIMiddleware`` on the memory store (the ASGI coroutine driven by hand, no event loop),
+with one throttle (``one``), two (``two``), or lists, fail2ban and two throttles (``full``).
+The two versions run in turn, A B A B ..., and the CPU time of each child is taken from the
+kernel's accounting; the median ratio NEW/OLD is what to quote (the machines are noisy).
+"""
+
+from __future__ import annotations
+
+import os
+import resource
+import statistics
+import subprocess
+import sys
+
+N = 100_000
+
+WORKLOAD = r'''
+import sys
+from throttlekit import ASGIMiddleware, Limiter, WSGIMiddleware
+kind, variant, n = sys.argv[1], sys.argv[2], int(sys.argv[3])
+lim = Limiter("memory://")
+R = "1000000000/minute"
+if variant == "one":
+    lim.throttle("per-ip", R)
+elif variant == "two":
+    lim.throttle("a", R)
+    lim.throttle("b", R, key="ip")
+else:
+    lim.safelist("health", lambda r: r.path == "/healthz")
+    lim.blocklist("bad-nets", ips=["203.0.113.0/24"])
+    lim.fail2ban("scanners", match=lambda r: r.path.startswith("/wp-"), maxretry=3,
+                 findtime=60, bantime=600)
+    lim.throttle("per-ip", R)
+    lim.throttle("burst", R, strategy="token_bucket")
+if kind == "wsgi":
+    def app(environ, start_response):
+        start_response("200 OK", [("Content-Type", "text/plain")])
+        return [b"ok"]
+    mw = WSGIMiddleware(app, lim)
+    def start_response(status, headers, exc_info=None):
+        pass
+    base = {"REQUEST_METHOD": "GET", "PATH_INFO": "/", "REMOTE_ADDR": "198.51.100.7",
+            "HTTP_ACCEPT": "*/*"}
+    for _ in range(n):
+        for _chunk in mw(dict(base), start_response):
+            pass
+else:
+    async def app(scope, receive, send):
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        await send({"type": "http.response.body", "body": b"ok"})
+    mw = ASGIMiddleware(app, lim)
+    async def receive():
+        return {"type": "http.request", "body": b""}
+    async def send(message):
+        pass
+    for _ in range(n):
+        scope = {"type": "http", "method": "GET", "path": "/", "query_string": b"",
+                 "headers": [(b"accept", b"*/*")], "client": ("198.51.100.7", 1)}
+        coro = mw(scope, receive, send)
+        try:
+            coro.send(None)
+        except StopIteration:
+            pass
+'''
+
+
+def cpu_of(src: str, kind: str, variant: str) -> float:
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
+    env = {**os.environ, "PYTHONPATH": os.path.abspath(src)}
+    subprocess.run([sys.executable, "-c", WORKLOAD, kind, variant, str(N)], env=env,
+                   check=True)
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
+
+
+def main() -> None:
+    old, new = sys.argv[1], sys.argv[2]
+    kind = sys.argv[3] if len(sys.argv) > 3 else "wsgi"
+    variant = sys.argv[4] if len(sys.argv) > 4 else "one"
+    runs = int(sys.argv[5]) if len(sys.argv) > 5 else 7
+    cpu_of(old, kind, variant)  # warm-up: disk caches, .pyc files
+    cpu_of(new, kind, variant)
+    ratios, olds, news = [], [], []
+    for _ in range(runs):
+        a = cpu_of(old, kind, variant)
+        b = cpu_of(new, kind, variant)
+        olds.append(a)
+        news.append(b)
+        ratios.append(b / a)
+    print(f"{kind} {variant}: old {statistics.median(olds):.3f} s, new "
+          f"{statistics.median(news):.3f} s CPU (medians of {runs}); new/old median "
+          f"{statistics.median(ratios):.3f} (min {min(ratios):.3f}, max {max(ratios):.3f})")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,523 @@
+"""The engine: one limiter's decision of a request, in one place.
+
+Every entry (the WSGI and ASGI middleware, each framework integration, ``Limiter.evaluate``)
+asks ``limiter.engine`` and nothing else: ``evaluate`` (sync) or ``aevaluate`` (async), then
+``settle``/``asettle`` after the response. The engine holds what a decision reads: the rules
+in force (a :class:`~throttlekit._rules.Rules`, swapped whole by a rules-file reload), the
+concurrency rules, the rules-file watcher, the event listeners and the ``enabled`` switch.
+
+A decision is planning (:func:`~throttlekit._planning.plan`), one store call, and concluding
+(:func:`~throttlekit._planning.conclude`). The common case (lists and plain throttles on a
+local store, nobody listening) is decided in ``evaluate``'s own frame through the store's
+bound hit or batch (``Storage.bind``/``bind_batch``) and concluded the same way.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
+
+from ._decision import Decision
+from ._events import Event, EventCallback, Listeners
+from ._keys import UNREADABLE_PREFIX
+from ._planning import Plan, Planned, applies, conclude, conclude_throttles, lists, plan
+from ._resilience import ResilientStore, deny_decision
+from ._rules import (
+    NS,
+    UNKNOWN_CLIENT,
+    ResponseInfo,
+    Rules,
+    Verdict,
+    _RuleFailed,
+    _Throttle,
+)
+from .storage.base import BatchResult, BoundBatch, Check
+
+if TYPE_CHECKING:
+    from ._concurrency import ConcurrencyRules
+    from ._denials import DenialCache
+    from ._limiter import Limiter
+    from ._reload import RulesWatcher
+    from ._request import RequestView
+
+__all__ = ["Engine"]
+
+logger = logging.getLogger("throttlekit")
+
+_new = tuple.__new__
+_new_object = object.__new__
+NewBans = list[tuple[str, float, str]]
+
+
+class Engine:
+    """What decides the requests of one limiter (``limiter.engine``)."""
+
+    __slots__ = (
+        "_batches", "_last_log", "_refusal_policies", "_warned_no_ip", "_warned_unreadable",
+        "concurrency", "enabled", "limiter", "listeners", "remote", "rules", "storage",
+        "store", "watcher",
+    )
+
+    def __init__(self, limiter: Limiter) -> None:
+        self.limiter = limiter
+        #: the backend, and what requests go through (its ResilientStore when remote)
+        self.storage = limiter.storage
+        self.store = limiter.store
+        #: decisions need a network call (``aevaluate`` awaits it); a local store's
+        #: ``evaluate`` never blocks, so async entries may call it directly
+        self.remote = limiter.storage.remote
+        #: the rules in force; registration and reloads replace it whole
+        self.rules = Rules(limiter)
+        self.concurrency: ConcurrencyRules | None = None
+        self.watcher: RulesWatcher | None = None
+        self.enabled = True
+        self.listeners = Listeners(limiter.error_log_interval)
+        #: with the local denial cache: the rate-limit policies of a cached refusal, so a
+        #: repeated 429 carries the same header fields as the first
+        self._refusal_policies: dict[
+            tuple[_Throttle, str], tuple[int, list[tuple[str, Decision]]]
+        ] = {}
+        #: the throttles applying to a request (when several) -> the store's bound batch
+        #: of their algorithms (``Storage.bind_batch``), bound on first use
+        self._batches: dict[tuple[_Throttle, ...], tuple[BoundBatch, tuple[str, ...]]] = {}
+        self._last_log: dict[str, float] = {}
+        self._warned_unreadable: set[str] = set()
+        self._warned_no_ip = False
+
+    def on(self, kind: str | None, callback: EventCallback) -> None:
+        self.listeners.add(kind, callback)
+
+    # -- evaluation ----------------------------------------------------------------------
+
+    def evaluate(self, view: RequestView) -> Verdict:
+        """Run every rule on one request (one storage call at most); never raises."""
+        rules = self.rules
+        if rules.fast and self.watcher is None and self.enabled:
+            storage = self.storage
+            blocks = storage.local_blocks  # nothing to look up: see Storage.local_blocks
+            if (
+                blocks is not None and not blocks and not storage.remote
+                and not self.listeners.active
+            ):
+                # The common case in this frame: lists and plain throttles (no bans, dry
+                # runs or count_when) on a local store with an empty dynamic blocklist,
+                # nobody listening. One throttle of one rate is decided by the store's
+                # bound hit, several by its bound batch (all or nothing).
+                try:
+                    if rules.safelists or rules.blocklists:
+                        listed = lists(self, rules, view)
+                        if listed is not None:
+                            return listed
+                    rule1: _Throttle | None = None
+                    disc1 = ""
+                    cost1 = 0
+                    several: list[_Throttle] | None = None  # when several apply
+                    for rule in rules.throttles:
+                        found = applies(self, rule, view)
+                        if found is None:
+                            continue
+                        if rule1 is None:
+                            rule1 = rule
+                            disc1, cost1 = found
+                        elif several is None:
+                            several = [rule1, rule]
+                            discs = [disc1, found[0]]
+                            costs = [cost1, found[1]]
+                        else:
+                            several.append(rule)
+                            discs.append(found[0])
+                            costs.append(found[1])
+                    if rule1 is None:
+                        return Verdict(True, "allowed", None, None, None, [], False, view)
+                    clock = self.limiter.clock
+                    now = int(clock() * 1_000_000) if clock is not None else None
+                    if several is None:
+                        hit = rule1.hit
+                        if hit is None:  # one rule of several rates
+                            batch = rule1.batch
+                            assert batch is not None
+                            return conclude_throttles(
+                                self, view, [(rule1, disc1, cost1, 0)],
+                                batch((disc1,), (cost1,), now), False,
+                            )
+                        d = hit(NS + disc1, cost1, now)
+                        if not d.allowed:
+                            return Verdict(False, "throttled", rule1.name, disc1, d,
+                                           [(rule1.name, d)], False, view)
+                        # Verdict(True, "allowed", None, None, d, [...], False, view),
+                        # without the cost of a call to __init__
+                        v = _new_object(Verdict)
+                        v.allowed = True
+                        v.kind = "allowed"
+                        v.rule = v.key = v.pending = None
+                        v.decision = d
+                        v.policies = [(rule1.name, d)]
+                        v.degraded = False
+                        v.request = view
+                        return v
+                    return self._several(view, several, discs, costs, now)
+                except _RuleFailed as err:
+                    return self.refused_by_error(view, err)
+        return self._evaluate(view)
+
+    def _several(self, view: RequestView, several: list[_Throttle], discs: list[str],
+                 costs: list[int], now: int | None) -> Verdict:
+        """``evaluate``'s common case when several throttles apply: the store's bound batch
+        of their algorithms decides them all or nothing."""
+        applying = tuple(several)
+        bound = self._batches.get(applying)
+        if bound is None:
+            bound = self._bind_batch(applying)
+        batch, names = bound
+        decisions = batch(discs, costs, now)
+        if len(names) == len(several):  # one rate each (the common case)
+            tightest = decisions[0]
+            for d in decisions:
+                if not d.allowed:
+                    break
+                if d.remaining < tightest.remaining:
+                    tightest = d
+            else:  # (zip without strict=, whose keyword takes its slow path)
+                return Verdict(True, "allowed", None, None, tightest,
+                               [*zip(names, decisions)], False, view)  # noqa: B905
+        return conclude_throttles(self, view, _planned(several, discs, costs), decisions,
+                                  False)
+
+    def _evaluate(self, view: RequestView) -> Verdict:
+        """``evaluate`` beyond its common case: the plan, the denial cache, the store call."""
+        if not self.enabled:
+            return Verdict(True, "allowed", None, None, None, [], False, view)
+        if self.watcher is not None:
+            self.watcher.poll()
+        store = self.store
+        if store.denials is not None:
+            assert isinstance(store, ResilientStore)
+            store.first_generation()
+        p, now = self._prepare(view)
+        if p.__class__ is Verdict:
+            return p
+        assert isinstance(p, Plan)
+        if p.recheck:
+            assert isinstance(store, ResilientStore)
+            store.check_generation()
+            cached = self._recheck(p, now)
+            if cached is not None:
+                return cached
+        result = store.apply(p.checks, consume=True, now=now, block_keys=p.block_keys)
+        verdict, new_bans = self._conclude(p, result, now)
+        if new_bans:
+            self._ban(new_bans, result.policy, now)
+        return verdict
+
+    async def aevaluate(self, view: RequestView) -> Verdict:
+        """Async twin of :meth:`evaluate` (only async storage calls)."""
+        if not self.remote:
+            return self.evaluate(view)
+        if not self.enabled:
+            return Verdict(True, "allowed", None, None, None, [], False, view)
+        if self.watcher is not None:
+            self.watcher.poll()
+        store = self.store
+        assert isinstance(store, ResilientStore)
+        if store.denials is not None:
+            await store.afirst_generation()
+        p, now = self._prepare(view)
+        if p.__class__ is Verdict:
+            return p
+        assert isinstance(p, Plan)
+        if p.recheck:
+            await store.acheck_generation()
+            cached = self._recheck(p, now)
+            if cached is not None:
+                return cached
+        result = await store.aapply(p.checks, consume=True, now=now, block_keys=p.block_keys)
+        verdict, new_bans = self._conclude(p, result, now)
+        if new_bans:
+            await self._aban(new_bans, result.policy, now)
+        return verdict
+
+    def _prepare(self, view: RequestView) -> tuple[Plan | Verdict, int | None]:
+        """The plan and the time, or the verdict when the request is answered without the
+        store (lists, a failing user function, a cached denial)."""
+        try:
+            p = plan(self, self.rules, view)
+        except _RuleFailed as err:
+            return self.refused_by_error(view, err), None
+        if p.__class__ is Verdict:
+            return p, None
+        assert isinstance(p, Plan)
+        now = self.now()
+        denials = self.store.denials
+        if denials is not None and p.throttles:
+            cached = self._cached_refusal(p, now)
+            if cached is not None:
+                return cached, None
+            p.epoch = denials.epoch
+        return p, now
+
+    def _conclude(self, p: Plan, result: BatchResult, now: int | None
+                  ) -> tuple[Verdict, NewBans]:
+        verdict, new_bans = conclude(self, p, result)
+        denials = self.store.denials
+        if denials is not None and p.throttles:
+            self._note_denials(denials, p, verdict, result.policy is not None, now)
+        return verdict, new_bans
+
+    def _bind_batch(self, applying: tuple[_Throttle, ...]
+                    ) -> tuple[BoundBatch, tuple[str, ...]]:
+        """The store's bound batch of these throttles' algorithms and their policy names,
+        bound on the first request they all apply to."""
+        batch = self.storage.bind_batch([r.algorithms for r in applying], NS)
+        names = tuple(n for r in applying for n in r.policy_names)
+        if len(self._batches) >= 256:  # match functions picking ever other subsets
+            self._batches.clear()
+        self._batches[applying] = batch, names
+        return batch, names
+
+    # -- the local cache of denials (remote stores) ---------------------------------------
+
+    def _recheck(self, p: Plan, now: int | None) -> Verdict | None:
+        """The cached refusal of ``p`` after the store's generation was read."""
+        cached = self._cached_refusal(p, now)
+        p.recheck = False
+        denials = self.store.denials
+        assert denials is not None
+        p.epoch = denials.epoch
+        return cached
+
+    def _cached_refusal(self, p: Plan, now: int | None) -> Verdict | None:
+        """A throttle of this request refused this client until a time not yet reached:
+        refuse again without a round trip. Not for requests that must still be counted
+        somewhere: ban counters and dry-run rules."""
+        if p.refuse_ban is not None:
+            return None
+        for _brule, _disc, idx in p.bans:
+            if idx >= 0:
+                return None
+        denials = self.store.denials
+        assert denials is not None
+        found = None
+        for rule, disc, cost, _start in p.throttles:
+            if rule.dry_run:
+                return None
+            if found is None:
+                d = denials.get(rule, disc, cost, now)
+                if d is not None:
+                    found = rule, disc, d
+        if found is None:
+            return None
+        if not p.recheck and denials.due():
+            p.recheck = True  # evaluate/aevaluate read the generation, then look again
+            return None
+        rule, disc, d = found
+        name = rule.policy_names[0]
+        for alg, policy in zip(rule.algorithms, rule.policy_names, strict=True):
+            if alg.rate == d.rate:
+                name = policy
+                break
+        policies: list[tuple[str, Decision]] = [(name, d)]
+        remembered = self._refusal_policies.get((rule, disc))
+        if remembered is not None:
+            # The policies the store reported with this refusal, their clocks moved on (the
+            # counts of the others can only have risen: a refusal charged nothing).
+            made, earlier = remembered
+            elapsed = ((now if now is not None else time.time_ns() // 1000) - made) / 1e6
+            policies = [
+                (n, d if n == name else pd._replace(
+                    reset_after=max(pd.reset_after - elapsed, 0.0)))
+                for n, pd in earlier
+            ]
+        if "throttled" in self.listeners.active:
+            self.emit("throttled", rule.name, disc, p.view, d, False)
+        return Verdict(False, "throttled", rule.name, disc, d, policies, False, p.view)
+
+    def _note_denials(
+        self, denials: DenialCache, p: Plan, verdict: Verdict, degraded: bool,
+        now: int | None,
+    ) -> None:
+        if verdict.kind == "throttled" and not degraded and verdict.decision is not None:
+            for rule, disc, cost, _start in p.throttles:
+                if rule.name == verdict.rule and disc == verdict.key:
+                    denials.remember(rule, disc, cost, now, verdict.decision, p.epoch)
+                    cache = self._refusal_policies
+                    if len(cache) >= 10_000:  # bounded: old entries only lose header detail
+                        cache.clear()
+                    cache[rule, disc] = (
+                        now if now is not None else time.time_ns() // 1000, verdict.policies
+                    )
+                    break
+        elif verdict.allowed and len(denials):
+            # our own charges make a cached denial's numbers stale
+            for rule, disc, cost, _start in p.throttles:
+                if cost:
+                    denials.charged(rule, disc)
+
+    # -- bans ------------------------------------------------------------------------------
+
+    def _ban(self, new_bans: NewBans, policy: str | None, now: int | None) -> None:
+        store = self.store
+        for key, ttl, reason in new_bans:
+            if isinstance(store, ResilientStore):
+                store.ban(key, ttl, reason, now, policy)
+            else:
+                store.block(key, ttl, reason, now)
+
+    async def _aban(self, new_bans: NewBans, policy: str | None, now: int | None) -> None:
+        store = self.store
+        assert isinstance(store, ResilientStore)  # aevaluate: remote stores only
+        for key, ttl, reason in new_bans:
+            await store.aban(key, ttl, reason, now, policy)
+
+    # -- count_when: after the response --------------------------------------------------
+
+    def apply(self, checks: list[Check]) -> BatchResult:
+        """One store call deciding ``checks`` now (a failing remote store answers with the
+        fail policy, ``BatchResult.policy`` set): endpoint limits and settling use it."""
+        return self.store.apply(checks, consume=True, now=self.now(), block_keys=[])
+
+    async def aapply(self, checks: list[Check]) -> BatchResult:
+        """Async twin of :meth:`apply`."""
+        if not self.remote:
+            return self.apply(checks)
+        return await self.store.aapply(checks, consume=True, now=self.now(), block_keys=[])
+
+    def settle(self, verdict: Verdict, status: int,
+               headers: Sequence[tuple[str, str]] = ()) -> None:
+        """After the response: charge the ``count_when`` throttles whose predicate matches
+        (an exception from the app counts as 500). Idempotent."""
+        if verdict.pending:
+            checks = self._settle_checks(verdict, status, headers)
+            if checks:
+                self.apply(checks)
+
+    async def asettle(self, verdict: Verdict, status: int,
+                      headers: Sequence[tuple[str, str]] = ()) -> None:
+        """Async twin of :meth:`settle`."""
+        if verdict.pending:
+            checks = self._settle_checks(verdict, status, headers)
+            if checks:
+                await self.aapply(checks)
+
+    def _settle_checks(self, verdict: Verdict, status: int,
+                       headers: Sequence[tuple[str, str]]) -> list[Check]:
+        pending = verdict.pending
+        verdict.pending = None  # settle once
+        info = ResponseInfo(status, headers)
+        checks: list[Check] = []
+        for rule, disc, cost in pending or ():
+            try:
+                hit = rule.count_when(info)  # type: ignore[misc]
+            except Exception as exc:
+                self._log_once(rule.name, "count_when of throttle %r raised %s: %s",
+                               rule.name, type(exc).__name__, exc)
+                continue
+            if hit and cost:
+                skey = NS + disc
+                for alg in rule.algorithms:
+                    checks.append(_new(Check, (alg, skey, cost, True, False)))
+        return checks
+
+    # -- what planning reports -------------------------------------------------------------
+
+    def now(self) -> int | None:
+        """The limiter's clock in integer microseconds (None: the store's own clock)."""
+        clock = self.limiter.clock
+        return int(clock() * 1_000_000) if clock is not None else None
+
+    @property
+    def retry_interval(self) -> float:
+        return self.limiter.retry_interval
+
+    def _log_once(self, rule: str, message: str, *args: Any) -> bool:
+        """Log ``message`` at most once per rule and ``error_log_interval``."""
+        mono = time.monotonic()
+        if mono - self._last_log.get(rule, -1e18) < self.limiter.error_log_interval:
+            return False
+        self._last_log[rule] = mono
+        logger.error("throttlekit: " + message, *args)
+        return True
+
+    def rule_error(self, kind: str, rule: str, exc: BaseException, what: str) -> None:
+        """A user function raised: log (rate-limited per rule), then skip the rule, or
+        refuse the request under ``on_storage_error="deny"``."""
+        policy = self.limiter.on_storage_error
+        self._log_once(rule, "the %s of %s rule %r raised %s: %s; on_storage_error=%r",
+                       what, kind, rule, type(exc).__name__, exc, policy)
+        if policy == "deny" and kind != "safelist" and kind != "track":
+            raise _RuleFailed(kind, rule) from None
+
+    def unreadable_key(self, rule: _Throttle, view: RequestView) -> str:
+        """The discriminator of a request whose key cannot be read: its client's, in a
+        namespace of its own; or refuse it (``on_unreadable="refuse"``). Warns once per
+        rule."""
+        refuse = rule.on_unreadable == "refuse"
+        if rule.name not in self._warned_unreadable:
+            self._warned_unreadable.add(rule.name)
+            logger.warning(
+                "throttlekit: throttle %r could not read its key from a request (a body "
+                "over max_form_bytes, unparsable or of a type not read, or a key function "
+                "that raised); %s (on_unreadable=%r; logged once per rule)",
+                rule.name,
+                "refusing such requests" if refuse
+                else "counting such requests per client instead", rule.on_unreadable,
+            )
+        if refuse:
+            raise _RuleFailed("throttle", rule.name, degraded=False)
+        return UNREADABLE_PREFIX + (view.client_key or UNKNOWN_CLIENT)
+
+    def no_client_ip(self) -> None:
+        """A rule keyed by the client met a request without a client IP: say once how to
+        give such clients keys of their own."""
+        if not self._warned_no_ip:
+            self._warned_no_ip = True
+            logger.warning(
+                "throttlekit: a request without a client IP (a Unix socket and no trusted "
+                "proxy?): throttles keyed by client count it under the key %r, which all such "
+                "requests share, and fail2ban/allow2ban refuse it when it trips them but ban "
+                "no key. Set trusted_proxies (the number of proxies in front of the app, or "
+                "their networks plus \"unix\") so each client gets its own key; see "
+                "docs/client-ip.md", UNKNOWN_CLIENT,
+            )
+
+    def refused_by_error(self, view: RequestView, err: _RuleFailed) -> Verdict:
+        kind = {"blocklist": "blocked", "fail2ban": "banned", "allow2ban": "banned"}.get(
+            err.kind, "throttled"
+        )
+        d = None
+        if kind == "throttled":
+            d = deny_decision((), self.limiter.retry_interval, err.degraded)
+        if kind in self.listeners.active:
+            self.emit(kind, err.rule, None, view, d, False)
+        return Verdict(False, kind, err.rule, None, d, [], err.degraded, view)
+
+    def track(self, view: RequestView) -> None:
+        for t in self.rules.tracks:
+            try:
+                if t.match is not None and not t.match(view):
+                    continue
+                disc = t.key(view)
+            except Exception as exc:
+                self.rule_error("track", t.name, exc, "match or key function")
+                continue
+            if disc is not None:
+                self.emit("tracked", t.name, str(disc), view, None, False)
+
+    def emit(
+        self, kind: str, rule: str, key: str | None, view: RequestView,
+        decision: Decision | None, dry_run: bool,
+    ) -> None:
+        clock = self.limiter.clock
+        at = clock() if clock is not None else time.time()
+        self.listeners.emit(_new(Event, (kind, rule, key, view, decision, dry_run, at)))
+
+
+def _planned(several: list[_Throttle], discs: list[str], costs: list[int]) -> list[Planned]:
+    """The throttles of a fast-path decision as ``conclude_throttles`` reads them."""
+    out: list[Planned] = []
+    start = 0
+    for rule, disc, cost in zip(several, discs, costs, strict=True):
+        out.append((rule, disc, cost, start))
+        start += len(rule.algorithms)
+    return out
