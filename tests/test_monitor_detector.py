@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import math
 import random
+from types import SimpleNamespace
 
 import pytest
 
 from throttlekit import ConfigError
-from throttlekit.monitor import RateDetector
+from throttlekit.monitor import Monitor, RateDetector
 
 T0 = 1_700_000_000.0
 
@@ -116,3 +117,16 @@ def test_bad_settings_are_config_errors(kwargs):
     """Out-of-range detector settings raise ConfigError at construction."""
     with pytest.raises(ConfigError):
         RateDetector(**kwargs)
+
+
+def test_monitor_passes_its_detector_settings_on():
+    """Monitor's detector settings reach every detector, RateDetector's defaults fill the
+    rest, and a bad one is the detector's ConfigError (halflife=0 divided by zero before)."""
+    monitor = Monitor(factor=4, halflife=600, bucket=2)
+    monitor(SimpleNamespace(at=T0, rule="r", kind="allowed", dry_run=False, key="k",
+                            request=SimpleNamespace(client_key="c")))
+    for det in (monitor.detector, monitor.rule_detectors()["r"]):
+        assert (det.factor, det.halflife, det.bucket) == (4.0, 600.0, 2.0)
+        assert (det.sustain, det.min_rate) == (RateDetector().sustain, RateDetector().min_rate)
+    with pytest.raises(ConfigError, match="halflife"):
+        Monitor(halflife=0)

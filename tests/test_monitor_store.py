@@ -30,5 +30,7 @@ def test_memory_store_reads_the_monitors_of_this_process() -> None:
         for _ in range(n):
             c.get("/", environ_base={"REMOTE_ADDR": ip})
     assert monitor.requests == 5
+    assert monitor.client_counts(clock()) == {"203.0.113.5": 4, "198.51.100.1": 1}
+    assert monitor.client_counts(clock(), since=clock() + 1) == {}
     assert top_of(limiter.storage, 10, clock()) == {"203.0.113.5": 4, "198.51.100.1": 1}
     assert top_of(Limiter().storage, 10, clock()) == {}  # another store: nothing

@@ -466,7 +466,7 @@ def test_from_url_options_and_bad_urls() -> None:
     """URL options reach the storage; bad URLs and options are ConfigErrors naming the value."""
     s = storage_from_url("redis://127.0.0.1:6379/3?prefix=p:&clock=client&socket_timeout=0.5")
     assert (s.prefix, s.clock) == ("p:", "client")
-    client = s._sync()
+    client = s.sync_client()
     kw = client.connection_pool.connection_kwargs
     assert (kw["db"], kw["socket_timeout"], kw["socket_connect_timeout"]) == (3, 0.5, 0.25)
     s.close()

@@ -173,12 +173,7 @@ class SlidingWindow(Algorithm):
                 used += cost * p
                 state = (((win << 32) | cur) << 32) | prev
             rem = (cap - used) // p
-            if cur:
-                reset = ((win + 2) * p - now) / 1e6
-            elif prev:
-                reset = left / 1e6
-            else:
-                reset = 0.0
+            reset = ((win + 2) * p - now) / 1e6 if cur else left / 1e6 if prev else 0.0
             return state, _new(Decision, (True, limit, rem, reset, 0.0, self.rate, False))
         return state, self._deny(win, now, cur, prev, left, used, cost)
 
@@ -197,12 +192,7 @@ class SlidingWindow(Algorithm):
         rem = (limit * p - used) // p
         if rem < 0:
             rem = 0
-        if cur:
-            reset = ((win + 2) * p - now) / 1e6
-        elif prev:
-            reset = left / 1e6
-        else:
-            reset = 0.0
+        reset = ((win + 2) * p - now) / 1e6 if cur else left / 1e6 if prev else 0.0
         return _new(Decision, (False, limit, rem, reset, retry, self.rate, False))
 
     def peek(self, state: Any, now: int, cost: int) -> Decision:
@@ -316,18 +306,17 @@ class SlidingLog(Algorithm):
     name_ = "sliding_log"
     code = "sl"
 
-    def _trim(self, log: Log, now: int) -> None:
+    def _trimmed(self, log: Log, now: int) -> int:
+        """The cost logged in ``(now - period, now]``, the older entries dropped."""
         entries = log.entries
         horizon = now - self.period_us
         while entries and entries[0][0] <= horizon:
             log.total -= entries.popleft()[1]
+        return log.total
 
     def hit(self, state: Any, now: int, cost: int) -> tuple[Any, Decision]:
         log: Log | None = state
-        total = 0
-        if log is not None:
-            self._trim(log, now)
-            total = log.total
+        total = 0 if log is None else self._trimmed(log, now)
         limit = self.limit
         if total + cost <= limit:
             if cost:
@@ -367,10 +356,7 @@ class SlidingLog(Algorithm):
 
     def peek(self, state: Any, now: int, cost: int) -> Decision:
         log: Log | None = state
-        total = 0
-        if log is not None:
-            self._trim(log, now)
-            total = log.total
+        total = 0 if log is None else self._trimmed(log, now)
         limit = self.limit
         if total + cost <= limit:
             total += cost

@@ -168,38 +168,25 @@ class IPSet:
         )
 
     def __contains__(self, ip: object) -> bool:
-        if type(ip) is str and ":" not in ip:  # the common case, inlined
+        if type(ip) is str and ":" not in ip:  # the common case: no ip_to_int call
             try:
                 value = _from_bytes(_inet_pton(_AF_INET, ip), "big")
             except (OSError, ValueError):
                 return False
-            bucket = self._v4.get(value >> 16)
-            if bucket is None:
+        else:
+            parsed = ip_to_int(ip)
+            if parsed is None:
                 return False
-            low = value & 0xFFFF
-            i = bisect_right(bucket[0], low) - 1
-            return i >= 0 and low <= bucket[1][i]
-        parsed = ip_to_int(ip)
-        if parsed is None:
-            return False
-        version, value = parsed
-        return self.contains_int(version, value)
-
-    def contains_int(self, version: int, value: int) -> bool:
-        """Membership of an address given as ``(version, integer)``; IPv6 embedded IPv4
-        forms are checked as IPv4 too."""
-        if version == 4:
-            return self._v4_contains(value)
-        i = bisect_right(self._v6_starts, value) - 1
-        if i >= 0 and value <= self._v6_ends[i]:
-            return True
-        if self._v4:
-            v4 = embedded_ipv4(value)
-            if v4 is not None:
-                return self._v4_contains(v4)
-        return False
-
-    def _v4_contains(self, value: int) -> bool:
+            version, value = parsed
+            if version == 6:
+                i = bisect_right(self._v6_starts, value) - 1
+                if i >= 0 and value <= self._v6_ends[i]:
+                    return True
+                # an embedded IPv4 address is looked up as IPv4 (below)
+                v4 = embedded_ipv4(value) if self._v4 else None
+                if v4 is None:
+                    return False
+                value = v4
         bucket = self._v4.get(value >> 16)
         if bucket is None:
             return False

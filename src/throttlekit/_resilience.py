@@ -24,11 +24,12 @@ the way a server does, and its fast paths stay free of the wrapper.
 
 from __future__ import annotations
 
+import enum
 import logging
 import math
 import time
-from collections.abc import Callable, Hashable, Sequence
-from typing import NamedTuple
+from collections.abc import Awaitable, Callable, Hashable, Sequence
+from typing import Any, Literal, NamedTuple, TypeVar
 
 from ._algorithms import Algorithm
 from ._decision import Decision, most_restrictive
@@ -52,6 +53,16 @@ logger = logging.getLogger("throttlekit")
 ON_STORAGE_ERROR = ("allow", "deny", "local")
 _new = tuple.__new__
 _NO_RATE = Rate(1, 1.0)
+_T = TypeVar("_T")
+
+
+class _Failed(enum.Enum):
+    """What :meth:`ResilientStore._call` answers when the store was left alone or failed."""
+
+    FAILED = 0
+
+
+_FAILED: Literal[_Failed.FAILED] = _Failed.FAILED
 
 
 def deny_decision(checks: Sequence[Check], retry: float, degraded: bool = True) -> Decision:
@@ -80,15 +91,8 @@ class Breaker:
         #: time.monotonic() until which the breaker is open (0.0: closed)
         self.until = 0.0
 
-    def open(self) -> bool:
-        """Whether the store is to be left alone now."""
-        return bool(self.until) and time.monotonic() < self.until
-
     def trip(self, mono: float) -> None:
         self.until = mono + self.retry_interval
-
-    def close(self) -> None:
-        self.until = 0.0
 
 
 class Leased(NamedTuple):
@@ -187,48 +191,51 @@ class ResilientStore(Storage):
             decisions = [deny_decision((c,), retry) for c in checks]
         return BatchResult(decisions, [None] * len(block_keys), policy)
 
-    # -- requests: the policy answers for a failing store ---------------------------------
-
-    def apply(
-        self,
-        checks: Sequence[Check],
-        *,
-        consume: bool = True,
-        now: int | None = None,
-        block_keys: Sequence[str] = (),
-    ) -> BatchResult:
-        """The inner store's answer, or the fail policy's (``policy`` set); never raises."""
+    def _call(self, method: Callable[..., _T], *args: Any,
+              **kwargs: Any) -> _T | Literal[_Failed.FAILED]:
+        """``method(*args, **kwargs)``, a method of the inner store, behind the breaker: its
+        answer (the breaker closes), or ``_FAILED`` when the breaker is open or it raised
+        (then :meth:`failed` records it). The one guard of the request paths."""
         breaker = self.breaker
         if breaker.until and time.monotonic() < breaker.until:
-            return self.answer(checks, consume, now, block_keys)
+            return _FAILED
         try:
-            result = self.inner.apply(checks, consume=consume, now=now, block_keys=block_keys)
+            result = method(*args, **kwargs)
         except Exception as exc:  # a failing store must never fail the request
             self.failed(exc)
-            return self.answer(checks, consume, now, block_keys)
+            return _FAILED
         breaker.until = 0.0
         return result
 
-    async def aapply(
-        self,
-        checks: Sequence[Check],
-        *,
-        consume: bool = True,
-        now: int | None = None,
-        block_keys: Sequence[str] = (),
-    ) -> BatchResult:
-        """Async twin of :meth:`apply`."""
+    async def _acall(self, method: Callable[..., Awaitable[_T]], *args: Any,
+                     **kwargs: Any) -> _T | Literal[_Failed.FAILED]:
+        """Async twin of :meth:`_call`."""
         breaker = self.breaker
         if breaker.until and time.monotonic() < breaker.until:
-            return self.answer(checks, consume, now, block_keys)
+            return _FAILED
         try:
-            result = await self.inner.aapply(checks, consume=consume, now=now,
-                                             block_keys=block_keys)
+            result = await method(*args, **kwargs)
         except Exception as exc:
             self.failed(exc)
-            return self.answer(checks, consume, now, block_keys)
+            return _FAILED
         breaker.until = 0.0
         return result
+
+    # -- requests: the policy answers for a failing store ---------------------------------
+
+    def apply(self, checks: Sequence[Check], *, consume: bool = True, now: int | None = None,
+              block_keys: Sequence[str] = ()) -> BatchResult:
+        """The inner store's answer, or the fail policy's (``policy`` set); never raises."""
+        result = self._call(self.inner.apply, checks, consume=consume, now=now,
+                            block_keys=block_keys)
+        return self.answer(checks, consume, now, block_keys) if result is _FAILED else result
+
+    async def aapply(self, checks: Sequence[Check], *, consume: bool = True,
+                     now: int | None = None, block_keys: Sequence[str] = ()) -> BatchResult:
+        """Async twin of :meth:`apply`."""
+        result = await self._acall(self.inner.aapply, checks, consume=consume, now=now,
+                                   block_keys=block_keys)
+        return self.answer(checks, consume, now, block_keys) if result is _FAILED else result
 
     def decide(self, owner: Hashable, key: str, checks: Sequence[Check], consume: bool,
                now: int | None) -> Decision:
@@ -273,28 +280,18 @@ class ResilientStore(Storage):
     def lease(self, keys: Sequence[str], limits: Sequence[int], lease_id: str,
               timeout: float, now: int | None) -> Leased:
         """Take concurrency slots in the store, or as the fail policy says; never raises."""
-        if not self.breaker.open():
-            try:
-                failed = self.inner.acquire(keys, limits, lease_id, timeout, now)
-            except Exception as exc:
-                self.failed(exc)
-            else:
-                self.breaker.close()
-                return Leased(failed, self.inner, None)
-        return self._lease_policy(keys, limits, lease_id, timeout, now)
+        failed = self._call(self.inner.acquire, keys, limits, lease_id, timeout, now)
+        if failed is _FAILED:
+            return self._lease_policy(keys, limits, lease_id, timeout, now)
+        return Leased(failed, self.inner, None)
 
     async def alease(self, keys: Sequence[str], limits: Sequence[int], lease_id: str,
                      timeout: float, now: int | None) -> Leased:
         """Async twin of :meth:`lease`."""
-        if not self.breaker.open():
-            try:
-                failed = await self.inner.aacquire(keys, limits, lease_id, timeout, now)
-            except Exception as exc:
-                self.failed(exc)
-            else:
-                self.breaker.close()
-                return Leased(failed, self.inner, None)
-        return self._lease_policy(keys, limits, lease_id, timeout, now)
+        failed = await self._acall(self.inner.aacquire, keys, limits, lease_id, timeout, now)
+        if failed is _FAILED:
+            return self._lease_policy(keys, limits, lease_id, timeout, now)
+        return Leased(failed, self.inner, None)
 
     def _lease_policy(self, keys: Sequence[str], limits: Sequence[int], lease_id: str,
                       timeout: float, now: int | None) -> Leased:
@@ -384,25 +381,15 @@ class ResilientStore(Storage):
         moved it (a failing read is logged; the cached refusals stay)."""
         denials = self.denials
         assert denials is not None
-        generation = None
-        if not self.breaker.open():
-            try:
-                generation = self.inner.generation()
-            except Exception as exc:
-                self.failed(exc)
-        denials.saw(generation)
+        generation = self._call(self.inner.generation)
+        denials.saw(None if generation is _FAILED else generation)
 
     async def acheck_generation(self) -> None:
         """Async twin of :meth:`check_generation`."""
         denials = self.denials
         assert denials is not None
-        generation = None
-        if not self.breaker.open():
-            try:
-                generation = await self.inner.ageneration()
-            except Exception as exc:
-                self.failed(exc)
-        denials.saw(generation)
+        generation = await self._acall(self.inner.ageneration)
+        denials.saw(None if generation is _FAILED else generation)
 
     def forget(self, key: str | None = None) -> None:
         """Drop what this process remembers of ``key`` (``None``: of every key): its state
@@ -501,18 +488,7 @@ class ResilientStore(Storage):
         return await self.inner.ainflight(key, now)
 
 
-def resilient(
-    store: Storage,
-    *,
-    policy: str = "local",
-    retry_interval: float = 1.0,
-    error_log_interval: float = 60.0,
-    denial_cache_size: int = 10_000,
-    clock: Callable[[], float] | None = None,
-) -> Storage:
-    """``store`` wrapped in a :class:`ResilientStore` when it is remote; else ``store``."""
-    if not store.remote:
-        return store
-    return ResilientStore(store, policy=policy, retry_interval=retry_interval,
-                          error_log_interval=error_log_interval,
-                          denial_cache_size=denial_cache_size, clock=clock)
+def resilient(store: Storage, **options: Any) -> Storage:
+    """``store`` wrapped in a :class:`ResilientStore` (``options``: its keyword arguments)
+    when it is remote; else ``store``."""
+    return ResilientStore(store, **options) if store.remote else store

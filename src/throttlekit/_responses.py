@@ -134,20 +134,26 @@ def _policy_item(name: str, limit: int, period: float) -> str:
 
 
 #: per policy name: (rate, its ``RateLimit-Policy`` item, the start of its ``RateLimit``
-#: item, the whole ``RateLimit-Policy`` field of a response with this policy alone); only
-#: the numbers of the ``RateLimit`` item change from one response to the next
-_pieces: dict[str, tuple[Rate, str, str, tuple[str, str]]] = {}
+#: item, the whole ``RateLimit-Policy`` field of a response with this policy alone, and the
+#: last two as ASGI sends them); only the numbers of the ``RateLimit`` item change from one
+#: response to the next
+_Piece = tuple[Rate, str, str, tuple[str, str], tuple[bytes, bytes], bytes]
+_pieces: dict[str, _Piece] = {}
+#: what a name not in _pieces finds: its rate (NaN period) equals no Decision's rate
+_MISSING: _Piece = (Rate(-1, math.nan), "", "", ("", ""), (b"", b""), b"")
 _PIECES_SIZE = 1024
 _NEVER = 2**31  # a reset that never comes; a large finite integer keeps the field parseable
 _ceil = math.ceil
 _INF = math.inf
 
 
-def _piece(name: str, rate: Rate) -> tuple[Rate, str, str, tuple[str, str]]:
+def _piece(name: str, rate: Rate) -> _Piece:
     if not isinstance(name, str):
         name = str(name)
     item = _policy_item(name, rate.limit, rate.period)
-    piece = (rate, item, _sf_string(name) + ";r=", ("RateLimit-Policy", item))
+    start = _sf_string(name) + ";r="
+    piece = (rate, item, start, ("RateLimit-Policy", item),
+             (b"ratelimit-policy", item.encode("latin-1")), start.encode("latin-1"))
     if len(_pieces) >= _PIECES_SIZE:
         _pieces.clear()
     _pieces[name] = piece
@@ -182,42 +188,26 @@ def rate_limit_headers(
         return []
     draft = style == "draft10"
     if draft or style == "both":
-        # The policy items are constant per (name, rate): cached; only r= and t= are
-        # formatted per response.
-        if len(policies) == 1:
-            name, d = policies[0]
-            rate = d.rate
-            piece = _pieces.get(name)
-            if piece is None or (piece[0] is not rate and piece[0] != rate):
-                piece = _piece(name, rate)
+        # The policy items are constant per (name, rate): cached; only r= and t= (t as
+        # _whole, inlined) are formatted per response. No list for the common single policy.
+        policy = state = ""
+        for name, d in policies:
+            piece = _pieces.get(name, _MISSING)
+            if piece[0] != d.rate:
+                piece = _piece(name, d.rate)
             rem = d.remaining
             reset = d.reset_after
-            state = (
-                f"{piece[2]}{rem if rem > 0 else 0};t="
-                f"{(_ceil(reset) if reset != _INF else _NEVER) if reset > 0 else 0}"
-            )
-            out = [piece[3], ("RateLimit", state)]
-            if draft:
-                return out
-        else:
-            policy_items = []
-            state_items = []
-            for name, d in policies:
-                rate = d.rate
-                piece = _pieces.get(name)
-                if piece is None or (piece[0] is not rate and piece[0] != rate):
-                    piece = _piece(name, rate)
-                policy_items.append(piece[1])
-                rem = d.remaining
-                reset = d.reset_after
-                state_items.append(
-                    f"{piece[2]}{rem if rem > 0 else 0};t="
-                    f"{(_ceil(reset) if reset != _INF else _NEVER) if reset > 0 else 0}"
-                )
-            out = [("RateLimit-Policy", ", ".join(policy_items)),
-                   ("RateLimit", ", ".join(state_items))]
-            if draft:
-                return out
+            item = (f"{piece[2]}{rem if rem > 0 else 0};t="
+                    f"{(_ceil(reset) if reset != _INF else _NEVER) if reset > 0 else 0}")
+            if state:
+                policy, state = f"{policy}, {piece[1]}", f"{state}, {item}"
+            else:
+                policy, state = piece[1], item
+        # one policy (policy is its cached item): its cached field
+        out = [piece[3] if policy is piece[1] else ("RateLimit-Policy", policy),
+               ("RateLimit", state)]
+        if draft:
+            return out
     elif style == "legacy":
         out = []
     else:
@@ -239,29 +229,16 @@ def rate_limit_headers_raw(
     without the detour through ``str`` in the common case of one ``draft10`` policy."""
     if style == "draft10" and len(policies) == 1:
         name, d = policies[0]
-        rate = d.rate
-        piece = _raw_pieces.get(name)
-        if piece is None or (piece[0] is not rate and piece[0] != rate):
-            piece = _raw_piece(name, rate)
+        piece = _pieces.get(name, _MISSING)
+        if piece[0] != d.rate:
+            piece = _piece(name, d.rate)
         rem = d.remaining
         reset = d.reset_after
-        return [piece[1], (b"ratelimit", b"%s%d;t=%d" % (
-            piece[2], rem if rem > 0 else 0,
+        return [piece[4], (b"ratelimit", b"%s%d;t=%d" % (
+            piece[5], rem if rem > 0 else 0,
             (_ceil(reset) if reset != _INF else _NEVER) if reset > 0 else 0,
         ))]
     return encode_headers(rate_limit_headers(policies, style))
-
-
-_raw_pieces: dict[str, tuple[Rate, tuple[bytes, bytes], bytes]] = {}
-
-
-def _raw_piece(name: str, rate: Rate) -> tuple[Rate, tuple[bytes, bytes], bytes]:
-    _, item, prefix, _ = _piece(name, rate)
-    piece = (rate, (b"ratelimit-policy", item.encode("latin-1")), prefix.encode("latin-1"))
-    if len(_raw_pieces) >= _PIECES_SIZE:
-        _raw_pieces.clear()
-    _raw_pieces[name] = piece
-    return piece
 
 
 @functools.lru_cache(maxsize=256)

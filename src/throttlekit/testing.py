@@ -93,7 +93,7 @@ def clear_limiter(limiter: Limiter) -> None:
             from ._errors import ConfigError
 
             raise ConfigError("clear_limiter needs a Redis storage with a non-empty prefix")
-        client = storage._sync()  # type: ignore[attr-defined]
+        client = storage.sync_client()  # type: ignore[attr-defined]
         pattern = "".join("\\" + c if c in "*?[]\\" else c for c in prefix) + "*"
         batch: list[object] = []
         for key in client.scan_iter(match=pattern, count=500):

@@ -28,7 +28,7 @@ from dataclasses import dataclass, field
 from typing import Any, TextIO
 
 from .._errors import ConfigError
-from .scenarios import BUILTIN, Scenario, load_scenario
+from .scenarios import BUILTIN, Request, Scenario, load_scenario
 
 __all__ = ["SimResult", "recommended_rules", "register", "run_simulation"]
 
@@ -161,6 +161,55 @@ def _app_factory() -> tuple[Callable[..., Iterable[bytes]], list[float]]:
     return app, spent
 
 
+def _environ(req: Request) -> dict[str, Any]:
+    """The WSGI environ of one simulated request."""
+    environ = {
+        "REQUEST_METHOD": req.method,
+        "SCRIPT_NAME": "",
+        "PATH_INFO": req.path,
+        "QUERY_STRING": "",
+        "SERVER_NAME": "sim.test",
+        "SERVER_PORT": "80",
+        "SERVER_PROTOCOL": "HTTP/1.1",
+        "REMOTE_ADDR": req.address,
+        "HTTP_HOST": "sim.test",
+        "wsgi.url_scheme": "http",
+        "wsgi.input": io.BytesIO(req.body),
+        "wsgi.errors": sys.stderr,
+        "wsgi.version": (1, 0),
+        "wsgi.multithread": False,
+        "wsgi.multiprocess": False,
+        "wsgi.run_once": False,
+    }
+    if req.body:
+        environ["CONTENT_TYPE"] = "application/x-www-form-urlencoded"
+        environ["CONTENT_LENGTH"] = str(len(req.body))
+    for k, v in req.headers:
+        environ["HTTP_" + k.upper().replace("-", "_")] = v
+    return environ
+
+
+def _count(result: SimResult, req: Request, served: bool) -> None:
+    """Count one request's outcome in the totals and its second of the timeline."""
+    timeline = result.timeline
+    second = int(req.t)
+    while len(timeline) <= second:
+        timeline.append([0, 0, 0, 0])
+    if req.legitimate:
+        result.legit_total += 1
+        result.legit_served += served
+        timeline[second][0 if served else 1] += 1
+    else:
+        result.attack_total += 1
+        result.attack_refused += not served
+        timeline[second][2 if served else 3] += 1
+
+
+def _legitimate_addresses(scenario: Scenario) -> set[str]:
+    """The addresses of the scenario's legitimate clients."""
+    return {g.address(c) for g in scenario.groups if g.legitimate for c in range(g.clients)}
+
+
 def run_simulation(
     scenario: Scenario,
     *,
@@ -197,42 +246,15 @@ def run_simulation(
         status[0] = s
         return lambda data: None
 
-    timeline = result.timeline
     added = result.added
     perf = time.perf_counter
-    legit_addresses: set[str] = set()
-    for g in scenario.groups:
-        if g.legitimate:
-            legit_addresses.update(g.address(c) for c in range(g.clients))
     expected = max(1.0, scenario.expected_requests())
     bar = _Progress(progress, scenario.duration) if progress is not None else None
     wall = perf()
     n = 0
     for req in scenario.requests(seed):
         clock.now = start + req.t
-        environ = {
-            "REQUEST_METHOD": req.method,
-            "SCRIPT_NAME": "",
-            "PATH_INFO": req.path,
-            "QUERY_STRING": "",
-            "SERVER_NAME": "sim.test",
-            "SERVER_PORT": "80",
-            "SERVER_PROTOCOL": "HTTP/1.1",
-            "REMOTE_ADDR": req.address,
-            "HTTP_HOST": "sim.test",
-            "wsgi.url_scheme": "http",
-            "wsgi.input": io.BytesIO(req.body),
-            "wsgi.errors": sys.stderr,
-            "wsgi.version": (1, 0),
-            "wsgi.multithread": False,
-            "wsgi.multiprocess": False,
-            "wsgi.run_once": False,
-        }
-        if req.body:
-            environ["CONTENT_TYPE"] = "application/x-www-form-urlencoded"
-            environ["CONTENT_LENGTH"] = str(len(req.body))
-        for k, v in req.headers:
-            environ["HTTP_" + k.upper().replace("-", "_")] = v
+        environ = _environ(req)
         app_time[0] = 0.0
         t0 = perf()
         body = mw(environ, start_response)
@@ -242,18 +264,7 @@ def run_simulation(
         if close is not None:
             close()
         added.append(perf() - t0 - app_time[0])
-        served = status[0].startswith("2")
-        second = int(req.t)
-        while len(timeline) <= second:
-            timeline.append([0, 0, 0, 0])
-        if req.legitimate:
-            result.legit_total += 1
-            result.legit_served += served
-            timeline[second][0 if served else 1] += 1
-        else:
-            result.attack_total += 1
-            result.attack_refused += not served
-            timeline[second][2 if served else 3] += 1
+        _count(result, req, status[0].startswith("2"))
         n += 1
         if bar is not None and n % 1000 == 0:
             bar.update(req.t, n, expected)
@@ -264,7 +275,8 @@ def run_simulation(
     added.sort()
     if guard is not None:
         result.banned = len(guard.banned)
-        result.legit_banned = sorted(str(k) for k in guard.banned if k in legit_addresses)
+        legit = _legitimate_addresses(scenario)
+        result.legit_banned = sorted(str(k) for k in guard.banned if k in legit)
         if not storage.startswith("memory:"):
             guard.unban()  # leave a shared store as we found it
     return result

@@ -23,12 +23,15 @@ import logging
 import math
 import time
 from collections.abc import Callable, Hashable
-from typing import Any, NamedTuple
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 from .._errors import ConfigError
 from . import _store
-from .detector import RateDetector
+from .detector import DetectorOptions, RateDetector
 from .sketch import WindowedTopK
+
+if TYPE_CHECKING:
+    from typing_extensions import Unpack  # typing.Unpack from Python 3.11
 
 __all__ = ["REFUSED", "Anomaly", "AnomalyCallback", "Monitor"]
 
@@ -68,6 +71,16 @@ AnomalyCallback = Callable[[Anomaly], object]
 TickCallback = Callable[[float], object]
 
 
+def _call_each(callbacks: list[Callable[[Any], object]], arg: object, failed: str) -> None:
+    """Call each callback with ``arg``; one that raises is logged (``failed``, with the
+    callback) and the others still run."""
+    for callback in callbacks:
+        try:
+            callback(arg)
+        except Exception:
+            logger.exception(failed, callback)
+
+
 class _Scope:
     """Detector + heavy hitters of one scope (all traffic, or one rule)."""
 
@@ -98,8 +111,9 @@ class Monitor:
         publish: write each bucket's top offenders into the limiter's Redis store, lazily
             on the tick (default True), so ``throttlekit top --storage`` sums every
             process's; see :mod:`throttlekit.monitor._store`.
-        detector options (``factor``, ``sustain``, ``end_factor``, ``cooldown``,
-            ``halflife``, ``warmup``, ``min_rate``): see :class:`RateDetector`.
+        detector: the anomaly detectors' tuning (``factor``, ``sustain``, ``end_factor``,
+            ``cooldown``, ``halflife``, ``warmup``, ``min_rate``): see
+            :class:`RateDetector`, which holds their defaults.
     """
 
     def __init__(
@@ -114,14 +128,8 @@ class Monitor:
         top_n: int = 10,
         client_quantile: float = 0.99,
         max_rules: int = 64,
-        factor: float = 3.0,
-        sustain: float = 2.0,
-        end_factor: float = 1.5,
-        cooldown: float = 10.0,
-        halflife: float = 300.0,
-        warmup: float = 30.0,
-        min_rate: float = 5.0,
         publish: bool = True,
+        **detector: Unpack[DetectorOptions],
     ) -> None:
         if clock is None and limiter is not None:
             clock = getattr(limiter, "clock", None)
@@ -139,13 +147,10 @@ class Monitor:
         self.top_n = top_n
         self.client_quantile = client_quantile
         self.max_rules = max_rules
-        self._detector_options: dict[str, Any] = dict(
-            factor=factor, sustain=sustain, end_factor=end_factor, cooldown=cooldown,
-            halflife=halflife, warmup=warmup, min_rate=min_rate, bucket=bucket,
-        )
-        self._keep = math.exp(math.log(0.5) * window / halflife)
+        self._detector_options: dict[str, Any] = {**detector, "bucket": bucket}
         self._overall = self._new_scope(ALL, capacity)
         self._overall_det = self._overall.detector
+        self._keep = math.exp(math.log(0.5) * window / self._overall_det.halflife)
         self._overall_hit = self._overall.detector.hit
         self._talkers_add = self._overall.hitters.add
         self._rules: dict[str, _Scope] = {}
@@ -239,11 +244,7 @@ class Monitor:
                 self._learn_clients(now)
         if self._publishing and now >= self._publish_retry:
             self._publish(now)
-        for callback in self._tick_callbacks:
-            try:
-                callback(now)
-            except Exception:
-                logger.exception("throttlekit: monitor tick hook %r failed", callback)
+        _call_each(self._tick_callbacks, now, "throttlekit: monitor tick hook %r failed")
 
     def _publish(self, now: float) -> None:
         """The closed buckets' top offenders into the store (Redis), once each."""
@@ -261,7 +262,7 @@ class Monitor:
 
     def _learn_clients(self, now: float) -> None:
         """Fold the current window's per-client rates into the per-client baseline."""
-        counts = sorted(self._overall.hitters.merged(now).values())
+        counts = sorted(self.client_counts(now).values())
         if len(counts) < 10:
             return
         q = counts[min(len(counts) - 1, int(self.client_quantile * len(counts)))]
@@ -296,11 +297,7 @@ class Monitor:
                 "top_offenders": [[str(k), c] for k, c in top],
             },
         )
-        for callback in self._anomaly_callbacks:
-            try:
-                callback(anomaly)
-            except Exception:
-                logger.exception("throttlekit: anomaly callback %r failed", callback)
+        _call_each(self._anomaly_callbacks, anomaly, "throttlekit: anomaly callback %r failed")
 
     def on_anomaly(self, callback: AnomalyCallback) -> AnomalyCallback:
         """Call ``callback(anomaly)`` on every ``anomaly_started``/``anomaly_ended``;
@@ -346,6 +343,11 @@ class Monitor:
             return []
         return scope.hitters.top(n, self.clock() if now is None else now)
 
+    def client_counts(self, now: float, since: float | None = None) -> dict[Hashable, int]:
+        """Estimated requests per client over the window ending at ``now`` (from ``since``
+        when that is later)."""
+        return self._overall.hitters.merged(now, since)
+
     def offenders(
         self,
         now: float,
@@ -366,15 +368,13 @@ class Monitor:
         cb = self.client_baseline
         if cb is None:
             return []
-        hitters = self._overall.hitters
         lo = now - self.window
         if since is not None and since > lo:
             # whole buckets: the bucket holding ``since`` counts from its start
             lo = (since // self.bucket) * self.bucket
         span = max(now - lo, self.bucket)
         bar = max(float(min_requests), factor * cb * span)
-        merged = hitters.merged(now, lo)
-        out = [(k, c) for k, c in merged.items() if c >= bar]
+        out = [(k, c) for k, c in self.client_counts(now, lo).items() if c >= bar]
         out.sort(key=lambda kc: kc[1], reverse=True)
         return out[:limit]
 

@@ -47,7 +47,7 @@ def _redis(storage: Any) -> Any:
     if type(storage).__name__ != "RedisStorage" or not hasattr(storage, "family"):
         return None
     try:
-        return storage._sync()
+        return storage.sync_client()
     except Exception:  # an async-only RedisStorage: nothing to publish with
         return None
 
@@ -100,7 +100,7 @@ def top_of(storage: Any, window: float, now: float) -> dict[str, int] | None:
         totals = {}
         for monitor in list(_monitors):
             if getattr(monitor.limiter, "storage", None) is storage:
-                for k, c in monitor._overall.hitters.merged(now, now - window).items():
+                for k, c in monitor.client_counts(now, now - window).items():
                     totals[str(k)] = totals.get(str(k), 0) + c
         return totals
     return None

@@ -19,15 +19,28 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
+from typing import TypedDict
 
 from .._errors import ConfigError
 
-__all__ = ["RateDetector"]
+__all__ = ["DetectorOptions", "RateDetector"]
 
 _INF = float("inf")
 
 #: callback(kind, now, detector) with kind "anomaly_started" or "anomaly_ended"
 Transition = Callable[[str, float, "RateDetector"], None]
+
+
+class DetectorOptions(TypedDict, total=False):
+    """The tuning of a :class:`RateDetector` that a Monitor passes on (defaults there)."""
+
+    factor: float
+    sustain: float
+    end_factor: float
+    cooldown: float
+    halflife: float
+    warmup: float
+    min_rate: float
 
 
 def _positive(name: str, value: object, zero_ok: bool = False) -> float:
@@ -74,6 +87,7 @@ class RateDetector:
         "cooldown",
         "end_factor",
         "factor",
+        "halflife",
         "last_rate",
         "min_rate",
         "name",
@@ -110,13 +124,13 @@ class RateDetector:
                 f"end_factor ({end_factor!r}) must not be above factor ({factor!r})"
             )
         self.cooldown = _positive("cooldown", cooldown, zero_ok=True)
-        halflife = _positive("halflife", halflife)
+        self.halflife = _positive("halflife", halflife)
         self.warmup = _positive("warmup", warmup, zero_ok=True)
         self.min_rate = _positive("min_rate", min_rate, zero_ok=True)
         self.bucket = _positive("bucket", bucket)
         frozen_factor = _positive("frozen_factor", frozen_factor)
         # log of the share of the old baseline kept per bucket (normal, and during anomalies)
-        self._log_keep = math.log(0.5) * self.bucket / halflife
+        self._log_keep = math.log(0.5) * self.bucket / self.halflife
         self._frozen_alpha_log = self._log_keep / frozen_factor
         self._on = on_transition
         self.baseline = 0.0

@@ -115,17 +115,7 @@ class WindowedTopK:
         """Count ``n`` occurrences of ``key`` at time ``now`` (seconds)."""
         if now >= self._end:
             self._roll(now)
-        # SpaceSaving.add, inlined: this runs for every request
-        cur = self._cur
-        counts = cur.counts
-        c = counts.get(key)
-        if c is None:
-            if len(counts) >= cur._limit:
-                cur._cut()
-            counts[key] = cur.floor + n
-        else:
-            counts[key] = c + n
-        cur.total += n
+        self._cur.add(key, n)
 
     def _roll(self, now: float) -> None:
         if self._cur.total:

@@ -25,7 +25,7 @@ import threading
 import time
 import warnings
 from collections import OrderedDict
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from heapq import heapify, heappop, heappush
 from types import MappingProxyType
 from typing import Any
@@ -47,6 +47,12 @@ _RECLAIM_BLOCKS = 8
 _BOUND_CACHE = 1024
 _CHARGE_LATER: Any = object()
 _new = tuple.__new__
+#: see MemoryStorage._refs
+_Refs = tuple[
+    OrderedDict[str, Any], Callable[[str], Any], Callable[[str], None],
+    OrderedDict[str, Any], Callable[[str], Any], Callable[[], bool], Callable[[], None],
+    Callable[[str, Any, Algorithm, int], None], Callable[[], float], bool,
+]
 
 
 class MemoryStorage(Storage):
@@ -110,6 +116,17 @@ class MemoryStorage(Storage):
             return time.time_ns() // 1000
         return int(self._clock() * 1_000_000)
 
+    def _refs(self) -> _Refs:
+        """What a bound hit or batch uses on every call, looked up once: the dict with its
+        ``get`` and ``move_to_end``, the protected tier and ``_revive``, the lock's
+        ``acquire`` and ``release``, ``_insert``, the clock and whether it is the wall
+        clock (the store's clock is fixed)."""
+        data = self._data
+        lock = self._lock
+        clock = self._clock
+        return (data, data.get, data.move_to_end, self._protected, self._revive,
+                lock.acquire, lock.release, self._insert, clock, clock is time.time)
+
     def bind(self, algorithm: Algorithm) -> BoundHit:
         """``hit`` specialised for one algorithm, every lookup bound: one lock, one dict
         lookup, the arithmetic, one store. The one single-check hit of this store (``hit``
@@ -117,18 +134,9 @@ class MemoryStorage(Storage):
         bound = self._bound.get(algorithm)
         if bound is not None:
             return bound
-        data = self._data
-        get = data.get
-        touch = data.move_to_end
-        protected = self._protected
-        revive = self._revive
-        acquire = self._lock.acquire
-        release = self._lock.release
+        data, get, touch, protected, revive, acquire, release, insert, clock, wall = self._refs()
         decide = algorithm.hit
-        insert = self._insert
         prefix = algorithm.id + "|"
-        clock = self._clock
-        wall = clock is time.time  # (the store's clock is fixed)
         time_ns = time.time_ns
 
         def hit(key: str, cost: int, now: int | None) -> Decision:
@@ -171,16 +179,7 @@ class MemoryStorage(Storage):
             (alg, f"{alg.id}|{prefix}", alg.__class__ is SlidingLog, i)
             for i, algs in enumerate(frozen) for alg in algs
         )
-        data = self._data
-        get = data.get
-        touch = data.move_to_end
-        protected = self._protected
-        revive = self._revive
-        acquire = self._lock.acquire
-        release = self._lock.release
-        insert = self._insert
-        clock = self._clock
-        wall = clock is time.time  # (the store's clock is fixed)
+        data, get, touch, protected, revive, acquire, release, insert, clock, wall = self._refs()
         time_ns = time.time_ns
 
         def batch(keys: Sequence[str], costs: Sequence[int], now: int | None) -> list[Decision]:

@@ -115,7 +115,10 @@ class Clients:
 
     # -- sync -----------------------------------------------------------------------------
 
-    def _sync(self) -> Any:
+    def sync_client(self) -> Any:
+        """The sync redis client, built on first use (also for callers sending commands of
+        their own: ``testing.clear_limiter``, the monitor's shared top offenders); a
+        ConfigError when this storage has only a redis.asyncio client."""
         client = self._client
         if client is None:
             if self._make_client is None:

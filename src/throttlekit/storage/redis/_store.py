@@ -341,7 +341,7 @@ class RedisStorage(Clients, Storage):
     # -- sync I/O -----------------------------------------------------------------------------
 
     def _eval(self, script: Script, keys: Sequence[str], args: Sequence[Any]) -> Any:
-        client = self._sync()
+        client = self.sync_client()
         try:
             try:
                 return client.execute_command("EVALSHA", script.sha, len(keys), *keys, *args)
@@ -353,7 +353,7 @@ class RedisStorage(Clients, Storage):
     def _eval_one(self, script: Script, sha: bytes, args: list[Any]) -> Any:
         client = self._client
         if client is None:
-            client = self._sync()
+            client = self.sync_client()
         try:
             try:
                 return client.execute_command("EVALSHA", sha, *args)
@@ -373,7 +373,7 @@ class RedisStorage(Clients, Storage):
             return result
 
     def _sync_call(self, *args: Any) -> Any:
-        client = self._sync()
+        client = self.sync_client()
         try:
             return client.execute_command(*args)
         except self._errors as exc:
@@ -382,7 +382,7 @@ class RedisStorage(Clients, Storage):
     def apply(self, checks: Sequence[Check], *, consume: bool = True, now: int | None = None,
               block_keys: Sequence[str] = ()) -> BatchResult:
         if self._client is None:
-            self._sync()
+            self.sync_client()
         if len(checks) == 1 and not block_keys:  # the common case: one specialised script
             c = checks[0]
             if self._pool is not None:
@@ -398,7 +398,7 @@ class RedisStorage(Clients, Storage):
 
     def reset(self, keys: Sequence[str]) -> None:
         if self._client is None:
-            self._sync()
+            self.sync_client()
         for group in self._key_groups(keys):
             self._eval(self._reset, group, ())
 

@@ -1,16 +1,11 @@
 -- See _fixed_window.lua for the shape of a strategy's block (needs --#include arith).
 --#include floordiv q=win a=now b=p
+--#include state3 n1=w n2=wcur n3=wprev
 local cur, prev = 0, 0
-local v = call('HGET', H, field)
-if v then  -- "window current previous"
-  local s1 = find(v, ' ', 1, true)
-  local s2 = find(v, ' ', s1 + 1, true)
-  local w = tonumber(sub(v, 1, s1 - 1))
-  if w == win then
-    cur, prev = tonumber(sub(v, s1 + 1, s2 - 1)), tonumber(sub(v, s2 + 1))
-  elseif w == win - 1 then
-    prev = tonumber(sub(v, s1 + 1, s2 - 1))
-  end
+if w == win then
+  cur, prev = wcur, wprev
+elseif w == win - 1 then
+  prev = wcur
 end
 local left = p - (now - win * p)
 -- prev * left + cur * p <= limit * p, divided by p: w = ceil(prev * left / p)
