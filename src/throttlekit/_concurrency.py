@@ -127,7 +127,7 @@ class Lease:
             try:
                 self.storage.release(keys, self.id)
             except Exception as exc:
-                self.owner._log("release", exc)
+                self.owner.log_failure("release", exc)
 
     async def arelease(self) -> None:
         keys, self.keys = self.keys, []
@@ -135,7 +135,7 @@ class Lease:
             try:
                 await self.storage.arelease(keys, self.id)
             except Exception as exc:
-                self.owner._log("release", exc)
+                self.owner.log_failure("release", exc)
 
 
 def _duration(value: Any, what: str, default: float) -> float:
@@ -222,7 +222,8 @@ class ConcurrencyRules:
 
     # -- per request ---------------------------------------------------------------------
 
-    def _log(self, what: str, exc: BaseException) -> None:
+    def log_failure(self, what: str, exc: BaseException) -> None:
+        """Log that ``what`` failed, at most once per ``error_log_interval``."""
         mono = time.monotonic()
         if mono - self._last_log >= self.limiter.error_log_interval:
             self._last_log = mono
@@ -242,7 +243,7 @@ class ConcurrencyRules:
                     continue
                 disc = rule.key(view)
             except Exception as exc:
-                self._log(f"rule {rule.name!r} (match or key function)", exc)
+                self.log_failure(f"rule {rule.name!r} (match or key function)", exc)
                 continue
             if disc is None:
                 continue
@@ -258,7 +259,7 @@ class ConcurrencyRules:
                 try:
                     level = int(shed.priority(view))
                 except Exception as exc:  # a broken priority function: lowest priority
-                    self._log("priority function", exc)
+                    self.log_failure("priority function", exc)
             level = min(max(level, 0), len(shed.limits) - 1)
             keys.append(_NS + SHED_RULE)
             limits.append(shed.limits[level])
