@@ -7,8 +7,9 @@ import re
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any, TypeVar
 
-from ._algorithms import DEFAULT_STRATEGY, Algorithm, check_strategy, make_algorithm
-from ._decision import Decision, most_restrictive
+from ._algorithms import DEFAULT_STRATEGY, check_strategy, make_algorithm
+from ._decision import Decision
+from ._direct import Plan, adecide, check_cost, check_key, decide, prepared
 from ._errors import ConfigError
 from ._keys import (
     HASH_PREFIX,
@@ -18,10 +19,10 @@ from ._keys import (
     bound_key,
     encodable,
 )
-from ._rates import Rate, coerce_rates
+from ._rates import Rate
 from ._resilience import ON_STORAGE_ERROR, ResilientStore, resilient
 from .storage import Storage, storage_from_url
-from .storage.base import Block, Check
+from .storage.base import Block
 
 if TYPE_CHECKING:
     import os
@@ -46,22 +47,6 @@ _IP_LIKE = re.compile(r"[0-9.]+|[0-9A-Fa-f:.%\[\]]*:[0-9A-Fa-f:.%\[\]]*")
 _LEADING_ZERO = re.compile(r"(?:^|[.:])0[0-9]")
 _new = tuple.__new__
 _F = TypeVar("_F", bound=Callable[..., Any])
-
-
-class _Plan:
-    """Rates bound to a strategy, parsed and validated once and cached by the limiter.
-
-    ``fast`` is the storage's single-check hit (``Storage.bind``) for one rate on a local
-    store (a remote one answers through the limiter's failure policy).
-    """
-
-    __slots__ = ("algorithms", "fast")
-
-    def __init__(self, algorithms: tuple[Algorithm, ...], storage: Storage) -> None:
-        self.algorithms = algorithms
-        self.fast: Callable[[str, int, int | None], Decision] | None = None
-        if len(algorithms) == 1 and not storage.remote:
-            self.fast = storage.bind(algorithms[0])
 
 
 class Limiter:
@@ -150,8 +135,8 @@ class Limiter:
         if burst is not None:
             make_algorithm("token_bucket", Rate(1, 1.0), burst)  # validates
         self.burst = burst
-        self._plans: dict[Any, _Plan] = {}
-        self._default_plans: dict[Any, _Plan] = {}  # by rates alone: the common call
+        self._plans: dict[Any, Plan] = {}
+        self._default_plans: dict[Any, Plan] = {}  # by rates alone: the common call
         if isinstance(denial_cache_size, bool) or not isinstance(denial_cache_size, int) or (
             denial_cache_size < 0
         ):
@@ -188,7 +173,7 @@ class Limiter:
 
     # -- configuration --------------------------------------------------------------------
 
-    def plan(self, rates: Any, strategy: str | None = None, burst: int | None = None) -> _Plan:
+    def plan(self, rates: Any, strategy: str | None = None, burst: int | None = None) -> Plan:
         """Parse and validate ``rates`` under ``strategy`` once; cached."""
         cache_key = (rates if not isinstance(rates, list) else tuple(rates), strategy, burst)
         try:
@@ -198,16 +183,9 @@ class Limiter:
         except TypeError:
             raise ConfigError(f"invalid rates {rates!r}") from None
         strategy = strategy or self.strategy
-        check_strategy(strategy, self.storage)
         if burst is None and strategy == "token_bucket":
             burst = self.burst
-        rate_list = coerce_rates(rates)
-        algorithms = tuple(make_algorithm(strategy, r, burst) for r in rate_list)
-        for alg in algorithms:
-            why = self.storage.unsupported_algorithm(alg)
-            if why:
-                raise ConfigError(f"strategy {strategy!r} at {alg.rate} is not available: {why}")
-        plan = _Plan(algorithms, self.storage)
+        plan = Plan.of(self.storage, rates, strategy, burst)
         if len(self._plans) > 4096:  # rates built per request must not grow this forever
             self._plans.clear()
             self._default_plans.clear()
@@ -242,7 +220,7 @@ class Limiter:
         except (KeyError, TypeError):
             plan = self.plan(rates, strategy, burst)
         if cost.__class__ is not int or cost < 0:
-            _check_cost(cost)
+            check_cost(cost)
         clock = self.clock
         now = int(clock() * 1_000_000) if clock is not None else None
         fast = plan.fast
@@ -252,32 +230,18 @@ class Limiter:
                     key = bound_key(key)
                 return fast(key, cost, now)
             except (TypeError, AttributeError):
-                _check_key(key)
+                check_key(key)
                 raise
-        _check_key(key)
-        key = bound_key(key)
-        if not self.storage.remote:
-            return _apply(self.storage, plan, key, cost, True, now)
-        return self._remote(plan, key, cost, True, now)
+        check_key(key)
+        return decide(self, plan, bound_key(key), cost, True, now)
 
     def test(
-        self,
-        key: str,
-        rates: Any,
-        *,
-        strategy: str | None = None,
-        cost: int = 1,
+        self, key: str, rates: Any, *, strategy: str | None = None, cost: int = 1,
         burst: int | None = None,
     ) -> Decision:
         """The Decision ``hit`` would return now, charging nothing."""
-        plan = self.plan(rates, strategy, burst)
-        _check_cost(cost)
-        _check_key(key)
-        key = bound_key(key)
-        now = int(self.clock() * 1_000_000) if self.clock is not None else None
-        if not self.storage.remote:
-            return _apply(self.storage, plan, key, cost, False, now)
-        return self._remote(plan, key, cost, False, now)
+        plan, key, now = prepared(self, key, rates, strategy, cost, burst)
+        return decide(self, plan, key, cost, False, now)
 
     def reset(self, key: str) -> None:
         """Forget all state of ``key``, under every rate and strategy.
@@ -287,7 +251,7 @@ class Limiter:
         happened). Keys are stored bounded (see ``hit``): a long key is found by its
         hash as ``hit`` stored it. An empty key is a ConfigError.
         """
-        _check_key(key)
+        check_key(key)
         _admin_text(key, "reset")
         key = bound_key(key)
         self.storage.reset((key,))
@@ -303,70 +267,35 @@ class Limiter:
             store.forget(key)
 
     async def ahit(
-        self,
-        key: str,
-        rates: Any,
-        *,
-        strategy: str | None = None,
-        cost: int = 1,
+        self, key: str, rates: Any, *, strategy: str | None = None, cost: int = 1,
         burst: int | None = None,
     ) -> Decision:
         """Async twin of :meth:`hit`."""
         if not self.storage.remote:
             return self.hit(key, rates, strategy=strategy, cost=cost, burst=burst)
-        plan = self.plan(rates, strategy, burst)
-        _check_cost(cost)
-        _check_key(key)
-        key = bound_key(key)
-        now = int(self.clock() * 1_000_000) if self.clock is not None else None
-        return await self._aremote(plan, key, cost, True, now)
+        plan, key, now = prepared(self, key, rates, strategy, cost, burst)
+        return await adecide(self, plan, key, cost, True, now)
 
     async def atest(
-        self,
-        key: str,
-        rates: Any,
-        *,
-        strategy: str | None = None,
-        cost: int = 1,
+        self, key: str, rates: Any, *, strategy: str | None = None, cost: int = 1,
         burst: int | None = None,
     ) -> Decision:
         """Async twin of :meth:`test`."""
         if not self.storage.remote:
             return self.test(key, rates, strategy=strategy, cost=cost, burst=burst)
-        plan = self.plan(rates, strategy, burst)
-        _check_cost(cost)
-        _check_key(key)
-        key = bound_key(key)
-        now = int(self.clock() * 1_000_000) if self.clock is not None else None
-        return await self._aremote(plan, key, cost, False, now)
+        plan, key, now = prepared(self, key, rates, strategy, cost, burst)
+        return await adecide(self, plan, key, cost, False, now)
 
     async def areset(self, key: str) -> None:
         """Async twin of :meth:`reset`."""
-        _check_key(key)
+        check_key(key)
         _admin_text(key, "reset")
         key = bound_key(key)
         await self.storage.areset((key,))
         self.forget_local(key)
         await self.store.anext_generation()
 
-    # -- remote stores: through the ResilientStore ---------------------------------------
-
-    def _remote(self, plan: _Plan, key: str, cost: int, consume: bool, now: int | None) -> Decision:
-        store = self.store
-        assert isinstance(store, ResilientStore)
-        return store.decide(plan, key, [Check(a, key, cost) for a in plan.algorithms],
-                            consume, now)
-
-    async def _aremote(
-        self, plan: _Plan, key: str, cost: int, consume: bool, now: int | None
-    ) -> Decision:
-        store = self.store
-        assert isinstance(store, ResilientStore)
-        return await store.adecide(plan, key, [Check(a, key, cost) for a in plan.algorithms],
-                                   consume, now)
-
-    # -- rules: safelists, blocklists, bans, throttles, tracks (the middleware's engine) --
-    # Everything below is the rule API; the engine itself lives in _rules.py.
+    # -- rules: safelists, blocklists, bans, throttles, tracks (see _engine, _rules) ------
 
     def _init_rules(
         self,
@@ -999,17 +928,6 @@ class Limiter:
         return adapter.dependency(self, spec)
 
 
-def _apply(
-    storage: Storage, plan: _Plan, key: str, cost: int, consume: bool, now: int | None
-) -> Decision:
-    result = storage.apply([Check(a, key, cost) for a in plan.algorithms], consume=consume, now=now)
-    return most_restrictive(result.decisions)
-
-
-def _check_key(key: object) -> None:
-    if key.__class__ is not str and not isinstance(key, str):
-        raise ConfigError(f"key must be a string, got {key!r}")
-
 
 def _admin_text(key: object, what: str) -> str:
     """An admin command's key, stripped; an empty one is a ConfigError."""
@@ -1043,8 +961,3 @@ def _holding(entry: str, addr: ipaddress.IPv6Address) -> tuple[str | None, bool]
     except ValueError:
         return None, ban
     return (net if addr in found else None), ban
-
-
-def _check_cost(cost: object) -> None:
-    if isinstance(cost, bool) or not isinstance(cost, int) or cost < 0:
-        raise ConfigError(f"cost must be an integer >= 0, got {cost!r}")
