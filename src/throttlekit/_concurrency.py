@@ -160,6 +160,19 @@ class ConcurrencyRules:
         self.needs_form = False
         self._last_log = -math.inf
 
+    @classmethod
+    def of(cls, limiter: Limiter) -> ConcurrencyRules:
+        """The limiter's concurrency rules, or new empty ones to :meth:`install`."""
+        conc = limiter.engine.concurrency
+        return conc if conc is not None else cls(limiter)
+
+    def install(self) -> None:
+        """Put these rules in force (after a change: ``Limiter.concurrency``/``shed``)."""
+        engine = self.limiter.engine
+        if self.needs_form:
+            engine.rules.needs_form = True
+        engine.concurrency = self
+
     def __bool__(self) -> bool:
         return bool(self.rules) or self.shedding is not None
 

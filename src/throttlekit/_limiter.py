@@ -10,21 +10,24 @@ from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from . import _admin as admin
-from ._algorithms import DEFAULT_STRATEGY, check_strategy, make_algorithm
+from ._algorithms import DEFAULT_STRATEGY
+from ._clientip import ClientIPResolver
+from ._concurrency import ConcurrencyRules
 from ._direct import Plan, adecide, check_cost, check_key, decide, prepared
+from ._engine import Engine
 from ._errors import ConfigError
 from ._keys import MAX_KEY_LENGTH, bound_key
-from ._rates import Rate
 from ._resilience import ON_STORAGE_ERROR, ResilientStore, resilient
-from .storage import Storage, storage_from_url
+from ._settings import check_settings, storage_of
+from .storage import Storage
 
 if TYPE_CHECKING:
     import os
     from collections.abc import Iterable
 
-    from ._concurrency import ConcurrencyRules
     from ._decision import Decision
     from ._events import EventCallback
+    from ._rates import Rate
     from ._request import RequestView
     from ._rules import ResponseInfo, Verdict
     from ._rulesfile import RuleSet
@@ -94,41 +97,22 @@ class Limiter:
         headers_on_allowed: bool = True,
         enabled: bool = True,
     ) -> None:
-        if isinstance(storage, str):
-            storage = storage_from_url(storage)
-        elif not isinstance(storage, Storage):
-            raise ConfigError(f"storage must be a URL or a Storage object, got {storage!r}")
-        if clock is not None and not callable(clock):
-            raise ConfigError(f"clock must be a zero-argument callable, got {clock!r}")
-        if on_storage_error not in ON_STORAGE_ERROR:
-            raise ConfigError(
-                f"on_storage_error must be one of {', '.join(ON_STORAGE_ERROR)}, "
-                f"got {on_storage_error!r}"
-            )
-        for name, value in (("retry_interval", retry_interval),
-                            ("error_log_interval", error_log_interval)):
-            if isinstance(value, bool) or not isinstance(value, (int, float)) or not (
-                0 <= value < float("inf")  # also refuses nan
-            ):
-                raise ConfigError(f"{name} must be a finite non-negative number, got {value!r}")
+        storage = storage_of(storage)
+        check_settings(
+            storage, clock=clock, on_storage_error=on_storage_error,
+            retry_interval=retry_interval, error_log_interval=error_log_interval,
+            strategy=strategy, burst=burst, denial_cache_size=denial_cache_size,
+            header_style=header_style, headers_on_allowed=headers_on_allowed,
+        )
         self.storage: Storage = storage
         self.clock = clock
         self.on_storage_error = on_storage_error
         self.retry_interval = float(retry_interval)
         self.error_log_interval = float(error_log_interval)
-        check_strategy(strategy, self.storage)
         self.strategy = strategy
-        if burst is not None:
-            make_algorithm("token_bucket", Rate(1, 1.0), burst)  # validates
         self.burst = burst
         self._plans: dict[Any, Plan] = {}
         self._default_plans: dict[Any, Plan] = {}  # by rates alone: the common call
-        if isinstance(denial_cache_size, bool) or not isinstance(denial_cache_size, int) or (
-            denial_cache_size < 0
-        ):
-            raise ConfigError(
-                f"denial_cache_size must be an integer >= 0, got {denial_cache_size!r}"
-            )
         #: what requests go through: a remote ``storage`` wrapped with its breaker, fail
         #: policy, fallback store and denial cache (see throttlekit._resilience); a local
         #: one as it is
@@ -137,9 +121,13 @@ class Limiter:
             error_log_interval=self.error_log_interval, denial_cache_size=denial_cache_size,
             clock=clock,
         )
-        self._init_rules(
-            trusted_proxies, ipv6_prefix, header_style, headers_on_allowed, forwarded_header
-        )
+        self.resolver = ClientIPResolver(trusted_proxies, ipv6_prefix, header=forwarded_header)
+        self.resolver_args = (trusted_proxies, ipv6_prefix, forwarded_header)
+        self.header_style = header_style
+        self.headers_on_allowed = headers_on_allowed
+        #: what decides requests: the rules in force, concurrency rules, rules-file
+        #: watcher and event listeners (see throttlekit._engine)
+        self.engine = Engine(self)
         if not isinstance(enabled, bool):
             raise ConfigError(f"enabled must be True or False, got {enabled!r}")
         self.engine.enabled = enabled
@@ -267,31 +255,6 @@ class Limiter:
         await admin.arun(admin.reset(self, key))
 
     # -- rules: safelists, blocklists, bans, throttles, tracks (see _engine, _rules) ------
-
-    def _init_rules(
-        self,
-        trusted_proxies: int | Sequence[str],
-        ipv6_prefix: int,
-        header_style: str,
-        headers_on_allowed: bool,
-        forwarded_header: str = "x-forwarded-for",
-    ) -> None:
-        from ._clientip import ClientIPResolver
-        from ._engine import Engine
-        from ._responses import check_header_style
-
-        check_header_style(header_style)
-        if not isinstance(headers_on_allowed, bool):
-            raise ConfigError(
-                f"headers_on_allowed must be True or False, got {headers_on_allowed!r}"
-            )
-        self.resolver = ClientIPResolver(trusted_proxies, ipv6_prefix, header=forwarded_header)
-        self.resolver_args = (trusted_proxies, ipv6_prefix, forwarded_header)
-        self.header_style = header_style
-        self.headers_on_allowed = headers_on_allowed
-        #: what decides requests: the rules in force, concurrency rules, rules-file
-        #: watcher and event listeners (see throttlekit._engine)
-        self.engine = Engine(self)
 
     def safelist(
         self, name: str, predicate: Callable[[RequestView], Any] | None = None, *,
@@ -542,20 +505,6 @@ class Limiter:
             raise ConfigError("this limiter has no rules file (use Limiter.from_file)")
         self.engine.watcher.on_signal(signal.SIGHUP if signum is None else signum)
 
-    def _use_concurrency(self, conc: ConcurrencyRules) -> None:
-        engine = self.engine
-        if conc.needs_form:
-            engine.rules.needs_form = True
-        engine.concurrency = conc
-
-    def _conc(self) -> ConcurrencyRules:
-        from ._concurrency import ConcurrencyRules
-
-        conc = self.engine.concurrency
-        if conc is None:
-            conc = ConcurrencyRules(self)
-        return conc
-
     def concurrency(
         self, name: str, limit: int, *, key: Any = "global",
         match: Callable[[RequestView], Any] | None = None, timeout: float | None = None,
@@ -568,9 +517,9 @@ class Limiter:
         if name in self.engine.rules.names:
             kind = self.engine.rules.names[name]
             raise ConfigError(f"duplicate rule name {name!r} (already a {kind})")
-        conc = self._conc()
+        conc = ConcurrencyRules.of(self)
         conc.add(name, limit, key=key, match=match, timeout=timeout, retry_after=retry_after)
-        self._use_concurrency(conc)
+        conc.install()
 
     def shed(
         self, capacity: int, *, priority: Callable[[RequestView], Any] | None = None,
@@ -581,14 +530,14 @@ class Limiter:
         workers sharing the storage), a request of priority ``p`` (``priority(view)``, an
         int, higher is more important; default 0) is refused with 503 once
         ``thresholds[p] * capacity`` requests are in flight."""
-        conc = self._conc()
+        conc = ConcurrencyRules.of(self)
         conc.set_shedding(capacity, priority, thresholds, timeout, retry_after)
-        self._use_concurrency(conc)
+        conc.install()
 
     def inflight(self, name: str, key: str = "*") -> int:
         """Requests in flight under concurrency rule ``name`` for discriminator ``key``
         (``"*"`` for a global rule; ``name="shedding"``: everything load shedding counts)."""
-        return self._conc().inflight(name, key)
+        return ConcurrencyRules.of(self).inflight(name, key)
 
     # -- decorators and framework integrations (see _decorators.py, throttlekit.contrib) --
 
