@@ -356,6 +356,36 @@ def test_priority_function_that_raises_counts_as_lowest(caplog: pytest.LogCaptur
     assert "priority function failed" in caplog.text
 
 
+class FailingRelease(MemoryStorage):
+    """Leases are taken, but giving one back fails as an unreachable store would."""
+
+    def release(self, keys: Any, lease_id: str) -> None:
+        raise ConnectionError("store down")
+
+
+def test_a_failing_release_is_logged_never_raised(caplog: pytest.LogCaptureFixture) -> None:
+    """The response is served; the failure is logged (the lease expires on its own)."""
+    limiter = Limiter(FailingRelease())
+    limiter.concurrency("c", 1)
+    client = Client(WSGIMiddleware(Holding(), limiter))
+    assert client.get("/x", buffered=True).status_code == 200  # buffered: the body closed
+    assert "concurrency release failed (ConnectionError: store down)" in caplog.text
+
+
+def test_a_failing_async_release_is_logged_never_raised(caplog: pytest.LogCaptureFixture
+                                                        ) -> None:
+    from throttlekit._concurrency import Lease
+
+    limiter = Limiter(FailingRelease())
+    limiter.concurrency("c", 1)
+    conc = limiter.engine.concurrency
+    assert conc is not None
+    lease = Lease(conc, limiter.storage, ["conc:c:*"], "l1")
+    asyncio.run(lease.arelease())
+    assert "concurrency release failed (ConnectionError: store down)" in caplog.text
+    assert lease.keys == []  # released once: a second call does nothing
+
+
 # -- configuration and the storage primitive ---------------------------------------------
 
 

@@ -127,7 +127,7 @@ class Lease:
             try:
                 self.storage.release(keys, self.id)
             except Exception as exc:
-                self.owner._log("release", exc)
+                self.owner.log_failure("release", exc)
 
     async def arelease(self) -> None:
         keys, self.keys = self.keys, []
@@ -135,7 +135,7 @@ class Lease:
             try:
                 await self.storage.arelease(keys, self.id)
             except Exception as exc:
-                self.owner._log("release", exc)
+                self.owner.log_failure("release", exc)
 
 
 def _duration(value: Any, what: str, default: float) -> float:
@@ -159,6 +159,19 @@ class ConcurrencyRules:
         #: some rule's key, match or priority function reads ``view.form``
         self.needs_form = False
         self._last_log = -math.inf
+
+    @classmethod
+    def of(cls, limiter: Limiter) -> ConcurrencyRules:
+        """The limiter's concurrency rules, or new empty ones to :meth:`install`."""
+        conc = limiter.engine.concurrency
+        return conc if conc is not None else cls(limiter)
+
+    def install(self) -> None:
+        """Put these rules in force (after a change: ``Limiter.concurrency``/``shed``)."""
+        engine = self.limiter.engine
+        if self.needs_form:
+            engine.rules.needs_form = True
+        engine.concurrency = self
 
     def __bool__(self) -> bool:
         return bool(self.rules) or self.shedding is not None
@@ -222,7 +235,8 @@ class ConcurrencyRules:
 
     # -- per request ---------------------------------------------------------------------
 
-    def _log(self, what: str, exc: BaseException) -> None:
+    def log_failure(self, what: str, exc: BaseException) -> None:
+        """Log that ``what`` failed, at most once per ``error_log_interval``."""
         mono = time.monotonic()
         if mono - self._last_log >= self.limiter.error_log_interval:
             self._last_log = mono
@@ -242,7 +256,7 @@ class ConcurrencyRules:
                     continue
                 disc = rule.key(view)
             except Exception as exc:
-                self._log(f"rule {rule.name!r} (match or key function)", exc)
+                self.log_failure(f"rule {rule.name!r} (match or key function)", exc)
                 continue
             if disc is None:
                 continue
@@ -258,7 +272,7 @@ class ConcurrencyRules:
                 try:
                     level = int(shed.priority(view))
                 except Exception as exc:  # a broken priority function: lowest priority
-                    self._log("priority function", exc)
+                    self.log_failure("priority function", exc)
             level = min(max(level, 0), len(shed.limits) - 1)
             keys.append(_NS + SHED_RULE)
             limits.append(shed.limits[level])

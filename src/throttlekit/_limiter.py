@@ -1,27 +1,25 @@
-"""The Limiter: rates and strategies in, Decisions out, through one storage backend."""
+"""The Limiter: rates and strategies in, Decisions out, through one storage backend.
+
+A facade: the direct API's plans and store calls are in ``_direct``, the admin operations
+in ``_admin``, the rules' decisions in ``_engine`` (``limiter.engine``).
+"""
 
 from __future__ import annotations
 
-import ipaddress
-import re
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any, TypeVar
 
-from ._algorithms import DEFAULT_STRATEGY, Algorithm, check_strategy, make_algorithm
-from ._decision import Decision, most_restrictive
+from . import _admin as admin
+from ._algorithms import DEFAULT_STRATEGY
+from ._clientip import ClientIPResolver
+from ._concurrency import ConcurrencyRules
+from ._direct import Plan, adecide, check_cost, check_key, decide, prepared
+from ._engine import Engine
 from ._errors import ConfigError
-from ._keys import (
-    HASH_PREFIX,
-    MAX_KEY_LENGTH,
-    UNREADABLE_PREFIX,
-    admin_rule_key,
-    bound_key,
-    encodable,
-)
-from ._rates import Rate, coerce_rates
+from ._keys import MAX_KEY_LENGTH, bound_key
 from ._resilience import ON_STORAGE_ERROR, ResilientStore, resilient
-from .storage import Storage, storage_from_url
-from .storage.base import Block, Check
+from ._settings import check_settings, storage_of
+from .storage import Storage
 
 if TYPE_CHECKING:
     import os
@@ -29,42 +27,18 @@ if TYPE_CHECKING:
 
     from typing_extensions import Unpack
 
-    from ._concurrency import ConcurrencyRules
+    from ._decision import Decision
     from ._events import EventCallback
     from ._limitspec import LimitOptions
+    from ._rates import Rate
     from ._request import RequestView
     from ._rules import ResponseInfo, Verdict
     from ._rulesfile import RuleSet
-#: prefix of rule state keys in the storage (see _rules.NS)
-_rules_ns = "rule:"
-#: the on_unreadable bucket of a client (see _rules.UNREADABLE_PREFIX)
-#: the kinds of ban entries in the dynamic blocklist: "<kind>:<rule>:<key>"
-_BAN_KINDS = ("fail2ban", "allow2ban")
+    from .storage.base import Block
 
 __all__ = ["DEFAULT_STRATEGY", "ON_STORAGE_ERROR", "Limiter"]
 
-
-#: what a block key that failed to parse as an address was probably meant to be
-_IP_LIKE = re.compile(r"[0-9.]+|[0-9A-Fa-f:.%\[\]]*:[0-9A-Fa-f:.%\[\]]*")
-_LEADING_ZERO = re.compile(r"(?:^|[.:])0[0-9]")
-_new = tuple.__new__
 _F = TypeVar("_F", bound=Callable[..., Any])
-
-
-class _Plan:
-    """Rates bound to a strategy, parsed and validated once and cached by the limiter.
-
-    ``fast`` is the storage's single-check hit (``Storage.bind``) for one rate on a local
-    store (a remote one answers through the limiter's failure policy).
-    """
-
-    __slots__ = ("algorithms", "fast")
-
-    def __init__(self, algorithms: tuple[Algorithm, ...], storage: Storage) -> None:
-        self.algorithms = algorithms
-        self.fast: Callable[[str, int, int | None], Decision] | None = None
-        if len(algorithms) == 1 and not storage.remote:
-            self.fast = storage.bind(algorithms[0])
 
 
 class Limiter:
@@ -126,41 +100,22 @@ class Limiter:
         headers_on_allowed: bool = True,
         enabled: bool = True,
     ) -> None:
-        if isinstance(storage, str):
-            storage = storage_from_url(storage)
-        elif not isinstance(storage, Storage):
-            raise ConfigError(f"storage must be a URL or a Storage object, got {storage!r}")
-        if clock is not None and not callable(clock):
-            raise ConfigError(f"clock must be a zero-argument callable, got {clock!r}")
-        if on_storage_error not in ON_STORAGE_ERROR:
-            raise ConfigError(
-                f"on_storage_error must be one of {', '.join(ON_STORAGE_ERROR)}, "
-                f"got {on_storage_error!r}"
-            )
-        for name, value in (("retry_interval", retry_interval),
-                            ("error_log_interval", error_log_interval)):
-            if isinstance(value, bool) or not isinstance(value, (int, float)) or not (
-                0 <= value < float("inf")  # also refuses nan
-            ):
-                raise ConfigError(f"{name} must be a finite non-negative number, got {value!r}")
+        storage = storage_of(storage)
+        check_settings(
+            storage, clock=clock, on_storage_error=on_storage_error,
+            retry_interval=retry_interval, error_log_interval=error_log_interval,
+            strategy=strategy, burst=burst, denial_cache_size=denial_cache_size,
+            header_style=header_style, headers_on_allowed=headers_on_allowed,
+        )
         self.storage: Storage = storage
         self.clock = clock
         self.on_storage_error = on_storage_error
         self.retry_interval = float(retry_interval)
         self.error_log_interval = float(error_log_interval)
-        check_strategy(strategy, self.storage)
         self.strategy = strategy
-        if burst is not None:
-            make_algorithm("token_bucket", Rate(1, 1.0), burst)  # validates
         self.burst = burst
-        self._plans: dict[Any, _Plan] = {}
-        self._default_plans: dict[Any, _Plan] = {}  # by rates alone: the common call
-        if isinstance(denial_cache_size, bool) or not isinstance(denial_cache_size, int) or (
-            denial_cache_size < 0
-        ):
-            raise ConfigError(
-                f"denial_cache_size must be an integer >= 0, got {denial_cache_size!r}"
-            )
+        self._plans: dict[Any, Plan] = {}
+        self._default_plans: dict[Any, Plan] = {}  # by rates alone: the common call
         #: what requests go through: a remote ``storage`` wrapped with its breaker, fail
         #: policy, fallback store and denial cache (see throttlekit._resilience); a local
         #: one as it is
@@ -169,9 +124,13 @@ class Limiter:
             error_log_interval=self.error_log_interval, denial_cache_size=denial_cache_size,
             clock=clock,
         )
-        self._init_rules(
-            trusted_proxies, ipv6_prefix, header_style, headers_on_allowed, forwarded_header
-        )
+        self.resolver = ClientIPResolver(trusted_proxies, ipv6_prefix, header=forwarded_header)
+        self.resolver_args = (trusted_proxies, ipv6_prefix, forwarded_header)
+        self.header_style = header_style
+        self.headers_on_allowed = headers_on_allowed
+        #: what decides requests: the rules in force, concurrency rules, rules-file
+        #: watcher and event listeners (see throttlekit._engine)
+        self.engine = Engine(self)
         if not isinstance(enabled, bool):
             raise ConfigError(f"enabled must be True or False, got {enabled!r}")
         self.engine.enabled = enabled
@@ -191,7 +150,7 @@ class Limiter:
 
     # -- configuration --------------------------------------------------------------------
 
-    def plan(self, rates: Any, strategy: str | None = None, burst: int | None = None) -> _Plan:
+    def plan(self, rates: Any, strategy: str | None = None, burst: int | None = None) -> Plan:
         """Parse and validate ``rates`` under ``strategy`` once; cached."""
         cache_key = (rates if not isinstance(rates, list) else tuple(rates), strategy, burst)
         try:
@@ -201,16 +160,9 @@ class Limiter:
         except TypeError:
             raise ConfigError(f"invalid rates {rates!r}") from None
         strategy = strategy or self.strategy
-        check_strategy(strategy, self.storage)
         if burst is None and strategy == "token_bucket":
             burst = self.burst
-        rate_list = coerce_rates(rates)
-        algorithms = tuple(make_algorithm(strategy, r, burst) for r in rate_list)
-        for alg in algorithms:
-            why = self.storage.unsupported_algorithm(alg)
-            if why:
-                raise ConfigError(f"strategy {strategy!r} at {alg.rate} is not available: {why}")
-        plan = _Plan(algorithms, self.storage)
+        plan = Plan.of(self.storage, rates, strategy, burst)
         if len(self._plans) > 4096:  # rates built per request must not grow this forever
             self._plans.clear()
             self._default_plans.clear()
@@ -222,12 +174,7 @@ class Limiter:
     # -- the API --------------------------------------------------------------------------
 
     def hit(
-        self,
-        key: str,
-        rates: Any,
-        *,
-        strategy: str | None = None,
-        cost: int = 1,
+        self, key: str, rates: Any, *, strategy: str | None = None, cost: int = 1,
         burst: int | None = None,
     ) -> Decision:
         """Decide and, when allowed, charge ``cost`` against every rate of ``rates``.
@@ -245,7 +192,7 @@ class Limiter:
         except (KeyError, TypeError):
             plan = self.plan(rates, strategy, burst)
         if cost.__class__ is not int or cost < 0:
-            _check_cost(cost)
+            check_cost(cost)
         clock = self.clock
         now = int(clock() * 1_000_000) if clock is not None else None
         fast = plan.fast
@@ -255,32 +202,18 @@ class Limiter:
                     key = bound_key(key)
                 return fast(key, cost, now)
             except (TypeError, AttributeError):
-                _check_key(key)
+                check_key(key)
                 raise
-        _check_key(key)
-        key = bound_key(key)
-        if not self.storage.remote:
-            return _apply(self.storage, plan, key, cost, True, now)
-        return self._remote(plan, key, cost, True, now)
+        check_key(key)
+        return decide(self, plan, bound_key(key), cost, True, now)
 
     def test(
-        self,
-        key: str,
-        rates: Any,
-        *,
-        strategy: str | None = None,
-        cost: int = 1,
+        self, key: str, rates: Any, *, strategy: str | None = None, cost: int = 1,
         burst: int | None = None,
     ) -> Decision:
         """The Decision ``hit`` would return now, charging nothing."""
-        plan = self.plan(rates, strategy, burst)
-        _check_cost(cost)
-        _check_key(key)
-        key = bound_key(key)
-        now = int(self.clock() * 1_000_000) if self.clock is not None else None
-        if not self.storage.remote:
-            return _apply(self.storage, plan, key, cost, False, now)
-        return self._remote(plan, key, cost, False, now)
+        plan, key, now = prepared(self, key, rates, strategy, cost, burst)
+        return decide(self, plan, key, cost, False, now)
 
     def reset(self, key: str) -> None:
         """Forget all state of ``key``, under every rate and strategy.
@@ -290,12 +223,7 @@ class Limiter:
         happened). Keys are stored bounded (see ``hit``): a long key is found by its
         hash as ``hit`` stored it. An empty key is a ConfigError.
         """
-        _check_key(key)
-        _admin_text(key, "reset")
-        key = bound_key(key)
-        self.storage.reset((key,))
-        self.forget_local(key)
-        self.store.next_generation()
+        admin.run(admin.reset(self, key))
 
     def forget_local(self, key: str | None = None) -> None:
         """Drop what this process remembers of ``key`` (``None``: of every key) with a
@@ -306,95 +234,30 @@ class Limiter:
             store.forget(key)
 
     async def ahit(
-        self,
-        key: str,
-        rates: Any,
-        *,
-        strategy: str | None = None,
-        cost: int = 1,
+        self, key: str, rates: Any, *, strategy: str | None = None, cost: int = 1,
         burst: int | None = None,
     ) -> Decision:
         """Async twin of :meth:`hit`."""
         if not self.storage.remote:
             return self.hit(key, rates, strategy=strategy, cost=cost, burst=burst)
-        plan = self.plan(rates, strategy, burst)
-        _check_cost(cost)
-        _check_key(key)
-        key = bound_key(key)
-        now = int(self.clock() * 1_000_000) if self.clock is not None else None
-        return await self._aremote(plan, key, cost, True, now)
+        plan, key, now = prepared(self, key, rates, strategy, cost, burst)
+        return await adecide(self, plan, key, cost, True, now)
 
     async def atest(
-        self,
-        key: str,
-        rates: Any,
-        *,
-        strategy: str | None = None,
-        cost: int = 1,
+        self, key: str, rates: Any, *, strategy: str | None = None, cost: int = 1,
         burst: int | None = None,
     ) -> Decision:
         """Async twin of :meth:`test`."""
         if not self.storage.remote:
             return self.test(key, rates, strategy=strategy, cost=cost, burst=burst)
-        plan = self.plan(rates, strategy, burst)
-        _check_cost(cost)
-        _check_key(key)
-        key = bound_key(key)
-        now = int(self.clock() * 1_000_000) if self.clock is not None else None
-        return await self._aremote(plan, key, cost, False, now)
+        plan, key, now = prepared(self, key, rates, strategy, cost, burst)
+        return await adecide(self, plan, key, cost, False, now)
 
     async def areset(self, key: str) -> None:
         """Async twin of :meth:`reset`."""
-        _check_key(key)
-        _admin_text(key, "reset")
-        key = bound_key(key)
-        await self.storage.areset((key,))
-        self.forget_local(key)
-        await self.store.anext_generation()
+        await admin.arun(admin.reset(self, key))
 
-    # -- remote stores: through the ResilientStore ---------------------------------------
-
-    def _remote(self, plan: _Plan, key: str, cost: int, consume: bool, now: int | None) -> Decision:
-        store = self.store
-        assert isinstance(store, ResilientStore)
-        return store.decide(plan, key, [Check(a, key, cost) for a in plan.algorithms],
-                            consume, now)
-
-    async def _aremote(
-        self, plan: _Plan, key: str, cost: int, consume: bool, now: int | None
-    ) -> Decision:
-        store = self.store
-        assert isinstance(store, ResilientStore)
-        return await store.adecide(plan, key, [Check(a, key, cost) for a in plan.algorithms],
-                                   consume, now)
-
-    # -- rules: safelists, blocklists, bans, throttles, tracks (the middleware's engine) --
-    # Everything below is the rule API; the engine itself lives in _rules.py.
-
-    def _init_rules(
-        self,
-        trusted_proxies: int | Sequence[str],
-        ipv6_prefix: int,
-        header_style: str,
-        headers_on_allowed: bool,
-        forwarded_header: str = "x-forwarded-for",
-    ) -> None:
-        from ._clientip import ClientIPResolver
-        from ._engine import Engine
-        from ._responses import check_header_style
-
-        check_header_style(header_style)
-        if not isinstance(headers_on_allowed, bool):
-            raise ConfigError(
-                f"headers_on_allowed must be True or False, got {headers_on_allowed!r}"
-            )
-        self.resolver = ClientIPResolver(trusted_proxies, ipv6_prefix, header=forwarded_header)
-        self.resolver_args = (trusted_proxies, ipv6_prefix, forwarded_header)
-        self.header_style = header_style
-        self.headers_on_allowed = headers_on_allowed
-        #: what decides requests: the rules in force, concurrency rules, rules-file
-        #: watcher and event listeners (see throttlekit._engine)
-        self.engine = Engine(self)
+    # -- rules: safelists, blocklists, bans, throttles, tracks (see _engine, _rules) ------
 
     def safelist(
         self, name: str, predicate: Callable[[RequestView], Any] | None = None, *,
@@ -514,8 +377,7 @@ class Limiter:
         """Async twin of :meth:`settle`."""
         await self.engine.asettle(verdict, status, headers)
 
-    def _block_now(self) -> int | None:
-        return int(self.clock() * 1_000_000) if self.clock is not None else None
+    # -- admin: the dynamic blocklist, forgetting state (see _admin) ----------------------
 
     def block(self, key: str, ttl: float | None = None, reason: str = "") -> str:
         """Refuse every request from ``key`` for ``ttl`` seconds (None: until unblocked), in
@@ -532,109 +394,7 @@ class Limiter:
                 (``"fail2ban:<rule>:<key>"``: bans are made by rules; block the client's
                 address or network instead).
         """
-        stored = self._block_key(key, "block")
-        self.storage.block(stored, ttl, reason, self._block_now())
-        return stored
-
-    def _block_key(self, key: object, what: str) -> str:
-        """``key`` of :meth:`block` / :meth:`unblock` in the form requests are matched in
-        (see ``_clientip``); a plain name only for ``unblock``, as the discriminator of
-        bans (``form:username`` rules); a ban (``fail2ban:<rule>:<key>``) only for
-        ``unblock``."""
-        text = _admin_text(key, what)
-        assert isinstance(key, str)
-        kind, sep, rest = text.partition(":")
-        if sep and kind in _BAN_KINDS:
-            if what == "block":
-                raise ConfigError(
-                    f"cannot block {key!r}: bans are made by rules; block the client's "
-                    f"address or network instead"
-                )
-            rule, sep, disc = rest.partition(":")
-            if not rule or not sep or not disc.strip():
-                raise ConfigError(f"{what} key {key!r}: a ban is '{kind}:<rule>:<key>'")
-            disc = self._client_block_key(disc.strip(), key, what, name_ok=True)
-            return f"{kind}:{rule}:{disc}"
-        return self._client_block_key(text, key, what, name_ok=what == "unblock")
-
-    def _client_block_key(self, text: str, key: str, what: str, *, name_ok: bool) -> str:
-        from ._clientip import normalize_ip
-        from ._ipset import _parse_network
-
-        resolver = self.resolver
-        prefix = resolver.ipv6_prefix
-        if "/" in text:
-            net = _parse_network(text)  # ConfigError naming a bad network
-            addr = net.network_address
-            length = net.prefixlen
-            if net.version == 6 and length == prefix:
-                found = resolver.client_key(str(addr))
-                if found is not None:
-                    return found
-            if length == net.max_prefixlen:
-                found = normalize_ip(str(addr))
-                if found is not None:
-                    return found
-            raise ConfigError(
-                f"cannot {what} the network {key!r}: the dynamic blocklist matches a client's "
-                f"address or its client key (an IPv4 address, an IPv6 /{prefix}); list "
-                f"networks with limiter.blocklist(name, ips=[...]) or a rules file's "
-                f"[[blocklist]] ips"
-            )
-        ip = normalize_ip(text)
-        if ip is not None:
-            return ip
-        if _IP_LIKE.fullmatch(text) or not name_ok:
-            hint = ""
-            if _LEADING_ZERO.search(text):
-                hint = " (a leading zero is ambiguous: octal or decimal?)"
-            ban = "" if what == "block" else " or a ban ('fail2ban:<rule>:<key>')"
-            raise ConfigError(
-                f"{what} key {key!r} is not an IP address{hint} or an IPv6 /{prefix} client "
-                f"key ('2001:db8:1:2::/{prefix}'){ban}: a block of it would match no request"
-            )
-        # a ban's discriminator (a user name, ...), as the rules store it (hashed when
-        # long or not valid UTF-8 text)
-        return admin_rule_key(text)
-
-    def _rule_keys(self, key: object, what: str) -> list[str]:
-        """The rule discriminators an operator's ``key`` names (:meth:`reset_rules`,
-        ``throttlekit inspect``/``reset``), as the rules store them: a client address in
-        any spelling is the address and its client key (an IPv6 address: its
-        ``ipv6_prefix`` network); a client-key network is that client key; ``#sha256:...``
-        and ``#client:...`` (as logs and verdicts show them) are taken as they are, the
-        address of ``#client:`` normalised; any other value is what a client sent
-        (``"alice"``): hashed when long or starting with ``#``, as the rules hashed it."""
-        text = _admin_text(key, what)
-        assert isinstance(key, str)
-        if text.startswith(UNREADABLE_PREFIX):
-            ck = self._client_of(text[len(UNREADABLE_PREFIX):].strip(), key, what)
-            return [bound_key(UNREADABLE_PREFIX + ck[-1]) if ck else bound_key(text)]
-        if text.startswith(HASH_PREFIX):
-            return [text]
-        found = self._client_of(text, key, what)
-        if found:
-            return found
-        keys = [admin_rule_key(key)]
-        if text != key:  # " alice " as sent, and "alice"
-            keys.append(admin_rule_key(text))
-        return keys
-
-    def _client_of(self, text: str, key: str, what: str) -> list[str]:
-        """An address (its normalised text, then its client key when different) or a
-        client-key network (the client key) named by ``text``; [] for anything else."""
-        from ._clientip import normalize_ip
-
-        if "/" in text:
-            if normalize_ip(text.partition("/")[0]) is None:
-                return []  # a name with a slash ("a/b")
-            # an address with a length: the client key or the address, or a ConfigError
-            return [self._client_block_key(text, key, what, name_ok=False)]
-        ip = normalize_ip(text)
-        if ip is None:
-            return []
-        ck = self.resolver.client_key(ip)
-        return [ip] if ck is None or ck == ip else [ip, ck]
+        return admin.run(admin.block(self, key, ttl, reason))
 
     def unblock(self, key: str) -> bool:
         """Lift a block or ban: ``key`` as :meth:`blocked` lists it
@@ -649,153 +409,23 @@ class Limiter:
                 network), or a ban of a rule this limiter does not have when it has rules
                 and there is no such ban.
         """
-        keys = self._unblock_keys(key)
-        targets = self._unblock_targets(keys, self._listed_blocks())
-        found = False
-        resets: list[str] = []
-        for entry, disc in targets:
-            found = self.storage.unblock(entry) or found
-            if disc is not None and disc not in resets:  # a fresh start for its counters
-                resets.append(disc)
-        if resets:
-            self.storage.reset(tuple(_rules_ns + d for d in resets))
-        self._unblocked(keys, resets)
-        self.store.next_generation()
-        if not found:
-            self._check_ban_rule(keys[0])
-        return found
-
-    def _listed_blocks(self) -> list[Block]:
-        try:
-            return self.storage.blocked(self._block_now())
-        except Exception:  # the unblock itself says whether the store answers
-            return []
-
-    def _unblocked(self, keys: list[str], resets: list[str]) -> None:
-        for k in keys:
-            self.forget_local(k)
-        for d in resets:
-            self.forget_local(d)
-            self.forget_local(_rules_ns + d)
-
-    def _check_ban_rule(self, key: str) -> None:
-        """A ban of a rule this limiter does not have (a typo: ``fail2ban:scanner:...``)
-        that lifted nothing is an error when the limiter has rules."""
-        kind, sep, rest = key.partition(":")
-        if not sep or kind not in _BAN_KINDS or not self.engine.rules.names:
-            return
-        rule = rest.partition(":")[0]
-        known = sorted(r.name for r in self.engine.rules.bans if r.kind == kind)
-        if rule not in known:
-            raise ConfigError(
-                f"unblock {key!r}: no {kind} rule {rule!r} in this limiter's rules "
-                f"({', '.join(known) or f'it has no {kind} rules'}) and no such ban"
-            )
-
-    def _unblock_keys(self, key: str) -> list[str]:
-        """The normalised key; for an IPv6 address (alone or in a ban) the same with its
-        client key; and the key as written when it differs (an entry an older version
-        stored unnormalised)."""
-        norm = self._block_key(key, "unblock")
-        keys = [norm]
-        kind, sep, rest = norm.partition(":")
-        head = ""
-        disc = norm
-        if sep and kind in _BAN_KINDS:
-            rule, _, disc = rest.partition(":")
-            head = f"{kind}:{rule}:"
-        if ":" in disc and "/" not in disc:  # an IPv6 address: its client key too
-            ck = self.resolver.client_key(disc)
-            if ck is not None and ck != disc:
-                keys.append(head + ck)
-        raw = key.strip()
-        if raw not in keys and encodable(raw):
-            keys.append(raw)
-        return keys
-
-    def _unblock_targets(
-        self, keys: list[str], listed: list[Block]
-    ) -> list[tuple[str, str | None]]:
-        """(blocklist entry, ban discriminator or None) for every key of
-        :meth:`_unblock_keys`, with the listed entries that hold the IPv6 address."""
-        targets: list[tuple[str, str | None]] = []
-        seen: set[str] = set()
-
-        def add(entry: str, disc: str | None) -> None:
-            if entry not in seen:
-                seen.add(entry)
-                targets.append((entry, disc))
-
-        for key in keys:
-            kind, sep, rest = key.partition(":")
-            if sep and kind in _BAN_KINDS:  # a ban as `blocked` lists it
-                rule_name, _, disc = rest.partition(":")
-                disc = admin_rule_key(disc)
-                entry = f"{kind}:{rule_name}:{disc}"
-                known = self.engine.rules.ban_rule_of(entry) is not None or any(
-                    b.key in (key, entry) for b in listed
-                )
-                add(entry, disc if known else None)
-                if entry != key:
-                    add(key, None)
-                continue
-            add(key, None)
-            disc = admin_rule_key(key)  # a ban's discriminator as the rules stored it
-            for rule in self.engine.rules.bans:
-                add(rule.prefix + disc, disc)
-            # Bans made by rules this limiter doesn't know (another process, the admin
-            # CLI): "<fail2ban|allow2ban>:<rule>:<key>" entries of the shared blocklist.
-            suffix = ":" + disc
-            for b in listed:
-                name = b.key
-                if name.endswith(suffix):
-                    # exactly "<kind>:<rule>:<key>" (rule names are escaped: no ":")
-                    k, _, rule_name = name[: -len(suffix)].partition(":")
-                    if k in _BAN_KINDS and rule_name and ":" not in rule_name:
-                        add(name, disc)
-        v6 = _ipv6_address(keys[0])
-        if v6 is not None:  # networks holding the address, whatever prefix made them
-            for b in listed:
-                net, ban = _holding(b.key, v6)
-                if net is not None:
-                    add(b.key, net if ban else None)
-        return targets
+        return admin.run(admin.unblock(self, key))
 
     def blocked(self) -> list[Block]:
         """Every live block and ban, soonest to expire first."""
-        return self.storage.blocked(self._block_now())
+        return self.storage.blocked(self.engine.now())
 
     async def ablock(self, key: str, ttl: float | None = None, reason: str = "") -> str:
         """Async twin of :meth:`block`."""
-        stored = self._block_key(key, "block")
-        await self.storage.ablock(stored, ttl, reason, self._block_now())
-        return stored
+        return await admin.arun(admin.block(self, key, ttl, reason))
 
     async def aunblock(self, key: str) -> bool:
         """Async twin of :meth:`unblock`."""
-        keys = self._unblock_keys(key)
-        try:
-            listed = await self.storage.ablocked(self._block_now())
-        except Exception:
-            listed = []
-        targets = self._unblock_targets(keys, listed)
-        found = False
-        resets: list[str] = []
-        for entry, disc in targets:
-            found = await self.storage.aunblock(entry) or found
-            if disc is not None and disc not in resets:
-                resets.append(disc)
-        if resets:
-            await self.storage.areset(tuple(_rules_ns + d for d in resets))
-        self._unblocked(keys, resets)
-        await self.store.anext_generation()
-        if not found:
-            self._check_ban_rule(keys[0])
-        return found
+        return await admin.arun(admin.unblock(self, key))
 
     async def ablocked(self) -> list[Block]:
         """Async twin of :meth:`blocked`."""
-        return await self.storage.ablocked(self._block_now())
+        return await self.storage.ablocked(self.engine.now())
 
     def reset_rules(self, key: str) -> None:
         """Forget the state every rule keeps for the discriminator ``key`` (for example a
@@ -811,27 +441,11 @@ class Limiter:
         Raises:
             ConfigError: an empty key, or a network that is not a client key.
         """
-        discs = self._reset_discs(key)
-        self.storage.reset(tuple(_rules_ns + d for d in discs))
-        for d in discs:
-            self.forget_local(d)
-            self.forget_local(_rules_ns + d)
-        self.store.next_generation()
-
-    def _reset_discs(self, key: object) -> list[str]:
-        discs = self._rule_keys(key, "reset")
-        if self._client_of(_admin_text(key, "reset"), str(key), "reset"):
-            discs.append(UNREADABLE_PREFIX + discs[-1])  # the on_unreadable bucket
-        return discs
+        admin.run(admin.reset_rules(self, key))
 
     async def areset_rules(self, key: str) -> None:
         """Async twin of :meth:`reset_rules`."""
-        discs = self._reset_discs(key)
-        await self.storage.areset(tuple(_rules_ns + d for d in discs))
-        for d in discs:
-            self.forget_local(d)
-            self.forget_local(_rules_ns + d)
-        await self.store.anext_generation()
+        await admin.arun(admin.reset_rules(self, key))
 
     # -- rules files, reload, concurrency (issue 7; see _rulesfile, _reload, _concurrency) --
 
@@ -894,20 +508,6 @@ class Limiter:
             raise ConfigError("this limiter has no rules file (use Limiter.from_file)")
         self.engine.watcher.on_signal(signal.SIGHUP if signum is None else signum)
 
-    def _use_concurrency(self, conc: ConcurrencyRules) -> None:
-        engine = self.engine
-        if conc.needs_form:
-            engine.rules.needs_form = True
-        engine.concurrency = conc
-
-    def _conc(self) -> ConcurrencyRules:
-        from ._concurrency import ConcurrencyRules
-
-        conc = self.engine.concurrency
-        if conc is None:
-            conc = ConcurrencyRules(self)
-        return conc
-
     def concurrency(
         self, name: str, limit: int, *, key: Any = "global",
         match: Callable[[RequestView], Any] | None = None, timeout: float | None = None,
@@ -920,9 +520,9 @@ class Limiter:
         if name in self.engine.rules.names:
             kind = self.engine.rules.names[name]
             raise ConfigError(f"duplicate rule name {name!r} (already a {kind})")
-        conc = self._conc()
+        conc = ConcurrencyRules.of(self)
         conc.add(name, limit, key=key, match=match, timeout=timeout, retry_after=retry_after)
-        self._use_concurrency(conc)
+        conc.install()
 
     def shed(
         self, capacity: int, *, priority: Callable[[RequestView], Any] | None = None,
@@ -933,14 +533,14 @@ class Limiter:
         workers sharing the storage), a request of priority ``p`` (``priority(view)``, an
         int, higher is more important; default 0) is refused with 503 once
         ``thresholds[p] * capacity`` requests are in flight."""
-        conc = self._conc()
+        conc = ConcurrencyRules.of(self)
         conc.set_shedding(capacity, priority, thresholds, timeout, retry_after)
-        self._use_concurrency(conc)
+        conc.install()
 
     def inflight(self, name: str, key: str = "*") -> int:
         """Requests in flight under concurrency rule ``name`` for discriminator ``key``
         (``"*"`` for a global rule; ``name="shedding"``: everything load shedding counts)."""
-        return self._conc().inflight(name, key)
+        return ConcurrencyRules.of(self).inflight(name, key)
 
     # -- decorators and framework integrations (see _decorators.py, throttlekit.contrib) --
 
@@ -987,54 +587,3 @@ class Limiter:
             raise ConfigError("limiter.depends() makes FastAPI dependencies: "
                               "pip install 'throttlekit-web[fastapi]'")
         return adapter.dependency(self, spec)
-
-
-def _apply(
-    storage: Storage, plan: _Plan, key: str, cost: int, consume: bool, now: int | None
-) -> Decision:
-    result = storage.apply([Check(a, key, cost) for a in plan.algorithms], consume=consume, now=now)
-    return most_restrictive(result.decisions)
-
-
-def _check_key(key: object) -> None:
-    if key.__class__ is not str and not isinstance(key, str):
-        raise ConfigError(f"key must be a string, got {key!r}")
-
-
-def _admin_text(key: object, what: str) -> str:
-    """An admin command's key, stripped; an empty one is a ConfigError."""
-    if not isinstance(key, str) or not key.strip():
-        raise ConfigError(f"{what} key must be a non-empty string, got {key!r}")
-    return key.strip()
-
-
-def _ipv6_address(key: str) -> ipaddress.IPv6Address | None:
-    """The IPv6 address a normalised admin key is, if it is one."""
-    if ":" not in key or "/" in key:
-        return None
-    try:
-        return ipaddress.IPv6Address(key)
-    except ValueError:
-        return None
-
-
-def _holding(entry: str, addr: ipaddress.IPv6Address) -> tuple[str | None, bool]:
-    """The network of a blocklist ``entry`` (``"<net>"`` or ``"<kind>:<rule>:<net>"``)
-    when it holds ``addr`` (else None), and whether the entry is a ban."""
-    net = entry
-    kind, sep, rest = entry.partition(":")
-    ban = bool(sep) and kind in _BAN_KINDS
-    if ban:
-        net = rest.partition(":")[2]
-    if "/" not in net:
-        return None, ban
-    try:
-        found = ipaddress.IPv6Network(net)
-    except ValueError:
-        return None, ban
-    return (net if addr in found else None), ban
-
-
-def _check_cost(cost: object) -> None:
-    if isinstance(cost, bool) or not isinstance(cost, int) or cost < 0:
-        raise ConfigError(f"cost must be an integer >= 0, got {cost!r}")

@@ -121,75 +121,27 @@ def _expires(expires_at: float, now: float) -> float:
 
 
 def run_inspect(args: argparse.Namespace) -> int:
-    from .._concurrency import SHED_RULE, lease_key
-    from .._rules import NS
-    from ..storage.base import Check
+    from .._admin import refuses, rule_keys
 
     limiter = _admin_limiter(args)
     # the discriminators the key names: an address in any spelling and its client key, a
     # long or "#..." value by its hash (as the rules stored them)
-    keys: list[str] = limiter._rule_keys(args.key, "inspect")
+    keys = rule_keys(limiter.resolver, args.key, "inspect")
     _assumed_prefix(args, keys)
-    storage = limiter.storage
     now = time.time()
     rows: list[dict[str, Any]] = []
-    rules = limiter.engine.rules
     for key in keys:
-        for t in rules.throttles:
-            # cost 0 reads what is left; cost 1 says whether one more request would pass
-            checks = [Check(a, NS + key, c, True) for c in (0, 1) for a in t.algorithms]
-            decisions = storage.apply(checks, consume=False).decisions
-            n = len(t.algorithms)
-            for name, alg, now_d, d in zip(t.policy_names, t.algorithms, decisions[:n],
-                                           decisions[n:], strict=True):
-                rows.append({
-                    "key": key, "rule": name, "kind": "throttle",
-                    "limit": f"{alg.rate.limit}/{alg.rate.period:g}s",
-                    "strategy": t.strategy, "remaining": now_d.remaining,
-                    "reset": now_d.reset_after,
-                    "next": "allowed" if d.allowed else f"refused for {seconds(d.retry_after)}",
-                    "dry_run": t.dry_run,
-                })
-        for b in rules.bans:
-            d = storage.apply([Check(b.algorithm, NS + key, 0, True)],
-                              consume=False).decisions[0]
-            rows.append({
-                "key": key, "rule": b.name, "kind": b.kind,
-                "limit": f"{b.maxretry} in {b.findtime:g}s", "strategy": "sliding_window",
-                "remaining": d.remaining, "reset": d.reset_after,
-                "next": f"{b.maxretry - d.remaining} match(es) counted", "dry_run": False,
-            })
-        conc = limiter.engine.concurrency
-        if conc is not None:
-            for c in conc.rules:
-                if c.key_name == "global" and key != keys[0]:
-                    continue  # one row for the global slots
-                disc = "*" if c.key_name == "global" else key
-                n = storage.inflight(lease_key(c.name, disc))
-                rows.append({
-                    "key": key, "rule": c.name, "kind": "concurrency",
-                    "limit": f"{c.limit} in flight", "strategy": "lease",
-                    "remaining": max(c.limit - n, 0), "reset": None,
-                    "next": "allowed" if n < c.limit else "refused", "dry_run": False,
-                })
-            if conc.shedding is not None and key == keys[0]:
-                n = conc.inflight(SHED_RULE)
-                rows.append({
-                    "key": key, "rule": SHED_RULE, "kind": "shedding",
-                    "limit": f"{conc.shedding.capacity} in flight", "strategy": "lease",
-                    "remaining": max(conc.shedding.capacity - n, 0), "reset": None,
-                    "next": f"{n} in flight", "dry_run": False,
-                })
-    blocks = [b for b in _blocked(limiter) if _blocks(b.key, keys)]
-    result = {
-        "key": keys[0],
-        "keys": keys,
-        "blocked": [{"key": b.key, "expires_in": _expires(b.expires_at, now), "reason": b.reason}
-                    for b in blocks],
-        "rules": rows,
-    }
+        rows += _rule_rows(limiter, key)
+        rows += _lease_rows(limiter, key, first=key == keys[0])
+    blocks = [b for b in _blocked(limiter) if refuses(b.key, keys)]
     if args.json:
-        print_json(result)
+        print_json({
+            "key": keys[0],
+            "keys": keys,
+            "blocked": [{"key": b.key, "expires_in": _expires(b.expires_at, now),
+                         "reason": b.reason} for b in blocks],
+            "rules": rows,
+        })
         return 0
     for b in blocks:
         print(f"BLOCKED by {b.key!r} for {seconds(_expires(b.expires_at, now))}"
@@ -198,32 +150,88 @@ def run_inspect(args: argparse.Namespace) -> int:
         print("no rules known: give --rules FILE or --limiter module:limiter"
               if not blocks else "")
         return 0
+    _print_rows(rows, several_keys=len(keys) > 1)
+    return 0
+
+
+def _rule_rows(limiter: Any, key: str) -> list[dict[str, Any]]:
+    """``inspect``'s rows of the throttles and bans for discriminator ``key``."""
+    from .._rules import NS
+    from ..storage.base import Check
+
+    storage = limiter.storage
+    rules = limiter.engine.rules
+    rows: list[dict[str, Any]] = []
+    for t in rules.throttles:
+        # cost 0 reads what is left; cost 1 says whether one more request would pass
+        checks = [Check(a, NS + key, c, True) for c in (0, 1) for a in t.algorithms]
+        decisions = storage.apply(checks, consume=False).decisions
+        n = len(t.algorithms)
+        for name, alg, now_d, d in zip(t.policy_names, t.algorithms, decisions[:n],
+                                       decisions[n:], strict=True):
+            rows.append({
+                "key": key, "rule": name, "kind": "throttle",
+                "limit": f"{alg.rate.limit}/{alg.rate.period:g}s",
+                "strategy": t.strategy, "remaining": now_d.remaining,
+                "reset": now_d.reset_after,
+                "next": "allowed" if d.allowed else f"refused for {seconds(d.retry_after)}",
+                "dry_run": t.dry_run,
+            })
+    for b in rules.bans:
+        d = storage.apply([Check(b.algorithm, NS + key, 0, True)], consume=False).decisions[0]
+        rows.append({
+            "key": key, "rule": b.name, "kind": b.kind,
+            "limit": f"{b.maxretry} in {b.findtime:g}s", "strategy": "sliding_window",
+            "remaining": d.remaining, "reset": d.reset_after,
+            "next": f"{b.maxretry - d.remaining} match(es) counted", "dry_run": False,
+        })
+    return rows
+
+
+def _lease_rows(limiter: Any, key: str, *, first: bool) -> list[dict[str, Any]]:
+    """``inspect``'s rows of the concurrency rules and load shedding for ``key``; the
+    global slots and shedding on the ``first`` key's rows only."""
+    from .._concurrency import SHED_RULE, lease_key
+
+    conc = limiter.engine.concurrency
+    if conc is None:
+        return []
+    rows: list[dict[str, Any]] = []
+    for c in conc.rules:
+        if c.key_name == "global" and not first:
+            continue  # one row for the global slots
+        disc = "*" if c.key_name == "global" else key
+        n = limiter.storage.inflight(lease_key(c.name, disc))
+        rows.append({
+            "key": key, "rule": c.name, "kind": "concurrency",
+            "limit": f"{c.limit} in flight", "strategy": "lease",
+            "remaining": max(c.limit - n, 0), "reset": None,
+            "next": "allowed" if n < c.limit else "refused", "dry_run": False,
+        })
+    if conc.shedding is not None and first:
+        n = conc.inflight(SHED_RULE)
+        rows.append({
+            "key": key, "rule": SHED_RULE, "kind": "shedding",
+            "limit": f"{conc.shedding.capacity} in flight", "strategy": "lease",
+            "remaining": max(conc.shedding.capacity - n, 0), "reset": None,
+            "next": f"{n} in flight", "dry_run": False,
+        })
+    return rows
+
+
+def _print_rows(rows: list[dict[str, Any]], *, several_keys: bool) -> None:
+    """``inspect``'s table; with ``several_keys`` (an IPv6 address: its own rows and its
+    client key's) a KEY column."""
     head: tuple[str, ...] = ("RULE", "KIND", "LIMIT", "STRATEGY", "REMAINING", "RESET",
                              "NEXT REQUEST")
     table: list[tuple[Any, ...]] = [
         (r["rule"] + (" (dry run)" if r["dry_run"] else ""), r["kind"], r["limit"],
          r["strategy"], r["remaining"], seconds(r["reset"]), r["next"]) for r in rows
     ]
-    if len(keys) > 1:  # an IPv6 address: its own rows and its client key's
+    if several_keys:
         head = ("KEY", *head)
         table = [(r["key"], *row) for r, row in zip(rows, table, strict=True)]
     print_table(head, table)
-    return 0
-
-
-def _blocks(entry: str, keys: list[str]) -> bool:
-    """Whether the blocklist ``entry`` (a block, or a ban ``<kind>:<rule>:<key>``) refuses
-    the key ``keys`` name: one of them, or, for an IPv6 address, a network holding it."""
-    kind, sep, rest = entry.partition(":")
-    held = rest.partition(":")[2] if sep and kind in ("fail2ban", "allow2ban") else entry
-    if held in keys:
-        return True
-    if "/" in held and ":" in keys[0] and "/" not in keys[0]:
-        try:
-            return ipaddress.IPv6Address(keys[0]) in ipaddress.IPv6Network(held)
-        except ValueError:
-            return False
-    return False
 
 
 # -- the dynamic blocklist ---------------------------------------------------------------
@@ -283,10 +291,12 @@ def run_bans(args: argparse.Namespace) -> int:
 
 
 def run_reset(args: argparse.Namespace) -> int:
+    from .._admin import reset_keys
+
     limiter = _admin_limiter(args)
     # the rule discriminators the key names (an address: also its client key); a key that
     # names nothing (empty, a network that is no client key) is a ConfigError
-    keys: list[str] = limiter._reset_discs(args.key)
+    keys = reset_keys(limiter.resolver, args.key)
     _assumed_prefix(args, keys)
     limiter.reset_rules(args.key)  # every rule's state for these discriminators
     limiter.reset(args.key)  # direct limiter.hit(key, ...) state
