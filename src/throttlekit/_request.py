@@ -167,20 +167,8 @@ class RequestView:
     Not thread-safe (one view per request).
     """
 
-    __slots__ = (
-        "_client_ip",
-        "_client_key",
-        "_form",
-        "_headers",
-        "_path",
-        "_peer",
-        "body",
-        "is_wsgi",
-        "max_form_bytes",
-        "method",
-        "raw",
-        "resolver",
-    )
+    __slots__ = ("_client_ip", "_client_key", "_form", "_headers", "_path", "_peer", "body",
+                 "is_wsgi", "max_form_bytes", "method", "raw", "resolver")
 
     method: str
     raw: dict[str, Any]
