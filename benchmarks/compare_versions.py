@@ -1,10 +1,11 @@
 """Interleave two checkouts of throttlekit on the same in-process middleware workload.
 
-    python benchmarks/compare_versions.py OLD/src NEW/src [wsgi|asgi] [one|two|full] [runs]
+    python benchmarks/compare_versions.py OLD/src NEW/src [wsgi|asgi|hit] [one|two|full] [runs]
 
 Each run is a fresh process serving 100,000 allowed requests through ``WSGIMiddleware`` or
 ``ASGIMiddleware`` on the memory store (the ASGI coroutine driven by hand, no event loop),
-with one throttle (``one``), two (``two``), or lists, fail2ban and two throttles (``full``).
+with one throttle (``one``), two (``two``), or lists, fail2ban and two throttles (``full``);
+``hit``: 100,000 direct ``Limiter.hit`` calls of one rate (``one``) or two (``two``).
 The two versions run in turn, A B A B ..., and the CPU time of each child is taken from the
 kernel's accounting; the median ratio NEW/OLD is what to quote (the machines are noisy).
 """
@@ -37,7 +38,12 @@ else:
                  findtime=60, bantime=600)
     lim.throttle("per-ip", R)
     lim.throttle("burst", R, strategy="token_bucket")
-if kind == "wsgi":
+if kind == "hit":
+    direct = Limiter("memory://")
+    rate = "1000000000/minute" if variant == "one" else "1000000000/minute; 1000000000/hour"
+    for _ in range(n):
+        direct.hit("user:42", rate)
+elif kind == "wsgi":
     def app(environ, start_response):
         start_response("200 OK", [("Content-Type", "text/plain")])
         return [b"ok"]
