@@ -387,7 +387,7 @@ def test_bad_settings_raise_a_config_error_naming_the_value(settings, named):
 
 
 def test_admission_settings_are_checked():
-    with pytest.raises(ConfigError, match="max_retry_after"):
+    with pytest.raises(ConfigError, match="admission: max_retry_after"):
         Admission(max_retry_after=0)
     with pytest.raises(ConfigError, match="AdaptiveLimit"):
         Admission(limit=10)  # type: ignore[arg-type]
