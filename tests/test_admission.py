@@ -9,6 +9,7 @@ second, arriving each tick of ``DT``; a shed request is gone (counted).
 from __future__ import annotations
 
 import heapq
+import math
 import random
 import statistics
 import sys
@@ -44,10 +45,13 @@ class Server:
         self._heap: list[tuple[float, int, Ticket]] = []
         self._n = 0
 
+    def work(self) -> float:
+        """One request's latency on an idle server."""
+        return self.base * (1 + self.noise * (2 * self.rng.random() - 1))
+
     def serve(self, ticket: Ticket) -> float:
         self.inflight += 1
-        jitter = 1 + self.noise * (2 * self.rng.random() - 1)
-        latency = self.base * max(1.0, self.inflight / self.capacity) * jitter
+        latency = self.work() * max(1.0, self.inflight / self.capacity)
         self._n += 1
         heapq.heappush(self._heap, (self.clock.now + latency, self._n, ticket))
         return latency
@@ -133,6 +137,31 @@ def test_the_limit_converges_on_the_capacity_and_latency_stays_bounded(seed):
     snap = limit.snapshot()
     assert snap.min_latency == pytest.approx(BASE, rel=0.1)
     assert snap.sample_latency is not None and snap.sample_latency > snap.min_latency
+
+
+class MixedServer(Server):
+    """80% fast requests (20 ms), 20% slow ones (500 ms), both log-normal (sigma 0.5)."""
+
+    mean = (0.8 * 0.02 + 0.2 * 0.5) * math.exp(0.5**2 / 2)
+
+    def work(self) -> float:
+        base = 0.02 if self.rng.random() < 0.8 else 0.5
+        return base * self.rng.lognormvariate(0, 0.5)
+
+
+@pytest.mark.parametrize("capacity", [20, 50, 100])
+def test_a_mix_of_fast_and_slow_requests_does_not_collapse_the_limit(capacity):
+    """Window medians, and a minimum measured by probes (not the lowest of many noisy
+    windows), keep the limit near the capacity when latencies vary a lot."""
+    clock = FakeClock()
+    limit = make(clock)
+    server = MixedServer(clock, capacity)
+    drive(limit, server, 30, 2 * capacity / server.mean)
+    run = drive(limit, server, 60, 2 * capacity / server.mean)
+    assert 0.75 * capacity <= statistics.median(run.limits) <= 1.5 * capacity
+    served = sum(run.admitted) / 60
+    assert served >= 0.9 * capacity / server.mean
+    assert statistics.mean(run.latencies) < 1.5 * server.mean
 
 
 def test_the_limit_never_leaves_its_bounds_under_overload():
@@ -253,8 +282,9 @@ def test_a_busy_probe_halves_the_limit_for_its_samples_then_restores_it():
     clock = FakeClock()
     limit = make(clock, probe_interval=5, probe_samples=20)
     found, _ = probes(limit, Server(clock, 100), 12, per_tick=4)  # 2x the capacity
-    assert len(found) == 2  # about every 5 s
-    for _before, during, after in found:
+    assert found[0] == (20, 20, 20)  # the first minimum, measured at initial_limit
+    assert len(found) == 3  # then about every 5 s
+    for _before, during, after in found[1:]:
         assert during == after // 2
 
 
@@ -275,7 +305,12 @@ def test_a_quiet_probe_sheds_nothing():
 
 def test_a_drop_cuts_the_limit_at_once_and_once_per_window():
     clock = FakeClock()
-    limit = make(clock, initial_limit=80, backoff=0.5)
+    limit = make(clock, initial_limit=80, backoff=0.5, probe_samples=1)
+    first = limit.try_acquire()  # measures the first minimum
+    assert first is not None
+    clock.advance(0.05)
+    first.release()
+    assert limit.snapshot().min_latency == pytest.approx(0.05)
     tickets = [limit.try_acquire() for _ in range(10)]
     clock.advance(0.05)
     for t in tickets:
@@ -328,8 +363,8 @@ def test_under_saturation_the_lowest_priority_is_shed_first():
 
 def test_retry_after_is_longer_for_lower_priorities_and_bounded():
     clock = FakeClock()
-    admission = Admission(make(clock, thresholds=(0.5, 0.8, 1.0), window=1.0),
-                          max_retry_after=30)
+    admission = Admission(make(clock, thresholds=(0.5, 0.8, 1.0), window=1.0,
+                               probe_samples=10), max_retry_after=30)
     assert admission.retry_after(2) == 1.0  # no latency known yet: a window
     assert admission.retry_after(1) == pytest.approx(1.25)
     assert admission.retry_after(0) == 2.0
@@ -348,7 +383,8 @@ def test_snapshot_before_any_traffic():
     snap = admission.snapshot()
     assert snap.limit == 20 and snap.inflight == 0
     assert snap.min_latency is None and snap.sample_latency is None
-    assert snap.shed == (0, 0, 0) and snap.probing is False
+    assert snap.shed == (0, 0, 0)
+    assert snap.probing  # the first requests measure the minimum
     assert admission.limit.thresholds == (0.5, 0.8, 1.0)
 
 
