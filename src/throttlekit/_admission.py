@@ -135,6 +135,13 @@ class Ticket:
             self._limit = None
             limit.record(self.start, dropped)
 
+    def cancel(self) -> None:
+        """Give the slot back unused (the request was refused after all): nothing learnt."""
+        limit = self._limit
+        if limit is not None:
+            self._limit = None
+            limit.give_back()
+
 
 def _number(name: str, value: object, low: float, high: float = _INF, *,
             above: bool = False, owner: str = "adaptive limit") -> float:
@@ -307,6 +314,16 @@ class AdaptiveLimit:
                 return  # admitted before the probe: not a sample of it
             if now >= self._window_end and self._count + self._drops >= self._needed:
                 self._close_window(now)
+        finally:
+            lock.release()
+
+    def give_back(self) -> None:
+        """Give back a slot whose request never ran (what :meth:`Ticket.cancel` calls)."""
+        lock = self._lock
+        lock.acquire()
+        try:
+            if self._inflight:
+                self._inflight -= 1
         finally:
             lock.release()
 

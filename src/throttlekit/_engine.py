@@ -36,6 +36,7 @@ from ._rules import (
 from .storage.base import BatchResult, BoundBatch, Check
 
 if TYPE_CHECKING:
+    from ._admit import AdmissionStep
     from ._concurrency import ConcurrencyRules
     from ._denials import DenialCache
     from ._limiter import Limiter
@@ -56,7 +57,7 @@ class Engine:
 
     __slots__ = (
         "_batches", "_last_log", "_refusal_policies", "_warned_no_ip", "_warned_unreadable",
-        "concurrency", "enabled", "limiter", "listeners", "remote", "rules", "storage",
+        "admission", "concurrency", "enabled", "limiter", "listeners", "remote", "rules", "storage",
         "store", "watcher",
     )
 
@@ -71,6 +72,8 @@ class Engine:
         #: the rules in force; registration and reloads replace it whole
         self.rules = Rules(limiter)
         self.concurrency: ConcurrencyRules | None = None
+        #: the worker's adaptive concurrency limit (``Limiter.admission``), if any
+        self.admission: AdmissionStep | None = None
         self.watcher: RulesWatcher | None = None
         self.enabled = True
         self.listeners = Listeners(limiter.error_log_interval)

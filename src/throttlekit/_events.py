@@ -31,7 +31,9 @@ __all__ = ["EVENT_KINDS", "Event", "EventCallback", "Listeners"]
 logger = logging.getLogger("throttlekit")
 
 #: Every kind of event, in evaluation order.
-EVENT_KINDS = ("safelisted", "blocked", "banned", "throttled", "allowed", "tracked")
+EVENT_KINDS = (
+    "safelisted", "blocked", "banned", "throttled", "allowed", "tracked", "shed",
+)
 
 
 class Event(NamedTuple):
@@ -39,7 +41,8 @@ class Event(NamedTuple):
 
     Attributes:
         kind: ``"safelisted"``, ``"blocked"``, ``"banned"``, ``"throttled"``, ``"allowed"``
-            (a throttle applied and allowed) or ``"tracked"``.
+            (a throttle applied and allowed), ``"tracked"`` or ``"shed"`` (admission
+            control refused an allowed request: 503).
         rule: the rule's name.
         key: the discriminator the rule used (client key, user name, ...), or None.
         request: the request view.

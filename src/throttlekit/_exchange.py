@@ -24,6 +24,7 @@ from ._responses import rate_limit_headers_raw
 if TYPE_CHECKING:
     from types import TracebackType
 
+    from ._admission import Ticket
     from ._concurrency import Lease
     from ._decision import Decision
     from ._limiter import Limiter
@@ -57,12 +58,15 @@ class Exchange:
     itself. Both are idempotent.
     """
 
-    __slots__ = ("headers", "lease", "limiter", "status", "verdict")
+    __slots__ = ("headers", "lease", "limiter", "status", "ticket", "verdict")
 
-    def __init__(self, limiter: Limiter, verdict: Verdict, lease: Lease | None) -> None:
+    def __init__(self, limiter: Limiter, verdict: Verdict, lease: Lease | None,
+                 ticket: Ticket | None = None) -> None:
         self.limiter = limiter
         self.verdict = verdict
         self.lease = lease
+        #: the admission slot (``Limiter.admission``), given back when the response ends
+        self.ticket = ticket
         self.status = 500  # the response never started: the app failed
         self.headers: Sequence[tuple[str, str]] = ()
 
@@ -82,13 +86,19 @@ class Exchange:
             await self.limiter.asettle(self.verdict, self.status, self.headers)
 
     def release(self) -> None:
-        """Give the lease back (once)."""
+        """Give the admission slot and the lease back (once)."""
+        ticket, self.ticket = self.ticket, None
+        if ticket is not None:
+            ticket.release()
         lease, self.lease = self.lease, None
         if lease is not None:
             lease.release()
 
     async def arelease(self) -> None:
         """Async twin of :meth:`release`."""
+        ticket, self.ticket = self.ticket, None
+        if ticket is not None:
+            ticket.release()
         lease, self.lease = self.lease, None
         if lease is not None:
             await lease.arelease()
@@ -137,25 +147,46 @@ def begin(limiter: Limiter, verdict: Verdict, lease: bool = True
     becomes the refusal of a full rule); ``lease=False`` when an outer entry of the same
     limiter holds them already. Returns the verdict and its :class:`Exchange`, None when
     there is nothing to settle (no lease taken, no ``count_when`` pending)."""
+    ticket = None
+    if lease and verdict.allowed:
+        verdict, ticket = _admit(limiter, verdict)
     conc = limiter.engine.concurrency if lease else None
     held = None
     if conc is not None and verdict.allowed:
         verdict, held = conc.acquire(verdict)
-    if held is None and not verdict.pending:
-        return verdict, None
-    return verdict, Exchange(limiter, verdict, held)
+    return _exchange(limiter, verdict, held, ticket)
 
 
 async def abegin(limiter: Limiter, verdict: Verdict, lease: bool = True
                  ) -> tuple[Verdict, Exchange | None]:
     """Async twin of :func:`begin` (async storage calls only)."""
+    ticket = None
+    if lease and verdict.allowed:
+        verdict, ticket = _admit(limiter, verdict)
     conc = limiter.engine.concurrency if lease else None
     held = None
     if conc is not None and verdict.allowed:
         verdict, held = await conc.aacquire(verdict)
-    if held is None and not verdict.pending:
+    return _exchange(limiter, verdict, held, ticket)
+
+
+def _admit(limiter: Limiter, verdict: Verdict) -> tuple[Verdict, Ticket | None]:
+    """The admission step (``Limiter.admission``): a slot, or the refusal that sheds it.
+    Safelisted requests take none."""
+    step = limiter.engine.admission
+    if step is None or verdict.kind == "safelisted":
         return verdict, None
-    return verdict, Exchange(limiter, verdict, held)
+    return step.admit(verdict)
+
+
+def _exchange(limiter: Limiter, verdict: Verdict, held: Lease | None, ticket: Ticket | None
+              ) -> tuple[Verdict, Exchange | None]:
+    if ticket is not None and not verdict.allowed:
+        ticket.cancel()  # a concurrency rule refused it after all: the slot goes back unused
+        ticket = None
+    if held is None and ticket is None and not verdict.pending:
+        return verdict, None
+    return verdict, Exchange(limiter, verdict, held, ticket)
 
 
 def header_policies(raw: MutableMapping[str, Any], own: Policies) -> Policies | None:

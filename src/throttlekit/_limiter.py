@@ -476,37 +476,25 @@ class Limiter:
     ) -> None:
         """Add the rules of a rules file (a path, or a parsed ``RuleSet``) to this limiter.
         With a path, :meth:`reload` re-reads it later; ``reload_interval`` watches it."""
-        from ._reload import RulesWatcher, install
-        from ._rulesfile import RuleSet
+        from ._reload import load_into
 
-        if isinstance(source, RuleSet):
-            install(self, source)
-            return
-        if self.engine.watcher is not None:
-            raise ConfigError(
-                f"this limiter already has a rules file: {self.engine.watcher.path!r}"
-            )
-        watcher = RulesWatcher(self, source, reload_interval)
-        watcher.load()
-        self.engine.watcher = watcher
-        if reload_thread:
-            watcher.start_thread()
+        load_into(self, source, reload_interval, reload_thread)
 
     def reload(self) -> bool:
         """Re-read the rules file now; a bad file is rejected (the rules in force stay) and
         its errors logged. Returns whether the file's rules are now in force."""
-        if self.engine.watcher is None:
-            raise ConfigError("this limiter has no rules file (use Limiter.from_file)")
-        return self.engine.watcher.reload()
+        from ._reload import watcher_of
+
+        return watcher_of(self).reload()
 
     def reload_on_signal(self, signum: int | None = None) -> None:
         """Reload the rules file when the process receives ``signum`` (default SIGHUP);
         the next request does the reload. Call from the main thread."""
         import signal
 
-        if self.engine.watcher is None:
-            raise ConfigError("this limiter has no rules file (use Limiter.from_file)")
-        self.engine.watcher.on_signal(signal.SIGHUP if signum is None else signum)
+        from ._reload import watcher_of
+
+        watcher_of(self).on_signal(signal.SIGHUP if signum is None else signum)
 
     def concurrency(
         self, name: str, limit: int, *, key: Any = "global",
@@ -536,6 +524,23 @@ class Limiter:
         conc = ConcurrencyRules.of(self)
         conc.set_shedding(capacity, priority, thresholds, timeout, retry_after)
         conc.install()
+
+    def admission(
+        self, *, priority: Callable[[RequestView], Any] | None = None,
+        thresholds: Sequence[float] | None = None, initial_limit: int = 20,
+        min_limit: int = 4, max_limit: int = 1000, dry_run: bool = False,
+    ) -> None:
+        """Adaptive concurrency control in this worker (docs/under-attack.md): the number of
+        requests in flight follows the app's latency against its unloaded minimum, and
+        allowed requests beyond it are shed at once (503, ``Retry-After``). ``priority(view)``
+        (an int, higher is more important) lets level ``p`` fill ``thresholds[p]`` of the
+        limit (default ``(0.5, 0.8, 1.0)``), the lowest shed first. ``dry_run``: only
+        report (``"shed"`` events)."""
+        from ._admit import AdmissionStep
+
+        self.engine.admission = AdmissionStep(
+            self.engine, priority=priority, thresholds=thresholds, initial_limit=initial_limit,
+            min_limit=min_limit, max_limit=max_limit, dry_run=dry_run, clock=self.clock)
 
     def inflight(self, name: str, key: str = "*") -> int:
         """Requests in flight under concurrency rule ``name`` for discriminator ``key``

@@ -95,6 +95,30 @@ def install(limiter: Limiter, ruleset: RuleSet, replaces: frozenset[str] = froze
     return frozenset(names)
 
 
+def load_into(limiter: Limiter, source: str | os.PathLike[str] | RuleSet,
+              reload_interval: float | None, reload_thread: bool) -> None:
+    """``Limiter.load_rules``: install a parsed ``RuleSet``, or watch the file at a path."""
+    if isinstance(source, RuleSet):
+        install(limiter, source)
+        return
+    engine = limiter.engine
+    if engine.watcher is not None:
+        raise ConfigError(f"this limiter already has a rules file: {engine.watcher.path!r}")
+    watcher = RulesWatcher(limiter, source, reload_interval)
+    watcher.load()
+    engine.watcher = watcher
+    if reload_thread:
+        watcher.start_thread()
+
+
+def watcher_of(limiter: Limiter) -> RulesWatcher:
+    """The limiter's rules-file watcher; ConfigError when it has no rules file."""
+    watcher = limiter.engine.watcher
+    if watcher is None:
+        raise ConfigError("this limiter has no rules file (use Limiter.from_file)")
+    return watcher
+
+
 class RulesWatcher:
     """The rules file of one limiter: loads it, and reloads it when asked or changed."""
 

@@ -114,7 +114,7 @@ class ASGIMiddleware(Entry):
         if outer is None:
             scope[OWNER_KEY] = limiter
         ex = None
-        if verdict.pending or engine.concurrency is not None:
+        if verdict.pending or engine.concurrency is not None or engine.admission is not None:
             verdict, ex = await abegin(limiter, verdict, outer is not limiter)
         scope[VERDICT_KEY] = verdict  # _keep, inlined (every request pays it)
         state = scope.get("state")

@@ -87,7 +87,7 @@ class WSGIMiddleware(Entry):
         if outer is None:
             environ[OWNER_KEY] = limiter
         ex = None
-        if verdict.pending or engine.concurrency is not None:
+        if verdict.pending or engine.concurrency is not None or engine.admission is not None:
             verdict, ex = begin(limiter, verdict, outer is not limiter)
         environ[VERDICT_KEY] = verdict
         if not verdict.allowed:
