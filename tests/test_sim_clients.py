@@ -220,3 +220,22 @@ def test_refusals_are_counted_by_status():
     assert run.attack["429"] > 100 and run.attack["answered"] > 40
     assert run.stops(False) == {"429": run.attack["429"], "403": run.attack["403"]}
     assert r.unprotected is not None and r.unprotected.stops(False) == {}
+
+
+def test_the_documented_scenario_file_loads(tmp_path):
+    """docs/under-attack.md's example scenario is a valid file with every option."""
+    from pathlib import Path
+
+    from throttlekit.cli.scenarios import load_scenario
+
+    doc = (Path(__file__).resolve().parent.parent / "docs" / "under-attack.md").read_text()
+    section = doc[doc.index("## Simulating an attack"):]
+    example = section[section.index("```toml") + 7:]
+    f = tmp_path / "incident.toml"
+    f.write_text(example[:example.index("```")])
+    s = load_scenario(str(f))
+    flood = s.groups[1]
+    assert (flood.spread, flood.user_agent, flood.query, flood.pulse) == \
+        (True, "rotate", "random", (10, 20))
+    assert s.groups[2].arrive == 110 and s.server.workers == 24
+    assert s.server.service_time("/search").p90 == 0.4

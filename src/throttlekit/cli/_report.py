@@ -326,7 +326,7 @@ def _side_by_side(r: SimResult) -> list[str]:
         row("  answered too late", lambda s: _pct(s.share(True, "late"))),
         row("  dropped by the server (503)", lambda s: _pct(s.share(True, "dropped"))),
         row("  stopped by throttlekit", lambda s: _pct(s.stopped_share(True))),
-        row("  let through and answered in time", lambda s: _pct(s.admitted_answered())),
+        row("  of those let through, answered in time", lambda s: _pct(s.admitted_answered())),
     ]
     if r.attack_total:
         lines.append(row("attack stopped before the app", lambda s: _pct(s.stopped_share(False))))
@@ -429,7 +429,7 @@ def _plot_run(ax: Any, r: SimResult, run: RunStats, name: str) -> None:
     ax.stackplot(
         seconds or [0], *series,
         labels=[f"legitimate, answered within {r.server.timeout:g} s",
-                "legitimate, not answered in time", "attack, to the app",
+                "legitimate, not answered in time", "attack, let through to the server",
                 "attack, stopped before the app"],
         colors=["#2b8a3e", "#f59f00", "#e03131", "#868e96"],
     )
