@@ -1,13 +1,16 @@
 """``throttlekit simulate``: replay an attack through the real middleware, on simulated time.
 
-The scenario's requests (see :mod:`throttlekit.cli.scenarios`) are built as WSGI environs
-with ``REMOTE_ADDR`` set and called in-process through :class:`throttlekit.WSGIMiddleware`
-around a tiny app, with a :class:`~throttlekit.Limiter` on the chosen storage whose clock
-is the simulation's clock. A :class:`~throttlekit.monitor.Monitor` watches the events and,
-unless ``--no-shield``, a :class:`~throttlekit.monitor.Shield` contains the anomaly. The
-report says what share of legitimate requests were served, what share of the attack was
-refused, when the anomaly was detected, and how much wall-clock time the middleware added
-per request.
+The scenario's traffic (see :mod:`throttlekit.cli.scenarios`) is replayed twice, in one
+pass, in front of a model of the server (its ``[server]``: workers, service times, a
+bounded queue, clients' timeout): unprotected, straight to the server, and protected,
+through :class:`throttlekit.WSGIMiddleware` first, in-process, with a
+:class:`~throttlekit.Limiter` on the chosen storage whose clock is the simulation's. A
+:class:`~throttlekit.monitor.Monitor` watches the events and, unless ``--no-shield``, a
+:class:`~throttlekit.monitor.Shield` contains the anomaly. The report puts the two runs
+side by side: the share of legitimate requests answered within the clients' timeout and
+their latency, the share of the attack stopped before the app (by status), the app's
+utilisation; then when the anomaly was detected, whom the shield banned, and how much
+wall-clock time the middleware added per request.
 
 On a shared store (``--storage redis://...``) the run leaves throttle state behind and
 lifts its own bans at the end; point it at a database of its own.
@@ -17,20 +20,21 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import io
 import json
 import logging
 import math
 import sys
 import time
-from collections.abc import Callable, Iterable, Iterator, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any, TextIO
 
 from .._errors import ConfigError
-from .scenarios import BUILTIN, Request, Scenario, load_scenario
+from ._replay import Replay
+from ._report import SimResult, format_report, plot
+from .scenarios import BUILTIN, Scenario, load_scenario
 
-__all__ = ["SimResult", "recommended_rules", "register", "run_simulation"]
+__all__ = ["SimResult", "format_report", "plot", "recommended_rules", "register",
+           "run_simulation"]
 
 #: paths no legitimate visitor of a typical app asks for
 SCANNER_PATHS = (
@@ -62,149 +66,6 @@ def recommended_rules(limiter: Any) -> None:
     )
 
 
-@dataclass
-class SimResult:
-    """What a simulation measured."""
-
-    scenario: str
-    storage: str
-    shield: bool
-    duration: float
-    legit_total: int = 0
-    legit_served: int = 0
-    attack_total: int = 0
-    attack_refused: int = 0
-    attack_start: float | None = None
-    #: simulated seconds from the start of the run to each anomaly_started on all traffic
-    detections: list[float] = field(default_factory=list)
-    banned: int = 0
-    legit_banned: list[str] = field(default_factory=list)
-    #: wall-clock seconds the middleware added per request (sorted)
-    added: list[float] = field(default_factory=list)
-    #: per simulated second: [legit served, legit refused, attack served, attack refused]
-    timeline: list[list[int]] = field(default_factory=list)
-    wall_seconds: float = 0.0
-
-    @property
-    def legit_served_share(self) -> float:
-        return self.legit_served / self.legit_total if self.legit_total else 1.0
-
-    @property
-    def attack_refused_share(self) -> float:
-        return self.attack_refused / self.attack_total if self.attack_total else 1.0
-
-    @property
-    def detected_after(self) -> float | None:
-        """Simulated seconds from the attack's start to its detection (None: not detected)."""
-        if self.attack_start is None:
-            return None
-        for t in self.detections:
-            if t >= self.attack_start:
-                return t - self.attack_start
-        return None
-
-    @property
-    def false_alarms(self) -> int:
-        """Anomalies raised before any attack."""
-        start = math.inf if self.attack_start is None else self.attack_start
-        return sum(1 for t in self.detections if t < start)
-
-    def latency(self, q: float) -> float:
-        """The ``q`` quantile of the added latency, seconds."""
-        if not self.added:
-            return 0.0
-        return self.added[min(len(self.added) - 1, int(q * len(self.added)))]
-
-    def as_dict(self) -> dict[str, Any]:
-        return {
-            "scenario": self.scenario,
-            "storage": self.storage,
-            "shield": self.shield,
-            "simulated_seconds": self.duration,
-            "wall_seconds": round(self.wall_seconds, 3),
-            "legitimate": {
-                "requests": self.legit_total, "served": self.legit_served,
-                "served_share": round(self.legit_served_share, 6),
-            },
-            "attack": {
-                "requests": self.attack_total, "refused": self.attack_refused,
-                "refused_share": round(self.attack_refused_share, 6),
-                "start": self.attack_start,
-            },
-            "anomaly": {
-                "detected_after": self.detected_after,
-                "detections": self.detections,
-                "false_alarms": self.false_alarms,
-            },
-            "shield_bans": {"total": self.banned, "legitimate": self.legit_banned},
-            "added_latency_us": {
-                "median": round(self.latency(0.5) * 1e6, 2),
-                "p99": round(self.latency(0.99) * 1e6, 2),
-            },
-            "timeline": self.timeline,
-        }
-
-
-def _app_factory() -> tuple[Callable[..., Iterable[bytes]], list[float]]:
-    """A tiny WSGI app that measures its own time (so it can be subtracted)."""
-    spent = [0.0]
-    perf = time.perf_counter
-    body = [b"ok"]
-    headers = [("Content-Type", "text/plain"), ("Content-Length", "2")]
-
-    def app(environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterable[bytes]:
-        t = perf()
-        start_response("200 OK", headers)
-        spent[0] = perf() - t
-        return body
-
-    return app, spent
-
-
-def _environ(req: Request) -> dict[str, Any]:
-    """The WSGI environ of one simulated request."""
-    environ = {
-        "REQUEST_METHOD": req.method,
-        "SCRIPT_NAME": "",
-        "PATH_INFO": req.path,
-        "QUERY_STRING": "",
-        "SERVER_NAME": "sim.test",
-        "SERVER_PORT": "80",
-        "SERVER_PROTOCOL": "HTTP/1.1",
-        "REMOTE_ADDR": req.address,
-        "HTTP_HOST": "sim.test",
-        "wsgi.url_scheme": "http",
-        "wsgi.input": io.BytesIO(req.body),
-        "wsgi.errors": sys.stderr,
-        "wsgi.version": (1, 0),
-        "wsgi.multithread": False,
-        "wsgi.multiprocess": False,
-        "wsgi.run_once": False,
-    }
-    if req.body:
-        environ["CONTENT_TYPE"] = "application/x-www-form-urlencoded"
-        environ["CONTENT_LENGTH"] = str(len(req.body))
-    for k, v in req.headers:
-        environ["HTTP_" + k.upper().replace("-", "_")] = v
-    return environ
-
-
-def _count(result: SimResult, req: Request, served: bool) -> None:
-    """Count one request's outcome in the totals and its second of the timeline."""
-    timeline = result.timeline
-    second = int(req.t)
-    while len(timeline) <= second:
-        timeline.append([0, 0, 0, 0])
-    if req.legitimate:
-        result.legit_total += 1
-        result.legit_served += served
-        timeline[second][0 if served else 1] += 1
-    else:
-        result.attack_total += 1
-        result.attack_refused += not served
-        timeline[second][2 if served else 3] += 1
-
-
 def _legitimate_addresses(scenario: Scenario) -> set[str]:
     """The addresses of the scenario's legitimate clients."""
     return {g.address(c) for g in scenario.groups if g.legitimate for c in range(g.clients)}
@@ -220,8 +81,10 @@ def run_simulation(
     progress: TextIO | None = None,
     shield_options: dict[str, Any] | None = None,
     monitor_options: dict[str, Any] | None = None,
+    middleware_options: Mapping[str, Any] | None = None,
 ) -> SimResult:
-    """Replay ``scenario`` through WSGIMiddleware + Limiter(storage) on simulated time."""
+    """Replay ``scenario`` in front of its server, without throttlekit and through
+    WSGIMiddleware(app, Limiter(storage), **middleware_options), on simulated time."""
     from .. import Limiter, WSGIMiddleware
     from ..monitor import Monitor, Shield
     from ..testing import FakeClock
@@ -233,50 +96,36 @@ def run_simulation(
     monitor = Monitor(limiter, **(monitor_options or {}))
     guard = Shield(limiter, monitor, **(shield_options or {})) if shield else None
     result = SimResult(scenario.name, storage, shield, scenario.duration,
-                       attack_start=scenario.attack_start)
+                       attack_start=scenario.attack_start, attack_end=scenario.attack_end,
+                       server=scenario.server)
     monitor.on_anomaly(
         lambda a: result.detections.append(a.at - start)
         if a.kind == "anomaly_started" and a.scope == "*" else None
     )
-    app, app_time = _app_factory()
-    mw = WSGIMiddleware(app, limiter)
-    status = [""]
-
-    def start_response(s: str, headers: Any, exc_info: Any = None) -> Callable[[bytes], Any]:
-        status[0] = s
-        return lambda data: None
-
-    added = result.added
-    perf = time.perf_counter
+    replay = Replay(scenario, seed, clock, start,
+                    lambda app: WSGIMiddleware(app, limiter, **(middleware_options or {})))
     expected = max(1.0, scenario.expected_requests())
     bar = _Progress(progress, scenario.duration) if progress is not None else None
-    wall = perf()
+    wall = time.perf_counter()
     n = 0
     for req in scenario.requests(seed):
-        clock.now = start + req.t
-        environ = _environ(req)
-        app_time[0] = 0.0
-        t0 = perf()
-        body = mw(environ, start_response)
-        for _ in body:
-            pass
-        close = getattr(body, "close", None)
-        if close is not None:
-            close()
-        added.append(perf() - t0 - app_time[0])
-        _count(result, req, status[0].startswith("2"))
+        replay.arrive(req)
         n += 1
         if bar is not None and n % 1000 == 0:
             bar.update(req.t, n, expected)
-    result.wall_seconds = perf() - wall
+    replay.finish()
+    result.wall_seconds = time.perf_counter() - wall
     if bar is not None:
         bar.finish(n)
-    monitor.tick(start + scenario.duration)
-    added.sort()
+    monitor.tick(max(clock.now, start + scenario.duration))
+    result.added = sorted(replay.added)
+    result.measured(replay.protected, replay.unprotected)
+    legit = [i for i, g in enumerate(scenario.groups) if g.legitimate]
+    result.legit_groups = legit if len(legit) > 1 else []
     if guard is not None:
         result.banned = len(guard.banned)
-        legit = _legitimate_addresses(scenario)
-        result.legit_banned = sorted(str(k) for k in guard.banned if k in legit)
+        addresses = _legitimate_addresses(scenario)
+        result.legit_banned = sorted(str(k) for k in guard.banned if k in addresses)
         if not storage.startswith("memory:"):
             guard.unban()  # leave a shared store as we found it
     return result
@@ -310,81 +159,6 @@ class _Progress:
         self.stream.flush()
 
 
-def format_report(r: SimResult, scenario: Scenario) -> str:
-    """The human-readable report."""
-    legit_clients = sum(g.clients for g in scenario.groups if g.legitimate)
-    attack_clients = sum(g.clients for g in scenario.groups if not g.legitimate)
-    lines = [
-        f"scenario {r.scenario}: {scenario.description or ''}".rstrip(": "),
-        f"  {legit_clients} legitimate clients, {attack_clients} attacking, "
-        f"{r.duration:g} simulated seconds on {r.storage}, shield {'on' if r.shield else 'off'}",
-        "",
-        f"legitimate requests served  {r.legit_served_share:8.2%}  "
-        f"({r.legit_served:,} of {r.legit_total:,})",
-    ]
-    if r.attack_total:
-        lines.append(
-            f"attack requests refused     {r.attack_refused_share:8.2%}  "
-            f"({r.attack_refused:,} of {r.attack_total:,})"
-        )
-    after = r.detected_after
-    if r.attack_start is not None:
-        if after is None:
-            lines.append("anomaly detected            no")
-        else:
-            lines.append(
-                f"anomaly detected            {after:6.1f} s after the attack started "
-                f"(t={r.attack_start + after:.1f}s)"
-            )
-    if r.false_alarms:
-        lines.append(f"false alarms                {r.false_alarms:6d}  (before the attack)")
-    if r.shield:
-        lines.append(
-            f"shield bans                 {r.banned:6d}  "
-            f"({len(r.legit_banned)} of them legitimate clients)"
-        )
-    lines.append(
-        f"latency added               median {r.latency(0.5) * 1e6:.1f} µs, "
-        f"p99 {r.latency(0.99) * 1e6:.1f} µs per request (wall clock)"
-    )
-    lines.append(f"  ({len(r.added):,} requests in {r.wall_seconds:.1f} s of wall-clock time)")
-    return "\n".join(lines)
-
-
-def plot(r: SimResult, path: str) -> None:
-    """Draw requests per second by outcome over time into ``path`` (needs matplotlib)."""
-    try:
-        import matplotlib  # type: ignore[import-not-found,unused-ignore]
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt  # type: ignore[import-not-found,unused-ignore]
-    except ImportError:
-        raise ConfigError(
-            "--plot needs matplotlib: pip install 'throttlekit-web[plot]'"
-        ) from None
-    seconds = list(range(len(r.timeline)))
-    series = list(zip(*r.timeline, strict=True)) if r.timeline else [(), (), (), ()]
-    fig, ax = plt.subplots(figsize=(10, 4.5))
-    ax.stackplot(
-        seconds, *series,
-        labels=["legitimate, served", "legitimate, refused", "attack, served", "attack, refused"],
-        colors=["#2b8a3e", "#f59f00", "#e03131", "#868e96"],
-    )
-    if r.attack_start is not None:
-        ax.axvline(r.attack_start, color="black", linestyle=":", label="attack starts")
-    after = r.detected_after
-    if after is not None and r.attack_start is not None:
-        ax.axvline(r.attack_start + after, color="#1971c2", linestyle="--",
-                   label="anomaly detected")
-    ax.set_xlabel("simulated seconds")
-    ax.set_ylabel("requests per second")
-    ax.set_title(f"throttlekit simulate {r.scenario} ({'shield on' if r.shield else 'shield off'})")
-    ax.legend(loc="upper right", fontsize="small")
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-
-
 # -- the command ------------------------------------------------------------------------
 
 
@@ -405,6 +179,9 @@ def register(subparsers: Any) -> None:
                    help="monitor only: no automatic bans")
     p.add_argument("--seed", type=int, default=0, help="random seed (default: 0)")
     p.add_argument("--duration", type=float, help="override the scenario's duration (seconds)")
+    p.add_argument("--scale", type=float,
+                   help="multiply every group's clients and the server's workers and queue "
+                   "(0.25: a quicker run of the same proportions)")
     p.add_argument("--json", action="store_true", help="print the result as JSON")
     p.add_argument("--plot", metavar="PNG", help="draw requests/s by outcome (needs matplotlib)")
     p.add_argument("--list", action="store_true", help="list the built-in scenarios and exit")
@@ -447,6 +224,8 @@ def run_command(args: argparse.Namespace) -> int:
         from dataclasses import replace
 
         scenario = replace(scenario, duration=args.duration)
+    if args.scale is not None:
+        scenario = scenario.scaled(args.scale)
     if args.plot:
         try:
             import matplotlib  # type: ignore[import-not-found,unused-ignore]  # noqa: F401
