@@ -213,6 +213,13 @@ def test_when_takes_a_monitor(clock: FakeClock) -> None:
     monitor.anomaly = True
     assert bot.get("/").status_code == 303
 
+    from throttlekit.monitor import Monitor as RealMonitor
+
+    lim = Limiter(clock=clock)
+    lim.challenge(key=KEY, when=RealMonitor(lim))  # not in an anomaly: nobody challenged
+    assert Client(WSGIMiddleware(App(), lim)).get(
+        "/", environ_base={"REMOTE_ADDR": IP}).status_code == 200
+
 
 def test_a_failing_switch_or_api_predicate_challenges_nobody(clock: FakeClock,
                                                              caplog: Any) -> None:

@@ -9,19 +9,13 @@ failure (``.ci/run`` installs it).
 
 from __future__ import annotations
 
-import contextlib
 import shutil
-import socket
 import subprocess
-import threading
-import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import uvicorn
-
 from servers import unavailable
+from test_asgi import serve  # a real uvicorn on a spare loopback port
 from throttlekit import ASGIMiddleware, Event, Limiter
 
 KEY = b"an operator secret of 32 bytes!!"
@@ -33,32 +27,6 @@ def chromium() -> str:
         unavailable("chromium is not installed; install the Debian package 'chromium': "
                     "apt-get install chromium")
     return found
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-@contextlib.contextmanager
-def serve(app: Any) -> Iterator[int]:
-    """Run ``app`` under a real uvicorn on a spare loopback port."""
-    port = free_port()
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port,
-                                           log_level="warning", lifespan="off"))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 10
-    while not server.started:
-        if time.monotonic() > deadline or not thread.is_alive():
-            raise RuntimeError("uvicorn did not start")
-        time.sleep(0.02)
-    try:
-        yield port
-    finally:
-        server.should_exit = True
-        thread.join(10)
 
 
 def test_chromium_solves_the_work_page_and_lands_on_the_app(tmp_path: Path) -> None:

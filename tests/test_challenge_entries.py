@@ -2,8 +2,8 @@
 Django's middleware (sync under ``WSGIHandler``, async under ``ASGIHandler``), Starlette's
 ``ThrottleMiddleware`` and FastAPI's ``Throttle``.
 
-Each app is driven at the raw protocol level (an environ and ``start_response``, or an ASGI
-scope and ``send``), so the header list is what a server would write. Everywhere: the 303
+Each app is driven through httpx's WSGI and ASGI transports, which keep every header line
+as the app wrote it. Everywhere: the 303
 of the cookie round trip is exactly the step's (status, ``Location``, one ``Set-Cookie``,
 body), a client that comes back with the cookie is served, a post without a pass is refused
 403, a JSON client is not challenged, and the proof-of-work page round trip ends on the app.
@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import io
 import re
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -21,6 +20,7 @@ from html import unescape
 from typing import Any
 from urllib.parse import urlencode
 
+import httpx
 import pytest
 from django.core.handlers.asgi import ASGIHandler
 from django.core.handlers.wsgi import WSGIHandler
@@ -63,74 +63,10 @@ class Reply:
         assert cookie is not None and cookie.startswith(COOKIE_NAME + "=")
         return cookie.split(";", 1)[0].partition("=")[2]
 
-
-def wsgi_call(app: Any, method: str, target: str, headers: dict[str, str],
-              body: bytes) -> Reply:
-    path_info, _, query = target.partition("?")
-    environ: dict[str, Any] = {
-        "REQUEST_METHOD": method, "SCRIPT_NAME": "", "PATH_INFO": path_info,
-        "QUERY_STRING": query, "SERVER_NAME": "testserver", "SERVER_PORT": "80",
-        "SERVER_PROTOCOL": "HTTP/1.1", "REMOTE_ADDR": IP, "HTTP_HOST": "testserver",
-        "wsgi.version": (1, 0), "wsgi.url_scheme": "http", "wsgi.input": io.BytesIO(body),
-        "wsgi.errors": io.StringIO(), "wsgi.multithread": True, "wsgi.multiprocess": False,
-        "wsgi.run_once": False, "CONTENT_LENGTH": str(len(body)),
-    }
-    for name, value in headers.items():
-        key = name.upper().replace("-", "_")
-        environ[key if key == "CONTENT_TYPE" else "HTTP_" + key] = value
-    started: list[tuple[str, list[tuple[str, str]]]] = []
-
-    def start_response(status: str, headers: list[tuple[str, str]], exc_info: Any = None) -> Any:
-        started.append((status, list(headers)))
-        return lambda data: None
-
-    result = app(environ, start_response)
-    try:
-        data = b"".join(result)
-    finally:
-        close = getattr(result, "close", None)
-        if close is not None:
-            close()
-    status, out = started[-1]
-    return Reply(int(status.split()[0]), out, data)
-
-
-async def asgi_call(app: Any, method: str, target: str, headers: dict[str, str],
-                    body: bytes) -> Reply:
-    path_, _, query = target.partition("?")
-    scope = {
-        "type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1", "method": method,
-        "scheme": "http", "path": path_, "raw_path": path_.encode(),
-        "query_string": query.encode(), "root_path": "", "client": (IP, 40000),
-        "server": ("testserver", 80),
-        "headers": [(b"host", b"testserver"), (b"content-length", str(len(body)).encode())]
-        + [(k.lower().encode(), v.encode()) for k, v in headers.items()],
-    }
-    sent: list[dict[str, Any]] = []
-    requested = False
-    done = asyncio.Event()
-
-    async def receive() -> dict[str, Any]:
-        nonlocal requested
-        if not requested:
-            requested = True
-            return {"type": "http.request", "body": body, "more_body": False}
-        await done.wait()
-        return {"type": "http.disconnect"}
-
-    async def send(message: dict[str, Any]) -> None:
-        sent.append(message)
-        if message["type"] == "http.response.body" and not message.get("more_body"):
-            done.set()
-
-    try:
-        await app(scope, receive, send)
-    finally:
-        done.set()
-    start = next(m for m in sent if m["type"] == "http.response.start")
-    data = b"".join(m.get("body", b"") for m in sent if m["type"] == "http.response.body")
-    out = [(k.decode("latin-1"), v.decode("latin-1")) for k, v in start.get("headers", ())]
-    return Reply(start["status"], out, data)
+    @classmethod
+    def of(cls, response: httpx.Response) -> Reply:
+        """The response as the server wrote it: every header line, in order."""
+        return cls(response.status_code, response.headers.multi_items(), response.content)
 
 
 # -- the apps: each answers "app" on every path, and reads posted forms --------------------
@@ -195,9 +131,20 @@ class Site:
 
     def call(self, method: str, target: str, headers: dict[str, str] | None = None,
              body: bytes = b"") -> Reply:
+        """One request from a client that keeps no cookies (the test hands them back)."""
+        url = "http://testserver" + target
         if self.protocol == "wsgi":
-            return wsgi_call(self.app, method, target, headers or {}, body)
-        return asyncio.run(asgi_call(self.app, method, target, headers or {}, body))
+            transport = httpx.WSGITransport(app=self.app, remote_addr=IP)
+            with httpx.Client(transport=transport) as client:
+                return Reply.of(client.request(method, url, headers=headers, content=body))
+
+        async def call() -> Reply:
+            transport = httpx.ASGITransport(app=self.app, client=(IP, 40000))
+            async with httpx.AsyncClient(transport=transport) as client:
+                return Reply.of(await client.request(method, url, headers=headers,
+                                                     content=body))
+
+        return asyncio.run(call())
 
     def get(self, target: str, **headers: str) -> Reply:
         return self.call("GET", target, {k.replace("_", "-"): v for k, v in headers.items()})
@@ -282,29 +229,18 @@ def test_websockets_are_never_challenged() -> None:
 
 
 def test_asgi_root_path_is_kept_in_the_redirect_and_the_action() -> None:
+    """Under a root path (a proxy's prefix: uvicorn ``--root-path``), the scope's path
+    starts with it; the redirect and the page's action keep it."""
     lim = Limiter(clock=FakeClock())
     lim.challenge(key=KEY, work=True, difficulty=4)
-    app = ASGIMiddleware(plain_asgi, lim)
 
-    async def get(accept: str) -> Reply:
-        scope = {"type": "http", "method": "GET", "path": "/app/x", "raw_path": b"/app/x",
-                 "root_path": "/app", "query_string": b"", "client": (IP, 1),
-                 "headers": [(b"accept", accept.encode())]}
-        sent: list[dict[str, Any]] = []
+    async def get(accept: str) -> httpx.Response:
+        transport = httpx.ASGITransport(app=ASGIMiddleware(plain_asgi, lim),
+                                        client=(IP, 1), root_path="/app")
+        async with httpx.AsyncClient(transport=transport) as client:
+            return await client.get("http://testserver/app/x", headers={"Accept": accept})
 
-        async def receive() -> dict[str, Any]:
-            return {"type": "http.request", "body": b"", "more_body": False}
-
-        async def send(message: dict[str, Any]) -> None:
-            sent.append(message)
-
-        await app(scope, receive, send)
-        start = sent[0]
-        return Reply(start["status"], [(k.decode(), v.decode()) for k, v in start["headers"]],
-                     sent[1]["body"])
-
-    assert asyncio.run(get("*/*")).get("Location") == "/app/x"
-    page = asyncio.run(get(HTML)).body.decode()
+    assert asyncio.run(get("*/*")).headers["Location"] == "/app/x"
+    page = asyncio.run(get(HTML)).text
     assert 'action="/app/.well-known/throttlekit/challenge"' in page
     assert 'name="return_to" value="/app/x"' in page
-
