@@ -55,9 +55,9 @@ class WSGIMiddleware(Entry):
             ``"none"``.
         headers_on_allowed: overrides the limiter's: rate-limit headers on allowed
             responses too.
-        responders: ``{"throttled" | "blocked" | "banned" | "shed": responder}``
-            replacing the default answer of that kind; ``responder(kind, rule, decision, accept,
-            headers) -> Denial``.
+        responders: ``{"throttled" | "blocked" | "banned" | "challenged" | "shed":
+            responder}`` replacing the default answer of that kind; ``responder(kind, rule,
+            decision, accept, headers) -> Denial``.
         rules_file: load this TOML rules file into ``limiter`` (see docs/rules-file.md).
         reload_interval: with ``rules_file``, check it for changes at most every that many
             seconds, on requests (None: only ``limiter.reload()``).

@@ -315,19 +315,18 @@ class ChallengeStep:
         if action is KNOWN:
             return verdict
         view = verdict.request
-        if action is ANSWER:
-            answer: Denial | None = self._redeem(view)
+        answer = None
+        if action is ANSWER:  # (never in a dry run: no page was given)
+            answer = self._redeem(view)
             if answer is not None and answer.status == 303:
                 return self._answered(verdict, mark, answer)
-        else:
-            answer = None
-            if action is ASK:
-                answer = self._ask(view, view.client_ip, target_of(view))
         engine = self.engine
         if "challenged" in engine.listeners.active:
             engine.emit("challenged", CHALLENGE_RULE, mark.network, view, None, self.dry_run)
         if self.dry_run:
             return verdict
+        if action is ASK:
+            answer = self._ask(view)
         return self._answered(verdict, mark, answer)
 
     @staticmethod
@@ -336,15 +335,16 @@ class ChallengeStep:
         return Verdict(False, "challenged", CHALLENGE_RULE, mark.network, None,
                        verdict.policies, verdict.degraded, verdict.request, None, answer)
 
-    def _ask(self, view: RequestView, ip: str | None, target: str) -> Denial | None:
-        """A new pass by redirect to ``target``, or (``work``, a browser) the work page;
-        None without a client address (the responder's 403)."""
+    def _ask(self, view: RequestView) -> Denial | None:
+        """A new pass by redirect back to the request's URL, or (``work``, a browser) the
+        work page; None without a client address (the responder's 403)."""
+        ip = view.client_ip
         if ip is None:
             return None
+        target = target_of(view)
         work = self.work
         if work is not None and wants_html(view.headers.get("accept")):
-            return work_page(work.issue(ip), work.difficulty,
-                             action=prefix_of(view) + self.action, return_to=target)
+            return self._page(work, view, ip, target)
         return pass_redirect(target, self._cookie(self.signer.issue(ip), view))
 
     def _redeem(self, view: RequestView) -> Denial | None:
@@ -360,9 +360,15 @@ class ChallengeStep:
         target = safe_path(form.get(RETURN_FIELD, "/"))
         value = work.redeem(challenge, solution, ip)
         if value is None:
-            return work_page(work.issue(ip), work.difficulty,
-                             action=prefix_of(view) + self.action, return_to=target, status=403)
+            return self._page(work, view, ip, target, 403)
         return pass_redirect(target, self._cookie(value, view))
+
+    def _page(self, work: WorkChallenge, view: RequestView, ip: str, target: str,
+              status: int = 200) -> Denial:
+        """A work page with a new challenge, posting to the action path (under the app's
+        mount point), then going to ``target``."""
+        return work_page(work.issue(ip), work.difficulty, action=prefix_of(view) + self.action,
+                         return_to=target, status=status)
 
     def _cookie(self, value: str, view: RequestView) -> str:
         secure = self.secure
@@ -385,7 +391,7 @@ def cookie_value(header: str) -> str | None:
 
 def wants_html(accept: str | None) -> bool:
     """Whether an ``Accept`` names HTML (a browser asking for a page)."""
-    return bool(accept) and "text/html" in accept.lower()  # type: ignore[union-attr]
+    return isinstance(accept, str) and "text/html" in accept.lower()
 
 
 def prefix_of(view: RequestView) -> str:
