@@ -289,10 +289,10 @@ def test_count_when_is_charged_even_if_the_response_is_never_closed() -> None:
 
 def test_responder_names_stay_importable_from_wsgi(limiter: Limiter) -> None:
     """throttlekit.wsgi keeps RESPONDER_KINDS, Responder and resolve_options (now the one
-    responder's), and "shed" is a kind a responder can be given for."""
+    responder's), and "shed" and "challenged" are kinds a responder can be given for."""
     from throttlekit.wsgi import RESPONDER_KINDS, Responder, resolve_options
 
-    assert set(RESPONDER_KINDS) == {"throttled", "blocked", "banned", "shed"}
+    assert set(RESPONDER_KINDS) == {"throttled", "blocked", "banned", "challenged", "shed"}
 
     def teapot(kind: str, rule: str, decision: Any, accept: Any, headers: Any) -> Denial:
         return Denial(418, headers, b"")

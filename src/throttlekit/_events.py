@@ -32,7 +32,7 @@ logger = logging.getLogger("throttlekit")
 
 #: Every kind of event, in evaluation order.
 EVENT_KINDS = (
-    "safelisted", "blocked", "banned", "throttled", "allowed", "tracked", "shed",
+    "safelisted", "blocked", "banned", "throttled", "allowed", "tracked", "challenged", "shed",
 )
 
 
@@ -41,10 +41,12 @@ class Event(NamedTuple):
 
     Attributes:
         kind: ``"safelisted"``, ``"blocked"``, ``"banned"``, ``"throttled"``, ``"allowed"``
-            (a throttle applied and allowed), ``"tracked"`` or ``"shed"`` (admission
-            control refused an allowed request: 503).
+            (a throttle applied and allowed), ``"tracked"``, ``"challenged"`` (a challenge
+            answered an allowed request: its redirect or page, or 403) or ``"shed"``
+            (admission control refused an allowed request: 503).
         rule: the rule's name.
-        key: the discriminator the rule used (client key, user name, ...), or None.
+        key: the discriminator the rule used (client key, user name, the network of a
+            challenged client, ...), or None.
         request: the request view.
         decision: the throttle's (or ban counter's) Decision, None for list rules.
         dry_run: the rule is in dry-run mode: it would have refused, but did not.

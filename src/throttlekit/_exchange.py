@@ -3,8 +3,10 @@
 Every entry that runs the limiter's rules (``WSGIMiddleware``, ``ASGIMiddleware``, the Django
 and Starlette/FastAPI middleware) does the same three things around the app, here once:
 
-- **lease** (:func:`begin` / :func:`abegin`): an allowed verdict takes its concurrency
-  leases, or becomes the refusal of the full rule;
+- **challenge, admit, lease** (:func:`begin` / :func:`abegin`): an allowed verdict meets the
+  challenge step (``Limiter.challenge``: its redirect, page or refusal), takes a slot of
+  admission control (``Limiter.admission``) and its concurrency leases, or becomes the
+  refusal of the step that stops it;
 - **settle** (:class:`Exchange`): when the response ends, whatever ends it (a normal return,
   an exception, a cancellation: then status 500), the ``count_when`` throttles are charged
   by the response's status and headers, and the lease is given back; both once;
@@ -30,8 +32,8 @@ if TYPE_CHECKING:
     from ._limiter import Limiter
     from ._rules import Verdict
 
-__all__ = ["DENIED_KEY", "OWNER_KEY", "POLICIES_KEY", "Exchange", "abegin", "begin",
-           "header_policies", "serve_asgi"]
+__all__ = ["CHALLENGE_KEY", "DENIED_KEY", "OWNER_KEY", "POLICIES_KEY", "Exchange", "abegin",
+           "begin", "header_policies", "serve_asgi"]
 
 #: environ/scope key: the ``(policy, Decision)`` pairs inner entries recorded (endpoint
 #: limits, dependencies), for the header set the outermost entry writes
@@ -41,6 +43,9 @@ POLICIES_KEY = "throttlekit.policies"
 DENIED_KEY = "throttlekit.denied"
 #: environ/scope key: set by the outermost entry, which writes the request's header set
 OWNER_KEY = "throttlekit.owner"
+#: environ/scope key: what the challenge step (``Limiter.challenge``) makes of the request,
+#: found while the rules ran (a ``_challenge.step.Mark``); None when it has nothing to do
+CHALLENGE_KEY = "throttlekit.challenge"
 
 Policies = Sequence[tuple[str, "Decision"]]
 Message = MutableMapping[str, Any]
@@ -171,10 +176,19 @@ async def abegin(limiter: Limiter, verdict: Verdict, lease: bool = True
 
 
 def _admit(limiter: Limiter, verdict: Verdict) -> tuple[Verdict, Ticket | None]:
-    """The admission step (``Limiter.admission``): a slot, or the refusal that sheds it.
-    Safelisted requests take none."""
+    """The steps before the lease: the challenge (``Limiter.challenge``: the request goes
+    on, or gets its answer), then admission (``Limiter.admission``: a slot, or the refusal
+    that sheds it). Safelisted requests meet neither."""
+    if verdict.kind == "safelisted":
+        return verdict, None
+    view = verdict.request
+    mark = view.raw.get(CHALLENGE_KEY) if view is not None else None
+    if mark is not None and mark.step.engine is limiter.engine:
+        verdict = mark.step.take(verdict, mark)
+        if not verdict.allowed:
+            return verdict, None
     step = limiter.engine.admission
-    if step is None or verdict.kind == "safelisted":
+    if step is None:
         return verdict, None
     return step.admit(verdict)
 

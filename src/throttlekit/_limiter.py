@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 from . import _admin as admin
 from ._algorithms import DEFAULT_STRATEGY
+from ._challenge.step import ChallengeOptions, install_challenge
 from ._clientip import ClientIPResolver
 from ._concurrency import ConcurrencyRules
 from ._direct import Plan, adecide, check_cost, check_key, decide, prepared
@@ -541,6 +542,10 @@ class Limiter:
         self.engine.admission = AdmissionStep(
             self.engine, priority=priority, thresholds=thresholds, initial_limit=initial_limit,
             min_limit=min_limit, max_limit=max_limit, dry_run=dry_run, clock=self.clock)
+
+    def challenge(self, **options: Unpack[ChallengeOptions]) -> None:
+        """Challenge unknown clients before the app (``ChallengeOptions``, under-attack.md)."""
+        install_challenge(self, options)
 
     def inflight(self, name: str, key: str = "*") -> int:
         """Requests in flight under concurrency rule ``name`` for discriminator ``key``

@@ -37,8 +37,9 @@ __all__ = ["RESPONDER_KINDS", "VERDICT_KEY", "Responder", "ResponderFn", "config
 
 logger = logging.getLogger("throttlekit")
 
-#: The verdict kinds a custom responder can answer.
-RESPONDER_KINDS = ("throttled", "blocked", "banned", "shed")
+#: The verdict kinds a custom responder can answer (``"challenged"``: the 403 of a request
+#: a challenge refuses; its redirects and pages are the step's, sent as they are).
+RESPONDER_KINDS = ("throttled", "blocked", "banned", "challenged", "shed")
 #: ``responder(kind, rule, decision, accept, headers) -> Denial``: the refusal sent for a
 #: verdict kind; ``headers`` are the rate-limit headers to include.
 ResponderFn = Callable[[str, str, "Decision | None", "str | None", "list[tuple[str, str]]"],
@@ -128,9 +129,14 @@ class Responder:
     def refuse(self, verdict: Verdict, policies: Iterable[tuple[str, Decision]] | None,
                accept: str | None) -> Denial:
         """The answer to a refused ``verdict``: status, header fields (the rate-limit
-        fields of ``policies`` first) and body, for the request's ``Accept``. Never raises:
+        fields of ``policies`` first) and body, for the request's ``Accept``; or the
+        verdict's ``answer``, as it is (a challenge's redirect or page). Never raises:
         a failing custom responder is logged and the default answer sent (a refusal must
         never become a 500)."""
+        # (getattr: the engine builds its common allowed verdicts without __init__)
+        answer: Denial | None = getattr(verdict, "answer", None)
+        if answer is not None:
+            return answer
         kind = verdict.kind
         rule = verdict.rule or ""
         decision = verdict.decision

@@ -12,10 +12,11 @@ Header styles (:data:`HEADER_STYLES`):
   (delta seconds, or an epoch timestamp when ``now`` is given) of the most restrictive policy.
 - ``"both"``, or ``"none"``.
 
-Denials (:func:`default_responder`): ``429`` for a throttle, ``403`` for a block or ban,
-``503`` for load shedding; ``Cache-Control: no-store`` (RFC 6585: a 429 must not be cached),
-``Retry-After`` in whole seconds rounded up (RFC 9110) when finite; a plain-text body, or RFC
-9457 ``application/problem+json`` when the client's ``Accept`` prefers JSON.
+Denials (:func:`default_responder`): ``429`` for a throttle, ``403`` for a block or ban
+(and a request a challenge refuses), ``503`` for load shedding; ``Cache-Control: no-store``
+(RFC 6585: a 429 must not be cached), ``Retry-After`` in whole seconds rounded up (RFC 9110)
+when finite; a plain-text body, or RFC 9457 ``application/problem+json`` when the client's
+``Accept`` prefers JSON.
 
 >>> from throttlekit import Decision, Rate
 >>> d = Decision(False, 100, 0, 17.2, 2.1, Rate(100, 60.0))
@@ -70,14 +71,21 @@ PROBLEM_TYPES: dict[str, tuple[str, str]] = {
     ),
     "blocked": ("about:blank", "Forbidden"),
     "banned": ("about:blank", "Forbidden"),
+    "challenged": ("about:blank", "Forbidden"),
 }
 
-_STATUS = {"throttled": 429, "blocked": 403, "banned": 403, "shed": 503}
+_STATUS = {"throttled": 429, "blocked": 403, "banned": 403, "challenged": 403, "shed": 503}
 _TEXT = {
     429: b"Too Many Requests: rate limit exceeded.\n",
     403: b"Forbidden.\n",
     503: b"Service Unavailable: the server is shedding load, retry later.\n",
 }
+#: a challenge's refusal says how to pass (the request came without a pass, and only a
+#: GET or HEAD is given one)
+_CHALLENGED_TEXT = b"Forbidden: this request needs a pass; load a page of this site first.\n"
+_CHALLENGED_DETAIL = (
+    "This request needs a pass: load a page of this site (GET) with cookies on first."
+)
 _TEXT_LEN = {status: str(len(body)) for status, body in _TEXT.items()}
 _NO_STORE = ("Cache-Control", "no-store")
 _TEXT_TYPE = ("Content-Type", "text/plain; charset=utf-8")
@@ -312,8 +320,8 @@ def default_responder(
     """The response refusing a request.
 
     Args:
-        kind: ``"throttled"`` (429), ``"blocked"`` or ``"banned"`` (403), ``"shed"`` (503);
-            anything else is answered 403.
+        kind: ``"throttled"`` (429), ``"blocked"``, ``"banned"`` or ``"challenged"``
+            (403), ``"shed"`` (503); anything else is answered 403.
         rule: the name of the rule that refused (listed in ``violated-policies`` of a 429
             problem body; never shown for blocks and bans).
         decision: the refusing Decision, if any (gives ``Retry-After`` for 429 and 503).
@@ -336,6 +344,9 @@ def default_responder(
         out.append(("Content-Length", str(len(body))))
         return Denial(status, out, body)
     out.append(_TEXT_TYPE)
+    if kind == "challenged":
+        out.append(("Content-Length", str(len(_CHALLENGED_TEXT))))
+        return Denial(status, out, _CHALLENGED_TEXT)
     out.append(("Content-Length", _TEXT_LEN[status]))
     return Denial(status, out, _TEXT[status])
 
@@ -358,6 +369,8 @@ def _problem_body(kind: str, status: int, rule: str, decision: Decision | None) 
             if retry is not None
             else "The server is shedding load; retry later."
         )
+    elif kind == "challenged":
+        problem["detail"] = _CHALLENGED_DETAIL
     else:
         problem["detail"] = "This client is not allowed to make this request."
     return json.dumps(problem, ensure_ascii=True, separators=(",", ":")).encode("ascii")

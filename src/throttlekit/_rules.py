@@ -32,6 +32,7 @@ from .storage.base import BoundBatch, BoundHit, Storage
 if TYPE_CHECKING:
     from ._limiter import Limiter
     from ._request import RequestView
+    from ._responses import Denial
 
 __all__ = [
     "DYNAMIC_RULE",
@@ -79,7 +80,8 @@ class Verdict:
 
     Attributes:
         allowed: the request may go to the app.
-        kind: ``"allowed"``, ``"safelisted"``, ``"blocked"``, ``"banned"`` or ``"throttled"``.
+        kind: ``"allowed"``, ``"safelisted"``, ``"blocked"``, ``"banned"``, ``"throttled"``,
+            ``"challenged"`` (``Limiter.challenge``) or ``"shed"`` (``Limiter.admission``).
         rule: the name of the deciding rule (None when nothing decided).
         key: the discriminator of the deciding rule.
         decision: the deciding Decision (the refusing throttle's, or for an allowed
@@ -88,11 +90,13 @@ class Verdict:
             applied: what the rate-limit headers report.
         degraded: the storage failed and ``on_storage_error`` answered.
         request: the request view.
+        answer: a response prepared by a step before the app (a challenge's redirect or
+            page), which the responder sends as it is; None for the responder's refusals.
     """
 
     __slots__ = (
-        "allowed", "decision", "degraded", "key", "kind", "pending", "policies", "request",
-        "rule",
+        "allowed", "answer", "decision", "degraded", "key", "kind", "pending", "policies",
+        "request", "rule",
     )
 
     def __init__(
@@ -106,6 +110,7 @@ class Verdict:
         degraded: bool,
         request: RequestView,
         pending: list[tuple[_Throttle, str, int]] | None = None,
+        answer: Denial | None = None,
     ) -> None:
         self.allowed = allowed
         self.kind = kind
@@ -117,6 +122,7 @@ class Verdict:
         self.request = request
         #: count_when charges to settle after the response
         self.pending = pending
+        self.answer = answer
 
     def __repr__(self) -> str:
         return (

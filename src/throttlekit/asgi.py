@@ -27,6 +27,7 @@ from typing import TYPE_CHECKING, Any
 
 from ._errors import ConfigError
 from ._exchange import (
+    CHALLENGE_KEY,
     DENIED_KEY,
     OWNER_KEY,
     POLICIES_KEY,
@@ -114,7 +115,13 @@ class ASGIMiddleware(Entry):
         if outer is None:
             scope[OWNER_KEY] = limiter
         ex = None
-        if verdict.pending or engine.concurrency is not None or engine.admission is not None:
+        mark = scope.get(CHALLENGE_KEY)
+        if (verdict.pending or engine.concurrency is not None or engine.admission is not None
+                or mark is not None):
+            if mark is not None and mark.reads_form and body is None and has_small_form(
+                scope, self.max_form_bytes
+            ):  # the challenge step answers this post itself: it reads its form
+                view.body, receive = await read_ahead(receive, self.max_form_bytes)
             verdict, ex = await abegin(limiter, verdict, outer is not limiter)
         scope[VERDICT_KEY] = verdict  # _keep, inlined (every request pays it)
         state = scope.get("state")

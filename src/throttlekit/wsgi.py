@@ -20,7 +20,15 @@ import os
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
-from ._exchange import DENIED_KEY, OWNER_KEY, POLICIES_KEY, Exchange, begin, header_policies
+from ._exchange import (
+    CHALLENGE_KEY,
+    DENIED_KEY,
+    OWNER_KEY,
+    POLICIES_KEY,
+    Exchange,
+    begin,
+    header_policies,
+)
 from ._request import RequestView
 from ._responder import RESPONDER_KINDS, VERDICT_KEY, Entry, resolve_options, status_line
 from ._responder import ResponderFn as Responder
@@ -47,9 +55,9 @@ class WSGIMiddleware(Entry):
             ``"none"``.
         headers_on_allowed: overrides the limiter's: rate-limit headers on allowed
             responses too.
-        responders: ``{"throttled" | "blocked" | "banned" | "shed": responder}``
-            replacing the default answer of that kind; ``responder(kind, rule, decision, accept,
-            headers) -> Denial``.
+        responders: ``{"throttled" | "blocked" | "banned" | "challenged" | "shed":
+            responder}`` replacing the default answer of that kind; ``responder(kind, rule,
+            decision, accept, headers) -> Denial``.
         rules_file: load this TOML rules file into ``limiter`` (see docs/rules-file.md).
         reload_interval: with ``rules_file``, check it for changes at most every that many
             seconds, on requests (None: only ``limiter.reload()``).
@@ -81,13 +89,15 @@ class WSGIMiddleware(Entry):
         engine = limiter.engine
         view = RequestView.from_environ(environ, self.resolver)
         verdict = engine.evaluate(view)
-        # the lease step (begin), and the header set: written here when this is the
-        # outermost entry, else recorded for the one that is
+        # the steps before the app (begin: challenge, admission, lease), and the header
+        # set: written here when this is the outermost entry, else recorded for the one
+        # that is
         outer = environ.get(OWNER_KEY)
         if outer is None:
             environ[OWNER_KEY] = limiter
         ex = None
-        if verdict.pending or engine.concurrency is not None or engine.admission is not None:
+        if (verdict.pending or engine.concurrency is not None or engine.admission is not None
+                or environ.get(CHALLENGE_KEY) is not None):
             verdict, ex = begin(limiter, verdict, outer is not limiter)
         environ[VERDICT_KEY] = verdict
         if not verdict.allowed:

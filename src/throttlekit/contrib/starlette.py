@@ -53,7 +53,7 @@ from starlette.routing import Match, Mount
 from .._adapters import Adapter, Found, register_adapter
 from .._decorators import DENIED_KEY, HANDLED_KEY, aevaluate, record
 from .._errors import ConfigError
-from .._exchange import OWNER_KEY, Exchange, abegin, serve_asgi
+from .._exchange import CHALLENGE_KEY, OWNER_KEY, Exchange, abegin, serve_asgi
 from .._frameworkview import FRAMEWORK_FORMS, FrameworkView, view_of
 from .._limitspec import Group, endpoint_name, group_of
 from .._responses import Denial, encode_headers
@@ -427,7 +427,14 @@ class ThrottleMiddleware:
             await read_form(view, scope)
         ex = None
         if self.rules:
-            verdict, ex = await abegin(lim, await lim.aevaluate(view), outer is not lim)
+            verdict = await lim.aevaluate(view)
+            mark = scope.get(CHALLENGE_KEY)
+            if mark is not None and mark.reads_form and view.body is None and has_small_form(
+                scope, view.max_form_bytes
+            ):  # the challenge step answers this post itself: it reads its form
+                view.body, receive = await read_ahead(receive, view.max_form_bytes)
+                await read_form(view, scope)
+            verdict, ex = await abegin(lim, verdict, outer is not lim)
             scope[VERDICT_KEY] = verdict
             if not verdict.allowed:
                 await self._refuse(lim, verdict, scope, send)
