@@ -117,6 +117,13 @@ class WindowedTopK:
             self._roll(now)
         self._cur.add(key, n)
 
+    def current(self, now: float) -> tuple[SpaceSaving, float]:
+        """The summary counting ``now``'s bucket (rolled over if ``now`` is past it) and
+        the end of that bucket: a caller adding many keys per instant adds them there."""
+        if now >= self._end:
+            self._roll(now)
+        return self._cur, self._end
+
     def _roll(self, now: float) -> None:
         if self._cur.total:
             self._closed.append((self._start, self._cur))
@@ -172,6 +179,11 @@ class WindowedTopK:
     def total(self, now: float | None = None, since: float | None = None) -> int:
         """Exact number of occurrences counted over the window."""
         return sum(s.total for s in self._buckets(now, since))
+
+    def error(self, now: float | None = None, since: float | None = None) -> int:
+        """The most a count of :meth:`merged` (same arguments) over-estimates: the sum of
+        the buckets' floors. A count minus this is a lower bound of the true count."""
+        return sum(s.floor for s in self._buckets(now, since))
 
     def size(self) -> int:
         """Keys held in memory right now (bounded by ``nbuckets * 2 * capacity``)."""
