@@ -38,6 +38,15 @@ _name_of = itemgetter(0)
 _SKIPPED = frozenset({b"content-type", b"content-length"})
 
 
+def _path(view: Any) -> str:
+    """``view.path`` cut at :data:`MAX_VALUE`; a WSGI path in ASCII read as it is (the
+    view's decoding would give it back unchanged)."""
+    path = view.raw.get("PATH_INFO") if view.is_wsgi else None
+    if path.__class__ is not str or not path or not path.isascii():
+        path = view.path
+    return path if len(path) <= MAX_VALUE else path[:MAX_VALUE]
+
+
 def _fingerprint(names: list[str], language: str | None) -> str:
     text = ",".join(names) + "|" + (language or "")
     return hashlib.blake2b(text.encode("latin-1", "replace"), digest_size=4).hexdigest()
@@ -74,25 +83,27 @@ class Features:
     def values(self, view: Any) -> tuple[str | None, ...]:
         """The value of each of :data:`DIMENSIONS` for ``view``, in that order."""
         try:
-            path = view.path
+            path = _path(view)
             ua, fingerprint = self._headers(view)
             nets = self.networks(view.client_key)
         except Exception:  # a malformed request is counted, never breaks the monitor
             return ("/", "", "-", None, None)
-        return (path if len(path) <= MAX_VALUE else path[:MAX_VALUE], ua, fingerprint,
-                nets[0], nets[1])
+        return (path, ua, fingerprint, nets[0], nets[1])
 
     def value(self, dimension: str, view: Any) -> str | None:
         """The value of one dimension for ``view`` (what the shield's rule reads)."""
         if dimension == "path":
-            path: str = view.path
-            return path if len(path) <= MAX_VALUE else path[:MAX_VALUE]
+            return _path(view)
         if dimension == "net24":
             return self.networks(view.client_key)[0]
         if dimension == "net16":
             return self.networks(view.client_key)[1]
         ua, fingerprint = self._headers(view)
         return ua if dimension == "user_agent" else fingerprint
+
+    def cached(self) -> int:
+        """Entries held by the caches (at most 2 * CACHE_SIZE)."""
+        return len(self._shapes) + len(self._networks)
 
     def networks(self, key: str | None) -> tuple[str | None, str | None]:
         """(net24, net16) of a client key; (None, None) without one."""

@@ -496,9 +496,11 @@ class Monitor:
         return callback
 
     def memory(self) -> dict[str, int]:
-        """Values held per dimension (sketches and baselines): bounded, see
-        :mod:`throttlekit.monitor.dimensions`."""
-        return {name: self.dimension(name).size() for name in self.dimension_names}
+        """Values held per dimension (sketches and baselines) and entries of the feature
+        caches (``"caches"``): each bounded, see :mod:`throttlekit.monitor.dimensions`."""
+        held = {name: self.dimension(name).size() for name in self.dimension_names}
+        held["caches"] = self._dims.features.cached()
+        return held
 
     def snapshot(self, now: float | None = None) -> dict[str, Any]:
         """A JSON-ready summary: counters, detectors, anomalies, top offenders, each

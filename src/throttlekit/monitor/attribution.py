@@ -2,10 +2,11 @@
 
 For each dimension (see :mod:`throttlekit.monitor.dimensions`) the surge's *excess* is the
 dimension's rate since the rise began minus its learnt baseline. A value is a culprit when
-its rate rose at least ``factor`` times above its own baseline; the culprits, largest
-excess first, explain the dimension's excess when at most ``max_values`` of them account
-for ``coverage`` of it while holding at most ``max_collateral`` of the dimension's normal
-traffic (their baselines: what a containment on them would also hit). The client
+its rate rose at least ``factor`` times above its own baseline and by at least
+``min_share`` of the excess; the culprits (the ``max_values`` largest rises) explain the
+dimension's excess when they account for ``coverage`` of it while holding at most
+``max_collateral`` of the dimension's normal traffic (their baselines: what a containment
+on them would also hit). The client
 dimension is read the shield's way instead: its culprits are the clients above
 ``client_factor`` times the per-client baseline (:meth:`Monitor.offenders`), as many as
 there are, since a ban hits one client only.
@@ -190,8 +191,6 @@ def explain(
         culprits.append(Culprit(r.value, r.rate, r.baseline, rise / excess))
         covered += rise
         inside += r.baseline
-        if covered >= coverage * excess:
-            break
     return _explanation(dimension, culprits, excess, covered, inside, coverage, max_collateral)
 
 

@@ -19,7 +19,7 @@ from typing import Any, NamedTuple
 
 from .._errors import ConfigError
 from ._features import DIMENSIONS, Features
-from .sketch import SpaceSaving, WindowedTopK
+from .sketch import SpaceSaving, WindowedTopK, heaviest
 
 __all__ = ["CLIENT", "DIMENSIONS", "Dimension", "Dimensions", "ValueRate"]
 
@@ -101,12 +101,10 @@ class Dimension:
         for value, b in old.items():
             if value not in new and b * keep >= _FORGET:
                 new[value] = b * keep
+        self.unseen = 0.0
         if len(new) > self.capacity:
-            ranked = sorted(new.items(), key=lambda vb: vb[1], reverse=True)
-            new = dict(ranked[: self.capacity])
-            self.unseen = ranked[self.capacity - 1][1]
-        else:
-            self.unseen = 0.0
+            new, ranked = heaviest(new, self.capacity)
+            self.unseen = ranked[self.capacity - 1]
         self.baselines = new
 
     def rows(self, now: float, since: float | None = None, n: int = 10) -> list[ValueRate]:
@@ -172,7 +170,7 @@ class Dimensions:
             n: Dimension(n, WindowedTopK(window, bucket, capacity), capacity)
             for n in self.names
         }
-        self._row: list[tuple[int, SpaceSaving]] = []
+        self._row: list[tuple[int, SpaceSaving, dict[Hashable, int]]] = []
         self._end = -float("inf")
 
     def add(self, view: Any, now: float) -> None:
@@ -180,17 +178,24 @@ class Dimensions:
         if now >= self._end:
             self._roll(now)
         values = self.features.values(view)
-        for i, summary in self._row:
+        # SpaceSaving.add inlined for a known value (the common case): a call saved per
+        # dimension and request
+        for i, summary, counts in self._row:
             value = values[i]
             if value is not None:
-                summary.add(value)
+                c = counts.get(value)
+                if c is None:
+                    summary.insert(value)
+                else:
+                    counts[value] = c + 1
+                    summary.total += 1
 
     def _roll(self, now: float) -> None:
         row = []
         end = now
         for name in self.names:
             summary, end = self.by_name[name].hitters.current(now)
-            row.append((DIMENSIONS.index(name), summary))
+            row.append((DIMENSIONS.index(name), summary, summary.counts))
         self._row = row
         self._end = end
 
