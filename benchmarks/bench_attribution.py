@@ -13,6 +13,7 @@ enabled (a smoke pass times nothing).
 
 from __future__ import annotations
 
+import itertools
 import time
 from collections.abc import Callable
 from typing import Any
@@ -62,30 +63,26 @@ def _environs() -> list[dict[str, Any]]:
 def _variant(kind: str) -> Callable[[], None]:
     """One request per call, from 1000 rotating clients, time moving 1 ms per request."""
     clock = FakeClock()
-    if kind == "bare":
-        target: Callable[..., Any] = _app
-    else:
+    target: Callable[..., Any] = _app
+    if kind != "bare":
         limiter = Limiter(clock=clock)
         limiter.throttle("per-ip", "20/second; 600/minute", strategy="token_bucket")
         if kind != "unmonitored":
-            monitor = Monitor(limiter, dimensions=None if kind == "dimensions" else ())
-            Shield(limiter, monitor)
+            Shield(limiter, Monitor(limiter, dimensions=None if kind == "dimensions" else ()))
         target = WSGIMiddleware(_app, limiter)
-    environs = _environs()
-    state = [0]
+    environs = itertools.cycle(_environs())
 
-    def start_response(status: str, headers: Any, exc_info: Any = None) -> None:
+    def ignore(status: str, headers: Any, exc_info: Any = None) -> None:
         return None
 
-    def one() -> None:
-        i = state[0] = (state[0] + 1) % 1000
+    def request() -> None:
         clock.now += 0.001
-        for _ in target(dict(environs[i]), start_response):
+        for _ in target(dict(next(environs)), ignore):
             pass
 
-    for _ in range(3000):  # warm: every client known, monitor past its first buckets
-        one()
-    return one
+    for _ in range(3000):  # every client known, the monitor past its first buckets
+        request()
+    return request
 
 
 @pytest.mark.parametrize("kind", VARIANTS)
@@ -95,24 +92,24 @@ def test_request(benchmark, kind):
     benchmark(_variant(kind))
 
 
-def _per_call(fn: Callable[[], None], n: int) -> float:
-    # CPU time of this process: a busy machine's other processes do not count
-    t = time.process_time()
-    for _ in range(n):
-        fn()
-    return (time.process_time() - t) / n
+def _cpu_per_request(n: int, rounds: int) -> dict[str, float]:
+    """Microseconds of this process's CPU time per request of each variant, the best of
+    ``rounds`` interleaved runs (a busy machine's other processes do not count)."""
+    variants = {k: _variant(k) for k in VARIANTS}
+    best = dict.fromkeys(variants, float("inf"))
+    for _ in range(rounds):
+        for kind, request in variants.items():
+            began = time.process_time()
+            for _ in range(n):
+                request()
+            best[kind] = min(best[kind], (time.process_time() - began) / n * 1e6)
+    return best
 
 
 def test_dimension_cost_ratio(request):
     """The dimensions add at most 1.3x to the monitor's overhead (same run)."""
     enabled = not request.config.getoption("benchmark_disable", False)
-    n, rounds = (20_000, 7) if enabled else (500, 1)
-    fns = {k: _variant(k) for k in VARIANTS}
-    best = {k: float("inf") for k in fns}
-    for _ in range(rounds):  # interleaved, best of rounds: noise only ever adds time
-        for k, fn in fns.items():
-            best[k] = min(best[k], _per_call(fn, n))
-    us = {k: v * 1e6 for k, v in best.items()}
+    us = _cpu_per_request(*((20_000, 7) if enabled else (500, 1)))
     middleware = us["unmonitored"] - us["bare"]
     without = us["monitored"] - us["unmonitored"]
     with_dims = us["dimensions"] - us["unmonitored"]

@@ -22,7 +22,7 @@ import hashlib
 import ipaddress
 from collections.abc import Hashable
 from operator import itemgetter
-from typing import Any
+from typing import Any, TypeVar
 
 __all__ = ["DIMENSIONS", "MAX_VALUE", "Features"]
 
@@ -36,6 +36,16 @@ CACHE_SIZE = 8192
 _NO_NETWORK: tuple[str | None, str | None] = (None, None)
 _name_of = itemgetter(0)
 _SKIPPED = frozenset({b"content-type", b"content-length"})
+_K = TypeVar("_K", bound=Hashable)
+_V = TypeVar("_V")
+
+
+def _remember(cache: dict[_K, _V], key: _K, value: _V) -> _V:
+    """``cache[key] = value``, the cache cleared first when full; returns ``value``."""
+    if len(cache) >= CACHE_SIZE:
+        cache.clear()
+    cache[key] = value
+    return value
 
 
 def _path(view: Any) -> str:
@@ -111,11 +121,7 @@ class Features:
             return _NO_NETWORK
         nets = self._networks.get(key)
         if nets is None:
-            nets = _networks(key)
-            cache = self._networks
-            if len(cache) >= CACHE_SIZE:
-                cache.clear()
-            cache[key] = nets
+            nets = _remember(self._networks, key, _networks(key))
         return nets
 
     def _headers(self, view: Any) -> tuple[str, str]:
@@ -148,8 +154,4 @@ class Features:
             names = [bytes(k).decode("latin-1").lower() for k in keys
                      if isinstance(k, (bytes, bytearray)) and bytes(k).lower() not in _SKIPPED]
         fingerprint = _fingerprint(names, language if isinstance(language, str) else None)
-        cache = self._shapes
-        if len(cache) >= CACHE_SIZE:
-            cache.clear()
-        cache[shape] = fingerprint
-        return fingerprint
+        return _remember(self._shapes, shape, fingerprint)
