@@ -409,7 +409,8 @@ def test_dimensions_can_be_chosen_or_turned_off() -> None:
     for bad in (["nope"], ["path", "path"]):
         with pytest.raises(ConfigError):
             Monitor(Limiter(), dimensions=bad)
-    with pytest.raises(ConfigError):
-        Monitor(Limiter(), attribution={"coverage": 2})
+    for options in ({"coverage": 2}, {"max_values": 0}, {"factor": 1}, {"covrage": 0.5}):
+        with pytest.raises(ConfigError):
+            Monitor(Limiter(), attribution=options)  # type: ignore[arg-type]
     with pytest.raises(ConfigError):
         Monitor(Limiter(), dimension_capacity=0)

@@ -30,6 +30,7 @@ from typing import TYPE_CHECKING, Any, NamedTuple
 from .._errors import ConfigError
 from . import _store
 from .attribution import (
+    COVERAGE,
     Attribution,
     AttributionOptions,
     attribute,
@@ -475,7 +476,7 @@ class Monitor:
         clients = self._clients
         explanations = [explain_clients(
             clients, self._offender_rows(now, client_factor, min_requests, since), now, since,
-            self.client_baseline or 0.0, options.get("coverage", 0.6),
+            self.client_baseline or 0.0, options.get("coverage", COVERAGE),
         )]
         explanations += [explain(d, now, since, **options) for d in self._dims.by_name.values()]
         found = attribute(explanations, clients.start(now, since), now)

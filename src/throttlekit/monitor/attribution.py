@@ -26,13 +26,18 @@ from typing import NamedTuple, TypedDict
 from .._errors import ConfigError
 from .dimensions import CLIENT, Dimension, ValueRate
 
-__all__ = ["EVERYTHING", "PRIORITY", "Attribution", "AttributionOptions", "Culprit",
-           "Explanation", "attribute", "explain"]
+__all__ = ["COVERAGE", "EVERYTHING", "MAX_VALUES", "PRIORITY", "Attribution",
+           "AttributionOptions", "Culprit", "Explanation", "attribute", "check_options",
+           "explain", "explain_clients"]
 
 #: the dimension of a surge that nothing narrower explains
 EVERYTHING = "*"
 #: ties between dimensions go to the earliest here (the narrowest containment)
 PRIORITY = ("client", "net24", "net16", "fingerprint", "user_agent", "path")
+#: the share of a dimension's excess its culprits must account for, by default
+COVERAGE = 0.6
+#: the most culprits of a dimension other than the clients, by default
+MAX_VALUES = 16
 #: culprits listed per explanation (coverage counts them all)
 MAX_LISTED = 50
 #: collateral below this counts as none when dimensions are compared
@@ -150,7 +155,11 @@ def _culprits(culprits: Iterable[Culprit]) -> list[dict[str, object]]:
 
 
 def check_options(options: AttributionOptions) -> None:
-    """ConfigError for an option out of range."""
+    """ConfigError for an unknown option or one out of range."""
+    unknown = set(options) - set(AttributionOptions.__annotations__)
+    if unknown:
+        raise ConfigError(f"unknown attribution option(s): {', '.join(sorted(unknown))}; "
+                          f"expected {', '.join(AttributionOptions.__annotations__)}")
     for name, value in options.items():
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise ConfigError(f"attribution option {name} must be a number, got {value!r}")
@@ -160,7 +169,7 @@ def check_options(options: AttributionOptions) -> None:
         if name in options and not 0 < options[name] <= 1:  # type: ignore[literal-required]
             raise ConfigError(f"attribution option {name} must be in (0, 1], "
                               f"got {options[name]!r}")  # type: ignore[literal-required]
-    max_values = options.get("max_values", 16)
+    max_values = options.get("max_values", MAX_VALUES)
     if not isinstance(max_values, int) or max_values < 1:
         raise ConfigError(f"attribution max_values must be a positive integer, got {max_values!r}")
 
@@ -171,8 +180,8 @@ def explain(
     since: float | None,
     *,
     factor: float = 3.0,
-    coverage: float = 0.6,
-    max_values: int = 16,
+    coverage: float = COVERAGE,
+    max_values: int = MAX_VALUES,
     max_collateral: float = 0.25,
     min_share: float = 0.02,
 ) -> Explanation:
@@ -196,7 +205,7 @@ def explain(
 
 def explain_clients(
     dimension: Dimension, offenders: list[ValueRate], now: float, since: float | None,
-    per_client: float, coverage: float = 0.6,
+    per_client: float, coverage: float = COVERAGE,
 ) -> Explanation:
     """The client dimension's explanation: ``offenders`` (clients far above the
     per-client baseline ``per_client``, requests per second) as its culprits."""
