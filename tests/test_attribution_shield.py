@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import ipaddress
 import logging
+import random
 from typing import Any
 
 import pytest
@@ -230,3 +231,60 @@ def test_the_shields_rule_raises_no_anomaly_of_its_own():
     assert ("shield", "throttled", False) in site.monitor.counts()
     assert "shield" not in site.monitor.rule_detectors()
     assert AGENTS  # the model's browsers, for the other tests
+
+
+def test_containment_through_the_asgi_middleware():
+    """The same dimensions and the same throttle through the ASGI middleware: a flood of
+    one user agent (header names as bytes, in order) is contained on that agent only."""
+    import asyncio
+
+    from throttlekit import ASGIMiddleware
+
+    clock = FakeClock(T0)
+    limiter = Limiter(clock=clock)
+    limiter.throttle("per-ip", "50/second")
+    monitor = Monitor(limiter)
+    shield = Shield(limiter, monitor)
+
+    async def inner(scope: dict[str, Any], receive: Any, send: Any) -> None:
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        await send({"type": "http.response.body", "body": b"ok"})
+
+    asgi = ASGIMiddleware(inner, limiter)
+
+    async def get(ip: str, agent: str) -> int:
+        scope = {"type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1",
+                 "method": "GET", "scheme": "http", "path": "/", "raw_path": b"/",
+                 "query_string": b"", "client": (ip, 1234), "server": ("t", 80),
+                 "headers": [(b"host", b"t"), (b"user-agent", agent.encode()),
+                             (b"accept-language", b"en")]}
+        sent: list[dict[str, Any]] = []
+
+        async def receive() -> dict[str, Any]:
+            return {"type": "http.request", "body": b"", "more_body": False}
+
+        async def send(message: dict[str, Any]) -> None:
+            sent.append(message)
+
+        await asgi(scope, receive, send)
+        return int(next(m["status"] for m in sent if m["type"] == "http.response.start"))
+
+    async def traffic() -> dict[str, list[int]]:
+        codes: dict[str, list[int]] = {"usual": [], "bots": []}
+        usual_ips = spread(random.Random(3), 40)
+        bot_ips = spread(random.Random(4), 400)
+        for second in range(50):
+            flood = second >= 40
+            slots = [("usual", ip, f"browser {i % 3}") for i, ip in enumerate(usual_ips)]
+            slots += [("bots", ip, BOT) for ip in bot_ips] if flood else []
+            for i, (who, ip, agent) in enumerate(slots):
+                clock.set(T0 + second + i / len(slots))
+                code = await get(ip, agent)
+                if second >= 45:
+                    codes[who].append(code)
+        return codes
+
+    codes = asyncio.run(traffic())
+    assert [(c.dimension, c.value) for c in shield.containment()] == [("user_agent", BOT)]
+    assert set(codes["usual"]) == {200}
+    assert refused_share(codes["bots"]) > 0.95
