@@ -246,28 +246,24 @@ def test_containment_through_the_asgi_middleware():
     monitor = Monitor(limiter)
     shield = Shield(limiter, monitor)
 
-    async def inner(scope: dict[str, Any], receive: Any, send: Any) -> None:
-        await send({"type": "http.response.start", "status": 200, "headers": []})
-        await send({"type": "http.response.body", "body": b"ok"})
+    async def ok(scope: dict[str, Any], receive: Any, send: Any) -> None:
+        for message in ({"type": "http.response.start", "status": 200, "headers": []},
+                        {"type": "http.response.body", "body": b"ok"}):
+            await send(message)
 
-    asgi = ASGIMiddleware(inner, limiter)
+    asgi = ASGIMiddleware(ok, limiter)
+    body = {"type": "http.request", "body": b"", "more_body": False}
 
     async def get(ip: str, agent: str) -> int:
-        scope = {"type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1",
-                 "method": "GET", "scheme": "http", "path": "/", "raw_path": b"/",
-                 "query_string": b"", "client": (ip, 1234), "server": ("t", 80),
-                 "headers": [(b"host", b"t"), (b"user-agent", agent.encode()),
-                             (b"accept-language", b"en")]}
-        sent: list[dict[str, Any]] = []
-
-        async def receive() -> dict[str, Any]:
-            return {"type": "http.request", "body": b"", "more_body": False}
+        started: list[int] = []
 
         async def send(message: dict[str, Any]) -> None:
-            sent.append(message)
+            started.extend([message["status"]] if "status" in message else [])
 
-        await asgi(scope, receive, send)
-        return int(next(m["status"] for m in sent if m["type"] == "http.response.start"))
+        headers = [(b"host", b"t"), (b"user-agent", agent.encode()), (b"accept-language", b"en")]
+        await asgi({"type": "http", "method": "GET", "path": "/", "headers": headers,
+                    "query_string": b"", "client": (ip, 1234)}, lambda: _echo(body), send)
+        return started[0]
 
     async def traffic() -> dict[str, list[int]]:
         codes: dict[str, list[int]] = {"usual": [], "bots": []}
@@ -288,3 +284,7 @@ def test_containment_through_the_asgi_middleware():
     assert [(c.dimension, c.value) for c in shield.containment()] == [("user_agent", BOT)]
     assert set(codes["usual"]) == {200}
     assert refused_share(codes["bots"]) > 0.95
+
+
+async def _echo(message: dict[str, Any]) -> dict[str, Any]:
+    return message
