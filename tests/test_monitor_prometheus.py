@@ -161,3 +161,32 @@ def test_multiprocess_mode_adds_up_workers(tmp_path):
     assert s[("throttlekit_requests_total", ())] == 12
     assert s[("throttlekit_events_total",
               (("dry_run", "false"), ("outcome", "allowed"), ("rule", "per-ip")))] == 12
+
+
+def test_attribution_and_containment_metrics_follow_a_surge():
+    """A flood of one user agent: the attribution gauge names user_agent, the shield's
+    containment gauge and counter count the value, its refusals are the shield rule's
+    events; the multiprocess exporter mirrors the same."""
+    from test_attribution import Site
+    from test_attribution_shield import agent_flood
+    from throttlekit.monitor.prometheus import MultiprocessExporter
+
+    site = Site(shield={})
+    registry = prometheus_client.CollectorRegistry()
+    exporter = MultiprocessExporter(site.monitor, site.guard, registry=registry)
+    base, bots = agent_flood(site)
+    site.run([base, bots], 0.0, 70.0)
+    exporter.sync()
+    for text in (render(site.monitor, site.guard).decode(),
+                 prometheus_client.generate_latest(registry).decode()):
+        s = _samples(text)
+        assert s[("throttlekit_attribution", (("dimension", "user_agent"),))] == 1
+        assert s[("throttlekit_attribution", (("dimension", "*"),))] == 0
+        assert s[("throttlekit_attribution", (("dimension", "client"),))] == 0
+        assert s[("throttlekit_shield_contained", (("dimension", "user_agent"),))] == 1
+        assert s[("throttlekit_shield_contained", (("dimension", "net16"),))] == 0
+        assert s[("throttlekit_shield_containments_total",
+                  (("dimension", "user_agent"),))] == 1
+    s = _samples(render(site.monitor, site.guard).decode())
+    assert s[("throttlekit_events_total",
+              (("dry_run", "false"), ("outcome", "throttled"), ("rule", "shield")))] > 1000

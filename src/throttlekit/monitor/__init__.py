@@ -13,17 +13,27 @@ Nothing here is imported by ``import throttlekit``; ``prometheus_client`` is imp
 
 from __future__ import annotations
 
+from ._containment import Containment
 from ._monitor import REFUSED, Anomaly, Monitor
+from .attribution import Attribution, Culprit, Explanation
 from .detector import RateDetector
+from .dimensions import DIMENSIONS, Dimension, ValueRate
 from .shield import Shield
 from .sketch import SpaceSaving, WindowedTopK
 
 __all__ = [
+    "DIMENSIONS",
     "REFUSED",
     "Anomaly",
+    "Attribution",
+    "Containment",
+    "Culprit",
+    "Dimension",
+    "Explanation",
     "Monitor",
     "RateDetector",
     "Shield",
     "SpaceSaving",
+    "ValueRate",
     "WindowedTopK",
 ]

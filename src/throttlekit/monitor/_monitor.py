@@ -6,6 +6,8 @@
     monitor.on_anomaly(print)           # Anomaly(kind="anomaly_started", ...)
     monitor.counts()                    # {(rule, outcome, dry_run): n}
     monitor.top(10)                     # heaviest clients (client_key) over the window
+    monitor.dimension("user_agent").rows(monitor.clock())   # heaviest user agents
+    monitor.attribute()                 # which dimension and values explain a surge
 
 One event costs a few dict operations and comparisons; everything slow (bucket
 roll-over, baselines, merging sketches) runs at most once per ``bucket`` second, lazily,
@@ -22,12 +24,22 @@ from __future__ import annotations
 import logging
 import math
 import time
-from collections.abc import Callable, Hashable
+from collections.abc import Callable, Hashable, Iterable
 from typing import TYPE_CHECKING, Any, NamedTuple
 
 from .._errors import ConfigError
 from . import _store
+from .attribution import (
+    COVERAGE,
+    Attribution,
+    AttributionOptions,
+    attribute,
+    check_options,
+    explain,
+    explain_clients,
+)
 from .detector import DetectorOptions, RateDetector
+from .dimensions import CLIENT, DIMENSIONS, Dimension, Dimensions, ValueRate
 from .sketch import WindowedTopK
 
 if TYPE_CHECKING:
@@ -56,6 +68,8 @@ class Anomaly(NamedTuple):
             that triggered, so far).
         baseline: the baseline rate, requests per second.
         top: the top offenders over the window, as (key, estimated requests) pairs.
+        attribution: for all traffic, which dimension and values explain the surge (when
+            ended: the last attribution made during it); None for a rule's anomaly.
     """
 
     kind: str
@@ -65,10 +79,13 @@ class Anomaly(NamedTuple):
     rate: float
     baseline: float
     top: list[tuple[Hashable, int]]
+    attribution: Attribution | None = None
 
 
 AnomalyCallback = Callable[[Anomaly], object]
 TickCallback = Callable[[float], object]
+#: called with the time; returns sections added to :meth:`Monitor.snapshot`
+SnapshotCallback = Callable[[float], dict[str, Any]]
 
 
 def _call_each(callbacks: list[Callable[[Any], object]], arg: object, failed: str) -> None:
@@ -111,6 +128,14 @@ class Monitor:
         publish: write each bucket's top offenders into the limiter's Redis store, lazily
             on the tick (default True), so ``throttlekit top --storage`` sums every
             process's; see :mod:`throttlekit.monitor._store`.
+        dimensions: the request dimensions counted beside the client key (default: all
+            of ``path``, ``user_agent``, ``fingerprint``, ``net24``, ``net16``; ``()``
+            for none); see :mod:`throttlekit.monitor.dimensions`.
+        dimension_capacity: values kept per bucket and dimension (default 256; a value
+            with more than 1/256 of a bucket's requests is always found).
+        attribution: the tuning of :meth:`attribute` (``factor``, ``coverage``,
+            ``max_values``, ``max_collateral``, ``min_share``): see
+            :mod:`throttlekit.monitor.attribution`.
         detector: the anomaly detectors' tuning (``factor``, ``sustain``, ``end_factor``,
             ``cooldown``, ``halflife``, ``warmup``, ``min_rate``): see
             :class:`RateDetector`, which holds their defaults.
@@ -129,6 +154,9 @@ class Monitor:
         client_quantile: float = 0.99,
         max_rules: int = 64,
         publish: bool = True,
+        dimensions: Iterable[str] | None = None,
+        dimension_capacity: int = 256,
+        attribution: AttributionOptions | None = None,
         **detector: Unpack[DetectorOptions],
     ) -> None:
         if clock is None and limiter is not None:
@@ -153,10 +181,23 @@ class Monitor:
         self._keep = math.exp(math.log(0.5) * window / self._overall_det.halflife)
         self._overall_hit = self._overall.detector.hit
         self._talkers_add = self._overall.hitters.add
+        self._clients = Dimension(CLIENT, self._overall.hitters, 0)
+        self._dims = Dimensions(DIMENSIONS if dimensions is None else dimensions,
+                                window, bucket, dimension_capacity)
+        self._dims_add = self._dims.add if self._dims.names else None
+        self._attribution_options: AttributionOptions = {
+            "factor": self._overall_det.factor, **(attribution or {})
+        }
+        check_options(self._attribution_options)
+        #: the latest attribution (:meth:`attribute`), None before the first
+        self.attribution: Attribution | None = None
+        self._quiet: set[str] = set()
+        self._snapshot_callbacks: list[SnapshotCallback] = []
         self._rules: dict[str, _Scope] = {}
         self._counts: dict[tuple[str, str, bool], int] = {}
         self._last_request: object = None
         self._tick_end = -math.inf
+        self._first_tick = math.inf
         self._client_due = -math.inf
         self._anomaly_callbacks: list[AnomalyCallback] = []
         self._tick_callbacks: list[TickCallback] = []
@@ -202,6 +243,9 @@ class Monitor:
             client = request.client_key
             if client is not None:
                 self._talkers_add(client, at)
+            dims_add = self._dims_add
+            if dims_add is not None:
+                dims_add(request, at)
         if self.per_rule:
             scope = self._rules.get(rule)
             if scope is None:
@@ -214,7 +258,7 @@ class Monitor:
                 scope.hitters.add(key, at)
 
     def _add_rule(self, rule: str) -> _Scope | None:
-        if len(self._rules) >= self.max_rules:
+        if len(self._rules) >= self.max_rules or rule in self._quiet:
             return None
         # rule scopes keep fewer keys: they are for reports, the shield uses all traffic
         scope = self._rules[rule] = self._new_scope(rule, max(64, self.capacity // 8))
@@ -237,11 +281,17 @@ class Monitor:
         """Once per bucket of all traffic: the per-client baseline, then the hooks."""
         width = self.bucket
         self._tick_end = (now // width) * width + width
+        if now < self._first_tick:
+            self._first_tick = (now // width) * width
         det = self._overall_det
         if now >= self._client_due:
             self._client_due = now + self.window
             if not det.active and det.rising_since is None:
                 self._learn_clients(now)
+                span = now - self._first_tick
+                self._clients.learn(now, self._keep, span)
+                self._clients.unseen = self.client_baseline or 0.0
+                self._dims.learn(now, self._keep, span)
         if self._publishing and now >= self._publish_retry:
             self._publish(now)
         _call_each(self._tick_callbacks, now, "throttlekit: monitor tick hook %r failed")
@@ -279,22 +329,27 @@ class Monitor:
         if scope is not None:
             top = scope.hitters.top(self.top_n, now, since)
         rate = detector.peak_rate if kind == "anomaly_started" else detector.last_rate
+        found = None
+        if detector.name == ALL:
+            found = self.attribute(now) if kind == "anomaly_started" else self.attribution
         anomaly = Anomaly(
             kind, detector.name, now,
             now if detector.started_at is None else detector.started_at,
-            rate, detector.baseline, top,
+            rate, detector.baseline, top, found,
         )
         self.recent.append(anomaly)
         del self.recent[:-20]
         log = logger.warning if kind == "anomaly_started" else logger.info
         log(
-            "throttlekit: %s on %s: %.1f req/s against a baseline of %.1f req/s; top: %s",
+            "throttlekit: %s on %s: %.1f req/s against a baseline of %.1f req/s; top: %s%s",
             kind, detector.name, rate, detector.baseline,
             ", ".join(f"{k} ({c})" for k, c in top[:5]) or "-",
+            "" if found is None else f"; explained by {found.summary()}",
             extra={
                 "throttlekit_event": kind, "scope": detector.name, "rate": rate,
                 "baseline": detector.baseline, "started_at": anomaly.started_at,
                 "top_offenders": [[str(k), c] for k, c in top],
+                "attribution": None if found is None else found.as_dict(),
             },
         )
         _call_each(self._anomaly_callbacks, anomaly, "throttlekit: anomaly callback %r failed")
@@ -362,24 +417,96 @@ class Monitor:
         The per-client baseline is the ``client_quantile`` of the clients' rates learnt in
         normal traffic (so the heaviest legitimate clients set the bar), and the rate of a
         client is its count since ``since`` (at most the window) over that time; clients
-        with fewer than ``min_requests`` are never offenders. Empty while no baseline has
-        been learnt.
+        with fewer than ``min_requests`` are never offenders. A count is the sketch's
+        lower bound (its estimate minus the most it can over-estimate), so a client is
+        never an offender by the sketch's error. Empty while no baseline has been learnt.
+        Returns (client, estimated requests) pairs, heaviest first.
         """
+        rows = self._offender_rows(now, factor, min_requests, since)
+        return [(r.value, r.requests) for r in rows[:limit]]
+
+    def _offender_rows(self, now: float, factor: float, min_requests: int,
+                       since: float | None) -> list[ValueRate]:
         cb = self.client_baseline
         if cb is None:
             return []
-        lo = now - self.window
-        if since is not None and since > lo:
-            # whole buckets: the bucket holding ``since`` counts from its start
-            lo = (since // self.bucket) * self.bucket
+        clients = self._clients
+        lo = clients.start(now, since)
         span = max(now - lo, self.bucket)
         bar = max(float(min_requests), factor * cb * span)
-        out = [(k, c) for k, c in self.client_counts(now, lo).items() if c >= bar]
-        out.sort(key=lambda kc: kc[1], reverse=True)
-        return out[:limit]
+        hitters = self._overall.hitters
+        error = hitters.error(now, lo)
+        out = [ValueRate(k, c, (c - error) / span, cb)
+               for k, c in hitters.merged(now, lo).items() if c - error >= bar]
+        out.sort(key=lambda r: r.requests, reverse=True)
+        return out
+
+    # -- dimensions and attribution -------------------------------------------------------
+
+    @property
+    def dimension_names(self) -> tuple[str, ...]:
+        """The dimensions counted: ``"client"`` and those of ``dimensions``."""
+        return (CLIENT, *self._dims.names)
+
+    def dimension(self, name: str) -> Dimension:
+        """One dimension (``"client"``, ``"path"``, ...): its heavy hitters and baselines
+        (``rows(now, since, n)``, ``baseline``, ``baseline_of(value)``). KeyError for a
+        dimension not counted."""
+        return self._clients if name == CLIENT else self._dims.by_name[name]
+
+    def attribute(
+        self,
+        now: float | None = None,
+        since: float | None = None,
+        *,
+        client_factor: float = 2.5,
+        min_requests: int = 10,
+    ) -> Attribution:
+        """Which dimension and values explain the traffic from ``since`` (default: when
+        the current rise began, else the window) to ``now``; see
+        :mod:`throttlekit.monitor.attribution`. ``client_factor`` and ``min_requests``
+        choose the client dimension's culprits (:meth:`offenders`). Kept as
+        :attr:`attribution`."""
+        if now is None:
+            now = self.clock()
+        det = self._overall_det
+        if since is None:
+            since = det.started_at if det.started_at is not None else det.rising_since
+        options = self._attribution_options
+        clients = self._clients
+        explanations = [explain_clients(
+            clients, self._offender_rows(now, client_factor, min_requests, since), now, since,
+            self.client_baseline or 0.0, options.get("coverage", COVERAGE),
+        )]
+        explanations += [explain(d, now, since, **options) for d in self._dims.by_name.values()]
+        found = attribute(explanations, clients.start(now, since), now)
+        self.attribution = found
+        return found
+
+    def quiet_rule(self, rule: str) -> None:
+        """Count ``rule``'s events but watch no anomaly of its own (the shield's rule)."""
+        self._quiet.add(rule)
+        self._rules.pop(rule, None)
+
+    def on_snapshot(self, callback: SnapshotCallback) -> SnapshotCallback:
+        """Add ``callback(now)``'s sections to every :meth:`snapshot` (the shield adds
+        its containment); returns it."""
+        if not callable(callback):
+            raise ConfigError(f"a snapshot callback must be callable, got {callback!r}")
+        self._snapshot_callbacks.append(callback)
+        return callback
+
+    def memory(self) -> dict[str, int]:
+        """Values held per dimension (sketches and baselines) and entries of the feature
+        caches (``"caches"``): each bounded, see :mod:`throttlekit.monitor.dimensions`."""
+        held = {name: self.dimension(name).size() for name in self.dimension_names}
+        held["caches"] = self._dims.features.cached()
+        return held
 
     def snapshot(self, now: float | None = None) -> dict[str, Any]:
-        """A JSON-ready summary: counters, detectors, anomalies and top offenders."""
+        """A JSON-ready summary: counters, detectors, anomalies, top offenders, each
+        dimension's heaviest values against their baselines, the latest attribution,
+        and the sections of :meth:`on_snapshot` callbacks (the shield's containment)."""
         if now is None:
             now = self.clock()
         self.tick(now)
@@ -394,7 +521,7 @@ class Monitor:
         counters: dict[str, dict[str, int]] = {}
         for (rule, kind, dry), n in sorted(self._counts.items()):
             counters.setdefault(rule, {})[f"{kind}{' (dry run)' if dry else ''}"] = n
-        return {
+        data = {
             "time": now,
             "requests": self.requests,
             "anomaly": self._overall_det.active,
@@ -406,7 +533,25 @@ class Monitor:
             "recent_anomalies": [
                 {"kind": a.kind, "scope": a.scope, "at": a.at, "started_at": a.started_at,
                  "rate": round(a.rate, 3), "baseline": round(a.baseline, 3),
-                 "top": [[str(k), c] for k, c in a.top]}
+                 "top": [[str(k), c] for k, c in a.top],
+                 "attribution": None if a.attribution is None else a.attribution.as_dict()}
                 for a in self.recent
             ],
+            "dimensions": {name: self._dimension_view(name, now)
+                           for name in self.dimension_names},
+            "attribution": None if self.attribution is None else self.attribution.as_dict(),
+        }
+        for callback in self._snapshot_callbacks:
+            try:
+                data.update(callback(now))
+            except Exception:
+                logger.exception("throttlekit: snapshot callback %r failed", callback)
+        return data
+
+    def _dimension_view(self, name: str, now: float) -> dict[str, Any]:
+        d = self.dimension(name)
+        return {
+            "rate": round(d.rate(now), 3), "baseline": round(d.baseline, 3),
+            "top": [[str(r.value), r.requests, round(r.rate, 3), round(r.baseline, 3)]
+                    for r in d.rows(now, None, self.top_n)],
         }

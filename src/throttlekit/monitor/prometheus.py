@@ -20,9 +20,15 @@ metrics. Metrics (all prefixed ``throttlekit_``):
 ``baseline_rate{scope}``                gauge    the learnt baseline, requests/s
 ``top_offender_requests{rank,key}``     gauge    requests of the ``offenders`` heaviest clients
                                                  over the window (bounded; 0 turns it off)
+``attribution{dimension}``              gauge    1 for the dimension explaining the anomaly on
+                                                 all traffic (``*``: nothing narrower), else 0
 ``shield_active``                       gauge    1 while the shield is engaged
 ``shield_bans_total``                   counter  bans made by the shield
+``shield_contained{dimension}``         gauge    values the shield throttles now
+``shield_containments_total{dimension}`` counter values the shield throttled
 =====================================  =======  ==============================================
+
+The requests the shield's throttle refused are ``events_total{rule="shield"}``.
 
 Several worker processes (gunicorn) with ``PROMETHEUS_MULTIPROC_DIR`` set: a custom
 collector only sees its own process, so use :class:`MultiprocessExporter` instead. It
@@ -58,6 +64,21 @@ def _client() -> Any:
 
 def _scopes(monitor: Monitor) -> list[tuple[str, Any]]:
     return [("*", monitor.detector), *sorted(monitor.rule_detectors().items())]
+
+
+def _attributed(monitor: Monitor) -> dict[str, float]:
+    """Dimension (and ``*``) -> 1 for the one explaining the anomaly on all traffic."""
+    found = monitor.attribution if monitor.anomaly else None
+    return {d: 1.0 if found is not None and found.dimension == d else 0.0
+            for d in ("*", *monitor.dimension_names)}
+
+
+def _contained(shield: Shield, monitor: Monitor) -> dict[str, int]:
+    """Dimension -> values the shield throttles now."""
+    counts = dict.fromkeys(monitor.dimension_names[1:], 0)
+    for c in shield.containment():
+        counts[c.dimension] = counts.get(c.dimension, 0) + 1
+    return counts
 
 
 class MonitorCollector:
@@ -119,6 +140,13 @@ class MonitorCollector:
             rate.add_metric([scope], d.last_rate)
             base.add_metric([scope], d.baseline)
         yield from (anomaly, total, rate, base)
+        attributed = GaugeMetricFamily(
+            f"{ns}_attribution", "1 for the dimension explaining the anomaly",
+            labels=["dimension"],
+        )
+        for dimension, value in _attributed(m).items():
+            attributed.add_metric([dimension], value)
+        yield attributed
         if self.offenders:
             top = GaugeMetricFamily(
                 f"{ns}_top_offender_requests",
@@ -136,6 +164,19 @@ class MonitorCollector:
             yield CounterMetricFamily(
                 f"{ns}_shield_bans", "Bans made by the shield", value=self.shield.bans_total
             )
+            contained = GaugeMetricFamily(
+                f"{ns}_shield_contained", "Values the shield throttles now",
+                labels=["dimension"],
+            )
+            containments = CounterMetricFamily(
+                f"{ns}_shield_containments", "Values the shield throttled",
+                labels=["dimension"],
+            )
+            totals = self.shield.containments_total
+            for dimension, n in _contained(self.shield, m).items():
+                contained.add_metric([dimension], n)
+                containments.add_metric([dimension], totals.get(dimension, 0))
+            yield from (contained, containments)
 
 
 def register(
@@ -210,6 +251,18 @@ class MultiprocessExporter:
         self._bans = client.Counter(
             f"{ns}_shield_bans", "Bans made by the shield", registry=reg
         )
+        self._attribution = client.Gauge(
+            f"{ns}_attribution", "1 for the dimension explaining the anomaly", ["dimension"],
+            registry=reg, multiprocess_mode="max",
+        )
+        self._contained = client.Gauge(
+            f"{ns}_shield_contained", "Values the shield throttles now", ["dimension"],
+            registry=reg, multiprocess_mode="max",
+        )
+        self._containments = client.Counter(
+            f"{ns}_shield_containments", "Values the shield throttled", ["dimension"],
+            registry=reg,
+        )
         self._seen: dict[Any, int] = {}
         monitor.on_tick(lambda now: self.sync())
 
@@ -240,3 +293,17 @@ class MultiprocessExporter:
             if delta:
                 self._anomalies.labels(scope).inc(delta)
                 seen[akey] = d.anomalies
+        for dimension, on in _attributed(m).items():
+            self._attribution.labels(dimension).set(on)
+        if self.shield is not None:
+            self._sync_shield(self.shield)
+
+    def _sync_shield(self, shield: Shield) -> None:
+        seen = self._seen
+        for dimension, n in _contained(shield, self.monitor).items():
+            self._contained.labels(dimension).set(n)
+            ckey = ("containments", dimension)
+            delta = shield.containments_total.get(dimension, 0) - seen.get(ckey, 0)
+            if delta:
+                self._containments.labels(dimension).inc(delta)
+                seen[ckey] = shield.containments_total[dimension]

@@ -19,12 +19,32 @@ from __future__ import annotations
 from collections import deque
 from collections.abc import Hashable, Iterable
 from operator import itemgetter
+from typing import Any, TypeVar
 
 from .._errors import ConfigError
 
 __all__ = ["SpaceSaving", "WindowedTopK"]
 
 _by_count = itemgetter(1)
+_K = TypeVar("_K", bound=Hashable)
+_V = TypeVar("_V", bound=Any)
+
+
+def heaviest(held: dict[_K, _V], n: int) -> tuple[dict[_K, _V], list[_V]]:
+    """The ``n`` items of ``held`` with the largest values (ties in insertion order), and
+    all the values, largest first. Sorts bare values: several times faster than sorting
+    the items by value."""
+    ranked = sorted(held.values(), reverse=True)
+    if len(ranked) <= n:
+        return dict(held), ranked
+    bar = ranked[n - 1]
+    kept = {k: v for k, v in held.items() if v > bar}
+    for k, v in held.items():
+        if len(kept) >= n:
+            break
+        if v == bar:
+            kept[k] = v
+    return kept, ranked
 
 
 class SpaceSaving:
@@ -54,11 +74,18 @@ class SpaceSaving:
         counts = self.counts
         c = counts.get(key)
         if c is None:
-            if len(counts) >= self._limit:
-                self._cut()
-            counts[key] = self.floor + n
-        else:
-            counts[key] = c + n
+            self.insert(key, n)
+            return
+        counts[key] = c + n
+        self.total += n
+
+    def insert(self, key: Hashable, n: int = 1) -> None:
+        """Count ``n`` occurrences of a key not held yet (``add``'s slow path, for callers
+        that looked the key up in ``counts`` themselves)."""
+        counts = self.counts
+        if len(counts) >= self._limit:
+            self._cut()
+        counts[key] = self.floor + n
         self.total += n
 
     def _cut(self) -> None:
@@ -66,10 +93,10 @@ class SpaceSaving:
         # A copy first: dict.copy makes no allocation per item, so another thread's add (a
         # request counted meanwhile) cannot change the dict under it, as it can under
         # iteration (an allocation may run the garbage collector, which may switch threads).
-        ranked = sorted(counts.copy().items(), key=_by_count, reverse=True)
-        self.floor = ranked[self.capacity][1]
+        kept, ranked = heaviest(counts.copy(), self.capacity)
+        self.floor = ranked[self.capacity]
         counts.clear()
-        counts.update(ranked[: self.capacity])
+        counts.update(kept)
 
     def top(self, n: int = 10) -> list[tuple[Hashable, int]]:
         """The ``n`` largest (key, estimated count) pairs, largest first."""
@@ -116,6 +143,13 @@ class WindowedTopK:
         if now >= self._end:
             self._roll(now)
         self._cur.add(key, n)
+
+    def current(self, now: float) -> tuple[SpaceSaving, float]:
+        """The summary counting ``now``'s bucket (rolled over if ``now`` is past it) and
+        the end of that bucket: a caller adding many keys per instant adds them there."""
+        if now >= self._end:
+            self._roll(now)
+        return self._cur, self._end
 
     def _roll(self, now: float) -> None:
         if self._cur.total:
@@ -172,6 +206,11 @@ class WindowedTopK:
     def total(self, now: float | None = None, since: float | None = None) -> int:
         """Exact number of occurrences counted over the window."""
         return sum(s.total for s in self._buckets(now, since))
+
+    def error(self, now: float | None = None, since: float | None = None) -> int:
+        """The most a count of :meth:`merged` (same arguments) over-estimates: the sum of
+        the buckets' floors. A count minus this is a lower bound of the true count."""
+        return sum(s.floor for s in self._buckets(now, since))
 
     def size(self) -> int:
         """Keys held in memory right now (bounded by ``nbuckets * 2 * capacity``)."""

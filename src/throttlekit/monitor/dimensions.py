@@ -1,0 +1,209 @@
+"""Heavy hitters per request dimension, each value against its own baseline.
+
+Beside the client key, the monitor counts each request's path, user agent, header
+fingerprint and networks (see :mod:`throttlekit.monitor._features` for the values) in a
+:class:`~throttlekit.monitor.WindowedTopK` per dimension. While traffic is normal it learns,
+once per window, each dimension's total rate and the rate of each of its values (an EWMA
+with the detector's half-life), so that during an anomaly a value's rate is read against
+what is normal *for that value* (:mod:`throttlekit.monitor.attribution`).
+
+Memory, per dimension: the sketch holds at most ``window / bucket * 2 * capacity`` values
+(10 x 2 x 256 = 5,120 by default) and the baselines at most ``capacity`` values, each value
+at most 256 characters; the feature caches hold at most 8,192 entries each.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Hashable, Iterable
+from typing import Any, NamedTuple
+
+from .._errors import ConfigError
+from ._features import DIMENSIONS, Features
+from .sketch import SpaceSaving, WindowedTopK, heaviest
+
+__all__ = ["CLIENT", "DIMENSIONS", "Dimension", "Dimensions", "ValueRate"]
+
+#: the name of the client-key dimension (the monitor's heaviest clients)
+CLIENT = "client"
+#: a learnt per-value baseline below this (requests per second) is forgotten
+_FORGET = 0.01
+
+
+class ValueRate(NamedTuple):
+    """One value of a dimension over a lookback.
+
+    Attributes:
+        value: the value (a path, a user agent, a fingerprint, a network, a client key).
+        requests: its estimated requests in the lookback (an upper bound).
+        rate: requests per second in the lookback, from the lower bound of its count.
+        baseline: its learnt rate in normal traffic, requests per second.
+    """
+
+    value: Hashable
+    requests: int
+    rate: float
+    baseline: float
+
+
+class Dimension:
+    """One dimension: its heavy hitters, its total baseline and its values' baselines.
+
+    Args:
+        name: the dimension's name.
+        hitters: its sketch over the monitor's window.
+        capacity: per-value baselines kept (the heaviest); 0 learns the total only.
+    """
+
+    __slots__ = ("baseline", "baselines", "capacity", "hitters", "learnt", "name", "unseen")
+
+    def __init__(self, name: str, hitters: WindowedTopK, capacity: int) -> None:
+        self.name = name
+        self.hitters = hitters
+        self.capacity = capacity
+        #: requests per second of the whole dimension in normal traffic
+        self.baseline = 0.0
+        #: value -> requests per second in normal traffic (the heaviest ``capacity``)
+        self.baselines: dict[Hashable, float] = {}
+        #: the baseline of a value not in ``baselines`` (0 until they are full)
+        self.unseen = 0.0
+        #: windows learnt so far (the first ones are averaged, then the EWMA takes over)
+        self.learnt = 0
+
+    def __repr__(self) -> str:
+        return (f"<Dimension {self.name} baseline={self.baseline:.1f}/s "
+                f"values={len(self.baselines)}>")
+
+    def baseline_of(self, value: Hashable) -> float:
+        """The learnt rate of ``value`` in normal traffic, requests per second."""
+        return self.baselines.get(value, self.unseen)
+
+    def learn(self, now: float, keep: float, span: float) -> None:
+        """Fold the window ending at ``now`` into the baselines: ``span`` seconds of it
+        saw traffic (less than the window at the start), ``keep`` is the share of the old
+        baseline kept (the EWMA's weight for one window; the first windows are averaged)."""
+        hitters = self.hitters
+        span = min(span, hitters.window)
+        if span < hitters.bucket:
+            return
+        self.learnt += 1
+        keep = min(keep, 1 - 1 / self.learnt)
+        self.baseline = keep * self.baseline + (1 - keep) * hitters.total(now) / span
+        if not self.capacity:
+            return
+        error = hitters.error(now)
+        old = self.baselines
+        new: dict[Hashable, float] = {}
+        for value, count in hitters.merged(now).items():
+            if count > error:
+                r = (count - error) / span
+                b = old.get(value)
+                new[value] = r if b is None else keep * b + (1 - keep) * r
+        for value, b in old.items():
+            if value not in new and b * keep >= _FORGET:
+                new[value] = b * keep
+        self.unseen = 0.0
+        if len(new) > self.capacity:
+            new, ranked = heaviest(new, self.capacity)
+            self.unseen = ranked[self.capacity - 1]
+        self.baselines = new
+
+    def rows(self, now: float, since: float | None = None, n: int = 10) -> list[ValueRate]:
+        """The ``n`` heaviest values from ``since`` (at most the window) to ``now``."""
+        return self.rates(now, since)[:n]
+
+    def rates(self, now: float, since: float | None = None) -> list[ValueRate]:
+        """Every tracked value from ``since`` (at most the window) to ``now``, heaviest
+        first; rates over whole buckets (the bucket holding ``since`` from its start)."""
+        hitters = self.hitters
+        lo = self.start(now, since)
+        span = max(now - lo, hitters.bucket)
+        error = hitters.error(now, lo)
+        base = self.baseline_of
+        out = [ValueRate(v, c, max(0, c - error) / span, base(v))
+               for v, c in hitters.merged(now, lo).items()]
+        out.sort(key=lambda r: r.requests, reverse=True)
+        return out
+
+    def start(self, now: float, since: float | None) -> float:
+        """Where a lookback from ``since`` to ``now`` begins: whole buckets, at most the
+        window."""
+        hitters = self.hitters
+        lo = now - hitters.window
+        if since is not None and since > lo:
+            lo = (since // hitters.bucket) * hitters.bucket
+        return lo
+
+    def rate(self, now: float, since: float | None = None) -> float:
+        """Requests per second of the whole dimension from ``since`` to ``now``."""
+        lo = self.start(now, since)
+        return self.hitters.total(now, lo) / max(now - lo, self.hitters.bucket)
+
+    def size(self) -> int:
+        """Values held in memory: the sketch's and the baselines'."""
+        return self.hitters.size() + len(self.baselines)
+
+
+class Dimensions:
+    """The request dimensions a monitor counts (all of :data:`DIMENSIONS` by default).
+
+    ``add(view, now)`` is the per-request call: the values are computed once, each added
+    to its dimension's current bucket.
+    """
+
+    __slots__ = ("_end", "_row", "by_name", "features", "names")
+
+    def __init__(self, names: Iterable[str], window: float, bucket: float,
+                 capacity: int) -> None:
+        names = tuple(names)
+        unknown = [n for n in names if n not in DIMENSIONS]
+        if unknown or len(set(names)) != len(names):
+            raise ConfigError(
+                f"dimensions must be distinct names among {', '.join(DIMENSIONS)}; "
+                f"got {names!r}"
+            )
+        if isinstance(capacity, bool) or not isinstance(capacity, int) or capacity < 1:
+            raise ConfigError(f"dimension_capacity must be a positive integer, got {capacity!r}")
+        # in DIMENSIONS order, so a request's values line up with them
+        self.names = tuple(n for n in DIMENSIONS if n in names)
+        self.features = Features()
+        self.by_name = {
+            n: Dimension(n, WindowedTopK(window, bucket, capacity), capacity)
+            for n in self.names
+        }
+        self._row: list[tuple[int, SpaceSaving, dict[Hashable, int]]] = []
+        self._end = -float("inf")
+
+    def add(self, view: Any, now: float) -> None:
+        """Count one request."""
+        if now >= self._end:
+            self._roll(now)
+        values = self.features.values(view)
+        # SpaceSaving.add inlined for a known value (the common case): a call saved per
+        # dimension and request
+        for i, summary, counts in self._row:
+            value = values[i]
+            if value is not None:
+                c = counts.get(value)
+                if c is None:
+                    summary.insert(value)
+                else:
+                    counts[value] = c + 1
+                    summary.total += 1
+
+    def _roll(self, now: float) -> None:
+        row = []
+        end = now
+        for name in self.names:
+            summary, end = self.by_name[name].hitters.current(now)
+            row.append((DIMENSIONS.index(name), summary, summary.counts))
+        self._row = row
+        self._end = end
+
+    def learn(self, now: float, keep: float, span: float) -> None:
+        """Fold the current window into every dimension's baselines."""
+        for dimension in self.by_name.values():
+            dimension.learn(now, keep, span)
+
+    def size(self) -> int:
+        """Values held in memory over every dimension."""
+        return sum(d.size() for d in self.by_name.values())
