@@ -1,0 +1,108 @@
+"""Adversarial review of issue 12 ("one decision path"): behaviour that differed between
+entries, between the engine's common case and its general path, or from the version before
+the refactor. Each test is the smallest reproduction of one finding; a finding left open is
+a strict xfail whose reason says what is wrong, so the fix flips it.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import threading
+from pathlib import Path
+from typing import Any
+
+from test_call_budget import count_calls
+from throttlekit import Limiter, RequestView
+from throttlekit.testing import FakeClock
+
+SRC = Path(__file__).resolve().parent.parent / "src"
+PEER = "198.51.100.7"
+
+
+def _view(limiter: Limiter, path: str = "/", peer: str = PEER) -> RequestView:
+    scope = {"type": "http", "method": "GET", "path": path, "headers": [],
+             "client": (peer, 40000)}
+    return RequestView.from_scope(scope, limiter.resolver)
+
+
+def _environ(path: str = "/") -> dict[str, Any]:
+    return {
+        "REQUEST_METHOD": "GET", "SCRIPT_NAME": "", "PATH_INFO": path, "QUERY_STRING": "",
+        "SERVER_NAME": "test", "SERVER_PORT": "80", "SERVER_PROTOCOL": "HTTP/1.1",
+        "REMOTE_ADDR": PEER, "HTTP_HOST": "test", "wsgi.version": (1, 0),
+        "wsgi.url_scheme": "http", "wsgi.input": io.BytesIO(b""), "wsgi.errors": io.StringIO(),
+        "wsgi.multithread": False, "wsgi.multiprocess": False, "wsgi.run_once": False,
+    }
+
+
+def _scope(path: str = "/") -> dict[str, Any]:
+    return {"type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1",
+            "method": "GET", "scheme": "http", "path": path, "raw_path": path.encode(),
+            "query_string": b"", "root_path": "", "headers": [(b"host", b"test")],
+            "client": (PEER, 40000), "server": ("test", 80)}
+
+
+# -- the engine ------------------------------------------------------------------------------
+
+
+def test_rules_file_keeps_the_engines_common_case(tmp_path: Path) -> None:
+    """A limiter whose rules come from a rules file (the documented way) is decided by the
+    common case too: it cost three times the calls of the same rules registered in code,
+    because a rules-file watcher sent every request down the general path (before the
+    refactor the watcher was polled, then the fast path taken)."""
+    rules = tmp_path / "rules.toml"
+    rules.write_text('[[throttle]]\nname = "per-ip"\nrates = "1000/minute"\n')
+    in_code = Limiter(clock=FakeClock())
+    in_code.throttle("per-ip", "1000/minute")
+    from_file = Limiter(clock=FakeClock())
+    from_file.load_rules(rules)
+    counts = []
+    for limiter in (in_code, from_file):
+        for _ in range(3):  # first-use caches settle
+            assert limiter.evaluate(_view(limiter)).allowed
+        view = _view(limiter)
+        counts.append(count_calls(lambda lim=limiter, v=view: lim.evaluate(v)))
+    assert counts[1] <= counts[0] + 1  # the watcher's poll
+
+
+def test_rules_file_reload_applies_on_the_common_case(tmp_path: Path) -> None:
+    """With the watcher polled before the common case, a reload still applies to the very
+    request that finds the file changed."""
+    rules = tmp_path / "rules.toml"
+    rules.write_text('[[throttle]]\nname = "per-ip"\nrates = "1000/minute"\n')
+    limiter = Limiter(clock=FakeClock())
+    limiter.load_rules(rules, reload_interval=0)
+    assert limiter.evaluate(_view(limiter)).decision.limit == 1000
+    rules.write_text('[[throttle]]\nname = "per-ip"\nrates = "5/minute"\n'
+                     '[[throttle]]\nname = "shadow"\nrates = "1/minute"\ndry_run = true\n')
+    os.utime(rules, ns=(0, 0))  # an old file: settled at once
+    verdict = limiter.evaluate(_view(limiter))
+    assert (verdict.allowed, verdict.decision.limit) == (True, 5)
+    assert limiter.evaluate(_view(limiter)).allowed  # the dry-run rule never refuses
+
+
+def test_dry_run_throttle_added_during_a_request_never_refuses_it() -> None:
+    """A dry-run throttle registered by another thread while a request is between the
+    engine's ``fast`` check and its throttles was decided as a plain throttle: the request
+    was refused (429) by a rule that must never refuse. (Before the refactor too.)"""
+    limiter = Limiter()
+    inside, go = threading.Event(), threading.Event()
+
+    def slow_safelist(view: RequestView) -> bool:
+        if view.path == "/slow":
+            inside.set()
+            go.wait(5)
+        return False
+
+    limiter.safelist("health", slow_safelist)
+    verdicts: list[Any] = []
+    racing = threading.Thread(
+        target=lambda: verdicts.append(limiter.evaluate(_view(limiter, "/slow"))))
+    racing.start()
+    assert inside.wait(5)
+    limiter.throttle("shadow", "1/minute", dry_run=True, cost=2)  # would refuse anyone
+    go.set()
+    racing.join(5)
+    assert verdicts[0].allowed, verdicts[0]
+    assert limiter.evaluate(_view(limiter)).allowed
