@@ -6,6 +6,7 @@ a strict xfail whose reason says what is wrong, so the fix flips it.
 
 from __future__ import annotations
 
+import asyncio
 import io
 import os
 import threading
@@ -13,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from test_call_budget import count_calls
-from throttlekit import Limiter, RequestView
+from throttlekit import ASGIMiddleware, Limiter, RequestView, WSGIMiddleware
 from throttlekit.testing import FakeClock
 
 SRC = Path(__file__).resolve().parent.parent / "src"
@@ -106,3 +107,71 @@ def test_dry_run_throttle_added_during_a_request_never_refuses_it() -> None:
     racing.join(5)
     assert verdicts[0].allowed, verdicts[0]
     assert limiter.evaluate(_view(limiter)).allowed
+
+
+# -- leases ----------------------------------------------------------------------------------
+
+
+def test_disabled_limiter_takes_no_lease_under_the_wsgi_middleware() -> None:
+    """``enabled=False`` switches the rules off, concurrency rules included, as the Django
+    and Starlette middleware do: the core WSGI middleware still took leases and refused a
+    second request in flight with 429."""
+    limiter = Limiter(enabled=False)
+    limiter.concurrency("one", 1)
+    inner: list[str] = []
+
+    def app(environ: dict[str, Any], start_response: Any) -> list[bytes]:
+        if environ["PATH_INFO"] == "/outer":  # a second request while this one is in flight
+            inner.append(_wsgi_status(middleware, "/inner"))
+        start_response("200 OK", [("Content-Type", "text/plain")])
+        return [b"ok"]
+
+    middleware = WSGIMiddleware(app, limiter)
+    assert _wsgi_status(middleware, "/outer") == "200 OK"
+    assert inner == ["200 OK"]
+    assert limiter.inflight("one") == 0
+
+
+def _wsgi_status(middleware: Any, path: str) -> str:
+    started: list[str] = []
+    result = middleware(_environ(path), lambda status, headers, exc_info=None: started.append(
+        status))
+    b"".join(result)
+    close = getattr(result, "close", None)
+    if close is not None:
+        close()
+    return started[0]
+
+
+def test_disabled_limiter_takes_no_lease_under_the_asgi_middleware() -> None:
+    """The ASGI twin of the test above (load shedding and admission control too: a 503
+    from a disabled limiter)."""
+    limiter = Limiter(enabled=False)
+    limiter.concurrency("one", 1)
+    limiter.shed(capacity=1, thresholds=(1.0,))
+    limiter.admission(initial_limit=1, min_limit=1, max_limit=1)
+    inner: list[int] = []
+
+    async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
+        if scope["path"] == "/outer":
+            inner.append(await _asgi_status(middleware, "/inner"))
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        await send({"type": "http.response.body", "body": b"ok"})
+
+    middleware = ASGIMiddleware(app, limiter)
+    assert asyncio.run(_asgi_status(middleware, "/outer")) == 200
+    assert inner == [200]
+    assert limiter.inflight("one") == 0
+
+
+async def _asgi_status(app: Any, path: str) -> int:
+    sent: list[dict[str, Any]] = []
+
+    async def receive() -> dict[str, Any]:
+        return {"type": "http.request", "body": b"", "more_body": False}
+
+    async def send(message: dict[str, Any]) -> None:
+        sent.append(message)
+
+    await app(_scope(path), receive, send)
+    return int(sent[0]["status"])
