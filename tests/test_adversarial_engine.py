@@ -13,6 +13,10 @@ import threading
 from pathlib import Path
 from typing import Any
 
+import httpx
+import pytest
+from fastapi import Depends, FastAPI, Request
+
 from test_call_budget import count_calls
 from throttlekit import ASGIMiddleware, Limiter, RequestView, WSGIMiddleware
 from throttlekit.testing import FakeClock
@@ -175,3 +179,48 @@ async def _asgi_status(app: Any, path: str) -> int:
 
     await app(_scope(path), receive, send)
     return int(sent[0]["status"])
+
+
+# -- FastAPI without Throttle -----------------------------------------------------------------
+
+
+@pytest.mark.parametrize("first", ["/own-request", "/hidden", "/dependency"])
+def test_fastapi_refusal_is_the_same_whichever_endpoint_is_refused_first(first: str) -> None:
+    """In a FastAPI app without ``Throttle``, an endpoint with its own ``Request`` parameter
+    answered a refusal with FastAPI's ``{"detail": ...}`` JSON until an endpoint without one
+    (or a ``limiter.depends`` dependency) had been refused in the same app; from then on it
+    answered with the refusal. The same request got two bodies, depending on history."""
+    limiter = Limiter()
+    app = FastAPI()
+
+    @app.get("/own-request")
+    @limiter.limit("1/minute")
+    async def own_request(request: Request) -> dict[str, int]:
+        return {"ok": 1}
+
+    @app.get("/hidden")
+    @limiter.limit("1/minute")
+    async def hidden() -> dict[str, int]:
+        return {"ok": 1}
+
+    @app.get("/dependency", dependencies=[Depends(limiter.depends("1/minute"))])
+    async def dependency() -> dict[str, int]:
+        return {"ok": 1}
+
+    async def refusals() -> dict[str, tuple[int, str, str]]:
+        transport = httpx.ASGITransport(app=app)
+        out = {}
+        async with httpx.AsyncClient(transport=transport, base_url="http://t") as client:
+            order = [first, *(p for p in ("/own-request", "/hidden", "/dependency")
+                              if p != first)]
+            for path in order:
+                assert (await client.get(path)).status_code == 200
+                r = await client.get(path, headers={"accept": "text/plain"})
+                out[path] = (r.status_code, r.headers["content-type"], r.text)
+        return out
+
+    got = asyncio.run(refusals())
+    assert len(set(got.values())) == 1, got
+    status, ctype, body = got[first]
+    assert (status, ctype) == (429, "text/plain; charset=utf-8")
+    assert body.startswith("Too Many Requests")
