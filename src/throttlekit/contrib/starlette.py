@@ -400,6 +400,8 @@ class ThrottleMiddleware:
         group = group_of(endpoint)
         own = group is not None and group.wrapper is endpoint
         path = getattr(route, "path", None)
+        if not isinstance(path, str):
+            path = getattr(route, "host", None)  # a Host route
         if endpoint is not None:
             name = endpoint_name(endpoint, path if isinstance(path, str) else None)
         else:
