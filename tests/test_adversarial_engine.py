@@ -282,6 +282,36 @@ def test_cached_refusal_reports_this_requests_counters() -> None:
     assert got["per-path"].remaining == want["per-path"].remaining == 10
 
 
+
+@pytest.mark.xfail(strict=True, reason=(
+    "endpoint and function limits (engine.apply) skip the local denial cache that the "
+    "rules and Limiter.hit consult: when the store fails, a caller who had exhausted a "
+    "@limiter.limit is counted afresh by the 'local' fallback store of each worker (on "
+    "real servers: limit x workers more calls during the outage), while a throttle rule "
+    "keeps refusing him"))
+def test_exhausted_function_limit_stays_refused_while_the_store_is_down() -> None:
+    from throttlekit import RateLimitExceeded
+
+    limiter = Limiter(DownableStore(), clock=FakeClock(), on_storage_error="local")
+    limiter.throttle("rule", "2/minute")
+
+    @limiter.limit("2/minute", key=lambda user: user)
+    def send(user: str) -> str:
+        return "sent"
+
+    def call() -> str:
+        try:
+            return send("ann")
+        except RateLimitExceeded:
+            return "refused"
+
+    assert [call() for _ in range(3)] == ["sent", "sent", "refused"]
+    assert [limiter.evaluate(_view(limiter)).allowed for _ in range(3)] == [True, True, False]
+    limiter.storage.down = True  # type: ignore[attr-defined]
+    assert not limiter.evaluate(_view(limiter)).allowed  # the rule: its cached refusal
+    assert call() == "refused"
+
+
 # -- Starlette's middleware: routes without an endpoint function -----------------------------
 
 
