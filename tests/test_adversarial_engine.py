@@ -141,9 +141,12 @@ def test_disabled_limiter_takes_no_lease_under_the_wsgi_middleware() -> None:
 
 
 def _wsgi_status(middleware: Any, path: str) -> str:
+    return _status(middleware, _environ(path))
+
+
+def _status(app: Any, environ: dict[str, Any]) -> str:
     started: list[str] = []
-    result = middleware(_environ(path), lambda status, headers, exc_info=None: started.append(
-        status))
+    result = app(environ, lambda status, headers, exc_info=None: started.append(status))
     b"".join(result)
     close = getattr(result, "close", None)
     if close is not None:
@@ -310,6 +313,43 @@ def test_exhausted_function_limit_stays_refused_while_the_store_is_down() -> Non
     limiter.storage.down = True  # type: ignore[attr-defined]
     assert not limiter.evaluate(_view(limiter)).allowed  # the rule: its cached refusal
     assert call() == "refused"
+
+
+
+# -- hostile input ---------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("method", ["post", "Post"])
+def test_lower_case_method_is_limited_as_flask_and_django_serve_it(method: str) -> None:
+    """werkzeug (Flask) and Django upper-case the request method: ``post`` is served as a
+    POST. throttlekit read it as sent, so a ``v.method == "POST"`` rule and a
+    ``limit(methods=["POST"])`` never counted it: unlimited login attempts with a lower-case
+    method (servers that pass it on: Django's runserver, h11, Twisted)."""
+    from flask import Flask, request
+
+    from throttlekit.contrib.flask import Throttle
+
+    limiter = Limiter()
+    limiter.throttle("login-rule", "2/minute", match=lambda v: v.method == "POST")
+    app = Flask("adversarial")
+    Throttle(app, limiter)
+    served: list[str] = []
+
+    @app.route("/login", methods=["GET", "POST"])
+    @limiter.limit("1/minute", methods=["POST"])
+    def login() -> str:
+        served.append(request.method)
+        return "logged in"
+
+    def post(method: str) -> str:
+        environ = {**_environ("/login"), "REQUEST_METHOD": method}
+        return _status(WSGIMiddleware(app.wsgi_app, limiter), environ)
+
+    assert [post("POST"), post(method), post(method)] == [
+        "200 OK", "429 Too Many Requests", "429 Too Many Requests"]
+    assert served == ["POST"]
+    scope = {**_scope("/login"), "method": method}
+    assert RequestView.from_scope(scope, limiter.resolver).method == "POST"
 
 
 # -- Starlette's middleware: routes without an endpoint function -----------------------------

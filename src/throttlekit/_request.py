@@ -145,6 +145,8 @@ class RequestView:
     """What rules see of a request: ``method``, ``path``, ``query``, ``headers``,
     ``client_ip``, ``client_key``, ``form``, ``scheme`` and ``raw``.
 
+    - ``method`` is upper case, as Django and werkzeug read it (they serve ``post`` as a
+      POST).
     - ``path`` is decoded text (never raises: undecodable bytes become U+FFFD); for WSGI it
       is ``PATH_INFO`` (the path under the app's mount point), for ASGI ``scope["path"]``.
     - ``query`` is the raw query string, undecoded.
@@ -197,7 +199,9 @@ class RequestView:
         self.body = None
         self.max_form_bytes = max_form_bytes
         method = environ.get("REQUEST_METHOD")
-        self.method = method if isinstance(method, str) else "GET"
+        # upper case, as Django and werkzeug read it ("post" is served as a POST there)
+        self.method = (method if method.isupper() else method.upper()) if isinstance(
+            method, str) else "GET"
         self._path = self._headers = self._client_ip = self._client_key = self._form = _UNSET
         self._peer = environ.get("REMOTE_ADDR")
         return self
@@ -217,6 +221,8 @@ class RequestView:
         method = scope.get("method")
         if not isinstance(method, str):
             method = "GET"  # websocket handshakes are GET requests
+        elif not method.isupper():
+            method = method.upper()  # as Django reads it ("post" is served as a POST)
         self.method = method
         self._path = self._headers = self._client_ip = self._client_key = self._form = _UNSET
         client = scope.get("client")
