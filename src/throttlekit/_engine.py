@@ -96,8 +96,14 @@ class Engine:
 
     def evaluate(self, view: RequestView) -> Verdict:
         """Run every rule on one request (one storage call at most); never raises."""
+        if self.watcher is not None and self.enabled:
+            self.watcher.poll()  # a reload swaps self.rules: read them after
         rules = self.rules
-        if rules.fast and self.watcher is None and self.enabled:
+        # the throttles before the flag: a rule is registered with ``fast`` cleared before
+        # it is published in ``throttles``, so a dry-run or count_when throttle added by
+        # another thread meanwhile is never decided here as a plain one
+        throttles = rules.throttles
+        if rules.fast and self.enabled:
             storage = self.storage
             blocks = storage.local_blocks  # nothing to look up: see Storage.local_blocks
             if (
@@ -117,7 +123,7 @@ class Engine:
                     disc1 = ""
                     cost1 = 0
                     several: list[_Throttle] | None = None  # when several apply
-                    for rule in rules.throttles:
+                    for rule in throttles:
                         found = applies(self, rule, view)
                         if found is None:
                             continue
@@ -189,11 +195,10 @@ class Engine:
                                   False)
 
     def _evaluate(self, view: RequestView) -> Verdict:
-        """``evaluate`` beyond its common case: the plan, the denial cache, the store call."""
+        """``evaluate`` beyond its common case (the rules file polled already): the plan,
+        the denial cache, the store call."""
         if not self.enabled:
             return Verdict(True, "allowed", None, None, None, [], False, view)
-        if self.watcher is not None:
-            self.watcher.poll()
         store = self.store
         if store.denials is not None:
             assert isinstance(store, ResilientStore)

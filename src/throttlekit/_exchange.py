@@ -151,7 +151,9 @@ def begin(limiter: Limiter, verdict: Verdict, lease: bool = True
     """The lease step after the rules: an allowed verdict takes its concurrency leases (or
     becomes the refusal of a full rule); ``lease=False`` when an outer entry of the same
     limiter holds them already. Returns the verdict and its :class:`Exchange`, None when
-    there is nothing to settle (no lease taken, no ``count_when`` pending)."""
+    there is nothing to settle (no lease taken, no ``count_when`` pending). A disabled
+    limiter (``enabled=False``) runs no rule: no admission, no lease."""
+    lease = lease and limiter.engine.enabled
     ticket = None
     if lease and verdict.allowed:
         verdict, ticket = _admit(limiter, verdict)
@@ -165,6 +167,7 @@ def begin(limiter: Limiter, verdict: Verdict, lease: bool = True
 async def abegin(limiter: Limiter, verdict: Verdict, lease: bool = True
                  ) -> tuple[Verdict, Exchange | None]:
     """Async twin of :func:`begin` (async storage calls only)."""
+    lease = lease and limiter.engine.enabled
     ticket = None
     if lease and verdict.allowed:
         verdict, ticket = _admit(limiter, verdict)

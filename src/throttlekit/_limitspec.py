@@ -63,8 +63,13 @@ def qualified_name(fn: Any) -> str:
 
 
 def endpoint_name(fn: Any, route: str | None) -> str:
-    """The counter name of an endpoint: its qualified name, or for a lambda (which has
-    no name of its own) the route (Flask endpoint, route template)."""
+    """The counter name of an endpoint: its qualified name, or for a lambda or an object
+    without a name (a mounted ASGI app, a ``partial``: named by a repr holding its address,
+    another in every process) the route (Flask endpoint, route template)."""
+    if route is not None:
+        target = inspect.unwrap(fn) if callable(fn) else fn
+        if not (getattr(target, "__qualname__", None) or getattr(target, "__name__", None)):
+            return f"{getattr(target, '__module__', None) or '?'}.{route}"
     name = qualified_name(fn)
     if route is not None and "<lambda>" in name:
         return f"{name.partition('<lambda>')[0]}{route}"

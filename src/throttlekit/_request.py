@@ -142,7 +142,7 @@ def _scope_headers_careful(raw: object) -> _Headers:
 
 
 class RequestView:
-    """What rules see of a request: ``method``, ``path``, ``query``, ``headers``,
+    """What rules see of a request: ``method`` (upper case), ``path``, ``query``, ``headers``,
     ``client_ip``, ``client_key``, ``form``, ``scheme`` and ``raw``.
 
     - ``path`` is decoded text (never raises: undecodable bytes become U+FFFD); for WSGI it
@@ -196,8 +196,9 @@ class RequestView:
         self.is_wsgi = True
         self.body = None
         self.max_form_bytes = max_form_bytes
-        method = environ.get("REQUEST_METHOD")
-        self.method = method if isinstance(method, str) else "GET"
+        method = environ.get("REQUEST_METHOD")  # upper case, as Django and werkzeug read it
+        self.method = method if method.__class__ is str and method.isupper() else (
+            method.upper() if isinstance(method, str) else "GET")  # "post": a POST there
         self._path = self._headers = self._client_ip = self._client_key = self._form = _UNSET
         self._peer = environ.get("REMOTE_ADDR")
         return self
@@ -214,10 +215,9 @@ class RequestView:
         self.is_wsgi = False
         self.body = body
         self.max_form_bytes = max_form_bytes
-        method = scope.get("method")
-        if not isinstance(method, str):
-            method = "GET"  # websocket handshakes are GET requests
-        self.method = method
+        method = scope.get("method")  # none in a websocket handshake: a GET
+        self.method = method if method.__class__ is str and method.isupper() else (
+            method.upper() if isinstance(method, str) else "GET")  # as from_environ
         self._path = self._headers = self._client_ip = self._client_key = self._form = _UNSET
         client = scope.get("client")
         try:

@@ -37,7 +37,7 @@ from fastapi.exception_handlers import http_exception_handler
 from starlette.requests import HTTPConnection, Request
 from starlette.responses import Response
 
-from .._adapters import Found, register_adapter
+from .._adapters import register_adapter
 from .._decorators import DENIED_KEY, HIDDEN_REQUEST, aevaluate, record
 from .._exchange import OWNER_KEY
 from .._frameworkview import view_of
@@ -45,6 +45,7 @@ from .._limitspec import LimitSpec, endpoint_name, group_of
 from .._responses import rate_limit_headers
 from ._common import load_rules_file
 from .starlette import (
+    BEFORE_REFUSAL,
     EXCEPTION_HANDLERS,
     MIDDLEWARE_KEY,
     MiddlewareOptions,
@@ -209,10 +210,6 @@ class FastAPIAdapter(StarletteAdapter):
     def dependency(self, lim: Limiter, spec: LimitSpec) -> Callable[..., Any]:
         return make_dependency(lim, spec)
 
-    def refuse(self, lim: Limiter, found: Found, verdict: Verdict) -> Any:
-        answer_with_refusal(found[1])
-        return super().refuse(lim, found, verdict)
-
 
 def answer_with_refusal(scope: MutableMapping[str, Any]) -> None:
     """Where FastAPI's default ``HTTPException`` handler would answer a :class:`RateLimited`
@@ -321,3 +318,7 @@ def _answer_dependency(lim: Limiter, scope: MutableMapping[str, Any], request: A
 
 ADAPTER = FastAPIAdapter()
 register_adapter(ADAPTER)
+# every endpoint limit refused in a FastAPI app, whichever adapter found its request (the
+# Starlette one finds an endpoint's own ``Request`` parameter)
+if answer_with_refusal not in BEFORE_REFUSAL:
+    BEFORE_REFUSAL.append(answer_with_refusal)

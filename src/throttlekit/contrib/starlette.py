@@ -32,15 +32,16 @@ Limits checked inside the app (a decorated endpoint or helper, a dependency) rai
 :class:`RateLimited`, a Starlette ``HTTPException`` carrying the middleware's refusal
 (``exc.denial``): Starlette's own handler answers it with that refusal, as does the handler
 of :data:`EXCEPTION_HANDLERS` (which ``contrib.fastapi.Throttle`` installs). An app's own
-handler for 429 (or for ``RateLimited``) still wins; FastAPI's default handler, where no
-``Throttle`` installed ours, answers ``{"detail": ...}`` with the same rate-limit headers.
+handler for 429 (or for ``RateLimited``) still wins; where FastAPI's default handler would
+answer (no ``Throttle``), ``contrib.fastapi`` lets the refusal answer instead
+(``answer_with_refusal``, through :data:`BEFORE_REFUSAL`).
 """
 
 from __future__ import annotations
 
 import contextlib
 import contextvars
-from collections.abc import MutableMapping, Sequence
+from collections.abc import Callable, MutableMapping, Sequence
 from typing import TYPE_CHECKING, Any, TypedDict
 
 from starlette import requests as _requests
@@ -69,7 +70,7 @@ if TYPE_CHECKING:
     from .._rules import Verdict
     from ..asgi import ASGIApp, Message, Receive, Scope, Send
 
-__all__ = ["ADAPTER", "EXCEPTION_HANDLERS", "MiddlewareOptions", "RateLimited",
+__all__ = ["ADAPTER", "BEFORE_REFUSAL", "EXCEPTION_HANDLERS", "MiddlewareOptions", "RateLimited",
            "StarletteAdapter", "ThrottleMiddleware", "current_request", "rate_limited",
            "send_denial"]
 
@@ -238,8 +239,16 @@ class StarletteAdapter(Adapter):
 
     def refuse(self, lim: Limiter, found: Found, verdict: Verdict) -> Any:
         scope = found[1]
+        for prepare in BEFORE_REFUSAL:
+            prepare(scope)
         raise rate_limited(lim, verdict, _accept(scope), scope)
 
+
+#: called with the scope of a request an endpoint limit refuses, before the adapter raises
+#: :class:`RateLimited` in it, whichever way the request was found (a ``Request``
+#: argument, FastAPI's hidden parameter, the served scope): ``contrib.fastapi`` lets the
+#: refusal answer where FastAPI's default handler would
+BEFORE_REFUSAL: list[Callable[[MutableMapping[str, Any]], None]] = []
 
 ADAPTER = StarletteAdapter()
 register_adapter(ADAPTER)
@@ -391,6 +400,8 @@ class ThrottleMiddleware:
         group = group_of(endpoint)
         own = group is not None and group.wrapper is endpoint
         path = getattr(route, "path", None)
+        if not isinstance(path, str):
+            path = getattr(route, "host", None)  # a Host route
         if endpoint is not None:
             name = endpoint_name(endpoint, path if isinstance(path, str) else None)
         else:
