@@ -236,11 +236,6 @@ def test_fastapi_refusal_is_the_same_whichever_endpoint_is_refused_first(first: 
 # -- the import watcher ----------------------------------------------------------------------
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "the import watcher stays on sys.meta_path for the life of an app that never imports "
-    "every framework with an entry point (a FastAPI app never imports Flask or Django): "
-    "every later top-level import goes through it and the framework keeps a wrapped "
-    "__loader__; it is installed by plain function limits too (no framework at all)"))
 def test_import_watcher_leaves_once_the_apps_framework_is_loaded() -> None:
     code = textwrap.dedent("""
         import sys
@@ -356,12 +351,6 @@ def test_lower_case_method_is_limited_as_flask_and_django_serve_it(method: str) 
 # -- nested entries of one limiter -----------------------------------------------------------
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "nested entries of one limiter (docs/middleware.md: a WSGIMiddleware around Django, an "
-    "ASGIMiddleware around ThrottleMiddleware) each run the rules: every throttle charges "
-    "the request twice (4/minute admits 2) and the header set lists each policy twice; "
-    "the inner entry takes no lease (the outer holds it) but decides again. Django has no "
-    "rules=False to avoid it"))
 def test_wsgi_middleware_around_django_counts_a_request_once() -> None:
     from django.core.handlers.wsgi import WSGIHandler
     from django.http import HttpResponse
@@ -392,6 +381,29 @@ def test_wsgi_middleware_around_django_counts_a_request_once() -> None:
 
         assert [get() for _ in range(4)] == ["200 OK"] * 4
         assert policies[0] == '"per-ip";q=4;w=60'
+
+
+def test_asgi_middleware_around_starlettes_counts_a_request_once() -> None:
+    """An ASGIMiddleware around an app under ThrottleMiddleware of the same limiter: the
+    rules run once, one header set."""
+    from starlette.applications import Starlette
+    from starlette.responses import PlainTextResponse
+    from starlette.routing import Route
+
+    from throttlekit import ASGIMiddleware
+    from throttlekit.contrib.starlette import ThrottleMiddleware
+
+    limiter = Limiter()
+    limiter.throttle("per-ip", "4/minute")
+
+    async def index(request: Any) -> PlainTextResponse:
+        return PlainTextResponse("ok")
+
+    inner = Starlette(routes=[Route("/", index)])
+    inner.add_middleware(ThrottleMiddleware, limiter=limiter)
+    replies = _starlette_get(ASGIMiddleware(inner, limiter), *["/"] * 5)
+    assert [r.status_code for r in replies] == [200] * 4 + [429]
+    assert replies[0].headers.get_list("ratelimit-policy") == ['"per-ip";q=4;w=60']
 
 
 # -- Starlette's middleware: routes without an endpoint function -----------------------------

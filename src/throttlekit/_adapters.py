@@ -29,7 +29,7 @@ if TYPE_CHECKING:
     from ._rules import Verdict
 
 __all__ = ["Adapter", "Found", "adapter_named", "adapters", "discover", "find_request",
-           "on_register", "register_adapter", "watch_imports"]
+           "on_register", "register_adapter", "unwatch_imports", "watch_imports"]
 
 logger = logging.getLogger("throttlekit")
 
@@ -178,20 +178,30 @@ class _ThenAdapter:
 
     def exec_module(self, module: Any) -> None:
         self.loader.exec_module(module)
+        # the module keeps its own loader, as if nobody had watched
+        module.__loader__ = self.loader
+        spec = getattr(module, "__spec__", None)
+        if spec is not None and spec.loader is self:
+            spec.loader = self.loader
         try:
             discover(names=(self.name,))
         except Exception:  # never break the app's own import
             logger.exception("throttlekit: loading the %s adapter failed", self.name)
         if all(ep.name in _loaded for ep in _entry_points or ()):
-            with _lock:
-                if _watcher in sys.meta_path:
-                    sys.meta_path.remove(_watcher)
+            unwatch_imports()
 
     def __getattr__(self, name: str) -> Any:  # resource readers and the like
         return getattr(self.loader, name)
 
 
 _watcher = _AfterImport()
+
+
+def unwatch_imports() -> None:
+    """Take the import watcher off ``sys.meta_path`` (nothing waits for an adapter)."""
+    with _lock:
+        if _watcher in sys.meta_path:
+            sys.meta_path.remove(_watcher)
 
 
 def watch_imports() -> None:

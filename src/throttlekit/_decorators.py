@@ -47,6 +47,7 @@ from ._adapters import (
     discover,
     find_request,
     on_register,
+    unwatch_imports,
     watch_imports,
 )
 from ._errors import ConfigError, RateLimitExceeded
@@ -316,6 +317,8 @@ def _resign(adapter: Adapter) -> None:
             wrapper.__signature__ = new_sig  # type: ignore[attr-defined]
             hidden[0] = adapter
             _unsigned.pop(wrapper, None)
+    if not _unsigned:  # nobody waits for a framework's signature any more
+        unwatch_imports()
 
 
 def _wrap(fn: Callable[..., Any], group: Group) -> Callable[..., Any]:

@@ -103,6 +103,10 @@ class ASGIMiddleware(Entry):
                 await self.app(scope, receive, send)
             return
         limiter = self.limiter
+        outer = scope.get(OWNER_KEY)
+        if outer is limiter:  # an outer entry of this limiter ran the pipeline already
+            await self.app(scope, receive, send)
+            return
         engine = limiter.engine
         body = None
         if engine.rules.needs_form and has_small_form(scope, self.max_form_bytes):
@@ -111,7 +115,6 @@ class ASGIMiddleware(Entry):
                                       max_form_bytes=self.max_form_bytes)
         # a local store never blocks: its decision needs no await (see Engine.remote)
         verdict = await engine.aevaluate(view) if engine.remote else engine.evaluate(view)
-        outer = scope.get(OWNER_KEY)
         if outer is None:
             scope[OWNER_KEY] = limiter
         ex = None
@@ -122,7 +125,7 @@ class ASGIMiddleware(Entry):
                 scope, self.max_form_bytes
             ):  # the challenge step answers this post itself: it reads its form
                 view.body, receive = await read_ahead(receive, self.max_form_bytes)
-            verdict, ex = await abegin(limiter, verdict, outer is not limiter)
+            verdict, ex = await abegin(limiter, verdict)
         scope[VERDICT_KEY] = verdict  # _keep, inlined (every request pays it)
         state = scope.get("state")
         if state is None:

@@ -86,19 +86,21 @@ class WSGIMiddleware(Entry):
         self, environ: WSGIEnvironment, start_response: StartResponse
     ) -> Iterable[bytes]:
         limiter = self.limiter
+        outer = environ.get(OWNER_KEY)
+        if outer is limiter:  # an outer entry of this limiter ran the pipeline already
+            return self.app(environ, start_response)
         engine = limiter.engine
         view = RequestView.from_environ(environ, self.resolver)
         verdict = engine.evaluate(view)
         # the steps before the app (begin: challenge, admission, lease), and the header
         # set: written here when this is the outermost entry, else recorded for the one
         # that is
-        outer = environ.get(OWNER_KEY)
         if outer is None:
             environ[OWNER_KEY] = limiter
         ex = None
         if (verdict.pending or engine.concurrency is not None or engine.admission is not None
                 or environ.get(CHALLENGE_KEY) is not None):
-            verdict, ex = begin(limiter, verdict, outer is not limiter)
+            verdict, ex = begin(limiter, verdict)
         environ[VERDICT_KEY] = verdict
         if not verdict.allowed:
             accept = environ.get("HTTP_ACCEPT")

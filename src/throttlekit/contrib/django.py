@@ -284,8 +284,9 @@ class ThrottleMiddleware:
             self._fork(lim)
         meta = request.META
         outer = self._owner(lim, meta)
-        verdict, ex = begin(lim, lim.evaluate(view_of(lim, meta, request, DjangoView)),
-                            outer is not lim)
+        if outer is lim:  # an outer entry of this limiter ran the pipeline already
+            return self.get_response(request)
+        verdict, ex = begin(lim, lim.evaluate(view_of(lim, meta, request, DjangoView)))
         refusal = self._admit(lim, request, verdict)
         if refusal is not None:
             return refusal
@@ -306,8 +307,10 @@ class ThrottleMiddleware:
             self._fork(lim)
         meta = request.META
         outer = self._owner(lim, meta)
+        if outer is lim:  # an outer entry of this limiter ran the pipeline already
+            return await self.get_response(request)
         verdict, ex = await abegin(
-            lim, await lim.aevaluate(view_of(lim, meta, request, DjangoView)), outer is not lim)
+            lim, await lim.aevaluate(view_of(lim, meta, request, DjangoView)))
         refusal = self._admit(lim, request, verdict)
         if refusal is not None:
             return refusal

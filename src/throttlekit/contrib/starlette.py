@@ -437,7 +437,7 @@ class ThrottleMiddleware:
             view.body, receive = await read_ahead(receive, view.max_form_bytes)
             await read_form(view, scope)
         ex = None
-        if self.rules:
+        if self.rules and outer is not lim:  # (an outer entry of this limiter ran them)
             verdict = await lim.aevaluate(view)
             mark = scope.get(CHALLENGE_KEY)
             if mark is not None and mark.reads_form and view.body is None and has_small_form(
@@ -445,7 +445,7 @@ class ThrottleMiddleware:
             ):  # the challenge step answers this post itself: it reads its form
                 view.body, receive = await read_ahead(receive, view.max_form_bytes)
                 await read_form(view, scope)
-            verdict, ex = await abegin(lim, verdict, outer is not lim)
+            verdict, ex = await abegin(lim, verdict)
             scope[VERDICT_KEY] = verdict
             if not verdict.allowed:
                 await self._refuse(lim, verdict, scope, send)
