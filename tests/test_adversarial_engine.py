@@ -281,12 +281,6 @@ def test_cached_refusal_reports_this_requests_counters() -> None:
 
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "endpoint and function limits (engine.apply) skip the local denial cache that the "
-    "rules and Limiter.hit consult: when the store fails, a caller who had exhausted a "
-    "@limiter.limit is counted afresh by the 'local' fallback store of each worker (on "
-    "real servers: limit x workers more calls during the outage), while a throttle rule "
-    "keeps refusing him"))
 def test_exhausted_function_limit_stays_refused_while_the_store_is_down() -> None:
     from throttlekit import RateLimitExceeded
 
