@@ -433,10 +433,6 @@ def test_default_limit_of_a_mounted_asgi_app_is_named_by_its_route() -> None:
     assert "0x" not in policy and "/graphql" in policy
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "ThrottleMiddleware caches the limits of a (method, path) whatever the Host: under "
-    "Host routes, the first host requested decides the counters of every other host's "
-    "same path (www.example/x refused by admin.example's default limit counter)"))
 def test_starlette_middleware_counts_each_host_apart() -> None:
     from starlette.applications import Starlette
     from starlette.responses import PlainTextResponse
