@@ -281,12 +281,6 @@ def test_cached_refusal_reports_this_requests_counters() -> None:
 
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "endpoint and function limits (engine.apply) skip the local denial cache that the "
-    "rules and Limiter.hit consult: when the store fails, a caller who had exhausted a "
-    "@limiter.limit is counted afresh by the 'local' fallback store of each worker (on "
-    "real servers: limit x workers more calls during the outage), while a throttle rule "
-    "keeps refusing him"))
 def test_exhausted_function_limit_stays_refused_while_the_store_is_down() -> None:
     from throttlekit import RateLimitExceeded
 
@@ -439,10 +433,6 @@ def test_default_limit_of_a_mounted_asgi_app_is_named_by_its_route() -> None:
     assert "0x" not in policy and "/graphql" in policy
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "ThrottleMiddleware caches the limits of a (method, path) whatever the Host: under "
-    "Host routes, the first host requested decides the counters of every other host's "
-    "same path (www.example/x refused by admin.example's default limit counter)"))
 def test_starlette_middleware_counts_each_host_apart() -> None:
     from starlette.applications import Starlette
     from starlette.responses import PlainTextResponse

@@ -64,10 +64,10 @@ from ._limitspec import (
     qualified_name,
     signature_of,
 )
-from ._planning import Plan, conclude
+from ._planning import Plan
 from ._resilience import deny_decision
 from ._rules import NS, UNKNOWN_CLIENT, Verdict
-from .storage.base import BatchResult, Check
+from .storage.base import Check
 
 if TYPE_CHECKING:
     from ._limiter import Limiter
@@ -206,20 +206,12 @@ def _refused(lim: Limiter, view: Any, rule: str, degraded: bool = True) -> Verdi
     return Verdict(False, "throttled", rule, None, d, [], degraded, view)
 
 
-def _conclude(lim: Limiter, p: Plan, result: BatchResult) -> Verdict:
-    """The verdict of the limits, read as the engine reads its throttles': the fail
-    policy, the refusal waiting longest (nothing charged: the allowing limits report what
-    they have left), else the tightest allowing limit. No events: they tell what the rules
-    did (``limiter.on``)."""
-    return conclude(lim.engine, p, result, silent=True)[0]
-
-
 def evaluate(lim: Limiter, view: RequestView, entries: Sequence[Entry]) -> Verdict | None:
     """Check and charge the ``entries`` that apply to the request (all or nothing, one
     storage call). None when none applies. Never raises."""
     p = _plan_web(lim, view, entries)
     if isinstance(p, Plan):
-        return _conclude(lim, p, lim.engine.apply(p.checks))
+        return lim.engine.decide(p, silent=True)  # no events: they tell what rules did
     return p
 
 
@@ -227,7 +219,7 @@ async def aevaluate(lim: Limiter, view: RequestView, entries: Sequence[Entry]) -
     """Async twin of :func:`evaluate` (async storage calls only)."""
     p = _plan_web(lim, view, entries)
     if isinstance(p, Plan):
-        return _conclude(lim, p, await lim.engine.aapply(p.checks))
+        return await lim.engine.adecide(p, silent=True)
     return p
 
 
@@ -391,7 +383,7 @@ def _call_limits(lim: Limiter, group: Group, args: tuple[Any, ...],
     refuse it."""
     p = _plan_call(lim, group, args, kwargs)
     if isinstance(p, Plan):
-        p = _conclude(lim, p, lim.engine.apply(p.checks))
+        p = lim.engine.decide(p, silent=True)
     _raise_refused(p)
 
 
@@ -400,7 +392,7 @@ async def _acall_limits(lim: Limiter, group: Group, args: tuple[Any, ...],
     """Async twin of :func:`_call_limits`."""
     p = _plan_call(lim, group, args, kwargs)
     if isinstance(p, Plan):
-        p = _conclude(lim, p, await lim.engine.aapply(p.checks))
+        p = await lim.engine.adecide(p, silent=True)
     _raise_refused(p)
 
 

@@ -196,28 +196,11 @@ class Engine:
 
     def _evaluate(self, view: RequestView) -> Verdict:
         """``evaluate`` beyond its common case (the rules file polled already): the plan,
-        the denial cache, the store call."""
+        then :meth:`decide`."""
         if not self.enabled:
             return Verdict(True, "allowed", None, None, None, [], False, view)
-        store = self.store
-        if store.denials is not None:
-            assert isinstance(store, ResilientStore)
-            store.first_generation()
-        p, now = self._prepare(view)
-        if p.__class__ is Verdict:
-            return p
-        assert isinstance(p, Plan)
-        if p.recheck:
-            assert isinstance(store, ResilientStore)
-            store.check_generation()
-            cached = self._recheck(p, now)
-            if cached is not None:
-                return cached
-        result = store.apply(p.checks, consume=True, now=now, block_keys=p.block_keys)
-        verdict, new_bans = self._conclude(p, result, now)
-        if new_bans:
-            self._ban(new_bans, result.policy, now)
-        return verdict
+        p = self._plan(view)
+        return p if p.__class__ is Verdict else self.decide(p)  # type: ignore[arg-type]
 
     async def aevaluate(self, view: RequestView) -> Verdict:
         """Async twin of :meth:`evaluate` (only async storage calls)."""
@@ -227,47 +210,73 @@ class Engine:
             return Verdict(True, "allowed", None, None, None, [], False, view)
         if self.watcher is not None:
             self.watcher.poll()
-        store = self.store
-        assert isinstance(store, ResilientStore)
-        if store.denials is not None:
-            await store.afirst_generation()
-        p, now = self._prepare(view)
+        p = self._plan(view)
         if p.__class__ is Verdict:
             return p
-        assert isinstance(p, Plan)
-        if p.recheck:
-            await store.acheck_generation()
-            cached = self._recheck(p, now)
+        return await self.adecide(p)  # type: ignore[arg-type]
+
+    def _plan(self, view: RequestView) -> Plan | Verdict:
+        try:
+            return plan(self, self.rules, view)
+        except _RuleFailed as err:
+            return self.refused_by_error(view, err)
+
+    def decide(self, p: Plan, silent: bool = False) -> Verdict:
+        """The verdict of a plan: a refusal the local denial cache still holds (remote
+        stores), else one store call, concluded. The rules' general path and the endpoint
+        limits (``silent``: no events) both end here."""
+        store = self.store
+        now = self.now()
+        if store.denials is not None:
+            assert isinstance(store, ResilientStore)
+            store.first_generation()
+            cached = self._cached(p, now, silent)
+            if p.recheck:
+                store.check_generation()
+                cached = self._recheck(p, now, silent)
+            if cached is not None:
+                return cached
+        result = store.apply(p.checks, consume=True, now=now, block_keys=p.block_keys)
+        verdict, new_bans = self._conclude(p, result, now, silent)
+        if new_bans:
+            self._ban(new_bans, result.policy, now)
+        return verdict
+
+    async def adecide(self, p: Plan, silent: bool = False) -> Verdict:
+        """Async twin of :meth:`decide` (only async storage calls)."""
+        if not self.remote:
+            return self.decide(p, silent)
+        store = self.store
+        assert isinstance(store, ResilientStore)
+        now = self.now()
+        if store.denials is not None:
+            await store.afirst_generation()
+            cached = self._cached(p, now, silent)
+            if p.recheck:
+                await store.acheck_generation()
+                cached = self._recheck(p, now, silent)
             if cached is not None:
                 return cached
         result = await store.aapply(p.checks, consume=True, now=now, block_keys=p.block_keys)
-        verdict, new_bans = self._conclude(p, result, now)
+        verdict, new_bans = self._conclude(p, result, now, silent)
         if new_bans:
             await self._aban(new_bans, result.policy, now)
         return verdict
 
-    def _prepare(self, view: RequestView) -> tuple[Plan | Verdict, int | None]:
-        """The plan and the time, or the verdict when the request is answered without the
-        store (lists, a failing user function, a cached denial)."""
-        try:
-            p = plan(self, self.rules, view)
-        except _RuleFailed as err:
-            return self.refused_by_error(view, err), None
-        if p.__class__ is Verdict:
-            return p, None
-        assert isinstance(p, Plan)
-        now = self.now()
+    def _cached(self, p: Plan, now: int | None, silent: bool) -> Verdict | None:
+        """The cached refusal of a plan with throttles (``p.recheck`` set: ask again after
+        reading the store's generation); notes the denial cache's epoch."""
+        if not p.throttles:
+            return None
         denials = self.store.denials
-        if denials is not None and p.throttles:
-            cached = self._cached_refusal(p, now)
-            if cached is not None:
-                return cached, None
-            p.epoch = denials.epoch
-        return p, now
+        assert denials is not None
+        cached = self._cached_refusal(p, now, silent)
+        p.epoch = denials.epoch
+        return cached
 
-    def _conclude(self, p: Plan, result: BatchResult, now: int | None
+    def _conclude(self, p: Plan, result: BatchResult, now: int | None, silent: bool = False
                   ) -> tuple[Verdict, NewBans]:
-        verdict, new_bans = conclude(self, p, result)
+        verdict, new_bans = conclude(self, p, result, silent)
         denials = self.store.denials
         if denials is not None and p.throttles:
             self._note_denials(denials, p, verdict, result.policy is not None, now)
@@ -286,16 +295,17 @@ class Engine:
 
     # -- the local cache of denials (remote stores) ---------------------------------------
 
-    def _recheck(self, p: Plan, now: int | None) -> Verdict | None:
+    def _recheck(self, p: Plan, now: int | None, silent: bool = False) -> Verdict | None:
         """The cached refusal of ``p`` after the store's generation was read."""
-        cached = self._cached_refusal(p, now)
+        cached = self._cached_refusal(p, now, silent)
         p.recheck = False
         denials = self.store.denials
         assert denials is not None
         p.epoch = denials.epoch
         return cached
 
-    def _cached_refusal(self, p: Plan, now: int | None) -> Verdict | None:
+    def _cached_refusal(self, p: Plan, now: int | None, silent: bool = False
+                        ) -> Verdict | None:
         """A throttle of this request refused this client until a time not yet reached:
         refuse again without a round trip. Not for requests that must still be counted
         somewhere: ban counters and dry-run rules."""
@@ -337,7 +347,7 @@ class Engine:
                     reset_after=max(pd.reset_after - elapsed, 0.0)))
                 for n, pd in earlier
             ]
-        if "throttled" in self.listeners.active:
+        if not silent and "throttled" in self.listeners.active:
             self.emit("throttled", rule.name, disc, p.view, d, False)
         return Verdict(False, "throttled", rule.name, disc, d, policies, False, p.view)
 

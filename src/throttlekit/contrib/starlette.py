@@ -49,7 +49,7 @@ from starlette.exceptions import HTTPException
 from starlette.middleware.exceptions import ExceptionMiddleware
 from starlette.requests import HTTPConnection, Request
 from starlette.responses import Response
-from starlette.routing import Match, Mount
+from starlette.routing import Host, Match, Mount
 
 from .._adapters import Adapter, Found, register_adapter
 from .._decorators import DENIED_KEY, HANDLED_KEY, aevaluate, record
@@ -156,6 +156,17 @@ def _starlette_answers(scope: MutableMapping[str, Any] | None, status: int) -> b
     except (TypeError, ValueError):
         return False
     return getattr(handler, "__func__", None) is ExceptionMiddleware.http_exception
+
+
+def _host(scope: MutableMapping[str, Any]) -> bytes | None:
+    for pair in scope.get("headers") or ():
+        try:
+            name, value = pair
+        except (TypeError, ValueError):
+            continue
+        if name == b"host":
+            return bytes(value)
+    return None
 
 
 def _accept(scope: MutableMapping[str, Any]) -> str | None:
@@ -363,6 +374,7 @@ class ThrottleMiddleware:
         self.rules = bool(rules)
         self._cache: dict[int, tuple[Any, Group | None, tuple[Any, ...]]] = {}
         self._paths: dict[Any, tuple[Group | None, tuple[Any, ...]]] = {}
+        self._hosted: tuple[Any, bool] = (None, False)
         self._fork = ForkCheck()
         #: WebSocket scopes: the limiter's rules, as ASGIMiddleware runs them
         self._sockets = ASGIMiddleware(app, limiter)
@@ -374,12 +386,21 @@ class ThrottleMiddleware:
         routes = getattr(router, "routes", None)
         return routes if isinstance(routes, list) else None
 
+    def _has_hosts(self, routes: Sequence[Any]) -> bool:
+        """Whether a route table routes by ``Host`` (then the host picks the route too);
+        worked out once per table."""
+        table = (id(routes), len(routes))
+        if self._hosted[0] != table:
+            self._hosted = (table, any(isinstance(r, Host) for r in routes))
+        return self._hosted[1]
+
     def _entries(self, scope: Scope) -> tuple[Group | None, tuple[Any, ...]]:
         routes = self._routes(scope)
         # Matching costs a regex per route: remember the answer per (method, path), as
         # long as the route table is unchanged (bounded: many distinct paths just miss).
         ckey = (scope.get("method"), scope.get("path"), scope.get("root_path"),
-                id(routes), len(routes) if routes else 0)
+                id(routes), len(routes) if routes else 0,
+                _host(scope) if routes and self._has_hosts(routes) else None)
         hit = self._paths.get(ckey)
         if hit is not None:
             return hit
