@@ -27,7 +27,7 @@ if TYPE_CHECKING:
     from types import TracebackType
 
     from ._admission import Ticket
-    from ._concurrency import Lease
+    from ._concurrency import ConcurrencyRules, Lease
     from ._decision import Decision
     from ._limiter import Limiter
     from ._rules import Verdict
@@ -153,13 +153,9 @@ def begin(limiter: Limiter, verdict: Verdict, lease: bool = True
     limiter holds them already. Returns the verdict and its :class:`Exchange`, None when
     there is nothing to settle (no lease taken, no ``count_when`` pending). A disabled
     limiter (``enabled=False``) runs no rule: no admission, no lease."""
-    lease = lease and limiter.engine.enabled
-    ticket = None
-    if lease and verdict.allowed:
-        verdict, ticket = _admit(limiter, verdict)
-    conc = limiter.engine.concurrency if lease else None
+    verdict, ticket, conc = _before_lease(limiter, verdict, lease)
     held = None
-    if conc is not None and verdict.allowed:
+    if conc is not None:
         verdict, held = conc.acquire(verdict)
     return _exchange(limiter, verdict, held, ticket)
 
@@ -167,15 +163,23 @@ def begin(limiter: Limiter, verdict: Verdict, lease: bool = True
 async def abegin(limiter: Limiter, verdict: Verdict, lease: bool = True
                  ) -> tuple[Verdict, Exchange | None]:
     """Async twin of :func:`begin` (async storage calls only)."""
-    lease = lease and limiter.engine.enabled
-    ticket = None
-    if lease and verdict.allowed:
-        verdict, ticket = _admit(limiter, verdict)
-    conc = limiter.engine.concurrency if lease else None
+    verdict, ticket, conc = _before_lease(limiter, verdict, lease)
     held = None
-    if conc is not None and verdict.allowed:
+    if conc is not None:
         verdict, held = await conc.aacquire(verdict)
     return _exchange(limiter, verdict, held, ticket)
+
+
+def _before_lease(limiter: Limiter, verdict: Verdict, lease: bool
+                  ) -> tuple[Verdict, Ticket | None, ConcurrencyRules | None]:
+    """The steps before the lease (:func:`_admit`), and the concurrency rules to lease
+    from, None when there is nothing to lease (refused, disabled, or an outer entry
+    holds the leases)."""
+    engine = limiter.engine
+    if not (lease and engine.enabled and verdict.allowed):
+        return verdict, None, None
+    verdict, ticket = _admit(limiter, verdict)
+    return verdict, ticket, engine.concurrency if verdict.allowed else None
 
 
 def _admit(limiter: Limiter, verdict: Verdict) -> tuple[Verdict, Ticket | None]:
