@@ -326,11 +326,8 @@ def _wrap(fn: Callable[..., Any], group: Group) -> Callable[..., Any]:
     if inspect.iscoroutinefunction(fn):
         @functools.wraps(fn)
         async def awrapper(*args: Any, **kwargs: Any) -> Any:
-            adapter = hidden[0]
-            req = kwargs.pop(HIDDEN_REQUEST, None) if adapter is not None else None
-            lim = group.lim or group.owner.limiter
-            if lim.enabled:
-                found = _found(adapter, req, args, kwargs)
+            lim, found = _context(hidden[0], group, args, kwargs)
+            if lim is not None:
                 if found is None:
                     await _acall_limits(lim, group, args, kwargs)
                 else:
@@ -343,11 +340,8 @@ def _wrap(fn: Callable[..., Any], group: Group) -> Callable[..., Any]:
     else:
         @functools.wraps(fn)
         def swrapper(*args: Any, **kwargs: Any) -> Any:
-            adapter = hidden[0]
-            req = kwargs.pop(HIDDEN_REQUEST, None) if adapter is not None else None
-            lim = group.lim or group.owner.limiter
-            if lim.enabled:
-                found = _found(adapter, req, args, kwargs)
+            lim, found = _context(hidden[0], group, args, kwargs)
+            if lim is not None:
                 if found is None:
                     _call_limits(lim, group, args, kwargs)
                 else:
@@ -363,6 +357,17 @@ def _wrap(fn: Callable[..., Any], group: Group) -> Callable[..., Any]:
         wrapper.__signature__ = sig  # type: ignore[attr-defined]
         _await_signature(wrapper, fn, sig, hidden)
     return wrapper
+
+
+def _context(adapter: Adapter | None, group: Group, args: tuple[Any, ...],
+             kwargs: dict[str, Any]) -> tuple[Limiter | None, Found | None]:
+    """The limiter of a decorated call (None: disabled) and the request it is called in
+    (None: a plain call); pops the hidden request parameter ``adapter`` added."""
+    req = kwargs.pop(HIDDEN_REQUEST, None) if adapter is not None else None
+    lim = group.lim or group.owner.limiter
+    if not lim.enabled:
+        return None, None
+    return lim, _found(adapter, req, args, kwargs)
 
 
 def _found(hidden: Adapter | None, req: Any, args: tuple[Any, ...], kwargs: dict[str, Any]
