@@ -24,6 +24,7 @@ from typing import Any, NamedTuple
 from .._errors import ConfigError
 from ._containment import Containment
 from ._monitor import ALL, Anomaly, Monitor
+from .attribution import Attribution
 from .shield import Shield
 
 __all__ = ["REFUSALS", "IncidentCallback", "IncidentReport", "Incidents", "render_markdown"]
@@ -100,6 +101,8 @@ class _Open:
         self.offenders: dict[str, int] = {}
         self.offenders_at = anomaly.started_at
         self.explained: tuple[str, tuple[str, ...]] | None = None
+        #: the first attribution that explained the surge (what was acted on), else the last
+        self.found: Attribution | None = None
         self.limit: int | None = None
         self.shed = 0
         self.shedding = False
@@ -241,6 +244,8 @@ class Incidents:
         found = self.monitor.attribution
         if found is None:
             return
+        if inc.found is None or not inc.found.narrow:
+            inc.found = found
         explained = (found.dimension, tuple(str(c.value) for c in found.culprits))
         if explained != inc.explained:  # a new dimension or values, not new percentages
             inc.explained = explained
@@ -302,7 +307,7 @@ class Incidents:
             "served": requests - refused, "served_rate": round((requests - refused) / span, 3)}}
         banned = set() if self.shield is None else {str(k) for k in self.shield.banned}
         top = sorted(inc.offenders.items(), key=lambda kv: -kv[1])[: self.monitor.top_n]
-        found = anomaly.attribution or self.monitor.attribution
+        found = inc.found or anomaly.attribution
         return IncidentReport(
             inc.anomaly.started_at, inc.anomaly.at, now, inc.anomaly.rate,
             inc.anomaly.baseline, None if found is None else found.dimension,
