@@ -36,6 +36,19 @@ def app(environ: dict[str, Any], start_response: Any) -> list[bytes]:
     return [b"ok"]
 
 
+FLAGS = ("--headless", "--no-sandbox", "--disable-gpu", "--no-first-run",
+         "--disable-dev-shm-usage")
+
+
+def dump_dom(browser: str, url: str, profile: Path, budget_ms: int) -> tuple[str, str]:
+    """The DOM after ``budget_ms`` of virtual time (timers run, fetches answered), and
+    the browser's stderr."""
+    args = [browser, *FLAGS, f"--user-data-dir={profile}", f"--virtual-time-budget={budget_ms}",
+            "--dump-dom", url]
+    done = subprocess.run(args, capture_output=True, text=True, timeout=120, check=False)
+    return done.stdout, done.stderr
+
+
 def row(dom: str, *cells: str) -> bool:
     return re.search("<tr>" + "".join(rf"<td[^>]*>{c}</td>" for c in cells) + "</tr>",
                      dom) is not None
@@ -69,15 +82,10 @@ def test_chromium_shows_the_rates_after_the_refresh(tmp_path: Path) -> None:
 
     send_traffic()
     with serve(status) as port:
-        out = subprocess.run(
-            [browser, "--headless", "--no-sandbox", "--disable-gpu", "--no-first-run",
-             "--disable-dev-shm-usage", f"--user-data-dir={tmp_path / 'profile'}",
-             "--virtual-time-budget=10000", "--dump-dom",
-             f"http://127.0.0.1:{port}/throttlekit/status?format=html"],
-            capture_output=True, text=True, timeout=120, check=False)
-    dom = out.stdout
+        dom, errors = dump_dom(browser, f"http://127.0.0.1:{port}/throttlekit/status?format=html",
+                               tmp_path / "profile", budget_ms=10_000)
     assert fetches[0] == "format=html" and "format=json" in fetches, fetches
-    assert row(dom, "allowed", r"\d+", r"8\.0/s"), (dom[-3000:], out.stderr[-2000:])
+    assert row(dom, "allowed", r"\d+", r"8\.0/s"), (dom[-3000:], errors[-2000:])
     assert row(dom, "blocked", r"\d+", r"2\.0/s")
     assert row(dom, "throttled", "0", r"0\.0/s")
     assert row(dom, "/home", r"\d+", r"[\d.]+", r"[\d.]+")  # the path dimension
