@@ -209,6 +209,8 @@ class Incidents:
         if start is None:
             start = self._sample(anomaly.at)
         first = next((s for s in self._samples if s.at >= rise - _BEFORE), start)
+        if first.at > start.at:  # no tick in the minute before the rise
+            first = start
         span = start.at - first.at
         requests = start.requests - first.requests
         served = requests - _refused(_delta(start.counts, first.counts))
