@@ -25,6 +25,7 @@ COMMANDS: list[str] = [
     "throttlekit.cli.simulate",
     "throttlekit.cli.rulesfile",
     "throttlekit.cli.admin",
+    "throttlekit.cli.incident",
 ]
 
 

@@ -18,6 +18,12 @@ ASGI: ``ASGIStatusMiddleware(app, endpoint)`` the same way. ``GET <path>`` answe
      "rules": {...}, "counters": {"per-ip": {"allowed": 1200, "throttled": 3}},
      "top": [["203.0.113.9", 420], ...], "recent_anomalies": [...],
      "shield": {"active": false, "bans": 0}, "blocked": [{"key": ..., "expires_at": ...}]}
+
+The same path answers an HTML page for operators (``Accept: text/html``, or
+``?format=html``; ``?format=json`` forces JSON), under the same access rules: see
+:mod:`throttlekit.monitor._html`. With ``incidents`` (an
+:class:`~throttlekit.monitor.incident.Incidents`), ``<path>/incidents`` answers the recent
+incident reports, newest first (``{"incidents": [...]}``).
 """
 
 from __future__ import annotations
@@ -31,9 +37,11 @@ from collections.abc import Awaitable, Callable, Iterable, MutableMapping
 from typing import TYPE_CHECKING, Any
 
 from .._errors import ConfigError
+from . import _html
 
 if TYPE_CHECKING:
     from ._monitor import Monitor
+    from .incident import Incidents
     from .shield import Shield
 
 __all__ = ["ASGIStatusMiddleware", "StatusEndpoint", "StatusMiddleware"]
@@ -47,6 +55,10 @@ Send = Callable[[Message], Awaitable[None]]
 ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 
 _JSON = [("Content-Type", "application/json"), ("Cache-Control", "no-store")]
+_HTML = [("Content-Type", "text/html; charset=utf-8"), ("Cache-Control", "no-store"),
+         ("Content-Security-Policy", _html.CSP), ("X-Content-Type-Options", "nosniff"),
+         ("Referrer-Policy", "no-referrer")]
+_INCIDENTS = "/incidents"
 _LOOPBACK = ("127.0.0.1", "::1")
 
 
@@ -68,6 +80,8 @@ class StatusEndpoint:
         allow: addresses or networks allowed without a token. Default: loopback when no
             token is set; no address when a token is set (list addresses explicitly to let
             them in without it).
+        incidents: the incident recorder, if any: its reports are served at
+            ``<path>/incidents``.
     """
 
     def __init__(
@@ -80,6 +94,7 @@ class StatusEndpoint:
         token: str | None = None,
         allow: Iterable[str] | None = None,
         max_blocked: int = 100,
+        incidents: Incidents | None = None,
     ) -> None:
         if not isinstance(path, str) or not path.startswith("/"):
             raise ConfigError(f"path must start with '/', got {path!r}")
@@ -102,6 +117,8 @@ class StatusEndpoint:
         self.limiter = limiter
         self.path = path
         self.max_blocked = max_blocked
+        self.incidents = incidents
+        self.incidents_path = path.rstrip("/") + _INCIDENTS
         # compared as digests: constant time, and the token's length does not leak either
         self._token = _digest(token.encode()) if token else None
         self._nets = tuple(nets)
@@ -148,12 +165,22 @@ class StatusEndpoint:
                      else b.expires_at, "reason": b.reason}
                     for b in blocks[: self.max_blocked]
                 ]
+        step = getattr(getattr(self.limiter, "engine", None), "admission", None)
+        if step is not None:
+            data["admission"] = step.snapshot()._asdict()
         return data
 
-    def respond(self, method: str, peer: str | None, authorization: str | None) -> tuple[
-        int, list[tuple[str, str]], bytes
-    ]:
-        """(status, headers, body) for one request to the endpoint."""
+    def serves(self, path: str | None) -> bool:
+        """True for the paths this endpoint answers (the status, and the incidents)."""
+        return path == self.path or (self.incidents is not None and path == self.incidents_path)
+
+    def respond(
+        self, method: str, peer: str | None, authorization: str | None, *,
+        path: str | None = None, query: str = "", accept: str | None = None,
+    ) -> tuple[int, list[tuple[str, str]], bytes]:
+        """(status, headers, body) for one request to the endpoint: the JSON, or the
+        HTML page (``Accept: text/html`` or ``?format=html``), or at ``<path>/incidents``
+        the incident reports."""
         code = self.authorize(peer, authorization)
         if code == 401:
             return 401, [*_JSON, ("WWW-Authenticate", 'Bearer realm="throttlekit"')], \
@@ -162,12 +189,19 @@ class StatusEndpoint:
             return 403, list(_JSON), b'{"error": "forbidden"}'
         if method not in ("GET", "HEAD"):
             return 405, [*_JSON, ("Allow", "GET, HEAD")], b'{"error": "method not allowed"}'
+        html = _wants_html(query, accept)
         try:
-            body = json.dumps(self.payload(), default=str).encode()
+            if path is not None and path != self.path and self.incidents is not None:
+                html = False
+                data: dict[str, Any] = {"incidents": [
+                    r.as_dict() for r in reversed(self.incidents.reports)]}
+            else:
+                data = self.payload()
+            body = _html.page(data) if html else json.dumps(data, default=str).encode()
         except Exception:
             logger.exception("throttlekit: the status endpoint failed")
             return 500, list(_JSON), b'{"error": "status unavailable"}'
-        return 200, list(_JSON), b"" if method == "HEAD" else body
+        return 200, list(_HTML if html else _JSON), b"" if method == "HEAD" else body
 
     # -- mounting ---------------------------------------------------------------------
 
@@ -175,7 +209,8 @@ class StatusEndpoint:
         """Answer a WSGI request for the endpoint."""
         code, headers, body = self.respond(
             environ.get("REQUEST_METHOD", "GET"), environ.get("REMOTE_ADDR"),
-            environ.get("HTTP_AUTHORIZATION"),
+            environ.get("HTTP_AUTHORIZATION"), path=environ.get("PATH_INFO"),
+            query=environ.get("QUERY_STRING", ""), accept=environ.get("HTTP_ACCEPT"),
         )
         headers.append(("Content-Length", str(len(body))))
         start_response(f"{code} {_REASONS[code]}", headers)
@@ -185,17 +220,31 @@ class StatusEndpoint:
         """Answer an ASGI ``http`` request for the endpoint."""
         client = scope.get("client")
         peer = client[0] if client else None
-        auth = None
+        auth = accept = None
         for name, value in scope.get("headers") or ():
-            if name.lower() == b"authorization":
+            name = name.lower()
+            if name == b"authorization":
                 auth = value.decode("latin-1")
-        code, headers, body = self.respond(scope.get("method", "GET"), peer, auth)
+            elif name == b"accept":
+                accept = value.decode("latin-1")
+        code, headers, body = self.respond(
+            scope.get("method", "GET"), peer, auth, path=scope.get("path"),
+            query=(scope.get("query_string") or b"").decode("latin-1"), accept=accept)
         headers.append(("Content-Length", str(len(body))))
         await send({
             "type": "http.response.start", "status": code,
             "headers": [(k.lower().encode(), v.encode()) for k, v in headers],
         })
         await send({"type": "http.response.body", "body": body})
+
+
+def _wants_html(query: str, accept: str | None) -> bool:
+    """``?format=html`` or ``?format=json`` when given, else whether ``Accept`` names HTML."""
+    for part in query.split("&"):
+        name, _, value = part.partition("=")
+        if name == "format" and value in ("html", "json"):
+            return value == "html"
+    return accept is not None and "text/html" in accept.lower()
 
 
 _REASONS = {200: "OK", 401: "Unauthorized", 403: "Forbidden", 405: "Method Not Allowed",
@@ -213,7 +262,7 @@ class StatusMiddleware:
     def __call__(
         self, environ: dict[str, Any], start_response: Callable[..., Any]
     ) -> Iterable[bytes]:
-        if environ.get("PATH_INFO") == self.path:
+        if self.endpoint.serves(environ.get("PATH_INFO")):
             return self.endpoint.wsgi(environ, start_response)
         return self.app(environ, start_response)
 
@@ -227,7 +276,7 @@ class ASGIStatusMiddleware:
         self.path = endpoint.path
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] == "http" and scope.get("path") == self.path:
+        if scope["type"] == "http" and self.endpoint.serves(scope.get("path")):
             await self.endpoint.asgi(scope, receive, send)
             return
         await self.app(scope, receive, send)
