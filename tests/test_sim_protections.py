@@ -14,6 +14,7 @@ from throttlekit import Limiter
 from throttlekit.cli import main
 from throttlekit.cli.scenarios import BUILTIN
 from throttlekit.cli.simulate import (
+    DEFAULT_PROTECTIONS,
     PROTECTIONS,
     cookie_priority,
     format_report,
@@ -32,13 +33,18 @@ def _json(capsys, *argv):
     return json.loads(capsys.readouterr().out)
 
 
-def test_recommended_setup_turns_on_every_protection():
-    """By default: the rules, a shield, admission control by cookie and challenges during
-    an anomaly; each can be left out."""
+def test_recommended_setup_turns_on_the_protections_asked():
+    """By default the rules, a shield and admission control by cookie; challenges during
+    an anomaly when asked; each can be left out."""
+    assert PROTECTIONS == ("rules", "shield", "admission", "challenges")
+    assert DEFAULT_PROTECTIONS == ("rules", "shield", "admission")
+    default = Limiter("memory://")
+    assert isinstance(recommended_setup(default, Monitor(default)), Shield)
+    assert default.engine.admission is not None
+    assert "challenge-pass" not in default.engine.rules.names
     limiter = Limiter("memory://")
     monitor = Monitor(limiter)
-    shield = recommended_setup(limiter, monitor)
-    assert PROTECTIONS == ("rules", "shield", "admission", "challenges")
+    shield = recommended_setup(limiter, monitor, PROTECTIONS)
     assert isinstance(shield, Shield)
     assert {"per-ip", "login", "scanners", "challenge-pass"} <= set(limiter.engine.rules.names)
     assert limiter.engine.admission is not None
@@ -69,20 +75,22 @@ def test_cookie_priority_puts_clients_with_cookies_first():
 def test_report_names_the_protections_and_json_carries_them(capsys):
     """The text report says which protections were on (and off), under the protected
     column too; the JSON lists them."""
-    assert main(["simulate", *TINY, "--no-challenges"]) == 0
+    assert main(["simulate", *TINY]) == 0
     out = capsys.readouterr().out
     assert "protected run: rules, shield, admission (off: challenges)" in out
     header = out.splitlines().index(next(line for line in out.splitlines()
                                          if line.rstrip().endswith("protected")))
     assert out.splitlines()[header + 1].strip() == "rules+shield+admission"
-    data = _json(capsys)
+    data = _json(capsys, "--protections", ",".join(PROTECTIONS))
     assert data["protections"] == list(PROTECTIONS) and data["shield"] is True
 
 
 @pytest.mark.parametrize(("argv", "on"), [
     (["--protections", "rules,shield"], ["rules", "shield"]),
-    (["--no-admission"], ["rules", "shield", "challenges"]),
-    (["--no-shield"], ["rules", "admission", "challenges"]),
+    (["--no-admission"], ["rules", "shield"]),
+    (["--no-shield"], ["rules", "admission"]),
+    (["--protections", "rules,shield,admission,challenges", "--no-admission"],
+     ["rules", "shield", "challenges"]),
     (["--protections", "admission,rules", "--no-shield"], ["rules", "admission"]),
     (["--protections", "none"], []),
 ])

@@ -33,8 +33,9 @@ from ._replay import Replay
 from ._report import PROTECTIONS, SimResult, format_report, plot
 from .scenarios import BUILTIN, Scenario, load_scenario
 
-__all__ = ["PROTECTIONS", "SimResult", "cookie_priority", "format_report", "plot",
-           "recommended_rules", "recommended_setup", "register", "run_simulation"]
+__all__ = ["DEFAULT_PROTECTIONS", "PROTECTIONS", "SimResult", "cookie_priority",
+           "format_report", "plot", "recommended_rules", "recommended_setup", "register",
+           "run_simulation"]
 
 #: paths no legitimate visitor of a typical app asks for
 SCANNER_PATHS = (
@@ -66,6 +67,9 @@ def recommended_rules(limiter: Any) -> None:
     )
 
 
+#: the protections on by default: challenges are opt-in (``--protections``), since they
+#: stop a scenario's clients that keep no cookies, legitimate or not
+DEFAULT_PROTECTIONS = ("rules", "shield", "admission")
 #: the key the simulated challenge signs its passes with (fixed: runs are deterministic)
 SIM_CHALLENGE_KEY = "throttlekit simulate: not a secret, never use it in production"
 
@@ -77,12 +81,14 @@ def cookie_priority(view: Any) -> int:
     return 1 if view.headers.get("cookie") else 0
 
 
-def recommended_setup(limiter: Any, monitor: Any, protections: Collection[str] = PROTECTIONS,
+def recommended_setup(limiter: Any, monitor: Any,
+                      protections: Collection[str] = DEFAULT_PROTECTIONS,
                       *, rules: Callable[[Any], None] = recommended_rules,
                       challenge_key: str = SIM_CHALLENGE_KEY,
                       shield_options: Mapping[str, Any] | None = None) -> Any:
     """What docs/under-attack.md recommends for an attack, as ``simulate`` runs it:
-    ``protections`` names the pieces on (see :data:`PROTECTIONS`).
+    ``protections`` names the pieces on, from :data:`PROTECTIONS` (by default
+    :data:`DEFAULT_PROTECTIONS`).
 
     - ``rules``: ``rules(limiter)``, by default :func:`recommended_rules`;
     - ``shield``: a :class:`~throttlekit.monitor.Shield` on ``monitor`` with
@@ -132,7 +138,7 @@ def run_simulation(
 ) -> SimResult:
     """Replay ``scenario`` in front of its server, without throttlekit and through
     WSGIMiddleware(app, Limiter(storage), **middleware_options), on simulated time, with
-    :func:`recommended_setup`'s ``protections`` (by default all of :data:`PROTECTIONS`;
+    :func:`recommended_setup`'s ``protections`` (by default :data:`DEFAULT_PROTECTIONS`;
     with ``rules`` of your own, those rules and the shield; ``shield=False`` takes the
     shield out)."""
     from .. import Limiter, WSGIMiddleware
@@ -143,7 +149,7 @@ def run_simulation(
     clock = FakeClock(start)
     limiter = Limiter(storage, clock=clock)
     if protections is None:
-        protections = PROTECTIONS if rules is recommended_rules else ("rules", "shield")
+        protections = DEFAULT_PROTECTIONS if rules is recommended_rules else ("rules", "shield")
     on = [p for p in PROTECTIONS if p in protections and (shield or p != "shield")]
     monitor = Monitor(limiter, **(monitor_options or {}))
     guard = recommended_setup(limiter, monitor, on, rules=rules,
@@ -228,9 +234,11 @@ def register(subparsers: Any) -> None:
         "(default: default)",
     )
     p.add_argument("--storage", default="memory://", help="storage URL (default: memory://)")
-    p.add_argument("--protections", type=_protections, default=PROTECTIONS, metavar="LIST",
+    p.add_argument("--protections", type=_protections, default=DEFAULT_PROTECTIONS,
+                   metavar="LIST",
                    help="the protections of the protected run, comma-separated, from "
-                   f"{','.join(PROTECTIONS)} (default: all; 'none': the monitor only)")
+                   f"{','.join(PROTECTIONS)} (default: {','.join(DEFAULT_PROTECTIONS)}; "
+                   "'none': the monitor only)")
     for name, what in (("shield", "monitor only: no automatic bans"),
                        ("admission", "no admission control"),
                        ("challenges", "no challenges during an anomaly")):
