@@ -19,10 +19,12 @@ if TYPE_CHECKING:
     from ._server import Job
     from .scenarios import Scenario
 
-__all__ = ["RunStats", "SimResult", "format_report", "plot"]
+__all__ = ["PROTECTIONS", "RunStats", "SimResult", "format_report", "plot"]
 
 #: outcomes at the server; every other label is a stop before the app
 SERVED = ("answered", "late", "dropped")
+#: the protections a protected run can have, in the order the report names them
+PROTECTIONS = ("rules", "shield", "admission", "challenges")
 #: the stops in the order the report lists them
 STOPS = ("429", "403", "503", "challenge")
 
@@ -204,6 +206,8 @@ class SimResult:
     unprotected: RunStats | None = None
     #: indexes of the legitimate client groups, with more than one: reported each
     legit_groups: list[int] = field(default_factory=list)
+    #: the protections on in the protected run (``simulate.PROTECTIONS``)
+    protections: list[str] = field(default_factory=lambda: ["rules", "shield"])
 
     def measured(self, protected: RunStats, unprotected: RunStats | None) -> None:
         """Take the runs' outcomes, and throttlekit's view of the protected one."""
@@ -260,6 +264,7 @@ class SimResult:
             "scenario": self.scenario,
             "storage": self.storage,
             "shield": self.shield,
+            "protections": self.protections,
             "simulated_seconds": self.duration,
             "wall_seconds": round(self.wall_seconds, 3),
             "server": self.server.as_dict(),
@@ -311,6 +316,7 @@ def _side_by_side(r: SimResult) -> list[str]:
 
     lines = [
         row("", lambda s: "unprotected" if s is r.unprotected else "protected"),
+        f"{'':40s}{'':>18s}{_protections(r):>18s}",
         row(f"legitimate answered within {timeout:g} s", lambda s: _pct(s.share(True, "answered"))),
     ]
     window = r.attack_window
@@ -338,6 +344,11 @@ def _side_by_side(r: SimResult) -> list[str]:
     return lines
 
 
+def _protections(r: SimResult) -> str:
+    """The protected run's protections, for under its column: ``rules+shield``."""
+    return "+".join(r.protections) if r.protections else "none"
+
+
 def _labels(r: SimResult) -> list[str]:
     """The stops seen in either run, known ones first."""
     seen = set()
@@ -354,7 +365,9 @@ def format_report(r: SimResult, scenario: Scenario) -> str:
     lines = [
         f"scenario {r.scenario}: {scenario.description or ''}".rstrip(": "),
         f"  {legit_clients} legitimate clients, {attack_clients} attacking, "
-        f"{r.duration:g} simulated seconds on {r.storage}, shield {'on' if r.shield else 'off'}",
+        f"{r.duration:g} simulated seconds on {r.storage}",
+        f"  protected run: {', '.join(r.protections) or 'no protection'} "
+        f"(off: {', '.join(p for p in PROTECTIONS if p not in r.protections) or 'none'})",
         f"  server: {r.server.describe()}",
         "",
         *_side_by_side(r),
@@ -440,7 +453,6 @@ def _plot_run(ax: Any, r: SimResult, run: RunStats, name: str) -> None:
         ax.axvline(r.attack_start + after, color="#1971c2", linestyle="--",
                    label="anomaly detected")
     ax.set_ylabel("requests per second")
-    shield = "shield on" if r.shield else "shield off"
-    ax.set_title(f"throttlekit simulate {r.scenario}: "
-                 + ("without throttlekit" if name == "unprotected" else f"protected ({shield})"))
+    ax.set_title(f"throttlekit simulate {r.scenario}: " + (
+        "without throttlekit" if name == "unprotected" else f"protected ({_protections(r)})"))
     ax.legend(loc="upper right", fontsize="small")

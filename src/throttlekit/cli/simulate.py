@@ -25,15 +25,16 @@ import logging
 import math
 import sys
 import time
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
 from typing import Any, TextIO
 
 from .._errors import ConfigError
 from ._replay import Replay
-from ._report import SimResult, format_report, plot
+from ._report import PROTECTIONS, SimResult, format_report, plot
 from .scenarios import BUILTIN, Scenario, load_scenario
 
-__all__ = ["SimResult", "format_report", "plot", "recommended_rules", "register",
+__all__ = ["DEFAULT_PROTECTIONS", "PROTECTIONS", "SimResult", "cookie_priority",
+           "format_report", "plot", "recommended_rules", "recommended_setup", "register",
            "run_simulation"]
 
 #: paths no legitimate visitor of a typical app asks for
@@ -66,6 +67,57 @@ def recommended_rules(limiter: Any) -> None:
     )
 
 
+#: the protections on by default: challenges are opt-in (``--protections``), since they
+#: stop a scenario's clients that keep no cookies, legitimate or not
+DEFAULT_PROTECTIONS = ("rules", "shield", "admission")
+#: the key the simulated challenge signs its passes with (fixed: runs are deterministic)
+SIM_CHALLENGE_KEY = "throttlekit simulate: not a secret, never use it in production"
+
+
+def cookie_priority(view: Any) -> int:
+    """Admission priority 1 for a request carrying a cookie (a browser served before,
+    or holding a pass), 0 for the rest: under saturation, clients that keep no cookies
+    are shed first."""
+    return 1 if view.headers.get("cookie") else 0
+
+
+def recommended_setup(limiter: Any, monitor: Any,
+                      protections: Collection[str] = DEFAULT_PROTECTIONS,
+                      *, rules: Callable[[Any], None] = recommended_rules,
+                      challenge_key: str = SIM_CHALLENGE_KEY,
+                      shield_options: Mapping[str, Any] | None = None) -> Any:
+    """What docs/under-attack.md recommends for an attack, as ``simulate`` runs it:
+    ``protections`` names the pieces on, from :data:`PROTECTIONS` (by default
+    :data:`DEFAULT_PROTECTIONS`).
+
+    - ``rules``: ``rules(limiter)``, by default :func:`recommended_rules`;
+    - ``shield``: a :class:`~throttlekit.monitor.Shield` on ``monitor`` with
+      ``shield_options`` (returned; else None);
+    - ``admission``: ``limiter.admission`` with :func:`cookie_priority`, clients without
+      cookies filling at most half the limit (``initial_limit=40``);
+    - ``challenges``: ``limiter.challenge`` during an anomaly (``when=monitor``), the
+      cookie round trip, with ``issue_rate`` raised to 600/minute so that visitors sharing
+      one /24 are not kept waiting for passes.
+    """
+    from ..monitor import Shield
+
+    unknown = set(protections) - set(PROTECTIONS)
+    if unknown:
+        raise ConfigError(f"unknown protection {sorted(unknown)[0]!r}: expected some of "
+                          f"{', '.join(PROTECTIONS)}")
+    if "rules" in protections:
+        rules(limiter)
+    if "challenges" in protections:
+        limiter.challenge(key=challenge_key, when=monitor, issue_rate="600/minute")
+    if "admission" in protections:
+        # 40: a cold start's first requests (cookie-less, so at most half the limit) are
+        # not shed while the first probe measures the app, on a light load
+        limiter.admission(priority=cookie_priority, thresholds=(0.5, 1.0), initial_limit=40)
+    if "shield" not in protections:
+        return None
+    return Shield(limiter, monitor, **(shield_options or {}))
+
+
 def _legitimate_addresses(scenario: Scenario) -> set[str]:
     """The addresses of the scenario's legitimate clients."""
     return {g.address(c) for g in scenario.groups if g.legitimate for c in range(g.clients)}
@@ -82,22 +134,29 @@ def run_simulation(
     shield_options: dict[str, Any] | None = None,
     monitor_options: dict[str, Any] | None = None,
     middleware_options: Mapping[str, Any] | None = None,
+    protections: Collection[str] | None = None,
 ) -> SimResult:
     """Replay ``scenario`` in front of its server, without throttlekit and through
-    WSGIMiddleware(app, Limiter(storage), **middleware_options), on simulated time."""
+    WSGIMiddleware(app, Limiter(storage), **middleware_options), on simulated time, with
+    :func:`recommended_setup`'s ``protections`` (by default :data:`DEFAULT_PROTECTIONS`;
+    with ``rules`` of your own, those rules and the shield; ``shield=False`` takes the
+    shield out)."""
     from .. import Limiter, WSGIMiddleware
-    from ..monitor import Monitor, Shield
+    from ..monitor import Monitor
     from ..testing import FakeClock
 
     start = 1_700_000_000.0 if storage.startswith("memory:") else float(math.ceil(time.time()))
     clock = FakeClock(start)
     limiter = Limiter(storage, clock=clock)
-    rules(limiter)
+    if protections is None:
+        protections = DEFAULT_PROTECTIONS if rules is recommended_rules else ("rules", "shield")
+    on = [p for p in PROTECTIONS if p in protections and (shield or p != "shield")]
     monitor = Monitor(limiter, **(monitor_options or {}))
-    guard = Shield(limiter, monitor, **(shield_options or {})) if shield else None
-    result = SimResult(scenario.name, storage, shield, scenario.duration,
+    guard = recommended_setup(limiter, monitor, on, rules=rules,
+                              shield_options=shield_options)
+    result = SimResult(scenario.name, storage, guard is not None, scenario.duration,
                        attack_start=scenario.attack_start, attack_end=scenario.attack_end,
-                       server=scenario.server)
+                       server=scenario.server, protections=on)
     monitor.on_anomaly(
         lambda a: result.detections.append(a.at - start)
         if a.kind == "anomaly_started" and a.scope == "*" else None
@@ -175,8 +234,16 @@ def register(subparsers: Any) -> None:
         "(default: default)",
     )
     p.add_argument("--storage", default="memory://", help="storage URL (default: memory://)")
-    p.add_argument("--no-shield", dest="shield", action="store_false",
-                   help="monitor only: no automatic bans")
+    p.add_argument("--protections", type=_protections, default=DEFAULT_PROTECTIONS,
+                   metavar="LIST",
+                   help="the protections of the protected run, comma-separated, from "
+                   f"{','.join(PROTECTIONS)} (default: {','.join(DEFAULT_PROTECTIONS)}; "
+                   "'none': the monitor only)")
+    for name, what in (("shield", "monitor only: no automatic bans"),
+                       ("admission", "no admission control"),
+                       ("challenges", "no challenges during an anomaly")):
+        p.add_argument(f"--no-{name}", dest="off", action="append_const", const=name,
+                       default=[], help=f"{what} (take {name} out of --protections)")
     p.add_argument("--seed", type=int, default=0, help="random seed (default: 0)")
     p.add_argument("--duration", type=float, help="override the scenario's duration (seconds)")
     p.add_argument("--scale", type=float,
@@ -192,6 +259,19 @@ def register(subparsers: Any) -> None:
                      help="show a progress bar on stderr (default: when stderr is a terminal)")
     bar.add_argument("--no-progress", dest="progress", action="store_false")
     p.set_defaults(func=run_command)
+
+
+def _protections(text: str) -> tuple[str, ...]:
+    """``--protections``: names from :data:`PROTECTIONS`, comma-separated, or ``none``."""
+    names = [n.strip() for n in text.split(",") if n.strip()]
+    if names == ["none"]:
+        return ()
+    unknown = [n for n in names if n not in PROTECTIONS]
+    if unknown:
+        raise argparse.ArgumentTypeError(
+            f"unknown protection {unknown[0]!r} (expected some of {', '.join(PROTECTIONS)}, "
+            "or none)")
+    return tuple(names)
 
 
 @contextlib.contextmanager
@@ -236,7 +316,8 @@ def run_command(args: argparse.Namespace) -> int:
     show = args.progress if args.progress is not None else sys.stderr.isatty()
     with _logging(args.verbose):
         result = run_simulation(
-            scenario, storage=args.storage, shield=args.shield, seed=args.seed,
+            scenario, storage=args.storage, seed=args.seed,
+            protections=[p for p in args.protections if p not in args.off],
             progress=None if args.verbose or not show else sys.stderr,
         )
     if args.plot:
