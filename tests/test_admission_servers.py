@@ -15,7 +15,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
-import socket
 import sys
 import textwrap
 import time
@@ -85,12 +84,6 @@ asgi = throttlekit.ASGIMiddleware(asgi_inner, limiter)
 '''
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 def _argv(kind: str, port: int) -> list[str]:
     if kind == "uvicorn":
         return [sys.executable, "-m", "uvicorn", "--host", "127.0.0.1", "--port", str(port),
@@ -104,9 +97,9 @@ def _argv(kind: str, port: int) -> list[str]:
 @contextlib.contextmanager
 def _server(kind: str, app_dir: Path, admission: bool) -> Iterator[str]:
     """The slow app under ``kind``, with admission control or without; its base URL."""
-    from servers import http_app
+    from servers import free_port, http_app
 
-    port = _free_port()
+    port = free_port()
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(SRC), str(app_dir)]),
            "TK_ADMISSION": "1" if admission else "0"}
     with http_app(_argv(kind, port), port, "/up", env=env, settle=0.3) as base:

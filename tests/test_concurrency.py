@@ -7,7 +7,6 @@ import asyncio
 import contextlib
 import os
 import signal
-import socket
 import subprocess
 import sys
 import textwrap
@@ -22,7 +21,7 @@ import httpx
 import pytest
 from werkzeug.test import Client
 
-from servers import needs_shared_redis
+from servers import free_port, needs_shared_redis
 from throttlekit import ASGIMiddleware, ConfigError, Limiter, WSGIMiddleware
 from throttlekit._responses import Denial  # public: docs/responses.md
 from throttlekit.storage import MemoryStorage, storage_from_url
@@ -451,15 +450,9 @@ app = throttlekit.WSGIMiddleware(inner, limiter)
 '''
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 @contextlib.contextmanager
 def _gunicorn(app_dir: Path, env: dict[str, str]) -> Iterator[str]:
-    port = _free_port()
+    port = free_port()
     proc = subprocess.Popen(
         [sys.executable, "-m", "gunicorn", "--workers", "2", "--timeout", "300",
          "--bind", f"127.0.0.1:{port}", "--log-level", "warning", "tk_conc_app:app"],

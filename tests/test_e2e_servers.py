@@ -21,6 +21,7 @@ from urllib.parse import urlsplit
 import httpx
 import pytest
 
+from servers import free_port
 from throttlekit.storage import _SCHEMES
 
 pytestmark = [pytest.mark.e2e, pytest.mark.redis]
@@ -64,12 +65,6 @@ asgi = throttlekit.ASGIMiddleware(asgi_inner, limiter)
 '''
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 @pytest.fixture(scope="module")
 def storage_url() -> Iterator[str]:
     """The shared store: $THROTTLEKIT_E2E_STORAGE, or a private redis-server."""
@@ -100,7 +95,7 @@ def server(
     """A multi-worker server running the app; yields its base URL."""
     app_dir = tmp_path_factory.mktemp("e2eapp")
     (app_dir / "tk_e2e_app.py").write_text(textwrap.dedent(APP))
-    port = _free_port()
+    port = free_port()
     env = {
         **os.environ,
         "PYTHONPATH": os.pathsep.join([str(SRC), str(app_dir)]),
