@@ -7,7 +7,9 @@ Each run is a fresh process serving 100,000 allowed requests through ``WSGIMiddl
 with one throttle (``one``), two (``two``), or lists, fail2ban and two throttles (``full``);
 ``hit``: 100,000 direct ``Limiter.hit`` calls of one rate (``one``) or two (``two``).
 The two versions run in turn, A B A B ..., and the CPU time of each child is taken from the
-kernel's accounting; the median ratio NEW/OLD is what to quote (the machines are noisy).
+kernel's accounting, less that of a run of one request (the start-up: interpreter and
+imports), per request; the median ratio NEW/OLD is what to quote (the machines are noisy).
+``COMPARE_N`` sets the number of requests.
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ import statistics
 import subprocess
 import sys
 
-N = 100_000
+N = int(os.environ.get("COMPARE_N", "100000"))
 
 WORKLOAD = r'''
 import sys
@@ -75,13 +77,19 @@ else:
 '''
 
 
-def cpu_of(src: str, kind: str, variant: str) -> float:
+def cpu_of(src: str, kind: str, variant: str, n: int = N) -> float:
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
     env = {**os.environ, "PYTHONPATH": os.path.abspath(src)}
-    subprocess.run([sys.executable, "-c", WORKLOAD, kind, variant, str(N)], env=env,
+    subprocess.run([sys.executable, "-c", WORKLOAD, kind, variant, str(n)], env=env,
                    check=True)
     after = resource.getrusage(resource.RUSAGE_CHILDREN)
     return (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
+
+
+def per_request(src: str, kind: str, variant: str) -> float:
+    """CPU seconds per request: a run of N requests less a run of one (the start-up:
+    the interpreter and the imports)."""
+    return (cpu_of(src, kind, variant) - cpu_of(src, kind, variant, 1)) / (N - 1)
 
 
 def main() -> None:
@@ -93,14 +101,15 @@ def main() -> None:
     cpu_of(new, kind, variant)
     ratios, olds, news = [], [], []
     for _ in range(runs):
-        a = cpu_of(old, kind, variant)
-        b = cpu_of(new, kind, variant)
+        a = per_request(old, kind, variant)
+        b = per_request(new, kind, variant)
         olds.append(a)
         news.append(b)
         ratios.append(b / a)
-    print(f"{kind} {variant}: old {statistics.median(olds):.3f} s, new "
-          f"{statistics.median(news):.3f} s CPU (medians of {runs}); new/old median "
-          f"{statistics.median(ratios):.3f} (min {min(ratios):.3f}, max {max(ratios):.3f})")
+    print(f"{kind} {variant}: old {statistics.median(olds) * 1e6:.2f} µs, new "
+          f"{statistics.median(news) * 1e6:.2f} µs CPU per request (medians of {runs}, "
+          f"start-up excluded); new/old median {statistics.median(ratios):.3f} "
+          f"(min {min(ratios):.3f}, max {max(ratios):.3f})")
 
 
 if __name__ == "__main__":
