@@ -124,7 +124,13 @@ class Engine:
                     cost1 = 0
                     several: list[_Throttle] | None = None  # when several apply
                     for rule in throttles:
-                        found = applies(self, rule, view)
+                        found: tuple[str, int] | None
+                        if rule.simple:  # applies(), its first case, inline
+                            ck = view.client_key
+                            found = (ck, rule.cost) if ck else applies(  # type: ignore[assignment]
+                                self, rule, view)
+                        else:
+                            found = applies(self, rule, view)
                         if found is None:
                             continue
                         if rule1 is None:

@@ -292,6 +292,7 @@ class _Throttle:
         "on_unreadable",
         "policy_names",
         "rates",
+        "simple",
         "strategy",
     )
 
@@ -323,6 +324,9 @@ class _Throttle:
         self.count_when = count_when
         self.strategy = strategy
         self.burst = burst
+        #: every request counts, per client, at a fixed cost: the engine's common case
+        #: reads the client key itself (see Engine.evaluate)
+        self.simple = match is None and key is client_key and cost.__class__ is int
         # The first rate's policy is the rule's name ("per-ip"); further rates of the same
         # rule need their own policy names ("per-ip/1" for its per-second rate).
         self.policy_names: tuple[str, ...] = (
