@@ -124,13 +124,9 @@ class Engine:
                     cost1 = 0
                     several: list[_Throttle] | None = None  # when several apply
                     for rule in throttles:
-                        found: tuple[str, int] | None
-                        if rule.simple:  # applies(), its first case, inline
-                            ck = view.client_key
-                            found = (ck, rule.cost) if ck else applies(  # type: ignore[assignment]
-                                self, rule, view)
-                        else:
-                            found = applies(self, rule, view)
+                        ck = view.client_key if rule.simple else None  # applies()' 1st case
+                        found: tuple[str, int] | None = (  # (a simple rule's cost is an int)
+                            (ck, rule.cost) if ck else applies(self, rule, view))  # type: ignore[assignment]
                         if found is None:
                             continue
                         if rule1 is None:
