@@ -62,6 +62,7 @@ from starlette.routing import Route
 
 import django_config  # noqa: F401 - configures Django first
 import throttlekit
+from asgi_client import asgi_request
 from throttlekit import ASGIMiddleware, Limiter, WSGIMiddleware
 from throttlekit._responses import default_responder  # public: docs/responses.md
 from throttlekit.testing import FakeClock
@@ -163,38 +164,9 @@ def wsgi_get(app: Any, path: str, client: str, accept: str | None = None) -> Rep
 
 
 async def asgi_get(app: Any, path: str, client: str, accept: str | None = None) -> Reply:
-    scope = {
-        "type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1", "method": "GET",
-        "scheme": "http", "path": path, "raw_path": path.encode(), "query_string": b"",
-        "root_path": "", "client": (client, 40000), "server": ("testserver", 80),
-        "headers": [(b"host", b"testserver")]
-        + [(k.lower().encode(), v.encode()) for k, v in _headers_in(accept).items()],
-    }
-    sent: list[dict[str, Any]] = []
-    requested = False
-    done = asyncio.Event()
-
-    async def receive() -> dict[str, Any]:
-        nonlocal requested
-        if not requested:
-            requested = True
-            return {"type": "http.request", "body": b"", "more_body": False}
-        await done.wait()
-        return {"type": "http.disconnect"}
-
-    async def send(message: dict[str, Any]) -> None:
-        sent.append(message)
-        if message["type"] == "http.response.body" and not message.get("more_body"):
-            done.set()
-
-    try:
-        await app(scope, receive, send)
-    finally:
-        done.set()
-    start = next(m for m in sent if m["type"] == "http.response.start")
-    body = b"".join(m.get("body", b"") for m in sent if m["type"] == "http.response.body")
-    headers = [(k.decode("latin-1"), v.decode("latin-1")) for k, v in start.get("headers", ())]
-    return Reply(start["status"], None, headers, body)
+    status, headers, body = await asgi_request(app, path, client,
+                                               list(_headers_in(accept).items()))
+    return Reply(status, None, headers, body)
 
 
 @dataclass

@@ -27,6 +27,7 @@ from starlette.routing import Route, WebSocketRoute
 from starlette.websockets import WebSocket
 
 import django_config  # noqa: F401 - configures Django first
+from asgi_client import asgi_request
 from throttlekit import ASGIMiddleware, Limiter
 from throttlekit.contrib import django as tk_django
 from throttlekit.contrib.starlette import ThrottleMiddleware
@@ -54,37 +55,11 @@ def make_limiter(count_when: Callable[[Any], bool] = is_500) -> Limiter:
     return limiter
 
 
-async def asgi_get(app: Any, path_: str, client: str = "198.51.100.7"
+async def asgi_get(app: Any, path: str, client: str = "198.51.100.7"
                    ) -> tuple[int, dict[str, str], bytes]:
-    scope = {
-        "type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1", "method": "GET",
-        "scheme": "http", "path": path_, "raw_path": path_.encode(), "query_string": b"",
-        "root_path": "", "client": (client, 40000), "server": ("testserver", 80),
-        "headers": [(b"host", b"testserver"), (b"accept", b"application/json")],
-    }
-    sent: list[dict[str, Any]] = []
-    requested = False
-    done = asyncio.Event()
-
-    async def receive() -> dict[str, Any]:
-        nonlocal requested
-        if not requested:
-            requested = True
-            return {"type": "http.request", "body": b"", "more_body": False}
-        await done.wait()
-        return {"type": "http.disconnect"}
-
-    async def send(message: dict[str, Any]) -> None:
-        sent.append(message)
-
-    try:
-        await app(scope, receive, send)
-    finally:
-        done.set()
-    start = next(m for m in sent if m["type"] == "http.response.start")
-    body = b"".join(m.get("body", b"") for m in sent if m["type"] == "http.response.body")
-    headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in start["headers"]}
-    return start["status"], headers, body
+    status, pairs, body = await asgi_request(app, path, client,
+                                             [("Accept", "application/json")])
+    return status, {k.lower(): v for k, v in pairs}, body
 
 
 def refused_by(reply: tuple[int, dict[str, str], bytes]) -> list[str]:
