@@ -10,6 +10,11 @@ The two versions run in turn, A B A B ..., and the CPU time of each child is tak
 kernel's accounting, less that of a run of one request (the start-up: interpreter and
 imports), per request; the median ratio NEW/OLD is what to quote (the machines are noisy).
 ``COMPARE_N`` sets the number of requests.
+
+``COMPARE_COUNT=instructions`` counts instructions under ``valgrind --tool=callgrind``
+instead of timing (the same count run after run, whatever else the machine is doing: the
+figure to quote on a shared machine); then ``runs`` is 1 and ``COMPARE_N`` defaults to
+20,000.
 """
 
 from __future__ import annotations
@@ -19,8 +24,10 @@ import resource
 import statistics
 import subprocess
 import sys
+import tempfile
 
-N = int(os.environ.get("COMPARE_N", "100000"))
+COUNT = os.environ.get("COMPARE_COUNT", "cpu")
+N = int(os.environ.get("COMPARE_N", "20000" if COUNT == "instructions" else "100000"))
 
 WORKLOAD = r'''
 import sys
@@ -78,12 +85,31 @@ else:
 
 
 def cpu_of(src: str, kind: str, variant: str, n: int = N) -> float:
+    if COUNT == "instructions":
+        return instructions_of(src, kind, variant, n)
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
     env = {**os.environ, "PYTHONPATH": os.path.abspath(src)}
     subprocess.run([sys.executable, "-c", WORKLOAD, kind, variant, str(n)], env=env,
                    check=True)
     after = resource.getrusage(resource.RUSAGE_CHILDREN)
     return (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
+
+
+def instructions_of(src: str, kind: str, variant: str, n: int) -> float:
+    """Instructions the child runs (callgrind's total ``Ir``), in place of CPU seconds."""
+    env = {**os.environ, "PYTHONPATH": os.path.abspath(src), "PYTHONHASHSEED": "0"}
+    with tempfile.TemporaryDirectory() as tmp:
+        out = os.path.join(tmp, "cg.out")
+        subprocess.run(
+            ["valgrind", "--tool=callgrind", f"--callgrind-out-file={out}",
+             sys.executable, "-c", WORKLOAD, kind, variant, str(n)],
+            env=env, check=True, capture_output=True,
+        )
+        with open(out) as f:
+            for line in f:
+                if line.startswith("totals:"):
+                    return float(line.split()[1])
+    raise RuntimeError("callgrind wrote no totals")
 
 
 def per_request(src: str, kind: str, variant: str) -> float:
@@ -96,9 +122,10 @@ def main() -> None:
     old, new = sys.argv[1], sys.argv[2]
     kind = sys.argv[3] if len(sys.argv) > 3 else "wsgi"
     variant = sys.argv[4] if len(sys.argv) > 4 else "one"
-    runs = int(sys.argv[5]) if len(sys.argv) > 5 else 7
-    cpu_of(old, kind, variant)  # warm-up: disk caches, .pyc files
-    cpu_of(new, kind, variant)
+    runs = int(sys.argv[5]) if len(sys.argv) > 5 else 1 if COUNT == "instructions" else 7
+    # warm-up: disk caches, .pyc files
+    cpu_of(old, kind, variant, 1 if COUNT == "instructions" else N)
+    cpu_of(new, kind, variant, 1 if COUNT == "instructions" else N)
     ratios, olds, news = [], [], []
     for _ in range(runs):
         a = per_request(old, kind, variant)
@@ -106,6 +133,11 @@ def main() -> None:
         olds.append(a)
         news.append(b)
         ratios.append(b / a)
+    if COUNT == "instructions":
+        print(f"{kind} {variant}: old {statistics.median(olds):,.0f}, new "
+              f"{statistics.median(news):,.0f} instructions per request (start-up "
+              f"excluded); new/old {statistics.median(ratios):.3f}")
+        return
     print(f"{kind} {variant}: old {statistics.median(olds) * 1e6:.2f} µs, new "
           f"{statistics.median(news) * 1e6:.2f} µs CPU per request (medians of {runs}, "
           f"start-up excluded); new/old median {statistics.median(ratios):.3f} "

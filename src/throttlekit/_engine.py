@@ -37,6 +37,7 @@ from .storage.base import BatchResult, BoundBatch, Check
 
 if TYPE_CHECKING:
     from ._admit import AdmissionStep
+    from ._challenge.step import ChallengeStep
     from ._concurrency import ConcurrencyRules
     from ._denials import DenialCache
     from ._limiter import Limiter
@@ -56,9 +57,9 @@ class Engine:
     """What decides the requests of one limiter (``limiter.engine``)."""
 
     __slots__ = (
-        "_batches", "_last_log", "_refusal_policies", "_warned_no_ip", "_warned_unreadable",
-        "admission", "concurrency", "enabled", "limiter", "listeners", "remote", "rules", "storage",
-        "store", "watcher",
+        "_admission", "_batches", "_challenge", "_concurrency", "_last_log", "_refusal_policies",
+        "_warned_no_ip", "_warned_unreadable", "enabled", "limiter", "listeners", "local_blocks",
+        "remote", "rules", "steps", "storage", "store", "watcher",
     )
 
     def __init__(self, limiter: Limiter) -> None:
@@ -69,11 +70,17 @@ class Engine:
         #: decisions need a network call (``aevaluate`` awaits it); a local store's
         #: ``evaluate`` never blocks, so async entries may call it directly
         self.remote = limiter.storage.remote
+        #: a local store's dynamic blocklist, None when remote (see Storage.local_blocks):
+        #: when it is empty, ``evaluate`` has no block to look up
+        self.local_blocks = None if self.remote else limiter.storage.local_blocks
         #: the rules in force; registration and reloads replace it whole
         self.rules = Rules(limiter)
-        self.concurrency: ConcurrencyRules | None = None
-        #: the worker's adaptive concurrency limit (``Limiter.admission``), if any
-        self.admission: AdmissionStep | None = None
+        self._concurrency: ConcurrencyRules | None = None
+        self._admission: AdmissionStep | None = None
+        self._challenge: ChallengeStep | None = None
+        #: a step after the rules is configured (challenge, admission, concurrency): an
+        #: allowed request goes through ``_exchange.begin``; kept by the setters below
+        self.steps = False
         self.watcher: RulesWatcher | None = None
         self.enabled = True
         self.listeners = Listeners(limiter.error_log_interval)
@@ -92,6 +99,42 @@ class Engine:
     def on(self, kind: str | None, callback: EventCallback) -> None:
         self.listeners.add(kind, callback)
 
+    # -- the steps after the rules ---------------------------------------------------------
+
+    @property
+    def concurrency(self) -> ConcurrencyRules | None:
+        """The concurrency rules (``Limiter.concurrency``), if any."""
+        return self._concurrency
+
+    @concurrency.setter
+    def concurrency(self, rules: ConcurrencyRules | None) -> None:
+        self._concurrency = rules
+        self._restep()
+
+    @property
+    def admission(self) -> AdmissionStep | None:
+        """The worker's adaptive concurrency limit (``Limiter.admission``), if any."""
+        return self._admission
+
+    @admission.setter
+    def admission(self, step: AdmissionStep | None) -> None:
+        self._admission = step
+        self._restep()
+
+    @property
+    def challenge(self) -> ChallengeStep | None:
+        """The challenge step (``Limiter.challenge``), if any."""
+        return self._challenge
+
+    @challenge.setter
+    def challenge(self, step: ChallengeStep | None) -> None:
+        self._challenge = step
+        self._restep()
+
+    def _restep(self) -> None:
+        self.steps = (self._concurrency is not None or self._admission is not None
+                      or self._challenge is not None)
+
     # -- evaluation ----------------------------------------------------------------------
 
     def evaluate(self, view: RequestView) -> Verdict:
@@ -104,12 +147,8 @@ class Engine:
         # another thread meanwhile is never decided here as a plain one
         throttles = rules.throttles
         if rules.fast and self.enabled:
-            storage = self.storage
-            blocks = storage.local_blocks  # nothing to look up: see Storage.local_blocks
-            if (
-                blocks is not None and not blocks and not storage.remote
-                and not self.listeners.active
-            ):
+            blocks = self.local_blocks
+            if blocks is not None and not blocks and not self.listeners.active:
                 # The common case in this frame: lists and plain throttles (no bans, dry
                 # runs or count_when) on a local store with an empty dynamic blocklist,
                 # nobody listening. One throttle of one rate is decided by the store's

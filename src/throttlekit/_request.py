@@ -20,11 +20,12 @@ import contextlib
 import io
 import json
 import re
-from collections.abc import Iterator, Mapping
+from collections.abc import Mapping
 from typing import IO, Any
 from urllib.parse import parse_qsl
 
 from ._clientip import ClientIPResolver
+from ._headers import EnvironHeaders, scope_headers
 
 __all__ = ["DEFAULT_MAX_FORM_BYTES", "RequestView"]
 
@@ -32,113 +33,13 @@ __all__ = ["DEFAULT_MAX_FORM_BYTES", "RequestView"]
 DEFAULT_MAX_FORM_BYTES = 64 * 1024
 
 _UNSET: Any = object()
+_new_object = object.__new__
+#: the methods a request view keeps as they come (anything else is upper-cased: a
+#: "post" is a POST to Django and werkzeug, so it is one to the rules too)
+_METHODS = frozenset(("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS", "CONNECT",
+                      "TRACE"))
 _EMPTY: Mapping[str, str] = {}
 _FORM_TYPES = ("application/x-www-form-urlencoded", "multipart/form-data", "application/json")
-
-
-class _EnvironHeaders(Mapping[str, str]):
-    """Case-insensitive headers read straight from a WSGI environ (no copy)."""
-
-    __slots__ = ("_environ",)
-
-    def __init__(self, environ: Mapping[str, Any]) -> None:
-        self._environ = environ
-
-    @staticmethod
-    def _env_key(name: str) -> str:
-        key = name.upper().replace("-", "_")
-        if key in ("CONTENT_TYPE", "CONTENT_LENGTH"):
-            return key
-        return "HTTP_" + key
-
-    def __getitem__(self, name: str) -> str:
-        if not isinstance(name, str):
-            raise KeyError(name)
-        value = self._environ.get(self._env_key(name))
-        if not isinstance(value, str):
-            raise KeyError(name)
-        return value
-
-    def get(self, name: str, default: Any = None) -> Any:  # fast path, no exception
-        if not isinstance(name, str):
-            return default
-        value = self._environ.get(self._env_key(name))
-        return value if isinstance(value, str) else default
-
-    def __contains__(self, name: object) -> bool:
-        return isinstance(name, str) and isinstance(self._environ.get(self._env_key(name)), str)
-
-    def __iter__(self) -> Iterator[str]:
-        for key, value in self._environ.items():
-            if not isinstance(value, str):
-                continue
-            if key.startswith("HTTP_"):
-                yield key[5:].replace("_", "-").lower()
-            elif key in ("CONTENT_TYPE", "CONTENT_LENGTH") and value:
-                yield key.replace("_", "-").lower()
-
-    def __len__(self) -> int:
-        return sum(1 for _ in self)
-
-    def __repr__(self) -> str:
-        return f"Headers({dict(self.items())!r})"
-
-
-class _Headers(dict[str, str]):
-    """A dict with lower-case names whose lookups lower-case the name."""
-
-    __slots__ = ()
-
-    def __getitem__(self, name: str) -> str:
-        return dict.__getitem__(self, name.lower() if isinstance(name, str) else name)
-
-    def get(self, name: str, default: Any = None) -> Any:
-        return dict.get(self, name.lower() if isinstance(name, str) else name, default)
-
-    def __contains__(self, name: object) -> bool:
-        return dict.__contains__(self, name.lower() if isinstance(name, str) else name)
-
-    def __repr__(self) -> str:
-        return f"Headers({dict.__repr__(self)})"
-
-
-def _scope_headers(raw: Any) -> _Headers:
-    headers: dict[str, str] = {}
-    try:
-        for name, value in raw:
-            key = name.decode("latin-1").lower()
-            if key in headers:
-                sep = "; " if key == "cookie" else ", "
-                headers[key] = headers[key] + sep + value.decode("latin-1")
-            else:
-                headers[key] = value.decode("latin-1")
-    except Exception:
-        return _scope_headers_careful(raw)
-    return _Headers(headers)
-
-
-def _scope_headers_careful(raw: object) -> _Headers:
-    """The slow path for malformed header lists: skip what is not a pair of bytes."""
-    headers: dict[str, str] = {}
-    if not isinstance(raw, (list, tuple)):
-        return _Headers()
-    for pair in raw:
-        try:
-            raw_name, raw_value = pair
-        except (TypeError, ValueError):
-            continue
-        if not isinstance(raw_name, (bytes, bytearray)) or not isinstance(
-            raw_value, (bytes, bytearray)
-        ):
-            continue
-        key = raw_name.decode("latin-1").lower()
-        value = raw_value.decode("latin-1")
-        if key in headers:
-            sep = "; " if key == "cookie" else ", "
-            headers[key] = headers[key] + sep + value
-        else:
-            headers[key] = value
-    return _Headers(headers)
 
 
 class RequestView:
@@ -190,18 +91,7 @@ class RequestView:
     def from_environ(cls, environ: dict[str, Any], resolver: ClientIPResolver, *,
                      max_form_bytes: int = DEFAULT_MAX_FORM_BYTES) -> RequestView:
         """The view of a WSGI request (PEP 3333 environ)."""
-        self = object.__new__(cls)
-        self.raw = environ
-        self.resolver = resolver
-        self.is_wsgi = True
-        self.body = None
-        self.max_form_bytes = max_form_bytes
-        method = environ.get("REQUEST_METHOD")  # upper case, as Django and werkzeug read it
-        self.method = method if method.__class__ is str and method.isupper() else (
-            method.upper() if isinstance(method, str) else "GET")  # "post": a POST there
-        self._path = self._headers = self._client_ip = self._client_key = self._form = _UNSET
-        self._peer = environ.get("REMOTE_ADDR")
-        return self
+        return view_of_environ(cls, environ, resolver, max_form_bytes)
 
     @classmethod
     def from_scope(cls, scope: dict[str, Any], resolver: ClientIPResolver,
@@ -209,22 +99,7 @@ class RequestView:
                    max_form_bytes: int = DEFAULT_MAX_FORM_BYTES) -> RequestView:
         """The view of an ASGI ``http`` or ``websocket`` request; ``body`` is the request
         body when the caller pre-read it (needed for ``form``)."""
-        self = object.__new__(cls)
-        self.raw = scope
-        self.resolver = resolver
-        self.is_wsgi = False
-        self.body = body
-        self.max_form_bytes = max_form_bytes
-        method = scope.get("method")  # none in a websocket handshake: a GET
-        self.method = method if method.__class__ is str and method.isupper() else (
-            method.upper() if isinstance(method, str) else "GET")  # as from_environ
-        self._path = self._headers = self._client_ip = self._client_key = self._form = _UNSET
-        client = scope.get("client")
-        try:
-            self._peer = client[0] if client else None
-        except (TypeError, IndexError, KeyError):
-            self._peer = None
-        return self
+        return view_of_scope(cls, scope, resolver, body, max_form_bytes)
 
     def __repr__(self) -> str:
         return f"<RequestView {self.method} {self.path!r} from {self.client_ip}>"
@@ -273,9 +148,9 @@ class RequestView:
         headers = self._headers
         if headers is _UNSET:
             if self.is_wsgi:
-                headers = _EnvironHeaders(self.raw)
+                headers = EnvironHeaders(self.raw)
             else:
-                headers = _scope_headers(self.raw.get("headers"))
+                headers = scope_headers(self.raw.get("headers"))
             self._headers = headers
         return headers  # type: ignore[no-any-return]
 
@@ -595,3 +470,54 @@ def _strict_part_headers(block: str) -> None:
         _, type_params = _strict_options(part_type)
         if type_params.get("charset", "utf-8").lower() not in _UTF8:
             raise ValueError(f"part Content-Type {part_type!r}")
+
+
+# The constructors of a view. Module functions called with exactly their positional
+# parameters (no keywords, no defaults) are calls CPython runs without a C-level frame:
+# every request pays this one, from the WSGI and ASGI entries.
+
+def view_of_environ(cls: type[RequestView], environ: dict[str, Any],
+                    resolver: ClientIPResolver, max_form_bytes: int) -> RequestView:
+    """``cls.from_environ(environ, resolver, max_form_bytes=...)``."""
+    self = _new_object(cls)
+    self.raw = environ
+    self.resolver = resolver
+    self.is_wsgi = True
+    self.body = None
+    self.max_form_bytes = max_form_bytes
+    method = environ.get("REQUEST_METHOD")
+    try:
+        self.method = method if method in _METHODS else _method(method)
+    except TypeError:  # unhashable: not a method
+        self.method = "GET"
+    self._path = self._headers = self._client_ip = self._client_key = self._form = _UNSET
+    self._peer = environ.get("REMOTE_ADDR")
+    return self
+
+
+def view_of_scope(cls: type[RequestView], scope: dict[str, Any], resolver: ClientIPResolver,
+                  body: bytes | None, max_form_bytes: int) -> RequestView:
+    """``cls.from_scope(scope, resolver, body, max_form_bytes=...)``."""
+    self = _new_object(cls)
+    self.raw = scope
+    self.resolver = resolver
+    self.is_wsgi = False
+    self.body = body
+    self.max_form_bytes = max_form_bytes
+    method = scope.get("method")  # none in a websocket handshake: a GET
+    try:
+        self.method = method if method in _METHODS else _method(method)
+    except TypeError:  # unhashable: not a method
+        self.method = "GET"
+    self._path = self._headers = self._client_ip = self._client_key = self._form = _UNSET
+    client = scope.get("client")
+    try:
+        self._peer = client[0] if client else None
+    except (TypeError, IndexError, KeyError):
+        self._peer = None
+    return self
+
+
+def _method(method: object) -> str:
+    """A method outside :data:`_METHODS`, upper-cased; GET for none or not a string."""
+    return method.upper() if isinstance(method, str) else "GET"

@@ -36,7 +36,7 @@ from ._exchange import (
     decode_headers,
     serve_asgi,
 )
-from ._request import DEFAULT_MAX_FORM_BYTES, RequestView
+from ._request import DEFAULT_MAX_FORM_BYTES, RequestView, view_of_scope
 from ._responder import VERDICT_KEY, Entry
 from ._responder import ResponderFn as Responder
 from ._responses import encode_headers as _encode
@@ -111,16 +111,15 @@ class ASGIMiddleware(Entry):
         body = None
         if engine.rules.needs_form and has_small_form(scope, self.max_form_bytes):
             body, receive = await read_ahead(receive, self.max_form_bytes)
-        view = RequestView.from_scope(scope, self.resolver, body,  # type: ignore[arg-type]
-                                      max_form_bytes=self.max_form_bytes)
+        view = view_of_scope(RequestView, scope, self.resolver,  # type: ignore[arg-type]
+                             body, self.max_form_bytes)
         # a local store never blocks: its decision needs no await (see Engine.remote)
         verdict = await engine.aevaluate(view) if engine.remote else engine.evaluate(view)
         if outer is None:
             scope[OWNER_KEY] = limiter
         ex = None
-        mark = scope.get(CHALLENGE_KEY)
-        if (verdict.pending or engine.concurrency is not None or engine.admission is not None
-                or mark is not None):
+        if verdict.pending or engine.steps:
+            mark = scope.get(CHALLENGE_KEY)
             if mark is not None and mark.reads_form and body is None and has_small_form(
                 scope, self.max_form_bytes
             ):  # the challenge step answers this post itself: it reads its form

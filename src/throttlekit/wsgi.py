@@ -21,7 +21,6 @@ from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 from ._exchange import (
-    CHALLENGE_KEY,
     DENIED_KEY,
     OWNER_KEY,
     POLICIES_KEY,
@@ -29,7 +28,7 @@ from ._exchange import (
     begin,
     header_policies,
 )
-from ._request import RequestView
+from ._request import DEFAULT_MAX_FORM_BYTES, RequestView, view_of_environ
 from ._responder import RESPONDER_KINDS, VERDICT_KEY, Entry, resolve_options, status_line
 from ._responder import ResponderFn as Responder
 from ._responses import rate_limit_headers
@@ -90,7 +89,7 @@ class WSGIMiddleware(Entry):
         if outer is limiter:  # an outer entry of this limiter ran the pipeline already
             return self.app(environ, start_response)
         engine = limiter.engine
-        view = RequestView.from_environ(environ, self.resolver)
+        view = view_of_environ(RequestView, environ, self.resolver, DEFAULT_MAX_FORM_BYTES)
         verdict = engine.evaluate(view)
         # the steps before the app (begin: challenge, admission, lease), and the header
         # set: written here when this is the outermost entry, else recorded for the one
@@ -98,8 +97,7 @@ class WSGIMiddleware(Entry):
         if outer is None:
             environ[OWNER_KEY] = limiter
         ex = None
-        if (verdict.pending or engine.concurrency is not None or engine.admission is not None
-                or environ.get(CHALLENGE_KEY) is not None):
+        if verdict.pending or engine.steps:
             verdict, ex = begin(limiter, verdict)
         environ[VERDICT_KEY] = verdict
         if not verdict.allowed:

@@ -150,6 +150,7 @@ def install_challenge(limiter: Limiter, options: ChallengeOptions) -> None:
                      dry_run=step.dry_run)
     limiter.throttle(ISSUE_RULE, step.issue_rate, match=step.asks, key=step.network_key,
                      dry_run=step.dry_run)
+    limiter.engine.challenge = step  # its marks now meet the step (_exchange.begin)
 
 
 class ChallengeStep:
