@@ -6,13 +6,15 @@ length from /16 to /32 (IPv4) and /32 to /128 (IPv6), like real blocklists, and 
 overlap, so they stay about as many disjoint intervals after merging; the looked-up
 addresses are random (mostly misses).
 
-``test_size_ratio`` is the target of community blocklists (docs/rules.md): a lookup in
-100,000 entries does the same work as one in 10 (a bucket, a bisect over a few bounds) and
-costs at most 2x its CPU time (what is left is cache misses: 10 entries stay in the L1
-cache, 100,000 do not), at most 5 µs. Same mix of probes for both (5 random addresses, mostly
-misses, to 1 inside the set), interleaved rounds in one run, the best of each. It prints
-both and asserts the ratio only when benchmarks are enabled (a smoke pass times nothing).
-Run it alone with ``python -m pytest benchmarks/bench_ipset.py -k ratio -o addopts="" -s``.
+``test_reload_cost`` prints what parsing and building a 100,000-address list costs (a
+Blocklist reload). ``test_size_ratio`` is the target of community blocklists
+(docs/rules.md): a lookup in 100,000 entries does the same work as one in 10 (a bucket, a
+bisect over a few bounds) and costs at most 2x its CPU time (what is left is cache misses:
+10 entries stay in the L1 cache, 100,000 do not), at most 5 µs. Same mix of probes for
+both (5 random addresses, mostly misses, to 1 inside the set), interleaved rounds in one
+run, the best of each. Both print their figures and ``test_size_ratio`` asserts the ratio
+only when benchmarks are enabled (a smoke pass times nothing). Run them alone with
+``python -m pytest benchmarks/bench_ipset.py -k "ratio or reload" -o addopts="" -s``.
 """
 
 from __future__ import annotations
@@ -113,3 +115,28 @@ def test_size_ratio(request, version):
           f"{len(sets['100k'][0]):,} networks: ratio {ratio:.2f} (target <= 2, <= 5 µs)")
     if enabled:
         assert ratio <= 2.0
+
+
+def test_reload_cost(request):
+    """CPU to parse and build a 100,000-address list, as a Blocklist reload does, as text
+    and as CrowdSec JSON (printed; the docs quote it)."""
+    import json
+    import statistics
+
+    from throttlekit.blocklists import parse_list
+
+    enabled = not request.config.getoption("benchmark_disable", False)
+    n = 100_000 if enabled else 2_000
+    rng = random.Random(7)
+    hosts = [str(ipaddress.IPv4Address(rng.getrandbits(32))) for _ in range(n)]
+    docs = {"text": "\n".join(hosts), "crowdsec": json.dumps(
+        {"new": [{"value": h, "scope": "Ip", "type": "ban"} for h in hosts]})}
+    for name, doc in docs.items():
+        runs = []
+        for _ in range(5 if enabled else 1):
+            began = time.process_time()
+            ipset = IPSet.from_parsed(parse_list(doc))
+            runs.append(time.process_time() - began)
+        assert len(ipset) == len(set(hosts))
+        print(f"\n{name}: {n:,} addresses parsed and built in "
+              f"{statistics.median(runs):.2f} s CPU (median of {len(runs)})")

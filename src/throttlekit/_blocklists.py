@@ -25,7 +25,7 @@ reloads it inline, one request at a time (the others keep the old list meanwhile
 waiting): a file only when its modification time or size changed; a URL with a short
 ``timeout`` (default 2 s) and ``If-None-Match``/``If-Modified-Since``, so an unchanged list
 costs a round trip. That one request can wait up to ``timeout`` plus the parsing (about
-0.3 s of CPU per 100,000 entries). Pass ``thread=True`` to refresh in a daemon thread
+half a second of CPU per 100,000 entries). Pass ``thread=True`` to refresh in a daemon thread
 instead, which nothing waits for: recommended under ASGI, where an inline fetch holds the
 event loop. A failing load (unreachable, an HTTP error, bad JSON, a body where most lines
 are not addresses, more than ``max_bytes``) keeps the last good list, is logged, and is

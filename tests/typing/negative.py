@@ -73,3 +73,11 @@ limiter.on(5)  # type: ignore[call-overload]
 async def dependency_result() -> None:
     decision = await limiter.depends("5/minute")()
     print(decision.allowed)  # type: ignore[union-attr]
+
+
+# a Blocklist's source is a path or a URL; its refresh is seconds
+def blocklists() -> None:
+    from throttlekit.blocklists import Blocklist
+
+    Blocklist(["192.0.2.1"])  # type: ignore[arg-type]
+    Blocklist("/etc/drop.txt", refresh="60")  # type: ignore[arg-type]

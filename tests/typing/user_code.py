@@ -168,3 +168,22 @@ async def use_fastapi() -> int:
 
 def key_of(view: RequestView) -> str | None:
     return view.client_ip
+
+
+# -- community blocklists and metrics ------------------------------------------------------
+def community_lists(bouncer_key: str) -> None:
+    from throttlekit.blocklists import Blocklist
+    from throttlekit.monitor import Monitor, NearLimit
+    from throttlekit.monitor.otel import instrument
+    from throttlekit.monitor.prometheus import register
+
+    crowdsec = Blocklist("http://127.0.0.1:8080/v1/decisions/stream",
+                         headers={"X-Api-Key": bouncer_key}, refresh=60, thread=True)
+    limiter.blocklist("crowdsec", crowdsec)
+    limiter.blocklist("drop", Blocklist.from_file("/etc/throttlekit/drop.txt", refresh=3600))
+    listed: bool = "192.0.2.1" in crowdsec
+    print(listed, crowdsec.failures, crowdsec.last_error)
+    monitor = Monitor(limiter)
+    near = NearLimit()
+    register(monitor, near_limit=near)
+    instrument(monitor, offenders=0, near_limit=near)
