@@ -364,6 +364,10 @@ class Blocklist:
         return view.client_ip in self._set
 
     def __contains__(self, ip: object) -> bool:
+        """``ip`` (a string or an ``ipaddress`` address) is listed; reloads first when due,
+        as a request does."""
+        if self._clock() >= self._due and self._thread is None:
+            self._refresh_inline()
         return ip in self._set
 
     def __len__(self) -> int:
