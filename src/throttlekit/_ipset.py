@@ -209,9 +209,11 @@ class IPSet:
             self._flatten()
         self._v6, self._v6_wide_starts, self._v6_wide_ends = _buckets(
             *_intervals(sorted6, 128), _V6_SHIFT, _V6_MAX_SPAN)
-        # the networks as given (deduplicated), made ipaddress objects only when iterated:
-        # building 100,000 of them costs more than the whole set
-        self._pairs = (sorted4, sorted6)
+        # the networks as given (deduplicated), made ipaddress objects only when iterated
+        # (building 100,000 of them costs more than the whole set); IPv4 in two arrays,
+        # a tenth of the memory of a list of tuples
+        self._pairs = (array("I", [a for a, _ in sorted4]), array("B", [p for _, p in sorted4]),
+                       sorted6)
 
     def __contains__(self, ip: object) -> bool:
         if type(ip) is str and ":" not in ip:  # the common case: no ip_to_int call
@@ -276,16 +278,17 @@ class IPSet:
         self.__class__ = _FlatIPSet
 
     def __len__(self) -> int:
-        return len(self._pairs[0]) + len(self._pairs[1])
+        return len(self._pairs[0]) + len(self._pairs[2])
 
     def __iter__(self) -> Iterator[IPNetwork]:
-        for addr, prefix in self._pairs[0]:
+        addrs, prefixes, v6 = self._pairs
+        for addr, prefix in zip(addrs, prefixes, strict=True):
             yield ipaddress.IPv4Network((addr, prefix))
-        for addr, prefix in self._pairs[1]:
+        for addr, prefix in v6:
             yield ipaddress.IPv6Network((addr, prefix))
 
     def __bool__(self) -> bool:
-        return bool(self._pairs[0] or self._pairs[1])
+        return bool(self._pairs[0] or self._pairs[2])
 
     def __repr__(self) -> str:
         shown = ", ".join(repr(str(n)) for n, _ in zip(self, range(5), strict=False))
