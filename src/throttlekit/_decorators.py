@@ -96,6 +96,9 @@ __all__ = [
 logger = logging.getLogger("throttlekit")
 
 F = TypeVar("F", bound=Callable[..., Any])
+#: what ``limit``/``exempt`` decorate: a function, or a container an integration reads (a
+#: Flask Blueprint), handed back with its own type
+T = TypeVar("T")
 
 #: environ/scope key: the endpoint group an integration already evaluated for this request
 HANDLED_KEY = "throttlekit.handled"
@@ -226,12 +229,12 @@ async def aevaluate(lim: Limiter, view: RequestView, entries: Sequence[Entry]) -
 # -- decorating ----------------------------------------------------------------------------
 
 
-def decorate(owner: Any, spec: LimitSpec, lim: Limiter | None = None) -> Callable[[F], F]:
+def decorate(owner: Any, spec: LimitSpec, lim: Limiter | None = None) -> Callable[[T], T]:
     """The decorator of ``owner.limit(...)``: ``owner`` is ``lim`` itself, or an integration
     whose ``limiter`` is built later (Flask's ``Throttle``: ``lim`` None)."""
     discover()  # the adapters of the frameworks loaded so far (entry points)
 
-    def decorator(fn: F) -> F:
+    def decorator(fn: T) -> T:
         if isinstance(fn, type):
             raise ConfigError(
                 f"limit() decorates functions, not the class {fn.__name__}; for a class-based "
@@ -258,7 +261,7 @@ def decorate(owner: Any, spec: LimitSpec, lim: Limiter | None = None) -> Callabl
     return decorator
 
 
-def exempt(owner: Any, fn: F) -> F:
+def exempt(owner: Any, fn: T) -> T:
     """Mark ``fn`` (a view, or a Flask blueprint) as exempt from default and application
     limits; its own decorated limits still apply."""
     if not callable(fn) or isinstance(fn, type):

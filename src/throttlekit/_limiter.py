@@ -7,7 +7,7 @@ in ``_admin``, the rules' decisions in ``_engine`` (``limiter.engine``).
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, Any, overload
 
 from . import _admin as admin
 from ._algorithms import DEFAULT_STRATEGY
@@ -20,11 +20,13 @@ from ._errors import ConfigError
 from ._keys import MAX_KEY_LENGTH, bound_key
 from ._resilience import ON_STORAGE_ERROR, ResilientStore, resilient
 from ._settings import check_settings, storage_of
+from ._subscribe import subscribe
+from ._typing import CallbackT, FuncT, KeyLike, RatesLike
 from .storage import Storage
 
 if TYPE_CHECKING:
     import os
-    from collections.abc import Iterable
+    from collections.abc import Awaitable, Iterable
 
     from typing_extensions import Unpack
 
@@ -38,8 +40,6 @@ if TYPE_CHECKING:
     from .storage.base import Block
 
 __all__ = ["DEFAULT_STRATEGY", "ON_STORAGE_ERROR", "Limiter"]
-
-_F = TypeVar("_F", bound=Callable[..., Any])
 
 
 class Limiter:
@@ -151,7 +151,7 @@ class Limiter:
 
     # -- configuration --------------------------------------------------------------------
 
-    def plan(self, rates: Any, strategy: str | None = None, burst: int | None = None) -> Plan:
+    def plan(self, rates: RatesLike, strategy: str | None = None, burst: int | None = None) -> Plan:
         """Parse and validate ``rates`` under ``strategy`` once; cached."""
         cache_key = (rates if not isinstance(rates, list) else tuple(rates), strategy, burst)
         try:
@@ -175,7 +175,7 @@ class Limiter:
     # -- the API --------------------------------------------------------------------------
 
     def hit(
-        self, key: str, rates: Any, *, strategy: str | None = None, cost: int = 1,
+        self, key: str, rates: RatesLike, *, strategy: str | None = None, cost: int = 1,
         burst: int | None = None,
     ) -> Decision:
         """Decide and, when allowed, charge ``cost`` against every rate of ``rates``.
@@ -209,7 +209,7 @@ class Limiter:
         return decide(self, plan, bound_key(key), cost, True, now)
 
     def test(
-        self, key: str, rates: Any, *, strategy: str | None = None, cost: int = 1,
+        self, key: str, rates: RatesLike, *, strategy: str | None = None, cost: int = 1,
         burst: int | None = None,
     ) -> Decision:
         """The Decision ``hit`` would return now, charging nothing."""
@@ -235,7 +235,7 @@ class Limiter:
             store.forget(key)
 
     async def ahit(
-        self, key: str, rates: Any, *, strategy: str | None = None, cost: int = 1,
+        self, key: str, rates: RatesLike, *, strategy: str | None = None, cost: int = 1,
         burst: int | None = None,
     ) -> Decision:
         """Async twin of :meth:`hit`."""
@@ -245,7 +245,7 @@ class Limiter:
         return await adecide(self, plan, key, cost, True, now)
 
     async def atest(
-        self, key: str, rates: Any, *, strategy: str | None = None, cost: int = 1,
+        self, key: str, rates: RatesLike, *, strategy: str | None = None, cost: int = 1,
         burst: int | None = None,
     ) -> Decision:
         """Async twin of :meth:`test`."""
@@ -278,7 +278,7 @@ class Limiter:
 
     def fail2ban(
         self, name: str, *, match: Callable[[RequestView], Any], maxretry: int,
-        findtime: float, bantime: float, key: Any = None,
+        findtime: float, bantime: float, key: KeyLike = None,
     ) -> None:
         """Refuse requests that ``match``; a key (default: the client) that matches
         ``maxretry`` times within ``findtime`` seconds is banned from everything for
@@ -287,7 +287,7 @@ class Limiter:
 
     def allow2ban(
         self, name: str, *, match: Callable[[RequestView], Any], maxretry: int,
-        findtime: float, bantime: float, key: Any = None,
+        findtime: float, bantime: float, key: KeyLike = None,
     ) -> None:
         """Like :meth:`fail2ban`, but matching requests go through until the key has
         matched ``maxretry`` times within ``findtime``; then it is banned for ``bantime``."""
@@ -296,10 +296,10 @@ class Limiter:
     def throttle(
         self,
         name: str,
-        rates: Any,
+        rates: RatesLike,
         *,
         match: Callable[[RequestView], Any] | None = None,
-        key: Any = None,
+        key: KeyLike = None,
         strategy: str | None = None,
         cost: int | Callable[[RequestView], int] | None = None,
         burst: int | None = None,
@@ -328,34 +328,29 @@ class Limiter:
         self.engine.rules.add_throttle(name, rates, match, key, strategy, cost, burst, dry_run,
                                  count_when, on_unreadable)
 
-    def set_rule_rates(self, name: str, rates: Any) -> tuple[Rate, ...]:
+    def set_rule_rates(self, name: str, rates: RatesLike) -> tuple[Rate, ...]:
         """Replace the rates of the throttle rule ``name`` (shield mode uses this to
         tighten a rule during an attack); returns the previous rates, which restore it.
         State is keyed by rule, strategy and period, so a tightened rule bites at once."""
         return self.engine.rules.set_throttle_rates(name, rates)
 
     def track(
-        self, name: str, match: Callable[[RequestView], Any] | None = None, *, key: Any = None
+        self, name: str, match: Callable[[RequestView], Any] | None = None, *, key: KeyLike = None
     ) -> None:
         """Emit a ``"tracked"`` event for requests that ``match`` and reach the app."""
         self.engine.rules.add_track(name, match, key)
 
+    @overload
+    def on(self, kind: CallbackT, callback: None = None) -> CallbackT: ...
+    @overload
+    def on(self, kind: str, callback: None = None) -> Callable[[CallbackT], CallbackT]: ...
+    @overload
+    def on(self, kind: str, callback: CallbackT) -> CallbackT: ...
     def on(self, kind: Any, callback: EventCallback | None = None) -> Any:
         """Subscribe ``callback(event)`` to events of ``kind`` (or to every kind when the
         first argument is the callback). Returns the callback; ``@limiter.on("banned")``
         works as a decorator."""
-        if callback is None and callable(kind):
-            self.engine.on(None, kind)
-            return kind
-        if not isinstance(kind, str):
-            raise ConfigError(f"on() takes an event kind or a callback, got {kind!r}")
-        if callback is None:
-            def decorator(fn: EventCallback) -> EventCallback:
-                self.engine.on(kind, fn)
-                return fn
-            return decorator
-        self.engine.on(kind, callback)
-        return callback
+        return subscribe(self.engine, kind, callback)
 
     def evaluate(self, view: RequestView) -> Verdict:
         """Run every rule on one request (one storage call); never raises."""
@@ -498,7 +493,7 @@ class Limiter:
         watcher_of(self).on_signal(signal.SIGHUP if signum is None else signum)
 
     def concurrency(
-        self, name: str, limit: int, *, key: Any = "global",
+        self, name: str, limit: int, *, key: KeyLike = "global",
         match: Callable[[RequestView], Any] | None = None, timeout: float | None = None,
         retry_after: float | None = None,
     ) -> None:
@@ -554,7 +549,7 @@ class Limiter:
 
     # -- decorators and framework integrations (see _decorators.py, throttlekit.contrib) --
 
-    def limit(self, rates: Any, **options: Unpack[LimitOptions]) -> Callable[[_F], _F]:
+    def limit(self, rates: RatesLike, **options: Unpack[LimitOptions]) -> Callable[[FuncT], FuncT]:
         """Decorate a view, endpoint, function or coroutine with ``rates``.
 
         In a request (Flask, Django, Starlette/FastAPI), counted per client (or ``key``: a
@@ -571,18 +566,20 @@ class Limiter:
 
         return decorate(self, make_spec(self, rates, **options), self)
 
-    def shared_limit(self, rates: Any, scope: str, **options: Any) -> Callable[[_F], _F]:
+    def shared_limit(self, rates: RatesLike, scope: str,
+                     **options: Any) -> Callable[[FuncT], FuncT]:
         """Like :meth:`limit`, but every function decorated with this ``scope`` shares one
         counter per key."""
         return self.limit(rates, scope=scope, **options)
 
-    def exempt(self, fn: _F) -> _F:
+    def exempt(self, fn: FuncT) -> FuncT:
         """Exempt a view (or Flask blueprint) from default and application limits."""
         from ._decorators import exempt
 
         return exempt(self, fn)
 
-    def depends(self, rates: Any, **options: Unpack[LimitOptions]) -> Callable[..., Any]:
+    def depends(self, rates: RatesLike,
+                **options: Unpack[LimitOptions]) -> Callable[..., Awaitable[Decision | None]]:
         """A FastAPI dependency: ``Depends(limiter.depends("10/minute"))``.
 
         Raises:

@@ -61,6 +61,7 @@ if TYPE_CHECKING:
     from .._limiter import Limiter
     from .._limitspec import LimitOptions
     from .._rules import Verdict
+    from .._typing import RatesLike
 
 __all__ = ["ADAPTER", "DjangoAdapter", "ThrottleMiddleware", "exempt", "get_limiter", "limit",
            "shared_limit"]
@@ -147,14 +148,14 @@ class _SettingsOwner:
 _owner = _SettingsOwner()
 
 
-def limit(rates: Any, **options: Unpack[LimitOptions]) -> Callable[[F], F]:
+def limit(rates: RatesLike, **options: Unpack[LimitOptions]) -> Callable[[F], F]:
     """:meth:`throttlekit.Limiter.limit` (the same options) with the settings' limiter.
     ``key`` functions get the request view; ``view.request`` is the Django request (e.g.
     ``view.request.user``)."""
     return decorate(_owner, make_spec(None, rates, **options))
 
 
-def shared_limit(rates: Any, scope: str, **options: Any) -> Callable[[F], F]:
+def shared_limit(rates: RatesLike, scope: str, **options: Any) -> Callable[[F], F]:
     """One counter for every view decorated with this ``scope``."""
     return limit(rates, scope=scope, **options)
 

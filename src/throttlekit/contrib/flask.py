@@ -32,7 +32,7 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping, MutableMapping
 from typing import TYPE_CHECKING, Any, TypeVar
 
-from flask import Flask, after_this_request, current_app, g, has_request_context, request
+from flask import Blueprint, Flask, after_this_request, current_app, g, has_request_context, request
 from werkzeug.exceptions import TooManyRequests
 from werkzeug.wrappers import Request as WerkzeugRequest
 from werkzeug.wrappers import Response
@@ -54,10 +54,12 @@ if TYPE_CHECKING:
     from .._limiter import Limiter
     from .._limitspec import LimitOptions
     from .._rules import Verdict
+    from .._typing import RatesLike
 
 __all__ = ["ADAPTER", "FlaskAdapter", "RateLimited", "Throttle"]
 
-F = TypeVar("F", bound=Callable[..., Any])
+#: a view, or a Blueprint (a limit for each of its routes), handed back as it was given
+F = TypeVar("F", bound="Callable[..., Any] | Blueprint")
 _EXT = "throttlekit"
 _HOOKED = "throttlekit.headers_hook"
 #: environ key: the rate-limit headers of this request's 429 (put back on a response an
@@ -196,8 +198,8 @@ class Throttle:
         app: Flask | None = None,
         limiter: Limiter | None = None,
         *,
-        default_limits: Any = None,
-        application_limits: Any = None,
+        default_limits: RatesLike | None = None,
+        application_limits: RatesLike | None = None,
     ) -> None:
         self._limiter_obj = limiter
         self._default_arg = default_limits
@@ -236,12 +238,12 @@ class Throttle:
 
     # -- decorators (the same as the limiter's; usable before init_app) -------------------
 
-    def limit(self, rates: Any, **options: Unpack[LimitOptions]) -> Callable[[F], F]:
+    def limit(self, rates: RatesLike, **options: Unpack[LimitOptions]) -> Callable[[F], F]:
         """:meth:`throttlekit.Limiter.limit` (the same options), bound to this Throttle's
         limiter. On a Blueprint: a limit for each of its routes."""
         return decorate(self, make_spec(self._limiter_obj, rates, **options))
 
-    def shared_limit(self, rates: Any, scope: str, **options: Any) -> Callable[[F], F]:
+    def shared_limit(self, rates: RatesLike, scope: str, **options: Any) -> Callable[[F], F]:
         """One counter for every view decorated with this ``scope``."""
         return self.limit(rates, scope=scope, **options)
 

@@ -64,10 +64,13 @@ from ..wsgi import VERDICT_KEY
 from ._common import Limits, denial, load_rules_file, parse_limits
 
 if TYPE_CHECKING:
+    import os
+
     from .._decision import Decision
     from .._limiter import Limiter
     from .._request import RequestView
     from .._rules import Verdict
+    from .._typing import RatesLike
     from ..asgi import ASGIApp, Message, Receive, Scope, Send
 
 __all__ = ["ADAPTER", "BEFORE_REFUSAL", "EXCEPTION_HANDLERS", "MiddlewareOptions", "RateLimited",
@@ -299,10 +302,10 @@ async def read_form(view: FrameworkView, scope: Scope) -> None:
 class MiddlewareOptions(TypedDict, total=False):
     """The keyword options of :class:`ThrottleMiddleware` (and of FastAPI's ``Throttle``)."""
 
-    default_limits: Any
-    application_limits: Any
+    default_limits: RatesLike | None
+    application_limits: RatesLike | None
     rules: bool
-    rules_file: Any
+    rules_file: str | os.PathLike[str] | None
 
 
 def find_endpoint(routes: Sequence[Any], scope: Scope) -> tuple[Any, Any]:
@@ -357,10 +360,10 @@ class ThrottleMiddleware:
         app: ASGIApp,
         limiter: Limiter,
         *,
-        default_limits: Any = None,
-        application_limits: Any = None,
+        default_limits: RatesLike | None = None,
+        application_limits: RatesLike | None = None,
         rules: bool = True,
-        rules_file: Any = None,
+        rules_file: str | os.PathLike[str] | None = None,
     ) -> None:
         from .._limiter import Limiter
 

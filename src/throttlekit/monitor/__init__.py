@@ -8,12 +8,14 @@
 [('a', 6), ('b', 3)]
 
 Nothing here is imported by ``import throttlekit``; ``prometheus_client`` is imported only by
-:mod:`throttlekit.monitor.prometheus`, when used.
+:mod:`throttlekit.monitor.prometheus`, and ``opentelemetry`` only by
+:mod:`throttlekit.monitor.otel`, when used.
 """
 
 from __future__ import annotations
 
 from ._containment import Containment
+from ._metrics import NearLimit
 from ._monitor import REFUSED, Anomaly, Monitor
 from .attribution import Attribution, Culprit, Explanation
 from .detector import RateDetector
@@ -31,6 +33,7 @@ __all__ = [
     "Dimension",
     "Explanation",
     "Monitor",
+    "NearLimit",
     "RateDetector",
     "Shield",
     "SpaceSaving",

@@ -12,6 +12,9 @@ metrics. Metrics (all prefixed ``throttlekit_``):
 =====================================  =======  ==============================================
 ``events_total{rule,outcome,dry_run}``  counter  rule outcomes: allowed, throttled, blocked,
                                                  banned, safelisted, tracked
+``near_limit_total{rule,dry_run}``      counter  requests a throttle allowed while more than
+                                                 80% of its capacity was used (Envoy's
+                                                 ``near_limit``; see ``NearLimit``)
 ``requests_total``                      counter  requests seen by the monitor
 ``anomaly{scope}``                      gauge    1 during an anomaly (scope ``*``: all traffic,
                                                  or a rule name)
@@ -28,7 +31,9 @@ metrics. Metrics (all prefixed ``throttlekit_``):
 ``shield_containments_total{dimension}`` counter values the shield throttled
 =====================================  =======  ==============================================
 
-The requests the shield's throttle refused are ``events_total{rule="shield"}``.
+The requests the shield's throttle refused are ``events_total{rule="shield"}``. The same
+metrics, with the same names and labels, go to OpenTelemetry with
+:mod:`throttlekit.monitor.otel`.
 
 Several worker processes (gunicorn) with ``PROMETHEUS_MULTIPROC_DIR`` set: a custom
 collector only sees its own process, so use :class:`MultiprocessExporter` instead. It
@@ -44,6 +49,7 @@ from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
 
 from .._errors import ConfigError
+from ._metrics import NearLimit, Source, attributed, contained, families, near_limit_of, scopes
 
 if TYPE_CHECKING:
     from ._monitor import Monitor
@@ -62,25 +68,6 @@ def _client() -> Any:
     return prometheus_client
 
 
-def _scopes(monitor: Monitor) -> list[tuple[str, Any]]:
-    return [("*", monitor.detector), *sorted(monitor.rule_detectors().items())]
-
-
-def _attributed(monitor: Monitor) -> dict[str, float]:
-    """Dimension (and ``*``) -> 1 for the one explaining the anomaly on all traffic."""
-    found = monitor.attribution if monitor.anomaly else None
-    return {d: 1.0 if found is not None and found.dimension == d else 0.0
-            for d in ("*", *monitor.dimension_names)}
-
-
-def _contained(shield: Shield, monitor: Monitor) -> dict[str, int]:
-    """Dimension -> values the shield throttles now."""
-    counts = dict.fromkeys(monitor.dimension_names[1:], 0)
-    for c in shield.containment():
-        counts[c.dimension] = counts.get(c.dimension, 0) + 1
-    return counts
-
-
 class MonitorCollector:
     """A ``prometheus_client`` collector reading a Monitor (and Shield) at scrape time.
 
@@ -90,6 +77,8 @@ class MonitorCollector:
         offenders: how many top clients to export (a bounded set of ``key`` labels,
             re-chosen at each scrape; 0 to export none).
         namespace: metric name prefix (default ``throttlekit``).
+        near_limit: the :class:`~throttlekit.monitor.NearLimit` counter to export
+            (default: the monitor's, subscribed to its limiter's ``"allowed"`` events).
     """
 
     def __init__(
@@ -99,10 +88,10 @@ class MonitorCollector:
         *,
         offenders: int = 10,
         namespace: str = "throttlekit",
+        near_limit: NearLimit | None = None,
     ) -> None:
         _client()
-        if isinstance(offenders, bool) or not isinstance(offenders, int) or offenders < 0:
-            raise ConfigError(f"offenders must be an integer >= 0, got {offenders!r}")
+        self.source = Source(monitor, shield, offenders, near_limit)
         self.monitor = monitor
         self.shield = shield
         self.offenders = offenders
@@ -114,69 +103,13 @@ class MonitorCollector:
     def collect(self) -> Iterator[Any]:
         from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
-        ns = self.ns
-        m = self.monitor
-        m.tick()
-        events = CounterMetricFamily(
-            f"{ns}_events", "Rule outcomes by rule", labels=["rule", "outcome", "dry_run"]
-        )
-        for (rule, kind, dry), n in sorted(m.counts().items()):
-            events.add_metric([rule, kind, "true" if dry else "false"], n)
-        yield events
-        yield CounterMetricFamily(
-            f"{ns}_requests", "Requests seen by the monitor", value=m.requests
-        )
-        anomaly = GaugeMetricFamily(f"{ns}_anomaly", "1 during an anomaly", labels=["scope"])
-        total = CounterMetricFamily(f"{ns}_anomalies", "Anomalies started", labels=["scope"])
-        rate = GaugeMetricFamily(
-            f"{ns}_request_rate", "Requests per second, last full bucket", labels=["scope"]
-        )
-        base = GaugeMetricFamily(
-            f"{ns}_baseline_rate", "Baseline requests per second", labels=["scope"]
-        )
-        for scope, d in _scopes(m):
-            anomaly.add_metric([scope], 1.0 if d.active else 0.0)
-            total.add_metric([scope], d.anomalies)
-            rate.add_metric([scope], d.last_rate)
-            base.add_metric([scope], d.baseline)
-        yield from (anomaly, total, rate, base)
-        attributed = GaugeMetricFamily(
-            f"{ns}_attribution", "1 for the dimension explaining the anomaly",
-            labels=["dimension"],
-        )
-        for dimension, value in _attributed(m).items():
-            attributed.add_metric([dimension], value)
-        yield attributed
-        if self.offenders:
-            top = GaugeMetricFamily(
-                f"{ns}_top_offender_requests",
-                f"Requests of the heaviest clients over the last {m.window:g}s",
-                labels=["rank", "key"],
-            )
-            for rank, (key, count) in enumerate(m.top(self.offenders), 1):
-                top.add_metric([str(rank), str(key)], count)
-            yield top
-        if self.shield is not None:
-            yield GaugeMetricFamily(
-                f"{ns}_shield_active", "1 while the shield is engaged",
-                value=1.0 if self.shield.active else 0.0,
-            )
-            yield CounterMetricFamily(
-                f"{ns}_shield_bans", "Bans made by the shield", value=self.shield.bans_total
-            )
-            contained = GaugeMetricFamily(
-                f"{ns}_shield_contained", "Values the shield throttles now",
-                labels=["dimension"],
-            )
-            containments = CounterMetricFamily(
-                f"{ns}_shield_containments", "Values the shield throttled",
-                labels=["dimension"],
-            )
-            totals = self.shield.containments_total
-            for dimension, n in _contained(self.shield, m).items():
-                contained.add_metric([dimension], n)
-                containments.add_metric([dimension], totals.get(dimension, 0))
-            yield from (contained, containments)
+        self.monitor.tick()
+        for family in families(self.source):
+            kind = CounterMetricFamily if family.kind == "counter" else GaugeMetricFamily
+            metric = kind(f"{self.ns}_{family.name}", family.help, labels=list(family.labels))
+            for values, value in family.read():
+                metric.add_metric(list(values), value)
+            yield metric
 
 
 def register(
@@ -186,11 +119,13 @@ def register(
     registry: Any = None,
     offenders: int = 10,
     namespace: str = "throttlekit",
+    near_limit: NearLimit | None = None,
 ) -> MonitorCollector:
     """Register a :class:`MonitorCollector` on ``registry`` (default: prometheus_client's
     global ``REGISTRY``) and return it."""
     client = _client()
-    collector = MonitorCollector(monitor, shield, offenders=offenders, namespace=namespace)
+    collector = MonitorCollector(monitor, shield, offenders=offenders, namespace=namespace,
+                                 near_limit=near_limit)
     (client.REGISTRY if registry is None else registry).register(collector)
     return collector
 
@@ -251,11 +186,16 @@ class MultiprocessExporter:
         self._bans = client.Counter(
             f"{ns}_shield_bans", "Bans made by the shield", registry=reg
         )
+        self._near = client.Counter(
+            f"{ns}_near_limit", "Requests allowed while above 80% of a limit's capacity",
+            ["rule", "dry_run"], registry=reg,
+        )
+        self.near_limit = near_limit_of(monitor)
         self._attribution = client.Gauge(
             f"{ns}_attribution", "1 for the dimension explaining the anomaly", ["dimension"],
             registry=reg, multiprocess_mode="max",
         )
-        self._contained = client.Gauge(
+        self.contained = client.Gauge(
             f"{ns}_shield_contained", "Values the shield throttles now", ["dimension"],
             registry=reg, multiprocess_mode="max",
         )
@@ -276,6 +216,12 @@ class MultiprocessExporter:
                 rule, kind, dry = ckey
                 self._events.labels(rule, kind, "true" if dry else "false").inc(delta)
                 seen[ckey] = n
+        for (rule, dry), n in list(self.near_limit.counts.items()):
+            nkey = ("near_limit", rule, dry)
+            delta = n - seen.get(nkey, 0)
+            if delta:
+                self._near.labels(rule, "true" if dry else "false").inc(delta)
+                seen[nkey] = n
         for key, value, counter in (
             ("requests", m.requests, self._requests),
             ("bans", self.shield.bans_total if self.shield else 0, self._bans),
@@ -284,7 +230,7 @@ class MultiprocessExporter:
             if delta:
                 counter.inc(delta)
                 seen[key] = value
-        for scope, d in _scopes(m):
+        for scope, d in scopes(m):
             self._anomaly.labels(scope).set(1.0 if d.active else 0.0)
             self._rate.labels(scope).set(d.last_rate)
             self._baseline.labels(scope).set(d.baseline)
@@ -293,15 +239,15 @@ class MultiprocessExporter:
             if delta:
                 self._anomalies.labels(scope).inc(delta)
                 seen[akey] = d.anomalies
-        for dimension, on in _attributed(m).items():
+        for dimension, on in attributed(m).items():
             self._attribution.labels(dimension).set(on)
         if self.shield is not None:
             self._sync_shield(self.shield)
 
     def _sync_shield(self, shield: Shield) -> None:
         seen = self._seen
-        for dimension, n in _contained(shield, self.monitor).items():
-            self._contained.labels(dimension).set(n)
+        for dimension, n in contained(shield, self.monitor).items():
+            self.contained.labels(dimension).set(n)
             ckey = ("containments", dimension)
             delta = shield.containments_total.get(dimension, 0) - seen.get(ckey, 0)
             if delta:

@@ -1,0 +1,33 @@
+"""``Limiter.on``'s body: what its first argument means (a kind or a callback)."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from ._errors import ConfigError
+
+if TYPE_CHECKING:
+    from ._engine import Engine
+    from ._events import EventCallback
+
+__all__ = ["subscribe"]
+
+
+def subscribe(engine: Engine, kind: object, callback: EventCallback | None) -> Any:
+    """Subscribe ``callback`` to ``kind`` (every kind when ``kind`` is the callback);
+    the callback, or with a kind alone the decorator that subscribes one."""
+    if callback is None and callable(kind):
+        engine.on(None, kind)
+        return kind
+    if not isinstance(kind, str):
+        raise ConfigError(f"on() takes an event kind or a callback, got {kind!r}")
+    if callback is None:
+        name = kind
+
+        def decorator(fn: EventCallback) -> EventCallback:
+            engine.on(name, fn)
+            return fn
+
+        return decorator
+    engine.on(kind, callback)
+    return callback
