@@ -12,10 +12,12 @@ from typing import TYPE_CHECKING, Any, TypedDict
 
 from ._algorithms import DEFAULT_STRATEGY, check_strategy
 from ._errors import ConfigError
+from ._frameworkview import user_key, user_or_ip_key
 from ._rules import _Throttle, _throttle_algorithms, check_on_unreadable, key_function, uses_form
 
 if TYPE_CHECKING:
     from ._limiter import Limiter
+    from ._rules import ResponseInfo
 
 __all__ = [
     "ArgAdapter",
@@ -23,12 +25,14 @@ __all__ = [
     "Group",
     "LimitOptions",
     "LimitSpec",
+    "NonBlocking",
     "endpoint_name",
     "group_of",
     "known_limiters",
     "make_spec",
     "named_arguments",
     "qualified_name",
+    "routed",
     "signature_of",
 ]
 
@@ -52,6 +56,9 @@ class LimitOptions(TypedDict, total=False):
     override_defaults: bool
     scope: str | None
     on_unreadable: str
+    count_when: Callable[[ResponseInfo], Any] | None
+    dry_run: bool
+    block: bool
 
 
 def qualified_name(fn: Any) -> str:
@@ -87,9 +94,9 @@ class LimitSpec:
     """
 
     __slots__ = (
-        "_throttles", "burst", "call_cost", "call_key", "cost", "key", "methods",
-        "on_unreadable", "override_defaults", "per_method", "rates", "scope", "strategy",
-        "uses_form",
+        "_throttles", "block", "burst", "call_cost", "call_key", "cost", "count_when",
+        "dry_run", "key", "methods", "on_unreadable", "override_defaults", "per_method",
+        "rates", "scope", "strategy", "uses_form",
     )
 
     def __init__(
@@ -106,6 +113,9 @@ class LimitSpec:
         burst: int | None = None,
         override_defaults: bool = False,
         on_unreadable: str = "client",
+        count_when: Callable[[ResponseInfo], Any] | None = None,
+        dry_run: bool = False,
+        block: bool = True,
         what: str = "limit",
     ) -> None:
         if limiter is not None:
@@ -119,7 +129,8 @@ class LimitSpec:
         self.rates = rates
         # validates rates, strategy and burst now
         _throttle_algorithms("@", rates, strategy or DEFAULT_STRATEGY, burst, what)
-        self.key = key_function(key, what)
+        self.key = key_function(_USER_KEYS.get(key, key) if isinstance(key, str) else key,
+                                what)
         check_on_unreadable(on_unreadable, what)
         #: a key that cannot be read from a request: "client" or "refuse" (Limiter.throttle)
         self.on_unreadable = on_unreadable
@@ -135,11 +146,22 @@ class LimitSpec:
         else:
             self.cost = self.call_cost = cost
         self.methods = _methods(methods, what)
-        for name, flag in (("per_method", per_method), ("override_defaults", override_defaults)):
+        for name, flag in (("per_method", per_method), ("override_defaults", override_defaults),
+                           ("dry_run", dry_run), ("block", block)):
             if not isinstance(flag, bool):
                 raise ConfigError(f"{what}: {name} must be True or False, got {flag!r}")
         self.per_method = per_method
         self.override_defaults = override_defaults
+        if count_when is not None and not callable(count_when):
+            raise ConfigError(f"{what}: count_when must be a callable of the response, "
+                              f"got {count_when!r}")
+        #: charged after the response, only when ``count_when(response)`` holds (the
+        #: rules' ``count_when``: tested before the view, settled by the wrapper)
+        self.count_when = count_when
+        #: evaluated and charged on its own, never refuses (``throttled`` events tell)
+        self.dry_run = dry_run
+        #: False: never refuses; the view reads the Decision and decides (django-ratelimit)
+        self.block = block
         if scope is not None and (not isinstance(scope, str) or not scope):
             raise ConfigError(f"{what}: scope must be a non-empty string, got {scope!r}")
         self.scope = scope
@@ -164,14 +186,29 @@ class LimitSpec:
             if burst is None and strategy == "token_bucket":
                 burst = lim.burst
         algs = _throttle_algorithms("@" + name, self.rates, strategy, burst, name)
-        rule = _Throttle(name, algs, None, self.key, self.cost, False, None, strategy, burst,
-                         self.on_unreadable)
+        # a dry run and a non-blocking limit are both independent checks that never
+        # refuse: the decorators read their decision from the store's answer
+        cls = _Throttle if self.block else NonBlocking
+        rule = cls(name, algs, None, self.key, self.cost, self.dry_run or not self.block,
+                   self.count_when, strategy, burst, self.on_unreadable)
         if len(algs) > 1:
             rule.policy_names = tuple(f"{name}/{_seconds(a.rate.period)}" for a in algs)
         if len(self._throttles) > 1024:  # per-method names are few; anything else is a bug
             self._throttles.clear()
         self._throttles[name] = rule
         return rule
+
+
+#: key shortcuts of the decorators beyond the rules' (the user: per framework, see
+#: ``FrameworkView.user_id``)
+_USER_KEYS: dict[str, Any] = {"user": user_key, "user_or_ip": user_or_ip_key}
+
+
+class NonBlocking(_Throttle):
+    """The throttle of a ``limit(..., block=False)``: decided on its own like a dry run,
+    its decision given to the view (which decides) instead of refusing."""
+
+    __slots__ = ()
 
 
 def _methods(methods: Iterable[str] | None, what: str) -> frozenset[str] | None:
@@ -213,8 +250,8 @@ class Group:
     """The throttlekit state of one decorated function: its limits (stacked decorators
     add to one group) and whether default limits apply to it."""
 
-    __slots__ = ("adapters", "binds", "endpoint", "entries", "exempt", "lim", "owner", "sig",
-                 "specs", "wrapper")
+    __slots__ = ("adapters", "binds", "endpoint", "entries", "exempt", "lim", "owner",
+                 "routes", "sig", "specs", "wrapper")
 
     def __init__(self, owner: Any, endpoint: str, sig: inspect.Signature | None = None,
                  lim: Limiter | None = None) -> None:
@@ -232,6 +269,8 @@ class Group:
         #: per entry: how its key and cost functions are called (plain function calls)
         self.adapters: tuple[tuple[ArgAdapter | None, ArgAdapter | None], ...] = ()
         self.binds = False
+        #: route -> the entries counting per route (see :meth:`routed`)
+        self.routes: dict[str, tuple[Entry, ...]] = {}
 
     def add(self, spec: LimitSpec) -> None:
         # the outermost decorator is applied last; list limits top to bottom
@@ -243,6 +282,7 @@ class Group:
             else:
                 entries.append((self.endpoint if i == 0 else f"{self.endpoint}#{i}", s))
         self.entries = tuple(entries)
+        self.routes = {}
         adapters = []
         binds = False
         for s in self.specs:
@@ -258,12 +298,33 @@ class Group:
         self.adapters = tuple(adapters)
         self.binds = binds
 
+    def routed(self, route: str | None) -> tuple[Entry, ...]:
+        """The entries of a request served under ``route`` (Django's URL pattern): each
+        limit without a ``scope`` counts per route (one view behind two routes has two
+        counters), a scoped one is shared as its scope says."""
+        if route is None:
+            return self.entries
+        found = self.routes.get(route)
+        if found is None:
+            found = routed(self.entries, route)
+            if len(self.routes) >= 256:  # URLconfs have few routes; anything else is a bug
+                self.routes.clear()
+            self.routes[route] = found
+        return found
+
     @property
     def override_defaults(self) -> bool:
         return self.exempt or any(s.override_defaults for s in self.specs)
 
     def limiter(self) -> Limiter:
         return self.lim or self.owner.limiter
+
+
+def routed(entries: Iterable[Entry], route: str) -> tuple[Entry, ...]:
+    """``entries`` counting per ``route``: the route joins the name of each limit without
+    a ``scope``."""
+    return tuple((name if spec.scope is not None else f"{name}@{route}", spec)
+                 for name, spec in entries)
 
 
 def group_of(fn: Any) -> Group | None:

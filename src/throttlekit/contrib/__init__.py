@@ -3,4 +3,6 @@
 
 from __future__ import annotations
 
-__all__: list[str] = []
+from .._frameworkview import user_function
+
+__all__: list[str] = ["user_function"]
