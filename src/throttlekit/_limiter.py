@@ -33,7 +33,7 @@ if TYPE_CHECKING:
     from ._limitspec import LimitOptions
     from ._rates import Rate
     from ._request import RequestView
-    from ._rules import ResponseInfo, Verdict
+    from ._rules import Escalate, ResponseInfo, Verdict
     from ._rulesfile import RuleSet
     from .storage.base import Block
 
@@ -278,20 +278,20 @@ class Limiter:
 
     def fail2ban(
         self, name: str, *, match: Callable[[RequestView], Any], maxretry: int,
-        findtime: float, bantime: float, key: Any = None,
+        findtime: float, bantime: float, key: Any = None, escalate: Escalate = False,
     ) -> None:
-        """Refuse requests that ``match``; a key (default: the client) that matches
-        ``maxretry`` times within ``findtime`` seconds is banned from everything for
-        ``bantime`` seconds, in every worker sharing the storage."""
-        self.engine.rules.add_ban("fail2ban", name, match, maxretry, findtime, bantime, key)
+        """Refuse requests that ``match``; a key (default: the client) matching ``maxretry``
+        times in ``findtime`` s is banned for ``bantime`` s (``escalate``: see docs/rules.md)."""
+        self.engine.rules.add_ban("fail2ban", name, match, maxretry, findtime, bantime, key,
+                                  escalate)
 
     def allow2ban(
         self, name: str, *, match: Callable[[RequestView], Any], maxretry: int,
-        findtime: float, bantime: float, key: Any = None,
+        findtime: float, bantime: float, key: Any = None, escalate: Escalate = False,
     ) -> None:
-        """Like :meth:`fail2ban`, but matching requests go through until the key has
-        matched ``maxretry`` times within ``findtime``; then it is banned for ``bantime``."""
-        self.engine.rules.add_ban("allow2ban", name, match, maxretry, findtime, bantime, key)
+        """Like :meth:`fail2ban`, but matching requests go through until the key is banned."""
+        self.engine.rules.add_ban("allow2ban", name, match, maxretry, findtime, bantime, key,
+                                  escalate)
 
     def throttle(
         self,
