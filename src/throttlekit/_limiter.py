@@ -558,12 +558,12 @@ class Limiter:
         """Decorate a view, endpoint, function or coroutine with ``rates``.
 
         In a request (Flask, Django, Starlette/FastAPI), counted per client (or ``key``: a
-        function of the request view, ``"ip"``, ``"client"``, ``"header:<name>"``) under
-        the endpoint's qualified name; a breach answers the framework's native 429. Plain
-        calls: ``key(*args, **kwargs)`` picks the counter, a breach raises
-        :class:`~throttlekit.RateLimitExceeded`. The options (keyword only): ``key=None,
-        strategy=None, cost=1, methods=None, per_method=False, burst=None,
-        override_defaults=False, scope=None, on_unreadable="client"``; see
+        function of the view, ``"ip"``, ``"user"``, ``"user_or_ip"``, ``"header:<name>"``)
+        under the endpoint's name; a breach answers the framework's native 429. Plain calls:
+        ``key(*args, **kwargs)`` picks the counter, a breach raises ``RateLimitExceeded``.
+        Options (keyword only): ``key=None, strategy=None, cost=1, methods=None,
+        per_method=False, burst=None, override_defaults=False, scope=None,
+        on_unreadable="client", count_when=None, dry_run=False, block=True``; see
         ``docs/frameworks.md``.
         """
         from ._decorators import decorate
