@@ -87,7 +87,6 @@ def test_fastapi_count_when_sees_raised_http_exceptions(limiter: Limiter) -> Non
 
 def test_plain_call_count_when_counts_exceptions(limiter: Limiter) -> None:
     """A plain function: a call that raises counts as 500, one that returns as 200."""
-    outcomes: list[bool] = []
 
     @limiter.limit("1/minute", key=lambda ok: "k", count_when=lambda r: r.status_code == 500)
     def work(ok: bool) -> str:
@@ -100,7 +99,6 @@ def test_plain_call_count_when_counts_exceptions(limiter: Limiter) -> None:
         work(False)
     with pytest.raises(RateLimitExceeded):
         work(True)
-    assert outcomes == []
 
 
 def test_count_when_must_be_callable(limiter: Limiter) -> None:
@@ -272,3 +270,44 @@ def test_the_rules_verdict_key_is_the_pipelines() -> None:
     from throttlekit._settling import VERDICT_KEY as SETTLING_KEY
 
     assert SETTLING_KEY == VERDICT_KEY
+
+
+def test_fastapi_with_middleware_settles_count_when(limiter: Limiter) -> None:
+    """Under the Throttle middleware (which evaluates the endpoint's limits first) the
+    wrapper still charges count_when with the endpoint's outcome."""
+    from throttlekit.contrib.fastapi import Throttle as FastAPIThrottle
+
+    app = FastAPI()
+    FastAPIThrottle(app, limiter)
+
+    @app.get("/item/{i}")
+    @limiter.limit("1/minute", count_when=lambda r: r.status_code == 404)
+    async def item(i: int) -> dict[str, int]:
+        if i > 10:
+            raise HTTPException(404)
+        return {"i": i}
+
+    got = fastapi_get(app, "/item/1", "/item/2", "/item/11", "/item/1")
+    assert [r.status_code for r in got] == [200, 200, 404, 429]
+
+
+def test_async_plain_call_count_when(limiter: Limiter) -> None:
+    """An async plain function: charged only when count_when holds for its outcome."""
+
+    @limiter.limit("1/minute", key=lambda: "k", count_when=lambda r: r.status_code == 500)
+    async def job(fail: bool) -> str:
+        if fail:
+            raise RuntimeError("boom")
+        return "ok"
+
+    async def main() -> list[str]:
+        out = [await job(False), await job(False)]
+        with pytest.raises(RuntimeError):
+            await job(True)
+        try:
+            await job(False)
+        except RateLimitExceeded:
+            out.append("refused")
+        return out
+
+    assert asyncio.run(main()) == ["ok", "ok", "refused"]
