@@ -185,7 +185,7 @@ def test_fastapi_block_false_decision_accessor(limiter: Limiter) -> None:
 
 def test_plain_call_block_false_never_raises(limiter: Limiter) -> None:
     """A plain function with block=False runs over the limit; current_decision tells."""
-    from throttlekit._settling import current_decision
+    from throttlekit.contrib import current_decision
 
     @limiter.limit("1/minute", key=lambda: "k", block=False)
     def f() -> bool:
