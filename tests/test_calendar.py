@@ -112,7 +112,7 @@ def test_bad_calendar_rates_name_the_value(text: str, named: str) -> None:
 
 # -- the quota on the backends ------------------------------------------------------------
 
-BACKENDS = ["memory", "redis", "memcached"]
+BACKENDS = ["memory", "redis", "memcached", "redis_cluster"]
 
 
 def at(clock: FakeClock, tz: str, *when: int) -> None:
@@ -215,3 +215,33 @@ def test_server_clock_redis_uses_this_process_clock_for_the_period(
     assert [d.allowed for d in got] == [True, True, False]
     midnight = (int(time.time()) // 86400 + 1) * 86400
     assert abs(got[2].retry_after - (midnight - time.time())) < 5
+
+
+@pytest.mark.redis
+@pytest.mark.memcached
+@given(start=st.integers(min_value=1_700_000_000, max_value=1_900_000_000),
+       steps=st.lists(st.tuples(st.integers(0, 40 * 86400 * US), st.integers(0, 3)),
+                      min_size=1, max_size=12),
+       tz=st.sampled_from(["UTC", "Europe/Paris", "America/Santiago"]),
+       unit=st.sampled_from(UNITS))
+def test_every_backend_decides_as_the_memory_store(
+        _backend_contexts: dict[str, Any], start: int, steps: list[tuple[int, int]],
+        tz: str, unit: str) -> None:
+    """The same timeline gives the same Decisions on memory, Redis and memcached."""
+    from conftest import BACKEND_MODULES
+
+    rate = f"5/calendar-{unit} in {tz}"
+    clock = FakeClock(float(start))
+    limiters = [Limiter(clock=clock)]
+    for name in ("redis", "memcached"):
+        module = BACKEND_MODULES[name]
+        limiters.append(Limiter(module.make_storage(_backend_contexts["get"](name)),
+                                clock=clock))
+    try:
+        for advance, cost in steps:
+            clock.advance(advance / US)
+            got = [lim.hit("k", rate, cost=cost) for lim in limiters]
+            assert got[1] == got[0] and got[2] == got[0]
+    finally:
+        for lim in limiters[1:]:
+            lim.storage.close()
