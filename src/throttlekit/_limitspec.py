@@ -32,7 +32,6 @@ __all__ = [
     "make_spec",
     "named_arguments",
     "qualified_name",
-    "routed",
     "signature_of",
 ]
 
@@ -250,8 +249,8 @@ class Group:
     """The throttlekit state of one decorated function: its limits (stacked decorators
     add to one group) and whether default limits apply to it."""
 
-    __slots__ = ("adapters", "binds", "endpoint", "entries", "exempt", "lim", "owner",
-                 "routes", "sig", "specs", "wrapper")
+    __slots__ = ("adapters", "binds", "endpoint", "entries", "exempt", "lim", "owner", "sig",
+                 "specs", "wrapper")
 
     def __init__(self, owner: Any, endpoint: str, sig: inspect.Signature | None = None,
                  lim: Limiter | None = None) -> None:
@@ -269,8 +268,6 @@ class Group:
         #: per entry: how its key and cost functions are called (plain function calls)
         self.adapters: tuple[tuple[ArgAdapter | None, ArgAdapter | None], ...] = ()
         self.binds = False
-        #: route -> the entries counting per route (see :meth:`routed`)
-        self.routes: dict[str, tuple[Entry, ...]] = {}
 
     def add(self, spec: LimitSpec) -> None:
         # the outermost decorator is applied last; list limits top to bottom
@@ -282,7 +279,6 @@ class Group:
             else:
                 entries.append((self.endpoint if i == 0 else f"{self.endpoint}#{i}", s))
         self.entries = tuple(entries)
-        self.routes = {}
         adapters = []
         binds = False
         for s in self.specs:
@@ -298,33 +294,12 @@ class Group:
         self.adapters = tuple(adapters)
         self.binds = binds
 
-    def routed(self, route: str | None) -> tuple[Entry, ...]:
-        """The entries of a request served under ``route`` (Django's URL pattern): each
-        limit without a ``scope`` counts per route (one view behind two routes has two
-        counters), a scoped one is shared as its scope says."""
-        if route is None:
-            return self.entries
-        found = self.routes.get(route)
-        if found is None:
-            found = routed(self.entries, route)
-            if len(self.routes) >= 256:  # URLconfs have few routes; anything else is a bug
-                self.routes.clear()
-            self.routes[route] = found
-        return found
-
     @property
     def override_defaults(self) -> bool:
         return self.exempt or any(s.override_defaults for s in self.specs)
 
     def limiter(self) -> Limiter:
         return self.lim or self.owner.limiter
-
-
-def routed(entries: Iterable[Entry], route: str) -> tuple[Entry, ...]:
-    """``entries`` counting per ``route``: the route joins the name of each limit without
-    a ``scope``."""
-    return tuple((name if spec.scope is not None else f"{name}@{route}", spec)
-                 for name, spec in entries)
 
 
 def group_of(fn: Any) -> Group | None:
