@@ -311,3 +311,29 @@ def test_async_plain_call_count_when(limiter: Limiter) -> None:
         return out
 
     assert asyncio.run(main()) == ["ok", "ok", "refused"]
+
+
+def test_current_decision_only_inside_decorated_views(limiter: Limiter) -> None:
+    """A view without decorated limits never sees the Decision of an earlier request."""
+    from throttlekit.contrib import current_decision
+
+    app = Flask(__name__)
+    Throttle(app, limiter, default_limits=["10/minute"])
+    seen: list[Any] = []
+
+    @app.get("/limited")
+    @limiter.limit("5/minute")
+    def limited() -> str:
+        seen.append(current_decision())
+        return "a"
+
+    @app.get("/plain")
+    def plain() -> str:
+        seen.append(current_decision())
+        return "b"
+
+    c = app.test_client()
+    c.get("/limited")
+    c.get("/plain")
+    assert seen[0] is not None and seen[0].remaining == 4
+    assert seen[1] is None

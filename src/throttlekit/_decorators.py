@@ -71,6 +71,7 @@ from ._resilience import deny_decision
 from ._rules import NS, UNKNOWN_CLIENT, Verdict
 from ._settling import (
     CURRENT,
+    DECISION_KEY,
     PENDING_KEY,
     VERDICT_KEY,
     asettle,
@@ -401,7 +402,11 @@ def _wrap(fn: Callable[..., Any], group: Group) -> Callable[..., Any]:
                 answer = await _aweb_limits(lim, group, found)
                 if answer is not None:
                     return answer
-                pending = found[1].pop(PENDING_KEY, None)
+                raw = found[1]
+                pending = raw.pop(PENDING_KEY, None)
+                kept = raw.get(DECISION_KEY)
+                if kept is not None:  # what the view reads, for current_decision()
+                    CURRENT.set(kept)
             try:
                 if pending is None:
                     return await fn(*args, **kwargs)
@@ -429,7 +434,11 @@ def _wrap(fn: Callable[..., Any], group: Group) -> Callable[..., Any]:
                 answer = _web_limits(lim, group, found)
                 if answer is not None:
                     return answer
-                pending = found[1].pop(PENDING_KEY, None)
+                raw = found[1]
+                pending = raw.pop(PENDING_KEY, None)
+                kept = raw.get(DECISION_KEY)
+                if kept is not None:  # what the view reads, for current_decision()
+                    CURRENT.set(kept)
             try:
                 if pending is None:
                     return fn(*args, **kwargs)
@@ -547,7 +556,7 @@ def record(adapter: Adapter, raw: MutableMapping[str, Any], native: Any,
         else:
             found.append(verdict)
     if verdict.allowed:
-        CURRENT.set(verdict.decision)
+        raw[DECISION_KEY] = verdict.decision  # the wrapper gives it to current_decision()
     policies = raw.get(POLICIES_KEY)
     if policies is None:
         raw[POLICIES_KEY] = list(verdict.policies)

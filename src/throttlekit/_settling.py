@@ -14,8 +14,8 @@ if TYPE_CHECKING:
     from ._limiter import Limiter
     from ._rules import Verdict
 
-__all__ = ["CURRENT", "PENDING_KEY", "VERDICT_KEY", "asettle", "current_decision", "settle",
-           "status_of"]
+__all__ = ["CURRENT", "DECISION_KEY", "PENDING_KEY", "VERDICT_KEY", "asettle",
+           "current_decision", "settle", "status_of"]
 
 logger = logging.getLogger("throttlekit")
 
@@ -27,15 +27,19 @@ VERDICT_KEY = "throttlekit.verdict"
 #: settle once the view has answered (the wrapper settles them, whoever evaluated)
 PENDING_KEY = "throttlekit.pending"
 
+#: environ/scope key: the Decision the view reads (also ``request.throttle`` and the like),
+#: which the wrapper gives to :func:`current_decision` while the view runs
+DECISION_KEY = "throttlekit.decision"
+
 #: the Decision of the endpoint limits of the current call (see :func:`current_decision`)
 CURRENT: contextvars.ContextVar[Decision | None] = contextvars.ContextVar(
     "throttlekit_decision", default=None)
 
 
 def current_decision() -> Decision | None:
-    """The Decision of the decorated limits of the call being served (in the view: the
-    context this call runs in), or None. With ``block=False`` a refusing Decision
-    (``allowed`` False) tells the view it is over its limit."""
+    """Inside a decorated view or function: the Decision of its limits (what
+    ``request.throttle`` and the like hold), else None. With ``block=False`` a refusing
+    Decision (``allowed`` False) tells the view it is over its limit."""
     return CURRENT.get()
 
 
