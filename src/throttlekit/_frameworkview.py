@@ -54,11 +54,14 @@ class FrameworkView(RequestView):
         except Exception:
             return _UNREADABLE  # the view's own parsing fails the same way
 
-    @property
-    def route(self) -> str | None:
-        """The route the request was matched by, when one view serves several and each
-        counts on its own (Django's URL pattern); None elsewhere."""
-        return None
+    if TYPE_CHECKING:
+        @property
+        def route(self) -> str | None:
+            """The route the request was matched by, when one view serves several and
+            each counts on its own (Django's URL pattern: a property of its view); None
+            elsewhere."""
+    else:
+        route = None  # a class attribute: no call per request where there is no route
 
     def user_id(self) -> str | None:
         """The authenticated user's id (None: anonymous): the :func:`user_function` hook
