@@ -21,8 +21,10 @@ _CONDS = 'path = "/x"\npath_prefix = "/x"\nmethod = "POST"\nips = ["10.0.0.0/8"]
 FULL = {
     "safelist": _CONDS,
     "blocklist": _CONDS,
-    "fail2ban": _CONDS + 'key = "ip"\nmaxretry = 3\nfindtime = "10m"\nbantime = "1h"\n',
-    "allow2ban": _CONDS + 'key = "ip"\nmaxretry = 3\nfindtime = "10m"\nbantime = "1h"\n',
+    "fail2ban": _CONDS + 'key = "ip"\nmaxretry = 3\nfindtime = "10m"\nbantime = "1h"\n'
+                'escalate = true\n',
+    "allow2ban": _CONDS + 'key = "ip"\nmaxretry = 3\nfindtime = "10m"\nbantime = "1h"\n'
+                 'escalate = { max_ban = "1d", forget_after = "7d", jitter = 0.1, factor = 3 }\n',
     "throttle": _CONDS + 'rates = "5/minute"\nkey = "header:X-Key"\nstrategy = "token_bucket"\n'
                 'cost = 2\nburst = 7\ndry_run = true\ncount_when = [401, "5xx"]\n'
                 'on_unreadable = "refuse"\n',

@@ -23,6 +23,7 @@ from __future__ import annotations
 from collections import deque
 from typing import Any, ClassVar
 
+from ._calendar import calendar_of
 from ._decision import Decision
 from ._errors import ConfigError
 from ._rates import Rate
@@ -31,6 +32,7 @@ __all__ = [
     "ALGORITHMS",
     "DEFAULT_STRATEGY",
     "Algorithm",
+    "CalendarWindow",
     "FixedWindow",
     "Log",
     "SlidingLog",
@@ -52,6 +54,8 @@ class Algorithm:
     __slots__ = ("burst", "capacity", "id", "limit", "name", "period", "period_us", "rate")
     name_: ClassVar[str] = ""
     code: ClassVar[str] = ""
+    #: decided per calendar period (:meth:`at` gives the period's algorithm)
+    periodic: ClassVar[bool] = False
 
     def __init__(self, rate: Rate, burst: int | None = None) -> None:
         self.rate = rate
@@ -92,6 +96,11 @@ class Algorithm:
 
     def ttl_us(self, state: Any, now: int) -> int:
         raise NotImplementedError
+
+    def at(self, now: int) -> Algorithm:
+        """The algorithm that stands for this one at ``now`` in a store computing outside
+        Python: itself, except for a calendar window (:class:`CalendarWindow`)."""
+        return self
 
 
 class FixedWindow(Algorithm):
@@ -135,6 +144,73 @@ class FixedWindow(Algorithm):
     def ttl_us(self, state: Any, now: int) -> int:
         p = self.period_us
         return int((now // p + 1) * p - now)
+
+
+class CalendarWindow(FixedWindow):
+    """A counter per calendar period (a day, ISO week or month in a time zone): the fixed
+    window of a calendar rate (``"1000/calendar-month"``), whatever the rule's strategy.
+
+    State: ``period_index << 32 | count`` (see :mod:`throttlekit._calendar`). Stores that
+    compute elsewhere (Lua, memcached) decide :meth:`at` instead: a fixed window ending
+    where the period ends, under a storage id of its own per period.
+    """
+
+    __slots__ = ("_at", "calendar")
+    name_ = "fixed_window"
+    code = "cal"
+    periodic = True
+
+    def __init__(self, rate: Rate, burst: int | None = None) -> None:
+        super().__init__(rate)  # a burst means nothing here: ignored (token_bucket rules)
+        assert rate.calendar is not None
+        self.calendar = calendar_of(rate.calendar, rate.tz)
+        self._at: tuple[int, FixedWindow] | None = None
+        # another unit or zone is another rate: never the same state (direct hits)
+        self.id = f"cal{rate.limit}/{rate.calendar}/{rate.tz or 'UTC'}"
+
+    def hit(self, state: Any, now: int, cost: int) -> tuple[Any, Decision]:
+        win, _start, end = self.calendar.window(now)
+        count = 0
+        if state is not None and state >> 32 == win:
+            count = state & _M32
+        limit = self.limit
+        left = (end - now) / 1e6
+        if count + cost <= limit:
+            count += cost
+            reset = left if count else 0.0
+            return (win << 32) | count, _new(
+                Decision, (True, limit, limit - count, reset, 0.0, self.rate, False))
+        retry = INF if cost > limit else left
+        rem = limit - count if count < limit else 0
+        return state, _new(Decision, (False, limit, rem, left if count else 0.0, retry,
+                                      self.rate, False))
+
+    def charge(self, state: Any, now: int, cost: int) -> Any:
+        win = self.calendar.window(now)[0]
+        count = state & _M32 if state is not None and state >> 32 == win else 0
+        return (win << 32) | (count + cost)
+
+    def expired(self, state: Any, now: int) -> bool:
+        return bool(state >> 32 < self.calendar.window(now)[0])
+
+    def ttl_us(self, state: Any, now: int) -> int:
+        return self.calendar.window(now)[2] - now
+
+    def at(self, now: int) -> Algorithm:
+        """The algorithm a store computing outside Python decides at ``now``: a fixed
+        window whose period is the period's end since the epoch (so its one window ends
+        exactly there, ``reset_after`` = the time left), stored under this id plus the
+        period's index (the previous period's count is never read again, and expires)."""
+        win, _start, end = self.calendar.window(now)
+        found = self._at
+        if found is not None and found[0] == win:
+            return found[1]
+        alg = FixedWindow(Rate(self.limit, end / 1e6))
+        alg.period_us = end  # exact (the float above is only its label)
+        alg.rate = self.rate
+        alg.id = f"{self.id}:{win}"
+        self._at = (win, alg)
+        return alg
 
 
 class SlidingWindow(Algorithm):
@@ -423,6 +499,8 @@ def make_algorithm(
         ) from None
     if rate.limit > MAX_LIMIT:
         raise ConfigError(f"rate {rate} is too large: a limit is at most {MAX_LIMIT}")
+    if rate.calendar is not None:  # a calendar rate counts per period, whatever the strategy
+        cls = CalendarWindow
     alg = cls(rate, burst)
     if id is not None:
         alg.id = id

@@ -50,6 +50,7 @@ from ._adapters import (
     unwatch_imports,
     watch_imports,
 )
+from ._decision import most_restrictive
 from ._errors import ConfigError, RateLimitExceeded
 from ._exchange import DENIED_KEY, POLICIES_KEY
 from ._frameworkview import VIEW_KEY, FrameworkView, view_of
@@ -58,16 +59,27 @@ from ._limitspec import (
     Entry,
     Group,
     LimitSpec,
+    NonBlocking,
     group_of,
     known_limiters,
     named_arguments,
     qualified_name,
     signature_of,
 )
-from ._planning import Plan
+from ._planning import Plan, conclude
 from ._resilience import deny_decision
 from ._rules import NS, UNKNOWN_CLIENT, Verdict
-from .storage.base import Check
+from ._settling import (
+    CURRENT,
+    DECISION_KEY,
+    PENDING_KEY,
+    VERDICT_KEY,
+    asettle,
+    current_decision,
+    settle,
+    status_of,
+)
+from .storage.base import BatchResult, Check
 
 if TYPE_CHECKING:
     from ._limiter import Limiter
@@ -77,12 +89,14 @@ __all__ = [
     "DENIED_KEY",
     "HANDLED_KEY",
     "HIDDEN_REQUEST",
+    "PENDING_KEY",
     "POLICIES_KEY",
     "VIEW_KEY",
     "FrameworkView",
     "LimitSpec",
     "aevaluate",
     "answer",
+    "current_decision",
     "decorate",
     "evaluate",
     "exempt",
@@ -90,6 +104,7 @@ __all__ = [
     "known_limiters",
     "qualified_name",
     "record",
+    "status_of",
     "view_of",
 ]
 
@@ -118,11 +133,19 @@ def _add(p: Plan, lim: Limiter, name: str, spec: LimitSpec, disc: str, cost: Any
     checks = p.checks
     p.throttles.append((rule, disc, cost, len(checks)))
     skey = NS + disc
+    # as the rules plan them: a dry run (or block=False) on its own, a count_when probed
+    indep = rule.dry_run
+    probe = rule.count_when is not None
     for alg in rule.algorithms:
-        checks.append(_new(Check, (alg, skey, cost, False, False)))
+        checks.append(_new(Check, (alg, skey, cost, indep, probe)))
 
 
 _last_log: dict[str, float] = {}
+
+
+def _shared(name: str) -> bool:
+    """An application limit: one counter for every route (``contrib._common.Limits``)."""
+    return name == "application" or name.startswith("application#")
 
 
 def _log_error(lim: Limiter, name: str, exc: BaseException) -> None:
@@ -139,6 +162,7 @@ def _plan_web(lim: Limiter, view: RequestView, entries: Sequence[Entry]
     refusal of a key or cost function that failed."""
     p = Plan(view)
     method = view.method
+    route = view.route if isinstance(view, FrameworkView) else None
     for name, spec in entries:
         methods = spec.methods
         if methods is not None and method not in methods:
@@ -167,6 +191,8 @@ def _plan_web(lim: Limiter, view: RequestView, entries: Sequence[Entry]
                 cost = cost(view)
             if spec.per_method:
                 name = f"{name}#{method}"
+            if route is not None and spec.scope is None and not _shared(name):
+                name = f"{name}@{route}"  # one view behind two routes: two counters
             _add(p, lim, name, spec, disc, cost)
         except Exception as exc:
             _log_error(lim, name, exc)
@@ -214,7 +240,9 @@ def evaluate(lim: Limiter, view: RequestView, entries: Sequence[Entry]) -> Verdi
     storage call). None when none applies. Never raises."""
     p = _plan_web(lim, view, entries)
     if isinstance(p, Plan):
-        return lim.engine.decide(p, silent=True)  # no events: they tell what rules did
+        if not _on_their_own(p):
+            return lim.engine.decide(p, silent=True)  # no events: they tell what rules did
+        return _concluded(lim, p, lim.engine.apply(p.checks))
     return p
 
 
@@ -222,8 +250,47 @@ async def aevaluate(lim: Limiter, view: RequestView, entries: Sequence[Entry]) -
     """Async twin of :func:`evaluate` (async storage calls only)."""
     p = _plan_web(lim, view, entries)
     if isinstance(p, Plan):
-        return await lim.engine.adecide(p, silent=True)
+        if not _on_their_own(p):
+            return await lim.engine.adecide(p, silent=True)
+        return _concluded(lim, p, await lim.engine.aapply(p.checks))
     return p
+
+
+def _on_their_own(p: Plan) -> bool:
+    """Some limit of the plan is a dry run or does not block (decided on its own)."""
+    for planned in p.throttles:  # noqa: SIM110  (no generator per request)
+        if planned[0].dry_run:
+            return True
+    return False
+
+
+def _concluded(lim: Limiter, p: Plan, result: BatchResult) -> Verdict:
+    """The verdict of a plan with limits decided on their own (a dry run, ``block=False``),
+    from the store's answer (a denial cache never holds such a plan: see
+    ``Engine._cached_refusal``). A dry run's decision is told by a ``throttled`` (or
+    ``allowed``) event with ``dry_run=True``; a non-blocking limit's refusal becomes the
+    verdict's decision and policy, which the view reads, and the request goes on."""
+    engine = lim.engine
+    verdict = conclude(engine, p, result, silent=True)[0]
+    if result.policy is not None:
+        return verdict
+    active = engine.listeners.active
+    view = p.view
+    for rule, disc, _cost, start in p.throttles:
+        if not rule.dry_run:
+            continue
+        d = most_restrictive(result.decisions[start:start + len(rule.algorithms)])
+        if rule.__class__ is NonBlocking:  # block=False: the view decides
+            verdict.policies.append((rule.policy_names[0], d))
+            if verdict.allowed and (not d.allowed or verdict.decision is None
+                                    or (verdict.decision.allowed
+                                        and d.remaining < verdict.decision.remaining)):
+                verdict.decision = d
+        elif not d.allowed and "throttled" in active:
+            engine.emit("throttled", rule.name, disc, view, d, True)
+        elif d.allowed and "allowed" in active:
+            engine.emit("allowed", rule.name, disc, view, d, True)
+    return verdict
 
 
 # -- decorating ----------------------------------------------------------------------------
@@ -330,28 +397,64 @@ def _wrap(fn: Callable[..., Any], group: Group) -> Callable[..., Any]:
         @functools.wraps(fn)
         async def awrapper(*args: Any, **kwargs: Any) -> Any:
             lim, found = _context(hidden[0], group, args, kwargs)
-            if lim is not None:
-                if found is None:
-                    await _acall_limits(lim, group, args, kwargs)
-                else:
-                    answer = await _aweb_limits(lim, group, found)
-                    if answer is not None:
-                        return answer
-            return await fn(*args, **kwargs)
+            if lim is None:
+                return await fn(*args, **kwargs)
+            if found is None:
+                pending = await _acall_limits(lim, group, args, kwargs)
+            else:
+                answer = await _aweb_limits(lim, group, found)
+                if answer is not None:
+                    return answer
+                raw = found[1]
+                pending = raw.pop(PENDING_KEY, None)
+                kept = raw.get(DECISION_KEY)
+                if kept is not None:  # what the view reads, for current_decision()
+                    CURRENT.set(kept)
+            try:
+                if pending is None:
+                    return await fn(*args, **kwargs)
+                try:  # count_when: charged once the outcome is known
+                    result = await fn(*args, **kwargs)
+                except BaseException as exc:
+                    await asettle(lim, pending, status_of(exc, failed=True))
+                    raise
+                await asettle(lim, pending, status_of(result))
+                return result
+            finally:
+                if CURRENT.get() is not None:  # (the view has returned: not the next's)
+                    CURRENT.set(None)
 
         wrapper: Callable[..., Any] = awrapper
     else:
         @functools.wraps(fn)
         def swrapper(*args: Any, **kwargs: Any) -> Any:
             lim, found = _context(hidden[0], group, args, kwargs)
-            if lim is not None:
-                if found is None:
-                    _call_limits(lim, group, args, kwargs)
-                else:
-                    answer = _web_limits(lim, group, found)
-                    if answer is not None:
-                        return answer
-            return fn(*args, **kwargs)
+            if lim is None:
+                return fn(*args, **kwargs)
+            if found is None:
+                pending = _call_limits(lim, group, args, kwargs)
+            else:
+                answer = _web_limits(lim, group, found)
+                if answer is not None:
+                    return answer
+                raw = found[1]
+                pending = raw.pop(PENDING_KEY, None)
+                kept = raw.get(DECISION_KEY)
+                if kept is not None:  # what the view reads, for current_decision()
+                    CURRENT.set(kept)
+            try:
+                if pending is None:
+                    return fn(*args, **kwargs)
+                try:  # count_when: charged once the outcome is known
+                    result = fn(*args, **kwargs)
+                except BaseException as exc:
+                    settle(lim, pending, status_of(exc, failed=True))
+                    raise
+                settle(lim, pending, status_of(result))
+                return result
+            finally:
+                if CURRENT.get() is not None:  # (the view has returned: not the next's)
+                    CURRENT.set(None)
 
         wrapper = swrapper
     if new_sig is not None:
@@ -386,33 +489,44 @@ def _found(hidden: Adapter | None, req: Any, args: tuple[Any, ...], kwargs: dict
 
 
 def _call_limits(lim: Limiter, group: Group, args: tuple[Any, ...],
-                 kwargs: dict[str, Any]) -> None:
+                 kwargs: dict[str, Any]) -> list[Verdict] | None:
     """Check and charge a plain call's limits; raise :class:`RateLimitExceeded` if they
-    refuse it."""
+    refuse it. Returns the verdict to settle after the call (``count_when``), if any."""
     p = _plan_call(lim, group, args, kwargs)
     if isinstance(p, Plan):
-        p = lim.engine.decide(p, silent=True)
-    _raise_refused(p)
+        if not _on_their_own(p):
+            p = lim.engine.decide(p, silent=True)
+        else:
+            p = _concluded(lim, p, lim.engine.apply(p.checks))
+    return _raise_refused(p)
 
 
 async def _acall_limits(lim: Limiter, group: Group, args: tuple[Any, ...],
-                        kwargs: dict[str, Any]) -> None:
+                        kwargs: dict[str, Any]) -> list[Verdict] | None:
     """Async twin of :func:`_call_limits`."""
     p = _plan_call(lim, group, args, kwargs)
     if isinstance(p, Plan):
-        p = await lim.engine.adecide(p, silent=True)
-    _raise_refused(p)
+        if not _on_their_own(p):
+            p = await lim.engine.adecide(p, silent=True)
+        else:
+            p = _concluded(lim, p, await lim.engine.aapply(p.checks))
+    return _raise_refused(p)
 
 
-def _raise_refused(verdict: Verdict | None) -> None:
-    """A plain call's limits refused it: raise :class:`RateLimitExceeded`."""
-    if verdict is not None and not verdict.allowed:
+def _raise_refused(verdict: Verdict | None) -> list[Verdict] | None:
+    """A plain call's limits refused it: raise :class:`RateLimitExceeded`. Else its
+    Decision for :func:`current_decision`, and the verdict to settle, if any."""
+    if verdict is not None and verdict.allowed:
+        CURRENT.set(verdict.decision)
+        return [verdict] if verdict.pending else None
+    if verdict is not None:
         assert verdict.decision is not None
         exc = RateLimitExceeded(
             verdict.decision, f"rate limit {verdict.rule!r} exceeded: {verdict.decision.rate}"
         )
         exc.verdict = verdict  # type: ignore[attr-defined]
         raise exc
+    return None
 
 
 def _web_limits(lim: Limiter, group: Group, found: Found) -> Any:
@@ -438,6 +552,14 @@ def record(adapter: Adapter, raw: MutableMapping[str, Any], native: Any,
     """Keep the verdict's policies for the response headers, and its Decision where the
     view can read it (the adapter's place: Flask ``g.throttle``, Django
     ``request.throttle``, Starlette ``request.state.throttle``)."""
+    if verdict.pending and raw.get(VERDICT_KEY) is not verdict:  # not the rules' verdict
+        found = raw.get(PENDING_KEY)
+        if found is None:
+            raw[PENDING_KEY] = [verdict]
+        else:
+            found.append(verdict)
+    if verdict.allowed:
+        raw[DECISION_KEY] = verdict.decision  # the wrapper gives it to current_decision()
     policies = raw.get(POLICIES_KEY)
     if policies is None:
         raw[POLICIES_KEY] = list(verdict.policies)

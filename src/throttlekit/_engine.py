@@ -418,6 +418,9 @@ class Engine:
     def _ban(self, new_bans: NewBans, policy: str | None, now: int | None) -> None:
         store = self.store
         for key, ttl, reason in new_bans:
+            offence = self.rules.offence(key)
+            if offence is not None:  # escalating: the key's count of bans sets the time
+                ttl = offence[0].ban_time(store.apply([offence[1]], now=now, block_keys=[]))
             if isinstance(store, ResilientStore):
                 store.ban(key, ttl, reason, now, policy)
             else:
@@ -427,6 +430,10 @@ class Engine:
         store = self.store
         assert isinstance(store, ResilientStore)  # aevaluate: remote stores only
         for key, ttl, reason in new_bans:
+            offence = self.rules.offence(key)
+            if offence is not None:
+                ttl = offence[0].ban_time(await store.aapply([offence[1]], now=now,
+                                                             block_keys=[]))
             await store.aban(key, ttl, reason, now, policy)
 
     # -- count_when: after the response --------------------------------------------------

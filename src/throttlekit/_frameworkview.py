@@ -7,13 +7,14 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping, MutableMapping
 from typing import TYPE_CHECKING, Any
 
+from ._errors import ConfigError
 from ._request import _UNREADABLE, RequestView
 
 if TYPE_CHECKING:
     from ._limiter import Limiter
 
 __all__ = ["FRAMEWORK_FORMS", "VIEW_KEY", "FrameworkView", "form_fields", "framework_body",
-           "view_of"]
+           "user_function", "user_id_of", "user_key", "user_or_ip_key", "view_of"]
 
 #: environ/scope key: the :class:`FrameworkView` of this request
 VIEW_KEY = "throttlekit.view"
@@ -53,10 +54,97 @@ class FrameworkView(RequestView):
         except Exception:
             return _UNREADABLE  # the view's own parsing fails the same way
 
+    if TYPE_CHECKING:
+        @property
+        def route(self) -> str | None:
+            """The route the request was matched by, when one view serves several and
+            each counts on its own (Django's URL pattern: a property of its view); None
+            elsewhere."""
+    else:
+        route = None  # a class attribute: no call per request where there is no route
+
+    def user_id(self) -> str | None:
+        """The authenticated user's id (None: anonymous): the :func:`user_function` hook
+        when one is set, else what the framework knows (:meth:`framework_user`)."""
+        hook = _user_hook[0]
+        found = hook(self) if hook is not None else self.framework_user()
+        return None if found is None or found == "" else str(found)
+
+    def framework_user(self) -> Any:
+        """The user id as the framework knows it: Starlette's ``request.user`` (its
+        ``AuthenticationMiddleware``) when authenticated, else ``request.state.user``. The
+        Django and Flask views override it."""
+        req = self.request
+        scope = getattr(req, "scope", None)
+        if not isinstance(scope, Mapping):
+            return None
+        user = scope.get("user")
+        if user is not None and getattr(user, "is_authenticated", False):
+            return getattr(user, "identity", None) or getattr(user, "display_name", None)
+        state = scope.get("state")
+        user = state.get("user") if isinstance(state, Mapping) else None
+        return user_id_of(user)
+
     def use_form(self, parsed: Any) -> None:
         """Take ``parsed`` (a framework's multidict: Starlette's ``FormData``) as the form,
         or None when the framework could not parse the body (the form is unreadable)."""
         self._form = _UNREADABLE if parsed is None else form_fields(parsed)
+
+
+#: the hook of :func:`user_function` (None: each framework's own notion of the user)
+_user_hook: list[Callable[[FrameworkView], Any] | None] = [None]
+
+
+
+UserFunction = Callable[[FrameworkView], Any]
+
+
+def user_function(fn: UserFunction | None) -> UserFunction | None:
+    """Set what the ``"user"`` and ``"user_or_ip"`` keys read: ``fn(view)`` returns the
+    request's user id, or None for an anonymous request (``view.request`` is the
+    framework's request). ``None`` restores each framework's default. Usable as a
+    decorator::
+
+        @user_function
+        def api_user(view):
+            return view.request.headers.get("x-user-id")
+    """
+    if fn is not None and not callable(fn):
+        raise ConfigError(f"user_function takes a function of the request view, got {fn!r}")
+    _user_hook[0] = fn
+    return fn
+
+
+def user_id_of(user: Any) -> Any:
+    """The id of a user object: flask_login's ``get_id()``, else ``id``/``pk``, else a
+    string as it is; None for an anonymous user."""
+    if user is None or getattr(user, "is_anonymous", False) is True:
+        return None
+    if isinstance(user, (str, int)):
+        return user
+    get_id = getattr(user, "get_id", None)
+    if callable(get_id):
+        return get_id()
+    for attr in ("id", "pk"):
+        found = getattr(user, attr, None)
+        if found is not None:
+            return found
+    return None
+
+
+def user_key(view: Any) -> str | None:
+    """The ``"user"`` key: the authenticated user's id; None (the limit does not apply)
+    for an anonymous request or outside a framework."""
+    user_id = getattr(view, "user_id", None)
+    return user_id() if user_id is not None else None
+
+
+def user_or_ip_key(view: Any) -> str | None:
+    """The ``"user_or_ip"`` key: ``user:<id>`` when authenticated, else ``ip:<address>``."""
+    found = user_key(view)
+    if found is not None:
+        return "user:" + found
+    return "ip:" + (view.client_ip or "unknown")
 
 
 #: the form types frameworks parse themselves (JSON the views parse with json.loads)

@@ -35,7 +35,7 @@ if TYPE_CHECKING:
     from ._limitspec import LimitOptions
     from ._rates import Rate
     from ._request import RequestView
-    from ._rules import ResponseInfo, Verdict
+    from ._rules import Escalate, ResponseInfo, Verdict
     from ._rulesfile import RuleSet
     from .storage.base import Block
 
@@ -278,20 +278,20 @@ class Limiter:
 
     def fail2ban(
         self, name: str, *, match: Callable[[RequestView], Any], maxretry: int,
-        findtime: float, bantime: float, key: KeyLike = None,
+        findtime: float, bantime: float, key: KeyLike = None, escalate: Escalate = False,
     ) -> None:
-        """Refuse requests that ``match``; a key (default: the client) that matches
-        ``maxretry`` times within ``findtime`` seconds is banned from everything for
-        ``bantime`` seconds, in every worker sharing the storage."""
-        self.engine.rules.add_ban("fail2ban", name, match, maxretry, findtime, bantime, key)
+        """Refuse requests that ``match``; a key (default: the client) matching ``maxretry``
+        times in ``findtime`` s is banned for ``bantime`` s (``escalate``: see docs/rules.md)."""
+        self.engine.rules.add_ban("fail2ban", name, match, maxretry, findtime, bantime, key,
+                                  escalate)
 
     def allow2ban(
         self, name: str, *, match: Callable[[RequestView], Any], maxretry: int,
-        findtime: float, bantime: float, key: KeyLike = None,
+        findtime: float, bantime: float, key: KeyLike = None, escalate: Escalate = False,
     ) -> None:
-        """Like :meth:`fail2ban`, but matching requests go through until the key has
-        matched ``maxretry`` times within ``findtime``; then it is banned for ``bantime``."""
-        self.engine.rules.add_ban("allow2ban", name, match, maxretry, findtime, bantime, key)
+        """Like :meth:`fail2ban`, but matching requests go through until the key is banned."""
+        self.engine.rules.add_ban("allow2ban", name, match, maxretry, findtime, bantime, key,
+                                  escalate)
 
     def throttle(
         self,
@@ -553,12 +553,12 @@ class Limiter:
         """Decorate a view, endpoint, function or coroutine with ``rates``.
 
         In a request (Flask, Django, Starlette/FastAPI), counted per client (or ``key``: a
-        function of the request view, ``"ip"``, ``"client"``, ``"header:<name>"``) under
-        the endpoint's qualified name; a breach answers the framework's native 429. Plain
-        calls: ``key(*args, **kwargs)`` picks the counter, a breach raises
-        :class:`~throttlekit.RateLimitExceeded`. The options (keyword only): ``key=None,
-        strategy=None, cost=1, methods=None, per_method=False, burst=None,
-        override_defaults=False, scope=None, on_unreadable="client"``; see
+        function of the view, ``"ip"``, ``"user"``, ``"user_or_ip"``, ``"header:<name>"``)
+        under the endpoint's name; a breach answers the framework's native 429. Plain calls:
+        ``key(*args, **kwargs)`` picks the counter, a breach raises ``RateLimitExceeded``.
+        Options (keyword only): ``key=None, strategy=None, cost=1, methods=None,
+        per_method=False, burst=None, override_defaults=False, scope=None,
+        on_unreadable="client", count_when=None, dry_run=False, block=True``; see
         ``docs/frameworks.md``.
         """
         from ._decorators import decorate

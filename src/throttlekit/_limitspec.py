@@ -12,10 +12,12 @@ from typing import TYPE_CHECKING, Any, TypedDict
 
 from ._algorithms import DEFAULT_STRATEGY, check_strategy
 from ._errors import ConfigError
+from ._frameworkview import user_key, user_or_ip_key
 from ._rules import _Throttle, _throttle_algorithms, check_on_unreadable, key_function, uses_form
 
 if TYPE_CHECKING:
     from ._limiter import Limiter
+    from ._rules import ResponseInfo
 
 __all__ = [
     "ArgAdapter",
@@ -23,6 +25,7 @@ __all__ = [
     "Group",
     "LimitOptions",
     "LimitSpec",
+    "NonBlocking",
     "endpoint_name",
     "group_of",
     "known_limiters",
@@ -52,6 +55,9 @@ class LimitOptions(TypedDict, total=False):
     override_defaults: bool
     scope: str | None
     on_unreadable: str
+    count_when: Callable[[ResponseInfo], Any] | None
+    dry_run: bool
+    block: bool
 
 
 def qualified_name(fn: Any) -> str:
@@ -87,9 +93,9 @@ class LimitSpec:
     """
 
     __slots__ = (
-        "_throttles", "burst", "call_cost", "call_key", "cost", "key", "methods",
-        "on_unreadable", "override_defaults", "per_method", "rates", "scope", "strategy",
-        "uses_form",
+        "_throttles", "block", "burst", "call_cost", "call_key", "cost", "count_when",
+        "dry_run", "key", "methods", "on_unreadable", "override_defaults", "per_method",
+        "rates", "scope", "strategy", "uses_form",
     )
 
     def __init__(
@@ -106,6 +112,9 @@ class LimitSpec:
         burst: int | None = None,
         override_defaults: bool = False,
         on_unreadable: str = "client",
+        count_when: Callable[[ResponseInfo], Any] | None = None,
+        dry_run: bool = False,
+        block: bool = True,
         what: str = "limit",
     ) -> None:
         if limiter is not None:
@@ -119,7 +128,8 @@ class LimitSpec:
         self.rates = rates
         # validates rates, strategy and burst now
         _throttle_algorithms("@", rates, strategy or DEFAULT_STRATEGY, burst, what)
-        self.key = key_function(key, what)
+        self.key = key_function(_USER_KEYS.get(key, key) if isinstance(key, str) else key,
+                                what)
         check_on_unreadable(on_unreadable, what)
         #: a key that cannot be read from a request: "client" or "refuse" (Limiter.throttle)
         self.on_unreadable = on_unreadable
@@ -135,11 +145,22 @@ class LimitSpec:
         else:
             self.cost = self.call_cost = cost
         self.methods = _methods(methods, what)
-        for name, flag in (("per_method", per_method), ("override_defaults", override_defaults)):
+        for name, flag in (("per_method", per_method), ("override_defaults", override_defaults),
+                           ("dry_run", dry_run), ("block", block)):
             if not isinstance(flag, bool):
                 raise ConfigError(f"{what}: {name} must be True or False, got {flag!r}")
         self.per_method = per_method
         self.override_defaults = override_defaults
+        if count_when is not None and not callable(count_when):
+            raise ConfigError(f"{what}: count_when must be a callable of the response, "
+                              f"got {count_when!r}")
+        #: charged after the response, only when ``count_when(response)`` holds (the
+        #: rules' ``count_when``: tested before the view, settled by the wrapper)
+        self.count_when = count_when
+        #: evaluated and charged on its own, never refuses (``throttled`` events tell)
+        self.dry_run = dry_run
+        #: False: never refuses; the view reads the Decision and decides (django-ratelimit)
+        self.block = block
         if scope is not None and (not isinstance(scope, str) or not scope):
             raise ConfigError(f"{what}: scope must be a non-empty string, got {scope!r}")
         self.scope = scope
@@ -164,14 +185,29 @@ class LimitSpec:
             if burst is None and strategy == "token_bucket":
                 burst = lim.burst
         algs = _throttle_algorithms("@" + name, self.rates, strategy, burst, name)
-        rule = _Throttle(name, algs, None, self.key, self.cost, False, None, strategy, burst,
-                         self.on_unreadable)
+        # a dry run and a non-blocking limit are both independent checks that never
+        # refuse: the decorators read their decision from the store's answer
+        cls = _Throttle if self.block else NonBlocking
+        rule = cls(name, algs, None, self.key, self.cost, self.dry_run or not self.block,
+                   self.count_when, strategy, burst, self.on_unreadable)
         if len(algs) > 1:
             rule.policy_names = tuple(f"{name}/{_seconds(a.rate.period)}" for a in algs)
         if len(self._throttles) > 1024:  # per-method names are few; anything else is a bug
             self._throttles.clear()
         self._throttles[name] = rule
         return rule
+
+
+#: key shortcuts of the decorators beyond the rules' (the user: per framework, see
+#: ``FrameworkView.user_id``)
+_USER_KEYS: dict[str, Any] = {"user": user_key, "user_or_ip": user_or_ip_key}
+
+
+class NonBlocking(_Throttle):
+    """The throttle of a ``limit(..., block=False)``: decided on its own like a dry run,
+    its decision given to the view (which decides) instead of refusing."""
+
+    __slots__ = ()
 
 
 def _methods(methods: Iterable[str] | None, what: str) -> frozenset[str] | None:

@@ -3,13 +3,21 @@
 The rate syntax is the one of the ``limits`` package ("10/second", "100 per minute",
 "5/10 seconds", several joined by ``;``, ``,`` or ``|``) and is parsed by ``limits``
 itself. Parsed results are cached, so a rate string costs one dict lookup per request.
+
+Calendar rates are ours: ``"1000/calendar-month"`` or ``"1000 per calendar month"`` (also
+``day`` and ``week``, Monday first), optionally ``in <time zone>``
+(``"1000/calendar-month in Europe/Paris"``; default UTC): a quota per calendar period,
+reset at the period's real end, beside the rolling ``"1000/month"`` (30 days), which keeps
+its meaning.
 """
 
 from __future__ import annotations
 
 import functools
+import re
 from typing import NamedTuple
 
+from ._calendar import NOMINAL_SECONDS, calendar_of
 from ._errors import ConfigError
 
 __all__ = ["MAX_LIMIT", "MAX_PERIOD", "Rate", "parse_rates"]
@@ -22,12 +30,21 @@ MAX_LIMIT = 2**53 - 1
 
 
 class Rate(NamedTuple):
-    """``limit`` requests (or cost units) per ``period`` seconds."""
+    """``limit`` requests (or cost units) per ``period`` seconds.
+
+    A calendar rate (``calendar``: ``"day"``, ``"week"`` or ``"month"``, in the time zone
+    ``tz``, None for UTC) counts per calendar period instead; its ``period`` is the
+    unit's nominal length (what the headers report as the policy window)."""
 
     limit: int
     period: float
+    calendar: str | None = None
+    tz: str | None = None
 
     def __str__(self) -> str:
+        if self.calendar is not None:
+            zone = f" in {self.tz}" if self.tz else ""
+            return f"{self.limit} per calendar {self.calendar}{zone}"
         period = int(self.period) if self.period == int(self.period) else self.period
         return f"{self.limit} per {period} second{'s' if period != 1 else ''}"
 
@@ -52,6 +69,8 @@ def _parse_cached(text: str) -> tuple[Rate, ...]:
         raise ConfigError(f"rate must be a string like '10/minute', got {text!r}")
     from limits.util import SEPARATORS, SINGLE_EXPR, parse_many
 
+    if _CALENDAR_WORD.search(text):
+        return _parse_with_calendar(text, SEPARATORS)
     try:
         items = parse_many(text)
     except ValueError as exc:
@@ -68,6 +87,40 @@ def _parse_cached(text: str) -> tuple[Rate, ...]:
         if multiples is not None and int(multiples) <= 0:
             raise ConfigError(f"invalid rate {text!r}: the period must be positive")
         rates.append(_bounded(Rate(int(item.amount), float(item.get_expiry())), text))
+    if not rates:
+        raise ConfigError(f"invalid rate {text!r}: no rate found")
+    return tuple(rates)
+
+
+_CALENDAR_WORD = re.compile(r"calendar", re.IGNORECASE)
+_CALENDAR = re.compile(
+    r"\s*([0-9]+)\s*(?:/|\s+per\s+|per\s+)\s*calendar[\s-]+([a-z]+)"
+    r"(?:\s+in\s+(\S+))?\s*", re.IGNORECASE)
+
+
+def _parse_with_calendar(text: str, separators: re.Pattern[str]) -> tuple[Rate, ...]:
+    """A rate string holding calendar rates (each part parsed on its own)."""
+    rates: list[Rate] = []
+    for part in separators.split(text):
+        if not part.strip():
+            continue
+        match = _CALENDAR.fullmatch(part)
+        if match is None:
+            if _CALENDAR_WORD.search(part):
+                raise ConfigError(
+                    f"invalid rate {text!r}: a calendar rate reads '1000/calendar-month' or "
+                    f"'1000 per calendar month', optionally followed by 'in <time zone>' "
+                    f"(units: {', '.join(NOMINAL_SECONDS)})")
+            rates.extend(_parse_cached(part))
+            continue
+        amount, unit, tz = int(match.group(1)), match.group(2).lower(), match.group(3)
+        if unit not in NOMINAL_SECONDS:
+            raise ConfigError(f"invalid rate {text!r}: unknown calendar unit {unit!r} "
+                              f"(one of {', '.join(NOMINAL_SECONDS)})")
+        if amount <= 0:
+            raise ConfigError(f"invalid rate {text!r}: the amount must be positive")
+        calendar_of(unit, tz)  # an unknown time zone is a ConfigError now
+        rates.append(_bounded(Rate(amount, NOMINAL_SECONDS[unit], unit, tz), text))
     if not rates:
         raise ConfigError(f"invalid rate {text!r}: no rate found")
     return tuple(rates)
@@ -101,6 +154,13 @@ def _check_rate(rate: Rate) -> Rate:
         )
     if round(rate.period * 1_000_000) < 1:
         raise ConfigError(f"invalid rate {rate!r}: period must be at least one microsecond")
+    if rate.calendar is not None:
+        if rate.calendar not in NOMINAL_SECONDS:
+            raise ConfigError(f"invalid rate {rate!r}: calendar must be one of "
+                              f"{', '.join(NOMINAL_SECONDS)}")
+        calendar_of(rate.calendar, rate.tz)
+        return _bounded(Rate(rate.limit, NOMINAL_SECONDS[rate.calendar], rate.calendar,
+                             rate.tz), rate)
     return _bounded(Rate(rate.limit, float(rate.period)), rate)
 
 

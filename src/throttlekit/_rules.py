@@ -25,9 +25,10 @@ from typing import TYPE_CHECKING, Any, NamedTuple, TypeVar
 from ._algorithms import Algorithm, check_strategy, make_algorithm
 from ._decision import Decision
 from ._errors import ConfigError
+from ._escalation import BanEscalation, Escalate, Escalation
 from ._ipset import IPSet
 from ._rates import MAX_PERIOD, Rate, coerce_rates
-from .storage.base import BoundBatch, BoundHit, Storage
+from .storage.base import BatchResult, BoundBatch, BoundHit, Check, Storage
 
 if TYPE_CHECKING:
     from ._limiter import Limiter
@@ -37,6 +38,8 @@ if TYPE_CHECKING:
 __all__ = [
     "DYNAMIC_RULE",
     "STORAGE_RULE",
+    "BanEscalation",
+    "Escalate",
     "ResponseInfo",
     "Rules",
     "Verdict",
@@ -255,13 +258,14 @@ class _ListRule:
 
 class _BanRule:
     __slots__ = (
-        "algorithm", "bantime", "findtime", "key", "kind", "match", "maxretry", "name",
-        "prefix", "refuses",
+        "algorithm", "bantime", "escalation", "findtime", "key", "kind", "match", "maxretry",
+        "name", "prefix", "refuses",
     )
 
     def __init__(
         self, kind: str, name: str, match: Predicate, key: KeyFunc, maxretry: int,
         findtime: float, bantime: float, algorithm: Algorithm,
+        escalation: Escalation | None = None,
     ) -> None:
         self.kind = kind
         self.name = name
@@ -275,6 +279,20 @@ class _BanRule:
         self.prefix = f"{kind}:{name}:"
         #: fail2ban refuses every matching request; allow2ban lets them through
         self.refuses = kind == "fail2ban"
+        #: repeat offenders banned longer (None: every ban lasts ``bantime``)
+        self.escalation = escalation
+
+    def offence(self, ban_key: str) -> Check:
+        """The check counting one more ban of ``ban_key`` (``prefix + discriminator``) in
+        the store, whose answer :meth:`ban_time` reads (escalating rules only)."""
+        assert self.escalation is not None
+        return Check(self.escalation.algorithm, NS + ban_key[len(self.prefix):], 1, True)
+
+    def ban_time(self, result: BatchResult) -> float:
+        """How long this ban lasts (``Escalation.ban_time``): ``bantime``, or longer for a
+        repeat offender when the rule escalates."""
+        esc = self.escalation
+        return self.bantime if esc is None else esc.ban_time(self.bantime, result)
 
 
 class _Throttle:
@@ -450,7 +468,7 @@ class Rules:
 
     def add_ban(
         self, kind: str, name: str, match: Predicate, maxretry: int, findtime: float,
-        bantime: float, key: str | KeyFunc | None,
+        bantime: float, key: str | KeyFunc | None, escalate: Escalate = False,
     ) -> None:
         name = self._name(name, kind)
         if not callable(match):
@@ -479,7 +497,10 @@ class Rules:
             alg = make_algorithm(
                 strategy, rate, None, id=f"b:{escape_name(name)}:{kind}:{rate.period_us}"
             )
-        rule = _BanRule(kind, name, match, keyf, maxretry, float(findtime), float(bantime), alg)
+        escalation = Escalation.of(escalate, float(bantime), f"o:{escape_name(name)}",
+                                   f"{kind} {name!r}", storage)
+        rule = _BanRule(kind, name, match, keyf, maxretry, float(findtime), float(bantime), alg,
+                        escalation)
         self.needs_form = self.needs_form or uses_form(match, keyf)
         self.fast = False
         self.bans = (*self.bans, rule)
@@ -552,6 +573,14 @@ class Rules:
         self.needs_form = self.needs_form or uses_form(match, keyf)
         self.tracks = (*self.tracks, _Track(name, match, keyf))
         self.names[name] = "track"
+
+    def offence(self, ban_key: str) -> tuple[_BanRule, Check] | None:
+        """The escalating ban rule making the ban ``ban_key`` and the check counting it
+        (None: the ban lasts its rule's ``bantime``)."""
+        found = self.ban_rule_of(ban_key)
+        if found is None or found[0].escalation is None:
+            return None
+        return found[0], found[0].offence(ban_key)
 
     def ban_rule_of(self, key: str) -> tuple[_BanRule, str] | None:
         """The ban rule and discriminator a dynamic-blocklist key was made by, if any."""

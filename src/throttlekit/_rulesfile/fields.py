@@ -15,7 +15,7 @@ import math
 import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, ClassVar
 
 from .._algorithms import ALGORITHMS, MAX_LIMIT, make_algorithm
 from .._errors import ConfigError
@@ -400,6 +400,41 @@ class CountWhen(Field):
                 return None
         frozen, cls = frozenset(exact), frozenset(classes)
         return lambda r: r.status_code in frozen or r.status_code // 100 in cls
+
+
+class Escalate(Field):
+    """A ban's escalation: ``true``, ``false``, or a table of ``factor``, ``max_ban`` and
+    ``forget_after`` (durations) and ``jitter``; the ranges against ``bantime`` are the
+    Limiter's to check."""
+
+    _SPECS: ClassVar[dict[str, _Number]] = {
+        "factor": _Number(1, 1000), "max_ban": _DURATION_N, "forget_after": _DURATION_N,
+        "jitter": _Number(0, 1, below=True),
+    }
+
+    def parse(self, v: Any, at: At) -> Any:
+        hint = ('escalate = true (each ban of a repeat offender twice the last, up to 64x), '
+                'or escalate = { max_ban = "1d", forget_after = "7d", jitter = 0.1, '
+                'factor = 2 }')
+        if isinstance(v, bool):
+            return v
+        if not isinstance(v, dict):
+            at.err(f"{at.what} must be true, false or a table, got {type_name(v)} {v!r}", hint)
+            return None
+        out: dict[str, float] = {}
+        for name, value in v.items():
+            spec = self._SPECS.get(name)
+            if spec is None:
+                mean = did_you_mean(str(name), list(self._SPECS))
+                at.err(f"{at.what}: unknown option {name!r}" + (f"; {mean}" if mean else ""),
+                       hint)
+                return None
+            try:
+                out[name] = spec.coerce(value)
+            except ConfigError as exc:
+                at.err(f"{at.what}: {name} {exc}", spec.hint())
+                return None
+        return out
 
 
 class Fractions(Field):

@@ -25,6 +25,7 @@ from .fields import (
     Choice,
     CountWhen,
     Duration,
+    Escalate,
     Field,
     Fractions,
     Import,
@@ -125,7 +126,7 @@ def _register_list(kind: str) -> Register:
 def _register_ban(kind: str) -> Register:
     def register(rules: Any, concurrency: Any, name: str, kw: dict[str, Any]) -> None:
         rules.add_ban(kind, name, kw["match"], kw["maxretry"], kw["findtime"], kw["bantime"],
-                      kw.get("key"))
+                      kw.get("key"), kw.get("escalate", False))
 
     return register
 
@@ -162,8 +163,9 @@ def fmt_seconds(seconds: Any) -> str:
 
 def _describe_ban(table: Mapping[str, Any], kw: dict[str, Any], strategy: str
                   ) -> tuple[str, str]:
+    escalate = kw.get("escalate")
     return (f"{kw.get('maxretry')} in {fmt_seconds(kw.get('findtime'))}, "
-            f"ban {fmt_seconds(kw.get('bantime'))}"), ""
+            f"ban {fmt_seconds(kw.get('bantime'))}"), "escalating" if escalate else ""
 
 
 def _describe_throttle(table: Mapping[str, Any], kw: dict[str, Any], strategy: str
@@ -206,11 +208,11 @@ def _ban_kind(name: str) -> Kind:
     return Kind(
         name, name,
         (F("maxretry", Int(1), required=True), F("findtime", Duration(), required=True),
-         F("bantime", Duration(), required=True), _KEY),
+         F("bantime", Duration(), required=True), _KEY, F("escalate", Escalate())),
         _register_ban(name), _describe_ban,
         needs_condition=f"a {name} rule counts requests that match: give path, path_prefix, "
                         "method, ips, header or match",
-        listed=("key", "maxretry", "findtime", "bantime"),
+        listed=("key", "maxretry", "findtime", "bantime", "escalate"),
     )
 
 

@@ -191,6 +191,22 @@ class DjangoView(FrameworkView):
                                         lambda: req.body)
         return super()._read_form()
 
+    @property
+    def route(self) -> str | None:
+        """The URL pattern that matched (``"items/<int:pk>/"``): a view behind two
+        routes counts each on its own (``scope=`` shares one counter)."""
+        match = getattr(self.request, "resolver_match", None)
+        if match is None:
+            return None
+        return getattr(match, "route", None) or getattr(match, "view_name", None) or None
+
+    def framework_user(self) -> Any:
+        """``request.user``'s primary key when authenticated."""
+        user = getattr(self.request, "user", None)
+        if user is None or not getattr(user, "is_authenticated", False):
+            return None
+        return getattr(user, "pk", None)
+
     def _read_body(self) -> bytes | None:
         # Django holds the body stream: read through it, so that ``request.POST`` still
         # sees the whole body
@@ -355,6 +371,8 @@ class ThrottleMiddleware:
     # -- per-view limits, once the view is known -------------------------------------------
 
     def _entries(self, view_func: Any) -> tuple[Group | None, tuple[Any, ...]]:
+        """The view's limits (the route joins their names when they are evaluated:
+        one view behind two routes counts each on its own, see ``DjangoView.route``)."""
         try:
             return self._cache[view_func]
         except (KeyError, TypeError):

@@ -38,7 +38,8 @@ from starlette.requests import HTTPConnection, Request
 from starlette.responses import Response
 
 from .._adapters import register_adapter
-from .._decorators import DENIED_KEY, HIDDEN_REQUEST, aevaluate, record
+from .._decorators import DENIED_KEY, HIDDEN_REQUEST, aevaluate, current_decision, record
+from .._errors import ConfigError
 from .._exchange import OWNER_KEY
 from .._frameworkview import view_of
 from .._limitspec import LimitSpec, endpoint_name, group_of
@@ -65,7 +66,14 @@ if TYPE_CHECKING:
     from .._rules import Verdict
 
 __all__ = ["ADAPTER", "RATE_LIMITED_RESPONSE", "FastAPIAdapter", "RateLimited", "Throttle",
-           "hook_openapi", "rate_limited"]
+           "decision", "hook_openapi", "rate_limited"]
+
+
+def decision() -> Decision | None:
+    """The Decision of the decorated limits of the endpoint being served (also
+    ``request.state.throttle``), for an endpoint without a ``Request`` parameter; with
+    ``block=False``, ``allowed`` False says the caller is over the limit."""
+    return current_decision()
 
 #: The OpenAPI description of a throttlekit 429, for ``responses=`` of a route.
 RATE_LIMITED_RESPONSE: dict[int | str, dict[str, Any]] = {
@@ -271,7 +279,12 @@ def route_name(scope: Mapping[str, Any]) -> str:
 
 def make_dependency(lim: Limiter, spec: LimitSpec) -> Callable[..., Any]:
     """``Depends(limiter.depends("10/minute"))``: a FastAPI dependency applying ``spec``
-    to the route it is used on (its counter: the route's endpoint, or ``scope``)."""
+    to the route it is used on (its counter: the route's endpoint, or ``scope``). The
+    dependency's value is the Decision (with ``block=False``, a refusing one too)."""
+    if spec.count_when is not None:
+        raise ConfigError("depends(): count_when needs the endpoint's response, which a "
+                          "dependency never sees; decorate the endpoint with "
+                          "@limiter.limit(..., count_when=...) instead")
     hook_openapi()
 
     async def throttlekit_limit(request: Any, response: Any) -> Decision | None:

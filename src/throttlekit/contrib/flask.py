@@ -29,6 +29,7 @@ Settings (``app.config``): ``THROTTLEKIT_STORAGE_URL``, ``THROTTLEKIT_DEFAULT_LI
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Callable, Mapping, MutableMapping
 from typing import TYPE_CHECKING, Any, TypeVar
 
@@ -40,7 +41,7 @@ from werkzeug.wrappers import Response
 from .._adapters import Adapter, Found, register_adapter
 from .._decorators import DENIED_KEY, HANDLED_KEY, POLICIES_KEY, decorate, evaluate, exempt, record
 from .._exchange import OWNER_KEY
-from .._frameworkview import FrameworkView, framework_body, view_of
+from .._frameworkview import FrameworkView, framework_body, user_id_of, view_of
 from .._limitspec import Group, endpoint_name, group_of, make_spec
 from .._responder import status_line
 from .._responses import rate_limit_headers
@@ -107,6 +108,15 @@ class FlaskView(FrameworkView):
             return self._framework_form(req, req.mimetype, "form", "form",
                                         lambda: req.get_data(cache=True))
         return super()._read_form()
+
+    def framework_user(self) -> Any:
+        """flask_login's ``current_user`` when authenticated (and flask_login is in use),
+        else ``g.user`` (its ``get_id()``, ``id`` or the value itself)."""
+        if "flask_login" in sys.modules and has_request_context():
+            user = getattr(sys.modules["flask_login"], "current_user", None)
+            if user is not None and getattr(user, "is_authenticated", False):
+                return user_id_of(user)
+        return user_id_of(g.get("user")) if has_request_context() else None
 
     def _read_body(self) -> bytes | None:
         # werkzeug holds the stream once something touched ``request.stream``: read

@@ -12,6 +12,7 @@ charges nothing at all (a blocked request never reaches the throttles).
 from __future__ import annotations
 
 import abc
+import time
 from collections.abc import Callable, Mapping, Sequence
 from functools import partial
 from typing import TYPE_CHECKING, NamedTuple
@@ -22,7 +23,7 @@ from .._decision import Decision
 if TYPE_CHECKING:
     from .._denials import DenialCache
 
-__all__ = ["BatchResult", "Block", "BoundBatch", "BoundHit", "Check", "Storage"]
+__all__ = ["BatchResult", "Block", "BoundBatch", "BoundHit", "Check", "Storage", "at_instant"]
 
 #: ``hit(key, cost, now) -> Decision`` for one algorithm: see ``Storage.bind``
 BoundHit = Callable[[str, int, int | None], Decision]
@@ -45,6 +46,21 @@ class Check(NamedTuple):
     cost: int = 1
     independent: bool = False
     probe: bool = False
+
+
+def at_instant(checks: Sequence[Check], now: int | None
+               ) -> tuple[Sequence[Check], int | None]:
+    """The checks as a store computing outside Python (Lua, memcached) decides them at
+    ``now``: a calendar window becomes the fixed window of its current period
+    (``Algorithm.at``), which needs this process's clock (``now`` None: read here)."""
+    for c in checks:
+        if c.algorithm.periodic:
+            break
+    else:
+        return checks, now
+    if now is None:
+        now = time.time_ns() // 1000
+    return [c._replace(algorithm=c.algorithm.at(now)) for c in checks], now
 
 
 class Block(NamedTuple):

@@ -62,7 +62,7 @@ from typing import Any
 from ..._algorithms import Algorithm, FixedWindow, SlidingLog, SlidingWindow
 from ..._decision import Decision
 from ..._errors import ConfigError, StorageError
-from ..base import BatchResult, Block, Check, Storage
+from ..base import BatchResult, Block, Check, Storage, at_instant
 from ._codec import decode_state, encode_key, expire
 from ._url import make_client, parse_url, servers
 from ._writes import CAS, CONTENTION_RETRY_AFTER, FW, M32, STRIPES, SW, CasWrites, Slot
@@ -221,6 +221,7 @@ class MemcachedStorage(CasWrites, Storage):
 
     def apply(self, checks: Sequence[Check], *, consume: bool = True, now: int | None = None,
               block_keys: Sequence[str] = ()) -> BatchResult:
+        checks, now = at_instant(checks, now)  # calendar windows: this period's
         if now is None:
             now = int(time.time() * 1_000_000)
         try:

@@ -37,7 +37,7 @@ from typing import Any, TypeVar
 from ..._algorithms import Algorithm
 from ..._decision import Decision
 from ..._errors import ConfigError, StorageError
-from ..base import BatchResult, Block, Check, Storage
+from ..base import BatchResult, Block, Check, Storage, at_instant
 from ._client import Clients, is_cluster, redis_module
 from ._scripts import (
     INF,
@@ -383,6 +383,7 @@ class RedisStorage(Clients, Storage):
               block_keys: Sequence[str] = ()) -> BatchResult:
         if self._client is None:
             self.sync_client()
+        checks, now = at_instant(checks, now)  # calendar windows: this period's
         if len(checks) == 1 and not block_keys:  # the common case: one specialised script
             c = checks[0]
             if self._pool is not None:
@@ -483,6 +484,7 @@ class RedisStorage(Clients, Storage):
             return await asyncio.to_thread(
                 self.apply, checks, consume=consume, now=now, block_keys=block_keys
             )
+        checks, now = at_instant(checks, now)
         if len(checks) == 1 and not block_keys:  # the common case: one specialised script
             c = checks[0]
             one, args = self._one(c, consume, now)
