@@ -38,7 +38,7 @@ from starlette.requests import HTTPConnection, Request
 from starlette.responses import Response
 
 from .._adapters import register_adapter
-from .._decorators import DENIED_KEY, HIDDEN_REQUEST, aevaluate, record
+from .._decorators import DENIED_KEY, HIDDEN_REQUEST, aevaluate, exempt, record
 from .._exchange import OWNER_KEY
 from .._frameworkview import view_of
 from .._limitspec import LimitSpec, endpoint_name, group_of
@@ -65,7 +65,7 @@ if TYPE_CHECKING:
     from .._rules import Verdict
 
 __all__ = ["ADAPTER", "RATE_LIMITED_RESPONSE", "FastAPIAdapter", "RateLimited", "Throttle",
-           "hook_openapi", "rate_limited"]
+           "exempt_doc_routes", "hook_openapi", "rate_limited"]
 
 #: The OpenAPI description of a throttlekit 429, for ``responses=`` of a route.
 RATE_LIMITED_RESPONSE: dict[int | str, dict[str, Any]] = {
@@ -163,13 +163,19 @@ class Throttle:
     Args:
         app: the FastAPI app.
         limiter: the :class:`~throttlekit.Limiter`.
+        exempt_docs: exempt FastAPI's own pages (``openapi_url``, ``docs_url``,
+            ``redoc_url`` and the Swagger UI OAuth2 redirect) from default and application
+            limits, as ``@limiter.exempt`` would (default True: a developer browsing
+            ``/docs`` should not spend the API's quota). The limiter's rules still apply.
         options: those of :class:`~throttlekit.contrib.starlette.ThrottleMiddleware`
             (``default_limits`` apply to the routes of included routers too).
     """
 
-    def __init__(self, app: FastAPI, limiter: Limiter,
+    def __init__(self, app: FastAPI, limiter: Limiter, *, exempt_docs: bool = True,
                  **options: Unpack[MiddlewareOptions]) -> None:
         self.limiter = limiter
+        if exempt_docs:
+            exempt_doc_routes(app, limiter)
         # now, not when the app builds its middleware: an unknown option, a bad rules file
         inspect.signature(ThrottleMiddleware).bind(app, limiter, **options)
         load_rules_file(limiter, options.pop("rules_file", None))
@@ -188,6 +194,20 @@ class Throttle:
             return original()
 
         app.openapi = openapi  # type: ignore[method-assign]
+
+
+def exempt_doc_routes(app: FastAPI, limiter: Limiter) -> None:
+    """Mark the endpoints of FastAPI's documentation routes exempt from default and
+    application limits (the routes ``FastAPI.setup`` added for ``openapi_url``,
+    ``docs_url``, ``redoc_url`` and ``swagger_ui_oauth2_redirect_url``)."""
+    paths = {app.openapi_url, app.docs_url, app.redoc_url}
+    if app.docs_url:
+        paths.add(app.swagger_ui_oauth2_redirect_url)
+    paths.discard(None)
+    for route in app.router.routes:
+        endpoint = getattr(route, "endpoint", None)
+        if getattr(route, "path", None) in paths and callable(endpoint):
+            exempt(limiter, endpoint)
 
 
 # -- the decorators and dependencies in FastAPI -------------------------------------------------
