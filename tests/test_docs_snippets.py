@@ -1,0 +1,189 @@
+"""Every code block of README.md and docs/*.md runs as written (issue 15, item 4).
+
+How a page runs: its fenced ``python`` blocks, in order, in one namespace (a later block may
+use what an earlier one defined, as a reader does), with the working directory a fresh
+temporary directory holding a copy of ``examples/rules.toml`` as ``rules.toml`` (the file
+the pages load) and ``THROTTLEKIT_STATUS_TOKEN``/``THROTTLEKIT_TOKEN`` set (the pages read
+the token from the environment, as they tell operators to). Top-level ``await`` is allowed
+(the block then runs in an event loop).
+
+A block that truly cannot run here (it starts a server, or needs a machine we do not have)
+is marked in the Markdown source, visibly, by an HTML comment on the line before it::
+
+    <!-- docs-test: compile-only (starts uvicorn) -->
+
+It is then compiled (so at least its syntax is checked) but not run; the reason is
+required. ``console`` blocks marked ``<!-- docs-test: run -->`` run each ``$ throttlekit ...``
+line through the CLI and check its exit status (``$ echo $?`` after it) and that every
+line of output shown (``...`` elides) is printed.
+"""
+
+from __future__ import annotations
+
+import ast
+import asyncio
+import contextlib
+import io
+import os
+import re
+import shlex
+import shutil
+import warnings
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+PAGES = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
+FENCE = re.compile(r"^```(\w*)[^\n]*\n(.*?)^```[ \t]*$", re.S | re.M)
+MARK = re.compile(r"<!--\s*docs-test:\s*([\w-]+)\s*(?:\((.*?)\))?\s*-->\s*\Z", re.S)
+TOKEN = "docs-snippet-token-0123456789abcdef"
+
+
+@dataclass(frozen=True)
+class Block:
+    page: Path
+    line: int  # of the opening fence
+    lang: str
+    code: str
+    mark: str | None
+    reason: str | None
+
+    @property
+    def where(self) -> str:
+        page = self.page.relative_to(ROOT) if self.page.is_relative_to(ROOT) else self.page
+        return f"{page}:{self.line}"
+
+
+def blocks(page: Path) -> list[Block]:
+    """The fenced blocks of ``page``, each with the docs-test marker on the line before."""
+    text = page.read_text(encoding="utf-8")
+    out = []
+    for m in FENCE.finditer(text):
+        before = text[: m.start()].rstrip("\n")
+        last = before.rsplit("\n", 1)[-1]
+        mark = MARK.search(last)
+        out.append(Block(page, text.count("\n", 0, m.start()) + 1, m.group(1), m.group(2),
+                         mark.group(1) if mark else None, mark.group(2) if mark else None))
+    return out
+
+
+@contextlib.contextmanager
+def page_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    shutil.copy(ROOT / "examples" / "rules.toml", tmp_path / "rules.toml")
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("THROTTLEKIT_STATUS_TOKEN", TOKEN)
+    monkeypatch.setenv("THROTTLEKIT_TOKEN", TOKEN)
+    with warnings.catch_warnings():
+        # a page may build a memory:// limiter under a test runner's env: not its point
+        warnings.simplefilter("ignore", RuntimeWarning)
+        yield
+
+
+def run_python(block: Block, namespace: dict[str, object]) -> None:
+    flags = ast.PyCF_ALLOW_TOP_LEVEL_AWAIT
+    code = compile(block.code, block.where, "exec", flags=flags, dont_inherit=True)
+    if block.mark == "compile-only":
+        return
+    result = eval(code, namespace)  # noqa: S307 - the docs' own code
+    if asyncio.iscoroutine(result):
+        asyncio.run(result)
+
+
+def run_console(block: Block) -> None:
+    """The ``$ throttlekit ...`` commands of a console block, through the CLI."""
+    from throttlekit.cli import main
+
+    lines = block.code.splitlines()
+    i = 0
+    while i < len(lines):
+        line = lines[i]
+        i += 1
+        if not line.startswith("$ throttlekit "):
+            continue
+        shown: list[str] = []
+        while i < len(lines) and not lines[i].startswith("$ "):
+            shown.append(lines[i])
+            i += 1
+        want_status = 0
+        if i < len(lines) and lines[i] == "$ echo $?":
+            want_status = int(lines[i + 1])
+            i += 2
+        argv = shlex.split(line[2:].split("  #")[0])[1:]
+        out, err = io.StringIO(), io.StringIO()
+        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+            status = main(argv)
+        printed = out.getvalue() + err.getvalue()
+        assert status == want_status, f"{block.where}: {line!r} exited {status}\n{printed}"
+        for expected in shown:
+            for part in expected.split("..."):
+                assert part.strip() in printed, (
+                    f"{block.where}: {line!r} did not print {part.strip()!r}:\n{printed}")
+
+
+@pytest.mark.parametrize("page", PAGES, ids=[str(p.relative_to(ROOT)) for p in PAGES])
+def test_page_code_blocks_run(page: Path, tmp_path: Path,
+                              monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every python block of the page runs in order, sharing one namespace, and every
+    console block marked to run gives the status and output it shows."""
+    import django_config  # noqa: F401  # the Django snippets define views and settings
+
+    namespace: dict[str, object] = {"__name__": "docs_snippet", "__file__": str(page)}
+    with page_env(tmp_path, monkeypatch):
+        for block in blocks(page):
+            if block.lang == "python":
+                run_python(block, namespace)
+            elif block.lang == "console" and block.mark == "run":
+                run_console(block)
+
+
+def test_every_marker_is_known_and_explained() -> None:
+    """A block is excused from running only with a reason, and only a python block; a run
+    marker is only on console blocks (so no marker is a silent no-op)."""
+    found = 0
+    for page in PAGES:
+        for block in blocks(page):
+            if block.mark is None:
+                continue
+            found += 1
+            if block.mark == "compile-only":
+                assert block.lang == "python" and block.reason, block.where
+            else:
+                assert block.mark == "run" and block.lang == "console", block.where
+        text = page.read_text(encoding="utf-8")
+        marks = len(re.findall(r"<!--\s*docs-test:", text))
+        assert marks == sum(b.mark is not None for b in blocks(page)), (
+            f"{page.name}: a docs-test marker not right before a fence")
+    assert found > 0
+
+
+def test_every_python_block_is_run_or_excused() -> None:
+    """Most python blocks run: compile-only stays the exception (servers, other hosts)."""
+    py = [b for p in PAGES for b in blocks(p) if b.lang == "python"]
+    excused = [b.where for b in py if b.mark == "compile-only"]
+    assert len(py) >= 40
+    assert len(excused) <= len(py) // 5, excused
+
+
+def test_a_failing_block_names_its_page_and_line(tmp_path: Path) -> None:
+    """The runner reports where a broken snippet is (file:line of the fence)."""
+    page = tmp_path / "page.md"
+    page.write_text("text\n\n```python\nx = 1\n```\n\n```python\nundefined_name\n```\n")
+    ns: dict[str, object] = {}
+    found = blocks(page)
+    run_python(found[0], ns)
+    with pytest.raises(NameError) as info:
+        run_python(found[1], ns)
+    assert info.traceback[-1].frame.code.raw.co_filename == f"{page}:7"
+
+
+def test_compile_only_blocks_are_still_compiled(tmp_path: Path) -> None:
+    """A compile-only block with a syntax error fails the page."""
+    page = tmp_path / "page.md"
+    page.write_text("<!-- docs-test: compile-only (a server) -->\n```python\ndef f(:\n```\n")
+    (block,) = blocks(page)
+    assert block.mark == "compile-only" and block.reason == "a server"
+    with pytest.raises(SyntaxError):
+        run_python(block, {})
