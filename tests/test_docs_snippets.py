@@ -15,7 +15,9 @@ is marked in the Markdown source, visibly, by an HTML comment on the line before
 It is then compiled (so at least its syntax is checked) but not run; the reason is
 required. ``console`` blocks marked ``<!-- docs-test: run -->`` run each ``$ throttlekit ...``
 line through the CLI and check its exit status (``$ echo $?`` after it) and that every
-line of output shown (``...`` elides) is printed.
+line of output shown (``...`` elides) is printed. A block marked
+``<!-- docs-test: file (NAME) -->`` (a rules file shown on the page) is written to ``NAME``
+in the working directory, for the blocks after it.
 """
 
 from __future__ import annotations
@@ -133,7 +135,9 @@ def test_page_code_blocks_run(page: Path, tmp_path: Path,
     namespace: dict[str, object] = {"__name__": "docs_snippet", "__file__": str(page)}
     with page_env(tmp_path, monkeypatch):
         for block in blocks(page):
-            if block.lang == "python":
+            if block.mark == "file" and block.reason:
+                (tmp_path / block.reason).write_text(block.code, encoding="utf-8")
+            elif block.lang == "python":
                 run_python(block, namespace)
             elif block.lang == "console" and block.mark == "run":
                 run_console(block)
@@ -150,6 +154,8 @@ def test_every_marker_is_known_and_explained() -> None:
             found += 1
             if block.mark == "compile-only":
                 assert block.lang == "python" and block.reason, block.where
+            elif block.mark == "file":
+                assert block.reason and "/" not in block.reason, block.where
             else:
                 assert block.mark == "run" and block.lang == "console", block.where
         text = page.read_text(encoding="utf-8")
