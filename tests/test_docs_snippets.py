@@ -3,8 +3,9 @@
 How a page runs: its fenced ``python`` blocks, in order, in one namespace (a later block may
 use what an earlier one defined, as a reader does), with the working directory a fresh
 temporary directory holding a copy of ``examples/rules.toml`` as ``rules.toml`` (the file
-the pages load) and ``THROTTLEKIT_STATUS_TOKEN``/``THROTTLEKIT_TOKEN`` set (the pages read
-the token from the environment, as they tell operators to). Top-level ``await`` is allowed
+the pages load), and ``THROTTLEKIT_STATUS_TOKEN``, ``THROTTLEKIT_TOKEN`` and
+``THROTTLEKIT_CHALLENGE_KEY`` set (the pages read secrets from the environment, as they
+tell operators to). Top-level ``await`` is allowed
 (the block then runs in an event loop).
 
 A block that truly cannot run here (it starts a server, or needs a machine we do not have)
@@ -17,7 +18,10 @@ required. ``console`` blocks marked ``<!-- docs-test: run -->`` run each ``$ thr
 line through the CLI and check its exit status (``$ echo $?`` after it) and that every
 line of output shown (``...`` elides) is printed. A block marked
 ``<!-- docs-test: file (NAME) -->`` (a rules file shown on the page) is written to ``NAME``
-in the working directory, for the blocks after it.
+in the working directory, for the blocks after it. A python block of method signatures
+(``limiter.throttle(name, rates, *, match=None, ...)``, not code) is marked
+``<!-- docs-test: signatures -->``: each must match the method's real signature (names,
+order, keyword-only marker and defaults), so the reference cannot drift from the code.
 """
 
 from __future__ import annotations
@@ -26,6 +30,7 @@ import ast
 import asyncio
 import contextlib
 import io
+import logging
 import os
 import re
 import shlex
@@ -78,10 +83,21 @@ def page_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
     monkeypatch.chdir(tmp_path)
     monkeypatch.setenv("THROTTLEKIT_STATUS_TOKEN", TOKEN)
     monkeypatch.setenv("THROTTLEKIT_TOKEN", TOKEN)
-    with warnings.catch_warnings():
-        # a page may build a memory:// limiter under a test runner's env: not its point
-        warnings.simplefilter("ignore", RuntimeWarning)
-        yield
+    monkeypatch.setenv("THROTTLEKIT_CHALLENGE_KEY", TOKEN)
+    # a page may add handlers to throttlekit's loggers (structured logs): undone after it
+    loggers = [logging.getLogger(n) for n in ("throttlekit", "throttlekit.monitor",
+                                             "throttlekit.shield")]
+    saved = [(lg.handlers[:], lg.level, lg.propagate, lg.disabled) for lg in loggers]
+    try:
+        with warnings.catch_warnings():
+            # a page may build a memory:// limiter under a test runner's env: not its point
+            warnings.simplefilter("ignore", RuntimeWarning)
+            yield
+    finally:
+        for lg, (handlers, level, propagate, disabled) in zip(loggers, saved, strict=True):
+            lg.handlers[:] = handlers
+            lg.setLevel(level)
+            lg.propagate, lg.disabled = propagate, disabled
 
 
 def run_python(block: Block, namespace: dict[str, object]) -> None:
@@ -92,6 +108,41 @@ def run_python(block: Block, namespace: dict[str, object]) -> None:
     result = eval(code, namespace)  # noqa: S307 - the docs' own code
     if asyncio.iscoroutine(result):
         asyncio.run(result)
+
+
+#: the objects signature blocks name, and the class whose methods they show
+SIGNATURE_OWNERS = {"limiter": "throttlekit.Limiter"}
+SIGNATURE = re.compile(r"^(\w+)\.(\w+)\((.*?)\)\s*(?:#.*)?$", re.S | re.M)
+
+
+def check_signatures(block: Block) -> int:
+    """Compare each ``obj.method(params)`` of the block with the method's signature;
+    returns how many were checked."""
+    import importlib
+    import inspect
+
+    checked = 0
+    for m in SIGNATURE.finditer(block.code):
+        module, _, cls = SIGNATURE_OWNERS[m.group(1)].rpartition(".")
+        method = getattr(getattr(importlib.import_module(module), cls), m.group(2))
+        shown = ast.parse(f"def f({m.group(3)}): pass").body[0].args  # type: ignore[attr-defined]
+        real = [p for p in inspect.signature(method).parameters.values() if p.name != "self"]
+        names = [a.arg for a in shown.args] + ["*"] + [a.arg for a in shown.kwonlyargs]
+        want = [p.name for p in real if p.kind is not p.KEYWORD_ONLY] + ["*"] + [
+            p.name for p in real if p.kind is p.KEYWORD_ONLY]
+        assert names == want, f"{block.where}: {m.group(2)}{names} != {want}"
+        defaults = dict(zip([a.arg for a in shown.args][-len(shown.defaults) or len(
+            shown.args):], shown.defaults, strict=False))
+        defaults.update({a.arg: d for a, d in zip(shown.kwonlyargs, shown.kw_defaults,
+                                                  strict=True) if d is not None})
+        for p in real:
+            node = defaults.get(p.name)
+            has = p.default is not p.empty
+            assert (node is not None) == has, f"{block.where}: {m.group(2)}: {p.name} default"
+            if node is not None:
+                assert ast.literal_eval(node) == p.default, f"{block.where}: {p.name}"
+        checked += 1
+    return checked
 
 
 def run_console(block: Block) -> None:
@@ -137,6 +188,8 @@ def test_page_code_blocks_run(page: Path, tmp_path: Path,
         for block in blocks(page):
             if block.mark == "file" and block.reason:
                 (tmp_path / block.reason).write_text(block.code, encoding="utf-8")
+            elif block.mark == "signatures":
+                assert check_signatures(block) > 0, block.where
             elif block.lang == "python":
                 run_python(block, namespace)
             elif block.lang == "console" and block.mark == "run":
@@ -156,6 +209,8 @@ def test_every_marker_is_known_and_explained() -> None:
                 assert block.lang == "python" and block.reason, block.where
             elif block.mark == "file":
                 assert block.reason and "/" not in block.reason, block.where
+            elif block.mark == "signatures":
+                assert block.lang == "python", block.where
             else:
                 assert block.mark == "run" and block.lang == "console", block.where
         text = page.read_text(encoding="utf-8")
