@@ -31,7 +31,6 @@ import asyncio
 import contextlib
 import io
 import logging
-import os
 import re
 import shlex
 import shutil
@@ -105,7 +104,7 @@ def run_python(block: Block, namespace: dict[str, object]) -> None:
     code = compile(block.code, block.where, "exec", flags=flags, dont_inherit=True)
     if block.mark == "compile-only":
         return
-    result = eval(code, namespace)  # noqa: S307 - the docs' own code
+    result = eval(code, namespace)  # the docs' own code
     if asyncio.iscoroutine(result):
         asyncio.run(result)
 
