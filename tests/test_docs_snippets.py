@@ -247,3 +247,36 @@ def test_compile_only_blocks_are_still_compiled(tmp_path: Path) -> None:
     assert block.mark == "compile-only" and block.reason == "a server"
     with pytest.raises(SyntaxError):
         run_python(block, {})
+
+
+def test_a_console_block_that_disagrees_fails(tmp_path: Path,
+                                             monkeypatch: pytest.MonkeyPatch) -> None:
+    """A run block whose shown output or exit status is not what the CLI gives fails."""
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "r.toml").write_text('[[throttle]]\nname = "a"\nrates = "5/minute"\n')
+    page = tmp_path / "page.md"
+    page.write_text("<!-- docs-test: run -->\n```console\n$ throttlekit check r.toml\n"
+                    "r.toml: OK (1 rule)\n```\n\n<!-- docs-test: run -->\n```console\n"
+                    "$ throttlekit check r.toml\nr.toml: OK (2 rules)\n```\n\n"
+                    "<!-- docs-test: run -->\n```console\n$ throttlekit check r.toml\n"
+                    "$ echo $?\n1\n```\n")
+    good, wrong_output, wrong_status = blocks(page)
+    run_console(good)
+    with pytest.raises(AssertionError, match="did not print"):
+        run_console(wrong_output)
+    with pytest.raises(AssertionError, match="exited 0"):
+        run_console(wrong_status)
+
+
+def test_a_signature_that_drifted_fails(tmp_path: Path) -> None:
+    """A signature block missing a parameter, or with a wrong default, fails."""
+    page = tmp_path / "page.md"
+    page.write_text("```python\nlimiter.track(name, match=None, *, key=None)\n```\n\n"
+                    "```python\nlimiter.track(name, match=None)\n```\n\n"
+                    "```python\nlimiter.track(name, match=1, *, key=None)\n```\n")
+    right, missing, default = blocks(page)
+    assert check_signatures(right) == 1
+    with pytest.raises(AssertionError, match="track"):
+        check_signatures(missing)
+    with pytest.raises(AssertionError, match="match"):
+        check_signatures(default)

@@ -18,7 +18,7 @@ __all__ = ["TOKEN_ENV", "add_token_options", "plain", "print_json", "print_table
 
 #: the environment variable the commands reading status endpoints take the token from
 TOKEN_ENV = "THROTTLEKIT_TOKEN"
-_ROLE = re.compile(r":[a-z]+:`~?([^`]+)`")
+_ROLE = re.compile(r":[a-z]+:`(~?)([^`]+)`")
 _LITERAL = re.compile(r"``([^`]+)``")
 
 
@@ -62,9 +62,7 @@ def plain(text: str) -> str:
     """A docstring paragraph as ``--help`` shows it: Sphinx roles and literals as plain
     text (``:class:`~throttlekit.Limiter``` -> ``Limiter``, ````--x```` -> ``--x``)."""
     def role(m: re.Match[str]) -> str:
-        target = m.group(1)
-        return target.rsplit(".", 1)[-1] if m.group(0)[m.group(0).index("`") + 1] == "~" \
-            else target
+        return m.group(2).rsplit(".", 1)[-1] if m.group(1) else m.group(2)
 
     return _LITERAL.sub(r"\1", _ROLE.sub(role, text))
 
