@@ -35,10 +35,19 @@ def _help(capsys: pytest.CaptureFixture[str], *argv: str) -> str:
     return capsys.readouterr().out
 
 
+#: every subcommand (test_the_command_list_is_complete keeps it so)
+COMMANDS = ["bans", "block", "check", "incident", "inspect", "reset", "rules", "simulate",
+            "top", "unblock"]
+
+
 def _commands() -> list[str]:
-    parser = build_parser()
-    sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
-    return sorted(sub.choices)
+    return COMMANDS
+
+
+def test_the_command_list_is_complete() -> None:
+    """COMMANDS names every command `throttlekit --help` lists."""
+    listed = re.findall(r"^    (\w+)  ", build_parser().format_help(), re.M)
+    assert sorted(listed) == COMMANDS
 
 
 def test_simulate_help_is_plain_text(capsys: pytest.CaptureFixture[str]) -> None:
