@@ -76,6 +76,9 @@ def test_fastapi_example_under_uvicorn() -> None:
         assert as_json.headers["content-type"] == "application/problem+json"
         assert as_json.json()["violated-policies"] == ["fastapi_app.read_item"]
         assert "429" in schema["paths"]["/items/{item_id}"]["get"]["responses"]
+        with httpx.Client(base_url=base) as c:  # exempt and safelisted; the docs: exempt
+            assert {c.get("/health").status_code for _ in range(120)} == {200}
+            assert {c.get("/docs").status_code for _ in range(40)} == {200}
 
 
 def test_django_example_under_uvicorn_asgi() -> None:
