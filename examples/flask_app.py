@@ -7,7 +7,10 @@ Run: ``gunicorn -w 1 -b 127.0.0.1:8000 flask_app:app`` (from ``examples/``), or
 - the rules middleware: at most 100 requests a minute per client for the whole site;
 - every route: at most 30 a minute per client (default limits, each route its own counter);
 - ``/search``: at most 3 a minute per client (a decorator), its Decision in ``g.throttle``;
-- ``/health``: exempt from the default limits.
+- ``/health``: exempt from every limit. ``@limiter.exempt`` takes it out of the default
+  (and application) limits, which the Flask integration checks after routing; the rules
+  middleware runs before Flask has routed the request, so it needs its own word: the
+  ``health`` safelist, which skips every rule for that path.
 """
 
 from __future__ import annotations
@@ -20,6 +23,7 @@ from throttlekit import Limiter, WSGIMiddleware
 from throttlekit.contrib.flask import Throttle
 
 limiter = Limiter(os.environ.get("THROTTLEKIT_STORAGE_URL", "memory://"))
+limiter.safelist("health", lambda r: r.path == "/health")  # before routing: no rule applies
 limiter.throttle("per-ip", "100/minute")
 
 app = Flask(__name__)

@@ -152,7 +152,7 @@ def test_the_cli_prints_the_latest_report_from_a_served_endpoint(caught, capsys,
         assert main(["incident", url, "--token", "x" * 20]) == 1
         err = capsys.readouterr().err.strip().splitlines()
         assert err == ["throttlekit incident: /throttlekit/status/incidents: HTTP 401 (a token "
-                       "is needed: --token or THROTTLEKIT_TOKEN)"]
+                       "is needed: --token-file, THROTTLEKIT_TOKEN or --token)"]
     assert main(["incident", "file:///etc/passwd"]) == 2
     assert "must be an http(s) URL" in capsys.readouterr().err
 

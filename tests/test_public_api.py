@@ -70,3 +70,25 @@ def test_quickstart_example_shows_the_flooder_limited():
               for m in re.finditer(r"(\w+)\s+sent\s+(\d+)\s+served\s+(\d+)", out)}
     assert served["alice"][0] == served["alice"][1]
     assert served["flooder"][1] < served["flooder"][0] / 10
+
+
+def test_what_the_docs_tell_users_to_import_is_public():
+    """Custom responders and the setup check need only top-level names (issue 15 item 4):
+    no page of the docs names a private module, and the names they use are exported."""
+    for name in ("Denial", "default_responder", "retry_after_header", "ClientIPResolver",
+                 "IPSet"):
+        assert name in throttlekit.__all__, name
+    for page in [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]:
+        assert not re.search(r"throttlekit\._\w", page.read_text()), page.name
+
+
+def test_public_responder_pieces_work_together():
+    """A custom responder built from the public names keeps Retry-After and no-store."""
+    d = throttlekit.Decision(False, 5, 0, 30.0, 12.2, throttlekit.Rate(5, 60.0))
+    denial = throttlekit.default_responder("throttled", "login", d, "text/html", [])
+    assert isinstance(denial, throttlekit.Denial) and denial.status == 429
+    assert ("Retry-After", throttlekit.retry_after_header(d.retry_after)) in denial.headers
+    assert throttlekit.retry_after_header(12.2) == "13"
+    resolver = throttlekit.ClientIPResolver(trusted_proxies=1)
+    assert resolver.resolve("10.0.0.1", "198.51.100.1, 203.0.113.9") == "203.0.113.9"
+    assert "203.0.113.9" in throttlekit.IPSet(["203.0.113.0/24"])

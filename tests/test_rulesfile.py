@@ -73,7 +73,7 @@ ERROR_CASES = [
                  'bantime = 60\n', 4,
                  "maxretry must be a whole number from 1 to 4294967295, got a string",
                  "without quotes", id="int-as-string"),
-    pytest.param('[[fail2ban]]\nname = "f"\npath = "/x"\nmaxretry = 3\nfindtime = "10 min"\n'
+    pytest.param('[[fail2ban]]\nname = "f"\npath = "/x"\nmaxretry = 3\nfindtime = "ten minutes"\n'
                  'bantime = 60\n', 5,
                  "findtime must be a duration from 1ms to 3650 days, got a string", '"10m"',
                  id="bad-duration"),

@@ -8,12 +8,15 @@ True
 
 from __future__ import annotations
 
+from ._clientip import ClientIPResolver
 from ._decision import Decision
 from ._errors import ConfigError, RateLimitExceeded, StorageError, ThrottlekitError
 from ._events import Event
+from ._ipset import IPSet
 from ._limiter import Limiter
 from ._rates import Rate, parse_rates
 from ._request import RequestView
+from ._responses import Denial, default_responder, retry_after_header
 from ._rules import Verdict, reads_form
 from ._version import __version__
 from .asgi import ASGIMiddleware
@@ -22,9 +25,12 @@ from .wsgi import WSGIMiddleware
 
 __all__ = [
     "ASGIMiddleware",
+    "ClientIPResolver",
     "ConfigError",
     "Decision",
+    "Denial",
     "Event",
+    "IPSet",
     "Limiter",
     "MemoryStorage",
     "Rate",
@@ -36,8 +42,10 @@ __all__ = [
     "Verdict",
     "WSGIMiddleware",
     "__version__",
+    "default_responder",
     "parse_rates",
     "reads_form",
+    "retry_after_header",
     "storage_from_url",
 ]
 

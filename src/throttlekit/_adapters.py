@@ -186,7 +186,7 @@ class _ThenAdapter:
         try:
             discover(names=(self.name,))
         except Exception:  # never break the app's own import
-            logger.exception("throttlekit: loading the %s adapter failed", self.name)
+            logger.exception("loading the %s adapter failed", self.name)
         if all(ep.name in _loaded for ep in _entry_points or ()):
             unwatch_imports()
 
@@ -242,11 +242,11 @@ def _installed_entry_points() -> list[_EntryPoint]:
     try:
         found: list[_EntryPoint] = list(entry_points(group=GROUP))
     except Exception:  # broken metadata must not break a request
-        logger.exception("throttlekit: cannot read the %s entry points", GROUP)
+        logger.exception("cannot read the %s entry points", GROUP)
         return []
     if not found:  # throttlekit declares its own: the installed metadata is older
         logger.warning(
-            "throttlekit: no %s entry points are installed (an editable install older "
+            "no %s entry points are installed (an editable install older "
             "than this version? run pip install -e . again); decorated functions find a "
             "framework's request only once its throttlekit.contrib module is imported", GROUP)
     return found
@@ -288,7 +288,7 @@ def discover(names: Iterable[str] | None = None) -> bool:
         try:
             adapter = ep.load()
         except Exception as exc:
-            logger.warning("throttlekit: cannot load the %s adapter (%s = %r): %s: %s",
+            logger.warning("cannot load the %s adapter (%s = %r): %s: %s",
                            name, GROUP, ep.value, type(exc).__name__, exc)
             continue
         if isinstance(adapter, Adapter) and adapter not in _adapters:

@@ -240,7 +240,7 @@ class ConcurrencyRules:
         mono = time.monotonic()
         if mono - self._last_log >= self.limiter.error_log_interval:
             self._last_log = mono
-            logger.error("throttlekit: concurrency %s failed (%s: %s)", what,
+            logger.error("concurrency %s failed (%s: %s)", what,
                          type(exc).__name__, exc)
 
     def _plan(self, view: RequestView) -> tuple[list[str], list[int], list[tuple[Any, str]],

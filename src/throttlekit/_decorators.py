@@ -152,7 +152,7 @@ def _log_error(lim: Limiter, name: str, exc: BaseException) -> None:
     mono = time.monotonic()
     if mono - _last_log.get(name, -1e18) >= lim.error_log_interval:
         _last_log[name] = mono
-        logger.error("throttlekit: the key or cost function of limit %r raised %s: %s; "
+        logger.error("the key or cost function of limit %r raised %s: %s; "
                      "on_storage_error=%r", name, type(exc).__name__, exc, lim.on_storage_error)
 
 

@@ -502,7 +502,7 @@ class Engine:
         if mono - self._last_log.get(rule, -1e18) < self.limiter.error_log_interval:
             return False
         self._last_log[rule] = mono
-        logger.error("throttlekit: " + message, *args)
+        logger.error(message, *args)
         return True
 
     def rule_error(self, kind: str, rule: str, exc: BaseException, what: str) -> None:
@@ -522,7 +522,7 @@ class Engine:
         if rule.name not in self._warned_unreadable:
             self._warned_unreadable.add(rule.name)
             logger.warning(
-                "throttlekit: throttle %r could not read its key from a request (a body "
+                "throttle %r could not read its key from a request (a body "
                 "over max_form_bytes, unparsable or of a type not read, or a key function "
                 "that raised); %s (on_unreadable=%r; logged once per rule)",
                 rule.name,
@@ -539,7 +539,7 @@ class Engine:
         if not self._warned_no_ip:
             self._warned_no_ip = True
             logger.warning(
-                "throttlekit: a request without a client IP (a Unix socket and no trusted "
+                "a request without a client IP (a Unix socket and no trusted "
                 "proxy?): throttles keyed by client count it under the key %r, which all such "
                 "requests share, and fail2ban/allow2ban refuse it when it trips them but ban "
                 "no key. Set trusted_proxies (the number of proxies in front of the app, or "

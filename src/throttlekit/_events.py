@@ -100,6 +100,6 @@ class Listeners:
                 if mono - self._last_log.get(id(callback), -1e18) >= self.log_interval:
                     self._last_log[id(callback)] = mono
                     logger.exception(
-                        "throttlekit: event callback %r failed on a %r event of rule %r",
+                        "event callback %r failed on a %r event of rule %r",
                         callback, event.kind, event.rule,
                     )

@@ -573,9 +573,9 @@ class Limiter:
         return self.limit(rates, scope=scope, **options)
 
     def exempt(self, fn: FuncT) -> FuncT:
-        """Exempt a view (or Flask blueprint) from default and application limits."""
+        """Exempt a view (or Flask blueprint) from default and application limits. Rules
+        run before routing: safelist the view's path to take it out of them too."""
         from ._decorators import exempt
-
         return exempt(self, fn)
 
     def depends(self, rates: RatesLike,

@@ -182,7 +182,7 @@ class RulesWatcher:
                 if done is not None:
                     return done
                 time.sleep(SETTLE)
-            logger.error("throttlekit: rules file %s is still being written; the rules in "
+            logger.error("rules file %s is still being written; the rules in "
                          "force stay", self.path)
             return False
 
@@ -214,13 +214,13 @@ class RulesWatcher:
         except ConfigError as exc:
             self.signature = sig
             self.last_error = exc
-            logger.error("throttlekit: rules file %s rejected; the rules in force stay:\n%s",
+            logger.error("rules file %s rejected; the rules in force stay:\n%s",
                          self.path, exc)
             return False
         except Exception as exc:  # a bug of ours: reported once per change of the file too
             self.signature = sig
             self.last_error = ConfigError(f"{type(exc).__name__}: {exc}")
-            logger.exception("throttlekit: reloading %s failed; the rules in force stay",
+            logger.exception("reloading %s failed; the rules in force stay",
                              self.path)
             return False
         self.last_error = None
@@ -229,12 +229,12 @@ class RulesWatcher:
         try:  # every other worker drops its cached refusals too (see _denials)
             self.limiter.store.next_generation()
         except Exception as exc:
-            logger.error("throttlekit: rules of %s reloaded, but the store could not tell the "
+            logger.error("rules of %s reloaded, but the store could not tell the "
                          "other workers (%s: %s)", self.path, type(exc).__name__, exc)
         if ruleset.limiter:
-            logger.info("throttlekit: [limiter] settings of %s apply at start only",
+            logger.info("[limiter] settings of %s apply at start only",
                         self.path)
-        logger.info("throttlekit: reloaded %d rules from %s", len(self.names), self.path)
+        logger.info("reloaded %d rules from %s", len(self.names), self.path)
         return True
 
     def poll(self) -> None:
@@ -264,7 +264,7 @@ class RulesWatcher:
             if sig is None:
                 if sig != self.signature:
                     self.signature = sig
-                    logger.error("throttlekit: rules file %s is gone; the rules in force stay",
+                    logger.error("rules file %s is gone; the rules in force stay",
                                  self.path)
                 return
             if forced or sig != self.signature:
@@ -278,7 +278,7 @@ class RulesWatcher:
                 else:
                     self.candidate = None
         except Exception:  # never fail a request over a reload
-            logger.exception("throttlekit: reloading %s failed", self.path)
+            logger.exception("reloading %s failed", self.path)
         finally:
             self._lock.release()
 

@@ -154,14 +154,14 @@ class ResilientStore(Storage):
             # breaker stays closed (keys are made encodable in _keys; this is a backstop).
             if mono - self.last_error_log >= self.error_log_interval:
                 self.last_error_log = mono
-                logger.error("throttlekit: a value could not be encoded for the store (%s); "
+                logger.error("a value could not be encoded for the store (%s); "
                              "this call answered with on_storage_error=%r", exc, self.policy)
             return
         self.breaker.trip(mono)
         if mono - self.last_error_log >= self.error_log_interval:
             self.last_error_log = mono
             logger.error(
-                "throttlekit: storage %r failed (%s: %s); answering with on_storage_error=%r "
+                "storage %r failed (%s: %s); answering with on_storage_error=%r "
                 "and retrying the store in %.1fs",
                 self.inner, type(exc).__name__, exc, self.policy, self.retry_interval,
             )

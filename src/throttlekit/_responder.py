@@ -143,7 +143,7 @@ class Responder:
         try:
             headers = rate_limit_headers(list(policies), self.style) if policies else []
         except Exception:
-            logger.exception("throttlekit: the rate-limit header fields of %r failed", rule)
+            logger.exception("the rate-limit header fields of %r failed", rule)
             headers = []
         custom = self.overrides.get(kind)
         if custom is not None:
@@ -151,7 +151,7 @@ class Responder:
                 status, out, body = custom(kind, rule, decision, accept, list(headers))
                 return Denial(int(status), list(out), bytes(body))
             except Exception:
-                logger.exception("throttlekit: the responder for %r failed; using the default",
+                logger.exception("the responder for %r failed; using the default",
                                  kind)
         return default_responder(kind, rule, decision, accept, headers)
 

@@ -15,5 +15,10 @@ MIDDLEWARE = ["throttlekit.contrib.django.ThrottleMiddleware"]
 THROTTLEKIT = {
     "STORAGE_URL": os.environ.get("THROTTLEKIT_STORAGE_URL", "memory://"),
     "DEFAULT_LIMITS": "30/minute",  # every view, each its own counter
-    "RULES": [{"kind": "throttle", "name": "per-ip", "rates": "100/minute"}],
+    "RULES": [
+        # @exempt takes /health out of the default limits; the rules run before Django has
+        # routed the request, so a safelist takes it out of them
+        {"kind": "safelist", "name": "health", "predicate": lambda r: r.path == "/health"},
+        {"kind": "throttle", "name": "per-ip", "rates": "100/minute"},
+    ],
 }

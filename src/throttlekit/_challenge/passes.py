@@ -66,7 +66,7 @@ def _master_keys(key: object) -> list[bytes]:
     """The operator's keys as bytes, the signing key first; ConfigError for bad ones."""
     if key is None:
         logger.warning(
-            "throttlekit: no challenge key given, so passes are signed with a random "
+            "no challenge key given, so passes are signed with a random "
             "per-process key: they will not survive a restart or span workers "
             "(give a key of %d or more random bytes)",
             MIN_KEY_BYTES,

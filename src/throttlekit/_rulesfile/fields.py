@@ -57,8 +57,24 @@ _MIN_SECONDS = 0.001
 _MIN_RATE_PERIOD = 1.0  # rate strings count in seconds at least ("10/second")
 _LEASE_SECONDS = 10 * 86400.0  # concurrency and shedding leases: under ten days
 _MAX_HOPS = 64  # X-Forwarded-For entries the client-IP resolution walks at most
-_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)?\s*$")
-_UNITS = {None: 1.0, "ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
+# "10m", "10 min", "10 minutes", as rates say "10 per minute": the unit's short form or its
+# English word, singular or plural, any case
+_DURATION = re.compile(
+    r"^\s*(\d+(?:\.\d+)?)\s*(ms|millis(?:ec(?:ond)?s?)?|s|secs?|seconds?|m|mins?|minutes?"
+    r"|h|hrs?|hours?|d|days?|w|weeks?)?\s*$", re.IGNORECASE)
+_UNITS = {"": 1.0, "ms": 0.001, "millis": 0.001, "s": 1.0, "sec": 1.0, "second": 1.0,
+          "m": 60.0, "min": 60.0, "minute": 60.0, "h": 3600.0, "hr": 3600.0, "hour": 3600.0,
+          "d": 86400.0, "day": 86400.0, "w": 604800.0, "week": 604800.0}
+
+
+def _unit_seconds(unit: str | None) -> float:
+    """Seconds in one ``unit`` as :data:`_DURATION` matched it (``None``: seconds)."""
+    u = (unit or "").lower()
+    if u.startswith("millis"):
+        return 0.001
+    if u not in ("ms", "s") and u.endswith("s"):
+        u = u[:-1]  # "minutes" -> "minute", "hrs" -> "hr", "secs" -> "sec"
+    return _UNITS[u]
 
 
 @dataclass(frozen=True)
@@ -86,7 +102,7 @@ class _Number:
         elif isinstance(v, str) and self.duration:
             m = _DURATION.match(v)
             if m:
-                value = float(m.group(1)) * _UNITS[m.group(2)]
+                value = float(m.group(1)) * _unit_seconds(m.group(2))
         if value is None:
             raise ConfigError(f"must be {self.describe()}, got {type_name(v)} {v!r}")
         if not math.isfinite(value) or value < self.minimum or value > self.maximum or (
@@ -110,7 +126,7 @@ class _Number:
                    "without quotes"
         if self.duration:
             return ('seconds as a number (600), or a string with a unit: "500ms", "30s", '
-                    '"10m", "1h", "1d"')
+                    '"10m", "1h", "1d", "10 minutes"')
         return f"a number from {self.minimum:g} to {self.maximum:g}"
 
 
@@ -501,7 +517,9 @@ def import_path(spec: str) -> Any:
 
 def parse_duration(v: str | float) -> float:
     """Seconds from a duration as rules files write it: ``600``, ``"30s"``, ``"10m"``,
-    ``"1h"``, ``"1d"``, ``"500ms"``.
+    ``"1h"``, ``"1d"``, ``"500ms"``, or with the unit's word: ``"10 minutes"``,
+    ``"1 hour"``, ``"2 days"`` (singular or plural, any case; also ``"sec"``, ``"min"``,
+    ``"hr"``, ``"w"``/``"week"``).
 
     Raises:
         ConfigError: not a finite duration from 1 ms to ten years.
@@ -510,7 +528,7 @@ def parse_duration(v: str | float) -> float:
         seconds: float = _DURATION_N.coerce(v)
     except ConfigError as exc:
         raise ConfigError(f"bad duration {v!r}: {exc}; give seconds (600) or a number "
-                          'with a unit: "500ms", "30s", "10m", "1h", "1d"') from None
+                          'with a unit: "500ms", "30s", "10m", "1h", "1d", "10 minutes"') from None
     return seconds
 
 

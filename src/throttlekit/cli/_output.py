@@ -2,13 +2,24 @@
 
 from __future__ import annotations
 
+import argparse
 import json
 import math
+import os
+import re
 import sys
 from collections.abc import Sequence
 from typing import Any, TextIO
 
-__all__ = ["print_json", "print_table", "seconds"]
+from .._errors import ConfigError
+
+__all__ = ["TOKEN_ENV", "add_token_options", "plain", "print_json", "print_table", "seconds",
+           "token_of"]
+
+#: the environment variable the commands reading status endpoints take the token from
+TOKEN_ENV = "THROTTLEKIT_TOKEN"
+_ROLE = re.compile(r":[a-z]+:`(~?)([^`]+)`")
+_LITERAL = re.compile(r"``([^`]+)``")
 
 
 def print_table(headers: Sequence[str], rows: Sequence[Sequence[Any]],
@@ -45,3 +56,39 @@ def seconds(value: float | None) -> str:
     if value >= 60:
         return f"{value / 60:.1f}m"
     return f"{value:.1f}s"
+
+
+def plain(text: str) -> str:
+    """A docstring paragraph as ``--help`` shows it: Sphinx roles and literals as plain
+    text (``:class:`~throttlekit.Limiter``` -> ``Limiter``, ````--x```` -> ``--x``)."""
+    def role(m: re.Match[str]) -> str:
+        return m.group(2).rsplit(".", 1)[-1] if m.group(1) else m.group(2)
+
+    return _LITERAL.sub(r"\1", _ROLE.sub(role, text))
+
+
+def add_token_options(p: argparse.ArgumentParser) -> None:
+    """``--token`` and ``--token-file`` of a command that reads status endpoints."""
+    p.add_argument("--token", default=None,
+                   help=f"the endpoints' bearer token (visible to other users in `ps`: "
+                   f"prefer --token-file or ${TOKEN_ENV})")
+    p.add_argument("--token-file", metavar="FILE", default=None,
+                   help=f"read the token from FILE (its first line; default: ${TOKEN_ENV})")
+
+
+def token_of(args: argparse.Namespace) -> str | None:
+    """The bearer token: ``--token``, else ``--token-file``, else ``$THROTTLEKIT_TOKEN``;
+    None when none is given. ConfigError for an unreadable or empty token file."""
+    if args.token:
+        return str(args.token)
+    if args.token_file:
+        try:
+            with open(args.token_file, encoding="utf-8") as f:
+                token = f.readline().strip()
+        except (OSError, UnicodeDecodeError) as exc:
+            reason = getattr(exc, "strerror", None) or exc
+            raise ConfigError(f"--token-file {args.token_file}: {reason}") from None
+        if not token:
+            raise ConfigError(f"--token-file {args.token_file}: the file is empty")
+        return token
+    return os.environ.get(TOKEN_ENV) or None

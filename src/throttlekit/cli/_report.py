@@ -250,7 +250,11 @@ class SimResult:
 
     @property
     def attack_window(self) -> tuple[float, float] | None:
-        if self.attack_start is None or self.attack_end is None:
+        """``(start, end)`` of the attack in this run; None without one (also when
+        ``--duration`` ends the run before the attack starts)."""
+        if self.attack_start is None or self.attack_end is None or (
+            self.attack_start >= self.attack_end
+        ):
             return None
         return self.attack_start, self.attack_end
 
@@ -362,8 +366,12 @@ def format_report(r: SimResult, scenario: Scenario) -> str:
     """The human-readable report."""
     legit_clients = sum(g.clients for g in scenario.groups if g.legitimate)
     attack_clients = sum(g.clients for g in scenario.groups if not g.legitimate)
+    # a --duration that ends before the attack: the description's "from t=60s" is not this run
+    cut = r.attack_start is not None and r.attack_start >= r.duration
     lines = [
         f"scenario {r.scenario}: {scenario.description or ''}".rstrip(": "),
+        *([f"  no attack in this run: it starts at t={r.attack_start:g}s, after the run's "
+           f"{r.duration:g} s (--duration)"] if cut else []),
         f"  {legit_clients} legitimate clients, {attack_clients} attacking, "
         f"{r.duration:g} simulated seconds on {r.storage}",
         f"  protected run: {', '.join(r.protections) or 'no protection'} "
@@ -376,7 +384,7 @@ def format_report(r: SimResult, scenario: Scenario) -> str:
         "throttlekit, protected run",
     ]
     after = r.detected_after
-    if r.attack_start is not None:
+    if r.attack_start is not None and not cut:
         if after is None:
             lines.append("  anomaly detected            no")
         else:
@@ -387,7 +395,7 @@ def format_report(r: SimResult, scenario: Scenario) -> str:
     elif r.detections:
         lines.append(f"  anomalies raised            {len(r.detections):6d}  (no attack: "
                      f"first at t={r.detections[0]:.1f}s)")
-    if r.false_alarms and r.attack_start is not None:
+    if r.false_alarms and r.attack_start is not None and not cut:
         lines.append(f"  false alarms                {r.false_alarms:6d}  (before the attack)")
     if r.shield:
         lines.append(

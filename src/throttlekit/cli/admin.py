@@ -24,7 +24,7 @@ import urllib.request
 from typing import Any
 
 from .._errors import ConfigError, StorageError
-from ._output import print_json, print_table, seconds
+from ._output import add_token_options, plain, print_json, print_table, seconds, token_of
 
 __all__ = ["register"]
 
@@ -344,8 +344,9 @@ def run_top(args: argparse.Namespace) -> int:
     sources: dict[str, Any] = {}
     limiter = None
     if args.url:
+        token = token_of(args)
         for url in args.url:
-            snapshot = _fetch(url, args.token, args.timeout)
+            snapshot = _fetch(url, token, args.timeout)
             for key, count in snapshot.get("top") or []:
                 totals[str(key)] = totals.get(str(key), 0) + int(count)
                 sources[str(key)] = sources.get(str(key), 0) + 1
@@ -404,13 +405,19 @@ def _positive(text: str) -> int:
 
 def register(subparsers: Any) -> None:
     """Add the admin commands to the command line."""
-    p = subparsers.add_parser("inspect", help="the state of every rule for one key")
+    p = _command(subparsers, "inspect", "the state of every rule for one key",
+                 "Show every rule's state for KEY: throttle counts and what is left, ban "
+                 "counters, blocks and bans, concurrency leases. The rules come from --rules "
+                 "or --limiter.")
     p.add_argument("key", help="the key (discriminator): a client IP (any spelling; an IPv6 "
                    "address also shows its client key), a user name, ...")
     _common(p, prefix=True)
     p.set_defaults(func=run_inspect)
 
-    p = subparsers.add_parser("block", help="add a key to the dynamic blocklist")
+    p = _command(subparsers, "block", "add a key to the dynamic blocklist",
+                 "Block KEY (a client IP or another rule key) in the store: every worker "
+                 "refuses it with a 403 within about a second, until --ttl runs out or "
+                 "`throttlekit unblock KEY`.")
     p.add_argument("key", help="a client IP (any spelling: normalised as requests are) or "
                    "an IPv6 client key ('2001:db8:1:2::/64', the app's prefix)")
     p.add_argument("--ttl", type=_ttl, default=None,
@@ -419,32 +426,51 @@ def register(subparsers: Any) -> None:
     _common(p, prefix=True)
     p.set_defaults(func=run_block)
 
-    p = subparsers.add_parser("unblock", help="lift a block or ban (exit 1 if there was none)")
+    p = _command(subparsers, "unblock", "lift a block or ban (exit 1 if there was none)",
+                 "Lift the block and every ban of KEY; every worker admits it again within "
+                 "about a second. Exit status 1 if there was none.")
     p.add_argument("key", help="the key as `bans` lists it, or a client IP (any spelling; "
                    "an IPv6 address also lifts its network's entries) or user name: its "
                    "block and every ban of it")
     _common(p, prefix=True)
     p.set_defaults(func=run_unblock)
 
-    p = subparsers.add_parser("bans", help="the dynamic blocklist: blocks and bans, with expiry")
+    p = _command(subparsers, "bans", "the dynamic blocklist: blocks and bans, with expiry",
+                 "List the dynamic blocklist: operator blocks and the bans of fail2ban, "
+                 "allow2ban and the shield, with their reason and expiry.")
     _common(p)
     p.set_defaults(func=run_bans)
 
-    p = subparsers.add_parser("reset", help="forget every limit's state (throttle counts, "
-                              "ban counters) for one key")
+    p = _command(subparsers, "reset", "forget every limit's state (throttle counts, ban "
+                 "counters) for one key",
+                 "Forget every limit's state for KEY, as if it had sent no request: the "
+                 "counts of every throttle (every rate and strategy) and the match counters "
+                 "of fail2ban and allow2ban, and direct limiter.hit(KEY, ...) state, in the store "
+                 "every worker reads. Blocks and bans "
+                 "stay: lift them with `throttlekit unblock KEY`.")
     p.add_argument("key", help="a client IP (any spelling; an IPv6 address also resets its "
                    "client key), a user name, ...")
     _common(p, prefix=True)
     p.set_defaults(func=run_reset)
 
-    p = subparsers.add_parser("top", help="top offenders, as the monitors wrote them to the "
-                              "store (or from their status endpoints with --url)")
+    p = _command(subparsers, "top", "top offenders, as the monitors wrote them to the store "
+                 "(or from their status endpoints with --url)",
+                 "The clients sending the most requests: summed over the last --window "
+                 "seconds from what the monitors wrote to the store (Redis), or read from "
+                 "their status endpoints (--url, one per process). The endpoints' token: "
+                 "--token-file FILE, $THROTTLEKIT_TOKEN or --token.")
     p.add_argument("--url", action="append", default=[],
                    help="a monitor status endpoint (repeat for each process or host)")
-    p.add_argument("--token", help="bearer token of the status endpoints")
+    add_token_options(p)
     p.add_argument("-n", type=_positive, default=10, help="how many (default 10)")
     p.add_argument("--timeout", type=float, default=5.0, help="seconds per endpoint")
     p.add_argument("--window", type=_ttl, default=10.0,
                    help="from the store: seconds to sum over (default 10)")
     _common(p)
     p.set_defaults(func=run_top)
+
+
+def _command(subparsers: Any, name: str, summary: str, description: str) -> Any:
+    """A subcommand whose ``--help`` opens with ``description`` (``throttlekit --help``
+    lists ``summary``)."""
+    return subparsers.add_parser(name, help=summary, description=plain(description))

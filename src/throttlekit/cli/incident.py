@@ -2,13 +2,13 @@
 
 Reads ``URL/incidents`` (the status endpoint's path, with an
 :class:`~throttlekit.monitor.incident.Incidents` mounted) and prints the newest report as
-Markdown, or with ``--json`` as JSON. The token is ``--token`` or ``THROTTLEKIT_TOKEN``.
+Markdown, or with ``--json`` as JSON. The token is ``--token``, ``--token-file FILE`` or
+``THROTTLEKIT_TOKEN``.
 """
 
 from __future__ import annotations
 
 import json
-import os
 import sys
 import urllib.error
 import urllib.parse
@@ -17,7 +17,7 @@ from typing import Any
 
 from .._errors import ConfigError
 from ..monitor.incident import render_markdown
-from ._output import print_json
+from ._output import add_token_options, plain, print_json, token_of
 
 __all__ = ["fetch_incidents", "register", "run_incident"]
 
@@ -42,7 +42,7 @@ def fetch_incidents(url: str, token: str | None, timeout: float = 10.0) -> list[
         with urllib.request.urlopen(request, timeout=timeout) as response:
             data = json.loads(response.read())
     except urllib.error.HTTPError as exc:
-        hint = {401: " (a token is needed: --token or THROTTLEKIT_TOKEN)",
+        hint = {401: " (a token is needed: --token-file, THROTTLEKIT_TOKEN or --token)",
                 403: " (this address may not read the status)",
                 404: " (no incident recorder mounted there?)"}.get(exc.code, "")
         raise OSError(f"{path}: HTTP {exc.code}{hint}") from None
@@ -57,8 +57,7 @@ def fetch_incidents(url: str, token: str | None, timeout: float = 10.0) -> list[
 
 
 def run_incident(args: Any) -> int:
-    token = args.token if args.token is not None else os.environ.get("THROTTLEKIT_TOKEN")
-    reports = fetch_incidents(args.url, token or None, args.timeout)
+    reports = fetch_incidents(args.url, token_of(args), args.timeout)
     if not reports:
         print("throttlekit incident: no incident reported yet", file=sys.stderr)
         return 1
@@ -72,10 +71,10 @@ def run_incident(args: Any) -> int:
 def register(subparsers: Any) -> None:
     """Add the ``incident`` command to the command line."""
     p = subparsers.add_parser(
-        "incident", help="print the latest incident report of a status endpoint")
+        "incident", help="print the latest incident report of a status endpoint",
+        description=plain(__doc__.split("\n\n")[1]) if __doc__ else None)
     p.add_argument("url", help="the status endpoint, e.g. https://example.com/throttlekit/status")
-    p.add_argument("--token", default=None,
-                   help="the endpoint's bearer token (default: $THROTTLEKIT_TOKEN)")
+    add_token_options(p)
     p.add_argument("--json", action="store_true", help="the report as JSON")
     p.add_argument("--timeout", type=float, default=10.0, help="seconds (default 10)")
     p.set_defaults(func=run_incident)

@@ -87,13 +87,21 @@ def run_rules(args: argparse.Namespace) -> int:
 
 def register(subparsers: Any) -> None:
     """Add ``check`` and ``rules`` to the command line."""
-    p = subparsers.add_parser("check", help="validate a rules file; list every error")
+    p = subparsers.add_parser(
+        "check", help="validate a rules file; list every error",
+        description="Validate a rules file the way the app loads it and list every error at "
+        "once, each with its line and a hint; on a valid file, list the callables it "
+        "imports (a rules file is code). Exit status 0 when valid, 1 with errors.")
     p.add_argument("file", help="the TOML rules file")
     p.add_argument("--storage", help="validate against this storage URL's capabilities "
                    "(default: the file's [limiter] storage, else memory://)")
     p.add_argument("--json", action="store_true", help="print the result as JSON")
     p.set_defaults(func=run_check)
-    p = subparsers.add_parser("rules", help="print a rules file's rules in evaluation order")
+    p = subparsers.add_parser(
+        "rules", help="print a rules file's rules in evaluation order",
+        description="Print a rules file's rules in the order a request meets them "
+        "(safelists, blocklists, bans, throttles, tracks): kind, name, match, key, limit, "
+        "options and line.")
     p.add_argument("file", help="the TOML rules file")
     p.add_argument("--storage", help="storage URL to validate against")
     p.add_argument("--json", action="store_true", help="print the table as JSON")

@@ -29,6 +29,7 @@ from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
 from typing import Any, TextIO
 
 from .._errors import ConfigError
+from ._output import plain
 from ._replay import Replay
 from ._report import PROTECTIONS, SimResult, format_report, plot
 from .scenarios import BUILTIN, Scenario, load_scenario
@@ -226,7 +227,7 @@ def register(subparsers: Any) -> None:
     p = subparsers.add_parser(
         "simulate",
         help="replay an attack scenario through the middleware on simulated time",
-        description=__doc__.split("\n\n")[1] if __doc__ else None,
+        description=plain(__doc__.split("\n\n")[1]) if __doc__ else None,
     )
     p.add_argument(
         "scenario", nargs="?", default="default",
@@ -303,6 +304,12 @@ def run_command(args: argparse.Namespace) -> int:
     if args.duration is not None:
         from dataclasses import replace
 
+        start = scenario.attack_start
+        if start is not None and args.duration <= start:  # said in the report's header too
+            print(f"throttlekit simulate: warning: --duration {args.duration:g} ends before "
+                  f"the attack of scenario {scenario.name!r} starts (t={start:g}s): this run "
+                  f"has no attack; give a duration above {start:g} to see one",
+                  file=sys.stderr)
         scenario = replace(scenario, duration=args.duration)
     if args.scale is not None:
         scenario = scenario.scaled(args.scale)

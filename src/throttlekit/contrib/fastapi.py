@@ -38,7 +38,14 @@ from starlette.requests import HTTPConnection, Request
 from starlette.responses import Response
 
 from .._adapters import register_adapter
-from .._decorators import DENIED_KEY, HIDDEN_REQUEST, aevaluate, current_decision, record
+from .._decorators import (
+    DENIED_KEY,
+    HIDDEN_REQUEST,
+    aevaluate,
+    current_decision,
+    exempt,
+    record,
+)
 from .._errors import ConfigError
 from .._exchange import OWNER_KEY
 from .._frameworkview import view_of
@@ -66,7 +73,7 @@ if TYPE_CHECKING:
     from .._rules import Verdict
 
 __all__ = ["ADAPTER", "RATE_LIMITED_RESPONSE", "FastAPIAdapter", "RateLimited", "Throttle",
-           "decision", "hook_openapi", "rate_limited"]
+           "decision", "exempt_doc_routes", "hook_openapi", "rate_limited"]
 
 
 def decision() -> Decision | None:
@@ -171,13 +178,19 @@ class Throttle:
     Args:
         app: the FastAPI app.
         limiter: the :class:`~throttlekit.Limiter`.
+        exempt_docs: exempt FastAPI's own pages (``openapi_url``, ``docs_url``,
+            ``redoc_url`` and the Swagger UI OAuth2 redirect) from default and application
+            limits, as ``@limiter.exempt`` would (default True: a developer browsing
+            ``/docs`` should not spend the API's quota). The limiter's rules still apply.
         options: those of :class:`~throttlekit.contrib.starlette.ThrottleMiddleware`
             (``default_limits`` apply to the routes of included routers too).
     """
 
-    def __init__(self, app: FastAPI, limiter: Limiter,
+    def __init__(self, app: FastAPI, limiter: Limiter, *, exempt_docs: bool = True,
                  **options: Unpack[MiddlewareOptions]) -> None:
         self.limiter = limiter
+        if exempt_docs:
+            exempt_doc_routes(app, limiter)
         # now, not when the app builds its middleware: an unknown option, a bad rules file
         inspect.signature(ThrottleMiddleware).bind(app, limiter, **options)
         load_rules_file(limiter, options.pop("rules_file", None))
@@ -196,6 +209,20 @@ class Throttle:
             return original()
 
         app.openapi = openapi  # type: ignore[method-assign]
+
+
+def exempt_doc_routes(app: FastAPI, limiter: Limiter) -> None:
+    """Mark the endpoints of FastAPI's documentation routes exempt from default and
+    application limits (the routes ``FastAPI.setup`` added for ``openapi_url``,
+    ``docs_url``, ``redoc_url`` and ``swagger_ui_oauth2_redirect_url``)."""
+    paths = {app.openapi_url, app.docs_url, app.redoc_url}
+    if app.docs_url:
+        paths.add(app.swagger_ui_oauth2_redirect_url)
+    paths.discard(None)
+    for route in app.router.routes:
+        endpoint = getattr(route, "endpoint", None)
+        if getattr(route, "path", None) in paths and callable(endpoint):
+            exempt(limiter, endpoint)
 
 
 # -- the decorators and dependencies in FastAPI -------------------------------------------------

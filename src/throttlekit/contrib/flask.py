@@ -258,7 +258,8 @@ class Throttle:
         return self.limit(rates, scope=scope, **options)
 
     def exempt(self, fn: F) -> F:
-        """Exempt a view or a blueprint from default and application limits."""
+        """Exempt a view or a blueprint from default and application limits (the rules of
+        a ``WSGIMiddleware`` run before routing: safelist the path to take it out of them)."""
         return exempt(self, fn)
 
     # -- hooks ---------------------------------------------------------------------------

@@ -294,7 +294,7 @@ class Monitor:
                 self._dims.learn(now, self._keep, span)
         if self._publishing and now >= self._publish_retry:
             self._publish(now)
-        _call_each(self._tick_callbacks, now, "throttlekit: monitor tick hook %r failed")
+        _call_each(self._tick_callbacks, now, "monitor tick hook %r failed")
 
     def _publish(self, now: float) -> None:
         """The closed buckets' top offenders into the store (Redis), once each."""
@@ -308,7 +308,7 @@ class Monitor:
             self._publishing = _store.publish(self.limiter.storage, top, self.window)
         except Exception as exc:  # the store is down: try again a window later
             self._publish_retry = now + self.window
-            logger.warning("throttlekit: publishing top offenders failed: %s", exc)
+            logger.warning("publishing top offenders failed: %s", exc)
 
     def _learn_clients(self, now: float) -> None:
         """Fold the current window's per-client rates into the per-client baseline."""
@@ -341,7 +341,7 @@ class Monitor:
         del self.recent[:-20]
         log = logger.warning if kind == "anomaly_started" else logger.info
         log(
-            "throttlekit: %s on %s: %.1f req/s against a baseline of %.1f req/s; top: %s%s",
+            "%s on %s: %.1f req/s against a baseline of %.1f req/s; top: %s%s",
             kind, detector.name, rate, detector.baseline,
             ", ".join(f"{k} ({c})" for k, c in top[:5]) or "-",
             "" if found is None else f"; explained by {found.summary()}",
@@ -352,7 +352,7 @@ class Monitor:
                 "attribution": None if found is None else found.as_dict(),
             },
         )
-        _call_each(self._anomaly_callbacks, anomaly, "throttlekit: anomaly callback %r failed")
+        _call_each(self._anomaly_callbacks, anomaly, "anomaly callback %r failed")
 
     def on_anomaly(self, callback: AnomalyCallback) -> AnomalyCallback:
         """Call ``callback(anomaly)`` on every ``anomaly_started``/``anomaly_ended``;
@@ -545,7 +545,7 @@ class Monitor:
             try:
                 data.update(callback(now))
             except Exception:
-                logger.exception("throttlekit: snapshot callback %r failed", callback)
+                logger.exception("snapshot callback %r failed", callback)
         return data
 
     def _dimension_view(self, name: str, now: float) -> dict[str, Any]:

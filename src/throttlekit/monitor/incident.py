@@ -194,14 +194,14 @@ class Incidents:
             try:
                 report = self._finish(inc, anomaly)
             except Exception:
-                logger.exception("throttlekit: building the incident report failed")
+                logger.exception("building the incident report failed")
                 return
             self.reports.append(report)
             for callback in self._callbacks:
                 try:
                     callback(report)
                 except Exception:
-                    logger.exception("throttlekit: incident callback %r failed", callback)
+                    logger.exception("incident callback %r failed", callback)
 
     def _begin(self, anomaly: Anomaly) -> None:
         rise = anomaly.started_at

@@ -199,7 +199,7 @@ class StatusEndpoint:
                 data = self.payload()
             body = _html.page(data) if html else json.dumps(data, default=str).encode()
         except Exception:
-            logger.exception("throttlekit: the status endpoint failed")
+            logger.exception("the status endpoint failed")
             return 500, list(_JSON), b'{"error": "status unavailable"}'
         return 200, list(_HTML if html else _JSON), b"" if method == "HEAD" else body
 
