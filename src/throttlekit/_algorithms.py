@@ -167,7 +167,14 @@ class SlidingWindow(Algorithm):
     def hit(self, state: Any, now: int, cost: int) -> tuple[Any, Decision]:
         p = self.period_us
         win = now // p
-        cur, prev = self._load(state, win)
+        cur = prev = 0
+        if state is not None:  # (self._load, inlined: every hit pays it)
+            swin = state >> 64
+            if swin == win:
+                cur = (state >> 32) & _M32
+                prev = state & _M32
+            elif swin == win - 1:
+                prev = (state >> 32) & _M32
         limit = self.limit
         left = p - (now - win * p)  # weight of the previous window, scaled by p
         used = prev * left + cur * p
