@@ -8,7 +8,8 @@ Run::
 ``test_ratio_to_limits`` is the target of issue 14: on one hot key, ``Limiter.hit`` and the
 store's single-check hit (``MemoryStorage.bind``) of every algorithm at least 3x faster than
 `limits`' ``FixedWindowRateLimiter(MemoryStorage()).hit``, measured interleaved in the same
-run (best of the rounds: noise only ever adds time). With ``--benchmark-enable`` a ratio
+run in CPU time of the thread (other processes on a shared machine do not count), best of
+the rounds (noise only ever adds time). With ``--benchmark-enable`` a ratio
 under the target is reported as an expected failure that names it (the target is not met
 in pure Python, see docs/benchmarks.md), so the run flips to a pass when it is met; in every
 run, CI's smoke pass included, a ratio under ``LOOSE`` (about half of today's) fails.
@@ -87,7 +88,8 @@ def test_limits_hit(benchmark, peer, keys):
 # -- the ratio target ---------------------------------------------------------------------
 
 def _variants() -> dict[str, Callable[[int], float]]:
-    """name -> a timer: ``timer(n)`` runs ``n`` hits on one hot key, returns seconds each."""
+    """name -> a timer: ``timer(n)`` runs ``n`` hits on one hot key, returns CPU seconds
+    each."""
     import limits
     from limits.storage import MemoryStorage
     from limits.strategies import FixedWindowRateLimiter
@@ -95,10 +97,10 @@ def _variants() -> dict[str, Callable[[int], float]]:
     def timer(call: Callable[[], object]) -> Callable[[int], float]:
         def run(n: int) -> float:
             rng = range(n)
-            t0 = time.perf_counter()
+            t0 = time.thread_time()
             for _ in rng:
                 call()
-            return (time.perf_counter() - t0) / n
+            return (time.thread_time() - t0) / n
         return run
 
     peer = FixedWindowRateLimiter(MemoryStorage()).hit
@@ -137,7 +139,7 @@ def test_ratio_to_limits(request: pytest.FixtureRequest) -> None:
     """Every algorithm's memory hit against limits' fixed window, on one hot key."""
     pytest.importorskip("limits")
     enabled = _enabled(request.config)
-    n, rounds = (50_000, 9) if enabled else (5_000, 3)
+    n, rounds = (10_000, 25) if enabled else (5_000, 3)
     best, ratio = ratios(n, rounds)
     print("\n" + _report(best, ratio))
     slow = {k: round(r, 2) for k, r in ratio.items() if r < LOOSE}
@@ -149,5 +151,5 @@ def test_ratio_to_limits(request: pytest.FixtureRequest) -> None:
 
 
 if __name__ == "__main__":
-    best, ratio = ratios(50_000, int(sys.argv[1]) if len(sys.argv) > 1 else 9)
+    best, ratio = ratios(10_000, int(sys.argv[1]) if len(sys.argv) > 1 else 25)
     print(_report(best, ratio))

@@ -389,19 +389,42 @@ class SlidingLog(Algorithm):
             log = array("q", (_HEAD, cost, now, cost))
             return log, _new(Decision, (True, limit, limit - cost, self.period_us / 1e6, 0.0,
                                         self.rate, False))
-        total = self._trimmed(log, now)
-        if total + cost <= limit:
-            if cost:
-                total += cost
+        # (self._trimmed, inlined: every hit pays it)
+        p = self.period_us
+        h = log[0]
+        n = len(log)
+        total = log[1]
+        horizon = now - p
+        if h < n and log[h] <= horizon:
+            total -= log[h + 1]
+            h += 2
+            while h < n and log[h] <= horizon:
+                total -= log[h + 1]
+                h += 2
+            if h + h > n + _HEAD:  # more slid out than live: cut them off
+                del log[_HEAD:h]
+                h = _HEAD
+                n = len(log)
+            log[0] = h
+            if total + cost > limit:
                 log[1] = total
-                if len(log) > log[0] and log[-2] == now:
-                    log[-1] += cost
-                else:
-                    log.append(now)
-                    log.append(cost)
-            reset = (log[-2] + self.period_us - now) / 1e6 if total else 0.0
-            return log, _new(Decision, (True, limit, limit - total, reset, 0.0, self.rate, False))
-        return log, self._deny(log, now, cost)
+                return log, self._deny(log, now, cost)
+        elif total + cost > limit:
+            return log, self._deny(log, now, cost)
+        if cost:
+            total += cost
+            log[1] = total
+            if n > h and log[-2] == now:
+                log[-1] += cost
+            else:
+                log.append(now)
+                log.append(cost)
+                return log, _new(Decision, (True, limit, limit - total, p / 1e6, 0.0,
+                                            self.rate, False))
+        else:
+            log[1] = total
+        reset = (log[-2] + p - now) / 1e6 if total else 0.0
+        return log, _new(Decision, (True, limit, limit - total, reset, 0.0, self.rate, False))
 
     def _deny(self, log: Log | None, now: int, cost: int) -> Decision:
         limit = self.limit
