@@ -2,17 +2,19 @@
 
 Run::
 
-    python -m pytest benchmarks/bench_core.py --benchmark-enable --benchmark-only -s
+    python -m pytest benchmarks/bench_core.py --benchmark-enable -s
     python benchmarks/bench_core.py [ROUNDS]      # the ratios alone, interleaved
+
+(not ``--benchmark-only``: it skips ``test_ratio_to_limits``, which times by itself.)
 
 ``test_ratio_to_limits`` is the target of issue 14: on one hot key, ``Limiter.hit`` and the
 store's single-check hit (``MemoryStorage.bind``) of every algorithm at least 3x faster than
 `limits`' ``FixedWindowRateLimiter(MemoryStorage()).hit``, measured interleaved in the same
 run in CPU time of the thread (other processes on a shared machine do not count), best of
-the rounds (noise only ever adds time). With ``--benchmark-enable`` a ratio
-under the target is reported as an expected failure that names it (the target is not met
-in pure Python, see docs/benchmarks.md), so the run flips to a pass when it is met; in every
-run, CI's smoke pass included, a ratio under ``LOOSE`` (about half of today's) fails.
+the rounds (noise only ever adds time). With ``--benchmark-enable`` a ratio under the
+target is reported as an expected failure that names it (the target is not met in pure
+Python, see docs/benchmarks.md), so the run flips to a pass when it is met; in every run,
+CI's smoke pass included, a ratio under ``LOOSE`` (slower than `limits`) fails.
 Results and ratios are recorded in docs/benchmarks.md.
 """
 
@@ -38,8 +40,9 @@ KEYS = {"one-hot-key": 1, "100k-keys": 100_000}
 #: issue 14: every algorithm's memory hit at least this many times faster than limits' fixed
 #: window on a hot key
 TARGET = 3.0
-#: what any run asserts: today's ratios are 2.0-2.6, so a 2x regression fails
-LOOSE = 1.2
+#: what any run asserts, CI's smoke pass included: never slower than limits' fixed window
+#: (today 1.6-2.1x through Limiter.hit, 1.9-2.5x the store's hit: a 2x regression fails)
+LOOSE = 1.0
 
 
 def _keys(n: int) -> itertools.cycle[str]:
