@@ -39,7 +39,9 @@ from .base import BatchResult, Block, BoundBatch, BoundHit, Check, Storage
 
 __all__ = ["DEFAULT_MAX_KEYS", "MemoryStorage"]
 
-#: About 200 bytes a live key: a million keys stay near 200 MB.
+#: A live key costs about 190 bytes with a counter, 260-360 with a sliding log of one to
+#: five entries (benchmarks/bench_memory_footprint.py): a full default store of random keys
+#: holds about 175 MB (counters) to 255 MB (sliding log, one entry a key).
 DEFAULT_MAX_KEYS = 1_000_000
 _INF = float("inf")
 #: expired blocklist entries reclaimed per request (amortised O(1): each is popped once)
@@ -63,6 +65,8 @@ class MemoryStorage(Storage):
         max_keys: the most keys kept; beyond it the least recently used key whose next
             request would be allowed is evicted (an evicted key starts afresh, so keep it
             above the number of active clients). Keys inside a refusal are evicted last.
+            Each live key costs about 190 bytes (counters) to 360 (a sliding log of five
+            entries), so the default bounds a random-key flood near 175-255 MB.
         clock: zero-argument callable returning seconds since the epoch, used when the
             limiter passes no time of its own. Defaults to ``time.time``.
     """
