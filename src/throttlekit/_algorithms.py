@@ -112,13 +112,16 @@ class FixedWindow(Algorithm):
     def hit(self, state: Any, now: int, cost: int) -> tuple[Any, Decision]:
         p = self.period_us
         win = now // p
-        count = 0
         if state is not None and state >> 32 == win:
             count = state & _M32
+            new = state  # the same window: the count is the low bits, added to in place
+        else:
+            count = 0
+            new = win << 32
         limit = self.limit
         if count + cost <= limit:
             count += cost
-            new = (win << 32) | count
+            new += cost
             reset = ((win + 1) * p - now) / 1e6 if count else 0.0
             return new, _new(Decision, (True, limit, limit - count, reset, 0.0, self.rate, False))
         retry = INF if cost > limit else ((win + 1) * p - now) / 1e6
@@ -168,26 +171,31 @@ class SlidingWindow(Algorithm):
         p = self.period_us
         win = now // p
         cur = prev = 0
+        same = False
         if state is not None:  # (self._load, inlined: every hit pays it)
             swin = state >> 64
             if swin == win:
                 cur = (state >> 32) & _M32
                 prev = state & _M32
+                same = True
             elif swin == win - 1:
                 prev = (state >> 32) & _M32
         limit = self.limit
         left = p - (now - win * p)  # weight of the previous window, scaled by p
-        used = prev * left + cur * p
-        cap = limit * p
-        if used + cost * p <= cap:
+        # prev * left + (cur + cost) * p <= limit * p, in whole requests: the previous
+        # window weighs ceil(prev * left / p), and what is left is the remaining
+        rem = limit - cur - (-(-prev * left // p) if prev else 0)
+        if cost <= rem:
             if cost:
                 cur += cost
-                used += cost * p
-                state = (((win << 32) | cur) << 32) | prev
-            rem = (cap - used) // p
+                rem -= cost
+                if same:  # cur is bits 32-63: added to in place
+                    state += cost << 32
+                else:
+                    state = (((win << 32) | cur) << 32) | prev
             reset = ((win + 2) * p - now) / 1e6 if cur else left / 1e6 if prev else 0.0
             return state, _new(Decision, (True, limit, rem, reset, 0.0, self.rate, False))
-        return state, self._deny(win, now, cur, prev, left, used, cost)
+        return state, self._deny(win, now, cur, prev, left, prev * left + cur * p, cost)
 
     def _deny(self, win: int, now: int, cur: int, prev: int, left: int, used: int,
               cost: int) -> Decision:
