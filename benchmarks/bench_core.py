@@ -2,13 +2,28 @@
 
 Run::
 
-    python -m pytest benchmarks/bench_core.py --benchmark-enable --benchmark-only
+    python -m pytest benchmarks/bench_core.py --benchmark-enable -s
+    python benchmarks/bench_core.py [ROUNDS]      # the ratios alone, interleaved
+
+(not ``--benchmark-only``: it skips ``test_ratio_to_limits``, which times by itself.)
+
+``test_ratio_to_limits`` is the target of issue 14: on one hot key, ``Limiter.hit`` and the
+store's single-check hit (``MemoryStorage.bind``) of every algorithm at least 3x faster than
+`limits`' ``FixedWindowRateLimiter(MemoryStorage()).hit``, measured interleaved in the same
+run in CPU time of the thread (other processes on a shared machine do not count), best of
+the rounds (noise only ever adds time). With ``--benchmark-enable`` a ratio under the
+target is reported as an expected failure that names it (the target is not met in pure
+Python, see docs/benchmarks.md), so the run flips to a pass when it is met; in every run,
+CI's smoke pass included, a ratio under ``LOOSE`` (slower than `limits`) fails.
 Results and ratios are recorded in docs/benchmarks.md.
 """
 
 from __future__ import annotations
 
 import itertools
+import sys
+import time
+from collections.abc import Callable
 
 import pytest
 
@@ -22,10 +37,23 @@ LIMITS_STRATEGIES = {
 }
 RATE = "1000000/second"
 KEYS = {"one-hot-key": 1, "100k-keys": 100_000}
+#: issue 14: every algorithm's memory hit at least this many times faster than limits' fixed
+#: window on a hot key
+TARGET = 3.0
+#: what any run asserts, CI's smoke pass included: never slower than limits' fixed window
+#: (today 1.6-2.1x through Limiter.hit, 1.9-2.5x the store's hit: a 2x regression fails)
+LOOSE = 1.0
 
 
 def _keys(n: int) -> itertools.cycle[str]:
     return itertools.cycle([f"client:{i}" for i in range(n)])
+
+
+def _enabled(config: pytest.Config) -> bool:
+    # pyproject's addopts always passes --benchmark-disable; --benchmark-enable wins over it
+    # (as pytest-benchmark itself decides), so ask both
+    return bool(config.getoption("benchmark_enable")
+                or not config.getoption("benchmark_disable"))
 
 
 @pytest.mark.parametrize("keys", KEYS, ids=list(KEYS))
@@ -58,3 +86,73 @@ def test_limits_hit(benchmark, peer, keys):
         hit(item, next(cycle))
     benchmark.group = f"hit {keys}"
     benchmark(lambda: hit(item, next(cycle)))
+
+
+# -- the ratio target ---------------------------------------------------------------------
+
+def _variants() -> dict[str, Callable[[int], float]]:
+    """name -> a timer: ``timer(n)`` runs ``n`` hits on one hot key, returns CPU seconds
+    each."""
+    import limits
+    from limits.storage import MemoryStorage
+    from limits.strategies import FixedWindowRateLimiter
+
+    def timer(call: Callable[[], object]) -> Callable[[int], float]:
+        def run(n: int) -> float:
+            rng = range(n)
+            t0 = time.thread_time()
+            for _ in rng:
+                call()
+            return (time.thread_time() - t0) / n
+        return run
+
+    peer = FixedWindowRateLimiter(MemoryStorage()).hit
+    item = limits.parse(RATE)
+    out = {"limits fixed window": timer(lambda: peer(item, "client:1"))}
+    for strategy in STRATEGIES:
+        limiter = Limiter(strategy=strategy)
+        hit = limiter.hit
+        out[f"{strategy} Limiter.hit"] = timer(lambda hit=hit: hit("client:1", RATE))
+        store_hit = limiter.storage.bind(limiter.plan(RATE).algorithms[0])
+        out[f"{strategy} store hit"] = timer(lambda f=store_hit: f("client:1", 1, None))
+    return out
+
+
+def ratios(n: int, rounds: int) -> tuple[dict[str, float], dict[str, float]]:
+    """Best seconds per hit of each variant over interleaved rounds, and each one's ratio
+    to limits' fixed window (how many times faster)."""
+    variants = _variants()
+    best = dict.fromkeys(variants, float("inf"))
+    for _ in range(rounds):
+        for name, run in variants.items():
+            best[name] = min(best[name], run(n))
+    base = best["limits fixed window"]
+    return best, {k: base / v for k, v in best.items() if k != "limits fixed window"}
+
+
+def _report(best: dict[str, float], ratio: dict[str, float]) -> str:
+    lines = [f"{'':32s} {'µs/hit':>8s} {'x limits':>9s}"]
+    for name, t in best.items():
+        r = ratio.get(name)
+        lines.append(f"{name:32s} {t * 1e6:8.3f} {'1.00' if r is None else f'{r:.2f}':>9s}")
+    return "\n".join(lines)
+
+
+def test_ratio_to_limits(request: pytest.FixtureRequest) -> None:
+    """Every algorithm's memory hit against limits' fixed window, on one hot key."""
+    pytest.importorskip("limits")
+    enabled = _enabled(request.config)
+    n, rounds = (10_000, 25) if enabled else (5_000, 3)
+    best, ratio = ratios(n, rounds)
+    print("\n" + _report(best, ratio))
+    slow = {k: round(r, 2) for k, r in ratio.items() if r < LOOSE}
+    assert not slow, f"more than 2x slower than today against limits: {slow}"
+    if enabled:
+        short = {k: round(r, 2) for k, r in ratio.items() if r < TARGET}
+        if short:
+            pytest.xfail(f"target {TARGET}x not met: {short}")
+
+
+if __name__ == "__main__":
+    best, ratio = ratios(10_000, int(sys.argv[1]) if len(sys.argv) > 1 else 25)
+    print(_report(best, ratio))

@@ -15,13 +15,14 @@ Each :class:`Algorithm` is bound to one rate (and burst). It offers:
 
 State is ``None`` for an unknown key. For the counters and the bucket the state is one
 Python ``int`` (fields packed into bit ranges, so a live key costs one small object);
-the sliding log keeps a :class:`Log`.
+the sliding log keeps a :data:`Log` (one flat array of integers).
 """
 
 from __future__ import annotations
 
-from collections import deque
-from typing import Any, ClassVar
+from array import array
+from collections.abc import Iterable
+from typing import Any, ClassVar, TypeAlias
 
 from ._calendar import calendar_of
 from ._decision import Decision
@@ -38,7 +39,11 @@ __all__ = [
     "SlidingLog",
     "SlidingWindow",
     "TokenBucket",
+    "log_entries",
+    "log_total",
+    "log_uncharge",
     "make_algorithm",
+    "new_log",
 ]
 
 INF = float("inf")
@@ -116,13 +121,16 @@ class FixedWindow(Algorithm):
     def hit(self, state: Any, now: int, cost: int) -> tuple[Any, Decision]:
         p = self.period_us
         win = now // p
-        count = 0
         if state is not None and state >> 32 == win:
             count = state & _M32
+            new = state  # the same window: the count is the low bits, added to in place
+        else:
+            count = 0
+            new = win << 32
         limit = self.limit
         if count + cost <= limit:
             count += cost
-            new = (win << 32) | count
+            new += cost
             reset = ((win + 1) * p - now) / 1e6 if count else 0.0
             return new, _new(Decision, (True, limit, limit - count, reset, 0.0, self.rate, False))
         retry = INF if cost > limit else ((win + 1) * p - now) / 1e6
@@ -238,20 +246,32 @@ class SlidingWindow(Algorithm):
     def hit(self, state: Any, now: int, cost: int) -> tuple[Any, Decision]:
         p = self.period_us
         win = now // p
-        cur, prev = self._load(state, win)
+        cur = prev = 0
+        same = False
+        if state is not None:  # (self._load, inlined: every hit pays it)
+            swin = state >> 64
+            if swin == win:
+                cur = (state >> 32) & _M32
+                prev = state & _M32
+                same = True
+            elif swin == win - 1:
+                prev = (state >> 32) & _M32
         limit = self.limit
         left = p - (now - win * p)  # weight of the previous window, scaled by p
-        used = prev * left + cur * p
-        cap = limit * p
-        if used + cost * p <= cap:
+        # prev * left + (cur + cost) * p <= limit * p, in whole requests: the previous
+        # window weighs ceil(prev * left / p), and what is left is the remaining
+        rem = limit - cur - (-(-prev * left // p) if prev else 0)
+        if cost <= rem:
             if cost:
                 cur += cost
-                used += cost * p
-                state = (((win << 32) | cur) << 32) | prev
-            rem = (cap - used) // p
+                rem -= cost
+                if same:  # cur is bits 32-63: added to in place
+                    state += cost << 32
+                else:
+                    state = (((win << 32) | cur) << 32) | prev
             reset = ((win + 2) * p - now) / 1e6 if cur else left / 1e6 if prev else 0.0
             return state, _new(Decision, (True, limit, rem, reset, 0.0, self.rate, False))
-        return state, self._deny(win, now, cur, prev, left, used, cost)
+        return state, self._deny(win, now, cur, prev, left, prev * left + cur * p, cost)
 
     def _deny(self, win: int, now: int, cur: int, prev: int, left: int, used: int,
               cost: int) -> Decision:
@@ -358,24 +378,66 @@ class TokenBucket(Algorithm):
         return int(-(-self._debt(state, now) // self.limit))
 
 
-class Log:
-    """A sliding log: admitted ``(time_us, cost)`` entries, oldest first, and their sum."""
+#: A sliding log's state: one ``array('q')`` of ``[head, total, t0, c0, t1, c1, ...]``.
+#: ``(t, c)`` pairs are the admitted entries (microsecond, cost), oldest first; those
+#: before index ``head`` have slid out and are dropped on a later write; ``total`` is the
+#: cost of the live ones. One flat array of machine integers, not an object per entry:
+#: five entries take 16 slots (128 bytes) and one small object.
+Log: TypeAlias = "array[int]"
+_HEAD = 2  # index of the first pair in a compacted log
+_EMPTY = (_HEAD, 0)
 
-    __slots__ = ("entries", "total")
 
-    def __init__(self) -> None:
-        self.entries: deque[list[int]] = deque()
-        self.total = 0
+def new_log(pairs: Iterable[tuple[int, int]] = ()) -> Log:
+    """A log of ``(time_us, cost)`` entries, oldest first (zero costs left out)."""
+    log = array("q", _EMPTY)
+    total = 0
+    for t, c in pairs:
+        if c:
+            log.append(t)
+            log.append(c)
+            total += c
+    log[1] = total
+    return log
 
-    def __repr__(self) -> str:
-        return f"Log(total={self.total}, entries={list(self.entries)!r})"
+
+def log_entries(log: Log) -> list[tuple[int, int]]:
+    """The live ``(time_us, cost)`` entries of ``log``, oldest first (a copy)."""
+    it = iter(log[log[0]:])
+    return list(zip(it, it, strict=True))
+
+
+def log_total(log: Log) -> int:
+    """The cost of the live entries of ``log``."""
+    return log[1]
+
+
+def log_uncharge(log: Log, now: int, cost: int) -> bool:
+    """Take back up to ``cost`` from the entry logged at ``now`` (the newest one at that
+    microsecond); False when there is none."""
+    i = len(log) - 2
+    head = log[0]
+    while i >= head:
+        if log[i] == now:
+            take = min(log[i + 1], cost)
+            log[1] -= take
+            if take == log[i + 1]:
+                del log[i:i + 2]
+            else:
+                log[i + 1] -= take
+            return True
+        i -= 2
+    return False
 
 
 class SlidingLog(Algorithm):
     """Exact: the cost admitted in ``(now - period, now]`` plus this cost must fit the limit.
 
     Entries at the same microsecond are merged and zero-cost requests are not logged, so a
-    log never holds more than ``limit`` entries, and a hit is amortised O(1).
+    log never holds more than ``limit`` live entries; entries that slid out are skipped
+    (``head``) and cut off once they are more than the live ones, so a hit is amortised
+    O(1) and a log at most twice its live size. The state (a :data:`Log`) is changed in
+    place: ``hit`` returns the same array.
     """
 
     __slots__ = ()
@@ -384,49 +446,88 @@ class SlidingLog(Algorithm):
 
     def _trimmed(self, log: Log, now: int) -> int:
         """The cost logged in ``(now - period, now]``, the older entries dropped."""
-        entries = log.entries
-        horizon = now - self.period_us
-        while entries and entries[0][0] <= horizon:
-            log.total -= entries.popleft()[1]
-        return log.total
+        h = log[0]
+        n = len(log)
+        if h < n and log[h] <= now - self.period_us:
+            horizon = now - self.period_us
+            total = log[1]
+            while h < n and log[h] <= horizon:
+                total -= log[h + 1]
+                h += 2
+            if h + h > n + _HEAD:  # more slid out than live: cut them off
+                del log[_HEAD:h]
+                h = _HEAD
+            log[0] = h
+            log[1] = total
+            return total
+        return log[1]
 
     def hit(self, state: Any, now: int, cost: int) -> tuple[Any, Decision]:
         log: Log | None = state
-        total = 0 if log is None else self._trimmed(log, now)
         limit = self.limit
-        if total + cost <= limit:
-            if cost:
-                if log is None:
-                    log = Log()
-                entries = log.entries
-                if entries and entries[-1][0] == now:
-                    entries[-1][1] += cost
-                else:
-                    entries.append([now, cost])
-                log.total = total = total + cost
-            reset = (log.entries[-1][0] + self.period_us - now) / 1e6 if total else 0.0  # type: ignore[union-attr]
-            return log, _new(Decision, (True, limit, limit - total, reset, 0.0, self.rate, False))
-        return log, self._deny(log, now, cost)
+        if log is None:
+            if cost > limit:
+                return None, self._deny(None, now, cost)
+            if not cost:
+                return None, _new(Decision, (True, limit, limit, 0.0, 0.0, self.rate, False))
+            log = array("q", (_HEAD, cost, now, cost))
+            return log, _new(Decision, (True, limit, limit - cost, self.period_us / 1e6, 0.0,
+                                        self.rate, False))
+        # (self._trimmed, inlined: every hit pays it)
+        p = self.period_us
+        h = log[0]
+        n = len(log)
+        total = log[1]
+        horizon = now - p
+        if h < n and log[h] <= horizon:
+            total -= log[h + 1]
+            h += 2
+            while h < n and log[h] <= horizon:
+                total -= log[h + 1]
+                h += 2
+            if h + h > n + _HEAD:  # more slid out than live: cut them off
+                del log[_HEAD:h]
+                h = _HEAD
+                n = len(log)
+            log[0] = h
+            if total + cost > limit:
+                log[1] = total
+                return log, self._deny(log, now, cost)
+        elif total + cost > limit:
+            return log, self._deny(log, now, cost)
+        if cost:
+            total += cost
+            log[1] = total
+            if n > h and log[-2] == now:
+                log[-1] += cost
+            else:
+                log.append(now)
+                log.append(cost)
+                return log, _new(Decision, (True, limit, limit - total, p / 1e6, 0.0,
+                                            self.rate, False))
+        else:
+            log[1] = total
+        reset = (log[-2] + p - now) / 1e6 if total else 0.0
+        return log, _new(Decision, (True, limit, limit - total, reset, 0.0, self.rate, False))
 
     def _deny(self, log: Log | None, now: int, cost: int) -> Decision:
         limit = self.limit
         p = self.period_us
-        if log is None:
-            log = Log()
-        total = log.total
+        total = 0 if log is None else log[1]
         if cost > limit:
             retry = INF
         else:
+            assert log is not None  # cost <= limit is refused only with entries logged
             need = total + cost - limit
             freed = 0
             at = now
-            for t, c in log.entries:
-                freed += c
+            for i in range(log[0], len(log), 2):
+                freed += log[i + 1]
                 if freed >= need:
-                    at = t + p
+                    at = log[i] + p
                     break
             retry = (at - now) / 1e6
-        reset = (log.entries[-1][0] + p - now) / 1e6 if total else 0.0
+        reset = (log[-2] + p - now) / 1e6 if total and log is not None else 0.0
         rem = limit - total if total < limit else 0
         return _new(Decision, (False, limit, rem, reset, retry, self.rate, False))
 
@@ -440,7 +541,7 @@ class SlidingLog(Algorithm):
                 last = now
             elif total:
                 assert log is not None
-                last = log.entries[-1][0]
+                last = log[-2]
             reset = (last + self.period_us - now) / 1e6 if total else 0.0
             return _new(Decision, (True, limit, limit - total, reset, 0.0, self.rate, False))
         return self._deny(log, now, cost)
@@ -450,13 +551,13 @@ class SlidingLog(Algorithm):
 
     def expired(self, state: Any, now: int) -> bool:
         log: Log = state
-        return not log.entries or log.entries[-1][0] <= now - self.period_us
+        return len(log) <= log[0] or log[-2] <= now - self.period_us
 
     def ttl_us(self, state: Any, now: int) -> int:
         log: Log = state
-        if not log.entries:
+        if len(log) <= log[0]:
             return 0
-        return int(log.entries[-1][0] + self.period_us - now)
+        return int(log[-2] + self.period_us - now)
 
 
 #: Epoch-aligned fixed windows: what users of Flask-Limiter and rack-attack know ("100 per

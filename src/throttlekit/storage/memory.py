@@ -21,6 +21,7 @@ the effective limit is multiplied by the number of workers. Use Redis or Memcach
 
 from __future__ import annotations
 
+import itertools
 import threading
 import time
 import warnings
@@ -38,7 +39,9 @@ from .base import BatchResult, Block, BoundBatch, BoundHit, Check, Storage
 
 __all__ = ["DEFAULT_MAX_KEYS", "MemoryStorage"]
 
-#: About 200 bytes a live key: a million keys stay near 200 MB.
+#: A live key costs about 190 bytes with a counter, 260-360 with a sliding log of one to
+#: five entries (benchmarks/bench_memory_footprint.py): a full default store of random keys
+#: holds about 175 MB (counters) to 255 MB (sliding log, one entry a key).
 DEFAULT_MAX_KEYS = 1_000_000
 _INF = float("inf")
 #: expired blocklist entries reclaimed per request (amortised O(1): each is popped once)
@@ -62,6 +65,8 @@ class MemoryStorage(Storage):
         max_keys: the most keys kept; beyond it the least recently used key whose next
             request would be allowed is evicted (an evicted key starts afresh, so keep it
             above the number of active clients). Keys inside a refusal are evicted last.
+            Each live key costs about 190 bytes (counters) to 360 (a sliding log of five
+            entries), so the default bounds a random-key flood near 175-255 MB.
         clock: zero-argument callable returning seconds since the epoch, used when the
             limiter passes no time of its own. Defaults to ``time.time``.
     """
@@ -78,7 +83,12 @@ class MemoryStorage(Storage):
         #: keys inside a refusal that reached the cold end of ``_data`` (see module doc);
         #: a lookup that misses ``_data`` looks here (``_revive``) when it is not empty
         self._protected: OrderedDict[str, Any] = OrderedDict()
+        #: the latest algorithm of each tag (``_insert``), and each algorithm id's tag: a
+        #: state is held under ``tag|key``, a short stand-in for the id (``fw100/60000000``
+        #: or a rule's longer one), so a live key does not carry its id's bytes
         self._algorithms: dict[str, Algorithm] = {}
+        self._tags: dict[str, str] = {}
+        self._tag_numbers = itertools.count()
         self._blocks: dict[str, Block] = {}
         self.local_blocks = MappingProxyType(self._blocks)
         #: (expires_at, key) of blocks with an expiry; stale entries are skipped
@@ -127,6 +137,13 @@ class MemoryStorage(Storage):
         return (data, data.get, data.move_to_end, self._protected, self._revive,
                 lock.acquire, lock.release, self._insert, clock, clock is time.time)
 
+    def _tag(self, algorithm: Algorithm) -> str:
+        """The prefix of ``algorithm``'s states: a tag of its id and ``|``."""
+        tag = self._tags.get(algorithm.id)
+        if tag is None:  # (no lock: setdefault and next are atomic, and apply holds it)
+            tag = self._tags.setdefault(algorithm.id, f"{next(self._tag_numbers):x}|")
+        return tag
+
     def bind(self, algorithm: Algorithm) -> BoundHit:
         """``hit`` specialised for one algorithm, every lookup bound: one lock, one dict
         lookup, the arithmetic, one store. The one single-check hit of this store (``hit``
@@ -136,7 +153,7 @@ class MemoryStorage(Storage):
             return bound
         data, get, touch, protected, revive, acquire, release, insert, clock, wall = self._refs()
         decide = algorithm.hit
-        prefix = algorithm.id + "|"
+        prefix = self._tag(algorithm)
         time_ns = time.time_ns
 
         def hit(key: str, cost: int, now: int | None) -> Decision:
@@ -176,7 +193,7 @@ class MemoryStorage(Storage):
             return bound
         # one flat entry per check: (algorithm, storage prefix, is a sliding log, group)
         plan = tuple(
-            (alg, f"{alg.id}|{prefix}", alg.__class__ is SlidingLog, i)
+            (alg, self._tag(alg) + prefix, alg.__class__ is SlidingLog, i)
             for i, algs in enumerate(frozen) for alg in algs
         )
         data, get, touch, protected, revive, acquire, release, insert, clock, wall = self._refs()
@@ -269,6 +286,8 @@ class MemoryStorage(Storage):
         data = self._data
         get = data.get
         protected = self._protected
+        tags = self._tags
+        tag = self._tag
         lock = self._lock
         lock.acquire()
         try:
@@ -288,7 +307,7 @@ class MemoryStorage(Storage):
             # then charge them all only if every dependent one allows. Probes are decided,
             # never charged; independent checks are charged on their own.
             for alg, key, cost, independent, probe in checks:
-                k = f"{alg.id}|{key}"
+                k = (tags.get(alg.id) or tag(alg)) + key
                 s = get(k)
                 if s is None and protected:
                     s = self._revive(k)
@@ -323,7 +342,7 @@ class MemoryStorage(Storage):
         data = self._data
         algorithms = self._algorithms
         # The latest algorithm of an id: a rule's id outlives a change of its rates.
-        algorithms[algorithm.id] = algorithm
+        algorithms[k[: k.index("|")]] = algorithm
         data[k] = state
         # Reclaim: drop up to two expired entries from the cold end, so expired state
         # goes away as fast as new keys come in, with no scan and no timer.
@@ -390,10 +409,10 @@ class MemoryStorage(Storage):
         with self._lock:
             data = self._data
             protected = self._protected
-            ids = list(self._algorithms)
+            tags = list(self._tags.values())
             for key in keys:
-                for alg_id in ids:
-                    k = f"{alg_id}|{key}"
+                for tag in tags:
+                    k = tag + key
                     if data.pop(k, None) is None and protected:
                         protected.pop(k, None)
 

@@ -8,7 +8,7 @@ from base64 import urlsafe_b64encode
 from hashlib import blake2b
 from typing import Any
 
-from ..._algorithms import Algorithm, Log, TokenBucket
+from ..._algorithms import Algorithm, Log, TokenBucket, log_entries, new_log
 
 __all__ = ["decode_state", "encode_key", "encode_state", "expire"]
 
@@ -38,25 +38,21 @@ def _encode_log(log: Log) -> bytes:
     # Deltas between entries, ",".joined; ":cost" only when the cost is not 1.
     parts = []
     last = 0
-    for t, c in log.entries:
+    for t, c in log_entries(log):
         parts.append(str(t - last) if c == 1 else f"{t - last}:{c}")
         last = t
     return ",".join(parts).encode("ascii")
 
 
 def _decode_log(value: bytes) -> Log:
-    log = Log()
-    entries = log.entries
-    t = total = 0
+    pairs = []
+    t = 0
     for part in value.split(b","):
         if part:
             delta, _, cost = part.partition(b":")
             t += int(delta)
-            c = int(cost) if cost else 1
-            entries.append([t, c])
-            total += c
-    log.total = total
-    return log
+            pairs.append((t, int(cost) if cost else 1))
+    return new_log(pairs)
 
 
 def decode_state(alg: Algorithm, value: bytes | None) -> Any:

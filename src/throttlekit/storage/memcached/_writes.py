@@ -8,7 +8,7 @@ import threading
 import time
 from typing import Any
 
-from ..._algorithms import Algorithm, Log, TokenBucket
+from ..._algorithms import Algorithm, Log, TokenBucket, log_uncharge
 from ..._decision import Decision
 from ..._errors import StorageError
 from ..base import Check
@@ -122,15 +122,7 @@ class CasWrites:
                 new = (state >> 96 << 96) | (debt if debt > 0 else 0)
             else:
                 log: Log = state
-                for entry in reversed(log.entries):
-                    if entry[0] == now:  # this request's entry (maybe merged with others')
-                        take = min(entry[1], check.cost)
-                        entry[1] -= take
-                        log.total -= take
-                        if not entry[1]:
-                            log.entries.remove(entry)
-                        break
-                else:
+                if not log_uncharge(log, now, check.cost):  # this request's entry is gone
                     return
                 new = log
             data = encode_state(new)
