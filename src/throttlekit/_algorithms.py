@@ -21,12 +21,13 @@ the sliding log keeps a :data:`Log` (one flat array of integers).
 from __future__ import annotations
 
 from array import array
-from collections.abc import Iterable
-from typing import Any, ClassVar, TypeAlias
+from typing import Any, ClassVar
 
 from ._calendar import calendar_of
 from ._decision import Decision
 from ._errors import ConfigError
+from ._log import HEAD as _HEAD
+from ._log import Log, log_entries, log_total, log_uncharge, new_log
 from ._rates import Rate
 
 __all__ = [
@@ -376,58 +377,6 @@ class TokenBucket(Algorithm):
 
     def ttl_us(self, state: Any, now: int) -> int:
         return int(-(-self._debt(state, now) // self.limit))
-
-
-#: A sliding log's state: one ``array('q')`` of ``[head, total, t0, c0, t1, c1, ...]``.
-#: ``(t, c)`` pairs are the admitted entries (microsecond, cost), oldest first; those
-#: before index ``head`` have slid out and are dropped on a later write; ``total`` is the
-#: cost of the live ones. One flat array of machine integers, not an object per entry:
-#: five entries take 16 slots (128 bytes) and one small object.
-Log: TypeAlias = "array[int]"
-_HEAD = 2  # index of the first pair in a compacted log
-_EMPTY = (_HEAD, 0)
-
-
-def new_log(pairs: Iterable[tuple[int, int]] = ()) -> Log:
-    """A log of ``(time_us, cost)`` entries, oldest first (zero costs left out)."""
-    log = array("q", _EMPTY)
-    total = 0
-    for t, c in pairs:
-        if c:
-            log.append(t)
-            log.append(c)
-            total += c
-    log[1] = total
-    return log
-
-
-def log_entries(log: Log) -> list[tuple[int, int]]:
-    """The live ``(time_us, cost)`` entries of ``log``, oldest first (a copy)."""
-    it = iter(log[log[0]:])
-    return list(zip(it, it, strict=True))
-
-
-def log_total(log: Log) -> int:
-    """The cost of the live entries of ``log``."""
-    return log[1]
-
-
-def log_uncharge(log: Log, now: int, cost: int) -> bool:
-    """Take back up to ``cost`` from the entry logged at ``now`` (the newest one at that
-    microsecond); False when there is none."""
-    i = len(log) - 2
-    head = log[0]
-    while i >= head:
-        if log[i] == now:
-            take = min(log[i + 1], cost)
-            log[1] -= take
-            if take == log[i + 1]:
-                del log[i:i + 2]
-            else:
-                log[i + 1] -= take
-            return True
-        i -= 2
-    return False
 
 
 class SlidingLog(Algorithm):
