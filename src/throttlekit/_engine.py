@@ -192,7 +192,7 @@ class Engine:
                                 self, view, [(rule1, disc1, cost1, 0)],
                                 batch((disc1,), (cost1,), now), False,
                             )
-                        d = hit(NS + disc1, cost1, now)
+                        d = hit(disc1, cost1, now)
                         if not d.allowed:
                             return Verdict(False, "throttled", rule1.name, disc1, d,
                                            [(rule1.name, d)], False, view)

@@ -324,14 +324,14 @@ class _Throttle:
         self.on_unreadable = on_unreadable
         self.algorithms = algorithms
         #: the store's bound hit of a one-rate rule on a local store (``Storage.bind``),
-        #: bound once: ``_fast`` calls it with ``NS + discriminator``
+        #: bound once under ``NS``: ``evaluate`` calls it with the discriminator
         self.hit: BoundHit | None = None
         #: the store's bound batch of a rule of several rates on a local store
         #: (``Storage.bind_batch`` under ``NS``): ``_fast`` calls it with ``(discriminator,)``
         self.batch: BoundBatch | None = None
         if storage is not None and not storage.remote:
             if len(algorithms) == 1:
-                self.hit = storage.bind(algorithms[0])
+                self.hit = storage.bind(algorithms[0], NS)
             else:
                 self.batch = storage.bind_batch((algorithms,), NS)
         self.rates = tuple(a.rate for a in algorithms)
