@@ -4,7 +4,9 @@ Opt-in (``Limiter.admission``). After the rules allow a request, and before its 
 leases, the request takes a slot of the worker's :class:`~throttlekit._admission.Admission`;
 when the app saturates (its latency rises against its unloaded minimum) the limit comes down
 and the excess is shed at once with 503 and ``Retry-After``, lowest priority first, instead
-of queueing until every client times out. The slot is given back when the response ends
+of queueing until every client times out. During an anomaly, a client with standing
+(:class:`~throttlekit.Standing`) gets the highest level, whatever ``priority`` says. The slot
+is given back when the response ends
 (:class:`~throttlekit._exchange.Exchange`), and its latency teaches the limit.
 """
 
@@ -38,7 +40,7 @@ _new = tuple.__new__
 class AdmissionStep:
     """One worker's admission control, as the pipeline runs it."""
 
-    __slots__ = ("admission", "dry_run", "engine", "priority")
+    __slots__ = ("admission", "dry_run", "engine", "priority", "top")
 
     def __init__(
         self, engine: Engine, *, priority: Callable[[RequestView], Any] | None,
@@ -58,6 +60,8 @@ class AdmissionStep:
             thresholds=tuple(thresholds), initial_limit=initial_limit, min_limit=min_limit,
             max_limit=max_limit, clock=clock or time.perf_counter,
         ))
+        #: the highest priority level: known clients' during an anomaly (Standing)
+        self.top = len(self.admission.limit.thresholds) - 1
 
     def admit(self, verdict: Verdict) -> tuple[Verdict, Ticket | None]:
         """A slot for an allowed request, or its refusal (503, ``kind="shed"``); in dry run,
@@ -67,6 +71,9 @@ class AdmissionStep:
         priority = self.priority
         if priority is not None:
             level = self._level(priority, view)
+        standing = self.engine.standing
+        if standing is not None and standing.active() and standing.known(view):
+            level = self.top  # a known client, during an anomaly: shed last
         ticket = self.admission.try_acquire(level)
         if ticket is not None:
             return verdict, ticket
