@@ -358,7 +358,7 @@ def test_a_crowd_of_first_visits_in_the_usual_page_mix_is_not_contained() -> Non
     by = {e.dimension: e for e in found.explanations}
     assert by["path"].skew < UNIFORM
     fingerprint = by["fingerprint"]
-    assert fingerprint.narrow and fingerprint.collateral > 0.01  # alone, it would be named
+    assert fingerprint.narrow and fingerprint.collateral > 0  # alone, it would be named
     assert found.dimension == "*" and found.culprits == ()
 
 

@@ -248,9 +248,9 @@ def _hold(site: Site, address: str) -> tuple[int, Any]:
 
 
 def test_admission_sheds_unknown_clients_first_and_keeps_known_ones() -> None:
-    """Admission at its limit (4, unknown clients filling at most half): during an
-    anomaly a known client is admitted up to the whole limit while unknown ones are shed
-    (503); outside an anomaly standing changes nothing."""
+    """Admission at its limit (4, unknown clients filling at most half): a known client
+    is admitted up to the whole limit while unknown ones are shed (503), during an
+    anomaly and outside one."""
     site = Site(min_requests=2, min_age=1.0)
     site.limiter.admission(thresholds=(0.5, 1.0), initial_limit=4, min_limit=4)
     site.visit("198.51.100.7", 2, 1.0)
@@ -265,8 +265,9 @@ def test_admission_sheds_unknown_clients_first_and_keeps_known_ones() -> None:
         if close is not None:
             close()  # the slots go back
     site.switch.on = False
-    calm = [_hold(site, "198.51.100.7") for _ in range(3)]
-    assert [s for s, _ in calm] == [200, 200, 503]  # no anomaly: level 0 like anyone
+    held = [_hold(site, f"203.0.113.{i}") for i in range(3)]
+    known = [_hold(site, "198.51.100.7") for _ in range(3)]
+    assert [s for s, _ in held + known] == [200, 200, 503, 200, 200, 503]
 
 
 def test_known_clients_are_not_challenged() -> None:

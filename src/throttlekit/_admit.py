@@ -4,10 +4,11 @@ Opt-in (``Limiter.admission``). After the rules allow a request, and before its 
 leases, the request takes a slot of the worker's :class:`~throttlekit._admission.Admission`;
 when the app saturates (its latency rises against its unloaded minimum) the limit comes down
 and the excess is shed at once with 503 and ``Retry-After``, lowest priority first, instead
-of queueing until every client times out. During an anomaly, a client with standing
-(:class:`~throttlekit.Standing`) gets the highest level, whatever ``priority`` says. The slot
-is given back when the response ends
-(:class:`~throttlekit._exchange.Exchange`), and its latency teaches the limit.
+of queueing until every client times out. A client with standing
+(:class:`~throttlekit.Standing`) gets the highest level, whatever ``priority`` says (its
+standing is looked up in the store only during an anomaly). The slot is given back when
+the response ends (:class:`~throttlekit._exchange.Exchange`), and its latency teaches the
+limit.
 """
 
 from __future__ import annotations
@@ -72,8 +73,8 @@ class AdmissionStep:
         if priority is not None:
             level = self._level(priority, view)
         standing = self.engine.standing
-        if standing is not None and standing.active() and standing.known(view):
-            level = self.top  # a known client, during an anomaly: shed last
+        if standing is not None and standing.known(view):
+            level = self.top  # a known client: shed last
         ticket = self.admission.try_acquire(level)
         if ticket is not None:
             return verdict, ticket

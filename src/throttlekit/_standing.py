@@ -6,11 +6,13 @@ allowed over at least ``min_age`` seconds, none of them refused; or when it pres
 valid pass of the challenge step (``Limiter.challenge``). Standing lasts ``ttl`` seconds,
 renewed while the client keeps coming.
 
-Opt-in: ``Standing(limiter, when=monitor)``. During an anomaly (``when``):
+Opt-in: ``Standing(limiter, when=monitor)``. Admission control (``Limiter.admission``)
+gives known clients its highest priority level, so they are shed last (always: a saturated
+app sheds newcomers before its regulars, and the anomaly detector may lag the flood by a
+few seconds). During an anomaly (``when``):
 
-- admission control (``Limiter.admission``) gives known clients its highest priority
-  level: they are shed last;
-- the challenge step does not challenge them;
+- a client unknown to this worker is looked up in the store (once);
+- the challenge step does not challenge known clients;
 - the shield's containment (``monitor.Shield``) does not throttle them;
 - nobody is promoted: history counts only from before the anomaly, so a flood cannot
   earn standing (its clients' histories wait until the anomaly ends).

@@ -22,8 +22,9 @@ far the dimension's excess is from being spread like its normal traffic (half th
 over its values, of the difference between the value's share of the excess and its share
 of the baseline: 0 when every value rose in proportion, 1 when the excess went to values
 normal traffic never had). When the ``path`` dimension's skew is below :data:`UNIFORM`
-(the surge asks for the site's pages in their usual mix), a culprit that normal traffic
-already had (collateral above 1%) explains nothing: it is that traffic scaled up. This is
+(the surge asks for the site's pages in their usual mix), culprits that normal traffic
+already had (any collateral, however small) explain nothing: they are that traffic scaled
+up. This is
 the flash crowd's case: new visitors all send the header shape of a first visit (no
 cookie yet), common in normal traffic, and while admission control sheds them they never
 get a cookie, so that fingerprint's rate soars; containing it would throttle the crowd
@@ -271,7 +272,7 @@ def attribute(explanations: Iterable[Explanation], since: float, now: float) -> 
     usual = any(e.dimension == _SHAPE and e.skew < UNIFORM for e in ordered)
     # shaped like the usual traffic: a value normal traffic had is that traffic scaled up
     narrow = [e for e in ordered if e.narrow and not (
-        usual and e.dimension != CLIENT and e.collateral > _NO_COLLATERAL)]
+        usual and e.dimension != CLIENT and e.collateral > 0)]
     if not narrow:
         return Attribution(EVERYTHING, (), 0, 0.0, 0.0, since, now, tuple(ordered))
     best = min(narrow, key=lambda e: (
