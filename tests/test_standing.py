@@ -237,6 +237,39 @@ def test_a_monitor_switches_it() -> None:
     assert not site.known("203.0.113.50")
 
 
+def test_asgi_requests_build_standing_too() -> None:
+    """The same history through the ASGI middleware promotes the client; a throttled
+    request there ends its standing."""
+    import asyncio
+
+    from asgi_client import asgi_request
+    from throttlekit import ASGIMiddleware
+
+    clock = FakeClock(T0)
+    limiter = Limiter(clock=clock)
+    limiter.throttle("per-ip", "3/second")
+    standing = Standing(limiter, when=Switch(), min_requests=3, min_age=2.0)
+
+    async def asgi_app(scope: Any, receive: Any, send: Any) -> None:
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        await send({"type": "http.response.body", "body": b"ok"})
+
+    mw = ASGIMiddleware(asgi_app, limiter)
+
+    async def run() -> list[int]:
+        codes = []
+        for _ in range(3):
+            codes.append((await asgi_request(mw, "/", "198.51.100.7", []))[0])
+            clock.advance(1.0)
+        assert standing.is_known("198.51.100.7")
+        for _ in range(4):
+            codes.append((await asgi_request(mw, "/", "198.51.100.7", []))[0])
+        return codes
+
+    assert asyncio.run(run()) == [200] * 6 + [429]
+    assert not standing.is_known("198.51.100.7")
+
+
 # -- the effects during an anomaly ------------------------------------------------------
 
 
