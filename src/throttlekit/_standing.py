@@ -25,7 +25,8 @@ thread). During an anomaly, a client unknown to this worker is looked up in the 
 (``GET``), and the answer, yes or no, is cached.
 
 **Memory.** At most ``max_clients`` histories, ``max_clients`` known clients and
-``max_clients`` cached answers; the oldest go first (about 200 bytes each).
+``max_clients`` cached answers; the oldest go first (100,000 histories measured 11 MB,
+the client keys' strings aside).
 
 **Sharing.** On Redis (``RedisStorage`` with a sync client: by default the limiter's own
 storage), a known client is the key ``<prefix>{standing:<client key>}``, expiring after
