@@ -462,6 +462,51 @@ def test_store_calls_are_one_pipeline_per_interval_and_none_without_an_anomaly()
         storage.close()
 
 
+@pytest.mark.redis
+def test_inside_an_event_loop_the_store_is_asked_off_the_loop() -> None:
+    """In a coroutine (an ASGI entry) the flush and a look-up run in the loop's executor:
+    the first ask answers unknown at once, the store's answer is there a moment later."""
+    import asyncio
+
+    prefix = f"tk-test-standing:{uuid.uuid4().hex[:12]}:"
+    storage = _shared_storage(prefix)
+    clock = FakeClock(T0)
+    limiter = Limiter(clock=clock)
+    switch = Switch()
+    writer = Standing(limiter, when=switch, storage=storage, min_requests=2, min_age=1.0,
+                      flush_interval=1.0)
+    reader_limiter = Limiter(clock=clock)
+    reader = Standing(reader_limiter, when=switch, storage=storage)
+    mw = WSGIMiddleware(app, limiter)
+    from throttlekit._request import RequestView
+
+    view = RequestView.from_environ(env("198.51.100.7"), mw.resolver)
+
+    async def run() -> tuple[bool, bool, bool]:
+        writer.seen(view)
+        clock.advance(1.0)
+        writer.seen(view)  # promoted, queued
+        clock.advance(1.0)
+        writer.seen(view)  # the interval is over: flushed in the executor
+        for _ in range(100):
+            if storage.sync_client().get(storage.family("standing:198.51.100.7")):
+                break
+            await asyncio.sleep(0.01)
+        switch.on = True
+        first = reader.known(view)
+        for _ in range(100):
+            await asyncio.sleep(0.01)
+            if reader.is_known("198.51.100.7"):
+                break
+        return writer.is_known("198.51.100.7"), first, reader.known(view)
+
+    try:
+        assert asyncio.run(run()) == (True, False, True)
+    finally:
+        _delete_own_keys(storage, ["198.51.100.7"])
+        storage.close()
+
+
 @pytest.fixture
 def own_redis() -> Iterator[RedisServer]:
     with start_or_skip(RedisServer()) as server:

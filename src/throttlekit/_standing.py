@@ -14,15 +14,17 @@ few seconds). During an anomaly (``when``):
 - a client unknown to this worker is looked up in the store (once);
 - the challenge step does not challenge known clients;
 - the shield's containment (``monitor.Shield``) does not throttle them;
-- nobody is promoted: history counts only from before the anomaly, so a flood cannot
-  earn standing (its clients' histories wait until the anomaly ends).
+- nothing is counted and nobody is promoted: history counts only from outside
+  anomalies, so a flood cannot earn standing.
 
 **Costs.** Without an anomaly: per allowed request, one clock read and one or two dict
 look-ups (a counter bumped in the client's history, or its standing found); no store call.
 A client's promotion is queued and written to the store in one pipeline per
 ``flush_interval``, inline on the request that finds the interval over (no background
 thread). During an anomaly, a client unknown to this worker is looked up in the store once
-(``GET``), and the answer, yes or no, is cached.
+(``GET``), and the answer, yes or no, is cached. Inside an event loop (the ASGI entries)
+these calls run in the loop's default executor, never on the loop: a client looked up
+there is unknown until the answer is in.
 
 **Memory.** At most ``max_clients`` histories, ``max_clients`` known clients and
 ``max_clients`` cached answers; the oldest go first (100,000 histories measured 11 MB,
@@ -41,6 +43,7 @@ store's queue take a lock.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import threading
 import time
@@ -120,6 +123,7 @@ class Standing:
         "_history",
         "_known",
         "_lock",
+        "_pending",
         "_queue",
         "_renew",
         "_storage",
@@ -176,6 +180,8 @@ class Standing:
         #: client key -> the store's answer (during an anomaly)
         self._answers: dict[str, bool] = {}
         self._queue: list[str] = []
+        #: keys being looked up in a worker thread (inside an event loop)
+        self._pending: set[str] = set()
         self._lock = threading.Lock()
         self._flush_at = self.clock() + self.flush_interval
         self._down_until = 0.0
@@ -306,14 +312,34 @@ class Standing:
         return family
 
     def _look_up(self, key: str) -> bool:
+        """The store's answer for ``key``, asked inline; inside an event loop, asked in a
+        worker thread instead (the loop never waits on a round trip): unknown until the
+        answer is in."""
+        loop = _running_loop()
+        if loop is None:
+            return self._fetch(key)
+        pending = self._pending
+        if key not in pending and len(pending) < self.max_clients:
+            pending.add(key)
+            loop.run_in_executor(None, self._fetch, key)
+        return False
+
+    def _fetch(self, key: str) -> bool:
         now = self.clock()
         answer = False
-        if now >= self._down_until:
-            try:
-                answer = self._client.get(self._key(key)) is not None
-            except Exception as exc:
-                self._failed(exc, now)
-                return False  # not cached: asked again once the store is back
+        try:
+            if now >= self._down_until:
+                try:
+                    answer = self._client.get(self._key(key)) is not None
+                except Exception as exc:
+                    self._failed(exc, now)
+                    return False  # not cached: asked again once the store is back
+            self._remember(key, answer, now)
+        finally:
+            self._pending.discard(key)
+        return answer
+
+    def _remember(self, key: str, answer: bool, now: float) -> None:
         answers = self._answers
         if len(answers) >= self.max_clients:
             with self._lock:
@@ -325,10 +351,10 @@ class Standing:
                 if len(known) >= self.max_clients:
                     _evict(known, self.max_clients - 1)
                 known[key] = now + self._renew
-        return answer
 
     def _flush(self, now: float) -> None:
-        """Write the queued promotions in one pipeline (inline, once per interval)."""
+        """Write the queued promotions in one pipeline, once per interval: inline, or in a
+        worker thread inside an event loop."""
         with self._lock:
             if now < self._flush_at or not self._queue:
                 return
@@ -336,6 +362,13 @@ class Standing:
             queue, self._queue = self._queue, []
         if now < self._down_until:
             return  # local-only for now: these stay known here
+        loop = _running_loop()
+        if loop is None:
+            self._write(queue, now)
+        else:
+            loop.run_in_executor(None, self._write, queue, now)
+
+    def _write(self, queue: list[str], now: float) -> None:
         ttl = max(1, int(self.ttl))
         try:
             pipe = self._client.pipeline(transaction=False)
@@ -346,9 +379,11 @@ class Standing:
             self._failed(exc, now)
 
     def flush(self) -> None:
-        """Write the queued promotions now (tests, shutdown)."""
-        self._flush_at = 0.0
-        self._flush(self.clock())
+        """Write the queued promotions now, inline (tests, shutdown)."""
+        with self._lock:
+            queue, self._queue = self._queue, []
+        if queue and self._client is not None:
+            self._write(queue, self.clock())
 
     def _failed(self, exc: Exception, now: float) -> None:
         self._down_until = now + self.retry_after
@@ -359,6 +394,13 @@ class Standing:
                 "worker for %gs at a time until it answers", exc, self.retry_after,
                 extra={"throttlekit_event": "standing_store_failed"},
             )
+
+
+def _running_loop() -> asyncio.AbstractEventLoop | None:
+    try:
+        return asyncio.get_running_loop()
+    except RuntimeError:
+        return None
 
 
 def _evict(table: dict[str, Any], keep: int) -> None:
