@@ -194,7 +194,7 @@ def test_the_settings_are_checked() -> None:
     limiter = Limiter()
     for bad in ({"min_requests": 0}, {"min_requests": 2.5}, {"min_age": -1},
                 {"ttl": "1h"}, {"max_clients": True}, {"flush_interval": 0},
-                {"when": 3}, {"storage": object()}, {"clock": 5}):
+                {"when": 3}, {"storage": object()}, {"clock": 5}, {"dry_run": "yes"}):
         options: dict[str, Any] = {"when": Switch(), **bad}
         with pytest.raises(ConfigError, match=next(iter(bad))):
             Standing(limiter, **options)
@@ -326,6 +326,17 @@ def test_containment_exempts_known_clients() -> None:
     assert 429 in codes
     assert all(site.get("198.51.100.7", "/search") == 200 for _ in range(30))
     assert site.get("203.0.113.200", "/") == 200  # outside the contained value
+
+
+def test_in_dry_run_standing_is_built_but_changes_nothing() -> None:
+    """dry_run: the client is promoted (is_known, len) but during an anomaly admission,
+    challenges and containment treat it as unknown."""
+    site = Site(min_requests=2, min_age=1.0, dry_run=True)
+    site.limiter.challenge(key="k" * 32, when=site.switch)
+    site.visit("198.51.100.7", 2, 1.0)
+    assert site.known("198.51.100.7") and len(site.standing) == 1
+    site.switch.on = True
+    assert site.get("198.51.100.7") == 303
 
 
 def test_a_valid_pass_makes_a_client_known() -> None:

@@ -112,6 +112,8 @@ class Standing:
         retry_after: seconds of local-only standing after the store failed.
         clock: seconds since the epoch (the limiter's clock by default): standing is
             shared, so every worker must agree on it.
+        dry_run: build and share standing, but give nobody its effects (``known`` is
+            always False; watch ``len(standing)``, ``memory()`` and ``is_known``).
     """
 
     __slots__ = (
@@ -130,6 +132,7 @@ class Standing:
         "_warned",
         "_when",
         "clock",
+        "dry_run",
         "flush_interval",
         "max_clients",
         "min_age",
@@ -144,7 +147,7 @@ class Standing:
         self, limiter: Any, *, when: Any, min_requests: int = 10, min_age: float = 60.0,
         ttl: float = 86400.0, max_clients: int = 100_000, storage: Any = _DEFAULT,
         flush_interval: float = 1.0, retry_after: float = 30.0,
-        clock: Callable[[], float] | None = None,
+        clock: Callable[[], float] | None = None, dry_run: bool = False,
     ) -> None:
         engine = getattr(limiter, "engine", None)
         if engine is None or not hasattr(engine, "standing"):
@@ -158,6 +161,9 @@ class Standing:
         self.max_clients: int = _positive("max_clients", max_clients, integer=True)
         self.flush_interval = float(_positive("flush_interval", flush_interval))
         self.retry_after = float(_positive("retry_after", retry_after))
+        if not isinstance(dry_run, bool):
+            raise ConfigError(f"standing: dry_run must be True or False, got {dry_run!r}")
+        self.dry_run = dry_run
         if clock is not None and not callable(clock):
             raise ConfigError(f"standing: clock must be a zero-argument callable, got {clock!r}")
         self.clock: Callable[[], float] = clock or getattr(limiter, "clock", None) or time.time
@@ -275,6 +281,8 @@ class Standing:
     def known(self, view: RequestView) -> bool:
         """Whether ``view``'s client is known: a valid pass of the challenge step, or
         standing here, or (during an anomaly) in the store."""
+        if self.dry_run:
+            return False  # promotions, counts and is_known only: no effect
         mark = view.raw.get(CHALLENGE_KEY)
         if mark is not None and getattr(mark, "action", None) == _KNOWN:
             return True
