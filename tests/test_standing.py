@@ -126,6 +126,10 @@ def test_standing_lasts_ttl_and_is_renewed_by_a_returning_client() -> None:
     site.visit("198.51.100.8", 2, 1.0)
     site.clock.advance(101.0)
     assert not site.known("198.51.100.8")
+    site.visit("198.51.100.8", 1, 1.0)  # back after it ended: earned again from the start
+    assert not site.known("198.51.100.8")
+    site.visit("198.51.100.8", 1, 1.0)
+    assert site.known("198.51.100.8")
 
 
 def test_nobody_is_promoted_and_nothing_counts_during_an_anomaly() -> None:

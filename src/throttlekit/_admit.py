@@ -64,17 +64,17 @@ class AdmissionStep:
         #: the highest priority level: known clients' during an anomaly (Standing)
         self.top = len(self.admission.limit.thresholds) - 1
 
-    def admit(self, verdict: Verdict) -> tuple[Verdict, Ticket | None]:
+    def admit(self, verdict: Verdict, known: bool = False) -> tuple[Verdict, Ticket | None]:
         """A slot for an allowed request, or its refusal (503, ``kind="shed"``); in dry run,
-        the request goes on without a slot and the refusal is only reported (event)."""
+        the request goes on without a slot and the refusal is only reported (event).
+        ``known``: the client has standing (``Standing.seen``): the highest level."""
         view = verdict.request
-        level = 0
-        priority = self.priority
-        if priority is not None:
-            level = self._level(priority, view)
-        standing = self.engine.standing
-        if standing is not None and standing.known(view):
-            level = self.top  # a known client: shed last
+        if known:
+            level = self.top  # shed last
+        elif self.priority is not None:
+            level = self._level(self.priority, view)
+        else:
+            level = 0
         ticket = self.admission.try_acquire(level)
         if ticket is not None:
             return verdict, ticket

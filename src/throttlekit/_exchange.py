@@ -202,12 +202,12 @@ def _admit(limiter: Limiter, verdict: Verdict) -> tuple[Verdict, Ticket | None]:
         if not verdict.allowed:
             return verdict, None
     standing = limiter.engine.standing
-    if standing is not None and view is not None:
-        standing.seen(view)  # history for the client's standing (Standing)
+    # history for the client's standing, and whether it is known (Standing)
+    known = standing is not None and view is not None and standing.seen(view)
     step = limiter.engine.admission
     if step is None:
         return verdict, None
-    return step.admit(verdict)
+    return step.admit(verdict, known)
 
 
 def _exchange(limiter: Limiter, verdict: Verdict, held: Lease | None, ticket: Ticket | None

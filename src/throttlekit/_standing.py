@@ -222,30 +222,36 @@ class Standing:
 
     # -- the pipeline: every allowed request, and refusals -----------------------------
 
-    def seen(self, view: RequestView) -> None:
-        """Count an allowed request of ``view``'s client (the pipeline calls this)."""
+    def seen(self, view: RequestView) -> bool:
+        """Count an allowed request of ``view``'s client (the pipeline calls this);
+        returns whether the client is known (what :meth:`known` says), so that the
+        pipeline asks once."""
         key = view.client_key
         if key is None:
-            return
+            return self.known(view)
         now = self.clock()
         if now >= self._flush_at and self._queue:
             self._flush(now)
         when = self._when
-        # during an anomaly nothing counts: a flood cannot earn standing
-        if (self._anomaly if when is None else self.active()):
-            return
+        anomaly = self._anomaly if when is None else self.active()
         until = self._known.get(key)
-        if until is not None:
-            if until - now < self._renew:
+        if until is not None and until > now:
+            if not anomaly and until - now < self._renew:
                 self._promote(key, now)
+            return not self.dry_run
+        if anomaly:  # nothing counts: a flood cannot earn standing
+            return self.known(view)
+        if until is not None:  # expired: earned again from the start
+            self._known.pop(key, None)
+        history = self._history.get(key)
+        if history is None:
+            self._start(key, now)
         else:
-            history = self._history.get(key)
-            if history is None:
-                self._start(key, now)
-            else:
-                history[1] += 1
-                if history[1] >= self.min_requests and now - history[0] >= self.min_age:
-                    self._promote(key, now)
+            history[1] += 1
+            if history[1] >= self.min_requests and now - history[0] >= self.min_age:
+                self._promote(key, now)
+                return not self.dry_run
+        return self._holds_pass(view)
 
     def refused(self, view: RequestView) -> None:
         """A request of ``view``'s client was refused by the rules: its history starts
@@ -283,8 +289,7 @@ class Standing:
         standing here, or (during an anomaly) in the store."""
         if self.dry_run:
             return False  # promotions, counts and is_known only: no effect
-        mark = view.raw.get(CHALLENGE_KEY)
-        if mark is not None and getattr(mark, "action", None) == _KNOWN:
+        if self._holds_pass(view):
             return True
         key = view.client_key
         if key is None:
@@ -298,6 +303,12 @@ class Standing:
         if answer is None:
             answer = self._look_up(key)
         return answer
+
+    def _holds_pass(self, view: RequestView) -> bool:
+        """The challenge step found a valid pass on this request (not in dry run)."""
+        mark = view.raw.get(CHALLENGE_KEY)
+        return (mark is not None and getattr(mark, "action", None) == _KNOWN
+                and not self.dry_run)
 
     def is_known(self, key: str) -> bool:
         """Whether the client ``key`` has standing in this worker (no store call)."""
