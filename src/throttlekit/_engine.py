@@ -43,6 +43,7 @@ if TYPE_CHECKING:
     from ._limiter import Limiter
     from ._reload import RulesWatcher
     from ._request import RequestView
+    from ._standing import Standing
 
 __all__ = ["Engine"]
 
@@ -58,8 +59,8 @@ class Engine:
 
     __slots__ = (
         "_admission", "_batches", "_challenge", "_concurrency", "_last_log", "_refusal_policies",
-        "_warned_no_ip", "_warned_unreadable", "enabled", "limiter", "listeners", "local_blocks",
-        "remote", "rules", "steps", "storage", "store", "watcher",
+        "_standing", "_warned_no_ip", "_warned_unreadable", "enabled", "limiter", "listeners",
+        "local_blocks", "remote", "rules", "steps", "storage", "store", "watcher",
     )
 
     def __init__(self, limiter: Limiter) -> None:
@@ -78,8 +79,9 @@ class Engine:
         self._concurrency: ConcurrencyRules | None = None
         self._admission: AdmissionStep | None = None
         self._challenge: ChallengeStep | None = None
-        #: a step after the rules is configured (challenge, admission, concurrency): an
-        #: allowed request goes through ``_exchange.begin``; kept by the setters below
+        self._standing: Standing | None = None
+        #: a step after the rules is configured (challenge, admission, concurrency, standing):
+        #: an allowed request goes through ``_exchange.begin``; kept by the setters below
         self.steps = False
         self.watcher: RulesWatcher | None = None
         self.enabled = True
@@ -131,9 +133,18 @@ class Engine:
         self._challenge = step
         self._restep()
 
+    @property
+    def standing(self) -> Standing | None:  # which clients are known (throttlekit.Standing)
+        return self._standing
+
+    @standing.setter
+    def standing(self, standing: Standing | None) -> None:
+        self._standing = standing
+        self._restep()
+
     def _restep(self) -> None:
-        self.steps = (self._concurrency is not None or self._admission is not None
-                      or self._challenge is not None)
+        self.steps = any(step is not None for step in (
+            self._concurrency, self._admission, self._challenge, self._standing))
 
     # -- evaluation ----------------------------------------------------------------------
 
