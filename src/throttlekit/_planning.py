@@ -9,6 +9,7 @@ fast path too, so a refusal reads the same whichever way it was decided.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
 from ._decision import Decision, most_restrictive
@@ -19,6 +20,7 @@ from ._rules import (
     NS,
     STORAGE_RULE,
     UNKNOWN_CLIENT,
+    ResponseInfo,
     Verdict,
     _BanRule,
     _ListRule,
@@ -353,3 +355,25 @@ def conclude_throttles(
         for rule, disc, d in allowed:
             engine.emit("allowed", rule.name, disc, view, d, False)
     return Verdict(True, "allowed", None, None, tightest, policies, degraded, view, pending)
+
+
+def settle_checks(engine: Engine, verdict: Verdict, status: int,
+                  headers: Sequence[tuple[str, str]]) -> list[Check]:
+    """The charges of a verdict's ``count_when`` throttles whose predicate matches the
+    response (``Engine.settle``); the verdict is settled once: its ``pending`` cleared."""
+    pending = verdict.pending
+    verdict.pending = None
+    info = ResponseInfo(status, headers)
+    checks: list[Check] = []
+    for rule, disc, cost in pending or ():
+        try:
+            hit = rule.count_when(info)  # type: ignore[misc]
+        except Exception as exc:
+            engine.log_once(rule.name, "count_when of throttle %r raised %s: %s",
+                            rule.name, type(exc).__name__, exc)
+            continue
+        if hit and cost:
+            skey = NS + disc
+            for alg in rule.algorithms:
+                checks.append(Check(alg, skey, cost, True, False))
+    return checks
