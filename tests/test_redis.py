@@ -190,28 +190,56 @@ def test_large_rates_stay_exact(storage: RedisStorage, strategy: str) -> None:
 # -- time ------------------------------------------------------------------------------------
 
 
+def _stamp(raw: Any, storage: RedisStorage, alg: Any, key: str) -> int:
+    """The time (microseconds) the state of ``alg`` under ``key`` was written at: a sliding
+    log's newest entry, a bucket's last update, a window's start."""
+    h = storage.family(key)
+    if alg.name == "sliding_log":
+        return int(raw.lindex(f"{h}:l:{alg.id}", -1).split()[0])
+    if alg.name == "token_bucket":
+        return int(raw.hget(h, alg.id).split()[0])
+    # a sliding window's state, or a fixed window's index: the window
+    return int(raw.hget(h, alg.id).split()[0]) * alg.period_us
+
+
 @pytest.mark.parametrize("strategy", STRATEGIES)
 @pytest.mark.parametrize("batch", [False, True], ids=["single", "batch"])
-def test_server_clock_is_the_default(
-    storage: RedisStorage, raw: Any, strategy: str, batch: bool
+def test_server_clock_when_asked(
+    ctx: Any, raw: Any, strategy: str, batch: bool
 ) -> None:
-    """Without a client time, the window is the server's: state is stamped with Redis TIME."""
+    """clock="server": without a limiter's time the window is the server's (Redis TIME), and
+    TTLs get no slack (the server's clock needs none)."""
+    storage = ctx.storage(clock="server")
     alg = make_algorithm(strategy, Rate(10, 1))
     block_keys = ["nobody"] if batch else []
     for left in (9, 8):
         d = storage.apply([Check(alg, "t")], block_keys=block_keys).decisions[0]
         assert d.allowed and d.remaining == left
     sec, usec = raw.time()
-    server = sec * 1_000_000 + usec
-    h = storage.family("t")
-    if strategy == "sliding_log":
-        stamp = int(raw.lindex(f"{h}:l:{alg.id}", -1).split()[0])
-    elif strategy == "token_bucket":
-        stamp = int(raw.hget(h, alg.id).split()[0])
-    else:  # the window's index: its start
-        stamp = int(raw.hget(h, alg.id).split()[0]) * 1_000_000
-    assert 0 <= server - stamp < 2_000_000
-    assert 0 < raw.pttl(h) <= 2000
+    assert 0 <= sec * 1_000_000 + usec - _stamp(raw, storage, alg, "t") < 2_000_000
+    assert 0 < raw.pttl(storage.family("t")) <= 2000
+    storage.close()
+
+
+@pytest.mark.parametrize("strategy", STRATEGIES)
+@pytest.mark.parametrize("batch", [False, True], ids=["single", "batch"])
+def test_client_clock_is_the_default(
+    storage: RedisStorage, raw: Any, strategy: str, batch: bool
+) -> None:
+    """By default the time is this process's (time.time), passed to the script; TTLs get
+    ttl_slack more, since Redis cannot check that clock."""
+    import time
+
+    assert storage.clock == "client"
+    alg = make_algorithm(strategy, Rate(10, 1))
+    block_keys = ["nobody"] if batch else []
+    before = int(time.time() * 1_000_000) // alg.period_us * alg.period_us
+    for left in (9, 8):
+        d = storage.apply([Check(alg, "t")], block_keys=block_keys).decisions[0]
+        assert d.allowed and d.remaining == left
+    after = int(time.time() * 1_000_000)
+    assert before <= _stamp(raw, storage, alg, "t") <= after
+    assert 5000 < raw.pttl(storage.family("t")) <= 7000
 
 
 def test_limiter_clock_is_passed_to_the_script(ctx: Any) -> None:
@@ -229,12 +257,13 @@ def test_limiter_clock_is_passed_to_the_script(ctx: Any) -> None:
 
 @pytest.mark.parametrize("strategy", STRATEGIES)
 def test_every_key_has_a_ttl_no_longer_than_needed(
-    storage: RedisStorage, raw: Any, strategy: str
+    ctx: Any, raw: Any, strategy: str
 ) -> None:
     """Each written key expires, within the period (+ the client-clock slack when one is used).
     (An hour: a fixed window's key written in the last milliseconds of a short window would
     be gone before the scan.)"""
     alg = make_algorithm(strategy, Rate(5, 3600))
+    storage = ctx.storage(clock="server")
     storage.hit(alg, "ttl", 1, None)  # server time: no slack
     keys = list(raw.scan_iter(match=f"{storage.prefix}*"))
     assert keys
@@ -244,6 +273,7 @@ def test_every_key_has_a_ttl_no_longer_than_needed(
     storage.hit(alg, "ttl2", 1, T0)  # client time: the slack on top
     for key in raw.scan_iter(match=f"{storage.family('ttl2')}*"):
         assert 0 < raw.pttl(key) <= limit_ms + 5000
+    storage.close()
 
 
 @pytest.mark.parametrize("strategy", STRATEGIES)

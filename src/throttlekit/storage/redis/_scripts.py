@@ -19,8 +19,8 @@ from ..._decision import Decision
 from ..base import BatchResult, Block, Check
 
 __all__ = [
-    "INF", "KIND", "SAFE", "SMALL", "One", "Script", "batch_result", "block_list", "decision",
-    "lua", "named", "script", "text",
+    "INF", "KIND", "SAFE", "SMALL", "Fixed", "One", "Script", "batch_result", "block_list",
+    "bulk", "decision", "fixed_decision", "lua", "named", "script", "text",
 ]
 
 INF = float("inf")
@@ -108,6 +108,46 @@ class One:
             )
             if self.log is not None:
                 self.log_b = self.log.encode(*encoding)
+
+
+def bulk(value: bytes) -> bytes:
+    """``value`` as a RESP bulk string."""
+    return b"$%d\r\n%b\r\n" % (len(value), value)
+
+
+class Fixed:
+    """``fixed_window.lua`` bound to one fixed-window algorithm: its arguments that never
+    change, encoded once, and the packed command's head (see ``RedisStorage._fixed``)."""
+
+    __slots__ = ("alg", "head", "id", "id_b", "limit", "limit_b", "p", "script", "sha")
+
+    def __init__(self, alg: Algorithm, encoding: tuple[str, str]) -> None:
+        self.alg = alg
+        self.script = script("fixed_window")
+        self.sha = self.script.sha.encode()
+        self.p = alg.period_us
+        self.limit = alg.limit
+        self.id = alg.id
+        self.id_b = alg.id.encode(*encoding)
+        self.limit_b = str(alg.limit).encode()
+        # EVALSHA sha 1 H field cost limit ttl id window
+        self.head = b"*10\r\n$7\r\nEVALSHA\r\n%b$1\r\n1\r\n" % bulk(self.sha)
+
+
+def fixed_decision(alg: Algorithm, r: int, cost: int, left: int, charged: bool) -> Decision:
+    """The Decision of ``fixed_window.lua``'s answer ``r`` (see the script), ``left`` the
+    microseconds to the window's end: the arithmetic of :class:`FixedWindow`, on the count."""
+    limit = alg.limit
+    if charged:
+        if r > 0:
+            return alg.decide(True, limit - r, left, 0.0)
+        count = -r
+    else:
+        count = r
+        if count + cost <= limit:
+            return alg.decide(True, limit - count - cost, left if count + cost else 0, 0.0)
+    return alg.decide(False, limit - count if count < limit else 0, left if count else 0,
+                      INF if cost > limit else left / 1e6)
 
 
 # -- the scripts' answers ---------------------------------------------------------------------

@@ -43,36 +43,28 @@ from ._scripts import (
     INF,
     KIND,
     SAFE,
-    SMALL,
+    Fixed,
     One,
     Script,
     batch_result,
     block_list,
     decision,
+    fixed_decision,
     named,
     script,
     text,
 )
+from ._single import SingleChecks, failed
 
 __all__ = ["RedisStorage"]
 
-_MAX_ONES = 4096  # bound of the per-algorithm argument cache
 _CLUSTER_CLASS: list[type[RedisStorage]] = []  # the storage of Cluster clients (see cluster.py)
 _R = TypeVar("_R")
 #: the script calls of one operation: yields (keys, args), is sent each answer
 Calls = Generator[tuple[Sequence[str], Sequence[Any]], Any, _R]
 
 
-def _send_read(conn: Any, cmd: bytes) -> Any:
-    conn.send_packed_command((cmd,))
-    return conn.read_response()
-
-
-def _failed(exc: BaseException) -> StorageError:
-    return StorageError(f"Redis: {type(exc).__name__}: {exc}")
-
-
-class RedisStorage(Clients, Storage):
+class RedisStorage(SingleChecks, Clients, Storage):
     """Storage on Redis: standalone, Cluster (``RedisCluster``) or a Sentinel master.
 
     Args:
@@ -84,9 +76,11 @@ class RedisStorage(Clients, Storage):
             the async methods run the sync client in a worker thread (never blocking the
             event loop).
         prefix: prepended to every key (must not contain ``{`` or ``}``).
-        clock: ``"server"`` (default: the Redis server's ``TIME``, so clock skew between
-            application hosts cannot loosen a limit) or ``"client"`` (``time.time`` of
-            this process). A ``now`` passed by the limiter always wins.
+        clock: ``"client"`` (default: ``time.time`` of this process, passed to the
+            scripts, which then need not ask Redis for ``TIME``: less Redis CPU per check)
+            or ``"server"`` (the Redis server's ``TIME``: clock skew between application
+            hosts cannot move windows and refills, at a higher cost per check). A ``now``
+            passed by the limiter always wins. See docs/backends.md, *Time*.
         ttl_slack: seconds added to TTLs when the time comes from the client, whose clock
             the server cannot check (default 5).
 
@@ -117,7 +111,7 @@ class RedisStorage(Clients, Storage):
         *,
         async_client: Any = None,
         prefix: str = "throttlekit:",
-        clock: str = "server",
+        clock: str = "client",
         ttl_slack: float = 5.0,
     ) -> None:
         redis = redis_module()
@@ -134,6 +128,7 @@ class RedisStorage(Clients, Storage):
         self.clock = clock
         self.ttl_slack = float(ttl_slack)
         self._slack_ms = str(round(ttl_slack * 1000))
+        self._slack = round(ttl_slack * 1000)
         self._errors: tuple[type[BaseException], ...] = (
             redis.exceptions.RedisError,
             redis.exceptions.RedisClusterException,
@@ -142,6 +137,7 @@ class RedisStorage(Clients, Storage):
         self._noscript: type[BaseException] = redis.exceptions.NoScriptError
         self._batch = script("batch")
         self._ones: dict[Algorithm, One] = {}  # see _one
+        self._fixeds: dict[Algorithm, Fixed] = {}  # see _fixed
         self._block = script("block")
         self._blocks = script("blocks")
         self._reset = script("reset")
@@ -188,87 +184,6 @@ class RedisStorage(Clients, Storage):
                      min(c.cost, SAFE), (1 if c.independent else 0) | (2 if c.probe else 0))
         keys += [f"{family(k)}:b" for k in block_keys]
         return keys, args
-
-    def _one(self, check: Check, consume: bool, now: int | None) -> tuple[One, list[Any]]:
-        """The specialised script and the EVALSHA arguments after the sha of one check
-        without block keys (see :class:`One`)."""
-        alg = check.algorithm
-        one = self._ones.get(alg)
-        if one is None:
-            one = self._prepare(alg)
-        h = self.family(check.key)
-        if now is None:
-            now_arg: Any = b"" if self.clock == "server" else int(time.time() * 1_000_000)
-        else:
-            now_arg = now
-        cost = check.cost
-        cost_arg: Any
-        if consume and not check.probe:
-            cost_arg = SMALL[cost] if cost < 64 else min(cost, SAFE)
-        else:  # decided, not charged: the scripts read -1 - cost
-            cost_arg = -1 - min(cost, SAFE)
-        if one.log is None:
-            return one, [1, h, now_arg, cost_arg, *one.tail]
-        return one, [2, h, h + one.log, now_arg, cost_arg, *one.tail]
-
-    def _prepare(self, alg: Algorithm) -> One:
-        tail: list[Any] = [self._slack_ms.encode(), alg.id, str(alg.limit).encode(),
-                           str(alg.period_us).encode()]
-        if alg.name == "token_bucket":
-            tail.append(str(alg.capacity).encode())
-        one = One(script(alg.name), alg, tail, self._encoding)
-        if len(self._ones) >= _MAX_ONES:
-            self._ones.clear()
-        self._ones[alg] = one
-        return one
-
-    def _direct_one(self, check: Check, consume: bool, now: int | None) -> Any:
-        """One check on our own plain client: the command packed here (most of it once per
-        algorithm) and sent on a pooled connection, without redis-py's per-command layers."""
-        alg = check.algorithm
-        one = self._ones.get(alg)
-        if one is None or one.packed is None:
-            one = self._prepare(alg)
-        head, packed, encoding = one.head, one.packed, one.encoding
-        assert head is not None and packed is not None and encoding is not None
-        key = self.family(check.key)
-        if now is None:
-            now_b = b"" if self.clock == "server" else b"%d" % int(time.time() * 1_000_000)
-        else:
-            now_b = b"%d" % now
-        cost = check.cost
-        if consume and not check.probe:
-            cost_b = SMALL[cost] if cost < 64 else b"%d" % min(cost, SAFE)
-        else:  # decided, not charged: the scripts read -1 - cost
-            cost_b = b"%d" % (-1 - min(cost, SAFE))
-        k = key.encode(*encoding)
-        keys = b"$%d\r\n%b\r\n" % (len(k), k)
-        if one.log is not None:
-            k += one.log_b
-            keys += b"$%d\r\n%b\r\n" % (len(k), k)
-        cmd = b"%b%b$%d\r\n%b\r\n$%d\r\n%b\r\n%b" % (
-            head, keys, len(now_b), now_b, len(cost_b), cost_b, packed
-        )
-        pool = self._pool
-        try:
-            conn = pool.get_connection()
-        except self._errors as exc:
-            raise _failed(exc) from exc
-        try:
-            try:
-                return conn.retry.call_with_retry(
-                    lambda: _send_read(conn, cmd), lambda _error: conn.disconnect()
-                )
-            except self._noscript:
-                pass
-        except self._errors as exc:
-            raise _failed(exc) from exc
-        finally:
-            if self._reconnect_check and conn.should_reconnect():
-                conn.disconnect()
-            pool.release(conn)
-        _, args = self._one(check, consume, now)  # NOSCRIPT: send the source (and cache it)
-        return self._eval_one(one.script, one.sha, args)
 
     # -- the script calls of an operation, without I/O (a Cluster splits them by slot) ---------
 
@@ -348,19 +263,7 @@ class RedisStorage(Clients, Storage):
             except self._noscript:
                 return client.execute_command("EVAL", script.source, len(keys), *keys, *args)
         except self._errors as exc:
-            raise _failed(exc) from exc
-
-    def _eval_one(self, script: Script, sha: bytes, args: list[Any]) -> Any:
-        client = self._client
-        if client is None:
-            client = self.sync_client()
-        try:
-            try:
-                return client.execute_command("EVALSHA", sha, *args)
-            except self._noscript:
-                return client.execute_command("EVAL", script.source, *args)
-        except self._errors as exc:
-            raise _failed(exc) from exc
+            raise failed(exc) from exc
 
     def _run(self, script: Script, calls: Calls[_R]) -> _R:
         """Send the script calls of ``calls`` one by one; their result."""
@@ -377,7 +280,7 @@ class RedisStorage(Clients, Storage):
         try:
             return client.execute_command(*args)
         except self._errors as exc:
-            raise _failed(exc) from exc
+            raise failed(exc) from exc
 
     def apply(self, checks: Sequence[Check], *, consume: bool = True, now: int | None = None,
               block_keys: Sequence[str] = ()) -> BatchResult:
@@ -385,12 +288,17 @@ class RedisStorage(Clients, Storage):
             self.sync_client()
         if len(checks) == 1 and not block_keys:  # the common case: one specialised script
             c = checks[0]
-            if self._pool is not None:
-                raw = self._direct_one(c, consume, now)
-            else:
-                one, args = self._one(c, consume, now)
-                raw = self._eval_one(one.script, one.sha, args)
-            return BatchResult([decision(c.algorithm, raw)], [])
+            if c.algorithm.name != "fixed_window":
+                if self._pool is not None:
+                    raw = self._direct_one(c, consume, now)
+                else:
+                    one, args = self._one(c, consume, now)
+                    raw = self._eval_one(one.script, one.sha, args)
+                return BatchResult([decision(c.algorithm, raw)], [])
+            if now is None and self.clock == "client":
+                now = int(time.time() * 1_000_000)
+            if now is not None:  # (on the server's clock the batch script reads TIME)
+                return BatchResult([self._fixed(c, consume, now)], [])
         return self._run(self._batch, self._batches(checks, consume, now, block_keys))
 
     def hit(self, algorithm: Algorithm, key: str, cost: int, now: int | None) -> Decision:
@@ -457,7 +365,16 @@ class RedisStorage(Clients, Storage):
                     "EVAL", script.source, len(keys), *keys, *args
                 )
         except self._errors as exc:
-            raise _failed(exc) from exc
+            raise failed(exc) from exc
+
+    async def _aeval_one(self, client: Any, script: Script, sha: bytes, args: list[Any]) -> Any:
+        try:
+            try:
+                return await client.execute_command("EVALSHA", sha, *args)
+            except self._noscript:
+                return await client.execute_command("EVAL", script.source, *args)
+        except self._errors as exc:
+            raise failed(exc) from exc
 
     async def _arun(self, script: Script, calls: Calls[_R]) -> _R:
         """Async twin of :meth:`_run`."""
@@ -474,7 +391,7 @@ class RedisStorage(Clients, Storage):
         try:
             return await client.execute_command(*args)
         except self._errors as exc:
-            raise _failed(exc) from exc
+            raise failed(exc) from exc
 
     async def aapply(self, checks: Sequence[Check], *, consume: bool = True,
                      now: int | None = None, block_keys: Sequence[str] = ()) -> BatchResult:
@@ -485,15 +402,18 @@ class RedisStorage(Clients, Storage):
             )
         if len(checks) == 1 and not block_keys:  # the common case: one specialised script
             c = checks[0]
-            one, args = self._one(c, consume, now)
-            try:
-                try:
-                    raw = await client.execute_command("EVALSHA", one.sha, *args)
-                except self._noscript:
-                    raw = await client.execute_command("EVAL", one.script.source, *args)
-            except self._errors as exc:
-                raise _failed(exc) from exc
-            return BatchResult([decision(c.algorithm, raw)], [])
+            if c.algorithm.name != "fixed_window":
+                one, args = self._one(c, consume, now)
+                raw = await self._aeval_one(client, one.script, one.sha, args)
+                return BatchResult([decision(c.algorithm, raw)], [])
+            if now is None and self.clock == "client":
+                now = int(time.time() * 1_000_000)
+            if now is not None:  # (on the server's clock the batch script reads TIME)
+                fx, fargs, left, charged = self._fixed_args(c, consume, now)
+                raw = await self._aeval_one(client, fx.script, fx.sha, fargs)
+                return BatchResult(
+                    [fixed_decision(c.algorithm, int(raw), c.cost, left, charged)], []
+                )
         return await self._arun(self._batch, self._batches(checks, consume, now, block_keys))
 
     async def ahit(self, algorithm: Algorithm, key: str, cost: int, now: int | None) -> Decision:

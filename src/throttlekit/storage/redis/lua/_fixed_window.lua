@@ -6,18 +6,16 @@
 -- false. The block sets allowed (1/0), remaining, reset_us, retry_us (-1 = never) and, when
 -- it allows a positive cost, state (what the charge writes, true for the sliding log), ttl
 -- (the state's lifetime, microseconds) and known (the field's old value: H exists).
+-- The fixed window (see fixed_window.lua for its layout): state is the window's field,
+-- known whether it already counts something.
 --#include floordiv q=win a=now b=p
-local count = 0
-local v = call('HGET', H, field)
-if v then
-  local sp = find(v, ' ', 1, true)
-  if tonumber(sub(v, 1, sp - 1)) == win then count = tonumber(sub(v, sp + 1)) end
-end
+local wf = field .. '|' .. format('%.0f', win)
+local count = tonumber(call('HGET', H, wf) or '0')
 local left = (win + 1) * p - now
 if count + cost <= limit then
   allowed, rem = 1, limit - count - cost
   if count + cost > 0 then reset = left end
-  if cost > 0 then state, ttl, known = format('%.0f %.0f', win, count + cost), left, v end
+  if cost > 0 then state, ttl, known = wf, left, count > 0 end
 else
   retry = left
   if cost > limit then retry = -1 end

@@ -74,6 +74,8 @@ if not blocked then
       local state, ttl, known = charges[j + 5], charges[j + 6], charges[j + 7]
       if charges[j] == 'sl' then
 --#include sliding_log_charge
+      elseif charges[j] == 'fw' then
+--#include fixed_window_charge
       else
 --#include set_state
       end
