@@ -128,14 +128,16 @@ def test_scripts_define_no_strategy_function_per_run(name: str) -> None:
     assert defined <= {"idiv", "muldiv", "drain"}
 
 
+@pytest.mark.parametrize("clock", ["client", "server"])
 @pytest.mark.parametrize("strategy", STRATEGIES)
 @given(ops=single)
 def test_single_check_scripts_match_the_batch_script(
-    ctx: Any, raw: Any, strategy: str, ops: Any
+    ctx: Any, raw: Any, strategy: str, clock: str, ops: Any
 ) -> None:
-    """A lone check runs its strategy's own small script: same Decisions, state and TTLs as
-    the batch script gives the same check (forced here by a block-key lookup)."""
-    storage = ctx.storage(clock="client")
+    """A lone check runs its strategy's own small script (on the client clock, one that
+    answers the state it found): same Decisions, state and TTLs as the batch script gives
+    the same check (forced here by a block-key lookup)."""
+    storage = ctx.storage(clock=clock)
     algs = [make_algorithm(strategy, r) for r in RATES]
     now = T0 + 123_457
     try:
@@ -292,12 +294,20 @@ def test_a_hash_of_several_rates_keeps_its_longest_ttl(
 
 
 def test_a_longer_need_extends_the_ttl(storage: RedisStorage, raw: Any) -> None:
-    """A bucket emptied further needs longer to refill: its key's TTL grows with it."""
+    """A bucket emptied further needs longer to refill: its key's TTL always covers the
+    refill (Decision.reset_after) and runs at most to the end of the period it ends in."""
     alg = make_algorithm("token_bucket", Rate(5, 3600))
-    storage.hit(alg, "k", 1, T0)
-    first = raw.pttl(storage.family("k"))
-    storage.hit(alg, "k", 1, T0)
-    assert raw.pttl(storage.family("k")) > first + 700_000  # 720 s per token
+    period_ms, slack_ms = 3_600_000, 5000
+    ttls = []
+    for i in range(5):
+        now = T0 + i * 1000
+        d = storage.hit(alg, "k", 1, now)
+        ttl = raw.pttl(storage.family("k"))
+        refill_ms = d.reset_after * 1000
+        end_of_period_ms = ((now + d.reset_after * 1e6) // (period_ms * 1000) + 1) * period_ms
+        assert refill_ms <= ttl <= end_of_period_ms - now / 1000 + slack_ms + 1
+        ttls.append(ttl)
+    assert ttls[-1] > ttls[0]  # the need crossed a period's end: the TTL was extended
 
 
 def test_keys_are_hash_tagged_and_escaped(storage: RedisStorage) -> None:

@@ -20,7 +20,7 @@ from ..base import BatchResult, Block, Check
 
 __all__ = [
     "INF", "KIND", "SAFE", "SMALL", "Fixed", "One", "Script", "batch_result", "block_list",
-    "bulk", "decision", "fixed_decision", "lua", "named", "script", "text",
+    "bulk", "decision", "fixed_decision", "lean_decision", "lua", "named", "script", "text",
 ]
 
 INF = float("inf")
@@ -86,11 +86,16 @@ class One:
     change (after the key, now and cost), encoded once; with ``encoding`` (the direct path
     on our own client), also the packed command's head and tail."""
 
-    __slots__ = ("encoding", "head", "log", "log_b", "packed", "script", "sha", "tail")
+    __slots__ = ("alg", "encoding", "head", "lean", "log", "log_b", "packed", "script", "sha",
+                 "tail")
 
     def __init__(
-        self, script: Script, alg: Algorithm, tail: list[Any], encoding: tuple[str, str] | None
+        self, script: Script, alg: Algorithm, tail: list[Any], encoding: tuple[str, str] | None,
+        lean: bool = False,
     ) -> None:
+        self.alg = alg
+        #: the script answers the state it found (see :func:`lean_decision`), not a Decision
+        self.lean = lean
         self.script = script
         self.sha = script.sha.encode()
         self.log = f":l:{alg.id}" if alg.name == "sliding_log" else None
@@ -151,6 +156,20 @@ def fixed_decision(alg: Algorithm, r: int, cost: int, left: int, charged: bool) 
 
 
 # -- the scripts' answers ---------------------------------------------------------------------
+
+
+def lean_decision(alg: Algorithm, raw: Any, now: int, cost: int) -> Decision:
+    """The Decision of a check at ``now`` whose script (``*_at.lua``) answered the state it
+    found, ``"a b c"`` or nil: the algorithm's own arithmetic on that state, which the
+    script mirrors (a token bucket's ``last W R``, a sliding window's ``window cur prev``)."""
+    state = None
+    if raw is not None:
+        a, b, c = raw.split()
+        if alg.name == "token_bucket":
+            state = int(a) << 96 | (int(b) * alg.period_us + int(c))
+        else:
+            state = (int(a) << 32 | int(b)) << 32 | int(c)
+    return alg.hit(state, now, cost)[1]
 
 
 def decision(alg: Algorithm, raw: Any) -> Decision:

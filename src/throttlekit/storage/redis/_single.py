@@ -23,6 +23,7 @@ __all__ = ["MISSING", "SingleChecks", "failed"]
 
 _MAX_ONES = 4096  # bound of the per-algorithm argument caches
 MISSING = object()  # the server does not know the script (NOSCRIPT)
+_LEAN = frozenset({"token_bucket", "sliding_window"})  # their *_at.lua scripts
 
 
 def _send_read(conn: Any, cmd: bytes) -> Any:
@@ -82,15 +83,19 @@ class SingleChecks:
                            str(alg.period_us).encode()]
         if alg.name == "token_bucket":
             tail.append(str(alg.capacity).encode())
-        one = One(script(alg.name), alg, tail, self._encoding)
+        # on the caller's clock, the scripts that answer the state they found (_LEAN)
+        lean = self.clock == "client" and alg.name in _LEAN
+        name = f"{alg.name}_at" if lean else alg.name
+        one = One(script(name), alg, tail, self._encoding, lean)
         if len(self._ones) >= _MAX_ONES:
             self._ones.clear()
         self._ones[alg] = one
         return one
 
-    def _direct_one(self, check: Check, consume: bool, now: int | None) -> Any:
+    def _direct_one(self, check: Check, consume: bool, now: int | None) -> tuple[One, Any]:
         """One check on our own plain client: the command packed here (most of it once per
-        algorithm) and sent on a pooled connection, without redis-py's per-command layers."""
+        algorithm) and sent on a pooled connection, without redis-py's per-command layers.
+        The script and its answer."""
         alg = check.algorithm
         one = self._ones.get(alg)
         if one is None or one.packed is None:
@@ -119,7 +124,7 @@ class SingleChecks:
         if raw is MISSING:  # NOSCRIPT: send the source (and cache it)
             _, args = self._one(check, consume, now)
             raw = self._eval_one(one.script, one.sha, args)
-        return raw
+        return one, raw
 
     def _direct(self, cmd: bytes) -> Any:
         """Send a packed command on a pooled connection of our own plain client and read

@@ -50,6 +50,7 @@ from ._scripts import (
     block_list,
     decision,
     fixed_decision,
+    lean_decision,
     named,
     script,
     text,
@@ -288,15 +289,18 @@ class RedisStorage(SingleChecks, Clients, Storage):
             self.sync_client()
         if len(checks) == 1 and not block_keys:  # the common case: one specialised script
             c = checks[0]
+            if now is None and self.clock == "client":
+                now = int(time.time() * 1_000_000)
             if c.algorithm.name != "fixed_window":
                 if self._pool is not None:
-                    raw = self._direct_one(c, consume, now)
+                    one, raw = self._direct_one(c, consume, now)
                 else:
                     one, args = self._one(c, consume, now)
                     raw = self._eval_one(one.script, one.sha, args)
+                if one.lean:
+                    assert now is not None
+                    return BatchResult([lean_decision(c.algorithm, raw, now, c.cost)], [])
                 return BatchResult([decision(c.algorithm, raw)], [])
-            if now is None and self.clock == "client":
-                now = int(time.time() * 1_000_000)
             if now is not None:  # (on the server's clock the batch script reads TIME)
                 return BatchResult([self._fixed(c, consume, now)], [])
         return self._run(self._batch, self._batches(checks, consume, now, block_keys))
@@ -402,12 +406,15 @@ class RedisStorage(SingleChecks, Clients, Storage):
             )
         if len(checks) == 1 and not block_keys:  # the common case: one specialised script
             c = checks[0]
+            if now is None and self.clock == "client":
+                now = int(time.time() * 1_000_000)
             if c.algorithm.name != "fixed_window":
                 one, args = self._one(c, consume, now)
                 raw = await self._aeval_one(client, one.script, one.sha, args)
+                if one.lean:
+                    assert now is not None
+                    return BatchResult([lean_decision(c.algorithm, raw, now, c.cost)], [])
                 return BatchResult([decision(c.algorithm, raw)], [])
-            if now is None and self.clock == "client":
-                now = int(time.time() * 1_000_000)
             if now is not None:  # (on the server's clock the batch script reads TIME)
                 fx, fargs, left, charged = self._fixed_args(c, consume, now)
                 raw = await self._aeval_one(client, fx.script, fx.sha, fargs)
