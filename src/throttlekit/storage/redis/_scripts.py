@@ -20,13 +20,26 @@ from ..base import BatchResult, Block, Check
 
 __all__ = [
     "INF", "KIND", "SAFE", "SMALL", "Fixed", "One", "Script", "batch_result", "block_list",
-    "bulk", "decision", "fixed_decision", "lean_decision", "lua", "named", "script", "text",
+    "bulk", "decision", "fixed_decision", "lean_decision", "lua", "named", "script",
+    "script_kind", "text",
 ]
 
 INF = float("inf")
 SAFE = 1 << 53  # cost is capped below it: Lua numbers are doubles
 KIND = {"fixed_window": "fw", "sliding_window": "sw", "token_bucket": "tb", "sliding_log": "sl"}
+_GCRA_MAX = 1 << 50  # capacity x interval below it: the bucket's end stays below 2^53
 SMALL = tuple(str(i).encode() for i in range(64))  # pre-encoded costs
+
+
+def script_kind(alg: Algorithm) -> str:
+    """The scripts' name of ``alg``'s strategy; ``"tg"`` for a token bucket whose emission
+    interval (period / limit) is a whole number of microseconds, kept as one number (see
+    ``lua/_gcra.lua``: cheaper than the general bucket's three)."""
+    if alg.name == "token_bucket":
+        p, limit = alg.period_us, alg.limit
+        if p % limit == 0 and alg.capacity * (p // limit) < _GCRA_MAX:
+            return "tg"
+    return KIND[alg.name]
 
 
 class Script:
@@ -164,10 +177,15 @@ def lean_decision(alg: Algorithm, raw: Any, now: int, cost: int) -> Decision:
     script mirrors (a token bucket's ``last W R``, a sliding window's ``window cur prev``)."""
     state = None
     if raw is not None:
-        a, b, c = raw.split()
-        if alg.name == "token_bucket":
-            state = int(a) << 96 | (int(b) * alg.period_us + int(c))
+        parts = raw.split()
+        if len(parts) == 1:  # a token bucket kept as GCRA: the time it is full again
+            state = int(parts[0]) << 96  # a debt of 0 then is limit x (that time - now) now
+        elif alg.name == "token_bucket":
+            if script_kind(alg) != "tg":  # (a "tg" one's state of another shape: none)
+                a, b, c = parts
+                state = int(a) << 96 | (int(b) * alg.period_us + int(c))
         else:
+            a, b, c = parts
             state = (int(a) << 32 | int(b)) << 32 | int(c)
     return alg.hit(state, now, cost)[1]
 

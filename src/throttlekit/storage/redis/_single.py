@@ -17,7 +17,17 @@ from ..._algorithms import Algorithm
 from ..._decision import Decision
 from ..._errors import StorageError
 from ..base import Check
-from ._scripts import SAFE, SMALL, Fixed, One, Script, bulk, fixed_decision, script
+from ._scripts import (
+    SAFE,
+    SMALL,
+    Fixed,
+    One,
+    Script,
+    bulk,
+    fixed_decision,
+    script,
+    script_kind,
+)
 
 __all__ = ["MISSING", "SingleChecks", "failed"]
 
@@ -85,7 +95,9 @@ class SingleChecks:
             tail.append(str(alg.capacity).encode())
         # on the caller's clock, the scripts that answer the state they found (_LEAN)
         lean = self.clock == "client" and alg.name in _LEAN
-        name = f"{alg.name}_at" if lean else alg.name
+        name = alg.name
+        if lean:
+            name = "gcra_at" if script_kind(alg) == "tg" else f"{name}_at"
         one = One(script(name), alg, tail, self._encoding, lean)
         if len(self._ones) >= _MAX_ONES:
             self._ones.clear()

@@ -41,7 +41,6 @@ from ..base import BatchResult, Block, Check, Storage
 from ._client import Clients, is_cluster, redis_module
 from ._scripts import (
     INF,
-    KIND,
     SAFE,
     Fixed,
     One,
@@ -53,6 +52,7 @@ from ._scripts import (
     lean_decision,
     named,
     script,
+    script_kind,
     text,
 )
 from ._single import SingleChecks, failed
@@ -175,7 +175,7 @@ class RedisStorage(SingleChecks, Clients, Storage):
         family = self.family
         for c in checks:
             alg = c.algorithm
-            kind = KIND[alg.name]
+            kind = script_kind(alg)
             h = family(c.key)
             if kind == "sl":
                 keys += (h, f"{h}:l:{alg.id}")
@@ -187,6 +187,13 @@ class RedisStorage(SingleChecks, Clients, Storage):
         return keys, args
 
     # -- the script calls of an operation, without I/O (a Cluster splits them by slot) ---------
+
+    def _one_script(self, alg: Algorithm) -> bool:
+        """Whether a lone check of ``alg`` runs its strategy's own script (a fixed window
+        has its own path; on the server's clock, a "tg" bucket goes through the batch)."""
+        return alg.name != "fixed_window" and (
+            self.clock == "client" or script_kind(alg) != "tg"
+        )
 
     def _batch_call(
         self, checks: Sequence[Check], consume: bool, now: int | None, block_keys: Sequence[str]
@@ -291,7 +298,7 @@ class RedisStorage(SingleChecks, Clients, Storage):
             c = checks[0]
             if now is None and self.clock == "client":
                 now = int(time.time() * 1_000_000)
-            if c.algorithm.name != "fixed_window":
+            if self._one_script(c.algorithm):
                 if self._pool is not None:
                     one, raw = self._direct_one(c, consume, now)
                 else:
@@ -301,7 +308,7 @@ class RedisStorage(SingleChecks, Clients, Storage):
                     assert now is not None
                     return BatchResult([lean_decision(c.algorithm, raw, now, c.cost)], [])
                 return BatchResult([decision(c.algorithm, raw)], [])
-            if now is not None:  # (on the server's clock the batch script reads TIME)
+            if now is not None and c.algorithm.name == "fixed_window":  # (else: the batch)
                 return BatchResult([self._fixed(c, consume, now)], [])
         return self._run(self._batch, self._batches(checks, consume, now, block_keys))
 
@@ -408,14 +415,14 @@ class RedisStorage(SingleChecks, Clients, Storage):
             c = checks[0]
             if now is None and self.clock == "client":
                 now = int(time.time() * 1_000_000)
-            if c.algorithm.name != "fixed_window":
+            if self._one_script(c.algorithm):
                 one, args = self._one(c, consume, now)
                 raw = await self._aeval_one(client, one.script, one.sha, args)
                 if one.lean:
                     assert now is not None
                     return BatchResult([lean_decision(c.algorithm, raw, now, c.cost)], [])
                 return BatchResult([decision(c.algorithm, raw)], [])
-            if now is not None:  # (on the server's clock the batch script reads TIME)
+            if now is not None and c.algorithm.name == "fixed_window":  # (else: the batch)
                 fx, fargs, left, charged = self._fixed_args(c, consume, now)
                 raw = await self._aeval_one(client, fx.script, fx.sha, fargs)
                 return BatchResult(
