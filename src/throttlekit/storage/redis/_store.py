@@ -144,6 +144,10 @@ class RedisStorage(SingleChecks, Clients, Storage):
         self._reset = script("reset")
         self._lease = script("lease")
         self._index = (f"{prefix}{{%b}}:e", f"{prefix}{{%b}}:r")
+        # Whether the dynamic blocklist had any entry when last looked at (``blocks_fresh``
+        # seconds at most ago, on the monotonic clock): while it is empty, a request's
+        # block keys are not looked up (see _lookups).
+        self._blocks_seen = (True, -INF)  # (any, when seen)
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}({self._where()}, prefix={self.prefix!r})"
@@ -194,6 +198,23 @@ class RedisStorage(SingleChecks, Clients, Storage):
         return alg.name != "fixed_window" and (
             self.clock == "client" or script_kind(alg) != "tg"
         )
+
+    #: how long (seconds) the dynamic blocklist is taken to be as last seen: a block made
+    #: by another process is looked up by this one within about that long
+    blocks_fresh = 1.0
+
+    def _lookups(self) -> bool | None:
+        """Whether a request's block keys must be looked up; None when the blocklist must
+        be read first (``EXISTS`` of its index: once per ``blocks_fresh`` seconds)."""
+        some, seen = self._blocks_seen
+        if time.monotonic() - seen < self.blocks_fresh:
+            return some
+        return None
+
+    def _saw_blocks(self, exists: Any) -> bool:
+        some = bool(exists)
+        self._blocks_seen = (some, time.monotonic())
+        return some
 
     def _batch_call(
         self, checks: Sequence[Check], consume: bool, now: int | None, block_keys: Sequence[str]
@@ -294,6 +315,16 @@ class RedisStorage(SingleChecks, Clients, Storage):
               block_keys: Sequence[str] = ()) -> BatchResult:
         if self._client is None:
             self.sync_client()
+        if block_keys:
+            look = self._lookups()
+            if look is None:
+                look = self._saw_blocks(self._sync_call("EXISTS", self._index[0]))
+            if not look:  # an empty blocklist: nothing to look up
+                if not checks:
+                    return BatchResult([], [None] * len(block_keys))
+                result = self.apply(checks, consume=consume, now=now)
+                result.blocked[:] = [None] * len(block_keys)
+                return result
         if len(checks) == 1 and not block_keys:  # the common case: one specialised script
             c = checks[0]
             if now is None and self.clock == "client":
@@ -322,6 +353,7 @@ class RedisStorage(SingleChecks, Clients, Storage):
             self._eval(self._reset, group, ())
 
     def block(self, key: str, ttl: float | None, reason: str = "", now: int | None = None) -> None:
+        self._saw_blocks(True)
         args = self._block_args(key, ttl, reason, now)
         exp = text(self._eval(self._block, [f"{self.family(key)}:b"], args))
         self._eval(self._blocks, self._index, ["add", args[0], self._slack_ms, key, exp, reason])
@@ -411,6 +443,16 @@ class RedisStorage(SingleChecks, Clients, Storage):
             return await asyncio.to_thread(
                 self.apply, checks, consume=consume, now=now, block_keys=block_keys
             )
+        if block_keys:
+            look = self._lookups()
+            if look is None:
+                look = self._saw_blocks(await self._acall("EXISTS", self._index[0]))
+            if not look:  # an empty blocklist: nothing to look up
+                if not checks:
+                    return BatchResult([], [None] * len(block_keys))
+                result = await self.aapply(checks, consume=consume, now=now)
+                result.blocked[:] = [None] * len(block_keys)
+                return result
         if len(checks) == 1 and not block_keys:  # the common case: one specialised script
             c = checks[0]
             if now is None and self.clock == "client":
@@ -446,6 +488,7 @@ class RedisStorage(SingleChecks, Clients, Storage):
         if self._async() is None:
             await asyncio.to_thread(self.block, key, ttl, reason, now)
             return
+        self._saw_blocks(True)
         args = self._block_args(key, ttl, reason, now)
         exp = text(await self._aeval(self._block, [f"{self.family(key)}:b"], args))
         await self._aeval(
