@@ -122,3 +122,26 @@ def test_an_empty_blocklist_answers_block_keys_without_a_call(server: RedisServe
     assert a.apply([], block_keys=["x", "y"]).blocked == [None, None]
     assert _calls(server) == {}
     a.close()
+
+
+def test_a_fixed_window_keeps_one_field_per_rate(server: RedisServer) -> None:
+    """A fixed window's count lives in one field of the key's hash whatever the windows
+    skipped, so a hash kept alive by a longer rate never piles up old windows; a field of an
+    older layout (``"window count"``) is overwritten, not an error."""
+    import redis
+
+    s = storage_from_url(server.url, prefix="fw1:")
+    short, long = (make_algorithm("fixed_window", Rate(2, 1)),
+                   make_algorithm("fixed_window", Rate(1000, 3600)))
+    t0 = 1_700_000_000_000_000
+    for i in range(0, 40, 3):  # every third second: windows skipped
+        now = t0 + i * 1_000_000
+        assert [s.apply([Check(short, "k")], now=now).decisions[0].allowed
+                for _ in range(3)] == [True, True, False]
+        assert s.apply([Check(long, "k")], now=now).decisions[0].allowed
+    raw = redis.Redis.from_url(server.url, decode_responses=True)
+    assert raw.hlen(s.family("k")) == 2
+    raw.hset(s.family("old"), short.id, "850000000 2")
+    assert s.apply([Check(short, "old")], now=t0).decisions[0].remaining == 1
+    raw.close()
+    s.close()

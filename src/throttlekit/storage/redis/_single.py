@@ -33,6 +33,7 @@ __all__ = ["MISSING", "SingleChecks", "failed"]
 
 _MAX_ONES = 4096  # bound of the per-algorithm argument caches
 MISSING = object()  # the server does not know the script (NOSCRIPT)
+_WINDOWS = 1 << 19  # a fixed window's field holds (window mod this) << 33 | count
 _LEAN = frozenset({"token_bucket", "sliding_window"})  # their *_at.lua scripts
 
 
@@ -178,10 +179,12 @@ class SingleChecks:
         left = (win + 1) * p - now
         cost = check.cost
         charged = consume and not check.probe and 0 < cost <= fx.limit
+        base = (win % _WINDOWS) << 33  # see fixed_window.lua
         args: list[Any] = [
-            1, self.family(check.key), fx.id_b + b"|%d" % win,
+            1, self.family(check.key), fx.id_b,
             (SMALL[cost] if cost < 64 else b"%d" % cost) if charged else b"-1",
-            fx.limit_b, b"%d" % ((left + 999) // 1000 + self._slack), fx.id_b, b"%d" % win,
+            fx.limit_b, b"%d" % ((left + 999) // 1000 + self._slack), b"%d" % base,
+            b"%d" % (base + cost) if charged else b"0",
         ]
         return fx, args, left, charged
 
