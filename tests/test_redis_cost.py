@@ -44,24 +44,26 @@ def _app(environ: Any, start_response: Any) -> list[bytes]:
 
 
 def test_one_throttle_without_a_blocklist_sends_one_hincrby(server: RedisServer) -> None:
-    """Through the middleware, one fixed-window throttle and an empty dynamic blocklist: each
-    request is one EVALSHA running one HINCRBY (the blocklist is not read per request, and
-    no TIME); the blocklist's index is asked about once, then not for a second."""
+    """Through the middleware, one fixed-window throttle, an empty dynamic blocklist and
+    ``blocks_fresh`` set (opt-in): each request is one EVALSHA running one HINCRBY (the
+    blocklist is not read per request, and no TIME); the blocklist's index is asked about
+    once, then not for blocks_fresh seconds."""
     from werkzeug.test import Client
 
     s = storage_from_url(server.url, prefix="one:")
+    assert isinstance(s, RedisStorage)
+    s.blocks_fresh = 3600.0
     limiter = Limiter(s)
     limiter.throttle("per-ip", "1000/hour", strategy="fixed_window")
     client = Client(WSGIMiddleware(_app, limiter))
     env = {"REMOTE_ADDR": "192.0.2.7"}
     assert client.get("/", environ_base=env).status_code == 200  # loads the script
     server.command("CONFIG", "RESETSTAT")
-    s.blocks_fresh = 3600.0  # (the second request onwards within the first look's freshness)
     assert [client.get("/", environ_base=env).status_code for _ in range(20)] == [200] * 20
     calls = _calls(server)
     assert calls.pop("evalsha") == 20
     assert calls.pop("hincrby") == 20
-    assert calls.pop("exists", 0) <= 1
+    assert calls.pop("exists", 0) == 0  # (asked by the first request)
     assert calls == {}, calls  # no GET of a block key, no TIME, no PEXPIRE
     s.close()
 
@@ -81,6 +83,20 @@ def test_the_callers_clock_sends_no_time(server: RedisServer, strategy: str) -> 
         assert s.apply([Check(alg, "k")], block_keys=["x"]).blocked == [None]
         assert _calls(server).get("time", 0) == times
         s.close()
+
+
+def test_by_default_every_request_looks_its_block_keys_up(server: RedisServer) -> None:
+    """Without blocks_fresh, a block made by another process holds at once (a ban made on
+    one worker holds on all)."""
+    alg = make_algorithm("fixed_window", Rate(100, 60))
+    a = storage_from_url(server.url, prefix="dflt:")
+    b = storage_from_url(server.url, prefix="dflt:")
+    assert a.apply([Check(alg, "ip")], block_keys=["ip"]).blocked == [None]
+    b.block("ip", 60, "ban")
+    found = a.apply([Check(alg, "ip")], block_keys=["ip"]).blocked[0]
+    assert found is not None and found.reason == "ban"
+    a.close()
+    b.close()
 
 
 def test_a_block_by_another_process_is_looked_up_within_blocks_fresh(
@@ -117,6 +133,8 @@ def test_a_block_by_another_process_is_looked_up_within_blocks_fresh(
 def test_an_empty_blocklist_answers_block_keys_without_a_call(server: RedisServer) -> None:
     """Block keys alone, with no check, against a blocklist seen empty: answered here."""
     a = storage_from_url(server.url, prefix="none:")
+    assert isinstance(a, RedisStorage)
+    a.blocks_fresh = 3600.0
     assert a.apply([], block_keys=["x", "y"]).blocked == [None, None]  # reads the index
     server.command("CONFIG", "RESETSTAT")
     assert a.apply([], block_keys=["x", "y"]).blocked == [None, None]

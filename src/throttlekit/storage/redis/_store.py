@@ -199,15 +199,21 @@ class RedisStorage(SingleChecks, Clients, Storage):
             self.clock == "client" or script_kind(alg) != "tg"
         )
 
-    #: how long (seconds) the dynamic blocklist is taken to be as last seen: a block made
-    #: by another process is looked up by this one within about that long
-    blocks_fresh = 1.0
+    #: Opt-in: how long (seconds) the dynamic blocklist is taken to be as last seen, so
+    #: that while it is empty a request's block keys are not looked up. A block or a ban
+    #: made by another process is then looked up by this one only within about that long
+    #: (a fail2ban ban holds on the other workers up to that much later). None (default):
+    #: every request looks its block keys up.
+    blocks_fresh: float | None = None
 
     def _lookups(self) -> bool | None:
         """Whether a request's block keys must be looked up; None when the blocklist must
         be read first (``EXISTS`` of its index: once per ``blocks_fresh`` seconds)."""
+        fresh = self.blocks_fresh
+        if fresh is None:
+            return True
         some, seen = self._blocks_seen
-        if time.monotonic() - seen < self.blocks_fresh:
+        if time.monotonic() - seen < fresh:
             return some
         return None
 
