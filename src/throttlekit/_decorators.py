@@ -123,13 +123,17 @@ _new = tuple.__new__
 # -- evaluation ------------------------------------------------------------------------------
 
 
-def _add(p: Plan, lim: Limiter, name: str, spec: LimitSpec, disc: str, cost: Any) -> None:
-    """Plan the checks of ``spec`` counting under ``name``, for ``disc`` at ``cost``."""
+def _add(p: Plan, lim: Limiter, name: str, spec: LimitSpec, disc: str, cost: Any,
+         rates: Any = None) -> None:
+    """Plan the checks of ``spec`` counting under ``name``, for ``disc`` at ``cost`` (and
+    ``rates``, what a rates function answered: the caller's own throttle)."""
     if (cost.__class__ is not int or cost < 0) and (
         isinstance(cost, bool) or not isinstance(cost, int) or cost < 0
     ):
         raise TypeError(f"cost must be an integer >= 0, got {cost!r}")
     rule = spec.throttle(name, lim)
+    if rule.variants is not None:
+        rule = rule.variants.of(rates)
     checks = p.checks
     p.throttles.append((rule, disc, cost, len(checks)))
     skey = NS + disc
@@ -152,7 +156,7 @@ def _log_error(lim: Limiter, name: str, exc: BaseException) -> None:
     mono = time.monotonic()
     if mono - _last_log.get(name, -1e18) >= lim.error_log_interval:
         _last_log[name] = mono
-        logger.error("the key or cost function of limit %r raised %s: %s; "
+        logger.error("the key, cost or rates function of limit %r raised %s: %s; "
                      "on_storage_error=%r", name, type(exc).__name__, exc, lim.on_storage_error)
 
 
@@ -193,7 +197,8 @@ def _plan_web(lim: Limiter, view: RequestView, entries: Sequence[Entry]
                 name = f"{name}#{method}"
             if route is not None and spec.scope is None and not _shared(name):
                 name = f"{name}@{route}"  # one view behind two routes: two counters
-            _add(p, lim, name, spec, disc, cost)
+            rates = None if spec.rates_arity is None else spec.rates_of(name, disc, view)
+            _add(p, lim, name, spec, disc, cost, rates)
         except Exception as exc:
             _log_error(lim, name, exc)
             if lim.on_storage_error == "deny":
@@ -211,7 +216,7 @@ def _plan_call(lim: Limiter, group: Group, args: tuple[Any, ...],
         if named is None:
             return None  # the call itself does not fit the function: let it raise
     p = Plan(None)  # type: ignore[arg-type]  # a plain call has no request
-    for (name, spec), (keya, costa) in zip(group.entries, group.adapters, strict=True):
+    for (name, spec), (keya, costa, ratesa) in zip(group.entries, group.adapters, strict=True):
         try:
             disc = "" if keya is None else keya(args, kwargs, named)
             if disc is None:
@@ -220,7 +225,10 @@ def _plan_call(lim: Limiter, group: Group, args: tuple[Any, ...],
             cost = spec.call_cost
             if cost.__class__ is not int:
                 cost = costa(args, kwargs, named)  # type: ignore[misc]
-            _add(p, lim, name, spec, disc, cost)
+            rates = None if spec.rates_arity is None else (
+                ratesa(args, kwargs, named) if ratesa is not None
+                else spec.rates_of(name, disc, None))
+            _add(p, lim, name, spec, disc, cost, rates)
         except ConfigError:
             raise
         except Exception as exc:

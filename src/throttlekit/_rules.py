@@ -340,7 +340,7 @@ class _Throttle:
         the rule's counters (ids of name, strategy and period: a new plan keeps the count);
         None when the function raised or answered bad rates (``engine.rule_error``)."""
         try:
-            return self.variants.of(self.resolve(view))  # type: ignore[union-attr, misc]
+            return self.variants.of(self.resolve(view))  # type: ignore[union-attr, misc, no-any-return]
         except Exception as exc:
             engine.rule_error("throttle", self.name, exc, "rates function")
             return None
@@ -360,14 +360,13 @@ def _throttle_algorithms(
     return tuple(algorithms)
 
 
-def _resolved(build: Callable[..., _Throttle], fn: Any, what: str) -> _Throttle:
-    """The rule of a rates function ``fn(view)``: its throttle per answer (:class:`Variants`
-    of ``build``), none bound until then."""
-    rates_function(fn, what, 1)
+def _resolved(build: Callable[..., _Throttle], fn: Any, what: str,
+              arities: tuple[int, ...] = (1,)) -> _Throttle:
+    """The rule of a rates function ``fn`` (of the view): its throttle per answer
+    (:class:`Variants` of ``build``), none bound until then."""
+    rates_function(fn, what, *arities)
     rule = build("1/second", None)  # the rule's options; its rates come per request
-    rule.algorithms = rule.rates = ()
-    rule.simple = False
-    rule.resolve = fn
+    rule.algorithms, rule.rates, rule.simple, rule.resolve = (), (), False, fn
     rule.variants = Variants(build)
     return rule
 
