@@ -133,7 +133,10 @@ def _add(p: Plan, lim: Limiter, name: str, spec: LimitSpec, disc: str, cost: Any
         raise TypeError(f"cost must be an integer >= 0, got {cost!r}")
     rule = spec.throttle(name, lim)
     if rule.variants is not None:
-        rule = rule.variants.of(rates)
+        try:
+            rule = rule.variants.of(rates)
+        except ConfigError as exc:  # bad rates answered: this call's error, not a misfit
+            raise ValueError(str(exc)) from None
     checks = p.checks
     p.throttles.append((rule, disc, cost, len(checks)))
     skey = NS + disc
