@@ -79,6 +79,7 @@ from ._settling import (
     settle,
     status_of,
 )
+from ._waiting import awaited, waited
 from .storage.base import BatchResult, Check
 
 if TYPE_CHECKING:
@@ -86,26 +87,10 @@ if TYPE_CHECKING:
     from ._request import RequestView
 
 __all__ = [
-    "DENIED_KEY",
-    "HANDLED_KEY",
-    "HIDDEN_REQUEST",
-    "PENDING_KEY",
-    "POLICIES_KEY",
-    "VIEW_KEY",
-    "FrameworkView",
-    "LimitSpec",
-    "aevaluate",
-    "answer",
-    "current_decision",
-    "decorate",
-    "evaluate",
-    "exempt",
-    "group_of",
-    "known_limiters",
-    "qualified_name",
-    "record",
-    "status_of",
-    "view_of",
+    "DENIED_KEY", "HANDLED_KEY", "HIDDEN_REQUEST", "PENDING_KEY", "POLICIES_KEY",
+    "VIEW_KEY", "FrameworkView", "LimitSpec", "aevaluate", "answer", "current_decision",
+    "decorate", "evaluate", "exempt", "group_of", "known_limiters", "qualified_name",
+    "record", "status_of", "view_of"
 ]
 
 logger = logging.getLogger("throttlekit")
@@ -501,27 +486,43 @@ def _found(hidden: Adapter | None, req: Any, args: tuple[Any, ...], kwargs: dict
 
 def _call_limits(lim: Limiter, group: Group, args: tuple[Any, ...],
                  kwargs: dict[str, Any]) -> list[Verdict] | None:
-    """Check and charge a plain call's limits; raise :class:`RateLimitExceeded` if they
-    refuse it. Returns the verdict to settle after the call (``count_when``), if any."""
+    """Check and charge a plain call's limits (``wait=``: a refusal due soon waits, then is
+    decided once more); raise :class:`RateLimitExceeded` if they refuse it. Returns the
+    verdict to settle after the call (``count_when``), if any."""
+    verdict = _decide_call(lim, group, args, kwargs)
+    if group.wait:
+        verdict = waited(lim, group.wait, verdict, _decide_call, lim, group, args, kwargs)
+    return _raise_refused(verdict)
+
+
+def _decide_call(lim: Limiter, group: Group, args: tuple[Any, ...],
+                 kwargs: dict[str, Any]) -> Verdict | None:
     p = _plan_call(lim, group, args, kwargs)
-    if isinstance(p, Plan):
-        if not _on_their_own(p):
-            p = lim.engine.decide(p, silent=True)
-        else:
-            p = _concluded(lim, p, lim.engine.apply(p.checks))
-    return _raise_refused(p)
+    if not isinstance(p, Plan):
+        return p
+    if not _on_their_own(p):
+        return lim.engine.decide(p, silent=True)
+    return _concluded(lim, p, lim.engine.apply(p.checks))
 
 
 async def _acall_limits(lim: Limiter, group: Group, args: tuple[Any, ...],
                         kwargs: dict[str, Any]) -> list[Verdict] | None:
     """Async twin of :func:`_call_limits`."""
+    verdict = await _adecide_call(lim, group, args, kwargs)
+    if group.wait:
+        verdict = await awaited(lim, group.wait, verdict, _adecide_call, lim, group, args,
+                                kwargs)
+    return _raise_refused(verdict)
+
+
+async def _adecide_call(lim: Limiter, group: Group, args: tuple[Any, ...],
+                        kwargs: dict[str, Any]) -> Verdict | None:
     p = _plan_call(lim, group, args, kwargs)
-    if isinstance(p, Plan):
-        if not _on_their_own(p):
-            p = await lim.engine.adecide(p, silent=True)
-        else:
-            p = _concluded(lim, p, await lim.engine.aapply(p.checks))
-    return _raise_refused(p)
+    if not isinstance(p, Plan):
+        return p
+    if not _on_their_own(p):
+        return await lim.engine.adecide(p, silent=True)
+    return _concluded(lim, p, await lim.engine.aapply(p.checks))
 
 
 def _raise_refused(verdict: Verdict | None) -> list[Verdict] | None:
@@ -545,7 +546,10 @@ def _web_limits(lim: Limiter, group: Group, found: Found) -> Any:
     if raw.get(HANDLED_KEY) is group or not group.entries:
         return None
     view = adapter.view(lim, raw, native)
-    return answer(lim, found, evaluate(lim, view, group.entries))
+    verdict = evaluate(lim, view, group.entries)
+    if group.wait:  # wait=: a refusal due soon waits, then is decided once more
+        verdict = waited(lim, group.wait, verdict, evaluate, lim, view, group.entries)
+    return answer(lim, found, verdict)
 
 
 async def _aweb_limits(lim: Limiter, group: Group, found: Found) -> Any:
@@ -555,7 +559,10 @@ async def _aweb_limits(lim: Limiter, group: Group, found: Found) -> Any:
     view = adapter.view(lim, raw, native)
     if any(spec.uses_form for _, spec in group.entries):
         await adapter.read_body(view)
-    return answer(lim, found, await aevaluate(lim, view, group.entries))
+    verdict = await aevaluate(lim, view, group.entries)
+    if group.wait:
+        verdict = await awaited(lim, group.wait, verdict, aevaluate, lim, view, group.entries)
+    return answer(lim, found, verdict)
 
 
 def record(adapter: Adapter, raw: MutableMapping[str, Any], native: Any,

@@ -22,6 +22,7 @@ from ._rules import (
     key_function,
     uses_form,
 )
+from ._waiting import check_wait
 
 if TYPE_CHECKING:
     from ._limiter import Limiter
@@ -66,6 +67,7 @@ class LimitOptions(TypedDict, total=False):
     count_when: Callable[[ResponseInfo], Any] | None
     dry_run: bool
     block: bool
+    wait: float
 
 
 def qualified_name(fn: Any) -> str:
@@ -103,7 +105,7 @@ class LimitSpec:
     __slots__ = (
         "_throttles", "block", "burst", "call_cost", "call_key", "cost", "count_when",
         "dry_run", "key", "methods", "on_unreadable", "override_defaults", "per_method",
-        "rates", "rates_arity", "scope", "strategy", "uses_form",
+        "rates", "rates_arity", "scope", "strategy", "uses_form", "wait",
     )
 
     def __init__(
@@ -123,6 +125,7 @@ class LimitSpec:
         count_when: Callable[[ResponseInfo], Any] | None = None,
         dry_run: bool = False,
         block: bool = True,
+        wait: float = 0.0,
         what: str = "limit",
     ) -> None:
         if limiter is not None:
@@ -180,6 +183,8 @@ class LimitSpec:
         if scope is not None and (not isinstance(scope, str) or not scope):
             raise ConfigError(f"{what}: scope must be a non-empty string, got {scope!r}")
         self.scope = scope
+        #: a refused call due within ``wait`` seconds waits, then is decided once more
+        self.wait = check_wait(wait, what)
         self._throttles: dict[str, _Throttle] = {}
 
     def __repr__(self) -> str:
@@ -284,7 +289,7 @@ class Group:
     add to one group) and whether default limits apply to it."""
 
     __slots__ = ("adapters", "binds", "endpoint", "entries", "exempt", "lim", "owner", "sig",
-                 "specs", "wrapper")
+                 "specs", "wait", "wrapper")
 
     def __init__(self, owner: Any, endpoint: str, sig: inspect.Signature | None = None,
                  lim: Limiter | None = None) -> None:
@@ -302,6 +307,8 @@ class Group:
         #: per entry: how its key and cost functions are called (plain function calls)
         self.adapters: tuple[tuple[ArgAdapter | None, ...], ...] = ()
         self.binds = False
+        #: the longest ``wait`` of its limits (0: a refusal is never waited out)
+        self.wait = 0.0
 
     def add(self, spec: LimitSpec) -> None:
         # the outermost decorator is applied last; list limits top to bottom
@@ -328,6 +335,7 @@ class Group:
             adapters.append((pair[0], pair[1], pair[2]))
         self.adapters = tuple(adapters)
         self.binds = binds
+        self.wait = max(s.wait for s in self.specs)
 
     @property
     def override_defaults(self) -> bool:
