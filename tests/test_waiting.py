@@ -154,3 +154,30 @@ def test_fastapi_endpoint_waits_and_the_monitor_counts_it(limiter: Limiter,
     assert clock() == T0 + 2
     counters = monitor.snapshot()["counters"]
     assert sum(c.get("waited", 0) for c in counters.values()) == 2
+
+
+def test_asgi_middleware_waits_when_asked(limiter: Limiter, clock: FakeClock) -> None:
+    """ASGIMiddleware(wait=1.0): a throttle's refusal due within a second is awaited and
+    served; one due later is refused with 429 at once; each wait is a "waited" event."""
+    from throttlekit.asgi import ASGIMiddleware
+
+    limiter.throttle("per-client", "2/second")
+    limiter.throttle("hourly", "5/hour", key="global")
+    waits: list[Event] = []
+    limiter.on("waited", waits.append)
+
+    async def app(scope: Any, receive: Any, send: Any) -> None:
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        await send({"type": "http.response.body", "body": f"{clock() - T0:g}".encode()})
+
+    async def main() -> list[tuple[int, str]]:
+        transport = httpx.ASGITransport(app=ASGIMiddleware(app, limiter, wait=1.0))
+        async with httpx.AsyncClient(transport=transport, base_url="http://t") as c:
+            return [((r := await c.get("/")).status_code, r.text) for _ in range(7)]
+
+    got = asyncio.run(main())
+    assert got[:5] == [(200, "0"), (200, "0"), (200, "1"), (200, "1"), (200, "2")]
+    assert [s for s, _ in got[5:]] == [429, 429]  # the hourly quota: no waiting it out
+    assert [e.rule for e in waits] == ["per-client", "per-client"]
+    with pytest.raises(ConfigError, match="wait must be"):
+        ASGIMiddleware(app, limiter, wait=-1)
