@@ -120,10 +120,15 @@ def test_bad_waits_are_config_errors(limiter: Limiter, bad: Any) -> None:
         limiter.limit("1/second", wait=bad)
 
 
-def test_flask_view_waits(limiter: Limiter, clock: FakeClock) -> None:
-    """A Flask view with wait: the third request within the second is served a second
-    later instead of refused."""
+@pytest.mark.parametrize("with_extension", [True, False], ids=["Throttle", "bare"])
+def test_flask_view_waits(limiter: Limiter, clock: FakeClock, with_extension: bool) -> None:
+    """A Flask view with wait (the Throttle extension deciding before the view, or the
+    bare decorator): the third request within the second is served a second later."""
+    from throttlekit.contrib.flask import Throttle
+
     app = Flask(__name__)
+    if with_extension:
+        Throttle(app, limiter)
 
     @app.get("/")
     @limiter.limit("2/second", wait=1.5)

@@ -79,7 +79,7 @@ from ._settling import (
     settle,
     status_of,
 )
-from ._waiting import awaited, waited
+from ._waiting import awaited, wait_of, waited
 from .storage.base import BatchResult, Check
 
 if TYPE_CHECKING:
@@ -110,8 +110,7 @@ _new = tuple.__new__
 
 def _add(p: Plan, lim: Limiter, name: str, spec: LimitSpec, disc: str, cost: Any,
          rates: Any = None) -> None:
-    """Plan the checks of ``spec`` counting under ``name``, for ``disc`` at ``cost`` (and
-    ``rates``, what a rates function answered: the caller's own throttle)."""
+    """Plan ``spec``'s checks under ``name`` for ``disc`` at ``cost`` (and ``rates``)."""
     if (cost.__class__ is not int or cost < 0) and (
         isinstance(cost, bool) or not isinstance(cost, int) or cost < 0
     ):
@@ -213,9 +212,8 @@ def _plan_call(lim: Limiter, group: Group, args: tuple[Any, ...],
             cost = spec.call_cost
             if cost.__class__ is not int:
                 cost = costa(args, kwargs, named)  # type: ignore[misc]
-            rates = None if spec.rates_arity is None else (
-                ratesa(args, kwargs, named) if ratesa is not None
-                else spec.rates_of(name, disc, None))
+            rates = None if spec.rates_arity is None else ratesa(args, kwargs, named) \
+                if ratesa is not None else spec.rates_of(name, disc, None)
             _add(p, lim, name, spec, disc, cost, rates)
         except ConfigError:
             raise
@@ -231,24 +229,33 @@ def _refused(lim: Limiter, view: Any, rule: str, degraded: bool = True) -> Verdi
     return Verdict(False, "throttled", rule, None, d, [], degraded, view)
 
 
-def evaluate(lim: Limiter, view: RequestView, entries: Sequence[Entry]) -> Verdict | None:
+def evaluate(lim: Limiter, view: RequestView, entries: Sequence[Entry], wait: bool = True
+             ) -> Verdict | None:
     """Check and charge the ``entries`` that apply to the request (all or nothing, one
-    storage call). None when none applies. Never raises."""
+    storage call; a refusal due within their ``wait`` waits, then is decided once more).
+    None when none applies. Never raises."""
     p = _plan_web(lim, view, entries)
     if isinstance(p, Plan):
         if not _on_their_own(p):
-            return lim.engine.decide(p, silent=True)  # no events: they tell what rules did
-        return _concluded(lim, p, lim.engine.apply(p.checks))
+            p = lim.engine.decide(p, silent=True)  # no events: they tell what rules did
+        else:
+            p = _concluded(lim, p, lim.engine.apply(p.checks))
+    if wait and p is not None and not p.allowed and (w := wait_of(entries)):
+        return waited(lim, w, p, evaluate, lim, view, entries, False)
     return p
 
 
-async def aevaluate(lim: Limiter, view: RequestView, entries: Sequence[Entry]) -> Verdict | None:
+async def aevaluate(lim: Limiter, view: RequestView, entries: Sequence[Entry],
+                    wait: bool = True) -> Verdict | None:
     """Async twin of :func:`evaluate` (async storage calls only)."""
     p = _plan_web(lim, view, entries)
     if isinstance(p, Plan):
         if not _on_their_own(p):
-            return await lim.engine.adecide(p, silent=True)
-        return _concluded(lim, p, await lim.engine.aapply(p.checks))
+            p = await lim.engine.adecide(p, silent=True)
+        else:
+            p = _concluded(lim, p, await lim.engine.aapply(p.checks))
+    if wait and p is not None and not p.allowed and (w := wait_of(entries)):
+        return await awaited(lim, w, p, aevaluate, lim, view, entries, False)
     return p
 
 
@@ -510,8 +517,7 @@ async def _acall_limits(lim: Limiter, group: Group, args: tuple[Any, ...],
     """Async twin of :func:`_call_limits`."""
     verdict = await _adecide_call(lim, group, args, kwargs)
     if group.wait:
-        verdict = await awaited(lim, group.wait, verdict, _adecide_call, lim, group, args,
-                                kwargs)
+        verdict = await awaited(lim, group.wait, verdict, _adecide_call, lim, group, args, kwargs)
     return _raise_refused(verdict)
 
 
@@ -546,10 +552,7 @@ def _web_limits(lim: Limiter, group: Group, found: Found) -> Any:
     if raw.get(HANDLED_KEY) is group or not group.entries:
         return None
     view = adapter.view(lim, raw, native)
-    verdict = evaluate(lim, view, group.entries)
-    if group.wait:  # wait=: a refusal due soon waits, then is decided once more
-        verdict = waited(lim, group.wait, verdict, evaluate, lim, view, group.entries)
-    return answer(lim, found, verdict)
+    return answer(lim, found, evaluate(lim, view, group.entries))
 
 
 async def _aweb_limits(lim: Limiter, group: Group, found: Found) -> Any:
@@ -559,10 +562,7 @@ async def _aweb_limits(lim: Limiter, group: Group, found: Found) -> Any:
     view = adapter.view(lim, raw, native)
     if any(spec.uses_form for _, spec in group.entries):
         await adapter.read_body(view)
-    verdict = await aevaluate(lim, view, group.entries)
-    if group.wait:
-        verdict = await awaited(lim, group.wait, verdict, aevaluate, lim, view, group.entries)
-    return answer(lim, found, verdict)
+    return answer(lim, found, await aevaluate(lim, view, group.entries))
 
 
 def record(adapter: Adapter, raw: MutableMapping[str, Any], native: Any,

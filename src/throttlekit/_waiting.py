@@ -30,7 +30,7 @@ if TYPE_CHECKING:
     from ._limiter import Limiter
     from ._rules import Verdict
 
-__all__ = ["apause", "awaited", "check_wait", "pause", "wait_for", "waited"]
+__all__ = ["apause", "awaited", "check_wait", "pause", "wait_for", "wait_of", "waited"]
 
 #: the longest wait a limit may ask for (seconds): a worker held longer is an outage
 MAX_WAIT = 300.0
@@ -44,6 +44,11 @@ def check_wait(wait: Any, what: str) -> float:
         raise ConfigError(f"{what}: wait must be a number of seconds from 0 to {MAX_WAIT:g}, "
                           f"got {wait!r}")
     return float(wait)
+
+
+def wait_of(entries: Any) -> float:
+    """The longest ``wait`` of an endpoint's limits (``(name, LimitSpec)`` pairs)."""
+    return max((spec.wait for _, spec in entries), default=0.0)
 
 
 def wait_for(lim: Limiter, wait: float, verdict: Verdict | None) -> float | None:
