@@ -13,9 +13,8 @@ from typing import TYPE_CHECKING, Any, TypedDict
 from ._algorithms import DEFAULT_STRATEGY, check_strategy
 from ._errors import ConfigError
 from ._frameworkview import user_key, user_or_ip_key
-from ._rates import rates_function
+from ._rates import rates_function, resolved
 from ._rules import (
-    _resolved,
     _Throttle,
     _throttle_algorithms,
     check_on_unreadable,
@@ -229,7 +228,7 @@ class LimitSpec:
                 rule.policy_names = tuple(f"{name}/{_seconds(a.rate.period)}" for a in algs)
             return rule
 
-        rule = build(self.rates) if self.rates_arity is None else _resolved(
+        rule = build(self.rates) if self.rates_arity is None else resolved(
             build, self.rates, name, (0, 1, 2))
         if len(self._throttles) > 1024:  # per-method names are few; anything else is a bug
             self._throttles.clear()

@@ -21,7 +21,8 @@ from typing import Any, NamedTuple
 from ._calendar import NOMINAL_SECONDS, calendar_of
 from ._errors import ConfigError
 
-__all__ = ["MAX_LIMIT", "MAX_PERIOD", "Rate", "Variants", "parse_rates", "rates_function"]
+__all__ = ["MAX_LIMIT", "MAX_PERIOD", "Rate", "Variants", "parse_rates", "rates_function",
+           "resolved"]
 
 #: The longest period a rate may have: ten years. Stores count in integer microseconds, and
 #: this bound keeps every sum of them exact (below 2**53, where Lua's doubles stop counting).
@@ -235,3 +236,15 @@ def rates_function(fn: Any, what: str, *arities: int) -> int:
     raise ConfigError(f"{what}: the rates function {fn!r} must take "
                       f"{' or '.join(map(str, arities))} positional argument(s), "
                       f"its signature is {sig}")
+
+
+def resolved(build: Callable[..., Any], fn: Any, what: str,
+             arities: tuple[int, ...] = (1,)) -> Any:
+    """The throttle of a rates function ``fn``: ``build``'s throttle (its options) with no
+    rates of its own, ``resolve`` = ``fn`` and its :class:`Variants` (one throttle per
+    answer, built by ``build``), none bound to a store until an answer needs it."""
+    rates_function(fn, what, *arities)
+    rule = build("1/second", None)
+    rule.algorithms, rule.rates, rule.simple, rule.resolve = (), (), False, fn
+    rule.variants = Variants(build)
+    return rule

@@ -27,7 +27,7 @@ from ._decision import Decision
 from ._errors import ConfigError
 from ._escalation import BanEscalation, Escalate, Escalation
 from ._ipset import IPSet
-from ._rates import MAX_PERIOD, Rate, Variants, coerce_rates, rates_function
+from ._rates import MAX_PERIOD, Rate, Variants, coerce_rates, resolved
 from .storage.base import BatchResult, BoundBatch, BoundHit, Check, Storage
 
 if TYPE_CHECKING:
@@ -360,17 +360,6 @@ def _throttle_algorithms(
     return tuple(algorithms)
 
 
-def _resolved(build: Callable[..., _Throttle], fn: Any, what: str,
-              arities: tuple[int, ...] = (1,)) -> _Throttle:
-    """The rule of a rates function ``fn`` (of the view): its throttle per answer
-    (:class:`Variants` of ``build``), none bound until then."""
-    rates_function(fn, what, *arities)
-    rule = build("1/second", None)  # the rule's options; its rates come per request
-    rule.algorithms, rule.rates, rule.simple, rule.resolve = (), (), False, fn
-    rule.variants = Variants(build)
-    return rule
-
-
 def _seconds(rate: Rate) -> str:
     p = rate.period
     return str(int(p)) if p == int(p) else str(p)
@@ -544,7 +533,7 @@ class Rules:
             return _Throttle(name, algorithms, match, keyf, cost, dry_run, count_when,
                              strategy, burst, on_unreadable, storage)
 
-        rule = build(rates) if not callable(rates) else _resolved(build, rates, what)
+        rule = build(rates) if not callable(rates) else resolved(build, rates, what)
         self.needs_form = self.needs_form or uses_form(match, keyf, cost, rates)
         self.fast = self.fast and _plain(rule)
         self.throttles = (*self.throttles, rule)
