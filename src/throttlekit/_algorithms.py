@@ -360,10 +360,10 @@ class TokenBucket(Algorithm):
         lim = self.limit
         cap = self.capacity * p
         retry = INF if cost > self.capacity else -(-(new - cap) // lim) / 1e6
+        rem = (cap - debt) // p if debt < cap else 0  # a debt over a lowered capacity
         return _new(
             Decision,
-            (False, self.capacity, (cap - debt) // p, -(-debt // lim) / 1e6, retry, self.rate,
-             False),
+            (False, self.capacity, rem, -(-debt // lim) / 1e6, retry, self.rate, False),
         )
 
     def peek(self, state: Any, now: int, cost: int) -> Decision:

@@ -204,6 +204,11 @@ class Engine:
                             (ck, rule.cost) if ck else applies(self, rule, view))  # type: ignore[assignment]
                         if found is None:
                             continue
+                        if rule.resolve is not None:  # rates following the caller
+                            own = rule.variant(self, view)
+                            if own is None:
+                                continue
+                            rule = own
                         if rule1 is None:
                             rule1 = rule
                             disc1, cost1 = found

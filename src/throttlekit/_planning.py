@@ -129,6 +129,11 @@ def plan(engine: Engine, rules: Rules, view: RequestView) -> Plan | Verdict:
         found = applies(engine, rule, view)
         if found is None:
             continue
+        if rule.resolve is not None:  # rates that follow the caller: its own throttle
+            own = rule.variant(engine, view)
+            if own is None:
+                continue
+            rule = own
         disc, cost = found
         skey = NS + disc
         throttles.append((rule, disc, cost, len(checks)))

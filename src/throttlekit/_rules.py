@@ -27,7 +27,7 @@ from ._decision import Decision
 from ._errors import ConfigError
 from ._escalation import BanEscalation, Escalate, Escalation
 from ._ipset import IPSet
-from ._rates import MAX_PERIOD, Rate, coerce_rates
+from ._rates import MAX_PERIOD, Rate, Variants, coerce_rates, resolved
 from .storage.base import BatchResult, BoundBatch, BoundHit, Check, Storage
 
 if TYPE_CHECKING:
@@ -296,23 +296,9 @@ class _BanRule:
 
 
 class _Throttle:
-    __slots__ = (
-        "algorithms",
-        "batch",
-        "burst",
-        "cost",
-        "count_when",
-        "dry_run",
-        "hit",
-        "key",
-        "match",
-        "name",
-        "on_unreadable",
-        "policy_names",
-        "rates",
-        "simple",
-        "strategy",
-    )
+    __slots__ = ("algorithms", "batch", "burst", "cost", "count_when", "dry_run", "hit", "key",
+                 "match", "name", "on_unreadable", "policy_names", "rates", "resolve", "simple",
+                 "strategy", "variants")
 
     def __init__(
         self, name: str, algorithms: tuple[Algorithm, ...], match: Predicate | None,
@@ -335,21 +321,29 @@ class _Throttle:
             else:
                 self.batch = storage.bind_batch((algorithms,), NS)
         self.rates = tuple(a.rate for a in algorithms)
-        self.match = match
-        self.key = key
-        self.cost = cost
-        self.dry_run = dry_run
-        self.count_when = count_when
-        self.strategy = strategy
-        self.burst = burst
+        self.match, self.key, self.cost, self.dry_run = match, key, cost, dry_run
+        self.count_when, self.strategy, self.burst = count_when, strategy, burst
+        #: a rule whose rates follow the caller (``throttle(rates=callable)``, plans): the
+        #: function of the view, and its answers' throttles (:meth:`variant`); else None
+        self.resolve: Callable[[RequestView], Any] | None = None
+        self.variants: Variants | None = None
         #: every request counts, per client, at a fixed cost: the engine's common case
         #: reads the client key itself (see Engine.evaluate)
         self.simple = match is None and key is client_key and cost.__class__ is int
         # The first rate's policy is the rule's name ("per-ip"); further rates of the same
         # rule need their own policy names ("per-ip/1" for its per-second rate).
-        self.policy_names: tuple[str, ...] = (
-            name, *(f"{name}/{_seconds(a.rate)}" for a in algorithms[1:])
-        )
+        self.policy_names: tuple[str, ...] = (name, *(f"{name}/{_seconds(a.rate)}"
+                                                      for a in algorithms[1:]))
+
+    def variant(self, engine: Any, view: RequestView) -> _Throttle | None:
+        """The throttle of this request's own rates (a rule with a rates function), under
+        the rule's counters (ids of name, strategy and period: a new plan keeps the count);
+        None when the function raised or answered bad rates (``engine.rule_error``)."""
+        try:
+            return self.variants.of(self.resolve(view))  # type: ignore[union-attr, misc, no-any-return]
+        except Exception as exc:
+            engine.rule_error("throttle", self.name, exc, "rates function")
+            return None
 
 
 def _throttle_algorithms(
@@ -532,11 +526,15 @@ class Rules:
                               f"got {cost!r}")
         if not isinstance(dry_run, bool):
             raise ConfigError(f"{what}: dry_run must be True or False, got {dry_run!r}")
-        algorithms = _throttle_algorithms(name, rates, strategy, burst, what)
-        self._check_supported(algorithms, strategy, what)
-        rule = _Throttle(name, algorithms, match, keyf, cost, dry_run, count_when,
-                         strategy, burst, on_unreadable, lim.storage)
-        self.needs_form = self.needs_form or uses_form(match, keyf, cost)
+
+        def build(rates: Any, storage: Storage | None = lim.storage) -> _Throttle:
+            algorithms = _throttle_algorithms(name, rates, strategy, burst, what)
+            self._check_supported(algorithms, strategy, what)
+            return _Throttle(name, algorithms, match, keyf, cost, dry_run, count_when,
+                             strategy, burst, on_unreadable, storage)
+
+        rule = build(rates) if not callable(rates) else resolved(build, rates, what)
+        self.needs_form = self.needs_form or uses_form(match, keyf, cost, rates)
         self.fast = self.fast and _plain(rule)
         self.throttles = (*self.throttles, rule)
         self.names[name] = "throttle"
@@ -554,8 +552,8 @@ class Rules:
         """Replace the rates of throttle ``name`` (its state carries over for the periods
         kept); returns the previous rates."""
         old = next((t for t in self.throttles if t.name == name), None)
-        if old is None:
-            raise ConfigError(f"no throttle rule named {name!r}")
+        if old is None or old.resolve is not None:
+            raise ConfigError(f"no throttle rule named {name!r} with rates of its own")
         algorithms = _throttle_algorithms(
             name, rates, old.strategy, old.burst, f"throttle {name!r}"
         )

@@ -32,5 +32,6 @@ if cost <= cap and (NW < cap or (NW == cap and R == 0)) then
   end
 else
   rem, reset, retry = cap - W - part, drain(W, R, p, limit), -1
+  if rem < 0 then rem = 0 end  -- a debt over a lowered capacity (a plan, shield mode)
   if cost <= cap then retry = drain(NW - cap, R, p, limit) end
 end
