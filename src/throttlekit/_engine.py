@@ -177,17 +177,15 @@ class Engine:
         if self.watcher is not None and self.enabled:
             self.watcher.poll()  # a reload swaps self.rules: read them after
         rules = self.rules
-        # the throttles before the flag: a rule is registered with ``fast`` cleared before
-        # it is published in ``throttles``, so a dry-run or count_when throttle added by
-        # another thread meanwhile is never decided here as a plain one
+        # the throttles before the flag: a rule is registered with ``fast`` cleared before it
+        # is published in ``throttles`` (one added meanwhile is never decided here as plain)
         throttles = rules.throttles
         if rules.fast and self.enabled:
             blocks = self.local_blocks
             if blocks is not None and not blocks:
-                # The common case in this frame: lists and plain throttles (no bans, dry
-                # runs or count_when) on a local store with an empty dynamic blocklist.
-                # One throttle of one rate is decided by the store's bound hit, several by
-                # its bound batch (all or nothing); with listeners, by _told (events).
+                # The common case in this frame: lists and plain throttles (no bans, dry runs
+                # or count_when) on a local store with an empty dynamic blocklist: the store's
+                # bound hit (one rate), bound batch (several), or _told (listeners: events).
                 active = self.listeners.active
                 try:
                     if rules.safelists or rules.blocklists:
@@ -195,8 +193,7 @@ class Engine:
                         if listed is not None:
                             return listed
                     rule1: _Throttle | None = None
-                    disc1 = ""
-                    cost1 = 0
+                    disc1, cost1 = "", 0
                     several: list[_Throttle] | None = None  # when several apply
                     for rule in throttles:
                         ck = view.client_key if rule.simple else None  # applies()' 1st case
@@ -204,9 +201,8 @@ class Engine:
                             (ck, rule.cost) if ck else applies(self, rule, view))  # type: ignore[assignment]
                         if found is None:
                             continue
-                        if rule.resolve is not None:  # rates following the caller
-                            own = rule.variant(self, view)
-                            if own is None:
+                        if rule.resolve is not None:  # rates following the caller (plans)
+                            if (own := rule.variant(self, view)) is None:
                                 continue
                             rule = own
                         if rule1 is None:
@@ -224,8 +220,7 @@ class Engine:
                         if active and "tracked" in active:
                             self.track(view)
                         return Verdict(True, "allowed", None, None, None, [], False, view)
-                    clock = self.limiter.clock
-                    now = int(clock() * 1_000_000) if clock is not None else None
+                    now = None if (clock := self.limiter.clock) is None else int(clock() * 1e6)
                     if active:
                         return self._told(view, [(rule1, disc1, cost1, 0)] if several is None
                                           else _planned(several, discs, costs), now)

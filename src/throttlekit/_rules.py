@@ -354,6 +354,7 @@ def _throttle_algorithms(
     for rate in coerce_rates(rates):
         alg = make_algorithm(strategy, rate, burst)
         alg.id = f"{base}:{alg.code}{rate.period_us}"
+        alg.rerated = True
         algorithms.append(alg)
     if len({a.id for a in algorithms}) != len(algorithms):
         raise ConfigError(f"{what}: two rates with the same period in {rates!r}")

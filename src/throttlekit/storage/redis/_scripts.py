@@ -34,8 +34,10 @@ SMALL = tuple(str(i).encode() for i in range(64))  # pre-encoded costs
 def script_kind(alg: Algorithm) -> str:
     """The scripts' name of ``alg``'s strategy; ``"tg"`` for a token bucket whose emission
     interval (period / limit) is a whole number of microseconds, kept as one number (see
-    ``lua/_gcra.lua``: cheaper than the general bucket's three)."""
-    if alg.name == "token_bucket":
+    ``lua/_gcra.lua``: cheaper than the general bucket's three), unless its state is read
+    again under another limit (``Algorithm.rerated``: GCRA's one number means nothing
+    without its interval)."""
+    if alg.name == "token_bucket" and not alg.rerated:
         p, limit = alg.period_us, alg.limit
         if p % limit == 0 and alg.capacity * (p // limit) < _GCRA_MAX:
             return "tg"
