@@ -5,6 +5,7 @@ the list's headers (a CrowdSec bouncer key) to another origin."""
 
 from __future__ import annotations
 
+import re
 import socket
 import threading
 import time
@@ -294,3 +295,21 @@ def test_a_failed_stream_delta_asks_for_the_whole_list_again(raw):
     clock.advance(10)
     assert "192.0.2.2" in bl and "192.0.2.1" not in bl
     assert b"startup=true" in raw.heads[-1].split(b"\r\n")[0]
+
+
+@pytest.mark.parametrize(("kwargs", "named"), [
+    ({"types": [None]}, "None"),
+    ({"types": None}, "None"),
+    ({"types": []}, "[]"),
+    ({"headers": ["X-Api-Key"]}, "X-Api-Key"),
+    ({"headers": {"X-Api-Key": None}}, "None"),
+    ({"headers": {"X-Api-Key": "k\r\nX-Evil: 1"}}, "X-Evil"),
+    ({"clock": "monotonic"}, "monotonic"),
+], ids=["type-none", "types-none", "types-empty", "headers-list", "header-none",
+        "header-crlf", "clock-str"])
+def test_wrong_option_types_are_config_errors_at_start(kwargs, named):
+    """A tired operator's wrong option types fail at start with a ConfigError naming the
+    value, rather than a TypeError, or a URL list that silently never loads."""
+    from throttlekit import ConfigError
+    with pytest.raises(ConfigError, match=re.escape(named)):
+        Blocklist("http://127.0.0.1:9/list", **kwargs)
