@@ -332,6 +332,32 @@ def _positive(name: str, value: object) -> float:
     return float(value)
 
 
+def _types(types: object) -> tuple[str, ...]:
+    if isinstance(types, str) or not isinstance(types, Iterable):
+        raise ConfigError(f"types must be a list of decision types, got {types!r}")
+    found = tuple(types)
+    if not found or not all(isinstance(t, str) and t for t in found):
+        raise ConfigError(f"types must be a non-empty list of decision types (strings "
+                          f"such as 'ban'), got {types!r}")
+    return found
+
+
+def _headers(headers: object) -> dict[str, str]:
+    """``headers`` checked: a mapping of strings, no line breaks (urllib refuses them
+    only when fetching, so a bad one would leave the list empty for good)."""
+    if headers is None:
+        return {}
+    if not isinstance(headers, Mapping):
+        raise ConfigError(f"headers must be a mapping of header names to values, "
+                          f"got {headers!r}")
+    for name, value in headers.items():
+        if not (isinstance(name, str) and isinstance(value, str)) or any(
+                c in name + value for c in "\r\n\0"):
+            raise ConfigError(f"headers: {name!r}: {value!r} is not a header (strings, "
+                              f"without line breaks)")
+    return dict(headers)
+
+
 class Blocklist:
     """Addresses and networks from a file or an http(s) URL, refreshed periodically.
 
@@ -378,10 +404,10 @@ class Blocklist:
         self.retry = min(self.refresh, 30.0) if retry is None else _positive("retry", retry)
         if format not in FORMATS:
             raise ConfigError(f"format must be one of {', '.join(FORMATS)}, got {format!r}")
-        if isinstance(types, str):
-            raise ConfigError(f"types must be a list of decision types, got {types!r}")
         self.format = format
-        self.types = tuple(types)
+        self.types = _types(types)
+        if not callable(clock):
+            raise ConfigError(f"clock must be a callable returning seconds, got {clock!r}")
         self._clock = clock
         self._lock = threading.Lock()
         self._set = IPSet(())
@@ -407,7 +433,7 @@ class Blocklist:
         if isinstance(max_bytes, bool) or not isinstance(max_bytes, int) or max_bytes < 1:
             raise ConfigError(f"max_bytes must be a positive integer, got {max_bytes!r}")
         if isinstance(source, str) and source.lower().startswith(("http://", "https://")):
-            return _URLSource(source, headers or {}, timeout, max_bytes)
+            return _URLSource(source, _headers(headers), timeout, max_bytes)
         if headers:
             raise ConfigError(f"headers are for URLs, not the file {source!r}")
         if not isinstance(source, (str, os.PathLike)) or not str(source):
