@@ -17,7 +17,7 @@ def test_a_huge_integer_in_a_rules_file_is_a_config_error(field):
     """``bantime = 1000...0`` (400 digits) is refused as out of range, naming the field."""
     values = {"bantime": "600", "findtime": "60", "maxretry": "5"}
     values[field] = HUGE
-    text = (f'[[fail2ban]]\nname = "login"\nmatch = {{ path = "/login" }}\n'
+    text = ('[[fail2ban]]\nname = "login"\nmatch = { path = "/login" }\n'
             + "".join(f"{k} = {v}\n" for k, v in values.items()))
     with pytest.raises(ConfigError, match=field):
         parse_rules(text)
