@@ -11,6 +11,12 @@ from throttlekit import Limiter
 from throttlekit.testing import FakeClock
 
 
+@pytest.mark.xfail(strict=True, reason=(
+    "_escalation counts a key's bans in a sliding log over forget_after: a persistent "
+    "offender's bans at the cap are max_ban apart, so only forget_after/max_ban of them "
+    "(2 by default) are ever in the window, and the escalation falls back (to bantime "
+    "once the log is full, since a ban at the cap is not counted). Needs a chained "
+    "count (level, last ban) on every backend, Lua included; see the report"))
 @pytest.mark.parametrize("options", [{}, {"factor": 3, "max_ban": 300},
                                      {"max_ban": 50, "forget_after": 100}],
                          ids=["defaults", "factor-3", "short-memory"])
