@@ -5,8 +5,8 @@ coming within ``forget_after`` of each other."""
 from __future__ import annotations
 
 import pytest
-from test_escalating_bans import offend, scanners
 
+from test_escalating_bans import offend, scanners
 from throttlekit import Limiter
 from throttlekit.testing import FakeClock
 
