@@ -313,3 +313,31 @@ def test_wrong_option_types_are_config_errors_at_start(kwargs, named):
     from throttlekit import ConfigError
     with pytest.raises(ConfigError, match=re.escape(named)):
         Blocklist("http://127.0.0.1:9/list", **kwargs)
+
+
+def test_a_fifo_is_refused_without_waiting_for_a_writer(tmp_path: Path):
+    """A path that is a named pipe (``<(curl ...)`` from a shell) would block the reading
+    request until a writer came: it is refused at start instead, naming the path."""
+    import os
+
+    from throttlekit import ConfigError
+    fifo = tmp_path / "list.fifo"
+    os.mkfifo(fifo)
+    result: list[BaseException | None] = []
+
+    def build() -> None:
+        try:
+            Blocklist(fifo)
+            result.append(None)
+        except BaseException as exc:  # the outcome, checked below
+            result.append(exc)
+
+    t = threading.Thread(target=build, daemon=True)
+    t.start()
+    t.join(2)
+    if t.is_alive():  # unblock the reader so the thread ends
+        with open(fifo, "wb"):
+            pass
+        t.join(2)
+        pytest.fail("Blocklist waited for a writer on a FIFO")
+    assert isinstance(result[0], ConfigError) and "list.fifo" in str(result[0])
