@@ -42,6 +42,7 @@ import http.client
 import json
 import logging
 import os
+import stat
 import threading
 import time
 import urllib.error
@@ -206,6 +207,8 @@ class _FileSource:
             stamp = (st.st_mtime_ns, st.st_size)
             if stamp == self.seen:
                 return None
+            if not stat.S_ISREG(st.st_mode):  # a FIFO's open() waits for a writer
+                raise LoadError(f"{self.path} is not a regular file")
             # read at most max_bytes + 1, whatever the size says (a FIFO, /dev/zero, a
             # file still growing)
             with self.path.open("rb") as f:
