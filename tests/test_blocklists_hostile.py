@@ -341,3 +341,13 @@ def test_a_fifo_is_refused_without_waiting_for_a_writer(tmp_path: Path):
         t.join(2)
         pytest.fail("Blocklist waited for a writer on a FIFO")
     assert isinstance(result[0], ConfigError) and "list.fifo" in str(result[0])
+
+
+def test_a_chunked_body_is_read_whole(raw):
+    """A list sent with ``Transfer-Encoding: chunked`` (no Content-Length), in several
+    chunks, is read whole."""
+    chunks = [GOOD[:9], GOOD[9:]]
+    body = b"".join(b"%x\r\n%s\r\n" % (len(c), c) for c in chunks) + b"0\r\n\r\n"
+    raw.reply = _http(b"200 OK", body, b"Transfer-Encoding: chunked\r\nConnection: close\r\n")
+    bl = Blocklist(raw.url)
+    assert len(bl) == 2 and bl.last_error is None and "198.51.100.1" in bl
