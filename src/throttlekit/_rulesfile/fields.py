@@ -106,7 +106,8 @@ class _Number:
                 value = float(m.group(1)) * _unit_seconds(m.group(2))
         if value is None:
             raise ConfigError(f"must be {self.describe()}, got {type_name(v)} {v!r}")
-        if not math.isfinite(value) or value < self.minimum or value > self.maximum or (
+        # range first: isfinite() of an int too big for a float raises OverflowError
+        if value < self.minimum or value > self.maximum or not math.isfinite(value) or (
             self.below and value >= self.maximum
         ):
             raise ConfigError(f"must be {self.describe()}, got {v!r}")

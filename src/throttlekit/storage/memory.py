@@ -431,7 +431,8 @@ class MemoryStorage(Storage):
     # -- dynamic blocklist ----------------------------------------------------------------
 
     def block(self, key: str, ttl: float | None, reason: str = "", now: int | None = None) -> None:
-        if ttl is not None and not ttl > 0:
+        if ttl is not None and (isinstance(ttl, bool) or not isinstance(ttl, (int, float))
+                                or not ttl > 0):  # (True is not a 1-second ban)
             raise ConfigError(f"ttl must be a positive number of seconds or None, got {ttl!r}")
         us = self._now() if now is None else now
         t = us / 1_000_000
