@@ -69,10 +69,11 @@ _MAX_CHUNK = 1 << 16
 class _Lease:
     """Quota charged to the store and not yet admitted, for one (algorithm, key)."""
 
-    __slots__ = ("chunk", "expires", "left", "remaining", "reset_at", "used")
+    __slots__ = ("asking", "chunk", "expires", "left", "remaining", "reset_at", "used")
 
     def __init__(self, chunk: int) -> None:
         self.chunk = chunk  # the next lease's size
+        self.asking = False  # a lease of this key is being asked of the store
         self.left = 0  # units charged and not yet admitted
         self.used = 0  # units of the current lease admitted so far
         self.expires = 0  # microseconds; the lease's units are void from then on
@@ -158,23 +159,36 @@ class SyncedStorage(Storage):
         return BatchResult(decisions, [None] * len(block_keys))
 
     def _sizes(self, checks: Sequence[Check], now: int) -> list[int]:
-        """What to charge the store for each check: its cost plus the next lease."""
+        """What to charge the store for each check: its cost plus the next lease. One lease
+        per key is asked at a time: concurrent requests of a key (threads, tasks) that find
+        it empty while it is asked are charged exactly. Called under the lock."""
         sizes = []
         leases = self._leases
         for c in checks:
             lease = leases.get((c.algorithm.id, c.key))
-            if lease is None:
+            if lease is None or lease.asking:
                 sizes.append(c.cost)
                 continue
             if lease.expires <= now:
                 if lease.left > 0:
                     # expired with units left: the next lease is what this one used
                     lease.chunk = max(1, lease.used)
-            elif lease.left == 0 and lease.chunk < _MAX_CHUNK:
+            elif lease.left < c.cost and lease.chunk < _MAX_CHUNK:
                 lease.chunk *= 2  # spent before it expired: the key is hot here
-            cap = int(lease.remaining * self.share)
-            sizes.append(c.cost + min(lease.chunk, cap))
+            extra = min(lease.chunk, int(lease.remaining * self.share))
+            if extra > 0:
+                lease.asking = True
+            sizes.append(c.cost + extra)
         return sizes
+
+    def _done(self, checks: Sequence[Check], sizes: Sequence[int]) -> None:
+        """The leases asked by ``sizes`` are answered (or failed): others may ask again."""
+        with self._lock:
+            for c, size in zip(checks, sizes, strict=True):
+                if size != c.cost:
+                    lease = self._leases.get((c.algorithm.id, c.key))
+                    if lease is not None:
+                        lease.asking = False
 
     def _record(self, checks: Sequence[Check], sizes: Sequence[int], result: BatchResult,
                 now: int, block_keys: Sequence[str]) -> BatchResult:
@@ -202,15 +216,23 @@ class SyncedStorage(Storage):
                     out.append(d)
                     continue
                 lease = leases[ident] = _Lease(1)
-            lease.left = extra
-            lease.used = 0
-            lease.remaining = d.remaining
-            lease.reset_at = now + int(d.reset_after * 1e6)
+            elif extra == 0 and (lease.asking or lease.left > 0):
+                out.append(d)  # an exact charge beside a lease: the lease stays as it is
+                continue
+            reset_at = now + int(d.reset_after * 1e6)
             expires = until
             if c.algorithm.name == "fixed_window":
                 # units charged in a window are never admitted in the next one
-                expires = min(expires, lease.reset_at)
-            lease.expires = expires
+                expires = min(expires, reset_at)
+            if lease.left > 0 and lease.expires > now:
+                lease.left += extra  # the older units end first: keep the earlier end
+                lease.expires = min(lease.expires, expires)
+            else:
+                lease.left = extra
+                lease.used = 0
+                lease.expires = expires
+            lease.remaining = d.remaining
+            lease.reset_at = reset_at
             out.append(d._replace(remaining=d.remaining + extra) if extra else d)
         return BatchResult(out, result.blocked, result.policy)
 
@@ -249,7 +271,11 @@ class SyncedStorage(Storage):
             if local is not None:
                 return local
             sizes = self._sizes(checks, t)
-        result = self.storage.apply(self._sized(checks, sizes), now=now, block_keys=block_keys)
+        try:
+            result = self.storage.apply(self._sized(checks, sizes), now=now,
+                                        block_keys=block_keys)
+        finally:
+            self._done(checks, sizes)
         if self._retry(checks, sizes, result):
             sizes = [c.cost for c in checks]
             result = self.storage.apply(checks, now=now, block_keys=block_keys)
@@ -270,8 +296,11 @@ class SyncedStorage(Storage):
             if local is not None:
                 return local
             sizes = self._sizes(checks, t)
-        result = await self.storage.aapply(self._sized(checks, sizes), now=now,
-                                           block_keys=block_keys)
+        try:
+            result = await self.storage.aapply(self._sized(checks, sizes), now=now,
+                                               block_keys=block_keys)
+        finally:
+            self._done(checks, sizes)
         if self._retry(checks, sizes, result):
             sizes = [c.cost for c in checks]
             result = await self.storage.aapply(checks, now=now, block_keys=block_keys)
