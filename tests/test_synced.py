@@ -189,3 +189,16 @@ def test_over_admission_of_real_processes_within_the_documented_bound(
     print(f"{processes} processes, {strategy}: admitted {total} of {LIMIT} {counts}")
     assert total <= LIMIT * (1 + OVER_BOUND[strategy]), counts
     assert total >= LIMIT * (1 - UNDER_BOUND), counts
+
+
+@pytest.mark.redis
+def test_url_option_wraps_the_store() -> None:
+    """``?sync_interval=`` on a storage URL (or the keyword) gives a SyncedStorage over the
+    backend the rest of the URL names; a bad value is a ConfigError naming it."""
+    store = storage_from_url(f"{REDIS}?sync_interval=0.2&sync_share=0.1", prefix="tk-test-url:")
+    assert isinstance(store, SyncedStorage)
+    assert (store.sync_interval, store.share) == (0.2, 0.1)
+    assert type(store.storage).__name__ == "RedisStorage"
+    assert isinstance(storage_from_url("memory://", sync_interval=0.05), SyncedStorage)
+    with pytest.raises(ConfigError, match="'abc'"):
+        storage_from_url(f"{REDIS}?sync_interval=abc")
