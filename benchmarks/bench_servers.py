@@ -67,9 +67,32 @@ def _command(server: str, port: int) -> list[str]:
     return [*cmd, "server_apps:flask_app"]
 
 
+def _tree(pid: int) -> list[int]:
+    """``pid`` and its descendants (Linux ``/proc``)."""
+    out, todo = [], [pid]
+    while todo:
+        p = todo.pop()
+        out.append(p)
+        with contextlib.suppress(OSError):
+            for task in os.listdir(f"/proc/{p}/task"):
+                with open(f"/proc/{p}/task/{task}/children") as f:
+                    todo.extend(int(c) for c in f.read().split())
+    return out
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU seconds of the server ``pid`` and its workers so far."""
+    ticks = 0
+    for p in _tree(pid):
+        with contextlib.suppress(OSError), open(f"/proc/{p}/stat") as f:
+            fields = f.read().rpartition(")")[2].split()
+            ticks += int(fields[11]) + int(fields[12])  # utime, stime
+    return ticks / os.sysconf("SC_CLK_TCK")
+
+
 @contextlib.contextmanager
-def serving(server: str, mode: str, prefix: str) -> Iterator[str]:
-    """Serve ``mode``'s app under ``server``; yields its URL once it answers 200."""
+def serving(server: str, mode: str, prefix: str) -> Iterator[tuple[str, int]]:
+    """Serve ``mode``'s app under ``server``; yields its URL and pid once it answers 200."""
     port = _free_port()
     env = dict(os.environ, PYTHONPATH=f"{SRC}{os.pathsep}{HERE}", TK_BENCH_MODE=mode,
                TK_BENCH_PREFIX=prefix, TK_BENCH_REDIS=REDIS, PYTHONWARNINGS="ignore",
@@ -91,7 +114,7 @@ def serving(server: str, mode: str, prefix: str) -> Iterator[str]:
                 if time.monotonic() > deadline:
                     raise
                 time.sleep(0.1)
-        yield url
+        yield url, proc.pid
     finally:
         proc.terminate()
         try:
@@ -108,16 +131,21 @@ def _ms(text: str) -> float:
     return float(m.group(1)) * _UNITS[m.group(2)]
 
 
-def wrk(url: str, duration: float, connections: int = 16) -> dict[str, float]:
-    """Drive ``url`` with wrk for ``duration`` seconds: req/s, p50 and p99 (ms), non-2xx."""
+def wrk(url: str, duration: float, connections: int = 16, pid: int | None = None
+        ) -> dict[str, float]:
+    """Drive ``url`` with wrk for ``duration`` seconds: req/s, p50 and p99 (ms), non-2xx,
+    and with the server's ``pid``, its CPU time per request (µs, workers included)."""
+    cpu = cpu_seconds(pid) if pid else 0.0
     out = subprocess.run(
         ["wrk", "-t1", f"-c{connections}", f"-d{duration:g}s", "--latency", url],
         check=True, capture_output=True, text=True).stdout
     rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))  # type: ignore[union-attr]
     lat = dict(re.findall(r"^\s+(50|99)%\s+(\S+)$", out, re.M))
     bad = re.search(r"Non-2xx or 3xx responses:\s+(\d+)", out)
+    count = int(re.search(r"(\d+) requests in", out).group(1))  # type: ignore[union-attr]
+    cpu = (cpu_seconds(pid) - cpu) * 1e6 / max(count, 1) if pid else 0.0
     return {"rps": rps, "p50": _ms(lat["50"]), "p99": _ms(lat["99"]),
-            "non2xx": float(bad.group(1)) if bad else 0.0}
+            "non2xx": float(bad.group(1)) if bad else 0.0, "cpu": cpu}
 
 
 def run(servers: Sequence[str], modes: Sequence[str], duration: float, repeats: int,
@@ -133,15 +161,17 @@ def run(servers: Sequence[str], modes: Sequence[str], duration: float, repeats: 
             urls = {mode: stack.enter_context(
                 serving(server, mode, f"tk-bench-servers:{tag}:{server}:{mode}:"))
                 for mode in modes}
-            for url in urls.values():
-                wrk(url, warmup)
+            for url, pid in urls.values():
+                wrk(url, warmup, pid=pid)
             for rep in range(repeats):
                 turn = list(modes[rep % len(modes):]) + list(modes[:rep % len(modes)])
                 for mode in turn:
-                    r = wrk(urls[mode], duration)
+                    url, pid = urls[mode]
+                    r = wrk(url, duration, pid=pid)
                     results.setdefault((server, mode), []).append(r)
                     print(f"  {server:17} {mode:12} {r['rps']:8.0f} req/s  p50 {r['p50']:.2f}"
-                          f" ms  p99 {r['p99']:.2f} ms  non-2xx {r['non2xx']:.0f}",
+                          f" ms  p99 {r['p99']:.2f} ms  cpu {r['cpu']:.0f} us/req"
+                          f"  non-2xx {r['non2xx']:.0f}",
                           file=sys.stderr, flush=True)
     return results
 
@@ -153,13 +183,16 @@ def medians(results: dict[tuple[str, str], list[dict[str, float]]]
 
 
 def table(med: dict[tuple[str, str], dict[str, float]]) -> str:
-    lines = ["| server | mode | req/s | p50 ms | p99 ms | req/s / bare | non-2xx |",
-             "|---|---|---:|---:|---:|---:|---:|"]
+    lines = ["| server | mode | req/s | p50 ms | p99 ms | req/s / bare | server CPU µs/req |"
+             " bare CPU / CPU | non-2xx |",
+             "|---|---|---:|---:|---:|---:|---:|---:|---:|"]
     for (server, mode), m in med.items():
-        bare = med.get((server, "bare"), {}).get("rps")
-        ratio = f"{m['rps'] / bare:.2f}" if bare else "-"
+        base = med.get((server, "bare"), {})
+        ratio = f"{m['rps'] / base['rps']:.2f}" if base else "-"
+        cpu = f"{base['cpu'] / m['cpu']:.2f}" if base and m["cpu"] else "-"
         lines.append(f"| {server} | {mode} | {m['rps']:.0f} | {m['p50']:.2f} | "
-                     f"{m['p99']:.2f} | {ratio} | {m['non2xx']:.0f} |")
+                     f"{m['p99']:.2f} | {ratio} | {m['cpu']:.0f} | {cpu} | "
+                     f"{m['non2xx']:.0f} |")
     return "\n".join(lines)
 
 
