@@ -122,6 +122,8 @@ def serving(server: str, mode: str, prefix: str) -> Iterator[tuple[str, int]]:
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait()
+        if proc.stderr is not None:
+            proc.stderr.close()
 
 
 def _ms(text: str) -> float:
@@ -133,11 +135,11 @@ def _ms(text: str) -> float:
 
 def wrk(url: str, duration: float, connections: int = 16, pid: int | None = None
         ) -> dict[str, float]:
-    """Drive ``url`` with wrk for ``duration`` seconds: req/s, p50 and p99 (ms), non-2xx,
+    """Drive ``url`` with wrk for ``duration`` whole seconds: req/s, p50 and p99 (ms), non-2xx,
     and with the server's ``pid``, its CPU time per request (µs, workers included)."""
     cpu = cpu_seconds(pid) if pid else 0.0
     out = subprocess.run(
-        ["wrk", "-t1", f"-c{connections}", f"-d{duration:g}s", "--latency", url],
+        ["wrk", "-t1", f"-c{connections}", f"-d{max(1, round(duration))}s", "--latency", url],
         check=True, capture_output=True, text=True).stdout
     rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))  # type: ignore[union-attr]
     lat = dict(re.findall(r"^\s+(50|99)%\s+(\S+)$", out, re.M))
@@ -223,7 +225,7 @@ def test_servers_smoke(server: str) -> None:
     since a short run on a shared machine is noisy)."""
     if shutil.which("wrk") is None:
         pytest.skip("wrk is missing: apt-get install -y wrk")
-    med = medians(run([server], ["bare", "tk-synced"], duration=1.0, repeats=3, warmup=0.5))
+    med = medians(run([server], ["bare", "tk-synced"], duration=1.0, repeats=3, warmup=1.0))
     synced, bare = med[(server, "tk-synced")], med[(server, "bare")]
     assert synced["non2xx"] == 0
     assert synced["rps"] >= 0.5 * bare["rps"], (synced, bare)

@@ -9,6 +9,7 @@ still gets the limiter's ``on_storage_error`` answer.
 
 from __future__ import annotations
 
+import asyncio
 import multiprocessing
 import time
 import uuid
@@ -96,6 +97,33 @@ def test_a_lease_charged_in_one_window_is_not_spent_in_the_next() -> None:
     for i in range(3000):  # then both saturate window 1
         admitted[1] += (a if i % 2 else b).hit(alg, "k", 1, T0 + i * 10).allowed
     assert admitted == [200, 1000]
+
+
+class SlowMemory(CountingMemory):
+    """A memory store answering its async calls after a round trip's delay (1 ms)."""
+
+    async def aapply(self, checks: Sequence[Check], *, consume: bool = True,
+                     now: int | None = None, block_keys: Sequence[str] = ()) -> BatchResult:
+        await asyncio.sleep(0.001)
+        return self.apply(checks, consume=consume, now=now, block_keys=block_keys)
+
+
+def test_requests_in_flight_wait_for_the_lease_being_asked() -> None:
+    """On an event loop, 64 requests in flight on a hot key share the lease being asked
+    instead of each making a round trip, and every one is admitted."""
+    inner = SlowMemory()
+    store = SyncedStorage(inner)
+    alg = make_algorithm("fixed_window", Rate(1_000_000, 3600.0))
+
+    async def main() -> list[bool]:
+        for _ in range(8):  # warm the key up: its leases grow
+            await store.ahit(alg, "hot", 1, None)
+        inner.calls = 0
+        ds = await asyncio.gather(*(store.ahit(alg, "hot", 1, None) for _ in range(64)))
+        return [d.allowed for d in ds]
+
+    assert asyncio.run(main()) == [True] * 64
+    assert inner.calls <= 8, inner.calls
 
 
 def test_quiet_key_is_charged_exactly() -> None:

@@ -49,6 +49,7 @@ is held for dictionary updates only, never across a round trip. Composes with an
 
 from __future__ import annotations
 
+import asyncio
 import math
 import threading
 import time
@@ -62,6 +63,8 @@ from .base import BatchResult, Block, Check, Storage
 
 __all__ = ["SyncedStorage"]
 
+#: resolved when a lease asked of the store is answered: with the failure, if it failed
+_Asked = asyncio.Future[BaseException | None]
 #: a lease never grows past this many units, whatever the traffic
 _MAX_CHUNK = 1 << 16
 
@@ -69,11 +72,13 @@ _MAX_CHUNK = 1 << 16
 class _Lease:
     """Quota charged to the store and not yet admitted, for one (algorithm, key)."""
 
-    __slots__ = ("asking", "chunk", "expires", "left", "remaining", "reset_at", "used")
+    __slots__ = ("asking", "chunk", "expires", "left", "remaining", "reset_at", "used",
+                 "waiter")
 
     def __init__(self, chunk: int) -> None:
         self.chunk = chunk  # the next lease's size
         self.asking = False  # a lease of this key is being asked of the store
+        self.waiter: _Asked | None = None  # resolved when the ask is answered
         self.left = 0  # units charged and not yet admitted
         self.used = 0  # units of the current lease admitted so far
         self.expires = 0  # microseconds; the lease's units are void from then on
@@ -189,6 +194,7 @@ class SyncedStorage(Storage):
                     lease = self._leases.get((c.algorithm.id, c.key))
                     if lease is not None:
                         lease.asking = False
+                        lease.waiter = None
 
     def _record(self, checks: Sequence[Check], sizes: Sequence[int], result: BatchResult,
                 now: int, block_keys: Sequence[str]) -> BatchResult:
@@ -290,25 +296,64 @@ class SyncedStorage(Storage):
         if self._exact(checks, consume):
             return await self.storage.aapply(checks, consume=consume, now=now,
                                              block_keys=block_keys)
-        t = self._now(now)
-        with self._lock:
-            local = self._local(checks, t, block_keys)
-            if local is not None:
-                return local
-            sizes = self._sizes(checks, t)
+        # On an event loop, a request that finds its key's lease being asked waits for the
+        # answer instead of a round trip of its own: many requests are in flight. Each wait
+        # ends with a lease (twice the last, so a burst is served in a few round trips) or
+        # with a refusal that dropped it, after which requests go to the store exactly.
+        while True:
+            t = self._now(now)
+            mine: _Asked | None = None
+            with self._lock:
+                local = self._local(checks, t, block_keys)
+                if local is not None:
+                    return local
+                waiter = self._waiter(checks)
+                if waiter is None:
+                    sizes = self._sizes(checks, t)
+                    mine = self._mark(checks, sizes)
+                    break
+            failed = await asyncio.shield(waiter)
+            if failed is not None:  # the store failed the ask: fail alike, do not queue
+                raise failed
+        failure: BaseException | None = None
         try:
-            result = await self.storage.aapply(self._sized(checks, sizes), now=now,
-                                               block_keys=block_keys)
+            try:
+                result = await self.storage.aapply(self._sized(checks, sizes), now=now,
+                                                   block_keys=block_keys)
+            finally:
+                self._done(checks, sizes)
+            if self._retry(checks, sizes, result):
+                sizes = [c.cost for c in checks]
+                result = await self.storage.aapply(checks, now=now, block_keys=block_keys)
+            if not all(d.allowed for d in result.decisions):
+                self._forget_leases(checks)
+                return result
+            with self._lock:
+                return self._record(checks, sizes, result, t, block_keys)
+        except BaseException as exc:
+            failure = exc
+            raise
         finally:
-            self._done(checks, sizes)
-        if self._retry(checks, sizes, result):
-            sizes = [c.cost for c in checks]
-            result = await self.storage.aapply(checks, now=now, block_keys=block_keys)
-        if not all(d.allowed for d in result.decisions):
-            self._forget_leases(checks)
-            return result
-        with self._lock:
-            return self._record(checks, sizes, result, t, block_keys)
+            if mine is not None:
+                mine.set_result(failure)
+
+    def _waiter(self, checks: Sequence[Check]) -> _Asked | None:
+        """The answer being awaited of a lease of one of ``checks``, if any."""
+        for c in checks:
+            lease = self._leases.get((c.algorithm.id, c.key))
+            if lease is not None and lease.waiter is not None:
+                return lease.waiter
+        return None
+
+    def _mark(self, checks: Sequence[Check], sizes: Sequence[int]) -> _Asked | None:
+        """A future the leases asked by ``sizes`` resolve when answered (on a loop)."""
+        if all(s == c.cost for c, s in zip(checks, sizes, strict=True)):
+            return None
+        fut: _Asked = asyncio.get_running_loop().create_future()
+        for c, s in zip(checks, sizes, strict=True):
+            if s != c.cost:
+                self._leases[(c.algorithm.id, c.key)].waiter = fut
+        return fut
 
     def hit(self, algorithm: Algorithm, key: str, cost: int, now: int | None) -> Decision:
         return self.apply((Check(algorithm, key, cost),), now=now).decisions[0]
