@@ -37,6 +37,10 @@ lookups made with a request are answered from the store's last answer for at mos
 ``sync_interval``: a new ban, an ``unblock`` or a ``reset`` reaches every worker within
 ``sync_interval`` (at most one second, see DECISIONS "the local denial cache").
 
+Concurrency: one lease per key is asked at a time. On an event loop, requests that find
+it empty meanwhile await that ask (a failed ask fails them alike); threads are charged
+exactly meanwhile.
+
 Failures: the wrapper adds no policy. A failing store raises from ``apply`` as it would
 unwrapped, so the limiter's ``on_storage_error``, breaker and fallback answer as before
 (leases already held keep admitting until they end). No thread: every sync happens inline,
