@@ -58,3 +58,22 @@ def test_limits_hit(benchmark, peer, keys):
         hit(item, next(cycle))
     benchmark.group = f"hit {keys}"
     benchmark(lambda: hit(item, next(cycle)))
+
+
+@pytest.mark.parametrize("strategy", STRATEGIES)
+def test_hit_target(target, strategy):
+    """Every algorithm's hit on one hot key is at least 3x faster than `limits`' fixed
+    window on its MemoryStorage (same run, interleaved CPU time)."""
+    limits = pytest.importorskip("limits")
+    from limits import strategies
+    from limits.storage import MemoryStorage
+
+    ours, item = Limiter(strategy=strategy).hit, limits.parse(RATE)
+    peer = strategies.FixedWindowRateLimiter(MemoryStorage()).hit
+    fns = {"throttlekit": lambda: ours("client:0", RATE), "limits": lambda: peer(item, "client:0")}
+    us = {k: v * 1e6 for k, v in target.cpu_per_call(fns, *target.size((200_000, 7),
+                                                                         (20_000, 5))).items()}
+    print(f"\nhit, one hot key: throttlekit {strategy} {us['throttlekit']:.2f} µs, "
+          f"limits fixed window {us['limits']:.2f} µs")
+    target.at_least(f"{strategy} hit speed-up over limits' fixed window",
+                    us["limits"] / us["throttlekit"], 3.0)

@@ -21,6 +21,7 @@ is asserted like any other.
 from __future__ import annotations
 
 import os
+import time
 from collections.abc import Callable
 from typing import Any, TypeVar, cast
 
@@ -93,6 +94,24 @@ class Target:
     def size(self, measured: Any, smoke: Any) -> Any:
         """``measured`` when benchmarks measure, else ``smoke`` (e.g. ``(n, rounds)``)."""
         return measured if self.measuring else smoke
+
+    def cpu_per_call(self, fns: dict[str, Callable[[], object]], n: int,
+                     rounds: int) -> dict[str, float]:
+        """Seconds of CPU time per call of each of ``fns``: ``n`` calls each, interleaved,
+        the best of ``rounds`` (noise only ever adds time; CPU time, not wall time, so other
+        processes on a shared machine do not count). Run as this test's benchmark."""
+        best = dict.fromkeys(fns, float("inf"))
+
+        def interleaved() -> None:
+            for _ in range(rounds):
+                for name, fn in fns.items():
+                    began = time.process_time()
+                    for _ in range(n):
+                        fn()
+                    best[name] = min(best[name], (time.process_time() - began) / n)
+
+        self.run(interleaved)
+        return best
 
     def at_most(self, name: str, value: float, limit: float) -> None:
         """Assert ``value <= limit`` (times the slack)."""
