@@ -286,6 +286,7 @@ def test_a_surge_with_one_header_fingerprint() -> None:
     assert values(found) == [expected]
 
 
+@pytest.mark.slow
 def test_a_user_agent_rotating_flood_is_held_by_its_networks() -> None:
     """3,000 addresses over a /12 on one expensive path, a new user agent per request: no
     user agent explains it, its sixteen /16 networks do (none holds usual traffic), over
@@ -315,6 +316,7 @@ def test_heavy_hitters_from_few_addresses_are_the_clients() -> None:
     assert set(values(found)) == {v.address for v in bots.clients}
 
 
+@pytest.mark.slow
 def test_a_flash_crowd_is_explained_by_nothing_narrower_than_everything() -> None:
     """1,500 new visitors (10x), each at a user's rate, spread over networks, browsers and
     paths like the usual traffic: an anomaly, attributed to everything, and so at every

@@ -126,6 +126,7 @@ def small_runs():
             run_simulation(SMALL, protections=["rules", "admission"]))
 
 
+@pytest.mark.slow
 def test_admission_keeps_admitted_latency_bounded_in_a_distributed_flood(small_runs):
     """Rules alone let the flood through (every address is under its limit): the server's
     queue fills and drops. With admission control the excess is shed (503) before the
@@ -143,6 +144,7 @@ def test_admission_keeps_admitted_latency_bounded_in_a_distributed_flood(small_r
     assert small_runs[1].legit_banned == []
 
 
+@pytest.mark.slow
 def test_report_of_an_admission_run_shows_the_shedding(small_runs):
     text = format_report(small_runs[1], SMALL)
     assert "protected run: rules, admission (off: shield, standing, challenges)" in text
