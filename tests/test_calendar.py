@@ -4,6 +4,7 @@ local dates (month ends, DST changes, leap years), and the quota on every backen
 from __future__ import annotations
 
 import datetime as dt
+import importlib
 import time
 from collections.abc import Callable
 from typing import Any
@@ -122,9 +123,7 @@ def at(clock: FakeClock, tz: str, *when: int) -> None:
 @pytest.fixture(params=BACKENDS)
 def calendar_limiter(request: pytest.FixtureRequest, _backend_contexts: dict[str, Any],
                      clock: FakeClock) -> Callable[..., Limiter]:
-    from conftest import BACKEND_MODULES
-
-    module = BACKEND_MODULES[request.param]
+    module = importlib.import_module(f"backends.{request.param}")
     for mark in module.MARKS:
         request.applymarker(mark)
     ctx = _backend_contexts["get"](request.param)
@@ -228,13 +227,12 @@ def test_every_backend_decides_as_the_memory_store(
         _backend_contexts: dict[str, Any], start: int, steps: list[tuple[int, int]],
         tz: str, unit: str) -> None:
     """The same timeline gives the same Decisions on memory, Redis and memcached."""
-    from conftest import BACKEND_MODULES
-
+    backend_modules = {n: importlib.import_module(f"backends.{n}") for n in BACKENDS}
     rate = f"5/calendar-{unit} in {tz}"
     clock = FakeClock(float(start))
     limiters = [Limiter(clock=clock)]
     for name in ("redis", "memcached"):
-        module = BACKEND_MODULES[name]
+        module = backend_modules[name]
         limiters.append(Limiter(module.make_storage(_backend_contexts["get"](name)),
                                 clock=clock))
     try:
