@@ -40,9 +40,10 @@ _METHODS = frozenset(("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"
                       "TRACE"))
 _EMPTY: Mapping[str, str] = {}
 _FORM_TYPES = ("application/x-www-form-urlencoded", "multipart/form-data", "application/json")
-#: environ/scope keys whose values hold a request view (the verdict, a framework's view):
-#: left out of the copy a detached view keeps (see :meth:`RequestView.detach`)
-_HOLDERS = ("throttlekit.verdict", "throttlekit.view")
+#: environ/scope keys whose values hold a request view (the verdict, a framework's view),
+#: or the environ itself (werkzeug's cached request, whose environ holds the view): left
+#: out of the copy a detached view keeps (see :meth:`RequestView.detach`)
+_HOLDERS = ("throttlekit.verdict", "throttlekit.view", "werkzeug.request")
 
 
 class RequestView:
