@@ -31,11 +31,11 @@ run flips to a pass when it is met. It prints what it measured::
         --benchmark-enable
 
 To count instructions instead (callgrind: the same count whatever else the machine does),
-run one variant under valgrind, once with 1 round and once with 21, and divide the
-difference by 2,000 requests::
+run one variant under valgrind, once with 1 batch and once with 11, and divide the
+difference by 1,000 requests (use the interpreter itself, not a pyenv shim)::
 
     PYTHONPATH=src valgrind --tool=callgrind --callgrind-out-file=/tmp/cg.out \
-        python benchmarks/bench_frameworks.py flask-tk 21
+        python benchmarks/bench_frameworks.py flask-tk 11
 """
 
 from __future__ import annotations
