@@ -4,6 +4,8 @@ built once per request and kept in its environ, META or scope (:func:`view_of`).
 
 from __future__ import annotations
 
+import contextlib
+import weakref
 from collections.abc import Callable, Mapping, MutableMapping
 from typing import TYPE_CHECKING, Any
 
@@ -13,8 +15,9 @@ from ._request import _UNREADABLE, RequestView
 if TYPE_CHECKING:
     from ._limiter import Limiter
 
-__all__ = ["FRAMEWORK_FORMS", "VIEW_KEY", "FrameworkView", "form_fields", "framework_body",
-           "user_function", "user_id_of", "user_key", "user_or_ip_key", "view_of"]
+__all__ = ["FRAMEWORK_FORMS", "VIEW_KEY", "FrameworkView", "detach_view", "form_fields",
+           "framework_body", "user_function", "user_id_of", "user_key", "user_or_ip_key",
+           "view_of"]
 
 #: environ/scope key: the :class:`FrameworkView` of this request
 VIEW_KEY = "throttlekit.view"
@@ -23,11 +26,38 @@ VIEW_KEY = "throttlekit.view"
 class FrameworkView(RequestView):
     """A :class:`~throttlekit.RequestView` that also carries the framework's own request
     object as ``request`` (a Flask/werkzeug request, a Django ``HttpRequest``, a Starlette
-    ``Request``), for key functions that need, say, ``request.user``."""
+    ``Request``), for key functions that need, say, ``request.user``.
 
-    __slots__ = ("request",)
+    Once the response is over (:meth:`detach`), the view holds the framework's request
+    weakly: ``request`` is that request as long as something else keeps it (the framework,
+    a test client's response, you), else None. The framework's request holds the environ,
+    META or scope, which holds this view: a strong reference would be a cycle.
+    """
 
-    request: Any
+    __slots__ = ("_native",)
+
+    _native: Any
+
+    @property
+    def request(self) -> Any:
+        """The framework's own request object (None when there is none, or once the
+        response is over and nothing else keeps it)."""
+        native = self._native
+        if native.__class__ is weakref.ReferenceType:
+            return native()
+        return native
+
+    @request.setter
+    def request(self, native: Any) -> None:
+        self._native = native
+
+    def detach(self) -> None:
+        """:meth:`RequestView.detach`, and the framework's request held weakly."""
+        super().detach()
+        native = self._native
+        if native is not None and native.__class__ is not weakref.ReferenceType:
+            with contextlib.suppress(TypeError):  # not weakly referable: kept as it is
+                self._native = weakref.ref(native)
 
     # A framework's view (``contrib``) reads a form (urlencoded, multipart) with the
     # framework's own parser, so that the rule sees exactly the fields the view will see
@@ -176,6 +206,14 @@ def framework_body(view: RequestView, read: Callable[[], bytes]) -> bytes | None
     except Exception:
         return None
     return data if len(data) == length else None
+
+
+def detach_view(raw: Mapping[str, Any]) -> None:
+    """The response is over: detach the framework view kept in ``raw`` (if any), so that
+    the request leaves no reference cycle (:meth:`FrameworkView.detach`)."""
+    view = raw.get(VIEW_KEY)
+    if view is not None:
+        view.detach()
 
 
 def view_of(lim: Limiter, raw: MutableMapping[str, Any], native: Any,

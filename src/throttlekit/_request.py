@@ -40,6 +40,10 @@ _METHODS = frozenset(("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"
                       "TRACE"))
 _EMPTY: Mapping[str, str] = {}
 _FORM_TYPES = ("application/x-www-form-urlencoded", "multipart/form-data", "application/json")
+#: environ/scope keys whose values hold a request view (the verdict, a framework's view),
+#: or the environ itself (werkzeug's cached request, whose environ holds the view): left
+#: out of the copy a detached view keeps (see :meth:`RequestView.detach`)
+_HOLDERS = ("throttlekit.verdict", "throttlekit.view", "werkzeug.request")
 
 
 class RequestView:
@@ -63,7 +67,8 @@ class RequestView:
       Content-Disposition headers, a Content-Transfer-Encoding, loose framing...) makes
       the form unreadable, since the app's parser may read it otherwise. (The framework
       integrations read forms with the framework's own parser instead.)
-    - ``raw`` is the WSGI environ or the ASGI scope.
+    - ``raw`` is the WSGI environ or the ASGI scope; once the response is over, a copy of
+      it (see :meth:`detach`).
 
     Not thread-safe (one view per request).
     """
@@ -100,6 +105,31 @@ class RequestView:
         """The view of an ASGI ``http`` or ``websocket`` request; ``body`` is the request
         body when the caller pre-read it (needed for ``form``)."""
         return view_of_scope(cls, scope, resolver, body, max_form_bytes)
+
+    def detach(self) -> None:
+        """The response is over: keep a shallow copy of ``raw`` instead of the environ or
+        scope itself, without throttlekit's entries that hold this view (the verdict, in
+        the scope's ``state`` too).
+
+        The environ holds the verdict, the verdict this view, the view the environ: a
+        reference cycle, which would leave every request's environ or scope, and all that
+        hangs from it, to the cyclic garbage collector. Detached, they are freed as soon as
+        the request is, and every attribute of the view still reads what it did (the
+        copy has the same entries). The entries call it when the response ends.
+        """
+        raw = self.raw
+        raw = raw.copy() if raw.__class__ is dict else dict(raw)
+        for key in _HOLDERS:
+            if key in raw:
+                del raw[key]
+        state = raw.get("state")  # ASGI: the verdict is in scope["state"] too
+        if state.__class__ is dict and _HOLDERS[0] in state:
+            state = state.copy()
+            del state[_HOLDERS[0]]
+            raw["state"] = state
+        if self._headers.__class__ is EnvironHeaders:
+            self._headers = EnvironHeaders(raw)  # it reads the environ: the copy now
+        self.raw = raw
 
     def __repr__(self) -> str:
         return f"<RequestView {self.method} {self.path!r} from {self.client_ip}>"

@@ -139,33 +139,37 @@ class ASGIMiddleware(Entry):
             scope["state"] = {VERDICT_KEY: verdict}
         elif state.__class__ is dict or isinstance(state, MutableMapping):
             state[VERDICT_KEY] = verdict
-        if not verdict.allowed:
-            await self._refuse(send, view, verdict)
-            return
-        if outer is not None:  # an outer entry writes the header set: record ours for it
-            if verdict.policies:
-                scope.setdefault(POLICIES_KEY, []).extend(verdict.policies)
-            own = None
-        else:
-            own = verdict.policies if self.on_allowed else None
-        if ex is not None or own is None:
-            await serve_asgi(self.app, scope, receive, send, ex, own, self.style)
-            return
-        policies = own
-        style = self.style
+        try:
+            if not verdict.allowed:
+                await self._refuse(send, view, verdict)
+                return
+            if outer is not None:  # an outer entry writes the header set: record ours
+                if verdict.policies:
+                    scope.setdefault(POLICIES_KEY, []).extend(verdict.policies)
+                own = None
+            else:
+                own = verdict.policies if self.on_allowed else None
+            if ex is not None or own is None:
+                await serve_asgi(self.app, scope, receive, send, ex, own, self.style)
+                return
+            policies = own
+            style = self.style
 
-        # A plain function returning send's awaitable: one coroutine less per message.
-        def add_headers(message: Message) -> Awaitable[None]:
-            # header_policies, inlined (every allowed request pays it)
-            if message["type"] == "http.response.start" and not scope.get(DENIED_KEY):
-                inner = scope.get(POLICIES_KEY)
-                found = [*policies, *inner] if inner else policies
-                if found:
-                    message = {**message, "headers": [
-                        *(message.get("headers") or ()), *rate_limit_headers_raw(found, style)]}
-            return send(message)
+            # A plain function returning send's awaitable: one coroutine less per message.
+            def add_headers(message: Message) -> Awaitable[None]:
+                # header_policies, inlined (every allowed request pays it)
+                if message["type"] == "http.response.start" and not scope.get(DENIED_KEY):
+                    inner = scope.get(POLICIES_KEY)
+                    found = [*policies, *inner] if inner else policies
+                    if found:
+                        message = {**message, "headers": [
+                            *(message.get("headers") or ()),
+                            *rate_limit_headers_raw(found, style)]}
+                return send(message)
 
-        await self.app(scope, receive, add_headers)
+            await self.app(scope, receive, add_headers)
+        finally:
+            view.detach()  # the response is over: no reference cycle (RequestView.detach)
 
     async def _refuse(self, send: Send, view: RequestView, verdict: Verdict) -> None:
         denial = self.responder.refuse(verdict, verdict.policies, view.headers.get("accept"))
@@ -179,6 +183,14 @@ class ASGIMiddleware(Entry):
         engine = limiter.engine
         verdict = await engine.aevaluate(view) if engine.remote else engine.evaluate(view)
         _keep(scope, verdict)
+        try:
+            await self._serve_socket(scope, receive, send, view, verdict)
+        finally:
+            view.detach()  # the connection is over: no reference cycle
+
+    async def _serve_socket(self, scope: Scope, receive: Receive, send: Send,
+                            view: RequestView, verdict: Verdict) -> None:
+        limiter = self.limiter
         if not verdict.allowed:
             # The handshake has to be received before it can be answered.
             message = await receive()

@@ -104,6 +104,7 @@ class WSGIMiddleware(Entry):
             accept = environ.get("HTTP_ACCEPT")
             denial = self.responder.refuse(verdict, verdict.policies, accept)
             start_response(status_line(denial.status), list(denial.headers))
+            view.detach()
             return [denial.body]
         policies: Sequence[tuple[str, Decision]] | None = verdict.policies
         if outer is not None:
@@ -112,23 +113,27 @@ class WSGIMiddleware(Entry):
             policies = None
         elif not self.on_allowed:
             policies = None
-        if ex is not None:
-            return self._settling(environ, start_response, ex, policies)
-        if policies is None:
-            return self.app(environ, start_response)
-        style = self.style
+        try:
+            if ex is not None:
+                return self._settling(environ, start_response, ex, policies)
+            if policies is None:
+                return self.app(environ, start_response)
+            style = self.style
 
-        def add_headers(status: str, headers: list[tuple[str, str]], exc_info: Any = None
-                        ) -> Callable[[bytes], object]:
-            # header_policies, inlined (every allowed request pays it)
-            if not environ.get(DENIED_KEY):
-                inner = environ.get(POLICIES_KEY)
-                found = [*policies, *inner] if inner else policies
-                if found:
-                    headers = [*headers, *rate_limit_headers(found, style)]
-            return start_response(status, headers, exc_info)
+            def add_headers(status: str, headers: list[tuple[str, str]], exc_info: Any = None
+                            ) -> Callable[[bytes], object]:
+                # header_policies, inlined (every allowed request pays it)
+                if not environ.get(DENIED_KEY):
+                    inner = environ.get(POLICIES_KEY)
+                    found = [*policies, *inner] if inner else policies
+                    if found:
+                        headers = [*headers, *rate_limit_headers(found, style)]
+                return start_response(status, headers, exc_info)
 
-        return self.app(environ, add_headers)
+            return self.app(environ, add_headers)
+        finally:
+            # the response is handed over: no reference cycle (see RequestView.detach)
+            view.detach()
 
     def _settling(
         self, environ: WSGIEnvironment, start_response: StartResponse, ex: Exchange,

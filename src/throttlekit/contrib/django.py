@@ -46,7 +46,7 @@ from .._decorators import DENIED_KEY, HANDLED_KEY, aevaluate, decorate, evaluate
 from .._decorators import exempt as _exempt
 from .._errors import ConfigError
 from .._exchange import OWNER_KEY, abegin, begin, header_policies
-from .._frameworkview import FrameworkView, framework_body, view_of
+from .._frameworkview import FrameworkView, detach_view, framework_body, view_of
 from .._limitspec import Group, group_of, make_spec, qualified_name
 from .._responder import reason
 from .._responses import rate_limit_headers
@@ -303,16 +303,19 @@ class ThrottleMiddleware:
         outer = self._owner(lim, meta)
         if outer is lim:  # an outer entry of this limiter ran the pipeline already
             return self.get_response(request)
-        verdict, ex = begin(lim, lim.evaluate(view_of(lim, meta, request, DjangoView)))
-        refusal = self._admit(lim, request, verdict)
-        if refusal is not None:
-            return refusal
-        if ex is None:
-            return self._headers(lim, meta, self.get_response(request), outer)
-        with ex:  # the lease and count_when, whatever ends the request
-            response = self.get_response(request)
-            ex.respond(response.status_code, list(response.items()))
-        return self._headers(lim, meta, response, outer)
+        try:
+            verdict, ex = begin(lim, lim.evaluate(view_of(lim, meta, request, DjangoView)))
+            refusal = self._admit(lim, request, verdict)
+            if refusal is not None:
+                return refusal
+            if ex is None:
+                return self._headers(lim, meta, self.get_response(request), outer)
+            with ex:  # the lease and count_when, whatever ends the request
+                response = self.get_response(request)
+                ex.respond(response.status_code, list(response.items()))
+            return self._headers(lim, meta, response, outer)
+        finally:
+            detach_view(meta)  # the response is over: no reference cycle
 
     async def __acall__(self, request: HttpRequest) -> Any:
         if self._generation != _generation[0]:
@@ -326,17 +329,20 @@ class ThrottleMiddleware:
         outer = self._owner(lim, meta)
         if outer is lim:  # an outer entry of this limiter ran the pipeline already
             return await self.get_response(request)
-        verdict, ex = await abegin(
-            lim, await lim.aevaluate(view_of(lim, meta, request, DjangoView)))
-        refusal = self._admit(lim, request, verdict)
-        if refusal is not None:
-            return refusal
-        if ex is None:
-            return self._headers(lim, meta, await self.get_response(request), outer)
-        async with ex:  # the lease and count_when, whatever ends the request
-            response = await self.get_response(request)
-            ex.respond(response.status_code, list(response.items()))
-        return self._headers(lim, meta, response, outer)
+        try:
+            verdict, ex = await abegin(
+                lim, await lim.aevaluate(view_of(lim, meta, request, DjangoView)))
+            refusal = self._admit(lim, request, verdict)
+            if refusal is not None:
+                return refusal
+            if ex is None:
+                return self._headers(lim, meta, await self.get_response(request), outer)
+            async with ex:  # the lease and count_when, whatever ends the request
+                response = await self.get_response(request)
+                ex.respond(response.status_code, list(response.items()))
+            return self._headers(lim, meta, response, outer)
+        finally:
+            detach_view(meta)  # the response is over: no reference cycle
 
     @staticmethod
     def _owner(lim: Limiter, meta: dict[str, Any]) -> Any:

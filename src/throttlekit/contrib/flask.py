@@ -41,7 +41,7 @@ from werkzeug.wrappers import Response
 from .._adapters import Adapter, Found, register_adapter
 from .._decorators import DENIED_KEY, HANDLED_KEY, POLICIES_KEY, decorate, evaluate, exempt, record
 from .._exchange import OWNER_KEY
-from .._frameworkview import FrameworkView, framework_body, user_id_of, view_of
+from .._frameworkview import FrameworkView, detach_view, framework_body, user_id_of, view_of
 from .._limitspec import Group, endpoint_name, group_of, make_spec
 from .._responder import status_line
 from .._responses import rate_limit_headers
@@ -244,6 +244,7 @@ class Throttle:
         app.extensions[_EXT] = self
         app.before_request(self._before)
         app.after_request(self._after)
+        app.teardown_request(self._teardown)
         warn_memory_multiworker(lim)
 
     # -- decorators (the same as the limiter's; usable before init_app) -------------------
@@ -309,6 +310,12 @@ class Throttle:
         if not verdict.allowed:
             environ[DENIED_KEY] = True
             raise rate_limited(lim, verdict)
+
+    @staticmethod
+    def _teardown(exc: BaseException | None) -> None:
+        # the request is over: its view lets go of the environ and of Flask's request,
+        # which hold it (no reference cycle; see FrameworkView.detach)
+        detach_view(request.environ)
 
     def _after(self, response: Response) -> Response:
         lim = self._limiter_obj

@@ -451,38 +451,41 @@ class ThrottleMiddleware:
         if outer is None:
             scope[OWNER_KEY] = lim
         view = view_of(lim, scope, None, asgi=True)
-        group, entries = self._entries(scope)
-        if (
-            view.body is None
-            and ((self.rules and lim.engine.rules.needs_form)
-                 or any(s.uses_form for _, s in entries))
-            and has_small_form(scope, view.max_form_bytes)
-        ):  # a rule reads the form: read the body first, and replay it to the app
-            view.body, receive = await read_ahead(receive, view.max_form_bytes)
-            await read_form(view, scope)
-        ex = None
-        if self.rules and outer is not lim:  # (an outer entry of this limiter ran them)
-            verdict = await lim.aevaluate(view)
-            mark = scope.get(CHALLENGE_KEY)
-            if mark is not None and mark.reads_form and view.body is None and has_small_form(
-                scope, view.max_form_bytes
-            ):  # the challenge step answers this post itself: it reads its form
+        try:
+            group, entries = self._entries(scope)
+            if (
+                view.body is None
+                and ((self.rules and lim.engine.rules.needs_form)
+                     or any(s.uses_form for _, s in entries))
+                and has_small_form(scope, view.max_form_bytes)
+            ):  # a rule reads the form: read the body first, and replay it to the app
                 view.body, receive = await read_ahead(receive, view.max_form_bytes)
                 await read_form(view, scope)
-            verdict, ex = await abegin(lim, verdict)
-            scope[VERDICT_KEY] = verdict
-            if not verdict.allowed:
-                await self._refuse(lim, verdict, scope, send)
+            ex = None
+            if self.rules and outer is not lim:  # (an outer entry of this limiter ran them)
+                verdict = await lim.aevaluate(view)
+                mark = scope.get(CHALLENGE_KEY)
+                if mark is not None and mark.reads_form and view.body is None and has_small_form(
+                    scope, view.max_form_bytes
+                ):  # the challenge step answers this post itself: it reads its form
+                    view.body, receive = await read_ahead(receive, view.max_form_bytes)
+                    await read_form(view, scope)
+                verdict, ex = await abegin(lim, verdict)
+                scope[VERDICT_KEY] = verdict
+                if not verdict.allowed:
+                    await self._refuse(lim, verdict, scope, send)
+                    return
+                if verdict.policies:
+                    record(ADAPTER, scope, None, verdict)
+            if group is not None:
+                scope[HANDLED_KEY] = group
+            if ex is None:
+                await self._serve(lim, scope, receive, send, view, entries, outer, None)
                 return
-            if verdict.policies:
-                record(ADAPTER, scope, None, verdict)
-        if group is not None:
-            scope[HANDLED_KEY] = group
-        if ex is None:
-            await self._serve(lim, scope, receive, send, view, entries, outer, None)
-            return
-        async with ex:  # the lease and count_when, whatever ends the request
-            await self._serve(lim, scope, receive, send, view, entries, outer, ex)
+            async with ex:  # the lease and count_when, whatever ends the request
+                await self._serve(lim, scope, receive, send, view, entries, outer, ex)
+        finally:
+            view.detach()  # the response is over: no reference cycle
 
     async def _serve(self, lim: Limiter, scope: Scope, receive: Receive, send: Send,
                      view: RequestView, entries: tuple[Any, ...], outer: Any,

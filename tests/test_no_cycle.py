@@ -1,0 +1,270 @@
+"""No reference cycle through throttlekit's objects once a request is over (issue 14).
+
+The environ or scope holds the verdict, the verdict its request view, the view the environ:
+unless the entry breaks that cycle when the response is over (``RequestView.detach``), every
+request's environ or scope, and everything hanging from it, waits for the cyclic garbage
+collector instead of being freed by reference counting. Each test runs requests with the
+collector off, drops every reference the test holds, then lets ``gc.collect`` find what only
+a cycle kept alive: none of throttlekit's objects, and no environ/scope, may be among them.
+(The frameworks' own cycles, which bare Flask has too, are not counted.)
+"""
+
+from __future__ import annotations
+
+import asyncio
+import gc
+import io
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import pytest
+
+from throttlekit import ASGIMiddleware, Limiter, RequestView, Verdict, WSGIMiddleware
+from throttlekit._decision import Decision
+
+PEER = "198.51.100.7"
+
+
+@pytest.fixture
+def garbage() -> Iterator[Callable[[], list[str]]]:
+    """``found()``: the throttlekit objects and environs/scopes only a cycle kept alive
+    since the fixture began (the collector off meanwhile)."""
+    gc.collect()
+    was = gc.isenabled()
+    gc.disable()
+    gc.set_debug(gc.DEBUG_SAVEALL)
+
+    def found() -> list[str]:
+        gc.collect()
+        names = []
+        for obj in gc.garbage:
+            cls = type(obj)  # (isinstance would call dead weak proxies in there)
+            if issubclass(cls, (RequestView, Verdict, Decision)):
+                names.append(cls.__name__)
+            elif cls is dict and (
+                "throttlekit.verdict" in obj or "throttlekit.owner" in obj
+            ):
+                names.append("environ/scope")
+        gc.garbage.clear()
+        return names
+
+    try:
+        yield found
+    finally:
+        gc.set_debug(0)
+        gc.garbage.clear()
+        if was:
+            gc.enable()
+
+
+def _environ(path: str = "/") -> dict[str, Any]:
+    return {
+        "REQUEST_METHOD": "GET", "SCRIPT_NAME": "", "PATH_INFO": path, "QUERY_STRING": "",
+        "SERVER_NAME": "t", "SERVER_PORT": "80", "SERVER_PROTOCOL": "HTTP/1.1",
+        "REMOTE_ADDR": PEER, "HTTP_HOST": "t", "wsgi.url_scheme": "http",
+        "wsgi.input": io.BytesIO(b""), "wsgi.errors": io.StringIO(),
+    }
+
+
+def _call_wsgi(app: Any, environ: dict[str, Any]) -> tuple[str, bytes]:
+    statuses: list[str] = []
+
+    def start_response(status: str, headers: Any, exc_info: Any = None) -> Any:
+        statuses.append(status)
+        return None
+
+    result = app(environ, start_response)
+    try:
+        body = b"".join(result)
+    finally:
+        close = getattr(result, "close", None)
+        if close is not None:
+            close()
+    return statuses[-1], body
+
+
+def _raw_app(environ: dict[str, Any], start_response: Any) -> list[bytes]:
+    verdict = environ["throttlekit.verdict"]
+    start_response("200 OK", [("Content-Type", "text/plain")])
+    return [f"{verdict.kind} {verdict.request.path}".encode()]
+
+
+@pytest.mark.parametrize("rules", ["plain", "count_when"])
+def test_wsgi_middleware_leaves_no_cycle(garbage: Callable[[], list[str]], rules: str) -> None:
+    """Allowed and refused requests through WSGIMiddleware, with and without an exchange
+    to settle: nothing of theirs is left to the cyclic collector."""
+    lim = Limiter()
+    if rules == "plain":
+        lim.throttle("per-ip", "3/minute")
+    else:
+        lim.throttle("errors", "3/minute", count_when=lambda response: response.status_code < 500)
+    app = WSGIMiddleware(_raw_app, lim)
+    statuses = [_call_wsgi(app, _environ())[0] for _ in range(5)]
+    assert statuses[:3] == ["200 OK"] * 3 and statuses[-1].startswith("429")
+    assert garbage() == []
+
+
+def test_detached_view_reads_the_same(garbage: Callable[[], list[str]]) -> None:
+    """After the response, the verdict in the environ still leads to a view whose every
+    attribute reads what it read during the request (the view keeps a copy of the
+    environ, without the verdict)."""
+    lim = Limiter()
+    lim.throttle("per-ip", "10/minute")
+    seen: dict[str, Any] = {}
+
+    def app(environ: dict[str, Any], start_response: Any) -> list[bytes]:
+        view = environ["throttlekit.verdict"].request
+        assert view.raw is environ  # during the request: the environ itself
+        seen["path"] = view.path
+        start_response("200 OK", [])
+        return [b"ok"]
+
+    environ = _environ("/café".encode().decode("latin-1"))
+    environ["HTTP_X_TOKEN"] = "abc"
+    environ["QUERY_STRING"] = "a=1"
+    assert _call_wsgi(WSGIMiddleware(app, lim), environ)[0] == "200 OK"
+    verdict = environ["throttlekit.verdict"]
+    view = verdict.request
+    assert verdict.allowed and verdict.decision is not None
+    assert view.raw is not environ and "throttlekit.verdict" not in view.raw
+    assert view.raw["HTTP_X_TOKEN"] == "abc"
+    assert (view.method, view.path, view.query, view.scheme) == ("GET", seen["path"], "a=1",
+                                                                "http")
+    assert view.headers["x-token"] == "abc" and view.client_ip == PEER
+    assert view.client_key == PEER and dict(view.form) == {}
+    del environ, verdict, view
+    assert garbage() == []
+
+
+def _scope(path: str = "/") -> dict[str, Any]:
+    return {
+        "type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1", "method": "GET",
+        "scheme": "http", "path": path, "raw_path": path.encode(), "query_string": b"",
+        "root_path": "", "headers": [(b"host", b"t"), (b"x-token", b"abc")],
+        "client": (PEER, 5000), "server": ("t", 80),
+    }
+
+
+def _call_asgi(app: Any, scope: dict[str, Any]) -> int:
+    statuses: list[int] = []
+
+    async def receive() -> dict[str, Any]:
+        return {"type": "http.request", "body": b"", "more_body": False}
+
+    async def send(message: dict[str, Any]) -> None:
+        if message["type"] == "http.response.start":
+            statuses.append(message["status"])
+
+    loop = asyncio.new_event_loop()
+    try:
+        loop.run_until_complete(app(scope, receive, send))
+    finally:
+        loop.close()
+    return statuses[-1]
+
+
+async def _raw_asgi(scope: dict[str, Any], receive: Any, send: Any) -> None:
+    verdict = scope["throttlekit.verdict"]
+    assert scope["state"]["throttlekit.verdict"] is verdict
+    await send({"type": "http.response.start", "status": 200, "headers": []})
+    await send({"type": "http.response.body", "body": verdict.request.path.encode()})
+
+
+@pytest.mark.parametrize("rules", ["plain", "count_when"])
+def test_asgi_middleware_leaves_no_cycle(garbage: Callable[[], list[str]], rules: str) -> None:
+    """Allowed and refused requests through ASGIMiddleware (the verdict in the scope and
+    in its ``state``): nothing of theirs is left to the cyclic collector; the verdict kept
+    in the scope still reads its view's attributes."""
+    lim = Limiter()
+    if rules == "plain":
+        lim.throttle("per-ip", "3/minute")
+    else:
+        lim.throttle("errors", "3/minute", count_when=lambda response: response.status_code < 500)
+    app = ASGIMiddleware(_raw_asgi, lim)
+    scopes = [_scope() for _ in range(5)]
+    statuses = [_call_asgi(app, scope) for scope in scopes]
+    assert statuses[:3] == [200] * 3 and statuses[-1] == 429
+    view = scopes[0]["throttlekit.verdict"].request
+    assert view.raw is not scopes[0] and view.headers["x-token"] == "abc"
+    assert "throttlekit.verdict" not in view.raw["state"]
+    assert scopes[0]["state"]["throttlekit.verdict"].request is view
+    del scopes, view
+    assert garbage() == []
+
+
+def test_flask_integration_leaves_no_cycle(garbage: Callable[[], list[str]]) -> None:
+    """Flask: the Throttle extension (a decorated view, default limits) behind
+    WSGIMiddleware: no throttlekit object left to the cyclic collector."""
+    flask = pytest.importorskip("flask")
+    from throttlekit.contrib.flask import Throttle, decision
+
+    app = flask.Flask("nocycle")
+    lim = Limiter()
+    lim.throttle("per-ip", "100/minute")
+    tk = Throttle(app, lim, default_limits="50/minute")
+
+    @app.route("/limited")
+    @tk.limit("3/minute")
+    def limited() -> str:
+        found = decision()
+        return f"{found.remaining if found else None}"
+
+    @app.route("/plain")
+    def plain() -> str:
+        return "ok"
+
+    app.wsgi_app = WSGIMiddleware(app.wsgi_app, lim)  # type: ignore[method-assign]
+    got = [_call_wsgi(app, _environ("/limited")) for _ in range(3)]
+    assert got == [("200 OK", b"2"), ("200 OK", b"1"), ("200 OK", b"0")]
+    assert _call_wsgi(app, _environ("/plain")) == ("200 OK", b"ok")
+    assert garbage() == []
+    # A refusal from the extension is an exception Flask handles: its traceback's frames
+    # form a cycle of Flask's own (bare Flask's abort(429) too), which holds the environ;
+    # the refusal is checked where it is throttlekit's alone: the middleware's.
+    assert _call_wsgi(app, _environ("/limited"))[0] == "429 Too Many Requests"
+
+
+def test_starlette_integration_leaves_no_cycle(garbage: Callable[[], list[str]]) -> None:
+    """Starlette/FastAPI: the Throttle middleware with rules and a decorated endpoint:
+    no throttlekit object left to the cyclic collector."""
+    fastapi = pytest.importorskip("fastapi")
+    from throttlekit.contrib.fastapi import Throttle
+
+    app = fastapi.FastAPI()
+    lim = Limiter()
+    lim.throttle("per-ip", "100/minute")
+
+    @app.get("/limited")
+    @lim.limit("3/minute")
+    async def limited() -> dict[str, str]:
+        return {"ok": "yes"}
+
+    Throttle(app, lim)
+    statuses = [_call_asgi(app, _scope("/limited")) for _ in range(4)]
+    assert statuses == [200, 200, 200, 429]
+    assert garbage() == []
+
+
+def test_django_integration_leaves_no_cycle(garbage: Callable[[], list[str]]) -> None:
+    """Django: ThrottleMiddleware with rules and a decorated view (``request.throttle``):
+    no throttlekit object left to the cyclic collector."""
+    pytest.importorskip("django")
+    from django.core.handlers.wsgi import WSGIHandler
+    from django.http import HttpResponse
+    from django.urls import path
+
+    import django_config
+    from throttlekit.contrib import django as tk
+
+    @tk.limit("3/minute")
+    def item(request: Any) -> HttpResponse:
+        return HttpResponse(str(request.throttle.remaining))
+
+    with django_config.fresh_urlconf() as urls, django_config.throttlekit_settings():
+        urls.urlpatterns = [path("item", item)]  # type: ignore[attr-defined]
+        handler = WSGIHandler()  # as a WSGI server calls it (the test Client's responses
+        got = [_call_wsgi(handler, _environ("/item")) for _ in range(3)]  # are cyclic)
+        assert [b for _, b in got] == [b"2", b"1", b"0"]
+        assert garbage() == []
+        assert _call_wsgi(handler, _environ("/item"))[0].startswith("429")
+        assert garbage() == []
