@@ -181,7 +181,8 @@ def _public(view: RequestView) -> tuple[Any, ...]:
 
 
 def test_middleware_builds_the_views_from_scope_and_from_environ_build() -> None:
-    """The views the middleware builds inline answer as RequestView.from_scope/_environ."""
+    """The views the middleware builds answer as RequestView.from_scope/_environ (compared
+    while the request is served: afterwards the view holds a copy of it, detached)."""
     from throttlekit import ASGIMiddleware, WSGIMiddleware
 
     limiter = Limiter()
@@ -196,7 +197,8 @@ def test_middleware_builds_the_views_from_scope_and_from_environ_build() -> None
     seen: list[Any] = []
 
     async def app(scope: Any, receive: Any, send: Any) -> None:
-        seen.append(scope)
+        seen.append((_public(scope["throttlekit.verdict"].request),
+                     _public(RequestView.from_scope(scope, limiter.resolver))))
         await send({"type": "http.response.start", "status": 200, "headers": []})
         await send({"type": "http.response.body", "body": b""})
 
@@ -209,11 +211,12 @@ def test_middleware_builds_the_views_from_scope_and_from_environ_build() -> None
     asgi = ASGIMiddleware(app, limiter)
     for scope in scopes:
         asyncio.run(asgi(scope, receive, send))
-        view = seen[-1]["throttlekit.verdict"].request
-        assert _public(view) == _public(RequestView.from_scope(scope, limiter.resolver))
+        built, expected = seen[-1]
+        assert built == expected
 
     def wsgi_app(environ: Any, start_response: Any) -> list[bytes]:
-        seen.append(environ)
+        seen.append((_public(environ["throttlekit.verdict"].request),
+                     _public(RequestView.from_environ(environ, limiter.resolver))))
         start_response("200 OK", [])
         return [b""]
 
@@ -221,5 +224,5 @@ def test_middleware_builds_the_views_from_scope_and_from_environ_build() -> None
     for environ in ({"REQUEST_METHOD": "PUT", "PATH_INFO": "/caf\xc3\xa9", "REMOTE_ADDR": "::1",
                      "HTTP_X_Y": "z", "QUERY_STRING": "q"}, {"REQUEST_METHOD": 7}):
         wsgi(environ, lambda status, headers, exc_info=None: None)
-        view = seen[-1]["throttlekit.verdict"].request
-        assert _public(view) == _public(RequestView.from_environ(environ, limiter.resolver))
+        built, expected = seen[-1]
+        assert built == expected

@@ -145,7 +145,7 @@ def _checked(found: tuple[list[Network], int, str | None], what: str) -> list[Ne
         raise LoadError(f"{bad} of {bad + len(entries)} entries of {what} are not addresses "
                         f"or networks (first: {first_bad!r}): not a blocklist?")
     if bad:
-        logger.warning("throttlekit: skipped %d entries of %s that are not addresses or "
+        logger.warning("skipped %d entries of %s that are not addresses or "
                        "networks (first: %r)", bad, what, first_bad)
     return entries
 
@@ -525,7 +525,7 @@ class Blocklist:
                 # a stream's delta may be lost (the LAPI counts it as pulled): ask for
                 # the whole list again
                 source.started = False
-            logger.warning("throttlekit: blocklist %s not reloaded, keeping the last good "
+            logger.warning("blocklist %s not reloaded, keeping the last good "
                            "list (%d entries): %s", source, len(self._set), self.last_error)
             return False
         self.loaded_at = self._clock()

@@ -93,5 +93,5 @@ async def asettle(lim: Limiter, pending: list[Verdict], status: int) -> None:
 
 
 def _log(verdict: Verdict, exc: BaseException) -> None:
-    logger.error("throttlekit: settling the count_when of limit %r failed: %s: %s",
+    logger.error("settling the count_when of limit %r failed: %s: %s",
                  verdict.rule, type(exc).__name__, exc)
