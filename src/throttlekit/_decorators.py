@@ -408,11 +408,7 @@ def _wrap(fn: Callable[..., Any], group: Group) -> Callable[..., Any]:
                 answer = await _aweb_limits(lim, group, found)
                 if answer is not None:
                     return answer
-                raw = found[1]
-                pending = raw.pop(PENDING_KEY, None)
-                kept = raw.get(DECISION_KEY)
-                if kept is not None:  # what the view reads, for current_decision()
-                    CURRENT.set(kept)
+                pending = _served(found[1])
             try:
                 if pending is None:
                     return await fn(*args, **kwargs)
@@ -440,11 +436,7 @@ def _wrap(fn: Callable[..., Any], group: Group) -> Callable[..., Any]:
                 answer = _web_limits(lim, group, found)
                 if answer is not None:
                     return answer
-                raw = found[1]
-                pending = raw.pop(PENDING_KEY, None)
-                kept = raw.get(DECISION_KEY)
-                if kept is not None:  # what the view reads, for current_decision()
-                    CURRENT.set(kept)
+                pending = _served(found[1])
             try:
                 if pending is None:
                     return fn(*args, **kwargs)
@@ -598,3 +590,11 @@ def answer(lim: Limiter, found: Found, verdict: Verdict | None) -> Any:
         return None
     raw[DENIED_KEY] = True
     return adapter.refuse(lim, found, verdict)
+
+
+def _served(raw: Any) -> Any:
+    """The count_when charges an integration left to settle; sets what the view reads."""
+    pending = raw.pop(PENDING_KEY, None)
+    if (kept := raw.get(DECISION_KEY)) is not None:  # current_decision()
+        CURRENT.set(kept)
+    return pending

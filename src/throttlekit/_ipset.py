@@ -228,12 +228,7 @@ class IPSet:
             version, value = parsed
             if version == 6:
                 return self._has_v6(value)
-        bucket = self._v4.get(value >> 16)
-        if bucket is None:
-            return False
-        low = value & 0xFFFF
-        i = bisect_right(bucket[0], low) - 1
-        return i >= 0 and low <= bucket[1][i]
+        return self._has_v4(value)  # (the flat layout's own, in a large set)
 
     def _has_v4(self, value: int) -> bool:
         bucket = self._v4.get(value >> 16)
@@ -305,25 +300,6 @@ class _FlatIPSet(IPSet):
     fast as a small one (``benchmarks/bench_ipset.py``)."""
 
     __slots__ = ()
-
-    def __contains__(self, ip: object) -> bool:
-        if type(ip) is str and ":" not in ip:
-            try:
-                value = _from_bytes(_inet_pton(_AF_INET, ip), "big")
-            except (OSError, ValueError):
-                return False
-        else:
-            parsed = ip_to_int(ip)
-            if parsed is None:
-                return False
-            version, value = parsed
-            if version == 6:
-                return self._has_v6(value)
-        b = value >> 16
-        offsets = self._v4_offsets
-        lo = offsets[b]
-        hi = offsets[b + 1]
-        return lo != hi and (bisect_right(self._v4_bounds, value & 0xFFFF, lo, hi) - lo) & 1 == 1
 
     def _has_v4(self, value: int) -> bool:
         b = value >> 16

@@ -111,16 +111,6 @@ class OTelExporter:
         return observe
 
 
-def instrument(
-    monitor: Monitor,
-    shield: Shield | None = None,
-    *,
-    meter_provider: Any = None,
-    offenders: int = 10,
-    namespace: str = "throttlekit",
-    near_limit: NearLimit | None = None,
-) -> OTelExporter:
-    """Publish ``monitor`` (and ``shield``) as OpenTelemetry metrics; see
-    :class:`OTelExporter`."""
-    return OTelExporter(monitor, shield, meter_provider=meter_provider, offenders=offenders,
-                        namespace=namespace, near_limit=near_limit)
+#: ``instrument(monitor, shield, meter_provider=..., ...)``: publish ``monitor`` (and
+#: ``shield``) as OpenTelemetry metrics; the :class:`OTelExporter` that does it
+instrument = OTelExporter
