@@ -142,10 +142,11 @@ class Engine:
         if self.watcher is not None and self.enabled:
             self.watcher.poll()  # a reload swaps self.rules: read them after
         rules = self.rules
-        # the throttles before the flag: a rule is registered with ``fast`` cleared before
-        # it is published in ``throttles``, so a dry-run or count_when throttle added by
-        # another thread meanwhile is never decided here as a plain one
+        # throttles, index, then the flag: a rule is registered with ``fast`` cleared before
+        # it is published in ``index`` then ``throttles``, so a rule added by another thread
+        # meanwhile is never decided here as plain, nor asked without its conditions
         throttles = rules.throttles
+        index = rules.index
         if rules.fast and self.enabled:
             blocks = self.local_blocks
             if blocks is not None and not blocks and not self.listeners.active:
@@ -162,23 +163,28 @@ class Engine:
                     disc1 = ""
                     cost1 = 0
                     several: list[_Throttle] | None = None  # when several apply
+                    if index is not None:  # only the rules whose conditions hold
+                        throttles = index.candidates(view)
                     for rule in throttles:
-                        ck = view.client_key if rule.simple else None  # applies()' 1st case
-                        found: tuple[str, int] | None = (  # (a simple rule's cost is an int)
-                            (ck, rule.cost) if ck else applies(self, rule, view))  # type: ignore[assignment]
-                        if found is None:
-                            continue
+                        if rule.simple and (disc := view.client_key):  # applies()' 1st case
+                            cost: int = rule.cost  # type: ignore[assignment]  # an int
+                        else:
+                            found = applies(self, rule, view)
+                            if found is None:
+                                continue
+                            disc, cost = found
                         if rule1 is None:
                             rule1 = rule
-                            disc1, cost1 = found
+                            disc1 = disc
+                            cost1 = cost
                         elif several is None:
                             several = [rule1, rule]
-                            discs = [disc1, found[0]]
-                            costs = [cost1, found[1]]
+                            discs = [disc1, disc]
+                            costs = [cost1, cost]
                         else:
                             several.append(rule)
-                            discs.append(found[0])
-                            costs.append(found[1])
+                            discs.append(disc)
+                            costs.append(cost)
                     if rule1 is None:
                         return Verdict(True, "allowed", None, None, None, [], False, view)
                     clock = self.limiter.clock

@@ -35,6 +35,7 @@ if TYPE_CHECKING:
     from ._limitspec import LimitOptions
     from ._rates import Rate
     from ._request import RequestView
+    from ._ruleindex import Conditions
     from ._rules import Escalate, ResponseInfo, Verdict
     from ._rulesfile import RuleSet
     from .storage.base import Block
@@ -306,6 +307,7 @@ class Limiter:
         dry_run: bool = False,
         count_when: Callable[[ResponseInfo], Any] | None = None,
         on_unreadable: str = "client",
+        **conditions: Unpack[Conditions],
     ) -> None:
         """Limit requests that ``match`` (default: all) to ``rates`` per ``key``.
 
@@ -323,10 +325,12 @@ class Limiter:
         its client key, in a namespace of its own (``"#client:<key>"``); ``"refuse"``
         refuses it (429). A key of None from a readable request still means the rule
         does not apply. Keys over 200 characters, or starting with ``#``, are stored as
-        their SHA-256 (``"#sha256:<hex>"``). See ``docs/rules.md``.
+        their SHA-256 (``"#sha256:<hex>"``). ``methods``, ``paths`` (exact),
+        ``path_prefix``, ``hosts``: what the rule matches, declared (all must hold, with
+        ``match``), so requests it cannot match skip it unasked. See ``docs/rules.md``.
         """
         self.engine.rules.add_throttle(name, rates, match, key, strategy, cost, burst, dry_run,
-                                 count_when, on_unreadable)
+                                       count_when, on_unreadable, **conditions)
 
     def set_rule_rates(self, name: str, rates: RatesLike) -> tuple[Rate, ...]:
         """Replace the rates of the throttle rule ``name`` (shield mode uses this to

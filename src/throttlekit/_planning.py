@@ -123,7 +123,9 @@ def plan(engine: Engine, rules: Rules, view: RequestView) -> Plan | Verdict:
         return p  # refused whatever the storage says: charge no throttle for it
     checks = p.checks
     throttles = p.throttles
-    for rule in rules.throttles:
+    every = rules.throttles
+    index = rules.index  # after the throttles (see Rules.index)
+    for rule in every if index is None else index.candidates(view):
         found = applies(engine, rule, view)
         if found is None:
             continue
