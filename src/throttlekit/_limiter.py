@@ -21,7 +21,7 @@ from ._keys import MAX_KEY_LENGTH, bound_key
 from ._resilience import ON_STORAGE_ERROR, ResilientStore, resilient
 from ._settings import check_settings, storage_of
 from ._subscribe import subscribe
-from ._typing import CallbackT, FuncT, KeyLike, RatesLike
+from ._typing import CallbackT, FuncT, KeyLike, RatesLike, Strings
 from .storage import Storage
 
 if TYPE_CHECKING:
@@ -35,7 +35,6 @@ if TYPE_CHECKING:
     from ._limitspec import LimitOptions
     from ._rates import Rate
     from ._request import RequestView
-    from ._ruleindex import Conditions
     from ._rules import Escalate, ResponseInfo, Verdict
     from ._rulesfile import RuleSet
     from .storage.base import Block
@@ -307,7 +306,8 @@ class Limiter:
         dry_run: bool = False,
         count_when: Callable[[ResponseInfo], Any] | None = None,
         on_unreadable: str = "client",
-        **conditions: Unpack[Conditions],
+        methods: Strings = None, paths: Strings = None, path_prefix: Strings = None,
+        hosts: Strings = None,
     ) -> None:
         """Limit requests that ``match`` (default: all) to ``rates`` per ``key``.
 
@@ -325,12 +325,12 @@ class Limiter:
         its client key, in a namespace of its own (``"#client:<key>"``); ``"refuse"``
         refuses it (429). A key of None from a readable request still means the rule
         does not apply. Keys over 200 characters, or starting with ``#``, are stored as
-        their SHA-256 (``"#sha256:<hex>"``). ``methods``, ``paths`` (exact),
-        ``path_prefix``, ``hosts``: what the rule matches, declared (all must hold, with
-        ``match``), so requests it cannot match skip it unasked. See ``docs/rules.md``.
+        their SHA-256 (``"#sha256:<hex>"``). ``methods``, ``paths``, ``path_prefix``, ``hosts``:
+        what the rule matches, declared (indexed: other requests skip it). See docs/rules.md.
         """
         self.engine.rules.add_throttle(name, rates, match, key, strategy, cost, burst, dry_run,
-                                       count_when, on_unreadable, **conditions)
+                                       count_when, on_unreadable, methods=methods, paths=paths,
+                                       path_prefix=path_prefix, hosts=hosts)
 
     def set_rule_rates(self, name: str, rates: RatesLike) -> tuple[Rate, ...]:
         """Replace the rates of the throttle rule ``name`` (shield mode uses this to

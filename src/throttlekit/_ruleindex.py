@@ -17,8 +17,7 @@ and is immutable: a rule set publishes a new one with each rule (see ``Rules``).
 
 from __future__ import annotations
 
-from collections.abc import Iterable
-from typing import TYPE_CHECKING, Any, TypedDict
+from typing import TYPE_CHECKING, Any
 
 from ._errors import ConfigError
 
@@ -26,7 +25,7 @@ if TYPE_CHECKING:
     from ._request import RequestView
     from ._rules import _Throttle
 
-__all__ = ["Conditions", "RuleIndex", "Where", "host_of", "normal_host", "where_of"]
+__all__ = ["RuleIndex", "Where", "host_of", "normal_host", "where_of"]
 
 #: the methods ``methods=`` accepts (upper case; compared with the request's as sent)
 METHODS = frozenset(
@@ -119,15 +118,6 @@ def _strings(value: Any, what: str) -> list[str] | None:
         raise ConfigError(f"{what} must be a non-empty string or a non-empty list of them, "
                           f"got {value!r}")
     return items
-
-
-class Conditions(TypedDict, total=False):
-    """The keyword arguments declaring what a throttle matches (``Limiter.throttle``)."""
-
-    methods: str | Iterable[str]
-    paths: str | Iterable[str]
-    path_prefix: str | Iterable[str]
-    hosts: str | Iterable[str]
 
 
 def where_of(what: str, methods: Any = None, paths: Any = None, path_prefix: Any = None,
