@@ -71,10 +71,20 @@ def _fifty_apply(lim: Limiter) -> None:
         lim.throttle(f"a{i}", RATE, path_prefix="/api/")
 
 
+def _one_of_fifty(lim: Limiter) -> None:
+    _one(lim)
+    _others_declared(lim)
+
+
+def _one_of_fifty_callables(lim: Limiter) -> None:
+    _one(lim)
+    _others_callables(lim)
+
+
 VARIANTS: dict[str, Setup] = {
     "one": _one,
-    "fifty-one-applies": lambda lim: (_one(lim), _others_declared(lim)) and None,
-    "fifty-callables": lambda lim: (_one(lim), _others_callables(lim)) and None,
+    "fifty-one-applies": _one_of_fifty,
+    "fifty-callables": _one_of_fifty_callables,
     "fifty-apply": _fifty_apply,
 }
 
