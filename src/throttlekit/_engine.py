@@ -165,8 +165,10 @@ class Engine:
                     several: list[_Throttle] | None = None  # when several apply
                     if index is not None:  # only the rules whose conditions hold
                         throttles = index.candidates(view)
+                    ck = view.client_key  # read once for every simple rule
                     for rule in throttles:
-                        if rule.simple and (disc := view.client_key):  # applies()' 1st case
+                        if rule.simple and ck:  # applies()' first case, inline
+                            disc = ck
                             cost: int = rule.cost  # type: ignore[assignment]  # an int
                         else:
                             found = applies(self, rule, view)
@@ -174,9 +176,7 @@ class Engine:
                                 continue
                             disc, cost = found
                         if rule1 is None:
-                            rule1 = rule
-                            disc1 = disc
-                            cost1 = cost
+                            rule1, disc1, cost1 = rule, disc, cost  # (no tuple built)
                         elif several is None:
                             several = [rule1, rule]
                             discs = [disc1, disc]
