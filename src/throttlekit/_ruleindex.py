@@ -20,9 +20,9 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from ._errors import ConfigError
+from ._request import RequestView
 
 if TYPE_CHECKING:
-    from ._request import RequestView
     from ._rules import _Throttle
 
 __all__ = ["RuleIndex", "Where", "host_of", "normal_host", "where_of"]
@@ -91,8 +91,11 @@ class Where:
 def host_of(view: RequestView) -> str:
     """The request's host as ``hosts=`` compares it: the ``Host`` header, lower case,
     without its port ("" when absent)."""
-    host = view.headers.get("host")
-    return normal_host(host) if host else ""
+    if view.is_wsgi and view.__class__ is RequestView:  # the environ's, without the
+        host = view.raw.get("HTTP_HOST")  # mapping of its headers built for one read
+    else:
+        host = view.headers.get("host")
+    return normal_host(host) if host.__class__ is str and host else ""
 
 
 def normal_host(host: str) -> str:
