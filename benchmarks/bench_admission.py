@@ -1,23 +1,43 @@
-"""What admission control costs per request: ``try_acquire`` + ``release`` against a bare lock.
+"""What admission control costs per request: ``try_acquire`` + ``release`` against a bare lock;
+and what admission control and client standing add to the middleware when no anomaly is on.
 
 Run: ``python -m pytest benchmarks/bench_admission.py --benchmark-enable --benchmark-only``
+(the cost target alone: ``python -m pytest benchmarks/bench_admission.py -o addopts="" -s
+-k cost_target``)
 
 One round is one admitted request: ``Admission.try_acquire(priority)`` then
 ``Ticket.release()`` (the clock read twice, the latency summed; a window closes about once
 a second as in production). The baseline is a bare ``threading.Lock`` acquire/release
 pair; ``test_ratio`` interleaves both in the same run and reports the ratio (no target: it
 is recorded in docs/benchmarks.md). The shed path (a refusal, no ticket) is timed too.
+
+``test_cost_target``: the issue's "without an anomaly the fast path stays fast". The WSGI
+middleware in front of a bare app, on memory storage and the wall clock (as in
+production), 1,000 clients with browser headers cycling, every one promoted to standing
+during the warm-up. *guarded*: the setup standing needs anyway (a per-IP throttle, a Monitor as
+the anomaly switch, a Shield); *protected*: the same plus admission control and
+``Standing(limiter, when=monitor)``. The added cost (CPU time per request minus the bare
+app's) with them is at most :data:`TARGET` times the added cost without them, best of
+interleaved rounds in one run. The ratio against a lone per-IP throttle (no monitor) is
+printed too. It asserts only when benchmarks are enabled (a smoke pass times nothing).
 """
 
 from __future__ import annotations
 
+import itertools
 import threading
 import time
 from collections.abc import Callable
+from typing import Any
 
 import pytest
 
+from throttlekit import Limiter, Standing, WSGIMiddleware
 from throttlekit._admission import AdaptiveLimit, Admission
+from throttlekit.monitor import Monitor, Shield
+
+#: added cost with admission control and standing on, over the same setup without them
+TARGET = 1.3
 
 
 def _bare() -> Callable[[], None]:
@@ -93,3 +113,97 @@ def test_ratio(request, benchmark):
         f"admitted {best['admitted'] * 1e9:.0f} ns ({ratios['admitted']:.1f}x); "
         f"shed {best['shed'] * 1e9:.0f} ns ({ratios['shed']:.1f}x)"
     )
+
+
+# -- the cost target: the middleware with and without admission control and standing --
+
+CLIENTS = [f"10.{i // 250}.{i % 250}.1" for i in range(1000)]
+MIDDLEWARE = ("bare", "throttle", "guarded", "protected")
+
+
+def _wsgi_app(environ: dict[str, Any], start_response: Callable[..., Any]) -> list[bytes]:
+    start_response("200 OK", [("Content-Type", "text/plain")])
+    return [b"ok"]
+
+
+def _environs() -> list[dict[str, Any]]:
+    return [{
+        "REQUEST_METHOD": "GET", "PATH_INFO": f"/products/{i % 200}", "QUERY_STRING": "",
+        "REMOTE_ADDR": ip, "SERVER_NAME": "b", "SERVER_PORT": "80", "wsgi.url_scheme": "http",
+        "HTTP_HOST": "b", "HTTP_USER_AGENT": f"Mozilla/5.0 (browser {i % 3})",
+        "HTTP_ACCEPT": "text/html,*/*", "HTTP_ACCEPT_LANGUAGE": "en-US",
+        "HTTP_COOKIE": "session=1",
+    } for i, ip in enumerate(CLIENTS)]
+
+
+def _middleware(kind: str) -> Callable[[], None]:
+    """One request per call through ``kind`` (see the module docstring)."""
+    target: Callable[..., Any] = _wsgi_app
+    if kind != "bare":
+        limiter = Limiter()  # the wall clock, as in production (a FakeClock is a Python call)
+        limiter.throttle("per-ip", "100000/second", strategy="token_bucket")
+        if kind != "throttle":
+            monitor = Monitor(limiter)
+            Shield(limiter, monitor)
+            if kind == "protected":
+                limiter.admission(thresholds=(0.5, 1.0), initial_limit=40)
+                Standing(limiter, when=monitor, min_requests=2, min_age=0.001)
+        target = WSGIMiddleware(_wsgi_app, limiter)
+    environs = itertools.cycle(_environs())
+
+    def ignore(status: str, headers: Any, exc_info: Any = None) -> None:
+        return None
+
+    def request() -> None:
+        out = target(dict(next(environs)), ignore)
+        for _ in out:
+            pass
+        close = getattr(out, "close", None)
+        if close is not None:
+            close()
+
+    for _ in range(5000):  # every client seen 5 times: known, the monitor warm
+        request()
+    if kind == "protected":
+        assert len(limiter.engine.standing or ()) == len(CLIENTS)
+    return request
+
+
+@pytest.mark.parametrize("kind", MIDDLEWARE)
+def test_middleware_request(benchmark, kind):
+    """One request through the bare app and each setup."""
+    benchmark.group = "admission + standing, no anomaly (WSGI, per request)"
+    benchmark(_middleware(kind))
+
+
+def _cpu_per_request(n: int, rounds: int) -> dict[str, float]:
+    """Microseconds of this process's CPU time per request of each setup, the best of
+    ``rounds`` interleaved runs."""
+    setups = {k: _middleware(k) for k in MIDDLEWARE}
+    best = dict.fromkeys(setups, float("inf"))
+    for _ in range(rounds):
+        for kind, request in setups.items():
+            began = time.process_time()
+            for _ in range(n):
+                request()
+            best[kind] = min(best[kind], (time.process_time() - began) / n * 1e6)
+    return best
+
+
+def test_cost_target(request):
+    """Admission control and standing add at most TARGET x to the guarded setup's added
+    cost when no anomaly is on (same run)."""
+    options = request.config.option
+    enabled = options.benchmark_enable or not options.benchmark_disable
+    us = _cpu_per_request(*((20_000, 7) if enabled else (500, 1)))
+    bare = us["bare"]
+    guarded, protected, throttle = (us[k] - bare for k in ("guarded", "protected", "throttle"))
+    ratio = protected / guarded
+    print(
+        f"\nper request: bare app {bare:.2f} µs; added: per-ip throttle {throttle:.2f} µs, "
+        f"+ monitor + shield {guarded:.2f} µs, + admission + standing {protected:.2f} µs "
+        f"(+{protected - guarded:.2f} µs); with/without admission and standing "
+        f"{ratio:.2f} (target <= {TARGET}); against the lone throttle {protected / throttle:.2f}"
+    )
+    if enabled:
+        assert ratio <= TARGET

@@ -4,8 +4,8 @@ Run: ``python -m pytest benchmarks/bench_monitor.py --benchmark-enable --benchma
 
 Overhead = (middleware + app) - bare app. The target: the overhead with monitoring on is at
 most 1.5x the overhead with it off, measured in the same run (``test_overhead_ratio``
-interleaves the three variants and reports the ratio; it asserts it only when benchmarks
-are enabled, since a smoke pass times nothing).
+interleaves the three variants and asserts the ratio through the ``target`` fixture of
+benchmarks/conftest.py: the target itself when measuring, a loose bound in the smoke pass).
 """
 
 from __future__ import annotations
@@ -68,21 +68,26 @@ def test_request(benchmark, kind):
 
 
 def _per_call(fn: Callable[[], None], n: int) -> float:
-    t = time.perf_counter()
+    """Seconds of this process's CPU time per call (other processes on a busy machine, and
+    being descheduled, do not count; CI asserts this ratio on shared machines)."""
+    t = time.process_time()
     for _ in range(n):
         fn()
-    return (time.perf_counter() - t) / n
+    return (time.process_time() - t) / n
 
 
-def test_overhead_ratio(request):
+def test_overhead_ratio(target):
     """Monitoring on costs at most 1.5x the middleware's own overhead (same run)."""
-    enabled = not request.config.getoption("benchmark_disable", False)
-    n, rounds = (20_000, 7) if enabled else (500, 1)
+    n, rounds = target.size((20_000, 7), (3_000, 5))
     fns = {k: _variant(k) for k in ("bare", "unmonitored", "monitored")}
     best = {k: float("inf") for k in fns}
-    for _ in range(rounds):  # interleaved, best of rounds: noise only ever adds time
-        for k, fn in fns.items():
-            best[k] = min(best[k], _per_call(fn, n))
+
+    def interleaved() -> None:
+        for _ in range(rounds):  # interleaved, best of rounds: noise only ever adds time
+            for k, fn in fns.items():
+                best[k] = min(best[k], _per_call(fn, n))
+
+    target.run(interleaved)
     off = best["unmonitored"] - best["bare"]
     on = best["monitored"] - best["bare"]
     ratio = on / off
@@ -90,5 +95,4 @@ def test_overhead_ratio(request):
         f"\nbare {best['bare'] * 1e6:.2f} µs; overhead off {off * 1e6:.2f} µs, "
         f"on {on * 1e6:.2f} µs; ratio {ratio:.2f} (target <= 1.5)"
     )
-    if enabled:
-        assert ratio <= 1.5
+    target.at_most("monitored / unmonitored overhead", ratio, 1.5)

@@ -1,10 +1,15 @@
 """Redis: per-check latency beside `limits`' RedisStorage on the same strategies, async
-pipelined throughput, and the token bucket against a bare EVALSHA of a trivial script.
+pipelined throughput, the token bucket against a bare EVALSHA of a trivial script, and
+(``test_redis_cpu_per_check``) the time Redis itself spends per check, against `limits`
+and a reference GCRA, on a redis-server of our own.
 
-Run (against the local Redis on 6379; keys use a random prefix, nothing is flushed)::
+Run (against the local Redis on 6379; keys use a random prefix, nothing is flushed; the
+CPU test starts its own redis-server on a spare port)::
 
     python -m pytest benchmarks/bench_redis.py --benchmark-enable --benchmark-only \
         --benchmark-group-by=group
+
+    python -m pytest benchmarks/bench_redis.py -k cpu --benchmark-enable --benchmark-only -s
 
 Ratios, not absolute times, are what matter: every group has its baseline in the same run.
 On a busy machine, ``test_interleaved_ratios`` is the steadier figure: it alternates short
@@ -18,9 +23,11 @@ import asyncio
 import itertools
 import os
 import statistics
+import sys
 import time
 import uuid
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -151,7 +158,7 @@ def test_refused_request(benchmark: Any, prefix: str, cache: int) -> None:
     storage.close()
 
 
-def test_interleaved_ratios(benchmark: Any, prefix: str, capsys: Any) -> None:
+def test_interleaved_ratios(benchmark: Any, target: Any, prefix: str, capsys: Any) -> None:
     """Medians of alternating 100-call blocks: throttlekit and `limits` per strategy, and a
     bare EVALSHA; the targets are tk/limits <= 1 and token_bucket/bare <= 1.5."""
     import redis
@@ -184,7 +191,7 @@ def test_interleaved_ratios(benchmark: Any, prefix: str, capsys: Any) -> None:
         for fn in contenders.values():
             for _ in range(200):
                 fn()
-        for _ in range(3 if benchmark.disabled else 60):  # a smoke pass stays short
+        for _ in range(target.size(60, 15)):  # a smoke pass stays short
             for name, fn in contenders.items():
                 t = time.perf_counter()
                 for _ in range(100):
@@ -208,3 +215,159 @@ def test_interleaved_ratios(benchmark: Any, prefix: str, capsys: Any) -> None:
     client.close()
     for storage in made:
         storage.close()
+    for s in PEERS:
+        target.at_most(f"redis {s}: throttlekit/limits", ratios[f"{s}: throttlekit/limits"], 1.0)
+    target.at_most("redis token_bucket: throttlekit/bare EVALSHA",
+                   ratios["token_bucket: throttlekit/bare"], 1.5)
+
+
+# -- Redis CPU per check (issue 14): server time, on a redis-server of our own ---------------
+
+#: throttlekit's Redis time per check <= this times the peer's for the same algorithm
+REDIS_CPU_TARGET = 1.2
+# The cheapest correct GCRA we could write, the token bucket's reference: integer
+# microseconds on the caller's clock, one key (the theoretical arrival time), GET and
+# SET .. PX; answers the remaining tokens (>= 0) or minus the retry time (< 0).
+GCRA = """local now, T, capT, cost = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3]),
+  tonumber(ARGV[4])
+local tat = tonumber(redis.call('GET', KEYS[1]) or '0')
+if tat < now then tat = now end
+local new = tat + cost * T
+if new - now > capT then return capT - (new - now) end
+redis.call('SET', KEYS[1], new, 'PX', math.floor((new - now + 999) / 1000))
+return math.floor((capT - (new - now)) / T)"""
+
+
+def _server_usec(client: Any) -> tuple[int, int]:
+    """Total usec and calls of the top-level script commands (what a check costs Redis:
+    a script's inner commands are inside its EVALSHA's time)."""
+    stats = client.info("commandstats")
+    usec = calls = 0
+    for name in ("cmdstat_evalsha", "cmdstat_eval"):
+        usec += stats.get(name, {}).get("usec", 0)
+        calls += stats.get(name, {}).get("calls", 0)
+    return usec, calls
+
+
+def _cpu_contenders(url: str, client: Any, n: int) -> dict[str, Any]:
+    """name -> a function of the check's number: one check each, ``n`` keys in turn."""
+    from limits import parse, strategies
+    from limits.storage import RedisStorage
+
+    from throttlekit import WSGIMiddleware
+
+    item = parse(RATE)
+    keys = [f"client:{i}" for i in range(n)]
+    out: dict[str, Any] = {}
+    for strategy in ("fixed_window", "sliding_window", "token_bucket", "sliding_log"):
+        hit = Limiter(storage_from_url(url, prefix=f"tk-{strategy}:"), strategy=strategy).hit
+        out[f"throttlekit {strategy}"] = lambda i, hit=hit: hit(keys[i % n], RATE)
+    for strategy, peer in PEERS.items():
+        lhit = getattr(strategies, peer)(RedisStorage(url, key_prefix=f"L{strategy}")).hit
+        out[f"limits {strategy}"] = lambda i, lhit=lhit: lhit(item, keys[i % n])
+    sha = client.script_load(GCRA)
+    ex = client.execute_command
+    out["GCRA reference"] = lambda i: ex(
+        "EVALSHA", sha, 1, f"gcra:{{{keys[i % n]}}}", int(time.time() * 1e6), 1, 1_000_000, 1
+    )
+    mw_storage = storage_from_url(url, prefix="tk-mw:")
+    mw_storage.blocks_fresh = 1.0  # type: ignore[attr-defined]  # opt-in: see backends.md
+    limiter = Limiter(mw_storage)
+    limiter.throttle("per-ip", RATE, strategy="fixed_window")
+    app = WSGIMiddleware(lambda environ, start_response: start_response("200 OK", []) or [b""],
+                         limiter)
+    envs = [{"REQUEST_METHOD": "GET", "PATH_INFO": "/", "REMOTE_ADDR": f"10.0.{i // 250}.{i % 250}",
+             "wsgi.url_scheme": "http", "SERVER_NAME": "x", "SERVER_PORT": "80"}
+            for i in range(n)]
+    out["throttlekit middleware, one fixed_window throttle, blocks_fresh=1"] = lambda i: app(
+        dict(envs[i % n]), lambda *a: None  # (the middleware marks the environ it saw)
+    )
+    return out
+
+
+#: (throttlekit, its reference) pairs held to REDIS_CPU_TARGET
+CPU_PAIRS = {
+    "fixed_window": ("throttlekit fixed_window", "limits fixed_window"),
+    "sliding_window": ("throttlekit sliding_window", "limits sliding_window"),
+    "token_bucket": ("throttlekit token_bucket", "GCRA reference"),
+    "middleware, one throttle": (
+        "throttlekit middleware, one fixed_window throttle, blocks_fresh=1",
+        "limits fixed_window",
+    ),
+}
+
+
+def test_redis_cpu_per_check(benchmark: Any, capsys: Any) -> None:
+    """Redis time per check (``INFO commandstats``: total usec of EVALSHA over N checks / N)
+    on a redis-server of our own, blocks of every contender interleaved; medians and their
+    ratios. Targets: throttlekit <= REDIS_CPU_TARGET x `limits`' same algorithm (fixed window:
+    its INCRBY path; sliding window: its counter), the token bucket x the GCRA reference,
+    and a middleware request with one throttle x `limits`' fixed window."""
+    import redis
+
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
+    from servers import RedisServer, start_or_skip
+
+    # every key checked 4 times per block on average (a block takes about a second here)
+    rounds, block, nkeys = (3, 1000, 250) if benchmark.disabled else (15, 4000, 1000)
+    with start_or_skip(RedisServer()) as server:
+        client = redis.Redis.from_url(server.url)
+        contenders = _cpu_contenders(server.url, client, nkeys)
+        per_call: dict[str, list[float]] = {name: [] for name in contenders}
+
+        def run() -> None:
+            for fn in contenders.values():  # scripts loaded, keys made
+                for i in range(nkeys):
+                    fn(i)
+            for _ in range(rounds):
+                for name, fn in contenders.items():
+                    u0, c0 = _server_usec(client)
+                    for i in range(block):
+                        fn(i)
+                    u1, c1 = _server_usec(client)
+                    assert c1 - c0 == block, (name, c1 - c0)  # one script per check
+                    per_call[name].append((u1 - u0) / block)
+
+        benchmark.group = "redis CPU per check (see extra_info)"
+        benchmark.pedantic(run, rounds=1, iterations=1)
+        client.close()
+    med = {name: statistics.median(v) for name, v in per_call.items()}
+    ratios = {k: med[a] / med[b] for k, (a, b) in CPU_PAIRS.items()}
+    benchmark.extra_info.update({f"usec {k}": round(v, 2) for k, v in med.items()})
+    benchmark.extra_info.update({f"ratio {k}": round(v, 3) for k, v in ratios.items()})
+    with capsys.disabled():
+        print()
+        for k, v in med.items():
+            print(f"  Redis usec/check {k:52s} {v:6.2f}")
+        for k, v in ratios.items():
+            print(f"  ratio            {k:52s} {v:6.3f}  (target <= {REDIS_CPU_TARGET})")
+    _CPU_RATIOS.update(ratios)
+    # (here too: --benchmark-only skips test_redis_cpu_target, which checks the misses)
+    for k, v in ratios.items():
+        if k not in _CPU_MISSES:
+            assert v <= REDIS_CPU_TARGET, f"{k}: {v:.3f} x its reference's Redis time"
+
+
+_CPU_RATIOS: dict[str, float] = {}  # test_redis_cpu_per_check's, for the target tests below
+#: pairs that do not meet the target yet, and why (xfails, not strict: the smoke pass's short
+#: runs sometimes land under the target by noise)
+_CPU_MISSES = {
+    "fixed_window": "HINCRBY on a field of the key's hash (what reset() finds) against "
+    "limits' INCRBY on a string key, six arguments against two, and a new window's 3 "
+    "commands (HINCRBY, HSET, PEXPIRE) against limits' 2 (see docs/benchmarks.md)",
+    "middleware, one throttle": "the fixed window's cost, and longer rule ids and keys",
+}
+
+
+@pytest.mark.parametrize(
+    "pair",
+    [pytest.param(k, marks=pytest.mark.xfail(reason=_CPU_MISSES[k], strict=False))
+     if k in _CPU_MISSES else k for k in CPU_PAIRS],
+)
+def test_redis_cpu_target(pair: str) -> None:
+    """throttlekit's Redis time per check <= REDIS_CPU_TARGET x its reference's (measured by
+    test_redis_cpu_per_check in the same run)."""
+    if pair not in _CPU_RATIOS:
+        pytest.skip("run with test_redis_cpu_per_check (it measures the ratios)")
+    ratio = _CPU_RATIOS[pair]
+    assert ratio <= REDIS_CPU_TARGET, f"{pair}: {ratio:.3f} x its reference's Redis time"

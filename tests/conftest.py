@@ -2,23 +2,16 @@ from __future__ import annotations
 
 import contextlib
 import importlib
-import os
 from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
-from hypothesis import HealthCheck, settings
 
 from backends import NAMES
 from throttlekit import Limiter
 from throttlekit.testing import FakeClock
 
-# make_limiter builds a fresh storage on every call, so reusing the fixture across
-# hypothesis examples is safe.
-_suppress = [HealthCheck.too_slow, HealthCheck.function_scoped_fixture]
-settings.register_profile("ci", max_examples=60, deadline=None, suppress_health_check=_suppress)
-settings.register_profile("dev", max_examples=300, deadline=None, suppress_health_check=_suppress)
-settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
+# The hypothesis profiles (fast, ci, dev) and the suite's selection: ../conftest.py.
 
 BACKEND_MODULES = {name: importlib.import_module(f"backends.{name}") for name in NAMES}
 

@@ -121,6 +121,7 @@ def test_inspect_shows_every_rule_of_a_key(store: str, rules_file: Path, served:
     assert first.split()[:2] == ["per-ip", "throttle"]
 
 
+@pytest.mark.slow
 def test_block_bans_unblock_round_trip(store: str, served: Client) -> None:
     """`block` refuses a client on the live app, `bans` lists it, `unblock` lets it back in."""
     ip = "198.51.100.8"
@@ -168,6 +169,7 @@ def test_reset_gives_a_key_its_full_quota(store: str, rules_file: Path, served: 
     assert {r["rule"]: r["remaining"] for r in data["rules"]}["per-ip"] == 2
 
 
+@pytest.mark.slow
 def test_storage_from_the_rules_file(tmp_path: Path, store: str) -> None:
     """Without --storage, the rules file's [limiter] storage is used."""
     f = tmp_path / "r.toml"
@@ -185,6 +187,7 @@ def test_no_store_is_a_usage_error() -> None:
     assert "--storage" in p.stderr
 
 
+@pytest.mark.slow
 def test_top_merges_monitor_status_endpoints(store: str) -> None:
     """`top` ranks offenders from the status endpoints of several processes, summed."""
     from throttlekit.monitor import Monitor
@@ -224,6 +227,7 @@ def test_top_merges_monitor_status_endpoints(store: str) -> None:
             server.server_close()
 
 
+@pytest.mark.slow
 def test_block_ttl_takes_a_duration_with_a_unit(store: str) -> None:
     """`block KEY --ttl 10m` blocks for ten minutes; a bad duration is a usage error."""
     p = tk("block", "192.0.2.44", "--ttl", "10m", "--storage", store)
@@ -235,6 +239,7 @@ def test_block_ttl_takes_a_duration_with_a_unit(store: str) -> None:
     assert bad.returncode == 2 and "bad duration" in bad.stderr
 
 
+@pytest.mark.slow
 def test_unblock_a_client_key_lifts_its_bans_without_the_rules(store: str, served: Client
                                                                ) -> None:
     """`unblock IP --storage S` (no --rules) lifts the IP's fail2ban bans too."""
@@ -250,6 +255,7 @@ def test_unblock_a_client_key_lifts_its_bans_without_the_rules(store: str, serve
     assert get(served, ip) == 200
 
 
+@pytest.mark.slow
 def test_top_from_the_store_sums_every_process(store: str) -> None:
     """`top --storage` sums the offenders the monitors of several processes wrote there."""
     from throttlekit.monitor import Monitor
@@ -310,6 +316,7 @@ def any_store(request: pytest.FixtureRequest, store: str, _backend_contexts: Any
     return f"{url}?prefix=tk-test-admin:{uuid.uuid4().hex[:12]}:"
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("command", ["reset", "unblock"])
 def test_cli_reaches_a_running_worker_within_a_second(any_store: str, tmp_path: Path,
                                                       command: str) -> None:
@@ -334,6 +341,7 @@ def test_cli_reaches_a_running_worker_within_a_second(any_store: str, tmp_path: 
     assert get(c, ip) == 200
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(("spelling", "sender", "extra"), [
     ("::ffff:203.0.113.60", "203.0.113.60", ()),
     ("2001:DB8:0:0:0:0:0:60", "2001:db8::60", ()),
@@ -351,6 +359,7 @@ def test_cli_block_normalises_like_requests(store: str, served: Client, spelling
     assert get(served, sender) == 200
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(("bad", "needle"), [("010.0.0.1", "ambiguous"),
                                              ("203.0.113.0/24", "blocklist"),
                                              ("somebody", "not an IP address")])
@@ -371,6 +380,7 @@ def _refused(c: Client, ip: str) -> None:
     assert [get(c, ip) for _ in range(4)] == [200, 200, 200, 429]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(("spelling", "sender", "extra"), [
     (" 198.51.100.40 ", "198.51.100.40", ()),
     ("::ffff:198.51.100.41", "198.51.100.41", ()),
@@ -393,6 +403,7 @@ def test_cli_reset_takes_the_spellings_block_takes(store: str, served: Client,
     assert "Traceback" not in p.stderr
 
 
+@pytest.mark.slow
 def test_cli_reset_of_an_ipv6_address_says_when_it_assumed_the_prefix(store: str) -> None:
     """Without the app's prefix, `reset` of an IPv6 address says on stderr that its client
     key assumed the default /64; JSON lists every key it reset."""
@@ -404,6 +415,7 @@ def test_cli_reset_of_an_ipv6_address_says_when_it_assumed_the_prefix(store: str
     assert quiet.returncode == 0 and quiet.stderr == ""
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("key", ["", "   "])
 def test_cli_reset_of_an_empty_key_is_a_usage_error(store: str, key: str) -> None:
     """An empty key resets nothing: a message and exit 2, not a success."""
@@ -412,6 +424,7 @@ def test_cli_reset_of_an_empty_key_is_a_usage_error(store: str, key: str) -> Non
     assert "non-empty" in p.stderr
 
 
+@pytest.mark.slow
 def test_cli_inspect_of_an_ipv6_address_shows_its_client_keys_state(
         store: str, served: Client, rules_file: Path) -> None:
     """`inspect` of an IPv6 address as the access log shows it reports the rows of its
@@ -434,6 +447,7 @@ def test_cli_inspect_of_an_ipv6_address_shows_its_client_keys_state(
     assert table.stdout.splitlines()[1].split()[:2] == ["KEY", "RULE"]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("extra", [(), ("--ipv6-prefix", "64")])
 def test_cli_unblock_of_an_ipv6_address_lifts_its_networks_ban(store: str, served: Client,
                                                               extra: tuple[str, ...]) -> None:
@@ -450,6 +464,7 @@ def test_cli_unblock_of_an_ipv6_address_lifts_its_networks_ban(store: str, serve
     assert json.loads(tk("bans", "--storage", store, "--json").stdout) == []
 
 
+@pytest.mark.slow
 def test_cli_unblock_of_an_ipv6_address_lifts_a_ban_of_another_prefix(store: str) -> None:
     """An app keying IPv6 clients by /56: `unblock ADDRESS` (no prefix given) finds the /56
     ban holding the address."""
@@ -465,6 +480,7 @@ def test_cli_unblock_of_an_ipv6_address_lifts_a_ban_of_another_prefix(store: str
     assert get(c, ip) == 200
 
 
+@pytest.mark.slow
 def test_cli_ipv6_network_needs_the_apps_prefix(store: str, tmp_path: Path) -> None:
     """Without the app's IPv6 prefix, a network block is refused (it may be no client key
     of the app: blocking nobody); with --ipv6-prefix or the rules file's it blocks the
@@ -493,6 +509,7 @@ def test_cli_ipv6_network_needs_the_apps_prefix(store: str, tmp_path: Path) -> N
     assert get(c, "2001:db8:1:2ff::6") == 200
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("key", ["fail2ban:scanners:2001:db8:1:4::5",
                                  "fail2ban:scanners:198.51.100.7",
                                  "allow2ban:logins:alice"])
@@ -505,6 +522,7 @@ def test_cli_block_of_a_ban_is_refused(store: str, key: str) -> None:
     assert json.loads(tk("bans", "--storage", store, "--json").stdout) == []
 
 
+@pytest.mark.slow
 def test_cli_unblock_of_a_ban_of_an_unknown_rule_is_an_error(store: str, served: Client,
                                                            rules_file: Path) -> None:
     """With the rules loaded, `unblock fail2ban:<typo>:KEY` names the rules there are,
@@ -546,6 +564,7 @@ def stopped_redis() -> Iterator[str]:
         yield server.url
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("command", ADMIN_COMMANDS, ids=lambda c: c[0])
 def test_cli_on_a_down_redis_prints_one_line(stopped_redis: str, command: tuple[str, ...]
                                              ) -> None:
@@ -559,6 +578,7 @@ def test_cli_on_a_down_redis_prints_one_line(stopped_redis: str, command: tuple[
                                                    "failed: ")
 
 
+@pytest.mark.slow
 @pytest.mark.memcached
 def test_cli_on_a_down_memcached_prints_one_line() -> None:
     """The same against a memcached that is down (nothing listens on its port)."""
@@ -582,6 +602,7 @@ def test_cli_store_password_is_not_printed() -> None:
     assert "hunter2" not in p.stderr and ":***@127.0.0.1" in p.stderr
 
 
+@pytest.mark.slow
 def test_cli_output_that_cannot_be_written_is_one_line(store: str) -> None:
     """`bans > /dev/full` and `bans >&-` (stdout closed): one line on stderr, exit 1."""
     tk("block", "192.0.2.1", "--storage", store)

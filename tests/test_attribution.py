@@ -22,6 +22,8 @@ from throttlekit import ConfigError, Limiter, RequestView, WSGIMiddleware
 from throttlekit._clientip import ClientIPResolver
 from throttlekit.monitor import DIMENSIONS, Attribution, Monitor
 from throttlekit.monitor._features import MAX_VALUE, Features
+from throttlekit.monitor.attribution import UNIFORM, skew
+from throttlekit.monitor.dimensions import ValueRate
 from throttlekit.testing import FakeClock
 
 T0 = 1_700_000_000.0
@@ -284,6 +286,7 @@ def test_a_surge_with_one_header_fingerprint() -> None:
     assert values(found) == [expected]
 
 
+@pytest.mark.slow
 def test_a_user_agent_rotating_flood_is_held_by_its_networks() -> None:
     """3,000 addresses over a /12 on one expensive path, a new user agent per request: no
     user agent explains it, its sixteen /16 networks do (none holds usual traffic), over
@@ -313,6 +316,7 @@ def test_heavy_hitters_from_few_addresses_are_the_clients() -> None:
     assert set(values(found)) == {v.address for v in bots.clients}
 
 
+@pytest.mark.slow
 def test_a_flash_crowd_is_explained_by_nothing_narrower_than_everything() -> None:
     """1,500 new visitors (10x), each at a user's rate, spread over networks, browsers and
     paths like the usual traffic: an anomaly, attributed to everything, and so at every
@@ -330,6 +334,57 @@ def test_a_flash_crowd_is_explained_by_nothing_narrower_than_everything() -> Non
     assert anomaly.attribution is not None and anomaly.attribution.dimension == "*"
     assert anomaly.attribution.culprits == ()
     assert all(not e.narrow for e in anomaly.attribution.explanations)
+
+
+def first_visits(site: Site) -> tuple[Group, Group]:
+    """The usual traffic with cookies, and its first visits: 10 clients without a cookie
+    yet (one Chrome header shape), about 6% of the traffic; and 1,500 new visitors who
+    send that shape (they keep no cookie while they are refused)."""
+    rng = site.rng
+    base = Group("usual", visitors(rng, spread(rng, 150), cookies=True), 1.0)
+    fixed: dict[str, Any] = {"agent": AGENTS["chrome"], "shape": SHAPES["chrome"],
+                             "language": "en-US,en;q=0.9", "cookies": False}
+    base.clients += visitors(rng, spread(rng, 10), **fixed)
+    crowd = Group("crowd", visitors(rng, spread(rng, 1500), **fixed), 1.0)
+    return base, crowd
+
+
+def test_a_crowd_of_first_visits_in_the_usual_page_mix_is_not_contained() -> None:
+    """1,500 new visitors, all with the header shape of a first visit (no cookie), asking
+    for the usual mix of pages: that fingerprint soars, but normal traffic has it too and
+    the surge is shaped like the usual traffic (the path skew is small), so nothing
+    narrower than everything explains it (admission control sheds the excess)."""
+    site = Site()
+    base, crowd = first_visits(site)
+    found = surge_attribution(site, [base, crowd])
+    by = {e.dimension: e for e in found.explanations}
+    assert by["path"].skew < UNIFORM
+    fingerprint = by["fingerprint"]
+    assert fingerprint.narrow and fingerprint.collateral > 0  # alone, it would be named
+    assert found.dimension == "*" and found.culprits == ()
+
+
+def test_the_same_shape_on_one_path_is_still_named() -> None:
+    """The same 1,500 first-visit shapes, all on /search: the surge is not the usual page
+    mix (a large path skew), so it is explained narrowly."""
+    site = Site()
+    base, crowd = first_visits(site)
+    crowd.paths = (("/search", 1.0),)
+    found = surge_attribution(site, [base, crowd])
+    assert {e.dimension: e for e in found.explanations}["path"].skew > 0.5
+    assert found.dimension in ("path", "fingerprint")
+
+
+def test_skew_is_the_distance_between_the_excess_and_the_baseline_mix() -> None:
+    """Every value rising in proportion: 0; the excess on a value normal traffic never
+    had: 1; half of it there: one half; no excess or baseline: 1."""
+    rows = [ValueRate("/", 0, 30.0, 3.0), ValueRate("/a", 0, 10.0, 1.0)]
+    assert skew(rows, 36.0, 4.0) == pytest.approx(0.0)
+    rows = [ValueRate("/", 0, 3.0, 3.0), ValueRate("/new", 0, 36.0, 0.0)]
+    assert skew(rows, 36.0, 3.0) == pytest.approx(1.0)
+    rows = [ValueRate("/", 0, 21.0, 3.0), ValueRate("/new", 0, 18.0, 0.0)]
+    assert skew(rows, 36.0, 3.0) == pytest.approx(0.5)
+    assert skew(rows, 0.0, 3.0) == 1.0 and skew(rows, 36.0, 0.0) == 1.0
 
 
 def test_quiet_traffic_attributes_nothing() -> None:

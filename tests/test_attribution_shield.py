@@ -53,6 +53,7 @@ def agent_flood(site: Site) -> tuple[Group, Group]:
     return base, bots
 
 
+@pytest.mark.slow
 def test_a_user_agent_surge_is_throttled_on_that_agent_then_lifted(caplog):
     """The shield throttles the flood's user agent to its allowance (all its clients
     together), refuses nothing else, logs it, and lifts it when the anomaly ends."""
@@ -83,6 +84,7 @@ def test_a_user_agent_surge_is_throttled_on_that_agent_then_lifted(caplog):
     assert contain.share > 0.8 and contain.baseline == 0.0
 
 
+@pytest.mark.slow
 def test_a_network_surge_never_refuses_a_client_outside_the_network():
     """A flood from one /16 beside usual visitors in the neighbouring /16s and in the same
     /8: every request the shield refused came from inside the contained /16, and no
@@ -104,6 +106,7 @@ def test_a_network_surge_never_refuses_a_client_outside_the_network():
     assert refused_share(site.statuses["bots"]) > 0.8  # detected after ~2 s of 20
 
 
+@pytest.mark.slow
 def test_a_path_surge_keeps_the_paths_usual_rate():
     """A flood on /search, which usual visitors use too: /search keeps factor x its own
     baseline (all clients together), the other paths are untouched."""

@@ -14,9 +14,13 @@ import subprocess
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 from servers import unavailable
 from test_asgi import serve  # a real uvicorn on a spare loopback port
 from throttlekit import ASGIMiddleware, Event, Limiter
+
+pytestmark = pytest.mark.browser
 
 KEY = b"an operator secret of 32 bytes!!"
 

@@ -282,11 +282,15 @@ def test_framework_reads_the_form_as_its_view(framework: str, variant: str, cloc
 def test_the_variants_do_fool_some_parser(clock: FakeClock, urls: Any) -> None:
     """The matrix above is not vacuous: Starlette takes UTF-7 and ``filename*`` names for
     "username", Django ``filename=""`` and base64 parts; each is refused after three."""
+    import django
+
     seen = {}
-    for framework, variant in [("starlette", "utf7-name"), ("starlette", "filename*"),
-                               ("fastapi", "utf7-name"), ("django", "filename-empty"),
-                               ("django", "base64"), ("django", "two-content-dispositions"),
-                               ("starlette", "two-content-dispositions")]:
+    pairs = [("starlette", "utf7-name"), ("starlette", "filename*"), ("fastapi", "utf7-name"),
+             ("django", "filename-empty"), ("django", "base64"),
+             ("django", "two-content-dispositions"), ("starlette", "two-content-dispositions")]
+    if django.VERSION >= (6, 1):  # no longer decodes base64 form fields (seen with 6.1.3)
+        pairs.remove(("django", "base64"))
+    for framework, variant in pairs:
         post = framework_poster(framework, clock, urls)
         results = post([VARIANTS[variant]("victim")] * 4)
         seen[framework, variant] = [code for code, _ in results]

@@ -55,6 +55,7 @@ def caught() -> tuple[Site, Incidents, list[IncidentReport], dict[str, int]]:
     return site, incidents, seen, refused
 
 
+@pytest.mark.slow
 def test_the_report_of_a_contained_user_agent_flood(caught) -> None:
     _, _, seen, refused = caught
     report = seen[0].as_dict()
@@ -81,6 +82,7 @@ def test_the_report_of_a_contained_user_agent_flood(caught) -> None:
     assert json.loads(json.dumps(report)) == report
 
 
+@pytest.mark.slow
 def test_the_report_of_heavy_hitters_names_the_bans_and_their_effect(caught) -> None:
     site, incidents, seen, refused = caught
     assert len(seen) == 2 and list(incidents.reports) == [seen[1]]  # keep=1
@@ -98,6 +100,7 @@ def test_the_report_of_heavy_hitters_names_the_bans_and_their_effect(caught) -> 
     assert "admission" in kinds  # the admission limit at detection
 
 
+@pytest.mark.slow
 def test_markdown_has_every_part_and_quotes_traffic_values(caught) -> None:
     _, _, seen, _ = caught
     text = seen[0].markdown()
@@ -133,6 +136,7 @@ async def not_found(scope, receive, send) -> None:
     await send({"type": "http.response.body", "body": b""})
 
 
+@pytest.mark.slow
 def test_the_cli_prints_the_latest_report_from_a_served_endpoint(caught, capsys, monkeypatch
                                                                  ) -> None:
     from test_asgi import serve
@@ -169,6 +173,7 @@ def test_the_cli_says_when_there_is_no_incident_yet(capsys) -> None:
     assert capsys.readouterr().err == "throttlekit incident: no incident reported yet\n"
 
 
+@pytest.mark.slow
 def test_the_endpoint_serves_incidents_under_the_same_rules(caught) -> None:
     from throttlekit.monitor.status import StatusEndpoint
 

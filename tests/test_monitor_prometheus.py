@@ -163,6 +163,7 @@ def test_multiprocess_mode_adds_up_workers(tmp_path):
               (("dry_run", "false"), ("outcome", "allowed"), ("rule", "per-ip")))] == 12
 
 
+@pytest.mark.slow
 def test_attribution_and_containment_metrics_follow_a_surge():
     """A flood of one user agent: the attribution gauge names user_agent, the shield's
     containment gauge and counter count the value, its refusals are the shield rule's

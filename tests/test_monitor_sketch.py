@@ -24,6 +24,7 @@ def _skewed_stream(n_keys: int, seed: int) -> list[int]:
     return stream
 
 
+@pytest.mark.slow
 def test_space_saving_finds_exact_top10_among_a_million_keys():
     """1,000,000 distinct keys, skewed: the true top-10 set is found with 512 slots at most."""
     stream = _skewed_stream(1_000_000, seed=7)
@@ -44,6 +45,7 @@ def test_space_saving_finds_exact_top10_among_a_million_keys():
         assert true <= est <= true + sketch.floor
 
 
+@pytest.mark.slow
 def test_windowed_top_k_stays_bounded_with_a_million_keys_over_time():
     """A million distinct keys spread over a minute never hold more than buckets*2*capacity keys."""
     top = WindowedTopK(window=10, bucket=1, capacity=64)

@@ -636,6 +636,7 @@ LATE_DRIVER = """
     """
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(("in_factory", "throttle"), [
     pytest.param(True, False, id="decorated-in-factory"),
     pytest.param(False, False, id="decorated-at-import"),

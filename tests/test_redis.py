@@ -17,7 +17,14 @@ from hypothesis import strategies as st
 
 from backends import redis as redis_backend
 from servers import RedisServer, start_or_skip
-from throttlekit import ConfigError, Limiter, MemoryStorage, StorageError, storage_from_url
+from throttlekit import (
+    ConfigError,
+    Decision,
+    Limiter,
+    MemoryStorage,
+    StorageError,
+    storage_from_url,
+)
 from throttlekit._algorithms import make_algorithm
 from throttlekit._rates import Rate
 from throttlekit.storage import RedisStorage
@@ -128,14 +135,16 @@ def test_scripts_define_no_strategy_function_per_run(name: str) -> None:
     assert defined <= {"idiv", "muldiv", "drain"}
 
 
+@pytest.mark.parametrize("clock", ["client", "server"])
 @pytest.mark.parametrize("strategy", STRATEGIES)
 @given(ops=single)
 def test_single_check_scripts_match_the_batch_script(
-    ctx: Any, raw: Any, strategy: str, ops: Any
+    ctx: Any, raw: Any, strategy: str, clock: str, ops: Any
 ) -> None:
-    """A lone check runs its strategy's own small script: same Decisions, state and TTLs as
-    the batch script gives the same check (forced here by a block-key lookup)."""
-    storage = ctx.storage(clock="client")
+    """A lone check runs its strategy's own small script (on the client clock, one that
+    answers the state it found): same Decisions, state and TTLs as the batch script gives
+    the same check (forced here by a block-key lookup)."""
+    storage = ctx.storage(clock=clock)
     algs = [make_algorithm(strategy, r) for r in RATES]
     now = T0 + 123_457
     try:
@@ -190,28 +199,65 @@ def test_large_rates_stay_exact(storage: RedisStorage, strategy: str) -> None:
 # -- time ------------------------------------------------------------------------------------
 
 
+def _stamp(raw: Any, storage: RedisStorage, alg: Any, key: str, last: Decision) -> int:
+    """The time (microseconds) the state of ``alg`` under ``key`` was written at (``last``:
+    the Decision of that write): a sliding log's newest entry, a bucket's last update (a
+    bucket kept as GCRA holds when it is full again), a window's start."""
+    h = storage.family(key)
+    if alg.name == "sliding_log":
+        return int(raw.lindex(f"{h}:l:{alg.id}", -1).split()[0])
+    if alg.name == "token_bucket":
+        parts = raw.hget(h, alg.id).split()
+        if len(parts) == 1:
+            return int(parts[0]) - round(last.reset_after * 1e6)
+        return int(parts[0])
+    if alg.name == "fixed_window":  # (window mod 2^19) << 33 | count: the window's start,
+        # taken to be the latest window with those low bits (the test runs within 2^19 s)
+        low = int(raw.hget(h, alg.id)) >> 33
+        now_win = int(raw.time()[0]) * 1_000_000 // alg.period_us + 1
+        win = now_win - (now_win - low) % (1 << 19)
+        return win * alg.period_us
+    return int(raw.hget(h, alg.id).split()[0]) * alg.period_us  # a sliding window's
+
+
 @pytest.mark.parametrize("strategy", STRATEGIES)
 @pytest.mark.parametrize("batch", [False, True], ids=["single", "batch"])
-def test_server_clock_is_the_default(
-    storage: RedisStorage, raw: Any, strategy: str, batch: bool
+def test_server_clock_when_asked(
+    ctx: Any, raw: Any, strategy: str, batch: bool
 ) -> None:
-    """Without a client time, the window is the server's: state is stamped with Redis TIME."""
+    """clock="server": without a limiter's time the window is the server's (Redis TIME), and
+    TTLs get no slack (the server's clock needs none)."""
+    storage = ctx.storage(clock="server")
     alg = make_algorithm(strategy, Rate(10, 1))
     block_keys = ["nobody"] if batch else []
     for left in (9, 8):
         d = storage.apply([Check(alg, "t")], block_keys=block_keys).decisions[0]
         assert d.allowed and d.remaining == left
     sec, usec = raw.time()
-    server = sec * 1_000_000 + usec
-    h = storage.family("t")
-    if strategy == "sliding_log":
-        stamp = int(raw.lindex(f"{h}:l:{alg.id}", -1).split()[0])
-    elif strategy == "token_bucket":
-        stamp = int(raw.hget(h, alg.id).split()[0])
-    else:  # the window's index: its start
-        stamp = int(raw.hget(h, alg.id).split()[0]) * 1_000_000
-    assert 0 <= server - stamp < 2_000_000
-    assert 0 < raw.pttl(h) <= 2000
+    assert 0 <= sec * 1_000_000 + usec - _stamp(raw, storage, alg, "t", d) < 2_000_000
+    assert 0 < raw.pttl(storage.family("t")) <= 2000
+    storage.close()
+
+
+@pytest.mark.parametrize("strategy", STRATEGIES)
+@pytest.mark.parametrize("batch", [False, True], ids=["single", "batch"])
+def test_client_clock_is_the_default(
+    storage: RedisStorage, raw: Any, strategy: str, batch: bool
+) -> None:
+    """By default the time is this process's (time.time), passed to the script; TTLs get
+    ttl_slack more, since Redis cannot check that clock."""
+    import time
+
+    assert storage.clock == "client"
+    alg = make_algorithm(strategy, Rate(10, 1))
+    block_keys = ["nobody"] if batch else []
+    before = int(time.time() * 1_000_000) // alg.period_us * alg.period_us
+    for left in (9, 8):
+        d = storage.apply([Check(alg, "t")], block_keys=block_keys).decisions[0]
+        assert d.allowed and d.remaining == left
+    after = int(time.time() * 1_000_000)
+    assert before <= _stamp(raw, storage, alg, "t", d) <= after
+    assert 5000 < raw.pttl(storage.family("t")) <= 7000
 
 
 def test_limiter_clock_is_passed_to_the_script(ctx: Any) -> None:
@@ -229,21 +275,24 @@ def test_limiter_clock_is_passed_to_the_script(ctx: Any) -> None:
 
 @pytest.mark.parametrize("strategy", STRATEGIES)
 def test_every_key_has_a_ttl_no_longer_than_needed(
-    storage: RedisStorage, raw: Any, strategy: str
+    ctx: Any, raw: Any, strategy: str
 ) -> None:
-    """Each written key expires, within the period (+ the client-clock slack when one is used).
-    (An hour: a fixed window's key written in the last milliseconds of a short window would
-    be gone before the scan.)"""
+    """Each written key expires, within the period (+ the client-clock slack when one is used;
+    a sliding window: two periods; a token bucket: at the end of the period in which it is
+    full again, here 720 s after the hit). (An hour: a fixed window's key written in the last
+    milliseconds of a short window would be gone before the scan.)"""
     alg = make_algorithm(strategy, Rate(5, 3600))
+    storage = ctx.storage(clock="server")
     storage.hit(alg, "ttl", 1, None)  # server time: no slack
     keys = list(raw.scan_iter(match=f"{storage.prefix}*"))
     assert keys
-    limit_ms = {"sliding_window": 7_200_000}.get(strategy, 3_600_000)
+    limit_ms = {"sliding_window": 7_200_000, "token_bucket": 4_320_000}.get(strategy, 3_600_000)
     for key in keys:
         assert 0 < raw.pttl(key) <= limit_ms, key
     storage.hit(alg, "ttl2", 1, T0)  # client time: the slack on top
     for key in raw.scan_iter(match=f"{storage.family('ttl2')}*"):
         assert 0 < raw.pttl(key) <= limit_ms + 5000
+    storage.close()
 
 
 @pytest.mark.parametrize("strategy", STRATEGIES)
@@ -262,12 +311,21 @@ def test_a_hash_of_several_rates_keeps_its_longest_ttl(
 
 
 def test_a_longer_need_extends_the_ttl(storage: RedisStorage, raw: Any) -> None:
-    """A bucket emptied further needs longer to refill: its key's TTL grows with it."""
+    """A bucket emptied further needs longer to refill: its key's TTL always covers the
+    refill (Decision.reset_after) and runs at most to the end of the period it ends in."""
     alg = make_algorithm("token_bucket", Rate(5, 3600))
-    storage.hit(alg, "k", 1, T0)
-    first = raw.pttl(storage.family("k"))
-    storage.hit(alg, "k", 1, T0)
-    assert raw.pttl(storage.family("k")) > first + 700_000  # 720 s per token
+    period_ms, slack_ms = 3_600_000, 5000
+    ttls = []
+    for i in range(5):
+        now = T0 + i * 1000
+        d = storage.hit(alg, "k", 1, now)
+        ttl = raw.pttl(storage.family("k"))
+        refill_ms = d.reset_after * 1000
+        end_of_period_ms = ((now + d.reset_after * 1e6) // (period_ms * 1000) + 1) * period_ms
+        # (+ 50 ms: the fake clock moves 1 ms per hit, real time less; PTTL rounds)
+        assert refill_ms <= ttl <= end_of_period_ms - now / 1000 + slack_ms + 50
+        ttls.append(ttl)
+    assert ttls[-1] > ttls[0]  # the need crossed a period's end: the TTL was extended
 
 
 def test_keys_are_hash_tagged_and_escaped(storage: RedisStorage) -> None:
@@ -369,8 +427,8 @@ def test_one_evalsha_per_check_including_multi_rate(own_server: RedisServer) -> 
     assert calls.pop("evalsha") == n
     assert "eval" not in calls and "script|load" not in calls
     # commandstats also counts the commands a script runs inside the server
-    inside = {"time", "hget", "hset", "hincrby", "lindex", "lpop", "rpush", "lset", "lrange",
-              "pexpire", "pttl"}
+    inside = {"time", "hget", "hset", "hdel", "hincrby", "lindex", "lpop", "rpush", "lset",
+              "lrange", "pexpire", "pttl"}
     assert set(calls) - {"config|resetstat", "info"} <= inside
     s.close()
 

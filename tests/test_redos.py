@@ -44,6 +44,14 @@ ACCEPTED = [r"(?:.ot)+$", r"(?:b|.)ot", r"(?:bot|cat)+$", r"(foo|bar|baz)+", r"(
             r"^(?:[A-Za-z0-9+/]{4})*(?:[A-Za-z0-9+/]{2}==|[A-Za-z0-9+/]{3}=)?$"]
 
 
+def _py311(patterns: list[str]) -> list[object]:
+    """Atomic groups ``(?>...)`` are Python 3.11+: on 3.10 ``re`` refuses them (a bad regex,
+    not a ReDoS verdict), so those cases skip there."""
+    old = sys.version_info < (3, 11)
+    return [pytest.param(p, marks=pytest.mark.skipif(
+        old and "(?>" in p, reason="atomic groups (?>...) are Python 3.11+")) for p in patterns]
+
+
 def _rules(pattern: str) -> str:
     return ('[[blocklist]]\nname = "ua"\n\n'
             f"header = {{ name = \"User-Agent\", regex = '{pattern}' }}\n")
@@ -61,7 +69,7 @@ def _app(environ: object, start_response: object) -> list[bytes]:
     return [b"ok"]
 
 
-@pytest.mark.parametrize("pattern", ATTACKER + EXPONENTIAL)
+@pytest.mark.parametrize("pattern", _py311(ATTACKER + EXPONENTIAL))
 def test_exponential_header_regex_is_refused_at_load(tmp_path: Path, pattern: str) -> None:
     """A ConfigError naming the file, the line and the regex, with the way to rewrite it."""
     f = tmp_path / "rules.toml"
@@ -90,7 +98,7 @@ def test_check_refuses_the_attacker_patterns(tmp_path: Path) -> None:
     assert "Traceback" not in p.stdout + p.stderr
 
 
-@pytest.mark.parametrize("pattern", ACCEPTED)
+@pytest.mark.parametrize("pattern", _py311(ACCEPTED))
 def test_unambiguous_header_regexes_still_load(pattern: str) -> None:
     """Factored alternatives, atomic groups, small counted repeats are not flagged."""
     _load(pattern)

@@ -225,6 +225,7 @@ def test_an_emptied_file_keeps_the_rules_in_force(rules_file: Path) -> None:
     assert statuses(c, 1) == [403]
 
 
+@pytest.mark.slow
 def test_rewriting_in_place_under_load_never_lifts_a_block(rules_file: Path) -> None:
     """Threads hammer the app while the file is rewritten in place: the blocked IP stays 403."""
     rules_file.write_text(rules(1000, BLOCK))

@@ -564,6 +564,7 @@ def test_header_regex_searches_a_bounded_prefix(tmp_path: Path) -> None:
     assert c.get("/", headers={"User-Agent": "curl/8"}).status_code == 200
 
 
+@pytest.mark.slow
 def test_check_lists_the_callables_a_file_imports(tmp_path: Path) -> None:
     """A rules file can import any callable (`os:system`): `check` lists each with its
     line, in text and in JSON, so a reviewer sees what code the file runs."""

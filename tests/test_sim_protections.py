@@ -1,5 +1,5 @@
 """`throttlekit simulate`'s protections: the recommended setup of docs/under-attack.md
-(rules, shield, admission control, challenges), each of which the report names and
+(rules, shield, admission control, client standing, challenges), each of which the report names and
 ``--protections`` / ``--no-<name>`` turn off. The scenarios run at reduced length and
 scale here."""
 
@@ -10,7 +10,7 @@ from dataclasses import replace
 
 import pytest
 
-from throttlekit import Limiter
+from throttlekit import Limiter, Standing
 from throttlekit.cli import main
 from throttlekit.cli.scenarios import BUILTIN
 from throttlekit.cli.simulate import (
@@ -34,13 +34,14 @@ def _json(capsys, *argv):
 
 
 def test_recommended_setup_turns_on_the_protections_asked():
-    """By default the rules, a shield and admission control by cookie; challenges during
-    an anomaly when asked; each can be left out."""
-    assert PROTECTIONS == ("rules", "shield", "admission", "challenges")
-    assert DEFAULT_PROTECTIONS == ("rules", "shield", "admission")
+    """By default the rules, a shield, admission control by cookie and client standing;
+    challenges during an anomaly when asked; each can be left out."""
+    assert PROTECTIONS == ("rules", "shield", "admission", "standing", "challenges")
+    assert DEFAULT_PROTECTIONS == ("rules", "shield", "admission", "standing")
     default = Limiter("memory://")
     assert isinstance(recommended_setup(default, Monitor(default)), Shield)
     assert default.engine.admission is not None
+    assert isinstance(default.engine.standing, Standing)
     assert "challenge-pass" not in default.engine.rules.names
     limiter = Limiter("memory://")
     monitor = Monitor(limiter)
@@ -51,6 +52,7 @@ def test_recommended_setup_turns_on_the_protections_asked():
     bare = Limiter("memory://")
     assert recommended_setup(bare, Monitor(bare), ["rules"]) is None
     assert bare.engine.admission is None and "challenge-pass" not in bare.engine.rules.names
+    assert bare.engine.standing is None
 
 
 def test_unknown_protection_is_a_config_error():
@@ -77,18 +79,19 @@ def test_report_names_the_protections_and_json_carries_them(capsys):
     column too; the JSON lists them."""
     assert main(["simulate", *TINY]) == 0
     out = capsys.readouterr().out
-    assert "protected run: rules, shield, admission (off: challenges)" in out
+    assert "protected run: rules, shield, admission, standing (off: challenges)" in out
     header = out.splitlines().index(next(line for line in out.splitlines()
                                          if line.rstrip().endswith("protected")))
-    assert out.splitlines()[header + 1].strip() == "rules+shield+admission"
+    assert out.splitlines()[header + 1].strip() == "rules+shield+admission+standing"
     data = _json(capsys, "--protections", ",".join(PROTECTIONS))
     assert data["protections"] == list(PROTECTIONS) and data["shield"] is True
 
 
 @pytest.mark.parametrize(("argv", "on"), [
     (["--protections", "rules,shield"], ["rules", "shield"]),
-    (["--no-admission"], ["rules", "shield"]),
-    (["--no-shield"], ["rules", "admission"]),
+    (["--no-admission"], ["rules", "shield", "standing"]),
+    (["--no-shield"], ["rules", "admission", "standing"]),
+    (["--no-standing"], ["rules", "shield", "admission"]),
     (["--protections", "rules,shield,admission,challenges", "--no-admission"],
      ["rules", "shield", "challenges"]),
     (["--protections", "admission,rules", "--no-shield"], ["rules", "admission"]),
@@ -123,6 +126,7 @@ def small_runs():
             run_simulation(SMALL, protections=["rules", "admission"]))
 
 
+@pytest.mark.slow
 def test_admission_keeps_admitted_latency_bounded_in_a_distributed_flood(small_runs):
     """Rules alone let the flood through (every address is under its limit): the server's
     queue fills and drops. With admission control the excess is shed (503) before the
@@ -140,7 +144,8 @@ def test_admission_keeps_admitted_latency_bounded_in_a_distributed_flood(small_r
     assert small_runs[1].legit_banned == []
 
 
+@pytest.mark.slow
 def test_report_of_an_admission_run_shows_the_shedding(small_runs):
     text = format_report(small_runs[1], SMALL)
-    assert "protected run: rules, admission (off: shield, challenges)" in text
+    assert "protected run: rules, admission (off: shield, standing, challenges)" in text
     assert "  503 " in text

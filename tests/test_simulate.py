@@ -52,6 +52,7 @@ def distributed_run():
     return run_simulation(replace(BUILTIN["distributed"], duration=90.0))
 
 
+@pytest.mark.slow
 def test_default_scenario_meets_the_acceptance_bar(default_run):
     """Default flood: detected within 5 s, >= 99% legit served, >= 95% attack refused,
     no legitimate client banned, no false alarm before the attack."""
@@ -65,6 +66,7 @@ def test_default_scenario_meets_the_acceptance_bar(default_run):
     assert r.false_alarms == 0
 
 
+@pytest.mark.slow
 def test_default_scenario_timeline_and_latency(default_run):
     """The timeline has one row per simulated second; latency quantiles are measured."""
     r = default_run
@@ -89,6 +91,7 @@ def test_without_the_shield_the_flood_gets_through(tmp_path):
     assert off.banned == 0 and on.legit_banned == []
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     ("name", "refused", "duration"),
     [("single-source", 0.99, 100.0), ("brute-force", 0.95, 150.0), ("scanner", 0.95, 150.0)],
@@ -102,6 +105,7 @@ def test_builtin_attacks_are_contained(name, refused, duration):
     assert r.legit_banned == []
 
 
+@pytest.mark.slow
 def test_distributed_flood_is_detected_without_banning_visitors(distributed_run):
     """5000 addresses each slower than a visitor: the anomaly is seen, and the shield
     (rightly) finds no per-address offender to ban."""
@@ -111,6 +115,7 @@ def test_distributed_flood_is_detected_without_banning_visitors(distributed_run)
     assert r.legit_served_share >= 0.99
 
 
+@pytest.mark.slow
 def test_unprotected_distributed_flood_is_an_outage(distributed_run):
     """Without throttlekit the server drowns: its queue is full, most legitimate requests
     are dropped, and the app is busy with the attack."""
@@ -125,6 +130,7 @@ def test_unprotected_distributed_flood_is_an_outage(distributed_run):
     assert bare.share(False, "answered") < 0.1  # the attack is mostly dropped too
 
 
+@pytest.mark.slow
 def test_protected_run_measures_what_throttlekit_prevents(default_run):
     """The same traffic through throttlekit: the flood is stopped before the app (bans:
     403), so the server keeps answering the visitors; unprotected it does not."""
@@ -140,6 +146,7 @@ def test_protected_run_measures_what_throttlekit_prevents(default_run):
     assert guarded.utilisation < bare.utilisation
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", ["rotating-ua", "flash-crowd", "new-visitors"])
 def test_new_builtin_scenarios_overwhelm_the_unprotected_server(name):
     """Each new scenario, at a quarter of its clients and workers, with 40 s after the
@@ -315,6 +322,7 @@ def test_json_output_through_main(tmp_path, capsys):
     assert data["protected"]["attack"]["stopped_share"] == data["attack"]["refused_share"]
 
 
+@pytest.mark.slow
 def test_scaled_builtin_scenario_through_main(capsys):
     """--scale and --duration make a quick run of a built-in scenario; the JSON carries
     both runs with the server's figures."""

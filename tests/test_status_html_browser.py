@@ -14,6 +14,8 @@ import subprocess
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 from test_asgi import serve  # a real uvicorn on a spare loopback port
 from test_challenge_browser import chromium
 from throttlekit import Limiter, WSGIMiddleware
@@ -21,6 +23,8 @@ from throttlekit.monitor import Monitor
 from throttlekit.monitor.incident import Incidents
 from throttlekit.monitor.status import ASGIStatusMiddleware, StatusEndpoint
 from throttlekit.testing import FakeClock
+
+pytestmark = pytest.mark.browser
 
 BLOCKED = "192.0.2.66"
 

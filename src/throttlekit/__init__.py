@@ -18,6 +18,7 @@ from ._rates import Rate, parse_rates
 from ._request import RequestView
 from ._responses import Denial, default_responder, retry_after_header
 from ._rules import Verdict, reads_form
+from ._standing import Standing
 from ._version import __version__
 from .asgi import ASGIMiddleware
 from .storage import MemoryStorage, Storage, storage_from_url
@@ -36,6 +37,7 @@ __all__ = [
     "Rate",
     "RateLimitExceeded",
     "RequestView",
+    "Standing",
     "Storage",
     "StorageError",
     "ThrottlekitError",

@@ -4,8 +4,11 @@ Opt-in (``Limiter.admission``). After the rules allow a request, and before its 
 leases, the request takes a slot of the worker's :class:`~throttlekit._admission.Admission`;
 when the app saturates (its latency rises against its unloaded minimum) the limit comes down
 and the excess is shed at once with 503 and ``Retry-After``, lowest priority first, instead
-of queueing until every client times out. The slot is given back when the response ends
-(:class:`~throttlekit._exchange.Exchange`), and its latency teaches the limit.
+of queueing until every client times out. A client with standing
+(:class:`~throttlekit.Standing`) gets the highest level, whatever ``priority`` says (its
+standing is looked up in the store only during an anomaly). The slot is given back when
+the response ends (:class:`~throttlekit._exchange.Exchange`), and its latency teaches the
+limit.
 """
 
 from __future__ import annotations
@@ -38,7 +41,7 @@ _new = tuple.__new__
 class AdmissionStep:
     """One worker's admission control, as the pipeline runs it."""
 
-    __slots__ = ("admission", "dry_run", "engine", "priority")
+    __slots__ = ("admission", "dry_run", "engine", "priority", "top")
 
     def __init__(
         self, engine: Engine, *, priority: Callable[[RequestView], Any] | None,
@@ -58,15 +61,20 @@ class AdmissionStep:
             thresholds=tuple(thresholds), initial_limit=initial_limit, min_limit=min_limit,
             max_limit=max_limit, clock=clock or time.perf_counter,
         ))
+        #: the highest priority level: known clients' during an anomaly (Standing)
+        self.top = len(self.admission.limit.thresholds) - 1
 
-    def admit(self, verdict: Verdict) -> tuple[Verdict, Ticket | None]:
+    def admit(self, verdict: Verdict, known: bool = False) -> tuple[Verdict, Ticket | None]:
         """A slot for an allowed request, or its refusal (503, ``kind="shed"``); in dry run,
-        the request goes on without a slot and the refusal is only reported (event)."""
+        the request goes on without a slot and the refusal is only reported (event).
+        ``known``: the client has standing (``Standing.seen``): the highest level."""
         view = verdict.request
-        level = 0
-        priority = self.priority
-        if priority is not None:
-            level = self._level(priority, view)
+        if known:
+            level = self.top  # shed last
+        elif self.priority is not None:
+            level = self._level(self.priority, view)
+        else:
+            level = 0
         ticket = self.admission.try_acquire(level)
         if ticket is not None:
             return verdict, ticket

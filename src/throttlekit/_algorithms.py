@@ -57,7 +57,8 @@ MAX_LIMIT = _M32
 class Algorithm:
     """One algorithm bound to one rate; subclasses implement the arithmetic."""
 
-    __slots__ = ("burst", "capacity", "id", "limit", "name", "period", "period_us", "rate")
+    __slots__ = ("burst", "capacity", "id", "limit", "name", "period", "period_us", "rate",
+                 "rerated")
     name_: ClassVar[str] = ""
     code: ClassVar[str] = ""
     #: decided per calendar period (:meth:`at` gives the period's algorithm)
@@ -76,6 +77,10 @@ class Algorithm:
         #: identifies this state in storage, next to the key: the same key under another
         #: strategy, rate or burst never shares state. Rules replace it (see ``_limiter``).
         self.id = f"{self.code}{rate.limit}/{self.period_us}"
+        #: the id outlives the rate (a rule's counter, read again under a plan's or a
+        #: tightened rate): a store must keep a state whose meaning does not depend on
+        #: the limit
+        self.rerated = False
 
     def __repr__(self) -> str:
         return f"<{type(self).__name__} {self.rate}>"
@@ -360,10 +365,10 @@ class TokenBucket(Algorithm):
         lim = self.limit
         cap = self.capacity * p
         retry = INF if cost > self.capacity else -(-(new - cap) // lim) / 1e6
+        rem = (cap - debt) // p if debt < cap else 0  # a debt over a lowered capacity
         return _new(
             Decision,
-            (False, self.capacity, (cap - debt) // p, -(-debt // lim) / 1e6, retry, self.rate,
-             False),
+            (False, self.capacity, rem, -(-debt // lim) / 1e6, retry, self.rate, False),
         )
 
     def peek(self, state: Any, now: int, cost: int) -> Decision:

@@ -37,9 +37,12 @@ bisect, the same for 100,000 entries as for 10 (``benchmarks/bench_ipset.py``).
 
 from __future__ import annotations
 
+import codecs
+import http.client
 import json
 import logging
 import os
+import stat
 import threading
 import time
 import urllib.error
@@ -98,7 +101,10 @@ def _decisions(doc: Any) -> Iterable[Any]:
         raise LoadError(f"expected a JSON list of decisions or alerts, got {type(doc).__name__}")
     for item in doc:
         if isinstance(item, dict) and "decisions" in item and "value" not in item:
-            yield from item.get("decisions") or ()  # an alert (cscli decisions list -o json)
+            found = item.get("decisions") or []  # an alert (cscli decisions list -o json)
+            if not isinstance(found, list):
+                raise LoadError(f"an alert's decisions are not a list: {found!r:.80}")
+            yield from found
         else:
             yield item
 
@@ -151,6 +157,23 @@ def _sniff(text: str, fmt: str) -> str:
     return "crowdsec" if head in ("[", "{") or text.strip() == "null" else "text"
 
 
+def _json(text: str, what: str) -> Any:
+    """``text`` parsed as JSON; :class:`LoadError` when it is not JSON, or nested too deep
+    for the parser (a hostile ``[[[[...]]]]`` raises RecursionError, not ValueError)."""
+    try:
+        return json.loads(text)
+    except (ValueError, RecursionError) as exc:
+        raise LoadError(f"{what} is not JSON: {exc}") from None
+
+
+def _listed(doc: dict[str, Any], name: str) -> list[Any]:
+    """``doc[name]``, a list of decisions (absent or null: none)."""
+    found = doc.get(name) or []
+    if not isinstance(found, list):
+        raise LoadError(f"{name!r} is not a list of decisions: {found!r:.80}")
+    return found
+
+
 def parse_list(text: str, fmt: str = "auto", types: Iterable[str] = ("ban",),
                what: str = "the list") -> list[Network]:
     """The networks of a blocklist document (see the module docstring for the formats)
@@ -158,12 +181,9 @@ def parse_list(text: str, fmt: str = "auto", types: Iterable[str] = ("ban",),
     kind = _sniff(text, fmt)
     if kind == "text":
         return _checked(_text_entries(text), what)
-    try:
-        doc = json.loads(text)
-    except ValueError as exc:
-        raise LoadError(f"{what} is not JSON: {exc}") from None
+    doc = _json(text, what)
     if isinstance(doc, dict):
-        doc = [*(doc.get("new") or ()), *(doc.get("decisions") or ())]
+        doc = [*_listed(doc, "new"), *_listed(doc, "decisions")]
     return _checked(_json_entries(doc, frozenset(t.lower() for t in types)), what)
 
 
@@ -173,8 +193,9 @@ def parse_list(text: str, fmt: str = "auto", types: Iterable[str] = ("ban",),
 class _FileSource:
     """A local file, reloaded when its modification time or size changes."""
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, max_bytes: int) -> None:
         self.path = path
+        self.max_bytes = max_bytes
         self.seen: tuple[int, int] | None = None
 
     def __str__(self) -> str:
@@ -186,14 +207,44 @@ class _FileSource:
             stamp = (st.st_mtime_ns, st.st_size)
             if stamp == self.seen:
                 return None
-            text = self.path.read_text(encoding="utf-8", errors="replace")
+            if not stat.S_ISREG(st.st_mode):  # a FIFO's open() waits for a writer
+                raise LoadError(f"{self.path} is not a regular file")
+            # read at most max_bytes + 1, whatever the size says (a FIFO, /dev/zero, a
+            # file still growing)
+            with self.path.open("rb") as f:
+                data = f.read(self.max_bytes + 1)
         except OSError as exc:
             raise LoadError(f"cannot read {self.path}: {exc}") from None
+        if len(data) > self.max_bytes:
+            raise LoadError(f"{self.path} is larger than max_bytes={self.max_bytes}")
         self.seen = stamp
-        return text
+        return data.decode("utf-8", errors="replace")
 
     def stream(self) -> bool:
         return False
+
+
+class _HeadersStayHome(urllib.request.HTTPRedirectHandler):
+    """Follows redirects, but sends the list's own headers (a CrowdSec bouncer key) only
+    to the origin (scheme, host, port) of the request redirected: urllib alone forwards
+    every header to wherever a redirect points, over plain http too."""
+
+    def __init__(self, headers: Mapping[str, str]) -> None:
+        self.names = frozenset(name.lower() for name in headers)
+
+    def redirect_request(self, req: urllib.request.Request, fp: Any, code: int, msg: str,
+                         headers: Any, newurl: str) -> urllib.request.Request | None:
+        new = super().redirect_request(req, fp, code, msg, headers, newurl)
+        if new is not None and self.names and _origin(new.full_url) != _origin(req.full_url):
+            for name in [n for n in new.headers if n.lower() in self.names]:
+                del new.headers[name]
+        return new
+
+
+def _origin(url: str) -> tuple[str, str, int | None]:
+    parts = urllib.parse.urlsplit(url)
+    scheme = parts.scheme.lower()
+    return scheme, (parts.hostname or ""), parts.port or (443 if scheme == "https" else 80)
 
 
 class _URLSource:
@@ -209,6 +260,7 @@ class _URLSource:
         self.is_stream = urllib.parse.urlsplit(url).path.rstrip("/").endswith(
             "/decisions/stream")
         self.started = False  # a stream's full list (startup=true) was received
+        self.opener = urllib.request.build_opener(_HeadersStayHome(self.headers))
 
     def __str__(self) -> str:
         return self.url
@@ -225,19 +277,45 @@ class _URLSource:
             headers.update(self.validators)
         request = urllib.request.Request(url, headers=headers)
         try:
-            with urllib.request.urlopen(request, timeout=self.timeout) as response:
-                body: bytes = response.read(self.max_bytes + 1)
+            with self.opener.open(request, timeout=self.timeout) as response:
+                body = self._body(response, time.monotonic() + self.timeout)
                 charset: str = response.headers.get_content_charset() or "utf-8"
                 self._remember(response.headers)
         except urllib.error.HTTPError as exc:
             if exc.code == 304:
                 return None
             raise LoadError(f"{self.url} answered HTTP {exc.code}") from None
-        except (OSError, ValueError) as exc:  # URLError, timeouts, resets, bad URLs
-            raise LoadError(f"cannot fetch {self.url}: {exc}") from None
-        if len(body) > self.max_bytes:
-            raise LoadError(f"{self.url} sent more than max_bytes={self.max_bytes}")
+        except (OSError, ValueError, http.client.HTTPException) as exc:
+            # URLError, timeouts, resets, bad URLs; not HTTP, heads too long, bad chunks
+            raise LoadError(f"cannot fetch {self.url}: {type(exc).__name__}: {exc}") from None
+        try:
+            codecs.lookup(charset)
+        except LookupError:
+            charset = "utf-8"  # an unknown charset: lists are ASCII
         return body.decode(charset, errors="replace")
+
+    def _body(self, response: Any, deadline: float) -> bytes:
+        """The body, read a socket read at a time until ``deadline`` (a server dripping
+        bytes, each within the socket timeout, cannot hold the fetch for longer), at most
+        ``max_bytes``, and whole (one shorter than its Content-Length is refused)."""
+        parts: list[bytes] = []
+        size = 0
+        limit = self.max_bytes
+        while True:
+            chunk: bytes = response.read1(65536)
+            if not chunk:
+                break
+            parts.append(chunk)
+            size += len(chunk)
+            if size > limit:
+                raise LoadError(f"{self.url} sent more than max_bytes={limit}")
+            if time.monotonic() > deadline:
+                raise LoadError(f"{self.url} took more than timeout={self.timeout:g} "
+                                f"seconds to send its body")
+        if response.length:  # what Content-Length announced and was never sent
+            raise LoadError(f"{self.url} cut its body short ({size} bytes received, "
+                            f"{response.length} more announced)")
+        return b"".join(parts)
 
     def _remember(self, headers: Any) -> None:
         self.validators = {}
@@ -255,6 +333,32 @@ def _positive(name: str, value: object) -> float:
             0 < value < float("inf")):
         raise ConfigError(f"{name} must be a positive number of seconds, got {value!r}")
     return float(value)
+
+
+def _types(types: object) -> tuple[str, ...]:
+    if isinstance(types, str) or not isinstance(types, Iterable):
+        raise ConfigError(f"types must be a list of decision types, got {types!r}")
+    found = tuple(types)
+    if not found or not all(isinstance(t, str) and t for t in found):
+        raise ConfigError(f"types must be a non-empty list of decision types (strings "
+                          f"such as 'ban'), got {types!r}")
+    return found
+
+
+def _headers(headers: object) -> dict[str, str]:
+    """``headers`` checked: a mapping of strings, no line breaks (urllib refuses them
+    only when fetching, so a bad one would leave the list empty for good)."""
+    if headers is None:
+        return {}
+    if not isinstance(headers, Mapping):
+        raise ConfigError(f"headers must be a mapping of header names to values, "
+                          f"got {headers!r}")
+    for name, value in headers.items():
+        if not (isinstance(name, str) and isinstance(value, str)) or any(
+                c in name + value for c in "\r\n\0"):
+            raise ConfigError(f"headers: {name!r}: {value!r} is not a header (strings, "
+                              f"without line breaks)")
+    return dict(headers)
 
 
 class Blocklist:
@@ -303,10 +407,10 @@ class Blocklist:
         self.retry = min(self.refresh, 30.0) if retry is None else _positive("retry", retry)
         if format not in FORMATS:
             raise ConfigError(f"format must be one of {', '.join(FORMATS)}, got {format!r}")
-        if isinstance(types, str):
-            raise ConfigError(f"types must be a list of decision types, got {types!r}")
         self.format = format
-        self.types = tuple(types)
+        self.types = _types(types)
+        if not callable(clock):
+            raise ConfigError(f"clock must be a callable returning seconds, got {clock!r}")
         self._clock = clock
         self._lock = threading.Lock()
         self._set = IPSet(())
@@ -332,13 +436,13 @@ class Blocklist:
         if isinstance(max_bytes, bool) or not isinstance(max_bytes, int) or max_bytes < 1:
             raise ConfigError(f"max_bytes must be a positive integer, got {max_bytes!r}")
         if isinstance(source, str) and source.lower().startswith(("http://", "https://")):
-            return _URLSource(source, headers or {}, timeout, max_bytes)
+            return _URLSource(source, _headers(headers), timeout, max_bytes)
         if headers:
             raise ConfigError(f"headers are for URLs, not the file {source!r}")
         if not isinstance(source, (str, os.PathLike)) or not str(source):
             raise ConfigError(f"a blocklist source is a file path or an http(s) URL, "
                               f"got {source!r}")
-        return _FileSource(Path(source))
+        return _FileSource(Path(source), max_bytes)
 
     @classmethod
     def from_url(cls, url: str, **options: Any) -> Blocklist:
@@ -413,11 +517,16 @@ class Blocklist:
             else:
                 self._set = IPSet.from_parsed(
                     parse_list(text, self.format, self.types, str(source)))
-        except LoadError as exc:
+        except Exception as exc:  # a load never fails a request
             self.failures += 1
-            self.last_error = str(exc)
+            self.last_error = str(exc) if isinstance(exc, LoadError) else (
+                f"{type(exc).__name__}: {exc}")
+            if isinstance(source, _URLSource):
+                # a stream's delta may be lost (the LAPI counts it as pulled): ask for
+                # the whole list again
+                source.started = False
             logger.warning("throttlekit: blocklist %s not reloaded, keeping the last good "
-                           "list (%d entries): %s", source, len(self._set), exc)
+                           "list (%d entries): %s", source, len(self._set), self.last_error)
             return False
         self.loaded_at = self._clock()
         self.last_error = None
@@ -427,10 +536,7 @@ class Blocklist:
         """A CrowdSec LAPI stream answer applied: the full list at startup, then changes."""
         source = self._source
         assert isinstance(source, _URLSource)
-        try:
-            doc = json.loads(text)
-        except ValueError as exc:
-            raise LoadError(f"{source} is not JSON: {exc}") from None
+        doc = _json(text, str(source))
         if not isinstance(doc, dict):
             raise LoadError(f"{source}: expected the stream's {{\"new\", \"deleted\"}} object")
         types = frozenset(t.lower() for t in self.types)

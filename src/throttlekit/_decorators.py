@@ -79,6 +79,7 @@ from ._settling import (
     settle,
     status_of,
 )
+from ._waiting import awaited, wait_of, waited
 from .storage.base import BatchResult, Check
 
 if TYPE_CHECKING:
@@ -86,26 +87,10 @@ if TYPE_CHECKING:
     from ._request import RequestView
 
 __all__ = [
-    "DENIED_KEY",
-    "HANDLED_KEY",
-    "HIDDEN_REQUEST",
-    "PENDING_KEY",
-    "POLICIES_KEY",
-    "VIEW_KEY",
-    "FrameworkView",
-    "LimitSpec",
-    "aevaluate",
-    "answer",
-    "current_decision",
-    "decorate",
-    "evaluate",
-    "exempt",
-    "group_of",
-    "known_limiters",
-    "qualified_name",
-    "record",
-    "status_of",
-    "view_of",
+    "DENIED_KEY", "HANDLED_KEY", "HIDDEN_REQUEST", "PENDING_KEY", "POLICIES_KEY",
+    "VIEW_KEY", "FrameworkView", "LimitSpec", "aevaluate", "answer", "current_decision",
+    "decorate", "evaluate", "exempt", "group_of", "known_limiters", "qualified_name",
+    "record", "status_of", "view_of"
 ]
 
 logger = logging.getLogger("throttlekit")
@@ -123,13 +108,19 @@ _new = tuple.__new__
 # -- evaluation ------------------------------------------------------------------------------
 
 
-def _add(p: Plan, lim: Limiter, name: str, spec: LimitSpec, disc: str, cost: Any) -> None:
-    """Plan the checks of ``spec`` counting under ``name``, for ``disc`` at ``cost``."""
+def _add(p: Plan, lim: Limiter, name: str, spec: LimitSpec, disc: str, cost: Any,
+         rates: Any = None) -> None:
+    """Plan ``spec``'s checks under ``name`` for ``disc`` at ``cost`` (and ``rates``)."""
     if (cost.__class__ is not int or cost < 0) and (
         isinstance(cost, bool) or not isinstance(cost, int) or cost < 0
     ):
         raise TypeError(f"cost must be an integer >= 0, got {cost!r}")
     rule = spec.throttle(name, lim)
+    if rule.variants is not None:
+        try:
+            rule = rule.variants.of(rates)
+        except ConfigError as exc:  # bad rates answered: this call's error, not a misfit
+            raise ValueError(str(exc)) from None
     checks = p.checks
     p.throttles.append((rule, disc, cost, len(checks)))
     skey = NS + disc
@@ -152,7 +143,7 @@ def _log_error(lim: Limiter, name: str, exc: BaseException) -> None:
     mono = time.monotonic()
     if mono - _last_log.get(name, -1e18) >= lim.error_log_interval:
         _last_log[name] = mono
-        logger.error("the key or cost function of limit %r raised %s: %s; "
+        logger.error("the key, cost or rates function of limit %r raised %s: %s; "
                      "on_storage_error=%r", name, type(exc).__name__, exc, lim.on_storage_error)
 
 
@@ -193,7 +184,8 @@ def _plan_web(lim: Limiter, view: RequestView, entries: Sequence[Entry]
                 name = f"{name}#{method}"
             if route is not None and spec.scope is None and not _shared(name):
                 name = f"{name}@{route}"  # one view behind two routes: two counters
-            _add(p, lim, name, spec, disc, cost)
+            rates = None if spec.rates_arity is None else spec.rates_of(name, disc, view)
+            _add(p, lim, name, spec, disc, cost, rates)
         except Exception as exc:
             _log_error(lim, name, exc)
             if lim.on_storage_error == "deny":
@@ -211,7 +203,7 @@ def _plan_call(lim: Limiter, group: Group, args: tuple[Any, ...],
         if named is None:
             return None  # the call itself does not fit the function: let it raise
     p = Plan(None)  # type: ignore[arg-type]  # a plain call has no request
-    for (name, spec), (keya, costa) in zip(group.entries, group.adapters, strict=True):
+    for (name, spec), (keya, costa, ratesa) in zip(group.entries, group.adapters, strict=True):
         try:
             disc = "" if keya is None else keya(args, kwargs, named)
             if disc is None:
@@ -220,7 +212,9 @@ def _plan_call(lim: Limiter, group: Group, args: tuple[Any, ...],
             cost = spec.call_cost
             if cost.__class__ is not int:
                 cost = costa(args, kwargs, named)  # type: ignore[misc]
-            _add(p, lim, name, spec, disc, cost)
+            rates = None if spec.rates_arity is None else ratesa(args, kwargs, named) \
+                if ratesa is not None else spec.rates_of(name, disc, None)
+            _add(p, lim, name, spec, disc, cost, rates)
         except ConfigError:
             raise
         except Exception as exc:
@@ -235,24 +229,33 @@ def _refused(lim: Limiter, view: Any, rule: str, degraded: bool = True) -> Verdi
     return Verdict(False, "throttled", rule, None, d, [], degraded, view)
 
 
-def evaluate(lim: Limiter, view: RequestView, entries: Sequence[Entry]) -> Verdict | None:
+def evaluate(lim: Limiter, view: RequestView, entries: Sequence[Entry], wait: bool = True
+             ) -> Verdict | None:
     """Check and charge the ``entries`` that apply to the request (all or nothing, one
-    storage call). None when none applies. Never raises."""
+    storage call; a refusal due within their ``wait`` waits, then is decided once more).
+    None when none applies. Never raises."""
     p = _plan_web(lim, view, entries)
     if isinstance(p, Plan):
         if not _on_their_own(p):
-            return lim.engine.decide(p, silent=True)  # no events: they tell what rules did
-        return _concluded(lim, p, lim.engine.apply(p.checks))
+            p = lim.engine.decide(p, silent=True)  # no events: they tell what rules did
+        else:
+            p = _concluded(lim, p, lim.engine.apply(p.checks))
+    if wait and p is not None and not p.allowed and (w := wait_of(entries)):
+        return waited(lim, w, p, evaluate, lim, view, entries, False)
     return p
 
 
-async def aevaluate(lim: Limiter, view: RequestView, entries: Sequence[Entry]) -> Verdict | None:
+async def aevaluate(lim: Limiter, view: RequestView, entries: Sequence[Entry],
+                    wait: bool = True) -> Verdict | None:
     """Async twin of :func:`evaluate` (async storage calls only)."""
     p = _plan_web(lim, view, entries)
     if isinstance(p, Plan):
         if not _on_their_own(p):
-            return await lim.engine.adecide(p, silent=True)
-        return _concluded(lim, p, await lim.engine.aapply(p.checks))
+            p = await lim.engine.adecide(p, silent=True)
+        else:
+            p = _concluded(lim, p, await lim.engine.aapply(p.checks))
+    if wait and p is not None and not p.allowed and (w := wait_of(entries)):
+        return await awaited(lim, w, p, aevaluate, lim, view, entries, False)
     return p
 
 
@@ -490,27 +493,42 @@ def _found(hidden: Adapter | None, req: Any, args: tuple[Any, ...], kwargs: dict
 
 def _call_limits(lim: Limiter, group: Group, args: tuple[Any, ...],
                  kwargs: dict[str, Any]) -> list[Verdict] | None:
-    """Check and charge a plain call's limits; raise :class:`RateLimitExceeded` if they
-    refuse it. Returns the verdict to settle after the call (``count_when``), if any."""
+    """Check and charge a plain call's limits (``wait=``: a refusal due soon waits, then is
+    decided once more); raise :class:`RateLimitExceeded` if they refuse it. Returns the
+    verdict to settle after the call (``count_when``), if any."""
+    verdict = _decide_call(lim, group, args, kwargs)
+    if group.wait:
+        verdict = waited(lim, group.wait, verdict, _decide_call, lim, group, args, kwargs)
+    return _raise_refused(verdict)
+
+
+def _decide_call(lim: Limiter, group: Group, args: tuple[Any, ...],
+                 kwargs: dict[str, Any]) -> Verdict | None:
     p = _plan_call(lim, group, args, kwargs)
-    if isinstance(p, Plan):
-        if not _on_their_own(p):
-            p = lim.engine.decide(p, silent=True)
-        else:
-            p = _concluded(lim, p, lim.engine.apply(p.checks))
-    return _raise_refused(p)
+    if not isinstance(p, Plan):
+        return p
+    if not _on_their_own(p):
+        return lim.engine.decide(p, silent=True)
+    return _concluded(lim, p, lim.engine.apply(p.checks))
 
 
 async def _acall_limits(lim: Limiter, group: Group, args: tuple[Any, ...],
                         kwargs: dict[str, Any]) -> list[Verdict] | None:
     """Async twin of :func:`_call_limits`."""
+    verdict = await _adecide_call(lim, group, args, kwargs)
+    if group.wait:
+        verdict = await awaited(lim, group.wait, verdict, _adecide_call, lim, group, args, kwargs)
+    return _raise_refused(verdict)
+
+
+async def _adecide_call(lim: Limiter, group: Group, args: tuple[Any, ...],
+                        kwargs: dict[str, Any]) -> Verdict | None:
     p = _plan_call(lim, group, args, kwargs)
-    if isinstance(p, Plan):
-        if not _on_their_own(p):
-            p = await lim.engine.adecide(p, silent=True)
-        else:
-            p = _concluded(lim, p, await lim.engine.aapply(p.checks))
-    return _raise_refused(p)
+    if not isinstance(p, Plan):
+        return p
+    if not _on_their_own(p):
+        return await lim.engine.adecide(p, silent=True)
+    return _concluded(lim, p, await lim.engine.aapply(p.checks))
 
 
 def _raise_refused(verdict: Verdict | None) -> list[Verdict] | None:

@@ -19,12 +19,18 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 from cachetools import TLRUCache
 
 from ._decision import Decision
+from ._rules import Verdict
 
-__all__ = ["CHECK_INTERVAL", "DenialCache"]
+if TYPE_CHECKING:
+    from ._engine import Engine
+    from ._planning import Plan
+
+__all__ = ["CHECK_INTERVAL", "DenialCache", "cached_refusal", "note_denials"]
 
 #: seconds between two reads of the store's generation while refusals are served from cache
 CHECK_INTERVAL = 1.0
@@ -129,3 +135,73 @@ class DenialCache:
         changed): if nobody else moved it meanwhile, no need to drop the rest."""
         if self.generation is not None and self.generation == generation - 1:
             self.generation = generation
+
+
+def cached_refusal(engine: Engine, p: Plan, now: int | None, silent: bool = False
+                   ) -> Verdict | None:
+    """``Engine.decide``'s local denial cache: a throttle of this request refused this
+    client until a time not yet reached: refuse again without a round trip. Not for
+    requests that must still be counted somewhere: ban counters and dry-run rules."""
+    if p.refuse_ban is not None:
+        return None
+    for _brule, _disc, idx in p.bans:
+        if idx >= 0:
+            return None
+    denials = engine.store.denials
+    assert denials is not None
+    found = None
+    for rule, disc, cost, _start in p.throttles:
+        if rule.dry_run:
+            return None
+        if found is None:
+            d = denials.get(rule, disc, cost, now)
+            if d is not None:
+                found = rule, disc, d
+    if found is None:
+        return None
+    if not p.recheck and denials.due():
+        p.recheck = True  # evaluate/aevaluate read the generation, then look again
+        return None
+    rule, disc, d = found
+    name = rule.policy_names[0]
+    for alg, policy in zip(rule.algorithms, rule.policy_names, strict=True):
+        if alg.rate == d.rate:
+            name = policy
+            break
+    policies: list[tuple[str, Decision]] = [(name, d)]
+    remembered = engine.refusal_policies.get((rule, disc))
+    if remembered is not None:
+        # The policies the store reported with this refusal, their clocks moved on (the
+        # counts of the others can only have risen: a refusal charged nothing).
+        made, earlier = remembered
+        elapsed = ((now if now is not None else time.time_ns() // 1000) - made) / 1e6
+        policies = [
+            (n, d if n == name else pd._replace(
+                reset_after=max(pd.reset_after - elapsed, 0.0)))
+            for n, pd in earlier
+        ]
+    if not silent and "throttled" in engine.listeners.active:
+        engine.emit("throttled", rule.name, disc, p.view, d, False)
+    return Verdict(False, "throttled", rule.name, disc, d, policies, False, p.view)
+
+def note_denials(
+engine: Engine, denials: DenialCache, p: Plan, verdict: Verdict, degraded: bool,
+now: int | None,
+) -> None:
+    """Remember a refusal of ``p`` (and its policies), or note this request's charges."""
+    if verdict.kind == "throttled" and not degraded and verdict.decision is not None:
+        for rule, disc, cost, _start in p.throttles:
+            if rule.name == verdict.rule and disc == verdict.key:
+                denials.remember(rule, disc, cost, now, verdict.decision, p.epoch)
+                cache = engine.refusal_policies
+                if len(cache) >= 10_000:  # bounded: old entries only lose header detail
+                    cache.clear()
+                cache[rule, disc] = (
+                    now if now is not None else time.time_ns() // 1000, verdict.policies
+                )
+                break
+    elif verdict.allowed and len(denials):
+        # our own charges make a cached denial's numbers stale
+        for rule, disc, cost, _start in p.throttles:
+            if cost:
+                denials.charged(rule, disc)

@@ -20,14 +20,23 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 from ._decision import Decision
+from ._denials import cached_refusal, note_denials
 from ._events import Event, EventCallback, Listeners
 from ._keys import UNREADABLE_PREFIX
-from ._planning import Plan, Planned, applies, conclude, conclude_throttles, lists, plan
+from ._planning import (
+    Plan,
+    Planned,
+    applies,
+    conclude,
+    conclude_throttles,
+    lists,
+    plan,
+    settle_checks,
+)
 from ._resilience import ResilientStore, deny_decision
 from ._rules import (
     NS,
     UNKNOWN_CLIENT,
-    ResponseInfo,
     Rules,
     Verdict,
     _RuleFailed,
@@ -39,10 +48,10 @@ if TYPE_CHECKING:
     from ._admit import AdmissionStep
     from ._challenge.step import ChallengeStep
     from ._concurrency import ConcurrencyRules
-    from ._denials import DenialCache
     from ._limiter import Limiter
     from ._reload import RulesWatcher
     from ._request import RequestView
+    from ._standing import Standing
 
 __all__ = ["Engine"]
 
@@ -57,9 +66,25 @@ class Engine:
     """What decides the requests of one limiter (``limiter.engine``)."""
 
     __slots__ = (
-        "_admission", "_batches", "_challenge", "_concurrency", "_last_log", "_refusal_policies",
-        "_warned_no_ip", "_warned_unreadable", "enabled", "limiter", "listeners", "local_blocks",
-        "remote", "rules", "steps", "storage", "store", "watcher",
+        "_admission",
+        "_batches",
+        "_challenge",
+        "_concurrency",
+        "_last_log",
+        "_standing",
+        "_warned_no_ip",
+        "_warned_unreadable",
+        "enabled",
+        "limiter",
+        "listeners",
+        "local_blocks",
+        "refusal_policies",
+        "remote",
+        "rules",
+        "steps",
+        "storage",
+        "store",
+        "watcher",
     )
 
     def __init__(self, limiter: Limiter) -> None:
@@ -78,15 +103,16 @@ class Engine:
         self._concurrency: ConcurrencyRules | None = None
         self._admission: AdmissionStep | None = None
         self._challenge: ChallengeStep | None = None
-        #: a step after the rules is configured (challenge, admission, concurrency): an
-        #: allowed request goes through ``_exchange.begin``; kept by the setters below
+        self._standing: Standing | None = None
+        #: a step after the rules is configured (challenge, admission, concurrency, standing):
+        #: an allowed request goes through ``_exchange.begin``; kept by the setters below
         self.steps = False
         self.watcher: RulesWatcher | None = None
         self.enabled = True
         self.listeners = Listeners(limiter.error_log_interval)
         #: with the local denial cache: the rate-limit policies of a cached refusal, so a
         #: repeated 429 carries the same header fields as the first
-        self._refusal_policies: dict[
+        self.refusal_policies: dict[
             tuple[_Throttle, str], tuple[int, list[tuple[str, Decision]]]
         ] = {}
         #: the throttles applying to a request (when several) -> the store's bound batch
@@ -131,9 +157,18 @@ class Engine:
         self._challenge = step
         self._restep()
 
+    @property
+    def standing(self) -> Standing | None:  # which clients are known (throttlekit.Standing)
+        return self._standing
+
+    @standing.setter
+    def standing(self, standing: Standing | None) -> None:
+        self._standing = standing
+        self._restep()
+
     def _restep(self) -> None:
-        self.steps = (self._concurrency is not None or self._admission is not None
-                      or self._challenge is not None)
+        self.steps = any(step is not None for step in (
+            self._concurrency, self._admission, self._challenge, self._standing))
 
     # -- evaluation ----------------------------------------------------------------------
 
@@ -142,39 +177,35 @@ class Engine:
         if self.watcher is not None and self.enabled:
             self.watcher.poll()  # a reload swaps self.rules: read them after
         rules = self.rules
-        # throttles, index, then the flag: a rule is registered with ``fast`` cleared before
-        # it is published in ``index`` then ``throttles``, so a rule added by another thread
-        # meanwhile is never decided here as plain, nor asked without its conditions
-        throttles = rules.throttles
-        index = rules.index
+        # the candidates (throttles, then their index) before the flag: a rule is registered
+        # with ``fast`` cleared before it is published (never decided here as plain)
+        throttles = rules.candidates(view)  # only the rules whose conditions hold
         if rules.fast and self.enabled:
             blocks = self.local_blocks
-            if blocks is not None and not blocks and not self.listeners.active:
-                # The common case in this frame: lists and plain throttles (no bans, dry
-                # runs or count_when) on a local store with an empty dynamic blocklist,
-                # nobody listening. One throttle of one rate is decided by the store's
-                # bound hit, several by its bound batch (all or nothing).
+            if blocks is not None and not blocks:
+                # The common case in this frame: lists and plain throttles (no bans, dry runs
+                # or count_when) on a local store with an empty dynamic blocklist: the store's
+                # bound hit (one rate), bound batch (several), or _told (listeners: events).
+                active = self.listeners.active
                 try:
                     if rules.safelists or rules.blocklists:
                         listed = lists(self, rules, view)
                         if listed is not None:
                             return listed
                     rule1: _Throttle | None = None
-                    disc1 = ""
-                    cost1 = 0
+                    disc1, cost1 = "", 0
                     several: list[_Throttle] | None = None  # when several apply
-                    if index is not None:  # only the rules whose conditions hold
-                        throttles = index.candidates(view)
-                    ck = view.client_key  # read once for every simple rule
                     for rule in throttles:
-                        if rule.simple and ck:  # applies()' first case, inline
-                            disc = ck
-                            cost: int = rule.cost  # type: ignore[assignment]  # an int
-                        else:
-                            found = applies(self, rule, view)
-                            if found is None:
+                        ck = view.client_key if rule.simple else None  # applies()' 1st case
+                        found: tuple[str, int] | None = (  # (a simple rule's cost is an int)
+                            (ck, rule.cost) if ck else applies(self, rule, view))  # type: ignore[assignment]
+                        if found is None:
+                            continue
+                        if rule.resolve is not None:  # rates following the caller (plans)
+                            if (own := rule.variant(self, view)) is None:
                                 continue
-                            disc, cost = found
+                            rule = own
+                        disc, cost = found
                         if rule1 is None:
                             rule1, disc1, cost1 = rule, disc, cost  # (no tuple built)
                         elif several is None:
@@ -186,9 +217,13 @@ class Engine:
                             discs.append(disc)
                             costs.append(cost)
                     if rule1 is None:
+                        if active and "tracked" in active:
+                            self.track(view)
                         return Verdict(True, "allowed", None, None, None, [], False, view)
-                    clock = self.limiter.clock
-                    now = int(clock() * 1_000_000) if clock is not None else None
+                    now = None if (clock := self.limiter.clock) is None else int(clock() * 1e6)
+                    if active:
+                        return self._told(view, [(rule1, disc1, cost1, 0)] if several is None
+                                          else _planned(several, discs, costs), now)
                     if several is None:
                         hit = rule1.hit
                         if hit is None:  # one rule of several rates
@@ -198,7 +233,7 @@ class Engine:
                                 self, view, [(rule1, disc1, cost1, 0)],
                                 batch((disc1,), (cost1,), now), False,
                             )
-                        d = hit(NS + disc1, cost1, now)
+                        d = hit(disc1, cost1, now)
                         if not d.allowed:
                             return Verdict(False, "throttled", rule1.name, disc1, d,
                                            [(rule1.name, d)], False, view)
@@ -217,6 +252,25 @@ class Engine:
                 except _RuleFailed as err:
                     return self.refused_by_error(view, err)
         return self._evaluate(view)
+
+    def _told(self, view: RequestView, planned: list[Planned], now: int | None) -> Verdict:
+        """``evaluate``'s common case with listeners: the same store calls, concluded as
+        the general path concludes (its events: allowed, throttled, tracked)."""
+        if len(planned) == 1:
+            rule, disc, cost, _ = planned[0]
+            if rule.hit is not None:
+                decisions = [rule.hit(disc, cost, now)]
+            else:
+                assert rule.batch is not None
+                decisions = rule.batch((disc,), (cost,), now)
+        else:
+            applying = tuple(p[0] for p in planned)
+            bound = self._batches.get(applying) or self._bind_batch(applying)
+            decisions = bound[0]([p[1] for p in planned], [p[2] for p in planned], now)
+        verdict = conclude_throttles(self, view, planned, decisions, False)
+        if verdict.allowed and "tracked" in self.listeners.active:
+            self.track(view)
+        return verdict
 
     def _several(self, view: RequestView, several: list[_Throttle], discs: list[str],
                  costs: list[int], now: int | None) -> Verdict:
@@ -317,7 +371,7 @@ class Engine:
             return None
         denials = self.store.denials
         assert denials is not None
-        cached = self._cached_refusal(p, now, silent)
+        cached = cached_refusal(self, p, now, silent)
         p.epoch = denials.epoch
         return cached
 
@@ -326,7 +380,7 @@ class Engine:
         verdict, new_bans = conclude(self, p, result, silent)
         denials = self.store.denials
         if denials is not None and p.throttles:
-            self._note_denials(denials, p, verdict, result.policy is not None, now)
+            note_denials(self, denials, p, verdict, result.policy is not None, now)
         return verdict, new_bans
 
     def _bind_batch(self, applying: tuple[_Throttle, ...]
@@ -344,80 +398,12 @@ class Engine:
 
     def _recheck(self, p: Plan, now: int | None, silent: bool = False) -> Verdict | None:
         """The cached refusal of ``p`` after the store's generation was read."""
-        cached = self._cached_refusal(p, now, silent)
+        cached = cached_refusal(self, p, now, silent)
         p.recheck = False
         denials = self.store.denials
         assert denials is not None
         p.epoch = denials.epoch
         return cached
-
-    def _cached_refusal(self, p: Plan, now: int | None, silent: bool = False
-                        ) -> Verdict | None:
-        """A throttle of this request refused this client until a time not yet reached:
-        refuse again without a round trip. Not for requests that must still be counted
-        somewhere: ban counters and dry-run rules."""
-        if p.refuse_ban is not None:
-            return None
-        for _brule, _disc, idx in p.bans:
-            if idx >= 0:
-                return None
-        denials = self.store.denials
-        assert denials is not None
-        found = None
-        for rule, disc, cost, _start in p.throttles:
-            if rule.dry_run:
-                return None
-            if found is None:
-                d = denials.get(rule, disc, cost, now)
-                if d is not None:
-                    found = rule, disc, d
-        if found is None:
-            return None
-        if not p.recheck and denials.due():
-            p.recheck = True  # evaluate/aevaluate read the generation, then look again
-            return None
-        rule, disc, d = found
-        name = rule.policy_names[0]
-        for alg, policy in zip(rule.algorithms, rule.policy_names, strict=True):
-            if alg.rate == d.rate:
-                name = policy
-                break
-        policies: list[tuple[str, Decision]] = [(name, d)]
-        remembered = self._refusal_policies.get((rule, disc))
-        if remembered is not None:
-            # The policies the store reported with this refusal, their clocks moved on (the
-            # counts of the others can only have risen: a refusal charged nothing).
-            made, earlier = remembered
-            elapsed = ((now if now is not None else time.time_ns() // 1000) - made) / 1e6
-            policies = [
-                (n, d if n == name else pd._replace(
-                    reset_after=max(pd.reset_after - elapsed, 0.0)))
-                for n, pd in earlier
-            ]
-        if not silent and "throttled" in self.listeners.active:
-            self.emit("throttled", rule.name, disc, p.view, d, False)
-        return Verdict(False, "throttled", rule.name, disc, d, policies, False, p.view)
-
-    def _note_denials(
-        self, denials: DenialCache, p: Plan, verdict: Verdict, degraded: bool,
-        now: int | None,
-    ) -> None:
-        if verdict.kind == "throttled" and not degraded and verdict.decision is not None:
-            for rule, disc, cost, _start in p.throttles:
-                if rule.name == verdict.rule and disc == verdict.key:
-                    denials.remember(rule, disc, cost, now, verdict.decision, p.epoch)
-                    cache = self._refusal_policies
-                    if len(cache) >= 10_000:  # bounded: old entries only lose header detail
-                        cache.clear()
-                    cache[rule, disc] = (
-                        now if now is not None else time.time_ns() // 1000, verdict.policies
-                    )
-                    break
-        elif verdict.allowed and len(denials):
-            # our own charges make a cached denial's numbers stale
-            for rule, disc, cost, _start in p.throttles:
-                if cost:
-                    denials.charged(rule, disc)
 
     # -- bans ------------------------------------------------------------------------------
 
@@ -460,7 +446,7 @@ class Engine:
         """After the response: charge the ``count_when`` throttles whose predicate matches
         (an exception from the app counts as 500). Idempotent."""
         if verdict.pending:
-            checks = self._settle_checks(verdict, status, headers)
+            checks = settle_checks(self, verdict, status, headers)
             if checks:
                 self.apply(checks)
 
@@ -468,28 +454,9 @@ class Engine:
                       headers: Sequence[tuple[str, str]] = ()) -> None:
         """Async twin of :meth:`settle`."""
         if verdict.pending:
-            checks = self._settle_checks(verdict, status, headers)
+            checks = settle_checks(self, verdict, status, headers)
             if checks:
                 await self.aapply(checks)
-
-    def _settle_checks(self, verdict: Verdict, status: int,
-                       headers: Sequence[tuple[str, str]]) -> list[Check]:
-        pending = verdict.pending
-        verdict.pending = None  # settle once
-        info = ResponseInfo(status, headers)
-        checks: list[Check] = []
-        for rule, disc, cost in pending or ():
-            try:
-                hit = rule.count_when(info)  # type: ignore[misc]
-            except Exception as exc:
-                self._log_once(rule.name, "count_when of throttle %r raised %s: %s",
-                               rule.name, type(exc).__name__, exc)
-                continue
-            if hit and cost:
-                skey = NS + disc
-                for alg in rule.algorithms:
-                    checks.append(_new(Check, (alg, skey, cost, True, False)))
-        return checks
 
     # -- what planning reports -------------------------------------------------------------
 
@@ -502,7 +469,7 @@ class Engine:
     def retry_interval(self) -> float:
         return self.limiter.retry_interval
 
-    def _log_once(self, rule: str, message: str, *args: Any) -> bool:
+    def log_once(self, rule: str, message: str, *args: Any) -> bool:
         """Log ``message`` at most once per rule and ``error_log_interval``."""
         mono = time.monotonic()
         if mono - self._last_log.get(rule, -1e18) < self.limiter.error_log_interval:
@@ -515,7 +482,7 @@ class Engine:
         """A user function raised: log (rate-limited per rule), then skip the rule, or
         refuse the request under ``on_storage_error="deny"``."""
         policy = self.limiter.on_storage_error
-        self._log_once(rule, "the %s of %s rule %r raised %s: %s; on_storage_error=%r",
+        self.log_once(rule, "the %s of %s rule %r raised %s: %s; on_storage_error=%r",
                        what, kind, rule, type(exc).__name__, exc, policy)
         if policy == "deny" and kind != "safelist" and kind != "track":
             raise _RuleFailed(kind, rule) from None

@@ -33,6 +33,7 @@ logger = logging.getLogger("throttlekit")
 #: Every kind of event, in evaluation order.
 EVENT_KINDS = (
     "safelisted", "blocked", "banned", "throttled", "allowed", "tracked", "challenged", "shed",
+    "waited",
 )
 
 
@@ -43,7 +44,9 @@ class Event(NamedTuple):
         kind: ``"safelisted"``, ``"blocked"``, ``"banned"``, ``"throttled"``, ``"allowed"``
             (a throttle applied and allowed), ``"tracked"``, ``"challenged"`` (a challenge
             answered an allowed request: its redirect or page, or 403) or ``"shed"``
-            (admission control refused an allowed request: 503).
+            (admission control refused an allowed request: 503) or ``"waited"`` (a
+            decorated call waited ``decision.retry_after`` seconds instead of being
+            refused: ``limit(..., wait=)``).
         rule: the rule's name.
         key: the discriminator the rule used (client key, user name, the network of a
             challenged client, ...), or None.

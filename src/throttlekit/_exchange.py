@@ -38,6 +38,8 @@ __all__ = ["CHALLENGE_KEY", "DENIED_KEY", "OWNER_KEY", "POLICIES_KEY", "Exchange
 #: environ/scope key: the ``(policy, Decision)`` pairs inner entries recorded (endpoint
 #: limits, dependencies), for the header set the outermost entry writes
 POLICIES_KEY = "throttlekit.policies"
+#: refusals that end a client's standing (``Standing.refused``): the rules', not load's
+_MISBEHAVED = frozenset({"throttled", "blocked", "banned"})
 #: environ/scope key: set when a throttlekit refusal answered this request (its refusal
 #: carries the header fields: nobody adds them again)
 DENIED_KEY = "throttlekit.denied"
@@ -177,6 +179,11 @@ def _before_lease(limiter: Limiter, verdict: Verdict, lease: bool
     holds the leases)."""
     engine = limiter.engine
     if not (lease and engine.enabled and verdict.allowed):
+        standing = engine.standing
+        if standing is not None and lease and verdict.kind in _MISBEHAVED:
+            view = verdict.request
+            if view is not None:
+                standing.refused(view)  # a client refused by the rules loses its standing
         return verdict, None, None
     verdict, ticket = _admit(limiter, verdict)
     return verdict, ticket, engine.concurrency if verdict.allowed else None
@@ -194,10 +201,13 @@ def _admit(limiter: Limiter, verdict: Verdict) -> tuple[Verdict, Ticket | None]:
         verdict = mark.step.take(verdict, mark)
         if not verdict.allowed:
             return verdict, None
+    standing = limiter.engine.standing
+    # history for the client's standing, and whether it is known (Standing)
+    known = standing is not None and view is not None and standing.seen(view)
     step = limiter.engine.admission
     if step is None:
         return verdict, None
-    return step.admit(verdict)
+    return step.admit(verdict, known)
 
 
 def _exchange(limiter: Limiter, verdict: Verdict, held: Lease | None, ticket: Ticket | None

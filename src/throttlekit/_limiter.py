@@ -6,7 +6,7 @@ in ``_admin``, the rules' decisions in ``_engine`` (``limiter.engine``).
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, overload
 
 from . import _admin as admin
@@ -18,6 +18,7 @@ from ._direct import Plan, adecide, check_cost, check_key, decide, prepared
 from ._engine import Engine
 from ._errors import ConfigError
 from ._keys import MAX_KEY_LENGTH, bound_key
+from ._plans import Plans
 from ._resilience import ON_STORAGE_ERROR, ResilientStore, resilient
 from ._settings import check_settings, storage_of
 from ._subscribe import subscribe
@@ -296,7 +297,7 @@ class Limiter:
     def throttle(
         self,
         name: str,
-        rates: RatesLike,
+        rates: RatesLike | Callable[[RequestView], RatesLike],
         *,
         match: Callable[[RequestView], Any] | None = None,
         key: KeyLike = None,
@@ -305,28 +306,24 @@ class Limiter:
         burst: int | None = None,
         dry_run: bool = False,
         count_when: Callable[[ResponseInfo], Any] | None = None,
-        on_unreadable: str = "client",
-        methods: Strings = None, paths: Strings = None, path_prefix: Strings = None,
-        hosts: Strings = None,
+        on_unreadable: str = "client", methods: Strings = None, paths: Strings = None,
+        path_prefix: Strings = None, hosts: Strings = None,
     ) -> None:
-        """Limit requests that ``match`` (default: all) to ``rates`` per ``key``.
+        """Limit requests that ``match`` (default: all) to ``rates`` per ``key``; ``rates``
+        may be a function of the view (per caller: :meth:`plans`; counts kept across plans).
+        ``key``: a function of the view (None skips the rule), ``"ip"``, ``"client"``
+        (default: the IPv4 address or IPv6 /64) or ``"header:<name>"``. ``cost``: an int or
+        a function of the view. ``dry_run``: count and emit events, never refuse.
+        ``count_when``: a function of the response (``.status_code``); the rule is tested
+        before the app and charged after it answers, only when the function returns true.
 
-        ``key``: a function of the request view (returning None skips the rule), or
-        ``"ip"``, ``"client"`` (default: the IPv4 address or IPv6 /64) or
-        ``"header:<name>"``. ``cost``: an int or a function of the view. ``dry_run``:
-        count and emit events, never refuse. ``count_when``: a function of the response
-        (``.status_code``); the rule is tested before the app and charged after it
-        answers, only when the function returns true.
-
-        ``on_unreadable``: what happens when the key cannot be read from a request: the
-        key function raised, or returned None after reading a ``view.form`` that could
-        not be read (a body over ``max_form_bytes``, unparsable, or of a content type the
-        form reader does not handle). ``"client"`` (default) counts the request under
-        its client key, in a namespace of its own (``"#client:<key>"``); ``"refuse"``
-        refuses it (429). A key of None from a readable request still means the rule
-        does not apply. Keys over 200 characters, or starting with ``#``, are stored as
-        their SHA-256 (``"#sha256:<hex>"``). ``methods``, ``paths``, ``path_prefix``, ``hosts``:
-        what the rule matches, declared (indexed: other requests skip it). See docs/rules.md.
+        ``on_unreadable``: what happens when the key cannot be read (the key function
+        raised, or returned None after reading a ``view.form`` that could not be read):
+        ``"client"`` (default) counts it under its client key, in a namespace of its own
+        (``"#client:<key>"``); ``"refuse"`` refuses it (429). Keys over 200 characters, or
+        starting with ``#``, are stored as their SHA-256. ``methods``, ``paths``,
+        ``path_prefix``, ``hosts``: what the rule matches, declared (indexed: requests they
+        rule out skip the rule unasked). See ``docs/rules.md``.
         """
         self.engine.rules.add_throttle(name, rates, match, key, strategy, cost, burst, dry_run,
                                        count_when, on_unreadable, methods=methods, paths=paths,
@@ -337,6 +334,11 @@ class Limiter:
         tighten a rule during an attack); returns the previous rates, which restore it.
         State is keyed by rule, strategy and period, so a tightened rule bites at once."""
         return self.engine.rules.set_throttle_rates(name, rates)
+
+    def plans(self, rates: Mapping[str, RatesLike], plan: str | Callable[[RequestView], object],
+              default: str | None = None) -> Plans:
+        """A rates function by plan for ``throttle(rates=...)`` and ``limit``: see Plans."""
+        return Plans(rates, plan, default)
 
     def track(
         self, name: str, match: Callable[[RequestView], Any] | None = None, *, key: KeyLike = None
@@ -553,18 +555,16 @@ class Limiter:
 
     # -- decorators and framework integrations (see _decorators.py, throttlekit.contrib) --
 
-    def limit(self, rates: RatesLike, **options: Unpack[LimitOptions]) -> Callable[[FuncT], FuncT]:
-        """Decorate a view, endpoint, function or coroutine with ``rates``.
-
+    def limit(self, rates: RatesLike | Callable[..., RatesLike],
+              **options: Unpack[LimitOptions]) -> Callable[[FuncT], FuncT]:
+        """Decorate a view, endpoint, function or coroutine with ``rates`` (or a function
+        of nothing, the view, ``key`` or ``(group, request)``: per caller, see :meth:`plans`).
         In a request (Flask, Django, Starlette/FastAPI), counted per client (or ``key``: a
         function of the view, ``"ip"``, ``"user"``, ``"user_or_ip"``, ``"header:<name>"``)
         under the endpoint's name; a breach answers the framework's native 429. Plain calls:
         ``key(*args, **kwargs)`` picks the counter, a breach raises ``RateLimitExceeded``.
-        Options (keyword only): ``key=None, strategy=None, cost=1, methods=None,
-        per_method=False, burst=None, override_defaults=False, scope=None,
-        on_unreadable="client", count_when=None, dry_run=False, block=True``; see
-        ``docs/frameworks.md``.
-        """
+        Options: ``key, strategy, cost, methods, per_method, burst, override_defaults,
+        scope, on_unreadable, count_when, dry_run, block``; see ``docs/frameworks.md``."""
         from ._decorators import decorate
         from ._limitspec import make_spec
 

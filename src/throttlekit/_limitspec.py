@@ -13,7 +13,15 @@ from typing import TYPE_CHECKING, Any, TypedDict
 from ._algorithms import DEFAULT_STRATEGY, check_strategy
 from ._errors import ConfigError
 from ._frameworkview import user_key, user_or_ip_key
-from ._rules import _Throttle, _throttle_algorithms, check_on_unreadable, key_function, uses_form
+from ._rates import rates_function, resolved
+from ._rules import (
+    _Throttle,
+    _throttle_algorithms,
+    check_on_unreadable,
+    key_function,
+    uses_form,
+)
+from ._waiting import check_wait
 
 if TYPE_CHECKING:
     from ._limiter import Limiter
@@ -58,6 +66,7 @@ class LimitOptions(TypedDict, total=False):
     count_when: Callable[[ResponseInfo], Any] | None
     dry_run: bool
     block: bool
+    wait: float
 
 
 def qualified_name(fn: Any) -> str:
@@ -95,7 +104,7 @@ class LimitSpec:
     __slots__ = (
         "_throttles", "block", "burst", "call_cost", "call_key", "cost", "count_when",
         "dry_run", "key", "methods", "on_unreadable", "override_defaults", "per_method",
-        "rates", "scope", "strategy", "uses_form",
+        "rates", "rates_arity", "scope", "strategy", "uses_form", "wait",
     )
 
     def __init__(
@@ -115,6 +124,7 @@ class LimitSpec:
         count_when: Callable[[ResponseInfo], Any] | None = None,
         dry_run: bool = False,
         block: bool = True,
+        wait: float = 0.0,
         what: str = "limit",
     ) -> None:
         if limiter is not None:
@@ -126,15 +136,23 @@ class LimitSpec:
         self.strategy: str | None = strategy
         self.burst = burst
         self.rates = rates
-        # validates rates, strategy and burst now
-        _throttle_algorithms("@", rates, strategy or DEFAULT_STRATEGY, burst, what)
+        #: a rates function (per caller) is called with: 0 nothing, "key" the key, 1 the
+        #: view (plain calls: the call's arguments, as ``key``), 2 (group, request);
+        #: None: fixed rates
+        self.rates_arity: int | str | None = None
+        if callable(rates):
+            sig = signature_of(rates)
+            self.rates_arity = "key" if sig is not None and list(sig.parameters) == ["key"] \
+                else rates_function(rates, what, 0, 1, 2)
+        else:  # validates rates, strategy and burst now
+            _throttle_algorithms("@", rates, strategy or DEFAULT_STRATEGY, burst, what)
         self.key = key_function(_USER_KEYS.get(key, key) if isinstance(key, str) else key,
                                 what)
         check_on_unreadable(on_unreadable, what)
         #: a key that cannot be read from a request: "client" or "refuse" (Limiter.throttle)
         self.on_unreadable = on_unreadable
         #: the key or cost reads ``view.form`` (the ASGI integrations then read the body)
-        self.uses_form = uses_form(self.key, cost)
+        self.uses_form = uses_form(self.key, cost, rates)
         #: plain functions: key(*args, **kwargs); a web-only shortcut gives one counter
         self.call_key: Callable[..., Any] | None = key if callable(key) else None
         if callable(cost):
@@ -164,11 +182,25 @@ class LimitSpec:
         if scope is not None and (not isinstance(scope, str) or not scope):
             raise ConfigError(f"{what}: scope must be a non-empty string, got {scope!r}")
         self.scope = scope
+        #: a refused call due within ``wait`` seconds waits, then is decided once more
+        self.wait = check_wait(wait, what)
         self._throttles: dict[str, _Throttle] = {}
 
     def __repr__(self) -> str:
         extra = f", scope={self.scope!r}" if self.scope else ""
         return f"LimitSpec({self.rates!r}, strategy={self.strategy!r}{extra})"
+
+    def rates_of(self, name: str, disc: str, view: Any) -> Any:
+        """What the rates function answers for a request (``view``; None: a plain call, of
+        a function taking no view) counted under ``name`` for the key ``disc``."""
+        fn, how = self.rates, self.rates_arity
+        if how == 0:
+            return fn()
+        if how == "key":
+            return fn(key=disc)
+        if how == 2:  # django-ratelimit's rate(group, request): the framework's request
+            return fn(name, getattr(view, "request", view))
+        return fn(view)
 
     def throttle(self, name: str, lim: Limiter) -> _Throttle:
         """The throttle counting under ``name``: its algorithms, and its policy names (the
@@ -184,14 +216,20 @@ class LimitSpec:
             check_strategy(strategy, lim.storage)
             if burst is None and strategy == "token_bucket":
                 burst = lim.burst
-        algs = _throttle_algorithms("@" + name, self.rates, strategy, burst, name)
         # a dry run and a non-blocking limit are both independent checks that never
         # refuse: the decorators read their decision from the store's answer
         cls = _Throttle if self.block else NonBlocking
-        rule = cls(name, algs, None, self.key, self.cost, self.dry_run or not self.block,
-                   self.count_when, strategy, burst, self.on_unreadable)
-        if len(algs) > 1:
-            rule.policy_names = tuple(f"{name}/{_seconds(a.rate.period)}" for a in algs)
+
+        def build(rates: Any, storage: Any = None) -> _Throttle:
+            algs = _throttle_algorithms("@" + name, rates, strategy, burst, name)
+            rule = cls(name, algs, None, self.key, self.cost, self.dry_run or not self.block,
+                       self.count_when, strategy, burst, self.on_unreadable)
+            if len(algs) > 1:
+                rule.policy_names = tuple(f"{name}/{_seconds(a.rate.period)}" for a in algs)
+            return rule
+
+        rule = build(self.rates) if self.rates_arity is None else resolved(
+            build, self.rates, name, (0, 1, 2))
         if len(self._throttles) > 1024:  # per-method names are few; anything else is a bug
             self._throttles.clear()
         self._throttles[name] = rule
@@ -250,7 +288,7 @@ class Group:
     add to one group) and whether default limits apply to it."""
 
     __slots__ = ("adapters", "binds", "endpoint", "entries", "exempt", "lim", "owner", "sig",
-                 "specs", "wrapper")
+                 "specs", "wait", "wrapper")
 
     def __init__(self, owner: Any, endpoint: str, sig: inspect.Signature | None = None,
                  lim: Limiter | None = None) -> None:
@@ -266,8 +304,10 @@ class Group:
         #: the decorated function's signature (computed once): key/cost get arguments by name
         self.sig = sig
         #: per entry: how its key and cost functions are called (plain function calls)
-        self.adapters: tuple[tuple[ArgAdapter | None, ArgAdapter | None], ...] = ()
+        self.adapters: tuple[tuple[ArgAdapter | None, ...], ...] = ()
         self.binds = False
+        #: the longest ``wait`` of its limits (0: a refusal is never waited out)
+        self.wait = 0.0
 
     def add(self, spec: LimitSpec) -> None:
         # the outermost decorator is applied last; list limits top to bottom
@@ -283,16 +323,18 @@ class Group:
         binds = False
         for s in self.specs:
             pair: list[ArgAdapter | None] = []
-            for f in (s.call_key, s.call_cost if callable(s.call_cost) else None):
+            for f in (s.call_key, s.call_cost if callable(s.call_cost) else None,
+                      s.rates if s.rates_arity == 1 else None):
                 if f is None:
                     pair.append(None)
                 else:
                     a, b = _adapter(f, self.sig)
                     pair.append(a)
                     binds = binds or b
-            adapters.append((pair[0], pair[1]))
+            adapters.append((pair[0], pair[1], pair[2]))
         self.adapters = tuple(adapters)
         self.binds = binds
+        self.wait = max(s.wait for s in self.specs)
 
     @property
     def override_defaults(self) -> bool:

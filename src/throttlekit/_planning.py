@@ -9,6 +9,7 @@ fast path too, so a refusal reads the same whichever way it was decided.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
 from ._decision import Decision, most_restrictive
@@ -19,6 +20,7 @@ from ._rules import (
     NS,
     STORAGE_RULE,
     UNKNOWN_CLIENT,
+    ResponseInfo,
     Verdict,
     _BanRule,
     _ListRule,
@@ -123,12 +125,15 @@ def plan(engine: Engine, rules: Rules, view: RequestView) -> Plan | Verdict:
         return p  # refused whatever the storage says: charge no throttle for it
     checks = p.checks
     throttles = p.throttles
-    every = rules.throttles
-    index = rules.index  # after the throttles (see Rules.index)
-    for rule in every if index is None else index.candidates(view):
+    for rule in rules.candidates(view):
         found = applies(engine, rule, view)
         if found is None:
             continue
+        if rule.resolve is not None:  # rates that follow the caller: its own throttle
+            own = rule.variant(engine, view)
+            if own is None:
+                continue
+            rule = own
         disc, cost = found
         skey = NS + disc
         throttles.append((rule, disc, cost, len(checks)))
@@ -355,3 +360,25 @@ def conclude_throttles(
         for rule, disc, d in allowed:
             engine.emit("allowed", rule.name, disc, view, d, False)
     return Verdict(True, "allowed", None, None, tightest, policies, degraded, view, pending)
+
+
+def settle_checks(engine: Engine, verdict: Verdict, status: int,
+                  headers: Sequence[tuple[str, str]]) -> list[Check]:
+    """The charges of a verdict's ``count_when`` throttles whose predicate matches the
+    response (``Engine.settle``); the verdict is settled once: its ``pending`` cleared."""
+    pending = verdict.pending
+    verdict.pending = None
+    info = ResponseInfo(status, headers)
+    checks: list[Check] = []
+    for rule, disc, cost in pending or ():
+        try:
+            hit = rule.count_when(info)  # type: ignore[misc]
+        except Exception as exc:
+            engine.log_once(rule.name, "count_when of throttle %r raised %s: %s",
+                            rule.name, type(exc).__name__, exc)
+            continue
+        if hit and cost:
+            skey = NS + disc
+            for alg in rule.algorithms:
+                checks.append(Check(alg, skey, cost, True, False))
+    return checks

@@ -15,12 +15,14 @@ from __future__ import annotations
 
 import functools
 import re
-from typing import NamedTuple
+from collections.abc import Callable
+from typing import Any, NamedTuple
 
 from ._calendar import NOMINAL_SECONDS, calendar_of
 from ._errors import ConfigError
 
-__all__ = ["MAX_LIMIT", "MAX_PERIOD", "Rate", "parse_rates"]
+__all__ = ["MAX_LIMIT", "MAX_PERIOD", "Rate", "Variants", "parse_rates", "rates_function",
+           "resolved"]
 
 #: The longest period a rate may have: ten years. Stores count in integer microseconds, and
 #: this bound keeps every sum of them exact (below 2**53, where Lua's doubles stop counting).
@@ -171,3 +173,78 @@ def _bounded(rate: Rate, shown: object) -> Rate:
     if not rate.period <= MAX_PERIOD:  # also inf and nan
         raise ConfigError(f"invalid rate {shown!r}: period out of range (at most ten years)")
     return rate
+
+
+class Variants:
+    """What a rates function's answers stand for, built once per distinct answer: a bounded
+    cache from the value returned (``"100/hour"``, a Rate, a list of them) to ``build``'s
+    result for its parsed rates, so a function returning the same string costs one dict
+    lookup. Two values of the same rates share one result (``"100/hour"`` and
+    ``Rate(100, 3600)``). Bad rates raise :class:`ConfigError` (never cached)."""
+
+    __slots__ = ("_build", "_by_rates", "_by_value", "size")
+
+    def __init__(self, build: Callable[[tuple[Rate, ...]], Any], size: int = 256) -> None:
+        self._build = build
+        self._by_value: dict[Any, Any] = {}
+        self._by_rates: dict[tuple[Rate, ...], Any] = {}
+        #: distinct answers kept (plans are few; anything beyond is cleared and rebuilt)
+        self.size = size
+
+    def of(self, value: Any) -> Any:
+        """``build``'s result for the rates ``value`` stands for."""
+        try:
+            return self._by_value[value]
+        except KeyError:
+            pass
+        except TypeError:  # unhashable (a list of rates): its tuple is
+            value = tuple(value) if isinstance(value, list) else value
+            return self.of(value) if isinstance(value, tuple) else self._make(value)
+        made = self._make(value)
+        if len(self._by_value) >= self.size:
+            self._by_value.clear()
+        self._by_value[value] = made
+        return made
+
+    def _make(self, value: Any) -> Any:
+        rates = coerce_rates(value)
+        made = self._by_rates.get(rates)
+        if made is None:
+            made = self._build(rates)
+            if len(self._by_rates) >= self.size:
+                self._by_rates.clear()
+            self._by_rates[rates] = made
+        return made
+
+
+def rates_function(fn: Any, what: str, *arities: int) -> int:
+    """Check ``fn`` is a rates function taking one of ``arities`` positional arguments
+    (a :class:`ConfigError` naming it otherwise, at configuration time); returns the first
+    that fits."""
+    import inspect
+
+    try:
+        sig = inspect.signature(fn)
+    except (TypeError, ValueError):  # a builtin without a signature: trusted
+        return arities[0]
+    for n in arities:
+        try:
+            sig.bind(*range(n))
+        except TypeError:
+            continue
+        return n
+    raise ConfigError(f"{what}: the rates function {fn!r} must take "
+                      f"{' or '.join(map(str, arities))} positional argument(s), "
+                      f"its signature is {sig}")
+
+
+def resolved(build: Callable[..., Any], fn: Any, what: str,
+             arities: tuple[int, ...] = (1,)) -> Any:
+    """The throttle of a rates function ``fn``: ``build``'s throttle (its options) with no
+    rates of its own, ``resolve`` = ``fn`` and its :class:`Variants` (one throttle per
+    answer, built by ``build``), none bound to a store until an answer needs it."""
+    rates_function(fn, what, *arities)
+    rule = build("1/second", None)
+    rule.algorithms, rule.rates, rule.simple, rule.resolve = (), (), False, fn
+    rule.variants = Variants(build)
+    return rule

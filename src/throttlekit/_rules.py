@@ -30,7 +30,7 @@ from ._formuse import READS_FORM as READS_FORM
 from ._formuse import reads_form as reads_form
 from ._formuse import uses_form as uses_form
 from ._ipset import IPSet
-from ._rates import MAX_PERIOD, Rate, coerce_rates
+from ._rates import MAX_PERIOD, Rate, Variants, coerce_rates, resolved
 from ._ruleindex import RuleIndex, Where, where_of
 from .storage.base import BatchResult, BoundBatch, BoundHit, Check, Storage
 
@@ -256,24 +256,9 @@ class _BanRule:
 
 
 class _Throttle:
-    __slots__ = (
-        "algorithms",
-        "batch",
-        "burst",
-        "cost",
-        "count_when",
-        "dry_run",
-        "hit",
-        "key",
-        "match",
-        "name",
-        "on_unreadable",
-        "policy_names",
-        "rates",
-        "simple",
-        "strategy",
-        "where",
-    )
+    __slots__ = ("algorithms", "batch", "burst", "cost", "count_when", "dry_run", "hit", "key",
+                 "match", "name", "on_unreadable", "policy_names", "rates", "resolve", "simple",
+                 "strategy", "variants", "where")
 
     def __init__(
         self, name: str, algorithms: tuple[Algorithm, ...], match: Predicate | None,
@@ -289,32 +274,40 @@ class _Throttle:
         self.on_unreadable = on_unreadable
         self.algorithms = algorithms
         #: the store's bound hit of a one-rate rule on a local store (``Storage.bind``),
-        #: bound once: ``_fast`` calls it with ``NS + discriminator``
+        #: bound once under ``NS``: ``evaluate`` calls it with the discriminator
         self.hit: BoundHit | None = None
         #: the store's bound batch of a rule of several rates on a local store
         #: (``Storage.bind_batch`` under ``NS``): ``_fast`` calls it with ``(discriminator,)``
         self.batch: BoundBatch | None = None
         if storage is not None and not storage.remote:
             if len(algorithms) == 1:
-                self.hit = storage.bind(algorithms[0])
+                self.hit = storage.bind(algorithms[0], NS)
             else:
                 self.batch = storage.bind_batch((algorithms,), NS)
         self.rates = tuple(a.rate for a in algorithms)
-        self.match = match
-        self.key = key
-        self.cost = cost
-        self.dry_run = dry_run
-        self.count_when = count_when
-        self.strategy = strategy
-        self.burst = burst
+        self.match, self.key, self.cost, self.dry_run = match, key, cost, dry_run
+        self.count_when, self.strategy, self.burst = count_when, strategy, burst
+        #: a rule whose rates follow the caller (``throttle(rates=callable)``, plans): the
+        #: function of the view, and its answers' throttles (:meth:`variant`); else None
+        self.resolve: Callable[[RequestView], Any] | None = None
+        self.variants: Variants | None = None
         #: every request counts, per client, at a fixed cost: the engine's common case
         #: reads the client key itself (see Engine.evaluate)
         self.simple = match is None and key is client_key and cost.__class__ is int
         # The first rate's policy is the rule's name ("per-ip"); further rates of the same
         # rule need their own policy names ("per-ip/1" for its per-second rate).
-        self.policy_names: tuple[str, ...] = (
-            name, *(f"{name}/{_seconds(a.rate)}" for a in algorithms[1:])
-        )
+        self.policy_names: tuple[str, ...] = (name, *(f"{name}/{_seconds(a.rate)}"
+                                                      for a in algorithms[1:]))
+
+    def variant(self, engine: Any, view: RequestView) -> _Throttle | None:
+        """The throttle of this request's own rates (a rule with a rates function), under
+        the rule's counters (ids of name, strategy and period: a new plan keeps the count);
+        None when the function raised or answered bad rates (``engine.rule_error``)."""
+        try:
+            return self.variants.of(self.resolve(view))  # type: ignore[union-attr, misc, no-any-return]
+        except Exception as exc:
+            engine.rule_error("throttle", self.name, exc, "rates function")
+            return None
 
 
 def _throttle_algorithms(
@@ -325,6 +318,7 @@ def _throttle_algorithms(
     for rate in coerce_rates(rates):
         alg = make_algorithm(strategy, rate, burst)
         alg.id = f"{base}:{alg.code}{rate.period_us}"
+        alg.rerated = True
         algorithms.append(alg)
     if len({a.id for a in algorithms}) != len(algorithms):
         raise ConfigError(f"{what}: two rates with the same period in {rates!r}")
@@ -505,11 +499,15 @@ class Rules:
                               f"got {cost!r}")
         if not isinstance(dry_run, bool):
             raise ConfigError(f"{what}: dry_run must be True or False, got {dry_run!r}")
-        algorithms = _throttle_algorithms(name, rates, strategy, burst, what)
-        self._check_supported(algorithms, strategy, what)
-        rule = _Throttle(name, algorithms, match, keyf, cost, dry_run, count_when,
-                         strategy, burst, on_unreadable, lim.storage, where)
-        self.needs_form = self.needs_form or uses_form(match, keyf, cost)
+
+        def build(rates: Any, storage: Storage | None = lim.storage) -> _Throttle:
+            algorithms = _throttle_algorithms(name, rates, strategy, burst, what)
+            self._check_supported(algorithms, strategy, what)
+            return _Throttle(name, algorithms, match, keyf, cost, dry_run, count_when,
+                             strategy, burst, on_unreadable, storage, where)
+
+        rule = build(rates) if not callable(rates) else resolved(build, rates, what)
+        self.needs_form = self.needs_form or uses_form(match, keyf, cost, rates)
         self.fast = self.fast and _plain(rule)
         self._publish((*self.throttles, rule))
         self.names[name] = "throttle"
@@ -527,8 +525,8 @@ class Rules:
         """Replace the rates of throttle ``name`` (its state carries over for the periods
         kept); returns the previous rates."""
         old = next((t for t in self.throttles if t.name == name), None)
-        if old is None:
-            raise ConfigError(f"no throttle rule named {name!r}")
+        if old is None or old.resolve is not None:
+            raise ConfigError(f"no throttle rule named {name!r} with rates of its own")
         algorithms = _throttle_algorithms(
             name, rates, old.strategy, old.burst, f"throttle {name!r}"
         )
@@ -538,6 +536,13 @@ class Rules:
                         self.limiter.storage, old.where)
         self._publish(tuple(new if t is old else t for t in self.throttles))
         return old.rates
+
+    def candidates(self, view: RequestView) -> tuple[_Throttle, ...]:
+        """The throttles whose declared conditions hold for ``view``, in registration order
+        (every throttle when none declares any). Reads ``throttles`` then ``index``."""
+        throttles = self.throttles
+        index = self.index
+        return throttles if index is None else index.candidates(view)
 
     def _publish(self, throttles: tuple[_Throttle, ...]) -> None:
         # the index first: an evaluation reads ``throttles`` then ``index``

@@ -69,6 +69,10 @@ def status_of(outcome: Any, failed: bool = False) -> int:
         status = getattr(found, "value", found)  # HTTPStatus
         if isinstance(status, int):
             return status
+        if isinstance(status, str):  # Flask takes a status line: "404 NOT FOUND"
+            code = status.strip()[:3]
+            if code.isdigit() and code.isascii() and 100 <= int(code) < 600:
+                return int(code)
     return 200
 
 

@@ -41,6 +41,7 @@ from ._responder import VERDICT_KEY, Entry
 from ._responder import ResponderFn as Responder
 from ._responses import encode_headers as _encode
 from ._responses import rate_limit_headers_raw
+from ._waiting import awaited, check_wait
 
 if TYPE_CHECKING:
     from ._limiter import Limiter
@@ -70,7 +71,7 @@ class ASGIMiddleware(Entry):
     requests and released when the app returns.
     """
 
-    __slots__ = ("max_form_bytes",)
+    __slots__ = ("max_form_bytes", "wait")
     app: ASGIApp
 
     def __init__(
@@ -86,6 +87,7 @@ class ASGIMiddleware(Entry):
         max_form_bytes: int = DEFAULT_MAX_FORM_BYTES,
         rules_file: str | os.PathLike[str] | None = None,
         reload_interval: float | None = None,
+        wait: float = 0.0,
     ) -> None:
         if isinstance(max_form_bytes, bool) or not isinstance(max_form_bytes, int) or (
             max_form_bytes < 0
@@ -94,6 +96,9 @@ class ASGIMiddleware(Entry):
         super().__init__(app, limiter, "an ASGI", trusted_proxies, ipv6_prefix, header_style,
                          headers_on_allowed, responders, rules_file, reload_interval)
         self.max_form_bytes = max_form_bytes
+        #: a throttle's refusal due within ``wait`` seconds is awaited, then decided once
+        #: more (nginx's ``limit_req`` delay; a "waited" event tells it): see docs
+        self.wait = check_wait(wait, "ASGIMiddleware")
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -115,6 +120,9 @@ class ASGIMiddleware(Entry):
                              body, self.max_form_bytes)
         # a local store never blocks: its decision needs no await (see Engine.remote)
         verdict = await engine.aevaluate(view) if engine.remote else engine.evaluate(view)
+        if self.wait and not verdict.allowed:  # wait=: a refusal due within it waits once
+            verdict = await awaited(limiter, self.wait, verdict, engine.aevaluate,
+                                    view) or verdict
         if outer is None:
             scope[OWNER_KEY] = limiter
         ex = None

@@ -42,6 +42,10 @@ class FakeClock:
             raise ValueError("a clock cannot go back")
         self.now += seconds
 
+    def sleep(self, seconds: float) -> None:
+        """What a wait does on this clock (``limit(..., wait=)``): move it forward."""
+        self.advance(seconds)
+
     def set(self, now: float) -> None:
         """Jump to ``now`` seconds since the epoch."""
         self.now = float(now)

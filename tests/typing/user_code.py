@@ -187,3 +187,18 @@ def community_lists(bouncer_key: str) -> None:
     near = NearLimit()
     register(monitor, near_limit=near)
     instrument(monitor, offenders=0, near_limit=near)
+
+
+def plans_and_waits(limiter: Limiter) -> None:
+    """Issue 16 items 1 and 6: rates that follow the caller, waiting instead of refusing."""
+    plans = limiter.plans({"free": "100/hour", "pro": "10000/hour"}, plan="header:X-Plan",
+                          default="free")
+    limiter.throttle("api", rates=plans, key="header:X-Api-Key")
+    limiter.throttle("by-fn", rates=lambda view: "100/hour" if view.path else "1/hour")
+
+    @limiter.limit(lambda: "10/second", wait=2.0)
+    def job(n: int) -> int:
+        return n
+
+    done: int = job(1)
+    print(done)

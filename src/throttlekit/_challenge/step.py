@@ -10,7 +10,8 @@ the challenges are counted in the rules' one store call:
 
 Their match functions classify the request once (:meth:`ChallengeStep.classify`, kept in
 the environ/scope under :data:`~throttlekit._exchange.CHALLENGE_KEY`): not concerned (a
-path or moment the step does not cover, an API client, a websocket), known (a valid pass),
+path or moment the step does not cover, an API client, a websocket, a client with standing:
+:class:`~throttlekit.Standing`), known (a valid pass),
 to challenge, or an answer to the proof-of-work page. After the rules allow it, the request
 meets the step in ``_exchange.begin``/``abegin`` (before admission control): a known client
 goes on; a GET or HEAD without a pass gets ``303 See Other`` back to the same URL setting a
@@ -257,6 +258,9 @@ class ChallengeStep:
         network = self.network_of(ip)
         if found is not None:
             return Mark(self, KNOWN, network, found.id)
+        standing = self.engine.standing
+        if standing is not None and standing.known(view):
+            return None  # a client with standing (Standing) is never challenged
         return Mark(self, ASK if method in _ASKABLE else REFUSE, network, None)
 
     def _active(self) -> bool:

@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 from .._algorithms import ALGORITHMS, MAX_LIMIT, make_algorithm
 from .._errors import ConfigError
 from .._ipset import IPSet
+from .._plans import Plans
 from .._rates import MAX_PERIOD, coerce_rates
 from .errors import RuleError, did_you_mean
 
@@ -105,7 +106,8 @@ class _Number:
                 value = float(m.group(1)) * _unit_seconds(m.group(2))
         if value is None:
             raise ConfigError(f"must be {self.describe()}, got {type_name(v)} {v!r}")
-        if not math.isfinite(value) or value < self.minimum or value > self.maximum or (
+        # range first: isfinite() of an int too big for a float raises OverflowError
+        if value < self.minimum or value > self.maximum or not math.isfinite(value) or (
             self.below and value >= self.maximum
         ):
             raise ConfigError(f"must be {self.describe()}, got {v!r}")
@@ -308,6 +310,8 @@ class Rates(Field):
 
     def parse(self, v: Any, at: At) -> Any:
         label = at.label
+        if isinstance(v, dict):
+            return self._plans(v, at)
         if isinstance(v, list) and all(isinstance(x, str) for x in v):
             bad = False
             for j, x in enumerate(v):  # each at its own line
@@ -349,6 +353,37 @@ class Rates(Field):
         return v
 
 
+    def _plans(self, v: dict[str, Any], at: At) -> Any:
+        """A rates table: ``plan`` (``"header:<name>"`` or an import path), ``default``
+        and ``plans`` (each plan's rates), read as ``Limiter.plans`` takes them."""
+        label = at.label
+        unknown = sorted(set(v) - {"plan", "default", "plans"})
+        table, plan, default = v.get("plans"), v.get("plan"), v.get("default")
+        if unknown or not isinstance(table, dict) or not table or not isinstance(plan, str):
+            what = f"unknown field {unknown[0]!r} in" if unknown else "incomplete"
+            at.err(f"{label}: {what} plans table (rates = {{...}})", _PLANS_HINT)
+            return None
+        rates: dict[str, Any] = {}
+        for name, value in table.items():
+            parsed = None if isinstance(value, dict) else self.parse(value, at)
+            if parsed is None:
+                if isinstance(value, dict):
+                    at.err(f"{label}: plan {name!r}: rates must be a string", _PLANS_HINT)
+                return None
+            rates[name] = parsed
+        source = plan if plan.lower().startswith("header:") else at.callable(plan)
+        if source is None:
+            return None
+        try:
+            return Plans(rates, source, default)
+        except ConfigError as exc:
+            at.err(f"{label}: {exc}", _PLANS_HINT)
+            return None
+
+
+_PLANS_HINT = ('[throttle.rates] takes plan = "header:X-Plan" (or "package.module:plan_of", '
+               'a function of the request view), default = "free", and a table '
+               '[throttle.rates.plans] of rates per plan: free = "100/hour"')
 _KEY_NAMES = ("client", "ip", "global", "path")
 _KEY_HINT = ("one of 'client', 'ip', 'global', 'path', 'header:<name>', 'form:<field>', "
              "or a dotted import path 'package.module:function'")

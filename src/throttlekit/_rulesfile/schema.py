@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from .._errors import ConfigError
+from .._plans import describe
 from .._rules import ON_UNREADABLE
 from .conditions import Header, Ips, Match, Methods, Paths
 from .fields import (
@@ -181,7 +182,7 @@ def _describe_throttle(table: Mapping[str, Any], kw: dict[str, Any], strategy: s
     for k in ("count_when", "on_unreadable"):
         if k in table:
             opts.append(f"{k}={table[k]}")
-    return str(table.get("rates", "-")), " ".join(opts)
+    return describe(kw.get("rates", table.get("rates", "-"))), " ".join(opts)
 
 
 def _describe_concurrency(table: Mapping[str, Any], kw: dict[str, Any], strategy: str

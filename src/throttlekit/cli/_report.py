@@ -24,7 +24,7 @@ __all__ = ["PROTECTIONS", "RunStats", "SimResult", "format_report", "plot"]
 #: outcomes at the server; every other label is a stop before the app
 SERVED = ("answered", "late", "dropped")
 #: the protections a protected run can have, in the order the report names them
-PROTECTIONS = ("rules", "shield", "admission", "challenges")
+PROTECTIONS = ("rules", "shield", "admission", "standing", "challenges")
 #: the stops in the order the report lists them
 STOPS = ("429", "403", "503", "challenge")
 
@@ -208,6 +208,10 @@ class SimResult:
     legit_groups: list[int] = field(default_factory=list)
     #: the protections on in the protected run (``simulate.PROTECTIONS``)
     protections: list[str] = field(default_factory=lambda: ["rules", "shield"])
+    #: clients with standing when the first anomaly began (None: standing off)
+    known_at_anomaly: int | None = None
+    #: values the shield contained, by dimension (its containment counters)
+    contained: dict[str, int] = field(default_factory=dict)
 
     def measured(self, protected: RunStats, unprotected: RunStats | None) -> None:
         """Take the runs' outcomes, and throttlekit's view of the protected one."""
@@ -288,6 +292,8 @@ class SimResult:
                 "false_alarms": self.false_alarms,
             },
             "shield_bans": {"total": self.banned, "legitimate": self.legit_banned},
+            "contained": self.contained,
+            "known_at_anomaly": self.known_at_anomaly,
             "added_latency_us": {
                 "median": round(self.latency(0.5) * 1e6, 2),
                 "p99": round(self.latency(0.99) * 1e6, 2),
@@ -336,6 +342,8 @@ def _side_by_side(r: SimResult) -> list[str]:
         row("  answered too late", lambda s: _pct(s.share(True, "late"))),
         row("  dropped by the server (503)", lambda s: _pct(s.share(True, "dropped"))),
         row("  stopped by throttlekit", lambda s: _pct(s.stopped_share(True))),
+        *[row(f"    {label}", lambda s, k=label: _pct(s.share(True, k)))
+          for label in _labels(r, True)],
         row("  of those let through, answered in time", lambda s: _pct(s.admitted_answered())),
     ]
     if r.attack_total:
@@ -353,12 +361,12 @@ def _protections(r: SimResult) -> str:
     return "+".join(r.protections) if r.protections else "none"
 
 
-def _labels(r: SimResult) -> list[str]:
+def _labels(r: SimResult, legitimate: bool = False) -> list[str]:
     """The stops seen in either run, known ones first."""
     seen = set()
     for run in (r.unprotected, r.protected):
         if run is not None:
-            seen |= set(run.stops(False))
+            seen |= set(run.stops(legitimate))
     return [k for k in STOPS if k in seen] + sorted(seen - set(STOPS))
 
 
@@ -402,6 +410,11 @@ def format_report(r: SimResult, scenario: Scenario) -> str:
             f"  shield bans                 {r.banned:6d}  "
             f"({len(r.legit_banned)} of them legitimate clients)"
         )
+        held = ", ".join(f"{n} {d}" for d, n in sorted(r.contained.items())) or "nothing"
+        lines.append(f"  shield contained            {held}")
+    if r.known_at_anomaly is not None:
+        lines.append(f"  clients with standing       {r.known_at_anomaly:6d}  (when the first "
+                     "anomaly began)")
     lines.append(
         f"  latency added               median {r.latency(0.5) * 1e6:.1f} µs, "
         f"p99 {r.latency(0.99) * 1e6:.1f} µs per request (wall clock)"

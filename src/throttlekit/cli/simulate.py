@@ -69,8 +69,9 @@ def recommended_rules(limiter: Any) -> None:
 
 
 #: the protections on by default: challenges are opt-in (``--protections``), since they
-#: stop a scenario's clients that keep no cookies, legitimate or not
-DEFAULT_PROTECTIONS = ("rules", "shield", "admission")
+#: stop a scenario's clients that keep no cookies, legitimate or not; standing keeps the
+#: visitors served through a flash crowd (docs/under-attack.md)
+DEFAULT_PROTECTIONS = ("rules", "shield", "admission", "standing")
 #: the key the simulated challenge signs its passes with (fixed: runs are deterministic)
 SIM_CHALLENGE_KEY = "throttlekit simulate: not a secret, never use it in production"
 
@@ -96,6 +97,9 @@ def recommended_setup(limiter: Any, monitor: Any,
       ``shield_options`` (returned; else None);
     - ``admission``: ``limiter.admission`` with :func:`cookie_priority`, clients without
       cookies filling at most half the limit (``initial_limit=40``);
+    - ``standing``: a :class:`~throttlekit.Standing` switched by ``monitor``: clients with
+      10 requests over 30 s before the anomaly are shed last, never challenged, never
+      contained;
     - ``challenges``: ``limiter.challenge`` during an anomaly (``when=monitor``), the
       cookie round trip, with ``issue_rate`` raised to 600/minute so that visitors sharing
       one /24 are not kept waiting for passes.
@@ -110,10 +114,17 @@ def recommended_setup(limiter: Any, monitor: Any,
         rules(limiter)
     if "challenges" in protections:
         limiter.challenge(key=challenge_key, when=monitor, issue_rate="600/minute")
+    if "standing" in protections:
+        from .. import Standing
+
+        # known: 10 requests over 30 s before the anomaly (a visitor's first half minute)
+        Standing(limiter, when=monitor, min_requests=10, min_age=30.0)
     if "admission" in protections:
         # 40: a cold start's first requests (cookie-less, so at most half the limit) are
         # not shed while the first probe measures the app, on a light load
-        limiter.admission(priority=cookie_priority, thresholds=(0.5, 1.0), initial_limit=40)
+        # with standing, a level above the cookies': known clients fill the whole limit
+        shares = (0.5, 0.6, 1.0) if "standing" in protections else (0.5, 1.0)
+        limiter.admission(priority=cookie_priority, thresholds=shares, initial_limit=40)
     if "shield" not in protections:
         return None
     return Shield(limiter, monitor, **(shield_options or {}))
@@ -162,6 +173,10 @@ def run_simulation(
         lambda a: result.detections.append(a.at - start)
         if a.kind == "anomaly_started" and a.scope == "*" else None
     )
+    standing = limiter.engine.standing
+    if standing is not None:
+        monitor.on_anomaly(lambda a: setattr(result, "known_at_anomaly", len(standing))
+                           if result.known_at_anomaly is None and a.scope == "*" else None)
     replay = Replay(scenario, seed, clock, start,
                     lambda app: WSGIMiddleware(app, limiter, **(middleware_options or {})))
     expected = max(1.0, scenario.expected_requests())
@@ -186,6 +201,7 @@ def run_simulation(
         result.banned = len(guard.banned)
         addresses = _legitimate_addresses(scenario)
         result.legit_banned = sorted(str(k) for k in guard.banned if k in addresses)
+        result.contained = dict(guard.containments_total)
         if not storage.startswith("memory:"):
             guard.unban()  # leave a shared store as we found it
     return result
@@ -242,6 +258,7 @@ def register(subparsers: Any) -> None:
                    "'none': the monitor only)")
     for name, what in (("shield", "monitor only: no automatic bans"),
                        ("admission", "no admission control"),
+                       ("standing", "no client standing"),
                        ("challenges", "no challenges during an anomaly")):
         p.add_argument(f"--no-{name}", dest="off", action="append_const", const=name,
                        default=[], help=f"{what} (take {name} out of --protections)")

@@ -3,7 +3,8 @@
 The rule is registered once, when the shield is built (``limiter.throttle(name, ...,
 key=rule.key, cost=rule.cost)``); nothing is added to or removed from the rule set at
 runtime. Its key function answers None (the rule does not apply) for every request
-outside the contained values, so a request outside them is never refused by it; a
+outside the contained values, and for a client with standing (:class:`throttlekit.Standing`:
+known before the anomaly, or holding a pass), so neither is ever refused by it; a
 request inside one is counted under that value's key (``"net16=198.51.0.0/16"``), shared
 by every client sending it.
 
@@ -96,6 +97,10 @@ class ContainmentRule:
             return None
         try:
             found = self._find(view)
+            if found is not None:
+                standing = getattr(getattr(self.limiter, "engine", None), "standing", None)
+                if standing is not None and standing.known(view):
+                    return None  # a client with standing is never contained
         except Exception:  # never refuse a request the rule cannot read
             return None
         return None if found is None else found[0]

@@ -16,6 +16,20 @@ one with the fewest values, then the narrowest (:data:`PRIORITY`). When none doe
 surge is attributed to everything (``dimension == "*"``): a flash crowd of new visitors,
 each at a user's rate and spread like the usual traffic, is such a surge, and nothing
 narrower should be contained (the excess is for admission control, not for bans).
+
+**A surge shaped like the usual traffic.** Each explanation also measures its *skew*: how
+far the dimension's excess is from being spread like its normal traffic (half the sum,
+over its values, of the difference between the value's share of the excess and its share
+of the baseline: 0 when every value rose in proportion, 1 when the excess went to values
+normal traffic never had). When the ``path`` dimension's skew is below :data:`UNIFORM`
+(the surge asks for the site's pages in their usual mix), culprits that normal traffic
+already had (any collateral, however small) explain nothing: they are that traffic scaled
+up. This is
+the flash crowd's case: new visitors all send the header shape of a first visit (no
+cookie yet), common in normal traffic, and while admission control sheds them they never
+get a cookie, so that fingerprint's rate soars; containing it would throttle the crowd
+(429) instead of letting admission shed the excess (503). A value normal traffic never
+had (a bot's user agent, a header shape no browser sends) is still named.
 """
 
 from __future__ import annotations
@@ -26,7 +40,7 @@ from typing import NamedTuple, TypedDict
 from .._errors import ConfigError
 from .dimensions import CLIENT, Dimension, ValueRate
 
-__all__ = ["COVERAGE", "EVERYTHING", "MAX_VALUES", "PRIORITY", "Attribution",
+__all__ = ["COVERAGE", "EVERYTHING", "MAX_VALUES", "PRIORITY", "UNIFORM", "Attribution",
            "AttributionOptions", "Culprit", "Explanation", "attribute", "check_options",
            "explain", "explain_clients"]
 
@@ -42,6 +56,10 @@ MAX_VALUES = 16
 MAX_LISTED = 50
 #: collateral below this counts as none when dimensions are compared
 _NO_COLLATERAL = 0.01
+#: a path skew below this: the surge asks for the usual mix of pages (see the docstring)
+UNIFORM = 0.25
+#: the dimension whose skew says whether a surge is shaped like the usual traffic
+_SHAPE = "path"
 
 
 class AttributionOptions(TypedDict, total=False):
@@ -82,6 +100,8 @@ class Explanation(NamedTuple):
         collateral: the share of the dimension's normal traffic inside the culprits.
         narrow: the culprits explain the surge (enough coverage, few enough values,
             little enough collateral).
+        skew: how far the excess is from the dimension's normal mix, 0 to 1 (see the
+            module docstring; 1 when there is no excess or no baseline to compare with).
     """
 
     dimension: str
@@ -91,6 +111,7 @@ class Explanation(NamedTuple):
     coverage: float
     collateral: float
     narrow: bool
+    skew: float = 1.0
 
 
 class Attribution(NamedTuple):
@@ -143,7 +164,8 @@ class Attribution(NamedTuple):
             "explanations": [
                 {"dimension": e.dimension, "count": e.culprit_count, "excess": round(e.excess, 3),
                  "coverage": round(e.coverage, 3), "collateral": round(e.collateral, 3),
-                 "narrow": e.narrow, "culprits": _culprits(e.culprits[:10])}
+                 "narrow": e.narrow, "skew": round(e.skew, 3),
+                 "culprits": _culprits(e.culprits[:10])}
                 for e in self.explanations
             ],
         }
@@ -200,7 +222,22 @@ def explain(
         culprits.append(Culprit(r.value, r.rate, r.baseline, rise / excess))
         covered += rise
         inside += r.baseline
-    return _explanation(dimension, culprits, excess, covered, inside, coverage, max_collateral)
+    found = _explanation(dimension, culprits, excess, covered, inside, coverage, max_collateral)
+    return found._replace(skew=skew(rows, excess, dimension.baseline))
+
+
+def skew(rows: Iterable[ValueRate], excess: float, baseline: float) -> float:
+    """How far ``excess`` (requests per second above ``baseline``) is spread unlike the
+    baseline over the values of ``rows``: half the sum of the differences between each
+    value's share of the excess and its share of the baseline (the total variation
+    distance; values outside ``rows`` count as rising in proportion). 1 without an excess
+    or a baseline."""
+    if excess <= 0 or baseline <= 0:
+        return 1.0
+    total = 0.0
+    for r in rows:
+        total += abs((r.rate - r.baseline) / excess - r.baseline / baseline)
+    return min(1.0, total / 2)
 
 
 def explain_clients(
@@ -232,7 +269,10 @@ def _explanation(dimension: Dimension, culprits: list[Culprit], excess: float,
 def attribute(explanations: Iterable[Explanation], since: float, now: float) -> Attribution:
     """The attribution the explanations make: the best narrow one, or everything."""
     ordered = sorted(explanations, key=lambda e: _rank(e.dimension))
-    narrow = [e for e in ordered if e.narrow]
+    usual = any(e.dimension == _SHAPE and e.skew < UNIFORM for e in ordered)
+    # shaped like the usual traffic: a value normal traffic had is that traffic scaled up
+    narrow = [e for e in ordered if e.narrow and not (
+        usual and e.dimension != CLIENT and e.collateral > 0)]
     if not narrow:
         return Attribution(EVERYTHING, (), 0, 0.0, 0.0, since, now, tuple(ordered))
     best = min(narrow, key=lambda e: (

@@ -22,6 +22,7 @@ the differences from the SDK.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING, Any
 
@@ -34,6 +35,11 @@ if TYPE_CHECKING:
     from .shield import Shield
 
 __all__ = ["OTelExporter", "instrument"]
+
+
+#: what may start an instrument name (OpenTelemetry's rule: ASCII, a letter first, at most
+#: 255 characters; the longest suffix added is under 40)
+_NAMESPACE = re.compile(r"[A-Za-z][-_./A-Za-z0-9]{0,200}")
 
 
 def _metrics_api() -> Any:
@@ -74,6 +80,9 @@ class OTelExporter:
         namespace: str = "throttlekit",
         near_limit: NearLimit | None = None,
     ) -> None:
+        if not isinstance(namespace, str) or not _NAMESPACE.fullmatch(namespace):
+            raise ConfigError(f"namespace must be ASCII letters, digits and - _ . /, a letter "
+                              f"first (an OpenTelemetry instrument name), got {namespace!r}")
         metrics = _metrics_api()
         self.source = Source(monitor, shield, offenders, near_limit)
         self.meter = metrics.get_meter("throttlekit", __version__, meter_provider=meter_provider)

@@ -12,9 +12,11 @@ contains the surge there:
   all their clients together, to their own baseline times ``factor`` (at least
   ``min_allowance`` requests per second), through the one throttle rule it registered
   when it was built (:mod:`throttlekit.monitor._containment`); requests without those
-  values are never refused by it. The throttle is lifted when the anomaly ends;
+  values, and clients with standing (:class:`throttlekit.Standing`), are never refused by
+  it. The throttle is lifted when the anomaly ends;
 - **everything** (nothing narrower explains it: a flash crowd of new visitors, each at a
-  user's rate): nothing. The excess is for admission control, not for bans.
+  user's rate, asking for the usual mix of pages): nothing. The excess is for admission
+  control, not for bans.
 
 It also tightens the named throttle rules to stricter rates (``tighten={"per-ip":
 "30/minute"}``) for the anomaly's length, restored when it ends or on

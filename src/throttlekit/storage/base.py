@@ -126,12 +126,19 @@ class Storage(abc.ABC):
         """Decide and charge one check (the common case; backends may specialise it)."""
         return self.apply((Check(algorithm, key, cost),), now=now).decisions[0]
 
-    def bind(self, algorithm: Algorithm) -> BoundHit:
-        """``hit`` for one algorithm, as ``fn(key, cost, now) -> Decision``: the single check
-        of a hot path, bound once and called per request. Backends may return a function
-        specialised for the algorithm (the memory store does); the default is
-        ``partial(self.hit, algorithm)``, the same answers without the specialisation."""
-        return partial(self.hit, algorithm)
+    def bind(self, algorithm: Algorithm, prefix: str = "") -> BoundHit:
+        """``hit`` for one algorithm, as ``fn(key, cost, now) -> Decision`` deciding
+        ``prefix + key``: the single check of a hot path, bound once and called per request.
+        Backends may return a function specialised for the algorithm (the memory store does,
+        joining the prefix once); the default calls ``self.hit``."""
+        if not prefix:
+            return partial(self.hit, algorithm)
+        hit = self.hit
+
+        def prefixed(key: str, cost: int, now: int | None) -> Decision:
+            return hit(algorithm, prefix + key, cost, now)
+
+        return prefixed
 
     def bind_batch(self, groups: Sequence[Sequence[Algorithm]], prefix: str = "") -> BoundBatch:
         """``apply`` for fixed algorithms, as ``fn(keys, costs, now) -> decisions``: the

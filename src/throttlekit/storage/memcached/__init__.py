@@ -101,8 +101,9 @@ class MemcachedStorage(CasWrites, Storage):
             ``HashClient``). Clients built here use short timeouts and are closed by
             :meth:`close`.
         prefix: put in front of every key (printable ASCII, no spaces, at most 64 chars).
-        connect_timeout, timeout: seconds, for clients built here; ``timeout`` also bounds
-            how long a contended CAS update keeps retrying (for any client).
+        connect_timeout: seconds, for clients built here.
+        timeout: seconds, for clients built here; also bounds how long a contended CAS
+            update keeps retrying (for any client).
         cas_retries: the most attempts of a CAS update (token_bucket, sliding_log) before
             the request is denied as contended; default ``None``: as many as ``timeout``
             allows (lost races are retried with a tiny jittered backoff).

@@ -19,14 +19,29 @@ from ..._decision import Decision
 from ..base import BatchResult, Block, Check
 
 __all__ = [
-    "INF", "KIND", "SAFE", "SMALL", "One", "Script", "batch_result", "block_list", "decision",
-    "lua", "named", "script", "text",
+    "INF", "KIND", "SAFE", "SMALL", "Fixed", "One", "Script", "batch_result", "block_list",
+    "bulk", "decision", "fixed_decision", "lean_decision", "lua", "named", "script",
+    "script_kind", "text",
 ]
 
 INF = float("inf")
 SAFE = 1 << 53  # cost is capped below it: Lua numbers are doubles
 KIND = {"fixed_window": "fw", "sliding_window": "sw", "token_bucket": "tb", "sliding_log": "sl"}
+_GCRA_MAX = 1 << 50  # capacity x interval below it: the bucket's end stays below 2^53
 SMALL = tuple(str(i).encode() for i in range(64))  # pre-encoded costs
+
+
+def script_kind(alg: Algorithm) -> str:
+    """The scripts' name of ``alg``'s strategy; ``"tg"`` for a token bucket whose emission
+    interval (period / limit) is a whole number of microseconds, kept as one number (see
+    ``lua/_gcra.lua``: cheaper than the general bucket's three), unless its state is read
+    again under another limit (``Algorithm.rerated``: GCRA's one number means nothing
+    without its interval)."""
+    if alg.name == "token_bucket" and not alg.rerated:
+        p, limit = alg.period_us, alg.limit
+        if p % limit == 0 and alg.capacity * (p // limit) < _GCRA_MAX:
+            return "tg"
+    return KIND[alg.name]
 
 
 class Script:
@@ -86,11 +101,16 @@ class One:
     change (after the key, now and cost), encoded once; with ``encoding`` (the direct path
     on our own client), also the packed command's head and tail."""
 
-    __slots__ = ("encoding", "head", "log", "log_b", "packed", "script", "sha", "tail")
+    __slots__ = ("alg", "encoding", "head", "lean", "log", "log_b", "packed", "script", "sha",
+                 "tail")
 
     def __init__(
-        self, script: Script, alg: Algorithm, tail: list[Any], encoding: tuple[str, str] | None
+        self, script: Script, alg: Algorithm, tail: list[Any], encoding: tuple[str, str] | None,
+        lean: bool = False,
     ) -> None:
+        self.alg = alg
+        #: the script answers the state it found (see :func:`lean_decision`), not a Decision
+        self.lean = lean
         self.script = script
         self.sha = script.sha.encode()
         self.log = f":l:{alg.id}" if alg.name == "sliding_log" else None
@@ -110,7 +130,66 @@ class One:
                 self.log_b = self.log.encode(*encoding)
 
 
+def bulk(value: bytes) -> bytes:
+    """``value`` as a RESP bulk string."""
+    return b"$%d\r\n%b\r\n" % (len(value), value)
+
+
+class Fixed:
+    """``fixed_window.lua`` bound to one fixed-window algorithm: its arguments that never
+    change, encoded once, and the packed command's head (see ``RedisStorage._fixed``)."""
+
+    __slots__ = ("alg", "head", "id", "id_b", "limit", "limit_b", "p", "script", "sha")
+
+    def __init__(self, alg: Algorithm, encoding: tuple[str, str]) -> None:
+        self.alg = alg
+        self.script = script("fixed_window")
+        self.sha = self.script.sha.encode()
+        self.p = alg.period_us
+        self.limit = alg.limit
+        self.id = alg.id
+        self.id_b = alg.id.encode(*encoding)
+        self.limit_b = str(alg.limit).encode()
+        # EVALSHA sha 1 H id cost limit ttl base base+cost
+        self.head = b"*10\r\n$7\r\nEVALSHA\r\n%b$1\r\n1\r\n" % bulk(self.sha)
+
+
+def fixed_decision(alg: Algorithm, r: int, cost: int, left: int, charged: bool) -> Decision:
+    """The Decision of ``fixed_window.lua``'s answer ``r`` (see the script), ``left`` the
+    microseconds to the window's end: the arithmetic of :class:`FixedWindow`, on the count."""
+    limit = alg.limit
+    if charged:
+        if r > 0:
+            return alg.decide(True, limit - r, left, 0.0)
+        count = -r
+    else:
+        count = r
+        if count + cost <= limit:
+            return alg.decide(True, limit - count - cost, left if count + cost else 0, 0.0)
+    return alg.decide(False, limit - count if count < limit else 0, left if count else 0,
+                      INF if cost > limit else left / 1e6)
+
+
 # -- the scripts' answers ---------------------------------------------------------------------
+
+
+def lean_decision(alg: Algorithm, raw: Any, now: int, cost: int) -> Decision:
+    """The Decision of a check at ``now`` whose script (``*_at.lua``) answered the state it
+    found, ``"a b c"`` or nil: the algorithm's own arithmetic on that state, which the
+    script mirrors (a token bucket's ``last W R``, a sliding window's ``window cur prev``)."""
+    state = None
+    if raw is not None:
+        parts = raw.split()
+        if len(parts) == 1:  # a token bucket kept as GCRA: the time it is full again
+            state = int(parts[0]) << 96  # a debt of 0 then is limit x (that time - now) now
+        elif alg.name == "token_bucket":
+            if script_kind(alg) != "tg":  # (a "tg" one's state of another shape: none)
+                a, b, c = parts
+                state = int(a) << 96 | (int(b) * alg.period_us + int(c))
+        else:
+            a, b, c = parts
+            state = (int(a) << 32 | int(b)) << 32 | int(c)
+    return alg.hit(state, now, cost)[1]
 
 
 def decision(alg: Algorithm, raw: Any) -> Decision:

@@ -41,38 +41,31 @@ from ..base import BatchResult, Block, Check, Storage, at_instant
 from ._client import Clients, is_cluster, redis_module
 from ._scripts import (
     INF,
-    KIND,
     SAFE,
-    SMALL,
+    Fixed,
     One,
     Script,
     batch_result,
     block_list,
     decision,
+    fixed_decision,
+    lean_decision,
     named,
     script,
+    script_kind,
     text,
 )
+from ._single import SingleChecks, failed
 
 __all__ = ["RedisStorage"]
 
-_MAX_ONES = 4096  # bound of the per-algorithm argument cache
 _CLUSTER_CLASS: list[type[RedisStorage]] = []  # the storage of Cluster clients (see cluster.py)
 _R = TypeVar("_R")
 #: the script calls of one operation: yields (keys, args), is sent each answer
 Calls = Generator[tuple[Sequence[str], Sequence[Any]], Any, _R]
 
 
-def _send_read(conn: Any, cmd: bytes) -> Any:
-    conn.send_packed_command((cmd,))
-    return conn.read_response()
-
-
-def _failed(exc: BaseException) -> StorageError:
-    return StorageError(f"Redis: {type(exc).__name__}: {exc}")
-
-
-class RedisStorage(Clients, Storage):
+class RedisStorage(SingleChecks, Clients, Storage):
     """Storage on Redis: standalone, Cluster (``RedisCluster``) or a Sentinel master.
 
     Args:
@@ -84,9 +77,11 @@ class RedisStorage(Clients, Storage):
             the async methods run the sync client in a worker thread (never blocking the
             event loop).
         prefix: prepended to every key (must not contain ``{`` or ``}``).
-        clock: ``"server"`` (default: the Redis server's ``TIME``, so clock skew between
-            application hosts cannot loosen a limit) or ``"client"`` (``time.time`` of
-            this process). A ``now`` passed by the limiter always wins.
+        clock: ``"client"`` (default: ``time.time`` of this process, passed to the
+            scripts, which then need not ask Redis for ``TIME``: less Redis CPU per check)
+            or ``"server"`` (the Redis server's ``TIME``: clock skew between application
+            hosts cannot move windows and refills, at a higher cost per check). A ``now``
+            passed by the limiter always wins. See docs/backends.md, *Time*.
         ttl_slack: seconds added to TTLs when the time comes from the client, whose clock
             the server cannot check (default 5).
 
@@ -117,7 +112,7 @@ class RedisStorage(Clients, Storage):
         *,
         async_client: Any = None,
         prefix: str = "throttlekit:",
-        clock: str = "server",
+        clock: str = "client",
         ttl_slack: float = 5.0,
     ) -> None:
         redis = redis_module()
@@ -134,6 +129,7 @@ class RedisStorage(Clients, Storage):
         self.clock = clock
         self.ttl_slack = float(ttl_slack)
         self._slack_ms = str(round(ttl_slack * 1000))
+        self._slack = round(ttl_slack * 1000)
         self._errors: tuple[type[BaseException], ...] = (
             redis.exceptions.RedisError,
             redis.exceptions.RedisClusterException,
@@ -142,11 +138,16 @@ class RedisStorage(Clients, Storage):
         self._noscript: type[BaseException] = redis.exceptions.NoScriptError
         self._batch = script("batch")
         self._ones: dict[Algorithm, One] = {}  # see _one
+        self._fixeds: dict[Algorithm, Fixed] = {}  # see _fixed
         self._block = script("block")
         self._blocks = script("blocks")
         self._reset = script("reset")
         self._lease = script("lease")
         self._index = (f"{prefix}{{%b}}:e", f"{prefix}{{%b}}:r")
+        # Whether the dynamic blocklist had any entry when last looked at (``blocks_fresh``
+        # seconds at most ago, on the monotonic clock): while it is empty, a request's
+        # block keys are not looked up (see _lookups).
+        self._blocks_seen = (True, -INF)  # (any, when seen)
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}({self._where()}, prefix={self.prefix!r})"
@@ -178,7 +179,7 @@ class RedisStorage(Clients, Storage):
         family = self.family
         for c in checks:
             alg = c.algorithm
-            kind = KIND[alg.name]
+            kind = script_kind(alg)
             h = family(c.key)
             if kind == "sl":
                 keys += (h, f"{h}:l:{alg.id}")
@@ -189,88 +190,37 @@ class RedisStorage(Clients, Storage):
         keys += [f"{family(k)}:b" for k in block_keys]
         return keys, args
 
-    def _one(self, check: Check, consume: bool, now: int | None) -> tuple[One, list[Any]]:
-        """The specialised script and the EVALSHA arguments after the sha of one check
-        without block keys (see :class:`One`)."""
-        alg = check.algorithm
-        one = self._ones.get(alg)
-        if one is None:
-            one = self._prepare(alg)
-        h = self.family(check.key)
-        if now is None:
-            now_arg: Any = b"" if self.clock == "server" else int(time.time() * 1_000_000)
-        else:
-            now_arg = now
-        cost = check.cost
-        cost_arg: Any
-        if consume and not check.probe:
-            cost_arg = SMALL[cost] if cost < 64 else min(cost, SAFE)
-        else:  # decided, not charged: the scripts read -1 - cost
-            cost_arg = -1 - min(cost, SAFE)
-        if one.log is None:
-            return one, [1, h, now_arg, cost_arg, *one.tail]
-        return one, [2, h, h + one.log, now_arg, cost_arg, *one.tail]
-
-    def _prepare(self, alg: Algorithm) -> One:
-        tail: list[Any] = [self._slack_ms.encode(), alg.id, str(alg.limit).encode(),
-                           str(alg.period_us).encode()]
-        if alg.name == "token_bucket":
-            tail.append(str(alg.capacity).encode())
-        one = One(script(alg.name), alg, tail, self._encoding)
-        if len(self._ones) >= _MAX_ONES:
-            self._ones.clear()
-        self._ones[alg] = one
-        return one
-
-    def _direct_one(self, check: Check, consume: bool, now: int | None) -> Any:
-        """One check on our own plain client: the command packed here (most of it once per
-        algorithm) and sent on a pooled connection, without redis-py's per-command layers."""
-        alg = check.algorithm
-        one = self._ones.get(alg)
-        if one is None or one.packed is None:
-            one = self._prepare(alg)
-        head, packed, encoding = one.head, one.packed, one.encoding
-        assert head is not None and packed is not None and encoding is not None
-        key = self.family(check.key)
-        if now is None:
-            now_b = b"" if self.clock == "server" else b"%d" % int(time.time() * 1_000_000)
-        else:
-            now_b = b"%d" % now
-        cost = check.cost
-        if consume and not check.probe:
-            cost_b = SMALL[cost] if cost < 64 else b"%d" % min(cost, SAFE)
-        else:  # decided, not charged: the scripts read -1 - cost
-            cost_b = b"%d" % (-1 - min(cost, SAFE))
-        k = key.encode(*encoding)
-        keys = b"$%d\r\n%b\r\n" % (len(k), k)
-        if one.log is not None:
-            k += one.log_b
-            keys += b"$%d\r\n%b\r\n" % (len(k), k)
-        cmd = b"%b%b$%d\r\n%b\r\n$%d\r\n%b\r\n%b" % (
-            head, keys, len(now_b), now_b, len(cost_b), cost_b, packed
-        )
-        pool = self._pool
-        try:
-            conn = pool.get_connection()
-        except self._errors as exc:
-            raise _failed(exc) from exc
-        try:
-            try:
-                return conn.retry.call_with_retry(
-                    lambda: _send_read(conn, cmd), lambda _error: conn.disconnect()
-                )
-            except self._noscript:
-                pass
-        except self._errors as exc:
-            raise _failed(exc) from exc
-        finally:
-            if self._reconnect_check and conn.should_reconnect():
-                conn.disconnect()
-            pool.release(conn)
-        _, args = self._one(check, consume, now)  # NOSCRIPT: send the source (and cache it)
-        return self._eval_one(one.script, one.sha, args)
-
     # -- the script calls of an operation, without I/O (a Cluster splits them by slot) ---------
+
+    def _one_script(self, alg: Algorithm) -> bool:
+        """Whether a lone check of ``alg`` runs its strategy's own script (a fixed window
+        has its own path; on the server's clock, a "tg" bucket goes through the batch)."""
+        return alg.name != "fixed_window" and (
+            self.clock == "client" or script_kind(alg) != "tg"
+        )
+
+    #: Opt-in: how long (seconds) the dynamic blocklist is taken to be as last seen, so
+    #: that while it is empty a request's block keys are not looked up. A block or a ban
+    #: made by another process is then looked up by this one only within about that long
+    #: (a fail2ban ban holds on the other workers up to that much later). None (default):
+    #: every request looks its block keys up.
+    blocks_fresh: float | None = None
+
+    def _lookups(self) -> bool | None:
+        """Whether a request's block keys must be looked up; None when the blocklist must
+        be read first (``EXISTS`` of its index: once per ``blocks_fresh`` seconds)."""
+        fresh = self.blocks_fresh
+        if fresh is None:
+            return True
+        some, seen = self._blocks_seen
+        if time.monotonic() - seen < fresh:
+            return some
+        return None
+
+    def _saw_blocks(self, exists: Any) -> bool:
+        some = bool(exists)
+        self._blocks_seen = (some, time.monotonic())
+        return some
 
     def _batch_call(
         self, checks: Sequence[Check], consume: bool, now: int | None, block_keys: Sequence[str]
@@ -348,19 +298,7 @@ class RedisStorage(Clients, Storage):
             except self._noscript:
                 return client.execute_command("EVAL", script.source, len(keys), *keys, *args)
         except self._errors as exc:
-            raise _failed(exc) from exc
-
-    def _eval_one(self, script: Script, sha: bytes, args: list[Any]) -> Any:
-        client = self._client
-        if client is None:
-            client = self.sync_client()
-        try:
-            try:
-                return client.execute_command("EVALSHA", sha, *args)
-            except self._noscript:
-                return client.execute_command("EVAL", script.source, *args)
-        except self._errors as exc:
-            raise _failed(exc) from exc
+            raise failed(exc) from exc
 
     def _run(self, script: Script, calls: Calls[_R]) -> _R:
         """Send the script calls of ``calls`` one by one; their result."""
@@ -377,21 +315,39 @@ class RedisStorage(Clients, Storage):
         try:
             return client.execute_command(*args)
         except self._errors as exc:
-            raise _failed(exc) from exc
+            raise failed(exc) from exc
 
     def apply(self, checks: Sequence[Check], *, consume: bool = True, now: int | None = None,
               block_keys: Sequence[str] = ()) -> BatchResult:
         if self._client is None:
             self.sync_client()
         checks, now = at_instant(checks, now)  # calendar windows: this period's
+        if block_keys:
+            look = self._lookups()
+            if look is None:
+                look = self._saw_blocks(self._sync_call("EXISTS", self._index[0]))
+            if not look:  # an empty blocklist: nothing to look up
+                if not checks:
+                    return BatchResult([], [None] * len(block_keys))
+                result = self.apply(checks, consume=consume, now=now)
+                result.blocked[:] = [None] * len(block_keys)
+                return result
         if len(checks) == 1 and not block_keys:  # the common case: one specialised script
             c = checks[0]
-            if self._pool is not None:
-                raw = self._direct_one(c, consume, now)
-            else:
-                one, args = self._one(c, consume, now)
-                raw = self._eval_one(one.script, one.sha, args)
-            return BatchResult([decision(c.algorithm, raw)], [])
+            if now is None and self.clock == "client":
+                now = int(time.time() * 1_000_000)
+            if self._one_script(c.algorithm):
+                if self._pool is not None:
+                    one, raw = self._direct_one(c, consume, now)
+                else:
+                    one, args = self._one(c, consume, now)
+                    raw = self._eval_one(one.script, one.sha, args)
+                if one.lean:
+                    assert now is not None
+                    return BatchResult([lean_decision(c.algorithm, raw, now, c.cost)], [])
+                return BatchResult([decision(c.algorithm, raw)], [])
+            if now is not None and c.algorithm.name == "fixed_window":  # (else: the batch)
+                return BatchResult([self._fixed(c, consume, now)], [])
         return self._run(self._batch, self._batches(checks, consume, now, block_keys))
 
     def hit(self, algorithm: Algorithm, key: str, cost: int, now: int | None) -> Decision:
@@ -404,6 +360,7 @@ class RedisStorage(Clients, Storage):
             self._eval(self._reset, group, ())
 
     def block(self, key: str, ttl: float | None, reason: str = "", now: int | None = None) -> None:
+        self._saw_blocks(True)
         args = self._block_args(key, ttl, reason, now)
         exp = text(self._eval(self._block, [f"{self.family(key)}:b"], args))
         self._eval(self._blocks, self._index, ["add", args[0], self._slack_ms, key, exp, reason])
@@ -458,7 +415,16 @@ class RedisStorage(Clients, Storage):
                     "EVAL", script.source, len(keys), *keys, *args
                 )
         except self._errors as exc:
-            raise _failed(exc) from exc
+            raise failed(exc) from exc
+
+    async def _aeval_one(self, client: Any, script: Script, sha: bytes, args: list[Any]) -> Any:
+        try:
+            try:
+                return await client.execute_command("EVALSHA", sha, *args)
+            except self._noscript:
+                return await client.execute_command("EVAL", script.source, *args)
+        except self._errors as exc:
+            raise failed(exc) from exc
 
     async def _arun(self, script: Script, calls: Calls[_R]) -> _R:
         """Async twin of :meth:`_run`."""
@@ -475,7 +441,7 @@ class RedisStorage(Clients, Storage):
         try:
             return await client.execute_command(*args)
         except self._errors as exc:
-            raise _failed(exc) from exc
+            raise failed(exc) from exc
 
     async def aapply(self, checks: Sequence[Check], *, consume: bool = True,
                      now: int | None = None, block_keys: Sequence[str] = ()) -> BatchResult:
@@ -485,17 +451,33 @@ class RedisStorage(Clients, Storage):
                 self.apply, checks, consume=consume, now=now, block_keys=block_keys
             )
         checks, now = at_instant(checks, now)
+        if block_keys:
+            look = self._lookups()
+            if look is None:
+                look = self._saw_blocks(await self._acall("EXISTS", self._index[0]))
+            if not look:  # an empty blocklist: nothing to look up
+                if not checks:
+                    return BatchResult([], [None] * len(block_keys))
+                result = await self.aapply(checks, consume=consume, now=now)
+                result.blocked[:] = [None] * len(block_keys)
+                return result
         if len(checks) == 1 and not block_keys:  # the common case: one specialised script
             c = checks[0]
-            one, args = self._one(c, consume, now)
-            try:
-                try:
-                    raw = await client.execute_command("EVALSHA", one.sha, *args)
-                except self._noscript:
-                    raw = await client.execute_command("EVAL", one.script.source, *args)
-            except self._errors as exc:
-                raise _failed(exc) from exc
-            return BatchResult([decision(c.algorithm, raw)], [])
+            if now is None and self.clock == "client":
+                now = int(time.time() * 1_000_000)
+            if self._one_script(c.algorithm):
+                one, args = self._one(c, consume, now)
+                raw = await self._aeval_one(client, one.script, one.sha, args)
+                if one.lean:
+                    assert now is not None
+                    return BatchResult([lean_decision(c.algorithm, raw, now, c.cost)], [])
+                return BatchResult([decision(c.algorithm, raw)], [])
+            if now is not None and c.algorithm.name == "fixed_window":  # (else: the batch)
+                fx, fargs, left, charged = self._fixed_args(c, consume, now)
+                raw = await self._aeval_one(client, fx.script, fx.sha, fargs)
+                return BatchResult(
+                    [fixed_decision(c.algorithm, int(raw), c.cost, left, charged)], []
+                )
         return await self._arun(self._batch, self._batches(checks, consume, now, block_keys))
 
     async def ahit(self, algorithm: Algorithm, key: str, cost: int, now: int | None) -> Decision:
@@ -514,6 +496,7 @@ class RedisStorage(Clients, Storage):
         if self._async() is None:
             await asyncio.to_thread(self.block, key, ttl, reason, now)
             return
+        self._saw_blocks(True)
         args = self._block_args(key, ttl, reason, now)
         exp = text(await self._aeval(self._block, [f"{self.family(key)}:b"], args))
         await self._aeval(

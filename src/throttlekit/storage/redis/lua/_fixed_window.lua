@@ -6,18 +6,24 @@
 -- false. The block sets allowed (1/0), remaining, reset_us, retry_us (-1 = never) and, when
 -- it allows a positive cost, state (what the charge writes, true for the sliding log), ttl
 -- (the state's lifetime, microseconds) and known (the field's old value: H exists).
+-- The fixed window (see fixed_window.lua for its layout): state is the field's new value
+-- when the window is new, true when the charge adds to it (known: the field exists).
 --#include floordiv q=win a=now b=p
-local count = 0
+local base = (win % 524288) * 8589934592
 local v = call('HGET', H, field)
+local count = 0
 if v then
-  local sp = find(v, ' ', 1, true)
-  if tonumber(sub(v, 1, sp - 1)) == win then count = tonumber(sub(v, sp + 1)) end
+  count = (tonumber(v) or -1) - base  -- (not a number: a state of an older layout)
+  if count < 0 or count >= 8589934592 then count = 0 end
 end
 local left = (win + 1) * p - now
 if count + cost <= limit then
   allowed, rem = 1, limit - count - cost
   if count + cost > 0 then reset = left end
-  if cost > 0 then state, ttl, known = format('%.0f %.0f', win, count + cost), left, v end
+  if cost > 0 then
+    state, ttl, known = true, left, v
+    if count == 0 then state = format('%.0f', base + cost) end
+  end
 else
   retry = left
   if cost > limit then retry = -1 end

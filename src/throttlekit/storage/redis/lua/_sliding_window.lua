@@ -17,6 +17,7 @@ if k >= 0 and wq <= k then
   if cur + cost > 0 then reset = (win + 2) * p - now elseif prev > 0 then reset = left end
   if cost > 0 then
     state, ttl, known = format('%.0f %.0f %.0f', win, cur + cost, prev), (win + 2) * p - now, v
+    if w == win then ttl = 0 end  -- charged before in this window: H's TTL covers it
   end
 else
   if cost > limit then

@@ -4,7 +4,7 @@
 -- KEYS: per check, the key family hash H and an auxiliary key (the sliding log's list, or
 --       H again); then one blocklist entry key per looked-up block key.
 -- ARGV: now ('' = server TIME), consume (1/0), n checks, n block keys, ttl slack (ms, used
---       only with a client-given now); then per check: kind (fw/sw/tb/sl), field, limit,
+--       only with a client-given now); then per check: kind (fw/sw/tb/tg/sl), field, limit,
 --       period_us, capacity, cost, flags (1: independent, 2: probe — decided, never charged).
 --       A batch in which any looked-up block key is found charges nothing.
 -- Returns: per check allowed, remaining, reset_us, retry_us (-1 = never); then per block
@@ -36,6 +36,8 @@ for i = 1, n do
 --#include sliding_window
   elseif kind == 'tb' then
 --#include token_bucket
+  elseif kind == 'tg' then
+--#include gcra
   else
 --#include sliding_log
   end
@@ -74,6 +76,8 @@ if not blocked then
       local state, ttl, known = charges[j + 5], charges[j + 6], charges[j + 7]
       if charges[j] == 'sl' then
 --#include sliding_log_charge
+      elseif charges[j] == 'fw' then
+--#include fixed_window_charge
       else
 --#include set_state
       end

@@ -1,0 +1,235 @@
+"""Real servers under load: bare app vs throttlekit vs the peer, on memory and on Redis.
+
+Serves the apps of ``server_apps.py`` on loopback ports, Flask under gunicorn (``-w 2``,
+sync and gthread workers) and Starlette under uvicorn (``--workers 2``), and drives each with
+wrk (Debian's ``wrk`` package) for a fixed time. For each server, the modes: the bare app;
+throttlekit on memory, on Redis, and on Redis behind ``SyncedStorage`` (local leases of
+quota, see docs/backends.md); the peer (Flask-Limiter for Flask, SlowAPI for Starlette) on
+memory and on Redis. Every limited app charges one far-away limit per client IP, so every
+request is allowed and charged (one hot key: all of wrk's requests come from 127.0.0.1).
+
+Run (about 5 minutes: each server's six apps are started together and wrk visits them in
+turn, 2 s each, 7 rounds in rotated order, so load that comes and goes on a shared machine
+hits every mode alike; medians are reported)::
+
+    python benchmarks/bench_servers.py --duration 2 --repeats 7
+
+It prints a Markdown table: req/s, p50 and p99 latency, and req/s as a ratio to the bare
+app on the same server. The shared Redis on 127.0.0.1:6379 is used with a fresh key prefix
+per run and never flushed. ``test_servers_smoke`` runs a short version in the suite (bare
+and SyncedStorage on each server) and checks the issue's target at a loose bound.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import os
+import re
+import shutil
+import socket
+import statistics
+import subprocess
+import sys
+import time
+import urllib.request
+import uuid
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+
+import pytest
+
+HERE = Path(__file__).resolve().parent
+SRC = HERE.parent / "src"
+REDIS = "redis://127.0.0.1:6379/0"
+SERVERS = ("gunicorn-sync", "gunicorn-gthread", "uvicorn")
+MODES = ("bare", "tk-memory", "tk-redis", "tk-synced", "peer-memory", "peer-redis")
+_UNITS = {"us": 1e-3, "ms": 1.0, "s": 1e3}
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
+def _command(server: str, port: int) -> list[str]:
+    bind = f"127.0.0.1:{port}"
+    if server == "uvicorn":
+        return [sys.executable, "-m", "uvicorn", "server_apps:starlette_app", "--app-dir",
+                str(HERE), "--host", "127.0.0.1", "--port", str(port), "--workers", "2",
+                "--log-level", "warning", "--no-access-log"]
+    cmd = [sys.executable, "-m", "gunicorn", "-w", "2", "-b", bind, "--chdir", str(HERE),
+           "--log-level", "warning"]
+    if server == "gunicorn-gthread":
+        cmd += ["-k", "gthread", "--threads", "4"]
+    return [*cmd, "server_apps:flask_app"]
+
+
+def _tree(pid: int) -> list[int]:
+    """``pid`` and its descendants (Linux ``/proc``)."""
+    out, todo = [], [pid]
+    while todo:
+        p = todo.pop()
+        out.append(p)
+        with contextlib.suppress(OSError):
+            for task in os.listdir(f"/proc/{p}/task"):
+                with open(f"/proc/{p}/task/{task}/children") as f:
+                    todo.extend(int(c) for c in f.read().split())
+    return out
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU seconds of the server ``pid`` and its workers so far."""
+    ticks = 0
+    for p in _tree(pid):
+        with contextlib.suppress(OSError), open(f"/proc/{p}/stat") as f:
+            fields = f.read().rpartition(")")[2].split()
+            ticks += int(fields[11]) + int(fields[12])  # utime, stime
+    return ticks / os.sysconf("SC_CLK_TCK")
+
+
+@contextlib.contextmanager
+def serving(server: str, mode: str, prefix: str) -> Iterator[tuple[str, int]]:
+    """Serve ``mode``'s app under ``server``; yields its URL and pid once it answers 200."""
+    port = _free_port()
+    env = dict(os.environ, PYTHONPATH=f"{SRC}{os.pathsep}{HERE}", TK_BENCH_MODE=mode,
+               TK_BENCH_PREFIX=prefix, TK_BENCH_REDIS=REDIS, PYTHONWARNINGS="ignore",
+               TK_BENCH_SERVER="starlette" if server == "uvicorn" else "flask")
+    proc = subprocess.Popen(_command(server, port), env=env, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.PIPE)
+    url = f"http://127.0.0.1:{port}/"
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            if proc.poll() is not None:
+                err = proc.stderr.read().decode() if proc.stderr else ""
+                raise RuntimeError(f"{server} {mode} exited: {err[-2000:]}")
+            try:
+                with urllib.request.urlopen(url, timeout=1) as r:
+                    if r.status == 200:
+                        break
+            except OSError:
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.1)
+        yield url, proc.pid
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+        if proc.stderr is not None:
+            proc.stderr.close()
+
+
+def _ms(text: str) -> float:
+    m = re.fullmatch(r"([\d.]+)(us|ms|s)", text)
+    if m is None:
+        raise ValueError(f"unreadable wrk latency {text!r}")
+    return float(m.group(1)) * _UNITS[m.group(2)]
+
+
+def wrk(url: str, duration: float, connections: int = 16, pid: int | None = None
+        ) -> dict[str, float]:
+    """Drive ``url`` with wrk for ``duration`` whole seconds: req/s, p50 and p99 (ms), non-2xx,
+    and with the server's ``pid``, its CPU time per request (µs, workers included)."""
+    cpu = cpu_seconds(pid) if pid else 0.0
+    out = subprocess.run(
+        ["wrk", "-t1", f"-c{connections}", f"-d{max(1, round(duration))}s", "--latency", url],
+        check=True, capture_output=True, text=True).stdout
+    rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))  # type: ignore[union-attr]
+    lat = dict(re.findall(r"^\s+(50|99)%\s+(\S+)$", out, re.M))
+    bad = re.search(r"Non-2xx or 3xx responses:\s+(\d+)", out)
+    count = int(re.search(r"(\d+) requests in", out).group(1))  # type: ignore[union-attr]
+    cpu = (cpu_seconds(pid) - cpu) * 1e6 / max(count, 1) if pid else 0.0
+    return {"rps": rps, "p50": _ms(lat["50"]), "p99": _ms(lat["99"]),
+            "non2xx": float(bad.group(1)) if bad else 0.0, "cpu": cpu}
+
+
+def run(servers: Sequence[str], modes: Sequence[str], duration: float, repeats: int,
+        warmup: float = 1.0) -> dict[tuple[str, str], list[dict[str, float]]]:
+    """Every mode of each server, ``repeats`` times: all of a server's modes are started at
+    once (idle servers cost nothing) and wrk visits them in turn, the order rotated each
+    round, so load that comes and goes on a shared machine hits every mode alike. Each
+    (server, mode) has its own Redis prefix."""
+    results: dict[tuple[str, str], list[dict[str, float]]] = {}
+    tag = uuid.uuid4().hex[:8]
+    for server in servers:
+        with contextlib.ExitStack() as stack:
+            urls = {mode: stack.enter_context(
+                serving(server, mode, f"tk-bench-servers:{tag}:{server}:{mode}:"))
+                for mode in modes}
+            for url, pid in urls.values():
+                wrk(url, warmup, pid=pid)
+            for rep in range(repeats):
+                turn = list(modes[rep % len(modes):]) + list(modes[:rep % len(modes)])
+                for mode in turn:
+                    url, pid = urls[mode]
+                    r = wrk(url, duration, pid=pid)
+                    results.setdefault((server, mode), []).append(r)
+                    print(f"  {server:17} {mode:12} {r['rps']:8.0f} req/s  p50 {r['p50']:.2f}"
+                          f" ms  p99 {r['p99']:.2f} ms  cpu {r['cpu']:.0f} us/req"
+                          f"  non-2xx {r['non2xx']:.0f}",
+                          file=sys.stderr, flush=True)
+    return results
+
+
+def medians(results: dict[tuple[str, str], list[dict[str, float]]]
+            ) -> dict[tuple[str, str], dict[str, float]]:
+    return {k: {f: statistics.median(r[f] for r in rs) for f in rs[0]}
+            for k, rs in results.items()}
+
+
+def table(med: dict[tuple[str, str], dict[str, float]]) -> str:
+    lines = ["| server | mode | req/s | p50 ms | p99 ms | req/s / bare | server CPU µs/req |"
+             " bare CPU / CPU | non-2xx |",
+             "|---|---|---:|---:|---:|---:|---:|---:|---:|"]
+    for (server, mode), m in med.items():
+        base = med.get((server, "bare"), {})
+        ratio = f"{m['rps'] / base['rps']:.2f}" if base else "-"
+        cpu = f"{base['cpu'] / m['cpu']:.2f}" if base and m["cpu"] else "-"
+        lines.append(f"| {server} | {mode} | {m['rps']:.0f} | {m['p50']:.2f} | "
+                     f"{m['p99']:.2f} | {ratio} | {m['cpu']:.0f} | {cpu} | "
+                     f"{m['non2xx']:.0f} |")
+    return "\n".join(lines)
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
+    p.add_argument("--duration", type=float, default=2.0)
+    p.add_argument("--repeats", type=int, default=7)
+    p.add_argument("--servers", nargs="*", default=list(SERVERS), choices=SERVERS)
+    p.add_argument("--modes", nargs="*", default=list(MODES), choices=MODES)
+    a = p.parse_args(argv)
+    if shutil.which("wrk") is None:
+        sys.exit("wrk is missing: apt-get install -y wrk")
+    started = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
+    med = medians(run(a.servers, a.modes, a.duration, a.repeats))
+    print(f"{started}, {os.cpu_count()} cores, medians of {a.repeats} runs of "
+          f"{a.duration:g} s, wrk -t1 -c16\n")
+    print(table(med))
+
+
+# -- the short version in the suite -------------------------------------------------------
+
+
+@pytest.mark.redis
+@pytest.mark.parametrize("server", SERVERS)
+def test_servers_smoke(server: str) -> None:
+    """Every request through SyncedStorage on Redis under a real server is answered 200,
+    at no worse than half the bare app's throughput (the target is 0.9x; a loose bound,
+    since a short run on a shared machine is noisy)."""
+    if shutil.which("wrk") is None:
+        pytest.skip("wrk is missing: apt-get install -y wrk")
+    med = medians(run([server], ["bare", "tk-synced"], duration=1.0, repeats=3, warmup=1.0))
+    synced, bare = med[(server, "tk-synced")], med[(server, "bare")]
+    assert synced["non2xx"] == 0
+    assert synced["rps"] >= 0.5 * bare["rps"], (synced, bare)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,97 @@
+"""The apps that ``bench_servers.py`` serves: one tiny Flask app, one tiny Starlette app,
+each bare or limited by throttlekit or by its usual peer, chosen by environment variables so
+that gunicorn and uvicorn can import them by name:
+
+- ``TK_BENCH_MODE``: ``bare``, ``tk-memory``, ``tk-redis``, ``tk-synced`` (Redis behind
+  :class:`throttlekit.storage.synced.SyncedStorage`), ``peer-memory``, ``peer-redis``
+  (Flask-Limiter for Flask, SlowAPI for Starlette);
+- ``TK_BENCH_REDIS``: the Redis URL; ``TK_BENCH_PREFIX``: the key prefix on it (each run its
+  own, so the shared Redis is never flushed).
+
+Every limited app applies one far-away limit (``1000000/hour`` per client IP) to every
+request, so every request is allowed and charged: the cost measured is the check itself.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+RATE = "1000000/hour"
+MODE = os.environ.get("TK_BENCH_MODE", "bare")
+REDIS = os.environ.get("TK_BENCH_REDIS", "redis://127.0.0.1:6379/0")
+PREFIX = os.environ.get("TK_BENCH_PREFIX", "tk-bench-servers:")
+
+
+def _limiter() -> Any:
+    from throttlekit import Limiter, storage_from_url
+
+    if MODE == "tk-memory":
+        lim = Limiter("memory://")
+    elif MODE == "tk-redis":
+        lim = Limiter(storage_from_url(REDIS, prefix=PREFIX))
+    else:
+        from throttlekit.storage.synced import SyncedStorage
+
+        lim = Limiter(SyncedStorage(storage_from_url(REDIS, prefix=PREFIX)))
+    lim.throttle("all", RATE, key="ip")
+    return lim
+
+
+def _peer_storage() -> str:
+    if MODE == "peer-memory":
+        return "memory://"
+    return REDIS
+
+
+def make_flask() -> Any:
+    from flask import Flask
+
+    app = Flask("bench_servers")
+
+    @app.route("/")
+    def index() -> str:
+        return "ok"
+
+    if MODE.startswith("tk-"):
+        from throttlekit.contrib.flask import Throttle
+
+        Throttle(app, _limiter())
+    elif MODE.startswith("peer-"):
+        from flask_limiter import Limiter as FlaskLimiter
+        from flask_limiter.util import get_remote_address
+
+        FlaskLimiter(get_remote_address, app=app, default_limits=[RATE],
+                     storage_uri=_peer_storage(), key_prefix=PREFIX)
+    return app
+
+
+def make_starlette() -> Any:
+    from starlette.applications import Starlette
+    from starlette.requests import Request
+    from starlette.responses import PlainTextResponse
+    from starlette.routing import Route
+
+    async def index(request: Request) -> PlainTextResponse:
+        return PlainTextResponse("ok")
+
+    app = Starlette(routes=[Route("/", index)])
+    if MODE.startswith("tk-"):
+        from throttlekit.asgi import ASGIMiddleware
+
+        return ASGIMiddleware(app, _limiter())
+    if MODE.startswith("peer-"):
+        from slowapi import Limiter as SlowLimiter
+        from slowapi.middleware import SlowAPIMiddleware
+        from slowapi.util import get_remote_address
+
+        app.state.limiter = SlowLimiter(key_func=get_remote_address, default_limits=[RATE],
+                                        storage_uri=_peer_storage(), key_prefix=PREFIX)
+        app.add_middleware(SlowAPIMiddleware)
+    return app
+
+
+flask_app = make_flask() if os.environ.get("TK_BENCH_SERVER", "flask") == "flask" else None
+starlette_app = (
+    make_starlette() if os.environ.get("TK_BENCH_SERVER") == "starlette" else None
+)

@@ -1,0 +1,165 @@
+"""What the Redis backend sends per check, on a redis-server of our own (``INFO
+commandstats`` counts the commands a script runs inside the server too): nothing for features
+that are not in use, no ``TIME`` on the caller's clock, one ``HINCRBY`` for an allowed
+fixed-window check, and how soon a block made by another process is looked up."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+
+from servers import RedisServer, start_or_skip
+from throttlekit import Limiter, WSGIMiddleware, storage_from_url
+from throttlekit._algorithms import make_algorithm
+from throttlekit._rates import Rate
+from throttlekit.storage import RedisStorage
+from throttlekit.storage.base import Check
+
+pytestmark = pytest.mark.redis
+STRATEGIES = ["fixed_window", "sliding_window", "sliding_log", "token_bucket"]
+
+
+@pytest.fixture(scope="module")
+def server() -> Iterator[RedisServer]:
+    with start_or_skip(RedisServer()) as s:
+        yield s
+
+
+def _calls(server: RedisServer) -> dict[str, int]:
+    out = {}
+    for line in server.command("INFO", "commandstats").splitlines():
+        if line.startswith("cmdstat_"):
+            name, _, rest = line.partition(":")
+            out[name[8:]] = int(rest.split(",")[0].split("=")[1])
+    out.pop("info", None)
+    out.pop("config|resetstat", None)
+    return out
+
+
+def _app(environ: Any, start_response: Any) -> list[bytes]:
+    start_response("200 OK", [])
+    return [b"ok"]
+
+
+def test_one_throttle_without_a_blocklist_sends_one_hincrby(server: RedisServer) -> None:
+    """Through the middleware, one fixed-window throttle, an empty dynamic blocklist and
+    ``blocks_fresh`` set (opt-in): each request is one EVALSHA running one HINCRBY (the
+    blocklist is not read per request, and no TIME); the blocklist's index is asked about
+    once, then not for blocks_fresh seconds."""
+    from werkzeug.test import Client
+
+    s = storage_from_url(server.url, prefix="one:")
+    assert isinstance(s, RedisStorage)
+    s.blocks_fresh = 3600.0
+    limiter = Limiter(s)
+    limiter.throttle("per-ip", "1000/hour", strategy="fixed_window")
+    client = Client(WSGIMiddleware(_app, limiter))
+    env = {"REMOTE_ADDR": "192.0.2.7"}
+    assert client.get("/", environ_base=env).status_code == 200  # loads the script
+    server.command("CONFIG", "RESETSTAT")
+    assert [client.get("/", environ_base=env).status_code for _ in range(20)] == [200] * 20
+    calls = _calls(server)
+    assert calls.pop("evalsha") == 20
+    assert calls.pop("hincrby") == 20
+    assert calls.pop("exists", 0) == 0  # (asked by the first request)
+    assert calls == {}, calls  # no GET of a block key, no TIME, no PEXPIRE
+    s.close()
+
+
+@pytest.mark.parametrize("strategy", STRATEGIES)
+def test_the_callers_clock_sends_no_time(server: RedisServer, strategy: str) -> None:
+    """On the default (client) clock no script asks Redis for TIME, alone or in a batch;
+    clock="server" does."""
+    alg = make_algorithm(strategy, Rate(100, 60))
+    for clock, times in (("client", 0), ("server", 2)):
+        s = storage_from_url(server.url, prefix=f"clk-{clock}:", clock=clock)
+        s.block("someone", 60)  # a blocklist in use: the batch below reads it
+        s.apply([Check(alg, "warm")])
+        s.apply([Check(alg, "warm")], block_keys=["x"])
+        server.command("CONFIG", "RESETSTAT")
+        assert s.apply([Check(alg, "k")]).decisions[0].allowed
+        assert s.apply([Check(alg, "k")], block_keys=["x"]).blocked == [None]
+        assert _calls(server).get("time", 0) == times
+        s.close()
+
+
+def test_by_default_every_request_looks_its_block_keys_up(server: RedisServer) -> None:
+    """Without blocks_fresh, a block made by another process holds at once (a ban made on
+    one worker holds on all)."""
+    alg = make_algorithm("fixed_window", Rate(100, 60))
+    a = storage_from_url(server.url, prefix="dflt:")
+    b = storage_from_url(server.url, prefix="dflt:")
+    assert a.apply([Check(alg, "ip")], block_keys=["ip"]).blocked == [None]
+    b.block("ip", 60, "ban")
+    found = a.apply([Check(alg, "ip")], block_keys=["ip"]).blocked[0]
+    assert found is not None and found.reason == "ban"
+    a.close()
+    b.close()
+
+
+def test_a_block_by_another_process_is_looked_up_within_blocks_fresh(
+    server: RedisServer,
+) -> None:
+    """A process that saw the blocklist empty does not look block keys up for
+    ``blocks_fresh`` seconds: a block made elsewhere meanwhile is found once that passed
+    (here forced by setting it to 0); a block it makes itself is found at once."""
+    alg = make_algorithm("fixed_window", Rate(100, 60))
+    a = storage_from_url(server.url, prefix="fresh:")
+    b = storage_from_url(server.url, prefix="fresh:")
+    assert isinstance(a, RedisStorage)
+    a.blocks_fresh = 3600.0
+    assert a.apply([Check(alg, "ip")], block_keys=["ip"]).blocked == [None]
+    b.block("ip", 60, "abuse")
+    assert a.apply([Check(alg, "ip")], block_keys=["ip"]).blocked == [None]  # not yet
+    a.blocks_fresh = 0.0
+    found = a.apply([Check(alg, "ip")], block_keys=["ip"]).blocked[0]
+    assert found is not None and found.reason == "abuse"
+    a.blocks_fresh = 3600.0
+    b.unblock("ip")
+    assert a.apply([Check(alg, "ip")], block_keys=["ip"]).blocked == [None]
+    # seen empty again for an hour: its own block is still found at once
+    a.blocks_fresh = 0.0
+    assert a.apply([Check(alg, "ip")], block_keys=["ip"]).blocked == [None]
+    a.blocks_fresh = 3600.0
+    a.block("other", 60, "mine")
+    found = a.apply([Check(alg, "other")], block_keys=["other"]).blocked[0]
+    assert found is not None and found.reason == "mine"
+    a.close()
+    b.close()
+
+
+def test_an_empty_blocklist_answers_block_keys_without_a_call(server: RedisServer) -> None:
+    """Block keys alone, with no check, against a blocklist seen empty: answered here."""
+    a = storage_from_url(server.url, prefix="none:")
+    assert isinstance(a, RedisStorage)
+    a.blocks_fresh = 3600.0
+    assert a.apply([], block_keys=["x", "y"]).blocked == [None, None]  # reads the index
+    server.command("CONFIG", "RESETSTAT")
+    assert a.apply([], block_keys=["x", "y"]).blocked == [None, None]
+    assert _calls(server) == {}
+    a.close()
+
+
+def test_a_fixed_window_keeps_one_field_per_rate(server: RedisServer) -> None:
+    """A fixed window's count lives in one field of the key's hash whatever the windows
+    skipped, so a hash kept alive by a longer rate never piles up old windows; a field of an
+    older layout (``"window count"``) is overwritten, not an error."""
+    import redis
+
+    s = storage_from_url(server.url, prefix="fw1:")
+    short, long = (make_algorithm("fixed_window", Rate(2, 1)),
+                   make_algorithm("fixed_window", Rate(1000, 3600)))
+    t0 = 1_700_000_000_000_000
+    for i in range(0, 40, 3):  # every third second: windows skipped
+        now = t0 + i * 1_000_000
+        assert [s.apply([Check(short, "k")], now=now).decisions[0].allowed
+                for _ in range(3)] == [True, True, False]
+        assert s.apply([Check(long, "k")], now=now).decisions[0].allowed
+    raw = redis.Redis.from_url(server.url, decode_responses=True)
+    assert raw.hlen(s.family("k")) == 2
+    raw.hset(s.family("old"), short.id, "850000000 2")
+    assert s.apply([Check(short, "old")], now=t0).decisions[0].remaining == 1
+    raw.close()
+    s.close()
