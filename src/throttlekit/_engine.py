@@ -177,9 +177,10 @@ class Engine:
         if self.watcher is not None and self.enabled:
             self.watcher.poll()  # a reload swaps self.rules: read them after
         rules = self.rules
-        # the candidates (throttles, then their index) before the flag: a rule is registered
-        # with ``fast`` cleared before it is published (never decided here as plain)
-        throttles = rules.candidates(view)  # only the rules whose conditions hold
+        # throttles, index, then the flag: the reverse of their publication (see Rules.index)
+        throttles = rules.throttles
+        if (index := rules.index) is not None:  # only the rules whose conditions hold
+            throttles = index.candidates(view)
         if rules.fast and self.enabled:
             blocks = self.local_blocks
             if blocks is not None and not blocks:
@@ -205,17 +206,17 @@ class Engine:
                             if (own := rule.variant(self, view)) is None:
                                 continue
                             rule = own
-                        disc, cost = found
                         if rule1 is None:
-                            rule1, disc1, cost1 = rule, disc, cost  # (no tuple built)
+                            rule1 = rule
+                            disc1, cost1 = found
                         elif several is None:
                             several = [rule1, rule]
-                            discs = [disc1, disc]
-                            costs = [cost1, cost]
+                            discs = [disc1, found[0]]
+                            costs = [cost1, found[1]]
                         else:
                             several.append(rule)
-                            discs.append(disc)
-                            costs.append(cost)
+                            discs.append(found[0])
+                            costs.append(found[1])
                     if rule1 is None:
                         if active and "tracked" in active:
                             self.track(view)
