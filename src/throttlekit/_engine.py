@@ -177,8 +177,7 @@ class Engine:
         if self.watcher is not None and self.enabled:
             self.watcher.poll()  # a reload swaps self.rules: read them after
         rules = self.rules
-        # throttles, index, then the flag: the reverse of their publication (see Rules.index)
-        throttles = rules.throttles
+        throttles = rules.throttles  # then the index, then the flag (see Rules.index)
         if (index := rules.index) is not None:  # only the rules whose conditions hold
             throttles = index.candidates(view)
         if rules.fast and self.enabled:

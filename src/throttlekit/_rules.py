@@ -378,8 +378,10 @@ class Rules:
         #: no bans, dry-run or count_when throttles: the engine's common case applies
         self.fast = True
         #: the throttles by what they declare they match; None when none declares anything
-        #: (every throttle is then a candidate). Published before ``throttles``, so a reader
-        #: of ``throttles`` then ``index`` never sees a rule with conditions and no index.
+        #: (every throttle is then a candidate). A rule is published as ``fast`` (cleared if
+        #: need be), then ``index``, then ``throttles``; readers go the other way round
+        #: (``throttles``, ``index``, ``fast``), so a rule added by another thread meanwhile is
+        #: never decided as plain, nor asked without its conditions.
         self.index: RuleIndex | None = None
 
     def without(self, names: frozenset[str] | set[str]) -> Rules:
