@@ -177,9 +177,9 @@ class Engine:
         if self.watcher is not None and self.enabled:
             self.watcher.poll()  # a reload swaps self.rules: read them after
         rules = self.rules
-        # the throttles before the flag: a rule is registered with ``fast`` cleared before it
-        # is published in ``throttles`` (one added meanwhile is never decided here as plain)
-        throttles = rules.throttles
+        throttles = rules.throttles  # then the index, then the flag (see Rules.index)
+        if (index := rules.index) is not None:  # only the rules whose conditions hold
+            throttles = index.candidates(view)
         if rules.fast and self.enabled:
             blocks = self.local_blocks
             if blocks is not None and not blocks:

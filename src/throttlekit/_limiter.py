@@ -22,7 +22,7 @@ from ._plans import Plans
 from ._resilience import ON_STORAGE_ERROR, ResilientStore, resilient
 from ._settings import check_settings, storage_of
 from ._subscribe import subscribe
-from ._typing import CallbackT, FuncT, KeyLike, RatesLike
+from ._typing import CallbackT, FuncT, KeyLike, RatesLike, Strings
 from .storage import Storage
 
 if TYPE_CHECKING:
@@ -306,7 +306,8 @@ class Limiter:
         burst: int | None = None,
         dry_run: bool = False,
         count_when: Callable[[ResponseInfo], Any] | None = None,
-        on_unreadable: str = "client",
+        on_unreadable: str = "client", methods: Strings = None, paths: Strings = None,
+        path_prefix: Strings = None, hosts: Strings = None,
     ) -> None:
         """Limit requests that ``match`` (default: all) to ``rates`` per ``key``; ``rates``
         may be a function of the view (per caller: :meth:`plans`; counts kept across plans).
@@ -316,17 +317,17 @@ class Limiter:
         ``count_when``: a function of the response (``.status_code``); the rule is tested
         before the app and charged after it answers, only when the function returns true.
 
-        ``on_unreadable``: what happens when the key cannot be read from a request: the
-        key function raised, or returned None after reading a ``view.form`` that could
-        not be read (a body over ``max_form_bytes``, unparsable, or of a content type the
-        form reader does not handle). ``"client"`` (default) counts the request under
-        its client key, in a namespace of its own (``"#client:<key>"``); ``"refuse"``
-        refuses it (429). A key of None from a readable request still means the rule
-        does not apply. Keys over 200 characters, or starting with ``#``, are stored as
-        their SHA-256 (``"#sha256:<hex>"``). See ``docs/rules.md``.
+        ``on_unreadable``: what happens when the key cannot be read (the key function
+        raised, or returned None after reading a ``view.form`` that could not be read):
+        ``"client"`` (default) counts it under its client key, in a namespace of its own
+        (``"#client:<key>"``); ``"refuse"`` refuses it (429). Keys over 200 characters, or
+        starting with ``#``, are stored as their SHA-256. ``methods``, ``paths``,
+        ``path_prefix``, ``hosts``: what the rule matches, declared (indexed: requests they
+        rule out skip the rule unasked). See ``docs/rules.md``.
         """
         self.engine.rules.add_throttle(name, rates, match, key, strategy, cost, burst, dry_run,
-                                 count_when, on_unreadable)
+                                       count_when, on_unreadable, methods=methods, paths=paths,
+                                       path_prefix=path_prefix, hosts=hosts)
 
     def set_rule_rates(self, name: str, rates: RatesLike) -> tuple[Rate, ...]:
         """Replace the rates of the throttle rule ``name`` (shield mode uses this to

@@ -125,7 +125,7 @@ def plan(engine: Engine, rules: Rules, view: RequestView) -> Plan | Verdict:
         return p  # refused whatever the storage says: charge no throttle for it
     checks = p.checks
     throttles = p.throttles
-    for rule in rules.throttles:
+    for rule in rules.candidates(view):
         found = applies(engine, rule, view)
         if found is None:
             continue

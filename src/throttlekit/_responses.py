@@ -198,7 +198,9 @@ def rate_limit_headers(
     if draft or style == "both":
         # The policy items are constant per (name, rate): cached; only r= and t= (t as
         # _whole, inlined) are formatted per response. No list for the common single policy.
-        policy = state = ""
+        # Several policies: joined once (adding each to a growing string copied it whole
+        # for every policy, quadratic in a request many rules apply to).
+        items: list[str] | None = None
         for name, d in policies:
             piece = _pieces.get(name, _MISSING)
             if piece[0] != d.rate:
@@ -207,13 +209,17 @@ def rate_limit_headers(
             reset = d.reset_after
             item = (f"{piece[2]}{rem if rem > 0 else 0};t="
                     f"{(_ceil(reset) if reset != _INF else _NEVER) if reset > 0 else 0}")
-            if state:
-                policy, state = f"{policy}, {piece[1]}", f"{state}, {item}"
+            if items is None:
+                if len(policies) == 1:  # one policy: its cached field
+                    out = [piece[3], ("RateLimit", item)]
+                    break
+                items, names = [item], [piece[1]]
             else:
-                policy, state = piece[1], item
-        # one policy (policy is its cached item): its cached field
-        out = [piece[3] if policy is piece[1] else ("RateLimit-Policy", policy),
-               ("RateLimit", state)]
+                items.append(item)
+                names.append(piece[1])
+        else:
+            assert items is not None  # (several policies)
+            out = [("RateLimit-Policy", ", ".join(names)), ("RateLimit", ", ".join(items))]
         if draft:
             return out
     elif style == "legacy":

@@ -20,14 +20,18 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Iterable, Sequence
-from typing import TYPE_CHECKING, Any, NamedTuple, TypeVar
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 from ._algorithms import Algorithm, check_strategy, make_algorithm
 from ._decision import Decision
 from ._errors import ConfigError
 from ._escalation import BanEscalation, Escalate, Escalation
+from ._formuse import READS_FORM as READS_FORM
+from ._formuse import reads_form as reads_form
+from ._formuse import uses_form as uses_form
 from ._ipset import IPSet
 from ._rates import MAX_PERIOD, Rate, Variants, coerce_rates, resolved
+from ._ruleindex import RuleIndex, Where, where_of
 from .storage.base import BatchResult, BoundBatch, BoundHit, Check, Storage
 
 if TYPE_CHECKING:
@@ -203,50 +207,6 @@ def _callable_or_none(value: Any, what: str) -> Any:
     return value
 
 
-#: the attribute ``reads_form`` sets on a function
-READS_FORM = "throttlekit_reads_form"
-_F = TypeVar("_F", bound=Callable[..., Any])
-
-
-def reads_form(fn: _F, reads: bool = True) -> _F:
-    """Declare that ``fn`` (a match, key, cost or priority function) reads ``view.form``
-    (``reads=False``: that it does not). The ASGI middleware reads a small form body before
-    the rules run only when some rule's function reads it, sparing every other request that
-    cost. Needed for a function that reads the form without naming ``form`` in its own code
-    (through a helper, say); ``"form:<field>"`` keys and rules files declare it themselves.
-
-    >>> @reads_form
-    ... def user(view):
-    ...     return field_of(view, "user")
-    """
-    try:
-        setattr(fn, READS_FORM, reads)
-    except AttributeError:  # a bound method, a builtin: wrap it
-        inner = fn
-
-        def wrapper(*args: Any, **kwargs: Any) -> Any:
-            return inner(*args, **kwargs)
-
-        setattr(wrapper, READS_FORM, reads)
-        return wrapper  # type: ignore[return-value]
-    return fn
-
-
-def uses_form(*functions: Any) -> bool:
-    """Whether one of ``functions`` reads ``view.form``: as declared (:func:`reads_form`),
-    else when its own code names ``form`` (``lambda v: v.form.get("user")``)."""
-    for fn in functions:
-        declared = getattr(fn, READS_FORM, None)
-        if declared is not None:
-            if declared:
-                return True
-            continue
-        code = getattr(fn, "__code__", None)
-        if code is not None and "form" in code.co_names:
-            return True
-    return False
-
-
 class _ListRule:
     __slots__ = ("ips", "name", "predicate")
 
@@ -298,15 +258,19 @@ class _BanRule:
 class _Throttle:
     __slots__ = ("algorithms", "batch", "burst", "cost", "count_when", "dry_run", "hit", "key",
                  "match", "name", "on_unreadable", "policy_names", "rates", "resolve", "simple",
-                 "strategy", "variants")
+                 "strategy", "variants", "where")
 
     def __init__(
         self, name: str, algorithms: tuple[Algorithm, ...], match: Predicate | None,
         key: KeyFunc, cost: int | Callable[[RequestView], int], dry_run: bool,
         count_when: Callable[[ResponseInfo], Any] | None, strategy: str, burst: int | None,
         on_unreadable: str = "client", storage: Storage | None = None,
+        where: Where | None = None,
     ) -> None:
         self.name = name
+        #: what the rule declares it matches (``methods=``, ``paths=``...), decided by the
+        #: rule set's index before the rule is looked at (see ``_ruleindex``)
+        self.where = where
         self.on_unreadable = on_unreadable
         self.algorithms = algorithms
         #: the store's bound hit of a one-rate rule on a local store (``Storage.bind``),
@@ -413,6 +377,12 @@ class Rules:
         self.needs_form = False
         #: no bans, dry-run or count_when throttles: the engine's common case applies
         self.fast = True
+        #: the throttles by what they declare they match; None when none declares anything
+        #: (every throttle is then a candidate). A rule is published as ``fast`` (cleared if
+        #: need be), then ``index``, then ``throttles``; readers go the other way round
+        #: (``throttles``, ``index``, ``fast``), so a rule added by another thread meanwhile is
+        #: never decided as plain, nor asked without its conditions.
+        self.index: RuleIndex | None = None
 
     def without(self, names: frozenset[str] | set[str]) -> Rules:
         """A copy without the rules named ``names``, its flags derived from what is left."""
@@ -421,6 +391,7 @@ class Rules:
         new.blocklists = tuple(r for r in self.blocklists if r.name not in names)
         new.bans = tuple(r for r in self.bans if r.name not in names)
         new.throttles = tuple(r for r in self.throttles if r.name not in names)
+        new.index = _index_of(new.throttles)
         new.tracks = tuple(r for r in self.tracks if r.name not in names)
         new.names = {n: k for n, k in self.names.items() if n not in names}
         new.needs_form = (
@@ -505,11 +476,14 @@ class Rules:
         self, name: str, rates: Any, match: Predicate | None, key: str | KeyFunc | None,
         strategy: str | None, cost: int | Callable[[RequestView], int] | None,
         burst: int | None, dry_run: bool, count_when: Callable[[ResponseInfo], Any] | None,
-        on_unreadable: str = "client",
+        on_unreadable: str = "client", **conditions: Any,
     ) -> None:
+        """Register a throttle; ``conditions``: ``methods``, ``paths``, ``path_prefix``,
+        ``hosts`` (see ``Limiter.throttle``)."""
         name = self._name(name, "throttle")
         what = f"throttle {name!r}"
         check_on_unreadable(on_unreadable, what)
+        where = where_of(what=what, **conditions)
         _callable_or_none(match, f"{what}: match")
         _callable_or_none(count_when, f"{what}: count_when")
         keyf = key_function(key, what)
@@ -532,12 +506,12 @@ class Rules:
             algorithms = _throttle_algorithms(name, rates, strategy, burst, what)
             self._check_supported(algorithms, strategy, what)
             return _Throttle(name, algorithms, match, keyf, cost, dry_run, count_when,
-                             strategy, burst, on_unreadable, storage)
+                             strategy, burst, on_unreadable, storage, where)
 
         rule = build(rates) if not callable(rates) else resolved(build, rates, what)
         self.needs_form = self.needs_form or uses_form(match, keyf, cost, rates)
         self.fast = self.fast and _plain(rule)
-        self.throttles = (*self.throttles, rule)
+        self._publish((*self.throttles, rule))
         self.names[name] = "throttle"
 
     def _check_supported(self, algorithms: Sequence[Algorithm], strategy: str, what: str) -> None:
@@ -561,9 +535,21 @@ class Rules:
         self._check_supported(algorithms, old.strategy, f"throttle {name!r}")
         new = _Throttle(name, algorithms, old.match, old.key, old.cost, old.dry_run,
                         old.count_when, old.strategy, old.burst, old.on_unreadable,
-                        self.limiter.storage)
-        self.throttles = tuple(new if t is old else t for t in self.throttles)
+                        self.limiter.storage, old.where)
+        self._publish(tuple(new if t is old else t for t in self.throttles))
         return old.rates
+
+    def candidates(self, view: RequestView) -> tuple[_Throttle, ...]:
+        """The throttles whose declared conditions hold for ``view``, in registration order
+        (every throttle when none declares any). Reads ``throttles`` then ``index``."""
+        throttles = self.throttles
+        index = self.index
+        return throttles if index is None else index.candidates(view)
+
+    def _publish(self, throttles: tuple[_Throttle, ...]) -> None:
+        # the index first: an evaluation reads ``throttles`` then ``index``
+        self.index = _index_of(throttles, self.index)
+        self.throttles = throttles
 
     def add_track(self, name: str, match: Predicate | None, key: str | KeyFunc | None) -> None:
         name = self._name(name, "track")
@@ -587,3 +573,12 @@ class Rules:
             if key.startswith(rule.prefix):
                 return rule, key[len(rule.prefix):]
         return None
+
+
+def _index_of(throttles: tuple[_Throttle, ...], old: RuleIndex | None = None
+              ) -> RuleIndex | None:
+    """The index of ``throttles``: None while no rule declares conditions (and none did:
+    an index once published stays, so a reader never meets a rule it should skip)."""
+    if old is None and all(t.where is None for t in throttles):
+        return None
+    return RuleIndex(throttles)

@@ -11,7 +11,7 @@ back the decorated function's own type: its parameters, its return type, sync or
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from typing import TYPE_CHECKING, Any, TypeAlias, TypeVar
 
 from ._rates import Rate
@@ -20,7 +20,7 @@ if TYPE_CHECKING:
     from ._events import Event
     from ._request import RequestView
 
-__all__ = ["CallbackT", "FuncT", "KeyLike", "RatesLike"]
+__all__ = ["CallbackT", "FuncT", "KeyLike", "RatesLike", "Strings"]
 
 #: every form ``rates`` takes: a rate string, a Rate, or a list or tuple of them
 RatesLike: TypeAlias = str | Rate | Sequence[str | Rate]
@@ -28,6 +28,9 @@ RatesLike: TypeAlias = str | Rate | Sequence[str | Rate]
 #: a rule's or limit's key: a function of the request view (None skips the request) or a
 #: shortcut string (``"client"``, ``"ip"``, ``"header:X-Api-Key"``, ...)
 KeyLike: TypeAlias = "str | Callable[[RequestView], object] | None"
+
+#: what a throttle declares it matches (``methods=``, ``paths=``...): one, or several
+Strings: TypeAlias = str | Iterable[str] | None
 
 #: a decorated function or coroutine function, handed back with its own signature
 FuncT = TypeVar("FuncT", bound=Callable[..., Any])

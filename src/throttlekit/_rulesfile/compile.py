@@ -21,6 +21,7 @@ from .schema import CONDITIONS, KINDS, LIMITER, SHEDDING, Kind
 
 __all__ = ["Compiler"]
 
+_PATHS = frozenset(("paths", "path_prefix"))
 _TOP = ("version", "limiter", "shedding", *(k.name for k in KINDS))
 
 
@@ -171,7 +172,21 @@ class Compiler:
                     got.append(cond)
         if kind.needs_condition and not any(f.name in table for f in CONDITIONS):
             self.err(spec.line, f"{label}: no condition", kind.needs_condition)
-        predicate = combine([p for c in got for p in c.preds])
+        preds: list[Any] = []
+        if "methods" in kind.condition_args:  # a throttle: method and path declared
+            declared: dict[str, list[str]] = {}
+            for c in got:
+                d = c.declared
+                # path and path_prefix together must both hold, and a declared path holds
+                # when either does: the second stays a predicate
+                if d is not None and not (_PATHS & d.keys() and _PATHS & declared.keys()):
+                    declared.update(d)
+                else:
+                    preds.extend(c.preds)
+            spec.kwargs.update(declared)
+        else:
+            preds = [p for c in got for p in c.preds]
+        predicate = combine(preds)
         ips = next((c.ips for c in got if c.ips is not None), None)
         spec.match = " ".join(s for c in got for s in c.shown) or "*"
         if kind.condition_args == ("predicate", "ips"):

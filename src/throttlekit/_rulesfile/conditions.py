@@ -32,6 +32,9 @@ class Cond(NamedTuple):
     preds: list[Predicate]
     shown: list[str]
     ips: IPSet | None = None
+    #: the same condition as ``Limiter.throttle`` declares it (``methods``, ``paths``,
+    #: ``path_prefix``): a throttle is then indexed by it instead of asking ``preds``
+    declared: dict[str, list[str]] | None = None
 
 
 def strings(v: Any, at: At) -> list[str] | None:
@@ -62,9 +65,11 @@ class Paths(Field):
                    else "paths are matched against the decoded request path, e.g. /login")
         if self.prefix:
             tup = tuple(paths)
-            return Cond([lambda v: v.path.startswith(tup)], ["path^=" + "|".join(paths)])
+            return Cond([lambda v: v.path.startswith(tup)], ["path^=" + "|".join(paths)],
+                        None, {"path_prefix": paths})
         exact = frozenset(paths)
-        return Cond([lambda v: v.path in exact], ["path=" + "|".join(paths)])
+        return Cond([lambda v: v.path in exact], ["path=" + "|".join(paths)], None,
+                    {"paths": paths})
 
 
 class Methods(Field):
@@ -78,7 +83,8 @@ class Methods(Field):
             at.err(f"{at.label}: unknown HTTP method {bad[0]!r}",
                    did_you_mean(bad[0], _METHODS) or f"methods: {', '.join(_METHODS)}")
         allowed = frozenset(up)
-        return Cond([lambda v: v.method in allowed], ["method=" + "|".join(up)])
+        return Cond([lambda v: v.method in allowed], ["method=" + "|".join(up)], None,
+                    {"methods": up})
 
 
 class Ips(Field):

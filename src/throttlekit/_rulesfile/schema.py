@@ -135,7 +135,9 @@ def _register_ban(kind: str) -> Register:
 def _register_throttle(rules: Any, concurrency: Any, name: str, kw: dict[str, Any]) -> None:
     rules.add_throttle(name, kw["rates"], kw.get("match"), kw.get("key"), kw.get("strategy"),
                        kw.get("cost"), kw.get("burst"), kw.get("dry_run", False),
-                       kw.get("count_when"), kw.get("on_unreadable", "client"))
+                       kw.get("count_when"), kw.get("on_unreadable", "client"),
+                       methods=kw.get("methods"), paths=kw.get("paths"),
+                       path_prefix=kw.get("path_prefix"))
 
 
 def _register_track(rules: Any, concurrency: Any, name: str, kw: dict[str, Any]) -> None:
@@ -231,6 +233,9 @@ THROTTLE = Kind(
         _KEY,
     ),
     _register_throttle, _describe_throttle,
+    # method, path and path_prefix are declared (``Limiter.throttle(methods=...)``): the
+    # rule set's index skips the rule for other requests without asking it
+    condition_args=("match", "methods", "paths", "path_prefix", "hosts"),
     listed=("rates", "key", "strategy", "cost", "burst", "dry_run", "count_when",
             "on_unreadable"),
 )
