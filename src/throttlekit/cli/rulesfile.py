@@ -92,17 +92,20 @@ def register(subparsers: Any) -> None:
         description="Validate a rules file the way the app loads it and list every error at "
         "once, each with its line and a hint; on a valid file, list the callables it "
         "imports (a rules file is code). Exit status 0 when valid, 1 with errors.")
-    p.add_argument("file", help="the TOML rules file")
-    p.add_argument("--storage", help="validate against this storage URL's capabilities "
-                   "(default: the file's [limiter] storage, else memory://)")
-    p.add_argument("--json", action="store_true", help="print the result as JSON")
+    _file_options(p, "validate against this storage URL's capabilities (default: the "
+                  "file's [limiter] storage, else memory://)", "print the result as JSON")
     p.set_defaults(func=run_check)
     p = subparsers.add_parser(
         "rules", help="print a rules file's rules in evaluation order",
         description="Print a rules file's rules in the order a request meets them "
         "(safelists, blocklists, bans, throttles, tracks): kind, name, match, key, limit, "
         "options and line.")
-    p.add_argument("file", help="the TOML rules file")
-    p.add_argument("--storage", help="storage URL to validate against")
-    p.add_argument("--json", action="store_true", help="print the table as JSON")
+    _file_options(p, "storage URL to validate against", "print the table as JSON")
     p.set_defaults(func=run_rules)
+
+
+def _file_options(p: Any, storage_help: str, json_help: str) -> None:
+    """The rules file, ``--storage`` and ``--json``: what ``check`` and ``rules`` take."""
+    p.add_argument("file", help="the TOML rules file")
+    p.add_argument("--storage", help=storage_help)
+    p.add_argument("--json", action="store_true", help=json_help)
