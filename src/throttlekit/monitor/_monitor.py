@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import logging
 import math
+import random
 import time
 from collections.abc import Callable, Hashable, Iterable
 from typing import TYPE_CHECKING, Any, NamedTuple
@@ -53,6 +54,10 @@ logger = logging.getLogger("throttlekit.monitor")
 REFUSED = frozenset({"blocked", "banned", "throttled"})
 #: the scope name of all traffic (rule detectors are named after their rule)
 ALL = "*"
+#: requests a bucket whose dimensions are counted when sampling adapts to the rate
+SAMPLES = 100
+#: at most 1 request in this many is sampled when sampling adapts to the rate
+MAX_EVERY = 64
 
 
 class Anomaly(NamedTuple):
@@ -101,11 +106,13 @@ def _call_each(callbacks: list[Callable[[Any], object]], arg: object, failed: st
 class _Scope:
     """Detector + heavy hitters of one scope (all traffic, or one rule)."""
 
-    __slots__ = ("detector", "hitters")
+    __slots__ = ("detector", "hit", "hitters")
 
     def __init__(self, detector: RateDetector, hitters: WindowedTopK) -> None:
         self.detector = detector
         self.hitters = hitters
+        #: the detector's ``hit``, bound once
+        self.hit = detector.hit
 
 
 class Monitor:
@@ -157,6 +164,7 @@ class Monitor:
         dimensions: Iterable[str] | None = None,
         dimension_capacity: int = 256,
         attribution: AttributionOptions | None = None,
+        sample: int | None = None,
         **detector: Unpack[DetectorOptions],
     ) -> None:
         if clock is None and limiter is not None:
@@ -167,6 +175,9 @@ class Monitor:
             raise ConfigError(f"client_quantile must be in (0, 1], got {client_quantile!r}")
         if isinstance(top_n, bool) or not isinstance(top_n, int) or top_n < 1:
             raise ConfigError(f"top_n must be a positive integer, got {top_n!r}")
+        if sample is not None and (isinstance(sample, bool) or not isinstance(sample, int)
+                                   or sample < 1):
+            raise ConfigError(f"sample must be a positive integer or None, got {sample!r}")
         self.clock: Callable[[], float] = clock or time.time
         self.window = window
         self.bucket = bucket
@@ -202,6 +213,7 @@ class Monitor:
         self._anomaly_callbacks: list[AnomalyCallback] = []
         self._tick_callbacks: list[TickCallback] = []
         self.requests = 0
+        self._init_sampling(sample)
         #: baseline requests per second of a typical heavy legitimate client (see offenders)
         self.client_baseline: float | None = None
         self.recent: list[Anomaly] = []
@@ -214,6 +226,23 @@ class Monitor:
             limiter.on(self)
             _store.register(self)
 
+    def _init_sampling(self, sample: int | None) -> None:
+        self._fixed_every = sample or 0
+        self._every = 1
+        self._log_q = -math.inf
+        self._skip = 1  # requests until the next sample, this one included
+        self._weight = 0  # the current request's sampling weight (0: not sampled)
+        self._bucket_mark = 0  # ``requests`` at the last bucket roll
+        # seeded: a simulation run twice samples the same requests
+        self._random = random.Random(0x7417).random
+        self._resample(0)
+
+    @property
+    def sampling(self) -> int:
+        """1 in how many requests the dimensions and the rules' keys are counted right
+        now (1: every request); see :meth:`__call__`."""
+        return self._every
+
     def _new_scope(self, name: str, capacity: int) -> _Scope:
         detector = RateDetector(name, on_transition=self._transition, **self._detector_options)
         return _Scope(detector, WindowedTopK(self.window, self.bucket, capacity))
@@ -225,15 +254,13 @@ class Monitor:
 
     def __call__(self, event: Any) -> None:
         """Count one :class:`throttlekit.Event` (the limiter calls this)."""
-        at = event.at
-        rule = event.rule
-        ck = (rule, event.kind, event.dry_run)
+        kind, rule, key, request, _, dry_run, at = event  # one unpack, not 7 lookups
+        ck = (rule, kind, dry_run)
         counts = self._counts
         try:
             counts[ck] += 1
         except KeyError:
             counts[ck] = 1
-        request = event.request
         if request is not self._last_request:
             self._last_request = request
             self.requests += 1
@@ -243,19 +270,41 @@ class Monitor:
             client = request.client_key
             if client is not None:
                 self._talkers_add(client, at)
-            dims_add = self._dims_add
-            if dims_add is not None:
-                dims_add(request, at)
+            skip = self._skip - 1
+            if skip:
+                self._skip = skip
+                self._weight = 0
+            else:
+                self._sampled(request, at)
         if self.per_rule:
             scope = self._rules.get(rule)
             if scope is None:
                 scope = self._add_rule(rule)
                 if scope is None:
                     return
-            scope.detector.hit(at)
-            key = event.key
-            if key is not None:
-                scope.hitters.add(key, at)
+            scope.hit(at)
+            weight = self._weight
+            if weight and key is not None:
+                scope.hitters.add(key, at, weight)
+
+    def _sampled(self, request: Any, at: float) -> None:
+        """One request of 1 in ``every``: its dimensions counted ``every`` times, and the
+        gap to the next sample drawn (geometric: each request sampled independently)."""
+        every = self._weight = self._every
+        self._skip = 1 if every == 1 else 1 + int(math.log(1.0 - self._random()) / self._log_q)
+        dims_add = self._dims_add
+        if dims_add is not None:
+            dims_add(request, at, every)
+
+    def _resample(self, requests: int) -> None:
+        """Once per bucket: sample so that about :data:`SAMPLES` requests a bucket are
+        looked at (every request while traffic is under that)."""
+        every = self._fixed_every or max(1, min(MAX_EVERY, requests // SAMPLES))
+        if every != self._every:
+            self._every = every
+            self._log_q = math.log1p(-1.0 / every) if every > 1 else -math.inf
+            if self._skip > every:
+                self._skip = every
 
     def _add_rule(self, rule: str) -> _Scope | None:
         if len(self._rules) >= self.max_rules or rule in self._quiet:
@@ -281,6 +330,8 @@ class Monitor:
         """Once per bucket of all traffic: the per-client baseline, then the hooks."""
         width = self.bucket
         self._tick_end = (now // width) * width + width
+        self._resample(self.requests - self._bucket_mark)
+        self._bucket_mark = self.requests
         if now < self._first_tick:
             self._first_tick = (now // width) * width
         det = self._overall_det
