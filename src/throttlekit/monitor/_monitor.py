@@ -13,23 +13,22 @@ One event costs a few dict operations and comparisons; everything slow (bucket
 roll-over, baselines, merging sketches) runs at most once per ``bucket`` second, lazily,
 on the next event or on :meth:`Monitor.tick`. The monitor never starts a thread.
 
-Overall traffic is counted once per request (a request that several rules act on is one
-request); requests no rule applies to are not seen, so install a catch-all rule (a per-IP
-throttle, or a ``track``) to see all traffic. Not thread-safe beyond the GIL: counts can be
-off by a few under free threading, never corrupted.
+The counters, detectors and heaviest clients count every request; above 250 requests a
+bucket, the dimensions and the rules' keys count a random 1 in N, scaled by N (see
+:mod:`throttlekit.monitor._sampling` for the error bound).
 """
 
 from __future__ import annotations
 
 import logging
 import math
-import random
 import time
 from collections.abc import Callable, Hashable, Iterable
 from typing import TYPE_CHECKING, Any, NamedTuple
 
 from .._errors import ConfigError
 from . import _store
+from ._sampling import Sampler
 from .attribution import (
     COVERAGE,
     Attribution,
@@ -54,10 +53,6 @@ logger = logging.getLogger("throttlekit.monitor")
 REFUSED = frozenset({"blocked", "banned", "throttled"})
 #: the scope name of all traffic (rule detectors are named after their rule)
 ALL = "*"
-#: requests a bucket whose dimensions are counted when sampling adapts to the rate
-SAMPLES = 100
-#: at most 1 request in this many is sampled when sampling adapts to the rate
-MAX_EVERY = 64
 
 
 class Anomaly(NamedTuple):
@@ -143,6 +138,8 @@ class Monitor:
         attribution: the tuning of :meth:`attribute` (``factor``, ``coverage``,
             ``max_values``, ``max_collateral``, ``min_share``): see
             :mod:`throttlekit.monitor.attribution`.
+        sample: count the dimensions and the rules' keys for 1 request in ``sample``
+            (1: every request); default None adapts it to the rate (see above).
         detector: the anomaly detectors' tuning (``factor``, ``sustain``, ``end_factor``,
             ``cooldown``, ``halflife``, ``warmup``, ``min_rate``): see
             :class:`RateDetector`, which holds their defaults.
@@ -175,9 +172,6 @@ class Monitor:
             raise ConfigError(f"client_quantile must be in (0, 1], got {client_quantile!r}")
         if isinstance(top_n, bool) or not isinstance(top_n, int) or top_n < 1:
             raise ConfigError(f"top_n must be a positive integer, got {top_n!r}")
-        if sample is not None and (isinstance(sample, bool) or not isinstance(sample, int)
-                                   or sample < 1):
-            raise ConfigError(f"sample must be a positive integer or None, got {sample!r}")
         self.clock: Callable[[], float] = clock or time.time
         self.window = window
         self.bucket = bucket
@@ -213,7 +207,10 @@ class Monitor:
         self._anomaly_callbacks: list[AnomalyCallback] = []
         self._tick_callbacks: list[TickCallback] = []
         self.requests = 0
-        self._init_sampling(sample)
+        self._sampler = Sampler(sample)
+        self._skip = 1  # requests until the next sample, this one included
+        self._sample_of: object = None  # the latest request sampled
+        self._bucket_mark = 0  # ``requests`` at the last bucket roll
         #: baseline requests per second of a typical heavy legitimate client (see offenders)
         self.client_baseline: float | None = None
         self.recent: list[Anomaly] = []
@@ -226,22 +223,11 @@ class Monitor:
             limiter.on(self)
             _store.register(self)
 
-    def _init_sampling(self, sample: int | None) -> None:
-        self._fixed_every = sample or 0
-        self._every = 1
-        self._log_q = -math.inf
-        self._skip = 1  # requests until the next sample, this one included
-        self._weight = 0  # the current request's sampling weight (0: not sampled)
-        self._bucket_mark = 0  # ``requests`` at the last bucket roll
-        # seeded: a simulation run twice samples the same requests
-        self._random = random.Random(0x7417).random
-        self._resample(0)
-
     @property
     def sampling(self) -> int:
         """1 in how many requests the dimensions and the rules' keys are counted right
-        now (1: every request); see :meth:`__call__`."""
-        return self._every
+        now (1: every request); see :mod:`throttlekit.monitor._sampling`."""
+        return self._sampler.every
 
     def _new_scope(self, name: str, capacity: int) -> _Scope:
         detector = RateDetector(name, on_transition=self._transition, **self._detector_options)
@@ -273,7 +259,6 @@ class Monitor:
             skip = self._skip - 1
             if skip:
                 self._skip = skip
-                self._weight = 0
             else:
                 self._sampled(request, at)
         if self.per_rule:
@@ -283,28 +268,17 @@ class Monitor:
                 if scope is None:
                     return
             scope.hit(at)
-            weight = self._weight
-            if weight and key is not None:
-                scope.hitters.add(key, at, weight)
+            if request is self._sample_of and key is not None:
+                scope.hitters.add(key, at, self._sampler.every)
 
     def _sampled(self, request: Any, at: float) -> None:
-        """One request of 1 in ``every``: its dimensions counted ``every`` times, and the
-        gap to the next sample drawn (geometric: each request sampled independently)."""
-        every = self._weight = self._every
-        self._skip = 1 if every == 1 else 1 + int(math.log(1.0 - self._random()) / self._log_q)
+        """A sampled request: its dimensions counted ``every`` times; the next drawn."""
+        self._sample_of = request
+        sampler = self._sampler
+        self._skip = sampler.gap()
         dims_add = self._dims_add
         if dims_add is not None:
-            dims_add(request, at, every)
-
-    def _resample(self, requests: int) -> None:
-        """Once per bucket: sample so that about :data:`SAMPLES` requests a bucket are
-        looked at (every request while traffic is under that)."""
-        every = self._fixed_every or max(1, min(MAX_EVERY, requests // SAMPLES))
-        if every != self._every:
-            self._every = every
-            self._log_q = math.log1p(-1.0 / every) if every > 1 else -math.inf
-            if self._skip > every:
-                self._skip = every
+            dims_add(request, at, sampler.every)
 
     def _add_rule(self, rule: str) -> _Scope | None:
         if len(self._rules) >= self.max_rules or rule in self._quiet:
@@ -330,8 +304,10 @@ class Monitor:
         """Once per bucket of all traffic: the per-client baseline, then the hooks."""
         width = self.bucket
         self._tick_end = (now // width) * width + width
-        self._resample(self.requests - self._bucket_mark)
+        every = self._sampler.adapt(self.requests - self._bucket_mark)
         self._bucket_mark = self.requests
+        if self._skip > every:
+            self._skip = every
         if now < self._first_tick:
             self._first_tick = (now // width) * width
         det = self._overall_det
