@@ -240,13 +240,16 @@ class Monitor:
 
     def __call__(self, event: Any) -> None:
         """Count one :class:`throttlekit.Event` (the limiter calls this)."""
-        kind, rule, key, request, _, dry_run, at = event  # one unpack, not 7 lookups
-        ck = (rule, kind, dry_run)
+        # attributes, not an unpack: anything shaped like an Event can be fed by hand
+        at = event.at
+        rule = event.rule
+        ck = (rule, event.kind, event.dry_run)
         counts = self._counts
         try:
             counts[ck] += 1
         except KeyError:
             counts[ck] = 1
+        request = event.request
         if request is not self._last_request:
             self._last_request = request
             self.requests += 1
@@ -268,8 +271,10 @@ class Monitor:
                 if scope is None:
                     return
             scope.hit(at)
-            if request is self._sample_of and key is not None:
-                scope.hitters.add(key, at, self._sampler.every)
+            if request is self._sample_of:
+                key = event.key
+                if key is not None:
+                    scope.hitters.add(key, at, self._sampler.every)
 
     def _sampled(self, request: Any, at: float) -> None:
         """A sampled request: its dimensions counted ``every`` times; the next drawn."""
