@@ -13,10 +13,9 @@ One event costs a few dict operations and comparisons; everything slow (bucket
 roll-over, baselines, merging sketches) runs at most once per ``bucket`` second, lazily,
 on the next event or on :meth:`Monitor.tick`. The monitor never starts a thread.
 
-Overall traffic is counted once per request (a request that several rules act on is one
-request); requests no rule applies to are not seen, so install a catch-all rule (a per-IP
-throttle, or a ``track``) to see all traffic. Not thread-safe beyond the GIL: counts can be
-off by a few under free threading, never corrupted.
+The counters, detectors and heaviest clients count every request; above 250 requests a
+bucket, the dimensions and the rules' keys count a random 1 in N, scaled by N (see
+:mod:`throttlekit.monitor._sampling` for the error bound).
 """
 
 from __future__ import annotations
@@ -29,6 +28,7 @@ from typing import TYPE_CHECKING, Any, NamedTuple
 
 from .._errors import ConfigError
 from . import _store
+from ._sampling import Sampler
 from .attribution import (
     COVERAGE,
     Attribution,
@@ -101,11 +101,13 @@ def _call_each(callbacks: list[Callable[[Any], object]], arg: object, failed: st
 class _Scope:
     """Detector + heavy hitters of one scope (all traffic, or one rule)."""
 
-    __slots__ = ("detector", "hitters")
+    __slots__ = ("detector", "hit", "hitters")
 
     def __init__(self, detector: RateDetector, hitters: WindowedTopK) -> None:
         self.detector = detector
         self.hitters = hitters
+        #: the detector's ``hit``, bound once
+        self.hit = detector.hit
 
 
 class Monitor:
@@ -136,6 +138,8 @@ class Monitor:
         attribution: the tuning of :meth:`attribute` (``factor``, ``coverage``,
             ``max_values``, ``max_collateral``, ``min_share``): see
             :mod:`throttlekit.monitor.attribution`.
+        sample: count the dimensions and the rules' keys for 1 request in ``sample``
+            (1: every request); default None adapts it to the rate (see above).
         detector: the anomaly detectors' tuning (``factor``, ``sustain``, ``end_factor``,
             ``cooldown``, ``halflife``, ``warmup``, ``min_rate``): see
             :class:`RateDetector`, which holds their defaults.
@@ -157,6 +161,7 @@ class Monitor:
         dimensions: Iterable[str] | None = None,
         dimension_capacity: int = 256,
         attribution: AttributionOptions | None = None,
+        sample: int | None = None,
         **detector: Unpack[DetectorOptions],
     ) -> None:
         if clock is None and limiter is not None:
@@ -202,6 +207,10 @@ class Monitor:
         self._anomaly_callbacks: list[AnomalyCallback] = []
         self._tick_callbacks: list[TickCallback] = []
         self.requests = 0
+        self._sampler = Sampler(sample)
+        self._skip = 1  # requests until the next sample, this one included
+        self._sample_of: object = None  # the latest request sampled
+        self._bucket_mark = 0  # ``requests`` at the last bucket roll
         #: baseline requests per second of a typical heavy legitimate client (see offenders)
         self.client_baseline: float | None = None
         self.recent: list[Anomaly] = []
@@ -214,6 +223,12 @@ class Monitor:
             limiter.on(self)
             _store.register(self)
 
+    @property
+    def sampling(self) -> int:
+        """1 in how many requests the dimensions and the rules' keys are counted right
+        now (1: every request); see :mod:`throttlekit.monitor._sampling`."""
+        return self._sampler.every
+
     def _new_scope(self, name: str, capacity: int) -> _Scope:
         detector = RateDetector(name, on_transition=self._transition, **self._detector_options)
         return _Scope(detector, WindowedTopK(self.window, self.bucket, capacity))
@@ -225,6 +240,7 @@ class Monitor:
 
     def __call__(self, event: Any) -> None:
         """Count one :class:`throttlekit.Event` (the limiter calls this)."""
+        # attributes, not an unpack: anything shaped like an Event can be fed by hand
         at = event.at
         rule = event.rule
         ck = (rule, event.kind, event.dry_run)
@@ -243,19 +259,31 @@ class Monitor:
             client = request.client_key
             if client is not None:
                 self._talkers_add(client, at)
-            dims_add = self._dims_add
-            if dims_add is not None:
-                dims_add(request, at)
+            skip = self._skip - 1
+            if skip:
+                self._skip = skip
+            else:
+                self._sampled(request, at)
         if self.per_rule:
             scope = self._rules.get(rule)
             if scope is None:
                 scope = self._add_rule(rule)
                 if scope is None:
                     return
-            scope.detector.hit(at)
-            key = event.key
-            if key is not None:
-                scope.hitters.add(key, at)
+            scope.hit(at)
+            if request is self._sample_of:
+                key = event.key
+                if key is not None:
+                    scope.hitters.add(key, at, self._sampler.every)
+
+    def _sampled(self, request: Any, at: float) -> None:
+        """A sampled request: its dimensions counted ``every`` times; the next drawn."""
+        self._sample_of = request
+        sampler = self._sampler
+        self._skip = sampler.gap()
+        dims_add = self._dims_add
+        if dims_add is not None:
+            dims_add(request, at, sampler.every)
 
     def _add_rule(self, rule: str) -> _Scope | None:
         if len(self._rules) >= self.max_rules or rule in self._quiet:
@@ -281,6 +309,10 @@ class Monitor:
         """Once per bucket of all traffic: the per-client baseline, then the hooks."""
         width = self.bucket
         self._tick_end = (now // width) * width + width
+        every = self._sampler.adapt(self.requests - self._bucket_mark)
+        self._bucket_mark = self.requests
+        if self._skip > every:
+            self._skip = every
         if now < self._first_tick:
             self._first_tick = (now // width) * width
         det = self._overall_det

@@ -173,8 +173,8 @@ class Dimensions:
         self._row: list[tuple[int, SpaceSaving, dict[Hashable, int]]] = []
         self._end = -float("inf")
 
-    def add(self, view: Any, now: float) -> None:
-        """Count one request."""
+    def add(self, view: Any, now: float, n: int = 1) -> None:
+        """Count one request, as ``n`` requests (the monitor's sampling weight)."""
         if now >= self._end:
             self._roll(now)
         values = self.features.values(view)
@@ -185,10 +185,10 @@ class Dimensions:
             if value is not None:
                 c = counts.get(value)
                 if c is None:
-                    summary.insert(value)
+                    summary.insert(value, n)
                 else:
-                    counts[value] = c + 1
-                    summary.total += 1
+                    counts[value] = c + n
+                    summary.total += n
 
     def _roll(self, now: float) -> None:
         row = []
