@@ -5,16 +5,11 @@ from __future__ import annotations
 
 import asyncio
 
-import pytest
-
 from throttlekit import Limiter
 from throttlekit.contrib import current_decision
 from throttlekit.storage import MemoryStorage
 
 
-@pytest.mark.xfail(strict=True, reason="_decorators: the wrapper sets CURRENT to None when "
-                   "the inner call returns instead of restoring the outer call's Decision "
-                   "(fix: CURRENT.reset(token))")
 def test_an_inner_decorated_call_leaves_the_outer_decision():
     """After a nested decorated call returns, ``current_decision()`` in the outer
     function is the outer limit's Decision again, not None."""
@@ -36,8 +31,6 @@ def test_an_inner_decorated_call_leaves_the_outer_decision():
     assert outer() == (100, 5, 100)
 
 
-@pytest.mark.xfail(strict=True, reason="_decorators: as the sync wrapper (CURRENT set to None "
-                   "after the inner call)")
 def test_an_inner_decorated_coroutine_leaves_the_outer_decision():
     """The same with coroutines."""
     lim = Limiter(MemoryStorage())

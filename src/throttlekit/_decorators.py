@@ -402,6 +402,7 @@ def _wrap(fn: Callable[..., Any], group: Group) -> Callable[..., Any]:
             lim, found = _context(hidden[0], group, args, kwargs)
             if lim is None:
                 return await fn(*args, **kwargs)
+            outer = CURRENT.get()  # a decorated caller's decision, back when this returns
             if found is None:
                 pending = await _acall_limits(lim, group, args, kwargs)
             else:
@@ -420,8 +421,7 @@ def _wrap(fn: Callable[..., Any], group: Group) -> Callable[..., Any]:
                 await asettle(lim, pending, status_of(result))
                 return result
             finally:
-                if CURRENT.get() is not None:  # (the view has returned: not the next's)
-                    CURRENT.set(None)
+                CURRENT.set(outer)  # (None outside a decorated call: not the next view's)
 
         wrapper: Callable[..., Any] = awrapper
     else:
@@ -430,6 +430,7 @@ def _wrap(fn: Callable[..., Any], group: Group) -> Callable[..., Any]:
             lim, found = _context(hidden[0], group, args, kwargs)
             if lim is None:
                 return fn(*args, **kwargs)
+            outer = CURRENT.get()  # a decorated caller's decision, back when this returns
             if found is None:
                 pending = _call_limits(lim, group, args, kwargs)
             else:
@@ -448,8 +449,7 @@ def _wrap(fn: Callable[..., Any], group: Group) -> Callable[..., Any]:
                 settle(lim, pending, status_of(result))
                 return result
             finally:
-                if CURRENT.get() is not None:  # (the view has returned: not the next's)
-                    CURRENT.set(None)
+                CURRENT.set(outer)  # (None outside a decorated call: not the next view's)
 
         wrapper = swrapper
     if new_sig is not None:
