@@ -156,8 +156,8 @@ def test_ratio_to_limits(request: pytest.FixtureRequest) -> None:
 @pytest.mark.parametrize("strategy", [
     *STRATEGIES[:1],
     pytest.param("sliding_window", marks=pytest.mark.target_missed(
-        python=(3, 13), reason="issue 14: 1.25-1.33x on 3.13, under the 2x loose bound (1.5); "
-        "1.6-1.9x on 3.10 and 3.11, where it is asserted")),
+        python=(3, 13), strict=False, reason="issue 14: 1.5-1.6x on 3.13 since the faster "
+        "sliding-window hit, on the 2x loose bound (1.5); 1.6-1.9x on 3.10 and 3.11, asserted")),
     *STRATEGIES[2:],
 ])
 def test_hit_target(target, strategy):
