@@ -32,7 +32,7 @@ from ._formuse import uses_form as uses_form
 from ._ipset import IPSet
 from ._rates import MAX_PERIOD, Rate, Variants, coerce_rates, resolved
 from ._ruleindex import RuleIndex, Where, where_of
-from .storage.base import BatchResult, BoundBatch, BoundHit, Check, Storage
+from .storage.base import BoundBatch, BoundHit, Storage
 
 if TYPE_CHECKING:
     from ._limiter import Limiter
@@ -242,17 +242,11 @@ class _BanRule:
         #: repeat offenders banned longer (None: every ban lasts ``bantime``)
         self.escalation = escalation
 
-    def offence(self, ban_key: str) -> Check:
-        """The check counting one more ban of ``ban_key`` (``prefix + discriminator``) in
-        the store, whose answer :meth:`ban_time` reads (escalating rules only)."""
-        assert self.escalation is not None
-        return Check(self.escalation.algorithm, NS + ban_key[len(self.prefix):], 1, True)
-
-    def ban_time(self, result: BatchResult) -> float:
-        """How long this ban lasts (``Escalation.ban_time``): ``bantime``, or longer for a
-        repeat offender when the rule escalates."""
-        esc = self.escalation
-        return self.bantime if esc is None else esc.ban_time(self.bantime, result)
+    def offence(self, ban_key: str) -> str:
+        """The storage key of the chain of bans of ``ban_key`` (``prefix +
+        discriminator``): the discriminator's family, which ``reset`` and ``unblock``
+        forget with the rule counters (escalating rules only)."""
+        return NS + ban_key[len(self.prefix):]
 
 
 class _Throttle:
@@ -559,13 +553,13 @@ class Rules:
         self.tracks = (*self.tracks, _Track(name, match, keyf))
         self.names[name] = "track"
 
-    def offence(self, ban_key: str) -> tuple[_BanRule, Check] | None:
-        """The escalating ban rule making the ban ``ban_key`` and the check counting it
-        (None: the ban lasts its rule's ``bantime``)."""
+    def offence(self, ban_key: str) -> tuple[Escalation, str] | None:
+        """The escalation of the rule making the ban ``ban_key`` and the storage key of the
+        chain of the key's bans (None: the ban lasts its rule's ``bantime``)."""
         found = self.ban_rule_of(ban_key)
         if found is None or found[0].escalation is None:
             return None
-        return found[0], found[0].offence(ban_key)
+        return found[0].escalation, found[0].offence(ban_key)
 
     def ban_rule_of(self, key: str) -> tuple[_BanRule, str] | None:
         """The ban rule and discriminator a dynamic-blocklist key was made by, if any."""
