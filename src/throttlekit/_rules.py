@@ -29,6 +29,7 @@ from ._escalation import BanEscalation, Escalate, Escalation
 from ._formuse import READS_FORM as READS_FORM
 from ._formuse import reads_form as reads_form
 from ._formuse import uses_form as uses_form
+from ._frameworkview import user_key, user_or_ip_key
 from ._ipset import IPSet
 from ._rates import MAX_PERIOD, Rate, Variants, coerce_rates, resolved
 from ._ruleindex import RuleIndex, Where, where_of
@@ -165,6 +166,10 @@ def key_function(key: str | KeyFunc | None, what: str) -> KeyFunc:
         return _global_key
     if key == "path":
         return _path_key
+    if key == "user":  # the framework's user (see FrameworkView.user_id); None: not limited
+        return user_key
+    if key == "user_or_ip":
+        return user_or_ip_key
     if isinstance(key, str) and key.lower().startswith("header:") and key[7:].strip():
         name = key[7:].strip().lower()
 
@@ -182,8 +187,8 @@ def key_function(key: str | KeyFunc | None, what: str) -> KeyFunc:
     if callable(key):
         return key
     raise ConfigError(
-        f"{what}: key must be a callable, 'client', 'ip', 'global', 'path', "
-        f"'header:<name>' or 'form:<field>', got {key!r}"
+        f"{what}: key must be a callable, 'client', 'ip', 'global', 'path', 'user', "
+        f"'user_or_ip', 'header:<name>' or 'form:<field>', got {key!r}"
     )
 
 
