@@ -18,6 +18,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable
+from contextvars import ContextVar
 from typing import TYPE_CHECKING, NamedTuple
 
 from ._errors import ConfigError
@@ -26,7 +27,7 @@ if TYPE_CHECKING:
     from ._decision import Decision
     from ._request import RequestView
 
-__all__ = ["EVENT_KINDS", "Event", "EventCallback", "Listeners"]
+__all__ = ["EVENT_KINDS", "HELD", "Event", "EventCallback", "Listeners"]
 
 logger = logging.getLogger("throttlekit")
 
@@ -68,6 +69,11 @@ class Event(NamedTuple):
 EventCallback = Callable[[Event], object]
 
 
+#: the events of the current request held back instead of emitted (a list), or None:
+#: emitted (see ``_waiting.adecide_waiting``: a refusal waited out is not told)
+HELD: ContextVar[list[Event] | None] = ContextVar("throttlekit_held", default=None)
+
+
 class Listeners:
     """The subscriptions of one limiter: per kind, the callbacks to call, precomputed."""
 
@@ -93,6 +99,10 @@ class Listeners:
         self.active = frozenset(self._by_kind)
 
     def emit(self, event: Event) -> None:
+        held = HELD.get()
+        if held is not None:
+            held.append(event)
+            return
         for callback in self._by_kind.get(event.kind, ()):
             try:
                 callback(event)
