@@ -32,7 +32,8 @@
 Every table of one kind (``[[safelist]]``, ``[[blocklist]]``, ``[[fail2ban]]``,
 ``[[allow2ban]]``, ``[[throttle]]``, ``[[track]]``, ``[[concurrency]]``) is one rule, registered
 as ``limiter.<kind>(...)`` would. Conditions (all given must hold): ``path`` (exact),
-``path_prefix``, ``method``, ``ips`` (addresses and CIDRs), ``header`` (a table: ``name`` and
+``path_prefix``, ``method``, ``ips`` (addresses and CIDRs), ``ips_from`` (a community
+blocklist: a file or URL, see ``listsource.py``), ``header`` (a table: ``name`` and
 one of ``equals``, ``contains``, ``prefix``, ``regex``, ``present``) and ``match`` (a dotted
 import path to a function of the request view). Keys: ``"client"``, ``"ip"``, ``"global"``,
 ``"path"``, ``"user"``, ``"user_or_ip"``, ``"header:<name>"``, ``"form:<field>"`` or a dotted
