@@ -161,3 +161,26 @@ def test_two_processes_move_one_chain_without_losing_a_ban(redis_prefix: str) ->
         runs = [pool.apply_async(_escalate_many, (redis_prefix, key, 25)) for _ in range(2)]
         levels = [lv for r in runs for lv in r.get(timeout=120)]
     assert sorted(levels) == list(range(1, 51))
+
+
+def test_the_async_twin_moves_the_same_chain(backend: Any) -> None:
+    """aescalate (the engine's _aban, ASGI on a remote store) and escalate share one chain."""
+    import asyncio
+
+    store = backend.make_storage(backend.ctx)
+    try:
+        esc = Escalation.of({"max_ban": 1000}, 10.0, "o:a", "test", store)
+        assert esc is not None
+        key = f"rule:{uuid.uuid4().hex}"
+
+        async def two() -> list[tuple[int, int]]:
+            got = [await store.aescalate(esc, key, 0.0, T0 + i * 1_000_000) for i in (1, 2)]
+            aclose = getattr(store, "aclose", None)
+            if aclose is not None:  # the async client, in this loop
+                await aclose()
+            return got
+
+        assert store.escalate(esc, key, 0.0, T0) == (1, 10_000_000)
+        assert asyncio.run(two()) == [(2, 20_000_000), (3, 40_000_000)]
+    finally:
+        store.close()
