@@ -77,7 +77,7 @@ HELD: ContextVar[list[Event] | None] = ContextVar("throttlekit_held", default=No
 class Listeners:
     """The subscriptions of one limiter: per kind, the callbacks to call, precomputed."""
 
-    __slots__ = ("_by_kind", "_last_log", "active", "log_interval")
+    __slots__ = ("_by_kind", "_last_log", "active", "holding", "log_interval")
 
     def __init__(self, log_interval: float = 60.0) -> None:
         self._by_kind: dict[str, tuple[EventCallback, ...]] = {}
@@ -85,6 +85,9 @@ class Listeners:
         self.log_interval = log_interval
         #: kinds somebody listens to (the hot path tests membership before building events)
         self.active: frozenset[str] = frozenset()
+        #: set for good once a request held its events back (``HELD``): only then does
+        #: ``emit`` read the context variable
+        self.holding = False
 
     def add(self, kind: str | None, callback: EventCallback) -> None:
         if not callable(callback):
@@ -99,10 +102,11 @@ class Listeners:
         self.active = frozenset(self._by_kind)
 
     def emit(self, event: Event) -> None:
-        held = HELD.get()
-        if held is not None:
-            held.append(event)
-            return
+        if self.holding:
+            held = HELD.get()
+            if held is not None:
+                held.append(event)
+                return
         for callback in self._by_kind.get(event.kind, ()):
             try:
                 callback(event)

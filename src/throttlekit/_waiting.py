@@ -119,6 +119,7 @@ async def adecide_waiting(lim: Limiter, wait: float, view: RequestView) -> Verdi
     (the ``"waited"`` event tells the wait, the second decision its outcome); those of a
     verdict not waited out are told as they were."""
     engine = lim.engine
+    engine.listeners.holding = True
     held: list[Event] = []
     token = HELD.set(held)
     try:
