@@ -11,19 +11,14 @@ from throttlekit import Limiter
 from throttlekit.testing import FakeClock
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "_escalation counts a key's bans in a sliding log over forget_after: a persistent "
-    "offender's bans at the cap are max_ban apart, so only forget_after/max_ban of them "
-    "(2 by default) are ever in the window, and the escalation falls back (to bantime "
-    "once the log is full, since a ban at the cap is not counted). Needs a chained "
-    "count (level, last ban) on every backend, Lua included; see the report"))
 @pytest.mark.parametrize("options", [{}, {"factor": 3, "max_ban": 300},
                                      {"max_ban": 50, "forget_after": 100}],
                          ids=["defaults", "factor-3", "short-memory"])
 def test_a_persistent_offender_stays_at_max_ban(options):
     """Banned again one second after each ban ends, 40 times: the bans grow to
     ``max_ban`` and stay there (they used to start again from ``bantime`` once the
-    first bans slid out of ``forget_after``, since bans at the cap were not counted)."""
+    first bans slid out of ``forget_after``, since bans at the cap were not counted: the
+    store now keeps a chain, level and end, per key)."""
     clock = FakeClock()
     lim = Limiter(clock=clock)
     scanners(lim, **options)

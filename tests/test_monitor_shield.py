@@ -220,6 +220,19 @@ def test_tighten_is_checked_at_setup(tighten, message):
         Shield(limiter, Monitor(limiter), tighten=tighten)
 
 
+def test_tighten_refuses_a_plan_rule_at_setup():
+    """A throttle with plans has no rates of its own to tighten: ConfigError at setup
+    naming it (it used to fail during the attack, logged); a fixed-rate rule beside it
+    is tightened as usual."""
+    limiter = Limiter()
+    limiter.throttle("api", limiter.plans({"free": "10/second", "pro": "100/second"},
+                                          plan="header:X-Plan", default="free"))
+    limiter.throttle("per-ip", "100/second")
+    with pytest.raises(ConfigError, match="'api', a throttle whose rates follow the caller"):
+        Shield(limiter, Monitor(limiter), tighten={"api": "1/second"})
+    Shield(limiter, Monitor(limiter), tighten={"per-ip": "1/second"})
+
+
 def test_set_rule_rates_keeps_state():
     """limiter.set_rule_rates swaps a throttle's rates, keeping what was already counted."""
     clock = FakeClock()

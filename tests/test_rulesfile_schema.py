@@ -4,9 +4,13 @@ giving every field compiles to arguments the public method accepts."""
 
 from __future__ import annotations
 
+import atexit
 import inspect
 import re
+import shutil
+import tempfile
 import textwrap
+from pathlib import Path
 
 import pytest
 
@@ -15,8 +19,13 @@ from throttlekit._rulesfile import LIMITER_FIELDS, parse_rules
 from throttlekit._rulesfile.schema import CONDITIONS, KINDS, SHEDDING, Kind
 
 ALL_KINDS = [*KINDS, SHEDDING]
+#: a community list for ips_from (the condition loads it when the file is read)
+_LIST = Path(tempfile.mkdtemp(prefix="tk-schema-")) / "drop.txt"
+_LIST.write_text("203.0.113.0/24\n")
+atexit.register(shutil.rmtree, _LIST.parent, True)
 _CONDS = 'path = "/x"\npath_prefix = "/x"\nmethod = "POST"\nips = ["10.0.0.0/8"]\n' \
-         'header = { name = "User-Agent", contains = "bot" }\nmatch = "os.path:isabs"\n'
+         'header = { name = "User-Agent", contains = "bot" }\nmatch = "os.path:isabs"\n' \
+         f'ips_from = "{_LIST}"\n'
 #: one table per kind giving every field it has (test_every_field_is_sampled checks that)
 FULL = {
     "safelist": _CONDS,

@@ -186,3 +186,34 @@ def test_asgi_middleware_waits_when_asked(limiter: Limiter, clock: FakeClock) ->
     assert [e.rule for e in waits] == ["per-client", "per-client"]
     with pytest.raises(ConfigError, match="wait must be"):
         ASGIMiddleware(app, limiter, wait=-1)
+
+
+def test_asgi_wait_tells_each_request_once(limiter: Limiter, clock: FakeClock) -> None:
+    """ASGIMiddleware(wait=): a refusal waited out is no "throttled" event, only "waited"
+    then the final "allowed"; a refusal not waited out is told as without wait= (a
+    "throttled" event per refusing rule). The Monitor counts no throttled request that was
+    served."""
+    from throttlekit.asgi import ASGIMiddleware
+
+    limiter.throttle("per-client", "1/second")
+    limiter.throttle("hourly", "3/hour", key="global")
+    events: list[Event] = []
+    limiter.on(events.append)
+    monitor = Monitor(limiter)
+
+    async def app(scope: Any, receive: Any, send: Any) -> None:
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        await send({"type": "http.response.body", "body": b""})
+
+    async def main() -> list[int]:
+        transport = httpx.ASGITransport(app=ASGIMiddleware(app, limiter, wait=1.0))
+        async with httpx.AsyncClient(transport=transport, base_url="http://t") as c:
+            return [(await c.get("/")).status_code for _ in range(4)]
+
+    assert asyncio.run(main()) == [200, 200, 200, 429]
+    told = [(e.kind, e.rule) for e in events if e.kind != "allowed"]
+    assert told == [("waited", "per-client"), ("waited", "per-client"),
+                    ("throttled", "per-client"), ("throttled", "hourly")]  # the 4th only
+    counters = monitor.snapshot()["counters"]
+    assert sum(c.get("throttled", 0) for c in counters.values()) == 2
+    assert sum(c.get("waited", 0) for c in counters.values()) == 2

@@ -411,8 +411,8 @@ class Engine:
         store = self.store
         for key, ttl, reason in new_bans:
             offence = self.rules.offence(key)
-            if offence is not None:  # escalating: the key's count of bans sets the time
-                ttl = offence[0].ban_time(store.apply([offence[1]], now=now, block_keys=[]))
+            if offence is not None:  # escalating: the key's chain of bans sets the time
+                ttl = offence[0].ban_time(store, offence[1], now)
             if isinstance(store, ResilientStore):
                 store.ban(key, ttl, reason, now, policy)
             else:
@@ -424,8 +424,7 @@ class Engine:
         for key, ttl, reason in new_bans:
             offence = self.rules.offence(key)
             if offence is not None:
-                ttl = offence[0].ban_time(await store.aapply([offence[1]], now=now,
-                                                             block_keys=[]))
+                ttl = await offence[0].aban_time(store, offence[1], now)
             await store.aban(key, ttl, reason, now, policy)
 
     # -- count_when: after the response --------------------------------------------------

@@ -1,9 +1,10 @@
 """Escalating bans, as fail2ban's ``bantime.increment``: a key banned again within
-``forget_after`` seconds of its earlier bans is banned ``factor`` times longer each time,
-up to ``max_ban``, with jitter. The count of a key's bans lives in the limiter's store (a
-sliding log keyed by the rule and the key), so every worker sharing it agrees. The engine
-counts the ban (one store call, only when a ban is made) and asks :meth:`Escalation.ban_time`
-how long it lasts.
+``forget_after`` seconds of the end of its last ban is banned ``factor`` times longer than
+then, up to ``max_ban``, with jitter; a key that keeps offending stays at ``max_ban`` (its
+bans chain), one that keeps away for ``forget_after`` starts again at ``bantime``. The
+chain of a key's bans (its level and when it is forgotten) lives in the limiter's store,
+keyed by the rule and the key, so every worker sharing it agrees: the engine asks
+:meth:`Escalation.ban_time` how long a ban lasts (one store call, only when a ban is made).
 """
 
 from __future__ import annotations
@@ -12,12 +13,11 @@ import math
 import random
 from typing import TYPE_CHECKING, Any, TypedDict, Union
 
-from ._algorithms import Algorithm, make_algorithm
 from ._errors import ConfigError
-from ._rates import MAX_PERIOD, Rate
+from ._rates import MAX_PERIOD
 
 if TYPE_CHECKING:
-    from .storage.base import BatchResult, Storage
+    from .storage.base import Storage
 
 __all__ = ["BanEscalation", "Escalate", "Escalation"]
 
@@ -40,42 +40,70 @@ Escalate = Union[bool, BanEscalation]  # noqa: UP007  (a runtime alias on Python
 
 
 class Escalation:
-    """A ban rule's validated escalation, and the store's count of a key's bans (an exact
-    sliding log over ``forget_after``, its memory bounded by the steps to ``max_ban``)."""
+    """A ban rule's validated escalation, and the chained count of a key's bans the store
+    keeps for it: ``(level, until)`` per key, where ``until`` is the end of the key's last
+    ban plus ``forget_after``. A ban before ``until`` goes one level up (at most ``steps``,
+    the first level at ``max_ban``); a later one starts again at level 1. Every backend
+    runs :meth:`step` (Redis in ``lua/escalate.lua``, the same arithmetic), atomically."""
 
-    __slots__ = ("algorithm", "factor", "forget_after", "jitter", "max_ban")
+    __slots__ = ("bantime_us", "factor", "forget_us", "id", "jitter", "max_ban", "max_ban_us",
+                 "steps")
 
-    def __init__(self, factor: float, max_ban: float, jitter: float, forget_after: float,
-                 algorithm: Algorithm) -> None:
+    def __init__(self, bantime: float, factor: float, max_ban: float, jitter: float,
+                 forget_after: float, id: str) -> None:
+        self.bantime_us = round(bantime * 1_000_000)
         self.factor = factor
         self.max_ban = max_ban
+        self.max_ban_us = round(max_ban * 1_000_000)
         self.jitter = jitter
-        self.forget_after = forget_after
-        self.algorithm = algorithm
+        self.forget_us = round(forget_after * 1_000_000)
+        #: the store's name of the chain (beside the rule counters of the key's family)
+        self.id = id
+        #: levels counted: up to the first that reaches max_ban (more would change nothing)
+        self.steps = min(64, 1 + math.ceil(math.log(max_ban / bantime, factor) - 1e-9))
 
+    @property
+    def forget_after(self) -> float:
+        return self.forget_us / 1_000_000
 
     @classmethod
     def of(cls, escalate: object, bantime: float, ident: str, what: str, storage: Storage
            ) -> Escalation | None:
-        """``escalate=`` checked (ConfigError naming the bad value), or None: none."""
-        return _escalation(escalate, bantime, ident, what, storage)
+        """``escalate=`` checked (ConfigError naming the bad value, or a store that keeps
+        no chains), or None: none."""
+        escalation = _escalation(escalate, bantime, ident, what)
+        if escalation is not None and not storage.supports_escalation:
+            raise ConfigError(f"{what}: the {type(storage).__name__} backend cannot count "
+                              f"escalating bans (escalate={escalate!r})")
+        return escalation
 
-    def ban_time(self, bantime: float, result: BatchResult) -> float:
-        """How long a ban lasts, from the store's count of the key's bans within
-        ``forget_after`` (this one included): ``bantime * factor ** (n - 1)``, at most
-        ``max_ban``, less a random share up to ``jitter``. A failing store: ``bantime``."""
-        if result.policy is not None or not result.decisions:
-            return bantime
-        d = result.decisions[0]
-        n = d.limit - d.remaining if d.allowed else d.limit
-        ttl = min(bantime * self.factor ** max(n - 1, 0), self.max_ban)
-        if self.jitter:
-            ttl *= 1.0 - self.jitter * random.random()
-        return ttl
+    def step(self, state: tuple[int, int] | None, now: int, draw: float
+             ) -> tuple[tuple[int, int], int]:
+        """The chain after one more ban at ``now`` (microseconds), from ``state`` (None:
+        none, or it expired), and the ban's length in microseconds:
+        ``bantime * factor ** (level - 1)``, at most ``max_ban``, less the share
+        ``jitter * draw`` (``draw``: uniform in [0, 1), drawn by the caller)."""
+        level = 1
+        if state is not None and now < state[1]:
+            level = min(state[0] + 1, self.steps)
+        length = math.floor(min(self.bantime_us * self.factor ** (level - 1),
+                                self.max_ban_us))
+        ttl = math.floor(length * (1.0 - self.jitter * draw))
+        return (level, now + ttl + self.forget_us), ttl
+
+    def ban_time(self, store: Storage, key: str, now: int | None) -> float:
+        """How long the ban of ``key`` made at ``now`` lasts (seconds): one store call
+        moving the key's chain on. A failing store answers ``bantime`` (see
+        ``ResilientStore.escalate``)."""
+        return store.escalate(self, key, random.random(), now)[1] / 1_000_000
+
+    async def aban_time(self, store: Storage, key: str, now: int | None) -> float:
+        """Async twin of :meth:`ban_time`."""
+        return (await store.aescalate(self, key, random.random(), now))[1] / 1_000_000
 
 
-def _escalation(escalate: object, bantime: float, ident: str, what: str,
-                storage: Storage) -> Escalation | None:
+def _escalation(escalate: object, bantime: float, ident: str, what: str
+                ) -> Escalation | None:
     if escalate is False:
         return None
     if escalate is True:
@@ -107,11 +135,4 @@ def _escalation(escalate: object, bantime: float, ident: str, what: str,
     jitter = number("jitter", 0.0, 0.0, 1.0, open_high=True)
     forget_after = number("forget_after", min(2 * max_ban, MAX_PERIOD), bantime, MAX_PERIOD,
                           open_low=True)
-    # bans counted: up to the first that reaches max_ban (more would change nothing)
-    steps = min(64, 1 + math.ceil(math.log(max_ban / bantime, factor) - 1e-9))
-    rate = Rate(max(steps, 1), forget_after)
-    ident = f"{ident}:{rate.period_us}"
-    alg = make_algorithm("sliding_log", rate, None, id=ident)
-    if storage.unsupported("sliding_log") or storage.unsupported_algorithm(alg):
-        alg = make_algorithm("fixed_window", rate, None, id=ident)
-    return Escalation(factor, max_ban, jitter, forget_after, alg)
+    return Escalation(bantime, factor, max_ban, jitter, forget_after, f"{ident}:chain")

@@ -18,6 +18,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable
+from contextvars import ContextVar
 from typing import TYPE_CHECKING, NamedTuple
 
 from ._errors import ConfigError
@@ -26,7 +27,7 @@ if TYPE_CHECKING:
     from ._decision import Decision
     from ._request import RequestView
 
-__all__ = ["EVENT_KINDS", "Event", "EventCallback", "Listeners"]
+__all__ = ["EVENT_KINDS", "HELD", "Event", "EventCallback", "Listeners"]
 
 logger = logging.getLogger("throttlekit")
 
@@ -68,10 +69,15 @@ class Event(NamedTuple):
 EventCallback = Callable[[Event], object]
 
 
+#: the events of the current request held back instead of emitted (a list), or None:
+#: emitted (see ``_waiting.adecide_waiting``: a refusal waited out is not told)
+HELD: ContextVar[list[Event] | None] = ContextVar("throttlekit_held", default=None)
+
+
 class Listeners:
     """The subscriptions of one limiter: per kind, the callbacks to call, precomputed."""
 
-    __slots__ = ("_by_kind", "_last_log", "active", "log_interval")
+    __slots__ = ("_by_kind", "_last_log", "active", "holding", "log_interval")
 
     def __init__(self, log_interval: float = 60.0) -> None:
         self._by_kind: dict[str, tuple[EventCallback, ...]] = {}
@@ -79,6 +85,9 @@ class Listeners:
         self.log_interval = log_interval
         #: kinds somebody listens to (the hot path tests membership before building events)
         self.active: frozenset[str] = frozenset()
+        #: set for good once a request held its events back (``HELD``): only then does
+        #: ``emit`` read the context variable
+        self.holding = False
 
     def add(self, kind: str | None, callback: EventCallback) -> None:
         if not callable(callback):
@@ -93,6 +102,11 @@ class Listeners:
         self.active = frozenset(self._by_kind)
 
     def emit(self, event: Event) -> None:
+        if self.holding:
+            held = HELD.get()
+            if held is not None:
+                held.append(event)
+                return
         for callback in self._by_kind.get(event.kind, ()):
             try:
                 callback(event)

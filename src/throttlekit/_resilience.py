@@ -29,7 +29,7 @@ import logging
 import math
 import time
 from collections.abc import Awaitable, Callable, Hashable, Sequence
-from typing import Any, Literal, NamedTuple, TypeVar
+from typing import TYPE_CHECKING, Any, Literal, NamedTuple, TypeVar
 
 from ._algorithms import Algorithm
 from ._decision import Decision, most_restrictive
@@ -37,6 +37,9 @@ from ._denials import DenialCache
 from ._rates import Rate
 from .storage.base import BatchResult, Block, Check, Storage
 from .storage.memory import MemoryStorage
+
+if TYPE_CHECKING:
+    from ._escalation import Escalation
 
 __all__ = [
     "ON_STORAGE_ERROR",
@@ -139,6 +142,7 @@ class ResilientStore(Storage):
         self.algorithms = inner.algorithms
         self.shared = inner.shared
         self.supports_leases = inner.supports_leases
+        self.supports_escalation = inner.supports_escalation
 
     def __repr__(self) -> str:
         return f"ResilientStore({self.inner!r}, policy={self.policy!r})"
@@ -302,6 +306,25 @@ class ResilientStore(Storage):
             return Leased(0, None, policy)
         local = self.local()
         return Leased(local.acquire(keys, limits, lease_id, timeout, now), local, policy)
+
+    def escalate(self, escalation: Escalation, key: str, draw: float, now: int | None
+                 ) -> tuple[int, int]:
+        """The store's chain of bans moved on, or the fail policy's: the fallback store's
+        chain (``"local"``), else an unescalated ban (level 1); never raises."""
+        result = self._call(self.inner.escalate, escalation, key, draw, now)
+        return self._unchained(escalation, key, draw, now) if result is _FAILED else result
+
+    async def aescalate(self, escalation: Escalation, key: str, draw: float,
+                        now: int | None) -> tuple[int, int]:
+        """Async twin of :meth:`escalate`."""
+        result = await self._acall(self.inner.aescalate, escalation, key, draw, now)
+        return self._unchained(escalation, key, draw, now) if result is _FAILED else result
+
+    def _unchained(self, escalation: Escalation, key: str, draw: float, now: int | None
+                   ) -> tuple[int, int]:
+        if self.policy == "local":
+            return self.local().escalate(escalation, key, draw, now)
+        return 1, escalation.step(None, 0, draw)[1]
 
     def ban(self, key: str, ttl: float | None, reason: str, now: int | None,
             policy: str | None) -> None:

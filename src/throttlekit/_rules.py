@@ -29,10 +29,11 @@ from ._escalation import BanEscalation, Escalate, Escalation
 from ._formuse import READS_FORM as READS_FORM
 from ._formuse import reads_form as reads_form
 from ._formuse import uses_form as uses_form
+from ._frameworkview import user_key, user_or_ip_key
 from ._ipset import IPSet
 from ._rates import MAX_PERIOD, Rate, Variants, coerce_rates, resolved
 from ._ruleindex import RuleIndex, Where, where_of
-from .storage.base import BatchResult, BoundBatch, BoundHit, Check, Storage
+from .storage.base import BoundBatch, BoundHit, Storage
 
 if TYPE_CHECKING:
     from ._limiter import Limiter
@@ -165,6 +166,10 @@ def key_function(key: str | KeyFunc | None, what: str) -> KeyFunc:
         return _global_key
     if key == "path":
         return _path_key
+    if key == "user":  # the framework's user (see FrameworkView.user_id); None: not limited
+        return user_key
+    if key == "user_or_ip":
+        return user_or_ip_key
     if isinstance(key, str) and key.lower().startswith("header:") and key[7:].strip():
         name = key[7:].strip().lower()
 
@@ -182,8 +187,8 @@ def key_function(key: str | KeyFunc | None, what: str) -> KeyFunc:
     if callable(key):
         return key
     raise ConfigError(
-        f"{what}: key must be a callable, 'client', 'ip', 'global', 'path', "
-        f"'header:<name>' or 'form:<field>', got {key!r}"
+        f"{what}: key must be a callable, 'client', 'ip', 'global', 'path', 'user', "
+        f"'user_or_ip', 'header:<name>' or 'form:<field>', got {key!r}"
     )
 
 
@@ -242,17 +247,11 @@ class _BanRule:
         #: repeat offenders banned longer (None: every ban lasts ``bantime``)
         self.escalation = escalation
 
-    def offence(self, ban_key: str) -> Check:
-        """The check counting one more ban of ``ban_key`` (``prefix + discriminator``) in
-        the store, whose answer :meth:`ban_time` reads (escalating rules only)."""
-        assert self.escalation is not None
-        return Check(self.escalation.algorithm, NS + ban_key[len(self.prefix):], 1, True)
-
-    def ban_time(self, result: BatchResult) -> float:
-        """How long this ban lasts (``Escalation.ban_time``): ``bantime``, or longer for a
-        repeat offender when the rule escalates."""
-        esc = self.escalation
-        return self.bantime if esc is None else esc.ban_time(self.bantime, result)
+    def offence(self, ban_key: str) -> str:
+        """The storage key of the chain of bans of ``ban_key`` (``prefix +
+        discriminator``): the discriminator's family, which ``reset`` and ``unblock``
+        forget with the rule counters (escalating rules only)."""
+        return NS + ban_key[len(self.prefix):]
 
 
 class _Throttle:
@@ -559,13 +558,13 @@ class Rules:
         self.tracks = (*self.tracks, _Track(name, match, keyf))
         self.names[name] = "track"
 
-    def offence(self, ban_key: str) -> tuple[_BanRule, Check] | None:
-        """The escalating ban rule making the ban ``ban_key`` and the check counting it
-        (None: the ban lasts its rule's ``bantime``)."""
+    def offence(self, ban_key: str) -> tuple[Escalation, str] | None:
+        """The escalation of the rule making the ban ``ban_key`` and the storage key of the
+        chain of the key's bans (None: the ban lasts its rule's ``bantime``)."""
         found = self.ban_rule_of(ban_key)
         if found is None or found[0].escalation is None:
             return None
-        return found[0], found[0].offence(ban_key)
+        return found[0].escalation, found[0].offence(ban_key)
 
     def ban_rule_of(self, key: str) -> tuple[_BanRule, str] | None:
         """The ban rule and discriminator a dynamic-blocklist key was made by, if any."""

@@ -6,7 +6,9 @@ among them, sleeps (a coroutine function awaits) that long and is decided once m
 if the second decision allows it, else it is refused as usual. A refusal that would need a
 longer wait (or never passes: a cost above the limit, ``retry_after`` infinite) is refused at
 once, without waiting. Each wait is a ``"waited"`` event (its decision's ``retry_after`` is
-the time waited), which a ``Monitor`` counts as ``events_total{outcome="waited"}``.
+the time waited), which a ``Monitor`` counts as ``events_total{outcome="waited"}``; the
+ASGI middleware's ``wait=`` tells a request once (the refusal waited out is no
+``"throttled"`` event: :func:`adecide_waiting`).
 
 Waiting holds the worker (a thread, or a task of the event loop's) for up to ``wait``
 seconds: keep it short, and prefer it for background jobs and outbound calls, where waiting
@@ -25,12 +27,15 @@ from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
 from ._errors import ConfigError
+from ._events import HELD, Event
 
 if TYPE_CHECKING:
     from ._limiter import Limiter
+    from ._request import RequestView
     from ._rules import Verdict
 
-__all__ = ["apause", "awaited", "check_wait", "pause", "wait_for", "wait_of", "waited"]
+__all__ = ["adecide_waiting", "apause", "awaited", "check_wait", "pause", "wait_for",
+           "wait_of", "waited"]
 
 #: the longest wait a limit may ask for (seconds): a worker held longer is an outage
 MAX_WAIT = 300.0
@@ -105,3 +110,27 @@ async def awaited(lim: Limiter, wait: float, verdict: Verdict | None,
         return verdict
     await apause(lim, seconds)
     return await decide(*args)
+
+
+async def adecide_waiting(lim: Limiter, wait: float, view: RequestView) -> Verdict:
+    """The rules' verdict on ``view`` for the ASGI middleware's ``wait=``: a refusal due
+    within ``wait`` is awaited and the request decided once more. One request tells what
+    finally happened once: the events of a refusal waited out are held back and dropped
+    (the ``"waited"`` event tells the wait, the second decision its outcome); those of a
+    verdict not waited out are told as they were."""
+    engine = lim.engine
+    engine.listeners.holding = True
+    held: list[Event] = []
+    token = HELD.set(held)
+    try:
+        verdict = await engine.aevaluate(view) if engine.remote else engine.evaluate(view)
+    finally:
+        HELD.reset(token)
+    seconds = None if verdict.allowed else wait_for(lim, wait, verdict)
+    if seconds is None:
+        emit = engine.listeners.emit
+        for event in held:
+            emit(event)
+        return verdict
+    await apause(lim, seconds)
+    return await engine.aevaluate(view)

@@ -41,7 +41,7 @@ from ._responder import VERDICT_KEY, Entry
 from ._responder import ResponderFn as Responder
 from ._responses import encode_headers as _encode
 from ._responses import rate_limit_headers_raw
-from ._waiting import awaited, check_wait
+from ._waiting import adecide_waiting, check_wait
 
 if TYPE_CHECKING:
     from ._limiter import Limiter
@@ -119,10 +119,10 @@ class ASGIMiddleware(Entry):
         view = view_of_scope(RequestView, scope, self.resolver,  # type: ignore[arg-type]
                              body, self.max_form_bytes)
         # a local store never blocks: its decision needs no await (see Engine.remote)
-        verdict = await engine.aevaluate(view) if engine.remote else engine.evaluate(view)
-        if self.wait and not verdict.allowed:  # wait=: a refusal due within it waits once
-            verdict = await awaited(limiter, self.wait, verdict, engine.aevaluate,
-                                    view) or verdict
+        if self.wait:  # wait=: a refusal due within it waits once (and is told once)
+            verdict = await adecide_waiting(limiter, self.wait, view)
+        else:
+            verdict = await engine.aevaluate(view) if engine.remote else engine.evaluate(view)
         if outer is None:
             scope[OWNER_KEY] = limiter
         ex = None

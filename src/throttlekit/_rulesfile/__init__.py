@@ -32,10 +32,12 @@
 Every table of one kind (``[[safelist]]``, ``[[blocklist]]``, ``[[fail2ban]]``,
 ``[[allow2ban]]``, ``[[throttle]]``, ``[[track]]``, ``[[concurrency]]``) is one rule, registered
 as ``limiter.<kind>(...)`` would. Conditions (all given must hold): ``path`` (exact),
-``path_prefix``, ``method``, ``ips`` (addresses and CIDRs), ``header`` (a table: ``name`` and
+``path_prefix``, ``method``, ``ips`` (addresses and CIDRs), ``ips_from`` (a community
+blocklist: a file or URL, see ``listsource.py``), ``header`` (a table: ``name`` and
 one of ``equals``, ``contains``, ``prefix``, ``regex``, ``present``) and ``match`` (a dotted
 import path to a function of the request view). Keys: ``"client"``, ``"ip"``, ``"global"``,
-``"path"``, ``"header:<name>"``, ``"form:<field>"`` or a dotted import path.
+``"path"``, ``"user"``, ``"user_or_ip"``, ``"header:<name>"``, ``"form:<field>"`` or a dotted
+import path.
 
 :func:`load_rules` collects **every** error with its line number and a hint, and raises one
 :class:`RulesFileError` listing them; nothing is registered from a file with an error.

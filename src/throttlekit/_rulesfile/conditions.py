@@ -48,6 +48,27 @@ def strings(v: Any, at: At) -> list[str] | None:
     return None
 
 
+def _checked(v: Any, at: At, ok: Callable[[str], bool],
+             error: Callable[[str], tuple[str, str]],
+             norm: Callable[[str], str] | None = None) -> list[str] | None:
+    """:func:`strings` of ``v`` (``norm``-ed), the first not ``ok`` reported (``error``:
+    its message and hint); None when ``v`` is no list of strings."""
+    items = strings(v, at)
+    if items is None:
+        return None
+    if norm is not None:
+        items = [norm(x) for x in items]
+    bad = next((x for x in items if not ok(x)), None)
+    if bad is not None:
+        at.err(*error(bad))
+    return items
+
+
+def _declared(pred: Predicate, shown: str, name: str, values: list[str]) -> Cond:
+    """A condition ``Limiter.throttle`` declares as ``name=values`` too (see ``Cond``)."""
+    return Cond([pred], [shown + "|".join(values)], None, {name: values})
+
+
 class Paths(Field):
     """Exact paths, or (``prefix``) path prefixes; each starts with ``/``."""
 
@@ -55,36 +76,28 @@ class Paths(Field):
         self.prefix = prefix
 
     def parse(self, v: Any, at: At) -> Cond | None:
-        paths = strings(v, at)
+        hint = ("prefixes are matched against the decoded path, e.g. /api/" if self.prefix
+                else "paths are matched against the decoded request path, e.g. /login")
+        paths = _checked(v, at, lambda p: p.startswith("/"), lambda bad: (
+            f"{at.what} {bad!r} does not start with '/'", hint))
         if paths is None:
             return None
-        bad = [p for p in paths if not p.startswith("/")]
-        if bad:
-            at.err(f"{at.what} {bad[0]!r} does not start with '/'",
-                   "prefixes are matched against the decoded path, e.g. /api/" if self.prefix
-                   else "paths are matched against the decoded request path, e.g. /login")
         if self.prefix:
             tup = tuple(paths)
-            return Cond([lambda v: v.path.startswith(tup)], ["path^=" + "|".join(paths)],
-                        None, {"path_prefix": paths})
+            return _declared(lambda v: v.path.startswith(tup), "path^=", "path_prefix", paths)
         exact = frozenset(paths)
-        return Cond([lambda v: v.path in exact], ["path=" + "|".join(paths)], None,
-                    {"paths": paths})
+        return _declared(lambda v: v.path in exact, "path=", "paths", paths)
 
 
 class Methods(Field):
     def parse(self, v: Any, at: At) -> Cond | None:
-        methods = strings(v, at)
-        if methods is None:
+        up = _checked(v, at, lambda m: m in _METHODS, lambda bad: (
+            f"{at.label}: unknown HTTP method {bad!r}",
+            did_you_mean(bad, _METHODS) or f"methods: {', '.join(_METHODS)}"), str.upper)
+        if up is None:
             return None
-        up = [m.upper() for m in methods]
-        bad = [m for m in up if m not in _METHODS]
-        if bad:
-            at.err(f"{at.label}: unknown HTTP method {bad[0]!r}",
-                   did_you_mean(bad[0], _METHODS) or f"methods: {', '.join(_METHODS)}")
         allowed = frozenset(up)
-        return Cond([lambda v: v.method in allowed], ["method=" + "|".join(up)], None,
-                    {"methods": up})
+        return _declared(lambda v: v.method in allowed, "method=", "methods", up)
 
 
 class Ips(Field):

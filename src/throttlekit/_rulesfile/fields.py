@@ -384,8 +384,9 @@ class Rates(Field):
 _PLANS_HINT = ('[throttle.rates] takes plan = "header:X-Plan" (or "package.module:plan_of", '
                'a function of the request view), default = "free", and a table '
                '[throttle.rates.plans] of rates per plan: free = "100/hour"')
-_KEY_NAMES = ("client", "ip", "global", "path")
-_KEY_HINT = ("one of 'client', 'ip', 'global', 'path', 'header:<name>', 'form:<field>', "
+_KEY_NAMES = ("client", "ip", "global", "path", "user", "user_or_ip")
+_KEY_HINT = ("one of 'client', 'ip', 'global', 'path', 'user', 'user_or_ip', "
+             "'header:<name>', 'form:<field>', "
              "or a dotted import path 'package.module:function'")
 
 
@@ -401,7 +402,7 @@ class Key(Field):
         if not isinstance(v, str) or not v:
             at.err(f"{label}: key must be a string, got {type_name(v)} {v!r}", _KEY_HINT)
             return None
-        if v in ("client", "ip"):
+        if v in ("client", "ip", "user", "user_or_ip"):
             return v
         if v == "global":
             return _global_key

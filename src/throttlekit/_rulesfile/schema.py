@@ -38,6 +38,7 @@ from .fields import (
     Strategy,
     TrustedProxies,
 )
+from .listsource import IpsFrom
 
 __all__ = ["CONDITIONS", "KINDS", "LIMITER", "SHEDDING", "F", "Kind", "kind_of"]
 
@@ -108,6 +109,7 @@ CONDITIONS = (
     F("method", Methods()),
     F("ips", Ips()),
     F("header", Header()),
+    F("ips_from", IpsFrom()),
     F("match", Match()),
 )
 _KEY = F("key", Key())
@@ -204,7 +206,7 @@ def _describe_shedding(table: Mapping[str, Any], kw: dict[str, Any], strategy: s
 def _list_kind(name: str) -> Kind:
     return Kind(name, name, (), _register_list(name), condition_args=("predicate", "ips"),
                 needs_condition="give at least one of path, path_prefix, method, ips, header, "
-                                "match")
+                                "ips_from, match")
 
 
 def _ban_kind(name: str) -> Kind:
@@ -214,7 +216,7 @@ def _ban_kind(name: str) -> Kind:
          F("bantime", Duration(), required=True), _KEY, F("escalate", Escalate())),
         _register_ban(name), _describe_ban,
         needs_condition=f"a {name} rule counts requests that match: give path, path_prefix, "
-                        "method, ips, header or match",
+                        "method, ips, header, ips_from or match",
         listed=("key", "maxretry", "findtime", "bantime", "escalate"),
     )
 

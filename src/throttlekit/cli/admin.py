@@ -155,7 +155,10 @@ def run_inspect(args: argparse.Namespace) -> int:
 
 
 def _rule_rows(limiter: Any, key: str) -> list[dict[str, Any]]:
-    """``inspect``'s rows of the throttles and bans for discriminator ``key``."""
+    """``inspect``'s rows of the throttles and bans for discriminator ``key``: a throttle
+    with plans has a row per plan and rate (every plan reads the rule's one count); one
+    with another rates function, a row saying so."""
+    from .._plans import Plans
     from .._rules import NS
     from ..storage.base import Check
 
@@ -163,29 +166,45 @@ def _rule_rows(limiter: Any, key: str) -> list[dict[str, Any]]:
     rules = limiter.engine.rules
     rows: list[dict[str, Any]] = []
     for t in rules.throttles:
-        # cost 0 reads what is left; cost 1 says whether one more request would pass
-        checks = [Check(a, NS + key, c, True) for c in (0, 1) for a in t.algorithms]
-        decisions = storage.apply(checks, consume=False).decisions
-        n = len(t.algorithms)
-        for name, alg, now_d, d in zip(t.policy_names, t.algorithms, decisions[:n],
-                                       decisions[n:], strict=True):
-            rows.append({
-                "key": key, "rule": name, "kind": "throttle",
-                "limit": f"{alg.rate.limit}/{alg.rate.period:g}s",
-                "strategy": t.strategy, "remaining": now_d.remaining,
-                "reset": now_d.reset_after,
-                "next": "allowed" if d.allowed else f"refused for {seconds(d.retry_after)}",
-                "dry_run": t.dry_run,
-            })
+        if t.resolve is None:
+            rows += _throttle_rows(storage, t, key, None)
+        elif isinstance(t.resolve, Plans):
+            for plan, rates in t.resolve.rates.items():
+                rows += _throttle_rows(storage, t.variants.of(rates), key, plan)
+        else:
+            rows.append({"key": key, "rule": t.name, "kind": "throttle", "plan": None,
+                         "limit": "the caller's (a rates function)", "strategy": t.strategy,
+                         "remaining": None, "reset": None, "next": "as its rates say",
+                         "dry_run": t.dry_run})
     for b in rules.bans:
         d = storage.apply([Check(b.algorithm, NS + key, 0, True)], consume=False).decisions[0]
         rows.append({
-            "key": key, "rule": b.name, "kind": b.kind,
+            "key": key, "rule": b.name, "kind": b.kind, "plan": None,
             "limit": f"{b.maxretry} in {b.findtime:g}s", "strategy": "sliding_window",
             "remaining": d.remaining, "reset": d.reset_after,
             "next": f"{b.maxretry - d.remaining} match(es) counted", "dry_run": False,
         })
     return rows
+
+
+def _throttle_rows(storage: Any, t: Any, key: str, plan: str | None) -> list[dict[str, Any]]:
+    """The rows of throttle ``t`` (a plan's variant when ``plan``), one per rate."""
+    from .._rules import NS
+    from ..storage.base import Check
+
+    # cost 0 reads what is left; cost 1 says whether one more request would pass
+    checks = [Check(a, NS + key, c, True) for c in (0, 1) for a in t.algorithms]
+    decisions = storage.apply(checks, consume=False).decisions
+    n = len(t.algorithms)
+    return [{
+        "key": key, "rule": name, "kind": "throttle", "plan": plan,
+        "limit": f"{alg.rate.limit}/{alg.rate.period:g}s",
+        "strategy": t.strategy, "remaining": now_d.remaining,
+        "reset": now_d.reset_after,
+        "next": "allowed" if d.allowed else f"refused for {seconds(d.retry_after)}",
+        "dry_run": t.dry_run,
+    } for name, alg, now_d, d in zip(t.policy_names, t.algorithms, decisions[:n],
+                                     decisions[n:], strict=True)]
 
 
 def _lease_rows(limiter: Any, key: str, *, first: bool) -> list[dict[str, Any]]:
@@ -205,7 +224,7 @@ def _lease_rows(limiter: Any, key: str, *, first: bool) -> list[dict[str, Any]]:
         rows.append({
             "key": key, "rule": c.name, "kind": "concurrency",
             "limit": f"{c.limit} in flight", "strategy": "lease",
-            "remaining": max(c.limit - n, 0), "reset": None,
+            "remaining": max(c.limit - n, 0), "reset": None, "plan": None,
             "next": "allowed" if n < c.limit else "refused", "dry_run": False,
         })
     if conc.shedding is not None and first:
@@ -213,7 +232,7 @@ def _lease_rows(limiter: Any, key: str, *, first: bool) -> list[dict[str, Any]]:
         rows.append({
             "key": key, "rule": SHED_RULE, "kind": "shedding",
             "limit": f"{conc.shedding.capacity} in flight", "strategy": "lease",
-            "remaining": max(conc.shedding.capacity - n, 0), "reset": None,
+            "remaining": max(conc.shedding.capacity - n, 0), "reset": None, "plan": None,
             "next": f"{n} in flight", "dry_run": False,
         })
     return rows
@@ -225,8 +244,10 @@ def _print_rows(rows: list[dict[str, Any]], *, several_keys: bool) -> None:
     head: tuple[str, ...] = ("RULE", "KIND", "LIMIT", "STRATEGY", "REMAINING", "RESET",
                              "NEXT REQUEST")
     table: list[tuple[Any, ...]] = [
-        (r["rule"] + (" (dry run)" if r["dry_run"] else ""), r["kind"], r["limit"],
-         r["strategy"], r["remaining"], seconds(r["reset"]), r["next"]) for r in rows
+        (r["rule"] + (f" [plan {r['plan']}]" if r["plan"] else "")
+         + (" (dry run)" if r["dry_run"] else ""), r["kind"], r["limit"],
+         r["strategy"], "-" if r["remaining"] is None else r["remaining"],
+         seconds(r["reset"]), r["next"]) for r in rows
     ]
     if several_keys:
         head = ("KEY", *head)
@@ -405,35 +426,36 @@ def _positive(text: str) -> int:
 
 def register(subparsers: Any) -> None:
     """Add the admin commands to the command line."""
-    p = _command(subparsers, "inspect", "the state of every rule for one key",
-                 "Show every rule's state for KEY: throttle counts and what is left, ban "
-                 "counters, blocks and bans, concurrency leases. The rules come from --rules "
-                 "or --limiter.")
-    p.add_argument("key", help="the key (discriminator): a client IP (any spelling; an IPv6 "
-                   "address also shows its client key), a user name, ...")
-    _common(p, prefix=True)
-    p.set_defaults(func=run_inspect)
-
-    p = _command(subparsers, "block", "add a key to the dynamic blocklist",
-                 "Block KEY (a client IP or another rule key) in the store: every worker "
-                 "refuses it with a 403 within about a second, until --ttl runs out or "
-                 "`throttlekit unblock KEY`.")
-    p.add_argument("key", help="a client IP (any spelling: normalised as requests are) or "
-                   "an IPv6 client key ('2001:db8:1:2::/64', the app's prefix)")
-    p.add_argument("--ttl", type=_ttl, default=None,
-                   help='600, "30s", "10m", "1h", "1d" (default: until unblocked)')
-    p.add_argument("--reason", default="", help="shown by `bans`")
-    _common(p, prefix=True)
-    p.set_defaults(func=run_block)
-
-    p = _command(subparsers, "unblock", "lift a block or ban (exit 1 if there was none)",
-                 "Lift the block and every ban of KEY; every worker admits it again within "
-                 "about a second. Exit status 1 if there was none.")
-    p.add_argument("key", help="the key as `bans` lists it, or a client IP (any spelling; "
-                   "an IPv6 address also lifts its network's entries) or user name: its "
-                   "block and every ban of it")
-    _common(p, prefix=True)
-    p.set_defaults(func=run_unblock)
+    ttl = (("--ttl",), {"type": _ttl, "default": None,
+                        "help": '600, "30s", "10m", "1h", "1d" (default: until unblocked)'})
+    reason = (("--reason",), {"default": "", "help": "shown by `bans`"})
+    keyed: tuple[tuple[str, str, str, str, Any, tuple[Any, ...]], ...] = (
+        ("inspect", "the state of every rule for one key",
+         "Show every rule's state for KEY: throttle counts and what is left (a row per plan "
+         "and rate for a rule with plans), ban counters, blocks and bans, concurrency "
+         "leases. The rules come from --rules or --limiter.",
+         "the key (discriminator): a client IP (any spelling; an IPv6 address also shows "
+         "its client key), a user name, ...", run_inspect, ()),
+        ("block", "add a key to the dynamic blocklist",
+         "Block KEY (a client IP or another rule key) in the store: every worker refuses "
+         "it with a 403 within about a second, until --ttl runs out or "
+         "`throttlekit unblock KEY`.",
+         "a client IP (any spelling: normalised as requests are) or an IPv6 client key "
+         "('2001:db8:1:2::/64', the app's prefix)", run_block, (ttl, reason)),
+        ("unblock", "lift a block or ban (exit 1 if there was none)",
+         "Lift the block and every ban of KEY; every worker admits it again within about "
+         "a second. Exit status 1 if there was none.",
+         "the key as `bans` lists it, or a client IP (any spelling; an IPv6 address also "
+         "lifts its network's entries) or user name: its block and every ban of it",
+         run_unblock, ()),
+    )
+    for name, summary, description, key_help, func, options in keyed:
+        p = _command(subparsers, name, summary, description)
+        p.add_argument("key", help=key_help)
+        for flags, kwargs in options:
+            p.add_argument(*flags, **kwargs)
+        _common(p, prefix=True)
+        p.set_defaults(func=func)
 
     p = _command(subparsers, "bans", "the dynamic blocklist: blocks and bans, with expiry",
                  "List the dynamic blocklist: operator blocks and the bans of fail2ban, "

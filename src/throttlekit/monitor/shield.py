@@ -420,9 +420,16 @@ def _check(limiter: Any, *, ban: bool, contain: bool, tighten: Mapping[str, Any]
             f"tightening rules needs limiter.set_rule_rates(), which {limiter!r} lacks"
         )
     kinds = _rule_kinds(limiter)
+    throttles = getattr(getattr(getattr(limiter, "engine", None), "rules", None),
+                        "throttles", ())
     for name, rates in tighten.items():
         if kinds is not None and kinds.get(name) != "throttle":
             raise ConfigError(f"tighten names {name!r}, which is not a throttle rule")
+        if any(t.name == name and t.resolve is not None for t in throttles):
+            raise ConfigError(
+                f"tighten names {name!r}, a throttle whose rates follow the caller (plans "
+                f"or a rates function): the shield tightens rules with rates of their own; "
+                f"tighten a fixed-rate rule beside it (per client) instead")
         coerce_rates(rates)  # a bad rate fails now, not during an attack
 
 

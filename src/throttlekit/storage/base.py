@@ -22,6 +22,7 @@ from .._decision import Decision
 
 if TYPE_CHECKING:
     from .._denials import DenialCache
+    from .._escalation import Escalation
 
 __all__ = ["BatchResult", "Block", "BoundBatch", "BoundHit", "Check", "Storage", "at_instant"]
 
@@ -226,6 +227,24 @@ class Storage(abc.ABC):
 
     async def ablocked(self, now: int | None = None) -> list[Block]:
         return self.blocked(now)
+
+    # -- escalating bans (issue 16) -----------------------------------------------------
+    # The chain of a key's bans, ``(level, until)``, kept beside the rule counters of its
+    # family (``reset`` forgets it with them) until ``until``; see throttlekit._escalation.
+
+    #: True for backends implementing escalate (an escalating ban rule needs it)
+    supports_escalation: bool = False
+
+    def escalate(self, escalation: Escalation, key: str, draw: float, now: int | None
+                 ) -> tuple[int, int]:
+        """Move the chain of bans of ``key`` on by one ban at ``now``, atomically
+        (``Escalation.step``, ``draw`` its random share); returns the new level and the
+        ban's length in microseconds."""
+        raise NotImplementedError(f"{type(self).__name__} keeps no chains of bans")
+
+    async def aescalate(self, escalation: Escalation, key: str, draw: float,
+                        now: int | None) -> tuple[int, int]:
+        return self.escalate(escalation, key, draw, now)
 
     # -- concurrency leases (issue 7) ----------------------------------------------------
     # A lease is a slot in a per-key set of lease ids, each with an expiry, so a worker that

@@ -29,13 +29,16 @@ from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from heapq import heapify, heappop, heappush
 from types import MappingProxyType
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qsl, urlsplit
 
 from .._algorithms import Algorithm, SlidingLog
 from .._decision import Decision
 from .._errors import ConfigError
 from .base import BatchResult, Block, BoundBatch, BoundHit, Check, Storage
+
+if TYPE_CHECKING:
+    from .._escalation import Escalation
 
 __all__ = ["DEFAULT_MAX_KEYS", "MemoryStorage"]
 
@@ -101,6 +104,10 @@ class MemoryStorage(Storage):
         self._bound_prefixed: dict[tuple[Algorithm, str], BoundHit] = {}
         #: groups of algorithms -> their bound batch (see ``bind_batch``)
         self._batches: dict[tuple[tuple[tuple[Algorithm, ...], ...], str], BoundBatch] = {}
+        #: chains of bans (``escalate``): "id|key" -> (level, until), oldest first; and
+        #: the escalation ids seen (``reset`` forgets a family's chains)
+        self._chains: OrderedDict[str, tuple[int, int]] = OrderedDict()
+        self._chain_ids: set[str] = set()
 
     def __repr__(self) -> str:
         return f"MemoryStorage(max_keys={self.max_keys})"
@@ -415,6 +422,8 @@ class MemoryStorage(Storage):
             protected = self._protected
             tags = list(self._tags.values())
             for key in keys:
+                for cid in self._chain_ids:
+                    self._chains.pop(f"{cid}|{key}", None)
                 for tag in tags:
                     k = tag + key
                     if data.pop(k, None) is None and protected:
@@ -425,8 +434,31 @@ class MemoryStorage(Storage):
         with self._lock:
             self._data.clear()
             self._protected.clear()
+            self._chains.clear()
             self._blocks.clear()
             self._expiries.clear()
+
+    # -- escalating bans ------------------------------------------------------------------
+
+    supports_escalation = True
+
+    def escalate(self, escalation: Escalation, key: str, draw: float, now: int | None
+                 ) -> tuple[int, int]:
+        us = self._now() if now is None else now
+        k = f"{escalation.id}|{key}"
+        with self._lock:
+            chains = self._chains
+            self._chain_ids.add(escalation.id)
+            state, ttl = escalation.step(chains.pop(k, None), us, draw)
+            chains[k] = state  # the hot end: chains are kept in order of their last ban
+            for _ in range(2):  # reclaim forgotten chains from the cold end
+                oldest = next(iter(chains))
+                if chains[oldest][1] > us:
+                    break
+                del chains[oldest]
+            if len(chains) > self.max_keys:
+                chains.popitem(last=False)
+        return state[0], ttl
 
     # -- dynamic blocklist ----------------------------------------------------------------
 

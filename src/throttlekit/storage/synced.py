@@ -58,12 +58,15 @@ import math
 import threading
 import time
 from collections.abc import Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from .._algorithms import Algorithm
 from .._decision import Decision
 from .._errors import ConfigError
 from .base import BatchResult, Block, Check, Storage
+
+if TYPE_CHECKING:
+    from .._escalation import Escalation
 
 __all__ = ["SyncedStorage"]
 
@@ -131,6 +134,7 @@ class SyncedStorage(Storage):
         self.remote = storage.remote
         self.shared = storage.shared
         self.supports_leases = storage.supports_leases
+        self.supports_escalation = storage.supports_escalation
         self.local_blocks = storage.local_blocks
         self._interval_us = int(self.sync_interval * 1e6)
         self._leases: dict[tuple[str, str], _Lease] = {}
@@ -441,6 +445,14 @@ class SyncedStorage(Storage):
 
     def close(self) -> None:
         self.storage.close()
+
+    def escalate(self, escalation: Escalation, key: str, draw: float, now: int | None
+                 ) -> tuple[int, int]:
+        return self.storage.escalate(escalation, key, draw, now)
+
+    async def aescalate(self, escalation: Escalation, key: str, draw: float,
+                        now: int | None) -> tuple[int, int]:
+        return await self.storage.aescalate(escalation, key, draw, now)
 
     def acquire(self, keys: Sequence[str], limits: Sequence[int], lease_id: str,
                 timeout: float, now: int | None = None) -> int:

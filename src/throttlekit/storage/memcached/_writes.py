@@ -1,18 +1,24 @@
 """The writes of the memcached storage: counters charged by ``incr`` (and taken back by
-``decr``), states updated by ``gets``/``cas`` with a bounded, jittered retry."""
+``decr``), states updated by ``gets``/``cas`` with a bounded, jittered retry (the chains of
+escalating bans too: ``e<generation>:<id|key>`` holds "level until")."""
 
 from __future__ import annotations
 
+import asyncio
 import random
 import threading
 import time
-from typing import Any
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
 
 from ..._algorithms import Algorithm, Log, TokenBucket, log_uncharge
 from ..._decision import Decision
 from ..._errors import StorageError
 from ..base import Check
-from ._codec import decode_state, encode_state, expire
+from ._codec import decode_state, encode_key, encode_state, expire
+
+if TYPE_CHECKING:
+    from ..._escalation import Escalation
 
 __all__ = ["CAS", "CONTENTION_RETRY_AFTER", "FW", "M32", "STRIPES", "SW", "CasWrites", "Slot"]
 
@@ -57,6 +63,44 @@ class CasWrites:
     timeout: float
     cas_retries: int | None
     _cas_locks: list[threading.Lock]
+    _errors: tuple[type[BaseException], ...]
+    prefix: str
+    _gen_key: Callable[[str], str]
+
+    supports_escalation = True
+
+    def escalate(self, escalation: Escalation, key: str, draw: float, now: int | None
+                 ) -> tuple[int, int]:
+        """The chain of bans "level until" under the family's generation, moved on with
+        ``gets``/``cas`` (a lost race is read again, as a CAS charge is)."""
+        us = int(time.time() * 1_000_000) if now is None else now
+        client = self._client
+        try:
+            gen = client.get(self._gen_key(key))
+            ckey = f"{self.prefix}e{int(gen or 0)}:{encode_key(f'{escalation.id}|{key}')}"
+            deadline = time.monotonic() + self.timeout
+            lost = 0
+            while True:
+                value, token = self._gets(ckey)
+                old = None
+                if value is not None:
+                    level, _, until = value.partition(b" ")
+                    old = (int(level), int(until))
+                state, ttl = escalation.step(old, us, draw)
+                data = f"{state[0]} {state[1]}".encode("ascii")
+                exptime = expire(state[1] - us)
+                if (client.add(ckey, data, expire=exptime, noreply=False) if token is None
+                        else client.cas(ckey, data, token, expire=exptime, noreply=False)):
+                    return state[0], ttl
+                lost += 1
+                if not self._backoff(lost, deadline):
+                    raise StorageError(f"memcached: the chain {ckey!r} stays contended")
+        except self._errors as exc:
+            raise StorageError(f"memcached: {type(exc).__name__}: {exc}") from exc
+
+    async def aescalate(self, escalation: Escalation, key: str, draw: float,
+                        now: int | None) -> tuple[int, int]:
+        return await asyncio.to_thread(self.escalate, escalation, key, draw, now)
 
     def _cas_loop(self, slot: Slot, alg: Algorithm, cost: int, now: int, state: Any,
                   token: Any, deadline: float) -> bool:

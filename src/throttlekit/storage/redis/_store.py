@@ -12,6 +12,8 @@ percent-escaped, so the hash tag is ``k`` itself and distinct keys never collide
 * ``P{k}:l:<alg.id>`` — a sliding log's list of ``"time cost"`` entries;
 * ``P{k}:b`` — the dynamic blocklist entry of ``k``;
 * ``P{k}:q`` — the concurrency leases of ``k`` (see ``lua/lease.lua``);
+* a field ``<escalation id>`` of ``P{k}`` — the chain of bans of ``k`` ("level until", see
+  ``lua/escalate.lua``);
 * ``P{%b}:e`` / ``P{%b}:r`` — the blocklist index (zset by expiry, hash of reasons);
 * ``P{%g}`` — the generation of admin changes.
 
@@ -32,7 +34,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Generator, Sequence
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from ..._algorithms import Algorithm
 from ..._decision import Decision
@@ -56,6 +58,9 @@ from ._scripts import (
     text,
 )
 from ._single import SingleChecks, failed
+
+if TYPE_CHECKING:
+    from ..._escalation import Escalation
 
 __all__ = ["RedisStorage"]
 
@@ -143,6 +148,7 @@ class RedisStorage(SingleChecks, Clients, Storage):
         self._blocks = script("blocks")
         self._reset = script("reset")
         self._lease = script("lease")
+        self._escalate = script("escalate")
         self._index = (f"{prefix}{{%b}}:e", f"{prefix}{{%b}}:r")
         # Whether the dynamic blocklist had any entry when last looked at (``blocks_fresh``
         # seconds at most ago, on the monotonic clock): while it is empty, a request's
@@ -380,6 +386,19 @@ class RedisStorage(SingleChecks, Clients, Storage):
         except StorageError:
             return False
 
+    supports_escalation = True
+
+    def _chain_args(self, escalation: Escalation, draw: float, now: int | None) -> list[Any]:
+        e = escalation
+        return [self._now(now), self._slack_ms, e.id, e.bantime_us, repr(e.factor),
+                e.max_ban_us, e.steps, repr(e.jitter), repr(draw), e.forget_us]
+
+    def escalate(self, escalation: Escalation, key: str, draw: float, now: int | None
+                 ) -> tuple[int, int]:
+        raw = self._eval(self._escalate, [self.family(key)],
+                         self._chain_args(escalation, draw, now))
+        return int(raw[0]), int(raw[1])
+
     def acquire(
         self, keys: Sequence[str], limits: Sequence[int], lease_id: str, timeout: float,
         now: int | None = None,
@@ -527,6 +546,12 @@ class RedisStorage(SingleChecks, Clients, Storage):
             return bool(await client.execute_command("PING"))
         except self._errors:
             return False
+
+    async def aescalate(self, escalation: Escalation, key: str, draw: float,
+                        now: int | None) -> tuple[int, int]:
+        raw = await self._aeval(self._escalate, [self.family(key)],
+                                self._chain_args(escalation, draw, now))
+        return int(raw[0]), int(raw[1])
 
     async def aacquire(
         self, keys: Sequence[str], limits: Sequence[int], lease_id: str, timeout: float,
