@@ -96,7 +96,7 @@ class RequestView:
     def from_environ(cls, environ: dict[str, Any], resolver: ClientIPResolver, *,
                      max_form_bytes: int = DEFAULT_MAX_FORM_BYTES) -> RequestView:
         """The view of a WSGI request (PEP 3333 environ)."""
-        return view_of(cls, environ, resolver, None, max_form_bytes, True)
+        return build_view(cls, environ, resolver, None, max_form_bytes, True)
 
     @classmethod
     def from_scope(cls, scope: dict[str, Any], resolver: ClientIPResolver,
@@ -104,7 +104,7 @@ class RequestView:
                    max_form_bytes: int = DEFAULT_MAX_FORM_BYTES) -> RequestView:
         """The view of an ASGI ``http`` or ``websocket`` request; ``body`` is the request
         body when the caller pre-read it (needed for ``form``)."""
-        return view_of(cls, scope, resolver, body, max_form_bytes, False)
+        return build_view(cls, scope, resolver, body, max_form_bytes, False)
 
     def detach(self) -> None:
         """The response is over: keep a shallow copy of ``raw`` instead of the environ or
@@ -511,8 +511,8 @@ def _strict_part_headers(block: str) -> None:
 # parameters (no keywords, no defaults) is a call CPython runs without a C-level frame:
 # every request pays this one, from the WSGI and ASGI entries.
 
-def view_of(cls: type[RequestView], raw: dict[str, Any], resolver: ClientIPResolver,
-            body: bytes | None, max_form_bytes: int, is_wsgi: bool) -> RequestView:
+def build_view(cls: type[RequestView], raw: dict[str, Any], resolver: ClientIPResolver,
+               body: bytes | None, max_form_bytes: int, is_wsgi: bool) -> RequestView:
     """``cls.from_environ(raw, resolver, max_form_bytes=...)`` (``is_wsgi``), else
     ``cls.from_scope(raw, resolver, body, max_form_bytes=...)``."""
     self = _new_object(cls)

@@ -31,11 +31,13 @@ from ._exchange import (
     OWNER_KEY,
     POLICIES_KEY,
     Exchange,
+    Policies,
     abegin,
     decode_headers,
     serve_asgi,
 )
-from ._request import DEFAULT_MAX_FORM_BYTES, RequestView, view_of
+from ._headers import header_pairs
+from ._request import DEFAULT_MAX_FORM_BYTES, RequestView, build_view
 from ._responder import VERDICT_KEY, Entry, EntryOptions
 from ._responses import encode_headers as _encode
 from ._responses import rate_limit_headers_raw
@@ -105,8 +107,8 @@ class ASGIMiddleware(Entry):
         body = None
         if engine.rules.needs_form and has_small_form(scope, self.max_form_bytes):
             body, receive = await read_ahead(receive, self.max_form_bytes)
-        view = view_of(RequestView, scope, self.resolver,  # type: ignore[arg-type]
-                       body, self.max_form_bytes, False)
+        view = build_view(RequestView, scope, self.resolver,  # type: ignore[arg-type]
+                          body, self.max_form_bytes, False)
         # a local store never blocks: its decision needs no await (see Engine.remote)
         verdict = await engine.aevaluate(view) if engine.remote else engine.evaluate(view)
         if self.wait and not verdict.allowed:  # wait=: a refusal due within it waits once
@@ -141,11 +143,11 @@ class ASGIMiddleware(Entry):
             if ex is not None or own is None:
                 await serve_asgi(self.app, scope, receive, send, ex, own, self.style)
                 return
-            policies = own
-            style = self.style
 
             # A plain function returning send's awaitable: one coroutine less per message.
-            def add_headers(message: Message) -> Awaitable[None]:
+            # What it reads is bound as defaults (one tuple), not closed over (a cell each).
+            def add_headers(message: Message, scope: Scope = scope, policies: Policies = own,
+                            send: Send = send, style: str = self.style) -> Awaitable[None]:
                 # header_policies, inlined (every allowed request pays it)
                 if message["type"] == "http.response.start" and not scope.get(DENIED_KEY):
                     inner = scope.get(POLICIES_KEY)
@@ -241,11 +243,7 @@ def has_small_form(scope: Scope, max_form_bytes: int) -> bool:
         return False
     ctype = b""
     length = None
-    for pair in scope.get("headers") or ():
-        try:
-            name, value = pair
-        except (TypeError, ValueError):
-            continue
+    for name, value in header_pairs(scope.get("headers")):
         if name == b"content-type":
             ctype = value
         elif name == b"content-length":

@@ -24,10 +24,11 @@ from ._exchange import (
     OWNER_KEY,
     POLICIES_KEY,
     Exchange,
+    Policies,
     begin,
     header_policies,
 )
-from ._request import DEFAULT_MAX_FORM_BYTES, RequestView, view_of
+from ._request import DEFAULT_MAX_FORM_BYTES, RequestView, build_view
 from ._responder import RESPONDER_KINDS, VERDICT_KEY, Entry, resolve_options, status_line
 from ._responder import ResponderFn as Responder
 from ._responses import rate_limit_headers
@@ -71,7 +72,7 @@ class WSGIMiddleware(Entry):
         if outer is limiter:  # an outer entry of this limiter ran the pipeline already
             return self.app(environ, start_response)
         engine = limiter.engine
-        view = view_of(RequestView, environ, self.resolver, None, DEFAULT_MAX_FORM_BYTES, True)
+        view = build_view(RequestView, environ, self.resolver, None, DEFAULT_MAX_FORM_BYTES, True)
         verdict = engine.evaluate(view)
         # the steps before the app (begin: challenge, admission, lease), and the header
         # set: written here when this is the outermost entry, else recorded for the one
@@ -88,7 +89,7 @@ class WSGIMiddleware(Entry):
             start_response(status_line(denial.status), list(denial.headers))
             view.detach()
             return [denial.body]
-        policies: Sequence[tuple[str, Decision]] | None = verdict.policies
+        policies: Policies | None = verdict.policies
         if outer is not None:
             if verdict.policies:
                 environ.setdefault(POLICIES_KEY, []).extend(verdict.policies)
@@ -100,10 +101,13 @@ class WSGIMiddleware(Entry):
                 return self._settling(environ, start_response, ex, policies)
             if policies is None:
                 return self.app(environ, start_response)
-            style = self.style
 
-            def add_headers(status: str, headers: list[tuple[str, str]], exc_info: Any = None
-                            ) -> Callable[[bytes], object]:
+            # What it reads is bound as defaults (one tuple) rather than closed over (a cell
+            # each): every allowed request makes one. Servers pass two or three arguments.
+            def add_headers(status: str, headers: list[tuple[str, str]], exc_info: Any = None,
+                            environ: WSGIEnvironment = environ, policies: Policies = policies,
+                            start_response: StartResponse = start_response,
+                            style: str = self.style) -> Callable[[bytes], object]:
                 # header_policies, inlined (every allowed request pays it)
                 if not environ.get(DENIED_KEY):
                     inner = environ.get(POLICIES_KEY)
