@@ -132,9 +132,12 @@ class RequestView:
         else:
             state = raw.get("state")  # ASGI: the verdict is in scope["state"] too
             if state.__class__ is dict and _VERDICT in state:
-                state = state.copy()
-                del state[_VERDICT]
-                raw["state"] = state
+                if len(state) == 1:  # the verdict alone (the entry made it): an empty copy
+                    raw["state"] = {}
+                else:
+                    state = state.copy()
+                    del state[_VERDICT]
+                    raw["state"] = state
         self.raw = raw
 
     def __repr__(self) -> str:
