@@ -110,12 +110,10 @@ class Limiter:
             header_style=header_style, headers_on_allowed=headers_on_allowed,
         )
         self.storage: Storage = storage
-        self.clock = clock
-        self.on_storage_error = on_storage_error
+        self.clock, self.on_storage_error = clock, on_storage_error
         self.retry_interval = float(retry_interval)
         self.error_log_interval = float(error_log_interval)
-        self.strategy = strategy
-        self.burst = burst
+        self.strategy, self.burst = strategy, burst
         self._plans: dict[Any, Plan] = {}
         self._default_plans: dict[Any, Plan] = {}  # by rates alone: the common call
         #: what requests go through: a remote ``storage`` wrapped with its breaker, fail
