@@ -68,9 +68,11 @@ def _limiter(specs: list[tuple[str, str, str, str]], fast: bool, lists: bool,
 
 
 def _same(a: Verdict, b: Verdict) -> None:
-    assert (a.allowed, a.kind, a.rule, a.key, a.decision, a.policies, a.degraded) == (
-        b.allowed, b.kind, b.rule, b.key, b.decision, b.policies, b.degraded
-    )
+    """Every attribute a user reads of a verdict (the fast path's, built without
+    ``__init__``, has them all)."""
+    assert (a.allowed, a.kind, a.rule, a.key, a.decision, a.policies, a.degraded, a.pending,
+            a.answer) == (b.allowed, b.kind, b.rule, b.key, b.decision, b.policies,
+                          b.degraded, b.pending, b.answer)
 
 
 def _view(limiter: Limiter, ip: str, method: str, path: str) -> RequestView:

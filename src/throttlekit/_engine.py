@@ -193,29 +193,30 @@ class Engine:
                         if listed is not None:
                             return listed
                     rule1: _Throttle | None = None
-                    disc1, cost1 = "", 0
+                    disc1, cost1 = "", 0  # (a simple rule's cost is an int)
                     several: list[_Throttle] | None = None  # when several apply
                     for rule in throttles:
-                        ck = view.client_key if rule.simple else None  # applies()' 1st case
-                        found: tuple[str, int] | None = (  # (a simple rule's cost is an int)
-                            (ck, rule.cost) if ck else applies(self, rule, view))  # type: ignore[assignment]
-                        if found is None:
+                        if rule.simple and (disc := view.client_key):  # applies()' 1st case
+                            cost: int = rule.cost  # type: ignore[assignment]
+                        elif (found := applies(self, rule, view)) is None:
                             continue
+                        else:
+                            disc, cost = found
                         if rule.resolve is not None:  # rates following the caller (plans)
                             if (own := rule.variant(self, view)) is None:
                                 continue
                             rule = own
                         if rule1 is None:
                             rule1 = rule
-                            disc1, cost1 = found
+                            disc1, cost1 = disc, cost
                         elif several is None:
                             several = [rule1, rule]
-                            discs = [disc1, found[0]]
-                            costs = [cost1, found[1]]
+                            discs = [disc1, disc]
+                            costs = [cost1, cost]
                         else:
                             several.append(rule)
-                            discs.append(found[0])
-                            costs.append(found[1])
+                            discs.append(disc)
+                            costs.append(cost)
                     if rule1 is None:
                         if active and "tracked" in active:
                             self.track(view)
@@ -237,16 +238,12 @@ class Engine:
                         if not d.allowed:
                             return Verdict(False, "throttled", rule1.name, disc1, d,
                                            [(rule1.name, d)], False, view)
-                        # Verdict(True, "allowed", None, None, d, [...], False, view),
+                        # Verdict(True, "allowed", None, None, d, [...], False, view)
                         # without the cost of a call to __init__
                         v = _new_object(Verdict)
-                        v.allowed = True
-                        v.kind = "allowed"
-                        v.rule = v.key = v.pending = None
-                        v.decision = d
-                        v.policies = [(rule1.name, d)]
-                        v.degraded = False
-                        v.request = view
+                        v.allowed, v.kind, v.decision = True, "allowed", d
+                        v.rule = v.key = v.pending = v.answer = None
+                        v.policies, v.degraded, v.request = [(rule1.name, d)], False, view
                         return v
                     return self._several(view, several, discs, costs, now)
                 except _RuleFailed as err:

@@ -6,7 +6,7 @@ from __future__ import annotations
 from collections.abc import Iterator, Mapping
 from typing import Any
 
-__all__ = ["EnvironHeaders", "Headers", "scope_headers"]
+__all__ = ["EnvironHeaders", "Headers", "header_pairs", "scope_headers"]
 
 
 class EnvironHeaders(Mapping[str, str]):
@@ -95,11 +95,7 @@ def _careful(raw: object) -> Headers:
     headers: dict[str, str] = {}
     if not isinstance(raw, (list, tuple)):
         return Headers()
-    for pair in raw:
-        try:
-            raw_name, raw_value = pair
-        except (TypeError, ValueError):
-            continue
+    for raw_name, raw_value in header_pairs(raw):
         if not isinstance(raw_name, (bytes, bytearray)) or not isinstance(
             raw_value, (bytes, bytearray)
         ):
@@ -112,3 +108,14 @@ def _careful(raw: object) -> Headers:
         else:
             headers[key] = value
     return Headers(headers)
+
+
+def header_pairs(raw: Any) -> Iterator[tuple[Any, Any]]:
+    """The ``(name, value)`` pairs of an ASGI header list (``scope["headers"]``, None for
+    none), skipping whatever is not a pair; names and values as they came."""
+    for pair in raw or ():
+        try:
+            name, value = pair
+        except (TypeError, ValueError):
+            continue
+        yield name, value

@@ -110,12 +110,10 @@ class Limiter:
             header_style=header_style, headers_on_allowed=headers_on_allowed,
         )
         self.storage: Storage = storage
-        self.clock = clock
-        self.on_storage_error = on_storage_error
+        self.clock, self.on_storage_error = clock, on_storage_error
         self.retry_interval = float(retry_interval)
         self.error_log_interval = float(error_log_interval)
-        self.strategy = strategy
-        self.burst = burst
+        self.strategy, self.burst = strategy, burst
         self._plans: dict[Any, Plan] = {}
         self._default_plans: dict[Any, Plan] = {}  # by rates alone: the common call
         #: what requests go through: a remote ``storage`` wrapped with its breaker, fail
@@ -235,25 +233,23 @@ class Limiter:
         if isinstance(store, ResilientStore):
             store.forget(key)
 
-    async def ahit(
-        self, key: str, rates: RatesLike, *, strategy: str | None = None, cost: int = 1,
-        burst: int | None = None,
-    ) -> Decision:
+    async def ahit(self, key: str, rates: RatesLike, *, strategy: str | None = None,
+                   cost: int = 1, burst: int | None = None) -> Decision:
         """Async twin of :meth:`hit`."""
-        if not self.storage.remote:
-            return self.hit(key, rates, strategy=strategy, cost=cost, burst=burst)
-        plan, key, now = prepared(self, key, rates, strategy, cost, burst)
-        return await adecide(self, plan, key, cost, True, now)
+        return await self._adirect(key, rates, strategy, cost, burst, True)
 
-    async def atest(
-        self, key: str, rates: RatesLike, *, strategy: str | None = None, cost: int = 1,
-        burst: int | None = None,
-    ) -> Decision:
+    async def atest(self, key: str, rates: RatesLike, *, strategy: str | None = None,
+                    cost: int = 1, burst: int | None = None) -> Decision:
         """Async twin of :meth:`test`."""
-        if not self.storage.remote:
-            return self.test(key, rates, strategy=strategy, cost=cost, burst=burst)
+        return await self._adirect(key, rates, strategy, cost, burst, False)
+
+    async def _adirect(self, key: str, rates: RatesLike, strategy: str | None, cost: int,
+                       burst: int | None, consume: bool) -> Decision:
+        if not self.storage.remote:  # a local store never blocks: the sync call
+            call = self.hit if consume else self.test
+            return call(key, rates, strategy=strategy, cost=cost, burst=burst)
         plan, key, now = prepared(self, key, rates, strategy, cost, burst)
-        return await adecide(self, plan, key, cost, False, now)
+        return await adecide(self, plan, key, cost, consume, now)
 
     async def areset(self, key: str) -> None:
         """Async twin of :meth:`reset`."""
@@ -261,18 +257,14 @@ class Limiter:
 
     # -- rules: safelists, blocklists, bans, throttles, tracks (see _engine, _rules) ------
 
-    def safelist(
-        self, name: str, predicate: Callable[[RequestView], Any] | None = None, *,
-        ips: Iterable[str] | None = None,
-    ) -> None:
+    def safelist(self, name: str, predicate: Callable[[RequestView], Any] | None = None, *,
+                 ips: Iterable[str] | None = None) -> None:
         """Let requests through untouched when ``predicate(view)`` is true and/or the client
         IP is in ``ips`` (addresses or CIDRs); with both, both must hold."""
         self.engine.rules.add_list("safelist", name, predicate, ips)
 
-    def blocklist(
-        self, name: str, predicate: Callable[[RequestView], Any] | None = None, *,
-        ips: Iterable[str] | None = None,
-    ) -> None:
+    def blocklist(self, name: str, predicate: Callable[[RequestView], Any] | None = None, *,
+                  ips: Iterable[str] | None = None) -> None:
         """Refuse (403) requests for which ``predicate(view)`` is true and/or whose client
         IP is in ``ips`` (addresses or CIDRs); with both, both must hold."""
         self.engine.rules.add_list("blocklist", name, predicate, ips)

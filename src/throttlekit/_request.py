@@ -41,9 +41,9 @@ _METHODS = frozenset(("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"
 _EMPTY: Mapping[str, str] = {}
 _FORM_TYPES = ("application/x-www-form-urlencoded", "multipart/form-data", "application/json")
 #: environ/scope keys whose values hold a request view (the verdict, a framework's view),
-#: or the environ itself (werkzeug's cached request, whose environ holds the view): left
-#: out of the copy a detached view keeps (see :meth:`RequestView.detach`)
-_HOLDERS = ("throttlekit.verdict", "throttlekit.view", "werkzeug.request")
+#: or the environ itself (WSGI: werkzeug's cached request, whose environ holds the view):
+#: left out of the copy a detached view keeps (see :meth:`RequestView.detach`)
+_VERDICT, _VIEW, _WERKZEUG = "throttlekit.verdict", "throttlekit.view", "werkzeug.request"
 
 
 class RequestView:
@@ -96,7 +96,7 @@ class RequestView:
     def from_environ(cls, environ: dict[str, Any], resolver: ClientIPResolver, *,
                      max_form_bytes: int = DEFAULT_MAX_FORM_BYTES) -> RequestView:
         """The view of a WSGI request (PEP 3333 environ)."""
-        return view_of_environ(cls, environ, resolver, max_form_bytes)
+        return build_view(cls, environ, resolver, None, max_form_bytes, True)
 
     @classmethod
     def from_scope(cls, scope: dict[str, Any], resolver: ClientIPResolver,
@@ -104,7 +104,7 @@ class RequestView:
                    max_form_bytes: int = DEFAULT_MAX_FORM_BYTES) -> RequestView:
         """The view of an ASGI ``http`` or ``websocket`` request; ``body`` is the request
         body when the caller pre-read it (needed for ``form``)."""
-        return view_of_scope(cls, scope, resolver, body, max_form_bytes)
+        return build_view(cls, scope, resolver, body, max_form_bytes, False)
 
     def detach(self) -> None:
         """The response is over: keep a shallow copy of ``raw`` instead of the environ or
@@ -119,16 +119,25 @@ class RequestView:
         """
         raw = self.raw
         raw = raw.copy() if raw.__class__ is dict else dict(raw)
-        for key in _HOLDERS:
-            if key in raw:
-                del raw[key]
-        state = raw.get("state")  # ASGI: the verdict is in scope["state"] too
-        if state.__class__ is dict and _HOLDERS[0] in state:
-            state = state.copy()
-            del state[_HOLDERS[0]]
-            raw["state"] = state
-        if self._headers.__class__ is EnvironHeaders:
-            self._headers = EnvironHeaders(raw)  # it reads the environ: the copy now
+        # (the holders one by one: this runs once per request)
+        if _VERDICT in raw:
+            del raw[_VERDICT]
+        if _VIEW in raw:
+            del raw[_VIEW]
+        if self.is_wsgi:
+            if _WERKZEUG in raw:
+                del raw[_WERKZEUG]
+            if self._headers.__class__ is EnvironHeaders:
+                self._headers = EnvironHeaders(raw)  # it reads the environ: the copy now
+        else:
+            state = raw.get("state")  # ASGI: the verdict is in scope["state"] too
+            if state.__class__ is dict and _VERDICT in state:
+                if len(state) == 1:  # the verdict alone (the entry made it): an empty copy
+                    raw["state"] = {}
+                else:
+                    state = state.copy()
+                    del state[_VERDICT]
+                    raw["state"] = state
         self.raw = raw
 
     def __repr__(self) -> str:
@@ -195,11 +204,10 @@ class RequestView:
         ip = self._client_ip
         if ip is _UNSET:
             resolver = self.resolver
-            peer = self._peer
-            if resolver.plain and peer.__class__ is str:
-                pair = resolver.peers.get(peer) or resolver.peer_client(peer)
-                ip, self._client_key = pair
-            elif resolver.trusts_headers:
+            if resolver.plain and self._peer.__class__ is str:
+                self.client_key  # noqa: B018 (it finds both: the peer's cached pair)
+                return self._client_ip  # type: ignore[no-any-return]
+            if resolver.trusts_headers:
                 headers = self.headers
                 ip = resolver.resolve(
                     self.peer, headers.get("x-forwarded-for"), headers.get("forwarded")
@@ -502,49 +510,35 @@ def _strict_part_headers(block: str) -> None:
             raise ValueError(f"part Content-Type {part_type!r}")
 
 
-# The constructors of a view. Module functions called with exactly their positional
-# parameters (no keywords, no defaults) are calls CPython runs without a C-level frame:
+# The constructor of a view. A module function called with exactly its positional
+# parameters (no keywords, no defaults) is a call CPython runs without a C-level frame:
 # every request pays this one, from the WSGI and ASGI entries.
 
-def view_of_environ(cls: type[RequestView], environ: dict[str, Any],
-                    resolver: ClientIPResolver, max_form_bytes: int) -> RequestView:
-    """``cls.from_environ(environ, resolver, max_form_bytes=...)``."""
+def build_view(cls: type[RequestView], raw: dict[str, Any], resolver: ClientIPResolver,
+               body: bytes | None, max_form_bytes: int, is_wsgi: bool) -> RequestView:
+    """``cls.from_environ(raw, resolver, max_form_bytes=...)`` (``is_wsgi``), else
+    ``cls.from_scope(raw, resolver, body, max_form_bytes=...)``."""
     self = _new_object(cls)
-    self.raw = environ
+    self.raw = raw
     self.resolver = resolver
-    self.is_wsgi = True
-    self.body = None
-    self.max_form_bytes = max_form_bytes
-    method = environ.get("REQUEST_METHOD")
-    try:
-        self.method = method if method in _METHODS else _method(method)
-    except TypeError:  # unhashable: not a method
-        self.method = "GET"
-    self._path = self._headers = self._client_ip = self._client_key = self._form = _UNSET
-    self._peer = environ.get("REMOTE_ADDR")
-    return self
-
-
-def view_of_scope(cls: type[RequestView], scope: dict[str, Any], resolver: ClientIPResolver,
-                  body: bytes | None, max_form_bytes: int) -> RequestView:
-    """``cls.from_scope(scope, resolver, body, max_form_bytes=...)``."""
-    self = _new_object(cls)
-    self.raw = scope
-    self.resolver = resolver
-    self.is_wsgi = False
+    self.is_wsgi = is_wsgi
     self.body = body
     self.max_form_bytes = max_form_bytes
-    method = scope.get("method")  # none in a websocket handshake: a GET
+    self._path = self._headers = self._client_ip = self._client_key = self._form = _UNSET
+    if is_wsgi:
+        method = raw.get("REQUEST_METHOD")
+        self._peer = raw.get("REMOTE_ADDR")
+    else:
+        method = raw.get("method")  # none in a websocket handshake: a GET
+        client = raw.get("client")
+        try:
+            self._peer = client[0] if client else None
+        except (TypeError, IndexError, KeyError):
+            self._peer = None
     try:
         self.method = method if method in _METHODS else _method(method)
     except TypeError:  # unhashable: not a method
         self.method = "GET"
-    self._path = self._headers = self._client_ip = self._client_key = self._form = _UNSET
-    client = scope.get("client")
-    try:
-        self._peer = client[0] if client else None
-    except (TypeError, IndexError, KeyError):
-        self._peer = None
     return self
 
 

@@ -19,9 +19,10 @@ from :func:`status_line` / :func:`reason`: the ``http.HTTPStatus`` phrase.
 from __future__ import annotations
 
 import logging
+import os
 from collections.abc import Callable, Iterable, Mapping
 from http import HTTPStatus
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypedDict
 
 from ._errors import ConfigError
 from ._responses import HEADER_STYLES, Denial, default_responder, rate_limit_headers
@@ -32,8 +33,8 @@ if TYPE_CHECKING:
     from ._limiter import Limiter
     from ._rules import Verdict
 
-__all__ = ["RESPONDER_KINDS", "VERDICT_KEY", "Responder", "ResponderFn", "configure",
-           "reason", "resolve_options", "status_line"]
+__all__ = ["RESPONDER_KINDS", "VERDICT_KEY", "Entry", "EntryOptions", "Responder", "ResponderFn",
+           "configure", "reason", "resolve_options", "status_line"]
 
 logger = logging.getLogger("throttlekit")
 
@@ -187,20 +188,42 @@ def configure(
     return resolver, Responder(style, on_allowed, responders)
 
 
+class EntryOptions(TypedDict, total=False):
+    """The options every middleware takes (:class:`Entry`'s keywords)."""
+
+    trusted_proxies: int | Iterable[str] | None
+    ipv6_prefix: int | None
+    header_style: str | None
+    headers_on_allowed: bool | None
+    responders: Mapping[str, ResponderFn] | None
+    rules_file: str | os.PathLike[str] | None
+    reload_interval: float | None
+
+
 class Entry:
     """What every middleware holds: the app, the limiter, and its settings (``configure``):
-    the client-IP resolver and the responder. ``rules_file`` is loaded into the limiter."""
+    the client-IP resolver and the responder. ``rules_file`` is loaded into the limiter.
+    Its keywords are the options of every middleware (``WSGIMiddleware`` takes these)."""
 
     __slots__ = ("app", "limiter", "on_allowed", "resolver", "responder", "style")
+    #: what ``app`` must be (for the ConfigError naming it)
+    _APP = "a WSGI"
 
     def __init__(
-        self, app: Any, limiter: Limiter, what: str, trusted_proxies: Any,
-        ipv6_prefix: int | None, header_style: str | None, headers_on_allowed: bool | None,
-        responders: Mapping[str, ResponderFn] | None, rules_file: Any,
-        reload_interval: float | None,
+        self,
+        app: Any,
+        limiter: Limiter,
+        *,
+        trusted_proxies: int | Iterable[str] | None = None,
+        ipv6_prefix: int | None = None,
+        header_style: str | None = None,
+        headers_on_allowed: bool | None = None,
+        responders: Mapping[str, ResponderFn] | None = None,
+        rules_file: str | os.PathLike[str] | None = None,
+        reload_interval: float | None = None,
     ) -> None:
         if not callable(app):
-            raise ConfigError(f"app must be {what} callable, got {app!r}")
+            raise ConfigError(f"app must be {self._APP} callable, got {app!r}")
         if rules_file is not None:
             limiter.load_rules(rules_file, reload_interval=reload_interval)
         self.app = app

@@ -190,6 +190,13 @@ def rate_limit_headers(
     Raises:
         ConfigError: unknown ``style``.
     """
+    if style == "draft10" and len(policies) == 1:  # the common case, first
+        name, d = policies[0]
+        if (piece := _pieces.get(name, _MISSING))[0] != d.rate:
+            piece = _piece(name, d.rate)
+        rem, reset = d.remaining, d.reset_after
+        return [piece[3], ("RateLimit", f"{piece[2]}{rem if rem > 0 else 0};t="
+                           f"{(_ceil(reset) if reset != _INF else _NEVER) if reset > 0 else 0}")]
     if style == "none" or not policies:
         if style not in HEADER_STYLES:
             check_header_style(style)

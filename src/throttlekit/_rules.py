@@ -120,17 +120,12 @@ class Verdict:
         pending: list[tuple[_Throttle, str, int]] | None = None,
         answer: Denial | None = None,
     ) -> None:
-        self.allowed = allowed
-        self.kind = kind
-        self.rule = rule
-        self.key = key
-        self.decision = decision
-        self.policies = policies
-        self.degraded = degraded
-        self.request = request
+        # (in twos and threes: CPython stores those without building a tuple)
+        self.allowed, self.kind, self.rule = allowed, kind, rule
+        self.key, self.decision, self.policies = key, decision, policies
+        self.degraded, self.request = degraded, request
         #: count_when charges to settle after the response
-        self.pending = pending
-        self.answer = answer
+        self.pending, self.answer = pending, answer
 
     def __repr__(self) -> str:
         return (
@@ -232,13 +227,8 @@ class _BanRule:
         findtime: float, bantime: float, algorithm: Algorithm,
         escalation: Escalation | None = None,
     ) -> None:
-        self.kind = kind
-        self.name = name
-        self.match = match
-        self.key = key
-        self.maxretry = maxretry
-        self.findtime = findtime
-        self.bantime = bantime
+        self.kind, self.name, self.match, self.key = kind, name, match, key
+        self.maxretry, self.findtime, self.bantime = maxretry, findtime, bantime
         self.algorithm = algorithm
         #: the dynamic-blocklist key of a ban is ``prefix + discriminator``
         self.prefix = f"{kind}:{name}:"

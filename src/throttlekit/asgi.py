@@ -21,8 +21,7 @@ The :class:`~throttlekit.Verdict` is in ``scope["throttlekit.verdict"]`` and in
 
 from __future__ import annotations
 
-import os
-from collections.abc import Awaitable, Callable, Iterable, Mapping, MutableMapping
+from collections.abc import Awaitable, Callable, MutableMapping
 from typing import TYPE_CHECKING, Any
 
 from ._errors import ConfigError
@@ -32,18 +31,21 @@ from ._exchange import (
     OWNER_KEY,
     POLICIES_KEY,
     Exchange,
+    Policies,
     abegin,
     decode_headers,
     serve_asgi,
 )
-from ._request import DEFAULT_MAX_FORM_BYTES, RequestView, view_of_scope
-from ._responder import VERDICT_KEY, Entry
-from ._responder import ResponderFn as Responder
+from ._headers import header_pairs
+from ._request import DEFAULT_MAX_FORM_BYTES, RequestView, build_view
+from ._responder import VERDICT_KEY, Entry, EntryOptions
 from ._responses import encode_headers as _encode
 from ._responses import rate_limit_headers_raw
 from ._waiting import adecide_waiting, check_wait
 
 if TYPE_CHECKING:
+    from typing_extensions import Unpack  # typing.Unpack from Python 3.11
+
     from ._limiter import Limiter
     from ._rules import Verdict
 
@@ -72,29 +74,18 @@ class ASGIMiddleware(Entry):
     """
 
     __slots__ = ("max_form_bytes", "wait")
+    _APP = "an ASGI"
     app: ASGIApp
 
     def __init__(
-        self,
-        app: ASGIApp,
-        limiter: Limiter,
-        *,
-        trusted_proxies: int | Iterable[str] | None = None,
-        ipv6_prefix: int | None = None,
-        header_style: str | None = None,
-        headers_on_allowed: bool | None = None,
-        responders: Mapping[str, Responder] | None = None,
-        max_form_bytes: int = DEFAULT_MAX_FORM_BYTES,
-        rules_file: str | os.PathLike[str] | None = None,
-        reload_interval: float | None = None,
-        wait: float = 0.0,
+        self, app: ASGIApp, limiter: Limiter, *, max_form_bytes: int = DEFAULT_MAX_FORM_BYTES,
+        wait: float = 0.0, **options: Unpack[EntryOptions],
     ) -> None:
         if isinstance(max_form_bytes, bool) or not isinstance(max_form_bytes, int) or (
             max_form_bytes < 0
         ):
             raise ConfigError(f"max_form_bytes must be an integer >= 0, got {max_form_bytes!r}")
-        super().__init__(app, limiter, "an ASGI", trusted_proxies, ipv6_prefix, header_style,
-                         headers_on_allowed, responders, rules_file, reload_interval)
+        super().__init__(app, limiter, **options)
         self.max_form_bytes = max_form_bytes
         #: a throttle's refusal due within ``wait`` seconds is awaited, then decided once
         #: more (nginx's ``limit_req`` delay; a "waited" event tells it): see docs
@@ -116,8 +107,8 @@ class ASGIMiddleware(Entry):
         body = None
         if engine.rules.needs_form and has_small_form(scope, self.max_form_bytes):
             body, receive = await read_ahead(receive, self.max_form_bytes)
-        view = view_of_scope(RequestView, scope, self.resolver,  # type: ignore[arg-type]
-                             body, self.max_form_bytes)
+        view = build_view(RequestView, scope, self.resolver,  # type: ignore[arg-type]
+                          body, self.max_form_bytes, False)
         # a local store never blocks: its decision needs no await (see Engine.remote)
         if self.wait:  # wait=: a refusal due within it waits once (and is told once)
             verdict = await adecide_waiting(limiter, self.wait, view)
@@ -152,11 +143,11 @@ class ASGIMiddleware(Entry):
             if ex is not None or own is None:
                 await serve_asgi(self.app, scope, receive, send, ex, own, self.style)
                 return
-            policies = own
-            style = self.style
 
             # A plain function returning send's awaitable: one coroutine less per message.
-            def add_headers(message: Message) -> Awaitable[None]:
+            # What it reads is bound as defaults (one tuple), not closed over (a cell each).
+            def add_headers(message: Message, scope: Scope = scope, policies: Policies = own,
+                            send: Send = send, style: str = self.style) -> Awaitable[None]:
                 # header_policies, inlined (every allowed request pays it)
                 if message["type"] == "http.response.start" and not scope.get(DENIED_KEY):
                     inner = scope.get(POLICIES_KEY)
@@ -252,11 +243,7 @@ def has_small_form(scope: Scope, max_form_bytes: int) -> bool:
         return False
     ctype = b""
     length = None
-    for pair in scope.get("headers") or ():
-        try:
-            name, value = pair
-        except (TypeError, ValueError):
-            continue
+    for name, value in header_pairs(scope.get("headers")):
         if name == b"content-type":
             ctype = value
         elif name == b"content-length":

@@ -16,8 +16,7 @@ bans); allowed ones go to the app, with the rate-limit headers added to its resp
 
 from __future__ import annotations
 
-import os
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import TYPE_CHECKING, Any
 
 from ._exchange import (
@@ -25,10 +24,11 @@ from ._exchange import (
     OWNER_KEY,
     POLICIES_KEY,
     Exchange,
+    Policies,
     begin,
     header_policies,
 )
-from ._request import DEFAULT_MAX_FORM_BYTES, RequestView, view_of_environ
+from ._request import DEFAULT_MAX_FORM_BYTES, RequestView, build_view
 from ._responder import RESPONDER_KINDS, VERDICT_KEY, Entry, resolve_options, status_line
 from ._responder import ResponderFn as Responder
 from ._responses import rate_limit_headers
@@ -37,7 +37,6 @@ if TYPE_CHECKING:
     from _typeshed.wsgi import StartResponse, WSGIApplication, WSGIEnvironment
 
     from ._decision import Decision
-    from ._limiter import Limiter
 
 __all__ = ["RESPONDER_KINDS", "VERDICT_KEY", "Responder", "WSGIMiddleware", "resolve_options"]
 
@@ -65,22 +64,6 @@ class WSGIMiddleware(Entry):
     __slots__ = ()
     app: WSGIApplication
 
-    def __init__(
-        self,
-        app: WSGIApplication,
-        limiter: Limiter,
-        *,
-        trusted_proxies: int | Iterable[str] | None = None,
-        ipv6_prefix: int | None = None,
-        header_style: str | None = None,
-        headers_on_allowed: bool | None = None,
-        responders: Mapping[str, Responder] | None = None,
-        rules_file: str | os.PathLike[str] | None = None,
-        reload_interval: float | None = None,
-    ) -> None:
-        super().__init__(app, limiter, "a WSGI", trusted_proxies, ipv6_prefix, header_style,
-                         headers_on_allowed, responders, rules_file, reload_interval)
-
     def __call__(
         self, environ: WSGIEnvironment, start_response: StartResponse
     ) -> Iterable[bytes]:
@@ -89,7 +72,7 @@ class WSGIMiddleware(Entry):
         if outer is limiter:  # an outer entry of this limiter ran the pipeline already
             return self.app(environ, start_response)
         engine = limiter.engine
-        view = view_of_environ(RequestView, environ, self.resolver, DEFAULT_MAX_FORM_BYTES)
+        view = build_view(RequestView, environ, self.resolver, None, DEFAULT_MAX_FORM_BYTES, True)
         verdict = engine.evaluate(view)
         # the steps before the app (begin: challenge, admission, lease), and the header
         # set: written here when this is the outermost entry, else recorded for the one
@@ -106,7 +89,7 @@ class WSGIMiddleware(Entry):
             start_response(status_line(denial.status), list(denial.headers))
             view.detach()
             return [denial.body]
-        policies: Sequence[tuple[str, Decision]] | None = verdict.policies
+        policies: Policies | None = verdict.policies
         if outer is not None:
             if verdict.policies:
                 environ.setdefault(POLICIES_KEY, []).extend(verdict.policies)
@@ -118,10 +101,13 @@ class WSGIMiddleware(Entry):
                 return self._settling(environ, start_response, ex, policies)
             if policies is None:
                 return self.app(environ, start_response)
-            style = self.style
 
-            def add_headers(status: str, headers: list[tuple[str, str]], exc_info: Any = None
-                            ) -> Callable[[bytes], object]:
+            # What it reads is bound as defaults (one tuple) rather than closed over (a cell
+            # each): every allowed request makes one. Servers pass two or three arguments.
+            def add_headers(status: str, headers: list[tuple[str, str]], exc_info: Any = None,
+                            environ: WSGIEnvironment = environ, policies: Policies = policies,
+                            start_response: StartResponse = start_response,
+                            style: str = self.style) -> Callable[[bytes], object]:
                 # header_policies, inlined (every allowed request pays it)
                 if not environ.get(DENIED_KEY):
                     inner = environ.get(POLICIES_KEY)

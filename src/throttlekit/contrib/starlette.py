@@ -56,6 +56,7 @@ from .._decorators import DENIED_KEY, HANDLED_KEY, aevaluate, record
 from .._errors import ConfigError
 from .._exchange import CHALLENGE_KEY, OWNER_KEY, Exchange, abegin, serve_asgi
 from .._frameworkview import FRAMEWORK_FORMS, FrameworkView, view_of
+from .._headers import header_pairs
 from .._limitspec import Group, endpoint_name, group_of
 from .._responses import Denial, encode_headers
 from .._workers import ForkCheck, warn_memory_multiworker
@@ -162,24 +163,19 @@ def _starlette_answers(scope: MutableMapping[str, Any] | None, status: int) -> b
 
 
 def _host(scope: MutableMapping[str, Any]) -> bytes | None:
-    for pair in scope.get("headers") or ():
-        try:
-            name, value = pair
-        except (TypeError, ValueError):
-            continue
+    for name, value in header_pairs(scope.get("headers")):
         if name == b"host":
             return bytes(value)
     return None
 
 
 def _accept(scope: MutableMapping[str, Any]) -> str | None:
-    for pair in scope.get("headers") or ():
-        try:
-            name, value = pair
-            if name == b"accept":
+    for name, value in header_pairs(scope.get("headers")):
+        if name == b"accept":
+            try:
                 return bytes(value).decode("latin-1")
-        except (TypeError, ValueError):
-            continue
+            except (TypeError, ValueError):
+                continue
     return None
 
 
