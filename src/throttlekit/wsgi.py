@@ -36,6 +36,7 @@ from ._responses import rate_limit_headers
 if TYPE_CHECKING:
     from _typeshed.wsgi import StartResponse, WSGIApplication, WSGIEnvironment
 
+    from ._admission import Ticket
     from ._decision import Decision
     from ._limiter import Limiter
 
@@ -142,14 +143,16 @@ class WSGIMiddleware(Entry):
         """Run the app, then charge the count_when rules by the response's status and
         release the concurrency lease (when the server closes the response)."""
         style = self.style
+        pending = ex.verdict.pending  # count_when to charge: the response is recorded
 
         def recording(status: str, headers: list[tuple[str, str]], exc_info: Any = None
                       ) -> Callable[[bytes], object]:
-            try:
-                code = int(status.split(None, 1)[0])
-            except (ValueError, IndexError, AttributeError):
-                code = 500
-            ex.respond(code, headers)
+            if pending:
+                try:
+                    code = int(status.split(None, 1)[0])
+                except (ValueError, IndexError, AttributeError):
+                    code = 500
+                ex.respond(code, headers)
             if policies is not None:
                 found = header_policies(environ, policies)
                 if found:
@@ -157,15 +160,20 @@ class WSGIMiddleware(Entry):
             write = start_response(status, headers, exc_info)
             # Charge count_when rules as soon as the status is known: some servers and
             # test clients never close the response iterable. (settle is idempotent.)
-            ex.settle()
+            if pending:
+                ex.settle()
             return write
 
         try:
-            result = self.app(environ, recording)
+            result = self.app(environ, recording if pending or policies is not None
+                              else start_response)
         except BaseException:
             ex.end(failed=True)
             raise
-        return _Settled(result, ex)
+        ticket = ex.ticket
+        if pending or ex.lease is not None or ticket is None:
+            return _Settled(result, ex)
+        return _Released(result, ticket)  # only an admission slot: nothing to record
 
 
 class _Settled:
@@ -194,3 +202,27 @@ class _Settled:
                 close()
         finally:
             self.ex.end()
+
+
+class _Released:
+    """The app's response iterable when the request holds only an admission slot (no
+    ``count_when`` to charge, no lease): the slot goes back when the body is sent or the
+    server closes the response, whichever comes first (release is idempotent)."""
+
+    __slots__ = ("result", "ticket")
+
+    def __init__(self, result: Iterable[bytes], ticket: Ticket) -> None:
+        self.result = result
+        self.ticket = ticket
+
+    def __iter__(self) -> Iterator[bytes]:
+        yield from self.result
+        self.ticket.release()
+
+    def close(self) -> None:
+        try:
+            close = getattr(self.result, "close", None)
+            if close is not None:
+                close()
+        finally:
+            self.ticket.release()
