@@ -143,6 +143,9 @@ class Ticket:
             limit.give_back()
 
 
+_new_ticket = object.__new__
+
+
 def _number(name: str, value: object, low: float, high: float = _INF, *,
             above: bool = False, owner: str = "adaptive limit") -> float:
     """``value`` as a float from ``low`` (excluded if ``above``) to ``high``, else a
@@ -291,7 +294,10 @@ class AdaptiveLimit:
                 self._peak = inflight
         finally:
             lock.release()
-        return Ticket(self, self.clock())
+        ticket = _new_ticket(Ticket)  # not Ticket(...): a Python __init__ is a third of the cost
+        ticket._limit = self
+        ticket.start = self.clock()
+        return ticket
 
     def record(self, start: float, dropped: bool = False) -> None:
         """Give back a slot taken at ``start`` and learn from its latency (what

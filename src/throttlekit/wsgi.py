@@ -26,7 +26,6 @@ from ._exchange import (
     POLICIES_KEY,
     Exchange,
     begin,
-    header_policies,
 )
 from ._request import DEFAULT_MAX_FORM_BYTES, RequestView, view_of_environ
 from ._responder import RESPONDER_KINDS, VERDICT_KEY, Entry, resolve_options, status_line
@@ -153,8 +152,10 @@ class WSGIMiddleware(Entry):
                 except (ValueError, IndexError, AttributeError):
                     code = 500
                 ex.respond(code, headers)
-            if policies is not None:
-                found = header_policies(environ, policies)
+            if policies is not None and not environ.get(DENIED_KEY):
+                # header_policies, inlined (every admitted request pays it)
+                inner = environ.get(POLICIES_KEY)
+                found = [*policies, *inner] if inner else policies
                 if found:
                     headers = [*headers, *rate_limit_headers(found, style)]
             write = start_response(status, headers, exc_info)
