@@ -208,17 +208,20 @@ class _Settled:
 class _Released:
     """The app's response iterable when the request holds only an admission slot (no
     ``count_when`` to charge, no lease): the slot goes back when the body is sent or the
-    server closes the response, whichever comes first (release is idempotent)."""
+    server closes the response, whichever comes first (once)."""
 
     __slots__ = ("result", "ticket")
 
     def __init__(self, result: Iterable[bytes], ticket: Ticket) -> None:
         self.result = result
-        self.ticket = ticket
+        self.ticket: Ticket | None = ticket
 
     def __iter__(self) -> Iterator[bytes]:
         yield from self.result
-        self.ticket.release()
+        ticket = self.ticket
+        if ticket is not None:
+            self.ticket = None
+            ticket.release()
 
     def close(self) -> None:
         try:
@@ -226,4 +229,7 @@ class _Released:
             if close is not None:
                 close()
         finally:
-            self.ticket.release()
+            ticket = self.ticket
+            if ticket is not None:
+                self.ticket = None
+                ticket.release()
