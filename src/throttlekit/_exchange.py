@@ -250,17 +250,24 @@ async def serve_asgi(
     """Serve an admitted ``http`` request. ``own``: the policies of the outermost entry
     (None: not the outermost, or no header fields on allowed responses), whose header set
     (:func:`header_policies`, taken when the response starts, so that policies recorded
-    inside the app count) is added to the response. With an exchange, the response is
-    recorded and the exchange ended however the app ends (an exception or a cancellation:
-    status 500)."""
-    if ex is None and own is None:
-        await app(scope, receive, send)
+    inside the app count) is added to the response. With an exchange, the exchange is
+    ended however the app ends (an exception or a cancellation: status 500), and the
+    response's status and headers are recorded when ``count_when`` charges wait on them."""
+    # the response is recorded only for count_when charges (a slot or a lease alone needs
+    # only the end of the response)
+    record = ex is not None and bool(ex.verdict.pending)
+    if own is None and not record:
+        if ex is None:
+            await app(scope, receive, send)
+            return
+        async with ex:
+            await app(scope, receive, send)
         return
 
     async def wrapped(message: Message) -> None:
         if message["type"] == "http.response.start":
             raw = message.get("headers") or []
-            if ex is not None:
+            if record and ex is not None:
                 ex.respond(message.get("status", 500), decode_headers(raw))
             found = header_policies(scope, own) if own is not None else None
             if found:
