@@ -145,7 +145,10 @@ def _middleware(kind: str) -> Callable[[], None]:
     if kind != "bare":
         limiter = Limiter()  # the wall clock, as in production (a FakeClock is a Python call)
         limiter.throttle("per-ip", "100000/second", strategy="token_bucket")
-        if kind != "throttle":
+        if kind == "admitted":  # no monitor: what the instruction count measures
+            limiter.admission(thresholds=(0.5, 1.0), initial_limit=40)
+            Standing(limiter, when=lambda: False, min_requests=2, min_age=0.001)
+        elif kind != "throttle":
             # the traffic comes in bursts (one setup at a time), which after the detector's
             # warm-up looks like a surge: no rate is an anomaly here (the fast path is
             # measured; the detector counts every request all the same)
@@ -171,7 +174,7 @@ def _middleware(kind: str) -> Callable[[], None]:
 
     for _ in range(5000):  # every client seen 5 times: known, the monitor warm
         request()
-    if kind == "protected":
+    if kind in ("protected", "admitted"):
         assert len(limiter.engine.standing or ()) == len(CLIENTS)
     return request
 
@@ -225,3 +228,15 @@ def test_cost_target(target):
         f"and standing {ratio:.2f} (target <= {TARGET}); against the lone throttle {alone:.2f}"
     )
     target.at_most("admission + standing added cost / without them", ratio, TARGET)
+
+
+if __name__ == "__main__":
+    # Instruction counts (a monitor's work depends on the wall clock, so the setups counted
+    # are "throttle" and "admitted", without one): only the requests inside reduce count.
+    #   valgrind --tool=callgrind --collect-atstart=no \
+    #       --toggle-collect='*functools_reduce*' python benchmarks/bench_admission.py KIND N
+    import functools
+    import sys
+
+    serve = _middleware(sys.argv[1])
+    functools.reduce(lambda _, __: serve(), range(int(sys.argv[2])), None)
