@@ -120,26 +120,27 @@ class Ticket:
     code that finishes that request, not from two threads at once.
     """
 
-    __slots__ = ("_limit", "start")
+    __slots__ = ("owner", "start")
 
     def __init__(self, limit: AdaptiveLimit, start: float) -> None:
-        self._limit: AdaptiveLimit | None = limit
+        #: the limit the slot belongs to; None once given back
+        self.owner: AdaptiveLimit | None = limit
         #: the clock's time at admission
         self.start = start
 
     def release(self, dropped: bool = False) -> None:
         """Give the slot back; its latency is measured now. ``dropped``: the request timed
         out or failed from overload (the limit comes down)."""
-        limit = self._limit
+        limit = self.owner
         if limit is not None:
-            self._limit = None
+            self.owner = None
             limit.record(self.start, dropped)
 
     def cancel(self) -> None:
         """Give the slot back unused (the request was refused after all): nothing learnt."""
-        limit = self._limit
+        limit = self.owner
         if limit is not None:
-            self._limit = None
+            self.owner = None
             limit.give_back()
 
 
@@ -295,7 +296,7 @@ class AdaptiveLimit:
         finally:
             lock.release()
         ticket = _new_ticket(Ticket)  # not Ticket(...): a Python __init__ is a third of the cost
-        ticket._limit = self
+        ticket.owner = self
         ticket.start = self.clock()
         return ticket
 
