@@ -41,7 +41,7 @@ _new = tuple.__new__
 class AdmissionStep:
     """One worker's admission control, as the pipeline runs it."""
 
-    __slots__ = ("admission", "dry_run", "engine", "priority", "top")
+    __slots__ = ("admission", "dry_run", "engine", "priority", "top", "try_acquire")
 
     def __init__(
         self, engine: Engine, *, priority: Callable[[RequestView], Any] | None,
@@ -63,21 +63,26 @@ class AdmissionStep:
         ))
         #: the highest priority level: known clients' during an anomaly (Standing)
         self.top = len(self.admission.limit.thresholds) - 1
+        #: ``admission.try_acquire``, bound once (the limit's own method: no call between)
+        self.try_acquire = self.admission.try_acquire
 
     def admit(self, verdict: Verdict, known: bool = False) -> tuple[Verdict, Ticket | None]:
         """A slot for an allowed request, or its refusal (503, ``kind="shed"``); in dry run,
         the request goes on without a slot and the refusal is only reported (event).
         ``known``: the client has standing (``Standing.seen``): the highest level."""
-        view = verdict.request
         if known:
             level = self.top  # shed last
-        elif self.priority is not None:
-            level = self._level(self.priority, view)
-        else:
+        elif self.priority is None:
             level = 0
-        ticket = self.admission.try_acquire(level)
+        else:
+            level = self._level(self.priority, verdict.request)
+        ticket = self.try_acquire(level)
         if ticket is not None:
             return verdict, ticket
+        return self._shed(verdict, level)
+
+    def _shed(self, verdict: Verdict, level: int) -> tuple[Verdict, Ticket | None]:
+        view = verdict.request
         adm = self.admission
         retry = adm.retry_after(level)
         limit = max(1, adm.limit.limit)

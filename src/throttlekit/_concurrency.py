@@ -35,6 +35,7 @@ import math
 import os
 import time
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from ._decision import Decision
@@ -76,21 +77,20 @@ def lease_key(rule: str, disc: str) -> str:
     return f"{_NS}{escape_name(rule)}:{disc}"
 
 
+@dataclass(slots=True)
 class _ConcRule:
-    __slots__ = ("key", "key_name", "limit", "match", "name", "prefix", "retry_after",
-                 "timeout")
+    name: str
+    limit: int
+    key: Callable[[RequestView], Any]
+    key_name: str
+    match: Callable[[RequestView], Any] | None
+    timeout: float
+    retry_after: float
+    #: the storage keys of its leases are ``prefix + discriminator``
+    prefix: str = field(init=False)
 
-    def __init__(self, name: str, limit: int, key: Callable[[RequestView], Any],
-                 key_name: str, match: Callable[[RequestView], Any] | None, timeout: float,
-                 retry_after: float) -> None:
-        self.name = name
-        self.limit = limit
-        self.key = key
-        self.key_name = key_name
-        self.match = match
-        self.timeout = timeout
-        self.retry_after = retry_after
-        self.prefix = f"{_NS}{escape_name(name)}:"
+    def __post_init__(self) -> None:
+        self.prefix = f"{_NS}{escape_name(self.name)}:"
 
 
 class _Shedding:

@@ -159,6 +159,8 @@ def begin(limiter: Limiter, verdict: Verdict, lease: bool = True
     held = None
     if conc is not None:
         verdict, held = conc.acquire(verdict)
+    elif ticket is not None:  # the common case with admission control: a slot, no lease
+        return verdict, Exchange(limiter, verdict, None, ticket)
     return _exchange(limiter, verdict, held, ticket)
 
 
@@ -169,45 +171,42 @@ async def abegin(limiter: Limiter, verdict: Verdict, lease: bool = True
     held = None
     if conc is not None:
         verdict, held = await conc.aacquire(verdict)
+    elif ticket is not None:
+        return verdict, Exchange(limiter, verdict, None, ticket)
     return _exchange(limiter, verdict, held, ticket)
 
 
 def _before_lease(limiter: Limiter, verdict: Verdict, lease: bool
                   ) -> tuple[Verdict, Ticket | None, ConcurrencyRules | None]:
-    """The steps before the lease (:func:`_admit`), and the concurrency rules to lease
-    from, None when there is nothing to lease (refused, disabled, or an outer entry
-    holds the leases)."""
-    engine = limiter.engine
-    if not (lease and engine.enabled and verdict.allowed):
-        standing = engine.standing
-        if standing is not None and lease and verdict.kind in _MISBEHAVED:
-            view = verdict.request
-            if view is not None:
-                standing.refused(view)  # a client refused by the rules loses its standing
-        return verdict, None, None
-    verdict, ticket = _admit(limiter, verdict)
-    return verdict, ticket, engine.concurrency if verdict.allowed else None
-
-
-def _admit(limiter: Limiter, verdict: Verdict) -> tuple[Verdict, Ticket | None]:
     """The steps before the lease: the challenge (``Limiter.challenge``: the request goes
     on, or gets its answer), then admission (``Limiter.admission``: a slot, or the refusal
-    that sheds it). Safelisted requests meet neither."""
-    if verdict.kind == "safelisted":
-        return verdict, None
+    that sheds it); and the concurrency rules to lease from, None when there is nothing to
+    lease (refused, disabled, or an outer entry holds the leases). Safelisted requests
+    meet neither challenge nor admission."""
+    engine = limiter.engine
     view = verdict.request
-    mark = view.raw.get(CHALLENGE_KEY) if view is not None else None
-    if mark is not None and mark.step.engine is limiter.engine:
-        verdict = mark.step.take(verdict, mark)
-        if not verdict.allowed:
-            return verdict, None
-    standing = limiter.engine.standing
-    # history for the client's standing, and whether it is known (Standing)
-    known = standing is not None and view is not None and standing.seen(view)
-    step = limiter.engine.admission
+    if not (lease and engine.enabled and verdict.allowed):
+        standing = engine.standing
+        if standing is not None and lease and view is not None and verdict.kind in _MISBEHAVED:
+            standing.refused(view)  # a client refused by the rules loses its standing
+        return verdict, None, None
+    if verdict.kind == "safelisted":
+        return verdict, None, engine.concurrency
+    known = False
+    if view is not None:
+        mark = view.raw.get(CHALLENGE_KEY)
+        if mark is not None and mark.step.engine is engine:
+            verdict = mark.step.take(verdict, mark)
+            if not verdict.allowed:
+                return verdict, None, None
+        standing = engine.standing
+        # history for the client's standing, and whether it is known (Standing)
+        known = standing is not None and standing.seen(view)
+    step = engine.admission
     if step is None:
-        return verdict, None
-    return step.admit(verdict, known)
+        return verdict, None, engine.concurrency
+    verdict, ticket = step.admit(verdict, known)
+    return verdict, ticket, engine.concurrency if verdict.allowed else None
 
 
 def _exchange(limiter: Limiter, verdict: Verdict, held: Lease | None, ticket: Ticket | None
@@ -251,17 +250,24 @@ async def serve_asgi(
     """Serve an admitted ``http`` request. ``own``: the policies of the outermost entry
     (None: not the outermost, or no header fields on allowed responses), whose header set
     (:func:`header_policies`, taken when the response starts, so that policies recorded
-    inside the app count) is added to the response. With an exchange, the response is
-    recorded and the exchange ended however the app ends (an exception or a cancellation:
-    status 500)."""
-    if ex is None and own is None:
-        await app(scope, receive, send)
+    inside the app count) is added to the response. With an exchange, the exchange is
+    ended however the app ends (an exception or a cancellation: status 500), and the
+    response's status and headers are recorded when ``count_when`` charges wait on them."""
+    # the response is recorded only for count_when charges (a slot or a lease alone needs
+    # only the end of the response)
+    record = ex is not None and bool(ex.verdict.pending)
+    if own is None and not record:
+        if ex is None:
+            await app(scope, receive, send)
+            return
+        async with ex:
+            await app(scope, receive, send)
         return
 
     async def wrapped(message: Message) -> None:
         if message["type"] == "http.response.start":
             raw = message.get("headers") or []
-            if ex is not None:
+            if record and ex is not None:
                 ex.respond(message.get("status", 500), decode_headers(raw))
             found = header_policies(scope, own) if own is not None else None
             if found:

@@ -232,14 +232,14 @@ class Standing:
         now = self.clock()
         if now >= self._flush_at and self._queue:
             self._flush(now)
-        when = self._when
-        anomaly = self._anomaly if when is None else self.active()
         until = self._known.get(key)
-        if until is not None and until > now:
-            if not anomaly and until - now < self._renew:
+        if until is not None and until > now:  # known (the common case: no anomaly asked)
+            if until - now < self._renew and not (
+                    self._anomaly if self._when is None else self.active()):
                 self._promote(key, now)
             return not self.dry_run
-        if anomaly:  # nothing counts: a flood cannot earn standing
+        # during an anomaly nothing counts: a flood cannot earn standing
+        if self._anomaly if self._when is None else self.active():
             return self.known(view)
         if until is not None:  # expired: earned again from the start
             self._known.pop(key, None)

@@ -26,7 +26,6 @@ from ._exchange import (
     Exchange,
     Policies,
     begin,
-    header_policies,
 )
 from ._request import DEFAULT_MAX_FORM_BYTES, RequestView, build_view
 from ._responder import RESPONDER_KINDS, VERDICT_KEY, Entry, resolve_options, status_line
@@ -36,6 +35,7 @@ from ._responses import rate_limit_headers
 if TYPE_CHECKING:
     from _typeshed.wsgi import StartResponse, WSGIApplication, WSGIEnvironment
 
+    from ._admission import Ticket
     from ._decision import Decision
 
 __all__ = ["RESPONDER_KINDS", "VERDICT_KEY", "Responder", "WSGIMiddleware", "resolve_options"]
@@ -128,30 +128,39 @@ class WSGIMiddleware(Entry):
         """Run the app, then charge the count_when rules by the response's status and
         release the concurrency lease (when the server closes the response)."""
         style = self.style
+        pending = ex.verdict.pending  # count_when to charge: the response is recorded
 
         def recording(status: str, headers: list[tuple[str, str]], exc_info: Any = None
                       ) -> Callable[[bytes], object]:
-            try:
-                code = int(status.split(None, 1)[0])
-            except (ValueError, IndexError, AttributeError):
-                code = 500
-            ex.respond(code, headers)
-            if policies is not None:
-                found = header_policies(environ, policies)
+            if pending:
+                try:
+                    code = int(status.split(None, 1)[0])
+                except (ValueError, IndexError, AttributeError):
+                    code = 500
+                ex.respond(code, headers)
+            if policies is not None and not environ.get(DENIED_KEY):
+                # header_policies, inlined (every admitted request pays it)
+                inner = environ.get(POLICIES_KEY)
+                found = [*policies, *inner] if inner else policies
                 if found:
                     headers = [*headers, *rate_limit_headers(found, style)]
             write = start_response(status, headers, exc_info)
             # Charge count_when rules as soon as the status is known: some servers and
             # test clients never close the response iterable. (settle is idempotent.)
-            ex.settle()
+            if pending:
+                ex.settle()
             return write
 
         try:
-            result = self.app(environ, recording)
+            result = self.app(environ, recording if pending or policies is not None
+                              else start_response)
         except BaseException:
             ex.end(failed=True)
             raise
-        return _Settled(result, ex)
+        ticket = ex.ticket
+        if pending or ex.lease is not None or ticket is None:
+            return _Settled(result, ex)
+        return _Released(result, ticket)  # only an admission slot: nothing to record
 
 
 class _Settled:
@@ -180,3 +189,33 @@ class _Settled:
                 close()
         finally:
             self.ex.end()
+
+
+class _Released:
+    """The app's response iterable when the request holds only an admission slot (no
+    ``count_when`` to charge, no lease): the slot goes back when the body is sent or the
+    server closes the response, whichever comes first (once)."""
+
+    __slots__ = ("result", "ticket")
+
+    def __init__(self, result: Iterable[bytes], ticket: Ticket) -> None:
+        self.result = result
+        self.ticket: Ticket | None = ticket
+
+    def __iter__(self) -> Iterator[bytes]:
+        yield from self.result
+        ticket = self.ticket
+        if ticket is not None:
+            self.ticket = None
+            ticket.release()
+
+    def close(self) -> None:
+        try:
+            close = getattr(self.result, "close", None)
+            if close is not None:
+                close()
+        finally:
+            ticket = self.ticket
+            if ticket is not None:
+                self.ticket = None
+                ticket.release()
