@@ -77,3 +77,28 @@ def test_a_tag_only_probed_is_forgotten_and_its_rate_counts_afresh() -> None:
     assert [d.remaining for d in res.decisions] == [1]
     assert store.apply([Check(alg, "bob", 1)], now=now).decisions[0].remaining == 0
     assert not store.apply([Check(alg, "bob", 1)], now=now).decisions[0].allowed
+
+
+def test_a_bound_batch_refused_late_charges_none_of_its_checks() -> None:
+    """The one-pass batch (checks on distinct states) charges each check as it allows and
+    puts them back when a later one refuses: a fresh key is not left behind, a counted
+    one keeps its count, whichever tier the store moved it to meanwhile."""
+    for max_keys in (1000, 3):
+        store = MemoryStorage(max_keys=max_keys)
+        now = 1_700_000_000_000_000
+        roomy, counted, tight = (make_algorithm("fixed_window", Rate(n, 60.0))
+                                 for n in (10, 5, 1))
+        batch = store.bind_batch([(roomy,), (counted,), (tight,)], "p:")
+        assert [d.remaining for d in batch(["old", "old", "x"], [1, 1, 1], now)] == [9, 4, 0]
+        got = batch(["new", "old", "x"], [1, 1, 1], now)  # the last one refuses
+        assert [d.allowed for d in got] == [True, True, False]
+        left = store.apply([Check(roomy, "p:new", 0), Check(counted, "p:old", 0)],
+                           consume=False, now=now).decisions
+        assert [d.remaining for d in left] == [10, 4], max_keys
+        middle = store.bind_batch([(roomy,), (tight,), (counted,)], "p:")
+        got = middle(["new", "x", "old"], [1, 1, 1], now)  # refused in the middle
+        assert [d.allowed for d in got] == [True, False, True]
+        assert [d.remaining for d in got] == [9, 0, 3]  # decided, none charged
+        left = store.apply([Check(roomy, "p:new", 0), Check(counted, "p:old", 0)],
+                           consume=False, now=now).decisions
+        assert [d.remaining for d in left] == [10, 4], max_keys

@@ -36,6 +36,7 @@ from urllib.parse import parse_qsl, urlsplit
 from .._algorithms import Algorithm, SlidingLog
 from .._decision import Decision
 from .._errors import ConfigError
+from ._memory_batch import distinct_batch
 from .base import BatchResult, Block, BoundBatch, BoundHit, Check, Storage
 
 __all__ = ["DEFAULT_MAX_KEYS", "MemoryStorage"]
@@ -283,11 +284,15 @@ class MemoryStorage(Storage):
                 (alg, self._tag(alg) + prefix, alg.__class__ is SlidingLog, i)
                 for i, algs in enumerate(frozen) for alg in algs
             )
-            self._held[batch] = tuple({self._tag(alg) for algs in frozen for alg in algs})
+            tags = {self._tag(alg) for algs in frozen for alg in algs}
+            bound = batch
+            if len(tags) == len(plan) and not any(log for _, _, log, _ in plan):
+                bound = distinct_batch(self._refs(), plan)  # one pass (the common batch)
+            self._held[bound] = tuple(tags)
             if len(self._batches) >= _BOUND_CACHE:
                 self._batches.clear()
-            self._batches[frozen, prefix] = batch
-        return batch
+            self._batches[frozen, prefix] = bound
+        return bound
 
     def make_hit(self, algorithm: Algorithm) -> BoundHit:
         """Deprecated: use ``bind`` (the same function)."""
