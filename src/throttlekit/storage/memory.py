@@ -197,10 +197,18 @@ class MemoryStorage(Storage):
         given = prefix
         time_ns = time.time_ns
 
+        last: tuple[str | None, str] = (None, "")  # the last key and its storage key
+
         def hit(key: str, cost: int, now: int | None) -> Decision:
+            nonlocal last
             if now is None:
                 now = time_ns() // 1000 if wall else int(clock() * 1_000_000)
-            k = prefix + key
+            seen = last  # (one tuple: a racing call never reads half of another's)
+            if key == seen[0]:  # a hot key: its storage key made and hashed once
+                k = seen[1]
+            else:
+                k = prefix + key
+                last = (key, k)
             acquire()  # bound acquire/release: half the cost of `with lock` here
             try:
                 state = get(k)
