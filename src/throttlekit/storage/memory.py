@@ -25,6 +25,7 @@ import itertools
 import threading
 import time
 import warnings
+import weakref
 from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from heapq import heapify, heappop, heappush
@@ -35,6 +36,7 @@ from urllib.parse import parse_qsl, urlsplit
 from .._algorithms import Algorithm, SlidingLog
 from .._decision import Decision
 from .._errors import ConfigError
+from ._memory_batch import distinct_batch
 from .base import BatchResult, Block, BoundBatch, BoundHit, Check, Storage
 
 if TYPE_CHECKING:
@@ -51,6 +53,9 @@ _INF = float("inf")
 _RECLAIM_BLOCKS = 8
 #: bound hits kept (see ``bind``); past it the cache starts afresh
 _BOUND_CACHE = 1024
+#: algorithm ids tagged before tags without a live state or a bound hit are dropped (at
+#: least; the bound grows with the store: see ``_sweep_tags``)
+_TAGS_FLOOR = 1024
 _CHARGE_LATER: Any = object()
 _new = tuple.__new__
 #: see MemoryStorage._refs
@@ -92,6 +97,12 @@ class MemoryStorage(Storage):
         self._algorithms: dict[str, Algorithm] = {}
         self._tags: dict[str, str] = {}
         self._tag_numbers = itertools.count()
+        #: the tags each bound hit or batch holds (for as long as it lives), and how many
+        #: tags may be held before ``_insert`` sweeps those no longer in use
+        self._held: weakref.WeakKeyDictionary[Callable[..., Any], tuple[str, ...]] = (
+            weakref.WeakKeyDictionary())
+        self._tags_limit = _TAGS_FLOOR
+        self._tags_mark = 0  # the first tag number made after the last sweep
         self._blocks: dict[str, Block] = {}
         self.local_blocks = MappingProxyType(self._blocks)
         #: (expires_at, key) of blocks with an expiry; stale entries are skipped
@@ -146,11 +157,37 @@ class MemoryStorage(Storage):
                 lock.acquire, lock.release, self._insert, clock, clock is time.time)
 
     def _tag(self, algorithm: Algorithm) -> str:
-        """The prefix of ``algorithm``'s states: a tag of its id and ``|``."""
+        """The prefix of ``algorithm``'s states: a tag of its id and ``|`` (the lock is
+        held: ``_sweep_tags`` may drop a tag nothing uses)."""
         tag = self._tags.get(algorithm.id)
-        if tag is None:  # (no lock: setdefault and next are atomic, and apply holds it)
-            tag = self._tags.setdefault(algorithm.id, f"{next(self._tag_numbers):x}|")
+        if tag is None:
+            tag = self._tags[algorithm.id] = f"{next(self._tag_numbers):x}|"
         return tag
+
+    def _sweep_tags(self) -> None:
+        """Forget the tags (and their latest algorithm) that no state and no living bound
+        hit or batch uses, so distinct rates made without end (a rate per request, say)
+        do not grow the store. Called by ``_insert`` (the lock is held) when more than
+        ``_tags_limit`` ids are tagged; O(keys), so the limit grows with the store: at
+        least twice the tags in use and a 64th of the keys (amortised O(64) a new tag).
+        Tags are dicts mutated in place (``apply`` holds ``_tags``), never renumbered: a
+        tag in use keeps its id's states; a tag made since the last sweep is kept (the
+        ``apply`` that made it may be about to store under it)."""
+        mark, self._tags_mark = self._tags_mark, next(self._tag_numbers)
+        data, protected = self._data, self._protected
+        used = {k[: k.index("|") + 1] for k in data}
+        used.update(k[: k.index("|") + 1] for k in protected)
+        for held in list(self._held.values()):
+            used.update(held)
+        tags = self._tags
+        for aid in [aid for aid, tag in tags.items()
+                    if tag not in used and int(tag[:-1], 16) < mark]:
+            del tags[aid]
+        algorithms = self._algorithms
+        for tag in [tag for tag in algorithms if tag + "|" not in used and int(tag, 16) < mark]:
+            del algorithms[tag]
+        self._tags_limit = max(_TAGS_FLOOR, 2 * len(tags),
+                               (len(data) + len(protected)) // 64)
 
     def bind(self, algorithm: Algorithm, prefix: str = "") -> BoundHit:
         """``hit`` specialised for one algorithm, every lookup bound: one lock, one dict
@@ -164,13 +201,21 @@ class MemoryStorage(Storage):
             return bound
         data, get, touch, protected, revive, acquire, release, insert, clock, wall = self._refs()
         decide = algorithm.hit
-        prefix = self._tag(algorithm) + prefix
+        given = prefix
         time_ns = time.time_ns
 
+        last: tuple[str | None, str] = (None, "")  # the last key and its storage key
+
         def hit(key: str, cost: int, now: int | None) -> Decision:
+            nonlocal last
             if now is None:
                 now = time_ns() // 1000 if wall else int(clock() * 1_000_000)
-            k = prefix + key
+            seen = last  # (one tuple: a racing call never reads half of another's)
+            if key == seen[0]:  # a hot key: its storage key made and hashed once
+                k = seen[1]
+            else:
+                k = prefix + key
+                last = (key, k)
             acquire()  # bound acquire/release: half the cost of `with lock` here
             try:
                 state = get(k)
@@ -189,9 +234,13 @@ class MemoryStorage(Storage):
                 release()
             return decision
 
-        if len(cache) >= _BOUND_CACHE:  # callers that make an algorithm per call
-            cache.clear()
-        cache[ckey] = hit
+        with self._lock:  # the tag is held while this hit lives (see _sweep_tags)
+            tag = self._tag(algorithm)
+            prefix = tag + given
+            self._held[hit] = (tag,)
+            if len(cache) >= _BOUND_CACHE:  # callers that make an algorithm per call
+                cache.clear()
+            cache[ckey] = hit
         return hit
 
     def bind_batch(self, groups: Sequence[Sequence[Algorithm]], prefix: str = "") -> BoundBatch:
@@ -202,11 +251,6 @@ class MemoryStorage(Storage):
         bound = self._batches.get((frozen, prefix))
         if bound is not None:
             return bound
-        # one flat entry per check: (algorithm, storage prefix, is a sliding log, group)
-        plan = tuple(
-            (alg, self._tag(alg) + prefix, alg.__class__ is SlidingLog, i)
-            for i, algs in enumerate(frozen) for alg in algs
-        )
         data, get, touch, protected, revive, acquire, release, insert, clock, wall = self._refs()
         time_ns = time.time_ns
 
@@ -249,10 +293,21 @@ class MemoryStorage(Storage):
                 release()
             return decisions
 
-        if len(self._batches) >= _BOUND_CACHE:
-            self._batches.clear()
-        self._batches[frozen, prefix] = batch
-        return batch
+        with self._lock:  # its tags are held while it lives (see _sweep_tags)
+            # one flat entry per check: (algorithm, storage prefix, is a sliding log, group)
+            plan = tuple(
+                (alg, self._tag(alg) + prefix, alg.__class__ is SlidingLog, i)
+                for i, algs in enumerate(frozen) for alg in algs
+            )
+            tags = {self._tag(alg) for algs in frozen for alg in algs}
+            bound = batch
+            if len(tags) == len(plan) and not any(log for _, _, log, _ in plan):
+                bound = distinct_batch(self._refs(), plan)  # one pass (the common batch)
+            self._held[bound] = tuple(tags)
+            if len(self._batches) >= _BOUND_CACHE:
+                self._batches.clear()
+            self._batches[frozen, prefix] = bound
+        return bound
 
     def make_hit(self, algorithm: Algorithm) -> BoundHit:
         """Deprecated: use ``bind`` (the same function)."""
@@ -367,6 +422,8 @@ class MemoryStorage(Storage):
             del data[oldest]
         if len(data) + len(self._protected) > self.max_keys:
             self._evict(now)
+        if len(self._tags) > self._tags_limit:
+            self._sweep_tags()
 
     def _revive(self, k: str) -> Any:
         """The state of ``k`` if it is protected, moved back to the ordinary tier (it is in

@@ -1,0 +1,87 @@
+"""The memory store's bound batch when its checks are on distinct states (see
+``MemoryStorage.bind_batch``): each check decided and charged in one pass, the charges
+undone if one refuses.
+
+Every check of such a batch reads a state no other check of it writes (no two checks share
+an algorithm id, and none is a sliding log, whose hit appends in place), so charging a
+check as soon as it allows decides the next ones as deciding them all first would; the
+common batch, where every check allows, then pays one pass and no staging. A refusal
+puts back the states charged before it and decides the rest without charging: all or
+nothing, as the two-pass batch.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from typing import Any
+
+from .._algorithms import Algorithm
+from .._decision import Decision
+from .base import BoundBatch
+
+__all__ = ["distinct_batch"]
+
+#: (algorithm, storage prefix, is a sliding log, group) per check
+Entry = tuple[Algorithm, str, bool, int]
+
+
+def distinct_batch(refs: tuple[Any, ...], plan: tuple[Entry, ...]) -> BoundBatch:
+    """The one-pass batch of ``plan`` on the store whose ``_refs()`` are ``refs``."""
+    data, get, touch, protected, revive, acquire, release, insert, clock, wall = refs
+    time_ns = time.time_ns
+
+    def batch(keys: Sequence[str], costs: Sequence[int], now: int | None) -> list[Decision]:
+        if now is None:
+            now = time_ns() // 1000 if wall else int(clock() * 1_000_000)
+        decisions: list[Decision] = []
+        olds: list[Any] = []  # each check's state before it was charged
+        acquire()
+        try:
+            for alg, prefix, _, i in plan:
+                k = prefix + keys[i]
+                cost = costs[i]
+                s = get(k)
+                if s is None and protected:
+                    s = revive(k)
+                new, d = alg.hit(s, now, cost)
+                decisions.append(d)
+                if not d.allowed:
+                    _refused(refs, plan, keys, costs, now, decisions, olds)
+                    break
+                olds.append(s)
+                if cost:
+                    if s is None:
+                        insert(k, new, alg, now)
+                    else:
+                        data[k] = new
+                        touch(k)
+        finally:
+            release()
+        return decisions
+
+    return batch
+
+
+def _refused(refs: tuple[Any, ...], plan: tuple[Entry, ...], keys: Sequence[str],
+             costs: Sequence[int], now: int, decisions: list[Decision],
+             olds: list[Any]) -> None:
+    """A check refused (the last of ``decisions``): put back the states charged before it
+    and decide the checks after it, charging nothing (the lock is held)."""
+    data, get, _, protected, revive = refs[:5]
+    refused = len(olds)
+    for n, s in enumerate(olds):
+        _, prefix, _, i = plan[n]
+        if costs[i]:
+            k = prefix + keys[i]
+            # (a later check's insert may have moved it to the protected tier)
+            if data.pop(k, None) is None and protected:
+                protected.pop(k, None)
+            if s is not None:
+                data[k] = s
+    for alg, prefix, _, i in plan[refused + 1:]:
+        k = prefix + keys[i]
+        s = get(k)
+        if s is None and protected:
+            s = revive(k)
+        decisions.append(alg.peek(s, now, costs[i]))
