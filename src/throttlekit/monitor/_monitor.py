@@ -246,16 +246,17 @@ class Monitor:
 
     def __call__(self, event: Any) -> None:
         """Count one :class:`throttlekit.Event` (the limiter calls this)."""
-        # attributes, not an unpack: anything shaped like an Event can be fed by hand
-        at = event.at
-        rule = event.rule
-        ck = (rule, event.kind, event.dry_run)
+        try:  # one unpack: an Event's attributes are each a descriptor call
+            kind, rule, key, request, _, dry_run, at = event
+        except (TypeError, ValueError):  # anything shaped like an Event, fed by hand
+            kind, rule, key, request, dry_run, at = (
+                event.kind, event.rule, event.key, event.request, event.dry_run, event.at)
+        ck = (rule, kind, dry_run)
         counts = self._counts
         try:
             counts[ck] += 1
         except KeyError:
             counts[ck] = 1
-        request = event.request
         if request is not self._last_request:
             self._last_request = request
             self.requests += 1
@@ -277,10 +278,8 @@ class Monitor:
                 if scope is None:
                     return
             scope.hit(at)
-            if request is self._sample_of:
-                key = event.key
-                if key is not None:
-                    scope.hitters.add(key, at, self._sampler.every)
+            if request is self._sample_of and key is not None:
+                scope.hitters.add(key, at, self._sampler.every)
 
     def _sampled(self, request: Any, at: float) -> None:
         """A sampled request: its dimensions counted ``every`` times; the next drawn."""

@@ -172,15 +172,7 @@ class WindowedTopK:
         """Count ``n`` occurrences of ``key`` at time ``now`` (seconds)."""
         if now >= self._end:
             self._roll(now)
-        # SpaceSaving.add inlined for a known key (the common case): one call per count
-        cur = self._cur
-        counts = cur.counts
-        c = counts.get(key)
-        if c is None:
-            cur.insert(key, n)
-        else:
-            counts[key] = c + n
-            cur.total += n
+        self._cur.add(key, n)  # (a caller counting a key a request defers it: pending)
 
     def current(self, now: float) -> tuple[SpaceSaving, float]:
         """The summary counting ``now``'s bucket (rolled over if ``now`` is past it) and
