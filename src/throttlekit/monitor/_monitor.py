@@ -225,8 +225,7 @@ class Monitor:
         self._publish_retry = -math.inf
         self._publishing = publish and limiter is not None
         if limiter is not None:
-            # its bound __call__: a call the interpreter specialises (an instance's is not)
-            limiter.on(self.__call__)
+            limiter.on(self.__call__)  # bound: a call the interpreter specialises
             _store.register(self)
 
     @property
