@@ -144,3 +144,28 @@ def test_monitor_and_cli_import_no_optional_library():
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                          check=True, env=env)
     assert out.stdout.strip() == "ok"
+
+
+@given(st.lists(st.lists(st.integers(0, 30), max_size=40), min_size=1, max_size=30),
+       st.integers(1, 6), st.integers(0, 3))
+def test_pending_keys_count_as_adds_one_by_one(chunks, capacity, step):
+    """Keys appended to ``pending`` (what the Monitor does per request) and folded on the
+    next read or roll give the same counts, floors and totals as ``add`` one by one, cuts
+    included; time moves ``step`` buckets between chunks."""
+    deferred, direct = WindowedTopK(4, 1, capacity), WindowedTopK(4, 1, capacity)
+    now = 100.0
+    for chunk in chunks:
+        now += step
+        deferred.current(now)  # the caller keeps the time moving (the monitor's tick)
+        direct.current(now)
+        for key in chunk:
+            deferred.pending.append(key)
+            direct.add(key, now)
+        if step == 2:  # a read in the middle of a bucket folds too
+            assert deferred.merged(now) == direct.merged(now)
+    assert deferred.merged(now) == direct.merged(now)
+    assert deferred.error(now) == direct.error(now)
+    assert deferred.total(now) == direct.total(now)
+    assert deferred.pending == []
+    assert [(s, c.counts, c.floor) for s, c in deferred.closed(0, now + 1)] == [
+        (s, c.counts, c.floor) for s, c in direct.closed(0, now + 1)]

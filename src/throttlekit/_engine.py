@@ -255,11 +255,23 @@ class Engine:
         the general path concludes (its events: allowed, throttled, tracked)."""
         if len(planned) == 1:
             rule, disc, cost, _ = planned[0]
-            if rule.hit is not None:
-                decisions = [rule.hit(disc, cost, now)]
-            else:
-                assert rule.batch is not None
-                decisions = rule.batch((disc,), (cost,), now)
+            hit = rule.hit
+            if hit is not None:  # one plain rule of one rate: conclude_throttles' verdict
+                d = hit(disc, cost, now)
+                active = self.listeners.active
+                name = rule.name
+                if not d.allowed:
+                    if "throttled" in active:
+                        self.emit("throttled", name, disc, view, d, False)
+                    return Verdict(False, "throttled", name, disc, d, [(name, d)], False, view)
+                verdict = Verdict(True, "allowed", None, None, d, [(name, d)], False, view)
+                if "allowed" in active:
+                    self.emit("allowed", name, disc, view, d, False)
+                if "tracked" in active:
+                    self.track(view)
+                return verdict
+            assert rule.batch is not None
+            decisions = rule.batch((disc,), (cost,), now)
         else:
             applying = tuple(p[0] for p in planned)
             bound = self._batches.get(applying) or self._bind_batch(applying)

@@ -53,6 +53,8 @@ logger = logging.getLogger("throttlekit.monitor")
 REFUSED = frozenset({"blocked", "banned", "throttled"})
 #: the scope name of all traffic (rule detectors are named after their rule)
 ALL = "*"
+#: client keys waiting to be counted, at most (about: checked on sampled requests)
+FOLD = 1024
 
 
 class Anomaly(NamedTuple):
@@ -185,7 +187,10 @@ class Monitor:
         self._overall_det = self._overall.detector
         self._keep = math.exp(math.log(0.5) * window / self._overall_det.halflife)
         self._overall_hit = self._overall.detector.hit
-        self._talkers_add = self._overall.hitters.add
+        #: the heaviest clients count one key a request: appended, folded in per bucket
+        self._talkers = self._overall.hitters
+        self._talkers_pending = self._talkers.pending
+        self._talkers_defer = self._talkers_pending.append
         self._clients = Dimension(CLIENT, self._overall.hitters, 0)
         self._dims = Dimensions(DIMENSIONS if dimensions is None else dimensions,
                                 window, bucket, dimension_capacity)
@@ -220,7 +225,7 @@ class Monitor:
         self._publish_retry = -math.inf
         self._publishing = publish and limiter is not None
         if limiter is not None:
-            limiter.on(self)
+            limiter.on(self.__call__)  # bound: a call the interpreter specialises
             _store.register(self)
 
     @property
@@ -240,16 +245,17 @@ class Monitor:
 
     def __call__(self, event: Any) -> None:
         """Count one :class:`throttlekit.Event` (the limiter calls this)."""
-        # attributes, not an unpack: anything shaped like an Event can be fed by hand
-        at = event.at
-        rule = event.rule
-        ck = (rule, event.kind, event.dry_run)
+        try:  # one unpack: an Event's attributes are each a descriptor call
+            kind, rule, key, request, _, dry_run, at = event
+        except (TypeError, ValueError):  # anything shaped like an Event, fed by hand
+            kind, rule, key, request, dry_run, at = (
+                event.kind, event.rule, event.key, event.request, event.dry_run, event.at)
+        ck = (rule, kind, dry_run)
         counts = self._counts
         try:
             counts[ck] += 1
         except KeyError:
             counts[ck] = 1
-        request = event.request
         if request is not self._last_request:
             self._last_request = request
             self.requests += 1
@@ -258,7 +264,7 @@ class Monitor:
             self._overall_hit(at)
             client = request.client_key
             if client is not None:
-                self._talkers_add(client, at)
+                self._talkers_defer(client)
             skip = self._skip - 1
             if skip:
                 self._skip = skip
@@ -271,14 +277,14 @@ class Monitor:
                 if scope is None:
                     return
             scope.hit(at)
-            if request is self._sample_of:
-                key = event.key
-                if key is not None:
-                    scope.hitters.add(key, at, self._sampler.every)
+            if request is self._sample_of and key is not None:
+                scope.hitters.add(key, at, self._sampler.every)
 
     def _sampled(self, request: Any, at: float) -> None:
         """A sampled request: its dimensions counted ``every`` times; the next drawn."""
         self._sample_of = request
+        if len(self._talkers_pending) >= FOLD:  # bounded within a bucket as well
+            self._talkers.fold()
         sampler = self._sampler
         self._skip = sampler.gap()
         dims_add = self._dims_add
@@ -309,6 +315,7 @@ class Monitor:
         """Once per bucket of all traffic: the per-client baseline, then the hooks."""
         width = self.bucket
         self._tick_end = (now // width) * width + width
+        self._talkers.current(now)  # the clients of the bucket ending folded in, rolled
         every = self._sampler.adapt(self.requests - self._bucket_mark)
         self._bucket_mark = self.requests
         if self._skip > every:

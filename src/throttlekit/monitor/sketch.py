@@ -17,13 +17,22 @@ keys, whatever the number of distinct keys.
 from __future__ import annotations
 
 from collections import deque
-from collections.abc import Hashable, Iterable
+from collections.abc import Hashable, Iterable, MutableMapping
 from operator import itemgetter
 from typing import Any, TypeVar
 
 from .._errors import ConfigError
 
 __all__ = ["SpaceSaving", "WindowedTopK"]
+
+try:  # C: adds 1 to mapping[key] per key, in one call (what Counter.update uses)
+    from collections import _count_elements  # type: ignore[attr-defined]
+except ImportError:  # pragma: no cover - another interpreter
+    def _count_elements(mapping: MutableMapping[Hashable, int],
+                        keys: Iterable[Hashable]) -> None:
+        get = mapping.get
+        for k in keys:
+            mapping[k] = get(k, 0) + 1
 
 _by_count = itemgetter(1)
 _K = TypeVar("_K", bound=Hashable)
@@ -55,13 +64,14 @@ class SpaceSaving:
             up to twice as many between cuts).
     """
 
-    __slots__ = ("_limit", "capacity", "counts", "floor", "total")
+    __slots__ = ("capacity", "counts", "floor", "limit", "total")
 
     def __init__(self, capacity: int = 256) -> None:
         if isinstance(capacity, bool) or not isinstance(capacity, int) or capacity < 1:
             raise ConfigError(f"capacity must be a positive integer, got {capacity!r}")
         self.capacity = capacity
-        self._limit = 2 * capacity
+        #: keys held at most (a cut brings them back to ``capacity``)
+        self.limit = 2 * capacity
         self.counts: dict[Hashable, int] = {}
         self.floor = 0
         self.total = 0
@@ -83,7 +93,7 @@ class SpaceSaving:
         """Count ``n`` occurrences of a key not held yet (``add``'s slow path, for callers
         that looked the key up in ``counts`` themselves)."""
         counts = self.counts
-        if len(counts) >= self._limit:
+        if len(counts) >= self.limit:
             self._cut()
         counts[key] = self.floor + n
         self.total += n
@@ -121,7 +131,8 @@ class WindowedTopK:
         capacity: keys guaranteed per bucket (see :class:`SpaceSaving`).
     """
 
-    __slots__ = ("_closed", "_cur", "_end", "_start", "bucket", "capacity", "nbuckets", "window")
+    __slots__ = ("_closed", "_cur", "_end", "_start", "bucket", "capacity", "nbuckets", "pending",
+                 "window")
 
     def __init__(self, window: float = 10.0, bucket: float = 1.0, capacity: int = 1024) -> None:
         for name, value in (("window", window), ("bucket", bucket)):
@@ -137,29 +148,44 @@ class WindowedTopK:
         self._start = -float("inf")
         self._end = -float("inf")
         self._closed: deque[tuple[float, SpaceSaving]] = deque(maxlen=self.nbuckets)
+        #: keys counted once each in the current bucket, folded in on the next read or
+        #: roll (:meth:`fold`): a caller counting one key per request appends to this list
+        #: (``pending.append``, one C call) and keeps the time moving with :meth:`current`
+        self.pending: list[Hashable] = []
+
+    def fold(self) -> None:
+        """Count the :attr:`pending` keys into the current bucket, as :meth:`add` would one
+        by one: at once in C while no cut can happen (the common case), else one by one."""
+        pending = self.pending
+        batch = pending[:]  # copied in C: keys appended meanwhile stay pending
+        del pending[:len(batch)]
+        cur = self._cur
+        counts = cur.counts
+        if not cur.floor and len(counts) + len(batch) <= cur.limit:
+            _count_elements(counts, batch)  # no cut, floor 0: a new key starts at 1
+            cur.total += len(batch)
+        else:
+            for key in batch:
+                cur.add(key)
 
     def add(self, key: Hashable, now: float, n: int = 1) -> None:
         """Count ``n`` occurrences of ``key`` at time ``now`` (seconds)."""
         if now >= self._end:
             self._roll(now)
-        # SpaceSaving.add inlined for a known key (the common case): one call per count
-        cur = self._cur
-        counts = cur.counts
-        c = counts.get(key)
-        if c is None:
-            cur.insert(key, n)
-        else:
-            counts[key] = c + n
-            cur.total += n
+        self._cur.add(key, n)  # (a caller counting a key a request defers it: pending)
 
     def current(self, now: float) -> tuple[SpaceSaving, float]:
         """The summary counting ``now``'s bucket (rolled over if ``now`` is past it) and
         the end of that bucket: a caller adding many keys per instant adds them there."""
         if now >= self._end:
             self._roll(now)
+        elif self.pending:
+            self.fold()
         return self._cur, self._end
 
     def _roll(self, now: float) -> None:
+        if self.pending:  # counted before ``now``: the bucket ending
+            self.fold()
         if self._cur.total:
             self._closed.append((self._start, self._cur))
             self._cur = SpaceSaving(self.capacity)
@@ -168,6 +194,8 @@ class WindowedTopK:
         self._end = self._start + width
 
     def _buckets(self, now: float | None, since: float | None) -> list[SpaceSaving]:
+        if self.pending:
+            self.fold()
         if now is None:
             now = self._end if self._end != -float("inf") else 0.0
         lo = now - self.window
@@ -184,6 +212,8 @@ class WindowedTopK:
 
     def closed(self, since: float, before: float) -> list[tuple[float, SpaceSaving]]:
         """The (start, counts) of the buckets starting in ``[since, before)``."""
+        if self.pending:
+            self.fold()
         out = [(start, s) for start, s in list(self._closed) if since <= start < before]
         cur, start = self._cur, self._start
         if since <= start < before and cur.total and all(s is not cur for _, s in out):
@@ -222,10 +252,13 @@ class WindowedTopK:
 
     def size(self) -> int:
         """Keys held in memory right now (bounded by ``nbuckets * 2 * capacity``)."""
+        if self.pending:
+            self.fold()
         return len(self._cur) + sum(len(s) for _, s in list(self._closed))
 
     def clear(self) -> None:
         """Forget everything."""
+        self.pending.clear()
         self._closed.clear()
         self._cur = SpaceSaving(self.capacity)
         self._start = self._end = -float("inf")
