@@ -1,6 +1,7 @@
-"""The memory store's bound batch when its checks are on distinct states (see
-``MemoryStorage.bind_batch``): each check decided and charged in one pass, the charges
-undone if one refuses.
+"""The memory store's bound batches (see ``MemoryStorage.bind_batch``): when its checks are
+on distinct states, each check decided and charged in one pass, the charges undone if one
+refuses (``distinct_batch``); otherwise every check decided first, then all charged
+(``staged_batch``).
 
 Every check of such a batch reads a state no other check of it writes (no two checks share
 an algorithm id, and none is a sliding log, whose hit appends in place), so charging a
@@ -20,7 +21,10 @@ from .._algorithms import Algorithm
 from .._decision import Decision
 from .base import BoundBatch
 
-__all__ = ["distinct_batch"]
+__all__ = ["CHARGE_LATER", "distinct_batch", "staged_batch"]
+
+#: a sliding log's staged charge, made once every check of the batch allows
+CHARGE_LATER: Any = object()
 
 #: (algorithm, storage prefix, is a sliding log, group) per check
 Entry = tuple[Algorithm, str, bool, int]
@@ -85,3 +89,51 @@ def _refused(refs: tuple[Any, ...], plan: tuple[Entry, ...], keys: Sequence[str]
         if s is None and protected:
             s = revive(k)
         decisions.append(alg.peek(s, now, costs[i]))
+
+
+def staged_batch(refs: tuple[Any, ...], plan: tuple[Entry, ...]) -> BoundBatch:
+    """The two-pass batch of ``plan``: every check decided, then all charged only if every
+    one allows (a sliding log's hit appends in place: decided now, charged later)."""
+    data, get, touch, protected, revive, acquire, release, insert, clock, wall = refs
+    time_ns = time.time_ns
+
+    def batch(keys: Sequence[str], costs: Sequence[int], now: int | None) -> list[Decision]:
+        if now is None:
+            now = time_ns() // 1000 if wall else int(clock() * 1_000_000)
+        decisions: list[Decision] = []
+        staged = []
+        together = True
+        acquire()
+        try:
+            # Decide every check (a sliding log's hit appends in place: it is decided
+            # now and charged later), then charge them all only if every one allows.
+            for alg, prefix, log, i in plan:
+                k = prefix + keys[i]
+                cost = costs[i]
+                s = get(k)
+                if s is None and protected:
+                    s = revive(k)
+                if log:
+                    d = alg.peek(s, now, cost)
+                    new = CHARGE_LATER
+                else:
+                    new, d = alg.hit(s, now, cost)
+                decisions.append(d)
+                if not d.allowed:
+                    together = False
+                elif cost:
+                    staged.append((k, s, new, alg, cost))
+            if together:
+                for k, s, new, alg, cost in staged:
+                    if new is CHARGE_LATER:
+                        new = alg.charge(s, now, cost)
+                    if s is None:
+                        insert(k, new, alg, now)
+                    else:
+                        data[k] = new
+                        touch(k)
+        finally:
+            release()
+        return decisions
+
+    return batch

@@ -36,7 +36,7 @@ from urllib.parse import parse_qsl, urlsplit
 from .._algorithms import Algorithm, SlidingLog
 from .._decision import Decision
 from .._errors import ConfigError
-from ._memory_batch import distinct_batch
+from ._memory_batch import CHARGE_LATER, distinct_batch, staged_batch
 from .base import BatchResult, Block, BoundBatch, BoundHit, Check, Storage
 
 if TYPE_CHECKING:
@@ -56,7 +56,6 @@ _BOUND_CACHE = 1024
 #: algorithm ids tagged before tags without a live state or a bound hit are dropped (at
 #: least; the bound grows with the store: see ``_sweep_tags``)
 _TAGS_FLOOR = 1024
-_CHARGE_LATER: Any = object()
 _new = tuple.__new__
 #: see MemoryStorage._refs
 _Refs = tuple[
@@ -251,48 +250,6 @@ class MemoryStorage(Storage):
         bound = self._batches.get((frozen, prefix))
         if bound is not None:
             return bound
-        data, get, touch, protected, revive, acquire, release, insert, clock, wall = self._refs()
-        time_ns = time.time_ns
-
-        def batch(keys: Sequence[str], costs: Sequence[int], now: int | None) -> list[Decision]:
-            if now is None:
-                now = time_ns() // 1000 if wall else int(clock() * 1_000_000)
-            decisions: list[Decision] = []
-            staged = []
-            together = True
-            acquire()
-            try:
-                # Decide every check (a sliding log's hit appends in place: it is decided
-                # now and charged later), then charge them all only if every one allows.
-                for alg, prefix, log, i in plan:
-                    k = prefix + keys[i]
-                    cost = costs[i]
-                    s = get(k)
-                    if s is None and protected:
-                        s = revive(k)
-                    if log:
-                        d = alg.peek(s, now, cost)
-                        new = _CHARGE_LATER
-                    else:
-                        new, d = alg.hit(s, now, cost)
-                    decisions.append(d)
-                    if not d.allowed:
-                        together = False
-                    elif cost:
-                        staged.append((k, s, new, alg, cost))
-                if together:
-                    for k, s, new, alg, cost in staged:
-                        if new is _CHARGE_LATER:
-                            new = alg.charge(s, now, cost)
-                        if s is None:
-                            insert(k, new, alg, now)
-                        else:
-                            data[k] = new
-                            touch(k)
-            finally:
-                release()
-            return decisions
-
         with self._lock:  # its tags are held while it lives (see _sweep_tags)
             # one flat entry per check: (algorithm, storage prefix, is a sliding log, group)
             plan = tuple(
@@ -300,9 +257,9 @@ class MemoryStorage(Storage):
                 for i, algs in enumerate(frozen) for alg in algs
             )
             tags = {self._tag(alg) for algs in frozen for alg in algs}
-            bound = batch
-            if len(tags) == len(plan) and not any(log for _, _, log, _ in plan):
-                bound = distinct_batch(self._refs(), plan)  # one pass (the common batch)
+            # one pass where no two checks share a state (the common batch), else two
+            distinct = len(tags) == len(plan) and not any(log for _, _, log, _ in plan)
+            bound = (distinct_batch if distinct else staged_batch)(self._refs(), plan)
             self._held[bound] = tuple(tags)
             if len(self._batches) >= _BOUND_CACHE:
                 self._batches.clear()
@@ -381,7 +338,7 @@ class MemoryStorage(Storage):
                     new, d = alg.hit(s, now, cost)
                 else:  # a sliding log's hit appends in place: decide now, charge later
                     d = alg.peek(s, now, cost)
-                    new = _CHARGE_LATER
+                    new = CHARGE_LATER
                 decisions.append(d)
                 if d.allowed:
                     if consume and cost and not probe:
@@ -393,7 +350,7 @@ class MemoryStorage(Storage):
             if staged is not None:
                 for k, s, new, alg, cost, independent in staged:
                     if together or independent:
-                        if new is _CHARGE_LATER:
+                        if new is CHARGE_LATER:
                             new = alg.charge(s, now, cost)
                         if s is None:
                             self._insert(k, new, alg, now)
