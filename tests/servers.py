@@ -74,6 +74,24 @@ _AVOID = frozenset(
 _PORT_RANGE = (20000, 32000)
 _CLUSTER_PORT_RANGE = (12000, 20000)
 _BUS_OFFSET = 10000
+#: ``k/n``: this run hands out only the ports ``p`` with ``p % n == k - 1``, so that n suites
+#: running at once on one machine (.ci/run runs one per Python) never pick the same port. A
+#: cluster node's bus port (``p + 10000``) keeps the residue, so n must divide 10,000.
+PORT_SLICE_ENV = "THROTTLEKIT_TEST_PORT_SLICE"
+
+
+def _port_slice(spec: str | None) -> tuple[int, int]:
+    """``(first offset, step)`` of this run's ports, from ``spec`` (``"k/n"``, or unset)."""
+    if not spec:
+        return 0, 1
+    try:
+        k, n = (int(v) for v in spec.split("/"))
+    except ValueError:
+        k = n = 0
+    if not 1 <= k <= n or _BUS_OFFSET % n:
+        raise ValueError(f"{PORT_SLICE_ENV}={spec!r}: expected k/n with 1 <= k <= n and n "
+                         f"dividing {_BUS_OFFSET} (2, 4, 5, 8, 10...)")
+    return k - 1, n
 
 
 class ServerUnavailable(RuntimeError):
@@ -210,12 +228,14 @@ def free_port(*, cluster_bus: bool = False) -> int:
 
     The port stays reserved in this process until the server owning it is closed, so a stopped
     server can start again on it. Other processes are only kept off by the bind check (and a
-    random pick); servers retry with a new port when their first start finds it taken.
+    random pick); servers retry with a new port when their first start finds it taken. Suites
+    running at once take disjoint ports with ``THROTTLEKIT_TEST_PORT_SLICE`` (k/n).
     """
     lo, hi = _CLUSTER_PORT_RANGE if cluster_bus else _PORT_RANGE
+    first, step = _port_slice(os.environ.get(PORT_SLICE_ENV))
     with _lock:
         for _ in range(1000):
-            port = _rng.randrange(lo, hi)
+            port = _rng.randrange(lo + first, hi, step)
             wanted = (port, port + _BUS_OFFSET) if cluster_bus else (port,)
             if all(p not in _AVOID and p not in _reserved and _bindable(p) for p in wanted):
                 _reserved.update(wanted)
@@ -926,6 +946,15 @@ class MemcachedServer(_Process):
     @property
     def url(self) -> str:
         return f"memcached://{HOST}:{self.port}"
+
+    def stop(self, timeout: float = 10.0) -> None:
+        """Stop it: a SIGKILL, which ends it as SIGTERM would but at once (memcached's clean
+        shutdown waits for its once-a-second clock, 1 s per stop), unless it keeps its items
+        in a memory file (``-e``/``--memory-file``): that one needs the clean shutdown."""
+        if any(a == "-e" or a.startswith("--memory-file") for a in self.extra_args):
+            super().stop(timeout)
+        else:
+            self.kill()
 
     def _argv(self, binary: str) -> list[str]:
         argv = [binary, "-l", HOST, "-p", str(self.port), "-U", "0", "-m", str(self.memory_mb)]

@@ -9,6 +9,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from profiles import examples
 from throttlekit import ConfigError
 from throttlekit._ipset import IPSet, parse_network
 
@@ -32,7 +33,7 @@ def _reference(text: str) -> tuple[int, int, int] | None:
     return net.version, int(net.network_address), net.prefixlen
 
 
-@settings(max_examples=600, deadline=None)
+@settings(max_examples=examples(600), deadline=None)
 @given(_text)
 def test_parse_network_agrees_with_ipaddress(text):
     """Same result, or a ConfigError exactly where ipaddress refuses."""
@@ -44,7 +45,7 @@ def test_parse_network_agrees_with_ipaddress(text):
         assert parse_network(text) == expected
 
 
-@settings(max_examples=100, deadline=None)
+@settings(max_examples=examples(100), deadline=None)
 @given(st.lists(st.one_of(_v4, _v6), max_size=20), st.one_of(_v4, _v6))
 def test_from_parsed_is_the_set_of_the_strings(entries, probe):
     """IPSet.from_parsed(parsed entries) answers as IPSet(entries)."""
@@ -58,7 +59,7 @@ def _v6_net(addr: int, prefix: int) -> ipaddress.IPv6Network:
     return ipaddress.IPv6Network((addr >> (128 - prefix) << (128 - prefix), prefix))
 
 
-@settings(max_examples=300, deadline=None)
+@settings(max_examples=examples(300), deadline=None)
 @given(st.lists(st.tuples(st.integers(0, 2**128 - 1), st.integers(1, 128)), max_size=25),
        st.lists(st.integers(0, 2**128 - 1), max_size=10), st.data())
 def test_ipv6_buckets_match_a_linear_scan(raw, probes, data):
@@ -87,7 +88,7 @@ def flat_always(monkeypatch):
     monkeypatch.setattr(mod, "_FLAT_FROM", 1)
 
 
-@settings(max_examples=120, deadline=None)
+@settings(max_examples=examples(120), deadline=None)
 @given(st.lists(st.tuples(st.integers(0, 2**32 - 1), st.integers(0, 32)), min_size=1,
                 max_size=25),
        st.lists(st.integers(0, 2**32 - 1), max_size=10))

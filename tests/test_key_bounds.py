@@ -108,6 +108,7 @@ def redis_ctx() -> Iterator[redis_backend.Context]:
 
 
 @pytest.mark.redis
+@pytest.mark.slow  # the memory store's test above runs in the fast suite; long keys on Redis: below
 def test_redis_keys_stay_small(redis_ctx: redis_backend.Context, clock: FakeClock) -> None:
     """The same on Redis: every key under this test's prefix is short, and all of them
     together use a bounded amount of server memory (MEMORY USAGE), not 120 MB."""

@@ -13,6 +13,7 @@ from opentelemetry.sdk.metrics import MeterProvider  # noqa: E402
 from opentelemetry.sdk.metrics.export import InMemoryMetricReader  # noqa: E402
 from prometheus_client.parser import text_string_to_metric_families  # noqa: E402
 
+from profiles import examples  # noqa: E402
 from throttlekit import Limiter, WSGIMiddleware  # noqa: E402
 from throttlekit.monitor import Monitor, NearLimit, Shield  # noqa: E402
 from throttlekit.monitor.otel import instrument  # noqa: E402
@@ -140,7 +141,7 @@ def test_bad_offenders_is_a_config_error():
         instrument(monitor, meter_provider=MeterProvider(), offenders=-1)
 
 
-@settings(max_examples=40, deadline=None)
+@settings(max_examples=examples(40), deadline=None)
 @given(limit=st.integers(1, 40), requests=st.integers(0, 60))
 def test_near_limit_is_envoys_threshold(limit, requests):
     """Within one window, the allowed requests beyond floor(0.8 * limit) are near the

@@ -24,6 +24,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from werkzeug.test import Client, EnvironBuilder
 
+from profiles import examples
 from throttlekit import ConfigError, Limiter, RateLimitExceeded, RequestView, storage_from_url
 from throttlekit.testing import FakeClock
 from throttlekit.wsgi import WSGIMiddleware
@@ -264,7 +265,7 @@ def test_set_rule_rates_refuses_a_plan_rule() -> None:
 @pytest.mark.parametrize("cache", [0, 1000], ids=["no-denial-cache", "denial-cache"])
 @pytest.mark.parametrize("strategy", ["fixed_window", "sliding_window", "sliding_log",
                                       "token_bucket"])
-@settings(max_examples=30, deadline=None,
+@settings(max_examples=examples(30), deadline=None,
           suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
 @given(steps=st.lists(st.tuples(st.sampled_from(sorted(PLANS)), st.integers(0, 4)),
                       min_size=1, max_size=25))

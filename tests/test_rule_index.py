@@ -10,6 +10,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from profiles import examples
 from throttlekit import ConfigError, Limiter, RequestView, Verdict
 from throttlekit.testing import FakeClock
 
@@ -97,7 +98,7 @@ def summary(v: Verdict) -> tuple[Any, ...]:
 
 
 @pytest.mark.parametrize("path", ["engine", "planner"])
-@settings(max_examples=60, deadline=None)
+@settings(max_examples=examples(60), deadline=None)
 @given(rules=st.lists(rule_st(), min_size=1, max_size=8),
        requests=st.lists(request_st, min_size=1, max_size=12))
 def test_indexed_verdicts_equal_asking_every_rule(

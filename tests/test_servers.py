@@ -52,6 +52,26 @@ def test_free_ports_avoid_shared_services_and_each_other() -> None:
             servers._release_port(p, True)
 
 
+def test_concurrent_suites_take_disjoint_ports(monkeypatch: pytest.MonkeyPatch) -> None:
+    """THROTTLEKIT_TEST_PORT_SLICE=k/n (.ci/run, one suite per Python at once): run k hands
+    out only ports of residue k-1 mod n, cluster bus ports (port + 10000) included."""
+    taken: dict[str, set[int]] = {}
+    for spec in ("1/2", "2/2"):
+        monkeypatch.setenv(servers.PORT_SLICE_ENV, spec)
+        ports = [servers.free_port() for _ in range(30)]
+        bus = [servers.free_port(cluster_bus=True) for _ in range(10)]
+        for p in ports:
+            servers._release_port(p, False)
+        for p in bus:
+            servers._release_port(p, True)
+        taken[spec] = set(ports) | set(bus) | {p + 10000 for p in bus}
+    assert {p % 2 for p in taken["1/2"]} == {0} and {p % 2 for p in taken["2/2"]} == {1}
+    for bad in ("0/2", "3/2", "1/3", "half"):
+        monkeypatch.setenv(servers.PORT_SLICE_ENV, bad)
+        with pytest.raises(ValueError, match=servers.PORT_SLICE_ENV):
+            servers.free_port()
+
+
 def test_missing_binary_names_the_debian_package(
     monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:

@@ -20,7 +20,8 @@ def _run(name: str) -> SimResult:
     return r
 
 
-@pytest.mark.parametrize("name", ["distributed", "rotating-ua"])
+@pytest.mark.parametrize(  # the fast suite runs one flood; --full both
+    "name", ["distributed", pytest.param("rotating-ua", marks=pytest.mark.slow)])
 def test_floods_many_addresses_are_stopped_and_visitors_served(name: str) -> None:
     """>= 99% of legitimate requests answered within the timeout, >= 90% of the attack
     stopped before the app, no legitimate client banned, detected within 5 s; the
