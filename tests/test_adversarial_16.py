@@ -1,0 +1,54 @@
+"""Issue 16's features attacked through the public API, as an attacker or a tired operator
+would: odd configuration values, hostile inputs, concurrency. Each test is a defect found
+(then fixed) or an attack that held and must keep holding."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from throttlekit import ConfigError, Limiter, RequestView
+from throttlekit.testing import FakeClock
+
+
+def request(lim: Limiter, ip: str, path: str = "/wp-admin",
+            headers: dict[str, str] | None = None) -> Any:
+    environ = {"REQUEST_METHOD": "GET", "PATH_INFO": path, "REMOTE_ADDR": ip}
+    for name, value in (headers or {}).items():
+        environ["HTTP_" + name.upper().replace("-", "_")] = value
+    return lim.evaluate(RequestView.from_environ(environ, lim.resolver))
+
+
+def ban_left(lim: Limiter, clock: Any, ip: str) -> float:
+    for b in lim.blocked():
+        if b.key.endswith(":" + ip):
+            return round(b.expires_at - clock(), 3)
+    return 0.0
+
+
+def offend(lim: Limiter, clock: FakeClock, ip: str) -> float:
+    """Trip the rule (two matches), return the ban's length, wait it out."""
+    request(lim, ip)
+    assert request(lim, ip).kind == "banned"
+    left = ban_left(lim, clock, ip)
+    clock.advance(left + 1)
+    return left
+
+
+# -- escalation ---------------------------------------------------------------------------
+
+
+def test_a_gentle_factor_still_reaches_max_ban() -> None:
+    """factor=1.01 (a gentle climb), max_ban 64 x bantime: a key that keeps offending ends
+    at max_ban, as documented ("stays at max_ban"). Defect: the levels were capped at 64,
+    so such a ban never grew past bantime x 1.01**63 (1.87 x bantime)."""
+    clock = FakeClock()
+    lim = Limiter(clock=clock)
+    lim.fail2ban("scanners", match=lambda v: v.path.startswith("/wp-"), maxretry=2,
+                 findtime=60, bantime=1, escalate={"factor": 1.01, "max_ban": 64,
+                                                   "forget_after": 1000})
+    lengths = [offend(lim, clock, "192.0.2.1") for _ in range(450)]
+    assert lengths[0] == 1
+    assert lengths[100] == pytest.approx(1.01 ** 100, abs=1e-3)
+    assert lengths[-1] == 64
