@@ -59,8 +59,10 @@ class Escalation:
         self.forget_us = round(forget_after * 1_000_000)
         #: the store's name of the chain (beside the rule counters of the key's family)
         self.id = id
-        #: levels counted: up to the first that reaches max_ban (more would change nothing)
-        self.steps = min(64, 1 + math.ceil(math.log(max_ban / bantime, factor) - 1e-9))
+        #: levels counted: up to the first that reaches max_ban (more would change
+        #: nothing). Not capped lower: a gentle factor (1.01) takes hundreds of levels to
+        #: get there, and a chain's level is one integer however high it goes.
+        self.steps = 1 + math.ceil(math.log(max_ban / bantime) / math.log(factor) - 1e-9)
 
     @property
     def forget_after(self) -> float:
