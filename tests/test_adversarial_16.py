@@ -52,3 +52,29 @@ def test_a_gentle_factor_still_reaches_max_ban() -> None:
     assert lengths[0] == 1
     assert lengths[100] == pytest.approx(1.01 ** 100, abs=1e-3)
     assert lengths[-1] == 64
+
+
+# -- plans --------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("garbage", [["pro", "admin"], {"plan": "pro"}, {"pro"}])
+def test_a_plan_function_answering_garbage_gets_the_default_plan(garbage: Any) -> None:
+    """A plan function that returns an unhashable value (a list of roles from a token, a
+    dict) names no plan: the request gets ``default``'s rates, as an unknown name does.
+    Defect: the table lookup raised TypeError, the rule failed and ``on_storage_error``
+    skipped it, so such a caller was not limited at all."""
+    lim = Limiter(clock=FakeClock())
+    plans = lim.plans({"free": "2/minute", "pro": "100/minute"}, plan=lambda v: garbage,
+                      default="free")
+    lim.throttle("api", rates=plans)
+    assert [request(lim, "192.0.2.1", "/").kind for _ in range(3)] == [
+        "allowed", "allowed", "throttled"]
+
+
+def test_a_plan_function_that_raises_applies_the_failure_policy() -> None:
+    """A plan function that raises fails the rule: under ``on_storage_error="deny"`` the
+    request is refused (held: it never crashes the request)."""
+    lim = Limiter(clock=FakeClock(), on_storage_error="deny")
+    plans = lim.plans({"free": "2/minute"}, plan=lambda v: 1 / 0, default="free")
+    lim.throttle("api", rates=plans)
+    assert not request(lim, "192.0.2.1", "/").allowed
