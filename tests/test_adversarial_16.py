@@ -4,11 +4,13 @@ would: odd configuration values, hostile inputs, concurrency. Each test is a def
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import pytest
 
 from throttlekit import ConfigError, Limiter, RequestView
+from throttlekit.blocklists import Blocklist, parse_list
 from throttlekit.testing import FakeClock
 
 
@@ -78,3 +80,26 @@ def test_a_plan_function_that_raises_applies_the_failure_policy() -> None:
     plans = lim.plans({"free": "2/minute"}, plan=lambda v: 1 / 0, default="free")
     lim.throttle("api", rates=plans)
     assert not request(lim, "192.0.2.1", "/").allowed
+
+
+# -- blocklists ---------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("text", ["\ufeff192.0.2.7\n198.51.100.0/24\n",
+                                  '\ufeff[{"value": "192.0.2.7", "scope": "Ip", '
+                                  '"type": "ban"}]'])
+def test_a_list_saved_with_a_byte_order_mark_loads_whole(tmp_path: Path, text: str) -> None:
+    """A list saved by an editor that writes a UTF-8 byte order mark (Notepad): every
+    entry counts. Defect: the mark stuck to the first address, which was skipped as "not
+    an address" (a one-line list, or a JSON one, was refused whole)."""
+    path = tmp_path / "list.txt"
+    path.write_bytes(text.encode("utf-8"))
+    blocklist = Blocklist.from_file(path)
+    try:
+        assert "192.0.2.7" in blocklist
+    finally:
+        blocklist.close()
+
+
+def test_a_bom_is_read_the_same_way_by_parse_list() -> None:
+    assert parse_list("\ufeff192.0.2.7") == parse_list("192.0.2.7")
