@@ -65,6 +65,8 @@ logger = logging.getLogger("throttlekit.blocklists")
 FORMATS = ("auto", "text", "crowdsec")
 _SCOPES = frozenset({"ip", "range"})
 Network = tuple[int, int, int]
+#: the byte order mark some editors (Notepad) write at the start of a UTF-8 file
+_BOM = "\ufeff"
 
 
 class LoadError(Exception):
@@ -161,7 +163,7 @@ def _json(text: str, what: str) -> Any:
     """``text`` parsed as JSON; :class:`LoadError` when it is not JSON, or nested too deep
     for the parser (a hostile ``[[[[...]]]]`` raises RecursionError, not ValueError)."""
     try:
-        return json.loads(text)
+        return json.loads(text.removeprefix(_BOM))
     except (ValueError, RecursionError) as exc:
         raise LoadError(f"{what} is not JSON: {exc}") from None
 
@@ -178,6 +180,7 @@ def parse_list(text: str, fmt: str = "auto", types: Iterable[str] = ("ban",),
                what: str = "the list") -> list[Network]:
     """The networks of a blocklist document (see the module docstring for the formats)
     as ``(version, address, prefix)``; :class:`LoadError` when it is not one."""
+    text = text.removeprefix(_BOM)  # an editor's byte order mark is no part of the list
     kind = _sniff(text, fmt)
     if kind == "text":
         return _checked(_text_entries(text), what)
