@@ -4,6 +4,7 @@ would: odd configuration values, hostile inputs, concurrency. Each test is a def
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 from typing import Any
 
@@ -103,3 +104,31 @@ def test_a_list_saved_with_a_byte_order_mark_loads_whole(tmp_path: Path, text: s
 
 def test_a_bom_is_read_the_same_way_by_parse_list() -> None:
     assert parse_list("\ufeff192.0.2.7") == parse_list("192.0.2.7")
+
+
+def test_redis_killed_mid_chain_never_breaks_a_request_and_bans_stay() -> None:
+    """Escalating bans on a Redis that dies between two bans: the requests are decided
+    (no exception), the offender is still banned while the store is down (the local
+    fallback's chain), and once Redis is back the rule runs on it again."""
+    import servers
+
+    with servers.start_or_skip(servers.RedisServer()) as server:
+        clock = FakeClock()
+        lim = Limiter(server.url, clock=clock, on_storage_error="local", retry_interval=0.1)
+        lim.fail2ban("scanners", match=lambda v: v.path.startswith("/wp-"), maxretry=2,
+                     findtime=60, bantime=10, escalate={"max_ban": 1000,
+                                                        "forget_after": 1000})
+        try:
+            assert offend(lim, clock, "192.0.2.1") == 10
+            assert offend(lim, clock, "192.0.2.1") == 20
+            server.stop()
+            request(lim, "192.0.2.1")
+            assert request(lim, "192.0.2.1").kind == "banned"
+            assert request(lim, "192.0.2.1", "/").kind == "banned"
+            clock.advance(1001)
+            server.start()
+            time.sleep(0.3)  # past retry_interval (real time): the store is tried again
+            assert offend(lim, clock, "192.0.2.9") == 10  # read back from Redis
+            assert offend(lim, clock, "192.0.2.9") == 20
+        finally:
+            lim.storage.close()
