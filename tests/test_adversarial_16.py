@@ -4,13 +4,15 @@ would: odd configuration values, hostile inputs, concurrency. Each test is a def
 
 from __future__ import annotations
 
+import threading
 import time
+import uuid
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from throttlekit import ConfigError, Limiter, RequestView
+from throttlekit import ConfigError, Limiter, RequestView, storage_from_url
 from throttlekit.blocklists import Blocklist, parse_list
 from throttlekit.testing import FakeClock
 
@@ -132,3 +134,51 @@ def test_redis_killed_mid_chain_never_breaks_a_request_and_bans_stay() -> None:
             assert offend(lim, clock, "192.0.2.9") == 20
         finally:
             lim.storage.close()
+
+
+@pytest.fixture
+def redis_prefix(_backend_contexts: dict[str, Any]) -> Any:
+    ctx = _backend_contexts["get"]("redis")  # skips when no Redis answers
+    prefix = f"tk-test:{uuid.uuid4().hex[:12]}:"
+    ctx.prefixes.append(prefix)  # the session deletes these keys (never a flush)
+    return prefix
+
+
+@pytest.mark.redis
+def test_a_plan_change_under_concurrency_keeps_the_count_exactly(redis_prefix: str) -> None:
+    """8 threads on one Redis key: 80 requests on the free plan (100/minute), then the
+    caller moves to pro (1000/minute) and 8 x 30 more run, then back to free: every
+    request up to the pro limit is allowed, none after the move back, and the headers'
+    remaining is the pro limit less exactly the 320 counted across both plans."""
+    clock = FakeClock(1_800_000_000.0)
+    lim = Limiter(storage_from_url("redis://127.0.0.1:6379/0", prefix=redis_prefix),
+                  clock=clock, strategy="fixed_window")
+    plan = ["free"]
+    lim.throttle("api", rates=lim.plans({"free": "100/minute", "pro": "1000/minute"},
+                                        plan=lambda v: plan[0], default="free"))
+
+    def burst(n: int) -> list[Any]:
+        out: list[Any] = []
+
+        def run() -> None:
+            out.extend(request(lim, "192.0.2.1", "/") for _ in range(n))
+        threads = [threading.Thread(target=run) for _ in range(8)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        return out
+
+    try:
+        assert all(v.allowed for v in burst(10))
+        plan[0] = "pro"
+        assert all(v.allowed for v in burst(30))
+        last = request(lim, "192.0.2.1", "/")
+        assert last.allowed and last.decision.limit == 1000
+        assert last.decision.remaining == 1000 - 321
+        plan[0] = "free"
+        refused = burst(5)
+        assert not any(v.allowed for v in refused)
+        assert {v.decision.limit for v in refused} == {100}
+    finally:
+        lim.storage.close()
