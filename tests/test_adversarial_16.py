@@ -182,3 +182,19 @@ def test_a_plan_change_under_concurrency_keeps_the_count_exactly(redis_prefix: s
         assert {v.decision.limit for v in refused} == {100}
     finally:
         lim.storage.close()
+
+
+@pytest.mark.parametrize(("headers", "named"), [
+    ({"X:Key": "k"}, "X:Key"),
+    ({"": "k"}, "''"),
+    ({"X Key": "k"}, "X Key"),
+    ({"X-Key": "ключ"}, "ключ"),
+], ids=["colon-in-name", "empty-name", "space-in-name", "not-latin-1"])
+def test_a_header_urllib_cannot_send_is_a_config_error(headers: dict[str, str],
+                                                       named: str) -> None:
+    """Headers a URL list can never send are refused when the list is made, naming them.
+    Defect: a header name with a colon or none at all, or a value outside Latin-1 (a
+    pasted key in Cyrillic), passed the check, and every fetch then failed: the list
+    stayed empty for good, with only a warning per refresh."""
+    with pytest.raises(ConfigError, match=named):
+        Blocklist("http://127.0.0.1:9/list", headers=headers)
