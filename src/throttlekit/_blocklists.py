@@ -42,6 +42,7 @@ import http.client
 import json
 import logging
 import os
+import re
 import stat
 import threading
 import time
@@ -349,19 +350,33 @@ def _types(types: object) -> tuple[str, ...]:
 
 
 def _headers(headers: object) -> dict[str, str]:
-    """``headers`` checked: a mapping of strings, no line breaks (urllib refuses them
-    only when fetching, so a bad one would leave the list empty for good)."""
+    """``headers`` checked: names that are HTTP tokens, Latin-1 values without line
+    breaks (urllib refuses others only when fetching, so a bad one would leave the list
+    empty for good)."""
     if headers is None:
         return {}
     if not isinstance(headers, Mapping):
         raise ConfigError(f"headers must be a mapping of header names to values, "
                           f"got {headers!r}")
     for name, value in headers.items():
-        if not (isinstance(name, str) and isinstance(value, str)) or any(
-                c in name + value for c in "\r\n\0"):
-            raise ConfigError(f"headers: {name!r}: {value!r} is not a header (strings, "
+        if not (isinstance(name, str) and isinstance(value, str)) or not _TOKEN.fullmatch(
+                name) or any(c in value for c in "\r\n\0") or not _latin1(value):
+            raise ConfigError(f"headers: {name!r}: {value!r} is not a header (a name of "
+                              f"letters, digits and -_.!#$%&'*+^`|~; a Latin-1 value "
                               f"without line breaks)")
     return dict(headers)
+
+
+#: an HTTP header name (RFC 9110 token)
+_TOKEN = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+")
+
+
+def _latin1(value: str) -> bool:
+    try:
+        value.encode("latin-1")
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 class Blocklist:
