@@ -198,3 +198,40 @@ def test_a_header_urllib_cannot_send_is_a_config_error(headers: dict[str, str],
     stayed empty for good, with only a warning per refresh."""
     with pytest.raises(ConfigError, match=named):
         Blocklist("http://127.0.0.1:9/list", headers=headers)
+
+
+@pytest.mark.parametrize("name", ["memcached", "redis"])
+def test_eight_threads_banning_one_key_count_every_ban(
+        name: str, _backend_contexts: dict[str, Any]) -> None:
+    """8 threads (each its own client) escalate one key 15 times at the same instant: the
+    120 levels are exactly 1..120, each once (memcached's CAS retries, Redis's script: no
+    two bans read the same level), with a gentle factor so no level is capped."""
+    from throttlekit._escalation import Escalation
+
+    ctx = _backend_contexts["get"](name)  # skips when the server does not answer
+    prefix = f"tk-test:{uuid.uuid4().hex[:12]}:"
+    if name == "redis":
+        ctx.prefixes.append(prefix)
+    url = ctx.url if name == "memcached" else "redis://127.0.0.1:6379/0"
+    key = f"rule:{uuid.uuid4().hex}"
+    levels: list[int] = []
+    lock = threading.Lock()
+
+    def run() -> None:
+        store = storage_from_url(url, prefix=prefix)
+        try:
+            esc = Escalation.of({"factor": 1.001, "max_ban": 1000}, 1.0, "o:t", "t", store)
+            assert esc is not None
+            got = [store.escalate(esc, key, 0.0, 1_800_000_000_000_000)[0]
+                   for _ in range(15)]
+        finally:
+            store.close()
+        with lock:
+            levels.extend(got)
+
+    threads = [threading.Thread(target=run) for _ in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert sorted(levels) == list(range(1, 121))
