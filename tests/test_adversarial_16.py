@@ -235,3 +235,17 @@ def test_eight_threads_banning_one_key_count_every_ban(
     for t in threads:
         t.join()
     assert sorted(levels) == list(range(1, 121))
+
+
+def test_a_header_key_skips_requests_without_it_and_the_documented_fallback_counts_them(
+) -> None:
+    """key="header:X-Api-Key": a request without the header is not counted by the rule
+    (held, documented); the key function docs/rules.md gives counts it per address."""
+    lim = Limiter(clock=FakeClock())
+    lim.throttle("api", "2/minute", key="header:X-Api-Key")
+    assert all(request(lim, "192.0.2.1", "/").allowed for _ in range(5))
+    lim = Limiter(clock=FakeClock())
+    lim.throttle("api", "2/minute",
+                 key=lambda v: v.headers.get("x-api-key") or "ip:" + (v.client_ip or ""))
+    assert [request(lim, "192.0.2.1", "/").allowed for _ in range(3)] == [True, True, False]
+    assert request(lim, "192.0.2.1", "/", {"X-Api-Key": "k"}).allowed
