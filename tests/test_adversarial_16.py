@@ -249,3 +249,34 @@ def test_a_header_key_skips_requests_without_it_and_the_documented_fallback_coun
                  key=lambda v: v.headers.get("x-api-key") or "ip:" + (v.client_ip or ""))
     assert [request(lim, "192.0.2.1", "/").allowed for _ in range(3)] == [True, True, False]
     assert request(lim, "192.0.2.1", "/", {"X-Api-Key": "k"}).allowed
+
+
+def test_redis_paused_mid_chain_answers_within_the_timeout() -> None:
+    """A Redis that stops answering (SIGSTOP) between two bans: the request that makes the
+    next ban is decided within about the socket timeout, still banned (the local
+    fallback), and the chain goes on in Redis once it answers again."""
+    import servers
+
+    with servers.start_or_skip(servers.RedisServer()) as server:
+        clock = FakeClock()
+        store = storage_from_url(server.url + "?socket_timeout=0.3")
+        lim = Limiter(store, clock=clock, on_storage_error="local", retry_interval=0.1)
+        lim.fail2ban("scanners", match=lambda v: v.path.startswith("/wp-"), maxretry=2,
+                     findtime=60, bantime=10, escalate={"max_ban": 1000,
+                                                        "forget_after": 1000})
+        try:
+            assert offend(lim, clock, "192.0.2.1") == 10
+            server.pause()
+            try:
+                started = time.monotonic()
+                request(lim, "192.0.2.1")
+                request(lim, "192.0.2.1")  # the second match: banned (by the fallback)
+                assert request(lim, "192.0.2.1", "/").kind == "banned"
+                assert time.monotonic() - started < 3.0
+            finally:
+                server.resume()
+            time.sleep(0.3)  # past retry_interval: Redis is asked again
+            clock.advance(30)
+            assert offend(lim, clock, "192.0.2.1") == 20  # the chain kept in Redis
+        finally:
+            store.close()
