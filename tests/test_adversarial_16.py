@@ -188,7 +188,7 @@ def test_a_plan_change_under_concurrency_keeps_the_count_exactly(redis_prefix: s
     ({"X:Key": "k"}, "X:Key"),
     ({"": "k"}, "''"),
     ({"X Key": "k"}, "X Key"),
-    ({"X-Key": "ключ"}, "ключ"),
+    ({"X-Key": "ключ"}, "'X-Key': the value has a character outside Latin-1"),
 ], ids=["colon-in-name", "empty-name", "space-in-name", "not-latin-1"])
 def test_a_header_urllib_cannot_send_is_a_config_error(headers: dict[str, str],
                                                        named: str) -> None:
@@ -280,3 +280,12 @@ def test_redis_paused_mid_chain_answers_within_the_timeout() -> None:
             assert offend(lim, clock, "192.0.2.1") == 20  # the chain kept in Redis
         finally:
             store.close()
+
+
+def test_a_bad_header_value_is_reported_without_the_value() -> None:
+    """A header value read from the environment is usually a secret (a bouncer key): the
+    ConfigError names the header and what is wrong, never the value (which would land in
+    logs and ``throttlekit check``'s output)."""
+    with pytest.raises(ConfigError) as exc:
+        Blocklist("http://127.0.0.1:9/list", headers={"X-Api-Key": "s3cr3t-key\n"})
+    assert "X-Api-Key" in str(exc.value) and "s3cr3t" not in str(exc.value)
