@@ -359,11 +359,16 @@ def _headers(headers: object) -> dict[str, str]:
         raise ConfigError(f"headers must be a mapping of header names to values, "
                           f"got {headers!r}")
     for name, value in headers.items():
-        if not (isinstance(name, str) and isinstance(value, str)) or not _TOKEN.fullmatch(
-                name) or any(c in value for c in "\r\n\0") or not _latin1(value):
-            raise ConfigError(f"headers: {name!r}: {value!r} is not a header (a name of "
-                              f"letters, digits and -_.!#$%&'*+^`|~; a Latin-1 value "
-                              f"without line breaks)")
+        if not isinstance(name, str) or not _TOKEN.fullmatch(name):
+            raise ConfigError(f"headers: {name!r} is not a header name (letters, digits "
+                              f"and -_.!#$%&'*+^`|~)")
+        if not isinstance(value, str):
+            raise ConfigError(f"headers: {name!r}: the value must be a string, got "
+                              f"{type(value).__name__}")
+        bad = _unsendable(value)
+        if bad is not None:  # the value is not shown: it is often a secret (an API key)
+            raise ConfigError(f"headers: {name!r}: the value has {bad}, which a header "
+                              f"cannot carry (a Latin-1 value without line breaks)")
     return dict(headers)
 
 
@@ -371,12 +376,14 @@ def _headers(headers: object) -> dict[str, str]:
 _TOKEN = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+")
 
 
-def _latin1(value: str) -> bool:
-    try:
-        value.encode("latin-1")
-    except UnicodeEncodeError:
-        return False
-    return True
+def _unsendable(value: str) -> str | None:
+    """What in a header value urllib cannot send (None: nothing), said without the value."""
+    for i, c in enumerate(value):
+        if c in "\r\n\0":
+            return f"a line break or NUL at character {i + 1}"
+        if ord(c) > 0xFF:
+            return f"a character outside Latin-1 at character {i + 1}"
+    return None
 
 
 class Blocklist:
