@@ -289,3 +289,31 @@ def test_a_bad_header_value_is_reported_without_the_value() -> None:
     with pytest.raises(ConfigError) as exc:
         Blocklist("http://127.0.0.1:9/list", headers={"X-Api-Key": "s3cr3t-key\n"})
     assert "X-Api-Key" in str(exc.value) and "s3cr3t" not in str(exc.value)
+
+
+# -- calendar quotas ----------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(("zone", "last_second"), [
+    ("Europe/Paris", "2026-03-31T23:59:59"),      # the month the clocks went forward
+    ("Europe/Paris", "2026-10-31T23:59:59"),      # the month they went back
+    ("America/Sao_Paulo", "2018-10-31T23:59:59"),  # the next day started at 01:00 (gap)
+    ("Pacific/Apia", "2011-12-29T23:59:59"),      # Dec 30 never happened there
+])
+def test_a_monthly_quota_turns_over_at_local_midnight(zone: str, last_second: str) -> None:
+    """2/calendar-month in a zone with a clock change near the month's end: spent in the
+    month's last second, fresh a second and a half later exactly when that is a new local
+    month (held)."""
+    import datetime as dt
+    from zoneinfo import ZoneInfo
+
+    when = dt.datetime.fromisoformat(last_second).replace(tzinfo=ZoneInfo(zone))
+    clock = FakeClock(when.timestamp())
+    lim = Limiter(clock=clock)
+    rate = f"2/calendar-month in {zone}"
+    assert [lim.hit("k", rate).allowed for _ in range(3)] == [True, True, False]
+    clock.advance(1.5)
+    later = dt.datetime.fromtimestamp(clock(), ZoneInfo(zone))
+    new_month = (later.year, later.month) != (when.year, when.month)
+    assert lim.hit("k", rate).allowed is new_month
+    assert new_month is (zone != "Pacific/Apia")
