@@ -59,6 +59,25 @@ def test_a_gentle_factor_still_reaches_max_ban() -> None:
     assert lengths[-1] == 64
 
 
+
+@pytest.mark.parametrize(("bantime", "jitter"), [(1e-7, 0.0), (1e-6, 0.9), (10.0, 0.99999999)])
+def test_a_jittered_or_tiny_escalated_ban_never_fails_the_request(bantime: float,
+                                                                  jitter: float) -> None:
+    """A ban whose jittered length rounds down to 0 microseconds (a sub-microsecond
+    ``bantime``, or ``jitter`` just under 1 drawing near 1): the request is still decided,
+    banned. Defect: the store was asked for a ban of 0 seconds, which it refuses with a
+    ConfigError, raised while the request was handled."""
+    import random
+
+    random.seed(3)  # jitter draws: some near 1
+    clock = FakeClock()
+    lim = Limiter(clock=clock)
+    lim.fail2ban("s", match=lambda v: True, maxretry=1, findtime=60, bantime=bantime,
+                 escalate={"jitter": jitter})
+    for i in range(200):
+        assert request(lim, f"192.0.2.{i % 250 + 1}").kind == "banned"
+        clock.advance(0.001)
+
 # -- plans --------------------------------------------------------------------------------
 
 
