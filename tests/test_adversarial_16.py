@@ -336,3 +336,38 @@ def test_a_monthly_quota_turns_over_at_local_midnight(zone: str, last_second: st
     new_month = (later.year, later.month) != (when.year, when.month)
     assert lim.hit("k", rate).allowed is new_month
     assert new_month is (zone != "Pacific/Apia")
+
+
+# -- waiting ------------------------------------------------------------------------------
+
+
+def test_thirty_concurrent_waited_asgi_requests_admit_at_most_the_limit() -> None:
+    """30 requests at once through ASGIMiddleware(wait=1) on a 5/second global limit (real
+    clock): at most 5 served per second of waiting (10 in all, the rest refused after one
+    wait), and every request tells exactly one outcome, allowed or throttled (held)."""
+    import asyncio
+    import collections
+
+    import httpx
+
+    from throttlekit.asgi import ASGIMiddleware
+
+    lim = Limiter(strategy="fixed_window")
+    lim.throttle("per", "5/second", key="global")
+    events: list[Any] = []
+    lim.on(events.append)
+
+    async def app(scope: Any, receive: Any, send: Any) -> None:
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        await send({"type": "http.response.body", "body": b""})
+
+    async def main() -> list[int]:
+        transport = httpx.ASGITransport(app=ASGIMiddleware(app, lim, wait=1.0))
+        async with httpx.AsyncClient(transport=transport, base_url="http://t") as c:
+            answers = await asyncio.gather(*(c.get("/") for _ in range(30)))
+        return [r.status_code for r in answers]
+
+    codes = collections.Counter(asyncio.run(main()))
+    kinds = collections.Counter(e.kind for e in events)
+    assert codes[200] <= 10 and codes[200] + codes[429] == 30
+    assert kinds["allowed"] == codes[200] and kinds["throttled"] == codes[429]
