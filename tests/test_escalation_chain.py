@@ -42,7 +42,7 @@ def model(bantime: float, factor: float, max_ban: float, forget_after: float,
 
 def _first_capped(bantime: float, factor: float, max_ban: float) -> int:
     n = 1
-    while bantime * factor ** (n - 1) < max_ban and n < 64:
+    while bantime * factor ** (n - 1) < max_ban:
         n += 1
     return n
 

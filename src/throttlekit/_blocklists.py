@@ -42,6 +42,7 @@ import http.client
 import json
 import logging
 import os
+import re
 import stat
 import threading
 import time
@@ -65,6 +66,8 @@ logger = logging.getLogger("throttlekit.blocklists")
 FORMATS = ("auto", "text", "crowdsec")
 _SCOPES = frozenset({"ip", "range"})
 Network = tuple[int, int, int]
+#: the byte order mark some editors (Notepad) write at the start of a UTF-8 file
+_BOM = "\ufeff"
 
 
 class LoadError(Exception):
@@ -161,7 +164,7 @@ def _json(text: str, what: str) -> Any:
     """``text`` parsed as JSON; :class:`LoadError` when it is not JSON, or nested too deep
     for the parser (a hostile ``[[[[...]]]]`` raises RecursionError, not ValueError)."""
     try:
-        return json.loads(text)
+        return json.loads(text.removeprefix(_BOM))
     except (ValueError, RecursionError) as exc:
         raise LoadError(f"{what} is not JSON: {exc}") from None
 
@@ -178,6 +181,7 @@ def parse_list(text: str, fmt: str = "auto", types: Iterable[str] = ("ban",),
                what: str = "the list") -> list[Network]:
     """The networks of a blocklist document (see the module docstring for the formats)
     as ``(version, address, prefix)``; :class:`LoadError` when it is not one."""
+    text = text.removeprefix(_BOM)  # an editor's byte order mark is no part of the list
     kind = _sniff(text, fmt)
     if kind == "text":
         return _checked(_text_entries(text), what)
@@ -346,19 +350,40 @@ def _types(types: object) -> tuple[str, ...]:
 
 
 def _headers(headers: object) -> dict[str, str]:
-    """``headers`` checked: a mapping of strings, no line breaks (urllib refuses them
-    only when fetching, so a bad one would leave the list empty for good)."""
+    """``headers`` checked: names that are HTTP tokens, Latin-1 values without line
+    breaks (urllib refuses others only when fetching, so a bad one would leave the list
+    empty for good)."""
     if headers is None:
         return {}
     if not isinstance(headers, Mapping):
         raise ConfigError(f"headers must be a mapping of header names to values, "
                           f"got {headers!r}")
     for name, value in headers.items():
-        if not (isinstance(name, str) and isinstance(value, str)) or any(
-                c in name + value for c in "\r\n\0"):
-            raise ConfigError(f"headers: {name!r}: {value!r} is not a header (strings, "
-                              f"without line breaks)")
+        if not isinstance(name, str) or not _TOKEN.fullmatch(name):
+            raise ConfigError(f"headers: {name!r} is not a header name (letters, digits "
+                              f"and -_.!#$%&'*+^`|~)")
+        if not isinstance(value, str):
+            raise ConfigError(f"headers: {name!r}: the value must be a string, got "
+                              f"{type(value).__name__}")
+        bad = _unsendable(value)
+        if bad is not None:  # the value is not shown: it is often a secret (an API key)
+            raise ConfigError(f"headers: {name!r}: the value has {bad}, which a header "
+                              f"cannot carry (a Latin-1 value without line breaks)")
     return dict(headers)
+
+
+#: an HTTP header name (RFC 9110 token)
+_TOKEN = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+")
+
+
+def _unsendable(value: str) -> str | None:
+    """What in a header value urllib cannot send (None: nothing), said without the value."""
+    for i, c in enumerate(value):
+        if c in "\r\n\0":
+            return f"a line break or NUL at character {i + 1}"
+        if ord(c) > 0xFF:
+            return f"a character outside Latin-1 at character {i + 1}"
+    return None
 
 
 class Blocklist:

@@ -59,8 +59,10 @@ class Escalation:
         self.forget_us = round(forget_after * 1_000_000)
         #: the store's name of the chain (beside the rule counters of the key's family)
         self.id = id
-        #: levels counted: up to the first that reaches max_ban (more would change nothing)
-        self.steps = min(64, 1 + math.ceil(math.log(max_ban / bantime, factor) - 1e-9))
+        #: levels counted: up to the first that reaches max_ban (more would change
+        #: nothing). Not capped lower: a gentle factor (1.01) takes hundreds of levels to
+        #: get there, and a chain's level is one integer however high it goes.
+        self.steps = 1 + math.ceil(math.log(max_ban / bantime) / math.log(factor) - 1e-9)
 
     @property
     def forget_after(self) -> float:
@@ -94,12 +96,13 @@ class Escalation:
     def ban_time(self, store: Storage, key: str, now: int | None) -> float:
         """How long the ban of ``key`` made at ``now`` lasts (seconds): one store call
         moving the key's chain on. A failing store answers ``bantime`` (see
-        ``ResilientStore.escalate``)."""
-        return store.escalate(self, key, random.random(), now)[1] / 1_000_000
+        ``ResilientStore.escalate``). At least a microsecond: a length the jitter (or a
+        sub-microsecond ``bantime``) rounds down to 0 is no ban a store accepts."""
+        return max(store.escalate(self, key, random.random(), now)[1], 1) / 1_000_000
 
     async def aban_time(self, store: Storage, key: str, now: int | None) -> float:
         """Async twin of :meth:`ban_time`."""
-        return (await store.aescalate(self, key, random.random(), now))[1] / 1_000_000
+        return max((await store.aescalate(self, key, random.random(), now))[1], 1) / 1_000_000
 
 
 def _escalation(escalate: object, bantime: float, ident: str, what: str

@@ -102,7 +102,10 @@ class Plans:
     def __call__(self, view: RequestView) -> str | tuple[Rate, ...]:
         """The rates of this request's plan."""
         name: Any = self._plan(view)
-        found = self.rates.get(name) if name is not None else None
+        try:
+            found = self.rates.get(name) if name is not None else None
+        except TypeError:  # unhashable (a list of roles, a dict): names no plan
+            found = None
         if found is not None:
             return found
         if self._default is None:
