@@ -161,7 +161,8 @@ class RedisStorage(BlockLookups, SingleChecks, Clients, Storage):
         # With a live watch (see _watch.py): the watch's ``changes`` when the index was last
         # read and found absent (-1: not since), i.e. no lookups while it still is that.
         self._clear = -1
-        self.watch_blocks = watch_blocks and self._can_watch
+        self.watch_blocks = watch_blocks and self._can_watch and (  # (needs a sync client)
+            self._client is not None or self._make_client is not None)
         self._watch: BlockWatch | None = None
 
     def __repr__(self) -> str:

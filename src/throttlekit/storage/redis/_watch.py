@@ -43,9 +43,10 @@ class _Closed(Exception):
 
 class BlockWatch:
     """The watch of one storage's blocklist keys (``prefix``: their common start), on
-    connections made by ``connect`` (a callable returning a connected redis-py
-    ``Connection``). Started on first use; ``live`` and ``changes`` are read by the storage
-    on every request that has block keys."""
+    connections made by ``connect`` (a ``weakref.WeakMethod`` of the storage's method that
+    returns a connected redis-py ``Connection``: the thread ends once the storage is gone).
+    Started on first use; ``live`` and ``changes`` are read by the storage on every request
+    that has block keys."""
 
     __slots__ = ("__weakref__", "_conn", "_connect", "_stop", "_thread", "changes", "live",
                  "prefix")
@@ -97,7 +98,12 @@ class BlockWatch:
         self._down()
 
     def _watch(self) -> None:
-        conn = self._conn = self._connect()
+        connect = self._connect()
+        if connect is None:  # the storage is gone
+            self._stop = True
+            return
+        conn = self._conn = connect()
+        del connect
         try:
             conn.send_command("CLIENT", "TRACKING", "ON", "BCAST", "PREFIX", self.prefix)
             conn.read_response()  # (an error reply is raised)
@@ -106,6 +112,9 @@ class BlockWatch:
             unanswered = 0
             while not self._stop:
                 if not conn.can_read(timeout=_PING_EVERY):
+                    if self._connect() is None:
+                        self._stop = True  # the storage is gone
+                        break
                     if unanswered >= 2:
                         raise _Closed("no answer to PING")
                     unanswered += 1
@@ -184,7 +193,8 @@ class BlockLookups:
         if w is not None:
             w.start()  # (after a fork: the child's own thread)
         elif self.watch_blocks:
-            w = self._watch = BlockWatch(self._watch_connection, self._index[0][:-1])
+            w = self._watch = BlockWatch(weakref.WeakMethod(self._watch_connection),
+                                         self._index[0][:-1])
             w.start()
         fresh = self.blocks_fresh
         if fresh is None:
