@@ -295,3 +295,34 @@ def test_watch_blocks_is_checked(server: RedisServer) -> None:
     s = storage_from_url(server.url + "?watch_blocks=false")
     assert isinstance(s, RedisStorage) and s.watch_blocks is False
     s.close()
+
+
+def test_a_forked_child_runs_its_own_watch(server: RedisServer) -> None:
+    """After ``fork`` (a pre-forking server's workers), the child has no watch thread: its
+    watch is off (block keys looked up) until its own thread is live; the parent's stays."""
+    import os
+    import warnings
+
+    alg = make_algorithm("fixed_window", Rate(100, 60))
+    s = storage_from_url(server.url, prefix="fork:")
+    assert isinstance(s, RedisStorage)
+    s.apply([Check(alg, "ip")], block_keys=["ip"])
+    _watching(s)
+    s.apply([Check(alg, "ip")], block_keys=["ip"])
+    assert s._lookups() is False
+    with warnings.catch_warnings():  # (3.12+: a fork with threads running warns)
+        warnings.simplefilter("ignore", DeprecationWarning)
+        pid = os.fork()
+    if pid == 0:  # the child: report through the exit code
+        code = 1
+        try:
+            if s._lookups() is True:  # off: looks up (and starts its own thread)
+                _watching(s)
+                s.apply([Check(alg, "ip")], block_keys=["ip"])
+                code = 0 if s._lookups() is False else 2
+        finally:
+            os._exit(code)
+    _, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0
+    assert s._watch is not None and s._watch.live and s._lookups() is False
+    s.close()
