@@ -302,6 +302,13 @@ def _cpu_contenders(url: str, client: Any, n: int) -> dict[str, Any]:
     out[MIDDLEWARE] = lambda i: app(
         dict(envs[i % n]), lambda *a: None  # (the middleware marks the environ it saw)
     )
+    # no target: what the watch saves (every request looks its client's block key up)
+    unwatched = Limiter(storage_from_url(url, prefix="tk-mw0:", watch_blocks=False))
+    unwatched.throttle("per-ip", RATE, strategy="fixed_window")
+    app0 = WSGIMiddleware(lambda environ, start_response: start_response("200 OK", [])
+                          or [b""], unwatched)
+    out[f"{MIDDLEWARE}, watch_blocks=False"] = lambda i: app0(dict(envs[i % n]),
+                                                               lambda *a: None)
     out[MIDDLEWARE](0)  # starts the blocklist watch: measured once it is live
     deadline = time.monotonic() + 10
     while not (mw_storage._watch is not None and mw_storage._watch.live):  # type: ignore[attr-defined]
