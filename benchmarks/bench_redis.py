@@ -327,7 +327,7 @@ CPU_PAIRS = {
 }
 
 
-def test_redis_cpu_per_check(benchmark: Any, capsys: Any) -> None:
+def test_redis_cpu_per_check(benchmark: Any, target: Any, capsys: Any) -> None:
     """Redis time per check (``INFO commandstats``: total usec of EVALSHA over N checks / N)
     on a redis-server of our own, blocks of every contender interleaved; medians and their
     ratios. Targets: throttlekit <= REDIS_CPU_TARGET x `limits`' same algorithm (fixed window:
@@ -339,7 +339,7 @@ def test_redis_cpu_per_check(benchmark: Any, capsys: Any) -> None:
     from servers import RedisServer, start_or_skip
 
     # every key checked 4 times per block on average (a block takes 1.2 s at PACE)
-    rounds, block, nkeys = (3, 1000, 250) if benchmark.disabled else (11, 4000, 1000)
+    rounds, block, nkeys = target.size((11, 4000, 1000), (3, 1000, 250))
     with start_or_skip(RedisServer()) as server:
         client = redis.Redis.from_url(server.url)
         contenders = _cpu_contenders(server.url, client, nkeys)
@@ -371,13 +371,16 @@ def test_redis_cpu_per_check(benchmark: Any, capsys: Any) -> None:
         for k, v in ratios.items():
             print(f"  ratio            {k:52s} {v:6.3f}  (target <= {REDIS_CPU_TARGET})")
     _CPU_RATIOS.update(ratios)
-    # (here too: --benchmark-only skips test_redis_cpu_target, which checks the misses)
+    _CPU_SLACK[0] = target.slack
+    # (here too: --benchmark-only skips test_redis_cpu_target, which checks the misses;
+    # the smoke pass asserts at the loose bound)
     for k, v in ratios.items():
         if k not in _CPU_MISSES:
-            assert v <= REDIS_CPU_TARGET, f"{k}: {v:.3f} x its reference's Redis time"
+            target.at_most(f"redis CPU per check {k}", v, REDIS_CPU_TARGET)
 
 
 _CPU_RATIOS: dict[str, float] = {}  # test_redis_cpu_per_check's, for the target tests below
+_CPU_SLACK = [1.0]  # and the slack of its run (the target fixture's)
 #: pairs that do not meet the target yet, and why (xfails, not strict: the smoke pass's short
 #: runs sometimes land under the target by noise)
 _CPU_MISSES = {
@@ -397,8 +400,8 @@ _CPU_MISSES = {
 )
 def test_redis_cpu_target(pair: str) -> None:
     """throttlekit's Redis time per check <= REDIS_CPU_TARGET x its reference's (measured by
-    test_redis_cpu_per_check in the same run)."""
+    test_redis_cpu_per_check in the same run; the smoke pass: at its loose bound)."""
     if pair not in _CPU_RATIOS:
         pytest.skip("run with test_redis_cpu_per_check (it measures the ratios)")
-    ratio = _CPU_RATIOS[pair]
-    assert ratio <= REDIS_CPU_TARGET, f"{pair}: {ratio:.3f} x its reference's Redis time"
+    ratio, bound = _CPU_RATIOS[pair], REDIS_CPU_TARGET * _CPU_SLACK[0]
+    assert ratio <= bound, f"{pair}: {ratio:.3f} x its reference's Redis time (<= {bound:g})"
