@@ -91,8 +91,8 @@ class BlockWatch:
                 self._down()
                 if self._stop:
                     break
-                logger.info("throttlekit: the Redis blocklist watch stopped (%s: %s); until it "
-                            "is back, requests look their block keys up", type(exc).__name__, exc)
+                logger.info("the Redis blocklist watch stopped (%s: %s); until it is back, "
+                            "requests look their block keys up", type(exc).__name__, exc)
                 time.sleep(delay)
                 delay = min(delay * 4, _RETRY[1])
         self._down()
