@@ -238,6 +238,27 @@ redis.call('SET', KEYS[1], new, 'PX', math.floor((new - now + 999) / 1000))
 return math.floor((capT - (new - now)) / T)"""
 
 
+#: Every contender's checks are sent at this pace (seconds per check, longer than any
+#: contender's own client time on an idle machine): how often a check starts a new window,
+#: and how warm Redis is when it comes (a slower client alone made the same script cost
+#: 1.14x the Redis time per check here), must not depend on how fast the client is.
+PACE = 300e-6
+
+
+def _paced(fn: Any, n: int) -> None:
+    """``fn(0)``, ..., ``fn(n - 1)``, one every PACE seconds (busy-waiting: a sleep's
+    wake-up is coarser than that; a call that took longer delays the next, no burst)."""
+    clock = time.perf_counter
+    due = clock()
+    for i in range(n):
+        fn(i)
+        due += PACE
+        if clock() > due:
+            due = clock()
+        while clock() < due:
+            pass
+
+
 def _server_usec(client: Any) -> tuple[int, int]:
     """Total usec and calls of the top-level script commands (what a check costs Redis:
     a script's inner commands are inside its EVALSHA's time)."""
@@ -270,8 +291,7 @@ def _cpu_contenders(url: str, client: Any, n: int) -> dict[str, Any]:
     out["GCRA reference"] = lambda i: ex(
         "EVALSHA", sha, 1, f"gcra:{{{keys[i % n]}}}", int(time.time() * 1e6), 1, 1_000_000, 1
     )
-    mw_storage = storage_from_url(url, prefix="tk-mw:")
-    mw_storage.blocks_fresh = 1.0  # type: ignore[attr-defined]  # opt-in: see backends.md
+    mw_storage = storage_from_url(url, prefix="tk-mw:")  # defaults: the blocklist watch on
     limiter = Limiter(mw_storage)
     limiter.throttle("per-ip", RATE, strategy="fixed_window")
     app = WSGIMiddleware(lambda environ, start_response: start_response("200 OK", []) or [b""],
@@ -279,25 +299,35 @@ def _cpu_contenders(url: str, client: Any, n: int) -> dict[str, Any]:
     envs = [{"REQUEST_METHOD": "GET", "PATH_INFO": "/", "REMOTE_ADDR": f"10.0.{i // 250}.{i % 250}",
              "wsgi.url_scheme": "http", "SERVER_NAME": "x", "SERVER_PORT": "80"}
             for i in range(n)]
-    out["throttlekit middleware, one fixed_window throttle, blocks_fresh=1"] = lambda i: app(
+    out[MIDDLEWARE] = lambda i: app(
         dict(envs[i % n]), lambda *a: None  # (the middleware marks the environ it saw)
     )
+    # no target: what the watch saves (every request looks its client's block key up)
+    unwatched = Limiter(storage_from_url(url, prefix="tk-mw0:", watch_blocks=False))
+    unwatched.throttle("per-ip", RATE, strategy="fixed_window")
+    app0 = WSGIMiddleware(lambda environ, start_response: start_response("200 OK", [])
+                          or [b""], unwatched)
+    out[f"{MIDDLEWARE}, watch_blocks=False"] = lambda i: app0(dict(envs[i % n]),
+                                                               lambda *a: None)
+    out[MIDDLEWARE](0)  # starts the blocklist watch: measured once it is live
+    deadline = time.monotonic() + 10
+    while not (mw_storage._watch is not None and mw_storage._watch.live):  # type: ignore[attr-defined]
+        assert time.monotonic() < deadline, "the blocklist watch never became live"
+        time.sleep(0.01)
     return out
 
 
+MIDDLEWARE = "throttlekit middleware, one fixed_window throttle"
 #: (throttlekit, its reference) pairs held to REDIS_CPU_TARGET
 CPU_PAIRS = {
     "fixed_window": ("throttlekit fixed_window", "limits fixed_window"),
     "sliding_window": ("throttlekit sliding_window", "limits sliding_window"),
     "token_bucket": ("throttlekit token_bucket", "GCRA reference"),
-    "middleware, one throttle": (
-        "throttlekit middleware, one fixed_window throttle, blocks_fresh=1",
-        "limits fixed_window",
-    ),
+    "middleware, one throttle": (MIDDLEWARE, "limits fixed_window"),
 }
 
 
-def test_redis_cpu_per_check(benchmark: Any, capsys: Any) -> None:
+def test_redis_cpu_per_check(benchmark: Any, target: Any, capsys: Any) -> None:
     """Redis time per check (``INFO commandstats``: total usec of EVALSHA over N checks / N)
     on a redis-server of our own, blocks of every contender interleaved; medians and their
     ratios. Targets: throttlekit <= REDIS_CPU_TARGET x `limits`' same algorithm (fixed window:
@@ -308,8 +338,8 @@ def test_redis_cpu_per_check(benchmark: Any, capsys: Any) -> None:
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
     from servers import RedisServer, start_or_skip
 
-    # every key checked 4 times per block on average (a block takes about a second here)
-    rounds, block, nkeys = (3, 1000, 250) if benchmark.disabled else (15, 4000, 1000)
+    # every key checked 4 times per block on average (a block takes 1.2 s at PACE)
+    rounds, block, nkeys = target.size((11, 4000, 1000), (3, 1000, 250))
     with start_or_skip(RedisServer()) as server:
         client = redis.Redis.from_url(server.url)
         contenders = _cpu_contenders(server.url, client, nkeys)
@@ -322,8 +352,7 @@ def test_redis_cpu_per_check(benchmark: Any, capsys: Any) -> None:
             for _ in range(rounds):
                 for name, fn in contenders.items():
                     u0, c0 = _server_usec(client)
-                    for i in range(block):
-                        fn(i)
+                    _paced(fn, block)
                     u1, c1 = _server_usec(client)
                     assert c1 - c0 == block, (name, c1 - c0)  # one script per check
                     per_call[name].append((u1 - u0) / block)
@@ -342,20 +371,25 @@ def test_redis_cpu_per_check(benchmark: Any, capsys: Any) -> None:
         for k, v in ratios.items():
             print(f"  ratio            {k:52s} {v:6.3f}  (target <= {REDIS_CPU_TARGET})")
     _CPU_RATIOS.update(ratios)
-    # (here too: --benchmark-only skips test_redis_cpu_target, which checks the misses)
+    _CPU_SLACK[0] = target.slack
+    # (here too: --benchmark-only skips test_redis_cpu_target, which checks the misses;
+    # the smoke pass asserts at the loose bound)
     for k, v in ratios.items():
         if k not in _CPU_MISSES:
-            assert v <= REDIS_CPU_TARGET, f"{k}: {v:.3f} x its reference's Redis time"
+            target.at_most(f"redis CPU per check {k}", v, REDIS_CPU_TARGET)
 
 
 _CPU_RATIOS: dict[str, float] = {}  # test_redis_cpu_per_check's, for the target tests below
+_CPU_SLACK = [1.0]  # and the slack of its run (the target fixture's)
 #: pairs that do not meet the target yet, and why (xfails, not strict: the smoke pass's short
 #: runs sometimes land under the target by noise)
 _CPU_MISSES = {
-    "fixed_window": "HINCRBY on a field of the key's hash (what reset() finds) against "
-    "limits' INCRBY on a string key, six arguments against two, and a new window's 3 "
-    "commands (HINCRBY, HSET, PEXPIRE) against limits' 2 (see docs/benchmarks.md)",
-    "middleware, one throttle": "the fixed window's cost, and longer rule ids and keys",
+    "fixed_window": "HINCRBY on a field of the key's hash (what reset() finds without SCAN) "
+    "against limits' INCRBY on a string key, five arguments against two, and a new window's "
+    "3 commands (HINCRBY, HSET, PEXPIRE) against limits' 2, in windows on the clock "
+    "(limits' start at a key's first hit: fewer new ones); see docs/benchmarks.md",
+    "middleware, one throttle": "the fixed window's cost (the blocklist is not read: the "
+    "watch), and longer rule ids and keys",
 }
 
 
@@ -366,8 +400,8 @@ _CPU_MISSES = {
 )
 def test_redis_cpu_target(pair: str) -> None:
     """throttlekit's Redis time per check <= REDIS_CPU_TARGET x its reference's (measured by
-    test_redis_cpu_per_check in the same run)."""
+    test_redis_cpu_per_check in the same run; the smoke pass: at its loose bound)."""
     if pair not in _CPU_RATIOS:
         pytest.skip("run with test_redis_cpu_per_check (it measures the ratios)")
-    ratio = _CPU_RATIOS[pair]
-    assert ratio <= REDIS_CPU_TARGET, f"{pair}: {ratio:.3f} x its reference's Redis time"
+    ratio, bound = _CPU_RATIOS[pair], REDIS_CPU_TARGET * _CPU_SLACK[0]
+    assert ratio <= bound, f"{pair}: {ratio:.3f} x its reference's Redis time (<= {bound:g})"

@@ -45,12 +45,12 @@ def _app(environ: Any, start_response: Any) -> list[bytes]:
 
 def test_one_throttle_without_a_blocklist_sends_one_hincrby(server: RedisServer) -> None:
     """Through the middleware, one fixed-window throttle, an empty dynamic blocklist and
-    ``blocks_fresh`` set (opt-in): each request is one EVALSHA running one HINCRBY (the
-    blocklist is not read per request, and no TIME); the blocklist's index is asked about
-    once, then not for blocks_fresh seconds."""
+    ``blocks_fresh`` set (opt-in, for where the watch is off): each request is one EVALSHA
+    running one HINCRBY (the blocklist is not read per request, and no TIME); the
+    blocklist's index is asked about once, then not for blocks_fresh seconds."""
     from werkzeug.test import Client
 
-    s = storage_from_url(server.url, prefix="one:")
+    s = storage_from_url(server.url, prefix="one:", watch_blocks=False)
     assert isinstance(s, RedisStorage)
     s.blocks_fresh = 3600.0
     limiter = Limiter(s)
@@ -104,9 +104,10 @@ def test_a_block_by_another_process_is_looked_up_within_blocks_fresh(
 ) -> None:
     """A process that saw the blocklist empty does not look block keys up for
     ``blocks_fresh`` seconds: a block made elsewhere meanwhile is found once that passed
-    (here forced by setting it to 0); a block it makes itself is found at once."""
+    (here forced by setting it to 0); a block it makes itself is found at once. (Without
+    the watch: with it, see test_the_watch_*.)"""
     alg = make_algorithm("fixed_window", Rate(100, 60))
-    a = storage_from_url(server.url, prefix="fresh:")
+    a = storage_from_url(server.url, prefix="fresh:", watch_blocks=False)
     b = storage_from_url(server.url, prefix="fresh:")
     assert isinstance(a, RedisStorage)
     a.blocks_fresh = 3600.0
@@ -132,7 +133,7 @@ def test_a_block_by_another_process_is_looked_up_within_blocks_fresh(
 
 def test_an_empty_blocklist_answers_block_keys_without_a_call(server: RedisServer) -> None:
     """Block keys alone, with no check, against a blocklist seen empty: answered here."""
-    a = storage_from_url(server.url, prefix="none:")
+    a = storage_from_url(server.url, prefix="none:", watch_blocks=False)
     assert isinstance(a, RedisStorage)
     a.blocks_fresh = 3600.0
     assert a.apply([], block_keys=["x", "y"]).blocked == [None, None]  # reads the index
@@ -162,4 +163,166 @@ def test_a_fixed_window_keeps_one_field_per_rate(server: RedisServer) -> None:
     raw.hset(s.family("old"), short.id, "850000000 2")
     assert s.apply([Check(short, "old")], now=t0).decisions[0].remaining == 1
     raw.close()
+    s.close()
+
+
+def _watching(s: RedisStorage, live: bool = True, timeout: float = 5.0) -> None:
+    """Wait until ``s``'s blocklist watch is (or is no longer) live."""
+    import time
+
+    deadline = time.monotonic() + timeout
+    while (s._watch is not None and s._watch.live) != live:
+        assert time.monotonic() < deadline, f"the watch never became live={live}"
+        s._lookups()  # (starts it)
+        time.sleep(0.01)
+
+
+def _until_looked_up(s: RedisStorage, timeout: float = 2.0) -> float:
+    """Seconds until ``s`` stops skipping its block lookups (a change was pushed)."""
+    import time
+
+    t0 = time.monotonic()
+    while s._lookups() is False:
+        assert time.monotonic() - t0 < timeout, "no change pushed"
+        time.sleep(0.0005)
+    return time.monotonic() - t0
+
+
+def test_the_watch_sends_nothing_for_an_empty_blocklist(server: RedisServer) -> None:
+    """By default (``watch_blocks``), through the middleware with one fixed-window throttle
+    and an empty dynamic blocklist: once the watch is live, each request is one EVALSHA
+    running one HINCRBY, with no blocks_fresh to set; nothing else is sent."""
+    from werkzeug.test import Client
+
+    s = storage_from_url(server.url, prefix="watch1:")
+    assert isinstance(s, RedisStorage)
+    limiter = Limiter(s)
+    limiter.throttle("per-ip", "1000/hour", strategy="fixed_window")
+    client = Client(WSGIMiddleware(_app, limiter))
+    env = {"REMOTE_ADDR": "192.0.2.7"}
+    assert client.get("/", environ_base=env).status_code == 200
+    _watching(s)
+    assert client.get("/", environ_base=env).status_code == 200  # reads the index once
+    server.command("CONFIG", "RESETSTAT")
+    assert [client.get("/", environ_base=env).status_code for _ in range(20)] == [200] * 20
+    calls = _calls(server)
+    assert calls.pop("evalsha") == 20
+    assert calls.pop("hincrby") == 20
+    calls.pop("ping", None)  # (the watch's, once a second)
+    assert calls == {}, calls  # no EXISTS, no GET of a block key
+    s.close()
+
+
+def test_the_watch_sees_a_block_by_another_process_at_once(server: RedisServer) -> None:
+    """A block made by another process (the admin CLI, a ban on another worker) is pushed
+    to the watch by the server: the next request looks its block keys up and is refused;
+    its unblock and the entry's expiry are seen too, and lookups stop again."""
+    import time
+
+    from werkzeug.test import Client
+
+    a = storage_from_url(server.url, prefix="watch2:", ttl_slack=0)
+    b = storage_from_url(server.url, prefix="watch2:", ttl_slack=0)
+    assert isinstance(a, RedisStorage) and isinstance(b, RedisStorage)
+    limiter = Limiter(a)
+    limiter.throttle("per-ip", "1000/hour", strategy="fixed_window")
+    client = Client(WSGIMiddleware(_app, limiter))
+    env = {"REMOTE_ADDR": "192.0.2.7"}
+    assert client.get("/", environ_base=env).status_code == 200
+    _watching(a)
+    assert client.get("/", environ_base=env).status_code == 200
+    assert a._lookups() is False
+    b.block("192.0.2.7", 1.5, "from the CLI")
+    assert _until_looked_up(a) < 1.0
+    assert client.get("/", environ_base=env).status_code == 403
+    b.unblock("192.0.2.7")
+    time.sleep(1.1)  # (while the blocklist had entries: the index is read again each second)
+    assert client.get("/", environ_base=env).status_code == 200
+    assert client.get("/", environ_base=env).status_code == 200
+    assert a._lookups() is False
+    b.block("192.0.2.7", 0.3, "short")
+    assert _until_looked_up(a) < 1.0
+    assert client.get("/", environ_base=env).status_code == 403
+    time.sleep(1.5)  # expired; the index too (no push for an expiry: read again after 1 s)
+    assert client.get("/", environ_base=env).status_code == 200
+    assert client.get("/", environ_base=env).status_code == 200
+    assert a._lookups() is False
+    a.close()
+    b.close()
+
+
+def test_a_watch_that_loses_its_connection_falls_back_to_lookups(server: RedisServer) -> None:
+    """Killing the watch's connection turns it off at once (every request looks its block
+    keys up again, so a block made meanwhile holds); it reconnects by itself."""
+    import redis
+
+    alg = make_algorithm("fixed_window", Rate(100, 60))
+    a = storage_from_url(server.url, prefix="watch3:")
+    b = storage_from_url(server.url, prefix="watch3:")
+    assert isinstance(a, RedisStorage)
+    assert a.apply([Check(alg, "ip")], block_keys=["ip"]).blocked == [None]
+    _watching(a)
+    a.apply([Check(alg, "ip")], block_keys=["ip"])
+    assert a._lookups() is False
+    raw = redis.Redis.from_url(server.url)
+    killed = raw.client_kill_filter(_type="normal", skipme=True, laddr=None,
+                                    _id=_watch_id(raw))
+    assert killed == 1
+    _watching(a, live=False)
+    assert a._lookups() is True  # no blocks_fresh: look up every time
+    b.block("ip", 60, "meanwhile")
+    found = a.apply([Check(alg, "ip")], block_keys=["ip"]).blocked[0]
+    assert found is not None and found.reason == "meanwhile"
+    _watching(a)  # back by itself
+    raw.close()
+    a.close()
+    b.close()
+
+
+def _watch_id(raw: Any) -> int:
+    """The client id of the connection with tracking on (the watch's)."""
+    for c in raw.client_list():
+        if "t" in c.get("flags", "") and "B" in c.get("flags", ""):
+            return int(c["id"])
+    raise AssertionError(f"no tracking connection in {raw.client_list()}")
+
+
+def test_watch_blocks_is_checked(server: RedisServer) -> None:
+    from throttlekit import ConfigError
+
+    with pytest.raises(ConfigError, match="watch_blocks must be True or False, got 'maybe'"):
+        storage_from_url(server.url + "?watch_blocks=maybe")
+    s = storage_from_url(server.url + "?watch_blocks=false")
+    assert isinstance(s, RedisStorage) and s.watch_blocks is False
+    s.close()
+
+
+def test_a_forked_child_runs_its_own_watch(server: RedisServer) -> None:
+    """After ``fork`` (a pre-forking server's workers), the child has no watch thread: its
+    watch is off (block keys looked up) until its own thread is live; the parent's stays."""
+    import os
+    import warnings
+
+    alg = make_algorithm("fixed_window", Rate(100, 60))
+    s = storage_from_url(server.url, prefix="fork:")
+    assert isinstance(s, RedisStorage)
+    s.apply([Check(alg, "ip")], block_keys=["ip"])
+    _watching(s)
+    s.apply([Check(alg, "ip")], block_keys=["ip"])
+    assert s._lookups() is False
+    with warnings.catch_warnings():  # (3.12+: a fork with threads running warns)
+        warnings.simplefilter("ignore", DeprecationWarning)
+        pid = os.fork()
+    if pid == 0:  # the child: report through the exit code
+        code = 1
+        try:
+            if s._lookups() is True:  # off: looks up (and starts its own thread)
+                _watching(s)
+                s.apply([Check(alg, "ip")], block_keys=["ip"])
+                code = 0 if s._lookups() is False else 2
+        finally:
+            os._exit(code)
+    _, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0
+    assert s._watch is not None and s._watch.live and s._lookups() is False
     s.close()

@@ -150,8 +150,8 @@ class Fixed:
         self.id = alg.id
         self.id_b = alg.id.encode(*encoding)
         self.limit_b = str(alg.limit).encode()
-        # EVALSHA sha 1 H id cost limit ttl base base+cost
-        self.head = b"*10\r\n$7\r\nEVALSHA\r\n%b$1\r\n1\r\n" % bulk(self.sha)
+        # EVALSHA sha 1 H id cost limit base ttl
+        self.head = b"*9\r\n$7\r\nEVALSHA\r\n%b$1\r\n1\r\n" % bulk(self.sha)
 
 
 def fixed_decision(alg: Algorithm, r: int, cost: int, left: int, charged: bool) -> Decision:

@@ -183,8 +183,8 @@ class SingleChecks:
         args: list[Any] = [
             1, self.family(check.key), fx.id_b,
             (SMALL[cost] if cost < 64 else b"%d" % cost) if charged else b"-1",
-            fx.limit_b, b"%d" % ((left + 999) // 1000 + self._slack), b"%d" % base,
-            b"%d" % (base + cost) if charged else b"0",
+            fx.limit_b, b"%d" % base,
+            b"%d" % ((left + 999) // 1000 + self._slack) if charged else b"0",
         ]
         return fx, args, left, charged
 

@@ -58,6 +58,7 @@ from ._scripts import (
     text,
 )
 from ._single import SingleChecks, failed
+from ._watch import BlockLookups, BlockWatch
 
 if TYPE_CHECKING:
     from ..._escalation import Escalation
@@ -70,7 +71,7 @@ _R = TypeVar("_R")
 Calls = Generator[tuple[Sequence[str], Sequence[Any]], Any, _R]
 
 
-class RedisStorage(SingleChecks, Clients, Storage):
+class RedisStorage(BlockLookups, SingleChecks, Clients, Storage):
     """Storage on Redis: standalone, Cluster (``RedisCluster``) or a Sentinel master.
 
     Args:
@@ -89,6 +90,12 @@ class RedisStorage(SingleChecks, Clients, Storage):
             passed by the limiter always wins. See docs/backends.md, *Time*.
         ttl_slack: seconds added to TTLs when the time comes from the client, whose clock
             the server cannot check (default 5).
+        watch_blocks: have the server tell this process when the dynamic blocklist changes
+            (one connection and one thread of its own, see ``_watch.py``), so that while
+            the blocklist is empty a request does not look its block keys up (default
+            True; off, or where tracking is not available: a Cluster, a storage with only
+            a ``redis.asyncio`` client, a server before Redis 6, every request looks them
+            up). See docs/backends.md, *The dynamic blocklist*.
 
     Client errors are raised as :class:`~throttlekit.StorageError` chained to the original;
     the limiter's ``on_storage_error`` policy then answers.
@@ -119,6 +126,7 @@ class RedisStorage(SingleChecks, Clients, Storage):
         prefix: str = "throttlekit:",
         clock: str = "client",
         ttl_slack: float = 5.0,
+        watch_blocks: bool = True,
     ) -> None:
         redis = redis_module()
         if not isinstance(prefix, str) or "{" in prefix or "}" in prefix:
@@ -129,6 +137,8 @@ class RedisStorage(SingleChecks, Clients, Storage):
             0 <= ttl_slack < 86400
         ):
             raise ConfigError(f"ttl_slack must be a number of seconds >= 0, got {ttl_slack!r}")
+        if not isinstance(watch_blocks, bool):
+            raise ConfigError(f"watch_blocks must be True or False, got {watch_blocks!r}")
         self._init_clients(client, async_client)
         self.prefix = prefix
         self.clock = clock
@@ -154,6 +164,12 @@ class RedisStorage(SingleChecks, Clients, Storage):
         # seconds at most ago, on the monotonic clock): while it is empty, a request's
         # block keys are not looked up (see _lookups).
         self._blocks_seen = (True, -INF)  # (any, when seen)
+        # With a live watch (see _watch.py): the watch's ``changes`` when the index was last
+        # read and found absent (-1: not since), i.e. no lookups while it still is that.
+        self._clear = -1
+        self.watch_blocks = watch_blocks and self._can_watch and (  # (needs a sync client)
+            self._client is not None or self._make_client is not None)
+        self._watch: BlockWatch | None = None
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}({self._where()}, prefix={self.prefix!r})"
@@ -205,28 +221,11 @@ class RedisStorage(SingleChecks, Clients, Storage):
             self.clock == "client" or script_kind(alg) != "tg"
         )
 
-    #: Opt-in: how long (seconds) the dynamic blocklist is taken to be as last seen, so
-    #: that while it is empty a request's block keys are not looked up. A block or a ban
-    #: made by another process is then looked up by this one only within about that long
-    #: (a fail2ban ban holds on the other workers up to that much later). None (default):
-    #: every request looks its block keys up.
-    blocks_fresh: float | None = None
-
-    def _lookups(self) -> bool | None:
-        """Whether a request's block keys must be looked up; None when the blocklist must
-        be read first (``EXISTS`` of its index: once per ``blocks_fresh`` seconds)."""
-        fresh = self.blocks_fresh
-        if fresh is None:
-            return True
-        some, seen = self._blocks_seen
-        if time.monotonic() - seen < fresh:
-            return some
-        return None
-
-    def _saw_blocks(self, exists: Any) -> bool:
-        some = bool(exists)
-        self._blocks_seen = (some, time.monotonic())
-        return some
+    def close(self) -> None:
+        w, self._watch = self._watch, None
+        if w is not None:
+            w.stop()
+        super().close()
 
     def _batch_call(
         self, checks: Sequence[Check], consume: bool, now: int | None, block_keys: Sequence[str]
@@ -331,11 +330,11 @@ class RedisStorage(SingleChecks, Clients, Storage):
         if block_keys:
             look = self._lookups()
             if look is None:
-                look = self._saw_blocks(self._sync_call("EXISTS", self._index[0]))
+                mark = self._mark()
+                look = self._saw_blocks(self._sync_call("EXISTS", self._index[0]), mark)
             if not look:  # an empty blocklist: nothing to look up
-                if not checks:
-                    return BatchResult([], [None] * len(block_keys))
-                result = self.apply(checks, consume=consume, now=now)
+                result = self._unlooked(checks, len(block_keys)) or self.apply(
+                    checks, consume=consume, now=now)
                 result.blocked[:] = [None] * len(block_keys)
                 return result
         if len(checks) == 1 and not block_keys:  # the common case: one specialised script
@@ -473,11 +472,11 @@ class RedisStorage(SingleChecks, Clients, Storage):
         if block_keys:
             look = self._lookups()
             if look is None:
-                look = self._saw_blocks(await self._acall("EXISTS", self._index[0]))
+                mark = self._mark()
+                look = self._saw_blocks(await self._acall("EXISTS", self._index[0]), mark)
             if not look:  # an empty blocklist: nothing to look up
-                if not checks:
-                    return BatchResult([], [None] * len(block_keys))
-                result = await self.aapply(checks, consume=consume, now=now)
+                result = self._unlooked(checks, len(block_keys)) or await self.aapply(
+                    checks, consume=consume, now=now)
                 result.blocked[:] = [None] * len(block_keys)
                 return result
         if len(checks) == 1 and not block_keys:  # the common case: one specialised script

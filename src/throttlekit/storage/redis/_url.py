@@ -23,7 +23,7 @@ from .sentinel import sentinel_clients
 
 __all__ = ["from_url"]
 
-_OWN_OPTIONS = ("prefix", "clock", "ttl_slack")
+_OWN_OPTIONS = ("prefix", "clock", "ttl_slack", "watch_blocks")
 
 
 def from_url(url: str, **options: Any) -> RedisStorage:
@@ -33,10 +33,11 @@ def from_url(url: str, **options: Any) -> RedisStorage:
     * ``redis+cluster://host:port[,host:port...]``: a Redis Cluster (any nodes as seeds);
     * ``redis+sentinel://host:port[,host:port...]/service[/db]``: the master of ``service``.
 
-    Options (keyword arguments or query parameters): ``prefix``, ``clock``, ``ttl_slack``
-    (see :class:`RedisStorage`); anything else goes to the redis client (e.g.
-    ``socket_timeout``, ``password``). Socket timeouts default to ``DEFAULT_TIMEOUT``
-    (0.25 s) and failed commands are not retried, so a dead store fails fast.
+    Options (keyword arguments or query parameters): ``prefix``, ``clock``, ``ttl_slack``,
+    ``watch_blocks`` (``?watch_blocks=false``; see :class:`RedisStorage`); anything else
+    goes to the redis client (e.g. ``socket_timeout``, ``password``). Socket timeouts
+    default to ``DEFAULT_TIMEOUT`` (0.25 s) and failed commands are not retried, so a dead
+    store fails fast.
 
     Standalone and Sentinel clients get a blocking pool of ``max_connections`` connections
     (default ``DEFAULT_MAX_CONNECTIONS``, 50; for async clients, one pool per event loop):
@@ -86,6 +87,10 @@ def _options(query_text: str, options: dict[str, Any]) -> tuple[dict[str, Any], 
             own["ttl_slack"] = float(own["ttl_slack"])
         except (TypeError, ValueError):
             raise ConfigError(f"ttl_slack must be a number, got {own['ttl_slack']!r}") from None
+    flag = own.get("watch_blocks")
+    if isinstance(flag, str):
+        own["watch_blocks"] = {"true": True, "1": True, "false": False, "0": False}.get(
+            flag.lower(), flag)  # (anything else: the storage's ConfigError names it)
     kw: dict[str, Any] = {
         "socket_timeout": DEFAULT_TIMEOUT,
         "socket_connect_timeout": DEFAULT_TIMEOUT,

@@ -25,7 +25,10 @@ class RedisClusterStorage(RedisStorage, cluster=True):
     """Storage on a Redis Cluster: a ``redis.cluster.RedisCluster`` client, its
     ``redis.asyncio`` twin, or both (the arguments of :class:`RedisStorage`).
     ``RedisStorage(cluster_client)`` makes one of these; ``storage_from_url`` does for
-    ``redis+cluster://`` URLs."""
+    ``redis+cluster://`` URLs. No blocklist watch (``watch_blocks``): the blocklist is
+    looked up per request, or per ``blocks_fresh``."""
+
+    _can_watch = False
 
     def __init__(self, client: Any = None, **kwargs: Any) -> None:
         super().__init__(client, **kwargs)

@@ -3,13 +3,12 @@
 -- (window mod 2^19) x 2^33 (counts stay below 2^33, the sum below 2^53: exact in Lua), so
 -- an allowed check in a window already started is one HINCRBY; a new window overwrites the
 -- field (HSET) and extends H's TTL. The caller computes the window, base and TTL from its
--- own clock and decides from the count returned.
--- KEYS[1]: H. ARGV: alg.id, cost (-1: only read the count), limit, TTL (ms), base,
---          base + cost.
+-- own clock and decides from the count returned. Every argument costs Redis time on every
+-- call: only the ones the common case reads, the TTL last.
+-- KEYS[1]: H. ARGV: alg.id, cost (-1: only read the count), limit, base, TTL (ms).
 -- Returns: read: the count; charged: the new count (> 0, allowed), or minus the count
 --          before (< 0, refused: nothing stays charged).
-local H, f, cost = KEYS[1], ARGV[1], tonumber(ARGV[2])
-local base = tonumber(ARGV[5])
+local H, f, cost, base = KEYS[1], ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[4])
 if cost < 0 then
   local v = tonumber(redis.call('HGET', H, f) or '') or -1
   if v >= base and v - base < 8589934592 then return v - base end
@@ -18,18 +17,21 @@ end
 local v = redis.pcall('HINCRBY', H, f, cost)  -- (an error: a state of an older layout)
 if type(v) ~= 'number' then v = -1 end
 local c = v - base
-if v == cost or c <= 0 or c >= 8589934592 then  -- a new window (the field was another's)
-  redis.call('HSET', H, f, ARGV[6])
-  local ms = tonumber(ARGV[4])
-  if v ~= cost and v ~= -1 and (redis.REDIS_VERSION_NUM or 0) >= 0x070000 then  -- H had a TTL
-    redis.call('PEXPIRE', H, ms, 'GT')
-  elseif redis.call('PTTL', H) < ms then
-    redis.call('PEXPIRE', H, ms)
+if c > 0 and c < 8589934592 and v ~= cost then  -- the window's count, cost added
+  if c > tonumber(ARGV[3]) then
+    redis.call('HINCRBY', H, f, -cost)  -- refused: give it back (the window started: a TTL)
+    return cost - c
   end
-  return cost
+  return c
 end
-if c > tonumber(ARGV[3]) then
-  redis.call('HINCRBY', H, f, -cost)  -- refused: give it back (the window started: a TTL)
-  return cost - c
+-- a new window (the field was another window's, or none): its count is cost (<= limit)
+redis.call('HSET', H, f, base + cost)  -- (a Lua number below 2^53: written exactly)
+local ms = tonumber(ARGV[5])
+if (redis.REDIS_VERSION_NUM or 0) < 0x070000 then
+  if redis.call('PTTL', H) < ms then redis.call('PEXPIRE', H, ms) end
+elseif v == cost or v == -1 then  -- H may be new (no TTL yet): NX, else it had one
+  if redis.call('PEXPIRE', H, ms, 'NX') == 0 then redis.call('PEXPIRE', H, ms, 'GT') end
+else
+  redis.call('PEXPIRE', H, ms, 'GT')  -- H had a TTL: extend it, never shorten it
 end
-return c
+return cost
