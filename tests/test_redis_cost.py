@@ -86,8 +86,8 @@ def test_the_callers_clock_sends_no_time(server: RedisServer, strategy: str) -> 
 
 
 def test_by_default_every_request_looks_its_block_keys_up(server: RedisServer) -> None:
-    """Without blocks_fresh, a block made by another process holds at once (a ban made on
-    one worker holds on all)."""
+    """By default (no watch, no blocks_fresh), a block made by another process holds at
+    once (a ban made on one worker holds on all)."""
     alg = make_algorithm("fixed_window", Rate(100, 60))
     a = storage_from_url(server.url, prefix="dflt:")
     b = storage_from_url(server.url, prefix="dflt:")
@@ -189,12 +189,12 @@ def _until_looked_up(s: RedisStorage, timeout: float = 2.0) -> float:
 
 
 def test_the_watch_sends_nothing_for_an_empty_blocklist(server: RedisServer) -> None:
-    """By default (``watch_blocks``), through the middleware with one fixed-window throttle
+    """With the watch (``watch_blocks=True``), through the middleware with one fixed-window throttle
     and an empty dynamic blocklist: once the watch is live, each request is one EVALSHA
     running one HINCRBY, with no blocks_fresh to set; nothing else is sent."""
     from werkzeug.test import Client
 
-    s = storage_from_url(server.url, prefix="watch1:")
+    s = storage_from_url(server.url, prefix="watch1:", watch_blocks=True)
     assert isinstance(s, RedisStorage)
     limiter = Limiter(s)
     limiter.throttle("per-ip", "1000/hour", strategy="fixed_window")
@@ -221,8 +221,8 @@ def test_the_watch_sees_a_block_by_another_process_at_once(server: RedisServer) 
 
     from werkzeug.test import Client
 
-    a = storage_from_url(server.url, prefix="watch2:", ttl_slack=0)
-    b = storage_from_url(server.url, prefix="watch2:", ttl_slack=0)
+    a = storage_from_url(server.url, prefix="watch2:", ttl_slack=0, watch_blocks=True)
+    b = storage_from_url(server.url, prefix="watch2:", ttl_slack=0, watch_blocks=True)
     assert isinstance(a, RedisStorage) and isinstance(b, RedisStorage)
     limiter = Limiter(a)
     limiter.throttle("per-ip", "1000/hour", strategy="fixed_window")
@@ -257,8 +257,8 @@ def test_a_watch_that_loses_its_connection_falls_back_to_lookups(server: RedisSe
     import redis
 
     alg = make_algorithm("fixed_window", Rate(100, 60))
-    a = storage_from_url(server.url, prefix="watch3:")
-    b = storage_from_url(server.url, prefix="watch3:")
+    a = storage_from_url(server.url, prefix="watch3:", watch_blocks=True)
+    b = storage_from_url(server.url, prefix="watch3:", watch_blocks=True)
     assert isinstance(a, RedisStorage)
     assert a.apply([Check(alg, "ip")], block_keys=["ip"]).blocked == [None]
     _watching(a)
@@ -295,6 +295,9 @@ def test_watch_blocks_is_checked(server: RedisServer) -> None:
     s = storage_from_url(server.url + "?watch_blocks=false")
     assert isinstance(s, RedisStorage) and s.watch_blocks is False
     s.close()
+    s = storage_from_url(server.url)  # opt-in: no thread unless asked for
+    assert isinstance(s, RedisStorage) and s.watch_blocks is False
+    s.close()
 
 
 def test_a_forked_child_runs_its_own_watch(server: RedisServer) -> None:
@@ -304,7 +307,7 @@ def test_a_forked_child_runs_its_own_watch(server: RedisServer) -> None:
     import warnings
 
     alg = make_algorithm("fixed_window", Rate(100, 60))
-    s = storage_from_url(server.url, prefix="fork:")
+    s = storage_from_url(server.url, prefix="fork:", watch_blocks=True)
     assert isinstance(s, RedisStorage)
     s.apply([Check(alg, "ip")], block_keys=["ip"])
     _watching(s)

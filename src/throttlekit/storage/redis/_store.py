@@ -92,10 +92,10 @@ class RedisStorage(BlockLookups, SingleChecks, Clients, Storage):
             the server cannot check (default 5).
         watch_blocks: have the server tell this process when the dynamic blocklist changes
             (one connection and one thread of its own, see ``_watch.py``), so that while
-            the blocklist is empty a request does not look its block keys up (default
-            True; off, or where tracking is not available: a Cluster, a storage with only
-            a ``redis.asyncio`` client, a server before Redis 6, every request looks them
-            up). See docs/backends.md, *The dynamic blocklist*.
+            the blocklist is empty a request does not look its block keys up (opt-in,
+            default False: it runs a thread; off, or where tracking is not available: a
+            Cluster, a storage with only a ``redis.asyncio`` client, a server before Redis
+            6, every request looks them up). See docs/backends.md, *The dynamic blocklist*.
 
     Client errors are raised as :class:`~throttlekit.StorageError` chained to the original;
     the limiter's ``on_storage_error`` policy then answers.
@@ -126,7 +126,7 @@ class RedisStorage(BlockLookups, SingleChecks, Clients, Storage):
         prefix: str = "throttlekit:",
         clock: str = "client",
         ttl_slack: float = 5.0,
-        watch_blocks: bool = True,
+        watch_blocks: bool = False,
     ) -> None:
         redis = redis_module()
         if not isinstance(prefix, str) or "{" in prefix or "}" in prefix:
