@@ -130,6 +130,13 @@ class FixedWindow(Algorithm):
         if state is not None and state >> 32 == win:
             count = state & _M32
             new = state  # the same window: the count is the low bits, added to in place
+        elif state is not None and state >> 32 > win:
+            # The clock stepped back: the count carries into now's window, stored by a
+            # refusal too (so that the window ends on this clock).
+            count = state & _M32
+            new = state
+            if cost:
+                state = new = (win << 32) | count
         else:
             count = 0
             new = win << 32
@@ -149,7 +156,7 @@ class FixedWindow(Algorithm):
 
     def charge(self, state: Any, now: int, cost: int) -> Any:
         win = now // self.period_us
-        count = state & _M32 if state is not None and state >> 32 == win else 0
+        count = state & _M32 if state is not None and state >> 32 >= win else 0
         return (win << 32) | (count + cost)
 
     def expired(self, state: Any, now: int) -> bool:
@@ -185,8 +192,10 @@ class CalendarWindow(FixedWindow):
     def hit(self, state: Any, now: int, cost: int) -> tuple[Any, Decision]:
         win, _start, end = self.calendar.window(now)
         count = 0
-        if state is not None and state >> 32 == win:
+        if state is not None and state >> 32 >= win:
             count = state & _M32
+            if cost and state >> 32 > win:  # the clock stepped back (see FixedWindow)
+                state = (win << 32) | count
         limit = self.limit
         left = (end - now) / 1e6
         if count + cost <= limit:
@@ -201,7 +210,7 @@ class CalendarWindow(FixedWindow):
 
     def charge(self, state: Any, now: int, cost: int) -> Any:
         win = self.calendar.window(now)[0]
-        count = state & _M32 if state is not None and state >> 32 == win else 0
+        count = state & _M32 if state is not None and state >> 32 >= win else 0
         return (win << 32) | (count + cost)
 
     def expired(self, state: Any, now: int) -> bool:
@@ -243,7 +252,7 @@ class SlidingWindow(Algorithm):
         if state is None:
             return 0, 0
         swin = state >> 64
-        if swin == win:
+        if swin >= win:  # (later: the clock stepped back, see hit)
             return (state >> 32) & _M32, state & _M32
         if swin == win - 1:
             return 0, (state >> 32) & _M32
@@ -262,6 +271,14 @@ class SlidingWindow(Algorithm):
                 same = True
             elif swin == win - 1:
                 prev = (state >> 32) & _M32
+            elif swin > win:
+                # The clock stepped back: the counts carry into now's windows, stored by a
+                # refusal too (so that the windows slide on this clock).
+                cur = (state >> 32) & _M32
+                prev = state & _M32
+                if cost:
+                    state = (((win << 32) | cur) << 32) | prev
+                    same = True
         limit = self.limit
         left = p - (now - win * p)  # weight of the previous window, scaled by p
         # prev * left + (cur + cost) * p <= limit * p, in whole requests: the previous
@@ -339,15 +356,26 @@ class TokenBucket(Algorithm):
     def _debt(self, state: Any, now: int) -> int:
         if state is None:
             return 0
-        debt = (state & _M96) - (now - (state >> 96)) * self.limit
+        elapsed = now - (state >> 96)
+        if elapsed < 0:  # the clock stepped back: nothing refilled (see hit)
+            return int(state & _M96)
+        debt = (state & _M96) - elapsed * self.limit
         return debt if debt > 0 else 0
 
     def hit(self, state: Any, now: int, cost: int) -> tuple[Any, Decision]:
         debt = 0
         if state is not None:
-            debt = (state & _M96) - (now - (state >> 96)) * self.limit
-            if debt < 0:
-                debt = 0
+            elapsed = now - (state >> 96)
+            if elapsed >= 0:
+                debt = (state & _M96) - elapsed * self.limit
+                if debt < 0:
+                    debt = 0
+            else:
+                # The clock stepped back: nothing refilled, and the state's time moves
+                # back to now, stored by a refusal too (so that it refills on this clock).
+                debt = state & _M96
+                if cost:
+                    state = (now << 96) | debt
         p = self.period_us
         new = debt + cost * p
         cap = self.capacity * p
@@ -427,6 +455,10 @@ class SlidingLog(Algorithm):
             log = array("q", (_HEAD, cost, now, cost))
             return log, _new(Decision, (True, limit, limit - cost, self.period_us / 1e6, 0.0,
                                         self.rate, False))
+        if log[-2] > now and len(log) > log[0]:  # the clock stepped back
+            if not cost:
+                return log, self.peek(log, now, cost)
+            _step_back(log, now)  # stored by a refusal too (so the log slides on this clock)
         # (self._trimmed, inlined: every hit pays it)
         p = self.period_us
         h = log[0]
@@ -487,6 +519,9 @@ class SlidingLog(Algorithm):
 
     def peek(self, state: Any, now: int, cost: int) -> Decision:
         log: Log | None = state
+        if log is not None and log[-2] > now and len(log) > log[0]:  # the clock stepped back
+            log = array("q", log)  # a peek stores nothing: a copy moves back
+            _step_back(log, now)
         total = 0 if log is None else self._trimmed(log, now)
         limit = self.limit
         if total + cost <= limit:
@@ -512,6 +547,19 @@ class SlidingLog(Algorithm):
         if len(log) <= log[0]:
             return 0
         return int(log[-2] + self.period_us - now)
+
+
+def _step_back(log: Log, now: int) -> None:
+    """The clock stepped back (``now`` is before the log's latest entry): the live entries
+    move back together, in place, so that the latest is at ``now`` (the slid-out ones are
+    cut off). So a client waits no longer than the period, and gets no request back."""
+    h = log[0]
+    if h > _HEAD:
+        del log[_HEAD:h]
+        log[0] = _HEAD
+    d = log[-2] - now
+    for i in range(_HEAD, len(log), 2):
+        log[i] -= d
 
 
 #: Epoch-aligned fixed windows: what users of Flask-Limiter and rack-attack know ("100 per
