@@ -23,6 +23,17 @@ steps = st.lists(
     min_size=1,
     max_size=40,
 )
+#: as ``steps``, the clock sometimes stepped back (NTP, a VM restored)
+steps_back = st.lists(
+    st.tuples(
+        st.one_of(st.integers(0, 10), st.integers(0, 400_000), st.integers(0, 3_000_000),
+                  st.integers(-4_000_000, -1)),
+        st.integers(0, 6),
+        st.booleans(),
+    ),
+    min_size=1,
+    max_size=40,
+)
 
 
 @pytest.mark.parametrize("strategy", sorted(MODELS))
@@ -35,6 +46,25 @@ steps = st.lists(
 )
 def test_matches_reference_model(make_limiter, strategy, limit, period_us, burst, offset, seq):
     """Random (time step, cost, hit-or-test) sequences give the model's exact Decisions."""
+    _run(make_limiter, strategy, limit, period_us, burst, offset, seq)
+
+
+@pytest.mark.parametrize("strategy", sorted(MODELS))
+@given(
+    limit=st.integers(1, 8),
+    period_us=st.sampled_from(PERIODS_US),
+    burst=st.one_of(st.none(), st.integers(1, 12)),
+    offset=st.integers(0, 5_000_000),
+    seq=steps_back,
+)
+def test_matches_reference_model_with_clock_steps_back(make_limiter, strategy, limit,
+                                                       period_us, burst, offset, seq):
+    """The same with the clock sometimes stepped back: the model moves its history back
+    (tests/models.py), the implementation its state (docs/algorithms.md)."""
+    _run(make_limiter, strategy, limit, period_us, burst, offset, seq)
+
+
+def _run(make_limiter, strategy, limit, period_us, burst, offset, seq):
     if strategy != "token_bucket":
         burst = None
     clock = FakeClock()

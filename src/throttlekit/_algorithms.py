@@ -142,10 +142,13 @@ class FixedWindow(Algorithm):
             new = win << 32
         limit = self.limit
         if count + cost <= limit:
-            count += cost
-            new += cost
-            reset = ((win + 1) * p - now) / 1e6 if count else 0.0
-            return new, _new(Decision, (True, limit, limit - count, reset, 0.0, self.rate, False))
+            if count + cost:
+                count += cost
+                return new + cost, _new(Decision, (True, limit, limit - count,
+                                                   ((win + 1) * p - now) / 1e6, 0.0,
+                                                   self.rate, False))
+            # nothing counted: nothing stored (a store computing elsewhere writes nothing)
+            return state, _new(Decision, (True, limit, limit, 0.0, 0.0, self.rate, False))
         retry = INF if cost > limit else ((win + 1) * p - now) / 1e6
         reset = ((win + 1) * p - now) / 1e6 if count else 0.0
         rem = limit - count if count < limit else 0
@@ -199,10 +202,11 @@ class CalendarWindow(FixedWindow):
         limit = self.limit
         left = (end - now) / 1e6
         if count + cost <= limit:
+            if not count + cost:  # nothing counted: nothing stored
+                return state, _new(Decision, (True, limit, limit, 0.0, 0.0, self.rate, False))
             count += cost
-            reset = left if count else 0.0
             return (win << 32) | count, _new(
-                Decision, (True, limit, limit - count, reset, 0.0, self.rate, False))
+                Decision, (True, limit, limit - count, left, 0.0, self.rate, False))
         retry = INF if cost > limit else left
         rem = limit - count if count < limit else 0
         return state, _new(Decision, (False, limit, rem, left if count else 0.0, retry,
@@ -381,7 +385,7 @@ class TokenBucket(Algorithm):
         cap = self.capacity * p
         if new <= cap:
             lim = self.limit
-            return (now << 96) | new, _new(
+            return (now << 96) | new if cost else state, _new(
                 Decision,
                 (True, self.capacity, (cap - new) // p, -(-new // lim) / 1e6, 0.0, self.rate,
                  False),
