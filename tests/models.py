@@ -5,8 +5,8 @@ search over whole microseconds on the definition itself (every algorithm's usage
 as time passes with no new requests), so they share no arithmetic with the implementation.
 
 A clock stepped back (``t`` before the state's latest instant): the whole history moves
-back, so that its latest instant is ``t`` (a window model's latest window, the bucket's
-update, the log's latest entry). A hit that charges or is refused (cost > 0) keeps that;
+back, so that its latest instant is ``t`` (a window model's latest window, the log's latest
+entry); the bucket loses the step's tokens (down to empty) and is updated at ``t``. A hit that charges or is refused (cost > 0) keeps that;
 a test or a zero-cost hit only answers from it.
 """
 
@@ -195,7 +195,11 @@ class TokenBucketModel(Model):
         return self.tokens is not None and self.updated > t
 
     def step_back(self, t: int) -> None:
-        self.updated = t  # nothing refilled
+        # the step's time counts as used (as a GCRA state reads it), down to an empty bucket
+        assert self.tokens is not None
+        used = Fraction((self.updated - t) * self.limit, self.period_us)
+        self.tokens = max(self.tokens - used, Fraction(0))
+        self.updated = t
 
     def record(self, t: int, cost: int) -> None:
         self.saved.append((self.tokens, self.updated))

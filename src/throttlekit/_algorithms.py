@@ -360,26 +360,31 @@ class TokenBucket(Algorithm):
     def _debt(self, state: Any, now: int) -> int:
         if state is None:
             return 0
-        elapsed = now - (state >> 96)
-        if elapsed < 0:  # the clock stepped back: nothing refilled (see hit)
-            return int(state & _M96)
-        debt = (state & _M96) - elapsed * self.limit
+        d = state & _M96
+        debt = d - (now - (state >> 96)) * self.limit
+        if debt > d:  # the clock stepped back (see hit)
+            return int(self._back(state, d, debt, now, 0)[0])
         return debt if debt > 0 else 0
+
+    def _back(self, state: Any, d: int, debt: int, now: int, cost: int) -> tuple[int, Any]:
+        """The clock stepped back (``now`` before the state's time): the debt as seen from
+        now (the step's time counts as used, as a GCRA state reads it) but never more than
+        a full bucket (or the state's own debt, over a lowered capacity); the state moves
+        to now, stored by a charge or a refusal (so it refills on this clock)."""
+        cap = self.capacity * self.period_us
+        if debt > cap:
+            debt = d if d > cap else cap
+        return debt, (now << 96) | debt if cost else state
 
     def hit(self, state: Any, now: int, cost: int) -> tuple[Any, Decision]:
         debt = 0
         if state is not None:
-            elapsed = now - (state >> 96)
-            if elapsed >= 0:
-                debt = (state & _M96) - elapsed * self.limit
-                if debt < 0:
-                    debt = 0
-            else:
-                # The clock stepped back: nothing refilled, and the state's time moves
-                # back to now, stored by a refusal too (so that it refills on this clock).
-                debt = state & _M96
-                if cost:
-                    state = (now << 96) | debt
+            d = state & _M96
+            debt = d - (now - (state >> 96)) * self.limit
+            if debt < 0:
+                debt = 0
+            elif debt > d:  # the clock stepped back
+                debt, state = self._back(state, d, debt, now, cost)
         p = self.period_us
         new = debt + cost * p
         cap = self.capacity * p
