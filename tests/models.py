@@ -6,8 +6,9 @@ as time passes with no new requests), so they share no arithmetic with the imple
 
 A clock stepped back (``t`` before the state's latest instant): the whole history moves
 back, so that its latest instant is ``t`` (a window model's latest window, the log's latest
-entry); the bucket loses the step's tokens (down to empty) and is updated at ``t``. A hit that charges or is refused (cost > 0) keeps that;
-a test or a zero-cost hit only answers from it.
+entry); the bucket loses the step's tokens (down to empty) and is updated at ``t``. A hit
+that charges or is refused (cost > 0) keeps that; a test or a zero-cost hit only answers
+from it.
 """
 
 from __future__ import annotations

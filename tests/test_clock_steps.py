@@ -18,23 +18,24 @@ LONGEST = {"fixed_window": 60.0, "sliding_window": 120.0, "sliding_log": 60.0,
            "token_bucket": 60.0}
 
 
+@pytest.mark.parametrize("rate", ["3/minute", "3/minute;1000/day"])  # one check, a batch
 @pytest.mark.parametrize("strategy", STRATEGIES)
-def test_a_backward_step_neither_shuts_out_nor_refills(make_limiter, strategy):
+def test_a_backward_step_neither_shuts_out_nor_refills(make_limiter, strategy, rate):
     """Three hits of a 3/minute limit at 10000 s, the clock stepped back 1000 s: the client
     is still refused (its 3 requests were made a moment ago, by its own account), told to
     retry within the period, not after the step's 1000 s, and allowed again by then."""
     clock = FakeClock(10000.0)
     lim = make_limiter(strategy, clock=clock)
     for _ in range(3):
-        assert lim.hit("k", "3/minute").allowed
+        assert lim.hit("k", rate).allowed
     clock.set(clock.now - 1000.0)  # a step back (advance() refuses one)
-    decisions = [lim.hit("k", "3/minute") for _ in range(3)]
+    decisions = [lim.hit("k", rate) for _ in range(3)]
     assert [d.allowed for d in decisions] == [False, False, False]
     retry = max(d.retry_after for d in decisions)
     assert 0 < retry <= LONGEST[strategy]
     # Following retry_after, the client is served again within the longest wait of the step.
     waited = 0.0
-    while not (d := lim.hit("k", "3/minute")).allowed:
+    while not (d := lim.hit("k", rate)).allowed:
         assert 0 < d.retry_after <= LONGEST[strategy]
         clock.advance(d.retry_after)
         waited += d.retry_after

@@ -72,7 +72,7 @@ class DenialCache:
         until, _cost, made, decision = entry
         if now is None:
             now = time.time_ns() // 1000
-        if now >= until:
+        if now >= until or now < made:  # (before it was made: the clock stepped back)
             return None
         reset = round(decision.reset_after * 1e6) - (now - made)
         return decision._replace(

@@ -227,6 +227,11 @@ class MemoryStorage(Storage):
                     decisions.append(d)
                     if not d.allowed:
                         together = False
+                        if cost and s is not None and (s[-2] > now if log else new is not s):
+                            # the clock stepped back: a refusal stores the state moved to
+                            # now too (_algorithms); a log's hit moves it in place
+                            new = alg.hit(s, now, cost)[0] if log else new
+                            data[k] = new
                     elif cost:
                         staged.append((k, s, new, alg, cost))
                 if together:
@@ -326,8 +331,14 @@ class MemoryStorage(Storage):
                         if staged is None:
                             staged = []
                         staged.append((k, s, new, alg, cost, independent))
-                elif not independent:
-                    together = False
+                else:
+                    if consume and cost and not probe and s is not None and (
+                            s[-2] > now if new is _CHARGE_LATER else new is not s):
+                        # the clock stepped back: a refusal stores the state moved to now
+                        # too (_algorithms); a log's hit moves it in place
+                        data[k] = alg.hit(s, now, cost)[0] if new is _CHARGE_LATER else new
+                    if not independent:
+                        together = False
             if staged is not None:
                 for k, s, new, alg, cost, independent in staged:
                     if together or independent:
