@@ -44,11 +44,15 @@ def log_total(log: Log) -> int:
 
 def log_uncharge(log: Log, now: int, cost: int) -> bool:
     """Take back up to ``cost`` from the entry logged at ``now`` (the newest one at that
-    microsecond); False when there is none."""
+    microsecond); False when there is none.
+
+    When the entries moved back since (a clock stepped back, in a process racing this one:
+    see ``_algorithms.SlidingLog``), that entry is the newest one before ``now``: so the
+    newest live entry at or before ``now`` is taken from."""
     i = len(log) - 2
     head = log[0]
     while i >= head:
-        if log[i] == now:
+        if log[i] <= now:
             take = min(log[i + 1], cost)
             log[1] -= take
             if take == log[i + 1]:

@@ -12,29 +12,28 @@ local H, f, cost = KEYS[1], ARGV[1], tonumber(ARGV[2])
 local base = tonumber(ARGV[5])
 -- A later window's count (less than 2^18 windows ahead, mod 2^19: the clock stepped back)
 -- carries into this window, stored by a charge or a refusal (see _algorithms.FixedWindow).
-local function later(c)
-  local ahead = math.floor(c / 8589934592) % 524288
-  return ahead > 0 and ahead < 262144
-end
+-- (ahead: how many windows the field's is ahead of this one, mod 2^19)
 if cost < 0 then
   local v = tonumber(redis.call('HGET', H, f) or '') or -1
   if v >= base and v - base < 8589934592 then return v - base end
-  if v >= 0 and later(v - base) then return (v - base) % 8589934592 end
+  local ahead = math.floor((v - base) / 8589934592) % 524288
+  if v >= 0 and ahead > 0 and ahead < 262144 then return (v - base) % 8589934592 end
   return 0
 end
 local v = redis.pcall('HINCRBY', H, f, cost)  -- (an error: a state of an older layout)
 if type(v) ~= 'number' then v = -1 end
 local c = v - base
-if v ~= cost and v ~= -1 and (c <= 0 or c >= 8589934592) and later(c - cost) then
-  c = (c - cost) % 8589934592 + cost  -- the clock stepped back
-  if c > tonumber(ARGV[3]) then
-    redis.call('HSET', H, f, string.format('%.0f', base + c - cost))
-    return cost - c
-  end
-  redis.call('HSET', H, f, string.format('%.0f', base + c))
-  return c
-end
 if v == cost or c <= 0 or c >= 8589934592 then  -- a new window (the field was another's)
+  local ahead = math.floor((c - cost) / 8589934592) % 524288
+  if v ~= cost and v ~= -1 and ahead > 0 and ahead < 262144 then
+    c = (c - cost) % 8589934592 + cost  -- a later window's: the clock stepped back
+    if c > tonumber(ARGV[3]) then
+      redis.call('HSET', H, f, string.format('%.0f', base + c - cost))
+      return cost - c
+    end
+    redis.call('HSET', H, f, string.format('%.0f', base + c))
+    return c
+  end
   redis.call('HSET', H, f, ARGV[6])
   local ms = tonumber(ARGV[4])
   if v ~= cost and v ~= -1 and (redis.REDIS_VERSION_NUM or 0) >= 0x070000 then  -- H had a TTL
