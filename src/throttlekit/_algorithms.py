@@ -27,7 +27,7 @@ from ._calendar import calendar_of
 from ._decision import Decision
 from ._errors import ConfigError
 from ._log import HEAD as _HEAD
-from ._log import Log, log_entries, log_total, log_uncharge, new_log
+from ._log import Log, log_entries, log_step_back, log_total, log_uncharge, new_log
 from ._rates import Rate
 
 __all__ = [
@@ -130,10 +130,8 @@ class FixedWindow(Algorithm):
         if state is not None and state >> 32 == win:
             count = state & _M32
             new = state  # the same window: the count is the low bits, added to in place
-        elif state is not None and state >> 32 > win:
-            # The clock stepped back: the count carries into now's window, stored by a
-            # refusal too (so that the window ends on this clock).
-            count = state & _M32
+        elif state is not None and state >> 32 > win:  # the clock stepped back: the count
+            count = state & _M32  # carries into now's window, stored by a refusal too
             new = state
             if cost:
                 state = new = (win << 32) | count
@@ -141,13 +139,12 @@ class FixedWindow(Algorithm):
             count = 0
             new = win << 32
         limit = self.limit
-        if count + cost <= limit:
-            if count + cost:
-                count += cost
-                return new + cost, _new(Decision, (True, limit, limit - count,
+        c = count + cost
+        if c <= limit:
+            if c:
+                return new + cost, _new(Decision, (True, limit, limit - c,
                                                    ((win + 1) * p - now) / 1e6, 0.0,
                                                    self.rate, False))
-            # nothing counted: nothing stored (a store computing elsewhere writes nothing)
             return state, _new(Decision, (True, limit, limit, 0.0, 0.0, self.rate, False))
         retry = INF if cost > limit else ((win + 1) * p - now) / 1e6
         reset = ((win + 1) * p - now) / 1e6 if count else 0.0
@@ -275,10 +272,8 @@ class SlidingWindow(Algorithm):
                 same = True
             elif swin == win - 1:
                 prev = (state >> 32) & _M32
-            elif swin > win:
-                # The clock stepped back: the counts carry into now's windows, stored by a
-                # refusal too (so that the windows slide on this clock).
-                cur = (state >> 32) & _M32
+            elif swin > win:  # the clock stepped back: the counts carry into now's windows,
+                cur = (state >> 32) & _M32  # stored by a refusal too
                 prev = state & _M32
                 if cost:
                     state = (((win << 32) | cur) << 32) | prev
@@ -367,10 +362,9 @@ class TokenBucket(Algorithm):
         return debt if debt > 0 else 0
 
     def _back(self, state: Any, d: int, debt: int, now: int, cost: int) -> tuple[int, Any]:
-        """The clock stepped back (``now`` before the state's time): the debt as seen from
-        now (the step's time counts as used, as a GCRA state reads it) but never more than
-        a full bucket (or the state's own debt, over a lowered capacity); the state moves
-        to now, stored by a charge or a refusal (so it refills on this clock)."""
+        """The clock stepped back (``now`` before the state's time): the debt seen from now
+        (the step counts as used, as a GCRA state reads it), at most a full bucket (or the
+        state's own, over a lowered capacity), moved to now (stored if ``cost``)."""
         cap = self.capacity * self.period_us
         if debt > cap:
             debt = d if d > cap else cap
@@ -467,7 +461,7 @@ class SlidingLog(Algorithm):
         if log[-2] > now and len(log) > log[0]:  # the clock stepped back
             if not cost:
                 return log, self.peek(log, now, cost)
-            _step_back(log, now)  # stored by a refusal too (so the log slides on this clock)
+            log_step_back(log, now)  # stored by a refusal too (so the log slides on this clock)
         # (self._trimmed, inlined: every hit pays it)
         p = self.period_us
         h = log[0]
@@ -530,7 +524,7 @@ class SlidingLog(Algorithm):
         log: Log | None = state
         if log is not None and log[-2] > now and len(log) > log[0]:  # the clock stepped back
             log = array("q", log)  # a peek stores nothing: a copy moves back
-            _step_back(log, now)
+            log_step_back(log, now)
         total = 0 if log is None else self._trimmed(log, now)
         limit = self.limit
         if total + cost <= limit:
@@ -556,19 +550,6 @@ class SlidingLog(Algorithm):
         if len(log) <= log[0]:
             return 0
         return int(log[-2] + self.period_us - now)
-
-
-def _step_back(log: Log, now: int) -> None:
-    """The clock stepped back (``now`` is before the log's latest entry): the live entries
-    move back together, in place, so that the latest is at ``now`` (the slid-out ones are
-    cut off). So a client waits no longer than the period, and gets no request back."""
-    h = log[0]
-    if h > _HEAD:
-        del log[_HEAD:h]
-        log[0] = _HEAD
-    d = log[-2] - now
-    for i in range(_HEAD, len(log), 2):
-        log[i] -= d
 
 
 #: Epoch-aligned fixed windows: what users of Flask-Limiter and rack-attack know ("100 per

@@ -58,6 +58,19 @@ _Refs = tuple[
 ]
 
 
+def _refused(data: Any, k: str, s: Any, new: Any, alg: Algorithm, now: int, cost: int) -> None:
+    """A batch's refused check (``cost`` 0: a probe, or not consumed): when its state is
+    newer than ``now`` (the clock stepped back), store the state moved to now, as a refusal
+    does (``_algorithms``); a sliding log's (decided by peek) is moved in place by a hit."""
+    if s is None or not cost:
+        return
+    if new is _CHARGE_LATER:
+        if s[-2] > now:
+            alg.hit(s, now, cost)
+    elif new is not s:
+        data[k] = new
+
+
 class MemoryStorage(Storage):
     """Thread-safe, bounded, in-process storage.
 
@@ -227,11 +240,7 @@ class MemoryStorage(Storage):
                     decisions.append(d)
                     if not d.allowed:
                         together = False
-                        if cost and s is not None and (s[-2] > now if log else new is not s):
-                            # the clock stepped back: a refusal stores the state moved to
-                            # now too (_algorithms); a log's hit moves it in place
-                            new = alg.hit(s, now, cost)[0] if log else new
-                            data[k] = new
+                        _refused(data, k, s, new, alg, now, cost)
                     elif cost:
                         staged.append((k, s, new, alg, cost))
                 if together:
@@ -312,9 +321,8 @@ class MemoryStorage(Storage):
                         else:
                             blocked[i] = b
                             consume = False  # a blocked request charges nothing
-            # Decide every check (with hit: the charged state comes with the decision),
-            # then charge them all only if every dependent one allows. Probes are decided,
-            # never charged; independent checks are charged on their own.
+            # Decide every check (hit: the charged state comes with the decision), then charge
+            # all if every dependent one allows (probes never, independent ones alone).
             for alg, key, cost, independent, probe in checks:
                 k = (tags.get(alg.id) or tag(alg)) + key
                 s = get(k)
@@ -332,13 +340,8 @@ class MemoryStorage(Storage):
                             staged = []
                         staged.append((k, s, new, alg, cost, independent))
                 else:
-                    if consume and cost and not probe and s is not None and (
-                            s[-2] > now if new is _CHARGE_LATER else new is not s):
-                        # the clock stepped back: a refusal stores the state moved to now
-                        # too (_algorithms); a log's hit moves it in place
-                        data[k] = alg.hit(s, now, cost)[0] if new is _CHARGE_LATER else new
-                    if not independent:
-                        together = False
+                    _refused(data, k, s, new, alg, now, cost if consume and not probe else 0)
+                    together = together and independent
             if staged is not None:
                 for k, s, new, alg, cost, independent in staged:
                     if together or independent:
