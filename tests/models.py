@@ -64,9 +64,13 @@ class Model:
         """Move the whole history back so that its latest instant is ``t``."""
         raise NotImplementedError
 
+    def keeps_step(self, cost: int) -> bool:
+        """Whether a hit of ``cost`` (> 0) stores the history moved back."""
+        return True
+
     def step(self, t: int, cost: int, consume: bool = True) -> Outcome:
         if self.newer(t):
-            if not (consume and cost):
+            if not (consume and cost and self.keeps_step(cost)):
                 moved = copy.deepcopy(self)
                 moved.step_back(t)
                 return moved.step(t, cost, consume)
@@ -123,6 +127,9 @@ class FixedWindowModel(Model):
     def newer(self, t: int) -> bool:
         return self.window is not None and self.window > t // self.period_us
 
+    def keeps_step(self, cost: int) -> bool:
+        return cost <= self.limit  # (a cost that can never fit is not sent to the store)
+
     def step_back(self, t: int) -> None:
         assert self.window is not None
         d = t // self.period_us - self.window
@@ -142,6 +149,9 @@ class FixedWindowModel(Model):
 
 @dataclass
 class SlidingWindowModel(FixedWindowModel):
+    def keeps_step(self, cost: int) -> bool:
+        return True
+
     def usage(self, t: int) -> Fraction:
         p = self.period_us
         w = t // p

@@ -132,8 +132,8 @@ class FixedWindow(Algorithm):
             new = state  # the same window: the count is the low bits, added to in place
         elif state is not None and state >> 32 > win:  # the clock stepped back: the count
             count = state & _M32  # carries into now's window, stored by a refusal too
-            new = state
-            if cost:
+            new = state  # (one that can fit: fixed_window.lua is sent no other)
+            if 0 < cost <= self.limit:
                 state = new = (win << 32) | count
         else:
             count = 0
@@ -194,7 +194,7 @@ class CalendarWindow(FixedWindow):
         count = 0
         if state is not None and state >> 32 >= win:
             count = state & _M32
-            if cost and state >> 32 > win:  # the clock stepped back (see FixedWindow)
+            if 0 < cost <= self.limit and state >> 32 > win:  # stepped back: FixedWindow
                 state = (win << 32) | count
         limit = self.limit
         left = (end - now) / 1e6

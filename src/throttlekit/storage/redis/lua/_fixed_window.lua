@@ -38,5 +38,7 @@ else
   if cost > limit then retry = -1 end
   if count > 0 then reset = left end
   if count < limit then rem = limit - count end
-  if back and cost > 0 then state, ttl, known = format('%.0f', base + count), left, v end
+  if back and cost > 0 and cost <= limit then  -- (fixed_window.lua is sent no other)
+    state, ttl, known = format('%.0f', base + count), left, v
+  end
 end
