@@ -131,9 +131,8 @@ class FixedWindow(Algorithm):
             count = state & _M32
             new = state  # the same window: the count is the low bits, added to in place
         elif state is not None and state >> 32 > win:  # the clock stepped back: the count
-            count = state & _M32  # carries into now's window, stored by a refusal too
-            new = state  # (one that can fit: fixed_window.lua is sent no other)
-            if 0 < cost <= self.limit:
+            new, count = state, state & _M32  # carries into now's window, stored by a
+            if 0 < cost <= self.limit:  # refusal too (one that fits: as fixed_window.lua)
                 state = new = (win << 32) | count
         else:
             count = 0
@@ -273,8 +272,7 @@ class SlidingWindow(Algorithm):
             elif swin == win - 1:
                 prev = (state >> 32) & _M32
             elif swin > win:  # the clock stepped back: the counts carry into now's windows,
-                cur = (state >> 32) & _M32  # stored by a refusal too
-                prev = state & _M32
+                cur, prev = (state >> 32) & _M32, state & _M32  # stored by a refusal too
                 if cost:
                     state = (((win << 32) | cur) << 32) | prev
                     same = True
@@ -458,10 +456,12 @@ class SlidingLog(Algorithm):
             log = array("q", (_HEAD, cost, now, cost))
             return log, _new(Decision, (True, limit, limit - cost, self.period_us / 1e6, 0.0,
                                         self.rate, False))
-        if log[-2] > now and len(log) > log[0]:  # the clock stepped back
+        last = log[-2]  # the newest entry (read once: the merge below needs it too)
+        if last > now and len(log) > log[0]:  # the clock stepped back
             if not cost:
                 return log, self.peek(log, now, cost)
             log_step_back(log, now)  # stored by a refusal too (so the log slides on this clock)
+            last = now
         # (self._trimmed, inlined: every hit pays it)
         p = self.period_us
         h = log[0]
@@ -487,7 +487,7 @@ class SlidingLog(Algorithm):
         if cost:
             total += cost
             log[1] = total
-            if n > h and log[-2] == now:
+            if n > h and last == now:
                 log[-1] += cost
             else:
                 log.append(now)
