@@ -3,10 +3,17 @@
 They keep the whole history, use exact fractions, and answer "when" questions by binary
 search over whole microseconds on the definition itself (every algorithm's usage only falls
 as time passes with no new requests), so they share no arithmetic with the implementation.
+
+A clock stepped back (``t`` before the state's latest instant): the whole history moves
+back, so that its latest instant is ``t`` (a window model's latest window, the log's latest
+entry); the bucket loses the step's tokens (down to empty) and is updated at ``t``. A hit
+that charges or is refused (cost > 0) keeps that; a test or a zero-cost hit only answers
+from it.
 """
 
 from __future__ import annotations
 
+import copy
 import math
 from collections import defaultdict
 from dataclasses import dataclass, field
@@ -49,7 +56,25 @@ class Model:
     def record(self, t: int, cost: int) -> None:  # pragma: no cover - per model
         raise NotImplementedError
 
+    def newer(self, t: int) -> bool:  # pragma: no cover - per model
+        """Whether the state's latest instant is after ``t`` (the clock stepped back)."""
+        raise NotImplementedError
+
+    def step_back(self, t: int) -> None:  # pragma: no cover - per model
+        """Move the whole history back so that its latest instant is ``t``."""
+        raise NotImplementedError
+
+    def keeps_step(self, cost: int) -> bool:
+        """Whether a hit of ``cost`` (> 0) stores the history moved back."""
+        return True
+
     def step(self, t: int, cost: int, consume: bool = True) -> Outcome:
+        if self.newer(t):
+            if not (consume and cost and self.keeps_step(cost)):
+                moved = copy.deepcopy(self)
+                moved.step_back(t)
+                return moved.step(t, cost, consume)
+            self.step_back(t)
         cap = self.capacity()
         used = self.usage(t)
         allowed = used + cost <= cap
@@ -92,22 +117,41 @@ class Model:
 @dataclass
 class FixedWindowModel(Model):
     counts: dict[int, int] = field(default_factory=lambda: defaultdict(int))
-    last: list[tuple[int, int]] = field(default_factory=list)
+    last: list[tuple[int, int, int | None]] = field(default_factory=list)
+    #: the latest window the state is of (None: no state)
+    window: int | None = None
 
     def usage(self, t: int) -> Fraction:
         return Fraction(self.counts[t // self.period_us])
 
+    def newer(self, t: int) -> bool:
+        return self.window is not None and self.window > t // self.period_us
+
+    def keeps_step(self, cost: int) -> bool:
+        return cost <= self.limit  # (a cost that can never fit is not sent to the store)
+
+    def step_back(self, t: int) -> None:
+        assert self.window is not None
+        d = t // self.period_us - self.window
+        self.counts = defaultdict(int, {w + d: c for w, c in self.counts.items()})
+        self.last = [(w + d, c, None if was is None else was + d) for w, c, was in self.last]
+        self.window += d
+
     def record(self, t: int, cost: int) -> None:
         self.counts[t // self.period_us] += cost
-        self.last.append((t // self.period_us, cost))
+        self.last.append((t // self.period_us, cost, self.window))
+        self.window = max(self.window or 0, t // self.period_us)
 
     def unrecord(self) -> None:
-        w, c = self.last.pop()
+        w, c, self.window = self.last.pop()
         self.counts[w] -= c
 
 
 @dataclass
 class SlidingWindowModel(FixedWindowModel):
+    def keeps_step(self, cost: int) -> bool:
+        return True
+
     def usage(self, t: int) -> Fraction:
         p = self.period_us
         w = t // p
@@ -121,6 +165,15 @@ class SlidingLogModel(Model):
 
     def usage(self, t: int) -> Fraction:
         return Fraction(sum(c for at, c in self.log if t - self.period_us < at <= t))
+
+    def newer(self, t: int) -> bool:
+        # (entries slid out at a step are gone: the log keeps only those still inside)
+        self.log = [(at, c) for at, c in self.log if at > t - self.period_us or at > t]
+        return any(at > t for at, _ in self.log)
+
+    def step_back(self, t: int) -> None:
+        d = max(at for at, _ in self.log) - t
+        self.log = [(at - d, c) for at, c in self.log]
 
     def record(self, t: int, cost: int) -> None:
         self.log.append((t, cost))
@@ -148,6 +201,16 @@ class TokenBucketModel(Model):
 
     def usage(self, t: int) -> Fraction:
         return self.capacity() - self._tokens(t)
+
+    def newer(self, t: int) -> bool:
+        return self.tokens is not None and self.updated > t
+
+    def step_back(self, t: int) -> None:
+        # the step's time counts as used (as a GCRA state reads it), down to an empty bucket
+        assert self.tokens is not None
+        used = Fraction((self.updated - t) * self.limit, self.period_us)
+        self.tokens = max(self.tokens - used, Fraction(0))
+        self.updated = t
 
     def record(self, t: int, cost: int) -> None:
         self.saved.append((self.tokens, self.updated))

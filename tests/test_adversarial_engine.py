@@ -260,10 +260,6 @@ def test_import_watcher_leaves_once_the_apps_framework_is_loaded() -> None:
 # -- the local denial cache (remote stores) ----------------------------------------------
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "a refusal answered from the local denial cache reports the other throttles' policies "
-    "remembered from an earlier request, whatever their keys: a path-keyed throttle shows "
-    "the counter of another path in RateLimit (and stale remaining/retry_after)"))
 def test_cached_refusal_reports_this_requests_counters() -> None:
     def limiter(cache: int) -> Limiter:
         lim = Limiter(DownableStore(), clock=FakeClock(), denial_cache_size=cache)
@@ -278,6 +274,11 @@ def test_cached_refusal_reports_this_requests_counters() -> None:
     got = dict(cached.evaluate(_view(cached, "/b")).policies)
     want = dict(exact.evaluate(_view(exact, "/b")).policies)
     assert got["per-path"].remaining == want["per-path"].remaining == 10
+    # the same request again is still answered from the cache, with the same counters
+    calls = cached.storage.calls  # type: ignore[attr-defined]
+    again = cached.evaluate(_view(cached, "/b"))
+    assert not again.allowed and dict(again.policies)["per-path"].remaining == 10
+    assert cached.storage.calls == calls  # type: ignore[attr-defined]
 
 
 

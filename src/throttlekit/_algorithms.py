@@ -27,7 +27,7 @@ from ._calendar import calendar_of
 from ._decision import Decision
 from ._errors import ConfigError
 from ._log import HEAD as _HEAD
-from ._log import Log, log_entries, log_total, log_uncharge, new_log
+from ._log import Log, log_entries, log_step_back, log_total, log_uncharge, new_log
 from ._rates import Rate
 
 __all__ = [
@@ -130,15 +130,21 @@ class FixedWindow(Algorithm):
         if state is not None and state >> 32 == win:
             count = state & _M32
             new = state  # the same window: the count is the low bits, added to in place
+        elif state is not None and state >> 32 > win:  # the clock stepped back: the count
+            new, count = state, state & _M32  # carries into now's window, stored by a
+            if 0 < cost <= self.limit:  # refusal too (one that fits: as fixed_window.lua)
+                state = new = (win << 32) | count
         else:
             count = 0
             new = win << 32
         limit = self.limit
-        if count + cost <= limit:
-            count += cost
-            new += cost
-            reset = ((win + 1) * p - now) / 1e6 if count else 0.0
-            return new, _new(Decision, (True, limit, limit - count, reset, 0.0, self.rate, False))
+        c = count + cost
+        if c <= limit:
+            if c:
+                return new + cost, _new(Decision, (True, limit, limit - c,
+                                                   ((win + 1) * p - now) / 1e6, 0.0,
+                                                   self.rate, False))
+            return state, _new(Decision, (True, limit, limit, 0.0, 0.0, self.rate, False))
         retry = INF if cost > limit else ((win + 1) * p - now) / 1e6
         reset = ((win + 1) * p - now) / 1e6 if count else 0.0
         rem = limit - count if count < limit else 0
@@ -149,7 +155,7 @@ class FixedWindow(Algorithm):
 
     def charge(self, state: Any, now: int, cost: int) -> Any:
         win = now // self.period_us
-        count = state & _M32 if state is not None and state >> 32 == win else 0
+        count = state & _M32 if state is not None and state >> 32 >= win else 0
         return (win << 32) | (count + cost)
 
     def expired(self, state: Any, now: int) -> bool:
@@ -185,15 +191,18 @@ class CalendarWindow(FixedWindow):
     def hit(self, state: Any, now: int, cost: int) -> tuple[Any, Decision]:
         win, _start, end = self.calendar.window(now)
         count = 0
-        if state is not None and state >> 32 == win:
+        if state is not None and state >> 32 >= win:
             count = state & _M32
+            if 0 < cost <= self.limit and state >> 32 > win:  # stepped back: FixedWindow
+                state = (win << 32) | count
         limit = self.limit
         left = (end - now) / 1e6
         if count + cost <= limit:
+            if not count + cost:  # nothing counted: nothing stored
+                return state, _new(Decision, (True, limit, limit, 0.0, 0.0, self.rate, False))
             count += cost
-            reset = left if count else 0.0
             return (win << 32) | count, _new(
-                Decision, (True, limit, limit - count, reset, 0.0, self.rate, False))
+                Decision, (True, limit, limit - count, left, 0.0, self.rate, False))
         retry = INF if cost > limit else left
         rem = limit - count if count < limit else 0
         return state, _new(Decision, (False, limit, rem, left if count else 0.0, retry,
@@ -201,7 +210,7 @@ class CalendarWindow(FixedWindow):
 
     def charge(self, state: Any, now: int, cost: int) -> Any:
         win = self.calendar.window(now)[0]
-        count = state & _M32 if state is not None and state >> 32 == win else 0
+        count = state & _M32 if state is not None and state >> 32 >= win else 0
         return (win << 32) | (count + cost)
 
     def expired(self, state: Any, now: int) -> bool:
@@ -243,7 +252,7 @@ class SlidingWindow(Algorithm):
         if state is None:
             return 0, 0
         swin = state >> 64
-        if swin == win:
+        if swin >= win:  # (later: the clock stepped back, see hit)
             return (state >> 32) & _M32, state & _M32
         if swin == win - 1:
             return 0, (state >> 32) & _M32
@@ -262,6 +271,11 @@ class SlidingWindow(Algorithm):
                 same = True
             elif swin == win - 1:
                 prev = (state >> 32) & _M32
+            elif swin > win:  # the clock stepped back: the counts carry into now's windows,
+                cur, prev = (state >> 32) & _M32, state & _M32  # stored by a refusal too
+                if cost:
+                    state = (((win << 32) | cur) << 32) | prev
+                    same = True
         limit = self.limit
         left = p - (now - win * p)  # weight of the previous window, scaled by p
         # prev * left + (cur + cost) * p <= limit * p, in whole requests: the previous
@@ -339,21 +353,36 @@ class TokenBucket(Algorithm):
     def _debt(self, state: Any, now: int) -> int:
         if state is None:
             return 0
-        debt = (state & _M96) - (now - (state >> 96)) * self.limit
+        d = state & _M96
+        debt = d - (now - (state >> 96)) * self.limit
+        if debt > d:  # the clock stepped back (see hit)
+            return int(self._back(state, d, debt, now, 0)[0])
         return debt if debt > 0 else 0
+
+    def _back(self, state: Any, d: int, debt: int, now: int, cost: int) -> tuple[int, Any]:
+        """The clock stepped back (``now`` before the state's time): the debt seen from now
+        (the step counts as used, as a GCRA state reads it), at most a full bucket (or the
+        state's own, over a lowered capacity), moved to now (stored if ``cost``)."""
+        cap = self.capacity * self.period_us
+        if debt > cap:
+            debt = d if d > cap else cap
+        return debt, (now << 96) | debt if cost else state
 
     def hit(self, state: Any, now: int, cost: int) -> tuple[Any, Decision]:
         debt = 0
         if state is not None:
-            debt = (state & _M96) - (now - (state >> 96)) * self.limit
+            d = state & _M96
+            debt = d - (now - (state >> 96)) * self.limit
             if debt < 0:
                 debt = 0
+            elif debt > d:  # the clock stepped back
+                debt, state = self._back(state, d, debt, now, cost)
         p = self.period_us
         new = debt + cost * p
         cap = self.capacity * p
         if new <= cap:
             lim = self.limit
-            return (now << 96) | new, _new(
+            return (now << 96) | new if cost else state, _new(
                 Decision,
                 (True, self.capacity, (cap - new) // p, -(-new // lim) / 1e6, 0.0, self.rate,
                  False),
@@ -427,6 +456,12 @@ class SlidingLog(Algorithm):
             log = array("q", (_HEAD, cost, now, cost))
             return log, _new(Decision, (True, limit, limit - cost, self.period_us / 1e6, 0.0,
                                         self.rate, False))
+        last = log[-2]  # the newest entry (read once: the merge below needs it too)
+        if last > now and len(log) > log[0]:  # the clock stepped back
+            if not cost:
+                return log, self.peek(log, now, cost)
+            log_step_back(log, now)  # stored by a refusal too (so the log slides on this clock)
+            last = now
         # (self._trimmed, inlined: every hit pays it)
         p = self.period_us
         h = log[0]
@@ -452,7 +487,7 @@ class SlidingLog(Algorithm):
         if cost:
             total += cost
             log[1] = total
-            if n > h and log[-2] == now:
+            if n > h and last == now:
                 log[-1] += cost
             else:
                 log.append(now)
@@ -487,6 +522,9 @@ class SlidingLog(Algorithm):
 
     def peek(self, state: Any, now: int, cost: int) -> Decision:
         log: Log | None = state
+        if log is not None and log[-2] > now and len(log) > log[0]:  # the clock stepped back
+            log = array("q", log)  # a peek stores nothing: a copy moves back
+            log_step_back(log, now)
         total = 0 if log is None else self._trimmed(log, now)
         limit = self.limit
         if total + cost <= limit:

@@ -28,7 +28,7 @@ from ._rules import Verdict
 
 if TYPE_CHECKING:
     from ._engine import Engine
-    from ._planning import Plan
+    from ._planning import Plan, Planned
 
 __all__ = ["CHECK_INTERVAL", "DenialCache", "cached_refusal", "note_denials"]
 
@@ -72,7 +72,7 @@ class DenialCache:
         until, _cost, made, decision = entry
         if now is None:
             now = time.time_ns() // 1000
-        if now >= until:
+        if now >= until or now < made:  # (before it was made: the clock stepped back)
             return None
         reset = round(decision.reset_after * 1e6) - (now - made)
         return decision._replace(
@@ -159,21 +159,25 @@ def cached_refusal(engine: Engine, p: Plan, now: int | None, silent: bool = Fals
                 found = rule, disc, d
     if found is None:
         return None
+    rule, disc, d = found
+    remembered = engine.refusal_policies.get((rule, disc))
+    if remembered is not None and not _same_throttles(remembered[2], p.throttles):
+        # the store's last refusal reported other throttles' counters than this request's
+        # (a path-keyed throttle, another path): only the store knows this request's
+        return None
     if not p.recheck and denials.due():
         p.recheck = True  # evaluate/aevaluate read the generation, then look again
         return None
-    rule, disc, d = found
     name = rule.policy_names[0]
     for alg, policy in zip(rule.algorithms, rule.policy_names, strict=True):
         if alg.rate == d.rate:
             name = policy
             break
     policies: list[tuple[str, Decision]] = [(name, d)]
-    remembered = engine.refusal_policies.get((rule, disc))
     if remembered is not None:
         # The policies the store reported with this refusal, their clocks moved on (the
         # counts of the others can only have risen: a refusal charged nothing).
-        made, earlier = remembered
+        made, earlier, _throttles = remembered
         elapsed = ((now if now is not None else time.time_ns() // 1000) - made) / 1e6
         policies = [
             (n, d if n == name else pd._replace(
@@ -183,6 +187,19 @@ def cached_refusal(engine: Engine, p: Plan, now: int | None, silent: bool = Fals
     if not silent and "throttled" in engine.listeners.active:
         engine.emit("throttled", rule.name, disc, p.view, d, False)
     return Verdict(False, "throttled", rule.name, disc, d, policies, False, p.view)
+
+def _same_throttles(
+    remembered: tuple[tuple[object, str], ...], throttles: list[Planned]
+) -> bool:
+    """Whether this request's throttles (rule and key) are those of a remembered refusal,
+    so its policies report this request's counters."""
+    if len(remembered) != len(throttles):
+        return False
+    for (rule, disc), t in zip(remembered, throttles, strict=True):
+        if t[0] is not rule or t[1] != disc:
+            return False
+    return True
+
 
 def note_denials(
 engine: Engine, denials: DenialCache, p: Plan, verdict: Verdict, degraded: bool,
@@ -197,7 +214,8 @@ now: int | None,
                 if len(cache) >= 10_000:  # bounded: old entries only lose header detail
                     cache.clear()
                 cache[rule, disc] = (
-                    now if now is not None else time.time_ns() // 1000, verdict.policies
+                    now if now is not None else time.time_ns() // 1000, verdict.policies,
+                    tuple([(t[0], t[1]) for t in p.throttles]),
                 )
                 break
     elif verdict.allowed and len(denials):

@@ -113,7 +113,8 @@ class Engine:
         #: with the local denial cache: the rate-limit policies of a cached refusal, so a
         #: repeated 429 carries the same header fields as the first
         self.refusal_policies: dict[
-            tuple[_Throttle, str], tuple[int, list[tuple[str, Decision]]]
+            tuple[_Throttle, str],
+            tuple[int, list[tuple[str, Decision]], tuple[tuple[_Throttle, str], ...]],
         ] = {}
         #: the throttles applying to a request (when several) -> the store's bound batch
         #: of their algorithms (``Storage.bind_batch``), bound on first use

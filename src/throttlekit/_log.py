@@ -6,7 +6,7 @@ from array import array
 from collections.abc import Iterable
 from typing import TypeAlias
 
-__all__ = ["HEAD", "Log", "log_entries", "log_total", "log_uncharge", "new_log"]
+__all__ = ["HEAD", "Log", "log_entries", "log_step_back", "log_total", "log_uncharge", "new_log"]
 
 #: A sliding log's state: one ``array('q')`` of ``[head, total, t0, c0, t1, c1, ...]``.
 #: ``(t, c)`` pairs are the admitted entries (microsecond, cost), oldest first; those
@@ -44,11 +44,15 @@ def log_total(log: Log) -> int:
 
 def log_uncharge(log: Log, now: int, cost: int) -> bool:
     """Take back up to ``cost`` from the entry logged at ``now`` (the newest one at that
-    microsecond); False when there is none."""
+    microsecond); False when there is none.
+
+    When the entries moved back since (a clock stepped back, in a process racing this one:
+    see ``_algorithms.SlidingLog``), that entry is the newest one before ``now``: so the
+    newest live entry at or before ``now`` is taken from."""
     i = len(log) - 2
     head = log[0]
     while i >= head:
-        if log[i] == now:
+        if log[i] <= now:
             take = min(log[i + 1], cost)
             log[1] -= take
             if take == log[i + 1]:
@@ -58,3 +62,17 @@ def log_uncharge(log: Log, now: int, cost: int) -> bool:
             return True
         i -= 2
     return False
+
+
+def log_step_back(log: Log, now: int) -> None:
+    """The clock stepped back (``now`` is before the log's newest live entry): the live
+    entries move back together, in place, so that the newest is at ``now`` (the slid-out
+    ones are cut off). So a client waits no longer than the period, and gets no request
+    back (``_algorithms.SlidingLog``)."""
+    h = log[0]
+    if h > HEAD:
+        del log[HEAD:h]
+        log[0] = HEAD
+    d = log[-2] - now
+    for i in range(HEAD, len(log), 2):
+        log[i] -= d

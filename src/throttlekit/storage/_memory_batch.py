@@ -21,7 +21,7 @@ from .._algorithms import Algorithm
 from .._decision import Decision
 from .base import BoundBatch
 
-__all__ = ["CHARGE_LATER", "distinct_batch", "staged_batch"]
+__all__ = ["CHARGE_LATER", "distinct_batch", "staged_batch", "store_refused"]
 
 #: a sliding log's staged charge, made once every check of the batch allows
 CHARGE_LATER: Any = object()
@@ -51,6 +51,7 @@ def distinct_batch(refs: tuple[Any, ...], plan: tuple[Entry, ...]) -> BoundBatch
                 new, d = alg.hit(s, now, cost)
                 decisions.append(d)
                 if not d.allowed:
+                    store_refused(data, k, s, new, alg, now, cost)
                     _refused(refs, plan, keys, costs, now, decisions, olds)
                     break
                 olds.append(s)
@@ -121,6 +122,7 @@ def staged_batch(refs: tuple[Any, ...], plan: tuple[Entry, ...]) -> BoundBatch:
                 decisions.append(d)
                 if not d.allowed:
                     together = False
+                    store_refused(data, k, s, new, alg, now, cost)
                 elif cost:
                     staged.append((k, s, new, alg, cost))
             if together:
@@ -137,3 +139,16 @@ def staged_batch(refs: tuple[Any, ...], plan: tuple[Entry, ...]) -> BoundBatch:
         return decisions
 
     return batch
+
+
+def store_refused(data: Any, k: str, s: Any, new: Any, alg: Algorithm, now: int, cost: int) -> None:
+    """A batch's refused check (``cost`` 0: a probe, or not consumed): when its state is
+    newer than ``now`` (the clock stepped back), store the state moved to now, as a refusal
+    does (``_algorithms``); a sliding log's (decided by peek) is moved in place by a hit."""
+    if s is None or not cost:
+        return
+    if new is CHARGE_LATER:
+        if s[-2] > now:
+            alg.hit(s, now, cost)
+    elif new is not s:
+        data[k] = new

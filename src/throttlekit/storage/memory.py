@@ -36,7 +36,7 @@ from urllib.parse import parse_qsl, urlsplit
 from .._algorithms import Algorithm, SlidingLog
 from .._decision import Decision
 from .._errors import ConfigError
-from ._memory_batch import CHARGE_LATER, distinct_batch, staged_batch
+from ._memory_batch import CHARGE_LATER, distinct_batch, staged_batch, store_refused
 from .base import BatchResult, Block, BoundBatch, BoundHit, Check, Storage
 
 if TYPE_CHECKING:
@@ -326,9 +326,8 @@ class MemoryStorage(Storage):
                         else:
                             blocked[i] = b
                             consume = False  # a blocked request charges nothing
-            # Decide every check (with hit: the charged state comes with the decision),
-            # then charge them all only if every dependent one allows. Probes are decided,
-            # never charged; independent checks are charged on their own.
+            # Decide every check (hit: the charged state comes with the decision), then charge
+            # all if every dependent one allows (probes never, independent ones alone).
             for alg, key, cost, independent, probe in checks:
                 k = (tags.get(alg.id) or tag(alg)) + key
                 s = get(k)
@@ -345,8 +344,9 @@ class MemoryStorage(Storage):
                         if staged is None:
                             staged = []
                         staged.append((k, s, new, alg, cost, independent))
-                elif not independent:
-                    together = False
+                else:
+                    store_refused(data, k, s, new, alg, now, cost if consume and not probe else 0)
+                    together = together and independent
             if staged is not None:
                 for k, s, new, alg, cost, independent in staged:
                     if together or independent:

@@ -336,6 +336,8 @@ class MemcachedStorage(CasWrites, Storage):
             c = slot.check
             if c.independent and c.cost and not c.probe and slot.decision.allowed:  # type: ignore[union-attr]
                 self._charge(slot, now)
+            elif slot.kind == CAS and not slot.decision.allowed:  # type: ignore[union-attr]
+                self._settle(slot, now)
 
     def _charge(self, slot: Slot, now: int) -> bool:
         """Charge one check whose peek allowed it; sets ``slot.decision``; True if charged."""

@@ -8,6 +8,7 @@ import asyncio
 import random
 import threading
 import time
+from array import array
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
@@ -133,6 +134,26 @@ class CasWrites:
             state = decode_state(alg, value)
         slot.decision = self._contended(decision, cost)
         return False
+
+    def _settle(self, slot: Slot, now: int) -> None:
+        """A refused check of a CAS kind: when its state is newer than ``now`` (the clock
+        stepped back), store the state moved to now, as a refusal does in every store
+        (``_algorithms``); one attempt (a lost race: another request wrote it)."""
+        check = slot.check
+        state = slot.state
+        if state is None or not check.cost or check.probe or slot.token is None:
+            return
+        alg = check.algorithm
+        if isinstance(state, array):  # a log: moved in place by a refused hit
+            if not (len(state) > state[0] and state[-2] > now):
+                return
+            new = alg.hit(state, now, check.cost)[0]
+        else:
+            new = alg.hit(state, now, check.cost)[0]
+            if new is state:
+                return
+        self._client.cas(slot.key, encode_state(new), slot.token,
+                         expire=expire(alg.ttl_us(new, now)), noreply=False)
 
     @staticmethod
     def _contended(decision: Decision, cost: int) -> Decision:

@@ -11,10 +11,19 @@
 --#include floordiv q=win a=now b=p
 local base = (win % 524288) * 8589934592
 local v = call('HGET', H, field)
-local count = 0
+local count, back = 0, false
 if v then
   count = (tonumber(v) or -1) - base  -- (not a number: a state of an older layout)
-  if count < 0 or count >= 8589934592 then count = 0 end
+  if count < 0 or count >= 8589934592 then
+    -- another window's; a later one (less than 2^18 windows ahead, mod 2^19) when the clock
+    -- stepped back: its count carries into now's window, stored by a charge or a refusal
+    local ahead = floor(count / 8589934592) % 524288
+    if tonumber(v) and ahead > 0 and ahead < 262144 then
+      count, back = count % 8589934592, true
+    else
+      count = 0
+    end
+  end
 end
 local left = (win + 1) * p - now
 if count + cost <= limit then
@@ -22,11 +31,14 @@ if count + cost <= limit then
   if count + cost > 0 then reset = left end
   if cost > 0 then
     state, ttl, known = true, left, v
-    if count == 0 then state = format('%.0f', base + cost) end
+    if count == 0 or back then state = format('%.0f', base + count + cost) end
   end
 else
   retry = left
   if cost > limit then retry = -1 end
   if count > 0 then reset = left end
   if count < limit then rem = limit - count end
+  if back and cost > 0 and cost <= limit then  -- (fixed_window.lua is sent no other)
+    state, ttl, known = format('%.0f', base + count), left, v
+  end
 end

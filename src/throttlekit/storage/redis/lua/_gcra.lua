@@ -9,6 +9,10 @@ local full = v and tonumber(v)
 local T = p / limit
 local capT, dt = cap * T, 0
 if full and full > now then dt = full - now end
+-- more than a full bucket: the clock stepped back (or the capacity was lowered): a full
+-- bucket, stored by a charge or a refusal (see _algorithms.TokenBucket._back)
+local back = dt > capT
+if back then dt = capT end
 local new = dt + cost * T
 local r = capT - new
 if cost <= cap and r >= 0 then
@@ -24,6 +28,7 @@ if cost <= cap and r >= 0 then
 else
   r, reset, retry = capT - dt, dt, -1
   if cost <= cap then retry = new - capT end
+  if back and cost > 0 then state, ttl, known = format('%.0f', now + dt), dt, v end
 end
 rem = floor(r / T)  -- exact floor(r / T)
 do

@@ -6,6 +6,10 @@ if w == win then
   cur, prev = wcur, wprev
 elseif w == win - 1 then
   prev = wcur
+elseif w and w > win then
+  -- the clock stepped back: the counts carry into now's windows, stored by a charge or a
+  -- refusal (see _algorithms.SlidingWindow)
+  cur, prev = wcur, wprev
 end
 local left = p - (now - win * p)
 -- prev * left + cur * p <= limit * p, divided by p: w = ceil(prev * left / p)
@@ -30,4 +34,7 @@ else
   rem = limit - cur - wq
   if rem < 0 then rem = 0 end
   if cur > 0 then reset = (win + 2) * p - now elseif prev > 0 then reset = left end
+  if w and w > win and cost > 0 then
+    state, ttl, known = format('%.0f %.0f %.0f', win, cur, prev), (win + 2) * p - now, v
+  end
 end

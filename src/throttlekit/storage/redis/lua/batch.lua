@@ -46,7 +46,8 @@ for i = 1, n do
     local c = #charges
     charges[c + 1], charges[c + 2], charges[c + 3], charges[c + 4] = kind, H, aux, field
     charges[c + 5], charges[c + 6], charges[c + 7] = cost, state, ttl
-    charges[c + 8], charges[c + 9] = known, indep
+    -- (a refused check's state: the clock stepped back, its state moved to now: stored)
+    charges[c + 8], charges[c + 9] = known, indep or allowed == 0
   end
   out[4 * i - 3], out[4 * i - 2], out[4 * i - 1], out[4 * i] = allowed, rem, reset, retry
 end

@@ -8,10 +8,15 @@
 -- KEYS[1]: H. ARGV: alg.id, cost (-1: only read the count), limit, base, TTL (ms).
 -- Returns: read: the count; charged: the new count (> 0, allowed), or minus the count
 --          before (< 0, refused: nothing stays charged).
+-- A later window's count (less than 2^18 windows ahead, mod 2^19: the clock stepped back)
+-- carries into this window, stored by a charge or a refusal (see _algorithms.FixedWindow).
+-- (ahead: how many windows the field's is ahead of this one, mod 2^19)
 local H, f, cost, base = KEYS[1], ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[4])
 if cost < 0 then
   local v = tonumber(redis.call('HGET', H, f) or '') or -1
   if v >= base and v - base < 8589934592 then return v - base end
+  local ahead = math.floor((v - base) / 8589934592) % 524288
+  if v >= 0 and ahead > 0 and ahead < 262144 then return (v - base) % 8589934592 end
   return 0
 end
 local v = redis.pcall('HINCRBY', H, f, cost)  -- (an error: a state of an older layout)
@@ -24,7 +29,19 @@ if c > 0 and c < 8589934592 and v ~= cost then  -- the window's count, cost adde
   end
   return c
 end
--- a new window (the field was another window's, or none): its count is cost (<= limit)
+if v ~= cost and v ~= -1 then
+  local ahead = math.floor((c - cost) / 8589934592) % 524288
+  if ahead > 0 and ahead < 262144 then  -- a later window's: the clock stepped back
+    c = (c - cost) % 8589934592 + cost
+    if c > tonumber(ARGV[3]) then
+      redis.call('HSET', H, f, string.format('%.0f', base + c - cost))
+      return cost - c
+    end
+    redis.call('HSET', H, f, string.format('%.0f', base + c))
+    return c
+  end
+end
+-- a new window (the field was an earlier window's, or none): its count is cost (<= limit)
 redis.call('HSET', H, f, base + cost)  -- (a Lua number below 2^53: written exactly)
 local ms = tonumber(ARGV[5])
 if (redis.REDIS_VERSION_NUM or 0) < 0x070000 then

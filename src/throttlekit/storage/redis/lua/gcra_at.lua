@@ -1,12 +1,6 @@
 -- throttlekit: one token_bucket check of a whole-microsecond emission interval (see
 -- _gcra.lua) on the caller's clock, answering the state it found (see token_bucket_at.lua).
--- KEYS, ARGV: those of _single.lua, now given (never '').
---#include common
-local now, slack, cost = tonumber(ARGV[1]), tonumber(ARGV[3]), tonumber(ARGV[2])
-local H, field = KEYS[1], ARGV[4]
-if cost <= 0 then return call('HGET', H, field) end  -- nothing to charge: only read
-local limit, p, cap = tonumber(ARGV[5]), tonumber(ARGV[6]), tonumber(ARGV[7])
-local allowed, rem, reset, retry, state, ttl, known = 0, 0, 0, 0, false, 0, false
+--#include at
 --#include gcra
 if state then
 --#include set_state
