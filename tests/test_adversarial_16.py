@@ -377,3 +377,23 @@ def test_thirty_concurrent_waited_asgi_requests_admit_at_most_the_limit() -> Non
     # each of those is told once per window (at most 3 windows: the first may straddle)
     left = collections.Counter(e.decision.remaining for e in events if e.kind == "allowed")
     assert set(left) <= set(range(5)) and max(left.values()) <= 3
+
+
+@pytest.mark.parametrize("key", ["header:X Api Key", "header:X-Api-Key:", "header:Ключ"])
+def test_a_header_key_no_request_could_send_is_refused_at_setup(key: str) -> None:
+    """A header name with a space, a colon or a non-ASCII letter can never arrive: such a
+    limit would silently never apply, so it is a ConfigError naming the key (decorators and
+    throttles alike)."""
+    lim = Limiter("memory://")
+    with pytest.raises(ConfigError, match="is not an HTTP header name"):
+        lim.throttle("api", "2/minute", key=key)
+    with pytest.raises(ConfigError, match="is not an HTTP header name"):
+        lim.limit("2/minute", key=key)
+
+
+def test_a_valid_header_key_counts_per_header_value() -> None:
+    lim = Limiter(clock=FakeClock())
+    lim.throttle("api", "1/minute", key="header:X-Api-Key")
+    assert request(lim, "192.0.2.1", "/", {"X-Api-Key": "a"}).allowed
+    assert request(lim, "192.0.2.1", "/", {"X-Api-Key": "b"}).allowed
+    assert not request(lim, "192.0.2.2", "/", {"X-Api-Key": "a"}).allowed

@@ -19,6 +19,7 @@ takes effect at once rather than handing everyone a fresh quota.
 from __future__ import annotations
 
 import logging
+import re
 from collections.abc import Callable, Iterable, Sequence
 from typing import TYPE_CHECKING, Any, NamedTuple
 
@@ -167,6 +168,8 @@ def key_function(key: str | KeyFunc | None, what: str) -> KeyFunc:
         return user_or_ip_key
     if isinstance(key, str) and key.lower().startswith("header:") and key[7:].strip():
         name = key[7:].strip().lower()
+        if not _TOKEN.fullmatch(name):  # (a space or colon: no request could send it)
+            raise ConfigError(f"{what}: key {key!r}: {name!r} is not an HTTP header name")
 
         def header_key(view: RequestView) -> str | None:
             return view.headers.get(name) or None
@@ -185,6 +188,10 @@ def key_function(key: str | KeyFunc | None, what: str) -> KeyFunc:
         f"{what}: key must be a callable, 'client', 'ip', 'global', 'path', 'user', "
         f"'user_or_ip', 'header:<name>' or 'form:<field>', got {key!r}"
     )
+
+
+#: an HTTP header name (RFC 9110's token)
+_TOKEN = re.compile(r"[!#$%&'*+.^_`|~0-9a-z-]+")
 
 
 def check_on_unreadable(value: object, what: str) -> None:

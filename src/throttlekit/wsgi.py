@@ -184,9 +184,7 @@ class _Settled:
 
     def close(self) -> None:
         try:
-            close = getattr(self.result, "close", None)
-            if close is not None:
-                close()
+            _close(self.result)
         finally:
             self.ex.end()
 
@@ -211,11 +209,16 @@ class _Released:
 
     def close(self) -> None:
         try:
-            close = getattr(self.result, "close", None)
-            if close is not None:
-                close()
+            _close(self.result)
         finally:
             ticket = self.ticket
             if ticket is not None:
                 self.ticket = None
                 ticket.release()
+
+
+def _close(result: Iterable[bytes]) -> None:
+    """Close the app's response iterable, as PEP 3333 asks, where it can be closed."""
+    close = getattr(result, "close", None)
+    if close is not None:
+        close()

@@ -112,12 +112,8 @@ class StatusEndpoint:
                 nets.append(ipaddress.ip_network(entry.strip(), strict=False))
             except (ValueError, TypeError):
                 raise ConfigError(f"allow: bad address or network {entry!r}") from None
-        self.monitor = monitor
-        self.shield = shield
-        self.limiter = limiter
-        self.path = path
-        self.max_blocked = max_blocked
-        self.incidents = incidents
+        self.monitor, self.shield, self.limiter = monitor, shield, limiter
+        self.path, self.max_blocked, self.incidents = path, max_blocked, incidents
         self.incidents_path = path.rstrip("/") + _INCIDENTS
         # compared as digests: constant time, and the token's length does not leak either
         self._token = _digest(token.encode()) if token else None
