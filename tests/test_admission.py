@@ -14,6 +14,7 @@ import random
 import statistics
 import sys
 import threading
+import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -545,10 +546,19 @@ def test_threads_never_exceed_the_limit_and_leave_nothing_in_flight(fixed):
         except BaseException as exc:  # pragma: no cover - reported below
             errors.append(exc)
 
+    # The limit starts full (held here) until the workers have met it, so that shedding is
+    # exercised whatever the scheduler does (eight threads need not overlap on their own).
+    held = [limit.try_acquire(1) for _ in range(limit.limit)]
     with fast_switching():
         threads = [threading.Thread(target=worker, args=(i,)) for i in range(8)]
         for t in threads:
             t.start()
+        deadline = time.monotonic() + 10
+        while sum(limit.snapshot().shed) == 0 and time.monotonic() < deadline:
+            time.sleep(0.0005)
+        for ticket in held:
+            if ticket is not None:
+                ticket.release()
         for t in threads:
             t.join()
     assert not errors
