@@ -224,6 +224,8 @@ def test_servers_smoke(server: str) -> None:
     at no worse than half the bare app's throughput (the target is 0.9x; a loose bound,
     since a short run on a shared machine is noisy)."""
     if shutil.which("wrk") is None:
+        if os.environ.get("CI", "").strip().lower() == "true":
+            pytest.fail("wrk is missing (CI=true: a missing load generator is an error)")
         pytest.skip("wrk is missing: apt-get install -y wrk")
     med = medians(run([server], ["bare", "tk-synced"], duration=1.0, repeats=3, warmup=1.0))
     synced, bare = med[(server, "tk-synced")], med[(server, "bare")]
