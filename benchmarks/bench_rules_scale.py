@@ -143,12 +143,13 @@ def _measured() -> dict[str, float]:
     return measure()
 
 
-def test_fifty_rules_of_which_one_applies_cost_at_most_1_3x_one() -> None:
+def test_fifty_rules_of_which_one_applies_cost_at_most_1_3x_one(target: Any) -> None:
     """50 rules of which one applies cost at most 1.3x one rule (medians of interleaved
-    rounds, one run): the index skips the 49 without asking them."""
-    us = _measured()
+    rounds, one run): the index skips the 49 without asking them. Asserted through the
+    ``target`` fixture (at the loose bound in the smoke pass, as every target)."""
+    us = target.run(_measured)
     ratio, _ = figures(us)
-    assert ratio <= MAX_RATIO_ONE_OF_FIFTY, (ratio, us)
+    target.at_most("50 rules of which one applies / one rule", ratio, MAX_RATIO_ONE_OF_FIFTY)
 
 
 @pytest.mark.xfail(strict=False, reason="not met yet (1.4-1.6 µs of CPU measured, 17,140 "
