@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import contextlib
 import importlib
+import uuid
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -88,3 +89,13 @@ def make_limiter(backend: Any, clock: FakeClock) -> Callable[..., Limiter]:
     yield factory
     for storage in made:
         storage.close()
+
+
+@pytest.fixture
+def redis_prefix(_backend_contexts: dict[str, Any]) -> str:
+    """A key prefix of this test's own on the shared Redis (skipped when none answers,
+    failed under CI=true); the session deletes its keys (never a flush)."""
+    ctx = _backend_contexts["get"]("redis")
+    prefix = f"tk-test:{uuid.uuid4().hex[:12]}:"
+    ctx.prefixes.append(prefix)
+    return prefix

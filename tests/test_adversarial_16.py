@@ -155,14 +155,6 @@ def test_redis_killed_mid_chain_never_breaks_a_request_and_bans_stay() -> None:
             lim.storage.close()
 
 
-@pytest.fixture
-def redis_prefix(_backend_contexts: dict[str, Any]) -> Any:
-    ctx = _backend_contexts["get"]("redis")  # skips when no Redis answers
-    prefix = f"tk-test:{uuid.uuid4().hex[:12]}:"
-    ctx.prefixes.append(prefix)  # the session deletes these keys (never a flush)
-    return prefix
-
-
 @pytest.mark.redis
 def test_a_plan_change_under_concurrency_keeps_the_count_exactly(redis_prefix: str) -> None:
     """8 threads on one Redis key: 80 requests on the free plan (100/minute), then the

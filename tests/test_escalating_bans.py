@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import multiprocessing
 import textwrap
-import uuid
 from typing import Any
 
 import pytest
@@ -148,14 +147,6 @@ def _offend_in_process(prefix: str, start: float) -> float:
         return ban_left(lim, clock, "192.0.2.7")
     finally:
         lim.storage.close()
-
-
-@pytest.fixture
-def redis_prefix(_backend_contexts: dict[str, Any]) -> Any:
-    ctx = _backend_contexts["get"]("redis")  # skips when no Redis answers
-    prefix = f"tk-test:{uuid.uuid4().hex[:12]}:"
-    ctx.prefixes.append(prefix)  # the session deletes these keys (never a flush)
-    return prefix
 
 
 @pytest.mark.redis

@@ -143,14 +143,6 @@ def _escalate_many(prefix: str, key: str, n: int) -> list[int]:
         store.close()
 
 
-@pytest.fixture
-def redis_prefix(_backend_contexts: dict[str, Any]) -> Any:
-    ctx = _backend_contexts["get"]("redis")  # skips when no Redis answers
-    prefix = f"tk-test:{uuid.uuid4().hex[:12]}:"
-    ctx.prefixes.append(prefix)  # the session deletes these keys (never a flush)
-    return prefix
-
-
 @pytest.mark.redis
 def test_two_processes_move_one_chain_without_losing_a_ban(redis_prefix: str) -> None:
     """Two processes ban one key 25 times each at once: the 50 levels are exactly 1..50,
