@@ -22,7 +22,7 @@ Formats (``format="auto"`` tells them apart by the content):
 
 Refreshing: no thread unless asked. A request that finds the list ``refresh`` seconds old
 reloads it inline, one request at a time (the others keep the old list meanwhile, without
-waiting): a file only when its modification time or size changed; a URL with a short
+waiting): a file only when it changed (inode, times, size; then its content); a URL with a short
 ``timeout`` (default 2 s) and ``If-None-Match``/``If-Modified-Since``, so an unchanged list
 costs a round trip. That one request can wait up to ``timeout`` plus the parsing (about
 half a second of CPU per 100,000 entries). Pass ``thread=True`` to refresh in a daemon thread
@@ -38,8 +38,8 @@ bisect, the same for 100,000 entries as for 10 (``benchmarks/bench_ipset.py``).
 from __future__ import annotations
 
 import codecs
+import hashlib
 import http.client
-import json
 import logging
 import os
 import re
@@ -53,8 +53,18 @@ from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from ._blocklist_parse import (
+    FORMATS,
+    LoadError,
+    Network,
+    checked,
+    json_doc,
+    json_entries,
+    narrow,
+    parse_list,
+)
 from ._errors import ConfigError
-from ._ipset import IPSet, parse_network
+from ._ipset import IPSet
 
 if TYPE_CHECKING:
     from ._request import RequestView
@@ -63,144 +73,26 @@ __all__ = ["FORMATS", "Blocklist", "LoadError", "parse_list"]
 
 logger = logging.getLogger("throttlekit.blocklists")
 
-FORMATS = ("auto", "text", "crowdsec")
-_SCOPES = frozenset({"ip", "range"})
-Network = tuple[int, int, int]
-#: the byte order mark some editors (Notepad) write at the start of a UTF-8 file
-_BOM = "\ufeff"
-
-
-class LoadError(Exception):
-    """A list could not be loaded (the last good one stays)."""
-
-
-# -- parsing ---------------------------------------------------------------------------------
-
-
-def _text_entries(text: str) -> tuple[list[Network], int, str | None]:
-    """Networks of a plain list, how many lines were not addresses, and the first one."""
-    out: list[Network] = []
-    bad = 0
-    first_bad: str | None = None
-    for line in text.splitlines():
-        cut = min((i for i in (line.find("#"), line.find(";")) if i >= 0), default=len(line))
-        words = line[:cut].split(None, 1)
-        if not words:
-            continue
-        try:
-            out.append(parse_network(words[0]))
-        except ConfigError:
-            bad += 1
-            first_bad = first_bad or words[0][:80]
-    return out, bad, first_bad
-
-
-def _decisions(doc: Any) -> Iterable[Any]:
-    """The decision objects of a CrowdSec document (a list of decisions, of alerts, or
-    ``null``)."""
-    if doc is None:
-        return
-    if not isinstance(doc, list):
-        raise LoadError(f"expected a JSON list of decisions or alerts, got {type(doc).__name__}")
-    for item in doc:
-        if isinstance(item, dict) and "decisions" in item and "value" not in item:
-            found = item.get("decisions") or []  # an alert (cscli decisions list -o json)
-            if not isinstance(found, list):
-                raise LoadError(f"an alert's decisions are not a list: {found!r:.80}")
-            yield from found
-        else:
-            yield item
-
-
-def _decision_value(decision: Any, types: frozenset[str]) -> str | None:
-    """The address or range a ban decision covers, None for other decisions."""
-    if not isinstance(decision, dict):
-        raise LoadError(f"expected a decision object, got {decision!r:.80}")
-    if str(decision.get("type", "ban")).lower() not in types:
-        return None
-    if str(decision.get("scope", "ip")).lower() not in _SCOPES:
-        return None
-    value = decision.get("value")
-    if not isinstance(value, str):
-        raise LoadError(f"a decision without a value: {decision!r:.80}")
-    return value
-
-
-def _json_entries(doc: Any, types: frozenset[str]) -> tuple[list[Network], int, str | None]:
-    out: list[Network] = []
-    bad = 0
-    first_bad: str | None = None
-    for decision in _decisions(doc):
-        value = _decision_value(decision, types)
-        if value is None:
-            continue
-        try:
-            out.append(parse_network(value))
-        except ConfigError:
-            bad += 1
-            first_bad = first_bad or value[:80]
-    return out, bad, first_bad
-
-
-def _checked(found: tuple[list[Network], int, str | None], what: str) -> list[Network]:
-    entries, bad, first_bad = found
-    if bad and bad >= len(entries):
-        raise LoadError(f"{bad} of {bad + len(entries)} entries of {what} are not addresses "
-                        f"or networks (first: {first_bad!r}): not a blocklist?")
-    if bad:
-        logger.warning("skipped %d entries of %s that are not addresses or "
-                       "networks (first: %r)", bad, what, first_bad)
-    return entries
-
-
-def _sniff(text: str, fmt: str) -> str:
-    if fmt != "auto":
-        return fmt
-    head = text.lstrip()[:1]
-    return "crowdsec" if head in ("[", "{") or text.strip() == "null" else "text"
-
-
-def _json(text: str, what: str) -> Any:
-    """``text`` parsed as JSON; :class:`LoadError` when it is not JSON, or nested too deep
-    for the parser (a hostile ``[[[[...]]]]`` raises RecursionError, not ValueError)."""
-    try:
-        return json.loads(text.removeprefix(_BOM))
-    except (ValueError, RecursionError) as exc:
-        raise LoadError(f"{what} is not JSON: {exc}") from None
-
-
-def _listed(doc: dict[str, Any], name: str) -> list[Any]:
-    """``doc[name]``, a list of decisions (absent or null: none)."""
-    found = doc.get(name) or []
-    if not isinstance(found, list):
-        raise LoadError(f"{name!r} is not a list of decisions: {found!r:.80}")
-    return found
-
-
-def parse_list(text: str, fmt: str = "auto", types: Iterable[str] = ("ban",),
-               what: str = "the list") -> list[Network]:
-    """The networks of a blocklist document (see the module docstring for the formats)
-    as ``(version, address, prefix)``; :class:`LoadError` when it is not one."""
-    text = text.removeprefix(_BOM)  # an editor's byte order mark is no part of the list
-    kind = _sniff(text, fmt)
-    if kind == "text":
-        return _checked(_text_entries(text), what)
-    doc = _json(text, what)
-    if isinstance(doc, dict):
-        doc = [*_listed(doc, "new"), *_listed(doc, "decisions")]
-    return _checked(_json_entries(doc, frozenset(t.lower() for t in types)), what)
+#: how recent a file's modification time makes its stamp untrustworthy (coarse timestamps:
+#: ext4 in ticks, FAT in 2 s)
+_RACY_NS = 2_000_000_000
 
 
 # -- sources ---------------------------------------------------------------------------------
 
 
 class _FileSource:
-    """A local file, reloaded when its modification time or size changes."""
+    """A local file, reloaded when it changed: its inode, modification or change time, or
+    size. A file whose modification time was within :data:`_RACY_NS` of the read (a
+    file system's timestamps are that coarse, so a second write in the same tick keeps
+    the stamp) is read again on the next load and compared by content, as git does."""
 
     def __init__(self, path: Path, max_bytes: int) -> None:
         self.path = path
         self.max_bytes = max_bytes
-        self.seen: tuple[int, int] | None = None
+        self.seen: tuple[int, int, int, int] | None = None
+        self.racy = False
+        self.digest = b""
 
     def __str__(self) -> str:
         return str(self.path)
@@ -208,8 +100,8 @@ class _FileSource:
     def read(self) -> str | None:
         try:
             st = self.path.stat()
-            stamp = (st.st_mtime_ns, st.st_size)
-            if stamp == self.seen:
+            stamp = (st.st_ino, st.st_mtime_ns, st.st_ctime_ns, st.st_size)
+            if stamp == self.seen and not self.racy:
                 return None
             if not stat.S_ISREG(st.st_mode):  # a FIFO's open() waits for a writer
                 raise LoadError(f"{self.path} is not a regular file")
@@ -221,8 +113,11 @@ class _FileSource:
             raise LoadError(f"cannot read {self.path}: {exc}") from None
         if len(data) > self.max_bytes:
             raise LoadError(f"{self.path} is larger than max_bytes={self.max_bytes}")
-        self.seen = stamp
-        return data.decode("utf-8", errors="replace")
+        digest = hashlib.blake2b(data, digest_size=16).digest()
+        unchanged = digest == self.digest  # touched, or rewritten with the same lines
+        self.seen, self.digest = stamp, digest
+        self.racy = time.time_ns() - st.st_mtime_ns < _RACY_NS
+        return None if unchanged else data.decode("utf-8", errors="replace")
 
     def stream(self) -> bool:
         return False
@@ -339,6 +234,15 @@ def _positive(name: str, value: object) -> float:
     return float(value)
 
 
+def _min_prefix(value: object) -> tuple[int, int]:
+    if (isinstance(value, (tuple, list)) and len(value) == 2 and all(
+            isinstance(x, int) and not isinstance(x, bool) for x in value)
+            and 0 <= value[0] <= 32 and 0 <= value[1] <= 128):
+        return value[0], value[1]
+    raise ConfigError(f"min_prefix must be (IPv4 prefix 0-32, IPv6 prefix 0-128), such as "
+                      f"(8, 32), got {value!r}")
+
+
 def _types(types: object) -> tuple[str, ...]:
     if isinstance(types, str) or not isinstance(types, Iterable):
         raise ConfigError(f"types must be a list of decision types, got {types!r}")
@@ -400,6 +304,9 @@ class Blocklist:
             ``min(refresh, 30)``).
         types: CrowdSec decision types kept (default ``("ban",)``).
         max_bytes: the largest body or file accepted (default 64 MiB).
+        min_prefix: the widest network an entry may cover, as prefix lengths ``(IPv4,
+            IPv6)``; wider entries are skipped and logged (default ``(8, 32)``: a feed
+            holding ``0.0.0.0/0`` blocks nobody; ``(0, 0)`` keeps every entry).
         clock: monotonic seconds (for tests).
 
     Raises:
@@ -411,8 +318,8 @@ class Blocklist:
     """
 
     __slots__ = ("_clock", "_due", "_entries", "_lock", "_set", "_source", "_stop",
-                 "_thread", "failures", "format", "last_error", "loaded_at", "refresh",
-                 "retry", "types")
+                 "_thread", "failures", "format", "last_error", "loaded_at", "min_prefix",
+                 "refresh", "retry", "types")
 
     def __init__(
         self,
@@ -426,8 +333,10 @@ class Blocklist:
         retry: float | None = None,
         types: Iterable[str] = ("ban",),
         max_bytes: int = 64 * 1024 * 1024,
+        min_prefix: tuple[int, int] = (8, 32),
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
+        self.min_prefix = _min_prefix(min_prefix)
         self.refresh = _positive("refresh", refresh)
         self.retry = min(self.refresh, 30.0) if retry is None else _positive("retry", retry)
         if format not in FORMATS:
@@ -540,8 +449,8 @@ class Blocklist:
             if source.stream():
                 self._set = self._apply_stream(text)
             else:
-                self._set = IPSet.from_parsed(
-                    parse_list(text, self.format, self.types, str(source)))
+                self._set = IPSet.from_parsed(parse_list(
+                    text, self.format, self.types, str(source), self.min_prefix))
         except Exception as exc:  # a load never fails a request
             self.failures += 1
             self.last_error = str(exc) if isinstance(exc, LoadError) else (
@@ -561,14 +470,15 @@ class Blocklist:
         """A CrowdSec LAPI stream answer applied: the full list at startup, then changes."""
         source = self._source
         assert isinstance(source, _URLSource)
-        doc = _json(text, str(source))
+        doc = json_doc(text, str(source))
         if not isinstance(doc, dict):
             raise LoadError(f"{source}: expected the stream's {{\"new\", \"deleted\"}} object")
         types = frozenset(t.lower() for t in self.types)
         entries = {} if not source.started else dict(self._entries)
-        for net in _checked(_json_entries(doc.get("deleted"), types), str(source)):
+        for net in checked(json_entries(doc.get("deleted"), types), str(source)):
             entries.pop(net, None)
-        for net in _checked(_json_entries(doc.get("new"), types), str(source)):
+        new = checked(json_entries(doc.get("new"), types), str(source))
+        for net in narrow(new, self.min_prefix, str(source)):
             entries[net] = None
         self._entries = entries
         source.started = True

@@ -8,6 +8,7 @@ then each field in declaration order).
 
 from __future__ import annotations
 
+import os
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -32,7 +33,8 @@ class Compiler:
     def __init__(self, text: str, path: str, strategies: Sequence[str] | None) -> None:
         self.lines = Lines(text)
         self.path = path
-        self.report = Report(tuple(strategies) if strategies is not None else tuple(ALGORITHMS))
+        self.report = Report(tuple(strategies) if strategies is not None else tuple(ALGORITHMS),
+                             base="" if path.startswith("<") else os.path.dirname(path) or ".")
         self.default_strategy = DEFAULT_STRATEGY
         self.names: dict[str, int] = {}  # rule name -> the line it is first given on
 

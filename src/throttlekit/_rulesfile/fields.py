@@ -150,6 +150,9 @@ class Report:
     errors: list[RuleError] = field(default_factory=list)
     #: every callable the file imports by dotted path: (line, field, path)
     imports: list[tuple[int, str, str]] = field(default_factory=list)
+    #: the directory relative file names in the file are read from (its own; "" when the
+    #: rules are text with no file)
+    base: str = ""
 
     def err(self, line: int, message: str, hint: str = "") -> None:
         self.errors.append(RuleError(line, message, hint))

@@ -10,10 +10,12 @@ periodically, :class:`throttlekit.blocklists.Blocklist`::
     headers = { X-Api-Key = "env:CROWDSEC_BOUNCER_KEY" }
     refresh = "1m"
 
-A string is the source alone (``ips_from = "/etc/throttlekit/drop.txt"``). A header value
-``"env:NAME"`` is read from the environment variable ``NAME`` (keep secrets out of the
-file). A file that cannot be read or parsed is an error at its line; a URL that does not
-answer is logged and retried (the list starts empty), as in Python.
+A string is the source alone (``ips_from = "/etc/throttlekit/drop.txt"``); a relative file
+name is read from the rules file's directory. ``min_prefix = [8, 32]`` (the default) skips
+entries wider than a /8 (IPv4) or a /32 (IPv6), so a feed's ``0.0.0.0/0`` blocks nobody.
+A header value ``"env:NAME"`` is read from the environment variable ``NAME`` (keep secrets
+out of the file). A file that cannot be read or parsed is an error at its line; a URL that
+does not answer is logged and retried (the list starts empty), as in Python.
 """
 
 from __future__ import annotations
@@ -29,10 +31,12 @@ from .fields import At, Duration, Field, type_name
 
 __all__ = ["IpsFrom"]
 
-_OPTIONS = ("source", "refresh", "format", "timeout", "headers", "types", "retry")
+_OPTIONS = ("source", "refresh", "format", "timeout", "headers", "types", "retry",
+            "min_prefix")
 _HINT = ('ips_from = "/etc/throttlekit/drop.txt", or a table: { source = "<file or URL>", '
          'refresh = "5m", format = "auto" | "text" | "crowdsec", timeout = "2s", '
-         'headers = { X-Api-Key = "env:NAME" }, types = ["ban"], retry = "30s" }')
+         'headers = { X-Api-Key = "env:NAME" }, types = ["ban"], retry = "30s", '
+         'min_prefix = [8, 32] }')
 
 
 class IpsFrom(Field):
@@ -53,6 +57,9 @@ class IpsFrom(Field):
         options = self._options(table, at)
         if options is None:
             return None
+        base = at.report.base
+        if base and not source.lower().startswith(("http://", "https://")):
+            source = os.path.join(base, source)
         try:
             listed = Blocklist(source, **options)
         except ConfigError as exc:
@@ -76,6 +83,9 @@ class IpsFrom(Field):
         options["format"] = fmt
         if "types" in table:
             options["types"] = table["types"]
+        if "min_prefix" in table:
+            options["min_prefix"] = tuple(table["min_prefix"]) if isinstance(
+                table["min_prefix"], list) else table["min_prefix"]
         headers = table.get("headers")
         if headers is not None:
             if not isinstance(headers, dict) or not all(
