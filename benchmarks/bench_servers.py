@@ -320,7 +320,8 @@ def test_servers_smoke(server: str, target: Any) -> None:
           f"CPU us/req best bare {best(bare, 'cpu', True):.0f}, synced "
           f"{best(synced, 'cpu', True):.0f}")
     assert sum(r["non2xx"] for r in synced) == 0
-    # a round trip per request (no lease reused) is 1.0; the leases measured 0.02-0.25
+    # a round trip per request (no lease reused) is 1.0; leases measured 0.006-0.04 under
+    # gthread on a loaded host (0.02-0.25 while its threads did not wait for each other)
     assert 0 < scripts <= 0.5 * served, (scripts, served)
     target.at_least(f"{server} SyncedStorage req/s / bare", best(synced, "rps") /
                     best(bare, "rps"), 0.9)
