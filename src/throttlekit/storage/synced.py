@@ -90,7 +90,7 @@ class _Lease:
         self.chunk = chunk  # the next lease's size
         self.asking = False  # a lease of this key is being asked of the store
         self.waiter: _Asked | None = None  # resolved when the ask (on a loop) is answered
-        self.held: _Held | None = None  # set when the ask (by a thread) is answered
+        self.held: _Held | None = None  # done when the ask (by a thread) is answered
         self.left = 0  # units charged and not yet admitted
         self.used = 0  # units of the current lease admitted so far
         self.expires = 0  # microseconds; the lease's units are void from then on
@@ -326,7 +326,7 @@ class SyncedStorage(Storage):
                 return result
             with self._lock:
                 return self._record(checks, sizes, result, t, block_keys)
-        except BaseException as exc:
+        except Exception as exc:  # (an interrupt of this thread is not the store's failure)
             if mine is not None:
                 mine.failure = exc
             raise
