@@ -23,6 +23,7 @@ and SyncedStorage on each server) and checks the issue's target at a loose bound
 from __future__ import annotations
 
 import argparse
+import asyncio
 import contextlib
 import os
 import re
@@ -36,6 +37,7 @@ import urllib.request
 import uuid
 from collections.abc import Iterator, Sequence
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -91,11 +93,13 @@ def cpu_seconds(pid: int) -> float:
 
 
 @contextlib.contextmanager
-def serving(server: str, mode: str, prefix: str) -> Iterator[tuple[str, int]]:
-    """Serve ``mode``'s app under ``server``; yields its URL and pid once it answers 200."""
+def serving(server: str, mode: str, prefix: str, redis: str = REDIS
+            ) -> Iterator[tuple[str, int]]:
+    """Serve ``mode``'s app under ``server``; yields its URL and pid once it answers 200
+    (with throttlekit's rate-limit headers, for its modes: the limit is applied)."""
     port = _free_port()
     env = dict(os.environ, PYTHONPATH=f"{SRC}{os.pathsep}{HERE}", TK_BENCH_MODE=mode,
-               TK_BENCH_PREFIX=prefix, TK_BENCH_REDIS=REDIS, PYTHONWARNINGS="ignore",
+               TK_BENCH_PREFIX=prefix, TK_BENCH_REDIS=redis, PYTHONWARNINGS="ignore",
                TK_BENCH_SERVER="starlette" if server == "uvicorn" else "flask")
     proc = subprocess.Popen(_command(server, port), env=env, stdout=subprocess.DEVNULL,
                             stderr=subprocess.PIPE)
@@ -109,11 +113,15 @@ def serving(server: str, mode: str, prefix: str) -> Iterator[tuple[str, int]]:
             try:
                 with urllib.request.urlopen(url, timeout=1) as r:
                     if r.status == 200:
+                        limited = r.headers.get("RateLimit") is not None
                         break
             except OSError:
                 if time.monotonic() > deadline:
                     raise
                 time.sleep(0.1)
+        if mode.startswith("tk-") and not limited:
+            raise RuntimeError(f"{server} {mode}: answered without rate-limit headers, so "
+                               "its limit is not applied (nothing would be measured)")
         yield url, proc.pid
     finally:
         proc.terminate()
@@ -147,21 +155,23 @@ def wrk(url: str, duration: float, connections: int = 16, pid: int | None = None
     count = int(re.search(r"(\d+) requests in", out).group(1))  # type: ignore[union-attr]
     cpu = (cpu_seconds(pid) - cpu) * 1e6 / max(count, 1) if pid else 0.0
     return {"rps": rps, "p50": _ms(lat["50"]), "p99": _ms(lat["99"]),
-            "non2xx": float(bad.group(1)) if bad else 0.0, "cpu": cpu}
+            "non2xx": float(bad.group(1)) if bad else 0.0, "cpu": cpu,
+            "requests": float(count)}
 
 
 def run(servers: Sequence[str], modes: Sequence[str], duration: float, repeats: int,
-        warmup: float = 1.0) -> dict[tuple[str, str], list[dict[str, float]]]:
+        warmup: float = 1.0, redis: str = REDIS
+        ) -> dict[tuple[str, str], list[dict[str, float]]]:
     """Every mode of each server, ``repeats`` times: all of a server's modes are started at
     once (idle servers cost nothing) and wrk visits them in turn, the order rotated each
     round, so load that comes and goes on a shared machine hits every mode alike. Each
-    (server, mode) has its own Redis prefix."""
+    (server, mode) has its own Redis prefix. The warm-up runs are not in the results."""
     results: dict[tuple[str, str], list[dict[str, float]]] = {}
     tag = uuid.uuid4().hex[:8]
     for server in servers:
         with contextlib.ExitStack() as stack:
             urls = {mode: stack.enter_context(
-                serving(server, mode, f"tk-bench-servers:{tag}:{server}:{mode}:"))
+                serving(server, mode, f"tk-bench-servers:{tag}:{server}:{mode}:", redis))
                 for mode in modes}
             for url, pid in urls.values():
                 wrk(url, warmup, pid=pid)
@@ -217,20 +227,104 @@ def main(argv: Sequence[str] | None = None) -> None:
 # -- the short version in the suite -------------------------------------------------------
 
 
+@contextlib.contextmanager
+def private_redis() -> Iterator[str]:
+    """A redis-server of this run's own on a free loopback port (its ``INFO commandstats``
+    counts only this run's commands); yields its URL."""
+    binary = shutil.which("redis-server")
+    if binary is None:
+        pytest.skip("redis-server is missing")
+    port = _free_port()
+    proc = subprocess.Popen([binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "",
+                             "--appendonly", "no"], stdout=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 10
+        while True:
+            with contextlib.suppress(OSError), socket.create_connection(
+                    ("127.0.0.1", port), timeout=1) as conn:
+                conn.sendall(b"PING\r\n")
+                if conn.recv(16).startswith(b"+PONG"):
+                    break
+            if proc.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(f"redis-server on port {port} did not start")
+            time.sleep(0.05)
+        yield f"redis://127.0.0.1:{port}/0"
+    finally:
+        proc.terminate()
+        proc.wait(10)
+
+
+def scripts_run(url: str) -> int:
+    """The scripts (EVAL/EVALSHA: one per throttlekit round trip) the Redis at ``url`` ran."""
+    import redis
+
+    client = redis.Redis.from_url(url)
+    try:
+        stats = client.info("commandstats")
+    finally:
+        client.close()
+    return sum(int(stats.get(f"cmdstat_{c}", {}).get("calls", 0)) for c in ("eval", "evalsha"))
+
+
+def best(results: list[dict[str, float]], field: str, lowest: bool = False) -> float:
+    """The best of the rounds: load from other processes only ever lowers req/s and raises
+    CPU per request (cache, scheduler), so the best round is the closest to the truth."""
+    values = [r[field] for r in results]
+    return min(values) if lowest else max(values)
+
+
+@pytest.mark.parametrize("framework", ["flask", "starlette"])
+def test_throttlekit_apps_charge_their_limit(framework: str) -> None:
+    """The app served as a throttlekit mode charges its limit on every request (the Flask
+    app once wrapped a Limiter with rules in ``Throttle`` alone, which applies none of
+    them: the smoke and the docs' table measured a bare app)."""
+    import httpx
+
+    import server_apps
+
+    async def three(app: Any) -> list[httpx.Response]:
+        transport = httpx.ASGITransport(app=app, client=("127.0.0.1", 40000))
+        async with httpx.AsyncClient(transport=transport, base_url="http://t") as client:
+            return [await client.get("/") for _ in range(3)]
+
+    if framework == "flask":
+        client = server_apps.make_flask("tk-memory").test_client()
+        responses: list[Any] = [client.get("/") for _ in range(3)]
+    else:
+        responses = asyncio.run(three(server_apps.make_starlette("tk-memory")))
+    assert [r.status_code for r in responses] == [200] * 3
+    left = [re.search(r";r=(\d+)", r.headers["RateLimit"]) for r in responses]
+    assert [int(m.group(1)) for m in left if m] == [999_999, 999_998, 999_997]
+
+
 @pytest.mark.redis
 @pytest.mark.parametrize("server", SERVERS)
-def test_servers_smoke(server: str) -> None:
-    """Every request through SyncedStorage on Redis under a real server is answered 200,
-    at no worse than half the bare app's throughput (the target is 0.9x; a loose bound,
-    since a short run on a shared machine is noisy)."""
+def test_servers_smoke(server: str, target: Any) -> None:
+    """Under a real server, SyncedStorage on Redis answers every request 200, reaches Redis
+    for a small share of them (leases, not a round trip per request: counted on a private
+    redis-server) and serves the issue's 0.9x of the bare app's req/s (asserted at the loose
+    bound in the smoke pass). Seven interleaved rounds, the best of each mode compared: one
+    second's run on a shared host swings 3x (bare gthread: 624-2,203 req/s in ten runs)."""
     if shutil.which("wrk") is None:
         if os.environ.get("CI", "").strip().lower() == "true":
             pytest.fail("wrk is missing (CI=true: a missing load generator is an error)")
         pytest.skip("wrk is missing: apt-get install -y wrk")
-    med = medians(run([server], ["bare", "tk-synced"], duration=1.0, repeats=3, warmup=1.0))
-    synced, bare = med[(server, "tk-synced")], med[(server, "bare")]
-    assert synced["non2xx"] == 0
-    assert synced["rps"] >= 0.5 * bare["rps"], (synced, bare)
+    duration = target.size(2.0, 1.0)
+    with private_redis() as url:
+        results = target.run(lambda: run([server], ["bare", "tk-synced"], duration=duration,
+                                         repeats=7, warmup=1.0, redis=url))
+        scripts = scripts_run(url)
+    synced, bare = results[(server, "tk-synced")], results[(server, "bare")]
+    served = sum(r["requests"] for r in synced)
+    print(f"{server}: {scripts} round trips to Redis for more than {served:.0f} requests; "
+          f"CPU us/req best bare {best(bare, 'cpu', True):.0f}, synced "
+          f"{best(synced, 'cpu', True):.0f}")
+    assert sum(r["non2xx"] for r in synced) == 0
+    # a round trip per request (no lease reused) is 1.0; leases measured 0.006-0.04 under
+    # gthread on a loaded host (0.02-0.25 while its threads did not wait for each other)
+    assert 0 < scripts <= 0.5 * served, (scripts, served)
+    target.at_least(f"{server} SyncedStorage req/s / bare", best(synced, "rps") /
+                    best(bare, "rps"), 0.9)
 
 
 if __name__ == "__main__":

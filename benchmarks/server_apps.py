@@ -23,12 +23,12 @@ REDIS = os.environ.get("TK_BENCH_REDIS", "redis://127.0.0.1:6379/0")
 PREFIX = os.environ.get("TK_BENCH_PREFIX", "tk-bench-servers:")
 
 
-def _limiter() -> Any:
+def _limiter(mode: str) -> Any:
     from throttlekit import Limiter, storage_from_url
 
-    if MODE == "tk-memory":
+    if mode == "tk-memory":
         lim = Limiter("memory://")
-    elif MODE == "tk-redis":
+    elif mode == "tk-redis":
         lim = Limiter(storage_from_url(REDIS, prefix=PREFIX))
     else:
         from throttlekit.storage.synced import SyncedStorage
@@ -38,13 +38,13 @@ def _limiter() -> Any:
     return lim
 
 
-def _peer_storage() -> str:
-    if MODE == "peer-memory":
+def _peer_storage(mode: str) -> str:
+    if mode == "peer-memory":
         return "memory://"
     return REDIS
 
 
-def make_flask() -> Any:
+def make_flask(mode: str = MODE) -> Any:
     from flask import Flask
 
     app = Flask("bench_servers")
@@ -53,20 +53,23 @@ def make_flask() -> Any:
     def index() -> str:
         return "ok"
 
-    if MODE.startswith("tk-"):
-        from throttlekit.contrib.flask import Throttle
+    if mode.startswith("tk-"):
+        from throttlekit.wsgi import WSGIMiddleware
 
-        Throttle(app, _limiter())
-    elif MODE.startswith("peer-"):
+        # A Limiter's rules (lim.throttle) run in its middleware: Throttle(app, limiter)
+        # alone applies only default/application limits and decorators, so with it (until
+        # session 21) the "limited" Flask apps never charged anything.
+        app.wsgi_app = WSGIMiddleware(app.wsgi_app, _limiter(mode))  # type: ignore[method-assign]
+    elif mode.startswith("peer-"):
         from flask_limiter import Limiter as FlaskLimiter
         from flask_limiter.util import get_remote_address
 
         FlaskLimiter(get_remote_address, app=app, default_limits=[RATE],
-                     storage_uri=_peer_storage(), key_prefix=PREFIX)
+                     storage_uri=_peer_storage(mode), key_prefix=PREFIX)
     return app
 
 
-def make_starlette() -> Any:
+def make_starlette(mode: str = MODE) -> Any:
     from starlette.applications import Starlette
     from starlette.requests import Request
     from starlette.responses import PlainTextResponse
@@ -76,17 +79,17 @@ def make_starlette() -> Any:
         return PlainTextResponse("ok")
 
     app = Starlette(routes=[Route("/", index)])
-    if MODE.startswith("tk-"):
+    if mode.startswith("tk-"):
         from throttlekit.asgi import ASGIMiddleware
 
-        return ASGIMiddleware(app, _limiter())
-    if MODE.startswith("peer-"):
+        return ASGIMiddleware(app, _limiter(mode))
+    if mode.startswith("peer-"):
         from slowapi import Limiter as SlowLimiter
         from slowapi.middleware import SlowAPIMiddleware
         from slowapi.util import get_remote_address
 
         app.state.limiter = SlowLimiter(key_func=get_remote_address, default_limits=[RATE],
-                                        storage_uri=_peer_storage(), key_prefix=PREFIX)
+                                        storage_uri=_peer_storage(mode), key_prefix=PREFIX)
         app.add_middleware(SlowAPIMiddleware)
     return app
 

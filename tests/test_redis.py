@@ -258,13 +258,24 @@ def test_client_clock_is_the_default(
     assert storage.clock == "client"
     alg = make_algorithm(strategy, Rate(10, 1))
     block_keys = ["nobody"] if batch else []
-    before = int(time.time() * 1_000_000) // alg.period_us * alg.period_us
-    for left in (9, 8):
-        d = storage.apply([Check(alg, "t")], block_keys=block_keys).decisions[0]
-        assert d.allowed and d.remaining == left
-    after = int(time.time() * 1_000_000)
-    assert before <= _stamp(raw, storage, alg, "t", d) <= after
-    assert 5000 < raw.pttl(storage.family("t")) <= 7000
+    # The exact figures below hold when both calls and the TTL read fall in one window and
+    # within 0.1 s (a token of this bucket comes back every 0.1 s). A busy host may pause
+    # this process longer: then try again on a fresh key (a precondition, not a timing).
+    for attempt in range(20):
+        key = f"t{attempt}"
+        began = time.time()
+        ds = [storage.apply([Check(alg, key)], block_keys=block_keys).decisions[0]
+              for _ in range(2)]
+        pttl = raw.pttl(storage.family(key))
+        ended = time.time()
+        if ended - began < 0.1 and int(began) == int(ended):  # one 1 s window
+            break
+    else:
+        pytest.fail("no try of 20 made two calls within 0.1 s and one window")
+    assert [(d.allowed, d.remaining) for d in ds] == [(True, 9), (True, 8)]
+    before = int(began * 1_000_000) // alg.period_us * alg.period_us
+    assert before <= _stamp(raw, storage, alg, key, ds[-1]) <= int(ended * 1_000_000)
+    assert 5000 < pttl <= 7000
 
 
 def test_limiter_clock_is_passed_to_the_script(ctx: Any) -> None:
@@ -686,8 +697,10 @@ def test_a_thousand_concurrent_asgi_requests_admit_exactly_the_limit(
 
     # Timeouts on an event loop run while the loop is busy: starting 1,000 requests in one
     # go holds it for more than the default 0.25 s on a loaded CI machine, and then calls
-    # time out on a healthy store. 2 s absorbs that; the pool's behaviour is the same.
-    storage = ctx.storage(socket_timeout=2, socket_connect_timeout=2)
+    # time out on a healthy store; at load 20-30 even 2 s was too short for the pool's
+    # connects. 30 s absorbs that (a healthy store answers long before); the pool's
+    # behaviour, what this test is about, is the same.
+    storage = ctx.storage(socket_timeout=30, socket_connect_timeout=30)
     limiter = Limiter(storage, on_storage_error="local")
     limiter.throttle("global", "50/minute", key=lambda r: "everyone")
 

@@ -37,9 +37,13 @@ lookups made with a request are answered from the store's last answer for at mos
 ``sync_interval``: a new ban, an ``unblock`` or a ``reset`` reaches every worker within
 ``sync_interval`` (at most one second, see DECISIONS "the local denial cache").
 
-Concurrency: one lease per key is asked at a time. On an event loop, requests that find
-it empty meanwhile await that ask (a failed ask fails them alike); threads are charged
-exactly meanwhile.
+Concurrency: one lease per key is asked at a time, and requests that find it empty
+meanwhile wait for that ask instead of a round trip of their own (a failed ask fails them
+alike): tasks of one event loop await it, threads (gunicorn ``gthread``) block on it. A
+thread's wait is at most the rest of a round trip it would otherwise make itself. (Threads
+charged exactly meanwhile made one round trip after another while an ask was slow to come
+back, on a busy host or with the GIL held by the other threads: the round trips per request
+grew with the load.)
 
 Failures: the wrapper adds no policy. A failing store raises from ``apply`` as it would
 unwrapped, so the limiter's ``on_storage_error``, breaker and fallback answer as before
@@ -79,18 +83,30 @@ _MAX_CHUNK = 1 << 16
 class _Lease:
     """Quota charged to the store and not yet admitted, for one (algorithm, key)."""
 
-    __slots__ = ("asking", "chunk", "expires", "left", "remaining", "reset_at", "used",
-                 "waiter")
+    __slots__ = ("asking", "chunk", "expires", "held", "left", "remaining", "reset_at",
+                 "used", "waiter")
 
     def __init__(self, chunk: int) -> None:
         self.chunk = chunk  # the next lease's size
         self.asking = False  # a lease of this key is being asked of the store
-        self.waiter: _Asked | None = None  # resolved when the ask is answered
+        self.waiter: _Asked | None = None  # resolved when the ask (on a loop) is answered
+        self.held: _Held | None = None  # done when the ask (by a thread) is answered
         self.left = 0  # units charged and not yet admitted
         self.used = 0  # units of the current lease admitted so far
         self.expires = 0  # microseconds; the lease's units are void from then on
         self.remaining = 0  # the store's remaining after the lease was charged
         self.reset_at = 0  # microseconds; the store's reset_after, as an instant
+
+
+class _Held:
+    """A lease being asked of the store by a thread: the other threads wait for the
+    answer (``done``), and fail alike if it failed."""
+
+    __slots__ = ("done", "failure")
+
+    def __init__(self) -> None:
+        self.done = threading.Event()
+        self.failure: BaseException | None = None
 
 
 def _positive(name: str, value: Any, *, top: float | None = None) -> float:
@@ -203,6 +219,7 @@ class SyncedStorage(Storage):
                     if lease is not None:
                         lease.asking = False
                         lease.waiter = None
+                        lease.held = None
 
     def _record(self, checks: Sequence[Check], sizes: Sequence[int], result: BatchResult,
                 now: int, block_keys: Sequence[str]) -> BatchResult:
@@ -279,25 +296,61 @@ class SyncedStorage(Storage):
               block_keys: Sequence[str] = ()) -> BatchResult:
         if self._exact(checks, consume):
             return self.storage.apply(checks, consume=consume, now=now, block_keys=block_keys)
-        t = self._now(now)
-        with self._lock:
-            local = self._local(checks, t, block_keys)
-            if local is not None:
-                return local
-            sizes = self._sizes(checks, t)
+        # A thread that finds its key's lease being asked by another waits for the answer
+        # (a lease, or a refusal that dropped it) rather than making round trips meanwhile.
+        while True:
+            t = self._now(now)
+            with self._lock:
+                local = self._local(checks, t, block_keys)
+                if local is not None:
+                    return local
+                held = self._held(checks)
+                if held is None:
+                    sizes = self._sizes(checks, t)
+                    mine = self._hold(checks, sizes)
+                    break
+            held.done.wait()
+            if held.failure is not None:  # the store failed the ask: fail alike
+                raise held.failure
         try:
-            result = self.storage.apply(self._sized(checks, sizes), now=now,
-                                        block_keys=block_keys)
+            try:
+                result = self.storage.apply(self._sized(checks, sizes), now=now,
+                                            block_keys=block_keys)
+            finally:
+                self._done(checks, sizes)
+            if self._retry(checks, sizes, result):
+                sizes = [c.cost for c in checks]
+                result = self.storage.apply(checks, now=now, block_keys=block_keys)
+            if not all(d.allowed for d in result.decisions):
+                self._forget_leases(checks)
+                return result
+            with self._lock:
+                return self._record(checks, sizes, result, t, block_keys)
+        except Exception as exc:  # (an interrupt of this thread is not the store's failure)
+            if mine is not None:
+                mine.failure = exc
+            raise
         finally:
-            self._done(checks, sizes)
-        if self._retry(checks, sizes, result):
-            sizes = [c.cost for c in checks]
-            result = self.storage.apply(checks, now=now, block_keys=block_keys)
-        if not all(d.allowed for d in result.decisions):
-            self._forget_leases(checks)
-            return result
-        with self._lock:
-            return self._record(checks, sizes, result, t, block_keys)
+            if mine is not None:
+                mine.done.set()
+
+    def _held(self, checks: Sequence[Check]) -> _Held | None:
+        """The ask a thread is making of a lease of one of ``checks``, if any."""
+        for c in checks:
+            lease = self._leases.get((c.algorithm.id, c.key))
+            if lease is not None and lease.held is not None:
+                return lease.held
+        return None
+
+    def _hold(self, checks: Sequence[Check], sizes: Sequence[int]) -> _Held | None:
+        """What the other threads wait on while the leases asked by ``sizes`` are asked."""
+        if all(s == c.cost for c, s in zip(checks, sizes, strict=True)):
+            return None
+        held = _Held()
+        for c, s in zip(checks, sizes, strict=True):
+            if s != c.cost:
+                self._leases[(c.algorithm.id, c.key)].held = held
+        return held
 
     async def aapply(self, checks: Sequence[Check], *, consume: bool = True,
                      now: int | None = None, block_keys: Sequence[str] = ()) -> BatchResult:
