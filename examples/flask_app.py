@@ -4,7 +4,8 @@ Run: ``gunicorn -w 1 -b 127.0.0.1:8000 flask_app:app`` (from ``examples/``), or
 ``THROTTLEKIT_STORAGE_URL=redis://127.0.0.1:6379/0 gunicorn -w 4 ...`` for several workers
 (with ``memory://`` each worker would count on its own; throttlekit warns about it).
 
-- the rules middleware: at most 100 requests a minute per client for the whole site;
+- the limiter's rules (``Throttle`` runs them in a ``WSGIMiddleware`` around the app): at
+  most 100 requests a minute per client for the whole site;
 - every route: at most 30 a minute per client (default limits, each route its own counter);
 - ``/search``: at most 3 a minute per client (a decorator), its Decision in ``g.throttle``;
 - ``/health``: exempt from every limit. ``@limiter.exempt`` takes it out of the default
@@ -19,7 +20,7 @@ import os
 
 from flask import Flask, g
 
-from throttlekit import Limiter, WSGIMiddleware
+from throttlekit import Limiter
 from throttlekit.contrib.flask import Throttle
 
 limiter = Limiter(os.environ.get("THROTTLEKIT_STORAGE_URL", "memory://"))
@@ -47,5 +48,3 @@ def search() -> dict[str, object]:
 def health() -> str:
     return "ok"
 
-
-app.wsgi_app = WSGIMiddleware(app.wsgi_app, limiter)  # type: ignore[method-assign]

@@ -15,10 +15,13 @@
     def search(): ...
 
 ``Throttle(app, limiter)`` uses your :class:`~throttlekit.Limiter` instead of building one
-from ``app.config`` (then ``@limiter.limit`` works the same). The limits of a request are
-checked in a ``before_request`` hook, all in one storage call; a breach raises
-:class:`RateLimited`, a werkzeug ``TooManyRequests`` (so ``@app.errorhandler(429)`` sees
-it) whose response carries the middleware's headers. The Decision is in ``g.throttle``.
+from ``app.config`` (then ``@limiter.limit`` works the same). The limiter's rules
+(``limiter.throttle``, lists, bans, ``THROTTLEKIT_RULES_FILE``) run around the app:
+``Throttle`` wraps ``app.wsgi_app`` in a :class:`~throttlekit.WSGIMiddleware` (``rules=False``
+not to). The limits of a request are checked in a ``before_request`` hook, all in one
+storage call; a breach raises :class:`RateLimited`, a werkzeug ``TooManyRequests`` (so
+``@app.errorhandler(429)`` sees it) whose response carries the middleware's headers. The
+Decision is in ``g.throttle``.
 
 Settings (``app.config``): ``THROTTLEKIT_STORAGE_URL``, ``THROTTLEKIT_DEFAULT_LIMITS``,
 ``THROTTLEKIT_APPLICATION_LIMITS``, ``THROTTLEKIT_ENABLED``, ``THROTTLEKIT_STRATEGY``,
@@ -40,12 +43,14 @@ from werkzeug.wrappers import Response
 
 from .._adapters import Adapter, Found, register_adapter
 from .._decorators import DENIED_KEY, HANDLED_KEY, POLICIES_KEY, decorate, evaluate, exempt, record
+from .._errors import ConfigError
 from .._exchange import OWNER_KEY
 from .._frameworkview import FrameworkView, detach_view, framework_body, user_id_of, view_of
 from .._limitspec import Group, endpoint_name, group_of, make_spec
 from .._responder import status_line
 from .._responses import rate_limit_headers
 from .._workers import ForkCheck, warn_memory_multiworker
+from ..wsgi import WSGIMiddleware
 from ._common import Limits, denial, limiter_from, parse_limits
 
 if TYPE_CHECKING:
@@ -201,6 +206,10 @@ class Throttle:
             or a list: one limit each); default: ``THROTTLEKIT_DEFAULT_LIMITS``.
         application_limits: limits counted once for the whole app (all routes share a
             counter per client); default: ``THROTTLEKIT_APPLICATION_LIMITS``.
+        rules: run the limiter's rules (throttles, lists, bans, a rules file) around the
+            app: ``app.wsgi_app`` is wrapped in a :class:`~throttlekit.WSGIMiddleware`
+            unless one of this limiter is there already. ``False`` when you wrap it
+            yourself further out.
     """
 
     def __init__(
@@ -210,7 +219,11 @@ class Throttle:
         *,
         default_limits: RatesLike | None = None,
         application_limits: RatesLike | None = None,
+        rules: bool = True,
     ) -> None:
+        if not isinstance(rules, bool):
+            raise ConfigError(f"Throttle: rules must be True or False, got {rules!r}")
+        self._rules = rules
         self._limiter_obj = limiter
         self._default_arg = default_limits
         self._application_arg = application_limits
@@ -245,6 +258,8 @@ class Throttle:
         app.before_request(self._before)
         app.after_request(self._after)
         app.teardown_request(self._teardown)
+        if self._rules and not _runs_rules(app.wsgi_app, lim):
+            app.wsgi_app = WSGIMiddleware(app.wsgi_app, lim)  # type: ignore[method-assign]
         warn_memory_multiworker(lim)
 
     # -- decorators (the same as the limiter's; usable before init_app) -------------------
@@ -322,6 +337,17 @@ class Throttle:
         if lim is not None:
             return _add_headers(lim, response)
         return response
+
+
+def _runs_rules(wsgi_app: Any, lim: Limiter) -> bool:
+    """Whether ``wsgi_app`` is (or wraps, through ``.app``) a WSGIMiddleware of ``lim``."""
+    for _ in range(16):
+        if isinstance(wsgi_app, WSGIMiddleware) and wsgi_app.limiter is lim:
+            return True
+        wsgi_app = getattr(wsgi_app, "app", None)
+        if wsgi_app is None:
+            return False
+    return False
 
 
 def decision() -> Decision | None:
