@@ -56,9 +56,9 @@ def make_flask(mode: str = MODE) -> Any:
     if mode.startswith("tk-"):
         from throttlekit.wsgi import WSGIMiddleware
 
-        # A Limiter's rules (lim.throttle) run in its middleware: Throttle(app, limiter)
-        # alone applies only default/application limits and decorators, so with it (until
-        # session 21) the "limited" Flask apps never charged anything.
+        # A Limiter's rules (lim.throttle) run in its middleware. Throttle(app, limiter) did
+        # not run them before it wrapped app.wsgi_app itself, so the "limited" Flask apps built
+        # with it charged nothing; the middleware alone is what is measured here.
         app.wsgi_app = WSGIMiddleware(app.wsgi_app, _limiter(mode))  # type: ignore[method-assign]
     elif mode.startswith("peer-"):
         from flask_limiter import Limiter as FlaskLimiter
