@@ -153,7 +153,7 @@ _MISSING: _Piece = (Rate(-1, math.nan), "", "", ("", ""), (b"", b""), b"")
 _PIECES_SIZE = 1024
 #: per tuple of policy names (several): their rates, the ``RateLimit-Policy`` field and the
 #: format of the ``RateLimit`` field (``%s`` for the numbers: formatted straight into the
-#: field, cheaper than a ``str`` each; see ``_draft_fields``)
+#: field, cheaper than a ``str`` each; see ``rate_limit_headers``)
 _fields: dict[tuple[str, ...], tuple[list[Rate], tuple[str, str], str]] = {}
 _first, _second = itemgetter(0), itemgetter(1)
 _remaining_of, _reset_of, _rate_of = itemgetter(2), itemgetter(3), itemgetter(5)
@@ -213,8 +213,29 @@ def rate_limit_headers(
         # The policy items are constant per (name, rate): cached; only r= and t= (t as
         # _whole, inlined) are formatted per response. Several policies: the fields kept
         # per tuple of names, the numbers formatted into them at once (_draft_fields).
-        fields = _draft_fields(policies) if len(policies) > 1 else None
-        out = fields if fields is not None else _draft_items(policies)
+        found: list[tuple[str, str]] | None = None
+        if len(policies) > 1:
+            # Several: no Python code per policy. The RateLimit-Policy field and a format of
+            # the RateLimit field are kept per tuple of names (and their rates); the numbers
+            # are formatted into it in C by one % (cheaper than a str() each). Inline: no
+            # call of its own on the path of every request with two rates or rules.
+            names = tuple(map(_first, policies))
+            decisions = list(map(_second, policies))
+            fields = _fields.get(names)
+            if fields is None or fields[0] != list(map(_rate_of, decisions)):
+                fields = _fields_of(names, decisions)
+            rems = list(map(_remaining_of, decisions))
+            try:
+                resets = list(map(_ceil, map(_reset_of, decisions)))
+                if min(rems) >= 0 and min(resets) >= 0:  # (a str, say: TypeError)
+                    values: list[object] = [None] * (2 * len(decisions))
+                    values[::2] = rems
+                    values[1::2] = resets
+                    found = [fields[1], ("RateLimit", fields[2] % tuple(values))]
+            except (OverflowError, ValueError, TypeError):  # inf, NaN
+                pass
+        # (one policy, or numbers that need care: item by item)
+        out = found if found is not None else _draft_items(policies)
         if draft:
             return out
     elif style == "legacy":
@@ -249,30 +270,6 @@ def _draft_items(policies: Sequence[tuple[str, Decision]]) -> list[tuple[str, st
         items.append(item)
         names.append(piece[1])
     return [("RateLimit-Policy", ", ".join(names)), ("RateLimit", ", ".join(items))]
-
-
-def _draft_fields(policies: Sequence[tuple[str, Decision]]) -> list[tuple[str, str]] | None:
-    """The two ``draft10`` fields of several policies, with no Python code per policy: the
-    ``RateLimit-Policy`` field and the ``RateLimit`` format are kept per tuple of names (and
-    their rates), and only the numbers are formatted, in C. None when a number needs
-    :func:`rate_limit_headers`' care (a negative or infinite one, or not a number)."""
-    names = tuple(map(_first, policies))
-    decisions = list(map(_second, policies))
-    rates = list(map(_rate_of, decisions))
-    fields = _fields.get(names)
-    if fields is None or fields[0] != rates:
-        fields = _fields_of(names, decisions)
-    rem = list(map(_remaining_of, decisions))
-    try:
-        reset = list(map(_ceil, map(_reset_of, decisions)))
-        if min(rem) < 0 or min(reset) < 0:  # (and a str, say: TypeError)
-            return None
-    except (OverflowError, ValueError, TypeError):  # inf, NaN
-        return None
-    values: list[object] = [None] * (2 * len(decisions))
-    values[::2] = rem
-    values[1::2] = reset
-    return [fields[1], ("RateLimit", fields[2] % tuple(values))]
 
 
 def _fields_of(names: tuple[str, ...], decisions: list[Decision]

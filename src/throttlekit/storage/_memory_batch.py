@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Sequence
+from operator import add, itemgetter
 from typing import Any
 
 from .._algorithms import Algorithm
@@ -38,9 +39,11 @@ def distinct_batch(refs: tuple[Any, ...], plan: tuple[Entry, ...]) -> BoundBatch
     prefixes = tuple(prefix for _, prefix, _, _ in plan)
     groups = tuple(i for _, _, _, i in plan)
     one_each = groups == tuple(range(len(plan)))  # one algorithm per key (one rate each)
+    # each check's key (or cost) from the groups' (in C: no Python call per batch)
+    pick = itemgetter(*groups) if len(groups) > 1 else itemgetter(slice(0, 1))
     #: the keys of the last call and their storage keys: a hot client's are made (and
-    #: hashed) once, not per check and request (one list: a racing call reads both)
-    last: tuple[list[str] | None, list[str]] = (None, [])
+    #: hashed) once, not per check and request (one tuple: a racing call reads both)
+    last: tuple[Sequence[str] | None, list[str]] = (None, [])
 
     def batch(keys: Sequence[str], costs: Sequence[int], now: int | None) -> list[Decision]:
         nonlocal last
@@ -50,11 +53,11 @@ def distinct_batch(refs: tuple[Any, ...], plan: tuple[Entry, ...]) -> BoundBatch
         if keys == seen[0]:
             ks = seen[1]
         else:
-            ks = [prefix + keys[i] for prefix, i in zip(prefixes, groups)]  # noqa: B905
-            last = (list(keys), ks)
+            ks = list(map(add, prefixes, pick(keys)))
+            last = (keys if keys.__class__ is tuple else list(keys), ks)  # (a copy of a list)
         given = costs
         if not one_each:
-            costs = [costs[i] for i in groups]
+            costs = pick(costs)
         decisions: list[Decision] = []
         olds: list[Any] = []  # each check's state before it was charged
         acquire()
