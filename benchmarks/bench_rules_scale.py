@@ -1,7 +1,10 @@
 """What many throttles cost a request: rules indexed by what they match (issue 14).
 
 Run: ``python benchmarks/bench_rules_scale.py`` (prints the figures and checks the targets)
-or ``python -m pytest -q -p no:cacheprovider benchmarks/bench_rules_scale.py`` (checks them).
+or ``python -m pytest -q -p no:cacheprovider benchmarks/bench_rules_scale.py`` (checks them);
+``python benchmarks/bench_rules_scale.py instructions`` counts instructions per request of
+``one`` and ``fifty-apply`` under callgrind instead (the same count whatever the machine's
+load: the figure to compare versions by), and what each applying rule adds.
 
 A trivial WSGI app behind ``WSGIMiddleware`` on memory storage, called in-process (an environ
 built and the app called directly, no HTTP), one hot client, limits far above the traffic:
@@ -23,13 +26,14 @@ each applying rule adds at most ``MAX_US_PER_APPLYING_RULE`` microseconds.
 from __future__ import annotations
 
 import functools
+import os
 import statistics
+import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Callable
 from typing import Any
-
-import pytest
 
 from throttlekit import Limiter, WSGIMiddleware
 
@@ -152,17 +156,42 @@ def test_fifty_rules_of_which_one_applies_cost_at_most_1_3x_one(target: Any) -> 
     target.at_most("50 rules of which one applies / one rule", ratio, MAX_RATIO_ONE_OF_FIFTY)
 
 
-@pytest.mark.xfail(strict=False, reason="not met yet (1.4-1.6 µs of CPU measured, 17,140 "
-                   "instructions a rule): the memory store's batch, the rate-limit header "
-                   "fields and the engine's loop are per applying rule; see docs/benchmarks.md")
-def test_each_applying_rule_adds_at_most_1_us() -> None:
-    """Each rule that applies adds at most 1 µs to a request (50 applying against one)."""
-    us = _measured()
+def test_each_applying_rule_adds_at_most_1_us(target: Any) -> None:
+    """Each rule that applies adds at most 1 µs to a request (50 applying against one).
+    Asserted through the ``target`` fixture: at the loose bound in the smoke pass (met:
+    1.5-1.9 µs measured on a loaded machine), at 1 µs when measuring (not met yet: about
+    12,800 instructions a rule, 1 µs is about 9,000-11,000 here; see docs/benchmarks.md)."""
+    us = target.run(_measured)
     _, per_rule = figures(us)
-    assert per_rule <= MAX_US_PER_APPLYING_RULE, (per_rule, us)
+    target.at_most("µs added per applying rule", per_rule, MAX_US_PER_APPLYING_RULE)
+
+
+def instructions(variant: str, batches: int = 2) -> float:
+    """Instructions per request of ``variant`` (callgrind, counting only inside the
+    ``functools.reduce`` that runs ``batches`` batches after the warm one)."""
+    with tempfile.TemporaryDirectory() as tmp:
+        out = os.path.join(tmp, "cg.out")
+        subprocess.run(
+            ["valgrind", "--tool=callgrind", "--collect-atstart=no",
+             "--toggle-collect=functools_reduce", f"--callgrind-out-file={out}",
+             sys.executable, __file__, "run", variant, str(batches)],
+            env={**os.environ, "PYTHONHASHSEED": "0"}, check=True, capture_output=True,
+        )
+        with open(out) as f:
+            total = next(float(line.split()[1]) for line in f if line.startswith("totals:"))
+    return total / (batches * BATCH)
 
 
 def main() -> int:
+    if sys.argv[1:2] == ["run"]:  # (the child of ``instructions``)
+        run = _runner(VARIANTS[sys.argv[2]])
+        functools.reduce(lambda _, __: run(), range(int(sys.argv[3])), None)
+        return 0
+    if sys.argv[1:2] == ["instructions"]:
+        one, fifty = instructions("one"), instructions("fifty-apply")
+        print(f"one: {one:,.0f}, fifty-apply: {fifty:,.0f} instructions per request; "
+              f"{(fifty - one) / (N_RULES - 1):,.0f} per applying rule")
+        return 0
     us = measure()
     for name, t in us.items():
         print(f"{name:>20}: {t:7.2f} µs/request ({t / us['one']:.2f}x one)")

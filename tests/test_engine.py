@@ -149,3 +149,77 @@ def test_rules_file_conditions_read_the_form_only_when_asked(tmp_path: Path) -> 
 
     assert uses_form(combine([on_header, on_form]))
     assert not uses_form(combine([on_header, on_header]))
+
+
+def _scope_view(limiter: Limiter, ip: str, path: str) -> Any:
+    from throttlekit import RequestView
+
+    scope = {"type": "http", "method": "GET", "path": path, "headers": [],
+             "client": (ip, 1234)}
+    return RequestView.from_scope(scope, limiter.resolver)
+
+
+def _several_simple(clock: FakeClock, general: bool) -> Limiter:
+    limiter = Limiter("memory://", clock=clock)
+    limiter.throttle("a", "5/minute", path_prefix="/api/")
+    limiter.throttle("b", "2/minute", path_prefix="/api/")
+    limiter.throttle("c", "10/minute; 3/second")  # two rates: its own policies
+    limiter.throttle("d", "4/minute", path_prefix="/web/")
+    limiter.throttle("e", "7/minute", path_prefix="/web/", key="ip")
+    if general:
+        limiter.engine.rules.fast = False  # plan, one store call, conclude
+    return limiter
+
+
+def test_several_simple_throttles_decide_all_or_nothing_as_the_general_path() -> None:
+    """Several throttles keyed by the client apply to a request (decided together, with no
+    loop over them): every verdict, its decision and its policies are the general path's,
+    a refusal by one charges none of them, and requests whose candidates change (another
+    path, another client) are decided by their own throttles."""
+    clocks = FakeClock(1_700_000_040.0), FakeClock(1_700_000_040.0)
+    fast, slow = _several_simple(clocks[0], False), _several_simple(clocks[1], True)
+    paths = ["/api/x", "/api/y", "/web/z", "/api/x", "/other", "/api/x", "/web/z"] * 3
+    kinds = []
+    for i, path in enumerate(paths):
+        ip = "198.51.100.7" if i % 5 else "198.51.100.8"
+        got = fast.evaluate(_scope_view(fast, ip, path))
+        want = slow.evaluate(_scope_view(slow, ip, path))
+        assert (got.allowed, got.kind, got.rule, got.key, got.decision, got.policies) == (
+            want.allowed, want.kind, want.rule, want.key, want.decision, want.policies)
+        kinds.append(got.kind)
+        for c in clocks:
+            c.advance(0.2)
+    assert "throttled" in kinds and "allowed" in kinds
+    # "b" (2/minute) refused the third /api/ request of the client: "a" was charged twice
+    # only, however many /api/ requests "b" refused since
+    verdict = fast.evaluate(_scope_view(fast, "198.51.100.7", "/other"))
+    assert [name for name, _ in verdict.policies] == ["c", "c/1"]
+    a = [d for name, d in fast.evaluate(_scope_view(fast, "198.51.100.7", "/api/x")).policies
+         if name == "a"]
+    assert a[0].remaining == 3
+
+
+def test_several_simple_throttles_count_exactly_under_threads() -> None:
+    """Threads deciding requests of one client against several throttles admit exactly
+    the tightest limit, and charge each throttle once per admitted request."""
+    import threading
+
+    limiter = Limiter("memory://")
+    for name, rate in (("a", "100/hour"), ("b", "150/hour"), ("c", "1000/hour")):
+        limiter.throttle(name, rate, path_prefix="/api/")
+    admitted = []
+
+    def run() -> None:
+        n = 0
+        for _ in range(60):
+            n += limiter.evaluate(_scope_view(limiter, "198.51.100.7", "/api/x")).allowed
+        admitted.append(n)
+
+    threads = [threading.Thread(target=run) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert sum(admitted) == 100
+    left = dict(limiter.evaluate(_scope_view(limiter, "198.51.100.7", "/api/x")).policies)
+    assert (left["b"].remaining, left["c"].remaining) == (50, 900)

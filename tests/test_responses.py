@@ -249,3 +249,36 @@ def test_encode_headers_for_asgi():
         (b"retry-after", b"3"),
         (b"ratelimit", b'"a";r=1;t=2'),
     ]
+
+
+_numbers = st.one_of(st.integers(-5, 10**12), st.floats(allow_nan=True))
+_policy = st.tuples(
+    st.sampled_from(["a", "b%s", 'q"uo\\te', "per-ip/1", "é"]),
+    st.integers(-3, 10**10),  # remaining
+    _numbers,  # reset_after
+    st.sampled_from([Rate(5, 60.0), Rate(100, 1.5), Rate(10**9, 86400.0)]),
+)
+
+
+@given(st.lists(_policy, min_size=2, max_size=6, unique_by=lambda p: p[0]), st.booleans())
+def test_several_policies_list_every_item_as_the_docs_write_it(
+    policies: list[tuple[str, int, float, Rate]], again: bool,
+) -> None:
+    """With several policies, ``RateLimit-Policy`` and ``RateLimit`` hold one item per
+    policy, in order: ``q``/``w`` of its rate, ``r`` what remains (never below 0), ``t`` the
+    seconds to the reset rounded up (0 for none, 2**31 for never), however the numbers
+    come and whether the fields were built before."""
+    given_ = [(name, Decision(True, rate.limit, rem, reset, 0.0, rate))
+              for name, rem, reset, rate in policies]
+    if again:
+        rate_limit_headers(given_, "draft10")
+    policy = ", ".join(f"{sf_string(n)};q={r.limit};w={max(1, math.ceil(r.period))}"
+                       for n, _, _, r in policies)
+    items = ", ".join(
+        f"{sf_string(n)};r={max(0, rem)};t="
+        f"{0 if not reset > 0 else 2**31 if reset == math.inf else math.ceil(reset)}"
+        for n, rem, reset, _ in policies)
+    assert rate_limit_headers(given_, "draft10") == [
+        ("RateLimit-Policy", policy), ("RateLimit", items)]
+    assert rate_limit_headers(given_, "both", now=0)[:2] == [
+        ("RateLimit-Policy", policy), ("RateLimit", items)]

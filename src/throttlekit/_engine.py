@@ -17,7 +17,8 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Sequence
-from typing import TYPE_CHECKING, Any
+from operator import itemgetter
+from typing import TYPE_CHECKING, Any, cast
 
 from ._decision import Decision
 from ._denials import cached_refusal, note_denials
@@ -59,6 +60,8 @@ logger = logging.getLogger("throttlekit")
 
 _new = tuple.__new__
 _new_object = object.__new__
+_allowed = itemgetter(0)  # (Decision.allowed, read in C)
+_remaining = itemgetter(2)  # (Decision.remaining)
 NewBans = list[tuple[str, float, str]]
 
 
@@ -71,6 +74,7 @@ class Engine:
         "_challenge",
         "_concurrency",
         "_last_log",
+        "_last_simple",
         "_standing",
         "_warned_no_ip",
         "_warned_unreadable",
@@ -119,6 +123,8 @@ class Engine:
         #: the throttles applying to a request (when several) -> the store's bound batch
         #: of their algorithms (``Storage.bind_batch``), bound on first use
         self._batches: dict[tuple[_Throttle, ...], tuple[BoundBatch, tuple[str, ...]]] = {}
+        #: the last candidates ``_simple`` was asked about, and its answer
+        self._last_simple: tuple[tuple[_Throttle, ...] | None, Any] = (None, None)
         self._last_log: dict[str, float] = {}
         self._warned_unreadable: set[str] = set()
         self._warned_no_ip = False
@@ -184,15 +190,18 @@ class Engine:
         if rules.fast and self.enabled:
             blocks = self.local_blocks
             if blocks is not None and not blocks:
-                # The common case in this frame: lists and plain throttles (no bans, dry runs
-                # or count_when) on a local store with an empty dynamic blocklist: the store's
-                # bound hit (one rate), bound batch (several), or _told (listeners: events).
+                # The common case here: lists and plain throttles (no bans, dry runs, count_when)
+                # on a local store, no dynamic block: bound hit, bound batch, _told (listeners).
                 active = self.listeners.active
                 try:
                     if rules.safelists or rules.blocklists:
                         listed = lists(self, rules, view)
                         if listed is not None:
                             return listed
+                    if not active and len(throttles) > 1 and (disc := view.client_key) and (
+                            simple := self._simple(throttles)) is not None:  # no loop here
+                        return self._several(view, throttles, [disc] * len(throttles),
+                                             simple[0], self.now(), simple[1])
                     rule1: _Throttle | None = None
                     disc1, cost1 = "", 0  # (a simple rule's cost is an int)
                     several: list[_Throttle] | None = None  # when several apply
@@ -282,28 +291,39 @@ class Engine:
             self.track(view)
         return verdict
 
-    def _several(self, view: RequestView, several: list[_Throttle], discs: list[str],
-                 costs: list[int], now: int | None) -> Verdict:
+    def _several(self, view: RequestView, several: Sequence[_Throttle], discs: list[str],
+                 costs: Sequence[int], now: int | None,
+                 bound: tuple[BoundBatch, tuple[str, ...]] | None = None) -> Verdict:
         """``evaluate``'s common case when several throttles apply: the store's bound batch
         of their algorithms decides them all or nothing."""
-        applying = tuple(several)
-        bound = self._batches.get(applying)
         if bound is None:
-            bound = self._bind_batch(applying)
+            applying = tuple(several)
+            bound = self._batches.get(applying) or self._bind_batch(applying)
         batch, names = bound
         decisions = batch(discs, costs, now)
-        if len(names) == len(several):  # one rate each (the common case)
-            tightest = decisions[0]
-            for d in decisions:
-                if not d.allowed:
-                    break
-                if d.remaining < tightest.remaining:
-                    tightest = d
-            else:  # (zip without strict=, whose keyword takes its slow path)
-                return Verdict(True, "allowed", None, None, tightest,
-                               [*zip(names, decisions)], False, view)  # noqa: B905
+        # One rate each (the common case) and all allowed: the tightest is the first with
+        # the least remaining (both loops in C: no Python code per throttle)
+        if len(names) == len(several) and all(map(_allowed, decisions)):
+            return Verdict(True, "allowed", None, None, min(decisions, key=_remaining),
+                           [*zip(names, decisions)], False, view)  # noqa: B905
         return conclude_throttles(self, view, _planned(several, discs, costs), decisions,
                                   False)
+
+    def _simple(self, throttles: tuple[_Throttle, ...]
+                ) -> tuple[tuple[int, ...], tuple[BoundBatch, tuple[str, ...]]] | None:
+        """When every one of ``throttles`` is simple (no match callable, keyed by the
+        client, a fixed cost, rates of its own): their costs and bound batch; else None.
+        Remembered for the last tuple of candidates (the index's tuples are kept), and per
+        tuple in ``_batches``."""
+        last = self._last_simple
+        if last[0] is throttles:
+            return last[1]  # type: ignore[no-any-return]
+        simple: tuple[tuple[int, ...], tuple[BoundBatch, tuple[str, ...]]] | None = None
+        if all(r.simple and r.resolve is None for r in throttles):
+            bound = self._batches.get(throttles) or self._bind_batch(throttles)
+            simple = cast("tuple[int, ...]", tuple(r.cost for r in throttles)), bound
+        self._last_simple = throttles, simple  # (one tuple: a racing reader sees both)
+        return simple
 
     def _evaluate(self, view: RequestView) -> Verdict:
         """``evaluate`` beyond its common case (the rules file polled already): the plan,
@@ -561,7 +581,8 @@ class Engine:
         self.listeners.emit(_new(Event, (kind, rule, key, view, decision, dry_run, at)))
 
 
-def _planned(several: list[_Throttle], discs: list[str], costs: list[int]) -> list[Planned]:
+def _planned(several: Sequence[_Throttle], discs: Sequence[str], costs: Sequence[int]
+             ) -> list[Planned]:
     """The throttles of a fast-path decision as ``conclude_throttles`` reads them."""
     out: list[Planned] = []
     start = 0

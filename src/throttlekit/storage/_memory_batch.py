@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Sequence
+from operator import add, itemgetter
 from typing import Any
 
 from .._algorithms import Algorithm
@@ -34,25 +35,42 @@ def distinct_batch(refs: tuple[Any, ...], plan: tuple[Entry, ...]) -> BoundBatch
     """The one-pass batch of ``plan`` on the store whose ``_refs()`` are ``refs``."""
     data, get, touch, protected, revive, acquire, release, insert, clock, wall = refs
     time_ns = time.time_ns
+    algorithms = tuple(alg for alg, _, _, _ in plan)
+    prefixes = tuple(prefix for _, prefix, _, _ in plan)
+    groups = tuple(i for _, _, _, i in plan)
+    one_each = groups == tuple(range(len(plan)))  # one algorithm per key (one rate each)
+    # each check's key (or cost) from the groups' (in C: no Python call per batch)
+    pick = itemgetter(*groups) if len(groups) > 1 else itemgetter(slice(0, 1))
+    #: the keys of the last call and their storage keys: a hot client's are made (and
+    #: hashed) once, not per check and request (one tuple: a racing call reads both)
+    last: tuple[Sequence[str] | None, list[str]] = (None, [])
 
     def batch(keys: Sequence[str], costs: Sequence[int], now: int | None) -> list[Decision]:
+        nonlocal last
         if now is None:
             now = time_ns() // 1000 if wall else int(clock() * 1_000_000)
+        seen = last
+        if keys == seen[0]:
+            ks = seen[1]
+        else:
+            ks = list(map(add, prefixes, pick(keys)))
+            last = (keys if keys.__class__ is tuple else list(keys), ks)  # (a copy of a list)
+        given = costs
+        if not one_each:
+            costs = pick(costs)
         decisions: list[Decision] = []
         olds: list[Any] = []  # each check's state before it was charged
         acquire()
         try:
-            for alg, prefix, _, i in plan:
-                k = prefix + keys[i]
-                cost = costs[i]
+            for alg, k, cost in zip(algorithms, ks, costs):  # noqa: B905
                 s = get(k)
                 if s is None and protected:
                     s = revive(k)
                 new, d = alg.hit(s, now, cost)
                 decisions.append(d)
-                if not d.allowed:
+                if not d[0]:  # (d.allowed: a tuple's item, cheaper than its name)
                     store_refused(data, k, s, new, alg, now, cost)
-                    _refused(refs, plan, keys, costs, now, decisions, olds)
+                    _refused(refs, plan, keys, given, now, decisions, olds)
                     break
                 olds.append(s)
                 if cost:
