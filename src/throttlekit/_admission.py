@@ -132,9 +132,22 @@ class Ticket:
         """Give the slot back; its latency is measured now. ``dropped``: the request timed
         out or failed from overload (the limit comes down)."""
         limit = self.owner
-        if limit is not None:
-            self.owner = None
-            limit.record(self.start, dropped)
+        if limit is None:
+            return
+        self.owner = None
+        if dropped:
+            limit.record(self.start, True)
+            return
+        # AdaptiveLimit.record without its lock (every admitted request pays this): one
+        # append, atomic, is the slot given back and its latency; the lock is taken only
+        # when a window may close
+        now = limit.clock()
+        start = self.start
+        returns = limit._returns
+        returns.append(now - start if start >= limit._epoch else None)
+        if now >= limit._window_end and (
+                len(returns) + limit._count + limit._drops >= limit._needed):
+            limit._tick(now)
 
     def cancel(self) -> None:
         """Give the slot back unused (the request was refused after all): nothing learnt."""
@@ -200,9 +213,9 @@ class AdaptiveLimit:
 
     __slots__ = (
         "_caps", "_count", "_cut_from", "_cut_sample", "_drops", "_epoch", "_estimate",
-        "_floor_windows", "_inflight", "_latencies", "_limit", "_lock", "_min", "_needed",
-        "_next_probe", "_peak", "_probing", "_random", "_restore", "_sample", "_shed", "_top",
-        "_window_end", "backoff", "clock", "jitter", "max_limit", "min_limit", "min_samples",
+        "_floor_windows", "_latencies", "_limit", "_lock", "_min", "_needed", "_next_probe",
+        "_peak", "_probing", "_random", "_restore", "_returns", "_sample", "_shed", "_taken",
+        "_top", "_window_end", "backoff", "clock", "jitter", "max_limit", "min_limit", "min_samples",
         "probe_interval", "probe_samples", "smoothing", "thresholds", "tolerance", "window",
     )
     # the current window (set by _new_window, and by _start_probe for a probe's)
@@ -263,7 +276,14 @@ class AdaptiveLimit:
         self._random = random.Random()
         self._top = len(self.thresholds) - 1
         self._shed = [0] * len(self.thresholds)
-        self._inflight = 0
+        #: slots taken, less the given-back ones folded into the window so far
+        self._taken = 0
+        #: given back since the last fold, appended without the lock (atomic): a latency,
+        #: or None (no sample: admitted before the probe, or unused); in flight is
+        #: ``_taken - len(_returns)``
+        self._returns: list[float | None] = []
+        self._count = 0
+        self._drops = 0
         self._min = _INF
         self._sample = 0.0
         self._latencies: list[float] = []
@@ -285,14 +305,13 @@ class AdaptiveLimit:
         lock = self._lock
         lock.acquire()  # not `with`: this is half the cost
         try:
-            inflight = self._inflight
+            inflight = self._taken - len(self._returns)
             if inflight >= self._caps[level]:
                 self._shed[level] += 1
                 return None
-            inflight += 1
-            self._inflight = inflight
-            if inflight > self._peak:
-                self._peak = inflight
+            self._taken += 1
+            if inflight >= self._peak:
+                self._peak = inflight + 1
         finally:
             lock.release()
         ticket = _new_ticket(Ticket)  # not Ticket(...): a Python __init__ is a third of the cost
@@ -302,37 +321,51 @@ class AdaptiveLimit:
 
     def record(self, start: float, dropped: bool = False) -> None:
         """Give back a slot taken at ``start`` and learn from its latency (what
-        :meth:`Ticket.release` calls)."""
+        :meth:`Ticket.release` does)."""
         now = self.clock()
-        lock = self._lock
-        lock.acquire()
-        try:
-            if self._inflight:
-                self._inflight -= 1
-            if dropped:
-                if not self._drops:
-                    self._back_off()
-                self._drops += 1
-            elif start >= self._epoch:
-                self._count += 1
-                if self._count <= _KEPT:
-                    self._latencies.append(now - start)
-            else:
-                return  # admitted before the probe: not a sample of it
-            if now >= self._window_end and self._count + self._drops >= self._needed:
-                self._close_window(now)
-        finally:
-            lock.release()
+        if not dropped:
+            self._returns.append(now - start if start >= self._epoch else None)
+            if now >= self._window_end:
+                self._tick(now)
+            return
+        with self._lock:
+            self._fold()
+            if self._taken:
+                self._taken -= 1
+            if not self._drops:
+                self._back_off()
+            self._drops += 1
+            self._maybe_close(now)
 
     def give_back(self) -> None:
         """Give back a slot whose request never ran (what :meth:`Ticket.cancel` calls)."""
-        lock = self._lock
-        lock.acquire()
-        try:
-            if self._inflight:
-                self._inflight -= 1
-        finally:
-            lock.release()
+        self._returns.append(None)
+
+    def _tick(self, now: float) -> None:
+        """A release found its window over: fold the slots given back, close the window
+        if it has its samples."""
+        with self._lock:
+            self._fold()
+            self._maybe_close(now)
+
+    def _fold(self) -> None:
+        """Move the slots given back without the lock into the window (under the lock)."""
+        returns = self._returns
+        n = len(returns)
+        if not n:
+            return
+        batch = returns[:n]
+        del returns[:n]  # (what was appended meanwhile stays, after them)
+        self._taken -= n
+        samples = [latency for latency in batch if latency is not None]
+        self._count += len(samples)
+        room = _KEPT - len(self._latencies)
+        if room > 0:
+            self._latencies.extend(samples[:room])
+
+    def _maybe_close(self, now: float) -> None:
+        if now >= self._window_end and self._count + self._drops >= self._needed:
+            self._close_window(now)
 
     # -- once per window -----------------------------------------------------------------
 
@@ -357,7 +390,7 @@ class AdaptiveLimit:
                 stale = self._no_relief(estimate, new, sample)
                 estimate = new
         self._floor_windows = self._floor_windows + 1 if estimate <= self.min_limit else 0
-        self._new_window(now, self._inflight)
+        self._new_window(now, self._taken - len(self._returns))
         if stale or now >= self._next_probe or self._floor_windows >= _FLOOR_WINDOWS:
             self._start_probe(now, estimate, busy)
         else:
@@ -451,7 +484,8 @@ class AdaptiveLimit:
 
     @property
     def inflight(self) -> int:
-        return self._inflight
+        """Requests admitted and not given back."""
+        return self._taken - len(self._returns)
 
     @property
     def sample_latency(self) -> float | None:
@@ -461,7 +495,7 @@ class AdaptiveLimit:
     def snapshot(self) -> AdmissionSnapshot:
         with self._lock:
             return AdmissionSnapshot(
-                self._limit, self._inflight, None if self._min == _INF else self._min,
+                self._limit, self._taken - len(self._returns), None if self._min == _INF else self._min,
                 self._sample or None, tuple(self._shed), self._probing,
             )
 
