@@ -132,22 +132,9 @@ class Ticket:
         """Give the slot back; its latency is measured now. ``dropped``: the request timed
         out or failed from overload (the limit comes down)."""
         limit = self.owner
-        if limit is None:
-            return
-        self.owner = None
-        if dropped:
-            limit.record(self.start, True)
-            return
-        # AdaptiveLimit.record without its lock (every admitted request pays this): one
-        # append, atomic, is the slot given back and its latency; the lock is taken only
-        # when a window may close
-        now = limit.clock()
-        start = self.start
-        returns = limit._returns
-        returns.append(now - start if start >= limit._epoch else None)
-        if now >= limit._window_end and (
-                len(returns) + limit._count + limit._drops >= limit._needed):
-            limit._tick(now)
+        if limit is not None:
+            self.owner = None
+            limit.record(self.start, dropped)
 
     def cancel(self) -> None:
         """Give the slot back unused (the request was refused after all): nothing learnt."""
@@ -215,8 +202,9 @@ class AdaptiveLimit:
         "_caps", "_count", "_cut_from", "_cut_sample", "_drops", "_epoch", "_estimate",
         "_floor_windows", "_latencies", "_limit", "_lock", "_min", "_needed", "_next_probe",
         "_peak", "_probing", "_random", "_restore", "_returns", "_sample", "_shed", "_taken",
-        "_top", "_window_end", "backoff", "clock", "jitter", "max_limit", "min_limit", "min_samples",
-        "probe_interval", "probe_samples", "smoothing", "thresholds", "tolerance", "window",
+        "_top", "_window_end", "backoff", "clock", "jitter", "max_limit", "min_limit",
+        "min_samples", "probe_interval", "probe_samples", "smoothing", "thresholds",
+        "tolerance", "window",
     )
     # the current window (set by _new_window, and by _start_probe for a probe's)
     _window_end: float
@@ -321,11 +309,15 @@ class AdaptiveLimit:
 
     def record(self, start: float, dropped: bool = False) -> None:
         """Give back a slot taken at ``start`` and learn from its latency (what
-        :meth:`Ticket.release` does)."""
+        :meth:`Ticket.release` calls). Without the lock (every admitted request pays this):
+        one append, atomic, is the slot given back and its latency; the lock is taken only
+        when a window may close, and on a drop."""
         now = self.clock()
         if not dropped:
-            self._returns.append(now - start if start >= self._epoch else None)
-            if now >= self._window_end:
+            returns = self._returns
+            returns.append(now - start if start >= self._epoch else None)
+            if now >= self._window_end and (
+                    len(returns) + self._count + self._drops >= self._needed):
                 self._tick(now)
             return
         with self._lock:
@@ -495,8 +487,9 @@ class AdaptiveLimit:
     def snapshot(self) -> AdmissionSnapshot:
         with self._lock:
             return AdmissionSnapshot(
-                self._limit, self._taken - len(self._returns), None if self._min == _INF else self._min,
-                self._sample or None, tuple(self._shed), self._probing,
+                self._limit, self._taken - len(self._returns),
+                None if self._min == _INF else self._min, self._sample or None,
+                tuple(self._shed), self._probing,
             )
 
 
