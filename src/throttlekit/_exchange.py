@@ -195,28 +195,30 @@ def _before_lease(limiter: Limiter, verdict: Verdict, lease: bool
     meet neither challenge nor admission."""
     engine = limiter.engine
     view = verdict.request
+    steps = engine.steps
+    if steps is None:  # no step: only count_when to settle
+        return verdict, None, None
+    challenge, standing, step, conc = steps
     if not (lease and engine.enabled and verdict.allowed):
-        standing = engine.standing
         if standing is not None and lease and view is not None and verdict.kind in _MISBEHAVED:
             standing.refused(view)  # a client refused by the rules loses its standing
         return verdict, None, None
     if verdict.kind == "safelisted":
-        return verdict, None, engine.concurrency
+        return verdict, None, conc
     known = False
     if view is not None:
-        mark = view.raw.get(CHALLENGE_KEY)
-        if mark is not None and mark.step.engine is engine:
-            verdict = mark.step.take(verdict, mark)
-            if not verdict.allowed:
-                return verdict, None, None
-        standing = engine.standing
+        if challenge is not None:
+            mark = view.raw.get(CHALLENGE_KEY)
+            if mark is not None and mark.step.engine is engine:
+                verdict = mark.step.take(verdict, mark)
+                if not verdict.allowed:
+                    return verdict, None, None
         # history for the client's standing, and whether it is known (Standing)
         known = standing is not None and standing.seen(view)
-    step = engine.admission
     if step is None:
-        return verdict, None, engine.concurrency
+        return verdict, None, conc
     verdict, ticket = step.admit(verdict, known)
-    return verdict, ticket, engine.concurrency if verdict.allowed else None
+    return verdict, ticket, conc if verdict.allowed else None
 
 
 def _exchange(limiter: Limiter, verdict: Verdict, held: Lease | None, ticket: Ticket | None

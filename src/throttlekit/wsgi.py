@@ -130,7 +130,7 @@ class WSGIMiddleware(Entry):
                 raise
             released = _new_released(_Released)  # no Python __init__: every request
             released.result = result
-            released.release = ticket.release
+            released.tail = iter(ticket.release, None)
             return released
         finally:
             # the response is handed over: no reference cycle (see RequestView.detach)
@@ -204,17 +204,17 @@ class _Settled:
 class _Released:
     """The app's response iterable when the request holds only an admission slot (no
     ``count_when`` to charge, no lease): the slot goes back when the body is sent or the
-    server closes the response, whichever comes first (``Ticket.release`` is idempotent)."""
+    server closes the response, whichever comes first, once."""
 
-    __slots__ = ("release", "result")
+    __slots__ = ("result", "tail")
     result: Iterable[bytes]
-    #: the ticket's ``release``; returns None
-    release: Callable[[], None]
+    #: ``iter(ticket.release, None)``: its first ``next`` gives the slot back and ends it
+    #: (release returns None, the sentinel); later ones call nothing
+    tail: Iterator[None]
 
     def __iter__(self) -> Iterator[bytes]:
-        # the body, then the slot given back: C iterators only (iter(f, None) calls f once
-        # and stops on its None), no generator frame per request
-        return chain(self.result, iter(self.release, None))
+        # the body, then the slot given back: C iterators only, no generator frame
+        return chain(self.result, self.tail)  # type: ignore[arg-type]
 
     def close(self) -> None:
         try:
@@ -222,7 +222,7 @@ class _Released:
             if close is not None:
                 close()
         finally:
-            self.release()
+            next(self.tail, None)  # released unless the body was sent to its end
 
 
 _new_released = object.__new__
