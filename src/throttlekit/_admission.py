@@ -62,7 +62,8 @@ the limit far under the capacity (in the tests, 80% of requests at 20 ms and 20%
 500 ms: 10 to 35% of the capacity served with means and a running minimum, all of it
 now). Not a long average as minimum (Gradient2): under sustained overload an average
 becomes the new normal. A window keeps its first 1000 latencies, sorted once when it
-closes.
+closes; past its first 1000 requests, one in 16 is timed (the others read no clock: they
+only count in flight), so that a busy window still closes on time.
 
 **Priorities.** ``thresholds[p]`` is the share of the limit requests of priority ``p``
 may fill (higher is more important): with ``(0.5, 0.8, 1.0)`` priority 0 is admitted
@@ -91,6 +92,10 @@ _FLOOR_WINDOWS = 5
 #: latencies kept per window for its median (the first ones: a window of 1 s at most
 #: 1000 requests a second sees them all; sorting them once a window stays cheap)
 _KEPT = 1000
+#: past the first _KEPT requests admitted in a window, one in this many (a power of two) is
+#: a sample: the others read no clock (at high rates the window has its latencies already;
+#: a sample still closes it on time)
+_SPARSE = 16
 #: latency moved past this ratio: the minimum is stale (a limit halved by cuts while latency
 #: stayed above this share of its level, or a window this much faster than the minimum)
 _SHIFT = 0.8
@@ -122,11 +127,12 @@ class Ticket:
 
     __slots__ = ("owner", "start")
 
-    def __init__(self, limit: AdaptiveLimit, start: float) -> None:
+    def __init__(self, limit: AdaptiveLimit, start: float | None) -> None:
         #: the limit the slot belongs to; None once given back
         self.owner: AdaptiveLimit | None = limit
-        #: the clock's time at admission
-        self.start = start
+        #: the clock's time at admission; None when the request is not a latency sample
+        #: (past the first 1000 requests of a window, one in 16 is)
+        self.start: float | None = start
 
     def release(self, dropped: bool = False) -> None:
         """Give the slot back; its latency is measured now. ``dropped``: the request timed
@@ -199,7 +205,7 @@ class AdaptiveLimit:
     """
 
     __slots__ = (
-        "_caps", "_count", "_cut_from", "_cut_sample", "_drops", "_epoch", "_estimate",
+        "_admitted", "_caps", "_count", "_cut_from", "_cut_sample", "_drops", "_epoch", "_estimate",
         "_floor_windows", "_latencies", "_limit", "_lock", "_min", "_needed", "_next_probe",
         "_peak", "_probing", "_random", "_restore", "_returns", "_sample", "_shed", "_taken",
         "_top", "_window_end", "backoff", "clock", "jitter", "max_limit", "min_limit",
@@ -209,6 +215,7 @@ class AdaptiveLimit:
     # the current window (set by _new_window, and by _start_probe for a probe's)
     _window_end: float
     _needed: int
+    _admitted: int
     _count: int
     _drops: int
     _peak: int
@@ -300,26 +307,33 @@ class AdaptiveLimit:
             self._taken += 1
             if inflight >= self._peak:
                 self._peak = inflight + 1
+            admitted = self._admitted = self._admitted + 1
         finally:
             lock.release()
         ticket = _new_ticket(Ticket)  # not Ticket(...): a Python __init__ is a third of the cost
         ticket.owner = self
-        ticket.start = self.clock()
+        ticket.start = (self.clock() if admitted <= _KEPT or not admitted & (_SPARSE - 1)
+                        else None)
         return ticket
 
-    def record(self, start: float, dropped: bool = False) -> None:
-        """Give back a slot taken at ``start`` and learn from its latency (what
-        :meth:`Ticket.release` calls). Without the lock (every admitted request pays this):
-        one append, atomic, is the slot given back and its latency; the lock is taken only
-        when a window may close, and on a drop."""
-        now = self.clock()
-        if not dropped:
+    def record(self, start: float | None, dropped: bool = False) -> None:
+        """Give back a slot taken at ``start`` (None: not a sample) and learn from its
+        latency (what :meth:`Ticket.release` calls). Without the lock (every admitted
+        request pays this): one append, atomic, is the slot given back and its latency;
+        the lock is taken only when a window may close, and on a drop."""
+        if start is None:
+            if not dropped:
+                self._returns.append(None)  # not a sample: no clock read, no window closes
+                return
+        elif not dropped:
+            now = self.clock()
             returns = self._returns
             returns.append(now - start if start >= self._epoch else None)
             if now >= self._window_end and (
                     len(returns) + self._count + self._drops >= self._needed):
                 self._tick(now)
             return
+        now = self.clock()
         with self._lock:
             self._fold()
             if self._taken:
@@ -437,6 +451,7 @@ class AdaptiveLimit:
         self._cut_from = self._cut_sample = 0.0
         self._restore = estimate
         self._epoch = now
+        self._admitted = 0
         self._window_end = now  # a probe ends on its samples alone
         self._needed = self.probe_samples
         self._set(max(self.min_limit, estimate / 2) if busy else estimate)
@@ -444,6 +459,7 @@ class AdaptiveLimit:
     def _new_window(self, now: float, peak: int) -> None:
         self._window_end = now + self.window
         self._needed = self.min_samples
+        self._admitted = 0
         self._count = 0
         self._drops = 0
         self._latencies.clear()

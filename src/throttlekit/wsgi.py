@@ -128,9 +128,10 @@ class WSGIMiddleware(Entry):
             except BaseException:
                 ticket.release()
                 raise
-            released = _new_released(_Released)  # no Python __init__: every request
+            tail: Iterator[None] = iter(ticket.release, None)
+            released = _Released(result, tail)
             released.result = result
-            released.tail = iter(ticket.release, None)
+            released.tail = tail
             return released
         finally:
             # the response is handed over: no reference cycle (see RequestView.detach)
@@ -201,20 +202,18 @@ class _Settled:
             self.ex.end()
 
 
-class _Released:
+class _Released(chain):  # type: ignore[type-arg]
     """The app's response iterable when the request holds only an admission slot (no
-    ``count_when`` to charge, no lease): the slot goes back when the body is sent or the
-    server closes the response, whichever comes first, once."""
+    ``count_when`` to charge, no lease): the body, then the slot given back, once, when
+    the body is sent or the server closes the response, whichever comes first.
+
+    A chain (C) of the app's iterable and ``tail``, ``iter(ticket.release, None)``, whose
+    first ``next`` gives the slot back and ends it (release returns None, the sentinel):
+    no Python call per request but ``close``."""
 
     __slots__ = ("result", "tail")
     result: Iterable[bytes]
-    #: ``iter(ticket.release, None)``: its first ``next`` gives the slot back and ends it
-    #: (release returns None, the sentinel); later ones call nothing
     tail: Iterator[None]
-
-    def __iter__(self) -> Iterator[bytes]:
-        # the body, then the slot given back: C iterators only, no generator frame
-        return chain(self.result, self.tail)  # type: ignore[arg-type]
 
     def close(self) -> None:
         try:
@@ -223,9 +222,6 @@ class _Released:
                 close()
         finally:
             next(self.tail, None)  # released unless the body was sent to its end
-
-
-_new_released = object.__new__
 
 
 def _close(result: Iterable[bytes]) -> None:
