@@ -12,8 +12,10 @@ shows, in the gradient family of Netflix's concurrency-limits (``GradientLimit``
     ticket.release()                                # dropped=True after a timeout
 
 Pure and framework-free: no thread, no I/O, no logging; time comes from the injected
-monotonic ``clock``. Everything runs inside :meth:`AdaptiveLimit.try_acquire` and
-:meth:`Ticket.release`, under one lock; the arithmetic runs once per window.
+monotonic ``clock``. Everything runs inside :meth:`AdaptiveLimit.try_acquire` (under the
+lock: the in-flight check is exact under threads) and :meth:`Ticket.release` (one list
+append, atomic: the slot given back and its latency, folded in under the lock when the
+window closes); the arithmetic runs once per window.
 
 **The algorithm.** The *sample* is the median latency of the requests released in a
 *window* (``window`` seconds and at least ``min_samples`` requests). The *minimum* is the
