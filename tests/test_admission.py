@@ -321,6 +321,51 @@ def test_a_drop_cuts_the_limit_at_once_and_once_per_window():
     assert limit.inflight == 0
 
 
+def test_a_busy_window_times_one_request_in_16_past_its_first_1000_and_still_learns():
+    """Past the first 1000 requests of a window, only one in 16 reads the clock (on
+    admission and release): in flight stays exact, the window still closes on time, and its
+    median is the requests' latency."""
+    clock = FakeClock()
+    reads = [0]
+
+    def counting() -> float:
+        reads[0] += 1
+        return clock()
+
+    limit = make(clock, initial_limit=50, max_limit=50, probe_samples=10, min_samples=10)
+    limit.clock = counting
+    for _ in range(10):  # the first probe: latency 0.02
+        t = limit.try_acquire()
+        assert t is not None
+        clock.advance(0.02)
+        t.release()
+    assert limit.snapshot().min_latency == pytest.approx(0.02)
+    before = reads[0]
+    held: list[Ticket] = []
+    for _ in range(5000):  # a busy window: 5000 requests of 0.1 ms, 40 in flight
+        t = limit.try_acquire()
+        assert t is not None
+        held.append(t)
+        if len(held) == 40:
+            clock.advance(0.0001)
+            for t in held:
+                t.release()
+            assert limit.inflight == 0
+            held.clear()
+        assert limit.inflight == len(held)
+    # 2 reads (admission, release) for each of the window's first 1000 requests, then for
+    # one in 16
+    assert reads[0] - before == 2 * 1000 + 2 * (4000 // 16)
+    clock.advance(1.0)  # the window is over: it closes on the next timed release
+    for _ in range(16):
+        t = limit.try_acquire()
+        assert t is not None
+        t.release()
+    # its median: of the first 1000 latencies it kept
+    assert limit.snapshot().sample_latency == pytest.approx(0.0001, rel=0.01)
+    assert limit.inflight == 0
+
+
 # -- (4) priorities ------------------------------------------------------------------------
 
 

@@ -12,8 +12,10 @@ shows, in the gradient family of Netflix's concurrency-limits (``GradientLimit``
     ticket.release()                                # dropped=True after a timeout
 
 Pure and framework-free: no thread, no I/O, no logging; time comes from the injected
-monotonic ``clock``. Everything runs inside :meth:`AdaptiveLimit.try_acquire` and
-:meth:`Ticket.release`, under one lock; the arithmetic runs once per window.
+monotonic ``clock``. Everything runs inside :meth:`AdaptiveLimit.try_acquire` (under the
+lock: the in-flight check is exact under threads) and :meth:`Ticket.release` (one list
+append, atomic: the slot given back and its latency, folded in under the lock when the
+window closes); the arithmetic runs once per window.
 
 **The algorithm.** The *sample* is the median latency of the requests released in a
 *window* (``window`` seconds and at least ``min_samples`` requests). The *minimum* is the
@@ -62,7 +64,8 @@ the limit far under the capacity (in the tests, 80% of requests at 20 ms and 20%
 500 ms: 10 to 35% of the capacity served with means and a running minimum, all of it
 now). Not a long average as minimum (Gradient2): under sustained overload an average
 becomes the new normal. A window keeps its first 1000 latencies, sorted once when it
-closes.
+closes; past its first 1000 requests, one in 16 is timed (the others read no clock: they
+only count in flight), so that a busy window still closes on time.
 
 **Priorities.** ``thresholds[p]`` is the share of the limit requests of priority ``p``
 may fill (higher is more important): with ``(0.5, 0.8, 1.0)`` priority 0 is admitted
@@ -91,6 +94,10 @@ _FLOOR_WINDOWS = 5
 #: latencies kept per window for its median (the first ones: a window of 1 s at most
 #: 1000 requests a second sees them all; sorting them once a window stays cheap)
 _KEPT = 1000
+#: past the first _KEPT requests admitted in a window, one in this many (a power of two) is
+#: a sample: the others read no clock (at high rates the window has its latencies already;
+#: a sample still closes it on time)
+_SPARSE = 16
 #: latency moved past this ratio: the minimum is stale (a limit halved by cuts while latency
 #: stayed above this share of its level, or a window this much faster than the minimum)
 _SHIFT = 0.8
@@ -122,11 +129,12 @@ class Ticket:
 
     __slots__ = ("owner", "start")
 
-    def __init__(self, limit: AdaptiveLimit, start: float) -> None:
+    def __init__(self, limit: AdaptiveLimit, start: float | None) -> None:
         #: the limit the slot belongs to; None once given back
         self.owner: AdaptiveLimit | None = limit
-        #: the clock's time at admission
-        self.start = start
+        #: the clock's time at admission; None when the request is not a latency sample
+        #: (past the first 1000 requests of a window, one in 16 is)
+        self.start: float | None = start
 
     def release(self, dropped: bool = False) -> None:
         """Give the slot back; its latency is measured now. ``dropped``: the request timed
@@ -199,15 +207,17 @@ class AdaptiveLimit:
     """
 
     __slots__ = (
-        "_caps", "_count", "_cut_from", "_cut_sample", "_drops", "_epoch", "_estimate",
-        "_floor_windows", "_inflight", "_latencies", "_limit", "_lock", "_min", "_needed",
-        "_next_probe", "_peak", "_probing", "_random", "_restore", "_sample", "_shed", "_top",
-        "_window_end", "backoff", "clock", "jitter", "max_limit", "min_limit", "min_samples",
-        "probe_interval", "probe_samples", "smoothing", "thresholds", "tolerance", "window",
+        "_admitted", "_caps", "_count", "_cut_from", "_cut_sample", "_drops", "_epoch", "_estimate",
+        "_floor_windows", "_latencies", "_limit", "_lock", "_min", "_needed", "_next_probe",
+        "_peak", "_probing", "_random", "_restore", "_returns", "_sample", "_shed", "_taken",
+        "_top", "_window_end", "backoff", "clock", "jitter", "max_limit", "min_limit",
+        "min_samples", "probe_interval", "probe_samples", "smoothing", "thresholds",
+        "tolerance", "window",
     )
     # the current window (set by _new_window, and by _start_probe for a probe's)
     _window_end: float
     _needed: int
+    _admitted: int
     _count: int
     _drops: int
     _peak: int
@@ -263,7 +273,14 @@ class AdaptiveLimit:
         self._random = random.Random()
         self._top = len(self.thresholds) - 1
         self._shed = [0] * len(self.thresholds)
-        self._inflight = 0
+        #: slots taken, less the given-back ones folded into the window so far
+        self._taken = 0
+        #: given back since the last fold, appended without the lock (atomic): a latency,
+        #: or None (no sample: admitted before the probe, or unused); in flight is
+        #: ``_taken - len(_returns)``
+        self._returns: list[float | None] = []
+        self._count = 0
+        self._drops = 0
         self._min = _INF
         self._sample = 0.0
         self._latencies: list[float] = []
@@ -285,54 +302,78 @@ class AdaptiveLimit:
         lock = self._lock
         lock.acquire()  # not `with`: this is half the cost
         try:
-            inflight = self._inflight
+            inflight = self._taken - len(self._returns)
             if inflight >= self._caps[level]:
                 self._shed[level] += 1
                 return None
-            inflight += 1
-            self._inflight = inflight
-            if inflight > self._peak:
-                self._peak = inflight
+            self._taken += 1
+            if inflight >= self._peak:
+                self._peak = inflight + 1
+            admitted = self._admitted = self._admitted + 1
         finally:
             lock.release()
         ticket = _new_ticket(Ticket)  # not Ticket(...): a Python __init__ is a third of the cost
         ticket.owner = self
-        ticket.start = self.clock()
+        ticket.start = (self.clock() if admitted <= _KEPT or not admitted & (_SPARSE - 1)
+                        else None)
         return ticket
 
-    def record(self, start: float, dropped: bool = False) -> None:
-        """Give back a slot taken at ``start`` and learn from its latency (what
-        :meth:`Ticket.release` calls)."""
+    def record(self, start: float | None, dropped: bool = False) -> None:
+        """Give back a slot taken at ``start`` (None: not a sample) and learn from its
+        latency (what :meth:`Ticket.release` calls). Without the lock (every admitted
+        request pays this): one append, atomic, is the slot given back and its latency;
+        the lock is taken only when a window may close, and on a drop."""
+        if start is None:
+            if not dropped:
+                self._returns.append(None)  # not a sample: no clock read, no window closes
+                return
+        elif not dropped:
+            now = self.clock()
+            returns = self._returns
+            returns.append(now - start if start >= self._epoch else None)
+            if now >= self._window_end and (
+                    len(returns) + self._count + self._drops >= self._needed):
+                self._tick(now)
+            return
         now = self.clock()
-        lock = self._lock
-        lock.acquire()
-        try:
-            if self._inflight:
-                self._inflight -= 1
-            if dropped:
-                if not self._drops:
-                    self._back_off()
-                self._drops += 1
-            elif start >= self._epoch:
-                self._count += 1
-                if self._count <= _KEPT:
-                    self._latencies.append(now - start)
-            else:
-                return  # admitted before the probe: not a sample of it
-            if now >= self._window_end and self._count + self._drops >= self._needed:
-                self._close_window(now)
-        finally:
-            lock.release()
+        with self._lock:
+            self._fold()
+            if self._taken:
+                self._taken -= 1
+            if not self._drops:
+                self._back_off()
+            self._drops += 1
+            self._maybe_close(now)
 
     def give_back(self) -> None:
         """Give back a slot whose request never ran (what :meth:`Ticket.cancel` calls)."""
-        lock = self._lock
-        lock.acquire()
-        try:
-            if self._inflight:
-                self._inflight -= 1
-        finally:
-            lock.release()
+        self._returns.append(None)
+
+    def _tick(self, now: float) -> None:
+        """A release found its window over: fold the slots given back, close the window
+        if it has its samples."""
+        with self._lock:
+            self._fold()
+            self._maybe_close(now)
+
+    def _fold(self) -> None:
+        """Move the slots given back without the lock into the window (under the lock)."""
+        returns = self._returns
+        n = len(returns)
+        if not n:
+            return
+        batch = returns[:n]
+        del returns[:n]  # (what was appended meanwhile stays, after them)
+        self._taken -= n
+        samples = [latency for latency in batch if latency is not None]
+        self._count += len(samples)
+        room = _KEPT - len(self._latencies)
+        if room > 0:
+            self._latencies.extend(samples[:room])
+
+    def _maybe_close(self, now: float) -> None:
+        if now >= self._window_end and self._count + self._drops >= self._needed:
+            self._close_window(now)
 
     # -- once per window -----------------------------------------------------------------
 
@@ -357,7 +398,7 @@ class AdaptiveLimit:
                 stale = self._no_relief(estimate, new, sample)
                 estimate = new
         self._floor_windows = self._floor_windows + 1 if estimate <= self.min_limit else 0
-        self._new_window(now, self._inflight)
+        self._new_window(now, self._taken - len(self._returns))
         if stale or now >= self._next_probe or self._floor_windows >= _FLOOR_WINDOWS:
             self._start_probe(now, estimate, busy)
         else:
@@ -412,6 +453,7 @@ class AdaptiveLimit:
         self._cut_from = self._cut_sample = 0.0
         self._restore = estimate
         self._epoch = now
+        self._admitted = 0
         self._window_end = now  # a probe ends on its samples alone
         self._needed = self.probe_samples
         self._set(max(self.min_limit, estimate / 2) if busy else estimate)
@@ -419,6 +461,7 @@ class AdaptiveLimit:
     def _new_window(self, now: float, peak: int) -> None:
         self._window_end = now + self.window
         self._needed = self.min_samples
+        self._admitted = 0
         self._count = 0
         self._drops = 0
         self._latencies.clear()
@@ -451,7 +494,8 @@ class AdaptiveLimit:
 
     @property
     def inflight(self) -> int:
-        return self._inflight
+        """Requests admitted and not given back."""
+        return self._taken - len(self._returns)
 
     @property
     def sample_latency(self) -> float | None:
@@ -461,8 +505,9 @@ class AdaptiveLimit:
     def snapshot(self) -> AdmissionSnapshot:
         with self._lock:
             return AdmissionSnapshot(
-                self._limit, self._inflight, None if self._min == _INF else self._min,
-                self._sample or None, tuple(self._shed), self._probing,
+                self._limit, self._taken - len(self._returns),
+                None if self._min == _INF else self._min, self._sample or None,
+                tuple(self._shed), self._probing,
             )
 
 

@@ -63,6 +63,8 @@ _new_object = object.__new__
 _allowed = itemgetter(0)  # (Decision.allowed, read in C)
 _remaining = itemgetter(2)  # (Decision.remaining)
 NewBans = list[tuple[str, float, str]]
+Steps = tuple["ChallengeStep | None", "Standing | None", "AdmissionStep | None",
+              "ConcurrencyRules | None"]
 
 
 class Engine:
@@ -108,9 +110,10 @@ class Engine:
         self._admission: AdmissionStep | None = None
         self._challenge: ChallengeStep | None = None
         self._standing: Standing | None = None
-        #: a step after the rules is configured (challenge, admission, concurrency, standing):
-        #: an allowed request goes through ``_exchange.begin``; kept by the setters below
-        self.steps = False
+        #: the steps after the rules (challenge, standing, admission, concurrency) when one
+        #: is configured, else None: an allowed request goes through ``_exchange.begin``;
+        #: kept by the setters below (one read instead of a property each per request)
+        self.steps: Steps | None = None
         self.watcher: RulesWatcher | None = None
         self.enabled = True
         self.listeners = Listeners(limiter.error_log_interval)
@@ -174,8 +177,8 @@ class Engine:
         self._restep()
 
     def _restep(self) -> None:
-        self.steps = any(step is not None for step in (
-            self._concurrency, self._admission, self._challenge, self._standing))
+        steps = (self._challenge, self._standing, self._admission, self._concurrency)
+        self.steps = steps if any(step is not None for step in steps) else None
 
     # -- evaluation ----------------------------------------------------------------------
 

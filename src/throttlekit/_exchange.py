@@ -21,19 +21,19 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable, Iterable, MutableMapping, Sequence
 from typing import TYPE_CHECKING, Any
 
+from ._admission import Ticket
 from ._responses import rate_limit_headers_raw
 
 if TYPE_CHECKING:
     from types import TracebackType
 
-    from ._admission import Ticket
     from ._concurrency import ConcurrencyRules, Lease
     from ._decision import Decision
     from ._limiter import Limiter
     from ._rules import Verdict
 
 __all__ = ["CHALLENGE_KEY", "DENIED_KEY", "OWNER_KEY", "POLICIES_KEY", "Exchange", "abegin",
-           "begin", "header_policies", "serve_asgi"]
+           "begin", "enter", "header_policies", "serve_asgi"]
 
 #: environ/scope key: the ``(policy, Decision)`` pairs inner entries recorded (endpoint
 #: limits, dependencies), for the header set the outermost entry writes
@@ -155,25 +155,35 @@ def begin(limiter: Limiter, verdict: Verdict, lease: bool = True
     limiter holds them already. Returns the verdict and its :class:`Exchange`, None when
     there is nothing to settle (no lease taken, no ``count_when`` pending). A disabled
     limiter (``enabled=False``) runs no rule: no admission, no lease."""
+    verdict, ex = enter(limiter, verdict, lease)
+    if isinstance(ex, Ticket):  # a lone slot (see enter)
+        return verdict, Exchange(limiter, verdict, None, ex)
+    return verdict, ex
+
+
+def enter(limiter: Limiter, verdict: Verdict, lease: bool = True
+          ) -> tuple[Verdict, Exchange | Ticket | None]:
+    """:func:`begin` for an entry that gives a lone admission slot back itself (the WSGI
+    middleware): a request holding only a slot (no lease, no ``count_when`` to charge: the
+    common case with admission control) gets its :class:`Ticket`, not an Exchange, and
+    the entry releases it when the response ends."""
     verdict, ticket, conc = _before_lease(limiter, verdict, lease)
-    held = None
     if conc is not None:
         verdict, held = conc.acquire(verdict)
-    elif ticket is not None:  # the common case with admission control: a slot, no lease
-        return verdict, Exchange(limiter, verdict, None, ticket)
-    return _exchange(limiter, verdict, held, ticket)
+        return _exchange(limiter, verdict, held, ticket)
+    if ticket is not None and not verdict.pending:
+        return verdict, ticket
+    return _exchange(limiter, verdict, None, ticket)
 
 
 async def abegin(limiter: Limiter, verdict: Verdict, lease: bool = True
                  ) -> tuple[Verdict, Exchange | None]:
     """Async twin of :func:`begin` (async storage calls only)."""
     verdict, ticket, conc = _before_lease(limiter, verdict, lease)
-    held = None
     if conc is not None:
         verdict, held = await conc.aacquire(verdict)
-    elif ticket is not None:
-        return verdict, Exchange(limiter, verdict, None, ticket)
-    return _exchange(limiter, verdict, held, ticket)
+        return _exchange(limiter, verdict, held, ticket)
+    return _exchange(limiter, verdict, None, ticket)
 
 
 def _before_lease(limiter: Limiter, verdict: Verdict, lease: bool
@@ -185,28 +195,30 @@ def _before_lease(limiter: Limiter, verdict: Verdict, lease: bool
     meet neither challenge nor admission."""
     engine = limiter.engine
     view = verdict.request
+    steps = engine.steps
+    if steps is None:  # no step: only count_when to settle
+        return verdict, None, None
+    challenge, standing, step, conc = steps
     if not (lease and engine.enabled and verdict.allowed):
-        standing = engine.standing
         if standing is not None and lease and view is not None and verdict.kind in _MISBEHAVED:
             standing.refused(view)  # a client refused by the rules loses its standing
         return verdict, None, None
     if verdict.kind == "safelisted":
-        return verdict, None, engine.concurrency
+        return verdict, None, conc
     known = False
     if view is not None:
-        mark = view.raw.get(CHALLENGE_KEY)
-        if mark is not None and mark.step.engine is engine:
-            verdict = mark.step.take(verdict, mark)
-            if not verdict.allowed:
-                return verdict, None, None
-        standing = engine.standing
+        if challenge is not None:
+            mark = view.raw.get(CHALLENGE_KEY)
+            if mark is not None and mark.step.engine is engine:
+                verdict = mark.step.take(verdict, mark)
+                if not verdict.allowed:
+                    return verdict, None, None
         # history for the client's standing, and whether it is known (Standing)
         known = standing is not None and standing.seen(view)
-    step = engine.admission
     if step is None:
-        return verdict, None, engine.concurrency
+        return verdict, None, conc
     verdict, ticket = step.admit(verdict, known)
-    return verdict, ticket, engine.concurrency if verdict.allowed else None
+    return verdict, ticket, conc if verdict.allowed else None
 
 
 def _exchange(limiter: Limiter, verdict: Verdict, held: Lease | None, ticket: Ticket | None

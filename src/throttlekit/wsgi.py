@@ -17,15 +17,17 @@ bans); allowed ones go to the app, with the rate-limit headers added to its resp
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Iterator, Sequence
+from itertools import chain
 from typing import TYPE_CHECKING, Any
 
+from ._admission import Ticket
 from ._exchange import (
     DENIED_KEY,
     OWNER_KEY,
     POLICIES_KEY,
     Exchange,
     Policies,
-    begin,
+    enter,
 )
 from ._request import DEFAULT_MAX_FORM_BYTES, RequestView, build_view
 from ._responder import RESPONDER_KINDS, VERDICT_KEY, Entry, resolve_options, status_line
@@ -35,7 +37,6 @@ from ._responses import rate_limit_headers
 if TYPE_CHECKING:
     from _typeshed.wsgi import StartResponse, WSGIApplication, WSGIEnvironment
 
-    from ._admission import Ticket
     from ._decision import Decision
 
 __all__ = ["RESPONDER_KINDS", "VERDICT_KEY", "Responder", "WSGIMiddleware", "resolve_options"]
@@ -81,7 +82,7 @@ class WSGIMiddleware(Entry):
             environ[OWNER_KEY] = limiter
         ex = None
         if verdict.pending or engine.steps:
-            verdict, ex = begin(limiter, verdict)
+            verdict, ex = enter(limiter, verdict)
         environ[VERDICT_KEY] = verdict
         if not verdict.allowed:
             accept = environ.get("HTTP_ACCEPT")
@@ -96,27 +97,42 @@ class WSGIMiddleware(Entry):
             policies = None
         elif not self.on_allowed:
             policies = None
+        ticket = None
         try:
             if ex is not None:
-                return self._settling(environ, start_response, ex, policies)
+                if not isinstance(ex, Ticket):
+                    return self._settling(environ, start_response, ex, policies)
+                ticket = ex  # only an admission slot: released when the response ends
             if policies is None:
-                return self.app(environ, start_response)
-
-            # What it reads is bound as defaults (one tuple) rather than closed over (a cell
-            # each): every allowed request makes one. Servers pass two or three arguments.
-            def add_headers(status: str, headers: list[tuple[str, str]], exc_info: Any = None,
+                respond = start_response
+            else:
+                # What it reads is bound as defaults (one tuple) rather than closed over (a
+                # cell each): every allowed request makes one. Servers pass two or three
+                # arguments.
+                def respond(status: str, headers: list[tuple[str, str]], exc_info: Any = None,
                             environ: WSGIEnvironment = environ, policies: Policies = policies,
                             start_response: StartResponse = start_response,
                             style: str = self.style) -> Callable[[bytes], object]:
-                # header_policies, inlined (every allowed request pays it)
-                if not environ.get(DENIED_KEY):
-                    inner = environ.get(POLICIES_KEY)
-                    found = [*policies, *inner] if inner else policies
-                    if found:
-                        headers = [*headers, *rate_limit_headers(found, style)]
-                return start_response(status, headers, exc_info)
+                    # header_policies, inlined (every allowed request pays it)
+                    if not environ.get(DENIED_KEY):
+                        inner = environ.get(POLICIES_KEY)
+                        found = [*policies, *inner] if inner else policies
+                        if found:
+                            headers = [*headers, *rate_limit_headers(found, style)]
+                    return start_response(status, headers, exc_info)
 
-            return self.app(environ, add_headers)
+            if ticket is None:
+                return self.app(environ, respond)
+            try:
+                result = self.app(environ, respond)
+            except BaseException:
+                ticket.release()
+                raise
+            tail: Iterator[None] = iter(ticket.release, None)
+            released = _Released(result, tail)
+            released.result = result
+            released.tail = tail
+            return released
         finally:
             # the response is handed over: no reference cycle (see RequestView.detach)
             view.detach()
@@ -157,10 +173,7 @@ class WSGIMiddleware(Entry):
         except BaseException:
             ex.end(failed=True)
             raise
-        ticket = ex.ticket
-        if pending or ex.lease is not None or ticket is None:
-            return _Settled(result, ex)
-        return _Released(result, ticket)  # only an admission slot: nothing to record
+        return _Settled(result, ex)
 
 
 class _Settled:
@@ -189,32 +202,26 @@ class _Settled:
             self.ex.end()
 
 
-class _Released:
+class _Released(chain):  # type: ignore[type-arg]
     """The app's response iterable when the request holds only an admission slot (no
-    ``count_when`` to charge, no lease): the slot goes back when the body is sent or the
-    server closes the response, whichever comes first (once)."""
+    ``count_when`` to charge, no lease): the body, then the slot given back, once, when
+    the body is sent or the server closes the response, whichever comes first.
 
-    __slots__ = ("result", "ticket")
+    A chain (C) of the app's iterable and ``tail``, ``iter(ticket.release, None)``, whose
+    first ``next`` gives the slot back and ends it (release returns None, the sentinel):
+    no Python call per request but ``close``."""
 
-    def __init__(self, result: Iterable[bytes], ticket: Ticket) -> None:
-        self.result = result
-        self.ticket: Ticket | None = ticket
-
-    def __iter__(self) -> Iterator[bytes]:
-        yield from self.result
-        ticket = self.ticket
-        if ticket is not None:
-            self.ticket = None
-            ticket.release()
+    __slots__ = ("result", "tail")
+    result: Iterable[bytes]
+    tail: Iterator[None]
 
     def close(self) -> None:
         try:
-            _close(self.result)
+            close = getattr(self.result, "close", None)
+            if close is not None:
+                close()
         finally:
-            ticket = self.ticket
-            if ticket is not None:
-                self.ticket = None
-                ticket.release()
+            next(self.tail, None)  # released unless the body was sent to its end
 
 
 def _close(result: Iterable[bytes]) -> None:
