@@ -137,9 +137,11 @@ def bulk(value: bytes) -> bytes:
 
 class Fixed:
     """``fixed_window.lua`` bound to one fixed-window algorithm: its arguments that never
-    change, encoded once, and the packed command's head (see ``RedisStorage._fixed``)."""
+    change, encoded once, and the packed command's head (see ``RedisStorage._fixed``);
+    ``due``: when (microseconds) its id is to be registered again (see ``register.lua``)."""
 
-    __slots__ = ("alg", "head", "id", "id_b", "limit", "limit_b", "p", "script", "sha")
+    __slots__ = ("alg", "due", "head", "id", "limit", "p", "script", "sha", "suffix",
+                 "suffix_b")
 
     def __init__(self, alg: Algorithm, encoding: tuple[str, str]) -> None:
         self.alg = alg
@@ -148,10 +150,11 @@ class Fixed:
         self.p = alg.period_us
         self.limit = alg.limit
         self.id = alg.id
-        self.id_b = alg.id.encode(*encoding)
-        self.limit_b = str(alg.limit).encode()
-        # EVALSHA sha 1 H id cost limit base ttl
-        self.head = b"*9\r\n$7\r\nEVALSHA\r\n%b$1\r\n1\r\n" % bulk(self.sha)
+        self.suffix = f":w:{alg.id}"  # the window's string key: the family's name + this
+        self.suffix_b = self.suffix.encode(*encoding)
+        self.due = 0
+        # EVALSHA sha 1 W cost base+limit ttl
+        self.head = b"*7\r\n$7\r\nEVALSHA\r\n%b$1\r\n1\r\n" % bulk(self.sha)
 
 
 def fixed_decision(alg: Algorithm, r: int, cost: int, left: int, charged: bool) -> Decision:
