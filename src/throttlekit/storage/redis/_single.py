@@ -37,7 +37,7 @@ __all__ = ["MISSING", "SingleChecks", "failed"]
 
 _MAX_ONES = 4096  # bound of the per-algorithm argument caches
 MISSING = object()  # the server does not know the script (NOSCRIPT)
-_WINDOWS = 1 << 19  # a fixed window's field holds (window mod this) << 33 | count
+_WINDOWS = 1 << 19  # a fixed window's key holds (window mod this) << 34 + limit + count
 _LEAN = frozenset({"token_bucket", "sliding_window"})  # their *_at.lua scripts
 _REGISTER_EVERY = 3600_000_000  # a fixed window's id is registered once an hour (us)
 
@@ -203,15 +203,16 @@ class SingleChecks:
         left = (win + 1) * p - now
         cost = check.cost
         charged = consume and not check.probe and 0 < cost <= fx.limit
-        m = ((win % _WINDOWS) << 33) + fx.limit  # base + limit: see fixed_window.lua
+        n = ((win % _WINDOWS) << 34) + fx.limit  # base + limit (+ cost): fixed_window.lua
         args: list[Any] = [1, self.family(check.key) + fx.suffix]
         if block_keys:
             args[0] += len(block_keys)
             args += [f"{self.family(k)}:b" for k in block_keys]
-        args += [
-            (SMALL[cost] if cost < 64 else b"%d" % cost) if charged else b"-1", b"%d" % m,
-            b"%d" % ((left + 999) // 1000 + self._slack) if charged else b"0",
-        ]
+        if charged:
+            args += [SMALL[cost] if cost < 64 else b"%d" % cost, b"%d" % (n + cost),
+                     b"%d" % ((left + 999) // 1000 + self._slack)]
+        else:
+            args += [b"-1", b"%d" % n, b"0"]
         return fx, args, left, charged
 
     def _fixed(
