@@ -302,7 +302,8 @@ def _cpu_contenders(url: str, client: Any, n: int) -> dict[str, Any]:
     out[MIDDLEWARE] = lambda i: app(
         dict(envs[i % n]), lambda *a: None  # (the middleware marks the environ it saw)
     )
-    # no target: the default, without the watch (every request looks its block key up)
+    # the default, without the watch: every request looks its block key up (one EXISTS in
+    # the fixed window's own script)
     unwatched = Limiter(storage_from_url(url, prefix="tk-mw0:", watch_blocks=False))
     unwatched.throttle("per-ip", RATE, strategy="fixed_window")
     app0 = WSGIMiddleware(lambda environ, start_response: start_response("200 OK", [])
@@ -324,6 +325,8 @@ CPU_PAIRS = {
     "sliding_window": ("throttlekit sliding_window", "limits sliding_window"),
     "token_bucket": ("throttlekit token_bucket", "GCRA reference"),
     "middleware, one throttle": (MIDDLEWARE, "limits fixed_window"),
+    "middleware, one throttle, default": (f"{MIDDLEWARE}, watch_blocks=False",
+                                          "limits fixed_window"),
 }
 
 

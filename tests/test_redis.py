@@ -829,6 +829,29 @@ def test_cluster_batch_spanning_slots_is_one_script_per_slot(cluster: Any) -> No
 
 
 @pytest.mark.cluster
+def test_cluster_lone_fixed_window_with_a_block_key_elsewhere(cluster: Any) -> None:
+    """On a Cluster, a lone fixed-window check whose block key is in another slot goes
+    through the batch script by slot (a script may touch one slot only): the block holds,
+    nothing is charged, and reset (the fixed-window ids in a slot of their own) forgets
+    the count."""
+    import redis.crc
+
+    s = storage_from_url(cluster.url, prefix="c1:")
+    alg = make_algorithm("fixed_window", Rate(2, 60))
+    slot = redis.crc.key_slot
+    assert slot(s.family("rule:ip").encode()) != slot(s.family("ip").encode())
+    assert s.apply([Check(alg, "rule:ip")], block_keys=["ip"]).decisions[0].remaining == 1
+    s.block("ip", 60, "x")
+    r = s.apply([Check(alg, "rule:ip")], block_keys=["ip"])
+    assert r.blocked[0] is not None and r.blocked[0].reason == "x"
+    s.unblock("ip")
+    assert s.apply([Check(alg, "rule:ip")], block_keys=["ip"]).decisions[0].remaining == 0
+    s.reset(["rule:ip"])
+    assert s.apply([Check(alg, "rule:ip")]).decisions[0].remaining == 1
+    s.close()
+
+
+@pytest.mark.cluster
 def test_redis_storage_of_a_cluster_client_is_the_cluster_storage(cluster: Any) -> None:
     """RedisStorage(RedisCluster(...)) keeps working: it makes a RedisClusterStorage, whose
     batches, block lookups and leases spanning slots run one script per slot."""

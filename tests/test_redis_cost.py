@@ -367,3 +367,42 @@ def test_a_forked_child_runs_its_own_watch(server: RedisServer) -> None:
     assert os.waitstatus_to_exitcode(status) == 0
     assert s._watch is not None and s._watch.live and s._lookups() is False
     s.close()
+
+
+@pytest.mark.parametrize("way", ["sync", "async"])
+def test_a_lone_fixed_window_finds_a_block_made_elsewhere(server: RedisServer, way: str) -> None:
+    """A fixed-window check with block keys (the default middleware request) looks them up
+    in its own script: a block made by another process holds from the next check and charges
+    nothing; an entry past its expiry but not yet gone (the TTL's slack) blocks nobody and
+    the check is charged; sync and async alike."""
+    import asyncio
+    import time
+
+    alg = make_algorithm("fixed_window", Rate(100, 60))
+    a = storage_from_url(server.url, prefix=f"lone-{way}:")
+    b = storage_from_url(server.url, prefix=f"lone-{way}:")
+
+    async def apply(key: str, block_keys: list[str]) -> Any:
+        if way == "sync":
+            return a.apply([Check(alg, key)], block_keys=block_keys)
+        return await a.aapply([Check(alg, key)], block_keys=block_keys)
+
+    async def go() -> None:
+        assert (await apply("rule:ip", ["ip"])).decisions[0].remaining == 99
+        b.block("ip", 60, "ban")
+        r = await apply("rule:ip", ["other", "ip"])
+        assert r.blocked[0] is None and r.blocked[1] is not None
+        assert r.blocked[1].reason == "ban"
+        b.unblock("ip")
+        r = await apply("rule:ip", ["ip"])
+        assert r.blocked == [None] and r.decisions[0].remaining == 98  # blocked: no charge
+        b.block("ip", 0.05, "short")
+        time.sleep(0.1)  # expired; its key lives on for ttl_slack
+        r = await apply("rule:ip", ["ip"])
+        assert r.blocked == [None] and r.decisions[0].remaining == 97
+        if way == "async":
+            await a.aclose()  # type: ignore[attr-defined]
+
+    asyncio.run(go())
+    a.close()
+    b.close()
