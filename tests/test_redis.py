@@ -446,7 +446,7 @@ def test_one_evalsha_per_check_including_multi_rate(own_server: RedisServer) -> 
     assert "eval" not in calls and "script|load" not in calls
     # commandstats also counts the commands a script runs inside the server
     inside = {"time", "hget", "hset", "hdel", "hincrby", "lindex", "lpop", "rpush", "lset",
-              "lrange", "pexpire", "pttl", "get", "set", "incrby", "decrby"}
+              "lrange", "pexpire", "pttl", "get", "set", "incr", "incrby", "decr", "decrby"}
     assert set(calls) - {"config|resetstat", "info"} <= inside
     s.close()
 

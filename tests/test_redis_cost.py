@@ -1,7 +1,7 @@
 """What the Redis backend sends per check, on a redis-server of our own (``INFO
 commandstats`` counts the commands a script runs inside the server too): nothing for features
-that are not in use, no ``TIME`` on the caller's clock, one ``INCRBY`` for an allowed
-fixed-window check (and one ``EXISTS`` of its block keys in the same script through the
+that are not in use, no ``TIME`` on the caller's clock, one ``INCR`` for an allowed
+fixed-window check of cost 1 (and one ``EXISTS`` of its block keys in the same script through the
 middleware, by default), and how soon a block made by another process is looked up."""
 
 from __future__ import annotations
@@ -44,10 +44,10 @@ def _app(environ: Any, start_response: Any) -> list[bytes]:
     return [b"ok"]
 
 
-def test_one_throttle_without_a_blocklist_sends_one_incrby(server: RedisServer) -> None:
+def test_one_throttle_without_a_blocklist_sends_one_incr(server: RedisServer) -> None:
     """Through the middleware, one fixed-window throttle, an empty dynamic blocklist and
     ``blocks_fresh`` set (opt-in, for where the watch is off): each request is one EVALSHA
-    running one INCRBY (the blocklist is not read per request, and no TIME); the
+    running one INCR (the blocklist is not read per request, and no TIME); the
     blocklist's index is asked about once, then not for blocks_fresh seconds."""
     from werkzeug.test import Client
 
@@ -63,7 +63,7 @@ def test_one_throttle_without_a_blocklist_sends_one_incrby(server: RedisServer) 
     assert [client.get("/", environ_base=env).status_code for _ in range(20)] == [200] * 20
     calls = _calls(server)
     assert calls.pop("evalsha") == 20
-    assert calls.pop("incrby") == 20
+    assert calls.pop("incr") == 20
     assert calls.pop("exists", 0) == 0  # (asked by the first request)
     assert calls == {}, calls  # no GET of a block key, no TIME, no PEXPIRE
     s.close()
@@ -72,7 +72,7 @@ def test_one_throttle_without_a_blocklist_sends_one_incrby(server: RedisServer) 
 def test_by_default_a_request_is_one_script_with_one_exists(server: RedisServer) -> None:
     """By default (no watch, no blocks_fresh), through the middleware with one fixed-window
     throttle: each request is one EVALSHA running one EXISTS of its block keys and one
-    INCRBY (no batch script, no GET of each block key, no TIME); a block made by another
+    INCR (no batch script, no GET of each block key, no TIME); a block made by another
     process holds from the next request, and its entry comes back with its reason."""
     from werkzeug.test import Client
 
@@ -88,7 +88,7 @@ def test_by_default_a_request_is_one_script_with_one_exists(server: RedisServer)
     calls = _calls(server)
     assert calls.pop("evalsha") == 20
     assert calls.pop("exists") == 20
-    assert calls.pop("incrby") == 20
+    assert calls.pop("incr") == 20
     assert calls == {}, calls
     other.block("192.0.2.7", 60, "ban")
     assert client.get("/", environ_base=env).status_code == 403
@@ -229,7 +229,7 @@ def _until_looked_up(s: RedisStorage, timeout: float = 2.0) -> float:
 def test_the_watch_sends_nothing_for_an_empty_blocklist(server: RedisServer) -> None:
     """With the watch (``watch_blocks=True``), through the middleware with one fixed-window throttle
     and an empty dynamic blocklist: once the watch is live, each request is one EVALSHA
-    running one INCRBY, with no blocks_fresh to set; nothing else is sent."""
+    running one INCR, with no blocks_fresh to set; nothing else is sent."""
     from werkzeug.test import Client
 
     s = storage_from_url(server.url, prefix="watch1:", watch_blocks=True)
@@ -245,7 +245,7 @@ def test_the_watch_sends_nothing_for_an_empty_blocklist(server: RedisServer) -> 
     assert [client.get("/", environ_base=env).status_code for _ in range(20)] == [200] * 20
     calls = _calls(server)
     assert calls.pop("evalsha") == 20
-    assert calls.pop("incrby") == 20
+    assert calls.pop("incr") == 20
     calls.pop("ping", None)  # (the watch's, once a second)
     assert calls == {}, calls  # no EXISTS, no GET of a block key
     s.close()

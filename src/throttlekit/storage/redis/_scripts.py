@@ -140,7 +140,7 @@ class Fixed:
     change, encoded once, and the packed command's head (see ``RedisStorage._fixed``);
     ``due``: when (microseconds) its id is to be registered again (see ``register.lua``)."""
 
-    __slots__ = ("alg", "due", "head", "id", "limit", "p", "script", "sha", "suffix",
+    __slots__ = ("alg", "due", "heads", "id", "limit", "p", "script", "sha", "suffix",
                  "suffix_b")
 
     def __init__(self, alg: Algorithm, encoding: tuple[str, str]) -> None:
@@ -153,8 +153,15 @@ class Fixed:
         self.suffix = f":w:{alg.id}"  # the window's string key: the family's name + this
         self.suffix_b = self.suffix.encode(*encoding)
         self.due = 0
-        # EVALSHA sha 1 W cost base+limit ttl
-        self.head = b"*7\r\n$7\r\nEVALSHA\r\n%b$1\r\n1\r\n" % bulk(self.sha)
+        #: (number of keys, of arguments after the sha) -> the packed command's head
+        self.heads: dict[tuple[int, int], bytes] = {}
+
+    def head(self, nkeys: int, nargs: int) -> bytes:
+        """The head of a packed ``EVALSHA sha nkeys ...`` with ``nargs`` arguments after
+        the sha (kept for the next call)."""
+        h = self.heads[nkeys, nargs] = b"*%d\r\n$7\r\nEVALSHA\r\n%b%b" % (
+            nargs + 2, bulk(self.sha), bulk(b"%d" % nkeys))
+        return h
 
 
 def fixed_decision(alg: Algorithm, r: int, cost: int, left: int, charged: bool) -> Decision:

@@ -208,11 +208,13 @@ class SingleChecks:
         if block_keys:
             args[0] += len(block_keys)
             args += [f"{self.family(k)}:b" for k in block_keys]
-        if charged:
-            args += [SMALL[cost] if cost < 64 else b"%d" % cost, b"%d" % (n + cost),
-                     b"%d" % ((left + 999) // 1000 + self._slack)]
+        if not charged:
+            args += [b"%d" % n, b"r"]
+        elif cost == 1:  # (INCR: one argument less)
+            args += [b"%d" % (n + 1), b"%d" % ((left + 999) // 1000 + self._slack)]
         else:
-            args += [b"-1", b"%d" % n, b"0"]
+            args += [b"%d" % (n + cost), b"%d" % ((left + 999) // 1000 + self._slack),
+                     SMALL[cost] if cost < 64 else b"%d" % cost]
         return fx, args, left, charged
 
     def _fixed(
@@ -229,8 +231,9 @@ class SingleChecks:
             enc = self._encoding
             assert enc is not None
             n = args[0]
-            head = fx.head if n == 1 else b"*%d\r\n$7\r\nEVALSHA\r\n%b$%d\r\n%d\r\n" % (
-                n + 6, bulk(fx.sha), len(str(n)), n)
+            head = fx.heads.get((n, len(args)))
+            if head is None:
+                head = fx.head(n, len(args))
             cmd = b"%b%b%b" % (
                 head, b"".join([bulk(k.encode(*enc)) for k in args[1 : n + 1]]),
                 b"".join([bulk(a) for a in args[n + 1 :]]),
