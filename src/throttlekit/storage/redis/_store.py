@@ -8,7 +8,8 @@ microseconds, so Redis and the memory backend give the same Decisions.
 Key layout, for a prefix ``P`` and a storage key ``k`` (``{``, ``}`` and ``%`` in ``k`` are
 percent-escaped, so the hash tag is ``k`` itself and distinct keys never collide):
 
-* ``P{k}`` — a hash, one field per algorithm (``alg.id``) holding its state;
+* ``P{k}`` — a hash, one field per algorithm (``alg.id``) holding its state (a fixed
+  window's: see below);
 * ``P{k}:l:<alg.id>`` — a sliding log's list of ``"time cost"`` entries;
 * ``P{k}:w:<alg.id>`` — a fixed window's count (``fixed_window.lua``);
 * ``P{k}:b`` — the dynamic blocklist entry of ``k``;
@@ -17,7 +18,7 @@ percent-escaped, so the hash tag is ``k`` itself and distinct keys never collide
   ``lua/escalate.lua``);
 * ``P{%b}:e`` / ``P{%b}:r`` — the blocklist index (zset by expiry, hash of reasons);
 * ``P{%g}`` — the generation of admin changes;
-* ``P{%w}`` — the fixed-window ids in use (``register.lua``), which ``reset`` deletes.
+* ``P{%w}`` — the fixed-window ids in use (``register.lua``): ``reset`` deletes their keys.
 
 All state of one key lives in one Cluster slot, ``reset`` deletes a family without
 ``KEYS``/``SCAN``, and every key has a TTL no longer than its state needs.
