@@ -335,7 +335,8 @@ def test_redis_cpu_per_check(benchmark: Any, target: Any, capsys: Any) -> None:
     on a redis-server of our own, blocks of every contender interleaved; medians and their
     ratios. Targets: throttlekit <= REDIS_CPU_TARGET x `limits`' same algorithm (fixed window:
     its INCRBY path; sliding window: its counter), the token bucket x the GCRA reference,
-    and a middleware request with one throttle x `limits`' fixed window."""
+    and a middleware request with one throttle x `limits`' fixed window, with the opt-in
+    blocklist watch and by default (its block key looked up in the same script)."""
     import redis
 
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
@@ -386,14 +387,7 @@ _CPU_RATIOS: dict[str, float] = {}  # test_redis_cpu_per_check's, for the target
 _CPU_SLACK = [1.0]  # and the slack of its run (the target fixture's)
 #: pairs that do not meet the target yet, and why (xfails, not strict: the smoke pass's short
 #: runs sometimes land under the target by noise)
-_CPU_MISSES = {
-    "fixed_window": "HINCRBY on a field of the key's hash (what reset() finds without SCAN) "
-    "against limits' INCRBY on a string key, five arguments against two, and a new window's "
-    "3 commands (HINCRBY, HSET, PEXPIRE) against limits' 2, in windows on the clock "
-    "(limits' start at a key's first hit: fewer new ones); see docs/benchmarks.md",
-    "middleware, one throttle": "the fixed window's cost (the blocklist is not read: the "
-    "watch), and longer rule ids and keys",
-}
+_CPU_MISSES: dict[str, str] = {}
 
 
 @pytest.mark.parametrize(
