@@ -280,11 +280,15 @@ def _cpu_contenders(url: str, client: Any, n: int) -> dict[str, Any]:
     item = parse(RATE)
     keys = [f"client:{i}" for i in range(n)]
     out: dict[str, Any] = {}
+    # (throttlekit's 0.25 s socket timeout, not limits': on a loaded machine a stalled
+    # server would answer some checks locally, and a block would not be all scripts)
+    url = f"{url}?socket_timeout=5"
     for strategy in ("fixed_window", "sliding_window", "token_bucket", "sliding_log"):
         hit = Limiter(storage_from_url(url, prefix=f"tk-{strategy}:"), strategy=strategy).hit
         out[f"throttlekit {strategy}"] = lambda i, hit=hit: hit(keys[i % n], RATE)
     for strategy, peer in PEERS.items():
-        lhit = getattr(strategies, peer)(RedisStorage(url, key_prefix=f"L{strategy}")).hit
+        lhit = getattr(strategies, peer)(RedisStorage(url.partition("?")[0],
+                                                     key_prefix=f"L{strategy}")).hit
         out[f"limits {strategy}"] = lambda i, lhit=lhit: lhit(item, keys[i % n])
     sha = client.script_load(GCRA)
     ex = client.execute_command
