@@ -219,9 +219,9 @@ def _stamp(raw: Any, storage: RedisStorage, alg: Any, key: str, last: Decision) 
         if len(parts) == 1:
             return int(parts[0]) - round(last.reset_after * 1e6)
         return int(parts[0])
-    if alg.name == "fixed_window":  # (window mod 2^19) << 34 + limit + count: the window's
-        # start, taken to be the latest window with those low bits (the test runs within 2^19 s)
-        low = int(raw.get(f"{h}:w:{alg.id}")) >> 34
+    if alg.name == "fixed_window":  # (window mod 2^19) << 33 | count: the window's start,
+        # taken to be the latest window with those low bits (the test runs within 2^19 s)
+        low = int(raw.get(f"{h}:w:{alg.id}")) >> 33
         now_win = int(raw.time()[0]) * 1_000_000 // alg.period_us + 1
         win = now_win - (now_win - low) % (1 << 19)
         return win * alg.period_us

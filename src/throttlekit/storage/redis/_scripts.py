@@ -140,8 +140,8 @@ class Fixed:
     change, encoded once, and the packed command's head (see ``RedisStorage._fixed``);
     ``due``: when (microseconds) its id is to be registered again (see ``register.lua``)."""
 
-    __slots__ = ("alg", "due", "heads", "id", "limit", "p", "script", "sha", "suffix",
-                 "suffix_b")
+    __slots__ = ("alg", "due", "heads", "id", "limit", "limit_b", "p", "script", "sha",
+                 "suffix", "suffix_b")
 
     def __init__(self, alg: Algorithm, encoding: tuple[str, str]) -> None:
         self.alg = alg
@@ -149,6 +149,7 @@ class Fixed:
         self.sha = self.script.sha.encode()
         self.p = alg.period_us
         self.limit = alg.limit
+        self.limit_b = str(alg.limit).encode()
         self.id = alg.id
         self.suffix = f":w:{alg.id}"  # the window's string key: the family's name + this
         self.suffix_b = self.suffix.encode(*encoding)

@@ -37,7 +37,7 @@ __all__ = ["MISSING", "SingleChecks", "failed"]
 
 _MAX_ONES = 4096  # bound of the per-algorithm argument caches
 MISSING = object()  # the server does not know the script (NOSCRIPT)
-_WINDOWS = 1 << 19  # a fixed window's key holds (window mod this) << 34 + limit + count
+_WINDOWS = 1 << 19  # a fixed window's key holds (window mod this) << 33 | count
 _LEAN = frozenset({"token_bucket", "sliding_window"})  # their *_at.lua scripts
 _REGISTER_EVERY = 3600_000_000  # a fixed window's id is registered once an hour (us)
 
@@ -203,17 +203,18 @@ class SingleChecks:
         left = (win + 1) * p - now
         cost = check.cost
         charged = consume and not check.probe and 0 < cost <= fx.limit
-        n = ((win % _WINDOWS) << 34) + fx.limit  # base + limit (+ cost): fixed_window.lua
+        base = (win % _WINDOWS) << 33  # see fixed_window.lua
         args: list[Any] = [1, self.family(check.key) + fx.suffix]
         if block_keys:
             args[0] += len(block_keys)
             args += [f"{self.family(k)}:b" for k in block_keys]
         if not charged:
-            args += [b"%d" % n, b"r"]
+            args += [b"%d" % base, b"r"]
         elif cost == 1:  # (INCR: one argument less)
-            args += [b"%d" % (n + 1), b"%d" % ((left + 999) // 1000 + self._slack)]
+            args += [b"%d" % (base + 1), fx.limit_b, b"%d" % ((left + 999) // 1000 + self._slack)]
         else:
-            args += [b"%d" % (n + cost), b"%d" % ((left + 999) // 1000 + self._slack),
+            args += [b"%d" % (base + cost), fx.limit_b,
+                     b"%d" % ((left + 999) // 1000 + self._slack),
                      SMALL[cost] if cost < 64 else b"%d" % cost]
         return fx, args, left, charged
 

@@ -11,17 +11,17 @@
 -- P{k}:w:<alg.id>): state is the new value when the window is new, true when the charge
 -- adds to it.
 --#include floordiv q=win a=now b=p
-local m = (win % 524288) * 17179869184 + limit  -- base + limit
+local base = (win % 524288) * 8589934592
 local v = call('GET', aux)
 local count, back = 0, false
 if v then
-  count = (tonumber(v) or -1) - m  -- (not a number: not a state of ours)
-  if count < 0 or count >= 17179869184 then
+  count = (tonumber(v) or -1) - base  -- (not a number: not a state of ours)
+  if count < 0 or count >= 8589934592 then
     -- another window's; a later one (less than 2^18 windows ahead, mod 2^19) when the clock
     -- stepped back: its count carries into now's window, stored by a charge or a refusal
-    local ahead = floor(count / 17179869184) % 524288
+    local ahead = floor(count / 8589934592) % 524288
     if tonumber(v) and ahead > 0 and ahead < 262144 then
-      count, back = count % 17179869184, true
+      count, back = count % 8589934592, true
     else
       count = 0
     end
@@ -33,7 +33,7 @@ if count + cost <= limit then
   if count + cost > 0 then reset = left end
   if cost > 0 then
     state, ttl = true, left
-    if count == 0 or back then state = format('%.0f', m + count + cost) end
+    if count == 0 or back then state = format('%.0f', base + count + cost) end
   end
 else
   retry = left
@@ -41,6 +41,6 @@ else
   if count > 0 then reset = left end
   if count < limit then rem = limit - count end
   if back and cost > 0 and cost <= limit then  -- (fixed_window.lua is sent no other)
-    state, ttl = format('%.0f', m + count), left
+    state, ttl = format('%.0f', base + count), left
   end
 end
