@@ -9,7 +9,7 @@ CPU test starts its own redis-server on a spare port)::
     python -m pytest benchmarks/bench_redis.py --benchmark-enable --benchmark-only \
         --benchmark-group-by=group
 
-    python -m pytest benchmarks/bench_redis.py -k cpu --benchmark-enable --benchmark-only -s
+    python -m pytest benchmarks/bench_redis.py -o addopts="" -s -k cpu
 
 Ratios, not absolute times, are what matter: every group has its baseline in the same run.
 On a busy machine, ``test_interleaved_ratios`` is the steadier figure: it alternates short
