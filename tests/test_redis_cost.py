@@ -1,7 +1,8 @@
 """What the Redis backend sends per check, on a redis-server of our own (``INFO
 commandstats`` counts the commands a script runs inside the server too): nothing for features
-that are not in use, no ``TIME`` on the caller's clock, one ``HINCRBY`` for an allowed
-fixed-window check, and how soon a block made by another process is looked up."""
+that are not in use, no ``TIME`` on the caller's clock, one ``INCR`` for an allowed
+fixed-window check of cost 1 (and one ``EXISTS`` of its block keys in the same script through the
+middleware, by default), and how soon a block made by another process is looked up."""
 
 from __future__ import annotations
 
@@ -43,10 +44,10 @@ def _app(environ: Any, start_response: Any) -> list[bytes]:
     return [b"ok"]
 
 
-def test_one_throttle_without_a_blocklist_sends_one_hincrby(server: RedisServer) -> None:
+def test_one_throttle_without_a_blocklist_sends_one_incr(server: RedisServer) -> None:
     """Through the middleware, one fixed-window throttle, an empty dynamic blocklist and
     ``blocks_fresh`` set (opt-in, for where the watch is off): each request is one EVALSHA
-    running one HINCRBY (the blocklist is not read per request, and no TIME); the
+    running one INCR (the blocklist is not read per request, and no TIME); the
     blocklist's index is asked about once, then not for blocks_fresh seconds."""
     from werkzeug.test import Client
 
@@ -62,10 +63,43 @@ def test_one_throttle_without_a_blocklist_sends_one_hincrby(server: RedisServer)
     assert [client.get("/", environ_base=env).status_code for _ in range(20)] == [200] * 20
     calls = _calls(server)
     assert calls.pop("evalsha") == 20
-    assert calls.pop("hincrby") == 20
+    assert calls.pop("incr") == 20
     assert calls.pop("exists", 0) == 0  # (asked by the first request)
     assert calls == {}, calls  # no GET of a block key, no TIME, no PEXPIRE
     s.close()
+
+
+def test_by_default_a_request_is_one_script_with_one_exists(server: RedisServer) -> None:
+    """By default (no watch, no blocks_fresh), through the middleware with one fixed-window
+    throttle: each request is one EVALSHA running one EXISTS of its block keys and one
+    INCR (no batch script, no GET of each block key, no TIME); a block made by another
+    process holds from the next request, and its entry comes back with its reason."""
+    from werkzeug.test import Client
+
+    s = storage_from_url(server.url, prefix="dflt1:")
+    other = storage_from_url(server.url, prefix="dflt1:")
+    limiter = Limiter(s)
+    limiter.throttle("per-ip", "1000/hour", strategy="fixed_window")
+    client = Client(WSGIMiddleware(_app, limiter))
+    env = {"REMOTE_ADDR": "192.0.2.7"}
+    assert client.get("/", environ_base=env).status_code == 200  # loads the script
+    server.command("CONFIG", "RESETSTAT")
+    assert [client.get("/", environ_base=env).status_code for _ in range(20)] == [200] * 20
+    calls = _calls(server)
+    assert calls.pop("evalsha") == 20
+    assert calls.pop("exists") == 20
+    assert calls.pop("incr") == 20
+    assert calls == {}, calls
+    other.block("192.0.2.7", 60, "ban")
+    assert client.get("/", environ_base=env).status_code == 403
+    alg = make_algorithm("fixed_window", Rate(1000, 3600))
+    found = s.apply([Check(alg, "k")], block_keys=["192.0.2.7"]).blocked[0]
+    assert found is not None and found.reason == "ban"
+    assert s.apply([Check(alg, "k", 0)], consume=False).decisions[0].remaining == 1000
+    other.unblock("192.0.2.7")
+    assert client.get("/", environ_base=env).status_code == 200
+    s.close()
+    other.close()
 
 
 @pytest.mark.parametrize("strategy", STRATEGIES)
@@ -143,10 +177,10 @@ def test_an_empty_blocklist_answers_block_keys_without_a_call(server: RedisServe
     a.close()
 
 
-def test_a_fixed_window_keeps_one_field_per_rate(server: RedisServer) -> None:
-    """A fixed window's count lives in one field of the key's hash whatever the windows
-    skipped, so a hash kept alive by a longer rate never piles up old windows; a field of an
-    older layout (``"window count"``) is overwritten, not an error."""
+def test_a_fixed_window_keeps_one_key_per_rate(server: RedisServer) -> None:
+    """A fixed window's count lives in one string key per rate whatever the windows skipped
+    (nothing piles up); a count in the key's hash from an older version is not read (that
+    key starts afresh) and expires by itself."""
     import redis
 
     s = storage_from_url(server.url, prefix="fw1:")
@@ -159,8 +193,12 @@ def test_a_fixed_window_keeps_one_field_per_rate(server: RedisServer) -> None:
                 for _ in range(3)] == [True, True, False]
         assert s.apply([Check(long, "k")], now=now).decisions[0].allowed
     raw = redis.Redis.from_url(server.url, decode_responses=True)
-    assert raw.hlen(s.family("k")) == 2
-    raw.hset(s.family("old"), short.id, "850000000 2")
+    h = s.family("k")
+    assert sorted(raw.scan_iter(match=f"{h}*")) == sorted(
+        [f"{h}:w:{short.id}", f"{h}:w:{long.id}"])
+    old = s.family("old")
+    raw.hset(old, short.id, str((t0 // 1_000_000 % (1 << 19)) << 33 | 2))  # full, if read
+    raw.pexpire(old, 5000)
     assert s.apply([Check(short, "old")], now=t0).decisions[0].remaining == 1
     raw.close()
     s.close()
@@ -191,7 +229,7 @@ def _until_looked_up(s: RedisStorage, timeout: float = 2.0) -> float:
 def test_the_watch_sends_nothing_for_an_empty_blocklist(server: RedisServer) -> None:
     """With the watch (``watch_blocks=True``), through the middleware with one fixed-window throttle
     and an empty dynamic blocklist: once the watch is live, each request is one EVALSHA
-    running one HINCRBY, with no blocks_fresh to set; nothing else is sent."""
+    running one INCR, with no blocks_fresh to set; nothing else is sent."""
     from werkzeug.test import Client
 
     s = storage_from_url(server.url, prefix="watch1:", watch_blocks=True)
@@ -207,7 +245,7 @@ def test_the_watch_sends_nothing_for_an_empty_blocklist(server: RedisServer) -> 
     assert [client.get("/", environ_base=env).status_code for _ in range(20)] == [200] * 20
     calls = _calls(server)
     assert calls.pop("evalsha") == 20
-    assert calls.pop("hincrby") == 20
+    assert calls.pop("incr") == 20
     calls.pop("ping", None)  # (the watch's, once a second)
     assert calls == {}, calls  # no EXISTS, no GET of a block key
     s.close()
@@ -329,3 +367,42 @@ def test_a_forked_child_runs_its_own_watch(server: RedisServer) -> None:
     assert os.waitstatus_to_exitcode(status) == 0
     assert s._watch is not None and s._watch.live and s._lookups() is False
     s.close()
+
+
+@pytest.mark.parametrize("way", ["sync", "async"])
+def test_a_lone_fixed_window_finds_a_block_made_elsewhere(server: RedisServer, way: str) -> None:
+    """A fixed-window check with block keys (the default middleware request) looks them up
+    in its own script: a block made by another process holds from the next check and charges
+    nothing; an entry past its expiry but not yet gone (the TTL's slack) blocks nobody and
+    the check is charged; sync and async alike."""
+    import asyncio
+    import time
+
+    alg = make_algorithm("fixed_window", Rate(100, 60))
+    a = storage_from_url(server.url, prefix=f"lone-{way}:")
+    b = storage_from_url(server.url, prefix=f"lone-{way}:")
+
+    async def apply(key: str, block_keys: list[str]) -> Any:
+        if way == "sync":
+            return a.apply([Check(alg, key)], block_keys=block_keys)
+        return await a.aapply([Check(alg, key)], block_keys=block_keys)
+
+    async def go() -> None:
+        assert (await apply("rule:ip", ["ip"])).decisions[0].remaining == 99
+        b.block("ip", 60, "ban")
+        r = await apply("rule:ip", ["other", "ip"])
+        assert r.blocked[0] is None and r.blocked[1] is not None
+        assert r.blocked[1].reason == "ban"
+        b.unblock("ip")
+        r = await apply("rule:ip", ["ip"])
+        assert r.blocked == [None] and r.decisions[0].remaining == 98  # blocked: no charge
+        b.block("ip", 0.05, "short")
+        time.sleep(0.1)  # expired; its key lives on for ttl_slack
+        r = await apply("rule:ip", ["ip"])
+        assert r.blocked == [None] and r.decisions[0].remaining == 97
+        if way == "async":
+            await a.aclose()  # type: ignore[attr-defined]
+
+    asyncio.run(go())
+    a.close()
+    b.close()

@@ -137,9 +137,11 @@ def bulk(value: bytes) -> bytes:
 
 class Fixed:
     """``fixed_window.lua`` bound to one fixed-window algorithm: its arguments that never
-    change, encoded once, and the packed command's head (see ``RedisStorage._fixed``)."""
+    change, encoded once, and the packed command's head (see ``RedisStorage._fixed``);
+    ``due``: when (microseconds) its id is to be registered again (see ``register.lua``)."""
 
-    __slots__ = ("alg", "head", "id", "id_b", "limit", "limit_b", "p", "script", "sha")
+    __slots__ = ("alg", "due", "heads", "id", "limit", "limit_b", "p", "script", "sha",
+                 "suffix", "suffix_b")
 
     def __init__(self, alg: Algorithm, encoding: tuple[str, str]) -> None:
         self.alg = alg
@@ -147,11 +149,20 @@ class Fixed:
         self.sha = self.script.sha.encode()
         self.p = alg.period_us
         self.limit = alg.limit
-        self.id = alg.id
-        self.id_b = alg.id.encode(*encoding)
         self.limit_b = str(alg.limit).encode()
-        # EVALSHA sha 1 H id cost limit base ttl
-        self.head = b"*9\r\n$7\r\nEVALSHA\r\n%b$1\r\n1\r\n" % bulk(self.sha)
+        self.id = alg.id
+        self.suffix = f":w:{alg.id}"  # the window's string key: the family's name + this
+        self.suffix_b = self.suffix.encode(*encoding)
+        self.due = 0
+        #: (number of keys, of arguments after the sha) -> the packed command's head
+        self.heads: dict[tuple[int, int], bytes] = {}
+
+    def head(self, nkeys: int, nargs: int) -> bytes:
+        """The head of a packed ``EVALSHA sha nkeys ...`` with ``nargs`` arguments after
+        the sha (kept for the next call)."""
+        h = self.heads[nkeys, nargs] = b"*%d\r\n$7\r\nEVALSHA\r\n%b%b" % (
+            nargs + 2, bulk(self.sha), bulk(b"%d" % nkeys))
+        return h
 
 
 def fixed_decision(alg: Algorithm, r: int, cost: int, left: int, charged: bool) -> Decision:

@@ -3,14 +3,18 @@ case) runs its strategy's own small script instead of the generic batch script. 
 plain client (built from a URL) the command is packed here, most of it once per algorithm,
 and sent on a pooled connection without redis-py's per-command layers.
 
-A fixed window on the caller's clock runs ``fixed_window.lua``: the window and its TTL are
-computed here, the script only counts (one ``HINCRBY`` when it allows), and the Decision is
-made here from the count it returns.
+A fixed window on the caller's clock runs ``fixed_window.lua``, with or without the
+request's block keys: the window and its TTL are computed here, the script only counts (one
+``INCRBY`` of the window's string key when it allows; one ``EXISTS`` more for block keys),
+and the Decision is made here from the count it returns. The ids of the fixed windows in use
+are registered (``register.lua``, once an hour per id and process: one more round trip then)
+so that ``reset`` finds their keys without ``KEYS``/``SCAN``.
 """
 
 from __future__ import annotations
 
 import time
+from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 from ..._algorithms import Algorithm
@@ -33,8 +37,9 @@ __all__ = ["MISSING", "SingleChecks", "failed"]
 
 _MAX_ONES = 4096  # bound of the per-algorithm argument caches
 MISSING = object()  # the server does not know the script (NOSCRIPT)
-_WINDOWS = 1 << 19  # a fixed window's field holds (window mod this) << 33 | count
+_WINDOWS = 1 << 19  # a fixed window's key holds (window mod this) << 33 | count
 _LEAN = frozenset({"token_bucket", "sliding_window"})  # their *_at.lua scripts
+_REGISTER_EVERY = 3600_000_000  # a fixed window's id is registered once an hour (us)
 
 
 def _send_read(conn: Any, cmd: bytes) -> Any:
@@ -61,11 +66,24 @@ class SingleChecks:
     _reconnect_check: bool
     _errors: tuple[type[BaseException], ...]
     _noscript: type[BaseException]
+    _register: Script
+    _registry: str
+    _registered: dict[str, int]  # fixed-window id -> when it is due again (microseconds)
 
     if TYPE_CHECKING:  # the storage's own (a stub here would shadow them)
         def family(self, key: str) -> str: ...
 
         def sync_client(self) -> Any: ...
+
+        def _eval(self, script: Script, keys: Sequence[str], args: Sequence[Any]) -> Any: ...
+
+        async def _aeval(
+            self, script: Script, keys: Sequence[str], args: Sequence[Any]
+        ) -> Any: ...
+
+        async def _aeval_one(
+            self, client: Any, script: Script, sha: bytes, args: list[Any]
+        ) -> Any: ...
 
     def _one(self, check: Check, consume: bool, now: int | None) -> tuple[One, list[Any]]:
         """The specialised script and the EVALSHA arguments after the sha of one check
@@ -161,49 +179,121 @@ class SingleChecks:
                 conn.disconnect()
             pool.release(conn)
 
-    def _fixed_args(
-        self, check: Check, consume: bool, now: int
-    ) -> tuple[Fixed, list[Any], int, bool]:
-        """``fixed_window.lua``'s arguments for one check at ``now`` (the caller's clock):
-        the script, its EVALSHA arguments after the sha, the microseconds left in the window
-        and whether the script charges (else it only reads the count)."""
-        alg = check.algorithm
+    def _fixed_of(self, alg: Algorithm) -> Fixed:
         fx = self._fixeds.get(alg)
         if fx is None:
             fx = Fixed(alg, self._encoding or ("utf-8", "strict"))
             if len(self._fixeds) >= _MAX_ONES:
                 self._fixeds.clear()
             self._fixeds[alg] = fx
+        return fx
+
+    def _fixed_args(
+        self, check: Check, consume: bool, now: int, block_keys: Sequence[str] = ()
+    ) -> tuple[Fixed, list[Any], int, bool]:
+        """``fixed_window.lua``'s arguments for one check at ``now`` (the caller's clock)
+        and the request's ``block_keys``: the script, its EVALSHA arguments after the sha,
+        the microseconds left in the window and whether the script charges (else it only
+        reads the count)."""
+        fx = self._fixeds.get(check.algorithm)
+        if fx is None:
+            fx = self._fixed_of(check.algorithm)
         p = fx.p
         win = now // p
         left = (win + 1) * p - now
         cost = check.cost
         charged = consume and not check.probe and 0 < cost <= fx.limit
         base = (win % _WINDOWS) << 33  # see fixed_window.lua
-        args: list[Any] = [
-            1, self.family(check.key), fx.id_b,
-            (SMALL[cost] if cost < 64 else b"%d" % cost) if charged else b"-1",
-            fx.limit_b, b"%d" % base,
-            b"%d" % ((left + 999) // 1000 + self._slack) if charged else b"0",
-        ]
+        args: list[Any] = [1, self.family(check.key) + fx.suffix]
+        if block_keys:
+            args[0] += len(block_keys)
+            args += [f"{self.family(k)}:b" for k in block_keys]
+        if not charged:
+            args += [b"%d" % base, b"r"]
+        elif cost == 1:  # (INCR: one argument less)
+            args += [b"%d" % (base + 1), fx.limit_b, b"%d" % ((left + 999) // 1000 + self._slack)]
+        else:
+            args += [b"%d" % (base + cost), fx.limit_b,
+                     b"%d" % ((left + 999) // 1000 + self._slack),
+                     SMALL[cost] if cost < 64 else b"%d" % cost]
         return fx, args, left, charged
 
-    def _fixed(self, check: Check, consume: bool, now: int) -> Decision:
+    def _fixed(
+        self, check: Check, consume: bool, now: int, block_keys: Sequence[str] = ()
+    ) -> Decision | None:
         """One fixed-window check on the caller's clock: ``fixed_window.lua``, whose answer
-        is a count (see the script); the Decision is computed here."""
-        fx, args, left, charged = self._fixed_args(check, consume, now)
+        is a count (see the script); the Decision is computed here. None (nothing charged)
+        when one of ``block_keys`` has an entry: the batch script reads it."""
+        fx, args, left, charged = self._fixed_args(check, consume, now, block_keys)
+        t = time.time_ns() // 1000
+        if t >= fx.due and self._due(fx, t):
+            self._eval(self._register, [self._registry], self._registration([fx], t))
         if self._pool is not None:
             enc = self._encoding
             assert enc is not None
+            n = args[0]
+            head = fx.heads.get((n, len(args)))
+            if head is None:
+                head = fx.head(n, len(args))
             cmd = b"%b%b%b" % (
-                fx.head, bulk(args[1].encode(*enc)), b"".join([bulk(a) for a in args[2:]])
+                head, b"".join([bulk(k.encode(*enc)) for k in args[1 : n + 1]]),
+                b"".join([bulk(a) for a in args[n + 1 :]]),
             )
             raw = self._direct(cmd)
             if raw is MISSING:
                 raw = self._eval_one(fx.script, fx.sha, args)
         else:
             raw = self._eval_one(fx.script, fx.sha, args)
+        if raw is None:
+            return None
         return fixed_decision(check.algorithm, int(raw), check.cost, left, charged)
+
+    async def _afixed(
+        self, client: Any, check: Check, consume: bool, now: int, block_keys: Sequence[str]
+    ) -> Decision | None:
+        """Async twin of :meth:`_fixed` (on the async client)."""
+        fx, args, left, charged = self._fixed_args(check, consume, now, block_keys)
+        t = time.time_ns() // 1000
+        if t >= fx.due and self._due(fx, t):
+            await self._aeval(self._register, [self._registry], self._registration([fx], t))
+        raw = await self._aeval_one(client, fx.script, fx.sha, args)
+        if raw is None:
+            return None
+        return fixed_decision(check.algorithm, int(raw), check.cost, left, charged)
+
+    def _registration(self, fixeds: Sequence[Fixed], t: int) -> list[Any]:
+        """``register.lua``'s arguments for the ids of ``fixeds`` at ``t`` (this host's
+        time, microseconds: the registry outlives keys in real time, whatever clock the
+        checks run on), each due again ``_REGISTER_EVERY`` later: scored by when a window
+        written before then may expire at the latest (a period, or a calendar window's
+        time left, after that; its TTL's slack; a minute for other hosts' clocks)."""
+        args: list[Any] = [t // 1000]
+        for fx in fixeds:
+            fx.due = self._registered[fx.id] = t + _REGISTER_EVERY
+            p = fx.p  # (a calendar window's: its end since the epoch)
+            life = p if p <= t else p - t
+            args += ((t + _REGISTER_EVERY + life) // 1000 + self._slack + 60_000, fx.id)
+        return args
+
+    def _due(self, fx: Fixed, t: int) -> bool:
+        """Whether ``fx``'s id is to be registered at ``t`` (another algorithm of the same
+        id may have registered it)."""
+        if len(self._registered) >= _MAX_ONES:
+            self._registered.clear()
+        fx.due = self._registered.get(fx.id, 0)
+        return t >= fx.due
+
+    def _unregistered(self, checks: Sequence[Check]) -> list[Any] | None:
+        """``register.lua``'s arguments for the fixed windows among ``checks`` whose ids
+        are due (see :meth:`_registration`); None when none is."""
+        due = None
+        t = time.time_ns() // 1000
+        for c in checks:
+            if c.algorithm.name == "fixed_window":
+                fx = self._fixed_of(c.algorithm)
+                if t >= fx.due and self._due(fx, t):
+                    due = [fx] if due is None else [*due, fx]
+        return None if due is None else self._registration(due, t)
 
     def _eval_one(self, script: Script, sha: bytes, args: list[Any]) -> Any:
         client = self._client

@@ -8,14 +8,17 @@ microseconds, so Redis and the memory backend give the same Decisions.
 Key layout, for a prefix ``P`` and a storage key ``k`` (``{``, ``}`` and ``%`` in ``k`` are
 percent-escaped, so the hash tag is ``k`` itself and distinct keys never collide):
 
-* ``P{k}`` — a hash, one field per algorithm (``alg.id``) holding its state;
+* ``P{k}`` — a hash, one field per algorithm (``alg.id``) holding its state (a fixed
+  window's: see below);
 * ``P{k}:l:<alg.id>`` — a sliding log's list of ``"time cost"`` entries;
+* ``P{k}:w:<alg.id>`` — a fixed window's count (``fixed_window.lua``);
 * ``P{k}:b`` — the dynamic blocklist entry of ``k``;
 * ``P{k}:q`` — the concurrency leases of ``k`` (see ``lua/lease.lua``);
 * a field ``<escalation id>`` of ``P{k}`` — the chain of bans of ``k`` ("level until", see
   ``lua/escalate.lua``);
 * ``P{%b}:e`` / ``P{%b}:r`` — the blocklist index (zset by expiry, hash of reasons);
-* ``P{%g}`` — the generation of admin changes.
+* ``P{%g}`` — the generation of admin changes;
+* ``P{%w}`` — the fixed-window ids in use (``register.lua``): ``reset`` deletes their keys.
 
 All state of one key lives in one Cluster slot, ``reset`` deletes a family without
 ``KEYS``/``SCAN``, and every key has a TTL no longer than its state needs.
@@ -33,7 +36,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Generator, Sequence
+from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from ..._algorithms import Algorithm
@@ -41,6 +44,7 @@ from ..._decision import Decision
 from ..._errors import ConfigError, StorageError
 from ..base import BatchResult, Block, Check, Storage, at_instant
 from ._client import Clients, is_cluster, redis_module
+from ._leases import Calls, LeaseCalls
 from ._scripts import (
     INF,
     SAFE,
@@ -50,7 +54,6 @@ from ._scripts import (
     batch_result,
     block_list,
     decision,
-    fixed_decision,
     lean_decision,
     named,
     script,
@@ -63,15 +66,13 @@ from ._watch import BlockLookups, BlockWatch
 if TYPE_CHECKING:
     from ..._escalation import Escalation
 
-__all__ = ["RedisStorage"]
+__all__ = ["Calls", "RedisStorage"]
 
 _CLUSTER_CLASS: list[type[RedisStorage]] = []  # the storage of Cluster clients (see cluster.py)
 _R = TypeVar("_R")
-#: the script calls of one operation: yields (keys, args), is sent each answer
-Calls = Generator[tuple[Sequence[str], Sequence[Any]], Any, _R]
 
 
-class RedisStorage(BlockLookups, SingleChecks, Clients, Storage):
+class RedisStorage(BlockLookups, SingleChecks, LeaseCalls, Clients, Storage):
     """Storage on Redis: standalone, Cluster (``RedisCluster``) or a Sentinel master.
 
     Args:
@@ -104,6 +105,9 @@ class RedisStorage(BlockLookups, SingleChecks, Clients, Storage):
     remote = True
     shared = True
     supports_leases = True
+    #: a lone fixed-window check looks the request's block keys up in its own script (not
+    #: on a Cluster, where they live in other slots)
+    _inline_blocks = True
 
     def __init_subclass__(cls, *, cluster: bool = False, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
@@ -157,6 +161,9 @@ class RedisStorage(BlockLookups, SingleChecks, Clients, Storage):
         self._block = script("block")
         self._blocks = script("blocks")
         self._reset = script("reset")
+        self._register = script("register")
+        self._registry = f"{prefix}{{%w}}"
+        self._registered: dict[str, int] = {}  # see _single.py
         self._lease = script("lease")
         self._escalate = script("escalate")
         self._index = (f"{prefix}{{%b}}:e", f"{prefix}{{%b}}:r")
@@ -205,6 +212,8 @@ class RedisStorage(BlockLookups, SingleChecks, Clients, Storage):
             h = family(c.key)
             if kind == "sl":
                 keys += (h, f"{h}:l:{alg.id}")
+            elif kind == "fw":
+                keys += (h, f"{h}:w:{alg.id}")
             else:
                 keys += (h, h)
             args += (kind, alg.id, alg.limit, alg.period_us, alg.capacity,
@@ -241,39 +250,6 @@ class RedisStorage(BlockLookups, SingleChecks, Clients, Storage):
         """The families of ``keys``, in groups that one script may touch together."""
         families = [self.family(k) for k in keys]
         return [families] if families else []
-
-    def _lease_groups(self, keys: Sequence[str]) -> list[list[int]]:
-        """The indexes of lease ``keys``, in groups that one script may take together."""
-        return [list(range(len(keys)))]
-
-    def _leases(self, keys: Sequence[str], limits: Sequence[int], lease_id: str,
-                timeout: float, now: int | None) -> Calls[int]:
-        """The lease-script calls of ``acquire``: groups are taken in turn, and the ones
-        taken released again when a later one is full."""
-        taken: list[str] = []
-        for group in self._lease_groups(keys):
-            rkeys, args = self._lease_args([keys[i] for i in group], [limits[i] for i in group],
-                                           lease_id, timeout, now)
-            failed = int((yield rkeys, args))
-            if failed:
-                if taken:
-                    yield from self._releases(taken, lease_id)
-                return group[failed - 1]
-            taken += [keys[i] for i in group]
-        return -1
-
-    def _releases(self, keys: Sequence[str], lease_id: str) -> Calls[None]:
-        for group in self._lease_groups(keys):
-            yield [f"{self.family(keys[i])}:q" for i in group], ["release", "", lease_id]
-
-    def _lease_args(self, keys: Sequence[str], limits: Sequence[int], lease_id: str,
-                    timeout: float, now: int | None) -> tuple[list[str], list[Any]]:
-        if now is None and self.clock == "client":
-            now = int(time.time() * 1_000_000)
-        slack = self._slack_ms if now is not None else "1000"
-        args: list[Any] = ["acquire", "" if now is None else str(now), lease_id,
-                           str(round(timeout * 1_000_000)), slack, *limits]
-        return [f"{self.family(k)}:q" for k in keys], args
 
     def _block_args(
         self, key: str, ttl: float | None, reason: str, now: int | None
@@ -337,11 +313,11 @@ class RedisStorage(BlockLookups, SingleChecks, Clients, Storage):
                     checks, consume=consume, now=now)
                 result.blocked[:] = [None] * len(block_keys)
                 return result
-        if len(checks) == 1 and not block_keys:  # the common case: one specialised script
+        if len(checks) == 1:  # the common case: one specialised script
             c = checks[0]
             if now is None and self.clock == "client":
                 now = int(time.time() * 1_000_000)
-            if self._one_script(c.algorithm):
+            if not block_keys and self._one_script(c.algorithm):
                 if self._pool is not None:
                     one, raw = self._direct_one(c, consume, now)
                 else:
@@ -351,8 +327,15 @@ class RedisStorage(BlockLookups, SingleChecks, Clients, Storage):
                     assert now is not None
                     return BatchResult([lean_decision(c.algorithm, raw, now, c.cost)], [])
                 return BatchResult([decision(c.algorithm, raw)], [])
-            if now is not None and c.algorithm.name == "fixed_window":  # (else: the batch)
-                return BatchResult([self._fixed(c, consume, now)], [])
+            if now is not None and c.algorithm.name == "fixed_window" and (
+                self._inline_blocks or not block_keys
+            ):  # (else: the batch; so too when a block key has an entry)
+                d = self._fixed(c, consume, now, block_keys)
+                if d is not None:
+                    return BatchResult([d], [None] * len(block_keys))
+        reg = self._unregistered(checks)
+        if reg is not None:
+            self._eval(self._register, [self._registry], reg)
         return self._run(self._batch, self._batches(checks, consume, now, block_keys))
 
     def hit(self, algorithm: Algorithm, key: str, cost: int, now: int | None) -> Decision:
@@ -361,8 +344,9 @@ class RedisStorage(BlockLookups, SingleChecks, Clients, Storage):
     def reset(self, keys: Sequence[str]) -> None:
         if self._client is None:
             self.sync_client()
+        ids = self._sync_call("ZRANGEBYSCORE", self._registry, time.time_ns() // 10**6, "+inf")
         for group in self._key_groups(keys):
-            self._eval(self._reset, group, ())
+            self._eval(self._reset, group, ids)
 
     def block(self, key: str, ttl: float | None, reason: str = "", now: int | None = None) -> None:
         self._saw_blocks(True)
@@ -479,23 +463,26 @@ class RedisStorage(BlockLookups, SingleChecks, Clients, Storage):
                     checks, consume=consume, now=now)
                 result.blocked[:] = [None] * len(block_keys)
                 return result
-        if len(checks) == 1 and not block_keys:  # the common case: one specialised script
+        if len(checks) == 1:  # the common case: one specialised script
             c = checks[0]
             if now is None and self.clock == "client":
                 now = int(time.time() * 1_000_000)
-            if self._one_script(c.algorithm):
+            if not block_keys and self._one_script(c.algorithm):
                 one, args = self._one(c, consume, now)
                 raw = await self._aeval_one(client, one.script, one.sha, args)
                 if one.lean:
                     assert now is not None
                     return BatchResult([lean_decision(c.algorithm, raw, now, c.cost)], [])
                 return BatchResult([decision(c.algorithm, raw)], [])
-            if now is not None and c.algorithm.name == "fixed_window":  # (else: the batch)
-                fx, fargs, left, charged = self._fixed_args(c, consume, now)
-                raw = await self._aeval_one(client, fx.script, fx.sha, fargs)
-                return BatchResult(
-                    [fixed_decision(c.algorithm, int(raw), c.cost, left, charged)], []
-                )
+            if now is not None and c.algorithm.name == "fixed_window" and (
+                self._inline_blocks or not block_keys
+            ):  # (else: the batch; so too when a block key has an entry)
+                d = await self._afixed(client, c, consume, now, block_keys)
+                if d is not None:
+                    return BatchResult([d], [None] * len(block_keys))
+        reg = self._unregistered(checks)
+        if reg is not None:
+            await self._aeval(self._register, [self._registry], reg)
         return await self._arun(self._batch, self._batches(checks, consume, now, block_keys))
 
     async def ahit(self, algorithm: Algorithm, key: str, cost: int, now: int | None) -> Decision:
@@ -505,8 +492,10 @@ class RedisStorage(BlockLookups, SingleChecks, Clients, Storage):
         if self._async() is None:
             await asyncio.to_thread(self.reset, keys)
             return
+        ids = await self._acall("ZRANGEBYSCORE", self._registry, time.time_ns() // 10**6,
+                                "+inf")
         for group in self._key_groups(keys):
-            await self._aeval(self._reset, group, ())
+            await self._aeval(self._reset, group, ids)
 
     async def ablock(
         self, key: str, ttl: float | None, reason: str = "", now: int | None = None

@@ -29,6 +29,7 @@ class RedisClusterStorage(RedisStorage, cluster=True):
     looked up per request, or per ``blocks_fresh``."""
 
     _can_watch = False
+    _inline_blocks = False  # (block keys live in other slots: the batch script's, grouped)
 
     def __init__(self, client: Any = None, **kwargs: Any) -> None:
         super().__init__(client, **kwargs)

@@ -1,19 +1,21 @@
 -- Each strategy is a block of statements that batch.lua and the strategy's own script paste
 -- in place (no function is defined or called per check: scripts run on every request).
--- In scope: now, slack, H (the key family hash), aux (the sliding log's list, else H),
--- field, limit, p (the period in microseconds), cap (the token bucket's capacity), cost,
--- and locals allowed, rem, reset, retry, state, ttl, known set to 0, 0, 0, 0, false, 0,
--- false. The block sets allowed (1/0), remaining, reset_us, retry_us (-1 = never) and, when
--- it allows a positive cost, state (what the charge writes, true for the sliding log), ttl
--- (the state's lifetime, microseconds) and known (the field's old value: H exists).
--- The fixed window (see fixed_window.lua for its layout): state is the field's new value
--- when the window is new, true when the charge adds to it (known: the field exists).
+-- In scope: now, slack, H (the key family hash), aux (the sliding log's list or the fixed
+-- window's string key, else H), field, limit, p (the period in microseconds), cap (the
+-- token bucket's capacity), cost, and locals allowed, rem, reset, retry, state, ttl, known
+-- set to 0, 0, 0, 0, false, 0, false. The block sets allowed (1/0), remaining, reset_us,
+-- retry_us (-1 = never) and, when it allows a positive cost, state (what the charge writes,
+-- true for the sliding log), ttl (the state's lifetime, microseconds) and known (the
+-- field's old value: H exists).
+-- The fixed window (see fixed_window.lua for its layout: aux is its string key
+-- P{k}:w:<alg.id>): state is the new value when the window is new, true when the charge
+-- adds to it.
 --#include floordiv q=win a=now b=p
 local base = (win % 524288) * 8589934592
-local v = call('HGET', H, field)
+local v = call('GET', aux)
 local count, back = 0, false
 if v then
-  count = (tonumber(v) or -1) - base  -- (not a number: a state of an older layout)
+  count = (tonumber(v) or -1) - base  -- (not a number: not a state of ours)
   if count < 0 or count >= 8589934592 then
     -- another window's; a later one (less than 2^18 windows ahead, mod 2^19) when the clock
     -- stepped back: its count carries into now's window, stored by a charge or a refusal
@@ -30,7 +32,7 @@ if count + cost <= limit then
   allowed, rem = 1, limit - count - cost
   if count + cost > 0 then reset = left end
   if cost > 0 then
-    state, ttl, known = true, left, v
+    state, ttl = true, left
     if count == 0 or back then state = format('%.0f', base + count + cost) end
   end
 else
@@ -39,6 +41,6 @@ else
   if count > 0 then reset = left end
   if count < limit then rem = limit - count end
   if back and cost > 0 and cost <= limit then  -- (fixed_window.lua is sent no other)
-    state, ttl, known = format('%.0f', base + count), left, v
+    state, ttl = format('%.0f', base + count), left
   end
 end

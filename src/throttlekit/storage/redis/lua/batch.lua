@@ -1,8 +1,9 @@
 -- throttlekit: decide (and charge) a batch of rate-limit checks, and look up blocklist keys.
 -- Mirrors src/throttlekit/_algorithms.py exactly, in integer microseconds (values < 2^53).
 --
--- KEYS: per check, the key family hash H and an auxiliary key (the sliding log's list, or
---       H again); then one blocklist entry key per looked-up block key.
+-- KEYS: per check, the key family hash H and an auxiliary key (the sliding log's list, a
+--       fixed window's string key, else H again); then one blocklist entry key per
+--       looked-up block key.
 -- ARGV: now ('' = server TIME), consume (1/0), n checks, n block keys, ttl slack (ms, used
 --       only with a client-given now); then per check: kind (fw/sw/tb/tg/sl), field, limit,
 --       period_us, capacity, cost, flags (1: independent, 2: probe — decided, never charged).
