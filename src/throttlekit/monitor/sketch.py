@@ -171,20 +171,22 @@ class WindowedTopK:
         del pending[:len(batch)]
         cur, weight = self._cur, self.weight
         counts = cur.counts
-        if not cur.floor and len(counts) + len(batch) <= cur.limit:
-            # no cut, floor 0: a new key starts at its count
-            if weight == 1:
+        if not cur.floor:  # floor 0: a new key starts at its count
+            room = cur.limit - len(counts)  # new keys that can come without a cut
+            if weight == 1 and len(batch) <= room:
                 _count_elements(counts, batch)
-            else:
-                seen: dict[Hashable, int] = {}
-                _count_elements(seen, batch)
+                cur.total += len(batch)
+                return
+            seen: dict[Hashable, int] = {}
+            _count_elements(seen, batch)
+            if len(seen) <= room:
                 get = counts.get
                 for key, c in seen.items():
                     counts[key] = get(key, 0) + c * weight
-            cur.total += len(batch) * weight
-        else:
-            for key in batch:
-                cur.add(key, weight)
+                cur.total += len(batch) * weight
+                return
+        for key in batch:
+            cur.add(key, weight)
 
     def add(self, key: Hashable, now: float, n: int = 1) -> None:
         """Count ``n`` occurrences of ``key`` at time ``now`` (seconds)."""
