@@ -188,3 +188,16 @@ def test_monitor_per_event(target):
     )
     for k, value in share.items():
         target.at_most(f"{k} per event / throttle overhead", value, round(TARGET - 1, 2))
+
+
+if __name__ == "__main__":
+    # Instruction counts and simulated cache misses, without the noise of a loaded machine:
+    # only the requests inside reduce count (the set-up and the 3,000 warm-up requests not).
+    #   PYTHONHASHSEED=0 valgrind --tool=callgrind --cache-sim=yes --collect-atstart=no \
+    #       --toggle-collect='*functools_reduce*' python benchmarks/bench_monitor.py KIND N
+    # KIND: one of VARIANTS; callgrind_annotate's totals divided by N.
+    import functools
+    import sys
+
+    one = _variant(sys.argv[1])
+    functools.reduce(lambda _, __: one(), range(int(sys.argv[2])), None)

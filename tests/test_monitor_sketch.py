@@ -169,3 +169,28 @@ def test_pending_keys_count_as_adds_one_by_one(chunks, capacity, step):
     assert deferred.pending == []
     assert [(s, c.counts, c.floor) for s, c in deferred.closed(0, now + 1)] == [
         (s, c.counts, c.floor) for s, c in direct.closed(0, now + 1)]
+
+
+@given(st.lists(st.tuples(st.lists(st.integers(0, 30), max_size=40), st.integers(1, 5)),
+                min_size=1, max_size=30),
+       st.integers(1, 6), st.integers(0, 2))
+def test_weighted_pending_keys_count_as_adds_one_by_one(chunks, capacity, step):
+    """Pending keys counted ``weight`` times each (the monitor's sampled dimensions: a
+    sample stands for N requests) fold to the same counts, floors and totals as
+    ``add(key, now, weight)`` one by one, cuts included, the weight changing between
+    chunks."""
+    deferred, direct = WindowedTopK(4, 1, capacity), WindowedTopK(4, 1, capacity)
+    now = 100.0
+    for chunk, weight in chunks:
+        now += step
+        deferred.current(now)
+        direct.current(now)
+        deferred.reweigh(weight)
+        for key in chunk:
+            deferred.pending.append(key)
+            direct.add(key, now, weight)
+    assert deferred.merged(now) == direct.merged(now)
+    assert deferred.error(now) == direct.error(now)
+    assert deferred.total(now) == direct.total(now)
+    assert [(s, c.counts, c.floor) for s, c in deferred.closed(0, now + 1)] == [
+        (s, c.counts, c.floor) for s, c in direct.closed(0, now + 1)]

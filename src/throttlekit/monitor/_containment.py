@@ -28,6 +28,20 @@ __all__ = ["PERIOD", "Containment", "ContainmentRule"]
 PERIOD = 10
 
 
+class _Every:
+    """Equal to anything: the one item of a containment rule's gate while it contains."""
+
+    __slots__ = ()
+
+    def __eq__(self, other: object) -> bool:
+        return True
+
+    __hash__ = None  # type: ignore[assignment]
+
+
+_EVERY = _Every()
+
+
 class Containment(NamedTuple):
     """One value the shield throttles.
 
@@ -71,7 +85,7 @@ class ContainmentRule:
         name: the rule's name.
     """
 
-    __slots__ = ("_by_dimension", "contained", "features", "limiter", "name")
+    __slots__ = ("_by_dimension", "_gate", "contained", "features", "limiter", "name")
 
     def __init__(self, limiter: Any, name: str) -> None:
         self.limiter = limiter
@@ -81,8 +95,12 @@ class ContainmentRule:
         self.contained: dict[tuple[str, str], Containment] = {}
         #: dimension -> value -> (key, cost); replaced whole, read by request threads
         self._by_dimension: dict[str, dict[str, tuple[str, int]]] = {}
+        #: the rule's match is ``_gate.count``: 0 (the rule does not apply) in one C call
+        #: while nothing is contained, the gate empty, so no key function runs per request
+        #: without an anomaly; 1 while the gate holds ``_EVERY`` (equal to any request)
+        self._gate: list[_Every] = []
         limiter.throttle(name, f"1 per {PERIOD} seconds", strategy="sliding_window",
-                         key=self.key, cost=self.cost)
+                         match=self._gate.count, key=self.key, cost=self.cost)
 
     def _find(self, view: Any) -> tuple[str, int] | None:
         for dimension, values in self._by_dimension.items():
@@ -137,3 +155,4 @@ class ContainmentRule:
                 by_dimension.setdefault(dimension, {})[value] = (f"{dimension}={value}", cost)
         self.contained = contained
         self._by_dimension = by_dimension
+        self._gate[:] = [_EVERY] if by_dimension else []  # in place: the match is bound to it

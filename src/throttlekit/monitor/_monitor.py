@@ -29,6 +29,7 @@ from typing import TYPE_CHECKING, Any, NamedTuple
 from .._errors import ConfigError
 from . import _store
 from ._sampling import Sampler
+from ._scope import Counted, Scope
 from .attribution import (
     COVERAGE,
     Attribution,
@@ -98,18 +99,6 @@ def _call_each(callbacks: list[Callable[[Any], object]], arg: object, failed: st
             callback(arg)
         except Exception:
             logger.exception(failed, callback)
-
-
-class _Scope:
-    """Detector + heavy hitters of one scope (all traffic, or one rule)."""
-
-    __slots__ = ("detector", "hit", "hitters")
-
-    def __init__(self, detector: RateDetector, hitters: WindowedTopK) -> None:
-        self.detector = detector
-        self.hitters = hitters
-        #: the detector's ``hit``, bound once
-        self.hit = detector.hit
 
 
 class Monitor:
@@ -203,8 +192,8 @@ class Monitor:
         self.attribution: Attribution | None = None
         self._quiet: set[str] = set()
         self._snapshot_callbacks: list[SnapshotCallback] = []
-        self._rules: dict[str, _Scope] = {}
-        self._counts: dict[tuple[str, str, bool], int] = {}
+        self._rules: dict[str, Scope] = {}
+        self._counted: dict[str, Counted] = {}  # every rule seen: counters (+ scope)
         self._last_request: object = None
         self._tick_end = -math.inf
         self._first_tick = math.inf
@@ -234,9 +223,9 @@ class Monitor:
         now (1: every request); see :mod:`throttlekit.monitor._sampling`."""
         return self._sampler.every
 
-    def _new_scope(self, name: str, capacity: int) -> _Scope:
+    def _new_scope(self, name: str, capacity: int) -> Scope:
         detector = RateDetector(name, on_transition=self._transition, **self._detector_options)
-        return _Scope(detector, WindowedTopK(self.window, self.bucket, capacity))
+        return Scope(detector, WindowedTopK(self.window, self.bucket, capacity))
 
     def __repr__(self) -> str:
         return f"<Monitor requests={self.requests} {self._overall_det!r}>"
@@ -250,12 +239,14 @@ class Monitor:
         except (TypeError, ValueError):  # anything shaped like an Event, fed by hand
             kind, rule, key, request, dry_run, at = (
                 event.kind, event.rule, event.key, event.request, event.dry_run, event.at)
-        ck = (rule, kind, dry_run)
-        counts = self._counts
+        counted = self._counted.get(rule)
+        if counted is None:
+            counted = self._add_rule(rule)
+        counts = counted.dry if dry_run else counted.counts
         try:
-            counts[ck] += 1
+            counts[kind] += 1
         except KeyError:
-            counts[ck] = 1
+            counts[kind] = 1
         if request is not self._last_request:
             self._last_request = request
             self.requests += 1
@@ -270,15 +261,11 @@ class Monitor:
                 self._skip = skip
             else:
                 self._sampled(request, at)
-        if self.per_rule:
-            scope = self._rules.get(rule)
-            if scope is None:
-                scope = self._add_rule(rule)
-                if scope is None:
-                    return
-            scope.hit(at)
+        hit = counted.hit
+        if hit is not None:
+            hit(at)
             if request is self._sample_of and key is not None:
-                scope.hitters.add(key, at, self._sampler.every)
+                counted.scope.hitters.add(key, at, self._sampler.every)  # type: ignore[union-attr]
 
     def _sampled(self, request: Any, at: float) -> None:
         """A sampled request: its dimensions counted ``every`` times; the next drawn."""
@@ -291,12 +278,13 @@ class Monitor:
         if dims_add is not None:
             dims_add(request, at, sampler.every)
 
-    def _add_rule(self, rule: str) -> _Scope | None:
-        if len(self._rules) >= self.max_rules or rule in self._quiet:
-            return None
-        # rule scopes keep fewer keys: they are for reports, the shield uses all traffic
-        scope = self._rules[rule] = self._new_scope(rule, max(64, self.capacity // 8))
-        return scope
+    def _add_rule(self, rule: str) -> Counted:
+        scope = None
+        if self.per_rule and len(self._rules) < self.max_rules and rule not in self._quiet:
+            # rule scopes keep fewer keys: they are for reports, the shield uses all traffic
+            scope = self._rules[rule] = self._new_scope(rule, max(64, self.capacity // 8))
+        counted = self._counted[rule] = Counted(scope)
+        return counted
 
     # -- time ---------------------------------------------------------------------------
 
@@ -426,7 +414,11 @@ class Monitor:
 
     def counts(self) -> dict[tuple[str, str, bool], int]:
         """Events counted so far, by (rule, outcome, dry_run)."""
-        return dict(self._counts)
+        out: dict[tuple[str, str, bool], int] = {}
+        for rule, counted in list(self._counted.items()):  # copied: threads may add
+            out.update(((rule, kind, False), n) for kind, n in counted.counts.copy().items())
+            out.update(((rule, kind, True), n) for kind, n in counted.dry.copy().items())
+        return out
 
     def top(
         self, n: int = 10, rule: str | None = None, now: float | None = None
@@ -526,6 +518,9 @@ class Monitor:
         """Count ``rule``'s events but watch no anomaly of its own (the shield's rule)."""
         self._quiet.add(rule)
         self._rules.pop(rule, None)
+        counted = self._counted.get(rule)
+        if counted is not None:
+            counted.hit = counted.scope = None
 
     def on_snapshot(self, callback: SnapshotCallback) -> SnapshotCallback:
         """Add ``callback(now)``'s sections to every :meth:`snapshot` (the shield adds
@@ -558,7 +553,7 @@ class Monitor:
             }
 
         counters: dict[str, dict[str, int]] = {}
-        for (rule, kind, dry), n in sorted(self._counts.items()):
+        for (rule, kind, dry), n in sorted(self.counts().items()):
             counters.setdefault(rule, {})[f"{kind}{' (dry run)' if dry else ''}"] = n
         data = {
             "time": now,

@@ -26,6 +26,9 @@ from .._errors import ConfigError
 __all__ = ["DetectorOptions", "RateDetector"]
 
 _INF = float("inf")
+#: ``_alarm`` when no count can raise one: an int, so ``hit``'s comparison stays one of two
+#: small ints (the interpreter specialises it; an int against a float it does not)
+_NEVER = 2**30 - 1
 
 #: callback(kind, now, detector) with kind "anomaly_started" or "anomaly_ended"
 Transition = Callable[[str, float, "RateDetector"], None]
@@ -145,7 +148,9 @@ class RateDetector:
         self._count = 0
         self._start = -_INF
         self._end = -_INF
-        self._alarm: float = _INF
+        #: the bucket's count above which the rate is a rise (``floor`` of the threshold
+        #: times the width: for an integer count, ``count > t`` is ``count > floor(t)``)
+        self._alarm: float = _NEVER
 
     def __repr__(self) -> str:
         state = "anomaly" if self.active else "normal"
@@ -175,7 +180,9 @@ class RateDetector:
     # -- the slow path, once per bucket -------------------------------------------------
 
     def _exceeded(self, now: float) -> None:
-        self._alarm = _INF  # once per bucket
+        if self._alarm == _NEVER:
+            return  # a bucket of more than _NEVER requests, and no alarm set
+        self._alarm = _NEVER  # once per bucket
         if self.rising_since is None:
             self.rising_since = self._start  # the rise began in this bucket
         if not self.active and now - self.rising_since >= self.sustain:
@@ -229,11 +236,12 @@ class RateDetector:
                 and self._start - self._calm_since >= self.cooldown
             ):
                 self._finish(now)
-            self._alarm = _INF
+            self._alarm = _NEVER
         elif self._first is not None and self._start - self._first >= self.warmup:
-            self._alarm = self.threshold * width
+            alarm = self.threshold * width
+            self._alarm = math.floor(alarm) if alarm < _NEVER else alarm
         else:
-            self._alarm = _INF
+            self._alarm = _NEVER
 
     def _close_empty(self, start: float, n: int) -> None:
         if n <= 3:

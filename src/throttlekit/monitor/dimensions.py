@@ -14,12 +14,12 @@ at most 256 characters; the feature caches hold at most 8,192 entries each.
 
 from __future__ import annotations
 
-from collections.abc import Hashable, Iterable
+from collections.abc import Callable, Hashable, Iterable
 from typing import Any, NamedTuple
 
 from .._errors import ConfigError
 from ._features import DIMENSIONS, Features
-from .sketch import SpaceSaving, WindowedTopK, heaviest
+from .sketch import WindowedTopK, heaviest
 
 __all__ = ["CLIENT", "DIMENSIONS", "Dimension", "Dimensions", "ValueRate"]
 
@@ -27,6 +27,8 @@ __all__ = ["CLIENT", "DIMENSIONS", "Dimension", "Dimensions", "ValueRate"]
 CLIENT = "client"
 #: a learnt per-value baseline below this (requests per second) is forgotten
 _FORGET = 0.01
+#: requests whose values wait to be counted, at most
+_FOLD = 1024
 
 
 class ValueRate(NamedTuple):
@@ -146,11 +148,12 @@ class Dimension:
 class Dimensions:
     """The request dimensions a monitor counts (all of :data:`DIMENSIONS` by default).
 
-    ``add(view, now)`` is the per-request call: the values are computed once, each added
-    to its dimension's current bucket.
+    ``add(view, now)`` is the per-request call: the values are computed once, each
+    appended to its dimension's pending keys (:attr:`WindowedTopK.pending`, one C call),
+    counted in C when the bucket rolls or is read, exactly as one by one.
     """
 
-    __slots__ = ("_end", "_row", "by_name", "features", "names")
+    __slots__ = ("_end", "_held", "_row", "_weight", "by_name", "features", "names")
 
     def __init__(self, names: Iterable[str], window: float, bucket: float,
                  capacity: int) -> None:
@@ -170,34 +173,37 @@ class Dimensions:
             n: Dimension(n, WindowedTopK(window, bucket, capacity), capacity)
             for n in self.names
         }
-        self._row: list[tuple[int, SpaceSaving, dict[Hashable, int]]] = []
+        #: (index in a request's values, that dimension's ``pending.append``)
+        self._row: list[tuple[int, Callable[[Hashable], None]]] = [
+            (DIMENSIONS.index(n), self.by_name[n].hitters.pending.append) for n in self.names
+        ]
         self._end = -float("inf")
+        self._held = 0  # requests pending since the last fold
+        self._weight = 1
 
     def add(self, view: Any, now: float, n: int = 1) -> None:
         """Count one request, as ``n`` requests (the monitor's sampling weight)."""
-        if now >= self._end:
-            self._roll(now)
+        if now >= self._end or n != self._weight or self._held >= _FOLD:
+            self._fold(now, n)
+        self._held += 1
         values = self.features.values(view)
-        # SpaceSaving.add inlined for a known value (the common case): a call saved per
-        # dimension and request
-        for i, summary, counts in self._row:
+        for i, defer in self._row:
             value = values[i]
             if value is not None:
-                c = counts.get(value)
-                if c is None:
-                    summary.insert(value, n)
-                else:
-                    counts[value] = c + n
-                    summary.total += n
+                defer(value)
 
-    def _roll(self, now: float) -> None:
-        row = []
+    def _fold(self, now: float, n: int) -> None:
+        """The pending values counted into their bucket, which rolls if ``now`` is past it;
+        the next ones count ``n`` each."""
         end = now
-        for name in self.names:
-            summary, end = self.by_name[name].hitters.current(now)
-            row.append((DIMENSIONS.index(name), summary, summary.counts))
-        self._row = row
+        for dimension in self.by_name.values():
+            hitters = dimension.hitters
+            _, end = hitters.current(now)  # folds the pending values, rolls
+            if hitters.weight != n:
+                hitters.reweigh(n)
         self._end = end
+        self._held = 0
+        self._weight = n
 
     def learn(self, now: float, keep: float, span: float) -> None:
         """Fold the current window into every dimension's baselines."""

@@ -132,7 +132,7 @@ class WindowedTopK:
     """
 
     __slots__ = ("_closed", "_cur", "_end", "_start", "bucket", "capacity", "nbuckets", "pending",
-                 "window")
+                 "weight", "window")
 
     def __init__(self, window: float = 10.0, bucket: float = 1.0, capacity: int = 1024) -> None:
         for name, value in (("window", window), ("bucket", bucket)):
@@ -152,21 +152,41 @@ class WindowedTopK:
         #: roll (:meth:`fold`): a caller counting one key per request appends to this list
         #: (``pending.append``, one C call) and keeps the time moving with :meth:`current`
         self.pending: list[Hashable] = []
+        #: what each pending key counts for (``add(key, now, weight)``); a caller changing
+        #: it folds the keys pending first (:meth:`reweigh`)
+        self.weight = 1
+
+    def reweigh(self, weight: int) -> None:
+        """The keys pending so far folded in, the next ones counted ``weight`` times each."""
+        if self.pending:
+            self.fold()
+        self.weight = weight
 
     def fold(self) -> None:
         """Count the :attr:`pending` keys into the current bucket, as :meth:`add` would one
-        by one: at once in C while no cut can happen (the common case), else one by one."""
+        by one (``weight`` each): at once in C while no cut can happen (the common case),
+        else one by one."""
         pending = self.pending
         batch = pending[:]  # copied in C: keys appended meanwhile stay pending
         del pending[:len(batch)]
-        cur = self._cur
+        cur, weight = self._cur, self.weight
         counts = cur.counts
-        if not cur.floor and len(counts) + len(batch) <= cur.limit:
-            _count_elements(counts, batch)  # no cut, floor 0: a new key starts at 1
-            cur.total += len(batch)
-        else:
-            for key in batch:
-                cur.add(key)
+        if not cur.floor:  # floor 0: a new key starts at its count
+            room = cur.limit - len(counts)  # new keys that can come without a cut
+            if weight == 1 and len(batch) <= room:
+                _count_elements(counts, batch)
+                cur.total += len(batch)
+                return
+            seen: dict[Hashable, int] = {}
+            _count_elements(seen, batch)
+            if len(seen) <= room:
+                get = counts.get
+                for key, c in seen.items():
+                    counts[key] = get(key, 0) + c * weight
+                cur.total += len(batch) * weight
+                return
+        for key in batch:
+            cur.add(key, weight)
 
     def add(self, key: Hashable, now: float, n: int = 1) -> None:
         """Count ``n`` occurrences of ``key`` at time ``now`` (seconds)."""
