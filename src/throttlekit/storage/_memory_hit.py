@@ -18,12 +18,16 @@ from .base import BoundHit
 __all__ = ["bound_hit"]
 
 
-def bound_hit(refs: tuple[Any, ...], algorithm: Algorithm, prefix: str) -> BoundHit:
+def bound_hit(refs: tuple[Any, ...], algorithm: Algorithm, prefix: str,
+              lifetime: object) -> BoundHit:
     """``algorithm``'s hit on the store whose ``_refs()`` are ``refs``, its states stored
-    under ``prefix`` + key."""
+    under ``prefix`` + key; it keeps ``lifetime`` alive for as long as it lives (the store
+    weakly references that, never the hit: mypyc reuses a compiled function's memory
+    without clearing weak references to it)."""
     data, get, touch, protected, revive, acquire, release, insert, clock, wall = refs
     time_ns = time.time_ns
-    last: tuple[str | None, str] = (None, "")  # the last key and its storage key
+    # the last key and its storage key (and the lifetime, held by the hit through it)
+    last: tuple[str | None, str, object] = (None, "", lifetime)
 
     def hit(key: str, cost: int, now: int | None) -> Decision:
         nonlocal last
@@ -34,7 +38,7 @@ def bound_hit(refs: tuple[Any, ...], algorithm: Algorithm, prefix: str) -> Bound
             k = seen[1]
         else:
             k = prefix + key
-            last = (key, k)
+            last = (key, k, lifetime)
         acquire()  # bound acquire/release: half the cost of `with lock` here
         try:
             state = get(k)

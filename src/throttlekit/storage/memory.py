@@ -66,6 +66,12 @@ _Refs = tuple[
 ]
 
 
+class _Lifetime:
+    """Alive as long as the bound hit holding it (``_held``'s weak key)."""
+
+    __slots__ = ("__weakref__",)
+
+
 class MemoryStorage(Storage):
     """Thread-safe, bounded, in-process storage.
 
@@ -99,7 +105,7 @@ class MemoryStorage(Storage):
         self._tag_numbers = itertools.count()
         #: the tags each bound hit or batch holds (for as long as it lives), and how many
         #: tags may be held before ``_insert`` sweeps those no longer in use
-        self._held: weakref.WeakKeyDictionary[Callable[..., Any], tuple[str, ...]] = (
+        self._held: weakref.WeakKeyDictionary[object, tuple[str, ...]] = (
             weakref.WeakKeyDictionary())
         self._tags_limit = _TAGS_FLOOR
         self._tags_mark = 0  # the first tag number made after the last sweep
@@ -201,8 +207,9 @@ class MemoryStorage(Storage):
             return bound
         with self._lock:  # the tag is held while this hit lives (see _sweep_tags)
             tag = self._tag(algorithm)
-            hit = bound_hit(self._refs(), algorithm, tag + prefix)
-            self._held[hit] = (tag,)
+            held = _Lifetime()  # (see bound_hit: a compiled hit is never weakly referenced)
+            hit = bound_hit(self._refs(), algorithm, tag + prefix, held)
+            self._held[held] = (tag,)
             if len(cache) >= _BOUND_CACHE:  # callers that make an algorithm per call
                 cache.clear()
             cache[ckey] = hit
