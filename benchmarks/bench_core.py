@@ -16,6 +16,11 @@ target is reported as an expected failure that names it (the target is not met i
 Python, see docs/benchmarks.md), so the run flips to a pass when it is met; in every run,
 CI's smoke pass included, a ratio under ``LOOSE`` (slower than `limits`) fails.
 Results and ratios are recorded in docs/benchmarks.md.
+
+With the optional compiled core installed (``THROTTLEKIT_COMPILE=1 pip install .``, see
+docs/index.md; ``throttlekit.COMPILED`` is then true) the same file measures it: run it
+outside the checkout's ``src/`` (``-o pythonpath=`` for pytest), or the sources are imported.
+The report's first line says which build ran.
 """
 
 from __future__ import annotations
@@ -27,7 +32,7 @@ from collections.abc import Callable
 
 import pytest
 
-from throttlekit import Limiter
+from throttlekit import COMPILED, Limiter
 
 STRATEGIES = ["fixed_window", "sliding_window", "sliding_log", "token_bucket"]
 LIMITS_STRATEGIES = {
@@ -43,6 +48,8 @@ TARGET = 3.0
 #: what any run asserts, CI's smoke pass included: never slower than limits' fixed window
 #: (today 1.6-2.1x through Limiter.hit, 1.9-2.5x the store's hit: a 2x regression fails)
 LOOSE = 1.0
+BUILD = (f"throttlekit {'compiled core' if COMPILED else 'pure Python'}, "
+         f"Python {sys.version.split()[0]}")
 
 
 def _keys(n: int) -> itertools.cycle[str]:
@@ -144,7 +151,7 @@ def test_ratio_to_limits(request: pytest.FixtureRequest) -> None:
     enabled = _enabled(request.config)
     n, rounds = (10_000, 25) if enabled else (5_000, 3)
     best, ratio = ratios(n, rounds)
-    print("\n" + _report(best, ratio))
+    print(f"\n{BUILD}\n" + _report(best, ratio))
     slow = {k: round(r, 2) for k, r in ratio.items() if r < LOOSE}
     assert not slow, f"more than 2x slower than today against limits: {slow}"
     if enabled:
@@ -153,16 +160,29 @@ def test_ratio_to_limits(request: pytest.FixtureRequest) -> None:
             pytest.xfail(f"target {TARGET}x not met: {short}")
 
 
+# The pure-Python marks; the compiled core (throttlekit.COMPILED, docs/index.md) has its own:
+# it meets 3x for the fixed window, not yet (or only on some runs) for the other three.
+PURE_MARKS = {"sliding_window": pytest.mark.target_missed(
+    python=(3, 13), strict=False, reason="issue 14: 1.5-1.6x on 3.13 since the faster "
+    "sliding-window hit, on the 2x loose bound (1.5); 1.6-1.9x on 3.10 and 3.11, asserted")}
+COMPILED_MARKS = {
+    "sliding_window": pytest.mark.target_missed(strict=False, reason="issue 14, compiled "
+        "core: 2.8-3.1x, on the line (above the loose bound, asserted when measuring)"),
+    "sliding_log": pytest.mark.target_missed(strict=False, reason="issue 14, compiled core: "
+        "2.35-2.5x (the log's array writes; above the loose bound, asserted when measuring)"),
+    "token_bucket": pytest.mark.target_missed(strict=False, reason="issue 14, compiled core: "
+        "2.6-2.9x (96-bit state arithmetic; above the loose bound, asserted when measuring)"),
+}
+
+
 @pytest.mark.parametrize("strategy", [
-    *STRATEGIES[:1],
-    pytest.param("sliding_window", marks=pytest.mark.target_missed(
-        python=(3, 13), strict=False, reason="issue 14: 1.5-1.6x on 3.13 since the faster "
-        "sliding-window hit, on the 2x loose bound (1.5); 1.6-1.9x on 3.10 and 3.11, asserted")),
-    *STRATEGIES[2:],
+    pytest.param(s, marks=(COMPILED_MARKS if COMPILED else PURE_MARKS).get(s, ()))
+    for s in STRATEGIES
 ])
 def test_hit_target(target, strategy):
     """Every algorithm's hit on one hot key is at least 3x faster than `limits`' fixed
-    window on its MemoryStorage (same run, interleaved CPU time)."""
+    window on its MemoryStorage (same run, interleaved CPU time); with the compiled core
+    too (``throttlekit.COMPILED``: the target of issue 14 it is built for)."""
     limits = pytest.importorskip("limits")
     from limits import strategies
     from limits.storage import MemoryStorage
@@ -180,4 +200,5 @@ def test_hit_target(target, strategy):
 
 if __name__ == "__main__":
     best, ratio = ratios(10_000, int(sys.argv[1]) if len(sys.argv) > 1 else 25)
+    print(BUILD)
     print(_report(best, ratio))

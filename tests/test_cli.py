@@ -33,7 +33,8 @@ def test_version_via_python_m():
     """`python -m throttlekit --version` prints the package version."""
     p = _run("--version")
     assert p.returncode == 0
-    assert p.stdout.strip() == f"throttlekit {throttlekit.__version__}"
+    build = "compiled core" if throttlekit.COMPILED else "pure Python"
+    assert p.stdout.strip() == f"throttlekit {throttlekit.__version__} ({build})"
 
 
 def test_no_command_prints_help_and_fails():

@@ -9,6 +9,7 @@ True
 from __future__ import annotations
 
 from ._clientip import ClientIPResolver
+from ._compiled import COMPILED
 from ._decision import Decision
 from ._errors import ConfigError, RateLimitExceeded, StorageError, ThrottlekitError
 from ._events import Event
@@ -25,6 +26,7 @@ from .storage import MemoryStorage, Storage, storage_from_url
 from .wsgi import WSGIMiddleware
 
 __all__ = [
+    "COMPILED",
     "ASGIMiddleware",
     "ClientIPResolver",
     "ConfigError",

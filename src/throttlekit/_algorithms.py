@@ -21,7 +21,7 @@ the sliding log keeps a :data:`Log` (one flat array of integers).
 from __future__ import annotations
 
 from array import array
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Final
 
 from ._calendar import calendar_of
 from ._decision import Decision
@@ -47,11 +47,11 @@ __all__ = [
     "new_log",
 ]
 
-INF = float("inf")
-_new = tuple.__new__
-_M32 = (1 << 32) - 1
-_M96 = (1 << 96) - 1
-MAX_LIMIT = _M32
+INF: Final = float("inf")  # (Final: a constant, not a lookup, in the compiled build)
+_new: Final = tuple.__new__
+_M32: Final = (1 << 32) - 1
+_M96: Final = (1 << 96) - 1
+MAX_LIMIT: Final = _M32
 
 
 class Algorithm:
@@ -142,11 +142,11 @@ class FixedWindow(Algorithm):
         if c <= limit:
             if c:
                 return new + cost, _new(Decision, (True, limit, limit - c,
-                                                   ((win + 1) * p - now) / 1e6, 0.0,
+                                                   (p - now % p) / 1e6, 0.0,
                                                    self.rate, False))
             return state, _new(Decision, (True, limit, limit, 0.0, 0.0, self.rate, False))
-        retry = INF if cost > limit else ((win + 1) * p - now) / 1e6
-        reset = ((win + 1) * p - now) / 1e6 if count else 0.0
+        retry = INF if cost > limit else (p - now % p) / 1e6  # (win + 1) * p - now
+        reset = (p - now % p) / 1e6 if count else 0.0
         rem = limit - count if count < limit else 0
         return state, _new(Decision, (False, limit, rem, reset, retry, self.rate, False))
 
@@ -277,7 +277,7 @@ class SlidingWindow(Algorithm):
                     state = (((win << 32) | cur) << 32) | prev
                     same = True
         limit = self.limit
-        left = p - (now - win * p)  # weight of the previous window, scaled by p
+        left = p - now % p  # weight of the previous window, scaled by p: (win + 1) * p - now
         # prev * left + (cur + cost) * p <= limit * p, in whole requests: the previous
         # window weighs ceil(prev * left / p), and what is left is the remaining
         rem = limit - cur - (-(-prev * left // p) if prev else 0)
@@ -289,26 +289,25 @@ class SlidingWindow(Algorithm):
                     state += cost << 32
                 else:
                     state = (((win << 32) | cur) << 32) | prev
-            reset = ((win + 2) * p - now) / 1e6 if cur else left / 1e6 if prev else 0.0
+            reset = (p + left) / 1e6 if cur else left / 1e6 if prev else 0.0
             return state, _new(Decision, (True, limit, rem, reset, 0.0, self.rate, False))
-        return state, self._deny(win, now, cur, prev, left, prev * left + cur * p, cost)
+        return state, self._deny(cur, prev, left, prev * left + cur * p, cost)
 
-    def _deny(self, win: int, now: int, cur: int, prev: int, left: int, used: int,
-              cost: int) -> Decision:
+    def _deny(self, cur: int, prev: int, left: int, used: int, cost: int) -> Decision:
         p = self.period_us
         limit = self.limit
         if cost > limit:
             retry = INF
         elif cur + cost <= limit:
             # Within this window, once enough of the previous one has slid out.
-            retry = ((win + 1) * p - ((limit - cur - cost) * p) // prev - now) / 1e6
+            retry = (left - ((limit - cur - cost) * p) // prev) / 1e6
         else:
             # In the next window, where this window becomes the weighted previous one.
-            retry = ((win + 2) * p - ((limit - cost) * p) // cur - now) / 1e6
+            retry = (p + left - ((limit - cost) * p) // cur) / 1e6
         rem = (limit * p - used) // p
         if rem < 0:
             rem = 0
-        reset = ((win + 2) * p - now) / 1e6 if cur else left / 1e6 if prev else 0.0
+        reset = (p + left) / 1e6 if cur else left / 1e6 if prev else 0.0
         return _new(Decision, (False, limit, rem, reset, retry, self.rate, False))
 
     def peek(self, state: Any, now: int, cost: int) -> Decision:

@@ -15,6 +15,7 @@ import re
 import sys
 from collections.abc import Sequence
 
+from .._compiled import COMPILED
 from .._errors import ConfigError, StorageError
 from .._version import __version__
 
@@ -35,7 +36,8 @@ def build_parser() -> argparse.ArgumentParser:
         prog="throttlekit",
         description="Rate limiting, blocklists and attack monitoring for WSGI and ASGI apps.",
     )
-    parser.add_argument("--version", action="version", version=f"throttlekit {__version__}")
+    parser.add_argument("--version", action="version", version=f"throttlekit {__version__} "
+                        f"({'compiled core' if COMPILED else 'pure Python'})")
     subparsers = parser.add_subparsers(title="commands", dest="command", metavar="COMMAND")
     for name in COMMANDS:
         importlib.import_module(name).register(subparsers)

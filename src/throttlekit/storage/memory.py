@@ -37,6 +37,7 @@ from .._algorithms import Algorithm, SlidingLog
 from .._decision import Decision
 from .._errors import ConfigError
 from ._memory_batch import CHARGE_LATER, distinct_batch, staged_batch, store_refused
+from ._memory_hit import bound_hit
 from .base import BatchResult, Block, BoundBatch, BoundHit, Check, Storage
 
 if TYPE_CHECKING:
@@ -63,6 +64,12 @@ _Refs = tuple[
     OrderedDict[str, Any], Callable[[str], Any], Callable[[], bool], Callable[[], None],
     Callable[[str, Any, Algorithm, int], None], Callable[[], float], bool,
 ]
+
+
+class _Lifetime:
+    """Alive as long as the bound hit holding it (``_held``'s weak key)."""
+
+    __slots__ = ("__weakref__",)
 
 
 class MemoryStorage(Storage):
@@ -98,7 +105,7 @@ class MemoryStorage(Storage):
         self._tag_numbers = itertools.count()
         #: the tags each bound hit or batch holds (for as long as it lives), and how many
         #: tags may be held before ``_insert`` sweeps those no longer in use
-        self._held: weakref.WeakKeyDictionary[Callable[..., Any], tuple[str, ...]] = (
+        self._held: weakref.WeakKeyDictionary[object, tuple[str, ...]] = (
             weakref.WeakKeyDictionary())
         self._tags_limit = _TAGS_FLOOR
         self._tags_mark = 0  # the first tag number made after the last sweep
@@ -198,45 +205,11 @@ class MemoryStorage(Storage):
         bound = cache.get(ckey)
         if bound is not None:
             return bound
-        data, get, touch, protected, revive, acquire, release, insert, clock, wall = self._refs()
-        decide = algorithm.hit
-        given = prefix
-        time_ns = time.time_ns
-
-        last: tuple[str | None, str] = (None, "")  # the last key and its storage key
-
-        def hit(key: str, cost: int, now: int | None) -> Decision:
-            nonlocal last
-            if now is None:
-                now = time_ns() // 1000 if wall else int(clock() * 1_000_000)
-            seen = last  # (one tuple: a racing call never reads half of another's)
-            if key == seen[0]:  # a hot key: its storage key made and hashed once
-                k = seen[1]
-            else:
-                k = prefix + key
-                last = (key, k)
-            acquire()  # bound acquire/release: half the cost of `with lock` here
-            try:
-                state = get(k)
-                if state is None and protected:
-                    state = revive(k)
-                new, decision = decide(state, now, cost)
-                if new is not state:
-                    if state is None:
-                        insert(k, new, algorithm, now)
-                    else:
-                        data[k] = new
-                        touch(k)
-                elif state is not None:
-                    touch(k)
-            finally:
-                release()
-            return decision
-
         with self._lock:  # the tag is held while this hit lives (see _sweep_tags)
             tag = self._tag(algorithm)
-            prefix = tag + given
-            self._held[hit] = (tag,)
+            held = _Lifetime()  # (see bound_hit: a compiled hit is never weakly referenced)
+            hit = bound_hit(self._refs(), algorithm, tag + prefix, held)
+            self._held[held] = (tag,)
             if len(cache) >= _BOUND_CACHE:  # callers that make an algorithm per call
                 cache.clear()
             cache[ckey] = hit
