@@ -44,16 +44,11 @@ def _app(environ: Any, start_response: Any) -> list[bytes]:
     return [b"ok"]
 
 
-def test_one_throttle_without_a_blocklist_sends_one_incr(server: RedisServer) -> None:
-    """Through the middleware, one fixed-window throttle, an empty dynamic blocklist and
-    ``blocks_fresh`` set (opt-in, for where the watch is off): each request is one EVALSHA
-    running one INCR (the blocklist is not read per request, and no TIME); the
-    blocklist's index is asked about once, then not for blocks_fresh seconds."""
+def _twenty_requests(server: RedisServer, s: Any) -> tuple[Any, dict[str, int]]:
+    """A client of the middleware with one fixed-window throttle on ``s``, and the commands
+    Redis ran for 20 requests of one client (after a first that loads the script)."""
     from werkzeug.test import Client
 
-    s = storage_from_url(server.url, prefix="one:", watch_blocks=False)
-    assert isinstance(s, RedisStorage)
-    s.blocks_fresh = 3600.0
     limiter = Limiter(s)
     limiter.throttle("per-ip", "1000/hour", strategy="fixed_window")
     client = Client(WSGIMiddleware(_app, limiter))
@@ -61,7 +56,18 @@ def test_one_throttle_without_a_blocklist_sends_one_incr(server: RedisServer) ->
     assert client.get("/", environ_base=env).status_code == 200  # loads the script
     server.command("CONFIG", "RESETSTAT")
     assert [client.get("/", environ_base=env).status_code for _ in range(20)] == [200] * 20
-    calls = _calls(server)
+    return client, _calls(server)
+
+
+def test_one_throttle_without_a_blocklist_sends_one_incr(server: RedisServer) -> None:
+    """Through the middleware, one fixed-window throttle, an empty dynamic blocklist and
+    ``blocks_fresh`` set (opt-in, for where the watch is off): each request is one EVALSHA
+    running one INCR (the blocklist is not read per request, and no TIME); the
+    blocklist's index is asked about once, then not for blocks_fresh seconds."""
+    s = storage_from_url(server.url, prefix="one:", watch_blocks=False)
+    assert isinstance(s, RedisStorage)
+    s.blocks_fresh = 3600.0
+    _, calls = _twenty_requests(server, s)
     assert calls.pop("evalsha") == 20
     assert calls.pop("incr") == 20
     assert calls.pop("exists", 0) == 0  # (asked by the first request)
@@ -74,18 +80,10 @@ def test_by_default_a_request_is_one_script_with_one_exists(server: RedisServer)
     throttle: each request is one EVALSHA running one EXISTS of its block keys and one
     INCR (no batch script, no GET of each block key, no TIME); a block made by another
     process holds from the next request, and its entry comes back with its reason."""
-    from werkzeug.test import Client
-
     s = storage_from_url(server.url, prefix="dflt1:")
     other = storage_from_url(server.url, prefix="dflt1:")
-    limiter = Limiter(s)
-    limiter.throttle("per-ip", "1000/hour", strategy="fixed_window")
-    client = Client(WSGIMiddleware(_app, limiter))
+    client, calls = _twenty_requests(server, s)
     env = {"REMOTE_ADDR": "192.0.2.7"}
-    assert client.get("/", environ_base=env).status_code == 200  # loads the script
-    server.command("CONFIG", "RESETSTAT")
-    assert [client.get("/", environ_base=env).status_code for _ in range(20)] == [200] * 20
-    calls = _calls(server)
     assert calls.pop("evalsha") == 20
     assert calls.pop("exists") == 20
     assert calls.pop("incr") == 20

@@ -22,6 +22,7 @@ the effective limit is multiplied by the number of workers. Use Redis or Memcach
 from __future__ import annotations
 
 import itertools
+import logging
 import threading
 import time
 import warnings
@@ -44,6 +45,8 @@ if TYPE_CHECKING:
     from .._escalation import Escalation
 
 __all__ = ["DEFAULT_MAX_KEYS", "MemoryStorage"]
+
+logger = logging.getLogger("throttlekit")
 
 #: A live key costs about 190 bytes with a counter, 260-360 with a sliding log of one to
 #: five entries (benchmarks/bench_memory_footprint.py): a full default store of random keys
@@ -80,7 +83,10 @@ class MemoryStorage(Storage):
             request would be allowed is evicted (an evicted key starts afresh, so keep it
             above the number of active clients). Keys inside a refusal are evicted last.
             Each live key costs about 190 bytes (counters) to 360 (a sliding log of five
-            entries), so the default bounds a random-key flood near 175-255 MB.
+            entries), so the default bounds a random-key flood near 175-255 MB. It bounds
+            the dynamic blocklist too: beyond ``max_keys`` timed bans, those ending soonest
+            are dropped (logged once; ``stats()["blocks_evicted"]``); blocks without an
+            expiry are never dropped.
         clock: zero-argument callable returning seconds since the epoch, used when the
             limiter passes no time of its own. Defaults to ``time.time``.
     """
@@ -113,6 +119,7 @@ class MemoryStorage(Storage):
         self.local_blocks = MappingProxyType(self._blocks)
         #: (expires_at, key) of blocks with an expiry; stale entries are skipped
         self._expiries: list[tuple[float, str]] = []
+        self._blocks_evicted = 0
         self._lock = threading.Lock()
         #: concurrency leases: key -> {lease id: expiry (microseconds)}
         self._leases: dict[str, dict[str, int]] = {}
@@ -137,12 +144,14 @@ class MemoryStorage(Storage):
         """Sizes, for monitoring and tests: ``keys`` (rate-limit states held, as ``len``),
         ``protected`` (of those, keys kept from eviction because they are inside a
         refusal), ``blocks`` (dynamic blocklist entries held, including expired ones not
-        reclaimed yet) and ``leases`` (concurrency lease sets)."""
+        reclaimed yet), ``blocks_evicted`` (bans dropped beyond ``max_keys``) and ``leases``
+        (concurrency lease sets)."""
         with self._lock:
             return {
                 "keys": len(self._data) + len(self._protected),
                 "protected": len(self._protected),
                 "blocks": len(self._blocks),
+                "blocks_evicted": self._blocks_evicted,
                 "leases": len(self._leases),
             }
 
@@ -424,6 +433,7 @@ class MemoryStorage(Storage):
             self._chains.clear()
             self._blocks.clear()
             self._expiries.clear()
+            self._blocks_evicted = 0
 
     # -- escalating bans ------------------------------------------------------------------
 
@@ -467,6 +477,22 @@ class MemoryStorage(Storage):
                     heapify(expiries)
             if expiries and expiries[0][0] * 1_000_000 <= us:
                 self._reclaim_blocks(us)
+            if len(blocks) > self.max_keys:
+                self._evict_blocks()
+
+    def _evict_blocks(self) -> None:
+        """Drop the timed bans ending soonest until at most ``max_keys`` are held (the lock
+        is held): a flood of distinct offenders cannot grow the blocklist without bound."""
+        expiries, blocks = self._expiries, self._blocks
+        if not self._blocks_evicted:
+            logger.warning("more than max_keys=%d bans: the ones ending soonest are dropped "
+                           "(logged once; stats()['blocks_evicted'] counts them)", self.max_keys)
+        while len(blocks) > self.max_keys and expiries:
+            at, key = heappop(expiries)
+            b = blocks.get(key)
+            if b is not None and b.expires_at == at:  # not re-blocked or lifted since
+                del blocks[key]
+                self._blocks_evicted += 1
 
     def unblock(self, key: str) -> bool:
         with self._lock:
