@@ -1,0 +1,47 @@
+"""Session 21's adversary: the changes of this session attacked as an attacker or a tired
+operator would, against real servers (a redis-server of the test's own for anything that
+restarts it)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import pytest
+
+from servers import RedisServer, start_or_skip
+from throttlekit import Limiter, storage_from_url
+
+RATE = "5/hour"
+
+
+@pytest.fixture
+def server() -> Iterator[RedisServer]:
+    with start_or_skip(RedisServer(7821)) as s:
+        yield s
+
+
+def _fixed(url: str) -> Limiter:
+    return Limiter(storage_from_url(url, prefix="a21:"), strategy="fixed_window")
+
+
+@pytest.mark.redis
+@pytest.mark.slow
+def test_reset_after_redis_restarted_forgets_the_fixed_window(server: RedisServer) -> None:
+    """Redis restarted empty (the id registry gone with it) mid-window: the windows counted
+    after the restart are still found by reset(), from this process and from another one."""
+    limiter = _fixed(server.url)
+    assert limiter.hit("k", RATE).remaining == 4
+    server.stop()
+    server.start()  # empty: the registry of fixed-window ids is gone
+    for _ in range(3):
+        limiter.hit("k", RATE)
+    assert limiter.hit("k", RATE).remaining == 1
+    limiter.reset("k")
+    assert limiter.hit("k", RATE).remaining == 4  # the window was forgotten
+    for _ in range(2):
+        limiter.hit("k", RATE)
+    operator = _fixed(server.url)  # another process: the admin CLI's reset
+    operator.reset("k")
+    assert limiter.hit("k", RATE).remaining == 4
+    limiter.storage.close()
+    operator.storage.close()
