@@ -45,3 +45,31 @@ def test_reset_after_redis_restarted_forgets_the_fixed_window(server: RedisServe
     assert limiter.hit("k", RATE).remaining == 4
     limiter.storage.close()
     operator.storage.close()
+
+
+def test_flask_rules_behind_proxyfix_key_each_client() -> None:
+    """``app.wsgi_app = ProxyFix(...)`` then ``Throttle(app, limiter)`` (the usual order, and
+    the one docs/client-ip.md advises with trusted_proxies=0): the limiter's rules see each
+    client's address, not the proxy's; one client behind the proxy cannot use up everyone's
+    limit."""
+    flask = pytest.importorskip("flask")
+    from werkzeug.middleware.proxy_fix import ProxyFix
+
+    from throttlekit import MemoryStorage
+    from throttlekit.contrib.flask import Throttle
+
+    lim = Limiter(MemoryStorage())
+    lim.throttle("per-ip", "2/minute", key="ip")
+    app = flask.Flask(__name__)
+    app.wsgi_app = ProxyFix(app.wsgi_app, x_for=1)
+    Throttle(app, lim)
+    Throttle(app, lim)  # a second one (a tired operator): the rules still run once
+    app.get("/")(lambda: "ok")
+    client = app.test_client()
+
+    def status(ip: str) -> int:
+        return int(client.get("/", environ_base={"REMOTE_ADDR": "10.0.0.1"},
+                          headers={"X-Forwarded-For": ip}).status_code)
+
+    assert [status("203.0.113.1") for _ in range(3)] == [200, 200, 429]
+    assert [status(f"203.0.113.{i}") for i in range(2, 6)] == [200] * 4
