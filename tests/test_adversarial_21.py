@@ -5,6 +5,7 @@ restarts it)."""
 from __future__ import annotations
 
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
@@ -73,3 +74,17 @@ def test_flask_rules_behind_proxyfix_key_each_client() -> None:
 
     assert [status("203.0.113.1") for _ in range(3)] == [200, 200, 429]
     assert [status(f"203.0.113.{i}") for i in range(2, 6)] == [200] * 4
+
+
+def test_feed_ipv4_mapped_entries_are_held_to_the_ipv4_min_prefix(tmp_path: Path) -> None:
+    """A feed's ``::ffff:0:0/96`` is every IPv4 client (the set stores IPv4-mapped networks
+    as IPv4): min_prefix skips it, and a mapped /4, as it skips 0.0.0.0/0; a narrow mapped
+    network is kept."""
+    from throttlekit._blocklists import Blocklist
+
+    feed = tmp_path / "feed.txt"
+    feed.write_text("::ffff:0:0/96\n::ffff:16.0.0.0/100\n::ffff:198.51.100.0/120\n")
+    bl = Blocklist(str(feed))
+    assert "198.51.100.7" in bl and "::ffff:198.51.100.7" in bl
+    assert "203.0.113.9" not in bl and "17.1.2.3" not in bl
+    assert "::ffff:203.0.113.9" not in bl
