@@ -4,6 +4,7 @@ restarts it)."""
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -22,7 +23,8 @@ def server() -> Iterator[RedisServer]:
 
 
 def _fixed(url: str) -> Limiter:
-    return Limiter(storage_from_url(url, prefix="a21:"), strategy="fixed_window")
+    return Limiter(storage_from_url(url, prefix="a21:"), strategy="fixed_window",
+                   retry_interval=0.1)
 
 
 @pytest.mark.redis
@@ -46,6 +48,30 @@ def test_reset_after_redis_restarted_forgets_the_fixed_window(server: RedisServe
     assert limiter.hit("k", RATE).remaining == 4
     limiter.storage.close()
     operator.storage.close()
+
+
+@pytest.mark.redis
+@pytest.mark.slow
+def test_areset_after_redis_restarted_forgets_the_fixed_window(server: RedisServer) -> None:
+    """The async twin: ahit after the restart registers the ids again for areset()."""
+    limiter, operator = _fixed(server.url), _fixed(server.url)
+
+    async def run() -> list[int]:
+        seen = [(await limiter.ahit("k", RATE)).remaining]
+        server.stop()
+        server.start()
+        while (await limiter.ahit("k", RATE)).degraded:  # (the broken connection: local)
+            await asyncio.sleep(0.1)  # until the breaker tries the store again
+        for _ in range(2):
+            await limiter.ahit("k", RATE)
+        seen.append((await limiter.ahit("k", RATE)).remaining)
+        await operator.areset("k")
+        seen.append((await limiter.ahit("k", RATE)).remaining)
+        await limiter.storage.aclose()  # type: ignore[attr-defined]
+        await operator.storage.aclose()  # type: ignore[attr-defined]
+        return seen
+
+    assert asyncio.run(run()) == [4, 1, 4]
 
 
 def test_flask_rules_behind_proxyfix_key_each_client() -> None:
