@@ -114,3 +114,22 @@ def test_feed_ipv4_mapped_entries_are_held_to_the_ipv4_min_prefix(tmp_path: Path
     assert "198.51.100.7" in bl and "::ffff:198.51.100.7" in bl
     assert "203.0.113.9" not in bl and "17.1.2.3" not in bl
     assert "::ffff:203.0.113.9" not in bl
+
+
+def test_memory_block_eviction_is_logged_once(caplog: pytest.LogCaptureFixture) -> None:
+    """More bans without expiry than max_keys (none can be dropped), then timed ones: the
+    warning that bans are dropped comes once, when one is, not on every block() before."""
+    import logging
+
+    from throttlekit import MemoryStorage
+
+    store = MemoryStorage(max_keys=2)
+    with caplog.at_level(logging.WARNING, logger="throttlekit"):
+        for i in range(6):
+            store.block(f"203.0.113.{i}", None)
+        store.block("198.51.100.1", 60)
+        store.block("198.51.100.2", 60)
+    warned = [r for r in caplog.records if "max_keys" in r.getMessage()]
+    assert len(warned) == 1
+    assert store.stats()["blocks_evicted"] == 2
+    assert store.stats()["blocks"] == 6
