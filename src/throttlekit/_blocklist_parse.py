@@ -120,7 +120,7 @@ def narrow(entries: list[Network], min_prefix: tuple[int, int], what: str) -> li
     lengths), which are logged: a feed's ``0.0.0.0/0`` (a mistake, or a poisoned feed)
     would block every client."""
     v4, v6 = min_prefix
-    wide = [e for e in entries if e[2] < (v4 if e[0] == 4 else v6)]
+    wide = [e for e in entries if _too_wide(e, v4, v6)]
     if not wide:
         return entries
     version, address, prefix = wide[0]
@@ -128,7 +128,14 @@ def narrow(entries: list[Network], min_prefix: tuple[int, int], what: str) -> li
     logger.warning("skipped %d entries of %s wider than /%d (IPv4) or /%d (IPv6) (first: "
                    "%s/%d): min_prefix sets the widest network a list may hold",
                    len(wide), what, v4, v6, first, prefix)
-    return [e for e in entries if e[2] >= (v4 if e[0] == 4 else v6)]
+    return [e for e in entries if not _too_wide(e, v4, v6)]
+
+
+def _too_wide(entry: Network, v4: int, v6: int) -> bool:
+    version, address, prefix = entry
+    if version == 6 and address >> 32 == 0xFFFF and prefix >= 96:
+        return prefix - 96 < v4  # IPv4-mapped (IPSet keeps it as IPv4): ::ffff:0:0/96 is /0
+    return prefix < (v4 if version == 4 else v6)
 
 
 def _sniff(text: str, fmt: str) -> str:

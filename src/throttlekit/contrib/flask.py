@@ -18,10 +18,11 @@
 from ``app.config`` (then ``@limiter.limit`` works the same). The limiter's rules
 (``limiter.throttle``, lists, bans, ``THROTTLEKIT_RULES_FILE``) run around the app:
 ``Throttle`` wraps ``app.wsgi_app`` in a :class:`~throttlekit.WSGIMiddleware` (``rules=False``
-not to). The limits of a request are checked in a ``before_request`` hook, all in one
-storage call; a breach raises :class:`RateLimited`, a werkzeug ``TooManyRequests`` (so
-``@app.errorhandler(429)`` sees it) whose response carries the middleware's headers. The
-Decision is in ``g.throttle``.
+not to; inside a werkzeug ``ProxyFix`` already there, so that the rules see the client's
+address as the app does). The limits of a request are checked in a ``before_request``
+hook, all in one storage call; a breach raises :class:`RateLimited`, a werkzeug
+``TooManyRequests`` (so ``@app.errorhandler(429)`` sees it) whose response carries the
+middleware's headers. The Decision is in ``g.throttle``.
 
 Settings (``app.config``): ``THROTTLEKIT_STORAGE_URL``, ``THROTTLEKIT_DEFAULT_LIMITS``,
 ``THROTTLEKIT_APPLICATION_LIMITS``, ``THROTTLEKIT_ENABLED``, ``THROTTLEKIT_STRATEGY``,
@@ -38,6 +39,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 from flask import Blueprint, Flask, after_this_request, current_app, g, has_request_context, request
 from werkzeug.exceptions import TooManyRequests
+from werkzeug.middleware.proxy_fix import ProxyFix
 from werkzeug.wrappers import Request as WerkzeugRequest
 from werkzeug.wrappers import Response
 
@@ -259,7 +261,11 @@ class Throttle:
         app.after_request(self._after)
         app.teardown_request(self._teardown)
         if self._rules and not _runs_rules(app.wsgi_app, lim):
-            app.wsgi_app = WSGIMiddleware(app.wsgi_app, lim)  # type: ignore[method-assign]
+            fix = _proxy_fix(app.wsgi_app)
+            if fix is not None:  # inside it: the rules see the client's address, as the app
+                fix.app = WSGIMiddleware(fix.app, lim)
+            else:
+                app.wsgi_app = WSGIMiddleware(app.wsgi_app, lim)  # type: ignore[method-assign]
         warn_memory_multiworker(lim)
 
     # -- decorators (the same as the limiter's; usable before init_app) -------------------
@@ -348,6 +354,18 @@ def _runs_rules(wsgi_app: Any, lim: Limiter) -> bool:
         if wsgi_app is None:
             return False
     return False
+
+
+def _proxy_fix(wsgi_app: Any) -> ProxyFix | None:
+    """The innermost werkzeug ``ProxyFix`` that ``wsgi_app`` is or wraps (through ``.app``)."""
+    found = None
+    for _ in range(16):
+        if isinstance(wsgi_app, ProxyFix):
+            found = wsgi_app
+        wsgi_app = getattr(wsgi_app, "app", None)
+        if wsgi_app is None:
+            break
+    return found
 
 
 def decision() -> Decision | None:

@@ -484,15 +484,16 @@ class MemoryStorage(Storage):
         """Drop the timed bans ending soonest until at most ``max_keys`` are held (the lock
         is held): a flood of distinct offenders cannot grow the blocklist without bound."""
         expiries, blocks = self._expiries, self._blocks
-        if not self._blocks_evicted:
-            logger.warning("more than max_keys=%d bans: the ones ending soonest are dropped "
-                           "(logged once; stats()['blocks_evicted'] counts them)", self.max_keys)
+        first = not self._blocks_evicted
         while len(blocks) > self.max_keys and expiries:
             at, key = heappop(expiries)
             b = blocks.get(key)
             if b is not None and b.expires_at == at:  # not re-blocked or lifted since
                 del blocks[key]
                 self._blocks_evicted += 1
+        if first and self._blocks_evicted:  # (not while only bans without expiry are held)
+            logger.warning("more than max_keys=%d bans: the ones ending soonest are dropped "
+                           "(logged once; stats()['blocks_evicted'] counts them)", self.max_keys)
 
     def unblock(self, key: str) -> bool:
         with self._lock:

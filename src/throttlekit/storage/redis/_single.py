@@ -171,6 +171,7 @@ class SingleChecks:
                     lambda: _send_read(conn, cmd), lambda _error: conn.disconnect()
                 )
             except self._noscript:
+                self._scripts_lost()
                 return MISSING
         except self._errors as exc:
             raise failed(exc) from exc
@@ -244,6 +245,8 @@ class SingleChecks:
                 raw = self._eval_one(fx.script, fx.sha, args)
         else:
             raw = self._eval_one(fx.script, fx.sha, args)
+        if not fx.due:  # NOSCRIPT: the server restarted, its registry maybe gone with it
+            self._eval(self._register, [self._registry], self._registration([fx], t))
         if raw is None:
             return None
         return fixed_decision(check.algorithm, int(raw), check.cost, left, charged)
@@ -257,6 +260,8 @@ class SingleChecks:
         if t >= fx.due and self._due(fx, t):
             await self._aeval(self._register, [self._registry], self._registration([fx], t))
         raw = await self._aeval_one(client, fx.script, fx.sha, args)
+        if not fx.due:  # (see _fixed)
+            await self._aeval(self._register, [self._registry], self._registration([fx], t))
         if raw is None:
             return None
         return fixed_decision(check.algorithm, int(raw), check.cost, left, charged)
@@ -283,6 +288,14 @@ class SingleChecks:
         fx.due = self._registered.get(fx.id, 0)
         return t >= fx.due
 
+    def _scripts_lost(self) -> None:
+        """The server answered NOSCRIPT: it restarted (or its scripts were flushed), and
+        the id registry may be gone with its keys: every id is registered again, the
+        checking one at once (:meth:`_fixed`), the others on their next check."""
+        self._registered.clear()
+        for fx in self._fixeds.values():
+            fx.due = 0
+
     def _unregistered(self, checks: Sequence[Check]) -> list[Any] | None:
         """``register.lua``'s arguments for the fixed windows among ``checks`` whose ids
         are due (see :meth:`_registration`); None when none is."""
@@ -303,6 +316,7 @@ class SingleChecks:
             try:
                 return client.execute_command("EVALSHA", sha, *args)
             except self._noscript:
+                self._scripts_lost()
                 return client.execute_command("EVAL", script.source, *args)
         except self._errors as exc:
             raise failed(exc) from exc

@@ -277,6 +277,7 @@ class RedisStorage(BlockLookups, SingleChecks, LeaseCalls, Clients, Storage):
             try:
                 return client.execute_command("EVALSHA", script.sha, len(keys), *keys, *args)
             except self._noscript:
+                self._scripts_lost()
                 return client.execute_command("EVAL", script.source, len(keys), *keys, *args)
         except self._errors as exc:
             raise failed(exc) from exc
@@ -344,7 +345,8 @@ class RedisStorage(BlockLookups, SingleChecks, LeaseCalls, Clients, Storage):
     def reset(self, keys: Sequence[str]) -> None:
         if self._client is None:
             self.sync_client()
-        ids = self._sync_call("ZRANGEBYSCORE", self._registry, time.time_ns() // 10**6, "+inf")
+        ids = [*self._sync_call("ZRANGEBYSCORE", self._registry, time.time_ns() // 10**6,
+                                "+inf"), *self._registered]  # (and this process's own)
         for group in self._key_groups(keys):
             self._eval(self._reset, group, ids)
 
@@ -413,6 +415,7 @@ class RedisStorage(BlockLookups, SingleChecks, LeaseCalls, Clients, Storage):
                     "EVALSHA", script.sha, len(keys), *keys, *args
                 )
             except self._noscript:
+                self._scripts_lost()
                 return await client.execute_command(
                     "EVAL", script.source, len(keys), *keys, *args
                 )
@@ -424,6 +427,7 @@ class RedisStorage(BlockLookups, SingleChecks, LeaseCalls, Clients, Storage):
             try:
                 return await client.execute_command("EVALSHA", sha, *args)
             except self._noscript:
+                self._scripts_lost()
                 return await client.execute_command("EVAL", script.source, *args)
         except self._errors as exc:
             raise failed(exc) from exc
@@ -492,8 +496,8 @@ class RedisStorage(BlockLookups, SingleChecks, LeaseCalls, Clients, Storage):
         if self._async() is None:
             await asyncio.to_thread(self.reset, keys)
             return
-        ids = await self._acall("ZRANGEBYSCORE", self._registry, time.time_ns() // 10**6,
-                                "+inf")
+        ids = [*await self._acall("ZRANGEBYSCORE", self._registry, time.time_ns() // 10**6,
+                                  "+inf"), *self._registered]  # (see reset)
         for group in self._key_groups(keys):
             await self._aeval(self._reset, group, ids)
 
