@@ -570,11 +570,14 @@ def test_threads_never_exceed_the_limit_and_leave_nothing_in_flight(fixed):
     now = [0]
     peak = [0]
     errors: list[BaseException] = []
+    opened = threading.Event()  # the held slots are given back: the 3,000 tries count from then
 
     def worker(seed: int) -> None:
         rng = random.Random(seed)
         try:
-            for _ in range(3000):
+            done = 0
+            while done < 3000:
+                done += opened.is_set()
                 ticket = limit.try_acquire(rng.randrange(2))
                 if ticket is None:
                     continue
@@ -604,6 +607,7 @@ def test_threads_never_exceed_the_limit_and_leave_nothing_in_flight(fixed):
         for ticket in held:
             if ticket is not None:
                 ticket.release()
+        opened.set()
         for t in threads:
             t.join()
     assert not errors

@@ -18,7 +18,7 @@ RATE = "5/hour"
 
 @pytest.fixture
 def server() -> Iterator[RedisServer]:
-    with start_or_skip(RedisServer(7821)) as s:
+    with start_or_skip(RedisServer()) as s:
         yield s
 
 
@@ -133,3 +133,29 @@ def test_memory_block_eviction_is_logged_once(caplog: pytest.LogCaptureFixture) 
     assert len(warned) == 1
     assert store.stats()["blocks_evicted"] == 2
     assert store.stats()["blocks"] == 6
+
+
+def _register(server: RedisServer, now_ms: int, *pairs: tuple[int, str]) -> None:
+    script = (Path(__file__).parent.parent / "src/throttlekit/storage/redis/lua/register.lua"
+              ).read_text()
+    flat = [x for score, ident in pairs for x in (score, ident)]
+    server.command("EVAL", script, 1, "reg", now_ms, *flat)
+
+
+@pytest.mark.redis
+def test_the_id_registry_holds_across_hosts_with_skewed_clocks(server: RedisServer) -> None:
+    """Hosts' clocks differ: a host 30 minutes ahead drops no id another host registered, a
+    lower score never replaces a higher one, and a host two hours behind Redis's clock does
+    not make the registry expire at once."""
+    real = int(server.command("TIME")[0]) * 1000
+    _register(server, real, (real + 120_000, "fw-a"))
+    _register(server, real + 1_800_000, (real + 1_800_000 + 120_000, "fw-b"))  # 30 min ahead
+    _register(server, real, (real + 60_000, "fw-b"))  # a lower score for fw-b
+    members = server.command("ZRANGE", "reg", 0, -1, "WITHSCORES")
+    scores = {members[i].decode() if isinstance(members[i], bytes) else members[i]:
+              float(members[i + 1]) for i in range(0, len(members), 2)}
+    assert scores == {"fw-a": real + 120_000, "fw-b": real + 1_800_000 + 120_000}
+    server.command("DEL", "reg")
+    behind = real - 7_200_000  # two hours behind Redis
+    _register(server, behind, (behind + 120_000, "fw-c"))
+    assert int(server.command("PTTL", "reg")) > 3_600_000

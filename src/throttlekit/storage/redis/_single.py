@@ -7,7 +7,8 @@ A fixed window on the caller's clock runs ``fixed_window.lua``, with or without 
 request's block keys: the window and its TTL are computed here, the script only counts (one
 ``INCRBY`` of the window's string key when it allows; one ``EXISTS`` more for block keys),
 and the Decision is made here from the count it returns. The ids of the fixed windows in use
-are registered (``register.lua``, once an hour per id and process: one more round trip then)
+are registered (``register.lua``, once a minute per id and process: one more round trip then;
+a registry lost without the scripts (an eviction) is back within the minute)
 so that ``reset`` finds their keys without ``KEYS``/``SCAN``.
 """
 
@@ -39,7 +40,7 @@ _MAX_ONES = 4096  # bound of the per-algorithm argument caches
 MISSING = object()  # the server does not know the script (NOSCRIPT)
 _WINDOWS = 1 << 19  # a fixed window's key holds (window mod this) << 33 | count
 _LEAN = frozenset({"token_bucket", "sliding_window"})  # their *_at.lua scripts
-_REGISTER_EVERY = 3600_000_000  # a fixed window's id is registered once an hour (us)
+_REGISTER_EVERY = 60_000_000  # a fixed window's id is registered once a minute (us)
 
 
 def _send_read(conn: Any, cmd: bytes) -> Any:
