@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import functools
 import os
+import shutil
 import statistics
 import subprocess
 import sys
@@ -35,12 +36,17 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+import pytest
+
 from throttlekit import Limiter, WSGIMiddleware
 
 #: 50 rules of which one applies, against one rule (the issue's target)
 MAX_RATIO_ONE_OF_FIFTY = 1.3
 #: what each applying rule may add to a request, in microseconds (the issue's target)
 MAX_US_PER_APPLYING_RULE = 1.0
+#: instructions a µs of this code runs on the 2-core machine (9,000-11,800 measured at loads
+#: 0-16: ``bench_rules_scale.py instructions`` against its timed run)
+INSTRUCTIONS_PER_US = 10_000
 N_RULES = 50
 BATCH = 500
 ROUNDS = 11
@@ -158,9 +164,20 @@ def test_fifty_rules_of_which_one_applies_cost_at_most_1_3x_one(target: Any) -> 
 
 def test_each_applying_rule_adds_at_most_1_us(target: Any) -> None:
     """Each rule that applies adds at most 1 µs to a request (50 applying against one).
-    Asserted through the ``target`` fixture: at the loose bound in the smoke pass (met:
-    1.5-1.9 µs measured on a loaded machine), at 1 µs when measuring (not met yet: about
-    12,800 instructions a rule, 1 µs is about 9,000-11,000 here; see docs/benchmarks.md)."""
+    When measuring: in CPU time, at 1 µs (not met yet: about 12,600 instructions a rule; see
+    docs/benchmarks.md). In the smoke pass, a timed µs on a shared machine moves 2x with its
+    load (3.2 µs in a CI run at load, 1.5-1.9 µs usually), so the loose bound is checked in
+    instructions, which do not move: at ``INSTRUCTIONS_PER_US`` a µs, under valgrind."""
+    if not target.measuring:
+        if shutil.which("valgrind") is None:
+            if os.environ.get("CI", "").strip().lower() == "true":
+                pytest.fail("valgrind is missing (CI=true: apt-get install -y valgrind)")
+            pytest.skip("valgrind is missing: apt-get install -y valgrind")
+        per_rule = target.run(lambda: (instructions("fifty-apply", 1) - instructions("one", 1))
+                              / (N_RULES - 1))
+        target.at_most(f"instructions added per applying rule / {INSTRUCTIONS_PER_US:,} "
+                       "(a µs here)", per_rule / INSTRUCTIONS_PER_US, MAX_US_PER_APPLYING_RULE)
+        return
     us = target.run(_measured)
     _, per_rule = figures(us)
     target.at_most("µs added per applying rule", per_rule, MAX_US_PER_APPLYING_RULE)
