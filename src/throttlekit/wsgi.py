@@ -217,9 +217,7 @@ class _Released(chain):  # type: ignore[type-arg]
 
     def close(self) -> None:
         try:
-            close = getattr(self.result, "close", None)
-            if close is not None:
-                close()
+            _close(self.result)
         finally:
             next(self.tail, None)  # released unless the body was sent to its end
 

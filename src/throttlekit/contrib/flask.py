@@ -260,10 +260,13 @@ class Throttle:
         app.before_request(self._before)
         app.after_request(self._after)
         app.teardown_request(self._teardown)
-        if self._rules and not _runs_rules(app.wsgi_app, lim):
-            fix = _proxy_fix(app.wsgi_app)
-            if fix is not None:  # inside it: the rules see the client's address, as the app
-                fix.app = WSGIMiddleware(fix.app, lim)
+        wrapped = _wrapped(app.wsgi_app)
+        if self._rules and not any(
+            isinstance(w, WSGIMiddleware) and w.limiter is lim for w in wrapped
+        ):
+            fixes = [w for w in wrapped if isinstance(w, ProxyFix)]
+            if fixes:  # inside the innermost: the rules see the client's address, as the app
+                fixes[-1].app = WSGIMiddleware(fixes[-1].app, lim)
             else:
                 app.wsgi_app = WSGIMiddleware(app.wsgi_app, lim)  # type: ignore[method-assign]
         warn_memory_multiworker(lim)
@@ -345,27 +348,12 @@ class Throttle:
         return response
 
 
-def _runs_rules(wsgi_app: Any, lim: Limiter) -> bool:
-    """Whether ``wsgi_app`` is (or wraps, through ``.app``) a WSGIMiddleware of ``lim``."""
-    for _ in range(16):
-        if isinstance(wsgi_app, WSGIMiddleware) and wsgi_app.limiter is lim:
-            return True
-        wsgi_app = getattr(wsgi_app, "app", None)
-        if wsgi_app is None:
-            return False
-    return False
-
-
-def _proxy_fix(wsgi_app: Any) -> ProxyFix | None:
-    """The innermost werkzeug ``ProxyFix`` that ``wsgi_app`` is or wraps (through ``.app``)."""
-    found = None
-    for _ in range(16):
-        if isinstance(wsgi_app, ProxyFix):
-            found = wsgi_app
-        wsgi_app = getattr(wsgi_app, "app", None)
-        if wsgi_app is None:
-            break
-    return found
+def _wrapped(wsgi_app: Any) -> list[Any]:
+    """``wsgi_app`` and what it wraps, through ``.app`` (at most 16 deep)."""
+    chain = [wsgi_app]
+    while len(chain) < 16 and (wsgi_app := getattr(wsgi_app, "app", None)) is not None:
+        chain.append(wsgi_app)
+    return chain
 
 
 def decision() -> Decision | None:
