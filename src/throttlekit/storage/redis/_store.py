@@ -36,7 +36,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Sequence
+from collections.abc import Generator, Sequence
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from ..._algorithms import Algorithm
@@ -70,6 +70,9 @@ __all__ = ["Calls", "RedisStorage"]
 
 _CLUSTER_CLASS: list[type[RedisStorage]] = []  # the storage of Cluster clients (see cluster.py)
 _R = TypeVar("_R")
+# the store calls RedisStorage._applying yields, each with its arguments
+_CALL, _ONE, _FIXED, _APPLY, _EVAL, _RUN = "call", "one", "fixed", "apply", "eval", "run"
+_Op = tuple[str, tuple[Any, ...]]
 
 
 class RedisStorage(BlockLookups, SingleChecks, LeaseCalls, Clients, Storage):
@@ -303,15 +306,45 @@ class RedisStorage(BlockLookups, SingleChecks, LeaseCalls, Clients, Storage):
               block_keys: Sequence[str] = ()) -> BatchResult:
         if self._client is None:
             self.sync_client()
+        steps = self._applying(checks, consume, now, block_keys)
+        answer: Any = None
+        try:
+            while True:  # the steps' I/O, done here (aapply does it awaited)
+                op, a = steps.send(answer)
+                if op is _CALL:
+                    answer = self._sync_call(*a)
+                elif op is _ONE:
+                    if self._pool is not None:
+                        answer = self._direct_one(*a)
+                    else:
+                        one, args = self._one(*a)
+                        answer = one, self._eval_one(one.script, one.sha, args)
+                elif op is _FIXED:
+                    answer = self._fixed(*a)
+                elif op is _APPLY:
+                    answer = self.apply(a[0], consume=a[1], now=a[2])
+                elif op is _EVAL:
+                    answer = self._eval(*a)
+                else:
+                    answer = self._run(*a)
+        except StopIteration as done:
+            result: BatchResult = done.value
+            return result
+
+    def _applying(self, checks: Sequence[Check], consume: bool, now: int | None,
+                  block_keys: Sequence[str]) -> Generator[_Op, Any, BatchResult]:
+        """What ``apply`` and ``aapply`` do, written once: each store call is yielded as
+        ``(op, args)`` and its answer sent back (the shells make the call, sync or async)."""
         checks, now = at_instant(checks, now)  # calendar windows: this period's
         if block_keys:
             look = self._lookups()
             if look is None:
                 mark = self._mark()
-                look = self._saw_blocks(self._sync_call("EXISTS", self._index[0]), mark)
+                look = self._saw_blocks((yield _CALL, ("EXISTS", self._index[0])), mark)
             if not look:  # an empty blocklist: nothing to look up
-                result = self._unlooked(checks, len(block_keys)) or self.apply(
-                    checks, consume=consume, now=now)
+                result = self._unlooked(checks, len(block_keys))
+                if result is None:
+                    result = yield _APPLY, (checks, consume, now)
                 result.blocked[:] = [None] * len(block_keys)
                 return result
         if len(checks) == 1:  # the common case: one specialised script
@@ -319,11 +352,7 @@ class RedisStorage(BlockLookups, SingleChecks, LeaseCalls, Clients, Storage):
             if now is None and self.clock == "client":
                 now = int(time.time() * 1_000_000)
             if not block_keys and self._one_script(c.algorithm):
-                if self._pool is not None:
-                    one, raw = self._direct_one(c, consume, now)
-                else:
-                    one, args = self._one(c, consume, now)
-                    raw = self._eval_one(one.script, one.sha, args)
+                one, raw = yield _ONE, (c, consume, now)
                 if one.lean:
                     assert now is not None
                     return BatchResult([lean_decision(c.algorithm, raw, now, c.cost)], [])
@@ -331,13 +360,15 @@ class RedisStorage(BlockLookups, SingleChecks, LeaseCalls, Clients, Storage):
             if now is not None and c.algorithm.name == "fixed_window" and (
                 self._inline_blocks or not block_keys
             ):  # (else: the batch; so too when a block key has an entry)
-                d = self._fixed(c, consume, now, block_keys)
+                d = yield _FIXED, (c, consume, now, block_keys)
                 if d is not None:
                     return BatchResult([d], [None] * len(block_keys))
         reg = self._unregistered(checks)
         if reg is not None:
-            self._eval(self._register, [self._registry], reg)
-        return self._run(self._batch, self._batches(checks, consume, now, block_keys))
+            yield _EVAL, (self._register, [self._registry], reg)
+        batched: BatchResult = yield _RUN, (self._batch, self._batches(checks, consume, now,
+                                                                         block_keys))
+        return batched
 
     def hit(self, algorithm: Algorithm, key: str, cost: int, now: int | None) -> Decision:
         return self.apply((Check(algorithm, key, cost),), now=now).decisions[0]
@@ -456,38 +487,27 @@ class RedisStorage(BlockLookups, SingleChecks, LeaseCalls, Clients, Storage):
             return await asyncio.to_thread(
                 self.apply, checks, consume=consume, now=now, block_keys=block_keys
             )
-        checks, now = at_instant(checks, now)
-        if block_keys:
-            look = self._lookups()
-            if look is None:
-                mark = self._mark()
-                look = self._saw_blocks(await self._acall("EXISTS", self._index[0]), mark)
-            if not look:  # an empty blocklist: nothing to look up
-                result = self._unlooked(checks, len(block_keys)) or await self.aapply(
-                    checks, consume=consume, now=now)
-                result.blocked[:] = [None] * len(block_keys)
-                return result
-        if len(checks) == 1:  # the common case: one specialised script
-            c = checks[0]
-            if now is None and self.clock == "client":
-                now = int(time.time() * 1_000_000)
-            if not block_keys and self._one_script(c.algorithm):
-                one, args = self._one(c, consume, now)
-                raw = await self._aeval_one(client, one.script, one.sha, args)
-                if one.lean:
-                    assert now is not None
-                    return BatchResult([lean_decision(c.algorithm, raw, now, c.cost)], [])
-                return BatchResult([decision(c.algorithm, raw)], [])
-            if now is not None and c.algorithm.name == "fixed_window" and (
-                self._inline_blocks or not block_keys
-            ):  # (else: the batch; so too when a block key has an entry)
-                d = await self._afixed(client, c, consume, now, block_keys)
-                if d is not None:
-                    return BatchResult([d], [None] * len(block_keys))
-        reg = self._unregistered(checks)
-        if reg is not None:
-            await self._aeval(self._register, [self._registry], reg)
-        return await self._arun(self._batch, self._batches(checks, consume, now, block_keys))
+        steps = self._applying(checks, consume, now, block_keys)
+        answer: Any = None
+        try:
+            while True:  # (see apply)
+                op, a = steps.send(answer)
+                if op is _CALL:
+                    answer = await self._acall(*a)
+                elif op is _ONE:
+                    one, args = self._one(*a)
+                    answer = one, await self._aeval_one(client, one.script, one.sha, args)
+                elif op is _FIXED:
+                    answer = await self._afixed(client, *a)
+                elif op is _APPLY:
+                    answer = await self.aapply(a[0], consume=a[1], now=a[2])
+                elif op is _EVAL:
+                    answer = await self._aeval(*a)
+                else:
+                    answer = await self._arun(*a)
+        except StopIteration as done:
+            result: BatchResult = done.value
+            return result
 
     async def ahit(self, algorithm: Algorithm, key: str, cost: int, now: int | None) -> Decision:
         return (await self.aapply((Check(algorithm, key, cost),), now=now)).decisions[0]
