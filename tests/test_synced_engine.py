@@ -100,18 +100,67 @@ def test_a_ban_by_another_worker_or_the_cli_holds_within_sync_interval() -> None
 ])
 def test_a_failing_store_gets_the_fail_policy_on_the_common_case(
         policy: str, outcomes: list[bool]) -> None:
-    """The store fails while a key's lease is spent: the rules' verdicts come from
+    """The store fails while a key's lease is spent: the verdicts come from
     ``on_storage_error`` (degraded decisions; the "local" policy counts the limit in the
-    fallback store), nothing raises, and the breaker keeps the dead store out of the path."""
+    fallback store), nothing raises, and the breaker keeps the dead store out of the path.
+    After the first failure the requests take the engine's general path, so they are
+    answered as on any failing remote store ("storage-unavailable" under "deny")."""
     store = DownableStore()
     limiter = Limiter(SyncedStorage(store), on_storage_error=policy, retry_interval=600)
     limiter.throttle("per-ip", "3/hour", key="ip")
-    assert limiter.engine.local_blocks is not None
+    assert not limiter.engine.local_blocks  # the common case applies
     store.down = True
     verdicts = [limiter.evaluate(_view(limiter)) for _ in range(4)]
     assert [v.allowed for v in verdicts] == outcomes
     assert all(v.decision is not None and v.decision.degraded for v in verdicts)
+    assert all(v.degraded for v in verdicts[1:])
+    if policy == "deny":
+        assert {v.rule for v in verdicts[1:]} == {"storage-unavailable"}
     assert store.calls == 1
+
+
+def test_the_common_case_comes_back_with_the_store() -> None:
+    """Once the store answers again (the breaker's retry_interval over), the blocklist is
+    read again and requests are answered from the leases once more."""
+    store = DownableStore()
+    limiter = Limiter(SyncedStorage(store), on_storage_error="allow", retry_interval=0.05)
+    limiter.throttle("per-ip", "1000/hour", key="ip")
+    store.down = True
+    assert limiter.evaluate(_view(limiter)).decision.degraded  # type: ignore[union-attr]
+    assert limiter.engine.local_blocks  # the general path while the store fails
+    store.down = False
+    time.sleep(0.05)  # the breaker's retry_interval: the time the wrapper waits
+    store.block("203.0.113.1", 60)  # made during the outage: must be seen
+    verdict = limiter.evaluate(_view(limiter))
+    assert verdict.allowed and not verdict.degraded
+    blocks = limiter.engine.local_blocks
+    assert blocks is not None and set(blocks) == {"203.0.113.1"}
+    assert not limiter.evaluate(_view(limiter, "203.0.113.1")).allowed
+    assert limiter.storage.unblock("203.0.113.1")  # this worker's own: read at once
+    assert not limiter.engine.local_blocks
+    calls = store.calls
+    assert all(limiter.evaluate(_view(limiter)).allowed for _ in range(50))
+    assert store.calls - calls < 10  # from the leases again
+
+
+def test_a_refused_client_is_refused_from_the_worker_until_retry_or_sync_interval() -> None:
+    """A client over its limit keeps hammering: its refusals are repeated by the worker
+    (the store's answer, its retry_after counting down) instead of a round trip each, for
+    sync_interval at most; they charge nothing, and a reset here lets it in at once."""
+    store = DownableStore()
+    limiter = Limiter(SyncedStorage(store, sync_interval=1.0))
+    limiter.throttle("per-ip", "3/hour", key="ip")
+    assert [limiter.evaluate(_view(limiter)).allowed for _ in range(3)] == [True] * 3
+    first = limiter.evaluate(_view(limiter))
+    calls = store.calls
+    again = [limiter.evaluate(_view(limiter)) for _ in range(20)]
+    assert not any(v.allowed for v in again)
+    assert store.calls == calls  # no round trip for the repeated refusals
+    assert first.decision is not None and all(
+        v.decision is not None and v.decision.retry_after <= first.decision.retry_after
+        and v.decision.remaining == 0 and v.rule == "per-ip" for v in again)
+    limiter.reset_rules("198.51.100.7")
+    assert limiter.evaluate(_view(limiter)).allowed
 
 
 # -- real processes on a real Redis, through the rules ----------------------------------------

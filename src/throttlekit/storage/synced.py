@@ -124,7 +124,7 @@ class SyncedStorage(Storage):
         #: a local store's live blocklist, else a copy of the store's read every sync_interval
         self._view: BlocksView | None = None
         self.local_blocks = storage.local_blocks
-        if self.local_blocks is None:
+        if storage.remote:
             self.local_blocks = self._view = BlocksView(storage.blocked, self.sync_interval)
         self.local_hits = storage.remote  # (see bind, bind_batch, wrapped_by)
         #: where bound hits' round trips go: the resilience wrapper's apply (``wrapped_by``)
@@ -149,6 +149,10 @@ class SyncedStorage(Storage):
             if clear.get(k, 0) <= now:
                 return None
         leases = self._leases
+        if len(checks) == 1 and (lease := leases.get((checks[0].algorithm.id, checks[0].key))):
+            refusal = lease.refused(checks[0].cost, now)
+            if refusal is not None:
+                return BatchResult([refusal], [None] * len(block_keys))
         found = []
         for c in checks:
             lease = leases.get((c.algorithm.id, c.key))
@@ -241,6 +245,7 @@ class SyncedStorage(Storage):
                 lease.expires = expires
             lease.remaining = d.remaining
             lease.reset_at = reset_at
+            lease.refusal = None
             out.append(d._replace(remaining=d.remaining + extra) if extra else d)
         return BatchResult(out, result.blocked, result.policy)
 
@@ -298,12 +303,14 @@ class SyncedStorage(Storage):
             if self._retry(checks, sizes, result):
                 sizes = [c.cost for c in checks]
                 result = self.storage.apply(checks, now=now, block_keys=block_keys)
+            self._answered(True)
             if not all(d.allowed for d in result.decisions):
-                self._forget_leases(checks)
+                self._refused(checks, result.decisions, t)
                 return result
             with self._lock:
                 return self._record(checks, sizes, result, t, block_keys)
         except Exception as exc:  # (an interrupt of this thread is not the store's failure)
+            self._answered(False)
             if mine is not None:
                 mine.failure = exc
             raise
@@ -363,13 +370,16 @@ class SyncedStorage(Storage):
             if self._retry(checks, sizes, result):
                 sizes = [c.cost for c in checks]
                 result = await self.storage.aapply(checks, now=now, block_keys=block_keys)
+            self._answered(True)
             if not all(d.allowed for d in result.decisions):
-                self._forget_leases(checks)
+                self._refused(checks, result.decisions, t)
                 return result
             with self._lock:
                 return self._record(checks, sizes, result, t, block_keys)
         except BaseException as exc:
             failure = exc
+            if isinstance(exc, Exception):
+                self._answered(False)
             raise
         finally:
             if mine is not None:
@@ -422,6 +432,8 @@ class SyncedStorage(Storage):
                     lease.used += cost
                     return decide(True, lease.remaining + lease.left,
                                   max(0, lease.reset_at - t), 0.0)
+                if lease is not None and (refusal := lease.refused(cost, t)) is not None:
+                    return refusal
             return self._through((Check(algorithm, k, cost),), now=now).decisions[0]
 
         return hit
@@ -444,11 +456,20 @@ class SyncedStorage(Storage):
 
         return batch
 
-    def _forget_leases(self, checks: Sequence[Check]) -> None:
-        """A refusal: the next request of these keys starts again from an exact charge."""
+    def _refused(self, checks: Sequence[Check], decisions: Sequence[Decision],
+                 now: int) -> None:
+        """A refusal: the next request of these keys starts again from an exact charge; a
+        key refused alone is refused here again, at the same cost, until the store's
+        retry_after or for sync_interval, whichever ends first."""
         with self._lock:
-            for c in checks:
-                self._leases.pop((c.algorithm.id, c.key), None)
+            leases = self._leases
+            for c, d in zip(checks, decisions, strict=True):
+                leases.pop((c.algorithm.id, c.key), None)
+                if len(checks) == 1 and not d.allowed and len(leases) < self.max_keys:
+                    lease = leases[(c.algorithm.id, c.key)] = Lease(1)
+                    lease.refusal, lease.refused_at, lease.refused_cost = d, now, c.cost
+                    lease.refused_until = now + int(
+                        min(d.retry_after, self.sync_interval) * 1e6)
 
     def _forget_keys(self, keys: Sequence[str]) -> None:
         # A reset here takes effect here at once; other workers' leases end within
@@ -502,6 +523,13 @@ class SyncedStorage(Storage):
             return await self.storage.aunblock(key)
         finally:
             self._stale()
+
+    def _answered(self, answered: bool) -> None:
+        """A round trip was answered, or raised: the view takes the engine off its common
+        case while the store fails (see _synced_state)."""
+        view = self._view
+        if view is not None:
+            view.answered() if answered else view.failed()
 
     def _stale(self) -> None:
         """A change of the blocklist made here: the view reads it again on its next look."""
