@@ -35,22 +35,23 @@ by one), peeks (``consume=False``), batches with independent or probe checks, bl
 leases of concurrency slots and admin calls go to the store as they are. Dynamic blocklist
 lookups made with a request are answered from the store's last answer for at most
 ``sync_interval``: a new ban, an ``unblock`` or a ``reset`` reaches every worker within
-``sync_interval`` (at most one second, see DECISIONS "the local denial cache").
+``sync_interval`` (at most one second, see DECISIONS "the local denial cache"). A key
+refused alone is refused again here until its retry_after or for ``sync_interval``.
+
+The engine's common case (``local_hits``): a bound hit admits from the lease; the shared
+blocklist is seen through a copy read every ``sync_interval`` (``_synced_state``).
 
 Concurrency: one lease per key is asked at a time, and requests that find it empty
 meanwhile wait for that ask instead of a round trip of their own (a failed ask fails them
 alike): tasks of one event loop await it, threads (gunicorn ``gthread``) block on it. A
-thread's wait is at most the rest of a round trip it would otherwise make itself. (Threads
-charged exactly meanwhile made one round trip after another while an ask was slow to come
-back, on a busy host or with the GIL held by the other threads: the round trips per request
-grew with the load.)
+thread's wait is at most the rest of a round trip it would otherwise make itself (see
+docs/backends.md for why threads no longer charge exactly meanwhile).
 
-Failures: the wrapper adds no policy. A failing store raises from ``apply`` as it would
-unwrapped, so the limiter's ``on_storage_error``, breaker and fallback answer as before
-(leases already held keep admitting until they end). No thread: every sync happens inline,
-on the request that needs it. Thread-safe (gunicorn ``gthread``, Django's threads); the lock
-is held for dictionary updates only, never across a round trip. Composes with any backend
-(Redis, Cluster, Sentinel, memcached), since it only calls the ``Storage`` protocol.
+Failures: no policy here. ``apply`` raises as the store does and bound hits go through the
+limiter's resilience wrapper (``wrapped_by``), so ``on_storage_error``, breaker and fallback
+answer (held leases keep admitting until they end). No thread: every sync is inline. The
+lock is held for dictionary updates only, never across a round trip. Composes with any
+backend (Redis, Cluster, Sentinel, memcached): it only calls the ``Storage`` protocol.
 
 .. versionadded:: 0.19
 """
