@@ -14,7 +14,9 @@ hits every mode alike; medians are reported)::
 
     python benchmarks/bench_servers.py --duration 2 --repeats 7
 
-It prints a Markdown table: req/s, p50 and p99 latency, and req/s as a ratio to the bare
+(``--servers``, ``--modes``: a subset; ``--private-redis``: on a redis-server of the run's
+own, whose commands per request are printed after the table.) It prints a Markdown table:
+req/s, p50 and p99 latency, and req/s as a ratio to the bare
 app on the same server. The shared Redis on 127.0.0.1:6379 is used with a fresh key prefix
 per run and never flushed. ``test_servers_smoke`` runs a short version in the suite (bare
 and SyncedStorage on each server) and checks the issue's target at a loose bound.
@@ -214,14 +216,26 @@ def main(argv: Sequence[str] | None = None) -> None:
     p.add_argument("--repeats", type=int, default=7)
     p.add_argument("--servers", nargs="*", default=list(SERVERS), choices=SERVERS)
     p.add_argument("--modes", nargs="*", default=list(MODES), choices=MODES)
+    p.add_argument("--private-redis", action="store_true",
+                   help="run a redis-server of this run's own and print the commands it "
+                        "ran per request served by the Redis modes (INFO commandstats)")
     a = p.parse_args(argv)
     if shutil.which("wrk") is None:
         sys.exit("wrk is missing: apt-get install -y wrk")
     started = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
-    med = medians(run(a.servers, a.modes, a.duration, a.repeats))
+    with private_redis() if a.private_redis else contextlib.nullcontext(REDIS) as url:
+        results = run(a.servers, a.modes, a.duration, a.repeats, redis=url)
+        stats = commandstats(url) if a.private_redis else {}
     print(f"{started}, {os.cpu_count()} cores, medians of {a.repeats} runs of "
           f"{a.duration:g} s, wrk -t1 -c16\n")
-    print(table(med))
+    print(table(medians(results)))
+    if stats:
+        served = sum(r["requests"] for (_, mode), rs in results.items()
+                     if "redis" in mode or "synced" in mode for r in rs)
+        print(f"\nRedis commands per request of the Redis modes ({served:.0f} requests, "
+              "warm-ups not counted in requests):")
+        for name, calls in sorted(stats.items()):
+            print(f"  {name}: {calls} ({calls / max(served, 1):.4f}/request)")
 
 
 # -- the short version in the suite -------------------------------------------------------
@@ -254,8 +268,8 @@ def private_redis() -> Iterator[str]:
         proc.wait(10)
 
 
-def scripts_run(url: str) -> int:
-    """The scripts (EVAL/EVALSHA: one per throttlekit round trip) the Redis at ``url`` ran."""
+def commandstats(url: str) -> dict[str, int]:
+    """The calls of each command the Redis at ``url`` ran (``INFO commandstats``)."""
     import redis
 
     client = redis.Redis.from_url(url)
@@ -263,7 +277,13 @@ def scripts_run(url: str) -> int:
         stats = client.info("commandstats")
     finally:
         client.close()
-    return sum(int(stats.get(f"cmdstat_{c}", {}).get("calls", 0)) for c in ("eval", "evalsha"))
+    return {k.removeprefix("cmdstat_"): int(v.get("calls", 0)) for k, v in stats.items()}
+
+
+def scripts_run(url: str) -> int:
+    """The scripts (EVAL/EVALSHA: one per throttlekit round trip) the Redis at ``url`` ran."""
+    stats = commandstats(url)
+    return stats.get("eval", 0) + stats.get("evalsha", 0)
 
 
 def best(results: list[dict[str, float]], field: str, lowest: bool = False) -> float:

@@ -8,6 +8,14 @@ that gunicorn and uvicorn can import them by name:
 - ``TK_BENCH_REDIS``: the Redis URL; ``TK_BENCH_PREFIX``: the key prefix on it (each run its
   own, so the shared Redis is never flushed).
 
+Run as a program, it calls one mode's Flask app in process (no server), for counting
+instructions per request under callgrind (docs/benchmarks.md, *Real servers*)::
+
+    PYTHONHASHSEED=0 PYTHONPATH=src valgrind --tool=callgrind \
+        "$(python -c 'import sys; print(sys.executable)')" benchmarks/server_apps.py tk-synced 2000
+
+(run it with 0 too: the difference / 2000 is one request; 300 warm-up requests either way).
+
 Every limited app applies one far-away limit (``1000000/hour`` per client IP) to every
 request, so every request is allowed and charged: the cost measured is the check itself.
 """
@@ -98,3 +106,31 @@ flask_app = make_flask() if os.environ.get("TK_BENCH_SERVER", "flask") == "flask
 starlette_app = (
     make_starlette() if os.environ.get("TK_BENCH_SERVER") == "starlette" else None
 )
+
+
+def _calls(mode: str, n: int) -> None:
+    """Call ``mode``'s Flask app ``n`` times in process, after 300 warm-up requests."""
+    import io
+    import sys
+
+    app = make_flask(mode)
+    environ = {"REQUEST_METHOD": "GET", "PATH_INFO": "/", "SERVER_NAME": "bench",
+               "SERVER_PORT": "80", "SERVER_PROTOCOL": "HTTP/1.1", "QUERY_STRING": "",
+               "wsgi.url_scheme": "http", "REMOTE_ADDR": "127.0.0.1",
+               "wsgi.errors": sys.stderr}
+
+    def start_response(status: str, headers: Any, exc_info: Any = None) -> None:
+        return None
+
+    for _ in range(300 + n):
+        body = app(dict(environ, **{"wsgi.input": io.BytesIO()}), start_response)
+        b"".join(body)
+        getattr(body, "close", lambda: None)()
+
+
+if __name__ == "__main__":
+    import sys
+    import uuid
+
+    PREFIX = f"tk-bench-servers:{uuid.uuid4().hex[:8]}:"  # this run's own keys
+    _calls(sys.argv[1], int(sys.argv[2]))

@@ -101,9 +101,11 @@ class Engine:
         #: decisions need a network call (``aevaluate`` awaits it); a local store's
         #: ``evaluate`` never blocks, so async entries may call it directly
         self.remote = limiter.storage.remote
-        #: a local store's dynamic blocklist, None when remote (see Storage.local_blocks):
-        #: when it is empty, ``evaluate`` has no block to look up
-        self.local_blocks = None if self.remote else limiter.storage.local_blocks
+        #: the dynamic blocklist of a local store, or of a remote one answering the common
+        #: case in process (Storage.local_hits), else None (see Storage.local_blocks): when
+        #: it is empty, ``evaluate`` has no block to look up and takes its common case
+        local = not self.remote or limiter.storage.local_hits
+        self.local_blocks = limiter.storage.local_blocks if local else None
         #: the rules in force; registration and reloads replace it whole
         self.rules = Rules(limiter)
         self._concurrency: ConcurrencyRules | None = None

@@ -143,6 +143,7 @@ class ResilientStore(Storage):
         self.shared = inner.shared
         self.supports_leases = inner.supports_leases
         self.supports_escalation = inner.supports_escalation
+        inner.wrapped_by(self)  # (its bound hits' round trips then come through apply)
 
     def __repr__(self) -> str:
         return f"ResilientStore({self.inner!r}, policy={self.policy!r})"

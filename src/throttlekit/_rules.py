@@ -275,7 +275,7 @@ class _Throttle:
         #: the store's bound batch of a rule of several rates on a local store
         #: (``Storage.bind_batch`` under ``NS``): ``_fast`` calls it with ``(discriminator,)``
         self.batch: BoundBatch | None = None
-        if storage is not None and not storage.remote:
+        if storage is not None and (not storage.remote or storage.local_hits):
             if len(algorithms) == 1:
                 self.hit = storage.bind(algorithms[0], NS)
             else:

@@ -102,8 +102,14 @@ class Storage(abc.ABC):
     #: The dynamic blocklist as a live read-only mapping (key -> Block, expired entries
     #: included until reclaimed) when the store keeps it in this process, so a caller sees
     #: without a call that a request has nothing to look up; None when it lives on a server
-    #: (ask ``apply(block_keys=...)`` or ``blocked()``).
+    #: (ask ``apply(block_keys=...)`` or ``blocked()``), unless the store is ``local_hits``.
     local_blocks: Mapping[str, Block] | None = None
+    #: True for a remote store that answers the engine's common case in process where it
+    #: can (SyncedStorage, from its leases): its bound hits and batches send their round
+    #: trips through the resilience wrapper (``wrapped_by``), which never raises, and its
+    #: ``local_blocks`` is a copy of the store's blocklist read again every few tenths of a
+    #: second. The engine then takes its common case with it, as with a local store.
+    local_hits: bool = False
     #: the local cache of refusals; set only on a ResilientStore (see _resilience)
     denials: DenialCache | None = None
 
@@ -204,6 +210,12 @@ class Storage(abc.ABC):
 
     def close(self) -> None:  # noqa: B027 - optional hook
         """Release connections."""
+
+    def wrapped_by(self, outer: Storage) -> None:  # noqa: B027 - optional hook
+        """``outer``, the limiter's resilience wrapper (breaker, fail policy: see
+        throttlekit._resilience), wraps this store. A ``local_hits`` store sends the round
+        trips of its bound hits and batches through ``outer.apply``, which never raises; the
+        default ignores it."""
 
     # Async twins. Backends with real I/O override them; the defaults run the sync
     # method inline, which is right for the in-memory backend (microseconds, no I/O).

@@ -35,22 +35,23 @@ by one), peeks (``consume=False``), batches with independent or probe checks, bl
 leases of concurrency slots and admin calls go to the store as they are. Dynamic blocklist
 lookups made with a request are answered from the store's last answer for at most
 ``sync_interval``: a new ban, an ``unblock`` or a ``reset`` reaches every worker within
-``sync_interval`` (at most one second, see DECISIONS "the local denial cache").
+``sync_interval`` (at most one second, see DECISIONS "the local denial cache"). A key
+refused alone is refused again here until its retry_after or for ``sync_interval``.
+
+The engine's common case (``local_hits``): a bound hit admits from the lease; the shared
+blocklist is seen through a copy read every ``sync_interval`` (``_synced_state``).
 
 Concurrency: one lease per key is asked at a time, and requests that find it empty
 meanwhile wait for that ask instead of a round trip of their own (a failed ask fails them
 alike): tasks of one event loop await it, threads (gunicorn ``gthread``) block on it. A
-thread's wait is at most the rest of a round trip it would otherwise make itself. (Threads
-charged exactly meanwhile made one round trip after another while an ask was slow to come
-back, on a busy host or with the GIL held by the other threads: the round trips per request
-grew with the load.)
+thread's wait is at most the rest of a round trip it would otherwise make itself (see
+docs/backends.md for why threads no longer charge exactly meanwhile).
 
-Failures: the wrapper adds no policy. A failing store raises from ``apply`` as it would
-unwrapped, so the limiter's ``on_storage_error``, breaker and fallback answer as before
-(leases already held keep admitting until they end). No thread: every sync happens inline,
-on the request that needs it. Thread-safe (gunicorn ``gthread``, Django's threads); the lock
-is held for dictionary updates only, never across a round trip. Composes with any backend
-(Redis, Cluster, Sentinel, memcached), since it only calls the ``Storage`` protocol.
+Failures: no policy here. ``apply`` raises as the store does and bound hits go through the
+limiter's resilience wrapper (``wrapped_by``), so ``on_storage_error``, breaker and fallback
+answer (held leases keep admitting until they end). No thread: every sync is inline. The
+lock is held for dictionary updates only, never across a round trip. Composes with any
+backend (Redis, Cluster, Sentinel, memcached): it only calls the ``Storage`` protocol.
 
 .. versionadded:: 0.19
 """
@@ -61,52 +62,22 @@ import asyncio
 import math
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
 from .._algorithms import Algorithm
 from .._decision import Decision
 from .._errors import ConfigError
-from .base import BatchResult, Block, Check, Storage
+from ._synced_state import Asked, BlocksView, Held, Lease
+from .base import BatchResult, Block, BoundBatch, BoundHit, Check, Storage
 
 if TYPE_CHECKING:
     from .._escalation import Escalation
 
 __all__ = ["SyncedStorage"]
 
-#: resolved when a lease asked of the store is answered: with the failure, if it failed
-_Asked = asyncio.Future[BaseException | None]
 #: a lease never grows past this many units, whatever the traffic
 _MAX_CHUNK = 1 << 16
-
-
-class _Lease:
-    """Quota charged to the store and not yet admitted, for one (algorithm, key)."""
-
-    __slots__ = ("asking", "chunk", "expires", "held", "left", "remaining", "reset_at",
-                 "used", "waiter")
-
-    def __init__(self, chunk: int) -> None:
-        self.chunk = chunk  # the next lease's size
-        self.asking = False  # a lease of this key is being asked of the store
-        self.waiter: _Asked | None = None  # resolved when the ask (on a loop) is answered
-        self.held: _Held | None = None  # done when the ask (by a thread) is answered
-        self.left = 0  # units charged and not yet admitted
-        self.used = 0  # units of the current lease admitted so far
-        self.expires = 0  # microseconds; the lease's units are void from then on
-        self.remaining = 0  # the store's remaining after the lease was charged
-        self.reset_at = 0  # microseconds; the store's reset_after, as an instant
-
-
-class _Held:
-    """A lease being asked of the store by a thread: the other threads wait for the
-    answer (``done``), and fail alike if it failed."""
-
-    __slots__ = ("done", "failure")
-
-    def __init__(self) -> None:
-        self.done = threading.Event()
-        self.failure: BaseException | None = None
 
 
 def _positive(name: str, value: Any, *, top: float | None = None) -> float:
@@ -151,9 +122,16 @@ class SyncedStorage(Storage):
         self.shared = storage.shared
         self.supports_leases = storage.supports_leases
         self.supports_escalation = storage.supports_escalation
+        #: a local store's live blocklist, else a copy of the store's read every sync_interval
+        self._view: BlocksView | None = None
         self.local_blocks = storage.local_blocks
+        if storage.remote:
+            self.local_blocks = self._view = BlocksView(storage.blocked, self.sync_interval)
+        self.local_hits = storage.remote  # (see bind, bind_batch, wrapped_by)
+        #: where bound hits' round trips go: the resilience wrapper's apply (``wrapped_by``)
+        self._through: Callable[..., BatchResult] = self.apply
         self._interval_us = int(self.sync_interval * 1e6)
-        self._leases: dict[tuple[str, str], _Lease] = {}
+        self._leases: dict[tuple[str, str], Lease] = {}
         self._clear: dict[str, int] = {}  # block key -> until when "not blocked" holds (us)
         self._lock = threading.Lock()
 
@@ -172,6 +150,10 @@ class SyncedStorage(Storage):
             if clear.get(k, 0) <= now:
                 return None
         leases = self._leases
+        if len(checks) == 1 and (lease := leases.get((checks[0].algorithm.id, checks[0].key))):
+            refusal = lease.refused(checks[0].cost, now)
+            if refusal is not None:
+                return BatchResult([refusal], [None] * len(block_keys))
         found = []
         for c in checks:
             lease = leases.get((c.algorithm.id, c.key))
@@ -246,7 +228,7 @@ class SyncedStorage(Storage):
                 if len(leases) >= self.max_keys:
                     out.append(d)
                     continue
-                lease = leases[ident] = _Lease(1)
+                lease = leases[ident] = Lease(1)
             elif extra == 0 and (lease.asking or lease.left > 0):
                 out.append(d)  # an exact charge beside a lease: the lease stays as it is
                 continue
@@ -264,6 +246,7 @@ class SyncedStorage(Storage):
                 lease.expires = expires
             lease.remaining = d.remaining
             lease.reset_at = reset_at
+            lease.refusal = None
             out.append(d._replace(remaining=d.remaining + extra) if extra else d)
         return BatchResult(out, result.blocked, result.policy)
 
@@ -321,12 +304,14 @@ class SyncedStorage(Storage):
             if self._retry(checks, sizes, result):
                 sizes = [c.cost for c in checks]
                 result = self.storage.apply(checks, now=now, block_keys=block_keys)
+            self._answered(True)
             if not all(d.allowed for d in result.decisions):
-                self._forget_leases(checks)
+                self._refused(checks, result.decisions, t)
                 return result
             with self._lock:
                 return self._record(checks, sizes, result, t, block_keys)
         except Exception as exc:  # (an interrupt of this thread is not the store's failure)
+            self._answered(False)
             if mine is not None:
                 mine.failure = exc
             raise
@@ -334,7 +319,7 @@ class SyncedStorage(Storage):
             if mine is not None:
                 mine.done.set()
 
-    def _held(self, checks: Sequence[Check]) -> _Held | None:
+    def _held(self, checks: Sequence[Check]) -> Held | None:
         """The ask a thread is making of a lease of one of ``checks``, if any."""
         for c in checks:
             lease = self._leases.get((c.algorithm.id, c.key))
@@ -342,11 +327,11 @@ class SyncedStorage(Storage):
                 return lease.held
         return None
 
-    def _hold(self, checks: Sequence[Check], sizes: Sequence[int]) -> _Held | None:
+    def _hold(self, checks: Sequence[Check], sizes: Sequence[int]) -> Held | None:
         """What the other threads wait on while the leases asked by ``sizes`` are asked."""
         if all(s == c.cost for c, s in zip(checks, sizes, strict=True)):
             return None
-        held = _Held()
+        held = Held()
         for c, s in zip(checks, sizes, strict=True):
             if s != c.cost:
                 self._leases[(c.algorithm.id, c.key)].held = held
@@ -363,7 +348,7 @@ class SyncedStorage(Storage):
         # with a refusal that dropped it, after which requests go to the store exactly.
         while True:
             t = self._now(now)
-            mine: _Asked | None = None
+            mine: Asked | None = None
             with self._lock:
                 local = self._local(checks, t, block_keys)
                 if local is not None:
@@ -386,19 +371,22 @@ class SyncedStorage(Storage):
             if self._retry(checks, sizes, result):
                 sizes = [c.cost for c in checks]
                 result = await self.storage.aapply(checks, now=now, block_keys=block_keys)
+            self._answered(True)
             if not all(d.allowed for d in result.decisions):
-                self._forget_leases(checks)
+                self._refused(checks, result.decisions, t)
                 return result
             with self._lock:
                 return self._record(checks, sizes, result, t, block_keys)
         except BaseException as exc:
             failure = exc
+            if isinstance(exc, Exception):
+                self._answered(False)
             raise
         finally:
             if mine is not None:
                 mine.set_result(failure)
 
-    def _waiter(self, checks: Sequence[Check]) -> _Asked | None:
+    def _waiter(self, checks: Sequence[Check]) -> Asked | None:
         """The answer being awaited of a lease of one of ``checks``, if any."""
         for c in checks:
             lease = self._leases.get((c.algorithm.id, c.key))
@@ -406,11 +394,11 @@ class SyncedStorage(Storage):
                 return lease.waiter
         return None
 
-    def _mark(self, checks: Sequence[Check], sizes: Sequence[int]) -> _Asked | None:
+    def _mark(self, checks: Sequence[Check], sizes: Sequence[int]) -> Asked | None:
         """A future the leases asked by ``sizes`` resolve when answered (on a loop)."""
         if all(s == c.cost for c, s in zip(checks, sizes, strict=True)):
             return None
-        fut: _Asked = asyncio.get_running_loop().create_future()
+        fut: Asked = asyncio.get_running_loop().create_future()
         for c, s in zip(checks, sizes, strict=True):
             if s != c.cost:
                 self._leases[(c.algorithm.id, c.key)].waiter = fut
@@ -422,11 +410,67 @@ class SyncedStorage(Storage):
     async def ahit(self, algorithm: Algorithm, key: str, cost: int, now: int | None) -> Decision:
         return (await self.aapply((Check(algorithm, key, cost),), now=now)).decisions[0]
 
-    def _forget_leases(self, checks: Sequence[Check]) -> None:
-        """A refusal: the next request of these keys starts again from an exact charge."""
+    # -- the engine's common case: bound hits and batches -----------------------------------
+
+    def wrapped_by(self, outer: Storage) -> None:
+        """The limiter's resilience wrapper wraps this store: the round trips of bound hits
+        and batches go through its ``apply`` (breaker, fail policy; it never raises)."""
+        self._through = outer.apply
+
+    def bind(self, algorithm: Algorithm, prefix: str = "") -> BoundHit:
+        """``hit`` for one algorithm: admitted from this worker's lease of the key when it
+        has room (one lock, no round trip), else ``apply`` through the wrapper (the lease
+        asked, or an exact charge)."""
+        aid, decide, lock = algorithm.id, algorithm.decide, self._lock
+
+        def hit(key: str, cost: int, now: int | None) -> Decision:
+            k = prefix + key
+            t = time.time_ns() // 1000 if now is None else now
+            with lock:
+                lease = self._leases.get((aid, k))
+                if lease is not None and lease.left >= cost and lease.expires > t:
+                    lease.left -= cost
+                    lease.used += cost
+                    return decide(True, lease.remaining + lease.left,
+                                  max(0, lease.reset_at - t), 0.0)
+                if lease is not None and (refusal := lease.refused(cost, t)) is not None:
+                    return refusal
+            return self._through((Check(algorithm, k, cost),), now=now).decisions[0]
+
+        return hit
+
+    def bind_batch(self, groups: Sequence[Sequence[Algorithm]], prefix: str = "") -> BoundBatch:
+        """``apply`` for fixed algorithms: admitted from the leases when every check's has
+        room, else ``apply`` through the wrapper."""
+        frozen = tuple(tuple(g) for g in groups)
+
+        def batch(keys: Sequence[str], costs: Sequence[int], now: int | None) -> list[Decision]:
+            checks = [Check(alg, prefix + key, cost)
+                      for algs, key, cost in zip(frozen, keys, costs, strict=True)
+                      for alg in algs]
+            t = self._now(now)
+            with self._lock:
+                local = self._local(checks, t, ())
+            if local is not None:
+                return local.decisions
+            return self._through(checks, now=now).decisions
+
+        return batch
+
+    def _refused(self, checks: Sequence[Check], decisions: Sequence[Decision],
+                 now: int) -> None:
+        """A refusal: the next request of these keys starts again from an exact charge; a
+        key refused alone is refused here again, at the same cost, until the store's
+        retry_after or for sync_interval, whichever ends first."""
         with self._lock:
-            for c in checks:
-                self._leases.pop((c.algorithm.id, c.key), None)
+            leases = self._leases
+            for c, d in zip(checks, decisions, strict=True):
+                leases.pop((c.algorithm.id, c.key), None)
+                if len(checks) == 1 and not d.allowed and len(leases) < self.max_keys:
+                    lease = leases[(c.algorithm.id, c.key)] = Lease(1)
+                    lease.refusal, lease.refused_at, lease.refused_cost = d, now, c.cost
+                    lease.refused_until = now + int(
+                        min(d.retry_after, self.sync_interval) * 1e6)
 
     def _forget_keys(self, keys: Sequence[str]) -> None:
         # A reset here takes effect here at once; other workers' leases end within
@@ -455,19 +499,43 @@ class SyncedStorage(Storage):
     def block(self, key: str, ttl: float | None, reason: str = "", now: int | None = None) -> None:
         with self._lock:
             self._clear.pop(key, None)
-        self.storage.block(key, ttl, reason, now)
+        try:
+            self.storage.block(key, ttl, reason, now)
+        finally:
+            self._stale()
 
     async def ablock(self, key: str, ttl: float | None, reason: str = "",
                      now: int | None = None) -> None:
         with self._lock:
             self._clear.pop(key, None)
-        await self.storage.ablock(key, ttl, reason, now)
+        try:
+            await self.storage.ablock(key, ttl, reason, now)
+        finally:
+            self._stale()
 
     def unblock(self, key: str) -> bool:
-        return self.storage.unblock(key)
+        try:
+            return self.storage.unblock(key)
+        finally:
+            self._stale()
 
     async def aunblock(self, key: str) -> bool:
-        return await self.storage.aunblock(key)
+        try:
+            return await self.storage.aunblock(key)
+        finally:
+            self._stale()
+
+    def _answered(self, answered: bool) -> None:
+        """A round trip was answered, or raised: the view takes the engine off its common
+        case while the store fails (see _synced_state)."""
+        view = self._view
+        if view is not None:
+            view.answered() if answered else view.failed()
+
+    def _stale(self) -> None:
+        """A change of the blocklist made here: the view reads it again on its next look."""
+        if self._view is not None:
+            self._view.stale()
 
     def blocked(self, now: int | None = None) -> list[Block]:
         return self.storage.blocked(now)
@@ -485,6 +553,7 @@ class SyncedStorage(Storage):
         with self._lock:
             self._leases.clear()
             self._clear.clear()
+        self._stale()
         return self.storage.next_generation()
 
     async def ageneration(self) -> int:
@@ -494,6 +563,7 @@ class SyncedStorage(Storage):
         with self._lock:
             self._leases.clear()
             self._clear.clear()
+        self._stale()
         return await self.storage.anext_generation()
 
     def close(self) -> None:

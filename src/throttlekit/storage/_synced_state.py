@@ -1,0 +1,150 @@
+"""SyncedStorage's state in a worker: its leases of quota and its view of the shared
+dynamic blocklist (see ``synced.py``).
+
+The view:
+
+The engine takes its common case (a bound hit, no block lookup) only while a store's
+``local_blocks`` is empty. A shared store keeps its blocklist on the server, so
+``SyncedStorage`` keeps a copy here: read again from the store (``blocked()``, one round
+trip) when it is ``sync_interval`` old, inline, by the first request to look at it (no
+thread). A ban written by another worker or by the admin CLI is therefore in every
+worker's view within ``sync_interval``; after this worker's own ``block``/``unblock`` the
+next look reads it again.
+
+While the store fails (a read of the blocklist, or a round trip of the wrapper, raised)
+the view is true whatever it holds: it cannot tell that a request has nothing to look up,
+so the engine takes its general path, where the limiter's resilience wrapper (breaker,
+fail policy) answers as for any remote store. The first round trip the store answers again
+ends that, and the blocklist is read again before the view says it is empty.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+from collections.abc import Callable, Iterator, Mapping
+
+from .._decision import Decision
+from .base import Block
+
+__all__ = ["Asked", "BlocksView", "Held", "Lease"]
+
+#: resolved when a lease asked of the store is answered: with the failure, if it failed
+Asked = asyncio.Future[BaseException | None]
+
+
+class BlocksView(Mapping[str, Block]):
+    """The shared dynamic blocklist as this worker last read it: key -> Block (expired
+    entries included until the next read). Reading its length or items reads the store
+    again when the copy is older than ``interval`` seconds. True while the store fails
+    (see the module's doc), else when it holds a block."""
+
+    __slots__ = ("_blocks", "_due", "_failing", "_interval", "_lock", "_read", "_reading")
+
+    def __init__(self, read: Callable[[], list[Block]], interval: float) -> None:
+        self._read = read
+        self._interval = interval
+        self._blocks: dict[str, Block] = {}
+        self._due = 0.0  # time.monotonic() from which the copy is read again
+        self._reading = False  # one thread reads at a time; the others use the last copy
+        self._failing = False  # the store failed and has not answered since
+        self._lock = threading.Lock()
+
+    def _fresh(self) -> dict[str, Block]:
+        if time.monotonic() >= self._due:
+            self.refresh()
+        return self._blocks
+
+    def refresh(self) -> None:
+        """Read the blocklist from the store now (a failure keeps the last copy)."""
+        with self._lock:
+            if self._reading:
+                return
+            self._reading = True
+        try:
+            try:
+                blocks = self._read()
+            except Exception:  # the store's failure is the wrapper's to answer
+                self._failing = True
+                return
+            self._blocks = {b.key: b for b in blocks}
+            self._due = time.monotonic() + self._interval
+            self._failing = False
+        finally:
+            self._reading = False
+
+    def failed(self) -> None:
+        """A round trip to the store raised: true until the store answers again."""
+        self._failing = True
+
+    def answered(self) -> None:
+        """A round trip to the store was answered (after a failure: read again first)."""
+        if self._failing:
+            self._due = 0.0
+            self._failing = False
+
+    def __bool__(self) -> bool:
+        return self._failing or bool(self._fresh())
+
+    def stale(self) -> None:
+        """Read the store again on the next look (after a change made here)."""
+        self._due = 0.0
+
+    def __len__(self) -> int:
+        return len(self._fresh())
+
+    def __getitem__(self, key: str) -> Block:
+        return self._fresh()[key]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._fresh())
+
+    def __contains__(self, key: object) -> bool:
+        return key in self._fresh()
+
+    def __repr__(self) -> str:
+        return f"BlocksView({self._blocks!r})"
+
+
+class Lease:
+    """Quota charged to the store and not yet admitted, for one (algorithm, key)."""
+
+    __slots__ = ("asking", "chunk", "expires", "held", "left", "refusal", "refused_at",
+                 "refused_cost", "refused_until", "remaining", "reset_at", "used", "waiter")
+
+    def __init__(self, chunk: int) -> None:
+        self.chunk = chunk  # the next lease's size
+        self.asking = False  # a lease of this key is being asked of the store
+        self.waiter: Asked | None = None  # resolved when the ask (on a loop) is answered
+        self.held: Held | None = None  # done when the ask (by a thread) is answered
+        self.left = 0  # units charged and not yet admitted
+        self.used = 0  # units of the current lease admitted so far
+        self.expires = 0  # microseconds; the lease's units are void from then on
+        self.remaining = 0  # the store's remaining after the lease was charged
+        self.reset_at = 0  # microseconds; the store's reset_after, as an instant
+        #: the store's last refusal of this key alone, at ``refused_cost``, made at
+        #: ``refused_at`` and repeated here until ``refused_until`` (microseconds)
+        self.refusal: Decision | None = None
+        self.refused_at = self.refused_until = self.refused_cost = 0
+
+    def refused(self, cost: int, now: int) -> Decision | None:
+        """The store's refusal of this key at ``cost`` as it stands at ``now``, while it is
+        known to hold (before its retry_after and within sync_interval), else None."""
+        d = self.refusal
+        if d is None or now >= self.refused_until or cost != self.refused_cost:
+            return None
+        waited = (now - self.refused_at) / 1e6
+        return d._replace(retry_after=max(0.0, d.retry_after - waited),
+                          reset_after=max(0.0, d.reset_after - waited))
+
+
+class Held:
+    """A lease being asked of the store by a thread: the other threads wait for the
+    answer (``done``), and fail alike if it failed."""
+
+    __slots__ = ("done", "failure")
+
+    def __init__(self) -> None:
+        self.done = threading.Event()
+        self.failure: BaseException | None = None
