@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import logging
 from typing import Any
+from unittest import mock
 
 import pytest
 
@@ -108,3 +109,14 @@ def test_a_monitor_counts_what_the_limiter_tells_it() -> None:
                                                      ("per-ip", "throttled", False): 1}
     mine, theirs = monitor.snapshot(T0), by_hand.snapshot(T0)
     assert mine["top"] == theirs["top"] and mine["counters"] == theirs["counters"]
+
+
+def test_a_mock_listener_is_called_with_the_event() -> None:
+    """A Mock answers every attribute, event_fields too: it is still given the Event."""
+    lim = _limiter(FakeClock(T0))
+    listener = mock.Mock()
+    lim.on("allowed", listener)
+    assert _get(WSGIMiddleware(_app, lim)).startswith("200")
+    listener.assert_called_once()
+    (event,), _ = listener.call_args
+    assert isinstance(event, Event) and event.kind == "allowed"

@@ -113,8 +113,10 @@ class Listeners:
                 raise ConfigError(
                     f"unknown event kind {k!r}; expected one of {', '.join(EVENT_KINDS)}"
                 )
-        fields = getattr(callback, "event_fields", None)
-        entry = (fields, True) if callable(fields) else (callback, False)
+        # (looked up on the type: a Mock, say, answers every attribute of its instances)
+        takes_fields = callable(getattr(type(callback), "event_fields", None))
+        entry = ((callback.event_fields, True) if takes_fields  # type: ignore[attr-defined]
+                 else (callback, False))
         for k in kinds:
             self._by_kind[k] = (*self._by_kind.get(k, ()), entry)
         self._only = {k: each[0][0] for k, each in self._by_kind.items()
