@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Any, cast
 
 from ._decision import Decision
 from ._denials import cached_refusal, note_denials
-from ._events import Event, EventCallback, Listeners
+from ._events import EventCallback, Listeners
 from ._keys import UNREADABLE_PREFIX
 from ._planning import (
     Plan,
@@ -58,7 +58,6 @@ __all__ = ["Engine"]
 
 logger = logging.getLogger("throttlekit")
 
-_new = tuple.__new__
 _new_object = object.__new__
 _allowed = itemgetter(0)  # (Decision.allowed, read in C)
 _remaining = itemgetter(2)  # (Decision.remaining)
@@ -233,7 +232,7 @@ class Engine:
                             discs.append(disc)
                             costs.append(cost)
                     if rule1 is None:
-                        if active and "tracked" in active:
+                        if active and "tracked" in active and rules.tracks:
                             self.track(view)
                         return Verdict(True, "allowed", None, None, None, [], False, view)
                     now = None if (clock := self.limiter.clock) is None else int(clock() * 1e6)
@@ -268,6 +267,7 @@ class Engine:
     def _told(self, view: RequestView, planned: list[Planned], now: int | None) -> Verdict:
         """``evaluate``'s common case with listeners: the same store calls, concluded as
         the general path concludes (its events: allowed, throttled, tracked)."""
+        at = None if now is None else now / 1e6  # (the events' time: no second clock read)
         if len(planned) == 1:
             rule, disc, cost, _ = planned[0]
             hit = rule.hit
@@ -277,12 +277,12 @@ class Engine:
                 name = rule.name
                 if not d.allowed:
                     if "throttled" in active:
-                        self.emit("throttled", name, disc, view, d, False)
+                        self.emit("throttled", name, disc, view, d, False, at)
                     return Verdict(False, "throttled", name, disc, d, [(name, d)], False, view)
                 verdict = Verdict(True, "allowed", None, None, d, [(name, d)], False, view)
                 if "allowed" in active:
-                    self.emit("allowed", name, disc, view, d, False)
-                if "tracked" in active:
+                    self.emit("allowed", name, disc, view, d, False, at)
+                if "tracked" in active and self.rules.tracks:
                     self.track(view)
                 return verdict
             assert rule.batch is not None
@@ -291,8 +291,8 @@ class Engine:
             applying = tuple(p[0] for p in planned)
             bound = self._batches.get(applying) or self._bind_batch(applying)
             decisions = bound[0]([p[1] for p in planned], [p[2] for p in planned], now)
-        verdict = conclude_throttles(self, view, planned, decisions, False)
-        if verdict.allowed and "tracked" in self.listeners.active:
+        verdict = conclude_throttles(self, view, planned, decisions, False, at=at)
+        if verdict.allowed and "tracked" in self.listeners.active and self.rules.tracks:
             self.track(view)
         return verdict
 
@@ -579,11 +579,14 @@ class Engine:
 
     def emit(
         self, kind: str, rule: str, key: str | None, view: RequestView,
-        decision: Decision | None, dry_run: bool,
+        decision: Decision | None, dry_run: bool, at: float | None = None,
     ) -> None:
-        clock = self.limiter.clock
-        at = clock() if clock is not None else time.time()
-        self.listeners.emit(_new(Event, (kind, rule, key, view, decision, dry_run, at)))
+        """Tell the listeners of ``kind`` (``at``: the decision's time in seconds on the
+        limiter's clock, when the caller read it already; else the clock is read)."""
+        if at is None:
+            clock = self.limiter.clock
+            at = clock() if clock is not None else time.time()
+        self.listeners.tell(kind, rule, key, view, decision, dry_run, at)
 
 
 def _planned(several: Sequence[_Throttle], discs: Sequence[str], costs: Sequence[int]

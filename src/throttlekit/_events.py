@@ -74,13 +74,28 @@ EventCallback = Callable[[Event], object]
 HELD: ContextVar[list[Event] | None] = ContextVar("throttlekit_held", default=None)
 
 
-class Listeners:
-    """The subscriptions of one limiter: per kind, the callbacks to call, precomputed."""
+#: an Event's fields, in order: what a callback with an ``event_fields`` method is given
+FieldsCallback = Callable[[str, str, "str | None", "RequestView", "Decision | None", bool, float],
+                          object]
 
-    __slots__ = ("_by_kind", "_last_log", "active", "holding", "log_interval")
+_new = tuple.__new__
+
+
+class Listeners:
+    """The subscriptions of one limiter: per kind, the callbacks to call, precomputed.
+
+    A callback with an ``event_fields`` method (a :class:`throttlekit.monitor.Monitor`, say)
+    is called through that method with the event's fields, in :class:`Event`'s order,
+    instead of with an :class:`Event`: an event whose listeners all take the fields is never
+    built (``tell``)."""
+
+    __slots__ = ("_by_kind", "_last_log", "_only", "active", "holding", "log_interval")
 
     def __init__(self, log_interval: float = 60.0) -> None:
-        self._by_kind: dict[str, tuple[EventCallback, ...]] = {}
+        #: per kind: (callable, takes the fields) per subscription, in subscription order
+        self._by_kind: dict[str, tuple[tuple[Callable[..., object], bool], ...]] = {}
+        #: per kind whose one subscriber takes the fields: that callable
+        self._only: dict[str, FieldsCallback] = {}
         self._last_log: dict[int, float] = {}
         self.log_interval = log_interval
         #: kinds somebody listens to (the hot path tests membership before building events)
@@ -98,8 +113,28 @@ class Listeners:
                 raise ConfigError(
                     f"unknown event kind {k!r}; expected one of {', '.join(EVENT_KINDS)}"
                 )
-            self._by_kind[k] = (*self._by_kind.get(k, ()), callback)
+        # (looked up on the type: a Mock, say, answers every attribute of its instances)
+        takes_fields = callable(getattr(type(callback), "event_fields", None))
+        entry = ((callback.event_fields, True) if takes_fields  # type: ignore[attr-defined]
+                 else (callback, False))
+        for k in kinds:
+            self._by_kind[k] = (*self._by_kind.get(k, ()), entry)
+        self._only = {k: each[0][0] for k, each in self._by_kind.items()
+                      if len(each) == 1 and each[0][1]}
         self.active = frozenset(self._by_kind)
+
+    def tell(self, kind: str, rule: str, key: str | None, request: RequestView,
+             decision: Decision | None, dry_run: bool, at: float) -> None:
+        """Tell the listeners of ``kind`` of one event, given by its fields: the
+        :class:`Event` is built only for a callback that takes one (or held back)."""
+        only = None if self.holding else self._only.get(kind)
+        if only is None:
+            self.emit(_new(Event, (kind, rule, key, request, decision, dry_run, at)))
+            return
+        try:
+            only(kind, rule, key, request, decision, dry_run, at)
+        except Exception:
+            self._failed(only, kind, rule)
 
     def emit(self, event: Event) -> None:
         if self.holding:
@@ -107,16 +142,21 @@ class Listeners:
             if held is not None:
                 held.append(event)
                 return
-        for callback in self._by_kind.get(event.kind, ()):
+        for callback, fields in self._by_kind.get(event.kind, ()):
             try:
-                callback(event)
+                if fields:
+                    callback(*event)
+                else:
+                    callback(event)
             except Exception:
-                # at most one log line per callback and interval: a broken hook under
-                # attack traffic must not flood the logs
-                mono = time.monotonic()
-                if mono - self._last_log.get(id(callback), -1e18) >= self.log_interval:
-                    self._last_log[id(callback)] = mono
-                    logger.exception(
-                        "event callback %r failed on a %r event of rule %r",
-                        callback, event.kind, event.rule,
-                    )
+                self._failed(callback, event.kind, event.rule)
+
+    def _failed(self, callback: Callable[..., object], kind: str, rule: str) -> None:
+        # at most one log line per callback and interval: a broken hook under attack
+        # traffic must not flood the logs (called from the except block: the traceback)
+        mono = time.monotonic()
+        if mono - self._last_log.get(id(callback), -1e18) >= self.log_interval:
+            self._last_log[id(callback)] = mono
+            logger.exception(
+                "event callback %r failed on a %r event of rule %r", callback, kind, rule,
+            )

@@ -305,10 +305,10 @@ def conclude(engine: Engine, p: Plan, result: BatchResult, silent: bool = False
 
 def conclude_throttles(
     engine: Engine, view: RequestView, throttles: list[Planned], decisions: list[Decision],
-    degraded: bool, silent: bool = False,
+    degraded: bool, silent: bool = False, at: float | None = None,
 ) -> Verdict:
     """The verdict of the throttles that applied, from the store's decisions (all or
-    nothing: if one refused, none was charged)."""
+    nothing: if one refused, none was charged); ``at``: the events' time, when known."""
     active = _NOBODY if silent else engine.listeners.active
     policies: list[tuple[str, Decision]] = []
     costs: list[int] = []
@@ -322,9 +322,9 @@ def conclude_throttles(
         d = decisions[start] if n == 1 else most_restrictive(decisions[start:start + n])
         if rule.dry_run:
             if not d.allowed and "throttled" in active:
-                engine.emit("throttled", rule.name, disc, view, d, True)
+                engine.emit("throttled", rule.name, disc, view, d, True, at)
             elif d.allowed and "allowed" in active:
-                engine.emit("allowed", rule.name, disc, view, d, True)
+                engine.emit("allowed", rule.name, disc, view, d, True, at)
             if rule.count_when is not None and d.allowed:
                 pending = pending or []
                 pending.append((rule, disc, cost))
@@ -347,7 +347,7 @@ def conclude_throttles(
     if refusal is not None:
         if "throttled" in active:
             for rule, disc, d in refusals:
-                engine.emit("throttled", rule.name, disc, view, d, False)
+                engine.emit("throttled", rule.name, disc, view, d, False, at)
         rule, disc, d = refusal
         # Nothing was charged: report what the allowing policies really have left.
         policies = [
@@ -358,7 +358,7 @@ def conclude_throttles(
         return Verdict(False, "throttled", rule.name, disc, d, policies, degraded, view)
     if "allowed" in active:
         for rule, disc, d in allowed:
-            engine.emit("allowed", rule.name, disc, view, d, False)
+            engine.emit("allowed", rule.name, disc, view, d, False, at)
     return Verdict(True, "allowed", None, None, tightest, policies, degraded, view, pending)
 
 

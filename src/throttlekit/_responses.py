@@ -35,7 +35,6 @@ import functools
 import json
 import math
 from collections.abc import Sequence
-from operator import itemgetter
 from time import time as _time
 from typing import NamedTuple
 
@@ -154,9 +153,7 @@ _PIECES_SIZE = 1024
 #: per tuple of policy names (several): their rates, the ``RateLimit-Policy`` field and the
 #: format of the ``RateLimit`` field (``%s`` for the numbers: formatted straight into the
 #: field, cheaper than a ``str`` each; see ``rate_limit_headers``)
-_fields: dict[tuple[str, ...], tuple[list[Rate], tuple[str, str], str]] = {}
-_first, _second = itemgetter(0), itemgetter(1)
-_remaining_of, _reset_of, _rate_of = itemgetter(2), itemgetter(3), itemgetter(5)
+_fields: dict[tuple[str, ...], tuple[tuple[Rate, ...], tuple[str, str], str]] = {}
 _NEVER = 2**31  # a reset that never comes; a large finite integer keeps the field parseable
 _ceil = math.ceil
 _INF = math.inf
@@ -219,14 +216,16 @@ def rate_limit_headers(
             # the RateLimit field are kept per tuple of names (and their rates); the numbers
             # are formatted into it in C by one % (cheaper than a str() each). Inline: no
             # call of its own on the path of every request with two rates or rules.
-            names = tuple(map(_first, policies))
-            decisions = list(map(_second, policies))
+            # Both transposed by zip in C (no itemgetter call per field and policy):
+            # the names and decisions, then the decisions' columns.
+            names, decisions = zip(*policies, strict=True)
+            columns = [*zip(*decisions, strict=True)]  # allowed, limit, remaining, reset, .., rate
             fields = _fields.get(names)
-            if fields is None or fields[0] != list(map(_rate_of, decisions)):
+            if fields is None or fields[0] != columns[5]:
                 fields = _fields_of(names, decisions)
-            rems = list(map(_remaining_of, decisions))
+            rems = columns[2]
             try:
-                resets = list(map(_ceil, map(_reset_of, decisions)))
+                resets = list(map(_ceil, columns[3]))
                 if min(rems) >= 0 and min(resets) >= 0:  # (a str, say: TypeError)
                     values: list[object] = [None] * (2 * len(decisions))
                     values[::2] = rems
@@ -272,8 +271,8 @@ def _draft_items(policies: Sequence[tuple[str, Decision]]) -> list[tuple[str, st
     return [("RateLimit-Policy", ", ".join(names)), ("RateLimit", ", ".join(items))]
 
 
-def _fields_of(names: tuple[str, ...], decisions: list[Decision]
-               ) -> tuple[list[Rate], tuple[str, str], str]:
+def _fields_of(names: tuple[str, ...], decisions: Sequence[Decision]
+               ) -> tuple[tuple[Rate, ...], tuple[str, str], str]:
     items: list[str] = []
     starts: list[str] = []
     for name, d in zip(names, decisions, strict=True):
@@ -282,7 +281,7 @@ def _fields_of(names: tuple[str, ...], decisions: list[Decision]
             piece = _piece(name, d.rate)
         items.append(piece[1])
         starts.append(piece[2].replace("%", "%%") + "%s;t=%s")
-    fields = ([d.rate for d in decisions], ("RateLimit-Policy", ", ".join(items)),
+    fields = (tuple(d.rate for d in decisions), ("RateLimit-Policy", ", ".join(items)),
               ", ".join(starts))
     if len(_fields) >= _PIECES_SIZE:
         _fields.clear()

@@ -214,7 +214,7 @@ class Monitor:
         self._publish_retry = -math.inf
         self._publishing = publish and limiter is not None
         if limiter is not None:
-            limiter.on(self.__call__)  # bound: a call the interpreter specialises
+            limiter.on(self)  # told through event_fields (see throttlekit._events)
             _store.register(self)
 
     @property
@@ -233,12 +233,19 @@ class Monitor:
     # -- the hot path -------------------------------------------------------------------
 
     def __call__(self, event: Any) -> None:
-        """Count one :class:`throttlekit.Event` (the limiter calls this)."""
+        """Count one :class:`throttlekit.Event` (fed by hand; the limiter calls
+        :meth:`event_fields`)."""
         try:  # one unpack: an Event's attributes are each a descriptor call
             kind, rule, key, request, _, dry_run, at = event
         except (TypeError, ValueError):  # anything shaped like an Event, fed by hand
             kind, rule, key, request, dry_run, at = (
                 event.kind, event.rule, event.key, event.request, event.dry_run, event.at)
+        self.event_fields(kind, rule, key, request, None, dry_run, at)
+
+    def event_fields(self, kind: str, rule: str, key: str | None, request: Any,
+                     decision: Any, dry_run: bool, at: float) -> None:
+        """Count one event given by its fields, in :class:`throttlekit.Event`'s order:
+        how the limiter tells a monitor (no Event built for it)."""
         counted = self._counted.get(rule)
         if counted is None:
             counted = self._add_rule(rule)
