@@ -171,7 +171,7 @@ def enter(limiter: Limiter, verdict: Verdict, lease: bool = True
     if conc is not None:
         verdict, held = conc.acquire(verdict)
         return _exchange(limiter, verdict, held, ticket)
-    if ticket is not None and not verdict.pending:
+    if not verdict.pending:  # a lone slot (allowed: a refusal holds none), or nothing
         return verdict, ticket
     return _exchange(limiter, verdict, None, ticket)
 
@@ -194,7 +194,7 @@ async def aenter(limiter: Limiter, verdict: Verdict, lease: bool = True
     if conc is not None:
         verdict, held = await conc.aacquire(verdict)
         return _exchange(limiter, verdict, held, ticket)
-    if ticket is not None and not verdict.pending:
+    if not verdict.pending:  # a lone slot (allowed: a refusal holds none), or nothing
         return verdict, ticket
     return _exchange(limiter, verdict, None, ticket)
 
