@@ -182,3 +182,71 @@ def test_bad_settings_are_config_errors() -> None:
         lim.admission(dry_run="yes")  # type: ignore[arg-type]
     with pytest.raises(ConfigError):
         lim.admission(min_limit=0)
+
+
+class Closing:
+    """A WSGI body other than a list, with a ``close`` that must be called (PEP 3333)."""
+
+    def __init__(self) -> None:
+        self.closed = 0
+
+    def __iter__(self) -> Any:
+        yield b"o"
+        yield b"k"
+
+    def close(self) -> None:
+        self.closed += 1
+
+
+@pytest.mark.parametrize("read", [True, False], ids=["read", "closed-unread"])
+def test_a_slot_alone_comes_back_once_and_the_body_is_closed(clock: FakeClock, read: bool
+                                                              ) -> None:
+    body = Closing()
+
+    def closing_app(environ: dict[str, Any], start_response: Any) -> Iterable[bytes]:
+        start_response("200 OK", [])
+        return body
+
+    lim = limiter(clock)
+    for mw in (WSGIMiddleware(app, lim), WSGIMiddleware(closing_app, lim)):
+        held = Call(mw)
+        other = Call(mw)  # the limit (2) is full: a third is shed
+        assert Call(mw).status.startswith("503")
+        if read:
+            assert b"".join(held.body) == b"ok"
+            assert inflight(lim) == 1  # sent to its end: given back before close
+        held.close()
+        held.close()  # twice: given back once
+        assert inflight(lim) == 1
+        other.close()
+        assert inflight(lim) == 0
+    assert body.closed == 3  # the closing app's two responses, each every time it was closed
+
+
+def test_asgi_a_failing_or_cancelled_app_gives_the_slot_back(clock: FakeClock) -> None:
+    lim = limiter(clock)
+    started = asyncio.Event()
+
+    async def failing(scope: dict[str, Any], receive: Any, send: Any) -> None:
+        if scope["path"] == "/boom":
+            raise RuntimeError("boom")
+        started.set()
+        await asyncio.Event().wait()  # until cancelled
+
+    mw = ASGIMiddleware(failing, lim)
+
+    async def run() -> None:
+        transport = httpx.ASGITransport(app=mw)
+        async with httpx.AsyncClient(transport=transport, base_url="http://t") as client:
+            with pytest.raises(RuntimeError):
+                await client.get("/boom")
+            assert inflight(lim) == 0
+            hanging = asyncio.create_task(client.get("/"))
+            await started.wait()
+            assert inflight(lim) == 1
+            hanging.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await hanging
+        assert inflight(lim) == 0
+
+    asyncio.run(run())

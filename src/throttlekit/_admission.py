@@ -124,17 +124,17 @@ class Ticket:
     """One admitted request's slot: :meth:`release` it when the response is finished.
 
     A second release does nothing. A ticket belongs to one request: release it from the
-    code that finishes that request, not from two threads at once.
+    code that finishes that request, not from two threads at once. Made by
+    :meth:`AdaptiveLimit.try_acquire` only (no ``__init__``: a Python one was a third of
+    the cost of admission).
     """
 
     __slots__ = ("owner", "start")
-
-    def __init__(self, limit: AdaptiveLimit, start: float | None) -> None:
-        #: the limit the slot belongs to; None once given back
-        self.owner: AdaptiveLimit | None = limit
-        #: the clock's time at admission; None when the request is not a latency sample
-        #: (past the first 1000 requests of a window, one in 16 is)
-        self.start: float | None = start
+    #: the limit the slot belongs to; None once given back
+    owner: AdaptiveLimit | None
+    #: the clock's time at admission; None when the request is not a latency sample
+    #: (past the first 1000 requests of a window, one in 16 is)
+    start: float | None
 
     def release(self, dropped: bool = False) -> None:
         """Give the slot back; its latency is measured now. ``dropped``: the request timed
@@ -142,17 +142,19 @@ class Ticket:
         limit = self.owner
         if limit is not None:
             self.owner = None
-            limit.record(self.start, dropped)
+            start = self.start
+            if start is None and not dropped:
+                # not a sample (most requests): the slot given back, one append (C, atomic)
+                limit.returned(None)
+            else:
+                limit.record(start, dropped)
 
     def cancel(self) -> None:
         """Give the slot back unused (the request was refused after all): nothing learnt."""
         limit = self.owner
         if limit is not None:
             self.owner = None
-            limit.give_back()
-
-
-_new_ticket = object.__new__
+            limit.returned(None)
 
 
 def _number(name: str, value: object, low: float, high: float = _INF, *,
@@ -211,7 +213,7 @@ class AdaptiveLimit:
         "_floor_windows", "_latencies", "_limit", "_lock", "_min", "_needed", "_next_probe",
         "_peak", "_probing", "_random", "_restore", "_returns", "_sample", "_shed", "_taken",
         "_top", "_window_end", "backoff", "clock", "jitter", "max_limit", "min_limit",
-        "min_samples", "probe_interval", "probe_samples", "smoothing", "thresholds",
+        "min_samples", "probe_interval", "probe_samples", "returned", "smoothing", "thresholds",
         "tolerance", "window",
     )
     # the current window (set by _new_window, and by _start_probe for a probe's)
@@ -279,6 +281,9 @@ class AdaptiveLimit:
         #: or None (no sample: admitted before the probe, or unused); in flight is
         #: ``_taken - len(_returns)``
         self._returns: list[float | None] = []
+        #: a slot given back that is not a sample (``Ticket.release``, ``Ticket.cancel``):
+        #: ``returned(None)``, the list's own append (no Python call)
+        self.returned: Callable[[float | None], None] = self._returns.append
         self._count = 0
         self._drops = 0
         self._min = _INF
@@ -312,7 +317,7 @@ class AdaptiveLimit:
             admitted = self._admitted = self._admitted + 1
         finally:
             lock.release()
-        ticket = _new_ticket(Ticket)  # not Ticket(...): a Python __init__ is a third of the cost
+        ticket = Ticket()
         ticket.owner = self
         ticket.start = (self.clock() if admitted <= _KEPT or not admitted & (_SPARSE - 1)
                         else None)
@@ -344,10 +349,6 @@ class AdaptiveLimit:
                 self._back_off()
             self._drops += 1
             self._maybe_close(now)
-
-    def give_back(self) -> None:
-        """Give back a slot whose request never ran (what :meth:`Ticket.cancel` calls)."""
-        self._returns.append(None)
 
     def _tick(self, now: float) -> None:
         """A release found its window over: fold the slots given back, close the window

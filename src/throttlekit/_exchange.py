@@ -33,7 +33,7 @@ if TYPE_CHECKING:
     from ._rules import Verdict
 
 __all__ = ["CHALLENGE_KEY", "DENIED_KEY", "OWNER_KEY", "POLICIES_KEY", "Exchange", "abegin",
-           "begin", "enter", "header_policies", "serve_asgi"]
+           "aenter", "begin", "enter", "header_policies", "serve_asgi"]
 
 #: environ/scope key: the ``(policy, Decision)`` pairs inner entries recorded (endpoint
 #: limits, dependencies), for the header set the outermost entry writes
@@ -171,7 +171,7 @@ def enter(limiter: Limiter, verdict: Verdict, lease: bool = True
     if conc is not None:
         verdict, held = conc.acquire(verdict)
         return _exchange(limiter, verdict, held, ticket)
-    if ticket is not None and not verdict.pending:
+    if not verdict.pending:  # a lone slot (allowed: a refusal holds none), or nothing
         return verdict, ticket
     return _exchange(limiter, verdict, None, ticket)
 
@@ -179,10 +179,23 @@ def enter(limiter: Limiter, verdict: Verdict, lease: bool = True
 async def abegin(limiter: Limiter, verdict: Verdict, lease: bool = True
                  ) -> tuple[Verdict, Exchange | None]:
     """Async twin of :func:`begin` (async storage calls only)."""
+    verdict, ex = await aenter(limiter, verdict, lease)
+    if isinstance(ex, Ticket):  # a lone slot (see aenter)
+        return verdict, Exchange(limiter, verdict, None, ex)
+    return verdict, ex
+
+
+async def aenter(limiter: Limiter, verdict: Verdict, lease: bool = True
+                 ) -> tuple[Verdict, Exchange | Ticket | None]:
+    """Async twin of :func:`enter` (the ASGI middleware): a request holding only an
+    admission slot gets its :class:`Ticket`, which :func:`serve_asgi` gives back when the
+    app ends."""
     verdict, ticket, conc = _before_lease(limiter, verdict, lease)
     if conc is not None:
         verdict, held = await conc.aacquire(verdict)
         return _exchange(limiter, verdict, held, ticket)
+    if not verdict.pending:  # a lone slot (allowed: a refusal holds none), or nothing
+        return verdict, ticket
     return _exchange(limiter, verdict, None, ticket)
 
 
@@ -257,14 +270,21 @@ def decode_headers(headers: Iterable[Any]) -> list[tuple[str, str]]:
 
 async def serve_asgi(
     app: Callable[[Any, Any, Send], Awaitable[None]], scope: MutableMapping[str, Any],
-    receive: Any, send: Send, ex: Exchange | None, own: Policies | None, style: str,
+    receive: Any, send: Send, ex: Exchange | Ticket | None, own: Policies | None, style: str,
 ) -> None:
     """Serve an admitted ``http`` request. ``own``: the policies of the outermost entry
     (None: not the outermost, or no header fields on allowed responses), whose header set
     (:func:`header_policies`, taken when the response starts, so that policies recorded
     inside the app count) is added to the response. With an exchange, the exchange is
     ended however the app ends (an exception or a cancellation: status 500), and the
-    response's status and headers are recorded when ``count_when`` charges wait on them."""
+    response's status and headers are recorded when ``count_when`` charges wait on them.
+    A lone admission slot (:func:`aenter`) is given back however the app ends."""
+    if isinstance(ex, Ticket):  # no Exchange (and its five coroutines) for a slot alone
+        try:
+            await serve_asgi(app, scope, receive, send, None, own, style)
+        finally:
+            ex.release()
+        return
     # the response is recorded only for count_when charges (a slot or a lease alone needs
     # only the end of the response)
     record = ex is not None and bool(ex.verdict.pending)

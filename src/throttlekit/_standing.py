@@ -230,7 +230,7 @@ class Standing:
         if key is None:
             return self.known(view)
         now = self.clock()
-        if now >= self._flush_at and self._queue:
+        if self._queue and now >= self._flush_at:  # (a local standing queues nothing)
             self._flush(now)
         until = self._known.get(key)
         if until is not None and until > now:  # known (the common case: no anomaly asked)

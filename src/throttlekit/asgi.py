@@ -32,7 +32,7 @@ from ._exchange import (
     POLICIES_KEY,
     Exchange,
     Policies,
-    abegin,
+    aenter,
     decode_headers,
     serve_asgi,
 )
@@ -123,7 +123,7 @@ class ASGIMiddleware(Entry):
                 scope, self.max_form_bytes
             ):  # the challenge step answers this post itself: it reads its form
                 view.body, receive = await read_ahead(receive, self.max_form_bytes)
-            verdict, ex = await abegin(limiter, verdict)
+            verdict, ex = await aenter(limiter, verdict)
         scope[VERDICT_KEY] = verdict  # _keep, inlined (every request pays it)
         state = scope.get("state")
         if state is None:

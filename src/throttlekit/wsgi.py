@@ -128,11 +128,16 @@ class WSGIMiddleware(Entry):
             except BaseException:
                 ticket.release()
                 raise
-            tail: Iterator[None] = iter(ticket.release, None)
-            released = _Released(result, tail)
-            released.result = result
-            released.tail = tail
-            return released
+            release = ticket.release
+            if result.__class__ is list:  # nothing of its own to close (the common answer)
+                done = _Released(result, iter(release, None))
+                done.close = release  # (release is idempotent: once, whichever comes first)
+                return done
+            tail: Iterator[None] = iter(release, None)
+            closing = _ReleasedClosing(result, tail)
+            closing.result = result
+            closing.tail = tail
+            return closing
         finally:
             # the response is handed over: no reference cycle (see RequestView.detach)
             view.detach()
@@ -203,13 +208,21 @@ class _Settled:
 
 
 class _Released(chain):  # type: ignore[type-arg]
-    """The app's response iterable when the request holds only an admission slot (no
+    """The app's response list when the request holds only an admission slot (no
     ``count_when`` to charge, no lease): the body, then the slot given back, once, when
     the body is sent or the server closes the response, whichever comes first.
 
-    A chain (C) of the app's iterable and ``tail``, ``iter(ticket.release, None)``, whose
-    first ``next`` gives the slot back and ends it (release returns None, the sentinel):
-    no Python call per request but ``close``."""
+    A chain (C) of the app's list and ``iter(ticket.release, None)``, whose first ``next``
+    gives the slot back and ends it (release returns None, the sentinel); ``close`` is the
+    ticket's ``release`` itself (idempotent): no Python call per request but the release."""
+
+    __slots__ = ("close",)
+    close: Callable[[], None]
+
+
+class _ReleasedClosing(chain):  # type: ignore[type-arg]
+    """:class:`_Released` for an app's iterable other than a list: ``close`` closes it
+    too, as PEP 3333 asks."""
 
     __slots__ = ("result", "tail")
     result: Iterable[bytes]
