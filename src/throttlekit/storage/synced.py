@@ -63,12 +63,12 @@ import math
 import threading
 import time
 from collections.abc import Callable, Sequence
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, Any
 
 from .._algorithms import Algorithm
 from .._decision import Decision
 from .._errors import ConfigError
-from ._synced_state import BlocksView, Held, Lease
+from ._synced_state import Asked, BlocksView, Held, Lease
 from .base import BatchResult, Block, BoundBatch, BoundHit, Check, Storage
 
 if TYPE_CHECKING:
@@ -76,7 +76,6 @@ if TYPE_CHECKING:
 
 __all__ = ["SyncedStorage"]
 
-_A = TypeVar("_A")  # an ask others wait on: Held (threads) or Asked (tasks on a loop)
 #: a lease never grows past this many units, whatever the traffic
 _MAX_CHUNK = 1 << 16
 
@@ -284,11 +283,15 @@ class SyncedStorage(Storage):
         # (a lease, or a refusal that dropped it) rather than making round trips meanwhile.
         while True:
             t = self._now(now)
-            local, held, sizes, mine = self._turn(checks, t, block_keys, "held", Held)
-            if local is not None:
-                return local
-            if held is None:
-                break
+            with self._lock:
+                local = self._local(checks, t, block_keys)
+                if local is not None:
+                    return local
+                held = self._held(checks)
+                if held is None:
+                    sizes = self._sizes(checks, t)
+                    mine = self._hold(checks, sizes)
+                    break
             held.done.wait()
             if held.failure is not None:  # the store failed the ask: fail alike
                 raise held.failure
@@ -301,7 +304,12 @@ class SyncedStorage(Storage):
             if self._retry(checks, sizes, result):
                 sizes = [c.cost for c in checks]
                 result = self.storage.apply(checks, now=now, block_keys=block_keys)
-            return self._answer(checks, sizes, result, t, block_keys)
+            self._answered(True)
+            if not all(d.allowed for d in result.decisions):
+                self._refused(checks, result.decisions, t)
+                return result
+            with self._lock:
+                return self._record(checks, sizes, result, t, block_keys)
         except Exception as exc:  # (an interrupt of this thread is not the store's failure)
             self._answered(False)
             if mine is not None:
@@ -311,52 +319,23 @@ class SyncedStorage(Storage):
             if mine is not None:
                 mine.done.set()
 
-    def _turn(self, checks: Sequence[Check], t: int, block_keys: Sequence[str], by: str,
-              make: Callable[[], _A]) -> tuple[BatchResult | None, _A | None, list[int],
-                                               _A | None]:
-        """Under the lock, what ``checks`` do now: answered from the leases (the result); or
-        wait for another's ask of their leases (that ask); or ask the store (the sizes to
-        ask for, and what others wait on meanwhile: see :meth:`_ask`)."""
-        with self._lock:
-            local = self._local(checks, t, block_keys)
-            if local is not None:
-                return local, None, [], None
-            other: _A | None = self._asked(checks, by)
-            if other is not None:
-                return None, other, [], None
-            sizes = self._sizes(checks, t)
-            return None, None, sizes, self._ask(checks, sizes, by, make)
-
-    def _answer(self, checks: Sequence[Check], sizes: Sequence[int], result: BatchResult,
-                t: int, block_keys: Sequence[str]) -> BatchResult:
-        """The store answered the ask of ``sizes``: note a refusal, or keep the leases."""
-        self._answered(True)
-        if not all(d.allowed for d in result.decisions):
-            self._refused(checks, result.decisions, t)
-            return result
-        with self._lock:
-            return self._record(checks, sizes, result, t, block_keys)
-
-    def _asked(self, checks: Sequence[Check], by: str) -> Any:
-        """The ask being made of a lease of one of ``checks``, if any: by a thread (``by``
-        "held": a :class:`Held`) or by a task on a loop ("waiter": an :class:`Asked`)."""
+    def _held(self, checks: Sequence[Check]) -> Held | None:
+        """The ask a thread is making of a lease of one of ``checks``, if any."""
         for c in checks:
             lease = self._leases.get((c.algorithm.id, c.key))
-            if lease is not None and (ask := getattr(lease, by)) is not None:
-                return ask
+            if lease is not None and lease.held is not None:
+                return lease.held
         return None
 
-    def _ask(self, checks: Sequence[Check], sizes: Sequence[int], by: str,
-             make: Callable[[], _A]) -> _A | None:
-        """What the others wait on (``make()``, noted as the leases' ``by``) while the
-        leases ``sizes`` asks for are asked; None when it asks for none."""
+    def _hold(self, checks: Sequence[Check], sizes: Sequence[int]) -> Held | None:
+        """What the other threads wait on while the leases asked by ``sizes`` are asked."""
         if all(s == c.cost for c, s in zip(checks, sizes, strict=True)):
             return None
-        ask = make()
+        held = Held()
         for c, s in zip(checks, sizes, strict=True):
             if s != c.cost:
-                setattr(self._leases[(c.algorithm.id, c.key)], by, ask)
-        return ask
+                self._leases[(c.algorithm.id, c.key)].held = held
+        return held
 
     async def aapply(self, checks: Sequence[Check], *, consume: bool = True,
                      now: int | None = None, block_keys: Sequence[str] = ()) -> BatchResult:
@@ -369,12 +348,16 @@ class SyncedStorage(Storage):
         # with a refusal that dropped it, after which requests go to the store exactly.
         while True:
             t = self._now(now)
-            local, waiter, sizes, mine = self._turn(checks, t, block_keys, "waiter",
-                                                    asyncio.get_running_loop().create_future)
-            if local is not None:
-                return local
-            if waiter is None:
-                break
+            mine: Asked | None = None
+            with self._lock:
+                local = self._local(checks, t, block_keys)
+                if local is not None:
+                    return local
+                waiter = self._waiter(checks)
+                if waiter is None:
+                    sizes = self._sizes(checks, t)
+                    mine = self._mark(checks, sizes)
+                    break
             failed = await asyncio.shield(waiter)
             if failed is not None:  # the store failed the ask: fail alike, do not queue
                 raise failed
@@ -388,7 +371,12 @@ class SyncedStorage(Storage):
             if self._retry(checks, sizes, result):
                 sizes = [c.cost for c in checks]
                 result = await self.storage.aapply(checks, now=now, block_keys=block_keys)
-            return self._answer(checks, sizes, result, t, block_keys)
+            self._answered(True)
+            if not all(d.allowed for d in result.decisions):
+                self._refused(checks, result.decisions, t)
+                return result
+            with self._lock:
+                return self._record(checks, sizes, result, t, block_keys)
         except BaseException as exc:
             failure = exc
             if isinstance(exc, Exception):
@@ -397,6 +385,24 @@ class SyncedStorage(Storage):
         finally:
             if mine is not None:
                 mine.set_result(failure)
+
+    def _waiter(self, checks: Sequence[Check]) -> Asked | None:
+        """The answer being awaited of a lease of one of ``checks``, if any."""
+        for c in checks:
+            lease = self._leases.get((c.algorithm.id, c.key))
+            if lease is not None and lease.waiter is not None:
+                return lease.waiter
+        return None
+
+    def _mark(self, checks: Sequence[Check], sizes: Sequence[int]) -> Asked | None:
+        """A future the leases asked by ``sizes`` resolve when answered (on a loop)."""
+        if all(s == c.cost for c, s in zip(checks, sizes, strict=True)):
+            return None
+        fut: Asked = asyncio.get_running_loop().create_future()
+        for c, s in zip(checks, sizes, strict=True):
+            if s != c.cost:
+                self._leases[(c.algorithm.id, c.key)].waiter = fut
+        return fut
 
     def hit(self, algorithm: Algorithm, key: str, cost: int, now: int | None) -> Decision:
         return self.apply((Check(algorithm, key, cost),), now=now).decisions[0]
