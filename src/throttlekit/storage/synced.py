@@ -383,8 +383,8 @@ class SyncedStorage(Storage):
                 self._answered(False)
             raise
         finally:
-            if mine is not None:
-                mine.set_result(failure)
+            if mine is not None:  # (a cancelled ask failed nobody: the waiters ask again)
+                mine.set_result(failure if isinstance(failure, Exception) else None)
 
     def _waiter(self, checks: Sequence[Check]) -> Asked | None:
         """The answer being awaited of a lease of one of ``checks``, if any."""
