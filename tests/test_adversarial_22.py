@@ -8,9 +8,11 @@ import asyncio
 from collections.abc import Iterator
 
 import pytest
+from werkzeug.test import EnvironBuilder
 
 from servers import RedisServer, start_or_skip
-from throttlekit import Limiter, storage_from_url
+from throttlekit import Limiter, RequestView, storage_from_url
+from throttlekit.testing import FakeClock
 
 RATE = "100/hour"
 
@@ -58,3 +60,34 @@ def test_a_cancelled_lease_ask_does_not_cancel_the_requests_waiting_for_it(
         return d.allowed
 
     assert asyncio.run(run()), "a request was cancelled by another request's cancellation"
+
+
+def _view(limiter: Limiter, ip: str = "198.51.100.7") -> RequestView:
+    env = EnvironBuilder("/", environ_base={"REMOTE_ADDR": ip}).get_environ()
+    return RequestView.from_environ(env, limiter.resolver)
+
+
+@pytest.mark.redis
+def test_a_refusal_repeated_by_the_worker_ends_when_the_clock_steps_back(
+        server: RedisServer) -> None:
+    """The host's clock steps back an hour (NTP, a VM restored) just after a client was
+    refused. The worker repeats a refusal for sync_interval at most: on the stepped-back
+    clock it must not hold the client out for the hour the clock went back, nor tell it to
+    wait longer than the limit's period. SyncedStorage answers as its store does."""
+    start = 1_699_920_000.0
+    seen = {}
+    for name, query in (("synced", "?sync_interval=1"), ("bare", "")):
+        clock = FakeClock(start + 30)
+        limiter = Limiter(storage_from_url(server.url + query, prefix=f"a22-{name}:"),
+                          clock=clock, strategy="fixed_window")
+        limiter.throttle("per-ip", "3/minute", key="ip")
+        answers = [limiter.evaluate(_view(limiter)).decision for _ in range(4)]
+        clock.set(start - 3600)  # the clock steps back an hour
+        answers.append(limiter.evaluate(_view(limiter)).decision)
+        clock.advance(61)  # a minute later, on the stepped-back clock
+        answers.append(limiter.evaluate(_view(limiter)).decision)
+        limiter.storage.close()
+        assert all(d is not None for d in answers)
+        seen[name] = [(d.allowed, d.retry_after <= 60) for d in answers]  # type: ignore[union-attr]
+    assert seen["bare"] == [(True, True)] * 3 + [(False, True), (False, True), (True, True)]
+    assert seen["synced"] == seen["bare"]
