@@ -132,7 +132,8 @@ class Lease:
         """The store's refusal of this key at ``cost`` as it stands at ``now``, while it is
         known to hold (before its retry_after and within sync_interval), else None."""
         d = self.refusal
-        if d is None or now >= self.refused_until or cost != self.refused_cost:
+        if d is None or not self.refused_at <= now < self.refused_until or (
+                cost != self.refused_cost):  # (a clock stepped back: ask the store)
             return None
         waited = (now - self.refused_at) / 1e6
         return d._replace(retry_after=max(0.0, d.retry_after - waited),
