@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Iterator
+from typing import Any
 
 import pytest
 from werkzeug.test import EnvironBuilder
@@ -56,10 +57,16 @@ def test_a_cancelled_lease_ask_does_not_cancel_the_requests_waiting_for_it(
         except asyncio.CancelledError:
             return False
         finally:
-            await limiter.storage.storage.aclose()  # type: ignore[attr-defined]
+            await _aclose(limiter)
         return d.allowed
 
     assert asyncio.run(run()), "a request was cancelled by another request's cancellation"
+
+
+async def _aclose(limiter: Limiter) -> None:
+    """Close the redis.asyncio client of this loop (a SyncedStorage's is its store's)."""
+    store = getattr(limiter.storage, "storage", limiter.storage)
+    await store.aclose()
 
 
 def _view(limiter: Limiter, ip: str = "198.51.100.7") -> RequestView:
@@ -91,3 +98,42 @@ def test_a_refusal_repeated_by_the_worker_ends_when_the_clock_steps_back(
         seen[name] = [(d.allowed, d.retry_after <= 60) for d in answers]  # type: ignore[union-attr]
     assert seen["bare"] == [(True, True)] * 3 + [(False, True), (False, True), (True, True)]
     assert seen["synced"] == seen["bare"]
+
+
+@pytest.mark.redis
+@pytest.mark.parametrize("strategy", ["fixed_window", "sliding_window", "token_bucket"])
+@pytest.mark.parametrize("query", ["", "?sync_interval=0.1"])
+def test_the_rules_answer_after_script_flush_sync_and_async(
+        server: RedisServer, strategy: str, query: str) -> None:
+    """An operator runs SCRIPT FLUSH (or Redis fails over to a replica without the
+    scripts): the rules' answers through the store's shared apply/aapply body (block
+    lookup, single-check scripts, batch) stay exact, sync and async, and none is degraded."""
+    limiter = Limiter(storage_from_url(server.url + query, prefix=f"a22f-{strategy}:"),
+                      strategy=strategy)
+    limiter.throttle("per-ip", "100/hour", key="ip")
+    limiter.throttle("two", "100/hour; 50/minute", key="ip")
+    limiter.block("198.51.100.9", 60)
+
+    def seen(verdict: Any) -> tuple[bool, str, bool, int | None]:
+        d = verdict.decision
+        return verdict.allowed, verdict.kind, verdict.degraded, d and d.remaining
+
+    async def aseen(ip: str) -> tuple[bool, str, bool, int | None]:
+        return seen(await limiter.aevaluate(_view(limiter, ip)))
+
+    async def run() -> list[tuple[bool, str, bool, int | None]]:
+        out = []
+        for _ in range(2):
+            server.command("SCRIPT", "FLUSH")
+            out += [seen(limiter.evaluate(_view(limiter))),
+                    seen(limiter.evaluate(_view(limiter, "198.51.100.9")))]
+            server.command("SCRIPT", "FLUSH")
+            out += [await aseen("198.51.100.7"), await aseen("198.51.100.9")]
+        await _aclose(limiter)
+        return out
+
+    out = asyncio.run(run())
+    limiter.storage.close()
+    assert [o[:3] for o in out] == [(True, "allowed", False), (False, "blocked", False)] * 4
+    lefts = [o[3] for o in out[::2]]
+    assert lefts == [lefts[0] - i for i in range(4)], lefts  # one charge each, none lost
