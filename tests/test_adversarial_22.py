@@ -137,3 +137,33 @@ def test_the_rules_answer_after_script_flush_sync_and_async(
     assert [o[:3] for o in out] == [(True, "allowed", False), (False, "blocked", False)] * 4
     lefts = [o[3] for o in out[::2]]
     assert lefts == [lefts[0] - i for i in range(4)], lefts  # one charge each, none lost
+
+
+@pytest.mark.redis
+def test_a_lease_taken_under_one_plan_does_not_admit_under_a_lower_one(
+        server: RedisServer) -> None:
+    """``throttle(rates=callable)``: a client's plan follows its request (an API key's
+    tier, logged in or not) and every plan counts under the rule's one counter. A client
+    that built a big lease on its generous plan sends requests under the 10/hour one, over
+    which the store's count already is: each is refused, as on the bare store, and no
+    decision reports more remaining than its limit."""
+    clock = FakeClock(1_699_920_000.0 + 30)  # (the leases do not run out meanwhile)
+    limiter = Limiter(storage_from_url(server.url + "?sync_interval=1", prefix="a22p:"),
+                      clock=clock)
+    limiter.throttle("per-ip", key="ip", rates=lambda r: (
+        "100000/hour" if r.headers.get("X-Plan") == "pro" else "10/hour"))
+
+    def view(plan: str) -> RequestView:
+        env = EnvironBuilder("/", headers={"X-Plan": plan},
+                             environ_base={"REMOTE_ADDR": "198.51.100.7"}).get_environ()
+        return RequestView.from_environ(env, limiter.resolver)
+
+    try:
+        assert all(limiter.evaluate(view("pro")).allowed for _ in range(200))
+        free = [limiter.evaluate(view("free")).decision for _ in range(20)]
+        assert all(d is not None and d.remaining <= d.limit for d in free)
+        assert sum(d.allowed for d in free if d is not None) == 0
+        back = limiter.evaluate(view("pro")).decision  # and the generous plan again
+        assert back is not None and back.allowed
+    finally:
+        limiter.storage.close()
