@@ -25,13 +25,26 @@ import threading
 import time
 from collections.abc import Callable, Iterator, Mapping
 
+from .._algorithms import Algorithm
 from .._decision import Decision
-from .base import Block
+from .base import Block, Check
 
-__all__ = ["Asked", "BlocksView", "Held", "Lease"]
+__all__ = ["Asked", "BlocksView", "Held", "Lease", "ident", "lease_id"]
 
 #: resolved when a lease asked of the store is answered: with the failure, if it failed
 Asked = asyncio.Future[BaseException | None]
+
+
+def lease_id(alg: Algorithm) -> str:
+    """What a lease of ``alg`` is kept under, beside the key: its id, and the limit too
+    when the id outlives it (``Algorithm.rerated``: a rule's counter under a plan's or a
+    tightened rate), so units leased under one limit are never admitted under another."""
+    return f"{alg.id}={alg.capacity}/{alg.limit}" if alg.rerated else alg.id
+
+
+def ident(check: Check) -> tuple[str, str]:
+    """The lease of a check: (lease_id, key)."""
+    return lease_id(check.algorithm), check.key
 
 
 class BlocksView(Mapping[str, Block]):

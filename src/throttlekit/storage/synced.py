@@ -68,7 +68,7 @@ from typing import TYPE_CHECKING, Any
 from .._algorithms import Algorithm
 from .._decision import Decision
 from .._errors import ConfigError
-from ._synced_state import Asked, BlocksView, Held, Lease
+from ._synced_state import Asked, BlocksView, Held, Lease, ident, lease_id
 from .base import BatchResult, Block, BoundBatch, BoundHit, Check, Storage
 
 if TYPE_CHECKING:
@@ -150,13 +150,13 @@ class SyncedStorage(Storage):
             if clear.get(k, 0) <= now:
                 return None
         leases = self._leases
-        if len(checks) == 1 and (lease := leases.get((checks[0].algorithm.id, checks[0].key))):
+        if len(checks) == 1 and (lease := leases.get(ident(checks[0]))):
             refusal = lease.refused(checks[0].cost, now)
             if refusal is not None:
                 return BatchResult([refusal], [None] * len(block_keys))
         found = []
         for c in checks:
-            lease = leases.get((c.algorithm.id, c.key))
+            lease = leases.get(ident(c))
             if lease is None or lease.left < c.cost or lease.expires <= now:
                 return None
             found.append(lease)
@@ -176,7 +176,7 @@ class SyncedStorage(Storage):
         sizes = []
         leases = self._leases
         for c in checks:
-            lease = leases.get((c.algorithm.id, c.key))
+            lease = leases.get(ident(c))
             if lease is None or lease.asking:
                 sizes.append(c.cost)
                 continue
@@ -197,7 +197,7 @@ class SyncedStorage(Storage):
         with self._lock:
             for c, size in zip(checks, sizes, strict=True):
                 if size != c.cost:
-                    lease = self._leases.get((c.algorithm.id, c.key))
+                    lease = self._leases.get(ident(c))
                     if lease is not None:
                         lease.asking = False
                         lease.waiter = None
@@ -222,13 +222,13 @@ class SyncedStorage(Storage):
         out = []
         for c, size, d in zip(checks, sizes, result.decisions, strict=True):
             extra = size - c.cost
-            ident = (c.algorithm.id, c.key)
-            lease = leases.get(ident)
+            lid = ident(c)
+            lease = leases.get(lid)
             if lease is None:
                 if len(leases) >= self.max_keys:
                     out.append(d)
                     continue
-                lease = leases[ident] = Lease(1)
+                lease = leases[lid] = Lease(1)
             elif extra == 0 and (lease.asking or lease.left > 0):
                 out.append(d)  # an exact charge beside a lease: the lease stays as it is
                 continue
@@ -322,7 +322,7 @@ class SyncedStorage(Storage):
     def _held(self, checks: Sequence[Check]) -> Held | None:
         """The ask a thread is making of a lease of one of ``checks``, if any."""
         for c in checks:
-            lease = self._leases.get((c.algorithm.id, c.key))
+            lease = self._leases.get(ident(c))
             if lease is not None and lease.held is not None:
                 return lease.held
         return None
@@ -334,7 +334,7 @@ class SyncedStorage(Storage):
         held = Held()
         for c, s in zip(checks, sizes, strict=True):
             if s != c.cost:
-                self._leases[(c.algorithm.id, c.key)].held = held
+                self._leases[ident(c)].held = held
         return held
 
     async def aapply(self, checks: Sequence[Check], *, consume: bool = True,
@@ -389,7 +389,7 @@ class SyncedStorage(Storage):
     def _waiter(self, checks: Sequence[Check]) -> Asked | None:
         """The answer being awaited of a lease of one of ``checks``, if any."""
         for c in checks:
-            lease = self._leases.get((c.algorithm.id, c.key))
+            lease = self._leases.get(ident(c))
             if lease is not None and lease.waiter is not None:
                 return lease.waiter
         return None
@@ -401,7 +401,7 @@ class SyncedStorage(Storage):
         fut: Asked = asyncio.get_running_loop().create_future()
         for c, s in zip(checks, sizes, strict=True):
             if s != c.cost:
-                self._leases[(c.algorithm.id, c.key)].waiter = fut
+                self._leases[ident(c)].waiter = fut
         return fut
 
     def hit(self, algorithm: Algorithm, key: str, cost: int, now: int | None) -> Decision:
@@ -421,7 +421,7 @@ class SyncedStorage(Storage):
         """``hit`` for one algorithm: admitted from this worker's lease of the key when it
         has room (one lock, no round trip), else ``apply`` through the wrapper (the lease
         asked, or an exact charge)."""
-        aid, decide, lock = algorithm.id, algorithm.decide, self._lock
+        aid, decide, lock = lease_id(algorithm), algorithm.decide, self._lock
 
         def hit(key: str, cost: int, now: int | None) -> Decision:
             k = prefix + key
@@ -465,9 +465,9 @@ class SyncedStorage(Storage):
         with self._lock:
             leases = self._leases
             for c, d in zip(checks, decisions, strict=True):
-                leases.pop((c.algorithm.id, c.key), None)
+                leases.pop(ident(c), None)
                 if len(checks) == 1 and not d.allowed and len(leases) < self.max_keys:
-                    lease = leases[(c.algorithm.id, c.key)] = Lease(1)
+                    lease = leases[ident(c)] = Lease(1)
                     lease.refusal, lease.refused_at, lease.refused_cost = d, now, c.cost
                     lease.refused_until = now + int(
                         min(d.retry_after, self.sync_interval) * 1e6)
