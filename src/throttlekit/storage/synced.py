@@ -387,11 +387,13 @@ class SyncedStorage(Storage):
                 mine.set_result(failure if isinstance(failure, Exception) else None)
 
     def _waiter(self, checks: Sequence[Check]) -> Asked | None:
-        """The answer being awaited of a lease of one of ``checks``, if any."""
+        """The answer being awaited of a lease of one of ``checks`` on this event loop, if
+        any (an ask on another loop cannot be awaited here: the request asks exactly)."""
         for c in checks:
             lease = self._leases.get(ident(c))
-            if lease is not None and lease.waiter is not None:
-                return lease.waiter
+            if lease is not None and (w := lease.waiter) is not None and (
+                    w.get_loop() is asyncio.get_running_loop()):
+                return w
         return None
 
     def _mark(self, checks: Sequence[Check], sizes: Sequence[int]) -> Asked | None:
