@@ -257,3 +257,25 @@ def test_event_loops_of_their_own_share_a_synced_store(server: RedisServer) -> N
         t.join(10)
     limiter.storage.close()
     assert [(d.allowed, d.degraded) for d in answers] == [(True, False)] * 2
+
+
+@pytest.mark.redis
+def test_refused_oversized_requests_do_not_burn_the_quota_leased(server: RedisServer) -> None:
+    """A tenant's limit, 1000/hour, shared by its clients; one of them sends a request too
+    big for the limit (cost 10**6: refused, and "denials charge nothing") every 20
+    requests. Each refusal made the worker drop its lease of the key, whose units were
+    charged to the store and never admitted: 616 of 1000 admitted where the documented
+    under-admission is 5 % at most (the bare store admits 1000)."""
+    clock = FakeClock(1_699_920_000.0 + 30)  # (the leases do not run out meanwhile)
+    limiter = Limiter(storage_from_url(server.url + "?sync_interval=1", prefix="a22u:"),
+                      clock=clock, strategy="fixed_window")
+    admitted = 0
+    try:
+        for i in range(2000):
+            if i % 20 == 19:
+                assert not limiter.hit("tenant", "1000/hour", cost=10**6).allowed
+            else:
+                admitted += limiter.hit("tenant", "1000/hour").allowed
+    finally:
+        limiter.storage.close()
+    assert 950 <= admitted <= 1000, admitted
