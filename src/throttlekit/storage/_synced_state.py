@@ -141,6 +141,12 @@ class Lease:
         self.refusal: Decision | None = None
         self.refused_at = self.refused_until = self.refused_cost = 0
 
+    def refuse(self, d: Decision, now: int, cost: int, interval: float) -> None:
+        """The store refused this key alone at ``cost``: repeat it until its retry_after
+        or for ``interval`` seconds."""
+        self.refusal, self.refused_at, self.refused_cost = d, now, cost
+        self.refused_until = now + int(min(d.retry_after, interval) * 1e6)
+
     def refused(self, cost: int, now: int) -> Decision | None:
         """The store's refusal of this key at ``cost`` as it stands at ``now``, while it is
         known to hold (before its retry_after and within sync_interval), else None."""

@@ -461,18 +461,18 @@ class SyncedStorage(Storage):
 
     def _refused(self, checks: Sequence[Check], decisions: Sequence[Decision],
                  now: int) -> None:
-        """A refusal: the next request of these keys starts again from an exact charge; a
-        key refused alone is refused here again, at the same cost, until the store's
-        retry_after or for sync_interval, whichever ends first."""
+        """A refusal: these keys start again from an exact charge (a lease's units stay);
+        a key refused alone is refused here again at that cost (``Lease.refuse``)."""
         with self._lock:
-            leases = self._leases
+            leases, alone = self._leases, len(checks) == 1
             for c, d in zip(checks, decisions, strict=True):
-                leases.pop(ident(c), None)
-                if len(checks) == 1 and not d.allowed and len(leases) < self.max_keys:
-                    lease = leases[ident(c)] = Lease(1)
-                    lease.refusal, lease.refused_at, lease.refused_cost = d, now, c.cost
-                    lease.refused_until = now + int(
-                        min(d.retry_after, self.sync_interval) * 1e6)
+                lease = leases.pop(lid := ident(c), None)
+                if lease is not None and lease.left > 0 and lease.expires > now:
+                    leases[lid] = lease
+                elif alone and len(leases) < self.max_keys:
+                    lease = leases[lid] = Lease(1)
+                if alone and lease is not None and lid in leases:
+                    lease.refuse(d, now, c.cost, self.sync_interval)
 
     def _forget_keys(self, keys: Sequence[str]) -> None:
         # A reset here takes effect here at once; other workers' leases end within
