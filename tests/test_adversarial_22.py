@@ -279,3 +279,32 @@ def test_refused_oversized_requests_do_not_burn_the_quota_leased(server: RedisSe
     finally:
         limiter.storage.close()
     assert 950 <= admitted <= 1000, admitted
+
+
+@pytest.mark.redis
+def test_two_limiters_on_one_synced_store_each_keep_their_fail_policy(
+        server: RedisServer) -> None:
+    """One store object, two limiters (the usual app: an API limiter failing open, a login
+    limiter failing closed). The bound hits' round trips went through the resilience
+    wrapper of whichever limiter was made last (``wrapped_by``): the login limiter's
+    requests were answered by the API limiter's "allow" policy and its breaker, which,
+    open for its 60 s, kept answering "allow" after the store was back, so the login
+    limit of 3 admitted every request. Each limiter must answer by its own policy, and
+    the login limit must hold once the store is back."""
+    storage = storage_from_url(server.url + "?sync_interval=0.1", prefix="a22w:",
+                               socket_timeout=1.0)
+    login = Limiter(storage, on_storage_error="deny", retry_interval=0.2)
+    login.throttle("login", "3/hour", key="ip")
+    api = Limiter(storage, on_storage_error="allow", retry_interval=60)
+    api.throttle("api", "1000/hour", key="ip")
+    try:
+        assert login.evaluate(_view(login, "198.51.100.1")).allowed
+        assert api.evaluate(_view(api, "198.51.100.1")).allowed
+        server.stop()
+        down = login.evaluate(_view(login)).allowed
+        server.start()
+        time.sleep(0.3)  # the login limiter's retry_interval: the time its wrapper waits
+        back = [login.evaluate(_view(login)).allowed for _ in range(6)]
+        assert (down, back) == (False, [True] * 3 + [False] * 3), (down, back)
+    finally:
+        storage.close()
