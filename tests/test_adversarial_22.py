@@ -5,6 +5,9 @@ apply/aapply body attacked as an attacker or a tired operator would, against rea
 from __future__ import annotations
 
 import asyncio
+import os
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -308,3 +311,42 @@ def test_two_limiters_on_one_synced_store_each_keep_their_fail_policy(
         assert (down, back) == (False, [True] * 3 + [False] * 3), (down, back)
     finally:
         storage.close()
+
+
+def _cli(*args: str) -> str:
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
+    done = subprocess.run([sys.executable, "-m", "throttlekit", *args], env=env,
+                          capture_output=True, text=True, timeout=60, check=True)
+    return done.stdout
+
+
+@pytest.mark.redis
+@pytest.mark.slow
+def test_the_admin_cli_reaches_a_synced_worker_within_sync_interval(
+        server: RedisServer) -> None:
+    """The operator's commands, run as the CLI (another process) against the store's URL
+    (with the app's sync_interval in it, as copied from its config, or without): a block
+    refuses the worker's requests, an unblock and a reset let them in again, each within
+    sync_interval of the command returning."""
+    interval = 0.2
+    url = f"{server.url}?prefix=a22cli:"
+    limiter = Limiter(storage_from_url(f"{url}&sync_interval={interval}"))
+    limiter.throttle("per-ip", "3/hour", key="ip")
+    me, other = "198.51.100.7", "198.51.100.8"
+    try:
+        assert [limiter.evaluate(_view(limiter, me)).allowed for _ in range(4)] == [
+            True, True, True, False]
+        for store in (url, f"{url}&sync_interval={interval}"):
+            _cli("reset", me, "--storage", store)
+            time.sleep(interval)  # the bound the docs give, not a synchronisation
+            assert limiter.evaluate(_view(limiter, me)).allowed
+            _cli("block", other, "--storage", store, "--ttl", "60")
+            time.sleep(interval)
+            assert limiter.evaluate(_view(limiter, other)).kind == "blocked"
+            _cli("unblock", other, "--storage", store)
+            time.sleep(interval)
+            assert limiter.evaluate(_view(limiter, other)).allowed
+            assert [limiter.evaluate(_view(limiter, me)).allowed for _ in range(3)] == [
+                True, True, False]  # refused again: the next reset must let it in
+    finally:
+        limiter.storage.close()
