@@ -350,3 +350,37 @@ def test_the_admin_cli_reaches_a_synced_worker_within_sync_interval(
                 True, True, False]  # refused again: the next reset must let it in
     finally:
         limiter.storage.close()
+
+
+@pytest.mark.redis
+@pytest.mark.slow
+@pytest.mark.parametrize(("how", "policy"), [("pause", "deny"), ("stop", "allow"),
+                                             ("stop", "local")])
+def test_a_real_redis_paused_or_killed_mid_traffic_gets_the_fail_policy(
+        server: RedisServer, how: str, policy: str, caplog: pytest.LogCaptureFixture) -> None:
+    """Redis frozen (SIGSTOP) or stopped under a worker answering from its leases: the
+    configured on_storage_error answers (degraded, logged once), nothing raises; resumed
+    or restarted, requests are exact again and the engine's common case is back."""
+    limiter = Limiter(storage_from_url(server.url + "?sync_interval=0.1", prefix="a22k:",
+                                       socket_timeout=0.5),
+                      on_storage_error=policy, retry_interval=0.3)
+    limiter.throttle("per-ip", "1000/hour", key="ip")
+    try:
+        assert all(limiter.evaluate(_view(limiter)).allowed for _ in range(30))
+        server.pause() if how == "pause" else server.stop()
+        try:
+            time.sleep(0.1)  # the leases run out (sync_interval): requests need the store
+            down = [limiter.evaluate(_view(limiter)) for _ in range(5)]
+        finally:
+            server.resume() if how == "pause" else server.start()
+        expected = {"allow": True, "deny": False, "local": True}[policy]
+        assert [v.allowed for v in down] == [expected] * 5
+        assert all(v.decision is None or v.decision.degraded for v in down[1:])
+        assert all(v.degraded for v in down[1:])
+        assert len([r for r in caplog.records if "failed" in r.getMessage()]) == 1
+        time.sleep(0.3)  # the breaker's retry_interval: the time the wrapper waits
+        back = [limiter.evaluate(_view(limiter)) for _ in range(5)]
+        assert all(v.allowed and not v.degraded for v in back)
+        assert not limiter.engine.local_blocks  # the common case again
+    finally:
+        limiter.storage.close()
