@@ -25,13 +25,26 @@ import threading
 import time
 from collections.abc import Callable, Iterator, Mapping
 
+from .._algorithms import Algorithm
 from .._decision import Decision
-from .base import Block
+from .base import Block, Check
 
-__all__ = ["Asked", "BlocksView", "Held", "Lease"]
+__all__ = ["Asked", "BlocksView", "Held", "Lease", "ident", "lease_id"]
 
 #: resolved when a lease asked of the store is answered: with the failure, if it failed
 Asked = asyncio.Future[BaseException | None]
+
+
+def lease_id(alg: Algorithm) -> str:
+    """What a lease of ``alg`` is kept under, beside the key: its id, and the limit too
+    when the id outlives it (``Algorithm.rerated``: a rule's counter under a plan's or a
+    tightened rate), so units leased under one limit are never admitted under another."""
+    return f"{alg.id}={alg.capacity}/{alg.limit}" if alg.rerated else alg.id
+
+
+def ident(check: Check) -> tuple[str, str]:
+    """The lease of a check: (lease_id, key)."""
+    return lease_id(check.algorithm), check.key
 
 
 class BlocksView(Mapping[str, Block]):
@@ -128,11 +141,18 @@ class Lease:
         self.refusal: Decision | None = None
         self.refused_at = self.refused_until = self.refused_cost = 0
 
+    def refuse(self, d: Decision, now: int, cost: int, interval: float) -> None:
+        """The store refused this key alone at ``cost``: repeat it until its retry_after
+        or for ``interval`` seconds."""
+        self.refusal, self.refused_at, self.refused_cost = d, now, cost
+        self.refused_until = now + int(min(d.retry_after, interval) * 1e6)
+
     def refused(self, cost: int, now: int) -> Decision | None:
         """The store's refusal of this key at ``cost`` as it stands at ``now``, while it is
         known to hold (before its retry_after and within sync_interval), else None."""
         d = self.refusal
-        if d is None or now >= self.refused_until or cost != self.refused_cost:
+        if d is None or not self.refused_at <= now < self.refused_until or (
+                cost != self.refused_cost):  # (a clock stepped back: ask the store)
             return None
         waited = (now - self.refused_at) / 1e6
         return d._replace(retry_after=max(0.0, d.retry_after - waited),

@@ -68,7 +68,7 @@ from typing import TYPE_CHECKING, Any
 from .._algorithms import Algorithm
 from .._decision import Decision
 from .._errors import ConfigError
-from ._synced_state import Asked, BlocksView, Held, Lease
+from ._synced_state import Asked, BlocksView, Held, Lease, ident, lease_id
 from .base import BatchResult, Block, BoundBatch, BoundHit, Check, Storage
 
 if TYPE_CHECKING:
@@ -150,13 +150,13 @@ class SyncedStorage(Storage):
             if clear.get(k, 0) <= now:
                 return None
         leases = self._leases
-        if len(checks) == 1 and (lease := leases.get((checks[0].algorithm.id, checks[0].key))):
+        if len(checks) == 1 and (lease := leases.get(ident(checks[0]))):
             refusal = lease.refused(checks[0].cost, now)
             if refusal is not None:
                 return BatchResult([refusal], [None] * len(block_keys))
         found = []
         for c in checks:
-            lease = leases.get((c.algorithm.id, c.key))
+            lease = leases.get(ident(c))
             if lease is None or lease.left < c.cost or lease.expires <= now:
                 return None
             found.append(lease)
@@ -176,7 +176,7 @@ class SyncedStorage(Storage):
         sizes = []
         leases = self._leases
         for c in checks:
-            lease = leases.get((c.algorithm.id, c.key))
+            lease = leases.get(ident(c))
             if lease is None or lease.asking:
                 sizes.append(c.cost)
                 continue
@@ -197,7 +197,7 @@ class SyncedStorage(Storage):
         with self._lock:
             for c, size in zip(checks, sizes, strict=True):
                 if size != c.cost:
-                    lease = self._leases.get((c.algorithm.id, c.key))
+                    lease = self._leases.get(ident(c))
                     if lease is not None:
                         lease.asking = False
                         lease.waiter = None
@@ -222,13 +222,13 @@ class SyncedStorage(Storage):
         out = []
         for c, size, d in zip(checks, sizes, result.decisions, strict=True):
             extra = size - c.cost
-            ident = (c.algorithm.id, c.key)
-            lease = leases.get(ident)
+            lid = ident(c)
+            lease = leases.get(lid)
             if lease is None:
                 if len(leases) >= self.max_keys:
                     out.append(d)
                     continue
-                lease = leases[ident] = Lease(1)
+                lease = leases[lid] = Lease(1)
             elif extra == 0 and (lease.asking or lease.left > 0):
                 out.append(d)  # an exact charge beside a lease: the lease stays as it is
                 continue
@@ -322,7 +322,7 @@ class SyncedStorage(Storage):
     def _held(self, checks: Sequence[Check]) -> Held | None:
         """The ask a thread is making of a lease of one of ``checks``, if any."""
         for c in checks:
-            lease = self._leases.get((c.algorithm.id, c.key))
+            lease = self._leases.get(ident(c))
             if lease is not None and lease.held is not None:
                 return lease.held
         return None
@@ -334,7 +334,7 @@ class SyncedStorage(Storage):
         held = Held()
         for c, s in zip(checks, sizes, strict=True):
             if s != c.cost:
-                self._leases[(c.algorithm.id, c.key)].held = held
+                self._leases[ident(c)].held = held
         return held
 
     async def aapply(self, checks: Sequence[Check], *, consume: bool = True,
@@ -383,15 +383,17 @@ class SyncedStorage(Storage):
                 self._answered(False)
             raise
         finally:
-            if mine is not None:
-                mine.set_result(failure)
+            if mine is not None:  # (a cancelled ask failed nobody: the waiters ask again)
+                mine.set_result(failure if isinstance(failure, Exception) else None)
 
     def _waiter(self, checks: Sequence[Check]) -> Asked | None:
-        """The answer being awaited of a lease of one of ``checks``, if any."""
+        """The answer being awaited of a lease of one of ``checks`` on this event loop, if
+        any (an ask on another loop cannot be awaited here: the request asks exactly)."""
         for c in checks:
-            lease = self._leases.get((c.algorithm.id, c.key))
-            if lease is not None and lease.waiter is not None:
-                return lease.waiter
+            lease = self._leases.get(ident(c))
+            if lease is not None and (w := lease.waiter) is not None and (
+                    w.get_loop() is asyncio.get_running_loop()):
+                return w
         return None
 
     def _mark(self, checks: Sequence[Check], sizes: Sequence[int]) -> Asked | None:
@@ -401,7 +403,7 @@ class SyncedStorage(Storage):
         fut: Asked = asyncio.get_running_loop().create_future()
         for c, s in zip(checks, sizes, strict=True):
             if s != c.cost:
-                self._leases[(c.algorithm.id, c.key)].waiter = fut
+                self._leases[ident(c)].waiter = fut
         return fut
 
     def hit(self, algorithm: Algorithm, key: str, cost: int, now: int | None) -> Decision:
@@ -421,7 +423,7 @@ class SyncedStorage(Storage):
         """``hit`` for one algorithm: admitted from this worker's lease of the key when it
         has room (one lock, no round trip), else ``apply`` through the wrapper (the lease
         asked, or an exact charge)."""
-        aid, decide, lock = algorithm.id, algorithm.decide, self._lock
+        aid, decide, lock = lease_id(algorithm), algorithm.decide, self._lock
 
         def hit(key: str, cost: int, now: int | None) -> Decision:
             k = prefix + key
@@ -459,18 +461,18 @@ class SyncedStorage(Storage):
 
     def _refused(self, checks: Sequence[Check], decisions: Sequence[Decision],
                  now: int) -> None:
-        """A refusal: the next request of these keys starts again from an exact charge; a
-        key refused alone is refused here again, at the same cost, until the store's
-        retry_after or for sync_interval, whichever ends first."""
+        """A refusal: these keys start again from an exact charge (a lease's units stay);
+        a key refused alone is refused here again at that cost (``Lease.refuse``)."""
         with self._lock:
-            leases = self._leases
+            leases, alone = self._leases, len(checks) == 1
             for c, d in zip(checks, decisions, strict=True):
-                leases.pop((c.algorithm.id, c.key), None)
-                if len(checks) == 1 and not d.allowed and len(leases) < self.max_keys:
-                    lease = leases[(c.algorithm.id, c.key)] = Lease(1)
-                    lease.refusal, lease.refused_at, lease.refused_cost = d, now, c.cost
-                    lease.refused_until = now + int(
-                        min(d.retry_after, self.sync_interval) * 1e6)
+                lease = leases.pop(lid := ident(c), None)
+                if lease is not None and lease.left > 0 and lease.expires > now:
+                    leases[lid] = lease
+                elif alone and len(leases) < self.max_keys:
+                    lease = leases[lid] = Lease(1)
+                if alone and lease is not None and lid in leases:
+                    lease.refuse(d, now, c.cost, self.sync_interval)
 
     def _forget_keys(self, keys: Sequence[str]) -> None:
         # A reset here takes effect here at once; other workers' leases end within
