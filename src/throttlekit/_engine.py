@@ -422,7 +422,7 @@ class Engine:
                     ) -> tuple[BoundBatch, tuple[str, ...]]:
         """The store's bound batch of these throttles' algorithms and their policy names,
         bound on the first request they all apply to."""
-        batch = self.storage.bind_batch([r.algorithms for r in applying], NS)
+        batch = self.store.bind_batch([r.algorithms for r in applying], NS)
         names = tuple(n for r in applying for n in r.policy_names)
         if len(self._batches) >= 256:  # match functions picking ever other subsets
             self._batches.clear()

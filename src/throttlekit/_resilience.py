@@ -35,7 +35,7 @@ from ._algorithms import Algorithm
 from ._decision import Decision, most_restrictive
 from ._denials import DenialCache
 from ._rates import Rate
-from .storage.base import BatchResult, Block, Check, Storage
+from .storage.base import BatchResult, Block, BoundBatch, BoundHit, Check, Storage
 from .storage.memory import MemoryStorage
 
 if TYPE_CHECKING:
@@ -143,10 +143,19 @@ class ResilientStore(Storage):
         self.shared = inner.shared
         self.supports_leases = inner.supports_leases
         self.supports_escalation = inner.supports_escalation
-        inner.wrapped_by(self)  # (its bound hits' round trips then come through apply)
+        self.local_hits = inner.local_hits  # (see bind)
+        self.local_blocks = inner.local_blocks
 
     def __repr__(self) -> str:
         return f"ResilientStore({self.inner!r}, policy={self.policy!r})"
+
+    def bind(self, algorithm: Algorithm, prefix: str = "") -> BoundHit:
+        """The inner store's bound hit, its round trips through this wrapper's ``apply``
+        (a ``local_hits`` store: each limiter's own policy and breaker)."""
+        return self.inner.bind_through(self.apply, algorithm, prefix)
+
+    def bind_batch(self, groups: Sequence[Sequence[Algorithm]], prefix: str = "") -> BoundBatch:
+        return self.inner.bind_batch_through(self.apply, groups, prefix)
 
     # -- failures ------------------------------------------------------------------------
 

@@ -498,7 +498,7 @@ class Rules:
         if not isinstance(dry_run, bool):
             raise ConfigError(f"{what}: dry_run must be True or False, got {dry_run!r}")
 
-        def build(rates: Any, storage: Storage | None = lim.storage) -> _Throttle:
+        def build(rates: Any, storage: Storage | None = lim.store) -> _Throttle:
             algorithms = _throttle_algorithms(name, rates, strategy, burst, what)
             self._check_supported(algorithms, strategy, what)
             return _Throttle(name, algorithms, match, keyf, cost, dry_run, count_when,
@@ -531,7 +531,7 @@ class Rules:
         self._check_supported(algorithms, old.strategy, f"throttle {name!r}")
         new = _Throttle(name, algorithms, old.match, old.key, old.cost, old.dry_run,
                         old.count_when, old.strategy, old.burst, old.on_unreadable,
-                        self.limiter.storage, old.where)
+                        self.limiter.store, old.where)
         self._publish(tuple(new if t is old else t for t in self.throttles))
         return old.rates
 

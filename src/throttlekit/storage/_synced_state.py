@@ -5,11 +5,13 @@ The view:
 
 The engine takes its common case (a bound hit, no block lookup) only while a store's
 ``local_blocks`` is empty. A shared store keeps its blocklist on the server, so
-``SyncedStorage`` keeps a copy here: read again from the store (``blocked()``, one round
-trip) when it is ``sync_interval`` old, inline, by the first request to look at it (no
-thread). A ban written by another worker or by the admin CLI is therefore in every
-worker's view within ``sync_interval``; after this worker's own ``block``/``unblock`` the
-next look reads it again.
+``SyncedStorage`` keeps whether it has an entry here: asked of the store again
+(``any_blocked()``, one round trip: an ``EXISTS`` on Redis, however many bans there are)
+when the answer is ``sync_interval`` old, inline, by the first request to look (no
+thread). Only its emptiness is kept: while it has entries the engine takes its general
+path, which looks each request's own block keys up. A ban written by another worker or by
+the admin CLI is therefore in every worker's view within ``sync_interval``; after this
+worker's own ``block``/``unblock`` the next look asks again.
 
 While the store fails (a read of the blocklist, or a round trip of the wrapper, raised)
 the view is true whatever it holds: it cannot tell that a request has nothing to look up,
@@ -48,40 +50,40 @@ def ident(check: Check) -> tuple[str, str]:
 
 
 class BlocksView(Mapping[str, Block]):
-    """The shared dynamic blocklist as this worker last read it: key -> Block (expired
-    entries included until the next read). Reading its length or items reads the store
-    again when the copy is older than ``interval`` seconds. True while the store fails
-    (see the module's doc), else when it holds a block."""
+    """The shared dynamic blocklist as this worker sees it. Its truth (what the engine asks)
+    is the store's ``any_blocked()`` (one ``EXISTS`` on Redis, whatever the number of bans),
+    read again when older than ``interval`` seconds; true while the store fails (see the
+    module's doc). Its items (key -> Block) are the store's ``blocked()``, read at each
+    look (nothing on the request path reads them)."""
 
-    __slots__ = ("_blocks", "_due", "_failing", "_interval", "_lock", "_read", "_reading")
+    __slots__ = ("_any", "_blocked", "_due", "_failing", "_interval", "_lock", "_reading",
+                 "_some")
 
-    def __init__(self, read: Callable[[], list[Block]], interval: float) -> None:
-        self._read = read
+    def __init__(self, any_blocked: Callable[[], bool], blocked: Callable[[], list[Block]],
+                 interval: float) -> None:
+        self._any = any_blocked
+        self._blocked = blocked
         self._interval = interval
-        self._blocks: dict[str, Block] = {}
-        self._due = 0.0  # time.monotonic() from which the copy is read again
-        self._reading = False  # one thread reads at a time; the others use the last copy
+        self._some = False  # the blocklist had an entry at the last read
+        self._due = 0.0  # time.monotonic() from which the store is asked again
+        self._reading = False  # one thread reads at a time; the others use the last answer
         self._failing = False  # the store failed and has not answered since
         self._lock = threading.Lock()
 
-    def _fresh(self) -> dict[str, Block]:
-        if time.monotonic() >= self._due:
-            self.refresh()
-        return self._blocks
-
     def refresh(self) -> None:
-        """Read the blocklist from the store now (a failure keeps the last copy)."""
+        """Ask the store now whether its blocklist has an entry (a failure keeps the last
+        answer, and the view is true until the store answers again)."""
         with self._lock:
             if self._reading:
                 return
             self._reading = True
         try:
             try:
-                blocks = self._read()
+                some = self._any()
             except Exception:  # the store's failure is the wrapper's to answer
                 self._failing = True
                 return
-            self._blocks = {b.key: b for b in blocks}
+            self._some = some
             self._due = time.monotonic() + self._interval
             self._failing = False
         finally:
@@ -98,26 +100,31 @@ class BlocksView(Mapping[str, Block]):
             self._failing = False
 
     def __bool__(self) -> bool:
-        return self._failing or bool(self._fresh())
+        if time.monotonic() >= self._due:
+            self.refresh()
+        return self._failing or self._some
 
     def stale(self) -> None:
         """Read the store again on the next look (after a change made here)."""
         self._due = 0.0
 
+    def _items(self) -> dict[str, Block]:
+        return {b.key: b for b in self._blocked()}
+
     def __len__(self) -> int:
-        return len(self._fresh())
+        return len(self._items())
 
     def __getitem__(self, key: str) -> Block:
-        return self._fresh()[key]
+        return self._items()[key]
 
     def __iter__(self) -> Iterator[str]:
-        return iter(self._fresh())
+        return iter(self._items())
 
     def __contains__(self, key: object) -> bool:
-        return key in self._fresh()
+        return key in self._items()
 
     def __repr__(self) -> str:
-        return f"BlocksView({self._blocks!r})"
+        return f"BlocksView(some={self._some}, failing={self._failing})"
 
 
 class Lease:

@@ -106,7 +106,7 @@ class Storage(abc.ABC):
     local_blocks: Mapping[str, Block] | None = None
     #: True for a remote store that answers the engine's common case in process where it
     #: can (SyncedStorage, from its leases): its bound hits and batches send their round
-    #: trips through the resilience wrapper (``wrapped_by``), which never raises, and its
+    #: trips through the resilience wrapper (``bind_through``), which never raises, and its
     #: ``local_blocks`` is a copy of the store's blocklist read again every few tenths of a
     #: second. The engine then takes its common case with it, as with a local store.
     local_hits: bool = False
@@ -184,6 +184,11 @@ class Storage(abc.ABC):
     def blocked(self, now: int | None = None) -> list[Block]:
         """Every live entry of the dynamic blocklist."""
 
+    def any_blocked(self) -> bool:
+        """Whether the dynamic blocklist may have an entry (a store may answer True for an
+        expired one not reclaimed yet): cheaper than ``blocked()`` where the store can."""
+        return bool(self.blocked())
+
     def ping(self) -> bool:
         """True when the store answers (a health check)."""
         return True
@@ -211,11 +216,18 @@ class Storage(abc.ABC):
     def close(self) -> None:  # noqa: B027 - optional hook
         """Release connections."""
 
-    def wrapped_by(self, outer: Storage) -> None:  # noqa: B027 - optional hook
-        """``outer``, the limiter's resilience wrapper (breaker, fail policy: see
-        throttlekit._resilience), wraps this store. A ``local_hits`` store sends the round
-        trips of its bound hits and batches through ``outer.apply``, which never raises; the
-        default ignores it."""
+    def bind_through(self, through: Callable[..., BatchResult], algorithm: Algorithm,
+                     prefix: str = "") -> BoundHit:
+        """:meth:`bind`, for a limiter's resilience wrapper (breaker, fail policy: see
+        throttlekit._resilience): a ``local_hits`` store sends the round trips of the bound
+        hit through ``through`` (the wrapper's ``apply``, which never raises); the default
+        is :meth:`bind`."""
+        return self.bind(algorithm, prefix)
+
+    def bind_batch_through(self, through: Callable[..., BatchResult],
+                           groups: Sequence[Sequence[Algorithm]], prefix: str = "") -> BoundBatch:
+        """:meth:`bind_batch`, for a limiter's resilience wrapper (see :meth:`bind_through`)."""
+        return self.bind_batch(groups, prefix)
 
     # Async twins. Backends with real I/O override them; the defaults run the sync
     # method inline, which is right for the in-memory backend (microseconds, no I/O).

@@ -48,7 +48,7 @@ thread's wait is at most the rest of a round trip it would otherwise make itself
 docs/backends.md for why threads no longer charge exactly meanwhile).
 
 Failures: no policy here. ``apply`` raises as the store does and bound hits go through the
-limiter's resilience wrapper (``wrapped_by``), so ``on_storage_error``, breaker and fallback
+limiter's resilience wrapper (``bind_through``), so ``on_storage_error``, breaker and fallback
 answer (held leases keep admitting until they end). No thread: every sync is inline. The
 lock is held for dictionary updates only, never across a round trip. Composes with any
 backend (Redis, Cluster, Sentinel, memcached): it only calls the ``Storage`` protocol.
@@ -122,14 +122,11 @@ class SyncedStorage(Storage):
         self.shared = storage.shared
         self.supports_leases = storage.supports_leases
         self.supports_escalation = storage.supports_escalation
-        #: a local store's live blocklist, else a copy of the store's read every sync_interval
-        self._view: BlocksView | None = None
-        self.local_blocks = storage.local_blocks
-        if storage.remote:
-            self.local_blocks = self._view = BlocksView(storage.blocked, self.sync_interval)
-        self.local_hits = storage.remote  # (see bind, bind_batch, wrapped_by)
-        #: where bound hits' round trips go: the resilience wrapper's apply (``wrapped_by``)
-        self._through: Callable[..., BatchResult] = self.apply
+        #: a local store's live blocklist, else a view of the store's (see BlocksView)
+        self._view = BlocksView(storage.any_blocked, storage.blocked, self.sync_interval) \
+            if storage.remote else None
+        self.local_blocks = self._view if self._view is not None else storage.local_blocks
+        self.local_hits = storage.remote  # (see bind_through, bind_batch_through)
         self._interval_us = int(self.sync_interval * 1e6)
         self._leases: dict[tuple[str, str], Lease] = {}
         self._clear: dict[str, int] = {}  # block key -> until when "not blocked" holds (us)
@@ -414,15 +411,14 @@ class SyncedStorage(Storage):
 
     # -- the engine's common case: bound hits and batches -----------------------------------
 
-    def wrapped_by(self, outer: Storage) -> None:
-        """The limiter's resilience wrapper wraps this store: the round trips of bound hits
-        and batches go through its ``apply`` (breaker, fail policy; it never raises)."""
-        self._through = outer.apply
-
     def bind(self, algorithm: Algorithm, prefix: str = "") -> BoundHit:
+        return self.bind_through(self.apply, algorithm, prefix)
+
+    def bind_through(self, through: Callable[..., BatchResult], algorithm: Algorithm,
+                     prefix: str = "") -> BoundHit:
         """``hit`` for one algorithm: admitted from this worker's lease of the key when it
-        has room (one lock, no round trip), else ``apply`` through the wrapper (the lease
-        asked, or an exact charge)."""
+        has room (one lock, no round trip), else ``through`` (a limiter's resilience
+        wrapper's ``apply``: its breaker and fail policy) asks the lease or charges exactly."""
         aid, decide, lock = lease_id(algorithm), algorithm.decide, self._lock
 
         def hit(key: str, cost: int, now: int | None) -> Decision:
@@ -437,13 +433,17 @@ class SyncedStorage(Storage):
                                   max(0, lease.reset_at - t), 0.0)
                 if lease is not None and (refusal := lease.refused(cost, t)) is not None:
                     return refusal
-            return self._through((Check(algorithm, k, cost),), now=now).decisions[0]
+            return through((Check(algorithm, k, cost),), now=now).decisions[0]
 
         return hit
 
     def bind_batch(self, groups: Sequence[Sequence[Algorithm]], prefix: str = "") -> BoundBatch:
+        return self.bind_batch_through(self.apply, groups, prefix)
+
+    def bind_batch_through(self, through: Callable[..., BatchResult],
+                           groups: Sequence[Sequence[Algorithm]], prefix: str = "") -> BoundBatch:
         """``apply`` for fixed algorithms: admitted from the leases when every check's has
-        room, else ``apply`` through the wrapper."""
+        room, else ``through`` (see :meth:`bind_through`)."""
         frozen = tuple(tuple(g) for g in groups)
 
         def batch(keys: Sequence[str], costs: Sequence[int], now: int | None) -> list[Decision]:
@@ -455,7 +455,7 @@ class SyncedStorage(Storage):
                 local = self._local(checks, t, ())
             if local is not None:
                 return local.decisions
-            return self._through(checks, now=now).decisions
+            return through(checks, now=now).decisions
 
         return batch
 

@@ -29,6 +29,7 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 from ..base import BatchResult, Check
+from ._single import failed
 
 __all__ = ["BlockLookups", "BlockWatch"]
 
@@ -162,6 +163,7 @@ class BlockLookups:
     _clear: int
     _blocks_seen: tuple[bool, float]
     _index: tuple[str, str]
+    _errors: tuple[type[BaseException], ...]
     watch_blocks: bool
 
     if TYPE_CHECKING:  # the storage's own (a stub here would shadow it)
@@ -203,6 +205,16 @@ class BlockLookups:
         if time.monotonic() - seen < fresh:
             return some
         return None
+
+    def any_blocked(self) -> bool:
+        """Whether the dynamic blocklist has an entry: one ``EXISTS`` of its index (an
+        expired entry counts until the next block or list reclaims it)."""
+        mark = self._mark()
+        try:
+            exists = self.sync_client().execute_command("EXISTS", self._index[0])
+        except self._errors as exc:
+            raise failed(exc) from exc
+        return self._saw_blocks(exists, mark)
 
     def _mark(self) -> int:
         """What to note before reading the blocklist's index (see _saw_blocks)."""
