@@ -25,13 +25,17 @@ from __future__ import annotations
 import asyncio
 import threading
 import time
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from typing import TypeVar
 
 from .._algorithms import Algorithm
 from .._decision import Decision
 from .base import Block, Check
 
-__all__ = ["Asked", "BlocksView", "Held", "Lease", "ident", "lease_id"]
+__all__ = ["Asked", "BlocksView", "Held", "Lease", "Leases", "await_on_loop", "awaited_by",
+           "held_by", "hold", "ident", "lease_id"]
+
+_A = TypeVar("_A")
 
 #: resolved when a lease asked of the store is answered: with the failure, if it failed
 Asked = asyncio.Future[BaseException | None]
@@ -175,3 +179,50 @@ class Held:
     def __init__(self) -> None:
         self.done = threading.Event()
         self.failure: BaseException | None = None
+
+
+#: a worker's leases: (lease_id, key) -> Lease
+Leases = dict[tuple[str, str], Lease]
+
+
+def held_by(leases: Leases, checks: Sequence[Check]) -> Held | None:
+    """The ask a thread is making of a lease of one of ``checks``, if any."""
+    for c in checks:
+        lease = leases.get(ident(c))
+        if lease is not None and lease.held is not None:
+            return lease.held
+    return None
+
+
+def awaited_by(leases: Leases, checks: Sequence[Check]) -> Asked | None:
+    """The answer being awaited of a lease of one of ``checks`` on this event loop, if
+    any (an ask on another loop cannot be awaited here: the request asks exactly)."""
+    for c in checks:
+        lease = leases.get(ident(c))
+        if lease is not None and (w := lease.waiter) is not None and (
+                w.get_loop() is asyncio.get_running_loop()):
+            return w
+    return None
+
+
+def hold(leases: Leases, checks: Sequence[Check], sizes: Sequence[int]) -> Held | None:
+    """What the other threads wait on while the leases asked by ``sizes`` are asked."""
+    return _noted(leases, checks, sizes, "held", Held)
+
+
+def await_on_loop(leases: Leases, checks: Sequence[Check], sizes: Sequence[int]
+                  ) -> Asked | None:
+    """A future the leases asked by ``sizes`` resolve when answered (on a loop)."""
+    return _noted(leases, checks, sizes, "waiter", asyncio.get_running_loop().create_future)
+
+
+def _noted(leases: Leases, checks: Sequence[Check], sizes: Sequence[int], by: str,
+           make: Callable[[], _A]) -> _A | None:
+    """``make()``, noted as ``by`` on the leases ``sizes`` asks for; None if it asks none."""
+    if all(s == c.cost for c, s in zip(checks, sizes, strict=True)):
+        return None
+    ask = make()
+    for c, s in zip(checks, sizes, strict=True):
+        if s != c.cost:
+            setattr(leases[ident(c)], by, ask)
+    return ask

@@ -63,18 +63,30 @@ import math
 import threading
 import time
 from collections.abc import Callable, Sequence
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from .._algorithms import Algorithm
 from .._decision import Decision
 from .._errors import ConfigError
-from ._synced_state import Asked, BlocksView, Held, Lease, ident, lease_id
+from ._synced_state import (
+    BlocksView,
+    Lease,
+    Leases,
+    await_on_loop,
+    awaited_by,
+    held_by,
+    hold,
+    ident,
+    lease_id,
+)
 from .base import BatchResult, Block, BoundBatch, BoundHit, Check, Storage
 
 if TYPE_CHECKING:
     from .._escalation import Escalation
 
 __all__ = ["SyncedStorage"]
+
+_A = TypeVar("_A")  # an ask others wait on: Held (threads) or Asked (tasks on a loop)
 
 #: a lease never grows past this many units, whatever the traffic
 _MAX_CHUNK = 1 << 16
@@ -280,15 +292,11 @@ class SyncedStorage(Storage):
         # (a lease, or a refusal that dropped it) rather than making round trips meanwhile.
         while True:
             t = self._now(now)
-            with self._lock:
-                local = self._local(checks, t, block_keys)
-                if local is not None:
-                    return local
-                held = self._held(checks)
-                if held is None:
-                    sizes = self._sizes(checks, t)
-                    mine = self._hold(checks, sizes)
-                    break
+            local, held, sizes, mine = self._turn(checks, t, block_keys, held_by, hold)
+            if local is not None:
+                return local
+            if held is None:
+                break
             held.done.wait()
             if held.failure is not None:  # the store failed the ask: fail alike
                 raise held.failure
@@ -301,12 +309,7 @@ class SyncedStorage(Storage):
             if self._retry(checks, sizes, result):
                 sizes = [c.cost for c in checks]
                 result = self.storage.apply(checks, now=now, block_keys=block_keys)
-            self._answered(True)
-            if not all(d.allowed for d in result.decisions):
-                self._refused(checks, result.decisions, t)
-                return result
-            with self._lock:
-                return self._record(checks, sizes, result, t, block_keys)
+            return self._answer(checks, sizes, result, t, block_keys)
         except Exception as exc:  # (an interrupt of this thread is not the store's failure)
             self._answered(False)
             if mine is not None:
@@ -316,23 +319,32 @@ class SyncedStorage(Storage):
             if mine is not None:
                 mine.done.set()
 
-    def _held(self, checks: Sequence[Check]) -> Held | None:
-        """The ask a thread is making of a lease of one of ``checks``, if any."""
-        for c in checks:
-            lease = self._leases.get(ident(c))
-            if lease is not None and lease.held is not None:
-                return lease.held
-        return None
+    def _turn(self, checks: Sequence[Check], t: int, block_keys: Sequence[str],
+              asked: Callable[[Leases, Sequence[Check]], _A | None],
+              ask: Callable[[Leases, Sequence[Check], list[int]], _A | None],
+              ) -> tuple[BatchResult | None, _A | None, list[int], _A | None]:
+        """Under the lock, what ``checks`` do now: answered from the leases (that result);
+        or wait for another's ask of their leases (``asked``: that ask); or ask the store
+        (the sizes to charge, and ``ask``: what the others wait on meanwhile)."""
+        with self._lock:
+            local = self._local(checks, t, block_keys)
+            if local is not None:
+                return local, None, [], None
+            other = asked(self._leases, checks)
+            if other is not None:
+                return None, other, [], None
+            sizes = self._sizes(checks, t)
+            return None, None, sizes, ask(self._leases, checks, sizes)
 
-    def _hold(self, checks: Sequence[Check], sizes: Sequence[int]) -> Held | None:
-        """What the other threads wait on while the leases asked by ``sizes`` are asked."""
-        if all(s == c.cost for c, s in zip(checks, sizes, strict=True)):
-            return None
-        held = Held()
-        for c, s in zip(checks, sizes, strict=True):
-            if s != c.cost:
-                self._leases[ident(c)].held = held
-        return held
+    def _answer(self, checks: Sequence[Check], sizes: Sequence[int], result: BatchResult,
+                t: int, block_keys: Sequence[str]) -> BatchResult:
+        """The store answered: note a refusal, or keep the leases it granted."""
+        self._answered(True)
+        if not all(d.allowed for d in result.decisions):
+            self._refused(checks, result.decisions, t)
+            return result
+        with self._lock:
+            return self._record(checks, sizes, result, t, block_keys)
 
     async def aapply(self, checks: Sequence[Check], *, consume: bool = True,
                      now: int | None = None, block_keys: Sequence[str] = ()) -> BatchResult:
@@ -345,16 +357,12 @@ class SyncedStorage(Storage):
         # with a refusal that dropped it, after which requests go to the store exactly.
         while True:
             t = self._now(now)
-            mine: Asked | None = None
-            with self._lock:
-                local = self._local(checks, t, block_keys)
-                if local is not None:
-                    return local
-                waiter = self._waiter(checks)
-                if waiter is None:
-                    sizes = self._sizes(checks, t)
-                    mine = self._mark(checks, sizes)
-                    break
+            local, waiter, sizes, mine = self._turn(checks, t, block_keys, awaited_by,
+                                                    await_on_loop)
+            if local is not None:
+                return local
+            if waiter is None:
+                break
             failed = await asyncio.shield(waiter)
             if failed is not None:  # the store failed the ask: fail alike, do not queue
                 raise failed
@@ -368,12 +376,7 @@ class SyncedStorage(Storage):
             if self._retry(checks, sizes, result):
                 sizes = [c.cost for c in checks]
                 result = await self.storage.aapply(checks, now=now, block_keys=block_keys)
-            self._answered(True)
-            if not all(d.allowed for d in result.decisions):
-                self._refused(checks, result.decisions, t)
-                return result
-            with self._lock:
-                return self._record(checks, sizes, result, t, block_keys)
+            return self._answer(checks, sizes, result, t, block_keys)
         except BaseException as exc:
             failure = exc
             if isinstance(exc, Exception):
@@ -382,26 +385,6 @@ class SyncedStorage(Storage):
         finally:
             if mine is not None:  # (a cancelled ask failed nobody: the waiters ask again)
                 mine.set_result(failure if isinstance(failure, Exception) else None)
-
-    def _waiter(self, checks: Sequence[Check]) -> Asked | None:
-        """The answer being awaited of a lease of one of ``checks`` on this event loop, if
-        any (an ask on another loop cannot be awaited here: the request asks exactly)."""
-        for c in checks:
-            lease = self._leases.get(ident(c))
-            if lease is not None and (w := lease.waiter) is not None and (
-                    w.get_loop() is asyncio.get_running_loop()):
-                return w
-        return None
-
-    def _mark(self, checks: Sequence[Check], sizes: Sequence[int]) -> Asked | None:
-        """A future the leases asked by ``sizes`` resolve when answered (on a loop)."""
-        if all(s == c.cost for c, s in zip(checks, sizes, strict=True)):
-            return None
-        fut: Asked = asyncio.get_running_loop().create_future()
-        for c, s in zip(checks, sizes, strict=True):
-            if s != c.cost:
-                self._leases[ident(c)].waiter = fut
-        return fut
 
     def hit(self, algorithm: Algorithm, key: str, cost: int, now: int | None) -> Decision:
         return self.apply((Check(algorithm, key, cost),), now=now).decisions[0]
