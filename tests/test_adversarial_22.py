@@ -385,3 +385,30 @@ def test_a_real_redis_paused_or_killed_mid_traffic_gets_the_fail_policy(
         assert not limiter.engine.local_blocks  # the common case again
     finally:
         limiter.storage.close()
+
+
+@pytest.mark.redis
+def test_a_synced_store_closes_its_async_client(server: RedisServer) -> None:
+    """A FastAPI app's shutdown awaits ``limiter.storage.aclose()``: on a SyncedStorage
+    (a ``?sync_interval=`` URL) it raised AttributeError; it closes the wrapped Redis
+    store's async client (its connection leaves the server), and the store still answers
+    afterwards."""
+    storage = storage_from_url(server.url + "?sync_interval=0.1", prefix="a22c:")
+    limiter = Limiter(storage)
+    admin = redis.Redis.from_url(server.url)
+
+    async def main() -> tuple[int, int, bool]:
+        assert (await limiter.ahit("k", "5/minute")).allowed
+        before = len(admin.client_list())
+        await limiter.storage.aclose()
+        after = len(admin.client_list())
+        again = (await limiter.ahit("k", "5/minute")).allowed
+        await limiter.storage.aclose()
+        return before, after, again
+
+    try:
+        before, after, again = asyncio.run(main())
+        assert after == before - 1 and again
+    finally:
+        limiter.storage.close()
+        admin.close()

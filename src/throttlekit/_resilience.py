@@ -496,6 +496,9 @@ class ResilientStore(Storage):
     def close(self) -> None:
         self.inner.close()
 
+    async def aclose(self) -> None:
+        await self.inner.aclose()
+
     def acquire(
         self, keys: Sequence[str], limits: Sequence[int], lease_id: str, timeout: float,
         now: int | None = None,

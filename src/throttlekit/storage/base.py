@@ -216,6 +216,9 @@ class Storage(abc.ABC):
     def close(self) -> None:  # noqa: B027 - optional hook
         """Release connections."""
 
+    async def aclose(self) -> None:  # noqa: B027 - optional hook
+        """Release what the store opened for the running event loop (async clients)."""
+
     def bind_through(self, through: Callable[..., BatchResult], algorithm: Algorithm,
                      prefix: str = "") -> BoundHit:
         """:meth:`bind`, for a limiter's resilience wrapper (breaker, fail policy: see

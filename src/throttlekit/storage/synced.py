@@ -554,6 +554,9 @@ class SyncedStorage(Storage):
     def close(self) -> None:
         self.storage.close()
 
+    async def aclose(self) -> None:
+        await self.storage.aclose()
+
     def escalate(self, escalation: Escalation, key: str, draw: float, now: int | None
                  ) -> tuple[int, int]:
         return self.storage.escalate(escalation, key, draw, now)
