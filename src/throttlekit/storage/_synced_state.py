@@ -104,6 +104,8 @@ class BlocksView(Mapping[str, Block]):
             self._failing = False
 
     def __bool__(self) -> bool:
+        if self._failing:  # (not asked again: the wrapper's next answered round trip ends it)
+            return True
         if time.monotonic() >= self._due:
             self.refresh()
         return self._failing or self._some

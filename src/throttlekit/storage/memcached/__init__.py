@@ -450,6 +450,16 @@ class MemcachedStorage(CasWrites, Storage):
         out.sort(key=lambda b: b.expires_at)
         return out
 
+    def any_blocked(self) -> bool:
+        """One get of the blocklist's index (not of its entries): an entry that never
+        expires, or whose time has not come."""
+        try:
+            raw = self._client.get(self._index_key)
+        except self._errors as exc:
+            raise StorageError(f"memcached: {type(exc).__name__}: {exc}") from exc
+        t = time.time()
+        return bool(raw) and any(gone is None or gone > t for gone in json.loads(raw).values())
+
     def _edit_index(self, edit: Callable[[dict[str, float | None]], object]) -> None:
         """Apply ``edit`` to the blocklist index with a CAS loop, dropping expired entries.
 

@@ -164,6 +164,7 @@ class BlockLookups:
     _blocks_seen: tuple[bool, float]
     _index: tuple[str, str]
     _errors: tuple[type[BaseException], ...]
+    clock: str
     watch_blocks: bool
 
     if TYPE_CHECKING:  # the storage's own (a stub here would shadow it)
@@ -207,14 +208,19 @@ class BlockLookups:
         return None
 
     def any_blocked(self) -> bool:
-        """Whether the dynamic blocklist has an entry: one ``EXISTS`` of its index (an
-        expired entry counts until the next block or list reclaims it)."""
+        """Whether the dynamic blocklist has a live entry, in one command: on the client's
+        clock, ``ZCOUNT`` of the index's entries expiring after now (as ``blocked()`` reads
+        them); on the server's, ``EXISTS`` of the index (which then expires with its last
+        entry, no slack added)."""
+        index = self._index[0]
+        command = ("ZCOUNT", index, f"({time.time_ns() // 1000}", "+inf") \
+            if self.clock == "client" else ("EXISTS", index)
         mark = self._mark()
         try:
-            exists = self.sync_client().execute_command("EXISTS", self._index[0])
+            live = self.sync_client().execute_command(*command)
         except self._errors as exc:
             raise failed(exc) from exc
-        return self._saw_blocks(exists, mark)
+        return self._saw_blocks(live, mark)
 
     def _mark(self) -> int:
         """What to note before reading the blocklist's index (see _saw_blocks)."""
