@@ -287,7 +287,9 @@ class SyncedStorage(Storage):
     def apply(self, checks: Sequence[Check], *, consume: bool = True, now: int | None = None,
               block_keys: Sequence[str] = ()) -> BatchResult:
         if self._exact(checks, consume):
-            return self.storage.apply(checks, consume=consume, now=now, block_keys=block_keys)
+            exact = self.storage.apply(checks, consume=consume, now=now, block_keys=block_keys)
+            self._answered(True)  # (after a failure, the view's only way back: see there)
+            return exact
         # A thread that finds its key's lease being asked by another waits for the answer
         # (a lease, or a refusal that dropped it) rather than making round trips meanwhile.
         while True:
@@ -349,8 +351,10 @@ class SyncedStorage(Storage):
     async def aapply(self, checks: Sequence[Check], *, consume: bool = True,
                      now: int | None = None, block_keys: Sequence[str] = ()) -> BatchResult:
         if self._exact(checks, consume):
-            return await self.storage.aapply(checks, consume=consume, now=now,
-                                             block_keys=block_keys)
+            exact = await self.storage.aapply(checks, consume=consume, now=now,
+                                              block_keys=block_keys)
+            self._answered(True)
+            return exact
         # On an event loop, a request that finds its key's lease being asked waits for the
         # answer instead of a round trip of its own: many requests are in flight. Each wait
         # ends with a lease (twice the last, so a burst is served in a few round trips) or
