@@ -11,11 +11,8 @@ from collections.abc import Iterator
 import pytest
 from werkzeug.test import EnvironBuilder
 
-from servers import MemcachedServer, RedisServer, start_or_skip
+from servers import RedisServer, start_or_skip
 from throttlekit import Limiter, RequestView, storage_from_url
-from throttlekit.storage import Block
-from throttlekit.storage.memcached import MemcachedStorage
-from throttlekit.storage.synced import SyncedStorage
 
 
 @pytest.fixture
@@ -64,49 +61,6 @@ def test_an_open_breaker_spares_requests_the_frozen_stores_timeout(
         assert [w < timeout / 2 for w in waits] == [True] * 5, waits
     finally:
         limiter.storage.close()
-
-
-class _CountingMemcached(MemcachedStorage):
-    """A real memcached store that counts the blocklist entries it reads for callers."""
-
-    entries = 0
-
-    def blocked(self, now: int | None = None) -> list[Block]:
-        found = super().blocked(now)
-        self.entries += len(found)
-        return found
-
-
-@pytest.mark.memcached
-@pytest.mark.slow
-def test_many_bans_on_memcached_are_not_read_whole_every_interval() -> None:
-    """3bc0338 spared a synced worker over Redis from reading the whole shared blocklist
-    every sync_interval inline in a request (the view asks ``any_blocked()``), but
-    memcached keeps the default ``any_blocked`` (``bool(blocked())``): the index, then a
-    get_many of every ban, each sync_interval, in a request. With 2,000 bans such a
-    request waits a median 14.8 ms (``blocked()`` on a memcached of its own, 21 calls);
-    asking the index alone (one get, its entries' reclaim times) takes 1.4 ms.
-    Paced requests over a second with 2,000 bans: at most two whole reads, as on Redis."""
-    bans = 2000
-    with start_or_skip(MemcachedServer()) as server:
-        netloc = server.url.split("//", 1)[1]
-        inner = _CountingMemcached(netloc, prefix="a22bm:")
-        limiter = Limiter(SyncedStorage(inner, sync_interval=0.1))
-        limiter.throttle("per-ip", "1000000/hour", key="ip")
-        there = MemcachedStorage(netloc, prefix="a22bm:")  # fail2ban's bans
-        for i in range(bans):
-            there.block(f"10.0.{i // 256}.{i % 256}", 3600, "fail2ban")
-        try:
-            verdicts = []
-            for _ in range(50):  # paced over a second: ten sync_intervals
-                verdicts.append(limiter.evaluate(_view(limiter)))
-                time.sleep(0.02)
-            assert all(v.allowed for v in verdicts)
-            assert not limiter.evaluate(_view(limiter, "10.0.0.1")).allowed  # bans hold
-            assert inner.entries <= 2 * bans, f"{inner.entries // bans} whole reads"
-        finally:
-            limiter.storage.close()
-            there.close()
 
 
 @pytest.mark.redis
