@@ -22,8 +22,15 @@ run, as ratios: ``WSGIMiddleware`` (one throttle) inside a Flask app against aro
 WSGI app, against Flask-Limiter's added latency, and ``ASGIMiddleware`` against a bare
 Starlette request. The variants run in turn, ``ROUNDS`` times ``BATCH`` requests each, timed
 in CPU time (``time.thread_time``: steadier than wall time on a shared machine); the ratios
-are of the medians. Every run, CI's smoke pass included, asserts ``LOOSE`` (about twice
-today's ratios: a 2x regression fails); with ``--benchmark-enable``, a ratio above its
+are of the medians. The raw app is measured twice: in a tight loop (``raw-*``: its code and
+data stay in the CPU's caches from one request to the next) and with a request to a bare
+Flask app run, and not counted, before each of its requests (``raw-*-after-flask``: the
+caches as the middleware finds them inside Flask, whose request evicts them). The same
+instructions cost about 2.5x more after a Flask request than in the tight loop, whatever
+code runs them; the target compares inside Flask with the raw app under the same caches
+(docs/benchmarks.md, "Inside a framework"); the warm ratio is printed beside it. Every
+run, CI's smoke pass included, asserts ``LOOSE`` (about twice today's ratios: a 2x
+regression fails); with ``--benchmark-enable``, a ratio above its
 target (``TARGETS``, the issue's) is reported as an expected failure that names it, so the
 run flips to a pass when it is met. It prints what it measured::
 
@@ -230,7 +237,8 @@ def test_django(benchmark: Any, kind: str) -> None:
 ROUNDS = 41
 #: the issue's targets, as ratios of medians in one run
 TARGETS = {
-    # WSGIMiddleware's added latency inside a Flask app / around a raw WSGI app
+    # WSGIMiddleware's added latency inside a Flask app / around a raw WSGI app, each raw
+    # request right after a Flask request (the caches as inside Flask: see the docstring)
     "flask / raw WSGI": 1.3,
     # WSGIMiddleware's added latency inside Flask / Flask-Limiter's
     "WSGI / Flask-Limiter": 0.1,
@@ -238,7 +246,7 @@ TARGETS = {
     "ASGI / bare Starlette": 0.5,
 }
 #: what any run asserts: about twice the ratios measured today (docs/benchmarks.md)
-LOOSE = {"flask / raw WSGI": 5.0, "WSGI / Flask-Limiter": 0.25, "ASGI / bare Starlette": 1.2}
+LOOSE = {"flask / raw WSGI": 2.5, "WSGI / Flask-Limiter": 0.25, "ASGI / bare Starlette": 1.2}
 
 
 def _environ() -> dict[str, Any]:
@@ -257,7 +265,7 @@ def _raw_wsgi(environ: dict[str, Any], start_response: Any) -> list[bytes]:
     return [b"ok"]
 
 
-def _wsgi_runner(app: Any) -> Callable[[], None]:
+def _wsgi_runner(app: Any, batch: int = BATCH) -> Callable[[], None]:
     template = _environ()
     statuses: list[str] = []
 
@@ -267,7 +275,7 @@ def _wsgi_runner(app: Any) -> Callable[[], None]:
 
     def run() -> None:
         statuses.clear()
-        for _ in range(BATCH):
+        for _ in range(batch):
             environ = template.copy()
             environ["wsgi.input"] = io.BytesIO(b"")
             result = app(environ, start_response)
@@ -276,7 +284,7 @@ def _wsgi_runner(app: Any) -> Callable[[], None]:
             close = getattr(result, "close", None)
             if close is not None:
                 close()
-        assert statuses.count("200 OK") == BATCH, statuses[-1]
+        assert statuses.count("200 OK") == batch, statuses[-1]
 
     return run
 
@@ -290,22 +298,53 @@ def _middleware_variant(name: str) -> Callable[[], None]:
     lim = Limiter()
     lim.throttle("per-ip", "1000000000/minute")
     if name.startswith("raw"):
-        return _wsgi_runner(WSGIMiddleware(_raw_wsgi, lim) if name == "raw-tk" else _raw_wsgi)
-    if name.startswith("flask"):
-        from flask import Flask
-
-        app = Flask(f"bench_{name}")
-        app.add_url_rule("/", "index", lambda: "ok")
-        if name == "flask-tk":
-            app.wsgi_app = WSGIMiddleware(app.wsgi_app, lim)  # type: ignore[method-assign]
-        elif name == "flask-limiter":
-            from flask_limiter import Limiter as FlaskLimiter
-            from flask_limiter.util import get_remote_address
-
-            FlaskLimiter(get_remote_address, app=app, storage_uri="memory://",
-                         default_limits=["1000000 per second"])
+        app = WSGIMiddleware(_raw_wsgi, lim) if name.startswith("raw-tk") else _raw_wsgi
+        if name.endswith("-after-flask"):
+            return _after_flask_runner(app)
         return _wsgi_runner(app)
+    if name.startswith("flask"):
+        return _wsgi_runner(_flask_app(name, lim))
     return _asgi_runner(name)
+
+
+def _flask_app(name: str, lim: Limiter) -> Any:
+    from flask import Flask
+
+    from throttlekit import WSGIMiddleware
+
+    app = Flask(f"bench_{name}")
+    app.add_url_rule("/", "index", lambda: "ok")
+    if name == "flask-tk":
+        app.wsgi_app = WSGIMiddleware(app.wsgi_app, lim)  # type: ignore[method-assign]
+    elif name == "flask-limiter":
+        from flask_limiter import Limiter as FlaskLimiter
+        from flask_limiter.util import get_remote_address
+
+        FlaskLimiter(get_remote_address, app=app, storage_uri="memory://",
+                     default_limits=["1000000 per second"])
+    return app
+
+
+def _after_flask_runner(app: Any) -> Callable[[], float]:
+    """A batch of ``app``'s requests, each right after a request to a bare Flask app of
+    its own: the caches as a request inside Flask finds them (Flask's code and data evict
+    the middleware's between two requests). Returns the CPU seconds of ``app``'s requests
+    alone (the Flask requests are not counted)."""
+    flask_one = _wsgi_runner(_flask_app("flask-bare", Limiter()), 1)
+    one = _wsgi_runner(app, 1)
+    clock = time.thread_time
+
+    def run() -> float:
+        spent = 0.0
+        for _ in range(BATCH):
+            flask_one()
+            start = clock()
+            one()
+            spent += clock() - start
+        return spent
+
+    run.timed = True  # type: ignore[attr-defined]  # it times itself
+    return run
 
 
 def _asgi_runner(name: str) -> Callable[[], None]:
@@ -354,8 +393,8 @@ def _asgi_runner(name: str) -> Callable[[], None]:
     return run
 
 
-VARIANTS = ["raw-bare", "raw-tk", "flask-bare", "flask-tk", "flask-limiter",
-            "starlette-bare", "starlette-tk"]
+VARIANTS = ["raw-bare", "raw-tk", "raw-bare-after-flask", "raw-tk-after-flask", "flask-bare",
+            "flask-tk", "flask-limiter", "starlette-bare", "starlette-tk"]
 
 
 def middleware_ratios(rounds: int = ROUNDS) -> tuple[dict[str, float], dict[str, float]]:
@@ -368,18 +407,24 @@ def middleware_ratios(rounds: int = ROUNDS) -> tuple[dict[str, float], dict[str,
     clock = time.thread_time
     for _ in range(rounds):
         for name, run in runs.items():
-            start = clock()
-            run()
-            samples[name].append((clock() - start) / BATCH * 1e6)
+            if getattr(run, "timed", False):
+                spent = run()
+            else:
+                start = clock()
+                run()
+                spent = clock() - start
+            samples[name].append(spent / BATCH * 1e6)
     for run in runs.values():
         loop = getattr(run, "loop", None)
         if loop is not None:
             loop.close()
     m = {name: statistics.median(v) for name, v in samples.items()}
-    raw = m["raw-tk"] - m["raw-bare"]
+    raw = m["raw-tk-after-flask"] - m["raw-bare-after-flask"]
     flask = m["flask-tk"] - m["flask-bare"]
     ratios = {
         "flask / raw WSGI": flask / raw,
+        # (shown, not a target: against a raw app in a tight loop, its caches warm)
+        "flask / raw WSGI, warm": flask / (m["raw-tk"] - m["raw-bare"]),
         "WSGI / Flask-Limiter": flask / (m["flask-limiter"] - m["flask-bare"]),
         "ASGI / bare Starlette": (m["starlette-tk"] - m["starlette-bare"])
         / m["starlette-bare"],
@@ -399,11 +444,13 @@ def test_middleware_ratios(request: pytest.FixtureRequest) -> None:
     for name, value in medians.items():
         print(f"{name:15s} {value:7.2f} µs")
     for name, value in ratios.items():
-        print(f"{name:22s} {value:5.2f}  (target ≤ {TARGETS[name]})")
-    slow = {k: round(v, 2) for k, v in ratios.items() if v > LOOSE[k]}
+        print(f"{name:22s} {value:5.2f}"
+              + (f"  (target ≤ {TARGETS[name]})" if name in TARGETS else "  (shown)"))
+    slow = {k: round(v, 2) for k, v in ratios.items() if k in LOOSE and v > LOOSE[k]}
     assert not slow, f"about 2x worse than today: {slow}"
     if enabled:
-        missed = {k: round(v, 2) for k, v in ratios.items() if v > TARGETS[k]}
+        missed = {k: round(v, 2) for k, v in ratios.items()
+                  if k in TARGETS and v > TARGETS[k]}
         if missed:
             pytest.xfail(f"targets not met: {missed}")
 
