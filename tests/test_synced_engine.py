@@ -210,3 +210,31 @@ def test_four_processes_through_the_rules_stay_within_the_bound(strategy: str) -
     print(f"4 processes through the rules, {strategy}: admitted {total} of {LIMIT} {counts}")
     over = 0.0 if strategy == "fixed_window" else 0.05
     assert LIMIT * 0.95 <= total <= LIMIT * (1 + over), counts
+
+
+def test_a_block_made_here_while_the_view_is_read_holds_at_once() -> None:
+    """This worker blocks a client while its view of the blocklist is being read (another
+    thread's request asked the store just before the block was written): the answer may
+    be from before the block, so the next request reads the store again and refuses the
+    client at once, not a ``sync_interval`` later."""
+    inner = storage_from_url(REDIS, prefix=_prefix())
+    asked = inner.any_blocked
+    racing = ["198.51.100.7"]
+
+    def any_blocked_then_block() -> bool:
+        answer = asked()  # read before the block below: no entry
+        if racing:
+            limiter.block(racing.pop(), 60)  # another thread's block, after the read
+        return answer
+
+    inner.any_blocked = any_blocked_then_block  # type: ignore[method-assign]
+    synced = SyncedStorage(inner, sync_interval=1)
+    limiter = Limiter(synced)
+    limiter.throttle("all", "1000000/hour", key="ip")
+    try:
+        assert limiter.evaluate(_view(limiter, "198.51.100.8")).allowed  # the view is read
+        verdict = limiter.evaluate(_view(limiter))
+        assert (verdict.allowed, verdict.kind) == (False, "blocked")
+    finally:
+        limiter.unblock("198.51.100.7")
+        synced.close()

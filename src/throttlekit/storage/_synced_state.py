@@ -61,7 +61,7 @@ class BlocksView(Mapping[str, Block]):
     look (nothing on the request path reads them)."""
 
     __slots__ = ("_any", "_blocked", "_due", "_failing", "_interval", "_lock", "_reading",
-                 "_some")
+                 "_some", "_stales")
 
     def __init__(self, any_blocked: Callable[[], bool], blocked: Callable[[], list[Block]],
                  interval: float) -> None:
@@ -72,6 +72,7 @@ class BlocksView(Mapping[str, Block]):
         self._due = 0.0  # time.monotonic() from which the store is asked again
         self._reading = False  # one thread reads at a time; the others use the last answer
         self._failing = False  # the store failed and has not answered since
+        self._stales = 0  # changes made here (a read that began before one is stale)
         self._lock = threading.Lock()
 
     def refresh(self) -> None:
@@ -82,13 +83,16 @@ class BlocksView(Mapping[str, Block]):
                 return
             self._reading = True
         try:
+            stales = self._stales
             try:
                 some = self._any()
             except Exception:  # the store's failure is the wrapper's to answer
                 self._failing = True
                 return
             self._some = some
-            self._due = time.monotonic() + self._interval
+            # a change made here while the store was asked may be missing from its
+            # answer: then it is asked again on the next look, not an interval later
+            self._due = time.monotonic() + self._interval if stales == self._stales else 0.0
             self._failing = False
         finally:
             self._reading = False
@@ -111,7 +115,9 @@ class BlocksView(Mapping[str, Block]):
         return self._failing or self._some
 
     def stale(self) -> None:
-        """Read the store again on the next look (after a change made here)."""
+        """Read the store again on the next look (after a change made here), also when a
+        read already under way answers from before the change."""
+        self._stales += 1
         self._due = 0.0
 
     def _items(self) -> dict[str, Block]:
