@@ -69,28 +69,10 @@ Steps = tuple["ChallengeStep | None", "Standing | None", "AdmissionStep | None",
 class Engine:
     """What decides the requests of one limiter (``limiter.engine``)."""
 
-    __slots__ = (
-        "_admission",
-        "_batches",
-        "_challenge",
-        "_concurrency",
-        "_last_log",
-        "_last_simple",
-        "_standing",
-        "_warned_no_ip",
-        "_warned_unreadable",
-        "enabled",
-        "limiter",
-        "listeners",
-        "local_blocks",
-        "refusal_policies",
-        "remote",
-        "rules",
-        "steps",
-        "storage",
-        "store",
-        "watcher",
-    )
+    __slots__ = ("_admission", "_batches", "_challenge", "_concurrency", "_last_log",
+                 "_last_simple", "_standing", "_warned_no_ip", "_warned_unreadable", "enabled",
+                 "limiter", "listeners", "local_blocks", "refusal_policies", "remote", "rules",
+                 "steps", "storage", "store", "watcher")
 
     def __init__(self, limiter: Limiter) -> None:
         self.limiter = limiter
@@ -306,11 +288,14 @@ class Engine:
             bound = self._batches.get(applying) or self._bind_batch(applying)
         batch, names = bound
         decisions = batch(discs, costs, now)
-        # One rate each (the common case) and all allowed: the tightest is the first with
-        # the least remaining (both loops in C: no Python code per throttle)
+        # One rate each (the common case) and all allowed (in C: no Python code per
+        # throttle); the tightest is found when the verdict's decision is read
         if len(names) == len(several) and all(map(_allowed, decisions)):
-            return Verdict(True, "allowed", None, None, min(decisions, key=_remaining),
-                           [*zip(names, decisions)], False, view)  # noqa: B905
+            v = _new_object(_Allowed)  # (as evaluate makes its one-rule verdict)
+            v.allowed, v.kind, v.decisions = True, "allowed", decisions
+            v.rule = v.key = v.pending = v.answer = None
+            v.policies, v.degraded, v.request = [*zip(names, decisions)], False, view  # noqa: B905
+            return v
         return conclude_throttles(self, view, _planned(several, discs, costs), decisions,
                                   False)
 
@@ -587,6 +572,21 @@ class Engine:
             clock = self.limiter.clock
             at = clock() if clock is not None else time.time()
         self.listeners.tell(kind, rule, key, view, decision, dry_run, at)
+
+
+class _Allowed(Verdict):
+    """An allowed verdict of several throttles of one rate each, whose decision (the
+    tightest: the first with the least remaining) is found when first read: an entry that
+    only sends the policies' header fields never pays a pass over them for it."""
+
+    __slots__ = ("decisions",)
+    decisions: list[Decision]  # the batch's, as it answered (policies may be added to)
+
+    def __getattr__(self, name: str) -> Any:  # (only when a slot is empty: decision)
+        if name != "decision":
+            raise AttributeError(name)
+        self.decision = d = min(self.decisions, key=_remaining)
+        return d
 
 
 def _planned(several: Sequence[_Throttle], discs: Sequence[str], costs: Sequence[int]

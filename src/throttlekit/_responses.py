@@ -153,7 +153,8 @@ _PIECES_SIZE = 1024
 #: per tuple of policy names (several): their rates, the ``RateLimit-Policy`` field and the
 #: format of the ``RateLimit`` field (``%s`` for the numbers: formatted straight into the
 #: field, cheaper than a ``str`` each; see ``rate_limit_headers``)
-_fields: dict[tuple[str, ...], tuple[tuple[Rate, ...], tuple[str, str], str]] = {}
+_Fields = tuple[tuple[Rate, ...], tuple[str, str], str]
+_fields: dict[tuple[str, ...], _Fields] = {}
 _NEVER = 2**31  # a reset that never comes; a large finite integer keeps the field parseable
 _ceil = math.ceil
 _INF = math.inf
@@ -219,18 +220,27 @@ def rate_limit_headers(
             # Both transposed by zip in C (no itemgetter call per field and policy):
             # the names and decisions, then the decisions' columns.
             names, decisions = zip(*policies, strict=True)
-            columns = [*zip(*decisions, strict=True)]  # allowed, limit, remaining, reset, .., rate
+            # the columns read (allowed, limit, remaining, reset, retry, rate: not degraded)
+            columns = zip(*decisions, strict=True)
+            next(columns)
+            next(columns)
+            rems = next(columns)
+            resets_after = next(columns)
+            next(columns)
+            rates = next(columns)
             fields = _fields.get(names)
-            if fields is None or fields[0] != columns[5]:
+            if fields is None or fields[0] != rates:
                 fields = _fields_of(names, decisions)
-            rems = columns[2]
             try:
-                resets = list(map(_ceil, columns[3]))
-                if min(rems) >= 0 and min(resets) >= 0:  # (a str, say: TypeError)
-                    values: list[object] = [None] * (2 * len(decisions))
-                    values[::2] = rems
-                    values[1::2] = resets
-                    found = [fields[1], ("RateLimit", fields[2] % tuple(values))]
+                values: list[object] = [None] * (2 * len(decisions))
+                values[::2] = rems
+                values[1::2] = map(_ceil, resets_after)
+                field = fields[2] % tuple(values)
+                # A negative number (every number follows "=") is written as 0, item by
+                # item: one search of the field instead of a pass over each column (a name
+                # holding "=-" goes item by item too, whatever the numbers)
+                if "=-" not in field:
+                    found = [fields[1], ("RateLimit", field)]
             except (OverflowError, ValueError, TypeError):  # inf, NaN
                 pass
         # (one policy, or numbers that need care: item by item)
@@ -271,8 +281,7 @@ def _draft_items(policies: Sequence[tuple[str, Decision]]) -> list[tuple[str, st
     return [("RateLimit-Policy", ", ".join(names)), ("RateLimit", ", ".join(items))]
 
 
-def _fields_of(names: tuple[str, ...], decisions: Sequence[Decision]
-               ) -> tuple[tuple[Rate, ...], tuple[str, str], str]:
+def _fields_of(names: tuple[str, ...], decisions: Sequence[Decision]) -> _Fields:
     items: list[str] = []
     starts: list[str] = []
     for name, d in zip(names, decisions, strict=True):
