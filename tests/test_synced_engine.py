@@ -101,10 +101,11 @@ def test_a_ban_by_another_worker_or_the_cli_holds_within_sync_interval() -> None
 def test_a_failing_store_gets_the_fail_policy_on_the_common_case(
         policy: str, outcomes: list[bool]) -> None:
     """The store fails while a key's lease is spent: the verdicts come from
-    ``on_storage_error`` (degraded decisions; the "local" policy counts the limit in the
-    fallback store), nothing raises, and the breaker keeps the dead store out of the path.
-    After the first failure the requests take the engine's general path, so they are
-    answered as on any failing remote store ("storage-unavailable" under "deny")."""
+    ``on_storage_error`` (degraded decisions and verdicts; the "local" policy counts the
+    limit in the fallback store), nothing raises, and the breaker keeps the dead store out
+    of the path. Every verdict is the one any failing remote store gets ("storage-
+    unavailable" under "deny"): the first, answered on the common case as the store failed
+    under it, as those after it, which take the engine's general path."""
     store = DownableStore()
     limiter = Limiter(SyncedStorage(store), on_storage_error=policy, retry_interval=600)
     limiter.throttle("per-ip", "3/hour", key="ip")
@@ -113,9 +114,11 @@ def test_a_failing_store_gets_the_fail_policy_on_the_common_case(
     verdicts = [limiter.evaluate(_view(limiter)) for _ in range(4)]
     assert [v.allowed for v in verdicts] == outcomes
     assert all(v.decision is not None and v.decision.degraded for v in verdicts)
-    assert all(v.degraded for v in verdicts[1:])
+    assert all(v.degraded for v in verdicts)
     if policy == "deny":
-        assert {v.rule for v in verdicts[1:]} == {"storage-unavailable"}
+        assert {v.rule for v in verdicts} == {"storage-unavailable"}
+    else:
+        assert {v.rule for v in verdicts if not v.allowed} <= {"per-ip"}
     assert store.calls == 1
 
 
@@ -238,3 +241,32 @@ def test_a_block_made_here_while_the_view_is_read_holds_at_once() -> None:
     finally:
         limiter.unblock("198.51.100.7")
         synced.close()
+
+
+@pytest.mark.parametrize("policy", ["allow", "deny", "local"])
+@pytest.mark.parametrize("shape", ["two rules", "two rates", "listened"])
+def test_every_common_case_answers_a_failing_store_as_the_general_path(
+        policy: str, shape: str) -> None:
+    """Whatever form of the common case meets the failing store (several throttles in one
+    batch, one throttle of two rates, one throttle with an event listener), the request
+    gets the verdict the general path gives a failing store: degraded, and under "deny"
+    the one refusal by "storage-unavailable" (told as such to a listener)."""
+    store = DownableStore()
+    limiter = Limiter(SyncedStorage(store), on_storage_error=policy, retry_interval=600)
+    limiter.throttle("per-ip", "3/hour; 100/day" if shape == "two rates" else "3/hour",
+                     key="ip")
+    if shape == "two rules":
+        limiter.throttle("per-ip-daily", "100/day", key="ip")
+    told: list[tuple[str, str | None]] = []
+    if shape == "listened":
+        limiter.on("throttled", lambda e: told.append((e.kind, e.rule)))
+    store.down = True
+    verdict = limiter.evaluate(_view(limiter))
+    assert verdict.degraded
+    assert verdict.decision is not None and verdict.decision.degraded
+    if policy == "deny":
+        assert (verdict.allowed, verdict.rule) == (False, "storage-unavailable")
+        if shape == "listened":
+            assert told == [("throttled", "storage-unavailable")]
+    else:
+        assert verdict.allowed

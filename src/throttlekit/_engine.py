@@ -25,10 +25,12 @@ from ._denials import cached_refusal, note_denials
 from ._events import EventCallback, Listeners
 from ._keys import UNREADABLE_PREFIX
 from ._planning import (
+    Allowed,
     Plan,
     Planned,
     applies,
     conclude,
+    conclude_policy,
     conclude_throttles,
     lists,
     plan,
@@ -60,7 +62,6 @@ logger = logging.getLogger("throttlekit")
 
 _new_object = object.__new__
 _allowed = itemgetter(0)  # (Decision.allowed, read in C)
-_remaining = itemgetter(2)  # (Decision.remaining)
 NewBans = list[tuple[str, float, str]]
 Steps = tuple["ChallengeStep | None", "Standing | None", "AdmissionStep | None",
               "ConcurrencyRules | None"]
@@ -226,20 +227,17 @@ class Engine:
                         if hit is None:  # one rule of several rates
                             batch = rule1.batch
                             assert batch is not None
-                            return conclude_throttles(
-                                self, view, [(rule1, disc1, cost1, 0)],
-                                batch((disc1,), (cost1,), now), False,
-                            )
+                            return conclude_throttles(self, view, [(rule1, disc1, cost1, 0)],
+                                                      batch((disc1,), (cost1,), now), False)
                         d = hit(disc1, cost1, now)
                         if not d.allowed:
-                            return Verdict(False, "throttled", rule1.name, disc1, d,
-                                           [(rule1.name, d)], False, view)
+                            return self._refused_one(view, rule1, disc1, cost1, d)
                         # Verdict(True, "allowed", None, None, d, [...], False, view)
                         # without the cost of a call to __init__
                         v = _new_object(Verdict)
                         v.allowed, v.kind, v.decision = True, "allowed", d
                         v.rule = v.key = v.pending = v.answer = None
-                        v.policies, v.degraded, v.request = [(rule1.name, d)], False, view
+                        v.policies, v.degraded, v.request = [(rule1.name, d)], d.degraded, view
                         return v
                     return self._several(view, several, discs, costs, now)
                 except _RuleFailed as err:
@@ -255,6 +253,8 @@ class Engine:
             hit = rule.hit
             if hit is not None:  # one plain rule of one rate: conclude_throttles' verdict
                 d = hit(disc, cost, now)
+                if d.degraded:  # the store failed: the fail policy answered
+                    return conclude_policy(self, view, planned, [d], at)
                 active = self.listeners.active
                 name = rule.name
                 if not d.allowed:
@@ -290,14 +290,23 @@ class Engine:
         decisions = batch(discs, costs, now)
         # One rate each (the common case) and all allowed (in C: no Python code per
         # throttle); the tightest is found when the verdict's decision is read
-        if len(names) == len(several) and all(map(_allowed, decisions)):
-            v = _new_object(_Allowed)  # (as evaluate makes its one-rule verdict)
+        if len(names) == len(several) and all(map(_allowed, decisions)) and not (
+                decisions[0].degraded):
+            v = _new_object(Allowed)  # (as evaluate makes its one-rule verdict)
             v.allowed, v.kind, v.decisions = True, "allowed", decisions
             v.rule = v.key = v.pending = v.answer = None
             v.policies, v.degraded, v.request = [*zip(names, decisions)], False, view  # noqa: B905
             return v
         return conclude_throttles(self, view, _planned(several, discs, costs), decisions,
                                   False)
+
+    def _refused_one(self, view: RequestView, rule: _Throttle, disc: str, cost: int,
+                     d: Decision) -> Verdict:
+        """``evaluate``'s common case refused by its one throttle (by the fail policy when
+        the store failed on it)."""
+        if d.degraded:
+            return conclude_policy(self, view, [(rule, disc, cost, 0)], [d])
+        return Verdict(False, "throttled", rule.name, disc, d, [(rule.name, d)], False, view)
 
     def _simple(self, throttles: tuple[_Throttle, ...]
                 ) -> tuple[tuple[int, ...], tuple[BoundBatch, tuple[str, ...]]] | None:
@@ -572,21 +581,6 @@ class Engine:
             clock = self.limiter.clock
             at = clock() if clock is not None else time.time()
         self.listeners.tell(kind, rule, key, view, decision, dry_run, at)
-
-
-class _Allowed(Verdict):
-    """An allowed verdict of several throttles of one rate each, whose decision (the
-    tightest: the first with the least remaining) is found when first read: an entry that
-    only sends the policies' header fields never pays a pass over them for it."""
-
-    __slots__ = ("decisions",)
-    decisions: list[Decision]  # the batch's, as it answered (policies may be added to)
-
-    def __getattr__(self, name: str) -> Any:  # (only when a slot is empty: decision)
-        if name != "decision":
-            raise AttributeError(name)
-        self.decision = d = min(self.decisions, key=_remaining)
-        return d
 
 
 def _planned(several: Sequence[_Throttle], discs: Sequence[str], costs: Sequence[int]

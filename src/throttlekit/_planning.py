@@ -10,7 +10,8 @@ fast path too, so a refusal reads the same whichever way it was decided.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import TYPE_CHECKING
+from operator import itemgetter
+from typing import TYPE_CHECKING, Any
 
 from ._decision import Decision, most_restrictive
 from ._keys import MAX_KEY_LENGTH, UNREADABLE_PREFIX, rule_key
@@ -303,12 +304,48 @@ def conclude(engine: Engine, p: Plan, result: BatchResult, silent: bool = False
     return verdict, new_bans
 
 
+_remaining = itemgetter(2)  # (Decision.remaining)
+
+
+class Allowed(Verdict):
+    """An allowed verdict of several throttles of one rate each, whose decision (the
+    tightest: the first with the least remaining) is found when first read: an entry that
+    only sends the policies' header fields never pays a pass over them for it."""
+
+    __slots__ = ("decisions",)
+    decisions: list[Decision]  # the batch's, as it answered (policies may be added to)
+
+    def __getattr__(self, name: str) -> Any:  # (only when a slot is empty: decision)
+        if name != "decision":
+            raise AttributeError(name)
+        self.decision = d = min(self.decisions, key=_remaining)
+        return d
+
+
+def conclude_policy(engine: Engine, view: RequestView, throttles: list[Planned],
+                    decisions: list[Decision], at: float | None = None) -> Verdict:
+    """The verdict of a bound hit or batch the limiter's fail policy answered (the store
+    failed on this call: ``decisions`` are degraded), as :func:`conclude` gives it on the
+    general path: ``"deny"``'s one refusal by ``STORAGE_RULE``, else the throttles'
+    verdict, marked degraded."""
+    d = decisions[0]
+    if not d.allowed and getattr(engine.store, "policy", None) == "deny":
+        if "throttled" in engine.listeners.active:
+            engine.emit("throttled", STORAGE_RULE, None, view, d, False, at)
+        return Verdict(False, "throttled", STORAGE_RULE, None, d, [], True, view)
+    return conclude_throttles(engine, view, throttles, decisions, True, at=at)
+
+
 def conclude_throttles(
     engine: Engine, view: RequestView, throttles: list[Planned], decisions: list[Decision],
     degraded: bool, silent: bool = False, at: float | None = None,
 ) -> Verdict:
     """The verdict of the throttles that applied, from the store's decisions (all or
-    nothing: if one refused, none was charged); ``at``: the events' time, when known."""
+    nothing: if one refused, none was charged); ``at``: the events' time, when known.
+    Decisions the fail policy answered (the store failed under the engine's common case)
+    are concluded as :func:`conclude_policy` does."""
+    if not degraded and decisions and decisions[0].degraded:
+        return conclude_policy(engine, view, throttles, decisions, at)
     active = _NOBODY if silent else engine.listeners.active
     policies: list[tuple[str, Decision]] = []
     costs: list[int] = []
