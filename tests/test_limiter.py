@@ -431,3 +431,18 @@ def test_check_results_match_single_fast_path(clock):
         one = a.hit(alg, "k", 1, now)
         many = b.apply([Check(alg, "k", 1)], now=now).decisions[0]
         assert one == many
+
+
+@pytest.mark.parametrize("rates", ["3/minute; 3/minute", ["3/minute", Rate(3, 60)],
+                                   "3/minute; 10/hour; 3 per 1 minute"])
+@pytest.mark.parametrize("strategy", STRATEGIES)
+def test_a_rate_given_twice_is_one_limit(strategy: str, rates: object) -> None:
+    """The same rate twice (in one string, or as a string and a Rate) is one limit: every
+    strategy admits exactly its amount, as with the rate once (a sliding log charged each
+    hit once per copy, so it admitted 2 of 3), and the rates read back hold it once."""
+    limiter = Limiter(strategy=strategy)
+    admitted = sum(limiter.hit("k", rates).allowed for _ in range(5))  # type: ignore[arg-type]
+    assert admitted == 3
+    distinct = 2 if "hour" in str(rates) else 1
+    assert len(limiter.plan(rates).algorithms) == distinct  # type: ignore[arg-type]
+    assert parse_rates("3/minute; 3/minute") == [Rate(3, 60.0)]

@@ -72,7 +72,7 @@ def _parse_cached(text: str) -> tuple[Rate, ...]:
     from limits.util import SEPARATORS, SINGLE_EXPR, parse_many
 
     if _CALENDAR_WORD.search(text):
-        return _parse_with_calendar(text, SEPARATORS)
+        return tuple(dict.fromkeys(_parse_with_calendar(text, SEPARATORS)))
     try:
         items = parse_many(text)
     except ValueError as exc:
@@ -91,7 +91,7 @@ def _parse_cached(text: str) -> tuple[Rate, ...]:
         rates.append(_bounded(Rate(int(item.amount), float(item.get_expiry())), text))
     if not rates:
         raise ConfigError(f"invalid rate {text!r}: no rate found")
-    return tuple(rates)
+    return tuple(dict.fromkeys(rates))  # a rate given twice is one limit
 
 
 _CALENDAR_WORD = re.compile(r"calendar", re.IGNORECASE)
@@ -125,7 +125,7 @@ def _parse_with_calendar(text: str, separators: re.Pattern[str]) -> tuple[Rate, 
         rates.append(_bounded(Rate(amount, NOMINAL_SECONDS[unit], unit, tz), text))
     if not rates:
         raise ConfigError(f"invalid rate {text!r}: no rate found")
-    return tuple(rates)
+    return tuple(dict.fromkeys(rates))  # a rate given twice is one limit
 
 
 def coerce_rates(rates: object) -> tuple[Rate, ...]:
@@ -140,7 +140,7 @@ def coerce_rates(rates: object) -> tuple[Rate, ...]:
             out.extend(coerce_rates(item))
         if not out:
             raise ConfigError("rates must not be empty")
-        return tuple(out)
+        return tuple(dict.fromkeys(out))  # a rate given twice is one limit
     raise ConfigError(f"rates must be a rate string, a Rate or a list of them, got {rates!r}")
 
 
