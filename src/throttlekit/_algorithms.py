@@ -503,8 +503,7 @@ class SlidingLog(Algorithm):
             if n > h and last == now:
                 log[-1] += cost
             else:
-                log.append(now)
-                log.append(cost)
+                log.fromlist([now, cost])  # (one call, not two appends)
                 return log, _new(_Decision, (True, limit, limit - total, p / 1e6, 0.0,
                                             self.rate, False))
         else:
