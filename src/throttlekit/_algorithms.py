@@ -32,26 +32,14 @@ from ._log import Log, log_entries, log_step_back, log_total, log_uncharge, new_
 from ._rates import Rate
 
 __all__ = [
-    "ALGORITHMS",
-    "DEFAULT_STRATEGY",
-    "Algorithm",
-    "CalendarWindow",
-    "FixedWindow",
-    "Log",
-    "SlidingLog",
-    "SlidingWindow",
-    "TokenBucket",
-    "log_entries",
-    "log_total",
-    "log_uncharge",
-    "make_algorithm",
-    "new_log",
+    "ALGORITHMS", "DEFAULT_STRATEGY", "Algorithm", "CalendarWindow", "FixedWindow", "Log",
+    "SlidingLog", "SlidingWindow", "TokenBucket", "log_entries", "log_total", "log_uncharge",
+    "make_algorithm", "new_log",
 ]
 
 INF: Final = float("inf")  # (Final: a constant, not a lookup, in the compiled build)
 _new: Final = tuple.__new__
-#: (Final: a static in the compiled build, not a module-dict lookup on every hit)
-_Decision: Final = Decision
+_Decision: Final = Decision  # (a static in the compiled build: no module-dict lookup per hit)
 _M32: Final = (1 << 32) - 1
 _M64: Final = (1 << 64) - 1
 _M96: Final = (1 << 96) - 1
@@ -274,10 +262,8 @@ class SlidingWindow(Algorithm):
         same = False
         s: int = 0
         if state is not None:  # (self._load, inlined: every hit pays it)
-            s = state  # (an int: the compiled build does int arithmetic, not generic)
+            s = state  # (typed, the counts a word apart: machine arithmetic once compiled)
             swin = s >> 64
-            # (the counts apart first: a word, so the compiled build unpacks it in machine
-            # integers; the state itself is a long integer)
             counts = s & _M64
             if swin == win:
                 cur = counts >> 32
