@@ -26,6 +26,7 @@ from typing import Any, ClassVar, Final
 from ._calendar import calendar_of
 from ._decision import Decision
 from ._errors import ConfigError
+from ._log import BIAS as _BIAS
 from ._log import HEAD as _HEAD
 from ._log import TYPECODE as _TYPECODE
 from ._log import Log, log_entries, log_step_back, log_total, log_uncharge, new_log
@@ -430,8 +431,8 @@ class SlidingLog(Algorithm):
         """The cost logged in ``(now - period, now]``, the older entries dropped."""
         h = log[0]
         n = len(log)
-        if h < n and log[h] <= now - self.period_us:
-            horizon = now - self.period_us
+        horizon = now + _BIAS - self.period_us  # (log times are biased: see _log.BIAS)
+        if h < n and log[h] <= horizon:
             total = log[1]
             while h < n and log[h] <= horizon:
                 total -= log[h + 1]
@@ -452,21 +453,22 @@ class SlidingLog(Algorithm):
                 return None, self._deny(None, now, cost)
             if not cost:
                 return None, _new(_Decision, (True, limit, limit, 0.0, 0.0, self.rate, False))
-            log = array(_TYPECODE, (_HEAD, cost, now, cost))
+            log = array(_TYPECODE, (_HEAD, cost, now + _BIAS, cost))
             return log, _new(_Decision, (True, limit, limit - cost, self.period_us / 1e6, 0.0,
                                         self.rate, False))
+        b = now + _BIAS  # now as the log holds times (see _log.BIAS)
         last = log[-2]  # the newest entry (read once: the merge below needs it too)
-        if last > now and len(log) > log[0]:  # the clock stepped back
+        if last > b and len(log) > log[0]:  # the clock stepped back
             if not cost:
                 return log, self.peek(log, now, cost)
             log_step_back(log, now)  # stored by a refusal too (so the log slides on this clock)
-            last = now
+            last = b
         # (self._trimmed, inlined: every hit pays it)
         p = self.period_us
         h = log[0]
         n = len(log)
         total = log[1]
-        horizon = now - p
+        horizon = b - p
         if h < n and log[h] <= horizon:
             total -= log[h + 1]
             h += 2
@@ -486,15 +488,15 @@ class SlidingLog(Algorithm):
         if cost:
             total += cost
             log[1] = total
-            if n > h and last == now:
+            if n > h and last == b:
                 log[-1] += cost
             else:
-                log.fromlist([now, cost])  # (one call, not two appends)
+                log.fromlist([b, cost])  # (one call, not two appends)
                 return log, _new(_Decision, (True, limit, limit - total, p / 1e6, 0.0,
                                             self.rate, False))
         else:
             log[1] = total
-        reset = (log[-2] + p - now) / 1e6 if total else 0.0
+        reset = (log[-2] + p - b) / 1e6 if total else 0.0
         return log, _new(_Decision, (True, limit, limit - total, reset, 0.0, self.rate, False))
 
     def _deny(self, log: Log | None, now: int, cost: int) -> Decision:
@@ -507,20 +509,20 @@ class SlidingLog(Algorithm):
             assert log is not None  # cost <= limit is refused only with entries logged
             need = total + cost - limit
             freed = 0
-            at = now
+            at = now + _BIAS  # (log times are biased: see _log.BIAS)
             for i in range(log[0], len(log), 2):
                 freed += log[i + 1]
                 if freed >= need:
                     at = log[i] + p
                     break
-            retry = (at - now) / 1e6
-        reset = (log[-2] + p - now) / 1e6 if total and log is not None else 0.0
+            retry = (at - _BIAS - now) / 1e6
+        reset = (log[-2] - _BIAS + p - now) / 1e6 if total and log is not None else 0.0
         rem = limit - total if total < limit else 0
         return _new(_Decision, (False, limit, rem, reset, retry, self.rate, False))
 
     def peek(self, state: Any, now: int, cost: int) -> Decision:
         log: Log | None = state
-        if log is not None and log[-2] > now and len(log) > log[0]:  # the clock stepped back
+        if log is not None and log[-2] > now + _BIAS and len(log) > log[0]:  # stepped back
             log = array(log.typecode, log)  # a peek stores nothing: a copy moves back
             log_step_back(log, now)
         total = 0 if log is None else self._trimmed(log, now)
@@ -531,7 +533,7 @@ class SlidingLog(Algorithm):
                 last = now
             elif total:
                 assert log is not None
-                last = log[-2]
+                last = log[-2] - _BIAS
             reset = (last + self.period_us - now) / 1e6 if total else 0.0
             return _new(_Decision, (True, limit, limit - total, reset, 0.0, self.rate, False))
         return self._deny(log, now, cost)
@@ -541,13 +543,13 @@ class SlidingLog(Algorithm):
 
     def expired(self, state: Any, now: int) -> bool:
         log: Log = state
-        return len(log) <= log[0] or log[-2] <= now - self.period_us
+        return len(log) <= log[0] or log[-2] - _BIAS <= now - self.period_us
 
     def ttl_us(self, state: Any, now: int) -> int:
         log: Log = state
         if len(log) <= log[0]:
             return 0
-        return int(log[-2] + self.period_us - now)
+        return int(log[-2] - _BIAS + self.period_us - now)
 
 
 #: Epoch-aligned fixed windows: what users of Flask-Limiter and rack-attack know ("100 per
