@@ -16,7 +16,7 @@ __all__ = ["BIAS", "HEAD", "TYPECODE", "Log", "log_entries", "log_newest", "log_
 #: ``total`` is the cost of the live ones. One flat array of machine integers, not an
 #: object per entry: five entries take 16 slots (128 bytes) and one small object.
 Log: TypeAlias = "array[int]"
-HEAD = 2  # index of the first pair in a compacted log
+HEAD: Final = 2  # index of the first pair in a compacted log (Final: inlined when compiled)
 _EMPTY = (HEAD, 0)
 #: the logs' item type, unsigned 64-bit: ``"L"`` where a C long is 64 bits (its item writes
 #: cost a third of ``"q"``'s and ``"l"``'s, which parse the value with a format string; a
