@@ -120,21 +120,18 @@ class FixedWindow(Algorithm):
     def hit(self, state: Any, now: int, cost: int) -> tuple[Any, Decision]:
         p = self.period_us
         win = now // p
-        count = 0
-        if state is None:
-            new = win << 32
+        # (typed: int arithmetic once compiled; a new key reads as the window before)
+        s: int = state if state is not None else (win - 1) << 32
+        if s >> 32 == win:
+            count = s & _M32
+            new = s  # the same window: the count is the low bits, added to in place
+        elif s >> 32 > win:  # the clock stepped back: the count
+            new, count = s, s & _M32  # carries into now's window, stored by a refusal
+            if 0 < cost <= self.limit:  # too (one that fits: as fixed_window.lua)
+                state = new = (win << 32) | count
         else:
-            s: int = state  # (typed: the compiled build does int arithmetic, not generic)
-            swin = s >> 32
-            if swin == win:
-                count = s & _M32
-                new = s  # the same window: the count is the low bits, added to in place
-            elif swin > win:  # the clock stepped back: the count carries into now's window,
-                new, count = s, s & _M32  # stored by a refusal too (one that fits: as
-                if 0 < cost <= self.limit:  # fixed_window.lua)
-                    state = new = (win << 32) | count
-            else:
-                new = win << 32
+            count = 0
+            new = win << 32
         limit = self.limit
         c = count + cost
         if c <= limit:
@@ -261,9 +258,9 @@ class SlidingWindow(Algorithm):
         win = now // p
         cur = prev = 0
         same = False
-        s: int = 0
+        s: int  # (typed, the counts a word apart: machine arithmetic once compiled)
         if state is not None:  # (self._load, inlined: every hit pays it)
-            s = state  # (typed, the counts a word apart: machine arithmetic once compiled)
+            s = state
             swin = s >> 64
             counts = s & _M64
             if swin == win:

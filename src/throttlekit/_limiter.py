@@ -191,8 +191,8 @@ class Limiter:
                 plan = self._plans[rates, strategy, burst]
         except (KeyError, TypeError):
             plan = self.plan(rates, strategy, burst)
-        if type(cost) is not int or cost < 0:  # (type(): a specialised call, cheaper than
-            check_cost(cost)  # reading __class__)
+        if cost.__class__ is not int or cost < 0:
+            check_cost(cost)
         clock = self.clock
         now = int(clock() * 1_000_000) if clock is not None else None
         fast = plan.fast
