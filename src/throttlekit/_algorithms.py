@@ -26,30 +26,23 @@ from typing import Any, ClassVar, Final
 from ._calendar import calendar_of
 from ._decision import Decision
 from ._errors import ConfigError
+from ._log import BIAS as _BIAS
 from ._log import HEAD as _HEAD
+from ._log import TYPECODE as _TYPECODE
 from ._log import Log, log_entries, log_step_back, log_total, log_uncharge, new_log
 from ._rates import Rate
 
 __all__ = [
-    "ALGORITHMS",
-    "DEFAULT_STRATEGY",
-    "Algorithm",
-    "CalendarWindow",
-    "FixedWindow",
-    "Log",
-    "SlidingLog",
-    "SlidingWindow",
-    "TokenBucket",
-    "log_entries",
-    "log_total",
-    "log_uncharge",
-    "make_algorithm",
-    "new_log",
+    "ALGORITHMS", "DEFAULT_STRATEGY", "Algorithm", "CalendarWindow", "FixedWindow", "Log",
+    "SlidingLog", "SlidingWindow", "TokenBucket", "log_entries", "log_total", "log_uncharge",
+    "make_algorithm", "new_log",
 ]
 
 INF: Final = float("inf")  # (Final: a constant, not a lookup, in the compiled build)
 _new: Final = tuple.__new__
+_Decision: Final = Decision  # (a static in the compiled build: no module-dict lookup per hit)
 _M32: Final = (1 << 32) - 1
+_M64: Final = (1 << 64) - 1
 _M96: Final = (1 << 96) - 1
 MAX_LIMIT: Final = _M32
 
@@ -88,7 +81,7 @@ class Algorithm:
     def decide(self, allowed: bool, remaining: int, reset_us: int, retry: float) -> Decision:
         """Build the Decision (used by backends that compute outside Python, e.g. Lua)."""
         return _new(
-            Decision,
+            _Decision,
             (allowed, self.capacity, remaining, reset_us / 1e6, retry, self.rate, False),
         )
 
@@ -127,12 +120,14 @@ class FixedWindow(Algorithm):
     def hit(self, state: Any, now: int, cost: int) -> tuple[Any, Decision]:
         p = self.period_us
         win = now // p
-        if state is not None and state >> 32 == win:
-            count = state & _M32
-            new = state  # the same window: the count is the low bits, added to in place
-        elif state is not None and state >> 32 > win:  # the clock stepped back: the count
-            new, count = state, state & _M32  # carries into now's window, stored by a
-            if 0 < cost <= self.limit:  # refusal too (one that fits: as fixed_window.lua)
+        # (typed: int arithmetic once compiled; a new key reads as the window before)
+        s: int = state if state is not None else (win - 1) << 32
+        if s >> 32 == win:
+            count = s & _M32
+            new = s  # the same window: the count is the low bits, added to in place
+        elif s >> 32 > win:  # the clock stepped back: the count
+            new, count = s, s & _M32  # carries into now's window, stored by a refusal
+            if 0 < cost <= self.limit:  # too (one that fits: as fixed_window.lua)
                 state = new = (win << 32) | count
         else:
             count = 0
@@ -141,14 +136,14 @@ class FixedWindow(Algorithm):
         c = count + cost
         if c <= limit:
             if c:
-                return new + cost, _new(Decision, (True, limit, limit - c,
+                return new + cost, _new(_Decision, (True, limit, limit - c,
                                                    (p - now % p) / 1e6, 0.0,
                                                    self.rate, False))
-            return state, _new(Decision, (True, limit, limit, 0.0, 0.0, self.rate, False))
+            return state, _new(_Decision, (True, limit, limit, 0.0, 0.0, self.rate, False))
         retry = INF if cost > limit else (p - now % p) / 1e6  # (win + 1) * p - now
         reset = (p - now % p) / 1e6 if count else 0.0
         rem = limit - count if count < limit else 0
-        return state, _new(Decision, (False, limit, rem, reset, retry, self.rate, False))
+        return state, _new(_Decision, (False, limit, rem, reset, retry, self.rate, False))
 
     def peek(self, state: Any, now: int, cost: int) -> Decision:
         return self.hit(state, now, cost)[1]
@@ -199,13 +194,13 @@ class CalendarWindow(FixedWindow):
         left = (end - now) / 1e6
         if count + cost <= limit:
             if not count + cost:  # nothing counted: nothing stored
-                return state, _new(Decision, (True, limit, limit, 0.0, 0.0, self.rate, False))
+                return state, _new(_Decision, (True, limit, limit, 0.0, 0.0, self.rate, False))
             count += cost
             return (win << 32) | count, _new(
-                Decision, (True, limit, limit - count, left, 0.0, self.rate, False))
+                _Decision, (True, limit, limit - count, left, 0.0, self.rate, False))
         retry = INF if cost > limit else left
         rem = limit - count if count < limit else 0
-        return state, _new(Decision, (False, limit, rem, left if count else 0.0, retry,
+        return state, _new(_Decision, (False, limit, rem, left if count else 0.0, retry,
                                       self.rate, False))
 
     def charge(self, state: Any, now: int, cost: int) -> Any:
@@ -263,18 +258,21 @@ class SlidingWindow(Algorithm):
         win = now // p
         cur = prev = 0
         same = False
+        s: int  # (typed, the counts a word apart: machine arithmetic once compiled)
         if state is not None:  # (self._load, inlined: every hit pays it)
-            swin = state >> 64
+            s = state
+            swin = s >> 64
+            counts = s & _M64
             if swin == win:
-                cur = (state >> 32) & _M32
-                prev = state & _M32
+                cur = counts >> 32
+                prev = counts & _M32
                 same = True
             elif swin == win - 1:
-                prev = (state >> 32) & _M32
+                prev = counts >> 32
             elif swin > win:  # the clock stepped back: the counts carry into now's windows,
-                cur, prev = (state >> 32) & _M32, state & _M32  # stored by a refusal too
+                cur, prev = counts >> 32, counts & _M32  # stored by a refusal too
                 if cost:
-                    state = (((win << 32) | cur) << 32) | prev
+                    state = s = (win << 64) | counts
                     same = True
         limit = self.limit
         left = p - now % p  # weight of the previous window, scaled by p: (win + 1) * p - now
@@ -285,12 +283,10 @@ class SlidingWindow(Algorithm):
             if cost:
                 cur += cost
                 rem -= cost
-                if same:  # cur is bits 32-63: added to in place
-                    state += cost << 32
-                else:
-                    state = (((win << 32) | cur) << 32) | prev
+                # (the same windows: cur is bits 32-63, added to in place)
+                state = s + (cost << 32) if same else (win << 64) | (cur << 32) | prev
             reset = (p + left) / 1e6 if cur else left / 1e6 if prev else 0.0
-            return state, _new(Decision, (True, limit, rem, reset, 0.0, self.rate, False))
+            return state, _new(_Decision, (True, limit, rem, reset, 0.0, self.rate, False))
         return state, self._deny(cur, prev, left, prev * left + cur * p, cost)
 
     def _deny(self, cur: int, prev: int, left: int, used: int, cost: int) -> Decision:
@@ -308,7 +304,7 @@ class SlidingWindow(Algorithm):
         if rem < 0:
             rem = 0
         reset = (p + left) / 1e6 if cur else left / 1e6 if prev else 0.0
-        return _new(Decision, (False, limit, rem, reset, retry, self.rate, False))
+        return _new(_Decision, (False, limit, rem, reset, retry, self.rate, False))
 
     def peek(self, state: Any, now: int, cost: int) -> Decision:
         return self.hit(state, now, cost)[1]
@@ -352,8 +348,9 @@ class TokenBucket(Algorithm):
     def _debt(self, state: Any, now: int) -> int:
         if state is None:
             return 0
-        d = state & _M96
-        debt = d - (now - (state >> 96)) * self.limit
+        s: int = state
+        d = s & _M96
+        debt = d - (now - (s >> 96)) * self.limit
         if debt > d:  # the clock stepped back (see hit)
             return int(self._back(state, d, debt, now, 0)[0])
         return debt if debt > 0 else 0
@@ -370,8 +367,9 @@ class TokenBucket(Algorithm):
     def hit(self, state: Any, now: int, cost: int) -> tuple[Any, Decision]:
         debt = 0
         if state is not None:
-            d = state & _M96
-            debt = d - (now - (state >> 96)) * self.limit
+            s: int = state  # (typed: the compiled build does int arithmetic, not generic)
+            d = s & _M96
+            debt = d - (now - (s >> 96)) * self.limit
             if debt < 0:
                 debt = 0
             elif debt > d:  # the clock stepped back
@@ -382,7 +380,7 @@ class TokenBucket(Algorithm):
         if new <= cap:
             lim = self.limit
             return (now << 96) | new if cost else state, _new(
-                Decision,
+                _Decision,
                 (True, self.capacity, (cap - new) // p, -(-new // lim) / 1e6, 0.0, self.rate,
                  False),
             )
@@ -395,7 +393,7 @@ class TokenBucket(Algorithm):
         retry = INF if cost > self.capacity else -(-(new - cap) // lim) / 1e6
         rem = (cap - debt) // p if debt < cap else 0  # a debt over a lowered capacity
         return _new(
-            Decision,
+            _Decision,
             (False, self.capacity, rem, -(-debt // lim) / 1e6, retry, self.rate, False),
         )
 
@@ -430,8 +428,8 @@ class SlidingLog(Algorithm):
         """The cost logged in ``(now - period, now]``, the older entries dropped."""
         h = log[0]
         n = len(log)
-        if h < n and log[h] <= now - self.period_us:
-            horizon = now - self.period_us
+        horizon = now + _BIAS - self.period_us  # (log times are biased: see _log.BIAS)
+        if h < n and log[h] <= horizon:
             total = log[1]
             while h < n and log[h] <= horizon:
                 total -= log[h + 1]
@@ -451,22 +449,23 @@ class SlidingLog(Algorithm):
             if cost > limit:
                 return None, self._deny(None, now, cost)
             if not cost:
-                return None, _new(Decision, (True, limit, limit, 0.0, 0.0, self.rate, False))
-            log = array("q", (_HEAD, cost, now, cost))
-            return log, _new(Decision, (True, limit, limit - cost, self.period_us / 1e6, 0.0,
+                return None, _new(_Decision, (True, limit, limit, 0.0, 0.0, self.rate, False))
+            log = array(_TYPECODE, (_HEAD, cost, now + _BIAS, cost))
+            return log, _new(_Decision, (True, limit, limit - cost, self.period_us / 1e6, 0.0,
                                         self.rate, False))
+        b = now + _BIAS  # now as the log holds times (see _log.BIAS)
         last = log[-2]  # the newest entry (read once: the merge below needs it too)
-        if last > now and len(log) > log[0]:  # the clock stepped back
+        if last > b and len(log) > log[0]:  # the clock stepped back
             if not cost:
                 return log, self.peek(log, now, cost)
             log_step_back(log, now)  # stored by a refusal too (so the log slides on this clock)
-            last = now
+            last = b
         # (self._trimmed, inlined: every hit pays it)
         p = self.period_us
         h = log[0]
         n = len(log)
         total = log[1]
-        horizon = now - p
+        horizon = b - p
         if h < n and log[h] <= horizon:
             total -= log[h + 1]
             h += 2
@@ -486,17 +485,16 @@ class SlidingLog(Algorithm):
         if cost:
             total += cost
             log[1] = total
-            if n > h and last == now:
+            if n > h and last == b:
                 log[-1] += cost
             else:
-                log.append(now)
-                log.append(cost)
-                return log, _new(Decision, (True, limit, limit - total, p / 1e6, 0.0,
+                log.fromlist([b, cost])  # (one call, not two appends)
+                return log, _new(_Decision, (True, limit, limit - total, p / 1e6, 0.0,
                                             self.rate, False))
         else:
             log[1] = total
-        reset = (log[-2] + p - now) / 1e6 if total else 0.0
-        return log, _new(Decision, (True, limit, limit - total, reset, 0.0, self.rate, False))
+        reset = (log[-2] + p - b) / 1e6 if total else 0.0
+        return log, _new(_Decision, (True, limit, limit - total, reset, 0.0, self.rate, False))
 
     def _deny(self, log: Log | None, now: int, cost: int) -> Decision:
         limit = self.limit
@@ -508,21 +506,21 @@ class SlidingLog(Algorithm):
             assert log is not None  # cost <= limit is refused only with entries logged
             need = total + cost - limit
             freed = 0
-            at = now
+            at = now + _BIAS  # (log times are biased: see _log.BIAS)
             for i in range(log[0], len(log), 2):
                 freed += log[i + 1]
                 if freed >= need:
                     at = log[i] + p
                     break
-            retry = (at - now) / 1e6
-        reset = (log[-2] + p - now) / 1e6 if total and log is not None else 0.0
+            retry = (at - _BIAS - now) / 1e6
+        reset = (log[-2] - _BIAS + p - now) / 1e6 if total and log is not None else 0.0
         rem = limit - total if total < limit else 0
-        return _new(Decision, (False, limit, rem, reset, retry, self.rate, False))
+        return _new(_Decision, (False, limit, rem, reset, retry, self.rate, False))
 
     def peek(self, state: Any, now: int, cost: int) -> Decision:
         log: Log | None = state
-        if log is not None and log[-2] > now and len(log) > log[0]:  # the clock stepped back
-            log = array("q", log)  # a peek stores nothing: a copy moves back
+        if log is not None and log[-2] > now + _BIAS and len(log) > log[0]:  # stepped back
+            log = array(log.typecode, log)  # a peek stores nothing: a copy moves back
             log_step_back(log, now)
         total = 0 if log is None else self._trimmed(log, now)
         limit = self.limit
@@ -532,9 +530,9 @@ class SlidingLog(Algorithm):
                 last = now
             elif total:
                 assert log is not None
-                last = log[-2]
+                last = log[-2] - _BIAS
             reset = (last + self.period_us - now) / 1e6 if total else 0.0
-            return _new(Decision, (True, limit, limit - total, reset, 0.0, self.rate, False))
+            return _new(_Decision, (True, limit, limit - total, reset, 0.0, self.rate, False))
         return self._deny(log, now, cost)
 
     def charge(self, state: Any, now: int, cost: int) -> Any:
@@ -542,13 +540,13 @@ class SlidingLog(Algorithm):
 
     def expired(self, state: Any, now: int) -> bool:
         log: Log = state
-        return len(log) <= log[0] or log[-2] <= now - self.period_us
+        return len(log) <= log[0] or log[-2] - _BIAS <= now - self.period_us
 
     def ttl_us(self, state: Any, now: int) -> int:
         log: Log = state
         if len(log) <= log[0]:
             return 0
-        return int(log[-2] + self.period_us - now)
+        return int(log[-2] - _BIAS + self.period_us - now)
 
 
 #: Epoch-aligned fixed windows: what users of Flask-Limiter and rack-attack know ("100 per

@@ -20,6 +20,7 @@ from typing import Any
 
 from .._algorithms import Algorithm
 from .._decision import Decision
+from .._log import log_newest
 from .base import BoundBatch
 
 __all__ = ["CHARGE_LATER", "distinct_batch", "staged_batch", "store_refused"]
@@ -166,7 +167,7 @@ def store_refused(data: Any, k: str, s: Any, new: Any, alg: Algorithm, now: int,
     if s is None or not cost:
         return
     if new is CHARGE_LATER:
-        if s[-2] > now:
+        if log_newest(s) > now:
             alg.hit(s, now, cost)
     elif new is not s:
         data[k] = new

@@ -31,8 +31,8 @@ def bound_hit(refs: tuple[Any, ...], algorithm: Algorithm, prefix: str,
 
     def hit(key: str, cost: int, now: int | None) -> Decision:
         nonlocal last
-        if now is None:
-            now = time_ns() // 1000 if wall else int(clock() * 1_000_000)
+        # (t: a machine integer in the compiled build; now, an object that may be None)
+        t = (time_ns() // 1000 if wall else int(clock() * 1_000_000)) if now is None else now
         seen = last  # (one tuple: a racing call never reads half of another's)
         if key == seen[0]:  # a hot key: its storage key made and hashed once
             k = seen[1]
@@ -44,10 +44,10 @@ def bound_hit(refs: tuple[Any, ...], algorithm: Algorithm, prefix: str,
             state = get(k)
             if state is None and protected:
                 state = revive(k)
-            new, decision = algorithm.hit(state, now, cost)
+            new, decision = algorithm.hit(state, t, cost)
             if new is not state:
                 if state is None:
-                    insert(k, new, algorithm, now)
+                    insert(k, new, algorithm, t)
                 else:
                     data[k] = new
                     touch(k)
