@@ -106,6 +106,22 @@ def _drive(strategy: str, limit: int, period_us: int, burst: int | None, start: 
         assert got.limit == (burst or limit)
         if state is not None and strategy == "sliding_log":
             assert state.typecode == TYPECODE and state.itemsize == 8
+        if state is not None:
+            _check_lifetime(alg, state, t, model.newer(t))
+
+
+def _check_lifetime(alg: Any, state: Any, t: int, newer: bool) -> None:
+    """What a store relies on to drop a state: one ``expired`` says is over decides as no
+    state at all, and one kept ``ttl_us`` (Redis's and memcached's expiry) is over then."""
+    copy = array(state.typecode, state) if isinstance(state, array) else state
+    if alg.expired(copy, t):
+        for c in (0, 1, alg.capacity):
+            assert alg.peek(copy, t, c) == alg.peek(None, t, c), (t, c, "expired")
+    ttl = alg.ttl_us(copy, t)
+    assert ttl >= 0, (t, ttl)
+    if newer:
+        return  # (a state newer than t, the clock stepped back: kept until it is over)
+    assert alg.expired(copy, t + max(ttl, 1)), (t, ttl, "ttl")
 
 
 @st.composite
@@ -130,6 +146,70 @@ def test_edges_match_the_reference_model(case):
     2**100, clocks from -73,000 to +73,000 years stepping back by up to 20 years: every
     Decision is the model's (tests/models.py), exactly."""
     _drive(*case)
+
+
+@st.composite
+def limiter_scenarios(draw: Any, forward: bool = False) -> Any:
+    strategy = draw(st.sampled_from(STRATEGIES))
+    n_rates = draw(st.integers(1, 2))
+    rates = []
+    for _ in range(n_rates):
+        limit = draw(st.one_of(st.sampled_from(LIMITS), st.integers(1, 20)))
+        period_us = draw(st.sampled_from([1_000_000, 60_000_000, 86_400_000_000,
+                                          MAX_PERIOD_US]))
+        rates.append((limit, period_us))
+    burst = None
+    if strategy == "token_bucket":
+        burst = draw(st.one_of(st.none(), st.sampled_from(LIMITS), st.integers(1, 20)))
+    start_s = draw(st.sampled_from([0.0, START_US / 1e6, -START_US / 1e6]))
+    cap = min(burst or lim for lim, _ in rates) if burst else min(lim for lim, _ in rates)
+    steps = []
+    for _ in range(draw(st.integers(1, 25))):
+        dt = draw(st.one_of(st.integers(0, 3), st.integers(0, 2 * rates[0][1]),
+                            st.sampled_from([YEAR_US, 20 * YEAR_US])))
+        if not forward and n_rates == 1 and draw(st.booleans()):
+            dt = -draw(st.one_of(st.integers(1, 2 * rates[0][1]), st.just(YEAR_US)))
+        steps.append((dt, _cost(draw, cap), draw(st.booleans()), draw(st.sampled_from("ab"))))
+    return strategy, rates, burst, start_s, steps
+
+
+@settings(max_examples=150, deadline=None)
+@given(limiter_scenarios())
+def test_limiter_on_the_memory_store_matches_the_models(case):
+    """``Limiter.hit``/``test`` on the memory store (the compiled closure, the store's
+    reclaiming of expired states between two keys, the several-rate batch): each rate's
+    model decides; the Decision is the most restrictive of theirs."""
+    strategy, rates, burst, start_s, steps = case
+    clock = FakeClock(start_s)
+    lim = Limiter(clock=clock)
+    spec = [Rate(limit, period_us / 1e6) for limit, period_us in rates]
+    if any(r.period_us != p for r, (_, p) in zip(spec, rates, strict=True)):
+        return
+    models = {key: [MODELS[strategy](limit, p, burst) for limit, p in rates] for key in "ab"}
+    now = int(start_s * 1e6)
+    for dt, cost, consume, key in steps:
+        now += dt
+        clock.set(now / 1e6)
+        t = int(clock() * 1_000_000)
+        call = lim.hit if consume else lim.test
+        got = call(key, spec, strategy=strategy, cost=cost, burst=burst)
+        if len(rates) == 1:
+            want = models[key][0].step(t, cost, consume)
+            assert (got.allowed, got.remaining) == (want.allowed, want.remaining), (t, cost)
+            assert got.retry_after == pytest.approx(want.retry_after, abs=1e-9)
+            assert got.reset_after == pytest.approx(want.reset_after, abs=1e-9)
+            continue
+        each = [m.step(t, cost, False) for m in models[key]]
+        allowed = all(w.allowed for w in each)
+        assert got.allowed == allowed, (t, cost, each)
+        if allowed:
+            assert got.remaining == min(w.remaining for w in each)
+            if consume:
+                for m in models[key]:
+                    m.step(t, cost, True)
+        else:
+            assert got.retry_after == pytest.approx(
+                max(w.retry_after for w in each if not w.allowed), abs=1e-9)
 
 
 @pytest.mark.parametrize("strategy", STRATEGIES)
