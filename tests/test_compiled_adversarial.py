@@ -148,6 +148,16 @@ def test_edges_match_the_reference_model(case):
     _drive(*case)
 
 
+@settings(max_examples=60, deadline=None)
+@given(limit=st.integers(1, 64), period_us=st.integers(1, 2000), start=st.sampled_from(STARTS_US),
+       steps=st.lists(st.tuples(st.one_of(st.integers(0, 40), st.integers(-300, -1)),
+                                st.integers(0, 3), st.booleans()), min_size=50, max_size=400))
+def test_long_sliding_logs_at_their_limit_match_the_model(limit, period_us, start, steps):
+    """Hundreds of requests on a log kept full: entries merged, skipped, cut off and moved
+    back by steps of the clock, all in the unsigned array: the model's Decisions."""
+    _drive("sliding_log", limit, period_us, None, start, steps)
+
+
 @st.composite
 def limiter_scenarios(draw: Any, forward: bool = False) -> Any:
     strategy = draw(st.sampled_from(STRATEGIES))
@@ -327,10 +337,12 @@ def test_a_limit_over_32_bits_is_refused(strategy):
         Limiter().hit("k", Rate(MAX_LIMIT + 1, 60.0), strategy=strategy)
 
 
+@pytest.mark.parametrize("rates", ["1000/10 seconds", "1000/10 seconds;5000/hour"])
 @pytest.mark.parametrize("strategy", STRATEGIES)
 @pytest.mark.parametrize("cost", [1, 3])
-def test_threads_on_one_key_admit_exactly_the_limit(strategy, cost):
-    """Eight threads, 400 hits each, on one key of a 1000/10 s limit, the clock moving one
+def test_threads_on_one_key_admit_exactly_the_limit(strategy, cost, rates):
+    """Eight threads, 400 hits each, on one key of a 1000/10 s limit (alone: the compiled
+    hit; with a second rate: the batch), the clock moving one
     microsecond a read (a window never ends, a bucket refills 0.04 of a token): exactly
     floor(1000 / cost) hits are admitted, the last Decision's remaining agrees."""
     ticks = itertools.count(START_US - START_US % 10_000_000)
@@ -341,16 +353,21 @@ def test_threads_on_one_key_admit_exactly_the_limit(strategy, cost):
     def work(i: int) -> None:
         go.wait()
         for _ in range(400):
-            if lim.hit("hot", "1000/10 seconds", strategy=strategy, cost=cost).allowed:
+            if lim.hit("hot", rates, strategy=strategy, cost=cost).allowed:
                 admitted[i] += 1
 
     threads = [threading.Thread(target=work, args=(i,)) for i in range(8)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
+    interval = sys.getswitchinterval()
+    sys.setswitchinterval(1e-6)  # threads switch inside a hit, not once per 5 ms
+    try:
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+    finally:
+        sys.setswitchinterval(interval)
     assert sum(admitted) == 1000 // cost
-    assert lim.test("hot", "1000/10 seconds", strategy=strategy, cost=0).remaining == 1000 % cost
+    assert lim.test("hot", rates, strategy=strategy, cost=0).remaining == 1000 % cost
 
 
 def test_logs_hold_unsigned_64_bit_items_on_every_platform():
