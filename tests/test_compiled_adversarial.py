@@ -29,7 +29,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from models import MODELS, FixedWindowModel, SlidingWindowModel
-from throttlekit import COMPILED, ConfigError, Limiter, Rate
+from throttlekit import COMPILED, ConfigError, Limiter, Rate, parse_rates
 from throttlekit._algorithms import MAX_LIMIT, make_algorithm
 from throttlekit._log import TYPECODE, log_entries, new_log
 from throttlekit.testing import FakeClock
@@ -190,6 +190,7 @@ def test_limiter_on_the_memory_store_matches_the_models(case):
     reclaiming of expired states between two keys, the several-rate batch): each rate's
     model decides; the Decision is the most restrictive of theirs."""
     strategy, rates, burst, start_s, steps = case
+    rates = list(dict.fromkeys(rates))  # (a rate twice: see test_a_rate_given_twice_...)
     clock = FakeClock(start_s)
     lim = Limiter(clock=clock)
     spec = [Rate(limit, period_us / 1e6) for limit, period_us in rates]
@@ -220,6 +221,25 @@ def test_limiter_on_the_memory_store_matches_the_models(case):
         else:
             assert got.retry_after == pytest.approx(
                 max(w.retry_after for w in each if not w.allowed), abs=1e-9)
+
+
+@pytest.mark.parametrize("strategy", [
+    *(s for s in STRATEGIES if s != "sliding_log"),
+    pytest.param("sliding_log", marks=pytest.mark.xfail(strict=True, reason=(
+        "finding (both builds, main too): the two checks of one storage key each charge "
+        "the sliding log, changed in place: every hit after the first charges 2"))),
+])
+def test_a_rate_given_twice_counts_once(strategy):
+    """``"5/second;5/second"`` (a rate pasted twice) admits what ``"5/second"`` does: the
+    two checks are one storage key, charged once per request (or the rates are refused)."""
+    lim = Limiter(clock=FakeClock(0.0))
+    try:
+        admitted = [lim.hit("k", "5/second;5/second", strategy=strategy).allowed
+                    for _ in range(6)]
+    except ConfigError:
+        return
+    assert admitted == [True] * 5 + [False]
+    assert lim.test("k", "5/second", strategy=strategy, cost=0).remaining == 0
 
 
 @pytest.mark.parametrize("strategy", STRATEGIES)
@@ -397,26 +417,36 @@ def test_the_typecode_is_chosen_by_the_width_of_a_c_long():
 
 # -- the same scenarios through the sources and through the running build ----------------
 
+#: calendar rates (CalendarWindow: a fixed window per day, week or month in a time zone)
+CALENDARS = ["calendar-day", "calendar-month in Europe/Paris",
+             "calendar-week in America/New_York", "calendar-day in Asia/Kolkata"]
+
+
 def replay(seed: int = 2311) -> list[Any]:
     """Fixed pseudo-random scenarios, each under two rates sharing one state (a rule's
     counter read under a tightened or loosened rate: ``Algorithm.rerated``), with big values
     and steps back: every Decision and every stored state, as JSON-able lists."""
     rnd = random.Random(seed)
     out: list[Any] = []
-    for n in range(160):
-        strategy = STRATEGIES[n % 4]
+    for n in range(200):
+        strategy = STRATEGIES[n % 5] if n % 5 < 4 else "fixed_window"
         limits = [rnd.choice([*LIMITS, rnd.randint(1, 50)]) for _ in range(2)]
         period_us = rnd.choice([*PERIODS_US[1:], rnd.randint(1, 10**8)])
+        calendar = rnd.choice(CALENDARS) if n % 5 == 4 else None
         algs = []
         for limit in limits:
             burst = rnd.choice([None, rnd.randint(1, 60), MAX_LIMIT])
-            alg = make_algorithm(strategy, Rate(limit, period_us / 1e6),
-                                 burst if strategy == "token_bucket" else None)
-            alg.period_us = period_us
+            if calendar:  # (a calendar rate: a CalendarWindow, whatever the strategy)
+                alg = make_algorithm(strategy, parse_rates(f"{limit}/{calendar}")[0])
+                period_us = 86_400_000_000
+            else:
+                alg = make_algorithm(strategy, Rate(limit, period_us / 1e6),
+                                     burst if strategy == "token_bucket" else None)
+                alg.period_us = period_us
             alg.rerated = True
             algs.append(alg)
         state: Any = None
-        t = rnd.choice(STARTS_US)
+        t = rnd.choice(STARTS_US[:3] if calendar else STARTS_US)
         for _ in range(30):
             alg = rnd.choice(algs)
             t += rnd.choice([0, 1, rnd.randint(0, 2 * period_us), -rnd.randint(1, period_us),
