@@ -29,6 +29,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from models import MODELS, FixedWindowModel, SlidingWindowModel
+from profiles import examples
 from throttlekit import COMPILED, ConfigError, Limiter, Rate, parse_rates
 from throttlekit._algorithms import MAX_LIMIT, make_algorithm
 from throttlekit._log import TYPECODE, log_entries, new_log
@@ -139,7 +140,7 @@ def scenarios(draw: Any) -> tuple[str, int, int, int | None, int, list[tuple[int
     return strategy, limit, period_us, burst, start, steps
 
 
-@settings(max_examples=300, deadline=None)
+@settings(max_examples=examples(300), deadline=None)
 @given(scenarios())
 def test_edges_match_the_reference_model(case):
     """Limits and bursts up to 2**32-1, periods from 1 us to ten years, costs from 0 to
@@ -148,7 +149,7 @@ def test_edges_match_the_reference_model(case):
     _drive(*case)
 
 
-@settings(max_examples=60, deadline=None)
+@settings(max_examples=examples(60), deadline=None)
 @given(limit=st.integers(1, 64), period_us=st.integers(1, 2000), start=st.sampled_from(STARTS_US),
        steps=st.lists(st.tuples(st.one_of(st.integers(0, 40), st.integers(-300, -1)),
                                 st.integers(0, 3), st.booleans()), min_size=50, max_size=400))
@@ -183,7 +184,7 @@ def limiter_scenarios(draw: Any, forward: bool = False) -> Any:
     return strategy, rates, burst, start_s, steps
 
 
-@settings(max_examples=150, deadline=None)
+@settings(max_examples=examples(150), deadline=None)
 @given(limiter_scenarios())
 def test_limiter_on_the_memory_store_matches_the_models(case):
     """``Limiter.hit``/``test`` on the memory store (the compiled closure, the store's
@@ -191,6 +192,8 @@ def test_limiter_on_the_memory_store_matches_the_models(case):
     model decides; the Decision is the most restrictive of theirs."""
     strategy, rates, burst, start_s, steps = case
     rates = list(dict.fromkeys(rates))  # (a rate twice: see test_a_rate_given_twice_...)
+    if any(dt < 0 for dt, *_ in steps):  # (a reclaimed key: see test_a_key_reclaimed_...)
+        steps = [(dt, cost, consume, "a") for dt, cost, consume, _ in steps]
     clock = FakeClock(start_s)
     lim = Limiter(clock=clock)
     spec = [Rate(limit, period_us / 1e6) for limit, period_us in rates]
@@ -240,6 +243,24 @@ def test_a_rate_given_twice_counts_once(strategy):
         return
     assert admitted == [True] * 5 + [False]
     assert lim.test("k", "5/second", strategy=strategy, cost=0).remaining == 0
+
+
+@pytest.mark.xfail(strict=True, reason=(
+    "finding (both builds, main too): the memory store reclaims a state that is expired at "
+    "another key's later insert; the clock stepped back before its end, the key has its quota "
+    "again (docs/algorithms.md: 'none gets requests back from it')"))
+@pytest.mark.parametrize("strategy", STRATEGIES)
+def test_a_key_reclaimed_before_a_step_back_gets_no_request_back(strategy):
+    """Key a at its limit of 1/second at 1000.5 s; key b hit at 1003 s (its insert reclaims
+    a's state, over by then); the clock steps back to 1000.9 s: a is still refused, as it
+    is when b never came (the step gives no request back, docs/algorithms.md)."""
+    clock = FakeClock(1000.5)
+    lim = Limiter(clock=clock)
+    assert lim.hit("a", "1/second", strategy=strategy).allowed
+    clock.set(1003.0)
+    assert lim.hit("b", "1/second", strategy=strategy).allowed
+    clock.set(1000.9)
+    assert not lim.hit("a", "1/second", strategy=strategy).allowed
 
 
 @pytest.mark.parametrize("strategy", STRATEGIES)
