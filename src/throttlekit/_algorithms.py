@@ -562,9 +562,9 @@ ALGORITHMS: dict[str, type[Algorithm]] = {
 }
 
 
-def check_strategy(strategy: str, storage: Any) -> None:
+def check_strategy(strategy: object, storage: Any) -> None:
     """Refuse (``ConfigError``) a strategy that is unknown or that ``storage`` cannot run."""
-    if strategy not in ALGORITHMS:
+    if not isinstance(strategy, str) or strategy not in ALGORITHMS:
         raise ConfigError(
             f"unknown strategy {strategy!r}; expected one of {', '.join(sorted(ALGORITHMS))}"
         )
@@ -574,19 +574,20 @@ def check_strategy(strategy: str, storage: Any) -> None:
 
 
 def make_algorithm(
-    strategy: str, rate: Rate, burst: int | None = None, id: str | None = None
+    strategy: object, rate: Rate, burst: object = None, id: str | None = None
 ) -> Algorithm:
-    """Bind ``strategy`` to ``rate``; unknown names raise ConfigError.
-
-    ``id`` replaces the default storage identity (strategy, limit, period, burst); it must
-    not contain ``|``.
-    """
-    try:
-        cls = ALGORITHMS[strategy]
-    except (KeyError, TypeError):
+    """Bind ``strategy`` to ``rate``; unknown names and bad bursts raise ConfigError (typed
+    ``object``: not a compiled signature's TypeError). ``id`` replaces the default storage
+    identity (strategy, limit, period, burst); it must not contain ``|``."""
+    cls = ALGORITHMS.get(strategy) if isinstance(strategy, str) else None
+    if cls is None:
         raise ConfigError(
             f"unknown strategy {strategy!r}; expected one of {', '.join(sorted(ALGORITHMS))}"
-        ) from None
+        )
+    if burst is not None and (isinstance(burst, bool) or not isinstance(burst, int)):
+        if cls is not TokenBucket:
+            raise ConfigError(f"burst={burst!r} is only meaningful for the token_bucket strategy")
+        raise ConfigError(f"burst must be a positive integer, got {burst!r}")
     if rate.limit > MAX_LIMIT:
         raise ConfigError(f"rate {rate} is too large: a limit is at most {MAX_LIMIT}")
     if rate.calendar is not None:  # a calendar rate counts per period, whatever the strategy

@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any
 from ..._algorithms import Algorithm, Log, TokenBucket, log_uncharge
 from ..._decision import Decision
 from ..._errors import StorageError
+from ..._log import log_newest
 from ..base import Check
 from ._codec import decode_state, encode_key, encode_state, expire
 
@@ -145,7 +146,7 @@ class CasWrites:
             return
         alg = check.algorithm
         if isinstance(state, array):  # a log: moved in place by a refused hit
-            if not (len(state) > state[0] and state[-2] > now):
+            if not (len(state) > state[0] and log_newest(state) > now):
                 return
             new = alg.hit(state, now, check.cost)[0]
         else:
