@@ -434,12 +434,15 @@ def test_check_results_match_single_fast_path(clock):
 
 
 @pytest.mark.parametrize("rates", ["3/minute; 3/minute", ["3/minute", Rate(3, 60)],
-                                   "3/minute; 10/hour; 3 per 1 minute"])
+                                   "3/minute; 10/hour; 3 per 1 minute",
+                                   [Rate(3, 0.1 + 0.2), Rate(3, 0.3)],  # one period in µs
+                                   [Rate(3, 60.0), Rate(3, 60.0000001)]])
 @pytest.mark.parametrize("strategy", STRATEGIES)
 def test_a_rate_given_twice_is_one_limit(strategy: str, rates: object) -> None:
-    """The same rate twice (in one string, or as a string and a Rate) is one limit: every
-    strategy admits exactly its amount, as with the rate once (a sliding log charged each
-    hit once per copy, so it admitted 2 of 3), and the rates read back hold it once."""
+    """The same rate twice (in one string, as a string and a Rate, or as periods equal once
+    in microseconds, the unit states are counted in) is one limit: every strategy admits
+    exactly its amount, as with the rate once (a sliding log charged each hit once per copy,
+    so it admitted 2 of 3), and the plan holds it once."""
     limiter = Limiter(strategy=strategy)
     admitted = sum(limiter.hit("k", rates).allowed for _ in range(5))  # type: ignore[arg-type]
     assert admitted == 3

@@ -44,7 +44,12 @@ class Plan:
     def of(cls, storage: Storage, rates: Any, strategy: str, burst: int | None) -> Plan:
         """``rates`` under ``strategy``, validated against what ``storage`` supports."""
         check_strategy(strategy, storage)
-        algorithms = tuple(make_algorithm(strategy, r, burst) for r in coerce_rates(rates))
+        # rates that count the same state (equal once in microseconds) are one limit
+        same: dict[str, Algorithm] = {}
+        for r in coerce_rates(rates):
+            alg = make_algorithm(strategy, r, burst)
+            same.setdefault(alg.id, alg)
+        algorithms = tuple(same.values())
         for alg in algorithms:
             why = storage.unsupported_algorithm(alg)
             if why:
