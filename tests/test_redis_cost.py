@@ -386,6 +386,8 @@ def test_a_lone_fixed_window_finds_a_block_made_elsewhere(server: RedisServer, w
         return await a.aapply([Check(alg, key)], block_keys=block_keys)
 
     async def go() -> None:
+        if time.time() % 60 > 58:  # the checks below count in one minute's window
+            time.sleep(60.05 - time.time() % 60)
         assert (await apply("rule:ip", ["ip"])).decisions[0].remaining == 99
         b.block("ip", 60, "ban")
         r = await apply("rule:ip", ["other", "ip"])
