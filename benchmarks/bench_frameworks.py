@@ -303,11 +303,11 @@ def _middleware_variant(name: str) -> Callable[[], None]:
             return _after_flask_runner(app)
         return _wsgi_runner(app)
     if name.startswith("flask"):
-        return _wsgi_runner(_flask_app(name, lim))
+        return _wsgi_runner(_middleware_flask_app(name, lim))
     return _asgi_runner(name)
 
 
-def _flask_app(name: str, lim: Limiter) -> Any:
+def _middleware_flask_app(name: str, lim: Limiter) -> Any:
     from flask import Flask
 
     from throttlekit import WSGIMiddleware
@@ -330,7 +330,7 @@ def _after_flask_runner(app: Any) -> Callable[[], float]:
     its own: the caches as a request inside Flask finds them (Flask's code and data evict
     the middleware's between two requests). Returns the CPU seconds of ``app``'s requests
     alone (the Flask requests are not counted)."""
-    flask_one = _wsgi_runner(_flask_app("flask-bare", Limiter()), 1)
+    flask_one = _wsgi_runner(_middleware_flask_app("flask-bare", Limiter()), 1)
     one = _wsgi_runner(app, 1)
     clock = time.thread_time
 
