@@ -57,7 +57,7 @@ class Algorithm:
     #: decided per calendar period (:meth:`at` gives the period's algorithm)
     periodic: ClassVar[bool] = False
 
-    def __init__(self, rate: Rate, burst: int | None = None) -> None:
+    def __init__(self, rate: Rate, burst: object = None) -> None:
         self.rate = rate
         self.limit = rate.limit
         self.period = rate.period
@@ -175,7 +175,7 @@ class CalendarWindow(FixedWindow):
     code = "cal"
     periodic = True
 
-    def __init__(self, rate: Rate, burst: int | None = None) -> None:
+    def __init__(self, rate: Rate, burst: object = None) -> None:
         super().__init__(rate)  # a burst means nothing here: ignored (token_bucket rules)
         assert rate.calendar is not None
         self.calendar = calendar_of(rate.calendar, rate.tz)
@@ -334,7 +334,7 @@ class TokenBucket(Algorithm):
     name_ = "token_bucket"
     code = "tb"
 
-    def __init__(self, rate: Rate, burst: int | None = None) -> None:
+    def __init__(self, rate: Rate, burst: object = None) -> None:
         super().__init__(rate)
         if burst is not None:
             if isinstance(burst, bool) or not isinstance(burst, int) or burst < 1:
@@ -577,17 +577,14 @@ def make_algorithm(
     strategy: object, rate: Rate, burst: object = None, id: str | None = None
 ) -> Algorithm:
     """Bind ``strategy`` to ``rate``; unknown names and bad bursts raise ConfigError (typed
-    ``object``: not a compiled signature's TypeError). ``id`` replaces the default storage
-    identity (strategy, limit, period, burst); it must not contain ``|``."""
+    ``object`` here and in the constructors: not a compiled signature's TypeError). ``id``
+    replaces the default storage identity (strategy, limit, period, burst); it must not
+    contain ``|``."""
     cls = ALGORITHMS.get(strategy) if isinstance(strategy, str) else None
     if cls is None:
         raise ConfigError(
             f"unknown strategy {strategy!r}; expected one of {', '.join(sorted(ALGORITHMS))}"
         )
-    if burst is not None and (isinstance(burst, bool) or not isinstance(burst, int)):
-        if cls is not TokenBucket:
-            raise ConfigError(f"burst={burst!r} is only meaningful for the token_bucket strategy")
-        raise ConfigError(f"burst must be a positive integer, got {burst!r}")
     if rate.limit > MAX_LIMIT:
         raise ConfigError(f"rate {rate} is too large: a limit is at most {MAX_LIMIT}")
     if rate.calendar is not None:  # a calendar rate counts per period, whatever the strategy
