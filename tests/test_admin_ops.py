@@ -90,7 +90,7 @@ def test_sync_and_async_make_the_same_calls(op: str, args: tuple[Any, ...]) -> N
     assert sync == asynchronous
     calls = sync[1]
     if op == "block":
-        assert calls == [("block", "203.0.113.9", 30, "why")]
+        assert calls == [("block", "203.0.113.9", 30, "why"), "next_generation"]
     else:  # an admin change moves the store's generation on, last
         assert calls[-1] == "next_generation"
 

@@ -20,6 +20,7 @@ from ._direct import check_key
 from ._errors import ConfigError
 from ._ipset import _parse_network
 from ._keys import HASH_PREFIX, UNREADABLE_PREFIX, admin_rule_key, bound_key, encodable
+from ._resilience import ResilientStore
 from ._rules import NS
 
 if TYPE_CHECKING:
@@ -72,10 +73,16 @@ async def arun(ops: Ops[_R]) -> _R:
 
 
 def block(limiter: Limiter, key: str, ttl: float | None, reason: str) -> Ops[str]:
-    """``Limiter.block``: the key as stored."""
+    """``Limiter.block``: the key as stored. Every cached refusal goes (this process's
+    now, every other worker's with the generation): they are throttles', and would
+    answer the blocked client 429 where the store answers 403."""
     stored = block_key(limiter.resolver, key, "block")
     storage = limiter.storage
     yield storage.block, storage.ablock, (stored, ttl, reason, limiter.engine.now())
+    store = limiter.store
+    if isinstance(store, ResilientStore) and store.denials is not None:
+        store.denials.forget()
+    yield store.next_generation, store.anext_generation, ()
     return stored
 
 

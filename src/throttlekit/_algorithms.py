@@ -562,13 +562,14 @@ ALGORITHMS: dict[str, type[Algorithm]] = {
 }
 
 
-def check_strategy(strategy: object, storage: Any) -> None:
-    """Refuse (``ConfigError``) a strategy that is unknown or that ``storage`` cannot run."""
+def check_strategy(strategy: object, storage: Any | None) -> None:
+    """Refuse (``ConfigError``) a strategy that is unknown or that ``storage`` cannot run
+    (None: a storage not known yet, the name alone is checked)."""
     if not isinstance(strategy, str) or strategy not in ALGORITHMS:
         raise ConfigError(
             f"unknown strategy {strategy!r}; expected one of {', '.join(sorted(ALGORITHMS))}"
         )
-    why = storage.unsupported(strategy)
+    why = storage.unsupported(strategy) if storage is not None else None
     if why:
         raise ConfigError(f"strategy {strategy!r} is not available: {why}")
 

@@ -10,7 +10,7 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, overload
 
 from . import _admin as admin
-from ._algorithms import DEFAULT_STRATEGY
+from ._algorithms import DEFAULT_STRATEGY, check_strategy
 from ._challenge.step import ChallengeOptions, install_challenge
 from ._clientip import ClientIPResolver
 from ._concurrency import ConcurrencyRules
@@ -158,8 +158,11 @@ class Limiter:
         except KeyError:
             pass
         except TypeError:
+            if strategy is not None:  # (an unhashable strategy, not the rates)
+                check_strategy(strategy, self.storage)
             raise ConfigError(f"invalid rates {rates!r}") from None
-        strategy = strategy or self.strategy
+        if strategy is None:  # (None alone: "" or 0 is a bad name, refused by Plan.of)
+            strategy = self.strategy
         if burst is None and strategy == "token_bucket":
             burst = self.burst
         plan = Plan.of(self.storage, rates, strategy, burst)
@@ -319,6 +322,8 @@ class Limiter:
         ``path_prefix``, ``hosts``: what the rule matches, declared (indexed: requests they
         rule out skip the rule unasked). See ``docs/rules.md``.
         """
+        if strategy is not None:  # (add_throttle takes any false value for the default)
+            check_strategy(strategy, self.storage)
         self.engine.rules.add_throttle(name, rates, match, key, strategy, cost, burst, dry_run,
                                        count_when, on_unreadable, methods=methods, paths=paths,
                                        path_prefix=path_prefix, hosts=hosts)

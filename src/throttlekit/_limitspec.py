@@ -127,11 +127,7 @@ class LimitSpec:
         wait: float = 0.0,
         what: str = "limit",
     ) -> None:
-        if limiter is not None:
-            strategy = strategy or limiter.strategy
-            check_strategy(strategy, limiter.storage)
-            if burst is None and strategy == "token_bucket":
-                burst = limiter.burst
+        strategy, burst = _strategy_of(limiter, strategy, burst)
         #: None: the limiter's (an integration may build its limiter after decoration)
         self.strategy: str | None = strategy
         self.burst = burst
@@ -145,7 +141,8 @@ class LimitSpec:
             self.rates_arity = "key" if sig is not None and list(sig.parameters) == ["key"] \
                 else rates_function(rates, what, 0, 1, 2)
         else:  # validates rates, strategy and burst now
-            _throttle_algorithms("@", rates, strategy or DEFAULT_STRATEGY, burst, what)
+            _throttle_algorithms("@", rates, DEFAULT_STRATEGY if strategy is None else strategy,
+                                 burst, what)
         self.key = key_function(_USER_KEYS.get(key, key) if isinstance(key, str) else key,
                                 what)
         check_on_unreadable(on_unreadable, what)
@@ -270,6 +267,22 @@ def _seconds(period: float) -> str:
 
 #: (counter name, spec): one limit as it applies to one endpoint
 Entry = tuple[str, LimitSpec]
+
+
+def _strategy_of(limiter: Limiter | None, strategy: str | None, burst: int | None
+                 ) -> tuple[str | None, int | None]:
+    """A limit's strategy and burst: the limiter's for None (None still without a limiter
+    yet); a bad name is a ConfigError now, even with rates only known per request."""
+    if limiter is None:
+        if strategy is not None:
+            check_strategy(strategy, None)
+        return strategy, burst
+    if strategy is None:
+        strategy = limiter.strategy
+    check_strategy(strategy, limiter.storage)
+    if burst is None and strategy == "token_bucket":
+        burst = limiter.burst
+    return strategy, burst
 
 
 def make_spec(lim: Limiter | None, rates: Any, what: str = "limit", **options: Any

@@ -339,12 +339,20 @@ class ResilientStore(Storage):
     def ban(self, key: str, ttl: float | None, reason: str, now: int | None,
             policy: str | None) -> None:
         """A ban a rule made: into the fallback store when ``policy`` (the one of the
-        batch that made it) is ``"local"``, else into the store; a failure is logged."""
+        batch that made it) is ``"local"``, else into the store; a failure is logged.
+        Every cached refusal goes (ours now, every other worker's with the generation):
+        they are throttles', and would answer the banned client 429 where the store
+        answers 403."""
         target = self.fallback if policy == "local" and self.fallback is not None else self.inner
         try:
             target.block(key, ttl, reason, now)
         except Exception as exc:
             self.failed(exc)
+            return
+        if self.denials is not None:
+            self.denials.forget()
+        if target is self.inner:
+            self._call(self.next_generation)
 
     async def aban(self, key: str, ttl: float | None, reason: str, now: int | None,
                    policy: str | None) -> None:
@@ -354,6 +362,11 @@ class ResilientStore(Storage):
             await target.ablock(key, ttl, reason, now)
         except Exception as exc:
             self.failed(exc)
+            return
+        if self.denials is not None:
+            self.denials.forget()
+        if target is self.inner:
+            await self._acall(self.anext_generation)
 
     # -- the local denial cache ------------------------------------------------------------
 

@@ -4,9 +4,10 @@ async client per event loop) on pools that wait for a free connection."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import re
 import threading
-from collections.abc import Callable
+from collections.abc import AsyncGenerator, Callable
 from typing import Any
 
 from ..._errors import ConfigError
@@ -82,6 +83,7 @@ class Clients:
     _make_async: Callable[[], Any] | None
     _client_lock: threading.Lock
     _loop_client: tuple[Any, Any] | None
+    _loop_clients: dict[Any, tuple[Any, AsyncGenerator[None, None]]]
     _pool: Any
     _encoding: tuple[str, str] | None
     _reconnect_check: bool
@@ -104,7 +106,8 @@ class Clients:
         self._client = client
         self._async_client = async_client
         self._client_lock = threading.Lock()  # one client per storage, however many threads
-        self._loop_client = None
+        self._loop_client = None  # (the last loop, its client): the common case
+        self._loop_clients = {}
         # the direct path (see RedisStorage._direct_one): our own plain client's pool
         self._pool = None
         self._encoding = None
@@ -174,17 +177,58 @@ class Clients:
         loop = asyncio.get_running_loop()
         cached = self._loop_client
         if cached is None or cached[0] is not loop:
-            # redis.asyncio connections belong to one event loop: one client per loop.
-            cached = self._loop_client = (loop, self._make_async())
+            cached = self._loop_client = (loop, self._async_of(loop, self._make_async))
         return cached[1]
 
+    def _async_of(self, loop: asyncio.AbstractEventLoop, make: Callable[[], Any]) -> Any:
+        """The async client of ``loop``, made on its first call there. redis.asyncio
+        connections belong to one event loop: one client per loop, closed as it ends (see
+        :func:`_closer`); a loop closed without that leaves them to the garbage collector."""
+        with self._client_lock:
+            clients = self._loop_clients
+            entry = clients.get(loop)
+            if entry is None:
+                for other in [other for other in clients if other.is_closed()]:
+                    del clients[other]
+                client = make()
+                entry = clients[loop] = (client, _closer(client, self._ended, loop))
+            return entry[0]
+
+    def _ended(self, loop: asyncio.AbstractEventLoop) -> None:
+        """``loop``'s client was closed: the next call there makes another."""
+        with self._client_lock:
+            self._loop_clients.pop(loop, None)
+            cached = self._loop_client
+            if cached is not None and cached[0] is loop:
+                self._loop_client = None
+
     async def aclose(self) -> None:
-        """Close the async client this storage made for the running event loop."""
-        cached, self._loop_client = self._loop_client, None
-        if cached is not None:
-            await cached[1].aclose()
-            for sentinel in _sentinels(cached[1]):
+        """Close the async client this storage made for the running event loop (those of
+        other loops close as their loops end)."""
+        entry = self._loop_clients.get(asyncio.get_running_loop())
+        if entry is not None:
+            await entry[1].aclose()
+
+
+def _closer(client: Any, ended: Callable[[Any], None], loop: Any
+            ) -> AsyncGenerator[None, None]:
+    """An async generator on the running loop that closes ``client`` when it is closed:
+    by ``aclose``, or by the loop as it ends (``asyncio.run`` and the other runners call
+    ``loop.shutdown_asyncgens()``); then ``ended(loop)``."""
+
+    async def closer() -> AsyncGenerator[None, None]:
+        try:
+            yield
+        finally:
+            ended(loop)
+            await client.aclose()
+            for sentinel in _sentinels(client):
                 await sentinel.aclose()
+
+    gen = closer()
+    with contextlib.suppress(StopIteration):  # to its yield, now: the loop's hooks
+        gen.asend(None).send(None)  # register it (firstiter)
+    return gen
 
 
 # -- pools of clients built from a URL ------------------------------------------------------
