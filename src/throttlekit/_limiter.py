@@ -322,8 +322,6 @@ class Limiter:
         ``path_prefix``, ``hosts``: what the rule matches, declared (indexed: requests they
         rule out skip the rule unasked). See ``docs/rules.md``.
         """
-        if strategy is not None:  # (add_throttle takes any false value for the default)
-            check_strategy(strategy, self.storage)
         self.engine.rules.add_throttle(name, rates, match, key, strategy, cost, burst, dry_run,
                                        count_when, on_unreadable, methods=methods, paths=paths,
                                        path_prefix=path_prefix, hosts=hosts)

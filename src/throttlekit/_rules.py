@@ -484,7 +484,8 @@ class Rules:
         _callable_or_none(count_when, f"{what}: count_when")
         keyf = key_function(key, what)
         lim = self.limiter
-        strategy = strategy or lim.strategy
+        if strategy is None:  # (None alone: "" is a bad name, refused below)
+            strategy = lim.strategy
         check_strategy(strategy, lim.storage)
         if burst is None and strategy == "token_bucket":
             burst = lim.burst
