@@ -295,3 +295,18 @@ def test_memcached_a_banned_client_sends_no_command() -> None:
             (False, "banned", "scanners", IP, None, [], False)] * 2
         assert _told(events) == [("banned", "scanners", IP, None, False)] * 2
         store.close()
+
+
+def test_the_cached_blocks_are_bounded_by_the_denial_cache_size(
+        server: RedisServer, stores: list[RedisStorage]) -> None:
+    limiter = Limiter(stores[0], clock=FakeClock(), denial_cache_size=3)
+    ips = [f"192.0.2.{i}" for i in range(100, 108)]
+    for ip in ips:
+        limiter.block(ip, 600)
+    for _ in range(2):
+        for ip in ips:
+            view = RequestView.from_environ({"REQUEST_METHOD": "GET", "PATH_INFO": "/",
+                                             "REMOTE_ADDR": ip}, limiter.resolver)
+            assert limiter.evaluate(view).kind == "blocked"
+            denials = limiter.engine.store.denials
+            assert denials is not None and 1 <= len(denials.blocks) <= 3

@@ -109,11 +109,14 @@ class DenialCache:
 
     def blocked(self, key: str, now: int) -> bool:
         """Whether the store reported ``key`` blocked (or banned) until a time not yet
-        reached (``key`` in :attr:`blocks`: the caller looked first)."""
-        until, made = self.blocks[key]
+        reached."""
+        entry = self.blocks.get(key)  # (another thread may have dropped it since `in`)
+        if entry is None:
+            return False
+        until, made = entry
         if now < until:
             return now >= made  # (before it was made: the clock stepped back)
-        del self.blocks[key]
+        self.blocks.pop(key, None)
         return False
 
     def remember_blocks(self, keys: Sequence[str], blocked: Sequence[Block | None],
@@ -134,8 +137,9 @@ class DenialCache:
             if until <= now:
                 continue
             if len(blocks) >= self.maxsize and key not in blocks:
-                for k in [k for k, v in blocks.items() if v[0] <= now]:
-                    del blocks[k]
+                for k, v in list(blocks.items()):  # (a copy: other threads write too)
+                    if v[0] <= now:
+                        blocks.pop(k, None)
                 if len(blocks) >= self.maxsize:
                     blocks.clear()  # bounded: the next requests ask the store again
             blocks[key] = (until, now)
