@@ -30,11 +30,12 @@ from cachetools import TLRUCache
 
 from ._decision import Decision
 from ._rules import DYNAMIC_RULE, Verdict
+from .storage.base import Block
 
 if TYPE_CHECKING:
     from ._engine import Engine
     from ._planning import Plan, Planned
-    from .storage.base import BatchResult, Block
+    from .storage.base import BatchResult
 
 __all__ = ["BLOCK_HOLD", "CHECK_INTERVAL", "DenialCache", "cached_denial", "cached_refusal",
            "note_denials"]
@@ -144,6 +145,14 @@ class DenialCache:
                     blocks.clear()  # bounded: the next requests ask the store again
             blocks[key] = (until, now)
 
+    def banned(self, key: str, ttl: float | None, now: int | None) -> None:
+        """This process just banned ``key`` for ``ttl`` seconds (None: no end) in the
+        store: cache it as the store would report it."""
+        end = INF if ttl is None else ttl
+        if now is None:
+            now = time.time_ns() // 1000
+        self.remember_blocks((key,), (Block(key, now / 1e6 + end, ""),), now, self.epoch)
+
     def charged(self, owner: object, key: str) -> None:
         """Our own charge on (``owner``, ``key``): a cached refusal's numbers are stale."""
         cache = self._cache
@@ -151,13 +160,14 @@ class DenialCache:
         if (owner, key) in cache:
             cache.pop((owner, key), None)
 
-    def forget(self, key: str | None = None) -> None:
+    def forget(self, key: str | None = None, blocks: bool = True) -> None:
         """Drop the refusals of ``key`` (every owner), or all of them (``None``), and
-        every cached block."""
+        every cached block unless ``blocks`` is False (a ban: it lifts none)."""
         self.epoch += 1
         # every cached block too: an unblock names a client, the bans it lifts have keys
         # of their own (and other workers drop everything with the generation anyway)
-        self.blocks.clear()
+        if blocks:
+            self.blocks.clear()
         cache = self._cache
         if key is None:
             cache.clear()
