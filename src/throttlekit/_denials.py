@@ -10,6 +10,10 @@ second, while requests that go to the store anyway pay nothing for it. A worker 
 generation once before its first store call (:meth:`DenialCache.stale`), so that it knows
 whether the refusals it caches later predate a change.
 
+Blocks and bans the store reported are cached the same way (:attr:`DenialCache.blocks`),
+until the block's end and :data:`BLOCK_HOLD` seconds at most: a blocked or banned client's
+next requests are refused in-process with the store's verdict.
+
 Every read and write of the cache goes through :class:`DenialCache`; the
 :class:`~throttlekit._resilience.ResilientStore` around a remote store owns one
 (``store.denials``: ``None`` when the store is local or the cache is turned off).
@@ -18,22 +22,29 @@ Every read and write of the cache goes through :class:`DenialCache`; the
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
+from math import inf as INF
 from typing import TYPE_CHECKING
 
 from cachetools import TLRUCache
 
 from ._decision import Decision
-from ._rules import Verdict
+from ._rules import DYNAMIC_RULE, Verdict
+from .storage.base import Block
 
 if TYPE_CHECKING:
     from ._engine import Engine
     from ._planning import Plan, Planned
+    from .storage.base import BatchResult
 
-__all__ = ["CHECK_INTERVAL", "DenialCache", "cached_refusal", "note_denials"]
+__all__ = ["BLOCK_HOLD", "CHECK_INTERVAL", "DenialCache", "cached_denial", "cached_refusal",
+           "note_denials"]
 
 #: seconds between two reads of the store's generation while refusals are served from cache
 CHECK_INTERVAL = 1.0
+#: seconds a block without an end (or a long one) is refused from the cache before the
+#: store is asked again
+BLOCK_HOLD = 60.0
 _Entry = tuple[int, int, int, Decision]  # (refused until, cost, made at, decision), in µs
 
 
@@ -48,9 +59,12 @@ class DenialCache:
     a clear is never remembered after it (see :meth:`remember`).
     """
 
-    __slots__ = ("_cache", "_clock", "epoch", "generation", "next_check")
+    __slots__ = ("_cache", "_clock", "blocks", "epoch", "generation", "maxsize", "next_check")
 
     def __init__(self, maxsize: int, clock: Callable[[], float] | None) -> None:
+        self.maxsize = maxsize
+        #: block key -> (refused until, made at), in µs: the blocks the store reported
+        self.blocks: dict[str, tuple[int, int]] = {}
         self._cache: TLRUCache[tuple[object, str], _Entry] = TLRUCache(
             maxsize=maxsize, ttu=lambda _k, v, _now: v[0] / 1e6, timer=clock or time.time,
         )
@@ -94,6 +108,51 @@ class DenialCache:
                 now = time.time_ns() // 1000
             self._cache[owner, key] = (now + round(wait * 1e6), cost, now, decision)
 
+    def blocked(self, key: str, now: int) -> bool:
+        """Whether the store reported ``key`` blocked (or banned) until a time not yet
+        reached."""
+        entry = self.blocks.get(key)  # (another thread may have dropped it since `in`)
+        if entry is None:
+            return False
+        until, made = entry
+        if now < until:
+            return now >= made  # (before it was made: the clock stepped back)
+        self.blocks.pop(key, None)
+        return False
+
+    def remember_blocks(self, keys: Sequence[str], blocked: Sequence[Block | None],
+                        now: int | None, epoch: int) -> None:
+        """Cache the blocks the store found among a request's block ``keys``, until their
+        end and for :data:`BLOCK_HOLD` seconds at most; ``epoch`` as in :meth:`remember`."""
+        if epoch != self.epoch:
+            return
+        if now is None:
+            now = time.time_ns() // 1000
+        blocks = self.blocks
+        hold = now + round(BLOCK_HOLD * 1e6)
+        for key, b in zip(keys, blocked, strict=False):  # (a shorter answer: none found)
+            if b is None:
+                continue
+            end = b.expires_at
+            until = hold if end == INF else min(hold, round(end * 1e6))
+            if until <= now:
+                continue
+            if len(blocks) >= self.maxsize and key not in blocks:
+                for k, v in list(blocks.items()):  # (a copy: other threads write too)
+                    if v[0] <= now:
+                        blocks.pop(k, None)
+                if len(blocks) >= self.maxsize:
+                    blocks.clear()  # bounded: the next requests ask the store again
+            blocks[key] = (until, now)
+
+    def banned(self, key: str, ttl: float | None, now: int | None) -> None:
+        """This process just banned ``key`` for ``ttl`` seconds (None: no end) in the
+        store: cache it as the store would report it."""
+        end = INF if ttl is None else ttl
+        if now is None:
+            now = time.time_ns() // 1000
+        self.remember_blocks((key,), (Block(key, now / 1e6 + end, ""),), now, self.epoch)
+
     def charged(self, owner: object, key: str) -> None:
         """Our own charge on (``owner``, ``key``): a cached refusal's numbers are stale."""
         cache = self._cache
@@ -101,9 +160,14 @@ class DenialCache:
         if (owner, key) in cache:
             cache.pop((owner, key), None)
 
-    def forget(self, key: str | None = None) -> None:
-        """Drop the refusals of ``key`` (every owner), or all of them (``None``)."""
+    def forget(self, key: str | None = None, blocks: bool = True) -> None:
+        """Drop the refusals of ``key`` (every owner), or all of them (``None``), and
+        every cached block unless ``blocks`` is False (a ban: it lifts none)."""
         self.epoch += 1
+        # every cached block too: an unblock names a client, the bans it lifts have keys
+        # of their own (and other workers drop everything with the generation anyway)
+        if blocks:
+            self.blocks.clear()
         cache = self._cache
         if key is None:
             cache.clear()
@@ -135,6 +199,62 @@ class DenialCache:
         changed): if nobody else moved it meanwhile, no need to drop the rest."""
         if self.generation is not None and self.generation == generation - 1:
             self.generation = generation
+
+
+def cached_denial(engine: Engine, p: Plan, now: int | None, silent: bool = False
+                  ) -> Verdict | None:
+    """``Engine.decide``'s local denial cache: a block or ban the store reported for one of
+    this request's block keys (:func:`cached_block`), else a throttle's refusal
+    (:func:`cached_refusal`); None (and ``p.recheck`` set) when the store's generation
+    must be read first."""
+    denials = engine.store.denials
+    assert denials is not None
+    if denials.blocks and p.block_keys:
+        recheck = p.recheck
+        found = cached_block(engine, denials, p, now, silent)
+        if found is not None or p.recheck is not recheck:
+            return found
+    return cached_refusal(engine, p, now, silent) if p.throttles else None
+
+
+def cached_block(engine: Engine, denials: DenialCache, p: Plan, now: int | None,
+                 silent: bool) -> Verdict | None:
+    """The verdict the store gave while one of this request's block keys is blocked: the
+    first such key in the order ``conclude`` reads them. A blocked request charges nothing
+    in the store (dry runs and ban counters included), so the verdict is the store's; but a
+    ban rule that counts this request (another than the one found) or that refuses clients
+    without an IP may answer otherwise: then the store is asked."""
+    blocks = denials.blocks
+    keys = p.block_keys
+    for i in range(len(keys)):
+        if keys[i] in blocks:
+            if now is None:
+                now = time.time_ns() // 1000
+            if denials.blocked(keys[i], now):
+                break
+    else:
+        return None
+    n = p.n_user
+    if i >= n:
+        if p.no_ban is not None:
+            return None
+        bans = p.bans
+        for j in range(len(bans)):
+            if bans[j][2] >= 0 and j != i - n:
+                return None
+    if not p.recheck and denials.due():
+        p.recheck = True  # evaluate/aevaluate read the generation, then look again
+        return None
+    view = p.view
+    active = () if silent else engine.listeners.active
+    if i < n:
+        if "blocked" in active:
+            engine.emit("blocked", DYNAMIC_RULE, keys[i], view, None, False)
+        return Verdict(False, "blocked", DYNAMIC_RULE, keys[i], None, [], False, view)
+    brule, disc, _idx = p.bans[i - n]
+    if "banned" in active:
+        engine.emit("banned", brule.name, disc, view, None, False)
+    return Verdict(False, "banned", brule.name, disc, None, [], False, view)
 
 
 def cached_refusal(engine: Engine, p: Plan, now: int | None, silent: bool = False
@@ -202,11 +322,16 @@ def _same_throttles(
 
 
 def note_denials(
-engine: Engine, denials: DenialCache, p: Plan, verdict: Verdict, degraded: bool,
+engine: Engine, denials: DenialCache, p: Plan, verdict: Verdict, result: BatchResult,
 now: int | None,
 ) -> None:
-    """Remember a refusal of ``p`` (and its policies), or note this request's charges."""
-    if verdict.kind == "throttled" and not degraded and verdict.decision is not None:
+    """Remember a refusal of ``p`` (and its policies) or the blocks the store found, or
+    note this request's charges."""
+    degraded = result.policy is not None
+    if verdict.kind == "blocked" or verdict.kind == "banned":
+        if not degraded:
+            denials.remember_blocks(p.block_keys, result.blocked, now, p.epoch)
+    elif verdict.kind == "throttled" and not degraded and verdict.decision is not None:
         for rule, disc, cost, _start in p.throttles:
             if rule.name == verdict.rule and disc == verdict.key:
                 denials.remember(rule, disc, cost, now, verdict.decision, p.epoch)

@@ -21,7 +21,7 @@ from operator import itemgetter
 from typing import TYPE_CHECKING, Any, cast
 
 from ._decision import Decision
-from ._denials import cached_refusal, note_denials
+from ._denials import cached_denial, note_denials
 from ._events import EventCallback, Listeners
 from ._keys import UNREADABLE_PREFIX
 from ._planning import (
@@ -395,13 +395,11 @@ class Engine:
         return verdict
 
     def _cached(self, p: Plan, now: int | None, silent: bool) -> Verdict | None:
-        """The cached refusal of a plan with throttles (``p.recheck`` set: ask again after
-        reading the store's generation); notes the denial cache's epoch."""
-        if not p.throttles:
-            return None
+        """The cached refusal of a plan, a block's or a throttle's (``p.recheck`` set: ask
+        again after reading the store's generation); notes the denial cache's epoch."""
         denials = self.store.denials
         assert denials is not None
-        cached = cached_refusal(self, p, now, silent)
+        cached = cached_denial(self, p, now, silent)
         p.epoch = denials.epoch
         return cached
 
@@ -409,8 +407,8 @@ class Engine:
                   ) -> tuple[Verdict, NewBans]:
         verdict, new_bans = conclude(self, p, result, silent)
         denials = self.store.denials
-        if denials is not None and p.throttles:
-            note_denials(self, denials, p, verdict, result.policy is not None, now)
+        if denials is not None and (p.throttles or not verdict.allowed):
+            note_denials(self, denials, p, verdict, result, now)
         return verdict, new_bans
 
     def _bind_batch(self, applying: tuple[_Throttle, ...]
@@ -428,7 +426,7 @@ class Engine:
 
     def _recheck(self, p: Plan, now: int | None, silent: bool = False) -> Verdict | None:
         """The cached refusal of ``p`` after the store's generation was read."""
-        cached = cached_refusal(self, p, now, silent)
+        cached = cached_denial(self, p, now, silent)
         p.recheck = False
         denials = self.store.denials
         assert denials is not None

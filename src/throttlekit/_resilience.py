@@ -340,9 +340,9 @@ class ResilientStore(Storage):
             policy: str | None) -> None:
         """A ban a rule made: into the fallback store when ``policy`` (the one of the
         batch that made it) is ``"local"``, else into the store; a failure is logged.
-        Every cached refusal goes (ours now, every other worker's with the generation):
-        they are throttles', and would answer the banned client 429 where the store
-        answers 403."""
+        Every cached refusal of a throttle goes (ours now, every other worker's with the
+        generation): it would answer the banned client 429 where the store answers 403;
+        the ban itself is cached (see throttlekit._denials)."""
         target = self.fallback if policy == "local" and self.fallback is not None else self.inner
         try:
             target.block(key, ttl, reason, now)
@@ -350,7 +350,9 @@ class ResilientStore(Storage):
             self.failed(exc)
             return
         if self.denials is not None:
-            self.denials.forget()
+            self.denials.forget(blocks=False)  # (cached blocks hold: a ban lifts none)
+            if target is self.inner:
+                self.denials.banned(key, ttl, now)
         if target is self.inner:
             self._call(self.next_generation)
 
@@ -364,7 +366,9 @@ class ResilientStore(Storage):
             self.failed(exc)
             return
         if self.denials is not None:
-            self.denials.forget()
+            self.denials.forget(blocks=False)  # (cached blocks hold: a ban lifts none)
+            if target is self.inner:
+                self.denials.banned(key, ttl, now)
         if target is self.inner:
             await self._acall(self.anext_generation)
 
