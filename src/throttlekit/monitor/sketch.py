@@ -198,9 +198,12 @@ class WindowedTopK:
             seen: dict[Hashable, int] = {}
             _count_elements(seen, batch)
             if len(seen) <= room:
-                get = counts.get
-                for key, c in seen.items():
-                    counts[key] = get(key, 0) + c * weight
+                if counts:
+                    get = counts.get
+                    for key, c in seen.items():
+                        counts[key] = get(key, 0) + c * weight
+                else:  # the bucket's first keys (a fold per bucket): multiplied in C
+                    counts.update(zip(seen, map(weight.__mul__, seen.values()), strict=True))
                 cur.total += len(batch) * weight
                 return
         for key in batch:
