@@ -100,3 +100,14 @@ def test_a_bad_sample_is_a_config_error(bad: Any) -> None:
     """sample must be a positive integer (or None); the error names the value."""
     with pytest.raises(ConfigError, match="sample"):
         Monitor(sample=bad)
+
+
+def test_a_new_rate_draws_new_gaps() -> None:
+    """The gaps are drawn ahead; a new ``every`` never uses one drawn at the old."""
+    sampler = Sampler()
+    sampler.adapt(10 * SAMPLES)
+    assert sampler.gap() >= 1  # and more drawn at 1 in 10
+    sampler.adapt(0)
+    assert [sampler.gap() for _ in range(100)] == [1] * 100
+    sampler.adapt(MAX_EVERY * SAMPLES)
+    assert abs(statistics.fmean(sampler.gap() for _ in range(20000)) - MAX_EVERY) < 3

@@ -24,7 +24,7 @@ from collections.abc import Hashable
 from operator import itemgetter
 from typing import Any, TypeVar
 
-__all__ = ["DIMENSIONS", "MAX_VALUE", "Features"]
+__all__ = ["DIMENSIONS", "MAX_VALUE", "Features", "path_of"]
 
 #: the request dimensions the monitor counts beside the client key, narrowest network first
 DIMENSIONS = ("path", "user_agent", "fingerprint", "net24", "net16")
@@ -48,13 +48,16 @@ def _remember(cache: dict[_K, _V], key: _K, value: _V) -> _V:
     return value
 
 
-def _path(view: Any) -> str:
+def path_of(view: Any) -> str:
     """``view.path`` cut at :data:`MAX_VALUE`; a WSGI path in ASCII read as it is (the
-    view's decoding would give it back unchanged)."""
-    path = view.raw.get("PATH_INFO") if view.is_wsgi else None
-    if path.__class__ is not str or not path or not path.isascii():
-        path = view.path
-    return path if len(path) <= MAX_VALUE else path[:MAX_VALUE]
+    view's decoding would give it back unchanged); ``"/"`` for a malformed request."""
+    try:
+        path = view.raw.get("PATH_INFO") if view.is_wsgi else None
+        if path.__class__ is not str or not path or not path.isascii():
+            path = view.path
+        return path if len(path) <= MAX_VALUE else path[:MAX_VALUE]
+    except Exception:  # a malformed request is counted, never breaks the monitor
+        return "/"
 
 
 def _fingerprint(names: list[str], language: str | None) -> str:
@@ -93,7 +96,7 @@ class Features:
     def values(self, view: Any) -> tuple[str | None, ...]:
         """The value of each of :data:`DIMENSIONS` for ``view``, in that order."""
         try:
-            path = _path(view)
+            path = path_of(view)
             ua, fingerprint = self._headers(view)
             nets = self.networks(view.client_key)
         except Exception:  # a malformed request is counted, never breaks the monitor
@@ -103,7 +106,7 @@ class Features:
     def value(self, dimension: str, view: Any) -> str | None:
         """The value of one dimension for ``view`` (what the shield's rule reads)."""
         if dimension == "path":
-            return _path(view)
+            return path_of(view)
         if dimension == "net24":
             return self.networks(view.client_key)[0]
         if dimension == "net16":

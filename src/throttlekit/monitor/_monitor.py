@@ -28,6 +28,7 @@ from typing import TYPE_CHECKING, Any, NamedTuple
 
 from .._errors import ConfigError
 from . import _store
+from ._features import path_of
 from ._sampling import Sampler
 from ._scope import Counted, Scope
 from .attribution import (
@@ -40,7 +41,7 @@ from .attribution import (
     explain_clients,
 )
 from .detector import DetectorOptions, RateDetector
-from .dimensions import CLIENT, DIMENSIONS, Dimension, Dimensions, ValueRate
+from .dimensions import BATCH, CLIENT, DIMENSIONS, Dimension, Dimensions, ValueRate
 from .sketch import WindowedTopK
 
 if TYPE_CHECKING:
@@ -54,7 +55,7 @@ logger = logging.getLogger("throttlekit.monitor")
 REFUSED = frozenset({"blocked", "banned", "throttled"})
 #: the scope name of all traffic (rule detectors are named after their rule)
 ALL = "*"
-#: client keys waiting to be counted, at most (about: checked on sampled requests)
+#: keys (clients, rules') waiting to be counted, at most (about: checked per BATCH samples)
 FOLD = 1024
 
 
@@ -178,12 +179,11 @@ class Monitor:
         self._overall_hit = self._overall.detector.hit
         #: the heaviest clients count one key a request: appended, folded in per bucket
         self._talkers = self._overall.hitters
-        self._talkers_pending = self._talkers.pending
-        self._talkers_defer = self._talkers_pending.append
+        self._talkers_defer = self._talkers.pending.append
         self._clients = Dimension(CLIENT, self._overall.hitters, 0)
         self._dims = Dimensions(DIMENSIONS if dimensions is None else dimensions,
                                 window, bucket, dimension_capacity)
-        self._dims_add = self._dims.add if self._dims.names else None
+        self._dims_queue, self._dims_path = self._dims.queue, self._dims.paths.append
         self._attribution_options: AttributionOptions = {
             "factor": self._overall_det.factor, **(attribution or {})
         }
@@ -202,6 +202,7 @@ class Monitor:
         self._tick_callbacks: list[TickCallback] = []
         self.requests = 0
         self._sampler = Sampler(sample)
+        self._gaps = self._sampler.gaps
         self._skip = 1  # requests until the next sample, this one included
         self._sample_of: object = None  # the latest request sampled
         self._bucket_mark = 0  # ``requests`` at the last bucket roll
@@ -248,7 +249,7 @@ class Monitor:
         how the limiter tells a monitor (no Event built for it)."""
         counted = self._counted.get(rule)
         if counted is None:
-            counted = self._add_rule(rule)
+            counted = self._add_rule(rule, at)
         counts = counted.dry if dry_run else counted.counts
         try:
             counts[kind] += 1
@@ -266,30 +267,38 @@ class Monitor:
             skip = self._skip - 1
             if skip:
                 self._skip = skip
-            else:
-                self._sampled(request, at)
+            else:  # sampled: queued, its dimensions (and rules' keys) count ``every`` times
+                self._sample_of = request
+                try:
+                    self._skip = self._gaps.pop()
+                except IndexError:  # all popped: the sampler draws more
+                    self._skip = self._sampler.gap()
+                self._dims_path(path_of(request))
+                queue = self._dims_queue
+                queue.append(request)
+                if len(queue) >= BATCH:
+                    self._count()
         hit = counted.hit
         if hit is not None:
             hit(at)
             if request is self._sample_of and key is not None:
-                counted.scope.hitters.add(key, at, self._sampler.every)  # type: ignore[union-attr]
+                # counted ``every`` times in the bucket (both set once per bucket: _tick)
+                counted.scope.hitters.pending.append(key)  # type: ignore[union-attr]
 
-    def _sampled(self, request: Any, at: float) -> None:
-        """A sampled request: its dimensions counted ``every`` times; the next drawn."""
-        self._sample_of = request
-        if len(self._talkers_pending) >= FOLD:  # bounded within a bucket as well
-            self._talkers.fold()
-        sampler = self._sampler
-        self._skip = sampler.gap()
-        dims_add = self._dims_add
-        if dims_add is not None:
-            dims_add(request, at, sampler.every)
+    def _count(self) -> None:
+        """The queued requests' dimensions counted, the pending keys bounded (FOLD)."""
+        self._dims.count()
+        for hitters in (self._talkers, *[s.hitters for s in list(self._rules.values())]):
+            if len(hitters.pending) >= FOLD:
+                hitters.fold()
 
-    def _add_rule(self, rule: str) -> Counted:
+    def _add_rule(self, rule: str, at: float) -> Counted:
         scope = None
         if self.per_rule and len(self._rules) < self.max_rules and rule not in self._quiet:
             # rule scopes keep fewer keys: they are for reports, the shield uses all traffic
-            scope = self._rules[rule] = self._new_scope(rule, max(64, self.capacity // 8))
+            scope = self._new_scope(rule, max(64, self.capacity // 8))
+            scope.hitters.settle(at, self._sampler.every)  # then settled by _tick
+            self._rules[rule] = scope
         counted = self._counted[rule] = Counted(scope)
         return counted
 
@@ -315,6 +324,9 @@ class Monitor:
         self._bucket_mark = self.requests
         if self._skip > every:
             self._skip = every
+        self._dims.roll(now, every)  # the samples' dimensions and rules' keys: in the
+        for scope in list(self._rules.values()):  # bucket ending, the next at ``every``
+            scope.hitters.settle(now, every)
         if now < self._first_tick:
             self._first_tick = (now // width) * width
         det = self._overall_det
@@ -466,18 +478,7 @@ class Monitor:
     def _offender_rows(self, now: float, factor: float, min_requests: int,
                        since: float | None) -> list[ValueRate]:
         cb = self.client_baseline
-        if cb is None:
-            return []
-        clients = self._clients
-        lo = clients.start(now, since)
-        span = max(now - lo, self.bucket)
-        bar = max(float(min_requests), factor * cb * span)
-        hitters = self._overall.hitters
-        error = hitters.error(now, lo)
-        out = [ValueRate(k, c, (c - error) / span, cb)
-               for k, c in hitters.merged(now, lo).items() if c - error >= bar]
-        out.sort(key=lambda r: r.requests, reverse=True)
-        return out
+        return [] if cb is None else self._clients.above(now, since, factor * cb, min_requests, cb)
 
     # -- dimensions and attribution -------------------------------------------------------
 

@@ -27,6 +27,8 @@ __all__ = ["MAX_EVERY", "SAMPLES", "Sampler"]
 SAMPLES = 250
 #: at most 1 request in this many is sampled when sampling adapts to the rate
 MAX_EVERY = 64
+#: gaps drawn at once (the sampled requests pop them)
+DRAWS = 64
 
 
 class Sampler:
@@ -36,7 +38,7 @@ class Sampler:
         fixed: sample 1 request in ``fixed``; None adapts to the rate (:meth:`adapt`).
     """
 
-    __slots__ = ("_fixed", "_log_q", "_random", "every")
+    __slots__ = ("_fixed", "_log_q", "_random", "every", "gaps")
 
     def __init__(self, fixed: int | None = None) -> None:
         if fixed is not None and (isinstance(fixed, bool) or not isinstance(fixed, int)
@@ -47,6 +49,8 @@ class Sampler:
         self._log_q = -math.inf
         # seeded: a simulation run twice samples the same requests
         self._random = random.Random(0x7417).random
+        #: the next gaps, drawn ahead at the current ``every`` (popped from the end)
+        self.gaps: list[int] = []
         self.adapt(0)
 
     def adapt(self, requests: int) -> int:
@@ -55,11 +59,22 @@ class Sampler:
         if every != self.every:
             self.every = every
             self._log_q = math.log1p(-1.0 / every) if every > 1 else -math.inf
+            self.gaps.clear()  # drawn at the old ``every``
         return every
 
     def gap(self) -> int:
         """Requests until the next sample (1: the next one), geometric with mean
-        ``every``."""
+        ``every``: the next of :attr:`gaps` (a caller may pop it itself), drawn
+        :data:`DRAWS` at a time."""
+        try:
+            return self.gaps.pop()
+        except IndexError:  # (another thread may have popped the last one)
+            pass
         if self.every == 1:
-            return 1
-        return 1 + int(math.log(1.0 - self._random()) / self._log_q)
+            drawn = [1] * DRAWS
+        else:
+            q, draw, log = self._log_q, self._random, math.log
+            drawn = [1 + int(log(1.0 - draw()) / q) for _ in range(DRAWS)]
+        gap = drawn.pop()
+        self.gaps.extend(drawn)
+        return gap

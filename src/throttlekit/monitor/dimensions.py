@@ -9,12 +9,13 @@ what is normal *for that value* (:mod:`throttlekit.monitor.attribution`).
 
 Memory, per dimension: the sketch holds at most ``window / bucket * 2 * capacity`` values
 (10 x 2 x 256 = 5,120 by default) and the baselines at most ``capacity`` values, each value
-at most 256 characters; the feature caches hold at most 8,192 entries each.
+at most 256 characters; the feature caches hold at most 8,192 entries each. The sampled
+requests' values are computed in batches: at most :data:`BATCH` (32) requests' views wait.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Hashable, Iterable
+from collections.abc import Hashable, Iterable
 from typing import Any, NamedTuple
 
 from .._errors import ConfigError
@@ -29,6 +30,8 @@ CLIENT = "client"
 _FORGET = 0.01
 #: requests whose values wait to be counted, at most
 _FOLD = 1024
+#: requests queued before their values are computed together
+BATCH = 32
 
 
 class ValueRate(NamedTuple):
@@ -126,6 +129,21 @@ class Dimension:
         out.sort(key=lambda r: r.requests, reverse=True)
         return out
 
+    def above(self, now: float, since: float | None, rate: float, least: int,
+              baseline: float) -> list[ValueRate]:
+        """The values sending more than ``rate`` requests per second (and at least
+        ``least`` requests) from ``since`` (at most the window) to ``now``, by the lower
+        bound of their counts, heaviest first; ``baseline`` is given as theirs."""
+        hitters = self.hitters
+        lo = self.start(now, since)
+        span = max(now - lo, hitters.bucket)
+        bar = max(float(least), rate * span)
+        error = hitters.error(now, lo)
+        out = [ValueRate(k, c, (c - error) / span, baseline)
+               for k, c in hitters.merged(now, lo).items() if c - error >= bar]
+        out.sort(key=lambda r: r.requests, reverse=True)
+        return out
+
     def start(self, now: float, since: float | None) -> float:
         """Where a lookback from ``since`` to ``now`` begins: whole buckets, at most the
         window."""
@@ -148,12 +166,19 @@ class Dimension:
 class Dimensions:
     """The request dimensions a monitor counts (all of :data:`DIMENSIONS` by default).
 
-    ``add(view, now)`` is the per-request call: the values are computed once, each
-    appended to its dimension's pending keys (:attr:`WindowedTopK.pending`, one C call),
-    counted in C when the bucket rolls or is read, exactly as one by one.
+    Per sampled request, the caller appends its view to :attr:`queue` and its path to
+    :attr:`paths` (``_features.path_of``: the path the rules saw, since an app may rewrite
+    ``PATH_INFO`` in place), and calls :meth:`count` once :data:`BATCH` views are queued;
+    once per bucket it calls :meth:`roll`. The other values of the queued views are
+    computed together (the feature code runs hot over many views), by :meth:`count`,
+    :meth:`roll` or anything reading a dimension (each sketch's
+    :attr:`~WindowedTopK.feed`), appended to their dimensions' pending keys
+    (:attr:`WindowedTopK.pending`) and counted in C when the bucket rolls or is read:
+    exactly as one by one, each in the bucket and at the weight of the last :meth:`roll`.
+    At most BATCH views are held meanwhile.
     """
 
-    __slots__ = ("_end", "_held", "_row", "_weight", "by_name", "features", "names")
+    __slots__ = ("_held", "_paths_to", "_row", "by_name", "features", "names", "paths", "queue")
 
     def __init__(self, names: Iterable[str], window: float, bucket: float,
                  capacity: int) -> None:
@@ -173,37 +198,54 @@ class Dimensions:
             n: Dimension(n, WindowedTopK(window, bucket, capacity), capacity)
             for n in self.names
         }
-        #: (index in a request's values, that dimension's ``pending.append``)
-        self._row: list[tuple[int, Callable[[Hashable], None]]] = [
-            (DIMENSIONS.index(n), self.by_name[n].hitters.pending.append) for n in self.names
+        #: (index in a request's values, that dimension's pending keys), but the path's
+        self._row: list[tuple[int, list[Hashable]]] = [
+            (DIMENSIONS.index(n), self.by_name[n].hitters.pending) for n in self.names
+            if n != "path"
         ]
-        self._end = -float("inf")
-        self._held = 0  # requests pending since the last fold
-        self._weight = 1
-
-    def add(self, view: Any, now: float, n: int = 1) -> None:
-        """Count one request, as ``n`` requests (the monitor's sampling weight)."""
-        if now >= self._end or n != self._weight or self._held >= _FOLD:
-            self._fold(now, n)
-        self._held += 1
-        values = self.features.values(view)
-        for i, defer in self._row:
-            value = values[i]
-            if value is not None:
-                defer(value)
-
-    def _fold(self, now: float, n: int) -> None:
-        """The pending values counted into their bucket, which rolls if ``now`` is past it;
-        the next ones count ``n`` each."""
-        end = now
+        path = self.by_name.get("path")
+        self._paths_to = None if path is None else path.hitters.pending
+        #: views of the requests counted, their values not computed yet
+        self.queue: list[Any] = []
+        #: the paths of the requests counted (``path_of``), not counted yet
+        self.paths: list[str] = []
         for dimension in self.by_name.values():
-            hitters = dimension.hitters
-            _, end = hitters.current(now)  # folds the pending values, rolls
-            if hitters.weight != n:
-                hitters.reweigh(n)
-        self._end = end
+            dimension.hitters.feed = self.count
+        self._held = 0  # requests pending since the last fold
+
+    def count(self) -> None:
+        """The queued views' values appended to their dimensions' pending keys."""
+        paths, queue = self.paths, self.queue
+        if paths:  # (another thread may append a path before its view: counted next time)
+            taken = paths[:]  # copied in C: paths appended meanwhile stay
+            del paths[:len(taken)]
+            if self._paths_to is not None:
+                self._paths_to.extend(taken)
+        if not queue:
+            return
+        views = queue[:]  # copied in C: views queued meanwhile (another thread) stay queued
+        del queue[:len(views)]
+        if not self._row:
+            return
+        columns = list(zip(*map(self.features.values, views), strict=True))
+        for i, pending in self._row:
+            column = columns[i]
+            if None in column:  # a request without a network
+                column = tuple(v for v in column if v is not None)
+            pending.extend(column)
+        self._held += len(views)
+        if self._held >= _FOLD:  # bounded within a bucket as well
+            self._held = 0
+            for dimension in self.by_name.values():
+                dimension.hitters.fold()
+
+    def roll(self, now: float, n: int) -> None:
+        """The queued and pending values counted into their bucket, which rolls if ``now``
+        is past it; the next ones count ``n`` each (the monitor's sampling weight)."""
+        self.count()
+        for dimension in self.by_name.values():
+            dimension.hitters.settle(now, n)
         self._held = 0
-        self._weight = n
 
     def learn(self, now: float, keep: float, span: float) -> None:
         """Fold the current window into every dimension's baselines."""

@@ -17,7 +17,7 @@ keys, whatever the number of distinct keys.
 from __future__ import annotations
 
 from collections import deque
-from collections.abc import Hashable, Iterable, MutableMapping
+from collections.abc import Callable, Hashable, Iterable, MutableMapping
 from operator import itemgetter
 from typing import Any, TypeVar
 
@@ -131,8 +131,8 @@ class WindowedTopK:
         capacity: keys guaranteed per bucket (see :class:`SpaceSaving`).
     """
 
-    __slots__ = ("_closed", "_cur", "_end", "_start", "bucket", "capacity", "nbuckets", "pending",
-                 "weight", "window")
+    __slots__ = ("_closed", "_cur", "_end", "_start", "bucket", "capacity", "feed", "nbuckets",
+                 "pending", "weight", "window")
 
     def __init__(self, window: float = 10.0, bucket: float = 1.0, capacity: int = 1024) -> None:
         for name, value in (("window", window), ("bucket", bucket)):
@@ -155,11 +155,29 @@ class WindowedTopK:
         #: what each pending key counts for (``add(key, now, weight)``); a caller changing
         #: it folds the keys pending first (:meth:`reweigh`)
         self.weight = 1
+        #: called before the pending keys are folded on a read or roll (None: nothing): a
+        #: caller queueing its keys elsewhere (in batches) appends them to ``pending`` then
+        self.feed: Callable[[], object] | None = None
+
+    def _catch_up(self) -> None:
+        """The keys queued by :attr:`feed` and the pending ones counted in."""
+        feed = self.feed
+        if feed is not None:
+            feed()
+        if self.pending:
+            self.fold()
+
+    def settle(self, now: float, weight: int) -> None:
+        """Rolled to ``now``'s bucket (the pending keys counted in theirs), the next keys
+        counted ``weight`` times each: once per bucket, by a caller appending to
+        :attr:`pending`."""
+        self.current(now)
+        if weight != self.weight:
+            self.reweigh(weight)
 
     def reweigh(self, weight: int) -> None:
         """The keys pending so far folded in, the next ones counted ``weight`` times each."""
-        if self.pending:
-            self.fold()
+        self._catch_up()
         self.weight = weight
 
     def fold(self) -> None:
@@ -180,9 +198,12 @@ class WindowedTopK:
             seen: dict[Hashable, int] = {}
             _count_elements(seen, batch)
             if len(seen) <= room:
-                get = counts.get
-                for key, c in seen.items():
-                    counts[key] = get(key, 0) + c * weight
+                if counts:
+                    get = counts.get
+                    for key, c in seen.items():
+                        counts[key] = get(key, 0) + c * weight
+                else:  # the bucket's first keys (a fold per bucket): multiplied in C
+                    counts.update(zip(seen, map(weight.__mul__, seen.values()), strict=True))
                 cur.total += len(batch) * weight
                 return
         for key in batch:
@@ -199,13 +220,12 @@ class WindowedTopK:
         the end of that bucket: a caller adding many keys per instant adds them there."""
         if now >= self._end:
             self._roll(now)
-        elif self.pending:
-            self.fold()
+        elif self.pending or self.feed is not None:
+            self._catch_up()
         return self._cur, self._end
 
     def _roll(self, now: float) -> None:
-        if self.pending:  # counted before ``now``: the bucket ending
-            self.fold()
+        self._catch_up()  # counted before ``now``: the bucket ending
         if self._cur.total:
             self._closed.append((self._start, self._cur))
             self._cur = SpaceSaving(self.capacity)
@@ -214,8 +234,7 @@ class WindowedTopK:
         self._end = self._start + width
 
     def _buckets(self, now: float | None, since: float | None) -> list[SpaceSaving]:
-        if self.pending:
-            self.fold()
+        self._catch_up()
         if now is None:
             now = self._end if self._end != -float("inf") else 0.0
         lo = now - self.window
@@ -232,8 +251,7 @@ class WindowedTopK:
 
     def closed(self, since: float, before: float) -> list[tuple[float, SpaceSaving]]:
         """The (start, counts) of the buckets starting in ``[since, before)``."""
-        if self.pending:
-            self.fold()
+        self._catch_up()
         out = [(start, s) for start, s in list(self._closed) if since <= start < before]
         cur, start = self._cur, self._start
         if since <= start < before and cur.total and all(s is not cur for _, s in out):
@@ -272,8 +290,7 @@ class WindowedTopK:
 
     def size(self) -> int:
         """Keys held in memory right now (bounded by ``nbuckets * 2 * capacity``)."""
-        if self.pending:
-            self.fold()
+        self._catch_up()
         return len(self._cur) + sum(len(s) for _, s in list(self._closed))
 
     def clear(self) -> None:
