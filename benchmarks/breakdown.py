@@ -1,6 +1,7 @@
 """Where the middleware's added latency goes inside a framework, stage by stage (issue 14).
 
-Run: ``python benchmarks/breakdown.py [ROUNDS]`` (default 11). Prints a table per framework.
+Run: ``python benchmarks/breakdown.py [ROUNDS]`` (default 11). Prints a table per framework,
+and first two steps timed alone in a tight loop (the store hit, the rate-limit fields).
 
 The workload of ``bench_middleware.py`` (one throttle, one hot client, memory store, Flask 3
 for WSGI and Starlette for ASGI, called in-process). Each stage is a wrapper doing the
@@ -36,6 +37,7 @@ import bench_middleware as bm
 from throttlekit import ASGIMiddleware, Limiter, WSGIMiddleware
 from throttlekit._request import DEFAULT_MAX_FORM_BYTES, RequestView, build_view
 from throttlekit._responder import VERDICT_KEY
+from throttlekit._responses import rate_limit_headers
 
 STAGES = ["view, kept", "view", "+ key", "+ rule", "+ engine", "middleware, no headers",
           "middleware"]
@@ -140,8 +142,32 @@ def breakdown(kind: str, rounds: int) -> tuple[float, dict[str, float]]:
     return bare, {s: statistics.median(r[s] - r["bare"] for r in per_round) for s in STAGES}
 
 
+def tight_loops(n: int = 200_000) -> dict[str, float]:
+    """Two steps alone in a tight loop, in µs (best of 5): the throttle's bound store hit
+    and the rate-limit fields of its Decision (one draft10 policy)."""
+    limiter = bm._rules(Limiter(), full=False)
+    hit = limiter.engine.rules.throttles[0].hit
+    policies = [("per-ip", hit(bm.PEER, 1, None))]
+    steps: dict[str, Callable[[], object]] = {
+        "store hit": lambda: hit(bm.PEER, 1, None),
+        "rate-limit fields": lambda: rate_limit_headers(policies, "draft10"),
+    }
+    out = {}
+    for name, fn in steps.items():
+        best = float("inf")
+        for _ in range(5):
+            began = time.process_time()
+            for _ in range(n):
+                fn()
+            best = min(best, time.process_time() - began)
+        out[name] = best / n * 1e6
+    return out
+
+
 def main() -> None:
     rounds = int(sys.argv[1]) if len(sys.argv) > 1 else 11
+    loops = tight_loops()
+    print("in a tight loop: " + ", ".join(f"{k} {v:.2f} µs" for k, v in loops.items()))
     for kind, name in (("wsgi", "Flask (WSGI)"), ("asgi", "Starlette (ASGI)")):
         bare, added = breakdown(kind, rounds)
         print(f"\n{name}: bare request {bare:.2f} µs")

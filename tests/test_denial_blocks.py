@@ -338,3 +338,30 @@ def test_a_ban_this_worker_makes_keeps_the_blocks_it_cached(
     _reset(server)
     assert limiter.evaluate(_view(limiter)).kind == "blocked"
     assert _calls(server) == {}
+
+
+def test_a_block_this_worker_makes_is_cached_at_once_and_keeps_the_others(
+        server: RedisServer, stores: list[RedisStorage]) -> None:
+    """``Limiter.block`` (what the shield and ``throttlekit block`` call): the blocked
+    client's next request sends nothing to the store, and the blocks this worker had
+    cached stay cached (a block lifts none)."""
+    clock = FakeClock()
+    limiter, events = _limiter(stores[0], clock)
+    other, _ = _limiter(stores[1], clock)
+    first = "192.0.2.88"
+    other.block(first, 600)
+    earlier = {"REQUEST_METHOD": "GET", "PATH_INFO": "/", "REMOTE_ADDR": first}
+    assert limiter.evaluate(RequestView.from_environ(earlier, limiter.resolver)).kind == (
+        "blocked")  # (the store's answer, now cached)
+    limiter.block(IP, 600, "shield")
+    del events[:]
+    _reset(server)
+    assert _seen(limiter.evaluate(_view(limiter))) == (
+        False, "blocked", DYNAMIC_RULE, IP, None, [], False)
+    assert limiter.evaluate(RequestView.from_environ(earlier, limiter.resolver)).kind == (
+        "blocked")
+    assert _calls(server) == {}
+    assert _told(events) == [("blocked", DYNAMIC_RULE, IP, None, False),
+                             ("blocked", DYNAMIC_RULE, first, None, False)]
+    assert limiter.unblock(IP)  # here at once
+    assert limiter.evaluate(_view(limiter)).kind == "allowed"

@@ -73,15 +73,18 @@ async def arun(ops: Ops[_R]) -> _R:
 
 
 def block(limiter: Limiter, key: str, ttl: float | None, reason: str) -> Ops[str]:
-    """``Limiter.block``: the key as stored. Every cached refusal goes (this process's
-    now, every other worker's with the generation): they are throttles', and would
-    answer the blocked client 429 where the store answers 403."""
+    """``Limiter.block``: the key as stored. Every cached refusal of a throttle goes (this
+    process's now, every other worker's with the generation): it would answer the blocked
+    client 429 where the store answers 403. The cached blocks stay (a block lifts none),
+    and this one is cached at once."""
     stored = block_key(limiter.resolver, key, "block")
     storage = limiter.storage
-    yield storage.block, storage.ablock, (stored, ttl, reason, limiter.engine.now())
+    now = limiter.engine.now()
+    yield storage.block, storage.ablock, (stored, ttl, reason, now)
     store = limiter.store
     if isinstance(store, ResilientStore) and store.denials is not None:
-        store.denials.forget()
+        store.denials.forget(blocks=False)
+        store.denials.banned(stored, ttl, now)
     yield store.next_generation, store.anext_generation, ()
     return stored
 

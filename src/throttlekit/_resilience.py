@@ -496,9 +496,13 @@ class ResilientStore(Storage):
         await self.inner.ablock(key, ttl, reason, now)
 
     def unblock(self, key: str) -> bool:
+        if self.denials is not None:  # (here at once; other workers with the generation)
+            self.denials.forget()
         return self.inner.unblock(key)
 
     async def aunblock(self, key: str) -> bool:
+        if self.denials is not None:
+            self.denials.forget()
         return await self.inner.aunblock(key)
 
     def blocked(self, now: int | None = None) -> list[Block]:
