@@ -634,6 +634,18 @@ class RedisServer(_Process):
         """:func:`redis_command` against this server."""
         return redis_command(self.port, *args, timeout=timeout)
 
+    def calls(self) -> dict[str, int]:
+        """Calls per command since the last ``CONFIG RESETSTAT`` (``INFO commandstats``;
+        the commands a script runs count too), less those two."""
+        out = {}
+        for line in self.command("INFO", "commandstats").splitlines():
+            if line.startswith("cmdstat_"):
+                name, _, rest = line.partition(":")
+                out[name[8:]] = int(rest.split(",")[0].split("=")[1])
+        out.pop("info", None)
+        out.pop("config|resetstat", None)
+        return out
+
     def _argv(self, binary: str) -> list[str]:
         return [
             binary,

@@ -52,14 +52,7 @@ def stores(server: RedisServer, request: pytest.FixtureRequest) -> Iterator[list
 
 
 def _calls(server: RedisServer) -> dict[str, int]:
-    out = {}
-    for line in server.command("INFO", "commandstats").splitlines():
-        if line.startswith("cmdstat_"):
-            name, _, rest = line.partition(":")
-            out[name[8:]] = int(rest.split(",")[0].split("=")[1])
-    out.pop("info", None)
-    out.pop("config|resetstat", None)
-    return out
+    return server.calls()
 
 
 def _reset(server: RedisServer) -> None:

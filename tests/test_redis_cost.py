@@ -29,14 +29,7 @@ def server() -> Iterator[RedisServer]:
 
 
 def _calls(server: RedisServer) -> dict[str, int]:
-    out = {}
-    for line in server.command("INFO", "commandstats").splitlines():
-        if line.startswith("cmdstat_"):
-            name, _, rest = line.partition(":")
-            out[name[8:]] = int(rest.split(",")[0].split("=")[1])
-    out.pop("info", None)
-    out.pop("config|resetstat", None)
-    return out
+    return server.calls()
 
 
 def _app(environ: Any, start_response: Any) -> list[bytes]:
