@@ -1,0 +1,153 @@
+"""The async Redis client per event loop under hostile loops: one that installs no
+asyncgen hooks (so nothing closes its client as it ends), loops in threads, a server
+killed as a loop ends, and the storage used again on a loop after ``aclose``."""
+
+from __future__ import annotations
+
+import asyncio
+import gc
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+
+from servers import RedisServer, start_or_skip
+from throttlekit import Limiter, storage_from_url
+
+pytestmark = pytest.mark.redis
+
+
+@pytest.fixture
+def server() -> Iterator[RedisServer]:
+    with start_or_skip(RedisServer()) as s:
+        yield s
+
+
+class _HooklessLoop(asyncio.SelectorEventLoop):
+    """A loop that installs no asyncgen hooks while it runs (as some third-party loops):
+    an async generator started on it is neither tracked nor finalized by it."""
+
+    def _run_once(self) -> None:
+        sys.set_asyncgen_hooks(firstiter=None, finalizer=None)
+        super()._run_once()  # type: ignore[misc]
+
+
+def _in_thread(work: Any, timeout: float = 10.0) -> list[Any]:
+    """``work()`` in a daemon thread: its answers, or fail when it hangs."""
+    out: list[Any] = []
+    t = threading.Thread(target=lambda: out.append(work()), daemon=True)
+    t.start()
+    t.join(timeout)
+    assert not t.is_alive(), "hung"
+    return out
+
+
+def _hookless_hits(url: str) -> list[int]:
+    """Three hookless loops one after another, a hit in each, in a thread."""
+    store = storage_from_url(url, prefix="hookless:")
+    limiter = Limiter(store)
+
+    async def hit() -> int:
+        return (await limiter.ahit("k", "10/minute")).remaining
+
+    def run() -> list[int]:
+        left = []
+        for _ in range(3):
+            loop = _HooklessLoop()
+            try:
+                left.append(loop.run_until_complete(hit()))
+                loop.run_until_complete(loop.shutdown_asyncgens())
+            finally:
+                loop.close()
+        return left
+
+    [left] = _in_thread(run)
+    store.close()  # (not on failure: a deadlocked thread holds the storage's lock)
+    return left
+
+
+# (nothing tells a hookless loop's client that its loop ended: the collector closes it)
+@pytest.mark.filterwarnings("ignore::ResourceWarning")
+def test_loops_without_asyncgen_hooks_one_after_another(server: RedisServer) -> None:
+    """Each loop gets a working client; the next loop, dropping the client of the one
+    before (closed, its generator never finalized), must not deadlock on the lock."""
+    assert _hookless_hits(server.url) == [9, 8, 7]
+    gc.collect()  # (the hookless loops' clients: collected here, not in the next test)
+
+
+def test_aclose_on_a_hookless_loop_closes_its_client(server: RedisServer) -> None:
+    store = storage_from_url(server.url, prefix="hookless2:")
+    limiter = Limiter(store)
+
+    async def main() -> tuple[int, int]:
+        first = (await limiter.ahit("k", "10/minute")).remaining
+        await store.aclose()
+        return first, (await limiter.ahit("k", "10/minute")).remaining  # reconnects
+
+    loop = _HooklessLoop()
+    try:
+        assert loop.run_until_complete(main()) == (9, 8)
+        loop.run_until_complete(store.aclose())
+    finally:
+        loop.close()
+        store.close()
+
+
+def test_a_loop_per_thread_each_working_then_bounded(server: RedisServer) -> None:
+    """Threads each running loops one after another: every hit counts once, and the
+    connections left on the server stay bounded by the threads' loops alive."""
+    import redis
+
+    store = storage_from_url(server.url, prefix="threads:")
+    limiter = Limiter(store)
+    watch = redis.Redis.from_url(server.url)
+    watch.client_setname("watch")
+
+    async def hit() -> bool:
+        return (await limiter.ahit("k", "1000/minute")).allowed
+
+    def worker() -> None:
+        for _ in range(5):
+            assert asyncio.run(hit())
+
+    try:
+        threads = [threading.Thread(target=worker) for _ in range(4)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(30)
+        assert limiter.test("k", "1000/minute").remaining == 1000 - 20 - 1  # (what a hit leaves)
+        deadline = time.monotonic() + 2.0
+        while (n := sum(1 for c in watch.client_list() if c.get("name") != "watch")) > 1 \
+                and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert n <= 1  # (the sync client of test())
+    finally:
+        watch.close()
+        store.close()
+
+
+def test_server_killed_as_the_loop_ends_is_quiet(server: RedisServer,
+                                                  caplog: pytest.LogCaptureFixture) -> None:
+    """The closer runs as the loop ends with the server gone: no exception out of
+    asyncio.run, nothing in the loop's exception handler, no hang."""
+    store = storage_from_url(server.url, prefix="killed:")
+    limiter = Limiter(store)
+    handled: list[Any] = []
+
+    async def main() -> int:
+        asyncio.get_running_loop().set_exception_handler(lambda _l, ctx: handled.append(ctx))
+        remaining = (await limiter.ahit("k", "10/minute")).remaining
+        server.kill()
+        return remaining
+
+    try:
+        started = time.monotonic()
+        assert asyncio.run(main()) == 9
+        assert time.monotonic() - started < 5.0
+        assert handled == []
+    finally:
+        store.close()
