@@ -151,3 +151,92 @@ def test_server_killed_as_the_loop_ends_is_quiet(server: RedisServer,
         assert handled == []
     finally:
         store.close()
+
+
+def _clients(port: int) -> int:
+    """The server's connections but the one asking."""
+    from servers import redis_command
+
+    listing = redis_command(port, "CLIENT", "LIST")
+    text = listing.decode() if isinstance(listing, bytes) else str(listing)
+    return sum(1 for line in text.splitlines() if "cmd=client" not in line)
+
+
+def _settled_clients(port: int, at_most: int) -> int:
+    deadline = time.monotonic() + 2.0
+    while (n := _clients(port)) > at_most and time.monotonic() < deadline:
+        time.sleep(0.01)
+    return n
+
+
+def test_asgi_middleware_across_many_asyncio_runs_keeps_connections_bounded(
+        server: RedisServer) -> None:
+    """A test suite or CLI running an ASGI app under asyncio.run again and again: every
+    run answers (the count carried over), and no run's connection outlives it."""
+    from asgi_client import asgi_request
+    from throttlekit import ASGIMiddleware
+
+    async def ok(scope: Any, receive: Any, send: Any) -> None:
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        await send({"type": "http.response.body", "body": b"ok"})
+
+    store = storage_from_url(server.url, prefix="asgiruns:")
+    limiter = Limiter(store)
+    limiter.throttle("per-ip", "25/hour")
+    wrapped = ASGIMiddleware(ok, limiter)
+    statuses = []
+    try:
+        for _ in range(30):
+            status, _h, _b = asyncio.run(asgi_request(wrapped, "/", "192.0.2.5", []))
+            statuses.append(status)
+            assert _settled_clients(server.port, 0) == 0
+    finally:
+        store.close()
+    assert statuses == [200] * 25 + [429] * 5
+
+
+@pytest.mark.sentinel
+@pytest.mark.slow
+def test_sentinel_async_clients_end_with_their_loops() -> None:
+    from servers import RedisSentinel
+
+    with start_or_skip(RedisSentinel()) as sentinel:
+        store = storage_from_url(sentinel.url, prefix="sentinelruns:")
+        limiter = Limiter(store)
+        base = _settled_clients(sentinel.sentinel_port, 0)
+        master = _clients(sentinel.master.port)  # (the replica and the sentinel's own)
+
+        async def hit() -> tuple[int, int]:
+            return (await limiter.ahit("k", "10/minute")).remaining, _clients(
+                sentinel.sentinel_port)
+
+        try:
+            runs = [asyncio.run(hit()) for _ in range(3)]
+            assert [r[0] for r in runs] == [9, 8, 7]
+            assert all(r[1] >= base + 1 for r in runs)  # our sentinel client, while it ran
+            assert _settled_clients(sentinel.sentinel_port, base) == base
+            assert _settled_clients(sentinel.master.port, master) == master
+        finally:
+            store.close()
+
+
+@pytest.mark.cluster
+@pytest.mark.slow
+def test_cluster_async_clients_end_with_their_loops() -> None:
+    from servers import RedisCluster
+
+    with start_or_skip(RedisCluster()) as cluster:
+        store = storage_from_url(cluster.url, prefix="clusterruns:")
+        limiter = Limiter(store)
+
+        async def hit() -> tuple[int, int]:
+            remaining = (await limiter.ahit("k", "10/minute")).remaining
+            return remaining, sum(_clients(p) for p in cluster.ports)
+
+        try:
+            runs = [asyncio.run(hit()) for _ in range(3)]
+            assert [r[0] for r in runs] == [9, 8, 7]
+            assert all(r[1] >= 1 for r in runs)  # (connected while the loop ran)
+            assert all(_settled_clients(p, 0) == 0 for p in cluster.ports)
+        finally:
+            store.close()
