@@ -126,3 +126,38 @@ def test_a_ban_keeps_the_other_clients_cached_refusals(server: RedisServer) -> N
     assert client.get("/wp-x", environ_base=_ip(1000)).status_code == 403  # another client
     assert len(denials) == 50
     limiter.storage.close()
+
+
+def test_async_bans_on_a_store_killed_mid_storm(server: RedisServer,
+                                                caplog: pytest.LogCaptureFixture) -> None:
+    """The same through ASGIMiddleware (aban, the async generation bump), then an ablock
+    on the dead store: the requests get the "local" policy, the operator the error."""
+    import asyncio
+
+    from asgi_client import asgi_request
+    from throttlekit import ASGIMiddleware
+
+    async def ok(scope: Any, receive: Any, send: Any) -> None:
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        await send({"type": "http.response.body", "body": b"ok"})
+
+    limiter = _limiter(server.url)
+    wrapped = ASGIMiddleware(ok, limiter)
+
+    async def storm() -> set[tuple[int, int]]:
+        for n in range(20):
+            assert (await asgi_request(wrapped, "/wp-admin", f"10.0.0.{n}", []))[0] == 403
+        server.kill()
+        seen = set()
+        for n in range(50):
+            ip = f"10.0.1.{n}"
+            seen.add(((await asgi_request(wrapped, "/wp-admin", ip, []))[0],
+                      (await asgi_request(wrapped, "/", ip, []))[0]))
+        with pytest.raises(StorageError):
+            await limiter.ablock("192.0.2.3", 60)
+        return seen
+
+    with caplog.at_level(logging.ERROR, logger="throttlekit"):
+        assert asyncio.run(storm()) == {(403, 403)}
+    assert 1 <= len([r for r in caplog.records if "failed" in r.getMessage()]) <= 2
+    limiter.storage.close()
