@@ -267,3 +267,26 @@ def test_a_closer_finalized_inline_as_the_next_loop_starts(server: RedisServer) 
     once: the next loop drops the last one's closer, which must not find the lock held."""
     assert _hits_in_loops(server.url, _InlineFinalizerLoop, shutdown=False) == [9, 8, 7]
     gc.collect()  # (the loops' clients: collected here, not in the next test)
+
+
+def test_server_paused_as_the_loop_ends_does_not_hang_it(server: RedisServer) -> None:
+    """The server stops answering (SIGSTOP: its sockets stay open) just before the loop
+    ends: closing the loop's client must not wait on it."""
+    store = storage_from_url(server.url, prefix="paused:")
+    limiter = Limiter(store)
+    handled: list[Any] = []
+
+    async def main() -> int:
+        asyncio.get_running_loop().set_exception_handler(lambda _l, ctx: handled.append(ctx))
+        remaining = (await limiter.ahit("k", "10/minute")).remaining
+        server.pause()
+        return remaining
+
+    try:
+        started = time.monotonic()
+        assert _in_thread(lambda: asyncio.run(main())) == [9]
+        assert time.monotonic() - started < 2.0
+        assert handled == []
+    finally:
+        server.resume()
+        store.close()
