@@ -98,11 +98,12 @@ class LimitSpec:
     """One ``limit(...)``: rates, strategy, key, cost and which requests it counts.
 
     Validated when built (bad values are a ConfigError at decoration time). The throttle
-    counting under each counter name is built on first use and cached.
+    counting under each counter name is built on first use and cached (for the limiter
+    serving it: another by then, after a settings change, builds them again).
     """
 
     __slots__ = (
-        "_throttles", "block", "burst", "call_cost", "call_key", "cost", "count_when",
+        "_limiter", "_throttles", "block", "burst", "call_cost", "call_key", "cost", "count_when",
         "dry_run", "key", "methods", "on_unreadable", "override_defaults", "per_method",
         "rates", "rates_arity", "scope", "strategy", "uses_form", "wait",
     )
@@ -182,6 +183,8 @@ class LimitSpec:
         #: a refused call due within ``wait`` seconds waits, then is decided once more
         self.wait = check_wait(wait, what)
         self._throttles: dict[str, _Throttle] = {}
+        #: the limiter ``_throttles`` were built for (a decorator may serve several in turn)
+        self._limiter: Limiter | None = None
 
     def __repr__(self) -> str:
         extra = f", scope={self.scope!r}" if self.scope else ""
@@ -202,17 +205,21 @@ class LimitSpec:
     def throttle(self, name: str, lim: Limiter) -> _Throttle:
         """The throttle counting under ``name``: its algorithms, and its policy names (the
         headers'), each rate of several named by its period (``"search/60"``)."""
-        try:
-            return self._throttles[name]
-        except KeyError:
-            pass
+        if self._limiter is lim:
+            try:
+                return self._throttles[name]
+            except KeyError:
+                pass
+        else:  # another limiter by now (settings overridden): its strategy and burst
+            self._throttles = {}
+            self._limiter = lim
         strategy = self.strategy
         burst = self.burst
         if strategy is None:
             strategy = lim.strategy
             check_strategy(strategy, lim.storage)
-            if burst is None and strategy == "token_bucket":
-                burst = lim.burst
+        if burst is None and strategy == "token_bucket":
+            burst = lim.burst
         # a dry run and a non-blocking limit are both independent checks that never
         # refuse: the decorators read their decision from the store's answer
         cls = _Throttle if self.block else NonBlocking

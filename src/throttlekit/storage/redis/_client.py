@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import re
+import sys
 import threading
 from collections.abc import AsyncGenerator, Callable
 from typing import Any
@@ -83,7 +84,7 @@ class Clients:
     _make_async: Callable[[], Any] | None
     _client_lock: threading.Lock
     _loop_client: tuple[Any, Any] | None
-    _loop_clients: dict[Any, tuple[Any, AsyncGenerator[None, None]]]
+    _loop_clients: dict[Any, tuple[Any, AsyncGenerator[None, None] | None]]
     _pool: Any
     _encoding: tuple[str, str] | None
     _reconnect_check: bool
@@ -187,12 +188,15 @@ class Clients:
         with self._client_lock:
             clients = self._loop_clients
             entry = clients.get(loop)
-            if entry is None:
-                for other in [other for other in clients if other.is_closed()]:
-                    del clients[other]
-                client = make()
-                entry = clients[loop] = (client, _closer(client, self._ended, loop))
-            return entry[0]
+            if entry is not None:
+                return entry[0]
+            gone = [clients.pop(other) for other in [o for o in clients if o.is_closed()]]
+            client = make()
+            clients[loop] = (client, _closer(client, self._ended, loop))
+        # dropped out of the lock: a closer a loop never finalized may run its
+        # ``finally`` (and ``_ended``, which takes the lock) as it goes
+        del gone
+        return client
 
     def _ended(self, loop: asyncio.AbstractEventLoop) -> None:
         """``loop``'s client was closed: the next call there makes another."""
@@ -205,25 +209,39 @@ class Clients:
     async def aclose(self) -> None:
         """Close the async client this storage made for the running event loop (those of
         other loops close as their loops end)."""
-        entry = self._loop_clients.get(asyncio.get_running_loop())
-        if entry is not None:
+        loop = asyncio.get_running_loop()
+        entry = self._loop_clients.get(loop)
+        if entry is None:
+            return
+        if entry[1] is not None:
             await entry[1].aclose()
+            return
+        self._ended(loop)
+        await _aclose(entry[0])
+
+
+async def _aclose(client: Any) -> None:
+    await client.aclose()
+    for sentinel in _sentinels(client):
+        await sentinel.aclose()
 
 
 def _closer(client: Any, ended: Callable[[Any], None], loop: Any
-            ) -> AsyncGenerator[None, None]:
+            ) -> AsyncGenerator[None, None] | None:
     """An async generator on the running loop that closes ``client`` when it is closed:
     by ``aclose``, or by the loop as it ends (``asyncio.run`` and the other runners call
-    ``loop.shutdown_asyncgens()``); then ``ended(loop)``."""
+    ``loop.shutdown_asyncgens()``); then ``ended(loop)``. None on a loop that installs no
+    asyncgen hooks: nothing would close it there, and its finalization would try to."""
+    hooks = sys.get_asyncgen_hooks()
+    if hooks.firstiter is None or hooks.finalizer is None:
+        return None
 
     async def closer() -> AsyncGenerator[None, None]:
         try:
             yield
         finally:
             ended(loop)
-            await client.aclose()
-            for sentinel in _sentinels(client):
-                await sentinel.aclose()
+            await _aclose(client)
 
     gen = closer()
     with contextlib.suppress(StopIteration):  # to its yield, now: the loop's hooks
