@@ -73,17 +73,16 @@ async def arun(ops: Ops[_R]) -> _R:
 
 
 def block(limiter: Limiter, key: str, ttl: float | None, reason: str) -> Ops[str]:
-    """``Limiter.block``: the key as stored. Every cached refusal of a throttle goes (this
-    process's now, every other worker's with the generation): it would answer the blocked
-    client 429 where the store answers 403. The cached blocks stay (a block lifts none),
-    and this one is cached at once."""
+    """``Limiter.block``: the key as stored. The block is cached here at once, looked up
+    before this worker's cached refusals (which stay: a block lifts none); every other
+    worker drops its cached refusals with the generation, since they would answer the
+    blocked client 429 where the store answers 403."""
     stored = block_key(limiter.resolver, key, "block")
     storage = limiter.storage
     now = limiter.engine.now()
     yield storage.block, storage.ablock, (stored, ttl, reason, now)
     store = limiter.store
     if isinstance(store, ResilientStore) and store.denials is not None:
-        store.denials.forget(blocks=False)
         store.denials.banned(stored, ttl, now)
     yield store.next_generation, store.anext_generation, ()
     return stored

@@ -340,20 +340,16 @@ class ResilientStore(Storage):
             policy: str | None) -> None:
         """A ban a rule made: into the fallback store when ``policy`` (the one of the
         batch that made it) is ``"local"``, else into the store; a failure is logged.
-        Every cached refusal of a throttle goes (ours now, every other worker's with the
-        generation): it would answer the banned client 429 where the store answers 403;
-        the ban itself is cached (see throttlekit._denials)."""
+        The ban is cached here at once (see :meth:`_banned`), and every other worker drops
+        its cached refusals with the generation: they would answer the banned client 429
+        where the store answers 403."""
         target = self.fallback if policy == "local" and self.fallback is not None else self.inner
         try:
             target.block(key, ttl, reason, now)
         except Exception as exc:
             self.failed(exc)
             return
-        if self.denials is not None:
-            self.denials.forget(blocks=False)  # (cached blocks hold: a ban lifts none)
-            if target is self.inner:
-                self.denials.banned(key, ttl, now)
-        if target is self.inner:
+        if self._banned(target, key, ttl, now):
             self._call(self.next_generation)
 
     async def aban(self, key: str, ttl: float | None, reason: str, now: int | None,
@@ -365,12 +361,23 @@ class ResilientStore(Storage):
         except Exception as exc:
             self.failed(exc)
             return
-        if self.denials is not None:
-            self.denials.forget(blocks=False)  # (cached blocks hold: a ban lifts none)
-            if target is self.inner:
-                self.denials.banned(key, ttl, now)
-        if target is self.inner:
+        if self._banned(target, key, ttl, now):
             await self._acall(self.anext_generation)
+
+    def _banned(self, target: Storage, key: str, ttl: float | None, now: int | None) -> bool:
+        """A ban just made in ``target``: whether it is the store's (then the generation
+        moves on). There it is cached at once, and this worker's cached refusals stay: a
+        cached block is looked up before them (``_denials.cached_denial``), so the banned
+        client gets 403 here while the other clients' refusals still hold (a ban storm
+        does not empty the cache). A ban in the fallback store drops them."""
+        denials = self.denials
+        if target is not self.inner:
+            if denials is not None:
+                denials.forget(blocks=False)
+            return False
+        if denials is not None:
+            denials.banned(key, ttl, now)
+        return True
 
     # -- the local denial cache ------------------------------------------------------------
 
