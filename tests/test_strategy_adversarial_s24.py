@@ -93,10 +93,6 @@ def test_a_rules_file_strategy_is_reported_on_its_line(tmp_path: Path, table: st
     assert f"{f}:{2 if table == '[limiter]' else 4}:" in str(err.value)
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "_rulesfile/fields.py Strategy.parse quotes the repr of a non-string (shown = repr(v), "
-    "then {shown!r}): `strategy = 0` reads \"unknown strategy '0'\", as if the string \"0\" "
-    "were written. Fix there: f\"unknown strategy {v!r}\" for any v."))
 @pytest.mark.parametrize(("value", "shown"), [("0", "0"), ("false", "False")])
 def test_a_rules_file_non_string_strategy_is_shown_as_written(tmp_path: Path, value: str,
                                                               shown: str) -> None:
@@ -108,12 +104,6 @@ def test_a_rules_file_non_string_strategy_is_shown_as_written(tmp_path: Path, va
         f"unknown strategy {shown}\n" in str(err.value))
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "contrib/django.py caches each DRF throttle's LimitSpec in _drf_specs by (class, rate), "
-    "made with the first limiter (its strategy resolved then): after override_settings "
-    "the class counts under the old limiter's strategy. Fix there: make_spec(None, ...) "
-    "(resolved per limiter by LimitSpec.throttle), or clear _drf_specs in "
-    "_settings_changed."))
 def test_a_drf_throttle_follows_the_limiter_of_the_settings(urls: Any) -> None:
     pytest.importorskip("rest_framework")
     from rest_framework.response import Response
@@ -137,12 +127,6 @@ def test_a_drf_throttle_follows_the_limiter_of_the_settings(urls: Any) -> None:
         assert _statuses(5) == [200] * 4 + [429]
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "contrib/_common.limiter_from: Throttle.init_app reuses the limiter the previous "
-    "init_app built (it cannot tell it from one given to Throttle(limiter=...)): a second "
-    "app's THROTTLEKIT_* settings (strategy, storage) are ignored, its counts shared with "
-    "the first app. Fix in contrib/flask.py: remember whether the limiter was given; "
-    "build one per app (app.extensions) when not."))
 def test_flask_app_factory_each_app_its_own_settings() -> None:
     import flask
 
@@ -168,11 +152,6 @@ def test_flask_app_factory_each_app_its_own_settings() -> None:
     assert [second.get("/").status_code for _ in range(3)] == [200, 200, 429]  # its own
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "Limiter.hit/plan look their plan cache up by (rates, strategy, burst) before any "
-    "check: burst=2.0 (a ConfigError on its own) is taken once burst=2 was cached, as 2.0 "
-    "== 2 (True == 1 likewise). Fix in _limiter.py (beyond its strategy checks, not "
-    "owned here): key the burst by type, or check a non-int burst before the lookup."))
 def test_a_bad_burst_is_refused_whatever_was_cached_before() -> None:
     lim = Limiter()
     lim.hit("k", "5/minute", "token_bucket", burst=2)

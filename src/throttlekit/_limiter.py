@@ -151,8 +151,9 @@ class Limiter:
     # -- configuration --------------------------------------------------------------------
 
     def plan(self, rates: RatesLike, strategy: str | None = None, burst: int | None = None) -> Plan:
-        """Parse and validate ``rates`` under ``strategy`` once; cached."""
-        cache_key = (rates if not isinstance(rates, list) else tuple(rates), strategy, burst)
+        """Parse and validate ``rates`` under ``strategy`` once; cached (by burst and type)."""
+        cache_key = (rates if not isinstance(rates, list) else tuple(rates), strategy,
+                     burst if burst is None or burst.__class__ is int else (burst.__class__, burst))
         try:
             return self._plans[cache_key]
         except KeyError:
@@ -192,8 +193,10 @@ class Limiter:
         try:
             if strategy is None and burst is None:
                 plan = self._default_plans[rates]
-            else:
+            elif burst is None or burst.__class__ is int:  # (2.0 == 2: plan keys it apart)
                 plan = self._plans[rates, strategy, burst]
+            else:
+                plan = self.plan(rates, strategy, burst)
         except (KeyError, TypeError):
             plan = self.plan(rates, strategy, burst)
         if cost.__class__ is not int or cost < 0:

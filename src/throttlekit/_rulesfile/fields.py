@@ -292,9 +292,8 @@ class Strategy(Field):
             at.err(f"{at.label}: strategy {v!r} is not available on this storage",
                    f"this storage runs: {', '.join(strategies)}")
         elif not isinstance(v, str) or v not in strategies:
-            shown = v if isinstance(v, str) else repr(v)
             mean = did_you_mean(str(v), strategies) if isinstance(v, str) else ""
-            at.err(f"{at.label}: unknown strategy {shown!r}",
+            at.err(f"{at.label}: unknown strategy {v!r}",
                    (mean + " " if mean else "") + f"strategies: {', '.join(strategies)}")
         return v
 

@@ -75,6 +75,7 @@ _generation = [0]
 def _settings_changed(*, setting: str, **_: Any) -> None:
     if setting == "THROTTLEKIT":  # override_settings in tests: build the limiter again
         _state.pop("limiter", None)
+        _drf_specs.clear()  # (made with the old limiter: its strategy, burst, storage)
         _generation[0] += 1
 
 

@@ -200,6 +200,11 @@ def headers_after_this_request(lim: Limiter) -> None:
 class Throttle:
     """Rate limits for a Flask app (or several, through :meth:`init_app`).
 
+    Without a ``limiter``, each :meth:`init_app` builds one from that app's config, which
+    the Throttle then uses (an app factory called per test gets its own settings and fresh
+    counts); apps alive at once share the Throttle's newest limiter, so give them a
+    Throttle each (or one ``limiter``) to keep them apart.
+
     Args:
         app: the app (or call :meth:`init_app` later).
         limiter: the :class:`~throttlekit.Limiter` to use; default: one built from
@@ -227,6 +232,7 @@ class Throttle:
             raise ConfigError(f"Throttle: rules must be True or False, got {rules!r}")
         self._rules = rules
         self._limiter_obj = limiter
+        self._given = limiter  # (None: each init_app builds one from its app's config)
         self._default_arg = default_limits
         self._application_arg = application_limits
         self._limits = Limits((), ())
@@ -246,7 +252,9 @@ class Throttle:
     def init_app(self, app: Flask) -> None:
         """Read ``app.config`` and install the hooks."""
         options = {k[12:]: v for k, v in app.config.items() if k.startswith("THROTTLEKIT_")}
-        self._limiter_obj = lim = limiter_from(options, self._limiter_obj)
+        # a limiter given to the Throttle serves every app; else each init_app builds its
+        # own from its app's config (an app factory: the newest app's settings and counts)
+        self._limiter_obj = lim = limiter_from(options, self._given)
         defaults = self._default_arg
         if defaults is None:
             defaults = options.get("DEFAULT_LIMITS")
