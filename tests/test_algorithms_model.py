@@ -68,6 +68,12 @@ def test_matches_reference_model_with_clock_steps_back(request, backend, make_li
     the clock passes it), while the cache counts a refusal down from when it was made: its
     retry_after and reset_after are then shorter, by at most the step."""
     known_defect(request, backend, strategy, strict=False)
+    if backend.__name__.endswith("memcached") and strategy == "sliding_log":
+        request.applymarker(pytest.mark.xfail(strict=False, reason=(
+            "memcached writes nothing on test(): an entry a test() found slid out just "
+            "before a step back to a time still after it counts again, where the model "
+            "(and memory, Redis, which drop it as they read) has it gone "
+            "(docs/algorithms.md, 'A clock stepped back')")))
     _run(make_limiter, strategy, limit, period_us, burst, offset, seq, denial_cache_size=0)
 
 
