@@ -1,0 +1,148 @@
+"""Trying to make the batched dimensions count something else than the requests did: an app
+that rewrites the request's headers after the limiter saw it, reads at every moment, bucket
+rolls and weight changes, against an exact count made one request at a time."""
+
+from __future__ import annotations
+
+import asyncio
+import random
+from collections import Counter
+from typing import Any
+
+from werkzeug.test import Client
+
+from asgi_client import asgi_request
+from throttlekit import ASGIMiddleware, Event, Limiter, MemoryStorage, RequestView, WSGIMiddleware
+from throttlekit._clientip import ClientIPResolver
+from throttlekit.monitor import Monitor
+from throttlekit.monitor._features import DIMENSIONS, Features
+from throttlekit.testing import FakeClock
+
+T0 = 1_700_000_000.0
+RESOLVER = ClientIPResolver()
+SENT = {"User-Agent": "curl/8.4", "Accept-Language": "fr-CH"}
+
+
+def _limited(clock: FakeClock) -> tuple[Limiter, Monitor]:
+    limiter = Limiter(MemoryStorage(), clock=clock)
+    limiter.throttle("per-ip", "1000/hour")
+    return limiter, Monitor(limiter, sample=1, publish=False)
+
+
+def _as_sent(headers: dict[str, str]) -> tuple[Any, ...]:
+    """The values of a request with ``headers`` as the client sent them (WSGI)."""
+    env = {"REQUEST_METHOD": "GET", "PATH_INFO": "/", "QUERY_STRING": "",
+           "REMOTE_ADDR": "192.0.2.9", "SERVER_NAME": "localhost", "SERVER_PORT": "80",
+           "wsgi.url_scheme": "http", "HTTP_HOST": "localhost"}
+    env.update({"HTTP_" + k.upper().replace("-", "_"): v for k, v in headers.items()})
+    return Features().values(RequestView.from_environ(env, RESOLVER))
+
+
+def _rows(monitor: Monitor, dimension: str, now: float) -> list[tuple[Any, int]]:
+    return [(r.value, r.requests) for r in monitor.dimension(dimension).rows(now)]
+
+
+def test_a_wsgi_app_rewriting_the_headers_does_not_change_what_was_counted() -> None:
+    """The user agent and header fingerprint counted are the client's, as the rules saw
+    them, not what the app made of the environ while the request was served."""
+    clock = FakeClock(T0 + 0.2)
+    limiter, monitor = _limited(clock)
+
+    def app(environ: Any, start_response: Any) -> list[bytes]:
+        environ["HTTP_USER_AGENT"] = "rewritten"
+        environ["HTTP_X_INTERNAL"] = "1"
+        environ.pop("HTTP_ACCEPT_LANGUAGE", None)
+        start_response("200 OK", [])
+        return [b"ok"]
+
+    client = Client(WSGIMiddleware(app, limiter))
+    for _ in range(5):
+        client.get("/", headers=SENT, environ_base={"REMOTE_ADDR": "192.0.2.9"})
+    now = clock() + 0.1
+    _path, ua, fingerprint, _n24, _n16 = _as_sent(SENT)
+    assert _rows(monitor, "user_agent", now) == [(ua, 5)]
+    assert ua == "curl/8.4"
+    assert _rows(monitor, "fingerprint", now) == [(fingerprint, 5)]
+
+
+def test_an_asgi_app_rewriting_the_scope_headers_does_not_change_what_was_counted() -> None:
+    """The same for an ASGI app changing ``scope["headers"]`` in place."""
+    clock = FakeClock(T0 + 0.2)
+    limiter, monitor = _limited(clock)
+
+    async def app(scope: Any, receive: Any, send: Any) -> None:
+        headers = scope["headers"]
+        headers[:] = [(k, b"rewritten" if k == b"user-agent" else v) for k, v in headers
+                      if k != b"accept-language"]
+        headers.append((b"x-internal", b"1"))
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        await send({"type": "http.response.body", "body": b"ok"})
+
+    wrapped = ASGIMiddleware(app, limiter)
+    sent = list(SENT.items())
+    for _ in range(5):
+        assert asyncio.run(asgi_request(wrapped, "/", "192.0.2.9", sent))[0] == 200
+    now = clock() + 0.1
+    assert _rows(monitor, "user_agent", now) == [("curl/8.4", 5)]
+    rows = _rows(monitor, "fingerprint", now)
+    assert len(rows) == 1 and rows[0][1] == 5
+    shape = Features().value("fingerprint", RequestView.from_scope(
+        {"type": "http", "path": "/", "client": ("192.0.2.9", 1),
+         "headers": [(b"host", b"testserver"), (b"user-agent", b"curl/8.4"),
+                     (b"accept-language", b"fr-CH")]}, RESOLVER))
+    assert rows[0][0] == shape
+
+
+def _event_view(rng: random.Random) -> RequestView:
+    env = {"REQUEST_METHOD": "GET", "PATH_INFO": f"/p{rng.randrange(40)}", "QUERY_STRING": "",
+           "REMOTE_ADDR": f"10.{rng.randrange(3)}.{rng.randrange(4)}.{rng.randrange(50)}",
+           "SERVER_NAME": "s", "SERVER_PORT": "80", "wsgi.url_scheme": "http",
+           f"HTTP_X_{rng.randrange(3)}": "1", "HTTP_USER_AGENT": f"ua{rng.randrange(7)}"}
+    return RequestView.from_environ(env, RESOLVER)
+
+
+def _read_everything(monitor: Monitor, now: float) -> None:
+    monitor.snapshot(now)
+    monitor.memory()
+    monitor.attribute(now)
+    monitor.offenders(now)
+    monitor.tick(now)
+
+
+def _check_bucket(monitor: Monitor, expected: dict[tuple[str, float], Counter[Any]],
+                  start: float) -> None:
+    for name in DIMENSIONS:
+        got = monitor.dimension(name).hitters.closed(start, start + 0.5)
+        assert len(got) == 1, (name, start)
+        assert dict(got[0][1].counts) == dict(expected[name, start]), (name, start)
+
+
+def test_the_counts_per_bucket_are_those_of_one_request_at_a_time() -> None:
+    """Events over 25 buckets at rates that move the sampling weight up and down, with every
+    kind of read and ``tick()`` at random moments (some right at a roll): each bucket of
+    each dimension, once rolled, holds exactly the sampled requests' values, counted at the
+    weight in force when they came (values computed as each event came)."""
+    rng = random.Random(7)
+    monitor = Monitor(per_rule=False, publish=False, dimension_capacity=4096)
+    expected: dict[tuple[str, float], Counter[Any]] = {}
+    weights = set()
+    for second in range(25):
+        rate = (100, 3000, 600, 9000, 40)[second % 5]
+        for j in range(rate):
+            at = T0 + second + j / rate
+            view = _event_view(rng)
+            values = Features().values(view)
+            monitor(Event("allowed", "per-ip", view.client_key, view, None, False, at))
+            if monitor._sample_of is view:  # sampled: counted ``sampling`` times
+                weights.add(monitor.sampling)
+                for name, value in zip(DIMENSIONS, values, strict=True):
+                    if value is not None:
+                        expected.setdefault((name, T0 + second), Counter())[value] += (
+                            monitor.sampling)
+            if j == 0 and second:  # the bucket before rolled (by this request or a tick)
+                _check_bucket(monitor, expected, T0 + second - 1)
+            if rng.random() < 0.002:
+                _read_everything(monitor, at)
+        if second % 3 == 0:
+            monitor.tick(T0 + second + 1)  # a tick without traffic right at the roll
+    assert len(weights) >= 3  # (the sampling weight moved up and down)
