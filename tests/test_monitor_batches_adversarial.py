@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import random
+import threading
 from collections import Counter
 from typing import Any
 
@@ -146,3 +147,48 @@ def test_the_counts_per_bucket_are_those_of_one_request_at_a_time() -> None:
         if second % 3 == 0:
             monitor.tick(T0 + second + 1)  # a tick without traffic right at the roll
     assert len(weights) >= 3  # (the sampling weight moved up and down)
+
+
+def test_threads_feeding_one_monitor_lose_no_sampled_request() -> None:
+    """Four threads, each its own path, user agent and network, reading the monitor now and
+    then: every dimension counts each request once, in every bucket they span."""
+    monitor = Monitor(sample=1, publish=False, per_rule=False)
+    views = [[RequestView.from_environ(
+        {"REQUEST_METHOD": "GET", "PATH_INFO": f"/t{t}", "REMOTE_ADDR": f"10.0.{t}.{i % 200}",
+         "HTTP_USER_AGENT": f"ua{t}"}, RESOLVER) for i in range(3000)] for t in range(4)]
+
+    def run(t: int) -> None:
+        for i, view in enumerate(views[t]):
+            monitor(Event("allowed", "r", view.client_key, view, None, False, T0 + i / 1000))
+            if i % 97 == 0:
+                monitor.snapshot(T0 + i / 1000)
+
+    threads = [threading.Thread(target=run, args=(t,)) for t in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    now = T0 + 3.5
+    for name, value in (("path", "/t{}"), ("user_agent", "ua{}"), ("net24", "10.0.{}.0/24")):
+        assert monitor.dimension(name).hitters.merged(now) == {
+            value.format(t): 3000 for t in range(4)}, name
+    assert monitor.requests == 12_000
+
+
+def test_100k_distinct_paths_and_header_shapes_stay_in_bounded_memory() -> None:
+    """Every request another path, user agent and header shape, all sampled: the values
+    and the requests waiting to be counted stay within their documented bounds."""
+    monitor = Monitor(sample=1, publish=False)
+    waiting = 0
+    for i in range(100_000):
+        view = RequestView.from_environ(
+            {"REQUEST_METHOD": "GET", "PATH_INFO": f"/p{i}", "HTTP_USER_AGENT": f"ua{i}",
+             "REMOTE_ADDR": f"10.{i % 250}.{i // 250 % 250}.1", f"HTTP_X{i}": "1"}, RESOLVER)
+        monitor(Event("allowed", "r", view.client_key, view, None, False, T0 + i / 50_000))
+        dims = monitor.dimension("path").hitters, monitor.dimension("user_agent").hitters
+        waiting = max(waiting, *(len(h.pending) for h in dims))
+    held = monitor.memory()
+    buckets_values = 3 * 2 * 256  # the buckets spanned, 2 x dimension_capacity each
+    assert all(held[d] <= buckets_values for d in DIMENSIONS), held
+    assert held["caches"] <= 2 * 8192
+    assert waiting < 1024 + 32
