@@ -5,6 +5,7 @@ limiters on one prefix of a redis-server of our own are two workers."""
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import threading
 import time
@@ -193,3 +194,31 @@ def test_many_banned_clients_keep_the_cache_bounded_and_a_lookup_cheap() -> None
         assert denials.blocked(f"k{i}", now)  # (the newest block is always held)
     per_block = (time.process_time() - started) / 2_000
     assert per_block < 50e-6, f"{per_block * 1e6:.0f} µs a new block"
+
+
+def test_a_client_safelisted_after_its_block_was_cached_goes_through(
+        server: RedisServer, stores: list[RedisStorage]) -> None:
+    clock = FakeClock()
+    worker = _limiter(stores[0], clock)
+    worker.block(IP, 600)
+    assert worker.evaluate(_view(worker)).kind == "blocked"
+    worker.safelist("office", ips=["192.0.2.0/24"])
+    assert worker.evaluate(_view(worker)).kind == "safelisted"
+
+
+def test_async_a_cached_ban_and_its_lifting_from_another_worker(
+        server: RedisServer, stores: list[RedisStorage]) -> None:
+    clock = FakeClock()
+    worker, other = _limiter(stores[0], clock), _limiter(stores[1], clock)
+
+    async def kinds(path: str, n: int) -> list[str]:
+        return [(await worker.aevaluate(_view(worker, IP, path, "dave"))).kind
+                for _ in range(n)]
+
+    assert asyncio.run(kinds("/login", 2)) == ["banned", "banned"]
+    server.command("CONFIG", "RESETSTAT")
+    assert asyncio.run(kinds("/", 5)) == ["banned"] * 5
+    assert _commands(server) == 0
+    assert other.unblock("fail2ban:logins:dave")
+    clock.advance(CHECK_INTERVAL)
+    assert asyncio.run(kinds("/", 1)) == ["allowed"]
