@@ -192,3 +192,30 @@ def test_100k_distinct_paths_and_header_shapes_stay_in_bounded_memory() -> None:
     assert all(held[d] <= buckets_values for d in DIMENSIONS), held
     assert held["caches"] <= 2 * 8192
     assert waiting < 1024 + 32
+
+
+def test_views_with_broken_headers_are_counted_and_break_nothing() -> None:
+    """Headers a server should never send (a user agent that is not text, ASGI pairs that
+    are not pairs of bytes, no header list at all, an object that is no view): each request
+    counted once in every dimension it has a value for, the others unharmed."""
+    monitor = Monitor(sample=1, publish=False, per_rule=False)
+    wsgi = RequestView.from_environ({"REQUEST_METHOD": "GET", "PATH_INFO": "/w",
+                                     "REMOTE_ADDR": "10.0.0.1", "HTTP_USER_AGENT": b"bytes",
+                                     3: "not a name"}, RESOLVER)
+    scopes = [{"type": "http", "path": "/a", "client": ("10.0.0.2", 1),
+               "headers": [(b"user-agent", b"ok"), ("str", "pair"), (b"x",), None]},
+              {"type": "http", "path": "/b", "client": ("10.0.0.3", 1), "headers": None}]
+    views: list[Any] = [wsgi, *(RequestView.from_scope(s, RESOLVER) for s in scopes)]
+
+    class NoView:
+        client_key = "10.0.0.4"
+
+    views.append(NoView())
+    for i, view in enumerate(views):
+        monitor(Event("allowed", "r", view.client_key, view, None, False, T0 + i / 10))
+    now = T0 + 0.9
+    assert monitor.dimension("path").hitters.merged(now) == {"/w": 1, "/a": 1, "/b": 1,
+                                                              "/": 1}
+    assert monitor.dimension("user_agent").hitters.merged(now) == {"": 3, "ok": 1}
+    for name in ("fingerprint", "net24"):
+        assert monitor.dimension(name).hitters.total(now) == 4

@@ -24,6 +24,8 @@ from collections.abc import Hashable
 from operator import itemgetter
 from typing import Any, TypeVar
 
+from .._headers import header_pairs
+
 __all__ = ["DIMENSIONS", "MAX_VALUE", "Features", "headers_of", "path_of"]
 
 #: the request dimensions the monitor counts beside the client key, narrowest network first
@@ -111,12 +113,15 @@ class Features:
     def values(self, view: Any, headers: Any = None) -> tuple[str | None, ...]:
         """The value of each of :data:`DIMENSIONS` for ``view``, in that order; its
         headers as :func:`headers_of` took them (None: as they are now)."""
-        try:
-            path = path_of(view)
+        path = path_of(view)
+        try:  # a malformed request is counted, never breaks the monitor: each part alone
             ua, fingerprint = self._headers(view, headers)
+        except Exception:
+            ua, fingerprint = "", "-"
+        try:
             nets = self.networks(view.client_key)
-        except Exception:  # a malformed request is counted, never breaks the monitor
-            return ("/", "", "-", None, None)
+        except Exception:
+            nets = _NO_NETWORK
         return (path, ua, fingerprint, nets[0], nets[1])
 
     def value(self, dimension: str, view: Any) -> str | None:
@@ -158,7 +163,10 @@ class Features:
             ua = headers.get("user-agent")
             language = headers.get("accept-language")
             pairs = raw.get("headers") if taken is None else taken
-            shape = (*map(_name_of, pairs or ()), language)
+            try:
+                shape = (*map(_name_of, pairs or ()), language)
+            except Exception:  # not a list of pairs: the names of those that are
+                shape = (*[name for name, _value in header_pairs(pairs)], language)
         fingerprint = self._shapes.get(shape)
         if fingerprint is None:
             fingerprint = self._learn_shape(shape, view.is_wsgi)
