@@ -234,3 +234,29 @@ def test_async_a_cached_ban_and_its_lifting_from_another_worker(
     assert other.unblock("fail2ban:logins:dave")
     clock.advance(CHECK_INTERVAL)
     assert asyncio.run(kinds("/", 1)) == ["allowed"]
+
+
+def test_a_rules_reload_in_this_worker_and_the_cached_ban(
+        server: RedisServer, stores: list[RedisStorage], tmp_path: Any) -> None:
+    """The worker reloading its rules file: a safelist added lets the banned client
+    through at once; the ban rule removed, its ban no longer refuses anyone (here at once,
+    in another worker within the check interval)."""
+    rules = tmp_path / "rules.toml"
+    ban = '[[fail2ban]]\nname = "scan"\npath_prefix = "/wp-"\nmaxretry = 2\nfindtime = 60\n' \
+          'bantime = 3600\n'
+    rules.write_text(ban)
+    clock = FakeClock()
+    worker, other = Limiter(stores[0], clock=clock), Limiter(stores[1], clock=clock)
+    for limiter in (worker, other):
+        limiter.load_rules(str(rules))
+    for _ in range(2):
+        worker.evaluate(_view(worker, IP, "/wp-login"))
+    assert [lim.evaluate(_view(lim)).kind for lim in (worker, other)] == ["banned"] * 2
+    rules.write_text(ban + '[[safelist]]\nname = "ops"\nips = ["192.0.2.0/24"]\n')
+    assert worker.reload()
+    assert worker.evaluate(_view(worker)).kind == "safelisted"
+    rules.write_text('[[throttle]]\nname = "per-ip"\nrates = "1000/hour"\n')
+    assert worker.reload() and other.reload()
+    assert worker.evaluate(_view(worker)).allowed
+    clock.advance(CHECK_INTERVAL)
+    assert other.evaluate(_view(other)).allowed
