@@ -260,3 +260,20 @@ def test_a_rules_reload_in_this_worker_and_the_cached_ban(
     assert worker.evaluate(_view(worker)).allowed
     clock.advance(CHECK_INTERVAL)
     assert other.evaluate(_view(other)).allowed
+
+
+def test_a_reset_of_the_counters_answers_as_the_store_does(
+        server: RedisServer, stores: list[RedisStorage]) -> None:
+    """``reset_rules`` of a banned user in another worker: its counters go, its ban stays;
+    the worker that cached the ban answers as a worker without a cache does."""
+    clock = FakeClock()
+    worker, other = _limiter(stores[0], clock), _limiter(stores[1], clock)
+    fresh = _limiter(stores[1], clock, denial_cache_size=0)
+    for _ in range(2):
+        worker.evaluate(_view(worker, IP, "/login", "frank"))
+    assert worker.evaluate(_view(worker, IP, "/", "frank")).kind == "banned"
+    other.reset_rules("frank")
+    other.reset_rules(IP)
+    clock.advance(CHECK_INTERVAL)
+    answers = [lim.evaluate(_view(lim, IP, "/", "frank")) for lim in (worker, fresh)]
+    assert [(v.kind, v.rule, v.key) for v in answers] == [("banned", "logins", "frank")] * 2
