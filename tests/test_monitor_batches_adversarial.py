@@ -219,3 +219,23 @@ def test_views_with_broken_headers_are_counted_and_break_nothing() -> None:
     assert monitor.dimension("user_agent").hitters.merged(now) == {"": 3, "ok": 1}
     for name in ("fingerprint", "net24"):
         assert monitor.dimension(name).hitters.total(now) == 4
+
+
+def test_every_read_right_after_three_events_sees_them() -> None:
+    """Three requests, none rolled nor batched yet: the snapshot's dimensions and top, a
+    rule's top keys, memory() and offenders() count all three."""
+    monitor = Monitor(sample=1, publish=False)
+    for i in range(3):
+        view = RequestView.from_environ({"REQUEST_METHOD": "GET", "PATH_INFO": "/r",
+                                         "REMOTE_ADDR": "10.9.9.9", "HTTP_USER_AGENT": "u"},
+                                        RESOLVER)
+        monitor(Event("allowed", "per-ip", "k", view, None, False, T0 + 0.1 * (i + 1)))
+    now = T0 + 0.5
+    data = monitor.snapshot(now)
+    assert data["dimensions"]["path"]["top"][0][:2] == ["/r", 3]
+    assert data["dimensions"]["user_agent"]["top"][0][:2] == ["u", 3]
+    assert data["top"] == [["10.9.9.9", 3]]
+    assert monitor.top(rule="per-ip", now=now) == [("k", 3)]
+    assert monitor.memory()["path"] == 1
+    monitor.client_baseline = 0.1  # (as if learnt: offenders need one)
+    assert monitor.offenders(now, min_requests=3) == [("10.9.9.9", 3)]
