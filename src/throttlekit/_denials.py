@@ -138,12 +138,21 @@ class DenialCache:
             if until <= now:
                 continue
             if len(blocks) >= self.maxsize and key not in blocks:
-                for k, v in list(blocks.items()):  # (a copy: other threads write too)
-                    if v[0] <= now:
-                        blocks.pop(k, None)
-                if len(blocks) >= self.maxsize:
-                    blocks.clear()  # bounded: the next requests ask the store again
+                self._prune(now)
             blocks[key] = (until, now)
+
+    def _prune(self, now: int) -> None:
+        """Make room in the full :attr:`blocks`: the ended blocks go, then the oldest until
+        a quarter is free (the next requests of their clients ask the store again), so
+        that a prune comes once per quarter of the bound new blocks at most."""
+        blocks = self.blocks
+        for k, v in list(blocks.items()):  # (a copy: other threads write too)
+            if v[0] <= now:
+                blocks.pop(k, None)
+        excess = len(blocks) - self.maxsize * 3 // 4
+        if excess > 0:
+            for k in list(blocks)[:excess]:  # (insertion order: the oldest first)
+                blocks.pop(k, None)
 
     def banned(self, key: str, ttl: float | None, now: int | None) -> None:
         """This process just banned ``key`` for ``ttl`` seconds (None: no end) in the

@@ -24,7 +24,9 @@ from collections.abc import Hashable
 from operator import itemgetter
 from typing import Any, TypeVar
 
-__all__ = ["DIMENSIONS", "MAX_VALUE", "Features", "path_of"]
+from .._headers import header_pairs
+
+__all__ = ["DIMENSIONS", "MAX_VALUE", "Features", "headers_of", "path_of"]
 
 #: the request dimensions the monitor counts beside the client key, narrowest network first
 DIMENSIONS = ("path", "user_agent", "fingerprint", "net24", "net16")
@@ -60,6 +62,21 @@ def path_of(view: Any) -> str:
         return "/"
 
 
+def headers_of(view: Any) -> Any:
+    """What :meth:`Features.values` reads of ``view``'s headers, as they are now: the
+    monitor counts a request's values later, after the app may have changed its environ
+    or scope in place (None: read the view then)."""
+    try:
+        raw = view.raw
+        if view.is_wsgi:
+            return raw.copy()  # (copied in C, no allocation per entry)
+        view.headers  # noqa: B018 - parsed now and kept by the view
+        headers = raw.get("headers")
+        return list(headers) if headers.__class__ is list else headers
+    except Exception:  # a malformed request is counted, never breaks the monitor
+        return None
+
+
 def _fingerprint(names: list[str], language: str | None) -> str:
     text = ",".join(names) + "|" + (language or "")
     return hashlib.blake2b(text.encode("latin-1", "replace"), digest_size=4).hexdigest()
@@ -93,14 +110,18 @@ class Features:
         #: client key -> (net24, net16)
         self._networks: dict[str, tuple[str | None, str | None]] = {}
 
-    def values(self, view: Any) -> tuple[str | None, ...]:
-        """The value of each of :data:`DIMENSIONS` for ``view``, in that order."""
+    def values(self, view: Any, headers: Any = None) -> tuple[str | None, ...]:
+        """The value of each of :data:`DIMENSIONS` for ``view``, in that order; its
+        headers as :func:`headers_of` took them (None: as they are now)."""
+        path = path_of(view)
+        try:  # a malformed request is counted, never breaks the monitor: each part alone
+            ua, fingerprint = self._headers(view, headers)
+        except Exception:
+            ua, fingerprint = "", "-"
         try:
-            path = path_of(view)
-            ua, fingerprint = self._headers(view)
             nets = self.networks(view.client_key)
-        except Exception:  # a malformed request is counted, never breaks the monitor
-            return ("/", "", "-", None, None)
+        except Exception:
+            nets = _NO_NETWORK
         return (path, ua, fingerprint, nets[0], nets[1])
 
     def value(self, dimension: str, view: Any) -> str | None:
@@ -127,10 +148,13 @@ class Features:
             nets = _remember(self._networks, key, _networks(key))
         return nets
 
-    def _headers(self, view: Any) -> tuple[str, str]:
-        """(user agent, fingerprint) of a view."""
+    def _headers(self, view: Any, taken: Any = None) -> tuple[str, str]:
+        """(user agent, fingerprint) of a view, its headers as ``taken`` by
+        :func:`headers_of` (None: the view's now)."""
         raw = view.raw
         if view.is_wsgi:
+            if taken is not None:
+                raw = taken
             ua = raw.get("HTTP_USER_AGENT")
             language = raw.get("HTTP_ACCEPT_LANGUAGE")
             shape: tuple[Hashable, ...] = (*raw, language)
@@ -138,7 +162,11 @@ class Features:
             headers = view.headers
             ua = headers.get("user-agent")
             language = headers.get("accept-language")
-            shape = (*map(_name_of, raw.get("headers") or ()), language)
+            pairs = raw.get("headers") if taken is None else taken
+            try:
+                shape = (*map(_name_of, pairs or ()), language)
+            except Exception:  # not a list of pairs: the names of those that are
+                shape = (*[name for name, _value in header_pairs(pairs)], language)
         fingerprint = self._shapes.get(shape)
         if fingerprint is None:
             fingerprint = self._learn_shape(shape, view.is_wsgi)

@@ -28,7 +28,7 @@ from typing import TYPE_CHECKING, Any, NamedTuple
 
 from .._errors import ConfigError
 from . import _store
-from ._features import path_of
+from ._features import headers_of, path_of
 from ._sampling import Sampler
 from ._scope import Counted, Scope
 from .attribution import (
@@ -275,7 +275,7 @@ class Monitor:
                     self._skip = self._sampler.gap()
                 self._dims_path(path_of(request))
                 queue = self._dims_queue
-                queue.append(request)
+                queue.append((request, headers_of(request)))  # (as the rules saw them)
                 if len(queue) >= BATCH:
                     self._count()
         hit = counted.hit

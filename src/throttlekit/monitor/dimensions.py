@@ -16,6 +16,7 @@ requests' values are computed in batches: at most :data:`BATCH` (32) requests' v
 from __future__ import annotations
 
 from collections.abc import Hashable, Iterable
+from itertools import starmap
 from typing import Any, NamedTuple
 
 from .._errors import ConfigError
@@ -166,10 +167,11 @@ class Dimension:
 class Dimensions:
     """The request dimensions a monitor counts (all of :data:`DIMENSIONS` by default).
 
-    Per sampled request, the caller appends its view to :attr:`queue` and its path to
-    :attr:`paths` (``_features.path_of``: the path the rules saw, since an app may rewrite
-    ``PATH_INFO`` in place), and calls :meth:`count` once :data:`BATCH` views are queued;
-    once per bucket it calls :meth:`roll`. The other values of the queued views are
+    Per sampled request, the caller appends (its view, ``_features.headers_of(view)``) to
+    :attr:`queue` and its path to :attr:`paths` (``_features.path_of``): the headers and
+    path the rules saw, since an app may rewrite its environ or scope in place. It calls
+    :meth:`count` once :data:`BATCH` views are queued; once per bucket it calls
+    :meth:`roll`. The other values of the queued views are
     computed together (the feature code runs hot over many views), by :meth:`count`,
     :meth:`roll` or anything reading a dimension (each sketch's
     :attr:`~WindowedTopK.feed`), appended to their dimensions' pending keys
@@ -205,7 +207,7 @@ class Dimensions:
         ]
         path = self.by_name.get("path")
         self._paths_to = None if path is None else path.hitters.pending
-        #: views of the requests counted, their values not computed yet
+        #: (view, headers taken) of the requests counted, their values not computed yet
         self.queue: list[Any] = []
         #: the paths of the requests counted (``path_of``), not counted yet
         self.paths: list[str] = []
@@ -227,7 +229,7 @@ class Dimensions:
         del queue[:len(views)]
         if not self._row:
             return
-        columns = list(zip(*map(self.features.values, views), strict=True))
+        columns = list(zip(*starmap(self.features.values, views), strict=True))
         for i, pending in self._row:
             column = columns[i]
             if None in column:  # a request without a network
