@@ -78,3 +78,15 @@ def test_none_on_hit_counts_under_the_limiters_strategy() -> None:
     lim.hit("k", "2/minute", strategy="sliding_log")
     assert not lim.test("k", "2/minute").allowed
     assert lim.test("k", "2/minute", strategy="fixed_window").remaining == 1
+
+
+def test_none_is_the_default_strategy_for_the_limiter_and_its_settings() -> None:
+    """None means the default wherever a strategy is asked for: the limiter's own (so an
+    integration setting left unset, ``THROTTLEKIT_STRATEGY = None``, is the default too)."""
+    flask = pytest.importorskip("flask")
+    from throttlekit.contrib.flask import Throttle
+
+    assert Limiter(strategy=None).strategy == "fixed_window"
+    app = flask.Flask("none")
+    app.config["THROTTLEKIT_STRATEGY"] = None
+    assert Throttle(app).limiter.strategy == "fixed_window"

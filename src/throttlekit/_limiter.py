@@ -48,8 +48,8 @@ class Limiter:
 
     Args:
         storage: a storage URL (``"memory://"``, ``"redis://..."``, ...) or a Storage object.
-        strategy: the default algorithm: ``"fixed_window"`` (default), ``"sliding_window"``,
-            ``"sliding_log"`` or ``"token_bucket"``.
+        strategy: the default algorithm: ``"fixed_window"`` (default; also for None),
+            ``"sliding_window"``, ``"sliding_log"`` or ``"token_bucket"``.
         clock: zero-argument callable returning seconds since the epoch (float). When given,
             every decision uses it (backends that have their own clock, like Redis' server
             time, use this one instead). Default: the backend's own clock.
@@ -88,7 +88,7 @@ class Limiter:
         self,
         storage: str | Storage = "memory://",
         *,
-        strategy: str = DEFAULT_STRATEGY,
+        strategy: str | None = DEFAULT_STRATEGY,
         clock: Callable[[], float] | None = None,
         burst: int | None = None,
         on_storage_error: str = "local",
@@ -103,6 +103,7 @@ class Limiter:
         enabled: bool = True,
     ) -> None:
         storage = storage_of(storage)
+        strategy = DEFAULT_STRATEGY if strategy is None else strategy  # (None: the default)
         check_settings(
             storage, clock=clock, on_storage_error=on_storage_error,
             retry_interval=retry_interval, error_log_interval=error_log_interval,
@@ -177,8 +178,7 @@ class Limiter:
 
     # -- the API --------------------------------------------------------------------------
 
-    # (strategy, cost and burst are not keyword-only: CPython does not specialise a call to
-    # a function with keyword-only parameters, which cost every hit about 530 instructions)
+    # (not keyword-only: CPython never specialises such a call, ~530 instructions a hit)
     def hit(
         self, key: str, rates: RatesLike, strategy: str | None = None, cost: int = 1,
         burst: int | None = None,
