@@ -15,6 +15,7 @@ requests' values are computed in batches: at most :data:`BATCH` (32) requests' v
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Hashable, Iterable
 from itertools import starmap
 from typing import Any, NamedTuple
@@ -180,7 +181,8 @@ class Dimensions:
     At most BATCH views are held meanwhile.
     """
 
-    __slots__ = ("_held", "_paths_to", "_row", "by_name", "features", "names", "paths", "queue")
+    __slots__ = ("_held", "_paths_to", "_row", "_taking", "by_name", "features", "names", "paths",
+                 "queue")
 
     def __init__(self, names: Iterable[str], window: float, bucket: float,
                  capacity: int) -> None:
@@ -211,6 +213,8 @@ class Dimensions:
         self.queue: list[Any] = []
         #: the paths of the requests counted (``path_of``), not counted yet
         self.paths: list[str] = []
+        #: held while :meth:`count` takes the queued paths and views (a copy, then a cut)
+        self._taking = threading.Lock()
         for dimension in self.by_name.values():
             dimension.hitters.feed = self.count
         self._held = 0  # requests pending since the last fold
@@ -218,16 +222,18 @@ class Dimensions:
     def count(self) -> None:
         """The queued views' values appended to their dimensions' pending keys."""
         paths, queue = self.paths, self.queue
-        if paths:  # (another thread may append a path before its view: counted next time)
-            taken = paths[:]  # copied in C: paths appended meanwhile stay
-            del paths[:len(taken)]
-            if self._paths_to is not None:
-                self._paths_to.extend(taken)
-        if not queue:
+        if not paths and not queue:
             return
-        views = queue[:]  # copied in C: views queued meanwhile (another thread) stay queued
-        del queue[:len(views)]
-        if not self._row:
+        # (another thread may append a path before its view: counted next time; two threads
+        # counting at once would take the same ones twice without the lock)
+        with self._taking:
+            taken = paths[:]  # copied in C: those appended meanwhile stay
+            del paths[:len(taken)]
+            views = queue[:]
+            del queue[:len(views)]
+        if taken and self._paths_to is not None:
+            self._paths_to.extend(taken)
+        if not views or not self._row:
             return
         columns = list(zip(*starmap(self.features.values, views), strict=True))
         for i, pending in self._row:

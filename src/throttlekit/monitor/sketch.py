@@ -16,6 +16,7 @@ keys, whatever the number of distinct keys.
 
 from __future__ import annotations
 
+import threading
 from collections import deque
 from collections.abc import Callable, Hashable, Iterable, MutableMapping
 from operator import itemgetter
@@ -131,8 +132,8 @@ class WindowedTopK:
         capacity: keys guaranteed per bucket (see :class:`SpaceSaving`).
     """
 
-    __slots__ = ("_closed", "_cur", "_end", "_start", "bucket", "capacity", "feed", "nbuckets",
-                 "pending", "weight", "window")
+    __slots__ = ("_closed", "_cur", "_end", "_start", "_taking", "bucket", "capacity", "feed",
+                 "nbuckets", "pending", "weight", "window")
 
     def __init__(self, window: float = 10.0, bucket: float = 1.0, capacity: int = 1024) -> None:
         for name, value in (("window", window), ("bucket", bucket)):
@@ -152,6 +153,8 @@ class WindowedTopK:
         #: roll (:meth:`fold`): a caller counting one key per request appends to this list
         #: (``pending.append``, one C call) and keeps the time moving with :meth:`current`
         self.pending: list[Hashable] = []
+        #: held while a fold takes the pending keys (a copy, then a cut: not one step)
+        self._taking = threading.Lock()
         #: what each pending key counts for (``add(key, now, weight)``); a caller changing
         #: it folds the keys pending first (:meth:`reweigh`)
         self.weight = 1
@@ -185,8 +188,9 @@ class WindowedTopK:
         by one (``weight`` each): at once in C while no cut can happen (the common case),
         else one by one."""
         pending = self.pending
-        batch = pending[:]  # copied in C: keys appended meanwhile stay pending
-        del pending[:len(batch)]
+        with self._taking:  # (two threads folding at once would take the same keys twice)
+            batch = pending[:]  # copied in C: keys appended meanwhile stay pending
+            del pending[:len(batch)]
         cur, weight = self._cur, self.weight
         counts = cur.counts
         if not cur.floor:  # floor 0: a new key starts at its count
