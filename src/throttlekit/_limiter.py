@@ -20,6 +20,7 @@ from ._errors import ConfigError
 from ._keys import MAX_KEY_LENGTH, bound_key
 from ._plans import Plans
 from ._resilience import ON_STORAGE_ERROR, ResilientStore, resilient
+from ._rules import limiter_defaults
 from ._settings import check_settings, storage_of
 from ._subscribe import subscribe
 from ._typing import CallbackT, FuncT, KeyLike, RatesLike, Strings
@@ -163,10 +164,7 @@ class Limiter:
             if strategy is not None:  # (an unhashable strategy, not the rates)
                 check_strategy(strategy, self.storage)
             raise ConfigError(f"invalid rates {rates!r}") from None
-        if strategy is None:  # (None alone: "" or 0 is a bad name, refused by Plan.of)
-            strategy = self.strategy
-        if burst is None and strategy == "token_bucket":
-            burst = self.burst
+        strategy, burst = limiter_defaults(self, strategy, burst)  # (Plan.of checks them)
         plan = Plan.of(self.storage, rates, strategy, burst)
         if len(self._plans) > 4096:  # rates built per request must not grow this forever
             self._plans.clear()

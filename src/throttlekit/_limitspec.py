@@ -19,6 +19,7 @@ from ._rules import (
     _throttle_algorithms,
     check_on_unreadable,
     key_function,
+    limiter_defaults,
     uses_form,
 )
 from ._waiting import check_wait
@@ -213,13 +214,9 @@ class LimitSpec:
         else:  # another limiter by now (settings overridden): its strategy and burst
             self._throttles = {}
             self._limiter = lim
-        strategy = self.strategy
-        burst = self.burst
-        if strategy is None:
-            strategy = lim.strategy
+        strategy, burst = limiter_defaults(lim, self.strategy, self.burst)
+        if self.strategy is None:
             check_strategy(strategy, lim.storage)
-        if burst is None and strategy == "token_bucket":
-            burst = lim.burst
         # a dry run and a non-blocking limit are both independent checks that never
         # refuse: the decorators read their decision from the store's answer
         cls = _Throttle if self.block else NonBlocking
@@ -284,11 +281,8 @@ def _strategy_of(limiter: Limiter | None, strategy: str | None, burst: int | Non
         if strategy is not None:
             check_strategy(strategy, None)
         return strategy, burst
-    if strategy is None:
-        strategy = limiter.strategy
+    strategy, burst = limiter_defaults(limiter, strategy, burst)
     check_strategy(strategy, limiter.storage)
-    if burst is None and strategy == "token_bucket":
-        burst = limiter.burst
     return strategy, burst
 
 

@@ -144,6 +144,18 @@ class Verdict:
 UNKNOWN_CLIENT = "unknown"
 
 
+def limiter_defaults(lim: Limiter, strategy: str | None, burst: int | None
+                     ) -> tuple[str, int | None]:
+    """``strategy`` and ``burst`` as a limit of ``lim`` runs them: its strategy for None
+    (None alone: "" is a bad name, which ``check_strategy`` refuses), and for a token bucket
+    without a burst, its burst."""
+    if strategy is None:
+        strategy = lim.strategy
+    if burst is None and strategy == "token_bucket":
+        burst = lim.burst
+    return strategy, burst
+
+
 def client_key(view: RequestView) -> str:
     return view.client_key or UNKNOWN_CLIENT
 
@@ -484,11 +496,8 @@ class Rules:
         _callable_or_none(count_when, f"{what}: count_when")
         keyf = key_function(key, what)
         lim = self.limiter
-        if strategy is None:  # (None alone: "" is a bad name, refused below)
-            strategy = lim.strategy
+        strategy, burst = limiter_defaults(lim, strategy, burst)
         check_strategy(strategy, lim.storage)
-        if burst is None and strategy == "token_bucket":
-            burst = lim.burst
         if cost is None:
             cost = 1
         elif not callable(cost) and (
