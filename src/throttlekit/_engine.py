@@ -247,8 +247,7 @@ class Engine:
     def _told(self, view: RequestView, planned: list[Planned], now: int | None) -> Verdict:
         """``evaluate``'s common case with listeners: the same store calls, concluded as
         the general path concludes (its events: allowed, throttled, tracked)."""
-        # the events' time: the limiter's clock read once (now), else the wall clock's
-        at = time.time() if now is None else now / 1e6  # (so no emit: tell, given it)
+        at = None if now is None else now / 1e6  # (the events' time: no second clock read)
         if len(planned) == 1:
             rule, disc, cost, _ = planned[0]
             hit = rule.hit
@@ -260,11 +259,11 @@ class Engine:
                 name = rule.name
                 if not d.allowed:
                     if "throttled" in active:
-                        self.listeners.tell("throttled", name, disc, view, d, False, at)
+                        self.emit("throttled", name, disc, view, d, False, at)
                     return Verdict(False, "throttled", name, disc, d, [(name, d)], False, view)
                 verdict = Verdict(True, "allowed", None, None, d, [(name, d)], False, view)
                 if "allowed" in active:
-                    self.listeners.tell("allowed", name, disc, view, d, False, at)
+                    self.emit("allowed", name, disc, view, d, False, at)
                 if "tracked" in active and self.rules.tracks:
                     self.track(view)
                 return verdict
