@@ -26,18 +26,9 @@ pytestmark = pytest.mark.redis
 IP = "192.0.2.77"
 
 
-def _port() -> int:
-    from servers import _bindable
-
-    for port in range(16800, 16900):
-        if _bindable(port):
-            return port
-    pytest.skip("no free port in 16800-16899")
-
-
 @pytest.fixture
 def server() -> Iterator[RedisServer]:
-    with start_or_skip(RedisServer(_port())) as s:
+    with start_or_skip(RedisServer()) as s:
         yield s
 
 
