@@ -362,7 +362,9 @@ def test_redis_cpu_per_check(benchmark: Any, target: Any, capsys: Any) -> None:
                     u0, c0 = _server_usec(client)
                     _paced(fn, block)
                     u1, c1 = _server_usec(client)
-                    assert c1 - c0 == block, (name, c1 - c0)  # one script per check
+                    # one script per check, and now and then the fixed window's id
+                    # registry (register.lua: a few a minute), charged to the checks
+                    assert block <= c1 - c0 <= block + block // 500, (name, c1 - c0)
                     per_call[name].append((u1 - u0) / block)
 
         benchmark.group = "redis CPU per check (see extra_info)"
