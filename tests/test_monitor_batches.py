@@ -11,6 +11,7 @@ from werkzeug.test import Client
 
 from throttlekit import Event, Limiter, RequestView, WSGIMiddleware
 from throttlekit._clientip import ClientIPResolver
+from throttlekit._request import _UNSET
 from throttlekit.monitor import Monitor
 from throttlekit.monitor.dimensions import BATCH
 from throttlekit.testing import FakeClock
@@ -98,3 +99,44 @@ def test_the_path_counted_is_the_one_the_rules_saw() -> None:
         assert response.status_code == 200
     rows = monitor.dimension("path").rows(clock.now)
     assert {r.value: r.requests for r in rows} == {"/api/0": 3, "/api/1": 2}
+
+
+class _CountedCopies(dict):  # type: ignore[type-arg]
+    """A WSGI environ that counts its copies (``headers_of`` copies the environ)."""
+
+    copies = 0
+
+    def copy(self) -> dict[str, Any]:
+        type(self).copies += 1
+        return dict(self)
+
+
+def test_dimensions_that_read_no_header_take_none_of_the_requests() -> None:
+    """With only the path and the networks counted, a sampled request's headers are never
+    taken (no copy of its environ, its ASGI headers never parsed), and its path and
+    networks are counted as before; with the user agent counted, they are taken."""
+    for dimensions, copied in ((("path", "net24"), False), (("path", "user_agent"), True)):
+        _CountedCopies.copies = 0
+        monitor = Monitor(sample=1, dimensions=dimensions)
+        views = []
+        for j in range(BATCH + 3):
+            env = _CountedCopies({
+                "REQUEST_METHOD": "GET", "PATH_INFO": "/a", "REMOTE_ADDR": f"10.0.0.{j % 3 + 1}",
+                "SERVER_NAME": "s", "SERVER_PORT": "80", "wsgi.url_scheme": "http",
+                "HTTP_USER_AGENT": "ua"})
+            views.append(RequestView.from_environ(env, RESOLVER))
+        scope = {"type": "http", "method": "GET", "path": "/b", "client": ("10.1.0.1", 1),
+                 "headers": [(b"user-agent", b"ua")]}
+        asgi = RequestView.from_scope(scope, RESOLVER)
+        for view in [*views, asgi]:
+            monitor(Event("allowed", "per-ip", view.client_key, view, None, False, T0 + 0.1))
+        now = T0 + 0.5
+        assert {r.value: r.requests for r in monitor.dimension("path").rows(now)} == {
+            "/a": BATCH + 3, "/b": 1}
+        assert (_CountedCopies.copies == BATCH + 3) is copied
+        assert (asgi._headers is not _UNSET) is copied
+        if not copied:
+            assert {r.value: r.requests for r in monitor.dimension("net24").rows(now)} == {
+                "10.0.0.0/24": BATCH + 3, "10.1.0.0/24": 1}
+        else:
+            assert monitor.dimension("user_agent").rows(now)[0].requests == BATCH + 4

@@ -26,7 +26,7 @@ from typing import Any, TypeVar
 
 from .._headers import header_pairs
 
-__all__ = ["DIMENSIONS", "MAX_VALUE", "Features", "headers_of", "path_of"]
+__all__ = ["DIMENSIONS", "MAX_VALUE", "Features", "headers_of", "no_headers", "path_of"]
 
 #: the request dimensions the monitor counts beside the client key, narrowest network first
 DIMENSIONS = ("path", "user_agent", "fingerprint", "net24", "net16")
@@ -77,6 +77,15 @@ def headers_of(view: Any) -> Any:
         return None
 
 
+#: what :func:`no_headers` takes: the request's headers are not read
+UNREAD = object()
+
+
+def no_headers(view: Any) -> object:
+    """:func:`headers_of` for dimensions that read no header: nothing copied."""
+    return UNREAD
+
+
 def _fingerprint(names: list[str], language: str | None) -> str:
     text = ",".join(names) + "|" + (language or "")
     return hashlib.blake2b(text.encode("latin-1", "replace"), digest_size=4).hexdigest()
@@ -115,7 +124,7 @@ class Features:
         headers as :func:`headers_of` took them (None: as they are now)."""
         path = path_of(view)
         try:  # a malformed request is counted, never breaks the monitor: each part alone
-            ua, fingerprint = self._headers(view, headers)
+            ua, fingerprint = self._headers(view, headers) if headers is not UNREAD else ("", "-")
         except Exception:
             ua, fingerprint = "", "-"
         try:

@@ -182,7 +182,7 @@ class Dimensions:
     """
 
     __slots__ = ("_held", "_paths_to", "_row", "_taking", "by_name", "features", "names", "paths",
-                 "queue")
+                 "queue", "reads_headers")
 
     def __init__(self, names: Iterable[str], window: float, bucket: float,
                  capacity: int) -> None:
@@ -207,6 +207,8 @@ class Dimensions:
             (DIMENSIONS.index(n), self.by_name[n].hitters.pending) for n in self.names
             if n != "path"
         ]
+        #: a dimension reads the headers (else a request's are not taken: ``no_headers``)
+        self.reads_headers = "user_agent" in self.names or "fingerprint" in self.names
         path = self.by_name.get("path")
         self._paths_to = None if path is None else path.hitters.pending
         #: (view, headers taken) of the requests counted, their values not computed yet
