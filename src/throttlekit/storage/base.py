@@ -170,7 +170,9 @@ class Storage(abc.ABC):
 
     @abc.abstractmethod
     def reset(self, keys: Sequence[str]) -> None:
-        """Forget the state of these storage key families (see ``Limiter.reset``)."""
+        """Forget the state of these storage key families (see ``Limiter.reset``). A
+        shared backend with a generation (Redis, Memcached) moves it on too, once the state
+        is gone (Redis: when there was any)."""
 
     @abc.abstractmethod
     def block(self, key: str, ttl: float | None, reason: str = "", now: int | None = None) -> None:
@@ -178,7 +180,8 @@ class Storage(abc.ABC):
 
     @abc.abstractmethod
     def unblock(self, key: str) -> bool:
-        """Remove ``key`` from the dynamic blocklist; True when it was there."""
+        """Remove ``key`` from the dynamic blocklist; True when it was there. A shared
+        backend with a generation (Redis, Memcached) then moves it on too."""
 
     @abc.abstractmethod
     def blocked(self, now: int | None = None) -> list[Block]:
@@ -195,9 +198,13 @@ class Storage(abc.ABC):
 
     # -- the generation of admin changes -------------------------------------------------
     # A number shared by every process using the store, moved on by an admin ``reset``,
-    # ``unblock`` or rule reload; workers drop their local caches of refusals when it moves
-    # (see throttlekit._denials). A backend without one reports 0 forever: then only the
-    # process making a change sees it before its caches expire.
+    # ``unblock``, ``block`` or rule reload; workers drop their local caches of refusals when
+    # it moves (see throttlekit._denials). A backend's own ``unblock`` and ``reset``, the
+    # changes that lift refusals, move it themselves after the change (Redis: in the same
+    # script on one server), so that one made on a storage object directly (an admin
+    # script's) reaches every worker too; a ``Limiter`` moves it once more after its admin
+    # calls (harmless). A backend without one reports 0 forever: then only the process
+    # making a change sees it before its caches expire.
 
     def generation(self) -> int:
         """The store's generation of admin changes (one cheap read)."""

@@ -381,7 +381,8 @@ class MemcachedStorage(CasWrites, Storage):
             lock.release()
 
     def reset(self, keys: Sequence[str]) -> None:
-        """Forget every state of these key families: their generation moves on."""
+        """Forget every state of these key families: their generation moves on, and then
+        the store's generation of admin changes (every worker's cached refusals go)."""
         client = self._client
         try:
             for family in keys:
@@ -396,6 +397,8 @@ class MemcachedStorage(CasWrites, Storage):
                 self._gens.pop(family, None)
         except self._errors as exc:
             raise StorageError(f"memcached: {type(exc).__name__}: {exc}") from exc
+        if keys:  # (an incr after the deletes: who reads the move finds them made)
+            self.next_generation()
 
     # -- dynamic blocklist --------------------------------------------------------------------
 
@@ -419,11 +422,15 @@ class MemcachedStorage(CasWrites, Storage):
             raise StorageError(f"memcached: {type(exc).__name__}: {exc}") from exc
 
     def unblock(self, key: str) -> bool:
+        """Remove ``key``'s entry; when there was one, the generation of admin changes then
+        moves on (every worker's cached blocks go)."""
         try:
             existed = bool(self._client.delete(self._block_key(key), noreply=False))
             self._edit_index(lambda index: index.pop(key, None))
         except self._errors as exc:
             raise StorageError(f"memcached: {type(exc).__name__}: {exc}") from exc
+        if existed:
+            self.next_generation()
         return existed
 
     def blocked(self, now: int | None = None) -> list[Block]:

@@ -43,6 +43,7 @@ from ..._algorithms import Algorithm
 from ..._decision import Decision
 from ..._errors import ConfigError, StorageError
 from ..base import BatchResult, Block, Check, Storage, at_instant
+from ._changes import AdminCalls
 from ._client import Clients, is_cluster, redis_module
 from ._leases import Calls, LeaseCalls
 from ._scripts import (
@@ -75,7 +76,7 @@ _CALL, _ONE, _FIXED, _APPLY, _EVAL, _RUN = "call", "one", "fixed", "apply", "eva
 _Op = tuple[str, tuple[Any, ...]]
 
 
-class RedisStorage(BlockLookups, SingleChecks, LeaseCalls, Clients, Storage):
+class RedisStorage(AdminCalls, BlockLookups, SingleChecks, LeaseCalls, Clients, Storage):
     """Storage on Redis: standalone, Cluster (``RedisCluster``) or a Sentinel master.
 
     Args:
@@ -266,12 +267,6 @@ class RedisStorage(BlockLookups, SingleChecks, LeaseCalls, Clients, Storage):
         ttl_us = "" if ttl is None or ttl == INF else str(round(ttl * 1_000_000))
         return [self._now(now), ttl_us, reason, self._slack_ms]
 
-    def _gen_seed(self) -> tuple[str, str]:
-        # ``P{%g}``: a plain counter (``%`` never starts an escaped family: no clash), created
-        # at the current time in microseconds rather than 0, so a counter lost (evicted,
-        # flushed) and made again never comes back to a value a worker still remembers.
-        return f"{self.prefix}{{%g}}", str(time.time_ns() // 1000)
-
     # -- sync I/O -----------------------------------------------------------------------------
 
     def _eval(self, script: Script, keys: Sequence[str], args: Sequence[Any]) -> Any:
@@ -376,10 +371,7 @@ class RedisStorage(BlockLookups, SingleChecks, LeaseCalls, Clients, Storage):
     def reset(self, keys: Sequence[str]) -> None:
         if self._client is None:
             self.sync_client()
-        ids = [*self._sync_call("ZRANGEBYSCORE", self._registry, time.time_ns() // 10**6,
-                                "+inf"), *self._registered]  # (and this process's own)
-        for group in self._key_groups(keys):
-            self._eval(self._reset, group, ids)
+        self._steps(self._resetting(keys))  # (and the generation: see _changes.py)
 
     def block(self, key: str, ttl: float | None, reason: str = "", now: int | None = None) -> None:
         self._saw_blocks(True)
@@ -388,9 +380,7 @@ class RedisStorage(BlockLookups, SingleChecks, LeaseCalls, Clients, Storage):
         self._eval(self._blocks, self._index, ["add", args[0], self._slack_ms, key, exp, reason])
 
     def unblock(self, key: str) -> bool:
-        n = self._sync_call("DEL", f"{self.family(key)}:b")
-        removed = self._eval(self._blocks, self._index, ["del", "", "0", key, "", ""])
-        return bool(n or removed)
+        return self._steps(self._unblocking(key))  # (and the generation: see _changes.py)
 
     def blocked(self, now: int | None = None) -> list[Block]:
         raw = self._eval(self._blocks, self._index, ["list", self._now(now), self._slack_ms])
@@ -432,9 +422,7 @@ class RedisStorage(BlockLookups, SingleChecks, LeaseCalls, Clients, Storage):
         return 0 if value is None else int(value)
 
     def next_generation(self) -> int:
-        key, seed = self._gen_seed()
-        self._sync_call("SET", key, seed, "NX")
-        return int(self._sync_call("INCR", key))
+        return self._steps(self._moving())
 
     # -- async I/O: the same, awaited; the sync methods in a thread without an async client -----
 
@@ -516,10 +504,7 @@ class RedisStorage(BlockLookups, SingleChecks, LeaseCalls, Clients, Storage):
         if self._async() is None:
             await asyncio.to_thread(self.reset, keys)
             return
-        ids = [*await self._acall("ZRANGEBYSCORE", self._registry, time.time_ns() // 10**6,
-                                  "+inf"), *self._registered]  # (see reset)
-        for group in self._key_groups(keys):
-            await self._aeval(self._reset, group, ids)
+        await self._asteps(self._resetting(keys))
 
     async def ablock(
         self, key: str, ttl: float | None, reason: str = "", now: int | None = None
@@ -537,9 +522,7 @@ class RedisStorage(BlockLookups, SingleChecks, LeaseCalls, Clients, Storage):
     async def aunblock(self, key: str) -> bool:
         if self._async() is None:
             return await asyncio.to_thread(self.unblock, key)
-        n = await self._acall("DEL", f"{self.family(key)}:b")
-        removed = await self._aeval(self._blocks, self._index, ["del", "", "0", key, "", ""])
-        return bool(n or removed)
+        return await self._asteps(self._unblocking(key))
 
     async def ablocked(self, now: int | None = None) -> list[Block]:
         if self._async() is None:
@@ -594,7 +577,5 @@ class RedisStorage(BlockLookups, SingleChecks, LeaseCalls, Clients, Storage):
     async def anext_generation(self) -> int:
         if self._async() is None:
             return await asyncio.to_thread(self.next_generation)
-        key, seed = self._gen_seed()
-        await self._acall("SET", key, seed, "NX")
-        return int(await self._acall("INCR", key))
+        return await self._asteps(self._moving())
 

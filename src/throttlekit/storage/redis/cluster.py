@@ -30,6 +30,7 @@ class RedisClusterStorage(RedisStorage, cluster=True):
 
     _can_watch = False
     _inline_blocks = False  # (block keys live in other slots: the batch script's, grouped)
+    _one_slot = False  # (an unblock or reset moves the generation in a call of its own)
 
     def __init__(self, client: Any = None, **kwargs: Any) -> None:
         super().__init__(client, **kwargs)
