@@ -28,7 +28,7 @@ from typing import TYPE_CHECKING, Any, NamedTuple
 
 from .._errors import ConfigError
 from . import _store
-from ._features import headers_of, no_headers, path_of
+from ._features import path_of
 from ._sampling import Sampler
 from ._scope import Counted, Scope
 from .attribution import (
@@ -184,7 +184,6 @@ class Monitor:
         self._dims = Dimensions(DIMENSIONS if dimensions is None else dimensions,
                                 window, bucket, dimension_capacity)
         self._dims_queue, self._dims_path = self._dims.queue, self._dims.paths.append
-        self._headers_of = headers_of if self._dims.reads_headers else no_headers
         self._attribution_options: AttributionOptions = {
             "factor": self._overall_det.factor, **(attribution or {})
         }
@@ -276,7 +275,7 @@ class Monitor:
                     self._skip = self._sampler.gap()
                 self._dims_path(path_of(request))
                 queue = self._dims_queue
-                queue.append((request, self._headers_of(request)))  # (as the rules saw them)
+                queue.append((request, self._dims.headers_of(request)))  # (as the rules saw them)
                 if len(queue) >= BATCH:
                     self._count()
         hit = counted.hit

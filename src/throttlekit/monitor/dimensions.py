@@ -21,7 +21,7 @@ from itertools import starmap
 from typing import Any, NamedTuple
 
 from .._errors import ConfigError
-from ._features import DIMENSIONS, Features
+from ._features import DIMENSIONS, Features, headers_of, no_headers
 from .sketch import WindowedTopK, heaviest
 
 __all__ = ["CLIENT", "DIMENSIONS", "Dimension", "Dimensions", "ValueRate"]
@@ -181,8 +181,8 @@ class Dimensions:
     At most BATCH views are held meanwhile.
     """
 
-    __slots__ = ("_held", "_paths_to", "_row", "_taking", "by_name", "features", "names", "paths",
-                 "queue", "reads_headers")
+    __slots__ = ("_held", "_paths_to", "_row", "_taking", "by_name", "features", "headers_of",
+                 "names", "paths", "queue")
 
     def __init__(self, names: Iterable[str], window: float, bucket: float,
                  capacity: int) -> None:
@@ -207,8 +207,9 @@ class Dimensions:
             (DIMENSIONS.index(n), self.by_name[n].hitters.pending) for n in self.names
             if n != "path"
         ]
-        #: a dimension reads the headers (else a request's are not taken: ``no_headers``)
-        self.reads_headers = "user_agent" in self.names or "fingerprint" in self.names
+        #: what a sampled request's headers are taken by (``no_headers``: none read them)
+        self.headers_of = headers_of if {"user_agent", "fingerprint"} & {*self.names} \
+            else no_headers
         path = self.by_name.get("path")
         self._paths_to = None if path is None else path.hitters.pending
         #: (view, headers taken) of the requests counted, their values not computed yet
