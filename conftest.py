@@ -1,9 +1,10 @@
 """Which tests a run selects: the fast suite by default, everything with ``--full``.
 
-``python -m pytest`` (the README's command) runs the fast suite: every backend and every
-feature, without the tests marked ``slow``, ``e2e``, ``cluster``, ``sentinel`` or
-``browser`` and without the benchmark files, with a small hypothesis profile. It is meant to
-take two minutes or less on a 2-core machine, servers included.
+``python -m pytest`` runs the fast suite: every backend and every feature, without the tests
+marked ``slow``, ``e2e``, ``cluster``, ``sentinel`` or ``browser`` and without the benchmark
+files, with a small hypothesis profile. The README's command, ``python -m pytest -n 2``
+(pytest-xdist; tests/servers.py gives each worker test ports of its own), is meant to take
+two minutes or less on a 2-core machine, servers included.
 
 ``python -m pytest --full`` runs everything (what ``.ci/run`` runs): those tests too, the
 ``ci`` hypothesis profile, and the benchmark files as a smoke pass that still asserts their

@@ -94,6 +94,24 @@ def _port_slice(spec: str | None) -> tuple[int, int]:
     return k - 1, n
 
 
+def _worker_slice(first: int, step: int) -> tuple[int, int]:
+    """This run's slice split among pytest-xdist's workers (``-n``): worker ``gwK`` of N
+    takes residue K of the smallest part count >= N that keeps the bus ports' residue."""
+    worker = os.environ.get("PYTEST_XDIST_WORKER", "")
+    try:
+        index = int(worker[2:]) if worker.startswith("gw") else -1
+        count = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT") or 1)
+    except ValueError:
+        return first, step
+    if index < 0 or count < 2:
+        return first, step
+    parts = next((n for n in range(count, _BUS_OFFSET // step + 1)
+                  if (_BUS_OFFSET // step) % n == 0), 0)
+    if not parts:
+        return first, step
+    return first + step * (index % parts), step * parts
+
+
 class ServerUnavailable(RuntimeError):
     """A server binary is not installed; the message names the binary and the Debian package."""
 
@@ -232,7 +250,7 @@ def free_port(*, cluster_bus: bool = False) -> int:
     running at once take disjoint ports with ``THROTTLEKIT_TEST_PORT_SLICE`` (k/n).
     """
     lo, hi = _CLUSTER_PORT_RANGE if cluster_bus else _PORT_RANGE
-    first, step = _port_slice(os.environ.get(PORT_SLICE_ENV))
+    first, step = _worker_slice(*_port_slice(os.environ.get(PORT_SLICE_ENV)))
     with _lock:
         for _ in range(1000):
             port = _rng.randrange(lo + first, hi, step)

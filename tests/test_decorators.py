@@ -416,7 +416,9 @@ def test_pytest_fixture_resets(decorated: tuple[Limiter, object],
         def test_c(throttlekit_disabled):
             assert sum(work() for _ in range(3)) == 3
     """)
-    result = pytester.runpytest_inprocess("-p", "no:cacheprovider", "-p", "no:randomly")
+    # (under -n, the inner run alone: pytest-benchmark would refuse an xdist worker's)
+    result = pytester.runpytest_inprocess("-p", "no:cacheprovider", "-p", "no:randomly",
+                                          "-p", "no:xdist", "-p", "no:benchmark")
     result.assert_outcomes(passed=3)
 
 
