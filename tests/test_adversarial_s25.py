@@ -196,6 +196,24 @@ def test_a_paused_or_killed_store_fails_an_unblock_or_reset_with_a_storage_error
     server.start()
 
 
+@pytest.mark.sentinel
+def test_on_a_sentinel_master_an_unblock_moves_the_generation_in_its_script() -> None:
+    from servers import RedisSentinel
+
+    with start_or_skip(RedisSentinel()) as sentinel:
+        admin: Any = storage_from_url(sentinel.url, prefix="adv25-sentinel:")
+        try:
+            assert admin._one_slot  # (one server: the entry, the index, the generation)
+            before = admin.next_generation()
+            admin.block(IP, 600)
+            assert admin.unblock(IP) and admin.generation() == before + 1
+            assert not admin.unblock(IP) and admin.generation() == before + 1
+            admin.reset(["nothing-here"])
+            assert admin.generation() == before + 1
+        finally:
+            admin.close()
+
+
 def test_the_generation_never_moves_back_while_threads_block_and_unblock(
         make: Callable[..., Storage]) -> None:
     """Threads block and unblock (raw and through a Limiter) while two workers serve the
@@ -288,30 +306,40 @@ def test_a_raw_unblock_retried_after_a_failure_still_reaches_the_workers(
     from pymemcache.exceptions import MemcacheUnexpectedCloseError
 
     prefix = f"adv25-{next(_PREFIXES)}:"
+    made: list[Any] = []
+
+    def make() -> Any:
+        made.append(storage_from_url(memcached_server.url, prefix=prefix))
+        return made[-1]
+
     clock = FakeClock()
-    (b,), _ = _workers(lambda: storage_from_url(memcached_server.url, prefix=prefix), clock, 1)
-    admin: Any = storage_from_url(memcached_server.url, prefix=prefix)
-    admin.next_generation()
-    assert _status(b) == 200
-    admin.block(IP, None, "abuse")
-    admin.next_generation()
-    clock.advance(CHECK_INTERVAL)
-    assert [_status(b), _status(b)] == [403, 403]
-    real = admin._client.incr
-    dropped: list[str] = []
+    (b,), _ = _workers(make, clock, 1)
+    admin = make()
+    try:
+        admin.next_generation()
+        assert _status(b) == 200
+        admin.block(IP, None, "abuse")
+        admin.next_generation()
+        clock.advance(CHECK_INTERVAL)
+        assert [_status(b), _status(b)] == [403, 403]
+        real = admin._client.incr
+        dropped: list[str] = []
 
-    def incr(key: str, *args: Any, **kwargs: Any) -> Any:
-        if not dropped:  # the connection drops once, right after the entry's delete
-            dropped.append(key)
-            raise MemcacheUnexpectedCloseError()
-        return real(key, *args, **kwargs)
+        def incr(key: str, *args: Any, **kwargs: Any) -> Any:
+            if not dropped:  # the connection drops once, right after the entry's delete
+                dropped.append(key)
+                raise MemcacheUnexpectedCloseError()
+            return real(key, *args, **kwargs)
 
-    monkeypatch.setattr(admin._client, "incr", incr)
-    with pytest.raises(StorageError):
-        admin.unblock(IP)
-    admin.unblock(IP)  # the operator tries again: it returns
-    clock.advance(CHECK_INTERVAL)
-    assert _status(b) == 200
+        monkeypatch.setattr(admin._client, "incr", incr)
+        with pytest.raises(StorageError):
+            admin.unblock(IP)
+        admin.unblock(IP)  # the operator tries again: it returns
+        clock.advance(CHECK_INTERVAL)
+        assert _status(b) == 200
+    finally:
+        for store in made:
+            store.close()
 
 
 @pytest.mark.cluster
