@@ -172,7 +172,7 @@ class Storage(abc.ABC):
     def reset(self, keys: Sequence[str]) -> None:
         """Forget the state of these storage key families (see ``Limiter.reset``). A
         shared backend with a generation (Redis, Memcached) moves it on too, once the state
-        is gone (Redis: when there was any)."""
+        is gone."""
 
     @abc.abstractmethod
     def block(self, key: str, ttl: float | None, reason: str = "", now: int | None = None) -> None:
@@ -197,7 +197,8 @@ class Storage(abc.ABC):
         return True
 
     # -- the generation of admin changes -------------------------------------------------
-    # A number shared by every process using the store, moved on by an admin ``reset``,
+    # A number shared by every process using the store (a missing one is made from the clock
+    # when read: it never reads as a value from before), moved on by an admin ``reset``,
     # ``unblock``, ``block`` or rule reload; workers drop their local caches of refusals when
     # it moves (see throttlekit._denials). A backend's own ``unblock`` and ``reset``, the
     # changes that lift refusals, move it themselves after the change (Redis: in the same

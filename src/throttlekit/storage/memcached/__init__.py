@@ -422,15 +422,14 @@ class MemcachedStorage(CasWrites, Storage):
             raise StorageError(f"memcached: {type(exc).__name__}: {exc}") from exc
 
     def unblock(self, key: str) -> bool:
-        """Remove ``key``'s entry; when there was one, the generation of admin changes then
-        moves on (every worker's cached blocks go)."""
+        """Remove ``key``'s entry; the generation of admin changes then moves on (every
+        worker's cached blocks go), whether there was one or not."""
         try:
             existed = bool(self._client.delete(self._block_key(key), noreply=False))
             self._edit_index(lambda index: index.pop(key, None))
         except self._errors as exc:
             raise StorageError(f"memcached: {type(exc).__name__}: {exc}") from exc
-        if existed:
-            self.next_generation()
+        self.next_generation()  # (whether it existed or not: a retried call cannot tell)
         return existed
 
     def blocked(self, now: int | None = None) -> list[Block]:
@@ -540,8 +539,16 @@ class MemcachedStorage(CasWrites, Storage):
     # microseconds, so one evicted and made again never returns to a remembered value.
 
     def generation(self) -> int:
+        """The counter's value; made first when missing (evicted, lost in a restart, or
+        never made), from the clock, so that no worker reads a value it remembers."""
+        key = self.prefix + "G"
+        client = self._client
         try:
-            value = self._client.get(self.prefix + "G")
+            value = client.get(key)
+            if value is None:
+                seed = str(time.time_ns() // 1000).encode("ascii")
+                value = seed if client.add(key, seed, expire=0, noreply=False) \
+                    else client.get(key)
         except self._errors as exc:
             raise StorageError(f"memcached: {type(exc).__name__}: {exc}") from exc
         return 0 if value is None else int(value)

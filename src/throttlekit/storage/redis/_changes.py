@@ -55,6 +55,17 @@ class AdminCalls:
         # flushed) and made again never comes back to a value a worker still remembers.
         return f"{self.prefix}{{%g}}", str(time.time_ns() // 1000)
 
+    def _reading(self) -> Steps[int]:
+        """``generation``: its value; made first when missing (lost in a restart or an
+        eviction, or never made), from the clock, so that no worker reads a value it
+        remembers from before: an absent counter is never a number."""
+        key, seed = self._gen_seed()
+        value = yield CALL, ("GET", key)
+        if value is None:
+            yield CALL, ("SET", key, seed, "NX")
+            value = yield CALL, ("GET", key)
+        return int(value)
+
     def _moving(self) -> Steps[int]:
         """``next_generation``: the generation moved on; its new value."""
         key, seed = self._gen_seed()
@@ -63,7 +74,8 @@ class AdminCalls:
 
     def _unblocking(self, key: str) -> Steps[bool]:
         """``unblock``: whether ``key`` had an entry (its own key or the index's); the
-        generation moves on when it had."""
+        generation moves on, whether it had or not (a call retried after a failure cannot
+        tell whether the first one removed it)."""
         entry = f"{self.family(key)}:b"
         gen, seed = self._gen_seed()
         args = ["del", "", "0", key, seed, ""]
@@ -71,23 +83,21 @@ class AdminCalls:
             return bool((yield EVAL, (self._blocks, [*self._index, entry, gen], args)))
         n = yield CALL, ("DEL", entry)
         removed = yield EVAL, (self._blocks, self._index, args)
-        if n or removed:
-            yield from self._moving()
+        yield from self._moving()
         return bool(n or removed)
 
     def _resetting(self, keys: Sequence[str]) -> Steps[None]:
-        """``reset``: the families of ``keys`` forgotten; the generation moves on when
-        anything was."""
+        """``reset``: the families of ``keys`` forgotten; the generation moves on (as for
+        ``unblock``, whether there was anything to forget or not)."""
         ids = [*(yield CALL, ("ZRANGEBYSCORE", self._registry, time.time_ns() // 10**6,
                               "+inf")), *self._registered]  # (and this process's own)
         gen, seed = self._gen_seed()
-        gone = 0
         for group in self._key_groups(keys):
             if self._one_slot:  # (one group) the generation moves in the script
                 yield EVAL, (self._reset, [*group, gen], [seed, *ids])
             else:
-                gone += int((yield EVAL, (self._reset, group, ["", *ids])))
-        if gone:
+                yield EVAL, (self._reset, group, ["", *ids])
+        if not self._one_slot and keys:
             yield from self._moving()
 
     def _steps(self, steps: Steps[_R]) -> _R:

@@ -418,8 +418,7 @@ class RedisStorage(AdminCalls, BlockLookups, SingleChecks, LeaseCalls, Clients, 
         return int(self._eval(self._lease, [f"{self.family(key)}:q"], ["count", self._now(now)]))
 
     def generation(self) -> int:
-        value = self._sync_call("GET", self._gen_seed()[0])
-        return 0 if value is None else int(value)
+        return self._steps(self._reading())  # (made when missing: see _changes.py)
 
     def next_generation(self) -> int:
         return self._steps(self._moving())
@@ -571,8 +570,7 @@ class RedisStorage(AdminCalls, BlockLookups, SingleChecks, LeaseCalls, Clients, 
     async def ageneration(self) -> int:
         if self._async() is None:
             return await asyncio.to_thread(self.generation)
-        value = await self._acall("GET", self._gen_seed()[0])
-        return 0 if value is None else int(value)
+        return await self._asteps(self._reading())
 
     async def anext_generation(self) -> int:
         if self._async() is None:

@@ -4,8 +4,8 @@
 -- ARGV: op ('add' | 'del' | 'list'), now ('' = server TIME), ttl slack (ms, only with a
 -- client-given now), member, expiry ('inf' or microseconds), reason.
 -- 'del' on one server (not a Cluster: other slots) also takes KEYS[3], the member's own
--- entry, deleted here too, and KEYS[4], the generation of admin changes, moved on when
--- anything was removed (ARGV[5]: its seed, should it be missing): one atomic round trip.
+-- entry, deleted here too, and KEYS[4], the generation of admin changes, moved on (ARGV[5]:
+-- its seed, should it be missing): one atomic round trip.
 -- Expired entries are dropped lazily, a bounded number per call ('list': all of them).
 local Z, R = KEYS[1], KEYS[2]
 local op = ARGV[1]
@@ -20,10 +20,8 @@ elseif op == 'del' then
   redis.call('HDEL', R, ARGV[4])
   if KEYS[4] then
     result = result + redis.call('DEL', KEYS[3])
-    if result > 0 then
-      redis.call('SET', KEYS[4], ARGV[5], 'NX')
-      redis.call('INCR', KEYS[4])
-    end
+    redis.call('SET', KEYS[4], ARGV[5], 'NX')
+    redis.call('INCR', KEYS[4])
   end
 end
 local limit = op == 'list' and {} or {'LIMIT', 0, 100}

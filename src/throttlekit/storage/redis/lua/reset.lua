@@ -2,8 +2,8 @@
 -- family is one hash whose fields name its algorithms; sliding logs live beside it; fixed
 -- windows are string keys beside it named by the ids in ARGV[2..], the fixed-window ids in
 -- use: see RedisStorage.reset). ARGV[1]: '' or, on one server (not a Cluster: other slots),
--- the seed of the generation of admin changes, the last of KEYS then, moved on when
--- anything was forgotten. Returns the number of keys deleted.
+-- the seed of the generation of admin changes, the last of KEYS then, moved on. Returns
+-- the number of keys deleted.
 local n, gone = #KEYS, 0
 if ARGV[1] ~= '' then n = n - 1 end
 for i = 1, n do
@@ -13,7 +13,7 @@ for i = 1, n do
   gone = gone + redis.call('DEL', H)
   for j = 2, #ARGV do gone = gone + redis.call('DEL', H .. ':w:' .. ARGV[j]) end
 end
-if gone > 0 and n < #KEYS then
+if n < #KEYS then
   redis.call('SET', KEYS[#KEYS], ARGV[1], 'NX')
   redis.call('INCR', KEYS[#KEYS])
 end
