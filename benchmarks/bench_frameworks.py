@@ -245,8 +245,10 @@ TARGETS = {
     # ASGIMiddleware's added latency around a Starlette app / the bare Starlette request
     "ASGI / bare Starlette": 0.5,
 }
-#: what any run asserts: about twice the ratios measured today (docs/benchmarks.md)
-LOOSE = {"flask / raw WSGI": 2.5, "WSGI / Flask-Limiter": 0.25, "ASGI / bare Starlette": 1.2}
+#: what any run asserts: about twice the ratios measured today on the slower of two 2-core
+#: machines (docs/benchmarks.md: 1.11-1.16, 0.12-0.13, 0.60-0.62 on one; 1.49, 0.16, 1.20 in
+#: CI on Python 3.13 on the other, an AMD EPYC with half its instruction cache)
+LOOSE = {"flask / raw WSGI": 3.0, "WSGI / Flask-Limiter": 0.32, "ASGI / bare Starlette": 2.4}
 
 
 def _environ() -> dict[str, Any]:
