@@ -17,6 +17,7 @@ import time
 from collections.abc import Awaitable, Generator, Sequence
 from typing import TYPE_CHECKING, Any, TypeVar
 
+from ..._errors import ConfigError
 from ._scripts import Script
 
 __all__ = ["CALL", "EVAL", "AdminCalls", "Steps"]
@@ -49,6 +50,17 @@ class AdminCalls:
         def _aeval(self, script: Script, keys: Sequence[str], args: Sequence[Any]
                    ) -> Awaitable[Any]: ...
 
+    @staticmethod
+    def _check_text(*values: str) -> None:
+        """An admin call's keys and reason are text Redis can hold (UTF-8): a ConfigError
+        naming one that is not (a lone surrogate), not the client's UnicodeEncodeError."""
+        for value in values:
+            try:
+                value.encode("utf-8")
+            except UnicodeEncodeError:
+                raise ConfigError(f"{value!r} is not UTF-8 text (a lone surrogate): Redis "
+                                  "cannot hold it as a key or a reason") from None
+
     def _gen_seed(self) -> tuple[str, str]:
         # ``P{%g}``: a plain counter (``%`` never starts an escaped family: no clash), created
         # at the current time in microseconds rather than 0, so a counter lost (evicted,
@@ -76,6 +88,7 @@ class AdminCalls:
         """``unblock``: whether ``key`` had an entry (its own key or the index's); the
         generation moves on, whether it had or not (a call retried after a failure cannot
         tell whether the first one removed it)."""
+        self._check_text(key)
         entry = f"{self.family(key)}:b"
         gen, seed = self._gen_seed()
         args = ["del", "", "0", key, seed, ""]
@@ -89,6 +102,7 @@ class AdminCalls:
     def _resetting(self, keys: Sequence[str]) -> Steps[None]:
         """``reset``: the families of ``keys`` forgotten; the generation moves on (as for
         ``unblock``, whether there was anything to forget or not)."""
+        self._check_text(*keys)
         ids = [*(yield CALL, ("ZRANGEBYSCORE", self._registry, time.time_ns() // 10**6,
                               "+inf")), *self._registered]  # (and this process's own)
         gen, seed = self._gen_seed()

@@ -264,6 +264,7 @@ class RedisStorage(AdminCalls, BlockLookups, SingleChecks, LeaseCalls, Clients, 
             raise ConfigError(f"ttl must be a positive number of seconds or None, got {ttl!r}")
         if not isinstance(reason, str):
             raise ConfigError(f"reason must be a string, got {reason!r}")
+        self._check_text(key, reason)
         ttl_us = "" if ttl is None or ttl == INF else str(round(ttl * 1_000_000))
         return [self._now(now), ttl_us, reason, self._slack_ms]
 
