@@ -42,10 +42,6 @@ def stores(server: RedisServer, request: pytest.FixtureRequest) -> Iterator[list
         s.close()
 
 
-def _calls(server: RedisServer) -> dict[str, int]:
-    return server.calls()
-
-
 def _reset(server: RedisServer) -> None:
     server.command("CONFIG", "RESETSTAT")
 
@@ -91,7 +87,7 @@ def test_a_banned_client_is_refused_without_a_round_trip_through_the_middleware(
     del events[:]
     _reset(server)
     answers = [client.get(p, environ_base=ENV) for p in ("/", "/wp-login", "/x") * 10]
-    assert _calls(server) == {}
+    assert server.calls() == {}
     assert [r.status_code for r in answers] == [403] * 30
     assert {r.get_data() for r in answers} == {first.get_data()}
     assert {tuple(sorted(r.headers.items())) for r in answers} == {
@@ -110,7 +106,7 @@ def test_a_cached_ban_is_the_verdict_the_store_gave(server: RedisServer,
     stored_told = _told(events)
     _reset(server)
     cached = limiter.evaluate(_view(limiter))
-    assert _calls(server) == {}
+    assert server.calls() == {}
     assert _seen(cached) == _seen(stored) == (False, "banned", "scanners", IP, None, [], False)
     assert _told(events) == stored_told == [("banned", "scanners", IP, None, False)]
 
@@ -126,12 +122,12 @@ def test_a_block_made_elsewhere_is_seen_on_the_first_request_then_cached(
     _reset(server)
     first = worker.evaluate(_view(worker))
     assert _seen(first) == (False, "blocked", DYNAMIC_RULE, IP, None, [], False)
-    assert "evalsha" in _calls(server)  # the store answered (the script may register too)
+    assert "evalsha" in server.calls()  # the store answered (the script may register too)
     _reset(server)
     again = []
     for path in ("/", "/wp-x", "/y"):
         again.append(worker.evaluate(_view(worker, path)))
-        assert _calls(server) == {}, path
+        assert server.calls() == {}, path
     assert [_seen(v) for v in again] == [_seen(first)] * 3
     assert _told(events) == [("blocked", DYNAMIC_RULE, IP, None, False)] * 4
 
@@ -172,7 +168,7 @@ def test_the_blocks_end_ends_the_cached_refusal(server: RedisServer,
     clock.advance(4.9)
     _reset(server)
     assert worker.evaluate(_view(worker)).kind == "blocked"
-    assert "evalsha" not in _calls(server)  # (a read of the generation only)
+    assert "evalsha" not in server.calls()  # (a read of the generation only)
     clock.advance(0.1)
     assert worker.evaluate(_view(worker)).kind == "allowed"
 
@@ -187,11 +183,11 @@ def test_a_permanent_block_is_asked_again_after_the_hold(server: RedisServer,
     clock.advance(BLOCK_HOLD - 0.5)
     _reset(server)
     assert worker.evaluate(_view(worker)).kind == "blocked"
-    assert "evalsha" not in _calls(server)
+    assert "evalsha" not in server.calls()
     clock.advance(0.5)
     _reset(server)
     assert worker.evaluate(_view(worker)).kind == "blocked"
-    assert _calls(server).get("evalsha", 0) >= 1  # asked again
+    assert server.calls().get("evalsha", 0) >= 1  # asked again
 
 
 def test_async_a_banned_client_sends_no_command(server: RedisServer,
@@ -202,7 +198,7 @@ def test_async_a_banned_client_sends_no_command(server: RedisServer,
         kinds = [(await limiter.aevaluate(_view(limiter, "/wp-x"))).kind for _ in range(3)]
         _reset(server)
         kinds += [(await limiter.aevaluate(_view(limiter, p))).kind for p in ("/", "/wp-y")]
-        assert _calls(server) == {}
+        assert server.calls() == {}
         await stores[0].aclose()
         return kinds
 
@@ -219,7 +215,7 @@ def test_a_request_another_ban_rule_counts_still_goes_to_the_store(
     assert kinds == ["banned"] * 3
     _reset(server)
     assert limiter.evaluate(_view(limiter, "/login")).kind == "banned"
-    assert "evalsha" in _calls(server)
+    assert "evalsha" in server.calls()
 
 
 def test_an_allowed_client_still_asks_the_store(server: RedisServer,
@@ -230,7 +226,7 @@ def test_an_allowed_client_still_asks_the_store(server: RedisServer,
     assert limiter.evaluate(RequestView.from_environ(other, limiter.resolver)).kind == "blocked"
     _reset(server)
     assert [limiter.evaluate(_view(limiter)).kind for _ in range(3)] == ["allowed"] * 3
-    assert _calls(server).get("evalsha", 0) >= 3  # each asks
+    assert server.calls().get("evalsha", 0) >= 3  # each asks
 
 
 def test_memory_keeps_no_denial_cache() -> None:
@@ -304,7 +300,7 @@ def test_a_ban_this_worker_makes_is_cached_at_once(server: RedisServer,
     del events[:]
     _reset(server)
     verdict = limiter.evaluate(_view(limiter))
-    assert _calls(server) == {}
+    assert server.calls() == {}
     assert _seen(verdict) == (False, "banned", "scanners", IP, None, [], False)
     assert _told(events) == [("banned", "scanners", IP, None, False)]
 
@@ -321,7 +317,7 @@ def test_a_ban_this_worker_makes_keeps_the_blocks_it_cached(
     assert [b.key for b in limiter.blocked()] == ["fail2ban:scanners:192.0.2.77", IP]
     _reset(server)
     assert limiter.evaluate(_view(limiter)).kind == "blocked"
-    assert _calls(server) == {}
+    assert server.calls() == {}
 
 
 def test_a_block_this_worker_makes_is_cached_at_once_and_keeps_the_others(
@@ -344,7 +340,7 @@ def test_a_block_this_worker_makes_is_cached_at_once_and_keeps_the_others(
         False, "blocked", DYNAMIC_RULE, IP, None, [], False)
     assert limiter.evaluate(RequestView.from_environ(earlier, limiter.resolver)).kind == (
         "blocked")
-    assert _calls(server) == {}
+    assert server.calls() == {}
     assert _told(events) == [("blocked", DYNAMIC_RULE, IP, None, False),
                              ("blocked", DYNAMIC_RULE, first, None, False)]
     assert limiter.unblock(IP)  # here at once
