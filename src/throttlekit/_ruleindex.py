@@ -17,6 +17,7 @@ and is immutable: a rule set publishes a new one with each rule (see ``Rules``).
 
 from __future__ import annotations
 
+import ipaddress
 from typing import TYPE_CHECKING, Any
 
 from ._errors import ConfigError
@@ -99,13 +100,48 @@ def host_of(view: RequestView) -> str:
 
 
 def normal_host(host: str) -> str:
-    """``host`` lower case, without a port (``[::1]:8000`` -> ``[::1]``)."""
+    """``host`` as ``hosts=`` compares it: lower case, without a port (``[::1]:8000`` ->
+    ``[::1]``, an IPv6 address in its compressed form) or a trailing dot (``example.com.``
+    names example.com); of a header sent twice (joined ``a, b``), the first."""
     host = host.lower()
+    if "," in host:  # no host holds a comma: a repeated header, joined by the server
+        host = host[:host.find(",")].strip()
     if host[:1] == "[":
         end = host.find("]")
-        return host[:end + 1] if end > 0 else host
+        if end < 0:
+            return host
+        try:
+            return f"[{ipaddress.IPv6Address(host[1:end])}]"
+        except ValueError:
+            return host[:end + 1]
     colon = host.find(":")
-    return host if colon < 0 else host[:colon]
+    if colon >= 0:
+        host = host[:colon]
+    return host.rstrip(".") if host[-1:] == "." else host
+
+
+def _rule_host(host: str, what: str) -> str:
+    """A host of ``hosts=`` as requests are compared with it; an IPv6 address may be
+    written bare (``::1``) or bracketed. A ConfigError when nothing is left to compare or
+    the name is not ASCII (browsers send its IDNA form)."""
+    if host.count(":") > 1 and host[:1] != "[":
+        try:
+            host = f"[{ipaddress.IPv6Address(host)}]"
+        except ValueError:
+            raise ConfigError(f"{what}: hosts {host!r} is not a host name (an IPv6 "
+                              f"address is written '::1' or '[::1]')") from None
+    normal = normal_host(host)
+    if not normal or normal == "[]":
+        raise ConfigError(f"{what}: hosts {host!r} is not a host name (e.g. "
+                          f"'api.example.com', no scheme, no path)")
+    if not normal.isascii():
+        try:
+            hint = f": write {normal.encode('idna').decode('ascii')!r}"
+        except UnicodeError:
+            hint = ""
+        raise ConfigError(f"{what}: hosts {host!r} is not ASCII; browsers send a name's "
+                          f"IDNA form{hint}")
+    return normal
 
 
 def _strings(value: Any, what: str) -> list[str] | None:
@@ -155,7 +191,7 @@ def where_of(what: str, methods: Any = None, paths: Any = None, path_prefix: Any
         frozenset(ms) if ms is not None else None,
         frozenset(ps) if ps is not None else None,
         tuple(dict.fromkeys(pre)) if pre is not None else None,
-        frozenset(normal_host(h) for h in hs) if hs is not None else None,
+        frozenset(_rule_host(h, what) for h in hs) if hs is not None else None,
     )
 
 
