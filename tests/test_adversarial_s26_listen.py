@@ -85,6 +85,19 @@ def _limiter(specs: list[tuple[str, str, str]], mode: str, clock: FakeClock, lis
     return lim, rec
 
 
+class _Subscriber:
+    """On its first event, subscribes ``nested`` to every kind, from inside the listener."""
+
+    def __init__(self, limiter: Limiter, whole: _Recorder, nested: _Recorder) -> None:
+        self.limiter, self.whole, self.nested = limiter, whole, nested
+        self.at: int | None = None  # events ``whole`` had then (this one included)
+
+    def __call__(self, event: Event) -> None:
+        if self.at is None:
+            self.at = len(self.whole.log)
+            self.limiter.on(self.nested)
+
+
 def _told(v: Verdict) -> tuple[Any, ...]:
     """What a client is told of a verdict (the IETF fields: the legacy Reset field is
     read off the wall clock)."""
@@ -109,18 +122,11 @@ def test_every_kind_of_listener_leaves_the_verdicts_and_events_as_they_were(
         clocks = {m: FakeClock(T0) for m in MODES}
         built = {m: _limiter(specs, m, clocks[m], lists, track) for m in MODES}
         late = _Recorder()
-        nested = _Recorder()
 
-        subscribed: list[int] = []
-        whole = _Recorder()
+        whole, nested = _Recorder(), _Recorder()
         built["nested"][0].on(whole)
-
-        def subscribe_nested(event: Event) -> None:
-            if not subscribed:
-                subscribed.append(len(whole.log))  # (this event told to ``whole`` already)
-                built["nested"][0].on(nested)  # from inside a listener, mid-request
-
-        built["nested"][0].on("allowed", subscribe_nested)
+        subscriber = _Subscriber(built["nested"][0], whole, nested)
+        built["nested"][0].on("allowed", subscriber)
         for n in range(50):
             if n == 20:
                 built["late"][0].on(late)  # the engine had decided 20 requests already
@@ -138,7 +144,8 @@ def test_every_kind_of_listener_leaves_the_verdicts_and_events_as_they_were(
         assert built["raising"][1].log == listen
         assert late.log == listen[since:]
         assert whole.log == listen
-        assert nested.log == whole.log[subscribed[0]:] if subscribed else not nested.log
+        at = subscriber.at
+        assert nested.log == whole.log[at:] if at is not None else not nested.log
 
 
 def test_threads_get_exact_admissions_and_the_monitor_counts_each_request_once() -> None:
@@ -313,3 +320,100 @@ async def _raw_request(app: Any, ip: str, headers: list[tuple[bytes, bytes]]) ->
     return int(sent[0]["status"])
 
 
+
+
+# -- real servers: a monitored app under gunicorn (threads) and uvicorn ---------------------
+
+SERVED_APP = '''
+import json
+import throttlekit
+from throttlekit.monitor import Monitor, Shield
+
+limiter = throttlekit.Limiter("memory://", trusted_proxies=1)
+limiter.throttle("per-ip", "40/hour")
+limiter.throttle("all", "1500/hour", key=lambda r: "all", paths=["/"])
+monitor = Monitor(limiter, publish=False)
+shield = Shield(limiter, monitor)
+
+def counts():
+    return json.dumps({"requests": monitor.requests,
+                       "counts": [[*k, n] for k, n in monitor.counts().items()]}).encode()
+
+def wsgi_inner(environ, start_response):
+    body = counts() if environ["PATH_INFO"] == "/counts" else b"ok"
+    start_response("200 OK", [("Content-Type", "text/plain")])
+    return [body]
+
+async def asgi_inner(scope, receive, send):
+    if scope["type"] != "http":
+        return
+    body = counts() if scope["path"] == "/counts" else b"ok"
+    await send({"type": "http.response.start", "status": 200, "headers": []})
+    await send({"type": "http.response.body", "body": body})
+
+wsgi = throttlekit.WSGIMiddleware(wsgi_inner, limiter)
+asgi = throttlekit.ASGIMiddleware(asgi_inner, limiter)
+'''
+
+
+@pytest.fixture(params=["gunicorn", "uvicorn"])
+def monitored_server(request: pytest.FixtureRequest, tmp_path: Any) -> Iterator[str]:
+    import os
+    from pathlib import Path
+
+    from servers import free_port, http_app
+
+    (tmp_path / "tk_s26_app.py").write_text(textwrap.dedent(SERVED_APP))
+    src = Path(__file__).resolve().parent.parent / "src"
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(src), str(tmp_path)])}
+    port = free_port()
+    if request.param == "gunicorn":  # one worker, threads: one monitor fed by four threads
+        argv = [sys.executable, "-m", "gunicorn", "--workers", "1", "--threads", "4",
+                "--worker-class", "gthread", "--bind", f"127.0.0.1:{port}",
+                "--log-level", "warning", "tk_s26_app:wsgi"]
+    else:
+        argv = [sys.executable, "-m", "uvicorn", "--host", "127.0.0.1", "--port", str(port),
+                "--no-proxy-headers", "--log-level", "warning", "--no-access-log",
+                "tk_s26_app:asgi"]
+    with http_app(argv, port, "/counts", env=env) as base:
+        yield base
+
+
+def test_a_monitored_app_under_a_real_server_counts_what_it_served(
+        monitored_server: str) -> None:
+    """2,000 requests from 50 clients (X-Forwarded-For, one trusted proxy), four client
+    threads: no 500; exactly 1,500 admitted (the global rule); the monitor's counters are
+    the statuses the clients got, and it counted each request once."""
+    import httpx
+
+    statuses: Counter[int] = Counter()
+    lock = threading.Lock()
+    before = _served_counts(monitored_server)
+
+    def run(t: int) -> None:
+        mine: Counter[int] = Counter()
+        with httpx.Client(base_url=monitored_server, timeout=30) as http:
+            for i in range(500):
+                ip = f"198.51.100.{(t * 500 + i) % 50 + 1}"
+                mine[http.get("/", headers={"X-Forwarded-For": ip}).status_code] += 1
+        with lock:
+            statuses.update(mine)
+
+    threads = [threading.Thread(target=run, args=(t,)) for t in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert statuses == {200: 1500, 429: 500}
+    after = _served_counts(monitored_server)
+    assert after["requests"] == before["requests"] + 2001  # (+ the second read)
+    assert after["all", "allowed"] == 1500 and after["all", "throttled"] == 500
+    assert after["per-ip", "allowed"] == before["per-ip", "allowed"] + 1501
+    assert ("per-ip", "throttled") not in after  # 40 requests each: exactly the limit
+
+
+def _served_counts(base: str) -> dict[Any, int]:
+    import httpx
+
+    got = httpx.get(base + "/counts", headers={"X-Forwarded-For": "192.0.2.250"}).json()
+    return {"requests": got["requests"], **{(r, k): n for r, k, _dry, n in got["counts"]}}
