@@ -30,7 +30,7 @@ from .._errors import ConfigError
 from . import _store
 from ._features import path_of
 from ._sampling import Sampler
-from ._scope import Counted, Scope
+from ._scope import FIRST, Counted, Latest, Scope
 from .attribution import (
     COVERAGE,
     Attribution,
@@ -194,7 +194,7 @@ class Monitor:
         self._snapshot_callbacks: list[SnapshotCallback] = []
         self._rules: dict[str, Scope] = {}
         self._counted: dict[str, Counted] = {}  # every rule seen: counters (+ scope)
-        self._last_request: object = None
+        self._latest = Latest()  # per thread: see Latest
         self._tick_end = -math.inf
         self._first_tick = math.inf
         self._client_due = -math.inf
@@ -234,8 +234,7 @@ class Monitor:
     # -- the hot path -------------------------------------------------------------------
 
     def __call__(self, event: Any) -> None:
-        """Count one :class:`throttlekit.Event` (fed by hand; the limiter calls
-        :meth:`event_fields`)."""
+        """Count one :class:`throttlekit.Event` (fed by hand; the limiter: event_fields)."""
         try:  # one unpack: an Event's attributes are each a descriptor call
             kind, rule, key, request, _, dry_run, at = event
         except (TypeError, ValueError):  # anything shaped like an Event, fed by hand
@@ -245,8 +244,7 @@ class Monitor:
 
     def event_fields(self, kind: str, rule: str, key: str | None, request: Any,
                      decision: Any, dry_run: bool, at: float) -> None:
-        """Count one event given by its fields, in :class:`throttlekit.Event`'s order:
-        how the limiter tells a monitor (no Event built for it)."""
+        """Count one event given by its fields, in :class:`~throttlekit.Event`'s order."""
         counted = self._counted.get(rule)
         if counted is None:
             counted = self._add_rule(rule, at)
@@ -254,9 +252,10 @@ class Monitor:
         try:
             counts[kind] += 1
         except KeyError:
-            counts[kind] = 1
-        if request is not self._last_request:
-            self._last_request = request
+            counted.first(counts, kind)
+        latest = self._latest
+        if request is not latest.request:
+            latest.request = request
             self.requests += 1
             if at >= self._tick_end:
                 self._tick(at)
@@ -293,14 +292,16 @@ class Monitor:
                 hitters.fold()
 
     def _add_rule(self, rule: str, at: float) -> Counted:
-        scope = None
-        if self.per_rule and len(self._rules) < self.max_rules and rule not in self._quiet:
-            # rule scopes keep fewer keys: they are for reports, the shield uses all traffic
-            scope = self._new_scope(rule, max(64, self.capacity // 8))
-            scope.hitters.settle(at, self._sampler.every)  # then settled by _tick
-            self._rules[rule] = scope
-        counted = self._counted[rule] = Counted(scope)
-        return counted
+        with FIRST:  # (a thread racing here made a second Counted, losing counts)
+            if (counted := self._counted.get(rule)) is not None:
+                return counted
+            scope = None
+            if self.per_rule and len(self._rules) < self.max_rules and rule not in self._quiet:
+                # rule scopes keep fewer keys: for reports, the shield uses all traffic
+                scope = self._new_scope(rule, max(64, self.capacity // 8))
+                scope.hitters.settle(at, self._sampler.every)  # then settled by _tick
+                self._rules[rule] = scope
+            return self._counted.setdefault(rule, Counted(scope))
 
     # -- time ---------------------------------------------------------------------------
 

@@ -346,8 +346,14 @@ class MemoryStorage(Storage):
     def _insert(self, k: str, state: Any, algorithm: Algorithm, now: int) -> None:
         data = self._data
         algorithms = self._algorithms
-        # The latest algorithm of an id: a rule's id outlives a change of its rates.
-        algorithms[k[: k.index("|")]] = algorithm
+        # The id's algorithm of the lowest limit: a rule's id outlives a change of its
+        # rates and is shared by its plans' rates, so its states are reclaimed (and kept
+        # from eviction) as the slowest of them reads them (a token bucket refilled at a
+        # pro plan's rate would find a free client's emptied bucket full and drop it).
+        tag = k[: k.index("|")]
+        known = algorithms.get(tag)
+        if known is None or algorithm.limit < known.limit:
+            algorithms[tag] = algorithm
         data[k] = state
         # Reclaim: drop up to two expired entries from the cold end, so expired state
         # goes away as fast as new keys come in, with no scan and no timer.
