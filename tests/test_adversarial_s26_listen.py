@@ -417,3 +417,27 @@ def _served_counts(base: str) -> dict[Any, int]:
 
     got = httpx.get(base + "/counts", headers={"X-Forwarded-For": "192.0.2.250"}).json()
     return {"requests": got["requests"], **{(r, k): n for r, k, _dry, n in got["counts"]}}
+
+
+@pytest.mark.parametrize("strategy", ["fixed_window", "sliding_window", "sliding_log",
+                                      "token_bucket"])
+@pytest.mark.parametrize(("free", "pro"), [("20/hour", "5/second"), ("3/second", "100/second"),
+                                           ("20/minute", "1000/day")])
+def test_plans_of_other_periods_never_give_a_client_its_quota_back(
+        strategy: str, free: str, pro: str) -> None:
+    """Plans of one period share a counter id (one of another period has its own); the
+    store reclaims an id's states as the slowest of its rates reads them. A free client at
+    its limit stays refused after pro clients' requests made new keys (each insert
+    reclaims expired states from the cold end)."""
+    clock = FakeClock(T0)
+    lim = Limiter("memory://", clock=clock)
+    lim.throttle("api", lim.plans({"free": free, "pro": pro},
+                                  lambda r: "pro" if r.path == "/pro" else "free"),
+                 strategy=strategy)
+    limit = int(free.split("/")[0])
+    assert all(lim.evaluate(_view(lim, "192.0.2.2", "GET", "/")).allowed
+               for _ in range(limit))
+    clock.advance(0.05)
+    for i in range(10):  # new keys: each insert reclaims up to two expired states
+        assert lim.evaluate(_view(lim, f"198.51.100.{i}", "GET", "/pro")).allowed
+    assert not lim.evaluate(_view(lim, "192.0.2.2", "GET", "/")).allowed
