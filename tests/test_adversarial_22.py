@@ -26,7 +26,7 @@ from throttlekit.storage.redis import RedisStorage
 from throttlekit.storage.synced import SyncedStorage
 from throttlekit.testing import FakeClock
 
-RATE = "100/hour"
+RATE = "1000000/hour"  # (leases: up to 27 units at sync_interval 0.1)
 
 
 @pytest.fixture
@@ -56,7 +56,9 @@ def test_a_cancelled_lease_ask_does_not_cancel_the_requests_waiting_for_it(
         server.pause()  # the ask stays in flight
         try:
             asker = asyncio.ensure_future(limiter.ahit("k", RATE))
+            deadline = time.monotonic() + 10
             while not any(lease.waiter for lease in limiter.storage._leases.values()):  # type: ignore[attr-defined]
+                assert time.monotonic() < deadline, "no lease asked"
                 await asyncio.sleep(0.001)  # until the lease is being asked
             waiter = asyncio.ensure_future(limiter.ahit("k", RATE))
             await asyncio.sleep(0.1)

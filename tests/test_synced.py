@@ -50,7 +50,7 @@ def test_hot_key_costs_a_round_trip_per_lease_not_per_request() -> None:
     """2,000 hits on one hot key within 0.1 s reach the store a few dozen times at most."""
     inner = CountingMemory()
     store = SyncedStorage(inner)
-    alg = make_algorithm("fixed_window", Rate(1_000_000, 3600.0))
+    alg = make_algorithm("fixed_window", Rate(10**9, 3600.0))  # (leases up to 27,777)
     allowed = sum(store.hit(alg, "hot", 1, T0 + i * 10).allowed for i in range(2000))
     assert allowed == 2000
     assert inner.calls <= 40, inner.calls
@@ -129,7 +129,7 @@ def test_threads_wait_for_the_lease_another_thread_asks(fails: bool) -> None:
     lease it brought, or fail alike when it failed."""
     inner = GatedMemory()
     store = SyncedStorage(inner)
-    alg = make_algorithm("fixed_window", Rate(1000, 3600.0))
+    alg = make_algorithm("fixed_window", Rate(10**6, 3600.0))  # (leases up to 27)
     for i in range(4):  # an exact charge, then a lease of 2 units, spent
         assert store.hit(alg, "k", 1, T0 + i).allowed
     calls = inner.calls

@@ -127,7 +127,7 @@ def test_the_common_case_comes_back_with_the_store() -> None:
     read again and requests are answered from the leases once more."""
     store = DownableStore()
     limiter = Limiter(SyncedStorage(store), on_storage_error="allow", retry_interval=0.05)
-    limiter.throttle("per-ip", "1000/hour", key="ip")
+    limiter.throttle("per-ip", "1000000/hour", key="ip")
     store.down = True
     assert limiter.evaluate(_view(limiter)).decision.degraded  # type: ignore[union-attr]
     assert limiter.engine.local_blocks  # the general path while the store fails

@@ -12,20 +12,23 @@ shared counter is never behind what the workers admitted.
 How big a lease is adapts to the key's traffic in this worker: the first request of a key
 is charged exactly (a lease of its cost); each lease used up before it expired doubles the
 next one, each that expired with units left shrinks the next to what was used; and a lease
-is never more than ``share`` of what the store said was left. A key seen now and then is
-therefore one exact round trip per request, as without the wrapper, and a hot key is one
-round trip per lease.
+is never more than ``share`` of what the store said was left, nor more than the limit
+refills in ``sync_interval`` (``limit * sync_interval / period``: all a client within its
+limit can use before the lease ends). A key seen now and then is therefore one exact round
+trip per request, as without the wrapper, and so is a key of a limit that refills less than
+a unit per ``sync_interval`` (1,000/hour); a hot key of a faster limit is one round trip per
+lease.
 
 The limit's semantics (the over-admission bound):
 
 * Fixed windows (and calendar windows): a lease never outlives the window it was charged in,
   so a window never admits more than its limit, whatever the number of workers. Quota leased
   but not used before the lease ends is lost to that window (under-admission): at most the
-  unused leases of the workers, each at most ``share`` of the remaining quota.
-* Sliding window, sliding log, token bucket: a leased unit is charged up to
-  ``sync_interval`` before its request, so a window of the limit's period can admit what the
-  limit admits in that period plus ``sync_interval`` (about ``limit * sync_interval /
-  period`` more; 0.1 s against a minute: 0.2 %).
+  unused leases of the workers, each at most ``limit * sync_interval / period``.
+* Sliding window, sliding log, token bucket: a leased unit is charged before its request, so
+  a window of the limit's period can admit, on top of its limit, the units the workers held
+  leased when it began: at most ``workers * limit * sync_interval / period`` (0.1 s against
+  a minute: 0.17 % a worker).
 * Measured with 2 and 4 real processes on Redis: see docs/backends.md
   ("Many workers on one Redis") and ``tests/test_synced.py``.
 
@@ -195,7 +198,12 @@ class SyncedStorage(Storage):
                     lease.chunk = max(1, lease.used)
             elif lease.left < c.cost and lease.chunk < _MAX_CHUNK:
                 lease.chunk *= 2  # spent before it expired: the key is hot here
-            extra = min(lease.chunk, int(lease.remaining * self.share))
+            alg = c.algorithm
+            # never more than the limit refills in one sync_interval: all that a client
+            # within its limit can use before the lease ends (so a burst's last lease wastes
+            # little, and a sliding limit's time shift stays under its bound)
+            extra = min(lease.chunk, int(lease.remaining * self.share),
+                        alg.limit * self._interval_us // alg.period_us)
             if extra > 0:
                 lease.asking = True
             sizes.append(c.cost + extra)
