@@ -29,12 +29,13 @@ iterable; ASGI: when the app returns), one more storage call.
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import logging
 import math
 import os
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -165,6 +166,16 @@ class ConcurrencyRules:
         """The limiter's concurrency rules, or new empty ones to :meth:`install`."""
         conc = limiter.engine.concurrency
         return conc if conc is not None else cls(limiter)
+
+    @classmethod
+    @contextlib.contextmanager
+    def editing(cls, limiter: Limiter) -> Iterator[ConcurrencyRules]:
+        """The limiter's concurrency rules to change, put in force after the change; under
+        the engine's ``changing`` lock (a reload swaps these rules too: _registration)."""
+        with limiter.engine.changing:
+            conc = cls.of(limiter)
+            yield conc
+            conc.install()
 
     def install(self) -> None:
         """Put these rules in force (after a change: ``Limiter.concurrency``/``shed``)."""

@@ -15,6 +15,7 @@ bound hit or batch (``Storage.bind``/``bind_batch``) and concluded the same way.
 from __future__ import annotations
 
 import logging
+import threading
 import time
 from collections.abc import Sequence
 from operator import itemgetter
@@ -71,9 +72,9 @@ class Engine:
     """What decides the requests of one limiter (``limiter.engine``)."""
 
     __slots__ = ("_admission", "_batches", "_challenge", "_concurrency", "_last_log",
-                 "_last_simple", "_standing", "_warned_no_ip", "_warned_unreadable", "enabled",
-                 "limiter", "listeners", "local_blocks", "refusal_policies", "remote", "rules",
-                 "steps", "storage", "store", "watcher")
+                 "_last_simple", "_standing", "_warned_no_ip", "_warned_unreadable", "changing",
+                 "enabled", "limiter", "listeners", "local_blocks", "refusal_policies", "remote",
+                 "rules", "steps", "storage", "store", "watcher")
 
     def __init__(self, limiter: Limiter) -> None:
         self.limiter = limiter
@@ -88,6 +89,8 @@ class Engine:
         #: it is empty, ``evaluate`` has no block to look up and takes its common case
         local = not self.remote or limiter.storage.local_hits
         self.local_blocks = limiter.storage.local_blocks if local else None
+        #: held by registration and reloads (_registration): one change at a time
+        self.changing = threading.RLock()
         #: the rules in force; registration and reloads replace it whole
         self.rules = Rules(limiter)
         self._concurrency: ConcurrencyRules | None = None

@@ -508,9 +508,8 @@ class Limiter:
         if name in self.engine.rules.names:
             kind = self.engine.rules.names[name]
             raise ConfigError(f"duplicate rule name {name!r} (already a {kind})")
-        conc = ConcurrencyRules.of(self)
-        conc.add(name, limit, key=key, match=match, timeout=timeout, retry_after=retry_after)
-        conc.install()
+        with ConcurrencyRules.editing(self) as conc:
+            conc.add(name, limit, key=key, match=match, timeout=timeout, retry_after=retry_after)
 
     def shed(
         self, capacity: int, *, priority: Callable[[RequestView], Any] | None = None,
@@ -521,9 +520,8 @@ class Limiter:
         workers sharing the storage), a request of priority ``p`` (``priority(view)``, an
         int, higher is more important; default 0) is refused with 503 once
         ``thresholds[p] * capacity`` requests are in flight."""
-        conc = ConcurrencyRules.of(self)
-        conc.set_shedding(capacity, priority, thresholds, timeout, retry_after)
-        conc.install()
+        with ConcurrencyRules.editing(self) as conc:
+            conc.set_shedding(capacity, priority, thresholds, timeout, retry_after)
 
     def admission(
         self, *, priority: Callable[[RequestView], Any] | None = None,

@@ -65,11 +65,18 @@ def install(limiter: Limiter, ruleset: RuleSet, replaces: frozenset[str] = froze
     Raises:
         RulesFileError: some rule cannot be registered; nothing changed.
     """
+    engine = limiter.engine
+    with engine.changing:  # registrations wait, then land on the new rules (_registration)
+        return _swap(limiter, ruleset, replaces)
+
+
+def _swap(limiter: Limiter, ruleset: RuleSet, replaces: frozenset[str]) -> frozenset[str]:
     from ._concurrency import ConcurrencyRules
     from ._rules import uses_form
 
     engine = limiter.engine
-    new = engine.rules.without(replaces)
+    old = engine.rules
+    new = old.without(replaces)
     old_conc = engine.concurrency
     conc = ConcurrencyRules(limiter)
     if old_conc is not None:
@@ -90,6 +97,7 @@ def install(limiter: Limiter, ruleset: RuleSet, replaces: frozenset[str] = froze
     # the swap: two assignments, each atomic; a request between them sees new rate rules
     # with old concurrency rules, both complete
     engine.rules = new
+    old.stale = True
     engine.concurrency = conc if conc else None
     limiter.forget_local()
     return frozenset(names)

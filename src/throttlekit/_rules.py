@@ -33,6 +33,7 @@ from ._formuse import uses_form as uses_form
 from ._frameworkview import user_key, user_or_ip_key
 from ._ipset import IPSet
 from ._rates import MAX_PERIOD, Rate, Variants, coerce_rates, resolved
+from ._registration import registering
 from ._ruleindex import RuleIndex, Where, where_of
 from .storage.base import BoundBatch, BoundHit, Storage
 
@@ -391,6 +392,8 @@ class Rules:
         #: (``throttles``, ``index``, ``fast``), so a rule added by another thread meanwhile is
         #: never decided as plain, nor asked without its conditions.
         self.index: RuleIndex | None = None
+        #: replaced by a reload: registration goes to the rules in force (_registration)
+        self.stale = False
 
     def without(self, names: frozenset[str] | set[str]) -> Rules:
         """A copy without the rules named ``names``, its flags derived from what is left."""
@@ -420,6 +423,7 @@ class Rules:
             raise ConfigError(f"duplicate rule name {name!r} (already a {self.names[name]})")
         return name
 
+    @registering
     def add_list(
         self, kind: str, name: str, predicate: Predicate | None,
         ips: Iterable[str] | None,
@@ -440,6 +444,7 @@ class Rules:
             self.blocklists = (*self.blocklists, rule)
         self.names[name] = kind
 
+    @registering
     def add_ban(
         self, kind: str, name: str, match: Predicate, maxretry: int, findtime: float,
         bantime: float, key: str | KeyFunc | None, escalate: Escalate = False,
@@ -480,6 +485,7 @@ class Rules:
         self.bans = (*self.bans, rule)
         self.names[name] = kind
 
+    @registering
     def add_throttle(
         self, name: str, rates: Any, match: Predicate | None, key: str | KeyFunc | None,
         strategy: str | None, cost: int | Callable[[RequestView], int] | None,
@@ -529,6 +535,7 @@ class Rules:
                 raise ConfigError(f"{what}: strategy {strategy!r} at {alg.rate} is not "
                                   f"available: {why}")
 
+    @registering
     def set_throttle_rates(self, name: str, rates: Any) -> tuple[Rate, ...]:
         """Replace the rates of throttle ``name`` (its state carries over for the periods
         kept); returns the previous rates."""
@@ -557,6 +564,7 @@ class Rules:
         self.index = _index_of(throttles, self.index)
         self.throttles = throttles
 
+    @registering
     def add_track(self, name: str, match: Predicate | None, key: str | KeyFunc | None) -> None:
         name = self._name(name, "track")
         _callable_or_none(match, f"track {name!r}: match")
