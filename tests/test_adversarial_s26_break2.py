@@ -10,6 +10,7 @@ a hot key costs few round trips.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import signal
 import sys
@@ -21,8 +22,14 @@ from typing import Any
 import pytest
 
 from servers import RedisServer, start_or_skip
-from throttlekit import ASGIMiddleware, ConfigError, Limiter, Rate, WSGIMiddleware
-from throttlekit import storage_from_url
+from throttlekit import (
+    ASGIMiddleware,
+    ConfigError,
+    Limiter,
+    Rate,
+    WSGIMiddleware,
+    storage_from_url,
+)
 
 # -- the registration lock -----------------------------------------------------------------
 
@@ -65,18 +72,14 @@ def test_one_name_registered_as_two_kinds_from_two_threads_lands_once() -> None:
     def throttles() -> None:
         barrier.wait()
         for n in names:
-            try:
+            with contextlib.suppress(ConfigError):
                 lim.throttle(n, "10/minute")
-            except ConfigError:
-                pass
 
     def concurrency() -> None:
         barrier.wait()
         for n in names:
-            try:
+            with contextlib.suppress(ConfigError):
                 lim.concurrency(n, 5)
-            except ConfigError:
-                pass
 
     interval = sys.getswitchinterval()
     sys.setswitchinterval(1e-6)
@@ -119,6 +122,7 @@ def test_registration_from_listeners_during_thread_signal_and_bad_reloads(
     f.write_text(_file(0))
     lim = Limiter()
     lim.load_rules(str(f), reload_interval=0.001, reload_thread=True)
+    previous = signal.getsignal(signal.SIGUSR2)
     lim.reload_on_signal(signal.SIGUSR2)
     app = WSGIMiddleware(_wsgi_app, lim)
     registered: list[str] = []
@@ -147,7 +151,7 @@ def test_registration_from_listeners_during_thread_signal_and_bad_reloads(
                 i += 1
                 out: list[str] = []
                 body = app(_env(f"/f/{i}", f"10.0.{t}.{i % 250}"),
-                           lambda s, h, exc=None: out.append(s))
+                           lambda s, h, exc=None, out=out: out.append(s))
                 b"".join(body)
                 statuses.append(out[0])
         except BaseException as exc:  # pragma: no cover - reported below
@@ -182,6 +186,7 @@ def test_registration_from_listeners_during_thread_signal_and_bad_reloads(
         for t in threads:
             t.join(30)
         sys.setswitchinterval(interval)
+        signal.signal(signal.SIGUSR2, previous)
     assert not coder.is_alive() and not any(t.is_alive() for t in threads), "a thread hangs"
     watcher = lim.engine.watcher
     assert watcher is not None and watcher.reloads > 5, "the file was not reloaded meanwhile"
