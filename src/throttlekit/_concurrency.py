@@ -182,6 +182,8 @@ class ConcurrencyRules:
         engine = self.limiter.engine
         if self.needs_form:
             engine.rules.needs_form = True
+        for name in self.names:  # one name, one rule: a throttle named so is refused
+            engine.rules.names.setdefault(name, "concurrency")
         engine.concurrency = self
 
     def __bool__(self) -> bool:

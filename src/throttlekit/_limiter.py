@@ -505,10 +505,10 @@ class Limiter:
         together; or ``"client"``, ``"ip"``, ``"header:<name>"``, a function of the view)
         among those that ``match``; more are refused (429). Leases expire after
         ``timeout`` seconds (default 60), so a crashed worker cannot leak its slots."""
-        if name in self.engine.rules.names:
-            kind = self.engine.rules.names[name]
-            raise ConfigError(f"duplicate rule name {name!r} (already a {kind})")
         with ConcurrencyRules.editing(self) as conc:
+            if name in self.engine.rules.names:  # (under the lock: a throttle meanwhile)
+                kind = self.engine.rules.names[name]
+                raise ConfigError(f"duplicate rule name {name!r} (already a {kind})")
             conc.add(name, limit, key=key, match=match, timeout=timeout, retry_after=retry_after)
 
     def shed(
