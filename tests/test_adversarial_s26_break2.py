@@ -266,9 +266,6 @@ def test_an_asgi_app_registering_at_runtime_during_reloads(tmp_path: Any) -> Non
     assert len(names) == 400
 
 
-@pytest.mark.xfail(strict=True, reason="reported, not fixed (session 26 break2): a reload "
-                   "re-registers a file rule from the file, dropping a Shield's tightened "
-                   "rates while the Shield still counts them as tightened")
 def test_a_tightened_file_rule_stays_tightened_across_a_reload(tmp_path: Any) -> None:
     """A Shield tightens rule ``api`` (from the rules file) with ``set_rule_rates``; the
     file is reloaded (unchanged rates, one more rule): the tightened rate still holds until
@@ -406,3 +403,55 @@ def test_the_async_path_admits_exactly_the_limit(server: RedisServer, rates: Any
     assert admitted[0] == limit
     if limit == 10000:
         assert trips < 600, trips
+
+
+def _rates(lim: Limiter, name: str) -> list[str]:
+    return [str(r) for t in lim.engine.rules.throttles if t.name == name for r in t.rates]
+
+
+def test_rates_set_at_runtime_follow_the_rule_through_reloads(tmp_path: Any) -> None:
+    """set_rule_rates on a file rule holds across reloads whatever else the file changes;
+    None restores the rule's own rates (the file's latest); setting its own rates back
+    ends the override (a later file change then shows); a rule the file drops forgets it."""
+    f = tmp_path / "rules.toml"
+    f.write_text('[[throttle]]\nname = "api"\nrates = "100/minute"\n')
+    lim = Limiter()
+    lim.load_rules(str(f))
+    assert [str(r) for r in lim.set_rule_rates("api", "5/minute")] == ["100 per 60 seconds"]
+    f.write_text('[[throttle]]\nname = "api"\nrates = "300/minute"\n')
+    assert lim.reload() is True
+    assert _rates(lim, "api") == ["5 per 60 seconds"]
+    assert [str(r) for r in lim.set_rule_rates("api", None)] == ["5 per 60 seconds"]
+    assert _rates(lim, "api") == ["300 per 60 seconds"]
+    f.write_text('[[throttle]]\nname = "api"\nrates = "200/minute"\n')
+    assert lim.reload() is True
+    assert _rates(lim, "api") == ["200 per 60 seconds"]
+    lim.set_rule_rates("api", "7/minute")
+    lim.set_rule_rates("api", "200/minute")  # its own rates again: no override left
+    f.write_text('[[throttle]]\nname = "api"\nrates = "400/minute"\n')
+    assert lim.reload() is True
+    assert _rates(lim, "api") == ["400 per 60 seconds"]
+    lim.set_rule_rates("api", "9/minute")
+    f.write_text('[[throttle]]\nname = "web"\nrates = "50/minute"\n')
+    assert lim.reload() is True  # api gone, its override with it
+    f.write_text('[[throttle]]\nname = "api"\nrates = "60/minute"\n')
+    assert lim.reload() is True
+    assert _rates(lim, "api") == ["60 per 60 seconds"]
+    assert [str(r) for r in lim.set_rule_rates("api", None)] == ["60 per 60 seconds"]
+    with pytest.raises(ConfigError, match="no throttle rule named 'nope'"):
+        lim.set_rule_rates("nope", None)
+
+
+def test_a_code_rule_tightened_keeps_its_rates_through_reloads(tmp_path: Any) -> None:
+    """A rule registered in code and tightened is carried over by reloads as it is, and
+    None restores its registration's rates."""
+    f = tmp_path / "rules.toml"
+    f.write_text('[[throttle]]\nname = "file"\nrates = "100/minute"\n')
+    lim = Limiter()
+    lim.throttle("code", "100/second")
+    lim.load_rules(str(f))
+    lim.set_rule_rates("code", "1/second")
+    assert lim.reload() is True
+    assert _rates(lim, "code") == ["1 per 1 second"]
+    lim.set_rule_rates("code", None)
+    assert _rates(lim, "code") == ["100 per 1 second"]

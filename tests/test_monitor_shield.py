@@ -346,3 +346,37 @@ def test_shield_bans_off_the_event_loop_with_a_remote_store():
     assert set(site.shield.banned) == set(FLOODERS)
     assert {b.key for b in site.limiter.blocked()} == set(FLOODERS)
     assert store.ban_threads and threading.get_ident() not in store.ban_threads
+
+
+def test_a_tightened_file_rule_holds_across_a_reload_and_is_restored_to_the_files_rates(
+        tmp_path):
+    """During an attack the shield tightens a rule from the rules file; an operator edits
+    the file meanwhile (the rule's rate, one more rule) and it reloads: the tightened rate
+    holds until the shield releases, which restores the file's new rate (a reload used to
+    drop the tightening while the shield still counted it, and a release to write back the
+    rate saved before the edit)."""
+    site = Site(shield=False)
+    rules = tmp_path / "rules.toml"
+    rules.write_text('[[throttle]]\nname = "file"\nrates = "100/second"\n')
+    site.limiter.load_rules(str(rules))
+    site.shield = Shield(site.limiter, site.monitor, ban=False, tighten={"file": "10/second"})
+
+    def rates() -> list[str]:
+        return [str(r) for t in site.limiter.engine.rules.throttles if t.name == "file"
+                for r in t.rates]
+
+    for _ in range(40):
+        site.second()
+    for _ in range(5):
+        last = site.second(flood=40)
+    assert site.shield.active and 429 in last["flood"]
+    assert rates() == ["10 per 1 second"]
+    rules.write_text('[[throttle]]\nname = "file"\nrates = "200/second"\n'
+                     '[[throttle]]\nname = "other"\nrates = "1000/second"\n')
+    assert site.limiter.reload() is True
+    assert rates() == ["10 per 1 second"]
+    assert 429 in site.second(flood=40)["flood"]  # still contained
+    for _ in range(20):
+        site.second()
+    assert not site.shield.active
+    assert rates() == ["200 per 1 second"]

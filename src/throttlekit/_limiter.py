@@ -19,6 +19,7 @@ from ._engine import Engine
 from ._errors import ConfigError
 from ._keys import MAX_KEY_LENGTH, bound_key
 from ._plans import Plans
+from ._registration import set_rule_rates
 from ._resilience import ON_STORAGE_ERROR, ResilientStore, resilient
 from ._rules import limiter_defaults
 from ._settings import check_settings, storage_of
@@ -327,11 +328,11 @@ class Limiter:
                                        count_when, on_unreadable, methods=methods, paths=paths,
                                        path_prefix=path_prefix, hosts=hosts)
 
-    def set_rule_rates(self, name: str, rates: RatesLike) -> tuple[Rate, ...]:
-        """Replace the rates of the throttle rule ``name`` (shield mode uses this to
-        tighten a rule during an attack); returns the previous rates, which restore it.
-        State is keyed by rule, strategy and period, so a tightened rule bites at once."""
-        return self.engine.rules.set_throttle_rates(name, rates)
+    def set_rule_rates(self, name: str, rates: RatesLike | None) -> tuple[Rate, ...]:
+        """Replace the rates of the throttle rule ``name`` (shield mode tightens a rule so)
+        until set again, a rules-file reload included; None: its own rates again. Returns
+        the previous rates. State is keyed by rule, strategy and period: it bites at once."""
+        return set_rule_rates(self.engine.rules, name, rates)
 
     def plans(self, rates: Mapping[str, RatesLike], plan: str | Callable[[RequestView], object],
               default: str | None = None) -> Plans:

@@ -34,6 +34,7 @@ import time
 from typing import TYPE_CHECKING, Any
 
 from ._errors import ConfigError
+from ._registration import reapply
 from ._rulesfile import RuleSet, load_rules
 
 if TYPE_CHECKING:
@@ -92,6 +93,7 @@ def _swap(limiter: Limiter, ruleset: RuleSet, replaces: frozenset[str]) -> froze
     new.needs_form = new.needs_form or conc.needs_form
     ruleset.register(new, conc)
     names = ruleset.names()
+    reapply(new, names)  # rates a Shield (set_rule_rates) set on file rules hold
     if ruleset.shedding is not None:
         names.add("shedding")
     # the swap: two assignments, each atomic; a request between them sees new rate rules

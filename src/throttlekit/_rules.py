@@ -33,7 +33,7 @@ from ._formuse import uses_form as uses_form
 from ._frameworkview import user_key, user_or_ip_key
 from ._ipset import IPSet
 from ._rates import MAX_PERIOD, Rate, Variants, coerce_rates, resolved
-from ._registration import registering
+from ._registration import Override, registering
 from ._ruleindex import RuleIndex, Where, where_of
 from .storage.base import BoundBatch, BoundHit, Storage
 
@@ -394,6 +394,7 @@ class Rules:
         self.index: RuleIndex | None = None
         #: replaced by a reload: registration goes to the rules in force (_registration)
         self.stale = False
+        self.overrides: dict[str, Override] = {}  # set_rule_rates' (see _registration)
 
     def without(self, names: frozenset[str] | set[str]) -> Rules:
         """A copy without the rules named ``names``, its flags derived from what is left."""
@@ -405,6 +406,7 @@ class Rules:
         new.index = _index_of(new.throttles)
         new.tracks = tuple(r for r in self.tracks if r.name not in names)
         new.names = {n: k for n, k in self.names.items() if n not in names}
+        new.overrides = dict(self.overrides)  # (a reload re-applies the file rules')
         new.needs_form = (
             any(uses_form(r.predicate) for r in (*new.safelists, *new.blocklists))
             or any(uses_form(r.match, r.key) for r in new.bans)

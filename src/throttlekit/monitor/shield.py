@@ -332,8 +332,8 @@ class Shield:
                        "value": c.value, "since": c.since, "at": now},
             )
         for rule, previous in self._saved.items():
-            try:
-                self.limiter.set_rule_rates(rule, previous)
+            try:  # its own rates: the file's, if a reload changed them meanwhile
+                self.limiter.set_rule_rates(rule, None)
             except Exception:
                 logger.exception("throttlekit shield: restoring rule %r failed", rule)
                 continue
