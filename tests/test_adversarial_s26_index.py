@@ -11,11 +11,13 @@ ASGI middleware; and while rules are added and a rules file reloads under traffi
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import ipaddress
 import re
 import sys
 import threading
 import time
+from collections.abc import Iterator
 from typing import Any
 from urllib.parse import unquote, unquote_to_bytes
 
@@ -390,14 +392,11 @@ def test_a_reload_under_traffic_never_shows_a_half_built_rule_set(tmp_path: Any)
     assert [n for n, _ in env["throttlekit.verdict"].policies] == expected(40, "GET")
 
 
-def test_rules_registered_in_code_during_reloads_are_kept(tmp_path: Any) -> None:
-    """``limiter.throttle(...)`` in one thread while another reloads the rules file: rules
-    registered in code are kept across reloads, so every one registered must be in force
-    at the end, with its conditions. (A reload copies the rules and swaps the copy in; a
-    rule registered on the old ones in between was lost: 5 of 300.)"""
-    f = tmp_path / "rules.toml"
+@contextlib.contextmanager
+def _reloading(lim: Limiter, f: Any) -> Iterator[None]:
+    """``lim`` loads the rules file ``f``, rewritten (``rules_version``) and reloaded in a
+    loop by a thread of its own while the block runs."""
     f.write_text(rules_version(0))
-    lim = Limiter()
     lim.load_rules(str(f))
     done = threading.Event()
 
@@ -411,11 +410,21 @@ def test_rules_registered_in_code_during_reloads_are_kept(tmp_path: Any) -> None
     t = threading.Thread(target=reloads)
     t.start()
     try:
-        for i in range(300):
-            lim.throttle(f"code{i}", HIGH, path_prefix=f"/c{i}/")
+        yield
     finally:
         done.set()
         t.join()
+
+
+def test_rules_registered_in_code_during_reloads_are_kept(tmp_path: Any) -> None:
+    """``limiter.throttle(...)`` in one thread while another reloads the rules file: rules
+    registered in code are kept across reloads, so every one registered must be in force
+    at the end, with its conditions. (A reload copies the rules and swaps the copy in; a
+    rule registered on the old ones in between was lost: 5 of 300.)"""
+    lim = Limiter()
+    with _reloading(lim, tmp_path / "rules.toml"):
+        for i in range(300):
+            lim.throttle(f"code{i}", HIGH, path_prefix=f"/c{i}/")
     names = {r.name for r in lim.engine.rules.throttles}
     lost = sorted(f"code{i}" for i in range(300) if f"code{i}" not in names)
     assert lost == []
@@ -428,18 +437,7 @@ def test_threads_registering_at_once_all_land(tmp_path: Any) -> None:
     """Four threads registering throttles, blocklists and concurrency rules at once, while
     a fifth reloads the rules file: every rule registered in code is in force at the end
     (registration is read, copy, publish: two at once lost one)."""
-    f = tmp_path / "rules.toml"
-    f.write_text(rules_version(0))
     lim = Limiter()
-    lim.load_rules(str(f))
-    done = threading.Event()
-
-    def reloads() -> None:
-        k = 0
-        while not done.is_set():
-            k += 1
-            f.write_text(rules_version(k))
-            lim.reload()
 
     def register(t: int) -> None:
         for i in range(60):
@@ -449,17 +447,14 @@ def test_threads_registering_at_once_all_land(tmp_path: Any) -> None:
 
     interval = sys.getswitchinterval()
     sys.setswitchinterval(1e-5)
-    reloader = threading.Thread(target=reloads)
     threads = [threading.Thread(target=register, args=(t,)) for t in range(4)]
     try:
-        reloader.start()
-        for t in threads:
-            t.start()
-        for t in threads:
-            t.join()
+        with _reloading(lim, tmp_path / "rules.toml"):
+            for t in threads:
+                t.start()
+            for t in threads:
+                t.join()
     finally:
-        done.set()
-        reloader.join()
         sys.setswitchinterval(interval)
     rules = lim.engine.rules
     conc = lim.engine.concurrency
