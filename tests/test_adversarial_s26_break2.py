@@ -13,7 +13,6 @@ import asyncio
 import contextlib
 import os
 import signal
-import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -22,6 +21,7 @@ from typing import Any
 import pytest
 
 from servers import RedisServer, start_or_skip
+from threads import run_threads, switching
 from throttlekit import (
     ASGIMiddleware,
     ConfigError,
@@ -81,16 +81,7 @@ def test_one_name_registered_as_two_kinds_from_two_threads_lands_once() -> None:
             with contextlib.suppress(ConfigError):
                 lim.concurrency(n, 5)
 
-    interval = sys.getswitchinterval()
-    sys.setswitchinterval(1e-6)
-    try:
-        threads = [threading.Thread(target=throttles), threading.Thread(target=concurrency)]
-        for t in threads:
-            t.start()
-        for t in threads:
-            t.join()
-    finally:
-        sys.setswitchinterval(interval)
+    run_threads(throttles, concurrency, every=1e-6)
     conc = lim.engine.concurrency
     as_conc = set(conc.names) if conc is not None else set()
     as_throttle = {t.name for t in lim.engine.rules.throttles}
@@ -170,22 +161,21 @@ def test_registration_from_listeners_during_thread_signal_and_bad_reloads(
             lim.concurrency(f"cc{i}", 1000, key="client")
             lim.track(f"tr{i}")
 
-    interval = sys.getswitchinterval()
-    sys.setswitchinterval(1e-5)
     threads = [threading.Thread(target=requests, args=(t,), daemon=True) for t in range(4)]
     threads.append(threading.Thread(target=writer, daemon=True))
     coder = threading.Thread(target=code_rules, daemon=True)
     try:
-        for t in threads:
-            t.start()
-        coder.start()
-        coder.join(60)
-        time.sleep(0.5)
+        with switching():
+            for t in threads:
+                t.start()
+            coder.start()
+            coder.join(60)
+            time.sleep(0.5)
+            stop.set()
+            for t in threads:
+                t.join(30)
     finally:
         stop.set()
-        for t in threads:
-            t.join(30)
-        sys.setswitchinterval(interval)
         signal.signal(signal.SIGUSR2, previous)
     assert not coder.is_alive() and not any(t.is_alive() for t in threads), "a thread hangs"
     watcher = lim.engine.watcher

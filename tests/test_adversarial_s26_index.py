@@ -12,9 +12,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import ipaddress
 import re
-import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -26,6 +26,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from profiles import examples
+from threads import run_threads
 from throttlekit import ASGIMiddleware, ConfigError, Limiter, RequestView, WSGIMiddleware
 from throttlekit.testing import FakeClock
 
@@ -445,17 +446,8 @@ def test_threads_registering_at_once_all_land(tmp_path: Any) -> None:
             lim.blocklist(f"b{t}-{i}", ips=[f"10.{t}.{i}.0/24"])
             lim.concurrency(f"c{t}-{i}", 1000, key="client")
 
-    interval = sys.getswitchinterval()
-    sys.setswitchinterval(1e-5)
-    threads = [threading.Thread(target=register, args=(t,)) for t in range(4)]
-    try:
-        with _reloading(lim, tmp_path / "rules.toml"):
-            for t in threads:
-                t.start()
-            for t in threads:
-                t.join()
-    finally:
-        sys.setswitchinterval(interval)
+    with _reloading(lim, tmp_path / "rules.toml"):
+        run_threads(*(functools.partial(register, t) for t in range(4)))
     rules = lim.engine.rules
     conc = lim.engine.concurrency
     assert conc is not None

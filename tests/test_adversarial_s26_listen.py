@@ -6,6 +6,7 @@ containment takes effect at once and never raises on hostile headers; real serve
 from __future__ import annotations
 
 import asyncio
+import functools
 import random
 import sys
 import textwrap
@@ -17,6 +18,7 @@ from typing import Any
 import pytest
 from werkzeug.test import Client
 
+from threads import run_threads
 from throttlekit import ASGIMiddleware, Event, Limiter, RequestView, Verdict, WSGIMiddleware
 from throttlekit._responses import rate_limit_headers
 from throttlekit.monitor import Monitor, Shield
@@ -178,16 +180,7 @@ def test_threads_get_exact_admissions_and_the_monitor_counts_each_request_once()
         with lock:
             served.update(mine)
 
-    interval = sys.getswitchinterval()
-    sys.setswitchinterval(1e-5)
-    try:
-        threads = [threading.Thread(target=run, args=(t,)) for t in range(4)]
-        for thread in threads:
-            thread.start()
-        for thread in threads:
-            thread.join()
-    finally:
-        sys.setswitchinterval(interval)
+    run_threads(*(functools.partial(run, t) for t in range(4)))
     assert served == {(True, None): 700, (False, "all"): 3300}
     assert monitor.requests == 4000
     assert monitor.counts() == {("all", "allowed", False): 700, ("per-ip", "allowed", False): 700,
