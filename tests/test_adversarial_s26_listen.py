@@ -182,12 +182,18 @@ def test_threads_get_exact_admissions_and_the_monitor_counts_each_request_once()
 
     run_threads(*(functools.partial(run, t) for t in range(4)))
     assert served == {(True, None): 700, (False, "all"): 3300}
-    assert monitor.requests == 4000
-    assert monitor.counts() == {("all", "allowed", False): 700, ("per-ip", "allowed", False): 700,
-                                ("all", "throttled", False): 3300}
     assert told == {("allowed", "all"): 700, ("allowed", "per-ip"): 700,
                     ("throttled", "all"): 3300}
-    assert sum(monitor.client_counts(T0).values()) == 4000
+    counts = {("all", "allowed", False): 700, ("per-ip", "allowed", False): 700,
+              ("all", "throttled", False): 3300}
+    measured = [(monitor.requests, 4000), (sum(monitor.client_counts(T0).values()), 4000),
+                *((monitor.counts().get(k, 0), n) for k, n in counts.items())]
+    if sys.version_info >= (3, 11):  # no thread switch inside a `+=` there: exact
+        assert monitor.counts() == counts
+        assert [got for got, _ in measured] == [want for _, want in measured]
+    # Never a request counted twice; on 3.10, whose interpreter can switch threads inside
+    # an unlocked `+=`, a few increments lost (docs/monitoring.md: no lock per event)
+    assert all(0.9 * want <= got <= want for got, want in measured), measured
 
 
 def test_a_pro_plans_request_never_refills_a_free_clients_token_bucket() -> None:
