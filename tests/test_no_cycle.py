@@ -106,16 +106,18 @@ def test_wsgi_middleware_leaves_no_cycle(garbage: Callable[[], list[str]], rules
 
 
 def test_detached_view_reads_the_same(garbage: Callable[[], list[str]]) -> None:
-    """After the response, the verdict in the environ still leads to a view whose every
-    attribute reads what it read during the request (the view keeps a copy of the
-    environ, without the verdict)."""
+    """During and after the response, the verdict in the environ leads to a view whose
+    every attribute reads what the environ holds (the view keeps a copy of the environ,
+    without the verdict, from before the app runs)."""
     lim = Limiter()
     lim.throttle("per-ip", "10/minute")
     seen: dict[str, Any] = {}
 
     def app(environ: dict[str, Any], start_response: Any) -> list[bytes]:
         view = environ["throttlekit.verdict"].request
-        assert view.raw is environ  # during the request: the environ itself
+        # detached before the app runs: a copy of the environ, without the verdict
+        assert view.raw is not environ and "throttlekit.verdict" not in view.raw
+        assert view.raw == {k: v for k, v in environ.items() if k != "throttlekit.verdict"}
         seen["path"] = view.path
         start_response("200 OK", [])
         return [b"ok"]

@@ -84,63 +84,60 @@ class WSGIMiddleware(Entry):
         if verdict.pending or engine.steps:
             verdict, ex = enter(limiter, verdict)
         environ[VERDICT_KEY] = verdict
+        # The view reads a copy of the environ from here on: the environ holds the verdict,
+        # the verdict this view; were the view to hold the environ, every request's environ
+        # would wait for the cyclic garbage collector (RequestView.detach). Done now, while
+        # what it touches is in the caches, not after the app has run.
+        view.detach()
         if not verdict.allowed:
             accept = environ.get("HTTP_ACCEPT")
             denial = self.responder.refuse(verdict, verdict.policies, accept)
             start_response(status_line(denial.status), list(denial.headers))
-            view.detach()
             return [denial.body]
         policies: Policies | None = verdict.policies
         if outer is not None:
-            if verdict.policies:
-                environ.setdefault(POLICIES_KEY, []).extend(verdict.policies)
+            if policies:
+                environ.setdefault(POLICIES_KEY, []).extend(policies)
             policies = None
         elif not self.on_allowed:
             policies = None
         ticket = None
-        try:
-            if ex is not None:
-                if not isinstance(ex, Ticket):
-                    return self._settling(environ, start_response, ex, policies)
-                ticket = ex  # only an admission slot: released when the response ends
-            if policies is None:
-                respond = start_response
-            else:
-                # What it reads is bound as defaults (one tuple) rather than closed over (a
-                # cell each): every allowed request makes one. Servers pass two or three
-                # arguments.
-                def respond(status: str, headers: list[tuple[str, str]], exc_info: Any = None,
-                            environ: WSGIEnvironment = environ, policies: Policies = policies,
-                            start_response: StartResponse = start_response,
-                            style: str = self.style) -> Callable[[bytes], object]:
-                    # header_policies, inlined (every allowed request pays it)
-                    if not environ.get(DENIED_KEY):
-                        inner = environ.get(POLICIES_KEY)
-                        found = [*policies, *inner] if inner else policies
-                        if found:
-                            headers = [*headers, *rate_limit_headers(found, style)]
-                    return start_response(status, headers, exc_info)
+        if ex is not None:
+            if not isinstance(ex, Ticket):
+                return self._settling(environ, start_response, ex, policies)
+            ticket = ex  # only an admission slot: released when the response ends
+        if policies is None:
+            respond = start_response
+        else:
+            # The fields are worked out now, before the app runs (its code and data would
+            # evict ours from the caches), and again only when an inner entry added its own.
+            own = rate_limit_headers(policies, self.style) if policies else None
 
-            if ticket is None:
-                return self.app(environ, respond)
-            try:
-                result = self.app(environ, respond)
-            except BaseException:
-                ticket.release()
-                raise
-            release = ticket.release
-            if result.__class__ is list:  # nothing of its own to close (the common answer)
-                done = _Released(result, iter(release, None))
-                done.close = release  # (release is idempotent: once, whichever comes first)
-                return done
-            tail: Iterator[None] = iter(release, None)
-            closing = _ReleasedClosing(result, tail)
-            closing.result = result
-            closing.tail = tail
-            return closing
-        finally:
-            # the response is handed over: no reference cycle (see RequestView.detach)
-            view.detach()
+            # What it reads is bound as defaults (one tuple) rather than closed over (a
+            # cell each): every allowed request makes one. Servers pass two or three
+            # arguments.
+            def respond(status: str, headers: list[tuple[str, str]], exc_info: Any = None,
+                        environ: WSGIEnvironment = environ, policies: Policies = policies,
+                        start_response: StartResponse = start_response,
+                        own: list[tuple[str, str]] | None = own,
+                        style: str = self.style) -> Callable[[bytes], object]:
+                # header_policies, inlined (every allowed request pays it)
+                if not environ.get(DENIED_KEY):
+                    inner = environ.get(POLICIES_KEY)
+                    if inner:
+                        headers = [*headers, *rate_limit_headers([*policies, *inner], style)]
+                    elif own:
+                        headers = [*headers, *own]
+                return start_response(status, headers, exc_info)
+
+        if ticket is None:
+            return self.app(environ, respond)
+        try:
+            result = self.app(environ, respond)
+        except BaseException:
+            ticket.release()
+            raise
+        return _releasing(result, ticket)
 
     def _settling(
         self, environ: WSGIEnvironment, start_response: StartResponse, ex: Exchange,
@@ -205,6 +202,21 @@ class _Settled:
             _close(self.result)
         finally:
             self.ex.end()
+
+
+def _releasing(result: Iterable[bytes], ticket: Ticket) -> Iterable[bytes]:
+    """``result``, releasing ``ticket`` (an admission slot) when the server closes it or
+    has read it to the end."""
+    release = ticket.release
+    if result.__class__ is list:  # nothing of its own to close (the common answer)
+        done = _Released(result, iter(release, None))
+        done.close = release  # (release is idempotent: once, whichever comes first)
+        return done
+    tail: Iterator[None] = iter(release, None)
+    closing = _ReleasedClosing(result, tail)
+    closing.result = result
+    closing.tail = tail
+    return closing
 
 
 class _Released(chain):  # type: ignore[type-arg]
