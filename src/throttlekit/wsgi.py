@@ -29,7 +29,7 @@ from ._exchange import (
     Policies,
     enter,
 )
-from ._request import DEFAULT_MAX_FORM_BYTES, RequestView, build_view
+from ._request import _NO_LENGTH, DEFAULT_MAX_FORM_BYTES, RequestView, build_view
 from ._responder import RESPONDER_KINDS, VERDICT_KEY, Entry, resolve_options, status_line
 from ._responder import ResponderFn as Responder
 from ._responses import rate_limit_headers
@@ -84,60 +84,65 @@ class WSGIMiddleware(Entry):
         if verdict.pending or engine.steps:
             verdict, ex = enter(limiter, verdict)
         environ[VERDICT_KEY] = verdict
-        # The view reads a copy of the environ from here on: the environ holds the verdict,
-        # the verdict this view; were the view to hold the environ, every request's environ
-        # would wait for the cyclic garbage collector (RequestView.detach). Done now, while
-        # what it touches is in the caches, not after the app has run.
-        view.detach()
+        # No reference cycle through the verdict (RequestView.detach): done now, while in
+        # the caches, or when the response is over if a body is left for the view's form
+        # (reading it puts a replay in the environ, for the app).
+        late = (environ.get("CONTENT_LENGTH") not in _NO_LENGTH or bool(
+            environ.get("HTTP_TRANSFER_ENCODING"))) and not view.form_read
+        if not late:
+            view.detach()
         if not verdict.allowed:
             accept = environ.get("HTTP_ACCEPT")
             denial = self.responder.refuse(verdict, verdict.policies, accept)
             start_response(status_line(denial.status), list(denial.headers))
+            if late:
+                view.detach()
             return [denial.body]
-        policies: Policies | None = verdict.policies
-        if outer is not None:
-            if policies:
-                environ.setdefault(POLICIES_KEY, []).extend(policies)
-            policies = None
-        elif not self.on_allowed:
-            policies = None
-        ticket = None
-        if ex is not None:
-            if not isinstance(ex, Ticket):
-                return self._settling(environ, start_response, ex, policies)
-            ticket = ex  # only an admission slot: released when the response ends
-        if policies is None:
-            respond = start_response
-        else:
-            # The fields are worked out now, before the app runs (its code and data would
-            # evict ours from the caches), and again only when an inner entry added its own.
-            own = rate_limit_headers(policies, self.style) if policies else None
-
-            # What it reads is bound as defaults (one tuple) rather than closed over (a
-            # cell each): every allowed request makes one. Servers pass two or three
-            # arguments.
-            def respond(status: str, headers: list[tuple[str, str]], exc_info: Any = None,
-                        environ: WSGIEnvironment = environ, policies: Policies = policies,
-                        start_response: StartResponse = start_response,
-                        own: list[tuple[str, str]] | None = own,
-                        style: str = self.style) -> Callable[[bytes], object]:
-                # header_policies, inlined (every allowed request pays it)
-                if not environ.get(DENIED_KEY):
-                    inner = environ.get(POLICIES_KEY)
-                    if inner:
-                        headers = [*headers, *rate_limit_headers([*policies, *inner], style)]
-                    elif own:
-                        headers = [*headers, *own]
-                return start_response(status, headers, exc_info)
-
-        if ticket is None:
-            return self.app(environ, respond)
         try:
-            result = self.app(environ, respond)
-        except BaseException:
-            ticket.release()
-            raise
-        return _releasing(result, ticket)
+            policies: Policies | None = verdict.policies
+            if outer is not None:
+                if policies:
+                    environ.setdefault(POLICIES_KEY, []).extend(policies)
+                policies = None
+            elif not self.on_allowed:
+                policies = None
+            ticket = None
+            if ex is not None:
+                if not isinstance(ex, Ticket):
+                    return self._settling(environ, start_response, ex, policies)
+                ticket = ex  # only an admission slot: released when the response ends
+            if policies is None:
+                respond = start_response
+            else:
+                # The fields worked out before the app runs (its code and data evict ours
+                # from the caches), again only when an inner entry added its own. What it
+                # reads is bound as defaults (one tuple), not closed over (a cell each).
+                own = rate_limit_headers(policies, self.style) if policies else None
+                def respond(status: str, headers: list[tuple[str, str]], exc_info: Any = None,
+                            environ: WSGIEnvironment = environ, policies: Policies = policies,
+                            start_response: StartResponse = start_response,
+                            own: list[tuple[str, str]] | None = own,
+                            style: str = self.style) -> Callable[[bytes], object]:
+                    # header_policies, inlined (every allowed request pays it)
+                    if not environ.get(DENIED_KEY):
+                        inner = environ.get(POLICIES_KEY)
+                        if inner:
+                            headers = [*headers, *rate_limit_headers([*policies, *inner], style)]
+                        elif own:
+                            headers = [*headers, *own]
+                    return start_response(status, headers, exc_info)
+
+            if ticket is None:
+                return self.app(environ, respond)
+            try:
+                result = self.app(environ, respond)
+            except BaseException:
+                ticket.release()
+                raise
+            return _releasing(result, ticket)
+        finally:
+            if late:  # the response is handed over (see RequestView.detach)
+                view.detach()
 
     def _settling(
         self, environ: WSGIEnvironment, start_response: StartResponse, ex: Exchange,
