@@ -176,15 +176,24 @@ def test_raw_rate_limit_headers_are_the_encoded_ones(
         )
 
 
+def _without_verdict(raw: Any) -> dict[str, Any]:
+    """``raw`` as a detached view holds it: without the verdict (in a scope's state too)."""
+    copy = {k: v for k, v in raw.items() if k != "throttlekit.verdict"}
+    if isinstance(copy.get("state"), dict):
+        copy["state"] = {k: v for k, v in copy["state"].items() if k != "throttlekit.verdict"}
+    return copy
+
+
 def _public(view: RequestView) -> tuple[Any, ...]:
-    return (view.raw, view.resolver, view.is_wsgi, view.body, view.max_form_bytes, view.method,
-            view.path, view.query, view.scheme, dict(view.headers), view.peer, view.client_ip,
-            view.client_key, dict(view.form))
+    return (_without_verdict(view.raw), view.resolver, view.is_wsgi, view.body,
+            view.max_form_bytes, view.method, view.path, view.query, view.scheme,
+            dict(view.headers), view.peer, view.client_ip, view.client_key, dict(view.form))
 
 
 def test_middleware_builds_the_views_from_scope_and_from_environ_build() -> None:
     """The views the middleware builds answer as RequestView.from_scope/_environ (compared
-    while the request is served: afterwards the view holds a copy of it, detached)."""
+    while the request is served; the view already reads a copy of it without the verdict,
+    detached)."""
     from throttlekit import ASGIMiddleware, WSGIMiddleware
 
     limiter = Limiter()

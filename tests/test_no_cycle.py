@@ -106,16 +106,18 @@ def test_wsgi_middleware_leaves_no_cycle(garbage: Callable[[], list[str]], rules
 
 
 def test_detached_view_reads_the_same(garbage: Callable[[], list[str]]) -> None:
-    """After the response, the verdict in the environ still leads to a view whose every
-    attribute reads what it read during the request (the view keeps a copy of the
-    environ, without the verdict)."""
+    """During and after the response, the verdict in the environ leads to a view whose
+    every attribute reads what the environ holds (the view keeps a copy of the environ,
+    without the verdict, from before the app runs)."""
     lim = Limiter()
     lim.throttle("per-ip", "10/minute")
     seen: dict[str, Any] = {}
 
     def app(environ: dict[str, Any], start_response: Any) -> list[bytes]:
         view = environ["throttlekit.verdict"].request
-        assert view.raw is environ  # during the request: the environ itself
+        # detached before the app runs: a copy of the environ, without the verdict
+        assert view.raw is not environ and "throttlekit.verdict" not in view.raw
+        assert view.raw == {k: v for k, v in environ.items() if k != "throttlekit.verdict"}
         seen["path"] = view.path
         start_response("200 OK", [])
         return [b"ok"]
@@ -134,6 +136,38 @@ def test_detached_view_reads_the_same(garbage: Callable[[], list[str]]) -> None:
     assert view.headers["x-token"] == "abc" and view.client_ip == PEER
     assert view.client_key == PEER and dict(view.form) == {}
     del environ, verdict, view
+    assert garbage() == []
+
+
+@pytest.mark.parametrize("length", ["10", None])
+def test_a_form_read_during_the_request_leaves_the_body_to_the_app(
+        garbage: Callable[[], list[str]], length: str | None) -> None:
+    """A POST's body no rule read: the view stays on the environ until the response ends,
+    so its ``form``, read by the app, puts the replay where the app reads the body; then it
+    is detached (no cycle)."""
+    lim = Limiter()
+    lim.throttle("per-ip", "10/minute")
+    seen: dict[str, Any] = {}
+
+    def app(environ: dict[str, Any], start_response: Any) -> list[bytes]:
+        view = environ["throttlekit.verdict"].request
+        seen["form"] = dict(view.form)
+        seen["body"] = environ["wsgi.input"].read()
+        start_response("200 OK", [])
+        return [b"ok"]
+
+    environ = _environ("/login")
+    environ.update({"REQUEST_METHOD": "POST", "wsgi.input": io.BytesIO(b"user=alice"),
+                    "CONTENT_TYPE": "application/x-www-form-urlencoded"})
+    if length is None:  # chunked: no length, a terminated stream
+        environ.update({"HTTP_TRANSFER_ENCODING": "chunked", "wsgi.input_terminated": True})
+    else:
+        environ["CONTENT_LENGTH"] = length
+    assert _call_wsgi(WSGIMiddleware(app, lim), environ)[0] == "200 OK"
+    assert seen == {"form": {"user": "alice"}, "body": b"user=alice"}
+    view = environ["throttlekit.verdict"].request
+    assert view.raw is not environ and dict(view.form) == seen["form"]
+    del environ, view
     assert garbage() == []
 
 

@@ -39,6 +39,8 @@ _new_object = object.__new__
 _METHODS = frozenset(("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS", "CONNECT",
                       "TRACE"))
 _EMPTY: Mapping[str, str] = {}
+#: a WSGI CONTENT_LENGTH that announces no body
+_NO_LENGTH = (None, "", "0")
 _FORM_TYPES = ("application/x-www-form-urlencoded", "multipart/form-data", "application/json")
 #: environ/scope keys whose values hold a request view (the verdict, a framework's view),
 #: or the environ itself (WSGI: werkzeug's cached request, whose environ holds the view):
@@ -115,7 +117,11 @@ class RequestView:
         reference cycle, which would leave every request's environ or scope, and all that
         hangs from it, to the cyclic garbage collector. Detached, they are freed as soon as
         the request is, and every attribute of the view still reads what it did (the
-        copy has the same entries). The entries call it when the response ends.
+        copy has the same entries). The ASGI entry calls it once the verdict is in the scope,
+        before the app runs (while what it touches is still in the CPU's caches); the WSGI
+        entry too, unless a body is left for ``form`` to read (reading it puts the app's
+        replay in the environ), then when the response ends; the framework integrations
+        when the request ends.
         """
         raw = self.raw
         raw = raw.copy() if raw.__class__ is dict else dict(raw)
@@ -251,6 +257,12 @@ class RequestView:
         is then empty, or holds only what could be read.) False for a request without a
         body. Reads the form when nothing has yet."""
         return self.form.__class__ is _UnreadableForm
+
+    @property
+    def form_read(self) -> bool:
+        """Whether ``form`` has been read (a WSGI body is then the environ's replay, no
+        longer the server's stream)."""
+        return self._form is not _UNSET
 
     @property
     def form_failed(self) -> bool:

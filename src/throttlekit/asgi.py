@@ -130,37 +130,40 @@ class ASGIMiddleware(Entry):
             scope["state"] = {VERDICT_KEY: verdict}
         elif state.__class__ is dict or isinstance(state, MutableMapping):
             state[VERDICT_KEY] = verdict
-        try:
-            if not verdict.allowed:
-                await self._refuse(send, view, verdict)
-                return
-            if outer is not None:  # an outer entry writes the header set: record ours
-                if verdict.policies:
-                    scope.setdefault(POLICIES_KEY, []).extend(verdict.policies)
-                own = None
-            else:
-                own = verdict.policies if self.on_allowed else None
-            if ex is not None or own is None:
-                await serve_asgi(self.app, scope, receive, send, ex, own, self.style)
-                return
+        # the view reads a copy of the scope from here on: no reference cycle through the
+        # verdict (RequestView.detach), and done now, while its data is in the caches
+        view.detach()
+        if not verdict.allowed:
+            await self._refuse(send, view, verdict)
+            return
+        if outer is not None:  # an outer entry writes the header set: record ours
+            if verdict.policies:
+                scope.setdefault(POLICIES_KEY, []).extend(verdict.policies)
+            own = None
+        else:
+            own = verdict.policies if self.on_allowed else None
+        if ex is not None or own is None:
+            await serve_asgi(self.app, scope, receive, send, ex, own, self.style)
+            return
+        # the fields worked out now, before the app runs; again only when an inner entry
+        # added its own
+        extra = rate_limit_headers_raw(own, self.style) if own else None
 
-            # A plain function returning send's awaitable: one coroutine less per message.
-            # What it reads is bound as defaults (one tuple), not closed over (a cell each).
-            def add_headers(message: Message, scope: Scope = scope, policies: Policies = own,
-                            send: Send = send, style: str = self.style) -> Awaitable[None]:
-                # header_policies, inlined (every allowed request pays it)
-                if message["type"] == "http.response.start" and not scope.get(DENIED_KEY):
-                    inner = scope.get(POLICIES_KEY)
-                    found = [*policies, *inner] if inner else policies
-                    if found:
-                        message = {**message, "headers": [
-                            *(message.get("headers") or ()),
-                            *rate_limit_headers_raw(found, style)]}
-                return send(message)
+        # A plain function returning send's awaitable: one coroutine less per message.
+        # What it reads is bound as defaults (one tuple), not closed over (a cell each).
+        def add_headers(message: Message, scope: Scope = scope, policies: Policies = own,
+                        send: Send = send, extra: list[tuple[bytes, bytes]] | None = extra,
+                        style: str = self.style) -> Awaitable[None]:
+            # header_policies, inlined (every allowed request pays it)
+            if message["type"] == "http.response.start" and not scope.get(DENIED_KEY):
+                inner = scope.get(POLICIES_KEY)
+                if inner:
+                    extra = rate_limit_headers_raw([*policies, *inner], style)
+                if extra:
+                    message = {**message, "headers": [*(message.get("headers") or ()), *extra]}
+            return send(message)
 
-            await self.app(scope, receive, add_headers)
-        finally:
-            view.detach()  # the response is over: no reference cycle (RequestView.detach)
+        await self.app(scope, receive, add_headers)
 
     async def _refuse(self, send: Send, view: RequestView, verdict: Verdict) -> None:
         denial = self.responder.refuse(verdict, verdict.policies, view.headers.get("accept"))

@@ -29,7 +29,7 @@ from ._exchange import (
     Policies,
     enter,
 )
-from ._request import DEFAULT_MAX_FORM_BYTES, RequestView, build_view
+from ._request import _NO_LENGTH, DEFAULT_MAX_FORM_BYTES, RequestView, build_view
 from ._responder import RESPONDER_KINDS, VERDICT_KEY, Entry, resolve_options, status_line
 from ._responder import ResponderFn as Responder
 from ._responses import rate_limit_headers
@@ -84,21 +84,29 @@ class WSGIMiddleware(Entry):
         if verdict.pending or engine.steps:
             verdict, ex = enter(limiter, verdict)
         environ[VERDICT_KEY] = verdict
+        # No reference cycle through the verdict (RequestView.detach): done now, while in
+        # the caches, or when the response is over if a body is left for the view's form
+        # (reading it puts a replay in the environ, for the app).
+        late = (environ.get("CONTENT_LENGTH") not in _NO_LENGTH or bool(
+            environ.get("HTTP_TRANSFER_ENCODING"))) and not view.form_read
+        if not late:
+            view.detach()
         if not verdict.allowed:
             accept = environ.get("HTTP_ACCEPT")
             denial = self.responder.refuse(verdict, verdict.policies, accept)
             start_response(status_line(denial.status), list(denial.headers))
-            view.detach()
+            if late:
+                view.detach()
             return [denial.body]
-        policies: Policies | None = verdict.policies
-        if outer is not None:
-            if verdict.policies:
-                environ.setdefault(POLICIES_KEY, []).extend(verdict.policies)
-            policies = None
-        elif not self.on_allowed:
-            policies = None
-        ticket = None
         try:
+            policies: Policies | None = verdict.policies
+            if outer is not None:
+                if policies:
+                    environ.setdefault(POLICIES_KEY, []).extend(policies)
+                policies = None
+            elif not self.on_allowed:
+                policies = None
+            ticket = None
             if ex is not None:
                 if not isinstance(ex, Ticket):
                     return self._settling(environ, start_response, ex, policies)
@@ -106,19 +114,22 @@ class WSGIMiddleware(Entry):
             if policies is None:
                 respond = start_response
             else:
-                # What it reads is bound as defaults (one tuple) rather than closed over (a
-                # cell each): every allowed request makes one. Servers pass two or three
-                # arguments.
+                # The fields worked out before the app runs (its code and data evict ours
+                # from the caches), again only when an inner entry added its own. What it
+                # reads is bound as defaults (one tuple), not closed over (a cell each).
+                own = rate_limit_headers(policies, self.style) if policies else None
                 def respond(status: str, headers: list[tuple[str, str]], exc_info: Any = None,
                             environ: WSGIEnvironment = environ, policies: Policies = policies,
                             start_response: StartResponse = start_response,
+                            own: list[tuple[str, str]] | None = own,
                             style: str = self.style) -> Callable[[bytes], object]:
                     # header_policies, inlined (every allowed request pays it)
                     if not environ.get(DENIED_KEY):
                         inner = environ.get(POLICIES_KEY)
-                        found = [*policies, *inner] if inner else policies
-                        if found:
-                            headers = [*headers, *rate_limit_headers(found, style)]
+                        if inner:
+                            headers = [*headers, *rate_limit_headers([*policies, *inner], style)]
+                        elif own:
+                            headers = [*headers, *own]
                     return start_response(status, headers, exc_info)
 
             if ticket is None:
@@ -128,19 +139,10 @@ class WSGIMiddleware(Entry):
             except BaseException:
                 ticket.release()
                 raise
-            release = ticket.release
-            if result.__class__ is list:  # nothing of its own to close (the common answer)
-                done = _Released(result, iter(release, None))
-                done.close = release  # (release is idempotent: once, whichever comes first)
-                return done
-            tail: Iterator[None] = iter(release, None)
-            closing = _ReleasedClosing(result, tail)
-            closing.result = result
-            closing.tail = tail
-            return closing
+            return _releasing(result, ticket)
         finally:
-            # the response is handed over: no reference cycle (see RequestView.detach)
-            view.detach()
+            if late:  # the response is handed over (see RequestView.detach)
+                view.detach()
 
     def _settling(
         self, environ: WSGIEnvironment, start_response: StartResponse, ex: Exchange,
@@ -205,6 +207,21 @@ class _Settled:
             _close(self.result)
         finally:
             self.ex.end()
+
+
+def _releasing(result: Iterable[bytes], ticket: Ticket) -> Iterable[bytes]:
+    """``result``, releasing ``ticket`` (an admission slot) when the server closes it or
+    has read it to the end."""
+    release = ticket.release
+    if result.__class__ is list:  # nothing of its own to close (the common answer)
+        done = _Released(result, iter(release, None))
+        done.close = release  # (release is idempotent: once, whichever comes first)
+        return done
+    tail: Iterator[None] = iter(release, None)
+    closing = _ReleasedClosing(result, tail)
+    closing.result = result
+    closing.tail = tail
+    return closing
 
 
 class _Released(chain):  # type: ignore[type-arg]
