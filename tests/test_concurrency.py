@@ -400,6 +400,33 @@ def test_bad_configuration_is_refused_at_setup() -> None:
         limiter.concurrency("t", 1)
 
 
+def test_load_shedding_and_a_rule_cannot_share_the_name_shedding(tmp_path: Path) -> None:
+    """Load shedding's refusals and events are named ``"shedding"``: a throttle or a
+    concurrency rule of that name is refused, before or after ``shed()``, in code and in
+    a rules file; ``shed()`` called again reconfigures it."""
+    limiter = Limiter()
+    limiter.throttle("shedding", "10/minute")
+    with pytest.raises(ConfigError, match=r"duplicate rule name 'shedding' \(already a throttle\)"):
+        limiter.shed(10)
+    limiter = Limiter()
+    limiter.shed(10)
+    limiter.shed(20)  # a second call replaces the first
+    with pytest.raises(ConfigError, match="duplicate rule name 'shedding'"):
+        limiter.throttle("shedding", "10/minute")
+    with pytest.raises(ConfigError, match="duplicate rule name 'shedding'"):
+        limiter.concurrency("shedding", 3)
+    limiter.throttle("per-ip", "10/minute")  # other names are fine
+    rules = tmp_path / "rules.toml"
+    rules.write_text('[[throttle]]\nname = "shedding"\nrates = "5/second"\n')
+    with pytest.raises(ConfigError, match="duplicate rule name 'shedding'"):
+        limiter.load_rules(rules)
+    # a file's own shedding replaces the code's, as before
+    rules.write_text("[shedding]\ncapacity = 5\n")
+    limiter.load_rules(rules)
+    conc = limiter.engine.concurrency
+    assert conc is not None and conc.shedding is not None and conc.shedding.capacity == 5
+
+
 def test_backend_without_leases_is_refused() -> None:
     """A storage without leases (Memcached) cannot host concurrency rules: a clear error."""
 

@@ -59,6 +59,8 @@ logger = logging.getLogger("throttlekit")
 DEFAULT_TIMEOUT = 60.0
 #: the rule name reported for load-shedding refusals
 SHED_RULE = "shedding"
+#: the kind of rule load shedding is, among the limiter's rule names
+LOAD_SHEDDING = "load shedding rule"
 _NS = "conc:"
 _new = tuple.__new__
 _ids = itertools.count()
@@ -182,8 +184,8 @@ class ConcurrencyRules:
         engine = self.limiter.engine
         if self.needs_form:
             engine.rules.needs_form = True
-        for name in self.names:  # one name, one rule: a throttle named so is refused
-            engine.rules.names.setdefault(name, "concurrency")
+        for name, kind in self.names.items():  # one name, one rule: a throttle named so
+            engine.rules.names.setdefault(name, kind)  # is refused
         engine.concurrency = self
 
     def __bool__(self) -> bool:
@@ -205,7 +207,8 @@ class ConcurrencyRules:
         if not isinstance(name, str) or not name:
             raise ConfigError(f"a rule name must be a non-empty string, got {name!r}")
         if name in self.names or name == SHED_RULE:
-            raise ConfigError(f"duplicate rule name {name!r} (already a concurrency rule)")
+            kind = "concurrency rule" if self.names.get(name) == "concurrency" else LOAD_SHEDDING
+            raise ConfigError(f"duplicate rule name {name!r} (already a {kind})")
         what = f"concurrency {name!r}"
         if isinstance(limit, bool) or not isinstance(limit, int) or limit < 1:
             raise ConfigError(f"{what}: limit must be a positive integer, got {limit!r}")
@@ -240,6 +243,7 @@ class ConcurrencyRules:
                               f"got {thresholds!r}")
         self._check_storage()
         self.needs_form = self.needs_form or uses_form(priority)
+        self.names[SHED_RULE] = LOAD_SHEDDING  # the name its refusals and events carry
         self.shedding = _Shedding(
             capacity, priority, tuple(float(t) for t in th),
             _duration(timeout, "shed: timeout", DEFAULT_TIMEOUT),

@@ -13,7 +13,7 @@ from . import _admin as admin
 from ._algorithms import DEFAULT_STRATEGY, check_strategy
 from ._challenge.step import ChallengeOptions, install_challenge
 from ._clientip import ClientIPResolver
-from ._concurrency import ConcurrencyRules
+from ._concurrency import LOAD_SHEDDING, SHED_RULE, ConcurrencyRules
 from ._direct import Plan, adecide, check_cost, check_key, decide, prepared
 from ._engine import Engine
 from ._errors import ConfigError
@@ -522,6 +522,9 @@ class Limiter:
         int, higher is more important; default 0) is refused with 503 once
         ``thresholds[p] * capacity`` requests are in flight."""
         with ConcurrencyRules.editing(self) as conc:
+            kind = self.engine.rules.names.get(SHED_RULE, LOAD_SHEDDING)
+            if kind != LOAD_SHEDDING:  # its refusals and events are named "shedding"
+                raise ConfigError(f"duplicate rule name {SHED_RULE!r} (already a {kind})")
             conc.set_shedding(capacity, priority, thresholds, timeout, retry_after)
 
     def admission(

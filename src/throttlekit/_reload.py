@@ -88,8 +88,8 @@ def _swap(limiter: Limiter, ruleset: RuleSet, replaces: frozenset[str]) -> froze
         conc.needs_form = any(uses_form(r.key, r.match) for r in conc.rules) or (
             conc.shedding is not None and uses_form(conc.shedding.priority)
         )
-    for name in conc.names:
-        new.names.setdefault(name, "concurrency")
+    for name, kind in conc.names.items():
+        new.names.setdefault(name, kind)
     new.needs_form = new.needs_form or conc.needs_form
     ruleset.register(new, conc)
     names = ruleset.names()
