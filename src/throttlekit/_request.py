@@ -39,8 +39,6 @@ _new_object = object.__new__
 _METHODS = frozenset(("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS", "CONNECT",
                       "TRACE"))
 _EMPTY: Mapping[str, str] = {}
-#: a WSGI CONTENT_LENGTH that announces no body
-_NO_LENGTH = (None, "", "0")
 _FORM_TYPES = ("application/x-www-form-urlencoded", "multipart/form-data", "application/json")
 #: environ/scope keys whose values hold a request view (the verdict, a framework's view),
 #: or the environ itself (WSGI: werkzeug's cached request, whose environ holds the view):

@@ -29,7 +29,7 @@ from ._exchange import (
     Policies,
     enter,
 )
-from ._request import _NO_LENGTH, DEFAULT_MAX_FORM_BYTES, RequestView, build_view
+from ._request import DEFAULT_MAX_FORM_BYTES, RequestView, build_view
 from ._responder import RESPONDER_KINDS, VERDICT_KEY, Entry, resolve_options, status_line
 from ._responder import ResponderFn as Responder
 from ._responses import rate_limit_headers
@@ -38,6 +38,7 @@ if TYPE_CHECKING:
     from _typeshed.wsgi import StartResponse, WSGIApplication, WSGIEnvironment
 
     from ._decision import Decision
+    from ._rules import Verdict
 
 __all__ = ["RESPONDER_KINDS", "VERDICT_KEY", "Responder", "WSGIMiddleware", "resolve_options"]
 
@@ -86,63 +87,71 @@ class WSGIMiddleware(Entry):
         environ[VERDICT_KEY] = verdict
         # No reference cycle through the verdict (RequestView.detach): done now, while in
         # the caches, or when the response is over if a body is left for the view's form
-        # (reading it puts a replay in the environ, for the app).
-        late = (environ.get("CONTENT_LENGTH") not in _NO_LENGTH or bool(
-            environ.get("HTTP_TRANSFER_ENCODING"))) and not view.form_read
+        # (a form's Content-Type, a length not 0: HTTP/2 may send neither it nor a
+        # Transfer-Encoding), whose replay must land in the environ, for the app.
+        late = bool(environ.get("CONTENT_TYPE")) and environ.get(
+            "CONTENT_LENGTH") != "0" and not view.form_read
         if not late:
             view.detach()
-        if not verdict.allowed:
-            accept = environ.get("HTTP_ACCEPT")
-            denial = self.responder.refuse(verdict, verdict.policies, accept)
-            start_response(status_line(denial.status), list(denial.headers))
+        try:
+            if not verdict.allowed:
+                result: Iterable[bytes] = self._refuse(environ, start_response, verdict)
+            else:
+                policies: Policies | None = verdict.policies
+                if outer is not None:
+                    if policies:
+                        environ.setdefault(POLICIES_KEY, []).extend(policies)
+                    policies = None
+                elif not self.on_allowed:
+                    policies = None
+                if ex is not None and not isinstance(ex, Ticket):
+                    result = self._settling(environ, start_response, ex, policies)
+                else:
+                    if policies is None:
+                        respond = start_response
+                    else:
+                        # The fields worked out before the app runs (its code and data evict
+                        # ours from the caches), again only when an inner entry added its
+                        # own. Bound as defaults (one tuple), not closed over (a cell each).
+                        own = rate_limit_headers(policies, self.style) if policies else None
+                        def respond(status: str, headers: list[tuple[str, str]],
+                                    exc_info: Any = None, environ: WSGIEnvironment = environ,
+                                    policies: Policies = policies,
+                                    start_response: StartResponse = start_response,
+                                    own: list[tuple[str, str]] | None = own,
+                                    style: str = self.style) -> Callable[[bytes], object]:
+                            # header_policies, inlined (every allowed request pays it)
+                            if not environ.get(DENIED_KEY):
+                                inner = environ.get(POLICIES_KEY)
+                                if inner:
+                                    headers = [*headers, *rate_limit_headers(
+                                        [*policies, *inner], style)]
+                                elif own:
+                                    headers = [*headers, *own]
+                            return start_response(status, headers, exc_info)
+
+                    if ex is None:
+                        result = self.app(environ, respond)
+                    else:  # only an admission slot: released when the response ends
+                        try:
+                            result = self.app(environ, respond)
+                        except BaseException:
+                            ex.release()
+                            raise
+                        result = _releasing(result, ex)
+        except BaseException:
             if late:
                 view.detach()
-            return [denial.body]
-        try:
-            policies: Policies | None = verdict.policies
-            if outer is not None:
-                if policies:
-                    environ.setdefault(POLICIES_KEY, []).extend(policies)
-                policies = None
-            elif not self.on_allowed:
-                policies = None
-            ticket = None
-            if ex is not None:
-                if not isinstance(ex, Ticket):
-                    return self._settling(environ, start_response, ex, policies)
-                ticket = ex  # only an admission slot: released when the response ends
-            if policies is None:
-                respond = start_response
-            else:
-                # The fields worked out before the app runs (its code and data evict ours
-                # from the caches), again only when an inner entry added its own. What it
-                # reads is bound as defaults (one tuple), not closed over (a cell each).
-                own = rate_limit_headers(policies, self.style) if policies else None
-                def respond(status: str, headers: list[tuple[str, str]], exc_info: Any = None,
-                            environ: WSGIEnvironment = environ, policies: Policies = policies,
-                            start_response: StartResponse = start_response,
-                            own: list[tuple[str, str]] | None = own,
-                            style: str = self.style) -> Callable[[bytes], object]:
-                    # header_policies, inlined (every allowed request pays it)
-                    if not environ.get(DENIED_KEY):
-                        inner = environ.get(POLICIES_KEY)
-                        if inner:
-                            headers = [*headers, *rate_limit_headers([*policies, *inner], style)]
-                        elif own:
-                            headers = [*headers, *own]
-                    return start_response(status, headers, exc_info)
+            raise
+        # late: the app's code may run while the server reads the response (a generator)
+        return _detaching(result, view, environ) if late else result
 
-            if ticket is None:
-                return self.app(environ, respond)
-            try:
-                result = self.app(environ, respond)
-            except BaseException:
-                ticket.release()
-                raise
-            return _releasing(result, ticket)
-        finally:
-            if late:  # the response is handed over (see RequestView.detach)
-                view.detach()
+    def _refuse(self, environ: WSGIEnvironment, start_response: StartResponse,
+                verdict: Verdict) -> list[bytes]:
+        """The responder's answer to a refused request."""
+        denial = self.responder.refuse(verdict, verdict.policies, environ.get("HTTP_ACCEPT"))
+        start_response(status_line(denial.status), list(denial.headers))
+        return [denial.body]
 
     def _settling(
         self, environ: WSGIEnvironment, start_response: StartResponse, ex: Exchange,
@@ -222,6 +231,45 @@ def _releasing(result: Iterable[bytes], ticket: Ticket) -> Iterable[bytes]:
     closing.result = result
     closing.tail = tail
     return closing
+
+
+def _detaching(result: Iterable[bytes], view: RequestView, environ: WSGIEnvironment
+               ) -> Iterable[bytes]:
+    """``result``, detaching ``view`` (still on the environ: a body is left for its
+    ``form``) when the response is over: now when the app has run (a list, a file), else
+    when the server has read the response to its end or closes it (a generator's code runs
+    as the server reads it, and may read ``view.form``, then the body)."""
+    wrapper = environ.get("wsgi.file_wrapper")
+    if result.__class__ is list or (wrapper.__class__ is type and isinstance(result, wrapper)):
+        view.detach()  # (a file wrapper is kept as it is, for the server's sendfile)
+        return result
+    return _Detaching(result, view)
+
+
+class _Detaching:
+    """The response of a request whose view is detached when it is over (see
+    :func:`_detaching`)."""
+
+    __slots__ = ("result", "view")
+
+    def __init__(self, result: Iterable[bytes], view: RequestView) -> None:
+        self.result = result
+        self.view: RequestView | None = view
+
+    def __iter__(self) -> Iterator[bytes]:
+        yield from self.result
+        self._detach()  # read to its end: some servers and test clients never close it
+
+    def _detach(self) -> None:
+        view, self.view = self.view, None
+        if view is not None:
+            view.detach()
+
+    def close(self) -> None:
+        try:
+            _close(self.result)
+        finally:
+            self._detach()
 
 
 class _Released(chain):  # type: ignore[type-arg]
