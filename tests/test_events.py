@@ -9,7 +9,7 @@ from unittest import mock
 
 import pytest
 
-from throttlekit import Event, Limiter, WSGIMiddleware
+from throttlekit import ConfigError, Event, Limiter, WSGIMiddleware
 from throttlekit.monitor import Monitor
 from throttlekit.testing import FakeClock
 
@@ -120,3 +120,57 @@ def test_a_mock_listener_is_called_with_the_event() -> None:
     listener.assert_called_once()
     (event,), _ = listener.call_args
     assert isinstance(event, Event) and event.kind == "allowed"
+
+
+def test_off_unsubscribes_from_one_kind_or_every_kind() -> None:
+    """``off(kind, cb)`` stops that kind only, ``off(cb)`` every kind (each subscription of
+    it); it says whether the callback was subscribed there."""
+    lim = _limiter(FakeClock(T0), "2/minute")
+    seen: list[str] = []
+    other: list[str] = []
+
+    def cb(event: Event) -> None:
+        seen.append(event.kind)
+
+    lim.on(cb)
+    lim.on("allowed", cb)  # twice on "allowed"
+    lim.on(lambda e: other.append(e.kind))
+    app = WSGIMiddleware(_app, lim)
+    assert _get(app).startswith("200")
+    assert seen == ["allowed", "allowed"]
+    assert lim.off("allowed", cb) is True  # both of its "allowed" subscriptions
+    assert lim.off("allowed", cb) is False
+    assert _get(app).startswith("200")
+    assert _get(app).startswith("429")
+    assert seen == ["allowed", "allowed", "throttled"]  # still told of the other kinds
+    assert lim.off(cb) is True and lim.off(cb) is False
+    assert _get(app).startswith("429")
+    assert seen == ["allowed", "allowed", "throttled"]
+    assert other == ["allowed", "allowed", "throttled", "throttled"]
+
+
+def test_off_a_monitor_stops_it_and_brings_the_fast_path_back() -> None:
+    """A Monitor (told through event_fields) taken off counts no more; with no listener
+    left, no kind is active (the engine's fast path)."""
+    clock = FakeClock(T0)
+    lim = _limiter(clock, "100/minute")
+    monitor = Monitor(lim)
+    app = WSGIMiddleware(_app, lim)
+    assert _get(app).startswith("200")
+    assert monitor.requests == 1
+    assert lim.engine.listeners.active
+    assert lim.off(monitor) is True
+    assert lim.engine.listeners.active == frozenset()
+    assert _get(app).startswith("200")
+    assert monitor.requests == 1 and monitor.counts() == {("per-ip", "allowed", False): 1}
+
+
+def test_off_refuses_what_on_refuses() -> None:
+    lim = _limiter(FakeClock(T0))
+    with pytest.raises(ConfigError, match="unknown event kind 'allow'"):
+        lim.off("allow", print)
+    with pytest.raises(ConfigError, match="off\\(\\) takes"):
+        lim.off("allowed")  # type: ignore[call-overload]
+    with pytest.raises(ConfigError, match="off\\(\\) takes"):
+        lim.off(42, print)
+    assert lim.off(print) is False  # never subscribed: nothing to do

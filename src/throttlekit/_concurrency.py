@@ -201,6 +201,13 @@ class ConcurrencyRules:
                 f"{type(storage).__name__} has none"
             )
 
+    def refuse_taken(self, name: str, ours: str | None = None) -> None:
+        """A ConfigError when ``name`` is a rule of the limiter of another kind than
+        ``ours`` (None: any rule)."""
+        kind = self.limiter.engine.rules.names.get(name, ours)
+        if kind != ours:
+            raise ConfigError(f"duplicate rule name {name!r} (already a {kind})")
+
     def add(self, name: str, limit: int, *, key: Any = None,
             match: Callable[[RequestView], Any] | None = None, timeout: float | None = None,
             retry_after: float | None = None) -> None:

@@ -107,21 +107,51 @@ class Listeners:
     def add(self, kind: str | None, callback: EventCallback) -> None:
         if not callable(callback):
             raise ConfigError(f"an event callback must be callable, got {callback!r}")
-        kinds = EVENT_KINDS if kind is None else (kind,)
+        kinds = EVENT_KINDS if kind is None else self._kinds((kind,))
+        # (looked up on the type: a Mock, say, answers every attribute of its instances)
+        takes_fields = callable(getattr(type(callback), "event_fields", None))
+        entry = ((callback.event_fields, True) if takes_fields  # type: ignore[attr-defined]
+                 else (callback, False))
+        by_kind = dict(self._by_kind)
+        for k in kinds:
+            by_kind[k] = (*by_kind.get(k, ()), entry)
+        self._swap(by_kind)
+
+    def remove(self, kind: str | None, callback: EventCallback) -> bool:
+        """Unsubscribe ``callback`` from ``kind`` (None: every kind); whether it was
+        subscribed there. (Each of its subscriptions goes.)"""
+        kinds = EVENT_KINDS if kind is None else self._kinds((kind,))
+        told = (callback.event_fields  # type: ignore[attr-defined]
+                if callable(getattr(type(callback), "event_fields", None)) else callback)
+        by_kind = dict(self._by_kind)
+        found = False
+        for k in kinds:
+            each = by_kind.get(k, ())
+            kept = tuple(e for e in each if e[0] != told)
+            if len(kept) < len(each):
+                found = True
+                if kept:
+                    by_kind[k] = kept
+                else:
+                    del by_kind[k]
+        self._swap(by_kind)
+        return found
+
+    @staticmethod
+    def _kinds(kinds: tuple[str, ...]) -> tuple[str, ...]:
         for k in kinds:
             if k not in EVENT_KINDS:
                 raise ConfigError(
                     f"unknown event kind {k!r}; expected one of {', '.join(EVENT_KINDS)}"
                 )
-        # (looked up on the type: a Mock, say, answers every attribute of its instances)
-        takes_fields = callable(getattr(type(callback), "event_fields", None))
-        entry = ((callback.event_fields, True) if takes_fields  # type: ignore[attr-defined]
-                 else (callback, False))
-        for k in kinds:
-            self._by_kind[k] = (*self._by_kind.get(k, ()), entry)
-        self._only = {k: each[0][0] for k, each in self._by_kind.items()
+        return kinds
+
+    def _swap(self, by_kind: dict[str, tuple[tuple[Callable[..., object], bool], ...]]) -> None:
+        """Put ``by_kind`` in force: a request reads the old or the new, each whole."""
+        self._only = {k: each[0][0] for k, each in by_kind.items()
                       if len(each) == 1 and each[0][1]}
-        self.active = frozenset(self._by_kind)
+        self._by_kind = by_kind
+        self.active = frozenset(by_kind)
 
     def tell(self, kind: str, rule: str, key: str | None, request: RequestView,
              decision: Decision | None, dry_run: bool, at: float) -> None:

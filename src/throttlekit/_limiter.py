@@ -23,7 +23,7 @@ from ._registration import set_rule_rates
 from ._resilience import ON_STORAGE_ERROR, ResilientStore, resilient
 from ._rules import limiter_defaults
 from ._settings import check_settings, storage_of
-from ._subscribe import subscribe
+from ._subscribe import subscribe, unsubscribe
 from ._typing import CallbackT, FuncT, KeyLike, RatesLike, Strings
 from .storage import Storage
 
@@ -357,6 +357,11 @@ class Limiter:
         works as a decorator."""
         return subscribe(self.engine, kind, callback)
 
+    def off(self, kind: Any, callback: EventCallback | None = None) -> bool:
+        """Undo :meth:`on`: ``callback`` is told no more of ``kind`` (of any kind when the
+        first argument is the callback). Whether it was subscribed."""
+        return unsubscribe(self.engine, kind, callback)
+
     def evaluate(self, view: RequestView) -> Verdict:
         """Run every rule on one request (one storage call); never raises."""
         return self.engine.evaluate(view)
@@ -502,14 +507,11 @@ class Limiter:
         match: Callable[[RequestView], Any] | None = None, timeout: float | None = None,
         retry_after: float | None = None,
     ) -> None:
-        """At most ``limit`` requests in flight per ``key`` (``"global"``: all requests
-        together; or ``"client"``, ``"ip"``, ``"header:<name>"``, a function of the view)
-        among those that ``match``; more are refused (429). Leases expire after
-        ``timeout`` seconds (default 60), so a crashed worker cannot leak its slots."""
+        """At most ``limit`` requests in flight per ``key`` (``"global"``, ``"client"``,
+        ``"ip"``, ``"header:<name>"``, a function of the view) among those that ``match``;
+        more get 429. Leases expire after ``timeout`` s (60): a crashed worker's come back."""
         with ConcurrencyRules.editing(self) as conc:
-            if name in self.engine.rules.names:  # (under the lock: a throttle meanwhile)
-                kind = self.engine.rules.names[name]
-                raise ConfigError(f"duplicate rule name {name!r} (already a {kind})")
+            conc.refuse_taken(name)  # (under the lock: a throttle meanwhile)
             conc.add(name, limit, key=key, match=match, timeout=timeout, retry_after=retry_after)
 
     def shed(
@@ -522,9 +524,7 @@ class Limiter:
         int, higher is more important; default 0) is refused with 503 once
         ``thresholds[p] * capacity`` requests are in flight."""
         with ConcurrencyRules.editing(self) as conc:
-            kind = self.engine.rules.names.get(SHED_RULE, LOAD_SHEDDING)
-            if kind != LOAD_SHEDDING:  # its refusals and events are named "shedding"
-                raise ConfigError(f"duplicate rule name {SHED_RULE!r} (already a {kind})")
+            conc.refuse_taken(SHED_RULE, LOAD_SHEDDING)  # its refusals' and events' name
             conc.set_shedding(capacity, priority, thresholds, timeout, retry_after)
 
     def admission(

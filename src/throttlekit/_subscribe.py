@@ -1,4 +1,5 @@
-"""``Limiter.on``'s body: what its first argument means (a kind or a callback)."""
+"""``Limiter.on``'s and ``off``'s bodies: what their first argument means (a kind or a
+callback)."""
 
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ if TYPE_CHECKING:
     from ._engine import Engine
     from ._events import EventCallback
 
-__all__ = ["subscribe"]
+__all__ = ["subscribe", "unsubscribe"]
 
 
 def subscribe(engine: Engine, kind: object, callback: EventCallback | None) -> Any:
@@ -31,3 +32,14 @@ def subscribe(engine: Engine, kind: object, callback: EventCallback | None) -> A
         return decorator
     engine.on(kind, callback)
     return callback
+
+
+def unsubscribe(engine: Engine, kind: object, callback: EventCallback | None) -> bool:
+    """Unsubscribe ``callback`` from ``kind`` (every kind when ``kind`` is the callback):
+    whether it was subscribed there."""
+    if callback is None and callable(kind):
+        return engine.listeners.remove(None, kind)
+    if not isinstance(kind, str) or callback is None:
+        raise ConfigError(f"off() takes an event kind and a callback, or a callback, got "
+                          f"{kind!r}, {callback!r}")
+    return engine.listeners.remove(kind, callback)
