@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import contextlib
+import gc
 import importlib
 import uuid
 from collections.abc import Callable, Iterator
@@ -9,7 +10,8 @@ from typing import Any
 import pytest
 
 from backends import NAMES
-from throttlekit import Limiter
+from throttlekit import Limiter, RequestView, Verdict
+from throttlekit._decision import Decision
 from throttlekit.testing import FakeClock
 
 # The hypothesis profiles (fast, ci, dev) and the suite's selection: ../conftest.py.
@@ -99,3 +101,35 @@ def redis_prefix(_backend_contexts: dict[str, Any]) -> str:
     prefix = f"tk-test:{uuid.uuid4().hex[:12]}:"
     ctx.prefixes.append(prefix)
     return prefix
+
+
+@pytest.fixture
+def garbage() -> Iterator[Callable[[], list[str]]]:
+    """``found()``: the throttlekit objects and environs/scopes only a reference cycle kept
+    alive since the fixture began (the collector off meanwhile)."""
+    gc.collect()
+    was = gc.isenabled()
+    gc.disable()
+    gc.set_debug(gc.DEBUG_SAVEALL)
+
+    def found() -> list[str]:
+        gc.collect()
+        names = []
+        for obj in gc.garbage:
+            cls = type(obj)  # (isinstance would call dead weak proxies in there)
+            if issubclass(cls, (RequestView, Verdict, Decision)):
+                names.append(cls.__name__)
+            elif cls is dict and (
+                "throttlekit.verdict" in obj or "throttlekit.owner" in obj
+            ):
+                names.append("environ/scope")
+        gc.garbage.clear()
+        return names
+
+    try:
+        yield found
+    finally:
+        gc.set_debug(0)
+        gc.garbage.clear()
+        if was:
+            gc.enable()

@@ -12,7 +12,6 @@ form through the view, then found ``wsgi.input`` spent. A refusal of such a requ
 
 from __future__ import annotations
 
-import gc
 import io
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -20,6 +19,7 @@ from typing import Any
 import pytest
 
 from throttlekit import Limiter, WSGIMiddleware
+from wsgi_client import wsgi_call
 
 PEER = "198.51.100.7"
 BODY = b"user=alice"
@@ -39,20 +39,8 @@ def _environ(**extra: Any) -> dict[str, Any]:
 
 
 def _call(app: Any, environ: dict[str, Any]) -> tuple[str, bytes]:
-    statuses: list[str] = []
-
-    def start_response(status: str, headers: Any, exc_info: Any = None) -> Any:
-        statuses.append(status)
-        return None
-
-    result = app(environ, start_response)
-    try:
-        body = b"".join(result)
-    finally:
-        close = getattr(result, "close", None)
-        if close is not None:
-            close()
-    return statuses[-1], body
+    status, _, body = wsgi_call(app, environ)
+    return status, body
 
 
 def _limiter(rules: str) -> Limiter:
@@ -102,30 +90,6 @@ def test_a_body_without_length_or_transfer_encoding_is_left_to_the_app() -> None
     assert _call(WSGIMiddleware(app, _limiter("plain")), environ) == ("200 OK", b"ok")
     assert seen == {"form": {"user": "alice"}, "body": BODY}
     assert environ["throttlekit.verdict"].request.raw is not environ
-
-
-@pytest.fixture
-def garbage() -> Iterator[Callable[[], list[str]]]:
-    """``found()``: the environs only a reference cycle kept alive (collector off)."""
-    gc.collect()
-    was = gc.isenabled()
-    gc.disable()
-    gc.set_debug(gc.DEBUG_SAVEALL)
-
-    def found() -> list[str]:
-        gc.collect()
-        names = [type(obj).__name__ for obj in gc.garbage
-                 if type(obj) is dict and "throttlekit.verdict" in obj]
-        gc.garbage.clear()
-        return names
-
-    try:
-        yield found
-    finally:
-        gc.set_debug(0)
-        gc.garbage.clear()
-        if was:
-            gc.enable()
 
 
 @pytest.mark.parametrize("rules", ["plain", "count_when"])

@@ -12,50 +12,17 @@ a cycle kept alive: none of throttlekit's objects, and no environ/scope, may be 
 from __future__ import annotations
 
 import asyncio
-import gc
 import io
 import sys
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import Any
 
 import pytest
 
-from throttlekit import ASGIMiddleware, Limiter, RequestView, Verdict, WSGIMiddleware
-from throttlekit._decision import Decision
+from throttlekit import ASGIMiddleware, Limiter, WSGIMiddleware
+from wsgi_client import wsgi_call
 
 PEER = "198.51.100.7"
-
-
-@pytest.fixture
-def garbage() -> Iterator[Callable[[], list[str]]]:
-    """``found()``: the throttlekit objects and environs/scopes only a cycle kept alive
-    since the fixture began (the collector off meanwhile)."""
-    gc.collect()
-    was = gc.isenabled()
-    gc.disable()
-    gc.set_debug(gc.DEBUG_SAVEALL)
-
-    def found() -> list[str]:
-        gc.collect()
-        names = []
-        for obj in gc.garbage:
-            cls = type(obj)  # (isinstance would call dead weak proxies in there)
-            if issubclass(cls, (RequestView, Verdict, Decision)):
-                names.append(cls.__name__)
-            elif cls is dict and (
-                "throttlekit.verdict" in obj or "throttlekit.owner" in obj
-            ):
-                names.append("environ/scope")
-        gc.garbage.clear()
-        return names
-
-    try:
-        yield found
-    finally:
-        gc.set_debug(0)
-        gc.garbage.clear()
-        if was:
-            gc.enable()
 
 
 def _environ(path: str = "/") -> dict[str, Any]:
@@ -68,20 +35,8 @@ def _environ(path: str = "/") -> dict[str, Any]:
 
 
 def _call_wsgi(app: Any, environ: dict[str, Any]) -> tuple[str, bytes]:
-    statuses: list[str] = []
-
-    def start_response(status: str, headers: Any, exc_info: Any = None) -> Any:
-        statuses.append(status)
-        return None
-
-    result = app(environ, start_response)
-    try:
-        body = b"".join(result)
-    finally:
-        close = getattr(result, "close", None)
-        if close is not None:
-            close()
-    return statuses[-1], body
+    status, _, body = wsgi_call(app, environ)
+    return status, body
 
 
 def _raw_app(environ: dict[str, Any], start_response: Any) -> list[bytes]:

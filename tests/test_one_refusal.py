@@ -66,6 +66,7 @@ from asgi_client import asgi_request
 from throttlekit import ASGIMiddleware, Limiter, WSGIMiddleware
 from throttlekit._responses import default_responder  # public: docs/responses.md
 from throttlekit.testing import FakeClock
+from wsgi_client import wsgi_call
 
 URLCONF = "tk_one_refusal_urls"
 RATE = "1/minute"
@@ -145,20 +146,7 @@ def wsgi_get(app: Any, path: str, client: str, accept: str | None = None) -> Rep
     }
     for name, value in _headers_in(accept).items():
         environ["HTTP_" + name.upper().replace("-", "_")] = value
-    started: list[tuple[str, list[tuple[str, str]]]] = []
-
-    def start_response(status: str, headers: list[tuple[str, str]], exc_info: Any = None) -> Any:
-        started.append((status, list(headers)))
-        return lambda data: None
-
-    result = app(environ, start_response)
-    try:
-        body = b"".join(result)
-    finally:
-        close = getattr(result, "close", None)
-        if close is not None:
-            close()
-    status, headers = started[-1]
+    status, headers, body = wsgi_call(app, environ)
     code, _, phrase = status.partition(" ")
     return Reply(int(code), phrase, headers, body)
 
