@@ -344,8 +344,10 @@ def test_servers_smoke(server: str, target: Any) -> None:
     # a round trip per request (no lease reused) is 1.0; leases measured 0.006-0.04 under
     # gthread on a loaded host (0.02-0.25 while its threads did not wait for each other)
     assert 0 < scripts <= 0.5 * served, (scripts, served)
+    # (the smoke bound stays 0.45, as before the slack went to 1.5: uvicorn read 0.44 once
+    # in a smoke pass; so a 2x slowdown of a 0.9-1.1 figure still passes here)
     target.at_least(f"{server} SyncedStorage req/s / bare", best(synced, "rps") /
-                    best(bare, "rps"), 0.9)
+                    best(bare, "rps"), 0.9, loose=0.45)
 
 
 if __name__ == "__main__":
