@@ -21,6 +21,7 @@ Every read and write of the cache goes through :class:`DenialCache`; the
 
 from __future__ import annotations
 
+import threading
 import time
 from collections.abc import Callable, Sequence
 from math import inf as INF
@@ -54,12 +55,16 @@ class DenialCache:
     ``clock``: the limiter's clock (seconds since the epoch), or None for the wall clock;
     it times both the entries and the generation checks.
 
-    Not locked: a lost race only costs a round trip (a refusal not remembered, or an entry
-    dropped twice). ``epoch`` moves on at each clear, so a refusal the store gave *before*
-    a clear is never remembered after it (see :meth:`remember`).
+    The refusals' TLRUCache is held under a lock (cachetools' caches are not thread-safe: a
+    write that expires or evicts while another thread reads or pops raised ``KeyError`` or
+    ``RuntimeError`` into the request); the blocks are a plain dict, whose single calls
+    are atomic. Between calls, a lost race only costs a round trip (a refusal not
+    remembered, or an entry dropped twice). ``epoch`` moves on at each clear, so a refusal
+    the store gave *before* a clear is never remembered after it (see :meth:`remember`).
     """
 
-    __slots__ = ("_cache", "_clock", "blocks", "epoch", "generation", "maxsize", "next_check")
+    __slots__ = ("_cache", "_clock", "_lock", "blocks", "epoch", "generation", "maxsize",
+                 "next_check")
 
     def __init__(self, maxsize: int, clock: Callable[[], float] | None) -> None:
         self.maxsize = maxsize
@@ -68,6 +73,7 @@ class DenialCache:
         self._cache: TLRUCache[tuple[object, str], _Entry] = TLRUCache(
             maxsize=maxsize, ttu=lambda _k, v, _now: v[0] / 1e6, timer=clock or time.time,
         )
+        self._lock = threading.Lock()  # around every use of _cache
         self._clock = clock or time.monotonic
         self.epoch = 0
         #: the store's generation when last read (None: never read)
@@ -75,12 +81,13 @@ class DenialCache:
         self.next_check = -float("inf")
 
     def __len__(self) -> int:
-        return len(self._cache)
+        with self._lock:
+            return len(self._cache)
 
     def get(self, owner: object, key: str, cost: int, now: int | None) -> Decision | None:
         """The cached refusal of (``owner``, ``key``) for this cost, if still due."""
-        cache = self._cache
-        entry = cache.get((owner, key)) if (owner, key) in cache else None
+        with self._lock:
+            entry = self._cache.get((owner, key))
         if entry is None or cost != entry[1]:  # another cost has another retry time
             return None
         until, _cost, made, decision = entry
@@ -106,7 +113,8 @@ class DenialCache:
         if 0 < wait < float("inf") and decision.remaining == cost - 1 and epoch == self.epoch:
             if now is None:
                 now = time.time_ns() // 1000
-            self._cache[owner, key] = (now + round(wait * 1e6), cost, now, decision)
+            with self._lock:
+                self._cache[owner, key] = (now + round(wait * 1e6), cost, now, decision)
 
     def blocked(self, key: str, now: int) -> bool:
         """Whether the store reported ``key`` blocked (or banned) until a time not yet
@@ -165,9 +173,11 @@ class DenialCache:
     def charged(self, owner: object, key: str) -> None:
         """Our own charge on (``owner``, ``key``): a cached refusal's numbers are stale."""
         cache = self._cache
-        # `in` first: it is cheap, while the cache's pop runs its timer and expiry
+        # `in` first: it is cheap (and needs no lock: a dict lookup), while the cache's pop
+        # runs its timer and expiry
         if (owner, key) in cache:
-            cache.pop((owner, key), None)
+            with self._lock:
+                cache.pop((owner, key), None)
 
     def forget(self, key: str | None = None, blocks: bool = True) -> None:
         """Drop the refusals of ``key`` (every owner), or all of them (``None``), and
@@ -178,11 +188,12 @@ class DenialCache:
         if blocks:
             self.blocks.clear()
         cache = self._cache
-        if key is None:
-            cache.clear()
-            return
-        for cached in [k for k in list(cache.keys()) if k[1] == key]:
-            cache.pop(cached, None)
+        with self._lock:
+            if key is None:
+                cache.clear()
+                return
+            for cached in [k for k in list(cache.keys()) if k[1] == key]:
+                cache.pop(cached, None)
 
     def stale(self) -> bool:
         """Whether the generation was never read (and a read is not failing right now):
