@@ -29,7 +29,7 @@ caches as the middleware finds them inside Flask, whose request evicts them). Th
 instructions cost about 2.5x more after a Flask request than in the tight loop, whatever
 code runs them; the target compares inside Flask with the raw app under the same caches
 (docs/benchmarks.md, "Inside a framework"); the warm ratio is printed beside it. Every
-run, CI's smoke pass included, asserts ``LOOSE`` (about twice today's ratios: a 2x
+run, CI's smoke pass included, asserts ``LOOSE`` (below twice today's ratios: a 2x
 regression fails); with ``--benchmark-enable``, a ratio above its
 target (``TARGETS``, the issue's) is reported as an expected failure that names it, so the
 run flips to a pass when it is met. It prints what it measured::
@@ -245,10 +245,11 @@ TARGETS = {
     # ASGIMiddleware's added latency around a Starlette app / the bare Starlette request
     "ASGI / bare Starlette": 0.5,
 }
-#: what any run asserts: about twice the ratios measured today on the slower of two 2-core
-#: machines (docs/benchmarks.md: 1.11-1.16, 0.12-0.13, 0.60-0.62 on one; 1.49, 0.16, 1.20 in
-#: CI on Python 3.13 on the other, an AMD EPYC with half its instruction cache)
-LOOSE = {"flask / raw WSGI": 3.0, "WSGI / Flask-Limiter": 0.32, "ASGI / bare Starlette": 2.4}
+#: what any run asserts: bounds today's ratios pass with room for noise and the same ratios
+#: doubled fail (a 2x regression fails CI). Measured on a Zen 4 EPYC, 2026-12-07: flask / raw
+#: 1.4-1.6 (1.8 once), WSGI / Flask-Limiter 0.11-0.14, ASGI 0.55-0.6 on 3.11 and 0.66 on 3.13
+#: (on an older EPYC in CI on 3.13: 1.49, 0.16 and 1.20, with other dependencies)
+LOOSE = {"flask / raw WSGI": 2.4, "WSGI / Flask-Limiter": 0.2, "ASGI / bare Starlette": 1.1}
 
 
 def _environ() -> dict[str, Any]:
