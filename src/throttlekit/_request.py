@@ -116,10 +116,9 @@ class RequestView:
         hangs from it, to the cyclic garbage collector. Detached, they are freed as soon as
         the request is, and every attribute of the view still reads what it did (the
         copy has the same entries). The ASGI entry calls it once the verdict is in the scope,
-        before the app runs (while what it touches is still in the CPU's caches); the WSGI
-        entry too, unless a body is left for ``form`` to read (reading it puts the app's
-        replay in the environ), then when the response ends; the framework integrations
-        when the request ends.
+        before the app runs; the WSGI entry too, unless a body is left for ``form`` to read
+        (reading it puts the app's replay in the environ), then when the response ends; the
+        framework integrations when the request ends.
         """
         raw = self.raw
         raw = raw.copy() if raw.__class__ is dict else dict(raw)

@@ -130,8 +130,8 @@ class ASGIMiddleware(Entry):
             scope["state"] = {VERDICT_KEY: verdict}
         elif state.__class__ is dict or isinstance(state, MutableMapping):
             state[VERDICT_KEY] = verdict
-        # the view reads a copy of the scope from here on: no reference cycle through the
-        # verdict (RequestView.detach), and done now, while its data is in the caches
+        # the view reads a copy of the scope from here on, the scope as the rules read it:
+        # no reference cycle through the verdict (RequestView.detach)
         view.detach()
         if not verdict.allowed:
             await self._refuse(send, view, verdict)
@@ -145,8 +145,7 @@ class ASGIMiddleware(Entry):
         if ex is not None or own is None:
             await serve_asgi(self.app, scope, receive, send, ex, own, self.style)
             return
-        # the fields worked out now, before the app runs; again only when an inner entry
-        # added its own
+        # the fields worked out once, here; again only when an inner entry added its own
         extra = rate_limit_headers_raw(own, self.style) if own else None
 
         # A plain function returning send's awaitable: one coroutine less per message.

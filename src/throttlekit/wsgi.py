@@ -85,10 +85,10 @@ class WSGIMiddleware(Entry):
         if verdict.pending or engine.steps:
             verdict, ex = enter(limiter, verdict)
         environ[VERDICT_KEY] = verdict
-        # No reference cycle through the verdict (RequestView.detach): done now, while in
-        # the caches, or when the response is over if a body is left for the view's form
-        # (a form's Content-Type, a length not 0: HTTP/2 may send neither it nor a
-        # Transfer-Encoding), whose replay must land in the environ, for the app.
+        # No reference cycle through the verdict (RequestView.detach): done now (the view
+        # reads the environ as the rules read it), or when the response is over if a body is
+        # left for the view's form (a Content-Type, a length not 0: HTTP/2 may send neither
+        # a length nor a Transfer-Encoding), whose replay must land in the environ.
         late = bool(environ.get("CONTENT_TYPE")) and environ.get(
             "CONTENT_LENGTH") != "0" and not view.form_read
         if not late:
@@ -110,9 +110,8 @@ class WSGIMiddleware(Entry):
                     if policies is None:
                         respond = start_response
                     else:
-                        # The fields worked out before the app runs (its code and data evict
-                        # ours from the caches), again only when an inner entry added its
-                        # own. Bound as defaults (one tuple), not closed over (a cell each).
+                        # The fields worked out once, here; again only when an inner entry
+                        # added its own. Bound as defaults (one tuple), not closed over.
                         own = rate_limit_headers(policies, self.style) if policies else None
                         def respond(status: str, headers: list[tuple[str, str]],
                                     exc_info: Any = None, environ: WSGIEnvironment = environ,
