@@ -225,6 +225,10 @@ def test_interleaved_ratios(benchmark: Any, target: Any, prefix: str, capsys: An
 
 #: throttlekit's Redis time per check <= this times the peer's for the same algorithm
 REDIS_CPU_TARGET = 1.2
+#: CI's smoke bound for those ratios: 2x the target, not the default 1.5x (their reference,
+#: `limits`' fixed window, moves by 1.7x between runs on a shared machine: 13.5 and 7.9 µs
+#: in two CI runs an hour apart, 2026-12-07, which put a 1.05 ratio at 1.8)
+REDIS_CPU_LOOSE = 2.4
 # The cheapest correct GCRA we could write, the token bucket's reference: integer
 # microseconds on the caller's clock, one key (the theoretical arrival time), GET and
 # SET .. PX; answers the remaining tokens (>= 0) or minus the retry time (< 0).
@@ -381,16 +385,17 @@ def test_redis_cpu_per_check(benchmark: Any, target: Any, capsys: Any) -> None:
         for k, v in ratios.items():
             print(f"  ratio            {k:52s} {v:6.3f}  (target <= {REDIS_CPU_TARGET})")
     _CPU_RATIOS.update(ratios)
-    _CPU_SLACK[0] = target.slack
+    _CPU_BOUND[0] = REDIS_CPU_TARGET * target.slack if target.measuring else REDIS_CPU_LOOSE
     # (here too: --benchmark-only skips test_redis_cpu_target, which checks the misses;
     # the smoke pass asserts at the loose bound)
     for k, v in ratios.items():
         if k not in _CPU_MISSES:
-            target.at_most(f"redis CPU per check {k}", v, REDIS_CPU_TARGET)
+            target.at_most(f"redis CPU per check {k}", v, REDIS_CPU_TARGET,
+                           loose=REDIS_CPU_LOOSE)
 
 
 _CPU_RATIOS: dict[str, float] = {}  # test_redis_cpu_per_check's, for the target tests below
-_CPU_SLACK = [1.0]  # and the slack of its run (the target fixture's)
+_CPU_BOUND = [REDIS_CPU_TARGET]  # and the bound of its run (the target, or the smoke's)
 #: pairs that do not meet the target yet, and why (xfails, not strict: the smoke pass's short
 #: runs sometimes land under the target by noise)
 _CPU_MISSES: dict[str, str] = {}
@@ -406,5 +411,5 @@ def test_redis_cpu_target(pair: str) -> None:
     test_redis_cpu_per_check in the same run; the smoke pass: at its loose bound)."""
     if pair not in _CPU_RATIOS:
         pytest.skip("run with test_redis_cpu_per_check (it measures the ratios)")
-    ratio, bound = _CPU_RATIOS[pair], REDIS_CPU_TARGET * _CPU_SLACK[0]
+    ratio, bound = _CPU_RATIOS[pair], _CPU_BOUND[0]
     assert ratio <= bound, f"{pair}: {ratio:.3f} x its reference's Redis time (<= {bound:g})"
