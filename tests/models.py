@@ -8,7 +8,9 @@ A clock stepped back (``t`` before the state's latest instant): the whole histor
 back, so that its latest instant is ``t`` (a window model's latest window, the log's latest
 entry); the bucket loses the step's tokens (down to empty) and is updated at ``t``. A hit
 that charges or is refused (cost > 0) keeps that; a test or a zero-cost hit only answers
-from it.
+from it. Except for a window model whose latest window is the next one and starts at most
+``CLOCK_SKEW_US`` after ``t`` (another host's clock ahead, not a step back): that answers
+as at the window's start, its waits counted from ``t``.
 """
 
 from __future__ import annotations
@@ -18,6 +20,8 @@ import math
 from collections import defaultdict
 from dataclasses import dataclass, field
 from fractions import Fraction
+
+from throttlekit._decision import CLOCK_SKEW_US
 
 INF = float("inf")
 
@@ -68,7 +72,18 @@ class Model:
         """Whether a hit of ``cost`` (> 0) stores the history moved back."""
         return True
 
+    def ahead(self, t: int) -> int:
+        """How long after ``t`` the next window starts when the state is of it, within
+        ``CLOCK_SKEW_US`` (else 0)."""
+        return 0
+
     def step(self, t: int, cost: int, consume: bool = True) -> Outcome:
+        gap = self.ahead(t)
+        if gap:
+            out = self.step(t + gap, cost, consume)
+            return Outcome(out.allowed, out.remaining,
+                           out.retry_after + gap / 1e6 if out.retry_after else 0.0,
+                           out.reset_after + gap / 1e6 if out.reset_after else 0.0)
         if self.newer(t):
             if not (consume and cost and self.keeps_step(cost)):
                 moved = copy.deepcopy(self)
@@ -126,6 +141,12 @@ class FixedWindowModel(Model):
 
     def newer(self, t: int) -> bool:
         return self.window is not None and self.window > t // self.period_us
+
+    def ahead(self, t: int) -> int:
+        start = (t // self.period_us + 1) * self.period_us
+        if self.window == t // self.period_us + 1 and start - t <= CLOCK_SKEW_US:
+            return start - t
+        return 0
 
     def keeps_step(self, cost: int) -> bool:
         return cost <= self.limit  # (a cost that can never fit is not sent to the store)

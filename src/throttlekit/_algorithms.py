@@ -4,14 +4,10 @@ All arithmetic is on integers: time in microseconds since the epoch, so every ba
 (Python here, Lua in Redis) computes exactly the same answers. ``docs/algorithms.md``
 states the semantics; the Lua scripts in ``storage/redis/lua`` mirror this file.
 
-Each :class:`Algorithm` is bound to one rate (and burst). It offers:
-
-* ``hit(state, now, cost) -> (new_state, Decision)`` — decide and charge in one step;
-  ``new_state is state`` when nothing changed.
-* ``peek(state, now, cost) -> Decision`` — the Decision ``hit`` would give, charging nothing.
-* ``charge(state, now, cost) -> new_state`` — apply an allowed request.
-* ``expired(state, now) -> bool`` — the state says nothing any more (a fresh key is the same).
-* ``ttl_us(state, now)`` — how long the state must be kept.
+Each :class:`Algorithm` is bound to one rate (and burst): ``hit(state, now, cost) ->
+(new_state, Decision)`` decides and charges (``new_state is state``: nothing changed),
+``peek`` decides only, ``charge`` applies an allowed request, ``expired`` says the state
+means nothing any more, ``ttl_us`` how long it must be kept.
 
 State is ``None`` for an unknown key. For the counters and the bucket the state is one
 Python ``int`` (fields packed into bit ranges, so a live key costs one small object);
@@ -24,7 +20,7 @@ from array import array
 from typing import Any, ClassVar, Final
 
 from ._calendar import calendar_of
-from ._decision import Decision
+from ._decision import CLOCK_SKEW_US, Decision, later
 from ._errors import ConfigError
 from ._log import BIAS as _BIAS
 from ._log import HEAD as _HEAD
@@ -90,7 +86,7 @@ class Algorithm:
         raise NotImplementedError
 
     def peek(self, state: Any, now: int, cost: int) -> Decision:
-        raise NotImplementedError
+        return self.hit(state, now, cost)[1]
 
     def charge(self, state: Any, now: int, cost: int) -> Any:
         raise NotImplementedError
@@ -125,8 +121,12 @@ class FixedWindow(Algorithm):
         if s >> 32 == win:
             count = s & _M32
             new = s  # the same window: the count is the low bits, added to in place
-        elif s >> 32 > win:  # the clock stepped back: the count
-            new, count = s, s & _M32  # carries into now's window, stored by a refusal
+        elif s >> 32 > win:
+            if s >> 32 == win + 1 and p - now % p <= CLOCK_SKEW_US:  # a host ahead: its
+                new, d = self.hit(s, now + p - now % p, cost)  # window's start (see later)
+                return new, later(d, p - now % p)
+            # the clock stepped back: the count carries into now's window, stored by a refusal
+            new, count = s, s & _M32
             if 0 < cost <= self.limit:  # too (one that fits: as fixed_window.lua)
                 state = new = (win << 32) | count
         else:
@@ -145,11 +145,11 @@ class FixedWindow(Algorithm):
         rem = limit - count if count < limit else 0
         return state, _new(_Decision, (False, limit, rem, reset, retry, self.rate, False))
 
-    def peek(self, state: Any, now: int, cost: int) -> Decision:
-        return self.hit(state, now, cost)[1]
-
     def charge(self, state: Any, now: int, cost: int) -> Any:
-        win = now // self.period_us
+        p = self.period_us
+        win = now // p
+        if state is not None and state >> 32 == win + 1 and p - now % p <= CLOCK_SKEW_US:
+            win += 1  # (a host ahead: as hit)
         count = state & _M32 if state is not None and state >> 32 >= win else 0
         return (win << 32) | (count + cost)
 
@@ -158,7 +158,7 @@ class FixedWindow(Algorithm):
 
     def ttl_us(self, state: Any, now: int) -> int:
         p = self.period_us
-        return int((now // p + 1) * p - now)
+        return int((max(state >> 32, now // p) + 1) * p - now)
 
 
 class CalendarWindow(FixedWindow):
@@ -187,6 +187,9 @@ class CalendarWindow(FixedWindow):
         win, _start, end = self.calendar.window(now)
         count = 0
         if state is not None and state >> 32 >= win:
+            if state >> 32 == win + 1 and end - now <= CLOCK_SKEW_US:  # see FixedWindow
+                new, d = self.hit(state, end, cost)
+                return new, later(d, end - now)
             count = state & _M32
             if 0 < cost <= self.limit and state >> 32 > win:  # stepped back: FixedWindow
                 state = (win << 32) | count
@@ -204,7 +207,9 @@ class CalendarWindow(FixedWindow):
                                       self.rate, False))
 
     def charge(self, state: Any, now: int, cost: int) -> Any:
-        win = self.calendar.window(now)[0]
+        win, _start, end = self.calendar.window(now)
+        if state is not None and state >> 32 == win + 1 and end - now <= CLOCK_SKEW_US:
+            win += 1  # (a host ahead: as hit)
         count = state & _M32 if state is not None and state >> 32 >= win else 0
         return (win << 32) | (count + cost)
 
@@ -212,7 +217,8 @@ class CalendarWindow(FixedWindow):
         return bool(state >> 32 < self.calendar.window(now)[0])
 
     def ttl_us(self, state: Any, now: int) -> int:
-        return self.calendar.window(now)[2] - now
+        win, _start, end = self.calendar.window(now)
+        return (self.calendar.window(end)[2] if state >> 32 > win else end) - now
 
     def at(self, now: int) -> Algorithm:
         """The algorithm a store computing outside Python decides at ``now``: a fixed
@@ -269,8 +275,12 @@ class SlidingWindow(Algorithm):
                 same = True
             elif swin == win - 1:
                 prev = counts >> 32
-            elif swin > win:  # the clock stepped back: the counts carry into now's windows,
-                cur, prev = counts >> 32, counts & _M32  # stored by a refusal too
+            elif swin > win:
+                if swin == win + 1 and p - now % p <= CLOCK_SKEW_US:  # as FixedWindow.hit
+                    new, d = self.hit(s, now + p - now % p, cost)
+                    return new, later(d, p - now % p)
+                # the clock stepped back: the counts carry into now's windows, stored by a
+                cur, prev = counts >> 32, counts & _M32  # refusal too
                 if cost:
                     state = s = (win << 64) | counts
                     same = True
@@ -306,11 +316,11 @@ class SlidingWindow(Algorithm):
         reset = (p + left) / 1e6 if cur else left / 1e6 if prev else 0.0
         return _new(_Decision, (False, limit, rem, reset, retry, self.rate, False))
 
-    def peek(self, state: Any, now: int, cost: int) -> Decision:
-        return self.hit(state, now, cost)[1]
-
     def charge(self, state: Any, now: int, cost: int) -> Any:
-        win = now // self.period_us
+        p = self.period_us
+        win = now // p
+        if state is not None and state >> 64 == win + 1 and p - now % p <= CLOCK_SKEW_US:
+            win += 1  # (a host ahead: as hit)
         cur, prev = self._load(state, win)
         return (((win << 32) | (cur + cost)) << 32) | prev
 
@@ -319,7 +329,7 @@ class SlidingWindow(Algorithm):
 
     def ttl_us(self, state: Any, now: int) -> int:
         p = self.period_us
-        return int((now // p + 2) * p - now)
+        return int((max(state >> 64, now // p) + 2) * p - now)
 
 
 class TokenBucket(Algorithm):
@@ -396,9 +406,6 @@ class TokenBucket(Algorithm):
             _Decision,
             (False, self.capacity, rem, -(-debt // lim) / 1e6, retry, self.rate, False),
         )
-
-    def peek(self, state: Any, now: int, cost: int) -> Decision:
-        return self.hit(state, now, cost)[1]
 
     def charge(self, state: Any, now: int, cost: int) -> Any:
         return (now << 96) | (self._debt(state, now) + cost * self.period_us)
@@ -549,12 +556,8 @@ class SlidingLog(Algorithm):
         return int(log[-2] - _BIAS + self.period_us - now)
 
 
-#: Epoch-aligned fixed windows: what users of Flask-Limiter and rack-attack know ("100 per
-#: minute" = 100 in each clock minute, and a full quota again once the period has passed),
-#: the cheapest check on every backend (one counter, one atomic increment, also on
-#: Memcached), and a Retry-After never longer than the period. A fixed window can admit up
-#: to twice the limit across a boundary: for that, choose ``sliding_window``,
-#: ``sliding_log`` or ``token_bucket`` (docs/algorithms.md).
+#: Epoch-aligned fixed windows: what users of Flask-Limiter and rack-attack know, the
+#: cheapest check on every backend; up to twice the limit across a boundary (docs/algorithms.md).
 DEFAULT_STRATEGY = "fixed_window"
 
 ALGORITHMS: dict[str, type[Algorithm]] = {
@@ -581,11 +584,8 @@ def make_algorithm(
     ``object`` here and in the constructors: not a compiled signature's TypeError). ``id``
     replaces the default storage identity (strategy, limit, period, burst); it must not
     contain ``|``."""
-    cls = ALGORITHMS.get(strategy) if isinstance(strategy, str) else None
-    if cls is None:
-        raise ConfigError(
-            f"unknown strategy {strategy!r}; expected one of {', '.join(sorted(ALGORITHMS))}"
-        )
+    check_strategy(strategy, None)
+    cls = ALGORITHMS[str(strategy)]
     if rate.limit > MAX_LIMIT:
         raise ConfigError(f"rate {rate} is too large: a limit is at most {MAX_LIMIT}")
     if rate.calendar is not None:  # a calendar rate counts per period, whatever the strategy

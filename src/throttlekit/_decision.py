@@ -3,11 +3,17 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import NamedTuple
+from typing import Final, NamedTuple
 
 from ._rates import Rate
 
-__all__ = ["Decision", "most_restrictive"]
+__all__ = ["CLOCK_SKEW_US", "Decision", "later", "most_restrictive"]
+
+#: How far behind another host's clock a host's may be (microseconds) and still count in
+#: the window the other has started: a key's fixed or sliding window state of the next
+#: window, which starts at most this much after now, is counted in as of that window's
+#: start (not taken for a clock stepped back: docs/algorithms.md, "Clocks of several hosts")
+CLOCK_SKEW_US: Final = 1_000_000
 
 
 class Decision(NamedTuple):
@@ -46,3 +52,10 @@ def most_restrictive(decisions: Sequence[Decision]) -> Decision:
     if denied:
         return max(denied, key=lambda d: d.retry_after)
     return min(decisions, key=lambda d: (d.remaining, -d.reset_after))
+
+
+def later(d: Decision, gap_us: int) -> Decision:
+    """``d``, decided as of ``gap_us`` from now, with its waits counted from now."""
+    gap = gap_us / 1e6
+    return d._replace(reset_after=d.reset_after + gap if d.reset_after else 0.0,
+                      retry_after=d.retry_after + gap if d.retry_after else 0.0)

@@ -12,7 +12,7 @@ import hashlib
 import re
 from collections.abc import Sequence
 from importlib import resources
-from typing import Any
+from typing import Any, Final
 
 from ..._algorithms import Algorithm
 from ..._decision import Decision
@@ -165,18 +165,28 @@ class Fixed:
         return h
 
 
+#: what ``fixed_window.lua`` adds to a count of the next window (2^34)
+NEXT: Final = 1 << 34
+
+
 def fixed_decision(alg: Algorithm, r: int, cost: int, left: int, charged: bool) -> Decision:
     """The Decision of ``fixed_window.lua``'s answer ``r`` (see the script), ``left`` the
-    microseconds to the window's end: the arithmetic of :class:`FixedWindow`, on the count."""
+    microseconds to the window's end: the arithmetic of :class:`FixedWindow`, on the count
+    (``NEXT`` added: the next window's, as at its start, ``left`` a period later)."""
     limit = alg.limit
     if charged:
         if r > 0:
-            return alg.decide(True, limit - r, left, 0.0)
+            if r < NEXT:
+                return alg.decide(True, limit - r, left, 0.0)
+            return alg.decide(True, limit - r + NEXT, left + alg.period_us, 0.0)
         count = -r
     else:
         count = r
-        if count + cost <= limit:
-            return alg.decide(True, limit - count - cost, left if count + cost else 0, 0.0)
+    if count >= NEXT:
+        count -= NEXT
+        left += alg.period_us
+    if not charged and count + cost <= limit:
+        return alg.decide(True, limit - count - cost, left if count + cost else 0, 0.0)
     return alg.decide(False, limit - count if count < limit else 0, left if count else 0,
                       INF if cost > limit else left / 1e6)
 

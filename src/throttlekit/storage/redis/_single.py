@@ -19,7 +19,7 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 from ..._algorithms import Algorithm
-from ..._decision import Decision
+from ..._decision import CLOCK_SKEW_US, Decision
 from ..._errors import StorageError
 from ..base import Check
 from ._scripts import (
@@ -210,14 +210,16 @@ class SingleChecks:
         if block_keys:
             args[0] += len(block_keys)
             args += [f"{self.family(k)}:b" for k in block_keys]
+        # (near the window's end: the script counts in the next window, if the key's count
+        # is of it; told by a negative TTL, 'n' to read)
+        near = left <= CLOCK_SKEW_US
         if not charged:
-            args += [b"%d" % base, b"r"]
-        elif cost == 1:  # (INCR: one argument less)
-            args += [b"%d" % (base + 1), fx.limit_b, b"%d" % ((left + 999) // 1000 + self._slack)]
+            args += [b"%d" % base, b"n" if near else b"r"]
         else:
-            args += [b"%d" % (base + cost), fx.limit_b,
-                     b"%d" % ((left + 999) // 1000 + self._slack),
-                     SMALL[cost] if cost < 64 else b"%d" % cost]
+            ttl = (left + 999) // 1000 + self._slack
+            args += [b"%d" % (base + cost), fx.limit_b, b"%d" % (-ttl if near else ttl)]
+            if cost != 1:  # (else INCR: one argument less)
+                args.append(SMALL[cost] if cost < 64 else b"%d" % cost)
         return fx, args, left, charged
 
     def _fixed(

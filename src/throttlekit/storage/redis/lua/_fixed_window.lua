@@ -13,26 +13,31 @@
 --#include floordiv q=win a=now b=p
 local base = (win % 524288) * 8589934592
 local v = call('GET', aux)
-local count, back = 0, false
+local count, back, at = 0, false, now
 if v then
   count = (tonumber(v) or -1) - base  -- (not a number: not a state of ours)
   if count < 0 or count >= 8589934592 then
-    -- another window's; a later one (less than 2^18 windows ahead, mod 2^19) when the clock
-    -- stepped back: its count carries into now's window, stored by a charge or a refusal
+    -- another window's. The next one, starting at most CLOCK_SKEW_US (_decision.py) from
+    -- now: another host's clock is ahead, decided as at its start (waits counted from now).
+    -- A later one (less than 2^18 windows ahead, mod 2^19) when the clock stepped back: its
+    -- count carries into now's window, stored by a charge or a refusal
     local ahead = floor(count / 8589934592) % 524288
-    if tonumber(v) and ahead > 0 and ahead < 262144 then
+    if tonumber(v) and ahead == 1 and (win + 1) * p - now <= 1000000 then
+      count, win = count % 8589934592, win + 1
+      at, base = win * p, (win % 524288) * 8589934592
+    elseif tonumber(v) and ahead > 0 and ahead < 262144 then
       count, back = count % 8589934592, true
     else
       count = 0
     end
   end
 end
-local left = (win + 1) * p - now
+local left = (win + 1) * p - at
 if count + cost <= limit then
   allowed, rem = 1, limit - count - cost
   if count + cost > 0 then reset = left end
   if cost > 0 then
-    state, ttl = true, left
+    state, ttl = true, left + at - now
     if count == 0 or back then state = format('%.0f', base + count + cost) end
   end
 else
@@ -43,4 +48,8 @@ else
   if back and cost > 0 and cost <= limit then  -- (fixed_window.lua is sent no other)
     state, ttl = format('%.0f', base + count), left
   end
+end
+if at > now then
+  if reset > 0 then reset = reset + at - now end
+  if retry > 0 then retry = retry + at - now end
 end
