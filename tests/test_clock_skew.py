@@ -178,7 +178,7 @@ def test_alternating_hosts_in_the_skew_interval_admit_the_limit_once(
     """A key (fresh, or with ``used_before`` requests 10 s before the boundary); B hits just
     after its boundary, then A and B alternate 100 times in the skew interval (A still before
     the boundary on its own clock): together they admit what one host would (5 of 100 with a
-    fresh key), not 100 of 100."""
+    fresh key), not 100 of 100. Memcached's window keys: at most a boundary burst (2x)."""
     h = hosts(skew_us, strategy)
     h.at(S_US - 10_000_000)
     assert all(h.a.hit("k", RATE).allowed for _ in range(used_before))
