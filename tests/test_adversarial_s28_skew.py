@@ -144,3 +144,37 @@ def test_a_calendar_day_across_midnight_decides_as_memory_on_redis(
         for s in set(pair):
             s.close()
     assert seen["redis"] == seen["memory"] == [False] * 3, seen
+
+
+@pytest.mark.redis
+@pytest.mark.parametrize("strategy", WINDOWS)
+def test_skewed_histories_decide_the_same_on_memory_and_redis(
+        _backend_contexts: dict[str, Any], redis_prefix: str, strategy: str) -> None:
+    """Random histories whose clock jumps back and forth by under 1 s (hosts skewed), on
+    periods under, at and over 1 s, one check (fixed_window.lua) or two (the batch script):
+    Redis' Decisions are memory's, exactly."""
+    import random
+
+    from throttlekit._algorithms import make_algorithm
+    from throttlekit.storage.base import Check
+
+    url = _backend_contexts["get"]("redis").url
+    day = make_algorithm(strategy, Rate(1000, 86400.0))
+    for seed in range(40):
+        rnd = random.Random(seed)
+        alg = make_algorithm(strategy, rnd.choice([Rate(4, 0.3), Rate(3, 1.0), Rate(5, 2.5)]))
+        red = storage_from_url(url, prefix=f"{redis_prefix}{seed}:")
+        mem = MemoryStorage()
+        now = S_US + rnd.randrange(-3_000_000, 3_000_000)
+        try:
+            for _ in range(25):
+                now += rnd.choice([-999_999, -600_000, -300_000, -1, 0, 1, 100_000, 400_000,
+                                   1_000_000, 1_500_000])
+                cost, consume = rnd.choice([0, 1, 1, 1, 2, 4]), rnd.random() < 0.8
+                checks = [Check(alg, "a", cost, False)]
+                if rnd.random() < 0.5:
+                    checks.append(Check(day, "a", cost, False))
+                want = mem.apply(checks, consume=consume, now=now).decisions
+                assert red.apply(checks, consume=consume, now=now).decisions == want, seed
+        finally:
+            red.close()
