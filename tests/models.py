@@ -8,9 +8,10 @@ A clock stepped back (``t`` before the state's latest instant): the whole histor
 back, so that its latest instant is ``t`` (a window model's latest window, the log's latest
 entry); the bucket loses the step's tokens (down to empty) and is updated at ``t``. A hit
 that charges or is refused (cost > 0) keeps that; a test or a zero-cost hit only answers
-from it. Except for a window model whose latest window is the next one and starts at most
-``CLOCK_SKEW_US`` after ``t`` (another host's clock ahead, not a step back): that answers
-as at the window's start, its waits counted from ``t``.
+from it. Except for a window model whose latest window is a later one (the next, or further
+with a period under 1 s) starting at most ``CLOCK_SKEW_US`` after ``t`` (another host's
+clock ahead, not a step back): that answers as at the window's start, its waits counted
+from ``t``.
 """
 
 from __future__ import annotations
@@ -73,7 +74,7 @@ class Model:
         return True
 
     def ahead(self, t: int) -> int:
-        """How long after ``t`` the next window starts when the state is of it, within
+        """How long after ``t`` the state's later window starts, when within
         ``CLOCK_SKEW_US`` (else 0)."""
         return 0
 
@@ -143,10 +144,10 @@ class FixedWindowModel(Model):
         return self.window is not None and self.window > t // self.period_us
 
     def ahead(self, t: int) -> int:
-        start = (t // self.period_us + 1) * self.period_us
-        if self.window == t // self.period_us + 1 and start - t <= CLOCK_SKEW_US:
-            return start - t
-        return 0
+        if self.window is None or self.window <= t // self.period_us:
+            return 0
+        start = self.window * self.period_us  # (the next, or further: a period under 1 s)
+        return start - t if start - t <= CLOCK_SKEW_US else 0
 
     def keeps_step(self, cost: int) -> bool:
         return cost <= self.limit  # (a cost that can never fit is not sent to the store)

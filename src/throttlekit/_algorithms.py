@@ -122,9 +122,9 @@ class FixedWindow(Algorithm):
             count = s & _M32
             new = s  # the same window: the count is the low bits, added to in place
         elif s >> 32 > win:
-            if s >> 32 == win + 1 and p - now % p <= CLOCK_SKEW_US:  # a host ahead: its
-                new, d = self.hit(s, now + p - now % p, cost)  # window's start (see later)
-                return new, later(d, p - now % p)
+            if (s >> 32) * p - now <= CLOCK_SKEW_US:  # a host ahead: as at its window's
+                new, d = self.hit(s, (s >> 32) * p, cost)  # start (see later)
+                return new, later(d, (s >> 32) * p - now)
             # the clock stepped back: the count carries into now's window, stored by a refusal
             new, count = s, s & _M32
             if 0 < cost <= self.limit:  # too (one that fits: as fixed_window.lua)
@@ -148,8 +148,8 @@ class FixedWindow(Algorithm):
     def charge(self, state: Any, now: int, cost: int) -> Any:
         p = self.period_us
         win = now // p
-        if state is not None and state >> 32 == win + 1 and p - now % p <= CLOCK_SKEW_US:
-            win += 1  # (a host ahead: as hit)
+        if state is not None and state >> 32 > win and (state >> 32) * p - now <= CLOCK_SKEW_US:
+            win = state >> 32  # (a host ahead: as hit)
         count = state & _M32 if state is not None and state >> 32 >= win else 0
         return (win << 32) | (count + cost)
 
@@ -276,9 +276,9 @@ class SlidingWindow(Algorithm):
             elif swin == win - 1:
                 prev = counts >> 32
             elif swin > win:
-                if swin == win + 1 and p - now % p <= CLOCK_SKEW_US:  # as FixedWindow.hit
-                    new, d = self.hit(s, now + p - now % p, cost)
-                    return new, later(d, p - now % p)
+                if swin * p - now <= CLOCK_SKEW_US:  # as FixedWindow.hit
+                    new, d = self.hit(s, swin * p, cost)
+                    return new, later(d, swin * p - now)
                 # the clock stepped back: the counts carry into now's windows, stored by a
                 cur, prev = counts >> 32, counts & _M32  # refusal too
                 if cost:
@@ -319,8 +319,8 @@ class SlidingWindow(Algorithm):
     def charge(self, state: Any, now: int, cost: int) -> Any:
         p = self.period_us
         win = now // p
-        if state is not None and state >> 64 == win + 1 and p - now % p <= CLOCK_SKEW_US:
-            win += 1  # (a host ahead: as hit)
+        if state is not None and state >> 64 > win and (state >> 64) * p - now <= CLOCK_SKEW_US:
+            win = state >> 64  # (a host ahead: as hit)
         cur, prev = self._load(state, win)
         return (((win << 32) | (cur + cost)) << 32) | prev
 

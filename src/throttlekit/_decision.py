@@ -55,7 +55,14 @@ def most_restrictive(decisions: Sequence[Decision]) -> Decision:
 
 
 def later(d: Decision, gap_us: int) -> Decision:
-    """``d``, decided as of ``gap_us`` from now, with its waits counted from now."""
-    gap = gap_us / 1e6
-    return d._replace(reset_after=d.reset_after + gap if d.reset_after else 0.0,
-                      retry_after=d.retry_after + gap if d.retry_after else 0.0)
+    """``d``, decided as of ``gap_us`` from now, with its waits counted from now: whole
+    microseconds added, divided once (as the Redis scripts' answers; inf stays inf)."""
+    return d._replace(reset_after=_plus(d.reset_after, gap_us),
+                      retry_after=_plus(d.retry_after, gap_us))
+
+
+def _plus(wait: float, gap_us: int) -> float:
+    """``wait`` (seconds, of whole microseconds) plus ``gap_us``; 0 stays 0."""
+    if not wait or wait == float("inf"):
+        return wait
+    return (round(wait * 1e6) + gap_us) / 1e6

@@ -40,7 +40,7 @@ from collections.abc import Generator, Sequence
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from ..._algorithms import Algorithm
-from ..._decision import Decision
+from ..._decision import CLOCK_SKEW_US, Decision
 from ..._errors import ConfigError, StorageError
 from ..base import BatchResult, Block, Check, Storage, at_instant
 from ._changes import AdminCalls
@@ -355,7 +355,8 @@ class RedisStorage(AdminCalls, BlockLookups, SingleChecks, LeaseCalls, Clients, 
                 return BatchResult([decision(c.algorithm, raw)], [])
             if now is not None and c.algorithm.name == "fixed_window" and (
                 self._inline_blocks or not block_keys
-            ):  # (else: the batch; so too when a block key has an entry)
+            ) and c.algorithm.period_us >= CLOCK_SKEW_US:  # (else: the batch; so too when a
+                # block key has an entry, or a period shorter: several windows within skew)
                 d = yield _FIXED, (c, consume, now, block_keys)
                 if d is not None:
                     return BatchResult([d], [None] * len(block_keys))

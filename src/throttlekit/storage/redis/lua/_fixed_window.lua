@@ -17,13 +17,14 @@ local count, back, at = 0, false, now
 if v then
   count = (tonumber(v) or -1) - base  -- (not a number: not a state of ours)
   if count < 0 or count >= 8589934592 then
-    -- another window's. The next one, starting at most CLOCK_SKEW_US (_decision.py) from
-    -- now: another host's clock is ahead, decided as at its start (waits counted from now).
-    -- A later one (less than 2^18 windows ahead, mod 2^19) when the clock stepped back: its
-    -- count carries into now's window, stored by a charge or a refusal
+    -- another window's. A later one (less than 2^18 windows ahead, mod 2^19) starting at
+    -- most CLOCK_SKEW_US (_decision.py) from now (the next, or further when the period is
+    -- shorter): another host's clock is ahead, decided as at its start (waits counted from
+    -- now). Else the clock stepped back: its count carries into now's window, stored by a
+    -- charge or a refusal
     local ahead = floor(count / 8589934592) % 524288
-    if tonumber(v) and ahead == 1 and (win + 1) * p - now <= 1000000 then
-      count, win = count % 8589934592, win + 1
+    if tonumber(v) and ahead > 0 and ahead < 262144 and (win + ahead) * p - now <= 1000000 then
+      count, win = count % 8589934592, win + ahead
       at, base = win * p, (win % 524288) * 8589934592
     elseif tonumber(v) and ahead > 0 and ahead < 262144 then
       count, back = count % 8589934592, true

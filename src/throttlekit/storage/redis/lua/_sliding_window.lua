@@ -7,12 +7,12 @@ if w == win then
 elseif w == win - 1 then
   prev = wcur
 elseif w and w > win then
-  -- the next window's, starting at most CLOCK_SKEW_US (_decision.py) from now: another
-  -- host's clock is ahead; decided as at the window's start, the waits counted from now.
-  -- Else the clock stepped back: the counts carry into now's windows, stored by a charge
-  -- or a refusal (see _algorithms.SlidingWindow)
+  -- a later window's, starting at most CLOCK_SKEW_US (_decision.py) from now (the next,
+  -- or further when the period is shorter): another host's clock is ahead; decided as at
+  -- the window's start, the waits counted from now. Else the clock stepped back: the counts
+  -- carry into now's windows, stored by a charge or a refusal (see _algorithms.SlidingWindow)
   cur, prev = wcur, wprev
-  if w == win + 1 and w * p - now <= 1000000 then win, at = w, w * p end
+  if w * p - now <= 1000000 then win, at = w, w * p end
 end
 local left = p - (at - win * p)
 -- prev * left + cur * p <= limit * p, divided by p: w = ceil(prev * left / p)
