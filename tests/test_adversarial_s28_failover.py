@@ -394,3 +394,27 @@ def test_blocks_written_during_a_sentinel_failover_hold_or_fail_loudly(
     _wait(blocks, "a block after the switch", 5.0)  # redis-py asks the Sentinel again
     blocked = {b.key for b in limiter.blocked()}
     assert set(done) | {"198.51.100.254"} <= blocked
+
+
+@pytest.mark.cluster
+def test_a_cluster_url_client_does_not_retry_unless_asked(cluster: RedisCluster) -> None:
+    """The Cluster clients built from a URL, sync and async, retry no failed command (as the
+    standalone and Sentinel ones); a ``retry`` passed as an option is kept."""
+    from redis.backoff import ExponentialBackoff
+    from redis.retry import Retry
+
+    store: Any = storage_from_url(cluster.url)
+    client, aclient = store._make_client(), store._make_async()
+    try:
+        assert client.retry.get_retries() == 0
+        assert aclient.retry.get_retries() == 0
+    finally:
+        client.close()
+        asyncio.run(aclient.aclose())
+    mine = Retry(ExponentialBackoff(), 2)
+    own: Any = storage_from_url(cluster.url, retry=mine)
+    client = own._make_client()
+    try:
+        assert client.retry.get_retries() == 2
+    finally:
+        client.close()
