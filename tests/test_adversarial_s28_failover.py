@@ -118,8 +118,10 @@ class Load:
     def raised(self) -> list[Any]:
         return [d for *_, d in self.calls if isinstance(d, BaseException)]
 
-    def slow(self) -> list[tuple[float, str]]:
-        return sorted((round(s, 3), k) for _, s, k, _ in self.calls if s > BUDGET)
+    def slow(self, since: float) -> list[tuple[float, str]]:
+        """The calls started at ``since`` or later that took longer than the budget (the
+        first calls build the clients and load the scripts: not what is timed here)."""
+        return sorted((round(s, 3), k) for t, s, k, _ in self.calls if s > BUDGET and t >= since)
 
 
 def _wait(check: Callable[[], bool], what: str, timeout: float = 30.0) -> float:
@@ -158,6 +160,7 @@ def test_a_dead_or_hung_cluster_master_costs_a_request_at_most_the_socket_timeou
     with caplog.at_level(logging.ERROR, logger="throttlekit"), \
             Load(limiter, keys, "100000/hour") as load:
         time.sleep(0.5)
+        fault_at = time.monotonic()
         victim.kill() if fault == "kill" else victim.pause()
         time.sleep(3.0)
         victim.start() if fault == "kill" else victim.resume()
@@ -165,7 +168,7 @@ def test_a_dead_or_hung_cluster_master_costs_a_request_at_most_the_socket_timeou
         back = time.monotonic()
         time.sleep(2.0)
     assert load.raised() == []
-    assert load.slow() == []
+    assert load.slow(fault_at) == []
     assert 1 <= _errors(caplog) <= 2  # once per error_log_interval (60 s), whatever the load
     late = [d for t, _, _, d in load.calls if t > back + 1.5]
     assert late and not any(d.degraded for d in late)
@@ -284,8 +287,8 @@ def _add_replica(cluster: RedisCluster, master: int) -> Any:
 def test_the_storage_follows_a_cluster_replica_taking_over(cluster: RedisCluster,
                                                            fault: str) -> None:
     """A master with a replica killed or paused: the replica is promoted (cluster-node-timeout
-    2 s) and within 1.5 s of that the dead master's keys are Redis' answers again; meanwhile
-    nothing raises and nothing is slow."""
+    2 s) and within 2.5 s of that (under 1 s on an idle machine) the dead master's keys are
+    Redis' answers again; meanwhile nothing raises and nothing is slow."""
     replica = _add_replica(cluster, 1)
     try:
         by_node = _keys_by_node(cluster, 3)
@@ -294,17 +297,20 @@ def test_the_storage_follows_a_cluster_replica_taking_over(cluster: RedisCluster
         victim = cluster.nodes[1]
         with Load(limiter, [k for ks in by_node for k in ks], "1000000/hour") as load:
             time.sleep(0.5)
+            fault_at = time.monotonic()
             victim.kill() if fault == "kill" else victim.pause()
             _wait(lambda: "role:master" in str(replica.command("INFO", "replication")),
                   "the promotion")
             promoted = time.monotonic()
-            time.sleep(3.0)
+            time.sleep(4.0)
         if fault == "pause":
             victim.resume()
         assert load.raised() == []
-        assert load.slow() == []
-        late = [d for t, _, k, d in load.calls if t > promoted + 1.5 and k in by_node[1]]
-        assert late and not any(d.degraded for d in late)
+        assert load.slow(fault_at) == []
+        moved = [(t, d) for t, _, k, d in load.calls if t > promoted and k in by_node[1]]
+        last_degraded = max((t for t, d in moved if d.degraded), default=promoted)
+        assert last_degraded - promoted < 2.5  # (a second or less on an idle machine)
+        assert any(t > last_degraded for t, _ in moved)
     finally:
         replica.close()
 
@@ -402,6 +408,7 @@ def test_the_storage_follows_a_sentinel_failover(
     with caplog.at_level(logging.ERROR, logger="throttlekit"), \
             Load(limiter, keys, "10000000/hour", threads=4) as load:
         time.sleep(0.5)
+        fault_at = time.monotonic()
         if how == "failover":
             redis_command(sentinel.sentinel_port, "SENTINEL", "FAILOVER", sentinel.master_name)
         else:
@@ -410,7 +417,7 @@ def test_the_storage_follows_a_sentinel_failover(
         named = time.monotonic()
         time.sleep(2.0)
     assert load.raised() == []
-    assert load.slow() == []
+    assert load.slow(fault_at) == []
     after = [d for t, _, _, d in load.calls if t > named + 1.0]
     assert after and not any(d.degraded for d in after)
     if how == "failover":
