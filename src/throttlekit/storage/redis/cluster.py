@@ -14,7 +14,7 @@ from typing import Any
 
 from ..._decision import Decision
 from ..base import BatchResult, Block, Check
-from ._client import redis_module
+from ._client import no_retry, redis_module
 from ._scripts import batch_result, named
 from ._store import Calls, RedisStorage
 
@@ -94,16 +94,26 @@ class RedisClusterStorage(RedisStorage, cluster=True):
 def cluster_clients(
     hosts: Sequence[tuple[str, int]], kw: dict[str, Any]
 ) -> tuple[Callable[[], Any], Callable[[], Any]]:
-    """The sync and async client makers of a Cluster seen from ``hosts`` (any nodes)."""
+    """The sync and async client makers of a Cluster seen from ``hosts`` (any nodes).
+
+    As for a standalone server, a failed command is not retried (unless ``kw`` names a
+    ``retry`` or ``cluster_error_retry_attempts``): redis-py's Cluster default retries 10
+    times with a backoff, seconds per request on a dead or hung node. Redirections (MOVED,
+    ASK) are still followed: they are not retries."""
+    own_retry = "retry" in kw or "cluster_error_retry_attempts" in kw
 
     def make() -> Any:
         mod: Any = importlib.import_module("redis.cluster")
         nodes = [mod.ClusterNode(h, p) for h, p in hosts]
-        return mod.RedisCluster(startup_nodes=nodes, **kw)
+        retry: Any = importlib.import_module("redis.retry").Retry
+        extra = {} if own_retry else {"retry": no_retry(retry)}
+        return mod.RedisCluster(startup_nodes=nodes, **extra, **kw)
 
     def amake() -> Any:
         mod: Any = importlib.import_module("redis.asyncio.cluster")
         nodes = [mod.ClusterNode(h, p) for h, p in hosts]
-        return mod.RedisCluster(startup_nodes=nodes, **kw)
+        retry: Any = importlib.import_module("redis.asyncio.retry").Retry
+        extra = {} if own_retry else {"retry": no_retry(retry)}
+        return mod.RedisCluster(startup_nodes=nodes, **extra, **kw)
 
     return make, amake
