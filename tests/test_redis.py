@@ -877,14 +877,17 @@ def test_cluster_lone_fixed_window_with_a_block_key_elsewhere(cluster: Any) -> N
     alg = make_algorithm("fixed_window", Rate(2, 60))
     slot = redis.crc.key_slot
     assert slot(s.family("rule:ip").encode()) != slot(s.family("ip").encode())
-    assert s.apply([Check(alg, "rule:ip")], block_keys=["ip"]).decisions[0].remaining == 1
+    now = int(time.time() * 1_000_000)  # (one instant: the counts are of one window)
+    assert s.apply([Check(alg, "rule:ip")], block_keys=["ip"],
+                   now=now).decisions[0].remaining == 1
     s.block("ip", 60, "x")
-    r = s.apply([Check(alg, "rule:ip")], block_keys=["ip"])
+    r = s.apply([Check(alg, "rule:ip")], block_keys=["ip"], now=now)
     assert r.blocked[0] is not None and r.blocked[0].reason == "x"
     s.unblock("ip")
-    assert s.apply([Check(alg, "rule:ip")], block_keys=["ip"]).decisions[0].remaining == 0
+    assert s.apply([Check(alg, "rule:ip")], block_keys=["ip"],
+                   now=now).decisions[0].remaining == 0
     s.reset(["rule:ip"])
-    assert s.apply([Check(alg, "rule:ip")]).decisions[0].remaining == 1
+    assert s.apply([Check(alg, "rule:ip")], now=now).decisions[0].remaining == 1
     s.close()
 
 
@@ -903,12 +906,14 @@ def test_redis_storage_of_a_cluster_client_is_the_cluster_storage(cluster: Any) 
     assert isinstance(s, RedisClusterStorage)
     keys = [f"user:{i}" for i in range(6)]
     alg = make_algorithm("fixed_window", Rate(1, 60))
+    now = int(time.time() * 1_000_000)  # (one instant: the counts are of one window)
     s.block("user:3", 60, "x")
-    r = s.apply([Check(alg, k) for k in keys], block_keys=["user:3"])
+    r = s.apply([Check(alg, k) for k in keys], block_keys=["user:3"], now=now)
     assert [b.key for b in r.blocked if b] == ["user:3"]
     # the blocked request charged nothing, in any slot (the block key's slot goes first)
-    assert all(d.allowed for d in s.apply([Check(alg, k) for k in keys]).decisions)
-    assert not any(d.allowed for d in s.apply([Check(alg, k) for k in keys]).decisions)
+    assert all(d.allowed for d in s.apply([Check(alg, k) for k in keys], now=now).decisions)
+    assert not any(d.allowed
+                   for d in s.apply([Check(alg, k) for k in keys], now=now).decisions)
     # leases: a full key makes the whole acquire fail and leaves no slot taken
     assert s.acquire(keys[:1], [1], "a", 60) == -1
     assert s.acquire(keys, [1] * 6, "b", 60) == 0
@@ -926,8 +931,8 @@ def test_redis_storage_of_a_cluster_client_is_the_cluster_storage(cluster: Any) 
         aclient = AsyncRedisCluster(host="127.0.0.1", port=cluster.port)
         a = RedisStorage(aclient, prefix=f"tk-test:{uuid.uuid4().hex}:")
         assert isinstance(a, RedisClusterStorage)
-        first = await a.aapply([Check(alg, k) for k in keys])
-        second = await a.aapply([Check(alg, k) for k in keys])
+        first = await a.aapply([Check(alg, k) for k in keys], now=now)
+        second = await a.aapply([Check(alg, k) for k in keys], now=now)
         assert await a.aacquire(keys, [1] * 6, "c", 60) == -1
         await a.arelease(keys, "c")
         await a.areset(keys)
@@ -961,8 +966,9 @@ def test_sentinel_writes_go_to_the_master() -> None:
     with redis_sentinel.session() as sent:
         s = storage_from_url(sent.url, prefix="s:")
         alg = make_algorithm("fixed_window", Rate(1, 60))
-        assert s.hit(alg, "k", 1, None).allowed
-        assert not s.hit(alg, "k", 1, None).allowed
+        now = int(time.time() * 1_000_000)  # (one instant: both hits in one window)
+        assert s.hit(alg, "k", 1, now).allowed
+        assert not s.hit(alg, "k", 1, now).allowed
         assert sent.master.command("EXISTS", f"{s.family('k')}:w:{alg.id}") == 1
         assert sent.replica.command("ROLE")[0] == "slave"
         s.close()
