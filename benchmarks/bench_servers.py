@@ -307,11 +307,18 @@ def test_throttlekit_apps_charge_their_limit(framework: str) -> None:
         async with httpx.AsyncClient(transport=transport, base_url="http://t") as client:
             return [await client.get("/") for _ in range(3)]
 
-    if framework == "flask":
-        client = server_apps.make_flask("tk-memory").test_client()
-        responses: list[Any] = [client.get("/") for _ in range(3)]
-    else:
-        responses = asyncio.run(three(server_apps.make_starlette("tk-memory")))
+    # The app counts in fixed windows of an hour of the real clock: the figures below hold
+    # when no hour boundary falls among the requests, else a fresh app serves them again (a
+    # precondition, not a timing).
+    for _attempt in range(3):
+        hour = time.time() // 3600
+        if framework == "flask":
+            client = server_apps.make_flask("tk-memory").test_client()
+            responses: list[Any] = [client.get("/") for _ in range(3)]
+        else:
+            responses = asyncio.run(three(server_apps.make_starlette("tk-memory")))
+        if time.time() // 3600 == hour:
+            break
     assert [r.status_code for r in responses] == [200] * 3
     left = [re.search(r";r=(\d+)", r.headers["RateLimit"]) for r in responses]
     limit = int(server_apps.RATE.split("/")[0])  # (1,000,000,000)

@@ -12,6 +12,7 @@ import pytest
 
 from servers import RedisServer, start_or_skip
 from throttlekit import Limiter, storage_from_url
+from throttlekit.testing import FakeClock
 
 RATE = "5/hour"
 
@@ -22,9 +23,15 @@ def server() -> Iterator[RedisServer]:
         yield s
 
 
+#: the time of the limiters below (this process's and the operator's): the tests count
+#: hits exactly in one fixed window, which on the real clock an hour boundary between two
+#: hits would reset
+CLOCK = FakeClock()
+
+
 def _fixed(url: str) -> Limiter:
     return Limiter(storage_from_url(url, prefix="a21:"), strategy="fixed_window",
-                   retry_interval=0.1)
+                   retry_interval=0.1, clock=CLOCK)
 
 
 @pytest.mark.redis
@@ -85,7 +92,7 @@ def test_flask_rules_behind_proxyfix_key_each_client() -> None:
     from throttlekit import MemoryStorage
     from throttlekit.contrib.flask import Throttle
 
-    lim = Limiter(MemoryStorage())
+    lim = Limiter(MemoryStorage(), clock=FakeClock())  # (exact counts: a clock of its own)
     lim.throttle("per-ip", "2/minute", key="ip")
     app = flask.Flask(__name__)
     app.wsgi_app = ProxyFix(app.wsgi_app, x_for=1)

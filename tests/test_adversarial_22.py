@@ -38,7 +38,8 @@ def server() -> Iterator[RedisServer]:
 def _synced(url: str, **query: float) -> Limiter:
     args = "&".join(f"{k}={v}" for k, v in {"sync_interval": 1, "sync_share": 1,
                                               **query}.items())
-    return Limiter(storage_from_url(f"{url}?{args}", prefix="a22:"))
+    # (a clock of its own: the tests count the charges of one window exactly)
+    return Limiter(storage_from_url(f"{url}?{args}", prefix="a22:"), clock=FakeClock())
 
 
 @pytest.mark.redis
@@ -131,8 +132,10 @@ def test_the_rules_answer_after_script_flush_sync_and_async(
     """An operator runs SCRIPT FLUSH (or Redis fails over to a replica without the
     scripts): the rules' answers through the store's shared apply/aapply body (block
     lookup, single-check scripts, batch) stay exact, sync and async, and none is degraded."""
+    # (a clock of its own, stopped at the real time: one charge each is counted exactly, in
+    # one window; the block below lives 60 s on the server's clock)
     limiter = Limiter(storage_from_url(server.url + query, prefix=f"a22f-{strategy}:"),
-                      strategy=strategy)
+                      strategy=strategy, clock=FakeClock(time.time()))
     limiter.throttle("per-ip", "100/hour", key="ip")
     limiter.throttle("two", "100/hour; 50/minute", key="ip")
     limiter.block("198.51.100.9", 60)
@@ -312,9 +315,10 @@ def test_two_limiters_on_one_synced_store_each_keep_their_fail_policy(
     # (a blocklist view fresh for the whole test: the requests take the bound hits)
     storage = storage_from_url(server.url + "?sync_interval=1.0", prefix="a22w:",
                                socket_timeout=1.0)
-    login = Limiter(storage, on_storage_error="deny", retry_interval=0.2)
+    clock = FakeClock()  # (the login limit is counted exactly, in one window)
+    login = Limiter(storage, on_storage_error="deny", retry_interval=0.2, clock=clock)
     login.throttle("login", "3/hour", key="ip")
-    api = Limiter(storage, on_storage_error="allow", retry_interval=60)
+    api = Limiter(storage, on_storage_error="allow", retry_interval=60, clock=clock)
     api.throttle("api", "1000/hour", key="ip")
     try:
         assert login.evaluate(_view(login, "198.51.100.1")).allowed
@@ -346,7 +350,11 @@ def test_the_admin_cli_reaches_a_synced_worker_within_sync_interval(
     sync_interval of the command returning."""
     interval = 0.2
     url = f"{server.url}?prefix=a22cli:"
-    limiter = Limiter(storage_from_url(f"{url}&sync_interval={interval}"))
+    # (a sliding log: the worker's requests are counted exactly on the real clock, whose
+    # time the worker's repeated refusals and the CLI go by, where a fixed window resets
+    # when an hour boundary falls among them)
+    limiter = Limiter(storage_from_url(f"{url}&sync_interval={interval}"),
+                      strategy="sliding_log")
     limiter.throttle("per-ip", "3/hour", key="ip")
     me, other = "198.51.100.7", "198.51.100.8"
     try:

@@ -197,7 +197,7 @@ def test_fastapi_refusal_is_the_same_whichever_endpoint_is_refused_first(first: 
     answered a refusal with FastAPI's ``{"detail": ...}`` JSON until an endpoint without one
     (or a ``limiter.depends`` dependency) had been refused in the same app; from then on it
     answered with the refusal. The same request got two bodies, depending on history."""
-    limiter = Limiter()
+    limiter = Limiter(clock=FakeClock())  # (exact counts: a clock of its own)
     app = FastAPI()
 
     @app.get("/own-request")
@@ -319,7 +319,7 @@ def test_lower_case_method_is_limited_as_flask_and_django_serve_it(method: str) 
 
     from throttlekit.contrib.flask import Throttle
 
-    limiter = Limiter()
+    limiter = Limiter(clock=FakeClock())  # (exact counts: a clock of its own)
     limiter.throttle("login-rule", "2/minute", match=lambda v: v.method == "POST")
     app = Flask("adversarial")
     Throttle(app, limiter)
@@ -388,7 +388,7 @@ def test_asgi_middleware_around_starlettes_counts_a_request_once() -> None:
     from throttlekit import ASGIMiddleware
     from throttlekit.contrib.starlette import ThrottleMiddleware
 
-    limiter = Limiter()
+    limiter = Limiter(clock=FakeClock())  # (exact counts: a clock of its own)
     limiter.throttle("per-ip", "4/minute")
 
     async def index(request: Any) -> PlainTextResponse:

@@ -253,7 +253,7 @@ def serve(app: Any) -> Iterator[int]:
 
 def test_real_websocket_handshakes_under_uvicorn() -> None:
     """Under uvicorn, allowed websockets talk; once throttled the handshake gets HTTP 429."""
-    limiter = Limiter()
+    limiter = Limiter(clock=FakeClock())  # (exact counts: a clock of its own)
     limiter.throttle("ws", "2/minute")
 
     async def echo(ws: WebSocket) -> None:

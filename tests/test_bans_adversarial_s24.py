@@ -15,6 +15,7 @@ from werkzeug.test import Client
 from servers import RedisServer, start_or_skip
 from throttlekit import Limiter, StorageError, WSGIMiddleware, storage_from_url
 from throttlekit.cli import main as cli
+from throttlekit.testing import FakeClock
 
 pytestmark = pytest.mark.redis
 
@@ -30,8 +31,9 @@ def server() -> Iterator[RedisServer]:
         yield s
 
 
-def _limiter(url: str, policy: str = "local") -> Limiter:
-    limiter = Limiter(storage_from_url(url, prefix="storm:"), on_storage_error=policy)
+def _limiter(url: str, policy: str = "local", clock: FakeClock | None = None) -> Limiter:
+    limiter = Limiter(storage_from_url(url, prefix="storm:"), on_storage_error=policy,
+                      clock=clock)
     limiter.throttle("per-ip", "2/hour", strategy="fixed_window")
     limiter.fail2ban("scanners", match=lambda v: v.path.startswith("/wp-"), maxretry=1,
                      findtime=60, bantime=3600)
@@ -116,7 +118,7 @@ def test_a_ban_keeps_the_other_clients_cached_refusals(server: RedisServer) -> N
     """A ban storm does not empty the worker's cache: a ban is cached at once and looked up
     before the cached refusals, which stay (other workers drop theirs with the
     generation, at most once a second)."""
-    limiter = _limiter(server.url)
+    limiter = _limiter(server.url, clock=FakeClock())  # (exact counts: a clock of its own)
     client = Client(WSGIMiddleware(app, limiter))
     for n in range(50):  # 50 throttled clients, their refusals cached
         assert [client.get("/", environ_base=_ip(n)).status_code for _ in range(3)] == [

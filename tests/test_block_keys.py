@@ -10,6 +10,7 @@ import pytest
 from werkzeug.test import Client
 
 from throttlekit import ConfigError, Limiter, WSGIMiddleware
+from throttlekit.testing import FakeClock
 
 
 def app(environ: dict[str, Any], start_response: Any) -> list[bytes]:
@@ -112,7 +113,8 @@ def test_unblock_takes_a_ban_discriminator_and_old_unnormalised_entries() -> Non
 
 
 def _served(**kwargs: Any) -> tuple[Limiter, Client]:
-    limiter = Limiter("memory://", **kwargs)
+    # (exact counts: a clock of its own)
+    limiter = Limiter("memory://", clock=FakeClock(), **kwargs)
     limiter.throttle("per-client", "2/minute")
     limiter.fail2ban("scanners", match=lambda r: r.path.startswith("/wp-admin"), maxretry=1,
                      findtime=600, bantime=3600)
@@ -170,7 +172,7 @@ def test_reset_rules_of_a_network_that_is_no_client_key_is_refused() -> None:
 def test_reset_rules_of_a_value_starting_with_hash_finds_it_hashed() -> None:
     """A header value '#x' is stored hashed (no client value reaches throttlekit's own
     '#...' buckets); reset_rules('#x') finds it the same way (docs/rules.md)."""
-    limiter = Limiter("memory://")
+    limiter = Limiter("memory://", clock=FakeClock())  # (exact counts: a clock of its own)
     limiter.throttle("per-user", "1/minute", key="header:x-user")
     client = Client(WSGIMiddleware(app, limiter))
     for value in ("#x", "#Sha256:x", "#client", "alice"):
@@ -183,7 +185,7 @@ def test_reset_rules_of_a_value_starting_with_hash_finds_it_hashed() -> None:
 def test_reset_rules_of_a_client_reaches_its_unreadable_bucket() -> None:
     """Requests whose key cannot be read count under '#client:<client key>'; reset_rules
     of the client's address (or of that bucket as verdicts show it) clears it."""
-    limiter = Limiter("memory://")
+    limiter = Limiter("memory://", clock=FakeClock())  # (exact counts: a clock of its own)
     limiter.throttle("login", "1/minute", key=lambda r: r.headers["x-user"])
     client = Client(WSGIMiddleware(app, limiter))
     ip = "2001:db8:1:3::5"

@@ -327,7 +327,7 @@ def test_safelist_hook_and_a_request_without_client_ip(tmp_path):
     listed."""
     path = tmp_path / "partners.txt"
     path.write_text("10.1.0.0/16\n")
-    limiter = Limiter()
+    limiter = Limiter(clock=FakeClock())  # (exact counts: a clock of its own)
     limiter.safelist("partners", Blocklist(path))
     limiter.throttle("tight", "1/hour")
     mw = WSGIMiddleware(_app, limiter)

@@ -17,8 +17,14 @@ from django.views import View
 from django_config import fresh_urlconf, throttlekit_settings  # configures Django first
 from throttlekit import ConfigError, Limiter
 from throttlekit.contrib import django as tk
+from throttlekit.testing import FakeClock
 
-LIMITER = Limiter(strategy="fixed_window")
+# The tests count requests exactly (e.g. [200, 429]) on limits of a minute: the settings'
+# limiter runs on the real clock, where a fixed window resets when a minute boundary falls
+# between two requests, so it counts on a sliding log; the project's own limiter, on a
+# clock of its own.
+EXACT = "sliding_log"
+LIMITER = Limiter(strategy="fixed_window", clock=FakeClock())
 
 
 @pytest.fixture
@@ -42,7 +48,7 @@ def test_function_view_decorator_and_request_throttle(urls: Any) -> None:
         return JsonResponse({"left": request.throttle.remaining})
 
     urls.urlpatterns = [path("items/<int:i>", item)]
-    with configure(STRATEGY="fixed_window"):
+    with configure(STRATEGY=EXACT):
         c = Client()
         r1, r2, r3 = (c.get(f"/items/{i}") for i in (1, 2, 3))
     assert [r1.json(), r2.json()] == [{"left": 1}, {"left": 0}]
@@ -64,7 +70,7 @@ def test_default_and_application_limits(urls: Any) -> None:
         return HttpResponse("ok")
 
     urls.urlpatterns = [path("a", a), path("b", b), path("health", health)]
-    with configure(STRATEGY="fixed_window", DEFAULT_LIMITS="2/minute",
+    with configure(STRATEGY=EXACT, DEFAULT_LIMITS="2/minute",
                    APPLICATION_LIMITS="3/minute"):
         c = Client()
         got = [c.get(p).status_code for p in ("/a", "/a", "/a", "/b", "/b")]
@@ -84,7 +90,7 @@ def test_class_based_view_with_method_decorator(urls: Any) -> None:
             return HttpResponse("posted")
 
     urls.urlpatterns = [path("search", Search.as_view())]
-    with configure(STRATEGY="fixed_window"):
+    with configure(STRATEGY=EXACT):
         c = Client()
         assert [c.get("/search").status_code for _ in range(2)] == [200, 429]
         assert {c.post("/search").status_code for _ in range(3)} == {200}
@@ -119,7 +125,7 @@ def test_async_views_on_the_async_path(urls: Any) -> None:
         c = AsyncClient()
         return [(await c.get("/fetch")).status_code for _ in range(2)]
 
-    with configure(STRATEGY="fixed_window", DEFAULT_LIMITS="5/minute"):
+    with configure(STRATEGY=EXACT, DEFAULT_LIMITS="5/minute"):
         assert asyncio.run(main()) == [200, 429]
 
 
@@ -144,7 +150,7 @@ def test_user_key_via_view_request(urls: Any) -> None:
         return HttpResponse("ok")
 
     urls.urlpatterns = [path("", index)]
-    with configure(STRATEGY="fixed_window"):
+    with configure(STRATEGY=EXACT):
         c = Client()
         got = [c.get("/", {"user": u}).status_code for u in ("ann", "bob", "ann")]
     assert got == [200, 200, 429]
@@ -168,7 +174,7 @@ def test_drf_throttle_class_refuses_with_wait(urls: Any) -> None:
             return Response({"ok": True})
 
     urls.urlpatterns = [path("api/items", Items.as_view())]
-    with configure(STRATEGY="fixed_window"):
+    with configure(STRATEGY=EXACT):
         c = Client()
         codes = [c.get("/api/items").status_code for _ in range(3)]
         refused = c.get("/api/items")
@@ -184,7 +190,7 @@ def test_override_settings_reaches_a_loaded_middleware(urls: Any) -> None:
         return HttpResponse("ok")
 
     urls.urlpatterns = [path("", index)]
-    with configure(STRATEGY="fixed_window"):
+    with configure(STRATEGY=EXACT):
         c = Client()
         assert [c.get("/").status_code for _ in range(2)] == [200, 429]
         with override_settings(THROTTLEKIT={"ENABLED": False}):
@@ -197,7 +203,7 @@ def test_override_settings_reaches_a_loaded_middleware(urls: Any) -> None:
             codes += [(await ac.get("/")).status_code for _ in range(2)]
         return codes
 
-    with configure(STRATEGY="fixed_window"):
+    with configure(STRATEGY=EXACT):
         assert asyncio.run(run()) == [200, 429, 200, 200]
 
 
@@ -210,6 +216,6 @@ def test_rules_file_setting(urls: Any, tmp_path: Any) -> None:
         return HttpResponse("ok")
 
     urls.urlpatterns = [path("", index)]
-    with configure(RULES_FILE=str(rules)):
+    with configure(RULES_FILE=str(rules), STRATEGY=EXACT):
         c = Client()
         assert [c.get("/").status_code for _ in range(2)] == [200, 429]

@@ -14,8 +14,11 @@ from django.urls import path
 
 from django_config import fresh_urlconf, throttlekit_settings  # configures Django first
 from throttlekit import Limiter
+from throttlekit.testing import FakeClock
 
-LIMITER = Limiter(strategy="fixed_window")
+# (a clock of its own: the tests count requests exactly on limits of a minute, which a fixed
+# window on the real clock resets when a minute boundary falls between two requests)
+LIMITER = Limiter(strategy="fixed_window", clock=FakeClock())
 
 
 @pytest.fixture(params=["middleware", "bare"])

@@ -66,7 +66,7 @@ def _throttled_and_cached(limiter: Limiter) -> None:
 
 def test_a_ban_made_through_the_middleware_answers_403_banned(stores: list[RedisStorage]
                                                               ) -> None:
-    limiter, kinds = _limiter(stores[0])
+    limiter, kinds = _limiter(stores[0], FakeClock())  # (exact counts: a clock of its own)
     client = Client(WSGIMiddleware(app, limiter))
     env = {"REMOTE_ADDR": IP}
     assert [client.get("/", environ_base=env).status_code for _ in range(4)] == [
@@ -81,7 +81,7 @@ def test_a_ban_made_through_the_middleware_answers_403_banned(stores: list[Redis
 
 
 def test_an_admin_block_answers_blocked_at_once(stores: list[RedisStorage]) -> None:
-    limiter, kinds = _limiter(stores[0])
+    limiter, kinds = _limiter(stores[0], FakeClock())  # (exact counts: a clock of its own)
     _throttled_and_cached(limiter)
     limiter.block(IP, 600)
     del kinds[:]
@@ -104,7 +104,7 @@ def test_another_workers_ban_reaches_a_cached_refusal_within_the_check_interval(
 
 
 def test_async_ban_and_block_reach_the_cached_refusal(stores: list[RedisStorage]) -> None:
-    limiter, kinds = _limiter(stores[0])
+    limiter, kinds = _limiter(stores[0], FakeClock())  # (exact counts: a clock of its own)
     engine = limiter.engine
 
     async def run() -> list[str]:

@@ -204,7 +204,7 @@ def test_several_simple_throttles_count_exactly_under_threads() -> None:
     the tightest limit, and charge each throttle once per admitted request."""
     import threading
 
-    limiter = Limiter("memory://")
+    limiter = Limiter("memory://", clock=FakeClock())  # (exact counts: a clock of its own)
     for name, rate in (("a", "100/hour"), ("b", "150/hour"), ("c", "1000/hour")):
         limiter.throttle(name, rate, path_prefix="/api/")
     admitted = []

@@ -13,11 +13,13 @@ import pytest
 from test_admin_cli import REDIS, tk
 from throttlekit import Limiter, RequestView, storage_from_url
 
+# (a sliding log: the CLI inspects on the real clock, where a fixed window resets when an
+# hour boundary falls between the requests and the inspection)
 RULES = """\
 [[throttle]]
 name = "api"
 key = "header:X-Api-Key"
-strategy = "fixed_window"
+strategy = "sliding_log"
 
 [throttle.rates]
 plan = "header:X-Plan"

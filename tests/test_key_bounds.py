@@ -143,8 +143,10 @@ def test_cli_inspect_and_reset_find_a_long_key(redis_ctx: redis_backend.Context,
                                                capsys: pytest.CaptureFixture[str]) -> None:
     storage = redis_ctx.storage()
     rules = tmp_path / "rules.toml"
+    # (a sliding log: the CLI counts on the real clock, where a fixed window resets when a
+    # minute boundary falls between the posts and the inspection)
     rules.write_text('[[throttle]]\nname = "login"\nrates = "2/minute"\n'
-                     'key = "form:username"\n')
+                     'key = "form:username"\nstrategy = "sliding_log"\n')
     limiter = Limiter(storage)
     limiter.load_rules(rules)
     name = "n" * 3_000

@@ -10,6 +10,7 @@ import pytest
 
 from throttlekit import ConfigError, Decision, Limiter, MemoryStorage, Rate, parse_rates
 from throttlekit.storage import BatchResult, Check, storage_from_url
+from throttlekit.testing import FakeClock
 
 STRATEGIES = ["fixed_window", "sliding_window", "sliding_log", "token_bucket"]
 
@@ -286,7 +287,7 @@ def test_decision_is_immutable():
 @pytest.mark.parametrize("strategy", STRATEGIES)
 def test_threads_admit_exactly_the_limit(strategy):
     """8 threads x 10,000 hits on one key admit exactly the limit."""
-    limiter = Limiter(strategy=strategy)
+    limiter = Limiter(strategy=strategy, clock=FakeClock())  # (exact counts: a clock of its own)
     admitted = [0] * 8
     barrier = threading.Barrier(8)
 
@@ -443,7 +444,7 @@ def test_a_rate_given_twice_is_one_limit(strategy: str, rates: object) -> None:
     in microseconds, the unit states are counted in) is one limit: every strategy admits
     exactly its amount, as with the rate once (a sliding log charged each hit once per copy,
     so it admitted 2 of 3), and the plan holds it once."""
-    limiter = Limiter(strategy=strategy)
+    limiter = Limiter(strategy=strategy, clock=FakeClock())  # (exact counts: a clock of its own)
     admitted = sum(limiter.hit("k", rates).allowed for _ in range(5))  # type: ignore[arg-type]
     assert admitted == 3
     distinct = 2 if "hour" in str(rates) else 1

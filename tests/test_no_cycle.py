@@ -20,6 +20,7 @@ from typing import Any
 import pytest
 
 from throttlekit import ASGIMiddleware, Limiter, WSGIMiddleware
+from throttlekit.testing import FakeClock
 from wsgi_client import wsgi_call
 
 PEER = "198.51.100.7"
@@ -49,7 +50,7 @@ def _raw_app(environ: dict[str, Any], start_response: Any) -> list[bytes]:
 def test_wsgi_middleware_leaves_no_cycle(garbage: Callable[[], list[str]], rules: str) -> None:
     """Allowed and refused requests through WSGIMiddleware, with and without an exchange
     to settle: nothing of theirs is left to the cyclic collector."""
-    lim = Limiter()
+    lim = Limiter(clock=FakeClock())  # (exact counts: a clock of its own)
     if rules == "plain":
         lim.throttle("per-ip", "3/minute")
     else:
@@ -165,7 +166,7 @@ def test_asgi_middleware_leaves_no_cycle(garbage: Callable[[], list[str]], rules
     """Allowed and refused requests through ASGIMiddleware (the verdict in the scope and
     in its ``state``): nothing of theirs is left to the cyclic collector; the verdict kept
     in the scope still reads its view's attributes."""
-    lim = Limiter()
+    lim = Limiter(clock=FakeClock())  # (exact counts: a clock of its own)
     if rules == "plain":
         lim.throttle("per-ip", "3/minute")
     else:
@@ -189,7 +190,7 @@ def test_flask_integration_leaves_no_cycle(garbage: Callable[[], list[str]]) -> 
     from throttlekit.contrib.flask import Throttle, decision
 
     app = flask.Flask("nocycle")
-    lim = Limiter()
+    lim = Limiter(clock=FakeClock())  # (exact counts: a clock of its own)
     lim.throttle("per-ip", "100/minute")
     tk = Throttle(app, lim, default_limits="50/minute")
 
@@ -221,7 +222,7 @@ def test_starlette_integration_leaves_no_cycle(garbage: Callable[[], list[str]])
     from throttlekit.contrib.fastapi import Throttle
 
     app = fastapi.FastAPI()
-    lim = Limiter()
+    lim = Limiter(clock=FakeClock())  # (exact counts: a clock of its own)
     lim.throttle("per-ip", "100/minute")
 
     @app.get("/limited")

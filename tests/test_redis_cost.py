@@ -17,6 +17,7 @@ from throttlekit._algorithms import make_algorithm
 from throttlekit._rates import Rate
 from throttlekit.storage import RedisStorage
 from throttlekit.storage.base import Check
+from throttlekit.testing import FakeClock
 
 pytestmark = pytest.mark.redis
 STRATEGIES = ["fixed_window", "sliding_window", "sliding_log", "token_bucket"]
@@ -37,12 +38,16 @@ def _app(environ: Any, start_response: Any) -> list[bytes]:
     return [b"ok"]
 
 
-def _twenty_requests(server: RedisServer, s: Any) -> tuple[Any, dict[str, int]]:
+def _twenty_requests(server: RedisServer, s: Any, clock: FakeClock | None = None
+                     ) -> tuple[Any, dict[str, int]]:
     """A client of the middleware with one fixed-window throttle on ``s``, and the commands
-    Redis ran for 20 requests of one client (after a first that loads the script)."""
+    Redis ran for 20 requests of one client (after a first that loads the script), on
+    ``clock`` (default: a fake clock of its own)."""
     from werkzeug.test import Client
 
-    limiter = Limiter(s)
+    # (not the real clock: a new window, begun when an hour boundary falls among the
+    # requests, costs a SET of its own)
+    limiter = Limiter(s, clock=clock or FakeClock())
     limiter.throttle("per-ip", "1000/hour", strategy="fixed_window")
     client = Client(WSGIMiddleware(_app, limiter))
     env = {"REMOTE_ADDR": "192.0.2.7"}
@@ -74,13 +79,12 @@ def test_by_default_a_request_is_one_script_with_one_exists(server: RedisServer)
     INCR (no batch script, no GET of each block key, no TIME); a block made by another
     process holds from the next request, and its entry comes back with its reason; an
     admin unblock reaches the worker's cached block within the generation's interval."""
-    import time
-
     from throttlekit._denials import CHECK_INTERVAL
 
     s = storage_from_url(server.url, prefix="dflt1:")
     other = storage_from_url(server.url, prefix="dflt1:")
-    client, calls = _twenty_requests(server, s)
+    clock = FakeClock()
+    client, calls = _twenty_requests(server, s, clock)
     env = {"REMOTE_ADDR": "192.0.2.7"}
     assert calls.pop("evalsha") == 20
     assert calls.pop("exists") == 20
@@ -93,7 +97,7 @@ def test_by_default_a_request_is_one_script_with_one_exists(server: RedisServer)
     assert found is not None and found.reason == "ban"
     assert s.apply([Check(alg, "k", 0)], consume=False).decisions[0].remaining == 1000
     Limiter(other).unblock("192.0.2.7")
-    time.sleep(CHECK_INTERVAL)
+    clock.advance(CHECK_INTERVAL)  # (the worker's clock: it reads the generation then)
     assert client.get("/", environ_base=env).status_code == 200
     s.close()
     other.close()
@@ -231,7 +235,9 @@ def test_the_watch_sends_nothing_for_an_empty_blocklist(server: RedisServer) -> 
 
     s = storage_from_url(server.url, prefix="watch1:", watch_blocks=True)
     assert isinstance(s, RedisStorage)
-    limiter = Limiter(s)
+    # (a clock of its own: a new window, begun when an hour boundary falls among the
+    # requests, costs a SET of its own)
+    limiter = Limiter(s, clock=FakeClock())
     limiter.throttle("per-ip", "1000/hour", strategy="fixed_window")
     client = Client(WSGIMiddleware(_app, limiter))
     env = {"REMOTE_ADDR": "192.0.2.7"}

@@ -202,7 +202,8 @@ def test_reload_under_load_never_drops_or_errors_a_request(
 
 def test_reload_interval_zero_checks_on_every_request(rules_file: Path) -> None:
     """reload_interval=0 is accepted and the very next request sees a changed file."""
-    limiter = Limiter.from_file(rules_file, reload_interval=0)
+    # (exact counts: a clock of its own)
+    limiter = Limiter.from_file(rules_file, reload_interval=0, clock=FakeClock())
     c = Client(WSGIMiddleware(app, limiter))
     assert statuses(c, 3) == [200, 200, 429]
     write(rules_file, rules(2, '[[blocklist]]\nname = "bad"\nips = ["198.51.100.7"]\n'))

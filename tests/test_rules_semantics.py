@@ -57,7 +57,7 @@ def test_unblock_by_client_key_lifts_its_bans():
 
 def test_requests_without_a_client_address_share_one_bucket():
     """No peer address: such requests are limited together, not let through unlimited."""
-    limiter = Limiter()
+    limiter = Limiter(clock=FakeClock())  # (exact counts: a clock of its own)
     limiter.throttle("per-ip", "2/minute")
     c = client_for(limiter)
     assert [get(c, ip=None).status_code for _ in range(3)] == [200, 200, 429]
@@ -77,7 +77,7 @@ def test_multi_rate_rule_headers_name_the_rule():
 
 def test_forwarded_header_is_believed_when_chosen():
     """forwarded_header="forwarded" reads RFC 7239 Forwarded from the trusted proxy."""
-    limiter = Limiter(trusted_proxies=1, forwarded_header="forwarded")
+    limiter = Limiter(trusted_proxies=1, forwarded_header="forwarded", clock=FakeClock())
     limiter.throttle("per-ip", "1/minute")
     c = client_for(limiter)
     codes = [get(c, ip="10.0.0.1", Forwarded=f"for=203.0.113.{i}").status_code
@@ -110,17 +110,17 @@ def test_default_strategy_gives_a_full_quota_after_one_period():
 
 def test_key_shortcuts_match_the_rules_file_vocabulary():
     """key="global", "path" and "form:<field>" work in Python as in a rules file."""
-    limiter = Limiter()
+    limiter = Limiter(clock=FakeClock())  # (exact counts: a clock of its own)
     limiter.throttle("everyone", "2/minute", key="global")
     c = client_for(limiter)
     assert [get(c, ip=f"192.0.2.{i}").status_code for i in range(3)] == [200, 200, 429]
 
-    per_path = Limiter()
+    per_path = Limiter(clock=FakeClock())
     per_path.throttle("paths", "1/minute", key="path")
     c = client_for(per_path)
     assert [get(c, p).status_code for p in ("/a", "/b", "/a")] == [200, 200, 429]
 
-    logins = Limiter()
+    logins = Limiter(clock=FakeClock())
     logins.throttle("login", "1/minute", key="form:username",
                     match=lambda r: r.method == "POST")
     c = client_for(logins)

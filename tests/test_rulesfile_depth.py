@@ -14,6 +14,7 @@ from werkzeug.test import Client
 
 from throttlekit import ConfigError, Limiter, WSGIMiddleware
 from throttlekit.cli import main
+from throttlekit.testing import FakeClock
 
 GOOD = '[[throttle]]\nname = "per-ip"\nrates = "2/minute"\nstrategy = "fixed_window"\n'
 DEEP = {
@@ -50,7 +51,8 @@ def test_deep_nesting_on_reload_keeps_the_rules_and_says_why_once(
     not at every check."""
     f = tmp_path / "rules.toml"
     f.write_text(GOOD)
-    limiter = Limiter.from_file(f, reload_interval=0)
+    # (exact counts: a clock of its own)
+    limiter = Limiter.from_file(f, reload_interval=0, clock=FakeClock())
     c = Client(WSGIMiddleware(app, limiter))
     tmp = f.with_suffix(".tmp")
     tmp.write_text(DEEP["inline-tables"])

@@ -19,6 +19,7 @@ from django_config import fresh_urlconf, throttlekit_settings  # configures Djan
 from throttlekit import ConfigError, Limiter, RateLimitExceeded
 from throttlekit._rulesfile import RulesFileError
 from throttlekit.contrib import django as tk
+from throttlekit.testing import FakeClock
 
 
 @tk.limit("2/minute")  # at import: no limiter yet, strategy None
@@ -41,7 +42,7 @@ def _statuses(n: int) -> list[int]:
 def test_an_import_time_decorator_follows_the_limiter_of_the_settings(urls: Any) -> None:
     """The same decorated view under one limiter, then another (override_settings, as a
     test suite does): the second limiter's token bucket (burst 4) is what counts."""
-    with throttlekit_settings(LIMITER=Limiter(strategy="fixed_window")):
+    with throttlekit_settings(LIMITER=Limiter(strategy="fixed_window", clock=FakeClock())):
         assert _statuses(3) == [200, 200, 429]
     with throttlekit_settings(LIMITER=Limiter(strategy="token_bucket", burst=4)):
         assert _statuses(5) == [200] * 4 + [429]
@@ -123,7 +124,7 @@ def test_a_drf_throttle_follows_the_limiter_of_the_settings(urls: Any) -> None:
             return Response({"ok": True})
 
     urls.urlpatterns = [path("v", Items.as_view())]
-    with throttlekit_settings(LIMITER=Limiter(strategy="fixed_window")):
+    with throttlekit_settings(LIMITER=Limiter(strategy="fixed_window", clock=FakeClock())):
         assert _statuses(3) == [200, 200, 429]
     with throttlekit_settings(LIMITER=Limiter(strategy="token_bucket", burst=4)):
         assert _statuses(5) == [200] * 4 + [429]
@@ -147,7 +148,9 @@ def test_flask_app_factory_each_app_its_own_settings() -> None:
         throttle.init_app(app)
         return app
 
-    first = create_app(STRATEGY="fixed_window").test_client()
+    # (a sliding log: the app's limiter is on the real clock, where a fixed window resets
+    # when a minute boundary falls between two of the requests)
+    first = create_app(STRATEGY="sliding_log").test_client()
     assert [first.get("/").status_code for _ in range(3)] == [200, 200, 429]
     second = create_app(STRATEGY="token_bucket").test_client()
     assert throttle.limiter.strategy == "token_bucket"

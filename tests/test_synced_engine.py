@@ -22,6 +22,7 @@ from throttlekit import Limiter, Rate, RequestView, storage_from_url
 from throttlekit.storage import BatchResult, Check
 from throttlekit.storage.redis import RedisStorage
 from throttlekit.storage.synced import SyncedStorage
+from throttlekit.testing import FakeClock
 
 REDIS = "redis://127.0.0.1:6379/0"
 
@@ -53,7 +54,8 @@ def test_rules_on_synced_redis_answer_from_the_lease_with_exact_remaining(rates:
     round trip per lease, none for a block lookup), every request is allowed and the
     remaining count it reports goes down by one each time, as with the plain store."""
     inner = CountingRedis(redis.Redis.from_url(REDIS), prefix=_prefix())
-    limiter = Limiter(SyncedStorage(inner, sync_interval=1.0))
+    # (exact counts: a clock of its own)
+    limiter = Limiter(SyncedStorage(inner, sync_interval=1.0), clock=FakeClock())
     limiter.throttle("all", rates, key="ip")
     try:
         assert limiter.engine.local_blocks is not None  # the common case applies
@@ -107,7 +109,8 @@ def test_a_failing_store_gets_the_fail_policy_on_the_common_case(
     unavailable" under "deny"): the first, answered on the common case as the store failed
     under it, as those after it, which take the engine's general path."""
     store = DownableStore()
-    limiter = Limiter(SyncedStorage(store), on_storage_error=policy, retry_interval=600)
+    limiter = Limiter(SyncedStorage(store), on_storage_error=policy, retry_interval=600,
+                      clock=FakeClock())  # (exact counts: a clock of its own)
     limiter.throttle("per-ip", "3/hour", key="ip")
     assert not limiter.engine.local_blocks  # the common case applies
     store.down = True
@@ -151,7 +154,8 @@ def test_a_refused_client_is_refused_from_the_worker_until_retry_or_sync_interva
     (the store's answer, its retry_after counting down) instead of a round trip each, for
     sync_interval at most; they charge nothing, and a reset here lets it in at once."""
     store = DownableStore()
-    limiter = Limiter(SyncedStorage(store, sync_interval=1.0))
+    # (exact counts: a clock of its own)
+    limiter = Limiter(SyncedStorage(store, sync_interval=1.0), clock=FakeClock())
     limiter.throttle("per-ip", "3/hour", key="ip")
     assert [limiter.evaluate(_view(limiter)).allowed for _ in range(3)] == [True] * 3
     first = limiter.evaluate(_view(limiter))

@@ -279,7 +279,7 @@ def test_count_when_is_charged_even_if_the_response_is_never_closed() -> None:
         start_response("401 Unauthorized", [("Content-Type", "text/plain")])
         return [b"no"]
 
-    limiter = _Limiter()
+    limiter = _Limiter(clock=FakeClock())  # (exact counts: a clock of its own)
     limiter.throttle("login", "3/minute", count_when=lambda r: r.status_code in (401, 403))
     client = _Client(_WSGIMiddleware(app, limiter))  # unbuffered: never calls close()
     codes = [client.post("/login", environ_base={"REMOTE_ADDR": "192.0.2.1"}).status_code
