@@ -10,7 +10,7 @@ from ._rates import Rate
 __all__ = ["CLOCK_SKEW_US", "Decision", "later", "most_restrictive"]
 
 #: How far behind another host's clock a host's may be (microseconds) and still count in
-#: the window the other has started: a key's fixed or sliding window state of the next
+#: the window the other has started: a key's fixed or sliding window state of a later
 #: window, which starts at most this much after now, is counted in as of that window's
 #: start (not taken for a clock stepped back: docs/algorithms.md, "Clocks of several hosts")
 CLOCK_SKEW_US: Final = 1_000_000
